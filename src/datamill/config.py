@@ -1,0 +1,201 @@
+"""Settings: one declared registry feeding ``datamill.toml`` profiles, ``DATAMILL_*`` variables and docs.
+
+Resolution order, last wins: built-in defaults, ``[defaults]`` in the file, ``[profiles.NAME]``,
+environment variables ``DATAMILL_<KEY>`` (upper-case), explicit overrides (CLI options).
+Settings are resolved once and passed in; nothing reads the environment later.
+"""
+
+from __future__ import annotations
+
+import os
+import tomllib
+from dataclasses import dataclass, field, fields, replace
+from pathlib import Path
+from typing import Any
+from urllib.parse import urlsplit, urlunsplit
+
+from datamill.errors import ConfigError
+
+CONFIG_FILE_NAME = "datamill.toml"
+
+
+@dataclass(frozen=True)
+class Setting:
+    """One declared setting: its key, type, default and help text."""
+
+    key: str
+    type: type
+    default: Any
+    help: str
+    secret: bool = False
+
+
+SETTINGS: tuple[Setting, ...] = (
+    Setting("home", str, "./.datamill", "Home directory: database, blobs, logs."),
+    Setting(
+        "database_url",
+        str,
+        "",
+        "Database URL; empty means SQLite at HOME/datamill.db. postgresql://user:pw@host/db for PostgreSQL.",
+        secret=True,
+    ),
+    Setting("blob_url", str, "", "Blob store URL; empty means file://HOME/blobs."),
+    Setting("host", str, "127.0.0.1", "Address the server binds to."),
+    Setting("port", int, 8765, "Port the server listens on."),
+    Setting("executor", str, "local", "Default executor: inline or local (process pool)."),
+    Setting("workers", int, 0, "Worker processes for the local executor; 0 means one per core."),
+    Setting("batch_window_ms", int, 30, "Items landing within this window go into one dataflow run."),
+    Setting("demo", bool, True, "Create the demo folders and dataflow on first start."),
+    Setting("log_level", str, "info", "Log level: debug, info, warning, error."),
+)
+
+_BY_KEY = {s.key: s for s in SETTINGS}
+
+
+def mask_url(url: str) -> str:
+    """Hide the password in a URL: ``postgresql://u:pw@h/db`` -> ``postgresql://u:***@h/db``."""
+    if not url:
+        return url
+    parts = urlsplit(url)
+    if parts.password is None:
+        return url
+    netloc = parts.netloc.rsplit("@", 1)
+    user = parts.username or ""
+    return urlunsplit(parts._replace(netloc=f"{user}:***@{netloc[1]}"))
+
+
+def _coerce(setting: Setting, value: Any, source: str) -> Any:
+    if setting.type is bool:
+        if isinstance(value, bool):
+            return value
+        text = str(value).strip().lower()
+        if text in {"1", "true", "yes", "on"}:
+            return True
+        if text in {"0", "false", "no", "off", ""}:
+            return False
+        raise ConfigError(f"{source}: {setting.key} must be true or false, not {value!r}", key=setting.key)
+    if setting.type is int:
+        try:
+            return int(value)
+        except (TypeError, ValueError):
+            raise ConfigError(
+                f"{source}: {setting.key} must be a whole number, not {value!r}", key=setting.key
+            ) from None
+    if not isinstance(value, str):
+        raise ConfigError(f"{source}: {setting.key} must be a string, not {value!r}", key=setting.key)
+    return value
+
+
+@dataclass(frozen=True)
+class Settings:
+    """Resolved settings for one datamill home. Construct with :func:`load_settings`."""
+
+    home: str = "./.datamill"
+    database_url: str = ""
+    blob_url: str = ""
+    host: str = "127.0.0.1"
+    port: int = 8765
+    executor: str = "local"
+    workers: int = 0
+    batch_window_ms: int = 30
+    demo: bool = True
+    log_level: str = "info"
+    profile: str = "local"
+    sources: tuple[str, ...] = field(default=(), compare=False)
+
+    @property
+    def home_path(self) -> Path:
+        """The home directory as an absolute path."""
+        return Path(self.home).expanduser().resolve()
+
+    @property
+    def resolved_database_url(self) -> str:
+        """The database URL, defaulting to SQLite inside the home directory."""
+        if self.database_url:
+            return self.database_url
+        return f"sqlite:///{self.home_path / 'datamill.db'}"
+
+    @property
+    def resolved_blob_url(self) -> str:
+        """The blob store URL, defaulting to a directory inside the home directory."""
+        return self.blob_url or f"file://{self.home_path / 'blobs'}"
+
+    def with_overrides(self, **overrides: Any) -> Settings:
+        """A copy with the given (non-None) keys replaced and validated."""
+        clean = {
+            k: _coerce(_BY_KEY[k], v, "option") for k, v in overrides.items() if v is not None and k in _BY_KEY
+        }
+        return replace(self, **clean)
+
+    def public_dict(self) -> dict[str, Any]:
+        """Settings for display, secrets masked."""
+        out: dict[str, Any] = {"profile": self.profile}
+        for s in SETTINGS:
+            value = getattr(self, s.key)
+            out[s.key] = mask_url(value) if s.secret else value
+        return out
+
+
+def find_config_file(start: Path | None = None) -> Path | None:
+    """The nearest ``datamill.toml`` in ``start`` or its parents, if any."""
+    here = (start or Path.cwd()).resolve()
+    for folder in (here, *here.parents):
+        candidate = folder / CONFIG_FILE_NAME
+        if candidate.is_file():
+            return candidate
+    return None
+
+
+def load_settings(
+    profile: str | None = None,
+    config_file: Path | None = None,
+    environ: dict[str, str] | None = None,
+    **overrides: Any,
+) -> Settings:
+    """Resolve settings from defaults, the config file's profile, ``DATAMILL_*`` and overrides."""
+    env = dict(os.environ if environ is None else environ)
+    profile = profile or env.get("DATAMILL_PROFILE") or "local"
+    values: dict[str, Any] = {}
+    sources: list[str] = ["defaults"]
+    path = config_file or (Path(env["DATAMILL_CONFIG"]) if env.get("DATAMILL_CONFIG") else find_config_file())
+    if path is not None:
+        try:
+            data = tomllib.loads(Path(path).read_text(encoding="utf-8"))
+        except FileNotFoundError:
+            raise ConfigError(f"config file {path} does not exist", path=str(path)) from None
+        except tomllib.TOMLDecodeError as exc:
+            raise ConfigError(f"{path}: not valid TOML: {exc}", path=str(path)) from None
+        profiles = data.get("profiles", {})
+        layers = [("defaults", data.get("defaults", {}))]
+        if profile in profiles:
+            layers.append((f"profiles.{profile}", profiles[profile]))
+        elif profile != "local" or profiles:
+            if profile != "local":
+                known = ", ".join(sorted(profiles)) or "none"
+                raise ConfigError(
+                    f"{path}: no profile {profile!r}; known profiles: {known}", profile=profile
+                )
+        for section, table in layers:
+            for key, value in table.items():
+                if key not in _BY_KEY:
+                    known = ", ".join(_BY_KEY)
+                    raise ConfigError(f"{path} [{section}]: unknown key {key!r}; known keys: {known}", key=key)
+                values[key] = _coerce(_BY_KEY[key], value, f"{path} [{section}]")
+        sources.append(str(path))
+    for s in SETTINGS:
+        name = f"DATAMILL_{s.key.upper()}"
+        if name in env:
+            values[s.key] = _coerce(s, env[name], name)
+            sources.append(name)
+    for key, value in overrides.items():
+        if value is None:
+            continue
+        if key not in _BY_KEY:
+            raise ConfigError(f"unknown setting {key!r}", key=key)
+        values[key] = _coerce(_BY_KEY[key], value, "option")
+    if values.get("executor", "local") not in {"inline", "local"}:
+        raise ConfigError(
+            f"executor must be 'inline' or 'local', not {values['executor']!r}", key="executor"
+        )
+    known_fields = {f.name for f in fields(Settings)}
+    return Settings(profile=profile, sources=tuple(sources), **{k: v for k, v in values.items() if k in known_fields})

@@ -1,0 +1,150 @@
+"""Connections, transactions and migrations for SQLite and PostgreSQL.
+
+SQLite has one writer. Rather than let writers collide and retry on "database is locked", every
+write transaction starts with ``BEGIN IMMEDIATE`` (taking the write lock up front, so a reader never
+has to upgrade mid-transaction) and waits on ``busy_timeout`` for other processes; threads of one
+process queue on a lock first, so they never spin on SQLite's busy handler at all.
+"""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Iterator
+from contextlib import contextmanager
+from importlib import resources
+from typing import Any
+
+from sqlalchemy import Connection, create_engine, event, text
+from sqlalchemy.engine import Engine
+from sqlalchemy.exc import IntegrityError, OperationalError
+from sqlalchemy.pool import NullPool
+
+from datamill.errors import AlreadyExists, ConfigError, DatamillError
+
+SQLITE_BUSY_TIMEOUT_MS = 60_000
+
+
+def normalize_url(url: str) -> str:
+    """Pick the driver datamill uses for a URL: psycopg 3 for PostgreSQL."""
+    if url.startswith("postgresql://") or url.startswith("postgres://"):
+        return "postgresql+psycopg://" + url.split("://", 1)[1]
+    if url.startswith("sqlite:") or url.startswith("postgresql+psycopg://"):
+        return url
+    raise ConfigError(
+        f"unsupported database URL scheme in {url.split('://', 1)[0]!r}; use sqlite:/// or postgresql://",
+        key="database_url",
+    )
+
+
+class Database:
+    """One database: an engine for reads, an engine (or lock) for writes, and migrations."""
+
+    def __init__(self, url: str) -> None:
+        self.url = normalize_url(url)
+        self.is_sqlite = self.url.startswith("sqlite")
+        self._write_lock = threading.RLock()
+        # Wakes in-process waiters as soon as a write commits; other processes are noticed by polling
+        # (SQLite) or LISTEN/NOTIFY (PostgreSQL) in ``events.EventLog``.
+        self.committed = threading.Condition()
+        if self.is_sqlite:
+            self.engine = self._sqlite_engine(immediate=False)
+            self.write_engine = self._sqlite_engine(immediate=True)
+        else:
+            self.engine = create_engine(self.url, pool_pre_ping=True, pool_size=10, max_overflow=20)
+            self.write_engine = self.engine
+
+    def _sqlite_engine(self, immediate: bool) -> Engine:
+        engine = create_engine(
+            self.url,
+            connect_args={"check_same_thread": False, "timeout": SQLITE_BUSY_TIMEOUT_MS / 1000},
+            poolclass=NullPool if ":memory:" in self.url else None,
+        )
+
+        @event.listens_for(engine, "connect")
+        def _connect(dbapi_conn: Any, _record: Any) -> None:
+            # Let SQLAlchemy's "begin" event emit BEGIN itself instead of pysqlite's implicit one.
+            dbapi_conn.isolation_level = None
+            cur = dbapi_conn.cursor()
+            cur.execute("PRAGMA journal_mode=WAL")
+            cur.execute("PRAGMA synchronous=NORMAL")
+            cur.execute(f"PRAGMA busy_timeout={SQLITE_BUSY_TIMEOUT_MS}")
+            cur.execute("PRAGMA foreign_keys=ON")
+            cur.close()
+
+        begin = "BEGIN IMMEDIATE" if immediate else "BEGIN"
+
+        @event.listens_for(engine, "begin")
+        def _begin(conn: Connection) -> None:
+            conn.exec_driver_sql(begin)
+
+        return engine
+
+    @contextmanager
+    def write(self) -> Iterator[Connection]:
+        """A write transaction; committed on exit, rolled back on error.
+
+        Driver errors are translated here so nothing above ``db/`` sees them.
+        """
+        with self._write_lock:
+            try:
+                with self.write_engine.begin() as conn:
+                    yield conn
+            except IntegrityError as exc:
+                raise AlreadyExists(f"that already exists ({_constraint(exc)})") from exc
+            except OperationalError as exc:
+                raise DatamillError(f"database error: {exc.orig}. Check that the database is reachable.") from exc
+        with self.committed:
+            self.committed.notify_all()
+
+    @contextmanager
+    def read(self) -> Iterator[Connection]:
+        """A read-only transaction with a consistent snapshot."""
+        try:
+            with self.engine.begin() as conn:
+                yield conn
+        except OperationalError as exc:
+            raise DatamillError(f"database error: {exc.orig}. Check that the database is reachable.") from exc
+
+    def data_version(self, conn: Connection) -> int:
+        """SQLite's counter of commits by other connections; a cheap way to notice new events."""
+        return int(conn.exec_driver_sql("PRAGMA data_version").scalar_one())
+
+    def migrate(self) -> None:
+        """Bring the schema to the newest migration (``alembic upgrade head``)."""
+        from alembic import command
+
+        cfg = alembic_config(self.url)
+        with self._write_lock, self.write_engine.connect() as conn:
+            if self.is_sqlite:
+                conn.commit()
+            cfg.attributes["connection"] = conn
+            command.upgrade(cfg, "head")
+            conn.commit()
+
+    def dispose(self) -> None:
+        """Close every pooled connection."""
+        self.engine.dispose()
+        if self.write_engine is not self.engine:
+            self.write_engine.dispose()
+
+    def ping(self) -> None:
+        """Raise if the database cannot be reached."""
+        with self.read() as conn:
+            conn.execute(text("SELECT 1"))
+
+
+def alembic_config(url: str) -> Any:
+    """An Alembic config pointing at the migrations shipped inside the package."""
+    from alembic.config import Config
+
+    cfg = Config()
+    cfg.set_main_option("script_location", str(resources.files("datamill.db") / "migrations"))
+    cfg.set_main_option("sqlalchemy.url", url.replace("%", "%%"))
+    return cfg
+
+
+def _constraint(exc: IntegrityError) -> str:
+    orig = exc.orig
+    diag = getattr(orig, "diag", None)
+    name = getattr(diag, "constraint_name", None) if diag is not None else None
+    return str(name or orig).splitlines()[0]

@@ -1,0 +1,172 @@
+"""Errors a user can see.
+
+Every error raised past the ``db`` and ``store`` boundary is a :class:`DatamillError`.
+Each class carries an HTTP ``status`` and a ``code``; its docstring is the default
+message, and every message says what to do next. The API turns them into one JSON
+shape (``{"ok": false, "status", "error", "code", "detail"}``), the CLI into a
+one-line message on stderr.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+
+class DatamillError(Exception):
+    """Something went wrong in datamill. Run the command again with -v for details."""
+
+    status: int = 500
+    code: str = "error"
+
+    def __init__(self, message: str | None = None, **detail: Any) -> None:
+        self.message = message or (self.__doc__ or self.code).strip()
+        self.detail = detail
+        super().__init__(self.message)
+
+    def to_dict(self) -> dict[str, Any]:
+        """The JSON body the API returns for this error."""
+        return {
+            "ok": False,
+            "status": self.status,
+            "code": self.code,
+            "error": self.message,
+            "detail": self.detail,
+        }
+
+
+class InvalidInput(DatamillError):
+    """The request is malformed. Check the arguments against `datamill --help` or the API docs."""
+
+    status = 400
+    code = "invalid_input"
+
+
+class InvalidName(InvalidInput):
+    """That name cannot be used for a folder or item. Pick a name without '/', control characters, or '.'/'..'."""
+
+    code = "invalid_name"
+
+
+class InvalidMetadata(InvalidInput):
+    """Metadata must be a JSON object with string keys. Fix the JSON and try again."""
+
+    code = "invalid_metadata"
+
+
+class InvalidPipeline(InvalidInput):
+    """The pipeline is not valid. Fix the step or file named in the message and try again."""
+
+    code = "invalid_pipeline"
+
+
+class InvalidDataflow(InvalidInput):
+    """The dataflow configuration is not valid. Fix the field named in the message and try again."""
+
+    code = "invalid_dataflow"
+
+
+class ConfigError(DatamillError):
+    """The configuration is not valid. Fix the key named in the message in datamill.toml or the environment."""
+
+    status = 500
+    code = "config_error"
+
+
+class Unauthorized(DatamillError):
+    """No valid token was given. Pass one with --token / DATAMILL_TOKEN or an 'Authorization: Bearer' header."""
+
+    status = 401
+    code = "unauthorized"
+
+
+class PermissionDenied(DatamillError):
+    """You do not have permission for that. Ask an admin of the folder to share it with you."""
+
+    status = 403
+    code = "permission_denied"
+
+
+class NotFound(DatamillError):
+    """No such object, or you may not see it. Check the path with `datamill folder ls`."""
+
+    status = 404
+    code = "not_found"
+
+
+class AlreadyExists(DatamillError):
+    """That name is taken. Choose another name or remove the existing object first."""
+
+    status = 409
+    code = "already_exists"
+
+
+class Conflict(DatamillError):
+    """The object is in a state that does not allow this. Check its state and try again."""
+
+    status = 409
+    code = "conflict"
+
+
+class NotEmpty(Conflict):
+    """The folder is not empty. Remove its contents first or pass --recursive."""
+
+    code = "not_empty"
+
+
+class BlobNotFound(DatamillError):
+    """The stored bytes for this version are missing. Restore the blob directory from a backup."""
+
+    status = 500
+    code = "blob_missing"
+
+
+class BlobCorrupted(DatamillError):
+    """The stored bytes do not match their digest: the blob is corrupted. Restore it from a backup or re-upload."""
+
+    status = 500
+    code = "blob_corrupted"
+
+
+class UploadIncomplete(InvalidInput):
+    """The upload ended before all bytes arrived; nothing was stored. Send the file again."""
+
+    code = "upload_incomplete"
+
+
+class DigestMismatch(InvalidInput):
+    """The uploaded bytes do not match the digest the client announced; nothing was stored. Send again."""
+
+    code = "digest_mismatch"
+
+
+class StepFailed(DatamillError):
+    """A step failed. See the task's log with `datamill logs TASK`."""
+
+    status = 500
+    code = "step_failed"
+
+
+class TaskTimeout(StepFailed):
+    """The task ran past its timeout and was stopped. Raise the step's timeout or make it faster."""
+
+    code = "task_timeout"
+
+
+class WorkerCrashed(StepFailed):
+    """The worker process running the task died. The step may have crashed the interpreter; see the log."""
+
+    code = "worker_crashed"
+
+
+class Cancelled(DatamillError):
+    """The run was cancelled."""
+
+    status = 409
+    code = "cancelled"
+
+
+class RangeNotSatisfiable(InvalidInput):
+    """The requested byte range lies outside the file. Ask for a range within its size."""
+
+    status = 416
+    code = "range_not_satisfiable"

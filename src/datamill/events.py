@@ -1,0 +1,222 @@
+"""The event log: append-only rows with a strictly increasing sequence number.
+
+Every change to the store, the engine and dataflows appends an event in the same transaction as
+the change, so state anywhere can be rebuilt by folding over the log. Readers keep a cursor (the
+last ``seq`` they saw) and ask for what came after it.
+
+On PostgreSQL, sequence values are handed out before commit, so two concurrent writers could
+commit seq 11 before seq 10 and a reader at cursor 11 would never see 10. Appending therefore
+takes a transaction-scoped advisory lock: event-writing transactions commit in seq order.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+from typing import Any
+
+from sqlalchemy import Connection, func, insert, select, text
+
+from datamill.db.database import Database
+from datamill.db.models import Event
+
+NOTIFY_CHANNEL = "datamill_events"
+_ADVISORY_KEY = 0x6461746D  # "datm"
+SQLITE_POLL_SECONDS = 0.01
+POSTGRES_POLL_SECONDS = 0.5
+
+
+@dataclass(frozen=True)
+class EventRecord:
+    """One event as readers see it."""
+
+    seq: int
+    ts: float
+    kind: str
+    actor_id: int | None = None
+    folder_id: int | None = None
+    item_id: int | None = None
+    run_id: int | None = None
+    task_id: int | None = None
+    dataflow_id: int | None = None
+    data: dict[str, Any] = field(default_factory=dict)
+
+    def to_dict(self) -> dict[str, Any]:
+        """A JSON-able dict."""
+        return {
+            "seq": self.seq,
+            "ts": self.ts,
+            "kind": self.kind,
+            "actor_id": self.actor_id,
+            "folder_id": self.folder_id,
+            "item_id": self.item_id,
+            "run_id": self.run_id,
+            "task_id": self.task_id,
+            "dataflow_id": self.dataflow_id,
+            "data": self.data,
+        }
+
+
+def append(
+    conn: Connection,
+    kind: str,
+    *,
+    actor_id: int | None = None,
+    folder_id: int | None = None,
+    item_id: int | None = None,
+    run_id: int | None = None,
+    task_id: int | None = None,
+    dataflow_id: int | None = None,
+    data: dict[str, Any] | None = None,
+    ts: float | None = None,
+) -> int:
+    """Append one event inside the caller's write transaction; returns its ``seq``."""
+    return append_many(
+        conn,
+        [
+            {
+                "kind": kind,
+                "actor_id": actor_id,
+                "folder_id": folder_id,
+                "item_id": item_id,
+                "run_id": run_id,
+                "task_id": task_id,
+                "dataflow_id": dataflow_id,
+                "data": data or {},
+                "ts": ts,
+            }
+        ],
+    )
+
+
+def append_many(conn: Connection, rows: Iterable[dict[str, Any]]) -> int:
+    """Append several events in one statement; returns the last ``seq``."""
+    now = time.time()
+    batch = [{**r, "ts": r.get("ts") or now, "data": r.get("data") or {}} for r in rows]
+    if not batch:
+        return 0
+    postgres = conn.dialect.name == "postgresql"
+    if postgres:
+        conn.execute(text("SELECT pg_advisory_xact_lock(:k)"), {"k": _ADVISORY_KEY})
+    if len(batch) == 1:
+        seq = conn.execute(insert(Event).values(**batch[0]).returning(Event.seq)).scalar_one()
+    else:
+        seq = max(conn.execute(insert(Event).returning(Event.seq), batch).scalars().all())
+    if postgres:
+        conn.execute(text("SELECT pg_notify(:c, :s)"), {"c": NOTIFY_CHANNEL, "s": str(seq)})
+    return int(seq)
+
+
+def _record(row: Any) -> EventRecord:
+    return EventRecord(
+        seq=row.seq,
+        ts=row.ts,
+        kind=row.kind,
+        actor_id=row.actor_id,
+        folder_id=row.folder_id,
+        item_id=row.item_id,
+        run_id=row.run_id,
+        task_id=row.task_id,
+        dataflow_id=row.dataflow_id,
+        data=row.data or {},
+    )
+
+
+class EventLog:
+    """Read the log from a cursor and wait for new rows."""
+
+    def __init__(self, db: Database) -> None:
+        self.db = db
+        self._listener: _PostgresListener | None = None
+        self._listener_lock = threading.Lock()
+
+    def latest(self) -> int:
+        """The newest ``seq``, 0 for an empty log."""
+        with self.db.read() as conn:
+            return int(conn.execute(select(func.coalesce(func.max(Event.seq), 0))).scalar_one())
+
+    def read(
+        self,
+        after: int = 0,
+        limit: int = 1000,
+        kinds: Iterable[str] | None = None,
+        run_id: int | None = None,
+    ) -> list[EventRecord]:
+        """Events with ``seq > after``, oldest first, at most ``limit``.
+
+        ``kinds`` filters by exact kind or by prefix when an entry ends with ``.`` or ``*``
+        (``"item."`` matches ``item.created``).
+        """
+        q = select(Event).where(Event.seq > after).order_by(Event.seq).limit(limit)
+        if run_id is not None:
+            q = q.where(Event.run_id == run_id)
+        if kinds:
+            exact = [k for k in kinds if not k.endswith((".", "*"))]
+            prefixes = [k.rstrip("*") for k in kinds if k.endswith((".", "*"))]
+            cond = [Event.kind.in_(exact)] if exact else []
+            cond += [Event.kind.startswith(p, autoescape=True) for p in prefixes]
+            from sqlalchemy import or_
+
+            q = q.where(or_(*cond))
+        with self.db.read() as conn:
+            return [_record(r) for r in conn.execute(q)]
+
+    def wait(self, after: int, timeout: float) -> bool:
+        """Block until an event with ``seq > after`` exists or ``timeout`` passes; True if one does."""
+        deadline = time.monotonic() + timeout
+        poll = SQLITE_POLL_SECONDS if self.db.is_sqlite else POSTGRES_POLL_SECONDS
+        if not self.db.is_sqlite:
+            self._ensure_listener()
+        while True:
+            if self.latest() > after:
+                return True
+            remaining = deadline - time.monotonic()
+            if remaining <= 0:
+                return False
+            with self.db.committed:
+                self.db.committed.wait(min(poll, remaining))
+
+    def _ensure_listener(self) -> None:
+        with self._listener_lock:
+            if self._listener is None or not self._listener.is_alive():
+                self._listener = _PostgresListener(self.db)
+                self._listener.start()
+
+    def close(self) -> None:
+        """Stop the PostgreSQL listener thread, if one runs."""
+        if self._listener is not None:
+            self._listener.stop()
+            self._listener = None
+
+
+class _PostgresListener(threading.Thread):
+    """LISTENs on the events channel and wakes waiters of this process on each NOTIFY."""
+
+    def __init__(self, db: Database) -> None:
+        super().__init__(name="datamill-pg-listen", daemon=True)
+        self.db = db
+        self._stop_flag = threading.Event()
+
+    def stop(self) -> None:
+        self._stop_flag.set()
+
+    def run(self) -> None:
+        import psycopg
+
+        url = self.db.url.replace("postgresql+psycopg://", "postgresql://", 1)
+        while not self._stop_flag.is_set():
+            try:
+                with psycopg.connect(url, autocommit=True) as conn:
+                    conn.execute(f"LISTEN {NOTIFY_CHANNEL}")
+                    while not self._stop_flag.is_set():
+                        got = False
+                        for _ in conn.notifies(timeout=0.5, stop_after=1):
+                            got = True
+                        if got:
+                            with self.db.committed:
+                                self.db.committed.notify_all()
+            except psycopg.Error:
+                # The server went away; waiters fall back to polling until we reconnect.
+                self._stop_flag.wait(1.0)
