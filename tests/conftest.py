@@ -1,0 +1,141 @@
+"""Shared fixtures: real databases for the tests.
+
+* ``postgres_url`` (session): a PostgreSQL server. ``$DATABASE_URL`` when set (``scripts/test.sh``
+  starts one and sets it); otherwise a throw-away server started here with initdb/pg_ctl. Never
+  skipped: if PostgreSQL cannot start, the tests that need it fail with the server's log.
+* ``postgres_db_url``: a fresh, empty PostgreSQL database for one test, dropped afterwards.
+* ``sqlite_db_url``: a fresh SQLite file in the test's ``tmp_path``.
+* ``db_url``: parametrized over both, so a test that takes it runs once on SQLite and once on
+  PostgreSQL (ids ``sqlite`` and ``postgres``; the latter is marked ``postgres``).
+
+Every test runs with a scratch directory as its working directory, so nothing lands in the repo.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import socket
+import subprocess
+import tempfile
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+from urllib.parse import urlsplit, urlunsplit
+
+import psycopg
+import pytest
+from psycopg import sql
+
+PG_BIN = Path(os.environ.get("PG_BIN", "/usr/lib/postgresql/15/bin"))
+
+
+def free_port() -> int:
+    """A TCP port on 127.0.0.1 that nothing listens on right now."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port: int = s.getsockname()[1]
+        return port
+
+
+def _run(cmd: list[str], what: str, log: Path | None = None) -> None:
+    """Run ``cmd``; on failure fail the test with its output (and ``log``, the server's log)."""
+    proc = subprocess.run(cmd, capture_output=True, text=True)
+    if proc.returncode != 0:
+        details = proc.stdout + proc.stderr
+        if log is not None and log.exists():
+            details += f"\n--- {log} ---\n" + log.read_text(errors="replace")
+        pytest.fail(f"PostgreSQL: {what} failed (exit {proc.returncode}):\n{details}", pytrace=False)
+
+
+@pytest.fixture(scope="session")
+def postgres_url() -> Iterator[str]:
+    """URL of a PostgreSQL server's database: ``$DATABASE_URL``, or a throw-away server's."""
+    if os.environ.get("DATABASE_URL"):
+        yield os.environ["DATABASE_URL"]
+        return
+    if not (PG_BIN / "initdb").exists():
+        pytest.fail(f"PostgreSQL 15 is not installed ({PG_BIN}/initdb); run scripts/test.sh", pytrace=False)
+    d = Path(tempfile.mkdtemp(prefix="pgtest."))
+    as_pg = ["runuser", "-u", "postgres", "--"] if os.geteuid() == 0 else []
+    if as_pg:  # initdb refuses root; the postgres user must own (and be able to reach) the dir
+        shutil.chown(d, "postgres", "postgres")
+    port = free_port()
+    log = d / "log"
+    started = False
+    try:
+        _run(
+            [*as_pg, str(PG_BIN / "initdb"), "-D", f"{d}/data", "-U", "postgres", "-A", "trust",
+             "-E", "UTF8", "--locale=C.UTF-8", "--no-sync"],
+            "initdb",
+        )
+        started = True
+        _run(
+            [*as_pg, str(PG_BIN / "pg_ctl"), "-D", f"{d}/data", "-l", str(log), "-w", "-t", "60", "-o",
+             f"-c listen_addresses=127.0.0.1 -p {port} -k {d} -c fsync=off "
+             "-c synchronous_commit=off -c full_page_writes=off", "start"],
+            "pg_ctl start",
+            log,
+        )
+        _run(
+            [*as_pg, str(PG_BIN / "createdb"), "-h", "127.0.0.1", "-p", str(port), "-U", "postgres", "test"],
+            "createdb",
+            log,
+        )
+        yield f"postgresql://postgres@127.0.0.1:{port}/test"
+    finally:
+        if started:
+            subprocess.run(
+                [*as_pg, str(PG_BIN / "pg_ctl"), "-D", f"{d}/data", "-m", "immediate", "-w", "stop"],
+                capture_output=True,
+            )
+        shutil.rmtree(d, ignore_errors=True)
+
+
+def _libpq_url(url: str, dbname: str | None = None) -> str:
+    """``url`` as libpq reads it (``postgresql://``, no ``+driver``), optionally for another database."""
+    parts = urlsplit(url)._replace(scheme="postgresql")
+    if dbname is not None:
+        parts = parts._replace(path=f"/{dbname}")
+    return urlunsplit(parts)
+
+
+@pytest.fixture
+def postgres_db_url(postgres_url: str) -> Iterator[str]:
+    """A fresh, empty database on the ``postgres_url`` server for one test; dropped afterwards."""
+    server = _libpq_url(postgres_url)
+    name = f"t_{uuid.uuid4().hex}"
+    with psycopg.connect(server, autocommit=True) as conn:
+        conn.execute(sql.SQL("CREATE DATABASE {}").format(sql.Identifier(name)))
+    try:
+        yield _libpq_url(server, name)
+    finally:
+        with psycopg.connect(server, autocommit=True) as conn:
+            conn.execute(sql.SQL("DROP DATABASE IF EXISTS {} WITH (FORCE)").format(sql.Identifier(name)))
+
+
+@pytest.fixture
+def sqlite_db_url(tmp_path: Path) -> str:
+    """URL of a new SQLite database file in the test's ``tmp_path``."""
+    return f"sqlite:///{tmp_path}/datamill.db"
+
+
+@pytest.fixture(params=["sqlite", pytest.param("postgres", marks=pytest.mark.postgres)])
+def db_url(request: pytest.FixtureRequest) -> str:
+    """A fresh database of each kind in turn: SQLite, then PostgreSQL."""
+    name = "sqlite_db_url" if request.param == "sqlite" else "postgres_db_url"
+    url: str = request.getfixturevalue(name)
+    return url
+
+
+@pytest.fixture(scope="session", autouse=True)
+def _scratch_cwd(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
+    """Run the session in a scratch working directory, so relative paths (e.g. the default
+    ``./.datamill`` home) never leave files in the repo. Tests find their own files via ``__file__``."""
+    old = Path.cwd()
+    scratch = tmp_path_factory.mktemp("cwd")
+    os.chdir(scratch)
+    try:
+        yield scratch
+    finally:
+        os.chdir(old)
