@@ -74,12 +74,12 @@ def get_user(conn: Connection, name: str) -> Actor:
 
 def list_users(conn: Connection) -> list[Actor]:
     """All users, by name."""
-    return [Actor(r.id, r.name, r.is_admin) for r in conn.execute(select(User).order_by(User.name))]
+    return [Actor(r.id, r.name, r.is_admin) for r in conn.execute(select(User.id, User.name, User.is_admin).order_by(User.name))]
 
 
 def check_password(conn: Connection, name: str, password: str) -> Actor:
     """The user if ``password`` is right; :class:`Unauthorized` otherwise (without saying which part)."""
-    row = conn.execute(select(User).where(User.name == name)).scalars().first()
+    row = conn.execute(select(User).where(User.name == name)).first()
     if row is None or not row.password_hash:
         raise Unauthorized("wrong user name or password")
     try:
@@ -116,7 +116,7 @@ def create_token(
 
 def revoke_token(conn: Connection, token_id: int, by: Actor) -> None:
     """Revoke a token: the owner or a site admin may."""
-    row = conn.execute(select(Token).where(Token.id == token_id)).scalars().first()
+    row = conn.execute(select(Token).where(Token.id == token_id)).first()
     if row is None or (row.user_id != by.id and not by.is_admin):
         raise NotFound(f"no token {token_id}", token_id=token_id)
     conn.execute(update(Token).where(Token.id == token_id).values(revoked_at=time.time()))
@@ -125,7 +125,7 @@ def revoke_token(conn: Connection, token_id: int, by: Actor) -> None:
 
 def list_tokens(conn: Connection, user: Actor) -> list[dict[str, object]]:
     """A user's tokens, without secrets."""
-    rows = conn.execute(select(Token).where(Token.user_id == user.id).order_by(Token.id)).scalars()
+    rows = conn.execute(select(Token).where(Token.user_id == user.id).order_by(Token.id)).all()
     return [
         {"id": t.id, "name": t.name, "created_at": t.created_at, "expires_at": t.expires_at,
          "revoked": t.revoked_at is not None}

@@ -1,0 +1,815 @@
+"""The store: folders, items, versions, metadata and blobs, with access checks and events.
+
+Every public method takes the :class:`~datamill.store.access.Actor` it acts for, checks access,
+and appends its events in the same transaction as the change. Blob bytes are written before the
+transaction that records them (and only after the access check), so a broken upload leaves
+nothing behind and a committed version always points at bytes that exist.
+"""
+
+from __future__ import annotations
+
+import fnmatch
+import json
+import mimetypes
+import time
+from collections.abc import Iterable, Iterator, Mapping
+from dataclasses import asdict, dataclass, field
+from typing import Any, BinaryIO
+
+from sqlalchemy import Connection, Row, and_, delete, func, insert, or_, select, update
+from sqlalchemy.dialects.postgresql import insert as pg_insert
+from sqlalchemy.dialects.sqlite import insert as sqlite_insert
+from sqlalchemy.exc import IntegrityError
+
+from datamill import events
+from datamill.db.database import Database
+from datamill.db.models import Blob, Folder, FolderAccess, Item, Meta, User, Version
+from datamill.errors import (
+    AlreadyExists,
+    BlobNotFound,
+    InvalidInput,
+    InvalidMetadata,
+    NotEmpty,
+    NotFound,
+)
+from datamill.store.access import Actor, Level, level_on, require
+from datamill.store.blobs import ALGORITHM, BlobInfo, BlobStore, BlobWriter
+from datamill.store.names import check_name, join_path, split_item_path, split_path
+
+#: A folder the actor can reach is identified by its path; the root is "".
+ROOT = ""
+
+
+@dataclass(frozen=True)
+class FolderInfo:
+    """A folder as callers see it."""
+
+    id: int
+    path: str
+    name: str
+    parent: str | None
+    owner: str | None
+    public_read: bool
+    metadata: dict[str, Any]
+    created_at: float
+    updated_at: float
+
+    def to_dict(self) -> dict[str, Any]:
+        """A JSON-able dict."""
+        return asdict(self)
+
+
+@dataclass(frozen=True)
+class VersionInfo:
+    """One version of an item."""
+
+    item_id: int
+    version_id: int
+    folder: str
+    name: str
+    version: int
+    digest: str
+    size: int
+    content_type: str
+    created_by: str | None
+    created_via: str
+    created_at: float
+    run_id: int | None = None
+    task_id: int | None = None
+
+    @property
+    def path(self) -> str:
+        """``folder/name``."""
+        return join_path(self.folder, self.name)
+
+    def to_dict(self) -> dict[str, Any]:
+        """A JSON-able dict."""
+        return {**asdict(self), "path": self.path}
+
+
+@dataclass(frozen=True)
+class ItemInfo:
+    """An item with its current version."""
+
+    id: int
+    folder: str
+    name: str
+    metadata: dict[str, Any]
+    version: int
+    digest: str
+    size: int
+    content_type: str
+    created_at: float
+    updated_at: float
+    version_id: int = 0
+    extra: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def path(self) -> str:
+        """``folder/name``."""
+        return join_path(self.folder, self.name)
+
+    def to_dict(self) -> dict[str, Any]:
+        """A JSON-able dict."""
+        d = asdict(self)
+        d.pop("extra")
+        return {**d, "path": self.path}
+
+
+def check_metadata(meta: Any) -> dict[str, Any]:
+    """Metadata must be a JSON object with string keys whose values round-trip through JSON."""
+    if not isinstance(meta, Mapping):
+        raise InvalidMetadata(f"metadata must be a JSON object, not {type(meta).__name__}")
+    try:
+        text = json.dumps(meta, allow_nan=False, sort_keys=True)
+    except (TypeError, ValueError) as exc:
+        raise InvalidMetadata(f"metadata is not valid JSON: {exc}") from None
+    out: dict[str, Any] = json.loads(text)
+    for key in out:
+        if not key or len(key) > 255:
+            raise InvalidMetadata(f"metadata key {key[:40]!r} must be 1-255 characters")
+    return out
+
+
+def guess_content_type(name: str) -> str:
+    """A MIME type from the file name, ``application/octet-stream`` when unknown."""
+    return mimetypes.guess_type(name)[0] or "application/octet-stream"
+
+
+def _like_escape(text: str) -> str:
+    return text.replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_")
+
+
+class Store:
+    """Folders, items, versions and blobs over one database and one blob store."""
+
+    def __init__(self, db: Database, blobs: BlobStore) -> None:
+        self.db = db
+        self.blobs = blobs
+
+    # ---------------------------------------------------------------- setup
+
+    def initialize(self) -> None:
+        """Migrate the schema and record the digest algorithm the first time."""
+        self.db.migrate()
+        with self.db.write() as conn:
+            algo = conn.execute(select(Meta.value).where(Meta.key == "digest_algorithm")).scalar()
+            if algo is None:
+                conn.execute(insert(Meta).values(key="digest_algorithm", value=ALGORITHM))
+            elif algo != ALGORITHM:
+                raise InvalidInput(
+                    f"this store was created with {algo} digests but this datamill uses {ALGORITHM}; "
+                    "use a datamill version that supports it"
+                )
+
+    # ---------------------------------------------------------------- folders
+
+    def _folder_row(self, conn: Connection, path: str) -> Row[Any]:
+        row = conn.execute(select(Folder).where(Folder.path == path)).first()
+        if row is None:
+            raise NotFound(f"no folder {path!r}, or you may not see it", path=path)
+        return row
+
+    def _folder_info(self, conn: Connection, row: Row[Any]) -> FolderInfo:
+        owner = None
+        if row.owner_id is not None:
+            owner = conn.execute(select(User.name).where(User.id == row.owner_id)).scalar()
+        parent = row.path.rsplit("/", 1)[0] if "/" in row.path else (ROOT if row.parent_id is None else None)
+        return FolderInfo(
+            id=row.id,
+            path=row.path,
+            name=row.name,
+            parent=parent,
+            owner=owner,
+            public_read=row.public_read,
+            metadata=dict(row.metadata or {}),
+            created_at=row.created_at,
+            updated_at=row.updated_at,
+        )
+
+    def _readable_folder(self, conn: Connection, actor: Actor, path: str, needed: Level = Level.READ) -> Row[Any]:
+        parts = split_path(path)
+        norm = "/".join(parts)
+        if not norm:
+            raise InvalidInput("the root is not a folder; name one, e.g. 'Raw Data'")
+        row = conn.execute(select(Folder).where(Folder.path == norm)).first()
+        if row is None:
+            raise NotFound(f"no folder {norm!r}, or you may not see it", path=norm)
+        require(conn, actor, norm, needed)
+        return row
+
+    def create_folder(
+        self,
+        actor: Actor,
+        path: str,
+        parents: bool = True,
+        exist_ok: bool = False,
+        metadata: Mapping[str, Any] | None = None,
+        public_read: bool = False,
+    ) -> FolderInfo:
+        """Create the folder at ``path`` (and missing parents when ``parents``)."""
+        parts = split_path(path)
+        if not parts:
+            raise InvalidInput("give a folder path, e.g. 'Raw Data/2026'")
+        meta = check_metadata(metadata or {})
+        if actor.anonymous:
+            raise NotFound("sign in to create folders")
+        with self.db.write() as conn:
+            parent: Row[Any] | None = None
+            for depth, name in enumerate(parts):
+                sub = "/".join(parts[: depth + 1])
+                row = conn.execute(select(Folder).where(Folder.path == sub)).first()
+                last = depth == len(parts) - 1
+                if row is not None:
+                    if last:
+                        require(conn, actor, sub, Level.READ)
+                        if not exist_ok:
+                            raise AlreadyExists(f"folder {sub!r} already exists", path=sub)
+                        return self._folder_info(conn, row)
+                    parent = row
+                    continue
+                if not last and not parents:
+                    raise NotFound(f"no folder {sub!r}; pass parents=True (or --parents) to create it", path=sub)
+                if parent is not None:
+                    require(conn, actor, parent.path, Level.WRITE)
+                now = time.time()
+                fid = conn.execute(
+                    insert(Folder)
+                    .values(
+                        parent_id=parent.id if parent else None,
+                        name=name,
+                        path=sub,
+                        owner_id=actor.id,
+                        public_read=public_read if last else False,
+                        meta=meta if last else {},
+                        created_at=now,
+                        updated_at=now,
+                    )
+                    .returning(Folder.id)
+                ).scalar_one()
+                events.append(
+                    conn, "folder.created", actor_id=actor.id, folder_id=fid, data={"path": sub, "name": name}
+                )
+                parent = conn.execute(select(Folder).where(Folder.id == fid)).one()
+            assert parent is not None
+            return self._folder_info(conn, parent)
+
+    def get_folder(self, actor: Actor, path: str) -> FolderInfo:
+        """The folder at ``path``."""
+        with self.db.read() as conn:
+            return self._folder_info(conn, self._readable_folder(conn, actor, path))
+
+    def list_folders(self, actor: Actor, path: str = ROOT) -> list[FolderInfo]:
+        """The subfolders of ``path`` (the top level for the root) that the actor may read."""
+        with self.db.read() as conn:
+            if split_path(path):
+                parent = self._readable_folder(conn, actor, path)
+                rows = conn.execute(
+                    select(Folder).where(Folder.parent_id == parent.id).order_by(Folder.name)
+                ).all()
+                return [self._folder_info(conn, r) for r in rows]
+            rows = conn.execute(select(Folder).where(Folder.parent_id.is_(None)).order_by(Folder.name)).all()
+            return [
+                self._folder_info(conn, r) for r in rows if level_on(conn, actor, r.path) >= Level.READ
+            ]
+
+    def rename_folder(self, actor: Actor, path: str, new_name: str) -> FolderInfo:
+        """Rename a folder in place."""
+        new_name = check_name(new_name, "folder name")
+        parent = path.strip("/").rsplit("/", 1)[0] if "/" in path.strip("/") else ROOT
+        return self.move_folder(actor, path, parent, new_name=new_name)
+
+    def move_folder(self, actor: Actor, path: str, new_parent: str, new_name: str | None = None) -> FolderInfo:
+        """Move a folder (with everything below it) under ``new_parent`` ("" for the top level)."""
+        with self.db.write() as conn:
+            row = self._readable_folder(conn, actor, path, Level.ADMIN)
+            target_parts = split_path(new_parent)
+            target: Row[Any] | None = None
+            if target_parts:
+                target = self._readable_folder(conn, actor, new_parent, Level.WRITE)
+                if target.path == row.path or target.path.startswith(row.path + "/"):
+                    raise InvalidInput(f"cannot move {row.path!r} into itself", path=row.path)
+            name = check_name(new_name, "folder name") if new_name else row.name
+            new_path = join_path(target.path if target else "", name)
+            split_path(new_path)
+            if new_path == row.path:
+                return self._folder_info(conn, row)
+            if conn.execute(select(Folder.id).where(Folder.path == new_path)).first():
+                raise AlreadyExists(f"folder {new_path!r} already exists", path=new_path)
+            old = row.path
+            # Rewrite the materialized paths of the whole subtree in one statement.
+            prefix_len = len(old)
+            conn.execute(
+                update(Folder)
+                .where(Folder.path.startswith(old + "/", autoescape=True))
+                .values(path=new_path + func.substr(Folder.path, prefix_len + 1))
+            )
+            conn.execute(
+                update(Folder)
+                .where(Folder.id == row.id)
+                .values(
+                    path=new_path, name=name, parent_id=target.id if target else None, updated_at=time.time()
+                )
+            )
+            events.append(
+                conn, "folder.moved", actor_id=actor.id, folder_id=row.id, data={"from": old, "to": new_path}
+            )
+            return self._folder_info(conn, self._folder_row(conn, new_path))
+
+    def delete_folder(self, actor: Actor, path: str, recursive: bool = False) -> int:
+        """Delete a folder; with ``recursive``, everything below it. Returns the items removed."""
+        digests: set[str] = set()
+        with self.db.write() as conn:
+            row = self._readable_folder(conn, actor, path, Level.ADMIN)
+            sub_ids = [row.id] + list(
+                conn.execute(
+                    select(Folder.id).where(Folder.path.startswith(row.path + "/", autoescape=True))
+                ).scalars()
+            )
+            n_items = conn.execute(select(func.count()).select_from(Item).where(Item.folder_id.in_(sub_ids))).scalar_one()
+            if not recursive and (n_items or len(sub_ids) > 1):
+                raise NotEmpty(
+                    f"folder {row.path!r} holds {n_items} items and {len(sub_ids) - 1} subfolders; "
+                    "pass --recursive to delete them too",
+                    path=row.path,
+                )
+            item_ids = list(conn.execute(select(Item.id).where(Item.folder_id.in_(sub_ids))).scalars())
+            if item_ids:
+                digests.update(
+                    conn.execute(select(Version.digest).where(Version.item_id.in_(item_ids))).scalars()
+                )
+                events.append_many(
+                    conn,
+                    [
+                        {"kind": "item.deleted", "actor_id": actor.id, "item_id": iid, "folder_id": fid,
+                         "data": {"name": name, "reason": "folder deleted"}}
+                        for iid, fid, name in conn.execute(
+                            select(Item.id, Item.folder_id, Item.name).where(Item.id.in_(item_ids))
+                        )
+                    ],
+                )
+                conn.execute(delete(Version).where(Version.item_id.in_(item_ids)))
+                conn.execute(delete(Item).where(Item.id.in_(item_ids)))
+            conn.execute(delete(FolderAccess).where(FolderAccess.folder_id.in_(sub_ids)))
+            # Children first: the parent FK would refuse otherwise where cascades are off.
+            for fid in sorted(sub_ids, reverse=True):
+                conn.execute(delete(Folder).where(Folder.id == fid))
+            events.append(
+                conn, "folder.deleted", actor_id=actor.id, folder_id=row.id,
+                data={"path": row.path, "items": len(item_ids)},
+            )
+            self._collect(conn, digests)
+            return len(item_ids)
+
+    def set_folder_metadata(
+        self, actor: Actor, path: str, set_: Mapping[str, Any] | None = None, unset: Iterable[str] = ()
+    ) -> FolderInfo:
+        """Set and unset metadata keys on a folder."""
+        changes = check_metadata(set_ or {})
+        with self.db.write() as conn:
+            row = self._readable_folder(conn, actor, path, Level.WRITE)
+            meta = {k: v for k, v in dict(row.metadata or {}).items() if k not in set(unset)}
+            meta.update(changes)
+            conn.execute(update(Folder).where(Folder.id == row.id).values(meta=meta, updated_at=time.time()))
+            events.append(
+                conn, "metadata.changed", actor_id=actor.id, folder_id=row.id,
+                data={"path": row.path, "set": sorted(changes), "unset": sorted(unset)},
+            )
+            return self._folder_info(conn, self._folder_row(conn, row.path))
+
+    def share(self, actor: Actor, path: str, user: str, level: Level) -> None:
+        """Grant ``user`` a level on a folder (``Level.NONE`` removes the grant)."""
+        with self.db.write() as conn:
+            row = self._readable_folder(conn, actor, path, Level.ADMIN)
+            uid = conn.execute(select(User.id).where(User.name == user)).scalar()
+            if uid is None:
+                raise NotFound(f"no user {user!r}", user=user)
+            conn.execute(delete(FolderAccess).where(FolderAccess.folder_id == row.id, FolderAccess.user_id == uid))
+            if level > Level.NONE:
+                conn.execute(insert(FolderAccess).values(folder_id=row.id, user_id=uid, level=int(level)))
+            events.append(
+                conn, "access.changed", actor_id=actor.id, folder_id=row.id,
+                data={"path": row.path, "user": user, "level": level.name.lower()},
+            )
+
+    def set_public(self, actor: Actor, path: str, public: bool) -> None:
+        """Switch public read access on a folder."""
+        with self.db.write() as conn:
+            row = self._readable_folder(conn, actor, path, Level.ADMIN)
+            conn.execute(update(Folder).where(Folder.id == row.id).values(public_read=public))
+            events.append(
+                conn, "access.changed", actor_id=actor.id, folder_id=row.id,
+                data={"path": row.path, "public_read": public},
+            )
+
+    def access_list(self, actor: Actor, path: str) -> list[dict[str, Any]]:
+        """The grants on a folder (not inherited ones)."""
+        with self.db.read() as conn:
+            row = self._readable_folder(conn, actor, path, Level.READ)
+            rows = conn.execute(
+                select(User.name, FolderAccess.level)
+                .join(User, User.id == FolderAccess.user_id)
+                .where(FolderAccess.folder_id == row.id)
+                .order_by(User.name)
+            )
+            return [{"user": n, "level": Level(lv).name.lower()} for n, lv in rows]
+
+    def my_level(self, actor: Actor, path: str) -> Level:
+        """The actor's effective level on a folder (NONE if it does not exist)."""
+        with self.db.read() as conn:
+            norm = "/".join(split_path(path))
+            if not conn.execute(select(Folder.id).where(Folder.path == norm)).first():
+                return Level.NONE
+            return level_on(conn, actor, norm)
+
+    # ---------------------------------------------------------------- items
+
+    def begin_upload(
+        self,
+        actor: Actor,
+        folder: str,
+        name: str,
+        expected_digest: str | None = None,
+        expected_size: int | None = None,
+    ) -> BlobWriter:
+        """Check write access and open a blob writer for a new version of ``folder/name``.
+
+        The access check comes first so that no bytes are stored for a caller who may not write.
+        """
+        check_name(name, "item name")
+        with self.db.read() as conn:
+            self._readable_folder(conn, actor, folder, Level.WRITE)
+        return self.blobs.writer(expected_digest, expected_size)
+
+    def put(
+        self,
+        actor: Actor,
+        folder: str,
+        name: str,
+        data: bytes | BinaryIO | Iterable[bytes],
+        content_type: str | None = None,
+        metadata: Mapping[str, Any] | None = None,
+        expected_digest: str | None = None,
+        created_via: str = "upload",
+    ) -> VersionInfo:
+        """Store bytes as a new version of ``folder/name`` (creating the item when new)."""
+        meta = check_metadata(metadata or {})
+        writer = self.begin_upload(actor, folder, name, expected_digest)
+        try:
+            if isinstance(data, bytes | bytearray | memoryview):
+                writer.write(bytes(data))
+            elif hasattr(data, "read"):
+                while chunk := data.read(1 << 20):  # type: ignore[union-attr]
+                    writer.write(chunk)
+            else:
+                for chunk in data:
+                    writer.write(chunk)
+            blob = writer.commit()
+        finally:
+            writer.abort()
+        return self.commit_version(actor, folder, name, blob, content_type, meta, created_via=created_via)
+
+    def commit_version(
+        self,
+        actor: Actor,
+        folder: str,
+        name: str,
+        blob: BlobInfo,
+        content_type: str | None = None,
+        metadata: Mapping[str, Any] | None = None,
+        created_via: str = "upload",
+        run_id: int | None = None,
+        task_id: int | None = None,
+        conn: Connection | None = None,
+    ) -> VersionInfo:
+        """Record stored bytes as the next version of ``folder/name``.
+
+        Pass ``conn`` to join the caller's write transaction (the engine records task outputs
+        and their versions together).
+        """
+        if conn is None:
+            with self.db.write() as own:
+                return self.commit_version(
+                    actor, folder, name, blob, content_type, metadata, created_via, run_id, task_id, own
+                )
+        name = check_name(name, "item name")
+        meta = check_metadata(metadata or {})
+        frow = self._readable_folder(conn, actor, folder, Level.WRITE)
+        if not self.blobs.exists(blob.digest):
+            raise BlobNotFound(
+                f"the bytes for {name!r} vanished before they were recorded; upload the file again",
+                digest=blob.digest,
+            )
+        self._ensure_blob(conn, blob)
+        now = time.time()
+        ctype = content_type or guess_content_type(name)
+        item = conn.execute(
+            select(Item.id, Item.meta.label("metadata")).where(Item.folder_id == frow.id, Item.name == name)
+        ).first()
+        created = False
+        if item is None:
+            try:
+                with conn.begin_nested():
+                    item_id = conn.execute(
+                        insert(Item)
+                        .values(folder_id=frow.id, name=name, meta=meta, current_version=1,
+                                created_at=now, updated_at=now)
+                        .returning(Item.id)
+                    ).scalar_one()
+                number = 1
+                created = True
+            except IntegrityError:
+                # Another writer created it between our look-up and insert (PostgreSQL only).
+                item = conn.execute(
+                    select(Item.id, Item.meta.label("metadata")).where(Item.folder_id == frow.id, Item.name == name)
+                ).one()
+        if not created:
+            assert item is not None
+            item_id = item.id
+            merged = {**dict(item.metadata or {}), **meta}
+            # The UPDATE takes the row lock, so concurrent uploads get distinct version numbers.
+            number = conn.execute(
+                update(Item)
+                .where(Item.id == item_id)
+                .values(current_version=Item.current_version + 1, updated_at=now, meta=merged)
+                .returning(Item.current_version)
+            ).scalar_one()
+        vid = conn.execute(
+            insert(Version)
+            .values(
+                item_id=item_id, number=number, digest=blob.digest, size=blob.size, content_type=ctype,
+                created_by=actor.id, created_via=created_via, run_id=run_id, task_id=task_id, created_at=now,
+            )
+            .returning(Version.id)
+        ).scalar_one()
+        events.append(
+            conn,
+            "item.created" if created else "item.updated",
+            actor_id=actor.id,
+            folder_id=frow.id,
+            item_id=item_id,
+            run_id=run_id,
+            task_id=task_id,
+            data={"folder": frow.path, "name": name, "version": number, "version_id": vid,
+                  "digest": blob.digest, "size": blob.size},
+        )
+        return VersionInfo(
+            item_id=item_id, version_id=vid, folder=frow.path, name=name, version=number, digest=blob.digest,
+            size=blob.size, content_type=ctype, created_by=actor.name, created_via=created_via, created_at=now,
+            run_id=run_id, task_id=task_id,
+        )
+
+    def _ensure_blob(self, conn: Connection, blob: BlobInfo) -> None:
+        values = {"digest": blob.digest, "size": blob.size, "created_at": time.time()}
+        ins = pg_insert(Blob) if conn.dialect.name == "postgresql" else sqlite_insert(Blob)
+        conn.execute(ins.values(**values).on_conflict_do_nothing(index_elements=["digest"]))
+
+    def _item_row(self, conn: Connection, actor: Actor, path: str, needed: Level = Level.READ) -> tuple[Row[Any], Row[Any]]:
+        folder, name = split_item_path(path)
+        frow = self._readable_folder(conn, actor, folder, needed)
+        irow = conn.execute(select(Item).where(Item.folder_id == frow.id, Item.name == name)).first()
+        if irow is None:
+            raise NotFound(f"no item {name!r} in {frow.path!r}", path=join_path(frow.path, name))
+        return frow, irow
+
+    def _version_info(self, conn: Connection, frow: Row[Any], irow: Row[Any], v: Row[Any]) -> VersionInfo:
+        by = conn.execute(select(User.name).where(User.id == v.created_by)).scalar() if v.created_by else None
+        return VersionInfo(
+            item_id=irow.id, version_id=v.id, folder=frow.path, name=irow.name, version=v.number, digest=v.digest,
+            size=v.size, content_type=v.content_type, created_by=by, created_via=v.created_via,
+            created_at=v.created_at, run_id=v.run_id, task_id=v.task_id,
+        )
+
+    def get_item(self, actor: Actor, path: str) -> ItemInfo:
+        """An item and its current version."""
+        with self.db.read() as conn:
+            frow, irow = self._item_row(conn, actor, path)
+            v = conn.execute(
+                select(Version).where(Version.item_id == irow.id, Version.number == irow.current_version)
+            ).one()
+            return ItemInfo(
+                id=irow.id, folder=frow.path, name=irow.name, metadata=dict(irow.metadatadata or {}), version=v.number,
+                digest=v.digest, size=v.size, content_type=v.content_type, created_at=irow.created_at,
+                updated_at=irow.updated_at, version_id=v.id,
+            )
+
+    def get_version(self, actor: Actor, path: str, version: int | None = None) -> VersionInfo:
+        """One version of an item: the current one unless ``version`` is given."""
+        with self.db.read() as conn:
+            frow, irow = self._item_row(conn, actor, path)
+            number = irow.current_version if version is None else version
+            v = conn.execute(
+                select(Version).where(Version.item_id == irow.id, Version.number == number)
+            ).first()
+            if v is None:
+                raise NotFound(
+                    f"{join_path(frow.path, irow.name)!r} has no version {number}; "
+                    f"it has versions 1..{irow.current_version}",
+                    version=number,
+                )
+            return self._version_info(conn, frow, irow, v)
+
+    def versions(self, actor: Actor, path: str) -> list[VersionInfo]:
+        """Every version of an item, oldest first."""
+        with self.db.read() as conn:
+            frow, irow = self._item_row(conn, actor, path)
+            rows = conn.execute(
+                select(Version).where(Version.item_id == irow.id).order_by(Version.number)
+            ).all()
+            return [self._version_info(conn, frow, irow, v) for v in rows]
+
+    def version_by_id(self, actor: Actor, version_id: int) -> VersionInfo:
+        """A version by its id (as provenance records it)."""
+        with self.db.read() as conn:
+            v = conn.execute(select(Version).where(Version.id == version_id)).first()
+            if v is None:
+                raise NotFound(f"no version {version_id}")
+            irow = conn.execute(select(Item).where(Item.id == v.item_id)).one()
+            frow = conn.execute(select(Folder).where(Folder.id == irow.folder_id)).one()
+            require(conn, actor, frow.path, Level.READ)
+            return self._version_info(conn, frow, irow, v)
+
+    def list_items(
+        self, actor: Actor, folder: str, after: str | None = None, limit: int | None = None
+    ) -> list[ItemInfo]:
+        """Items in a folder by name, with their current versions; page with ``after``/``limit``."""
+        with self.db.read() as conn:
+            frow = self._readable_folder(conn, actor, folder)
+            q = (
+                select(
+                    Item.id, Item.name, Item.meta.label("meta"), Item.created_at, Item.updated_at, Version.number,
+                    Version.digest, Version.size, Version.content_type, Version.id.label("vid"),
+                )
+                .join(Version, and_(Version.item_id == Item.id, Version.number == Item.current_version))
+                .where(Item.folder_id == frow.id)
+                .order_by(Item.name)
+            )
+            if after is not None:
+                q = q.where(Item.name > after)
+            if limit is not None:
+                q = q.limit(limit)
+            path = frow.path
+            return [
+                ItemInfo(
+                    id=r.id, folder=path, name=r.name, metadata=r.meta or {}, version=r.number, digest=r.digest,
+                    size=r.size, content_type=r.content_type, created_at=r.created_at, updated_at=r.updated_at,
+                    version_id=r.vid,
+                )
+                for r in conn.execute(q)
+            ]
+
+    def find_items(
+        self,
+        actor: Actor,
+        folder: str,
+        name: str | None = None,
+        metadata: Mapping[str, Any] | None = None,
+        recursive: bool = True,
+    ) -> list[ItemInfo]:
+        """Items under ``folder`` whose name matches the glob ``name`` and whose metadata holds ``metadata``.
+
+        A metadata filter value matches an equal value, or an element of a list value.
+        """
+        with self.db.read() as conn:
+            frow = self._readable_folder(conn, actor, folder)
+            folder_q = select(Folder.id, Folder.path).where(
+                or_(Folder.id == frow.id, Folder.path.startswith(frow.path + "/", autoescape=True))
+                if recursive
+                else Folder.id == frow.id
+            )
+            paths = dict(conn.execute(folder_q).tuples().all())
+            q = (
+                select(
+                    Item.id, Item.folder_id, Item.name, Item.meta.label("meta"), Item.created_at, Item.updated_at,
+                    Version.number, Version.digest, Version.size, Version.content_type, Version.id.label("vid"),
+                )
+                .join(Version, and_(Version.item_id == Item.id, Version.number == Item.current_version))
+                .where(Item.folder_id.in_(list(paths)))
+                .order_by(Item.folder_id, Item.name)
+            )
+            if name:
+                # LIKE narrows cheaply; fnmatch below decides exactly ('[...]' classes, case).
+                like = "".join("%" if c == "*" else "_" if c == "?" else _like_escape(c) for c in name)
+                if "[" not in name:
+                    q = q.where(Item.name.like(like, escape="\\"))
+            out = []
+            wanted = check_metadata(metadata or {})
+            for r in conn.execute(q):
+                if name and not fnmatch.fnmatchcase(r.name, name):
+                    continue
+                meta = r.meta or {}
+                if not all(_meta_matches(meta.get(k, _MISSING), v) for k, v in wanted.items()):
+                    continue
+                out.append(
+                    ItemInfo(
+                        id=r.id, folder=paths[r.folder_id], name=r.name, metadata=meta, version=r.number,
+                        digest=r.digest, size=r.size, content_type=r.content_type, created_at=r.created_at,
+                        updated_at=r.updated_at, version_id=r.vid,
+                    )
+                )
+            return out
+
+    def set_item_metadata(
+        self, actor: Actor, path: str, set_: Mapping[str, Any] | None = None, unset: Iterable[str] = ()
+    ) -> ItemInfo:
+        """Set and unset metadata keys on an item; no new version is made."""
+        changes = check_metadata(set_ or {})
+        unset = list(unset)
+        with self.db.write() as conn:
+            frow, irow = self._item_row(conn, actor, path, Level.WRITE)
+            meta = {k: v for k, v in dict(irow.metadatadata or {}).items() if k not in set(unset)}
+            meta.update(changes)
+            conn.execute(update(Item).where(Item.id == irow.id).values(meta=meta, updated_at=time.time()))
+            events.append(
+                conn, "metadata.changed", actor_id=actor.id, folder_id=frow.id, item_id=irow.id,
+                data={"folder": frow.path, "name": irow.name, "set": sorted(changes), "unset": sorted(unset)},
+            )
+        return self.get_item(actor, path)
+
+    def delete_item(self, actor: Actor, path: str) -> None:
+        """Delete an item with all its versions; blobs nothing else refers to are removed."""
+        with self.db.write() as conn:
+            frow, irow = self._item_row(conn, actor, path, Level.WRITE)
+            digests = set(conn.execute(select(Version.digest).where(Version.item_id == irow.id)).scalars())
+            conn.execute(delete(Version).where(Version.item_id == irow.id))
+            conn.execute(delete(Item).where(Item.id == irow.id))
+            events.append(
+                conn, "item.deleted", actor_id=actor.id, folder_id=frow.id, item_id=irow.id,
+                data={"folder": frow.path, "name": irow.name},
+            )
+            self._collect(conn, digests)
+
+    def open_version(self, actor: Actor, path: str, version: int | None = None) -> tuple[VersionInfo, BinaryIO]:
+        """A version's info and a verifying stream of its bytes."""
+        info = self.get_version(actor, path, version)
+        return info, self.blobs.open(info.digest)
+
+    def iter_bytes(
+        self, actor: Actor, path: str, version: int | None = None, start: int = 0, end: int | None = None
+    ) -> tuple[VersionInfo, Iterator[bytes]]:
+        """A version's info and its bytes ``start..end`` (inclusive) in chunks."""
+        info = self.get_version(actor, path, version)
+        return info, self.blobs.iter_range(info.digest, start, end)
+
+    # ---------------------------------------------------------------- events
+
+    def visible_events(self, actor: Actor, records: Iterable[events.EventRecord]) -> list[events.EventRecord]:
+        """The events among ``records`` the actor may see.
+
+        An event about a folder (or something in it) is visible to readers of that folder;
+        events about no folder (users, tokens) only to site admins. Events of a deleted folder
+        stay visible to site admins only.
+        """
+        records = list(records)
+        if actor.is_admin:
+            return records
+        levels: dict[int, bool] = {}
+        out = []
+        with self.db.read() as conn:
+            for rec in records:
+                fid = rec.folder_id
+                if fid is None:
+                    continue
+                if fid not in levels:
+                    path = conn.execute(select(Folder.path).where(Folder.id == fid)).scalar()
+                    levels[fid] = path is not None and level_on(conn, actor, path) >= Level.READ
+                if levels[fid]:
+                    out.append(rec)
+        return out
+
+    # ---------------------------------------------------------------- blobs
+
+    #: Tables whose ``digest`` column keeps a blob alive; the engine adds its own at import.
+    blob_referrers: list[Any] = [Version.digest]
+
+    def _collect(self, conn: Connection, digests: Iterable[str]) -> None:
+        """Remove blobs among ``digests`` that nothing refers to any more.
+
+        Runs inside the deleting transaction, so an upload that commits a version of the same
+        bytes afterwards either sees the file or is told to send it again (never a dangling row).
+        """
+        for digest in digests:
+            if any(conn.execute(select(col).where(col == digest).limit(1)).first() for col in self.blob_referrers):
+                continue
+            conn.execute(delete(Blob).where(Blob.digest == digest))
+            self.blobs.delete(digest)
+
+    def collect_garbage(self) -> int:
+        """Remove every blob that no version (or engine record) refers to; returns how many."""
+        with self.db.write() as conn:
+            digests = list(conn.execute(select(Blob.digest)).scalars())
+            before = len(digests)
+            self._collect(conn, digests)
+            after = conn.execute(select(func.count()).select_from(Blob)).scalar_one()
+            return before - int(after)
+
+
+_MISSING = object()
+
+
+def _meta_matches(value: Any, wanted: Any) -> bool:
+    if value is _MISSING:
+        return False
+    if value == wanted:
+        return True
+    return isinstance(value, list) and wanted in value
