@@ -123,7 +123,9 @@ class Settings:
     def with_overrides(self, **overrides: Any) -> Settings:
         """A copy with the given (non-None) keys replaced and validated."""
         clean = {
-            k: _coerce(_BY_KEY[k], v, "option") for k, v in overrides.items() if v is not None and k in _BY_KEY
+            k: _coerce(_BY_KEY[k], v, "option")
+            for k, v in overrides.items()
+            if v is not None and k in _BY_KEY
         }
         return replace(self, **clean)
 
@@ -172,14 +174,14 @@ def load_settings(
         elif profile != "local" or profiles:
             if profile != "local":
                 known = ", ".join(sorted(profiles)) or "none"
-                raise ConfigError(
-                    f"{path}: no profile {profile!r}; known profiles: {known}", profile=profile
-                )
+                raise ConfigError(f"{path}: no profile {profile!r}; known profiles: {known}", profile=profile)
         for section, table in layers:
             for key, value in table.items():
                 if key not in _BY_KEY:
                     known = ", ".join(_BY_KEY)
-                    raise ConfigError(f"{path} [{section}]: unknown key {key!r}; known keys: {known}", key=key)
+                    raise ConfigError(
+                        f"{path} [{section}]: unknown key {key!r}; known keys: {known}", key=key
+                    )
                 values[key] = _coerce(_BY_KEY[key], value, f"{path} [{section}]")
         sources.append(str(path))
     for s in SETTINGS:
@@ -194,8 +196,8 @@ def load_settings(
             raise ConfigError(f"unknown setting {key!r}", key=key)
         values[key] = _coerce(_BY_KEY[key], value, "option")
     if values.get("executor", "local") not in {"inline", "local"}:
-        raise ConfigError(
-            f"executor must be 'inline' or 'local', not {values['executor']!r}", key="executor"
-        )
+        raise ConfigError(f"executor must be 'inline' or 'local', not {values['executor']!r}", key="executor")
     known_fields = {f.name for f in fields(Settings)}
-    return Settings(profile=profile, sources=tuple(sources), **{k: v for k, v in values.items() if k in known_fields})
+    return Settings(
+        profile=profile, sources=tuple(sources), **{k: v for k, v in values.items() if k in known_fields}
+    )

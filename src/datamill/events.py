@@ -155,7 +155,7 @@ class EventLog:
         if kinds:
             exact = [k for k in kinds if not k.endswith((".", "*"))]
             prefixes = [k.rstrip("*") for k in kinds if k.endswith((".", "*"))]
-            cond = [Event.kind.in_(exact)] if exact else []
+            cond: list[Any] = [Event.kind.in_(exact)] if exact else []
             cond += [Event.kind.startswith(p, autoescape=True) for p in prefixes]
             from sqlalchemy import or_
 

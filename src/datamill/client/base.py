@@ -37,7 +37,11 @@ class Client(ABC):
     # --- folders --------------------------------------------------------------------------
     @abstractmethod
     def create_folder(
-        self, path: str, parents: bool = True, exist_ok: bool = False, metadata: Mapping[str, Any] | None = None
+        self,
+        path: str,
+        parents: bool = True,
+        exist_ok: bool = False,
+        metadata: Mapping[str, Any] | None = None,
     ) -> FolderInfo:
         """Create a folder (and missing parents)."""
 
@@ -122,7 +126,11 @@ class Client(ABC):
 
     @abstractmethod
     def find(
-        self, folder: str, name: str | None = None, metadata: Mapping[str, Any] | None = None, recursive: bool = True
+        self,
+        folder: str,
+        name: str | None = None,
+        metadata: Mapping[str, Any] | None = None,
+        recursive: bool = True,
     ) -> list[ItemInfo]:
         """Items below ``folder`` by name glob and metadata."""
 
@@ -149,7 +157,9 @@ class Client(ABC):
 
     # --- events ---------------------------------------------------------------------------
     @abstractmethod
-    def events(self, since: int = 0, limit: int = 1000, kinds: Iterable[str] | None = None) -> list[EventRecord]:
+    def events(
+        self, since: int = 0, limit: int = 1000, kinds: Iterable[str] | None = None
+    ) -> list[EventRecord]:
         """Events after ``since`` that you may see."""
 
     @abstractmethod
@@ -250,7 +260,9 @@ class Client(ABC):
         out = []
         for path, target in files:
             with open(path, "rb") as f:
-                info = self.put(target, path.name, f, metadata=metadata, progress=progress, size=path.stat().st_size)
+                info = self.put(
+                    target, path.name, f, metadata=metadata, progress=progress, size=path.stat().st_size
+                )
             out.append(info)
             if on_file:
                 on_file(path, info)

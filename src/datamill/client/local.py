@@ -42,9 +42,15 @@ class LocalClient(Client):
 
     # folders
     def create_folder(
-        self, path: str, parents: bool = True, exist_ok: bool = False, metadata: Mapping[str, Any] | None = None
+        self,
+        path: str,
+        parents: bool = True,
+        exist_ok: bool = False,
+        metadata: Mapping[str, Any] | None = None,
     ) -> FolderInfo:
-        return self.store.create_folder(self.actor, path, parents=parents, exist_ok=exist_ok, metadata=metadata)
+        return self.store.create_folder(
+            self.actor, path, parents=parents, exist_ok=exist_ok, metadata=metadata
+        )
 
     def folder(self, path: str) -> FolderInfo:
         return self.store.get_folder(self.actor, path)
@@ -90,7 +96,7 @@ class LocalClient(Client):
             return info
 
         def chunks() -> Iterator[bytes]:
-            while chunk := data.read(CHUNK):  # type: ignore[union-attr]
+            while chunk := data.read(CHUNK):
                 progress(len(chunk))
                 yield chunk
 
@@ -117,7 +123,11 @@ class LocalClient(Client):
         return self.store.set_item_metadata(self.actor, path, set_, unset)
 
     def find(
-        self, folder: str, name: str | None = None, metadata: Mapping[str, Any] | None = None, recursive: bool = True
+        self,
+        folder: str,
+        name: str | None = None,
+        metadata: Mapping[str, Any] | None = None,
+        recursive: bool = True,
     ) -> list[ItemInfo]:
         return self.store.find_items(self.actor, folder, name, metadata, recursive)
 
@@ -152,7 +162,9 @@ class LocalClient(Client):
             users.revoke_token(conn, token_id, self.actor)
 
     # events
-    def events(self, since: int = 0, limit: int = 1000, kinds: Iterable[str] | None = None) -> list[EventRecord]:
+    def events(
+        self, since: int = 0, limit: int = 1000, kinds: Iterable[str] | None = None
+    ) -> list[EventRecord]:
         records = self.home.events.read(since, limit, kinds)
         return self.store.visible_events(self.actor, records)
 

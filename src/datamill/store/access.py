@@ -65,7 +65,9 @@ def level_on(conn: Connection, actor: Actor, folder_path: str) -> Level:
     if actor.is_admin:
         return Level.ADMIN
     rows = conn.execute(
-        select(Folder.id, Folder.owner_id, Folder.public_read).where(Folder.path.in_(ancestor_paths(folder_path)))
+        select(Folder.id, Folder.owner_id, Folder.public_read).where(
+            Folder.path.in_(ancestor_paths(folder_path))
+        )
     ).all()
     best = Level.NONE
     ids = []
@@ -77,7 +79,9 @@ def level_on(conn: Connection, actor: Actor, folder_path: str) -> Level:
             best = Level.READ
     if actor.id is not None and ids:
         granted = conn.execute(
-            select(FolderAccess.level).where(FolderAccess.folder_id.in_(ids), FolderAccess.user_id == actor.id)
+            select(FolderAccess.level).where(
+                FolderAccess.folder_id.in_(ids), FolderAccess.user_id == actor.id
+            )
         ).scalars()
         for lv in granted:
             best = max(best, Level(lv))

@@ -194,7 +194,7 @@ class BlobStore(ABC):
             if isinstance(data, bytes | bytearray | memoryview):
                 w.write(bytes(data))
             elif hasattr(data, "read"):
-                while chunk := data.read(CHUNK):  # type: ignore[union-attr]
+                while chunk := data.read(CHUNK):
                     w.write(chunk)
             else:
                 for chunk in data:
@@ -207,7 +207,7 @@ class BlobStore(ABC):
         """A stream of the blob's bytes that verifies the digest as it reaches the end."""
         check_digest(digest)
         raw = self._open_raw(digest)
-        return io.BufferedReader(VerifyingReader(raw, digest), buffer_size=CHUNK)  # type: ignore[return-value]
+        return io.BufferedReader(VerifyingReader(raw, digest), buffer_size=CHUNK)
 
     def read(self, digest: str) -> bytes:
         """All bytes of a (small) blob, verified."""
@@ -301,7 +301,7 @@ class LocalBlobStore(BlobStore):
 
     def _open_raw(self, digest: str) -> BinaryIO:
         try:
-            return open(self.path_of(digest), "rb", buffering=0)  # noqa: SIM115
+            return open(self.path_of(digest), "rb", buffering=0)
         except FileNotFoundError:
             raise BlobNotFound(
                 f"blob {digest} is missing from {self.root}. Restore the blob directory from a backup.",
@@ -330,7 +330,9 @@ class LocalBlobStore(BlobStore):
 
 
 class _MemoryWriter(BlobWriter):
-    def __init__(self, store: MemoryBlobStore, expected_digest: str | None, expected_size: int | None) -> None:
+    def __init__(
+        self, store: MemoryBlobStore, expected_digest: str | None, expected_size: int | None
+    ) -> None:
         super().__init__(expected_digest, expected_size)
         self._store = store
         self._buf = io.BytesIO()

@@ -26,9 +26,7 @@ def check_name(name: str, what: str = "name") -> str:
         raise InvalidName(f"{what} {name!r} contains a slash; use folders for structure", name=name)
     bad = [c for c in name if unicodedata.category(c) in {"Cc", "Cs"} or c == "\x7f"]
     if bad:
-        raise InvalidName(
-            f"{what} {name!r} contains control character {bad[0]!r}; remove it", name=name
-        )
+        raise InvalidName(f"{what} {name!r} contains control character {bad[0]!r}; remove it", name=name)
     if name != name.strip():
         raise InvalidName(f"{what} {name!r} starts or ends with white space; trim it", name=name)
     if len(name.encode("utf-8")) > MAX_NAME_BYTES:
@@ -44,7 +42,9 @@ def split_path(path: str) -> list[str]:
     out = [check_name(p, "folder name") for p in parts]
     joined = "/".join(out)
     if len(joined.encode("utf-8")) > MAX_PATH_BYTES:
-        raise InvalidName(f"path is longer than {MAX_PATH_BYTES} bytes; use a shallower tree", path=joined[:60])
+        raise InvalidName(
+            f"path is longer than {MAX_PATH_BYTES} bytes; use a shallower tree", path=joined[:60]
+        )
     return out
 
 

@@ -187,7 +187,9 @@ class Store:
             updated_at=row.updated_at,
         )
 
-    def _readable_folder(self, conn: Connection, actor: Actor, path: str, needed: Level = Level.READ) -> Row[Any]:
+    def _readable_folder(
+        self, conn: Connection, actor: Actor, path: str, needed: Level = Level.READ
+    ) -> Row[Any]:
         parts = split_path(path)
         norm = "/".join(parts)
         if not norm:
@@ -229,7 +231,9 @@ class Store:
                     parent = row
                     continue
                 if not last and not parents:
-                    raise NotFound(f"no folder {sub!r}; pass parents=True (or --parents) to create it", path=sub)
+                    raise NotFound(
+                        f"no folder {sub!r}; pass parents=True (or --parents) to create it", path=sub
+                    )
                 if parent is not None:
                     require(conn, actor, parent.path, Level.WRITE)
                 now = time.time()
@@ -269,9 +273,7 @@ class Store:
                 ).all()
                 return [self._folder_info(conn, r) for r in rows]
             rows = conn.execute(select(Folder).where(Folder.parent_id.is_(None)).order_by(Folder.name)).all()
-            return [
-                self._folder_info(conn, r) for r in rows if level_on(conn, actor, r.path) >= Level.READ
-            ]
+            return [self._folder_info(conn, r) for r in rows if level_on(conn, actor, r.path) >= Level.READ]
 
     def rename_folder(self, actor: Actor, path: str, new_name: str) -> FolderInfo:
         """Rename a folder in place."""
@@ -279,7 +281,9 @@ class Store:
         parent = path.strip("/").rsplit("/", 1)[0] if "/" in path.strip("/") else ROOT
         return self.move_folder(actor, path, parent, new_name=new_name)
 
-    def move_folder(self, actor: Actor, path: str, new_parent: str, new_name: str | None = None) -> FolderInfo:
+    def move_folder(
+        self, actor: Actor, path: str, new_parent: str, new_name: str | None = None
+    ) -> FolderInfo:
         """Move a folder (with everything below it) under ``new_parent`` ("" for the top level)."""
         with self.db.write() as conn:
             row = self._readable_folder(conn, actor, path, Level.ADMIN)
@@ -326,7 +330,9 @@ class Store:
                     select(Folder.id).where(Folder.path.startswith(row.path + "/", autoescape=True))
                 ).scalars()
             )
-            n_items = conn.execute(select(func.count()).select_from(Item).where(Item.folder_id.in_(sub_ids))).scalar_one()
+            n_items = conn.execute(
+                select(func.count()).select_from(Item).where(Item.folder_id.in_(sub_ids))
+            ).scalar_one()
             if not recursive and (n_items or len(sub_ids) > 1):
                 raise NotEmpty(
                     f"folder {row.path!r} holds {n_items} items and {len(sub_ids) - 1} subfolders; "
@@ -341,8 +347,13 @@ class Store:
                 events.append_many(
                     conn,
                     [
-                        {"kind": "item.deleted", "actor_id": actor.id, "item_id": iid, "folder_id": fid,
-                         "data": {"name": name, "reason": "folder deleted"}}
+                        {
+                            "kind": "item.deleted",
+                            "actor_id": actor.id,
+                            "item_id": iid,
+                            "folder_id": fid,
+                            "data": {"name": name, "reason": "folder deleted"},
+                        }
                         for iid, fid, name in conn.execute(
                             select(Item.id, Item.folder_id, Item.name).where(Item.id.in_(item_ids))
                         )
@@ -355,7 +366,10 @@ class Store:
             for fid in sorted(sub_ids, reverse=True):
                 conn.execute(delete(Folder).where(Folder.id == fid))
             events.append(
-                conn, "folder.deleted", actor_id=actor.id, folder_id=row.id,
+                conn,
+                "folder.deleted",
+                actor_id=actor.id,
+                folder_id=row.id,
                 data={"path": row.path, "items": len(item_ids)},
             )
             self._collect(conn, digests)
@@ -372,7 +386,10 @@ class Store:
             meta.update(changes)
             conn.execute(update(Folder).where(Folder.id == row.id).values(meta=meta, updated_at=time.time()))
             events.append(
-                conn, "metadata.changed", actor_id=actor.id, folder_id=row.id,
+                conn,
+                "metadata.changed",
+                actor_id=actor.id,
+                folder_id=row.id,
                 data={"path": row.path, "set": sorted(changes), "unset": sorted(unset)},
             )
             return self._folder_info(conn, self._folder_row(conn, row.path))
@@ -384,11 +401,16 @@ class Store:
             uid = conn.execute(select(User.id).where(User.name == user)).scalar()
             if uid is None:
                 raise NotFound(f"no user {user!r}", user=user)
-            conn.execute(delete(FolderAccess).where(FolderAccess.folder_id == row.id, FolderAccess.user_id == uid))
+            conn.execute(
+                delete(FolderAccess).where(FolderAccess.folder_id == row.id, FolderAccess.user_id == uid)
+            )
             if level > Level.NONE:
                 conn.execute(insert(FolderAccess).values(folder_id=row.id, user_id=uid, level=int(level)))
             events.append(
-                conn, "access.changed", actor_id=actor.id, folder_id=row.id,
+                conn,
+                "access.changed",
+                actor_id=actor.id,
+                folder_id=row.id,
                 data={"path": row.path, "user": user, "level": level.name.lower()},
             )
 
@@ -398,7 +420,10 @@ class Store:
             row = self._readable_folder(conn, actor, path, Level.ADMIN)
             conn.execute(update(Folder).where(Folder.id == row.id).values(public_read=public))
             events.append(
-                conn, "access.changed", actor_id=actor.id, folder_id=row.id,
+                conn,
+                "access.changed",
+                actor_id=actor.id,
+                folder_id=row.id,
                 data={"path": row.path, "public_read": public},
             )
 
@@ -459,7 +484,7 @@ class Store:
             if isinstance(data, bytes | bytearray | memoryview):
                 writer.write(bytes(data))
             elif hasattr(data, "read"):
-                while chunk := data.read(1 << 20):  # type: ignore[union-attr]
+                while chunk := data.read(1 << 20):
                     writer.write(chunk)
             else:
                 for chunk in data:
@@ -512,8 +537,14 @@ class Store:
                 with conn.begin_nested():
                     item_id = conn.execute(
                         insert(Item)
-                        .values(folder_id=frow.id, name=name, meta=meta, current_version=1,
-                                created_at=now, updated_at=now)
+                        .values(
+                            folder_id=frow.id,
+                            name=name,
+                            meta=meta,
+                            current_version=1,
+                            created_at=now,
+                            updated_at=now,
+                        )
                         .returning(Item.id)
                     ).scalar_one()
                 number = 1
@@ -521,7 +552,9 @@ class Store:
             except IntegrityError:
                 # Another writer created it between our look-up and insert (PostgreSQL only).
                 item = conn.execute(
-                    select(Item.id, Item.meta.label("metadata")).where(Item.folder_id == frow.id, Item.name == name)
+                    select(Item.id, Item.meta.label("metadata")).where(
+                        Item.folder_id == frow.id, Item.name == name
+                    )
                 ).one()
         if not created:
             assert item is not None
@@ -537,8 +570,16 @@ class Store:
         vid = conn.execute(
             insert(Version)
             .values(
-                item_id=item_id, number=number, digest=blob.digest, size=blob.size, content_type=ctype,
-                created_by=actor.id, created_via=created_via, run_id=run_id, task_id=task_id, created_at=now,
+                item_id=item_id,
+                number=number,
+                digest=blob.digest,
+                size=blob.size,
+                content_type=ctype,
+                created_by=actor.id,
+                created_via=created_via,
+                run_id=run_id,
+                task_id=task_id,
+                created_at=now,
             )
             .returning(Version.id)
         ).scalar_one()
@@ -550,13 +591,29 @@ class Store:
             item_id=item_id,
             run_id=run_id,
             task_id=task_id,
-            data={"folder": frow.path, "name": name, "version": number, "version_id": vid,
-                  "digest": blob.digest, "size": blob.size},
+            data={
+                "folder": frow.path,
+                "name": name,
+                "version": number,
+                "version_id": vid,
+                "digest": blob.digest,
+                "size": blob.size,
+            },
         )
         return VersionInfo(
-            item_id=item_id, version_id=vid, folder=frow.path, name=name, version=number, digest=blob.digest,
-            size=blob.size, content_type=ctype, created_by=actor.name, created_via=created_via, created_at=now,
-            run_id=run_id, task_id=task_id,
+            item_id=item_id,
+            version_id=vid,
+            folder=frow.path,
+            name=name,
+            version=number,
+            digest=blob.digest,
+            size=blob.size,
+            content_type=ctype,
+            created_by=actor.name,
+            created_via=created_via,
+            created_at=now,
+            run_id=run_id,
+            task_id=task_id,
         )
 
     def _ensure_blob(self, conn: Connection, blob: BlobInfo) -> None:
@@ -564,7 +621,9 @@ class Store:
         ins = pg_insert(Blob) if conn.dialect.name == "postgresql" else sqlite_insert(Blob)
         conn.execute(ins.values(**values).on_conflict_do_nothing(index_elements=["digest"]))
 
-    def _item_row(self, conn: Connection, actor: Actor, path: str, needed: Level = Level.READ) -> tuple[Row[Any], Row[Any]]:
+    def _item_row(
+        self, conn: Connection, actor: Actor, path: str, needed: Level = Level.READ
+    ) -> tuple[Row[Any], Row[Any]]:
         folder, name = split_item_path(path)
         frow = self._readable_folder(conn, actor, folder, needed)
         irow = conn.execute(select(Item).where(Item.folder_id == frow.id, Item.name == name)).first()
@@ -575,9 +634,19 @@ class Store:
     def _version_info(self, conn: Connection, frow: Row[Any], irow: Row[Any], v: Row[Any]) -> VersionInfo:
         by = conn.execute(select(User.name).where(User.id == v.created_by)).scalar() if v.created_by else None
         return VersionInfo(
-            item_id=irow.id, version_id=v.id, folder=frow.path, name=irow.name, version=v.number, digest=v.digest,
-            size=v.size, content_type=v.content_type, created_by=by, created_via=v.created_via,
-            created_at=v.created_at, run_id=v.run_id, task_id=v.task_id,
+            item_id=irow.id,
+            version_id=v.id,
+            folder=frow.path,
+            name=irow.name,
+            version=v.number,
+            digest=v.digest,
+            size=v.size,
+            content_type=v.content_type,
+            created_by=by,
+            created_via=v.created_via,
+            created_at=v.created_at,
+            run_id=v.run_id,
+            task_id=v.task_id,
         )
 
     def get_item(self, actor: Actor, path: str) -> ItemInfo:
@@ -588,9 +657,17 @@ class Store:
                 select(Version).where(Version.item_id == irow.id, Version.number == irow.current_version)
             ).one()
             return ItemInfo(
-                id=irow.id, folder=frow.path, name=irow.name, metadata=dict(irow.metadatadata or {}), version=v.number,
-                digest=v.digest, size=v.size, content_type=v.content_type, created_at=irow.created_at,
-                updated_at=irow.updated_at, version_id=v.id,
+                id=irow.id,
+                folder=frow.path,
+                name=irow.name,
+                metadata=dict(irow.metadatadata or {}),
+                version=v.number,
+                digest=v.digest,
+                size=v.size,
+                content_type=v.content_type,
+                created_at=irow.created_at,
+                updated_at=irow.updated_at,
+                version_id=v.id,
             )
 
     def get_version(self, actor: Actor, path: str, version: int | None = None) -> VersionInfo:
@@ -637,8 +714,16 @@ class Store:
             frow = self._readable_folder(conn, actor, folder)
             q = (
                 select(
-                    Item.id, Item.name, Item.meta.label("meta"), Item.created_at, Item.updated_at, Version.number,
-                    Version.digest, Version.size, Version.content_type, Version.id.label("vid"),
+                    Item.id,
+                    Item.name,
+                    Item.meta.label("meta"),
+                    Item.created_at,
+                    Item.updated_at,
+                    Version.number,
+                    Version.digest,
+                    Version.size,
+                    Version.content_type,
+                    Version.id.label("vid"),
                 )
                 .join(Version, and_(Version.item_id == Item.id, Version.number == Item.current_version))
                 .where(Item.folder_id == frow.id)
@@ -651,8 +736,16 @@ class Store:
             path = frow.path
             return [
                 ItemInfo(
-                    id=r.id, folder=path, name=r.name, metadata=r.meta or {}, version=r.number, digest=r.digest,
-                    size=r.size, content_type=r.content_type, created_at=r.created_at, updated_at=r.updated_at,
+                    id=r.id,
+                    folder=path,
+                    name=r.name,
+                    metadata=r.meta or {},
+                    version=r.number,
+                    digest=r.digest,
+                    size=r.size,
+                    content_type=r.content_type,
+                    created_at=r.created_at,
+                    updated_at=r.updated_at,
                     version_id=r.vid,
                 )
                 for r in conn.execute(q)
@@ -680,8 +773,17 @@ class Store:
             paths = dict(conn.execute(folder_q).tuples().all())
             q = (
                 select(
-                    Item.id, Item.folder_id, Item.name, Item.meta.label("meta"), Item.created_at, Item.updated_at,
-                    Version.number, Version.digest, Version.size, Version.content_type, Version.id.label("vid"),
+                    Item.id,
+                    Item.folder_id,
+                    Item.name,
+                    Item.meta.label("meta"),
+                    Item.created_at,
+                    Item.updated_at,
+                    Version.number,
+                    Version.digest,
+                    Version.size,
+                    Version.content_type,
+                    Version.id.label("vid"),
                 )
                 .join(Version, and_(Version.item_id == Item.id, Version.number == Item.current_version))
                 .where(Item.folder_id.in_(list(paths)))
@@ -702,9 +804,17 @@ class Store:
                     continue
                 out.append(
                     ItemInfo(
-                        id=r.id, folder=paths[r.folder_id], name=r.name, metadata=meta, version=r.number,
-                        digest=r.digest, size=r.size, content_type=r.content_type, created_at=r.created_at,
-                        updated_at=r.updated_at, version_id=r.vid,
+                        id=r.id,
+                        folder=paths[r.folder_id],
+                        name=r.name,
+                        metadata=meta,
+                        version=r.number,
+                        digest=r.digest,
+                        size=r.size,
+                        content_type=r.content_type,
+                        created_at=r.created_at,
+                        updated_at=r.updated_at,
+                        version_id=r.vid,
                     )
                 )
             return out
@@ -721,7 +831,11 @@ class Store:
             meta.update(changes)
             conn.execute(update(Item).where(Item.id == irow.id).values(meta=meta, updated_at=time.time()))
             events.append(
-                conn, "metadata.changed", actor_id=actor.id, folder_id=frow.id, item_id=irow.id,
+                conn,
+                "metadata.changed",
+                actor_id=actor.id,
+                folder_id=frow.id,
+                item_id=irow.id,
                 data={"folder": frow.path, "name": irow.name, "set": sorted(changes), "unset": sorted(unset)},
             )
         return self.get_item(actor, path)
@@ -734,12 +848,18 @@ class Store:
             conn.execute(delete(Version).where(Version.item_id == irow.id))
             conn.execute(delete(Item).where(Item.id == irow.id))
             events.append(
-                conn, "item.deleted", actor_id=actor.id, folder_id=frow.id, item_id=irow.id,
+                conn,
+                "item.deleted",
+                actor_id=actor.id,
+                folder_id=frow.id,
+                item_id=irow.id,
                 data={"folder": frow.path, "name": irow.name},
             )
             self._collect(conn, digests)
 
-    def open_version(self, actor: Actor, path: str, version: int | None = None) -> tuple[VersionInfo, BinaryIO]:
+    def open_version(
+        self, actor: Actor, path: str, version: int | None = None
+    ) -> tuple[VersionInfo, BinaryIO]:
         """A version's info and a verifying stream of its bytes."""
         info = self.get_version(actor, path, version)
         return info, self.blobs.open(info.digest)
@@ -789,7 +909,9 @@ class Store:
         bytes afterwards either sees the file or is told to send it again (never a dangling row).
         """
         for digest in digests:
-            if any(conn.execute(select(col).where(col == digest).limit(1)).first() for col in self.blob_referrers):
+            if any(
+                conn.execute(select(col).where(col == digest).limit(1)).first() for col in self.blob_referrers
+            ):
                 continue
             conn.execute(delete(Blob).where(Blob.digest == digest))
             self.blobs.delete(digest)

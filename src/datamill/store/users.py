@@ -74,7 +74,10 @@ def get_user(conn: Connection, name: str) -> Actor:
 
 def list_users(conn: Connection) -> list[Actor]:
     """All users, by name."""
-    return [Actor(r.id, r.name, r.is_admin) for r in conn.execute(select(User.id, User.name, User.is_admin).order_by(User.name))]
+    return [
+        Actor(r.id, r.name, r.is_admin)
+        for r in conn.execute(select(User.id, User.name, User.is_admin).order_by(User.name))
+    ]
 
 
 def check_password(conn: Connection, name: str, password: str) -> Actor:
@@ -109,7 +112,10 @@ def create_token(
         .returning(Token.id)
     ).scalar_one()
     events.append(
-        conn, "token.created", actor_id=(by or user).id, data={"user": user.name, "token_id": int(tid), "name": name}
+        conn,
+        "token.created",
+        actor_id=(by or user).id,
+        data={"user": user.name, "token_id": int(tid), "name": name},
     )
     return NewToken(int(tid), user.name, secret, expires)
 
@@ -127,8 +133,13 @@ def list_tokens(conn: Connection, user: Actor) -> list[dict[str, object]]:
     """A user's tokens, without secrets."""
     rows = conn.execute(select(Token).where(Token.user_id == user.id).order_by(Token.id)).all()
     return [
-        {"id": t.id, "name": t.name, "created_at": t.created_at, "expires_at": t.expires_at,
-         "revoked": t.revoked_at is not None}
+        {
+            "id": t.id,
+            "name": t.name,
+            "created_at": t.created_at,
+            "expires_at": t.expires_at,
+            "revoked": t.revoked_at is not None,
+        }
         for t in rows
     ]
 
