@@ -92,9 +92,7 @@ class Database:
             except IntegrityError as exc:
                 raise AlreadyExists(f"that already exists ({_constraint(exc)})") from exc
             except OperationalError as exc:
-                raise DatamillError(
-                    f"database error: {exc.orig}. Check that the database is reachable."
-                ) from exc
+                raise DatamillError(f"database error: {exc.orig}. Check that the database is reachable.") from exc
         with self.committed:
             self.committed.notify_all()
 

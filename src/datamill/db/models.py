@@ -17,6 +17,7 @@ from sqlalchemy import (
     ForeignKey,
     Index,
     Integer,
+    LargeBinary,
     String,
     Text,
     UniqueConstraint,
@@ -150,3 +151,96 @@ class Event(Base):
 
 Index("ix_items_folder_name", Item.folder_id, Item.name)
 Index("ix_events_run", Event.run_id)
+
+
+class Run(Base):
+    """One execution of a pipeline on a set of exact input item versions."""
+
+    __tablename__ = "runs"
+    id: Mapped[int] = mapped_column(BigId, primary_key=True)
+    pipeline_ref: Mapped[str] = mapped_column(String(1024))
+    pipeline_name: Mapped[str] = mapped_column(String(255))
+    status: Mapped[str] = mapped_column(String(16), index=True)
+    requested_at: Mapped[float] = mapped_column(Float)
+    requested_by: Mapped[int | None] = mapped_column(BigInteger, nullable=True)
+    reason: Mapped[str] = mapped_column(String(255), default="")
+    force: Mapped[bool] = mapped_column(Boolean, default=False)
+    params: Mapped[dict[str, Any]] = mapped_column(JSONType, default=dict)
+    source_folder: Mapped[str | None] = mapped_column(String(1024), nullable=True)
+    dest_folder: Mapped[str | None] = mapped_column(String(1024), nullable=True)
+    dest_folder_id: Mapped[int | None] = mapped_column(BigInteger, nullable=True)
+    dataflow_id: Mapped[int | None] = mapped_column(BigInteger, nullable=True, index=True)
+    dataflow_version: Mapped[int | None] = mapped_column(Integer, nullable=True)
+    executor: Mapped[str] = mapped_column(String(32), default="local")
+    parent_run_id: Mapped[int | None] = mapped_column(BigInteger, nullable=True)
+    inputs: Mapped[list[Any]] = mapped_column(JSONType, default=list)
+    started_at: Mapped[float | None] = mapped_column(Float, nullable=True)
+    finished_at: Mapped[float | None] = mapped_column(Float, nullable=True)
+    cancel_requested: Mapped[bool] = mapped_column(Boolean, default=False)
+    error: Mapped[str | None] = mapped_column(Text, nullable=True)
+
+
+class Task(Base):
+    """One step applied to concrete inputs inside a run."""
+
+    __tablename__ = "tasks"
+    __table_args__ = (UniqueConstraint("run_id", "planned_id", name="uq_tasks_run_planned"),)
+    id: Mapped[int] = mapped_column(BigId, primary_key=True)
+    run_id: Mapped[int] = mapped_column(ForeignKey("runs.id", ondelete="CASCADE"))
+    planned_id: Mapped[str] = mapped_column(String(2048))
+    step: Mapped[str] = mapped_column(String(255))
+    step_code: Mapped[str] = mapped_column(String(255))
+    key: Mapped[str | None] = mapped_column(String(80), nullable=True)
+    status: Mapped[str] = mapped_column(String(16))
+    attempts: Mapped[int] = mapped_column(Integer, default=0)
+    max_attempts: Mapped[int] = mapped_column(Integer, default=1)
+    progress: Mapped[float] = mapped_column(Float, default=0.0)
+    message: Mapped[str] = mapped_column(Text, default="")
+    item_version_id: Mapped[int | None] = mapped_column(BigInteger, nullable=True)
+    item_name: Mapped[str | None] = mapped_column(String(2048), nullable=True)
+    deps: Mapped[list[Any]] = mapped_column(JSONType, default=list)
+    params: Mapped[dict[str, Any]] = mapped_column(JSONType, default=dict)
+    queued_at: Mapped[float] = mapped_column(Float)
+    started_at: Mapped[float | None] = mapped_column(Float, nullable=True)
+    finished_at: Mapped[float | None] = mapped_column(Float, nullable=True)
+    not_before: Mapped[float | None] = mapped_column(Float, nullable=True)
+    error: Mapped[str | None] = mapped_column(Text, nullable=True)
+    traceback: Mapped[str | None] = mapped_column(Text, nullable=True)
+    log_digest: Mapped[str | None] = mapped_column(String(80), nullable=True)
+    cached_from: Mapped[int | None] = mapped_column(BigInteger, nullable=True)
+    executor: Mapped[str | None] = mapped_column(String(32), nullable=True)
+    lease_owner: Mapped[str | None] = mapped_column(String(64), nullable=True)
+    lease_expires: Mapped[float | None] = mapped_column(Float, nullable=True)
+
+
+class TaskInput(Base):
+    """One exact input of a task: an item version, or an output of an upstream task."""
+
+    __tablename__ = "task_inputs"
+    id: Mapped[int] = mapped_column(BigId, primary_key=True)
+    task_id: Mapped[int] = mapped_column(ForeignKey("tasks.id", ondelete="CASCADE"), index=True)
+    param: Mapped[str] = mapped_column(String(255))
+    digest: Mapped[str] = mapped_column(String(80))
+    version_id: Mapped[int | None] = mapped_column(BigInteger, nullable=True, index=True)
+    upstream_task_id: Mapped[int | None] = mapped_column(BigInteger, nullable=True)
+    output_name: Mapped[str | None] = mapped_column(String(1024), nullable=True)
+
+
+class TaskOutput(Base):
+    """One output of a finished task. Small outputs are kept inline instead of as a blob file."""
+
+    __tablename__ = "task_outputs"
+    id: Mapped[int] = mapped_column(BigId, primary_key=True)
+    task_id: Mapped[int] = mapped_column(ForeignKey("tasks.id", ondelete="CASCADE"), index=True)
+    name: Mapped[str] = mapped_column(String(1024))
+    digest: Mapped[str] = mapped_column(String(80), index=True)
+    size: Mapped[int] = mapped_column(BigInteger)
+    content_type: Mapped[str] = mapped_column(String(255))
+    codec: Mapped[str] = mapped_column(String(32))
+    inline: Mapped[bytes | None] = mapped_column(LargeBinary, nullable=True)
+    version_id: Mapped[int | None] = mapped_column(BigInteger, nullable=True)
+
+
+Index("ix_tasks_run_status", Task.run_id, Task.status)
+Index("ix_tasks_key_status", Task.key, Task.status)
+Index("ix_tasks_step_code", Task.step, Task.step_code)

@@ -23,7 +23,7 @@ from sqlalchemy.exc import IntegrityError
 
 from datamill import events
 from datamill.db.database import Database
-from datamill.db.models import Blob, Folder, FolderAccess, Item, Meta, User, Version
+from datamill.db.models import Blob, Folder, FolderAccess, Item, Meta, Task, TaskOutput, User, Version
 from datamill.errors import (
     AlreadyExists,
     BlobNotFound,
@@ -899,8 +899,8 @@ class Store:
 
     # ---------------------------------------------------------------- blobs
 
-    #: Tables whose ``digest`` column keeps a blob alive; the engine adds its own at import.
-    blob_referrers: list[Any] = [Version.digest]
+    #: Columns whose digests keep a blob alive: item versions, task outputs and task logs.
+    blob_referrers: list[Any] = [Version.digest, TaskOutput.digest, Task.log_digest]
 
     def _collect(self, conn: Connection, digests: Iterable[str]) -> None:
         """Remove blobs among ``digests`` that nothing refers to any more.

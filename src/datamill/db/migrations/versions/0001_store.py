@@ -28,9 +28,7 @@ def upgrade() -> None:
     )
     op.create_table(
         "events",
-        sa.Column(
-            "seq", sa.BigInteger().with_variant(sa.Integer(), "sqlite"), autoincrement=True, nullable=False
-        ),
+        sa.Column("seq", sa.BigInteger().with_variant(sa.Integer(), "sqlite"), autoincrement=True, nullable=False),
         sa.Column("ts", sa.Float(), nullable=False),
         sa.Column("kind", sa.String(length=64), nullable=False),
         sa.Column("actor_id", sa.BigInteger(), nullable=True),
