@@ -1,0 +1,732 @@
+"""Runs and tasks as records: every state change is a row update plus an event, in one transaction.
+
+The functions here take an open write connection, so the scheduler can batch many transitions
+into one transaction (that is what makes thousands of recorded tasks per second possible on
+SQLite). :func:`fold` rebuilds run and task state from the events alone; a property test checks
+that it always equals what the tables say.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass, field
+from enum import StrEnum
+from typing import Any
+
+from sqlalchemy import Connection, and_, func, insert, or_, select, update
+
+from datamill import events
+from datamill.db.models import Run, Task, TaskInput, TaskOutput
+
+
+class RunStatus(StrEnum):
+    """Where a run stands."""
+
+    #: recorded; no task has started yet
+    QUEUED = "queued"
+    #: at least one task started and not all have ended
+    RUNNING = "running"
+    #: every task succeeded or was cached
+    SUCCEEDED = "succeeded"
+    #: every task ended and at least one failed
+    FAILED = "failed"
+    #: cancelled on request; unfinished tasks were cancelled
+    CANCELLED = "cancelled"
+
+
+class TaskStatus(StrEnum):
+    """Where a task stands."""
+
+    #: waiting for its inputs or for a free executor slot
+    QUEUED = "queued"
+    #: claimed by a scheduler (under a lease) and running on an executor
+    RUNNING = "running"
+    #: ran and recorded its outputs
+    SUCCEEDED = "succeeded"
+    #: ran out of attempts, or an input failed
+    FAILED = "failed"
+    #: its key was seen before; the earlier outputs were reused
+    CACHED = "cached"
+    #: the run was cancelled before the task ended
+    CANCELLED = "cancelled"
+
+
+FINISHED_TASK = frozenset({TaskStatus.SUCCEEDED, TaskStatus.FAILED, TaskStatus.CACHED, TaskStatus.CANCELLED})
+DONE_OK = frozenset({TaskStatus.SUCCEEDED, TaskStatus.CACHED})
+FINISHED_RUN = frozenset({RunStatus.SUCCEEDED, RunStatus.FAILED, RunStatus.CANCELLED})
+
+
+@dataclass(frozen=True)
+class NewTask:
+    """A planned task to record when its run is created."""
+
+    planned_id: str
+    step: str
+    step_code: str
+    key: str | None
+    deps: Sequence[str]
+    params: Mapping[str, Any]
+    max_attempts: int = 1
+    item_version_id: int | None = None
+    item_name: str | None = None
+    item_digest: str | None = None
+
+
+@dataclass(frozen=True)
+class OutputRecord:
+    """One output of a task as stored: inline bytes for small outputs, else a blob digest."""
+
+    name: str
+    digest: str
+    size: int
+    content_type: str
+    codec: str
+    inline: bytes | None = None
+    version_id: int | None = None
+
+    def to_dict(self) -> dict[str, Any]:
+        """A JSON-able dict (without inline bytes)."""
+        return {
+            "name": self.name,
+            "digest": self.digest,
+            "size": self.size,
+            "content_type": self.content_type,
+            "codec": self.codec,
+            "version_id": self.version_id,
+        }
+
+
+@dataclass
+class TaskRow:
+    """A task as the engine reads it."""
+
+    id: int
+    run_id: int
+    planned_id: str
+    step: str
+    step_code: str
+    key: str | None
+    status: str
+    attempts: int
+    max_attempts: int
+    progress: float
+    message: str
+    item_version_id: int | None
+    item_name: str | None
+    deps: list[str]
+    params: dict[str, Any]
+    queued_at: float
+    started_at: float | None
+    finished_at: float | None
+    error: str | None
+    traceback: str | None
+    log_digest: str | None
+    cached_from: int | None
+    executor: str | None
+    outputs: list[OutputRecord] = field(default_factory=list)
+
+    def to_dict(self) -> dict[str, Any]:
+        """A JSON-able dict."""
+        d = {k: v for k, v in self.__dict__.items() if k != "outputs"}
+        d["outputs"] = [o.to_dict() for o in self.outputs]
+        return d
+
+
+def _task_row(r: Any) -> TaskRow:
+    return TaskRow(
+        id=r.id,
+        run_id=r.run_id,
+        planned_id=r.planned_id,
+        step=r.step,
+        step_code=r.step_code,
+        key=r.key,
+        status=r.status,
+        attempts=r.attempts,
+        max_attempts=r.max_attempts,
+        progress=r.progress,
+        message=r.message,
+        item_version_id=r.item_version_id,
+        item_name=r.item_name,
+        deps=list(r.deps or []),
+        params=dict(r.params or {}),
+        queued_at=r.queued_at,
+        started_at=r.started_at,
+        finished_at=r.finished_at,
+        error=r.error,
+        traceback=r.traceback,
+        log_digest=r.log_digest,
+        cached_from=r.cached_from,
+        executor=r.executor,
+    )
+
+
+def create_run(
+    conn: Connection,
+    *,
+    pipeline_ref: str,
+    pipeline_name: str,
+    tasks: Sequence[NewTask],
+    inputs: Sequence[Mapping[str, Any]] = (),
+    requested_by: int | None = None,
+    reason: str = "",
+    force: bool = False,
+    params: Mapping[str, Any] | None = None,
+    source_folder: str | None = None,
+    dest_folder: str | None = None,
+    dest_folder_id: int | None = None,
+    folder_id: int | None = None,
+    dataflow_id: int | None = None,
+    dataflow_version: int | None = None,
+    executor: str = "local",
+    parent_run_id: int | None = None,
+) -> int:
+    """Record a run and all its tasks (queued) with their events; returns the run id.
+
+    ``folder_id`` is the folder the run's events are filed under (for access checks on the event
+    stream): the destination, else the source.
+    """
+    now = time.time()
+    run_id = int(
+        conn.execute(
+            insert(Run)
+            .values(
+                pipeline_ref=pipeline_ref,
+                pipeline_name=pipeline_name,
+                status=RunStatus.QUEUED,
+                requested_at=now,
+                requested_by=requested_by,
+                reason=reason,
+                force=force,
+                params=dict(params or {}),
+                source_folder=source_folder,
+                dest_folder=dest_folder,
+                dest_folder_id=dest_folder_id,
+                dataflow_id=dataflow_id,
+                dataflow_version=dataflow_version,
+                executor=executor,
+                parent_run_id=parent_run_id,
+                inputs=list(inputs),
+            )
+            .returning(Run.id)
+        ).scalar_one()
+    )
+    rows = [
+        {
+            "run_id": run_id,
+            "planned_id": t.planned_id,
+            "step": t.step,
+            "step_code": t.step_code,
+            "key": t.key,
+            "status": TaskStatus.QUEUED,
+            "attempts": 0,
+            "max_attempts": t.max_attempts,
+            "progress": 0.0,
+            "message": "",
+            "item_version_id": t.item_version_id,
+            "item_name": t.item_name,
+            "deps": list(t.deps),
+            "params": dict(t.params),
+            "queued_at": now,
+        }
+        for t in tasks
+    ]
+    ids: list[int] = []
+    if rows:
+        ids = [int(i) for i in conn.execute(insert(Task).returning(Task.id), rows).scalars().all()]
+        # RETURNING over executemany keeps insertion order on both SQLite and PostgreSQL drivers,
+        # but map by planned id anyway so nothing depends on it.
+        by_planned = dict(conn.execute(select(Task.planned_id, Task.id).where(Task.run_id == run_id)).tuples().all())
+        ids = [by_planned[t.planned_id] for t in tasks]
+        item_inputs = [
+            {"task_id": tid, "param": "item", "digest": t.item_digest, "version_id": t.item_version_id}
+            for tid, t in zip(ids, tasks, strict=True)
+            if t.item_version_id is not None and t.item_digest
+        ]
+        if item_inputs:
+            conn.execute(insert(TaskInput), item_inputs)
+    evs: list[dict[str, Any]] = [
+        {
+            "kind": "run.queued",
+            "run_id": run_id,
+            "actor_id": requested_by,
+            "folder_id": folder_id,
+            "dataflow_id": dataflow_id,
+            "data": {"pipeline": pipeline_name, "reason": reason, "tasks": len(rows), "force": force},
+            "ts": now,
+        }
+    ]
+    evs += [
+        {
+            "kind": "task.queued",
+            "run_id": run_id,
+            "task_id": tid,
+            "folder_id": folder_id,
+            "data": {"step": t.step, "planned_id": t.planned_id},
+            "ts": now,
+        }
+        for tid, t in zip(ids, tasks, strict=True)
+    ]
+    events.append_many(conn, evs)
+    return run_id
+
+
+def run_folder_id(conn: Connection, run_id: int) -> int | None:
+    """The folder a run's events are filed under."""
+    row = conn.execute(select(Run.dest_folder_id).where(Run.id == run_id)).first()
+    return None if row is None else row[0]
+
+
+def start_run(conn: Connection, run_id: int, folder_id: int | None) -> bool:
+    """Mark a queued run running; False if it was not queued."""
+    now = time.time()
+    n = conn.execute(
+        update(Run)
+        .where(Run.id == run_id, Run.status == RunStatus.QUEUED)
+        .values(status=RunStatus.RUNNING, started_at=now)
+    ).rowcount
+    if n:
+        events.append(conn, "run.started", run_id=run_id, folder_id=folder_id, ts=now)
+    return bool(n)
+
+
+def claim_tasks(
+    conn: Connection, task_ids: Sequence[int], owner: str, lease_seconds: float, executor: str, folder_id: int | None
+) -> list[int]:
+    """Atomically claim queued tasks for ``owner``; returns the ids actually claimed.
+
+    The ``status = 'queued'`` condition in the UPDATE is what keeps two schedulers from running
+    the same task: only one UPDATE can flip each row.
+    """
+    if not task_ids:
+        return []
+    now = time.time()
+    claimed = [
+        int(i)
+        for i in conn.execute(
+            update(Task)
+            .where(Task.id.in_(list(task_ids)), Task.status == TaskStatus.QUEUED)
+            .values(
+                status=TaskStatus.RUNNING,
+                lease_owner=owner,
+                lease_expires=now + lease_seconds,
+                attempts=Task.attempts + 1,
+                started_at=now,
+                executor=executor,
+                progress=0.0,
+                message="",
+            )
+            .returning(Task.id)
+        ).scalars()
+    ]
+    if claimed:
+        rows = conn.execute(select(Task.id, Task.run_id, Task.attempts, Task.step).where(Task.id.in_(claimed))).all()
+        events.append_many(
+            conn,
+            [
+                {
+                    "kind": "task.started",
+                    "run_id": r.run_id,
+                    "task_id": r.id,
+                    "folder_id": folder_id,
+                    "data": {"attempt": r.attempts, "step": r.step, "executor": executor, "owner": owner},
+                    "ts": now,
+                }
+                for r in rows
+            ],
+        )
+    return claimed
+
+
+def set_key(conn: Connection, task_id: int, key: str) -> None:
+    """Record a task's key once its inputs are known."""
+    conn.execute(update(Task).where(Task.id == task_id).values(key=key))
+
+
+def record_inputs(conn: Connection, task_id: int, inputs: Iterable[Mapping[str, Any]]) -> None:
+    """Record the exact upstream outputs a task consumed (item inputs are recorded at creation)."""
+    rows = [{"task_id": task_id, **dict(i)} for i in inputs]
+    if rows:
+        conn.execute(insert(TaskInput), rows)
+
+
+def finish_task(
+    conn: Connection,
+    task_id: int,
+    run_id: int,
+    status: TaskStatus,
+    folder_id: int | None,
+    outputs: Sequence[OutputRecord] = (),
+    error: str | None = None,
+    traceback: str | None = None,
+    log_digest: str | None = None,
+    cached_from: int | None = None,
+    key: str | None = None,
+    owner: str | None = None,
+) -> bool:
+    """End a task in ``status`` with its outputs; False if it had already ended (or another owner holds it).
+
+    Ending is conditional on the task not being finished yet (and, when ``owner`` is given, on
+    still holding the lease), so a task ends exactly once even if two schedulers race on it.
+    """
+    now = time.time()
+    cond = [Task.id == task_id, Task.status.in_([TaskStatus.QUEUED, TaskStatus.RUNNING])]
+    if owner is not None:
+        cond.append(or_(Task.lease_owner == owner, Task.status == TaskStatus.QUEUED))
+    values: dict[str, Any] = {
+        "status": status,
+        "finished_at": now,
+        "error": error,
+        "traceback": traceback,
+        "lease_owner": None,
+        "lease_expires": None,
+    }
+    if status in DONE_OK:
+        values["progress"] = 1.0
+    if log_digest is not None:
+        values["log_digest"] = log_digest
+    if cached_from is not None:
+        values["cached_from"] = cached_from
+    if key is not None:
+        values["key"] = key
+    n = conn.execute(update(Task).where(and_(*cond)).values(**values)).rowcount
+    if not n:
+        return False
+    if outputs:
+        conn.execute(
+            insert(TaskOutput),
+            [
+                {
+                    "task_id": task_id,
+                    "name": o.name,
+                    "digest": o.digest,
+                    "size": o.size,
+                    "content_type": o.content_type,
+                    "codec": o.codec,
+                    "inline": o.inline,
+                    "version_id": o.version_id,
+                }
+                for o in outputs
+            ],
+        )
+    events.append(
+        conn,
+        "task.finished",
+        run_id=run_id,
+        task_id=task_id,
+        folder_id=folder_id,
+        ts=now,
+        data={
+            "status": str(status),
+            "error": error,
+            "outputs": [{"name": o.name, "digest": o.digest, "size": o.size} for o in outputs],
+            "cached_from": cached_from,
+        },
+    )
+    return True
+
+
+def requeue_task(
+    conn: Connection, task_id: int, run_id: int, folder_id: int | None, not_before: float, error: str
+) -> None:
+    """Put a failed attempt back in the queue for a retry after ``not_before``."""
+    conn.execute(
+        update(Task)
+        .where(Task.id == task_id, Task.status == TaskStatus.RUNNING)
+        .values(status=TaskStatus.QUEUED, not_before=not_before, error=error, lease_owner=None, lease_expires=None)
+    )
+    events.append(
+        conn,
+        "task.retrying",
+        run_id=run_id,
+        task_id=task_id,
+        folder_id=folder_id,
+        data={"error": error, "not_before": not_before},
+    )
+
+
+def set_progress(
+    conn: Connection, task_id: int, run_id: int, folder_id: int | None, fraction: float, message: str
+) -> None:
+    """Record a running task's progress (0..1) and message."""
+    fraction = max(0.0, min(1.0, float(fraction)))
+    conn.execute(
+        update(Task)
+        .where(Task.id == task_id, Task.status == TaskStatus.RUNNING)
+        .values(progress=fraction, message=message[:1000])
+    )
+    events.append(
+        conn,
+        "task.progress",
+        run_id=run_id,
+        task_id=task_id,
+        folder_id=folder_id,
+        data={"progress": fraction, "message": message[:1000]},
+    )
+
+
+def finish_run_if_done(conn: Connection, run_id: int, folder_id: int | None) -> RunStatus | None:
+    """End the run when none of its tasks is queued or running; returns its final status then."""
+    counts = dict(
+        conn.execute(select(Task.status, func.count()).where(Task.run_id == run_id).group_by(Task.status))
+        .tuples()
+        .all()
+    )
+    if counts.get(TaskStatus.QUEUED, 0) or counts.get(TaskStatus.RUNNING, 0):
+        return None
+    row = conn.execute(select(Run.status, Run.cancel_requested, Run.dataflow_id).where(Run.id == run_id)).one()
+    if row.status in FINISHED_RUN:
+        return RunStatus(row.status)
+    if row.cancel_requested or counts.get(TaskStatus.CANCELLED, 0):
+        final = RunStatus.CANCELLED
+    elif counts.get(TaskStatus.FAILED, 0):
+        final = RunStatus.FAILED
+    else:
+        final = RunStatus.SUCCEEDED
+    now = time.time()
+    conn.execute(
+        update(Run)
+        .where(Run.id == run_id)
+        .values(status=final, finished_at=now, started_at=func.coalesce(Run.started_at, now))
+    )
+    events.append(
+        conn,
+        "run.finished",
+        run_id=run_id,
+        folder_id=folder_id,
+        dataflow_id=row.dataflow_id,
+        ts=now,
+        data={"status": str(final), "counts": {str(k): v for k, v in counts.items()}},
+    )
+    return final
+
+
+def request_cancel(conn: Connection, run_id: int, actor_id: int | None, folder_id: int | None) -> bool:
+    """Ask for a run to be cancelled: queued tasks are cancelled now, running ones by their scheduler."""
+    row = conn.execute(select(Run.status).where(Run.id == run_id)).first()
+    if row is None or row.status in FINISHED_RUN:
+        return False
+    conn.execute(update(Run).where(Run.id == run_id).values(cancel_requested=True))
+    events.append(conn, "run.cancel_requested", run_id=run_id, actor_id=actor_id, folder_id=folder_id)
+    queued = list(
+        conn.execute(select(Task.id).where(Task.run_id == run_id, Task.status == TaskStatus.QUEUED)).scalars()
+    )
+    for tid in queued:
+        finish_task(conn, tid, run_id, TaskStatus.CANCELLED, folder_id, error="run cancelled")
+    finish_run_if_done(conn, run_id, folder_id)
+    return True
+
+
+def renew_leases(conn: Connection, owner: str, lease_seconds: float) -> int:
+    """Extend every lease ``owner`` holds; returns how many."""
+    return int(
+        conn.execute(
+            update(Task)
+            .where(Task.lease_owner == owner, Task.status == TaskStatus.RUNNING)
+            .values(lease_expires=time.time() + lease_seconds)
+        ).rowcount
+    )
+
+
+def reclaim_expired(conn: Connection, now: float | None = None) -> list[int]:
+    """Requeue running tasks whose scheduler stopped renewing their lease (it died); returns their ids.
+
+    The attempt that was lost counts: a task that keeps killing its scheduler runs out of attempts.
+    """
+    now = time.time() if now is None else now
+    rows = conn.execute(
+        select(Task.id, Task.run_id, Task.attempts, Task.max_attempts, Task.lease_owner).where(
+            Task.status == TaskStatus.RUNNING, Task.lease_expires < now
+        )
+    ).all()
+    out = []
+    for r in rows:
+        folder_id = run_folder_id(conn, r.run_id)
+        if r.attempts >= r.max_attempts + 1:
+            # One extra attempt beyond max: the first loss may be the scheduler's fault, not the task's.
+            finish_task(
+                conn,
+                r.id,
+                r.run_id,
+                TaskStatus.FAILED,
+                folder_id,
+                error="its scheduler died repeatedly while running it",
+            )
+            finish_run_if_done(conn, r.run_id, folder_id)
+            continue
+        n = conn.execute(
+            update(Task)
+            .where(Task.id == r.id, Task.status == TaskStatus.RUNNING, Task.lease_expires < now)
+            .values(status=TaskStatus.QUEUED, lease_owner=None, lease_expires=None, not_before=None)
+        ).rowcount
+        if n:
+            events.append(
+                conn,
+                "task.reclaimed",
+                run_id=r.run_id,
+                task_id=r.id,
+                folder_id=folder_id,
+                data={"previous_owner": r.lease_owner},
+            )
+            out.append(r.id)
+    return out
+
+
+# ------------------------------------------------------------------------------------ queries
+
+
+def get_run(conn: Connection, run_id: int) -> dict[str, Any] | None:
+    """A run with its task counts by status and by step."""
+    r = conn.execute(select(Run).where(Run.id == run_id)).first()
+    if r is None:
+        return None
+    counts = conn.execute(
+        select(Task.step, Task.status, func.count()).where(Task.run_id == run_id).group_by(Task.step, Task.status)
+    ).all()
+    by_step: dict[str, dict[str, int]] = {}
+    totals: dict[str, int] = {}
+    for step, status, n in counts:
+        by_step.setdefault(step, {})[status] = n
+        totals[status] = totals.get(status, 0) + n
+    return {**run_dict(r), "counts": totals, "steps": by_step}
+
+
+def run_dict(r: Any) -> dict[str, Any]:
+    """A run row as a JSON-able dict."""
+    return {
+        "id": r.id,
+        "pipeline_ref": r.pipeline_ref,
+        "pipeline": r.pipeline_name,
+        "status": r.status,
+        "requested_at": r.requested_at,
+        "requested_by": r.requested_by,
+        "reason": r.reason,
+        "force": r.force,
+        "params": r.params,
+        "source_folder": r.source_folder,
+        "dest_folder": r.dest_folder,
+        "dataflow_id": r.dataflow_id,
+        "dataflow_version": r.dataflow_version,
+        "executor": r.executor,
+        "parent_run_id": r.parent_run_id,
+        "started_at": r.started_at,
+        "finished_at": r.finished_at,
+        "cancel_requested": r.cancel_requested,
+        "error": r.error,
+        "inputs": r.inputs,
+    }
+
+
+def list_runs(
+    conn: Connection, limit: int = 50, status: str | None = None, dataflow_id: int | None = None
+) -> list[dict[str, Any]]:
+    """Runs, newest request first."""
+    q = select(Run).order_by(Run.id.desc()).limit(limit)
+    if status:
+        q = q.where(Run.status == status)
+    if dataflow_id is not None:
+        q = q.where(Run.dataflow_id == dataflow_id)
+    return [run_dict(r) for r in conn.execute(q)]
+
+
+def list_tasks(conn: Connection, run_id: int, with_outputs: bool = True) -> list[TaskRow]:
+    """A run's tasks in creation order, with their outputs."""
+    rows = [_task_row(r) for r in conn.execute(select(Task).where(Task.run_id == run_id).order_by(Task.id))]
+    if with_outputs and rows:
+        outs = conn.execute(
+            select(TaskOutput).where(TaskOutput.task_id.in_([t.id for t in rows])).order_by(TaskOutput.id)
+        ).all()
+        by_task: dict[int, list[OutputRecord]] = {}
+        for o in outs:
+            by_task.setdefault(o.task_id, []).append(_output(o))
+        for t in rows:
+            t.outputs = by_task.get(t.id, [])
+    return rows
+
+
+def get_task(conn: Connection, task_id: int) -> TaskRow | None:
+    """One task with its outputs."""
+    r = conn.execute(select(Task).where(Task.id == task_id)).first()
+    if r is None:
+        return None
+    t = _task_row(r)
+    t.outputs = [
+        _output(o)
+        for o in conn.execute(select(TaskOutput).where(TaskOutput.task_id == task_id).order_by(TaskOutput.id))
+    ]
+    return t
+
+
+def _output(o: Any) -> OutputRecord:
+    return OutputRecord(
+        name=o.name,
+        digest=o.digest,
+        size=o.size,
+        content_type=o.content_type,
+        codec=o.codec,
+        inline=o.inline,
+        version_id=o.version_id,
+    )
+
+
+def lookup_cache(conn: Connection, key: str) -> tuple[int, list[OutputRecord]] | None:
+    """The newest succeeded task with ``key`` and its outputs, if any."""
+    tid = conn.execute(
+        select(Task.id)
+        .where(Task.key == key, Task.status == TaskStatus.SUCCEEDED)
+        .order_by(Task.finished_at.desc())
+        .limit(1)
+    ).scalar()
+    if tid is None:
+        return None
+    outs = conn.execute(select(TaskOutput).where(TaskOutput.task_id == tid).order_by(TaskOutput.id)).all()
+    return int(tid), [_output(o) for o in outs]
+
+
+# ------------------------------------------------------------------------------------ state fold
+
+
+def fold(records: Iterable[events.EventRecord]) -> dict[str, dict[int, dict[str, Any]]]:
+    """Rebuild run and task state from events alone: ``{"runs": {id: {...}}, "tasks": {id: {...}}}``.
+
+    This is the definition of run state; the tables are a cache of it.
+    """
+    runs: dict[int, dict[str, Any]] = {}
+    tasks: dict[int, dict[str, Any]] = {}
+    for ev in records:
+        k = ev.kind
+        if k == "run.queued" and ev.run_id is not None:
+            runs[ev.run_id] = {"status": RunStatus.QUEUED.value, "cancel_requested": False}
+        elif k == "run.started" and ev.run_id in runs:
+            runs[ev.run_id]["status"] = RunStatus.RUNNING.value
+        elif k == "run.cancel_requested" and ev.run_id in runs:
+            runs[ev.run_id]["cancel_requested"] = True
+        elif k == "run.finished" and ev.run_id in runs:
+            runs[ev.run_id]["status"] = ev.data["status"]
+        elif k == "task.queued" and ev.task_id is not None:
+            tasks[ev.task_id] = {"status": TaskStatus.QUEUED.value, "attempts": 0, "progress": 0.0}
+        elif k == "task.started" and ev.task_id in tasks:
+            tasks[ev.task_id].update(status=TaskStatus.RUNNING.value, attempts=ev.data["attempt"], progress=0.0)
+        elif k == "task.progress" and ev.task_id in tasks:
+            tasks[ev.task_id]["progress"] = ev.data["progress"]
+        elif k in ("task.retrying", "task.reclaimed") and ev.task_id in tasks:
+            tasks[ev.task_id]["status"] = TaskStatus.QUEUED.value
+        elif k == "task.finished" and ev.task_id in tasks:
+            status = ev.data["status"]
+            tasks[ev.task_id]["status"] = status
+            if status in (TaskStatus.SUCCEEDED, TaskStatus.CACHED):
+                tasks[ev.task_id]["progress"] = 1.0
+    return {"runs": runs, "tasks": tasks}
+
+
+def state_from_tables(conn: Connection) -> dict[str, dict[int, dict[str, Any]]]:
+    """The same shape as :func:`fold`, read from the tables."""
+    runs = {
+        r.id: {"status": r.status, "cancel_requested": r.cancel_requested}
+        for r in conn.execute(select(Run.id, Run.status, Run.cancel_requested))
+    }
+    tasks = {
+        r.id: {"status": r.status, "attempts": r.attempts, "progress": r.progress}
+        for r in conn.execute(select(Task.id, Task.status, Task.attempts, Task.progress))
+    }
+    return {"runs": runs, "tasks": tasks}
