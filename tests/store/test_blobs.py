@@ -1,0 +1,393 @@
+"""The BlobStore contract, run against every backend, plus what only the local store promises.
+
+``BlobStoreContract`` is the suite; each backend is a short subclass saying how to build one and how
+to list what it holds. The local store additionally promises read-only files under ``ab/cd/<hex>``,
+no temporary files after a commit or an abort, detection of corrupted or truncated files, and that
+a crash mid-write leaves no blob (only a temporary file that ``clean_tmp()`` removes).
+"""
+
+from __future__ import annotations
+
+import io
+import os
+import signal
+import stat
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+
+import pytest
+
+from datamill.errors import BlobCorrupted, BlobNotFound, DigestMismatch, InvalidInput
+from datamill.store.blobs import CHUNK, BlobStore, LocalBlobStore, MemoryBlobStore, digest_bytes
+
+SMALL = b"hello, blobs\n"
+# A few chunks and a bit, so streaming crosses chunk boundaries.
+BIG = bytes(range(256)) * ((3 * CHUNK + 12345) // 256)
+MISSING = "blake3:" + "0" * 64
+
+INVALID_DIGESTS = [
+    "",
+    "blake3:",
+    "blake3:abc",
+    "sha256:" + "a" * 64,
+    "blake3:" + "A" * 64,  # upper-case hex is not the canonical form
+    "blake3:" + "g" * 64,
+    "blake3:" + "a" * 63,
+    "blake3:" + "a" * 65,
+    "blake3:../../" + "a" * 58,
+    "a" * 64,
+]
+
+
+class BlobStoreContract:
+    """What every BlobStore does. Subclasses provide ``make`` and ``stored``."""
+
+    @pytest.fixture
+    def store(self, tmp_path: Path) -> BlobStore:
+        return self.make(tmp_path)
+
+    def make(self, tmp_path: Path) -> BlobStore:
+        raise NotImplementedError
+
+    def stored(self, store: BlobStore) -> set[str]:
+        """The digests whose bytes the store holds."""
+        raise NotImplementedError
+
+    # --- put ---------------------------------------------------------------------------------
+    def test_put_bytes(self, store: BlobStore) -> None:
+        info = store.put(SMALL)
+        assert info.digest == digest_bytes(SMALL)
+        assert info.digest.startswith("blake3:") and len(info.digest) == len("blake3:") + 64
+        assert info.size == len(SMALL)
+        assert store.exists(info.digest)
+        assert store.size(info.digest) == len(SMALL)
+
+    def test_put_file_object(self, store: BlobStore, tmp_path: Path) -> None:
+        src = tmp_path / "big.bin"
+        src.write_bytes(BIG)
+        with open(src, "rb") as f:
+            info = store.put(f)
+        assert info.digest == digest_bytes(BIG)
+        assert info.size == len(BIG)
+        assert store.read(info.digest) == BIG
+
+    def test_put_iterable_of_chunks(self, store: BlobStore) -> None:
+        chunks = [BIG[i : i + 1000] for i in range(0, len(BIG), 1000)]
+        info = store.put(iter(chunks))
+        assert info.digest == digest_bytes(BIG)
+        assert store.read(info.digest) == BIG
+
+    def test_put_empty(self, store: BlobStore) -> None:
+        info = store.put(b"")
+        assert info == store.put(io.BytesIO(b""))
+        assert info.digest == digest_bytes(b"") and info.size == 0
+        assert store.read(info.digest) == b""
+        assert list(store.iter_range(info.digest)) == []
+
+    def test_same_bytes_twice_are_stored_once(self, store: BlobStore) -> None:
+        a = store.put(SMALL)
+        b = store.put(io.BytesIO(SMALL))
+        c = store.put([SMALL[:3], SMALL[3:]])
+        assert a == b == c
+        assert self.stored(store) == {a.digest}
+
+    def test_distinct_bytes_are_distinct_blobs(self, store: BlobStore) -> None:
+        a = store.put(b"one")
+        b = store.put(b"two")
+        assert a.digest != b.digest
+        assert self.stored(store) == {a.digest, b.digest}
+
+    # --- read --------------------------------------------------------------------------------
+    def test_open_read_round_trip(self, store: BlobStore) -> None:
+        digest = store.put(BIG).digest
+        with store.open(digest) as f:
+            got = b"".join(iter(lambda: f.read(77777), b""))
+        assert got == BIG
+        assert store.read(digest) == BIG
+        store.verify(digest)
+
+    def test_iter_range_whole(self, store: BlobStore) -> None:
+        digest = store.put(BIG).digest
+        assert b"".join(store.iter_range(digest)) == BIG
+        assert b"".join(store.iter_range(digest, 0, len(BIG) - 1)) == BIG
+        assert b"".join(store.iter_range(digest, 0, len(BIG) + 100)) == BIG
+
+    @pytest.mark.parametrize(
+        ("start", "end"),
+        [(0, 0), (0, 9), (5, 5), (1, None), (CHUNK - 1, CHUNK + 1), (CHUNK, 2 * CHUNK + 7), (100, 10**12)],
+    )
+    def test_iter_range_partial(self, store: BlobStore, start: int, end: int | None) -> None:
+        digest = store.put(BIG).digest
+        expected = BIG[start:] if end is None else BIG[start : end + 1]
+        assert b"".join(store.iter_range(digest, start, end)) == expected
+
+    def test_iter_range_last_byte(self, store: BlobStore) -> None:
+        digest = store.put(BIG).digest
+        n = len(BIG)
+        assert b"".join(store.iter_range(digest, n - 1)) == BIG[-1:]
+        assert b"".join(store.iter_range(digest, n - 1, n - 1)) == BIG[-1:]
+
+    # --- exists / delete / size / missing ----------------------------------------------------
+    def test_exists_delete_size(self, store: BlobStore) -> None:
+        a = store.put(SMALL).digest
+        b = store.put(BIG).digest
+        assert store.size(a) == len(SMALL) and store.size(b) == len(BIG)
+        store.delete(a)
+        assert not store.exists(a)
+        assert store.exists(b)
+        assert self.stored(store) == {b}
+        store.delete(a)  # deleting what is gone is fine
+        assert store.put(SMALL).digest == a  # and the bytes can come back
+        assert store.read(a) == SMALL
+
+    def test_missing_blob(self, store: BlobStore) -> None:
+        assert not store.exists(MISSING)
+        with pytest.raises(BlobNotFound):
+            store.open(MISSING)
+        with pytest.raises(BlobNotFound):
+            store.read(MISSING)
+        with pytest.raises(BlobNotFound):
+            store.size(MISSING)
+        with pytest.raises(BlobNotFound):
+            list(store.iter_range(MISSING))
+        with pytest.raises(BlobNotFound):
+            list(store.iter_range(MISSING, 1, 2))
+        with pytest.raises(BlobNotFound):
+            store.verify(MISSING)
+        store.delete(MISSING)
+
+    @pytest.mark.parametrize("digest", INVALID_DIGESTS)
+    def test_invalid_digest(self, store: BlobStore, digest: str) -> None:
+        store.put(SMALL)
+        for call in (
+            lambda: store.open(digest),
+            lambda: store.read(digest),
+            lambda: store.exists(digest),
+            lambda: store.size(digest),
+            lambda: store.delete(digest),
+            lambda: list(store.iter_range(digest)),
+            lambda: list(store.iter_range(digest, 1, 2)),
+        ):
+            with pytest.raises(InvalidInput, match="digest"):
+                call()
+        assert self.stored(store) == {digest_bytes(SMALL)}
+
+    # --- writers -----------------------------------------------------------------------------
+    def test_writer_commit(self, store: BlobStore) -> None:
+        w = store.writer()
+        for i in range(0, len(BIG), CHUNK // 3):
+            w.write(BIG[i : i + CHUNK // 3])
+        info = w.commit()
+        assert info.digest == digest_bytes(BIG) and info.size == len(BIG)
+        w.abort()  # after commit: a no-op, the blob stays
+        assert store.read(info.digest) == BIG
+
+    def test_writer_abort_leaves_nothing(self, store: BlobStore) -> None:
+        w = store.writer()
+        w.write(BIG[:CHUNK])
+        w.write(BIG[CHUNK:])
+        w.abort()
+        w.abort()
+        assert not store.exists(digest_bytes(BIG))
+        assert self.stored(store) == set()
+
+    def test_writer_as_context_manager_aborts_on_error(self, store: BlobStore) -> None:
+        with pytest.raises(RuntimeError), store.writer() as w:
+            w.write(SMALL)
+            raise RuntimeError("upload broke")
+        assert self.stored(store) == set()
+
+    def test_expected_digest_and_size_match(self, store: BlobStore) -> None:
+        info = store.put(BIG, expected_digest=digest_bytes(BIG), expected_size=len(BIG))
+        assert info.digest == digest_bytes(BIG)
+
+    def test_expected_digest_mismatch(self, store: BlobStore) -> None:
+        with pytest.raises(DigestMismatch, match="nothing was stored"):
+            store.put(SMALL, expected_digest=digest_bytes(b"something else"))
+        assert not store.exists(digest_bytes(SMALL))
+        assert self.stored(store) == set()
+
+    def test_expected_size_mismatch(self, store: BlobStore) -> None:
+        for wrong in (len(BIG) - 1, len(BIG) + 1, 0):
+            with pytest.raises(DigestMismatch, match="nothing was stored") as err:
+                store.put(io.BytesIO(BIG), expected_size=wrong)
+            assert err.value.detail == {"received": len(BIG), "expected": wrong}
+        assert self.stored(store) == set()
+
+    def test_mismatch_on_writer_commit(self, store: BlobStore) -> None:
+        w = store.writer(expected_digest=digest_bytes(BIG), expected_size=len(BIG))
+        w.write(BIG[:-1])  # one byte short, as an interrupted upload would be
+        with pytest.raises(DigestMismatch):
+            w.commit()
+        w.abort()
+        assert self.stored(store) == set()
+
+    def test_mismatch_does_not_touch_existing_blob(self, store: BlobStore) -> None:
+        good = store.put(SMALL).digest
+        with pytest.raises(DigestMismatch):
+            store.put(b"forged", expected_digest=good)
+        assert store.read(good) == SMALL
+        assert self.stored(store) == {good}
+
+
+class TestMemoryBlobStore(BlobStoreContract):
+    def make(self, tmp_path: Path) -> BlobStore:
+        return MemoryBlobStore()
+
+    def stored(self, store: BlobStore) -> set[str]:
+        assert isinstance(store, MemoryBlobStore)
+        return set(store.data)
+
+
+def _blob_files(root: Path) -> list[Path]:
+    return [p for p in root.rglob("*") if p.is_file() and ".tmp" not in p.relative_to(root).parts]
+
+
+class TestLocalBlobStore(BlobStoreContract):
+    def make(self, tmp_path: Path) -> BlobStore:
+        return LocalBlobStore(tmp_path / "blobs")
+
+    def stored(self, store: BlobStore) -> set[str]:
+        assert isinstance(store, LocalBlobStore)
+        return {f"blake3:{p.name}" for p in _blob_files(store.root)}
+
+    @pytest.fixture
+    def local(self, tmp_path: Path) -> LocalBlobStore:
+        return LocalBlobStore(tmp_path / "blobs")
+
+    # --- layout ------------------------------------------------------------------------------
+    def test_blob_file_layout_and_mode(self, local: LocalBlobStore) -> None:
+        info = local.put(BIG)
+        hexpart = info.digest.split(":", 1)[1]
+        path = local.root / hexpart[:2] / hexpart[2:4] / hexpart
+        assert local.path_of(info.digest) == path
+        assert _blob_files(local.root) == [path]
+        assert path.read_bytes() == BIG
+        mode = stat.S_IMODE(path.stat().st_mode)
+        assert mode & (stat.S_IWUSR | stat.S_IWGRP | stat.S_IWOTH) == 0, oct(mode)
+
+    def test_no_temp_file_after_commit_or_abort(self, local: LocalBlobStore) -> None:
+        local.put(SMALL)
+        local.put(SMALL)  # the deduplicated second write removes its temporary file too
+        assert list(local.tmp_dir.iterdir()) == []
+        w = local.writer()
+        w.write(BIG)
+        assert len(list(local.tmp_dir.iterdir())) == 1  # bytes go to a temporary file first
+        w.abort()
+        assert list(local.tmp_dir.iterdir()) == []
+        with pytest.raises(DigestMismatch):
+            local.put(SMALL, expected_size=1)
+        assert list(local.tmp_dir.iterdir()) == []
+
+    def test_blobs_survive_reopening(self, local: LocalBlobStore) -> None:
+        digest = local.put(BIG).digest
+        again = LocalBlobStore(local.root)
+        assert again.exists(digest)
+        assert again.read(digest) == BIG
+
+    # --- corruption --------------------------------------------------------------------------
+    def _corrupt(self, local: LocalBlobStore, digest: str, offset: int) -> None:
+        path = local.path_of(digest)
+        os.chmod(path, 0o644)
+        with open(path, "r+b") as f:
+            f.seek(offset)
+            byte = f.read(1)
+            f.seek(offset)
+            f.write(bytes([byte[0] ^ 0xFF]))
+
+    @pytest.mark.parametrize("offset", [0, CHUNK + 3, len(BIG) - 1])
+    def test_flipped_byte_is_detected(self, local: LocalBlobStore, offset: int) -> None:
+        digest = local.put(BIG).digest
+        self._corrupt(local, digest, offset)
+        assert local.exists(digest)
+        with pytest.raises(BlobCorrupted, match="corrupted") as err:
+            local.read(digest)
+        assert err.value.detail["digest"] == digest
+        with pytest.raises(BlobCorrupted):
+            b"".join(local.iter_range(digest))
+        with pytest.raises(BlobCorrupted):
+            b"".join(local.iter_range(digest, 0, len(BIG) - 1))
+        # A range that does not include the flipped byte is still refused: a range cannot be
+        # checked on its own, so the whole blob is verified first.
+        start, end = (10, 20) if offset > 20 else (len(BIG) - 20, len(BIG) - 10)
+        with pytest.raises(BlobCorrupted):
+            b"".join(local.iter_range(digest, start, end))
+        with pytest.raises(BlobCorrupted):
+            local.verify(digest)
+
+    def test_flipped_byte_in_small_blob(self, local: LocalBlobStore) -> None:
+        digest = local.put(SMALL).digest
+        self._corrupt(local, digest, 3)
+        with pytest.raises(BlobCorrupted):
+            local.read(digest)
+        with pytest.raises(BlobCorrupted):
+            b"".join(local.iter_range(digest, 0, 1))
+
+    def test_partial_range_yields_nothing_from_a_corrupted_blob(self, local: LocalBlobStore) -> None:
+        digest = local.put(BIG).digest
+        self._corrupt(local, digest, len(BIG) - 1)
+        got: list[bytes] = []
+        with pytest.raises(BlobCorrupted):
+            got.extend(local.iter_range(digest, 0, 99))
+        assert got == []
+
+    @pytest.mark.parametrize("keep", [0, 1, CHUNK, len(BIG) - 1])
+    def test_truncated_blob_is_detected(self, local: LocalBlobStore, keep: int) -> None:
+        digest = local.put(BIG).digest
+        path = local.path_of(digest)
+        os.chmod(path, 0o644)
+        os.truncate(path, keep)
+        with pytest.raises(BlobCorrupted):
+            local.read(digest)
+        with pytest.raises(BlobCorrupted):
+            b"".join(local.iter_range(digest))
+        if keep:
+            with pytest.raises(BlobCorrupted):
+                b"".join(local.iter_range(digest, 0, keep - 1))
+
+    def test_uploading_again_repairs_a_corrupted_blob(self, local: LocalBlobStore) -> None:
+        # BlobCorrupted tells the user to "upload the file again"; that must actually help.
+        digest = local.put(BIG).digest
+        self._corrupt(local, digest, 7)
+        with pytest.raises(BlobCorrupted):
+            local.read(digest)
+        assert local.put(BIG).digest == digest
+        assert local.read(digest) == BIG
+        assert list(local.tmp_dir.iterdir()) == []
+
+    # --- crash mid-write ---------------------------------------------------------------------
+    def test_crash_mid_write_leaves_no_blob(self, local: LocalBlobStore) -> None:
+        child = textwrap.dedent(
+            """
+            import sys, time
+            from datamill.store.blobs import LocalBlobStore
+            store = LocalBlobStore(sys.argv[1])
+            w = store.writer()
+            for i in range(3):
+                w.write(bytes([i]) * 1_000_000)
+            print("written", flush=True)
+            time.sleep(60)  # killed here, before commit
+            """
+        )
+        proc = subprocess.Popen([sys.executable, "-c", child, str(local.root)], stdout=subprocess.PIPE, text=True)
+        try:
+            assert proc.stdout is not None
+            assert proc.stdout.readline().strip() == "written"
+            proc.send_signal(signal.SIGKILL)
+            assert proc.wait(timeout=30) == -signal.SIGKILL
+        finally:
+            if proc.poll() is None:
+                proc.kill()
+                proc.wait()
+        partial = b"".join(bytes([i]) * 1_000_000 for i in range(3))
+        assert _blob_files(local.root) == []
+        assert not local.exists(digest_bytes(partial))
+        leftovers = list(local.tmp_dir.iterdir())
+        assert len(leftovers) == 1 and leftovers[0].stat().st_size == len(partial)
+        assert local.clean_tmp() == 1
+        assert list(local.tmp_dir.iterdir()) == []
+        assert local.clean_tmp() == 0
+        # The store still works afterwards.
+        assert local.read(local.put(partial).digest) == partial
