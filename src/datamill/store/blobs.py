@@ -264,10 +264,8 @@ class _LocalWriter(BlobWriter):
         os.fsync(self._file.fileno())
         self._file.close()
         final = self._store.path_of(digest)
-        if final.exists():
-            # Same digest, same bytes: deduplicated. Keep the existing file untouched.
-            self._tmp.unlink(missing_ok=True)
-            return
+        # Same digest, same bytes: replacing an existing file stores nothing twice, and it repairs
+        # a file that was corrupted on disk (BlobCorrupted tells the user to upload again).
         final.parent.mkdir(parents=True, exist_ok=True)
         os.chmod(self._tmp, 0o444)
         os.replace(self._tmp, final)
@@ -365,13 +363,16 @@ class MemoryBlobStore(BlobStore):
             raise BlobNotFound(f"blob {digest} is not in memory", digest=digest) from None
 
     def exists(self, digest: str) -> bool:
+        check_digest(digest)
         return digest in self.data
 
     def delete(self, digest: str) -> None:
+        check_digest(digest)
         with self.lock:
             self.data.pop(digest, None)
 
     def size(self, digest: str) -> int:
+        check_digest(digest)
         try:
             return len(self.data[digest])
         except KeyError:

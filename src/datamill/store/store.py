@@ -660,7 +660,7 @@ class Store:
                 id=irow.id,
                 folder=frow.path,
                 name=irow.name,
-                metadata=dict(irow.metadatadata or {}),
+                metadata=dict(irow.metadata or {}),
                 version=v.number,
                 digest=v.digest,
                 size=v.size,
@@ -827,7 +827,7 @@ class Store:
         unset = list(unset)
         with self.db.write() as conn:
             frow, irow = self._item_row(conn, actor, path, Level.WRITE)
-            meta = {k: v for k, v in dict(irow.metadatadata or {}).items() if k not in set(unset)}
+            meta = {k: v for k, v in dict(irow.metadata or {}).items() if k not in set(unset)}
             meta.update(changes)
             conn.execute(update(Item).where(Item.id == irow.id).values(meta=meta, updated_at=time.time()))
             events.append(
