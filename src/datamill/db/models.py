@@ -244,3 +244,63 @@ class TaskOutput(Base):
 Index("ix_tasks_run_status", Task.run_id, Task.status)
 Index("ix_tasks_key_status", Task.key, Task.status)
 Index("ix_tasks_step_code", Task.step, Task.step_code)
+
+
+class Dataflow(Base):
+    """A dataflow: watches a source folder and runs a pipeline into a destination folder."""
+
+    __tablename__ = "dataflows"
+    id: Mapped[int] = mapped_column(BigId, primary_key=True)
+    name: Mapped[str] = mapped_column(String(255), unique=True)
+    kind: Mapped[str] = mapped_column(String(16), default="workflow")
+    state: Mapped[str] = mapped_column(String(16), default="stopped")
+    state_reason: Mapped[str | None] = mapped_column(Text, nullable=True)
+    owner_id: Mapped[int | None] = mapped_column(BigInteger, nullable=True)
+    version: Mapped[int] = mapped_column(Integer, default=1)
+    config: Mapped[dict[str, Any]] = mapped_column(JSONType, default=dict)
+    source_folder_id: Mapped[int | None] = mapped_column(BigInteger, nullable=True, index=True)
+    dest_folder_id: Mapped[int | None] = mapped_column(BigInteger, nullable=True)
+    cursor: Mapped[int] = mapped_column(BigInteger, default=0)
+    backfilled_version: Mapped[int | None] = mapped_column(Integer, nullable=True)
+    next_fire_at: Mapped[float | None] = mapped_column(Float, nullable=True)
+    created_at: Mapped[float] = mapped_column(Float)
+    updated_at: Mapped[float] = mapped_column(Float)
+
+
+class DataflowVersion(Base):
+    """One immutable configuration of a dataflow; every edit makes a new one."""
+
+    __tablename__ = "dataflow_versions"
+    __table_args__ = (UniqueConstraint("dataflow_id", "number", name="uq_dataflow_versions_number"),)
+    id: Mapped[int] = mapped_column(BigId, primary_key=True)
+    dataflow_id: Mapped[int] = mapped_column(ForeignKey("dataflows.id", ondelete="CASCADE"))
+    number: Mapped[int] = mapped_column(Integer)
+    config: Mapped[dict[str, Any]] = mapped_column(JSONType, default=dict)
+    created_by: Mapped[int | None] = mapped_column(BigInteger, nullable=True)
+    created_at: Mapped[float] = mapped_column(Float)
+
+
+class Cursor(Base):
+    """Where a consumer of the event log (the notifier, a trigger service) has read up to."""
+
+    __tablename__ = "cursors"
+    name: Mapped[str] = mapped_column(String(255), primary_key=True)
+    seq: Mapped[int] = mapped_column(BigInteger, default=0)
+
+
+class Delivery(Base):
+    """One webhook notification to deliver, retried with backoff until it succeeds or gives up."""
+
+    __tablename__ = "deliveries"
+    id: Mapped[int] = mapped_column(BigId, primary_key=True)
+    dataflow_id: Mapped[int | None] = mapped_column(BigInteger, nullable=True)
+    run_id: Mapped[int | None] = mapped_column(BigInteger, nullable=True)
+    event_seq: Mapped[int] = mapped_column(BigInteger)
+    url: Mapped[str] = mapped_column(Text)
+    payload: Mapped[dict[str, Any]] = mapped_column(JSONType, default=dict)
+    status: Mapped[str] = mapped_column(String(16), default="pending", index=True)
+    attempts: Mapped[int] = mapped_column(Integer, default=0)
+    next_attempt_at: Mapped[float] = mapped_column(Float)
+    last_error: Mapped[str | None] = mapped_column(Text, nullable=True)
+    created_at: Mapped[float] = mapped_column(Float)
+    delivered_at: Mapped[float | None] = mapped_column(Float, nullable=True)
