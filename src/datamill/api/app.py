@@ -1,0 +1,99 @@
+"""The FastAPI app: every route under ``/api/v1``, one JSON error shape, token auth.
+
+Authentication: every ``/api`` request needs a token, sent as ``Authorization: Bearer <token>``
+or as the ``datamill_token`` cookie that the landing page sets from its login URL
+(``/?token=...``). Only ``GET /api/v1/health`` answers without one (and says nothing but
+``{"ok": true}``). ``/``, ``/docs`` and ``/openapi.json`` are public.
+
+Routers are listed in :data:`ROUTERS`, one module per noun in ``api/routes``; adding one is a
+one-line change there.
+"""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+
+from fastapi import APIRouter, FastAPI
+from fastapi.routing import APIRoute
+
+import datamill
+from datamill.api.broadcast import EventBroadcaster
+from datamill.api.deps import blocking
+from datamill.api.errors import ErrorBoundary, install_error_handlers
+from datamill.api.landing import router as landing_router
+from datamill.api.middleware import AccessLog, TokenAuth
+from datamill.api.routes import content, events, folders, items, users
+from datamill.home import Home
+
+API_PREFIX = "/api/v1"
+
+#: The API's routers, mounted under ``/api/v1`` in this order.
+ROUTERS: list[APIRouter] = [
+    users.router,
+    folders.router,
+    items.router,
+    content.router,
+    events.router,
+]
+
+#: Seconds between keep-alive comments on an idle SSE stream.
+SSE_KEEPALIVE = 15.0
+
+health_router = APIRouter(tags=["health"])
+
+
+@health_router.get("/health", summary="Is the server up")
+async def health() -> dict[str, bool]:
+    """``{"ok": true}`` while the server runs; the one route that needs no token."""
+    return {"ok": True}
+
+
+def _operation_id(route: APIRoute) -> str:
+    # Stable, readable ids for generated clients: the handler's name.
+    return route.name
+
+
+def create_app(home: Home, sse_keepalive: float = SSE_KEEPALIVE) -> FastAPI:
+    """The ASGI app serving ``home``."""
+    broadcaster = EventBroadcaster(home.events)
+
+    @asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        try:
+            yield
+        finally:
+            broadcaster.close()
+            await blocking(broadcaster.join)
+
+    app = FastAPI(
+        title="datamill",
+        version=datamill.__version__,
+        description=(
+            "Folders, versioned items, metadata, access control and the event log of a datamill "
+            "installation. Every `/api` route needs a token: `Authorization: Bearer <token>`, or the "
+            "`datamill_token` cookie set by opening the login URL (`/?token=...`). Errors are JSON: "
+            '`{"ok": false, "status", "code", "error", "detail"}`. Folder and item paths go in the URL, '
+            "each name percent-encoded on its own."
+        ),
+        lifespan=lifespan,
+        generate_unique_id_function=_operation_id,
+    )
+    app.state.home = home
+    app.state.broadcaster = broadcaster
+    app.state.sse_keepalive = sse_keepalive
+    app.state.active_streams = 0
+
+    api = APIRouter(prefix=API_PREFIX)
+    api.include_router(health_router)
+    for router in ROUTERS:
+        api.include_router(router)
+    app.include_router(api)
+    app.include_router(landing_router)
+
+    install_error_handlers(app)
+    # add_middleware wraps: the last added runs first. Order: log -> catch-all -> auth -> routes.
+    app.add_middleware(TokenAuth, home=home)
+    app.add_middleware(ErrorBoundary)
+    app.add_middleware(AccessLog)
+    return app

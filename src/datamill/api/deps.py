@@ -1,0 +1,57 @@
+"""What route handlers get injected: the home, the calling actor, and a way to run blocking code.
+
+Store and database calls block, so handlers run them through :func:`blocking` (starlette's
+thread pool) rather than on the event loop.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Annotated, Any, ParamSpec, TypeVar
+
+from fastapi import Depends, Request, Security
+from fastapi.security import APIKeyCookie, HTTPBearer
+from starlette.concurrency import run_in_threadpool
+
+from datamill.errors import Unauthorized
+from datamill.home import Home
+from datamill.store.access import Actor
+
+P = ParamSpec("P")
+T = TypeVar("T")
+
+TOKEN_COOKIE = "datamill_token"
+
+# Declared for the OpenAPI document only: the token is checked by the ``TokenAuth`` middleware
+# (so that every /api request is covered, including ones that match no route).
+bearer_scheme = HTTPBearer(auto_error=False, description="A datamill API token: `Authorization: Bearer dm_...`.")
+cookie_scheme = APIKeyCookie(
+    name=TOKEN_COOKIE, auto_error=False, description="The same token, as set by the landing page (`/?token=...`)."
+)
+
+
+async def blocking(fn: Callable[P, T], *args: P.args, **kwargs: P.kwargs) -> T:
+    """Run a blocking call in the thread pool."""
+    return await run_in_threadpool(fn, *args, **kwargs)
+
+
+def get_home(request: Request) -> Home:
+    """The home the app serves."""
+    home: Home = request.app.state.home
+    return home
+
+
+def get_actor(
+    request: Request,
+    _bearer: Any = Security(bearer_scheme),
+    _cookie: Any = Security(cookie_scheme),
+) -> Actor:
+    """The user the request's token belongs to (resolved by the ``TokenAuth`` middleware)."""
+    actor = request.scope.get("state", {}).get("actor")
+    if not isinstance(actor, Actor):
+        raise Unauthorized()
+    return actor
+
+
+HomeDep = Annotated[Home, Depends(get_home)]
+ActorDep = Annotated[Actor, Depends(get_actor)]

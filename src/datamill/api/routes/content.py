@@ -1,0 +1,269 @@
+"""Item bytes: streaming upload and download, with ranges.
+
+* ``PUT /api/v1/content/{folder}/{name}``: the raw body becomes a new version. Headers:
+  ``Content-Type``, ``Content-Length``, ``X-Datamill-Metadata`` (a JSON object) and
+  ``X-Datamill-Digest`` (the digest the bytes must have). The body is streamed into a blob writer
+  in bounded chunks, never held whole; write access is checked before the first byte is stored.
+  A body that ends early (client gone, fewer bytes than ``Content-Length``) or hashes to another
+  digest is thrown away: no item, no version, no file.
+* ``GET|HEAD /api/v1/content/{path}?version=N``: the bytes, with ``Content-Length``, ``ETag`` (the
+  digest), ``X-Datamill-Digest``, ``X-Datamill-Version``, ``X-Datamill-Info`` (the version as
+  JSON) and ``Accept-Ranges: bytes``; ``Range: bytes=a-b | a- | -n`` gives 206, an unsatisfiable
+  range 416.
+
+The blob store verifies the digest as the last bytes are read. So that a corrupted blob is never
+served as a clean 200, the stream always holds one chunk back: the last chunk goes out only once
+the whole blob verified, and on a mismatch the connection is dropped short of ``Content-Length``.
+A file of one chunk is thus read whole before the headers go out and fails with a JSON 500.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import re
+from collections.abc import AsyncIterator, Iterator
+from typing import Any
+from urllib.parse import quote
+
+from fastapi import APIRouter, Header, Query, Request, Response
+from fastapi.responses import JSONResponse, StreamingResponse
+from starlette.requests import ClientDisconnect
+
+from datamill.api.deps import ActorDep, HomeDep, blocking
+from datamill.api.paths import UrlPath
+from datamill.api.schemas import VersionOut
+from datamill.errors import (
+    BlobCorrupted,
+    DatamillError,
+    InvalidMetadata,
+    RangeNotSatisfiable,
+    UploadIncomplete,
+)
+from datamill.store.blobs import CHUNK, check_digest
+from datamill.store.names import split_item_path
+from datamill.store.store import VersionInfo, check_metadata
+
+log = logging.getLogger("datamill.api")
+
+router = APIRouter(tags=["content"])
+
+_RANGE = re.compile(r"^\s*bytes\s*=\s*(\d*)\s*-\s*(\d*)\s*$", re.IGNORECASE)
+
+# What clients send when they have no idea (curl --data-binary); the name's type is better.
+_NO_TYPE = {"", "application/x-www-form-urlencoded"}
+
+
+def parse_metadata_header(value: str | None) -> dict[str, Any]:
+    """The ``X-Datamill-Metadata`` header as a checked metadata dict (``{}`` when absent)."""
+    if value is None or not value.strip():
+        return {}
+    try:
+        meta = json.loads(value)
+    except ValueError as exc:
+        raise InvalidMetadata(f"X-Datamill-Metadata is not valid JSON: {exc}") from None
+    return check_metadata(meta)
+
+
+def parse_range(header: str, size: int) -> tuple[int, int] | None:
+    """``Range`` -> inclusive ``(first, last)``; None to ignore it (several ranges, other units, bad syntax).
+
+    ``bytes=0-9`` -> (0, 9); ``bytes=10-`` -> (10, size-1); ``bytes=-5`` -> (size-5, size-1).
+    Raises :class:`RangeNotSatisfiable` when no byte of the file is in the range.
+    """
+    m = _RANGE.match(header)
+    if not m:
+        return None
+    first, last = m.group(1), m.group(2)
+    if first == "" and last == "":
+        return None
+    if first == "":
+        n = int(last)
+        if n == 0 or size == 0:
+            raise RangeNotSatisfiable(f"the file has {size} bytes; ask for a range within it", size=size)
+        return max(0, size - n), size - 1
+    a = int(first)
+    if last and int(last) < a:
+        return None
+    b = int(last) if last else size - 1
+    if a >= size:
+        raise RangeNotSatisfiable(f"the range starts at byte {a} but the file has {size} bytes", size=size, start=a)
+    return a, min(b, size - 1)
+
+
+def _content_disposition(name: str) -> str:
+    ascii_name = name.encode("ascii", "replace").decode("ascii").replace('"', "_").replace("\\", "_")
+    return f"attachment; filename=\"{ascii_name}\"; filename*=UTF-8''{quote(name, safe='')}"
+
+
+def content_headers(info: VersionInfo) -> dict[str, str]:
+    """Headers describing a version's bytes (the length is added per response)."""
+    return {
+        "Content-Type": info.content_type,
+        "ETag": f'"{info.digest}"',
+        "X-Datamill-Digest": info.digest,
+        "X-Datamill-Version": str(info.version),
+        # ASCII JSON: header values are Latin-1 on the wire, names may be any Unicode.
+        "X-Datamill-Info": json.dumps(info.to_dict(), ensure_ascii=True, separators=(",", ":")),
+        "Accept-Ranges": "bytes",
+        "Content-Disposition": _content_disposition(info.name),
+        "Cache-Control": "private, no-cache",
+    }
+
+
+class HeldBackStream:
+    """Serve a verifying chunk iterator one chunk behind, so a failed check can still abort.
+
+    :meth:`prime` reads the first two chunks before the response starts; a blob of at most one
+    chunk (and any range read, which the store verifies up front) is thus fully checked while a
+    proper JSON error can still be sent.
+    """
+
+    def __init__(self, chunks: Iterator[bytes], what: str, length: int) -> None:
+        self._chunks = chunks
+        self._what = what
+        self._length = length
+        self._held: bytes | None = None
+        self._ahead: bytes | None = None
+
+    async def _next(self) -> bytes | None:
+        return await blocking(next, self._chunks, None)
+
+    async def prime(self) -> None:
+        """Read ahead before the headers go out; raises what the store raises."""
+        try:
+            self._held = await self._next()
+            if self._held is not None:
+                self._ahead = await self._next()
+        except BaseException:
+            self.close()
+            raise
+
+    def close(self) -> None:
+        """Close the underlying reader (cheap: closes a file)."""
+        close = getattr(self._chunks, "close", None)
+        if close is not None:
+            close()
+
+    async def __aiter__(self) -> AsyncIterator[bytes]:
+        sent = 0
+        try:
+            held, ahead = self._held, self._ahead
+            while held is not None:
+                if ahead is None:  # the reader is exhausted, so the blob verified
+                    yield held
+                    return
+                sent += len(held)
+                if sent > self._length:
+                    raise BlobCorrupted(f"{self._what}: the stored file is longer than recorded")
+                yield held
+                held, ahead = ahead, await self._next()
+        except DatamillError as exc:
+            log.error("aborting the download of %s after %d bytes: %s", self._what, sent, exc.message)
+            raise
+        finally:
+            self.close()
+
+
+@router.put(
+    "/content/{path:path}",
+    response_model=VersionOut,
+    status_code=201,
+    summary="Upload bytes as a new version",
+    openapi_extra={
+        "requestBody": {
+            "required": True,
+            "content": {"application/octet-stream": {"schema": {"type": "string", "format": "binary"}}},
+        }
+    },
+)
+async def upload(
+    request: Request,
+    path: UrlPath,
+    actor: ActorDep,
+    home: HomeDep,
+    content_type: str | None = Header(None, description="The bytes' MIME type; guessed from the name if absent."),
+    content_length: int | None = Header(None, ge=0),
+    x_datamill_metadata: str | None = Header(None, description="A JSON object of item metadata."),
+    x_datamill_digest: str | None = Header(None, description="The digest the bytes must hash to."),
+) -> JSONResponse:
+    """Stream the raw request body into a new version of ``{folder}/{name}`` (created when new)."""
+    folder, name = split_item_path(path)
+    meta = parse_metadata_header(x_datamill_metadata)
+    digest = x_datamill_digest.strip() if x_datamill_digest else None
+    if digest:
+        check_digest(digest)
+    ctype = None if content_type is None or content_type.strip() in _NO_TYPE else content_type.strip()
+    # Access is checked here, before any byte is read or stored.
+    writer = await blocking(home.store.begin_upload, actor, folder, name, digest, content_length)
+    received = 0
+    try:
+        buf: list[bytes] = []
+        buffered = 0
+        try:
+            async for chunk in request.stream():
+                buf.append(chunk)
+                buffered += len(chunk)
+                received += len(chunk)
+                if buffered >= CHUNK:  # one thread hop per ~1 MiB, not per network packet
+                    await blocking(writer.write, b"".join(buf))
+                    buf, buffered = [], 0
+        except ClientDisconnect:
+            log.warning("upload of %s aborted: the client went away after %d bytes", path, received)
+            raise UploadIncomplete(received=received, expected=content_length) from None
+        if buf:
+            await blocking(writer.write, b"".join(buf))
+        if content_length is not None and received != content_length:
+            log.warning("upload of %s aborted: %d of %d bytes arrived", path, received, content_length)
+            raise UploadIncomplete(received=received, expected=content_length)
+        blob = await blocking(writer.commit)
+    finally:
+        # Cheap and must not be skipped by a cancellation, so not sent to a thread.
+        writer.abort()
+    info = await blocking(home.store.commit_version, actor, folder, name, blob, ctype, meta)
+    return JSONResponse(info.to_dict(), status_code=201)
+
+
+@router.head("/content/{path:path}", name="content_headers", summary="A version's headers, without the bytes")
+@router.get(
+    "/content/{path:path}",
+    summary="Download a version's bytes",
+    response_class=StreamingResponse,
+    responses={
+        200: {"content": {"application/octet-stream": {}}, "description": "The bytes."},
+        206: {"description": "The requested range."},
+        304: {"description": "Not modified (If-None-Match matched the ETag)."},
+        416: {"description": "Range not satisfiable."},
+    },
+)
+async def download(
+    request: Request,
+    path: UrlPath,
+    actor: ActorDep,
+    home: HomeDep,
+    version: int | None = Query(None, ge=1, description="The version number; the current one when absent."),
+    range_header: str | None = Header(None, alias="Range", description="bytes=a-b, bytes=a- or bytes=-n."),
+    if_none_match: str | None = Header(None),
+) -> Response:
+    """Stream a version's bytes (the current version by default)."""
+    info = await blocking(home.store.get_version, actor, path, version)
+    headers = content_headers(info)
+    if if_none_match and (
+        if_none_match.strip() == "*" or headers["ETag"] in [t.strip() for t in if_none_match.split(",")]
+    ):
+        return Response(status_code=304, headers={"ETag": headers["ETag"]})
+    status, start, end = 200, 0, None
+    length = info.size
+    if range_header:
+        wanted = parse_range(range_header, info.size)
+        if wanted is not None:
+            status, (start, end) = 206, wanted
+            length = end - start + 1
+            headers["Content-Range"] = f"bytes {start}-{end}/{info.size}"
+    headers["Content-Length"] = str(length)
+    if request.method == "HEAD":
+        return Response(status_code=status, headers=headers)
+    chunks = home.store.blobs.iter_range(info.digest, start, end)
+    stream = HeldBackStream(chunks, f"{info.path} v{info.version}", length)
+    await stream.prime()
+    return StreamingResponse(stream, status_code=status, headers=headers)

@@ -1,0 +1,99 @@
+"""Items: info, listing, search, versions, metadata and deletion (bytes are in ``content.py``).
+
+Routes (under ``/api/v1``):
+
+* ``GET /folder-items/{folder}``: a folder's items with their current versions
+* ``GET /find/{folder}?name=GLOB&metadata=JSON&recursive=true``: search below a folder
+* ``GET /items/{path}`` item info, ``DELETE /items/{path}`` delete it with all versions
+* ``GET /versions/{path}`` all versions; ``GET /version/{path}?version=N`` one (current by default)
+* ``PATCH /metadata/{path}``: set/unset item metadata (makes no new version)
+"""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+from fastapi import APIRouter, Query
+from fastapi.responses import JSONResponse
+
+from datamill.api.deps import ActorDep, HomeDep, blocking
+from datamill.api.paths import UrlPath
+from datamill.api.routes.folders import MetadataChange
+from datamill.api.schemas import Done, ItemOut, VersionOut, list_of
+from datamill.errors import InvalidMetadata
+
+router = APIRouter(tags=["items"])
+
+
+@router.get("/folder-items/{path:path}", response_model=list_of(ItemOut), summary="List a folder's items")
+async def list_items(
+    path: UrlPath,
+    actor: ActorDep,
+    home: HomeDep,
+    after: str | None = Query(None, description="Only items whose name sorts after this (paging)."),
+    limit: int | None = Query(None, ge=1, le=100_000, description="At most this many items."),
+) -> JSONResponse:
+    """Items of a folder by name, with their current versions."""
+    items = await blocking(home.store.list_items, actor, path, after, limit)
+    return JSONResponse([i.to_dict() for i in items])
+
+
+@router.get("/find/{path:path}", response_model=list_of(ItemOut), summary="Find items")
+async def find_items(
+    path: UrlPath,
+    actor: ActorDep,
+    home: HomeDep,
+    name: str | None = Query(None, description="A glob on item names, e.g. '*.csv'."),
+    metadata: str | None = Query(None, description="A JSON object; items whose metadata holds these values."),
+    recursive: bool = Query(True, description="Search subfolders too."),
+) -> JSONResponse:
+    """Items below a folder whose name matches ``name`` and whose metadata holds ``metadata``."""
+    wanted = None
+    if metadata:
+        try:
+            wanted = json.loads(metadata)
+        except ValueError as exc:
+            raise InvalidMetadata(f"the metadata filter is not valid JSON: {exc}") from None
+    items = await blocking(home.store.find_items, actor, path, name, wanted, recursive)
+    return JSONResponse([i.to_dict() for i in items])
+
+
+@router.get("/items/{path:path}", response_model=ItemOut, summary="Get an item")
+async def get_item(path: UrlPath, actor: ActorDep, home: HomeDep) -> JSONResponse:
+    """An item with its current version."""
+    item = await blocking(home.store.get_item, actor, path)
+    return JSONResponse(item.to_dict())
+
+
+@router.delete("/items/{path:path}", response_model=Done, summary="Delete an item")
+async def delete_item(path: UrlPath, actor: ActorDep, home: HomeDep) -> dict[str, Any]:
+    """Delete an item with all its versions. Needs write access."""
+    await blocking(home.store.delete_item, actor, path)
+    return {"ok": True}
+
+
+@router.get("/versions/{path:path}", response_model=list_of(VersionOut), summary="List an item's versions")
+async def list_versions(path: UrlPath, actor: ActorDep, home: HomeDep) -> JSONResponse:
+    """Every version of an item, oldest first."""
+    versions = await blocking(home.store.versions, actor, path)
+    return JSONResponse([v.to_dict() for v in versions])
+
+
+@router.get("/version/{path:path}", response_model=VersionOut, summary="Get one version")
+async def get_version(
+    path: UrlPath,
+    actor: ActorDep,
+    home: HomeDep,
+    version: int | None = Query(None, ge=1, description="The version number; the current one when absent."),
+) -> JSONResponse:
+    """One version of an item."""
+    info = await blocking(home.store.get_version, actor, path, version)
+    return JSONResponse(info.to_dict())
+
+
+@router.patch("/metadata/{path:path}", response_model=ItemOut, summary="Change item metadata")
+async def set_metadata(path: UrlPath, body: MetadataChange, actor: ActorDep, home: HomeDep) -> JSONResponse:
+    """Set and unset metadata keys of an item; no new version is made. Needs write access."""
+    item = await blocking(home.store.set_item_metadata, actor, path, body.set, body.unset)
+    return JSONResponse(item.to_dict())

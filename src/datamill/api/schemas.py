@@ -1,0 +1,65 @@
+"""Response models for the OpenAPI document, derived from the store's dataclasses.
+
+They are built from the dataclass fields (plus ``path`` where ``to_dict`` adds it) so the
+document cannot drift from what handlers return; handlers send ``to_dict()`` output directly.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import typing
+from typing import Any
+
+from pydantic import BaseModel, create_model
+
+from datamill.events import EventRecord
+from datamill.store.store import FolderInfo, ItemInfo, VersionInfo
+from datamill.store.users import NewToken
+
+
+def model_of(cls: type, name: str, drop: tuple[str, ...] = (), add: dict[str, Any] | None = None) -> type[BaseModel]:
+    """A pydantic model with the fields of dataclass ``cls`` (minus ``drop``, plus ``add``)."""
+    hints = typing.get_type_hints(cls)
+    fields: dict[str, Any] = {}
+    for f in dataclasses.fields(cls):
+        if f.name in drop:
+            continue
+        has_default = f.default is not dataclasses.MISSING or f.default_factory is not dataclasses.MISSING
+        fields[f.name] = (hints[f.name], None if has_default else ...)
+    for key, typ in (add or {}).items():
+        fields[key] = (typ, ...)
+    model: type[BaseModel] = create_model(name, __doc__=(cls.__doc__ or "").strip(), **fields)
+    return model
+
+
+FolderOut = model_of(FolderInfo, "Folder")
+ItemOut = model_of(ItemInfo, "Item", drop=("extra",), add={"path": str})
+VersionOut = model_of(VersionInfo, "Version", add={"path": str})
+EventOut = model_of(EventRecord, "Event")
+TokenOut = model_of(NewToken, "NewToken")
+
+
+def list_of(model: type[BaseModel]) -> Any:
+    """``list[model]`` for a ``response_model`` (a model built at run time is no static type)."""
+    return list[model]  # type: ignore[valid-type]
+
+
+class UserOut(BaseModel):
+    """A user."""
+
+    id: int | None
+    name: str
+    is_admin: bool
+
+
+class Done(BaseModel):
+    """An acknowledgement."""
+
+    ok: bool = True
+
+
+class EventsOut(BaseModel):
+    """A page of events and the cursor to ask from next (it may pass events you may not see)."""
+
+    events: list[EventOut]  # type: ignore[valid-type]
+    next: int

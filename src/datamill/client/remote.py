@@ -1,0 +1,422 @@
+"""The remote client: the :class:`~datamill.client.base.Client` interface over the REST API.
+
+Uploads and downloads stream (a file is sent and received in chunks, never held whole). Errors
+the server reports come back as the same :mod:`datamill.errors` classes the embedded client
+raises, looked up by their ``code``. The token travels in the ``Authorization`` header only,
+never in a URL, so it stays out of server and proxy logs; ``repr()`` does not show it either.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import io
+import json
+import os
+import stat
+import time
+from collections.abc import Callable, Iterable, Iterator, Mapping
+from typing import Any, BinaryIO, TypeVar
+from urllib.parse import quote
+
+import httpx
+
+import datamill
+from datamill import errors
+from datamill.client.base import Client, ProgressFn
+from datamill.errors import BlobCorrupted, DatamillError, InvalidInput, Unauthorized
+from datamill.events import EventRecord
+from datamill.store.access import Level
+from datamill.store.blobs import ALGORITHM, CHUNK, digest_bytes, hasher
+from datamill.store.store import FolderInfo, ItemInfo, VersionInfo, check_metadata
+from datamill.store.users import NewToken
+
+API = "/api/v1"
+
+NO_TOKEN = (
+    "no token given for the datamill server: pass --token or set DATAMILL_TOKEN "
+    "(`datamill up` prints one; `datamill token create` makes more)"
+)
+
+#: Metadata longer than this (as JSON) is not sent in a header, which servers cap at ~8-16 KiB;
+#: it is set with a second request right after the upload instead.
+MAX_HEADER_METADATA = 6000
+
+#: The longest one long-poll request waits; the client loops for longer waits.
+LONG_POLL_SECONDS = 25.0
+
+
+def _error_classes() -> dict[str, type[DatamillError]]:
+    """``code`` -> class for every error class in :mod:`datamill.errors` (the first one per code)."""
+    out: dict[str, type[DatamillError]] = {}
+    for obj in vars(errors).values():
+        if isinstance(obj, type) and issubclass(obj, DatamillError):
+            out.setdefault(obj.code, obj)
+    return out
+
+
+ERRORS_BY_CODE = _error_classes()
+
+#: For error bodies without a known code (a proxy's page, a route-level 404).
+ERRORS_BY_STATUS: dict[int, type[DatamillError]] = {
+    400: errors.InvalidInput,
+    401: errors.Unauthorized,
+    403: errors.PermissionDenied,
+    404: errors.NotFound,
+    409: errors.Conflict,
+    416: errors.RangeNotSatisfiable,
+    422: errors.InvalidInput,
+}
+
+T = TypeVar("T")
+
+
+def quote_segment(name: str) -> str:
+    """Percent-encode one name for a URL path; ``.`` and ``..`` too, which URL libraries collapse."""
+    q = quote(name, safe="")
+    return q.replace(".", "%2E") if q in {".", ".."} else q
+
+
+def quote_path(path: str) -> str:
+    """``"Raw Data/été.csv"`` -> ``"Raw%20Data/%C3%A9t%C3%A9.csv"``; outer slashes are ignored."""
+    inner = path.strip("/")
+    return "/".join(quote_segment(p) for p in inner.split("/")) if inner else ""
+
+
+def _build(cls: type[T], data: Mapping[str, Any]) -> T:
+    """A dataclass from a JSON dict, ignoring keys it does not have (such as ``path``)."""
+    names = {f.name for f in dataclasses.fields(cls)}  # type: ignore[arg-type]
+    return cls(**{k: v for k, v in data.items() if k in names})
+
+
+def error_from_response(status: int, body: Any, url: str) -> DatamillError:
+    """The typed error for an API error body (``{"ok": false, "code", "error", "detail"}``)."""
+    if isinstance(body, dict) and isinstance(body.get("code"), str):
+        cls = ERRORS_BY_CODE.get(body["code"]) or ERRORS_BY_STATUS.get(status, DatamillError)
+        err = cls(str(body.get("error") or "") or None)
+        detail = body.get("detail")
+        err.detail = dict(detail) if isinstance(detail, dict) else {}
+        return err
+    cls = ERRORS_BY_STATUS.get(status, DatamillError)
+    return cls(f"the server at {url} answered HTTP {status} without a datamill error body")
+
+
+def _remaining_size(data: BinaryIO) -> int | None:
+    """Bytes left in a file object, when that can be known without reading it."""
+    try:
+        st = os.fstat(data.fileno())
+        if stat.S_ISREG(st.st_mode):
+            return max(0, st.st_size - data.tell())
+    except (AttributeError, OSError, io.UnsupportedOperation):
+        pass
+    try:
+        if data.seekable():
+            here = data.tell()
+            end = data.seek(0, io.SEEK_END)
+            data.seek(here)
+            return max(0, end - here)
+    except (AttributeError, OSError, io.UnsupportedOperation):
+        pass
+    return None
+
+
+class RemoteClient(Client):
+    """A client on a datamill server at ``url``, acting as the owner of ``token``."""
+
+    def __init__(
+        self,
+        url: str,
+        token: str | None,
+        timeout: float = 60.0,
+        transport: httpx.BaseTransport | None = None,
+    ) -> None:
+        if not token:
+            raise Unauthorized(NO_TOKEN)
+        self.url = url.rstrip("/")
+        self._http = httpx.Client(
+            base_url=self.url + API,
+            headers={"Authorization": f"Bearer {token}", "User-Agent": f"datamill/{datamill.__version__}"},
+            timeout=httpx.Timeout(timeout, connect=10.0),
+            transport=transport,
+            follow_redirects=False,
+        )
+
+    def __repr__(self) -> str:
+        return f"RemoteClient({self.url!r})"
+
+    def close(self) -> None:
+        self._http.close()
+
+    # --- transport ------------------------------------------------------------------------
+    def _unreachable(self, exc: Exception) -> DatamillError:
+        return DatamillError(
+            f"the datamill server at {self.url} is not reachable ({exc}); start it with `datamill up` or check the URL",
+            url=self.url,
+        )
+
+    def _send(self, request: httpx.Request, stream: bool = False) -> httpx.Response:
+        try:
+            response = self._http.send(request, stream=stream)
+        except (httpx.ConnectError, httpx.ConnectTimeout) as exc:
+            raise self._unreachable(exc) from exc
+        except httpx.TransportError as exc:
+            raise DatamillError(
+                f"the request to the datamill server at {self.url} failed: {exc or type(exc).__name__}; try again",
+                url=self.url,
+            ) from exc
+        if response.status_code >= 400:
+            try:
+                if stream:
+                    response.read()
+                body = response.json()
+            except (ValueError, httpx.HTTPError):
+                body = None
+            finally:
+                response.close()
+            raise error_from_response(response.status_code, body, self.url)
+        return response
+
+    def _call(self, method: str, path: str, **kwargs: Any) -> Any:
+        """One JSON request; the decoded JSON answer."""
+        request = self._http.build_request(method, path, **kwargs)
+        return self._send(request).json()
+
+    # --- identity -------------------------------------------------------------------------
+    def whoami(self) -> dict[str, Any]:
+        result: dict[str, Any] = self._call("GET", "/whoami")
+        return result
+
+    # --- folders --------------------------------------------------------------------------
+    def create_folder(
+        self,
+        path: str,
+        parents: bool = True,
+        exist_ok: bool = False,
+        metadata: Mapping[str, Any] | None = None,
+    ) -> FolderInfo:
+        meta = check_metadata(metadata) if metadata is not None else None
+        body = {"parents": parents, "exist_ok": exist_ok, "metadata": meta}
+        return _build(FolderInfo, self._call("POST", f"/folders/{quote_path(path)}", json=body))
+
+    def folder(self, path: str) -> FolderInfo:
+        return _build(FolderInfo, self._call("GET", f"/folders/{quote_path(path)}"))
+
+    def list_folders(self, path: str = "") -> list[FolderInfo]:
+        where = f"/subfolders/{quote_path(path)}" if path.strip("/") else "/subfolders"
+        return [_build(FolderInfo, d) for d in self._call("GET", where)]
+
+    def move_folder(self, path: str, new_parent: str, new_name: str | None = None) -> FolderInfo:
+        body = {"parent": new_parent, "name": new_name}
+        return _build(FolderInfo, self._call("PATCH", f"/folders/{quote_path(path)}", json=body))
+
+    def delete_folder(self, path: str, recursive: bool = False) -> int:
+        result = self._call("DELETE", f"/folders/{quote_path(path)}", params={"recursive": recursive})
+        return int(result["items"])
+
+    def set_folder_metadata(
+        self, path: str, set_: Mapping[str, Any] | None = None, unset: Iterable[str] = ()
+    ) -> FolderInfo:
+        body = {"set": check_metadata(set_ or {}), "unset": list(unset)}
+        return _build(FolderInfo, self._call("PATCH", f"/folder-metadata/{quote_path(path)}", json=body))
+
+    def share(self, path: str, user: str, level: str) -> None:
+        parsed = Level.parse(level)  # raises ValueError on a bad level, as the embedded client does
+        self._call("PUT", f"/access/{quote_path(path)}", json={"user": user, "level": parsed.name.lower()})
+
+    def set_public(self, path: str, public: bool) -> None:
+        self._call("PUT", f"/public/{quote_path(path)}", json={"public": public})
+
+    def access_list(self, path: str) -> list[dict[str, Any]]:
+        result: list[dict[str, Any]] = self._call("GET", f"/access/{quote_path(path)}")
+        return result
+
+    # --- items ----------------------------------------------------------------------------
+    def put(
+        self,
+        folder: str,
+        name: str,
+        data: bytes | BinaryIO,
+        content_type: str | None = None,
+        metadata: Mapping[str, Any] | None = None,
+        progress: ProgressFn | None = None,
+        size: int | None = None,
+    ) -> VersionInfo:
+        meta = check_metadata(metadata or {})
+        if not folder.strip("/"):
+            raise InvalidInput("the root is not a folder; name one, e.g. 'Raw Data'")
+        headers: dict[str, str] = {}
+        if content_type:
+            headers["Content-Type"] = content_type
+        late_meta: dict[str, Any] = {}
+        if meta:
+            text = json.dumps(meta, ensure_ascii=True, separators=(",", ":"))
+            if len(text) <= MAX_HEADER_METADATA:
+                headers["X-Datamill-Metadata"] = text
+            else:
+                late_meta = meta
+        content: bytes | Iterator[bytes]
+        if isinstance(data, bytes | bytearray | memoryview):
+            content = bytes(data)
+            # Cheap for bytes in memory: lets the server refuse anything damaged on the way.
+            headers["X-Datamill-Digest"] = digest_bytes(content)
+        else:
+            length = size if size is not None else _remaining_size(data)
+            if length is not None:
+                headers["Content-Length"] = str(length)
+            content = self._chunks(data, progress)
+        path = f"{quote_path(folder)}/{quote_segment(name)}"
+        request = self._http.build_request("PUT", f"/content/{path}", content=content, headers=headers)
+        info = _build(VersionInfo, self._send(request).json())
+        if isinstance(content, bytes) and progress:
+            progress(info.size)
+        if late_meta:
+            self.set_metadata(info.path, late_meta)
+        return info
+
+    @staticmethod
+    def _chunks(data: BinaryIO, progress: ProgressFn | None) -> Iterator[bytes]:
+        while chunk := data.read(CHUNK):
+            if progress:
+                progress(len(chunk))
+            yield chunk
+
+    def item(self, path: str) -> ItemInfo:
+        return _build(ItemInfo, self._call("GET", f"/items/{quote_path(path)}"))
+
+    def list_items(self, folder: str) -> list[ItemInfo]:
+        return [_build(ItemInfo, d) for d in self._call("GET", f"/folder-items/{quote_path(folder)}")]
+
+    def versions(self, path: str) -> list[VersionInfo]:
+        return [_build(VersionInfo, d) for d in self._call("GET", f"/versions/{quote_path(path)}")]
+
+    def version(self, path: str, version: int | None = None) -> VersionInfo:
+        params = {"version": version} if version is not None else {}
+        return _build(VersionInfo, self._call("GET", f"/version/{quote_path(path)}", params=params))
+
+    def iter_bytes(self, path: str, version: int | None = None) -> tuple[VersionInfo, Iterator[bytes]]:
+        params = {"version": version} if version is not None else {}
+        request = self._http.build_request("GET", f"/content/{quote_path(path)}", params=params)
+        response = self._send(request, stream=True)
+        try:
+            info = _build(VersionInfo, json.loads(response.headers["X-Datamill-Info"]))
+        except (KeyError, ValueError):
+            response.close()
+            raise DatamillError(f"the server at {self.url} sent no version info; is it a datamill server?") from None
+        return info, self._stream(path, info, response)
+
+    def _stream(self, path: str, info: VersionInfo, response: httpx.Response) -> Iterator[bytes]:
+        h = hasher()
+        received = 0
+        try:
+            try:
+                for chunk in response.iter_bytes(CHUNK):
+                    h.update(chunk)
+                    received += len(chunk)
+                    yield chunk
+            except httpx.TransportError as exc:
+                # The server drops the connection when the blob fails its check at the end; ask it
+                # which it was, so a corrupted blob surfaces as BlobCorrupted, as it does locally.
+                self._diagnose(path, info)
+                raise DatamillError(
+                    f"the download of {path!r} broke off after {received} of {info.size} bytes ({exc}); try again",
+                    path=path,
+                ) from exc
+        finally:
+            response.close()
+        if f"{ALGORITHM}:{h.hexdigest()}" != info.digest:
+            raise BlobCorrupted(
+                f"the bytes received for {path!r} do not match digest {info.digest}; try again",
+                digest=info.digest,
+            )
+
+    def _diagnose(self, path: str, info: VersionInfo) -> None:
+        """Raise the server's error if the version cannot be read (a range read verifies the blob first)."""
+        if info.size == 0:
+            return
+        request = self._http.build_request(
+            "GET", f"/content/{quote_path(path)}", params={"version": info.version}, headers={"Range": "bytes=-1"}
+        )
+        try:
+            self._send(request).read()
+        except BlobCorrupted:
+            raise
+        except DatamillError:
+            pass
+
+    def set_metadata(self, path: str, set_: Mapping[str, Any] | None = None, unset: Iterable[str] = ()) -> ItemInfo:
+        body = {"set": check_metadata(set_ or {}), "unset": list(unset)}
+        return _build(ItemInfo, self._call("PATCH", f"/metadata/{quote_path(path)}", json=body))
+
+    def find(
+        self,
+        folder: str,
+        name: str | None = None,
+        metadata: Mapping[str, Any] | None = None,
+        recursive: bool = True,
+    ) -> list[ItemInfo]:
+        params: dict[str, Any] = {"recursive": recursive}
+        if name:
+            params["name"] = name
+        if metadata:
+            params["metadata"] = json.dumps(check_metadata(metadata), separators=(",", ":"))
+        return [_build(ItemInfo, d) for d in self._call("GET", f"/find/{quote_path(folder)}", params=params)]
+
+    def delete_item(self, path: str) -> None:
+        self._call("DELETE", f"/items/{quote_path(path)}")
+
+    # --- users ----------------------------------------------------------------------------
+    def create_user(self, name: str, password: str | None = None, admin: bool = False) -> dict[str, Any]:
+        result: dict[str, Any] = self._call("POST", "/users", json={"name": name, "password": password, "admin": admin})
+        return result
+
+    def list_users(self) -> list[dict[str, Any]]:
+        result: list[dict[str, Any]] = self._call("GET", "/users")
+        return result
+
+    def create_token(self, user: str | None = None, name: str = "", ttl: float | None = None) -> NewToken:
+        return _build(NewToken, self._call("POST", "/tokens", json={"user": user, "name": name, "ttl": ttl}))
+
+    def revoke_token(self, token_id: int) -> None:
+        self._call("DELETE", f"/tokens/{int(token_id)}")
+
+    # --- events ---------------------------------------------------------------------------
+    def _events_page(
+        self, since: int, limit: int, kinds: Iterable[str] | None, wait: float = 0.0
+    ) -> tuple[list[EventRecord], int]:
+        params: list[tuple[str, Any]] = [("since", since), ("limit", limit)]
+        params += [("kinds", k) for k in kinds or []]
+        if wait > 0:
+            params.append(("wait", round(wait, 3)))
+        timeout = self._http.timeout.read
+        request = self._http.build_request(
+            "GET",
+            "/events",
+            params=params,
+            # The read must outlast the server's wait.
+            timeout=httpx.Timeout(self._http.timeout.connect or 10.0, read=wait + (timeout or 60.0)),
+        )
+        page = self._send(request).json()
+        return [EventRecord(**e) for e in page["events"]], int(page["next"])
+
+    def events(self, since: int = 0, limit: int = 1000, kinds: Iterable[str] | None = None) -> list[EventRecord]:
+        return self._events_page(since, limit, kinds)[0]
+
+    def wait_events(self, since: int, timeout: float) -> bool:
+        """Long-poll the server until an event you may see follows ``since`` (or ``timeout`` passes)."""
+        deadline = time.monotonic() + timeout
+        while True:
+            remaining = deadline - time.monotonic()
+            events, _ = self._events_page(since, 100, None, wait=max(0.0, min(remaining, LONG_POLL_SECONDS)))
+            if events:
+                return True
+            if deadline - time.monotonic() <= 0:
+                return False
+
+    def follow(
+        self, since: int = 0, kinds: Iterable[str] | None = None, stop: Callable[[], bool] | None = None
+    ) -> Iterator[EventRecord]:
+        """As :meth:`Client.follow`, long-polling; the cursor skips events you may not see."""
+        cursor = since
+        wanted = list(kinds) if kinds else None
+        while not (stop and stop()):
+            batch, cursor = self._events_page(cursor, 1000, wanted, wait=1.0)
+            yield from batch
