@@ -1,0 +1,1 @@
+"""The engine: task keys and the planner (pure), the scheduler and run state (recorded in the database)."""

@@ -1,0 +1,209 @@
+"""Task keys: one pure function from what a task is to the string its results are cached under.
+
+A task's key is the BLAKE3 hash of the canonical JSON of its parts::
+
+    {"v": 1, "step": "summary", "code": "py:…", "params": {"threshold": 0.5},
+     "inputs": [["item:a.csv", "blake3:…"]], "image": null}
+
+→ ``"blake3:<64 hex>"``. Canonical JSON means sorted keys, no whitespace, UTF-8, and no NaN or
+infinity. The same parts give the same key in every process and on every machine (the
+golden-value tests pin this), so a key seen before is never run again.
+
+What is deliberately *not* part of a key: run ids, timestamps, item metadata, folder paths.
+A metadata-only change must not invalidate data tasks (a Data Factory lesson), and a key that
+contains a run id caches nothing across runs (a Prefect lesson).
+
+A parameter that has no canonical form (a set, NaN, an arbitrary object) raises
+:class:`~datamill.errors.InvalidPipeline` naming it and saying how to fix it. A key is never
+silently dropped: silently turning the cache off is worse than failing.
+"""
+
+from __future__ import annotations
+
+import datetime as _dt
+import json
+import math
+from collections.abc import Mapping, Sequence
+from pathlib import PurePath
+from typing import Any
+
+import blake3
+
+from datamill.errors import InvalidPipeline
+
+__all__ = ["KEY_SCHEMA", "canonical_json", "canonical_value", "diff_parts", "key_from_parts", "key_parts", "task_key"]
+
+#: Bumped when the layout of the key parts changes, so old and new keys never collide.
+KEY_SCHEMA = 1
+
+InputDigests = Sequence[tuple[str, str]] | Mapping[str, str]
+
+
+class Unkeyable(ValueError):
+    """A value with no canonical JSON form; ``path`` says where inside the value, ``fix`` what to do."""
+
+    def __init__(self, path: str, problem: str, fix: str) -> None:
+        self.path = path
+        self.problem = problem
+        self.fix = fix
+        super().__init__(f"{path}: {problem}; {fix}")
+
+
+def canonical_value(value: Any, path: str = "") -> Any:
+    """``value`` as plain JSON data (tuples become lists), or :class:`Unkeyable` saying why not.
+
+    Only ``None``, ``bool``, ``int``, finite ``float``, ``str``, lists/tuples and dicts with string
+    keys are accepted: each of them has exactly one JSON spelling.
+    """
+    if value is None or isinstance(value, (bool, str)):
+        return value
+    if isinstance(value, int):
+        return int(value)  # an IntEnum or other int subclass keys like the plain int
+    if isinstance(value, float):
+        if not math.isfinite(value):
+            raise Unkeyable(path, f"{value!r} has no canonical JSON form", "use None or a finite number")
+        return float(value)
+    if isinstance(value, (list, tuple)):
+        return [canonical_value(v, f"{path}[{i}]") for i, v in enumerate(value)]
+    if isinstance(value, Mapping):
+        out: dict[str, Any] = {}
+        for k, v in value.items():
+            if not isinstance(k, str):
+                raise Unkeyable(path, f"dict key {k!r} is not a string", "use string keys (str(key))")
+            out[k] = canonical_value(v, f"{path}[{k!r}]")
+        return out
+    raise Unkeyable(path, *_why_not(value))
+
+
+def _why_not(value: Any) -> tuple[str, str]:
+    """What is wrong with ``value`` as a key part, and the fix."""
+    kind = type(value).__name__
+    if isinstance(value, (set, frozenset)):
+        return f"a {kind} has no stable order", "pass a sorted list instead (sorted(values))"
+    if isinstance(value, (bytes, bytearray, memoryview)):
+        return "bytes cannot be a parameter", "pass text, or make the data an input file of the pipeline"
+    if isinstance(value, PurePath):
+        return "a Path cannot be a parameter", "pass str(path), or make the file an input of the pipeline"
+    if isinstance(value, (_dt.date, _dt.datetime, _dt.time)):
+        return f"a {kind} cannot be a parameter", "pass value.isoformat() and parse it in the step"
+    if hasattr(value, "item") and type(value).__module__ == "numpy":
+        return f"a numpy {kind} cannot be a parameter", "convert it with int(x) or float(x)"
+    return (
+        f"a {kind} has no canonical form",
+        "pass plain JSON values (str, int, float, bool, None, lists and dicts with string keys)",
+    )
+
+
+def canonical_json(value: Any) -> str:
+    """The one JSON spelling of plain data: sorted keys, no whitespace, NaN/infinity rejected."""
+    return json.dumps(value, sort_keys=True, separators=(",", ":"), ensure_ascii=False, allow_nan=False)
+
+
+def canonical_params(step_id: str, params: Mapping[str, Any]) -> dict[str, Any]:
+    """``params`` as plain JSON data; raises :class:`InvalidPipeline` naming the step and parameter."""
+    out: dict[str, Any] = {}
+    for name, value in params.items():
+        if not isinstance(name, str):
+            raise InvalidPipeline(f"step '{step_id}': parameter name {name!r} is not a string", step=step_id)
+        try:
+            out[name] = canonical_value(value, name)
+        except Unkeyable as e:
+            raise InvalidPipeline(
+                f"step '{step_id}' parameter '{e.path}' cannot be part of a task key: {e.problem}; {e.fix}.",
+                step=step_id,
+                param=name,
+            ) from None
+    return out
+
+
+def _inputs(input_digests: InputDigests) -> list[list[str]]:
+    """Input (label, digest) pairs as a list; a mapping is sorted by label, a sequence keeps its order."""
+    pairs = sorted(input_digests.items()) if isinstance(input_digests, Mapping) else list(input_digests)
+    out: list[list[str]] = []
+    seen: set[str] = set()
+    for pair in pairs:
+        label, digest = pair
+        if not isinstance(label, str) or not isinstance(digest, str):
+            raise TypeError(f"input digests must be (label, digest) string pairs, got {pair!r}")
+        if label in seen:
+            # Two inputs under one label would make the key ambiguous; it is a caller bug.
+            raise ValueError(f"input label {label!r} appears twice")
+        seen.add(label)
+        out.append([label, digest])
+    return out
+
+
+def key_parts(
+    step_id: str,
+    step_code: str,
+    params: Mapping[str, Any],
+    input_digests: InputDigests,
+    image_digest: str | None = None,
+) -> dict[str, Any]:
+    """The named parts a key is hashed from (what ``datamill why`` shows).
+
+    >>> key_parts("s", "py:abc", {"b": 1, "a": (1, 2)}, {"item:a.csv": "blake3:00"})
+    {'v': 1, 'step': 's', 'code': 'py:abc', 'params': {'b': 1, 'a': [1, 2]}, 'inputs': [['item:a.csv', 'blake3:00']], 'image': None}
+    """  # noqa: E501
+    return {
+        "v": KEY_SCHEMA,
+        "step": str(step_id),
+        "code": str(step_code),
+        "params": canonical_params(step_id, params),
+        "inputs": _inputs(input_digests),
+        "image": image_digest,
+    }
+
+
+def key_from_parts(parts: Mapping[str, Any]) -> str:
+    """The key of parts made by :func:`key_parts`: ``"blake3:<hex>"``."""
+    return "blake3:" + blake3.blake3(canonical_json(parts).encode("utf-8")).hexdigest()
+
+
+def task_key(
+    step_id: str,
+    step_code: str,
+    params: Mapping[str, Any],
+    input_digests: InputDigests,
+    image_digest: str | None = None,
+) -> str:
+    """A task's cache key: ``"blake3:<hex>"`` of the canonical JSON of its parts.
+
+    ``step_id`` names the step, ``step_code`` identifies its code (source digest or declared
+    version), ``params`` are the resolved parameters, ``input_digests`` are (label, digest)
+    pairs for every input the task reads (a mapping is sorted by label; a sequence keeps its
+    order, which matters for aggregate inputs) and ``image_digest`` is the container image's
+    digest where there is one.
+
+    Raises:
+        InvalidPipeline: a parameter has no canonical form (the message names it and the fix).
+    """
+    return key_from_parts(key_parts(step_id, step_code, params, input_digests, image_digest))
+
+
+def diff_parts(a: Mapping[str, Any], b: Mapping[str, Any]) -> list[str]:
+    """Which parts differ between two :func:`key_parts` results, most specific first.
+
+    Returns names like ``"code"``, ``"params.threshold"``, ``"inputs.item:a.csv"`` (an input
+    added, removed or changed) and ``"image"``; an empty list means the keys are equal.
+    """
+    out: list[str] = []
+    for part in ("v", "step", "code"):
+        if a.get(part) != b.get(part):
+            out.append(part)
+    pa, pb = a.get("params") or {}, b.get("params") or {}
+    # Compare canonical JSON so 1 and True (equal in Python) still count as different.
+    out += [
+        f"params.{n}"
+        for n in sorted(set(pa) | set(pb))
+        if n not in pa or n not in pb or canonical_json(pa[n]) != canonical_json(pb[n])
+    ]
+    ia, ib = dict(map(tuple, a.get("inputs") or [])), dict(map(tuple, b.get("inputs") or []))
+    out += [f"inputs.{label}" for label in sorted(set(ia) | set(ib)) if ia.get(label) != ib.get(label)]
+    if [lab for lab, _ in a.get("inputs") or []] != [lab for lab, _ in b.get("inputs") or []] and not any(
+        o.startswith("inputs.") for o in out
+    ):
+        out.append("inputs.order")
+    if a.get("image") != b.get("image"):
+        out.append("image")
+    return out

@@ -1,0 +1,470 @@
+"""The planner: a pure function from a pipeline and its inputs to the tasks of a run.
+
+``plan(pipeline, inputs, params, lookup, force) -> Plan`` reads nothing and writes nothing: the
+cache is consulted only through ``lookup(key) -> CachedResult | None``. The same arguments give
+the same plan, so a plan can be shown as a dry run, tested, and recomputed at will.
+
+Tasks: one per (per-item step, input item) and one per aggregate step. Inputs are taken in a
+canonical order (folder, then name), which is also the order aggregate steps see them in, so
+listing the same items in another order changes nothing.
+
+Keys come from :func:`datamill.engine.keys.task_key`. A task reading another task's outputs is
+keyed by those OUTPUT digests, not by its upstream's key: an upstream rerun that produces
+identical bytes leaves everything downstream cached (early cutoff). When an upstream output is
+not known yet (its task must run), the task is ``"pending"``: its key is computed later with
+:meth:`Plan.key_for` once the upstream outputs exist.
+
+Labels of key inputs: ``item:<name>`` for the item a step takes, ``items[i]:<name>`` for all
+items, ``<arg>:<output name>`` for an upstream task's outputs and ``<arg>[i]:<output name>``
+for the i-th of a list. Item metadata and folders are not part of keys.
+"""
+
+from __future__ import annotations
+
+import itertools
+from collections.abc import Callable, Collection, Iterator, Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal, Protocol
+
+from datamill.engine import keys
+from datamill.errors import InvalidInput, InvalidPipeline
+from datamill.pipeline.inputs import InputRef
+from datamill.pipeline.pipeline import Pipeline
+from datamill.pipeline.runner import ItemInput, OutputFile, StepCall, UpstreamInput
+from datamill.pipeline.step import RETURN, Role, Step
+
+__all__ = [
+    "CachedResult",
+    "Decision",
+    "InputRef",
+    "OutputDigest",
+    "Plan",
+    "PlannedOutput",
+    "PlannedTask",
+    "Wire",
+    "plan",
+    "task_id",
+]
+
+#: ``cached``: the key is known and its outputs are reused; ``run``: the task must run;
+#: ``pending``: the key waits for upstream outputs that do not exist yet.
+Decision = Literal["cached", "run", "pending"]
+
+
+class HasDigest(Protocol):
+    """Anything with an output ``name`` and ``digest`` (OutputDigest, the engine's OutputRecord, ...)."""
+
+    @property
+    def name(self) -> str: ...
+
+    @property
+    def digest(self) -> str: ...
+
+
+@dataclass(frozen=True)
+class OutputDigest:
+    """One recorded output of a task: its name within the task, digest, size, content type and codec."""
+
+    name: str
+    digest: str
+    size: int = 0
+    content_type: str = "application/octet-stream"
+    codec: str = "file"
+
+
+@dataclass(frozen=True)
+class CachedResult:
+    """What the cache holds for a key: the outputs, and the task that made them (if recorded)."""
+
+    outputs: tuple[OutputDigest, ...]
+    task_id: int | None = None
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "outputs", tuple(self.outputs))
+
+
+@dataclass(frozen=True)
+class Wire:
+    """One upstream input of a task: argument ``param`` reads step ``step`` via tasks ``tasks``.
+
+    ``many`` means the argument receives a list (an aggregate step reading a per-item step),
+    in the order of ``tasks``.
+    """
+
+    param: str
+    step: str
+    tasks: tuple[str, ...]
+    many: bool
+
+
+@dataclass(frozen=True)
+class PlannedOutput:
+    """An output known at planning time: its name in the task, its published name, whether published."""
+
+    name: str
+    published_name: str
+    publish: bool
+
+
+@dataclass(frozen=True)
+class PlannedTask:
+    """One task of a plan.
+
+    ``id`` is stable across plans: ``"step[folder/name]"`` for per-item tasks, ``"step"`` for
+    aggregate ones. ``key`` is None while it depends on outputs not produced yet. ``outputs``
+    lists what is known before running: all outputs of a cached task, or the return value of
+    a step whose return type is declared (named outputs appear when the task has run).
+    """
+
+    id: str
+    step: str
+    item: InputRef | None
+    deps: tuple[str, ...]
+    params: Mapping[str, Any] = field(hash=False)
+    key: str | None
+    decision: Decision
+    step_code: str
+    wires: tuple[Wire, ...] = ()
+    outputs: tuple[PlannedOutput, ...] = ()
+    cached: CachedResult | None = None
+    max_attempts: int = 1
+    retry_backoff: float = 1.0
+    timeout: float | None = None
+    cache: bool = True
+    forced: bool = False
+
+
+def task_id(step: str, item: InputRef | None) -> str:
+    """The planned id of ``step`` on ``item`` (or of the aggregate step): ``"summary[Raw Data/a.csv]"``."""
+    return f"{step}[{item.path}]" if item is not None else step
+
+
+def _sorted_outputs(outputs: Sequence[HasDigest]) -> list[HasDigest]:
+    # Outputs enter keys sorted by name, so the order a task wrote them in does not matter.
+    return sorted(outputs, key=lambda o: o.name)
+
+
+@dataclass(frozen=True)
+class Plan:
+    """The tasks of a run in topological order, with their edges, keys and decisions."""
+
+    pipeline: Pipeline
+    inputs: tuple[InputRef, ...]
+    tasks: tuple[PlannedTask, ...]
+    edges: tuple[tuple[str, str], ...]
+    _index: dict[str, PlannedTask] = field(init=False, repr=False, compare=False)
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "_index", {t.id: t for t in self.tasks})
+
+    def __iter__(self) -> Iterator[PlannedTask]:
+        return iter(self.tasks)
+
+    def __len__(self) -> int:
+        return len(self.tasks)
+
+    def task(self, task_id: str) -> PlannedTask:
+        """The task with planned id ``task_id`` (KeyError if none)."""
+        return self._index[task_id]
+
+    def _task(self, task: PlannedTask | str) -> PlannedTask:
+        return self._index[task] if isinstance(task, str) else task
+
+    def counts(self) -> dict[str, int]:
+        """How many tasks per decision."""
+        out = {"cached": 0, "run": 0, "pending": 0}
+        for t in self.tasks:
+            out[t.decision] += 1
+        return out
+
+    def dependents(self, task: PlannedTask | str) -> tuple[str, ...]:
+        """Ids of the tasks that read ``task``'s outputs directly."""
+        tid = self._task(task).id
+        return tuple(t.id for t in self.tasks if tid in t.deps)
+
+    # ------------------------------------------------------------------ keys
+
+    def input_digests(
+        self, task: PlannedTask | str, upstream_outputs: Mapping[str, Sequence[HasDigest]]
+    ) -> list[tuple[str, str]]:
+        """The (label, digest) pairs of a task's key, given its upstream tasks' outputs.
+
+        Raises:
+            KeyError: an upstream task's outputs are missing from ``upstream_outputs``.
+        """
+        t = self._task(task)
+        step = self.pipeline.step(t.step)
+        return _input_digests(step, t, self.inputs, upstream_outputs)
+
+    def key_for(self, task: PlannedTask | str, upstream_outputs: Mapping[str, Sequence[HasDigest]]) -> str:
+        """A task's key once its upstream outputs are known (``{task id: outputs}``).
+
+        The scheduler calls this for ``pending`` tasks when their upstream tasks finish, then
+        looks the key up in the cache before running.
+        """
+        t = self._task(task)
+        return keys.task_key(t.step, t.step_code, t.params, self.input_digests(t, upstream_outputs))
+
+    def key_parts_for(
+        self, task: PlannedTask | str, upstream_outputs: Mapping[str, Sequence[HasDigest]]
+    ) -> dict[str, Any]:
+        """The named parts of a task's key (for ``datamill why``; compare with :func:`keys.diff_parts`)."""
+        t = self._task(task)
+        return keys.key_parts(t.step, t.step_code, t.params, self.input_digests(t, upstream_outputs))
+
+    # ------------------------------------------------------------------ outputs
+
+    def output_names(self, task: PlannedTask | str, names: Sequence[str]) -> list[PlannedOutput]:
+        """Published names for the outputs a task actually wrote (name template applied).
+
+        Raises:
+            InvalidPipeline: two published outputs would get the same name (the template lacks
+                ``{name}`` while the task wrote several files).
+        """
+        t = self._task(task)
+        return _planned_outputs(self.pipeline, self.pipeline.step(t.step), t.item, names)
+
+    # ------------------------------------------------------------------ dispatch
+
+    def step_call(
+        self,
+        task: PlannedTask | str,
+        *,
+        output_dir: str | Path,
+        scratch_dir: str | Path,
+        item_files: Mapping[str, str | Path] | None = None,
+        upstream_outputs: Mapping[str, Sequence[OutputFile]] | None = None,
+    ) -> StepCall:
+        """The :class:`~datamill.pipeline.runner.StepCall` that runs ``task``.
+
+        ``item_files`` maps an input's ``InputRef.path`` (``"folder/name"``) to a local copy of
+        its bytes: needed for the task's item when the step takes ``item`` (else optional) and
+        for every input when it takes ``items``. ``upstream_outputs`` maps each dependency's
+        task id to its output files (local paths).
+        """
+        t = self._task(task)
+        step = self.pipeline.step(t.step)
+        files = dict(item_files or {})
+        ups = dict(upstream_outputs or {})
+
+        def item_input(ref: InputRef, required: bool) -> ItemInput:
+            path = files.get(ref.path)
+            if path is None and required:
+                raise KeyError(f"task {t.id} needs a local copy of input {ref.path!r} in item_files")
+            return ItemInput(ref, None if path is None else Path(path))
+
+        ref = self.pipeline.ref
+        return StepCall(
+            step=step.name,
+            output_dir=Path(output_dir),
+            scratch_dir=Path(scratch_dir),
+            pipeline_ref=ref,
+            step_bytes=None if ref else self.pipeline.pickled_step(step.name),
+            params=dict(t.params),
+            item=item_input(t.item, step.uses_item) if t.item is not None else None,
+            items=tuple(item_input(r, True) for r in self.inputs) if step.uses_items else (),
+            upstream={
+                w.param: UpstreamInput(w.step, tuple(tuple(ups[tid]) for tid in w.tasks), w.many) for w in t.wires
+            },
+            task_id=t.id,
+        )
+
+    def to_dict(self) -> dict[str, Any]:
+        """A JSON-able description (for dry runs and ``--json`` output)."""
+        return {
+            "pipeline": self.pipeline.name,
+            "inputs": [r.path for r in self.inputs],
+            "counts": self.counts(),
+            "tasks": [
+                {
+                    "id": t.id,
+                    "step": t.step,
+                    "item": t.item.path if t.item is not None else None,
+                    "deps": list(t.deps),
+                    "params": dict(t.params),
+                    "key": t.key,
+                    "decision": t.decision,
+                    "outputs": [o.published_name for o in t.outputs if o.publish],
+                }
+                for t in self.tasks
+            ],
+            "edges": [list(e) for e in self.edges],
+        }
+
+
+# ---------------------------------------------------------------------------------- helpers
+
+
+def _input_digests(
+    step: Step, task: PlannedTask, inputs: Sequence[InputRef], upstream: Mapping[str, Sequence[HasDigest]]
+) -> list[tuple[str, str]]:
+    pairs: list[tuple[str, str]] = []
+    if step.uses_item and task.item is not None:
+        # The name is included because a step that takes the item can see it (and name things by it).
+        pairs.append((f"item:{task.item.name}", task.item.digest))
+    if step.uses_items:
+        pairs += [(f"items[{i}]:{r.name}", r.digest) for i, r in enumerate(inputs)]
+    for w in sorted(task.wires, key=lambda w: w.param):
+        for i, tid in enumerate(w.tasks):
+            label = f"{w.param}[{i}]" if w.many else w.param
+            pairs += [(f"{label}:{o.name}", o.digest) for o in _sorted_outputs(upstream[tid])]
+    return pairs
+
+
+def _planned_outputs(
+    pipeline: Pipeline, step: Step, item: InputRef | None, names: Sequence[str]
+) -> list[PlannedOutput]:
+    out = [PlannedOutput(n, step.published_name(n, item, pipeline.name), step.publishes(n)) for n in names]
+    seen: dict[str, str] = {}
+    for o in out:
+        if not o.publish:
+            continue
+        if o.published_name in seen:
+            raise InvalidPipeline(
+                f"step '{step.name}': outputs '{seen[o.published_name]}' and '{o.name}' would both be published "
+                f"as '{o.published_name}'; put {{name}} in the step's name_template",
+                step=step.name,
+            )
+        seen[o.published_name] = o.name
+    return out
+
+
+def _canonical_inputs(inputs: Sequence[InputRef]) -> tuple[InputRef, ...]:
+    for r in inputs:
+        if not isinstance(r, InputRef):
+            raise InvalidInput(f"plan inputs must be InputRef objects, got a {type(r).__name__}")
+    refs = tuple(sorted(inputs, key=lambda r: (r.folder.strip("/"), r.name)))
+    for a, b in itertools.pairwise(refs):
+        if a.path == b.path:
+            raise InvalidInput(
+                f"input {a.path!r} is listed twice (versions {a.version} and {b.version}); give each item once"
+            )
+    return refs
+
+
+def _force_set(pipeline: Pipeline, force: bool | Collection[str]) -> bool | frozenset[str]:
+    if isinstance(force, bool):
+        return force
+    names = frozenset([force] if isinstance(force, str) else force)
+    unknown = sorted(n for n in names if n not in pipeline)
+    if unknown:
+        raise InvalidInput(
+            f"force names no step of pipeline '{pipeline.name}': {', '.join(unknown)} "
+            f"(steps: {', '.join(pipeline.names)})"
+        )
+    return names
+
+
+def plan(
+    pipeline: Pipeline,
+    inputs: Sequence[InputRef],
+    params: Mapping[str, Mapping[str, Any]] | None = None,
+    lookup: Callable[[str], CachedResult | None] = lambda k: None,
+    force: bool | Collection[str] = False,
+) -> Plan:
+    """Plan a run of ``pipeline`` over ``inputs``.
+
+    Args:
+        pipeline: the pipeline.
+        inputs: the exact input item versions (any order; planned in folder/name order).
+        params: parameter overrides per step name, e.g. ``{"summary": {"threshold": 0.7}}``.
+        lookup: the cache: a key → its recorded outputs, or None.
+        force: True to run every task, or step names to run; keys stay the same (a forced run
+            is recorded under the usual keys). A step declared with ``force=True`` always runs.
+
+    Returns:
+        A :class:`Plan` whose tasks are ``cached`` (outputs reused), ``run`` or ``pending``.
+
+    Raises:
+        InvalidPipeline: unknown step or parameter in ``params``, a wrong parameter type, or a
+            parameter with no canonical form.
+        InvalidInput: an input listed twice, or ``force`` naming an unknown step.
+    """
+    refs = _canonical_inputs(inputs)
+    overrides = dict(params or {})
+    for name in overrides:
+        if name not in pipeline:
+            raise InvalidPipeline(
+                f"params given for step '{name}', which pipeline '{pipeline.name}' does not have "
+                f"(steps: {', '.join(pipeline.names)})",
+                step=name,
+            )
+    forced_steps = _force_set(pipeline, force)
+
+    tasks: list[PlannedTask] = []
+    edges: list[tuple[str, str]] = []
+    known: dict[str, tuple[OutputDigest, ...]] = {}  # outputs of cached tasks, by task id
+    for step in pipeline.steps:
+        resolved = step.resolve_params(overrides.get(step.name))
+        per_item = pipeline.per_item(step.name)
+        forced = (
+            step.force or (forced_steps is True) or (isinstance(forced_steps, frozenset) and step.name in forced_steps)
+        )
+        for item in refs if per_item else (None,):
+            tid = task_id(step.name, item)
+            wires: list[Wire] = []
+            for a in step.args:
+                if a.role is not Role.INPUT or a.source is None:
+                    continue
+                up_per_item = pipeline.per_item(a.source)
+                if not up_per_item:
+                    wires.append(Wire(a.name, a.source, (task_id(a.source, None),), False))
+                elif per_item:
+                    wires.append(Wire(a.name, a.source, (task_id(a.source, item),), False))
+                else:
+                    wires.append(Wire(a.name, a.source, tuple(task_id(a.source, r) for r in refs), True))
+            deps = tuple(dict.fromkeys(t for w in wires for t in w.tasks))
+            edges += [(d, tid) for d in deps]
+
+            key: str | None = None
+            skeleton = PlannedTask(
+                id=tid,
+                step=step.name,
+                item=item,
+                deps=deps,
+                params=resolved,
+                key=None,
+                decision="pending",
+                step_code=step.code,
+                wires=tuple(wires),
+            )
+            if all(d in known for d in deps):
+                key = keys.task_key(step.name, step.code, resolved, _input_digests(step, skeleton, refs, known))
+            decision: Decision
+            cached: CachedResult | None = None
+            if key is None:
+                decision = "run" if forced else "pending"
+            elif forced or not step.cache:
+                decision = "run"
+            else:
+                cached = lookup(key)
+                decision = "cached" if cached is not None else "run"
+            if cached is not None:
+                known[tid] = cached.outputs
+                names = [o.name for o in cached.outputs]
+            else:
+                rc = step.return_codec()
+                # A declared Path return keeps the file's own suffix, unknown until it runs.
+                names = [RETURN + rc.ext] if rc is not None and rc.name != "file" else []
+            tasks.append(
+                PlannedTask(
+                    id=tid,
+                    step=step.name,
+                    item=item,
+                    deps=deps,
+                    params=resolved,
+                    key=key,
+                    decision=decision,
+                    step_code=step.code,
+                    wires=tuple(wires),
+                    outputs=tuple(_planned_outputs(pipeline, step, item, names)),
+                    cached=cached,
+                    max_attempts=step.retries + 1,
+                    retry_backoff=step.retry_backoff,
+                    timeout=step.timeout,
+                    cache=step.cache,
+                    forced=forced,
+                )
+            )
+    return Plan(pipeline=pipeline, inputs=refs, tasks=tuple(tasks), edges=tuple(edges))

@@ -1,0 +1,181 @@
+"""Pipeline inputs: :class:`InputRef` (which item version, as the planner sees it) and :class:`InputFile`
+(the same, with a local file, as a step sees it).
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path, PurePosixPath
+from typing import IO, Any
+
+import blake3
+
+__all__ = ["InputFile", "InputRef"]
+
+
+@dataclass(frozen=True)
+class InputRef:
+    """One exact input item version.
+
+    ``metadata`` travels with the item for steps to read but is never part of a task key: a
+    metadata-only change must not re-run data steps. ``item_id``/``version_id`` are ``None``
+    for inputs that are not (yet) in a store, e.g. in tests.
+    """
+
+    item_id: int | None
+    version_id: int | None
+    folder: str
+    name: str
+    version: int
+    digest: str
+    size: int
+    content_type: str
+    metadata: Mapping[str, Any] = field(default_factory=dict, hash=False)
+
+    @property
+    def path(self) -> str:
+        """``folder/name`` (just ``name`` at the root): what task ids and messages show."""
+        return f"{self.folder.strip('/')}/{self.name}" if self.folder.strip("/") else self.name
+
+    @property
+    def stem(self) -> str:
+        """The name without its last suffix: ``"a.csv"`` → ``"a"``."""
+        return PurePosixPath(self.name).stem
+
+    @property
+    def suffix(self) -> str:
+        """The last suffix with its dot: ``"a.csv"`` → ``".csv"``."""
+        return PurePosixPath(self.name).suffix
+
+    @classmethod
+    def for_bytes(
+        cls,
+        name: str,
+        data: bytes,
+        *,
+        folder: str = "",
+        version: int = 1,
+        content_type: str = "application/octet-stream",
+        metadata: Mapping[str, Any] | None = None,
+        item_id: int | None = None,
+        version_id: int | None = None,
+    ) -> InputRef:
+        """An input for ``data`` with its BLAKE3 digest computed here (handy in tests and scripts)."""
+        return cls(
+            item_id=item_id,
+            version_id=version_id,
+            folder=folder,
+            name=name,
+            version=version,
+            digest="blake3:" + blake3.blake3(data).hexdigest(),
+            size=len(data),
+            content_type=content_type,
+            metadata=dict(metadata or {}),
+        )
+
+
+class InputFile:
+    """An input item as a step receives it (``item`` / ``items``, ``ctx.item``): its facts plus a local file.
+
+    Usable wherever a path is: ``pandas.read_csv(item)`` and ``open(item)`` work. A step that
+    does not take ``item`` may get ``ctx.item`` without a local copy; reading it then raises.
+    """
+
+    __slots__ = ("_path", "ref")
+
+    def __init__(self, ref: InputRef, path: str | os.PathLike[str] | None) -> None:
+        self.ref = ref
+        self._path = None if path is None else Path(path)
+
+    @property
+    def path(self) -> Path:
+        """The local file holding the item's bytes."""
+        if self._path is None:
+            raise ValueError(
+                f"input {self.ref.path!r} has no local copy in this task; take 'item' as an argument to get one"
+            )
+        return self._path
+
+    @property
+    def fetched(self) -> bool:
+        """Whether the item's bytes are available locally."""
+        return self._path is not None
+
+    def __eq__(self, other: object) -> bool:
+        return isinstance(other, InputFile) and (self.ref, self._path) == (other.ref, other._path)
+
+    def __hash__(self) -> int:
+        return hash((self.ref, self._path))
+
+    def __repr__(self) -> str:
+        return f"InputFile({self.ref.path!r}, {str(self._path) if self._path else None!r})"
+
+    def __getstate__(self) -> tuple[InputRef, Path | None]:
+        return self.ref, self._path
+
+    def __setstate__(self, state: tuple[InputRef, Path | None]) -> None:
+        self.ref, self._path = state
+
+    @property
+    def name(self) -> str:
+        """The item's name, e.g. ``"a.csv"``."""
+        return self.ref.name
+
+    @property
+    def stem(self) -> str:
+        """The name without its last suffix."""
+        return self.ref.stem
+
+    @property
+    def suffix(self) -> str:
+        """The last suffix with its dot, e.g. ``".csv"``."""
+        return self.ref.suffix
+
+    @property
+    def folder(self) -> str:
+        """The folder path the item lives in."""
+        return self.ref.folder
+
+    @property
+    def metadata(self) -> Mapping[str, Any]:
+        """The item's metadata (not part of task keys)."""
+        return self.ref.metadata
+
+    @property
+    def version(self) -> int:
+        """The item's version number."""
+        return self.ref.version
+
+    @property
+    def digest(self) -> str:
+        """The content digest of this version."""
+        return self.ref.digest
+
+    @property
+    def size(self) -> int:
+        """Size in bytes."""
+        return self.ref.size
+
+    @property
+    def content_type(self) -> str:
+        """The item's content type."""
+        return self.ref.content_type
+
+    def read_bytes(self) -> bytes:
+        """The file's bytes."""
+        return self.path.read_bytes()
+
+    def read_text(self, encoding: str = "utf-8", errors: str = "strict") -> str:
+        """The file's text (UTF-8 unless told otherwise)."""
+        return self.path.read_bytes().decode(encoding, errors)
+
+    def open(self, mode: str = "rb") -> IO[Any]:
+        """Open the local file (read-only modes only: inputs are immutable)."""
+        if any(c in mode for c in "wax+"):
+            raise ValueError(f"inputs are read-only; cannot open {self.name!r} with mode {mode!r}")
+        return open(self.path, mode)
+
+    def __fspath__(self) -> str:
+        return os.fspath(self.path)

@@ -1,0 +1,418 @@
+"""Run one task in the current process: :func:`run_step` takes a picklable :class:`StepCall` and
+returns a :class:`StepResult` listing the files the task wrote.
+
+Executors ship ``PythonCall(run_step, (call,), {})`` to wherever tasks run; there
+``run_step(reporter, call)`` loads the step (from the pipeline reference, or from cloudpickled
+bytes when the pipeline has none), decodes its inputs, calls it, and encodes its return value.
+
+Outputs are written into ``call.output_dir`` only. Whether they become visible is the caller's
+decision: the caller discards the directory of a failed task, so partial outputs never appear.
+Exceptions raised by the step propagate unchanged; executors turn them into ``StepFailed``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import collections
+import functools
+import inspect
+import json
+import os
+import string
+import subprocess
+import threading
+import time
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import cloudpickle
+
+from datamill.errors import InvalidPipeline, StepFailed, TaskTimeout
+from datamill.pipeline import codecs
+from datamill.pipeline.context import Context, NullReporter, Reporter
+from datamill.pipeline.inputs import InputFile, InputRef
+from datamill.pipeline.pipeline import load_pipeline
+from datamill.pipeline.step import RETURN, Role, Step, is_return_output
+
+__all__ = [
+    "ItemInput",
+    "NullReporter",
+    "OutputFile",
+    "Reporter",
+    "StepCall",
+    "StepResult",
+    "UpstreamInput",
+    "collect_outputs",
+    "command_argv",
+    "decode_outputs",
+    "resolve_step",
+    "run_step",
+]
+
+
+@dataclass(frozen=True)
+class OutputFile:
+    """One file a task wrote: its name within the task, local path, content type and codec name."""
+
+    name: str
+    path: Path
+    content_type: str
+    codec: str
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "path", Path(self.path))
+
+
+@dataclass(frozen=True)
+class ItemInput:
+    """An input item bound to a local copy of its bytes (``path`` None when not fetched)."""
+
+    ref: InputRef
+    path: Path | None
+
+    def __post_init__(self) -> None:
+        if self.path is not None:
+            object.__setattr__(self, "path", Path(self.path))
+
+    def file(self) -> InputFile:
+        """The :class:`InputFile` a step receives."""
+        return InputFile(self.ref, self.path)
+
+
+@dataclass(frozen=True)
+class UpstreamInput:
+    """The outputs of the upstream task(s) one argument reads.
+
+    ``outputs`` holds one tuple of files per upstream task; ``many`` is True when the argument
+    receives a list (an aggregate step reading a per-item step), else there is exactly one.
+    """
+
+    step: str
+    outputs: tuple[tuple[OutputFile, ...], ...]
+    many: bool = False
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "outputs", tuple(tuple(o) for o in self.outputs))
+        if not self.many and len(self.outputs) != 1:
+            raise ValueError(f"a single upstream input needs exactly one task's outputs, got {len(self.outputs)}")
+
+
+@dataclass(frozen=True)
+class StepCall:
+    """Everything needed to run one task somewhere else (picklable).
+
+    The step is found by ``pipeline_ref`` + ``step`` or, when the pipeline has no reference,
+    unpickled from ``step_bytes``. ``params`` are the resolved parameters; ``item`` is the
+    input item of a per-item task; ``items`` all items for steps that take them; ``upstream``
+    maps argument names (or command placeholders) to upstream outputs.
+    """
+
+    step: str
+    output_dir: Path
+    scratch_dir: Path
+    pipeline_ref: str | None = None
+    step_bytes: bytes | None = None
+    params: Mapping[str, Any] = field(default_factory=dict)
+    item: ItemInput | None = None
+    items: tuple[ItemInput, ...] = ()
+    upstream: Mapping[str, UpstreamInput] = field(default_factory=dict)
+    task_id: str = ""
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "output_dir", Path(self.output_dir))
+        object.__setattr__(self, "scratch_dir", Path(self.scratch_dir))
+        object.__setattr__(self, "items", tuple(self.items))
+        if self.pipeline_ref is None and self.step_bytes is None:
+            raise ValueError("a StepCall needs pipeline_ref or step_bytes to find its step")
+
+
+@dataclass(frozen=True)
+class StepResult:
+    """What a task produced: its output files (sorted by name) and how long the step took."""
+
+    outputs: tuple[OutputFile, ...]
+    seconds: float = 0.0
+
+
+# ---------------------------------------------------------------------------------- finding the step
+
+
+@functools.lru_cache(maxsize=64)
+def _unpickle(data: bytes) -> Step:
+    step = cloudpickle.loads(data)
+    if not isinstance(step, Step):
+        raise InvalidPipeline(f"step_bytes hold a {type(step).__name__}, not a Step")
+    return step
+
+
+def resolve_step(call: StepCall) -> Step:
+    """The step a call names (loads the pipeline reference, or unpickles ``step_bytes``)."""
+    if call.step_bytes is not None:
+        return _unpickle(call.step_bytes)
+    assert call.pipeline_ref is not None  # checked in StepCall.__post_init__
+    return load_pipeline(call.pipeline_ref).step(call.step)
+
+
+# ---------------------------------------------------------------------------------- decoding inputs
+
+
+def decode_outputs(outputs: Sequence[OutputFile]) -> Any:
+    """The value a downstream step receives for one upstream task's outputs.
+
+    * no outputs → ``None``;
+    * only the return value → that value, decoded by its codec;
+    * otherwise (named outputs, command outputs) → ``{name: value}`` for every file, the return
+      value under its ``return<ext>`` name.
+    """
+    if not outputs:
+        return None
+    if len(outputs) == 1 and is_return_output(outputs[0].name):
+        o = outputs[0]
+        return codecs.get_codec(o.codec).decode(o.path)
+    return {o.name: codecs.get_codec(o.codec).decode(o.path) for o in outputs}
+
+
+def _upstream_value(up: UpstreamInput) -> Any:
+    values = [decode_outputs(o) for o in up.outputs]
+    return values if up.many else values[0]
+
+
+# ---------------------------------------------------------------------------------- running
+
+
+def _prepare_dirs(call: StepCall) -> None:
+    call.output_dir.mkdir(parents=True, exist_ok=True)
+    call.scratch_dir.mkdir(parents=True, exist_ok=True)
+    if any(call.output_dir.iterdir()):
+        # Leftovers would be reported as this task's outputs.
+        raise ValueError(f"output_dir {call.output_dir} is not empty; give each attempt a fresh directory")
+
+
+def run_step(reporter: Reporter, call: StepCall) -> StepResult:
+    """Run one task here and now; returns the outputs written to ``call.output_dir``.
+
+    Exceptions from the step propagate as they are (executors record them as ``StepFailed``);
+    a command that exits non-zero raises :class:`~datamill.errors.StepFailed`, one that runs past
+    the step's timeout :class:`~datamill.errors.TaskTimeout`.
+    """
+    started = time.perf_counter()
+    step = resolve_step(call)
+    _prepare_dirs(call)
+    if step.kind == "command":
+        _run_command(reporter, step, call)
+        return StepResult(tuple(collect_outputs(call.output_dir)), time.perf_counter() - started)
+
+    assert step.fn is not None  # python steps always have one
+    params = {**step.params, **dict(call.params)}
+    item = call.item.file() if call.item is not None else None
+    items = [i.file() for i in call.items]
+    ctx = Context(
+        step=step.name,
+        params=params,
+        scratch=call.scratch_dir,
+        output_dir=call.output_dir,
+        reporter=reporter,
+        item=item,
+        items=items,
+        task_id=call.task_id,
+    )
+    args: list[Any] = []
+    kwargs: dict[str, Any] = {}
+    for a in step.args:
+        value: Any
+        if a.role is Role.ITEM:
+            if item is None or not item.fetched:
+                raise ValueError(f"step '{step.name}' takes 'item' but the call carries no fetched item")
+            value = item
+        elif a.role is Role.ITEMS:
+            value = items
+        elif a.role is Role.CTX:
+            value = ctx
+        elif a.role is Role.PARAM:
+            value = params[a.name]
+        else:
+            if a.name not in call.upstream:
+                raise ValueError(f"step '{step.name}' reads '{a.name}' but the call carries no such upstream input")
+            value = _upstream_value(call.upstream[a.name])
+        if a.positional_only:
+            args.append(value)
+        else:
+            kwargs[a.name] = value
+    if step.takes_kwargs:
+        for pname, pvalue in params.items():
+            kwargs.setdefault(pname, pvalue)
+
+    # A worker has no display; without this, pyplot in a step could try to open a window.
+    os.environ.setdefault("MPLBACKEND", "Agg")
+    result = step.fn(*args, **kwargs)
+    if inspect.isawaitable(result):
+        result = asyncio.run(_await(result))
+    written = dict(ctx.written)
+    if result is not None:
+        written.update(_store_return(result, call.output_dir))
+    return StepResult(tuple(collect_outputs(call.output_dir, written)), time.perf_counter() - started)
+
+
+async def _await(value: Any) -> Any:
+    return await value
+
+
+def _store_return(value: Any, output_dir: Path) -> dict[str, str]:
+    """Encode a return value into ``output_dir``; returns {output name: codec name}."""
+    codec = codecs.codec_for(value)
+    if codec.name == "file":
+        src = Path(value).resolve()
+        out = output_dir.resolve()
+        if src.is_relative_to(out):
+            # The step returned one of its own named outputs: it is already there.
+            return {src.relative_to(out).as_posix(): "file"}
+    name = RETURN + codec.ext_for(value)
+    codec.encode(value, output_dir / name)
+    return {name: codec.name}
+
+
+def collect_outputs(output_dir: Path, codecs_by_name: Mapping[str, str] | None = None) -> list[OutputFile]:
+    """Every file under ``output_dir`` as an output, sorted by name (a relative POSIX path).
+
+    ``codecs_by_name`` says which codec wrote which file; the rest are plain files.
+    """
+    known = dict(codecs_by_name or {})
+    root = Path(output_dir)
+    out: list[OutputFile] = []
+    for path in sorted(p for p in root.rglob("*") if p.is_file()):
+        name = path.relative_to(root).as_posix()
+        codec = codecs.get_codec(known.get(name, "file"))
+        out.append(OutputFile(name, path, codec.content_type_of(path), codec.name))
+    return sorted(out, key=lambda o: o.name)
+
+
+# ---------------------------------------------------------------------------------- commands
+
+
+def _param_text(value: Any) -> str:
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, (str, int, float)):
+        return str(value)
+    return json.dumps(value, sort_keys=True, separators=(",", ":"))
+
+
+def _placeholder_values(step: Step, call: StepCall) -> dict[str, list[str] | str]:
+    values: dict[str, list[str] | str] = {"output_dir": str(call.output_dir), "scratch": str(call.scratch_dir)}
+    params = {**step.params, **dict(call.params)}
+    for a in step.args:
+        if a.role is Role.ITEM:
+            if call.item is None or call.item.path is None:
+                raise ValueError(f"step '{step.name}' uses {{input}} but the call carries no fetched item")
+            values["input"] = str(call.item.path)
+            values["stem"] = call.item.ref.stem
+        elif a.role is Role.ITEMS:
+            values["inputs"] = [str(i.file().path) for i in call.items]
+        elif a.role is Role.PARAM:
+            values[a.name] = _param_text(params[a.name])
+        elif a.role is Role.INPUT:
+            if a.name not in call.upstream:
+                raise ValueError(f"step '{step.name}' uses {{{a.name}}} but the call carries no such upstream input")
+            values[a.name] = [str(o.path) for outs in call.upstream[a.name].outputs for o in outs]
+    return values
+
+
+def command_argv(call: StepCall, step: Step | None = None) -> list[str]:
+    """The command line of a command step with every placeholder filled in.
+
+    A placeholder that is a whole argument and stands for several files (``{inputs}``, an
+    upstream step) becomes one argument per file; inside a longer argument they are joined by
+    spaces. Scripts named relative to the pipeline file become absolute paths, because the
+    command runs in the scratch directory.
+    """
+    step = step or resolve_step(call)
+    if step.kind != "command":
+        raise InvalidPipeline(f"step '{step.name}' is not a command step", step=step.name)
+    values = _placeholder_values(step, call)
+    argv: list[str] = []
+    fmt = string.Formatter()
+    for a in step.argv:
+        parsed = list(fmt.parse(a))
+        if len(parsed) == 1 and parsed[0][0] == "" and parsed[0][1] is not None:
+            v = values[parsed[0][1]]
+            argv.extend(v if isinstance(v, list) else [v])
+            continue
+        text = []
+        for literal, fld, _, _ in parsed:
+            text.append(literal)
+            if fld is not None:
+                v = values[fld]
+                text.append(" ".join(v) if isinstance(v, list) else v)
+        arg = "".join(text)
+        if a in step.scripts and step.base_dir is not None:
+            arg = str(step.base_dir / a)
+        argv.append(arg)
+    return argv
+
+
+def _run_command(reporter: Reporter, step: Step, call: StepCall) -> None:
+    argv = command_argv(call, step)
+    env = {
+        **os.environ,
+        "DATAMILL_OUTPUT_DIR": str(call.output_dir),
+        "DATAMILL_SCRATCH": str(call.scratch_dir),
+        "DATAMILL_PARAMS": json.dumps({**step.params, **dict(call.params)}, sort_keys=True),
+    }
+    tail: collections.deque[str] = collections.deque(maxlen=20)
+    try:
+        proc = subprocess.Popen(
+            argv,
+            cwd=call.scratch_dir,
+            env=env,
+            stdin=subprocess.DEVNULL,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            text=True,
+            errors="replace",
+        )
+    except FileNotFoundError:
+        raise StepFailed(
+            f"step '{step.name}': command '{argv[0]}' not found; install it or fix the step's command",
+            step=step.name,
+        ) from None
+    except PermissionError:
+        raise StepFailed(f"step '{step.name}': command '{argv[0]}' is not executable", step=step.name) from None
+
+    def pump() -> None:
+        # Read in a thread so the main thread can enforce the timeout while output streams.
+        assert proc.stdout is not None
+        for line in proc.stdout:
+            line = line.rstrip("\n")
+            tail.append(line)
+            reporter.log(line)
+
+    reader = threading.Thread(target=pump, name=f"datamill-{step.name}-output", daemon=True)
+    reader.start()
+    try:
+        rc = proc.wait(timeout=step.timeout)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        proc.wait()
+        reader.join(5)
+        raise TaskTimeout(
+            f"step '{step.name}': the command ran past its timeout of {step.timeout:g} s and was stopped; "
+            "raise the step's timeout or make it faster",
+            step=step.name,
+        ) from None
+    finally:
+        if proc.poll() is None:  # an exception (e.g. KeyboardInterrupt) while waiting
+            proc.kill()
+            proc.wait()
+    reader.join(5)
+    if proc.stdout is not None:
+        proc.stdout.close()
+    if rc != 0:
+        last = "\n".join(tail)
+        raise StepFailed(
+            f"step '{step.name}': command '{argv[0]}' exited with status {rc}"
+            + (f"; its last output:\n{last}" if last else "; it printed nothing"),
+            step=step.name,
+            returncode=rc,
+        )

@@ -1,0 +1,434 @@
+"""YAML pipelines, checked completely before anything runs.
+
+.. code-block:: yaml
+
+    name: tabular
+    description: CSV files to summaries and one database
+    steps:
+      - name: summary
+        run: mypackage.steps:summary          # a Python function, decorated or not
+        params: {threshold: 0.7}               # overrides the function's defaults
+      - name: convert
+        command: [python, scripts/convert.py, "{input}", "{output_dir}"]
+        version: "2"
+        retries: 2
+        timeout: 60
+      - name: database
+        run: steps.py:build_database           # a file next to this one
+        inputs: {tables: convert}
+        aggregate: true
+        publish: [return]
+
+Step fields: ``name``, exactly one of ``run`` / ``command``, and optionally ``params``,
+``version``, ``publish``, ``inputs``, ``aggregate``, ``retries``, ``retry_backoff``,
+``timeout``, ``cache``, ``force``, ``name_template``, ``description``.
+
+Every error names the file, the line and the field, e.g.
+``pipeline.yaml line 7: steps[1].retries: must be a whole number ≥ 0, got -1``.
+Modules named in ``run:`` are imported with the YAML file's directory on ``sys.path``.
+"""
+
+from __future__ import annotations
+
+import importlib
+import importlib.util
+import shlex
+import sys
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import blake3
+import cloudpickle
+import yaml
+
+from datamill.errors import DatamillError, InvalidPipeline
+from datamill.pipeline.pipeline import Pipeline
+from datamill.pipeline.step import Step, command_step, step
+
+__all__ = ["load_yaml_pipeline", "parse_yaml_pipeline"]
+
+_TOP_KEYS = ("name", "description", "steps")
+_STEP_KEYS = (
+    "name",
+    "run",
+    "command",
+    "params",
+    "version",
+    "publish",
+    "inputs",
+    "aggregate",
+    "retries",
+    "retry_backoff",
+    "timeout",
+    "cache",
+    "force",
+    "name_template",
+    "description",
+)
+
+
+class _Map(dict[Any, Any]):
+    """A YAML mapping that remembers where it, each key and each value start (1-based lines)."""
+
+    line: int = 0
+    key_lines: dict[Any, int]
+    value_lines: dict[Any, int]
+
+
+class _Seq(list[Any]):
+    """A YAML sequence that remembers where it and each entry start."""
+
+    line: int = 0
+    lines: list[int]
+
+
+class _Loader(yaml.SafeLoader):
+    """SafeLoader that builds :class:`_Map`/:class:`_Seq` from the node tree, keeping node marks."""
+
+
+def _construct_map(loader: _Loader, node: yaml.MappingNode) -> _Map:
+    loader.flatten_mapping(node)
+    m = _Map()
+    m.line = node.start_mark.line + 1
+    m.key_lines, m.value_lines = {}, {}
+    for key_node, value_node in node.value:
+        key = loader.construct_object(key_node, deep=True)
+        line = key_node.start_mark.line + 1
+        try:
+            hash(key)
+        except TypeError:
+            raise _YamlProblem(line, "", "a mapping key must be a plain value") from None
+        if key in m:
+            raise _YamlProblem(line, str(key), f"duplicate key '{key}' (first on line {m.key_lines[key]})")
+        m[key] = loader.construct_object(value_node, deep=True)
+        m.key_lines[key] = line
+        m.value_lines[key] = value_node.start_mark.line + 1
+    return m
+
+
+def _construct_seq(loader: _Loader, node: yaml.SequenceNode) -> _Seq:
+    s = _Seq(loader.construct_object(child, deep=True) for child in node.value)
+    s.line = node.start_mark.line + 1
+    s.lines = [child.start_mark.line + 1 for child in node.value]
+    return s
+
+
+_Loader.add_constructor("tag:yaml.org,2002:map", _construct_map)
+_Loader.add_constructor("tag:yaml.org,2002:seq", _construct_seq)
+
+
+class _YamlProblem(Exception):
+    """A problem found while reading: its line, the field path and what is wrong."""
+
+    def __init__(self, line: int, field: str, message: str) -> None:
+        super().__init__(message)
+        self.line = line
+        self.field = field
+        self.message = message
+
+
+class _Checker:
+    """Turns problems into InvalidPipeline errors naming the file, line and field."""
+
+    def __init__(self, filename: str) -> None:
+        self.filename = filename
+
+    def error(self, line: int, field: str, message: str) -> InvalidPipeline:
+        where = f"{self.filename} line {line}: " + (f"{field}: " if field else "")
+        return InvalidPipeline(where + message, file=self.filename, line=line, field=field)
+
+
+def load_yaml_pipeline(path: str | Path) -> Pipeline:
+    """Read, check and build the pipeline in the YAML file at ``path``.
+
+    Raises:
+        InvalidPipeline: the file is missing, not YAML, or not a valid pipeline; the message
+            names the file, the line and the field.
+    """
+    p = Path(path)
+    try:
+        text = p.read_text(encoding="utf-8")
+    except OSError as e:
+        raise InvalidPipeline(f"pipeline file '{path}' cannot be read: {e.strerror or e}") from None
+    except UnicodeDecodeError as e:
+        raise InvalidPipeline(f"pipeline file '{path}' is not UTF-8 text ({e.reason} at byte {e.start})") from None
+    return parse_yaml_pipeline(text, filename=str(path), base_dir=p.resolve().parent)
+
+
+def parse_yaml_pipeline(text: str, filename: str = "pipeline.yaml", base_dir: str | Path | None = None) -> Pipeline:
+    """Build a pipeline from YAML ``text``; ``filename`` is used in messages, ``base_dir`` to find files.
+
+    Raises:
+        InvalidPipeline: see :func:`load_yaml_pipeline`.
+    """
+    chk = _Checker(filename)
+    base = Path(base_dir).resolve() if base_dir is not None else Path.cwd()
+    try:
+        doc = yaml.load(text, Loader=_Loader)
+    except _YamlProblem as e:
+        raise chk.error(e.line, e.field, e.message) from None
+    except yaml.MarkedYAMLError as e:
+        mark = e.problem_mark or e.context_mark
+        what = " ".join(x for x in (e.context, e.problem) if x) or "not valid YAML"
+        if mark is None:
+            raise InvalidPipeline(f"{filename}: not valid YAML: {what}") from None
+        raise InvalidPipeline(
+            f"{filename} line {mark.line + 1}, column {mark.column + 1}: not valid YAML: {what}",
+            file=filename,
+            line=mark.line + 1,
+            column=mark.column + 1,
+        ) from None
+    except yaml.YAMLError as e:
+        raise InvalidPipeline(f"{filename}: not valid YAML: {e}") from None
+    if doc is None:
+        raise InvalidPipeline(f"{filename}: the file is empty; a pipeline needs 'name' and 'steps'", file=filename)
+    if not isinstance(doc, _Map):
+        raise chk.error(1, "", f"the file must be a mapping with 'name' and 'steps', not a {_kind(doc)}")
+
+    _unknown_keys(chk, doc, _TOP_KEYS, "")
+    name = doc.get("name", Path(filename).stem)
+    if not isinstance(name, str) or not name.strip():
+        raise chk.error(doc.value_lines.get("name", doc.line), "name", f"must be a non-empty string, got {name!r}")
+    description = doc.get("description", "")
+    if not isinstance(description, str):
+        raise chk.error(doc.value_lines["description"], "description", "must be a string")
+    steps_node = doc.get("steps")
+    if "steps" not in doc:
+        raise chk.error(doc.line, "steps", "missing: list the pipeline's steps under 'steps:'")
+    if not isinstance(steps_node, _Seq) or not steps_node:
+        raise chk.error(doc.value_lines["steps"], "steps", "must be a non-empty list of steps")
+
+    specs = [_check_step(chk, steps_node, i) for i in range(len(steps_node))]
+    steps = [_build_step(chk, spec, base) for spec in specs]
+    try:
+        return Pipeline(name, steps, description=description)
+    except InvalidPipeline as e:
+        raise _locate(chk, e, specs, steps) from None
+
+
+def _kind(value: Any) -> str:
+    if isinstance(value, dict):
+        return "mapping"
+    if isinstance(value, list):
+        return "list"
+    if value is None:
+        return "null"
+    return type(value).__name__
+
+
+def _unknown_keys(chk: _Checker, m: _Map, allowed: tuple[str, ...], prefix: str) -> None:
+    for key in m:
+        if key not in allowed:
+            raise chk.error(
+                m.key_lines[key],
+                f"{prefix}{key}",
+                f"unknown field '{key}'; allowed fields: {', '.join(allowed)}",
+            )
+
+
+class _StepSpec:
+    """One step's checked fields and where each is in the file."""
+
+    def __init__(self, index: int, node: _Map, options: dict[str, Any]) -> None:
+        self.index = index
+        self.node = node
+        self.options = options
+
+    @property
+    def prefix(self) -> str:
+        return f"steps[{self.index}]"
+
+    def line(self, key: str | None = None) -> int:
+        if key is None:
+            return self.node.line
+        return self.node.value_lines.get(key, self.node.line)
+
+
+def _check_step(chk: _Checker, steps: _Seq, i: int) -> _StepSpec:
+    node = steps[i]
+    prefix = f"steps[{i}]"
+    if not isinstance(node, _Map):
+        raise chk.error(
+            steps.lines[i], prefix, f"must be a mapping with 'name' and 'run' or 'command', not a {_kind(node)}"
+        )
+    _unknown_keys(chk, node, _STEP_KEYS, prefix + ".")
+
+    def bad(key: str, message: str) -> InvalidPipeline:
+        return chk.error(node.value_lines.get(key, node.line), f"{prefix}.{key}", message)
+
+    def got(key: str) -> str:
+        return f", got {node[key]!r}"
+
+    opts: dict[str, Any] = {}
+    if ("run" in node) == ("command" in node):
+        raise chk.error(node.line, prefix, "give exactly one of 'run' (module:function) or 'command' (a list)")
+    if "name" in node:
+        if not isinstance(node["name"], str) or not node["name"]:
+            raise bad("name", "must be a step name (letters, digits, '_' and '-')" + got("name"))
+        opts["name"] = node["name"]
+    elif "command" in node:
+        raise chk.error(node.line, f"{prefix}.name", "missing: a command step needs a name")
+    if "run" in node:
+        run = node["run"]
+        if not isinstance(run, str) or ":" not in run or run.startswith(":") or run.endswith(":"):
+            raise bad("run", "must look like 'package.module:function' or 'file.py:function'" + got("run"))
+    if "command" in node:
+        cmd = node["command"]
+        if isinstance(cmd, str):
+            try:
+                cmd = shlex.split(cmd)
+            except ValueError as e:
+                raise bad("command", f"cannot split the command line: {e}") from None
+        if not isinstance(cmd, list) or not cmd or not all(isinstance(a, (str, int, float)) for a in cmd):
+            raise bad("command", "must be a non-empty list of strings like [tool, '{input}', '{output_dir}']")
+        opts["argv"] = [str(a) for a in cmd]
+    if "params" in node:
+        if not isinstance(node["params"], dict):
+            raise bad("params", "must be a mapping of parameter name → value" + got("params"))
+        opts["params"] = dict(node["params"])
+    if "version" in node:
+        v = node["version"]
+        if isinstance(v, bool) or not isinstance(v, (str, int)) or (isinstance(v, str) and not v.strip()):
+            hint = ' (quote it: version: "1.10"; unquoted, YAML reads a number)' if isinstance(v, float) else ""
+            raise bad("version", f'must be a string like "2"{hint}' + got("version"))
+        opts["version"] = str(v)
+    if "publish" in node:
+        p = node["publish"]
+        if isinstance(p, str):
+            p = [p]
+        if not isinstance(p, (bool, list)) or (isinstance(p, list) and not all(isinstance(x, str) and x for x in p)):
+            raise bad("publish", "must be true, false or a list of output names" + got("publish"))
+        opts["publish"] = p
+    if "inputs" in node:
+        inp = node["inputs"]
+        if not isinstance(inp, dict) or not all(isinstance(k, str) and isinstance(v, str) for k, v in inp.items()):
+            raise bad("inputs", "must be a mapping of argument name → step name, e.g. {table: convert}" + got("inputs"))
+        opts["inputs"] = dict(inp)
+    for key in ("aggregate", "cache", "force"):
+        if key in node:
+            if not isinstance(node[key], bool):
+                raise bad(key, "must be true or false" + got(key))
+            opts[key] = node[key]
+    if "retries" in node:
+        r = node["retries"]
+        if isinstance(r, bool) or not isinstance(r, int) or r < 0:
+            raise bad("retries", "must be a whole number ≥ 0" + got("retries"))
+        opts["retries"] = r
+    if "retry_backoff" in node:
+        b = node["retry_backoff"]
+        if isinstance(b, bool) or not isinstance(b, (int, float)) or not b >= 0:
+            raise bad("retry_backoff", "must be a number of seconds ≥ 0" + got("retry_backoff"))
+        opts["retry_backoff"] = float(b)
+    if "timeout" in node:
+        t = node["timeout"]
+        if t is not None and (isinstance(t, bool) or not isinstance(t, (int, float)) or not 0 < t < float("inf")):
+            raise bad("timeout", "must be a number of seconds > 0, or null for no limit" + got("timeout"))
+        opts["timeout"] = None if t is None else float(t)
+    for key in ("name_template", "description"):
+        if key in node:
+            if not isinstance(node[key], str) or not node[key]:
+                raise bad(key, "must be a non-empty string" + got(key))
+            opts[key] = node[key]
+    return _StepSpec(i, node, opts)
+
+
+def _build_step(chk: _Checker, spec: _StepSpec, base: Path) -> Step:
+    opts = dict(spec.options)
+    node = spec.node
+    try:
+        if "argv" in opts:
+            return command_step(opts.pop("name"), opts.pop("argv"), base_dir=base, **opts)
+        target = _import_function(chk, spec, base)
+        params = opts.pop("params", None)
+        # Options apply when the step is made: a function without readable source may still get `version`.
+        made = target.configure(**opts) if isinstance(target, Step) else step(target, **opts)
+        if params:
+            # Check parameter by parameter so the error points at the offending line.
+            for pname, value in params.items():
+                try:
+                    made.resolve_params({pname: value})
+                except InvalidPipeline as e:
+                    pm = node["params"]
+                    raise chk.error(
+                        pm.value_lines.get(pname, spec.line("params")), f"{spec.prefix}.params.{pname}", _bare(e)
+                    ) from None
+            made = made.configure(params=params)
+        return made
+    except InvalidPipeline as e:
+        if "line" in e.detail:
+            raise
+        field = e.detail.get("param")
+        key = "params" if field and field in (node.get("params") or {}) else None
+        if key is None and field and field in (node.get("inputs") or {}):
+            key = "inputs"
+        raise chk.error(spec.line(key), spec.prefix + (f".{key}.{field}" if key else ""), _bare(e)) from None
+
+
+def _bare(e: DatamillError) -> str:
+    return e.message
+
+
+def _import_function(chk: _Checker, spec: _StepSpec, base: Path) -> Callable[..., Any]:
+    run: str = spec.node["run"]
+    line = spec.line("run")
+    field = f"{spec.prefix}.run"
+    target, _, attr = run.rpartition(":")
+    if target.endswith(".py") or "/" in target:
+        path = (base / target).resolve()
+        if not path.is_file():
+            raise chk.error(line, field, f"no file '{target}' (looked in {base})")
+        mod_name = f"_datamill_yaml_{path.stem}_{blake3.blake3(str(path).encode()).hexdigest()[:12]}"
+        module = sys.modules.get(mod_name)
+        if module is None:
+            spec_ = importlib.util.spec_from_file_location(mod_name, path)
+            if spec_ is None or spec_.loader is None:
+                raise chk.error(line, field, f"'{target}' cannot be loaded as Python")
+            module = importlib.util.module_from_spec(spec_)
+            sys.modules[mod_name] = module
+            _with_path(base)
+            try:
+                spec_.loader.exec_module(module)
+            except Exception as e:
+                sys.modules.pop(mod_name, None)
+                raise chk.error(line, field, f"loading '{target}' failed: {type(e).__name__}: {e}") from e
+            cloudpickle.register_pickle_by_value(module)
+    else:
+        _with_path(base)
+        try:
+            module = importlib.import_module(target)
+        except ModuleNotFoundError as e:
+            if e.name and (target == e.name or target.startswith(e.name + ".")):
+                raise chk.error(line, field, f"cannot import module '{target}': no module named '{e.name}'") from None
+            raise chk.error(line, field, f"importing module '{target}' failed: {e}") from e
+        except Exception as e:
+            raise chk.error(line, field, f"importing module '{target}' failed: {type(e).__name__}: {e}") from e
+    value: Any = module
+    for part in attr.split("."):
+        if not hasattr(value, part):
+            raise chk.error(line, field, f"module '{target}' has no function '{attr}'")
+        value = getattr(value, part)
+    if not callable(value) or isinstance(value, (type, Pipeline)):
+        raise chk.error(line, field, f"'{run}' is a {type(value).__name__}, not a function")
+    return value
+
+
+def _with_path(base: Path) -> None:
+    # Steps next to the YAML file ("run: steps:clean") import like a script's neighbours would.
+    if str(base) not in sys.path:
+        sys.path.insert(0, str(base))
+
+
+def _locate(chk: _Checker, e: InvalidPipeline, specs: list[_StepSpec], steps: list[Step]) -> InvalidPipeline:
+    """A Pipeline error placed at the line of the step (and input) it is about."""
+    step_name = e.detail.get("step")
+    param = e.detail.get("param")
+    # Last match first: for a duplicate name the second definition is the one to point at.
+    for spec, made in reversed(list(zip(specs, steps, strict=True))):
+        if made.name != step_name:
+            continue
+        inputs = spec.node.get("inputs")
+        if param and isinstance(inputs, _Map) and param in inputs:
+            return chk.error(inputs.value_lines[param], f"{spec.prefix}.inputs.{param}", e.message)
+        return chk.error(spec.line(), spec.prefix, e.message)
+    return chk.error(1, "", e.message)
