@@ -703,7 +703,9 @@ class Store:
                 raise NotFound(f"no version {version_id}")
             irow = conn.execute(select(Item).where(Item.id == v.item_id)).one()
             frow = conn.execute(select(Folder).where(Folder.id == irow.folder_id)).one()
-            require(conn, actor, frow.path, Level.READ)
+            if level_on(conn, actor, frow.path) < Level.READ:
+                # Asked by id: do not name the folder the caller may not see.
+                raise NotFound(f"no version {version_id}")
             return self._version_info(conn, frow, irow, v)
 
     def list_items(
