@@ -22,7 +22,7 @@ from datamill.api.broadcast import EventBroadcaster
 from datamill.api.deps import blocking
 from datamill.api.errors import ErrorBoundary, install_error_handlers
 from datamill.api.landing import router as landing_router
-from datamill.api.middleware import AccessLog, TokenAuth
+from datamill.api.middleware import AccessLog, TokenAuth, silence_uvicorn_access_log
 from datamill.api.routes import content, events, folders, items, users
 from datamill.home import Home
 
@@ -56,6 +56,7 @@ def _operation_id(route: APIRoute) -> str:
 
 def create_app(home: Home, sse_keepalive: float = SSE_KEEPALIVE) -> FastAPI:
     """The ASGI app serving ``home``."""
+    silence_uvicorn_access_log()  # ours (AccessLog) leaves out query strings; uvicorn's does not
     broadcaster = EventBroadcaster(home.events)
 
     @asynccontextmanager

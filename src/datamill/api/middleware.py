@@ -82,6 +82,24 @@ class TokenAuth:
         await self.app(scope, receive, send)
 
 
+class _DropRecords(logging.Filter):
+    """Drops every record: uvicorn's access lines carry query strings, hence login tokens."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return False
+
+
+def silence_uvicorn_access_log() -> None:
+    """Keep uvicorn's own access log quiet whatever handlers logging config attaches to it.
+
+    ``access_log=False`` only holds while nothing adds a handler to ``uvicorn.access`` (a
+    logging config, a test harness); a logger-level filter holds regardless.
+    """
+    logger = logging.getLogger("uvicorn.access")
+    if not any(isinstance(f, _DropRecords) for f in logger.filters):
+        logger.addFilter(_DropRecords())
+
+
 class AccessLog:
     """One log line per request: client, method, path (never the query string), status, time.
 

@@ -4,7 +4,7 @@ Each name is percent-encoded on its own, so a name may hold spaces, ``#``, ``?``
 Unicode. The server must split the path BEFORE decoding: the ASGI ``path`` is already decoded,
 and there a name ``a%2Fb`` would become two names. :func:`url_path` therefore reads the raw path,
 and a decoded segment that still holds a ``/`` is a rejected name (400 ``invalid_name``), as are
-empty segments, ``.`` and ``..``.
+empty segments (``a//b``, a trailing ``/``), ``.`` and ``..``.
 """
 
 from __future__ import annotations
@@ -14,6 +14,7 @@ from urllib.parse import unquote
 
 from fastapi import Depends, Request
 from fastapi import Path as PathParam
+from starlette.convertors import PathConvertor, register_url_convertor
 
 from datamill.errors import InvalidName
 from datamill.store.names import check_name
@@ -24,12 +25,28 @@ PATH_DOC = (
 )
 
 
+class NamesConvertor(PathConvertor):
+    """Starlette's ``path`` convertor, but matching newlines too (``.`` does not, without DOTALL).
+
+    A name with an encoded newline would otherwise match no route and get a misleading 404
+    instead of 400 ``invalid_name``.
+    """
+
+    regex = "(?s:.*)"
+
+
+#: Routes write ``{path:names}`` for a folder or item path.
+register_url_convertor("names", NamesConvertor())
+
+
 def join_segments(segments: list[str]) -> str:
-    """Check decoded names and join them; outer empty segments are ignored, as ``str.strip("/")`` would."""
-    while segments and segments[0] == "":
-        segments = segments[1:]
-    while segments and segments[-1] == "":
-        segments = segments[:-1]
+    """Check decoded names and join them. No segment at all (``/folders/``) is the root ``""``.
+
+    Unlike a path string given to the store, an empty segment anywhere (``a//b``, ``a/``) is an
+    empty name and rejected: the client never sends one, so it is a mistake worth reporting.
+    """
+    if segments == [""]:
+        return ""
     return "/".join(check_name(s) for s in segments)
 
 
@@ -54,5 +71,5 @@ def url_path(request: Request, path: Annotated[str, PathParam(description=PATH_D
     return join_segments(path.split("/"))
 
 
-#: A route's ``{path:path}``, decoded and checked.
+#: A route's ``{path:names}``, decoded and checked.
 UrlPath = Annotated[str, Depends(url_path)]

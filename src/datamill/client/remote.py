@@ -395,7 +395,7 @@ class RemoteClient(Client):
             timeout=httpx.Timeout(self._http.timeout.connect or 10.0, read=wait + (timeout or 60.0)),
         )
         page = self._send(request).json()
-        return [EventRecord(**e) for e in page["events"]], int(page["next"])
+        return [_build(EventRecord, e) for e in page["events"]], int(page["next"])
 
     def events(self, since: int = 0, limit: int = 1000, kinds: Iterable[str] | None = None) -> list[EventRecord]:
         return self._events_page(since, limit, kinds)[0]

@@ -166,7 +166,7 @@ class HeldBackStream:
 
 
 @router.put(
-    "/content/{path:path}",
+    "/content/{path:names}",
     response_model=VersionOut,
     status_code=201,
     summary="Upload bytes as a new version",
@@ -224,9 +224,9 @@ async def upload(
     return JSONResponse(info.to_dict(), status_code=201)
 
 
-@router.head("/content/{path:path}", name="content_headers", summary="A version's headers, without the bytes")
+@router.head("/content/{path:names}", name="content_headers", summary="A version's headers, without the bytes")
 @router.get(
-    "/content/{path:path}",
+    "/content/{path:names}",
     summary="Download a version's bytes",
     response_class=StreamingResponse,
     responses={
