@@ -1,16 +1,75 @@
-"""Fixtures for the store tests: a real Home on each database (see ``db_url`` in tests/conftest.py)."""
+"""Fixtures for the store tests: a real Home on each database (see ``db_url`` in tests/conftest.py).
+
+``postgres_db_url`` is overridden here to clone a template database that was migrated once per
+session (``CREATE DATABASE ... TEMPLATE``), instead of running every migration for every test.
+The clone is the same schema the migrations make (tests/test_migrations.py checks them).
+"""
 
 from __future__ import annotations
 
+import uuid
 from collections.abc import Iterator
 from pathlib import Path
+from urllib.parse import urlsplit, urlunsplit
 
+import psycopg
 import pytest
+from psycopg import sql
 
 from datamill.config import load_settings
+from datamill.db.database import Database
 from datamill.home import Home
 from datamill.store import users
 from datamill.store.access import Actor
+
+
+def libpq_url(url: str, dbname: str | None = None) -> str:
+    """``url`` as libpq reads it (no ``+driver``), optionally naming another database."""
+    parts = urlsplit(url)._replace(scheme="postgresql")
+    if dbname is not None:
+        parts = parts._replace(path=f"/{dbname}")
+    return urlunsplit(parts)
+
+
+def create_database(server_url: str, template: str | None = None) -> str:
+    """Create a new, uniquely named database on the server; returns its name."""
+    name = f"t_{uuid.uuid4().hex}"
+    query = sql.SQL("CREATE DATABASE {}").format(sql.Identifier(name))
+    if template:
+        query = sql.SQL("CREATE DATABASE {} TEMPLATE {}").format(sql.Identifier(name), sql.Identifier(template))
+    with psycopg.connect(libpq_url(server_url), autocommit=True) as conn:
+        conn.execute(query)
+    return name
+
+
+def drop_database(server_url: str, name: str) -> None:
+    with psycopg.connect(libpq_url(server_url), autocommit=True) as conn:
+        conn.execute(sql.SQL("DROP DATABASE IF EXISTS {} WITH (FORCE)").format(sql.Identifier(name)))
+
+
+@pytest.fixture(scope="session")
+def migrated_template(postgres_url: str) -> Iterator[str]:
+    """A PostgreSQL database with every migration applied, to clone."""
+    name = create_database(postgres_url)
+    db = Database(libpq_url(postgres_url, name))
+    try:
+        db.migrate()
+    finally:
+        db.dispose()
+    try:
+        yield name
+    finally:
+        drop_database(postgres_url, name)
+
+
+@pytest.fixture
+def postgres_db_url(postgres_url: str, migrated_template: str) -> Iterator[str]:
+    """A fresh, migrated PostgreSQL database for one test; dropped afterwards."""
+    name = create_database(postgres_url, template=migrated_template)
+    try:
+        yield libpq_url(postgres_url, name)
+    finally:
+        drop_database(postgres_url, name)
 
 
 def open_home(path: Path, db_url: str) -> Home:
