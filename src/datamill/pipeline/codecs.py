@@ -190,6 +190,14 @@ class ParquetCodec(Codec):
         return pd is not None and isinstance(value, pd.DataFrame)
 
     def encode(self, value: Any, path: Path) -> None:
+        pd = sys.modules["pandas"]
+        if not isinstance(value.columns, pd.MultiIndex) and not all(isinstance(c, str) for c in value.columns):
+            # pyarrow would turn them into strings silently: the data would not read back as written.
+            bad = [c for c in value.columns if not isinstance(c, str)][:3]
+            raise InvalidPipeline(
+                f"the step returned a DataFrame with non-string column names ({', '.join(map(repr, bad))}); "
+                "Parquet needs string names: df.columns = df.columns.astype(str)"
+            )
         try:
             value.to_parquet(path, engine="pyarrow", compression="snappy")
         except (ValueError, TypeError) as e:

@@ -267,9 +267,9 @@ def _topological(steps: Sequence[Step]) -> tuple[Step, ...]:
 
 # ---------------------------------------------------------------------------------- loading
 
-# Loaded pipeline files by (path, attr): (mtime_ns, size, pipeline). Workers load the same
-# reference for every task; executing the file each time would cost more than the task.
-_FILE_CACHE: dict[tuple[str, str | None], tuple[int, int, Pipeline]] = {}
+# Loaded pipeline files by path: (mtime_ns, size, module or YAML pipeline). Workers load the
+# same reference for every task; executing the file each time would cost more than the task.
+_FILE_CACHE: dict[str, tuple[int, int, Any]] = {}
 
 
 def _is_file_ref(target: str) -> bool:
@@ -316,12 +316,12 @@ def _load_yaml(target: str) -> Pipeline:
 
     path = Path(target).resolve()
     stat = _stat(path, target)
-    hit = _FILE_CACHE.get((str(path), None))
-    if hit and hit[:2] == stat:
+    hit = _FILE_CACHE.get(str(path))
+    if hit and hit[:2] == stat and isinstance(hit[2], Pipeline):
         return hit[2]
     pipeline = load_yaml_pipeline(target)
     pipeline._ref = str(path)
-    _FILE_CACHE[(str(path), None)] = (*stat, pipeline)
+    _FILE_CACHE[str(path)] = (*stat, pipeline)
     return pipeline
 
 
@@ -338,9 +338,19 @@ def _stat(path: Path, shown: str) -> tuple[int, int]:
 def _load_file(target: str, attr: str | None, text: str) -> Pipeline:
     path = Path(target).resolve()
     stat = _stat(path, target)
-    hit = _FILE_CACHE.get((str(path), attr))
-    if hit and hit[:2] == stat:
-        return hit[2]
+    hit = _FILE_CACHE.get(str(path))
+    if hit and hit[:2] == stat and not isinstance(hit[2], Pipeline):
+        module = hit[2]
+    else:
+        module = _exec_file(path, target)
+        _FILE_CACHE[str(path)] = (*stat, module)
+    pipeline, found = _pick(module, attr, text, target)
+    pipeline._ref = f"{path}:{found}"
+    return pipeline
+
+
+def _exec_file(path: Path, target: str) -> Any:
+    """Execute a pipeline file as a fresh module."""
     # A name unique per file, so two files called pipeline.py do not replace each other.
     digest = blake3.blake3(str(path).encode()).hexdigest()[:12]
     safe = "".join(c if c.isalnum() else "_" for c in path.stem)
@@ -367,10 +377,7 @@ def _load_file(target: str, attr: str | None, text: str) -> Pipeline:
         raise InvalidPipeline(f"loading pipeline file {target!r} failed: {type(e).__name__}: {e}") from e
     # The module cannot be imported by name in another process: ship its functions by value.
     cloudpickle.register_pickle_by_value(module)
-    pipeline, found = _pick(module, attr, text, target)
-    pipeline._ref = f"{path}:{found}"
-    _FILE_CACHE[(str(path), attr)] = (*stat, pipeline)
-    return pipeline
+    return module
 
 
 def _load_module(target: str, attr: str | None, text: str) -> Pipeline:

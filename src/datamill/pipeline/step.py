@@ -610,7 +610,7 @@ def _make_step(
         options=options,
     )
     # Look like the function to tools (help(), doctest, Sphinx) without being it.
-    for attr in ("__module__", "__qualname__", "__doc__"):
+    for attr in ("__module__", "__name__", "__qualname__", "__doc__"):
         if hasattr(fn, attr):
             object.__setattr__(new, attr, getattr(fn, attr))
     object.__setattr__(new, "__wrapped__", fn)
