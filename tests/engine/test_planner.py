@@ -362,3 +362,69 @@ def test_planning_is_pure(pipeline: Pipeline) -> None:
     plan(pipeline, [A, B], lookup=lookup)
     # Only the tasks whose keys are known are looked up; nothing else is touched.
     assert len(calls) == 2
+
+
+def test_plan_and_run_the_example_end_to_end(pipeline: Pipeline, tmp_path: Path) -> None:
+    """The loop a scheduler runs: plan, run ready tasks, key pending ones from real output digests, reuse."""
+    from datamill.pipeline.runner import NullReporter, run_step
+
+    a, b = b"x,y,label\n1,2,a\n3,4,b\n", b"x,y,label\n10,20,c\n"
+    refs, files = [], {}
+    for name, data in (("a.csv", a), ("b.csv", b)):
+        (tmp_path / name).write_bytes(data)
+        refs.append(ref(name, data))
+        files[refs[-1].path] = tmp_path / name
+    cache: dict[str, CachedResult] = {}
+    blobs: dict[str, Path] = {}  # digest -> a file holding those bytes (the blob store's job)
+
+    def run_all(p: Plan, attempt: str) -> list[str]:
+        produced: dict[str, list[OutputFile]] = {}
+        recorded: dict[str, tuple[OutputDigest, ...]] = {}
+        ran = []
+        for t in p.tasks:
+            key = t.key or p.key_for(t, {d: recorded[d] for d in t.deps})
+            hit = cache.get(key) if t.decision != "run" else None
+            if hit is not None:
+                recorded[t.id] = hit.outputs
+                produced[t.id] = [OutputFile(o.name, blobs[o.digest], "", o.codec) for o in hit.outputs]
+                continue
+            call = p.step_call(
+                t,
+                output_dir=tmp_path / attempt / t.id,
+                scratch_dir=tmp_path / "scratch" / attempt / t.id,
+                item_files=files,
+                upstream_outputs=produced,
+            )
+            result = run_step(NullReporter(), call)
+            ran.append(t.id)
+            produced[t.id] = list(result.outputs)
+            recorded[t.id] = tuple(
+                OutputDigest(
+                    o.name, "blake3:" + blake3.blake3(o.path.read_bytes()).hexdigest(), 0, o.content_type, o.codec
+                )
+                for o in result.outputs
+            )
+            blobs.update({d.digest: o.path for d, o in zip(recorded[t.id], result.outputs, strict=True)})
+            cache[key] = CachedResult(recorded[t.id])
+        return ran
+
+    assert len(run_all(plan(pipeline, refs, lookup=cache.get), "1")) == 9
+    published = [o.published_name for t in plan(pipeline, refs, lookup=cache.get) for o in t.outputs if o.publish]
+    assert published == [
+        "a.parse.json",
+        "b.parse.json",
+        "a.stats.json",
+        "b.stats.json",
+        "a.report.txt",
+        "b.report.txt",
+        "total.json",
+    ]
+    assert plan(pipeline, refs, lookup=cache.get).counts() == {"cached": 9, "run": 0, "pending": 0}
+    # A new scale changes stats; report and total follow; parse and columns stay cached.
+    assert run_all(plan(pipeline, refs, params={"stats": {"scale": 3}}, lookup=cache.get), "2") == [
+        "stats[Raw Data/a.csv]",
+        "stats[Raw Data/b.csv]",
+        "report[Raw Data/a.csv]",
+        "report[Raw Data/b.csv]",
+        "total",
+    ]

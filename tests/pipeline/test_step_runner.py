@@ -21,6 +21,7 @@ from datamill.pipeline.runner import (
     UpstreamInput,
     collect_outputs,
     command_argv,
+    command_env,
     decode_outputs,
     run_step,
 )
@@ -377,3 +378,13 @@ def test_command_timeout(tmp_path: Path) -> None:
     c = call(tmp_path, "tool", pipeline_ref=None, step_bytes=pl.pickled_step("tool"))
     with pytest.raises(TaskTimeout, match=r"ran past its timeout of 0\.5 s"):
         run_step(Recorder(), c)
+
+
+def test_command_env_matches_what_run_step_uses(tmp_path: Path) -> None:
+    pl = command_pipeline(tmp_path, ["ok", "{n}"], params={"n": 2})
+    c = call(tmp_path, "tool", pipeline_ref=None, step_bytes=pl.pickled_step("tool"), params={"n": 5})
+    assert command_env(c) == {
+        "DATAMILL_OUTPUT_DIR": str(tmp_path / "out"),
+        "DATAMILL_SCRATCH": str(tmp_path / "scratch"),
+        "DATAMILL_PARAMS": '{"n": 5}',
+    }

@@ -46,6 +46,7 @@ __all__ = [
     "UpstreamInput",
     "collect_outputs",
     "command_argv",
+    "command_env",
     "decode_outputs",
     "resolve_step",
     "run_step",
@@ -352,14 +353,25 @@ def command_argv(call: StepCall, step: Step | None = None) -> list[str]:
     return argv
 
 
-def _run_command(reporter: Reporter, step: Step, call: StepCall) -> None:
-    argv = command_argv(call, step)
-    env = {
-        **os.environ,
+def command_env(call: StepCall, step: Step | None = None) -> dict[str, str]:
+    """Variables a command step runs with, on top of the inherited environment.
+
+    ``DATAMILL_OUTPUT_DIR`` and ``DATAMILL_SCRATCH`` (the same as ``{output_dir}``/``{scratch}``)
+    and ``DATAMILL_PARAMS`` (the parameters as JSON). Executors that run commands themselves
+    (``CommandCall(argv=command_argv(call), cwd=str(call.scratch_dir), env=command_env(call))``)
+    give the same environment :func:`run_step` does.
+    """
+    step = step or resolve_step(call)
+    return {
         "DATAMILL_OUTPUT_DIR": str(call.output_dir),
         "DATAMILL_SCRATCH": str(call.scratch_dir),
         "DATAMILL_PARAMS": json.dumps({**step.params, **dict(call.params)}, sort_keys=True),
     }
+
+
+def _run_command(reporter: Reporter, step: Step, call: StepCall) -> None:
+    argv = command_argv(call, step)
+    env = {**os.environ, **command_env(call, step)}
     tail: collections.deque[str] = collections.deque(maxlen=20)
     try:
         proc = subprocess.Popen(
