@@ -202,3 +202,29 @@ def test_tokens_users_and_revocation(server: ServerHandle, admin: RemoteClient) 
         admin.revoke_token(new.id)
         with pytest.raises(Unauthorized):
             bob.whoami()
+
+
+def test_events_wake_long_polls_and_streams(server: ServerHandle, home: Home, admin: RemoteClient) -> None:
+    """On PostgreSQL the wake-up comes through LISTEN/NOTIFY, on SQLite through polling."""
+    local = LocalClient(home)
+    local.create_folder("live")
+    since = home.events.latest()
+    woke: list[bool] = []
+    waiter = threading.Thread(target=lambda: woke.append(admin.wait_events(since, 10)))
+    waiter.start()
+    with (
+        httpx.Client(timeout=10) as c,
+        c.stream(
+            "GET",
+            f"{server.url}/api/v1/events/stream",
+            params={"since": since},
+            headers={"Authorization": f"Bearer {home.admin_token()}"},
+        ) as stream,
+    ):
+        lines = stream.iter_lines()
+        assert next(lines) == "retry: 3000"
+        local.put("live", "a.csv", b"1")
+        event = next(line for line in lines if line.startswith("event:"))
+    waiter.join(10)
+    assert event == "event: item.created"
+    assert woke == [True]

@@ -291,3 +291,22 @@ def test_follow_skips_what_the_caller_may_not_see(
             break
     assert [e.kind for e in seen] == ["folder.created", "folder.created"]
     assert [e.data["path"] for e in seen] == ["bobs", "bobs/sub"]
+
+
+class _Unsized:
+    """A non-seekable stream of unknown length: the client must send it chunked."""
+
+    def __init__(self, parts: list[bytes]) -> None:
+        self.parts = parts
+
+    def read(self, n: int = -1) -> bytes:
+        return self.parts.pop(0) if self.parts else b""
+
+
+def test_upload_of_unknown_length_is_chunked(admin: RemoteClient) -> None:
+    admin.create_folder("f")
+    parts = [os.urandom(700_000) for _ in range(3)]
+    expected = b"".join(parts)
+    info = admin.put("f", "unsized.bin", _Unsized(list(parts)))
+    assert info.size == len(expected)
+    assert admin.get("f/unsized.bin") == expected
