@@ -91,10 +91,21 @@ def append(
     )
 
 
+_EMPTY_ROW: dict[str, Any] = {
+    "actor_id": None,
+    "folder_id": None,
+    "item_id": None,
+    "run_id": None,
+    "task_id": None,
+    "dataflow_id": None,
+}
+
+
 def append_many(conn: Connection, rows: Iterable[dict[str, Any]]) -> int:
     """Append several events in one statement; returns the last ``seq``."""
     now = time.time()
-    batch = [{**r, "ts": r.get("ts") or now, "data": r.get("data") or {}} for r in rows]
+    # executemany needs every row to bind the same columns.
+    batch = [{**_EMPTY_ROW, **r, "ts": r.get("ts") or now, "data": r.get("data") or {}} for r in rows]
     if not batch:
         return 0
     postgres = conn.dialect.name == "postgresql"
@@ -107,6 +118,11 @@ def append_many(conn: Connection, rows: Iterable[dict[str, Any]]) -> int:
     if postgres:
         conn.execute(text("SELECT pg_notify(:c, :s)"), {"c": NOTIFY_CHANNEL, "s": str(seq)})
     return int(seq)
+
+
+def latest_seq(conn: Connection) -> int:
+    """The newest ``seq`` as seen by ``conn``'s transaction, 0 for an empty log."""
+    return int(conn.execute(select(func.coalesce(func.max(Event.seq), 0))).scalar_one())
 
 
 def _record(row: Any) -> EventRecord:

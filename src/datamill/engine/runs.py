@@ -124,6 +124,7 @@ class TaskRow:
     log_digest: str | None
     cached_from: int | None
     executor: str | None
+    not_before: float | None = None
     outputs: list[OutputRecord] = field(default_factory=list)
 
     def to_dict(self) -> dict[str, Any]:
@@ -158,6 +159,7 @@ def _task_row(r: Any) -> TaskRow:
         log_digest=r.log_digest,
         cached_from=r.cached_from,
         executor=r.executor,
+        not_before=r.not_before,
     )
 
 

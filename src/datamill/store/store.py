@@ -649,6 +649,19 @@ class Store:
             task_id=v.task_id,
         )
 
+    def current_version(self, conn: Connection, folder: str, name: str) -> tuple[int, str] | None:
+        """``(version id, digest)`` of the current version of ``folder/name``, without access checks.
+
+        For the engine, inside its write transaction, after it checked access itself.
+        """
+        row = conn.execute(
+            select(Version.id, Version.digest)
+            .join(Item, and_(Item.id == Version.item_id, Version.number == Item.current_version))
+            .join(Folder, Folder.id == Item.folder_id)
+            .where(Folder.path == folder, Item.name == name)
+        ).first()
+        return None if row is None else (int(row.id), str(row.digest))
+
     def get_item(self, actor: Actor, path: str) -> ItemInfo:
         """An item and its current version."""
         with self.db.read() as conn:

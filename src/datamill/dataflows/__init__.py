@@ -1,0 +1,1 @@
+"""Dataflows: the DMS object, its versioned configuration, triggers, notifications."""

@@ -1,0 +1,389 @@
+"""The engine's front door: plan, submit, run, cancel, resume, explain and read logs.
+
+Submitting records a run and all its tasks before anything is dispatched (a run you can see is a
+run that exists); a :class:`~datamill.engine.scheduler.Scheduler` then executes it, in this
+process (``Engine.run``) or in the server.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Iterator, Mapping, Sequence
+from typing import Any
+
+from sqlalchemy import Connection, select
+
+from datamill.db.models import Folder, Run, Task
+from datamill.engine import keys, runs
+from datamill.engine.params import split_params
+from datamill.engine.planner import CachedResult, OutputDigest, Plan, plan
+from datamill.engine.scheduler import Scheduler, input_ref_to_dict
+from datamill.errors import InvalidInput, NotFound, PermissionDenied
+from datamill.home import Home
+from datamill.pipeline import Pipeline, load_pipeline
+from datamill.pipeline.inputs import InputRef
+from datamill.store.access import Actor, Level, level_on, require
+from datamill.store.names import split_path
+
+
+def resolve_pipeline(pipeline: Pipeline | str) -> Pipeline:
+    """A pipeline object from itself or its reference."""
+    return load_pipeline(pipeline) if isinstance(pipeline, str) else pipeline
+
+
+class Engine:
+    """Runs of pipelines over the items of one home."""
+
+    def __init__(self, home: Home) -> None:
+        self.home = home
+
+    # ------------------------------------------------------------------ inputs
+
+    def inputs_from_folder(self, actor: Actor, folder: str, recursive: bool = False) -> list[InputRef]:
+        """The current versions of the items in ``folder`` (and below, with ``recursive``)."""
+        store = self.home.store
+        items = store.find_items(actor, folder, recursive=recursive) if recursive else store.list_items(actor, folder)
+        return [
+            InputRef(
+                item_id=i.id,
+                version_id=i.version_id,
+                folder=i.folder,
+                name=i.name,
+                version=i.version,
+                digest=i.digest,
+                size=i.size,
+                content_type=i.content_type,
+                metadata=i.metadata,
+            )
+            for i in items
+        ]
+
+    # ------------------------------------------------------------------ planning
+
+    def lookup(self, conn: Connection) -> Any:
+        """A cache look-up function for the planner, reading through ``conn``."""
+
+        def look(key: str) -> CachedResult | None:
+            hit = runs.lookup_cache(conn, key)
+            if hit is None:
+                return None
+            tid, outs = hit
+            return CachedResult(
+                tuple(OutputDigest(o.name, o.digest, o.size, o.content_type, o.codec) for o in outs), tid
+            )
+
+        return look
+
+    def plan(
+        self,
+        pipeline: Pipeline | str,
+        inputs: Sequence[InputRef],
+        params: Mapping[str, Any] | None = None,
+        force: bool = False,
+    ) -> Plan:
+        """A dry run: which tasks would run and which are cached. Changes nothing."""
+        p = resolve_pipeline(pipeline)
+        with self.home.db.read() as conn:
+            return plan(p, inputs, split_params(p, params), self.lookup(conn), force)
+
+    # ------------------------------------------------------------------ submitting
+
+    def submit(
+        self,
+        actor: Actor,
+        pipeline: Pipeline | str,
+        inputs: Sequence[InputRef],
+        *,
+        source: str | None = None,
+        dest: str | None = None,
+        params: Mapping[str, Any] | None = None,
+        force: bool = False,
+        reason: str = "",
+        executor: str | None = None,
+        dataflow_id: int | None = None,
+        dataflow_version: int | None = None,
+        parent_run_id: int | None = None,
+        conn: Connection | None = None,
+        scheduler: Scheduler | None = None,
+    ) -> int:
+        """Record a run (queued) of ``pipeline`` over ``inputs``; returns its id.
+
+        Pass ``conn`` to record it inside the caller's write transaction (a trigger advancing its
+        cursor). A pipeline without a reference can only be run by ``scheduler`` (in this process).
+        """
+        if conn is None:
+            with self.home.db.write() as own:
+                return self.submit(
+                    actor,
+                    pipeline,
+                    inputs,
+                    source=source,
+                    dest=dest,
+                    params=params,
+                    force=force,
+                    reason=reason,
+                    executor=executor,
+                    dataflow_id=dataflow_id,
+                    dataflow_version=dataflow_version,
+                    parent_run_id=parent_run_id,
+                    conn=own,
+                    scheduler=scheduler,
+                )
+        p = resolve_pipeline(pipeline)
+        ref = pipeline if isinstance(pipeline, str) else p.ref
+        if ref is None and scheduler is None:
+            raise InvalidInput(
+                f"pipeline {p.name!r} was built in Python and has no reference; run it with pipeline.run(...) "
+                "or Engine.run(...), or load it from a module or file"
+            )
+        src_id = dest_id = None
+        if source:
+            source = "/".join(split_path(source))
+            require(conn, actor, source, Level.READ)
+            src_id = conn.execute(select(Folder.id).where(Folder.path == source)).scalar()
+        if dest:
+            dest = "/".join(split_path(dest))
+            if not conn.execute(select(Folder.id).where(Folder.path == dest)).first():
+                raise NotFound(f"no destination folder {dest!r}; create it with `datamill folder create`")
+            require(conn, actor, dest, Level.WRITE)
+            dest_id = conn.execute(select(Folder.id).where(Folder.path == dest)).scalar()
+        for r in inputs:
+            if level_on(conn, actor, r.folder) < Level.READ:
+                raise NotFound(f"no folder {r.folder!r}, or you may not see it", path=r.folder)
+        overrides = split_params(p, params)
+        the_plan = plan(p, inputs, overrides, self.lookup(conn), force)
+        new_tasks = [
+            runs.NewTask(
+                planned_id=t.id,
+                step=t.step,
+                step_code=t.step_code,
+                key=t.key,
+                deps=t.deps,
+                params=t.params,
+                max_attempts=t.max_attempts,
+                item_version_id=t.item.version_id if t.item is not None else None,
+                item_name=t.item.path if t.item is not None else None,
+                item_digest=t.item.digest if t.item is not None and p.step(t.step).uses_item else None,
+            )
+            for t in the_plan.tasks
+        ]
+        run_id = runs.create_run(
+            conn,
+            pipeline_ref=ref or f"<python:{p.name}>",
+            pipeline_name=p.name,
+            tasks=new_tasks,
+            inputs=[input_ref_to_dict(r) for r in the_plan.inputs],
+            requested_by=actor.id,
+            reason=reason,
+            force=force,
+            params={"user": dict(params or {}), "steps": overrides},
+            source_folder=source,
+            dest_folder=dest,
+            dest_folder_id=dest_id or src_id,
+            folder_id=dest_id or src_id,
+            dataflow_id=dataflow_id,
+            dataflow_version=dataflow_version,
+            executor=executor or self.home.settings.executor,
+            parent_run_id=parent_run_id,
+        )
+        if ref is None and scheduler is not None:
+            scheduler.pipelines[run_id] = p
+        return run_id
+
+    def run(
+        self,
+        actor: Actor,
+        pipeline: Pipeline | str,
+        inputs: Sequence[InputRef],
+        *,
+        executor: str | None = None,
+        workers: int | None = None,
+        **options: Any,
+    ) -> dict[str, Any]:
+        """Submit a run and execute it here with a scheduler of our own; returns the finished run."""
+
+        async def go() -> int:
+            sched = Scheduler(self.home, executor or self.home.settings.executor, workers=workers)
+            async with sched:
+                run_id = await asyncio.to_thread(
+                    self.submit, actor, pipeline, inputs, executor=sched.executor.name, scheduler=sched, **options
+                )
+                await sched.run_until_idle([run_id])
+                return run_id
+
+        run_id = asyncio.run(go())
+        return self.get_run(actor, run_id)
+
+    # ------------------------------------------------------------------ reading
+
+    def _visible(self, conn: Connection, actor: Actor, row: Any) -> bool:
+        if actor.is_admin or row.requested_by == actor.id:
+            return True
+        for path in (row.source_folder, row.dest_folder):
+            if path and conn.execute(select(Folder.id).where(Folder.path == path)).first():
+                if level_on(conn, actor, path) >= Level.READ:
+                    return True
+        return False
+
+    def _run_row(self, conn: Connection, actor: Actor, run_id: int) -> Any:
+        row = conn.execute(select(Run).where(Run.id == run_id)).first()
+        if row is None or not self._visible(conn, actor, row):
+            raise NotFound(f"no run {run_id}; list runs with `datamill runs ls`", run_id=run_id)
+        return row
+
+    def get_run(self, actor: Actor, run_id: int) -> dict[str, Any]:
+        """A run with its task counts."""
+        with self.home.db.read() as conn:
+            self._run_row(conn, actor, run_id)
+            out = runs.get_run(conn, run_id)
+            assert out is not None
+            return out
+
+    def list_runs(self, actor: Actor, limit: int = 50, status: str | None = None) -> list[dict[str, Any]]:
+        """Runs the actor may see, newest first."""
+        with self.home.db.read() as conn:
+            rows = conn.execute(select(Run).order_by(Run.id.desc()).limit(limit * 4 if limit else None)).all()
+            out = [
+                runs.run_dict(r) for r in rows if self._visible(conn, actor, r) and (not status or r.status == status)
+            ]
+            return out[:limit] if limit else out
+
+    def tasks(self, actor: Actor, run_id: int) -> list[runs.TaskRow]:
+        """A run's tasks."""
+        with self.home.db.read() as conn:
+            self._run_row(conn, actor, run_id)
+            return runs.list_tasks(conn, run_id)
+
+    def task(self, actor: Actor, task_id: int) -> runs.TaskRow:
+        """One task."""
+        with self.home.db.read() as conn:
+            t = runs.get_task(conn, task_id)
+            if t is None:
+                raise NotFound(f"no task {task_id}", task_id=task_id)
+            self._run_row(conn, actor, t.run_id)
+            return t
+
+    # ------------------------------------------------------------------ control
+
+    def cancel(self, actor: Actor, run_id: int) -> bool:
+        """Request cancellation: queued tasks are cancelled now, running ones killed by their scheduler."""
+        with self.home.db.write() as conn:
+            row = self._run_row(conn, actor, run_id)
+            if not (actor.is_admin or row.requested_by == actor.id):
+                dest = row.dest_folder or row.source_folder
+                if not dest or level_on(conn, actor, dest) < Level.WRITE:
+                    raise PermissionDenied(f"you may not cancel run {run_id}")
+            return runs.request_cancel(conn, run_id, actor.id, row.dest_folder_id)
+
+    def retry(self, actor: Actor, run_id: int) -> int:
+        """Resume a run as a new run over the same inputs: finished tasks are cached, the rest run again."""
+        with self.home.db.read() as conn:
+            row = self._run_row(conn, actor, run_id)
+        if row.status not in (runs.RunStatus.FAILED, runs.RunStatus.CANCELLED):
+            raise InvalidInput(f"run {run_id} is {row.status}; only failed or cancelled runs can be retried")
+        from datamill.engine.scheduler import input_ref_from_dict
+
+        return self.submit(
+            actor,
+            row.pipeline_ref,
+            [input_ref_from_dict(d) for d in row.inputs],
+            source=row.source_folder,
+            dest=row.dest_folder,
+            params=(row.params or {}).get("user"),
+            reason=f"retry of run {run_id}",
+            executor=row.executor,
+            dataflow_id=row.dataflow_id,
+            dataflow_version=row.dataflow_version,
+            parent_run_id=run_id,
+        )
+
+    # ------------------------------------------------------------------ explaining
+
+    def why(self, actor: Actor, task_id: int) -> dict[str, Any]:
+        """A task's key parts and, for a task that ran, what differs from the nearest earlier task of its step."""
+        t = self.task(actor, task_id)
+        with self.home.db.read() as conn:
+            row = conn.execute(select(Run).where(Run.id == t.run_id)).one()
+            inputs = conn.execute(select(Task.planned_id).where(Task.run_id == t.run_id)).all()
+            del inputs
+            parts = self._parts(conn, row, t)
+            out: dict[str, Any] = {
+                "task": t.id,
+                "run": t.run_id,
+                "step": t.step,
+                "status": t.status,
+                "key": t.key,
+                "parts": parts,
+            }
+            if t.status == runs.TaskStatus.CACHED:
+                out["explanation"] = f"cached: task {t.cached_from} had the same key and its outputs were reused"
+                return out
+            earlier = conn.execute(
+                select(Task)
+                .where(Task.step == t.step, Task.id < t.id, Task.key.is_not(None), Task.key != t.key)
+                .order_by(Task.id.desc())
+                .limit(50)
+            ).all()
+            best: tuple[int, list[str], int] | None = None
+            for e in earlier:
+                erun = conn.execute(select(Run).where(Run.id == e.run_id)).one()
+                try:
+                    eparts = self._parts(conn, erun, runs._task_row(e))
+                except Exception:  # its pipeline no longer loads: skip it
+                    continue
+                diff = keys.diff_parts(eparts, parts)
+                if best is None or len(diff) < len(best[1]):
+                    best = (e.id, diff, e.run_id)
+                if best and len(best[1]) <= 1:
+                    break
+            if best is None:
+                out["explanation"] = f"ran: no earlier task of step {t.step!r} had a key to compare with"
+            else:
+                out["nearest"] = {"task": best[0], "run": best[2], "differs": best[1]}
+                out["explanation"] = (
+                    f"ran: compared with task {best[0]} (run {best[2]}), these parts differ: {', '.join(best[1])}"
+                )
+            return out
+
+    def _parts(self, conn: Connection, row: Any, t: runs.TaskRow) -> dict[str, Any]:
+        from datamill.engine.scheduler import input_ref_from_dict
+
+        pipeline = load_pipeline(row.pipeline_ref)
+        the_plan = plan(pipeline, [input_ref_from_dict(d) for d in row.inputs], (row.params or {}).get("steps"))
+        pt = the_plan.task(t.planned_id)
+        upstream: dict[str, list[runs.OutputRecord]] = {}
+        for dep in pt.deps:
+            dep_row = conn.execute(select(Task.id).where(Task.run_id == row.id, Task.planned_id == dep)).scalar()
+            got = runs.get_task(conn, dep_row) if dep_row is not None else None
+            upstream[dep] = got.outputs if got is not None else []
+        return the_plan.key_parts_for(pt, upstream)
+
+    # ------------------------------------------------------------------ logs
+
+    def log_text(self, actor: Actor, task_id: int) -> str:
+        """A task's log so far (running: from its live file; finished: from its blob)."""
+        return "".join(self.iter_log(actor, task_id, follow=False))
+
+    def iter_log(self, actor: Actor, task_id: int, follow: bool = False, poll: float = 0.2) -> Iterator[str]:
+        """Yield a task's log text; with ``follow``, keep yielding until the task ends."""
+        import time
+
+        t = self.task(actor, task_id)
+        live = self.home.path / "logs" / f"task-{task_id}.log"
+        offset = 0
+        while True:
+            if t.log_digest:
+                data = self.home.blobs.read(t.log_digest).decode("utf-8", "replace")
+                yield data[offset:]
+                return
+            if live.exists():
+                with open(live, encoding="utf-8", errors="replace") as f:
+                    f.seek(offset)
+                    chunk = f.read()
+                    offset += len(chunk.encode("utf-8"))
+                if chunk:
+                    yield chunk
+            if not follow or t.status in runs.FINISHED_TASK:
+                return
+            time.sleep(poll)
+            t = self.task(actor, task_id)

@@ -1,0 +1,755 @@
+"""The scheduler: drives recorded runs to completion, sending ready tasks to an executor.
+
+One loop per run (:meth:`Scheduler.drive`) repeats: find ready tasks (queued, inputs done),
+compute keys now known, answer cache hits in one transaction, claim the rest atomically (with a
+lease) up to the executor's capacity, and record whatever finished in one transaction. Batching
+is what lets thousands of tasks per second be recorded on SQLite.
+
+Several schedulers (processes) may drive the same home or PostgreSQL database: a task is run only
+by the scheduler whose UPDATE claimed it, ends only once (the end is conditional on its status),
+and a task whose scheduler died is requeued when its lease expires.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import os
+import shutil
+import time
+import uuid
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from sqlalchemy import Connection, select, update
+
+from datamill.db.models import Run, TaskOutput
+from datamill.engine import runs
+from datamill.engine.planner import Plan, PlannedTask, plan
+from datamill.engine.runs import OutputRecord, RunStatus, TaskRow, TaskStatus
+from datamill.errors import Cancelled, DatamillError, InvalidPipeline, StepFailed
+from datamill.executors.base import Executor, LogMessage, Message, ProgressMessage, PythonCall, get_executor
+from datamill.home import Home
+from datamill.pipeline import Pipeline, load_pipeline
+from datamill.pipeline.inputs import InputRef
+from datamill.pipeline.runner import OutputFile, run_step
+from datamill.store.access import Actor
+from datamill.store.blobs import BlobInfo, LocalBlobStore, digest_bytes
+from datamill.store.names import join_path
+
+log = logging.getLogger("datamill.scheduler")
+
+#: Outputs up to this size are kept in the database row instead of as a blob file: a trivial
+#: task then costs no file write and fsync.
+INLINE_LIMIT = 4096
+
+
+@dataclass
+class _Done:
+    """A task's end, computed off the database and recorded later in a batch."""
+
+    task: TaskRow
+    planned: PlannedTask
+    status: TaskStatus
+    outputs: list[OutputRecord] = field(default_factory=list)
+    publish: list[tuple[str, str, str]] = field(default_factory=list)  # (output name, published name, ctype)
+    error: str | None = None
+    traceback: str | None = None
+    cached_from: int | None = None
+    key: str | None = None
+    retry_at: float | None = None
+    log_path: Path | None = None
+    inputs: list[dict[str, Any]] = field(default_factory=list)
+
+
+def input_ref_from_dict(d: Mapping[str, Any]) -> InputRef:
+    """An :class:`InputRef` from its JSON form as kept in ``runs.inputs``."""
+    return InputRef(
+        item_id=d.get("item_id"),
+        version_id=d.get("version_id"),
+        folder=d["folder"],
+        name=d["name"],
+        version=int(d["version"]),
+        digest=d["digest"],
+        size=int(d["size"]),
+        content_type=d.get("content_type", "application/octet-stream"),
+        metadata=d.get("metadata") or {},
+    )
+
+
+def input_ref_to_dict(r: InputRef) -> dict[str, Any]:
+    """The JSON form of an :class:`InputRef`."""
+    return {
+        "item_id": r.item_id,
+        "version_id": r.version_id,
+        "folder": r.folder,
+        "name": r.name,
+        "version": r.version,
+        "digest": r.digest,
+        "size": r.size,
+        "content_type": r.content_type,
+        "metadata": dict(r.metadata),
+    }
+
+
+class Scheduler:
+    """Runs queued runs of one home on one executor."""
+
+    def __init__(
+        self,
+        home: Home,
+        executor: Executor | str | None = None,
+        *,
+        workers: int | None = None,
+        lease_seconds: float = 30.0,
+        owner: str | None = None,
+        clock: Callable[[], float] = time.time,
+    ) -> None:
+        self.home = home
+        name = executor if isinstance(executor, str) else None
+        if executor is None or isinstance(executor, str):
+            name = name or home.settings.executor
+            opts: dict[str, Any] = {}
+            if name == "local":
+                opts["workers"] = workers if workers is not None else (home.settings.workers or 0)
+            self.executor: Executor = get_executor(name, **opts)
+        else:
+            self.executor = executor
+        self.lease_seconds = lease_seconds
+        self.owner = owner or f"{os.uname().nodename}:{os.getpid()}:{uuid.uuid4().hex[:8]}"
+        self.clock = clock
+        self.work_root = home.path / "work"
+        self.log_root = home.path / "logs"
+        self.log_root.mkdir(parents=True, exist_ok=True)
+        #: pipelines without a reference (built in Python), by run id; they cannot resume elsewhere
+        self.pipelines: dict[int, Pipeline] = {}
+        self._ref_cache: dict[str, Pipeline] = {}
+        self._active: dict[int, asyncio.Task[Any]] = {}
+        self._started = False
+        self._slots: asyncio.Semaphore | None = None
+        self._heartbeat: asyncio.Task[None] | None = None
+
+    # ------------------------------------------------------------------ lifecycle
+
+    @property
+    def capacity(self) -> int:
+        """How many tasks this scheduler keeps in flight."""
+        cap = self.executor.capacity
+        # Inline runs calls one after another in the loop; claiming a batch lets us record a batch.
+        return 256 if cap is None else max(1, cap) * 2
+
+    async def start(self) -> None:
+        """Start the executor and the lease heartbeat."""
+        if self._started:
+            return
+        await self.executor.start()
+        self._slots = asyncio.Semaphore(self.capacity)
+        self._heartbeat = asyncio.create_task(self._renew_leases())
+        self._started = True
+
+    async def close(self) -> None:
+        """Stop driving runs (their tasks stay claimed until their leases expire) and close the executor."""
+        for t in list(self._active.values()):
+            t.cancel()
+        for t in list(self._active.values()):
+            with contextlib.suppress(BaseException):
+                await t
+        self._active.clear()
+        if self._heartbeat is not None:
+            self._heartbeat.cancel()
+            with contextlib.suppress(BaseException):
+                await self._heartbeat
+        await self.executor.close()
+        self._started = False
+
+    async def __aenter__(self) -> Scheduler:
+        await self.start()
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.close()
+
+    async def _renew_leases(self) -> None:
+        while True:
+            await asyncio.sleep(self.lease_seconds / 3)
+            try:
+                await asyncio.to_thread(self._renew_now)
+            except DatamillError:
+                log.exception("could not renew task leases")
+
+    def _renew_now(self) -> None:
+        with self.home.db.write() as conn:
+            runs.renew_leases(conn, self.owner, self.lease_seconds)
+
+    # ------------------------------------------------------------------ finding work
+
+    def pending_runs(self) -> list[int]:
+        """Runs that are queued or running (oldest request first), after requeueing expired tasks."""
+        with self.home.db.write() as conn:
+            runs.reclaim_expired(conn, self.clock())
+        with self.home.db.read() as conn:
+            return list(
+                conn.execute(
+                    select(Run.id).where(Run.status.in_([RunStatus.QUEUED, RunStatus.RUNNING])).order_by(Run.id)
+                ).scalars()
+            )
+
+    async def run_until_idle(self, run_ids: list[int] | None = None) -> None:
+        """Drive the given runs (all pending ones by default) until none has work this scheduler can do."""
+        await self.start()
+        while True:
+            ids = run_ids if run_ids is not None else self.pending_runs()
+            todo = [i for i in ids if i not in self._active]
+            if not todo and not self._active:
+                return
+            for rid in todo:
+                self._spawn(rid)
+            await asyncio.wait(list(self._active.values()), return_when=asyncio.ALL_COMPLETED)
+            if run_ids is not None:
+                return
+
+    async def serve(self, stop: asyncio.Event, poll: float = 0.5) -> None:
+        """Drive runs as they are recorded until ``stop`` is set."""
+        await self.start()
+        cursor = self.home.events.latest()
+        while not stop.is_set():
+            for rid in await asyncio.to_thread(self.pending_runs):
+                if rid not in self._active:
+                    self._spawn(rid)
+            # Wake on any new event (a run was queued) or after ``poll`` to reclaim leases.
+            waiter = asyncio.create_task(asyncio.to_thread(self.home.events.wait, cursor, poll))
+            stopper = asyncio.create_task(stop.wait())
+            await asyncio.wait([waiter, stopper], return_when=asyncio.FIRST_COMPLETED)
+            stopper.cancel()
+            with contextlib.suppress(BaseException):
+                await waiter
+            cursor = await asyncio.to_thread(self.home.events.latest)
+
+    def _spawn(self, run_id: int) -> None:
+        task = asyncio.create_task(self._drive_safely(run_id), name=f"datamill-run-{run_id}")
+        self._active[run_id] = task
+        task.add_done_callback(lambda _t, rid=run_id: self._active.pop(rid, None))  # type: ignore[misc]
+
+    async def _drive_safely(self, run_id: int) -> None:
+        try:
+            await self.drive(run_id)
+        except asyncio.CancelledError:
+            raise
+        except Exception as exc:
+            log.exception("run %s failed in the scheduler", run_id)
+            await asyncio.to_thread(self._fail_run, run_id, f"scheduler error: {type(exc).__name__}: {exc}")
+
+    def _fail_run(self, run_id: int, message: str) -> None:
+        """End a run that cannot be driven (its pipeline does not load, ...): its queued tasks fail."""
+        with self.home.db.write() as conn:
+            folder_id = runs.run_folder_id(conn, run_id)
+            conn.execute(update(Run).where(Run.id == run_id).values(error=message))
+            for t in runs.list_tasks(conn, run_id, with_outputs=False):
+                if t.status == TaskStatus.QUEUED:
+                    runs.finish_task(conn, t.id, run_id, TaskStatus.FAILED, folder_id, error=message)
+            runs.finish_run_if_done(conn, run_id, folder_id)
+
+    # ------------------------------------------------------------------ one run
+
+    def pipeline_for(self, run_id: int, ref: str) -> Pipeline:
+        """The pipeline of a run: registered in-process, or loaded from its reference."""
+        if run_id in self.pipelines:
+            return self.pipelines[run_id]
+        if not ref or ref.startswith("<"):
+            raise InvalidPipeline(
+                f"run {run_id} used a pipeline built in Python ({ref or 'no reference'}) by a process that "
+                "has ended; it cannot be resumed elsewhere. Start a new run from a module or file reference."
+            )
+        if ref not in self._ref_cache:
+            self._ref_cache[ref] = load_pipeline(ref)
+        return self._ref_cache[ref]
+
+    def _load_run(self, run_id: int) -> tuple[Any, Plan, Actor, dict[str, TaskRow]]:
+        with self.home.db.read() as conn:
+            row = conn.execute(select(Run).where(Run.id == run_id)).first()
+            if row is None:
+                raise DatamillError(f"no run {run_id}")
+            tasks = runs.list_tasks(conn, run_id)
+        pipeline = self.pipeline_for(run_id, row.pipeline_ref)
+        inputs = [input_ref_from_dict(d) for d in row.inputs or []]
+        the_plan = plan(pipeline, inputs, row.params.get("steps") if row.params else None)
+        actor = self.home.admin
+        if row.requested_by is not None and row.requested_by != self.home.admin.id:
+            from datamill.db.models import User
+
+            with self.home.db.read() as conn:
+                u = conn.execute(select(User.id, User.name, User.is_admin).where(User.id == row.requested_by)).first()
+            if u is not None:
+                actor = Actor(u.id, u.name, u.is_admin)
+        return row, the_plan, actor, {t.planned_id: t for t in tasks}
+
+    async def drive(self, run_id: int) -> RunStatus | None:
+        """Run the tasks of one run that this scheduler can claim, until the run ends or nothing is left for it."""
+        await self.start()
+        row, the_plan, actor, tasks = await asyncio.to_thread(self._load_run, run_id)
+        folder_id = row.dest_folder_id
+        if row.status in (RunStatus.SUCCEEDED, RunStatus.FAILED, RunStatus.CANCELLED):
+            return RunStatus(row.status)
+        forced = bool(row.force)
+        running: dict[asyncio.Task[_Done], TaskRow] = {}
+        started = False
+        try:
+            while True:
+                if await asyncio.to_thread(self._cancel_requested, run_id):
+                    for job in running:
+                        job.cancel()
+                    done = await self._collect(running, wait=True)
+                    await asyncio.to_thread(self._record, run_id, folder_id, actor, the_plan, done, tasks)
+                    return await asyncio.to_thread(self._finish, run_id, folder_id)
+                now = self.clock()
+                ready: list[TaskRow] = []
+                blocked: list[_Done] = []
+                for t in tasks.values():
+                    if t.status != TaskStatus.QUEUED or any(t is r for r in running.values()):
+                        continue
+                    deps = [tasks[d] for d in t.deps]
+                    bad = [d for d in deps if d.status in (TaskStatus.FAILED, TaskStatus.CANCELLED)]
+                    if bad:
+                        pt = the_plan.task(t.planned_id)
+                        blocked.append(
+                            _Done(t, pt, TaskStatus.FAILED, error=f"input {bad[0].planned_id} {bad[0].status}")
+                        )
+                        continue
+                    if all(d.status in runs.DONE_OK for d in deps) and (t.not_before or 0) <= now:
+                        ready.append(t)
+                hits, to_run = await asyncio.to_thread(self._resolve_keys, the_plan, ready, tasks, forced)
+                if blocked or hits:
+                    await asyncio.to_thread(self._record, run_id, folder_id, actor, the_plan, blocked + hits, tasks)
+                    continue
+                free = self.capacity - len(running)
+                if to_run and free > 0:
+                    batch = to_run[:free]
+                    if not started:
+                        await asyncio.to_thread(self._start_run, run_id, folder_id)
+                        started = True
+                    claimed = await asyncio.to_thread(self._claim, [t.id for t in batch], folder_id)
+                    for t in batch:
+                        if t.id in claimed:
+                            t.status = TaskStatus.RUNNING
+                            t.attempts += 1
+                            job = asyncio.create_task(self._execute(run_id, the_plan, t, tasks, folder_id))
+                            running[job] = t
+                        else:
+                            # Another scheduler has it: stop considering it here.
+                            t.status = "elsewhere"
+                if not running:
+                    waiting = [t for t in tasks.values() if t.status == TaskStatus.QUEUED]
+                    if not waiting:
+                        return await asyncio.to_thread(self._finish, run_id, folder_id)
+                    delays = [t.not_before - now for t in waiting if t.not_before and t.not_before > now]
+                    if delays:
+                        await asyncio.sleep(min(delays))
+                        continue
+                    if any(t.status == "elsewhere" for t in tasks.values()):
+                        # Tasks held by another scheduler: it will finish the run.
+                        return None
+                    return await asyncio.to_thread(self._finish, run_id, folder_id)
+                done = await self._collect(running, wait=True, timeout=0.25)
+                if done:
+                    await asyncio.to_thread(self._record, run_id, folder_id, actor, the_plan, done, tasks)
+                await asyncio.to_thread(self._flush_progress, run_id, folder_id)
+        except asyncio.CancelledError:
+            for job in running:
+                job.cancel()
+            raise
+
+    # ------------------------------------------------------------------ helpers on the DB (threads)
+
+    def _cancel_requested(self, run_id: int) -> bool:
+        with self.home.db.read() as conn:
+            return bool(conn.execute(select(Run.cancel_requested).where(Run.id == run_id)).scalar())
+
+    def _start_run(self, run_id: int, folder_id: int | None) -> None:
+        with self.home.db.write() as conn:
+            runs.start_run(conn, run_id, folder_id)
+
+    def _claim(self, ids: list[int], folder_id: int | None) -> set[int]:
+        with self.home.db.write() as conn:
+            return set(runs.claim_tasks(conn, ids, self.owner, self.lease_seconds, self.executor.name, folder_id))
+
+    def _finish(self, run_id: int, folder_id: int | None) -> RunStatus | None:
+        with self.home.db.write() as conn:
+            return runs.finish_run_if_done(conn, run_id, folder_id)
+
+    def _resolve_keys(
+        self, the_plan: Plan, ready: list[TaskRow], tasks: dict[str, TaskRow], forced: bool
+    ) -> tuple[list[_Done], list[TaskRow]]:
+        """Compute keys now known; split ready tasks into cache hits and tasks to run."""
+        hits: list[_Done] = []
+        to_run: list[TaskRow] = []
+        lookups: dict[str, list[TaskRow]] = {}
+        for t in ready:
+            pt = the_plan.task(t.planned_id)
+            if t.key is None:
+                upstream = {d: tasks[d].outputs for d in pt.deps}
+                t.key = the_plan.key_for(pt, upstream)
+            assert t.key is not None
+            if forced or pt.forced or not pt.cache:
+                to_run.append(t)
+            else:
+                lookups.setdefault(t.key, []).append(t)
+        if lookups:
+            found = self._lookup_many(list(lookups))
+            for key, group in lookups.items():
+                if key in found:
+                    src_id, outs = found[key]
+                    for t in group:
+                        pt = the_plan.task(t.planned_id)
+                        d = _Done(t, pt, TaskStatus.CACHED, outputs=list(outs), cached_from=src_id, key=key)
+                        d.publish = self._publish_plan(the_plan, pt, outs)
+                        hits.append(d)
+                else:
+                    to_run += group
+        return hits, to_run
+
+    def _lookup_many(self, keys: list[str]) -> dict[str, tuple[int, list[OutputRecord]]]:
+        from datamill.db.models import Task
+
+        out: dict[str, tuple[int, list[OutputRecord]]] = {}
+        with self.home.db.read() as conn:
+            for i in range(0, len(keys), 500):
+                chunk = keys[i : i + 500]
+                rows = conn.execute(
+                    select(Task.key, Task.id)
+                    .where(Task.key.in_(chunk), Task.status == TaskStatus.SUCCEEDED)
+                    .order_by(Task.finished_at)
+                ).all()
+                newest: dict[str, int] = {k: tid for k, tid in rows if k is not None}
+                if not newest:
+                    continue
+                outs = conn.execute(
+                    select(TaskOutput).where(TaskOutput.task_id.in_(list(newest.values()))).order_by(TaskOutput.id)
+                ).all()
+                by_task: dict[int, list[OutputRecord]] = {}
+                for o in outs:
+                    by_task.setdefault(o.task_id, []).append(
+                        OutputRecord(o.name, o.digest, o.size, o.content_type, o.codec, o.inline)
+                    )
+                for k, tid in newest.items():
+                    out[k] = (tid, by_task.get(tid, []))
+        return out
+
+    def _publish_plan(self, the_plan: Plan, pt: PlannedTask, outs: list[OutputRecord]) -> list[tuple[str, str, str]]:
+        ctypes = {o.name: o.content_type for o in outs}
+        return [
+            (po.name, po.published_name, ctypes[po.name])
+            for po in the_plan.output_names(pt, [o.name for o in outs])
+            if po.publish
+        ]
+
+    def _record(
+        self,
+        run_id: int,
+        folder_id: int | None,
+        actor: Actor,
+        the_plan: Plan,
+        done: list[_Done],
+        tasks: dict[str, TaskRow],
+    ) -> None:
+        """Record a batch of task ends (with their outputs and published versions) in one transaction."""
+        if not done:
+            return
+        with self.home.db.read() as conn:
+            row = conn.execute(
+                select(Run.dest_folder, Run.dataflow_id, Run.dataflow_version).where(Run.id == run_id)
+            ).one()
+        dest = row.dest_folder
+        # Make sure the blobs of published outputs exist and subfolders are there, outside the transaction.
+        for d in done:
+            if d.status not in runs.DONE_OK or not dest:
+                continue
+            for out_name, pub_name, _ct in d.publish:
+                rec = next(o for o in d.outputs if o.name == out_name)
+                if rec.inline is not None and not self.home.blobs.exists(rec.digest):
+                    self.home.blobs.put(rec.inline)
+                if "/" in pub_name:
+                    self.home.store.create_folder(actor, join_path(dest, pub_name.rsplit("/", 1)[0]), exist_ok=True)
+        log_digests = {id(d): self._store_log(d) for d in done}
+        with self.home.db.write() as conn:
+            for d in done:
+                t = d.task
+                if d.retry_at is not None:
+                    runs.requeue_task(conn, t.id, run_id, folder_id, d.retry_at, d.error or "")
+                    t.status = TaskStatus.QUEUED
+                    t.not_before = d.retry_at
+                    continue
+                with conn.begin_nested() as sp:
+                    outputs = d.outputs
+                    if d.status in runs.DONE_OK and dest and d.publish:
+                        outputs = self._publish(
+                            conn, actor, dest, run_id, t, d, row.dataflow_id, row.dataflow_version, the_plan
+                        )
+                    if d.inputs:
+                        runs.record_inputs(conn, t.id, d.inputs)
+                    ok = runs.finish_task(
+                        conn,
+                        t.id,
+                        run_id,
+                        d.status,
+                        folder_id,
+                        outputs=outputs,
+                        error=d.error,
+                        traceback=d.traceback,
+                        log_digest=log_digests[id(d)],
+                        cached_from=d.cached_from,
+                        key=d.key,
+                    )
+                    if not ok:
+                        sp.rollback()
+                        t.status = "elsewhere"
+                        continue
+                t.status = d.status
+                t.outputs = list(outputs)
+                t.error = d.error
+        for d in done:
+            if d.log_path is not None:
+                d.log_path.unlink(missing_ok=True)
+
+    def _publish(
+        self,
+        conn: Connection,
+        actor: Actor,
+        dest: str,
+        run_id: int,
+        t: TaskRow,
+        d: _Done,
+        dataflow_id: int | None,
+        dataflow_version: int | None,
+        the_plan: Plan,
+    ) -> list[OutputRecord]:
+        """Commit published outputs as item versions in the destination; returns outputs with version ids.
+
+        An item whose current version already has the same bytes is left alone (its version is
+        referenced), so re-running a dataflow over unchanged inputs adds no versions.
+        """
+        by_name = {o.name: o for o in d.outputs}
+        # A per-item task derives from its item; an aggregate task from every input of the run.
+        inputs = [d.planned.item] if d.planned.item is not None else list(the_plan.inputs)
+        provenance = {
+            "wasGeneratedBy": {
+                "run": run_id,
+                "task": t.id,
+                "step": t.step,
+                "step_code": t.step_code,
+                "dataflow": dataflow_id,
+                "dataflow_version": dataflow_version,
+            },
+            "wasDerivedFrom": [
+                {"folder": r.folder, "name": r.name, "version": r.version, "digest": r.digest} for r in inputs
+            ],
+        }
+        meta: dict[str, Any] = {"provenance": provenance}
+        if dataflow_id is not None:
+            meta["dataflow"] = self._dataflow_name(conn, dataflow_id)
+        for out_name, pub_name, ctype in d.publish:
+            rec = by_name[out_name]
+            folder = dest
+            name = pub_name
+            if "/" in pub_name:
+                sub, name = pub_name.rsplit("/", 1)
+                folder = join_path(dest, sub)
+            current = self.home.store.current_version(conn, folder, name)
+            if current is not None and current[1] == rec.digest:
+                vid = current[0]
+            else:
+                info = self.home.store.commit_version(
+                    actor,
+                    folder,
+                    name,
+                    BlobInfo(rec.digest, rec.size),
+                    ctype,
+                    meta,
+                    created_via="run",
+                    run_id=run_id,
+                    task_id=t.id,
+                    conn=conn,
+                )
+                vid = info.version_id
+            by_name[out_name] = OutputRecord(
+                rec.name, rec.digest, rec.size, rec.content_type, rec.codec, rec.inline, vid
+            )
+        return [by_name[o.name] for o in d.outputs]
+
+    def _dataflow_name(self, conn: Connection, dataflow_id: int) -> str | None:
+        from datamill.db.models import Dataflow
+
+        return conn.execute(select(Dataflow.name).where(Dataflow.id == dataflow_id)).scalar()
+
+    def _store_log(self, d: _Done) -> str | None:
+        path = d.log_path
+        if d.traceback and path is not None:
+            with open(path, "a", encoding="utf-8") as f:
+                f.write(d.traceback)
+        if path is None or not path.exists() or path.stat().st_size == 0:
+            return None
+        with open(path, "rb") as f:
+            return self.home.blobs.put(f).digest
+
+    # ------------------------------------------------------------------ progress
+
+    _progress: dict[int, tuple[float, str]]
+
+    def _flush_progress(self, run_id: int, folder_id: int | None) -> None:
+        pending = getattr(self, "_progress", None)
+        if not pending:
+            return
+        self._progress = {}
+        with self.home.db.write() as conn:
+            for task_id, (fraction, message) in pending.items():
+                runs.set_progress(conn, task_id, run_id, folder_id, fraction, message)
+
+    # ------------------------------------------------------------------ running one task
+
+    def log_path(self, task_id: int) -> Path:
+        """Where a running task's log lines are appended (read by ``datamill logs --follow``)."""
+        return self.log_root / f"task-{task_id}.log"
+
+    async def _collect(
+        self, running: dict[asyncio.Task[_Done], TaskRow], wait: bool, timeout: float | None = None
+    ) -> list[_Done]:
+        if not running:
+            return []
+        finished, _ = await asyncio.wait(list(running), timeout=timeout, return_when=asyncio.FIRST_COMPLETED)
+        out = []
+        for job in finished:
+            t = running.pop(job)
+            try:
+                out.append(job.result())
+            except asyncio.CancelledError:
+                out.append(_Done(t, None, TaskStatus.CANCELLED, error="run cancelled"))  # type: ignore[arg-type]
+        return out
+
+    async def _execute(
+        self, run_id: int, the_plan: Plan, t: TaskRow, tasks: dict[str, TaskRow], folder_id: int | None
+    ) -> _Done:
+        pt = the_plan.task(t.planned_id)
+        step = the_plan.pipeline.step(pt.step)
+        base = self.work_root / f"run-{run_id}" / f"task-{t.id}" / f"attempt-{t.attempts}"
+        out_dir, scratch = base / "out", base / "scratch"
+        log_path = self.log_path(t.id)
+        log_file = open(log_path, "a", encoding="utf-8", buffering=1)  # noqa: SIM115
+        if not hasattr(self, "_progress"):
+            self._progress = {}
+
+        def on_message(msg: Message) -> None:
+            if isinstance(msg, ProgressMessage):
+                self._progress[t.id] = (msg.fraction, msg.message)
+            elif isinstance(msg, LogMessage):
+                log_file.write(msg.line.rstrip("\n") + "\n")
+
+        try:
+            item_files, upstream, inputs = self._materialize(base, the_plan, pt, tasks)
+            call = the_plan.step_call(
+                pt, output_dir=out_dir, scratch_dir=scratch, item_files=item_files, upstream_outputs=upstream
+            )
+            if step.kind == "command" and self.executor.name == "inline":
+                # A subprocess waited on in the loop thread would stall every other task.
+                result = await asyncio.to_thread(run_step, _LogReporter(log_file), call)
+            else:
+                result = await self.executor.run(PythonCall(run_step, (call,)), on_message, timeout=pt.timeout)
+            outputs = [self._keep_output(o) for o in result.outputs]
+            d = _Done(t, pt, TaskStatus.SUCCEEDED, outputs=outputs, key=t.key, log_path=log_path, inputs=inputs)
+            d.publish = self._publish_plan(the_plan, pt, outputs)
+            return d
+        except asyncio.CancelledError:
+            log_file.write("cancelled\n")
+            raise
+        except (StepFailed, Cancelled, InvalidPipeline) as exc:
+            tb = exc.detail.get("traceback") if isinstance(exc.detail, dict) else None
+            return self._failure(t, pt, exc.message, tb, log_path)
+        except DatamillError as exc:
+            return self._failure(t, pt, exc.message, None, log_path)
+        except Exception as exc:  # a bug in materialising inputs or storing outputs
+            log.exception("task %s failed outside its step", t.id)
+            return self._failure(t, pt, f"{type(exc).__name__}: {exc}", None, log_path)
+        finally:
+            log_file.close()
+            shutil.rmtree(base, ignore_errors=True)
+
+    def _failure(self, t: TaskRow, pt: PlannedTask, message: str, tb: str | None, log_path: Path) -> _Done:
+        d = _Done(t, pt, TaskStatus.FAILED, error=message, traceback=tb, key=t.key, log_path=log_path)
+        if t.attempts < pt.max_attempts:
+            d.retry_at = self.clock() + pt.retry_backoff * (2 ** (t.attempts - 1))
+        return d
+
+    def _materialize(
+        self, base: Path, the_plan: Plan, pt: PlannedTask, tasks: dict[str, TaskRow]
+    ) -> tuple[dict[str, Path], dict[str, list[OutputFile]], list[dict[str, Any]]]:
+        """Local files for a task's inputs: blob files where they exist, else written out."""
+        step = the_plan.pipeline.step(pt.step)
+        files: dict[str, Path] = {}
+        refs: list[InputRef] = []
+        if pt.item is not None and step.uses_item:
+            refs.append(pt.item)
+        if step.uses_items:
+            refs += list(the_plan.inputs)
+        for i, ref in enumerate(refs):
+            # Named like the item, so steps that look at suffixes (read_excel, ...) work.
+            link = base / "in" / str(i) / ref.name
+            link.parent.mkdir(parents=True, exist_ok=True)
+            self._place(ref.digest, None, link)
+            files[ref.path] = link
+        upstream: dict[str, list[OutputFile]] = {}
+        inputs: list[dict[str, Any]] = []
+        for dep in pt.deps:
+            up = tasks[dep]
+            lst = []
+            for j, o in enumerate(up.outputs):
+                target = base / "up" / f"{up.id}-{j}" / Path(o.name).name
+                target.parent.mkdir(parents=True, exist_ok=True)
+                self._place(o.digest, o.inline, target)
+                lst.append(OutputFile(o.name, target, o.content_type, o.codec))
+                inputs.append(
+                    {
+                        "param": dep,
+                        "digest": o.digest,
+                        "upstream_task_id": up.id,
+                        "output_name": o.name,
+                        "version_id": o.version_id,
+                    }
+                )
+            upstream[dep] = lst
+        return files, upstream, inputs
+
+    def _place(self, digest: str, inline: bytes | None, target: Path) -> None:
+        if inline is not None:
+            target.write_bytes(inline)
+            return
+        blobs = self.home.blobs
+        if isinstance(blobs, LocalBlobStore):
+            os.symlink(blobs.path_of(digest), target)
+            return
+        with open(target, "wb") as f:
+            for chunk in blobs.iter_range(digest):
+                f.write(chunk)
+
+    def _keep_output(self, o: OutputFile) -> OutputRecord:
+        size = o.path.stat().st_size
+        if size <= INLINE_LIMIT:
+            data = o.path.read_bytes()
+            return OutputRecord(o.name, digest_bytes(data), size, o.content_type, o.codec, data)
+        with open(o.path, "rb") as f:
+            blob = self.home.blobs.put(f)
+        return OutputRecord(o.name, blob.digest, blob.size, o.content_type, o.codec, None)
+
+
+class _LogReporter:
+    """A reporter writing log lines straight to the task's log file (command steps run inline)."""
+
+    def __init__(self, f: Any) -> None:
+        self.f = f
+
+    def progress(self, fraction: float, message: str = "") -> None:
+        """Progress of inline commands is not reported."""
+
+    def log(self, line: str) -> None:
+        """Append a line to the log file."""
+        self.f.write(line.rstrip("\n") + "\n")
