@@ -1,0 +1,362 @@
+"""Store throughput: big-file upload/download, many small files, listing a big folder.
+
+    .venv/bin/python benchmarks/store.py [--size-mb 1024] [--small 10000] [--list 100000] [--home DIR]
+
+Prints ONE JSON object on stdout (progress goes to stderr). Measured, each against its target:
+
+* upload and download of one ``--size-mb`` file through the embedded client (``LocalClient.put``
+  from a file on disk, ``Client.download`` to a file) and, when ``datamill.api.server`` is there,
+  through the REST API (``RemoteClient`` against ``start_background_server`` in this process).
+  Each is compared with a plain copy on the same disk (``shutil.copyfile`` + fsync); the download
+  is timed up to an fsync of the file it wrote, so both sides end with the bytes on disk.
+  Target: at least 0.8 of the copy's speed.
+* ``--small`` files of 1 KB, each with distinct bytes, put one by one. Target: 1,000 items/s embedded.
+* listing a folder of ``--list`` items with ``client.list_items``. Target: under 1,000 ms.
+  The items are made with direct inserts through SQLAlchemy (``items`` and ``versions`` rows in
+  batches of 5,000, all pointing at one stored blob), since the store has no batch API and one
+  ``put`` per item would take minutes; the listing itself goes through the client.
+* the process's peak RSS growth during the big upload and download (sampled every 2 ms from
+  /proc/self/statm). Target: under 100 MB.
+
+The page cache is not dropped: the source file and the blob are read warm, by the copy as well.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import resource
+import shutil
+import statistics
+import sys
+import tempfile
+import threading
+import time
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+from sqlalchemy import insert, select
+
+from datamill.client import LocalClient
+from datamill.client.base import Client
+from datamill.config import load_settings
+from datamill.db.models import Item, Version
+from datamill.home import Home
+
+MB = 1_000_000
+MiB = 1 << 20
+PAGE = os.sysconf("SC_PAGE_SIZE")
+TARGET_RATIO = 0.8
+TARGET_SMALL_PER_S = 1000
+TARGET_LIST_MS = 1000
+TARGET_RSS_MB = 100
+BATCH = 5000
+
+
+def say(*parts: object) -> None:
+    print(*parts, file=sys.stderr, flush=True)
+
+
+def rss_bytes() -> int:
+    with open("/proc/self/statm") as f:
+        return int(f.read().split()[1]) * PAGE
+
+
+class RssPeak:
+    """Samples this process's RSS in a thread; ``growth_mb`` is the peak above the starting RSS."""
+
+    def __init__(self, interval: float = 0.002) -> None:
+        self.interval = interval
+        self.start = self.peak = rss_bytes()
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+
+    def _run(self) -> None:
+        while not self._stop.wait(self.interval):
+            self.peak = max(self.peak, rss_bytes())
+
+    def __enter__(self) -> RssPeak:
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._stop.set()
+        self._thread.join()
+        self.peak = max(self.peak, rss_bytes())
+
+    @property
+    def growth_mb(self) -> float:
+        return round((self.peak - self.start) / MB, 1)
+
+
+@contextmanager
+def timer() -> Iterator[Callable[[], float]]:
+    t0 = time.perf_counter()
+    elapsed: list[float] = []
+    yield lambda: elapsed[0] if elapsed else time.perf_counter() - t0
+    elapsed.append(time.perf_counter() - t0)
+
+
+def fsync_file(path: Path) -> None:
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def make_source(path: Path, size: int) -> None:
+    """``size`` random bytes (incompressible, and no two runs alike), fsynced."""
+    chunk = 16 * MiB
+    with open(path, "wb") as f:
+        left = size
+        while left > 0:
+            n = min(chunk, left)
+            f.write(os.urandom(n))
+            left -= n
+        f.flush()
+        os.fsync(f.fileno())
+
+
+def copy_seconds(src: Path, dst: Path) -> float:
+    """A plain copy on the same disk, ending with its bytes on disk."""
+    with timer() as t:
+        shutil.copyfile(src, dst)
+        fsync_file(dst)
+    dst.unlink()
+    return t()
+
+
+def rate(size: int, seconds: float) -> float:
+    return round(size / MB / seconds, 1)
+
+
+def big_file(client: Client, src: Path, work: Path, folder: str, rounds: int) -> dict[str, Any]:
+    """Upload ``src`` and download it again, ``rounds`` times, each right after a plain copy.
+
+    The disk of a shared machine is noisy (the same copy can take twice as long a minute later),
+    so copies and transfers are interleaved and the medians reported.
+    """
+    size = src.stat().st_size
+    client.create_folder(folder, exist_ok=True)
+    up: list[float] = []
+    down: list[float] = []
+    copy_up: list[float] = []
+    copy_down: list[float] = []
+    rss = 0.0
+    dest = work / "downloaded.bin"
+    for r in range(rounds):
+        copy_up.append(copy_seconds(src, work / "copy.bin"))
+        with RssPeak() as peak, timer() as t, open(src, "rb") as f:
+            info = client.put(folder, "big.bin", f, size=size)
+        up.append(t())
+        rss = max(rss, peak.growth_mb)
+        assert info.size == size, info
+
+        copy_down.append(copy_seconds(src, work / "copy.bin"))
+        with RssPeak() as peak, timer() as t:
+            got = client.download(f"{folder}/big.bin", dest)
+            fsync_file(dest)
+        down.append(t())
+        rss = max(rss, peak.growth_mb)
+        assert got.digest == info.digest and dest.stat().st_size == size
+        dest.unlink()
+        say(
+            f"  round {r + 1}: upload {rate(size, up[-1])} MB/s (copy {rate(size, copy_up[-1])}), "
+            f"download {rate(size, down[-1])} MB/s (copy {rate(size, copy_down[-1])}), RSS +{rss} MB"
+        )
+
+    def summary(times: list[float], copies: list[float]) -> dict[str, Any]:
+        ratios = [c / t for t, c in zip(times, copies, strict=True)]
+        return {
+            "MB_per_s": rate(size, statistics.median(times)),
+            "copy_MB_per_s": rate(size, statistics.median(copies)),
+            "ratio": round(statistics.median(ratios), 2),
+            "ratio_per_round": [round(x, 2) for x in ratios],
+            "seconds_per_round": [round(x, 2) for x in times],
+        }
+
+    upload, download = summary(up, copy_up), summary(down, copy_down)
+    return {
+        "size_mb": round(size / MB, 1),
+        "rounds": rounds,
+        "upload": upload,
+        "download": download,
+        "peak_rss_growth_mb": rss,
+        "target_ratio": TARGET_RATIO,
+        "target_rss_growth_mb": TARGET_RSS_MB,
+        "ok": upload["ratio"] >= TARGET_RATIO and download["ratio"] >= TARGET_RATIO and rss < TARGET_RSS_MB,
+    }
+
+
+def small_files(client: Client, n: int, folder: str) -> dict[str, Any]:
+    """``n`` puts of 1 KB each, all different."""
+    client.create_folder(folder, exist_ok=True)
+    with timer() as t:
+        for i in range(n):
+            client.put(folder, f"f{i:07d}.bin", f"{i:08d}".encode() * 128)
+    per_s = round(n / t(), 1)
+    say(f"  {n} small files: {per_s}/s")
+    return {"count": n, "bytes_each": 1024, "seconds": round(t(), 2), "items_per_s": per_s}
+
+
+def fill_folder(home: Home, folder: str, n: int) -> dict[str, Any]:
+    """``n`` items in ``folder`` by direct inserts (one version each, all pointing at one blob)."""
+    store, admin = home.store, home.admin
+    store.create_folder(admin, folder, exist_ok=True)
+    blob = home.blobs.put(b"listing benchmark\n")
+    now = time.time()
+    with timer() as t, home.db.write() as conn:
+        fid = store.get_folder(admin, folder).id
+        store._ensure_blob(conn, blob)
+        for start in range(0, n, BATCH):
+            names = [f"item-{i:07d}.csv" for i in range(start, min(n, start + BATCH))]
+            conn.execute(
+                insert(Item),
+                [
+                    {
+                        "folder_id": fid,
+                        "name": name,
+                        "meta": {"batch": start // BATCH},
+                        "current_version": 1,
+                        "created_at": now,
+                        "updated_at": now,
+                    }
+                    for name in names
+                ],
+            )
+            ids = conn.execute(select(Item.id).where(Item.folder_id == fid, Item.name.in_(names))).scalars().all()
+            conn.execute(
+                insert(Version),
+                [
+                    {
+                        "item_id": item_id,
+                        "number": 1,
+                        "digest": blob.digest,
+                        "size": blob.size,
+                        "content_type": "text/csv",
+                        "created_by": admin.id,
+                        "created_via": "benchmark",
+                        "created_at": now,
+                    }
+                    for item_id in ids
+                ],
+            )
+    say(f"  filled {folder!r} with {n} items in {t():.1f} s")
+    return {"items": n, "seconds_to_create": round(t(), 1)}
+
+
+def listing(client: Client, folder: str, n: int, runs: int = 3) -> dict[str, Any]:
+    times = []
+    for _ in range(runs):
+        with timer() as t:
+            items = client.list_items(folder)
+        assert len(items) == n, len(items)
+        times.append(t() * 1000)
+    say(f"  list {n} items: {[round(x) for x in times]} ms")
+    return {"items": n, "ms_first": round(times[0], 1), "ms_best": round(min(times), 1), "runs": runs}
+
+
+def try_api(home: Home) -> tuple[Any, Client | None, str | None]:
+    """``(server, client, None)`` if the REST API can be served here, else ``(None, None, reason)``."""
+    try:
+        from datamill.api.server import start_background_server
+        from datamill.client.remote import RemoteClient
+    except ImportError as exc:
+        return None, None, f"the REST API is not there yet: {exc}"
+    try:
+        server = start_background_server(home, port=0)
+    except Exception as exc:
+        return None, None, f"the API server did not start: {exc!r}"
+    token = home.admin_token()
+    return server, RemoteClient(server.url, token, timeout=600), None
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--size-mb", type=int, default=1024, help="size of the big file in MiB (default 1024)")
+    parser.add_argument("--small", type=int, default=10000, help="how many 1 KB files to put (default 10000)")
+    parser.add_argument("--list", type=int, default=100000, help="items in the listed folder (default 100000)")
+    parser.add_argument("--home", help="datamill home to use (default: a temporary directory, removed afterwards)")
+    parser.add_argument("--database-url", default="", help="database (default: SQLite in the home)")
+    parser.add_argument("--rounds", type=int, default=3, help="big-file rounds; medians are reported (default 3)")
+    parser.add_argument(
+        "--api-small", type=int, default=1000, help="how many 1 KB files to put through the API (default 1000)"
+    )
+    parser.add_argument("--no-api", action="store_true", help="skip the REST API measurements")
+    args = parser.parse_args(argv)
+
+    temp = None if args.home else tempfile.mkdtemp(prefix="datamill-bench.")
+    root = Path(args.home or temp or ".").resolve()
+    work = root / "work"
+    work.mkdir(parents=True, exist_ok=True)
+    result: dict[str, Any] = {
+        "benchmark": "store",
+        "python": platform.python_version(),
+        "cpus": os.cpu_count(),
+        "home": str(root / "home"),
+    }
+    home = Home(load_settings(environ={}, home=str(root / "home"), database_url=args.database_url, demo=False))
+    result["database"] = "postgresql" if not home.db.is_sqlite else "sqlite"
+    server = api = None
+    try:
+        embedded = LocalClient(home)
+        src = work / "source.bin"
+        say(f"writing a {args.size_mb} MiB source file")
+        make_source(src, args.size_mb * MiB)
+
+        say("embedded client")
+        result["embedded"] = {"big_file": big_file(embedded, src, work, "bench-big", args.rounds)}
+        if args.no_api:
+            reason = "skipped (--no-api)"
+        else:
+            server, api, reason = try_api(home)
+        if api is not None:
+            say(f"REST API at {server.url}")
+            result["api"] = {"big_file": big_file(api, src, work, "bench-big-api", args.rounds)}
+        else:
+            result["api"] = None
+            result["api_reason"] = reason
+            say(f"REST API: {reason}")
+        src.unlink()
+
+        result["embedded"]["small_files"] = small_files(embedded, args.small, "bench-small")
+        small = result["embedded"]["small_files"]
+        small["target_items_per_s"] = TARGET_SMALL_PER_S
+        small["ok"] = small["items_per_s"] >= TARGET_SMALL_PER_S
+        if api is not None:
+            result["api"]["small_files"] = small_files(api, args.api_small, "bench-small-api")
+
+        say("listing")
+        fill = fill_folder(home, "bench-list", args.list)
+        result["embedded"]["list_items"] = {**listing(embedded, "bench-list", args.list), "created_with": fill}
+        lst = result["embedded"]["list_items"]
+        lst["target_ms"] = TARGET_LIST_MS
+        lst["ok"] = lst["ms_first"] < TARGET_LIST_MS
+        if api is not None:
+            result["api"]["list_items"] = listing(api, "bench-list", args.list, runs=2)
+
+        result["peak_rss_growth_mb_big_file"] = {
+            "embedded": result["embedded"]["big_file"]["peak_rss_growth_mb"],
+            "api": api and result["api"]["big_file"]["peak_rss_growth_mb"],
+            "target": TARGET_RSS_MB,
+        }
+        result["max_rss_mb"] = round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024 / MB, 1)
+    finally:
+        if api is not None:
+            api.close()
+        if server is not None:
+            server.stop()
+        home.close()
+        if temp:
+            shutil.rmtree(temp, ignore_errors=True)
+    print(json.dumps(result, indent=2))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
