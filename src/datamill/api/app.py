@@ -54,16 +54,25 @@ def _operation_id(route: APIRoute) -> str:
     return route.name
 
 
-def create_app(home: Home, sse_keepalive: float = SSE_KEEPALIVE) -> FastAPI:
-    """The ASGI app serving ``home``."""
+def create_app(home: Home, sse_keepalive: float = SSE_KEEPALIVE, services: bool = False) -> FastAPI:
+    """The ASGI app serving ``home``; with ``services``, it also runs the scheduler, triggers and notifier."""
     silence_uvicorn_access_log()  # ours (AccessLog) leaves out query strings; uvicorn's does not
     broadcaster = EventBroadcaster(home.events)
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        running = None
+        if services:
+            from datamill.services import Services
+
+            running = Services(home)
+            await running.start()
+        app.state.services = running
         try:
             yield
         finally:
+            if running is not None:
+                await running.stop()
             broadcaster.close()
             await blocking(broadcaster.join)
 

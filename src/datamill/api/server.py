@@ -110,8 +110,12 @@ def serve(
     host: str | None = None,
     port: int | None = None,
     on_ready: Callable[[str], None] | None = None,
+    services: bool = True,
 ) -> None:
     """Serve ``home`` until SIGINT/SIGTERM; ``on_ready(url)`` is called once it listens.
+
+    With ``services`` (the default) the scheduler, dataflow triggers and notifier run in the
+    same process, and runs and dataflows left running by a previous process resume.
 
     ``host`` and ``port`` default to the home's settings (127.0.0.1:8765); port 0 picks a free
     port, which ``on_ready`` reports.
@@ -122,7 +126,7 @@ def serve(
     if not logging.getLogger().handlers:
         logging.basicConfig(level=level, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     sock = bind_socket(host, port)
-    app = create_app(home)
+    app = create_app(home, services=services)
     server = _Server(_config(app, home.settings.log_level.lower()), app, url_of(sock), on_ready)
     try:
         server.run(sockets=[sock])
@@ -156,11 +160,19 @@ class ServerHandle:
 
 
 def start_background_server(
-    home: Home, host: str = "127.0.0.1", port: int = 0, sse_keepalive: float | None = None
+    home: Home,
+    host: str = "127.0.0.1",
+    port: int = 0,
+    sse_keepalive: float | None = None,
+    services: bool = False,
 ) -> ServerHandle:
     """Serve ``home`` from a daemon thread; returns once it accepts connections."""
     sock = bind_socket(host, port)
-    app = create_app(home) if sse_keepalive is None else create_app(home, sse_keepalive=sse_keepalive)
+    app = (
+        create_app(home, services=services)
+        if sse_keepalive is None
+        else create_app(home, sse_keepalive=sse_keepalive, services=services)
+    )
     server = _Server(_config(app), app, url_of(sock), None)
     failure: list[BaseException] = []
 

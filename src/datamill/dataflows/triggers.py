@@ -1,0 +1,286 @@
+"""Triggers: turn new items, cron ticks and Start into runs of a dataflow.
+
+Each running dataflow keeps a cursor into the event log. :meth:`Triggers.poll` reads the events
+after it, and when items landed in the source folder it records a run and advances the cursor
+**in the same transaction**, so a process killed at any moment neither misses an item nor
+processes one twice. Runs already recorded are resumed by the scheduler.
+
+Bursts are batched with a leading edge: the first item after a quiet spell starts a run at once
+(low latency); items landing within ``batch_window_ms`` after that go into the next run.
+
+What a run covers: a pipeline of per-item steps only runs over the items that changed; a pipeline
+with an aggregate step runs over every current item of the source (unchanged items' tasks are
+cached, so that is cheap), because the aggregate must see all of them.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import time
+from collections.abc import Callable
+from typing import Any
+
+from sqlalchemy import Connection, select, update
+
+from datamill import events
+from datamill.db.models import Dataflow, Event, Item, Run, Task, TaskInput
+from datamill.engine.engine import Engine
+from datamill.engine.runs import RunStatus, TaskStatus
+from datamill.errors import DatamillError
+from datamill.home import Home
+from datamill.pipeline import load_pipeline
+from datamill.pipeline.inputs import InputRef
+from datamill.store.access import Actor
+
+log = logging.getLogger("datamill.triggers")
+
+ITEM_EVENTS = ("item.created", "item.updated")
+
+
+class Triggers:
+    """Watches running dataflows and records their runs."""
+
+    def __init__(self, home: Home, engine: Engine | None = None, clock: Callable[[], float] = time.time) -> None:
+        self.home = home
+        self.engine = engine or Engine(home)
+        self.clock = clock
+        self._last_fire: dict[int, float] = {}
+
+    # ------------------------------------------------------------------ one pass
+
+    def poll(self, now: float | None = None) -> list[int]:
+        """One pass over every running dataflow; returns the ids of the runs it recorded."""
+        now = self.clock() if now is None else now
+        with self.home.db.read() as conn:
+            ids = list(conn.execute(select(Dataflow.id).where(Dataflow.state == "running")).scalars())
+        created: list[int] = []
+        for fid in ids:
+            try:
+                run_id = self._poll_one(fid, now)
+            except DatamillError as exc:
+                log.warning("dataflow %s: %s", fid, exc.message)
+                self._fail(fid, exc.message)
+                continue
+            if run_id is not None:
+                created.append(run_id)
+        return created
+
+    def next_wakeup(self, now: float | None = None) -> float | None:
+        """Seconds until a batched or scheduled run is due (None: only new events matter)."""
+        now = self.clock() if now is None else now
+        due: list[float] = []
+        with self.home.db.read() as conn:
+            rows = conn.execute(
+                select(Dataflow.id, Dataflow.next_fire_at, Dataflow.config).where(Dataflow.state == "running")
+            ).all()
+        for r in rows:
+            if r.next_fire_at is not None:
+                due.append(r.next_fire_at - now)
+            last = self._last_fire.get(r.id)
+            if last is not None:
+                due.append(last + self._window(r.config) - now)
+        return max(0.0, min(due)) if due else None
+
+    def _window(self, config: dict[str, Any]) -> float:
+        ms = config.get("batch_window_ms")
+        return (self.home.settings.batch_window_ms if ms is None else ms) / 1000.0
+
+    def _poll_one(self, dataflow_id: int, now: float) -> int | None:
+        with self.home.db.write() as conn:
+            row = conn.execute(select(Dataflow).where(Dataflow.id == dataflow_id)).first()
+            if row is None or row.state != "running":
+                return None
+            cfg = dict(row.config or {})
+            trigger = str(cfg.get("trigger") or "new-items")
+            actor = self._owner(conn, row.owner_id)
+            if row.backfilled_version != row.version:
+                # Started (or edited while running): cover what is already in the source.
+                run_id = self._submit(conn, row, actor, cfg, None, "start: items without a result", now)
+                conn.execute(update(Dataflow).where(Dataflow.id == row.id).values(backfilled_version=row.version))
+                return run_id
+            if trigger.startswith("cron:"):
+                return self._poll_cron(conn, row, actor, cfg, trigger, now)
+            latest = events.latest_seq(conn)
+            if trigger != "new-items" or row.source_folder_id is None:
+                if latest > row.cursor:
+                    conn.execute(update(Dataflow).where(Dataflow.id == row.id).values(cursor=latest))
+                return None
+            landed = conn.execute(
+                select(Event.seq, Event.item_id, Event.ts).where(
+                    Event.seq > row.cursor,
+                    Event.seq <= latest,
+                    Event.folder_id == row.source_folder_id,
+                    Event.kind.in_(ITEM_EVENTS),
+                )
+            ).all()
+            if not landed:
+                if latest > row.cursor:
+                    conn.execute(update(Dataflow).where(Dataflow.id == row.id).values(cursor=latest))
+                return None
+            last = self._last_fire.get(row.id)
+            if last is not None and now - last < self._window(cfg):
+                return None  # inside the batch window: the next poll after it takes them all
+            item_ids = sorted({e.item_id for e in landed if e.item_id is not None})
+            run_id = self._submit(conn, row, actor, cfg, item_ids, f"{len(item_ids)} new or updated item(s)", now)
+            conn.execute(update(Dataflow).where(Dataflow.id == row.id).values(cursor=latest))
+            return run_id
+
+    def _poll_cron(
+        self, conn: Connection, row: Any, actor: Actor, cfg: dict[str, Any], trigger: str, now: float
+    ) -> int | None:
+        from datamill.dataflows.dataflow import Trigger
+
+        t = Trigger.parse(trigger)
+        latest = events.latest_seq(conn)
+        if row.next_fire_at is None:
+            nxt = t.next_fire(now)[0]
+            conn.execute(update(Dataflow).where(Dataflow.id == row.id).values(next_fire_at=nxt, cursor=latest))
+            return None
+        if now < row.next_fire_at:
+            return None
+        # Missed ticks (the server was down) are skipped, not replayed one by one.
+        nxt = t.next_fire(now)[0]
+        run_id = self._submit(conn, row, actor, cfg, None, "cron", now)
+        conn.execute(update(Dataflow).where(Dataflow.id == row.id).values(next_fire_at=nxt, cursor=latest))
+        return run_id
+
+    def run_now(self, dataflow_name: str, actor: Actor) -> int | None:
+        """``flow run``: one run over the current contents of the source, now."""
+        with self.home.db.write() as conn:
+            row = conn.execute(select(Dataflow).where(Dataflow.name == dataflow_name)).first()
+            if row is None:
+                from datamill.errors import NotFound
+
+                raise NotFound(f"no dataflow {dataflow_name!r}")
+            return self._submit(conn, row, actor, dict(row.config or {}), None, f"run by {actor.name}", self.clock())
+
+    # ------------------------------------------------------------------ submitting
+
+    def _owner(self, conn: Connection, owner_id: int | None) -> Actor:
+        from datamill.db.models import User
+
+        if owner_id is None:
+            return self.home.admin
+        u = conn.execute(select(User.id, User.name, User.is_admin).where(User.id == owner_id)).first()
+        return self.home.admin if u is None else Actor(u.id, u.name, u.is_admin)
+
+    def _inputs(self, conn: Connection, source: str, item_ids: list[int] | None, aggregate: bool) -> list[InputRef]:
+        items = self.home.store.list_items(self.home.admin, source)
+        if item_ids is not None and not aggregate:
+            wanted = set(item_ids)
+            items = [i for i in items if i.id in wanted]
+        return [
+            InputRef(i.id, i.version_id, i.folder, i.name, i.version, i.digest, i.size, i.content_type, i.metadata)
+            for i in items
+        ]
+
+    def _processed(self, conn: Connection, dataflow_id: int, version: int, refs: list[InputRef]) -> set[int]:
+        """Version ids among ``refs`` that already have a finished result under this configuration."""
+        ids = [r.version_id for r in refs if r.version_id is not None]
+        if not ids:
+            return set()
+        rows = conn.execute(
+            select(TaskInput.version_id)
+            .join(Task, Task.id == TaskInput.task_id)
+            .join(Run, Run.id == Task.run_id)
+            .where(
+                Run.dataflow_id == dataflow_id,
+                Run.dataflow_version == version,
+                Task.status.in_([TaskStatus.SUCCEEDED, TaskStatus.CACHED]),
+                TaskInput.version_id.in_(ids),
+            )
+        ).scalars()
+        return {int(v) for v in rows if v is not None}
+
+    def _submit(
+        self,
+        conn: Connection,
+        row: Any,
+        actor: Actor,
+        cfg: dict[str, Any],
+        item_ids: list[int] | None,
+        reason: str,
+        now: float,
+    ) -> int | None:
+        pipeline = load_pipeline(cfg["pipeline"])
+        aggregate = any(not pipeline.per_item(s.name) for s in pipeline)
+        refs = self._inputs(conn, cfg["source"], item_ids, aggregate)
+        if item_ids is None and not aggregate and reason.startswith("start"):
+            done = self._processed(conn, row.id, row.version, refs)
+            refs = [r for r in refs if r.version_id not in done]
+        if not refs:
+            return None
+        run_id = self.engine.submit(
+            actor,
+            cfg["pipeline"],
+            refs,
+            source=cfg["source"],
+            dest=cfg["destination"],
+            params=cfg.get("params") or {},
+            reason=f"dataflow {row.name}: {reason}",
+            dataflow_id=row.id,
+            dataflow_version=row.version,
+            conn=conn,
+        )
+        self._last_fire[row.id] = now
+        return run_id
+
+    def _fail(self, dataflow_id: int, message: str) -> None:
+        with self.home.db.write() as conn:
+            row = conn.execute(
+                select(Dataflow.state, Dataflow.dest_folder_id).where(Dataflow.id == dataflow_id)
+            ).first()
+            if row is None or row.state != "running":
+                return
+            conn.execute(
+                update(Dataflow).where(Dataflow.id == dataflow_id).values(state="failed", state_reason=message)
+            )
+            events.append(
+                conn,
+                "dataflow.failed",
+                dataflow_id=dataflow_id,
+                folder_id=row.dest_folder_id,
+                data={"reason": message},
+            )
+
+    # ------------------------------------------------------------------ service loop
+
+    async def serve(self, stop: asyncio.Event, poll: float = 1.0) -> None:
+        """Poll whenever the log grows (or a batch/cron is due) until ``stop`` is set."""
+        cursor = await asyncio.to_thread(self.home.events.latest)
+        while not stop.is_set():
+            try:
+                await asyncio.to_thread(self.poll)
+            except Exception:
+                log.exception("trigger pass failed; trying again")
+            due = await asyncio.to_thread(self.next_wakeup)
+            timeout = poll if due is None else min(poll, max(due, 0.001))
+            waiter = asyncio.create_task(asyncio.to_thread(self.home.events.wait, cursor, timeout))
+            stopper = asyncio.create_task(stop.wait())
+            await asyncio.wait([waiter, stopper], return_when=asyncio.FIRST_COMPLETED)
+            stopper.cancel()
+            with contextlib.suppress(BaseException):
+                await waiter
+            cursor = await asyncio.to_thread(self.home.events.latest)
+
+
+def active_runs(home: Home, dataflow_id: int) -> list[int]:
+    """Runs of a dataflow that have not ended."""
+    with home.db.read() as conn:
+        return list(
+            conn.execute(
+                select(Run.id).where(
+                    Run.dataflow_id == dataflow_id, Run.status.in_([RunStatus.QUEUED, RunStatus.RUNNING])
+                )
+            ).scalars()
+        )
+
+
+def items_in(home: Home, folder_id: int) -> int:
+    """How many items a folder holds (for status displays)."""
+    from sqlalchemy import func
+
+    with home.db.read() as conn:
+        return int(conn.execute(select(func.count()).select_from(Item).where(Item.folder_id == folder_id)).scalar_one())

@@ -1,0 +1,68 @@
+"""The background services of a running datamill: scheduler, triggers, notifier.
+
+``datamill up`` starts them inside the server process (in the app's lifespan); tests and
+benchmarks may start them on their own with :class:`Services`.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+
+from datamill.dataflows.notifications import Notifier
+from datamill.dataflows.triggers import Triggers
+from datamill.engine.engine import Engine
+from datamill.engine.scheduler import Scheduler
+from datamill.home import Home
+
+log = logging.getLogger("datamill.services")
+
+
+class Services:
+    """Runs the scheduler, the dataflow triggers and the webhook notifier as asyncio tasks."""
+
+    def __init__(
+        self,
+        home: Home,
+        executor: str | None = None,
+        workers: int | None = None,
+        lease_seconds: float = 30.0,
+        base_url: str | None = None,
+    ) -> None:
+        self.home = home
+        self.engine = Engine(home)
+        self.scheduler = Scheduler(home, executor, workers=workers, lease_seconds=lease_seconds)
+        self.triggers = Triggers(home, self.engine)
+        self.notifier = Notifier(home, base_url=base_url)
+        self._stop = asyncio.Event()
+        self._tasks: list[asyncio.Task[None]] = []
+
+    async def start(self) -> None:
+        """Start every service; returns at once."""
+        self._stop = asyncio.Event()
+        await self.scheduler.start()
+        self._tasks = [
+            asyncio.create_task(self._guard("scheduler", self.scheduler.serve(self._stop))),
+            asyncio.create_task(self._guard("triggers", self.triggers.serve(self._stop))),
+            asyncio.create_task(self._guard("notifier", self.notifier.serve(self._stop))),
+        ]
+
+    async def _guard(self, name: str, coro: object) -> None:
+        try:
+            await coro  # type: ignore[misc]
+        except asyncio.CancelledError:
+            raise
+        except Exception:
+            log.exception("the %s service stopped with an error", name)
+
+    async def stop(self) -> None:
+        """Stop the services; runs in flight are left to resume on the next start."""
+        self._stop.set()
+        for t in self._tasks:
+            with contextlib.suppress(asyncio.TimeoutError, asyncio.CancelledError):
+                await asyncio.wait_for(asyncio.shield(t), timeout=2.0)
+        for t in self._tasks:
+            t.cancel()
+        await self.scheduler.close()
+        self._tasks = []
