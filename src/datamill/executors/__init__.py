@@ -1,0 +1,32 @@
+"""Executors: how a task's code is run — inline, in the local process pool, as a command.
+
+The scheduler builds one with :func:`get_executor` and hands it calls; see :mod:`datamill.executors.base`.
+"""
+
+from .base import (
+    EXECUTORS,
+    Call,
+    CommandCall,
+    Executor,
+    LogMessage,
+    Message,
+    OnMessage,
+    ProgressMessage,
+    PythonCall,
+    Reporter,
+    get_executor,
+)
+
+__all__ = [
+    "EXECUTORS",
+    "Call",
+    "CommandCall",
+    "Executor",
+    "LogMessage",
+    "Message",
+    "OnMessage",
+    "ProgressMessage",
+    "PythonCall",
+    "Reporter",
+    "get_executor",
+]

@@ -1,0 +1,120 @@
+"""The inline executor: Python calls run in the scheduler's own process. Fast, and for trusted code only.
+
+Without a timeout a call runs right in the event loop thread: no thread hop, no pickling, a few
+microseconds of overhead, which is what lets the engine record thousands of trivial tasks a second.
+The price is that nothing can interrupt it: a call that hangs hangs the scheduler, and cancelling
+the awaiting task has no effect until the call returns (it cannot even start to be cancelled, since
+:meth:`InlineExecutor.run` never yields to the loop on this path).
+
+With a timeout the call runs in a fresh daemon thread and :meth:`InlineExecutor.run` stops waiting
+at the deadline (``TaskTimeout``) or on cancellation. Python cannot kill a thread, so this is best
+effort: the abandoned thread goes on until the function returns, and its result is thrown away. To
+stop it sooner, the next ``reporter.progress()``/``reporter.log()`` it makes raises the same error
+inside it, so a function that reports progress in its loop ends there. Use the local pool for code
+that may hang or crash.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import threading
+import time
+from collections.abc import Callable
+from typing import Any
+
+from datamill.errors import Cancelled, DatamillError, TaskTimeout
+
+from .base import Call, Executor, Message, OnMessage, PythonCall, Reporter, deliver, step_failed_from
+
+__all__ = ["InlineExecutor"]
+
+
+class InlineExecutor(Executor):
+    """Runs :class:`PythonCall` s in this process: in the event loop thread, or a thread when timed."""
+
+    name = "inline"
+
+    def __init__(self, clock: Callable[[], float] = time.time) -> None:
+        self._clock = clock
+
+    def supports(self, call: Call) -> bool:
+        """Only Python calls."""
+        return isinstance(call, PythonCall)
+
+    async def run(self, call: Call, on_message: OnMessage, timeout: float | None = None) -> Any:
+        """Run ``call`` here; see the module docstring for what a timeout or cancellation can and cannot do."""
+        if type(call) is not PythonCall:  # the hot path checks the exact type; subclasses go through supports()
+            self._check(call)
+        assert isinstance(call, PythonCall)
+        if timeout is None:
+            reporter = Reporter(lambda message: deliver(on_message, message), self._clock)
+            try:
+                return call.fn(reporter, *call.args, **call.kwargs)
+            except (Exception, SystemExit) as exc:  # SystemExit too: a step calling sys.exit() must not stop us
+                raise step_failed_from(exc) from None
+        return await _ThreadedCall(call, on_message, self._clock).run(timeout)
+
+
+class _ThreadedCall:
+    """One call in its own daemon thread, awaited with a deadline; abandoned (not killed) on timeout or cancel."""
+
+    def __init__(self, call: PythonCall, on_message: OnMessage, clock: Callable[[], float]) -> None:
+        self.call = call
+        self.on_message = on_message
+        self.loop = asyncio.get_running_loop()
+        self.future: asyncio.Future[Any] = self.loop.create_future()
+        self.reporter = Reporter(self._emit, clock)
+        #: set once run() stopped waiting: the error the thread's next report raises
+        self.abandoned: DatamillError | None = None
+
+    async def run(self, timeout: float) -> Any:
+        # A daemon thread rather than the loop's thread pool: a hung call would hold a pool slot for
+        # good, and the pool's threads are joined at interpreter exit, so a hang would block exiting.
+        threading.Thread(target=self._work, name="datamill-inline", daemon=True).start()
+        try:
+            async with asyncio.timeout(timeout):
+                return await self.future
+        except TimeoutError:
+            error = TaskTimeout(
+                f"The task ran past its timeout of {timeout:g} s. The inline executor cannot kill it; its thread "
+                "goes on in the background. Raise the timeout, or use the local executor, which kills the worker.",
+                timeout=timeout,
+            )
+            self.abandoned = error
+            raise error from None
+        except asyncio.CancelledError:
+            self.abandoned = Cancelled("The task was cancelled; the inline executor abandoned its thread.")
+            raise
+
+    def _work(self) -> None:
+        """Thread body: run the call, hand the outcome to the loop (after every message it sent)."""
+        call = self.call
+        try:
+            result = call.fn(self.reporter, *call.args, **call.kwargs)
+        except BaseException as exc:
+            outcome: tuple[bool, Any] = (False, step_failed_from(exc))
+        else:
+            outcome = (True, result)
+        with contextlib.suppress(RuntimeError):  # the loop is closed: nobody is waiting any more
+            self.loop.call_soon_threadsafe(self._settle, outcome)
+
+    def _settle(self, outcome: tuple[bool, Any]) -> None:
+        if self.future.done():  # timed out or cancelled meanwhile
+            return
+        ok, value = outcome
+        if ok:
+            self.future.set_result(value)
+        else:
+            self.future.set_exception(value)
+
+    def _emit(self, message: Message) -> None:
+        """Reporter hook, called in the worker thread: queue the message for the loop thread."""
+        if self.abandoned is not None:  # best-effort stop of an abandoned call (see module docstring)
+            raise type(self.abandoned)(self.abandoned.message)  # a new instance: the awaiter holds the first
+        with contextlib.suppress(RuntimeError):  # the loop is closed
+            self.loop.call_soon_threadsafe(self._deliver, message)
+
+    def _deliver(self, message: Message) -> None:
+        if self.abandoned is None:  # messages queued before the deadline but arriving after it are dropped
+            deliver(self.on_message, message)
