@@ -1,0 +1,117 @@
+"""Output: results on stdout (a Rich table, or JSON with ``--json``), chatter on stderr.
+
+Consoles are made per call so that they follow ``sys.stdout``/``sys.stderr`` as they are when the
+command runs (a test runner swaps them).
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from collections.abc import Callable, Iterable, Iterator, Sequence
+from contextlib import contextmanager
+from typing import Any, Literal
+
+import typer
+from rich.console import Console
+from rich.filesize import decimal
+from rich.progress import (
+    BarColumn,
+    DownloadColumn,
+    Progress,
+    TextColumn,
+    TimeRemainingColumn,
+    TransferSpeedColumn,
+)
+from rich.table import Table
+
+#: Transfers larger than this get a progress bar (when stderr is a terminal).
+PROGRESS_THRESHOLD = 1_000_000
+
+
+def stdout() -> Console:
+    """A console on stdout, for results."""
+    return Console(highlight=False, soft_wrap=False)
+
+
+def stderr(min_width: int = 0) -> Console:
+    """A console on stderr, for progress and messages; at least ``min_width`` columns wide."""
+    console = Console(stderr=True, highlight=False)
+    if console.width < min_width:
+        console = Console(stderr=True, highlight=False, width=min_width)
+    return console
+
+
+def say(message: str) -> None:
+    """One line of chatter on stderr (``created folder ...``); never mixed into results."""
+    stderr().print(message, markup=False, soft_wrap=True)
+
+
+def print_json(data: Any) -> None:
+    """``data`` as indented JSON on stdout."""
+    typer.echo(json.dumps(data, indent=2, ensure_ascii=False, default=str))
+
+
+def print_json_line(data: Any) -> None:
+    """``data`` as one line of JSON on stdout, flushed (for streams read line by line)."""
+    typer.echo(json.dumps(data, ensure_ascii=False, separators=(",", ":"), default=str))
+
+
+def human_size(size: int | None) -> str:
+    """``1234567`` -> ``"1.2 MB"``."""
+    return "-" if size is None else decimal(size)
+
+
+def human_time(ts: float | None) -> str:
+    """A Unix time as local ``YYYY-MM-DD HH:MM:SS``."""
+    return "-" if ts is None else time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(ts))
+
+
+def human_value(value: Any) -> str:
+    """A metadata value for a table: strings as they are, anything else as JSON."""
+    return value if isinstance(value, str) else json.dumps(value, ensure_ascii=False)
+
+
+def print_table(columns: Sequence[str], rows: Iterable[Sequence[Any]], empty: str = "") -> None:
+    """A table on stdout; when there are no rows, ``empty`` on stderr instead."""
+    rows = list(rows)
+    if not rows:
+        if empty:
+            say(empty)
+        return
+    table = Table(box=None, pad_edge=False, header_style="bold")
+    for name in columns:
+        justify: Literal["left", "right"] = "right" if name in {"version", "size", "seq", "id"} else "left"
+        table.add_column(name, justify=justify, overflow="fold")
+    for row in rows:
+        table.add_row(*(str(c) for c in row))
+    stdout().print(table)
+
+
+def print_mapping(data: dict[str, Any], empty: str = "") -> None:
+    """A ``key  value`` table of a dict (metadata), sorted by key."""
+    print_table(["key", "value"], [(k, human_value(v)) for k, v in sorted(data.items())], empty)
+
+
+@contextmanager
+def transfer_progress(total: int, description: str) -> Iterator[Callable[[int], None]]:
+    """A progress callback ``(nbytes) -> None`` showing a bar on stderr for large transfers.
+
+    The bar is shown only when ``total`` exceeds :data:`PROGRESS_THRESHOLD` and stderr is a
+    terminal; otherwise the callback does nothing, so logs stay clean.
+    """
+    console = stderr()
+    if total <= PROGRESS_THRESHOLD or not console.is_terminal:
+        yield lambda n: None
+        return
+    with Progress(
+        TextColumn("{task.description}"),
+        BarColumn(),
+        DownloadColumn(),
+        TransferSpeedColumn(),
+        TimeRemainingColumn(),
+        console=console,
+        transient=True,
+    ) as progress:
+        task = progress.add_task(description, total=total)
+        yield lambda n: progress.advance(task, n)
