@@ -45,6 +45,8 @@ log = logging.getLogger("datamill.scheduler")
 #: Outputs up to this size are kept in the database row instead of as a blob file: a trivial
 #: task then costs no file write and fsync.
 INLINE_LIMIT = 4096
+#: Longest error message kept on a task row.
+MAX_ERROR = 2000
 
 
 @dataclass
@@ -311,14 +313,21 @@ class Scheduler:
                     if t.status != TaskStatus.QUEUED or any(t is r for r in running.values()):
                         continue
                     deps = [tasks[d] for d in t.deps]
-                    bad = [d for d in deps if d.status in (TaskStatus.FAILED, TaskStatus.CANCELLED)]
+                    pt = the_plan.task(t.planned_id)
+                    # An aggregate sees every item: a failed item reaches it as None instead of
+                    # failing it, so one malformed file does not stop the summary of the others.
+                    tolerated = {tid for w in pt.wires if w.many for tid in w.tasks}
+                    bad = [
+                        d
+                        for d in deps
+                        if d.status in (TaskStatus.FAILED, TaskStatus.CANCELLED) and d.planned_id not in tolerated
+                    ]
                     if bad:
-                        pt = the_plan.task(t.planned_id)
                         blocked.append(
                             _Done(t, pt, TaskStatus.FAILED, error=f"input {bad[0].planned_id} {bad[0].status}")
                         )
                         continue
-                    if all(d.status in runs.DONE_OK for d in deps) and (t.not_before or 0) <= now:
+                    if all(d.status in runs.FINISHED_TASK for d in deps) and (t.not_before or 0) <= now:
                         ready.append(t)
                 hits, to_run = await asyncio.to_thread(self._resolve_keys, the_plan, ready, tasks, forced)
                 if blocked or hits:
@@ -675,6 +684,9 @@ class Scheduler:
             shutil.rmtree(base, ignore_errors=True)
 
     def _failure(self, t: TaskRow, pt: PlannedTask, message: str, tb: str | None, log_path: Path) -> _Done:
+        if len(message) > MAX_ERROR:
+            # An exception may carry its data (a whole file in a TypeError); the log has the rest.
+            message = message[:MAX_ERROR] + " … (truncated; see the task log)"
         d = _Done(t, pt, TaskStatus.FAILED, error=message, traceback=tb, key=t.key, log_path=log_path)
         if t.attempts < pt.max_attempts:
             d.retry_at = self.clock() + pt.retry_backoff * (2 ** (t.attempts - 1))
