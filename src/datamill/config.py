@@ -75,6 +75,8 @@ def _coerce(setting: Setting, value: Any, source: str) -> Any:
             return False
         raise ConfigError(f"{source}: {setting.key} must be true or false, not {value!r}", key=setting.key)
     if setting.type is int:
+        if isinstance(value, bool) or isinstance(value, float):
+            raise ConfigError(f"{source}: {setting.key} must be a whole number, not {value!r}", key=setting.key)
         try:
             return int(value)
         except (TypeError, ValueError):
@@ -102,6 +104,11 @@ class Settings:
     log_level: str = "info"
     profile: str = "local"
     sources: tuple[str, ...] = field(default=(), compare=False)
+
+    def __repr__(self) -> str:
+        # Secrets (the database password) must not reach logs through a repr.
+        shown = ", ".join(f"{k}={v!r}" for k, v in self.public_dict().items())
+        return f"Settings({shown})"
 
     @property
     def home_path(self) -> Path:
@@ -167,7 +174,17 @@ def load_settings(
             raise ConfigError(f"config file {path} does not exist", path=str(path)) from None
         except tomllib.TOMLDecodeError as exc:
             raise ConfigError(f"{path}: not valid TOML: {exc}", path=str(path)) from None
+        unknown_sections = sorted(set(data) - {"defaults", "profiles"})
+        if unknown_sections:
+            raise ConfigError(
+                f"{path}: unknown section(s) {', '.join(unknown_sections)}; use [defaults] and [profiles.NAME]",
+                path=str(path),
+            )
         profiles = data.get("profiles", {})
+        if not isinstance(profiles, dict) or not all(isinstance(v, dict) for v in profiles.values()):
+            raise ConfigError(f"{path}: [profiles] must hold tables like [profiles.prod]", path=str(path))
+        if not isinstance(data.get("defaults", {}), dict):
+            raise ConfigError(f"{path}: [defaults] must be a table", path=str(path))
         layers = [("defaults", data.get("defaults", {}))]
         if profile in profiles:
             layers.append((f"profiles.{profile}", profiles[profile]))

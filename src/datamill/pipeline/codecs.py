@@ -28,6 +28,7 @@ import json
 import mimetypes
 import shutil
 import sys
+from abc import ABC, abstractmethod
 from pathlib import Path, PurePath
 from typing import Any
 
@@ -46,7 +47,7 @@ __all__ = [
 ]
 
 
-class Codec:
+class Codec(ABC):
     """How one kind of value is stored. Subclass and :func:`register` to add one.
 
     ``name`` is recorded with each output (so the consumer knows how to decode it), ``ext`` is
@@ -57,9 +58,9 @@ class Codec:
     ext: str = ".bin"
     content_type: str = "application/octet-stream"
 
+    @abstractmethod
     def accepts(self, value: Any) -> bool:
         """Whether this codec stores ``value``."""
-        raise NotImplementedError
 
     def ext_for(self, value: Any) -> str:
         """The extension for ``value`` (the file codec keeps the file's own suffix)."""
@@ -69,13 +70,13 @@ class Codec:
         """The content type of a file this codec wrote."""
         return self.content_type
 
+    @abstractmethod
     def encode(self, value: Any, path: Path) -> None:
         """Write ``value`` to ``path``."""
-        raise NotImplementedError
 
+    @abstractmethod
     def decode(self, path: Path) -> Any:
         """Read the value back from ``path``."""
-        raise NotImplementedError
 
     def __repr__(self) -> str:
         return f"<Codec {self.name} {self.ext}>"

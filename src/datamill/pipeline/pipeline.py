@@ -16,7 +16,7 @@ import importlib
 import importlib.util
 import os
 import sys
-from collections.abc import Callable, Iterable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -136,6 +136,34 @@ class Pipeline:
         if name not in self._pickled:
             self._pickled[name] = cloudpickle.dumps(self.step(name))
         return self._pickled[name]
+
+    def run(
+        self,
+        inputs: Iterable[str | os.PathLike[str] | tuple[str, bytes]],
+        *,
+        home: str | os.PathLike[str] | None = None,
+        params: Mapping[str, Any] | None = None,
+        force: bool = False,
+        executor: str = "inline",
+        raise_on_failure: bool = True,
+    ) -> Any:
+        """Run here and now over files (paths or ``(name, bytes)``) and return a ``RunResult``.
+
+        No server is needed. With ``home`` the runs are recorded there and the cache carries over
+        between calls; without, a throw-away home is used. ``result["summary[inputs/a.csv]"]``
+        is the decoded output of one task; ``result.status`` says how the run ended.
+        """
+        from datamill.engine.quick import run_pipeline
+
+        return run_pipeline(
+            self,
+            [i if isinstance(i, tuple) else os.fspath(i) for i in inputs],
+            home=home,
+            params=params,
+            force=force,
+            executor=executor,
+            raise_on_failure=raise_on_failure,
+        )
 
     def __iter__(self) -> Iterator[Step]:
         return iter(self.steps)
