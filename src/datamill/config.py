@@ -75,7 +75,7 @@ def _coerce(setting: Setting, value: Any, source: str) -> Any:
             return False
         raise ConfigError(f"{source}: {setting.key} must be true or false, not {value!r}", key=setting.key)
     if setting.type is int:
-        if isinstance(value, bool) or isinstance(value, float):
+        if isinstance(value, bool | float):
             raise ConfigError(f"{source}: {setting.key} must be a whole number, not {value!r}", key=setting.key)
         try:
             return int(value)

@@ -158,7 +158,7 @@ class Pipeline:
         return run_pipeline(
             self,
             [i if isinstance(i, tuple) else os.fspath(i) for i in inputs],
-            home=home,
+            home=None if home is None else os.fspath(home),
             params=params,
             force=force,
             executor=executor,
