@@ -1,0 +1,140 @@
+"""Pipelines for the engine tests, loaded by file reference (``f"{PIPELINES}:basic"``) so that worker
+processes of the local executor can load them too.
+
+What a task does is decided by its input item's text (first word, then arguments):
+
+* ``raise [why]`` — the step raises ``ValueError``;
+* ``exit [code]`` — the step ends its own process with ``os._exit`` (kills a local worker);
+* ``sleep S [...]`` — the step sleeps ``S`` seconds, then succeeds;
+* ``flaky N [...]`` — the step fails its first ``N`` executions for this item, then succeeds;
+* anything else — the step succeeds at once.
+
+Steps taking ``marks`` (a directory) leave one file per execution there, named
+``<item stem>.<uuid>`` and holding the pid, so tests can count executions across processes.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+import uuid
+from pathlib import Path
+
+from datamill.pipeline import Context, InputFile, Pipeline, step
+
+PIPELINES = Path(__file__).resolve()
+
+
+def ref(name: str) -> str:
+    """The reference of pipeline ``name`` in this file."""
+    return f"{PIPELINES}:{name}"
+
+
+def executions(marks: str | Path, stem: str | None = None) -> int:
+    """How many times a marking step ran (for one item stem, or in total)."""
+    d = Path(marks)
+    if not d.exists():
+        return 0
+    return sum(1 for p in d.iterdir() if stem is None or p.name.split(".", 1)[0] == stem)
+
+
+def pids(marks: str | Path) -> set[int]:
+    """Process ids that ran a marking step."""
+    return {int(p.read_text()) for p in Path(marks).iterdir() if p.read_text()}
+
+
+def _mark(marks: str, stem: str) -> int:
+    """Record one execution; returns how many there have been for ``stem`` (this one included)."""
+    if not marks:
+        return 0
+    d = Path(marks)
+    d.mkdir(parents=True, exist_ok=True)
+    (d / f"{stem}.{uuid.uuid4().hex}").write_text(str(os.getpid()))
+    return executions(d, stem)
+
+
+def behave(item: InputFile, marks: str) -> str:
+    """Do what the item's text says (see the module docstring); returns the text."""
+    text = item.read_text()
+    n = _mark(marks, item.ref.stem)
+    words = text.split()
+    cmd, args = (words[0], words[1:]) if words else ("", [])
+    if cmd == "raise":
+        raise ValueError(f"cannot process {item.name}: {' '.join(args) or 'asked to fail'}")
+    if cmd == "exit":
+        os._exit(int(args[0]) if args else 1)
+    if cmd == "sleep":
+        time.sleep(float(args[0]))
+    if cmd == "flaky" and n <= int(args[0]):
+        raise RuntimeError(f"flaky failure {n} of {args[0]}")
+    return text
+
+
+@step
+def parse(item: InputFile, *, marks: str = "") -> str:
+    """The item's text, stripped and lower-cased (so 'Hello' and 'hello ' parse alike)."""
+    return behave(item, marks).strip().lower()
+
+
+@step
+def count(parse: str) -> dict:
+    """Words and characters of the parsed text."""
+    return {"words": len(parse.split()), "chars": len(parse)}
+
+
+@step(aggregate=True)
+def total(count: list) -> dict:
+    """Words over all items."""
+    return {"items": len(count), "words": sum(c["words"] for c in count)}
+
+
+#: parse -> count -> total: per-item, per-item, aggregate
+basic = Pipeline("basic", steps=[parse, count, total])
+
+#: only per-item steps (no aggregate to wait for)
+peritem = Pipeline("peritem", steps=[parse, count])
+
+#: parse with a 1 s timeout
+timed = Pipeline("timed", steps=[parse.configure(timeout=1.0)])
+
+#: parse retried twice, 50 ms apart at first
+retrying = Pipeline("retrying", steps=[parse.configure(retries=2, retry_backoff=0.05), count])
+
+
+@step(force=True)
+def fetch(item: InputFile) -> str:
+    """Always runs (like fetching from a remote source); its output depends only on the item."""
+    return item.read_text().strip()
+
+
+@step
+def shout(fetch: str) -> str:
+    """Upper-cased."""
+    return fetch.upper()
+
+
+#: fetch (force=True) -> shout: fetch always reruns, shout stays cached while fetch's output is the same
+forced = Pipeline("forced", steps=[fetch, shout])
+
+
+@step
+def talk(item: InputFile, ctx: Context) -> str:
+    """Logs a line and reports progress."""
+    ctx.log.info("processing %s (%d bytes)", item.name, item.ref.size)
+    ctx.progress(0.5, "half way")
+    ctx.log.warning("done with %s", item.name)
+    return item.read_text()
+
+
+#: one logging step
+chatty = Pipeline("chatty", steps=[talk])
+
+
+@step
+def double(count: dict) -> dict:
+    """Counts doubled (a second consumer of ``count``)."""
+    return {k: 2 * v for k, v in count.items()}
+
+
+#: a diamond-ish shape: parse -> count -> (double, total)
+wide = Pipeline("wide", steps=[parse, count, double, total])
