@@ -39,6 +39,7 @@ from datamill.pipeline.runner import OutputFile, run_step
 from datamill.store.access import Actor
 from datamill.store.blobs import BlobInfo, LocalBlobStore, digest_bytes
 from datamill.store.names import join_path
+from datamill.store.store import guess_content_type
 
 log = logging.getLogger("datamill.scheduler")
 
@@ -65,6 +66,15 @@ class _Done:
     retry_at: float | None = None
     log_path: Path | None = None
     inputs: list[dict[str, Any]] = field(default_factory=list)
+
+
+def _content_type(name: str, produced: str) -> str:
+    """The type to publish under: a generic type from a step yields to what the name says (``.png``)."""
+    if produced.split(";")[0] in ("application/octet-stream", "text/plain"):
+        guessed = guess_content_type(name)
+        if guessed != "application/octet-stream":
+            return guessed
+    return produced
 
 
 def input_ref_from_dict(d: Mapping[str, Any]) -> InputRef:
@@ -449,7 +459,7 @@ class Scheduler:
     def _publish_plan(self, the_plan: Plan, pt: PlannedTask, outs: list[OutputRecord]) -> list[tuple[str, str, str]]:
         ctypes = {o.name: o.content_type for o in outs}
         return [
-            (po.name, po.published_name, ctypes[po.name])
+            (po.name, po.published_name, _content_type(po.published_name, ctypes[po.name]))
             for po in the_plan.output_names(pt, [o.name for o in outs])
             if po.publish
         ]
