@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import time
 from collections import Counter
 from collections.abc import Callable, Mapping
@@ -11,6 +12,7 @@ from typing import Any
 from datamill.config import load_settings
 from datamill.engine import runs
 from datamill.engine.engine import Engine
+from datamill.engine.scheduler import Scheduler
 from datamill.events import EventRecord
 from datamill.home import Home
 from datamill.pipeline import InputRef
@@ -70,6 +72,20 @@ class World:
         options.setdefault("source", SOURCE)
         options.setdefault("dest", DEST)
         return self.engine.submit(self.admin, pipeline, self.inputs(), **options)
+
+    def drive(self, run_ids: list[int] | None = None, executor: str = "inline", **options: Any) -> None:
+        """Drive recorded runs (all pending ones by default) to the end with a scheduler of our own."""
+
+        async def go() -> None:
+            async with Scheduler(self.home, executor, **options) as scheduler:
+                await scheduler.run_until_idle(run_ids)
+
+        asyncio.run(go())
+
+    def run_submitted(self, run_id: int, executor: str = "inline") -> dict[str, Any]:
+        """Drive a recorded run here; returns it, finished."""
+        self.drive([run_id], executor)
+        return self.engine.get_run(self.admin, run_id)
 
     def tasks(self, run_id: int) -> dict[str, runs.TaskRow]:
         """A run's tasks by planned id (``"parse[Raw/a.txt]"``)."""

@@ -138,3 +138,14 @@ def double(count: dict) -> dict:
 
 #: a diamond-ish shape: parse -> count -> (double, total)
 wide = Pipeline("wide", steps=[parse, count, double, total])
+
+
+@step(name="parse")
+def parse_after_writing(item: InputFile, ctx: Context, *, marks: str = "") -> str:
+    """Like ``parse``, but writes a named output first: a task stopped midway has written something."""
+    ctx.write("early.txt", "written before the work")
+    return behave(item, marks).strip().lower()
+
+
+#: parse (writing an output before it works) -> count
+partial = Pipeline("partial", steps=[parse_after_writing, count])
