@@ -7,9 +7,11 @@ acting as ``--user``) or a server (``--url`` + ``--token``). Each noun has its m
 
 All errors pass one boundary, :meth:`DatamillGroup.invoke`: a :class:`~datamill.errors.DatamillError`
 becomes ``error: <message>`` on stderr and exit status 1; the traceback appears only with ``-v``.
+
+The CLI modules deliberately do without ``from __future__ import annotations``: Typer reads every
+command's annotations on each start, and evaluating them from strings costs ~0.2 s a run.
 """
 
-from __future__ import annotations
 
 import os
 import sys

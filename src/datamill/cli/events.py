@@ -1,6 +1,5 @@
 """``datamill events``: read the event log, or follow it as it grows."""
 
-from __future__ import annotations
 
 import json
 from collections.abc import Iterator

@@ -1,6 +1,5 @@
 """``datamill folder ...``: create, list, move, delete folders and edit their metadata."""
 
-from __future__ import annotations
 
 from typing import Annotated
 

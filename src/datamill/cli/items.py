@@ -1,6 +1,5 @@
 """Items: ``datamill put``, ``get``, ``ls``, ``versions``, ``meta``, ``find`` and ``rm``."""
 
-from __future__ import annotations
 
 import os
 from pathlib import Path

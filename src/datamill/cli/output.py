@@ -4,7 +4,6 @@ Consoles are made per call so that they follow ``sys.stdout``/``sys.stderr`` as 
 command runs (a test runner swaps them).
 """
 
-from __future__ import annotations
 
 import json
 import time

@@ -4,7 +4,6 @@
 {'n': 3, 'tags': ['a'], 'who': 'ana', 'empty': ''}
 """
 
-from __future__ import annotations
 
 import json
 from collections.abc import Iterable

@@ -1,6 +1,5 @@
 """Users, tokens and access: ``datamill user``, ``token``, ``share``, ``public``, ``access``, ``whoami``."""
 
-from __future__ import annotations
 
 import sys
 from typing import Annotated

@@ -1,0 +1,77 @@
+"""Acceptance: the real command as a subprocess (``python -m datamill.cli``), and the CLI against a server."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from datamill.api.server import ServerHandle, start_background_server
+from datamill.config import load_settings
+from datamill.home import Home
+
+
+def run(home: Path, *args: str) -> subprocess.CompletedProcess[bytes]:
+    env = {k: v for k, v in os.environ.items() if not k.startswith("DATAMILL_")}
+    return subprocess.run(
+        [sys.executable, "-m", "datamill.cli", "--home", str(home), *args],
+        capture_output=True,
+        env=env,
+        timeout=60,
+    )
+
+
+def test_put_ls_get_round_trip(tmp_path: Path) -> None:
+    home = tmp_path / "home"
+    src = tmp_path / "measurements.csv"
+    src.write_bytes(b"x,y\n1,2\n3,4\n")
+    p = run(home, "put", str(src), "Raw Data/2026", "--meta", "n=3")
+    assert p.returncode == 0, p.stderr
+    assert p.stdout == b"" and b"uploaded 1 file" in p.stderr
+    p = run(home, "ls", "Raw Data/2026", "--json")
+    assert p.returncode == 0, p.stderr
+    (item,) = json.loads(p.stdout)
+    assert (item["name"], item["version"], item["size"], item["metadata"]) == ("measurements.csv", 1, 12, {"n": 3})
+    p = run(home, "get", "Raw Data/2026/measurements.csv", "-o", "-")
+    assert p.returncode == 0, p.stderr
+    assert p.stdout == src.read_bytes()
+
+
+def test_missing_folder_exit_status_and_one_line(tmp_path: Path) -> None:
+    p = run(tmp_path / "home", "ls", "Nope")
+    assert p.returncode == 1
+    assert p.stdout == b""
+    assert p.stderr.decode() == "error: no folder 'Nope', or you may not see it\n"
+
+
+@pytest.fixture
+def server(tmp_path: Path) -> Iterator[tuple[ServerHandle, Home]]:
+    home = Home(load_settings(environ={}, home=str(tmp_path / "server-home"), demo=False))
+    handle = start_background_server(home)
+    try:
+        yield handle, home
+    finally:
+        handle.stop()
+        home.close()
+
+
+def test_remote_put_and_ls(dm: Any, server: tuple[ServerHandle, Home], tmp_path: Path) -> None:
+    handle, home = server
+    src = tmp_path / "a.csv"
+    src.write_bytes(b"a,b\n")
+    remote = ("--url", handle.url, "--token", home.admin_token() or "")
+    r = dm.ok(*remote, "put", str(src), "Remote", "--meta", "n=3", home=False)
+    assert "uploaded 1 file" in r.stderr
+    (item,) = dm.json(*remote, "ls", "Remote", home=False)
+    assert (item["name"], item["metadata"]) == ("a.csv", {"n": 3})
+    assert dm.ok(*remote, "get", "Remote/a.csv", "-o", "-", home=False).stdout_bytes == b"a,b\n"
+    r = dm(*remote, "ls", "Nope", home=False)
+    assert r.exit_code == 1 and r.stderr.startswith("error: ") and len(r.stderr.splitlines()) == 1
+    r = dm("--url", handle.url, "--token", "dm_wrong", "ls", "Remote", home=False)
+    assert r.exit_code == 1 and "Traceback" not in r.stderr
