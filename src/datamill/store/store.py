@@ -237,20 +237,32 @@ class Store:
                 if parent is not None:
                     require(conn, actor, parent.path, Level.WRITE)
                 now = time.time()
-                fid = conn.execute(
-                    insert(Folder)
-                    .values(
-                        parent_id=parent.id if parent else None,
-                        name=name,
-                        path=sub,
-                        owner_id=actor.id,
-                        public_read=public_read if last else False,
-                        meta=meta if last else {},
-                        created_at=now,
-                        updated_at=now,
-                    )
-                    .returning(Folder.id)
-                ).scalar_one()
+                try:
+                    with conn.begin_nested():
+                        fid = conn.execute(
+                            insert(Folder)
+                            .values(
+                                parent_id=parent.id if parent else None,
+                                name=name,
+                                path=sub,
+                                owner_id=actor.id,
+                                public_read=public_read if last else False,
+                                meta=meta if last else {},
+                                created_at=now,
+                                updated_at=now,
+                            )
+                            .returning(Folder.id)
+                        ).scalar_one()
+                except IntegrityError:
+                    # Another writer created it between our look-up and insert (PostgreSQL only).
+                    row = conn.execute(select(Folder).where(Folder.path == sub)).one()
+                    if last:
+                        require(conn, actor, sub, Level.READ)
+                        if not exist_ok:
+                            raise AlreadyExists(f"folder {sub!r} already exists", path=sub) from None
+                        return self._folder_info(conn, row)
+                    parent = row
+                    continue
                 events.append(
                     conn, "folder.created", actor_id=actor.id, folder_id=fid, data={"path": sub, "name": name}
                 )
