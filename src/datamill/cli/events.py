@@ -60,7 +60,9 @@ def events(
 
     Only events of folders you may read are shown (events about users and tokens: site admins
     only). With `--follow` the command waits for new events and ends with Ctrl-C (exit status 0)
-    or after `--count` events. Example: `datamill events --kind item. --follow --json`
+    or after `--count` events. Example:
+
+        datamill events --kind item. --follow --json
     """
     client = get_client(ctx)
     kinds = list(kind) if kind else None

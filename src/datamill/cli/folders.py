@@ -30,7 +30,9 @@ def create(
 ) -> None:
     """Create a folder, and any missing parents.
 
-    Example: `datamill folder create "Raw Data/2026" --meta project=alpha`
+    Example:
+
+        datamill folder create "Raw Data/2026" --meta project=alpha
     """
     info = get_client(ctx).create_folder(path, parents=True, exist_ok=exist_ok, metadata=parse_pairs(meta) or None)
     if json_:
@@ -88,7 +90,9 @@ def move(
 ) -> None:
     """Move a folder (with everything in it) under NEW_PARENT, optionally renaming it.
 
-    Example: `datamill folder mv "Inbox/run-7" "Raw Data/2026" --name run-007`
+    Example:
+
+        datamill folder mv "Inbox/run-7" "Raw Data/2026" --name run-007
     """
     info = get_client(ctx).move_folder(path, new_parent, name)
     say(f"moved folder {path.strip('/')!r} to {info.path!r}")
@@ -113,7 +117,8 @@ def metadata(
     """Show a folder's metadata, or set and remove keys.
 
     Without KEY=VALUE or `--unset` it prints the metadata. Example:
-    `datamill folder meta "Raw Data" owner=ana retention=30 --unset draft`
+
+        datamill folder meta "Raw Data" owner=ana retention=30 --unset draft
     """
     client = get_client(ctx)
     changes = parse_pairs(pairs, "KEY=VALUE")

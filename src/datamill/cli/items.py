@@ -60,7 +60,8 @@ def put(
     A directory is uploaded with its subfolders kept: `datamill put run-7/ "Raw Data"` makes
     `Raw Data/run-7/...`. Uploading a name that exists adds a new version. Large transfers
     show a progress bar on stderr. Example:
-    `datamill put a.csv more-data/ "Raw Data/2026" --meta instrument=xrd-1`
+
+        datamill put a.csv more-data/ "Raw Data/2026" --meta instrument=xrd-1
     """
     metadata = parse_pairs(meta) or None
     client = get_client(ctx)
@@ -102,8 +103,10 @@ def get(
 
     The bytes are checked against the version's digest as they arrive; a file is written under
     a temporary name and renamed at the end, so an interrupted download never leaves a partial
-    file. Examples: `datamill get "Raw Data/a.csv" -o copy.csv --version 1`,
-    `datamill get "Raw Data/a.csv" -o - | head`
+    file. Examples:
+
+        datamill get "Raw Data/a.csv" -o copy.csv --version 1
+        datamill get "Raw Data/a.csv" -o - | head
     """
     client = get_client(ctx)
     if output == "-":
@@ -195,7 +198,8 @@ def metadata(
     """Show an item's metadata, or set and remove keys (no new version is made).
 
     Without KEY=VALUE or `--unset` it prints the metadata. Example:
-    `datamill meta "Raw Data/a.csv" operator=ana n=3 --unset draft`
+
+        datamill meta "Raw Data/a.csv" operator=ana n=3 'tags=["a"]' --unset draft
     """
     client = get_client(ctx)
     changes = parse_pairs(pairs, "KEY=VALUE")
@@ -234,7 +238,9 @@ def find(
 ) -> None:
     """Find items below FOLDER by name and metadata.
 
-    Example: `datamill find "Raw Data" --name '*.csv' --meta instrument=xrd-1 --json`
+    Example:
+
+        datamill find "Raw Data" --name '*.csv' --meta instrument=xrd-1 --json
     """
     found = get_client(ctx).find(folder, name=name, metadata=parse_pairs(meta) or None, recursive=recursive)
     if json_:

@@ -33,7 +33,9 @@ def create_user(
 ) -> None:
     """Create a user. Give them access with `datamill share` and a token with `datamill token create`.
 
-    Example: `printf '%s' "$PW" | datamill user create ana --password-stdin`
+    Example:
+
+        printf '%s' "$PW" | datamill user create ana --password-stdin
     """
     password = None
     if password_stdin:
@@ -74,8 +76,10 @@ def create_token(
 ) -> None:
     """Create an API token and print it on stdout. It is shown only this once.
 
-    Example: `datamill token create --user ana --expires-in 30`; then
-    `datamill --url http://host:8765 --token dm_... ls "Raw Data"`
+    Example, and then using the token:
+
+        datamill token create --user ana --expires-in 30
+        datamill --url http://host:8765 --token dm_... ls "Raw Data"
     """
     ttl = expires_in * 86400 if expires_in else None
     new = get_client(ctx).create_token(user=user, name=name, ttl=ttl)
@@ -108,7 +112,8 @@ def share(
     """Grant USER access to FOLDER and everything below it (needs admin on the folder).
 
     Give exactly one of `--read`, `--write`, `--admin` or `--none`. Example:
-    `datamill share "Raw Data" ana --write`
+
+        datamill share "Raw Data" ana --write
     """
     chosen = [lvl for lvl, on in [("read", read), ("write", write), ("admin", admin), ("none", none)] if on]
     if len(chosen) != 1:
