@@ -313,6 +313,9 @@ class Store:
             if conn.execute(select(Folder.id).where(Folder.path == new_path)).first():
                 raise AlreadyExists(f"folder {new_path!r} already exists", path=new_path)
             old = row.path
+            below = select(Folder.path).where(Folder.path.startswith(old + "/", autoescape=True))
+            for sub in conn.execute(below).scalars():
+                split_path(new_path + sub[len(old) :])  # refuses a path the move would make too long
             # Rewrite the materialized paths of the whole subtree in one statement.
             prefix_len = len(old)
             conn.execute(
