@@ -165,6 +165,28 @@ def test_move_rewrites_paths_with_like_wildcards_and_unicode(home: Home) -> None
     assert [f.path for f in s.list_folders(admin, "new/Ærø")] == ["new/Ærø/ünter"]
 
 
+def test_move_refuses_to_make_a_path_too_long(home: Home) -> None:
+    # Paths are limited to 1024 bytes; a move must not push a descendant past that (it would
+    # become unreachable on SQLite and overflow the column on PostgreSQL).
+    s, admin = home.store, home.admin
+    deep = "/".join(["d" * 200] * 4)
+    s.create_folder(admin, f"src/{deep}")
+    s.put(admin, f"src/{deep}", "f.txt", b"f")
+    s.create_folder(admin, "x" * 250)
+    before = home.events.latest()
+    with pytest.raises(InvalidName, match="longer than 1024"):
+        s.move_folder(admin, "src", "x" * 250)
+    with pytest.raises(InvalidName, match="longer than 1024"):
+        s.rename_folder(admin, "src", "y" * 250)
+    assert home.events.latest() == before
+    assert s.get_item(admin, f"src/{deep}/f.txt").size == 1
+    assert s.list_folders(admin, "x" * 250) == []
+    # A move that stays within the limit is fine.
+    d, x = "d" * 200, "x" * 250
+    assert s.move_folder(admin, f"src/{d}/{d}", x).path == f"{x}/{d}"
+    assert s.get_item(admin, f"{x}/{d}/{d}/{d}/f.txt").size == 1
+
+
 def test_delete_folder(home: Home) -> None:
     s, admin, blobs = home.store, home.admin, home.blobs
     s.create_folder(admin, "empty")
