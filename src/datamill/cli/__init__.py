@@ -12,7 +12,6 @@ The CLI modules deliberately do without ``from __future__ import annotations``: 
 command's annotations on each start, and evaluating them from strings costs ~0.2 s a run.
 """
 
-
 import os
 import sys
 import traceback

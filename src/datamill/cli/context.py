@@ -4,7 +4,6 @@ The client is opened lazily, on the first command that needs it, so ``datamill c
 ``--help`` never touch a database, and closed once by the root command when the command ends.
 """
 
-
 from dataclasses import dataclass, field
 
 import typer

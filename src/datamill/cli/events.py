@@ -1,6 +1,5 @@
 """``datamill events``: read the event log, or follow it as it grows."""
 
-
 import json
 from collections.abc import Iterator
 from typing import Annotated

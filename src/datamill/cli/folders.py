@@ -1,6 +1,5 @@
 """``datamill folder ...``: create, list, move, delete folders and edit their metadata."""
 
-
 from typing import Annotated
 
 import typer

@@ -1,6 +1,5 @@
 """Items: ``datamill put``, ``get``, ``ls``, ``versions``, ``meta``, ``find`` and ``rm``."""
 
-
 import os
 from pathlib import Path
 from typing import Annotated
@@ -30,19 +29,19 @@ ItemPath = Annotated[str, typer.Argument(metavar="FOLDER/ITEM", help="Item path,
 FolderArg = Annotated[str, typer.Argument(metavar="FOLDER", help="Folder path, e.g. `Raw Data/2026`.")]
 
 
-def _local_files(sources: list[Path]) -> tuple[int, int]:
-    """How many files and bytes ``sources`` hold; raises :class:`NotFound` for a missing one."""
-    count = total = 0
+def _local_bytes(sources: list[Path]) -> int:
+    """How many bytes the files in ``sources`` hold; raises :class:`NotFound` for a missing one,
+    so that a typo in the last argument fails before anything is uploaded."""
+    total = 0
     for src in sources:
         if src.is_file():
-            count, total = count + 1, total + src.stat().st_size
+            total += src.stat().st_size
         elif src.is_dir():
             for root, _, names in os.walk(src):
-                for n in names:
-                    count, total = count + 1, total + (Path(root) / n).stat().st_size
+                total += sum((Path(root) / n).stat().st_size for n in names)
         else:
             raise NotFound(f"{str(src)!r} does not exist on this machine; nothing was uploaded", path=str(src))
-    return count, total
+    return total
 
 
 def put(
@@ -59,14 +58,14 @@ def put(
 
     A directory is uploaded with its subfolders kept: `datamill put run-7/ "Raw Data"` makes
     `Raw Data/run-7/...`. Uploading a name that exists adds a new version. Large transfers
-    show a progress bar on stderr. Example:
+    show a progress bar on stderr; `datamill -v put ...` lists each file. Example:
 
         datamill put a.csv more-data/ "Raw Data/2026" --meta instrument=xrd-1
     """
     metadata = parse_pairs(meta) or None
     client = get_client(ctx)
     verbose = get_state(ctx).verbose
-    _, total = _local_files(sources)
+    total = _local_bytes(sources)
     done: list[VersionInfo] = []
 
     def on_file(path: Path, info: VersionInfo) -> None:

@@ -4,7 +4,6 @@ Consoles are made per call so that they follow ``sys.stdout``/``sys.stderr`` as 
 command runs (a test runner swaps them).
 """
 
-
 import json
 import time
 from collections.abc import Callable, Iterable, Iterator, Sequence

@@ -4,7 +4,6 @@
 {'n': 3, 'tags': ['a'], 'who': 'ana', 'empty': ''}
 """
 
-
 import json
 from collections.abc import Iterable
 from typing import Annotated, Any

@@ -1,6 +1,5 @@
 """``datamill up`` (serve a home over HTTP) and ``datamill config`` (show the resolved settings)."""
 
-
 import os
 from typing import Annotated, Any
 

@@ -1,6 +1,5 @@
 """Users, tokens and access: ``datamill user``, ``token``, ``share``, ``public``, ``access``, ``whoami``."""
 
-
 import sys
 from typing import Annotated
 
