@@ -742,44 +742,12 @@ class Store:
         """Items in a folder by name, with their current versions; page with ``after``/``limit``."""
         with self.db.read() as conn:
             frow = self._readable_folder(conn, actor, folder)
-            q = (
-                select(
-                    Item.id,
-                    Item.name,
-                    Item.meta.label("meta"),
-                    Item.created_at,
-                    Item.updated_at,
-                    Version.number,
-                    Version.digest,
-                    Version.size,
-                    Version.content_type,
-                    Version.id.label("vid"),
-                )
-                .join(Version, and_(Version.item_id == Item.id, Version.number == Item.current_version))
-                .where(Item.folder_id == frow.id)
-                .order_by(Item.name)
-            )
+            q = _current_items().where(Item.folder_id == frow.id).order_by(Item.name)
             if after is not None:
                 q = q.where(Item.name > after)
             if limit is not None:
                 q = q.limit(limit)
-            path = frow.path
-            return [
-                ItemInfo(
-                    id=r.id,
-                    folder=path,
-                    name=r.name,
-                    metadata=r.meta or {},
-                    version=r.number,
-                    digest=r.digest,
-                    size=r.size,
-                    content_type=r.content_type,
-                    created_at=r.created_at,
-                    updated_at=r.updated_at,
-                    version_id=r.vid,
-                )
-                for r in conn.execute(q)
-            ]
+            return [_item_info(r, frow.path) for r in conn.execute(q)]
 
     def find_items(
         self,
@@ -801,24 +769,7 @@ class Store:
                 else Folder.id == frow.id
             )
             paths = dict(conn.execute(folder_q).tuples().all())
-            q = (
-                select(
-                    Item.id,
-                    Item.folder_id,
-                    Item.name,
-                    Item.meta.label("meta"),
-                    Item.created_at,
-                    Item.updated_at,
-                    Version.number,
-                    Version.digest,
-                    Version.size,
-                    Version.content_type,
-                    Version.id.label("vid"),
-                )
-                .join(Version, and_(Version.item_id == Item.id, Version.number == Item.current_version))
-                .where(Item.folder_id.in_(list(paths)))
-                .order_by(Item.folder_id, Item.name)
-            )
+            q = _current_items().where(Item.folder_id.in_(list(paths))).order_by(Item.folder_id, Item.name)
             if name:
                 # LIKE narrows cheaply; fnmatch below decides exactly ('[...]' classes, case).
                 like = "".join("%" if c == "*" else "_" if c == "?" else _like_escape(c) for c in name)
@@ -832,21 +783,7 @@ class Store:
                 meta = r.meta or {}
                 if not all(_meta_matches(meta.get(k, _MISSING), v) for k, v in wanted.items()):
                     continue
-                out.append(
-                    ItemInfo(
-                        id=r.id,
-                        folder=paths[r.folder_id],
-                        name=r.name,
-                        metadata=meta,
-                        version=r.number,
-                        digest=r.digest,
-                        size=r.size,
-                        content_type=r.content_type,
-                        created_at=r.created_at,
-                        updated_at=r.updated_at,
-                        version_id=r.vid,
-                    )
-                )
+                out.append(_item_info(r, paths[r.folder_id]))
             return out
 
     def set_item_metadata(
@@ -957,6 +894,39 @@ class Store:
 
 
 _MISSING = object()
+
+
+def _current_items() -> Any:
+    """Items joined with their current version: the columns :func:`_item_info` reads."""
+    return select(
+        Item.id,
+        Item.folder_id,
+        Item.name,
+        Item.meta.label("meta"),
+        Item.created_at,
+        Item.updated_at,
+        Version.number,
+        Version.digest,
+        Version.size,
+        Version.content_type,
+        Version.id.label("vid"),
+    ).join(Version, and_(Version.item_id == Item.id, Version.number == Item.current_version))
+
+
+def _item_info(r: Any, folder: str) -> ItemInfo:
+    return ItemInfo(
+        id=r.id,
+        folder=folder,
+        name=r.name,
+        metadata=r.meta or {},
+        version=r.number,
+        digest=r.digest,
+        size=r.size,
+        content_type=r.content_type,
+        created_at=r.created_at,
+        updated_at=r.updated_at,
+        version_id=r.vid,
+    )
 
 
 def _meta_matches(value: Any, wanted: Any) -> bool:
