@@ -136,11 +136,18 @@ class Engine:
                 f"pipeline {p.name!r} was built in Python and has no reference; run it with pipeline.run(...) "
                 "or Engine.run(...), or load it from a module or file"
             )
+        if not inputs and any(p.per_item(s.name) or s.uses_items for s in p):
+            where = f"folder {source!r} has no items" if source else "no items were given"
+            raise InvalidInput(
+                f"no input items for pipeline {p.name!r}: {where}; upload files first or choose another source"
+            )
         src_id = dest_id = None
         if source:
             source = "/".join(split_path(source))
             require(conn, actor, source, Level.READ)
             src_id = conn.execute(select(Folder.id).where(Folder.path == source)).scalar()
+            if src_id is None:  # an admin passes require() even for a folder that does not exist
+                raise NotFound(f"no folder {source!r}, or you may not see it", path=source)
         if dest:
             dest = "/".join(split_path(dest))
             if not conn.execute(select(Folder.id).where(Folder.path == dest)).first():
