@@ -24,6 +24,7 @@ from datamill.api.errors import ErrorBoundary, install_error_handlers
 from datamill.api.landing import router as landing_router
 from datamill.api.middleware import AccessLog, TokenAuth, silence_uvicorn_access_log
 from datamill.api.routes import content, events, folders, items, users
+from datamill.api.routes import lineage as lineage_routes
 from datamill.home import Home
 
 API_PREFIX = "/api/v1"
@@ -35,6 +36,7 @@ ROUTERS: list[APIRouter] = [
     items.router,
     content.router,
     events.router,
+    lineage_routes.router,
 ]
 
 #: Seconds between keep-alive comments on an idle SSE stream.

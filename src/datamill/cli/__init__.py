@@ -21,6 +21,7 @@ import typer
 from typer.core import TyperGroup
 
 from datamill.cli import events, folders, items, server, users
+from datamill.cli import lineage as lineage_cmd
 from datamill.cli.context import State
 from datamill.cli.output import say
 from datamill.errors import DatamillError
@@ -139,6 +140,7 @@ items.register(app)
 events.register(app)
 users.register(app)
 server.register(app)
+lineage_cmd.register(app)
 
 
 def main() -> None:
