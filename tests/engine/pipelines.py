@@ -149,3 +149,16 @@ def parse_after_writing(item: InputFile, ctx: Context, *, marks: str = "") -> st
 
 #: parse (writing an output before it works) -> count
 partial = Pipeline("partial", steps=[parse_after_writing, count])
+
+
+@step
+def narrate(item: InputFile, ctx: Context, *, marks: str = "") -> str:
+    """Logs before and after doing what the item says (so a log can be followed while it works)."""
+    ctx.log.info("starting %s", item.name)
+    text = behave(item, marks)
+    ctx.log.info("finished %s", item.name)
+    return text
+
+
+#: one step logging around its work
+narrating = Pipeline("narrating", steps=[narrate])

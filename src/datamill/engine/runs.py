@@ -430,13 +430,18 @@ def finish_task(
 
 def requeue_task(
     conn: Connection, task_id: int, run_id: int, folder_id: int | None, not_before: float, error: str
-) -> None:
-    """Put a failed attempt back in the queue for a retry after ``not_before``."""
-    conn.execute(
+) -> bool:
+    """Put a failed attempt back in the queue for a retry after ``not_before``; False if it was not running.
+
+    No event without a change: the task may have been reclaimed or ended meanwhile.
+    """
+    n = conn.execute(
         update(Task)
         .where(Task.id == task_id, Task.status == TaskStatus.RUNNING)
         .values(status=TaskStatus.QUEUED, not_before=not_before, error=error, lease_owner=None, lease_expires=None)
-    )
+    ).rowcount
+    if not n:
+        return False
     events.append(
         conn,
         "task.retrying",
@@ -445,18 +450,25 @@ def requeue_task(
         folder_id=folder_id,
         data={"error": error, "not_before": not_before},
     )
+    return True
 
 
 def set_progress(
     conn: Connection, task_id: int, run_id: int, folder_id: int | None, fraction: float, message: str
-) -> None:
-    """Record a running task's progress (0..1) and message."""
+) -> bool:
+    """Record a running task's progress (0..1) and message; False (and no event) if it is not running.
+
+    Progress can arrive after the task's end was recorded; it must not leave an event that
+    :func:`fold` would apply to a finished task.
+    """
     fraction = max(0.0, min(1.0, float(fraction)))
-    conn.execute(
+    n = conn.execute(
         update(Task)
         .where(Task.id == task_id, Task.status == TaskStatus.RUNNING)
         .values(progress=fraction, message=message[:1000])
-    )
+    ).rowcount
+    if not n:
+        return False
     events.append(
         conn,
         "task.progress",
@@ -465,6 +477,7 @@ def set_progress(
         folder_id=folder_id,
         data={"progress": fraction, "message": message[:1000]},
     )
+    return True
 
 
 def finish_run_if_done(conn: Connection, run_id: int, folder_id: int | None) -> RunStatus | None:
