@@ -138,6 +138,8 @@ class LineageGraph:
     nodes: dict[str, Node] = field(default_factory=dict)
     edges: list[Edge] = field(default_factory=list)
     _edge_set: set[Edge] = field(default_factory=set, repr=False)
+    _from: dict[str, list[Edge]] = field(default_factory=dict, repr=False)
+    _to: dict[str, list[Edge]] = field(default_factory=dict, repr=False)
 
     def add_node(self, node: Node) -> Node:
         """Add ``node`` unless one with its id is there; returns the node kept."""
@@ -149,14 +151,16 @@ class LineageGraph:
         if edge not in self._edge_set:
             self._edge_set.add(edge)
             self.edges.append(edge)
+            self._from.setdefault(source, []).append(edge)
+            self._to.setdefault(target, []).append(edge)
 
     def edges_from(self, source: str, *kinds: Rel) -> list[Edge]:
         """Edges leaving ``source`` (of the given kinds, or all)."""
-        return [e for e in self.edges if e.source == source and (not kinds or e.kind in kinds)]
+        return [e for e in self._from.get(source, ()) if not kinds or e.kind in kinds]
 
     def edges_to(self, target: str, *kinds: Rel) -> list[Edge]:
         """Edges arriving at ``target`` (of the given kinds, or all)."""
-        return [e for e in self.edges if e.target == target and (not kinds or e.kind in kinds)]
+        return [e for e in self._to.get(target, ()) if not kinds or e.kind in kinds]
 
     def of_type(self, type_: str) -> list[Node]:
         """Nodes of one type (``version``, ``output``, ``task``, ``run``, ``user``, ``dataflow``)."""
@@ -257,6 +261,8 @@ class _Walker:
         self._creators: dict[int, int | None] = {}
         self._items_steps: dict[str, frozenset[str] | None] = {}
         self._runs_by_input: dict[int, list[int]] | None = None
+        self._run_visible: dict[int, bool] = {}
+        self._unrecorded: dict[int, dict[str, list[int]]] = {}
 
     # ------------------------------------------------------------------ rows
 
@@ -307,12 +313,18 @@ class _Walker:
 
     def run_visible(self, run: Any) -> bool:
         """The engine's rule: admins, the requester, and readers of the run's source or destination."""
-        if self.actor.is_admin or (run.requested_by is not None and run.requested_by == self.actor.id):
-            return True
-        for path in (run.source_folder, run.dest_folder):
-            if path and self.conn.execute(select(Folder.id).where(Folder.path == path)).first() and self.readable(path):
-                return True
-        return False
+        if run.id not in self._run_visible:
+            self._run_visible[run.id] = (
+                self.actor.is_admin
+                or (run.requested_by is not None and run.requested_by == self.actor.id)
+                or any(
+                    path
+                    and self.conn.execute(select(Folder.id).where(Folder.path == path)).first()
+                    and self.readable(path)
+                    for path in (run.source_folder, run.dest_folder)
+                )
+            )
+        return self._run_visible[run.id]
 
     def creator(self, vid: int) -> int | None:
         """The task that created a version: ``versions.task_id``, else the first task that published it."""
@@ -414,18 +426,24 @@ class _Walker:
         p = self.task_row(producer)
         if p is None:
             return []
-        out = []
-        rows = self.conn.execute(select(Task).where(Task.run_id == p.run_id, Task.id != producer)).all()
-        for t in rows:
-            if p.planned_id not in (t.deps or []):
-                continue
-            recorded = self.conn.execute(
-                select(TaskInput.id).where(TaskInput.task_id == t.id, TaskInput.upstream_task_id.is_not(None)).limit(1)
-            ).first()
-            if recorded is None:
-                self._tasks.setdefault(int(t.id), t)
-                out.append((int(t.id), p.planned_id))
-        return out
+        if p.run_id not in self._unrecorded:
+            # Once per run: {planned id: tasks depending on it that recorded no upstream input}.
+            recorded = set(
+                self.conn.execute(
+                    select(TaskInput.task_id)
+                    .join(Task, Task.id == TaskInput.task_id)
+                    .where(Task.run_id == p.run_id, TaskInput.upstream_task_id.is_not(None))
+                    .distinct()
+                ).scalars()
+            )
+            index: dict[str, list[int]] = {}
+            for t in self.conn.execute(select(Task).where(Task.run_id == p.run_id).order_by(Task.id)).all():
+                if t.deps and t.id not in recorded:
+                    self._tasks.setdefault(int(t.id), t)
+                    for dep in t.deps:
+                        index.setdefault(dep, []).append(int(t.id))
+            self._unrecorded[p.run_id] = index
+        return [(tid, p.planned_id) for tid in self._unrecorded[p.run_id].get(p.planned_id, []) if tid != producer]
 
     def _items_consumers(self, vid: int) -> list[int]:
         """Aggregate tasks whose step takes ``items``, in runs that had this version as an input."""
