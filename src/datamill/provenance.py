@@ -1153,6 +1153,8 @@ class _CrateBuilder:
             "name": run.pipeline_name,
             "identifier": run.pipeline_ref,
             "programmingLanguage": lang,
+            "description": "The pipeline as it is at export time; the code version each step ran with is its "
+            "tool's softwareVersion (a hash of the step's code).",
         }
         if source is not None:
             rel = _safe_rel("pipeline", source.name)
