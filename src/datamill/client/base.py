@@ -15,6 +15,7 @@ from collections.abc import Callable, Iterable, Iterator, Mapping
 from pathlib import Path
 from typing import Any, BinaryIO
 
+from datamill.engine.runs import FINISHED_RUN
 from datamill.errors import BlobCorrupted, InvalidInput, NotFound
 from datamill.events import EventRecord
 from datamill.store.blobs import hasher
@@ -180,6 +181,153 @@ class Client(ABC):
             if not batch:
                 self.wait_events(cursor, 1.0)
 
+    # --- runs -----------------------------------------------------------------------------
+    # A pipeline reference is ``module:attr``, ``path/file.py:attr`` or ``path/file.yaml``; a
+    # file path that exists here is sent as an absolute path (see :func:`absolute_ref`).
+
+    @abstractmethod
+    def plan(
+        self,
+        pipeline_ref: str,
+        folder: str,
+        params: Mapping[str, Any] | None = None,
+        force: bool = False,
+    ) -> dict[str, Any]:
+        """A dry run over the items of ``folder``: which tasks would run and which are cached.
+
+        Returns ``Plan.to_dict()``: ``{"pipeline", "inputs", "counts", "tasks", "edges"}``, each task
+        with its ``decision`` (``run``, ``cached``, or ``pending`` until its inputs are known).
+        """
+
+    @abstractmethod
+    def submit_run(
+        self,
+        pipeline_ref: str,
+        folder: str,
+        dest: str | None = None,
+        params: Mapping[str, Any] | None = None,
+        force: bool = False,
+        reason: str = "",
+        executor: str | None = None,
+    ) -> int:
+        """Record a run (queued) over the items of ``folder``; returns its id.
+
+        A scheduler executes it: the server's (``datamill up``), or :meth:`LocalClient.execute`.
+        """
+
+    @abstractmethod
+    def run(
+        self,
+        pipeline_ref: str,
+        folder: str,
+        dest: str | None = None,
+        params: Mapping[str, Any] | None = None,
+        force: bool = False,
+        executor: str | None = None,
+        on_start: Callable[[int], None] | None = None,
+    ) -> dict[str, Any]:
+        """Submit a run and wait for its end; returns the finished run (as :meth:`run_info`).
+
+        Embedded, the run executes in this process; on a server, the server's scheduler runs it.
+        ``on_start(run_id)`` is called once the run is recorded (to watch it from another thread).
+        """
+
+    @abstractmethod
+    def runs(self, limit: int = 50, status: str | None = None) -> list[dict[str, Any]]:
+        """Runs you may see, newest first (``status``: queued, running, succeeded, failed, cancelled)."""
+
+    @abstractmethod
+    def run_info(self, run_id: int) -> dict[str, Any]:
+        """A run with its task counts: ``counts`` by status and ``steps`` (step -> status -> n)."""
+
+    @abstractmethod
+    def tasks(self, run_id: int) -> list[dict[str, Any]]:
+        """A run's tasks, in plan order."""
+
+    @abstractmethod
+    def task(self, task_id: int) -> dict[str, Any]:
+        """One task, with its outputs."""
+
+    @abstractmethod
+    def cancel_run(self, run_id: int) -> bool:
+        """Ask for a run to be cancelled; False if it had already ended."""
+
+    @abstractmethod
+    def retry_run(self, run_id: int) -> int:
+        """Resume a failed or cancelled run as a new run (finished tasks are cached); its id."""
+
+    @abstractmethod
+    def why(self, task_id: int) -> dict[str, Any]:
+        """Why a task ran or was cached: its key parts and what differs from the nearest earlier task."""
+
+    @abstractmethod
+    def logs(self, task_id: int, follow: bool = False) -> Iterator[str]:
+        """A task's log text in chunks; with ``follow``, until the task ends."""
+
+    @abstractmethod
+    def wait_run(self, run_id: int, timeout: float | None = None) -> dict[str, Any]:
+        """Block until a run has ended (or ``timeout`` passes); the run as :meth:`run_info` returns it."""
+
+    def watch_run(self, run_id: int, interval: float = 0.2) -> Iterator[dict[str, Any]]:
+        """Yield the run (as :meth:`run_info`) every ``interval`` seconds, the last time once it has ended."""
+        while True:
+            info = self.run_info(run_id)
+            yield info
+            if info["status"] in FINISHED_RUN:
+                return
+            time.sleep(interval)
+
+    # --- dataflows ------------------------------------------------------------------------
+    @abstractmethod
+    def create_dataflow(
+        self,
+        name: str,
+        source: str,
+        dest: str,
+        pipeline: str,
+        trigger: str = "new-items",
+        params: Mapping[str, Any] | None = None,
+        description: str = "",
+        webhooks: Iterable[str] | None = None,
+    ) -> dict[str, Any]:
+        """Create a dataflow (stopped) from ``source`` into ``dest``; it is validated before it is saved."""
+
+    @abstractmethod
+    def dataflows(self) -> list[dict[str, Any]]:
+        """The dataflows you may see, by name."""
+
+    @abstractmethod
+    def dataflow(self, name: str) -> dict[str, Any]:
+        """One dataflow: configuration, state, version, next fire times (cron) and ``recent_runs``."""
+
+    @abstractmethod
+    def edit_dataflow(self, name: str, **changes: Any) -> dict[str, Any]:
+        """Change a dataflow's configuration (a new version): ``source``, ``dest``, ``pipeline``,
+        ``trigger``, ``params``, ``description``, ``webhooks``; None leaves a field as it is."""
+
+    @abstractmethod
+    def start_dataflow(self, name: str) -> dict[str, Any]:
+        """Mark a dataflow running: its trigger then runs in the server (``datamill up``)."""
+
+    @abstractmethod
+    def stop_dataflow(self, name: str, cancel: bool = False) -> dict[str, Any]:
+        """Stop a dataflow; with ``cancel``, also cancel its runs in flight (listed in ``cancelled``)."""
+
+    @abstractmethod
+    def run_dataflow(self, name: str) -> int | None:
+        """Record one run of a dataflow over the current contents of its source; its id (None: no items).
+
+        As with :meth:`submit_run`, a scheduler executes it.
+        """
+
+    @abstractmethod
+    def dataflow_history(self, name: str) -> list[dict[str, Any]]:
+        """Every configuration version of a dataflow, oldest first, with the runs made under it."""
+
+    @abstractmethod
+    def delete_dataflow(self, name: str) -> None:
+        """Remove a stopped dataflow (refused while it runs); its runs and results stay."""
+
     def close(self) -> None:
         """Release what the client holds."""
 
@@ -267,6 +415,25 @@ class Client(ABC):
             if on_file:
                 on_file(path, info)
         return out
+
+
+def absolute_ref(ref: str) -> str:
+    """A pipeline reference that names a local file, made absolute; anything else unchanged.
+
+    ``"pipelines/p.py:pipeline"`` -> ``"/home/ana/work/pipelines/p.py:pipeline"`` when that file
+    exists here, so the reference still works from a server or a dataflow with another working
+    directory. ``"package.module:attr"`` is left as it is.
+    """
+    text = ref.strip()
+    target, attr = text, ""
+    head, sep, tail = text.rpartition(":")
+    if sep and head and not (len(head) == 1 and tail.startswith(("\\", "/"))):
+        target, attr = head, sep + tail
+    path = Path(target).expanduser()
+    if path.suffix in (".py", ".yaml", ".yml") or "/" in target or os.sep in target:
+        if path.is_file():
+            return f"{path.resolve()}{attr}"
+    return text
 
 
 def wait_until(predicate: Callable[[], bool], timeout: float, interval: float = 0.02) -> bool:

@@ -2,10 +2,15 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Iterator, Mapping
+import asyncio
+import time
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from typing import Any, BinaryIO
 
-from datamill.client.base import Client, ProgressFn
+from datamill.client.base import Client, ProgressFn, absolute_ref
+from datamill.dataflows.dataflow import Dataflows
+from datamill.engine.engine import Engine
+from datamill.engine.runs import FINISHED_RUN
 from datamill.errors import PermissionDenied
 from datamill.events import EventRecord
 from datamill.home import Home
@@ -170,3 +175,247 @@ class LocalClient(Client):
 
     def wait_events(self, since: int, timeout: float) -> bool:
         return self.home.events.wait(since, timeout)
+
+    # runs
+    @property
+    def engine(self) -> Engine:
+        """The :class:`~datamill.engine.engine.Engine` of the home."""
+        return Engine(self.home)
+
+    def plan(
+        self,
+        pipeline_ref: str,
+        folder: str,
+        params: Mapping[str, Any] | None = None,
+        force: bool = False,
+    ) -> dict[str, Any]:
+        engine = self.engine
+        inputs = engine.inputs_from_folder(self.actor, folder)
+        return engine.plan(absolute_ref(pipeline_ref), inputs, params, force).to_dict()
+
+    def submit_run(
+        self,
+        pipeline_ref: str,
+        folder: str,
+        dest: str | None = None,
+        params: Mapping[str, Any] | None = None,
+        force: bool = False,
+        reason: str = "",
+        executor: str | None = None,
+    ) -> int:
+        engine = self.engine
+        inputs = engine.inputs_from_folder(self.actor, folder)
+        return engine.submit(
+            self.actor,
+            absolute_ref(pipeline_ref),
+            inputs,
+            source=folder,
+            dest=dest,
+            params=params,
+            force=force,
+            reason=reason,
+            executor=executor,
+        )
+
+    def run(
+        self,
+        pipeline_ref: str,
+        folder: str,
+        dest: str | None = None,
+        params: Mapping[str, Any] | None = None,
+        force: bool = False,
+        executor: str | None = None,
+        on_start: Callable[[int], None] | None = None,
+    ) -> dict[str, Any]:
+        executor = executor or self.home.settings.executor
+        run_id = self.submit_run(pipeline_ref, folder, dest, params, force, executor=executor)
+        if on_start is not None:
+            on_start(run_id)
+        return self.execute(run_id, executor)
+
+    def execute(self, run_id: int, executor: str | None = None, workers: int | None = None) -> dict[str, Any]:
+        """Execute a recorded run in this process until it ends; returns it (as :meth:`run_info`).
+
+        What ``Engine.run`` does after submitting. Ctrl-C cancels the run: nothing else would finish it
+        without a server, and its running tasks are marked cancelled at once.
+        """
+        self.run_info(run_id)  # access check: a run you may not see is not yours to execute
+        from datamill.engine.scheduler import Scheduler
+
+        sched = Scheduler(self.home, executor or self.home.settings.executor, workers=workers)
+
+        async def go() -> None:
+            async with sched:
+                await sched.run_until_idle([run_id])
+            me = asyncio.current_task()
+            if me is not None and me.cancelling():
+                # Ctrl-C arrived while the scheduler was closing, which waits through cancellation:
+                # let asyncio.run turn it into KeyboardInterrupt all the same.
+                raise asyncio.CancelledError
+
+        try:
+            asyncio.run(go())
+        except KeyboardInterrupt:
+            self._abandon(run_id, sched.owner)
+            raise
+        return self.run_info(run_id)
+
+    def _abandon(self, run_id: int, owner: str) -> None:
+        """Cancel a run whose in-process scheduler was interrupted, ending the tasks it held."""
+        from sqlalchemy import select
+
+        from datamill.db.models import Task
+        from datamill.engine import runs
+
+        with self.home.db.write() as conn:
+            folder_id = runs.run_folder_id(conn, run_id)
+            held = conn.execute(
+                select(Task.id).where(
+                    Task.run_id == run_id, Task.lease_owner == owner, Task.status == runs.TaskStatus.RUNNING
+                )
+            ).scalars()
+            for tid in list(held):
+                runs.finish_task(conn, tid, run_id, runs.TaskStatus.CANCELLED, folder_id, error="interrupted")
+            runs.request_cancel(conn, run_id, self.actor.id, folder_id)
+            runs.finish_run_if_done(conn, run_id, folder_id)
+
+    def runs(self, limit: int = 50, status: str | None = None) -> list[dict[str, Any]]:
+        return self.engine.list_runs(self.actor, limit, status)
+
+    def run_info(self, run_id: int) -> dict[str, Any]:
+        return self.engine.get_run(self.actor, run_id)
+
+    def tasks(self, run_id: int) -> list[dict[str, Any]]:
+        return [t.to_dict() for t in self.engine.tasks(self.actor, run_id)]
+
+    def task(self, task_id: int) -> dict[str, Any]:
+        return self.engine.task(self.actor, task_id).to_dict()
+
+    def cancel_run(self, run_id: int) -> bool:
+        return self.engine.cancel(self.actor, run_id)
+
+    def retry_run(self, run_id: int) -> int:
+        return self.engine.retry(self.actor, run_id)
+
+    def why(self, task_id: int) -> dict[str, Any]:
+        return self.engine.why(self.actor, task_id)
+
+    def logs(self, task_id: int, follow: bool = False) -> Iterator[str]:
+        return self.engine.iter_log(self.actor, task_id, follow=follow)
+
+    def wait_run(self, run_id: int, timeout: float | None = None) -> dict[str, Any]:
+        deadline = None if timeout is None else time.monotonic() + timeout
+        events = self.home.events
+        while True:
+            cursor = events.latest()
+            info = self.run_info(run_id)
+            if info["status"] in FINISHED_RUN:
+                return info
+            left = 1.0 if deadline is None else min(1.0, deadline - time.monotonic())
+            if left <= 0:
+                return info
+            events.wait(cursor, left)
+
+    # dataflows
+    @property
+    def flows(self) -> Dataflows:
+        """The home's :class:`~datamill.dataflows.dataflow.Dataflows`."""
+        return Dataflows(self.home.db)
+
+    def create_dataflow(
+        self,
+        name: str,
+        source: str,
+        dest: str,
+        pipeline: str,
+        trigger: str = "new-items",
+        params: Mapping[str, Any] | None = None,
+        description: str = "",
+        webhooks: Iterable[str] | None = None,
+    ) -> dict[str, Any]:
+        config = {
+            "source": source,
+            "destination": dest,
+            "pipeline": absolute_ref(pipeline),
+            "trigger": trigger,
+            "params": dict(params or {}),
+            "description": description,
+            "webhooks": list(webhooks or []),
+        }
+        return self.flows.create(self.actor, name, config).to_dict()
+
+    def dataflows(self) -> list[dict[str, Any]]:
+        return [f.to_dict() for f in self.flows.all(self.actor)]
+
+    def dataflow(self, name: str, recent: int = 10) -> dict[str, Any]:
+        from datamill.engine import runs
+
+        out = self.flows.get(self.actor, name).to_dict()
+        with self.home.db.read() as conn:
+            out["recent_runs"] = [
+                {k: r[k] for k in ("id", "status", "reason", "requested_at", "finished_at", "dataflow_version")}
+                for r in runs.list_runs(conn, recent, dataflow_id=out["id"])
+            ]
+        return out
+
+    def edit_dataflow(self, name: str, **changes: Any) -> dict[str, Any]:
+        return self.flows.edit(self.actor, name, dataflow_changes(changes)).to_dict()
+
+    def start_dataflow(self, name: str) -> dict[str, Any]:
+        return self.flows.set_state(self.actor, name, "running").to_dict()
+
+    def stop_dataflow(self, name: str, cancel: bool = False) -> dict[str, Any]:
+        from datamill.dataflows.triggers import active_runs
+
+        out = self.flows.set_state(self.actor, name, "stopped").to_dict()
+        cancelled = []
+        if cancel:
+            engine = self.engine
+            for run_id in active_runs(self.home, out["id"]):
+                if engine.cancel(self.actor, run_id):
+                    cancelled.append(run_id)
+        out["cancelled"] = cancelled
+        return out
+
+    def run_dataflow(self, name: str) -> int | None:
+        from datamill.dataflows.triggers import Triggers
+
+        self.flows.get(self.actor, name)  # not visible: NotFound, as everywhere else
+        # The run is submitted as this actor: the engine checks read on the source, write on the destination.
+        return Triggers(self.home).run_now(name, self.actor)
+
+    def dataflow_history(self, name: str) -> list[dict[str, Any]]:
+        return self.flows.history(self.actor, name)
+
+    def delete_dataflow(self, name: str) -> None:
+        self.flows.delete(self.actor, name)
+
+
+#: Client-side names of dataflow fields -> the dataflow's configuration keys.
+_FIELD_NAMES = {"dest": "destination", "destination": "destination"}
+_EDITABLE = ("source", "dest", "destination", "pipeline", "trigger", "params", "description", "webhooks")
+
+
+def dataflow_changes(changes: Mapping[str, Any]) -> dict[str, Any]:
+    """``edit_dataflow`` keyword arguments as configuration changes; None values are left out.
+
+    Raises InvalidDataflow naming an unknown field.
+    """
+    from datamill.errors import InvalidDataflow
+
+    unknown = sorted(set(changes) - set(_EDITABLE))
+    if unknown:
+        raise InvalidDataflow(
+            f"cannot change {', '.join(unknown)}; editable fields: source, dest, pipeline, trigger, params, "
+            "description, webhooks"
+        )
+    out: dict[str, Any] = {}
+    for key, value in changes.items():
+        if value is None:
+            continue
+        if key == "pipeline":
+            value = absolute_ref(str(value))
+        if key == "webhooks":
+            value = list(value)
+        out[_FIELD_NAMES.get(key, key)] = value
+    return out

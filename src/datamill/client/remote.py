@@ -22,7 +22,8 @@ import httpx
 
 import datamill
 from datamill import errors
-from datamill.client.base import Client, ProgressFn
+from datamill.client.base import Client, ProgressFn, absolute_ref
+from datamill.engine.runs import FINISHED_RUN
 from datamill.errors import BlobCorrupted, DatamillError, InvalidInput, Unauthorized
 from datamill.events import EventRecord
 from datamill.store.access import Level
@@ -420,3 +421,199 @@ class RemoteClient(Client):
         while not (stop and stop()):
             batch, cursor = self._events_page(cursor, 1000, wanted, wait=1.0)
             yield from batch
+
+    # --- runs -----------------------------------------------------------------------------
+    def plan(
+        self,
+        pipeline_ref: str,
+        folder: str,
+        params: Mapping[str, Any] | None = None,
+        force: bool = False,
+    ) -> dict[str, Any]:
+        body = {"pipeline": absolute_ref(pipeline_ref), "folder": folder, "params": dict(params or {}), "force": force}
+        result: dict[str, Any] = self._call("POST", "/plan", json=body)
+        return result
+
+    def _submit(self, body: dict[str, Any]) -> int:
+        return int(self._call("POST", "/runs", json=body)["id"])
+
+    def submit_run(
+        self,
+        pipeline_ref: str,
+        folder: str,
+        dest: str | None = None,
+        params: Mapping[str, Any] | None = None,
+        force: bool = False,
+        reason: str = "",
+        executor: str | None = None,
+    ) -> int:
+        return self._submit(_run_body(pipeline_ref, folder, dest, params, force, reason, executor))
+
+    def run(
+        self,
+        pipeline_ref: str,
+        folder: str,
+        dest: str | None = None,
+        params: Mapping[str, Any] | None = None,
+        force: bool = False,
+        executor: str | None = None,
+        on_start: Callable[[int], None] | None = None,
+    ) -> dict[str, Any]:
+        body = _run_body(pipeline_ref, folder, dest, params, force, "", executor)
+        # Refused before anything is recorded when the server runs no scheduler to execute it.
+        body["require_scheduler"] = True
+        run_id = self._submit(body)
+        if on_start is not None:
+            on_start(run_id)
+        return self.wait_run(run_id)
+
+    def wait_run(self, run_id: int, timeout: float | None = None) -> dict[str, Any]:
+        """Long-poll the run until it has ended (the server answers as soon as it does)."""
+        deadline = None if timeout is None else time.monotonic() + timeout
+        while True:
+            left = LONG_POLL_SECONDS if deadline is None else min(LONG_POLL_SECONDS, deadline - time.monotonic())
+            info = self._run_page(run_id, max(0.0, left))
+            if info["status"] in FINISHED_RUN or (deadline is not None and time.monotonic() >= deadline):
+                return info
+
+    def _run_page(self, run_id: int, wait: float = 0.0) -> dict[str, Any]:
+        params = {"wait": round(wait, 3)} if wait > 0 else {}
+        read = self._http.timeout.read or 60.0
+        request = self._http.build_request(
+            "GET",
+            f"/runs/{int(run_id)}",
+            params=params,
+            timeout=httpx.Timeout(self._http.timeout.connect or 10.0, read=wait + read),
+        )
+        result: dict[str, Any] = self._send(request).json()
+        return result
+
+    def runs(self, limit: int = 50, status: str | None = None) -> list[dict[str, Any]]:
+        params: dict[str, Any] = {"limit": limit}
+        if status:
+            params["status"] = status
+        result: list[dict[str, Any]] = self._call("GET", "/runs", params=params)
+        return result
+
+    def run_info(self, run_id: int) -> dict[str, Any]:
+        return self._run_page(run_id)
+
+    def tasks(self, run_id: int) -> list[dict[str, Any]]:
+        result: list[dict[str, Any]] = self._call("GET", f"/runs/{int(run_id)}/tasks")
+        return result
+
+    def task(self, task_id: int) -> dict[str, Any]:
+        result: dict[str, Any] = self._call("GET", f"/tasks/{int(task_id)}")
+        return result
+
+    def cancel_run(self, run_id: int) -> bool:
+        return bool(self._call("POST", f"/runs/{int(run_id)}/cancel")["cancelled"])
+
+    def retry_run(self, run_id: int) -> int:
+        return int(self._call("POST", f"/runs/{int(run_id)}/retry")["id"])
+
+    def why(self, task_id: int) -> dict[str, Any]:
+        result: dict[str, Any] = self._call("GET", f"/tasks/{int(task_id)}/why")
+        return result
+
+    def logs(self, task_id: int, follow: bool = False) -> Iterator[str]:
+        # A followed log may stay quiet for long: no read timeout then.
+        timeout = httpx.Timeout(self._http.timeout.connect or 10.0, read=None if follow else self._http.timeout.read)
+        request = self._http.build_request(
+            "GET", f"/tasks/{int(task_id)}/logs", params={"follow": follow}, timeout=timeout
+        )
+        response = self._send(request, stream=True)
+        return self._text_chunks(response)
+
+    def _text_chunks(self, response: httpx.Response) -> Iterator[str]:
+        try:
+            try:
+                yield from response.iter_text()
+            except httpx.TransportError as exc:
+                raise DatamillError(f"the log stream from {self.url} broke off ({exc}); try again") from exc
+        finally:
+            response.close()
+
+    # --- dataflows ------------------------------------------------------------------------
+    def create_dataflow(
+        self,
+        name: str,
+        source: str,
+        dest: str,
+        pipeline: str,
+        trigger: str = "new-items",
+        params: Mapping[str, Any] | None = None,
+        description: str = "",
+        webhooks: Iterable[str] | None = None,
+    ) -> dict[str, Any]:
+        body = {
+            "name": name,
+            "source": source,
+            "dest": dest,
+            "pipeline": absolute_ref(pipeline),
+            "trigger": trigger,
+            "params": dict(params or {}),
+            "description": description,
+            "webhooks": list(webhooks or []),
+        }
+        result: dict[str, Any] = self._call("POST", "/dataflows", json=body)
+        return result
+
+    def dataflows(self) -> list[dict[str, Any]]:
+        result: list[dict[str, Any]] = self._call("GET", "/dataflows")
+        return result
+
+    def dataflow(self, name: str) -> dict[str, Any]:
+        result: dict[str, Any] = self._call("GET", f"/dataflows/{quote_segment(name)}")
+        return result
+
+    def edit_dataflow(self, name: str, **changes: Any) -> dict[str, Any]:
+        body = {k: v for k, v in changes.items() if v is not None}
+        if isinstance(body.get("pipeline"), str):
+            body["pipeline"] = absolute_ref(body["pipeline"])
+        if "webhooks" in body:
+            body["webhooks"] = list(body["webhooks"])
+        result: dict[str, Any] = self._call("PATCH", f"/dataflows/{quote_segment(name)}", json=body)
+        return result
+
+    def start_dataflow(self, name: str) -> dict[str, Any]:
+        result: dict[str, Any] = self._call("POST", f"/dataflows/{quote_segment(name)}/start")
+        return result
+
+    def stop_dataflow(self, name: str, cancel: bool = False) -> dict[str, Any]:
+        result: dict[str, Any] = self._call(
+            "POST", f"/dataflows/{quote_segment(name)}/stop", params={"cancel": cancel}
+        )
+        return result
+
+    def run_dataflow(self, name: str) -> int | None:
+        run_id = self._call("POST", f"/dataflows/{quote_segment(name)}/run")["id"]
+        return None if run_id is None else int(run_id)
+
+    def dataflow_history(self, name: str) -> list[dict[str, Any]]:
+        result: list[dict[str, Any]] = self._call("GET", f"/dataflows/{quote_segment(name)}/history")
+        return result
+
+    def delete_dataflow(self, name: str) -> None:
+        self._call("DELETE", f"/dataflows/{quote_segment(name)}")
+
+
+def _run_body(
+    pipeline_ref: str,
+    folder: str,
+    dest: str | None,
+    params: Mapping[str, Any] | None,
+    force: bool,
+    reason: str,
+    executor: str | None,
+) -> dict[str, Any]:
+    """The JSON body of ``POST /runs``."""
+    return {
+        "pipeline": absolute_ref(pipeline_ref),
+        "folder": folder,
+        "dest": dest,
+        "params": dict(params or {}),
+        "force": force,
+        "reason": reason,
+        "executor": executor,
+    }

@@ -1,0 +1,141 @@
+"""Dataflows: create, list, read, edit (a new version each time), start, stop, run now, history, delete.
+
+Routes (under ``/api/v1``):
+
+* ``GET /dataflows``, ``POST /dataflows`` (created stopped)
+* ``GET|PATCH|DELETE /dataflows/{name}`` (delete is refused while the dataflow runs)
+* ``POST /dataflows/{name}/start``; ``POST /dataflows/{name}/stop?cancel=true`` (also cancels its
+  runs in flight); ``POST /dataflows/{name}/run`` (one run over the source's current contents,
+  executed by the server's scheduler)
+* ``GET /dataflows/{name}/history``: every configuration version with the runs made under it
+
+Handlers call the embedded client acting as the caller: the same validation and access rules as
+``datamill flow`` on a local home.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from fastapi import APIRouter, Query
+from fastapi.responses import JSONResponse
+from pydantic import BaseModel, Field
+
+from datamill.api.deps import ActorDep, HomeDep, blocking
+from datamill.api.schemas import Done
+from datamill.client.local import LocalClient
+from datamill.errors import InvalidDataflow
+
+router = APIRouter(tags=["dataflows"])
+
+
+class DataflowCreate(BaseModel):
+    """A new dataflow."""
+
+    name: str = Field(description="1-100 letters, digits, '-', '_' or '.'.")
+    source: str = Field(description="The folder it watches.")
+    dest: str | None = Field(None, description="The folder results go to (outside the source).")
+    destination: str | None = Field(None, description="Same as dest.")
+    pipeline: str = Field(description="A pipeline reference the server can load: module:attr, file.py:attr, file.yaml.")
+    trigger: str = Field("new-items", description="new-items, manual or 'cron:<five fields>'.")
+    params: dict[str, Any] = Field(default_factory=dict, description="Step parameters: {'step.param': value}.")
+    description: str = ""
+    webhooks: list[str] = Field(default_factory=list, description="URLs to POST run results to.")
+
+
+class DataflowEdit(BaseModel):
+    """Fields to change; the ones left out keep their value."""
+
+    source: str | None = None
+    dest: str | None = None
+    destination: str | None = None
+    pipeline: str | None = None
+    trigger: str | None = None
+    params: dict[str, Any] | None = None
+    description: str | None = None
+    webhooks: list[str] | None = None
+
+
+class RunStarted(BaseModel):
+    """The run recorded, or null when the source holds no items."""
+
+    id: int | None
+
+
+def _client(home: Any, actor: Any) -> LocalClient:
+    return LocalClient(home, actor)
+
+
+@router.get("/dataflows", summary="List dataflows")
+async def list_dataflows(actor: ActorDep, home: HomeDep) -> JSONResponse:
+    """The dataflows you may see, by name."""
+    return JSONResponse(await blocking(_client(home, actor).dataflows))
+
+
+@router.post("/dataflows", status_code=201, summary="Create a dataflow")
+async def create_dataflow(body: DataflowCreate, actor: ActorDep, home: HomeDep) -> JSONResponse:
+    """Validate and save a dataflow (stopped); start it with ``POST /dataflows/{name}/start``."""
+    dest = body.dest or body.destination
+    if not dest:
+        raise InvalidDataflow("destination: a destination folder is required (dest)", field="destination")
+    info = await blocking(
+        _client(home, actor).create_dataflow,
+        body.name,
+        body.source,
+        dest,
+        body.pipeline,
+        body.trigger,
+        body.params,
+        body.description,
+        body.webhooks,
+    )
+    return JSONResponse(info, status_code=201)
+
+
+@router.get("/dataflows/{name}", summary="Get a dataflow")
+async def get_dataflow(name: str, actor: ActorDep, home: HomeDep) -> JSONResponse:
+    """One dataflow: configuration, state, version, next fire times and recent runs."""
+    return JSONResponse(await blocking(_client(home, actor).dataflow, name))
+
+
+@router.patch("/dataflows/{name}", summary="Edit a dataflow")
+async def edit_dataflow(name: str, body: DataflowEdit, actor: ActorDep, home: HomeDep) -> JSONResponse:
+    """Apply changes as a new configuration version; runs already recorded keep theirs."""
+    changes = body.model_dump(exclude_none=True)
+    return JSONResponse(await blocking(_client(home, actor).edit_dataflow, name, **changes))
+
+
+@router.delete("/dataflows/{name}", response_model=Done, summary="Delete a dataflow")
+async def delete_dataflow(name: str, actor: ActorDep, home: HomeDep) -> dict[str, Any]:
+    """Remove a stopped dataflow; its runs and results stay."""
+    await blocking(_client(home, actor).delete_dataflow, name)
+    return {"ok": True}
+
+
+@router.post("/dataflows/{name}/start", summary="Start a dataflow")
+async def start_dataflow(name: str, actor: ActorDep, home: HomeDep) -> JSONResponse:
+    """Mark a dataflow running: its trigger records runs, the first one over items without a result."""
+    return JSONResponse(await blocking(_client(home, actor).start_dataflow, name))
+
+
+@router.post("/dataflows/{name}/stop", summary="Stop a dataflow")
+async def stop_dataflow(
+    name: str,
+    actor: ActorDep,
+    home: HomeDep,
+    cancel: bool = Query(False, description="Also cancel its runs in flight."),
+) -> JSONResponse:
+    """Stop recording runs; with ``cancel``, cancel the runs in flight too (listed in ``cancelled``)."""
+    return JSONResponse(await blocking(_client(home, actor).stop_dataflow, name, cancel))
+
+
+@router.post("/dataflows/{name}/run", response_model=RunStarted, status_code=201, summary="Run a dataflow now")
+async def run_dataflow(name: str, actor: ActorDep, home: HomeDep) -> JSONResponse:
+    """One run over the current contents of the source, whatever the trigger and state."""
+    return JSONResponse({"id": await blocking(_client(home, actor).run_dataflow, name)}, status_code=201)
+
+
+@router.get("/dataflows/{name}/history", summary="A dataflow's versions")
+async def dataflow_history(name: str, actor: ActorDep, home: HomeDep) -> JSONResponse:
+    """Every configuration version, oldest first, with the runs made under it."""
+    return JSONResponse(await blocking(_client(home, actor).dataflow_history, name))
