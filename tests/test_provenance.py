@@ -526,3 +526,57 @@ def test_cli_lineage_against_a_server(
     assert f"#run-{scenario.run2}" in crate_entities(crate)
     result = runner.invoke(cli_app, [*base, "lineage", "Out/none.json"])
     assert result.exit_code == 1 and "No such object" in result.stderr
+
+
+# ---------------------------------------------------------------------------------------------- items steps
+
+BUNDLE_PIPELINE = """
+from datamill.pipeline import InputFile, Pipeline, step
+
+
+@step
+def size(item: InputFile) -> dict:
+    return {"bytes": len(item.read_bytes())}
+
+
+@step(aggregate=True)
+def bundle(items: list[InputFile]) -> dict:
+    return {"names": [i.name for i in items]}
+
+
+pipeline = Pipeline("bundle", steps=[size, bundle])
+"""
+
+
+def test_an_aggregate_step_taking_items_derives_from_every_input(tmp_path: Path) -> None:
+    """A step taking ``items`` reads every input of its run, though no task input row says so."""
+    (tmp_path / "bundle_pipeline.py").write_text(BUNDLE_PIPELINE)
+    ref = f"{tmp_path / 'bundle_pipeline.py'}:pipeline"
+    home = Home(load_settings(environ={}, home=str(tmp_path / "home"), demo=False))
+    try:
+        admin, engine = home.admin, Engine(home)
+        home.store.create_folder(admin, "In")
+        home.store.create_folder(admin, "Out")
+        for name in ("one.txt", "two.txt"):
+            home.store.put(admin, "In", name, name.encode(), "text/plain")
+        inputs = engine.inputs_from_folder(admin, "In")
+        done = engine.run(admin, ref, inputs, source="In", dest="Out", executor="inline")
+        assert done["status"] == "succeeded"
+        lin = Lineage(home)
+
+        up = lin.upstream(admin, "Out/bundle.json")
+        bundle = generated_by(up, up.root)
+        assert bundle.attrs["step"] == "bundle"
+        assert sorted((up.nodes[e].attrs["path"], role) for e, role in used(up, bundle.id).items()) == [
+            ("In/one.txt", "items"), ("In/two.txt", "items"),
+        ]  # fmt: skip
+
+        down = lin.downstream(admin, "In/two.txt")
+        assert sorted(p for p, _ in down.versions()) == ["In/two.txt", "Out/bundle.json", "Out/two.size.json"]
+
+        # Once the pipeline no longer loads, an aggregate task with no recorded input is taken to read the items.
+        (tmp_path / "bundle_pipeline.py").unlink()
+        up = Lineage(home).upstream(admin, "Out/bundle.json")
+        assert sorted(p for p, _ in up.versions()) == ["In/one.txt", "In/two.txt", "Out/bundle.json"]
+    finally:
+        home.close()
