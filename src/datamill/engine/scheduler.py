@@ -46,6 +46,12 @@ log = logging.getLogger("datamill.scheduler")
 #: Outputs up to this size are kept in the database row instead of as a blob file: a trivial
 #: task then costs no file write and fsync.
 INLINE_LIMIT = 4096
+
+#: How often a run's driver looks again at tasks another scheduler holds, when it waits for them.
+HELD_POLL_SECONDS = 0.25
+
+#: The status a driver gives, in its own view, to a task another scheduler holds (never stored).
+HELD_ELSEWHERE = "elsewhere"
 #: Longest error message kept on a task row.
 MAX_ERROR = 2000
 
@@ -299,12 +305,21 @@ class Scheduler:
         return row, the_plan, actor, {t.planned_id: t for t in tasks}
 
     async def drive(self, run_id: int) -> RunStatus | None:
-        """Run the tasks of one run that this scheduler can claim, until the run ends or nothing is left for it."""
+        """Run the tasks of one run that this scheduler can claim, until the run ends or nothing is left for it.
+
+        Tasks another scheduler holds are waited for when queued tasks need them (and requeued
+        here if that scheduler dies and their leases expire), so a run driven by several
+        schedulers still ends. Returns the run's final status, or None when the last tasks are
+        another scheduler's to finish.
+        """
         await self.start()
         row, the_plan, actor, tasks = await asyncio.to_thread(self._load_run, run_id)
         folder_id = row.dest_folder_id
         if row.status in (RunStatus.SUCCEEDED, RunStatus.FAILED, RunStatus.CANCELLED):
             return RunStatus(row.status)
+        for t in tasks.values():
+            if t.status == TaskStatus.RUNNING:  # claimed by another scheduler (or one that died)
+                t.status = HELD_ELSEWHERE
         forced = bool(row.force)
         running: dict[asyncio.Task[_Done], TaskRow] = {}
         started = False
@@ -358,7 +373,9 @@ class Scheduler:
                             running[job] = t
                         else:
                             # Another scheduler has it: stop considering it here.
-                            t.status = "elsewhere"
+                            t.status = HELD_ELSEWHERE
+                    if not claimed and len(to_run) > len(batch):
+                        continue  # others took this batch: try the next ready tasks
                 if not running:
                     waiting = [t for t in tasks.values() if t.status == TaskStatus.QUEUED]
                     if not waiting:
@@ -367,9 +384,12 @@ class Scheduler:
                     if delays:
                         await asyncio.sleep(min(delays))
                         continue
-                    if any(t.status == "elsewhere" for t in tasks.values()):
-                        # Tasks held by another scheduler: it will finish the run.
-                        return None
+                    held = [t for t in tasks.values() if t.status == HELD_ELSEWHERE]
+                    if held:
+                        # Queued tasks may need what another scheduler is doing: look again shortly.
+                        await asyncio.sleep(HELD_POLL_SECONDS)
+                        await asyncio.to_thread(self._refresh_held, run_id, held)
+                        continue
                     return await asyncio.to_thread(self._finish, run_id, folder_id)
                 done = await self._collect(running, wait=True, timeout=0.25)
                 if done:
@@ -397,6 +417,28 @@ class Scheduler:
     def _finish(self, run_id: int, folder_id: int | None) -> RunStatus | None:
         with self.home.db.write() as conn:
             return runs.finish_run_if_done(conn, run_id, folder_id)
+
+    def _refresh_held(self, run_id: int, held: list[TaskRow]) -> None:
+        """Update tasks held by other schedulers from the database, requeueing those whose lease expired."""
+        from datamill.db.models import Task
+
+        now = self.clock()
+        with self.home.db.read() as conn:
+            expired = conn.execute(
+                select(Task.id)
+                .where(Task.run_id == run_id, Task.status == TaskStatus.RUNNING, Task.lease_expires < now)
+                .limit(1)
+            ).first()
+        if expired is not None:  # their scheduler died
+            with self.home.db.write() as conn:
+                runs.reclaim_expired(conn, now)
+        with self.home.db.read() as conn:
+            fresh = {t.id: t for t in runs.list_tasks(conn, run_id)}
+        for t in held:
+            f = fresh[t.id]
+            if f.status != TaskStatus.RUNNING:
+                t.status, t.attempts, t.key, t.error, t.not_before = f.status, f.attempts, f.key, f.error, f.not_before
+                t.outputs = f.outputs
 
     def _resolve_keys(
         self, the_plan: Plan, ready: list[TaskRow], tasks: dict[str, TaskRow], forced: bool
@@ -523,7 +565,7 @@ class Scheduler:
                     )
                     if not ok:
                         sp.rollback()
-                        t.status = "elsewhere"
+                        t.status = HELD_ELSEWHERE
                         continue
                 t.status = d.status
                 t.outputs = list(outputs)
