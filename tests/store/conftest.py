@@ -1,12 +1,14 @@
 """Fixtures for the store tests: a real Home on each database (see ``db_url`` in tests/conftest.py).
 
-``postgres_db_url`` is overridden here to clone a template database that was migrated once per
-session (``CREATE DATABASE ... TEMPLATE``), instead of running every migration for every test.
-The clone is the same schema the migrations make (tests/test_migrations.py checks them).
+``postgres_db_url`` and ``sqlite_db_url`` are overridden here to clone a database that was migrated
+once per session (``CREATE DATABASE ... TEMPLATE``; a copy of the SQLite file), instead of running
+every migration for every test. The clone is the schema the migrations make (tests/test_migrations.py
+checks them against the models).
 """
 
 from __future__ import annotations
 
+import shutil
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
@@ -72,9 +74,32 @@ def postgres_db_url(postgres_url: str, migrated_template: str) -> Iterator[str]:
         drop_database(postgres_url, name)
 
 
-def open_home(path: Path, db_url: str) -> Home:
-    """A Home on ``db_url`` with blobs under ``path``, ignoring any DATAMILL_* in the environment."""
-    return Home(load_settings(environ={}, home=str(path), database_url=db_url, demo=False))
+@pytest.fixture(scope="session")
+def migrated_sqlite_file(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A SQLite file with every migration applied, all connections to it closed."""
+    path = tmp_path_factory.mktemp("sqlite-template") / "datamill.db"
+    db = Database(f"sqlite:///{path}")
+    try:
+        db.migrate()
+    finally:
+        db.dispose()  # the last connection to close checkpoints the WAL into the file
+    return path
+
+
+@pytest.fixture
+def sqlite_db_url(tmp_path: Path, migrated_sqlite_file: Path) -> str:
+    """A fresh, migrated SQLite file in the test's ``tmp_path``."""
+    path = tmp_path / "datamill.db"
+    shutil.copyfile(migrated_sqlite_file, path)
+    wal = migrated_sqlite_file.with_name(migrated_sqlite_file.name + "-wal")
+    if wal.exists():
+        shutil.copyfile(wal, path.with_name(path.name + "-wal"))
+    return f"sqlite:///{path}"
+
+
+def open_home(path: Path, db_url: str, blob_url: str = "") -> Home:
+    """A Home on ``db_url`` with blobs under ``path`` (or ``blob_url``), ignoring DATAMILL_* variables."""
+    return Home(load_settings(environ={}, home=str(path), database_url=db_url, blob_url=blob_url, demo=False))
 
 
 @pytest.fixture

@@ -20,9 +20,11 @@ import pytest
 from sqlalchemy import func, select
 
 from datamill import events
+from datamill.client import LocalClient
 from datamill.db.models import Blob, Item, Version
 from datamill.errors import (
     AlreadyExists,
+    BlobCorrupted,
     DigestMismatch,
     InvalidInput,
     InvalidMetadata,
@@ -32,7 +34,7 @@ from datamill.errors import (
 )
 from datamill.home import Home
 from datamill.store.access import Level
-from datamill.store.blobs import digest_bytes
+from datamill.store.blobs import LocalBlobStore, digest_bytes
 from datamill.store.store import ROOT, Store
 
 from .conftest import add_user, open_home
@@ -854,3 +856,41 @@ def test_second_process_writes(db_url: str, tmp_path: Path) -> None:
         assert sum(1 for a, b in itertools.pairwise(owners) if a != b) >= 1
     finally:
         home.close()
+
+
+# ----------------------------------------------------------------------------- the client
+
+
+def test_client_put_and_download(home: Home, tmp_path: Path) -> None:
+    client = LocalClient(home)
+    client.create_folder("up")
+    src = tmp_path / "src.bin"
+    payload = bytes(range(256)) * 20000  # a few chunks
+    src.write_bytes(payload)
+    seen: list[int] = []
+    with open(src, "rb") as f:
+        info = client.put("up", "data.bin", f, progress=seen.append, size=len(payload))
+    assert sum(seen) == len(payload) and info.digest == digest_bytes(payload)
+    assert client.get("up/data.bin") == payload
+
+    out = tmp_path / "out"
+    out.mkdir()
+    got = client.download("up/data.bin", out, progress=seen.append)
+    assert got.version == 1 and (out / "data.bin").read_bytes() == payload
+    client.download("up/data.bin", out / "renamed.bin")
+    assert (out / "renamed.bin").read_bytes() == payload
+
+    # A corrupted blob: the download fails and leaves neither the file nor a partial one.
+    assert isinstance(home.blobs, LocalBlobStore)
+    path = home.blobs.path_of(info.digest)
+    path.chmod(0o644)
+    with open(path, "r+b") as f:
+        f.seek(12345)
+        f.write(b"\x00\x01\x02")
+    with pytest.raises(BlobCorrupted):
+        client.download("up/data.bin", out / "broken.bin")
+    assert sorted(p.name for p in out.iterdir()) == ["data.bin", "renamed.bin"]
+    # Uploading the same bytes again repairs it.
+    with open(src, "rb") as f:
+        assert client.put("up", "data.bin", f).digest == info.digest
+    assert client.get("up/data.bin", version=1) == payload
