@@ -396,9 +396,9 @@ def list_runs(
         print_json(result)
         return
     print_table(
-        ["id", "status", "pipeline", "source", "dest", "requested", "took", "reason"],
+        ["id", "status", "pipeline", "on -> to", "requested", "took", "reason"],
         [
-            (r["id"], r["status"], r["pipeline"], r["source_folder"] or "-", r["dest_folder"] or "-",
+            (r["id"], r["status"], r["pipeline"], f"{r['source_folder'] or '-'} -> {r['dest_folder'] or '-'}",
              human_time(r["requested_at"]), _duration(r) if r["finished_at"] else "-", r["reason"] or "")
             for r in result
         ],
