@@ -102,9 +102,9 @@ retrying = Pipeline("retrying", steps=[parse.configure(retries=2, retry_backoff=
 
 
 @step(force=True)
-def fetch(item: InputFile) -> str:
+def fetch(item: InputFile, *, marks: str = "") -> str:
     """Always runs (like fetching from a remote source); its output depends only on the item."""
-    return item.read_text().strip()
+    return behave(item, marks).strip()
 
 
 @step
