@@ -10,15 +10,11 @@ from __future__ import annotations
 
 import itertools
 import time
-import uuid
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 
-import psycopg
 import pytest
-from psycopg import sql
 from sqlalchemy import select, update
 
 from datamill.client import LocalClient
@@ -28,7 +24,7 @@ from datamill.home import Home
 from datamill.store import users
 from datamill.store.access import ANONYMOUS, Actor, Level
 
-from .conftest import add_user, open_home
+from .conftest import add_user, create_database, drop_database, libpq_url, open_home
 
 # ------------------------------------------------------------------------------ the matrix
 
@@ -46,12 +42,13 @@ LEVEL_OF_ROLE = {
 
 @dataclass(frozen=True)
 class Op:
-    """An operation on a target folder ``t`` (holding ``t/data.txt``), the level it needs, and checks."""
+    """An operation on a target folder ``t`` holding ``t/data.txt`` (b"data") and ``t/kept/``."""
 
     needed: Level
-    run: Callable[[LocalClient, str], Any]
-    #: checks, as the site admin, that an allowed call had its effect
-    done: Callable[[LocalClient, str], None]
+    #: the call, made as the role under test; it checks what it can see itself
+    run: Callable[[LocalClient, str], object]
+    #: after an allowed call: checks, as the site admin, that it had its effect
+    done: Callable[[LocalClient, str], None] = lambda admin, t: None
 
 
 def _unchanged(admin: LocalClient, t: str) -> None:
@@ -59,56 +56,62 @@ def _unchanged(admin: LocalClient, t: str) -> None:
     assert admin.folder(t).path == t
     item = admin.item(f"{t}/data.txt")
     assert (item.version, item.metadata) == (1, {})
-    assert admin.list_folders(t) == [] or [f.name for f in admin.list_folders(t)] == ["kept"]
+    assert [f.name for f in admin.list_folders(t)] == ["kept"]
     assert all(g["user"] != "bystander" for g in admin.access_list(t))
 
 
-def _read_bytes(c: LocalClient, t: str) -> bytes:
+def _list_items(c: LocalClient, t: str) -> None:
+    assert [i.name for i in c.list_items(t)] == ["data.txt"]
+
+
+def _iter_bytes(c: LocalClient, t: str) -> None:
     _, chunks = c.iter_bytes(f"{t}/data.txt")
-    return b"".join(chunks)
+    assert b"".join(chunks) == b"data"
 
 
-def _gone(call: Callable[[], Any]) -> None:
+def _has_version_2(admin: LocalClient, t: str) -> None:
+    assert admin.item(f"{t}/data.txt").version == 2
+
+
+def _has_metadata(admin: LocalClient, t: str) -> None:
+    assert admin.item(f"{t}/data.txt").metadata == {"x": 1}
+
+
+def _item_gone(admin: LocalClient, t: str) -> None:
     with pytest.raises(NotFound):
-        call()
+        admin.item(f"{t}/data.txt")
+
+
+def _has_subfolder(admin: LocalClient, t: str) -> None:
+    assert [f.name for f in admin.list_folders(t)] == ["kept", "new"]
+
+
+def _shared(admin: LocalClient, t: str) -> None:
+    assert {"user": "bystander", "level": "read"} in admin.access_list(t)
+
+
+def _folder_gone(admin: LocalClient, t: str) -> None:
+    with pytest.raises(NotFound):
+        admin.folder(t)
+
+
+def _moved(admin: LocalClient, t: str) -> None:
+    _folder_gone(admin, t)
+    assert admin.item(f"{t}-moved/data.txt").version == 1
 
 
 OPS: dict[str, Op] = {
-    "get_folder": Op(Level.READ, lambda c, t: c.folder(t), lambda a, t: None),
-    "list_items": Op(
-        Level.READ, lambda c, t: [i.name for i in c.list_items(t)] == ["data.txt"] or 1 / 0, lambda a, t: None
-    ),
-    "get_item": Op(Level.READ, lambda c, t: c.item(f"{t}/data.txt"), lambda a, t: None),
-    "iter_bytes": Op(Level.READ, lambda c, t: _read_bytes(c, t) == b"data" or 1 / 0, lambda a, t: None),
-    "put": Op(
-        Level.WRITE,
-        lambda c, t: c.put(t, "data.txt", b"new bytes"),
-        lambda a, t: None if a.item(f"{t}/data.txt").version == 2 else 1 / 0,
-    ),
-    "set_item_metadata": Op(
-        Level.WRITE,
-        lambda c, t: c.set_metadata(f"{t}/data.txt", {"x": 1}),
-        lambda a, t: None if a.item(f"{t}/data.txt").metadata == {"x": 1} else 1 / 0,
-    ),
-    "delete_item": Op(
-        Level.WRITE, lambda c, t: c.delete_item(f"{t}/data.txt"), lambda a, t: _gone(lambda: a.item(f"{t}/data.txt"))
-    ),
-    "create_subfolder": Op(
-        Level.WRITE, lambda c, t: c.create_folder(f"{t}/new"), lambda a, t: None if a.folder(f"{t}/new") else 1 / 0
-    ),
-    "share": Op(
-        Level.ADMIN,
-        lambda c, t: c.share(t, "bystander", "read"),
-        lambda a, t: None if {"user": "bystander", "level": "read"} in a.access_list(t) else 1 / 0,
-    ),
-    "move": Op(
-        Level.ADMIN,
-        lambda c, t: c.rename_folder(t, t.rsplit("/", 1)[-1] + "-moved"),
-        lambda a, t: _gone(lambda: a.folder(t)),
-    ),
-    "delete_folder": Op(
-        Level.ADMIN, lambda c, t: c.delete_folder(t, recursive=True), lambda a, t: _gone(lambda: a.folder(t))
-    ),
+    "get_folder": Op(Level.READ, lambda c, t: c.folder(t)),
+    "list_items": Op(Level.READ, _list_items),
+    "get_item": Op(Level.READ, lambda c, t: c.item(f"{t}/data.txt")),
+    "iter_bytes": Op(Level.READ, _iter_bytes),
+    "put": Op(Level.WRITE, lambda c, t: c.put(t, "data.txt", b"new bytes"), _has_version_2),
+    "set_item_metadata": Op(Level.WRITE, lambda c, t: c.set_metadata(f"{t}/data.txt", {"x": 1}), _has_metadata),
+    "delete_item": Op(Level.WRITE, lambda c, t: c.delete_item(f"{t}/data.txt"), _item_gone),
+    "create_subfolder": Op(Level.WRITE, lambda c, t: c.create_folder(f"{t}/new"), _has_subfolder),
+    "share": Op(Level.ADMIN, lambda c, t: c.share(t, "bystander", "read"), _shared),
+    "move": Op(Level.ADMIN, lambda c, t: c.rename_folder(t, t.rsplit("/", 1)[-1] + "-moved"), _moved),
+    "delete_folder": Op(Level.ADMIN, lambda c, t: c.delete_folder(t, recursive=True), _folder_gone),
 }
 
 
@@ -116,20 +119,13 @@ OPS: dict[str, Op] = {
 def world(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Home]:
     """One Home per database for the whole matrix, with its users."""
     tmp = tmp_path_factory.mktemp("access")
+    server = dbname = None
     if request.param == "sqlite":
         url = f"sqlite:///{tmp}/datamill.db"
-        drop: Callable[[], None] = lambda: None  # noqa: E731
     else:
-        server: str = request.getfixturevalue("postgres_url")
-        name = f"t_access_{uuid.uuid4().hex}"
-        with psycopg.connect(server, autocommit=True) as conn:
-            conn.execute(sql.SQL("CREATE DATABASE {}").format(sql.Identifier(name)))
-        url = server.rsplit("/", 1)[0] + f"/{name}"
-
-        def drop() -> None:
-            with psycopg.connect(server, autocommit=True) as conn:
-                conn.execute(sql.SQL("DROP DATABASE IF EXISTS {} WITH (FORCE)").format(sql.Identifier(name)))
-
+        server = request.getfixturevalue("postgres_url")
+        dbname = create_database(server, template=request.getfixturevalue("migrated_template"))
+        url = libpq_url(server, dbname)
     home = open_home(tmp / "home", url, blob_url="memory://")  # access is the subject, not the bytes
     for name in ("owner", "reader", "writer", "admin_grant", "other", "bystander"):
         add_user(home, name)
@@ -137,7 +133,8 @@ def world(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFacto
         yield home
     finally:
         home.close()
-        drop()
+        if server and dbname:
+            drop_database(server, dbname)
 
 
 _cells = itertools.count()
