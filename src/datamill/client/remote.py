@@ -9,6 +9,7 @@ never in a URL, so it stays out of server and proxy logs; ``repr()`` does not sh
 from __future__ import annotations
 
 import dataclasses
+import functools
 import io
 import json
 import os
@@ -85,8 +86,13 @@ def quote_path(path: str) -> str:
 
 def _build(cls: type[T], data: Mapping[str, Any]) -> T:
     """A dataclass from a JSON dict, ignoring keys it does not have (such as ``path``)."""
-    names = {f.name for f in dataclasses.fields(cls)}  # type: ignore[arg-type]
+    names = _field_names(cls)  # type: ignore[arg-type]
     return cls(**{k: v for k, v in data.items() if k in names})
+
+
+@functools.cache
+def _field_names(cls: type) -> frozenset[str]:
+    return frozenset(f.name for f in dataclasses.fields(cls))
 
 
 def error_from_response(status: int, body: Any, url: str) -> DatamillError:
