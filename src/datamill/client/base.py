@@ -23,6 +23,11 @@ from datamill.store.names import check_name, join_path
 from datamill.store.store import FolderInfo, ItemInfo, VersionInfo
 from datamill.store.users import NewToken
 
+#: Files up to this size are uploaded in batches by :meth:`Client.put_path`.
+SMALL_FILE = 256 * 1024
+#: Files per batch.
+BATCH_FILES = 500
+
 #: Called with the number of bytes just transferred.
 ProgressFn = Callable[[int], None]
 
@@ -406,15 +411,43 @@ class Client(ABC):
         else:
             raise InvalidInput(f"{src} is neither a file nor a directory")
         out = []
+        batch: list[tuple[Path, str]] = []
+
+        def flush() -> None:
+            # Small files of one folder go up together: one sync and one transaction per batch.
+            if not batch:
+                return
+            infos = self.put_many(batch[0][1], [(p.name, p.read_bytes()) for p, _ in batch], metadata=metadata)
+            for (p, _), info in zip(batch, infos, strict=True):
+                out.append(info)
+                if progress:
+                    progress(info.size)
+                if on_file:
+                    on_file(p, info)
+            batch.clear()
+
         for path, target in files:
+            size = path.stat().st_size
+            if size <= SMALL_FILE and (not batch or batch[0][1] == target) and len(batch) < BATCH_FILES:
+                batch.append((path, target))
+                continue
+            flush()
+            if size <= SMALL_FILE:
+                batch.append((path, target))
+                continue
             with open(path, "rb") as f:
-                info = self.put(
-                    target, path.name, f, metadata=metadata, progress=progress, size=path.stat().st_size
-                )
+                info = self.put(target, path.name, f, metadata=metadata, progress=progress, size=size)
             out.append(info)
             if on_file:
                 on_file(path, info)
+        flush()
         return out
+
+    def put_many(
+        self, folder: str, files: list[tuple[str, bytes]], metadata: Mapping[str, Any] | None = None
+    ) -> list[VersionInfo]:
+        """Upload several small files into one folder; a transport may do it in one go."""
+        return [self.put(folder, name, data, metadata=metadata) for name, data in files]
 
 
 def absolute_ref(ref: str) -> str:

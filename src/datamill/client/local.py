@@ -107,6 +107,11 @@ class LocalClient(Client):
 
         return self.store.put(self.actor, folder, name, chunks(), content_type, metadata)
 
+    def put_many(
+        self, folder: str, files: list[tuple[str, bytes]], metadata: Mapping[str, Any] | None = None
+    ) -> list[VersionInfo]:
+        return self.store.put_many(self.actor, folder, files, metadata)
+
     def item(self, path: str) -> ItemInfo:
         return self.store.get_item(self.actor, path)
 

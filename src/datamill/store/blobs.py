@@ -16,7 +16,7 @@ from abc import ABC, abstractmethod
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import BinaryIO
+from typing import Any, BinaryIO
 from urllib.parse import urlsplit
 
 import blake3
@@ -24,6 +24,21 @@ import blake3
 from datamill.errors import BlobCorrupted, BlobNotFound, ConfigError, DigestMismatch, InvalidInput
 
 ALGORITHM = "blake3"
+
+
+def _load_syncfs() -> Any:
+    """Linux ``syncfs(2)``, if the C library has it (else ``os.sync`` is used)."""
+    try:
+        import ctypes
+
+        fn = ctypes.CDLL(None, use_errno=True).syncfs
+        fn.argtypes = [ctypes.c_int]
+        return fn
+    except (OSError, AttributeError):
+        return None
+
+
+_syncfs = _load_syncfs()
 CHUNK = 1 << 20
 
 
@@ -163,8 +178,18 @@ class BlobStore(ABC):
     algorithm = ALGORITHM
 
     @abstractmethod
-    def writer(self, expected_digest: str | None = None, expected_size: int | None = None) -> BlobWriter:
-        """Start a write; the digest is known only when it commits."""
+    def writer(
+        self, expected_digest: str | None = None, expected_size: int | None = None, durable: bool = True
+    ) -> BlobWriter:
+        """Start a write; the digest is known only when it commits.
+
+        With ``durable=False`` the bytes need not be on stable storage at commit: the caller
+        must call :meth:`sync` before it records the blob anywhere (batched uploads do, so that
+        many small files cost one sync instead of two fsyncs each).
+        """
+
+    def sync(self) -> None:
+        """Make every blob written so far durable (see ``durable=False``)."""
 
     @abstractmethod
     def _open_raw(self, digest: str) -> BinaryIO:
@@ -187,9 +212,10 @@ class BlobStore(ABC):
         data: bytes | BinaryIO | Iterable[bytes],
         expected_digest: str | None = None,
         expected_size: int | None = None,
+        durable: bool = True,
     ) -> BlobInfo:
         """Store bytes from a buffer, a file object or an iterable of chunks."""
-        w = self.writer(expected_digest, expected_size)
+        w = self.writer(expected_digest, expected_size, durable)
         try:
             if isinstance(data, bytes | bytearray | memoryview):
                 w.write(bytes(data))
@@ -246,9 +272,12 @@ class BlobStore(ABC):
 
 
 class _LocalWriter(BlobWriter):
-    def __init__(self, store: LocalBlobStore, expected_digest: str | None, expected_size: int | None) -> None:
+    def __init__(
+        self, store: LocalBlobStore, expected_digest: str | None, expected_size: int | None, durable: bool = True
+    ) -> None:
         super().__init__(expected_digest, expected_size)
         self._store = store
+        self._durable = durable
         fd, name = tempfile.mkstemp(dir=store.tmp_dir, prefix="upload-")
         self._tmp = Path(name)
         self._file = os.fdopen(fd, "wb", buffering=0)
@@ -261,7 +290,8 @@ class _LocalWriter(BlobWriter):
 
     def _commit(self, digest: str) -> None:
         self._file.flush()
-        os.fsync(self._file.fileno())
+        if self._durable:
+            os.fsync(self._file.fileno())
         self._file.close()
         final = self._store.path_of(digest)
         # Same digest, same bytes: replacing an existing file stores nothing twice, and it repairs
@@ -269,6 +299,8 @@ class _LocalWriter(BlobWriter):
         final.parent.mkdir(parents=True, exist_ok=True)
         os.chmod(self._tmp, 0o444)
         os.replace(self._tmp, final)
+        if not self._durable:
+            return  # the caller calls store.sync() before recording the blob anywhere
         dir_fd = os.open(final.parent, os.O_RDONLY)
         try:
             os.fsync(dir_fd)
@@ -294,8 +326,19 @@ class LocalBlobStore(BlobStore):
         h = check_digest(digest)
         return self.root / h[:2] / h[2:4] / h
 
-    def writer(self, expected_digest: str | None = None, expected_size: int | None = None) -> BlobWriter:
-        return _LocalWriter(self, expected_digest, expected_size)
+    def writer(
+        self, expected_digest: str | None = None, expected_size: int | None = None, durable: bool = True
+    ) -> BlobWriter:
+        return _LocalWriter(self, expected_digest, expected_size, durable)
+
+    def sync(self) -> None:
+        """One ``syncfs`` of the blob file system: file data and renames reach the disk together."""
+        fd = os.open(self.root, os.O_RDONLY)
+        try:
+            if _syncfs is None or _syncfs(fd) != 0:
+                os.sync()
+        finally:
+            os.close(fd)
 
     def _open_raw(self, digest: str) -> BinaryIO:
         try:
@@ -353,7 +396,9 @@ class MemoryBlobStore(BlobStore):
         self.data: dict[str, bytes] = {}
         self.lock = threading.Lock()
 
-    def writer(self, expected_digest: str | None = None, expected_size: int | None = None) -> BlobWriter:
+    def writer(
+        self, expected_digest: str | None = None, expected_size: int | None = None, durable: bool = True
+    ) -> BlobWriter:
         return _MemoryWriter(self, expected_digest, expected_size)
 
     def _open_raw(self, digest: str) -> BinaryIO:
