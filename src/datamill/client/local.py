@@ -24,6 +24,9 @@ from datamill.store.users import NewToken
 class LocalClient(Client):
     """A client on a local :class:`~datamill.home.Home`, acting as one user (the admin by default)."""
 
+    #: the store's reader verifies every full read against the digest
+    verified_streams = True
+
     def __init__(self, home: Home, actor: Actor | None = None, owns_home: bool = False) -> None:
         self.home = home
         self.actor = actor or home.admin
