@@ -1,0 +1,90 @@
+"""The services together (scheduler, triggers, notifier) in this process: settings and a database outage."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from pathlib import Path
+from urllib.parse import urlsplit, urlunsplit
+
+import psycopg
+import pytest
+from flow_world import FlowWorld, open_home
+from psycopg import sql
+
+from datamill.errors import ConfigError
+from datamill.services import DEFAULT_LEASE_SECONDS, LEASE_ENV, Services, lease_seconds_from_env
+
+
+def test_the_lease_comes_from_the_environment() -> None:
+    assert lease_seconds_from_env({}) == DEFAULT_LEASE_SECONDS
+    assert lease_seconds_from_env({LEASE_ENV: " 1.5 "}) == 1.5
+    for bad in ("0", "-3", "soon", "nan"):
+        with pytest.raises(ConfigError, match=LEASE_ENV):
+            lease_seconds_from_env({LEASE_ENV: bad})
+
+
+def test_services_use_the_lease_from_the_environment(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    home = open_home(tmp_path / "home")
+    try:
+        monkeypatch.setenv(LEASE_ENV, "2.5")
+        assert Services(home, executor="inline").scheduler.lease_seconds == 2.5
+        assert Services(home, executor="inline", lease_seconds=7).scheduler.lease_seconds == 7
+    finally:
+        home.close()
+
+
+async def _until(what: str, check: object, timeout: float = 30.0) -> None:
+    deadline = time.monotonic() + timeout
+    while not await asyncio.to_thread(check):  # type: ignore[arg-type]
+        assert time.monotonic() < deadline, f"timed out waiting for {what}"
+        await asyncio.sleep(0.05)
+
+
+@pytest.mark.postgres
+def test_the_services_outlive_a_database_outage(tmp_path: Path, postgres_db_url: str) -> None:
+    """No connection to the database for a few seconds: afterwards the dataflow goes on by itself."""
+    home = open_home(tmp_path / "home", postgres_db_url)
+    w = FlowWorld(home)
+    parts = urlsplit(postgres_db_url)
+    name = parts.path.lstrip("/")
+    server = urlunsplit(parts._replace(path="/postgres"))
+
+    def outage(on: bool) -> None:
+        with psycopg.connect(server, autocommit=True) as conn:
+            conn.execute(
+                sql.SQL("ALTER DATABASE {} ALLOW_CONNECTIONS {}").format(
+                    sql.Identifier(name), sql.SQL("false" if on else "true")
+                )
+            )
+            if on:
+                conn.execute(
+                    "SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE datname = %s", (name,)
+                )
+
+    async def go() -> None:
+        services = Services(home, executor="inline")
+        await services.start()
+        try:
+            w.put("a.txt", "a")
+            await _until("the first output", lambda: "a.echo.bin" in w.out())
+            outage(True)
+            await asyncio.sleep(2.5)  # every pass of every service fails meanwhile
+            outage(False)
+            w.put("b.txt", "b")  # for the triggers
+            await _until("the output of an item landed after the outage", lambda: "b.echo.bin" in w.out())
+            asked = w.triggers.run_now("flow", w.admin)  # recorded elsewhere: for the scheduler to find
+            assert asked is not None
+            await _until("the run asked for", lambda: w.run(asked)["status"] == "succeeded")
+        finally:
+            await services.stop()
+
+    try:
+        w.create()
+        w.start()
+        asyncio.run(go())
+        assert w.flows.get(w.admin, "flow").state == "running"  # the outage was not the dataflow's fault
+        assert w.read("b.echo.bin") == b"v1:b"
+    finally:
+        outage(False)
+        home.close()
