@@ -94,8 +94,8 @@ basic = Pipeline("basic", steps=[parse, count, total])
 #: only per-item steps (no aggregate to wait for)
 peritem = Pipeline("peritem", steps=[parse, count])
 
-#: parse with a 1 s timeout
-timed = Pipeline("timed", steps=[parse.configure(timeout=1.0)])
+#: parse with a 2 s timeout (a fresh worker's first call imports modules: keep it above that on a busy machine)
+timed = Pipeline("timed", steps=[parse.configure(timeout=2.0)])
 
 #: parse retried twice, 50 ms apart at first
 retrying = Pipeline("retrying", steps=[parse.configure(retries=2, retry_backoff=0.05), count])

@@ -14,7 +14,7 @@ from dataclasses import dataclass, field
 from enum import StrEnum
 from typing import Any
 
-from sqlalchemy import Connection, and_, func, insert, or_, select, update
+from sqlalchemy import Connection, bindparam, func, insert, or_, select, update
 
 from datamill import events
 from datamill.db.models import Run, Task, TaskInput, TaskOutput
@@ -347,9 +347,133 @@ def set_key(conn: Connection, task_id: int, key: str) -> None:
 
 def record_inputs(conn: Connection, task_id: int, inputs: Iterable[Mapping[str, Any]]) -> None:
     """Record the exact upstream outputs a task consumed (item inputs are recorded at creation)."""
-    rows = [{"task_id": task_id, **dict(i)} for i in inputs]
+    record_many_inputs(conn, [{"task_id": task_id, **dict(i)} for i in inputs])
+
+
+def record_many_inputs(conn: Connection, rows: Sequence[Mapping[str, Any]]) -> None:
+    """:func:`record_inputs` for several tasks at once: each row names its ``task_id``."""
     if rows:
-        conn.execute(insert(TaskInput), rows)
+        conn.execute(insert(TaskInput), list(rows))
+
+
+@dataclass(frozen=True)
+class TaskEnd:
+    """How a task ended, for :func:`finish_tasks`."""
+
+    task_id: int
+    run_id: int
+    status: TaskStatus
+    folder_id: int | None = None
+    outputs: Sequence[OutputRecord] = ()
+    error: str | None = None
+    traceback: str | None = None
+    log_digest: str | None = None
+    cached_from: int | None = None
+    key: str | None = None
+
+
+_UNFINISHED = (TaskStatus.QUEUED, TaskStatus.RUNNING)
+_TASKS = Task.__table__
+
+# One statement for every end, executed with many parameter sets (no IN list: executemany cannot
+# expand one). ``None`` keeps a column as it is.
+_FINISH = (
+    update(_TASKS)
+    .where(_TASKS.c.id == bindparam("b_id"), or_(*(_TASKS.c.status == s.value for s in _UNFINISHED)))
+    .values(
+        status=bindparam("b_status"),
+        finished_at=bindparam("b_now"),
+        error=bindparam("b_error"),
+        traceback=bindparam("b_traceback"),
+        lease_owner=None,
+        lease_expires=None,
+        progress=func.coalesce(bindparam("b_progress"), _TASKS.c.progress),
+        log_digest=func.coalesce(bindparam("b_log_digest"), _TASKS.c.log_digest),
+        cached_from=func.coalesce(bindparam("b_cached_from"), _TASKS.c.cached_from),
+        key=func.coalesce(bindparam("b_key"), _TASKS.c.key),
+    )
+)
+
+
+def unfinished(conn: Connection, task_ids: Sequence[int], owner: str | None = None) -> set[int]:
+    """Which of ``task_ids`` may still be ended: queued, or running (under ``owner``'s lease, when given).
+
+    On PostgreSQL the rows are locked until the transaction ends, so what this returns stays
+    true until then; on SQLite the write transaction already excludes every other writer.
+    """
+    out: set[int] = set()
+    for i in range(0, len(task_ids), 500):
+        q = select(Task.id).where(Task.id.in_(task_ids[i : i + 500]), Task.status.in_(_UNFINISHED))
+        if owner is not None:
+            q = q.where(or_(Task.lease_owner == owner, Task.status == TaskStatus.QUEUED))
+        out.update(conn.execute(q.with_for_update()).scalars())
+    return out
+
+
+def finish_tasks(conn: Connection, ends: Sequence[TaskEnd], owner: str | None = None) -> set[int]:
+    """End tasks with their outputs, in a few statements for the whole batch; returns the ids ended.
+
+    A task that had already ended (or, when ``owner`` is given, that another scheduler holds) is
+    left alone and not returned, so a task ends exactly once even if two schedulers race on it.
+    """
+    ids = unfinished(conn, [e.task_id for e in ends], owner) if ends else set()
+    todo = [e for e in ends if e.task_id in ids]
+    if not todo:
+        return set()
+    now = time.time()
+    conn.execute(
+        _FINISH,
+        [
+            {
+                "b_id": e.task_id,
+                "b_status": str(e.status),
+                "b_now": now,
+                "b_error": e.error,
+                "b_traceback": e.traceback,
+                "b_progress": 1.0 if e.status in DONE_OK else None,
+                "b_log_digest": e.log_digest,
+                "b_cached_from": e.cached_from,
+                "b_key": e.key,
+            }
+            for e in todo
+        ],
+    )
+    outputs = [
+        {
+            "task_id": e.task_id,
+            "name": o.name,
+            "digest": o.digest,
+            "size": o.size,
+            "content_type": o.content_type,
+            "codec": o.codec,
+            "inline": o.inline,
+            "version_id": o.version_id,
+        }
+        for e in todo
+        for o in e.outputs
+    ]
+    if outputs:
+        conn.execute(insert(TaskOutput), outputs)
+    events.append_many(
+        conn,
+        [
+            {
+                "kind": "task.finished",
+                "run_id": e.run_id,
+                "task_id": e.task_id,
+                "folder_id": e.folder_id,
+                "ts": now,
+                "data": {
+                    "status": str(e.status),
+                    "error": e.error,
+                    "outputs": [{"name": o.name, "digest": o.digest, "size": o.size} for o in e.outputs],
+                    "cached_from": e.cached_from,
+                },
+            }
+            for e in todo
+        ],
+    )
+    return ids
 
 
 def finish_task(
@@ -366,66 +490,9 @@ def finish_task(
     key: str | None = None,
     owner: str | None = None,
 ) -> bool:
-    """End a task in ``status`` with its outputs; False if it had already ended (or another owner holds it).
-
-    Ending is conditional on the task not being finished yet (and, when ``owner`` is given, on
-    still holding the lease), so a task ends exactly once even if two schedulers race on it.
-    """
-    now = time.time()
-    cond = [Task.id == task_id, Task.status.in_([TaskStatus.QUEUED, TaskStatus.RUNNING])]
-    if owner is not None:
-        cond.append(or_(Task.lease_owner == owner, Task.status == TaskStatus.QUEUED))
-    values: dict[str, Any] = {
-        "status": status,
-        "finished_at": now,
-        "error": error,
-        "traceback": traceback,
-        "lease_owner": None,
-        "lease_expires": None,
-    }
-    if status in DONE_OK:
-        values["progress"] = 1.0
-    if log_digest is not None:
-        values["log_digest"] = log_digest
-    if cached_from is not None:
-        values["cached_from"] = cached_from
-    if key is not None:
-        values["key"] = key
-    n = conn.execute(update(Task).where(and_(*cond)).values(**values)).rowcount
-    if not n:
-        return False
-    if outputs:
-        conn.execute(
-            insert(TaskOutput),
-            [
-                {
-                    "task_id": task_id,
-                    "name": o.name,
-                    "digest": o.digest,
-                    "size": o.size,
-                    "content_type": o.content_type,
-                    "codec": o.codec,
-                    "inline": o.inline,
-                    "version_id": o.version_id,
-                }
-                for o in outputs
-            ],
-        )
-    events.append(
-        conn,
-        "task.finished",
-        run_id=run_id,
-        task_id=task_id,
-        folder_id=folder_id,
-        ts=now,
-        data={
-            "status": str(status),
-            "error": error,
-            "outputs": [{"name": o.name, "digest": o.digest, "size": o.size} for o in outputs],
-            "cached_from": cached_from,
-        },
-    )
-    return True
+    """End one task (see :func:`finish_tasks`); False if it had already ended (or another owner holds it)."""
+    end = TaskEnd(task_id, run_id, status, folder_id, outputs, error, traceback, log_digest, cached_from, key)
+    return bool(finish_tasks(conn, [end], owner))
 
 
 def requeue_task(
@@ -526,8 +593,7 @@ def request_cancel(conn: Connection, run_id: int, actor_id: int | None, folder_i
     queued = list(
         conn.execute(select(Task.id).where(Task.run_id == run_id, Task.status == TaskStatus.QUEUED)).scalars()
     )
-    for tid in queued:
-        finish_task(conn, tid, run_id, TaskStatus.CANCELLED, folder_id, error="run cancelled")
+    finish_tasks(conn, [TaskEnd(tid, run_id, TaskStatus.CANCELLED, folder_id, error="run cancelled") for tid in queued])
     finish_run_if_done(conn, run_id, folder_id)
     return True
 

@@ -24,7 +24,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from sqlalchemy import Connection, select, update
+from sqlalchemy import Connection, and_, select, update
 
 from datamill.db.models import Run, TaskOutput
 from datamill.engine import runs
@@ -335,7 +335,7 @@ class Scheduler:
                 ready: list[TaskRow] = []
                 blocked: list[_Done] = []
                 for t in tasks.values():
-                    if t.status != TaskStatus.QUEUED or any(t is r for r in running.values()):
+                    if t.status != TaskStatus.QUEUED:  # claimed tasks are RUNNING until their end is recorded
                         continue
                     deps = [tasks[d] for d in t.deps]
                     pt = the_plan.task(t.planned_id)
@@ -535,6 +535,11 @@ class Scheduler:
                     self.home.store.create_folder(actor, join_path(dest, pub_name.rsplit("/", 1)[0]), exist_ok=True)
         log_digests = {id(d): self._store_log(d) for d in done}
         with self.home.db.write() as conn:
+            ends: list[runs.TaskEnd] = []
+            inputs: list[dict[str, Any]] = []
+            # Tasks another scheduler ended meanwhile are left out (their rows stay locked until commit).
+            endable = runs.unfinished(conn, [d.task.id for d in done if d.retry_at is None])
+            current = self._current_versions(conn, dest, [d for d in done if d.task.id in endable]) if dest else {}
             for d in done:
                 t = d.task
                 if d.retry_at is not None:
@@ -542,34 +547,34 @@ class Scheduler:
                     t.status = TaskStatus.QUEUED
                     t.not_before = d.retry_at
                     continue
-                with conn.begin_nested() as sp:
-                    outputs = d.outputs
-                    if d.status in runs.DONE_OK and dest and d.publish:
-                        outputs = self._publish(
-                            conn, actor, dest, run_id, t, d, row.dataflow_id, row.dataflow_version, the_plan
-                        )
-                    if d.inputs:
-                        runs.record_inputs(conn, t.id, d.inputs)
-                    ok = runs.finish_task(
-                        conn,
+                if t.id not in endable:
+                    t.status = HELD_ELSEWHERE
+                    continue
+                outputs = d.outputs
+                if d.status in runs.DONE_OK and dest and d.publish:
+                    outputs = self._publish(
+                        conn, actor, dest, run_id, t, d, row.dataflow_id, row.dataflow_version, the_plan, current
+                    )
+                inputs += [{"task_id": t.id, **i} for i in d.inputs]
+                ends.append(
+                    runs.TaskEnd(
                         t.id,
                         run_id,
                         d.status,
                         folder_id,
-                        outputs=outputs,
-                        error=d.error,
-                        traceback=d.traceback,
-                        log_digest=log_digests[id(d)],
-                        cached_from=d.cached_from,
-                        key=d.key,
+                        outputs,
+                        d.error,
+                        d.traceback,
+                        log_digests[id(d)],
+                        d.cached_from,
+                        d.key,
                     )
-                    if not ok:
-                        sp.rollback()
-                        t.status = HELD_ELSEWHERE
-                        continue
+                )
                 t.status = d.status
                 t.outputs = list(outputs)
                 t.error = d.error
+            runs.record_many_inputs(conn, inputs)
+            runs.finish_tasks(conn, ends)
         for d in done:
             if d.log_path is not None:
                 d.log_path.unlink(missing_ok=True)
@@ -585,11 +590,14 @@ class Scheduler:
         dataflow_id: int | None,
         dataflow_version: int | None,
         the_plan: Plan,
+        current: dict[tuple[str, str], tuple[int, str]],
     ) -> list[OutputRecord]:
         """Commit published outputs as item versions in the destination; returns outputs with version ids.
 
         An item whose current version already has the same bytes is left alone (its version is
-        referenced), so re-running a dataflow over unchanged inputs adds no versions.
+        referenced), so re-running a dataflow over unchanged inputs adds no versions. ``current``
+        holds the current ``(version id, digest)`` by ``(folder, name)`` (see :meth:`_current_versions`)
+        and is kept up to date here.
         """
         by_name = {o.name: o for o in d.outputs}
         # A per-item task derives from its item; an aggregate task from every input of the run.
@@ -617,9 +625,9 @@ class Scheduler:
             if "/" in pub_name:
                 sub, name = pub_name.rsplit("/", 1)
                 folder = join_path(dest, sub)
-            current = self.home.store.current_version(conn, folder, name)
-            if current is not None and current[1] == rec.digest:
-                vid = current[0]
+            now = current.get((folder, name))
+            if now is not None and now[1] == rec.digest:
+                vid = now[0]
             else:
                 info = self.home.store.commit_version(
                     actor,
@@ -634,10 +642,39 @@ class Scheduler:
                     conn=conn,
                 )
                 vid = info.version_id
+                current[(folder, name)] = (vid, rec.digest)
             by_name[out_name] = OutputRecord(
                 rec.name, rec.digest, rec.size, rec.content_type, rec.codec, rec.inline, vid
             )
         return [by_name[o.name] for o in d.outputs]
+
+    def _current_versions(
+        self, conn: Connection, dest: str, done: list[_Done]
+    ) -> dict[tuple[str, str], tuple[int, str]]:
+        """``(version id, digest)`` of the current version of every item ``done`` publishes, by ``(folder, name)``.
+
+        One query per 500 names instead of one per output (what the store's ``current_version`` does).
+        """
+        from datamill.db.models import Folder, Item, Version
+
+        wanted: set[tuple[str, str]] = set()
+        for d in done:
+            if d.status in runs.DONE_OK:
+                for _out, pub_name, _ct in d.publish:
+                    sub, _, name = pub_name.rpartition("/")
+                    wanted.add((join_path(dest, sub) if sub else dest, name))
+        names = sorted({name for _folder, name in wanted})
+        folders = sorted({folder for folder, _name in wanted})
+        out: dict[tuple[str, str], tuple[int, str]] = {}
+        for i in range(0, len(names), 500):
+            rows = conn.execute(
+                select(Folder.path, Item.name, Version.id, Version.digest)
+                .join(Item, Item.folder_id == Folder.id)
+                .join(Version, and_(Version.item_id == Item.id, Version.number == Item.current_version))
+                .where(Folder.path.in_(folders), Item.name.in_(names[i : i + 500]))
+            )
+            out.update(((r.path, r.name), (int(r.id), str(r.digest))) for r in rows if (r.path, r.name) in wanted)
+        return out
 
     def _dataflow_name(self, conn: Connection, dataflow_id: int) -> str | None:
         from datamill.db.models import Dataflow
@@ -693,10 +730,10 @@ class Scheduler:
     ) -> _Done:
         pt = the_plan.task(t.planned_id)
         step = the_plan.pipeline.step(pt.step)
-        base = self.work_root / f"run-{run_id}" / f"task-{t.id}" / f"attempt-{t.attempts}"
+        base = self.work_root / f"task-{t.id}-{t.attempts}"  # flat: fewer directories to make and remove
         out_dir, scratch = base / "out", base / "scratch"
         log_path = self.log_path(t.id)
-        log_file = open(log_path, "a", encoding="utf-8", buffering=1)  # noqa: SIM115
+        log_file = _TaskLog(log_path)
         if not hasattr(self, "_progress"):
             self._progress = {}
 
@@ -756,8 +793,9 @@ class Scheduler:
         if step.uses_items:
             refs += list(the_plan.inputs)
         for i, ref in enumerate(refs):
-            # Named like the item, so steps that look at suffixes (read_excel, ...) work.
-            link = base / "in" / str(i) / ref.name
+            # Named like the item, so steps that look at suffixes (read_excel, ...) work; a directory
+            # per input only when there are several (their names may repeat across folders).
+            link = base / "in" / str(i) / ref.name if len(refs) > 1 else base / "in" / ref.name
             link.parent.mkdir(parents=True, exist_ok=True)
             self._place(ref.digest, None, link)
             files[ref.path] = link
@@ -803,6 +841,25 @@ class Scheduler:
         with open(o.path, "rb") as f:
             blob = self.home.blobs.put(f)
         return OutputRecord(o.name, blob.digest, blob.size, o.content_type, o.codec, None)
+
+
+class _TaskLog:
+    """A task's live log file, created with its first line: most tasks log nothing."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        self._file: Any = None
+
+    def write(self, text: str) -> None:
+        """Append ``text`` (line buffered, so ``datamill logs --follow`` sees each line at once)."""
+        if self._file is None:
+            self._file = open(self.path, "a", encoding="utf-8", buffering=1)  # noqa: SIM115
+        self._file.write(text)
+
+    def close(self) -> None:
+        """Close the file if there is one."""
+        if self._file is not None:
+            self._file.close()
 
 
 class _LogReporter:
