@@ -1,6 +1,6 @@
 """Dataflow latency: how soon after an item lands does its task run, and its result exist?
 
-    .venv/bin/python benchmarks/latency.py [--items 200] [--gap-ms 30] [--executors inline,local]
+    .venv/bin/python benchmarks/latency.py [--items 200] [--gap-ms 50] [--executors inline,local]
                                            [--database-url URL | --no-postgres]
 
 Prints ONE JSON object on stdout (progress goes to stderr).
@@ -15,9 +15,11 @@ each is its own run. From the event log, per item:
 * (b) ``item -> output``: the output item's ``item.created`` event minus the input's.
 
 p50, p99 and max of each, plus the median of the stages in between (item -> run.queued ->
-task.started -> task.finished -> output), for each executor (``inline``, ``local``) on embedded
-SQLite and on PostgreSQL. PostgreSQL is ``--database-url``, else ``$DATABASE_URL``, else a
-throw-away server started here with initdb/pg_ctl as ``tests/conftest.py`` does.
+task.started -> task.finished -> output) and the CPU time this process spent per item (services
+and landing together: when it approaches the gap, items queue up behind each other), for each
+executor (``inline``, ``local``) on embedded SQLite and on PostgreSQL. PostgreSQL is
+``--database-url``, else ``$DATABASE_URL``, else a throw-away server started here with
+initdb/pg_ctl as ``tests/conftest.py`` does.
 The first ``--warmup`` items of each configuration (pipeline import, worker start) are landed and
 waited for but left out of the figures.
 
@@ -116,17 +118,47 @@ def throwaway_postgres() -> Iterator[str]:
             raise RuntimeError(f"{cmd[len(as_pg)]} failed: {proc.stdout}{proc.stderr}{log}")
 
     try:
-        run([*as_pg, str(PG_BIN / "initdb"), "-D", f"{d}/data", "-U", "postgres", "-A", "trust",
-             "-E", "UTF8", "--locale=C.UTF-8", "--no-sync"])
+        run(
+            [
+                *as_pg,
+                str(PG_BIN / "initdb"),
+                "-D",
+                f"{d}/data",
+                "-U",
+                "postgres",
+                "-A",
+                "trust",
+                "-E",
+                "UTF8",
+                "--locale=C.UTF-8",
+                "--no-sync",
+            ]
+        )
         started = True
-        run([*as_pg, str(PG_BIN / "pg_ctl"), "-D", f"{d}/data", "-l", f"{d}/log", "-w", "-t", "60", "-o",
-             f"-c listen_addresses=127.0.0.1 -p {port} -k {d} -c fsync=off "
-             "-c synchronous_commit=off -c full_page_writes=off", "start"])
+        run(
+            [
+                *as_pg,
+                str(PG_BIN / "pg_ctl"),
+                "-D",
+                f"{d}/data",
+                "-l",
+                f"{d}/log",
+                "-w",
+                "-t",
+                "60",
+                "-o",
+                f"-c listen_addresses=127.0.0.1 -p {port} -k {d} -c fsync=off "
+                "-c synchronous_commit=off -c full_page_writes=off",
+                "start",
+            ]
+        )
         yield f"postgresql://postgres@127.0.0.1:{port}/postgres"
     finally:
         if started:
-            subprocess.run([*as_pg, str(PG_BIN / "pg_ctl"), "-D", f"{d}/data", "-m", "immediate", "-w", "stop"],
-                           capture_output=True)
+            subprocess.run(
+                [*as_pg, str(PG_BIN / "pg_ctl"), "-D", f"{d}/data", "-m", "immediate", "-w", "stop"],
+                capture_output=True,
+            )
         shutil.rmtree(d, ignore_errors=True)
 
 
@@ -175,8 +207,9 @@ async def wait_outputs(home: Home, n: int, timeout: float) -> None:
     def count() -> tuple[int, int]:
         with home.db.read() as conn:
             out = conn.execute(select(Folder.id).where(Folder.path == "Out")).scalar_one()
-            made = len(conn.execute(select(Event.item_id).where(Event.kind == "item.created", Event.folder_id == out))
-                       .all())
+            made = len(
+                conn.execute(select(Event.item_id).where(Event.kind == "item.created", Event.folder_id == out)).all()
+            )
             busy = len(conn.execute(select(Run.id).where(Run.status.in_(["queued", "running"]))).all())
         return made, busy
 
@@ -219,14 +252,18 @@ def measure(home: Home, warmup: int) -> dict[str, Any]:
             key = (e.kind, e.task_id if e.kind.startswith("task.") else e.run_id)
             ts.setdefault(key, e.ts)
         output_item = {
-            r.task_id: r.item_id for r in conn.execute(select(Version.task_id, Version.item_id).where(
-                Version.task_id.is_not(None)))
+            r.task_id: r.item_id
+            for r in conn.execute(select(Version.task_id, Version.item_id).where(Version.task_id.is_not(None)))
         }
         runs = conn.execute(select(Run.id)).all()
     running: list[float] = []
     done: list[float] = []
-    stages: dict[str, list[float]] = {"item_to_run_queued": [], "run_queued_to_task_started": [],
-                                      "task_started_to_finished": [], "task_finished_to_output": []}
+    stages: dict[str, list[float]] = {
+        "item_to_run_queued": [],
+        "run_queued_to_task_started": [],
+        "task_started_to_finished": [],
+        "task_finished_to_output": [],
+    }
     for vid, item_id in inputs[warmup:]:
         t = first_task[vid]
         t0 = created[item_id]
@@ -266,9 +303,13 @@ def one(database_url: str | None, executor: str, n: int, gap: float, warmup: int
             flows.create(admin, "latency", {"source": "Raw", "destination": "Out", "pipeline": f"{module}:pipeline"})
             flows.set_state(admin, "latency", "running")
             t0 = time.perf_counter()
+            cpu0 = time.process_time()
             asyncio.run(land_and_wait(home, executor, n, gap, warmup))
+            cpu = time.process_time() - cpu0
             result = measure(home, warmup)
             result["seconds"] = round(time.perf_counter() - t0, 1)
+            # CPU of this process (services and the landing) per item: above the gap, it cannot keep up.
+            result["cpu_ms_per_item"] = round(cpu / (n + warmup) * 1000, 1)
             return result
         finally:
             home.close()
@@ -287,12 +328,15 @@ def check(result: dict[str, Any]) -> dict[str, bool]:
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--items", type=int, default=200)
-    ap.add_argument("--gap-ms", type=float, default=30.0, help="pause between two items")
+    ap.add_argument("--gap-ms", type=float, default=50.0, help="pause between two items")
     ap.add_argument("--warmup", type=int, default=5, help="items landed first and left out of the figures")
     ap.add_argument("--executors", default="inline,local")
-    ap.add_argument("--database-url", default=os.environ.get("DATABASE_URL", ""),
-                    help="PostgreSQL server to use (a fresh database is made on it) [default: $DATABASE_URL, "
-                         "else a throw-away server]")
+    ap.add_argument(
+        "--database-url",
+        default=os.environ.get("DATABASE_URL", ""),
+        help="PostgreSQL server to use (a fresh database is made on it) [default: $DATABASE_URL, "
+        "else a throw-away server]",
+    )
     ap.add_argument("--no-postgres", action="store_true", help="SQLite only")
     args = ap.parse_args()
     executors = [e.strip() for e in args.executors.split(",") if e.strip()]
