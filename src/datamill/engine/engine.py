@@ -158,7 +158,9 @@ class Engine:
             if level_on(conn, actor, r.folder) < Level.READ:
                 raise NotFound(f"no folder {r.folder!r}, or you may not see it", path=r.folder)
         overrides = split_params(p, params)
-        the_plan = plan(p, inputs, overrides, self.lookup(conn), force)
+        # No cache look-ups here: the scheduler looks keys up in batches as tasks become ready, and
+        # one query per task (what the planner's look-up does) would make submitting slow.
+        the_plan = plan(p, inputs, overrides, force=force)
         new_tasks = [
             runs.NewTask(
                 planned_id=t.id,
