@@ -1,0 +1,289 @@
+"""Engine throughput: trivial tasks per second, an unchanged re-run, and the local pool's speedup.
+
+    .venv/bin/python benchmarks/engine.py [--items 10000] [--cpu-items 8] [--cpu-seconds 0.2] [--home DIR]
+
+Prints ONE JSON object on stdout (progress goes to stderr). Embedded SQLite, and every task is
+recorded in the database (task rows, their outputs and events) as in any run. Measured:
+
+1. ``trivial``: a one-step pipeline over ``--items`` tiny items (``tiny(item) -> str`` returns the
+   item's name; its output is published into a destination folder, one item version per task,
+   with provenance). Timed separately: ``submit`` (plan + record the run, its tasks and their
+   events) and ``drive`` (a scheduler runs every task, records each end with its output, publishes
+   it); ``tasks_per_s`` = items / drive seconds, ``end_to_end_tasks_per_s`` counts submit too.
+   With ``inline`` and with ``local`` (one worker per CPU; the pool is started before timing).
+   Targets: >= 5,000 tasks/s inline, >= 2,000 tasks/s local (2 cores).
+2. ``rerun``: a 3-step pipeline (per item ``parse`` -> per item ``size`` -> aggregate ``total``)
+   over the same items is run once, then run again unchanged; the second run is timed end to end
+   (``Engine.run``: plan with cache look-ups, record, answer every task from the cache, re-publish
+   nothing). Target: <= 1 s.
+3. ``cpu``: a CPU-bound step (``--cpu-seconds`` of pure-Python work per item) over ``--cpu-items``
+   items with the local executor and 1 worker, then 2 workers (pools started and warmed up with a
+   short run before timing, the timed run forced so nothing is cached). ``speedup`` = 1-worker
+   seconds / 2-worker seconds. ``baseline_process_pool_speedup`` is the same work in a plain
+   ``ProcessPoolExecutor``: the most this machine gives at the time (other load lowers both).
+   Target: >= 1.8 on 2 cores.
+
+Setup (not timed): the items are put with ``Store.put`` one by one (about 1,000/s).
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import os
+import platform
+import shutil
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+from datamill.config import load_settings
+from datamill.engine.engine import Engine
+from datamill.engine.scheduler import Scheduler
+from datamill.home import Home
+from datamill.pipeline import InputFile, Pipeline, step
+
+HERE = Path(__file__).resolve()
+TARGET_INLINE = 5000
+TARGET_LOCAL = 2000
+TARGET_RERUN_S = 1.0
+TARGET_SPEEDUP = 1.8
+
+
+# ---------------------------------------------------------------------------------- pipelines
+
+
+@step
+def tiny(item: InputFile, *, salt: str = "") -> str:
+    """A trivial task: the item's name (``salt`` keeps measurements apart in the cache)."""
+    return item.name
+
+
+@step
+def parse(item: InputFile) -> str:
+    return item.read_text()
+
+
+@step
+def size(parse: str) -> int:
+    return len(parse)
+
+
+@step(aggregate=True)
+def total(size: list) -> int:
+    return sum(size)
+
+
+@step
+def burn(item: InputFile, *, scale: float = 1.0) -> int:
+    """Pure-Python work: the item holds a loop count (calibrated in the parent), times ``scale``."""
+    n = int(int(item.read_text()) * scale)
+    acc = 0
+    for i in range(n):
+        acc = (acc * 31 + i) % 1_000_003
+    return acc
+
+
+trivial = Pipeline("trivial", steps=[tiny])
+three = Pipeline("three", steps=[parse, size, total])
+cpu = Pipeline("cpu", steps=[burn])
+
+
+def ref(name: str) -> str:
+    return f"{HERE}:{name}"
+
+
+# ---------------------------------------------------------------------------------- helpers
+
+
+def say(*parts: object) -> None:
+    print(*parts, file=sys.stderr, flush=True)
+
+
+def fill(home: Home, folder: str, n: int, data: Any = None) -> float:
+    """Put ``n`` tiny items into ``folder``; returns seconds taken."""
+    home.store.create_folder(home.admin, folder, exist_ok=True)
+    started = time.perf_counter()
+    for i in range(n):
+        body = data(i) if callable(data) else f"item {i}\n".encode()
+        home.store.put(home.admin, folder, f"i{i:05}.txt", body, "text/plain")
+    return time.perf_counter() - started
+
+
+async def timed_run(
+    home: Home,
+    executor: str,
+    pipeline: str,
+    source: str,
+    dest: str | None,
+    workers: int | None = None,
+    warm_up: dict[str, Any] | None = None,
+    **options: Any,
+) -> dict[str, Any]:
+    """Submit and drive a run with a started scheduler; times the two parts.
+
+    With ``warm_up`` (submit options), an untimed run goes first, so that every worker has loaded
+    the pipeline before the timed one.
+    """
+    engine = Engine(home)
+    async with Scheduler(home, executor, workers=workers) as sched:
+        inputs = engine.inputs_from_folder(home.admin, source)
+        if warm_up is not None:
+            first = await asyncio.to_thread(engine.submit, home.admin, pipeline, inputs, source=source, **warm_up)
+            await sched.run_until_idle([first])
+        t0 = time.perf_counter()
+        run_id = await asyncio.to_thread(
+            engine.submit, home.admin, pipeline, inputs, source=source, dest=dest, executor=executor, **options
+        )
+        t1 = time.perf_counter()
+        await sched.run_until_idle([run_id])
+        t2 = time.perf_counter()
+    run = engine.get_run(home.admin, run_id)
+    return {"run": run, "submit_s": t1 - t0, "drive_s": t2 - t1, "tasks": sum(run["counts"].values())}
+
+
+def trivial_throughput(home: Home, executor: str, source: str) -> dict[str, Any]:
+    dest = f"out-{executor}"
+    home.store.create_folder(home.admin, dest, exist_ok=True)
+    workers = (os.cpu_count() or 1) if executor == "local" else None
+    say(f"trivial tasks, {executor}")
+    r = asyncio.run(timed_run(home, executor, ref("trivial"), source, dest, workers, params={"salt": executor}))
+    n = r["tasks"]
+    assert r["run"]["status"] == "succeeded" and r["run"]["counts"] == {"succeeded": n}, r["run"]["counts"]
+    target = TARGET_INLINE if executor == "inline" else TARGET_LOCAL
+    tps = n / r["drive_s"]
+    return {
+        "tasks": n,
+        "workers": workers,
+        "submit_s": round(r["submit_s"], 3),
+        "drive_s": round(r["drive_s"], 3),
+        "tasks_per_s": round(tps),
+        "end_to_end_tasks_per_s": round(n / (r["submit_s"] + r["drive_s"])),
+        "published": len(home.store.list_items(home.admin, dest)),
+        "target_tasks_per_s": target,
+        "ok": tps >= target,
+    }
+
+
+def rerun(home: Home, source: str) -> dict[str, Any]:
+    dest = "out-three"
+    home.store.create_folder(home.admin, dest, exist_ok=True)
+    engine = Engine(home)
+    say("3-step pipeline, first run")
+    t0 = time.perf_counter()
+    first = engine.run(home.admin, ref("three"), engine.inputs_from_folder(home.admin, source),
+                       source=source, dest=dest, executor="inline")  # fmt: skip
+    t1 = time.perf_counter()
+    assert first["status"] == "succeeded", first["counts"]
+    say("3-step pipeline, unchanged re-run")
+    t2 = time.perf_counter()
+    inputs = engine.inputs_from_folder(home.admin, source)
+    again = engine.run(home.admin, ref("three"), inputs, source=source, dest=dest, executor="inline")
+    t3 = time.perf_counter()
+    n = sum(again["counts"].values())
+    assert again["counts"] == {"cached": n}, again["counts"]
+    return {
+        "tasks": n,
+        "first_run_s": round(t1 - t0, 3),
+        "rerun_s": round(t3 - t2, 3),
+        "cached": again["counts"]["cached"],
+        "target_s": TARGET_RERUN_S,
+        "ok": t3 - t2 <= TARGET_RERUN_S,
+    }
+
+
+def spin(n: int) -> int:
+    """The work ``burn`` does, as a plain function (for the baseline)."""
+    acc = 0
+    for i in range(n):
+        acc = (acc * 31 + i) % 1_000_003
+    return acc
+
+
+def baseline_speedup(loops: list[int]) -> float:
+    """The same work in a plain ``ProcessPoolExecutor`` with 1, then 2 processes: what this machine allows."""
+    from concurrent.futures import ProcessPoolExecutor
+
+    took = []
+    for workers in (1, 2):
+        with ProcessPoolExecutor(workers) as pool:
+            list(pool.map(spin, [1000] * workers))  # start the processes before timing
+            started = time.perf_counter()
+            list(pool.map(spin, loops))
+            took.append(time.perf_counter() - started)
+    return took[0] / took[1]
+
+
+def calibrate(seconds: float) -> int:
+    """The loop count of ``burn`` that takes about ``seconds`` here."""
+    n = 200_000
+    while True:
+        started = time.perf_counter()
+        acc = 0
+        for i in range(n):
+            acc = (acc * 31 + i) % 1_000_003
+        took = time.perf_counter() - started
+        if took > 0.05:
+            return int(n * seconds / took)
+        n *= 4
+
+
+def cpu_speedup(home: Home, items: int, seconds: float) -> dict[str, Any]:
+    loops = calibrate(seconds)
+    fill(home, "cpu", items, lambda i: str(loops + i).encode())
+    out: dict[str, Any] = {"items": items, "seconds_per_item": seconds, "loops_per_item": loops}
+    for workers in (1, 2):
+        say(f"cpu-bound step, {workers} worker(s)")
+        warm_up = {"force": True, "params": {"scale": 0.01}}
+        r = asyncio.run(timed_run(home, "local", ref("cpu"), "cpu", None, workers, warm_up, force=True))
+        assert r["run"]["counts"] == {"succeeded": items}, r["run"]["counts"]
+        out[f"workers_{workers}_s"] = round(r["drive_s"], 3)
+    out["speedup"] = round(out["workers_1_s"] / out["workers_2_s"], 2)
+    out["baseline_process_pool_speedup"] = round(baseline_speedup([loops + i for i in range(items)]), 2)
+    out["target_speedup"] = TARGET_SPEEDUP
+    out["ok"] = out["speedup"] >= TARGET_SPEEDUP
+    return out
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--items", type=int, default=10000, help="tiny items for 1. and 2. (default 10000)")
+    parser.add_argument("--cpu-items", type=int, default=8, help="items for the CPU-bound step (default 8)")
+    parser.add_argument("--cpu-seconds", type=float, default=0.2, help="work per CPU-bound item (default 0.2)")
+    parser.add_argument("--home", help="datamill home to use (default: a temporary directory, removed afterwards)")
+    parser.add_argument("--only", default="trivial,rerun,cpu", help="which parts to run (default: all)")
+    args = parser.parse_args(argv)
+    only = set(args.only.split(","))
+
+    temp = None if args.home else tempfile.mkdtemp(prefix="datamill-bench-engine.")
+    root = Path(args.home or temp or ".").resolve()
+    home = Home(load_settings(environ={}, home=str(root / "home"), database_url="", demo=False))
+    result: dict[str, Any] = {
+        "benchmark": "engine",
+        "python": platform.python_version(),
+        "cpus": os.cpu_count(),
+        "database": "sqlite",
+    }
+    try:
+        if only & {"trivial", "rerun"}:
+            say(f"putting {args.items} items")
+            result["setup_put_s"] = round(fill(home, "raw", args.items), 1)
+        if "trivial" in only:
+            result["trivial"] = {ex: trivial_throughput(home, ex, "raw") for ex in ("inline", "local")}
+        if "rerun" in only:
+            result["rerun"] = rerun(home, "raw")
+        if "cpu" in only:
+            result["cpu"] = cpu_speedup(home, args.cpu_items, args.cpu_seconds)
+    finally:
+        home.close()
+        if temp:
+            shutil.rmtree(temp, ignore_errors=True)
+    print(json.dumps(result, indent=2))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
