@@ -105,3 +105,23 @@ def test_why_for_a_first_run(world: World) -> None:
     assert world.engine.why(world.admin, task.id)["explanation"] == (
         "ran: no earlier task of step 'parse' had a key to compare with"
     )
+
+
+def test_progress_is_filed_under_its_own_run(world: World) -> None:
+    # One scheduler drives two runs at once; each run's driver records progress in batches.
+    world.home.store.create_folder(world.admin, "Other")
+    for i in range(12):
+        world.put(f"a{i}.txt", "x")
+        world.put(f"b{i}.txt", "y", folder="Other")
+    first = world.engine.submit(world.admin, ref("chatty"), world.inputs(), source="Raw")
+    second = world.engine.submit(world.admin, ref("chatty"), world.inputs("Other"), source="Other")
+    world.drive([first, second], "local", workers=2)
+    owner = {t.id: t.run_id for rid in (first, second) for t in world.engine.tasks(world.admin, rid)}
+    folder = {first: world.home.store.get_folder(world.admin, "Raw").id}
+    folder[second] = world.home.store.get_folder(world.admin, "Other").id
+    progress = world.events("task.progress")
+    assert progress and all(e.data == {"progress": 0.5, "message": "half way"} for e in progress)
+    assert [(e.task_id, e.run_id, e.folder_id) for e in progress] == [
+        (e.task_id, owner[e.task_id], folder[owner[e.task_id]]) for e in progress
+    ]
+    world.check_fold()

@@ -693,16 +693,24 @@ class Scheduler:
 
     # ------------------------------------------------------------------ progress
 
-    _progress: dict[int, tuple[float, str]]
+    #: progress reported and not recorded yet: task id -> (run id, fraction, message)
+    _progress: dict[int, tuple[int, float, str]]
 
     def _flush_progress(self, run_id: int, folder_id: int | None) -> None:
+        """Record the progress reported since the last flush, each under its own run and folder.
+
+        The driver of any run may flush the progress of every run this scheduler drives.
+        """
         pending = getattr(self, "_progress", None)
         if not pending:
             return
         self._progress = {}
+        folders = {run_id: folder_id}
         with self.home.db.write() as conn:
-            for task_id, (fraction, message) in pending.items():
-                runs.set_progress(conn, task_id, run_id, folder_id, fraction, message)
+            for task_id, (rid, fraction, message) in pending.items():
+                if rid not in folders:
+                    folders[rid] = runs.run_folder_id(conn, rid)
+                runs.set_progress(conn, task_id, rid, folders[rid], fraction, message)
 
     # ------------------------------------------------------------------ running one task
 
@@ -739,7 +747,7 @@ class Scheduler:
 
         def on_message(msg: Message) -> None:
             if isinstance(msg, ProgressMessage):
-                self._progress[t.id] = (msg.fraction, msg.message)
+                self._progress[t.id] = (t.run_id, msg.fraction, msg.message)
             elif isinstance(msg, LogMessage):
                 log_file.write(msg.line.rstrip("\n") + "\n")
 
