@@ -2,6 +2,10 @@
 
 ``datamill up`` starts them inside the server process (in the app's lifespan); tests and
 benchmarks may start them on their own with :class:`Services`.
+
+The scheduler's task lease (how long a task claimed by a process that died stays claimed before
+another takes it over) is ``lease_seconds``; when not given, ``DATAMILL_LEASE_SECONDS`` from the
+environment, else 30 s. Crash-recovery tests set a short one so that reclaims happen quickly.
 """
 
 from __future__ import annotations
@@ -9,14 +13,34 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import os
+from collections.abc import Mapping
 
 from datamill.dataflows.notifications import Notifier
 from datamill.dataflows.triggers import Triggers
 from datamill.engine.engine import Engine
 from datamill.engine.scheduler import Scheduler
+from datamill.errors import ConfigError
 from datamill.home import Home
 
 log = logging.getLogger("datamill.services")
+
+LEASE_ENV = "DATAMILL_LEASE_SECONDS"
+DEFAULT_LEASE_SECONDS = 30.0
+
+
+def lease_seconds_from_env(environ: Mapping[str, str] | None = None) -> float:
+    """The task lease from ``DATAMILL_LEASE_SECONDS`` (default 30 s); ConfigError if it is not a positive number."""
+    text = (os.environ if environ is None else environ).get(LEASE_ENV, "").strip()
+    if not text:
+        return DEFAULT_LEASE_SECONDS
+    try:
+        value = float(text)
+    except ValueError:
+        value = 0.0
+    if not value > 0:
+        raise ConfigError(f"{LEASE_ENV} must be a positive number of seconds, not {text!r}", key=LEASE_ENV)
+    return value
 
 
 class Services:
@@ -27,11 +51,13 @@ class Services:
         home: Home,
         executor: str | None = None,
         workers: int | None = None,
-        lease_seconds: float = 30.0,
+        lease_seconds: float | None = None,
         base_url: str | None = None,
     ) -> None:
         self.home = home
         self.engine = Engine(home)
+        if lease_seconds is None:
+            lease_seconds = lease_seconds_from_env()
         self.scheduler = Scheduler(home, executor, workers=workers, lease_seconds=lease_seconds)
         self.triggers = Triggers(home, self.engine)
         self.notifier = Notifier(home, base_url=base_url)
@@ -44,7 +70,9 @@ class Services:
         await self.scheduler.start()
         self._tasks = [
             asyncio.create_task(self._guard("scheduler", self.scheduler.serve(self._stop))),
-            asyncio.create_task(self._guard("triggers", self.triggers.serve(self._stop))),
+            asyncio.create_task(
+                self._guard("triggers", self.triggers.serve(self._stop, on_runs=self.scheduler.drive_now))
+            ),
             asyncio.create_task(self._guard("notifier", self.notifier.serve(self._stop))),
         ]
 

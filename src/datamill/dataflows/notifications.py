@@ -48,6 +48,12 @@ class Notifier:
 
     def queue(self) -> int:
         """Record deliveries for runs finished since the cursor; returns how many were recorded."""
+        with self.home.db.read() as conn:
+            # Usually no run has finished: say so without taking the write lock.
+            seen = conn.execute(select(Cursor.seq).where(Cursor.name == CURSOR)).scalar() or 0
+            finished = select(Event.seq).where(Event.seq > seen, Event.kind == "run.finished").limit(1)
+            if conn.execute(finished).first() is None:
+                return 0
         with self.home.db.write() as conn:
             ins = pg_insert(Cursor) if conn.dialect.name == "postgresql" else sqlite_insert(Cursor)
             conn.execute(ins.values(name=CURSOR, seq=0).on_conflict_do_nothing(index_elements=["name"]))
@@ -114,6 +120,8 @@ class Notifier:
             due = conn.execute(
                 select(Delivery).where(Delivery.status == "pending", Delivery.next_attempt_at <= now).limit(100)
             ).all()
+        if not due:
+            return 0  # building an HTTP client costs ~100 ms of CPU (TLS setup): only when needed
         ok = 0
         with httpx.Client(timeout=self.timeout) as http:
             for d in due:
@@ -171,14 +179,20 @@ class Notifier:
 
     async def serve(self, stop: asyncio.Event, poll: float = 1.0) -> None:
         """Queue and deliver until ``stop`` is set."""
-        cursor = await asyncio.to_thread(self.home.events.latest)
         while not stop.is_set():
             try:
+                cursor = await asyncio.to_thread(self.home.events.latest)
                 await asyncio.to_thread(self.queue)
-                await asyncio.to_thread(self.deliver_due)
+                due = await asyncio.to_thread(self.next_due)
+                if due is not None and due <= 0:
+                    await asyncio.to_thread(self.deliver_due)
+                    due = await asyncio.to_thread(self.next_due)
             except Exception:
+                # The database may be unreachable for a while: the service must outlive that.
                 log.exception("notification pass failed; trying again")
-            due = await asyncio.to_thread(self.next_due)
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(stop.wait(), poll)
+                continue
             timeout = poll if due is None else min(poll, max(due, 0.01))
             waiter = asyncio.create_task(asyncio.to_thread(self.home.events.wait, cursor, timeout))
             stopper = asyncio.create_task(stop.wait())
@@ -186,4 +200,3 @@ class Notifier:
             stopper.cancel()
             with contextlib.suppress(BaseException):
                 await waiter
-            cursor = await asyncio.to_thread(self.home.events.latest)

@@ -22,13 +22,13 @@ import time
 from collections.abc import Callable
 from typing import Any
 
-from sqlalchemy import Connection, select, update
+from sqlalchemy import Connection, and_, select, update
 
 from datamill import events
-from datamill.db.models import Dataflow, Event, Item, Run, Task, TaskInput
+from datamill.db.models import Dataflow, Event, Folder, Item, Run, Task, TaskInput, Version
 from datamill.engine.engine import Engine
 from datamill.engine.runs import RunStatus, TaskStatus
-from datamill.errors import DatamillError
+from datamill.errors import InvalidInput, NotFound, PermissionDenied
 from datamill.home import Home
 from datamill.pipeline import load_pipeline
 from datamill.pipeline.inputs import InputRef
@@ -37,6 +37,8 @@ from datamill.store.access import Actor
 log = logging.getLogger("datamill.triggers")
 
 ITEM_EVENTS = ("item.created", "item.updated")
+#: A dataflow's cursor is moved past events that do not concern it once it lags this far behind.
+CURSOR_SLACK = 1000
 
 
 class Triggers:
@@ -53,13 +55,19 @@ class Triggers:
     def poll(self, now: float | None = None) -> list[int]:
         """One pass over every running dataflow; returns the ids of the runs it recorded."""
         now = self.clock() if now is None else now
+        # Most passes find nothing to do: decide that in one read transaction, and take the
+        # write lock only for the dataflows that have something to record.
         with self.home.db.read() as conn:
-            ids = list(conn.execute(select(Dataflow.id).where(Dataflow.state == "running")).scalars())
+            rows = conn.execute(select(Dataflow).where(Dataflow.state == "running")).all()
+            ids = [r.id for r in rows if self._due(conn, r, now)]
         created: list[int] = []
         for fid in ids:
             try:
                 run_id = self._poll_one(fid, now)
-            except DatamillError as exc:
+            except (InvalidInput, NotFound, PermissionDenied) as exc:
+                # Its configuration no longer works (pipeline, folders, the owner's rights): it
+                # stops, saying why. Other errors (the database is unreachable, ...) are not the
+                # dataflow's: they propagate and the next pass tries again.
                 log.warning("dataflow %s: %s", fid, exc.message)
                 self._fail(fid, exc.message)
                 continue
@@ -79,13 +87,42 @@ class Triggers:
             if r.next_fire_at is not None:
                 due.append(r.next_fire_at - now)
             last = self._last_fire.get(r.id)
-            if last is not None:
+            if last is not None and last + self._window(r.config) > now:
+                # A batch window still open: items held back by it are taken when it closes.
                 due.append(last + self._window(r.config) - now)
         return max(0.0, min(due)) if due else None
 
     def _window(self, config: dict[str, Any]) -> float:
         ms = config.get("batch_window_ms")
         return (self.home.settings.batch_window_ms if ms is None else ms) / 1000.0
+
+    def _due(self, conn: Connection, row: Any, now: float) -> bool:
+        """Whether :meth:`_poll_one` would record anything for this dataflow now (a read-only check)."""
+        if row.backfilled_version != row.version:
+            return True
+        cfg = dict(row.config or {})
+        trigger = str(cfg.get("trigger") or "new-items")
+        if trigger.startswith("cron:"):
+            return row.next_fire_at is None or now >= row.next_fire_at
+        latest = events.latest_seq(conn)
+        if latest - row.cursor >= CURSOR_SLACK:
+            return True  # move the cursor past unrelated events, so the scan after it stays short
+        if trigger != "new-items" or row.source_folder_id is None:
+            return False
+        last = self._last_fire.get(row.id)
+        if last is not None and now - last < self._window(cfg):
+            return False  # inside the batch window
+        landed = conn.execute(
+            select(Event.seq)
+            .where(
+                Event.seq > row.cursor,
+                Event.seq <= latest,
+                Event.folder_id == row.source_folder_id,
+                Event.kind.in_(ITEM_EVENTS),
+            )
+            .limit(1)
+        ).first()
+        return landed is not None
 
     def _poll_one(self, dataflow_id: int, now: float) -> int | None:
         with self.home.db.write() as conn:
@@ -96,9 +133,15 @@ class Triggers:
             trigger = str(cfg.get("trigger") or "new-items")
             actor = self._owner(conn, row.owner_id)
             if row.backfilled_version != row.version:
-                # Started (or edited while running): cover what is already in the source.
+                # Started (or edited while running): cover what is already in the source. The
+                # cursor moves too, or items landed since the start would be run a second time.
+                latest = events.latest_seq(conn)
                 run_id = self._submit(conn, row, actor, cfg, None, "start: items without a result", now)
-                conn.execute(update(Dataflow).where(Dataflow.id == row.id).values(backfilled_version=row.version))
+                conn.execute(
+                    update(Dataflow)
+                    .where(Dataflow.id == row.id)
+                    .values(backfilled_version=row.version, cursor=max(row.cursor, latest))
+                )
                 return run_id
             if trigger.startswith("cron:"):
                 return self._poll_cron(conn, row, actor, cfg, trigger, now)
@@ -151,8 +194,6 @@ class Triggers:
         with self.home.db.write() as conn:
             row = conn.execute(select(Dataflow).where(Dataflow.name == dataflow_name)).first()
             if row is None:
-                from datamill.errors import NotFound
-
                 raise NotFound(f"no dataflow {dataflow_name!r}")
             return self._submit(conn, row, actor, dict(row.config or {}), None, f"run by {actor.name}", self.clock())
 
@@ -167,13 +208,36 @@ class Triggers:
         return self.home.admin if u is None else Actor(u.id, u.name, u.is_admin)
 
     def _inputs(self, conn: Connection, source: str, item_ids: list[int] | None, aggregate: bool) -> list[InputRef]:
-        items = self.home.store.list_items(self.home.admin, source)
-        if item_ids is not None and not aggregate:
-            wanted = set(item_ids)
-            items = [i for i in items if i.id in wanted]
+        """The current versions of the source's items, by name: only ``item_ids`` unless the pipeline aggregates.
+
+        Read through ``conn``, the transaction that records the run and moves the cursor, and
+        only the items wanted (a run for one new file does not list a folder of thousands).
+        """
+        folder_id = conn.execute(select(Folder.id).where(Folder.path == source)).scalar()
+        if folder_id is None:
+            raise NotFound(f"the source folder {source!r} no longer exists", path=source)
+        q = (
+            select(
+                Item.id,
+                Item.name,
+                Item.meta.label("meta"),
+                Version.id.label("version_id"),
+                Version.number,
+                Version.digest,
+                Version.size,
+                Version.content_type,
+            )
+            .join(Version, and_(Version.item_id == Item.id, Version.number == Item.current_version))
+            .where(Item.folder_id == folder_id)
+            .order_by(Item.name)
+        )
+        wanted = set(item_ids) if item_ids is not None and not aggregate else None
+        if wanted is not None and len(wanted) <= 500:  # beyond that, filtering the listing is as good
+            q = q.where(Item.id.in_(sorted(wanted)))
         return [
-            InputRef(i.id, i.version_id, i.folder, i.name, i.version, i.digest, i.size, i.content_type, i.metadata)
-            for i in items
+            InputRef(r.id, r.version_id, source, r.name, r.number, r.digest, r.size, r.content_type, r.meta or {})
+            for r in conn.execute(q)
+            if wanted is None or r.id in wanted
         ]
 
     def _processed(self, conn: Connection, dataflow_id: int, version: int, refs: list[InputRef]) -> set[int]:
@@ -247,15 +311,31 @@ class Triggers:
 
     # ------------------------------------------------------------------ service loop
 
-    async def serve(self, stop: asyncio.Event, poll: float = 1.0) -> None:
-        """Poll whenever the log grows (or a batch/cron is due) until ``stop`` is set."""
-        cursor = await asyncio.to_thread(self.home.events.latest)
+    def _pass(self) -> tuple[int, list[int], float | None]:
+        """One pass of :meth:`serve`, in one worker thread: the newest event (read first, so that
+        what lands during the pass ends the next wait), the runs recorded, and when to look again."""
+        cursor = self.home.events.latest()
+        return cursor, self.poll(), self.next_wakeup()
+
+    async def serve(
+        self, stop: asyncio.Event, poll: float = 1.0, on_runs: Callable[[list[int]], None] | None = None
+    ) -> None:
+        """Poll whenever the log grows (or a batch/cron is due) until ``stop`` is set.
+
+        ``on_runs`` is told the ids of the runs each pass recorded (the services hand them
+        straight to the scheduler of this process).
+        """
         while not stop.is_set():
             try:
-                await asyncio.to_thread(self.poll)
+                cursor, created, due = await asyncio.to_thread(self._pass)
+                if created and on_runs is not None:
+                    on_runs(created)
             except Exception:
+                # The database may be unreachable for a while: the service must outlive that.
                 log.exception("trigger pass failed; trying again")
-            due = await asyncio.to_thread(self.next_wakeup)
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(stop.wait(), poll)
+                continue
             timeout = poll if due is None else min(poll, max(due, 0.001))
             waiter = asyncio.create_task(asyncio.to_thread(self.home.events.wait, cursor, timeout))
             stopper = asyncio.create_task(stop.wait())
@@ -263,7 +343,6 @@ class Triggers:
             stopper.cancel()
             with contextlib.suppress(BaseException):
                 await waiter
-            cursor = await asyncio.to_thread(self.home.events.latest)
 
 
 def active_runs(home: Home, dataflow_id: int) -> list[int]:

@@ -26,7 +26,7 @@ from typing import Any
 
 from sqlalchemy import Connection, and_, select, update
 
-from datamill.db.models import Run, TaskOutput
+from datamill.db.models import Run, Task, TaskOutput
 from datamill.engine import runs
 from datamill.engine.planner import Plan, PlannedTask, plan
 from datamill.engine.runs import OutputRecord, RunStatus, TaskRow, TaskStatus
@@ -72,6 +72,7 @@ class _Done:
     retry_at: float | None = None
     log_path: Path | None = None
     inputs: list[dict[str, Any]] = field(default_factory=list)
+    work_dir: Path | None = None
 
 
 def _content_type(name: str, produced: str) -> str:
@@ -206,14 +207,19 @@ class Scheduler:
 
     def pending_runs(self) -> list[int]:
         """Runs that are queued or running (oldest request first), after requeueing expired tasks."""
-        with self.home.db.write() as conn:
-            runs.reclaim_expired(conn, self.clock())
+        now = self.clock()
+        pending = select(Run.id).where(Run.status.in_([RunStatus.QUEUED, RunStatus.RUNNING])).order_by(Run.id)
         with self.home.db.read() as conn:
-            return list(
-                conn.execute(
-                    select(Run.id).where(Run.status.in_([RunStatus.QUEUED, RunStatus.RUNNING])).order_by(Run.id)
-                ).scalars()
-            )
+            # Usually no lease has expired: the write lock is taken only when one has.
+            expired = conn.execute(
+                select(Task.id).where(Task.status == TaskStatus.RUNNING, Task.lease_expires < now).limit(1)
+            ).first()
+            if expired is None:
+                return list(conn.execute(pending).scalars())
+        with self.home.db.write() as conn:
+            runs.reclaim_expired(conn, now)
+        with self.home.db.read() as conn:
+            return list(conn.execute(pending).scalars())
 
     async def run_until_idle(self, run_ids: list[int] | None = None) -> None:
         """Drive the given runs (all pending ones by default) until none has work this scheduler can do."""
@@ -232,9 +238,17 @@ class Scheduler:
     async def serve(self, stop: asyncio.Event, poll: float = 0.5) -> None:
         """Drive runs as they are recorded until ``stop`` is set."""
         await self.start()
-        cursor = self.home.events.latest()
         while not stop.is_set():
-            for rid in await asyncio.to_thread(self.pending_runs):
+            try:
+                # The newest event is read first, so that a run recorded meanwhile ends the next wait.
+                cursor, pending = await asyncio.to_thread(lambda: (self.home.events.latest(), self.pending_runs()))
+            except Exception:
+                # The database may be unreachable for a while: the service must outlive that.
+                log.exception("could not look for runs; trying again")
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(stop.wait(), poll)
+                continue
+            for rid in pending:
                 if rid not in self._active:
                     self._spawn(rid)
             # Wake on any new event (a run was queued) or after ``poll`` to reclaim leases.
@@ -244,7 +258,12 @@ class Scheduler:
             stopper.cancel()
             with contextlib.suppress(BaseException):
                 await waiter
-            cursor = await asyncio.to_thread(self.home.events.latest)
+
+    def drive_now(self, run_ids: list[int]) -> None:
+        """Start driving runs just recorded in this process, without waiting for :meth:`serve` to notice them."""
+        for rid in run_ids:
+            if rid not in self._active:
+                self._spawn(rid)
 
     def _spawn(self, run_id: int) -> None:
         task = asyncio.create_task(self._drive_safely(run_id), name=f"datamill-run-{run_id}")
@@ -323,13 +342,18 @@ class Scheduler:
         forced = bool(row.force)
         running: dict[asyncio.Task[_Done], TaskRow] = {}
         started = False
+        fresh = True  # the run's row was just read: its cancel flag needs no second look on the first pass
         try:
             while True:
-                if await asyncio.to_thread(self._cancel_requested, run_id):
+                if fresh:
+                    cancel, fresh = bool(row.cancel_requested), False
+                else:
+                    cancel = await asyncio.to_thread(self._cancel_requested, run_id)
+                if cancel:
                     for job in running:
                         job.cancel()
                     done = await self._collect(running, wait=True)
-                    await asyncio.to_thread(self._record, run_id, folder_id, actor, the_plan, done, tasks)
+                    await asyncio.to_thread(self._record, row, actor, the_plan, done, tasks)
                     return await asyncio.to_thread(self._finish, run_id, folder_id)
                 now = self.clock()
                 ready: list[TaskRow] = []
@@ -356,15 +380,19 @@ class Scheduler:
                         ready.append(t)
                 hits, to_run = await asyncio.to_thread(self._resolve_keys, the_plan, ready, tasks, forced)
                 if blocked or hits:
-                    await asyncio.to_thread(self._record, run_id, folder_id, actor, the_plan, blocked + hits, tasks)
+                    final = await asyncio.to_thread(
+                        self._record, row, actor, the_plan, blocked + hits, tasks
+                    )
+                    if final is not None:
+                        return final
                     continue
                 free = self.capacity - len(running)
                 if to_run and free > 0:
                     batch = to_run[:free]
-                    if not started:
-                        await asyncio.to_thread(self._start_run, run_id, folder_id)
-                        started = True
-                    claimed = await asyncio.to_thread(self._claim, [t.id for t in batch], folder_id)
+                    # The first claim also marks the run running (one transaction, not two).
+                    start = run_id if not started else None
+                    claimed = await asyncio.to_thread(self._claim, [t.id for t in batch], folder_id, start)
+                    started = True
                     for t in batch:
                         if t.id in claimed:
                             t.status = TaskStatus.RUNNING
@@ -393,8 +421,11 @@ class Scheduler:
                     return await asyncio.to_thread(self._finish, run_id, folder_id)
                 done = await self._collect(running, wait=True, timeout=0.25)
                 if done:
-                    await asyncio.to_thread(self._record, run_id, folder_id, actor, the_plan, done, tasks)
-                await asyncio.to_thread(self._flush_progress, run_id, folder_id)
+                    final = await asyncio.to_thread(self._record, row, actor, the_plan, done, tasks)
+                    if final is not None:
+                        return final
+                if getattr(self, "_progress", None):
+                    await asyncio.to_thread(self._flush_progress, run_id, folder_id)
         except asyncio.CancelledError:
             for job in running:
                 job.cancel()
@@ -406,12 +437,10 @@ class Scheduler:
         with self.home.db.read() as conn:
             return bool(conn.execute(select(Run.cancel_requested).where(Run.id == run_id)).scalar())
 
-    def _start_run(self, run_id: int, folder_id: int | None) -> None:
+    def _claim(self, ids: list[int], folder_id: int | None, start_run: int | None = None) -> set[int]:
         with self.home.db.write() as conn:
-            runs.start_run(conn, run_id, folder_id)
-
-    def _claim(self, ids: list[int], folder_id: int | None) -> set[int]:
-        with self.home.db.write() as conn:
+            if start_run is not None:
+                runs.start_run(conn, start_run, folder_id)
             return set(runs.claim_tasks(conn, ids, self.owner, self.lease_seconds, self.executor.name, folder_id))
 
     def _finish(self, run_id: int, folder_id: int | None) -> RunStatus | None:
@@ -472,8 +501,6 @@ class Scheduler:
         return hits, to_run
 
     def _lookup_many(self, keys: list[str]) -> dict[str, tuple[int, list[OutputRecord]]]:
-        from datamill.db.models import Task
-
         out: dict[str, tuple[int, list[OutputRecord]]] = {}
         with self.home.db.read() as conn:
             for i in range(0, len(keys), 500):
@@ -507,22 +534,16 @@ class Scheduler:
         ]
 
     def _record(
-        self,
-        run_id: int,
-        folder_id: int | None,
-        actor: Actor,
-        the_plan: Plan,
-        done: list[_Done],
-        tasks: dict[str, TaskRow],
-    ) -> None:
-        """Record a batch of task ends (with their outputs and published versions) in one transaction."""
+        self, row: Any, actor: Actor, the_plan: Plan, done: list[_Done], tasks: dict[str, TaskRow]
+    ) -> RunStatus | None:
+        """Record a batch of task ends (with their outputs and published versions) in one transaction.
+
+        ``row`` is the run's row (as read by :meth:`_load_run`). When that leaves none of the run's
+        tasks to do, the run ends in the same transaction; its final status is returned then.
+        """
         if not done:
-            return
-        with self.home.db.read() as conn:
-            row = conn.execute(
-                select(Run.dest_folder, Run.dataflow_id, Run.dataflow_version).where(Run.id == run_id)
-            ).one()
-        dest = row.dest_folder
+            return None
+        run_id, folder_id, dest = row.id, row.dest_folder_id, row.dest_folder
         # Make sure the blobs of published outputs exist and subfolders are there, outside the transaction.
         for d in done:
             if d.status not in runs.DONE_OK or not dest:
@@ -575,9 +596,15 @@ class Scheduler:
                 t.error = d.error
             runs.record_many_inputs(conn, inputs)
             runs.finish_tasks(conn, ends)
+            final = None
+            if all(t.status in runs.FINISHED_TASK for t in tasks.values()):
+                final = runs.finish_run_if_done(conn, run_id, folder_id)
         for d in done:
             if d.log_path is not None:
                 d.log_path.unlink(missing_ok=True)
+            if d.work_dir is not None:
+                shutil.rmtree(d.work_dir, ignore_errors=True)
+        return final
 
     def _publish(
         self,
@@ -736,9 +763,21 @@ class Scheduler:
     async def _execute(
         self, run_id: int, the_plan: Plan, t: TaskRow, tasks: dict[str, TaskRow], folder_id: int | None
     ) -> _Done:
+        base = self.work_root / f"task-{t.id}-{t.attempts}"  # flat: fewer directories to make and remove
+        try:
+            d = await self._attempt(base, the_plan, t, tasks)
+        except BaseException:
+            shutil.rmtree(base, ignore_errors=True)
+            raise
+        # Removed by _record once the end is recorded: in a thread, after the commit, instead of
+        # in the event loop before it (removing a tree can take milliseconds on a busy disk).
+        d.work_dir = base
+        return d
+
+    async def _attempt(self, base: Path, the_plan: Plan, t: TaskRow, tasks: dict[str, TaskRow]) -> _Done:
+        """One attempt at a task in the work directory ``base``; its end, failed or not."""
         pt = the_plan.task(t.planned_id)
         step = the_plan.pipeline.step(pt.step)
-        base = self.work_root / f"task-{t.id}-{t.attempts}"  # flat: fewer directories to make and remove
         out_dir, scratch = base / "out", base / "scratch"
         log_path = self.log_path(t.id)
         log_file = _TaskLog(log_path)
@@ -778,7 +817,6 @@ class Scheduler:
             return self._failure(t, pt, f"{type(exc).__name__}: {exc}", None, log_path)
         finally:
             log_file.close()
-            shutil.rmtree(base, ignore_errors=True)
 
     def _failure(self, t: TaskRow, pt: PlannedTask, message: str, tb: str | None, log_path: Path) -> _Done:
         if len(message) > MAX_ERROR:
