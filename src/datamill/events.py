@@ -24,7 +24,8 @@ from datamill.db.models import Event
 
 NOTIFY_CHANNEL = "datamill_events"
 _ADVISORY_KEY = 0x6461746D  # "datm"
-SQLITE_POLL_SECONDS = 0.01
+#: Commits in this process wake waiters at once; this only bounds how late another process's are seen.
+SQLITE_POLL_SECONDS = 0.025
 POSTGRES_POLL_SECONDS = 0.5
 
 

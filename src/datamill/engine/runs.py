@@ -17,7 +17,7 @@ from typing import Any
 from sqlalchemy import Connection, bindparam, func, insert, or_, select, update
 
 from datamill import events
-from datamill.db.models import Run, Task, TaskInput, TaskOutput
+from datamill.db.models import Event, Run, Task, TaskInput, TaskOutput
 
 
 class RunStatus(StrEnum):
@@ -126,10 +126,12 @@ class TaskRow:
     executor: str | None
     not_before: float | None = None
     outputs: list[OutputRecord] = field(default_factory=list)
+    #: the scheduler's note that the cache had nothing for its key (not stored, not shown)
+    cache_missed: bool = False
 
     def to_dict(self) -> dict[str, Any]:
         """A JSON-able dict."""
-        d = {k: v for k, v in self.__dict__.items() if k != "outputs"}
+        d = {k: v for k, v in self.__dict__.items() if k not in ("outputs", "cache_missed")}
         d["outputs"] = [o.to_dict() for o in self.outputs]
         return d
 
@@ -373,7 +375,7 @@ class TaskEnd:
 
 
 _UNFINISHED = (TaskStatus.QUEUED, TaskStatus.RUNNING)
-_TASKS = Task.__table__
+_TASKS: Any = Task.__table__  # the Table, for a Core UPDATE with bind parameters
 
 # One statement for every end, executed with many parameter sets (no IN list: executemany cannot
 # expand one). ``None`` keeps a column as it is.
@@ -609,36 +611,47 @@ def renew_leases(conn: Connection, owner: str, lease_seconds: float) -> int:
     )
 
 
+#: A task whose scheduler died this many times while holding it fails instead of being requeued.
+MAX_RECLAIMS = 5
+
+
 def reclaim_expired(conn: Connection, now: float | None = None) -> list[int]:
     """Requeue running tasks whose scheduler stopped renewing their lease (it died); returns their ids.
 
-    The attempt that was lost counts: a task that keeps killing its scheduler runs out of attempts.
+    The lost attempt is given back: a scheduler claims tasks in batches, and those it never
+    started must not use up their retries. A task lost ``MAX_RECLAIMS`` times fails (it may be
+    what kills its scheduler).
     """
     now = time.time() if now is None else now
     rows = conn.execute(
-        select(Task.id, Task.run_id, Task.attempts, Task.max_attempts, Task.lease_owner).where(
+        select(Task.id, Task.run_id, Task.attempts, Task.lease_owner).where(
             Task.status == TaskStatus.RUNNING, Task.lease_expires < now
         )
     ).all()
     out = []
     for r in rows:
         folder_id = run_folder_id(conn, r.run_id)
-        if r.attempts >= r.max_attempts + 1:
-            # One extra attempt beyond max: the first loss may be the scheduler's fault, not the task's.
+        lost = conn.execute(
+            select(func.count())
+            .select_from(Event)
+            .where(Event.run_id == r.run_id, Event.task_id == r.id, Event.kind == "task.reclaimed")
+        ).scalar_one()
+        if lost + 1 >= MAX_RECLAIMS:
             finish_task(
                 conn,
                 r.id,
                 r.run_id,
                 TaskStatus.FAILED,
                 folder_id,
-                error="its scheduler died repeatedly while running it",
+                error=f"its scheduler died {lost + 1} times while running it; see the server log",
             )
             finish_run_if_done(conn, r.run_id, folder_id)
             continue
+        attempts = max(0, r.attempts - 1)
         n = conn.execute(
             update(Task)
             .where(Task.id == r.id, Task.status == TaskStatus.RUNNING, Task.lease_expires < now)
-            .values(status=TaskStatus.QUEUED, lease_owner=None, lease_expires=None, not_before=None)
+            .values(status=TaskStatus.QUEUED, lease_owner=None, lease_expires=None, not_before=None, attempts=attempts)
         ).rowcount
         if n:
             events.append(
@@ -647,7 +660,7 @@ def reclaim_expired(conn: Connection, now: float | None = None) -> list[int]:
                 run_id=r.run_id,
                 task_id=r.id,
                 folder_id=folder_id,
-                data={"previous_owner": r.lease_owner},
+                data={"previous_owner": r.lease_owner, "attempts": attempts},
             )
             out.append(r.id)
     return out
@@ -792,6 +805,8 @@ def fold(records: Iterable[events.EventRecord]) -> dict[str, dict[int, dict[str,
             tasks[ev.task_id]["progress"] = ev.data["progress"]
         elif k in ("task.retrying", "task.reclaimed") and ev.task_id in tasks:
             tasks[ev.task_id]["status"] = TaskStatus.QUEUED.value
+            if "attempts" in ev.data:
+                tasks[ev.task_id]["attempts"] = ev.data["attempts"]
         elif k == "task.finished" and ev.task_id in tasks:
             status = ev.data["status"]
             tasks[ev.task_id]["status"] = status

@@ -47,6 +47,10 @@ log = logging.getLogger("datamill.scheduler")
 #: task then costs no file write and fsync.
 INLINE_LIMIT = 4096
 
+#: How many ready tasks one pass of a run's driver considers: enough to fill the executor and to
+#: answer cache hits in batches, without walking every queued task of a big run on every pass.
+READY_BATCH = 500
+
 #: How often a run's driver looks again at tasks another scheduler holds, when it waits for them.
 HELD_POLL_SECONDS = 0.25
 
@@ -359,6 +363,8 @@ class Scheduler:
                 ready: list[TaskRow] = []
                 blocked: list[_Done] = []
                 for t in tasks.values():
+                    if len(ready) >= READY_BATCH:
+                        break  # the rest wait for a later pass
                     if t.status != TaskStatus.QUEUED:  # claimed tasks are RUNNING until their end is recorded
                         continue
                     deps = [tasks[d] for d in t.deps]
@@ -482,7 +488,7 @@ class Scheduler:
                 upstream = {d: tasks[d].outputs for d in pt.deps}
                 t.key = the_plan.key_for(pt, upstream)
             assert t.key is not None
-            if forced or pt.forced or not pt.cache:
+            if forced or pt.forced or not pt.cache or t.cache_missed:
                 to_run.append(t)
             else:
                 lookups.setdefault(t.key, []).append(t)
@@ -497,6 +503,8 @@ class Scheduler:
                         d.publish = self._publish_plan(the_plan, pt, outs)
                         hits.append(d)
                 else:
+                    for t in group:
+                        t.cache_missed = True  # not asked again on the next passes while it waits for a slot
                     to_run += group
         return hits, to_run
 
@@ -778,6 +786,9 @@ class Scheduler:
         """One attempt at a task in the work directory ``base``; its end, failed or not."""
         pt = the_plan.task(t.planned_id)
         step = the_plan.pipeline.step(pt.step)
+        if base.exists():
+            # Left by a scheduler that died during this attempt (a reclaimed task keeps its number).
+            await asyncio.to_thread(shutil.rmtree, base, True)
         out_dir, scratch = base / "out", base / "scratch"
         log_path = self.log_path(t.id)
         log_file = _TaskLog(log_path)
