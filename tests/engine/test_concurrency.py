@@ -71,7 +71,8 @@ def check_two_schedulers(tmp_path: Path, db_url: str, executor: str) -> None:
     assert {name: executions(marks, name) for name in ITEMS} == dict.fromkeys(ITEMS, 1)
     assert {name: len(world.versions(name)) for name in world.out()} == dict.fromkeys(world.out(), 1)
     owners = Counter(e.data["owner"] for e in world.events("task.started", run_id))
-    if executor == "local":  # two tasks in flight each: both get work
-        assert len(owners) == 2, owners
+    # Each scheduler keeps a batch in flight (8 per worker), so one may take a small run whole;
+    # what must hold is above: every task started and finished once, under some owner.
+    assert 1 <= len(owners) <= 2 and sum(owners.values()) == len(tasks), owners
     world.check_fold()
     world.home.close()

@@ -161,8 +161,9 @@ class Scheduler:
     def capacity(self) -> int:
         """How many tasks this scheduler keeps in flight."""
         cap = self.executor.capacity
-        # Inline runs calls one after another in the loop; claiming a batch lets us record a batch.
-        return 256 if cap is None else max(1, cap) * 2
+        # Claiming and recording in batches is what makes small tasks cheap: keep many in flight
+        # (a pool queues them for its workers), so each pass of the driver records many ends.
+        return 256 if cap is None else max(16, max(1, cap) * 8)
 
     async def start(self) -> None:
         """Start the executor and the lease heartbeat."""
