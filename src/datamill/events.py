@@ -11,6 +11,8 @@ takes a transaction-scoped advisory lock: event-writing transactions commit in s
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import threading
 import time
 from collections.abc import Iterable
@@ -194,6 +196,18 @@ class EventLog:
                 return False
             with self.db.committed:
                 self.db.committed.wait(min(poll, remaining))
+
+    async def wait_or_stop(self, after: int, timeout: float, stop: asyncio.Event) -> None:
+        """Return when an event after ``after`` exists, ``timeout`` passes, or ``stop`` is set.
+
+        The loop of every background service (scheduler, triggers, notifier) sleeps here.
+        """
+        waiter = asyncio.create_task(asyncio.to_thread(self.wait, after, timeout))
+        stopper = asyncio.create_task(stop.wait())
+        await asyncio.wait([waiter, stopper], return_when=asyncio.FIRST_COMPLETED)
+        stopper.cancel()
+        with contextlib.suppress(BaseException):
+            await waiter
 
     def _ensure_listener(self) -> None:
         with self._listener_lock:

@@ -5,7 +5,7 @@ from typing import Annotated
 import typer
 
 from datamill.cli.context import get_client
-from datamill.cli.output import human_time, print_json, print_mapping, print_table, say
+from datamill.cli.output import human_time, print_json, print_table, say, show_or_change_metadata
 from datamill.cli.params import JsonFlag, MetaOption, parse_pairs
 
 app = typer.Typer(
@@ -22,9 +22,7 @@ def create(
     ctx: typer.Context,
     path: FolderPath,
     meta: MetaOption = None,
-    exist_ok: Annotated[
-        bool, typer.Option("--exist-ok", help="Succeed quietly if the folder already exists.")
-    ] = False,
+    exist_ok: Annotated[bool, typer.Option("--exist-ok", help="Succeed quietly if the folder already exists.")] = False,
     json_: JsonFlag = False,
 ) -> None:
     """Create a folder, and any missing parents.
@@ -121,14 +119,11 @@ def metadata(
     """
     client = get_client(ctx)
     changes = parse_pairs(pairs, "KEY=VALUE")
-    if changes or unset:
-        info = client.set_folder_metadata(path, changes, unset or ())
-        say(f"updated metadata of folder {info.path!r}")
-        if json_:
-            print_json(info.metadata)
-        return
-    info = client.folder(path)
-    if json_:
-        print_json(info.metadata)
-    else:
-        print_mapping(info.metadata, empty=f"folder {info.path!r} has no metadata")
+    show_or_change_metadata(
+        changes,
+        unset or [],
+        lambda: client.set_folder_metadata(path, changes, unset or ()),
+        lambda: client.folder(path),
+        lambda info: f"folder {info.path!r}",
+        json_,
+    )

@@ -11,9 +11,9 @@ from datamill.cli.output import (
     human_size,
     human_time,
     print_json,
-    print_mapping,
     print_table,
     say,
+    show_or_change_metadata,
     stderr,
     transfer_progress,
 )
@@ -202,17 +202,14 @@ def metadata(
     """
     client = get_client(ctx)
     changes = parse_pairs(pairs, "KEY=VALUE")
-    if changes or unset:
-        info = client.set_metadata(path, changes, unset or ())
-        say(f"updated metadata of {info.path!r}")
-        if json_:
-            print_json(info.metadata)
-        return
-    info = client.item(path)
-    if json_:
-        print_json(info.metadata)
-    else:
-        print_mapping(info.metadata, empty=f"{info.path!r} has no metadata")
+    show_or_change_metadata(
+        changes,
+        unset or [],
+        lambda: client.set_metadata(path, changes, unset or ()),
+        lambda: client.item(path),
+        lambda info: repr(info.path),
+        json_,
+    )
 
 
 def find(
@@ -230,9 +227,7 @@ def find(
             help="Only items whose metadata has KEY equal to VALUE (parsed as JSON when valid); repeatable.",
         ),
     ] = None,
-    recursive: Annotated[
-        bool, typer.Option("--recursive/--no-recursive", help="Search subfolders too.")
-    ] = True,
+    recursive: Annotated[bool, typer.Option("--recursive/--no-recursive", help="Search subfolders too.")] = True,
     json_: JsonFlag = False,
 ) -> None:
     """Find items below FOLDER by name and metadata.
@@ -271,4 +266,3 @@ def register(app: typer.Typer) -> None:
     app.command("meta", rich_help_panel=PANEL)(metadata)
     app.command("find", rich_help_panel=PANEL)(find)
     app.command("rm", rich_help_panel=PANEL)(remove)
-

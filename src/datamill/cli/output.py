@@ -91,6 +91,31 @@ def print_mapping(data: dict[str, Any], empty: str = "") -> None:
     print_table(["key", "value"], [(k, human_value(v)) for k, v in sorted(data.items())], empty)
 
 
+def show_or_change_metadata(
+    changes: dict[str, Any],
+    unset: Sequence[str],
+    change: Callable[[], Any],
+    current: Callable[[], Any],
+    what: Callable[[Any], str],
+    as_json: bool,
+) -> None:
+    """``meta`` commands (folders and items alike): apply changes if any were given, else show.
+
+    ``change``/``current`` return an object with ``.metadata``; ``what`` names it for messages.
+    """
+    if changes or unset:
+        info = change()
+        say(f"updated metadata of {what(info)}")
+        if as_json:
+            print_json(info.metadata)
+        return
+    info = current()
+    if as_json:
+        print_json(info.metadata)
+    else:
+        print_mapping(info.metadata, empty=f"{what(info)} has no metadata")
+
+
 @contextmanager
 def transfer_progress(total: int, description: str) -> Iterator[Callable[[int], None]]:
     """A progress callback ``(nbytes) -> None`` showing a bar on stderr for large transfers.

@@ -337,12 +337,7 @@ class Triggers:
                     await asyncio.wait_for(stop.wait(), poll)
                 continue
             timeout = poll if due is None else min(poll, max(due, 0.001))
-            waiter = asyncio.create_task(asyncio.to_thread(self.home.events.wait, cursor, timeout))
-            stopper = asyncio.create_task(stop.wait())
-            await asyncio.wait([waiter, stopper], return_when=asyncio.FIRST_COMPLETED)
-            stopper.cancel()
-            with contextlib.suppress(BaseException):
-                await waiter
+            await self.home.events.wait_or_stop(cursor, timeout, stop)
 
 
 def active_runs(home: Home, dataflow_id: int) -> list[int]:

@@ -257,12 +257,7 @@ class Scheduler:
                 if rid not in self._active:
                     self._spawn(rid)
             # Wake on any new event (a run was queued) or after ``poll`` to reclaim leases.
-            waiter = asyncio.create_task(asyncio.to_thread(self.home.events.wait, cursor, poll))
-            stopper = asyncio.create_task(stop.wait())
-            await asyncio.wait([waiter, stopper], return_when=asyncio.FIRST_COMPLETED)
-            stopper.cancel()
-            with contextlib.suppress(BaseException):
-                await waiter
+            await self.home.events.wait_or_stop(cursor, poll, stop)
 
     def drive_now(self, run_ids: list[int]) -> None:
         """Start driving runs just recorded in this process, without waiting for :meth:`serve` to notice them."""
