@@ -24,6 +24,7 @@ from datamill.api.errors import ErrorBoundary, install_error_handlers
 from datamill.api.landing import router as landing_router
 from datamill.api.middleware import AccessLog, TokenAuth, silence_uvicorn_access_log
 from datamill.api.routes import content, dataflows, events, folders, items, runs, users
+from datamill.api.routes import groups as group_routes
 from datamill.api.routes import lineage as lineage_routes
 from datamill.home import Home
 
@@ -32,6 +33,7 @@ API_PREFIX = "/api/v1"
 #: The API's routers, mounted under ``/api/v1`` in this order.
 ROUTERS: list[APIRouter] = [
     users.router,
+    group_routes.router,
     folders.router,
     items.router,
     content.router,

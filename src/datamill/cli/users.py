@@ -1,10 +1,11 @@
-"""Users, tokens and access: ``datamill user``, ``token``, ``share``, ``public``, ``access``, ``whoami``."""
+"""Users, tokens and access: ``datamill user``, ``token``, ``group``, ``share``, ``public``, ``access``, ``whoami``."""
 
 import sys
 from typing import Annotated
 
 import typer
 
+from datamill.cli import groups
 from datamill.cli.context import get_client
 from datamill.cli.output import human_time, print_json, print_table, say
 from datamill.cli.params import JsonFlag
@@ -102,26 +103,43 @@ def revoke_token(
 def share(
     ctx: typer.Context,
     folder: FolderArg,
-    user: Annotated[str, typer.Argument(metavar="USER", help="The user to grant access to.")],
+    user: Annotated[
+        str | None, typer.Argument(metavar="[USER]", help="The user to grant access to (or use --group).")
+    ] = None,
+    group: Annotated[
+        str | None, typer.Option("--group", "-g", metavar="GROUP", help="Grant a group instead of a user.")
+    ] = None,
     read: Annotated[bool, typer.Option("--read", help="See the folder, its items and their bytes.")] = False,
     write: Annotated[bool, typer.Option("--write", help="Also add, change and remove items and subfolders.")] = False,
     admin: Annotated[bool, typer.Option("--admin", help="Also share, rename, move and delete the folder.")] = False,
     none: Annotated[bool, typer.Option("--none", help="Remove the grant.")] = False,
 ) -> None:
-    """Grant USER access to FOLDER and everything below it (needs admin on the folder).
+    """Grant USER (or every member of `--group`) access to FOLDER and everything below it.
 
-    Give exactly one of `--read`, `--write`, `--admin` or `--none`. Example:
+    Needs admin on the folder; a group must be one of yours. Give exactly one of `--read`,
+    `--write`, `--admin` or `--none`. Examples:
 
         datamill share "Raw Data" ana --write
+        datamill share "Raw Data" --group imaging --read
+        datamill share "Raw Data" --group imaging --none
     """
     chosen = [lvl for lvl, on in [("read", read), ("write", write), ("admin", admin), ("none", none)] if on]
     if len(chosen) != 1:
         raise InvalidInput("give exactly one of --read, --write, --admin or --none")
-    get_client(ctx).share(folder, user, chosen[0])
-    if chosen[0] == "none":
-        say(f"removed the grant of {user!r} on {folder.strip('/')!r}")
+    if (user is None) == (group is None):
+        raise InvalidInput("name exactly one user (`datamill share FOLDER USER ...`) or one `--group GROUP`")
+    client = get_client(ctx)
+    if group is not None:
+        client.share_group(folder, group, chosen[0])
+        who = f"group {group!r}"
     else:
-        say(f"granted {user!r} {chosen[0]} on {folder.strip('/')!r}")
+        assert user is not None
+        client.share(folder, user, chosen[0])
+        who = repr(user)
+    if chosen[0] == "none":
+        say(f"removed the grant of {who} on {folder.strip('/')!r}")
+    else:
+        say(f"granted {who} {chosen[0]} on {folder.strip('/')!r}")
 
 
 def public(
@@ -135,12 +153,12 @@ def public(
 
 
 def access(ctx: typer.Context, folder: FolderArg, json_: JsonFlag = False) -> None:
-    """List the grants made on FOLDER (grants on folders above it also apply)."""
+    """List the grants made on FOLDER to users and groups (grants on folders above it also apply)."""
     grants = get_client(ctx).access_list(folder)
     if json_:
         print_json(grants)
         return
-    keys = list(grants[0]) if grants else ["user", "level"]
+    keys = ["user", "group", "level"] if any("group" in g for g in grants) else ["user", "level"]
     print_table(keys, [[g.get(k, "") for k in keys] for g in grants], empty=f"no grants on {folder.strip('/')!r}")
 
 
@@ -154,9 +172,10 @@ def whoami(ctx: typer.Context, json_: JsonFlag = False) -> None:
 
 
 def register(app: typer.Typer) -> None:
-    """Add the user, token and access commands to the root command."""
+    """Add the user, token, group and access commands to the root command."""
     app.add_typer(user_app, name="user", rich_help_panel=PANEL)
     app.add_typer(token_app, name="token", rich_help_panel=PANEL)
+    app.add_typer(groups.app, name="group", rich_help_panel=PANEL)
     app.command("share", rich_help_panel=PANEL)(share)
     app.command("public", rich_help_panel=PANEL)(public)
     app.command("access", rich_help_panel=PANEL)(access)

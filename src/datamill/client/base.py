@@ -19,6 +19,7 @@ from datamill.engine.runs import FINISHED_RUN
 from datamill.errors import BlobCorrupted, InvalidInput, NotFound
 from datamill.events import EventRecord
 from datamill.store.blobs import hasher
+from datamill.store.groups import GroupInfo
 from datamill.store.names import check_name, join_path
 from datamill.store.store import FolderInfo, ItemInfo, VersionInfo
 from datamill.store.users import NewToken
@@ -84,6 +85,10 @@ class Client(ABC):
     @abstractmethod
     def share(self, path: str, user: str, level: str) -> None:
         """Grant ``user`` read, write or admin (or none) on a folder."""
+
+    @abstractmethod
+    def share_group(self, path: str, group: str, level: str) -> None:
+        """Grant ``group`` read, write or admin (or none) on a folder; every member gets it."""
 
     @abstractmethod
     def set_public(self, path: str, public: bool) -> None:
@@ -163,6 +168,31 @@ class Client(ABC):
     @abstractmethod
     def revoke_token(self, token_id: int) -> None:
         """Revoke one of your tokens (or anyone's, as a site admin)."""
+
+    # --- groups ---------------------------------------------------------------------------
+    @abstractmethod
+    def create_group(self, name: str) -> GroupInfo:
+        """Create a group; you become its first group admin."""
+
+    @abstractmethod
+    def groups(self) -> list[GroupInfo]:
+        """The groups you are a member of (every group for a site admin), by name."""
+
+    @abstractmethod
+    def group(self, name: str) -> GroupInfo:
+        """One group with its members and folder grants (members and site admins only)."""
+
+    @abstractmethod
+    def delete_group(self, name: str) -> int:
+        """Delete a group (group admins and site admins); returns how many folder grants went with it."""
+
+    @abstractmethod
+    def add_group_member(self, group: str, user: str, admin: bool = False) -> GroupInfo:
+        """Add ``user`` to a group, or change whether they are a group admin (group admins only)."""
+
+    @abstractmethod
+    def remove_group_member(self, group: str, user: str) -> None:
+        """Remove ``user`` from a group (group admins, site admins, or the member themselves)."""
 
     # --- events ---------------------------------------------------------------------------
     @abstractmethod

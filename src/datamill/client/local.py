@@ -17,6 +17,7 @@ from datamill.home import Home
 from datamill.store import users
 from datamill.store.access import Actor, Level
 from datamill.store.blobs import CHUNK
+from datamill.store.groups import GroupInfo
 from datamill.store.store import FolderInfo, ItemInfo, VersionInfo
 from datamill.store.users import NewToken
 
@@ -79,6 +80,9 @@ class LocalClient(Client):
 
     def share(self, path: str, user: str, level: str) -> None:
         self.store.share(self.actor, path, user, Level.parse(level))
+
+    def share_group(self, path: str, group: str, level: str) -> None:
+        self.store.share_group(self.actor, path, group, Level.parse(level))
 
     def set_public(self, path: str, public: bool) -> None:
         self.store.set_public(self.actor, path, public)
@@ -173,6 +177,25 @@ class LocalClient(Client):
     def revoke_token(self, token_id: int) -> None:
         with self.home.db.write() as conn:
             users.revoke_token(conn, token_id, self.actor)
+
+    # groups
+    def create_group(self, name: str) -> GroupInfo:
+        return self.store.create_group(self.actor, name)
+
+    def groups(self) -> list[GroupInfo]:
+        return self.store.list_groups(self.actor)
+
+    def group(self, name: str) -> GroupInfo:
+        return self.store.get_group(self.actor, name)
+
+    def delete_group(self, name: str) -> int:
+        return self.store.delete_group(self.actor, name)
+
+    def add_group_member(self, group: str, user: str, admin: bool = False) -> GroupInfo:
+        return self.store.add_group_member(self.actor, group, user, admin)
+
+    def remove_group_member(self, group: str, user: str) -> None:
+        self.store.remove_group_member(self.actor, group, user)
 
     # events
     def events(

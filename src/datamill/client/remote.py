@@ -29,6 +29,7 @@ from datamill.errors import BlobCorrupted, DatamillError, InvalidInput, Unauthor
 from datamill.events import EventRecord
 from datamill.store.access import Level
 from datamill.store.blobs import ALGORITHM, CHUNK, digest_bytes, hasher
+from datamill.store.groups import GroupInfo
 from datamill.store.store import FolderInfo, ItemInfo, VersionInfo, check_metadata
 from datamill.store.users import NewToken
 
@@ -229,6 +230,10 @@ class RemoteClient(Client):
         parsed = Level.parse(level)  # raises ValueError on a bad level, as the embedded client does
         self._call("PUT", f"/access/{quote_path(path)}", json={"user": user, "level": parsed.name.lower()})
 
+    def share_group(self, path: str, group: str, level: str) -> None:
+        parsed = Level.parse(level)
+        self._call("PUT", f"/access/{quote_path(path)}", json={"group": group, "level": parsed.name.lower()})
+
     def set_public(self, path: str, public: bool) -> None:
         self._call("PUT", f"/public/{quote_path(path)}", json={"public": public})
 
@@ -384,6 +389,31 @@ class RemoteClient(Client):
 
     def revoke_token(self, token_id: int) -> None:
         self._call("DELETE", f"/tokens/{int(token_id)}")
+
+    # --- groups ---------------------------------------------------------------------------
+    @staticmethod
+    def _group_url(name: str, *rest: str) -> str:
+        return "/".join(["/groups", quote_segment(name), *(quote_segment(r) for r in rest)])
+
+    def create_group(self, name: str) -> GroupInfo:
+        return GroupInfo.from_dict(self._call("POST", "/groups", json={"name": name}))
+
+    def groups(self) -> list[GroupInfo]:
+        return [GroupInfo.from_dict(d) for d in self._call("GET", "/groups")]
+
+    def group(self, name: str) -> GroupInfo:
+        return GroupInfo.from_dict(self._call("GET", self._group_url(name)))
+
+    def delete_group(self, name: str) -> int:
+        return int(self._call("DELETE", self._group_url(name))["grants"])
+
+    def add_group_member(self, group: str, user: str, admin: bool = False) -> GroupInfo:
+        return GroupInfo.from_dict(
+            self._call("PUT", self._group_url(group, "members", user), json={"admin": admin})
+        )
+
+    def remove_group_member(self, group: str, user: str) -> None:
+        self._call("DELETE", self._group_url(group, "members", user))
 
     # --- events ---------------------------------------------------------------------------
     def _events_page(

@@ -92,6 +92,36 @@ class FolderAccess(Base):
     level: Mapped[int] = mapped_column(Integer)
 
 
+class Group(Base):
+    """A named set of users that folders can be shared with, like a user."""
+
+    __tablename__ = "groups"
+    id: Mapped[int] = mapped_column(BigId, primary_key=True)
+    name: Mapped[str] = mapped_column(String(255), unique=True)
+    created_by: Mapped[int | None] = mapped_column(ForeignKey("users.id", ondelete="SET NULL"), nullable=True)
+    created_at: Mapped[float] = mapped_column(Float)
+
+
+class GroupMembership(Base):
+    """One user in one group; ``is_admin`` members (group admins) may add and remove members."""
+
+    __tablename__ = "group_members"
+    group_id: Mapped[int] = mapped_column(ForeignKey("groups.id", ondelete="CASCADE"), primary_key=True)
+    # Indexed: every access check looks up the groups of one user.
+    user_id: Mapped[int] = mapped_column(ForeignKey("users.id", ondelete="CASCADE"), primary_key=True, index=True)
+    is_admin: Mapped[bool] = mapped_column(Boolean, default=False)
+    added_at: Mapped[float] = mapped_column(Float)
+
+
+class GroupAccess(Base):
+    """One grant of a level (1 read, 2 write, 3 admin) on a folder to a group; inherited downwards."""
+
+    __tablename__ = "group_access"
+    folder_id: Mapped[int] = mapped_column(ForeignKey("folders.id", ondelete="CASCADE"), primary_key=True)
+    group_id: Mapped[int] = mapped_column(ForeignKey("groups.id", ondelete="CASCADE"), primary_key=True, index=True)
+    level: Mapped[int] = mapped_column(Integer)
+
+
 class Blob(Base):
     """Bytes known to the blob store, by digest."""
 

@@ -2,6 +2,7 @@
 
 from datamill.store.access import ANONYMOUS, Actor, Level
 from datamill.store.blobs import BlobInfo, BlobStore, LocalBlobStore, MemoryBlobStore, open_blob_store
+from datamill.store.groups import GroupGrant, GroupInfo, GroupMember
 from datamill.store.store import FolderInfo, ItemInfo, Store, VersionInfo
 
 __all__ = [
@@ -10,6 +11,9 @@ __all__ = [
     "BlobInfo",
     "BlobStore",
     "FolderInfo",
+    "GroupGrant",
+    "GroupInfo",
+    "GroupMember",
     "ItemInfo",
     "Level",
     "LocalBlobStore",

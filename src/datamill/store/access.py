@@ -1,9 +1,13 @@
 """Who may do what: actors, access levels and their resolution over the folder tree.
 
-A level granted on a folder holds for every folder below it. The owner of a folder (or of any
-folder above it) has ``ADMIN``; a site admin has ``ADMIN`` everywhere; ``public_read`` on a folder
-or an ancestor gives everyone ``READ``. Callers that may not read a folder are told it does not
-exist, so names never leak.
+A level granted on a folder holds for every folder below it, whether it was granted to the user
+or to a group they belong to. The owner of a folder (or of any folder above it) has ``ADMIN``; a
+site admin has ``ADMIN`` everywhere; ``public_read`` on a folder or an ancestor gives everyone
+``READ``. A user's effective level is the highest of these. Callers that may not read a folder are
+told it does not exist, so names never leak.
+
+:func:`level_on` is the one place that decides; every access check goes through it, and it reads
+group memberships fresh on every call (no cache), so leaving a group takes effect at once.
 """
 
 from __future__ import annotations
@@ -11,9 +15,9 @@ from __future__ import annotations
 from dataclasses import dataclass
 from enum import IntEnum
 
-from sqlalchemy import Connection, select
+from sqlalchemy import Connection, select, union_all
 
-from datamill.db.models import Folder, FolderAccess
+from datamill.db.models import Folder, FolderAccess, GroupAccess, GroupMembership
 from datamill.errors import NotFound, PermissionDenied
 
 
@@ -61,7 +65,12 @@ def ancestor_paths(path: str) -> list[str]:
 
 
 def level_on(conn: Connection, actor: Actor, folder_path: str) -> Level:
-    """The actor's effective level on the folder at ``folder_path`` (which must exist)."""
+    """The actor's effective level on the folder at ``folder_path`` (which must exist).
+
+    The highest of: ownership of the folder or an ancestor, public read, the actor's own grants
+    and the grants of every group the actor is a member of, on the folder or an ancestor. Two
+    queries whatever the number of groups: the ancestors, then all grants that reach the actor.
+    """
     if actor.is_admin:
         return Level.ADMIN
     rows = conn.execute(
@@ -78,12 +87,13 @@ def level_on(conn: Connection, actor: Actor, folder_path: str) -> Level:
         if public:
             best = Level.READ
     if actor.id is not None and ids:
-        granted = conn.execute(
-            select(FolderAccess.level).where(
-                FolderAccess.folder_id.in_(ids), FolderAccess.user_id == actor.id
-            )
-        ).scalars()
-        for lv in granted:
+        own = select(FolderAccess.level).where(FolderAccess.folder_id.in_(ids), FolderAccess.user_id == actor.id)
+        via_groups = (
+            select(GroupAccess.level)
+            .join(GroupMembership, GroupMembership.group_id == GroupAccess.group_id)
+            .where(GroupAccess.folder_id.in_(ids), GroupMembership.user_id == actor.id)
+        )
+        for lv in conn.execute(union_all(own, via_groups)).scalars():
             best = max(best, Level(lv))
     return best
 
@@ -104,3 +114,19 @@ def require(conn: Connection, actor: Actor, folder_path: str, needed: Level) -> 
         path=folder_path,
         needed=needed.name.lower(),
     )
+
+
+#: Event kinds after which an actor's level on some folders may differ. Anything that keeps
+#: levels between calls of :func:`level_on` (a per-stream cache) must drop them on these.
+ACCESS_CHANGING_KINDS = frozenset(
+    {
+        "access.changed",
+        "folder.shared",
+        "folder.moved",
+        "folder.deleted",
+        "group.deleted",
+        "group.member_added",
+        "group.member_changed",
+        "group.member_removed",
+    }
+)

@@ -23,7 +23,19 @@ from sqlalchemy.exc import IntegrityError
 
 from datamill import events
 from datamill.db.database import Database
-from datamill.db.models import Blob, Folder, FolderAccess, Item, Meta, Task, TaskOutput, User, Version
+from datamill.db.models import (
+    Blob,
+    Folder,
+    FolderAccess,
+    Group,
+    GroupAccess,
+    Item,
+    Meta,
+    Task,
+    TaskOutput,
+    User,
+    Version,
+)
 from datamill.errors import (
     AlreadyExists,
     BlobNotFound,
@@ -32,6 +44,7 @@ from datamill.errors import (
     NotEmpty,
     NotFound,
 )
+from datamill.store import groups
 from datamill.store.access import Actor, Level, level_on, require
 from datamill.store.blobs import ALGORITHM, BlobInfo, BlobStore, BlobWriter
 from datamill.store.names import check_name, join_path, split_item_path, split_path
@@ -376,6 +389,7 @@ class Store:
                 conn.execute(delete(Version).where(Version.item_id.in_(item_ids)))
                 conn.execute(delete(Item).where(Item.id.in_(item_ids)))
             conn.execute(delete(FolderAccess).where(FolderAccess.folder_id.in_(sub_ids)))
+            conn.execute(delete(GroupAccess).where(GroupAccess.folder_id.in_(sub_ids)))
             # Children first: the parent FK would refuse otherwise where cascades are off.
             for fid in sorted(sub_ids, reverse=True):
                 conn.execute(delete(Folder).where(Folder.id == fid))
@@ -426,6 +440,36 @@ class Store:
                 data={"path": row.path, "user": user, "level": level.name.lower()},
             )
 
+    def share_group(self, actor: Actor, path: str, group: str, level: Level) -> None:
+        """Grant a group a level on a folder (``Level.NONE`` removes the grant); its members get it.
+
+        Needs admin on the folder. A grant is made only to a group the actor may see (a member,
+        or a site admin), so that sharing does not tell who is in which group; a grant already
+        on the folder (shown by :meth:`access_list`) can always be removed by the folder's admins.
+        """
+        with self.db.write() as conn:
+            row = self._readable_folder(conn, actor, path, Level.ADMIN)
+            if level > Level.NONE:
+                gid = groups.visible_group(conn, actor, group).id
+            else:
+                gid = conn.execute(
+                    select(Group.id)
+                    .join(GroupAccess, GroupAccess.group_id == Group.id)
+                    .where(Group.name == group, GroupAccess.folder_id == row.id)
+                ).scalar()
+                if gid is None:
+                    gid = groups.visible_group(conn, actor, group).id  # nothing to remove; just say why not
+            conn.execute(delete(GroupAccess).where(GroupAccess.folder_id == row.id, GroupAccess.group_id == gid))
+            if level > Level.NONE:
+                conn.execute(insert(GroupAccess).values(folder_id=row.id, group_id=gid, level=int(level)))
+            events.append(
+                conn,
+                "folder.shared",
+                actor_id=actor.id,
+                folder_id=row.id,
+                data={"path": row.path, "group": group, "level": level.name.lower()},
+            )
+
     def set_public(self, actor: Actor, path: str, public: bool) -> None:
         """Switch public read access on a folder."""
         with self.db.write() as conn:
@@ -440,7 +484,7 @@ class Store:
             )
 
     def access_list(self, actor: Actor, path: str) -> list[dict[str, Any]]:
-        """The grants on a folder (not inherited ones)."""
+        """The grants on a folder (not inherited ones): ``{"user", "level"}``, then ``{"group", "level"}``."""
         with self.db.read() as conn:
             row = self._readable_folder(conn, actor, path, Level.READ)
             rows = conn.execute(
@@ -449,7 +493,14 @@ class Store:
                 .where(FolderAccess.folder_id == row.id)
                 .order_by(User.name)
             )
-            return [{"user": n, "level": Level(lv).name.lower()} for n, lv in rows]
+            out: list[dict[str, Any]] = [{"user": n, "level": Level(lv).name.lower()} for n, lv in rows]
+            by_group = conn.execute(
+                select(Group.name, GroupAccess.level)
+                .join(Group, Group.id == GroupAccess.group_id)
+                .where(GroupAccess.folder_id == row.id)
+                .order_by(Group.name)
+            )
+            return out + [{"group": n, "level": Level(lv).name.lower()} for n, lv in by_group]
 
     def my_level(self, actor: Actor, path: str) -> Level:
         """The actor's effective level on a folder (NONE if it does not exist)."""
@@ -458,6 +509,38 @@ class Store:
             if not conn.execute(select(Folder.id).where(Folder.path == norm)).first():
                 return Level.NONE
             return level_on(conn, actor, norm)
+
+    # ---------------------------------------------------------------- groups
+
+    def create_group(self, actor: Actor, name: str) -> groups.GroupInfo:
+        """Create a group; the actor becomes its first group admin."""
+        with self.db.write() as conn:
+            return groups.create_group(conn, actor, name)
+
+    def delete_group(self, actor: Actor, name: str) -> int:
+        """Delete a group and its folder grants (group admins and site admins); how many grants went."""
+        with self.db.write() as conn:
+            return groups.delete_group(conn, actor, name)
+
+    def get_group(self, actor: Actor, name: str) -> groups.GroupInfo:
+        """A group with its members and grants (its members and site admins only)."""
+        with self.db.read() as conn:
+            return groups.get_group(conn, actor, name)
+
+    def list_groups(self, actor: Actor) -> list[groups.GroupInfo]:
+        """The actor's groups (all of them for a site admin)."""
+        with self.db.read() as conn:
+            return groups.list_groups(conn, actor)
+
+    def add_group_member(self, actor: Actor, group: str, user: str, admin: bool = False) -> groups.GroupInfo:
+        """Add a member to a group, or change whether they are a group admin."""
+        with self.db.write() as conn:
+            return groups.add_member(conn, actor, group, user, admin)
+
+    def remove_group_member(self, actor: Actor, group: str, user: str) -> None:
+        """Remove a member from a group; their access through it ends at once."""
+        with self.db.write() as conn:
+            groups.remove_member(conn, actor, group, user)
 
     # ---------------------------------------------------------------- items
 
@@ -980,18 +1063,26 @@ class Store:
         """The events among ``records`` the actor may see.
 
         An event about a folder (or something in it) is visible to readers of that folder;
-        events about no folder (users, tokens) only to site admins. Events of a deleted folder
-        stay visible to site admins only.
+        events about a group (``group.*``) to the group's current members; other events about
+        no folder (users, tokens) only to site admins. Events of a deleted folder or group stay
+        visible to site admins only. Levels and memberships are read now, on every call (never
+        cached across calls), so a member who left a group stops seeing its folders' events at once.
         """
         records = list(records)
         if actor.is_admin:
             return records
         levels: dict[int, bool] = {}
+        my_groups: set[int] | None = None
         out = []
         with self.db.read() as conn:
             for rec in records:
                 fid = rec.folder_id
                 if fid is None:
+                    if rec.kind.startswith("group.") and rec.data.get("group_id") is not None:
+                        if my_groups is None:
+                            my_groups = groups.group_ids_of(conn, actor)
+                        if rec.data["group_id"] in my_groups:
+                            out.append(rec)
                     continue
                 if fid not in levels:
                     path = conn.execute(select(Folder.path).where(Folder.id == fid)).scalar()

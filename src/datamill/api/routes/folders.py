@@ -6,7 +6,8 @@ sub-resource:
 * ``GET /subfolders`` and ``GET /subfolders/{path}``: the folders at the top level / below a folder
 * ``POST /folders/{path}`` create, ``GET`` read, ``PATCH`` move or rename, ``DELETE`` delete
 * ``PATCH /folder-metadata/{path}``: set/unset metadata keys
-* ``GET|PUT|DELETE /access/{path}``: list, grant, revoke; ``PUT /public/{path}``: public read
+* ``GET|PUT|DELETE /access/{path}``: list, grant, revoke (to a user or a group);
+  ``PUT /public/{path}``: public read
 """
 
 from __future__ import annotations
@@ -20,6 +21,7 @@ from pydantic import BaseModel, Field
 from datamill.api.deps import ActorDep, HomeDep, blocking
 from datamill.api.paths import UrlPath
 from datamill.api.schemas import Done, FolderOut, list_of
+from datamill.errors import InvalidInput
 from datamill.store.access import Level
 
 router = APIRouter(tags=["folders"])
@@ -48,9 +50,10 @@ class MetadataChange(BaseModel):
 
 
 class Grant(BaseModel):
-    """An access grant for one user."""
+    """An access grant for one user or one group (give exactly one of ``user`` and ``group``)."""
 
-    user: str
+    user: str | None = Field(None, description="The user to grant access to.")
+    group: str | None = Field(None, description="The group to grant access to (you must be a member of it).")
     level: Literal["read", "write", "admin", "none"] = Field(description="'none' removes the grant.")
 
 
@@ -61,10 +64,16 @@ class PublicFlag(BaseModel):
 
 
 class AccessEntry(BaseModel):
-    """A grant made on a folder."""
+    """A grant made on a folder, to a user or to a group (the other key is absent)."""
 
-    user: str
+    user: str | None = None
+    group: str | None = None
     level: str
+
+
+def _one_grantee(user: str | None, group: str | None) -> None:
+    if (user is None) == (group is None):
+        raise InvalidInput("give exactly one of 'user' and 'group'")
 
 
 class Deleted(BaseModel):
@@ -138,25 +147,42 @@ async def set_folder_metadata(path: UrlPath, body: MetadataChange, actor: ActorD
     return JSONResponse(folder.to_dict())
 
 
-@router.get("/access/{path:names}", response_model=list[AccessEntry], summary="List a folder's grants")
+@router.get(
+    "/access/{path:names}",
+    response_model=list[AccessEntry],
+    response_model_exclude_none=True,
+    summary="List a folder's grants",
+)
 async def access_list(path: UrlPath, actor: ActorDep, home: HomeDep) -> list[dict[str, Any]]:
-    """The grants made on this folder (not inherited ones)."""
+    """The grants made on this folder to users and to groups (not inherited ones)."""
     return await blocking(home.store.access_list, actor, path)
 
 
 @router.put("/access/{path:names}", response_model=Done, summary="Share a folder")
 async def share(path: UrlPath, body: Grant, actor: ActorDep, home: HomeDep) -> dict[str, Any]:
-    """Grant a user read, write or admin on a folder ('none' revokes). Needs admin access."""
-    await blocking(home.store.share, actor, path, body.user, Level.parse(body.level))
+    """Grant a user or a group read, write or admin on a folder ('none' revokes). Needs admin access."""
+    _one_grantee(body.user, body.group)
+    if body.group is not None:
+        await blocking(home.store.share_group, actor, path, body.group, Level.parse(body.level))
+    elif body.user is not None:
+        await blocking(home.store.share, actor, path, body.user, Level.parse(body.level))
     return {"ok": True}
 
 
 @router.delete("/access/{path:names}", response_model=Done, summary="Unshare a folder")
 async def unshare(
-    path: UrlPath, actor: ActorDep, home: HomeDep, user: str = Query(description="The user to revoke.")
+    path: UrlPath,
+    actor: ActorDep,
+    home: HomeDep,
+    user: str | None = Query(None, description="The user to revoke."),
+    group: str | None = Query(None, description="The group to revoke."),
 ) -> dict[str, Any]:
-    """Remove a user's grant on a folder. Needs admin access."""
-    await blocking(home.store.share, actor, path, user, Level.NONE)
+    """Remove a user's or a group's grant on a folder. Needs admin access."""
+    _one_grantee(user, group)
+    if group is not None:
+        await blocking(home.store.share_group, actor, path, group, Level.NONE)
+    elif user is not None:
+        await blocking(home.store.share, actor, path, user, Level.NONE)
     return {"ok": True}
 
 
