@@ -4,6 +4,10 @@ The matrix runs on one Home per database (module scope) through ``LocalClient(ho
 cell works on folders of its own, so cells do not see each other's changes. A role's level on the
 target decides the expected outcome: enough -> allowed, some but not enough -> PermissionDenied,
 none -> NotFound (the folder's existence does not leak).
+
+Group rows: ``group_reader``/``group_writer``/``group_admin`` get their level only as members of a
+group granted read/write/admin; ``mixed`` has a read grant of their own and is in the write group
+(the highest wins); ``ex_member`` was in the admin group and was removed from it (nothing left).
 """
 
 from __future__ import annotations
@@ -28,8 +32,26 @@ from .conftest import add_user, create_database, drop_database, libpq_url, open_
 
 # ------------------------------------------------------------------------------ the matrix
 
-ROLES = ["site_admin", "owner", "reader", "writer", "admin_grant", "other"]
-GRANTS = {"reader": "read", "writer": "write", "admin_grant": "admin"}
+ROLES = [
+    "site_admin",
+    "owner",
+    "reader",
+    "writer",
+    "admin_grant",
+    "other",
+    "group_reader",
+    "group_writer",
+    "group_admin",
+    "mixed",
+    "ex_member",
+]
+GRANTS = {"reader": "read", "writer": "write", "admin_grant": "admin", "mixed": "read"}
+#: group -> (its grant on targets, its members besides the owner who made it)
+GROUPS = {
+    "g-read": ("read", ["group_reader"]),
+    "g-write": ("write", ["group_writer", "mixed"]),
+    "g-admin": ("admin", ["group_admin"]),
+}
 LEVEL_OF_ROLE = {
     "site_admin": Level.ADMIN,
     "owner": Level.ADMIN,
@@ -37,6 +59,11 @@ LEVEL_OF_ROLE = {
     "writer": Level.WRITE,
     "admin_grant": Level.ADMIN,
     "other": Level.NONE,
+    "group_reader": Level.READ,
+    "group_writer": Level.WRITE,
+    "group_admin": Level.ADMIN,
+    "mixed": Level.WRITE,
+    "ex_member": Level.NONE,
 }
 
 
@@ -57,7 +84,7 @@ def _unchanged(admin: LocalClient, t: str) -> None:
     item = admin.item(f"{t}/data.txt")
     assert (item.version, item.metadata) == (1, {})
     assert [f.name for f in admin.list_folders(t)] == ["kept"]
-    assert all(g["user"] != "bystander" for g in admin.access_list(t))
+    assert all(g.get("user") != "bystander" for g in admin.access_list(t))
 
 
 def _list_items(c: LocalClient, t: str) -> None:
@@ -127,8 +154,15 @@ def world(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFacto
         dbname = create_database(server, template=request.getfixturevalue("migrated_template"))
         url = libpq_url(server, dbname)
     home = open_home(tmp / "home", url, blob_url="memory://")  # access is the subject, not the bytes
-    for name in ("owner", "reader", "writer", "admin_grant", "other", "bystander"):
+    for name in ("owner", "reader", "writer", "admin_grant", "other", "bystander", *ROLES[6:]):
         add_user(home, name)
+    owner = LocalClient(home, home.actor("owner"))
+    for group, (_, members) in GROUPS.items():
+        owner.create_group(group)
+        for member in members:
+            owner.add_group_member(group, member)
+    owner.add_group_member("g-admin", "ex_member")
+    owner.remove_group_member("g-admin", "ex_member")
     try:
         yield home
     finally:
@@ -148,6 +182,13 @@ def _client(home: Home, role: str) -> LocalClient:
     return LocalClient(home, home.actor(role))
 
 
+def _grant(owner: LocalClient, folder: str) -> None:
+    for user, level in GRANTS.items():
+        owner.share(folder, user, level)
+    for group, (level, _) in GROUPS.items():
+        owner.share_group(folder, group, level)
+
+
 def _make_target(home: Home, where: str) -> str:
     """A fresh target folder holding ``data.txt`` and an unrelated subfolder ``kept``.
 
@@ -160,13 +201,11 @@ def _make_target(home: Home, where: str) -> str:
     if where == "direct":
         target = f"direct-{n}"
         owner.create_folder(target)
-        for user, level in GRANTS.items():
-            owner.share(target, user, level)
+        _grant(owner, target)
     elif where == "inherited":
         top = f"inh-{n}"
         owner.create_folder(top)
-        for user, level in GRANTS.items():
-            owner.share(top, user, level)
+        _grant(owner, top)
         target = f"{top}/mid/leaf"
         owner.create_folder(target)
     elif where in ("public", "private"):
@@ -183,7 +222,7 @@ def _make_target(home: Home, where: str) -> str:
 
 # A site admin's level and an unrelated user's are the same everywhere, so only the roles whose
 # level comes from a grant or ownership are tried again on a folder below the one that has it.
-INHERITED_ROLES = ["owner", "reader", "writer", "admin_grant"]
+INHERITED_ROLES = ["owner", "reader", "writer", "admin_grant", "group_reader", "group_writer", "group_admin", "mixed"]
 CASES = (
     [("direct", role) for role in ROLES]
     + [("inherited", role) for role in INHERITED_ROLES]

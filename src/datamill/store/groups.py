@@ -216,13 +216,29 @@ def delete_group(conn: Connection, actor: Actor, name: str) -> int:
     """Delete a group with its memberships and its folder grants; returns how many grants went."""
     row = _managed_group(conn, actor, name)
     grants = conn.execute(
-        select(func.count()).select_from(GroupAccess).where(GroupAccess.group_id == row.id)
-    ).scalar_one()
+        select(GroupAccess.folder_id, Folder.path)
+        .join(Folder, Folder.id == GroupAccess.folder_id)
+        .where(GroupAccess.group_id == row.id)
+        .order_by(Folder.path)
+    ).all()
     conn.execute(delete(GroupAccess).where(GroupAccess.group_id == row.id))
     conn.execute(delete(GroupMembership).where(GroupMembership.group_id == row.id))
     conn.execute(delete(Group).where(Group.id == row.id))
-    _event(conn, "group.deleted", actor, row, grants=int(grants))
-    return int(grants)
+    # Each folder that loses a grant says so, as when the grant is removed by hand.
+    events.append_many(
+        conn,
+        [
+            {
+                "kind": "folder.shared",
+                "actor_id": actor.id,
+                "folder_id": fid,
+                "data": {"path": path, "group": row.name, "level": "none", "reason": "group deleted"},
+            }
+            for fid, path in grants
+        ],
+    )
+    _event(conn, "group.deleted", actor, row, grants=len(grants))
+    return len(grants)
 
 
 def add_member(conn: Connection, actor: Actor, name: str, user: str, admin: bool = False) -> GroupInfo:
