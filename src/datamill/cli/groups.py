@@ -86,9 +86,14 @@ def add(
     name: GroupArg,
     users: Annotated[list[str], typer.Argument(metavar="USER...", help="Users to add.")],
     admin: Annotated[
-        bool,
-        typer.Option("--admin/--no-admin", help="Make them group admins (or, with `--no-admin`, ordinary members)."),
-    ] = False,
+        bool | None,
+        typer.Option(
+            "--admin/--no-admin",
+            help="Make them group admins, or (`--no-admin`) ordinary members; without either, new members "
+            "are ordinary and existing ones stay as they are.",
+            show_default=False,
+        ),
+    ] = None,
 ) -> None:
     """Add users to a group, or change whether members are group admins (needs group admin).
 
@@ -99,8 +104,9 @@ def add(
     """
     client = get_client(ctx)
     for user in users:
-        client.add_group_member(name, user, admin=admin)
-        say(f"{user!r} is {'an admin' if admin else 'a member'} of group {name!r}")
+        group = client.add_group_member(name, user, admin=admin)
+        is_admin = any(m.user == user and m.admin for m in group.members)
+        say(f"{user!r} is {'an admin' if is_admin else 'a member'} of group {name!r}")
 
 
 @app.command("remove")

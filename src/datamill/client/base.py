@@ -187,8 +187,11 @@ class Client(ABC):
         """Delete a group (group admins and site admins); returns how many folder grants went with it."""
 
     @abstractmethod
-    def add_group_member(self, group: str, user: str, admin: bool = False) -> GroupInfo:
-        """Add ``user`` to a group, or change whether they are a group admin (group admins only)."""
+    def add_group_member(self, group: str, user: str, admin: bool | None = None) -> GroupInfo:
+        """Add ``user`` to a group, or change whether they are a group admin (group admins only).
+
+        ``admin`` None adds an ordinary member and leaves an existing member's flag as it is.
+        """
 
     @abstractmethod
     def remove_group_member(self, group: str, user: str) -> None:

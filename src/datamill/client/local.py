@@ -191,7 +191,7 @@ class LocalClient(Client):
     def delete_group(self, name: str) -> int:
         return self.store.delete_group(self.actor, name)
 
-    def add_group_member(self, group: str, user: str, admin: bool = False) -> GroupInfo:
+    def add_group_member(self, group: str, user: str, admin: bool | None = None) -> GroupInfo:
         return self.store.add_group_member(self.actor, group, user, admin)
 
     def remove_group_member(self, group: str, user: str) -> None:

@@ -407,7 +407,7 @@ class RemoteClient(Client):
     def delete_group(self, name: str) -> int:
         return int(self._call("DELETE", self._group_url(name))["grants"])
 
-    def add_group_member(self, group: str, user: str, admin: bool = False) -> GroupInfo:
+    def add_group_member(self, group: str, user: str, admin: bool | None = None) -> GroupInfo:
         return GroupInfo.from_dict(
             self._call("PUT", self._group_url(group, "members", user), json={"admin": admin})
         )

@@ -241,17 +241,20 @@ def delete_group(conn: Connection, actor: Actor, name: str) -> int:
     return len(grants)
 
 
-def add_member(conn: Connection, actor: Actor, name: str, user: str, admin: bool = False) -> GroupInfo:
-    """Add ``user`` to a group, or change whether an existing member is a group admin."""
+def add_member(conn: Connection, actor: Actor, name: str, user: str, admin: bool | None = None) -> GroupInfo:
+    """Add ``user`` to a group, or change whether an existing member is a group admin.
+
+    ``admin`` None adds an ordinary member and leaves an existing member as they are.
+    """
     row = _managed_group(conn, actor, name)
     uid = _user_id(conn, user)
     existing = _membership(conn, row.id, uid)
     if existing is None:
         conn.execute(
-            insert(GroupMembership).values(group_id=row.id, user_id=uid, is_admin=admin, added_at=time.time())
+            insert(GroupMembership).values(group_id=row.id, user_id=uid, is_admin=bool(admin), added_at=time.time())
         )
-        _event(conn, "group.member_added", actor, row, user=user, admin=admin)
-    elif bool(existing.is_admin) != admin:
+        _event(conn, "group.member_added", actor, row, user=user, admin=bool(admin))
+    elif admin is not None and bool(existing.is_admin) != admin:
         if not admin:
             _refuse_last_admin(conn, actor, row, uid, user)
         conn.execute(

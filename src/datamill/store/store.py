@@ -532,8 +532,10 @@ class Store:
         with self.db.read() as conn:
             return groups.list_groups(conn, actor)
 
-    def add_group_member(self, actor: Actor, group: str, user: str, admin: bool = False) -> groups.GroupInfo:
-        """Add a member to a group, or change whether they are a group admin."""
+    def add_group_member(
+        self, actor: Actor, group: str, user: str, admin: bool | None = None
+    ) -> groups.GroupInfo:
+        """Add a member to a group, or change whether they are a group admin (None: leave as is)."""
         with self.db.write() as conn:
             return groups.add_member(conn, actor, group, user, admin)
 

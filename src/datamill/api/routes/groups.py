@@ -37,7 +37,11 @@ class GroupCreate(BaseModel):
 class MemberSet(BaseModel):
     """How a user belongs to a group."""
 
-    admin: bool = Field(False, description="Make the member a group admin (may add and remove members).")
+    admin: bool | None = Field(
+        None,
+        description="true: a group admin (may add and remove members); false: an ordinary member; "
+        "absent: a new member is ordinary, an existing one stays as they are.",
+    )
 
 
 class GroupDeleted(BaseModel):
@@ -80,7 +84,7 @@ async def add_member(
     actor: ActorDep, home: HomeDep, body: MemberSet | None = None, name: str = GroupName, user: str = UserName
 ) -> JSONResponse:
     """Add a user to a group, or change whether they are a group admin (group admins and site admins)."""
-    admin = body.admin if body is not None else False
+    admin = body.admin if body is not None else None
     group = await blocking(home.store.add_group_member, actor, name, user, admin)
     return JSONResponse(group.to_dict())
 
