@@ -6,7 +6,9 @@ Who may do what:
 * group admins (members with the admin flag) and site admins add and remove members, make
   members group admins, and delete the group; a member may leave on their own;
 * a group's details (members, grants) are seen by its members and site admins only; anyone else
-  is told the group does not exist, so group names do not leak.
+  is told the group does not exist, so group names do not leak. The one exception is the same as
+  for user names: a folder's grants (``access``, ``folder.shared`` events) name the groups granted
+  on it to those who may read that folder.
 
 Levels are resolved in :func:`datamill.store.access.level_on`, which reads memberships on every
 call: removing a member takes effect on the next check. Every change appends a ``group.*`` event
