@@ -120,3 +120,21 @@ def test_readers_of_the_source_do_not_learn_the_destination(http: httpx.Client, 
     assert refused.status_code == 403
     for text in (json.dumps(run), json.dumps(flow), refused.text):
         assert_clean(world, "src_reader", text)
+
+
+def test_the_embedded_client_gets_the_same_redactions(sqlite_world: World) -> None:
+    """The rule lives in the core: the Python client on a home hides the same things as the API."""
+    from datamill.client.local import LocalClient
+
+    dest_reader = LocalClient(sqlite_world.home, sqlite_world.home.actor("dest_reader"))
+    item = dest_reader.item(f"{DEST}/total.json")
+    assert item.metadata["provenance"]["wasDerivedFrom"] == [{"folder": HIDDEN, "name": HIDDEN}] * len(ITEMS)
+    texts = [
+        json.dumps([e.to_dict() for e in dest_reader.events(since=0)]),
+        json.dumps(dest_reader.runs()),
+        json.dumps(dest_reader.tasks(sqlite_world.run_failed)),
+        json.dumps(dest_reader.dataflow_history(FLOW)),
+        json.dumps([i.to_dict() for i in dest_reader.find(DEST)]),
+    ]
+    for text in texts:
+        assert_clean(sqlite_world, "dest_reader", text)

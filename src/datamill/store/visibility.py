@@ -185,9 +185,7 @@ class Visibility:
             return True
         if run.get("source_folder") and not self.readable(run["source_folder"]):
             return False
-        return all(
-            self.readable(d.get("folder")) for d in run.get("inputs") or [] if isinstance(d, Mapping)
-        )
+        return all(self.readable(d.get("folder")) for d in run.get("inputs") or [] if isinstance(d, Mapping))
 
     def runs(self, runs: list[dict[str, Any]]) -> list[dict[str, Any]]:
         """Run dicts (as :func:`datamill.engine.runs.run_dict` makes them) as the actor may see them."""
@@ -312,9 +310,7 @@ def _run_rows(conn: Connection, ids: set[int]) -> dict[int, dict[str, Any]]:
     out: dict[int, dict[str, Any]] = {}
     for i in range(0, len(ordered), 500):
         q = select(Run.id, Run.source_folder, Run.inputs).where(Run.id.in_(ordered[i : i + 500]))
-        out.update(
-            {int(r.id): {"source_folder": r.source_folder, "inputs": r.inputs or []} for r in conn.execute(q)}
-        )
+        out.update({int(r.id): {"source_folder": r.source_folder, "inputs": r.inputs or []} for r in conn.execute(q)})
     return out
 
 
