@@ -21,6 +21,7 @@ from datamill.db.models import Dataflow, DataflowVersion, Folder, Run, User
 from datamill.errors import AlreadyExists, Conflict, InvalidDataflow, NotFound, PermissionDenied
 from datamill.store.access import Actor, Level, level_on
 from datamill.store.names import split_path
+from datamill.store.visibility import Visibility
 
 KINDS = ("workflow", "stream")
 STATES = ("stopped", "running", "failed")
@@ -273,6 +274,21 @@ class Dataflows:
             raise PermissionDenied(f"only the owner of dataflow {name!r} or an admin of its destination may change it")
         return row
 
+    def _shown(self, conn: Connection, actor: Actor, row: Any) -> DataflowInfo:
+        """A dataflow as ``actor`` may see it: a folder they may not read is hidden, and the webhook
+        URLs (secrets) are masked unless they may change the dataflow."""
+        info = _info(conn, row)
+        vis = Visibility(conn, actor)
+        sides = [info.source, info.destination]
+        vis.load(sides)
+        cfg = vis.dataflow_config(
+            {"source": info.source, "destination": info.destination, "webhooks": info.webhooks},
+            may_change=self._may_edit(conn, actor, row),
+        )
+        info.source, info.destination, info.webhooks = cfg["source"], cfg["destination"], cfg["webhooks"]
+        info.state_reason = vis.text(info.state_reason, sides)
+        return info
+
     def _folder_id(self, conn: Connection, path: str) -> int | None:
         return conn.execute(select(Folder.id).where(Folder.path == path)).scalar()
 
@@ -314,16 +330,25 @@ class Dataflows:
                 folder_id=self._folder_id(conn, cfg["destination"]),
                 data={"name": name, "version": 1},
             )
-            return _info(conn, self._row(conn, name))
+            return self._shown(conn, actor, self._row(conn, name))
 
     def edit(self, actor: Actor, name: str, changes: Mapping[str, Any], check_pipeline: bool = True) -> DataflowInfo:
         """Apply changes as a new configuration version; runs already recorded keep theirs."""
         with self.db.write() as conn:
             row = self._visible_row(conn, actor, name, edit=True)
+            for key in ("source", "destination"):
+                kept = (row.config or {}).get(key)
+                if changes.get(key) is None and kept and level_on(conn, actor, str(kept)) < Level.READ:
+                    # Validation would name the kept folder in its error: refuse without naming it.
+                    raise PermissionDenied(
+                        f"{key}: you may not read the {key} of dataflow {name!r}, so you cannot change it "
+                        f"without giving a new {key}; ask its owner",
+                        field=key,
+                    )
             merged = {**dict(row.config or {}), **{k: v for k, v in changes.items() if v is not None}}
             cfg = validate_config(conn, actor, merged, check_pipeline)
             if cfg == row.config:
-                return _info(conn, row)
+                return self._shown(conn, actor, row)
             number = row.version + 1
             now = time.time()
             conn.execute(
@@ -355,18 +380,18 @@ class Dataflows:
                     "changed": sorted(k for k in cfg if cfg[k] != row.config.get(k)),
                 },
             )
-            return _info(conn, self._row(conn, name))
+            return self._shown(conn, actor, self._row(conn, name))
 
     def get(self, actor: Actor, name: str) -> DataflowInfo:
         """One dataflow."""
         with self.db.read() as conn:
-            return _info(conn, self._visible_row(conn, actor, name))
+            return self._shown(conn, actor, self._visible_row(conn, actor, name))
 
     def all(self, actor: Actor) -> list[DataflowInfo]:
         """The dataflows the actor may see, by name."""
         with self.db.read() as conn:
             rows = conn.execute(select(Dataflow).order_by(Dataflow.name)).all()
-            return [_info(conn, r) for r in rows if self._may_see(conn, actor, r)]
+            return [self._shown(conn, actor, r) for r in rows if self._may_see(conn, actor, r)]
 
     def history(self, actor: Actor, name: str) -> list[dict[str, Any]]:
         """Every configuration version, oldest first, with the runs made under it."""
@@ -381,12 +406,15 @@ class Dataflows:
                 .order_by(Run.id)
             ).all()
             out = []
+            vis = Visibility(conn, actor)
+            vis.load(p for v in versions for p in ((v.config or {}).get("source"), (v.config or {}).get("destination")))
+            may_change = self._may_edit(conn, actor, row)
             for v in versions:
                 by = conn.execute(select(User.name).where(User.id == v.created_by)).scalar() if v.created_by else None
                 out.append(
                     {
                         "version": v.number,
-                        "config": v.config,
+                        "config": vis.dataflow_config(dict(v.config or {}), may_change),
                         "created_at": v.created_at,
                         "created_by": by,
                         "runs": [
@@ -405,7 +433,7 @@ class Dataflows:
         with self.db.write() as conn:
             row = self._visible_row(conn, actor, name, edit=True)
             if row.state == state and state != "failed":
-                return _info(conn, row)
+                return self._shown(conn, actor, row)
             values: dict[str, Any] = {"state": state, "state_reason": reason, "updated_at": time.time()}
             if state == "running" and row.state != "running":
                 # Start from the newest event: items already there are found by the backfill,
@@ -423,7 +451,7 @@ class Dataflows:
                 folder_id=row.dest_folder_id,
                 data={"name": name, "reason": reason},
             )
-            return _info(conn, self._row(conn, name))
+            return self._shown(conn, actor, self._row(conn, name))
 
     def delete(self, actor: Actor, name: str) -> None:
         """Remove a stopped dataflow (its runs and results stay)."""

@@ -32,7 +32,7 @@ from datamill.errors import InvalidInput, NotFound, PermissionDenied
 from datamill.home import Home
 from datamill.pipeline import load_pipeline
 from datamill.pipeline.inputs import InputRef
-from datamill.store.access import Actor
+from datamill.store.access import Actor, Level, level_on
 
 log = logging.getLogger("datamill.triggers")
 
@@ -195,7 +195,14 @@ class Triggers:
             row = conn.execute(select(Dataflow).where(Dataflow.name == dataflow_name)).first()
             if row is None:
                 raise NotFound(f"no dataflow {dataflow_name!r}")
-            return self._submit(conn, row, actor, dict(row.config or {}), None, f"run by {actor.name}", self.clock())
+            cfg = dict(row.config or {})
+            for key in ("source", "destination"):
+                if cfg.get(key) and level_on(conn, actor, str(cfg[key])) < Level.READ:
+                    # The run is the actor's: refuse here, before the engine's errors name the folder.
+                    raise PermissionDenied(
+                        f"you may not run dataflow {dataflow_name!r}: you may not read its {key}; ask its owner"
+                    )
+            return self._submit(conn, row, actor, cfg, None, f"run by {actor.name}", self.clock())
 
     # ------------------------------------------------------------------ submitting
 

@@ -8,6 +8,7 @@ process (``Engine.run``) or in the server.
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 from collections.abc import Iterator, Mapping, Sequence
 from typing import Any
 
@@ -24,6 +25,10 @@ from datamill.pipeline import Pipeline, load_pipeline
 from datamill.pipeline.inputs import InputRef
 from datamill.store.access import Actor, Level, level_on, require
 from datamill.store.names import split_path
+from datamill.store.visibility import HIDDEN, Visibility
+
+#: TaskRow fields that may name or quote a task's input (redacted by :meth:`Visibility.task`).
+_TASK_INPUT_FIELDS = ("planned_id", "item_name", "item_version_id", "deps", "error", "traceback", "message")
 
 
 def resolve_pipeline(pipeline: Pipeline | str) -> Pipeline:
@@ -150,10 +155,15 @@ class Engine:
                 raise NotFound(f"no folder {source!r}, or you may not see it", path=source)
         if dest:
             dest = "/".join(split_path(dest))
-            if not conn.execute(select(Folder.id).where(Folder.path == dest)).first():
-                raise NotFound(f"no destination folder {dest!r}; create it with `datamill folder create`")
-            require(conn, actor, dest, Level.WRITE)
             dest_id = conn.execute(select(Folder.id).where(Folder.path == dest)).scalar()
+            # A missing folder and one the caller may not read get the same answer: no existence oracle.
+            if dest_id is None or level_on(conn, actor, dest) < Level.READ:
+                raise NotFound(
+                    f"no destination folder {dest!r}, or you may not see it; "
+                    "create it with `datamill folder create` or choose another",
+                    path=dest,
+                )
+            require(conn, actor, dest, Level.WRITE)
         for r in inputs:
             if level_on(conn, actor, r.folder) < Level.READ:
                 raise NotFound(f"no folder {r.folder!r}, or you may not see it", path=r.folder)
@@ -241,36 +251,56 @@ class Engine:
         return row
 
     def get_run(self, actor: Actor, run_id: int) -> dict[str, Any]:
-        """A run with its task counts."""
+        """A run with its task counts, without what the actor may not read (see :mod:`datamill.store.visibility`)."""
         with self.home.db.read() as conn:
             self._run_row(conn, actor, run_id)
             out = runs.get_run(conn, run_id)
             assert out is not None
-            return out
+            return Visibility(conn, actor).runs([out])[0]
 
     def list_runs(self, actor: Actor, limit: int = 50, status: str | None = None) -> list[dict[str, Any]]:
-        """Runs the actor may see, newest first."""
+        """Runs the actor may see, newest first, without what the actor may not read."""
         with self.home.db.read() as conn:
             rows = conn.execute(select(Run).order_by(Run.id.desc()).limit(limit * 4 if limit else None)).all()
             out = [
                 runs.run_dict(r) for r in rows if self._visible(conn, actor, r) and (not status or r.status == status)
             ]
-            return out[:limit] if limit else out
+            return Visibility(conn, actor).runs(out[:limit] if limit else out)
 
     def tasks(self, actor: Actor, run_id: int) -> list[runs.TaskRow]:
-        """A run's tasks."""
+        """A run's tasks, without what the actor may not read of their inputs."""
         with self.home.db.read() as conn:
-            self._run_row(conn, actor, run_id)
-            return runs.list_tasks(conn, run_id)
+            row = self._run_row(conn, actor, run_id)
+            return self._redacted(Visibility(conn, actor), row, runs.list_tasks(conn, run_id))
 
     def task(self, actor: Actor, task_id: int) -> runs.TaskRow:
-        """One task."""
+        """One task, without what the actor may not read of its inputs."""
         with self.home.db.read() as conn:
-            t = runs.get_task(conn, task_id)
-            if t is None:
-                raise NotFound(f"no task {task_id}", task_id=task_id)
-            self._run_row(conn, actor, t.run_id)
-            return t
+            t, row = self._task_row(conn, actor, task_id)
+            return self._redacted(Visibility(conn, actor), row, [t])[0]
+
+    def _task_row(self, conn: Connection, actor: Actor, task_id: int) -> tuple[runs.TaskRow, Any]:
+        """A task as recorded and its run's row.
+
+        A task of a run the actor may not see is not found, exactly like a missing one.
+        """
+        t = runs.get_task(conn, task_id)
+        row = None if t is None else conn.execute(select(Run).where(Run.id == t.run_id)).first()
+        if t is None or row is None or not self._visible(conn, actor, row):
+            raise NotFound(f"no task {task_id}", task_id=task_id)
+        return t, row
+
+    @staticmethod
+    def _redacted(vis: Visibility, row: Any, tasks: list[runs.TaskRow]) -> list[runs.TaskRow]:
+        """Tasks of the run ``row`` as ``vis``'s actor may see them (copies where something is hidden)."""
+        run = runs.run_dict(row)
+        fields = [{k: getattr(t, k) for k in _TASK_INPUT_FIELDS} for t in tasks]
+        vis.load_tasks(fields, [run])
+        out = []
+        for t, f in zip(tasks, fields, strict=True):
+            shown = vis.task(f, run)
+            out.append(t if shown is f else dataclasses.replace(t, **shown))
+        return out
 
     # ------------------------------------------------------------------ control
 
@@ -288,6 +318,14 @@ class Engine:
         """Resume a run as a new run over the same inputs: finished tasks are cached, the rest run again."""
         with self.home.db.read() as conn:
             row = self._run_row(conn, actor, run_id)
+            vis = Visibility(conn, actor)
+            run = runs.run_dict(row)
+            if not vis.inputs_readable(run) or (row.dest_folder and not vis.readable(row.dest_folder)):
+                # Checked here so that the errors of submit() do not name folders the actor may not read.
+                raise PermissionDenied(
+                    f"you may not retry run {run_id}: it reads or writes folders you may not read; "
+                    "ask its requester or an admin of its folders"
+                )
         if row.status not in (runs.RunStatus.FAILED, runs.RunStatus.CANCELLED):
             raise InvalidInput(f"run {run_id} is {row.status}; only failed or cancelled runs can be retried")
         from datamill.engine.scheduler import input_ref_from_dict
@@ -310,11 +348,11 @@ class Engine:
 
     def why(self, actor: Actor, task_id: int) -> dict[str, Any]:
         """A task's key parts and, for a task that ran, what differs from the nearest earlier task of its step."""
-        t = self.task(actor, task_id)
         with self.home.db.read() as conn:
-            row = conn.execute(select(Run).where(Run.id == t.run_id)).one()
-            inputs = conn.execute(select(Task.planned_id).where(Task.run_id == t.run_id)).all()
-            del inputs
+            t, row = self._task_row(conn, actor, task_id)
+            vis = Visibility(conn, actor)
+            # Item names and digests in the parts are shown only to who may read the task's inputs.
+            mine_readable = vis.task_side_readable(t.item_name, runs.run_dict(row))
             parts = self._parts(conn, row, t)
             out: dict[str, Any] = {
                 "task": t.id,
@@ -322,7 +360,7 @@ class Engine:
                 "step": t.step,
                 "status": t.status,
                 "key": t.key,
-                "parts": parts,
+                "parts": parts if mine_readable else _hide_item_parts(parts),
             }
             if t.status == runs.TaskStatus.CACHED:
                 out["explanation"] = f"cached: task {t.cached_from} had the same key and its outputs were reused"
@@ -334,8 +372,11 @@ class Engine:
                 .limit(50)
             ).all()
             best: tuple[int, list[str], int] | None = None
+            both_readable = mine_readable
             for e in earlier:
                 erun = conn.execute(select(Run).where(Run.id == e.run_id)).one()
+                if not self._visible(conn, actor, erun):
+                    continue  # never compare with (and so name) a task of a run the actor may not see
                 try:
                     eparts = self._parts(conn, erun, runs._task_row(e))
                 except Exception:  # its pipeline no longer loads: skip it
@@ -343,11 +384,14 @@ class Engine:
                 diff = keys.diff_parts(eparts, parts)
                 if best is None or len(diff) < len(best[1]):
                     best = (e.id, diff, e.run_id)
+                    both_readable = mine_readable and vis.task_side_readable(e.item_name, runs.run_dict(erun))
                 if best and len(best[1]) <= 1:
                     break
             if best is None:
                 out["explanation"] = f"ran: no earlier task of step {t.step!r} had a key to compare with"
             else:
+                if not both_readable:
+                    best = (best[0], [_hide_item_label(d) for d in best[1]], best[2])
                 out["nearest"] = {"task": best[0], "run": best[2], "differs": best[1]}
                 out["explanation"] = (
                     f"ran: compared with task {best[0]} (run {best[2]}), these parts differ: {', '.join(best[1])}"
@@ -373,11 +417,34 @@ class Engine:
         """A task's log so far (running: from its live file; finished: from its blob)."""
         return "".join(self.iter_log(actor, task_id, follow=False))
 
+    def log_access(self, actor: Actor, task_id: int) -> runs.TaskRow:
+        """The task (as recorded) if the actor may read its log, which may quote its inputs.
+
+        Only who may read the task's inputs may (see :mod:`datamill.store.visibility`); others get
+        PermissionDenied, naming nothing. Every way of reading a log must call this first.
+        """
+        with self.home.db.read() as conn:
+            t, row = self._task_row(conn, actor, task_id)
+            if not Visibility(conn, actor).task_side_readable(t.item_name, runs.run_dict(row)):
+                raise PermissionDenied(
+                    f"the log of task {task_id} may quote inputs you may not read; "
+                    "ask someone who may read the run's source folder"
+                )
+            return t
+
     def iter_log(self, actor: Actor, task_id: int, follow: bool = False, poll: float = 0.2) -> Iterator[str]:
-        """Yield a task's log text; with ``follow``, keep yielding until the task ends."""
+        """A task's log text in chunks; with ``follow``, until the task ends.
+
+        Access is checked at the call, before the first chunk, so a refusal is an error answer
+        rather than a broken stream.
+        """
+        t = self.log_access(actor, task_id)
+        return self._log_chunks(actor, t, follow, poll)
+
+    def _log_chunks(self, actor: Actor, t: runs.TaskRow, follow: bool, poll: float) -> Iterator[str]:
         import time
 
-        t = self.task(actor, task_id)
+        task_id = t.id
         live = self.home.path / "logs" / f"task-{task_id}.log"
         offset = 0
         while True:
@@ -395,4 +462,26 @@ class Engine:
             if not follow or t.status in runs.FINISHED_TASK:
                 return
             time.sleep(poll)
-            t = self.task(actor, task_id)
+            t = self.log_access(actor, task_id)
+
+
+def _is_item_label(label: str) -> bool:
+    """Whether a key-part input label names an input item (``item:a.csv``, ``items[0]:a.csv``)."""
+    return label.startswith(("item:", "items["))
+
+
+def _hide_item_label(part: str) -> str:
+    """A part name of ``why`` (``inputs.item:a.csv``) without the item's name."""
+    label = part.removeprefix("inputs.")
+    if label == part or not _is_item_label(label):
+        return part
+    return f"inputs.{label.split(':', 1)[0]}:{HIDDEN}"
+
+
+def _hide_item_parts(parts: dict[str, Any]) -> dict[str, Any]:
+    """Key parts without the names and digests of input items."""
+    shown = [
+        [f"{label.split(':', 1)[0]}:{HIDDEN}", HIDDEN] if _is_item_label(str(label)) else [label, digest]
+        for label, digest in parts.get("inputs") or []
+    ]
+    return {**parts, "inputs": shown}

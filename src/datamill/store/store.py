@@ -48,6 +48,7 @@ from datamill.store import groups
 from datamill.store.access import Actor, Level, level_on, require
 from datamill.store.blobs import ALGORITHM, BlobInfo, BlobStore, BlobWriter
 from datamill.store.names import check_name, join_path, split_item_path, split_path
+from datamill.store.visibility import Visibility, visible_events
 
 #: A folder the actor can reach is identified by its path; the root is "".
 ROOT = ""
@@ -242,22 +243,31 @@ class Store:
         meta = check_metadata(metadata or {})
         if actor.anonymous:
             raise NotFound("sign in to create folders")
+        def no_folder(sub: str) -> NotFound:
+            # The same answer for a missing folder and one the caller may not read: no existence oracle.
+            hint = "" if parents else "; pass parents=True (or --parents) to create missing folders"
+            return NotFound(f"no folder {sub!r}, or you may not see it{hint}", path=sub)
+
         with self.db.write() as conn:
             parent: Row[Any] | None = None
+            readable = False  # a level holds below the folder it is granted on: one readable ancestor decides
             for depth, name in enumerate(parts):
                 sub = "/".join(parts[: depth + 1])
                 row = conn.execute(select(Folder).where(Folder.path == sub)).first()
                 last = depth == len(parts) - 1
                 if row is not None:
+                    if not readable:
+                        if level_on(conn, actor, sub) < Level.READ:
+                            raise no_folder(sub)
+                        readable = True
                     if last:
-                        require(conn, actor, sub, Level.READ)
                         if not exist_ok:
                             raise AlreadyExists(f"folder {sub!r} already exists", path=sub)
                         return self._folder_info(conn, row)
                     parent = row
                     continue
                 if not last and not parents:
-                    raise NotFound(f"no folder {sub!r}; pass parents=True (or --parents) to create it", path=sub)
+                    raise no_folder(sub)
                 if parent is not None:
                     require(conn, actor, parent.path, Level.WRITE)
                 now = time.time()
@@ -910,7 +920,7 @@ class Store:
             v = conn.execute(
                 select(Version).where(Version.item_id == irow.id, Version.number == irow.current_version)
             ).one()
-            return ItemInfo(
+            info = ItemInfo(
                 id=irow.id,
                 folder=frow.path,
                 name=irow.name,
@@ -923,6 +933,8 @@ class Store:
                 updated_at=irow.updated_at,
                 version_id=v.id,
             )
+            Visibility(conn, actor).items([info])
+            return info
 
     def get_version(self, actor: Actor, path: str, version: int | None = None) -> VersionInfo:
         """One version of an item: the current one unless ``version`` is given."""
@@ -970,7 +982,9 @@ class Store:
             if limit is not None:
                 q = q.limit(limit)
             path = frow.path
-            return [_item_info(r, path) for r in conn.execute(q).tuples()]
+            out = [_item_info(r, path) for r in conn.execute(q).tuples()]
+            Visibility(conn, actor).items(out)
+            return out
 
     def find_items(
         self,
@@ -998,16 +1012,19 @@ class Store:
                 like = "".join("%" if c == "*" else "_" if c == "?" else _like_escape(c) for c in name)
                 if "[" not in name:
                     q = q.where(Item.name.like(like, escape="\\"))
-            out = []
             wanted = check_metadata(metadata or {})
-            for r in conn.execute(q):
-                if name and not fnmatch.fnmatchcase(r.name, name):
-                    continue
-                info = _item_info(r, paths[r.folder_id])
-                if not all(_meta_matches(info.metadata.get(k, _MISSING), v) for k, v in wanted.items()):
-                    continue
-                out.append(info)
-            return out
+            found = [
+                _item_info(r, paths[r.folder_id])
+                for r in conn.execute(q)
+                if not name or fnmatch.fnmatchcase(r.name, name)
+            ]
+            # Filter on what the caller may see, so a filter cannot confirm a guess of hidden provenance.
+            Visibility(conn, actor).items(found)
+            return [
+                info
+                for info in found
+                if all(_meta_matches(info.metadata.get(k, _MISSING), v) for k, v in wanted.items())
+            ]
 
     def set_item_metadata(
         self, actor: Actor, path: str, set_: Mapping[str, Any] | None = None, unset: Iterable[str] = ()
@@ -1062,36 +1079,19 @@ class Store:
     # ---------------------------------------------------------------- events
 
     def visible_events(self, actor: Actor, records: Iterable[events.EventRecord]) -> list[events.EventRecord]:
-        """The events among ``records`` the actor may see.
+        """The events among ``records`` the actor may see, redacted for them.
 
         An event about a folder (or something in it) is visible to readers of that folder;
         events about a group (``group.*``) to the group's current members; other events about
         no folder (users, tokens) only to site admins. Events of a deleted folder or group stay
-        visible to site admins only. Levels and memberships are read now, on every call (never
-        cached across calls), so a member who left a group stops seeing its folders' events at once.
+        visible to site admins only. Levels and memberships are read now, on every call, so a
+        member who left a group stops seeing its folders' events at once. Payload fields naming
+        what the actor may not read are hidden (see :func:`datamill.store.visibility.visible_events`).
         """
-        records = list(records)
         if actor.is_admin:
-            return records
-        levels: dict[int, bool] = {}
-        my_groups: set[int] | None = None
-        out = []
+            return list(records)
         with self.db.read() as conn:
-            for rec in records:
-                fid = rec.folder_id
-                if fid is None:
-                    if rec.kind.startswith("group.") and rec.data.get("group_id") is not None:
-                        if my_groups is None:
-                            my_groups = groups.group_ids_of(conn, actor)
-                        if rec.data["group_id"] in my_groups:
-                            out.append(rec)
-                    continue
-                if fid not in levels:
-                    path = conn.execute(select(Folder.path).where(Folder.id == fid)).scalar()
-                    levels[fid] = path is not None and level_on(conn, actor, path) >= Level.READ
-                if levels[fid]:
-                    out.append(rec)
-        return out
+            return visible_events(conn, actor, records)
 
     # ---------------------------------------------------------------- blobs
 

@@ -1,0 +1,1 @@
+"""Security tests: who may see and do what over the real HTTP API, and what must never leak."""
