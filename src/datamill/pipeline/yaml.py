@@ -51,7 +51,7 @@ from datamill.errors import DatamillError, InvalidPipeline
 from datamill.pipeline.pipeline import Pipeline, refuse_main_module
 from datamill.pipeline.step import Step, command_step, step
 
-__all__ = ["MAX_BYTES", "MAX_QUOTE", "MAX_VALUES", "load_yaml_pipeline", "parse_yaml_pipeline"]
+__all__ = ["MAX_BYTES", "MAX_DEPTH", "MAX_QUOTE", "MAX_VALUES", "load_yaml_pipeline", "parse_yaml_pipeline"]
 
 #: The largest pipeline file read (1 MiB); pipelines are a few hundred lines at most.
 MAX_BYTES = 1 << 20
@@ -59,6 +59,9 @@ MAX_BYTES = 1 << 20
 #: The most values (scalars, lists, mappings) a file may expand to, an alias counting as all it
 #: stands for: an "alias bomb" of a few hundred bytes otherwise expands to billions.
 MAX_VALUES = 100_000
+
+#: The deepest nesting of [ ] and { } read.
+MAX_DEPTH = 64
 
 #: The most characters of an error message (and of a value it quotes).
 MAX_QUOTE = 300
@@ -107,6 +110,12 @@ class _Loader(yaml.SafeLoader):
     def construct_document(self, node: yaml.Node) -> Any:
         _check_expansion(node)
         return super().construct_document(node)
+
+    def fetch_flow_collection_start(self, TokenClass: Any) -> None:
+        # PyYAML's scanner slows down with the square of the depth of [ and { nesting.
+        if self.flow_level >= MAX_DEPTH:
+            raise _YamlProblem(self.get_mark().line + 1, "", f"values are nested more than {MAX_DEPTH} levels deep")
+        super().fetch_flow_collection_start(TokenClass)
 
 
 def _check_expansion(root: yaml.Node) -> None:
