@@ -256,7 +256,7 @@ class Pipelines:
     def _check_free(self, conn: Connection, name: str) -> None:
         if lookup(conn, name) is not None:
             raise AlreadyExists(
-                f"a pipeline named {shown(name)} is registered; remove it first (`datamill pipelines rm`) or "
+                f"a pipeline named {shown(name)} is already registered; remove it first (`datamill pipelines rm`) or "
                 "choose another name",
                 name=name,
             )
