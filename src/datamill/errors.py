@@ -59,6 +59,12 @@ class InvalidPipeline(InvalidInput):
     code = "invalid_pipeline"
 
 
+class UnknownPipeline(InvalidPipeline):
+    """No registered pipeline has that name. `datamill pipelines ls` lists them; a site admin registers more."""
+
+    code = "unknown_pipeline"
+
+
 class InvalidDataflow(InvalidInput):
     """The dataflow configuration is not valid. Fix the field named in the message and try again."""
 

@@ -129,6 +129,7 @@ def test_other_users_see_nothing_of_it(
     run_id = http.post("/runs", json={"pipeline": REF, "folder": "Raw", "dest": "Out"}).json()["id"]
     http.post("/dataflows", json={"name": "counts", "source": "Raw", "dest": "Out", "pipeline": REF})
     ana = user_client("ana")
+    folders.add_pipeline("counting", REF)  # ana, not a site admin, chooses pipelines by name
     assert ana.runs() == [] and ana.dataflows() == []
     for call in (
         lambda: ana.run_info(run_id),
@@ -137,7 +138,7 @@ def test_other_users_see_nothing_of_it(
         lambda: ana.dataflow("counts"),
         lambda: ana.start_dataflow("counts"),
         lambda: ana.run_dataflow("counts"),
-        lambda: ana.plan(REF, "Raw"),
+        lambda: ana.plan("counting", "Raw"),
     ):
         with pytest.raises(NotFound):
             call()

@@ -105,19 +105,20 @@ def test_errors_and_access(local: LocalClient) -> None:
     run_id = local.run(COUNTING_REF, "Raw", "Out")["id"]
     local.create_user("ana")
     ana = local.as_user("ana")
+    local.add_pipeline("counting", COUNTING_REF)  # ana, not a site admin, chooses pipelines by name
     assert ana.runs() == []
     with pytest.raises(NotFound):
         ana.run_info(run_id)
     with pytest.raises(NotFound):
         ana.tasks(run_id)
     with pytest.raises(NotFound):
-        ana.plan(COUNTING_REF, "Raw")
+        ana.plan("counting", "Raw")
     local.share("Raw", "ana", "read")
     assert [r["id"] for r in ana.runs()] == [run_id]  # she may read its source
     with pytest.raises(PermissionDenied):
         ana.cancel_run(local.submit_run(COUNTING_REF, "Raw", "Out"))
     with pytest.raises((PermissionDenied, NotFound)):
-        ana.submit_run(COUNTING_REF, "Raw", "Out")  # no write on the destination
+        ana.submit_run("counting", "Raw", "Out")  # no write on the destination
 
 
 # ---------------------------------------------------------------------------------- embedded dataflows

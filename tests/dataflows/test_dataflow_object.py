@@ -10,6 +10,7 @@ from flow_pipelines import ref
 from flow_world import DEST, SOURCE, FlowWorld
 
 from datamill.dataflows.dataflow import Trigger
+from datamill.engine.registry import Pipelines
 from datamill.errors import Conflict, InvalidDataflow, NotFound, PermissionDenied
 from datamill.store.access import Level
 
@@ -230,7 +231,9 @@ def test_a_user_cannot_create_a_dataflow_writing_where_they_cannot_write(world: 
     assert w.flows.all(w.admin) == []
 
     w.home.store.create_folder(bob, "Bob Out")
-    info_ok = w.create("bobs", actor=bob, destination="Bob Out")
+    # bob is no site admin: he chooses a registered pipeline by name.
+    Pipelines(w.home.db).add(w.admin, "echo", ref("echo_pipeline"))
+    info_ok = w.create("bobs", actor=bob, destination="Bob Out", pipeline="echo")
     assert info_ok.owner == "bob"
     # Read access on a source is enough; write access on it is not needed.
     w.home.store.share(w.admin, DEST, "bob", Level.WRITE)

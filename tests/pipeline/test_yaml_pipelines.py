@@ -249,3 +249,75 @@ def test_parse_from_text_with_a_display_name(tmp_path: Path) -> None:
         InvalidPipeline, match=r"^inline\.yaml line 2, column 1: not valid YAML: while parsing a flow node"
     ):
         parse_yaml_pipeline("name: [\n", "inline.yaml")
+
+
+# ------------------------------------------------------------------ bounded sizes (issue 8, item 6)
+
+
+def _alias_bomb(levels: int) -> str:
+    """A few hundred bytes that expand to 9**levels values through anchors and aliases."""
+    nodes = ["&a0 [" + ", ".join(["lol"] * 9) + "]"]
+    nodes += [f"&a{i} [" + ", ".join([f"*a{i - 1}"] * 9) + "]" for i in range(1, levels)]
+    return f"name: bomb\nsteps:\n  - name: a\n    command: [echo]\n    retries: [{', '.join(nodes)}]\n"
+
+
+def test_an_alias_bomb_is_refused_with_a_short_message(tmp_path: Path) -> None:
+    text = _alias_bomb(9)
+    assert len(text) < 600
+    (tmp_path / "bomb.yaml").write_text(text)
+    message = error(tmp_path / "bomb.yaml")
+    assert message.startswith("bomb.yaml line 5: the file expands to more than 100000 values")
+    assert len(message) < 300
+
+
+def test_anchors_within_bounds_still_work(tmp_path: Path) -> None:
+    path = write(
+        tmp_path,
+        """
+        name: shared
+        steps:
+          - name: a
+            command: [echo, "{input}"]
+            retries: &r 2
+          - name: b
+            command: [echo, "{input}"]
+            retries: *r
+        """,
+    )
+    assert [s.retries for s in load_yaml_pipeline(path.name).steps] == [2, 2]
+
+
+def test_values_quoted_in_errors_are_cut_short(tmp_path: Path) -> None:
+    path = write(
+        tmp_path,
+        f"""
+        name: long
+        steps:
+          - name: a
+            command: [echo]
+            retries: "{"x" * 5000}"
+        """,
+    )
+    message = error(path)
+    assert message.startswith("pipeline.yaml line 5: steps[0].retries: must be a whole number ≥ 0, got 'xxx")
+    assert len(message) <= 300
+    (tmp_path / "key.yaml").write_text(f"name: k\n{'k' * 1000}: 1\nsteps: []\n")  # an unknown field
+    assert len(error(tmp_path / "key.yaml")) <= 300
+
+
+def test_oversized_self_referring_and_deep_files_are_refused(tmp_path: Path) -> None:
+    (tmp_path / "big.yaml").write_text("name: big\n# " + "x" * (1 << 20) + "\nsteps: []\n")
+    assert "larger than 1 MiB" in error(tmp_path / "big.yaml")
+    (tmp_path / "self.yaml").write_text("name: s\nsteps: &s [*s]\n")
+    assert "refers to a value that contains it" in error(tmp_path / "self.yaml")
+    (tmp_path / "deep.yaml").write_text("name: d\nsteps: " + "[" * 500_000 + "]" * 500_000 + "\n")
+    assert "nested more than 64 levels deep" in error(tmp_path / "deep.yaml")
+    # Nesting by indentation cannot go as deep in 1 MiB, and ends as cleanly.
+    (tmp_path / "block.yaml").write_text("name: d\nsteps:\n" + "".join(" " * i + "-\n" for i in range(1, 1400)))
+    assert "nested too deeply" in error(tmp_path / "block.yaml")
+
+
+def test_a_main_module_is_never_imported(tmp_path: Path) -> None:
+    path = write(tmp_path, "name: m\nsteps:\n  - name: a\n    run: unittest.__main__:main\n")
+    assert "__main__ module" in error(path)
+    assert "unittest.__main__" not in sys.modules

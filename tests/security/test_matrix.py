@@ -16,8 +16,7 @@ from typing import Any
 
 import httpx
 
-from .leak_pipelines import REF
-from .world import DEST, ROLES, SRC, World
+from .world import DEST, PIPELINE, ROLES, SRC, World
 
 SHAPE = {"ok", "status", "code", "error", "detail"}
 
@@ -49,7 +48,7 @@ OPERATIONS: dict[str, tuple[str, str, dict[str, Any]]] = {
     "ro_crate": ("GET", "/api/v1/runs/{run_ok}/ro-crate", {}),
     "cancel_run": ("POST", "/api/v1/runs/{run_ok}/cancel", {}),
     "retry_run": ("POST", "/api/v1/runs/{run_failed}/retry", {}),
-    "plan_src": ("POST", "/api/v1/plan", {"json": {"pipeline": REF, "folder": SRC}}),
+    "plan_src": ("POST", "/api/v1/plan", {"json": {"pipeline": PIPELINE, "folder": SRC}}),
     "list_flows": ("GET", "/api/v1/dataflows", {}),
     "get_flow": ("GET", "/api/v1/dataflows/{flow}", {}),
     "flow_history": ("GET", "/api/v1/dataflows/{flow}/history", {}),

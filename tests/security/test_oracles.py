@@ -16,8 +16,7 @@ import pytest
 
 from datamill.client.local import LocalClient
 
-from .leak_pipelines import REF
-from .world import DEST, FLOW, SRC, World, q
+from .world import DEST, FLOW, PIPELINE, SRC, World, q
 
 OWN = "Own Place"
 MISSING = "No Such Place"
@@ -37,11 +36,11 @@ FOLDER_CASES: list[Case] = [
     ("share", "PUT", "/api/v1/access/{hidden}", {"user": "other", "level": "read"}),
     ("lineage", "GET", "/api/v1/lineage/{hidden}/kestrel-alpha.csv", None),
     ("move into", "PATCH", f"/api/v1/folders/{q(OWN)}", {"parent": "{hidden}"}),
-    ("run into", "POST", "/api/v1/runs", {"pipeline": REF, "folder": OWN, "dest": "{hidden}"}),
-    ("run from", "POST", "/api/v1/runs", {"pipeline": REF, "folder": "{hidden}", "dest": OWN}),
-    ("plan", "POST", "/api/v1/plan", {"pipeline": REF, "folder": "{hidden}"}),
-    ("flow into", "POST", "/api/v1/dataflows", {"name": "f", "source": OWN, "dest": "{hidden}", "pipeline": REF}),
-    ("flow from", "POST", "/api/v1/dataflows", {"name": "f", "source": "{hidden}", "dest": OWN, "pipeline": REF}),
+    ("run into", "POST", "/api/v1/runs", {"pipeline": PIPELINE, "folder": OWN, "dest": "{hidden}"}),
+    ("run from", "POST", "/api/v1/runs", {"pipeline": PIPELINE, "folder": "{hidden}", "dest": OWN}),
+    ("plan", "POST", "/api/v1/plan", {"pipeline": PIPELINE, "folder": "{hidden}"}),
+    ("flow into", "POST", "/api/v1/dataflows", {"name": "f", "source": OWN, "dest": "{hidden}", "pipeline": PIPELINE}),
+    ("flow from", "POST", "/api/v1/dataflows", {"name": "f", "source": "{hidden}", "dest": OWN, "pipeline": PIPELINE}),
 ]
 ID_CASES: list[Case] = [
     ("run", "GET", "/api/v1/runs/{hidden}", None),

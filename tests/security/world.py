@@ -36,6 +36,9 @@ from datamill.home import Home
 
 from .leak_pipelines import REF
 
+#: the name under which a site admin registers :data:`REF`
+PIPELINE = "leaky"
+
 SRC = "Vault Kestrel"
 DEST = "Harbor Ledger"
 FLOW = "kestrel-flow"
@@ -156,6 +159,7 @@ def build(home: Home, server: ServerHandle) -> World:
     for role, grants in GRANTS.items():
         for folder, level in grants.items():
             alice.share(folder, role, level)
+    admin.add_pipeline(PIPELINE, REF)  # non-admins choose registered pipelines by name
     create_flow(alice)
     run_ok = alice.run_dataflow(FLOW)
     assert run_ok is not None
@@ -182,4 +186,4 @@ def build(home: Home, server: ServerHandle) -> World:
 
 def create_flow(owner: LocalClient) -> None:
     """The dataflow SRC -> DEST, owned by ``owner``, with a secret webhook; manual trigger."""
-    owner.create_dataflow(FLOW, SRC, DEST, REF, trigger="manual", webhooks=[WEBHOOK])
+    owner.create_dataflow(FLOW, SRC, DEST, PIPELINE, trigger="manual", webhooks=[WEBHOOK])

@@ -23,7 +23,7 @@ from datamill.api.deps import blocking
 from datamill.api.errors import ErrorBoundary, install_error_handlers
 from datamill.api.landing import router as landing_router
 from datamill.api.middleware import AccessLog, TokenAuth, silence_uvicorn_access_log
-from datamill.api.routes import content, dataflows, events, folders, items, runs, users
+from datamill.api.routes import content, dataflows, events, folders, items, pipelines, runs, users
 from datamill.api.routes import groups as group_routes
 from datamill.api.routes import lineage as lineage_routes
 from datamill.home import Home
@@ -38,6 +38,7 @@ ROUTERS: list[APIRouter] = [
     items.router,
     content.router,
     events.router,
+    pipelines.router,
     runs.router,
     dataflows.router,
     lineage_routes.router,

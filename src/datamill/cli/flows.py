@@ -58,7 +58,12 @@ def create(
     to: Annotated[str, typer.Option("--to", metavar="FOLDER", help="Folder results go to (outside the source).")],
     pipeline: Annotated[
         str,
-        typer.Option("--pipeline", metavar="REF", help="`module:attr`, `path/file.py:attr` or a YAML file."),
+        typer.Option(
+            "--pipeline",
+            metavar="PIPELINE",
+            help="A registered pipeline's name (`datamill pipelines ls`); site admins may also give "
+            "`module:attr`, `path/file.py:attr` or a YAML file.",
+        ),
     ],
     trigger: TriggerOption = None,
     param: ParamOption = None,
@@ -72,7 +77,7 @@ def create(
     destination, the destination is not inside the source, the pipeline loads and its parameters
     exist. Example:
 
-        datamill flow create derived --source "Raw Data" --to "Derived Data" --pipeline pipelines/tabular.py:pipeline
+        datamill flow create derived --source "Raw Data" --to "Derived Data" --pipeline tabular
     """
     info = get_client(ctx).create_dataflow(
         name,
@@ -148,7 +153,12 @@ def edit(
     name: NameArg,
     source: Annotated[str | None, typer.Option("--source", metavar="FOLDER", help="New source folder.")] = None,
     to: Annotated[str | None, typer.Option("--to", metavar="FOLDER", help="New destination folder.")] = None,
-    pipeline: Annotated[str | None, typer.Option("--pipeline", metavar="REF", help="New pipeline reference.")] = None,
+    pipeline: Annotated[
+        str | None,
+        typer.Option(
+            "--pipeline", metavar="PIPELINE", help="New pipeline: a registered name (site admins: or a reference)."
+        ),
+    ] = None,
     trigger: TriggerOption = None,
     param: ParamOption = None,
     description: DescriptionOption = None,

@@ -39,7 +39,8 @@ PipelineArg = Annotated[
     str,
     typer.Argument(
         metavar="PIPELINE",
-        help="`module:attr`, `path/file.py:attr` or a YAML file (`pipeline.yaml`).",
+        help="A registered pipeline's name (`datamill pipelines ls`); site admins (and the embedded CLI, "
+        "which acts as one) may also give `module:attr`, `path/file.py:attr` or a YAML file (`pipeline.yaml`).",
     ),
 ]
 OnOption = Annotated[str, typer.Option("--on", metavar="FOLDER", help="Folder whose items are the inputs.")]

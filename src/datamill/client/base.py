@@ -222,9 +222,27 @@ class Client(ABC):
             if not batch:
                 self.wait_events(cursor, 1.0)
 
+    # --- pipelines ------------------------------------------------------------------------
+    @abstractmethod
+    def pipelines(self) -> list[dict[str, Any]]:
+        """The registered pipelines, by name: ``{"name", "description", "origin", "steps", ...}``.
+
+        ``origin`` is ``package`` (an installed package's entry point) or ``admin``; site admins
+        also see each one's ``ref``.
+        """
+
+    @abstractmethod
+    def add_pipeline(self, name: str, ref: str, description: str = "") -> dict[str, Any]:
+        """Register the pipeline ``ref`` (checked: it must load) under ``name`` (site admins only)."""
+
+    @abstractmethod
+    def remove_pipeline(self, name: str) -> None:
+        """Remove a pipeline a site admin registered (site admins only)."""
+
     # --- runs -----------------------------------------------------------------------------
-    # A pipeline reference is ``module:attr``, ``path/file.py:attr`` or ``path/file.yaml``; a
-    # file path that exists here is sent as an absolute path (see :func:`absolute_ref`).
+    # A pipeline is a registered name (``datamill pipelines ls``) or, for site admins only, a
+    # reference: ``module:attr``, ``path/file.py:attr`` or ``path/file.yaml``; a file path that
+    # exists here is sent as an absolute path (see :func:`absolute_ref`).
 
     @abstractmethod
     def plan(

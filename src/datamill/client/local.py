@@ -10,6 +10,7 @@ from typing import Any, BinaryIO
 from datamill.client.base import Client, ProgressFn, absolute_ref
 from datamill.dataflows.dataflow import Dataflows
 from datamill.engine.engine import Engine
+from datamill.engine.registry import Pipelines
 from datamill.engine.runs import FINISHED_RUN
 from datamill.errors import PermissionDenied
 from datamill.events import EventRecord
@@ -28,10 +29,18 @@ class LocalClient(Client):
     #: the store's reader verifies every full read against the digest
     verified_streams = True
 
-    def __init__(self, home: Home, actor: Actor | None = None, owns_home: bool = False) -> None:
+    def __init__(self, home: Home, actor: Actor | None = None, owns_home: bool = False, serving: bool = False) -> None:
         self.home = home
         self.actor = actor or home.admin
         self._owns_home = owns_home
+        #: Acting for a request received over the API: a pipeline reference is taken as sent,
+        #: never interpreted against this process's working directory or user's home.
+        self.serving = serving
+
+    def _pipeline(self, text: str) -> str:
+        """What the caller named as a pipeline: in the caller's own process a file path it gave is
+        made absolute (so a dataflow finds it from anywhere); served over the API, as it came."""
+        return text if self.serving else absolute_ref(text)
 
     @property
     def store(self) -> Any:
@@ -207,6 +216,21 @@ class LocalClient(Client):
     def wait_events(self, since: int, timeout: float) -> bool:
         return self.home.events.wait(since, timeout)
 
+    # pipelines
+    @property
+    def registry(self) -> Pipelines:
+        """The home's :class:`~datamill.engine.registry.Pipelines`."""
+        return Pipelines(self.home.db)
+
+    def pipelines(self) -> list[dict[str, Any]]:
+        return self.registry.list(self.actor)
+
+    def add_pipeline(self, name: str, ref: str, description: str = "") -> dict[str, Any]:
+        return self.registry.add(self.actor, name, self._pipeline(ref), description)
+
+    def remove_pipeline(self, name: str) -> None:
+        self.registry.remove(self.actor, name)
+
     # runs
     @property
     def engine(self) -> Engine:
@@ -222,7 +246,7 @@ class LocalClient(Client):
     ) -> dict[str, Any]:
         engine = self.engine
         inputs = engine.inputs_from_folder(self.actor, folder)
-        return engine.plan(absolute_ref(pipeline_ref), inputs, params, force).to_dict()
+        return engine.plan(self._pipeline(pipeline_ref), inputs, params, force, actor=self.actor).to_dict()
 
     def submit_run(
         self,
@@ -238,7 +262,7 @@ class LocalClient(Client):
         inputs = engine.inputs_from_folder(self.actor, folder)
         return engine.submit(
             self.actor,
-            absolute_ref(pipeline_ref),
+            self._pipeline(pipeline_ref),
             inputs,
             source=folder,
             dest=dest,
@@ -367,7 +391,7 @@ class LocalClient(Client):
         config = {
             "source": source,
             "destination": dest,
-            "pipeline": absolute_ref(pipeline),
+            "pipeline": self._pipeline(pipeline),
             "trigger": trigger,
             "params": dict(params or {}),
             "description": description,
@@ -390,6 +414,8 @@ class LocalClient(Client):
         return out
 
     def edit_dataflow(self, name: str, **changes: Any) -> dict[str, Any]:
+        if isinstance(changes.get("pipeline"), str):
+            changes["pipeline"] = self._pipeline(changes["pipeline"])
         return self.flows.edit(self.actor, name, dataflow_changes(changes)).to_dict()
 
     def start_dataflow(self, name: str) -> dict[str, Any]:
@@ -444,8 +470,6 @@ def dataflow_changes(changes: Mapping[str, Any]) -> dict[str, Any]:
     for key, value in changes.items():
         if value is None:
             continue
-        if key == "pipeline":
-            value = absolute_ref(str(value))
         if key == "webhooks":
             value = list(value)
         out[_FIELD_NAMES.get(key, key)] = value

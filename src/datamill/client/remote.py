@@ -458,6 +458,19 @@ class RemoteClient(Client):
             batch, cursor = self._events_page(cursor, 1000, wanted, wait=1.0)
             yield from batch
 
+    # --- pipelines ------------------------------------------------------------------------
+    def pipelines(self) -> list[dict[str, Any]]:
+        result: list[dict[str, Any]] = self._call("GET", "/pipelines")
+        return result
+
+    def add_pipeline(self, name: str, ref: str, description: str = "") -> dict[str, Any]:
+        body = {"name": name, "ref": absolute_ref(ref), "description": description}
+        result: dict[str, Any] = self._call("POST", "/pipelines", json=body)
+        return result
+
+    def remove_pipeline(self, name: str) -> None:
+        self._call("DELETE", f"/pipelines/{quote_segment(name)}")
+
     # --- runs -----------------------------------------------------------------------------
     def plan(
         self,

@@ -3,8 +3,12 @@
 Configuration is versioned: every edit writes a new immutable :class:`DataflowVersion` row and
 bumps ``dataflows.version``; runs record the version they used. Validation happens before
 anything is saved: the folders exist and the user may read the source and write the destination,
-the pipeline reference imports, the cron expression parses, and the destination is not inside the
-source (a dataflow would otherwise feed on its own results).
+the pipeline is one the user may choose (a registered name; a reference only for site admins, see
+:mod:`datamill.engine.registry`) and loads, the cron expression parses, and the destination is not
+inside the source (a dataflow would otherwise feed on its own results).
+
+A dataflow's triggers run its pipeline as its owner chose it: a registered name resolves to its
+reference at each run, and a reference runs only while the owner is a site admin.
 """
 
 from __future__ import annotations
@@ -153,9 +157,17 @@ def check_name(name: str) -> str:
 
 
 def validate_config(
-    conn: Connection, actor: Actor, cfg: Mapping[str, Any], check_pipeline: bool = True
+    conn: Connection,
+    actor: Actor,
+    cfg: Mapping[str, Any],
+    check_pipeline: bool = True,
+    chooser: Actor | None = None,
 ) -> dict[str, Any]:
-    """Check a full configuration and return it normalised; raise :class:`InvalidDataflow` naming the field."""
+    """Check a full configuration and return it normalised; raise :class:`InvalidDataflow` naming the field.
+
+    The pipeline must be one ``chooser`` (by default ``actor``) may choose
+    (:func:`~datamill.engine.registry.choose`); it is loaded only then.
+    """
     unknown = sorted(set(cfg) - set(CONFIG_KEYS))
     if unknown:
         raise InvalidDataflow(f"unknown field(s) {', '.join(unknown)}; known: {', '.join(CONFIG_KEYS)}")
@@ -201,8 +213,11 @@ def validate_config(
     if not isinstance(params, Mapping):
         raise InvalidDataflow("params: must be a mapping of step parameters", field="params")
     out["params"] = dict(params)
+    from datamill.engine.registry import choose
+
+    choice = choose(conn, chooser or actor, pipeline)  # before anything is loaded
     if check_pipeline:
-        _check_pipeline(pipeline, out["params"])
+        _check_pipeline(choice.ref, out["params"])
     out["trigger"] = str(Trigger.parse(str(cfg.get("trigger") or "new-items")))
     hooks = cfg.get("webhooks") or []
     if isinstance(hooks, str):
@@ -236,6 +251,27 @@ def _check_pipeline(ref: str, params: Mapping[str, Any]) -> None:
         split_params(pipeline, params)
     except DatamillError as exc:
         raise InvalidDataflow(f"params: {exc.message}", field="params") from exc
+
+
+def _user(conn: Connection, user_id: int | None) -> Actor:
+    """The user ``user_id`` as an actor; a missing one is no one in particular (and no admin)."""
+    u = conn.execute(select(User.id, User.name, User.is_admin).where(User.id == user_id)).first() if user_id else None
+    return Actor(None, "(nobody)") if u is None else Actor(u.id, u.name, u.is_admin)
+
+
+def _check_owner_may_run(conn: Connection, owner: Actor, pipeline: str, name: str) -> None:
+    """Triggers run a dataflow's pipeline as its owner chose it: refuse now what they would refuse."""
+    from datamill.engine.registry import HOW_TO, choose
+    from datamill.errors import UnknownPipeline
+
+    try:
+        choose(conn, owner, pipeline)
+    except UnknownPipeline:
+        raise UnknownPipeline(
+            f"pipeline: dataflow {name!r} runs as its owner {owner.name!r}, who is not a site admin, so its "
+            f"pipeline must be a registered name; {HOW_TO}",
+            field="pipeline",
+        ) from None
 
 
 class Dataflows:
@@ -346,7 +382,12 @@ class Dataflows:
                         field=key,
                     )
             merged = {**dict(row.config or {}), **{k: v for k, v in changes.items() if v is not None}}
-            cfg = validate_config(conn, actor, merged, check_pipeline)
+            owner = _user(conn, row.owner_id)
+            chosen = merged.get("pipeline") != (row.config or {}).get("pipeline")
+            # Whoever changes the pipeline chooses it; an unchanged one stays the owner's choice.
+            cfg = validate_config(conn, actor, merged, check_pipeline, chooser=actor if chosen else owner)
+            if chosen and owner != actor:
+                _check_owner_may_run(conn, owner, cfg["pipeline"], name)
             if cfg == row.config:
                 return self._shown(conn, actor, row)
             number = row.version + 1

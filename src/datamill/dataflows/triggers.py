@@ -26,6 +26,7 @@ from sqlalchemy import Connection, and_, select, update
 
 from datamill import events
 from datamill.db.models import Dataflow, Event, Folder, Item, Run, Task, TaskInput, Version
+from datamill.engine import registry
 from datamill.engine.engine import Engine
 from datamill.engine.runs import RunStatus, TaskStatus
 from datamill.errors import InvalidInput, NotFound, PermissionDenied
@@ -275,7 +276,9 @@ class Triggers:
         reason: str,
         now: float,
     ) -> int | None:
-        pipeline = load_pipeline(cfg["pipeline"])
+        # The pipeline is what the dataflow's owner chose, whoever asks for this run (`flow run`).
+        choice = registry.choose(conn, self._owner(conn, row.owner_id), cfg["pipeline"])
+        pipeline = load_pipeline(choice.ref)
         aggregate = any(not pipeline.per_item(s.name) for s in pipeline)
         refs = self._inputs(conn, cfg["source"], item_ids, aggregate)
         if item_ids is None and not aggregate and reason.startswith("start"):
@@ -285,7 +288,7 @@ class Triggers:
             return None
         run_id = self.engine.submit(
             actor,
-            cfg["pipeline"],
+            choice,
             refs,
             source=cfg["source"],
             dest=cfg["destination"],

@@ -276,6 +276,22 @@ Index("ix_tasks_key_status", Task.key, Task.status)
 Index("ix_tasks_step_code", Task.step, Task.step_code)
 
 
+class RegisteredPipeline(Base):
+    """A pipeline a site admin registered by name: what users who may not give references run.
+
+    Pipelines of installed packages (entry points in the group ``datamill.pipelines``) are
+    registered too, but live in the packages' metadata, not here.
+    """
+
+    __tablename__ = "pipelines"
+    id: Mapped[int] = mapped_column(BigId, primary_key=True)
+    name: Mapped[str] = mapped_column(String(100), unique=True)
+    ref: Mapped[str] = mapped_column(Text)
+    description: Mapped[str] = mapped_column(Text, default="")
+    created_by: Mapped[int | None] = mapped_column(BigInteger, nullable=True)
+    created_at: Mapped[float] = mapped_column(Float)
+
+
 class Dataflow(Base):
     """A dataflow: watches a source folder and runs a pipeline into a destination folder."""
 

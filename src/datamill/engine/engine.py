@@ -15,9 +15,10 @@ from typing import Any
 from sqlalchemy import Connection, select
 
 from datamill.db.models import Folder, Run, Task
-from datamill.engine import keys, runs
+from datamill.engine import keys, registry, runs
 from datamill.engine.params import split_params
 from datamill.engine.planner import CachedResult, OutputDigest, Plan, plan
+from datamill.engine.registry import Choice
 from datamill.engine.scheduler import Scheduler, input_ref_to_dict
 from datamill.errors import InvalidInput, NotFound, PermissionDenied
 from datamill.home import Home
@@ -31,9 +32,9 @@ from datamill.store.visibility import HIDDEN, Visibility
 _TASK_INPUT_FIELDS = ("planned_id", "item_name", "item_version_id", "deps", "error", "traceback", "message")
 
 
-def resolve_pipeline(pipeline: Pipeline | str) -> Pipeline:
-    """A pipeline object from itself or its reference."""
-    return load_pipeline(pipeline) if isinstance(pipeline, str) else pipeline
+def resolve_pipeline(pipeline: Pipeline | Choice) -> Pipeline:
+    """A pipeline object from itself or an admitted choice (see :func:`~datamill.engine.registry.choose`)."""
+    return load_pipeline(pipeline.ref) if isinstance(pipeline, Choice) else pipeline
 
 
 class Engine:
@@ -81,12 +82,20 @@ class Engine:
 
     def plan(
         self,
-        pipeline: Pipeline | str,
+        pipeline: Pipeline | Choice | str,
         inputs: Sequence[InputRef],
         params: Mapping[str, Any] | None = None,
         force: bool = False,
+        actor: Actor | None = None,
     ) -> Plan:
-        """A dry run: which tasks would run and which are cached. Changes nothing."""
+        """A dry run: which tasks would run and which are cached. Changes nothing.
+
+        A string is a registered name or, when ``actor`` (by default the home's admin, as the
+        embedded Python API acts) is a site admin, a reference; see :func:`registry.choose`.
+        """
+        with self.home.db.read() as conn:
+            if isinstance(pipeline, str):
+                pipeline = registry.choose(conn, actor or self.home.admin, pipeline)
         p = resolve_pipeline(pipeline)
         with self.home.db.read() as conn:
             return plan(p, inputs, split_params(p, params), self.lookup(conn), force)
@@ -96,7 +105,7 @@ class Engine:
     def submit(
         self,
         actor: Actor,
-        pipeline: Pipeline | str,
+        pipeline: Pipeline | Choice | str,
         inputs: Sequence[InputRef],
         *,
         source: str | None = None,
@@ -115,6 +124,8 @@ class Engine:
 
         Pass ``conn`` to record it inside the caller's write transaction (a trigger advancing its
         cursor). A pipeline without a reference can only be run by ``scheduler`` (in this process).
+        A string is what ``actor`` chose: a registered name, or a reference if ``actor`` is a site
+        admin (:func:`registry.choose`); anything else is refused before anything is loaded.
         """
         if conn is None:
             with self.home.db.write() as own:
@@ -134,8 +145,10 @@ class Engine:
                     conn=own,
                     scheduler=scheduler,
                 )
+        if isinstance(pipeline, str):
+            pipeline = registry.choose(conn, actor, pipeline)
         p = resolve_pipeline(pipeline)
-        ref = pipeline if isinstance(pipeline, str) else p.ref
+        ref = pipeline.ref if isinstance(pipeline, Choice) else p.ref
         if ref is None and scheduler is None:
             raise InvalidInput(
                 f"pipeline {p.name!r} was built in Python and has no reference; run it with pipeline.run(...) "
@@ -212,7 +225,7 @@ class Engine:
     def run(
         self,
         actor: Actor,
-        pipeline: Pipeline | str,
+        pipeline: Pipeline | Choice | str,
         inputs: Sequence[InputRef],
         *,
         executor: str | None = None,
@@ -326,13 +339,14 @@ class Engine:
                     f"you may not retry run {run_id}: it reads or writes folders you may not read; "
                     "ask its requester or an admin of its folders"
                 )
-        if row.status not in (runs.RunStatus.FAILED, runs.RunStatus.CANCELLED):
-            raise InvalidInput(f"run {run_id} is {row.status}; only failed or cancelled runs can be retried")
+            if row.status not in (runs.RunStatus.FAILED, runs.RunStatus.CANCELLED):
+                raise InvalidInput(f"run {run_id} is {row.status}; only failed or cancelled runs can be retried")
+            choice = registry.readmit(conn, actor, row.pipeline_ref, f"run {run_id}")
         from datamill.engine.scheduler import input_ref_from_dict
 
         return self.submit(
             actor,
-            row.pipeline_ref,
+            choice,
             [input_ref_from_dict(d) for d in row.inputs],
             source=row.source_folder,
             dest=row.dest_folder,

@@ -400,7 +400,7 @@ def _exec_file(path: Path, target: str) -> Any:
     except DatamillError:
         sys.modules.pop(mod_name, None)
         raise
-    except Exception as e:
+    except (Exception, SystemExit) as e:  # SystemExit: a script's sys.exit() must not end the server's thread
         sys.modules.pop(mod_name, None)
         raise InvalidPipeline(f"loading pipeline file {target!r} failed: {type(e).__name__}: {e}") from e
     # The module cannot be imported by name in another process: ship its functions by value.
@@ -409,6 +409,7 @@ def _exec_file(path: Path, target: str) -> Any:
 
 
 def _load_module(target: str, attr: str | None, text: str) -> Pipeline:
+    refuse_main_module(target, text)
     try:
         module = importlib.import_module(target)
     except ModuleNotFoundError as e:
@@ -422,12 +423,22 @@ def _load_module(target: str, attr: str | None, text: str) -> Pipeline:
         raise InvalidPipeline(f"{e.filename} line {e.lineno}: {e.msg}; fix the Python syntax") from None
     except DatamillError:
         raise
-    except Exception as e:
+    except (Exception, SystemExit) as e:
         raise InvalidPipeline(f"importing module '{target}' failed: {type(e).__name__}: {e}") from e
     pipeline, found = _pick(module, attr, text, target)
     if pipeline._ref is None:
         pipeline._ref = f"{target}:{found}"
     return pipeline
+
+
+def refuse_main_module(target: str, text: str) -> None:
+    """Refuse a ``__main__`` module: importing one runs a program (``venv.__main__`` makes a virtual
+    environment, ``unittest.__main__`` runs tests), and it never defines a pipeline."""
+    if "__main__" in target.split("."):
+        raise InvalidPipeline(
+            f"pipeline reference {text[:200]!r}: '{target[:200]}' is a program's __main__ module, which runs "
+            "the program when imported; name the module that defines the pipeline (module:attr)"
+        )
 
 
 def _pick(module: Any, attr: str | None, text: str, where: str) -> tuple[Pipeline, str]:

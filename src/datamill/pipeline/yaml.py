@@ -26,12 +26,17 @@ Step fields: ``name``, exactly one of ``run`` / ``command``, and optionally ``pa
 Every error names the file, the line and the field, e.g.
 ``pipeline.yaml line 7: steps[1].retries: must be a whole number ≥ 0, got -1``.
 Modules named in ``run:`` are imported with the YAML file's directory on ``sys.path``.
+
+Sizes are bounded, so a hostile file cannot exhaust memory or make a huge error: a file holds at
+most :data:`MAX_BYTES`, expands (anchors and aliases counted at every use) to at most
+:data:`MAX_VALUES` values, and an error quotes at most :data:`MAX_QUOTE` characters of it.
 """
 
 from __future__ import annotations
 
 import importlib
 import importlib.util
+import reprlib
 import shlex
 import sys
 from collections.abc import Callable
@@ -43,10 +48,23 @@ import cloudpickle
 import yaml
 
 from datamill.errors import DatamillError, InvalidPipeline
-from datamill.pipeline.pipeline import Pipeline
+from datamill.pipeline.pipeline import Pipeline, refuse_main_module
 from datamill.pipeline.step import Step, command_step, step
 
-__all__ = ["load_yaml_pipeline", "parse_yaml_pipeline"]
+__all__ = ["MAX_BYTES", "MAX_DEPTH", "MAX_QUOTE", "MAX_VALUES", "load_yaml_pipeline", "parse_yaml_pipeline"]
+
+#: The largest pipeline file read (1 MiB); pipelines are a few hundred lines at most.
+MAX_BYTES = 1 << 20
+
+#: The most values (scalars, lists, mappings) a file may expand to, an alias counting as all it
+#: stands for: an "alias bomb" of a few hundred bytes otherwise expands to billions.
+MAX_VALUES = 100_000
+
+#: The deepest nesting of [ ] and { } read.
+MAX_DEPTH = 64
+
+#: The most characters of an error message (and of a value it quotes).
+MAX_QUOTE = 300
 
 _TOP_KEYS = ("name", "description", "steps")
 _STEP_KEYS = (
@@ -84,7 +102,81 @@ class _Seq(list[Any]):
 
 
 class _Loader(yaml.SafeLoader):
-    """SafeLoader that builds :class:`_Map`/:class:`_Seq` from the node tree, keeping node marks."""
+    """SafeLoader that builds :class:`_Map`/:class:`_Seq` from the node tree, keeping node marks.
+
+    The node tree is measured before anything is built from it (see :data:`MAX_VALUES`).
+    """
+
+    def construct_document(self, node: yaml.Node) -> Any:
+        _check_expansion(node)
+        return super().construct_document(node)
+
+    def fetch_flow_collection_start(self, TokenClass: Any) -> None:
+        # PyYAML's scanner slows down with the square of the depth of [ and { nesting.
+        if self.flow_level >= MAX_DEPTH:
+            raise _YamlProblem(self.get_mark().line + 1, "", f"values are nested more than {MAX_DEPTH} levels deep")
+        super().fetch_flow_collection_start(TokenClass)
+
+
+def _check_expansion(root: yaml.Node) -> None:
+    """Refuse a node tree that expands to more than MAX_VALUES values, or that contains itself."""
+    sizes: dict[int, int] = {}
+    open_: set[int] = set()
+    # Iterative post-order walk: a deep file must not exhaust the interpreter's stack here.
+    stack: list[tuple[yaml.Node, bool]] = [(root, False)]
+    while stack:
+        node, done = stack.pop()
+        key = id(node)
+        if done:
+            open_.discard(key)
+            sizes[key] = 1 + sum(sizes[id(c)] for c in _children(node))
+            if sizes[key] > MAX_VALUES:
+                raise _YamlProblem(
+                    node.start_mark.line + 1,
+                    "",
+                    f"the file expands to more than {MAX_VALUES} values (anchors and aliases count at every "
+                    "use); a pipeline is much smaller than that: write the values out",
+                )
+            continue
+        if key in sizes:
+            continue
+        if key in open_:
+            raise _YamlProblem(node.start_mark.line + 1, "", "an alias refers to a value that contains it")
+        open_.add(key)
+        stack.append((node, True))
+        stack.extend((c, False) for c in _children(node) if id(c) not in sizes)
+
+
+def _children(node: yaml.Node) -> list[yaml.Node]:
+    if isinstance(node, yaml.SequenceNode):
+        return list(node.value)
+    if isinstance(node, yaml.MappingNode):
+        return [n for pair in node.value for n in pair]
+    return []
+
+
+class _Quote(reprlib.Repr):
+    """repr() that stops early: a quoted value is never built in full."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.maxlevel, self.maxdict, self.maxlist, self.maxstring, self.maxother = 3, 6, 6, 80, 80
+
+    # reprlib finds these by the type's name.
+    def repr__Map(self, x: dict[Any, Any], level: int) -> str:
+        return self.repr_dict(x, level)
+
+    def repr__Seq(self, x: list[Any], level: int) -> str:
+        return self.repr_list(x, level)
+
+
+def _quote(value: Any) -> str:
+    """A short repr of a value read from a file, for error messages."""
+    return _Quote().repr(value)
+
+
+def _cap(text: str, limit: int = MAX_QUOTE) -> str:
+    return text if len(text) <= limit else text[: limit - 1] + "…"
 
 
 def _construct_map(loader: _Loader, node: yaml.MappingNode) -> _Map:
@@ -100,7 +192,8 @@ def _construct_map(loader: _Loader, node: yaml.MappingNode) -> _Map:
         except TypeError:
             raise _YamlProblem(line, "", "a mapping key must be a plain value") from None
         if key in m:
-            raise _YamlProblem(line, str(key), f"duplicate key '{key}' (first on line {m.key_lines[key]})")
+            first = m.key_lines[key]
+            raise _YamlProblem(line, _cap(str(key), 80), f"duplicate key {_quote(key)} (first on line {first})")
         m[key] = loader.construct_object(value_node, deep=True)
         m.key_lines[key] = line
         m.value_lines[key] = value_node.start_mark.line + 1
@@ -135,8 +228,9 @@ class _Checker:
         self.filename = filename
 
     def error(self, line: int, field: str, message: str) -> InvalidPipeline:
+        field = _cap(field, 120)
         where = f"{self.filename} line {line}: " + (f"{field}: " if field else "")
-        return InvalidPipeline(where + message, file=self.filename, line=line, field=field)
+        return InvalidPipeline(_cap(where + message), file=self.filename, line=line, field=field)
 
 
 def load_yaml_pipeline(path: str | Path) -> Pipeline:
@@ -148,7 +242,14 @@ def load_yaml_pipeline(path: str | Path) -> Pipeline:
     """
     p = Path(path)
     try:
-        text = p.read_text(encoding="utf-8")
+        with open(p, "rb") as f:
+            data = f.read(MAX_BYTES + 1)
+        if len(data) > MAX_BYTES:
+            raise InvalidPipeline(
+                f"pipeline file '{path}' is larger than {MAX_BYTES >> 20} MiB; a pipeline file is small: "
+                "keep data out of it"
+            )
+        text = data.decode("utf-8")
     except OSError as e:
         raise InvalidPipeline(f"pipeline file '{path}' cannot be read: {e.strerror or e}") from None
     except UnicodeDecodeError as e:
@@ -164,23 +265,27 @@ def parse_yaml_pipeline(text: str, filename: str = "pipeline.yaml", base_dir: st
     """
     chk = _Checker(filename)
     base = Path(base_dir).resolve() if base_dir is not None else Path.cwd()
+    if len(text) > MAX_BYTES:
+        raise InvalidPipeline(f"{filename}: larger than {MAX_BYTES >> 20} MiB; a pipeline file is small")
     try:
         doc = yaml.load(text, Loader=_Loader)
     except _YamlProblem as e:
         raise chk.error(e.line, e.field, e.message) from None
+    except RecursionError:
+        raise InvalidPipeline(f"{filename}: values are nested too deeply; a pipeline needs a few levels") from None
     except yaml.MarkedYAMLError as e:
         mark = e.problem_mark or e.context_mark
         what = " ".join(x for x in (e.context, e.problem) if x) or "not valid YAML"
         if mark is None:
-            raise InvalidPipeline(f"{filename}: not valid YAML: {what}") from None
+            raise InvalidPipeline(_cap(f"{filename}: not valid YAML: {what}")) from None
         raise InvalidPipeline(
-            f"{filename} line {mark.line + 1}, column {mark.column + 1}: not valid YAML: {what}",
+            _cap(f"{filename} line {mark.line + 1}, column {mark.column + 1}: not valid YAML: {what}"),
             file=filename,
             line=mark.line + 1,
             column=mark.column + 1,
         ) from None
     except yaml.YAMLError as e:
-        raise InvalidPipeline(f"{filename}: not valid YAML: {e}") from None
+        raise InvalidPipeline(_cap(f"{filename}: not valid YAML: {e}")) from None
     if doc is None:
         raise InvalidPipeline(f"{filename}: the file is empty; a pipeline needs 'name' and 'steps'", file=filename)
     if not isinstance(doc, _Map):
@@ -189,7 +294,8 @@ def parse_yaml_pipeline(text: str, filename: str = "pipeline.yaml", base_dir: st
     _unknown_keys(chk, doc, _TOP_KEYS, "")
     name = doc.get("name", Path(filename).stem)
     if not isinstance(name, str) or not name.strip():
-        raise chk.error(doc.value_lines.get("name", doc.line), "name", f"must be a non-empty string, got {name!r}")
+        line = doc.value_lines.get("name", doc.line)
+        raise chk.error(line, "name", f"must be a non-empty string, got {_quote(name)}")
     description = doc.get("description", "")
     if not isinstance(description, str):
         raise chk.error(doc.value_lines["description"], "description", "must be a string")
@@ -222,8 +328,8 @@ def _unknown_keys(chk: _Checker, m: _Map, allowed: tuple[str, ...], prefix: str)
         if key not in allowed:
             raise chk.error(
                 m.key_lines[key],
-                f"{prefix}{key}",
-                f"unknown field '{key}'; allowed fields: {', '.join(allowed)}",
+                f"{prefix}{_cap(str(key), 80)}",
+                f"unknown field {_quote(key)}; allowed fields: {', '.join(allowed)}",
             )
 
 
@@ -258,7 +364,7 @@ def _check_step(chk: _Checker, steps: _Seq, i: int) -> _StepSpec:
         return chk.error(node.value_lines.get(key, node.line), f"{prefix}.{key}", message)
 
     def got(key: str) -> str:
-        return f", got {node[key]!r}"
+        return f", got {_quote(node[key])}"
 
     opts: dict[str, Any] = {}
     if ("run" in node) == ("command" in node):
@@ -389,11 +495,15 @@ def _import_function(chk: _Checker, spec: _StepSpec, base: Path) -> Callable[...
             _with_path(base)
             try:
                 spec_.loader.exec_module(module)
-            except Exception as e:
+            except (Exception, SystemExit) as e:
                 sys.modules.pop(mod_name, None)
                 raise chk.error(line, field, f"loading '{target}' failed: {type(e).__name__}: {e}") from e
             cloudpickle.register_pickle_by_value(module)
     else:
+        try:
+            refuse_main_module(target, run)
+        except InvalidPipeline as e:
+            raise chk.error(line, field, e.message) from None
         _with_path(base)
         try:
             module = importlib.import_module(target)
@@ -401,7 +511,7 @@ def _import_function(chk: _Checker, spec: _StepSpec, base: Path) -> Callable[...
             if e.name and (target == e.name or target.startswith(e.name + ".")):
                 raise chk.error(line, field, f"cannot import module '{target}': no module named '{e.name}'") from None
             raise chk.error(line, field, f"importing module '{target}' failed: {e}") from e
-        except Exception as e:
+        except (Exception, SystemExit) as e:
             raise chk.error(line, field, f"importing module '{target}' failed: {type(e).__name__}: {e}") from e
     value: Any = module
     for part in attr.split("."):

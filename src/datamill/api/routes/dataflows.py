@@ -36,7 +36,10 @@ class DataflowCreate(BaseModel):
     source: str = Field(description="The folder it watches.")
     dest: str | None = Field(None, description="The folder results go to (outside the source).")
     destination: str | None = Field(None, description="Same as dest.")
-    pipeline: str = Field(description="A pipeline reference the server can load: module:attr, file.py:attr, file.yaml.")
+    pipeline: str = Field(
+        description="A registered pipeline name (GET /pipelines); site admins may also give a reference: "
+        "module:attr, file.py:attr, file.yaml."
+    )
     trigger: str = Field("new-items", description="new-items, manual or 'cron:<five fields>'.")
     params: dict[str, Any] = Field(default_factory=dict, description="Step parameters: {'step.param': value}.")
     description: str = ""
@@ -63,7 +66,7 @@ class RunStarted(BaseModel):
 
 
 def _client(home: Any, actor: Any) -> LocalClient:
-    return LocalClient(home, actor)
+    return LocalClient(home, actor, serving=True)
 
 
 @router.get("/dataflows", summary="List dataflows")

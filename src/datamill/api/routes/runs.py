@@ -36,7 +36,10 @@ router = APIRouter(tags=["runs"])
 
 MAX_WAIT = 60.0
 
-PIPELINE_DOC = "A pipeline reference the server can load: module:attr, /path/file.py:attr or /path/file.yaml."
+PIPELINE_DOC = (
+    "A registered pipeline name (GET /pipelines); site admins may also give a reference the server can load: "
+    "module:attr, /path/file.py:attr or /path/file.yaml."
+)
 
 
 class PlanRequest(BaseModel):
@@ -73,7 +76,7 @@ class Cancelled(BaseModel):
 
 
 def _client(home: Any, actor: Any) -> LocalClient:
-    return LocalClient(home, actor)
+    return LocalClient(home, actor, serving=True)
 
 
 @router.post("/plan", summary="Plan a run (dry run)")

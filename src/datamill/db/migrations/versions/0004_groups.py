@@ -1,6 +1,6 @@
 """groups: groups, their members and their folder grants
 
-Revision ID: 0004_groups
+Revision ID: 0004
 Revises: 0003
 Create Date: 2026-11-24 10:00:00.000000
 """
@@ -10,7 +10,7 @@ from __future__ import annotations
 import sqlalchemy as sa
 from alembic import op
 
-revision = "0004_groups"
+revision = "0004"
 down_revision = "0003"
 branch_labels = None
 depends_on = None

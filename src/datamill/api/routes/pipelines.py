@@ -1,0 +1,59 @@
+"""The pipeline registry: the pipelines users choose by name for runs and dataflows.
+
+Routes (under ``/api/v1``):
+
+* ``GET /pipelines``: every registered pipeline (name, description, origin, steps); site admins
+  also see each one's reference, which may be a path on the server
+* ``POST /pipelines``: register a reference under a name (site admins only; it must load)
+* ``DELETE /pipelines/{name}``: remove a pipeline a site admin registered (site admins only)
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from fastapi import APIRouter
+from fastapi.responses import JSONResponse
+from pydantic import BaseModel, Field
+
+from datamill.api.deps import ActorDep, HomeDep, blocking
+from datamill.api.schemas import Done
+from datamill.client.local import LocalClient
+from datamill.engine.registry import MAX_REF
+
+router = APIRouter(tags=["pipelines"])
+
+
+class PipelineCreate(BaseModel):
+    """A pipeline to register."""
+
+    name: str = Field(max_length=100, description="1-100 letters, digits, '_' or '-'.")
+    ref: str = Field(
+        max_length=MAX_REF,
+        description="What to load, on the server: module:attr, /path/file.py:attr or /path/file.yaml.",
+    )
+    description: str = Field("", max_length=10_000, description="Shown in listings; the pipeline's own by default.")
+
+
+def _client(home: Any, actor: Any) -> LocalClient:
+    return LocalClient(home, actor, serving=True)
+
+
+@router.get("/pipelines", summary="List registered pipelines")
+async def list_pipelines(actor: ActorDep, home: HomeDep) -> JSONResponse:
+    """The pipelines runs and dataflows may use, by name."""
+    return JSONResponse(await blocking(_client(home, actor).pipelines))
+
+
+@router.post("/pipelines", status_code=201, summary="Register a pipeline")
+async def add_pipeline(body: PipelineCreate, actor: ActorDep, home: HomeDep) -> JSONResponse:
+    """Register ``ref`` as ``name`` after checking that it loads (site admins only)."""
+    info = await blocking(_client(home, actor).add_pipeline, body.name, body.ref, body.description)
+    return JSONResponse(info, status_code=201)
+
+
+@router.delete("/pipelines/{name}", response_model=Done, summary="Remove a registered pipeline")
+async def remove_pipeline(name: str, actor: ActorDep, home: HomeDep) -> dict[str, Any]:
+    """Remove a pipeline a site admin registered (site admins only)."""
+    await blocking(_client(home, actor).remove_pipeline, name)
+    return {"ok": True}
