@@ -170,12 +170,11 @@ def test_many_log_followers_take_no_thread_each_and_are_released(server: ServerH
     assert wait_for(lambda: guard.open == 0)
     assert wait_for(lambda: guard.tailer.state(held.task_id) is None)
     # A follower still sees the rest of the log and the end of the task.
-    with httpx.Client(timeout=TIMEOUT) as c:
-        with c.stream("GET", url, params={"follow": True}, headers=bearer(bob)) as r:
-            chunks = r.iter_text()
-            read_until(chunks, "holding")
-            held.release()
-            rest = "".join(chunks)
+    with httpx.stream("GET", url, params={"follow": True}, headers=bearer(bob), timeout=TIMEOUT) as r:
+        chunks = r.iter_text()
+        read_until(chunks, "holding")
+        held.release()
+        rest = "".join(chunks)
     assert "released a.txt" in rest
 
 
@@ -237,15 +236,14 @@ def test_replays_are_bounded_per_user_and_others_still_answered(
                 r.close()
     assert wait_for(lambda: guard.open == 0)
     # Slots are given back on disconnect: a replay is admitted again and reads every event.
-    with httpx.Client(timeout=TIMEOUT) as c:
-        with c.stream("GET", url, params={"since": 0, "kinds": "test."}, headers=bearer(bob)) as r:
-            assert r.status_code == 200
-            seen = 0
-            for line in r.iter_lines():
-                if line.startswith("event: test.filler"):
-                    seen += 1
-                    if seen == 20_000:
-                        break
+    with httpx.stream("GET", url, params={"since": 0, "kinds": "test."}, headers=bearer(bob), timeout=TIMEOUT) as r:
+        assert r.status_code == 200
+        seen = 0
+        for line in r.iter_lines():
+            if line.startswith("event: test.filler"):
+                seen += 1
+                if seen == 20_000:
+                    break
     assert seen == 20_000
 
 
@@ -395,25 +393,27 @@ def test_losing_access_stops_events_and_closes_log_follow(
     local.share("Shared", "bob", "read")
     url = f"{server.url}/api/v1/events/stream"
     log_url = f"{server.url}/api/v1/tasks/{held.task_id}/logs"
-    with httpx.Client(timeout=TIMEOUT) as c:
-        with c.stream("GET", log_url, params={"follow": True}, headers=bearer(bob)) as log:
-            log_chunks = log.iter_text()
-            read_until(log_chunks, "holding")
-            since = home.events.latest()
-            with c.stream("GET", url, params={"since": since, "kinds": "item."}, headers=bearer(bob)) as r:
-                events_seen = read_sse(r.iter_lines())
-                next(events_seen)  # the 'retry' line's block: the stream is open
-                local.put("Shared", "one.csv", b"1")
-                first = next(events_seen)
-                assert first["event"] == "item.created" and "one.csv" in first["data"]
-                # Bob loses access to both folders: no more of their events, and the log closes.
-                local.share("Shared", "bob", "none")
-                local.share("Raw", "bob", "none")
-                local.put("Shared", "two.csv", b"2")
-                rest = "".join(log_chunks)
-                assert "[datamill] log stream closed" in rest
-                local.as_user("bob").create_folder("Mine")
-                local.as_user("bob").put("Mine", "three.csv", b"3")
-                nxt = next(events_seen)
-                assert "three.csv" in nxt["data"], nxt  # two.csv was skipped
+    with (
+        httpx.Client(timeout=TIMEOUT) as c,
+        c.stream("GET", log_url, params={"follow": True}, headers=bearer(bob)) as log,
+    ):
+        log_chunks = log.iter_text()
+        read_until(log_chunks, "holding")
+        since = home.events.latest()
+        with c.stream("GET", url, params={"since": since, "kinds": "item."}, headers=bearer(bob)) as r:
+            events_seen = read_sse(r.iter_lines())
+            next(events_seen)  # the 'retry' line's block: the stream is open
+            local.put("Shared", "one.csv", b"1")
+            first = next(events_seen)
+            assert first["event"] == "item.created" and "one.csv" in first["data"]
+            # Bob loses access to both folders: no more of their events, and the log closes.
+            local.share("Shared", "bob", "none")
+            local.share("Raw", "bob", "none")
+            local.put("Shared", "two.csv", b"2")
+            rest = "".join(log_chunks)
+            assert "[datamill] log stream closed" in rest
+            local.as_user("bob").create_folder("Mine")
+            local.as_user("bob").put("Mine", "three.csv", b"3")
+            nxt = next(events_seen)
+            assert "three.csv" in nxt["data"], nxt  # two.csv was skipped
     assert wait_for(lambda: guard.open == 0)
