@@ -19,7 +19,7 @@ from __future__ import annotations
 
 import json
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Mapping
 from typing import Any
 
 import anyio
@@ -120,9 +120,15 @@ class EventStreamResponse(StreamingResponse):
     media_type = "text/event-stream"
 
     def __init__(
-        self, content: Any, follower: Follower | None = None, guard: StreamGuard | None = None, **kwargs: Any
+        self,
+        content: Any,
+        status_code: int = 200,
+        headers: Mapping[str, str] | None = None,
+        follower: Follower | None = None,
+        guard: StreamGuard | None = None,
     ) -> None:
-        super().__init__(content, **kwargs)
+        # status_code is in the signature for FastAPI, which reads its default for the OpenAPI document.
+        super().__init__(content, status_code=status_code, headers=headers)
         self.follower = follower
         self.guard = guard
 
