@@ -47,6 +47,13 @@ SETTINGS: tuple[Setting, ...] = (
     Setting("batch_window_ms", int, 30, "Items landing within this window go into one dataflow run."),
     Setting("demo", bool, True, "Create the demo folders and dataflow on first start."),
     Setting("log_level", str, "info", "Log level: debug, info, warning, error."),
+    Setting(
+        "stream_recheck_ms",
+        int,
+        2000,
+        "Open event streams, log follows and waits re-check their token (and access) this often.",
+    ),
+    Setting("replays_per_user", int, 4, "Event stream replays (from far back) one user may run at once."),
 )
 
 _BY_KEY = {s.key: s for s in SETTINGS}
@@ -102,6 +109,8 @@ class Settings:
     batch_window_ms: int = 30
     demo: bool = True
     log_level: str = "info"
+    stream_recheck_ms: int = 2000
+    replays_per_user: int = 4
     profile: str = "local"
     sources: tuple[str, ...] = field(default=(), compare=False)
 

@@ -176,3 +176,31 @@ class RangeNotSatisfiable(InvalidInput):
 
     status = 416
     code = "range_not_satisfiable"
+
+
+class TooLarge(InvalidInput):
+    """The request is too large. Send less (split it up) or stream the bytes as an upload."""
+
+    status = 413
+    code = "too_large"
+
+
+class HeadersTooLarge(InvalidInput):
+    """A request header is too large. Send shorter headers (a token is under 100 characters)."""
+
+    status = 431
+    code = "headers_too_large"
+
+
+class TooManyRequests(DatamillError):
+    """Too many requests of this kind at once. Wait a few seconds and try again."""
+
+    status = 429
+    code = "too_many_requests"
+
+
+class Unavailable(DatamillError):
+    """The server is shutting down. Connect again once it is back."""
+
+    status = 503
+    code = "unavailable"

@@ -22,10 +22,12 @@ from datamill.api.broadcast import EventBroadcaster
 from datamill.api.deps import blocking
 from datamill.api.errors import ErrorBoundary, install_error_handlers
 from datamill.api.landing import router as landing_router
+from datamill.api.limits import RequestLimits
 from datamill.api.middleware import AccessLog, TokenAuth, silence_uvicorn_access_log
 from datamill.api.routes import content, dataflows, events, folders, items, pipelines, runs, users
 from datamill.api.routes import groups as group_routes
 from datamill.api.routes import lineage as lineage_routes
+from datamill.api.streams import StreamGuard
 from datamill.home import Home
 
 API_PREFIX = "/api/v1"
@@ -98,6 +100,7 @@ def create_app(home: Home, sse_keepalive: float = SSE_KEEPALIVE, services: bool 
     )
     app.state.home = home
     app.state.broadcaster = broadcaster
+    app.state.guard = StreamGuard(home)
     app.state.sse_keepalive = sse_keepalive
     app.state.active_streams = 0
 
@@ -109,8 +112,9 @@ def create_app(home: Home, sse_keepalive: float = SSE_KEEPALIVE, services: bool 
     app.include_router(landing_router)
 
     install_error_handlers(app)
-    # add_middleware wraps: the last added runs first. Order: log -> catch-all -> auth -> routes.
+    # add_middleware wraps: the last added runs first. Order: log -> catch-all -> size limits -> auth -> routes.
     app.add_middleware(TokenAuth, home=home)
+    app.add_middleware(RequestLimits)
     app.add_middleware(ErrorBoundary)
     app.add_middleware(AccessLog)
     return app

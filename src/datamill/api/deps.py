@@ -13,6 +13,7 @@ from fastapi import Depends, Request, Security
 from fastapi.security import APIKeyCookie, HTTPBearer
 from starlette.concurrency import run_in_threadpool
 
+from datamill.api.streams import StreamGuard
 from datamill.errors import Unauthorized
 from datamill.home import Home
 from datamill.store.access import Actor
@@ -53,5 +54,21 @@ def get_actor(
     return actor
 
 
+def get_token(request: Request) -> str:
+    """The token the request was authenticated with (long-lived responses re-check it)."""
+    token = request.scope.get("state", {}).get("token")
+    if not isinstance(token, str):
+        raise Unauthorized()
+    return token
+
+
+def get_guard(request: Request) -> StreamGuard:
+    """The app's :class:`~datamill.api.streams.StreamGuard` of long-lived responses."""
+    guard: StreamGuard = request.app.state.guard
+    return guard
+
+
 HomeDep = Annotated[Home, Depends(get_home)]
+TokenDep = Annotated[str, Depends(get_token)]
+GuardDep = Annotated[StreamGuard, Depends(get_guard)]
 ActorDep = Annotated[Actor, Depends(get_actor)]

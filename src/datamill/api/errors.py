@@ -9,6 +9,7 @@ may hold (paths, URLs with passwords, tokens) reaches the client.
 
 from __future__ import annotations
 
+import json
 import logging
 from typing import Any
 
@@ -18,13 +19,45 @@ from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from datamill.errors import DatamillError, InvalidInput, NotFound, RangeNotSatisfiable, Unauthorized
+from datamill.errors import (
+    DatamillError,
+    InvalidInput,
+    NotFound,
+    RangeNotSatisfiable,
+    TooManyRequests,
+    Unauthorized,
+)
 
 log = logging.getLogger("datamill.api")
 
 INTERNAL_MESSAGE = "internal error; see the server log"
 
 _HTTP_CODES = {404: "not_found", 405: "method_not_allowed", 406: "not_acceptable", 413: "too_large"}
+
+#: An error message is cut to this many characters: it may quote what a caller sent (a name, a
+#: parse error of a file), and an error body must stay small whatever they sent.
+MAX_MESSAGE = 1000
+#: ``detail`` larger than this (as JSON) is replaced by a note saying so.
+MAX_DETAIL = 8 * 1024
+#: At most this many validation errors are listed.
+MAX_ERRORS = 20
+
+
+def bounded(message: str, limit: int = MAX_MESSAGE) -> str:
+    """``message``, cut to ``limit`` characters with a note of how much was left out."""
+    if len(message) <= limit:
+        return message
+    return f"{message[:limit]}... ({len(message) - limit} more characters left out)"
+
+
+def _bounded_detail(detail: dict[str, Any]) -> dict[str, Any]:
+    try:
+        size = len(json.dumps(detail, default=str))
+    except (TypeError, ValueError, RecursionError):
+        size = MAX_DETAIL + 1
+    if size <= MAX_DETAIL:
+        return detail
+    return {"truncated": f"the error's detail was {size} bytes long and is left out; see the server log"}
 
 
 def error_body(status: int, code: str, message: str, detail: dict[str, Any] | None = None) -> dict[str, Any]:
@@ -43,6 +76,8 @@ def public_error(exc: DatamillError) -> dict[str, Any]:
     if isinstance(exc, NotFound) and "path" in exc.detail:
         body["error"] = (NotFound.__doc__ or "not found").strip()
         body["detail"] = {k: v for k, v in exc.detail.items() if k != "path"}
+    body["error"] = bounded(str(body["error"]))
+    body["detail"] = _bounded_detail(body["detail"] if isinstance(body["detail"], dict) else {})
     return body
 
 
@@ -53,6 +88,8 @@ def error_response(exc: DatamillError) -> JSONResponse:
         headers["WWW-Authenticate"] = 'Bearer realm="datamill"'
     if isinstance(exc, RangeNotSatisfiable) and "size" in exc.detail:
         headers["Content-Range"] = f"bytes */{exc.detail['size']}"
+    if isinstance(exc, TooManyRequests):
+        headers["Retry-After"] = str(exc.detail.get("retry_after", 5))
     return JSONResponse(public_error(exc), status_code=exc.status, headers=headers)
 
 
@@ -73,12 +110,12 @@ async def _validation_error(request: Request, exc: Exception) -> JSONResponse:
     # The offending input is left out on purpose: it may be large, or a secret sent by mistake.
     errors = [
         {"loc": [str(p) for p in e.get("loc", ())], "msg": str(e.get("msg", "")), "type": str(e.get("type", ""))}
-        for e in exc.errors()
+        for e in exc.errors()[:MAX_ERRORS]
     ]
     if any(e["type"] == "json_invalid" for e in errors):
         body = InvalidInput("the request body is not valid JSON; send a JSON object", errors=errors).to_dict()
         return JSONResponse(body, status_code=400)
-    summary = "; ".join(f"{'.'.join(e['loc'])}: {e['msg']}" for e in errors)
+    summary = bounded("; ".join(f"{'.'.join(e['loc'])}: {e['msg']}" for e in errors), MAX_MESSAGE // 2)
     message = f"the request does not match the API ({summary}); see /docs"
     return JSONResponse(error_body(422, "invalid_request", message, {"errors": errors}), status_code=422)
 
@@ -86,7 +123,7 @@ async def _validation_error(request: Request, exc: Exception) -> JSONResponse:
 async def _http_error(request: Request, exc: Exception) -> JSONResponse:
     assert isinstance(exc, StarletteHTTPException)
     code = _HTTP_CODES.get(exc.status_code, "http_error")
-    message = exc.detail if isinstance(exc.detail, str) else "request failed"
+    message = bounded(exc.detail) if isinstance(exc.detail, str) else "request failed"
     if exc.status_code == 404:
         message = "no such API route; see /docs for the routes"
     return JSONResponse(error_body(exc.status_code, code, message), status_code=exc.status_code, headers=exc.headers)

@@ -78,7 +78,10 @@ class TokenAuth:
         except DatamillError as exc:
             await error_response(exc)(scope, receive, send)
             return
-        scope.setdefault("state", {})["actor"] = actor
+        state = scope.setdefault("state", {})
+        state["actor"] = actor
+        # Long-lived responses re-check it while they stay open (api/streams.py).
+        state["token"] = token
         await self.app(scope, receive, send)
 
 

@@ -23,6 +23,7 @@ import uvicorn
 from fastapi import FastAPI
 
 from datamill.api.app import create_app
+from datamill.api.limits import MAX_HEAD_BYTES, BoundedH11Protocol
 from datamill.errors import ConfigError, DatamillError
 from datamill.home import Home
 
@@ -82,6 +83,7 @@ class _Server(uvicorn.Server):
         """Begin a graceful shutdown; safe from any thread."""
         self.should_exit = True
         self.app.state.broadcaster.close()
+        self.app.state.guard.close()
 
     def handle_exit(self, sig: int, frame: FrameType | None) -> None:
         # Deliberately not uvicorn's: it re-raises the signal once shut down (a KeyboardInterrupt
@@ -102,6 +104,9 @@ def _config(app: FastAPI, log_level: str | None = None) -> uvicorn.Config:
         server_header=False,
         ws="none",
         timeout_graceful_shutdown=GRACEFUL_SECONDS,
+        # Oversized or malformed request heads get a JSON 4xx instead of a reset (api/limits.py).
+        http=BoundedH11Protocol,
+        h11_max_incomplete_event_size=MAX_HEAD_BYTES,
     )
 
 

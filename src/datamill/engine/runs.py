@@ -738,6 +738,16 @@ def list_tasks(conn: Connection, run_id: int, with_outputs: bool = True) -> list
     return rows
 
 
+def task_log_states(conn: Connection, task_ids: Iterable[int]) -> dict[int, tuple[str, str | None]]:
+    """``task id -> (status, log digest)`` for the tasks that exist: what a log follower waits for."""
+    ids = sorted(set(task_ids))
+    out: dict[int, tuple[str, str | None]] = {}
+    for i in range(0, len(ids), 500):
+        rows = conn.execute(select(Task.id, Task.status, Task.log_digest).where(Task.id.in_(ids[i : i + 500])))
+        out.update((int(r.id), (str(r.status), r.log_digest)) for r in rows)
+    return out
+
+
 def get_task(conn: Connection, task_id: int) -> TaskRow | None:
     """One task with its outputs."""
     r = conn.execute(select(Task).where(Task.id == task_id)).first()

@@ -6,7 +6,9 @@
 * ``GET /api/v1/events/stream?since=N&kinds=...``: ``text/event-stream``; each event is sent as
   ``id: <seq>``, ``event: <kind>``, ``data: <event JSON>``. A reconnecting client's
   ``Last-Event-ID`` header takes precedence over ``since``. A ``: keep-alive`` comment goes out
-  every ~15 s. The stream ends when the client disconnects or the server shuts down.
+  every ~15 s. The stream ends when the client disconnects or the server shuts down, and with an
+  ``event: error`` (the JSON error shape) once the token is revoked or expires. Replays from far
+  back are limited per user (429 with ``Retry-After``).
 
 ``kinds`` takes exact kinds or prefixes ending in ``.`` or ``*`` (``item.`` matches
 ``item.created``), repeated or comma-separated. Only events of folders you may read are shown
@@ -17,7 +19,7 @@ from __future__ import annotations
 
 import json
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Mapping
 from typing import Any
 
 import anyio
@@ -26,8 +28,11 @@ from fastapi.responses import StreamingResponse
 from starlette.types import Receive, Scope, Send
 
 from datamill.api.broadcast import EventBroadcaster
-from datamill.api.deps import ActorDep, HomeDep, blocking
+from datamill.api.deps import ActorDep, GuardDep, HomeDep, TokenDep, blocking
+from datamill.api.errors import public_error
 from datamill.api.schemas import EventsOut
+from datamill.api.streams import Follower, StreamGuard
+from datamill.errors import DatamillError, Unavailable
 from datamill.events import EventRecord
 from datamill.home import Home
 from datamill.store.access import Actor
@@ -67,6 +72,8 @@ def read_visible(
 async def read_events(
     request: Request,
     actor: ActorDep,
+    token: TokenDep,
+    guard: GuardDep,
     home: HomeDep,
     since: int = Query(0, ge=0, description="Return events after this seq."),
     limit: int = Query(1000, ge=1, le=10_000, description="Read at most this many events of the log."),
@@ -75,16 +82,24 @@ async def read_events(
 ) -> dict[str, Any]:
     """Events after ``since`` that you may see, oldest first, and the cursor to continue from."""
     wanted = split_kinds(kinds)
+    if wait <= 0:
+        events, cursor, _ = await blocking(read_visible, home, actor, since, limit, wanted)
+        return {"events": [e.to_dict() for e in events], "next": cursor}
     broadcaster: EventBroadcaster = request.app.state.broadcaster
     deadline = time.monotonic() + wait
     cursor = since
-    while True:
-        events, cursor, full = await blocking(read_visible, home, actor, cursor, limit, wanted)
-        remaining = deadline - time.monotonic()
-        if events or remaining <= 0:
-            break
-        if not full and not await broadcaster.wait(cursor, remaining):
-            break
+    with guard.follow(token, actor) as follower:
+        while True:
+            events, cursor, full = await guard.read(read_visible, home, follower.actor, cursor, limit, wanted)
+            remaining = deadline - time.monotonic()
+            if events or remaining <= 0:
+                break
+            if not full and not await follower.pause(broadcaster.wait, cursor, remaining):
+                break
+            if broadcaster.closed:
+                break
+        if follower.reason is not None and not isinstance(follower.reason, Unavailable):
+            raise follower.reason
     return {"events": [e.to_dict() for e in events], "next": cursor}
 
 
@@ -98,24 +113,48 @@ class EventStreamResponse(StreamingResponse):
 
     Starlette only watches for the disconnect message with older ASGI servers; an event stream
     can sit idle for minutes, so it listens for it itself whatever the server's spec version.
+    With a ``follower``, the guard is told when the response ends, however it ends (its
+    generator may never have started if the client left at once).
     """
 
     media_type = "text/event-stream"
 
+    def __init__(
+        self,
+        content: Any,
+        status_code: int = 200,
+        headers: Mapping[str, str] | None = None,
+        follower: Follower | None = None,
+        guard: StreamGuard | None = None,
+    ) -> None:
+        # status_code is in the signature for FastAPI, which reads its default for the OpenAPI document.
+        super().__init__(content, status_code=status_code, headers=headers)
+        self.follower = follower
+        self.guard = guard
+
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        async with anyio.create_task_group() as tg:
+        try:
+            async with anyio.create_task_group() as tg:
 
-            async def stream() -> None:
-                await self.stream_response(send)
+                async def stream() -> None:
+                    await self.stream_response(send)
+                    tg.cancel_scope.cancel()
+
+                tg.start_soon(stream)
+                await self.listen_for_disconnect(receive)
                 tg.cancel_scope.cancel()
+        finally:
+            if self.follower is not None and self.guard is not None:
+                self.guard.release(self.follower)
 
-            tg.start_soon(stream)
-            await self.listen_for_disconnect(receive)
-            tg.cancel_scope.cancel()
+
+def sse_error(reason: DatamillError) -> str:
+    """The last message of a stream closed by the server: ``event: error`` with the JSON error shape."""
+    return f"event: error\ndata: {json.dumps(public_error(reason), separators=(',', ':'))}\n\n"
 
 
 async def _stream(
-    request: Request, home: Home, actor: Actor, cursor: int, kinds: list[str] | None
+    request: Request, home: Home, guard: StreamGuard, follower: Follower, cursor: int, kinds: list[str] | None
 ) -> AsyncIterator[str]:
     state = request.app.state
     broadcaster: EventBroadcaster = state.broadcaster
@@ -125,17 +164,31 @@ async def _stream(
         yield "retry: 3000\n: connected\n\n"
         last_sent = time.monotonic()
         while not broadcaster.closed:
-            events, cursor, full = await blocking(read_visible, home, actor, cursor, STREAM_BATCH, kinds)
+            if follower.reason is not None:
+                break
+            # A page at a time, each read a short one: a replay never holds a thread or a
+            # connection for its whole length. Each event is checked against the caller's
+            # rights as of the last token re-check.
+            events, cursor, full = await guard.read(
+                read_visible, home, follower.actor, cursor, STREAM_BATCH, kinds
+            )
+            if follower.reason is not None:
+                break
             for ev in events:
                 yield sse_event(ev)
             if events:
                 last_sent = time.monotonic()
             if full:
                 continue
+            guard.caught_up(follower)
             if time.monotonic() - last_sent >= keepalive:
                 yield ": keep-alive\n\n"
                 last_sent = time.monotonic()
-            await broadcaster.wait(cursor, max(0.05, keepalive - (time.monotonic() - last_sent)))
+            timeout = max(0.05, keepalive - (time.monotonic() - last_sent))
+            if not await follower.pause(broadcaster.wait, cursor, timeout):
+                break
+        if follower.reason is not None and not isinstance(follower.reason, Unavailable):
+            yield sse_error(follower.reason)
     finally:
         state.active_streams -= 1
 
@@ -149,16 +202,27 @@ async def _stream(
 async def stream_events(
     request: Request,
     actor: ActorDep,
+    token: TokenDep,
+    guard: GuardDep,
     home: HomeDep,
     since: int = Query(0, ge=0, description="Start after this seq."),
     kinds: list[str] | None = Query(None, description=KINDS_DOC),
     last_event_id: str | None = Header(None, description="Resume after this seq (sent by reconnecting clients)."),
 ) -> EventStreamResponse:
-    """Events as they are appended, as Server-Sent Events."""
+    """Events as they are appended, as Server-Sent Events.
+
+    A stream starting more than a page of events behind the newest is a replay: each user may
+    run a few at once (429 with ``Retry-After`` beyond that). The stream ends with an ``error``
+    event once the token is revoked or expires.
+    """
     cursor = since
     if last_event_id and last_event_id.strip().isdigit():
         cursor = int(last_event_id.strip())
+    latest = await guard.read(home.events.latest)
+    follower = guard.open_follower(token, actor, replay=latest - cursor > STREAM_BATCH)
     return EventStreamResponse(
-        _stream(request, home, actor, cursor, split_kinds(kinds)),
+        _stream(request, home, guard, follower, cursor, split_kinds(kinds)),
+        follower=follower,
+        guard=guard,
         headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"},
     )

@@ -17,20 +17,24 @@ same as with ``datamill`` on a local home.
 
 from __future__ import annotations
 
+import codecs
 import time
+from collections.abc import AsyncIterator
 from typing import Any
 
 from fastapi import APIRouter, Query, Request
 from fastapi.responses import JSONResponse
 from pydantic import BaseModel, Field
-from starlette.concurrency import iterate_in_threadpool
 
 from datamill.api.broadcast import EventBroadcaster
-from datamill.api.deps import ActorDep, HomeDep, blocking
+from datamill.api.deps import ActorDep, GuardDep, HomeDep, TokenDep, blocking
 from datamill.api.routes.events import EventStreamResponse
+from datamill.api.streams import GONE, Follower, StreamGuard, read_bytes
 from datamill.client.local import LocalClient
-from datamill.engine.runs import FINISHED_RUN
-from datamill.errors import Conflict
+from datamill.engine.runs import FINISHED_RUN, FINISHED_TASK
+from datamill.errors import Conflict, DatamillError, Unavailable
+from datamill.home import Home
+from datamill.store.access import Actor
 
 router = APIRouter(tags=["runs"])
 
@@ -123,21 +127,34 @@ async def get_run(
     request: Request,
     run_id: int,
     actor: ActorDep,
+    token: TokenDep,
+    guard: GuardDep,
     home: HomeDep,
     wait: float = Query(0, ge=0, le=MAX_WAIT, description="Seconds to wait for the run to end."),
 ) -> JSONResponse:
     """A run with its task counts (``counts`` by status, ``steps``: step -> status -> n)."""
-    client = _client(home, actor)
+    if wait <= 0:
+        return JSONResponse(await blocking(_client(home, actor).run_info, run_id))
     broadcaster: EventBroadcaster = request.app.state.broadcaster
     deadline = time.monotonic() + wait
-    while True:
-        cursor = await blocking(home.events.latest)
-        info = await blocking(client.run_info, run_id)
-        remaining = deadline - time.monotonic()
-        if info["status"] in FINISHED_RUN or remaining <= 0 or broadcaster.closed:
-            return JSONResponse(info)
-        # Any new event may be this run's; reading it again is cheap.
-        await broadcaster.wait(cursor, remaining)
+
+    def check(who: Actor) -> None:
+        _client(home, who).run_info(run_id)
+
+    # While it waits, the token and the caller's access to the run are re-checked (StreamGuard).
+    with guard.follow(token, actor, check, ("run", run_id)) as follower:
+        while True:
+            cursor = await guard.read(home.events.latest)
+            info = await guard.read(_client(home, follower.actor).run_info, run_id)
+            remaining = deadline - time.monotonic()
+            if info["status"] in FINISHED_RUN or remaining <= 0 or broadcaster.closed:
+                return JSONResponse(info)
+            # Any new event may be this run's; reading it again is cheap.
+            if not await follower.pause(broadcaster.wait, cursor, remaining):
+                assert follower.reason is not None
+                if isinstance(follower.reason, Unavailable):
+                    return JSONResponse(info)
+                raise follower.reason
 
 
 @router.get("/runs/{run_id}/tasks", summary="List a run's tasks")
@@ -176,6 +193,51 @@ class LogStreamResponse(EventStreamResponse):
     media_type = "text/plain; charset=utf-8"
 
 
+#: A log is read (and sent) at most this many bytes at a time.
+LOG_CHUNK = 64 * 1024
+
+
+def closing_line(reason: DatamillError) -> str:
+    """The last line of a followed log closed by the server: why (a plain-text log has no other way)."""
+    return f"\n[datamill] log stream closed: {reason.message}\n"
+
+
+async def _log_text(
+    home: Home, guard: StreamGuard, follower: Follower | None, actor: Actor, task_id: int
+) -> AsyncIterator[str]:
+    """A task's log; with a follower, until the task ends, the follower is closed or the client leaves.
+
+    Reads are short ones in threads (a chunk of the live file, a chunk of the stored log);
+    between them a follower awaits the shared :class:`~datamill.api.streams.LogTailer`.
+    """
+    decoder = codecs.getincrementaldecoder("utf-8")(errors="replace")
+    t = await guard.read(_client(home, actor).engine.task, actor, task_id)
+    status, digest = t.status, t.log_digest
+    live = guard.tailer.live_path(task_id)
+    offset = 0
+    while True:
+        if digest:
+            # Ended: the stored log holds every line, the ones already sent included.
+            async for chunk in guard.iterate(home.blobs.iter_range(digest, offset)):
+                yield decoder.decode(chunk)
+            break
+        data = await guard.read(read_bytes, live, offset, LOG_CHUNK)
+        if data:
+            offset += len(data)
+            yield decoder.decode(data)
+            continue
+        if follower is None or status == GONE or status in FINISHED_TASK:
+            break
+        if not await follower.pause(guard.tailer.wait, task_id, offset):
+            assert follower.reason is not None
+            yield decoder.decode(b"", final=True) + closing_line(follower.reason)
+            return
+        seen = guard.tailer.state(task_id)
+        if seen is not None:
+            status, digest = seen
+    yield decoder.decode(b"", final=True)
+
+
 @router.get(
     "/tasks/{task_id}/logs",
     summary="Read a task's log",
@@ -185,11 +247,28 @@ class LogStreamResponse(EventStreamResponse):
 async def task_logs(
     task_id: int,
     actor: ActorDep,
+    token: TokenDep,
+    guard: GuardDep,
     home: HomeDep,
     follow: bool = Query(False, description="Keep streaming until the task ends."),
 ) -> LogStreamResponse:
-    """The log of a task so far; with ``follow``, the stream stays open until the task ends."""
+    """The log of a task so far; with ``follow``, the stream stays open until the task ends.
+
+    A followed log ends early, with a last line saying why, once the token is revoked or expires
+    or the caller loses access to the run.
+    """
     client = _client(home, actor)
     await blocking(client.task, task_id)  # errors (no such task, not yours) as JSON, before streaming
-    chunks = client.logs(task_id, follow=follow)
-    return LogStreamResponse(iterate_in_threadpool(chunks), headers={"Cache-Control": "no-cache"})
+    follower = None
+    if follow:
+
+        def check(who: Actor) -> None:
+            _client(home, who).task(task_id)
+
+        follower = guard.open_follower(token, actor, check, ("task", task_id), log_task=task_id)
+    return LogStreamResponse(
+        _log_text(home, guard, follower, actor, task_id),
+        follower=follower,
+        guard=guard,
+        headers={"Cache-Control": "no-cache"},
+    )
