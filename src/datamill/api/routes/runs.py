@@ -258,12 +258,13 @@ async def task_logs(
     or the caller loses access to the run.
     """
     client = _client(home, actor)
-    await blocking(client.task, task_id)  # errors (no such task, not yours) as JSON, before streaming
+    # errors (no such task, not yours, its input not readable) as JSON, before streaming
+    await blocking(client.engine.log_access, actor, task_id)
     follower = None
     if follow:
 
         def check(who: Actor) -> None:
-            _client(home, who).task(task_id)
+            _client(home, who).engine.log_access(who, task_id)
 
         follower = guard.open_follower(token, actor, check, ("task", task_id), log_task=task_id)
     return LogStreamResponse(
