@@ -64,7 +64,13 @@ def rerun(tmp_path: Path, db_url: str) -> Iterator[tuple[Home, Tasks, Tasks]]:
 
     def run(force: bool) -> Tasks:
         done = engine.run(
-            admin, REF, engine.inputs_from_folder(admin, "Raw"), source="Raw", dest="Out", force=force, executor="inline"
+            admin,
+            REF,
+            engine.inputs_from_folder(admin, "Raw"),
+            source="Raw",
+            dest="Out",
+            force=force,
+            executor="inline",
         )
         assert done["status"] == "succeeded", done
         by_step = {t.step: t.id for t in engine.tasks(admin, done["id"])}
@@ -158,9 +164,7 @@ def test_each_version_names_its_own_tasks_in_every_format(
         assert [crate[i]["alternateName"] for i in published] == ["Out/x.fresh.txt"]
 
 
-def test_the_version_the_rerun_left_alone_keeps_its_producer(
-    rerun: tuple[Home, Tasks, Tasks], tmp_path: Path
-) -> None:
+def test_the_version_the_rerun_left_alone_keeps_its_producer(rerun: tuple[Home, Tasks, Tasks], tmp_path: Path) -> None:
     home, first, second = rerun
     graph = Lineage(home).upstream(home.admin, "Out/x.same.txt")
     data = to_json(graph)

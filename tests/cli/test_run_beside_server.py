@@ -172,7 +172,9 @@ def follow_to_the_end(s: Setup, cli: subprocess.Popen[str], after: int | None) -
     for t in tasks:
         if t.id != last.id:
             (s.gates / t.item_name.rsplit("/", 1)[1]).touch()
-    wait_for("every other task to end", lambda: all(t.status == "succeeded" for t in s.tasks(run_id) if t.id != last.id))
+    wait_for(
+        "every other task to end", lambda: all(t.status == "succeeded" for t in s.tasks(run_id) if t.id != last.id)
+    )
     # The CLI's scheduler has nothing left to claim now; before the fix it gave up here.
     (s.gates / last.item_name.rsplit("/", 1)[1]).touch()
     out, err = cli.communicate(timeout=120)

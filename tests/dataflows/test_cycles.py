@@ -7,7 +7,6 @@ with names growing until publishing failed.
 from __future__ import annotations
 
 import pytest
-from flow_pipelines import ref
 from flow_world import DEST, SOURCE, FlowWorld
 from sqlalchemy import update
 

@@ -83,9 +83,7 @@ def test_command_step_output_is_in_its_task_log(world: World, executor: str) -> 
 
 
 @pytest.mark.parametrize("executor", ["inline", "local"])
-def test_following_a_log_shows_printed_lines_while_the_task_runs(
-    world: World, executor: str, tmp_path: Path
-) -> None:
+def test_following_a_log_shows_printed_lines_while_the_task_runs(world: World, executor: str, tmp_path: Path) -> None:
     gate = tmp_path / "gate"
     world.put("a.txt", "a")
     errors: list[BaseException] = []

@@ -20,7 +20,6 @@ from datamill.store.blobs import CHUNK
 from datamill.store.store import FolderInfo, ItemInfo, VersionInfo
 from datamill.store.users import NewToken
 
-
 #: Longest wait between two looks at a run another process executes (new events end it sooner).
 FOLLOW_POLL_SECONDS = 1.0
 
@@ -249,8 +248,8 @@ class LocalClient(Client):
         """Execute a recorded run in this process until it ends; returns it (as :meth:`run_info`).
 
         What ``Engine.run`` does after submitting. A ``datamill up`` on the same home may execute
-        some or all of its tasks meanwhile: this waits for those too, so the run has ended on return. Ctrl-C cancels the run: nothing else would finish it
-        without a server, and its running tasks are marked cancelled at once.
+        some or all of its tasks meanwhile: this waits for those too, so the run has ended on return.
+        Ctrl-C cancels the run (its running tasks here are marked cancelled at once).
         """
         self.run_info(run_id)  # access check: a run you may not see is not yours to execute
         from datamill.engine.scheduler import Scheduler
