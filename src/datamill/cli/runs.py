@@ -9,10 +9,11 @@ printed at the end, and the exit status is 1 when a task failed.
 from __future__ import annotations
 
 import contextlib
+import os
 import sys
 import threading
 import time
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
 from typing import Annotated, Any
 
 import typer
@@ -218,9 +219,30 @@ def execute_here(client: LocalClient, run_id: int, executor: str | None) -> dict
         return client.execute(run_id, executor)
 
 
-def steps_print_to_stderr() -> contextlib.AbstractContextManager[Any]:
-    """What steps running in this process print goes to stderr, keeping stdout for results (``--json``)."""
-    return contextlib.redirect_stdout(sys.stderr)
+@contextlib.contextmanager
+def steps_print_to_stderr() -> Iterator[None]:
+    """Nothing steps running in this process write reaches stdout, which is kept for results (``--json``).
+
+    What they print and log goes to their task logs (the executors capture it); this sends the
+    rest to stderr: what they write to file descriptor 1 directly (C code, child processes), and
+    what threads they start print.
+    """
+    with contextlib.suppress(Exception):
+        sys.stdout.flush()
+    try:
+        saved: int | None = os.dup(1)
+        os.dup2(2, 1)
+    except OSError:  # no file descriptor 1 in this process: nothing to protect
+        saved = None
+    try:
+        with contextlib.redirect_stdout(sys.stderr):
+            yield
+    finally:
+        if saved is not None:
+            with contextlib.suppress(Exception):
+                sys.stderr.flush()
+            os.dup2(saved, 1)
+            os.close(saved)
 
 
 def finish(client: Client, info: dict[str, Any], json_: bool) -> None:

@@ -22,6 +22,9 @@ from datamill.store.groups import GroupInfo
 from datamill.store.store import FolderInfo, ItemInfo, VersionInfo
 from datamill.store.users import NewToken
 
+#: Longest wait between two looks at a run another process executes (new events end it sooner).
+FOLLOW_POLL_SECONDS = 1.0
+
 
 class LocalClient(Client):
     """A client on a local :class:`~datamill.home.Home`, acting as one user (the admin by default)."""
@@ -291,8 +294,9 @@ class LocalClient(Client):
     def execute(self, run_id: int, executor: str | None = None, workers: int | None = None) -> dict[str, Any]:
         """Execute a recorded run in this process until it ends; returns it (as :meth:`run_info`).
 
-        What ``Engine.run`` does after submitting. Ctrl-C cancels the run: nothing else would finish it
-        without a server, and its running tasks are marked cancelled at once.
+        What ``Engine.run`` does after submitting. A ``datamill up`` on the same home may execute
+        some or all of its tasks meanwhile: this waits for those too, so the run has ended on return.
+        Ctrl-C cancels the run (its running tasks here are marked cancelled at once).
         """
         self.run_info(run_id)  # access check: a run you may not see is not yours to execute
         from datamill.engine.scheduler import Scheduler
@@ -301,7 +305,10 @@ class LocalClient(Client):
 
         async def go() -> None:
             async with sched:
-                await sched.run_until_idle([run_id])
+                while True:
+                    await sched.run_until_idle([run_id])
+                    if await self._follow_elsewhere(sched, run_id):
+                        break
             me = asyncio.current_task()
             if me is not None and me.cancelling():
                 # Ctrl-C arrived while the scheduler was closing, which waits through cancellation:
@@ -314,6 +321,38 @@ class LocalClient(Client):
             self._abandon(run_id, sched.owner)
             raise
         return self.run_info(run_id)
+
+    async def _follow_elsewhere(self, sched: Any, run_id: int) -> bool:
+        """Wait while another scheduler (a ``datamill up`` on this home) holds the run's remaining tasks.
+
+        True once the run has ended; False when it has queued tasks again (requeued because the
+        scheduler holding them died and their leases expired, or made ready by its progress), which
+        this process then drives itself. Whoever executes a run, the caller sees it to its end.
+        """
+        events = self.home.events
+        while True:
+            cursor = await asyncio.to_thread(events.latest)
+            await asyncio.to_thread(sched.pending_runs)  # requeues the tasks of a scheduler that died
+            status, queued = await asyncio.to_thread(self._run_progress, run_id)
+            if status in FINISHED_RUN:
+                return True
+            if queued:
+                return False
+            await asyncio.to_thread(events.wait, cursor, FOLLOW_POLL_SECONDS)
+
+    def _run_progress(self, run_id: int) -> tuple[str, bool]:
+        """A run's status, and whether it has queued tasks."""
+        from sqlalchemy import select
+
+        from datamill.db.models import Run, Task
+        from datamill.engine import runs
+
+        with self.home.db.read() as conn:
+            status = conn.execute(select(Run.status).where(Run.id == run_id)).scalar_one()
+            queued = conn.execute(
+                select(Task.id).where(Task.run_id == run_id, Task.status == runs.TaskStatus.QUEUED).limit(1)
+            ).first()
+        return str(status), queued is not None
 
     def _abandon(self, run_id: int, owner: str) -> None:
         """Cancel a run whose in-process scheduler was interrupted, ending the tasks it held."""

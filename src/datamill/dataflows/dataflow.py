@@ -9,6 +9,11 @@ inside the source (a dataflow would otherwise feed on its own results).
 
 A dataflow's triggers run its pipeline as its owner chose it: a registered name resolves to its
 reference at each run, and a reference runs only while the owner is a site admin.
+
+Nor may dataflows feed on each other's results in a cycle (``a`` writes where ``b`` watches and
+``b`` writes where ``a`` watches): each run of one would start a run of the other, forever, with
+names growing on every turn. A cycle is refused when a dataflow is saved and when it is started,
+over the dataflows that are running plus the one saved or started (see :func:`find_cycle`).
 """
 
 from __future__ import annotations
@@ -19,6 +24,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from sqlalchemy import Connection, delete, insert, select, update
+from sqlalchemy import text as sql_text
 
 from datamill import events
 from datamill.db.models import Dataflow, DataflowVersion, Folder, Run, User
@@ -28,6 +34,8 @@ from datamill.store.names import split_path
 from datamill.store.visibility import Visibility
 
 KINDS = ("workflow", "stream")
+#: PostgreSQL advisory lock key taken while a dataflow is checked for cycles ("dmflows" in ASCII).
+_CYCLE_LOCK = 0x646D666C6F7773
 STATES = ("stopped", "running", "failed")
 CONFIG_KEYS = (
     "description",
@@ -234,6 +242,61 @@ def validate_config(
     return out
 
 
+def _feeds(dest: str, source: str) -> bool:
+    """Whether results published into ``dest`` can land where a dataflow watching ``source`` sees them.
+
+    Outputs may be published into subfolders of the destination, and a destination inside a
+    source is treated like the source itself (as for one dataflow's own destination): so the two
+    folders feed each other when either holds the other.
+    """
+    return dest == source or dest.startswith(source + "/") or source.startswith(dest + "/")
+
+
+@dataclass(frozen=True)
+class FlowEnds:
+    """A dataflow as the cycle check sees it: its id (None: not saved yet), name, source and destination."""
+
+    id: int | None
+    name: str
+    source: str
+    destination: str
+
+
+def flow_ends(row: Any) -> FlowEnds:
+    """The :class:`FlowEnds` of a ``dataflows`` row."""
+    cfg = row.config or {}
+    return FlowEnds(row.id, row.name, str(cfg.get("source") or ""), str(cfg.get("destination") or ""))
+
+
+def find_cycle(start: FlowEnds, others: list[FlowEnds]) -> list[FlowEnds] | None:
+    """The shortest chain ``start -> ... -> start`` of dataflows each writing where the next watches, or None.
+
+    ``others`` are the dataflows that run besides ``start`` (its own saved row, if any, is left out).
+    """
+    flows = [start] + [f for f in others if (f.id is None or f.id != start.id) and f.source and f.destination]
+    # Breadth first from start: the first time start is reached again closes the shortest cycle.
+    previous: dict[int, int] = {}
+    queue = [0]
+    seen = {0}
+    while queue:
+        nxt = []
+        for i in queue:
+            for j, f in enumerate(flows):
+                if j == i or not _feeds(flows[i].destination, f.source):
+                    continue
+                if j == 0:
+                    chain = [i]
+                    while chain[-1] != 0:
+                        chain.append(previous[chain[-1]])
+                    return [flows[k] for k in reversed(chain)] + [start]
+                if j not in seen:
+                    seen.add(j)
+                    previous[j] = i
+                    nxt.append(j)
+        queue = nxt
+    return None
+
+
 def _check_pipeline(ref: str, params: Mapping[str, Any]) -> None:
     """The pipeline imports, and parameters name real steps and parameters with the right types."""
     from datamill.errors import DatamillError
@@ -328,6 +391,52 @@ class Dataflows:
     def _folder_id(self, conn: Connection, path: str) -> int | None:
         return conn.execute(select(Folder.id).where(Folder.path == path)).scalar()
 
+    def _refuse_cycle(
+        self, conn: Connection, actor: Actor, name: str, cfg: Mapping[str, Any], row_id: int | None, starting: bool
+    ) -> None:
+        """Raise when dataflow ``name`` with ``cfg`` would close a cycle with the running dataflows.
+
+        Dataflows and folders the actor may not see are not named in the message.
+        """
+        if conn.dialect.name == "postgresql":
+            # Two dataflows started at once must not each miss the other: checks take turns.
+            conn.execute(sql_text("SELECT pg_advisory_xact_lock(:key)"), {"key": _CYCLE_LOCK})
+        rows = conn.execute(select(Dataflow).where(Dataflow.state == "running")).all()
+        start = FlowEnds(row_id, name, str(cfg["source"]), str(cfg["destination"]))
+        chain = find_cycle(start, [flow_ends(r) for r in rows])
+        if chain is None:
+            return
+        by_id = {r.id: r for r in rows}
+
+        def flow_name(f: FlowEnds) -> str:
+            row = by_id.get(f.id) if f.id is not None else None
+            if f.name == name or row is None or self._may_see(conn, actor, row):
+                return repr(f.name)
+            return "a dataflow you cannot see"
+
+        def folder_name(path: str) -> str:
+            seen = self._folder_id(conn, path) is not None and level_on(conn, actor, path) >= Level.READ
+            return repr(path) if seen else "a folder you cannot see"
+
+        names = [flow_name(f) for f in chain]
+        steps = [
+            f"{names[i]} writes into {folder_name(chain[i].destination)}, which {names[i + 1]} watches"
+            + (f" ({folder_name(chain[i + 1].source)})" if chain[i + 1].source != chain[i].destination else "")
+            for i in range(len(chain) - 1)
+        ]
+        message = (
+            f"dataflows would form a cycle: {' → '.join(names)}: {'; '.join(steps)}. Each run would start "
+            "another run on its own results, forever. "
+            + (
+                f"Stop one of the others first, or change the source or destination of {name!r} to break the chain."
+                if starting
+                else "Choose a destination (or source) outside that chain."
+            )
+        )
+        if starting:
+            raise Conflict(f"cannot start dataflow {name!r}: {message}", name=name)
+        raise InvalidDataflow(f"destination: {message}", field="destination")
+
     def create(self, actor: Actor, name: str, config: Mapping[str, Any], check_pipeline: bool = True) -> DataflowInfo:
         """Validate and save a new dataflow (stopped)."""
         name = check_name(name)
@@ -335,6 +444,7 @@ class Dataflows:
             if conn.execute(select(Dataflow.id).where(Dataflow.name == name)).first():
                 raise AlreadyExists(f"a dataflow named {name!r} exists; choose another name", name=name)
             cfg = validate_config(conn, actor, config, check_pipeline)
+            self._refuse_cycle(conn, actor, name, cfg, None, starting=False)
             now = time.time()
             fid = conn.execute(
                 insert(Dataflow)
@@ -390,6 +500,7 @@ class Dataflows:
                 _check_owner_may_run(conn, owner, cfg["pipeline"], name)
             if cfg == row.config:
                 return self._shown(conn, actor, row)
+            self._refuse_cycle(conn, actor, name, cfg, row.id, starting=False)
             number = row.version + 1
             now = time.time()
             conn.execute(
@@ -477,6 +588,7 @@ class Dataflows:
                 return self._shown(conn, actor, row)
             values: dict[str, Any] = {"state": state, "state_reason": reason, "updated_at": time.time()}
             if state == "running" and row.state != "running":
+                self._refuse_cycle(conn, actor, name, dict(row.config or {}), row.id, starting=True)
                 # Start from the newest event: items already there are found by the backfill,
                 # which looks for items without a result for the current configuration.
                 values["cursor"] = events.latest_seq(conn)

@@ -25,6 +25,7 @@ from typing import Any
 from sqlalchemy import Connection, and_, select, update
 
 from datamill import events
+from datamill.dataflows.dataflow import find_cycle, flow_ends
 from datamill.db.models import Dataflow, Event, Folder, Item, Run, Task, TaskInput, Version
 from datamill.engine import registry
 from datamill.engine.engine import Engine
@@ -62,7 +63,22 @@ class Triggers:
             rows = conn.execute(select(Dataflow).where(Dataflow.state == "running")).all()
             ids = [r.id for r in rows if self._due(conn, r, now)]
         created: list[int] = []
+        running = {r.id: flow_ends(r) for r in rows}
         for fid in ids:
+            # Saving and starting refuse cycles; this catches those that got past (saved before the
+            # check existed): a dataflow feeding on its own results through others is stopped.
+            chain = find_cycle(running[fid], list(running.values()))
+            if chain is not None:
+                # Not naming the others: whoever sees this dataflow may not see them.
+                message = (
+                    f"stopped: it feeds on its own results through {len(chain) - 2} other running dataflow(s) "
+                    "(a cycle), so each run would start another forever. Change its source or destination "
+                    "to break the chain, then start it again"
+                )
+                log.warning("dataflow %s: %s", fid, message)
+                self._fail(fid, message)
+                del running[fid]
+                continue
             try:
                 run_id = self._poll_one(fid, now)
             except (InvalidInput, NotFound, PermissionDenied) as exc:

@@ -12,6 +12,10 @@ effort: the abandoned thread goes on until the function returns, and its result 
 stop it sooner, the next ``reporter.progress()``/``reporter.log()`` it makes raises the same error
 inside it, so a function that reports progress in its loop ends there. Use the local pool for code
 that may hang or crash.
+
+What a call prints or logs goes to its task's log (see :mod:`datamill.executors.capture`), each
+call's own lines even when several run at once; what it writes to file descriptors directly
+(``os.write(1, ...)``, C code, child processes) goes to this process's output.
 """
 
 from __future__ import annotations
@@ -26,6 +30,7 @@ from typing import Any
 from datamill.errors import Cancelled, DatamillError, TaskTimeout
 
 from .base import Call, Executor, Message, OnMessage, PythonCall, Reporter, deliver, step_failed_from
+from .capture import task_output
 
 __all__ = ["InlineExecutor"]
 
@@ -50,7 +55,8 @@ class InlineExecutor(Executor):
         if timeout is None:
             reporter = Reporter(lambda message: deliver(on_message, message), self._clock)
             try:
-                return call.fn(reporter, *call.args, **call.kwargs)
+                with task_output(reporter.log):
+                    return call.fn(reporter, *call.args, **call.kwargs)
             except (Exception, SystemExit) as exc:  # SystemExit too: a step calling sys.exit() must not stop us
                 raise step_failed_from(exc) from None
         return await _ThreadedCall(call, on_message, self._clock).run(timeout)
@@ -91,7 +97,8 @@ class _ThreadedCall:
         """Thread body: run the call, hand the outcome to the loop (after every message it sent)."""
         call = self.call
         try:
-            result = call.fn(self.reporter, *call.args, **call.kwargs)
+            with task_output(self.reporter.log):
+                result = call.fn(self.reporter, *call.args, **call.kwargs)
         except BaseException as exc:
             outcome: tuple[bool, Any] = (False, step_failed_from(exc))
         else:

@@ -13,6 +13,9 @@ arrive. When a sentinel fires while its worker was running a call, that task fai
 fresh worker takes the dead one's place. A timeout or a cancellation SIGKILLs the worker running the
 call and replaces it too: a Python function cannot be interrupted any other way.
 
+What a call prints, logs or writes to file descriptors 1 and 2 (C code, ``os.write``, child
+processes) becomes log messages of the call, line by line (see :mod:`datamill.executors.capture`).
+
 Wire format. Parent to worker: ``cloudpickle((fn, args, kwargs))``; empty bytes mean "exit".
 Worker to parent: one tag byte (:data:`_MESSAGE`, :data:`_RESULT`, :data:`_ERROR`) then a pickle.
 """
@@ -41,6 +44,7 @@ import cloudpickle
 from datamill.errors import Cancelled, ConfigError, StepFailed, TaskTimeout, WorkerCrashed
 
 from .base import Call, Executor, Message, OnMessage, PythonCall, Reporter, deliver, step_failed
+from .capture import fd_output, task_output
 
 __all__ = ["LocalExecutor"]
 
@@ -472,7 +476,10 @@ def _worker_main(conn: Connection, fault_path: str) -> None:
         channel = _Channel(conn, lock)
         try:
             fn, args, kwargs = cloudpickle.loads(data)
-            result = fn(Reporter(channel.emit), *args, **kwargs)
+            reporter = Reporter(channel.emit)
+            # Whatever the call prints, logs or writes to fds 1 and 2 (C code, child processes) is its log.
+            with fd_output(reporter.log), task_output(reporter.log):
+                result = fn(reporter, *args, **kwargs)
         except BaseException as exc:  # SystemExit and KeyboardInterrupt too: the worker must go on
             reply = _error_reply(exc)
         else:
