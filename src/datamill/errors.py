@@ -170,3 +170,15 @@ class RangeNotSatisfiable(InvalidInput):
 
     status = 416
     code = "range_not_satisfiable"
+
+
+class HomeInUse(Conflict):
+    """Another datamill server already serves this home. Use that server, or stop it first."""
+
+    code = "home_in_use"
+
+
+class IdempotencyKeyReused(Conflict):
+    """This Idempotency-Key was already used for a different upload. Send a new key for a new upload."""
+
+    code = "idempotency_key_reused"
