@@ -7,12 +7,8 @@ loopback whose body is held back half-way, so it is in flight while the CLI open
 from __future__ import annotations
 
 import json
-import os
-import re
-import signal
 import socket
 import subprocess
-import sys
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -23,52 +19,9 @@ import pytest
 
 from datamill.store.blobs import digest_bytes
 
+from .server_proc import Up, datamill, env
+
 MIB = 1 << 20
-
-
-def _env() -> dict[str, str]:
-    env = {k: v for k, v in os.environ.items() if not k.startswith("DATAMILL_")}
-    return {**env, "COLUMNS": "200"}
-
-
-def _datamill(*args: str) -> list[str]:
-    return [sys.executable, "-m", "datamill.cli", *args]
-
-
-class Up:
-    """A `datamill up` subprocess on ``home``, with the URL and admin token it printed."""
-
-    def __init__(self, home: Path) -> None:
-        self.proc = subprocess.Popen(
-            _datamill("--home", str(home), "up", "--port", "0", "--no-demo"),
-            stdout=subprocess.PIPE,
-            stderr=subprocess.PIPE,
-            text=True,
-            env=_env(),
-        )
-        seen = []
-        assert self.proc.stderr is not None
-        deadline = time.monotonic() + 120
-        match = None
-        while match is None and time.monotonic() < deadline:
-            line = self.proc.stderr.readline()
-            if not line:
-                break
-            seen.append(line)
-            match = re.search(r"(http://127\.0\.0\.1:\d+)/\?token=(dm_[\w-]+)", line)
-        if match is None:
-            self.stop()
-            raise AssertionError("datamill up did not start:\n" + "".join(seen))
-        self.url, self.token = match.group(1), match.group(2)
-
-    def stop(self) -> None:
-        if self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGINT)
-            try:
-                self.proc.communicate(timeout=30)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.communicate()
 
 
 @pytest.fixture
@@ -105,7 +58,7 @@ def test_cli_beside_a_server_leaves_its_uploads_in_flight_alone(up: Up, tmp_path
             assert time.monotonic() < deadline, "the server never started writing the upload"
             time.sleep(0.05)
         ls = subprocess.run(
-            _datamill("--home", str(home), "ls", "big", "--json"), capture_output=True, text=True, env=_env(), timeout=120
+            datamill("--home", str(home), "ls", "big", "--json"), capture_output=True, text=True, env=env(), timeout=120
         )
         assert ls.returncode == 0, ls.stderr
         assert "data.bin" not in ls.stdout  # not there until the upload ends
@@ -124,10 +77,10 @@ def test_cli_beside_a_server_leaves_its_uploads_in_flight_alone(up: Up, tmp_path
 
 def test_a_second_server_on_a_sqlite_home_is_refused(up: Up, tmp_path: Path) -> None:
     second = subprocess.run(
-        _datamill("--home", str(tmp_path / "home"), "up", "--port", "0", "--no-demo"),
+        datamill("--home", str(tmp_path / "home"), "up", "--port", "0", "--no-demo"),
         capture_output=True,
         text=True,
-        env=_env(),
+        env=env(),
         timeout=120,
     )
     assert second.returncode != 0

@@ -10,7 +10,9 @@ crash in the middle of a delete never leaves a listed item without its bytes.
 
 from __future__ import annotations
 
+import dataclasses
 import fnmatch
+import hashlib
 import json
 import logging
 import mimetypes
@@ -26,10 +28,22 @@ from sqlalchemy.exc import IntegrityError
 
 from datamill import events
 from datamill.db.database import Database
-from datamill.db.models import Blob, Folder, FolderAccess, Item, Meta, Task, TaskOutput, User, Version
+from datamill.db.models import (
+    Blob,
+    Folder,
+    FolderAccess,
+    IdempotencyKey,
+    Item,
+    Meta,
+    Task,
+    TaskOutput,
+    User,
+    Version,
+)
 from datamill.errors import (
     AlreadyExists,
     BlobNotFound,
+    IdempotencyKeyReused,
     InvalidInput,
     InvalidMetadata,
     NotEmpty,
@@ -43,6 +57,9 @@ log = logging.getLogger("datamill.store")
 
 #: A folder the actor can reach is identified by its path; the root is "".
 ROOT = ""
+
+#: How long an upload's Idempotency-Key is remembered (a retry after that makes a new version).
+IDEMPOTENCY_TTL = 24 * 3600.0
 
 
 @dataclass(frozen=True)
@@ -149,6 +166,15 @@ def check_metadata(meta: Any) -> dict[str, Any]:
         if not key or len(key) > 255:
             raise InvalidMetadata(f"metadata key {key[:40]!r} must be 1-255 characters")
     return out
+
+
+def check_idempotency_key(key: str) -> str:
+    """An ``Idempotency-Key`` must be 1-255 visible ASCII characters (a UUID is a good choice)."""
+    if not 0 < len(key) <= 255 or any(not 0x21 <= ord(c) <= 0x7E for c in key):
+        raise InvalidInput(
+            "Idempotency-Key must be 1-255 visible ASCII characters, e.g. a UUID; send a fresh one per upload"
+        )
+    return key
 
 
 def guess_content_type(name: str) -> str:
@@ -652,6 +678,77 @@ class Store:
             )
             for (n, b), vid in zip(rows, vids, strict=True)
         ]
+
+    def commit_upload(
+        self,
+        actor: Actor,
+        folder: str,
+        name: str,
+        blob: BlobInfo,
+        content_type: str | None = None,
+        metadata: Mapping[str, Any] | None = None,
+        idempotency_key: str | None = None,
+    ) -> tuple[VersionInfo, bool]:
+        """Record an upload as the next version, once per ``idempotency_key``; returns ``(version, replayed)``.
+
+        The key (per user, remembered for :data:`IDEMPOTENCY_TTL`) is claimed in the transaction
+        that commits the version, so a client whose answer was lost can send the same upload
+        again: it gets the version the first request made (``replayed`` True) instead of a second
+        one. The same key for other bytes or another item raises :class:`IdempotencyKeyReused`.
+        """
+        if idempotency_key is None:
+            return self.commit_version(actor, folder, name, blob, content_type, metadata), False
+        key = check_idempotency_key(idempotency_key)
+        name = check_name(name, "item name")
+        what = json.dumps(["/".join(split_path(folder)), name, blob.digest, blob.size])
+        fingerprint = hashlib.sha256(what.encode()).hexdigest()
+        replay: dict[str, Any] | None = None
+        with self.db.write() as conn:
+            now = time.time()
+            conn.execute(delete(IdempotencyKey).where(IdempotencyKey.created_at < now - IDEMPOTENCY_TTL))
+            ins = pg_insert(IdempotencyKey) if conn.dialect.name == "postgresql" else sqlite_insert(IdempotencyKey)
+            claimed = conn.execute(
+                ins.values(user_id=actor.id, key=key, fingerprint=fingerprint, response={}, created_at=now)
+                .on_conflict_do_nothing(index_elements=["user_id", "key"])
+                .returning(IdempotencyKey.key)  # rowcount is not reliable here (-1 with psycopg)
+            ).first()
+            if claimed is not None:
+                info = self.commit_version(actor, folder, name, blob, content_type, metadata, conn=conn)
+                conn.execute(
+                    update(IdempotencyKey)
+                    .where(IdempotencyKey.user_id == actor.id, IdempotencyKey.key == key)
+                    .values(response=info.to_dict())
+                )
+                return info, False
+            # Taken by a committed upload (on PostgreSQL the insert waited for it to commit).
+            row = conn.execute(
+                select(IdempotencyKey.fingerprint, IdempotencyKey.response).where(
+                    IdempotencyKey.user_id == actor.id, IdempotencyKey.key == key
+                )
+            ).one()
+            if row.fingerprint == fingerprint:
+                replay = dict(row.response)
+        # The bytes this request stored are referred to by nothing new: let them go if unused.
+        self._discard_upload(blob)
+        if replay is None:
+            raise IdempotencyKeyReused(
+                "this Idempotency-Key was already used for another upload (other bytes or another item); "
+                "send a new key for a new upload",
+                key=key,
+            )
+        names = {f.name for f in dataclasses.fields(VersionInfo)}
+        return VersionInfo(**{k: v for k, v in replay.items() if k in names}), True
+
+    def _discard_upload(self, blob: BlobInfo) -> None:
+        """Remove the bytes of an upload that was not recorded, unless something refers to them."""
+        with self.db.write() as conn:
+            ins = pg_insert(Blob) if conn.dialect.name == "postgresql" else sqlite_insert(Blob)
+            conn.execute(
+                ins.values(digest=blob.digest, size=blob.size, created_at=time.time()).on_conflict_do_nothing(
+                    index_elements=["digest"]
+                )
+            )
+        self._release_blobs([blob.digest])
 
     def commit_version(
         self,
