@@ -204,3 +204,15 @@ class Unavailable(DatamillError):
 
     status = 503
     code = "unavailable"
+
+
+class HomeInUse(Conflict):
+    """Another datamill server already serves this home. Use that server, or stop it first."""
+
+    code = "home_in_use"
+
+
+class IdempotencyKeyReused(Conflict):
+    """This Idempotency-Key was already used for a different upload. Send a new key for a new upload."""
+
+    code = "idempotency_key_reused"

@@ -7,6 +7,8 @@ so that ``datamill up`` can print a login URL on every start, as Jupyter does.
 
 from __future__ import annotations
 
+import errno
+import fcntl
 import os
 from pathlib import Path
 
@@ -15,6 +17,7 @@ from sqlalchemy import select
 from datamill.config import Settings, load_settings
 from datamill.db.database import Database
 from datamill.db.models import User
+from datamill.errors import HomeInUse
 from datamill.events import EventLog
 from datamill.store import users
 from datamill.store.access import Actor
@@ -23,6 +26,8 @@ from datamill.store.store import Store
 
 ADMIN_NAME = "admin"
 TOKEN_FILE = "admin.token"
+#: Held (``flock``) by the one ``datamill up`` serving a SQLite home; holds its pid and URL.
+SERVER_LOCK = "server.lock"
 
 
 class Home:
@@ -83,9 +88,76 @@ class Home:
             return users.get_user(conn, name)
 
     def close(self) -> None:
-        """Release connections and background threads."""
+        """Release connections, background threads and this process's temporary directory."""
         self.events.close()
         self.db.dispose()
+        if isinstance(self.blobs, LocalBlobStore):
+            self.blobs.close()
+
+
+class ServerLock:
+    """The lock that makes ``datamill up`` the only server of a SQLite home.
+
+    One SQLite file has one writer at a time and no way to tell a second server's scheduler what
+    the first one does, so a second server on the same home is refused; CLI commands on the home
+    work beside the server (they queue on SQLite's write lock). PostgreSQL homes take no lock:
+    several servers may share one database. The lock is an ``flock`` on ``HOME/server.lock``,
+    released by the kernel when the server ends however it ends, so a crash never leaves it stuck.
+    """
+
+    def __init__(self, path: Path, fd: int) -> None:
+        self.path = path
+        self._fd: int | None = fd
+
+    @classmethod
+    def acquire(cls, settings: Settings) -> ServerLock | None:
+        """Take the lock for ``settings``' home, or raise :class:`HomeInUse`; None for PostgreSQL."""
+        if not settings.resolved_database_url.startswith("sqlite"):
+            return None
+        home = settings.home_path
+        home.mkdir(parents=True, exist_ok=True)
+        path = home / SERVER_LOCK
+        fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError as exc:
+            os.close(fd)
+            if exc.errno not in (errno.EWOULDBLOCK, errno.EAGAIN):
+                raise
+            raise HomeInUse(_in_use_message(home, path), home=str(home)) from None
+        lock = cls(path, fd)
+        lock.note()
+        return lock
+
+    def note(self, url: str | None = None) -> None:
+        """Record this process (and, once it listens, its URL) for a second server to report."""
+        if self._fd is None:
+            return
+        os.ftruncate(self._fd, 0)
+        os.pwrite(self._fd, f"{os.getpid()}\n{url or ''}\n".encode(), 0)
+
+    def release(self) -> None:
+        """Let another server start on the home."""
+        if self._fd is not None:
+            os.ftruncate(self._fd, 0)
+            os.close(self._fd)
+            self._fd = None
+
+
+def _in_use_message(home: Path, path: Path) -> str:
+    try:
+        pid, _, url = path.read_text().partition("\n")
+    except OSError:
+        pid, url = "", ""
+    pid, url = pid.strip(), url.strip()
+    who = f"process {pid}" if pid else "another process"
+    where = f" at {url}" if url else ""
+    stop = f"`kill {pid}`" if pid else "Ctrl-C in its terminal"
+    return (
+        f"another datamill server ({who}) already serves the home {home}{where}; two servers on one "
+        f"SQLite home are not supported. Use that server (CLI commands on this home work beside it), "
+        f"or stop it first ({stop}) and run `datamill up` again"
+    )
 
 
 def open_home(settings: Settings | None = None) -> Home:

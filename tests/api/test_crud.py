@@ -152,9 +152,9 @@ def test_concurrent_uploads_of_one_item_keep_every_version(server: ServerHandle,
 
 
 def blob_files(home: Home) -> list[Path]:
-    """Every file under the blob directory, the temporary directory included."""
+    """Every file under the blob directory, the temporary directory included (not its lock files)."""
     root = Path(home.settings.resolved_blob_url.removeprefix("file://"))
-    return sorted(p for p in root.rglob("*") if p.is_file())
+    return sorted(p for p in root.rglob("*") if p.is_file() and p.name != "lock")
 
 
 def test_digest_mismatch_stores_nothing(server: ServerHandle, home: Home) -> None:

@@ -28,9 +28,9 @@ def auth(home: Home) -> dict[str, str]:
 
 
 def blob_files(home: Home) -> list[Path]:
-    """Every file under the blob directory, its temporary directory included."""
+    """Every file under the blob directory, its temporary directory included (not its lock files)."""
     assert isinstance(home.blobs, LocalBlobStore)
-    return sorted(p for p in home.blobs.root.rglob("*") if p.is_file())
+    return sorted(p for p in home.blobs.root.rglob("*") if p.is_file() and p.name != "lock")
 
 
 def wait_for(predicate: Callable[[], bool], timeout: float = 10.0) -> bool:

@@ -241,6 +241,11 @@ class TestMemoryBlobStore(BlobStoreContract):
         return set(store.data)
 
 
+def _temp_files(local: LocalBlobStore) -> list[Path]:
+    """Temporary files of every process (not the lock files that mark a live owner)."""
+    return [p for p in local.tmp_dir.rglob("*") if p.is_file() and p.name != "lock"]
+
+
 def _blob_files(root: Path) -> list[Path]:
     return [p for p in root.rglob("*") if p.is_file() and ".tmp" not in p.relative_to(root).parts]
 
@@ -271,15 +276,15 @@ class TestLocalBlobStore(BlobStoreContract):
     def test_no_temp_file_after_commit_or_abort(self, local: LocalBlobStore) -> None:
         local.put(SMALL)
         local.put(SMALL)  # the deduplicated second write removes its temporary file too
-        assert list(local.tmp_dir.iterdir()) == []
+        assert _temp_files(local) == []
         w = local.writer()
         w.write(BIG)
-        assert len(list(local.tmp_dir.iterdir())) == 1  # bytes go to a temporary file first
+        assert len(_temp_files(local)) == 1  # bytes go to a temporary file first
         w.abort()
-        assert list(local.tmp_dir.iterdir()) == []
+        assert _temp_files(local) == []
         with pytest.raises(DigestMismatch):
             local.put(SMALL, expected_size=1)
-        assert list(local.tmp_dir.iterdir()) == []
+        assert _temp_files(local) == []
 
     def test_blobs_survive_reopening(self, local: LocalBlobStore) -> None:
         digest = local.put(BIG).digest
@@ -355,7 +360,7 @@ class TestLocalBlobStore(BlobStoreContract):
             local.read(digest)
         assert local.put(BIG).digest == digest
         assert local.read(digest) == BIG
-        assert list(local.tmp_dir.iterdir()) == []
+        assert _temp_files(local) == []
 
     # --- crash mid-write ---------------------------------------------------------------------
     def test_crash_mid_write_leaves_no_blob(self, local: LocalBlobStore) -> None:
@@ -384,10 +389,72 @@ class TestLocalBlobStore(BlobStoreContract):
         partial = b"".join(bytes([i]) * 1_000_000 for i in range(3))
         assert _blob_files(local.root) == []
         assert not local.exists(digest_bytes(partial))
-        leftovers = list(local.tmp_dir.iterdir())
+        leftovers = _temp_files(local)
         assert len(leftovers) == 1 and leftovers[0].stat().st_size == len(partial)
         assert local.clean_tmp() == 1
         assert list(local.tmp_dir.iterdir()) == []
         assert local.clean_tmp() == 0
         # The store still works afterwards.
         assert local.read(local.put(partial).digest) == partial
+
+    def test_clean_tmp_spares_a_live_process_upload(self, local: LocalBlobStore) -> None:
+        # Opening the home (a `datamill ls` beside a server) must not break the server's uploads.
+        child = textwrap.dedent(
+            """
+            import sys
+            from datamill.store.blobs import LocalBlobStore
+            store = LocalBlobStore(sys.argv[1])
+            w = store.writer()
+            w.write(b"a" * 1_000_000)
+            print("written", flush=True)
+            sys.stdin.readline()  # the parent cleaned meanwhile
+            w.write(b"b" * 1_000_000)
+            print(w.commit().digest, flush=True)
+            sys.stdin.readline()  # killed here, with its temporary directory still there
+            """
+        )
+        proc = subprocess.Popen(
+            [sys.executable, "-c", child, str(local.root)], stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True
+        )
+        try:
+            assert proc.stdout is not None and proc.stdin is not None
+            assert proc.stdout.readline().strip() == "written"
+            assert LocalBlobStore(local.root).clean_tmp() == 0  # as another process opening the home
+            assert local.clean_tmp() == 0
+            assert len(_temp_files(local)) == 1
+            proc.stdin.write("go\n")
+            proc.stdin.flush()
+            digest = proc.stdout.readline().strip()
+            assert digest == digest_bytes(b"a" * 1_000_000 + b"b" * 1_000_000)
+            assert local.exists(digest)
+            assert local.clean_tmp() == 0  # still alive: its (empty) directory stays
+            assert len(list(local.tmp_dir.iterdir())) == 1
+            proc.send_signal(signal.SIGKILL)
+            assert proc.wait(timeout=30) == -signal.SIGKILL
+        finally:
+            if proc.poll() is None:
+                proc.kill()
+                proc.wait()
+        assert local.clean_tmp() == 0  # no temporary file was left, only the directory
+        assert list(local.tmp_dir.iterdir()) == []
+
+    def test_each_store_writes_in_its_own_locked_directory(self, local: LocalBlobStore) -> None:
+        other = LocalBlobStore(local.root)
+        w = other.writer()
+        w.write(SMALL)
+        assert local.clean_tmp() == 0 and len(_temp_files(local)) == 1
+        assert other.read(w.commit().digest) == SMALL
+        local.put(BIG)
+        assert len(list(local.tmp_dir.iterdir())) == 2  # one directory per open store
+        other.close()
+        local.close()
+        assert list(local.tmp_dir.iterdir()) == []
+        assert local.read(local.put(SMALL).digest) == SMALL  # usable again after close
+
+    def test_clean_tmp_removes_old_files_of_older_versions(self, local: LocalBlobStore) -> None:
+        old = local.tmp_dir / "upload-abc123"
+        old.write_bytes(b"partial")
+        assert local.clean_tmp() == 0  # its age is all that can tell: young, so maybe in flight
+        os.utime(old, (1, 1))
+        assert local.clean_tmp() == 1
+        assert not old.exists()

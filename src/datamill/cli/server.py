@@ -50,9 +50,16 @@ def up(
     if state.url:
         raise InvalidInput("`datamill up` serves a local home; drop --url / DATAMILL_URL")
     settings = load_settings(state.profile, home=state.home, host=host, port=port, demo=demo)
-    from datamill.home import Home
+    from datamill.home import Home, ServerLock
 
-    home = Home(settings)
+    # Before the home is opened: a refused second server must not touch it (e.g. add the demo).
+    lock = ServerLock.acquire(settings)
+    try:
+        home = Home(settings)
+    except BaseException:
+        if lock is not None:
+            lock.release()
+        raise
     try:
         # The demo appears on a first start (an empty home) unless switched off, or whenever asked.
         if demo or (demo is None and settings.demo and not home.store.list_folders(home.admin)):
@@ -69,11 +76,15 @@ def up(
             ) from exc
 
         def on_ready(url: str) -> None:
+            if lock is not None:
+                lock.note(url)
             _print_ready(_ready_rows(url, home.admin_token(), settings))
 
         server.serve(home, settings.host, settings.port, on_ready=on_ready)
     finally:
         home.close()
+        if lock is not None:
+            lock.release()
     say("datamill stopped")
 
 

@@ -15,6 +15,7 @@ import json
 import os
 import stat
 import time
+import uuid
 from collections.abc import Callable, Iterable, Iterator, Mapping
 from typing import Any, BinaryIO, TypeVar
 from urllib.parse import quote
@@ -46,6 +47,13 @@ MAX_HEADER_METADATA = 6000
 
 #: The longest one long-poll request waits; the client loops for longer waits.
 LONG_POLL_SECONDS = 25.0
+
+#: How many times an upload is sent when the connection breaks or a proxy answers 502/503/504,
+#: and the pause before each retry (doubling). Retries carry the first attempt's Idempotency-Key,
+#: so an upload whose answer was lost is never recorded twice.
+PUT_ATTEMPTS = 4
+PUT_BACKOFF_SECONDS = 0.5
+RETRY_STATUSES = frozenset({502, 503, 504})
 
 
 def _error_classes() -> dict[str, type[DatamillError]]:
@@ -108,6 +116,14 @@ def error_from_response(status: int, body: Any, url: str) -> DatamillError:
     return cls(f"the server at {url} answered HTTP {status} without a datamill error body")
 
 
+def _tell(data: BinaryIO) -> int | None:
+    """Where a file object stands, if it can be rewound there to send it again; else None."""
+    try:
+        return data.tell() if data.seekable() else None
+    except (AttributeError, OSError, io.UnsupportedOperation):
+        return None
+
+
 def _remaining_size(data: BinaryIO) -> int | None:
     """Bytes left in a file object, when that can be known without reading it."""
     try:
@@ -164,13 +180,20 @@ class RemoteClient(Client):
     def _send(self, request: httpx.Request, stream: bool = False) -> httpx.Response:
         try:
             response = self._http.send(request, stream=stream)
-        except (httpx.ConnectError, httpx.ConnectTimeout) as exc:
-            raise self._unreachable(exc) from exc
         except httpx.TransportError as exc:
-            raise DatamillError(
-                f"the request to the datamill server at {self.url} failed: {exc or type(exc).__name__}; try again",
-                url=self.url,
-            ) from exc
+            raise self._transport_error(exc) from exc
+        return self._checked(response, stream)
+
+    def _transport_error(self, exc: httpx.TransportError) -> DatamillError:
+        if isinstance(exc, httpx.ConnectError | httpx.ConnectTimeout):
+            return self._unreachable(exc)
+        return DatamillError(
+            f"the request to the datamill server at {self.url} failed: {exc or type(exc).__name__}; try again",
+            url=self.url,
+        )
+
+    def _checked(self, response: httpx.Response, stream: bool = False) -> httpx.Response:
+        """``response`` if it succeeded; else the typed error the server reported, raised."""
         if response.status_code >= 400:
             try:
                 if stream:
@@ -265,30 +288,61 @@ class RemoteClient(Client):
                 headers["X-Datamill-Metadata"] = text
             else:
                 late_meta = meta
-        content: bytes | Iterator[bytes]
+        # One key per logical upload, sent again on each retry: the server records it with the
+        # version, so a retry of an upload that was committed answers that version.
+        headers["Idempotency-Key"] = uuid.uuid4().hex
+        path = f"{quote_path(folder)}/{quote_segment(name)}"
+        payload: bytes | None = None
+        stream: BinaryIO | None = None
+        start: int | None = None
         if isinstance(data, bytes | bytearray | memoryview):
-            content = bytes(data)
+            payload = bytes(data)
             # Cheap for bytes in memory: lets the server refuse anything damaged on the way.
-            headers["X-Datamill-Digest"] = digest_bytes(content)
+            headers["X-Datamill-Digest"] = digest_bytes(payload)
         else:
-            length = size if size is not None else _remaining_size(data)
+            stream = data
+            length = size if size is not None else _remaining_size(stream)
             if length is not None:
                 headers["Content-Length"] = str(length)
-            content = self._chunks(data, progress)
-        path = f"{quote_path(folder)}/{quote_segment(name)}"
-        request = self._http.build_request("PUT", f"/content/{path}", content=content, headers=headers)
-        info = _build(VersionInfo, self._send(request).json())
-        if isinstance(content, bytes) and progress:
+            start = _tell(stream)
+        reported = [0]  # bytes shown to ``progress`` so far, over all attempts
+        response: httpx.Response | None = None
+        for attempt in range(PUT_ATTEMPTS):
+            if attempt:
+                time.sleep(PUT_BACKOFF_SECONDS * 2 ** (attempt - 1))
+                if stream is not None and start is not None:
+                    stream.seek(start)
+            content = payload if stream is None else self._chunks(stream, progress, reported)
+            request = self._http.build_request("PUT", f"/content/{path}", content=content, headers=headers)
+            # A stream that cannot be rewound is sent once.
+            retry = attempt + 1 < PUT_ATTEMPTS and (stream is None or start is not None)
+            try:
+                response = self._http.send(request)
+            except httpx.TransportError as exc:
+                if retry:
+                    continue
+                raise self._transport_error(exc) from exc
+            if response.status_code in RETRY_STATUSES and retry:
+                response.close()
+                continue
+            break
+        assert response is not None
+        info = _build(VersionInfo, self._checked(response).json())
+        if payload is not None and progress:
             progress(info.size)
         if late_meta:
             self.set_metadata(info.path, late_meta)
         return info
 
     @staticmethod
-    def _chunks(data: BinaryIO, progress: ProgressFn | None) -> Iterator[bytes]:
+    def _chunks(data: BinaryIO, progress: ProgressFn | None, reported: list[int]) -> Iterator[bytes]:
+        sent = 0
         while chunk := data.read(CHUNK):
-            if progress:
-                progress(len(chunk))
+            sent += len(chunk)
+            if progress and sent > reported[0]:
+                # A retry sends bytes again; the progress shown only grows past what it showed.
+                progress(sent - reported[0])
+                reported[0] = sent
             yield chunk
 
     def item(self, path: str) -> ItemInfo:

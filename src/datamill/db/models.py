@@ -350,3 +350,19 @@ class Delivery(Base):
     last_error: Mapped[str | None] = mapped_column(Text, nullable=True)
     created_at: Mapped[float] = mapped_column(Float)
     delivered_at: Mapped[float | None] = mapped_column(Float, nullable=True)
+
+
+class IdempotencyKey(Base):
+    """An upload's ``Idempotency-Key``, per user: a retry with the same key replays the first answer.
+
+    Recorded in the transaction that commits the version, so a key exists exactly when its
+    version does. ``fingerprint`` identifies what was uploaded (item and bytes), so reusing a key
+    for something else is refused. Keys are kept for a bounded time, then pruned.
+    """
+
+    __tablename__ = "idempotency_keys"
+    user_id: Mapped[int] = mapped_column(ForeignKey("users.id", ondelete="CASCADE"), primary_key=True)
+    key: Mapped[str] = mapped_column(String(255), primary_key=True)
+    fingerprint: Mapped[str] = mapped_column(String(64))
+    response: Mapped[dict[str, Any]] = mapped_column(JSONType, default=dict)
+    created_at: Mapped[float] = mapped_column(Float, index=True)

@@ -8,10 +8,16 @@ Reading hashes again and raises :class:`BlobCorrupted` at the end of a stream wh
 
 from __future__ import annotations
 
+import errno
+import fcntl
 import io
+import logging
 import os
+import shutil
 import tempfile
 import threading
+import time
+import weakref
 from abc import ABC, abstractmethod
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
@@ -24,6 +30,14 @@ import blake3
 from datamill.errors import BlobCorrupted, BlobNotFound, ConfigError, DigestMismatch, InvalidInput
 
 ALGORITHM = "blake3"
+
+log = logging.getLogger("datamill.store")
+
+#: The lock file in each process's temporary directory, held (``flock``) while the process lives.
+TMP_LOCK = "lock"
+#: Temporary entries not made by this version's protocol (older versions' ``upload-*`` files, a
+#: directory whose creation was interrupted) are removed once they are this old.
+STALE_SECONDS = 3600.0
 
 
 def _load_syncfs() -> Any:
@@ -278,7 +292,7 @@ class _LocalWriter(BlobWriter):
         super().__init__(expected_digest, expected_size)
         self._store = store
         self._durable = durable
-        fd, name = tempfile.mkstemp(dir=store.tmp_dir, prefix="upload-")
+        fd, name = tempfile.mkstemp(dir=store.own_tmp_dir(), prefix="upload-")
         self._tmp = Path(name)
         self._file = os.fdopen(fd, "wb", buffering=0)
 
@@ -314,12 +328,41 @@ class _LocalWriter(BlobWriter):
 
 
 class LocalBlobStore(BlobStore):
-    """Blobs as read-only files under ``root/ab/cd/<hex>``; temporary files under ``root/.tmp``."""
+    """Blobs as read-only files under ``root/ab/cd/<hex>``; temporary files under ``root/.tmp``.
+
+    Each open store writes its temporary files in a directory of its own,
+    ``root/.tmp/<pid>-<random>/``, and holds an exclusive ``flock`` on the ``lock`` file in it for
+    as long as it lives. The kernel drops that lock when the process ends, however it ends, so
+    :meth:`clean_tmp` (run by every process that opens the home) removes exactly the directories
+    of processes that are gone, and never the uploads in flight of a live server or CLI.
+    """
 
     def __init__(self, root: str | Path) -> None:
         self.root = Path(root)
         self.tmp_dir = self.root / ".tmp"
         self.tmp_dir.mkdir(parents=True, exist_ok=True)
+        self._own_tmp: Path | None = None
+        self._owner_pid = 0
+        self._own_lock = threading.Lock()
+        self._release: weakref.finalize | None = None
+
+    def own_tmp_dir(self) -> Path:
+        """This store's temporary directory, made (and locked) on first use."""
+        with self._own_lock:
+            if self._own_tmp is None or os.getpid() != self._owner_pid:
+                # A forked child shares its parent's lock and directory; it may write there too,
+                # but it makes its own for a store it uses after the fork.
+                self._own_tmp, fd = _make_locked_dir(self.tmp_dir)
+                self._owner_pid = os.getpid()
+                self._release = weakref.finalize(self, _release_tmp_dir, self._own_tmp, fd, os.getpid())
+            return self._own_tmp
+
+    def close(self) -> None:
+        """Remove this store's temporary directory and drop its lock (also done at exit)."""
+        with self._own_lock:
+            if self._release is not None:
+                self._release()
+            self._own_tmp, self._release = None, None
 
     def path_of(self, digest: str) -> Path:
         """Where the bytes of ``digest`` live on disk."""
@@ -362,12 +405,87 @@ class LocalBlobStore(BlobStore):
             raise BlobNotFound(f"blob {digest} is missing from {self.root}", digest=digest) from None
 
     def clean_tmp(self) -> int:
-        """Remove temporary files left by a crash; returns how many were removed."""
+        """Remove temporary files of processes that are gone; returns how many files were removed.
+
+        A directory is removed only while this call holds its lock, which a live owner never
+        lets go of; a live process's uploads are left alone.
+        """
         n = 0
-        for p in self.tmp_dir.glob("upload-*"):
-            p.unlink(missing_ok=True)
-            n += 1
+        now = time.time()
+        for entry in list(self.tmp_dir.iterdir()):
+            try:
+                if entry.is_dir() and not entry.name.startswith("."):
+                    n += _remove_if_unlocked(entry)
+                elif now - entry.lstat().st_mtime > STALE_SECONDS:
+                    # An older datamill's upload-* file, or a directory whose creation stopped
+                    # half-way: nothing can tell whether its writer lives, so only age decides.
+                    n += _count_files(entry)
+                    if entry.is_dir():
+                        shutil.rmtree(entry)
+                    else:
+                        entry.unlink()
+            except FileNotFoundError:
+                continue  # another process cleaned it at the same time
         return n
+
+
+def _make_locked_dir(parent: Path) -> tuple[Path, int]:
+    """A new directory under ``parent`` holding a ``lock`` file this process has locked.
+
+    The directory is made and locked under a dot-name that :meth:`LocalBlobStore.clean_tmp` leaves
+    alone, then renamed into view, so no other process can ever see it unlocked.
+    """
+    staging = Path(tempfile.mkdtemp(dir=parent, prefix=".new-"))
+    fd = os.open(staging / TMP_LOCK, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        final = parent / f"{os.getpid()}-{staging.name.removeprefix('.new-')}"
+        os.rename(staging, final)
+    except BaseException:
+        os.close(fd)
+        shutil.rmtree(staging, ignore_errors=True)
+        raise
+    return final, fd
+
+
+def _release_tmp_dir(path: Path, fd: int, pid: int) -> None:
+    """Remove a store's temporary directory, then let go of its lock (in the process that made it)."""
+    if os.getpid() != pid:
+        return  # a forked child exiting must not take its parent's directory away
+    shutil.rmtree(path, ignore_errors=True)
+    os.close(fd)
+
+
+def _remove_if_unlocked(path: Path) -> int:
+    """Remove ``path`` if no live process holds its lock; returns how many files it held."""
+    try:
+        fd = os.open(path / TMP_LOCK, os.O_RDWR | os.O_CLOEXEC)
+    except FileNotFoundError:
+        if time.time() - path.lstat().st_mtime <= STALE_SECONDS:
+            return 0
+        n = _count_files(path)
+        shutil.rmtree(path, ignore_errors=True)
+        return n
+    try:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError as exc:
+            if exc.errno in (errno.EWOULDBLOCK, errno.EAGAIN):
+                return 0  # its process is alive
+            raise
+        n = _count_files(path) - 1  # not the lock file
+        shutil.rmtree(path, ignore_errors=True)
+        if n:
+            log.info("removed %d temporary files left by a process that ended", n)
+        return n
+    finally:
+        os.close(fd)
+
+
+def _count_files(path: Path) -> int:
+    if not path.is_dir():
+        return 1
+    return sum(len(files) for _, _, files in os.walk(path))
 
 
 class _MemoryWriter(BlobWriter):

@@ -3,13 +3,18 @@
 Every public method takes the :class:`~datamill.store.access.Actor` it acts for, checks access,
 and appends its events in the same transaction as the change. Blob bytes are written before the
 transaction that records them (and only after the access check), so a broken upload leaves
-nothing behind and a committed version always points at bytes that exist.
+nothing behind and a committed version always points at bytes that exist. They are removed only
+after the transaction that drops their last reference has committed (``_release_blobs``), so a
+crash in the middle of a delete never leaves a listed item without its bytes.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import fnmatch
+import hashlib
 import json
+import logging
 import mimetypes
 import time
 from collections.abc import Iterable, Iterator, Mapping
@@ -29,6 +34,7 @@ from datamill.db.models import (
     FolderAccess,
     Group,
     GroupAccess,
+    IdempotencyKey,
     Item,
     Meta,
     Task,
@@ -39,6 +45,7 @@ from datamill.db.models import (
 from datamill.errors import (
     AlreadyExists,
     BlobNotFound,
+    IdempotencyKeyReused,
     InvalidInput,
     InvalidMetadata,
     NotEmpty,
@@ -50,8 +57,13 @@ from datamill.store.blobs import ALGORITHM, BlobInfo, BlobStore, BlobWriter
 from datamill.store.names import check_name, join_path, split_item_path, split_path
 from datamill.store.visibility import Visibility, visible_events
 
+log = logging.getLogger("datamill.store")
+
 #: A folder the actor can reach is identified by its path; the root is "".
 ROOT = ""
+
+#: How long an upload's Idempotency-Key is remembered (a retry after that makes a new version).
+IDEMPOTENCY_TTL = 24 * 3600.0
 
 
 @dataclass(frozen=True)
@@ -158,6 +170,15 @@ def check_metadata(meta: Any) -> dict[str, Any]:
         if not key or len(key) > 255:
             raise InvalidMetadata(f"metadata key {key[:40]!r} must be 1-255 characters")
     return out
+
+
+def check_idempotency_key(key: str) -> str:
+    """An ``Idempotency-Key`` must be 1-255 visible ASCII characters (a UUID is a good choice)."""
+    if not 0 < len(key) <= 255 or any(not 0x21 <= ord(c) <= 0x7E for c in key):
+        raise InvalidInput(
+            "Idempotency-Key must be 1-255 visible ASCII characters, e.g. a UUID; send a fresh one per upload"
+        )
+    return key
 
 
 def guess_content_type(name: str) -> str:
@@ -410,8 +431,9 @@ class Store:
                 folder_id=row.id,
                 data={"path": row.path, "items": len(item_ids)},
             )
-            self._collect(conn, digests)
-            return len(item_ids)
+        # Only now that the rows are gone for good may their bytes go (see _release_blobs).
+        self._release_blobs(digests)
+        return len(item_ids)
 
     def set_folder_metadata(
         self, actor: Actor, path: str, set_: Mapping[str, Any] | None = None, unset: Iterable[str] = ()
@@ -647,12 +669,7 @@ class Store:
         created_via: str,
     ) -> list[VersionInfo]:
         now = time.time()
-        ins = pg_insert(Blob) if conn.dialect.name == "postgresql" else sqlite_insert(Blob)
-        unique = {b.digest: b for _, b in rows}
-        conn.execute(
-            ins.on_conflict_do_nothing(index_elements=["digest"]),
-            [{"digest": b.digest, "size": b.size, "created_at": now} for b in unique.values()],
-        )
+        self._hold_blob(conn, [b for _, b in rows])
         existing: dict[str, tuple[int, Any]] = {}
         names = [n for n, _ in rows]
         for i in range(0, len(names), 500):
@@ -747,6 +764,77 @@ class Store:
             for (n, b), vid in zip(rows, vids, strict=True)
         ]
 
+    def commit_upload(
+        self,
+        actor: Actor,
+        folder: str,
+        name: str,
+        blob: BlobInfo,
+        content_type: str | None = None,
+        metadata: Mapping[str, Any] | None = None,
+        idempotency_key: str | None = None,
+    ) -> tuple[VersionInfo, bool]:
+        """Record an upload as the next version, once per ``idempotency_key``; returns ``(version, replayed)``.
+
+        The key (per user, remembered for :data:`IDEMPOTENCY_TTL`) is claimed in the transaction
+        that commits the version, so a client whose answer was lost can send the same upload
+        again: it gets the version the first request made (``replayed`` True) instead of a second
+        one. The same key for other bytes or another item raises :class:`IdempotencyKeyReused`.
+        """
+        if idempotency_key is None:
+            return self.commit_version(actor, folder, name, blob, content_type, metadata), False
+        key = check_idempotency_key(idempotency_key)
+        name = check_name(name, "item name")
+        what = json.dumps(["/".join(split_path(folder)), name, blob.digest, blob.size])
+        fingerprint = hashlib.sha256(what.encode()).hexdigest()
+        replay: dict[str, Any] | None = None
+        with self.db.write() as conn:
+            now = time.time()
+            conn.execute(delete(IdempotencyKey).where(IdempotencyKey.created_at < now - IDEMPOTENCY_TTL))
+            ins = pg_insert(IdempotencyKey) if conn.dialect.name == "postgresql" else sqlite_insert(IdempotencyKey)
+            claimed = conn.execute(
+                ins.values(user_id=actor.id, key=key, fingerprint=fingerprint, response={}, created_at=now)
+                .on_conflict_do_nothing(index_elements=["user_id", "key"])
+                .returning(IdempotencyKey.key)  # rowcount is not reliable here (-1 with psycopg)
+            ).first()
+            if claimed is not None:
+                info = self.commit_version(actor, folder, name, blob, content_type, metadata, conn=conn)
+                conn.execute(
+                    update(IdempotencyKey)
+                    .where(IdempotencyKey.user_id == actor.id, IdempotencyKey.key == key)
+                    .values(response=info.to_dict())
+                )
+                return info, False
+            # Taken by a committed upload (on PostgreSQL the insert waited for it to commit).
+            row = conn.execute(
+                select(IdempotencyKey.fingerprint, IdempotencyKey.response).where(
+                    IdempotencyKey.user_id == actor.id, IdempotencyKey.key == key
+                )
+            ).one()
+            if row.fingerprint == fingerprint:
+                replay = dict(row.response)
+        # The bytes this request stored are referred to by nothing new: let them go if unused.
+        self._discard_upload(blob)
+        if replay is None:
+            raise IdempotencyKeyReused(
+                "this Idempotency-Key was already used for another upload (other bytes or another item); "
+                "send a new key for a new upload",
+                key=key,
+            )
+        names = {f.name for f in dataclasses.fields(VersionInfo)}
+        return VersionInfo(**{k: v for k, v in replay.items() if k in names}), True
+
+    def _discard_upload(self, blob: BlobInfo) -> None:
+        """Remove the bytes of an upload that was not recorded, unless something refers to them."""
+        with self.db.write() as conn:
+            ins = pg_insert(Blob) if conn.dialect.name == "postgresql" else sqlite_insert(Blob)
+            conn.execute(
+                ins.values(digest=blob.digest, size=blob.size, created_at=time.time()).on_conflict_do_nothing(
+                    index_elements=["digest"]
+                )
+            )
+        self._release_blobs([blob.digest])
+
     def commit_version(
         self,
         actor: Actor,
@@ -773,12 +861,7 @@ class Store:
         name = check_name(name, "item name")
         meta = check_metadata(metadata or {})
         frow = self._readable_folder(conn, actor, folder, Level.WRITE)
-        if not self.blobs.exists(blob.digest):
-            raise BlobNotFound(
-                f"the bytes for {name!r} vanished before they were recorded; upload the file again",
-                digest=blob.digest,
-            )
-        self._ensure_blob(conn, blob)
+        self._hold_blob(conn, [blob])
         now = time.time()
         ctype = content_type or guess_content_type(name)
         item = conn.execute(
@@ -866,11 +949,6 @@ class Store:
             run_id=run_id,
             task_id=task_id,
         )
-
-    def _ensure_blob(self, conn: Connection, blob: BlobInfo) -> None:
-        values = {"digest": blob.digest, "size": blob.size, "created_at": time.time()}
-        ins = pg_insert(Blob) if conn.dialect.name == "postgresql" else sqlite_insert(Blob)
-        conn.execute(ins.values(**values).on_conflict_do_nothing(index_elements=["digest"]))
 
     def _item_row(
         self, conn: Connection, actor: Actor, path: str, needed: Level = Level.READ
@@ -1062,7 +1140,7 @@ class Store:
                 item_id=irow.id,
                 data={"folder": frow.path, "name": irow.name},
             )
-            self._collect(conn, digests)
+        self._release_blobs(digests)
 
     def open_version(self, actor: Actor, path: str, version: int | None = None) -> tuple[VersionInfo, BinaryIO]:
         """A version's info and a verifying stream of its bytes."""
@@ -1098,26 +1176,94 @@ class Store:
     #: Columns whose digests keep a blob alive: item versions, task outputs and task logs.
     blob_referrers: list[Any] = [Version.digest, TaskOutput.digest, Task.log_digest]
 
-    def _collect(self, conn: Connection, digests: Iterable[str]) -> None:
-        """Remove blobs among ``digests`` that nothing refers to any more.
+    #: Digests checked (and their files removed) per transaction when blobs are released.
+    RELEASE_BATCH = 500
 
-        Runs inside the deleting transaction, so an upload that commits a version of the same
-        bytes afterwards either sees the file or is told to send it again (never a dangling row).
+    def _hold_blob(self, conn: Connection, blobs: Iterable[BlobInfo]) -> None:
+        """Record ``blobs`` and hold their rows until ``conn`` commits; raise if a file is gone.
+
+        Whoever is about to refer to a blob calls this in the transaction that adds the reference.
+        The shared row lock (PostgreSQL; SQLite has one writer anyway) keeps :meth:`_release_blobs`
+        from removing the file in between; the file is checked once the row is held, so a release
+        that won the race is noticed here and the caller is told to upload again.
         """
+        wanted = {b.digest: b for b in blobs}
+        if not wanted:
+            return
+        digests = sorted(wanted)
+        ins = pg_insert(Blob) if conn.dialect.name == "postgresql" else sqlite_insert(Blob)
+        now = time.time()
+        missing = digests
+        for _ in range(3):
+            # Usually one round; another only when a release deleted a row between the two statements.
+            conn.execute(
+                ins.on_conflict_do_nothing(index_elements=["digest"]),
+                [{"digest": d, "size": wanted[d].size, "created_at": now} for d in missing],
+            )
+            held: set[str] = set()
+            for i in range(0, len(missing), self.RELEASE_BATCH):
+                chunk = missing[i : i + self.RELEASE_BATCH]
+                q = select(Blob.digest).where(Blob.digest.in_(chunk)).order_by(Blob.digest).with_for_update(read=True)
+                held.update(conn.execute(q).scalars())
+            missing = [d for d in missing if d not in held]
+            if not missing:
+                break
         for digest in digests:
-            if any(conn.execute(select(col).where(col == digest).limit(1)).first() for col in self.blob_referrers):
-                continue
-            conn.execute(delete(Blob).where(Blob.digest == digest))
-            self.blobs.delete(digest)
+            if digest in missing or not self.blobs.exists(digest):
+                raise BlobNotFound(
+                    "the uploaded bytes were removed by a delete that ran at the same time; upload the file again",
+                    digest=digest,
+                )
+
+    def _release_blobs(self, digests: Iterable[str]) -> int:
+        """Remove the files of blobs among ``digests`` that nothing refers to; returns how many.
+
+        Called only after the transaction that dropped the references committed: a crash before
+        that commit rolls the rows back and their bytes are still there. Each batch runs in its
+        own write transaction that locks the blob rows, re-checks every reference, deletes the
+        rows and only then unlinks the files, before it commits. An upload of the same bytes
+        holds the row (:meth:`_hold_blob`), so it either commits its version first (the blob is
+        then referenced and kept) or finds the file gone and says so; it never commits a version
+        without bytes. A crash after an unlink but before the commit leaves an unreferenced row
+        without a file, which :meth:`collect_garbage` removes. Failures here are logged, not
+        raised: what the caller asked for has already happened, and garbage collection retries.
+        """
+        todo = sorted(set(digests))
+        removed = 0
+        for i in range(0, len(todo), self.RELEASE_BATCH):
+            chunk = todo[i : i + self.RELEASE_BATCH]
+            try:
+                with self.db.write() as conn:
+                    # SKIP LOCKED: a row held by an upload is about to be referenced again; never wait
+                    # on it (uploads lock in their own order, so waiting could deadlock).
+                    q = (
+                        select(Blob.digest)
+                        .where(Blob.digest.in_(chunk))
+                        .order_by(Blob.digest)
+                        .with_for_update(skip_locked=True)
+                    )
+                    locked = list(conn.execute(q).scalars())
+                    if not locked:
+                        continue
+                    used: set[str] = set()
+                    for col in self.blob_referrers:
+                        used.update(conn.execute(select(col).where(col.in_(locked)).distinct()).scalars())
+                    free = [d for d in locked if d not in used]
+                    if not free:
+                        continue
+                    conn.execute(delete(Blob).where(Blob.digest.in_(free)))
+                    for digest in free:
+                        self.blobs.delete(digest)
+                    removed += len(free)
+            except Exception:
+                log.exception("could not remove %d unreferenced blobs; `collect_garbage` will retry", len(chunk))
+        return removed
 
     def collect_garbage(self) -> int:
         """Remove every blob that no version (or engine record) refers to; returns how many."""
-        with self.db.write() as conn:
+        with self.db.read() as conn:
             digests = list(conn.execute(select(Blob.digest)).scalars())
-            before = len(digests)
-            self._collect(conn, digests)
-            after = conn.execute(select(func.count()).select_from(Blob)).scalar_one()
-            return before - int(after)
+        return self._release_blobs(digests)
 
 
 _MISSING = object()

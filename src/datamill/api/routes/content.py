@@ -5,7 +5,10 @@
   ``X-Datamill-Digest`` (the digest the bytes must have). The body is streamed into a blob writer
   in bounded chunks, never held whole; write access is checked before the first byte is stored.
   A body that ends early (client gone, fewer bytes than ``Content-Length``) or hashes to another
-  digest is thrown away: no item, no version, no file.
+  digest is thrown away: no item, no version, no file. With an ``Idempotency-Key`` header (per
+  user, remembered 24 h) a retry of the same upload answers the version the first request made,
+  with the same status and body and ``Idempotent-Replayed: true``, instead of adding a second
+  version; the same key for other bytes or another item is a 409 ``idempotency_key_reused``.
 * ``GET|HEAD /api/v1/content/{path}?version=N``: the bytes, with ``Content-Length``, ``ETag`` (the
   digest), ``X-Datamill-Digest``, ``X-Datamill-Version``, ``X-Datamill-Info`` (the version as
   JSON) and ``Accept-Ranges: bytes``; ``Range: bytes=a-b | a- | -n`` gives 206, an unsatisfiable
@@ -42,7 +45,7 @@ from datamill.errors import (
 )
 from datamill.store.blobs import CHUNK, check_digest
 from datamill.store.names import split_item_path
-from datamill.store.store import VersionInfo, check_metadata
+from datamill.store.store import VersionInfo, check_idempotency_key, check_metadata
 
 log = logging.getLogger("datamill.api")
 
@@ -170,6 +173,19 @@ class HeldBackStream:
     response_model=VersionOut,
     status_code=201,
     summary="Upload bytes as a new version",
+    responses={
+        201: {
+            "description": "The new version, or (with `Idempotent-Replayed: true`) the one an earlier request "
+            "with the same Idempotency-Key made.",
+            "headers": {
+                "Idempotent-Replayed": {
+                    "description": "`true` when this answers a retry of an upload already recorded.",
+                    "schema": {"type": "string"},
+                }
+            },
+        },
+        409: {"description": "The Idempotency-Key was already used for another upload."},
+    },
     openapi_extra={
         "requestBody": {
             "required": True,
@@ -186,9 +202,17 @@ async def upload(
     content_length: int | None = Header(None, ge=0),
     x_datamill_metadata: str | None = Header(None, description="A JSON object of item metadata."),
     x_datamill_digest: str | None = Header(None, description="The digest the bytes must hash to."),
+    idempotency_key: str | None = Header(
+        None,
+        alias="Idempotency-Key",
+        description="A fresh value (e.g. a UUID) per upload, sent again on its retries: a retry of an upload "
+        "already recorded answers its version instead of making another one.",
+    ),
 ) -> JSONResponse:
     """Stream the raw request body into a new version of ``{folder}/{name}`` (created when new)."""
     folder, name = split_item_path(path)
+    if idempotency_key is not None:
+        check_idempotency_key(idempotency_key)  # refused before any byte is read
     meta = parse_metadata_header(x_datamill_metadata)
     digest = x_datamill_digest.strip() if x_datamill_digest else None
     if digest:
@@ -220,8 +244,8 @@ async def upload(
     finally:
         # Cheap and must not be skipped by a cancellation, so not sent to a thread.
         writer.abort()
-    info = await blocking(home.store.commit_version, actor, folder, name, blob, ctype, meta)
-    return JSONResponse(info.to_dict(), status_code=201)
+    info, replayed = await blocking(home.store.commit_upload, actor, folder, name, blob, ctype, meta, idempotency_key)
+    return JSONResponse(info.to_dict(), status_code=201, headers={"Idempotent-Replayed": "true"} if replayed else None)
 
 
 @router.head("/content/{path:names}", name="content_headers", summary="A version's headers, without the bytes")
