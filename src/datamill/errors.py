@@ -65,6 +65,21 @@ class UnknownPipeline(InvalidPipeline):
     code = "unknown_pipeline"
 
 
+class InvalidStepOption(InvalidPipeline):
+    """A step option has a value it cannot take. Fix the option named in the message and try again."""
+
+    # (The docstring is the default message, so the attributes are described here.) ``field`` names
+    # the option ("retries", "params.threshold"); ``problem`` is what is wrong with it, worded without
+    # the step's name, so a YAML pipeline can show it at the field's line. ``detail`` stays as for
+    # InvalidPipeline (the step, and the parameter where there is one); the code too, for API clients.
+    def __init__(
+        self, message: str | None = None, *, field: str = "", problem: str | None = None, **detail: Any
+    ) -> None:
+        super().__init__(message, **detail)
+        self.field = field
+        self.problem = problem if problem is not None else self.message
+
+
 class InvalidDataflow(InvalidInput):
     """The dataflow configuration is not valid. Fix the field named in the message and try again."""
 

@@ -15,7 +15,8 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from datamill.engine.keys import canonical_json, diff_parts, key_from_parts, key_parts, task_key
+from datamill.canonical import canonical_json
+from datamill.engine.keys import diff_parts, key_from_parts, key_parts, task_key
 from datamill.errors import InvalidPipeline
 
 ZERO = "blake3:" + "0" * 64

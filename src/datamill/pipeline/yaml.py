@@ -40,6 +40,7 @@ import reprlib
 import shlex
 import sys
 from collections.abc import Callable
+from dataclasses import fields
 from pathlib import Path
 from typing import Any
 
@@ -47,9 +48,10 @@ import blake3
 import cloudpickle
 import yaml
 
-from datamill.errors import DatamillError, InvalidPipeline
+from datamill.errors import DatamillError, InvalidPipeline, InvalidStepOption
+from datamill.pipeline.options import YAML, StepOptions
 from datamill.pipeline.pipeline import Pipeline, refuse_main_module
-from datamill.pipeline.step import Step, command_step, step
+from datamill.pipeline.step import Step, configured, make_command_step, make_step
 
 __all__ = ["MAX_BYTES", "MAX_DEPTH", "MAX_QUOTE", "MAX_VALUES", "load_yaml_pipeline", "parse_yaml_pipeline"]
 
@@ -67,23 +69,11 @@ MAX_DEPTH = 64
 MAX_QUOTE = 300
 
 _TOP_KEYS = ("name", "description", "steps")
-_STEP_KEYS = (
-    "name",
-    "run",
-    "command",
-    "params",
-    "version",
-    "publish",
-    "inputs",
-    "aggregate",
-    "retries",
-    "retry_backoff",
-    "timeout",
-    "cache",
-    "force",
-    "name_template",
-    "description",
-)
+#: StepOptions fields a step may set in YAML under their own name (``codec`` is for Python steps).
+_OPTION_KEYS = tuple(f.name for f in fields(StepOptions) if f.name not in ("argv", "base_dir", "codec"))
+#: Fields whose YAML key differs from the option's name.
+_YAML_KEY = {"argv": "command"}
+_STEP_KEYS = ("name", "run", "command", *(k for k in _OPTION_KEYS if k != "name"))
 
 
 class _Map(dict[Any, Any]):
@@ -366,19 +356,17 @@ def _check_step(chk: _Checker, steps: _Seq, i: int) -> _StepSpec:
     def got(key: str) -> str:
         return f", got {_quote(node[key])}"
 
-    opts: dict[str, Any] = {}
     if ("run" in node) == ("command" in node):
         raise chk.error(node.line, prefix, "give exactly one of 'run' (module:function) or 'command' (a list)")
-    if "name" in node:
-        if not isinstance(node["name"], str) or not node["name"]:
-            raise bad("name", "must be a step name (letters, digits, '_' and '-')" + got("name"))
-        opts["name"] = node["name"]
-    elif "command" in node:
+    if "name" not in node and "command" in node:
         raise chk.error(node.line, f"{prefix}.name", "missing: a command step needs a name")
     if "run" in node:
         run = node["run"]
         if not isinstance(run, str) or ":" not in run or run.startswith(":") or run.endswith(":"):
             raise bad("run", "must look like 'package.module:function' or 'file.py:function'" + got("run"))
+    # The options are checked where the step is made (StepOptions.validate); here YAML's own
+    # spellings become Python values: a command line as one string, numbers where strings are meant.
+    opts = {key: node[key] for key in _OPTION_KEYS if key in node}
     if "command" in node:
         cmd = node["command"]
         if isinstance(cmd, str):
@@ -386,56 +374,19 @@ def _check_step(chk: _Checker, steps: _Seq, i: int) -> _StepSpec:
                 cmd = shlex.split(cmd)
             except ValueError as e:
                 raise bad("command", f"cannot split the command line: {e}") from None
-        if not isinstance(cmd, list) or not cmd or not all(isinstance(a, (str, int, float)) for a in cmd):
-            raise bad("command", "must be a non-empty list of strings like [tool, '{input}', '{output_dir}']")
-        opts["argv"] = [str(a) for a in cmd]
-    if "params" in node:
-        if not isinstance(node["params"], dict):
-            raise bad("params", "must be a mapping of parameter name → value" + got("params"))
-        opts["params"] = dict(node["params"])
+        if isinstance(cmd, list):
+            cmd = [str(a) if isinstance(a, (int, float)) else a for a in cmd]
+        opts["argv"] = cmd
     if "version" in node:
         v = node["version"]
-        if isinstance(v, bool) or not isinstance(v, (str, int)) or (isinstance(v, str) and not v.strip()):
-            hint = ' (quote it: version: "1.10"; unquoted, YAML reads a number)' if isinstance(v, float) else ""
-            raise bad("version", f'must be a string like "2"{hint}' + got("version"))
-        opts["version"] = str(v)
-    if "publish" in node:
-        p = node["publish"]
-        if isinstance(p, str):
-            p = [p]
-        if not isinstance(p, (bool, list)) or (isinstance(p, list) and not all(isinstance(x, str) and x for x in p)):
-            raise bad("publish", "must be true, false or a list of output names" + got("publish"))
-        opts["publish"] = p
-    if "inputs" in node:
-        inp = node["inputs"]
-        if not isinstance(inp, dict) or not all(isinstance(k, str) and isinstance(v, str) for k, v in inp.items()):
-            raise bad("inputs", "must be a mapping of argument name → step name, e.g. {table: convert}" + got("inputs"))
-        opts["inputs"] = dict(inp)
-    for key in ("aggregate", "cache", "force"):
-        if key in node:
-            if not isinstance(node[key], bool):
-                raise bad(key, "must be true or false" + got(key))
-            opts[key] = node[key]
-    if "retries" in node:
-        r = node["retries"]
-        if isinstance(r, bool) or not isinstance(r, int) or r < 0:
-            raise bad("retries", "must be a whole number ≥ 0" + got("retries"))
-        opts["retries"] = r
-    if "retry_backoff" in node:
-        b = node["retry_backoff"]
-        if isinstance(b, bool) or not isinstance(b, (int, float)) or not b >= 0:
-            raise bad("retry_backoff", "must be a number of seconds ≥ 0" + got("retry_backoff"))
-        opts["retry_backoff"] = float(b)
-    if "timeout" in node:
-        t = node["timeout"]
-        if t is not None and (isinstance(t, bool) or not isinstance(t, (int, float)) or not 0 < t < float("inf")):
-            raise bad("timeout", "must be a number of seconds > 0, or null for no limit" + got("timeout"))
-        opts["timeout"] = None if t is None else float(t)
-    for key in ("name_template", "description"):
-        if key in node:
-            if not isinstance(node[key], str) or not node[key]:
-                raise bad(key, "must be a non-empty string" + got(key))
-            opts[key] = node[key]
+        if isinstance(v, float):
+            # YAML read 1.10 as the number 1.1: the text the user meant is gone, so ask for quotes.
+            raise bad(
+                "version",
+                'must be a string like "2" (quote it: version: "1.10"; unquoted, YAML reads a number)' + got("version"),
+            )
+        if isinstance(v, int) and not isinstance(v, bool):
+            opts["version"] = str(v)
     return _StepSpec(i, node, opts)
 
 
@@ -444,23 +395,17 @@ def _build_step(chk: _Checker, spec: _StepSpec, base: Path) -> Step:
     node = spec.node
     try:
         if "argv" in opts:
-            return command_step(opts.pop("name"), opts.pop("argv"), base_dir=base, **opts)
+            return make_command_step(StepOptions(base_dir=base, **opts), YAML)
         target = _import_function(chk, spec, base)
         params = opts.pop("params", None)
         # Options apply when the step is made: a function without readable source may still get `version`.
-        made = target.configure(**opts) if isinstance(target, Step) else step(target, **opts)
-        if params:
-            # Check parameter by parameter so the error points at the offending line.
-            for pname, value in params.items():
-                try:
-                    made.resolve_params({pname: value})
-                except InvalidPipeline as e:
-                    pm = node["params"]
-                    raise chk.error(
-                        pm.value_lines.get(pname, spec.line("params")), f"{spec.prefix}.params.{pname}", _bare(e)
-                    ) from None
-            made = made.configure(params=params)
-        return made
+        made = (
+            configured(target, opts, YAML) if isinstance(target, Step) else make_step(target, StepOptions(**opts), YAML)
+        )
+        # Parameters of a `run:` step override the function's: checked against its defaults.
+        return configured(made, {"params": params}, YAML) if params is not None else made
+    except InvalidStepOption as e:
+        raise _field_error(chk, spec, e) from None
     except InvalidPipeline as e:
         if "line" in e.detail:
             raise
@@ -469,6 +414,22 @@ def _build_step(chk: _Checker, spec: _StepSpec, base: Path) -> Step:
         if key is None and field and field in (node.get("inputs") or {}):
             key = "inputs"
         raise chk.error(spec.line(key), spec.prefix + (f".{key}.{field}" if key else ""), _bare(e)) from None
+
+
+def _field_error(chk: _Checker, spec: _StepSpec, e: InvalidStepOption) -> InvalidPipeline:
+    """An option's error placed at the line of the field (or entry, for ``params.x``) it names."""
+    key, _, entry = e.field.partition(".")
+    key = _YAML_KEY.get(key, key)
+    if key == "name":
+        # The message says "step name '…'" itself.
+        return chk.error(spec.line(key if key in spec.node else None), spec.prefix, e.problem)
+    if key not in spec.node:
+        # An option the file does not set (e.g. the function's own): the message names it.
+        return chk.error(spec.line(), spec.prefix, e.message)
+    value = spec.node[key]
+    if entry and isinstance(value, _Map) and entry in value:
+        return chk.error(value.value_lines[entry], f"{spec.prefix}.{key}.{entry}", e.problem)
+    return chk.error(spec.line(key), f"{spec.prefix}.{key}", e.problem)
 
 
 def _bare(e: DatamillError) -> str:
