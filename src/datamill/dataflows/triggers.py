@@ -195,7 +195,10 @@ class Triggers:
             row = conn.execute(select(Dataflow).where(Dataflow.name == dataflow_name)).first()
             if row is None:
                 raise NotFound(f"no dataflow {dataflow_name!r}")
-            return self._submit(conn, row, actor, dict(row.config or {}), None, f"run by {actor.name}", self.clock())
+            # Asked for by a user: inputs that failed before are tried again.
+            return self._submit(
+                conn, row, actor, dict(row.config or {}), None, f"run by {actor.name}", self.clock(), skip_failed=False
+            )
 
     # ------------------------------------------------------------------ submitting
 
@@ -267,6 +270,7 @@ class Triggers:
         item_ids: list[int] | None,
         reason: str,
         now: float,
+        skip_failed: bool = True,
     ) -> int | None:
         pipeline = load_pipeline(cfg["pipeline"])
         aggregate = any(not pipeline.per_item(s.name) for s in pipeline)
@@ -287,6 +291,9 @@ class Triggers:
             dataflow_id=row.id,
             dataflow_version=row.version,
             conn=conn,
+            # A bad file is not tried again by every run: until it, the code or the parameters
+            # change (a new key), or a user retries it.
+            skip_failed=skip_failed,
         )
         self._last_fire[row.id] = now
         return run_id

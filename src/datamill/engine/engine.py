@@ -105,11 +105,15 @@ class Engine:
         parent_run_id: int | None = None,
         conn: Connection | None = None,
         scheduler: Scheduler | None = None,
+        skip_failed: bool = False,
     ) -> int:
         """Record a run (queued) of ``pipeline`` over ``inputs``; returns its id.
 
         Pass ``conn`` to record it inside the caller's write transaction (a trigger advancing its
         cursor). A pipeline without a reference can only be run by ``scheduler`` (in this process).
+        With ``skip_failed`` (runs triggers make), a task whose key already failed in its step is
+        not run again: it is ``skipped`` with the note "failed earlier (see run N)". Runs a user
+        asks for (``datamill run``, ``runs retry``, ``flow run``) leave it False and run them again.
         """
         if conn is None:
             with self.home.db.write() as own:
@@ -128,6 +132,7 @@ class Engine:
                     parent_run_id=parent_run_id,
                     conn=own,
                     scheduler=scheduler,
+                    skip_failed=skip_failed,
                 )
         p = resolve_pipeline(pipeline)
         ref = pipeline if isinstance(pipeline, str) else p.ref
@@ -194,6 +199,7 @@ class Engine:
             dataflow_version=dataflow_version,
             executor=executor or self.home.settings.executor,
             parent_run_id=parent_run_id,
+            skip_failed=skip_failed and not force,
         )
         if ref is None and scheduler is not None:
             scheduler.pipelines[run_id] = p
