@@ -882,33 +882,34 @@ class Scheduler:
                 # commit: then the version before ours is checked too, and ours undone if it loses.
                 racing = now is None and not self.home.db.is_sqlite
                 sp = conn.begin_nested() if racing else None
-                info = self.home.store.commit_version(
-                    actor,
-                    folder,
-                    name,
-                    BlobInfo(rec.digest, rec.size),
-                    ctype,
-                    meta,
-                    created_via="run",
-                    run_id=run_id,
-                    task_id=t.id,
-                    conn=conn,
-                )
-                if sp is not None:
-                    before = self._version_state(conn, info.item_id, info.version - 1) if info.version > 1 else None
-                    try:
+                try:
+                    info = self.home.store.commit_version(
+                        actor,
+                        folder,
+                        name,
+                        BlobInfo(rec.digest, rec.size),
+                        ctype,
+                        meta,
+                        created_via="run",
+                        run_id=run_id,
+                        task_id=t.id,
+                        conn=conn,
+                    )
+                    if sp is not None:
+                        before = self._version_state(conn, info.item_id, info.version - 1) if info.version > 1 else None
                         newer = self._check_publish(conn, actor, before, run_id, item, folder, name, t.step)
-                    except _Collision:
+                        if newer is not None:
+                            sp.rollback()
+                            superseded.append((pub_name, newer))
+                            by_name[out_name] = OutputRecord(
+                                rec.name, rec.digest, rec.size, rec.content_type, rec.codec, rec.inline, None
+                            )
+                            continue
+                        sp.commit()
+                except BaseException:
+                    if sp is not None and sp.is_active:
                         sp.rollback()
-                        raise
-                    if newer is not None:
-                        sp.rollback()
-                        superseded.append((pub_name, newer))
-                        by_name[out_name] = OutputRecord(
-                            rec.name, rec.digest, rec.size, rec.content_type, rec.codec, rec.inline, None
-                        )
-                        continue
-                    sp.commit()
+                    raise
                 vid = info.version_id
             changes[(folder, name)] = _Current(
                 vid, rec.digest, max(run_id, now.run if now is not None else 0), item if now is None else now.item
