@@ -514,7 +514,10 @@ class Scheduler:
                         continue
                     skipped = [d for d in deps if d.status == TaskStatus.SKIPPED and d.planned_id not in tolerated]
                     if skipped:  # not run for the same reason as its input: not a new failure either
-                        note = f"its input {skipped[0].planned_id} {skipped[0].note or 'was skipped'}"
+                        first = skipped[0]
+                        note = first.note or "was skipped"
+                        if not note.startswith("its input "):  # name the task that failed, not the chain
+                            note = f"its input {first.planned_id} {note}"
                         blocked.append(_Done(t, pt, TaskStatus.SKIPPED, note=note))
                         continue
                     if all(d.status in runs.FINISHED_TASK for d in deps) and (t.not_before or 0) <= now:
