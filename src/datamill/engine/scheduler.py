@@ -254,15 +254,16 @@ class Scheduler:
         while True:
             await asyncio.sleep(self.lease_seconds / 3)
             try:
-                await asyncio.to_thread(self._renew_now)
+                # Read here, in the loop's thread, where drivers come and go.
+                await asyncio.to_thread(self._renew_now, list(self._active))
             except DatamillError:
                 log.exception("could not renew task leases")
 
-    def _renew_now(self) -> None:
+    def _renew_now(self, run_ids: list[int]) -> None:
         # Only the tasks of runs a driver of ours is driving: a task whose driver failed loses its
         # lease, and is requeued or failed instead of being held for ever.
         with self.home.db.write() as conn:
-            runs.renew_leases(conn, self.owner, self.lease_seconds, list(self._active))
+            runs.renew_leases(conn, self.owner, self.lease_seconds, run_ids)
 
     # ------------------------------------------------------------------ finding work
 
