@@ -6,6 +6,7 @@ as a subprocess. Nothing runs on import but the step and pipeline definitions.
 
 from __future__ import annotations
 
+import time
 from pathlib import Path
 
 from datamill.pipeline import InputFile, Pipeline, step
@@ -47,3 +48,28 @@ def size(upper: bytes) -> dict:
 
 #: Two per-item steps, both published: ``x.txt`` -> ``x.upper.bin`` and ``x.size.json``.
 twostep = Pipeline("twostep", [upper, size])
+
+
+@step(params={"prefix": "v1", "gate": ""})
+def gated(item: InputFile, *, prefix: str = "v1", gate: str = "") -> bytes:
+    """``<prefix>:<bytes>`` like ``echo``, but first waits until the file ``gate`` exists (when given).
+
+    A test holds a run in flight with it, to make runs finish in the order it wants.
+    """
+    while gate and not Path(gate).exists():
+        time.sleep(0.01)
+    return prefix.encode() + b":" + item.read_bytes()
+
+
+#: ``x.txt`` -> ``x.echo.bin``, as ``echo_pipeline``, with a gate to hold it back
+gated_pipeline = Pipeline("gated", [gated.configure(name="echo")])
+
+
+@step(aggregate=True)
+def listing(echo: list) -> dict:
+    """How many items echoed (a failed or skipped item counts as missing)."""
+    return {"echoed": sum(1 for e in echo if e is not None), "missing": sum(1 for e in echo if e is None)}
+
+
+#: echo per item, then an aggregate over all of them: every run covers the whole source
+echo_all = Pipeline("echo_all", [echo, listing])

@@ -24,8 +24,8 @@ GOOD = ["field_survey.xlsx", "lab_measurements.tsv", "weather_stations.csv"]
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 
 
-async def serve_until_runs_end(home: Home, timeout: float = 120.0) -> None:
-    """Run the services (inline executor) until at least one run exists and every run has ended."""
+async def serve_until_runs_end(home: Home, timeout: float = 120.0, count: int = 1) -> None:
+    """Run the services (inline executor) until at least ``count`` runs exist and every run has ended."""
     services = Services(home, executor="inline")
     engine = Engine(home)
     await services.start()
@@ -33,7 +33,7 @@ async def serve_until_runs_end(home: Home, timeout: float = 120.0) -> None:
         deadline = time.monotonic() + timeout
         while True:
             found = await asyncio.to_thread(engine.list_runs, home.admin)
-            if found and all(r["status"] not in ("queued", "running") for r in found):
+            if len(found) >= count and all(r["status"] not in ("queued", "running") for r in found):
                 return
             assert time.monotonic() < deadline, f"runs did not end within {timeout} s: {found}"
             await asyncio.sleep(0.1)
@@ -124,6 +124,18 @@ def test_the_demo_derives_every_good_sample_and_explains_the_broken_one(tmp_path
                 assert sources == {f"{SOURCE}/{keys[name.split('.')[0]]}"}, name
 
         assert set(finished_per_task(home).values()) == {1}
+        check_fold(home)
+
+        # A later run (a new file landed) does not try broken.csv again: it failed earlier, on the
+        # same bytes and code, so the run succeeds and says where it failed.
+        home.store.put(admin, SOURCE, "more.csv", (SAMPLES / "weather_stations.csv").read_bytes())
+        asyncio.run(serve_until_runs_end(home, count=2))
+        later, _first = engine.list_runs(admin)
+        assert later["status"] == "succeeded"
+        tasks = {t.planned_id: t for t in engine.tasks(admin, later["id"])}
+        broken = tasks[f"tables[{SOURCE}/broken.csv]"]
+        assert (broken.status, broken.note) == ("skipped", f"failed earlier (see run {run['id']})")
+        assert "more.parquet" in {i.name for i in home.store.list_items(admin, DESTINATION)}
         check_fold(home)
     finally:
         home.close()

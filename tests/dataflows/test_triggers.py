@@ -6,12 +6,14 @@ scheduler in this process, so nothing here sleeps.
 
 from __future__ import annotations
 
+import json
+import threading
 from datetime import UTC, datetime
 from pathlib import Path
 
 import pytest
 from flow_pipelines import ref
-from flow_world import DEST, SOURCE, T0, FlowWorld, check_fold, finished_per_task
+from flow_world import DEST, SOURCE, T0, FlowWorld, check_fold, finished_per_task, wait_for
 
 from datamill.dataflows.triggers import active_runs
 
@@ -161,6 +163,132 @@ def test_edit_while_running_new_runs_use_the_new_version(world: FlowWorld) -> No
     assert w.run(later)["dataflow_version"] == 2
     w.drive()
     assert w.read("c.echo.bin") == b"v2:c"
+
+
+def _edited_while_in_flight(w: FlowWorld, gate: Path) -> tuple[int, int]:
+    """A run under version 1 (held back by ``gate``) and, after an edit, one under version 2; both over a.txt."""
+    w.create(pipeline=ref("gated_pipeline"), params={"prefix": "v1", "gate": str(gate)})
+    w.start()
+    w.poll(T0)
+    w.put("a.txt", "a")
+    (old,) = w.poll(T0 + 1)
+    w.flows.edit(w.admin, "flow", {"params": {"prefix": "v2", "gate": ""}})
+    (new,) = w.poll(T0 + 2)
+    assert (w.run(old)["dataflow_version"], w.run(new)["dataflow_version"]) == (1, 2)
+    return old, new
+
+
+def test_an_older_run_finishing_last_does_not_replace_the_newer_output(db_world: FlowWorld, tmp_path: Path) -> None:
+    w = db_world
+    gate = tmp_path / "gate"
+    old, new = _edited_while_in_flight(w, gate)
+    # The old run starts and waits at its gate; the new one runs to its end meanwhile.
+    old_driver = threading.Thread(target=w.drive, args=([old],), name="old-run")
+    old_driver.start()
+    try:
+        wait_for("the old run's task to start", lambda: w.run(old)["status"] == "running")
+        w.drive([new])
+        assert w.read("a.echo.bin") == b"v2:a"
+    finally:
+        gate.touch()
+        old_driver.join()
+    # The old run ends later: its output is recorded but not made current.
+    assert w.run(old)["status"] == w.run(new)["status"] == "succeeded"
+    assert w.read("a.echo.bin") == b"v2:a"
+    assert [v.run_id for v in w.versions("a.echo.bin")] == [new]
+    (task,) = w.engine.tasks(w.admin, old)
+    assert task.note is not None and task.note.startswith(f"superseded by run {new}: 'a.echo.bin' not published")
+    assert [o.version_id for o in task.outputs] == [None]
+    (finished,) = [e for e in w.events("task.finished") if e.task_id == task.id]
+    assert finished.data["note"] == task.note
+    check_fold(w.home)
+
+
+def test_a_newer_run_finishing_last_replaces_the_older_output(db_world: FlowWorld, tmp_path: Path) -> None:
+    w = db_world
+    gate = tmp_path / "gate"
+    gate.touch()  # no waiting: the runs end one after the other, oldest first
+    old, new = _edited_while_in_flight(w, gate)
+    w.drive([old])
+    assert w.read("a.echo.bin") == b"v1:a"
+    w.drive([new])
+    assert w.read("a.echo.bin") == b"v2:a"
+    assert [v.run_id for v in w.versions("a.echo.bin")] == [old, new]
+    assert all(t.note is None for r in (old, new) for t in w.engine.tasks(w.admin, r))
+
+
+def test_an_older_run_does_not_replace_an_output_a_newer_run_found_in_the_cache(world: FlowWorld) -> None:
+    w = world
+    w.create()
+    w.start()
+    w.poll(T0)
+    w.put("a.txt", "a")
+    (first,) = w.poll(T0 + 1)
+    w.drive()  # a.echo.bin = v1:a, published by the first run
+    # Three runs over a.txt in flight: v2 (older), then v1 again (newer, a cache hit of the current bytes).
+    w.flows.edit(w.admin, "flow", {"params": {"prefix": "v2"}})
+    (v2,) = w.poll(T0 + 2)
+    w.flows.edit(w.admin, "flow", {"params": {"prefix": "v1"}})
+    (v1_again,) = w.poll(T0 + 3)
+    assert w.run_inputs(v1_again) == ["a.txt"]
+    w.drive([v1_again])  # the newest request: cached, its output is the current version already
+    w.drive([v2])  # the older request ends last
+    assert w.read("a.echo.bin") == b"v1:a"
+    assert [v.run_id for v in w.versions("a.echo.bin")] == [first]
+    (task,) = w.engine.tasks(w.admin, v2)
+    assert task.note is not None and task.note.startswith(f"superseded by run {v1_again}")
+
+
+def test_a_failed_item_is_not_tried_again_until_it_changes_or_a_user_asks(db_world: FlowWorld) -> None:
+    w = db_world
+    w.put("a.txt", "a")
+    w.put("bad.txt", "fail: not like the others")
+    w.create(pipeline=ref("echo_all"))
+    w.start()
+    (first,) = w.poll(T0)
+    w.drive()
+    assert w.run(first)["status"] == "failed"
+    bad_first = w.engine.tasks(w.admin, first)[1]
+    assert (bad_first.planned_id, bad_first.status, bad_first.failure) == ("echo[Raw/bad.txt]", "failed", "step")
+
+    # A new item: the run covers every item (an aggregate step); bad.txt is not run again.
+    w.put("c.txt", "c")
+    (second,) = w.poll(T0 + 1)
+    w.drive()
+    run = w.run(second)
+    assert run["status"] == "succeeded"
+    assert run["counts"] == {"skipped": 1, "cached": 1, "succeeded": 2}
+    tasks = {t.planned_id: t for t in w.engine.tasks(w.admin, second)}
+    bad = tasks["echo[Raw/bad.txt]"]
+    assert (bad.status, bad.note, bad.error, bad.attempts) == ("skipped", f"failed earlier (see run {first})", None, 0)
+    assert json.loads(w.read("listing.json")) == {"echoed": 2, "missing": 1}  # skipped reaches it as None
+    assert not [e for e in w.events("task.started") if e.task_id == bad.id]
+    (finished,) = [e for e in w.events("task.finished") if e.task_id == bad.id]
+    assert finished.data["status"] == "skipped" and finished.data["note"] == bad.note
+    check_fold(w.home)
+
+    # A user asking for a run (flow run, runs retry) runs it again.
+    again = w.triggers.run_now("flow", w.admin)
+    assert again is not None
+    w.drive()
+    assert w.run(again)["status"] == "failed"
+    assert {t.planned_id: t.status for t in w.engine.tasks(w.admin, again)}["echo[Raw/bad.txt]"] == "failed"
+    retried = w.engine.retry(w.admin, first)
+    w.drive()
+    assert {t.planned_id: t.status for t in w.engine.tasks(w.admin, retried)}["echo[Raw/bad.txt]"] == "failed"
+
+    # Later trigger runs point at the newest failure; a new version of the item is a new key: it runs.
+    w.put("d.txt", "d")
+    (third,) = w.poll(T0 + 2)
+    w.drive()
+    bad = {t.planned_id: t for t in w.engine.tasks(w.admin, third)}["echo[Raw/bad.txt]"]
+    assert bad.note == f"failed earlier (see run {retried})"
+    w.put("bad.txt", "fine now")
+    (fixed,) = w.poll(T0 + 3)
+    w.drive()
+    assert w.run(fixed)["status"] == "succeeded"
+    assert w.read("bad.echo.bin") == b"v1:fine now"
+    check_fold(w.home)
 
 
 def _utc(text: str) -> float:

@@ -162,3 +162,8 @@ def narrate(item: InputFile, ctx: Context, *, marks: str = "") -> str:
 
 #: one step logging around its work
 narrating = Pipeline("narrating", steps=[narrate])
+
+
+#: parse -> count, count published under a name of 300 bytes ("a." + 293 "n" + ".json"): more than
+#: any item name may have, so publishing it fails
+long_names = Pipeline("long_names", steps=[parse, count.configure(name_template="{stem}." + "n" * 293 + "{ext}")])

@@ -1,8 +1,9 @@
 """Property: whatever happens to runs, the state folded from the event log equals the tables.
 
 Hypothesis draws a pipeline per run and a short history of operations (inputs added, changed,
-re-tagged and deleted; runs, forced runs, cancelled runs, failures, retries) and checks after each
-one that ``runs.fold(events) == runs.state_from_tables(conn)``, plus a few invariants of runs.
+re-tagged and deleted; runs, forced runs, runs as triggers make them (skipping what failed before),
+cancelled runs, failures, retries) and checks after each one that
+``runs.fold(events) == runs.state_from_tables(conn)``, plus a few invariants of runs.
 """
 
 from __future__ import annotations
@@ -32,6 +33,7 @@ operations = st.lists(
         st.tuples(st.just("tag"), st.sampled_from(NAMES), st.integers(0, 3)),
         st.tuples(st.just("delete"), st.sampled_from(NAMES), st.none()),
         st.tuples(st.just("run"), st.sampled_from(PIPELINES), st.booleans()),
+        st.tuples(st.just("trigger"), st.sampled_from(PIPELINES), st.none()),
         st.tuples(st.just("cancel"), st.sampled_from(PIPELINES), st.none()),
         st.tuples(st.just("retry"), st.none(), st.none()),
     ),
@@ -51,12 +53,15 @@ def apply(world: World, op: tuple[str, Any, Any], marks: Path) -> None:
     elif kind == "delete":
         if arg in present:
             world.home.store.delete_item(world.admin, f"Raw/{arg}")
-    elif not present and kind in ("run", "cancel"):
+    elif not present and kind in ("run", "cancel", "trigger"):
         with pytest.raises(InvalidInput, match="no input items"):
             world.submit(ref(arg))
     elif kind == "run":
         run = world.run(ref(arg), force=extra, params={"marks": str(marks)})
         assert run["status"] in FINISHED_RUN
+    elif kind == "trigger":
+        run = world.run(ref(arg), params={"marks": str(marks)}, skip_failed=True)
+        assert run["status"] in FINISHED_RUN and run["skip_failed"]
     elif kind == "cancel":
         run_id = world.submit(ref(arg), params={"marks": str(marks)})
         assert world.engine.cancel(world.admin, run_id)
@@ -76,7 +81,9 @@ def check_invariants(world: World) -> None:
         tasks = world.engine.tasks(world.admin, run["id"])
         counts = Counter(str(t.status) for t in tasks)
         if run["status"] == "succeeded":
-            assert set(counts) <= {"succeeded", "cached"}, counts
+            assert set(counts) <= {"succeeded", "cached", "skipped"}, counts
+        if counts["skipped"]:
+            assert run["skip_failed"], run
         elif run["status"] == "failed":
             assert counts["failed"] and not counts["queued"] and not counts["running"], counts
         for t in tasks:
@@ -86,6 +93,14 @@ def check_invariants(world: World) -> None:
                 source = world.engine.task(world.admin, t.cached_from)  # type: ignore[arg-type]
                 assert (source.status, source.key) == ("succeeded", t.key)
                 assert [o.digest for o in source.outputs] == [o.digest for o in t.outputs]
+            if t.status == "skipped":
+                # It failed in its step before, in the run its note names (or its input was skipped).
+                assert t.note is not None and t.error is None and t.attempts == 0, t
+                if not t.note.startswith("its input"):
+                    earlier = int(t.note.removeprefix("failed earlier (see run ").removesuffix(")"))
+                    assert earlier < run["id"]
+                    failed = [e for e in world.engine.tasks(world.admin, earlier) if e.key == t.key]
+                    assert failed and all((e.status, e.failure) == ("failed", "step") for e in failed)
 
 
 @settings(max_examples=20, deadline=None, suppress_health_check=[HealthCheck.too_slow])

@@ -79,7 +79,7 @@ def parse_params(pairs: Iterable[str] | None) -> dict[str, Any]:
 
 def _finished(counts: dict[str, int]) -> int:
     return sum(counts.get(s, 0) for s in (TaskStatus.SUCCEEDED, TaskStatus.CACHED, TaskStatus.FAILED,
-                                          TaskStatus.CANCELLED))
+                                          TaskStatus.CANCELLED, TaskStatus.SKIPPED))
 
 
 def _duration(info: dict[str, Any]) -> str:
@@ -91,12 +91,15 @@ def _duration(info: dict[str, Any]) -> str:
 
 
 def step_table(info: dict[str, Any], order: list[str], bars: bool = False) -> Table:
-    """Per step: done (succeeded), cached, failed, running and queued counts; with ``bars``, a progress bar."""
+    """Per step: done (succeeded), cached, failed, skipped (failed earlier), running and queued counts.
+
+    With ``bars``, a progress bar.
+    """
     table = Table(box=None, pad_edge=False, header_style="bold")
     table.add_column("step")
     if bars:
         table.add_column("progress", width=24)
-    for name in ("done", "cached", "failed", "running", "queued", "total"):
+    for name in ("done", "cached", "failed", "skipped", "running", "queued", "total"):
         table.add_column(name, justify="right")
     steps: dict[str, dict[str, int]] = info.get("steps") or {}
     for step in order + sorted(s for s in steps if s not in order):
@@ -110,6 +113,7 @@ def step_table(info: dict[str, Any], order: list[str], bars: bool = False) -> Ta
             str(c.get(TaskStatus.SUCCEEDED, 0)),
             str(c.get(TaskStatus.CACHED, 0)),
             Text(str(failed), style="red" if failed else ""),
+            str(c.get(TaskStatus.SKIPPED, 0)),
             str(c.get(TaskStatus.RUNNING, 0)),
             str(c.get(TaskStatus.QUEUED, 0)),
             str(total),
@@ -453,12 +457,13 @@ def show(ctx: typer.Context, run_id: RunArg, json_: JsonFlag = False) -> None:
         out.print(f"  {'error':<10} {info['error']}", markup=False)
     out.print(step_table(info, step_order(tasks)))
     out.print()
+    # A skipped task says which run it failed in; a superseded one, which run's output won.
     print_table(
-        ["id", "task", "status", "attempts", "took", "error"],
+        ["id", "task", "status", "attempts", "took", "error / note"],
         [
             (t["id"], t["planned_id"], t["status"], t["attempts"],
              f"{t['finished_at'] - t['started_at']:.2f} s" if t["finished_at"] and t["started_at"] else "-",
-             _one_line(t["error"]))
+             _one_line(t["error"] or t.get("note")))
             for t in tasks
         ],
     )

@@ -219,7 +219,10 @@ class Triggers:
                     raise PermissionDenied(
                         f"you may not run dataflow {dataflow_name!r}: you may not read its {key}; ask its owner"
                     )
-            return self._submit(conn, row, actor, cfg, None, f"run by {actor.name}", self.clock())
+            # Asked for by a user: inputs that failed before are tried again.
+            return self._submit(
+                conn, row, actor, cfg, None, f"run by {actor.name}", self.clock(), skip_failed=False
+            )
 
     # ------------------------------------------------------------------ submitting
 
@@ -291,6 +294,7 @@ class Triggers:
         item_ids: list[int] | None,
         reason: str,
         now: float,
+        skip_failed: bool = True,
     ) -> int | None:
         # The pipeline is what the dataflow's owner chose, whoever asks for this run (`flow run`).
         choice = registry.choose(conn, self._owner(conn, row.owner_id), cfg["pipeline"])
@@ -313,6 +317,9 @@ class Triggers:
             dataflow_id=row.id,
             dataflow_version=row.version,
             conn=conn,
+            # A bad file is not tried again by every run: until it, the code or the parameters
+            # change (a new key), or a user retries it.
+            skip_failed=skip_failed,
         )
         self._last_fire[row.id] = now
         return run_id

@@ -208,6 +208,8 @@ class Run(Base):
     finished_at: Mapped[float | None] = mapped_column(Float, nullable=True)
     cancel_requested: Mapped[bool] = mapped_column(Boolean, default=False)
     error: Mapped[str | None] = mapped_column(Text, nullable=True)
+    #: tasks that failed earlier on the same key are not run again (runs made by triggers)
+    skip_failed: Mapped[bool] = mapped_column(Boolean, default=False, server_default="0")
 
 
 class Task(Base):
@@ -241,6 +243,11 @@ class Task(Base):
     executor: Mapped[str | None] = mapped_column(String(32), nullable=True)
     lease_owner: Mapped[str | None] = mapped_column(String(64), nullable=True)
     lease_expires: Mapped[float | None] = mapped_column(Float, nullable=True)
+    #: why a failed task failed: ``step`` (the step raised or exited non-zero: the same key fails
+    #: again), ``timeout``, ``crashed``, ``input``, ``publish``, ``scheduler``, ...
+    failure: Mapped[str | None] = mapped_column(String(16), nullable=True)
+    #: a note on how the task ended: "failed earlier (see run N)", "superseded by run N", ...
+    note: Mapped[str | None] = mapped_column(Text, nullable=True)
 
 
 class TaskInput(Base):
@@ -268,7 +275,7 @@ class TaskOutput(Base):
     content_type: Mapped[str] = mapped_column(String(255))
     codec: Mapped[str] = mapped_column(String(32))
     inline: Mapped[bytes | None] = mapped_column(LargeBinary, nullable=True)
-    version_id: Mapped[int | None] = mapped_column(BigInteger, nullable=True)
+    version_id: Mapped[int | None] = mapped_column(BigInteger, nullable=True, index=True)
 
 
 Index("ix_tasks_run_status", Task.run_id, Task.status)

@@ -119,6 +119,7 @@ class Engine:
         parent_run_id: int | None = None,
         conn: Connection | None = None,
         scheduler: Scheduler | None = None,
+        skip_failed: bool = False,
     ) -> int:
         """Record a run (queued) of ``pipeline`` over ``inputs``; returns its id.
 
@@ -126,6 +127,9 @@ class Engine:
         cursor). A pipeline without a reference can only be run by ``scheduler`` (in this process).
         A string is what ``actor`` chose: a registered name, or a reference if ``actor`` is a site
         admin (:func:`registry.choose`); anything else is refused before anything is loaded.
+        With ``skip_failed`` (runs triggers make), a task whose key already failed in its step is
+        not run again: it is ``skipped`` with the note "failed earlier (see run N)". Runs a user
+        asks for (``datamill run``, ``runs retry``, ``flow run``) leave it False and run them again.
         """
         if conn is None:
             with self.home.db.write() as own:
@@ -144,6 +148,7 @@ class Engine:
                     parent_run_id=parent_run_id,
                     conn=own,
                     scheduler=scheduler,
+                    skip_failed=skip_failed,
                 )
         if isinstance(pipeline, str):
             pipeline = registry.choose(conn, actor, pipeline)
@@ -217,6 +222,7 @@ class Engine:
             dataflow_version=dataflow_version,
             executor=executor or self.home.settings.executor,
             parent_run_id=parent_run_id,
+            skip_failed=skip_failed and not force,
         )
         if ref is None and scheduler is not None:
             scheduler.pipelines[run_id] = p

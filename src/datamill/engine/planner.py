@@ -21,6 +21,7 @@ for the i-th of a list. Item metadata and folders are not part of keys.
 
 from __future__ import annotations
 
+import dataclasses
 import itertools
 from collections.abc import Callable, Collection, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -133,6 +134,9 @@ class PlannedTask:
     timeout: float | None = None
     cache: bool = True
     forced: bool = False
+    #: why the task is refused without running (its published name collides with another
+    #: input's), or None
+    refused: str | None = None
 
 
 def task_id(step: str, item: InputRef | None) -> str:
@@ -286,6 +290,7 @@ class Plan:
                     "key": t.key,
                     "decision": t.decision,
                     "outputs": [o.published_name for o in t.outputs if o.publish],
+                    **({"refused": t.refused} if t.refused else {}),
                 }
                 for t in self.tasks
             ],
@@ -467,4 +472,40 @@ def plan(
                     forced=forced,
                 )
             )
-    return Plan(pipeline=pipeline, inputs=refs, tasks=tuple(tasks), edges=tuple(edges))
+    return Plan(pipeline=pipeline, inputs=refs, tasks=tuple(_refuse_collisions(tasks)), edges=tuple(edges))
+
+
+def collision_message(published: str, step: str, item: str, other: str | None, where: str = "") -> str:
+    """What a task whose output would replace another input's output is told (see :func:`_refuse_collisions`).
+
+    ``other`` is the other input's path, or None when the caller may not see it.
+    """
+    theirs = f"the output of {other!r}" if other else "the output of another input"
+    return (
+        f"output {published!r} of {item!r} would replace {theirs}{where}: both are published as {published!r}. "
+        f"Nothing was published for {item!r}; rename one of the inputs, or give step {step!r} a name_template "
+        "that keeps them apart, such as '{item}.{step}{ext}'"
+    )
+
+
+def _refuse_collisions(tasks: list[PlannedTask]) -> list[PlannedTask]:
+    """Refuse per-item tasks whose published name another input's task of the same run publishes too.
+
+    ``same.csv`` and ``same.tsv`` both give ``same.count.json`` with the default template: one
+    would silently replace the other. The first input in canonical order keeps the name; the
+    others are refused (they fail without running, saying why). Names known only once a task
+    has run are checked when it publishes, in the scheduler.
+    """
+    first: dict[str, tuple[str, str]] = {}  # published name -> (item path, step) of its first task
+    out: list[PlannedTask] = []
+    for t in tasks:
+        clash = None
+        if t.item is not None:
+            for o in t.outputs:
+                if not o.publish:
+                    continue
+                owner = first.setdefault(o.published_name, (t.item.path, t.step))
+                if owner[0] != t.item.path and clash is None:
+                    clash = collision_message(o.published_name, t.step, t.item.path, owner[0])
+        out.append(t if clash is None else dataclasses.replace(t, refused=clash))
+    return out

@@ -50,11 +50,19 @@ class TaskStatus(StrEnum):
     CACHED = "cached"
     #: the run was cancelled before the task ended
     CANCELLED = "cancelled"
+    #: not run: it failed earlier on the same key (its note says in which run); not a new failure
+    SKIPPED = "skipped"
 
 
-FINISHED_TASK = frozenset({TaskStatus.SUCCEEDED, TaskStatus.FAILED, TaskStatus.CACHED, TaskStatus.CANCELLED})
+FINISHED_TASK = frozenset(
+    {TaskStatus.SUCCEEDED, TaskStatus.FAILED, TaskStatus.CACHED, TaskStatus.CANCELLED, TaskStatus.SKIPPED}
+)
 DONE_OK = frozenset({TaskStatus.SUCCEEDED, TaskStatus.CACHED})
 FINISHED_RUN = frozenset({RunStatus.SUCCEEDED, RunStatus.FAILED, RunStatus.CANCELLED})
+
+#: ``tasks.failure`` of a task whose step raised or exited non-zero after its retries: the same
+#: key fails again, so runs made by triggers do not run it again (see :func:`failed_earlier`).
+STEP_FAILURE = "step"
 
 
 @dataclass(frozen=True)
@@ -125,6 +133,10 @@ class TaskRow:
     cached_from: int | None
     executor: str | None
     not_before: float | None = None
+    #: why it failed (``step``, ``timeout``, ``input``, ``publish``, ...), for failed tasks
+    failure: str | None = None
+    #: how it ended, when that needs saying: "failed earlier (see run 3)", "superseded by run 9: ..."
+    note: str | None = None
     outputs: list[OutputRecord] = field(default_factory=list)
     #: the scheduler's note that the cache had nothing for its key (not stored, not shown)
     cache_missed: bool = False
@@ -162,6 +174,8 @@ def _task_row(r: Any) -> TaskRow:
         cached_from=r.cached_from,
         executor=r.executor,
         not_before=r.not_before,
+        failure=r.failure,
+        note=r.note,
     )
 
 
@@ -184,11 +198,13 @@ def create_run(
     dataflow_version: int | None = None,
     executor: str = "local",
     parent_run_id: int | None = None,
+    skip_failed: bool = False,
 ) -> int:
     """Record a run and all its tasks (queued) with their events; returns the run id.
 
     ``folder_id`` is the folder the run's events are filed under (for access checks on the event
-    stream): the destination, else the source.
+    stream): the destination, else the source. With ``skip_failed`` (runs made by triggers), a
+    task whose key failed in the step before is not run again (see :func:`failed_earlier`).
     """
     now = time.time()
     run_id = int(
@@ -210,6 +226,7 @@ def create_run(
                 dataflow_version=dataflow_version,
                 executor=executor,
                 parent_run_id=parent_run_id,
+                skip_failed=skip_failed,
                 inputs=list(inputs),
             )
             .returning(Run.id)
@@ -372,6 +389,8 @@ class TaskEnd:
     log_digest: str | None = None
     cached_from: int | None = None
     key: str | None = None
+    failure: str | None = None
+    note: str | None = None
 
 
 _UNFINISHED = (TaskStatus.QUEUED, TaskStatus.RUNNING)
@@ -393,6 +412,8 @@ _FINISH = (
         log_digest=func.coalesce(bindparam("b_log_digest"), _TASKS.c.log_digest),
         cached_from=func.coalesce(bindparam("b_cached_from"), _TASKS.c.cached_from),
         key=func.coalesce(bindparam("b_key"), _TASKS.c.key),
+        failure=bindparam("b_failure"),
+        note=bindparam("b_note"),
     )
 )
 
@@ -436,6 +457,8 @@ def finish_tasks(conn: Connection, ends: Sequence[TaskEnd], owner: str | None = 
                 "b_log_digest": e.log_digest,
                 "b_cached_from": e.cached_from,
                 "b_key": e.key,
+                "b_failure": e.failure if e.status == TaskStatus.FAILED else None,
+                "b_note": e.note,
             }
             for e in todo
         ],
@@ -470,6 +493,7 @@ def finish_tasks(conn: Connection, ends: Sequence[TaskEnd], owner: str | None = 
                     "error": e.error,
                     "outputs": [{"name": o.name, "digest": o.digest, "size": o.size} for o in e.outputs],
                     "cached_from": e.cached_from,
+                    **({"note": e.note} if e.note else {}),
                 },
             }
             for e in todo
@@ -491,9 +515,13 @@ def finish_task(
     cached_from: int | None = None,
     key: str | None = None,
     owner: str | None = None,
+    failure: str | None = None,
+    note: str | None = None,
 ) -> bool:
     """End one task (see :func:`finish_tasks`); False if it had already ended (or another owner holds it)."""
-    end = TaskEnd(task_id, run_id, status, folder_id, outputs, error, traceback, log_digest, cached_from, key)
+    end = TaskEnd(
+        task_id, run_id, status, folder_id, outputs, error, traceback, log_digest, cached_from, key, failure, note
+    )
     return bool(finish_tasks(conn, [end], owner))
 
 
@@ -586,29 +614,88 @@ def finish_run_if_done(conn: Connection, run_id: int, folder_id: int | None) -> 
 
 
 def request_cancel(conn: Connection, run_id: int, actor_id: int | None, folder_id: int | None) -> bool:
-    """Ask for a run to be cancelled: queued tasks are cancelled now, running ones by their scheduler."""
+    """Ask for a run to be cancelled: queued tasks are cancelled now, running ones by their scheduler.
+
+    Running tasks whose lease has expired have no live scheduler to stop them: they are cancelled
+    now too, so a run whose scheduler died (or never comes back) ends at once.
+    """
     row = conn.execute(select(Run.status).where(Run.id == run_id)).first()
     if row is None or row.status in FINISHED_RUN:
         return False
     conn.execute(update(Run).where(Run.id == run_id).values(cancel_requested=True))
     events.append(conn, "run.cancel_requested", run_id=run_id, actor_id=actor_id, folder_id=folder_id)
-    queued = list(
-        conn.execute(select(Task.id).where(Task.run_id == run_id, Task.status == TaskStatus.QUEUED)).scalars()
-    )
-    finish_tasks(conn, [TaskEnd(tid, run_id, TaskStatus.CANCELLED, folder_id, error="run cancelled") for tid in queued])
+    cancel_unheld(conn, run_id, folder_id)
     finish_run_if_done(conn, run_id, folder_id)
     return True
 
 
-def renew_leases(conn: Connection, owner: str, lease_seconds: float) -> int:
-    """Extend every lease ``owner`` holds; returns how many."""
-    return int(
+def cancel_unheld(conn: Connection, run_id: int, folder_id: int | None, now: float | None = None) -> int:
+    """Cancel a run's tasks that no live scheduler holds: queued ones and running ones whose lease expired.
+
+    Returns how many it cancelled. Tasks can become queued again after the cancel request (a
+    retry, a reclaimed lease), so the run's driver calls this too before ending the run.
+    """
+    now = time.time() if now is None else now
+    ids = list(
         conn.execute(
-            update(Task)
-            .where(Task.lease_owner == owner, Task.status == TaskStatus.RUNNING)
-            .values(lease_expires=time.time() + lease_seconds)
-        ).rowcount
+            select(Task.id).where(
+                Task.run_id == run_id,
+                or_(
+                    Task.status == TaskStatus.QUEUED,
+                    (Task.status == TaskStatus.RUNNING) & (Task.lease_expires < now),
+                ),
+            )
+        ).scalars()
     )
+    ends = [TaskEnd(tid, run_id, TaskStatus.CANCELLED, folder_id, error="run cancelled") for tid in ids]
+    return len(finish_tasks(conn, ends))
+
+
+def renew_leases(conn: Connection, owner: str, lease_seconds: float, run_ids: Sequence[int] | None = None) -> int:
+    """Extend the leases ``owner`` holds (only on tasks of ``run_ids`` when given); returns how many.
+
+    A scheduler renews only the tasks of runs it is driving: a task left running by a driver that
+    failed then loses its lease, and is requeued (or failed) instead of being held for ever.
+    """
+    q = update(Task).where(Task.lease_owner == owner, Task.status == TaskStatus.RUNNING)
+    if run_ids is not None:
+        if not run_ids:
+            return 0
+        q = q.where(Task.run_id.in_(list(run_ids)))
+    return int(conn.execute(q.values(lease_expires=time.time() + lease_seconds)).rowcount)
+
+
+def requeue_orphans(conn: Connection, run_id: int, owner: str, folder_id: int | None) -> list[int]:
+    """Requeue the tasks of ``run_id`` that ``owner`` holds but no driver of its own runs any more.
+
+    A scheduler drives each run once at a time, so when it starts driving a run, every task of
+    that run still running under its own lease was left by an earlier driver that failed. The
+    attempt is given back, as when a lease expires.
+    """
+    rows = conn.execute(
+        select(Task.id, Task.attempts).where(
+            Task.run_id == run_id, Task.status == TaskStatus.RUNNING, Task.lease_owner == owner
+        )
+    ).all()
+    out = []
+    for r in rows:
+        attempts = max(0, r.attempts - 1)
+        n = conn.execute(
+            update(Task)
+            .where(Task.id == r.id, Task.status == TaskStatus.RUNNING, Task.lease_owner == owner)
+            .values(status=TaskStatus.QUEUED, lease_owner=None, lease_expires=None, not_before=None, attempts=attempts)
+        ).rowcount
+        if n:
+            events.append(
+                conn,
+                "task.reclaimed",
+                run_id=run_id,
+                task_id=r.id,
+                folder_id=folder_id,
+                data={"previous_owner": owner, "attempts": attempts},
+            )
+            out.append(r.id)
+    return out
 
 
 #: A task whose scheduler died this many times while holding it fails instead of being requeued.
@@ -624,13 +711,19 @@ def reclaim_expired(conn: Connection, now: float | None = None) -> list[int]:
     """
     now = time.time() if now is None else now
     rows = conn.execute(
-        select(Task.id, Task.run_id, Task.attempts, Task.lease_owner).where(
-            Task.status == TaskStatus.RUNNING, Task.lease_expires < now
-        )
+        select(Task.id, Task.run_id, Task.attempts, Task.lease_owner, Run.cancel_requested)
+        .join(Run, Run.id == Task.run_id)
+        .where(Task.status == TaskStatus.RUNNING, Task.lease_expires < now)
     ).all()
     out = []
     for r in rows:
         folder_id = run_folder_id(conn, r.run_id)
+        if r.cancel_requested:
+            # Nobody is left to stop it and nobody should run it again: the run ends now.
+            finish_task(conn, r.id, r.run_id, TaskStatus.CANCELLED, folder_id, error="run cancelled")
+            cancel_unheld(conn, r.run_id, folder_id, now)
+            finish_run_if_done(conn, r.run_id, folder_id)
+            continue
         lost = conn.execute(
             select(func.count())
             .select_from(Event)
@@ -644,6 +737,7 @@ def reclaim_expired(conn: Connection, now: float | None = None) -> list[int]:
                 TaskStatus.FAILED,
                 folder_id,
                 error=f"its scheduler died {lost + 1} times while running it; see the server log",
+                failure="lost",
             )
             finish_run_if_done(conn, r.run_id, folder_id)
             continue
@@ -707,6 +801,7 @@ def run_dict(r: Any) -> dict[str, Any]:
         "finished_at": r.finished_at,
         "cancel_requested": r.cancel_requested,
         "error": r.error,
+        "skip_failed": r.skip_failed,
         "inputs": r.inputs,
     }
 
@@ -785,6 +880,23 @@ def lookup_cache(conn: Connection, key: str) -> tuple[int, list[OutputRecord]] |
         return None
     outs = conn.execute(select(TaskOutput).where(TaskOutput.task_id == tid).order_by(TaskOutput.id)).all()
     return int(tid), [_output(o) for o in outs]
+
+
+def failed_earlier(conn: Connection, keys: Sequence[str]) -> dict[str, int]:
+    """For each of ``keys`` whose step failed before (``failure = 'step'``): the newest run it failed in.
+
+    One query per 500 keys, as cache look-ups are: a run made by a trigger asks this for all its
+    ready tasks at once.
+    """
+    out: dict[str, int] = {}
+    for i in range(0, len(keys), 500):
+        rows = conn.execute(
+            select(Task.key, func.max(Task.run_id))
+            .where(Task.key.in_(keys[i : i + 500]), Task.status == TaskStatus.FAILED, Task.failure == STEP_FAILURE)
+            .group_by(Task.key)
+        ).all()
+        out.update({str(k): int(r) for k, r in rows if k is not None})
+    return out
 
 
 # ------------------------------------------------------------------------------------ state fold

@@ -19,24 +19,34 @@ import os
 import shutil
 import time
 import uuid
+from collections import Counter
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from sqlalchemy import Connection, and_, select, update
+from sqlalchemy import Connection, and_, func, or_, select, update
+from sqlalchemy import exc as sa_exc
 
 from datamill.db.models import Run, Task, TaskOutput
 from datamill.engine import runs
-from datamill.engine.planner import Plan, PlannedTask, plan
+from datamill.engine.planner import Plan, PlannedTask, collision_message, plan
 from datamill.engine.runs import OutputRecord, RunStatus, TaskRow, TaskStatus
-from datamill.errors import Cancelled, DatamillError, InvalidPipeline, StepFailed
+from datamill.errors import (
+    Cancelled,
+    Conflict,
+    DatamillError,
+    InvalidPipeline,
+    StepFailed,
+    TaskTimeout,
+    WorkerCrashed,
+)
 from datamill.executors.base import Executor, LogMessage, Message, ProgressMessage, PythonCall, get_executor
 from datamill.home import Home
 from datamill.pipeline import Pipeline, load_pipeline
 from datamill.pipeline.inputs import InputRef
 from datamill.pipeline.runner import OutputFile, run_step
-from datamill.store.access import Actor
+from datamill.store.access import Actor, Level, level_on
 from datamill.store.blobs import BlobInfo, LocalBlobStore, digest_bytes
 from datamill.store.names import join_path
 from datamill.store.store import guess_content_type
@@ -59,6 +69,40 @@ HELD_ELSEWHERE = "elsewhere"
 #: Longest error message kept on a task row.
 MAX_ERROR = 2000
 
+#: A run whose driver failed without its end being recorded (the database was unreachable) is
+#: driven again after this many seconds, doubled on each failure up to :data:`MAX_BACKOFF_SECONDS`.
+FIRST_BACKOFF_SECONDS = 1.0
+MAX_BACKOFF_SECONDS = 60.0
+
+
+def database_outage(exc: BaseException) -> bool:
+    """Whether ``exc`` (or what caused it) says the database could not be reached or used just now.
+
+    Such errors are nobody's fault and pass: a run is not failed for them, it is driven again later.
+    """
+    seen: BaseException | None = exc
+    while seen is not None:
+        if isinstance(seen, (sa_exc.OperationalError, sa_exc.InterfaceError, sa_exc.DisconnectionError)):
+            return True
+        seen = seen.__cause__
+    return False
+
+
+class _Collision(Conflict):
+    """An output would replace another input's output in the destination (see :func:`collision_message`)."""
+
+
+@dataclass
+class _Current:
+    """The current version of a destination item, as the publishing rules need it."""
+
+    version_id: int
+    digest: str
+    #: the newest run that published this version or recorded it as its output (0: none)
+    run: int
+    #: the input item (``folder/name``) a per-item task derived it from, else None
+    item: str | None
+
 
 @dataclass
 class _Done:
@@ -77,6 +121,11 @@ class _Done:
     log_path: Path | None = None
     inputs: list[dict[str, Any]] = field(default_factory=list)
     work_dir: Path | None = None
+    #: why it failed (see ``tasks.failure``); ``step`` makes the key fail earlier for later runs
+    failure: str | None = None
+    note: str | None = None
+    #: the published name being recorded, named if recording it fails
+    publishing: str | None = None
 
 
 def _content_type(name: str, produced: str) -> str:
@@ -154,6 +203,11 @@ class Scheduler:
         self._started = False
         self._slots: asyncio.Semaphore | None = None
         self._heartbeat: asyncio.Task[None] | None = None
+        #: runs whose driver failed without recording their end: (monotonic time to retry, failures)
+        self._backoff: dict[int, tuple[float, int]] = {}
+        #: how often runs were driven (``drives``) and driver loops went round (``passes``): an idle
+        #: scheduler leaves both alone, which tests check
+        self.stats: Counter[str] = Counter()
 
     # ------------------------------------------------------------------ lifecycle
 
@@ -200,20 +254,38 @@ class Scheduler:
         while True:
             await asyncio.sleep(self.lease_seconds / 3)
             try:
-                await asyncio.to_thread(self._renew_now)
+                # Read here, in the loop's thread, where drivers come and go.
+                await asyncio.to_thread(self._renew_now, list(self._active))
             except DatamillError:
                 log.exception("could not renew task leases")
 
-    def _renew_now(self) -> None:
+    def _renew_now(self, run_ids: list[int]) -> None:
+        # Only the tasks of runs a driver of ours is driving: a task whose driver failed loses its
+        # lease, and is requeued or failed instead of being held for ever.
         with self.home.db.write() as conn:
-            runs.renew_leases(conn, self.owner, self.lease_seconds)
+            runs.renew_leases(conn, self.owner, self.lease_seconds, run_ids)
 
     # ------------------------------------------------------------------ finding work
 
     def pending_runs(self) -> list[int]:
-        """Runs that are queued or running (oldest request first), after requeueing expired tasks."""
+        """Runs with work to do (oldest request first), after requeueing expired tasks.
+
+        That is queued or running runs with a queued task, or with no task left to end (they only
+        need ending). A run whose remaining tasks all run under a live lease is left to the
+        scheduler holding them: driving it here would only watch it, on every poll.
+        """
         now = self.clock()
-        pending = select(Run.id).where(Run.status.in_([RunStatus.QUEUED, RunStatus.RUNNING])).order_by(Run.id)
+        has_queued = select(Task.id).where(Task.run_id == Run.id, Task.status == TaskStatus.QUEUED).exists()
+        unfinished = (
+            select(Task.id)
+            .where(Task.run_id == Run.id, Task.status.in_([TaskStatus.QUEUED, TaskStatus.RUNNING]))
+            .exists()
+        )
+        pending = (
+            select(Run.id)
+            .where(Run.status.in_([RunStatus.QUEUED, RunStatus.RUNNING]), or_(has_queued, ~unfinished))
+            .order_by(Run.id)
+        )
         with self.home.db.read() as conn:
             # Usually no lease has expired: the write lock is taken only when one has.
             expired = conn.execute(
@@ -231,7 +303,7 @@ class Scheduler:
         await self.start()
         while True:
             ids = run_ids if run_ids is not None else self.pending_runs()
-            todo = [i for i in ids if i not in self._active]
+            todo = [i for i in ids if i not in self._active and not self._backing_off(i)]
             if not todo and not self._active:
                 return
             for rid in todo:
@@ -254,7 +326,7 @@ class Scheduler:
                     await asyncio.wait_for(stop.wait(), poll)
                 continue
             for rid in pending:
-                if rid not in self._active:
+                if rid not in self._active and not self._backing_off(rid):
                     self._spawn(rid)
             # Wake on any new event (a run was queued) or after ``poll`` to reclaim leases.
             await self.home.events.wait_or_stop(cursor, poll, stop)
@@ -270,23 +342,65 @@ class Scheduler:
         self._active[run_id] = task
         task.add_done_callback(lambda _t, rid=run_id: self._active.pop(rid, None))  # type: ignore[misc]
 
+    def _backing_off(self, run_id: int) -> bool:
+        wait = self._backoff.get(run_id)
+        return wait is not None and time.monotonic() < wait[0]
+
+    def _back_off(self, run_id: int) -> None:
+        failures = self._backoff.get(run_id, (0.0, 0))[1] + 1
+        delay = min(MAX_BACKOFF_SECONDS, FIRST_BACKOFF_SECONDS * 2 ** (failures - 1))
+        self._backoff[run_id] = (time.monotonic() + delay, failures)
+
     async def _drive_safely(self, run_id: int) -> None:
+        """Drive a run; if its driver fails, end the run as failed with the reason (never leave it running).
+
+        Only when even that cannot be recorded (the database is unreachable) is the run left as it
+        is, to be driven again after a growing delay instead of on every poll.
+        """
+        self.stats["drives"] += 1
         try:
             await self.drive(run_id)
+            self._backoff.pop(run_id, None)
+            return
         except asyncio.CancelledError:
             raise
         except Exception as exc:
+            if database_outage(exc):
+                log.warning("run %s: the database failed under its driver (%s); trying again later", run_id, exc)
+                self._back_off(run_id)
+                return
             log.exception("run %s failed in the scheduler", run_id)
-            await asyncio.to_thread(self._fail_run, run_id, f"scheduler error: {type(exc).__name__}: {exc}")
+            message = f"scheduler error: {type(exc).__name__}: {exc}"
+        try:
+            await asyncio.to_thread(self._fail_run, run_id, message[:MAX_ERROR])
+            self._backoff.pop(run_id, None)
+        except Exception:
+            log.exception("run %s: could not record that it failed; trying again later", run_id)
+            self._back_off(run_id)
 
     def _fail_run(self, run_id: int, message: str) -> None:
-        """End a run that cannot be driven (its pipeline does not load, ...): its queued tasks fail."""
+        """End a run that cannot be driven (its pipeline does not load, a bug, ...), saying why.
+
+        Its queued tasks fail, and so do the tasks this scheduler was running for it (their driver
+        is gone); tasks another scheduler runs end there, and the run ends failed with them.
+        """
         with self.home.db.write() as conn:
             folder_id = runs.run_folder_id(conn, run_id)
             conn.execute(update(Run).where(Run.id == run_id).values(error=message))
-            for t in runs.list_tasks(conn, run_id, with_outputs=False):
-                if t.status == TaskStatus.QUEUED:
-                    runs.finish_task(conn, t.id, run_id, TaskStatus.FAILED, folder_id, error=message)
+            ids = conn.execute(
+                select(Task.id).where(
+                    Task.run_id == run_id,
+                    or_(
+                        Task.status == TaskStatus.QUEUED,
+                        and_(Task.status == TaskStatus.RUNNING, Task.lease_owner == self.owner),
+                    ),
+                )
+            ).scalars()
+            ends = [
+                runs.TaskEnd(tid, run_id, TaskStatus.FAILED, folder_id, error=message, failure="scheduler")
+                for tid in ids
+            ]
+            runs.finish_tasks(conn, ends)
             runs.finish_run_if_done(conn, run_id, folder_id)
 
     # ------------------------------------------------------------------ one run
@@ -305,6 +419,16 @@ class Scheduler:
         return self._ref_cache[ref]
 
     def _load_run(self, run_id: int) -> tuple[Any, Plan, Actor, dict[str, TaskRow]]:
+        with self.home.db.read() as conn:
+            orphans = conn.execute(
+                select(Task.id)
+                .where(Task.run_id == run_id, Task.status == TaskStatus.RUNNING, Task.lease_owner == self.owner)
+                .limit(1)
+            ).first()
+        if orphans is not None:
+            # Left running by an earlier driver of ours that failed: nobody runs them any more.
+            with self.home.db.write() as conn:
+                runs.requeue_orphans(conn, run_id, self.owner, runs.run_folder_id(conn, run_id))
         with self.home.db.read() as conn:
             row = conn.execute(select(Run).where(Run.id == run_id)).first()
             if row is None:
@@ -345,6 +469,7 @@ class Scheduler:
         fresh = True  # the run's row was just read: its cancel flag needs no second look on the first pass
         try:
             while True:
+                self.stats["passes"] += 1
                 if fresh:
                     cancel, fresh = bool(row.cancel_requested), False
                 else:
@@ -354,7 +479,8 @@ class Scheduler:
                         job.cancel()
                     done = await self._collect(running, wait=True)
                     await asyncio.to_thread(self._record, row, actor, the_plan, done, tasks)
-                    return await asyncio.to_thread(self._finish, run_id, folder_id)
+                    # Tasks requeued since the request (a retry, a reclaimed lease) end here too.
+                    return await asyncio.to_thread(self._finish, run_id, folder_id, True)
                 now = self.clock()
                 ready: list[TaskRow] = []
                 blocked: list[_Done] = []
@@ -365,6 +491,9 @@ class Scheduler:
                         continue
                     deps = [tasks[d] for d in t.deps]
                     pt = the_plan.task(t.planned_id)
+                    if pt.refused is not None:  # its output would replace another input's
+                        blocked.append(_Done(t, pt, TaskStatus.FAILED, error=pt.refused, failure="collision"))
+                        continue
                     # An aggregate sees every item: a failed item reaches it as None instead of
                     # failing it, so one malformed file does not stop the summary of the others.
                     tolerated = {tid for w in pt.wires if w.many for tid in w.tasks}
@@ -375,12 +504,28 @@ class Scheduler:
                     ]
                     if bad:
                         blocked.append(
-                            _Done(t, pt, TaskStatus.FAILED, error=f"input {bad[0].planned_id} {bad[0].status}")
+                            _Done(
+                                t,
+                                pt,
+                                TaskStatus.FAILED,
+                                error=f"input {bad[0].planned_id} {bad[0].status}",
+                                failure="input",
+                            )
                         )
+                        continue
+                    skipped = [d for d in deps if d.status == TaskStatus.SKIPPED and d.planned_id not in tolerated]
+                    if skipped:  # not run for the same reason as its input: not a new failure either
+                        first = skipped[0]
+                        note = first.note or "was skipped"
+                        if not note.startswith("its input "):  # name the task that failed, not the chain
+                            note = f"its input {first.planned_id} {note}"
+                        blocked.append(_Done(t, pt, TaskStatus.SKIPPED, note=note))
                         continue
                     if all(d.status in runs.FINISHED_TASK for d in deps) and (t.not_before or 0) <= now:
                         ready.append(t)
-                hits, to_run = await asyncio.to_thread(self._resolve_keys, the_plan, ready, tasks, forced)
+                hits, to_run = await asyncio.to_thread(
+                    self._resolve_keys, the_plan, ready, tasks, forced, bool(row.skip_failed)
+                )
                 if blocked or hits:
                     final = await asyncio.to_thread(
                         self._record, row, actor, the_plan, blocked + hits, tasks
@@ -428,7 +573,9 @@ class Scheduler:
                         return final
                 if getattr(self, "_progress", None):
                     await asyncio.to_thread(self._flush_progress, run_id, folder_id)
-        except asyncio.CancelledError:
+        except BaseException:
+            # Cancelled, or the driver failed: its tasks stop with it (a failed driver's tasks are
+            # then ended by _fail_run).
             for job in running:
                 job.cancel()
             raise
@@ -445,8 +592,10 @@ class Scheduler:
                 runs.start_run(conn, start_run, folder_id)
             return set(runs.claim_tasks(conn, ids, self.owner, self.lease_seconds, self.executor.name, folder_id))
 
-    def _finish(self, run_id: int, folder_id: int | None) -> RunStatus | None:
+    def _finish(self, run_id: int, folder_id: int | None, cancel: bool = False) -> RunStatus | None:
         with self.home.db.write() as conn:
+            if cancel:
+                runs.cancel_unheld(conn, run_id, folder_id)
             return runs.finish_run_if_done(conn, run_id, folder_id)
 
     def _refresh_held(self, run_id: int, held: list[TaskRow]) -> None:
@@ -469,12 +618,13 @@ class Scheduler:
             f = fresh[t.id]
             if f.status != TaskStatus.RUNNING:
                 t.status, t.attempts, t.key, t.error, t.not_before = f.status, f.attempts, f.key, f.error, f.not_before
-                t.outputs = f.outputs
+                t.outputs, t.note = f.outputs, f.note
 
     def _resolve_keys(
-        self, the_plan: Plan, ready: list[TaskRow], tasks: dict[str, TaskRow], forced: bool
+        self, the_plan: Plan, ready: list[TaskRow], tasks: dict[str, TaskRow], forced: bool, skip_failed: bool = False
     ) -> tuple[list[_Done], list[TaskRow]]:
-        """Compute keys now known; split ready tasks into cache hits and tasks to run."""
+        """Compute keys now known; split ready tasks into cache hits (and, with ``skip_failed``, tasks
+        whose key failed in its step before) and tasks to run."""
         hits: list[_Done] = []
         to_run: list[TaskRow] = []
         lookups: dict[str, list[TaskRow]] = {}
@@ -488,6 +638,7 @@ class Scheduler:
                 to_run.append(t)
             else:
                 lookups.setdefault(t.key, []).append(t)
+        missed: dict[str, list[TaskRow]] = {}
         if lookups:
             found = self._lookup_many(list(lookups))
             for key, group in lookups.items():
@@ -496,12 +647,24 @@ class Scheduler:
                     for t in group:
                         pt = the_plan.task(t.planned_id)
                         d = _Done(t, pt, TaskStatus.CACHED, outputs=list(outs), cached_from=src_id, key=key)
-                        d.publish = self._publish_plan(the_plan, pt, outs)
+                        try:
+                            d.publish = self._publish_plan(the_plan, pt, outs)
+                        except DatamillError as exc:  # two outputs would get one name: this task fails
+                            d = _Done(t, pt, TaskStatus.FAILED, error=exc.message, key=key, failure="publish")
                         hits.append(d)
                 else:
                     for t in group:
                         t.cache_missed = True  # not asked again on the next passes while it waits for a slot
-                    to_run += group
+                    missed[key] = group
+        if missed and skip_failed:
+            with self.home.db.read() as conn:
+                failed = runs.failed_earlier(conn, list(missed))
+            for key, run in failed.items():
+                for t in missed.pop(key):
+                    pt = the_plan.task(t.planned_id)
+                    hits.append(_Done(t, pt, TaskStatus.SKIPPED, key=key, note=f"failed earlier (see run {run})"))
+        for group in missed.values():
+            to_run += group
         return hits, to_run
 
     def _lookup_many(self, keys: list[str]) -> dict[str, tuple[int, list[OutputRecord]]]:
@@ -544,20 +707,22 @@ class Scheduler:
 
         ``row`` is the run's row (as read by :meth:`_load_run`). When that leaves none of the run's
         tasks to do, the run ends in the same transaction; its final status is returned then.
+        A task whose outputs cannot be published (an invalid name, no right to write any more, ...)
+        fails, saying why; the other tasks of the batch are recorded as usual.
         """
         if not done:
             return None
         run_id, folder_id, dest = row.id, row.dest_folder_id, row.dest_folder
         # Make sure the blobs of published outputs exist and subfolders are there, outside the transaction.
         for d in done:
-            if d.status not in runs.DONE_OK or not dest:
+            if d.status not in runs.DONE_OK or not dest or not d.publish:
                 continue
-            for out_name, pub_name, _ct in d.publish:
-                rec = next(o for o in d.outputs if o.name == out_name)
-                if rec.inline is not None and not self.home.blobs.exists(rec.digest):
-                    self.home.blobs.put(rec.inline)
-                if "/" in pub_name:
-                    self.home.store.create_folder(actor, join_path(dest, pub_name.rsplit("/", 1)[0]), exist_ok=True)
+            try:
+                self._prepare_publish(actor, dest, d)
+            except Exception as exc:
+                if database_outage(exc):
+                    raise
+                self._publish_failed(d, dest, exc)
         log_digests = {id(d): self._store_log(d) for d in done}
         with self.home.db.write() as conn:
             ends: list[runs.TaskEnd] = []
@@ -577,9 +742,16 @@ class Scheduler:
                     continue
                 outputs = d.outputs
                 if d.status in runs.DONE_OK and dest and d.publish:
-                    outputs = self._publish(
-                        conn, actor, dest, run_id, t, d, row.dataflow_id, row.dataflow_version, the_plan, current
-                    )
+                    try:
+                        # A savepoint per task: a task that cannot publish leaves nothing half done.
+                        with conn.begin_nested():
+                            outputs, changes = self._publish(conn, actor, dest, row, t, d, the_plan, current)
+                        current.update(changes)
+                    except Exception as exc:
+                        if database_outage(exc):
+                            raise
+                        self._publish_failed(d, dest, exc)
+                        outputs = d.outputs
                 inputs += [{"task_id": t.id, **i} for i in d.inputs]
                 ends.append(
                     runs.TaskEnd(
@@ -593,11 +765,14 @@ class Scheduler:
                         log_digests[id(d)],
                         d.cached_from,
                         d.key,
+                        d.failure,
+                        d.note,
                     )
                 )
                 t.status = d.status
                 t.outputs = list(outputs)
                 t.error = d.error
+                t.note = d.note
             runs.record_many_inputs(conn, inputs)
             runs.finish_tasks(conn, ends)
             final = None
@@ -610,27 +785,64 @@ class Scheduler:
                 shutil.rmtree(d.work_dir, ignore_errors=True)
         return final
 
+    def _prepare_publish(self, actor: Actor, dest: str, d: _Done) -> None:
+        """Blobs for inline outputs and the subfolders a task publishes into, before its transaction."""
+        for out_name, pub_name, _ct in d.publish:
+            d.publishing = pub_name
+            rec = next(o for o in d.outputs if o.name == out_name)
+            if rec.inline is not None and not self.home.blobs.exists(rec.digest):
+                self.home.blobs.put(rec.inline)
+            if "/" in pub_name:
+                self.home.store.create_folder(actor, join_path(dest, pub_name.rsplit("/", 1)[0]), exist_ok=True)
+        d.publishing = None
+
+    def _publish_failed(self, d: _Done, dest: str, exc: Exception) -> None:
+        """Turn a task whose outputs could not be published into a failed task that says why."""
+        if isinstance(exc, _Collision):
+            message, failure = exc.message, "collision"
+        else:
+            reason = exc.message if isinstance(exc, DatamillError) else f"{type(exc).__name__}: {exc}"
+            name = d.publishing or "?"
+            shown = name if len(name) <= 80 else name[:77] + "..."
+            message, failure = f"could not publish output {shown!r} in {dest!r}: {reason}", "publish"
+            if not isinstance(exc, DatamillError):
+                log.error("task %s: publishing failed", d.task.id, exc_info=exc)
+        d.status = TaskStatus.FAILED
+        d.error = message[:MAX_ERROR]
+        d.failure = failure
+        d.note = None
+        d.outputs = []
+        d.publish = []
+
     def _publish(
         self,
         conn: Connection,
         actor: Actor,
         dest: str,
-        run_id: int,
+        row: Any,
         t: TaskRow,
         d: _Done,
-        dataflow_id: int | None,
-        dataflow_version: int | None,
         the_plan: Plan,
-        current: dict[tuple[str, str], tuple[int, str]],
-    ) -> list[OutputRecord]:
-        """Commit published outputs as item versions in the destination; returns outputs with version ids.
+        current: dict[tuple[str, str], _Current],
+    ) -> tuple[list[OutputRecord], dict[tuple[str, str], _Current]]:
+        """Commit published outputs as item versions in the destination.
+
+        Returns the outputs with their version ids, and how ``current`` (the current version of
+        each destination item, see :meth:`_current_versions`) changed; the caller applies that
+        once the task's savepoint is released. Two rules decide what is published:
+
+        * **newer request wins**: an output does not replace a current version that a later-requested
+          run (a higher run id) published or recorded. It is not published (no version id) and the
+          task's note says "superseded by run N", whatever order the runs finish in.
+        * **one input per name**: a per-item output does not replace an item derived from another
+          input (see :func:`collision_message`); the task fails with :class:`_Collision`.
 
         An item whose current version already has the same bytes is left alone (its version is
-        referenced), so re-running a dataflow over unchanged inputs adds no versions. ``current``
-        holds the current ``(version id, digest)`` by ``(folder, name)`` (see :meth:`_current_versions`)
-        and is kept up to date here.
+        referenced), so re-running a dataflow over unchanged inputs adds no versions.
         """
+        run_id = int(row.id)
         by_name = {o.name: o for o in d.outputs}
+        item = d.planned.item.path if d.planned.item is not None else None
         # A per-item task derives from its item; an aggregate task from every input of the run.
         inputs = [d.planned.item] if d.planned.item is not None else list(the_plan.inputs)
         provenance = {
@@ -639,52 +851,152 @@ class Scheduler:
                 "task": t.id,
                 "step": t.step,
                 "step_code": t.step_code,
-                "dataflow": dataflow_id,
-                "dataflow_version": dataflow_version,
+                "dataflow": row.dataflow_id,
+                "dataflow_version": row.dataflow_version,
             },
             "wasDerivedFrom": [
                 {"folder": r.folder, "name": r.name, "version": r.version, "digest": r.digest} for r in inputs
             ],
         }
         meta: dict[str, Any] = {"provenance": provenance}
-        if dataflow_id is not None:
-            meta["dataflow"] = self._dataflow_name(conn, dataflow_id)
+        if row.dataflow_id is not None:
+            meta["dataflow"] = self._dataflow_name(conn, row.dataflow_id)
+        changes: dict[tuple[str, str], _Current] = {}
+        superseded: list[tuple[str, int]] = []
         for out_name, pub_name, ctype in d.publish:
+            d.publishing = pub_name
             rec = by_name[out_name]
             folder = dest
             name = pub_name
             if "/" in pub_name:
                 sub, name = pub_name.rsplit("/", 1)
                 folder = join_path(dest, sub)
-            now = current.get((folder, name))
-            if now is not None and now[1] == rec.digest:
-                vid = now[0]
-            else:
-                info = self.home.store.commit_version(
-                    actor,
-                    folder,
-                    name,
-                    BlobInfo(rec.digest, rec.size),
-                    ctype,
-                    meta,
-                    created_via="run",
-                    run_id=run_id,
-                    task_id=t.id,
-                    conn=conn,
+            now = changes.get((folder, name)) or current.get((folder, name))
+            newer = self._check_publish(conn, actor, now, run_id, item, folder, name, t.step)
+            if newer is not None:
+                superseded.append((pub_name, newer))
+                by_name[out_name] = OutputRecord(
+                    rec.name, rec.digest, rec.size, rec.content_type, rec.codec, rec.inline, None
                 )
+                continue
+            if now is not None and now.digest == rec.digest:
+                vid = now.version_id
+            else:
+                # On PostgreSQL another process may create the item between our look-up and this
+                # commit: then the version before ours is checked too, and ours undone if it loses.
+                racing = now is None and not self.home.db.is_sqlite
+                sp = conn.begin_nested() if racing else None
+                try:
+                    info = self.home.store.commit_version(
+                        actor,
+                        folder,
+                        name,
+                        BlobInfo(rec.digest, rec.size),
+                        ctype,
+                        meta,
+                        created_via="run",
+                        run_id=run_id,
+                        task_id=t.id,
+                        conn=conn,
+                    )
+                    if sp is not None:
+                        before = self._version_state(conn, info.item_id, info.version - 1) if info.version > 1 else None
+                        newer = self._check_publish(conn, actor, before, run_id, item, folder, name, t.step)
+                        if newer is not None:
+                            sp.rollback()
+                            superseded.append((pub_name, newer))
+                            by_name[out_name] = OutputRecord(
+                                rec.name, rec.digest, rec.size, rec.content_type, rec.codec, rec.inline, None
+                            )
+                            continue
+                        sp.commit()
+                except BaseException:
+                    if sp is not None and sp.is_active:
+                        sp.rollback()
+                    raise
                 vid = info.version_id
-                current[(folder, name)] = (vid, rec.digest)
+            changes[(folder, name)] = _Current(
+                vid, rec.digest, max(run_id, now.run if now is not None else 0), item if now is None else now.item
+            )
             by_name[out_name] = OutputRecord(
                 rec.name, rec.digest, rec.size, rec.content_type, rec.codec, rec.inline, vid
             )
-        return [by_name[o.name] for o in d.outputs]
+        d.publishing = None
+        if superseded:
+            newest = max(r for _n, r in superseded)
+            names = ", ".join(repr(n) for n, _r in superseded[:3]) + (" ..." if len(superseded) > 3 else "")
+            d.note = (
+                f"superseded by run {newest}: {names} not published, because a run requested later "
+                "already published a newer result"
+            )
+        return [by_name[o.name] for o in d.outputs], changes
 
-    def _current_versions(
-        self, conn: Connection, dest: str, done: list[_Done]
-    ) -> dict[tuple[str, str], tuple[int, str]]:
-        """``(version id, digest)`` of the current version of every item ``done`` publishes, by ``(folder, name)``.
+    def _check_publish(
+        self,
+        conn: Connection,
+        actor: Actor,
+        now: _Current | None,
+        run_id: int,
+        item: str | None,
+        folder: str,
+        name: str,
+        step: str,
+    ) -> int | None:
+        """The run whose output supersedes ours for ``folder/name`` (see :meth:`_publish`), or None.
 
-        One query per 500 names instead of one per output (what the store's ``current_version`` does).
+        Raises:
+            _Collision: the current version was derived from another input than ``item``.
+        """
+        if now is None:
+            return None
+        if now.run > run_id:
+            return now.run
+        if item is not None and now.item is not None and now.item != item:
+            # The other input is named only to whoever may read it.
+            other_folder = now.item.rpartition("/")[0]
+            other = now.item if level_on(conn, actor, other_folder) >= Level.READ else None
+            path = f"{folder}/{name}"
+            raise _Collision(
+                collision_message(
+                    name, step, item, other, f" (now {path!r}; delete it first if it is no longer wanted)"
+                ),
+                path=path,
+            )
+        return None
+
+    def _version_state(self, conn: Connection, item_id: int, number: int) -> _Current | None:
+        """One version of an item as :class:`_Current` (who published it, from which input)."""
+        from datamill.db.models import Version
+
+        r = conn.execute(
+            select(Version.id, Version.digest, Version.run_id, Task.item_name)
+            .outerjoin(Task, Task.id == Version.task_id)
+            .where(Version.item_id == item_id, Version.number == number)
+        ).first()
+        if r is None:
+            return None
+        claimed = self._claimants(conn, [int(r.id)])
+        return _Current(int(r.id), str(r.digest), max(r.run_id or 0, claimed.get(int(r.id), 0)), r.item_name)
+
+    def _claimants(self, conn: Connection, version_ids: list[int]) -> dict[int, int]:
+        """The newest run whose task outputs name each version (it published or referenced it)."""
+        out: dict[int, int] = {}
+        for i in range(0, len(version_ids), 500):
+            rows = conn.execute(
+                select(TaskOutput.version_id, func.max(Task.run_id))
+                .join(Task, Task.id == TaskOutput.task_id)
+                .where(TaskOutput.version_id.in_(version_ids[i : i + 500]))
+                .group_by(TaskOutput.version_id)
+            ).all()
+            out.update({int(v): int(r) for v, r in rows if v is not None and r is not None})
+        return out
+
+    def _current_versions(self, conn: Connection, dest: str, done: list[_Done]) -> dict[tuple[str, str], _Current]:
+        """The current version of every item ``done`` publishes, by ``(folder, name)``.
+
+        A few queries per 500 names instead of several per output. On PostgreSQL the items are
+        locked first, so that what is read here stays true until this transaction commits: two
+        runs publishing the same item one after the other see each other's versions.
         """
         from datamill.db.models import Folder, Item, Version
 
@@ -696,15 +1008,30 @@ class Scheduler:
                     wanted.add((join_path(dest, sub) if sub else dest, name))
         names = sorted({name for _folder, name in wanted})
         folders = sorted({folder for folder, _name in wanted})
-        out: dict[tuple[str, str], tuple[int, str]] = {}
+        out: dict[tuple[str, str], _Current] = {}
+        found: list[Any] = []
         for i in range(0, len(names), 500):
+            chunk = names[i : i + 500]
+            if not self.home.db.is_sqlite:  # SQLite's write transaction already excludes other writers
+                conn.execute(
+                    select(Item.id)
+                    .join(Folder, Folder.id == Item.folder_id)
+                    .where(Folder.path.in_(folders), Item.name.in_(chunk))
+                    .order_by(Item.id)
+                    .with_for_update(of=Item)
+                ).all()
             rows = conn.execute(
-                select(Folder.path, Item.name, Version.id, Version.digest)
+                select(Folder.path, Item.name, Version.id, Version.digest, Version.run_id, Task.item_name)
                 .join(Item, Item.folder_id == Folder.id)
                 .join(Version, and_(Version.item_id == Item.id, Version.number == Item.current_version))
-                .where(Folder.path.in_(folders), Item.name.in_(names[i : i + 500]))
+                .outerjoin(Task, Task.id == Version.task_id)
+                .where(Folder.path.in_(folders), Item.name.in_(chunk))
             )
-            out.update(((r.path, r.name), (int(r.id), str(r.digest))) for r in rows if (r.path, r.name) in wanted)
+            found += [r for r in rows if (r.path, r.name) in wanted]
+        claimed = self._claimants(conn, [int(r.id) for r in found])
+        for r in found:
+            vid = int(r.id)
+            out[(r.path, r.name)] = _Current(vid, str(r.digest), max(r.run_id or 0, claimed.get(vid, 0)), r.item_name)
         return out
 
     def _dataflow_name(self, conn: Connection, dataflow_id: int) -> str | None:
@@ -816,20 +1143,24 @@ class Scheduler:
             raise
         except (StepFailed, Cancelled, InvalidPipeline) as exc:
             tb = exc.detail.get("traceback") if isinstance(exc.detail, dict) else None
-            return self._failure(t, pt, exc.message, tb, log_path)
+            return self._failure(t, pt, exc.message, tb, log_path, _failure_kind(exc))
         except DatamillError as exc:
-            return self._failure(t, pt, exc.message, None, log_path)
+            return self._failure(t, pt, exc.message, None, log_path, "error")
         except Exception as exc:  # a bug in materialising inputs or storing outputs
             log.exception("task %s failed outside its step", t.id)
-            return self._failure(t, pt, f"{type(exc).__name__}: {exc}", None, log_path)
+            return self._failure(t, pt, f"{type(exc).__name__}: {exc}", None, log_path, "scheduler")
         finally:
             log_file.close()
 
-    def _failure(self, t: TaskRow, pt: PlannedTask, message: str, tb: str | None, log_path: Path) -> _Done:
+    def _failure(
+        self, t: TaskRow, pt: PlannedTask, message: str, tb: str | None, log_path: Path, failure: str
+    ) -> _Done:
         if len(message) > MAX_ERROR:
             # An exception may carry its data (a whole file in a TypeError); the log has the rest.
             message = message[:MAX_ERROR] + " … (truncated; see the task log)"
-        d = _Done(t, pt, TaskStatus.FAILED, error=message, traceback=tb, key=t.key, log_path=log_path)
+        d = _Done(
+            t, pt, TaskStatus.FAILED, error=message, traceback=tb, key=t.key, log_path=log_path, failure=failure
+        )
         if t.attempts < pt.max_attempts:
             d.retry_at = self.clock() + pt.retry_backoff * (2 ** (t.attempts - 1))
         return d
@@ -894,6 +1225,23 @@ class Scheduler:
         with open(o.path, "rb") as f:
             blob = self.home.blobs.put(f)
         return OutputRecord(o.name, blob.digest, blob.size, o.content_type, o.codec, None)
+
+
+def _failure_kind(exc: DatamillError) -> str:
+    """``tasks.failure`` for an error from running a step.
+
+    Only ``step`` (the step raised or its command exited non-zero) says that the same key fails
+    again; a timeout, a crashed worker or a cancellation may well pass another time.
+    """
+    if isinstance(exc, TaskTimeout):
+        return "timeout"
+    if isinstance(exc, WorkerCrashed):
+        return "crashed"
+    if isinstance(exc, Cancelled):
+        return "cancelled"
+    if isinstance(exc, InvalidPipeline):
+        return "pipeline"
+    return runs.STEP_FAILURE if type(exc) is StepFailed else "error"
 
 
 class _TaskLog:
