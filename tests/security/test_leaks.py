@@ -14,6 +14,7 @@ import httpx
 
 from datamill.store.visibility import HIDDEN
 
+from .leak_pipelines import REF
 from .world import DEST, DOOMED, FLOW, ITEMS, SRC, World, q
 
 
@@ -138,3 +139,13 @@ def test_the_embedded_client_gets_the_same_redactions(sqlite_world: World) -> No
     ]
     for text in texts:
         assert_clean(sqlite_world, "dest_reader", text)
+
+
+def test_runs_and_dataflows_name_no_server_path_of_the_pipeline(http: httpx.Client, world: World) -> None:
+    # The registered pipeline is a file on the server: only site admins learn where it is.
+    path = REF.rsplit(":", 1)[0]
+    for role in ("owner", "dest_reader", "src_reader"):
+        run = get(http, world, role, f"/api/v1/runs/{world.run_ok}").json()
+        assert run["pipeline_ref"] == HIDDEN and path not in json.dumps(run), role
+        assert path not in get(http, world, role, "/api/v1/runs").text, role
+    assert get(http, world, "site_admin", f"/api/v1/runs/{world.run_ok}").json()["pipeline_ref"] == REF

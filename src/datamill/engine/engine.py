@@ -29,7 +29,7 @@ from datamill.store.names import split_path
 from datamill.store.visibility import HIDDEN, Visibility
 
 #: TaskRow fields that may name or quote a task's input (redacted by :meth:`Visibility.task`).
-_TASK_INPUT_FIELDS = ("planned_id", "item_name", "item_version_id", "deps", "error", "traceback", "message")
+_TASK_INPUT_FIELDS = ("planned_id", "item_name", "item_version_id", "deps", "error", "traceback", "message", "note")
 
 
 def resolve_pipeline(pipeline: Pipeline | Choice) -> Pipeline:

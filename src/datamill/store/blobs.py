@@ -388,7 +388,8 @@ class LocalBlobStore(BlobStore):
             return open(self.path_of(digest), "rb", buffering=0)
         except FileNotFoundError:
             raise BlobNotFound(
-                f"blob {digest} is missing from {self.root}. Restore the blob directory from a backup.",
+                # the blob directory is the server's business: callers are not told where it is
+                f"blob {digest} is missing from the blob store. Restore the blob directory from a backup.",
                 digest=digest,
             ) from None
 
@@ -402,7 +403,7 @@ class LocalBlobStore(BlobStore):
         try:
             return self.path_of(digest).stat().st_size
         except FileNotFoundError:
-            raise BlobNotFound(f"blob {digest} is missing from {self.root}", digest=digest) from None
+            raise BlobNotFound(f"blob {digest} is missing from the blob store", digest=digest) from None
 
     def clean_tmp(self) -> int:
         """Remove temporary files of processes that are gone; returns how many files were removed.

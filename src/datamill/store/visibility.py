@@ -42,6 +42,8 @@ from datamill.store.groups import group_ids_of
 HIDDEN = "(not visible)"
 #: What a caller who may not read its inputs is told instead of a task's or run's error text.
 MASKED_ERROR = "failed; the details are shown only to those who may read its inputs"
+#: What a task's note (superseded, failed earlier, ...) becomes for who may not read its input.
+MASKED_NOTE = "(a note shown only to those who may read its inputs)"
 
 
 def hidden_ref() -> dict[str, Any]:
@@ -71,6 +73,20 @@ def mask_url(url: str) -> str:
     except ValueError:
         return HIDDEN
     return f"{parts.scheme}://{parts.hostname}/{HIDDEN}" if parts.scheme and parts.hostname else HIDDEN
+
+
+def mask_ref(ref: str | None) -> str | None:
+    """A pipeline reference as a non-admin may see it: ``module:attr`` as is, a file's path hidden.
+
+    A reference to a file names a path on the server, which only site admins may learn (users
+    choose registered pipelines by name; the run's ``pipeline_name`` still says which ran).
+    """
+    if not ref:
+        return ref
+    target = ref.rsplit(":", 1)[0] if ":" in ref else ref
+    if "/" in target or "\\" in target or target.endswith((".py", ".yaml", ".yml")):
+        return HIDDEN
+    return ref
 
 
 class Visibility:
@@ -200,6 +216,8 @@ class Visibility:
         if self.actor.is_admin:
             return run
         out = dict(run)
+        if "pipeline_ref" in out:
+            out["pipeline_ref"] = mask_ref(out["pipeline_ref"])
         out["source_folder"] = self.folder(run.get("source_folder"))
         out["dest_folder"] = self.folder(run.get("dest_folder"))
         out["inputs"] = [
@@ -235,6 +253,8 @@ class Visibility:
             out["traceback"] = None
         if out.get("message"):
             out["message"] = ""
+        if out.get("note"):
+            out["note"] = MASKED_NOTE
         return out
 
     def load_tasks(self, tasks: Iterable[Mapping[str, Any]], runs: Iterable[Mapping[str, Any]]) -> None:
@@ -251,6 +271,8 @@ class Visibility:
     def dataflow_config(self, cfg: Mapping[str, Any], may_change: bool) -> dict[str, Any]:
         """A dataflow configuration (current or of a version) as the actor may see it (a copy)."""
         out = dict(cfg)
+        if not self.actor.is_admin and out.get("pipeline"):
+            out["pipeline"] = mask_ref(str(out["pipeline"]))
         for key in ("source", "destination"):
             if out.get(key):
                 out[key] = self.folder(str(out[key]))
@@ -262,7 +284,7 @@ class Visibility:
 # ---------------------------------------------------------------------------------- events
 
 #: Event payload fields that may quote a task's input (masked when the caller may not read it).
-_TASK_FIELDS = ("planned_id", "error", "message")
+_TASK_FIELDS = ("planned_id", "error", "message", "note")
 
 
 def visible_events(conn: Connection, actor: Actor, records: Iterable[EventRecord]) -> list[EventRecord]:
@@ -356,6 +378,8 @@ def _redact_event(
                 data["error"] = MASKED_ERROR
             if data.get("message"):
                 data["message"] = ""
+            if data.get("note"):
+                data["note"] = MASKED_NOTE
     elif rec.kind == "folder.moved":
         data = {**data, "from": vis.folder(data.get("from")), "to": vis.folder(data.get("to"))}
     elif rec.dataflow_id is not None and rec.dataflow_id in flows and data.get("reason"):
