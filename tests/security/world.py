@@ -142,7 +142,8 @@ class World:
         if role not in SEES_FLOW_SECRETS:
             out += ["hook-secret-5x"]
         if role != "site_admin":
-            out += [str(self.home.path)]
+            # the server's paths: its home, and the file of the registered pipeline that runs
+            out += [str(self.home.path), REF.rsplit(":", 1)[0]]
         return out
 
 

@@ -50,6 +50,7 @@ from datamill.store.access import Actor, Level, level_on
 from datamill.store.blobs import BlobInfo, LocalBlobStore, digest_bytes
 from datamill.store.names import join_path
 from datamill.store.store import guess_content_type
+from datamill.store.visibility import strip_paths
 
 log = logging.getLogger("datamill.scheduler")
 
@@ -1043,7 +1044,9 @@ class Scheduler:
         path = d.log_path
         if d.traceback and path is not None:
             with open(path, "a", encoding="utf-8") as f:
-                f.write(d.traceback)
+                # the log goes to every reader of the task's input: frames without server paths
+                # (the full traceback stays on the task record, for site admins)
+                f.write(strip_paths(d.traceback))
         if path is None or not path.exists() or path.stat().st_size == 0:
             return None
         with open(path, "rb") as f:

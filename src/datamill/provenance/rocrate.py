@@ -24,6 +24,7 @@ from datamill.home import Home
 from datamill.provenance.graph import DELETED, HIDDEN, iso_time, local_name
 from datamill.provenance.records import Output, RunRecords, read_run
 from datamill.store.access import Actor
+from datamill.store.visibility import mask_ref
 
 #: Profiles the root of a crate made here conforms to (Workflow Run RO-Crate 0.5, on RO-Crate 1.1).
 CRATE_PROFILES = {
@@ -156,12 +157,17 @@ class _CrateBuilder:
         self.crate.root_dataset["conformsTo"] = profiles
         self.crate.name = f"datamill run {run.id}: {run.pipeline_name}"
         self.crate.description = (
-            f"Run {run.id} of pipeline {run.pipeline_name!r} ({run.pipeline_ref}), {run.status}"
+            f"Run {run.id} of pipeline {run.pipeline_name!r} ({self._shown_ref()}), {run.status}"
             + (f", for dataflow {df_name!r}" if df_name else "")
             + (f"; reason: {run.reason}" if run.reason else "")
             + ". Exported by datamill with its inputs, outputs and per-task provenance."
         )
         self.crate.datePublished = dt.datetime.now(dt.UTC).isoformat(timespec="seconds")
+
+    def _shown_ref(self) -> str | None:
+        """The run's pipeline reference, without a server path unless the actor is a site admin."""
+        ref = self.rec.run.pipeline_ref
+        return ref if self.actor.is_admin else mask_ref(ref)
 
     def _add_engine(self) -> Any:
         """datamill itself, the software that orchestrated the run."""
@@ -198,7 +204,7 @@ class _CrateBuilder:
         wf_props: dict[str, Any] = {
             "@type": ["File", "SoftwareSourceCode", "ComputationalWorkflow", "HowTo"],
             "name": run.pipeline_name,
-            "identifier": run.pipeline_ref,
+            "identifier": self._shown_ref(),
             "programmingLanguage": lang,
             "description": "The pipeline as it is at export time; the code version each step ran with is its "
             "tool's softwareVersion (a hash of the step's code).",

@@ -30,6 +30,7 @@ from datamill.provenance.graph import (
 )
 from datamill.provenance.records import Input, Output, Records
 from datamill.store.access import Actor
+from datamill.store.visibility import mask_ref
 
 
 class Walker(Records):
@@ -145,7 +146,7 @@ class Walker(Records):
                 {
                     "run": run.id,
                     "pipeline": run.pipeline_name,
-                    "pipeline_ref": run.pipeline_ref,
+                    "pipeline_ref": run.pipeline_ref if self.actor.is_admin else mask_ref(run.pipeline_ref),
                     "status": run.status,
                     "reason": run.reason,
                     "requested_by": requester,

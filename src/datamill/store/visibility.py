@@ -26,6 +26,7 @@ costs one check per folder, not one per field.
 
 from __future__ import annotations
 
+import re
 from collections.abc import Iterable, Mapping
 from dataclasses import replace
 from typing import Any
@@ -73,6 +74,14 @@ def mask_url(url: str) -> str:
     except ValueError:
         return HIDDEN
     return f"{parts.scheme}://{parts.hostname}/{HIDDEN}" if parts.scheme and parts.hostname else HIDDEN
+
+
+_FRAME_FILE = re.compile(r'File "([^"]*[/\\])([^"/\\]+)"')
+
+
+def strip_paths(traceback: str) -> str:
+    """A Python traceback with each frame's file reduced to its name (``File ".../x.py"`` -> ``File "x.py"``)."""
+    return _FRAME_FILE.sub(lambda m: f'File "{m.group(2)}"', traceback)
 
 
 def mask_ref(ref: str | None) -> str | None:
@@ -237,7 +246,11 @@ class Visibility:
     def task(self, task: dict[str, Any], run: Mapping[str, Any]) -> dict[str, Any]:
         """A task dict (``TaskRow.to_dict()`` or the like) of ``run`` as the actor may see it (a copy)."""
         if self.task_side_readable(task.get("item_name"), run):
-            return task
+            if self.actor.is_admin or not task.get("traceback"):
+                return task
+            # Frames name files on the server (the pipeline's, the installed packages'): keep the
+            # file names and lines, which is what a pipeline's author needs, not where they are.
+            return {**task, "traceback": strip_paths(str(task["traceback"]))}
         out = dict(task)
         if out.get("planned_id"):
             out["planned_id"] = self.planned_id(str(out["planned_id"]))
