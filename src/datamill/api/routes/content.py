@@ -26,11 +26,12 @@ from collections.abc import AsyncIterator, Iterator
 from typing import Any
 from urllib.parse import quote
 
-from fastapi import APIRouter, Header, Query, Request, Response
+from fastapi import APIRouter, Header, Request, Response
 from fastapi.responses import JSONResponse, StreamingResponse
 from starlette.requests import ClientDisconnect
 
 from datamill.api.deps import ActorDep, HomeDep, blocking
+from datamill.api.ids import VersionQuery
 from datamill.api.paths import UrlPath
 from datamill.api.schemas import VersionOut
 from datamill.errors import (
@@ -40,6 +41,7 @@ from datamill.errors import (
     RangeNotSatisfiable,
     UploadIncomplete,
 )
+from datamill.limits import INT64_MAX, loads_bounded
 from datamill.store.blobs import CHUNK, check_digest
 from datamill.store.names import split_item_path
 from datamill.store.store import VersionInfo, check_metadata
@@ -58,11 +60,7 @@ def parse_metadata_header(value: str | None) -> dict[str, Any]:
     """The ``X-Datamill-Metadata`` header as a checked metadata dict (``{}`` when absent)."""
     if value is None or not value.strip():
         return {}
-    try:
-        meta = json.loads(value)
-    except ValueError as exc:
-        raise InvalidMetadata(f"X-Datamill-Metadata is not valid JSON: {exc}") from None
-    return check_metadata(meta)
+    return check_metadata(loads_bounded(value, "X-Datamill-Metadata", InvalidMetadata))
 
 
 def parse_range(header: str, size: int) -> tuple[int, int] | None:
@@ -183,7 +181,7 @@ async def upload(
     actor: ActorDep,
     home: HomeDep,
     content_type: str | None = Header(None, description="The bytes' MIME type; guessed from the name if absent."),
-    content_length: int | None = Header(None, ge=0),
+    content_length: int | None = Header(None, ge=0, le=INT64_MAX),
     x_datamill_metadata: str | None = Header(None, description="A JSON object of item metadata."),
     x_datamill_digest: str | None = Header(None, description="The digest the bytes must hash to."),
 ) -> JSONResponse:
@@ -241,7 +239,7 @@ async def download(
     path: UrlPath,
     actor: ActorDep,
     home: HomeDep,
-    version: int | None = Query(None, ge=1, description="The version number; the current one when absent."),
+    version: VersionQuery = None,
     range_header: str | None = Header(None, alias="Range", description="bytes=a-b, bytes=a- or bytes=-n."),
     if_none_match: str | None = Header(None),
 ) -> Response:

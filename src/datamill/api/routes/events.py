@@ -27,9 +27,11 @@ from starlette.types import Receive, Scope, Send
 
 from datamill.api.broadcast import EventBroadcaster
 from datamill.api.deps import ActorDep, HomeDep, blocking
+from datamill.api.ids import parse_last_event_id
 from datamill.api.schemas import EventsOut
 from datamill.events import EventRecord
 from datamill.home import Home
+from datamill.limits import INT64_MAX
 from datamill.store.access import Actor
 
 router = APIRouter(tags=["events"])
@@ -68,7 +70,7 @@ async def read_events(
     request: Request,
     actor: ActorDep,
     home: HomeDep,
-    since: int = Query(0, ge=0, description="Return events after this seq."),
+    since: int = Query(0, ge=0, le=INT64_MAX, description="Return events after this seq."),
     limit: int = Query(1000, ge=1, le=10_000, description="Read at most this many events of the log."),
     kinds: list[str] | None = Query(None, description=KINDS_DOC),
     wait: float = Query(0, ge=0, le=MAX_WAIT, description="Seconds to wait for an event if there is none yet."),
@@ -150,14 +152,13 @@ async def stream_events(
     request: Request,
     actor: ActorDep,
     home: HomeDep,
-    since: int = Query(0, ge=0, description="Start after this seq."),
+    since: int = Query(0, ge=0, le=INT64_MAX, description="Start after this seq."),
     kinds: list[str] | None = Query(None, description=KINDS_DOC),
     last_event_id: str | None = Header(None, description="Resume after this seq (sent by reconnecting clients)."),
 ) -> EventStreamResponse:
     """Events as they are appended, as Server-Sent Events."""
-    cursor = since
-    if last_event_id and last_event_id.strip().isdigit():
-        cursor = int(last_event_id.strip())
+    resumed = parse_last_event_id(last_event_id)
+    cursor = since if resumed is None else resumed
     return EventStreamResponse(
         _stream(request, home, actor, cursor, split_kinds(kinds)),
         headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"},

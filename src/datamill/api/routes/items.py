@@ -11,17 +11,18 @@ Routes (under ``/api/v1``):
 
 from __future__ import annotations
 
-import json
 from typing import Any
 
 from fastapi import APIRouter, Query
 from fastapi.responses import JSONResponse
 
 from datamill.api.deps import ActorDep, HomeDep, blocking
+from datamill.api.ids import VersionQuery
 from datamill.api.paths import UrlPath
 from datamill.api.routes.folders import MetadataChange
 from datamill.api.schemas import Done, ItemOut, VersionOut, list_of
 from datamill.errors import InvalidMetadata
+from datamill.limits import loads_bounded
 
 router = APIRouter(tags=["items"])
 
@@ -49,12 +50,7 @@ async def find_items(
     recursive: bool = Query(True, description="Search subfolders too."),
 ) -> JSONResponse:
     """Items below a folder whose name matches ``name`` and whose metadata holds ``metadata``."""
-    wanted = None
-    if metadata:
-        try:
-            wanted = json.loads(metadata)
-        except ValueError as exc:
-            raise InvalidMetadata(f"the metadata filter is not valid JSON: {exc}") from None
+    wanted = loads_bounded(metadata, "the metadata filter", InvalidMetadata) if metadata else None
     items = await blocking(home.store.find_items, actor, path, name, wanted, recursive)
     return JSONResponse([i.to_dict() for i in items])
 
@@ -85,7 +81,7 @@ async def get_version(
     path: UrlPath,
     actor: ActorDep,
     home: HomeDep,
-    version: int | None = Query(None, ge=1, description="The version number; the current one when absent."),
+    version: VersionQuery = None,
 ) -> JSONResponse:
     """One version of an item."""
     info = await blocking(home.store.get_version, actor, path, version)

@@ -27,6 +27,7 @@ from starlette.concurrency import iterate_in_threadpool
 
 from datamill.api.broadcast import EventBroadcaster
 from datamill.api.deps import ActorDep, HomeDep, blocking
+from datamill.api.ids import RunId, TaskId
 from datamill.api.routes.events import EventStreamResponse
 from datamill.client.local import LocalClient
 from datamill.engine.runs import FINISHED_RUN
@@ -118,7 +119,7 @@ async def submit_run(request: Request, body: RunRequest, actor: ActorDep, home: 
 @router.get("/runs/{run_id}", summary="Get a run")
 async def get_run(
     request: Request,
-    run_id: int,
+    run_id: RunId,
     actor: ActorDep,
     home: HomeDep,
     wait: float = Query(0, ge=0, le=MAX_WAIT, description="Seconds to wait for the run to end."),
@@ -138,31 +139,31 @@ async def get_run(
 
 
 @router.get("/runs/{run_id}/tasks", summary="List a run's tasks")
-async def list_tasks(run_id: int, actor: ActorDep, home: HomeDep) -> JSONResponse:
+async def list_tasks(run_id: RunId, actor: ActorDep, home: HomeDep) -> JSONResponse:
     """A run's tasks in plan order, with their outputs."""
     return JSONResponse(await blocking(_client(home, actor).tasks, run_id))
 
 
 @router.post("/runs/{run_id}/cancel", response_model=Cancelled, summary="Cancel a run")
-async def cancel_run(run_id: int, actor: ActorDep, home: HomeDep) -> dict[str, Any]:
+async def cancel_run(run_id: RunId, actor: ActorDep, home: HomeDep) -> dict[str, Any]:
     """Cancel queued tasks now and running ones as soon as their scheduler sees it."""
     return {"ok": True, "cancelled": await blocking(_client(home, actor).cancel_run, run_id)}
 
 
 @router.post("/runs/{run_id}/retry", response_model=RunCreated, status_code=201, summary="Retry a run")
-async def retry_run(run_id: int, actor: ActorDep, home: HomeDep) -> JSONResponse:
+async def retry_run(run_id: RunId, actor: ActorDep, home: HomeDep) -> JSONResponse:
     """A new run over the same inputs as a failed or cancelled one; finished tasks come from the cache."""
     return JSONResponse({"id": await blocking(_client(home, actor).retry_run, run_id)}, status_code=201)
 
 
 @router.get("/tasks/{task_id}", summary="Get a task")
-async def get_task(task_id: int, actor: ActorDep, home: HomeDep) -> JSONResponse:
+async def get_task(task_id: TaskId, actor: ActorDep, home: HomeDep) -> JSONResponse:
     """One task with its outputs."""
     return JSONResponse(await blocking(_client(home, actor).task, task_id))
 
 
 @router.get("/tasks/{task_id}/why", summary="Explain a task")
-async def why(task_id: int, actor: ActorDep, home: HomeDep) -> JSONResponse:
+async def why(task_id: TaskId, actor: ActorDep, home: HomeDep) -> JSONResponse:
     """Why a task ran or was cached: its key parts and what differs from the nearest earlier task."""
     return JSONResponse(await blocking(_client(home, actor).why, task_id))
 
@@ -180,7 +181,7 @@ class LogStreamResponse(EventStreamResponse):
     responses={200: {"content": {"text/plain": {}}, "description": "The log text."}},
 )
 async def task_logs(
-    task_id: int,
+    task_id: TaskId,
     actor: ActorDep,
     home: HomeDep,
     follow: bool = Query(False, description="Keep streaming until the task ends."),

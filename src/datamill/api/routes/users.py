@@ -15,6 +15,7 @@ from fastapi.responses import JSONResponse
 from pydantic import BaseModel, Field
 
 from datamill.api.deps import ActorDep, HomeDep, blocking
+from datamill.api.ids import TokenId
 from datamill.api.schemas import Done, TokenOut, UserOut
 from datamill.errors import PermissionDenied
 from datamill.home import Home
@@ -37,7 +38,9 @@ class TokenCreate(BaseModel):
 
     user: str | None = Field(None, description="Whose token; yourself when absent (others need a site admin).")
     name: str = Field("", description="A label to recognise the token by.")
-    ttl: float | None = Field(None, gt=0, description="Seconds until it expires; never when absent.")
+    ttl: float | None = Field(
+        None, gt=0, allow_inf_nan=False, description="Seconds until it expires; never when absent."
+    )
 
 
 class TokenEntry(BaseModel):
@@ -118,7 +121,7 @@ async def create_token(body: TokenCreate, actor: ActorDep, home: HomeDep) -> JSO
 
 
 @router.delete("/tokens/{token_id}", response_model=Done, summary="Revoke a token")
-async def revoke_token(token_id: int, actor: ActorDep, home: HomeDep) -> dict[str, Any]:
+async def revoke_token(token_id: TokenId, actor: ActorDep, home: HomeDep) -> dict[str, Any]:
     """Revoke one of your tokens (anyone's, as a site admin)."""
 
     def run() -> None:
