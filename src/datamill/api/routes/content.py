@@ -32,6 +32,7 @@ from starlette.requests import ClientDisconnect
 
 from datamill.api.deps import ActorDep, HomeDep, blocking
 from datamill.api.ids import VersionQuery
+from datamill.api.openapi import ERROR_DESCRIPTIONS, binary, errors
 from datamill.api.paths import UrlPath
 from datamill.api.schemas import VersionOut
 from datamill.errors import (
@@ -167,6 +168,7 @@ class HeldBackStream:
     "/content/{path:names}",
     response_model=VersionOut,
     status_code=201,
+    responses=errors(400, 403, 404, 409),
     summary="Upload bytes as a new version",
     openapi_extra={
         "requestBody": {
@@ -181,7 +183,8 @@ async def upload(
     actor: ActorDep,
     home: HomeDep,
     content_type: str | None = Header(None, description="The bytes' MIME type; guessed from the name if absent."),
-    content_length: int | None = Header(None, ge=0, le=INT64_MAX),
+    # The body's length, known to HTTP itself: not a parameter to document (or to fuzz).
+    content_length: int | None = Header(None, ge=0, le=INT64_MAX, include_in_schema=False),
     x_datamill_metadata: str | None = Header(None, description="A JSON object of item metadata."),
     x_datamill_digest: str | None = Header(None, description="The digest the bytes must hash to."),
 ) -> JSONResponse:
@@ -222,16 +225,27 @@ async def upload(
     return JSONResponse(info.to_dict(), status_code=201)
 
 
-@router.head("/content/{path:names}", name="content_headers", summary="A version's headers, without the bytes")
+@router.head(
+    "/content/{path:names}",
+    name="content_headers",
+    response_class=Response,
+    responses={
+        200: {"description": "The headers of the bytes, without them."},
+        206: {"description": "The headers of the requested range."},
+        304: {"description": "Not modified (If-None-Match matched the ETag)."},
+        **{s: {"description": ERROR_DESCRIPTIONS[s]} for s in (400, 404, 416)},
+    },
+    summary="A version's headers, without the bytes",
+)
 @router.get(
     "/content/{path:names}",
     summary="Download a version's bytes",
     response_class=StreamingResponse,
     responses={
-        200: {"content": {"application/octet-stream": {}}, "description": "The bytes."},
-        206: {"description": "The requested range."},
+        **errors(400, 404, 416),
+        200: binary("The bytes, with the item's own content type.", "*/*"),
+        206: binary("The requested range.", "*/*"),
         304: {"description": "Not modified (If-None-Match matched the ETag)."},
-        416: {"description": "Range not satisfiable."},
     },
 )
 async def download(

@@ -28,6 +28,7 @@ from starlette.types import Receive, Scope, Send
 from datamill.api.broadcast import EventBroadcaster
 from datamill.api.deps import ActorDep, HomeDep, blocking
 from datamill.api.ids import parse_last_event_id
+from datamill.api.openapi import event_stream
 from datamill.api.schemas import EventsOut
 from datamill.events import EventRecord
 from datamill.home import Home
@@ -146,7 +147,7 @@ async def _stream(
     "/events/stream",
     summary="Stream events (SSE)",
     response_class=EventStreamResponse,
-    responses={200: {"content": {"text/event-stream": {}}, "description": "A stream of events."}},
+    responses={200: event_stream("A stream of events, each one's `data` an Event.", "#/components/schemas/Event")},
 )
 async def stream_events(
     request: Request,

@@ -18,6 +18,7 @@ from fastapi.responses import JSONResponse
 
 from datamill.api.deps import ActorDep, HomeDep, blocking
 from datamill.api.ids import VersionQuery
+from datamill.api.openapi import errors
 from datamill.api.paths import UrlPath
 from datamill.api.routes.folders import MetadataChange
 from datamill.api.schemas import Done, ItemOut, VersionOut, list_of
@@ -27,7 +28,12 @@ from datamill.limits import loads_bounded
 router = APIRouter(tags=["items"])
 
 
-@router.get("/folder-items/{path:names}", response_model=list_of(ItemOut), summary="List a folder's items")
+@router.get(
+    "/folder-items/{path:names}",
+    response_model=list_of(ItemOut),
+    responses=errors(400, 404),
+    summary="List a folder's items",
+)
 async def list_items(
     path: UrlPath,
     actor: ActorDep,
@@ -40,7 +46,12 @@ async def list_items(
     return JSONResponse([i.to_dict() for i in items])
 
 
-@router.get("/find/{path:names}", response_model=list_of(ItemOut), summary="Find items")
+@router.get(
+    "/find/{path:names}",
+    response_model=list_of(ItemOut),
+    responses=errors(400, 404),
+    summary="Find items",
+)
 async def find_items(
     path: UrlPath,
     actor: ActorDep,
@@ -55,28 +66,48 @@ async def find_items(
     return JSONResponse([i.to_dict() for i in items])
 
 
-@router.get("/items/{path:names}", response_model=ItemOut, summary="Get an item")
+@router.get(
+    "/items/{path:names}",
+    response_model=ItemOut,
+    responses=errors(400, 404),
+    summary="Get an item",
+)
 async def get_item(path: UrlPath, actor: ActorDep, home: HomeDep) -> JSONResponse:
     """An item with its current version."""
     item = await blocking(home.store.get_item, actor, path)
     return JSONResponse(item.to_dict())
 
 
-@router.delete("/items/{path:names}", response_model=Done, summary="Delete an item")
+@router.delete(
+    "/items/{path:names}",
+    response_model=Done,
+    responses=errors(400, 403, 404),
+    summary="Delete an item",
+)
 async def delete_item(path: UrlPath, actor: ActorDep, home: HomeDep) -> dict[str, Any]:
     """Delete an item with all its versions. Needs write access."""
     await blocking(home.store.delete_item, actor, path)
     return {"ok": True}
 
 
-@router.get("/versions/{path:names}", response_model=list_of(VersionOut), summary="List an item's versions")
+@router.get(
+    "/versions/{path:names}",
+    response_model=list_of(VersionOut),
+    responses=errors(400, 404),
+    summary="List an item's versions",
+)
 async def list_versions(path: UrlPath, actor: ActorDep, home: HomeDep) -> JSONResponse:
     """Every version of an item, oldest first."""
     versions = await blocking(home.store.versions, actor, path)
     return JSONResponse([v.to_dict() for v in versions])
 
 
-@router.get("/version/{path:names}", response_model=VersionOut, summary="Get one version")
+@router.get(
+    "/version/{path:names}",
+    response_model=VersionOut,
+    responses=errors(400, 404),
+    summary="Get one version",
+)
 async def get_version(
     path: UrlPath,
     actor: ActorDep,
@@ -88,7 +119,12 @@ async def get_version(
     return JSONResponse(info.to_dict())
 
 
-@router.patch("/metadata/{path:names}", response_model=ItemOut, summary="Change item metadata")
+@router.patch(
+    "/metadata/{path:names}",
+    response_model=ItemOut,
+    responses=errors(400, 403, 404),
+    summary="Change item metadata",
+)
 async def set_metadata(path: UrlPath, body: MetadataChange, actor: ActorDep, home: HomeDep) -> JSONResponse:
     """Set and unset metadata keys of an item; no new version is made. Needs write access."""
     item = await blocking(home.store.set_item_metadata, actor, path, body.set, body.unset)
