@@ -31,7 +31,7 @@ def test_put_ls_get_round_trip(tmp_path: Path) -> None:
     home = tmp_path / "home"
     src = tmp_path / "measurements.csv"
     src.write_bytes(b"x,y\n1,2\n3,4\n")
-    p = run(home, "put", str(src), "Raw Data/2026", "--meta", "n=3")
+    p = run(home, "put", "-p", str(src), "Raw Data/2026", "--meta", "n=3")
     assert p.returncode == 0, p.stderr
     assert p.stdout == b"" and b"uploaded 1 file" in p.stderr
     p = run(home, "ls", "Raw Data/2026", "--json")
@@ -66,7 +66,7 @@ def test_remote_put_and_ls(dm: Any, server: tuple[ServerHandle, Home], tmp_path:
     src = tmp_path / "a.csv"
     src.write_bytes(b"a,b\n")
     remote = ("--url", handle.url, "--token", home.admin_token() or "")
-    r = dm.ok(*remote, "put", str(src), "Remote", "--meta", "n=3", home=False)
+    r = dm.ok(*remote, "put", "-p", str(src), "Remote", "--meta", "n=3", home=False)
     assert "uploaded 1 file" in r.stderr
     (item,) = dm.json(*remote, "ls", "Remote", home=False)
     assert (item["name"], item["metadata"]) == ("a.csv", {"n": 3})

@@ -15,7 +15,7 @@ def _lines(text: str) -> list[dict[str, Any]]:
 
 
 def test_events_json_lines(dm: Any, files: Path) -> None:
-    dm.ok("put", str(files / "a.csv"), "A")
+    dm.ok("put", "-p", str(files / "a.csv"), "A")
     r = dm.ok("events", "--json")
     evs = _lines(r.stdout)
     kinds = [e["kind"] for e in evs]
@@ -29,7 +29,7 @@ def test_events_json_lines(dm: Any, files: Path) -> None:
 
 
 def test_events_kind_filter_and_human_lines(dm: Any, files: Path) -> None:
-    dm.ok("put", str(files / "a.csv"), "A")
+    dm.ok("put", "-p", str(files / "a.csv"), "A")
     dm.ok("meta", "A/a.csv", "n=1")
     evs = _lines(dm.ok("events", "--json", "--kind", "item.").stdout)
     assert evs and all(e["kind"].startswith("item.") for e in evs)
@@ -40,7 +40,7 @@ def test_events_kind_filter_and_human_lines(dm: Any, files: Path) -> None:
 
 
 def test_events_count(dm: Any, files: Path) -> None:
-    dm.ok("put", str(files / "run-7"), "A")
+    dm.ok("put", "-p", str(files / "run-7"), "A")
     assert len(_lines(dm.ok("events", "--json", "-n", "2").stdout)) == 2
 
 

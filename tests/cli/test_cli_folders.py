@@ -27,7 +27,7 @@ def test_create_twice(dm: Any) -> None:
 
 
 def test_rm_needs_recursive_when_not_empty(dm: Any, files: Any) -> None:
-    dm.ok("put", str(files / "a.csv"), "A/B")
+    dm.ok("put", "-p", str(files / "a.csv"), "A/B")
     r = dm("folder", "rm", "A")
     assert r.exit_code == 1
     assert "--recursive" in r.stderr

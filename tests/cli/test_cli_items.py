@@ -11,7 +11,7 @@ from datamill.cli import output
 
 
 def test_put_files_and_directory_tree(dm: Any, files: Path) -> None:
-    r = dm.ok("put", str(files / "a.csv"), str(files / "run-7"), "Raw Data/2026", "--meta", "instrument=xrd-1")
+    r = dm.ok("put", "-p", str(files / "a.csv"), str(files / "run-7"), "Raw Data/2026", "--meta", "instrument=xrd-1")
     assert r.stdout == ""
     assert "uploaded 3 files" in r.stderr and "'Raw Data/2026'" in r.stderr
     assert [i["name"] for i in dm.json("ls", "Raw Data/2026")] == ["a.csv"]
@@ -25,14 +25,14 @@ def test_put_files_and_directory_tree(dm: Any, files: Path) -> None:
 
 
 def test_put_json_lists_new_versions(dm: Any, files: Path) -> None:
-    (v,) = dm.json("put", str(files / "a.csv"), "A")
+    (v,) = dm.json("put", "-p", str(files / "a.csv"), "A")
     assert (v["path"], v["version"], v["size"]) == ("A/a.csv", 1, 8)
-    (v,) = dm.json("put", str(files / "a.csv"), "A")
+    (v,) = dm.json("put", "-p", str(files / "a.csv"), "A")
     assert v["version"] == 2
 
 
 def test_put_missing_source_uploads_nothing(dm: Any, files: Path) -> None:
-    r = dm("put", str(files / "a.csv"), str(files / "nope.csv"), "A")
+    r = dm("put", "-p", str(files / "a.csv"), str(files / "nope.csv"), "A")
     assert r.exit_code == 1
     assert "nope.csv" in r.stderr and "nothing was uploaded" in r.stderr
     assert dm("ls", "A").exit_code == 1  # not even the folder was made
@@ -49,7 +49,7 @@ def test_put_large_file_with_progress(dm: Any, tmp_path: Path, monkeypatch: pyte
         return real(total, description)
 
     monkeypatch.setattr("datamill.cli.items.transfer_progress", spy)
-    r = dm.ok("put", str(big), "Big")
+    r = dm.ok("put", "-p", str(big), "Big")
     assert seen == [big.stat().st_size]
     assert "uploaded 1 file (2.1 MB)" in r.stderr
     out = tmp_path / "copy.bin"
@@ -60,9 +60,9 @@ def test_put_large_file_with_progress(dm: Any, tmp_path: Path, monkeypatch: pyte
 def test_get_to_file_and_version(dm: Any, tmp_path: Path) -> None:
     src = tmp_path / "a.txt"
     src.write_text("one")
-    dm.ok("put", str(src), "A")
+    dm.ok("put", "-p", str(src), "A")
     src.write_text("two!")
-    dm.ok("put", str(src), "A")
+    dm.ok("put", "-p", str(src), "A")
     dest = tmp_path / "out.txt"
     r = dm.ok("get", "A/a.txt", "-o", str(dest))
     assert dest.read_text() == "two!"
@@ -76,7 +76,7 @@ def test_get_to_file_and_version(dm: Any, tmp_path: Path) -> None:
 
 
 def test_get_default_destination_is_cwd(dm: Any, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    dm.ok("put", str(_write(tmp_path / "a.txt", b"abc")), "A")
+    dm.ok("put", "-p", str(_write(tmp_path / "a.txt", b"abc")), "A")
     work = tmp_path / "work"
     work.mkdir()
     monkeypatch.chdir(work)
@@ -86,14 +86,14 @@ def test_get_default_destination_is_cwd(dm: Any, tmp_path: Path, monkeypatch: py
 
 def test_get_to_stdout(dm: Any, tmp_path: Path) -> None:
     data = bytes(range(256)) * 4
-    dm.ok("put", str(_write(tmp_path / "b.bin", data)), "A")
+    dm.ok("put", "-p", str(_write(tmp_path / "b.bin", data)), "A")
     r = dm.ok("get", "A/b.bin", "-o", "-")
     assert r.stdout_bytes == data
     assert r.stderr == ""
 
 
 def test_get_unwritable_destination_is_one_line(dm: Any, tmp_path: Path) -> None:
-    dm.ok("put", str(_write(tmp_path / "a.txt", b"abc")), "A")
+    dm.ok("put", "-p", str(_write(tmp_path / "a.txt", b"abc")), "A")
     blocker = tmp_path / "file"
     blocker.write_text("not a directory")
     r = dm("get", "A/a.txt", "-o", str(blocker / "x" / "a.txt"))
@@ -106,7 +106,7 @@ def test_versions(dm: Any, tmp_path: Path) -> None:
     src = tmp_path / "a.txt"
     for text in ("1", "22", "333"):
         src.write_text(text)
-        dm.ok("put", str(src), "A")
+        dm.ok("put", "-p", str(src), "A")
     found = dm.json("versions", "A/a.txt")
     assert [(v["version"], v["size"]) for v in found] == [(1, 1), (2, 2), (3, 3)]
     assert all(v["digest"].startswith("blake3:") and v["created_by"] == "admin" for v in found)
@@ -115,7 +115,7 @@ def test_versions(dm: Any, tmp_path: Path) -> None:
 
 
 def test_meta_show_set_unset(dm: Any, tmp_path: Path) -> None:
-    dm.ok("put", str(_write(tmp_path / "a.csv", b"x")), "A", "--meta", "draft=true")
+    dm.ok("put", "-p", str(_write(tmp_path / "a.csv", b"x")), "A", "--meta", "draft=true")
     assert dm.json("meta", "A/a.csv") == {"draft": True}
     r = dm.ok("meta", "A/a.csv", "n=3", 'tags=["a"]', "who=ana", "ratio=0.5", "--unset", "draft")
     assert r.stdout == "" and "updated metadata of 'A/a.csv'" in r.stderr
@@ -127,7 +127,7 @@ def test_meta_show_set_unset(dm: Any, tmp_path: Path) -> None:
 
 
 def test_bad_meta_is_a_clear_error(dm: Any, tmp_path: Path) -> None:
-    r = dm("put", str(_write(tmp_path / "a.csv", b"x")), "A", "--meta", "foo")
+    r = dm("put", "-p", str(_write(tmp_path / "a.csv", b"x")), "A", "--meta", "foo")
     assert r.exit_code == 1
     assert "--meta 'foo' is not KEY=VALUE" in r.stderr
     assert len(r.stderr.splitlines()) == 1 and "Traceback" not in r.stderr
@@ -136,8 +136,8 @@ def test_bad_meta_is_a_clear_error(dm: Any, tmp_path: Path) -> None:
 
 
 def test_find(dm: Any, files: Path) -> None:
-    dm.ok("put", str(files / "a.csv"), "Raw", "--meta", "instrument=xrd-1")
-    dm.ok("put", str(files / "run-7"), "Raw", "--meta", "instrument=xrd-2", "--meta", "n=3")
+    dm.ok("put", "-p", str(files / "a.csv"), "Raw", "--meta", "instrument=xrd-1")
+    dm.ok("put", "-p", str(files / "run-7"), "Raw", "--meta", "instrument=xrd-2", "--meta", "n=3")
     found = dm.json("find", "Raw", "--name", "*.csv")
     assert [i["path"] for i in found] == ["Raw/a.csv"]
     found = dm.json("find", "Raw", "--meta", "n=3")
@@ -150,7 +150,7 @@ def test_find(dm: Any, files: Path) -> None:
 
 
 def test_rm_item(dm: Any, files: Path) -> None:
-    dm.ok("put", str(files / "a.csv"), "A")
+    dm.ok("put", "-p", str(files / "a.csv"), "A")
     r = dm.ok("rm", "A/a.csv")
     assert "deleted 'A/a.csv'" in r.stderr
     assert dm.json("ls", "A") == []

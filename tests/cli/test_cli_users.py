@@ -32,7 +32,7 @@ def test_whoami_and_user_option(dm: Any) -> None:
 
 
 def test_share_grants_access(dm: Any, files: Path) -> None:
-    dm.ok("put", str(files / "a.csv"), "Raw Data")
+    dm.ok("put", "-p", str(files / "a.csv"), "Raw Data")
     dm.ok("user", "create", "ana")
     r = dm("--user", "ana", "ls", "Raw Data")
     assert r.exit_code == 1 and "no folder 'Raw Data'" in r.stderr
@@ -58,7 +58,7 @@ def test_share_needs_exactly_one_level(dm: Any) -> None:
 
 
 def test_public(dm: Any, files: Path) -> None:
-    dm.ok("put", str(files / "a.csv"), "Open")
+    dm.ok("put", "-p", str(files / "a.csv"), "Open")
     dm.ok("user", "create", "ana")
     r = dm.ok("public", "Open", "--on")
     assert "now public" in r.stderr

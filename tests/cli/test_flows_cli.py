@@ -17,7 +17,7 @@ def raw(dm: Any, tmp_path: Path) -> Any:
     for name, text in (("a.txt", "1\n2\n"), ("b.txt", "3\n")):
         (tmp_path / name).write_text(text)
     dm.ok("folder", "create", "Out")
-    dm.ok("put", str(tmp_path / "a.txt"), str(tmp_path / "b.txt"), "Raw")
+    dm.ok("put", "-p", str(tmp_path / "a.txt"), str(tmp_path / "b.txt"), "Raw")
     return dm
 
 
@@ -97,7 +97,7 @@ def test_flow_create_refusals(raw: Any) -> None:
 
 def test_flow_run_with_a_failing_item_and_stop_cancel(raw: Any, tmp_path: Path) -> None:
     (tmp_path / "c.txt").write_text("boom\n")
-    raw.ok("put", str(tmp_path / "c.txt"), "Raw")
+    raw.ok("put", "-p", str(tmp_path / "c.txt"), "Raw")
     raw.ok("flow", "create", "counts", "--source", "Raw", "--to", "Out", "--pipeline", REF)
     failed = raw("flow", "run", "counts", "--executor", "inline")
     assert "count[Raw/c.txt]" in one_line_error(failed)

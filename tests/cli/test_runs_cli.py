@@ -27,7 +27,7 @@ def raw(dm: Any, tmp_path: Path) -> Any:
     (d / "a.txt").write_text("1\n2\n")
     (d / "b.txt").write_text("3\n")
     dm.ok("folder", "create", "Out")
-    dm.ok("put", str(d / "a.txt"), str(d / "b.txt"), "Raw")
+    dm.ok("put", "-p", str(d / "a.txt"), str(d / "b.txt"), "Raw")
     return dm
 
 
@@ -58,7 +58,7 @@ def test_run_succeeds_then_reuses_the_cache(raw: Any) -> None:
 
 def test_run_with_a_failing_step_exits_1_naming_the_task(raw: Any, tmp_path: Path) -> None:
     (tmp_path / "c.txt").write_text("boom\n")
-    raw.ok("put", str(tmp_path / "c.txt"), "Raw")
+    raw.ok("put", "-p", str(tmp_path / "c.txt"), "Raw")
     r = raw("run", REF, "--on", "Raw", "--to", "Out", "--json", *INLINE)
     message = one_line_error(r)
     task_id = json.loads(raw.ok("runs", "show", "1", "--json").stdout)["tasks"][2]["id"]

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
+from typing import Any
 
 from fastapi import APIRouter, FastAPI
 from fastapi.routing import APIRoute
@@ -24,6 +25,7 @@ from datamill.api.errors import ErrorBoundary, install_error_handlers
 from datamill.api.landing import router as landing_router
 from datamill.api.limits import RequestLimits
 from datamill.api.middleware import AccessLog, TokenAuth, silence_uvicorn_access_log
+from datamill.api.openapi import COMMON_ERRORS, json_errors
 from datamill.api.routes import content, dataflows, events, folders, items, pipelines, runs, users
 from datamill.api.routes import groups as group_routes
 from datamill.api.routes import lineage as lineage_routes
@@ -107,9 +109,17 @@ def create_app(home: Home, sse_keepalive: float = SSE_KEEPALIVE, services: bool 
     api = APIRouter(prefix=API_PREFIX)
     api.include_router(health_router)
     for router in ROUTERS:
-        api.include_router(router)
+        api.include_router(router, responses=COMMON_ERRORS)
     app.include_router(api)
     app.include_router(landing_router)
+
+    def openapi() -> dict[str, Any]:
+        # FastAPI's document, with every error response in the JSON error shape.
+        if app.openapi_schema is None:
+            app.openapi_schema = json_errors(FastAPI.openapi(app))
+        return app.openapi_schema
+
+    app.openapi = openapi  # type: ignore[method-assign]
 
     install_error_handlers(app)
     # add_middleware wraps: the last added runs first. Order: log -> catch-all -> size limits -> auth -> routes.

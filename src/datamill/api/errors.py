@@ -27,10 +27,14 @@ from datamill.errors import (
     TooManyRequests,
     Unauthorized,
 )
+from datamill.limits import MAX_JSON_DEPTH
 
 log = logging.getLogger("datamill.api")
 
 INTERNAL_MESSAGE = "internal error; see the server log"
+
+#: What FastAPI says when reading a JSON body raised something other than a syntax error.
+_BODY_UNREADABLE = "There was an error parsing the body"
 
 _HTTP_CODES = {404: "not_found", 405: "method_not_allowed", 406: "not_acceptable", 413: "too_large"}
 
@@ -126,6 +130,14 @@ async def _http_error(request: Request, exc: Exception) -> JSONResponse:
     message = bounded(exc.detail) if isinstance(exc.detail, str) else "request failed"
     if exc.status_code == 404:
         message = "no such API route; see /docs for the routes"
+    elif exc.status_code == 400 and message == _BODY_UNREADABLE:
+        # FastAPI's answer to a body its JSON parser raised on (not a syntax error: that is a
+        # 400 above); in practice, JSON nested too deeply for Python's recursive parser.
+        body = InvalidInput(
+            "the request body could not be read as JSON (nested too deeply, or a number too long?); "
+            f"send a JSON object nested at most {MAX_JSON_DEPTH} levels deep"
+        ).to_dict()
+        return JSONResponse(body, status_code=400)
     return JSONResponse(error_body(exc.status_code, code, message), status_code=exc.status_code, headers=exc.headers)
 
 

@@ -76,7 +76,8 @@ class _Server(uvicorn.Server):
         if self.started:
             log.info("datamill serving at %s", self.url)
             self.ready.set()
-            if self.on_ready is not None:
+            # A Ctrl-C during start-up: say nothing about a server that is already stopping.
+            if self.on_ready is not None and not self.should_exit:
                 self.on_ready(self.url)
 
     def request_stop(self) -> None:

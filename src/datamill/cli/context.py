@@ -28,6 +28,12 @@ class State:
     def client(self) -> Client:
         """The client for this invocation: on ``--url`` when given, else on the local home."""
         if self._client is None:
+            if self.token and not self.url:
+                # Else the token would be silently ignored and the command act on a local home.
+                raise InvalidInput(
+                    "a token was given (--token or DATAMILL_TOKEN) but no server: pass --url (or set "
+                    "DATAMILL_URL) to use it; on a local home, act as a user with --user instead"
+                )
             if self.url and self.user:
                 raise InvalidInput(
                     "--user acts as a user on a local home only; against a server, pass that user's --token"

@@ -10,6 +10,7 @@ from datamill.cli.context import get_client
 from datamill.cli.output import human_time, print_json_line
 from datamill.client import Client
 from datamill.events import EventRecord
+from datamill.limits import INT64_MAX
 
 PAGE = 1000
 
@@ -35,7 +36,9 @@ def _line(ev: EventRecord) -> str:
 
 def events(
     ctx: typer.Context,
-    since: Annotated[int, typer.Option("--since", metavar="SEQ", help="Start after this sequence number.")] = 0,
+    since: Annotated[
+        int, typer.Option("--since", metavar="SEQ", min=0, max=INT64_MAX, help="Start after this sequence number.")
+    ] = 0,
     kind: Annotated[
         list[str] | None,
         typer.Option(

@@ -1,6 +1,5 @@
 """Items: ``datamill put``, ``get``, ``ls``, ``versions``, ``meta``, ``find`` and ``rm``."""
 
-import os
 from pathlib import Path
 from typing import Annotated
 
@@ -19,7 +18,9 @@ from datamill.cli.output import (
 )
 from datamill.cli.params import JsonFlag, MetaOption, parse_pairs
 from datamill.client import Client
-from datamill.errors import BlobCorrupted, NotFound
+from datamill.client.ignore import walk as walk_files
+from datamill.errors import BlobCorrupted, InvalidInput, NotFound
+from datamill.limits import INT64_MAX
 from datamill.store.blobs import hasher
 from datamill.store.store import ItemInfo, VersionInfo
 
@@ -29,36 +30,49 @@ ItemPath = Annotated[str, typer.Argument(metavar="FOLDER/ITEM", help="Item path,
 FolderArg = Annotated[str, typer.Argument(metavar="FOLDER", help="Folder path, e.g. `Raw Data/2026`.")]
 
 
-def _local_bytes(sources: list[Path]) -> int:
-    """How many bytes the files in ``sources`` hold; raises :class:`NotFound` for a missing one,
-    so that a typo in the last argument fails before anything is uploaded."""
+def _local_bytes(sources: list[str]) -> int:
+    """How many bytes the files in ``sources`` hold (what the ignore rules leave out not counted).
+
+    Raises for an empty or missing source, so that a typo in the last argument fails before
+    anything is uploaded.
+    """
     total = 0
-    for src in sources:
+    for text in sources:
+        if not text.strip():
+            # Path("") is Path("."): an empty argument would upload the current directory.
+            raise InvalidInput("an empty SRC names no file or directory; nothing was uploaded")
+        src = Path(text)
         if src.is_file():
             total += src.stat().st_size
         elif src.is_dir():
-            for root, _, names in os.walk(src):
-                total += sum((Path(root) / n).stat().st_size for n in names)
+            total += sum(path.stat().st_size for path, _ in walk_files(src))
         else:
-            raise NotFound(f"{str(src)!r} does not exist on this machine; nothing was uploaded", path=str(src))
+            raise NotFound(f"{text!r} does not exist on this machine; nothing was uploaded", path=text)
     return total
 
 
 def put(
     ctx: typer.Context,
     sources: Annotated[
-        list[Path],
+        list[str],
         typer.Argument(metavar="SRC", help="Files and directories to upload.", show_default=False),
     ],
     folder: FolderArg,
     meta: MetaOption = None,
+    parents: Annotated[
+        bool, typer.Option("--parents", "-p", help="Create FOLDER (and its missing parents) if it does not exist.")
+    ] = False,
     json_: Annotated[bool, typer.Option("--json", help="Print the new versions as JSON on stdout.")] = False,
 ) -> None:
-    """Upload files and whole directories into FOLDER (created if missing).
+    """Upload files and whole directories into FOLDER (which must exist, unless `-p` is given).
 
     A directory is uploaded with its subfolders kept: `datamill put run-7/ "Raw Data"` makes
-    `Raw Data/run-7/...`. Uploading a name that exists adds a new version. Large transfers
-    show a progress bar on stderr; `datamill -v put ...` lists each file. Example:
+    `Raw Data/run-7/...`. Left out of a directory: version control (`.git`, `.hg`, `.svn`),
+    virtual environments, `__pycache__`, `.DS_Store`, datamill homes, and what the directory's
+    `.datamillignore` names (`.gitignore` syntax; `!pattern` brings a default back). Uploading a
+    name that exists adds a new version. An interrupted upload removes the folders it created
+    while they are still empty. Large transfers show a progress bar on stderr; `datamill -v put
+    ...` lists each file and each path left out. Example:
 
         datamill put a.csv more-data/ "Raw Data/2026" --meta instrument=xrd-1
     """
@@ -67,18 +81,35 @@ def put(
     verbose = get_state(ctx).verbose
     total = _local_bytes(sources)
     done: list[VersionInfo] = []
+    skipped: list[Path] = []
 
     def on_file(path: Path, info: VersionInfo) -> None:
         if verbose:
             say(f"  {path} -> {info.path} v{info.version} ({human_size(info.size)})")
 
+    def on_skip(path: Path) -> None:
+        skipped.append(path)
+        if verbose:
+            say(f"  {path} left out (ignore rules)")
+
     with transfer_progress(total, "uploading") as progress:
         for src in sources:
-            done += client.put_path(src, folder, metadata=metadata, progress=progress, on_file=on_file)
+            done += client.put_path(
+                src, folder, metadata=metadata, progress=progress, on_file=on_file, parents=parents, on_skip=on_skip
+            )
     if json_:
         print_json([v.to_dict() for v in done])
     n = len(done)
-    say(f"uploaded {n} file{'s' if n != 1 else ''} ({human_size(sum(v.size for v in done))}) to {folder.strip('/')!r}")
+    left_out = ""
+    if skipped:
+        kinds = sorted({p.name for p in skipped})
+        names = ", ".join(kinds[:5]) + (", ..." if len(kinds) > 5 else "")
+        plural = "s" if len(skipped) != 1 else ""
+        left_out = f"; left out {len(skipped)} path{plural} ({names}; see -v, .datamillignore)"
+    say(
+        f"uploaded {n} file{'s' if n != 1 else ''} ({human_size(sum(v.size for v in done))}) "
+        f"to {folder.strip('/')!r}{left_out}"
+    )
 
 
 def get(
@@ -95,14 +126,21 @@ def get(
         ),
     ] = None,
     version: Annotated[
-        int | None, typer.Option("--version", metavar="N", help="Version to fetch; the current one by default.")
+        int | None,
+        typer.Option(
+            "--version", metavar="N", min=1, max=INT64_MAX, help="Version to fetch; the current one by default."
+        ),
     ] = None,
+    parents: Annotated[
+        bool, typer.Option("--parents", "-p", help="Create the missing directories of DEST.")
+    ] = False,
 ) -> None:
     """Download an item (its current version, or `--version N`).
 
     The bytes are checked against the version's digest as they arrive; a file is written under
     a temporary name and renamed at the end, so an interrupted download never leaves a partial
-    file. Examples:
+    file. The file's mode follows the umask, like any new file. DEST's directory must exist
+    unless `--parents` is given. Examples:
 
         datamill get "Raw Data/a.csv" -o copy.csv --version 1
         datamill get "Raw Data/a.csv" -o - | head
@@ -114,7 +152,7 @@ def get(
     size = client.version(path, version).size if stderr().is_terminal else 0
     dest = Path(output) if output else Path.cwd()
     with transfer_progress(size, "downloading") as progress:
-        info = client.download(path, dest, version, progress=progress)
+        info = client.download(path, dest, version, progress=progress, parents=parents)
     target = dest / info.name if dest.is_dir() else dest
     say(f"saved {info.path!r} v{info.version} ({human_size(info.size)}) to {str(target)!r}")
 

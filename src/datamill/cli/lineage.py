@@ -19,6 +19,7 @@ from datamill.cli.context import get_client
 from datamill.cli.output import say
 from datamill.client.local import LocalClient
 from datamill.errors import InvalidInput
+from datamill.limits import INT64_MAX
 
 #: What ``--format`` takes.
 FORMATS = ("tree", "json", "prov-json", "prov-n", "ro-crate")
@@ -92,13 +93,15 @@ def lineage(
     ctx: typer.Context,
     path: Annotated[str, typer.Argument(metavar="FOLDER/ITEM", help="The item, e.g. 'Derived Data/a.report.txt'.")],
     version: Annotated[
-        int | None, typer.Option("--version", metavar="N", min=1, help="This version (default: the current one).")
+        int | None,
+        typer.Option("--version", metavar="N", min=1, max=INT64_MAX, help="This version (default: the current one)."),
     ] = None,
     down: Annotated[
         bool, typer.Option("--down", help="Show what was derived from it instead of what it was derived from.")
     ] = False,
     depth: Annotated[
-        int | None, typer.Option("--depth", metavar="N", min=1, help="Follow at most N tasks (default: all).")
+        int | None,
+        typer.Option("--depth", metavar="N", min=1, max=INT64_MAX, help="Follow at most N tasks (default: all)."),
     ] = None,
     fmt: Annotated[
         str,

@@ -5,6 +5,7 @@ command runs (a test runner swaps them).
 """
 
 import json
+import os
 import time
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from contextlib import contextmanager
@@ -27,9 +28,21 @@ from rich.table import Table
 PROGRESS_THRESHOLD = 1_000_000
 
 
+#: Width of tables written to a pipe or a file: wide enough that no row is ever folded.
+PIPE_WIDTH = 100_000
+
+
 def stdout() -> Console:
-    """A console on stdout, for results."""
-    return Console(highlight=False, soft_wrap=False)
+    """A console on stdout, for results.
+
+    Rich assumes 80 columns when stdout is no terminal; a table piped to ``grep`` or saved to a
+    file would then fold its rows. There it is as wide as its content (unless ``COLUMNS`` says
+    otherwise).
+    """
+    console = Console(highlight=False, soft_wrap=False)
+    if not console.is_terminal and not os.environ.get("COLUMNS"):
+        console = Console(highlight=False, soft_wrap=False, width=PIPE_WIDTH)
+    return console
 
 
 def stderr(min_width: int = 0) -> Console:

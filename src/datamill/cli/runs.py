@@ -30,6 +30,7 @@ from datamill.client import Client, LocalClient
 from datamill.engine.params import parse_param
 from datamill.engine.runs import FINISHED_RUN, RunStatus, TaskStatus
 from datamill.errors import Cancelled, StepFailed
+from datamill.limits import INT64_MAX
 
 PANEL = "Pipelines and runs"
 
@@ -65,8 +66,10 @@ ExecutorOption = Annotated[
         "process pool) [default: the `executor` setting, DATAMILL_EXECUTOR]. A server uses its own.",
     ),
 ]
-RunArg = Annotated[int, typer.Argument(metavar="RUN", help="Run id (see `datamill runs ls`).")]
-TaskArg = Annotated[int, typer.Argument(metavar="TASK", help="Task id (see `datamill runs show RUN`).")]
+RunArg = Annotated[int, typer.Argument(metavar="RUN", min=1, max=INT64_MAX, help="Run id (see `datamill runs ls`).")]
+TaskArg = Annotated[
+    int, typer.Argument(metavar="TASK", min=1, max=INT64_MAX, help="Task id (see `datamill runs show RUN`).")
+]
 
 
 def parse_params(pairs: Iterable[str] | None) -> dict[str, Any]:
@@ -414,7 +417,9 @@ def list_runs(
         typer.Option("--status", metavar="STATUS", help="Only runs that are queued, running, succeeded, failed or "
                      "cancelled."),
     ] = None,
-    limit: Annotated[int, typer.Option("--limit", "-n", metavar="N", min=1, help="At most N runs.")] = 50,
+    limit: Annotated[
+        int, typer.Option("--limit", "-n", metavar="N", min=1, max=INT64_MAX, help="At most N runs.")
+    ] = 50,
     json_: JsonFlag = False,
 ) -> None:
     """List runs you may see, newest first."""

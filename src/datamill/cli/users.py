@@ -10,6 +10,7 @@ from datamill.cli.context import get_client
 from datamill.cli.output import human_time, print_json, print_table, say
 from datamill.cli.params import JsonFlag
 from datamill.errors import InvalidInput
+from datamill.limits import INT64_MAX
 
 PANEL = "Users and access"
 
@@ -93,7 +94,8 @@ def create_token(
 
 @token_app.command("revoke")
 def revoke_token(
-    ctx: typer.Context, token_id: Annotated[int, typer.Argument(metavar="ID", help="The token's id.")]
+    ctx: typer.Context,
+    token_id: Annotated[int, typer.Argument(metavar="ID", min=1, max=INT64_MAX, help="The token's id.")],
 ) -> None:
     """Revoke a token: yours, or anyone's as a site admin. It stops working at once."""
     get_client(ctx).revoke_token(token_id)

@@ -7,20 +7,22 @@ on top of them.
 
 from __future__ import annotations
 
+import contextlib
 import os
-import tempfile
+import secrets
 import time
 from abc import ABC, abstractmethod
 from collections.abc import Callable, Iterable, Iterator, Mapping
 from pathlib import Path
 from typing import Any, BinaryIO
 
+from datamill.client.ignore import walk as walk_files
 from datamill.engine.runs import FINISHED_RUN
-from datamill.errors import BlobCorrupted, InvalidInput, NotFound
+from datamill.errors import BlobCorrupted, DatamillError, InvalidInput, NotFound
 from datamill.events import EventRecord
 from datamill.store.blobs import hasher
 from datamill.store.groups import GroupInfo
-from datamill.store.names import check_name, join_path
+from datamill.store.names import check_name, join_path, split_path
 from datamill.store.store import FolderInfo, ItemInfo, VersionInfo
 from datamill.store.users import NewToken
 
@@ -31,6 +33,21 @@ BATCH_FILES = 500
 
 #: Called with the number of bytes just transferred.
 ProgressFn = Callable[[int], None]
+
+
+def _create_part_file(target: Path) -> tuple[int, str]:
+    """A new, uniquely named temporary file beside ``target``, opened for writing.
+
+    Created with mode 0666 so that the umask decides its permissions, as for any file a program
+    makes (``mkstemp`` would make every download 0600, whatever the user's umask).
+    """
+    for _ in range(100):
+        tmp = target.parent / f".{target.name}.{secrets.token_hex(6)}.part"
+        try:
+            return os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_BINARY", 0), 0o666), str(tmp)
+        except FileExistsError:
+            continue
+    raise FileExistsError(f"no free temporary name beside {target}")
 
 
 class Client(ABC):
@@ -403,21 +420,34 @@ class Client(ABC):
         return b"".join(chunks)
 
     def download(
-        self, path: str, dest: str | Path, version: int | None = None, progress: ProgressFn | None = None
+        self,
+        path: str,
+        dest: str | Path,
+        version: int | None = None,
+        progress: ProgressFn | None = None,
+        parents: bool = True,
     ) -> VersionInfo:
         """Stream a version to ``dest`` (a file, or a directory to put it in), verifying its digest.
 
         Writes to a temporary file beside ``dest`` and renames it at the end, so a broken or
-        corrupted transfer never leaves a partial file under the real name.
+        corrupted transfer never leaves a partial file under the real name. The file gets the
+        mode any new file gets here (0666 less the umask). A missing directory of ``dest`` is
+        created when ``parents`` is true, else :class:`NotFound` is raised before any transfer.
         """
-        info, chunks = self.iter_bytes(path, version)
         target = Path(dest)
+        if not parents and not target.is_dir() and not target.parent.is_dir():
+            raise NotFound(
+                f"directory {str(target.parent)!r} does not exist on this machine; create it first, "
+                "or pass --parents to create missing directories",
+                path=str(target.parent),
+            )
+        info, chunks = self.iter_bytes(path, version)
         if target.is_dir():
             target = target / info.name
         target.parent.mkdir(parents=True, exist_ok=True)
         # A stream that verifies itself (the embedded store's) needs no second hash here.
         h = None if self.verified_streams else hasher()
-        fd, tmp = tempfile.mkstemp(dir=target.parent, prefix=f".{target.name}.", suffix=".part")
+        fd, tmp = _create_part_file(target)
         try:
             with os.fdopen(fd, "wb") as f:
                 for chunk in chunks:
@@ -444,28 +474,47 @@ class Client(ABC):
         metadata: Mapping[str, Any] | None = None,
         progress: ProgressFn | None = None,
         on_file: Callable[[Path, VersionInfo], None] | None = None,
+        parents: bool = True,
+        on_skip: Callable[[Path], None] | None = None,
     ) -> list[VersionInfo]:
-        """Upload a file, or a directory with its subfolders kept, into ``folder``."""
+        """Upload a file, or a directory with its subfolders kept, into ``folder``.
+
+        A directory's files are those :func:`datamill.client.ignore.walk` keeps: no version
+        control, virtual environments or datamill homes, nor what its ``.datamillignore`` names;
+        each path left out is passed to ``on_skip``. A missing ``folder`` is created with its
+        parents when ``parents`` is true, else :class:`NotFound` is raised. Folders this call
+        created are removed again if it fails or is interrupted while they are still empty.
+        """
+        if isinstance(src, str) and not src.strip():
+            raise InvalidInput("an empty path names no file or directory; give the path to upload")
         src = Path(src)
         if not src.exists():
             raise NotFound(f"{src} does not exist on this machine", path=str(src))
-        self.create_folder(folder, parents=True, exist_ok=True)
-        if src.is_file():
-            files = [(src, folder)]
-        elif src.is_dir():
-            base = join_path(folder, check_name(src.resolve().name, "folder name"))
-            files = []
-            made: set[str] = set()
-            for root, dirs, names in os.walk(src):
-                dirs.sort()
-                rel = Path(root).relative_to(src)
-                target = join_path(base, *rel.parts)
-                if names and target not in made:
-                    self.create_folder(target, parents=True, exist_ok=True)
-                    made.add(target)
-                files += [(Path(root) / n, target) for n in sorted(names)]
-        else:
-            raise InvalidInput(f"{src} is neither a file nor a directory")
+        created: list[str] = []
+        known: set[str] = set()
+        try:
+            self._ensure_folder(folder, parents, known, created)
+            if src.is_file():
+                files = [(src, folder)]
+            elif src.is_dir():
+                base = join_path(folder, check_name(src.resolve().name, "folder name"))
+                files = [(path, join_path(base, *parts)) for path, parts in walk_files(src, on_skip)]
+            else:
+                raise InvalidInput(f"{src} is neither a file nor a directory")
+            return self._put_files(files, metadata, progress, on_file, known, created)
+        except BaseException:
+            self._remove_if_empty(created)
+            raise
+
+    def _put_files(
+        self,
+        files: list[tuple[Path, str]],
+        metadata: Mapping[str, Any] | None,
+        progress: ProgressFn | None,
+        on_file: Callable[[Path, VersionInfo], None] | None,
+        known: set[str],
+        created: list[str],
+    ) -> list[VersionInfo]:
         out = []
         batch: list[tuple[Path, str]] = []
 
@@ -473,6 +522,7 @@ class Client(ABC):
             # Small files of one folder go up together: one sync and one transaction per batch.
             if not batch:
                 return
+            self._ensure_folder(batch[0][1], True, known, created)
             infos = self.put_many(batch[0][1], [(p.name, p.read_bytes()) for p, _ in batch], metadata=metadata)
             for (p, _), info in zip(batch, infos, strict=True):
                 out.append(info)
@@ -491,6 +541,7 @@ class Client(ABC):
             if size <= SMALL_FILE:
                 batch.append((path, target))
                 continue
+            self._ensure_folder(target, True, known, created)
             with open(path, "rb") as f:
                 info = self.put(target, path.name, f, metadata=metadata, progress=progress, size=size)
             out.append(info)
@@ -498,6 +549,40 @@ class Client(ABC):
                 on_file(path, info)
         flush()
         return out
+
+    def _ensure_folder(self, path: str, parents: bool, known: set[str], created: list[str]) -> None:
+        """Make sure folder ``path`` exists; record in ``created`` (parents first) the folders made here."""
+        path = join_path(*split_path(path))
+        if not path or path in known:
+            return
+        try:
+            self.folder(path)
+        except NotFound:
+            if not parents:
+                raise NotFound(
+                    f"folder {path!r} does not exist (or you may not see it); check the name, create it "
+                    "first (`datamill folder create`), or pass -p/--parents to create missing folders",
+                    path=path,
+                ) from None
+            missing = [path]
+            parent = path.rpartition("/")[0]
+            while parent and parent not in known:
+                try:
+                    self.folder(parent)
+                    break
+                except NotFound:
+                    missing.append(parent)
+                    parent = parent.rpartition("/")[0]
+            self.create_folder(path, parents=True, exist_ok=True)
+            created.extend(reversed(missing))
+            known.update(missing)
+        known.add(path)
+
+    def _remove_if_empty(self, created: list[str]) -> None:
+        """Delete the folders in ``created`` (deepest first) that are still empty; best effort."""
+        for path in reversed(created):
+            with contextlib.suppress(DatamillError):  # refused (NotEmpty) once anything landed in it
+                self.delete_folder(path, recursive=False)
 
     def put_many(
         self, folder: str, files: list[tuple[str, bytes]], metadata: Mapping[str, Any] | None = None

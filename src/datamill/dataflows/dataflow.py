@@ -73,6 +73,7 @@ class Trigger:
                     f"trigger: {expr!r} is not a cron expression; use five fields, e.g. 'cron:*/5 * * * *'",
                     field="trigger",
                 )
+            _check_fires(expr)
             return cls("cron", expr)
         raise InvalidDataflow(
             f"trigger: {text!r} is not a trigger; use new-items, manual or 'cron:<expression>'", field="trigger"
@@ -91,6 +92,32 @@ class Trigger:
 
         it = croniter(self.cron, datetime.fromtimestamp(after, UTC))
         return [float(it.get_next(float)) for _ in range(count)]
+
+
+#: A cron expression with no fire time within this many years is refused (Feb 29 recurs within 8).
+CRON_HORIZON_YEARS = 10
+
+
+def _check_fires(expr: str) -> None:
+    """Refuse a cron expression that parses but never fires (``0 0 31 2 *``) or not for years.
+
+    Else the dataflow is saved and then fails when started, when the first fire time is computed.
+    """
+    from datetime import UTC, datetime
+
+    from croniter import CroniterError, croniter
+
+    now = datetime.now(UTC)
+    try:
+        first = croniter(expr, now).get_next(datetime)
+    except (CroniterError, ValueError, OverflowError):
+        first = None
+    if first is None or first.year - now.year > CRON_HORIZON_YEARS:
+        raise InvalidDataflow(
+            f"trigger: cron {expr!r} never fires (no such date, e.g. 31 February); "
+            "check the day-of-month and month fields",
+            field="trigger",
+        )
 
 
 @dataclass

@@ -51,6 +51,7 @@ from datamill.errors import (
     NotEmpty,
     NotFound,
 )
+from datamill.limits import MAX_JSON_DEPTH, too_deep, value_depth
 from datamill.store import groups
 from datamill.store.access import Actor, Level, level_on, require
 from datamill.store.blobs import ALGORITHM, BlobInfo, BlobStore, BlobWriter
@@ -161,6 +162,8 @@ def check_metadata(meta: Any) -> dict[str, Any]:
     """Metadata must be a JSON object with string keys whose values round-trip through JSON."""
     if not isinstance(meta, Mapping):
         raise InvalidMetadata(f"metadata must be a JSON object, not {type(meta).__name__}")
+    if value_depth(dict(meta)) > MAX_JSON_DEPTH:  # json.dumps recurses; refuse before it overflows
+        raise InvalidMetadata(too_deep("metadata"), max_depth=MAX_JSON_DEPTH)
     try:
         text = json.dumps(meta, allow_nan=False, sort_keys=True)
     except (TypeError, ValueError) as exc:

@@ -29,11 +29,13 @@ from collections.abc import AsyncIterator, Iterator
 from typing import Any
 from urllib.parse import quote
 
-from fastapi import APIRouter, Header, Query, Request, Response
+from fastapi import APIRouter, Header, Request, Response
 from fastapi.responses import JSONResponse, StreamingResponse
 from starlette.requests import ClientDisconnect
 
 from datamill.api.deps import ActorDep, HomeDep, blocking
+from datamill.api.ids import VersionQuery
+from datamill.api.openapi import ERROR_DESCRIPTIONS, binary, errors
 from datamill.api.paths import UrlPath
 from datamill.api.schemas import VersionOut
 from datamill.errors import (
@@ -43,6 +45,7 @@ from datamill.errors import (
     RangeNotSatisfiable,
     UploadIncomplete,
 )
+from datamill.limits import INT64_MAX, loads_bounded
 from datamill.store.blobs import CHUNK, check_digest
 from datamill.store.names import split_item_path
 from datamill.store.store import VersionInfo, check_idempotency_key, check_metadata
@@ -61,11 +64,7 @@ def parse_metadata_header(value: str | None) -> dict[str, Any]:
     """The ``X-Datamill-Metadata`` header as a checked metadata dict (``{}`` when absent)."""
     if value is None or not value.strip():
         return {}
-    try:
-        meta = json.loads(value)
-    except ValueError as exc:
-        raise InvalidMetadata(f"X-Datamill-Metadata is not valid JSON: {exc}") from None
-    return check_metadata(meta)
+    return check_metadata(loads_bounded(value, "X-Datamill-Metadata", InvalidMetadata))
 
 
 def parse_range(header: str, size: int) -> tuple[int, int] | None:
@@ -174,6 +173,7 @@ class HeldBackStream:
     status_code=201,
     summary="Upload bytes as a new version",
     responses={
+        **errors(400, 403, 404, 409),
         201: {
             "description": "The new version, or (with `Idempotent-Replayed: true`) the one an earlier request "
             "with the same Idempotency-Key made.",
@@ -184,7 +184,10 @@ class HeldBackStream:
                 }
             },
         },
-        409: {"description": "The Idempotency-Key was already used for another upload."},
+        409: {
+            **errors(409)[409],
+            "description": "The item changed meanwhile, or the Idempotency-Key was already used for another upload.",
+        },
     },
     openapi_extra={
         "requestBody": {
@@ -199,7 +202,8 @@ async def upload(
     actor: ActorDep,
     home: HomeDep,
     content_type: str | None = Header(None, description="The bytes' MIME type; guessed from the name if absent."),
-    content_length: int | None = Header(None, ge=0),
+    # The body's length, known to HTTP itself: not a parameter to document (or to fuzz).
+    content_length: int | None = Header(None, ge=0, le=INT64_MAX, include_in_schema=False),
     x_datamill_metadata: str | None = Header(None, description="A JSON object of item metadata."),
     x_datamill_digest: str | None = Header(None, description="The digest the bytes must hash to."),
     idempotency_key: str | None = Header(
@@ -248,16 +252,27 @@ async def upload(
     return JSONResponse(info.to_dict(), status_code=201, headers={"Idempotent-Replayed": "true"} if replayed else None)
 
 
-@router.head("/content/{path:names}", name="content_headers", summary="A version's headers, without the bytes")
+@router.head(
+    "/content/{path:names}",
+    name="content_headers",
+    response_class=Response,
+    responses={
+        200: {"description": "The headers of the bytes, without them."},
+        206: {"description": "The headers of the requested range."},
+        304: {"description": "Not modified (If-None-Match matched the ETag)."},
+        **{s: {"description": ERROR_DESCRIPTIONS[s]} for s in (400, 404, 416)},
+    },
+    summary="A version's headers, without the bytes",
+)
 @router.get(
     "/content/{path:names}",
     summary="Download a version's bytes",
     response_class=StreamingResponse,
     responses={
-        200: {"content": {"application/octet-stream": {}}, "description": "The bytes."},
-        206: {"description": "The requested range."},
+        **errors(400, 404, 416),
+        200: binary("The bytes, with the item's own content type.", "*/*"),
+        206: binary("The requested range.", "*/*"),
         304: {"description": "Not modified (If-None-Match matched the ETag)."},
-        416: {"description": "Range not satisfiable."},
     },
 )
 async def download(
@@ -265,7 +280,7 @@ async def download(
     path: UrlPath,
     actor: ActorDep,
     home: HomeDep,
-    version: int | None = Query(None, ge=1, description="The version number; the current one when absent."),
+    version: VersionQuery = None,
     range_header: str | None = Header(None, alias="Range", description="bytes=a-b, bytes=a- or bytes=-n."),
     if_none_match: str | None = Header(None),
 ) -> Response:

@@ -22,6 +22,7 @@ from fastapi.responses import JSONResponse
 from pydantic import BaseModel, Field
 
 from datamill.api.deps import ActorDep, HomeDep, blocking
+from datamill.api.openapi import OBJECT, OBJECTS, errors, json_of
 from datamill.api.schemas import Done
 from datamill.client.local import LocalClient
 from datamill.errors import InvalidDataflow
@@ -69,13 +70,22 @@ def _client(home: Any, actor: Any) -> LocalClient:
     return LocalClient(home, actor, serving=True)
 
 
-@router.get("/dataflows", summary="List dataflows")
+@router.get(
+    "/dataflows",
+    responses={200: json_of("The dataflows.", OBJECTS)},
+    summary="List dataflows",
+)
 async def list_dataflows(actor: ActorDep, home: HomeDep) -> JSONResponse:
     """The dataflows you may see, by name."""
     return JSONResponse(await blocking(_client(home, actor).dataflows))
 
 
-@router.post("/dataflows", status_code=201, summary="Create a dataflow")
+@router.post(
+    "/dataflows",
+    status_code=201,
+    responses={**errors(400, 403, 404, 409), 201: json_of("The dataflow.", OBJECT)},
+    summary="Create a dataflow",
+)
 async def create_dataflow(body: DataflowCreate, actor: ActorDep, home: HomeDep) -> JSONResponse:
     """Validate and save a dataflow (stopped); start it with ``POST /dataflows/{name}/start``."""
     dest = body.dest or body.destination
@@ -95,33 +105,54 @@ async def create_dataflow(body: DataflowCreate, actor: ActorDep, home: HomeDep) 
     return JSONResponse(info, status_code=201)
 
 
-@router.get("/dataflows/{name}", summary="Get a dataflow")
+@router.get(
+    "/dataflows/{name}",
+    responses={**errors(404), 200: json_of("The dataflow.", OBJECT)},
+    summary="Get a dataflow",
+)
 async def get_dataflow(name: str, actor: ActorDep, home: HomeDep) -> JSONResponse:
     """One dataflow: configuration, state, version, next fire times and recent runs."""
     return JSONResponse(await blocking(_client(home, actor).dataflow, name))
 
 
-@router.patch("/dataflows/{name}", summary="Edit a dataflow")
+@router.patch(
+    "/dataflows/{name}",
+    responses={**errors(400, 403, 404, 409), 200: json_of("The dataflow.", OBJECT)},
+    summary="Edit a dataflow",
+)
 async def edit_dataflow(name: str, body: DataflowEdit, actor: ActorDep, home: HomeDep) -> JSONResponse:
     """Apply changes as a new configuration version; runs already recorded keep theirs."""
     changes = body.model_dump(exclude_none=True)
     return JSONResponse(await blocking(_client(home, actor).edit_dataflow, name, **changes))
 
 
-@router.delete("/dataflows/{name}", response_model=Done, summary="Delete a dataflow")
+@router.delete(
+    "/dataflows/{name}",
+    response_model=Done,
+    responses=errors(403, 404, 409),
+    summary="Delete a dataflow",
+)
 async def delete_dataflow(name: str, actor: ActorDep, home: HomeDep) -> dict[str, Any]:
     """Remove a stopped dataflow; its runs and results stay."""
     await blocking(_client(home, actor).delete_dataflow, name)
     return {"ok": True}
 
 
-@router.post("/dataflows/{name}/start", summary="Start a dataflow")
+@router.post(
+    "/dataflows/{name}/start",
+    responses={**errors(400, 403, 404, 409), 200: json_of("The dataflow.", OBJECT)},
+    summary="Start a dataflow",
+)
 async def start_dataflow(name: str, actor: ActorDep, home: HomeDep) -> JSONResponse:
     """Mark a dataflow running: its trigger records runs, the first one over items without a result."""
     return JSONResponse(await blocking(_client(home, actor).start_dataflow, name))
 
 
-@router.post("/dataflows/{name}/stop", summary="Stop a dataflow")
+@router.post(
+    "/dataflows/{name}/stop",
+    responses={**errors(403, 404, 409), 200: json_of("The dataflow.", OBJECT)},
+    summary="Stop a dataflow",
+)
 async def stop_dataflow(
     name: str,
     actor: ActorDep,
@@ -132,13 +163,23 @@ async def stop_dataflow(
     return JSONResponse(await blocking(_client(home, actor).stop_dataflow, name, cancel))
 
 
-@router.post("/dataflows/{name}/run", response_model=RunStarted, status_code=201, summary="Run a dataflow now")
+@router.post(
+    "/dataflows/{name}/run",
+    response_model=RunStarted,
+    status_code=201,
+    responses=errors(400, 403, 404, 409),
+    summary="Run a dataflow now",
+)
 async def run_dataflow(name: str, actor: ActorDep, home: HomeDep) -> JSONResponse:
     """One run over the current contents of the source, whatever the trigger and state."""
     return JSONResponse({"id": await blocking(_client(home, actor).run_dataflow, name)}, status_code=201)
 
 
-@router.get("/dataflows/{name}/history", summary="A dataflow's versions")
+@router.get(
+    "/dataflows/{name}/history",
+    responses={**errors(404), 200: json_of("Its versions.", OBJECTS)},
+    summary="A dataflow's versions",
+)
 async def dataflow_history(name: str, actor: ActorDep, home: HomeDep) -> JSONResponse:
     """Every configuration version, oldest first, with the runs made under it."""
     return JSONResponse(await blocking(_client(home, actor).dataflow_history, name))

@@ -30,11 +30,14 @@ from starlette.types import Receive, Scope, Send
 from datamill.api.broadcast import EventBroadcaster
 from datamill.api.deps import ActorDep, GuardDep, HomeDep, TokenDep, blocking
 from datamill.api.errors import public_error
+from datamill.api.ids import parse_last_event_id
+from datamill.api.openapi import event_stream
 from datamill.api.schemas import EventsOut
 from datamill.api.streams import Follower, StreamGuard
 from datamill.errors import DatamillError, Unavailable
 from datamill.events import EventRecord
 from datamill.home import Home
+from datamill.limits import INT64_MAX
 from datamill.store.access import Actor
 
 router = APIRouter(tags=["events"])
@@ -75,7 +78,7 @@ async def read_events(
     token: TokenDep,
     guard: GuardDep,
     home: HomeDep,
-    since: int = Query(0, ge=0, description="Return events after this seq."),
+    since: int = Query(0, ge=0, le=INT64_MAX, description="Return events after this seq."),
     limit: int = Query(1000, ge=1, le=10_000, description="Read at most this many events of the log."),
     kinds: list[str] | None = Query(None, description=KINDS_DOC),
     wait: float = Query(0, ge=0, le=MAX_WAIT, description="Seconds to wait for an event if there is none yet."),
@@ -197,7 +200,7 @@ async def _stream(
     "/events/stream",
     summary="Stream events (SSE)",
     response_class=EventStreamResponse,
-    responses={200: {"content": {"text/event-stream": {}}, "description": "A stream of events."}},
+    responses={200: event_stream("A stream of events, each one's `data` an Event.", "#/components/schemas/Event")},
 )
 async def stream_events(
     request: Request,
@@ -205,7 +208,7 @@ async def stream_events(
     token: TokenDep,
     guard: GuardDep,
     home: HomeDep,
-    since: int = Query(0, ge=0, description="Start after this seq."),
+    since: int = Query(0, ge=0, le=INT64_MAX, description="Start after this seq."),
     kinds: list[str] | None = Query(None, description=KINDS_DOC),
     last_event_id: str | None = Header(None, description="Resume after this seq (sent by reconnecting clients)."),
 ) -> EventStreamResponse:
@@ -215,9 +218,8 @@ async def stream_events(
     run a few at once (429 with ``Retry-After`` beyond that). The stream ends with an ``error``
     event once the token is revoked or expires.
     """
-    cursor = since
-    if last_event_id and last_event_id.strip().isdigit():
-        cursor = int(last_event_id.strip())
+    resumed = parse_last_event_id(last_event_id)
+    cursor = since if resumed is None else resumed
     latest = await guard.read(home.events.latest)
     follower = guard.open_follower(token, actor, replay=latest - cursor > STREAM_BATCH)
     return EventStreamResponse(

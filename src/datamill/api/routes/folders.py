@@ -19,6 +19,7 @@ from fastapi.responses import JSONResponse
 from pydantic import BaseModel, Field
 
 from datamill.api.deps import ActorDep, HomeDep, blocking
+from datamill.api.openapi import errors
 from datamill.api.paths import UrlPath
 from datamill.api.schemas import Done, FolderOut, list_of
 from datamill.errors import InvalidInput
@@ -90,21 +91,37 @@ async def list_top_folders(actor: ActorDep, home: HomeDep) -> JSONResponse:
     return JSONResponse([f.to_dict() for f in folders])
 
 
-@router.get("/subfolders/{path:names}", response_model=list_of(FolderOut), summary="List subfolders")
+@router.get(
+    "/subfolders/{path:names}",
+    response_model=list_of(FolderOut),
+    responses=errors(400, 404),
+    summary="List subfolders",
+)
 async def list_subfolders(path: UrlPath, actor: ActorDep, home: HomeDep) -> JSONResponse:
     """The folders directly below a folder."""
     folders = await blocking(home.store.list_folders, actor, path)
     return JSONResponse([f.to_dict() for f in folders])
 
 
-@router.get("/folders/{path:names}", response_model=FolderOut, summary="Get a folder")
+@router.get(
+    "/folders/{path:names}",
+    response_model=FolderOut,
+    responses=errors(400, 404),
+    summary="Get a folder",
+)
 async def get_folder(path: UrlPath, actor: ActorDep, home: HomeDep) -> JSONResponse:
     """One folder."""
     folder = await blocking(home.store.get_folder, actor, path)
     return JSONResponse(folder.to_dict())
 
 
-@router.post("/folders/{path:names}", response_model=FolderOut, status_code=201, summary="Create a folder")
+@router.post(
+    "/folders/{path:names}",
+    response_model=FolderOut,
+    status_code=201,
+    responses=errors(400, 403, 404, 409),
+    summary="Create a folder",
+)
 async def create_folder(
     path: UrlPath, actor: ActorDep, home: HomeDep, body: FolderCreate | None = None
 ) -> JSONResponse:
@@ -121,14 +138,24 @@ async def create_folder(
     return JSONResponse(folder.to_dict(), status_code=201)
 
 
-@router.patch("/folders/{path:names}", response_model=FolderOut, summary="Move or rename a folder")
+@router.patch(
+    "/folders/{path:names}",
+    response_model=FolderOut,
+    responses=errors(400, 403, 404, 409),
+    summary="Move or rename a folder",
+)
 async def move_folder(path: UrlPath, body: FolderMove, actor: ActorDep, home: HomeDep) -> JSONResponse:
     """Move a folder under ``parent`` (and rename it to ``name`` when given). Needs admin access."""
     folder = await blocking(home.store.move_folder, actor, path, body.parent, body.name)
     return JSONResponse(folder.to_dict())
 
 
-@router.delete("/folders/{path:names}", response_model=Deleted, summary="Delete a folder")
+@router.delete(
+    "/folders/{path:names}",
+    response_model=Deleted,
+    responses=errors(400, 403, 404, 409),
+    summary="Delete a folder",
+)
 async def delete_folder(
     path: UrlPath,
     actor: ActorDep,
@@ -140,7 +167,12 @@ async def delete_folder(
     return {"ok": True, "items": n}
 
 
-@router.patch("/folder-metadata/{path:names}", response_model=FolderOut, summary="Change folder metadata")
+@router.patch(
+    "/folder-metadata/{path:names}",
+    response_model=FolderOut,
+    responses=errors(400, 403, 404),
+    summary="Change folder metadata",
+)
 async def set_folder_metadata(path: UrlPath, body: MetadataChange, actor: ActorDep, home: HomeDep) -> JSONResponse:
     """Set and unset metadata keys of a folder."""
     folder = await blocking(home.store.set_folder_metadata, actor, path, body.set, body.unset)
@@ -151,6 +183,7 @@ async def set_folder_metadata(path: UrlPath, body: MetadataChange, actor: ActorD
     "/access/{path:names}",
     response_model=list[AccessEntry],
     response_model_exclude_none=True,
+    responses=errors(400, 403, 404),
     summary="List a folder's grants",
 )
 async def access_list(path: UrlPath, actor: ActorDep, home: HomeDep) -> list[dict[str, Any]]:
@@ -158,7 +191,12 @@ async def access_list(path: UrlPath, actor: ActorDep, home: HomeDep) -> list[dic
     return await blocking(home.store.access_list, actor, path)
 
 
-@router.put("/access/{path:names}", response_model=Done, summary="Share a folder")
+@router.put(
+    "/access/{path:names}",
+    response_model=Done,
+    responses=errors(400, 403, 404),
+    summary="Share a folder",
+)
 async def share(path: UrlPath, body: Grant, actor: ActorDep, home: HomeDep) -> dict[str, Any]:
     """Grant a user or a group read, write or admin on a folder ('none' revokes). Needs admin access."""
     _one_grantee(body.user, body.group)
@@ -169,7 +207,12 @@ async def share(path: UrlPath, body: Grant, actor: ActorDep, home: HomeDep) -> d
     return {"ok": True}
 
 
-@router.delete("/access/{path:names}", response_model=Done, summary="Unshare a folder")
+@router.delete(
+    "/access/{path:names}",
+    response_model=Done,
+    responses=errors(400, 403, 404),
+    summary="Unshare a folder",
+)
 async def unshare(
     path: UrlPath,
     actor: ActorDep,
@@ -186,7 +229,12 @@ async def unshare(
     return {"ok": True}
 
 
-@router.put("/public/{path:names}", response_model=Done, summary="Switch public read")
+@router.put(
+    "/public/{path:names}",
+    response_model=Done,
+    responses=errors(400, 403, 404),
+    summary="Switch public read",
+)
 async def set_public(path: UrlPath, body: PublicFlag, actor: ActorDep, home: HomeDep) -> dict[str, Any]:
     """Let everyone (``public: true``) or only grantees read a folder. Needs admin access."""
     await blocking(home.store.set_public, actor, path, body.public)

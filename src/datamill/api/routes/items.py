@@ -11,22 +11,29 @@ Routes (under ``/api/v1``):
 
 from __future__ import annotations
 
-import json
 from typing import Any
 
 from fastapi import APIRouter, Query
 from fastapi.responses import JSONResponse
 
 from datamill.api.deps import ActorDep, HomeDep, blocking
+from datamill.api.ids import VersionQuery
+from datamill.api.openapi import errors
 from datamill.api.paths import UrlPath
 from datamill.api.routes.folders import MetadataChange
 from datamill.api.schemas import Done, ItemOut, VersionOut, list_of
 from datamill.errors import InvalidMetadata
+from datamill.limits import loads_bounded
 
 router = APIRouter(tags=["items"])
 
 
-@router.get("/folder-items/{path:names}", response_model=list_of(ItemOut), summary="List a folder's items")
+@router.get(
+    "/folder-items/{path:names}",
+    response_model=list_of(ItemOut),
+    responses=errors(400, 404),
+    summary="List a folder's items",
+)
 async def list_items(
     path: UrlPath,
     actor: ActorDep,
@@ -39,7 +46,12 @@ async def list_items(
     return JSONResponse([i.to_dict() for i in items])
 
 
-@router.get("/find/{path:names}", response_model=list_of(ItemOut), summary="Find items")
+@router.get(
+    "/find/{path:names}",
+    response_model=list_of(ItemOut),
+    responses=errors(400, 404),
+    summary="Find items",
+)
 async def find_items(
     path: UrlPath,
     actor: ActorDep,
@@ -49,50 +61,70 @@ async def find_items(
     recursive: bool = Query(True, description="Search subfolders too."),
 ) -> JSONResponse:
     """Items below a folder whose name matches ``name`` and whose metadata holds ``metadata``."""
-    wanted = None
-    if metadata:
-        try:
-            wanted = json.loads(metadata)
-        except ValueError as exc:
-            raise InvalidMetadata(f"the metadata filter is not valid JSON: {exc}") from None
+    wanted = loads_bounded(metadata, "the metadata filter", InvalidMetadata) if metadata else None
     items = await blocking(home.store.find_items, actor, path, name, wanted, recursive)
     return JSONResponse([i.to_dict() for i in items])
 
 
-@router.get("/items/{path:names}", response_model=ItemOut, summary="Get an item")
+@router.get(
+    "/items/{path:names}",
+    response_model=ItemOut,
+    responses=errors(400, 404),
+    summary="Get an item",
+)
 async def get_item(path: UrlPath, actor: ActorDep, home: HomeDep) -> JSONResponse:
     """An item with its current version."""
     item = await blocking(home.store.get_item, actor, path)
     return JSONResponse(item.to_dict())
 
 
-@router.delete("/items/{path:names}", response_model=Done, summary="Delete an item")
+@router.delete(
+    "/items/{path:names}",
+    response_model=Done,
+    responses=errors(400, 403, 404),
+    summary="Delete an item",
+)
 async def delete_item(path: UrlPath, actor: ActorDep, home: HomeDep) -> dict[str, Any]:
     """Delete an item with all its versions. Needs write access."""
     await blocking(home.store.delete_item, actor, path)
     return {"ok": True}
 
 
-@router.get("/versions/{path:names}", response_model=list_of(VersionOut), summary="List an item's versions")
+@router.get(
+    "/versions/{path:names}",
+    response_model=list_of(VersionOut),
+    responses=errors(400, 404),
+    summary="List an item's versions",
+)
 async def list_versions(path: UrlPath, actor: ActorDep, home: HomeDep) -> JSONResponse:
     """Every version of an item, oldest first."""
     versions = await blocking(home.store.versions, actor, path)
     return JSONResponse([v.to_dict() for v in versions])
 
 
-@router.get("/version/{path:names}", response_model=VersionOut, summary="Get one version")
+@router.get(
+    "/version/{path:names}",
+    response_model=VersionOut,
+    responses=errors(400, 404),
+    summary="Get one version",
+)
 async def get_version(
     path: UrlPath,
     actor: ActorDep,
     home: HomeDep,
-    version: int | None = Query(None, ge=1, description="The version number; the current one when absent."),
+    version: VersionQuery = None,
 ) -> JSONResponse:
     """One version of an item."""
     info = await blocking(home.store.get_version, actor, path, version)
     return JSONResponse(info.to_dict())
 
 
-@router.patch("/metadata/{path:names}", response_model=ItemOut, summary="Change item metadata")
+@router.patch(
+    "/metadata/{path:names}",
+    response_model=ItemOut,
+    responses=errors(400, 403, 404),
+    summary="Change item metadata",
+)
 async def set_metadata(path: UrlPath, body: MetadataChange, actor: ActorDep, home: HomeDep) -> JSONResponse:
     """Set and unset metadata keys of an item; no new version is made. Needs write access."""
     item = await blocking(home.store.set_item_metadata, actor, path, body.set, body.unset)

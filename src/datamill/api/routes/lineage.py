@@ -19,8 +19,11 @@ from fastapi.responses import FileResponse, JSONResponse, PlainTextResponse, Res
 from starlette.background import BackgroundTask
 
 from datamill.api.deps import ActorDep, HomeDep, blocking
+from datamill.api.ids import RunId, VersionQuery
+from datamill.api.openapi import binary, errors, json_of, text
 from datamill.api.paths import UrlPath
 from datamill.home import Home
+from datamill.limits import INT64_MAX
 from datamill.provenance import Lineage, generating_run, render, to_json, to_ro_crate
 from datamill.store.access import Actor
 
@@ -53,14 +56,29 @@ def _zip_response(zip_path: Path, tmp: Path) -> FileResponse:
     )
 
 
-@router.get("/lineage/{path:names}", summary="An item version's lineage")
+@router.get(
+    "/lineage/{path:names}",
+    response_class=Response,
+    responses={
+        **errors(400, 404),
+        200: {
+            "description": "The lineage in the asked-for format.",
+            "content": {
+                **json_of("", {"type": "object"})["content"],
+                **text("", "text/provenance-notation", "text/plain")["content"],
+                **binary("", "application/zip")["content"],
+            },
+        },
+    },
+    summary="An item version's lineage",
+)
 async def lineage(
     path: UrlPath,
     actor: ActorDep,
     home: HomeDep,
-    version: int | None = Query(None, ge=1, description="The version (default: the current one)."),
+    version: VersionQuery = None,
     down: bool = Query(False, description="What was derived from it, instead of what it was derived from."),
-    depth: int | None = Query(None, ge=1, description="Follow at most this many tasks."),
+    depth: int | None = Query(None, ge=1, le=INT64_MAX, description="Follow at most this many tasks."),
     fmt: str = Query("json", alias="format", pattern=FORMAT_PATTERN, description="Answer format."),
 ) -> Response:
     """Lineage of an item version: entities, activities and agents with their PROV relations.
@@ -79,7 +97,12 @@ async def lineage(
     return PlainTextResponse(text, media_type=MEDIA_TYPES[fmt])
 
 
-@router.get("/runs/{run_id}/ro-crate", summary="A run as a Workflow Run RO-Crate (zip)")
-async def run_crate(run_id: int, actor: ActorDep, home: HomeDep) -> FileResponse:
+@router.get(
+    "/runs/{run_id}/ro-crate",
+    response_class=FileResponse,
+    responses={**errors(404), 200: binary("The RO-Crate, zipped.", "application/zip")},
+    summary="A run as a Workflow Run RO-Crate (zip)",
+)
+async def run_crate(run_id: RunId, actor: ActorDep, home: HomeDep) -> FileResponse:
     """A zip of the run's RO-Crate: the run, its tasks and steps, and its input and output files."""
     return _zip_response(*await blocking(_crate_zip, home, actor, run_id))

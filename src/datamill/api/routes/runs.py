@@ -28,6 +28,8 @@ from pydantic import BaseModel, Field
 
 from datamill.api.broadcast import EventBroadcaster
 from datamill.api.deps import ActorDep, GuardDep, HomeDep, TokenDep, blocking
+from datamill.api.ids import RunId, TaskId
+from datamill.api.openapi import OBJECT, OBJECTS, errors, json_of, text
 from datamill.api.routes.events import EventStreamResponse
 from datamill.api.streams import GONE, Follower, StreamGuard, read_bytes
 from datamill.client.local import LocalClient
@@ -83,14 +85,22 @@ def _client(home: Any, actor: Any) -> LocalClient:
     return LocalClient(home, actor, serving=True)
 
 
-@router.post("/plan", summary="Plan a run (dry run)")
+@router.post(
+    "/plan",
+    responses={**errors(400, 403, 404, 409), 200: json_of("The plan.", OBJECT)},
+    summary="Plan a run (dry run)",
+)
 async def plan_run(body: PlanRequest, actor: ActorDep, home: HomeDep) -> JSONResponse:
     """Which tasks a run of ``pipeline`` over ``folder`` would run and which it would take from the cache."""
     result = await blocking(_client(home, actor).plan, body.pipeline, body.folder, body.params, body.force)
     return JSONResponse(result)
 
 
-@router.get("/runs", summary="List runs")
+@router.get(
+    "/runs",
+    responses={**errors(400), 200: json_of("The runs.", OBJECTS)},
+    summary="List runs",
+)
 async def list_runs(
     actor: ActorDep,
     home: HomeDep,
@@ -101,7 +111,13 @@ async def list_runs(
     return JSONResponse(await blocking(_client(home, actor).runs, limit, status))
 
 
-@router.post("/runs", response_model=RunCreated, status_code=201, summary="Submit a run")
+@router.post(
+    "/runs",
+    response_model=RunCreated,
+    status_code=201,
+    responses=errors(400, 403, 404, 409),
+    summary="Submit a run",
+)
 async def submit_run(request: Request, body: RunRequest, actor: ActorDep, home: HomeDep) -> JSONResponse:
     """Record a run over the items of ``folder``; the server's scheduler executes it."""
     if body.require_scheduler and getattr(request.app.state, "services", None) is None:
@@ -122,10 +138,14 @@ async def submit_run(request: Request, body: RunRequest, actor: ActorDep, home: 
     return JSONResponse({"id": run_id}, status_code=201)
 
 
-@router.get("/runs/{run_id}", summary="Get a run")
+@router.get(
+    "/runs/{run_id}",
+    responses={**errors(404), 200: json_of("The run.", OBJECT)},
+    summary="Get a run",
+)
 async def get_run(
     request: Request,
-    run_id: int,
+    run_id: RunId,
     actor: ActorDep,
     token: TokenDep,
     guard: GuardDep,
@@ -157,32 +177,55 @@ async def get_run(
                 raise follower.reason
 
 
-@router.get("/runs/{run_id}/tasks", summary="List a run's tasks")
-async def list_tasks(run_id: int, actor: ActorDep, home: HomeDep) -> JSONResponse:
+@router.get(
+    "/runs/{run_id}/tasks",
+    responses={**errors(404), 200: json_of("Its tasks.", OBJECTS)},
+    summary="List a run's tasks",
+)
+async def list_tasks(run_id: RunId, actor: ActorDep, home: HomeDep) -> JSONResponse:
     """A run's tasks in plan order, with their outputs."""
     return JSONResponse(await blocking(_client(home, actor).tasks, run_id))
 
 
-@router.post("/runs/{run_id}/cancel", response_model=Cancelled, summary="Cancel a run")
-async def cancel_run(run_id: int, actor: ActorDep, home: HomeDep) -> dict[str, Any]:
+@router.post(
+    "/runs/{run_id}/cancel",
+    response_model=Cancelled,
+    responses=errors(403, 404),
+    summary="Cancel a run",
+)
+async def cancel_run(run_id: RunId, actor: ActorDep, home: HomeDep) -> dict[str, Any]:
     """Cancel queued tasks now and running ones as soon as their scheduler sees it."""
     return {"ok": True, "cancelled": await blocking(_client(home, actor).cancel_run, run_id)}
 
 
-@router.post("/runs/{run_id}/retry", response_model=RunCreated, status_code=201, summary="Retry a run")
-async def retry_run(run_id: int, actor: ActorDep, home: HomeDep) -> JSONResponse:
+@router.post(
+    "/runs/{run_id}/retry",
+    response_model=RunCreated,
+    status_code=201,
+    responses=errors(400, 403, 404, 409),
+    summary="Retry a run",
+)
+async def retry_run(run_id: RunId, actor: ActorDep, home: HomeDep) -> JSONResponse:
     """A new run over the same inputs as a failed or cancelled one; finished tasks come from the cache."""
     return JSONResponse({"id": await blocking(_client(home, actor).retry_run, run_id)}, status_code=201)
 
 
-@router.get("/tasks/{task_id}", summary="Get a task")
-async def get_task(task_id: int, actor: ActorDep, home: HomeDep) -> JSONResponse:
+@router.get(
+    "/tasks/{task_id}",
+    responses={**errors(404), 200: json_of("The task.", OBJECT)},
+    summary="Get a task",
+)
+async def get_task(task_id: TaskId, actor: ActorDep, home: HomeDep) -> JSONResponse:
     """One task with its outputs."""
     return JSONResponse(await blocking(_client(home, actor).task, task_id))
 
 
-@router.get("/tasks/{task_id}/why", summary="Explain a task")
-async def why(task_id: int, actor: ActorDep, home: HomeDep) -> JSONResponse:
+@router.get(
+    "/tasks/{task_id}/why",
+    responses={**errors(404), 200: json_of("The explanation.", OBJECT)},
+    summary="Explain a task",
+)
+async def why(task_id: TaskId, actor: ActorDep, home: HomeDep) -> JSONResponse:
     """Why a task ran or was cached: its key parts and what differs from the nearest earlier task."""
     return JSONResponse(await blocking(_client(home, actor).why, task_id))
 
@@ -242,10 +285,10 @@ async def _log_text(
     "/tasks/{task_id}/logs",
     summary="Read a task's log",
     response_class=LogStreamResponse,
-    responses={200: {"content": {"text/plain": {}}, "description": "The log text."}},
+    responses={**errors(404), 200: text("The log text (with `follow`, streamed until the task ends).", "text/plain")},
 )
 async def task_logs(
-    task_id: int,
+    task_id: TaskId,
     actor: ActorDep,
     token: TokenDep,
     guard: GuardDep,

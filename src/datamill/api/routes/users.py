@@ -15,6 +15,8 @@ from fastapi.responses import JSONResponse
 from pydantic import BaseModel, Field
 
 from datamill.api.deps import ActorDep, HomeDep, blocking
+from datamill.api.ids import TokenId
+from datamill.api.openapi import errors
 from datamill.api.schemas import Done, TokenOut, UserOut
 from datamill.errors import PermissionDenied
 from datamill.home import Home
@@ -37,7 +39,9 @@ class TokenCreate(BaseModel):
 
     user: str | None = Field(None, description="Whose token; yourself when absent (others need a site admin).")
     name: str = Field("", description="A label to recognise the token by.")
-    ttl: float | None = Field(None, gt=0, description="Seconds until it expires; never when absent.")
+    ttl: float | None = Field(
+        None, gt=0, allow_inf_nan=False, description="Seconds until it expires; never when absent."
+    )
 
 
 class TokenEntry(BaseModel):
@@ -65,7 +69,12 @@ async def whoami(actor: ActorDep) -> dict[str, Any]:
     return _user_dict(actor)
 
 
-@router.get("/users", response_model=list[UserOut], summary="List users")
+@router.get(
+    "/users",
+    response_model=list[UserOut],
+    responses=errors(403),
+    summary="List users",
+)
 async def list_users(actor: ActorDep, home: HomeDep) -> list[dict[str, Any]]:
     """All users (site admins only)."""
     _require_admin(actor)
@@ -82,7 +91,13 @@ def _create_user(home: Home, actor: Actor, body: UserCreate) -> dict[str, Any]:
         return _user_dict(users.create_user(conn, body.name, body.password, body.admin, by=actor))
 
 
-@router.post("/users", response_model=UserOut, status_code=201, summary="Create a user")
+@router.post(
+    "/users",
+    response_model=UserOut,
+    status_code=201,
+    responses=errors(400, 403, 409),
+    summary="Create a user",
+)
 async def create_user(body: UserCreate, actor: ActorDep, home: HomeDep) -> JSONResponse:
     """Create a user (site admins only)."""
     _require_admin(actor)
@@ -107,7 +122,13 @@ def _create_token(home: Home, actor: Actor, body: TokenCreate) -> dict[str, Any]
     return {"id": t.id, "user": t.user, "token": t.token, "expires_at": t.expires_at}
 
 
-@router.post("/tokens", response_model=TokenOut, status_code=201, summary="Create a token")
+@router.post(
+    "/tokens",
+    response_model=TokenOut,
+    status_code=201,
+    responses=errors(400, 403, 404),
+    summary="Create a token",
+)
 async def create_token(body: TokenCreate, actor: ActorDep, home: HomeDep) -> JSONResponse:
     """A new token; its secret is in this response only. Tokens for others need a site admin."""
     if body.user is not None and body.user != actor.name:
@@ -117,8 +138,13 @@ async def create_token(body: TokenCreate, actor: ActorDep, home: HomeDep) -> JSO
     return JSONResponse(result, status_code=201, headers={"Cache-Control": "no-store"})
 
 
-@router.delete("/tokens/{token_id}", response_model=Done, summary="Revoke a token")
-async def revoke_token(token_id: int, actor: ActorDep, home: HomeDep) -> dict[str, Any]:
+@router.delete(
+    "/tokens/{token_id}",
+    response_model=Done,
+    responses=errors(403, 404),
+    summary="Revoke a token",
+)
+async def revoke_token(token_id: TokenId, actor: ActorDep, home: HomeDep) -> dict[str, Any]:
     """Revoke one of your tokens (anyone's, as a site admin)."""
 
     def run() -> None:
