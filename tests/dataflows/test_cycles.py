@@ -7,10 +7,11 @@ with names growing until publishing failed.
 from __future__ import annotations
 
 import pytest
-from flow_world import DEST, SOURCE, FlowWorld
+from flow_world import DEST, SOURCE, FlowWorld, ref
 from sqlalchemy import update
 
 from datamill.db.models import Dataflow
+from datamill.engine.registry import Pipelines
 from datamill.errors import Conflict, InvalidDataflow
 from datamill.store.access import Level
 
@@ -101,8 +102,9 @@ def test_the_message_does_not_name_what_the_caller_may_not_see(world: FlowWorld)
     w.create("visible-out", source="H2", destination="P")
     for name in ("visible-in", "secret-middle", "visible-out"):
         w.start(name)
+    Pipelines(w.home.db).add(w.admin, "echo", ref("echo_pipeline"))  # ana chooses it by name
     with pytest.raises(InvalidDataflow) as info:
-        w.create("anas", actor=ana, source="P", destination="Q")
+        w.create("anas", actor=ana, source="P", destination="Q", pipeline="echo")
     msg = info.value.message
     assert "'anas' → 'visible-in' → a dataflow you cannot see → 'visible-out' → 'anas'" in msg, msg
     assert "secret" not in msg and "H1" not in msg and "H2" not in msg, msg

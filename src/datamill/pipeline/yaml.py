@@ -396,8 +396,12 @@ def _build_step(chk: _Checker, spec: _StepSpec, base: Path) -> Step:
     try:
         if "argv" in opts:
             return make_command_step(StepOptions(base_dir=base, **opts), YAML)
-        target = _import_function(chk, spec, base)
         params = opts.pop("params", None)
+        # Options that do not depend on the function are checked before it is imported, so a
+        # wrong field is reported at its line even when the function cannot be loaded yet.
+        fallback_name = str(node["run"]).rsplit(":", 1)[-1]
+        StepOptions(**{"name": fallback_name, **opts}).validate(YAML)
+        target = _import_function(chk, spec, base)
         # Options apply when the step is made: a function without readable source may still get `version`.
         made = (
             configured(target, opts, YAML) if isinstance(target, Step) else make_step(target, StepOptions(**opts), YAML)
