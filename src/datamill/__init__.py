@@ -6,12 +6,24 @@
 ...     return len(item.read_text().split())
 >>> datamill.Pipeline("count", [words]).run([("a.txt", b"one two")]).outputs
 {'words[inputs/a.txt]': 2}
+
+This module is the composition root: it sits above every layer (CONTRIBUTING.md, "The layer rule"),
+and its public names are loaded on first use (PEP 562), so ``import datamill`` and the remote client
+load neither the database layer nor the engine. It also fills :mod:`datamill.hooks`, the seams through
+which a lower layer reaches a higher one; Python runs this module before any ``datamill.*`` module.
 """
 
-from datamill.client import Client, connect
-from datamill.pipeline import Context, InputFile, Pipeline, command_step, load_pipeline, step
+from __future__ import annotations
 
-__version__ = "0.1.0"
+from typing import TYPE_CHECKING, Any
+
+from datamill import hooks
+from datamill._version import __version__
+
+if TYPE_CHECKING:
+    from datamill.client import Client, connect
+    from datamill.pipeline import Context, InputFile, Pipeline, command_step, load_pipeline
+    from datamill.pipeline.step import step  # from its module: mypy reads datamill.pipeline.step as the submodule
 
 __all__ = [
     "Client",
@@ -24,3 +36,33 @@ __all__ = [
     "load_pipeline",
     "step",
 ]
+
+
+def _run_pipeline(pipeline: Any, inputs: Any, **options: Any) -> Any:
+    """``Pipeline.run``: the engine's quick runner, imported on the first run."""
+    from datamill.engine.quick import run_pipeline
+
+    return run_pipeline(pipeline, inputs, **options)
+
+
+hooks.run_pipeline = _run_pipeline
+
+
+def __getattr__(name: str) -> Any:
+    """The public names, imported when first asked for."""
+    if name in {"Client", "connect"}:
+        from datamill import client
+
+        value = getattr(client, name)
+    elif name in {"Context", "InputFile", "Pipeline", "command_step", "load_pipeline", "step"}:
+        from datamill import pipeline
+
+        value = getattr(pipeline, name)
+    else:
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    globals()[name] = value
+    return value
+
+
+def __dir__() -> list[str]:
+    return sorted({*globals(), *__all__})

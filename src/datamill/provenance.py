@@ -43,7 +43,7 @@ from urllib.parse import quote
 
 from sqlalchemy import Connection, select
 
-import datamill
+from datamill._version import __version__
 from datamill.db.models import Dataflow, Folder, Item, Run, Task, TaskInput, TaskOutput, User, Version
 from datamill.errors import BlobNotFound, InvalidInput, NotFound
 from datamill.home import Home
@@ -1131,8 +1131,8 @@ class _CrateBuilder:
             {
                 "@type": "SoftwareApplication",
                 "name": "datamill",
-                "version": datamill.__version__,
-                "softwareVersion": datamill.__version__,
+                "version": __version__,
+                "softwareVersion": __version__,
             },
         )
         person = (

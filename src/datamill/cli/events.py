@@ -9,7 +9,7 @@ import typer
 from datamill.cli.context import get_client
 from datamill.cli.output import human_time, print_json_line
 from datamill.client import Client
-from datamill.events import EventRecord
+from datamill.records import EventRecord
 
 PAGE = 1000
 

@@ -20,8 +20,8 @@ from datamill.cli.output import (
 from datamill.cli.params import JsonFlag, MetaOption, parse_pairs
 from datamill.client import Client
 from datamill.errors import BlobCorrupted, NotFound
+from datamill.records import ItemInfo, VersionInfo
 from datamill.store.blobs import hasher
-from datamill.store.store import ItemInfo, VersionInfo
 
 PANEL = "Items"
 
