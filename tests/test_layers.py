@@ -246,7 +246,7 @@ def test_layers_are_documented(layer: str) -> None:
     assert documented.index(layer) == RANK[layer], f"CONTRIBUTING.md lists the layers in another order: {documented}"
 
 
-def test_reports_name_the_pair(tmp_path: Path) -> None:
+def test_reports_name_the_pair() -> None:
     """The failure messages name the modules and the line (checked on a made-up graph)."""
     saved = dict(GRAPH)
     try:

@@ -21,8 +21,17 @@ from datamill.home import Home
 
 #: Never loaded by a light entry point (top-level package names).
 HEAVY = {"sqlalchemy", "pandas", "pyarrow", "matplotlib"}
-#: datamill modules a light entry point does not need either: the local stack.
-LOCAL_STACK = ("datamill.db", "datamill.home", "datamill.engine", "datamill.store.store", "datamill.client.local")
+#: datamill modules a light entry point does not need either: the local stack (what opens a home).
+LOCAL_STACK = (
+    "datamill.db",
+    "datamill.events",
+    "datamill.store.store",
+    "datamill.home",
+    "datamill.engine.engine",
+    "datamill.engine.runs",
+    "datamill.engine.scheduler",
+    "datamill.client.local",
+)
 
 PROBE = """
 import json, sys
@@ -87,6 +96,14 @@ def test_import_datamill_is_light(tmp_path: Path) -> None:
     assert not _heavy(modules)
     assert not _local_stack(modules)
     assert "datamill.pipeline" not in modules and "datamill.client" not in modules
+
+
+def test_the_pipeline_layer_is_light(tmp_path: Path) -> None:
+    """Defining and loading pipelines (codecs included: DataFrame and Figure are imported on use)."""
+    code = "import datamill.pipeline, datamill.pipeline.codecs, datamill.pipeline.runner, datamill.pipeline.loader"
+    modules = _loaded(tmp_path, code)
+    assert not _heavy(modules)
+    assert not _local_stack(modules)
 
 
 def test_the_remote_client_is_light(tmp_path: Path) -> None:
