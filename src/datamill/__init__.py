@@ -7,43 +7,25 @@
 >>> datamill.Pipeline("count", [words]).run([("a.txt", b"one two")]).outputs
 {'words[inputs/a.txt]': 2}
 
-The public names are imported on first use, so that importing the package is instant: the
-``datamill`` command's entry point (:mod:`datamill.console`) must be able to catch a Ctrl-C
-pressed while the rest (SQLAlchemy, pandas, ...) is still loading.
+This module is the composition root: it sits above every layer (CONTRIBUTING.md, "The layer rule"),
+and its public names are loaded on first use (PEP 562), so ``import datamill`` and the remote client
+load neither the database layer nor the engine (and the ``datamill`` command's entry point,
+:mod:`datamill.console`, can catch a Ctrl-C pressed while the rest is still loading). It also
+fills :mod:`datamill.hooks`, the seams through which a lower layer reaches a higher one; Python
+runs this module before any ``datamill.*`` module.
 """
 
-from importlib import import_module
+from __future__ import annotations
+
 from typing import TYPE_CHECKING, Any
 
-__version__ = "0.1.0"
+from datamill import hooks
+from datamill._version import __version__
 
 if TYPE_CHECKING:
     from datamill.client import Client, connect
     from datamill.pipeline import Context, InputFile, Pipeline, command_step, load_pipeline
-    from datamill.pipeline.step import step
-
-#: Public name -> the module that defines it.
-_LAZY = {
-    "Client": "datamill.client",
-    "connect": "datamill.client",
-    "Context": "datamill.pipeline",
-    "InputFile": "datamill.pipeline",
-    "Pipeline": "datamill.pipeline",
-    "command_step": "datamill.pipeline",
-    "load_pipeline": "datamill.pipeline",
-    "step": "datamill.pipeline",
-}
-
-
-def __getattr__(name: str) -> Any:
-    """Import a public name on first use (PEP 562)."""
-    module = _LAZY.get(name)
-    if module is None:
-        raise AttributeError(f"module 'datamill' has no attribute {name!r}")
-    value = getattr(import_module(module), name)
-    globals()[name] = value
-    return value
-
+    from datamill.pipeline.step import step  # from its module: mypy reads datamill.pipeline.step as the submodule
 
 __all__ = [
     "Client",
@@ -56,3 +38,33 @@ __all__ = [
     "load_pipeline",
     "step",
 ]
+
+
+def _run_pipeline(pipeline: Any, inputs: Any, **options: Any) -> Any:
+    """``Pipeline.run``: the engine's quick runner, imported on the first run."""
+    from datamill.engine.quick import run_pipeline
+
+    return run_pipeline(pipeline, inputs, **options)
+
+
+hooks.run_pipeline = _run_pipeline
+
+
+def __getattr__(name: str) -> Any:
+    """The public names, imported when first asked for."""
+    if name in {"Client", "connect"}:
+        from datamill import client
+
+        value = getattr(client, name)
+    elif name in {"Context", "InputFile", "Pipeline", "command_step", "load_pipeline", "step"}:
+        from datamill import pipeline
+
+        value = getattr(pipeline, name)
+    else:
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    globals()[name] = value
+    return value
+
+
+def __dir__() -> list[str]:
+    return sorted({*globals(), *__all__})

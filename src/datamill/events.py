@@ -16,50 +16,19 @@ import contextlib
 import threading
 import time
 from collections.abc import Iterable
-from dataclasses import dataclass, field
 from typing import Any
 
 from sqlalchemy import Connection, func, insert, select, text
 
 from datamill.db.database import Database
 from datamill.db.models import Event
+from datamill.records import EventRecord
 
 NOTIFY_CHANNEL = "datamill_events"
 _ADVISORY_KEY = 0x6461746D  # "datm"
 #: Commits in this process wake waiters at once; this only bounds how late another process's are seen.
 SQLITE_POLL_SECONDS = 0.025
 POSTGRES_POLL_SECONDS = 0.5
-
-
-@dataclass(frozen=True)
-class EventRecord:
-    """One event as readers see it."""
-
-    seq: int
-    ts: float
-    kind: str
-    actor_id: int | None = None
-    folder_id: int | None = None
-    item_id: int | None = None
-    run_id: int | None = None
-    task_id: int | None = None
-    dataflow_id: int | None = None
-    data: dict[str, Any] = field(default_factory=dict)
-
-    def to_dict(self) -> dict[str, Any]:
-        """A JSON-able dict."""
-        return {
-            "seq": self.seq,
-            "ts": self.ts,
-            "kind": self.kind,
-            "actor_id": self.actor_id,
-            "folder_id": self.folder_id,
-            "item_id": self.item_id,
-            "run_id": self.run_id,
-            "task_id": self.task_id,
-            "dataflow_id": self.dataflow_id,
-            "data": self.data,
-        }
 
 
 def append(

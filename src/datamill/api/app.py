@@ -18,7 +18,7 @@ from typing import Any
 from fastapi import APIRouter, FastAPI
 from fastapi.routing import APIRoute
 
-import datamill
+from datamill._version import __version__
 from datamill.api.broadcast import EventBroadcaster
 from datamill.api.deps import blocking
 from datamill.api.errors import ErrorBoundary, install_error_handlers
@@ -89,7 +89,7 @@ def create_app(home: Home, sse_keepalive: float = SSE_KEEPALIVE, services: bool 
 
     app = FastAPI(
         title="datamill",
-        version=datamill.__version__,
+        version=__version__,
         description=(
             "Folders, versioned items, metadata, access control and the event log of a datamill "
             "installation. Every `/api` route needs a token: `Authorization: Bearer <token>`, or the "

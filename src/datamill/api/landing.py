@@ -15,7 +15,7 @@ from typing import Any
 from fastapi import APIRouter, Request
 from fastapi.responses import HTMLResponse, RedirectResponse, Response
 
-import datamill
+from datamill._version import __version__
 from datamill.api.deps import TOKEN_COOKIE, blocking
 from datamill.api.middleware import resolve_token, token_from_headers
 from datamill.errors import DatamillError
@@ -39,7 +39,7 @@ def _page(body: str) -> str:
     return (
         "<!doctype html><html lang=en><head><meta charset=utf-8>"
         f"<title>datamill</title><style>{_STYLE}</style></head><body>"
-        f"<h1>datamill</h1><p class=muted>version {html.escape(datamill.__version__)}</p>{body}</body></html>"
+        f"<h1>datamill</h1><p class=muted>version {html.escape(__version__)}</p>{body}</body></html>"
     )
 
 

@@ -9,8 +9,8 @@ import typer
 from datamill.cli.context import get_client
 from datamill.cli.output import human_time, print_json_line
 from datamill.client import Client
-from datamill.events import EventRecord
 from datamill.limits import INT64_MAX
+from datamill.records import EventRecord
 
 PAGE = 1000
 

@@ -7,7 +7,7 @@ import typer
 from datamill.cli.context import get_client
 from datamill.cli.output import human_time, print_json, print_table, say
 from datamill.cli.params import JsonFlag
-from datamill.store.groups import GroupInfo
+from datamill.records import GroupInfo
 
 app = typer.Typer(
     help="Create groups, add and remove their members; share folders with them with `datamill share --group`.",

@@ -21,8 +21,8 @@ from datamill.client import Client
 from datamill.client.ignore import walk as walk_files
 from datamill.errors import BlobCorrupted, InvalidInput, NotFound
 from datamill.limits import INT64_MAX
+from datamill.records import ItemInfo, VersionInfo
 from datamill.store.blobs import hasher
-from datamill.store.store import ItemInfo, VersionInfo
 
 PANEL = "Items"
 

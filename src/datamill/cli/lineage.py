@@ -11,15 +11,17 @@ import shutil
 import tempfile
 import zipfile
 from pathlib import Path, PurePosixPath
-from typing import Annotated, Any
+from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
 
 from datamill.cli.context import get_client
 from datamill.cli.output import say
-from datamill.client.local import LocalClient
 from datamill.errors import InvalidInput
 from datamill.limits import INT64_MAX
+
+if TYPE_CHECKING:
+    from datamill.client.local import LocalClient
 
 #: What ``--format`` takes.
 FORMATS = ("tree", "json", "prov-json", "prov-n", "ro-crate")
@@ -37,7 +39,7 @@ def _check_crate_dest(dest: Path) -> None:
 
 
 def _local(
-    client: LocalClient, path: str, version: int | None, down: bool, depth: int | None, fmt: str, dest: Path | None
+    client: "LocalClient", path: str, version: int | None, down: bool, depth: int | None, fmt: str, dest: Path | None
 ) -> str | None:
     """Answer on the local home: the text to print, or None when a crate was written at ``dest``."""
     from datamill import provenance
@@ -137,6 +139,8 @@ def lineage(
         dest = output or _default_crate_path(path)
         _check_crate_dest(dest)
     client = get_client(ctx)
+    from datamill.client.local import LocalClient  # here: the CLI loads the local stack only when used
+
     if isinstance(client, LocalClient):
         text = _local(client, path, version, down, depth, fmt, dest)
     else:

@@ -14,7 +14,7 @@ import sys
 import threading
 import time
 from collections.abc import Iterable, Iterator
-from typing import Annotated, Any
+from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
 from rich.console import Console, Group
@@ -26,11 +26,13 @@ from rich.text import Text
 from datamill.cli.context import get_client
 from datamill.cli.output import human_time, print_json, print_table, say, stderr, stdout
 from datamill.cli.params import JsonFlag
-from datamill.client import Client, LocalClient
-from datamill.engine.params import parse_param
-from datamill.engine.runs import FINISHED_RUN, RunStatus, TaskStatus
+from datamill.client import Client
 from datamill.errors import Cancelled, StepFailed
 from datamill.limits import INT64_MAX
+from datamill.records import FINISHED_RUN, RunStatus, TaskStatus
+
+if TYPE_CHECKING:
+    from datamill.client.local import LocalClient
 
 PANEL = "Pipelines and runs"
 
@@ -74,6 +76,8 @@ TaskArg = Annotated[
 
 def parse_params(pairs: Iterable[str] | None) -> dict[str, Any]:
     """``["summary.threshold=0.7", "n=3"]`` -> ``{"summary.threshold": 0.7, "n": 3}``."""
+    from datamill.engine.params import parse_param  # here: the engine only for commands that take params
+
     return dict(parse_param(p) for p in pairs or ())
 
 
@@ -328,6 +332,8 @@ def run(
     except KeyboardInterrupt:
         live.stop()
         if live.run_id is not None:
+            from datamill.client.local import LocalClient  # here: the CLI loads the local stack only when used
+
             if isinstance(client, LocalClient):
                 say(f"run {live.run_id} is {client.run_info(live.run_id)['status']}")
             else:
@@ -516,6 +522,8 @@ def retry(
 
 def follow_new_run(client: Client, run_id: int, executor: str | None, json_: bool) -> None:
     """After a run was recorded: execute it here on a local home, or tell where to watch it on a server."""
+    from datamill.client.local import LocalClient  # here: the CLI loads the local stack only when used
+
     if isinstance(client, LocalClient):
         finish(client, execute_here(client, run_id, executor), json_)
         return

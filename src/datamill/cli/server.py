@@ -63,10 +63,16 @@ def up(
     try:
         # The demo appears on a first start (an empty home) unless switched off, or whenever asked.
         if demo or (demo is None and settings.demo and not home.store.list_folders(home.admin)):
-            from datamill.demo.setup import install_demo
+            from datamill.demo import HOW_TO_INSTALL, missing_packages
 
-            if install_demo(home):
-                say("demo: created 'Raw Data' with sample files and the running dataflow 'derived-data'")
+            missing = missing_packages()
+            if missing:
+                say(f"demo: not installed ({', '.join(missing)} missing); to get it, {HOW_TO_INSTALL}")
+            else:
+                from datamill.demo.setup import install_demo
+
+                if install_demo(home):
+                    say("demo: created 'Raw Data' with sample files and the running dataflow 'derived-data'")
         try:
             # Imported here so that every other command works even if the API cannot be imported.
             from datamill.api import server

@@ -4,16 +4,21 @@
 >>> dm = datamill.connect()                      # ./.datamill, or DATAMILL_HOME / DATAMILL_URL
 >>> dm.create_folder("Raw Data")
 >>> dm.put("Raw Data", "a.csv", b"x,y\\n1,2\\n")
+
+:class:`LocalClient` is loaded on first use (PEP 562) and :func:`connect` imports only the client it
+returns: a remote client never loads the database layer, the engine or the local home.
 """
 
 from __future__ import annotations
 
 import os
 from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
 from datamill.client.base import Client
-from datamill.client.local import LocalClient
-from datamill.config import load_settings
+
+if TYPE_CHECKING:
+    from datamill.client.local import LocalClient
 
 
 def connect(
@@ -33,6 +38,8 @@ def connect(
         from datamill.client.remote import RemoteClient
 
         return RemoteClient(url, token or os.environ.get("DATAMILL_TOKEN"))
+    from datamill.client.local import LocalClient
+    from datamill.config import load_settings
     from datamill.home import Home
 
     settings = load_settings(profile=profile, home=str(home) if home is not None else None)
@@ -41,6 +48,16 @@ def connect(
     if user:
         client.actor = h.actor(user)
     return client
+
+
+def __getattr__(name: str) -> Any:
+    """:class:`LocalClient`, imported when first asked for."""
+    if name == "LocalClient":
+        from datamill.client.local import LocalClient
+
+        globals()[name] = LocalClient
+        return LocalClient
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 
 __all__ = ["Client", "LocalClient", "connect"]

@@ -17,14 +17,10 @@ from pathlib import Path
 from typing import Any, BinaryIO
 
 from datamill.client.ignore import walk as walk_files
-from datamill.engine.runs import FINISHED_RUN
 from datamill.errors import BlobCorrupted, DatamillError, InvalidInput, NotFound
-from datamill.events import EventRecord
+from datamill.records import FINISHED_RUN, EventRecord, FolderInfo, GroupInfo, ItemInfo, NewToken, VersionInfo
 from datamill.store.blobs import hasher
-from datamill.store.groups import GroupInfo
 from datamill.store.names import check_name, join_path, split_path
-from datamill.store.store import FolderInfo, ItemInfo, VersionInfo
-from datamill.store.users import NewToken
 
 #: Files up to this size are uploaded in batches by :meth:`Client.put_path`.
 SMALL_FILE = 256 * 1024

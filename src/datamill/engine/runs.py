@@ -11,54 +11,14 @@ from __future__ import annotations
 import time
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
-from enum import StrEnum
 from typing import Any
 
 from sqlalchemy import Connection, bindparam, func, insert, or_, select, update
 
 from datamill import events
 from datamill.db.models import Event, Run, Task, TaskInput, TaskOutput
-
-
-class RunStatus(StrEnum):
-    """Where a run stands."""
-
-    #: recorded; no task has started yet
-    QUEUED = "queued"
-    #: at least one task started and not all have ended
-    RUNNING = "running"
-    #: every task succeeded or was cached
-    SUCCEEDED = "succeeded"
-    #: every task ended and at least one failed
-    FAILED = "failed"
-    #: cancelled on request; unfinished tasks were cancelled
-    CANCELLED = "cancelled"
-
-
-class TaskStatus(StrEnum):
-    """Where a task stands."""
-
-    #: waiting for its inputs or for a free executor slot
-    QUEUED = "queued"
-    #: claimed by a scheduler (under a lease) and running on an executor
-    RUNNING = "running"
-    #: ran and recorded its outputs
-    SUCCEEDED = "succeeded"
-    #: ran out of attempts, or an input failed
-    FAILED = "failed"
-    #: its key was seen before; the earlier outputs were reused
-    CACHED = "cached"
-    #: the run was cancelled before the task ended
-    CANCELLED = "cancelled"
-    #: not run: it failed earlier on the same key (its note says in which run); not a new failure
-    SKIPPED = "skipped"
-
-
-FINISHED_TASK = frozenset(
-    {TaskStatus.SUCCEEDED, TaskStatus.FAILED, TaskStatus.CACHED, TaskStatus.CANCELLED, TaskStatus.SKIPPED}
-)
-DONE_OK = frozenset({TaskStatus.SUCCEEDED, TaskStatus.CACHED})
-FINISHED_RUN = frozenset({RunStatus.SUCCEEDED, RunStatus.FAILED, RunStatus.CANCELLED})
+from datamill.records import DONE_OK, FINISHED_RUN, RunStatus, TaskStatus
+from datamill.records import FINISHED_TASK as FINISHED_TASK  # engine and scheduler read runs.FINISHED_TASK
 
 #: ``tasks.failure`` of a task whose step raised or exited non-zero after its retries: the same
 #: key fails again, so runs made by triggers do not run it again (see :func:`failed_earlier`).

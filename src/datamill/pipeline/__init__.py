@@ -14,7 +14,8 @@ pipelines, :mod:`datamill.pipeline.codecs` for how return values are stored, and
 
 from datamill.pipeline.context import Context
 from datamill.pipeline.inputs import InputFile, InputRef
-from datamill.pipeline.pipeline import Pipeline, load_pipeline
+from datamill.pipeline.loader import load_pipeline
+from datamill.pipeline.pipeline import Pipeline
 from datamill.pipeline.step import Step, command_step, step
 
 __all__ = ["Context", "InputFile", "InputRef", "Pipeline", "Step", "command_step", "load_pipeline", "step"]

@@ -33,7 +33,7 @@ from datamill.errors import InvalidPipeline, StepFailed, TaskTimeout
 from datamill.pipeline import codecs
 from datamill.pipeline.context import Context, NullReporter, Reporter
 from datamill.pipeline.inputs import InputFile, InputRef
-from datamill.pipeline.pipeline import load_pipeline
+from datamill.pipeline.loader import load_pipeline
 from datamill.pipeline.step import RETURN, Role, Step, is_return_output
 
 __all__ = [

@@ -18,7 +18,7 @@ import zipfile
 from pathlib import Path, PurePosixPath
 from typing import Any
 
-import datamill
+from datamill._version import __version__
 from datamill.errors import BlobNotFound, InvalidInput
 from datamill.home import Home
 from datamill.provenance.graph import DELETED, HIDDEN, iso_time, local_name
@@ -176,8 +176,8 @@ class _CrateBuilder:
             {
                 "@type": "SoftwareApplication",
                 "name": "datamill",
-                "version": datamill.__version__,
-                "softwareVersion": datamill.__version__,
+                "version": __version__,
+                "softwareVersion": __version__,
             },
         )
 

@@ -13,32 +13,12 @@ group memberships fresh on every call (no cache), so leaving a group takes effec
 from __future__ import annotations
 
 from dataclasses import dataclass
-from enum import IntEnum
 
 from sqlalchemy import Connection, select, union_all
 
 from datamill.db.models import Folder, FolderAccess, GroupAccess, GroupMembership
 from datamill.errors import NotFound, PermissionDenied
-
-
-class Level(IntEnum):
-    """Access levels, each including the ones below it."""
-
-    NONE = 0
-    #: see the folder, its items and their bytes
-    READ = 1
-    #: add, change and remove items and subfolders
-    WRITE = 2
-    #: share, rename, move and delete the folder itself
-    ADMIN = 3
-
-    @classmethod
-    def parse(cls, text: str) -> Level:
-        """``"read"`` -> ``Level.READ``."""
-        try:
-            return cls[text.strip().upper()]
-        except KeyError:
-            raise ValueError(f"unknown access level {text!r}; use read, write or admin") from None
+from datamill.records import Level
 
 
 @dataclass(frozen=True)

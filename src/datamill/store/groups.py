@@ -20,7 +20,6 @@ from __future__ import annotations
 
 import time
 from collections.abc import Iterable
-from dataclasses import asdict, dataclass, field
 from typing import Any
 
 from sqlalchemy import Connection, Row, delete, func, insert, select, update
@@ -29,6 +28,7 @@ from sqlalchemy.exc import IntegrityError
 from datamill import events
 from datamill.db.models import Folder, Group, GroupAccess, GroupMembership, User
 from datamill.errors import AlreadyExists, InvalidInput, NotFound, PermissionDenied
+from datamill.records import GroupGrant, GroupInfo, GroupMember
 from datamill.store.access import Actor, Level
 
 MAX_GROUP_NAME = 64
@@ -53,55 +53,6 @@ def check_group_name(name: str) -> str:
             name=str(name)[:80],
         )
     return name
-
-
-@dataclass(frozen=True)
-class GroupMember:
-    """A member of a group; ``admin`` members may manage the group's members."""
-
-    user: str
-    admin: bool
-    added_at: float
-
-
-@dataclass(frozen=True)
-class GroupGrant:
-    """A folder shared with a group, and at which level."""
-
-    folder: str
-    level: str
-
-
-@dataclass(frozen=True)
-class GroupInfo:
-    """A group as its members (and site admins) see it."""
-
-    id: int
-    name: str
-    created_by: str | None
-    created_at: float
-    members: list[GroupMember] = field(default_factory=list)
-    grants: list[GroupGrant] = field(default_factory=list)
-
-    def to_dict(self) -> dict[str, Any]:
-        """A JSON-able dict."""
-        return asdict(self)
-
-    @classmethod
-    def from_dict(cls, data: dict[str, Any]) -> GroupInfo:
-        """The inverse of :meth:`to_dict` (for answers of the API)."""
-        return cls(
-            id=int(data["id"]),
-            name=str(data["name"]),
-            created_by=data.get("created_by"),
-            created_at=float(data["created_at"]),
-            members=[GroupMember(m["user"], bool(m["admin"]), float(m["added_at"])) for m in data.get("members", [])],
-            grants=[GroupGrant(g["folder"], g["level"]) for g in data.get("grants", [])],
-        )
-
-    def admins(self) -> list[str]:
-        """Names of the group admins."""
-        return [m.user for m in self.members if m.admin]
 
 
 def _not_found(name: str) -> NotFound:

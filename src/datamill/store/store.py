@@ -18,7 +18,6 @@ import logging
 import mimetypes
 import time
 from collections.abc import Iterable, Iterator, Mapping
-from dataclasses import asdict, dataclass
 from typing import Any, BinaryIO
 
 from sqlalchemy import Connection, Row, String, and_, delete, func, insert, or_, select, type_coerce, update
@@ -47,11 +46,10 @@ from datamill.errors import (
     BlobNotFound,
     IdempotencyKeyReused,
     InvalidInput,
-    InvalidMetadata,
     NotEmpty,
     NotFound,
 )
-from datamill.limits import MAX_JSON_DEPTH, too_deep, value_depth
+from datamill.records import FolderInfo, ItemInfo, VersionInfo, check_metadata
 from datamill.store import groups
 from datamill.store.access import Actor, Level, level_on, require
 from datamill.store.blobs import ALGORITHM, BlobInfo, BlobStore, BlobWriter
@@ -65,114 +63,6 @@ ROOT = ""
 
 #: How long an upload's Idempotency-Key is remembered (a retry after that makes a new version).
 IDEMPOTENCY_TTL = 24 * 3600.0
-
-
-@dataclass(frozen=True)
-class FolderInfo:
-    """A folder as callers see it."""
-
-    id: int
-    path: str
-    name: str
-    parent: str | None
-    owner: str | None
-    public_read: bool
-    metadata: dict[str, Any]
-    created_at: float
-    updated_at: float
-
-    def to_dict(self) -> dict[str, Any]:
-        """A JSON-able dict."""
-        return asdict(self)
-
-
-@dataclass(frozen=True)
-class VersionInfo:
-    """One version of an item."""
-
-    item_id: int
-    version_id: int
-    folder: str
-    name: str
-    version: int
-    digest: str
-    size: int
-    content_type: str
-    created_by: str | None
-    created_via: str
-    created_at: float
-    run_id: int | None = None
-    task_id: int | None = None
-
-    @property
-    def path(self) -> str:
-        """``folder/name``."""
-        return join_path(self.folder, self.name)
-
-    def to_dict(self) -> dict[str, Any]:
-        """A JSON-able dict."""
-        return {**asdict(self), "path": self.path}
-
-
-@dataclass(slots=True)
-class ItemInfo:
-    """An item with its current version.
-
-    Not frozen: listings build 100,000 of these, and a frozen dataclass's ``__init__`` costs
-    several times more.
-    """
-
-    id: int
-    folder: str
-    name: str
-    metadata: dict[str, Any]
-    version: int
-    digest: str
-    size: int
-    content_type: str
-    created_at: float
-    updated_at: float
-    version_id: int = 0
-
-    @property
-    def path(self) -> str:
-        """``folder/name``."""
-        return join_path(self.folder, self.name)
-
-    def to_dict(self) -> dict[str, Any]:
-        """A JSON-able dict."""
-        # Written out rather than asdict(): asdict deep-copies, and API listings call this 100k times.
-        return {
-            "id": self.id,
-            "folder": self.folder,
-            "name": self.name,
-            "metadata": self.metadata,
-            "version": self.version,
-            "digest": self.digest,
-            "size": self.size,
-            "content_type": self.content_type,
-            "created_at": self.created_at,
-            "updated_at": self.updated_at,
-            "version_id": self.version_id,
-            "path": self.path,
-        }
-
-
-def check_metadata(meta: Any) -> dict[str, Any]:
-    """Metadata must be a JSON object with string keys whose values round-trip through JSON."""
-    if not isinstance(meta, Mapping):
-        raise InvalidMetadata(f"metadata must be a JSON object, not {type(meta).__name__}")
-    if value_depth(dict(meta)) > MAX_JSON_DEPTH:  # json.dumps recurses; refuse before it overflows
-        raise InvalidMetadata(too_deep("metadata"), max_depth=MAX_JSON_DEPTH)
-    try:
-        text = json.dumps(meta, allow_nan=False, sort_keys=True)
-    except (TypeError, ValueError) as exc:
-        raise InvalidMetadata(f"metadata is not valid JSON: {exc}") from None
-    out: dict[str, Any] = json.loads(text)
-    for key in out:
-        if not key or len(key) > 255:
-            raise InvalidMetadata(f"metadata key {key[:40]!r} must be 1-255 characters")
-    return out
 
 
 def check_idempotency_key(key: str) -> str:

@@ -5,7 +5,6 @@ from __future__ import annotations
 import hashlib
 import secrets
 import time
-from dataclasses import dataclass
 
 from argon2 import PasswordHasher
 from argon2.exceptions import VerificationError, VerifyMismatchError
@@ -14,6 +13,7 @@ from sqlalchemy import Connection, insert, select, update
 from datamill import events
 from datamill.db.models import Token, User
 from datamill.errors import AlreadyExists, InvalidInput, NotFound, Unauthorized
+from datamill.records import NewToken
 from datamill.store.access import Actor
 
 TOKEN_PREFIX = "dm_"
@@ -33,16 +33,6 @@ def check_user_name(name: str) -> str:
             f"user name {name!r} is not allowed; use 1-64 letters, digits, '.', '_', '-' or '@'", name=name
         )
     return name
-
-
-@dataclass(frozen=True)
-class NewToken:
-    """A freshly created token: the secret is only ever available here."""
-
-    id: int
-    user: str
-    token: str
-    expires_at: float | None
 
 
 def create_user(
