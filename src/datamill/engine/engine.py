@@ -20,7 +20,7 @@ from datamill.engine.params import split_params
 from datamill.engine.planner import CachedResult, OutputDigest, Plan, plan
 from datamill.engine.registry import Choice
 from datamill.engine.runs import input_ref_from_dict, input_ref_to_dict
-from datamill.engine.scheduler import Scheduler
+from datamill.engine.scheduler import Scheduler, refuse_command_executor
 from datamill.errors import InvalidInput, NotFound, PermissionDenied
 from datamill.home import Home
 from datamill.pipeline import Pipeline, load_pipeline
@@ -133,6 +133,7 @@ class Engine:
         not run again: it is ``skipped`` with the note "failed earlier (see run N)". Runs a user
         asks for (``datamill run``, ``runs retry``, ``flow run``) leave it False and run them again.
         """
+        refuse_command_executor(executor)
         if conn is None:
             with self.home.db.write() as own:
                 return self.submit(
