@@ -206,3 +206,15 @@ def test_retry_of_a_failed_run_reruns_only_the_failed_tasks(db_world: World, tmp
     with pytest.raises(InvalidInput, match="only failed or cancelled runs can be retried"):
         db_world.engine.retry(db_world.admin, retry_id)
     db_world.check_fold()
+
+
+def test_the_command_executor_is_refused_as_a_runs_executor(world: World) -> None:
+    # It runs commands only (every task of a Python step failed with it); command steps run on it
+    # whatever the run's executor, so a run names where its Python steps run.
+    world.put("a.csv", "x\n1\n")
+    with pytest.raises(InvalidInput, match="executor 'command' runs command steps only"):
+        world.run(PERITEM, executor="command")
+    with pytest.raises(InvalidInput, match="choose where the run's Python steps run: 'inline' or 'local'"):
+        world.submit(PERITEM, executor="command")
+    assert world.engine.list_runs(world.admin) == []
+

@@ -137,3 +137,28 @@ def test_supports_commands_only(ex: Any) -> None:
     assert not ex.executor.supports(PythonCall(print))
     with pytest.raises(TypeError):
         ex.run(ex.executor.run(PythonCall(print), lines))
+
+
+def test_merged_stderr_keeps_the_order_and_no_prefix(ex: Any) -> None:
+    # How command steps log: one stream, as a terminal shows it; a failure's last lines are of both.
+    script = "echo out1; echo err1 >&2; echo out2; echo err2 >&2; exit 4"
+    with pytest.raises(StepFailed) as info:
+        ex.call(sh(script, merge_stderr=True))
+    assert info.value.detail["stderr"] == ["out1", "err1", "out2", "err2"]
+    assert info.value.detail["reason"] == "exited" and info.value.detail["exit_code"] == 4
+    _, messages = ex.call(sh("echo a; echo b >&2; echo c", merge_stderr=True))
+    assert lines(messages) == ["a", "b", "c"]
+
+
+def test_slots_limit_how_many_commands_run_at_once(make_harness: Callable[..., Any], tmp_path: Path) -> None:
+    h = make_harness("command", slots=1)
+    assert h.executor.capacity == 1
+    log = tmp_path / "log"
+    # Each command appends its start and end; with one slot they never overlap.
+    call = sh(f"echo start >> {log}; sleep 0.05; echo end >> {log}")
+
+    async def both() -> None:
+        await asyncio.gather(*(h.executor.run(call, lambda m: None) for _ in range(3)))
+
+    h.run(both())
+    assert log.read_text().split() == ["start", "end"] * 3

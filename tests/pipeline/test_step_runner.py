@@ -2,16 +2,21 @@
 
 from __future__ import annotations
 
+import asyncio
 import json
 import sys
 import textwrap
+import time
 from pathlib import Path
 from typing import Any
 
 import cloudpickle
 import pytest
 
+from datamill.engine.attempt import run_command_step
 from datamill.errors import InvalidPipeline, StepFailed, TaskTimeout
+from datamill.executors import LogMessage, Message
+from datamill.executors.command import CommandExecutor
 from datamill.pipeline import Context, InputFile, InputRef, Pipeline, command_step, load_pipeline, step
 from datamill.pipeline.runner import (
     ItemInput,
@@ -270,6 +275,20 @@ def test_a_pipeline_file_step_pickles_by_value(tmp_path: Path, csv_item: ItemInp
 # --------------------------------------------------------------------------- command steps
 
 
+def run_command(rec: Recorder, c: StepCall) -> StepResult:
+    """Run a command step as the scheduler does: on the command executor, its lines to ``rec``."""
+
+    def on_message(message: Message) -> None:
+        if isinstance(message, LogMessage):
+            rec.log(message.line)
+
+    async def go() -> StepResult:
+        async with CommandExecutor(kill_grace=0.5) as executor:
+            return await run_command_step(executor, c, on_message)
+
+    return asyncio.run(go())
+
+
 def command_pipeline(tmp_path: Path, argv: list[str], **kw: Any) -> Pipeline:
     script = tmp_path / "tool.py"
     script.write_text(
@@ -350,7 +369,7 @@ def test_command_step_runs_and_collects_outputs(tmp_path: Path, csv_item: ItemIn
     pl = command_pipeline(tmp_path, ["ok", "{input}", "{n}"], params={"n": 2})
     rec = Recorder()
     c = call(tmp_path, "tool", pipeline_ref=None, step_bytes=pl.pickled_step("tool"), item=csv_item)
-    result = run_step(rec, c)
+    result = run_command(rec, c)
     assert [(o.name, o.codec) for o in result.outputs] == [("params.json", "file"), ("sub/copy.txt", "file")]
     assert (tmp_path / "out" / "sub" / "copy.txt").read_text() == f"{csv_item.path} 2"
     assert json.loads((tmp_path / "out" / "params.json").read_text()) == {"n": 2}
@@ -362,7 +381,7 @@ def test_failing_command_raises_step_failed_with_its_output(tmp_path: Path) -> N
     pl = command_pipeline(tmp_path, ["fail"])
     c = call(tmp_path, "tool", pipeline_ref=None, step_bytes=pl.pickled_step("tool"))
     with pytest.raises(StepFailed, match=r"exited with status 3; its last output:\nargs 1\nsomething broke") as e:
-        run_step(Recorder(), c)
+        run_command(Recorder(), c)
     assert e.value.detail["returncode"] == 3
 
 
@@ -370,13 +389,45 @@ def test_missing_program(tmp_path: Path) -> None:
     pl = Pipeline("m", steps=[command_step("nope", ["datamill-no-such-program-xyz"], base_dir=tmp_path)])
     c = call(tmp_path, "nope", pipeline_ref=None, step_bytes=pl.pickled_step("nope"))
     with pytest.raises(StepFailed, match="command 'datamill-no-such-program-xyz' not found; install it"):
-        run_step(Recorder(), c)
+        run_command(Recorder(), c)
 
 
 def test_command_timeout(tmp_path: Path) -> None:
     pl = command_pipeline(tmp_path, ["sleep"], timeout=0.5)
     c = call(tmp_path, "tool", pipeline_ref=None, step_bytes=pl.pickled_step("tool"))
     with pytest.raises(TaskTimeout, match=r"ran past its timeout of 0\.5 s"):
+        run_command(Recorder(), c)
+
+
+def test_command_timeout_stops_the_processes_it_started(tmp_path: Path) -> None:
+    # The command executor stops the command's whole process group: a child it started in the
+    # background does not outlive the task (run_step's own subprocess killed only the command).
+    pidfile = tmp_path / "child.pid"
+    s = command_step("bg", ["sh", "-c", f"sleep 60 & echo $! > {pidfile}; wait"], base_dir=tmp_path, timeout=0.5)
+    pl = Pipeline("bg", steps=[s])
+    c = call(tmp_path, "bg", pipeline_ref=None, step_bytes=pl.pickled_step("bg"))
+    with pytest.raises(TaskTimeout):
+        run_command(Recorder(), c)
+    child = int(pidfile.read_text())
+
+    def alive() -> bool:
+        try:
+            state = Path(f"/proc/{child}/stat").read_text().rpartition(")")[2].split()[0]
+        except FileNotFoundError:
+            return False
+        return state != "Z"  # a zombie is dead, only not reaped yet by its new parent
+
+    # Polled only to wait for the kernel to finish a process already sent SIGKILL.
+    deadline = time.monotonic() + 5
+    while alive() and time.monotonic() < deadline:
+        time.sleep(0.01)
+    assert not alive(), f"child {child} of the timed-out command still runs"
+
+
+def test_run_step_refuses_command_steps(tmp_path: Path) -> None:
+    pl = command_pipeline(tmp_path, ["ok"])
+    c = call(tmp_path, "tool", pipeline_ref=None, step_bytes=pl.pickled_step("tool"))
+    with pytest.raises(InvalidPipeline, match="runs on the command executor"):
         run_step(Recorder(), c)
 
 

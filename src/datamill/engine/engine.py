@@ -14,16 +14,18 @@ from typing import Any
 
 from sqlalchemy import Connection, select
 
-from datamill.db.models import Folder, Run, Task
+from datamill.db.models import Run, Task
 from datamill.engine import keys, registry, runs
 from datamill.engine.params import split_params
 from datamill.engine.planner import CachedResult, OutputDigest, Plan, plan
 from datamill.engine.registry import Choice
-from datamill.engine.scheduler import Scheduler, input_ref_to_dict
+from datamill.engine.runs import input_ref_from_dict, input_ref_to_dict
+from datamill.engine.scheduler import Scheduler, refuse_command_executor
 from datamill.errors import InvalidInput, NotFound, PermissionDenied
 from datamill.home import Home
 from datamill.pipeline import Pipeline, load_pipeline
 from datamill.pipeline.inputs import InputRef
+from datamill.store import lookups
 from datamill.store.access import Actor, Level, level_on, require
 from datamill.store.names import split_path
 from datamill.store.visibility import HIDDEN, Visibility
@@ -131,6 +133,7 @@ class Engine:
         not run again: it is ``skipped`` with the note "failed earlier (see run N)". Runs a user
         asks for (``datamill run``, ``runs retry``, ``flow run``) leave it False and run them again.
         """
+        refuse_command_executor(executor)
         if conn is None:
             with self.home.db.write() as own:
                 return self.submit(
@@ -168,12 +171,12 @@ class Engine:
         if source:
             source = "/".join(split_path(source))
             require(conn, actor, source, Level.READ)
-            src_id = conn.execute(select(Folder.id).where(Folder.path == source)).scalar()
+            src_id = lookups.folder_id(conn, source)
             if src_id is None:  # an admin passes require() even for a folder that does not exist
                 raise NotFound(f"no folder {source!r}, or you may not see it", path=source)
         if dest:
             dest = "/".join(split_path(dest))
-            dest_id = conn.execute(select(Folder.id).where(Folder.path == dest)).scalar()
+            dest_id = lookups.folder_id(conn, dest)
             # A missing folder and one the caller may not read get the same answer: no existence oracle.
             if dest_id is None or level_on(conn, actor, dest) < Level.READ:
                 raise NotFound(
@@ -258,7 +261,7 @@ class Engine:
         if actor.is_admin or row.requested_by == actor.id:
             return True
         for path in (row.source_folder, row.dest_folder):
-            if path and conn.execute(select(Folder.id).where(Folder.path == path)).first():
+            if path and lookups.folder_id(conn, path) is not None:
                 if level_on(conn, actor, path) >= Level.READ:
                     return True
         return False
@@ -348,8 +351,6 @@ class Engine:
             if row.status not in (runs.RunStatus.FAILED, runs.RunStatus.CANCELLED):
                 raise InvalidInput(f"run {run_id} is {row.status}; only failed or cancelled runs can be retried")
             choice = registry.readmit(conn, actor, row.pipeline_ref, f"run {run_id}")
-        from datamill.engine.scheduler import input_ref_from_dict
-
         return self.submit(
             actor,
             choice,
@@ -398,7 +399,7 @@ class Engine:
                 if not self._visible(conn, actor, erun):
                     continue  # never compare with (and so name) a task of a run the actor may not see
                 try:
-                    eparts = self._parts(conn, erun, runs._task_row(e))
+                    eparts = self._parts(conn, erun, runs.task_row(e))
                 except Exception:  # its pipeline no longer loads: skip it
                     continue
                 diff = keys.diff_parts(eparts, parts)
@@ -419,8 +420,6 @@ class Engine:
             return out
 
     def _parts(self, conn: Connection, row: Any, t: runs.TaskRow) -> dict[str, Any]:
-        from datamill.engine.scheduler import input_ref_from_dict
-
         pipeline = load_pipeline(row.pipeline_ref)
         the_plan = plan(pipeline, [input_ref_from_dict(d) for d in row.inputs], (row.params or {}).get("steps"))
         pt = the_plan.task(t.planned_id)

@@ -62,11 +62,14 @@ class CommandCall:
 
     ``cwd`` is the working directory (``None``: the executor's). ``env`` holds variables set on top of
     the executor's own environment (``None``: inherit it unchanged), so ``PATH`` and the like stay.
+    With ``merge_stderr`` stderr goes down the stdout pipe: the lines come in the order the command
+    wrote them and none is prefixed, as on a terminal (command steps log this way).
     """
 
     argv: Sequence[str]
     cwd: str | None = None
     env: Mapping[str, str] | None = None
+    merge_stderr: bool = False
 
 
 #: Anything an executor may be asked to run; :meth:`Executor.supports` says which it takes.

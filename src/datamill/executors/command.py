@@ -1,8 +1,10 @@
 """The command executor: a :class:`CommandCall` runs as a subprocess in a process group of its own.
 
 Every line the command writes becomes a log message as it is written: stdout lines as they are,
-stderr lines prefixed ``"stderr: "``. The result is the exit code, 0; any other exit raises
-``StepFailed`` with the code and the last stderr lines.
+stderr lines prefixed ``"stderr: "`` (or, with ``CommandCall.merge_stderr``, both in one stream as
+written, unprefixed). The result is the exit code, 0; any other exit raises ``StepFailed`` with the
+code and the last stderr lines. A failure's ``detail["reason"]`` says which it was: ``exited``,
+``not_found``, ``not_executable``, ``not_started``, ``no_cwd`` or ``empty``.
 
 The command starts a new session (``start_new_session=True``), so it and everything it starts form
 one process group that can be stopped as a whole: on a timeout or a cancellation the group gets
@@ -40,14 +42,24 @@ class CommandExecutor(Executor):
 
     ``kill_grace``: seconds between SIGTERM and SIGKILL when stopping a command, and how long the
     output of an exited command may stay open (held by a child it left behind) before that child
-    is killed.
+    is killed. ``slots``: how many commands run at once (more wait inside :meth:`run`, their
+    timeout not yet counting); ``None``: no limit.
     """
 
     name = "command"
 
-    def __init__(self, kill_grace: float = 2.0, clock: Callable[[], float] = time.time) -> None:
+    def __init__(
+        self, kill_grace: float = 2.0, clock: Callable[[], float] = time.time, slots: int | None = None
+    ) -> None:
         self.kill_grace = kill_grace
         self._clock = clock
+        self._slots = slots
+        self._free = asyncio.Semaphore(slots) if slots is not None else None
+
+    @property
+    def capacity(self) -> int | None:
+        """``slots``: how many commands run at once."""
+        return self._slots
 
     def supports(self, call: Call) -> bool:
         """Only commands."""
@@ -57,17 +69,24 @@ class CommandExecutor(Executor):
         """Run the command; return 0, or raise ``StepFailed``/``TaskTimeout`` (see :meth:`Executor.run`)."""
         self._check(call)
         assert isinstance(call, CommandCall)
+        if self._free is None:
+            return await self._run(call, on_message, timeout)
+        async with self._free:
+            return await self._run(call, on_message, timeout)
+
+    async def _run(self, call: CommandCall, on_message: OnMessage, timeout: float | None) -> int:
         argv = [str(a) for a in call.argv]
         if not argv:
-            raise StepFailed("The command is empty. Give the program to run and its arguments.")
+            raise StepFailed("The command is empty. Give the program to run and its arguments.", reason="empty")
         if call.cwd is not None and not os.path.isdir(call.cwd):
             raise StepFailed(
                 f"The working directory {call.cwd!r} of the command does not exist. Create it or fix the step's cwd.",
                 cwd=call.cwd,
+                reason="no_cwd",
             )
         env = None if call.env is None else {**os.environ, **call.env}
         loop = asyncio.get_running_loop()
-        protocol = _OutputLines(loop, on_message, self._clock)
+        protocol = _OutputLines(loop, on_message, self._clock, tail_fd=1 if call.merge_stderr else 2)
         try:
             transport, _ = await loop.subprocess_exec(
                 lambda: protocol,
@@ -76,7 +95,7 @@ class CommandExecutor(Executor):
                 env=env,
                 stdin=subprocess.DEVNULL,
                 stdout=subprocess.PIPE,
-                stderr=subprocess.PIPE,
+                stderr=subprocess.STDOUT if call.merge_stderr else subprocess.PIPE,
                 start_new_session=True,
             )
         except FileNotFoundError:
@@ -84,13 +103,18 @@ class CommandExecutor(Executor):
                 f"Program not found: {argv[0]!r}. Check that it is installed and on the PATH "
                 f"(PATH={(env or os.environ).get('PATH', '')!r}), or give its full path.",
                 argv=argv,
+                reason="not_found",
             ) from None
         except PermissionError:
             raise StepFailed(
-                f"Program {argv[0]!r} cannot be run: permission denied. Make it executable (chmod +x).", argv=argv
+                f"Program {argv[0]!r} cannot be run: permission denied. Make it executable (chmod +x).",
+                argv=argv,
+                reason="not_executable",
             ) from None
         except OSError as exc:
-            raise StepFailed(f"Program {argv[0]!r} could not be started: {exc}.", argv=argv) from None
+            raise StepFailed(
+                f"Program {argv[0]!r} could not be started: {exc}.", argv=argv, reason="not_started"
+            ) from None
 
         pgid = transport.get_pid()  # the command leads its own group: its pid is the group id
         try:
@@ -133,11 +157,15 @@ class CommandExecutor(Executor):
 class _OutputLines(asyncio.SubprocessProtocol):
     """Turns a subprocess's output into log messages, line by line, and tells when it exited."""
 
-    def __init__(self, loop: asyncio.AbstractEventLoop, on_message: OnMessage, clock: Callable[[], float]) -> None:
+    def __init__(
+        self, loop: asyncio.AbstractEventLoop, on_message: OnMessage, clock: Callable[[], float], tail_fd: int = 2
+    ) -> None:
         self.on_message = on_message
         self.clock = clock
         self.transport: asyncio.SubprocessTransport | None = None
-        self.buffers = {1: bytearray(), 2: bytearray()}
+        self.buffers = {1: bytearray()} if tail_fd == 1 else {1: bytearray(), 2: bytearray()}
+        #: whose last lines a failure reports: stderr, or stdout when stderr is merged into it
+        self.tail_fd = tail_fd
         self.stderr_tail: deque[str] = deque(maxlen=_STDERR_TAIL)
         #: the exit code (negative: killed by that signal), once the process has exited and been reaped
         self.exited: asyncio.Future[int] = loop.create_future()
@@ -175,8 +203,9 @@ class _OutputLines(asyncio.SubprocessProtocol):
 
     def _line(self, fd: int, raw: bytes | bytearray) -> None:
         line = raw.decode("utf-8", errors="replace").removesuffix("\r")
-        if fd == 2:
+        if fd == self.tail_fd:
             self.stderr_tail.append(line)
+        if fd == 2:
             line = "stderr: " + line
         deliver(self.on_message, LogMessage(line, self.clock()))
 
@@ -204,4 +233,6 @@ def _failed(argv: list[str], code: int, stderr_tail: list[str]) -> StepFailed:
         how = f"exited with code {code}"
     last = next((line for line in reversed(stderr_tail) if line.strip()), "")
     message = f"Command {argv[0]!r} {how}" + (f": {last}" if last else " (nothing on stderr)")
-    return StepFailed(message + ". See the task's log for its output.", exit_code=code, stderr=stderr_tail, argv=argv)
+    return StepFailed(
+        message + ". See the task's log for its output.", exit_code=code, stderr=stderr_tail, argv=argv, reason="exited"
+    )

@@ -8,19 +8,19 @@ bytes when the pipeline has none), decodes its inputs, calls it, and encodes its
 Outputs are written into ``call.output_dir`` only. Whether they become visible is the caller's
 decision: the caller discards the directory of a failed task, so partial outputs never appear.
 Exceptions raised by the step propagate unchanged; executors turn them into ``StepFailed``.
+
+Command steps do not run here: the engine runs them on the command executor (which owns their
+process group), with :func:`command_argv` and :func:`command_env` from this module.
 """
 
 from __future__ import annotations
 
 import asyncio
-import collections
 import functools
 import inspect
 import json
 import os
 import string
-import subprocess
-import threading
 import time
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
@@ -29,7 +29,7 @@ from typing import Any
 
 import cloudpickle
 
-from datamill.errors import InvalidPipeline, StepFailed, TaskTimeout
+from datamill.errors import InvalidPipeline
 from datamill.pipeline import codecs
 from datamill.pipeline.context import Context, NullReporter, Reporter
 from datamill.pipeline.inputs import InputFile, InputRef
@@ -48,6 +48,7 @@ __all__ = [
     "command_argv",
     "command_env",
     "decode_outputs",
+    "prepare_dirs",
     "resolve_step",
     "run_step",
 ]
@@ -183,7 +184,8 @@ def _upstream_value(up: UpstreamInput) -> Any:
 # ---------------------------------------------------------------------------------- running
 
 
-def _prepare_dirs(call: StepCall) -> None:
+def prepare_dirs(call: StepCall) -> None:
+    """Make the call's output and scratch directories; refuse an output directory with files in it."""
     call.output_dir.mkdir(parents=True, exist_ok=True)
     call.scratch_dir.mkdir(parents=True, exist_ok=True)
     if any(call.output_dir.iterdir()):
@@ -192,18 +194,22 @@ def _prepare_dirs(call: StepCall) -> None:
 
 
 def run_step(reporter: Reporter, call: StepCall) -> StepResult:
-    """Run one task here and now; returns the outputs written to ``call.output_dir``.
+    """Run one task of a Python step here and now; returns the outputs written to ``call.output_dir``.
 
-    Exceptions from the step propagate as they are (executors record them as ``StepFailed``);
-    a command that exits non-zero raises :class:`~datamill.errors.StepFailed`, one that runs past
-    the step's timeout :class:`~datamill.errors.TaskTimeout`.
+    Exceptions from the step propagate as they are (executors record them as ``StepFailed``).
+    A command step is refused (:class:`~datamill.errors.InvalidPipeline`): commands run on the
+    command executor (``datamill.engine.attempt.run_command_step``), which can stop a command with
+    every process it started.
     """
     started = time.perf_counter()
     step = resolve_step(call)
-    _prepare_dirs(call)
     if step.kind == "command":
-        _run_command(reporter, step, call)
-        return StepResult(tuple(collect_outputs(call.output_dir)), time.perf_counter() - started)
+        raise InvalidPipeline(
+            f"step '{step.name}' is a command step: it runs on the command executor "
+            "(datamill.engine.attempt.run_command_step), not in run_step",
+            step=step.name,
+        )
+    prepare_dirs(call)
 
     assert step.fn is not None  # python steps always have one
     params = {**step.params, **dict(call.params)}
@@ -357,9 +363,8 @@ def command_env(call: StepCall, step: Step | None = None) -> dict[str, str]:
     """Variables a command step runs with, on top of the inherited environment.
 
     ``DATAMILL_OUTPUT_DIR`` and ``DATAMILL_SCRATCH`` (the same as ``{output_dir}``/``{scratch}``)
-    and ``DATAMILL_PARAMS`` (the parameters as JSON). Executors that run commands themselves
-    (``CommandCall(argv=command_argv(call), cwd=str(call.scratch_dir), env=command_env(call))``)
-    give the same environment :func:`run_step` does.
+    and ``DATAMILL_PARAMS`` (the parameters as JSON), as the engine runs them:
+    ``CommandCall(argv=command_argv(call), cwd=str(call.scratch_dir), env=command_env(call))``.
     """
     step = step or resolve_step(call)
     return {
@@ -367,64 +372,3 @@ def command_env(call: StepCall, step: Step | None = None) -> dict[str, str]:
         "DATAMILL_SCRATCH": str(call.scratch_dir),
         "DATAMILL_PARAMS": json.dumps({**step.params, **dict(call.params)}, sort_keys=True),
     }
-
-
-def _run_command(reporter: Reporter, step: Step, call: StepCall) -> None:
-    argv = command_argv(call, step)
-    env = {**os.environ, **command_env(call, step)}
-    tail: collections.deque[str] = collections.deque(maxlen=20)
-    try:
-        proc = subprocess.Popen(
-            argv,
-            cwd=call.scratch_dir,
-            env=env,
-            stdin=subprocess.DEVNULL,
-            stdout=subprocess.PIPE,
-            stderr=subprocess.STDOUT,
-            text=True,
-            errors="replace",
-        )
-    except FileNotFoundError:
-        raise StepFailed(
-            f"step '{step.name}': command '{argv[0]}' not found; install it or fix the step's command",
-            step=step.name,
-        ) from None
-    except PermissionError:
-        raise StepFailed(f"step '{step.name}': command '{argv[0]}' is not executable", step=step.name) from None
-
-    def pump() -> None:
-        # Read in a thread so the main thread can enforce the timeout while output streams.
-        assert proc.stdout is not None
-        for line in proc.stdout:
-            line = line.rstrip("\n")
-            tail.append(line)
-            reporter.log(line)
-
-    reader = threading.Thread(target=pump, name=f"datamill-{step.name}-output", daemon=True)
-    reader.start()
-    try:
-        rc = proc.wait(timeout=step.timeout)
-    except subprocess.TimeoutExpired:
-        proc.kill()
-        proc.wait()
-        reader.join(5)
-        raise TaskTimeout(
-            f"step '{step.name}': the command ran past its timeout of {step.timeout:g} s and was stopped; "
-            "raise the step's timeout or make it faster",
-            step=step.name,
-        ) from None
-    finally:
-        if proc.poll() is None:  # an exception (e.g. KeyboardInterrupt) while waiting
-            proc.kill()
-            proc.wait()
-    reader.join(5)
-    if proc.stdout is not None:
-        proc.stdout.close()
-    if rc != 0:
-        last = "\n".join(tail)
-        raise StepFailed(
-            f"step '{step.name}': command '{argv[0]}' exited with status {rc}"
-            + (f"; its last output:\n{last}" if last else "; it printed nothing"),
-            step=step.name,
-            returncode=rc,
-        )

@@ -219,7 +219,7 @@ class Step:
     def __call__(self, *args: Any, **kwargs: Any) -> Any:
         """Call the step's function directly (Python steps only)."""
         if self.fn is None:
-            raise TypeError(f"step '{self.name}' is a command step; run it with datamill.pipeline.runner.run_step")
+            raise TypeError(f"step '{self.name}' is a command step; run it in a pipeline (pipeline.run(...))")
         return self.fn(*args, **kwargs)
 
     def __repr__(self) -> str:

@@ -284,6 +284,14 @@ class BlobStore(ABC):
             while f.read(CHUNK):
                 pass
 
+    def local_path(self, digest: str) -> Path | None:
+        """A file on this machine holding the bytes of ``digest``, to read or link to; None if there is none.
+
+        The file must not be written to. Backends that keep no local files (memory, S3) return None
+        and callers copy the bytes with :meth:`iter_range` instead.
+        """
+        return None
+
 
 class _LocalWriter(BlobWriter):
     def __init__(
@@ -428,6 +436,10 @@ class LocalBlobStore(BlobStore):
             except FileNotFoundError:
                 continue  # another process cleaned it at the same time
         return n
+
+    def local_path(self, digest: str) -> Path | None:
+        """Where the bytes of ``digest`` live (see :meth:`BlobStore.local_path`)."""
+        return self.path_of(digest)
 
 
 def _make_locked_dir(parent: Path) -> tuple[Path, int]:

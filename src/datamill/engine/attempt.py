@@ -1,0 +1,187 @@
+"""One attempt at a task: its work directory, its step on an executor, and its end (a :class:`Done`).
+
+Python steps run on the run's executor (inline, or the local process pool) as
+``PythonCall(run_step, (call,))``. Command steps run on the command executor, whatever the run's
+executor is: it owns the command's process group, so a timeout or a cancellation stops the command
+and everything it started.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import shutil
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+from datamill.engine.ends import MAX_ERROR, Done, failure_kind
+from datamill.engine.planner import Plan, PlannedTask
+from datamill.engine.publish import publish_plan
+from datamill.engine.tasks import TaskRow, TaskStatus
+from datamill.engine.workdir import TaskLog, WorkDirs
+from datamill.errors import Cancelled, DatamillError, InvalidPipeline, StepFailed, TaskTimeout
+from datamill.executors.base import CommandCall, Executor, LogMessage, Message, OnMessage, ProgressMessage, PythonCall
+from datamill.pipeline.runner import (
+    StepCall,
+    StepResult,
+    collect_outputs,
+    command_argv,
+    command_env,
+    prepare_dirs,
+    resolve_step,
+    run_step,
+)
+from datamill.pipeline.step import Step
+
+log = logging.getLogger("datamill.scheduler")
+
+#: progress reported and not recorded yet: task id -> (run id, fraction, message)
+Progress = dict[int, tuple[int, float, str]]
+
+
+async def run_command_step(
+    executor: Executor,
+    call: StepCall,
+    on_message: OnMessage,
+    timeout: float | None = None,
+    step: Step | None = None,
+) -> StepResult:
+    """Run a command step on ``executor`` (the command executor); returns what it wrote to ``call.output_dir``.
+
+    The command runs in ``call.scratch_dir`` with :func:`command_env` set; its stdout and stderr
+    lines (one stream, in the order written) reach ``on_message`` as log messages. ``timeout``
+    defaults to the step's. Raises ``StepFailed`` (it exited non-zero, or could not be started) and
+    ``TaskTimeout``, naming the step.
+    """
+    started = time.perf_counter()
+    step = step or resolve_step(call)
+    if step.kind != "command":
+        raise InvalidPipeline(f"step '{step.name}' is not a command step", step=step.name)
+    prepare_dirs(call)
+    argv = command_argv(call, step)
+    command = CommandCall(argv, cwd=str(call.scratch_dir), env=command_env(call, step), merge_stderr=True)
+    limit = step.timeout if timeout is None else timeout
+    try:
+        await executor.run(command, on_message, timeout=limit)
+    except TaskTimeout:
+        raise TaskTimeout(
+            f"step '{step.name}': the command ran past its timeout of {limit:g} s and was stopped with the "
+            "processes it started; raise the step's timeout or make it faster",
+            step=step.name,
+        ) from None
+    except StepFailed as exc:
+        raise _command_failed(step, argv, exc) from None
+    return StepResult(tuple(collect_outputs(call.output_dir)), time.perf_counter() - started)
+
+
+def _command_failed(step: Step, argv: list[str], exc: StepFailed) -> StepFailed:
+    """The error of a command step from the command executor's, in the step's words."""
+    detail = exc.detail if isinstance(exc.detail, dict) else {}
+    reason = detail.get("reason")
+    if reason == "exited":
+        code = detail.get("exit_code")
+        last = "\n".join(detail.get("stderr") or [])
+        return StepFailed(
+            f"step '{step.name}': command '{argv[0]}' exited with status {code}"
+            + (f"; its last output:\n{last}" if last else "; it printed nothing"),
+            step=step.name,
+            returncode=code,
+        )
+    if reason == "not_found":
+        return StepFailed(
+            f"step '{step.name}': command '{argv[0]}' not found; install it or fix the step's command", step=step.name
+        )
+    if reason == "not_executable":
+        return StepFailed(f"step '{step.name}': command '{argv[0]}' is not executable", step=step.name)
+    return StepFailed(f"step '{step.name}': {exc.message}", step=step.name)
+
+
+class Attempts:
+    """Runs attempts at tasks: Python steps on ``executor``, command steps on ``commands``.
+
+    Progress the steps report is left in ``progress`` for the scheduler to record in batches.
+    """
+
+    def __init__(
+        self,
+        executor: Executor,
+        commands: Executor,
+        workdirs: WorkDirs,
+        progress: Progress,
+        clock: Callable[[], float],
+    ) -> None:
+        self.executor = executor
+        self.commands = commands
+        self.workdirs = workdirs
+        self.progress = progress
+        self.clock = clock
+
+    async def run(self, the_plan: Plan, t: TaskRow, tasks: dict[str, TaskRow]) -> Done:
+        """One attempt at ``t``; its end, failed or not, with its work directory to remove once recorded."""
+        base = self.workdirs.attempt_dir(t)
+        try:
+            d = await self._attempt(base, the_plan, t, tasks)
+        except BaseException:
+            shutil.rmtree(base, ignore_errors=True)
+            raise
+        # Removed by the scheduler once the end is recorded: in a thread, after the commit, instead
+        # of in the event loop before it (removing a tree can take milliseconds on a busy disk).
+        d.work_dir = base
+        return d
+
+    async def _attempt(self, base: Path, the_plan: Plan, t: TaskRow, tasks: dict[str, TaskRow]) -> Done:
+        pt = the_plan.task(t.planned_id)
+        step = the_plan.pipeline.step(pt.step)
+        if base.exists():
+            # Left by a scheduler that died during this attempt (a reclaimed task keeps its number).
+            await asyncio.to_thread(shutil.rmtree, base, True)
+        log_path = self.workdirs.log_path(t.id)
+        log_file = TaskLog(log_path)
+
+        def on_message(msg: Message) -> None:
+            if isinstance(msg, ProgressMessage):
+                self.progress[t.id] = (t.run_id, msg.fraction, msg.message)
+            elif isinstance(msg, LogMessage):
+                log_file.write(msg.line.rstrip("\n") + "\n")
+
+        try:
+            got = self.workdirs.materialize(base, the_plan, pt, tasks)
+            call = the_plan.step_call(
+                pt,
+                output_dir=base / "out",
+                scratch_dir=base / "scratch",
+                item_files=got.item_files,
+                upstream_outputs=got.upstream,
+            )
+            if step.kind == "command":
+                result = await run_command_step(self.commands, call, on_message, pt.timeout, step)
+            else:
+                result = await self.executor.run(PythonCall(run_step, (call,)), on_message, timeout=pt.timeout)
+            outputs = [self.workdirs.keep_output(o) for o in result.outputs]
+            d = Done(t, pt, TaskStatus.SUCCEEDED, outputs=outputs, key=t.key, log_path=log_path, inputs=got.inputs)
+            d.publish = publish_plan(the_plan, pt, outputs)
+            return d
+        except asyncio.CancelledError:
+            log_file.write("cancelled\n")
+            raise
+        except (StepFailed, Cancelled, InvalidPipeline) as exc:
+            tb = exc.detail.get("traceback") if isinstance(exc.detail, dict) else None
+            return self.failure(t, pt, exc.message, tb, log_path, failure_kind(exc))
+        except DatamillError as exc:
+            return self.failure(t, pt, exc.message, None, log_path, "error")
+        except Exception as exc:  # a bug in materialising inputs or storing outputs
+            log.exception("task %s failed outside its step", t.id)
+            return self.failure(t, pt, f"{type(exc).__name__}: {exc}", None, log_path, "scheduler")
+        finally:
+            log_file.close()
+
+    def failure(self, t: TaskRow, pt: PlannedTask, message: str, tb: str | None, log_path: Path, failure: str) -> Done:
+        """A failed attempt; with a retry time if the task has attempts left."""
+        if len(message) > MAX_ERROR:
+            # An exception may carry its data (a whole file in a TypeError); the log has the rest.
+            message = message[:MAX_ERROR] + " … (truncated; see the task log)"
+        d = Done(t, pt, TaskStatus.FAILED, error=message, traceback=tb, key=t.key, log_path=log_path, failure=failure)
+        if t.attempts < pt.max_attempts:
+            d.retry_at = self.clock() + pt.retry_backoff * (2 ** (t.attempts - 1))
+        return d

@@ -1,0 +1,163 @@
+"""Recording task ends in batches: one transaction per batch, with the versions the tasks publish.
+
+Recording many ends at once is what lets thousands of small tasks per second be recorded on
+SQLite. When a batch leaves none of the run's tasks to do, the run ends in the same transaction.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from dataclasses import dataclass, field
+from typing import Any
+
+from sqlalchemy import Connection
+from sqlalchemy import exc as sa_exc
+
+from datamill.engine import runs, tasks
+from datamill.engine.ends import HELD_ELSEWHERE, Done
+from datamill.engine.planner import Plan
+from datamill.engine.publish import Publisher
+from datamill.engine.runs import RunStatus
+from datamill.engine.tasks import DONE_OK, FINISHED_TASK, OutputRecord, TaskRow, TaskStatus
+from datamill.engine.workdir import WorkDirs
+from datamill.home import Home
+from datamill.store.access import Actor
+
+
+def database_outage(exc: BaseException) -> bool:
+    """Whether ``exc`` (or what caused it) says the database could not be reached or used just now.
+
+    Such errors are nobody's fault and pass: a run is not failed for them, it is driven again later.
+    """
+    seen: BaseException | None = exc
+    while seen is not None:
+        if isinstance(seen, (sa_exc.OperationalError, sa_exc.InterfaceError, sa_exc.DisconnectionError)):
+            return True
+        seen = seen.__cause__
+    return False
+
+
+@dataclass
+class RunView:
+    """One run as its driver sees it."""
+
+    row: Any
+    plan: Plan
+    actor: Actor
+    tasks: dict[str, TaskRow]
+    running: dict[asyncio.Task[Done], TaskRow] = field(default_factory=dict)
+    #: whether this driver has marked the run running (with its first claim)
+    started: bool = False
+
+    @property
+    def run_id(self) -> int:
+        """The run's id."""
+        return int(self.row.id)
+
+    @property
+    def folder_id(self) -> int | None:
+        """The folder the run's events are filed under."""
+        folder: int | None = self.row.dest_folder_id
+        return folder
+
+
+class Recorder:
+    """Records the ends of a home's tasks, publishing their outputs with ``publisher``."""
+
+    def __init__(self, home: Home, publisher: Publisher, workdirs: WorkDirs) -> None:
+        self.home = home
+        self.publisher = publisher
+        self.workdirs = workdirs
+
+    def record(self, run: RunView, done: list[Done]) -> RunStatus | None:
+        """Record a batch of task ends (with their outputs and published versions) in one transaction.
+
+        When that leaves none of the run's tasks to do, the run ends in the same transaction; its
+        final status is returned then. A task whose outputs cannot be published (an invalid name,
+        no right to write any more, ...) fails, saying why; the other tasks of the batch are
+        recorded as usual.
+        """
+        if not done:
+            return None
+        dest = run.row.dest_folder
+        # Make sure the blobs of published outputs exist and subfolders are there, outside the transaction.
+        for d in done:
+            if d.status not in DONE_OK or not dest or not d.publish:
+                continue
+            try:
+                self.publisher.prepare(run.actor, dest, d)
+            except Exception as exc:
+                if database_outage(exc):
+                    raise
+                self.publisher.failed(d, dest, exc)
+        log_digests = {id(d): self.workdirs.keep_log(d.log_path, d.traceback) for d in done}
+        with self.home.db.write() as conn:
+            final = self._end_tasks(conn, run, done, log_digests)
+        for d in done:
+            WorkDirs.remove(d.log_path, d.work_dir)
+        return final
+
+    def _end_tasks(
+        self, conn: Connection, run: RunView, done: list[Done], log_digests: dict[int, str | None]
+    ) -> RunStatus | None:
+        """The transaction of :meth:`record`: requeue retries, publish and end the others, maybe end the run."""
+        run_id, folder_id, dest = run.run_id, run.folder_id, run.row.dest_folder
+        ends: list[tasks.TaskEnd] = []
+        inputs: list[dict[str, Any]] = []
+        # Tasks another scheduler ended meanwhile are left out (their rows stay locked until commit).
+        endable = tasks.unfinished(conn, [d.task.id for d in done if d.retry_at is None])
+        current = self.publisher.current_versions(conn, dest, [d for d in done if d.task.id in endable]) if dest else {}
+        for d in done:
+            t = d.task
+            if d.retry_at is not None:
+                tasks.requeue_task(conn, t.id, run_id, folder_id, d.retry_at, d.error or "")
+                t.status = TaskStatus.QUEUED
+                t.not_before = d.retry_at
+                continue
+            if t.id not in endable:
+                t.status = HELD_ELSEWHERE
+                continue
+            outputs = self._publish(conn, run, d, current)
+            inputs += [{"task_id": t.id, **i} for i in d.inputs]
+            ends.append(
+                tasks.TaskEnd(
+                    t.id,
+                    run_id,
+                    d.status,
+                    folder_id,
+                    outputs,
+                    d.error,
+                    d.traceback,
+                    log_digests[id(d)],
+                    d.cached_from,
+                    d.key,
+                    d.failure,
+                    d.note,
+                )
+            )
+            t.status = d.status
+            t.outputs = list(outputs)
+            t.error = d.error
+            t.note = d.note
+        tasks.record_many_inputs(conn, inputs)
+        tasks.finish_tasks(conn, ends)
+        if all(t.status in FINISHED_TASK for t in run.tasks.values()):
+            return runs.finish_run_if_done(conn, run_id, folder_id)
+        return None
+
+    def _publish(self, conn: Connection, run: RunView, d: Done, current: dict[Any, Any]) -> list[OutputRecord]:
+        """Publish a task's outputs, if it publishes any; its outputs as recorded (with version ids)."""
+        dest = run.row.dest_folder
+        if d.status not in DONE_OK or not dest or not d.publish:
+            return d.outputs
+        try:
+            # A savepoint per task: a task that cannot publish leaves nothing half done.
+            with conn.begin_nested():
+                outputs, changes = self.publisher.publish(conn, run.actor, run.row, d, run.plan, current)
+        except Exception as exc:
+            if database_outage(exc):
+                raise
+            self.publisher.failed(d, dest, exc)
+            return d.outputs
+        current.update(changes)
+        return outputs

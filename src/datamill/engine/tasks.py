@@ -1,0 +1,516 @@
+"""Tasks as records: claims, ends, retries and progress, each a row update plus an event in one transaction.
+
+The functions here take an open write connection, so the scheduler can batch many transitions
+into one transaction (that is what makes thousands of recorded tasks per second possible on
+SQLite). A task belongs to a run (see :mod:`datamill.engine.runs`); who holds a running task is
+in :mod:`datamill.engine.leases`.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+from sqlalchemy import Connection, bindparam, func, insert, or_, select, update
+
+from datamill import events
+from datamill.db.models import Task, TaskInput, TaskOutput
+from datamill.records import DONE_OK, TaskStatus
+from datamill.records import FINISHED_TASK as FINISHED_TASK  # the engine reads tasks.FINISHED_TASK
+
+#: ``tasks.failure`` of a task whose step raised or exited non-zero after its retries: the same
+#: key fails again, so runs made by triggers do not run it again (see :func:`failed_earlier`).
+STEP_FAILURE = "step"
+
+
+@dataclass(frozen=True)
+class NewTask:
+    """A planned task to record when its run is created."""
+
+    planned_id: str
+    step: str
+    step_code: str
+    key: str | None
+    deps: Sequence[str]
+    params: Mapping[str, Any]
+    max_attempts: int = 1
+    item_version_id: int | None = None
+    item_name: str | None = None
+    item_digest: str | None = None
+
+
+@dataclass(frozen=True)
+class OutputRecord:
+    """One output of a task as stored: inline bytes for small outputs, else a blob digest."""
+
+    name: str
+    digest: str
+    size: int
+    content_type: str
+    codec: str
+    inline: bytes | None = None
+    version_id: int | None = None
+
+    def to_dict(self) -> dict[str, Any]:
+        """A JSON-able dict (without inline bytes)."""
+        return {
+            "name": self.name,
+            "digest": self.digest,
+            "size": self.size,
+            "content_type": self.content_type,
+            "codec": self.codec,
+            "version_id": self.version_id,
+        }
+
+
+@dataclass
+class TaskRow:
+    """A task as the engine reads it."""
+
+    id: int
+    run_id: int
+    planned_id: str
+    step: str
+    step_code: str
+    key: str | None
+    status: str
+    attempts: int
+    max_attempts: int
+    progress: float
+    message: str
+    item_version_id: int | None
+    item_name: str | None
+    deps: list[str]
+    params: dict[str, Any]
+    queued_at: float
+    started_at: float | None
+    finished_at: float | None
+    error: str | None
+    traceback: str | None
+    log_digest: str | None
+    cached_from: int | None
+    executor: str | None
+    not_before: float | None = None
+    #: why it failed (``step``, ``timeout``, ``input``, ``publish``, ...), for failed tasks
+    failure: str | None = None
+    #: how it ended, when that needs saying: "failed earlier (see run 3)", "superseded by run 9: ..."
+    note: str | None = None
+    outputs: list[OutputRecord] = field(default_factory=list)
+    #: the scheduler's note that the cache had nothing for its key (not stored, not shown)
+    cache_missed: bool = False
+
+    def to_dict(self) -> dict[str, Any]:
+        """A JSON-able dict."""
+        d = {k: v for k, v in self.__dict__.items() if k not in ("outputs", "cache_missed")}
+        d["outputs"] = [o.to_dict() for o in self.outputs]
+        return d
+
+
+def task_row(r: Any) -> TaskRow:
+    """A task row as read from the ``tasks`` table (without its outputs)."""
+    return TaskRow(
+        id=r.id,
+        run_id=r.run_id,
+        planned_id=r.planned_id,
+        step=r.step,
+        step_code=r.step_code,
+        key=r.key,
+        status=r.status,
+        attempts=r.attempts,
+        max_attempts=r.max_attempts,
+        progress=r.progress,
+        message=r.message,
+        item_version_id=r.item_version_id,
+        item_name=r.item_name,
+        deps=list(r.deps or []),
+        params=dict(r.params or {}),
+        queued_at=r.queued_at,
+        started_at=r.started_at,
+        finished_at=r.finished_at,
+        error=r.error,
+        traceback=r.traceback,
+        log_digest=r.log_digest,
+        cached_from=r.cached_from,
+        executor=r.executor,
+        not_before=r.not_before,
+        failure=r.failure,
+        note=r.note,
+    )
+
+
+def claim_tasks(
+    conn: Connection, task_ids: Sequence[int], owner: str, lease_seconds: float, executor: str, folder_id: int | None
+) -> list[int]:
+    """Atomically claim queued tasks for ``owner``; returns the ids actually claimed.
+
+    The ``status = 'queued'`` condition in the UPDATE is what keeps two schedulers from running
+    the same task: only one UPDATE can flip each row.
+    """
+    if not task_ids:
+        return []
+    now = time.time()
+    claimed = [
+        int(i)
+        for i in conn.execute(
+            update(Task)
+            .where(Task.id.in_(list(task_ids)), Task.status == TaskStatus.QUEUED)
+            .values(
+                status=TaskStatus.RUNNING,
+                lease_owner=owner,
+                lease_expires=now + lease_seconds,
+                attempts=Task.attempts + 1,
+                started_at=now,
+                executor=executor,
+                progress=0.0,
+                message="",
+            )
+            .returning(Task.id)
+        ).scalars()
+    ]
+    if claimed:
+        rows = conn.execute(select(Task.id, Task.run_id, Task.attempts, Task.step).where(Task.id.in_(claimed))).all()
+        events.append_many(
+            conn,
+            [
+                {
+                    "kind": "task.started",
+                    "run_id": r.run_id,
+                    "task_id": r.id,
+                    "folder_id": folder_id,
+                    "data": {"attempt": r.attempts, "step": r.step, "executor": executor, "owner": owner},
+                    "ts": now,
+                }
+                for r in rows
+            ],
+        )
+    return claimed
+
+
+def set_key(conn: Connection, task_id: int, key: str) -> None:
+    """Record a task's key once its inputs are known."""
+    conn.execute(update(Task).where(Task.id == task_id).values(key=key))
+
+
+def record_inputs(conn: Connection, task_id: int, inputs: Iterable[Mapping[str, Any]]) -> None:
+    """Record the exact upstream outputs a task consumed (item inputs are recorded at creation)."""
+    record_many_inputs(conn, [{"task_id": task_id, **dict(i)} for i in inputs])
+
+
+def record_many_inputs(conn: Connection, rows: Sequence[Mapping[str, Any]]) -> None:
+    """:func:`record_inputs` for several tasks at once: each row names its ``task_id``."""
+    if rows:
+        conn.execute(insert(TaskInput), list(rows))
+
+
+@dataclass(frozen=True)
+class TaskEnd:
+    """How a task ended, for :func:`finish_tasks`."""
+
+    task_id: int
+    run_id: int
+    status: TaskStatus
+    folder_id: int | None = None
+    outputs: Sequence[OutputRecord] = ()
+    error: str | None = None
+    traceback: str | None = None
+    log_digest: str | None = None
+    cached_from: int | None = None
+    key: str | None = None
+    failure: str | None = None
+    note: str | None = None
+
+
+_UNFINISHED = (TaskStatus.QUEUED, TaskStatus.RUNNING)
+_TASKS: Any = Task.__table__  # the Table, for a Core UPDATE with bind parameters
+
+# One statement for every end, executed with many parameter sets (no IN list: executemany cannot
+# expand one). ``None`` keeps a column as it is.
+_FINISH = (
+    update(_TASKS)
+    .where(_TASKS.c.id == bindparam("b_id"), or_(*(_TASKS.c.status == s.value for s in _UNFINISHED)))
+    .values(
+        status=bindparam("b_status"),
+        finished_at=bindparam("b_now"),
+        error=bindparam("b_error"),
+        traceback=bindparam("b_traceback"),
+        lease_owner=None,
+        lease_expires=None,
+        progress=func.coalesce(bindparam("b_progress"), _TASKS.c.progress),
+        log_digest=func.coalesce(bindparam("b_log_digest"), _TASKS.c.log_digest),
+        cached_from=func.coalesce(bindparam("b_cached_from"), _TASKS.c.cached_from),
+        key=func.coalesce(bindparam("b_key"), _TASKS.c.key),
+        failure=bindparam("b_failure"),
+        note=bindparam("b_note"),
+    )
+)
+
+
+def unfinished(conn: Connection, task_ids: Sequence[int], owner: str | None = None) -> set[int]:
+    """Which of ``task_ids`` may still be ended: queued, or running (under ``owner``'s lease, when given).
+
+    On PostgreSQL the rows are locked until the transaction ends, so what this returns stays
+    true until then; on SQLite the write transaction already excludes every other writer.
+    """
+    out: set[int] = set()
+    for i in range(0, len(task_ids), 500):
+        q = select(Task.id).where(Task.id.in_(task_ids[i : i + 500]), Task.status.in_(_UNFINISHED))
+        if owner is not None:
+            q = q.where(or_(Task.lease_owner == owner, Task.status == TaskStatus.QUEUED))
+        out.update(conn.execute(q.with_for_update()).scalars())
+    return out
+
+
+def finish_tasks(conn: Connection, ends: Sequence[TaskEnd], owner: str | None = None) -> set[int]:
+    """End tasks with their outputs, in a few statements for the whole batch; returns the ids ended.
+
+    A task that had already ended (or, when ``owner`` is given, that another scheduler holds) is
+    left alone and not returned, so a task ends exactly once even if two schedulers race on it.
+    """
+    ids = unfinished(conn, [e.task_id for e in ends], owner) if ends else set()
+    todo = [e for e in ends if e.task_id in ids]
+    if not todo:
+        return set()
+    now = time.time()
+    conn.execute(
+        _FINISH,
+        [
+            {
+                "b_id": e.task_id,
+                "b_status": str(e.status),
+                "b_now": now,
+                "b_error": e.error,
+                "b_traceback": e.traceback,
+                "b_progress": 1.0 if e.status in DONE_OK else None,
+                "b_log_digest": e.log_digest,
+                "b_cached_from": e.cached_from,
+                "b_key": e.key,
+                "b_failure": e.failure if e.status == TaskStatus.FAILED else None,
+                "b_note": e.note,
+            }
+            for e in todo
+        ],
+    )
+    outputs = [
+        {
+            "task_id": e.task_id,
+            "name": o.name,
+            "digest": o.digest,
+            "size": o.size,
+            "content_type": o.content_type,
+            "codec": o.codec,
+            "inline": o.inline,
+            "version_id": o.version_id,
+        }
+        for e in todo
+        for o in e.outputs
+    ]
+    if outputs:
+        conn.execute(insert(TaskOutput), outputs)
+    events.append_many(
+        conn,
+        [
+            {
+                "kind": "task.finished",
+                "run_id": e.run_id,
+                "task_id": e.task_id,
+                "folder_id": e.folder_id,
+                "ts": now,
+                "data": {
+                    "status": str(e.status),
+                    "error": e.error,
+                    "outputs": [{"name": o.name, "digest": o.digest, "size": o.size} for o in e.outputs],
+                    "cached_from": e.cached_from,
+                    **({"note": e.note} if e.note else {}),
+                },
+            }
+            for e in todo
+        ],
+    )
+    return ids
+
+
+def finish_task(
+    conn: Connection,
+    task_id: int,
+    run_id: int,
+    status: TaskStatus,
+    folder_id: int | None,
+    outputs: Sequence[OutputRecord] = (),
+    error: str | None = None,
+    traceback: str | None = None,
+    log_digest: str | None = None,
+    cached_from: int | None = None,
+    key: str | None = None,
+    owner: str | None = None,
+    failure: str | None = None,
+    note: str | None = None,
+) -> bool:
+    """End one task (see :func:`finish_tasks`); False if it had already ended (or another owner holds it)."""
+    end = TaskEnd(
+        task_id, run_id, status, folder_id, outputs, error, traceback, log_digest, cached_from, key, failure, note
+    )
+    return bool(finish_tasks(conn, [end], owner))
+
+
+def requeue_task(
+    conn: Connection, task_id: int, run_id: int, folder_id: int | None, not_before: float, error: str
+) -> bool:
+    """Put a failed attempt back in the queue for a retry after ``not_before``; False if it was not running.
+
+    No event without a change: the task may have been reclaimed or ended meanwhile.
+    """
+    n = conn.execute(
+        update(Task)
+        .where(Task.id == task_id, Task.status == TaskStatus.RUNNING)
+        .values(status=TaskStatus.QUEUED, not_before=not_before, error=error, lease_owner=None, lease_expires=None)
+    ).rowcount
+    if not n:
+        return False
+    events.append(
+        conn,
+        "task.retrying",
+        run_id=run_id,
+        task_id=task_id,
+        folder_id=folder_id,
+        data={"error": error, "not_before": not_before},
+    )
+    return True
+
+
+def set_progress(
+    conn: Connection, task_id: int, run_id: int, folder_id: int | None, fraction: float, message: str
+) -> bool:
+    """Record a running task's progress (0..1) and message; False (and no event) if it is not running.
+
+    Progress can arrive after the task's end was recorded; it must not leave an event that
+    :func:`fold` would apply to a finished task.
+    """
+    fraction = max(0.0, min(1.0, float(fraction)))
+    n = conn.execute(
+        update(Task)
+        .where(Task.id == task_id, Task.status == TaskStatus.RUNNING)
+        .values(progress=fraction, message=message[:1000])
+    ).rowcount
+    if not n:
+        return False
+    events.append(
+        conn,
+        "task.progress",
+        run_id=run_id,
+        task_id=task_id,
+        folder_id=folder_id,
+        data={"progress": fraction, "message": message[:1000]},
+    )
+    return True
+
+
+# ------------------------------------------------------------------------------------ queries
+
+
+def list_tasks(conn: Connection, run_id: int, with_outputs: bool = True) -> list[TaskRow]:
+    """A run's tasks in creation order, with their outputs."""
+    rows = [task_row(r) for r in conn.execute(select(Task).where(Task.run_id == run_id).order_by(Task.id))]
+    if with_outputs and rows:
+        outs = conn.execute(
+            select(TaskOutput).where(TaskOutput.task_id.in_([t.id for t in rows])).order_by(TaskOutput.id)
+        ).all()
+        by_task: dict[int, list[OutputRecord]] = {}
+        for o in outs:
+            by_task.setdefault(o.task_id, []).append(_output(o))
+        for t in rows:
+            t.outputs = by_task.get(t.id, [])
+    return rows
+
+
+def task_log_states(conn: Connection, task_ids: Iterable[int]) -> dict[int, tuple[str, str | None]]:
+    """``task id -> (status, log digest)`` for the tasks that exist: what a log follower waits for."""
+    ids = sorted(set(task_ids))
+    out: dict[int, tuple[str, str | None]] = {}
+    for i in range(0, len(ids), 500):
+        rows = conn.execute(select(Task.id, Task.status, Task.log_digest).where(Task.id.in_(ids[i : i + 500])))
+        out.update((int(r.id), (str(r.status), r.log_digest)) for r in rows)
+    return out
+
+
+def get_task(conn: Connection, task_id: int) -> TaskRow | None:
+    """One task with its outputs."""
+    r = conn.execute(select(Task).where(Task.id == task_id)).first()
+    if r is None:
+        return None
+    t = task_row(r)
+    t.outputs = [
+        _output(o)
+        for o in conn.execute(select(TaskOutput).where(TaskOutput.task_id == task_id).order_by(TaskOutput.id))
+    ]
+    return t
+
+
+def _output(o: Any) -> OutputRecord:
+    return OutputRecord(
+        name=o.name,
+        digest=o.digest,
+        size=o.size,
+        content_type=o.content_type,
+        codec=o.codec,
+        inline=o.inline,
+        version_id=o.version_id,
+    )
+
+
+def lookup_cache(conn: Connection, key: str) -> tuple[int, list[OutputRecord]] | None:
+    """The newest succeeded task with ``key`` and its outputs, if any."""
+    tid = conn.execute(
+        select(Task.id)
+        .where(Task.key == key, Task.status == TaskStatus.SUCCEEDED)
+        .order_by(Task.finished_at.desc())
+        .limit(1)
+    ).scalar()
+    if tid is None:
+        return None
+    outs = conn.execute(select(TaskOutput).where(TaskOutput.task_id == tid).order_by(TaskOutput.id)).all()
+    return int(tid), [_output(o) for o in outs]
+
+
+def failed_earlier(conn: Connection, keys: Sequence[str]) -> dict[str, int]:
+    """For each of ``keys`` whose step failed before (``failure = 'step'``): the newest run it failed in.
+
+    One query per 500 keys, as cache look-ups are: a run made by a trigger asks this for all its
+    ready tasks at once.
+    """
+    out: dict[str, int] = {}
+    for i in range(0, len(keys), 500):
+        rows = conn.execute(
+            select(Task.key, func.max(Task.run_id))
+            .where(Task.key.in_(keys[i : i + 500]), Task.status == TaskStatus.FAILED, Task.failure == STEP_FAILURE)
+            .group_by(Task.key)
+        ).all()
+        out.update({str(k): int(r) for k, r in rows if k is not None})
+    return out
+
+
+def lookup_cache_many(conn: Connection, keys: Sequence[str]) -> dict[str, tuple[int, list[OutputRecord]]]:
+    """:func:`lookup_cache` for many keys: one query per 500 keys, plus one for their outputs."""
+    out: dict[str, tuple[int, list[OutputRecord]]] = {}
+    for i in range(0, len(keys), 500):
+        chunk = list(keys[i : i + 500])
+        rows = conn.execute(
+            select(Task.key, Task.id)
+            .where(Task.key.in_(chunk), Task.status == TaskStatus.SUCCEEDED)
+            .order_by(Task.finished_at)
+        ).all()
+        newest: dict[str, int] = {k: tid for k, tid in rows if k is not None}
+        if not newest:
+            continue
+        outs = conn.execute(
+            select(TaskOutput).where(TaskOutput.task_id.in_(list(newest.values()))).order_by(TaskOutput.id)
+        ).all()
+        by_task: dict[int, list[OutputRecord]] = {}
+        for o in outs:
+            by_task.setdefault(o.task_id, []).append(
+                OutputRecord(o.name, o.digest, o.size, o.content_type, o.codec, o.inline)
+            )
+        for k, tid in newest.items():
+            out[k] = (tid, by_task.get(tid, []))
+    return out

@@ -1,0 +1,155 @@
+"""Work directories and task logs: where one attempt at a task reads its inputs and writes its outputs.
+
+Each attempt gets ``<home>/work/task-<id>-<attempt>/`` with ``in/`` (the input items, linked to
+their blob files where the blob store has local files, else copied), ``up/`` (the outputs of the
+tasks it reads), ``out/`` (what it writes) and ``scratch/``. What it wrote is kept (small outputs
+inline in the database row, larger ones as blobs) before the directory is removed. A running
+task's log lines go to ``<home>/logs/task-<id>.log``, kept as a blob once the task ends.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from datamill.engine.planner import Plan, PlannedTask
+from datamill.engine.tasks import OutputRecord, TaskRow
+from datamill.pipeline.inputs import InputRef
+from datamill.pipeline.runner import OutputFile
+from datamill.store.blobs import BlobStore, digest_bytes
+from datamill.store.visibility import strip_paths
+
+#: Outputs up to this size are kept in the database row instead of as a blob file: a trivial
+#: task then costs no file write and fsync.
+INLINE_LIMIT = 4096
+
+
+@dataclass
+class Materialized:
+    """A task's inputs as local files, and the upstream outputs it consumes (to record as its inputs)."""
+
+    #: input item path (``folder/name``) -> local file
+    item_files: dict[str, Path] = field(default_factory=dict)
+    #: upstream planned task id -> its output files
+    upstream: dict[str, list[OutputFile]] = field(default_factory=dict)
+    #: rows for ``task_inputs``: which upstream output each consumed file was
+    inputs: list[dict[str, Any]] = field(default_factory=list)
+
+
+class WorkDirs:
+    """The work and log directories of one home, and the blob store that fills and keeps them."""
+
+    def __init__(self, home_path: Path, blobs: BlobStore) -> None:
+        self.work_root = home_path / "work"
+        self.log_root = home_path / "logs"
+        self.log_root.mkdir(parents=True, exist_ok=True)
+        self.blobs = blobs
+
+    def attempt_dir(self, t: TaskRow) -> Path:
+        """The directory of the task's current attempt (flat: fewer directories to make and remove)."""
+        return self.work_root / f"task-{t.id}-{t.attempts}"
+
+    def log_path(self, task_id: int) -> Path:
+        """Where a running task's log lines are appended (read by ``datamill logs --follow``)."""
+        return self.log_root / f"task-{task_id}.log"
+
+    def materialize(self, base: Path, the_plan: Plan, pt: PlannedTask, tasks: dict[str, TaskRow]) -> Materialized:
+        """Local files for a task's inputs under ``base``: blob files where they exist, else written out."""
+        step = the_plan.pipeline.step(pt.step)
+        got = Materialized()
+        refs: list[InputRef] = []
+        if pt.item is not None and step.uses_item:
+            refs.append(pt.item)
+        if step.uses_items:
+            refs += list(the_plan.inputs)
+        for i, ref in enumerate(refs):
+            # Named like the item, so steps that look at suffixes (read_excel, ...) work; a directory
+            # per input only when there are several (their names may repeat across folders).
+            link = base / "in" / str(i) / ref.name if len(refs) > 1 else base / "in" / ref.name
+            link.parent.mkdir(parents=True, exist_ok=True)
+            self.place(ref.digest, None, link)
+            got.item_files[ref.path] = link
+        for dep in pt.deps:
+            up = tasks[dep]
+            files = []
+            for j, o in enumerate(up.outputs):
+                target = base / "up" / f"{up.id}-{j}" / Path(o.name).name
+                target.parent.mkdir(parents=True, exist_ok=True)
+                self.place(o.digest, o.inline, target)
+                files.append(OutputFile(o.name, target, o.content_type, o.codec))
+                got.inputs.append(
+                    {
+                        "param": dep,
+                        "digest": o.digest,
+                        "upstream_task_id": up.id,
+                        "output_name": o.name,
+                        "version_id": o.version_id,
+                    }
+                )
+            got.upstream[dep] = files
+        return got
+
+    def place(self, digest: str, inline: bytes | None, target: Path) -> None:
+        """Put the bytes of ``digest`` at ``target``: written if inline, a link to a local blob, else copied."""
+        if inline is not None:
+            target.write_bytes(inline)
+            return
+        local = self.blobs.local_path(digest)
+        if local is not None:
+            os.symlink(local, target)
+            return
+        with open(target, "wb") as f:
+            for chunk in self.blobs.iter_range(digest):
+                f.write(chunk)
+
+    def keep_output(self, o: OutputFile) -> OutputRecord:
+        """Keep an output file a task wrote: inline if small, else as a blob."""
+        size = o.path.stat().st_size
+        if size <= INLINE_LIMIT:
+            data = o.path.read_bytes()
+            return OutputRecord(o.name, digest_bytes(data), size, o.content_type, o.codec, data)
+        with open(o.path, "rb") as f:
+            blob = self.blobs.put(f)
+        return OutputRecord(o.name, blob.digest, blob.size, o.content_type, o.codec, None)
+
+    def keep_log(self, path: Path | None, traceback: str | None) -> str | None:
+        """Keep a task's log (with the traceback of its failure appended) as a blob; its digest, or None if empty."""
+        if traceback and path is not None:
+            with open(path, "a", encoding="utf-8") as f:
+                # the log goes to every reader of the task's input: frames without server paths
+                # (the full traceback stays on the task record, for site admins)
+                f.write(strip_paths(traceback))
+        if path is None or not path.exists() or path.stat().st_size == 0:
+            return None
+        with open(path, "rb") as f:
+            return self.blobs.put(f).digest
+
+    @staticmethod
+    def remove(log_path: Path | None, work_dir: Path | None) -> None:
+        """Remove a task's live log and work directory once its end is recorded."""
+        if log_path is not None:
+            log_path.unlink(missing_ok=True)
+        if work_dir is not None:
+            shutil.rmtree(work_dir, ignore_errors=True)
+
+
+class TaskLog:
+    """A task's live log file, created with its first line: most tasks log nothing."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        self._file: Any = None
+
+    def write(self, text: str) -> None:
+        """Append ``text`` (line buffered, so ``datamill logs --follow`` sees each line at once)."""
+        if self._file is None:
+            self._file = open(self.path, "a", encoding="utf-8", buffering=1)  # noqa: SIM115
+        self._file.write(text)
+
+    def close(self) -> None:
+        """Close the file if there is one."""
+        if self._file is not None:
+            self._file.close()
