@@ -20,7 +20,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 from sqlalchemy import Connection, delete, insert, select, update
@@ -28,6 +28,7 @@ from sqlalchemy import text as sql_text
 
 from datamill import events
 from datamill.db.models import Dataflow, DataflowVersion, Folder, Run, User
+from datamill.record import Record, build
 from datamill.errors import AlreadyExists, Conflict, InvalidDataflow, NotFound, PermissionDenied
 from datamill.store.access import Actor, Level, level_on
 from datamill.store.names import split_path
@@ -120,9 +121,15 @@ def _check_fires(expr: str) -> None:
         )
 
 
-@dataclass
-class DataflowInfo:
-    """A dataflow as callers see it."""
+@dataclass(frozen=True, slots=True)
+class DataflowInfo(Record):
+    """A dataflow as callers see it.
+
+    ``recent_runs`` is filled when one dataflow is read (:class:`RecentRun`), ``cancelled`` (run
+    ids) when it is stopped with ``cancel``; otherwise both are absent from :meth:`to_dict`.
+    """
+
+    _optional = frozenset({"recent_runs", "cancelled"})
 
     id: int
     name: str
@@ -144,10 +151,59 @@ class DataflowInfo:
     created_at: float
     updated_at: float
     next_fire_times: list[float] = field(default_factory=list)
+    recent_runs: list[RecentRun] | None = None
+    cancelled: list[int] | None = None
 
-    def to_dict(self) -> dict[str, Any]:
-        """A JSON-able dict."""
-        return dict(self.__dict__)
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any]) -> DataflowInfo:
+        """As :meth:`Record.from_dict`, with ``recent_runs`` as records."""
+        data = dict(data)
+        if data.get("recent_runs") is not None:
+            data["recent_runs"] = [RecentRun.from_dict(r) for r in data["recent_runs"]]
+        return build(cls, data)
+
+
+@dataclass(frozen=True, slots=True)
+class RecentRun(Record):
+    """One of a dataflow's latest runs, as ``datamill flow show`` lists them."""
+
+    id: int
+    status: str
+    reason: str
+    requested_at: float
+    finished_at: float | None
+    dataflow_version: int | None
+
+
+@dataclass(frozen=True, slots=True)
+class VersionRun(Record):
+    """A run made under one configuration version of a dataflow."""
+
+    id: int
+    status: str
+    requested_at: float
+
+
+@dataclass(frozen=True, slots=True)
+class DataflowVersionInfo(Record):
+    """One configuration version of a dataflow, with the runs made under it."""
+
+    version: int
+    config: dict[str, Any]
+    created_at: float
+    created_by: str | None
+    runs: list[VersionRun]
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any]) -> DataflowVersionInfo:
+        """As :meth:`Record.from_dict`, with ``runs`` as records."""
+        return cls(
+            version=data["version"],
+            config=data["config"],
+            created_at=data["created_at"],
+            created_by=data.get("created_by"),
+            runs=[VersionRun.from_dict(r) for r in data.get("runs") or []],
+        )
 
 
 def _info(conn: Connection, row: Any) -> DataflowInfo:
@@ -411,8 +467,13 @@ class Dataflows:
             {"source": info.source, "destination": info.destination, "webhooks": info.webhooks},
             may_change=self._may_edit(conn, actor, row),
         )
-        info.source, info.destination, info.webhooks = cfg["source"], cfg["destination"], cfg["webhooks"]
-        info.state_reason = vis.text(info.state_reason, sides)
+        info = replace(
+            info,
+            source=cfg["source"],
+            destination=cfg["destination"],
+            webhooks=cfg["webhooks"],
+            state_reason=vis.text(info.state_reason, sides),
+        )
         return info
 
     def _folder_id(self, conn: Connection, path: str) -> int | None:
@@ -572,7 +633,7 @@ class Dataflows:
             rows = conn.execute(select(Dataflow).order_by(Dataflow.name)).all()
             return [self._shown(conn, actor, r) for r in rows if self._may_see(conn, actor, r)]
 
-    def history(self, actor: Actor, name: str) -> list[dict[str, Any]]:
+    def history(self, actor: Actor, name: str) -> list[DataflowVersionInfo]:
         """Every configuration version, oldest first, with the runs made under it."""
         with self.db.read() as conn:
             row = self._visible_row(conn, actor, name)
@@ -591,17 +652,17 @@ class Dataflows:
             for v in versions:
                 by = conn.execute(select(User.name).where(User.id == v.created_by)).scalar() if v.created_by else None
                 out.append(
-                    {
-                        "version": v.number,
-                        "config": vis.dataflow_config(dict(v.config or {}), may_change),
-                        "created_at": v.created_at,
-                        "created_by": by,
-                        "runs": [
-                            {"id": r.id, "status": r.status, "requested_at": r.requested_at}
+                    DataflowVersionInfo(
+                        version=v.number,
+                        config=vis.dataflow_config(dict(v.config or {}), may_change),
+                        created_at=v.created_at,
+                        created_by=by,
+                        runs=[
+                            VersionRun(id=r.id, status=r.status, requested_at=r.requested_at)
                             for r in runs
                             if r.dataflow_version == v.number
                         ],
-                    }
+                    )
                 )
             return out
 

@@ -19,6 +19,7 @@ from sqlalchemy import Connection, select, union_all
 
 from datamill.db.models import Folder, FolderAccess, GroupAccess, GroupMembership
 from datamill.errors import NotFound, PermissionDenied
+from datamill.record import Record
 
 
 class Level(IntEnum):
@@ -130,3 +131,14 @@ ACCESS_CHANGING_KINDS = frozenset(
         "group.member_removed",
     }
 )
+
+
+@dataclass(frozen=True, slots=True)
+class AccessGrant(Record):
+    """A grant made on a folder: to a ``user`` or to a ``group`` (the other is None), at ``level``."""
+
+    _optional = frozenset({"user", "group"})
+
+    level: str
+    user: str | None = None
+    group: str | None = None
