@@ -16,7 +16,6 @@ from datamill.cli.context import get_client
 from datamill.cli.output import human_time, human_value, print_json, print_table, say, stdout
 from datamill.cli.params import JsonFlag
 from datamill.cli.runs import ExecutorOption, follow_new_run, parse_params
-from datamill.client import LocalClient
 
 app = typer.Typer(
     help="Dataflows: a pipeline run on what lands in a folder, results in another.",
@@ -201,7 +200,7 @@ def start(ctx: typer.Context, name: NameArg, json_: JsonFlag = False) -> None:
     info = client.start_dataflow(name)
     if json_:
         print_json(info)
-    if isinstance(client, LocalClient):
+    if client.embedded:
         say(f"dataflow {name!r} is running; it runs while `datamill up` is running on this home")
     else:
         say(f"dataflow {name!r} is running")

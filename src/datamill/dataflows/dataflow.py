@@ -20,15 +20,15 @@ from __future__ import annotations
 
 import time
 from collections.abc import Mapping
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, replace
 from typing import Any
 
 from sqlalchemy import Connection, delete, insert, select, update
 from sqlalchemy import text as sql_text
 
 from datamill import events
+from datamill.dataflows.records import DataflowInfo, DataflowVersionInfo, VersionRun
 from datamill.db.models import Dataflow, DataflowVersion, Folder, Run, User
-from datamill.record import Record, build
 from datamill.errors import AlreadyExists, Conflict, InvalidDataflow, NotFound, PermissionDenied
 from datamill.store.access import Actor, Level, level_on
 from datamill.store.names import split_path
@@ -118,91 +118,6 @@ def _check_fires(expr: str) -> None:
             f"trigger: cron {expr!r} never fires (no such date, e.g. 31 February); "
             "check the day-of-month and month fields",
             field="trigger",
-        )
-
-
-@dataclass(frozen=True, slots=True)
-class DataflowInfo(Record):
-    """A dataflow as callers see it.
-
-    ``recent_runs`` is filled when one dataflow is read (:class:`RecentRun`), ``cancelled`` (run
-    ids) when it is stopped with ``cancel``; otherwise both are absent from :meth:`to_dict`.
-    """
-
-    _optional = frozenset({"recent_runs", "cancelled"})
-
-    id: int
-    name: str
-    kind: str
-    state: str
-    state_reason: str | None
-    version: int
-    owner: str | None
-    description: str
-    source: str
-    destination: str
-    topic: str | None
-    pipeline: str
-    params: dict[str, Any]
-    trigger: str
-    webhooks: list[str]
-    batch_window_ms: int | None
-    cursor: int
-    created_at: float
-    updated_at: float
-    next_fire_times: list[float] = field(default_factory=list)
-    recent_runs: list[RecentRun] | None = None
-    cancelled: list[int] | None = None
-
-    @classmethod
-    def from_dict(cls, data: Mapping[str, Any]) -> DataflowInfo:
-        """As :meth:`Record.from_dict`, with ``recent_runs`` as records."""
-        data = dict(data)
-        if data.get("recent_runs") is not None:
-            data["recent_runs"] = [RecentRun.from_dict(r) for r in data["recent_runs"]]
-        return build(cls, data)
-
-
-@dataclass(frozen=True, slots=True)
-class RecentRun(Record):
-    """One of a dataflow's latest runs, as ``datamill flow show`` lists them."""
-
-    id: int
-    status: str
-    reason: str
-    requested_at: float
-    finished_at: float | None
-    dataflow_version: int | None
-
-
-@dataclass(frozen=True, slots=True)
-class VersionRun(Record):
-    """A run made under one configuration version of a dataflow."""
-
-    id: int
-    status: str
-    requested_at: float
-
-
-@dataclass(frozen=True, slots=True)
-class DataflowVersionInfo(Record):
-    """One configuration version of a dataflow, with the runs made under it."""
-
-    version: int
-    config: dict[str, Any]
-    created_at: float
-    created_by: str | None
-    runs: list[VersionRun]
-
-    @classmethod
-    def from_dict(cls, data: Mapping[str, Any]) -> DataflowVersionInfo:
-        """As :meth:`Record.from_dict`, with ``runs`` as records."""
-        return cls(
-            version=data["version"],
-            config=data["config"],
-            created_at=data["created_at"],
-            created_by=data.get("created_by"),
-            runs=[VersionRun.from_dict(r) for r in data.get("runs") or []],
         )
 
 

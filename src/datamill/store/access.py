@@ -19,7 +19,6 @@ from sqlalchemy import Connection, select, union_all
 
 from datamill.db.models import Folder, FolderAccess, GroupAccess, GroupMembership
 from datamill.errors import NotFound, PermissionDenied
-from datamill.record import Record
 
 
 class Level(IntEnum):
@@ -132,13 +131,3 @@ ACCESS_CHANGING_KINDS = frozenset(
     }
 )
 
-
-@dataclass(frozen=True, slots=True)
-class AccessGrant(Record):
-    """A grant made on a folder: to a ``user`` or to a ``group`` (the other is None), at ``level``."""
-
-    _optional = frozenset({"user", "group"})
-
-    level: str
-    user: str | None = None
-    group: str | None = None

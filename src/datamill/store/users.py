@@ -14,7 +14,6 @@ from sqlalchemy import Connection, insert, select, update
 from datamill import events
 from datamill.db.models import Token, User
 from datamill.errors import AlreadyExists, InvalidInput, NotFound, Unauthorized
-from datamill.record import Record
 from datamill.store.access import Actor
 
 TOKEN_PREFIX = "dm_"
@@ -44,20 +43,6 @@ class NewToken:
     user: str
     token: str
     expires_at: float | None
-
-
-@dataclass(frozen=True, slots=True)
-class UserInfo(Record):
-    """A user as callers see them."""
-
-    id: int | None
-    name: str
-    is_admin: bool
-
-    @classmethod
-    def of(cls, actor: Actor) -> UserInfo:
-        """The record of an acting user."""
-        return cls(id=actor.id, name=actor.name, is_admin=actor.is_admin)
 
 
 def create_user(
