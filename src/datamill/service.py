@@ -157,9 +157,7 @@ class Service:
         """A version's info and its bytes in chunks."""
         return self.store.iter_bytes(self.actor, path, version)
 
-    def set_metadata(
-        self, path: str, set_: Mapping[str, Any] | None = None, unset: Iterable[str] = ()
-    ) -> ItemInfo:
+    def set_metadata(self, path: str, set_: Mapping[str, Any] | None = None, unset: Iterable[str] = ()) -> ItemInfo:
         """Set/unset item metadata keys."""
         return self.store.set_item_metadata(self.actor, path, set_, unset)
 
