@@ -35,6 +35,8 @@ LAYERS: list[tuple[str, tuple[str, ...]]] = [
             "datamill.config",
             "datamill.hooks",
             "datamill.limits",
+            "datamill.record",
+            "datamill.refs",
         ),
     ),
     ("db", ("datamill.db",)),
@@ -49,7 +51,7 @@ LAYERS: list[tuple[str, tuple[str, ...]]] = [
     # Sample content (a pipeline and a dataflow) made with the layers below; only `datamill up` installs it.
     ("demo", ("datamill.demo",)),
     ("provenance", ("datamill.provenance",)),
-    ("services", ("datamill.services",)),
+    ("services", ("datamill.services", "datamill.service")),
     ("client", ("datamill.client",)),
     ("api", ("datamill.api",)),
     ("cli", ("datamill.cli",)),

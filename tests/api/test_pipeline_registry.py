@@ -199,7 +199,7 @@ def test_registered_names_work_for_everyone_and_only_admins_register(up: Up) -> 
         with pytest.raises(AlreadyExists):
             admin.add_pipeline("tabular", COUNTING_REF)  # an installed package's name
 
-        listed = {p["name"]: p for p in ana.pipelines()}
+        listed = {p.name: p.to_dict() for p in ana.pipelines()}
         assert listed["counting"] == {
             "name": "counting",
             "description": "lines per file",

@@ -132,9 +132,9 @@ def test_the_embedded_client_gets_the_same_redactions(sqlite_world: World) -> No
     assert item.metadata["provenance"]["wasDerivedFrom"] == [{"folder": HIDDEN, "name": HIDDEN}] * len(ITEMS)
     texts = [
         json.dumps([e.to_dict() for e in dest_reader.events(since=0)]),
-        json.dumps(dest_reader.runs()),
-        json.dumps(dest_reader.tasks(sqlite_world.run_failed)),
-        json.dumps(dest_reader.dataflow_history(FLOW)),
+        json.dumps([r.to_dict() for r in dest_reader.runs()]),
+        json.dumps([t.to_dict() for t in dest_reader.tasks(sqlite_world.run_failed)]),
+        json.dumps([v.to_dict() for v in dest_reader.dataflow_history(FLOW)]),
         json.dumps([i.to_dict() for i in dest_reader.find(DEST)]),
     ]
     for text in texts:

@@ -8,17 +8,29 @@ from __future__ import annotations
 
 import dataclasses
 import typing
+from collections.abc import Sequence
 from typing import Any
 
 from pydantic import BaseModel, create_model
 
+from datamill.dataflows.records import DataflowInfo, DataflowVersionInfo, RecentRun, VersionRun
+from datamill.engine.records import PipelineInfo, PlanInfo, RunInfo, TaskInfo, WhyInfo
 from datamill.events import EventRecord
+from datamill.record import Record
 from datamill.store.store import FolderInfo, ItemInfo, VersionInfo
 from datamill.store.users import NewToken
 
 
-def model_of(cls: type, name: str, drop: tuple[str, ...] = (), add: dict[str, Any] | None = None) -> type[BaseModel]:
-    """A pydantic model with the fields of dataclass ``cls`` (minus ``drop``, plus ``add``)."""
+def model_of(
+    cls: type,
+    name: str,
+    drop: tuple[str, ...] = (),
+    add: dict[str, Any] | None = None,
+    add_optional: dict[str, Any] | None = None,
+) -> type[BaseModel]:
+    """A pydantic model with the fields of dataclass ``cls`` (minus ``drop``, plus ``add`` and the
+    not-required ``add_optional``). A field with a default is not required: a record leaves its
+    ``_optional`` keys out of its JSON while they are None."""
     hints = typing.get_type_hints(cls)
     fields: dict[str, Any] = {}
     for f in dataclasses.fields(cls):
@@ -28,6 +40,8 @@ def model_of(cls: type, name: str, drop: tuple[str, ...] = (), add: dict[str, An
         fields[f.name] = (hints[f.name], None if has_default else ...)
     for key, typ in (add or {}).items():
         fields[key] = (typ, ...)
+    for key, typ in (add_optional or {}).items():
+        fields[key] = (typ, None)
     model: type[BaseModel] = create_model(name, __doc__=(cls.__doc__ or "").strip(), **fields)
     return model
 
@@ -37,6 +51,30 @@ ItemOut = model_of(ItemInfo, "Item", drop=("extra",), add={"path": str})
 VersionOut = model_of(VersionInfo, "Version", add={"path": str})
 EventOut = model_of(EventRecord, "Event")
 TokenOut = model_of(NewToken, "NewToken")
+RunOut = model_of(RunInfo, "Run")
+TaskOut = model_of(TaskInfo, "Task")
+PlanOut = model_of(PlanInfo, "Plan")
+WhyOut = model_of(WhyInfo, "Why")
+PipelineOut = model_of(PipelineInfo, "Pipeline")
+RecentRunOut = model_of(RecentRun, "RecentRun")
+VersionRunOut = model_of(VersionRun, "VersionRun")
+DataflowOut = model_of(
+    DataflowInfo,
+    "Dataflow",
+    drop=("recent_runs",),
+    add_optional={"recent_runs": list[RecentRunOut] | None},  # type: ignore[valid-type]
+)
+DataflowVersionOut = model_of(
+    DataflowVersionInfo,
+    "DataflowVersion",
+    drop=("runs",),
+    add={"runs": list[VersionRunOut]},  # type: ignore[valid-type]
+)
+
+
+def plain(data: Record | Sequence[Record]) -> Any:
+    """A record (or a list of them) as JSON-able data, for a ``JSONResponse``."""
+    return data.to_dict() if isinstance(data, Record) else [r.to_dict() for r in data]
 
 
 def list_of(model: type[BaseModel]) -> Any:

@@ -200,9 +200,7 @@ def start(ctx: typer.Context, name: NameArg, json_: JsonFlag = False) -> None:
     info = client.start_dataflow(name)
     if json_:
         print_json(info)
-    from datamill.client.local import LocalClient  # here: the CLI loads the local stack only when used
-
-    if isinstance(client, LocalClient):
+    if client.embedded:
         say(f"dataflow {name!r} is running; it runs while `datamill up` is running on this home")
     else:
         say(f"dataflow {name!r} is running")

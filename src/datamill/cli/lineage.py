@@ -6,12 +6,8 @@ On a local home the query runs here, on the home and as the acting user; against
 directory or, when ``-o`` ends in ``.zip``, a zip file).
 """
 
-import json
-import shutil
-import tempfile
-import zipfile
 from pathlib import Path, PurePosixPath
-from typing import TYPE_CHECKING, Annotated, Any
+from typing import Annotated
 
 import typer
 
@@ -19,9 +15,6 @@ from datamill.cli.context import get_client
 from datamill.cli.output import say
 from datamill.errors import InvalidInput
 from datamill.limits import INT64_MAX
-
-if TYPE_CHECKING:
-    from datamill.client.local import LocalClient
 
 #: What ``--format`` takes.
 FORMATS = ("tree", "json", "prov-json", "prov-n", "ro-crate")
@@ -36,59 +29,6 @@ def _check_crate_dest(dest: Path) -> None:
     """A crate directory must be new or empty; a zip file may be replaced."""
     if dest.suffix.lower() != ".zip" and dest.exists() and (not dest.is_dir() or any(dest.iterdir())):
         raise InvalidInput(f"{dest} exists and is not an empty directory; choose another -o", path=str(dest))
-
-
-def _local(
-    client: "LocalClient", path: str, version: int | None, down: bool, depth: int | None, fmt: str, dest: Path | None
-) -> str | None:
-    """Answer on the local home: the text to print, or None when a crate was written at ``dest``."""
-    from datamill import provenance
-
-    if fmt == "ro-crate":
-        assert dest is not None
-        provenance.lineage_crate(client.home, client.actor, path, dest, version)
-        return None
-    lin = provenance.Lineage(client.home)
-    query = lin.downstream if down else lin.upstream
-    return provenance.render(query(client.actor, path, version, depth), fmt)
-
-
-def _remote(
-    client: Any, path: str, version: int | None, down: bool, depth: int | None, fmt: str, dest: Path | None
-) -> str | None:
-    """Answer through the server's ``/lineage`` route (same contract as :func:`_local`)."""
-    from datamill.client.remote import quote_path
-
-    params: dict[str, Any] = {"format": fmt, "down": "true" if down else "false"}
-    if version is not None:
-        params["version"] = version
-    if depth is not None:
-        params["depth"] = depth
-    request = client._http.build_request("GET", f"/lineage/{quote_path(path)}", params=params)
-    if fmt != "ro-crate":
-        response = client._send(request)
-        if fmt == "json":
-            return json.dumps(response.json(), indent=2, ensure_ascii=False) + "\n"
-        text: str = response.text
-        return text
-    assert dest is not None
-    with tempfile.TemporaryDirectory(prefix="datamill-crate-") as tmp:
-        zip_path = Path(tmp) / "crate.zip"
-        response = client._send(request, stream=True)
-        try:
-            with open(zip_path, "wb") as f:
-                for chunk in response.iter_bytes():
-                    f.write(chunk)
-        finally:
-            response.close()
-        if dest.suffix.lower() == ".zip":
-            dest.parent.mkdir(parents=True, exist_ok=True)
-            shutil.move(zip_path, dest)
-        else:
-            dest.mkdir(parents=True, exist_ok=True)
-            with zipfile.ZipFile(zip_path) as zf:
-                zf.extractall(dest)  # extractall drops absolute paths and '..'
-    return None
 
 
 def lineage(
@@ -139,12 +79,11 @@ def lineage(
         dest = output or _default_crate_path(path)
         _check_crate_dest(dest)
     client = get_client(ctx)
-    from datamill.client.local import LocalClient  # here: the CLI loads the local stack only when used
-
-    if isinstance(client, LocalClient):
-        text = _local(client, path, version, down, depth, fmt, dest)
+    text = None
+    if dest is not None and fmt == "ro-crate":
+        client.export_crate(path, dest, version)
     else:
-        text = _remote(client, path, version, down, depth, fmt, dest)
+        text = client.lineage(path, version, down, depth, fmt)
     if text is None:
         say(f"wrote the RO-Crate of the run that made {path} to {dest}")
     elif output is not None:

@@ -58,14 +58,20 @@ def say(message: str) -> None:
     stderr().print(message, markup=False, soft_wrap=True)
 
 
+def _plain(obj: Any) -> Any:
+    """What JSON cannot hold as it is: a record as its ``to_dict()``, anything else as text."""
+    to_dict = getattr(obj, "to_dict", None)
+    return to_dict() if callable(to_dict) else str(obj)
+
+
 def print_json(data: Any) -> None:
-    """``data`` as indented JSON on stdout."""
-    typer.echo(json.dumps(data, indent=2, ensure_ascii=False, default=str))
+    """``data`` (records included) as indented JSON on stdout."""
+    typer.echo(json.dumps(data, indent=2, ensure_ascii=False, default=_plain))
 
 
 def print_json_line(data: Any) -> None:
     """``data`` as one line of JSON on stdout, flushed (for streams read line by line)."""
-    typer.echo(json.dumps(data, ensure_ascii=False, separators=(",", ":"), default=str))
+    typer.echo(json.dumps(data, ensure_ascii=False, separators=(",", ":"), default=_plain))
 
 
 def human_size(size: int | None) -> str:

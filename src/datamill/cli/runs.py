@@ -27,12 +27,14 @@ from datamill.cli.context import get_client
 from datamill.cli.output import human_time, print_json, print_table, say, stderr, stdout
 from datamill.cli.params import JsonFlag
 from datamill.client import Client
+from datamill.engine.params import parse_param
+from datamill.engine.records import RunInfo, TaskInfo
 from datamill.errors import Cancelled, StepFailed
 from datamill.limits import INT64_MAX
 from datamill.records import FINISHED_RUN, RunStatus, TaskStatus
 
 if TYPE_CHECKING:
-    from datamill.client.local import LocalClient
+    pass
 
 PANEL = "Pipelines and runs"
 
@@ -76,7 +78,6 @@ TaskArg = Annotated[
 
 def parse_params(pairs: Iterable[str] | None) -> dict[str, Any]:
     """``["summary.threshold=0.7", "n=3"]`` -> ``{"summary.threshold": 0.7, "n": 3}``."""
-    from datamill.engine.params import parse_param  # here: the engine only for commands that take params
 
     return dict(parse_param(p) for p in pairs or ())
 
@@ -89,7 +90,7 @@ def _finished(counts: dict[str, int]) -> int:
                                           TaskStatus.CANCELLED, TaskStatus.SKIPPED))
 
 
-def _duration(info: dict[str, Any]) -> str:
+def _duration(info: RunInfo) -> str:
     start = info.get("started_at") or info.get("requested_at")
     if not start:
         return "-"
@@ -97,7 +98,7 @@ def _duration(info: dict[str, Any]) -> str:
     return f"{max(0.0, end - start):.1f} s"
 
 
-def step_table(info: dict[str, Any], order: list[str], bars: bool = False) -> Table:
+def step_table(info: RunInfo, order: list[str], bars: bool = False) -> Table:
     """Per step: done (succeeded), cached, failed, skipped (failed earlier), running and queued counts.
 
     With ``bars``, a progress bar.
@@ -129,7 +130,7 @@ def step_table(info: dict[str, Any], order: list[str], bars: bool = False) -> Ta
     return table
 
 
-def run_view(info: dict[str, Any], order: list[str]) -> Group:
+def run_view(info: RunInfo, order: list[str]) -> Group:
     """The live view of a run: a title line and the per-step table with progress bars."""
     counts = info.get("counts") or {}
     total = sum(counts.values())
@@ -146,7 +147,7 @@ def _status_style(status: str) -> str:
     return {"succeeded": "green", "failed": "red", "cancelled": "yellow", "running": "cyan"}.get(status, "")
 
 
-def step_order(tasks: list[dict[str, Any]]) -> list[str]:
+def step_order(tasks: list[TaskInfo]) -> list[str]:
     """Steps in the order their first task appears (tasks come in plan order)."""
     seen: dict[str, None] = {}
     for t in tasks:
@@ -210,20 +211,20 @@ class LiveRun:
         self.stop()
 
 
-def watch(client: Client, run_id: int) -> dict[str, Any]:
+def watch(client: Client, run_id: int) -> RunInfo:
     """Show the live view of a run in this thread until it ends; returns the finished run."""
     console = stderr()
     if not console.is_terminal:
         return client.wait_run(run_id)
     order = step_order(client.tasks(run_id))
-    info: dict[str, Any] = {}
+    info = client.run_info(run_id)
     with Live(console=console, refresh_per_second=10, transient=True) as live:
         for info in client.watch_run(run_id, POLL_SECONDS):
             live.update(run_view(info, order))
     return info
 
 
-def execute_here(client: LocalClient, run_id: int, executor: str | None) -> dict[str, Any]:
+def execute_here(client: Client, run_id: int, executor: str | None) -> RunInfo:
     """Execute a recorded run in this process with the live view."""
     with LiveRun(client) as live, steps_print_to_stderr():
         live.start(run_id)
@@ -256,7 +257,7 @@ def steps_print_to_stderr() -> Iterator[None]:
             os.close(saved)
 
 
-def finish(client: Client, info: dict[str, Any], json_: bool) -> None:
+def finish(client: Client, info: RunInfo, json_: bool) -> None:
     """Print a finished run's summary (or its JSON); raise so that the exit status is 1 unless it succeeded."""
     tasks = client.tasks(info["id"])
     if json_:
@@ -274,7 +275,7 @@ def finish(client: Client, info: dict[str, Any], json_: bool) -> None:
     fail_if_unsuccessful(info, tasks)
 
 
-def fail_if_unsuccessful(info: dict[str, Any], tasks: list[dict[str, Any]]) -> None:
+def fail_if_unsuccessful(info: RunInfo, tasks: list[TaskInfo]) -> None:
     """Raise :class:`StepFailed` naming the failed tasks (or :class:`Cancelled`) unless the run succeeded."""
     if info["status"] == RunStatus.SUCCEEDED:
         return
@@ -332,10 +333,8 @@ def run(
     except KeyboardInterrupt:
         live.stop()
         if live.run_id is not None:
-            from datamill.client.local import LocalClient  # here: the CLI loads the local stack only when used
-
-            if isinstance(client, LocalClient):
-                say(f"run {live.run_id} is {client.run_info(live.run_id)['status']}")
+            if client.embedded:
+                say(f"run {live.run_id} is {client.run_info(live.run_id).status}")
             else:
                 say(f"stopped following run {live.run_id}; it goes on on the server "
                     f"(`datamill runs cancel {live.run_id}` stops it)")
@@ -451,7 +450,7 @@ def show(ctx: typer.Context, run_id: RunArg, json_: JsonFlag = False) -> None:
     info = client.run_info(run_id)
     tasks = client.tasks(run_id)
     if json_:
-        print_json({**info, "tasks": tasks})
+        print_json({**info.to_dict(), "tasks": tasks})
         return
     out = stdout()
     out.print(f"run {info['id']}  {info['pipeline']}  {info['status']}", markup=False)
@@ -522,9 +521,7 @@ def retry(
 
 def follow_new_run(client: Client, run_id: int, executor: str | None, json_: bool) -> None:
     """After a run was recorded: execute it here on a local home, or tell where to watch it on a server."""
-    from datamill.client.local import LocalClient  # here: the CLI loads the local stack only when used
-
-    if isinstance(client, LocalClient):
+    if client.embedded:
         finish(client, execute_here(client, run_id, executor), json_)
         return
     if json_:

@@ -17,10 +17,16 @@ from pathlib import Path
 from typing import Any, BinaryIO
 
 from datamill.client.ignore import walk as walk_files
+from datamill.dataflows.records import DataflowInfo, DataflowVersionInfo
+from datamill.engine.records import PipelineInfo, PlanInfo, RunInfo, TaskInfo, WhyInfo
 from datamill.errors import BlobCorrupted, DatamillError, InvalidInput, NotFound
 from datamill.records import FINISHED_RUN, EventRecord, FolderInfo, GroupInfo, ItemInfo, NewToken, VersionInfo
+from datamill.refs import absolute_ref
 from datamill.store.blobs import hasher
 from datamill.store.names import check_name, join_path, split_path
+from datamill.store.records import AccessGrant, UserInfo
+
+__all__ = ["BATCH_FILES", "SMALL_FILE", "Client", "ProgressFn", "absolute_ref", "wait_until"]
 
 #: Files up to this size are uploaded in batches by :meth:`Client.put_path`.
 SMALL_FILE = 256 * 1024
@@ -54,8 +60,8 @@ class Client(ABC):
 
     # --- identity -------------------------------------------------------------------------
     @abstractmethod
-    def whoami(self) -> dict[str, Any]:
-        """The user this client acts as: ``{"id", "name", "is_admin"}``."""
+    def whoami(self) -> UserInfo:
+        """The user this client acts as."""
 
     # --- folders --------------------------------------------------------------------------
     @abstractmethod
@@ -108,7 +114,7 @@ class Client(ABC):
         """Switch public read on a folder."""
 
     @abstractmethod
-    def access_list(self, path: str) -> list[dict[str, Any]]:
+    def access_list(self, path: str) -> list[AccessGrant]:
         """Grants made on a folder."""
 
     # --- items ----------------------------------------------------------------------------
@@ -167,11 +173,11 @@ class Client(ABC):
 
     # --- users ----------------------------------------------------------------------------
     @abstractmethod
-    def create_user(self, name: str, password: str | None = None, admin: bool = False) -> dict[str, Any]:
+    def create_user(self, name: str, password: str | None = None, admin: bool = False) -> UserInfo:
         """Create a user (site admins only)."""
 
     @abstractmethod
-    def list_users(self) -> list[dict[str, Any]]:
+    def list_users(self) -> list[UserInfo]:
         """All users (site admins only)."""
 
     @abstractmethod
@@ -237,15 +243,15 @@ class Client(ABC):
 
     # --- pipelines ------------------------------------------------------------------------
     @abstractmethod
-    def pipelines(self) -> list[dict[str, Any]]:
-        """The registered pipelines, by name: ``{"name", "description", "origin", "steps", ...}``.
+    def pipelines(self) -> list[PipelineInfo]:
+        """The registered pipelines, by name (with their ``steps``, or the ``error`` that stops one loading).
 
         ``origin`` is ``package`` (an installed package's entry point) or ``admin``; site admins
         also see each one's ``ref``.
         """
 
     @abstractmethod
-    def add_pipeline(self, name: str, ref: str, description: str = "") -> dict[str, Any]:
+    def add_pipeline(self, name: str, ref: str, description: str = "") -> PipelineInfo:
         """Register the pipeline ``ref`` (checked: it must load) under ``name`` (site admins only)."""
 
     @abstractmethod
@@ -264,10 +270,10 @@ class Client(ABC):
         folder: str,
         params: Mapping[str, Any] | None = None,
         force: bool = False,
-    ) -> dict[str, Any]:
+    ) -> PlanInfo:
         """A dry run over the items of ``folder``: which tasks would run and which are cached.
 
-        Returns ``Plan.to_dict()``: ``{"pipeline", "inputs", "counts", "tasks", "edges"}``, each task
+        The plan's ``tasks`` are ``{"id", "step", "item", "deps", "params", "key", "outputs", "decision"}``, each
         with its ``decision`` (``run``, ``cached``, or ``pending`` until its inputs are known).
         """
 
@@ -297,7 +303,7 @@ class Client(ABC):
         force: bool = False,
         executor: str | None = None,
         on_start: Callable[[int], None] | None = None,
-    ) -> dict[str, Any]:
+    ) -> RunInfo:
         """Submit a run and wait for its end; returns the finished run (as :meth:`run_info`).
 
         Embedded, the run executes in this process; on a server, the server's scheduler runs it.
@@ -305,19 +311,19 @@ class Client(ABC):
         """
 
     @abstractmethod
-    def runs(self, limit: int = 50, status: str | None = None) -> list[dict[str, Any]]:
+    def runs(self, limit: int = 50, status: str | None = None) -> list[RunInfo]:
         """Runs you may see, newest first (``status``: queued, running, succeeded, failed, cancelled)."""
 
     @abstractmethod
-    def run_info(self, run_id: int) -> dict[str, Any]:
+    def run_info(self, run_id: int) -> RunInfo:
         """A run with its task counts: ``counts`` by status and ``steps`` (step -> status -> n)."""
 
     @abstractmethod
-    def tasks(self, run_id: int) -> list[dict[str, Any]]:
+    def tasks(self, run_id: int) -> list[TaskInfo]:
         """A run's tasks, in plan order."""
 
     @abstractmethod
-    def task(self, task_id: int) -> dict[str, Any]:
+    def task(self, task_id: int) -> TaskInfo:
         """One task, with its outputs."""
 
     @abstractmethod
@@ -329,7 +335,7 @@ class Client(ABC):
         """Resume a failed or cancelled run as a new run (finished tasks are cached); its id."""
 
     @abstractmethod
-    def why(self, task_id: int) -> dict[str, Any]:
+    def why(self, task_id: int) -> WhyInfo:
         """Why a task ran or was cached: its key parts and what differs from the nearest earlier task."""
 
     @abstractmethod
@@ -337,15 +343,15 @@ class Client(ABC):
         """A task's log text in chunks; with ``follow``, until the task ends."""
 
     @abstractmethod
-    def wait_run(self, run_id: int, timeout: float | None = None) -> dict[str, Any]:
+    def wait_run(self, run_id: int, timeout: float | None = None) -> RunInfo:
         """Block until a run has ended (or ``timeout`` passes); the run as :meth:`run_info` returns it."""
 
-    def watch_run(self, run_id: int, interval: float = 0.2) -> Iterator[dict[str, Any]]:
+    def watch_run(self, run_id: int, interval: float = 0.2) -> Iterator[RunInfo]:
         """Yield the run (as :meth:`run_info`) every ``interval`` seconds, the last time once it has ended."""
         while True:
             info = self.run_info(run_id)
             yield info
-            if info["status"] in FINISHED_RUN:
+            if info.status in FINISHED_RUN:
                 return
             time.sleep(interval)
 
@@ -361,28 +367,28 @@ class Client(ABC):
         params: Mapping[str, Any] | None = None,
         description: str = "",
         webhooks: Iterable[str] | None = None,
-    ) -> dict[str, Any]:
+    ) -> DataflowInfo:
         """Create a dataflow (stopped) from ``source`` into ``dest``; it is validated before it is saved."""
 
     @abstractmethod
-    def dataflows(self) -> list[dict[str, Any]]:
+    def dataflows(self) -> list[DataflowInfo]:
         """The dataflows you may see, by name."""
 
     @abstractmethod
-    def dataflow(self, name: str) -> dict[str, Any]:
+    def dataflow(self, name: str) -> DataflowInfo:
         """One dataflow: configuration, state, version, next fire times (cron) and ``recent_runs``."""
 
     @abstractmethod
-    def edit_dataflow(self, name: str, **changes: Any) -> dict[str, Any]:
+    def edit_dataflow(self, name: str, **changes: Any) -> DataflowInfo:
         """Change a dataflow's configuration (a new version): ``source``, ``dest``, ``pipeline``,
         ``trigger``, ``params``, ``description``, ``webhooks``; None leaves a field as it is."""
 
     @abstractmethod
-    def start_dataflow(self, name: str) -> dict[str, Any]:
+    def start_dataflow(self, name: str) -> DataflowInfo:
         """Mark a dataflow running: its trigger then runs in the server (``datamill up``)."""
 
     @abstractmethod
-    def stop_dataflow(self, name: str, cancel: bool = False) -> dict[str, Any]:
+    def stop_dataflow(self, name: str, cancel: bool = False) -> DataflowInfo:
         """Stop a dataflow; with ``cancel``, also cancel its runs in flight (listed in ``cancelled``)."""
 
     @abstractmethod
@@ -393,12 +399,37 @@ class Client(ABC):
         """
 
     @abstractmethod
-    def dataflow_history(self, name: str) -> list[dict[str, Any]]:
+    def dataflow_history(self, name: str) -> list[DataflowVersionInfo]:
         """Every configuration version of a dataflow, oldest first, with the runs made under it."""
 
     @abstractmethod
     def delete_dataflow(self, name: str) -> None:
         """Remove a stopped dataflow (refused while it runs); its runs and results stay."""
+
+    # --- where runs execute ------------------------------------------------------------------
+    #: True when runs recorded through this client execute in this process (:meth:`execute`);
+    #: False when a server's scheduler executes them.
+    embedded: bool = False
+
+    @abstractmethod
+    def execute(self, run_id: int, executor: str | None = None, workers: int | None = None) -> RunInfo:
+        """See a recorded run to its end; returns it (as :meth:`run_info`).
+
+        Embedded, this process executes it (Ctrl-C cancels it); on a server, the server's
+        scheduler does and this waits for it.
+        """
+
+    # --- provenance -----------------------------------------------------------------------
+    @abstractmethod
+    def lineage(
+        self, path: str, version: int | None = None, down: bool = False, depth: int | None = None, fmt: str = "tree"
+    ) -> str:
+        """An item version's lineage (what it came from; with ``down``, what came from it) as text:
+        ``tree``, ``json``, ``prov-json`` or ``prov-n``. Items you may not read appear as not visible."""
+
+    @abstractmethod
+    def export_crate(self, path: str, dest: str | Path, version: int | None = None) -> None:
+        """Write the RO-Crate of the run that made an item version at ``dest``: a directory, or a ``.zip`` file."""
 
     def close(self) -> None:
         """Release what the client holds."""
@@ -585,25 +616,6 @@ class Client(ABC):
     ) -> list[VersionInfo]:
         """Upload several small files into one folder; a transport may do it in one go."""
         return [self.put(folder, name, data, metadata=metadata) for name, data in files]
-
-
-def absolute_ref(ref: str) -> str:
-    """A pipeline reference that names a local file, made absolute; anything else unchanged.
-
-    ``"pipelines/p.py:pipeline"`` -> ``"/home/ana/work/pipelines/p.py:pipeline"`` when that file
-    exists here, so the reference still works from a server or a dataflow with another working
-    directory. ``"package.module:attr"`` is left as it is.
-    """
-    text = ref.strip()
-    target, attr = text, ""
-    head, sep, tail = text.rpartition(":")
-    if sep and head and not (len(head) == 1 and tail.startswith(("\\", "/"))):
-        target, attr = head, sep + tail
-    path = Path(target).expanduser()
-    if path.suffix in (".py", ".yaml", ".yml") or "/" in target or os.sep in target:
-        if path.is_file():
-            return f"{path.resolve()}{attr}"
-    return text
 
 
 def wait_until(predicate: Callable[[], bool], timeout: float, interval: float = 0.02) -> bool:

@@ -25,6 +25,8 @@ from urllib.parse import quote, urlsplit
 from datamill import errors
 from datamill._version import __version__
 from datamill.client.base import Client, ProgressFn, absolute_ref
+from datamill.dataflows.records import DataflowInfo, DataflowVersionInfo
+from datamill.engine.records import PipelineInfo, PlanInfo, RunInfo, TaskInfo, WhyInfo
 from datamill.errors import BlobCorrupted, DatamillError, InvalidInput, Unauthorized
 from datamill.records import (
     FINISHED_RUN,
@@ -38,6 +40,7 @@ from datamill.records import (
     check_metadata,
 )
 from datamill.store.blobs import ALGORITHM, CHUNK, digest_bytes, hasher
+from datamill.store.records import AccessGrant, UserInfo
 
 # httpx imports its own command line (click, rich.syntax, pygments) whenever click is installed, and
 # Typer brings click: ~0.08 s of CPU on every `datamill --url ...` start for code never used here. A
@@ -231,9 +234,8 @@ class RemoteClient(Client):
         return self._send(request).json()
 
     # --- identity -------------------------------------------------------------------------
-    def whoami(self) -> dict[str, Any]:
-        result: dict[str, Any] = self._call("GET", "/whoami")
-        return result
+    def whoami(self) -> UserInfo:
+        return UserInfo.from_dict(self._call("GET", "/whoami"))
 
     # --- folders --------------------------------------------------------------------------
     def create_folder(
@@ -279,9 +281,8 @@ class RemoteClient(Client):
     def set_public(self, path: str, public: bool) -> None:
         self._call("PUT", f"/public/{quote_path(path)}", json={"public": public})
 
-    def access_list(self, path: str) -> list[dict[str, Any]]:
-        result: list[dict[str, Any]] = self._call("GET", f"/access/{quote_path(path)}")
-        return result
+    def access_list(self, path: str) -> list[AccessGrant]:
+        return [AccessGrant.from_dict(g) for g in self._call("GET", f"/access/{quote_path(path)}")]
 
     # --- items ----------------------------------------------------------------------------
     def put(
@@ -449,13 +450,13 @@ class RemoteClient(Client):
         self._call("DELETE", f"/items/{quote_path(path)}")
 
     # --- users ----------------------------------------------------------------------------
-    def create_user(self, name: str, password: str | None = None, admin: bool = False) -> dict[str, Any]:
-        result: dict[str, Any] = self._call("POST", "/users", json={"name": name, "password": password, "admin": admin})
-        return result
+    def create_user(self, name: str, password: str | None = None, admin: bool = False) -> UserInfo:
+        return UserInfo.from_dict(
+            self._call("POST", "/users", json={"name": name, "password": password, "admin": admin})
+        )
 
-    def list_users(self) -> list[dict[str, Any]]:
-        result: list[dict[str, Any]] = self._call("GET", "/users")
-        return result
+    def list_users(self) -> list[UserInfo]:
+        return [UserInfo.from_dict(u) for u in self._call("GET", "/users")]
 
     def create_token(self, user: str | None = None, name: str = "", ttl: float | None = None) -> NewToken:
         return _build(NewToken, self._call("POST", "/tokens", json={"user": user, "name": name, "ttl": ttl}))
@@ -532,14 +533,12 @@ class RemoteClient(Client):
             yield from batch
 
     # --- pipelines ------------------------------------------------------------------------
-    def pipelines(self) -> list[dict[str, Any]]:
-        result: list[dict[str, Any]] = self._call("GET", "/pipelines")
-        return result
+    def pipelines(self) -> list[PipelineInfo]:
+        return [PipelineInfo.from_dict(p) for p in self._call("GET", "/pipelines")]
 
-    def add_pipeline(self, name: str, ref: str, description: str = "") -> dict[str, Any]:
+    def add_pipeline(self, name: str, ref: str, description: str = "") -> PipelineInfo:
         body = {"name": name, "ref": absolute_ref(ref), "description": description}
-        result: dict[str, Any] = self._call("POST", "/pipelines", json=body)
-        return result
+        return PipelineInfo.from_dict(self._call("POST", "/pipelines", json=body))
 
     def remove_pipeline(self, name: str) -> None:
         self._call("DELETE", f"/pipelines/{quote_segment(name)}")
@@ -551,10 +550,9 @@ class RemoteClient(Client):
         folder: str,
         params: Mapping[str, Any] | None = None,
         force: bool = False,
-    ) -> dict[str, Any]:
+    ) -> PlanInfo:
         body = {"pipeline": absolute_ref(pipeline_ref), "folder": folder, "params": dict(params or {}), "force": force}
-        result: dict[str, Any] = self._call("POST", "/plan", json=body)
-        return result
+        return PlanInfo.from_dict(self._call("POST", "/plan", json=body))
 
     def _submit(self, body: dict[str, Any]) -> int:
         return int(self._call("POST", "/runs", json=body)["id"])
@@ -580,7 +578,7 @@ class RemoteClient(Client):
         force: bool = False,
         executor: str | None = None,
         on_start: Callable[[int], None] | None = None,
-    ) -> dict[str, Any]:
+    ) -> RunInfo:
         body = _run_body(pipeline_ref, folder, dest, params, force, "", executor)
         # Refused before anything is recorded when the server runs no scheduler to execute it.
         body["require_scheduler"] = True
@@ -589,16 +587,16 @@ class RemoteClient(Client):
             on_start(run_id)
         return self.wait_run(run_id)
 
-    def wait_run(self, run_id: int, timeout: float | None = None) -> dict[str, Any]:
+    def wait_run(self, run_id: int, timeout: float | None = None) -> RunInfo:
         """Long-poll the run until it has ended (the server answers as soon as it does)."""
         deadline = None if timeout is None else time.monotonic() + timeout
         while True:
             left = LONG_POLL_SECONDS if deadline is None else min(LONG_POLL_SECONDS, deadline - time.monotonic())
             info = self._run_page(run_id, max(0.0, left))
-            if info["status"] in FINISHED_RUN or (deadline is not None and time.monotonic() >= deadline):
+            if info.status in FINISHED_RUN or (deadline is not None and time.monotonic() >= deadline):
                 return info
 
-    def _run_page(self, run_id: int, wait: float = 0.0) -> dict[str, Any]:
+    def _run_page(self, run_id: int, wait: float = 0.0) -> RunInfo:
         params = {"wait": round(wait, 3)} if wait > 0 else {}
         read = self._http.timeout.read or 60.0
         request = self._http.build_request(
@@ -607,26 +605,22 @@ class RemoteClient(Client):
             params=params,
             timeout=httpx.Timeout(self._http.timeout.connect or 10.0, read=wait + read),
         )
-        result: dict[str, Any] = self._send(request).json()
-        return result
+        return RunInfo.from_dict(self._send(request).json())
 
-    def runs(self, limit: int = 50, status: str | None = None) -> list[dict[str, Any]]:
+    def runs(self, limit: int = 50, status: str | None = None) -> list[RunInfo]:
         params: dict[str, Any] = {"limit": limit}
         if status:
             params["status"] = status
-        result: list[dict[str, Any]] = self._call("GET", "/runs", params=params)
-        return result
+        return [RunInfo.from_dict(r) for r in self._call("GET", "/runs", params=params)]
 
-    def run_info(self, run_id: int) -> dict[str, Any]:
+    def run_info(self, run_id: int) -> RunInfo:
         return self._run_page(run_id)
 
-    def tasks(self, run_id: int) -> list[dict[str, Any]]:
-        result: list[dict[str, Any]] = self._call("GET", f"/runs/{int(run_id)}/tasks")
-        return result
+    def tasks(self, run_id: int) -> list[TaskInfo]:
+        return [TaskInfo.from_dict(t) for t in self._call("GET", f"/runs/{int(run_id)}/tasks")]
 
-    def task(self, task_id: int) -> dict[str, Any]:
-        result: dict[str, Any] = self._call("GET", f"/tasks/{int(task_id)}")
-        return result
+    def task(self, task_id: int) -> TaskInfo:
+        return TaskInfo.from_dict(self._call("GET", f"/tasks/{int(task_id)}"))
 
     def cancel_run(self, run_id: int) -> bool:
         return bool(self._call("POST", f"/runs/{int(run_id)}/cancel")["cancelled"])
@@ -634,9 +628,8 @@ class RemoteClient(Client):
     def retry_run(self, run_id: int) -> int:
         return int(self._call("POST", f"/runs/{int(run_id)}/retry")["id"])
 
-    def why(self, task_id: int) -> dict[str, Any]:
-        result: dict[str, Any] = self._call("GET", f"/tasks/{int(task_id)}/why")
-        return result
+    def why(self, task_id: int) -> WhyInfo:
+        return WhyInfo.from_dict(self._call("GET", f"/tasks/{int(task_id)}/why"))
 
     def logs(self, task_id: int, follow: bool = False) -> Iterator[str]:
         # A followed log may stay quiet for long: no read timeout then.
@@ -667,7 +660,7 @@ class RemoteClient(Client):
         params: Mapping[str, Any] | None = None,
         description: str = "",
         webhooks: Iterable[str] | None = None,
-    ) -> dict[str, Any]:
+    ) -> DataflowInfo:
         body = {
             "name": name,
             "source": source,
@@ -678,46 +671,88 @@ class RemoteClient(Client):
             "description": description,
             "webhooks": list(webhooks or []),
         }
-        result: dict[str, Any] = self._call("POST", "/dataflows", json=body)
-        return result
+        return DataflowInfo.from_dict(self._call("POST", "/dataflows", json=body))
 
-    def dataflows(self) -> list[dict[str, Any]]:
-        result: list[dict[str, Any]] = self._call("GET", "/dataflows")
-        return result
+    def dataflows(self) -> list[DataflowInfo]:
+        return [DataflowInfo.from_dict(f) for f in self._call("GET", "/dataflows")]
 
-    def dataflow(self, name: str) -> dict[str, Any]:
-        result: dict[str, Any] = self._call("GET", f"/dataflows/{quote_segment(name)}")
-        return result
+    def dataflow(self, name: str) -> DataflowInfo:
+        return DataflowInfo.from_dict(self._call("GET", f"/dataflows/{quote_segment(name)}"))
 
-    def edit_dataflow(self, name: str, **changes: Any) -> dict[str, Any]:
+    def edit_dataflow(self, name: str, **changes: Any) -> DataflowInfo:
         body = {k: v for k, v in changes.items() if v is not None}
         if isinstance(body.get("pipeline"), str):
             body["pipeline"] = absolute_ref(body["pipeline"])
         if "webhooks" in body:
             body["webhooks"] = list(body["webhooks"])
-        result: dict[str, Any] = self._call("PATCH", f"/dataflows/{quote_segment(name)}", json=body)
-        return result
+        return DataflowInfo.from_dict(self._call("PATCH", f"/dataflows/{quote_segment(name)}", json=body))
 
-    def start_dataflow(self, name: str) -> dict[str, Any]:
-        result: dict[str, Any] = self._call("POST", f"/dataflows/{quote_segment(name)}/start")
-        return result
+    def start_dataflow(self, name: str) -> DataflowInfo:
+        return DataflowInfo.from_dict(self._call("POST", f"/dataflows/{quote_segment(name)}/start"))
 
-    def stop_dataflow(self, name: str, cancel: bool = False) -> dict[str, Any]:
-        result: dict[str, Any] = self._call(
-            "POST", f"/dataflows/{quote_segment(name)}/stop", params={"cancel": cancel}
+    def stop_dataflow(self, name: str, cancel: bool = False) -> DataflowInfo:
+        return DataflowInfo.from_dict(
+            self._call("POST", f"/dataflows/{quote_segment(name)}/stop", params={"cancel": cancel})
         )
-        return result
 
     def run_dataflow(self, name: str) -> int | None:
         run_id = self._call("POST", f"/dataflows/{quote_segment(name)}/run")["id"]
         return None if run_id is None else int(run_id)
 
-    def dataflow_history(self, name: str) -> list[dict[str, Any]]:
-        result: list[dict[str, Any]] = self._call("GET", f"/dataflows/{quote_segment(name)}/history")
-        return result
+    def dataflow_history(self, name: str) -> list[DataflowVersionInfo]:
+        versions = self._call("GET", f"/dataflows/{quote_segment(name)}/history")
+        return [DataflowVersionInfo.from_dict(v) for v in versions]
 
     def delete_dataflow(self, name: str) -> None:
         self._call("DELETE", f"/dataflows/{quote_segment(name)}")
+
+    def execute(self, run_id: int, executor: str | None = None, workers: int | None = None) -> RunInfo:
+        """The server's scheduler executes runs: this waits for it to end the run (``executor`` and
+        ``workers`` were fixed when the run was recorded and by the server)."""
+        return self.wait_run(run_id)
+
+    def _lineage_request(
+        self, path: str, version: int | None, down: bool, depth: int | None, fmt: str
+    ) -> httpx.Request:
+        params: dict[str, Any] = {"format": fmt, "down": "true" if down else "false"}
+        if version is not None:
+            params["version"] = version
+        if depth is not None:
+            params["depth"] = depth
+        return self._http.build_request("GET", f"/lineage/{quote_path(path)}", params=params)
+
+    def lineage(
+        self, path: str, version: int | None = None, down: bool = False, depth: int | None = None, fmt: str = "tree"
+    ) -> str:
+        response = self._send(self._lineage_request(path, version, down, depth, fmt))
+        if fmt == "json":
+            return json.dumps(response.json(), indent=2, ensure_ascii=False) + "\n"
+        text: str = response.text
+        return text
+
+    def export_crate(self, path: str, dest: str | os.PathLike[str], version: int | None = None) -> None:
+        import shutil
+        import tempfile
+        import zipfile
+        from pathlib import Path
+
+        target = Path(dest)
+        with tempfile.TemporaryDirectory(prefix="datamill-crate-") as tmp:
+            zip_path = Path(tmp) / "crate.zip"
+            response = self._send(self._lineage_request(path, version, False, None, "ro-crate"), stream=True)
+            try:
+                with open(zip_path, "wb") as f:
+                    for chunk in response.iter_bytes():
+                        f.write(chunk)
+            finally:
+                response.close()
+            if target.suffix.lower() == ".zip":
+                target.parent.mkdir(parents=True, exist_ok=True)
+                shutil.move(zip_path, target)
+            else:
+                target.mkdir(parents=True, exist_ok=True)
+                with zipfile.ZipFile(zip_path) as zf:
+                    zf.extractall(target)  # extractall drops absolute paths and '..'
 
 
 def _run_body(

@@ -20,13 +20,14 @@ from __future__ import annotations
 
 import time
 from collections.abc import Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, replace
 from typing import Any
 
 from sqlalchemy import Connection, delete, insert, select, update
 from sqlalchemy import text as sql_text
 
 from datamill import events
+from datamill.dataflows.records import DataflowInfo, DataflowVersionInfo, VersionRun
 from datamill.db.models import Dataflow, DataflowVersion, Folder, Run, User
 from datamill.errors import AlreadyExists, Conflict, InvalidDataflow, NotFound, PermissionDenied
 from datamill.store.access import Actor, Level, level_on
@@ -118,36 +119,6 @@ def _check_fires(expr: str) -> None:
             "check the day-of-month and month fields",
             field="trigger",
         )
-
-
-@dataclass
-class DataflowInfo:
-    """A dataflow as callers see it."""
-
-    id: int
-    name: str
-    kind: str
-    state: str
-    state_reason: str | None
-    version: int
-    owner: str | None
-    description: str
-    source: str
-    destination: str
-    topic: str | None
-    pipeline: str
-    params: dict[str, Any]
-    trigger: str
-    webhooks: list[str]
-    batch_window_ms: int | None
-    cursor: int
-    created_at: float
-    updated_at: float
-    next_fire_times: list[float] = field(default_factory=list)
-
-    def to_dict(self) -> dict[str, Any]:
-        """A JSON-able dict."""
-        return dict(self.__dict__)
 
 
 def _info(conn: Connection, row: Any) -> DataflowInfo:
@@ -411,8 +382,13 @@ class Dataflows:
             {"source": info.source, "destination": info.destination, "webhooks": info.webhooks},
             may_change=self._may_edit(conn, actor, row),
         )
-        info.source, info.destination, info.webhooks = cfg["source"], cfg["destination"], cfg["webhooks"]
-        info.state_reason = vis.text(info.state_reason, sides)
+        info = replace(
+            info,
+            source=cfg["source"],
+            destination=cfg["destination"],
+            webhooks=cfg["webhooks"],
+            state_reason=vis.text(info.state_reason, sides),
+        )
         return info
 
     def _folder_id(self, conn: Connection, path: str) -> int | None:
@@ -572,7 +548,7 @@ class Dataflows:
             rows = conn.execute(select(Dataflow).order_by(Dataflow.name)).all()
             return [self._shown(conn, actor, r) for r in rows if self._may_see(conn, actor, r)]
 
-    def history(self, actor: Actor, name: str) -> list[dict[str, Any]]:
+    def history(self, actor: Actor, name: str) -> list[DataflowVersionInfo]:
         """Every configuration version, oldest first, with the runs made under it."""
         with self.db.read() as conn:
             row = self._visible_row(conn, actor, name)
@@ -591,17 +567,17 @@ class Dataflows:
             for v in versions:
                 by = conn.execute(select(User.name).where(User.id == v.created_by)).scalar() if v.created_by else None
                 out.append(
-                    {
-                        "version": v.number,
-                        "config": vis.dataflow_config(dict(v.config or {}), may_change),
-                        "created_at": v.created_at,
-                        "created_by": by,
-                        "runs": [
-                            {"id": r.id, "status": r.status, "requested_at": r.requested_at}
+                    DataflowVersionInfo(
+                        version=v.number,
+                        config=vis.dataflow_config(dict(v.config or {}), may_change),
+                        created_at=v.created_at,
+                        created_by=by,
+                        runs=[
+                            VersionRun(id=r.id, status=r.status, requested_at=r.requested_at)
                             for r in runs
                             if r.dataflow_version == v.number
                         ],
-                    }
+                    )
                 )
             return out
 

@@ -18,6 +18,7 @@ from datamill.db.models import Run, Task
 from datamill.engine import keys, registry, runs
 from datamill.engine.params import split_params
 from datamill.engine.planner import CachedResult, OutputDigest, Plan, plan
+from datamill.engine.records import RunInfo, WhyInfo
 from datamill.engine.registry import Choice
 from datamill.engine.runs import input_ref_from_dict, input_ref_to_dict
 from datamill.engine.scheduler import Scheduler, refuse_command_executor
@@ -240,7 +241,7 @@ class Engine:
         executor: str | None = None,
         workers: int | None = None,
         **options: Any,
-    ) -> dict[str, Any]:
+    ) -> RunInfo:
         """Submit a run and execute it here with a scheduler of our own; returns the finished run."""
 
         async def go() -> int:
@@ -272,22 +273,22 @@ class Engine:
             raise NotFound(f"no run {run_id}; list runs with `datamill runs ls`", run_id=run_id)
         return row
 
-    def get_run(self, actor: Actor, run_id: int) -> dict[str, Any]:
+    def get_run(self, actor: Actor, run_id: int) -> RunInfo:
         """A run with its task counts, without what the actor may not read (see :mod:`datamill.store.visibility`)."""
         with self.home.db.read() as conn:
             self._run_row(conn, actor, run_id)
             out = runs.get_run(conn, run_id)
             assert out is not None
-            return Visibility(conn, actor).runs([out])[0]
+            return RunInfo.from_dict(Visibility(conn, actor).runs([out])[0])
 
-    def list_runs(self, actor: Actor, limit: int = 50, status: str | None = None) -> list[dict[str, Any]]:
+    def list_runs(self, actor: Actor, limit: int = 50, status: str | None = None) -> list[RunInfo]:
         """Runs the actor may see, newest first, without what the actor may not read."""
         with self.home.db.read() as conn:
             rows = conn.execute(select(Run).order_by(Run.id.desc()).limit(limit * 4 if limit else None)).all()
             out = [
                 runs.run_dict(r) for r in rows if self._visible(conn, actor, r) and (not status or r.status == status)
             ]
-            return Visibility(conn, actor).runs(out[:limit] if limit else out)
+            return [RunInfo.from_dict(r) for r in Visibility(conn, actor).runs(out[:limit] if limit else out)]
 
     def tasks(self, actor: Actor, run_id: int) -> list[runs.TaskRow]:
         """A run's tasks, without what the actor may not read of their inputs."""
@@ -367,8 +368,11 @@ class Engine:
 
     # ------------------------------------------------------------------ explaining
 
-    def why(self, actor: Actor, task_id: int) -> dict[str, Any]:
+    def why(self, actor: Actor, task_id: int) -> WhyInfo:
         """A task's key parts and, for a task that ran, what differs from the nearest earlier task of its step."""
+        return WhyInfo.from_dict(self._why(actor, task_id))
+
+    def _why(self, actor: Actor, task_id: int) -> dict[str, Any]:
         with self.home.db.read() as conn:
             t, row = self._task_row(conn, actor, task_id)
             vis = Visibility(conn, actor)

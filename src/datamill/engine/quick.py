@@ -92,6 +92,6 @@ def run_pipeline(
                 run=run["id"],
                 failed=[t.planned_id for t in failed],
             )
-        return RunResult(run, [t.to_dict() for t in tasks], outputs)
+        return RunResult(run.to_dict(), [t.to_dict() for t in tasks], outputs)
     finally:
         h.close()

@@ -110,3 +110,4 @@ ACCESS_CHANGING_KINDS = frozenset(
         "group.member_removed",
     }
 )
+

@@ -22,10 +22,10 @@ from fastapi.responses import JSONResponse
 from pydantic import BaseModel, Field
 
 from datamill.api.deps import ActorDep, HomeDep, blocking
-from datamill.api.openapi import OBJECT, OBJECTS, errors, json_of
-from datamill.api.schemas import Done
-from datamill.client.local import LocalClient
+from datamill.api.openapi import errors
+from datamill.api.schemas import DataflowOut, DataflowVersionOut, Done, list_of, plain
 from datamill.errors import InvalidDataflow
+from datamill.service import Service
 
 router = APIRouter(tags=["dataflows"])
 
@@ -66,24 +66,25 @@ class RunStarted(BaseModel):
     id: int | None
 
 
-def _client(home: Any, actor: Any) -> LocalClient:
-    return LocalClient(home, actor, serving=True)
+def _client(home: Any, actor: Any) -> Service:
+    return Service(home, actor, serving=True)
 
 
 @router.get(
     "/dataflows",
-    responses={200: json_of("The dataflows.", OBJECTS)},
+    response_model=list_of(DataflowOut),
     summary="List dataflows",
 )
 async def list_dataflows(actor: ActorDep, home: HomeDep) -> JSONResponse:
     """The dataflows you may see, by name."""
-    return JSONResponse(await blocking(_client(home, actor).dataflows))
+    return JSONResponse(plain(await blocking(_client(home, actor).dataflows)))
 
 
 @router.post(
     "/dataflows",
     status_code=201,
-    responses={**errors(400, 403, 404, 409), 201: json_of("The dataflow.", OBJECT)},
+    response_model=DataflowOut,
+    responses=errors(400, 403, 404, 409),
     summary="Create a dataflow",
 )
 async def create_dataflow(body: DataflowCreate, actor: ActorDep, home: HomeDep) -> JSONResponse:
@@ -102,28 +103,30 @@ async def create_dataflow(body: DataflowCreate, actor: ActorDep, home: HomeDep) 
         body.description,
         body.webhooks,
     )
-    return JSONResponse(info, status_code=201)
+    return JSONResponse(plain(info), status_code=201)
 
 
 @router.get(
     "/dataflows/{name}",
-    responses={**errors(404), 200: json_of("The dataflow.", OBJECT)},
+    response_model=DataflowOut,
+    responses=errors(404),
     summary="Get a dataflow",
 )
 async def get_dataflow(name: str, actor: ActorDep, home: HomeDep) -> JSONResponse:
     """One dataflow: configuration, state, version, next fire times and recent runs."""
-    return JSONResponse(await blocking(_client(home, actor).dataflow, name))
+    return JSONResponse(plain(await blocking(_client(home, actor).dataflow, name)))
 
 
 @router.patch(
     "/dataflows/{name}",
-    responses={**errors(400, 403, 404, 409), 200: json_of("The dataflow.", OBJECT)},
+    response_model=DataflowOut,
+    responses=errors(400, 403, 404, 409),
     summary="Edit a dataflow",
 )
 async def edit_dataflow(name: str, body: DataflowEdit, actor: ActorDep, home: HomeDep) -> JSONResponse:
     """Apply changes as a new configuration version; runs already recorded keep theirs."""
     changes = body.model_dump(exclude_none=True)
-    return JSONResponse(await blocking(_client(home, actor).edit_dataflow, name, **changes))
+    return JSONResponse(plain(await blocking(_client(home, actor).edit_dataflow, name, **changes)))
 
 
 @router.delete(
@@ -140,17 +143,19 @@ async def delete_dataflow(name: str, actor: ActorDep, home: HomeDep) -> dict[str
 
 @router.post(
     "/dataflows/{name}/start",
-    responses={**errors(400, 403, 404, 409), 200: json_of("The dataflow.", OBJECT)},
+    response_model=DataflowOut,
+    responses=errors(400, 403, 404, 409),
     summary="Start a dataflow",
 )
 async def start_dataflow(name: str, actor: ActorDep, home: HomeDep) -> JSONResponse:
     """Mark a dataflow running: its trigger records runs, the first one over items without a result."""
-    return JSONResponse(await blocking(_client(home, actor).start_dataflow, name))
+    return JSONResponse(plain(await blocking(_client(home, actor).start_dataflow, name)))
 
 
 @router.post(
     "/dataflows/{name}/stop",
-    responses={**errors(403, 404, 409), 200: json_of("The dataflow.", OBJECT)},
+    response_model=DataflowOut,
+    responses=errors(403, 404, 409),
     summary="Stop a dataflow",
 )
 async def stop_dataflow(
@@ -160,7 +165,7 @@ async def stop_dataflow(
     cancel: bool = Query(False, description="Also cancel its runs in flight."),
 ) -> JSONResponse:
     """Stop recording runs; with ``cancel``, cancel the runs in flight too (listed in ``cancelled``)."""
-    return JSONResponse(await blocking(_client(home, actor).stop_dataflow, name, cancel))
+    return JSONResponse(plain(await blocking(_client(home, actor).stop_dataflow, name, cancel)))
 
 
 @router.post(
@@ -177,9 +182,10 @@ async def run_dataflow(name: str, actor: ActorDep, home: HomeDep) -> JSONRespons
 
 @router.get(
     "/dataflows/{name}/history",
-    responses={**errors(404), 200: json_of("Its versions.", OBJECTS)},
+    response_model=list_of(DataflowVersionOut),
+    responses=errors(404),
     summary="A dataflow's versions",
 )
 async def dataflow_history(name: str, actor: ActorDep, home: HomeDep) -> JSONResponse:
     """Every configuration version, oldest first, with the runs made under it."""
-    return JSONResponse(await blocking(_client(home, actor).dataflow_history, name))
+    return JSONResponse(plain(await blocking(_client(home, actor).dataflow_history, name)))

@@ -17,9 +17,9 @@ from fastapi.responses import JSONResponse
 from pydantic import BaseModel, Field
 
 from datamill.api.deps import ActorDep, HomeDep, blocking
-from datamill.api.schemas import Done
-from datamill.client.local import LocalClient
+from datamill.api.schemas import Done, PipelineOut, list_of, plain
 from datamill.engine.registry import MAX_REF
+from datamill.service import Service
 
 router = APIRouter(tags=["pipelines"])
 
@@ -35,21 +35,21 @@ class PipelineCreate(BaseModel):
     description: str = Field("", max_length=10_000, description="Shown in listings; the pipeline's own by default.")
 
 
-def _client(home: Any, actor: Any) -> LocalClient:
-    return LocalClient(home, actor, serving=True)
+def _client(home: Any, actor: Any) -> Service:
+    return Service(home, actor, serving=True)
 
 
-@router.get("/pipelines", summary="List registered pipelines")
+@router.get("/pipelines", response_model=list_of(PipelineOut), summary="List registered pipelines")
 async def list_pipelines(actor: ActorDep, home: HomeDep) -> JSONResponse:
     """The pipelines runs and dataflows may use, by name."""
-    return JSONResponse(await blocking(_client(home, actor).pipelines))
+    return JSONResponse(plain(await blocking(_client(home, actor).pipelines)))
 
 
-@router.post("/pipelines", status_code=201, summary="Register a pipeline")
+@router.post("/pipelines", response_model=PipelineOut, status_code=201, summary="Register a pipeline")
 async def add_pipeline(body: PipelineCreate, actor: ActorDep, home: HomeDep) -> JSONResponse:
     """Register ``ref`` as ``name`` after checking that it loads (site admins only)."""
     info = await blocking(_client(home, actor).add_pipeline, body.name, body.ref, body.description)
-    return JSONResponse(info, status_code=201)
+    return JSONResponse(plain(info), status_code=201)
 
 
 @router.delete("/pipelines/{name}", response_model=Done, summary="Remove a registered pipeline")

@@ -11,8 +11,8 @@ Routes (under ``/api/v1``):
 * ``GET /tasks/{id}``; ``GET /tasks/{id}/why``; ``GET /tasks/{id}/logs?follow=true`` (text; with
   ``follow``, streams until the task ends)
 
-Each handler calls the embedded client acting as the caller, so access rules and results are the
-same as with ``datamill`` on a local home.
+Each handler calls the service layer (:class:`datamill.service.Service`) acting as the caller, so
+access rules and results are the same as with ``datamill`` on a local home.
 """
 
 from __future__ import annotations
@@ -29,13 +29,14 @@ from pydantic import BaseModel, Field
 from datamill.api.broadcast import EventBroadcaster
 from datamill.api.deps import ActorDep, GuardDep, HomeDep, TokenDep, blocking
 from datamill.api.ids import RunId, TaskId
-from datamill.api.openapi import OBJECT, OBJECTS, errors, json_of, text
+from datamill.api.openapi import errors, text
 from datamill.api.routes.events import EventStreamResponse
+from datamill.api.schemas import PlanOut, RunOut, TaskOut, WhyOut, list_of, plain
 from datamill.api.streams import GONE, Follower, StreamGuard, read_bytes
-from datamill.client.local import LocalClient
 from datamill.engine.runs import FINISHED_RUN, FINISHED_TASK
 from datamill.errors import Conflict, DatamillError, Unavailable
 from datamill.home import Home
+from datamill.service import Service
 from datamill.store.access import Actor
 
 router = APIRouter(tags=["runs"])
@@ -81,24 +82,26 @@ class Cancelled(BaseModel):
     cancelled: bool
 
 
-def _client(home: Any, actor: Any) -> LocalClient:
-    return LocalClient(home, actor, serving=True)
+def _client(home: Any, actor: Any) -> Service:
+    return Service(home, actor, serving=True)
 
 
 @router.post(
     "/plan",
-    responses={**errors(400, 403, 404, 409), 200: json_of("The plan.", OBJECT)},
+    response_model=PlanOut,
+    responses=errors(400, 403, 404, 409),
     summary="Plan a run (dry run)",
 )
 async def plan_run(body: PlanRequest, actor: ActorDep, home: HomeDep) -> JSONResponse:
     """Which tasks a run of ``pipeline`` over ``folder`` would run and which it would take from the cache."""
     result = await blocking(_client(home, actor).plan, body.pipeline, body.folder, body.params, body.force)
-    return JSONResponse(result)
+    return JSONResponse(plain(result))
 
 
 @router.get(
     "/runs",
-    responses={**errors(400), 200: json_of("The runs.", OBJECTS)},
+    response_model=list_of(RunOut),
+    responses=errors(400),
     summary="List runs",
 )
 async def list_runs(
@@ -108,7 +111,7 @@ async def list_runs(
     status: str | None = Query(None, description="Only runs in this state: queued, running, succeeded, ..."),
 ) -> JSONResponse:
     """Runs you may see, newest first."""
-    return JSONResponse(await blocking(_client(home, actor).runs, limit, status))
+    return JSONResponse(plain(await blocking(_client(home, actor).runs, limit, status)))
 
 
 @router.post(
@@ -140,7 +143,8 @@ async def submit_run(request: Request, body: RunRequest, actor: ActorDep, home: 
 
 @router.get(
     "/runs/{run_id}",
-    responses={**errors(404), 200: json_of("The run.", OBJECT)},
+    response_model=RunOut,
+    responses=errors(404),
     summary="Get a run",
 )
 async def get_run(
@@ -154,7 +158,7 @@ async def get_run(
 ) -> JSONResponse:
     """A run with its task counts (``counts`` by status, ``steps``: step -> status -> n)."""
     if wait <= 0:
-        return JSONResponse(await blocking(_client(home, actor).run_info, run_id))
+        return JSONResponse(plain(await blocking(_client(home, actor).run_info, run_id)))
     broadcaster: EventBroadcaster = request.app.state.broadcaster
     deadline = time.monotonic() + wait
 
@@ -167,24 +171,25 @@ async def get_run(
             cursor = await guard.read(home.events.latest)
             info = await guard.read(_client(home, follower.actor).run_info, run_id)
             remaining = deadline - time.monotonic()
-            if info["status"] in FINISHED_RUN or remaining <= 0 or broadcaster.closed:
-                return JSONResponse(info)
+            if info.status in FINISHED_RUN or remaining <= 0 or broadcaster.closed:
+                return JSONResponse(plain(info))
             # Any new event may be this run's; reading it again is cheap.
             if not await follower.pause(broadcaster.wait, cursor, remaining):
                 assert follower.reason is not None
                 if isinstance(follower.reason, Unavailable):
-                    return JSONResponse(info)
+                    return JSONResponse(plain(info))
                 raise follower.reason
 
 
 @router.get(
     "/runs/{run_id}/tasks",
-    responses={**errors(404), 200: json_of("Its tasks.", OBJECTS)},
+    response_model=list_of(TaskOut),
+    responses=errors(404),
     summary="List a run's tasks",
 )
 async def list_tasks(run_id: RunId, actor: ActorDep, home: HomeDep) -> JSONResponse:
     """A run's tasks in plan order, with their outputs."""
-    return JSONResponse(await blocking(_client(home, actor).tasks, run_id))
+    return JSONResponse(plain(await blocking(_client(home, actor).tasks, run_id)))
 
 
 @router.post(
@@ -212,22 +217,24 @@ async def retry_run(run_id: RunId, actor: ActorDep, home: HomeDep) -> JSONRespon
 
 @router.get(
     "/tasks/{task_id}",
-    responses={**errors(404), 200: json_of("The task.", OBJECT)},
+    response_model=TaskOut,
+    responses=errors(404),
     summary="Get a task",
 )
 async def get_task(task_id: TaskId, actor: ActorDep, home: HomeDep) -> JSONResponse:
     """One task with its outputs."""
-    return JSONResponse(await blocking(_client(home, actor).task, task_id))
+    return JSONResponse(plain(await blocking(_client(home, actor).task, task_id)))
 
 
 @router.get(
     "/tasks/{task_id}/why",
-    responses={**errors(404), 200: json_of("The explanation.", OBJECT)},
+    response_model=WhyOut,
+    responses=errors(404),
     summary="Explain a task",
 )
 async def why(task_id: TaskId, actor: ActorDep, home: HomeDep) -> JSONResponse:
     """Why a task ran or was cached: its key parts and what differs from the nearest earlier task."""
-    return JSONResponse(await blocking(_client(home, actor).why, task_id))
+    return JSONResponse(plain(await blocking(_client(home, actor).why, task_id)))
 
 
 class LogStreamResponse(EventStreamResponse):
