@@ -14,7 +14,7 @@ from typing import Any
 
 from sqlalchemy import Connection, select
 
-from datamill.db.models import Folder, Run, Task
+from datamill.db.models import Run, Task
 from datamill.engine import keys, registry, runs
 from datamill.engine.params import split_params
 from datamill.engine.planner import CachedResult, OutputDigest, Plan, plan
@@ -24,6 +24,7 @@ from datamill.errors import InvalidInput, NotFound, PermissionDenied
 from datamill.home import Home
 from datamill.pipeline import Pipeline, load_pipeline
 from datamill.pipeline.inputs import InputRef
+from datamill.store import lookups
 from datamill.store.access import Actor, Level, level_on, require
 from datamill.store.names import split_path
 from datamill.store.visibility import HIDDEN, Visibility
@@ -168,14 +169,14 @@ class Engine:
         if source:
             source = "/".join(split_path(source))
             require(conn, actor, source, Level.READ)
-            src_id = conn.execute(select(Folder.id).where(Folder.path == source)).scalar()
+            src_id = lookups.folder_id(conn, source)
             if src_id is None:  # an admin passes require() even for a folder that does not exist
                 raise NotFound(f"no folder {source!r}, or you may not see it", path=source)
         if dest:
             dest = "/".join(split_path(dest))
-            dest_id = conn.execute(select(Folder.id).where(Folder.path == dest)).scalar()
             # A missing folder and one the caller may not read get the same answer: no existence oracle.
-            if dest_id is None or level_on(conn, actor, dest) < Level.READ:
+            dest_id = lookups.readable_folder_id(conn, actor, dest)
+            if dest_id is None:
                 raise NotFound(
                     f"no destination folder {dest!r}, or you may not see it; "
                     "create it with `datamill folder create` or choose another",
@@ -258,9 +259,8 @@ class Engine:
         if actor.is_admin or row.requested_by == actor.id:
             return True
         for path in (row.source_folder, row.dest_folder):
-            if path and conn.execute(select(Folder.id).where(Folder.path == path)).first():
-                if level_on(conn, actor, path) >= Level.READ:
-                    return True
+            if path and lookups.readable_folder_id(conn, actor, path) is not None:
+                return True
         return False
 
     def _run_row(self, conn: Connection, actor: Actor, run_id: int) -> Any:
