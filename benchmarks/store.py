@@ -48,6 +48,7 @@ from datamill.client.base import Client
 from datamill.config import load_settings
 from datamill.db.models import Item, Version
 from datamill.home import Home
+from datamill.store import garbage
 
 MB = 1_000_000
 MiB = 1 << 20
@@ -246,7 +247,7 @@ def fill_folder(home: Home, folder: str, n: int) -> dict[str, Any]:
     now = time.time()
     with timer() as t, home.db.write() as conn:
         fid = store.get_folder(admin, folder).id
-        store._ensure_blob(conn, blob)
+        garbage.hold_blobs(conn, home.blobs, [blob])
         for start in range(0, n, BATCH):
             names = [f"item-{i:07d}.csv" for i in range(start, min(n, start + BATCH))]
             conn.execute(

@@ -21,7 +21,7 @@ from datamill.errors import HomeInUse
 from datamill.events import EventLog
 from datamill.store import users
 from datamill.store.access import Actor
-from datamill.store.blobs import LocalBlobStore, open_blob_store
+from datamill.store.blobs import open_blob_store
 from datamill.store.store import Store
 
 ADMIN_NAME = "admin"
@@ -42,8 +42,7 @@ class Home:
         self.store = Store(self.db, self.blobs)
         self.events = EventLog(self.db)
         self.store.initialize()
-        if isinstance(self.blobs, LocalBlobStore):
-            self.blobs.clean_tmp()
+        self.blobs.clean_tmp()
         self.admin = self._ensure_admin()
 
     @classmethod
@@ -91,8 +90,7 @@ class Home:
         """Release connections, background threads and this process's temporary directory."""
         self.events.close()
         self.db.dispose()
-        if isinstance(self.blobs, LocalBlobStore):
-            self.blobs.close()
+        self.blobs.close()
 
 
 class ServerLock:

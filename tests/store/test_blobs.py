@@ -142,6 +142,16 @@ class BlobStoreContract:
         assert store.put(SMALL).digest == a  # and the bytes can come back
         assert store.read(a) == SMALL
 
+    def test_local_path_is_the_bytes_or_none(self, store: BlobStore) -> None:
+        """A backend either names a file holding exactly the blob's bytes, or says it has none."""
+        digest = store.put(BIG).digest
+        path = store.local_path(digest)
+        if path is not None:
+            assert path.read_bytes() == BIG
+        store.delete(digest)
+        assert store.local_path(digest) is None  # never a path to bytes that are gone
+        assert store.local_path(MISSING) is None
+
     def test_missing_blob(self, store: BlobStore) -> None:
         assert not store.exists(MISSING)
         with pytest.raises(BlobNotFound):
@@ -263,6 +273,10 @@ class TestLocalBlobStore(BlobStoreContract):
         return LocalBlobStore(tmp_path / "blobs")
 
     # --- layout ------------------------------------------------------------------------------
+    def test_local_path_names_the_blob_file(self, local: LocalBlobStore) -> None:
+        info = local.put(SMALL)
+        assert local.local_path(info.digest) == local.path_of(info.digest)
+
     def test_blob_file_layout_and_mode(self, local: LocalBlobStore) -> None:
         info = local.put(BIG)
         hexpart = info.digest.split(":", 1)[1]

@@ -17,7 +17,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from sqlalchemy import func, select
+from sqlalchemy import func, select, text
 
 from datamill import events
 from datamill.client import LocalClient
@@ -783,6 +783,74 @@ def test_concurrent_creation_of_one_item(home: Home) -> None:
     assert [i.name for i in items] == [f"new-{r}" for r in range(5)]
     with home.db.read() as conn:
         assert conn.execute(select(func.count()).select_from(Item)).scalar_one() == 5
+
+
+
+def test_concurrent_batches_of_the_same_new_items(home: Home) -> None:
+    """Two put_many of overlapping new names at once: every entry becomes a version, each item is made once."""
+    s, admin = home.store, home.admin
+    s.create_folder(admin, "batches")
+    names = [f"n{i:03d}" for i in range(40)]
+    for round_ in range(3):
+        barrier = threading.Barrier(2)
+        start = home.events.latest()
+
+        def batch(tag: str, barrier: threading.Barrier = barrier, round_: int = round_) -> Any:
+            def run() -> None:
+                barrier.wait()
+                s.put_many(admin, "batches", [(n, f"{tag}-{round_}-{n}".encode()) for n in names])
+
+            return run
+
+        _run_threads([batch("a"), batch("b")])
+        items = s.list_items(admin, "batches")
+        assert [i.name for i in items] == names
+        assert {i.version for i in items} == {2 * round_ + 2}
+        kinds = _kinds_since(home, start)
+        created = len(names) if round_ == 0 else 0
+        assert (kinds.count("item.created"), kinds.count("item.updated")) == (created, 2 * len(names) - created)
+    with home.db.read() as conn:
+        assert conn.execute(select(func.count()).select_from(Item)).scalar_one() == len(names)
+
+
+def test_batch_meets_items_another_transaction_is_creating(home: Home, db_url: str, tmp_path: Path) -> None:
+    """A batch whose new items another writer creates meanwhile waits for it, then adds versions to them."""
+    if home.db.is_sqlite:
+        pytest.skip("SQLite has one writer at a time: a batch never meets another's uncommitted item")
+    s, admin = home.store, home.admin
+    s.create_folder(admin, "flight")
+    first = home.blobs.put(b"first")
+    # A second Home on the same database, as another process would be: its writes do not queue
+    # behind this one's in-process write lock.
+    other = open_home(tmp_path / "home", db_url)
+    done: list[Any] = []
+    batch = threading.Thread(
+        target=lambda: done.append(other.store.put_many(admin, "flight", [(n, n.encode()) for n in "abc"]))
+    )
+    try:
+        with home.db.write() as conn:  # creates "a" and "b", uncommitted until the batch waits on them
+            for name in ("a", "b"):
+                s.commit_version(admin, "flight", name, first, conn=conn)
+            me = conn.execute(text("SELECT pg_backend_pid()")).scalar_one()
+            batch.start()
+            waiting = text(
+                "SELECT count(*) FROM pg_stat_activity WHERE datname = current_database() "
+                "AND wait_event_type = 'Lock' AND pid <> :me"
+            )
+            deadline = time.monotonic() + 60  # against a hang only; the batch waits within milliseconds
+            while time.monotonic() < deadline:
+                with home.db.read() as watcher:
+                    if watcher.execute(waiting, {"me": me}).scalar_one():
+                        break
+                time.sleep(0.01)
+            else:
+                pytest.fail("the batch never waited on the items this transaction creates")
+        batch.join(timeout=60)
+    finally:
+        other.close()
+    assert done, "the batch failed; see the thread's exception above"
+    assert [(v.name, v.version) for v in done[0]] == [("a", 2), ("b", 2), ("c", 1)]
+    assert [v.digest for v in s.versions(admin, "flight/a")] == [first.digest, digest_bytes(b"a")]
 
 
 _WRITER = textwrap.dedent(

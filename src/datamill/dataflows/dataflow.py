@@ -28,8 +28,9 @@ from sqlalchemy import text as sql_text
 
 from datamill import events
 from datamill.dataflows.records import DataflowInfo, DataflowVersionInfo, VersionRun
-from datamill.db.models import Dataflow, DataflowVersion, Folder, Run, User
+from datamill.db.models import Dataflow, DataflowVersion, Run, User
 from datamill.errors import AlreadyExists, Conflict, InvalidDataflow, NotFound, PermissionDenied
+from datamill.store import lookups
 from datamill.store.access import Actor, Level, level_on
 from datamill.store.names import split_path
 from datamill.store.visibility import Visibility
@@ -190,7 +191,7 @@ def validate_config(
         if not path:
             raise InvalidDataflow(f"{key}: a {key} folder is required", field=key)
         norm = "/".join(split_path(str(path)))
-        if not norm or not conn.execute(select(Folder.id).where(Folder.path == norm)).first():
+        if not norm or lookups.folder_id(conn, norm) is None:
             raise InvalidDataflow(
                 f"{key}: folder {norm!r} does not exist (or you may not see it); create it first", field=key
             )
@@ -352,7 +353,7 @@ class Dataflows:
             return True
         cfg = row.config or {}
         return any(
-            conn.execute(select(Folder.id).where(Folder.path == p)).first() and level_on(conn, actor, p) >= Level.READ
+            lookups.readable_folder_id(conn, actor, p) is not None
             for p in (cfg.get("source"), cfg.get("destination"))
             if p
         )
@@ -391,9 +392,6 @@ class Dataflows:
         )
         return info
 
-    def _folder_id(self, conn: Connection, path: str) -> int | None:
-        return conn.execute(select(Folder.id).where(Folder.path == path)).scalar()
-
     def _refuse_cycle(
         self, conn: Connection, actor: Actor, name: str, cfg: Mapping[str, Any], row_id: int | None, starting: bool
     ) -> None:
@@ -418,7 +416,7 @@ class Dataflows:
             return "a dataflow you cannot see"
 
         def folder_name(path: str) -> str:
-            seen = self._folder_id(conn, path) is not None and level_on(conn, actor, path) >= Level.READ
+            seen = lookups.readable_folder_id(conn, actor, path) is not None
             return repr(path) if seen else "a folder you cannot see"
 
         names = [flow_name(f) for f in chain]
@@ -458,8 +456,8 @@ class Dataflows:
                     owner_id=actor.id,
                     version=1,
                     config=cfg,
-                    source_folder_id=self._folder_id(conn, cfg["source"]),
-                    dest_folder_id=self._folder_id(conn, cfg["destination"]),
+                    source_folder_id=lookups.folder_id(conn, cfg["source"]),
+                    dest_folder_id=lookups.folder_id(conn, cfg["destination"]),
                     cursor=0,
                     created_at=now,
                     updated_at=now,
@@ -476,7 +474,7 @@ class Dataflows:
                 "dataflow.created",
                 actor_id=actor.id,
                 dataflow_id=fid,
-                folder_id=self._folder_id(conn, cfg["destination"]),
+                folder_id=lookups.folder_id(conn, cfg["destination"]),
                 data={"name": name, "version": 1},
             )
             return self._shown(conn, actor, self._row(conn, name))
@@ -518,8 +516,8 @@ class Dataflows:
                     version=number,
                     config=cfg,
                     updated_at=now,
-                    source_folder_id=self._folder_id(conn, cfg["source"]),
-                    dest_folder_id=self._folder_id(conn, cfg["destination"]),
+                    source_folder_id=lookups.folder_id(conn, cfg["source"]),
+                    dest_folder_id=lookups.folder_id(conn, cfg["destination"]),
                     next_fire_at=None,
                 )
             )
@@ -528,7 +526,7 @@ class Dataflows:
                 "dataflow.updated",
                 actor_id=actor.id,
                 dataflow_id=row.id,
-                folder_id=self._folder_id(conn, cfg["destination"]),
+                folder_id=lookups.folder_id(conn, cfg["destination"]),
                 data={
                     "name": name,
                     "version": number,

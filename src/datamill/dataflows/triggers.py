@@ -22,11 +22,11 @@ import time
 from collections.abc import Callable
 from typing import Any
 
-from sqlalchemy import Connection, and_, select, update
+from sqlalchemy import Connection, select, update
 
 from datamill import events
 from datamill.dataflows.dataflow import find_cycle, flow_ends
-from datamill.db.models import Dataflow, Event, Folder, Item, Run, Task, TaskInput, Version
+from datamill.db.models import Dataflow, Event, Run, Task, TaskInput
 from datamill.engine import registry
 from datamill.engine.engine import Engine
 from datamill.engine.runs import RunStatus, TaskStatus
@@ -34,6 +34,7 @@ from datamill.errors import InvalidInput, NotFound, PermissionDenied
 from datamill.home import Home
 from datamill.pipeline import load_pipeline
 from datamill.pipeline.inputs import InputRef
+from datamill.store import lookups
 from datamill.store.access import Actor, Level, level_on
 
 log = logging.getLogger("datamill.triggers")
@@ -240,31 +241,13 @@ class Triggers:
         Read through ``conn``, the transaction that records the run and moves the cursor, and
         only the items wanted (a run for one new file does not list a folder of thousands).
         """
-        folder_id = conn.execute(select(Folder.id).where(Folder.path == source)).scalar()
+        folder_id = lookups.folder_id(conn, source)
         if folder_id is None:
             raise NotFound(f"the source folder {source!r} no longer exists", path=source)
-        q = (
-            select(
-                Item.id,
-                Item.name,
-                Item.meta.label("meta"),
-                Version.id.label("version_id"),
-                Version.number,
-                Version.digest,
-                Version.size,
-                Version.content_type,
-            )
-            .join(Version, and_(Version.item_id == Item.id, Version.number == Item.current_version))
-            .where(Item.folder_id == folder_id)
-            .order_by(Item.name)
-        )
-        wanted = set(item_ids) if item_ids is not None and not aggregate else None
-        if wanted is not None and len(wanted) <= 500:  # beyond that, filtering the listing is as good
-            q = q.where(Item.id.in_(sorted(wanted)))
+        only = item_ids if item_ids is not None and not aggregate else None
         return [
-            InputRef(r.id, r.version_id, source, r.name, r.number, r.digest, r.size, r.content_type, r.meta or {})
-            for r in conn.execute(q)
-            if wanted is None or r.id in wanted
+            InputRef(i.id, i.version_id, source, i.name, i.version, i.digest, i.size, i.content_type, i.metadata)
+            for i in lookups.items_with_current_versions(conn, folder_id, source, only)
         ]
 
     def _processed(self, conn: Connection, dataflow_id: int, version: int, refs: list[InputRef]) -> set[int]:
@@ -387,7 +370,5 @@ def active_runs(home: Home, dataflow_id: int) -> list[int]:
 
 def items_in(home: Home, folder_id: int) -> int:
     """How many items a folder holds (for status displays)."""
-    from sqlalchemy import func
-
     with home.db.read() as conn:
-        return int(conn.execute(select(func.count()).select_from(Item).where(Item.folder_id == folder_id)).scalar_one())
+        return lookups.count_items(conn, folder_id)

@@ -177,9 +177,9 @@ class Engine:
                 raise NotFound(f"no folder {source!r}, or you may not see it", path=source)
         if dest:
             dest = "/".join(split_path(dest))
-            dest_id = lookups.folder_id(conn, dest)
             # A missing folder and one the caller may not read get the same answer: no existence oracle.
-            if dest_id is None or level_on(conn, actor, dest) < Level.READ:
+            dest_id = lookups.readable_folder_id(conn, actor, dest)
+            if dest_id is None:
                 raise NotFound(
                     f"no destination folder {dest!r}, or you may not see it; "
                     "create it with `datamill folder create` or choose another",
@@ -262,9 +262,8 @@ class Engine:
         if actor.is_admin or row.requested_by == actor.id:
             return True
         for path in (row.source_folder, row.dest_folder):
-            if path and lookups.folder_id(conn, path) is not None:
-                if level_on(conn, actor, path) >= Level.READ:
-                    return True
+            if path and lookups.readable_folder_id(conn, actor, path) is not None:
+                return True
         return False
 
     def _run_row(self, conn: Connection, actor: Actor, run_id: int) -> Any:

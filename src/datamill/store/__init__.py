@@ -1,5 +1,8 @@
 """The folder store: folders, items, versions, metadata, access and blobs.
 
+:class:`Store` (``store.py``) is the facade; one module per noun does the work (see its docstring).
+Code outside this package reads the store's tables only through it and :mod:`datamill.store.lookups`.
+
 The names below are loaded on first use (PEP 562), so that importing a light module of this package
 (:mod:`~datamill.store.blobs`, :mod:`~datamill.store.names`, as the remote client does) does not load
 the database layer that :class:`Store` needs.
@@ -11,7 +14,8 @@ if TYPE_CHECKING:
     from datamill.store.access import ANONYMOUS, Actor, Level
     from datamill.store.blobs import BlobInfo, BlobStore, LocalBlobStore, MemoryBlobStore, open_blob_store
     from datamill.store.groups import GroupGrant, GroupInfo, GroupMember
-    from datamill.store.store import FolderInfo, ItemInfo, Store, VersionInfo
+    from datamill.store.records import FolderInfo, ItemInfo, VersionInfo
+    from datamill.store.store import Store
 
 __all__ = [
     "ANONYMOUS",
@@ -46,10 +50,14 @@ def __getattr__(name: str) -> Any:
         from datamill.store import groups
 
         value = getattr(groups, name)
-    elif name in {"FolderInfo", "ItemInfo", "Store", "VersionInfo"}:
+    elif name in {"FolderInfo", "ItemInfo", "VersionInfo"}:
+        from datamill import records
+
+        value = getattr(records, name)
+    elif name == "Store":
         from datamill.store import store
 
-        value = getattr(store, name)
+        value = store.Store
     else:
         raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
     globals()[name] = value

@@ -1,4 +1,8 @@
-"""Store records that clients receive without the store itself: users and folder grants."""
+"""Store records that clients receive without the store itself: users and folder grants.
+
+Folders, items and versions are in :mod:`datamill.records` (the lowest layer, so that the remote
+client loads no database code); they are re-exported here for the store's own modules.
+"""
 
 from __future__ import annotations
 
@@ -6,6 +10,12 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 from datamill.record import Record
+from datamill.records import FolderInfo, ItemInfo, VersionInfo
+
+#: The root of the folder tree; a folder the actor can reach is identified by its path.
+ROOT = ""
+
+__all__ = ["ROOT", "AccessGrant", "FolderInfo", "ItemInfo", "UserInfo", "VersionInfo"]
 
 if TYPE_CHECKING:
     from datamill.store.access import Actor

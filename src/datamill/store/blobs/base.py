@@ -1,0 +1,268 @@
+"""Blobs: immutable bytes addressed by their BLAKE3 digest, behind a small interface.
+
+A digest reads ``blake3:<64 hex>``; the algorithm is part of the name so a store can say what it
+holds. Writing streams the bytes through the hasher into a temporary file, fsyncs it and renames
+it into place, so a crash or a broken upload never leaves a partial blob under a real digest.
+Reading hashes again and raises :class:`BlobCorrupted` at the end of a stream whose bytes changed.
+"""
+
+from __future__ import annotations
+
+import io
+from abc import ABC, abstractmethod
+from collections.abc import Iterable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import BinaryIO
+
+import blake3
+
+from datamill.errors import BlobCorrupted, DigestMismatch, InvalidInput
+
+ALGORITHM = "blake3"
+#: Bytes per read and per streamed chunk.
+CHUNK = 1 << 20
+
+
+def hasher() -> blake3.blake3:
+    """A fresh hasher of the store's algorithm (multi-threaded for large inputs)."""
+    return blake3.blake3(max_threads=blake3.blake3.AUTO)
+
+
+def digest_bytes(data: bytes) -> str:
+    """The digest of ``data``: ``blake3:<hex>``."""
+    return f"{ALGORITHM}:{blake3.blake3(data).hexdigest()}"
+
+
+def check_digest(digest: str) -> str:
+    """Validate a digest's form and return its hex part; raise :class:`InvalidInput` otherwise."""
+    algo, _, hexpart = digest.partition(":")
+    if algo != ALGORITHM or len(hexpart) != 64 or any(c not in "0123456789abcdef" for c in hexpart):
+        raise InvalidInput(f"not a {ALGORITHM} digest: {digest!r}; expected '{ALGORITHM}:' and 64 hex digits")
+    return hexpart
+
+
+@dataclass(frozen=True)
+class BlobInfo:
+    """What a finished write produced."""
+
+    digest: str
+    size: int
+
+
+class BlobWriter(ABC):
+    """An open write: feed bytes with :meth:`write`, then :meth:`commit` or :meth:`abort`."""
+
+    def __init__(self, expected_digest: str | None = None, expected_size: int | None = None) -> None:
+        self._hasher = hasher()
+        self.size = 0
+        self.expected_digest = expected_digest
+        self.expected_size = expected_size
+        self.closed = False
+
+    def write(self, chunk: bytes) -> None:
+        """Append bytes."""
+        self._hasher.update(chunk)
+        self.size += len(chunk)
+        self._write(chunk)
+
+    def commit(self) -> BlobInfo:
+        """Finish: verify what was announced, make the blob visible under its digest."""
+        digest = f"{ALGORITHM}:{self._hasher.hexdigest()}"
+        try:
+            if self.expected_size is not None and self.size != self.expected_size:
+                raise DigestMismatch(
+                    f"received {self.size} bytes but {self.expected_size} were announced; nothing was stored",
+                    received=self.size,
+                    expected=self.expected_size,
+                )
+            if self.expected_digest is not None and digest != self.expected_digest:
+                raise DigestMismatch(
+                    f"received bytes hash to {digest}, not the announced {self.expected_digest}; nothing was stored",
+                    received=digest,
+                    expected=self.expected_digest,
+                )
+        except DigestMismatch:
+            self.abort()
+            raise
+        self._commit(digest)
+        self.closed = True
+        return BlobInfo(digest, self.size)
+
+    def abort(self) -> None:
+        """Throw away what was written; safe to call more than once."""
+        if not self.closed:
+            self.closed = True
+            self._abort()
+
+    def __enter__(self) -> BlobWriter:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.abort()
+
+    @abstractmethod
+    def _write(self, chunk: bytes) -> None: ...
+
+    @abstractmethod
+    def _commit(self, digest: str) -> None: ...
+
+    @abstractmethod
+    def _abort(self) -> None: ...
+
+
+class VerifyingReader(io.RawIOBase):
+    """A read stream that hashes what passes through and raises at the end if it does not match."""
+
+    def __init__(self, raw: BinaryIO, digest: str, size: int | None = None) -> None:
+        super().__init__()
+        self._raw = raw
+        self._digest = digest
+        self._size = size
+        self._hasher = hasher()
+        self._seen = 0
+        self._done = False
+
+    def readable(self) -> bool:
+        return True
+
+    def readinto(self, buffer: bytearray | memoryview) -> int:  # type: ignore[override]
+        data = self._raw.read(len(buffer))
+        if not data:
+            self._finish()
+            return 0
+        self._hasher.update(data)
+        self._seen += len(data)
+        buffer[: len(data)] = data
+        return len(data)
+
+    def _finish(self) -> None:
+        if self._done:
+            return
+        self._done = True
+        actual = f"{ALGORITHM}:{self._hasher.hexdigest()}"
+        if actual != self._digest or (self._size is not None and self._seen != self._size):
+            raise BlobCorrupted(
+                f"blob {self._digest} is corrupted: its bytes now hash to {actual}. "
+                "Restore it from a backup or upload the file again.",
+                digest=self._digest,
+            )
+
+    def close(self) -> None:
+        self._raw.close()
+        super().close()
+
+
+class BlobStore(ABC):
+    """Where blob bytes live. Implementations: :class:`LocalBlobStore`, :class:`MemoryBlobStore`."""
+
+    algorithm = ALGORITHM
+
+    @abstractmethod
+    def writer(
+        self, expected_digest: str | None = None, expected_size: int | None = None, durable: bool = True
+    ) -> BlobWriter:
+        """Start a write; the digest is known only when it commits.
+
+        With ``durable=False`` the bytes need not be on stable storage at commit: the caller
+        must call :meth:`sync` before it records the blob anywhere (batched uploads do, so that
+        many small files cost one sync instead of two fsyncs each).
+        """
+
+    def sync(self) -> None:
+        """Make every blob written so far durable (see ``durable=False``)."""
+
+    @abstractmethod
+    def _open_raw(self, digest: str) -> BinaryIO:
+        """The stored bytes, unverified; raise :class:`BlobNotFound` if absent."""
+
+    @abstractmethod
+    def exists(self, digest: str) -> bool:
+        """Whether bytes for ``digest`` are stored."""
+
+    @abstractmethod
+    def delete(self, digest: str) -> None:
+        """Remove the bytes for ``digest``; no error if already gone."""
+
+    @abstractmethod
+    def size(self, digest: str) -> int:
+        """The stored size in bytes."""
+
+    def local_path(self, digest: str) -> Path | None:
+        """A file on this machine holding the bytes of ``digest``, or None.
+
+        None for a backend without local files (memory, object storage) and for a blob that is
+        not there; callers then read through :meth:`open`. The file is the store's own: never
+        write to it (it is read-only), and link or read it only while a reference keeps the blob.
+        """
+        return None
+
+    def clean_tmp(self) -> int:
+        """Remove temporary files left by processes that ended; returns how many (0 if none are kept)."""
+        return 0
+
+    def close(self) -> None:
+        """Release what this open store holds (temporary files, connections); it stays usable."""
+
+    def put(
+        self,
+        data: bytes | BinaryIO | Iterable[bytes],
+        expected_digest: str | None = None,
+        expected_size: int | None = None,
+        durable: bool = True,
+    ) -> BlobInfo:
+        """Store bytes from a buffer, a file object or an iterable of chunks."""
+        w = self.writer(expected_digest, expected_size, durable)
+        try:
+            if isinstance(data, bytes | bytearray | memoryview):
+                w.write(bytes(data))
+            elif hasattr(data, "read"):
+                while chunk := data.read(CHUNK):
+                    w.write(chunk)
+            else:
+                for chunk in data:
+                    w.write(chunk)
+            return w.commit()
+        finally:
+            w.abort()
+
+    def open(self, digest: str) -> BinaryIO:
+        """A stream of the blob's bytes that verifies the digest as it reaches the end."""
+        check_digest(digest)
+        raw = self._open_raw(digest)
+        return io.BufferedReader(VerifyingReader(raw, digest), buffer_size=CHUNK)
+
+    def read(self, digest: str) -> bytes:
+        """All bytes of a (small) blob, verified."""
+        with self.open(digest) as f:
+            return f.read()
+
+    def iter_range(self, digest: str, start: int = 0, end: int | None = None) -> Iterator[bytes]:
+        """Bytes ``start``..``end`` (inclusive) of a blob, in chunks.
+
+        A whole-blob read is verified as it streams (the last chunk raises on a mismatch); a
+        partial read verifies the whole blob first, since a range alone cannot be checked.
+        """
+        total = self.size(digest)
+        last = total - 1 if end is None else min(end, total - 1)
+        if start == 0 and last == total - 1:
+            with self.open(digest) as f:
+                while chunk := f.read(CHUNK):
+                    yield chunk
+            return
+        self.verify(digest)
+        with self._open_raw(digest) as raw:
+            raw.seek(start)
+            remaining = last - start + 1
+            while remaining > 0:
+                chunk = raw.read(min(CHUNK, remaining))
+                if not chunk:
+                    break
+                remaining -= len(chunk)
+                yield chunk
+
+    def verify(self, digest: str) -> None:
+        """Read the whole blob and raise :class:`BlobCorrupted` if its bytes changed."""
+        with self.open(digest) as f:
+            while f.read(CHUNK):
+                pass

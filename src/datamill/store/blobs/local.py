@@ -1,0 +1,249 @@
+"""Blobs as files on a local file system: ``root/ab/cd/<hex>``, uploads in a temporary directory per process."""
+
+from __future__ import annotations
+
+import errno
+import fcntl
+import logging
+import os
+import shutil
+import tempfile
+import threading
+import time
+import weakref
+from pathlib import Path
+from typing import Any, BinaryIO
+
+from datamill.errors import BlobNotFound
+from datamill.store.blobs.base import BlobStore, BlobWriter, check_digest
+
+log = logging.getLogger("datamill.store")
+
+#: The lock file in each process's temporary directory, held (``flock``) while the process lives.
+TMP_LOCK = "lock"
+#: Temporary entries not made by this version's protocol (older versions' ``upload-*`` files, a
+#: directory whose creation was interrupted) are removed once they are this old.
+STALE_SECONDS = 3600.0
+
+
+def _load_syncfs() -> Any:
+    """Linux ``syncfs(2)``, if the C library has it (else ``os.sync`` is used)."""
+    try:
+        import ctypes
+
+        fn = ctypes.CDLL(None, use_errno=True).syncfs
+        fn.argtypes = [ctypes.c_int]
+        return fn
+    except (OSError, AttributeError):
+        return None
+
+
+_syncfs = _load_syncfs()
+
+
+class _LocalWriter(BlobWriter):
+    def __init__(
+        self, store: LocalBlobStore, expected_digest: str | None, expected_size: int | None, durable: bool = True
+    ) -> None:
+        super().__init__(expected_digest, expected_size)
+        self._store = store
+        self._durable = durable
+        fd, name = tempfile.mkstemp(dir=store.own_tmp_dir(), prefix="upload-")
+        self._tmp = Path(name)
+        self._file = os.fdopen(fd, "wb", buffering=0)
+
+    def _write(self, chunk: bytes) -> None:
+        view = memoryview(chunk)
+        while view:
+            n = self._file.write(view)
+            view = view[n or 0 :]
+
+    def _commit(self, digest: str) -> None:
+        self._file.flush()
+        if self._durable:
+            os.fsync(self._file.fileno())
+        self._file.close()
+        final = self._store.path_of(digest)
+        # Same digest, same bytes: replacing an existing file stores nothing twice, and it repairs
+        # a file that was corrupted on disk (BlobCorrupted tells the user to upload again).
+        final.parent.mkdir(parents=True, exist_ok=True)
+        os.chmod(self._tmp, 0o444)
+        os.replace(self._tmp, final)
+        if not self._durable:
+            return  # the caller calls store.sync() before recording the blob anywhere
+        dir_fd = os.open(final.parent, os.O_RDONLY)
+        try:
+            os.fsync(dir_fd)
+        finally:
+            os.close(dir_fd)
+
+    def _abort(self) -> None:
+        if not self._file.closed:
+            self._file.close()
+        self._tmp.unlink(missing_ok=True)
+
+
+class LocalBlobStore(BlobStore):
+    """Blobs as read-only files under ``root/ab/cd/<hex>``; temporary files under ``root/.tmp``.
+
+    Each open store writes its temporary files in a directory of its own,
+    ``root/.tmp/<pid>-<random>/``, and holds an exclusive ``flock`` on the ``lock`` file in it for
+    as long as it lives. The kernel drops that lock when the process ends, however it ends, so
+    :meth:`clean_tmp` (run by every process that opens the home) removes exactly the directories
+    of processes that are gone, and never the uploads in flight of a live server or CLI.
+    """
+
+    def __init__(self, root: str | Path) -> None:
+        self.root = Path(root)
+        self.tmp_dir = self.root / ".tmp"
+        self.tmp_dir.mkdir(parents=True, exist_ok=True)
+        self._own_tmp: Path | None = None
+        self._owner_pid = 0
+        self._own_lock = threading.Lock()
+        self._release: weakref.finalize | None = None
+
+    def own_tmp_dir(self) -> Path:
+        """This store's temporary directory, made (and locked) on first use."""
+        with self._own_lock:
+            if self._own_tmp is None or os.getpid() != self._owner_pid:
+                # A forked child shares its parent's lock and directory; it may write there too,
+                # but it makes its own for a store it uses after the fork.
+                self._own_tmp, fd = _make_locked_dir(self.tmp_dir)
+                self._owner_pid = os.getpid()
+                self._release = weakref.finalize(self, _release_tmp_dir, self._own_tmp, fd, os.getpid())
+            return self._own_tmp
+
+    def close(self) -> None:
+        """Remove this store's temporary directory and drop its lock (also done at exit)."""
+        with self._own_lock:
+            if self._release is not None:
+                self._release()
+            self._own_tmp, self._release = None, None
+
+    def path_of(self, digest: str) -> Path:
+        """Where the bytes of ``digest`` live on disk."""
+        h = check_digest(digest)
+        return self.root / h[:2] / h[2:4] / h
+
+    def writer(
+        self, expected_digest: str | None = None, expected_size: int | None = None, durable: bool = True
+    ) -> BlobWriter:
+        return _LocalWriter(self, expected_digest, expected_size, durable)
+
+    def sync(self) -> None:
+        """One ``syncfs`` of the blob file system: file data and renames reach the disk together."""
+        fd = os.open(self.root, os.O_RDONLY)
+        try:
+            if _syncfs is None or _syncfs(fd) != 0:
+                os.sync()
+        finally:
+            os.close(fd)
+
+    def _open_raw(self, digest: str) -> BinaryIO:
+        try:
+            return open(self.path_of(digest), "rb", buffering=0)
+        except FileNotFoundError:
+            raise BlobNotFound(
+                # the blob directory is the server's business: callers are not told where it is
+                f"blob {digest} is missing from the blob store. Restore the blob directory from a backup.",
+                digest=digest,
+            ) from None
+
+    def exists(self, digest: str) -> bool:
+        return self.path_of(digest).is_file()
+
+    def local_path(self, digest: str) -> Path | None:
+        path = self.path_of(digest)
+        return path if path.is_file() else None
+
+    def delete(self, digest: str) -> None:
+        self.path_of(digest).unlink(missing_ok=True)
+
+    def size(self, digest: str) -> int:
+        try:
+            return self.path_of(digest).stat().st_size
+        except FileNotFoundError:
+            raise BlobNotFound(f"blob {digest} is missing from the blob store", digest=digest) from None
+
+    def clean_tmp(self) -> int:
+        """Remove temporary files of processes that are gone; returns how many files were removed.
+
+        A directory is removed only while this call holds its lock, which a live owner never
+        lets go of; a live process's uploads are left alone.
+        """
+        n = 0
+        now = time.time()
+        for entry in list(self.tmp_dir.iterdir()):
+            try:
+                if entry.is_dir() and not entry.name.startswith("."):
+                    n += _remove_if_unlocked(entry)
+                elif now - entry.lstat().st_mtime > STALE_SECONDS:
+                    # An older datamill's upload-* file, or a directory whose creation stopped
+                    # half-way: nothing can tell whether its writer lives, so only age decides.
+                    n += _count_files(entry)
+                    if entry.is_dir():
+                        shutil.rmtree(entry)
+                    else:
+                        entry.unlink()
+            except FileNotFoundError:
+                continue  # another process cleaned it at the same time
+        return n
+
+
+def _make_locked_dir(parent: Path) -> tuple[Path, int]:
+    """A new directory under ``parent`` holding a ``lock`` file this process has locked.
+
+    The directory is made and locked under a dot-name that :meth:`LocalBlobStore.clean_tmp` leaves
+    alone, then renamed into view, so no other process can ever see it unlocked.
+    """
+    staging = Path(tempfile.mkdtemp(dir=parent, prefix=".new-"))
+    fd = os.open(staging / TMP_LOCK, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        final = parent / f"{os.getpid()}-{staging.name.removeprefix('.new-')}"
+        os.rename(staging, final)
+    except BaseException:
+        os.close(fd)
+        shutil.rmtree(staging, ignore_errors=True)
+        raise
+    return final, fd
+
+
+def _release_tmp_dir(path: Path, fd: int, pid: int) -> None:
+    """Remove a store's temporary directory, then let go of its lock (in the process that made it)."""
+    if os.getpid() != pid:
+        return  # a forked child exiting must not take its parent's directory away
+    shutil.rmtree(path, ignore_errors=True)
+    os.close(fd)
+
+
+def _remove_if_unlocked(path: Path) -> int:
+    """Remove ``path`` if no live process holds its lock; returns how many files it held."""
+    try:
+        fd = os.open(path / TMP_LOCK, os.O_RDWR | os.O_CLOEXEC)
+    except FileNotFoundError:
+        if time.time() - path.lstat().st_mtime <= STALE_SECONDS:
+            return 0
+        n = _count_files(path)
+        shutil.rmtree(path, ignore_errors=True)
+        return n
+    try:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError as exc:
+            if exc.errno in (errno.EWOULDBLOCK, errno.EAGAIN):
+                return 0  # its process is alive
+            raise
+        n = _count_files(path) - 1  # not the lock file
+        shutil.rmtree(path, ignore_errors=True)
+        if n:
+            log.info("removed %d temporary files left by a process that ended", n)
+        return n
+    finally:
+        os.close(fd)
+
+
+def _count_files(path: Path) -> int:
+    if not path.is_dir():
+        return 1
+    return sum(len(files) for _, _, files in os.walk(path))
