@@ -45,7 +45,7 @@ def test_group_commands(dm: Any) -> None:
 
 
 def test_share_with_a_group(dm: Any, files: Path) -> None:
-    dm.ok("put", str(files / "a.csv"), "Raw Data")
+    dm.ok("put", "-p", str(files / "a.csv"), "Raw Data")
     dm.ok("user", "create", "ana")
     dm.ok("group", "create", "lab")
     dm.ok("group", "add", "lab", "ana")
