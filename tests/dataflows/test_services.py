@@ -12,22 +12,32 @@ import pytest
 from flow_world import FlowWorld, open_home
 from psycopg import sql
 
+from datamill.config import load_settings
 from datamill.errors import ConfigError
-from datamill.services import DEFAULT_LEASE_SECONDS, LEASE_ENV, Services, lease_seconds_from_env
+from datamill.services import Services
+
+LEASE_ENV = "DATAMILL_LEASE_SECONDS"
 
 
-def test_the_lease_comes_from_the_environment() -> None:
-    assert lease_seconds_from_env({}) == DEFAULT_LEASE_SECONDS
-    assert lease_seconds_from_env({LEASE_ENV: " 1.5 "}) == 1.5
+def test_the_lease_comes_from_the_environment(tmp_path: Path) -> None:
+    # The settings registry reads it like every other DATAMILL_* variable, and from datamill.toml.
+    assert load_settings(environ={}).lease_seconds == 30.0
+    assert load_settings(environ={LEASE_ENV: " 1.5 "}).lease_seconds == 1.5
     for bad in ("0", "-3", "soon", "nan"):
         with pytest.raises(ConfigError, match=LEASE_ENV):
-            lease_seconds_from_env({LEASE_ENV: bad})
+            load_settings(environ={LEASE_ENV: bad})
+    toml = tmp_path / "datamill.toml"
+    toml.write_text("[defaults]\nlease_seconds = 2\n")
+    assert load_settings(config_file=toml, environ={}).lease_seconds == 2.0
+    toml.write_text("[defaults]\nlease_seconds = true\n")
+    with pytest.raises(ConfigError, match="lease_seconds must be a positive number"):
+        load_settings(config_file=toml, environ={})
 
 
 def test_services_use_the_lease_from_the_environment(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv(LEASE_ENV, "2.5")  # read when the home's settings are loaded
     home = open_home(tmp_path / "home")
     try:
-        monkeypatch.setenv(LEASE_ENV, "2.5")
         assert Services(home, executor="inline").scheduler.lease_seconds == 2.5
         assert Services(home, executor="inline", lease_seconds=7).scheduler.lease_seconds == 7
     finally:

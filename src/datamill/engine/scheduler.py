@@ -176,7 +176,7 @@ class Scheduler:
         executor: Executor | str | None = None,
         *,
         workers: int | None = None,
-        lease_seconds: float = 30.0,
+        lease_seconds: float | None = None,
         owner: str | None = None,
         clock: Callable[[], float] = time.time,
     ) -> None:
@@ -190,7 +190,7 @@ class Scheduler:
             self.executor: Executor = get_executor(name, **opts)
         else:
             self.executor = executor
-        self.lease_seconds = lease_seconds
+        self.lease_seconds = home.settings.lease_seconds if lease_seconds is None else lease_seconds
         self.owner = owner or f"{os.uname().nodename}:{os.getpid()}:{uuid.uuid4().hex[:8]}"
         self.clock = clock
         self.work_root = home.path / "work"
