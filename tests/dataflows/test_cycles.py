@@ -7,12 +7,14 @@ with names growing until publishing failed.
 from __future__ import annotations
 
 import pytest
-from flow_world import DEST, SOURCE, FlowWorld
 from sqlalchemy import update
 
 from datamill.db.models import Dataflow
 from datamill.errors import Conflict, InvalidDataflow
 from datamill.store.access import Level
+from tests.helpers import DEST, SOURCE
+
+from .flow_world import FlowWorld
 
 
 def folders(w: FlowWorld, *paths: str) -> None:

@@ -3,18 +3,20 @@
 from __future__ import annotations
 
 import asyncio
-import time
 from pathlib import Path
 from urllib.parse import urlsplit, urlunsplit
 
 import psycopg
 import pytest
-from flow_world import FlowWorld, open_home
 from psycopg import sql
 
 from datamill.config import load_settings
 from datamill.errors import ConfigError
+from datamill.home import Home
 from datamill.services import Services
+from tests.helpers import open_home, until
+
+from .flow_world import FlowWorld
 
 LEASE_ENV = "DATAMILL_LEASE_SECONDS"
 
@@ -36,19 +38,12 @@ def test_the_lease_comes_from_the_environment(tmp_path: Path) -> None:
 
 def test_services_use_the_lease_from_the_environment(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv(LEASE_ENV, "2.5")  # read when the home's settings are loaded
-    home = open_home(tmp_path / "home")
+    home = Home(load_settings(home=str(tmp_path / "home"), demo=False))
     try:
         assert Services(home, executor="inline").scheduler.lease_seconds == 2.5
         assert Services(home, executor="inline", lease_seconds=7).scheduler.lease_seconds == 7
     finally:
         home.close()
-
-
-async def _until(what: str, check: object, timeout: float = 30.0) -> None:
-    deadline = time.monotonic() + timeout
-    while not await asyncio.to_thread(check):  # type: ignore[arg-type]
-        assert time.monotonic() < deadline, f"timed out waiting for {what}"
-        await asyncio.sleep(0.05)
 
 
 @pytest.mark.postgres
@@ -77,15 +72,15 @@ def test_the_services_outlive_a_database_outage(tmp_path: Path, postgres_db_url:
         await services.start()
         try:
             w.put("a.txt", "a")
-            await _until("the first output", lambda: "a.echo.bin" in w.out())
+            await until("the first output", lambda: "a.echo.bin" in w.out())
             outage(True)
             await asyncio.sleep(2.5)  # every pass of every service fails meanwhile
             outage(False)
             w.put("b.txt", "b")  # for the triggers
-            await _until("the output of an item landed after the outage", lambda: "b.echo.bin" in w.out())
+            await until("the output of an item landed after the outage", lambda: "b.echo.bin" in w.out())
             asked = w.triggers.run_now("flow", w.admin)  # recorded elsewhere: for the scheduler to find
             assert asked is not None
-            await _until("the run asked for", lambda: w.run(asked)["status"] == "succeeded")
+            await until("the run asked for", lambda: w.run(asked)["status"] == "succeeded")
         finally:
             await services.stop()
 

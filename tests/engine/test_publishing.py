@@ -4,11 +4,11 @@ from __future__ import annotations
 
 import json
 
-from engine_world import World
-from pipelines import ref
-
 from datamill.store import users
 from datamill.store.access import Level
+
+from .engine_world import World
+from .pipelines import ref
 
 PERITEM = ref("peritem")
 

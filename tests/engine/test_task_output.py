@@ -14,8 +14,11 @@ import threading
 from pathlib import Path
 
 import pytest
-from engine_world import World, wait_for
-from output_pipelines import ref
+
+from tests.helpers import wait_for
+
+from .engine_world import World
+from .output_pipelines import ref
 
 NOISY = "print {n}\nstderr: error {n}\nWARNING noisy: warned {n}\npartial {n}\n"
 

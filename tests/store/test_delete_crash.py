@@ -24,8 +24,7 @@ from datamill.db.models import Blob
 from datamill.errors import NotFound
 from datamill.home import Home
 from datamill.store.blobs import LocalBlobStore, digest_bytes
-
-from .conftest import open_home
+from tests.helpers import open_home
 
 N_ITEMS = 1500
 SUBFOLDERS = 3

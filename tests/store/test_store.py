@@ -36,8 +36,7 @@ from datamill.home import Home
 from datamill.store.access import Level
 from datamill.store.blobs import LocalBlobStore, digest_bytes
 from datamill.store.store import ROOT, Store
-
-from .conftest import add_user, open_home
+from tests.helpers import add_user, open_home
 
 
 def _store(home: Home) -> Store:
