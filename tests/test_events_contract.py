@@ -193,6 +193,7 @@ _APPENDER = textwrap.dedent(
 )
 
 
+@pytest.mark.slow
 def test_wait_wakes_on_an_append_in_another_process(db_url: str, db: Database, log: EventLog) -> None:
     cursor = log.latest()
     child = subprocess.Popen(

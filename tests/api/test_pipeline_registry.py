@@ -80,6 +80,7 @@ def _user(up: Up, name: str) -> str:
         return admin.create_token(name).token
 
 
+@pytest.mark.slow
 def test_a_non_admin_cannot_make_the_server_import_or_run_anything(up: Up, tmp_path: Path) -> None:
     ana_token = _user(up, "ana")
     # ana's own folders, so that every request gets as far as the pipeline.
@@ -142,6 +143,7 @@ def test_a_non_admin_cannot_make_the_server_import_or_run_anything(up: Up, tmp_p
     assert sorted(p.name for p in up.cwd.iterdir()) == before  # no virtual environment made, nothing written
 
 
+@pytest.mark.slow
 def test_a_site_admin_gets_clear_4xx_errors_for_references_that_cannot_be_pipelines(up: Up, tmp_path: Path) -> None:
     (tmp_path / "exits.py").write_text("import sys\nsys.exit(3)\n")
     with up.http(up.token) as http, RemoteClient(up.url, up.token) as admin:
@@ -155,6 +157,7 @@ def test_a_site_admin_gets_clear_4xx_errors_for_references_that_cannot_be_pipeli
     assert sorted(p.name for p in up.cwd.iterdir()) == ["planted_mod.py"]
 
 
+@pytest.mark.slow
 def test_registered_names_work_for_everyone_and_only_admins_register(up: Up) -> None:
     ana_token = _user(up, "ana")
     with RemoteClient(up.url, up.token) as admin, RemoteClient(up.url, ana_token) as ana:
@@ -204,6 +207,7 @@ def test_registered_names_work_for_everyone_and_only_admins_register(up: Up) -> 
         assert ana.events(kinds=["pipeline.registered", "pipeline.removed"]) == []  # they name server paths
 
 
+@pytest.mark.slow
 def test_yaml_alias_bomb_is_a_small_error(up: Up, tmp_path: Path) -> None:
     levels = ["&a [" + ", ".join(["lol"] * 9) + "]"]
     for prev, cur in zip("abcdefgh", "bcdefghi", strict=True):

@@ -126,6 +126,7 @@ SERVE = textwrap.dedent(
 )
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGINT], ids=["SIGTERM", "SIGINT"])
 def test_serve_stops_gracefully_on_signals(tmp_path: Path, sig: signal.Signals) -> None:
     proc = subprocess.Popen(

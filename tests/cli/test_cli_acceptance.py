@@ -27,6 +27,7 @@ def run(home: Path, *args: str) -> subprocess.CompletedProcess[bytes]:
     )
 
 
+@pytest.mark.slow
 def test_put_ls_get_round_trip(tmp_path: Path) -> None:
     home = tmp_path / "home"
     src = tmp_path / "measurements.csv"
@@ -43,6 +44,7 @@ def test_put_ls_get_round_trip(tmp_path: Path) -> None:
     assert p.stdout == src.read_bytes()
 
 
+@pytest.mark.slow
 def test_missing_folder_exit_status_and_one_line(tmp_path: Path) -> None:
     p = run(tmp_path / "home", "ls", "Nope")
     assert p.returncode == 1

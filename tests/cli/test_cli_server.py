@@ -60,6 +60,7 @@ def test_config_shows_the_server_without_its_token(dm: Any) -> None:
     assert json.loads(r.stdout)["client"] == {"url": "http://h:8765", "token": "***", "user": None}
 
 
+@pytest.mark.slow
 def test_up_serves_and_prints_the_login_url(tmp_path: Path) -> None:
     """The real `datamill up` as a subprocess: the printed URL logs in, SIGINT stops it cleanly."""
     import httpx

@@ -19,6 +19,9 @@ import pytest
 from datamill.store.blobs import digest_bytes
 from tests.helpers import Up, cli_env, datamill, wait_for
 
+#: Servers, CLI processes or crashes in subprocesses: left out of the quick loop (-m "not slow").
+pytestmark = pytest.mark.slow
+
 MIB = 1 << 20
 
 

@@ -37,6 +37,9 @@ from pathlib import Path
 
 import datamill
 
+#: Servers, CLI processes or crashes in subprocesses: left out of the quick loop (-m "not slow").
+pytestmark = pytest.mark.slow
+
 GATES = Path({gates!r})
 
 

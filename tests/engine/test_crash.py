@@ -14,11 +14,16 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
 from datamill.engine import runs
 from tests.helpers import open_home, wait_for
 
 from .engine_world import World
 from .pipelines import executions
+
+#: Servers, CLI processes or crashes in subprocesses: left out of the quick loop (-m "not slow").
+pytestmark = pytest.mark.slow
 
 ROOT = Path(__file__).resolve().parents[2]
 ITEMS = [f"item{i:02}" for i in range(8)]

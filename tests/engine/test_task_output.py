@@ -117,6 +117,7 @@ def test_following_a_log_shows_printed_lines_while_the_task_runs(world: World, e
     assert seen == "before the gate a.txt\n|after the gate a.txt\n"
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("executor", ["inline", "local"])
 def test_datamill_run_json_prints_only_json(tmp_path: Path, executor: str) -> None:
     """The real command: steps print, log and write to fds 1 and 2, and stdout still parses as JSON."""

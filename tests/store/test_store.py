@@ -809,6 +809,7 @@ _WRITER = textwrap.dedent(
 )
 
 
+@pytest.mark.slow
 def test_second_process_writes(db_url: str, tmp_path: Path) -> None:
     # SQLite: another process writing at the same time never meets "database is locked".
     # PostgreSQL: racing creations of the same folders and items from two processes all succeed.
