@@ -26,6 +26,9 @@ from datamill.db.models import Run, Task
 from datamill.home import Home
 from tests.helpers import Up, cli_env, datamill, open_home, wait_for
 
+#: Servers, CLI processes or crashes in subprocesses: left out of the quick loop (-m "not slow").
+pytestmark = pytest.mark.slow
+
 #: One more than what the CLI's scheduler keeps in flight with one worker (max(16, 8 per worker)),
 #: so the server's scheduler must hold at least one task.
 ITEMS = 17
@@ -36,9 +39,6 @@ import time
 from pathlib import Path
 
 import datamill
-
-#: Servers, CLI processes or crashes in subprocesses: left out of the quick loop (-m "not slow").
-pytestmark = pytest.mark.slow
 
 GATES = Path({gates!r})
 
