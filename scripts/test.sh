@@ -2,7 +2,11 @@
 # Install everything the test suite needs and run it: pytest, then ruff, then mypy.
 #
 #   bash scripts/test.sh [pytest args...]
+#   bash scripts/test.sh -m "not slow" -x -q     # the quick inner loop: no servers, CLI processes or crashes
+#   bash scripts/test.sh tests/store -k blobs    # one folder, some tests
 #
+# Tests marked `slow` start `datamill up` or other subprocesses, or kill processes in a loop; CI
+# (.ci/run) passes no arguments and runs everything.
 # Works on a fresh Debian 12 machine with only Python 3.11 and pip. As root it installs the Debian
 # packages below (skipped when they are already there); it installs uv if missing, syncs the venv
 # from uv.lock, starts a throw-away PostgreSQL (see scripts/services.sh) and stops it on exit.

@@ -15,27 +15,16 @@ from __future__ import annotations
 
 import os
 import shutil
-import socket
 import subprocess
 import tempfile
-import uuid
 from collections.abc import Iterator
 from pathlib import Path
-from urllib.parse import urlsplit, urlunsplit
 
-import psycopg
 import pytest
-from psycopg import sql
+
+from tests.helpers import create_database, drop_database, free_port, libpq_url
 
 PG_BIN = Path(os.environ.get("PG_BIN", "/usr/lib/postgresql/15/bin"))
-
-
-def free_port() -> int:
-    """A TCP port on 127.0.0.1 that nothing listens on right now."""
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port: int = s.getsockname()[1]
-        return port
 
 
 def _run(cmd: list[str], what: str, log: Path | None = None) -> None:
@@ -92,26 +81,14 @@ def postgres_url() -> Iterator[str]:
         shutil.rmtree(d, ignore_errors=True)
 
 
-def _libpq_url(url: str, dbname: str | None = None) -> str:
-    """``url`` as libpq reads it (``postgresql://``, no ``+driver``), optionally for another database."""
-    parts = urlsplit(url)._replace(scheme="postgresql")
-    if dbname is not None:
-        parts = parts._replace(path=f"/{dbname}")
-    return urlunsplit(parts)
-
-
 @pytest.fixture
 def postgres_db_url(postgres_url: str) -> Iterator[str]:
     """A fresh, empty database on the ``postgres_url`` server for one test; dropped afterwards."""
-    server = _libpq_url(postgres_url)
-    name = f"t_{uuid.uuid4().hex}"
-    with psycopg.connect(server, autocommit=True) as conn:
-        conn.execute(sql.SQL("CREATE DATABASE {}").format(sql.Identifier(name)))
+    name = create_database(postgres_url)
     try:
-        yield _libpq_url(server, name)
+        yield libpq_url(postgres_url, name)
     finally:
-        with psycopg.connect(server, autocommit=True) as conn:
-            conn.execute(sql.SQL("DROP DATABASE IF EXISTS {} WITH (FORCE)").format(sql.Identifier(name)))
+        drop_database(postgres_url, name)
 
 
 @pytest.fixture

@@ -23,11 +23,11 @@ from typing import Any
 import pytest
 from prov.model import ProvDocument, ProvGeneration
 
-from datamill.config import load_settings
 from datamill.engine.engine import Engine
 from datamill.home import Home
 from datamill.pipeline import InputFile, Pipeline, step
 from datamill.provenance import Lineage, Rel, lineage_crate, to_json, to_prov_json, to_prov_n, to_tree
+from tests.helpers import open_home
 
 REF = f"{Path(__file__).resolve()}:rerun_pipeline"
 
@@ -56,7 +56,7 @@ class Tasks:
 
 @pytest.fixture
 def rerun(tmp_path: Path, db_url: str) -> Iterator[tuple[Home, Tasks, Tasks]]:
-    home = Home(load_settings(environ={}, home=str(tmp_path / "home"), database_url=db_url, demo=False))
+    home = open_home(tmp_path / "home", db_url)
     admin, engine = home.admin, Engine(home)
     for folder in ("Raw", "Out"):
         home.store.create_folder(admin, folder)

@@ -34,9 +34,8 @@ from prov.model import (
 from rocrate.rocrate import ROCrate
 from typer.testing import CliRunner
 
-from datamill.api import ServerHandle, start_background_server
+from datamill.api import ServerHandle
 from datamill.cli import app as cli_app
-from datamill.config import load_settings
 from datamill.engine.engine import Engine
 from datamill.errors import InvalidInput, NotFound
 from datamill.home import Home
@@ -57,6 +56,7 @@ from datamill.provenance import (
 from datamill.store import users
 from datamill.store.access import Level
 from datamill.store.blobs import digest_bytes
+from tests.helpers import open_home, serve
 
 EXAMPLE_REF = f"{Path(__file__).resolve().parent / 'pipeline' / 'example_pipeline.py'}:pipeline"
 CSV_A1 = b"x,y,label\n1,2,a\n3,4,b\n"
@@ -77,7 +77,7 @@ class Scenario:
 
 @pytest.fixture(scope="module")
 def scenario(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Scenario]:
-    home = Home(load_settings(environ={}, home=str(tmp_path_factory.mktemp("home")), demo=False))
+    home = open_home(tmp_path_factory.mktemp("home"))
     admin = home.admin
     engine = Engine(home)
     for folder in ("Raw", "Out"):
@@ -471,11 +471,8 @@ def test_cli_lineage_errors(scenario: Scenario) -> None:
 
 @pytest.fixture(scope="module")
 def server(scenario: Scenario) -> Iterator[ServerHandle]:
-    handle = start_background_server(scenario.home)
-    try:
+    with serve(scenario.home) as handle:
         yield handle
-    finally:
-        handle.stop()
 
 
 def test_api_lineage_and_run_crate(scenario: Scenario, server: ServerHandle) -> None:
@@ -552,7 +549,7 @@ def test_an_aggregate_step_taking_items_derives_from_every_input(tmp_path: Path)
     """A step taking ``items`` reads every input of its run, though no task input row says so."""
     (tmp_path / "bundle_pipeline.py").write_text(BUNDLE_PIPELINE)
     ref = f"{tmp_path / 'bundle_pipeline.py'}:pipeline"
-    home = Home(load_settings(environ={}, home=str(tmp_path / "home"), demo=False))
+    home = open_home(tmp_path / "home")
     try:
         admin, engine = home.admin, Engine(home)
         home.store.create_folder(admin, "In")

@@ -7,6 +7,7 @@ Settings are resolved once and passed in; nothing reads the environment later.
 
 from __future__ import annotations
 
+import math
 import os
 import tomllib
 from dataclasses import dataclass, field, fields, replace
@@ -21,13 +22,14 @@ CONFIG_FILE_NAME = "datamill.toml"
 
 @dataclass(frozen=True)
 class Setting:
-    """One declared setting: its key, type, default and help text."""
+    """One declared setting: its key, type, default and help text (``positive``: must be > 0)."""
 
     key: str
     type: type
     default: Any
     help: str
     secret: bool = False
+    positive: bool = False
 
 
 SETTINGS: tuple[Setting, ...] = (
@@ -54,6 +56,13 @@ SETTINGS: tuple[Setting, ...] = (
         "Open event streams, log follows and waits re-check their token (and access) this often.",
     ),
     Setting("replays_per_user", int, 4, "Event stream replays (from far back) one user may run at once."),
+    Setting(
+        "lease_seconds",
+        float,
+        30.0,
+        "How long a task claimed by a scheduler that died stays claimed before another takes it over.",
+        positive=True,
+    ),
 )
 
 _BY_KEY = {s.key: s for s in SETTINGS}
@@ -72,6 +81,8 @@ def mask_url(url: str) -> str:
 
 
 def _coerce(setting: Setting, value: Any, source: str) -> Any:
+    if setting.type is float:
+        return _coerce_float(setting, value, source)
     if setting.type is bool:
         if isinstance(value, bool):
             return value
@@ -95,6 +106,19 @@ def _coerce(setting: Setting, value: Any, source: str) -> Any:
     return value
 
 
+def _coerce_float(setting: Setting, value: Any, source: str) -> float:
+    number: float | None = None
+    if not isinstance(value, bool):
+        try:
+            number = float(value.strip() if isinstance(value, str) else value)
+        except (TypeError, ValueError):
+            number = None
+    if number is None or not math.isfinite(number) or (setting.positive and number <= 0):
+        what = "a positive number" if setting.positive else "a number"
+        raise ConfigError(f"{source}: {setting.key} must be {what}, not {value!r}", key=setting.key)
+    return number
+
+
 @dataclass(frozen=True)
 class Settings:
     """Resolved settings for one datamill home. Construct with :func:`load_settings`."""
@@ -111,6 +135,7 @@ class Settings:
     log_level: str = "info"
     stream_recheck_ms: int = 2000
     replays_per_user: int = 4
+    lease_seconds: float = 30.0
     profile: str = "local"
     sources: tuple[str, ...] = field(default=(), compare=False)
 

@@ -180,7 +180,7 @@ class WorkerCrashed(StepFailed):
 
 
 class Cancelled(DatamillError):
-    """The run was cancelled."""
+    """The run was cancelled. Start it again with `datamill runs retry RUN`: what finished is cached."""
 
     status = 409
     code = "cancelled"

@@ -16,6 +16,7 @@ import contextlib
 import threading
 import time
 from collections.abc import Iterable
+from enum import StrEnum
 from typing import Any
 
 from sqlalchemy import Connection, func, insert, select, text
@@ -29,6 +30,85 @@ _ADVISORY_KEY = 0x6461746D  # "datm"
 #: Commits in this process wake waiters at once; this only bounds how late another process's are seen.
 SQLITE_POLL_SECONDS = 0.025
 POSTGRES_POLL_SECONDS = 0.5
+
+
+class EventKind(StrEnum):
+    """Every kind of event datamill appends, stored and sent as its value (``"item.created"``).
+
+    The kind's prefix names what changed; readers filter on prefixes (``?kinds=item.,run.``).
+    ``docs/glossary.md`` lists them all (a test checks that it does).
+    """
+
+    #: a folder was made (``folder_id``; ``data.path``)
+    FOLDER_CREATED = "folder.created"
+    #: a folder was renamed or moved (``data.from``, ``data.to``)
+    FOLDER_MOVED = "folder.moved"
+    #: a folder and everything in it was deleted
+    FOLDER_DELETED = "folder.deleted"
+    #: a group's level on a folder was set or removed (``data.group``, ``data.level``)
+    FOLDER_SHARED = "folder.shared"
+    #: a user's level on a folder, or its public read access, was set or removed
+    ACCESS_CHANGED = "access.changed"
+    #: an item got its first version (``item_id``; ``data.name``, ``data.version``, ``data.digest``)
+    ITEM_CREATED = "item.created"
+    #: an item got a new version
+    ITEM_UPDATED = "item.updated"
+    #: an item was deleted (its versions' blobs go once nothing else refers to them)
+    ITEM_DELETED = "item.deleted"
+    #: an item's or folder's metadata was changed
+    METADATA_CHANGED = "metadata.changed"
+    #: a user was created (``data.user``, ``data.is_admin``)
+    USER_CREATED = "user.created"
+    #: an API token was made for a user (never its secret)
+    TOKEN_CREATED = "token.created"
+    #: an API token was revoked (``data.token_id``)
+    TOKEN_REVOKED = "token.revoked"
+    #: a group was made (``data.group``, ``data.group_id``)
+    GROUP_CREATED = "group.created"
+    #: a group was deleted, its grants with it
+    GROUP_DELETED = "group.deleted"
+    #: a user joined a group (``data.user``, ``data.admin``)
+    GROUP_MEMBER_ADDED = "group.member_added"
+    #: a member became or stopped being a group admin
+    GROUP_MEMBER_CHANGED = "group.member_changed"
+    #: a user left or was removed from a group
+    GROUP_MEMBER_REMOVED = "group.member_removed"
+    #: a site admin registered a pipeline under a name (``data.name``, ``data.ref``)
+    PIPELINE_REGISTERED = "pipeline.registered"
+    #: a registered pipeline name was removed
+    PIPELINE_REMOVED = "pipeline.removed"
+    #: a run was recorded with its tasks (``run_id``)
+    RUN_QUEUED = "run.queued"
+    #: a run's first task started
+    RUN_STARTED = "run.started"
+    #: someone asked to cancel a run
+    RUN_CANCEL_REQUESTED = "run.cancel_requested"
+    #: a run ended (``data.status``: succeeded, failed or cancelled)
+    RUN_FINISHED = "run.finished"
+    #: a task was recorded, waiting for its inputs or a free executor slot (``task_id``)
+    TASK_QUEUED = "task.queued"
+    #: a scheduler claimed a task and an executor started it
+    TASK_STARTED = "task.started"
+    #: a task reported progress (``data.progress`` from 0 to 1, ``data.message``)
+    TASK_PROGRESS = "task.progress"
+    #: a task failed and will be tried again
+    TASK_RETRYING = "task.retrying"
+    #: a task whose scheduler stopped renewing its lease was given back to the queue
+    TASK_RECLAIMED = "task.reclaimed"
+    #: a task ended (``data.status``: succeeded, failed, cached, cancelled or skipped)
+    TASK_FINISHED = "task.finished"
+    #: a dataflow was saved for the first time (stopped)
+    DATAFLOW_CREATED = "dataflow.created"
+    #: a dataflow's configuration was edited (a new version)
+    DATAFLOW_UPDATED = "dataflow.updated"
+    #: a dataflow was started: its trigger acts
+    DATAFLOW_STARTED = "dataflow.started"
+    #: a dataflow was stopped
+    DATAFLOW_STOPPED = "dataflow.stopped"
+    #: the trigger service stopped a dataflow after an error (``data.reason``)
+    DATAFLOW_FAILED = "dataflow.failed"
+    #: a stopped dataflow was removed (its runs and results stay)
+    DATAFLOW_DELETED = "dataflow.deleted"
 
 
 def append(

@@ -4,8 +4,9 @@
 benchmarks may start them on their own with :class:`Services`.
 
 The scheduler's task lease (how long a task claimed by a process that died stays claimed before
-another takes it over) is ``lease_seconds``; when not given, ``DATAMILL_LEASE_SECONDS`` from the
-environment, else 30 s. Crash-recovery tests set a short one so that reclaims happen quickly.
+another takes it over) is ``lease_seconds``; when not given, the home's ``lease_seconds`` setting
+(``DATAMILL_LEASE_SECONDS``, default 30 s). Crash-recovery tests set a short one so that reclaims
+happen quickly.
 """
 
 from __future__ import annotations
@@ -13,35 +14,14 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-import os
-from collections.abc import Mapping
 
 from datamill.dataflows.notifications import Notifier
 from datamill.dataflows.triggers import Triggers
 from datamill.engine.engine import Engine
 from datamill.engine.scheduler import Scheduler
-from datamill.errors import ConfigError
 from datamill.home import Home
 
 log = logging.getLogger("datamill.services")
-
-LEASE_ENV = "DATAMILL_LEASE_SECONDS"
-DEFAULT_LEASE_SECONDS = 30.0
-
-
-def lease_seconds_from_env(environ: Mapping[str, str] | None = None) -> float:
-    """The task lease from ``DATAMILL_LEASE_SECONDS`` (default 30 s); ConfigError if it is not a positive number."""
-    text = (os.environ if environ is None else environ).get(LEASE_ENV, "").strip()
-    if not text:
-        return DEFAULT_LEASE_SECONDS
-    try:
-        value = float(text)
-    except ValueError:
-        value = 0.0
-    if not value > 0:
-        raise ConfigError(f"{LEASE_ENV} must be a positive number of seconds, not {text!r}", key=LEASE_ENV)
-    return value
-
 
 class Services:
     """Runs the scheduler, the dataflow triggers and the webhook notifier as asyncio tasks."""
@@ -56,8 +36,6 @@ class Services:
     ) -> None:
         self.home = home
         self.engine = Engine(home)
-        if lease_seconds is None:
-            lease_seconds = lease_seconds_from_env()
         self.scheduler = Scheduler(home, executor, workers=workers, lease_seconds=lease_seconds)
         self.triggers = Triggers(home, self.engine)
         self.notifier = Notifier(home, base_url=base_url)

@@ -14,11 +14,11 @@ from pathlib import Path
 
 import pytest
 
-from datamill.api import ServerHandle, start_background_server
+from datamill.api import ServerHandle
 from datamill.client.local import LocalClient
 from datamill.client.remote import RemoteClient
-from datamill.config import load_settings
 from datamill.home import Home
+from tests.helpers import open_home, serve
 
 
 @pytest.fixture
@@ -28,7 +28,7 @@ def make_home(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Callable[...
 
     def make(database_url: str | None = None) -> Home:
         path: Path = tmp_path_factory.mktemp("home")
-        h = Home(load_settings(environ={}, home=str(path), database_url=database_url, demo=False))
+        h = open_home(path, database_url)
         homes.append(h)
         return h
 
@@ -46,11 +46,8 @@ def home(make_home: Callable[..., Home]) -> Home:
 @pytest.fixture
 def server(home: Home) -> Iterator[ServerHandle]:
     """``home`` served over HTTP on 127.0.0.1 (a free port)."""
-    handle = start_background_server(home)
-    try:
+    with serve(home) as handle:
         yield handle
-    finally:
-        handle.stop()
 
 
 @pytest.fixture

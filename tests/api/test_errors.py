@@ -5,8 +5,6 @@ from __future__ import annotations
 import logging
 import os
 import socket
-import time
-from collections.abc import Callable
 from pathlib import Path
 from urllib.parse import urlsplit
 
@@ -19,6 +17,7 @@ from datamill.client.remote import RemoteClient, quote_path
 from datamill.errors import BlobCorrupted, DatamillError, NotFound
 from datamill.home import Home
 from datamill.store.blobs import LocalBlobStore
+from tests.helpers import free_port, wait_for
 
 SHAPE = {"ok", "status", "code", "error", "detail"}
 
@@ -31,15 +30,6 @@ def blob_files(home: Home) -> list[Path]:
     """Every file under the blob directory, its temporary directory included (not its lock files)."""
     assert isinstance(home.blobs, LocalBlobStore)
     return sorted(p for p in home.blobs.root.rglob("*") if p.is_file() and p.name != "lock")
-
-
-def wait_for(predicate: Callable[[], bool], timeout: float = 10.0) -> bool:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if predicate():
-            return True
-        time.sleep(0.02)
-    return predicate()
 
 
 def test_every_error_has_the_one_shape(server: ServerHandle, home: Home, local: LocalClient) -> None:
@@ -91,7 +81,7 @@ def test_unexpected_errors_are_logged_not_shown(
         "detail": {},
     }
     assert "hunter2" not in r.text
-    assert wait_for(lambda: "secret detail" in caplog.text)
+    assert wait_for("the error in the server log", lambda: "secret detail" in caplog.text)
 
 
 BAD_NAMES = {
@@ -200,9 +190,9 @@ def test_upload_cut_off_half_way_leaves_nothing(
         )
         s.sendall(os.urandom(1 << 20))
         # The server must be writing by now: its temporary file exists.
-        assert wait_for(lambda: len(blob_files(home)) > len(before))
-    assert wait_for(lambda: "upload of inbox/big.bin aborted" in caplog.text)
-    assert wait_for(lambda: blob_files(home) == before)
+        assert wait_for("the upload's temporary file", lambda: len(blob_files(home)) > len(before))
+    assert wait_for("the aborted upload in the log", lambda: "upload of inbox/big.bin aborted" in caplog.text)
+    assert wait_for("the temporary file removed", lambda: blob_files(home) == before)
     with pytest.raises(NotFound):
         local.item("inbox/big.bin")
     assert local.list_items("inbox") == []
@@ -250,13 +240,11 @@ def test_corrupted_blob_is_never_served_as_complete(
     assert r.status_code == 500 and r.json()["code"] == "blob_corrupted"
     r = httpx.get(f"{server.url}/api/v1/content/f/big.bin", headers={**auth(home), "Range": "bytes=0-9"})
     assert r.status_code == 500 and r.json()["code"] == "blob_corrupted"
-    assert wait_for(lambda: "aborting the download of f/big.bin" in caplog.text)
+    assert wait_for("the aborted download in the log", lambda: "aborting the download of f/big.bin" in caplog.text)
 
 
 def test_client_errors_without_a_server(tmp_path: Path) -> None:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
+    port = free_port()
     client = RemoteClient(f"http://127.0.0.1:{port}", "dm_whatever")
     with pytest.raises(DatamillError) as exc:
         client.whoami()

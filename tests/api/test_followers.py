@@ -22,8 +22,8 @@ from datamill import events
 from datamill.api import ServerHandle
 from datamill.api.streams import StreamGuard
 from datamill.client.local import LocalClient
-from datamill.config import load_settings
 from datamill.home import Home
+from tests.helpers import open_home, wait_for
 
 from .held_pipeline import HELD_REF
 
@@ -35,7 +35,7 @@ TIMEOUT = 120.0
 def home(tmp_path_factory: pytest.TempPathFactory, db_url: str) -> Iterator[Home]:
     """A fresh home whose open streams re-check their token every 0.2 s."""
     path = tmp_path_factory.mktemp("home")
-    h = Home(load_settings(environ={}, home=str(path), database_url=db_url, demo=False, stream_recheck_ms=200))
+    h = open_home(path, db_url, stream_recheck_ms=200)
     try:
         yield h
     finally:
@@ -45,16 +45,6 @@ def home(tmp_path_factory: pytest.TempPathFactory, db_url: str) -> Iterator[Home
 def guard_of(server: ServerHandle) -> StreamGuard:
     guard: StreamGuard = server.app.state.guard
     return guard
-
-
-def wait_for(predicate: Callable[[], bool], timeout: float = TIMEOUT) -> bool:
-    """Poll a condition of the server's state (there is no event to await from outside)."""
-    done = threading.Event()
-    while not predicate():
-        if done.wait(0.02) or timeout <= 0:
-            return predicate()
-        timeout -= 0.02
-    return True
 
 
 @dataclass
@@ -167,8 +157,8 @@ def test_many_log_followers_take_no_thread_each_and_are_released(server: ServerH
             for r in responses:
                 r.close()
     # Disconnected followers are released: nothing left open, nothing left watched.
-    assert wait_for(lambda: guard.open == 0)
-    assert wait_for(lambda: guard.tailer.state(held.task_id) is None)
+    assert wait_for("no follower open", lambda: guard.open == 0, timeout=TIMEOUT)
+    assert wait_for("the tailer to forget the task", lambda: guard.tailer.state(held.task_id) is None, timeout=TIMEOUT)
     # A follower still sees the rest of the log and the end of the task.
     with httpx.stream("GET", url, params={"follow": True}, headers=bearer(bob), timeout=TIMEOUT) as r:
         chunks = r.iter_text()
@@ -234,7 +224,7 @@ def test_replays_are_bounded_per_user_and_others_still_answered(
         finally:
             for r in responses:
                 r.close()
-    assert wait_for(lambda: guard.open == 0)
+    assert wait_for("no follower open", lambda: guard.open == 0, timeout=TIMEOUT)
     # Slots are given back on disconnect: a replay is admitted again and reads every event.
     with httpx.stream("GET", url, params={"since": 0, "kinds": "test."}, headers=bearer(bob), timeout=TIMEOUT) as r:
         assert r.status_code == 200
@@ -302,7 +292,7 @@ def test_sse_stream_ends_with_an_error_event_when_the_token_ends(
             return list(read_sse(r.iter_lines()))
 
     thread, out = in_thread(stream)
-    assert wait_for(lambda: guard.open == 1)
+    assert wait_for("one follower open", lambda: guard.open == 1, timeout=TIMEOUT)
     end()
     assert ends(thread), "the stream outlived its token"
     got = out[0]
@@ -312,7 +302,7 @@ def test_sse_stream_ends_with_an_error_event_when_the_token_ends(
     error = json.loads(last["data"])
     assert error["code"] == "unauthorized" and error["status"] == 401
     assert "revoked" in error["error"] or "expired" in error["error"]
-    assert wait_for(lambda: guard.open == 0)
+    assert wait_for("no follower open", lambda: guard.open == 0, timeout=TIMEOUT)
     # The token no longer opens a stream.
     r = httpx.get(f"{server.url}/api/v1/events/stream", headers=bearer(token), timeout=TIMEOUT)
     assert r.status_code == 401
@@ -355,7 +345,7 @@ def test_run_wait_answers_401_when_the_token_ends(
         )
 
     thread, out = in_thread(wait)
-    assert wait_for(lambda: guard.open == 1)
+    assert wait_for("one follower open", lambda: guard.open == 1, timeout=TIMEOUT)
     end()
     assert ends(thread), "the wait outlived its token"
     r = out[0]
@@ -379,7 +369,7 @@ def test_events_wait_answers_401_when_the_token_is_revoked(
         )
 
     thread, out = in_thread(wait)
-    assert wait_for(lambda: guard.open == 1)
+    assert wait_for("one follower open", lambda: guard.open == 1, timeout=TIMEOUT)
     local.revoke_token(new.id)
     assert ends(thread)
     assert out[0].status_code == 401
@@ -416,4 +406,4 @@ def test_losing_access_stops_events_and_closes_log_follow(
             local.as_user("bob").put("Mine", "three.csv", b"3")
             nxt = next(events_seen)
             assert "three.csv" in nxt["data"], nxt  # two.csv was skipped
-    assert wait_for(lambda: guard.open == 0)
+    assert wait_for("no follower open", lambda: guard.open == 0, timeout=TIMEOUT)

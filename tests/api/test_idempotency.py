@@ -17,7 +17,7 @@ import httpx
 import pytest
 from sqlalchemy import update
 
-from datamill.api import ServerHandle, start_background_server
+from datamill.api import ServerHandle
 from datamill.client.local import LocalClient
 from datamill.client.remote import RemoteClient
 from datamill.db.models import IdempotencyKey
@@ -25,6 +25,7 @@ from datamill.errors import IdempotencyKeyReused
 from datamill.home import Home
 from datamill.store.blobs import digest_bytes
 from datamill.store.store import IDEMPOTENCY_TTL
+from tests.helpers import serve
 
 
 @pytest.fixture
@@ -88,11 +89,8 @@ class AnswerDroppingProxy:
 
 @pytest.fixture
 def served(home: Home) -> Iterator[ServerHandle]:
-    handle = start_background_server(home)
-    try:
+    with serve(home) as handle:
         yield handle
-    finally:
-        handle.stop()
 
 
 def _upstream(handle: ServerHandle) -> tuple[str, int]:

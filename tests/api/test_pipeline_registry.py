@@ -9,11 +9,6 @@ each module or file they name would leave a marker file behind if it were ever i
 
 from __future__ import annotations
 
-import os
-import re
-import signal
-import subprocess
-import sys
 import textwrap
 from collections.abc import Iterator
 from pathlib import Path
@@ -25,11 +20,12 @@ from sqlalchemy import select, update
 
 from datamill.client.local import LocalClient
 from datamill.client.remote import RemoteClient
-from datamill.config import load_settings
 from datamill.db.models import Dataflow
 from datamill.engine.registry import Pipelines
 from datamill.errors import AlreadyExists, Conflict, NotFound, PermissionDenied, UnknownPipeline
 from datamill.home import Home
+from tests.helpers import Up as Server
+from tests.helpers import open_home
 
 COUNTING = Path(__file__).resolve().parents[1] / "client" / "counting_pipeline.py"
 COUNTING_REF = f"{COUNTING}:pipeline"
@@ -70,36 +66,11 @@ def up(tmp_path: Path) -> Iterator[Up]:
     markers.mkdir()
     # A module an attacker managed to put on the server's sys.path (its working directory).
     (cwd / "planted_mod.py").write_text(_marker_code(markers, "planted_mod"))
-    env = {k: v for k, v in os.environ.items() if not k.startswith("DATAMILL_")}
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "datamill.cli", "--home", str(home), "up", "--port", "0", "--no-demo"],
-        cwd=cwd,
-        stderr=subprocess.PIPE,
-        stdout=subprocess.DEVNULL,
-        text=True,
-        env={**env, "COLUMNS": "200", "DATAMILL_EXECUTOR": "inline"},
-    )
+    server = Server(home, env={"DATAMILL_EXECUTOR": "inline"}, cwd=cwd)
     try:
-        assert proc.stderr is not None
-        seen: list[str] = []
-        url = token = None
-        while url is None:
-            line = proc.stderr.readline()
-            if not line:
-                break
-            seen.append(line)
-            m = re.search(r"(http://127\.0\.0\.1:\d+)/\?token=(dm_[\w-]+)", line)
-            if m:
-                url, token = m.group(1), m.group(2)
-        assert url is not None and token is not None, "".join(seen)
-        yield Up(url, token, cwd, markers)
+        yield Up(server.url, server.token, cwd, markers)
     finally:
-        proc.send_signal(signal.SIGINT)
-        try:
-            proc.communicate(timeout=30)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
+        server.stop()
 
 
 def _user(up: Up, name: str) -> str:
@@ -109,6 +80,7 @@ def _user(up: Up, name: str) -> str:
         return admin.create_token(name).token
 
 
+@pytest.mark.slow
 def test_a_non_admin_cannot_make_the_server_import_or_run_anything(up: Up, tmp_path: Path) -> None:
     ana_token = _user(up, "ana")
     # ana's own folders, so that every request gets as far as the pipeline.
@@ -171,6 +143,7 @@ def test_a_non_admin_cannot_make_the_server_import_or_run_anything(up: Up, tmp_p
     assert sorted(p.name for p in up.cwd.iterdir()) == before  # no virtual environment made, nothing written
 
 
+@pytest.mark.slow
 def test_a_site_admin_gets_clear_4xx_errors_for_references_that_cannot_be_pipelines(up: Up, tmp_path: Path) -> None:
     (tmp_path / "exits.py").write_text("import sys\nsys.exit(3)\n")
     with up.http(up.token) as http, RemoteClient(up.url, up.token) as admin:
@@ -184,6 +157,7 @@ def test_a_site_admin_gets_clear_4xx_errors_for_references_that_cannot_be_pipeli
     assert sorted(p.name for p in up.cwd.iterdir()) == ["planted_mod.py"]
 
 
+@pytest.mark.slow
 def test_registered_names_work_for_everyone_and_only_admins_register(up: Up) -> None:
     ana_token = _user(up, "ana")
     with RemoteClient(up.url, up.token) as admin, RemoteClient(up.url, ana_token) as ana:
@@ -233,6 +207,7 @@ def test_registered_names_work_for_everyone_and_only_admins_register(up: Up) -> 
         assert ana.events(kinds=["pipeline.registered", "pipeline.removed"]) == []  # they name server paths
 
 
+@pytest.mark.slow
 def test_yaml_alias_bomb_is_a_small_error(up: Up, tmp_path: Path) -> None:
     levels = ["&a [" + ", ".join(["lol"] * 9) + "]"]
     for prev, cur in zip("abcdefgh", "bcdefghi", strict=True):
@@ -253,7 +228,7 @@ def test_yaml_alias_bomb_is_a_small_error(up: Up, tmp_path: Path) -> None:
 
 @pytest.fixture
 def db_home(tmp_path: Path, db_url: str) -> Iterator[Home]:
-    h = Home(load_settings(environ={}, home=str(tmp_path / "home"), database_url=db_url, demo=False, executor="inline"))
+    h = open_home(tmp_path / "home", db_url, executor="inline")
     yield h
     h.close()
 

@@ -9,7 +9,6 @@ import subprocess
 import sys
 import textwrap
 import time
-from collections.abc import Callable
 from pathlib import Path
 
 import httpx
@@ -20,16 +19,7 @@ from datamill.client.local import LocalClient
 from datamill.client.remote import RemoteClient
 from datamill.errors import ConfigError
 from datamill.home import Home
-
-
-def wait_for(predicate: Callable[[], bool], timeout: float = 10.0) -> bool:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if predicate():
-            return True
-        time.sleep(0.02)
-    return predicate()
-
+from tests.helpers import wait_for
 
 SERVER_SIDE = ("datamill", "uvicorn", "fastapi", "starlette")
 
@@ -50,14 +40,14 @@ def test_tokens_never_reach_the_log(server: ServerHandle, home: Home, caplog: py
         ("/api/v1/nowhere", {"token": token}, 401),
     ]:
         assert httpx.get(f"{server.url}{path}", params=params).status_code == status
-    assert wait_for(lambda: server_log(caplog).count('"GET /api/v1/') >= 2)
+    assert wait_for("two GETs in the access log", lambda: server_log(caplog).count('"GET /api/v1/') >= 2)
     assert '"GET /" 303' in server_log(caplog) and '"GET /" 401' in server_log(caplog)
     # The Python client sends its token in a header only: nothing in any log, client side included.
     with RemoteClient(server.url, token) as client:
         client.create_folder("logged")
         client.put("logged", "a.txt", b"x")
         client.get("logged/a.txt")
-    assert wait_for(lambda: '"PUT /api/v1/content/logged/a.txt" 201' in server_log(caplog))
+    assert wait_for("the PUT in the access log", lambda: '"PUT /api/v1/content/logged/a.txt" 201' in server_log(caplog))
     text = server_log(caplog)
     assert token not in text and "dm_not-a-real-token-0123" not in text and "token=" not in text
     client_side = [r.getMessage() for r in caplog.records if "logged" in r.getMessage()]
@@ -136,6 +126,7 @@ SERVE = textwrap.dedent(
 )
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGINT], ids=["SIGTERM", "SIGINT"])
 def test_serve_stops_gracefully_on_signals(tmp_path: Path, sig: signal.Signals) -> None:
     proc = subprocess.Popen(

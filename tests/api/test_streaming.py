@@ -14,21 +14,13 @@ from datamill.api import ServerHandle, start_background_server
 from datamill.client.local import LocalClient
 from datamill.client.remote import RemoteClient
 from datamill.home import Home
+from tests.helpers import serve, wait_for
 
 DATA = bytes(range(256)) * 4  # 1024 bytes
 
 
 def auth(home: Home) -> dict[str, str]:
     return {"Authorization": f"Bearer {home.admin_token()}"}
-
-
-def wait_for(predicate: Callable[[], bool], timeout: float = 10.0) -> bool:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if predicate():
-            return True
-        time.sleep(0.02)
-    return predicate()
 
 
 RANGES = [
@@ -169,11 +161,8 @@ def test_200_mb_upload_and_download_keep_memory_flat(admin: RemoteClient, home: 
 @pytest.fixture
 def fast_server(home: Home) -> Iterator[ServerHandle]:
     """A server whose idle SSE streams send a keep-alive every 0.2 s."""
-    handle = start_background_server(home, sse_keepalive=0.2)
-    try:
+    with serve(home, sse_keepalive=0.2) as handle:
         yield handle
-    finally:
-        handle.stop()
 
 
 def read_event(lines: Iterator[str]) -> dict[str, str]:
@@ -235,7 +224,7 @@ def test_sse_stops_on_disconnect_and_on_shutdown(home: Home) -> None:
             with c.stream("GET", f"{handle.url}/api/v1/events/stream", headers=auth(home)) as r:
                 next(r.iter_lines())
                 assert handle.app.state.active_streams == 1
-            assert wait_for(lambda: handle.app.state.active_streams == 0, 5)
+            assert wait_for("no open stream", lambda: handle.app.state.active_streams == 0, timeout=5)
             with c.stream("GET", f"{handle.url}/api/v1/events/stream", headers=auth(home)) as r:
                 lines = r.iter_lines()
                 next(lines)
@@ -265,7 +254,7 @@ def test_long_poll_wait_events(admin: RemoteClient, server: ServerHandle, home: 
 
     thread = threading.Thread(target=waiter)
     thread.start()
-    assert wait_for(lambda: server.app.state.broadcaster.waiters == 1, 5)
+    assert wait_for("one waiter", lambda: server.app.state.broadcaster.waiters == 1, timeout=5)
     local.put("poll", "x", b"x")
     thread.join(10)
     assert result[0] is True and isinstance(result[1], float) and result[1] < 5

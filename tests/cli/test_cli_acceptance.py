@@ -12,9 +12,9 @@ from typing import Any
 
 import pytest
 
-from datamill.api.server import ServerHandle, start_background_server
-from datamill.config import load_settings
+from datamill.api.server import ServerHandle
 from datamill.home import Home
+from tests.helpers import open_home, serve
 
 
 def run(home: Path, *args: str) -> subprocess.CompletedProcess[bytes]:
@@ -27,6 +27,7 @@ def run(home: Path, *args: str) -> subprocess.CompletedProcess[bytes]:
     )
 
 
+@pytest.mark.slow
 def test_put_ls_get_round_trip(tmp_path: Path) -> None:
     home = tmp_path / "home"
     src = tmp_path / "measurements.csv"
@@ -43,6 +44,7 @@ def test_put_ls_get_round_trip(tmp_path: Path) -> None:
     assert p.stdout == src.read_bytes()
 
 
+@pytest.mark.slow
 def test_missing_folder_exit_status_and_one_line(tmp_path: Path) -> None:
     p = run(tmp_path / "home", "ls", "Nope")
     assert p.returncode == 1
@@ -52,12 +54,11 @@ def test_missing_folder_exit_status_and_one_line(tmp_path: Path) -> None:
 
 @pytest.fixture
 def server(tmp_path: Path) -> Iterator[tuple[ServerHandle, Home]]:
-    home = Home(load_settings(environ={}, home=str(tmp_path / "server-home"), demo=False))
-    handle = start_background_server(home)
+    home = open_home(tmp_path / "server-home")
     try:
-        yield handle, home
+        with serve(home) as handle:
+            yield handle, home
     finally:
-        handle.stop()
         home.close()
 
 

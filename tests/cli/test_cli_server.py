@@ -8,6 +8,8 @@ from typing import Any
 
 import pytest
 
+from tests.helpers import Up
+
 SECRET = "s3kr1t-pw"  # not "secret": the tmp path holds the test's name
 SECRET_DB = f"postgresql://u:{SECRET}@h/db"
 
@@ -58,52 +60,20 @@ def test_config_shows_the_server_without_its_token(dm: Any) -> None:
     assert json.loads(r.stdout)["client"] == {"url": "http://h:8765", "token": "***", "user": None}
 
 
+@pytest.mark.slow
 def test_up_serves_and_prints_the_login_url(tmp_path: Path) -> None:
     """The real `datamill up` as a subprocess: the printed URL logs in, SIGINT stops it cleanly."""
-    import os
-    import re
-    import signal
-    import subprocess
-    import sys
-    import time
-
     import httpx
 
     home = tmp_path / "home"
-    env = {k: v for k, v in os.environ.items() if not k.startswith("DATAMILL_")}
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "datamill.cli", "--home", str(home), "up", "--port", "0", "--no-demo"],
-        stderr=subprocess.PIPE,
-        stdout=subprocess.PIPE,
-        text=True,
-        env={**env, "COLUMNS": "200"},
-    )
-    try:
-        url = None
-        deadline = time.monotonic() + 60
-        seen = []
-        assert proc.stderr is not None
-        while url is None and time.monotonic() < deadline:
-            line = proc.stderr.readline()
-            if not line:
-                break
-            seen.append(line)
-            m = re.search(r"(http://127\.0\.0\.1:\d+)/\?token=(dm_[\w-]+)", line)
-            if m:
-                url, token = m.group(1), m.group(2)
-        assert url is not None, "".join(seen)
+    with Up(home, timeout=60) as up:
+        url, token = up.url, up.token
         assert token == (home / "admin.token").read_text().strip()
         who = httpx.get(f"{url}/api/v1/whoami", headers={"Authorization": f"Bearer {token}"})
         assert who.status_code == 200 and who.json()["name"] == "admin"
         assert httpx.get(f"{url}/api/v1/whoami").status_code == 401
-        proc.send_signal(signal.SIGINT)
-        _out, err = proc.communicate(timeout=30)
-        assert proc.returncode == 0, err
-        assert token not in err  # the token is printed once, in the panel, never logged
-    finally:
-        if proc.poll() is None:
-            proc.kill()
-            proc.wait()
+        assert up.stop() == 0, up.stderr()
+        assert token not in up.stderr(after_start=True)  # the token is printed once, in the panel, never logged
 
 
 def test_up_refuses_a_url(dm: Any) -> None:

@@ -9,7 +9,6 @@ from __future__ import annotations
 import json
 import socket
 import subprocess
-import time
 from collections.abc import Iterator
 from pathlib import Path
 from urllib.parse import urlsplit
@@ -18,8 +17,10 @@ import httpx
 import pytest
 
 from datamill.store.blobs import digest_bytes
+from tests.helpers import Up, cli_env, datamill, wait_for
 
-from .server_proc import Up, datamill, env
+#: Servers, CLI processes or crashes in subprocesses: left out of the quick loop (-m "not slow").
+pytestmark = pytest.mark.slow
 
 MIB = 1 << 20
 
@@ -53,12 +54,13 @@ def test_cli_beside_a_server_leaves_its_uploads_in_flight_alone(up: Up, tmp_path
         )
         sock.sendall(head.encode() + body[:half])
         # The server has opened its temporary file: the upload is in flight.
-        deadline = time.monotonic() + 60
-        while not _temp_uploads(home):
-            assert time.monotonic() < deadline, "the server never started writing the upload"
-            time.sleep(0.05)
+        wait_for("the server to start writing the upload", lambda: _temp_uploads(home), timeout=60)
         ls = subprocess.run(
-            datamill("--home", str(home), "ls", "big", "--json"), capture_output=True, text=True, env=env(), timeout=120
+            datamill("--home", str(home), "ls", "big", "--json"),
+            capture_output=True,
+            text=True,
+            env=cli_env(),
+            timeout=120,
         )
         assert ls.returncode == 0, ls.stderr
         assert "data.bin" not in ls.stdout  # not there until the upload ends
@@ -80,7 +82,7 @@ def test_a_second_server_on_a_sqlite_home_is_refused(up: Up, tmp_path: Path) -> 
         datamill("--home", str(tmp_path / "home"), "up", "--port", "0", "--no-demo"),
         capture_output=True,
         text=True,
-        env=env(),
+        env=cli_env(),
         timeout=120,
     )
     assert second.returncode != 0

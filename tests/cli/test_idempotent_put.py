@@ -18,8 +18,10 @@ import httpx
 import pytest
 
 from datamill.store.blobs import digest_bytes
+from tests.helpers import Up, cli_env, datamill
 
-from .server_proc import Up, datamill, env
+#: Servers, CLI processes or crashes in subprocesses: left out of the quick loop (-m "not slow").
+pytestmark = pytest.mark.slow
 
 MIB = 1 << 20
 
@@ -89,7 +91,7 @@ def test_retry_after_the_server_died_with_the_answer(up: Up, tmp_path: Path) -> 
             datamill("--url", again.url, "--token", again.token, "put", str(src), "d"),
             capture_output=True,
             text=True,
-            env=env(),
+            env=cli_env(),
             timeout=120,
         )
         assert put.returncode == 0, put.stderr

@@ -14,21 +14,20 @@ from __future__ import annotations
 
 import json
 import os
-import re
-import signal
 import subprocess
-import sys
-import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
 from sqlalchemy import select
 
-from datamill.config import load_settings
 from datamill.db.models import Run, Task
 from datamill.home import Home
+from tests.helpers import Up, cli_env, datamill, open_home, wait_for
+
+#: Servers, CLI processes or crashes in subprocesses: left out of the quick loop (-m "not slow").
+pytestmark = pytest.mark.slow
 
 #: One more than what the CLI's scheduler keeps in flight with one worker (max(16, 8 per worker)),
 #: so the server's scheduler must hold at least one task.
@@ -58,17 +57,6 @@ pipeline = datamill.Pipeline("held", [held])
 '''
 
 
-def wait_for(what: str, check: Callable[[], Any], timeout: float = 120.0) -> Any:
-    deadline = time.monotonic() + timeout
-    while True:
-        got = check()
-        if got:
-            return got
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out waiting for {what}")
-        time.sleep(0.05)
-
-
 class Setup:
     def __init__(self, tmp_path: Path, db_url: str) -> None:
         self.home_dir = tmp_path / "home"
@@ -76,31 +64,16 @@ class Setup:
         self.gates.mkdir()
         self.pipeline = tmp_path / "held_pipeline.py"
         self.pipeline.write_text(PIPELINE.format(gates=str(self.gates)))
-        base = {k: v for k, v in os.environ.items() if not k.startswith("DATAMILL_")}
-        base.update({"DATAMILL_DATABASE_URL": db_url, "DATAMILL_EXECUTOR": "local", "COLUMNS": "200"})
+        base = {"DATAMILL_DATABASE_URL": db_url, "DATAMILL_EXECUTOR": "local"}
         self.server_env = {**base, "DATAMILL_WORKERS": "2"}
-        self.cli_env = {**base, "DATAMILL_WORKERS": "1"}
+        self.cli_env = cli_env(**base, DATAMILL_WORKERS="1")
         self.db_url = db_url
-        self.server: subprocess.Popen[str] | None = None
+        self.server: Up | None = None
         self.home: Home | None = None
 
     def start_server(self) -> None:
-        self.server = subprocess.Popen(
-            [sys.executable, "-m", "datamill.cli", "--home", str(self.home_dir), "up", "--port", "0", "--no-demo"],
-            stdout=subprocess.DEVNULL,
-            stderr=subprocess.PIPE,
-            text=True,
-            env=self.server_env,
-        )
-        assert self.server.stderr is not None
-        seen = []
-        while True:
-            line = self.server.stderr.readline()
-            assert line, "datamill up exited:\n" + "".join(seen)
-            seen.append(line)
-            if re.search(r"http://127\.0\.0\.1:\d+/\?token=", line):
-                break
-        self.home = Home(load_settings(environ={}, home=str(self.home_dir), database_url=self.db_url, demo=False))
+        self.server = Up(self.home_dir, env=self.server_env)
+        self.home = open_home(self.home_dir, self.db_url)
         store, admin = self.home.store, self.home.admin
         store.create_folder(admin, "In")
         store.create_folder(admin, "Out")
@@ -109,7 +82,7 @@ class Setup:
 
     def cli(self, *args: str) -> subprocess.Popen[str]:
         return subprocess.Popen(
-            [sys.executable, "-m", "datamill.cli", "--home", str(self.home_dir), *args],
+            datamill("--home", str(self.home_dir), *args),
             stdout=subprocess.PIPE,
             stderr=subprocess.PIPE,
             text=True,
@@ -127,13 +100,8 @@ class Setup:
             return list(conn.execute(select(Task).where(Task.run_id == run_id).order_by(Task.id)).all())
 
     def close(self) -> None:
-        if self.server is not None and self.server.poll() is None:
-            self.server.send_signal(signal.SIGINT)
-            try:
-                self.server.communicate(timeout=30)
-            except subprocess.TimeoutExpired:
-                self.server.kill()
-                self.server.wait()
+        if self.server is not None:
+            self.server.stop()
         if self.home is not None:
             self.home.close()
 
@@ -162,9 +130,13 @@ def sqlite_setup(tmp_path: Path, sqlite_db_url: str) -> Iterator[Setup]:
 def follow_to_the_end(s: Setup, cli: subprocess.Popen[str], after: int | None) -> dict[str, Any]:
     """Let every task of the CLI's new run end except one the server holds, then that one; the CLI's JSON."""
     assert s.server is not None
-    run_id = wait_for("the run", lambda: (r := s.newest_run()) is not None and r != after and r)
-    wait_for(f"all {ITEMS} tasks of run {run_id} claimed", lambda: all(t.status == "running" for t in s.tasks(run_id)))
-    mine = f"{os.uname().nodename}:{s.server.pid}:"
+    run_id = wait_for("the run", lambda: (r := s.newest_run()) is not None and r != after and r, timeout=120)
+    wait_for(
+        f"all {ITEMS} tasks of run {run_id} claimed",
+        lambda: all(t.status == "running" for t in s.tasks(run_id)),
+        timeout=120,
+    )
+    mine = f"{os.uname().nodename}:{s.server.proc.pid}:"
     tasks = s.tasks(run_id)
     by_server = [t for t in tasks if (t.lease_owner or "").startswith(mine)]
     assert by_server and len(by_server) < ITEMS, [t.lease_owner for t in tasks]
@@ -173,7 +145,9 @@ def follow_to_the_end(s: Setup, cli: subprocess.Popen[str], after: int | None) -
         if t.id != last.id:
             (s.gates / t.item_name.rsplit("/", 1)[1]).touch()
     wait_for(
-        "every other task to end", lambda: all(t.status == "succeeded" for t in s.tasks(run_id) if t.id != last.id)
+        "every other task to end",
+        lambda: all(t.status == "succeeded" for t in s.tasks(run_id) if t.id != last.id),
+        timeout=120,
     )
     # The CLI's scheduler has nothing left to claim now; before the fix it gave up here.
     (s.gates / last.item_name.rsplit("/", 1)[1]).touch()

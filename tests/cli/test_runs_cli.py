@@ -10,9 +10,8 @@ from typing import Any
 
 import pytest
 
-from datamill.api import ServerHandle, start_background_server
-from datamill.config import load_settings
-from datamill.home import Home
+from datamill.api import ServerHandle
+from tests.helpers import open_home, serve
 
 COUNTING = Path(__file__).resolve().parents[1] / "client" / "counting_pipeline.py"
 REF = f"{COUNTING}:pipeline"
@@ -139,12 +138,11 @@ def test_plan_runs_show_logs_why(raw: Any) -> None:
 @pytest.fixture
 def served(raw: Any) -> Iterator[tuple[Any, ServerHandle, str]]:
     """The same home served with its scheduler; commands then go through ``--url``."""
-    home = Home(load_settings(environ={}, home=str(raw.home), demo=False, executor="inline"))
-    server = start_background_server(home, services=True)
+    home = open_home(raw.home, executor="inline")
     try:
-        yield raw, server, home.admin_token() or ""
+        with serve(home, services=True) as server:
+            yield raw, server, home.admin_token() or ""
     finally:
-        server.stop()
         home.close()
 
 

@@ -13,11 +13,11 @@ from pathlib import Path
 
 import pytest
 
-from datamill.api import ServerHandle, start_background_server
+from datamill.api import ServerHandle
 from datamill.client.local import LocalClient
 from datamill.client.remote import RemoteClient
-from datamill.config import load_settings
 from datamill.home import Home
+from tests.helpers import open_home, serve
 
 from .counting_pipeline import COUNTING_REF
 
@@ -26,7 +26,7 @@ __all__ = ["COUNTING_REF"]
 
 @pytest.fixture
 def home(tmp_path: Path) -> Iterator[Home]:
-    h = Home(load_settings(environ={}, home=str(tmp_path / "home"), demo=False, executor="inline"))
+    h = open_home(tmp_path / "home", executor="inline")
     yield h
     h.close()
 
@@ -43,11 +43,8 @@ def local(home: Home) -> LocalClient:
 
 @pytest.fixture
 def server(home: Home, local: LocalClient) -> Iterator[ServerHandle]:
-    handle = start_background_server(home, services=True)
-    try:
+    with serve(home, services=True) as handle:
         yield handle
-    finally:
-        handle.stop()
 
 
 @pytest.fixture

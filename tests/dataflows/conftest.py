@@ -1,4 +1,4 @@
-"""Fixtures for the dataflow tests: a :class:`~flow_world.FlowWorld` on SQLite, or on each database in turn."""
+"""Fixtures for the dataflow tests: a :class:`~.flow_world.FlowWorld` on SQLite, or on each database in turn."""
 
 from __future__ import annotations
 
@@ -6,20 +6,19 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from flow_world import FlowWorld, open_home
+
+from tests.helpers import world_of
+
+from .flow_world import FlowWorld
 
 
 @pytest.fixture
 def world(tmp_path: Path) -> Iterator[FlowWorld]:
     """A world on an embedded SQLite home."""
-    home = open_home(tmp_path / "home")
-    yield FlowWorld(home)
-    home.close()
+    yield from world_of(FlowWorld, tmp_path / "home")
 
 
 @pytest.fixture
 def db_world(tmp_path: Path, db_url: str) -> Iterator[FlowWorld]:
     """A world on SQLite, then on PostgreSQL."""
-    home = open_home(tmp_path / "home", db_url)
-    yield FlowWorld(home)
-    home.close()
+    yield from world_of(FlowWorld, tmp_path / "home", db_url)

@@ -26,14 +26,15 @@ from collections import Counter
 from pathlib import Path
 
 import pytest
-from flow_pipelines import ref
-from flow_world import check_fold, finished_per_task, open_home, wait_for
 from sqlalchemy import func
 from sqlalchemy import select as sql_select
 
 from datamill.dataflows.dataflow import Dataflows
 from datamill.db.models import Folder, Item, Run, Task, Version
 from datamill.home import Home
+from tests.helpers import check_fold, finished_per_task, open_home, wait_for
+
+from .flow_pipelines import ref
 
 ITEMS = 200
 KILLS = 5

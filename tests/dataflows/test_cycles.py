@@ -7,13 +7,16 @@ with names growing until publishing failed.
 from __future__ import annotations
 
 import pytest
-from flow_world import DEST, SOURCE, FlowWorld, ref
 from sqlalchemy import update
 
 from datamill.db.models import Dataflow
 from datamill.engine.registry import Pipelines
 from datamill.errors import Conflict, InvalidDataflow
 from datamill.store.access import Level
+from tests.helpers import DEST, SOURCE
+
+from .flow_pipelines import ref
+from .flow_world import FlowWorld
 
 
 def folders(w: FlowWorld, *paths: str) -> None:

@@ -6,13 +6,15 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from flow_pipelines import ref
-from flow_world import DEST, SOURCE, FlowWorld
 
 from datamill.dataflows.dataflow import Trigger
 from datamill.engine.registry import Pipelines
 from datamill.errors import Conflict, InvalidDataflow, NotFound, PermissionDenied
 from datamill.store.access import Level
+from tests.helpers import DEST, SOURCE
+
+from .flow_pipelines import ref
+from .flow_world import FlowWorld
 
 EVERY_FIELD: dict[str, Any] = {
     "description": "Echo every **raw** file.",

@@ -10,7 +10,6 @@ import time
 from pathlib import Path
 
 import pandas as pd
-from flow_world import check_fold, finished_per_task, open_home
 
 from datamill.dataflows.dataflow import Dataflows
 from datamill.demo import tabular
@@ -18,6 +17,7 @@ from datamill.demo.setup import DATAFLOW, DESTINATION, SOURCE, install_demo
 from datamill.engine.engine import Engine
 from datamill.home import Home
 from datamill.services import Services
+from tests.helpers import check_fold, finished_per_task, open_home
 
 SAMPLES = Path(tabular.__file__).parent / "samples"
 GOOD = ["field_survey.xlsx", "lab_measurements.tsv", "weather_stations.csv"]

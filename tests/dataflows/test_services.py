@@ -3,42 +3,47 @@
 from __future__ import annotations
 
 import asyncio
-import time
 from pathlib import Path
 from urllib.parse import urlsplit, urlunsplit
 
 import psycopg
 import pytest
-from flow_world import FlowWorld, open_home
 from psycopg import sql
 
+from datamill.config import load_settings
 from datamill.errors import ConfigError
-from datamill.services import DEFAULT_LEASE_SECONDS, LEASE_ENV, Services, lease_seconds_from_env
+from datamill.home import Home
+from datamill.services import Services
+from tests.helpers import open_home, until
+
+from .flow_world import FlowWorld
+
+LEASE_ENV = "DATAMILL_LEASE_SECONDS"
 
 
-def test_the_lease_comes_from_the_environment() -> None:
-    assert lease_seconds_from_env({}) == DEFAULT_LEASE_SECONDS
-    assert lease_seconds_from_env({LEASE_ENV: " 1.5 "}) == 1.5
+def test_the_lease_comes_from_the_environment(tmp_path: Path) -> None:
+    # The settings registry reads it like every other DATAMILL_* variable, and from datamill.toml.
+    assert load_settings(environ={}).lease_seconds == 30.0
+    assert load_settings(environ={LEASE_ENV: " 1.5 "}).lease_seconds == 1.5
     for bad in ("0", "-3", "soon", "nan"):
         with pytest.raises(ConfigError, match=LEASE_ENV):
-            lease_seconds_from_env({LEASE_ENV: bad})
+            load_settings(environ={LEASE_ENV: bad})
+    toml = tmp_path / "datamill.toml"
+    toml.write_text("[defaults]\nlease_seconds = 2\n")
+    assert load_settings(config_file=toml, environ={}).lease_seconds == 2.0
+    toml.write_text("[defaults]\nlease_seconds = true\n")
+    with pytest.raises(ConfigError, match="lease_seconds must be a positive number"):
+        load_settings(config_file=toml, environ={})
 
 
 def test_services_use_the_lease_from_the_environment(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    home = open_home(tmp_path / "home")
+    monkeypatch.setenv(LEASE_ENV, "2.5")  # read when the home's settings are loaded
+    home = Home(load_settings(home=str(tmp_path / "home"), demo=False))
     try:
-        monkeypatch.setenv(LEASE_ENV, "2.5")
         assert Services(home, executor="inline").scheduler.lease_seconds == 2.5
         assert Services(home, executor="inline", lease_seconds=7).scheduler.lease_seconds == 7
     finally:
         home.close()
-
-
-async def _until(what: str, check: object, timeout: float = 30.0) -> None:
-    deadline = time.monotonic() + timeout
-    while not await asyncio.to_thread(check):  # type: ignore[arg-type]
-        assert time.monotonic() < deadline, f"timed out waiting for {what}"
-        await asyncio.sleep(0.05)
 
 
 @pytest.mark.postgres
@@ -67,15 +72,15 @@ def test_the_services_outlive_a_database_outage(tmp_path: Path, postgres_db_url:
         await services.start()
         try:
             w.put("a.txt", "a")
-            await _until("the first output", lambda: "a.echo.bin" in w.out())
+            await until("the first output", lambda: "a.echo.bin" in w.out())
             outage(True)
             await asyncio.sleep(2.5)  # every pass of every service fails meanwhile
             outage(False)
             w.put("b.txt", "b")  # for the triggers
-            await _until("the output of an item landed after the outage", lambda: "b.echo.bin" in w.out())
+            await until("the output of an item landed after the outage", lambda: "b.echo.bin" in w.out())
             asked = w.triggers.run_now("flow", w.admin)  # recorded elsewhere: for the scheduler to find
             assert asked is not None
-            await _until("the run asked for", lambda: w.run(asked)["status"] == "succeeded")
+            await until("the run asked for", lambda: w.run(asked)["status"] == "succeeded")
         finally:
             await services.stop()
 

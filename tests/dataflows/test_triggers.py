@@ -12,10 +12,12 @@ from datetime import UTC, datetime
 from pathlib import Path
 
 import pytest
-from flow_pipelines import ref
-from flow_world import DEST, SOURCE, T0, FlowWorld, check_fold, finished_per_task, wait_for
 
 from datamill.dataflows.triggers import active_runs
+from tests.helpers import DEST, SOURCE, T0, check_fold, finished_per_task, wait_for
+
+from .flow_pipelines import ref
+from .flow_world import FlowWorld
 
 
 def test_start_processes_items_already_there_exactly_once(db_world: FlowWorld) -> None:

@@ -13,9 +13,11 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from flow_world import T0, Clock, FlowWorld, free_port, open_home
 
 from datamill.dataflows.notifications import MAX_ATTEMPTS, Notifier
+from tests.helpers import T0, Clock, free_port, open_home
+
+from .flow_world import FlowWorld
 
 BASE = "http://datamill.test:8765"
 

@@ -1,7 +1,8 @@
 """A scheduler to kill: submits a run of ``peritem`` over ``Raw`` and drives it with the local executor.
 
-``python crash_child.py HOME DB_URL MARKS`` prints the run id, then drives the run with 1 s leases
-until it ends (or until the test SIGKILLs this process, which is the point).
+``python -m tests.engine.crash_child HOME DB_URL MARKS`` (the repository root on ``PYTHONPATH``)
+prints the run id, then drives the run with 1 s leases until it ends (or until the test SIGKILLs
+this process, which is the point).
 """
 
 from __future__ import annotations
@@ -10,10 +11,11 @@ import asyncio
 import sys
 from pathlib import Path
 
-from engine_world import World, open_home
-from pipelines import ref
-
 from datamill.engine.scheduler import Scheduler
+from tests.helpers import open_home
+
+from .engine_world import World
+from .pipelines import ref
 
 
 async def drive(world: World, run_id: int) -> None:

@@ -9,10 +9,11 @@ import textwrap
 from pathlib import Path
 
 import pytest
-from engine_world import World
-from pipelines import PIPELINES, ref
 
 from datamill.errors import DatamillError, InvalidInput, InvalidPipeline, NotFound
+
+from .engine_world import World
+from .pipelines import PIPELINES, ref
 
 STEPS_PY = """
 def first(item) -> str:

@@ -7,8 +7,8 @@ from __future__ import annotations
 
 import json
 
-from engine_world import World
-from pipelines import ref
+from .engine_world import World
+from .pipelines import ref
 
 BASIC = ref("basic")
 FORCED = ref("forced")

@@ -9,10 +9,11 @@ import threading
 from collections import Counter
 from pathlib import Path
 
-from engine_world import World, open_home
-from pipelines import executions, ref
-
 from datamill.engine.scheduler import Scheduler
+from tests.helpers import open_home
+
+from .engine_world import World
+from .pipelines import executions, ref
 
 ITEMS = [f"i{i:02}" for i in range(16)]
 

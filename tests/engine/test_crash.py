@@ -8,17 +8,24 @@ finishes the run.
 
 from __future__ import annotations
 
+import os
 import signal
 import subprocess
 import sys
 from pathlib import Path
 
-from engine_world import World, open_home, wait_for
-from pipelines import PIPELINES, executions
+import pytest
 
 from datamill.engine import runs
+from tests.helpers import open_home, wait_for
 
-CHILD = PIPELINES.with_name("crash_child.py")
+from .engine_world import World
+from .pipelines import executions
+
+#: Servers, CLI processes or crashes in subprocesses: left out of the quick loop (-m "not slow").
+pytestmark = pytest.mark.slow
+
+ROOT = Path(__file__).resolve().parents[2]
 ITEMS = [f"item{i:02}" for i in range(8)]
 
 
@@ -32,10 +39,11 @@ def test_scheduler_killed_mid_run_then_restarted(tmp_path: Path, db_url: str) ->
     stderr = tmp_path / "child.err"
     with open(stderr, "w") as err:
         child = subprocess.Popen(
-            [sys.executable, str(CHILD), str(home_dir), db_url, str(marks)],
+            [sys.executable, "-m", "tests.engine.crash_child", str(home_dir), db_url, str(marks)],
             stdout=subprocess.PIPE,
             stderr=err,
             text=True,
+            env={**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [str(ROOT), os.environ.get("PYTHONPATH")]))},
         )
     try:
         assert child.stdout is not None

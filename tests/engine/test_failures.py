@@ -13,10 +13,12 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from engine_world import World, wait_for
-from pipelines import executions, pids, ref
 
 from datamill.errors import InvalidInput
+from tests.helpers import wait_for
+
+from .engine_world import World
+from .pipelines import executions, pids, ref
 
 BASIC = ref("basic")
 PERITEM = ref("peritem")

@@ -62,6 +62,7 @@ def test_key_is_blake3_of_the_documented_canonical_json() -> None:
     )
 
 
+@pytest.mark.slow
 def test_golden_values_are_the_same_in_another_process() -> None:
     code = (
         "from datamill.engine.keys import task_key\n"

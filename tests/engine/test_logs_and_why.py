@@ -6,8 +6,11 @@ import threading
 from pathlib import Path
 
 import pytest
-from engine_world import World, wait_for
-from pipelines import ref
+
+from tests.helpers import wait_for
+
+from .engine_world import World
+from .pipelines import ref
 
 
 @pytest.mark.parametrize("executor", ["inline", "local"])

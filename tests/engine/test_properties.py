@@ -14,13 +14,15 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from engine_world import World, open_home
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
-from pipelines import ref
 
 from datamill.engine.runs import FINISHED_RUN
 from datamill.errors import InvalidInput
+from tests.helpers import open_home
+
+from .engine_world import World
+from .pipelines import ref
 
 NAMES = ["a.txt", "b.txt", "c.txt"]
 #: "Alpha" parses like "alpha" (early cutoff), "raise" fails, "flaky 1" fails on its first execution

@@ -4,12 +4,12 @@ from __future__ import annotations
 
 import json
 
-from engine_world import World
-from pipelines import ref
-
 from datamill.engine.registry import Pipelines
 from datamill.store import users
 from datamill.store.access import Level
+
+from .engine_world import World
+from .pipelines import ref
 
 PERITEM = ref("peritem")
 

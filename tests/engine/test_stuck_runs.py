@@ -11,24 +11,19 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
-from engine_world import World
-from pipelines import ref
 from sqlalchemy import select
 
 from datamill.db.models import Task
 from datamill.engine import runs
 from datamill.engine.scheduler import Scheduler
+from tests.helpers import until
+
+from .engine_world import World
+from .pipelines import ref
 
 #: how long an idle scheduler is watched, in its poll intervals
 IDLE_POLLS = 20
 POLL = 0.05
-
-
-async def _until(what: str, check: Callable[[], bool], timeout: float = 60.0) -> None:
-    deadline = time.monotonic() + timeout
-    while not await asyncio.to_thread(check):
-        assert time.monotonic() < deadline, f"timed out waiting for {what}"
-        await asyncio.sleep(POLL)
 
 
 def _serve(world: World, ended: Callable[[], bool], clock: Callable[[], float] = time.time) -> Scheduler:
@@ -44,7 +39,7 @@ def _serve(world: World, ended: Callable[[], bool], clock: Callable[[], float] =
         async with scheduler:
             serving = asyncio.create_task(scheduler.serve(stop, poll=POLL))
             try:
-                await _until("the run to end", ended)
+                await until("the run to end", ended)
                 before = dict(scheduler.stats)
                 # A window of polls, not a timing: an idle scheduler drives nothing in it.
                 await asyncio.sleep(IDLE_POLLS * POLL)

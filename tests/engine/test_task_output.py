@@ -14,8 +14,11 @@ import threading
 from pathlib import Path
 
 import pytest
-from engine_world import World, wait_for
-from output_pipelines import ref
+
+from tests.helpers import wait_for
+
+from .engine_world import World
+from .output_pipelines import ref
 
 NOISY = "print {n}\nstderr: error {n}\nWARNING noisy: warned {n}\npartial {n}\n"
 
@@ -114,6 +117,7 @@ def test_following_a_log_shows_printed_lines_while_the_task_runs(world: World, e
     assert seen == "before the gate a.txt\n|after the gate a.txt\n"
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("executor", ["inline", "local"])
 def test_datamill_run_json_prints_only_json(tmp_path: Path, executor: str) -> None:
     """The real command: steps print, log and write to fds 1 and 2, and stdout still parses as JSON."""

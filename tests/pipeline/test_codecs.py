@@ -177,6 +177,7 @@ def test_replacing_and_restoring_a_builtin() -> None:
     assert codecs.codec_names() == before
 
 
+@pytest.mark.slow
 def test_pandas_and_matplotlib_are_imported_lazily() -> None:
     code = (
         "import sys\n"

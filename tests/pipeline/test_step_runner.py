@@ -264,6 +264,7 @@ def test_call_and_result_survive_pickling(tmp_path: Path, csv_item: ItemInput) -
         StepCall(step="x", output_dir=tmp_path, scratch_dir=tmp_path)
 
 
+@pytest.mark.slow
 def test_a_pipeline_file_step_pickles_by_value(tmp_path: Path, csv_item: ItemInput) -> None:
     # Steps of a pipeline loaded from a file can travel as bytes to a process that cannot import it.
     data = load_pipeline(REF).pickled_step("parse")

@@ -11,20 +11,17 @@ from pathlib import Path
 import httpx
 import pytest
 
-from datamill.api import start_background_server
-from datamill.config import load_settings
-from datamill.home import Home
+from tests.helpers import open_home, serve
 
 from .world import World, build
 
 
 def _world(path: Path, database_url: str) -> Iterator[World]:
-    home = Home(load_settings(environ={}, home=str(path), database_url=database_url, demo=False))
-    server = start_background_server(home)
+    home = open_home(path, database_url)
     try:
-        yield build(home, server)
+        with serve(home) as server:
+            yield build(home, server)
     finally:
-        server.stop()
         home.close()
 
 

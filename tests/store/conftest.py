@@ -9,44 +9,14 @@ checks them against the models).
 from __future__ import annotations
 
 import shutil
-import uuid
 from collections.abc import Iterator
 from pathlib import Path
-from urllib.parse import urlsplit, urlunsplit
 
-import psycopg
 import pytest
-from psycopg import sql
 
-from datamill.config import load_settings
 from datamill.db.database import Database
 from datamill.home import Home
-from datamill.store import users
-from datamill.store.access import Actor
-
-
-def libpq_url(url: str, dbname: str | None = None) -> str:
-    """``url`` as libpq reads it (no ``+driver``), optionally naming another database."""
-    parts = urlsplit(url)._replace(scheme="postgresql")
-    if dbname is not None:
-        parts = parts._replace(path=f"/{dbname}")
-    return urlunsplit(parts)
-
-
-def create_database(server_url: str, template: str | None = None) -> str:
-    """Create a new, uniquely named database on the server; returns its name."""
-    name = f"t_{uuid.uuid4().hex}"
-    query = sql.SQL("CREATE DATABASE {}").format(sql.Identifier(name))
-    if template:
-        query = sql.SQL("CREATE DATABASE {} TEMPLATE {}").format(sql.Identifier(name), sql.Identifier(template))
-    with psycopg.connect(libpq_url(server_url), autocommit=True) as conn:
-        conn.execute(query)
-    return name
-
-
-def drop_database(server_url: str, name: str) -> None:
-    with psycopg.connect(libpq_url(server_url), autocommit=True) as conn:
-        conn.execute(sql.SQL("DROP DATABASE IF EXISTS {} WITH (FORCE)").format(sql.Identifier(name)))
+from tests.helpers import create_database, drop_database, libpq_url, open_home
 
 
 @pytest.fixture(scope="session")
@@ -97,11 +67,6 @@ def sqlite_db_url(tmp_path: Path, migrated_sqlite_file: Path) -> str:
     return f"sqlite:///{path}"
 
 
-def open_home(path: Path, db_url: str, blob_url: str = "") -> Home:
-    """A Home on ``db_url`` with blobs under ``path`` (or ``blob_url``), ignoring DATAMILL_* variables."""
-    return Home(load_settings(environ={}, home=str(path), database_url=db_url, blob_url=blob_url, demo=False))
-
-
 @pytest.fixture
 def home(db_url: str, tmp_path: Path) -> Iterator[Home]:
     """A fresh Home on SQLite, then on PostgreSQL."""
@@ -110,9 +75,3 @@ def home(db_url: str, tmp_path: Path) -> Iterator[Home]:
         yield h
     finally:
         h.close()
-
-
-def add_user(home: Home, name: str, password: str | None = None, is_admin: bool = False) -> Actor:
-    """Create a user directly in the home's database."""
-    with home.db.write() as conn:
-        return users.create_user(conn, name, password, is_admin)

@@ -27,8 +27,7 @@ from datamill.errors import AlreadyExists, InvalidInput, NotFound, PermissionDen
 from datamill.home import Home
 from datamill.store import users
 from datamill.store.access import ANONYMOUS, Actor, Level
-
-from .conftest import add_user, create_database, drop_database, libpq_url, open_home
+from tests.helpers import add_user, create_database, drop_database, libpq_url, open_home
 
 # ------------------------------------------------------------------------------ the matrix
 

@@ -377,6 +377,7 @@ class TestLocalBlobStore(BlobStoreContract):
         assert _temp_files(local) == []
 
     # --- crash mid-write ---------------------------------------------------------------------
+    @pytest.mark.slow
     def test_crash_mid_write_leaves_no_blob(self, local: LocalBlobStore) -> None:
         child = textwrap.dedent(
             """
@@ -411,6 +412,7 @@ class TestLocalBlobStore(BlobStoreContract):
         # The store still works afterwards.
         assert local.read(local.put(partial).digest) == partial
 
+    @pytest.mark.slow
     def test_clean_tmp_spares_a_live_process_upload(self, local: LocalBlobStore) -> None:
         # Opening the home (a `datamill ls` beside a server) must not break the server's uploads.
         child = textwrap.dedent(

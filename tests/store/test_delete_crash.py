@@ -18,14 +18,17 @@ import textwrap
 import time
 from pathlib import Path
 
+import pytest
 from sqlalchemy import select
 
 from datamill.db.models import Blob
 from datamill.errors import NotFound
 from datamill.home import Home
 from datamill.store.blobs import LocalBlobStore, digest_bytes
+from tests.helpers import open_home
 
-from .conftest import open_home
+#: Servers, CLI processes or crashes in subprocesses: left out of the quick loop (-m "not slow").
+pytestmark = pytest.mark.slow
 
 N_ITEMS = 1500
 SUBFOLDERS = 3

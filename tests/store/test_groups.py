@@ -17,8 +17,7 @@ from datamill.client import LocalClient
 from datamill.errors import AlreadyExists, InvalidInput, NotFound, PermissionDenied
 from datamill.home import Home
 from datamill.store.access import ANONYMOUS, Level, level_on
-
-from .conftest import add_user
+from tests.helpers import add_user
 
 
 def _clients(home: Home, *names: str) -> list[LocalClient]:

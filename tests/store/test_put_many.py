@@ -10,8 +10,7 @@ from datamill.client import LocalClient
 from datamill.errors import InvalidName, NotFound, PermissionDenied
 from datamill.home import Home
 from datamill.store.access import Level
-
-from .conftest import add_user
+from tests.helpers import add_user
 
 
 def test_put_many_creates_items_then_versions(home: Home) -> None:

@@ -36,8 +36,7 @@ from datamill.home import Home
 from datamill.store.access import Level
 from datamill.store.blobs import LocalBlobStore, digest_bytes
 from datamill.store.store import ROOT, Store
-
-from .conftest import add_user, open_home
+from tests.helpers import add_user, open_home
 
 
 def _store(home: Home) -> Store:
@@ -878,6 +877,7 @@ _WRITER = textwrap.dedent(
 )
 
 
+@pytest.mark.slow
 def test_second_process_writes(db_url: str, tmp_path: Path) -> None:
     # SQLite: another process writing at the same time never meets "database is locked".
     # PostgreSQL: racing creations of the same folders and items from two processes all succeed.

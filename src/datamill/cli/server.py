@@ -137,7 +137,7 @@ def _sources(state: State, ctx: typer.Context, settings: Settings) -> dict[str, 
             source = root.get_parameter_source("home")
             from_env = source is not None and source.name == "ENVIRONMENT"
             out[s.key] = env if from_env else "--home"
-        elif env in os.environ:
+        elif env in settings.sources:  # load_settings records each DATAMILL_* variable it used
             out[s.key] = env
         elif file and getattr(file_only, s.key) != s.default:
             out[s.key] = file

@@ -21,6 +21,7 @@ from __future__ import annotations
 import time
 from collections.abc import Mapping
 from dataclasses import dataclass, replace
+from enum import StrEnum
 from typing import Any
 
 from sqlalchemy import Connection, delete, insert, select, update
@@ -30,15 +31,43 @@ from datamill import events
 from datamill.dataflows.records import DataflowInfo, DataflowVersionInfo, VersionRun
 from datamill.db.models import Dataflow, DataflowVersion, Run, User
 from datamill.errors import AlreadyExists, Conflict, InvalidDataflow, NotFound, PermissionDenied
+from datamill.events import EventKind
 from datamill.store import lookups
 from datamill.store.access import Actor, Level, level_on
 from datamill.store.names import split_path
 from datamill.store.visibility import Visibility
 
-KINDS = ("workflow", "stream")
+
+class DataflowKind(StrEnum):
+    """What a dataflow is; stored in ``dataflows.kind`` and shown as its value."""
+
+    #: runs a pipeline over the items of a source folder into a destination folder
+    WORKFLOW = "workflow"
+    #: ingests a stream (Kafka) into a folder; declared, refused until it is available
+    STREAM = "stream"
+
+
+class DataflowState(StrEnum):
+    """Whether a dataflow's trigger acts; stored in ``dataflows.state`` and shown as its value."""
+
+    #: saved, its trigger does nothing (every dataflow starts stopped)
+    STOPPED = "stopped"
+    #: its trigger starts runs (new items, cron or on request)
+    RUNNING = "running"
+    #: stopped by the trigger service after an error it cannot get past; ``state_reason`` says which
+    FAILED = "failed"
+
+
+KINDS = tuple(DataflowKind)
 #: PostgreSQL advisory lock key taken while a dataflow is checked for cycles ("dmflows" in ASCII).
 _CYCLE_LOCK = 0x646D666C6F7773
-STATES = ("stopped", "running", "failed")
+STATES = tuple(DataflowState)
+#: The event each state change appends.
+_STATE_EVENTS = {
+    DataflowState.RUNNING: EventKind.DATAFLOW_STARTED,
+    DataflowState.STOPPED: EventKind.DATAFLOW_STOPPED,
+    DataflowState.FAILED: EventKind.DATAFLOW_FAILED,
+}
 CONFIG_KEYS = (
     "description",
     "kind",
@@ -127,7 +156,7 @@ def _info(conn: Connection, row: Any) -> DataflowInfo:
     owner = conn.execute(select(User.name).where(User.id == row.owner_id)).scalar() if row.owner_id else None
     trig = cfg.get("trigger", "manual")
     fires: list[float] = []
-    if str(trig).startswith("cron:") and row.state == "running":
+    if str(trig).startswith("cron:") and row.state == DataflowState.RUNNING:
         fires = Trigger.parse(trig).next_fire(time.time(), 3)
     return DataflowInfo(
         id=row.id,
@@ -180,12 +209,12 @@ def validate_config(
         raise InvalidDataflow(f"unknown field(s) {', '.join(unknown)}; known: {', '.join(CONFIG_KEYS)}")
     out: dict[str, Any] = {k: cfg.get(k) for k in CONFIG_KEYS}
     out["description"] = str(cfg.get("description") or "")
-    kind = cfg.get("kind") or "workflow"
+    kind = cfg.get("kind") or DataflowKind.WORKFLOW
     if kind not in KINDS:
         raise InvalidDataflow(f"kind: {kind!r} is not a kind; use workflow or stream", field="kind")
-    if kind == "stream":
+    if kind == DataflowKind.STREAM:
         raise InvalidDataflow("kind: stream dataflows (Kafka ingest) are not available yet; use workflow", field="kind")
-    out["kind"] = kind
+    out["kind"] = str(kind)
     for key, needed in (("source", Level.READ), ("destination", Level.WRITE)):
         path = cfg.get(key)
         if not path:
@@ -402,7 +431,7 @@ class Dataflows:
         if conn.dialect.name == "postgresql":
             # Two dataflows started at once must not each miss the other: checks take turns.
             conn.execute(sql_text("SELECT pg_advisory_xact_lock(:key)"), {"key": _CYCLE_LOCK})
-        rows = conn.execute(select(Dataflow).where(Dataflow.state == "running")).all()
+        rows = conn.execute(select(Dataflow).where(Dataflow.state == DataflowState.RUNNING)).all()
         start = FlowEnds(row_id, name, str(cfg["source"]), str(cfg["destination"]))
         chain = find_cycle(start, [flow_ends(r) for r in rows])
         if chain is None:
@@ -452,7 +481,7 @@ class Dataflows:
                 .values(
                     name=name,
                     kind=cfg["kind"],
-                    state="stopped",
+                    state=DataflowState.STOPPED,
                     owner_id=actor.id,
                     version=1,
                     config=cfg,
@@ -471,7 +500,7 @@ class Dataflows:
             )
             events.append(
                 conn,
-                "dataflow.created",
+                EventKind.DATAFLOW_CREATED,
                 actor_id=actor.id,
                 dataflow_id=fid,
                 folder_id=lookups.folder_id(conn, cfg["destination"]),
@@ -523,7 +552,7 @@ class Dataflows:
             )
             events.append(
                 conn,
-                "dataflow.updated",
+                EventKind.DATAFLOW_UPDATED,
                 actor_id=actor.id,
                 dataflow_id=row.id,
                 folder_id=lookups.folder_id(conn, cfg["destination"]),
@@ -585,10 +614,10 @@ class Dataflows:
             raise InvalidDataflow(f"state {state!r} is not one of {', '.join(STATES)}")
         with self.db.write() as conn:
             row = self._visible_row(conn, actor, name, edit=True)
-            if row.state == state and state != "failed":
+            if row.state == state and state != DataflowState.FAILED:
                 return self._shown(conn, actor, row)
             values: dict[str, Any] = {"state": state, "state_reason": reason, "updated_at": time.time()}
-            if state == "running" and row.state != "running":
+            if state == DataflowState.RUNNING and row.state != DataflowState.RUNNING:
                 self._refuse_cycle(conn, actor, name, dict(row.config or {}), row.id, starting=True)
                 # Start from the newest event: items already there are found by the backfill,
                 # which looks for items without a result for the current configuration.
@@ -596,10 +625,9 @@ class Dataflows:
                 values["backfilled_version"] = None
                 values["next_fire_at"] = None
             conn.execute(update(Dataflow).where(Dataflow.id == row.id).values(**values))
-            kind = {"running": "dataflow.started", "stopped": "dataflow.stopped", "failed": "dataflow.failed"}[state]
             events.append(
                 conn,
-                kind,
+                _STATE_EVENTS[DataflowState(state)],
                 actor_id=actor.id,
                 dataflow_id=row.id,
                 folder_id=row.dest_folder_id,
@@ -611,13 +639,13 @@ class Dataflows:
         """Remove a stopped dataflow (its runs and results stay)."""
         with self.db.write() as conn:
             row = self._visible_row(conn, actor, name, edit=True)
-            if row.state == "running":
+            if row.state == DataflowState.RUNNING:
                 raise Conflict(f"dataflow {name!r} is running; stop it first with `datamill flow stop {name}`")
             conn.execute(delete(DataflowVersion).where(DataflowVersion.dataflow_id == row.id))
             conn.execute(delete(Dataflow).where(Dataflow.id == row.id))
             events.append(
                 conn,
-                "dataflow.deleted",
+                EventKind.DATAFLOW_DELETED,
                 actor_id=actor.id,
                 dataflow_id=row.id,
                 folder_id=row.dest_folder_id,

@@ -21,6 +21,7 @@ from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 
 from datamill.db.models import Cursor, Dataflow, Delivery, Event, Run
+from datamill.events import EventKind
 from datamill.home import Home
 
 log = logging.getLogger("datamill.notifications")
@@ -51,7 +52,7 @@ class Notifier:
         with self.home.db.read() as conn:
             # Usually no run has finished: say so without taking the write lock.
             seen = conn.execute(select(Cursor.seq).where(Cursor.name == CURSOR)).scalar() or 0
-            finished = select(Event.seq).where(Event.seq > seen, Event.kind == "run.finished").limit(1)
+            finished = select(Event.seq).where(Event.seq > seen, Event.kind == EventKind.RUN_FINISHED).limit(1)
             if conn.execute(finished).first() is None:
                 return 0
         with self.home.db.write() as conn:
@@ -59,7 +60,10 @@ class Notifier:
             conn.execute(ins.values(name=CURSOR, seq=0).on_conflict_do_nothing(index_elements=["name"]))
             cursor = conn.execute(select(Cursor.seq).where(Cursor.name == CURSOR)).scalar_one()
             rows = conn.execute(
-                select(Event).where(Event.seq > cursor, Event.kind == "run.finished").order_by(Event.seq).limit(500)
+                select(Event)
+                .where(Event.seq > cursor, Event.kind == EventKind.RUN_FINISHED)
+                .order_by(Event.seq)
+                .limit(500)
             ).all()
             latest = conn.execute(select(Event.seq).order_by(Event.seq.desc()).limit(1)).scalar() or cursor
             if rows and len(rows) == 500:

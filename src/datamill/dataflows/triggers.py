@@ -25,12 +25,13 @@ from typing import Any
 from sqlalchemy import Connection, select, update
 
 from datamill import events
-from datamill.dataflows.dataflow import find_cycle, flow_ends
+from datamill.dataflows.dataflow import DataflowState, find_cycle, flow_ends
 from datamill.db.models import Dataflow, Event, Run, Task, TaskInput
 from datamill.engine import registry
 from datamill.engine.engine import Engine
 from datamill.engine.runs import RunStatus, TaskStatus
 from datamill.errors import InvalidInput, NotFound, PermissionDenied
+from datamill.events import EventKind
 from datamill.home import Home
 from datamill.pipeline import load_pipeline
 from datamill.pipeline.inputs import InputRef
@@ -39,7 +40,7 @@ from datamill.store.access import Actor, Level, level_on
 
 log = logging.getLogger("datamill.triggers")
 
-ITEM_EVENTS = ("item.created", "item.updated")
+ITEM_EVENTS = (EventKind.ITEM_CREATED, EventKind.ITEM_UPDATED)
 #: A dataflow's cursor is moved past events that do not concern it once it lags this far behind.
 CURSOR_SLACK = 1000
 
@@ -61,7 +62,7 @@ class Triggers:
         # Most passes find nothing to do: decide that in one read transaction, and take the
         # write lock only for the dataflows that have something to record.
         with self.home.db.read() as conn:
-            rows = conn.execute(select(Dataflow).where(Dataflow.state == "running")).all()
+            rows = conn.execute(select(Dataflow).where(Dataflow.state == DataflowState.RUNNING)).all()
             ids = [r.id for r in rows if self._due(conn, r, now)]
         created: list[int] = []
         running = {r.id: flow_ends(r) for r in rows}
@@ -99,7 +100,9 @@ class Triggers:
         due: list[float] = []
         with self.home.db.read() as conn:
             rows = conn.execute(
-                select(Dataflow.id, Dataflow.next_fire_at, Dataflow.config).where(Dataflow.state == "running")
+                select(Dataflow.id, Dataflow.next_fire_at, Dataflow.config).where(
+                    Dataflow.state == DataflowState.RUNNING
+                )
             ).all()
         for r in rows:
             if r.next_fire_at is not None:
@@ -145,7 +148,7 @@ class Triggers:
     def _poll_one(self, dataflow_id: int, now: float) -> int | None:
         with self.home.db.write() as conn:
             row = conn.execute(select(Dataflow).where(Dataflow.id == dataflow_id)).first()
-            if row is None or row.state != "running":
+            if row is None or row.state != DataflowState.RUNNING:
                 return None
             cfg = dict(row.config or {})
             trigger = str(cfg.get("trigger") or "new-items")
@@ -312,14 +315,16 @@ class Triggers:
             row = conn.execute(
                 select(Dataflow.state, Dataflow.dest_folder_id).where(Dataflow.id == dataflow_id)
             ).first()
-            if row is None or row.state != "running":
+            if row is None or row.state != DataflowState.RUNNING:
                 return
             conn.execute(
-                update(Dataflow).where(Dataflow.id == dataflow_id).values(state="failed", state_reason=message)
+                update(Dataflow)
+                .where(Dataflow.id == dataflow_id)
+                .values(state=DataflowState.FAILED, state_reason=message)
             )
             events.append(
                 conn,
-                "dataflow.failed",
+                EventKind.DATAFLOW_FAILED,
                 dataflow_id=dataflow_id,
                 folder_id=row.dest_folder_id,
                 data={"reason": message},

@@ -36,6 +36,7 @@ from datamill.errors import (
     PermissionDenied,
     UnknownPipeline,
 )
+from datamill.events import EventKind
 from datamill.store.access import Actor
 
 __all__ = ["ENTRY_POINT_GROUP", "Choice", "Pipelines", "Registered", "choose", "readmit", "shown"]
@@ -232,7 +233,9 @@ class Pipelines:
                     created_at=now,
                 )
             )
-            events.append(conn, "pipeline.registered", actor_id=actor.id, data={"name": name, "ref": choice.ref})
+            events.append(
+                conn, EventKind.PIPELINE_REGISTERED, actor_id=actor.id, data={"name": name, "ref": choice.ref}
+            )
             row = conn.execute(select(RegisteredPipeline).where(RegisteredPipeline.name == name)).one()
             return _from_row(conn, row).to_dict(actor)
 
@@ -251,7 +254,7 @@ class Pipelines:
             if row is None:
                 raise NotFound(f"no registered pipeline {shown(name)}; {HOW_TO}", name=name[:MAX_SHOWN])
             conn.execute(delete(RegisteredPipeline).where(RegisteredPipeline.id == row.id))
-            events.append(conn, "pipeline.removed", actor_id=actor.id, data={"name": name, "ref": row.ref})
+            events.append(conn, EventKind.PIPELINE_REMOVED, actor_id=actor.id, data={"name": name, "ref": row.ref})
 
     def _check_free(self, conn: Connection, name: str) -> None:
         if lookup(conn, name) is not None:

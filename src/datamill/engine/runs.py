@@ -43,6 +43,7 @@ from datamill.engine.tasks import (
     task_row,
     unfinished,
 )
+from datamill.events import EventKind
 from datamill.pipeline.inputs import InputRef
 from datamill.records import FINISHED_RUN, RunStatus
 
@@ -181,7 +182,7 @@ def create_run(
             conn.execute(insert(TaskInput), item_inputs)
     evs: list[dict[str, Any]] = [
         {
-            "kind": "run.queued",
+            "kind": EventKind.RUN_QUEUED,
             "run_id": run_id,
             "actor_id": requested_by,
             "folder_id": folder_id,
@@ -192,7 +193,7 @@ def create_run(
     ]
     evs += [
         {
-            "kind": "task.queued",
+            "kind": EventKind.TASK_QUEUED,
             "run_id": run_id,
             "task_id": tid,
             "folder_id": folder_id,
@@ -220,7 +221,7 @@ def start_run(conn: Connection, run_id: int, folder_id: int | None) -> bool:
         .values(status=RunStatus.RUNNING, started_at=now)
     ).rowcount
     if n:
-        events.append(conn, "run.started", run_id=run_id, folder_id=folder_id, ts=now)
+        events.append(conn, EventKind.RUN_STARTED, run_id=run_id, folder_id=folder_id, ts=now)
     return bool(n)
 
 
@@ -250,7 +251,7 @@ def finish_run_if_done(conn: Connection, run_id: int, folder_id: int | None) -> 
     )
     events.append(
         conn,
-        "run.finished",
+        EventKind.RUN_FINISHED,
         run_id=run_id,
         folder_id=folder_id,
         dataflow_id=row.dataflow_id,
@@ -270,7 +271,7 @@ def request_cancel(conn: Connection, run_id: int, actor_id: int | None, folder_i
     if row is None or row.status in FINISHED_RUN:
         return False
     conn.execute(update(Run).where(Run.id == run_id).values(cancel_requested=True))
-    events.append(conn, "run.cancel_requested", run_id=run_id, actor_id=actor_id, folder_id=folder_id)
+    events.append(conn, EventKind.RUN_CANCEL_REQUESTED, run_id=run_id, actor_id=actor_id, folder_id=folder_id)
     cancel_unheld(conn, run_id, folder_id)
     finish_run_if_done(conn, run_id, folder_id)
     return True
@@ -443,25 +444,25 @@ def fold(records: Iterable[events.EventRecord]) -> dict[str, dict[int, dict[str,
     tasks: dict[int, dict[str, Any]] = {}
     for ev in records:
         k = ev.kind
-        if k == "run.queued" and ev.run_id is not None:
+        if k == EventKind.RUN_QUEUED and ev.run_id is not None:
             runs[ev.run_id] = {"status": RunStatus.QUEUED.value, "cancel_requested": False}
-        elif k == "run.started" and ev.run_id in runs:
+        elif k == EventKind.RUN_STARTED and ev.run_id in runs:
             runs[ev.run_id]["status"] = RunStatus.RUNNING.value
-        elif k == "run.cancel_requested" and ev.run_id in runs:
+        elif k == EventKind.RUN_CANCEL_REQUESTED and ev.run_id in runs:
             runs[ev.run_id]["cancel_requested"] = True
-        elif k == "run.finished" and ev.run_id in runs:
+        elif k == EventKind.RUN_FINISHED and ev.run_id in runs:
             runs[ev.run_id]["status"] = ev.data["status"]
-        elif k == "task.queued" and ev.task_id is not None:
+        elif k == EventKind.TASK_QUEUED and ev.task_id is not None:
             tasks[ev.task_id] = {"status": TaskStatus.QUEUED.value, "attempts": 0, "progress": 0.0}
-        elif k == "task.started" and ev.task_id in tasks:
+        elif k == EventKind.TASK_STARTED and ev.task_id in tasks:
             tasks[ev.task_id].update(status=TaskStatus.RUNNING.value, attempts=ev.data["attempt"], progress=0.0)
-        elif k == "task.progress" and ev.task_id in tasks:
+        elif k == EventKind.TASK_PROGRESS and ev.task_id in tasks:
             tasks[ev.task_id]["progress"] = ev.data["progress"]
-        elif k in ("task.retrying", "task.reclaimed") and ev.task_id in tasks:
+        elif k in (EventKind.TASK_RETRYING, EventKind.TASK_RECLAIMED) and ev.task_id in tasks:
             tasks[ev.task_id]["status"] = TaskStatus.QUEUED.value
             if "attempts" in ev.data:
                 tasks[ev.task_id]["attempts"] = ev.data["attempts"]
-        elif k == "task.finished" and ev.task_id in tasks:
+        elif k == EventKind.TASK_FINISHED and ev.task_id in tasks:
             status = ev.data["status"]
             tasks[ev.task_id]["status"] = status
             if status in (TaskStatus.SUCCEEDED, TaskStatus.CACHED):

@@ -83,7 +83,7 @@ class Scheduler:
         executor: Executor | str | None = None,
         *,
         workers: int | None = None,
-        lease_seconds: float = 30.0,
+        lease_seconds: float | None = None,
         owner: str | None = None,
         clock: Callable[[], float] = time.time,
     ) -> None:
@@ -102,7 +102,7 @@ class Scheduler:
             self.executor = executor
         #: command steps run here whatever the run's executor, as many at once as it runs Python steps
         self.commands = CommandExecutor(slots=self.executor.capacity or os.cpu_count() or 1)
-        self.lease_seconds = lease_seconds
+        self.lease_seconds = home.settings.lease_seconds if lease_seconds is None else lease_seconds
         self.owner = owner or f"{os.uname().nodename}:{os.getpid()}:{uuid.uuid4().hex[:8]}"
         self.clock = clock
         self.workdirs = WorkDirs(home.path, home.blobs)

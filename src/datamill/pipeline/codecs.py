@@ -42,6 +42,7 @@ __all__ = [
     "ext_for",
     "file_ext",
     "get_codec",
+    "is_builtin",
     "register",
     "unregister",
 ]
@@ -291,6 +292,11 @@ def get_codec(name: str) -> Codec:
             f"no codec named '{name}' (known: {', '.join(codec_names())}); "
             "register custom codecs in the module that defines the pipeline"
         ) from None
+
+
+def is_builtin(name: str) -> bool:
+    """Whether ``name`` is served by datamill's own codec (not one registered in its place)."""
+    return any(_BY_NAME.get(name) is b for b in _BUILTINS)
 
 
 def codec_for(value: Any) -> Codec:

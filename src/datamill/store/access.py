@@ -18,6 +18,7 @@ from sqlalchemy import Connection, select, union_all
 
 from datamill.db.models import Folder, FolderAccess, GroupAccess, GroupMembership
 from datamill.errors import NotFound, PermissionDenied
+from datamill.events import EventKind
 from datamill.records import Level
 
 
@@ -100,14 +101,14 @@ def require(conn: Connection, actor: Actor, folder_path: str, needed: Level) -> 
 #: levels between calls of :func:`level_on` (a per-stream cache) must drop them on these.
 ACCESS_CHANGING_KINDS = frozenset(
     {
-        "access.changed",
-        "folder.shared",
-        "folder.moved",
-        "folder.deleted",
-        "group.deleted",
-        "group.member_added",
-        "group.member_changed",
-        "group.member_removed",
+        EventKind.ACCESS_CHANGED,
+        EventKind.FOLDER_SHARED,
+        EventKind.FOLDER_MOVED,
+        EventKind.FOLDER_DELETED,
+        EventKind.GROUP_DELETED,
+        EventKind.GROUP_MEMBER_ADDED,
+        EventKind.GROUP_MEMBER_CHANGED,
+        EventKind.GROUP_MEMBER_REMOVED,
     }
 )
 

@@ -28,6 +28,7 @@ from sqlalchemy.exc import IntegrityError
 from datamill import events
 from datamill.db.models import Folder, Group, GroupAccess, GroupMembership, User
 from datamill.errors import AlreadyExists, InvalidInput, NotFound, PermissionDenied
+from datamill.events import EventKind
 from datamill.records import GroupGrant, GroupInfo, GroupMember
 from datamill.store.access import Actor, Level
 
@@ -161,7 +162,7 @@ def create_group(conn: Connection, actor: Actor, name: str) -> GroupInfo:
         raise AlreadyExists(f"a group named {name!r} already exists; choose another name", group=name) from None
     conn.execute(insert(GroupMembership).values(group_id=gid, user_id=actor.id, is_admin=True, added_at=now))
     row = conn.execute(select(Group).where(Group.id == gid)).one()
-    _event(conn, "group.created", actor, row)
+    _event(conn, EventKind.GROUP_CREATED, actor, row)
     return _infos(conn, [row])[0]
 
 
@@ -182,7 +183,7 @@ def delete_group(conn: Connection, actor: Actor, name: str) -> int:
         conn,
         [
             {
-                "kind": "folder.shared",
+                "kind": EventKind.FOLDER_SHARED,
                 "actor_id": actor.id,
                 "folder_id": fid,
                 "data": {"path": path, "group": row.name, "level": "none", "reason": "group deleted"},
@@ -190,7 +191,7 @@ def delete_group(conn: Connection, actor: Actor, name: str) -> int:
             for fid, path in grants
         ],
     )
-    _event(conn, "group.deleted", actor, row, grants=len(grants))
+    _event(conn, EventKind.GROUP_DELETED, actor, row, grants=len(grants))
     return len(grants)
 
 
@@ -206,7 +207,7 @@ def add_member(conn: Connection, actor: Actor, name: str, user: str, admin: bool
         conn.execute(
             insert(GroupMembership).values(group_id=row.id, user_id=uid, is_admin=bool(admin), added_at=time.time())
         )
-        _event(conn, "group.member_added", actor, row, user=user, admin=bool(admin))
+        _event(conn, EventKind.GROUP_MEMBER_ADDED, actor, row, user=user, admin=bool(admin))
     elif admin is not None and bool(existing.is_admin) != admin:
         if not admin:
             _refuse_last_admin(conn, actor, row, uid, user)
@@ -215,7 +216,7 @@ def add_member(conn: Connection, actor: Actor, name: str, user: str, admin: bool
             .where(GroupMembership.group_id == row.id, GroupMembership.user_id == uid)
             .values(is_admin=admin)
         )
-        _event(conn, "group.member_changed", actor, row, user=user, admin=admin)
+        _event(conn, EventKind.GROUP_MEMBER_CHANGED, actor, row, user=user, admin=admin)
     return _infos(conn, [row])[0]
 
 
@@ -249,7 +250,7 @@ def remove_member(conn: Connection, actor: Actor, name: str, user: str) -> None:
     if existing.is_admin:
         _refuse_last_admin(conn, actor, row, uid, user)
     conn.execute(delete(GroupMembership).where(GroupMembership.group_id == row.id, GroupMembership.user_id == uid))
-    _event(conn, "group.member_removed", actor, row, user=user)
+    _event(conn, EventKind.GROUP_MEMBER_REMOVED, actor, row, user=user)
 
 
 def get_group(conn: Connection, actor: Actor, name: str) -> GroupInfo:

@@ -13,6 +13,7 @@ from sqlalchemy import Connection, insert, select, update
 from datamill import events
 from datamill.db.models import Token, User
 from datamill.errors import AlreadyExists, InvalidInput, NotFound, Unauthorized
+from datamill.events import EventKind
 from datamill.records import NewToken
 from datamill.store.access import Actor
 
@@ -49,7 +50,7 @@ def create_user(
         .returning(User.id)
     ).scalar_one()
     events.append(
-        conn, "user.created", actor_id=by.id if by else None, data={"user": name, "is_admin": is_admin}
+        conn, EventKind.USER_CREATED, actor_id=by.id if by else None, data={"user": name, "is_admin": is_admin}
     )
     return Actor(int(uid), name, is_admin)
 
@@ -103,7 +104,7 @@ def create_token(
     ).scalar_one()
     events.append(
         conn,
-        "token.created",
+        EventKind.TOKEN_CREATED,
         actor_id=(by or user).id,
         data={"user": user.name, "token_id": int(tid), "name": name},
     )
@@ -116,7 +117,7 @@ def revoke_token(conn: Connection, token_id: int, by: Actor) -> None:
     if row is None or (row.user_id != by.id and not by.is_admin):
         raise NotFound(f"no token {token_id}", token_id=token_id)
     conn.execute(update(Token).where(Token.id == token_id).values(revoked_at=time.time()))
-    events.append(conn, "token.revoked", actor_id=by.id, data={"token_id": token_id})
+    events.append(conn, EventKind.TOKEN_REVOKED, actor_id=by.id, data={"token_id": token_id})
 
 
 def list_tokens(conn: Connection, user: Actor) -> list[dict[str, object]]:

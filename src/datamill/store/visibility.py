@@ -35,7 +35,7 @@ from urllib.parse import urlsplit
 from sqlalchemy import Connection, select
 
 from datamill.db.models import Dataflow, Folder, Run, Task
-from datamill.events import EventRecord
+from datamill.events import EventKind, EventRecord
 from datamill.store.access import Actor, Level, ancestor_paths, level_on
 from datamill.store.groups import group_ids_of
 
@@ -393,7 +393,7 @@ def _redact_event(
                 data["message"] = ""
             if data.get("note"):
                 data["note"] = MASKED_NOTE
-    elif rec.kind == "folder.moved":
+    elif rec.kind == EventKind.FOLDER_MOVED:
         data = {**data, "from": vis.folder(data.get("from")), "to": vis.folder(data.get("to"))}
     elif rec.dataflow_id is not None and rec.dataflow_id in flows and data.get("reason"):
         data = {**data, "reason": vis.text(str(data["reason"]), flows[rec.dataflow_id])}

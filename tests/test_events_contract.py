@@ -1,0 +1,217 @@
+"""The event log's contract, on SQLite and on PostgreSQL alike (``db_url``).
+
+Every backend of :class:`~datamill.events.EventLog` must: append inside the caller's transaction
+and hand out a ``seq``; read from a cursor, oldest first, filtered by kind (exact or prefix) and
+run; give strictly increasing ``seq`` values in commit order, so a reader following with a cursor
+while others write misses nothing and sees nothing twice; say what the newest ``seq`` is (0 when
+empty); and ``wait`` until an event after a cursor exists, woken by an append made on another
+connection or in another process, or return False when the timeout passes first.
+
+A new backend (another database) is added by making these pass on it.
+"""
+
+from __future__ import annotations
+
+import itertools
+import subprocess
+import sys
+import textwrap
+import threading
+from collections.abc import Iterator
+from typing import Any
+
+import pytest
+
+from datamill import events
+from datamill.db.database import Database
+from datamill.events import EventKind, EventLog
+
+#: Generous: a loaded machine may be slow. Nothing here asserts how long anything took.
+TIMEOUT = 120.0
+
+
+@pytest.fixture
+def db(db_url: str) -> Iterator[Database]:
+    """A migrated, empty database of each kind in turn."""
+    database = Database(db_url)
+    database.migrate()
+    try:
+        yield database
+    finally:
+        database.dispose()
+
+
+@pytest.fixture
+def log(db: Database) -> Iterator[EventLog]:
+    event_log = EventLog(db)
+    try:
+        yield event_log
+    finally:
+        event_log.close()
+
+
+def _append(db: Database, kind: str, **fields: Any) -> int:
+    with db.write() as conn:
+        return events.append(conn, kind, **fields)
+
+
+def test_latest_is_zero_when_empty_then_the_newest_seq(db: Database, log: EventLog) -> None:
+    assert log.latest() == 0
+    with db.read() as conn:
+        assert events.latest_seq(conn) == 0
+    assert log.read(0) == []
+    seq = _append(db, EventKind.FOLDER_CREATED, data={"path": "a"})
+    assert seq > 0
+    assert log.latest() == seq
+    with db.read() as conn:
+        assert events.latest_seq(conn) == seq
+
+
+def test_append_and_read_from_a_cursor(db: Database, log: EventLog) -> None:
+    first = _append(db, EventKind.FOLDER_CREATED, actor_id=None, data={"path": "a", "n": [1, 2]})
+    with db.write() as conn:
+        last = events.append_many(
+            conn,
+            [
+                {"kind": EventKind.RUN_QUEUED, "run_id": 7},
+                {"kind": EventKind.TASK_QUEUED, "run_id": 7, "task_id": 70},
+                {"kind": EventKind.TASK_QUEUED, "run_id": 8, "task_id": 80, "data": {"x": "y"}},
+            ],
+        )
+    every = log.read(0)
+    assert [e.kind for e in every] == ["folder.created", "run.queued", "task.queued", "task.queued"]
+    assert every[0].seq == first and every[-1].seq == last
+    assert every[0].data == {"path": "a", "n": [1, 2]} and every[3].data == {"x": "y"}
+    assert (every[2].run_id, every[2].task_id) == (7, 70)
+    assert all(e.ts > 0 for e in every)
+
+    # From a cursor: only what came after it, oldest first, at most ``limit``.
+    assert [e.seq for e in log.read(first)] == [e.seq for e in every[1:]]
+    assert [e.seq for e in log.read(first, limit=2)] == [e.seq for e in every[1:3]]
+    assert log.read(last) == []
+    # Filters: exact kinds, prefixes ("task." and "task*"), a run.
+    assert [e.kind for e in log.read(0, kinds=["run.queued"])] == ["run.queued"]
+    assert [e.task_id for e in log.read(0, kinds=["task."])] == [70, 80]
+    assert [e.task_id for e in log.read(0, kinds=["task*", "folder.created"])] == [None, 70, 80]
+    assert [e.kind for e in log.read(0, run_id=7)] == ["run.queued", "task.queued"]
+    # A prefix is a prefix, not a pattern: "_" and "%" match themselves only.
+    assert log.read(0, kinds=["task_"]) == [] and log.read(0, kinds=["%."]) == []
+
+
+def test_an_event_rolled_back_with_its_transaction_is_never_seen(db: Database, log: EventLog) -> None:
+    before = _append(db, EventKind.FOLDER_CREATED)
+    with pytest.raises(RuntimeError, match="change failed"), db.write() as conn:
+        events.append(conn, EventKind.FOLDER_DELETED)
+        raise RuntimeError("change failed")
+    assert log.latest() == before
+    after = _append(db, EventKind.FOLDER_MOVED)
+    assert [e.kind for e in log.read(0)] == ["folder.created", "folder.moved"]
+    assert after > before
+
+
+def test_seq_strictly_increases_and_a_following_reader_misses_nothing(db_url: str, db: Database, log: EventLog) -> None:
+    """Writers on their own connections append while a reader follows with a cursor."""
+    writers, each = 4, 25
+    total = writers * each
+    seen: list[int] = []
+    errors: list[BaseException] = []
+
+    def write(n: int) -> None:
+        own = Database(db_url)  # a connection pool of its own, as another process would have
+        try:
+            for i in range(each):
+                with own.write() as conn:
+                    events.append(conn, EventKind.ITEM_CREATED, data={"writer": n, "i": i})
+        except BaseException as exc:  # reported in the test's thread
+            errors.append(exc)
+        finally:
+            own.dispose()
+
+    def follow() -> None:
+        cursor = 0
+        try:
+            while len(seen) < total and not errors:
+                page = log.read(cursor, limit=7)
+                if not page:
+                    log.wait(cursor, timeout=1.0)
+                    continue
+                seen.extend(e.seq for e in page)
+                cursor = page[-1].seq
+        except BaseException as exc:
+            errors.append(exc)
+
+    threads = [threading.Thread(target=write, args=(n,)) for n in range(writers)]
+    reader = threading.Thread(target=follow)
+    reader.start()
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(TIMEOUT)
+    reader.join(TIMEOUT)
+    assert not errors, errors
+    assert not reader.is_alive()
+    assert len(seen) == total and all(a < b for a, b in itertools.pairwise(seen))
+    assert seen == [e.seq for e in log.read(0, limit=total + 1)]
+    per_writer = {n: [e.data["i"] for e in log.read(0, limit=total) if e.data["writer"] == n] for n in range(writers)}
+    assert per_writer == {n: list(range(each)) for n in range(writers)}  # each writer's events in its order
+
+
+def test_wait_returns_at_once_when_an_event_is_there_and_false_on_timeout(db: Database, log: EventLog) -> None:
+    seq = _append(db, EventKind.USER_CREATED)
+    assert log.wait(seq - 1, timeout=TIMEOUT) is True
+    assert log.wait(seq, timeout=0.2) is False
+
+
+def test_wait_wakes_on_an_append_on_another_connection(db_url: str, db: Database, log: EventLog) -> None:
+    cursor = log.latest()
+    result: list[bool] = []
+    waiter = threading.Thread(target=lambda: result.append(log.wait(cursor, timeout=TIMEOUT)))
+    waiter.start()
+    other = Database(db_url)
+    try:
+        with other.write() as conn:
+            seq = events.append(conn, EventKind.GROUP_CREATED)
+    finally:
+        other.dispose()
+    waiter.join(TIMEOUT)
+    assert result == [True]
+    assert [e.seq for e in log.read(cursor)] == [seq]
+
+
+_APPENDER = textwrap.dedent(
+    """
+    import sys
+    from datamill import events
+    from datamill.db.database import Database
+
+    sys.stdin.readline()  # appended only once the parent waits
+    db = Database(sys.argv[1])
+    with db.write() as conn:
+        print(events.append(conn, "dataflow.created"), flush=True)
+    db.dispose()
+    """
+)
+
+
+@pytest.mark.slow
+def test_wait_wakes_on_an_append_in_another_process(db_url: str, db: Database, log: EventLog) -> None:
+    cursor = log.latest()
+    child = subprocess.Popen(
+        [sys.executable, "-c", _APPENDER, db_url], stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True
+    )
+    try:
+        assert child.stdin is not None and child.stdout is not None
+        result: list[bool] = []
+        waiter = threading.Thread(target=lambda: result.append(log.wait(cursor, timeout=TIMEOUT)))
+        waiter.start()
+        child.stdin.write("go\n")
+        child.stdin.flush()
+        waiter.join(TIMEOUT)
+        seq = int(child.stdout.readline())
+        assert child.wait(TIMEOUT) == 0
+    finally:
+        if child.poll() is None:
+            child.kill()
+            child.wait()
+    assert result == [True]
+    assert [(e.seq, e.kind) for e in log.read(cursor)] == [(seq, "dataflow.created")]
