@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Install everything the test suite needs and run it: pytest, then ruff, then mypy.
+# Install everything the test suite needs and run it: pytest, then ruff (lint + format), then mypy.
 #
 #   bash scripts/test.sh [pytest args...]
 #   bash scripts/test.sh -m "not slow" -x -q     # the quick inner loop: no servers, CLI processes or crashes
@@ -79,7 +79,9 @@ set +e
 .venv/bin/python -m pytest "$@" 2>&1 | tee "$PYTEST_LOG"
 pytest_rc=${PIPESTATUS[0]}
 set -e
-.venv/bin/ruff check src tests || ruff_rc=$?
+# Lint (with the complexity limit, C90 in pyproject.toml) and formatting.
+.venv/bin/ruff check src tests benchmarks || ruff_rc=$?
+.venv/bin/ruff format --check src tests benchmarks || ruff_rc=$?
 .venv/bin/mypy || mypy_rc=$?
 
 echo "test.sh: pytest exit $pytest_rc, ruff exit $ruff_rc, mypy exit $mypy_rc"

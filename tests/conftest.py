@@ -54,15 +54,39 @@ def postgres_url() -> Iterator[str]:
     started = False
     try:
         _run(
-            [*as_pg, str(PG_BIN / "initdb"), "-D", f"{d}/data", "-U", "postgres", "-A", "trust",
-             "-E", "UTF8", "--locale=C.UTF-8", "--no-sync"],
+            [
+                *as_pg,
+                str(PG_BIN / "initdb"),
+                "-D",
+                f"{d}/data",
+                "-U",
+                "postgres",
+                "-A",
+                "trust",
+                "-E",
+                "UTF8",
+                "--locale=C.UTF-8",
+                "--no-sync",
+            ],
             "initdb",
         )
         started = True
         _run(
-            [*as_pg, str(PG_BIN / "pg_ctl"), "-D", f"{d}/data", "-l", str(log), "-w", "-t", "60", "-o",
-             f"-c listen_addresses=127.0.0.1 -p {port} -k {d} -c fsync=off "
-             "-c synchronous_commit=off -c full_page_writes=off", "start"],
+            [
+                *as_pg,
+                str(PG_BIN / "pg_ctl"),
+                "-D",
+                f"{d}/data",
+                "-l",
+                str(log),
+                "-w",
+                "-t",
+                "60",
+                "-o",
+                f"-c listen_addresses=127.0.0.1 -p {port} -k {d} -c fsync=off "
+                "-c synchronous_commit=off -c full_page_writes=off",
+                "start",
+            ],
             "pg_ctl start",
             log,
         )

@@ -205,30 +205,31 @@ def _cycles() -> list[list[str]]:
         if v not in index:
             visit(v)
 
-    chains = []
-    for group in groups:
-        start = min(group)
-        # Breadth-first from start back to start inside the group: the shortest cycle through it.
-        parent: dict[str, str] = {}
-        queue = [start]
-        found = None
-        while queue and found is None:
-            v = queue.pop(0)
-            for w in sorted(GRAPH[v]):
-                if w == start:
-                    found = v
-                    break
-                if w in group and w not in parent:
-                    parent[w] = v
-                    queue.append(w)
-        chain = [start]
-        v = found
-        while v is not None and v != start:
-            chain.append(v)
-            v = parent.get(v)
-        chain = [start, *reversed(chain[1:]), start]
-        chains.append(chain + [f"(group of {len(group)}: {', '.join(sorted(group))})"])
-    return chains
+    return [_cycle_through(group) for group in groups]
+
+
+def _cycle_through(group: set[str]) -> list[str]:
+    """The shortest cycle through the smallest module of ``group``, closed, with a note of the group."""
+    start = min(group)
+    # Breadth-first from start back to start inside the group.
+    parent: dict[str, str] = {}
+    queue = [start]
+    found = None
+    while queue and found is None:
+        v = queue.pop(0)
+        for w in sorted(GRAPH[v]):
+            if w == start:
+                found = v
+                break
+            if w in group and w not in parent:
+                parent[w] = v
+                queue.append(w)
+    chain = [start]
+    node = found
+    while node is not None and node != start:
+        chain.append(node)
+        node = parent.get(node)
+    return [start, *reversed(chain[1:]), start, f"(group of {len(group)}: {', '.join(sorted(group))})"]
 
 
 def test_no_import_cycles() -> None:

@@ -163,11 +163,7 @@ class Settings:
 
     def with_overrides(self, **overrides: Any) -> Settings:
         """A copy with the given (non-None) keys replaced and validated."""
-        clean = {
-            k: _coerce(_BY_KEY[k], v, "option")
-            for k, v in overrides.items()
-            if v is not None and k in _BY_KEY
-        }
+        clean = {k: _coerce(_BY_KEY[k], v, "option") for k, v in overrides.items() if v is not None and k in _BY_KEY}
         return replace(self, **clean)
 
     def public_dict(self) -> dict[str, Any]:
@@ -189,6 +185,48 @@ def find_config_file(start: Path | None = None) -> Path | None:
     return None
 
 
+def _read_config_file(path: Path) -> dict[str, Any]:
+    """The parsed ``datamill.toml``, its sections checked: ``[defaults]`` and ``[profiles.NAME]`` tables."""
+    try:
+        data = tomllib.loads(path.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        raise ConfigError(f"config file {path} does not exist", path=str(path)) from None
+    except tomllib.TOMLDecodeError as exc:
+        raise ConfigError(f"{path}: not valid TOML: {exc}", path=str(path)) from None
+    unknown_sections = sorted(set(data) - {"defaults", "profiles"})
+    if unknown_sections:
+        raise ConfigError(
+            f"{path}: unknown section(s) {', '.join(unknown_sections)}; use [defaults] and [profiles.NAME]",
+            path=str(path),
+        )
+    profiles = data.get("profiles", {})
+    if not isinstance(profiles, dict) or not all(isinstance(v, dict) for v in profiles.values()):
+        raise ConfigError(f"{path}: [profiles] must hold tables like [profiles.prod]", path=str(path))
+    if not isinstance(data.get("defaults", {}), dict):
+        raise ConfigError(f"{path}: [defaults] must be a table", path=str(path))
+    return data
+
+
+def _file_values(path: Path, profile: str) -> dict[str, Any]:
+    """The settings ``path`` gives: its ``[defaults]``, then the chosen profile's table on top."""
+    data = _read_config_file(path)
+    profiles = data.get("profiles", {})
+    layers = [("defaults", data.get("defaults", {}))]
+    if profile in profiles:
+        layers.append((f"profiles.{profile}", profiles[profile]))
+    elif profile != "local":
+        known = ", ".join(sorted(profiles)) or "none"
+        raise ConfigError(f"{path}: no profile {profile!r}; known profiles: {known}", profile=profile)
+    values: dict[str, Any] = {}
+    for section, table in layers:
+        for key, value in table.items():
+            if key not in _BY_KEY:
+                known = ", ".join(_BY_KEY)
+                raise ConfigError(f"{path} [{section}]: unknown key {key!r}; known keys: {known}", key=key)
+            values[key] = _coerce(_BY_KEY[key], value, f"{path} [{section}]")
+    return values
+
+
 def load_settings(
     profile: str | None = None,
     config_file: Path | None = None,
@@ -202,38 +240,7 @@ def load_settings(
     sources: list[str] = ["defaults"]
     path = config_file or (Path(env["DATAMILL_CONFIG"]) if env.get("DATAMILL_CONFIG") else find_config_file())
     if path is not None:
-        try:
-            data = tomllib.loads(Path(path).read_text(encoding="utf-8"))
-        except FileNotFoundError:
-            raise ConfigError(f"config file {path} does not exist", path=str(path)) from None
-        except tomllib.TOMLDecodeError as exc:
-            raise ConfigError(f"{path}: not valid TOML: {exc}", path=str(path)) from None
-        unknown_sections = sorted(set(data) - {"defaults", "profiles"})
-        if unknown_sections:
-            raise ConfigError(
-                f"{path}: unknown section(s) {', '.join(unknown_sections)}; use [defaults] and [profiles.NAME]",
-                path=str(path),
-            )
-        profiles = data.get("profiles", {})
-        if not isinstance(profiles, dict) or not all(isinstance(v, dict) for v in profiles.values()):
-            raise ConfigError(f"{path}: [profiles] must hold tables like [profiles.prod]", path=str(path))
-        if not isinstance(data.get("defaults", {}), dict):
-            raise ConfigError(f"{path}: [defaults] must be a table", path=str(path))
-        layers = [("defaults", data.get("defaults", {}))]
-        if profile in profiles:
-            layers.append((f"profiles.{profile}", profiles[profile]))
-        elif profile != "local" or profiles:
-            if profile != "local":
-                known = ", ".join(sorted(profiles)) or "none"
-                raise ConfigError(f"{path}: no profile {profile!r}; known profiles: {known}", profile=profile)
-        for section, table in layers:
-            for key, value in table.items():
-                if key not in _BY_KEY:
-                    known = ", ".join(_BY_KEY)
-                    raise ConfigError(
-                        f"{path} [{section}]: unknown key {key!r}; known keys: {known}", key=key
-                    )
-                values[key] = _coerce(_BY_KEY[key], value, f"{path} [{section}]")
+        values.update(_file_values(Path(path), profile))
         sources.append(str(path))
     for s in SETTINGS:
         name = f"DATAMILL_{s.key.upper()}"
@@ -249,6 +256,4 @@ def load_settings(
     if values.get("executor", "local") not in {"inline", "local"}:
         raise ConfigError(f"executor must be 'inline' or 'local', not {values['executor']!r}", key="executor")
     known_fields = {f.name for f in fields(Settings)}
-    return Settings(
-        profile=profile, sources=tuple(sources), **{k: v for k, v in values.items() if k in known_fields}
-    )
+    return Settings(profile=profile, sources=tuple(sources), **{k: v for k, v in values.items() if k in known_fields})

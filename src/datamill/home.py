@@ -58,9 +58,7 @@ class Home:
 
     def _ensure_admin(self) -> Actor:
         with self.db.write() as conn:
-            row = conn.execute(
-                select(User.id, User.name, User.is_admin).where(User.name == ADMIN_NAME)
-            ).first()
+            row = conn.execute(select(User.id, User.name, User.is_admin).where(User.name == ADMIN_NAME)).first()
             if row is not None:
                 return Actor(row.id, row.name, row.is_admin)
             admin = users.create_user(conn, ADMIN_NAME, is_admin=True)

@@ -23,6 +23,7 @@ from datamill.home import Home
 
 log = logging.getLogger("datamill.services")
 
+
 class Services:
     """Runs the scheduler, the dataflow triggers and the webhook notifier as asyncio tasks."""
 

@@ -91,11 +91,13 @@ def test_submit_read_wait_and_logs(http: httpx.Client, folders: LocalClient) -> 
     assert_error(http.post(f"/runs/{run_id}/retry"), 400, "invalid_input")
     assert_error(http.get("/runs/999"), 404, "not_found")
     assert_error(http.get("/tasks/999/logs"), 404, "not_found")
-    assert_error(http.post("/runs", json={"pipeline": "no_such_module_here:p", "folder": "Raw"}), 400,
-                 "invalid_pipeline")
+    assert_error(
+        http.post("/runs", json={"pipeline": "no_such_module_here:p", "folder": "Raw"}), 400, "invalid_pipeline"
+    )
     assert_error(http.post("/runs", json={"folder": "Raw"}), 422, "invalid_request")
-    body = assert_error(http.post("/runs", json={"pipeline": REF, "folder": "Raw", "require_scheduler": True}),
-                        409, "conflict")
+    body = assert_error(
+        http.post("/runs", json={"pipeline": REF, "folder": "Raw", "require_scheduler": True}), 409, "conflict"
+    )
     assert "no scheduler" in body["error"]
 
 

@@ -34,9 +34,7 @@ def test_config_does_not_create_the_home(dm: Any) -> None:
     assert not dm.home.exists()
 
 
-def test_config_sources_from_file_and_profile(
-    dm: Any, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
-) -> None:
+def test_config_sources_from_file_and_profile(dm: Any, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     (tmp_path / "datamill.toml").write_text(
         '[defaults]\nport = 9000\n[profiles.prod]\ndatabase_url = "postgresql://p:hunter2@db/x"\nhost = "0.0.0.0"\n'
     )

@@ -31,8 +31,21 @@ def one_line_error(result: Any) -> str:
 
 def test_flow_lifecycle(raw: Any) -> None:
     created = raw.ok(
-        "flow", "create", "counts", "--source", "Raw", "--to", "Out", "--pipeline", REF,
-        "--param", "scale=2", "--description", "line counts", "--webhook", "http://127.0.0.1:9/hook",
+        "flow",
+        "create",
+        "counts",
+        "--source",
+        "Raw",
+        "--to",
+        "Out",
+        "--pipeline",
+        REF,
+        "--param",
+        "scale=2",
+        "--description",
+        "line counts",
+        "--webhook",
+        "http://127.0.0.1:9/hook",
     )
     assert "created dataflow 'counts' (stopped)" in created.stderr and created.stdout == ""
     (listed,) = raw.json("flow", "ls")

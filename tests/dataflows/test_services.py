@@ -63,9 +63,7 @@ def test_the_services_outlive_a_database_outage(tmp_path: Path, postgres_db_url:
                 )
             )
             if on:
-                conn.execute(
-                    "SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE datname = %s", (name,)
-                )
+                conn.execute("SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE datname = %s", (name,))
 
     async def go() -> None:
         services = Services(home, executor="inline")

@@ -137,8 +137,13 @@ def test_types_are_normalized() -> None:
     assert not pd.api.types.is_datetime64_any_dtype(df["not_iso"])
     kinds = {c["name"]: c["dtype"] for c in tabular.summarize(df)["columns"]}
     assert kinds == {
-        "flag": "boolean", "day": "date", "stamp": "datetime", "zoned": "datetime",
-        "mixed_tz": "string", "not_iso": "string", "n": "integer",
+        "flag": "boolean",
+        "day": "date",
+        "stamp": "datetime",
+        "zoned": "datetime",
+        "mixed_tz": "string",
+        "not_iso": "string",
+        "n": "integer",
     }
 
 
@@ -233,20 +238,31 @@ def _column(summary: dict[str, Any], name: str) -> dict[str, Any]:
 
 
 def test_summarize_numbers_strings_and_nulls() -> None:
-    df = pd.DataFrame({
-        "i": [3, 1, 2, 2],
-        "f": [1.5, np.nan, np.inf, -0.5],
-        "gap_int": [1.0, None, 3.0, 4.0],
-        "s": ["b", "a", "b", None],
-        "one": [7.0, None, None, None],
-    })
+    df = pd.DataFrame(
+        {
+            "i": [3, 1, 2, 2],
+            "f": [1.5, np.nan, np.inf, -0.5],
+            "gap_int": [1.0, None, 3.0, 4.0],
+            "s": ["b", "a", "b", None],
+            "one": [7.0, None, None, None],
+        }
+    )
     summary = tabular.summarize(df)
     json.dumps(summary, allow_nan=False)  # no NaN / inf anywhere
     assert summary["rows"] == 4
     assert [c["name"] for c in summary["columns"]] == ["i", "f", "gap_int", "s", "one"]
     i = _column(summary, "i")
-    assert i == {"name": "i", "dtype": "integer", "non_null": 4, "nulls": 0, "unique": 3,
-                 "min": 1, "max": 3, "mean": 2.0, "std": pytest.approx(0.8164965809)}
+    assert i == {
+        "name": "i",
+        "dtype": "integer",
+        "non_null": 4,
+        "nulls": 0,
+        "unique": 3,
+        "min": 1,
+        "max": 3,
+        "mean": 2.0,
+        "std": pytest.approx(0.8164965809),
+    }
     assert isinstance(i["min"], int)
     f = _column(summary, "f")
     assert f["dtype"] == "number"
@@ -269,15 +285,24 @@ def test_summarize_top_values_limited_and_tie_ordered() -> None:
 
 
 def test_summarize_dates_and_booleans() -> None:
-    df = pd.DataFrame({
-        "d": pd.to_datetime(["2024-01-03", "2024-01-01", None]),
-        "t": pd.to_datetime(["2024-01-01T10:30:00", "2024-01-02T00:00:00", None]),
-        "b": [True, False, True],
-    })
+    df = pd.DataFrame(
+        {
+            "d": pd.to_datetime(["2024-01-03", "2024-01-01", None]),
+            "t": pd.to_datetime(["2024-01-01T10:30:00", "2024-01-02T00:00:00", None]),
+            "b": [True, False, True],
+        }
+    )
     summary = tabular.summarize(df)
     json.dumps(summary, allow_nan=False)
-    assert _column(summary, "d") == {"name": "d", "dtype": "date", "non_null": 2, "nulls": 1, "unique": 2,
-                                     "min": "2024-01-01", "max": "2024-01-03"}
+    assert _column(summary, "d") == {
+        "name": "d",
+        "dtype": "date",
+        "non_null": 2,
+        "nulls": 1,
+        "unique": 2,
+        "min": "2024-01-01",
+        "max": "2024-01-03",
+    }
     assert _column(summary, "t")["min"] == "2024-01-01T10:30:00"
     b = _column(summary, "b")
     assert b["dtype"] == "boolean"
@@ -286,9 +311,22 @@ def test_summarize_dates_and_booleans() -> None:
 
 def test_summarize_empty_and_deterministic() -> None:
     empty = tabular.summarize(pd.DataFrame({"a": pd.Series([], dtype="float64")}))
-    assert empty == {"rows": 0, "columns": [{"name": "a", "dtype": "number", "non_null": 0, "nulls": 0,
-                                             "unique": 0, "min": None, "max": None, "mean": None,
-                                             "std": None}]}
+    assert empty == {
+        "rows": 0,
+        "columns": [
+            {
+                "name": "a",
+                "dtype": "number",
+                "non_null": 0,
+                "nulls": 0,
+                "unique": 0,
+                "min": None,
+                "max": None,
+                "mean": None,
+                "std": None,
+            }
+        ],
+    }
     df = tabular.read_tables("w.csv", _sample("weather_stations.csv"))["w"]
     assert json.dumps(tabular.summarize(df)) == json.dumps(tabular.summarize(df.copy()))
 
@@ -493,15 +531,23 @@ def test_datapackage_for_the_whole_sample_set() -> None:
         "sqlite": "application/vnd.sqlite3",
     }
     assert package["resources"][-1]["derivedFrom"] == [
-        "samples/field_survey.xlsx", "samples/lab_measurements.tsv", "samples/weather_stations.csv",
+        "samples/field_survey.xlsx",
+        "samples/lab_measurements.tsv",
+        "samples/weather_stations.csv",
     ]
 
 
 def test_datapackage_names_defaults_and_overrides() -> None:
     a = _resource("Out/Summary.JSON", b"{}", "in.csv")
     b = _resource("out-summary.json", b"{}", "in.csv")
-    c = {**_resource("x.bin", b"x", "in.csv"), "name": "Custom Name!", "format": "Weird",
-         "mediatype": "application/x-weird", "description": "made by hand", "derivedFrom": "in.csv"}
+    c = {
+        **_resource("x.bin", b"x", "in.csv"),
+        "name": "Custom Name!",
+        "format": "Weird",
+        "mediatype": "application/x-weird",
+        "description": "made by hand",
+        "derivedFrom": "in.csv",
+    }
     package = tabular.datapackage([a, b, c])
     assert [r["name"] for r in package["resources"]] == ["out-summary.json", "out-summary.json-2", "custom-name"]
     assert package["resources"][0]["format"] == "json"

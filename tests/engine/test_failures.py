@@ -219,4 +219,3 @@ def test_the_command_executor_is_refused_as_a_runs_executor(world: World) -> Non
     with pytest.raises(InvalidInput, match="choose where the run's Python steps run: 'inline' or 'local'"):
         world.submit(PERITEM, executor="command")
     assert world.engine.list_runs(world.admin) == []
-

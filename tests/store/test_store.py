@@ -784,7 +784,6 @@ def test_concurrent_creation_of_one_item(home: Home) -> None:
         assert conn.execute(select(func.count()).select_from(Item)).scalar_one() == 5
 
 
-
 def test_concurrent_batches_of_the_same_new_items(home: Home) -> None:
     """Two put_many of overlapping new names at once: every entry becomes a version, each item is made once."""
     s, admin = home.store, home.admin

@@ -110,15 +110,11 @@ def root(
     ] = None,
     url: Annotated[
         str | None,
-        typer.Option(
-            "--url", metavar="URL", envvar="DATAMILL_URL", help="Server to talk to instead of a local home."
-        ),
+        typer.Option("--url", metavar="URL", envvar="DATAMILL_URL", help="Server to talk to instead of a local home."),
     ] = None,
     token: Annotated[
         str | None,
-        typer.Option(
-            "--token", metavar="TOKEN", envvar="DATAMILL_TOKEN", help="API token for --url (never printed)."
-        ),
+        typer.Option("--token", metavar="TOKEN", envvar="DATAMILL_TOKEN", help="API token for --url (never printed)."),
     ] = None,
     user: Annotated[
         str | None,

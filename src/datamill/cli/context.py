@@ -38,9 +38,7 @@ class State:
                 raise InvalidInput(
                     "--user acts as a user on a local home only; against a server, pass that user's --token"
                 )
-            self._client = connect(
-                home=self.home, url=self.url, token=self.token, user=self.user, profile=self.profile
-            )
+            self._client = connect(home=self.home, url=self.url, token=self.token, user=self.user, profile=self.profile)
         return self._client
 
     def close(self) -> None:

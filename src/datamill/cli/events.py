@@ -28,9 +28,7 @@ def _history(client: Client, since: int, kinds: list[str] | None) -> Iterator[Ev
 
 def _line(ev: EventRecord) -> str:
     """``  42  2026-01-02 13:04:05  item.created    folder=Raw Data name=a.csv``."""
-    data = " ".join(
-        f"{k}={v if isinstance(v, str) else json.dumps(v, ensure_ascii=False)}" for k, v in ev.data.items()
-    )
+    data = " ".join(f"{k}={v if isinstance(v, str) else json.dumps(v, ensure_ascii=False)}" for k, v in ev.data.items())
     return f"{ev.seq:>6}  {human_time(ev.ts)}  {ev.kind:<22} {data}".rstrip()
 
 
@@ -51,9 +49,7 @@ def events(
     follow: Annotated[
         bool, typer.Option("--follow", "-f", help="Keep printing new events as they happen, until Ctrl-C.")
     ] = False,
-    count: Annotated[
-        int | None, typer.Option("--count", "-n", metavar="N", help="Stop after N events.", min=1)
-    ] = None,
+    count: Annotated[int | None, typer.Option("--count", "-n", metavar="N", help="Stop after N events.", min=1)] = None,
     json_: Annotated[
         bool, typer.Option("--json", help="Print one JSON object per line (JSON Lines) on stdout.")
     ] = False,

@@ -102,8 +102,10 @@ def list_flows(ctx: typer.Context, json_: JsonFlag = False) -> None:
         return
     print_table(
         ["name", "state", "trigger", "source", "destination", "version", "pipeline"],
-        [(f["name"], f["state"], f["trigger"], f["source"], f["destination"], f["version"], f["pipeline"])
-         for f in flows],
+        [
+            (f["name"], f["state"], f["trigger"], f["source"], f["destination"], f["version"], f["pipeline"])
+            for f in flows
+        ],
         empty="no dataflows yet; create one with `datamill flow create NAME --source ... --to ... --pipeline ...`",
     )
 
@@ -258,13 +260,15 @@ def history(ctx: typer.Context, name: NameArg, json_: JsonFlag = False) -> None:
         changed = sorted(k for k in cfg if previous and cfg.get(k) != previous.get(k))
         runs = v["runs"]
         failed = sum(1 for r in runs if r["status"] == "failed")
-        rows.append((
-            v["version"],
-            human_time(v["created_at"]),
-            v.get("created_by") or "-",
-            ", ".join(changed) if previous else "(created)",
-            f"{len(runs)}" + (f" ({failed} failed)" if failed else ""),
-        ))
+        rows.append(
+            (
+                v["version"],
+                human_time(v["created_at"]),
+                v.get("created_by") or "-",
+                ", ".join(changed) if previous else "(created)",
+                f"{len(runs)}" + (f" ({failed} failed)" if failed else ""),
+            )
+        )
         previous = cfg
     print_table(["version", "created", "by", "changed", "runs"], rows)
 

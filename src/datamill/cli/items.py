@@ -131,9 +131,7 @@ def get(
             "--version", metavar="N", min=1, max=INT64_MAX, help="Version to fetch; the current one by default."
         ),
     ] = None,
-    parents: Annotated[
-        bool, typer.Option("--parents", "-p", help="Create the missing directories of DEST.")
-    ] = False,
+    parents: Annotated[bool, typer.Option("--parents", "-p", help="Create the missing directories of DEST.")] = False,
 ) -> None:
     """Download an item (its current version, or `--version N`).
 

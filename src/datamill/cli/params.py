@@ -13,9 +13,7 @@ import typer
 from datamill.errors import InvalidInput
 
 #: ``--json`` on every listing and show command.
-JsonFlag = Annotated[
-    bool, typer.Option("--json", help="Print machine-readable JSON on stdout instead of a table.")
-]
+JsonFlag = Annotated[bool, typer.Option("--json", help="Print machine-readable JSON on stdout instead of a table.")]
 
 #: ``--meta KEY=VALUE``, repeatable.
 MetaOption = Annotated[

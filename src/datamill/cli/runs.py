@@ -86,8 +86,10 @@ def parse_params(pairs: Iterable[str] | None) -> dict[str, Any]:
 
 
 def _finished(counts: dict[str, int]) -> int:
-    return sum(counts.get(s, 0) for s in (TaskStatus.SUCCEEDED, TaskStatus.CACHED, TaskStatus.FAILED,
-                                          TaskStatus.CANCELLED, TaskStatus.SKIPPED))
+    return sum(
+        counts.get(s, 0)
+        for s in (TaskStatus.SUCCEEDED, TaskStatus.CACHED, TaskStatus.FAILED, TaskStatus.CANCELLED, TaskStatus.SKIPPED)
+    )
 
 
 def _duration(info: RunInfo) -> str:
@@ -336,8 +338,10 @@ def run(
             if client.embedded:
                 say(f"run {live.run_id} is {client.run_info(live.run_id).status}")
             else:
-                say(f"stopped following run {live.run_id}; it goes on on the server "
-                    f"(`datamill runs cancel {live.run_id}` stops it)")
+                say(
+                    f"stopped following run {live.run_id}; it goes on on the server "
+                    f"(`datamill runs cancel {live.run_id}` stops it)"
+                )
         raise
     finally:
         live.stop()
@@ -367,8 +371,10 @@ def plan(
         empty=f"no tasks: folder {on!r} has no items",
     )
     c = result["counts"]
-    say(f"{len(result['tasks'])} tasks: {c.get('run', 0)} to run, {c.get('cached', 0)} cached, "
-        f"{c.get('pending', 0)} pending")
+    say(
+        f"{len(result['tasks'])} tasks: {c.get('run', 0)} to run, {c.get('cached', 0)} cached, "
+        f"{c.get('pending', 0)} pending"
+    )
 
 
 def why(ctx: typer.Context, task: TaskArg, json_: JsonFlag = False) -> None:
@@ -419,8 +425,9 @@ def list_runs(
     ctx: typer.Context,
     status: Annotated[
         str | None,
-        typer.Option("--status", metavar="STATUS", help="Only runs that are queued, running, succeeded, failed or "
-                     "cancelled."),
+        typer.Option(
+            "--status", metavar="STATUS", help="Only runs that are queued, running, succeeded, failed or cancelled."
+        ),
     ] = None,
     limit: Annotated[
         int, typer.Option("--limit", "-n", metavar="N", min=1, max=INT64_MAX, help="At most N runs.")
@@ -435,8 +442,15 @@ def list_runs(
     print_table(
         ["id", "status", "pipeline", "on -> to", "requested", "took", "reason"],
         [
-            (r["id"], r["status"], r["pipeline"], f"{r['source_folder'] or '-'} -> {r['dest_folder'] or '-'}",
-             human_time(r["requested_at"]), _duration(r) if r["finished_at"] else "-", r["reason"] or "")
+            (
+                r["id"],
+                r["status"],
+                r["pipeline"],
+                f"{r['source_folder'] or '-'} -> {r['dest_folder'] or '-'}",
+                human_time(r["requested_at"]),
+                _duration(r) if r["finished_at"] else "-",
+                r["reason"] or "",
+            )
             for r in result
         ],
         empty="no runs yet; start one with `datamill run PIPELINE --on FOLDER`",
@@ -471,9 +485,14 @@ def show(ctx: typer.Context, run_id: RunArg, json_: JsonFlag = False) -> None:
     print_table(
         ["id", "task", "status", "attempts", "took", "error / note"],
         [
-            (t["id"], t["planned_id"], t["status"], t["attempts"],
-             f"{t['finished_at'] - t['started_at']:.2f} s" if t["finished_at"] and t["started_at"] else "-",
-             _one_line(t["error"] or t.get("note")))
+            (
+                t["id"],
+                t["planned_id"],
+                t["status"],
+                t["attempts"],
+                f"{t['finished_at'] - t['started_at']:.2f} s" if t["finished_at"] and t["started_at"] else "-",
+                _one_line(t["error"] or t.get("note")),
+            )
             for t in tasks
         ],
     )
@@ -536,4 +555,3 @@ def register(app: typer.Typer) -> None:
     app.command("why", rich_help_panel=PANEL)(why)
     app.command("logs", rich_help_panel=PANEL)(logs)
     app.add_typer(runs_app, name="runs", rich_help_panel=PANEL)
-

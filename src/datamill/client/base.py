@@ -152,9 +152,7 @@ class Client(ABC):
         """A version's info and its bytes in chunks."""
 
     @abstractmethod
-    def set_metadata(
-        self, path: str, set_: Mapping[str, Any] | None = None, unset: Iterable[str] = ()
-    ) -> ItemInfo:
+    def set_metadata(self, path: str, set_: Mapping[str, Any] | None = None, unset: Iterable[str] = ()) -> ItemInfo:
         """Set/unset item metadata keys (no new version)."""
 
     @abstractmethod
@@ -218,9 +216,7 @@ class Client(ABC):
 
     # --- events ---------------------------------------------------------------------------
     @abstractmethod
-    def events(
-        self, since: int = 0, limit: int = 1000, kinds: Iterable[str] | None = None
-    ) -> list[EventRecord]:
+    def events(self, since: int = 0, limit: int = 1000, kinds: Iterable[str] | None = None) -> list[EventRecord]:
         """Events after ``since`` that you may see."""
 
     @abstractmethod

@@ -153,4 +153,3 @@ class LocalClient(Service, Client):
             if left <= 0:
                 return info
             events.wait(cursor, left)
-

@@ -482,9 +482,7 @@ class RemoteClient(Client):
         return int(self._call("DELETE", self._group_url(name))["grants"])
 
     def add_group_member(self, group: str, user: str, admin: bool | None = None) -> GroupInfo:
-        return GroupInfo.from_dict(
-            self._call("PUT", self._group_url(group, "members", user), json={"admin": admin})
-        )
+        return GroupInfo.from_dict(self._call("PUT", self._group_url(group, "members", user), json={"admin": admin}))
 
     def remove_group_member(self, group: str, user: str) -> None:
         self._call("DELETE", self._group_url(group, "members", user))

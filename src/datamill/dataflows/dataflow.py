@@ -192,6 +192,27 @@ def check_name(name: str) -> str:
     return name
 
 
+def _checked_folder(conn: Connection, actor: Actor, key: str, path: Any, needed: Level) -> str:
+    """The normalised path of the dataflow's ``key`` folder, which must exist and grant ``actor`` ``needed``.
+
+    A missing folder and one the actor may not read get the same answer: no existence oracle.
+    """
+    if not path:
+        raise InvalidDataflow(f"{key}: a {key} folder is required", field=key)
+    norm = "/".join(split_path(str(path)))
+    missing = f"{key}: folder {norm!r} does not exist (or you may not see it); create it first"
+    if not norm or lookups.folder_id(conn, norm) is None:
+        raise InvalidDataflow(missing, field=key)
+    have = level_on(conn, actor, norm)
+    if have < Level.READ:
+        raise InvalidDataflow(missing, field=key)
+    if have < needed:
+        raise PermissionDenied(
+            f"{key}: you need {needed.name.lower()} access on {norm!r} to use it as the {key}", field=key
+        )
+    return norm
+
+
 def validate_config(
     conn: Connection,
     actor: Actor,
@@ -216,24 +237,7 @@ def validate_config(
         raise InvalidDataflow("kind: stream dataflows (Kafka ingest) are not available yet; use workflow", field="kind")
     out["kind"] = str(kind)
     for key, needed in (("source", Level.READ), ("destination", Level.WRITE)):
-        path = cfg.get(key)
-        if not path:
-            raise InvalidDataflow(f"{key}: a {key} folder is required", field=key)
-        norm = "/".join(split_path(str(path)))
-        if not norm or lookups.folder_id(conn, norm) is None:
-            raise InvalidDataflow(
-                f"{key}: folder {norm!r} does not exist (or you may not see it); create it first", field=key
-            )
-        have = level_on(conn, actor, norm)
-        if have < needed:
-            if have < Level.READ:
-                raise InvalidDataflow(
-                    f"{key}: folder {norm!r} does not exist (or you may not see it); create it first", field=key
-                )
-            raise PermissionDenied(
-                f"{key}: you need {needed.name.lower()} access on {norm!r} to use it as the {key}", field=key
-            )
-        out[key] = norm
+        out[key] = _checked_folder(conn, actor, key, cfg.get(key), needed)
     src, dst = out["source"], out["destination"]
     if dst == src or dst.startswith(src + "/"):
         raise InvalidDataflow(

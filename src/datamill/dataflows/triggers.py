@@ -224,9 +224,7 @@ class Triggers:
                         f"you may not run dataflow {dataflow_name!r}: you may not read its {key}; ask its owner"
                     )
             # Asked for by a user: inputs that failed before are tried again.
-            return self._submit(
-                conn, row, actor, cfg, None, f"run by {actor.name}", self.clock(), skip_failed=False
-            )
+            return self._submit(conn, row, actor, cfg, None, f"run by {actor.name}", self.clock(), skip_failed=False)
 
     # ------------------------------------------------------------------ submitting
 

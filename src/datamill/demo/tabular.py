@@ -68,9 +68,7 @@ _MAX_HISTOGRAMS = 6
 _TOP_VALUES = 5
 _BAR_VALUES = 10
 _OLE_MAGIC = b"\xd0\xcf\x11\xe0\xa1\xb1\x1a\xe1"  # legacy .xls (and other Office 97) files
-_ISO_DATE = re.compile(
-    r"\d{4}-\d{2}-\d{2}([T ]\d{2}:\d{2}(:\d{2}(\.\d{1,9})?)?(Z|[+-]\d{2}:?\d{2})?)?"
-)
+_ISO_DATE = re.compile(r"\d{4}-\d{2}-\d{2}([T ]\d{2}:\d{2}(:\d{2}(\.\d{1,9})?)?(Z|[+-]\d{2}:?\d{2})?)?")
 _ISO_TZ = re.compile(r"(Z|[+-]\d{2}:?\d{2})$")
 _PARSER_FIELDS = re.compile(r"Expected (\d+) fields in line (\d+), saw (\d+)")
 
@@ -102,12 +100,16 @@ def read_tables(name: str, data: bytes) -> dict[str, pd.DataFrame]:
     suffix = PurePosixPath(base).suffix.lower()
     stem = PurePosixPath(base).stem if suffix else base
     if suffix == ".xls":
-        raise _bad(name, "is a legacy Excel 97-2003 workbook (.xls), which is not supported. "
-                   "Open it in a spreadsheet program, save it as .xlsx and upload that.")
+        raise _bad(
+            name,
+            "is a legacy Excel 97-2003 workbook (.xls), which is not supported. "
+            "Open it in a spreadsheet program, save it as .xlsx and upload that.",
+        )
     if suffix not in TEXT_EXTENSIONS and suffix not in EXCEL_EXTENSIONS:
         shown = f"'{suffix}'" if suffix else "no extension"
-        raise _bad(name, f"has {shown}, which the tabular pipeline cannot read. "
-                   f"Upload a file ending in one of {_SUPPORTED}.")
+        raise _bad(
+            name, f"has {shown}, which the tabular pipeline cannot read. Upload a file ending in one of {_SUPPORTED}."
+        )
     if not data.strip():
         raise _bad(name, "is empty. Upload the file again with a header row and data.")
     if suffix in EXCEL_EXTENSIONS:
@@ -133,12 +135,18 @@ def _decode(name: str, data: bytes) -> str:
         try:
             return data.decode("utf-16")
         except UnicodeDecodeError as exc:
-            raise _bad(name, f"starts like UTF-16 text but is not valid UTF-16 ({exc.reason} at "
-                       f"byte {exc.start}). Save it as UTF-8 CSV and upload it again.") from exc
+            raise _bad(
+                name,
+                f"starts like UTF-16 text but is not valid UTF-16 ({exc.reason} at "
+                f"byte {exc.start}). Save it as UTF-8 CSV and upload it again.",
+            ) from exc
     if b"\x00" in data:
         # NUL never occurs in UTF-8 or Windows-1252 text; decoding would only produce garbage.
-        raise _bad(name, "contains NUL bytes, so it is not a text table (is it a binary file "
-                   "renamed to .csv?). Export the data as UTF-8 CSV and upload that.")
+        raise _bad(
+            name,
+            "contains NUL bytes, so it is not a text table (is it a binary file "
+            "renamed to .csv?). Export the data as UTF-8 CSV and upload that.",
+        )
     try:
         return data.decode("utf-8-sig")
     except UnicodeDecodeError:
@@ -146,9 +154,11 @@ def _decode(name: str, data: bytes) -> str:
     try:
         return data.decode("cp1252")
     except UnicodeDecodeError as exc:
-        raise _bad(name, f"is not valid UTF-8 or Windows-1252 text (byte 0x{data[exc.start]:02x} "
-                   f"at position {exc.start}). Save it with UTF-8 encoding and upload it again."
-                   ) from exc
+        raise _bad(
+            name,
+            f"is not valid UTF-8 or Windows-1252 text (byte 0x{data[exc.start]:02x} "
+            f"at position {exc.start}). Save it with UTF-8 encoding and upload it again.",
+        ) from exc
 
 
 def _read_delimited(name: str, data: bytes, sep: str) -> pd.DataFrame:
@@ -162,13 +172,18 @@ def _read_delimited(name: str, data: bytes, sep: str) -> pd.DataFrame:
         # low_memory=False: one type per column instead of a per-chunk guess and a DtypeWarning.
         df = pd.read_csv(io.StringIO(text), sep=sep, index_col=False, low_memory=False)
     except pd.errors.EmptyDataError as exc:
-        raise _bad(name, "has no columns: the first line should be a header naming them. "
-                   "Add a header row and upload the file again.") from exc
+        raise _bad(
+            name,
+            "has no columns: the first line should be a header naming them. "
+            "Add a header row and upload the file again.",
+        ) from exc
     except pd.errors.ParserError as exc:
         raise _bad(name, _describe_parser_error(str(exc), sep)) from exc
     except Exception as exc:  # anything else pandas raises is still the file's fault
-        raise _bad(name, f"could not be parsed ({type(exc).__name__}: {exc}). "
-                   "Check that it is a well-formed delimited text file.") from exc
+        raise _bad(
+            name,
+            f"could not be parsed ({type(exc).__name__}: {exc}). Check that it is a well-formed delimited text file.",
+        ) from exc
     df = _tidy(df)
     if df.shape[1] == 0:
         raise _bad(name, "has no columns. Add a header row naming the columns and upload it again.")
@@ -185,8 +200,9 @@ def _check_first_row(name: str, text: str, sep: str) -> None:
     except csv.Error:
         return  # let pandas report its own, more specific parse error
     if header is not None and first is not None and len(first) > len(header):
-        raise _bad(name, f"the first data row has {len(first)} fields but the header has "
-                   f"{len(header)}. {_fix_rows_hint(sep)}")
+        raise _bad(
+            name, f"the first data row has {len(first)} fields but the header has {len(header)}. {_fix_rows_hint(sep)}"
+        )
 
 
 def _describe_parser_error(message: str, sep: str) -> str:
@@ -199,22 +215,33 @@ def _describe_parser_error(message: str, sep: str) -> str:
 
 def _fix_rows_hint(sep: str) -> str:
     what = "tab" if sep == "\t" else f"'{sep}'"
-    return (f"Make every row have as many fields as the header (quote values that contain a {what}) "
-            "and upload the file again.")
+    return (
+        f"Make every row have as many fields as the header (quote values that contain a {what}) "
+        "and upload the file again."
+    )
 
 
 def _read_workbook(name: str, stem: str, data: bytes) -> dict[str, pd.DataFrame]:
     if data.startswith(_OLE_MAGIC):
-        raise _bad(name, "is a legacy Excel 97-2003 workbook (.xls) with an .xlsx name. "
-                   "Open it in a spreadsheet program, save it as .xlsx and upload that.")
+        raise _bad(
+            name,
+            "is a legacy Excel 97-2003 workbook (.xls) with an .xlsx name. "
+            "Open it in a spreadsheet program, save it as .xlsx and upload that.",
+        )
     if not zipfile.is_zipfile(io.BytesIO(data)):
-        raise _bad(name, "is not a valid .xlsx workbook (an .xlsx file is a zip archive and this "
-                   "one is corrupt or truncated). Save the workbook again and re-upload it.")
+        raise _bad(
+            name,
+            "is not a valid .xlsx workbook (an .xlsx file is a zip archive and this "
+            "one is corrupt or truncated). Save the workbook again and re-upload it.",
+        )
     try:
         sheets = pd.read_excel(io.BytesIO(data), sheet_name=None, engine="openpyxl")
     except Exception as exc:  # openpyxl raises many types (KeyError, BadZipFile, ...) on bad files
-        raise _bad(name, f"is a corrupt .xlsx workbook ({type(exc).__name__}: {exc}). "
-                   "Open it in a spreadsheet program, save it again and re-upload it.") from exc
+        raise _bad(
+            name,
+            f"is a corrupt .xlsx workbook ({type(exc).__name__}: {exc}). "
+            "Open it in a spreadsheet program, save it again and re-upload it.",
+        ) from exc
     tables: dict[str, pd.DataFrame] = {}
     used: set[str] = set()
     base = safe_name(stem)
@@ -222,8 +249,9 @@ def _read_workbook(name: str, stem: str, data: bytes) -> dict[str, pd.DataFrame]
         try:
             df = _tidy(raw)
         except Exception as exc:
-            raise _bad(name, f"sheet {sheet!r} could not be read ({type(exc).__name__}: {exc}). "
-                       "Check the sheet's header row.") from exc
+            raise _bad(
+                name, f"sheet {sheet!r} could not be read ({type(exc).__name__}: {exc}). Check the sheet's header row."
+            ) from exc
         if df.shape[1] == 0:
             continue
         key = f"{base}-{safe_name(str(sheet), 'sheet')}"
@@ -233,8 +261,11 @@ def _read_workbook(name: str, stem: str, data: bytes) -> dict[str, pd.DataFrame]
         used.add(unique.lower())
         tables[unique] = df
     if not tables:
-        raise _bad(name, "has no columns: every sheet is empty. Put a header row and data in at "
-                   "least one sheet and upload it again.")
+        raise _bad(
+            name,
+            "has no columns: every sheet is empty. Put a header row and data in at "
+            "least one sheet and upload it again.",
+        )
     return tables
 
 
@@ -404,8 +435,10 @@ def table_schema(source: pd.DataFrame | Mapping[str, Any]) -> dict[str, Any]:
         try:
             fields = [{"name": str(c["name"]), "type": str(c["dtype"])} for c in source["columns"]]
         except (KeyError, TypeError) as exc:
-            raise InvalidInput("table_schema: expected a DataFrame or a summary with "
-                               "'columns' of {'name', 'dtype'}; pass the output of summarize().") from exc
+            raise InvalidInput(
+                "table_schema: expected a DataFrame or a summary with "
+                "'columns' of {'name', 'dtype'}; pass the output of summarize()."
+            ) from exc
     return {"fields": fields}
 
 
@@ -437,7 +470,7 @@ def plot(df: pd.DataFrame, title: str) -> bytes:
             ax.set_ylabel("count", fontsize=8)
             ax.yaxis.set_major_locator(MaxNLocator(integer=True))
             ax.tick_params(labelsize=8)
-        for ax in axes[len(numeric):]:
+        for ax in axes[len(numeric) :]:
             ax.set_axis_off()
     elif len(df.columns) and df[df.columns[0]].notna().any():
         first = df.columns[0]
@@ -523,8 +556,10 @@ def build_sqlite(tables: Mapping[str, pd.DataFrame]) -> bytes:
         InvalidInput: ``tables`` is empty, or a table has no columns or cannot be stored.
     """
     if not tables:
-        raise InvalidInput("build_sqlite: there are no tables to store (did every input file fail?). "
-                           "Fix the failed inputs and run again.")
+        raise InvalidInput(
+            "build_sqlite: there are no tables to store (did every input file fail?). "
+            "Fix the failed inputs and run again."
+        )
     names = sqlite_table_names(tables)
     with tempfile.TemporaryDirectory(prefix="datamill-sqlite-") as tmp:
         path = Path(tmp) / "tables.sqlite"
@@ -532,14 +567,17 @@ def build_sqlite(tables: Mapping[str, pd.DataFrame]) -> bytes:
         try:
             for key, df in tables.items():
                 if df.shape[1] == 0:
-                    raise InvalidInput(f"build_sqlite: table {key!r} has no columns. "
-                                       "Drop it or fix the file it came from.", table=key)
+                    raise InvalidInput(
+                        f"build_sqlite: table {key!r} has no columns. Drop it or fix the file it came from.", table=key
+                    )
                 try:
                     df.to_sql(names[key], conn, index=False)
                 except (sqlite3.Error, ValueError) as exc:
-                    raise InvalidInput(f"build_sqlite: table {key!r} could not be stored ({exc}). "
-                                       "Rename clashing columns (SQLite ignores case) and run again.",
-                                       table=key) from exc
+                    raise InvalidInput(
+                        f"build_sqlite: table {key!r} could not be stored ({exc}). "
+                        "Rename clashing columns (SQLite ignores case) and run again.",
+                        table=key,
+                    ) from exc
             conn.commit()
             # VACUUM packs the file, so its bytes depend on the content, not the insert history.
             conn.execute("VACUUM")
@@ -561,10 +599,26 @@ _MEDIATYPES: dict[str, str] = {
     "xlsm": "application/vnd.ms-excel.sheet.macroEnabled.12",
 }
 _TABULAR_FORMATS = frozenset({"csv", "tsv", "parquet"})
-_FIELD_TYPES = frozenset({
-    "string", "number", "integer", "boolean", "object", "array", "list", "datetime", "date",
-    "time", "year", "yearmonth", "duration", "geopoint", "geojson", "any",
-})
+_FIELD_TYPES = frozenset(
+    {
+        "string",
+        "number",
+        "integer",
+        "boolean",
+        "object",
+        "array",
+        "list",
+        "datetime",
+        "date",
+        "time",
+        "year",
+        "yearmonth",
+        "duration",
+        "geopoint",
+        "geojson",
+        "any",
+    }
+)
 _HASH = re.compile(r"([a-z0-9-]+:)?[0-9a-fA-F]+")
 _OPTIONAL_TEXT = ("title", "description")
 
@@ -606,8 +660,9 @@ def datapackage(
             message names the entry.
     """
     if not resources:
-        raise InvalidInput("datapackage: a data package needs at least one resource; "
-                           "pass the derived files to describe.")
+        raise InvalidInput(
+            "datapackage: a data package needs at least one resource; pass the derived files to describe."
+        )
     if created is None:
         created = datetime.now(UTC).replace(microsecond=0)
     if isinstance(created, datetime):
@@ -652,8 +707,7 @@ def _resource(index: int, entry: Mapping[str, Any]) -> dict[str, Any]:
     sources = entry.get("derivedFrom")
     if isinstance(sources, str):
         sources = [sources]
-    if (not isinstance(sources, list | tuple) or not sources
-            or not all(isinstance(s, str) and s for s in sources)):
+    if not isinstance(sources, list | tuple) or not sources or not all(isinstance(s, str) and s for s in sources):
         raise InvalidInput(f"{where}: 'derivedFrom' must name the source file(s) it was made from.")
     suffix = PurePosixPath(path).suffix.lower().lstrip(".")
     fmt = str(entry.get("format") or suffix or "bin").lower()
@@ -685,9 +739,11 @@ def _checked_schema(where: str, schema: Any) -> dict[str, Any]:
         raise InvalidInput(f"{where}: a tabular resource needs 'schema' with 'fields'; {hint}.")
     fields: list[dict[str, Any]] = []
     for field in schema["fields"]:
-        if (not isinstance(field, Mapping) or not isinstance(field.get("name"), str)
-                or field.get("type", "any") not in _FIELD_TYPES):
-            raise InvalidInput(f"{where}: schema field {field!r} needs a 'name' and a Frictionless "
-                               f"'type'; {hint}.")
+        if (
+            not isinstance(field, Mapping)
+            or not isinstance(field.get("name"), str)
+            or field.get("type", "any") not in _FIELD_TYPES
+        ):
+            raise InvalidInput(f"{where}: schema field {field!r} needs a 'name' and a Frictionless 'type'; {hint}.")
         fields.append({"name": field["name"], "type": field.get("type", "any")})
     return {**{k: v for k, v in schema.items() if k != "fields"}, "fields": fields}

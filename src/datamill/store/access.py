@@ -55,9 +55,7 @@ def level_on(conn: Connection, actor: Actor, folder_path: str) -> Level:
     if actor.is_admin:
         return Level.ADMIN
     rows = conn.execute(
-        select(Folder.id, Folder.owner_id, Folder.public_read).where(
-            Folder.path.in_(ancestor_paths(folder_path))
-        )
+        select(Folder.id, Folder.owner_id, Folder.public_read).where(Folder.path.in_(ancestor_paths(folder_path)))
     ).all()
     best = Level.NONE
     ids = []
@@ -111,4 +109,3 @@ ACCESS_CHANGING_KINDS = frozenset(
         EventKind.GROUP_MEMBER_REMOVED,
     }
 )
-

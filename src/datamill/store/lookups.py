@@ -82,7 +82,6 @@ def count_items(conn: Connection, folder_id: int) -> int:
 # --- provenance
 
 
-
 def user_name(conn: Connection, uid: int) -> str | None:
     """The name of user ``uid``, or None when there is none (deleted)."""
     name = conn.execute(select(User.name).where(User.id == uid)).scalar()

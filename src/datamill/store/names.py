@@ -42,9 +42,7 @@ def split_path(path: str) -> list[str]:
     out = [check_name(p, "folder name") for p in parts]
     joined = "/".join(out)
     if len(joined.encode("utf-8")) > MAX_PATH_BYTES:
-        raise InvalidName(
-            f"path is longer than {MAX_PATH_BYTES} bytes; use a shallower tree", path=joined[:60]
-        )
+        raise InvalidName(f"path is longer than {MAX_PATH_BYTES} bytes; use a shallower tree", path=joined[:60])
     return out
 
 
@@ -59,7 +57,5 @@ def split_item_path(path: str) -> tuple[str, str]:
     if not parts:
         raise InvalidName("an item path needs a folder and a name, e.g. 'Raw Data/a.csv'", path=path)
     if len(parts) == 1:
-        raise InvalidName(
-            f"{path!r} names no folder; items live in folders, e.g. 'Raw Data/{parts[0]}'", path=path
-        )
+        raise InvalidName(f"{path!r} names no folder; items live in folders, e.g. 'Raw Data/{parts[0]}'", path=path)
     return "/".join(parts[:-1]), parts[-1]

@@ -45,9 +45,7 @@ def create_user(
         raise AlreadyExists(f"user {name!r} already exists", name=name)
     pw = _hasher.hash(password) if password else None
     uid = conn.execute(
-        insert(User)
-        .values(name=name, password_hash=pw, is_admin=is_admin, created_at=time.time())
-        .returning(User.id)
+        insert(User).values(name=name, password_hash=pw, is_admin=is_admin, created_at=time.time()).returning(User.id)
     ).scalar_one()
     events.append(
         conn, EventKind.USER_CREATED, actor_id=by.id if by else None, data={"user": name, "is_admin": is_admin}

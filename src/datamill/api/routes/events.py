@@ -172,9 +172,7 @@ async def _stream(
             # A page at a time, each read a short one: a replay never holds a thread or a
             # connection for its whole length. Each event is checked against the caller's
             # rights as of the last token re-check.
-            events, cursor, full = await guard.read(
-                read_visible, home, follower.actor, cursor, STREAM_BATCH, kinds
-            )
+            events, cursor, full = await guard.read(read_visible, home, follower.actor, cursor, STREAM_BATCH, kinds)
             if follower.reason is not None:
                 break
             for ev in events:
