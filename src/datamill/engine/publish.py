@@ -38,7 +38,8 @@ Place = tuple[str, str]
 
 
 class Collision(Conflict):
-    """An output would replace another input's output in the destination (see :func:`collision_message`)."""
+    """An output would replace another input's output in the destination. Rename one of the inputs, or
+    give the step a ``name_template`` that keeps their outputs apart (see :func:`collision_message`)."""
 
 
 @dataclass
