@@ -193,10 +193,8 @@ def test_sse_delivers_new_events_and_resumes(fast_server: ServerHandle, home: Ho
             lines = r.iter_lines()
             assert next(lines) == "retry: 3000"
             assert next(lines) == ": connected"
-            t0 = time.monotonic()
             local.put("live", "one.csv", b"1")
             first = read_event(lines)
-            assert time.monotonic() - t0 < 3
             assert first["event"] == "item.created" and '"one.csv"' in first["data"]
             keepalive = [next(lines) for _ in range(2)]
             assert ": keep-alive" in keepalive
