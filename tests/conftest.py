@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import os
 import shutil
+import signal
 import subprocess
 import tempfile
 from collections.abc import Iterator
@@ -23,6 +24,12 @@ from pathlib import Path
 import pytest
 
 from tests.helpers import create_database, drop_database, free_port, libpq_url
+
+# A suite started in the background by a non-interactive shell (`bash scripts/test.sh &`) inherits
+# SIGINT ignored, and so would every `datamill` it starts: Python keeps an inherited SIG_IGN, so the
+# tests that stop a command with Ctrl-C (SIGINT) would wait forever. Tests send SIGINT on purpose.
+if signal.getsignal(signal.SIGINT) == signal.SIG_IGN:
+    signal.signal(signal.SIGINT, signal.default_int_handler)
 
 PG_BIN = Path(os.environ.get("PG_BIN", "/usr/lib/postgresql/15/bin"))
 
