@@ -124,7 +124,7 @@ def main() -> None:
         for i in range(5):
             (files / f"f{i}.csv").write_text(f"x,y\n{i},{i * i}\n")
         (files / "sub" / "g.txt").write_text("nested\n")
-        cpu_ms([*remote, "put", *(str(p) for p in sorted(files.iterdir())), "bench"], env)
+        cpu_ms([*remote, "put", "-p", *(str(p) for p in sorted(files.iterdir())), "bench"], env)
 
         targets = {
             "baseline": [sys.executable, "-c", "pass"],
