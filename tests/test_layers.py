@@ -65,9 +65,6 @@ ONLY_FROM: dict[str, set[str]] = {
     "pipeline": {"base"},
 }
 
-#: Known upward imports, each (importer, imported), being removed by work in flight. Empty it at merge.
-KNOWN_UPWARD_UNTIL_MERGE: set[tuple[str, str]] = set()
-
 
 def _modules() -> dict[str, Path]:
     out = {}
@@ -160,16 +157,10 @@ def test_no_upward_imports() -> None:
             assert there is not None
             upward = RANK[there] > RANK[here]
             outside = here in ONLY_FROM and there != here and there not in ONLY_FROM[here]
-            if (upward or outside) and (module, target) not in KNOWN_UPWARD_UNTIL_MERGE:
+            if upward or outside:
                 rule = f"{here} may not import {there}" if outside and not upward else f"{here} is below {there}"
                 wrong.append(f"{module} -> {target} ({_where(module, line)}; {rule})")
     assert not wrong, "imports against the layer rule:\n  " + "\n  ".join(sorted(wrong))
-
-
-def test_known_exceptions_still_exist() -> None:
-    """An exception that was fixed leaves the list, so the list only ever shrinks to empty."""
-    stale = sorted(pair for pair in KNOWN_UPWARD_UNTIL_MERGE if pair[1] not in GRAPH.get(pair[0], {}))
-    assert not stale, f"remove these from KNOWN_UPWARD_UNTIL_MERGE, they are gone: {stale}"
 
 
 def _cycles() -> list[list[str]]:
