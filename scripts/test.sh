@@ -17,9 +17,11 @@ set -euo pipefail
 ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
 cd "$ROOT"
 
-# Debian packages the tests need. Add more here (e.g. podman, chromium) and a presence check in
-# _apt_have so that re-runs skip apt.
-APT_PACKAGES=(postgresql)
+# Debian packages the tests need: PostgreSQL; podman (with its recommended helpers: netavark,
+# fuse-overlayfs, uidmap, catatonit...) for container steps; Debian's chromium, without its ~100
+# recommended packages, for the web app's browser tests (Playwright drives it; never `playwright install`).
+APT_PACKAGES=(postgresql podman runc busybox-static)
+APT_PACKAGES_NO_RECOMMENDS=(chromium)
 
 _apt_have() {  # package -> 0 when it is usable already
   case "$1" in
@@ -28,18 +30,27 @@ _apt_have() {  # package -> 0 when it is usable already
   esac
 }
 
-missing=()
-for pkg in "${APT_PACKAGES[@]}"; do
-  _apt_have "$pkg" || missing+=("$pkg")
-done
-if [ ${#missing[@]} -gt 0 ]; then
+_apt_missing() {  # packages... -> the missing ones, space-separated
+  local pkg out=()
+  for pkg in "$@"; do _apt_have "$pkg" || out+=("$pkg"); done
+  echo "${out[*]}"
+}
+
+read -r -a missing <<<"$(_apt_missing "${APT_PACKAGES[@]}")"
+read -r -a missing_nr <<<"$(_apt_missing "${APT_PACKAGES_NO_RECOMMENDS[@]}")"
+if [ ${#missing[@]} -gt 0 ] || [ ${#missing_nr[@]} -gt 0 ]; then
   if [ "$(id -u)" -eq 0 ]; then
-    echo "test.sh: installing Debian packages: ${missing[*]}"
+    echo "test.sh: installing Debian packages: ${missing[*]} ${missing_nr[*]}"
     export DEBIAN_FRONTEND=noninteractive
     apt-get update -o DPkg::Lock::Timeout=300
-    apt-get install -y -o DPkg::Lock::Timeout=300 "${missing[@]}"
+    if [ ${#missing[@]} -gt 0 ]; then
+      apt-get install -y -o DPkg::Lock::Timeout=300 "${missing[@]}"
+    fi
+    if [ ${#missing_nr[@]} -gt 0 ]; then
+      apt-get install -y -o DPkg::Lock::Timeout=300 --no-install-recommends "${missing_nr[@]}"
+    fi
   else
-    echo "test.sh: missing Debian packages (${missing[*]}); run as root or install them" >&2
+    echo "test.sh: missing Debian packages (${missing[*]} ${missing_nr[*]}); run as root or install them" >&2
     exit 1
   fi
 fi
