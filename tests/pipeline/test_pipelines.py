@@ -155,11 +155,13 @@ def test_per_item_step_reading_an_aggregate_is_fine() -> None:
 
 
 def test_ref_found_for_a_module_level_pipeline() -> None:
-    import example_pipeline  # tests/pipeline is on sys.path under pytest
+    # Imported by its package path: whether tests/pipeline itself is on sys.path depends on which
+    # tests ran before (loading a pipeline by file path puts its folder there).
+    from tests.pipeline import example_pipeline
 
-    assert example_pipeline.pipeline.ref == "example_pipeline:pipeline"
-    assert load_pipeline("example_pipeline:pipeline") is example_pipeline.pipeline
-    assert load_pipeline("example_pipeline") is example_pipeline.pipeline
+    assert example_pipeline.pipeline.ref == "tests.pipeline.example_pipeline:pipeline"
+    assert load_pipeline("tests.pipeline.example_pipeline:pipeline") is example_pipeline.pipeline
+    assert load_pipeline("tests.pipeline.example_pipeline") is example_pipeline.pipeline
 
 
 def test_pipeline_made_in_a_function_has_no_ref() -> None:
