@@ -49,6 +49,7 @@ __all__ = [
     "ImageInfo",
     "container_argv",
     "image_allowed",
+    "image_digest",
     "inspect_image",
 ]
 
@@ -130,6 +131,11 @@ def inspect_image(image: str, runtime: str = "podman") -> ImageInfo:
         digest = "sha256:" + digest
     config = found.get("Config") or {}
     return ImageInfo(image, digest, _strings(config.get("Entrypoint")), _strings(config.get("Cmd")))
+
+
+def image_digest(image: str, runtime: str = "podman") -> str:
+    """The digest (``sha256:...`` image ID) of the local image ``image``; see :func:`inspect_image`."""
+    return inspect_image(image, runtime).digest
 
 
 def _strings(value: Any) -> tuple[str, ...]:
