@@ -17,8 +17,10 @@ from dataclasses import replace
 from pathlib import Path
 
 from datamill.engine.planner import PlannedTask
-from datamill.errors import StepFailed, TaskTimeout
+from datamill.errors import ImageNotAllowed, StepFailed, TaskTimeout
 from datamill.executors.base import ContainerCall, ContainerMount, Executor, OnMessage
+from datamill.executors.container import image_allowed
+from datamill.pipeline.pipeline import Pipeline
 from datamill.pipeline.runner import (
     ItemInput,
     StepCall,
@@ -30,7 +32,7 @@ from datamill.pipeline.runner import (
 )
 from datamill.pipeline.step import Step
 
-__all__ = ["OUT", "SECRET_PREFIX", "container_call", "run_container_step"]
+__all__ = ["OUT", "SECRET_PREFIX", "check_images", "container_call", "run_container_step"]
 
 #: The output directory inside a container.
 OUT = "/out"
@@ -144,3 +146,23 @@ async def run_container_step(
             f"step '{step.name}': {exc.message}", step=step.name, returncode=detail.get("exit_code"), image=step.image
         ) from None
     return StepResult(tuple(collect_outputs(call.output_dir)), time.perf_counter() - started)
+
+
+def check_images(pipeline: Pipeline, patterns: tuple[str, ...] | None) -> None:
+    """Refuse a pipeline whose container steps name an image outside ``patterns`` (None: no check).
+
+    Raises:
+        ImageNotAllowed: naming the step, the image and the ``allowed_images`` setting.
+    """
+    if patterns is None:
+        return
+    for step in pipeline.steps:
+        if step.image is not None and not image_allowed(step.image, patterns):
+            raise ImageNotAllowed(
+                f"step '{step.name}': image {step.image!r} is not allowed on this server; the allowed_images "
+                f"setting allows {', '.join(patterns) or 'no image'}. Use an allowed image or ask a site admin "
+                "to add it to allowed_images",
+                step=step.name,
+                image=step.image,
+                setting="allowed_images",
+            )

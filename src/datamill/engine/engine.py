@@ -107,9 +107,7 @@ class Engine:
                 pipeline = registry.choose(conn, actor or self.home.admin, pipeline)
         p = resolve_pipeline(pipeline)
         with self.home.db.read() as conn:
-            return plan(
-                p, inputs, split_params(p, params), self.lookup(conn), force, resolve_image=self.resolve_image
-            )
+            return plan(p, inputs, split_params(p, params), self.lookup(conn), force, resolve_image=self.resolve_image)
 
     # ------------------------------------------------------------------ submitting
 

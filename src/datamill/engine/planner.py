@@ -450,9 +450,7 @@ def plan(
             )
             digest = digests.get(step.image) if step.image else None
             if all(d in known for d in deps):
-                key = keys.task_key(
-                    step.name, step.code, resolved, _input_digests(step, skeleton, refs, known), digest
-                )
+                key = keys.task_key(step.name, step.code, resolved, _input_digests(step, skeleton, refs, known), digest)
             decision: Decision
             cached: CachedResult | None = None
             if key is None:

@@ -319,7 +319,9 @@ class ContainerExecutor(Executor):
             if private is not None:
                 shutil.rmtree(private, ignore_errors=True)
 
-    async def _attached(self, call: ContainerCall, argv: list[str], on_message: OnMessage, timeout: float | None) -> int:
+    async def _attached(
+        self, call: ContainerCall, argv: list[str], on_message: OnMessage, timeout: float | None
+    ) -> int:
         """Run the client attached; on a timeout or a cancellation remove the container, then stop the client."""
         client = asyncio.ensure_future(self._client.run(CommandCall(argv, merge_stderr=True), on_message))
         clean = False
@@ -435,7 +437,7 @@ def _write_secrets(private: str, call: ContainerCall) -> tuple[str | None, dict[
                 raise StepFailed(f"Secret {key!r} spans several lines; pass it as a secret file.", reason="bad_secret")
             lines.append(f"{key}={value}\n")
         _private_file(env_file, "".join(lines))
-    paths = {}
+    paths: dict[str, str] = {}
     for name, value in call.secret_files.items():
         path = os.path.join(private, f"file-{len(paths)}")
         _private_file(path, value)

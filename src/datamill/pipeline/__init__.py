@@ -18,4 +18,14 @@ from datamill.pipeline.loader import load_pipeline
 from datamill.pipeline.pipeline import Pipeline
 from datamill.pipeline.step import Step, command_step, container_step, step
 
-__all__ = ["Context", "InputFile", "InputRef", "Pipeline", "Step", "command_step", "container_step", "load_pipeline", "step"]
+__all__ = [
+    "Context",
+    "InputFile",
+    "InputRef",
+    "Pipeline",
+    "Step",
+    "command_step",
+    "container_step",
+    "load_pipeline",
+    "step",
+]

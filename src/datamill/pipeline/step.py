@@ -465,7 +465,7 @@ def container_step(
     description: str | None = None,
     codec: str | None = None,
 ) -> Step:
-    """A step that runs ``image`` as a container: ``container_step("conv", "localhost/conv:1", ["conv", "{input}", "{output_dir}"])``.
+    """A step that runs ``image`` as a container: ``container_step("up", "localhost/tool:1", ["up", "{input}"])``.
 
     ``command`` takes the placeholders of :func:`command_step` (``{input}``, ``{inputs}``,
     ``{output_dir}``, ``{stem}``, parameters, other steps), filled with paths *inside* the

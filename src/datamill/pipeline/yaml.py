@@ -345,6 +345,16 @@ class _StepSpec:
         return self.node.value_lines.get(key, self.node.line)
 
 
+def _check_kind(chk: _Checker, node: _Map, prefix: str) -> None:
+    """A step runs a function (``run``), a command (``command``) or a container (``image``)."""
+    if "image" in node and "run" in node:
+        raise chk.error(node.line, prefix, "a step with an 'image' runs a container: give 'command' or none, not 'run'")
+    if ("run" in node) == ("command" in node) and "image" not in node:
+        raise chk.error(node.line, prefix, "give exactly one of 'run' (module:function) or 'command' (a list)")
+    if "name" not in node and ("command" in node or "image" in node):
+        raise chk.error(node.line, f"{prefix}.name", "missing: a command or container step needs a name")
+
+
 def _check_step(chk: _Checker, steps: _Seq, i: int) -> _StepSpec:
     node = steps[i]
     prefix = f"steps[{i}]"
@@ -360,12 +370,7 @@ def _check_step(chk: _Checker, steps: _Seq, i: int) -> _StepSpec:
     def got(key: str) -> str:
         return f", got {_quote(node[key])}"
 
-    if "image" in node and "run" in node:
-        raise chk.error(node.line, prefix, "a step with an 'image' runs a container: give 'command' (or none), not 'run'")
-    if ("run" in node) == ("command" in node) and "image" not in node:
-        raise chk.error(node.line, prefix, "give exactly one of 'run' (module:function) or 'command' (a list)")
-    if "name" not in node and ("command" in node or "image" in node):
-        raise chk.error(node.line, f"{prefix}.name", "missing: a command or container step needs a name")
+    _check_kind(chk, node, prefix)
     if "run" in node:
         run = node["run"]
         if not isinstance(run, str) or ":" not in run or run.startswith(":") or run.endswith(":"):
