@@ -352,7 +352,8 @@ def _check_kind(chk: _Checker, node: _Map, prefix: str) -> None:
     if ("run" in node) == ("command" in node) and "image" not in node:
         raise chk.error(node.line, prefix, "give exactly one of 'run' (module:function) or 'command' (a list)")
     if "name" not in node and ("command" in node or "image" in node):
-        raise chk.error(node.line, f"{prefix}.name", "missing: a command or container step needs a name")
+        what = "a container step" if "image" in node else "a command step"
+        raise chk.error(node.line, f"{prefix}.name", f"missing: {what} needs a name")
 
 
 def _check_step(chk: _Checker, steps: _Seq, i: int) -> _StepSpec:
