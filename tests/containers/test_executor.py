@@ -15,10 +15,9 @@ from typing import Any
 
 import pytest
 
-from datamill.errors import ConfigError, StepFailed, TaskTimeout
+from datamill.errors import ConfigError, InvalidPipeline, StepFailed, TaskTimeout
 from datamill.executors import CommandCall, ContainerCall, ContainerMount, LogMessage, Message, get_executor
 from datamill.executors.container import ContainerExecutor, container_argv, image_allowed, inspect_image
-from datamill.errors import InvalidPipeline
 from tests.containers.conftest import Images, containers_named, podman
 
 pytestmark = pytest.mark.slow
@@ -203,12 +202,12 @@ def test_command_line_keeps_secrets_out_and_limits_in() -> None:
     argv = container_argv(call, "podman", env_file="/private/env", secret_paths={"key": "/private/f"})
     assert "v" not in argv and "T=v" not in " ".join(argv)
     assert argv[argv.index("--network") + 1] == "none"
-    assert ["--cpus", "0.5"] == argv[argv.index("--cpus") : argv.index("--cpus") + 2]
+    assert argv[argv.index("--cpus") : argv.index("--cpus") + 2] == ["--cpus", "0.5"]
     assert "--device" in argv and "nvidia.com/gpu=1" in argv
     assert "--rm" in argv and "/private/f:/run/secrets/key:ro" in argv
     docker = container_argv(call, "docker", env_file="/private/env")
     # docker run --rm loses the exit status: the executor removes the container itself
-    assert "--rm" not in docker and ["--gpus", "device=0,1"] == docker[docker.index("--gpus") :][:2]
+    assert "--rm" not in docker and docker[docker.index("--gpus") :][:2] == ["--gpus", "device=0,1"]
 
 
 def test_container_executor_runs_container_calls_only() -> None:
