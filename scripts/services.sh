@@ -42,3 +42,26 @@ pg_down() {
   rm -rf "$PG_CI_DIR"
   unset PG_CI_DIR
 }
+
+# Podman (offline images; no registry is reachable) ------------------------------------------------
+PODMAN_CONF=${PODMAN_CONF:-$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)/containers.conf}
+
+podman_setup() {  # exports CONTAINERS_CONF (runc, cgroupfs, ulimits, no network); /etc is left alone
+  command -v podman >/dev/null 2>&1 || { echo "podman_setup: podman is not installed" >&2; return 1; }
+  # CONTAINERS_CONF replaces the system files for every podman process that inherits it (the test
+  # suite's, and the cleanup processes conmon starts), so nothing outside the repo is changed.
+  export CONTAINERS_CONF=$PODMAN_CONF
+  local got; got=$(podman info --format '{{.Host.OCIRuntime.Name}} {{.Host.CgroupManager}}' 2>&1) || { echo "$got" >&2; return 1; }
+  [ "$got" = "runc cgroupfs" ] || { echo "podman_setup: podman uses '$got', expected 'runc cgroupfs'" >&2; return 1; }
+}
+
+busybox_image() {  # [name] -> a ~2 MB image from Debian's busybox-static, no registry needed
+  local name=${1:-localhost/busybox:ci} root a rc
+  podman image exists "$name" 2>/dev/null && return 0
+  root=$(mktemp -d --tmpdir busybox-image.XXXXXX) || return 1
+  mkdir -p "$root/bin" "$root/tmp" "$root/etc" && cp /bin/busybox "$root/bin/" || { rm -rf "$root"; return 1; }
+  for a in $(/bin/busybox --list); do [ "$a" = busybox ] || ln -s busybox "$root/bin/$a"; done
+  echo 'root:x:0:0:root:/root:/bin/sh' >"$root/etc/passwd"; echo 'root:x:0:' >"$root/etc/group"
+  tar -C "$root" -c . | podman import -q --change 'ENV PATH=/bin' --change 'CMD ["/bin/sh"]' - "$name" >/dev/null
+  rc=$?; rm -rf "$root"; return $rc
+}

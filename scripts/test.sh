@@ -82,6 +82,9 @@ trap 'exit 130' INT
 trap 'exit 143' TERM
 pg_up || { echo "test.sh: PostgreSQL failed to start" >&2; exit 1; }
 echo "test.sh: PostgreSQL at $DATABASE_URL"
+# Container steps: podman configured through CONTAINERS_CONF and the offline busybox image.
+podman_setup || { echo "test.sh: podman is not usable" >&2; exit 1; }
+busybox_image || { echo "test.sh: could not build localhost/busybox:ci" >&2; exit 1; }
 
 PYTEST_LOG=$(mktemp --tmpdir pytest-log.XXXXXX)
 trap 'set +e; pg_down; rm -f "$PYTEST_LOG"' EXIT

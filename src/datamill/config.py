@@ -63,6 +63,14 @@ SETTINGS: tuple[Setting, ...] = (
         "How long a task claimed by a scheduler that died stays claimed before another takes it over.",
         positive=True,
     ),
+    Setting("container_runtime", str, "podman", "Runs container steps: podman (tested) or docker (the Docker CLI)."),
+    Setting(
+        "allowed_images",
+        str,
+        "localhost/*",
+        "Container images pipelines and dataflows may name: glob patterns separated by commas or spaces "
+        "(localhost/*, ghcr.io/org/*); anything else is refused when saved. '*' allows every image.",
+    ),
 )
 
 _BY_KEY = {s.key: s for s in SETTINGS}
@@ -136,6 +144,8 @@ class Settings:
     stream_recheck_ms: int = 2000
     replays_per_user: int = 4
     lease_seconds: float = 30.0
+    container_runtime: str = "podman"
+    allowed_images: str = "localhost/*"
     profile: str = "local"
     sources: tuple[str, ...] = field(default=(), compare=False)
 
@@ -160,6 +170,11 @@ class Settings:
     def resolved_blob_url(self) -> str:
         """The blob store URL, defaulting to a directory inside the home directory."""
         return self.blob_url or f"file://{self.home_path / 'blobs'}"
+
+    @property
+    def image_patterns(self) -> tuple[str, ...]:
+        """``allowed_images`` as a tuple of glob patterns."""
+        return tuple(p for p in self.allowed_images.replace(",", " ").split() if p)
 
     def with_overrides(self, **overrides: Any) -> Settings:
         """A copy with the given (non-None) keys replaced and validated."""
@@ -255,5 +270,10 @@ def load_settings(
         values[key] = _coerce(_BY_KEY[key], value, "option")
     if values.get("executor", "local") not in {"inline", "local"}:
         raise ConfigError(f"executor must be 'inline' or 'local', not {values['executor']!r}", key="executor")
+    if values.get("container_runtime", "podman") not in {"podman", "docker"}:
+        raise ConfigError(
+            f"container_runtime must be 'podman' or 'docker', not {values['container_runtime']!r}",
+            key="container_runtime",
+        )
     known_fields = {f.name for f in fields(Settings)}
     return Settings(profile=profile, sources=tuple(sources), **{k: v for k, v in values.items() if k in known_fields})

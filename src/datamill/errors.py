@@ -80,6 +80,12 @@ class InvalidStepOption(InvalidPipeline):
         self.problem = problem if problem is not None else self.message
 
 
+class ImageNotAllowed(InvalidPipeline):
+    """A container image is not in the allowed_images setting. Ask a site admin to allow it, or use an allowed one."""
+
+    code = "image_not_allowed"
+
+
 class InvalidDataflow(InvalidInput):
     """The dataflow configuration is not valid. Fix the field named in the message and try again."""
 

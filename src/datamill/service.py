@@ -244,7 +244,7 @@ class Service:
     @property
     def registry(self) -> Pipelines:
         """The home's :class:`~datamill.engine.registry.Pipelines`."""
-        return Pipelines(self.home.db)
+        return Pipelines(self.home.db, self.home.settings.image_patterns)
 
     def pipelines(self) -> list[PipelineInfo]:
         """The registered pipelines, by name."""
@@ -334,7 +334,7 @@ class Service:
     @property
     def flows(self) -> Dataflows:
         """The home's :class:`~datamill.dataflows.dataflow.Dataflows`."""
-        return Dataflows(self.home.db)
+        return Dataflows(self.home.db, self.home.settings.image_patterns)
 
     def create_dataflow(
         self,

@@ -14,7 +14,7 @@ import pytest
 import datamill
 from datamill.errors import InvalidPipeline, InvalidStepOption
 from datamill.pipeline import Step, command_step, step
-from datamill.pipeline.options import _CHECKS, YAML, StepOptions
+from datamill.pipeline.options import _CHECKS, _CONTAINER_CHECKS, YAML, StepOptions
 from datamill.pipeline.yaml import parse_yaml_pipeline
 
 SRC = Path(datamill.__file__).parent
@@ -41,8 +41,9 @@ BAD = [
 
 def test_every_option_is_checked() -> None:
     declared = {f.name for f in dataclasses.fields(StepOptions)}
-    # name is checked first (every message names the step); argv/base_dir depend on the step's kind.
-    assert set(_CHECKS) | {"name", "argv", "base_dir"} == declared
+    # name is checked first (every message names the step); argv/base_dir and the container options
+    # depend on the step's kind.
+    assert set(_CHECKS) | {"name", "argv", "base_dir"} | set(_CONTAINER_CHECKS) == declared
 
 
 @pytest.mark.parametrize(("field", "value", "yaml_value", "python_says", "yaml_says"), BAD, ids=[b[0] for b in BAD])

@@ -219,11 +219,13 @@ def validate_config(
     cfg: Mapping[str, Any],
     check_pipeline: bool = True,
     chooser: Actor | None = None,
+    allowed_images: tuple[str, ...] | None = None,
 ) -> dict[str, Any]:
     """Check a full configuration and return it normalised; raise :class:`InvalidDataflow` naming the field.
 
     The pipeline must be one ``chooser`` (by default ``actor``) may choose
-    (:func:`~datamill.engine.registry.choose`); it is loaded only then.
+    (:func:`~datamill.engine.registry.choose`); it is loaded only then. Its container images must
+    match ``allowed_images`` (glob patterns; None: not checked).
     """
     unknown = sorted(set(cfg) - set(CONFIG_KEYS))
     if unknown:
@@ -257,7 +259,7 @@ def validate_config(
 
     choice = choose(conn, chooser or actor, pipeline)  # before anything is loaded
     if check_pipeline:
-        _check_pipeline(choice.ref, out["params"])
+        _check_pipeline(choice.ref, out["params"], allowed_images)
     out["trigger"] = str(Trigger.parse(str(cfg.get("trigger") or "new-items")))
     hooks = cfg.get("webhooks") or []
     if isinstance(hooks, str):
@@ -329,8 +331,8 @@ def find_cycle(start: FlowEnds, others: list[FlowEnds]) -> list[FlowEnds] | None
     return None
 
 
-def _check_pipeline(ref: str, params: Mapping[str, Any]) -> None:
-    """The pipeline imports, and parameters name real steps and parameters with the right types."""
+def _check_pipeline(ref: str, params: Mapping[str, Any], allowed_images: tuple[str, ...] | None = None) -> None:
+    """The pipeline imports, its images are allowed, and parameters name real steps and parameters."""
     from datamill.errors import DatamillError
     from datamill.pipeline import load_pipeline
 
@@ -340,7 +342,13 @@ def _check_pipeline(ref: str, params: Mapping[str, Any]) -> None:
         raise InvalidDataflow(f"pipeline: {exc.message}", field="pipeline") from exc
     except Exception as exc:  # an import error in user code
         raise InvalidDataflow(f"pipeline: {ref!r} does not import: {type(exc).__name__}: {exc}") from exc
+    from datamill.engine.containers import check_images
     from datamill.engine.params import split_params
+
+    try:
+        check_images(pipeline, allowed_images)
+    except DatamillError as exc:
+        raise InvalidDataflow(f"pipeline: {exc.message}", field="pipeline", setting="allowed_images") from exc
 
     try:
         split_params(pipeline, params)
@@ -372,8 +380,10 @@ def _check_owner_may_run(conn: Connection, owner: Actor, pipeline: str, name: st
 class Dataflows:
     """Create, edit, list and switch dataflows; every change is an event."""
 
-    def __init__(self, db: Any) -> None:
+    def __init__(self, db: Any, allowed_images: tuple[str, ...] | None = None) -> None:
         self.db = db
+        #: glob patterns of the container images a dataflow's pipeline may name (None: no check)
+        self.allowed_images = allowed_images
 
     def _row(self, conn: Connection, name: str) -> Any:
         row = conn.execute(select(Dataflow).where(Dataflow.name == name)).first()
@@ -477,7 +487,7 @@ class Dataflows:
         with self.db.write() as conn:
             if conn.execute(select(Dataflow.id).where(Dataflow.name == name)).first():
                 raise AlreadyExists(f"a dataflow named {name!r} exists; choose another name", name=name)
-            cfg = validate_config(conn, actor, config, check_pipeline)
+            cfg = validate_config(conn, actor, config, check_pipeline, allowed_images=self.allowed_images)
             self._refuse_cycle(conn, actor, name, cfg, None, starting=False)
             now = time.time()
             fid = conn.execute(
@@ -529,7 +539,14 @@ class Dataflows:
             owner = _user(conn, row.owner_id)
             chosen = merged.get("pipeline") != (row.config or {}).get("pipeline")
             # Whoever changes the pipeline chooses it; an unchanged one stays the owner's choice.
-            cfg = validate_config(conn, actor, merged, check_pipeline, chooser=actor if chosen else owner)
+            cfg = validate_config(
+                conn,
+                actor,
+                merged,
+                check_pipeline,
+                chooser=actor if chosen else owner,
+                allowed_images=self.allowed_images,
+            )
             if chosen and owner != actor:
                 _check_owner_may_run(conn, owner, cfg["pipeline"], name)
             if cfg == row.config:

@@ -3,7 +3,8 @@
 Python steps run on the run's executor (inline, or the local process pool) as
 ``PythonCall(run_step, (call,))``. Command steps run on the command executor, whatever the run's
 executor is: it owns the command's process group, so a timeout or a cancellation stops the command
-and everything it started.
+and everything it started. Container steps run on the container executor
+(:mod:`datamill.engine.containers` turns the task into a ``ContainerCall``).
 """
 
 from __future__ import annotations
@@ -33,6 +34,8 @@ from datamill.pipeline.runner import (
     run_step,
 )
 from datamill.pipeline.step import Step
+
+from .containers import run_container_step
 
 log = logging.getLogger("datamill.scheduler")
 
@@ -110,9 +113,11 @@ class Attempts:
         workdirs: WorkDirs,
         progress: Progress,
         clock: Callable[[], float],
+        containers: Executor | None = None,
     ) -> None:
         self.executor = executor
         self.commands = commands
+        self.containers = containers
         self.workdirs = workdirs
         self.progress = progress
         self.clock = clock
@@ -156,6 +161,11 @@ class Attempts:
             )
             if step.kind == "command":
                 result = await run_command_step(self.commands, call, on_message, pt.timeout, step)
+            elif step.kind == "container":
+                if self.containers is None:
+                    raise InvalidPipeline(f"step '{step.name}' runs a container, and no container executor is set")
+                name = f"{getattr(self.containers, 'name_prefix', 'datamill-')}{t.id}-{t.attempts}"
+                result = await run_container_step(self.containers, call, on_message, pt, step, name)
             else:
                 result = await self.executor.run(PythonCall(run_step, (call,)), on_message, timeout=pt.timeout)
             outputs = [self.workdirs.keep_output(o) for o in result.outputs]

@@ -46,6 +46,12 @@ class Engine:
     def __init__(self, home: Home) -> None:
         self.home = home
 
+    def resolve_image(self, image: str) -> str:
+        """The digest of container image ``image`` with the configured runtime (plan time)."""
+        from datamill.executors.container import image_digest
+
+        return image_digest(image, self.home.settings.container_runtime)
+
     # ------------------------------------------------------------------ inputs
 
     def inputs_from_folder(self, actor: Actor, folder: str, recursive: bool = False) -> list[InputRef]:
@@ -101,7 +107,7 @@ class Engine:
                 pipeline = registry.choose(conn, actor or self.home.admin, pipeline)
         p = resolve_pipeline(pipeline)
         with self.home.db.read() as conn:
-            return plan(p, inputs, split_params(p, params), self.lookup(conn), force)
+            return plan(p, inputs, split_params(p, params), self.lookup(conn), force, resolve_image=self.resolve_image)
 
     # ------------------------------------------------------------------ submitting
 
@@ -192,7 +198,7 @@ class Engine:
         overrides = split_params(p, params)
         # No cache look-ups here: the scheduler looks keys up in batches as tasks become ready, and
         # one query per task (what the planner's look-up does) would make submitting slow.
-        the_plan = plan(p, inputs, overrides, force=force)
+        the_plan = plan(p, inputs, overrides, force=force, resolve_image=self.resolve_image)
         new_tasks = [
             runs.NewTask(
                 planned_id=t.id,
@@ -217,7 +223,8 @@ class Engine:
             requested_by=actor.id,
             reason=reason,
             force=force,
-            params={"user": dict(params or {}), "steps": overrides},
+            # image digests resolved now hold for the whole run: a retag while it runs changes nothing
+            params={"user": dict(params or {}), "steps": overrides, **_images(the_plan)},
             source_folder=source,
             dest_folder=dest,
             dest_folder_id=dest_id or src_id,
@@ -424,7 +431,13 @@ class Engine:
 
     def _parts(self, conn: Connection, row: Any, t: runs.TaskRow) -> dict[str, Any]:
         pipeline = load_pipeline(row.pipeline_ref)
-        the_plan = plan(pipeline, [input_ref_from_dict(d) for d in row.inputs], (row.params or {}).get("steps"))
+        the_plan = plan(
+            pipeline,
+            [input_ref_from_dict(d) for d in row.inputs],
+            (row.params or {}).get("steps"),
+            images=(row.params or {}).get("images"),
+            resolve_image=self.resolve_image,
+        )
         pt = the_plan.task(t.planned_id)
         upstream: dict[str, list[runs.OutputRecord]] = {}
         for dep in pt.deps:
@@ -485,6 +498,11 @@ class Engine:
                 return
             time.sleep(poll)
             t = self.log_access(actor, task_id)
+
+
+def _images(the_plan: Plan) -> dict[str, Any]:
+    """The run's ``images`` parameter: the image digests its plan resolved, if any."""
+    return {"images": dict(the_plan.images)} if the_plan.images else {}
 
 
 def _is_item_label(label: str) -> bool:

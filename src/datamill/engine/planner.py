@@ -137,6 +137,9 @@ class PlannedTask:
     #: why the task is refused without running (its published name collides with another
     #: input's), or None
     refused: str | None = None
+    #: a container step's image as named, and its digest (resolved once per run), part of the key
+    image: str | None = None
+    image_digest: str | None = None
 
 
 def task_id(step: str, item: InputRef | None) -> str:
@@ -157,6 +160,8 @@ class Plan:
     inputs: tuple[InputRef, ...]
     tasks: tuple[PlannedTask, ...]
     edges: tuple[tuple[str, str], ...]
+    #: the digest of every container image the pipeline names (``{image: "sha256:..."}``)
+    images: Mapping[str, str] = field(default_factory=dict)
     _index: dict[str, PlannedTask] = field(init=False, repr=False, compare=False)
 
     def __post_init__(self) -> None:
@@ -208,14 +213,14 @@ class Plan:
         looks the key up in the cache before running.
         """
         t = self._task(task)
-        return keys.task_key(t.step, t.step_code, t.params, self.input_digests(t, upstream_outputs))
+        return keys.task_key(t.step, t.step_code, t.params, self.input_digests(t, upstream_outputs), t.image_digest)
 
     def key_parts_for(
         self, task: PlannedTask | str, upstream_outputs: Mapping[str, Sequence[HasDigest]]
     ) -> dict[str, Any]:
         """The named parts of a task's key (for ``datamill why``; compare with :func:`keys.diff_parts`)."""
         t = self._task(task)
-        return keys.key_parts(t.step, t.step_code, t.params, self.input_digests(t, upstream_outputs))
+        return keys.key_parts(t.step, t.step_code, t.params, self.input_digests(t, upstream_outputs), t.image_digest)
 
     # ------------------------------------------------------------------ outputs
 
@@ -291,10 +296,12 @@ class Plan:
                     "decision": t.decision,
                     "outputs": [o.published_name for o in t.outputs if o.publish],
                     **({"refused": t.refused} if t.refused else {}),
+                    **({"image": t.image, "image_digest": t.image_digest} if t.image else {}),
                 }
                 for t in self.tasks
             ],
             "edges": [list(e) for e in self.edges],
+            **({"images": dict(self.images)} if self.images else {}),
         }
 
 
@@ -367,6 +374,8 @@ def plan(
     params: Mapping[str, Mapping[str, Any]] | None = None,
     lookup: Callable[[str], CachedResult | None] = lambda k: None,
     force: bool | Collection[str] = False,
+    images: Mapping[str, str] | None = None,
+    resolve_image: Callable[[str], str] | None = None,
 ) -> Plan:
     """Plan a run of ``pipeline`` over ``inputs``.
 
@@ -377,6 +386,10 @@ def plan(
         lookup: the cache: a key → its recorded outputs, or None.
         force: True to run every task, or step names to run; keys stay the same (a forced run
             is recorded under the usual keys). A step declared with ``force=True`` always runs.
+        images: container image digests already resolved for this run (``{image: digest}``);
+            the others are resolved with ``resolve_image`` (default: ``podman image inspect``),
+            once per image.
+        resolve_image: image name → its digest; raises InvalidPipeline when it is not there.
 
     Returns:
         A :class:`Plan` whose tasks are ``cached`` (outputs reused), ``run`` or ``pending``.
@@ -396,6 +409,7 @@ def plan(
                 step=name,
             )
     forced_steps = _force_set(pipeline, force)
+    digests = _image_digests(pipeline, images, resolve_image)
 
     tasks: list[PlannedTask] = []
     edges: list[tuple[str, str]] = []
@@ -434,8 +448,9 @@ def plan(
                 step_code=step.code,
                 wires=tuple(wires),
             )
+            digest = digests.get(step.image) if step.image else None
             if all(d in known for d in deps):
-                key = keys.task_key(step.name, step.code, resolved, _input_digests(step, skeleton, refs, known))
+                key = keys.task_key(step.name, step.code, resolved, _input_digests(step, skeleton, refs, known), digest)
             decision: Decision
             cached: CachedResult | None = None
             if key is None:
@@ -470,9 +485,34 @@ def plan(
                     timeout=step.timeout,
                     cache=step.cache,
                     forced=forced,
+                    image=step.image,
+                    image_digest=digest,
                 )
             )
-    return Plan(pipeline=pipeline, inputs=refs, tasks=tuple(_refuse_collisions(tasks)), edges=tuple(edges))
+    return Plan(
+        pipeline=pipeline, inputs=refs, tasks=tuple(_refuse_collisions(tasks)), edges=tuple(edges), images=digests
+    )
+
+
+def _image_digests(
+    pipeline: Pipeline, known: Mapping[str, str] | None, resolve: Callable[[str], str] | None
+) -> dict[str, str]:
+    """The digest of every image the pipeline's container steps name: from ``known``, else resolved once."""
+    out: dict[str, str] = {}
+    for step in pipeline.steps:
+        image = step.image
+        if image is None or image in out:
+            continue
+        if known and image in known:
+            out[image] = known[image]
+            continue
+        if resolve is None:
+            from datamill.executors.container import inspect_image
+
+            out[image] = inspect_image(image).digest
+        else:
+            out[image] = resolve(image)
+    return out
 
 
 def collision_message(published: str, step: str, item: str, other: str | None, where: str = "") -> str:

@@ -180,8 +180,10 @@ def readmit(conn: Connection, actor: Actor, ref: str, what: str) -> Choice:
 class Pipelines:
     """List, register and remove pipelines; registering and removing are for site admins and write events."""
 
-    def __init__(self, db: Any) -> None:
+    def __init__(self, db: Any, allowed_images: tuple[str, ...] | None = None) -> None:
         self.db = db
+        #: glob patterns of the container images a registered pipeline may name (None: no check)
+        self.allowed_images = allowed_images
 
     def list(self, actor: Actor, details: bool = True) -> list[dict[str, Any]]:
         """Every registered pipeline as ``actor`` may see it; with ``details``, its steps too.
@@ -221,6 +223,9 @@ class Pipelines:
                 field="ref",
             )
         pipeline = load_pipeline(choice.ref)  # a site admin's reference: refused here if it does not load
+        from datamill.engine.containers import check_images
+
+        check_images(pipeline, self.allowed_images)
         with self.db.write() as conn:
             self._check_free(conn, name)
             now = time.time()

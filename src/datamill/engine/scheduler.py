@@ -17,6 +17,8 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
+import hashlib
 import logging
 import os
 import time
@@ -38,6 +40,7 @@ from datamill.engine.workdir import WorkDirs
 from datamill.errors import DatamillError, InvalidInput, InvalidPipeline
 from datamill.executors.base import Executor, PythonCall, get_executor
 from datamill.executors.command import CommandExecutor
+from datamill.executors.container import ContainerExecutor, image_digest
 from datamill.home import Home
 from datamill.pipeline import Pipeline, load_pipeline
 from datamill.pipeline.runner import run_step
@@ -109,7 +112,15 @@ class Scheduler:
         self.recorder = Recorder(home, Publisher(home), self.workdirs)
         #: progress reported and not recorded yet, flushed by the drivers in batches
         self._progress: Progress = {}
-        self.attempts = Attempts(self.executor, self.commands, self.workdirs, self._progress, clock)
+        #: container steps run here; containers are named ``datamill-<home>-<task>-<attempt>``
+        self.containers = ContainerExecutor(
+            home.settings.container_runtime,
+            slots=self.executor.capacity or os.cpu_count() or 1,
+            name_prefix=f"datamill-{hashlib.sha256(str(home.path).encode()).hexdigest()[:8]}-",
+        )
+        self.attempts = Attempts(
+            self.executor, self.commands, self.workdirs, self._progress, clock, containers=self.containers
+        )
         #: pipelines without a reference (built in Python), by run id; they cannot resume elsewhere
         self.pipelines: dict[int, Pipeline] = {}
         self._ref_cache: dict[str, Pipeline] = {}
@@ -157,6 +168,7 @@ class Scheduler:
                 await self._heartbeat
         await self.executor.close()
         await self.commands.close()
+        await self.containers.close()
         self._started = False
 
     async def __aenter__(self) -> Scheduler:
@@ -318,7 +330,13 @@ class Scheduler:
             rows = tasks.list_tasks(conn, run_id)
         pipeline = self.pipeline_for(run_id, row.pipeline_ref)
         inputs = [input_ref_from_dict(d) for d in row.inputs or []]
-        the_plan = plan(pipeline, inputs, row.params.get("steps") if row.params else None)
+        the_plan = plan(
+            pipeline,
+            inputs,
+            row.params.get("steps") if row.params else None,
+            images=(row.params or {}).get("images"),
+            resolve_image=functools.partial(image_digest, runtime=self.home.settings.container_runtime),
+        )
         actor = self.home.admin
         if row.requested_by is not None and row.requested_by != self.home.admin.id:
             with self.home.db.read() as conn:

@@ -1,4 +1,4 @@
-"""Executors: how a task's code is run — inline, in the local process pool, as a command.
+"""Executors: how a task's code is run — inline, in the local process pool, as a command, in a container.
 
 The scheduler builds one with :func:`get_executor` and hands it calls; see :mod:`datamill.executors.base`.
 """
@@ -7,6 +7,8 @@ from .base import (
     EXECUTORS,
     Call,
     CommandCall,
+    ContainerCall,
+    ContainerMount,
     Executor,
     LogMessage,
     Message,
@@ -21,6 +23,8 @@ __all__ = [
     "EXECUTORS",
     "Call",
     "CommandCall",
+    "ContainerCall",
+    "ContainerMount",
     "Executor",
     "LogMessage",
     "Message",

@@ -32,6 +32,8 @@ __all__ = [
     "EXECUTORS",
     "Call",
     "CommandCall",
+    "ContainerCall",
+    "ContainerMount",
     "Executor",
     "LogMessage",
     "Message",
@@ -72,8 +74,46 @@ class CommandCall:
     merge_stderr: bool = False
 
 
+@dataclass(frozen=True)
+class ContainerMount:
+    """A host path seen inside a container at ``target``; read-only unless ``writable``."""
+
+    source: str
+    target: str
+    writable: bool = False
+
+
+@dataclass(frozen=True, eq=False)
+class ContainerCall:
+    """Run ``image`` as a container (podman, or the Docker CLI); its output lines become log messages.
+
+    ``command`` replaces the image's default command; ``None`` keeps it, with ``args`` appended
+    (the image's entrypoint, or its default command when it has none, gets them). ``name`` is the
+    container's name (unique per attempt, so leftovers can be found). ``env`` is set in the
+    container; ``secret_env`` too, but through an env file (never on a command line), and each
+    ``secret_files`` entry is mounted read-only at ``/run/secrets/<name>``. ``network`` is ``none``
+    unless asked; ``cpus``, ``memory`` (``"512m"``) and ``gpus`` (``"all"``, a count, or device
+    indices ``"0,1"``) limit what it may use.
+    """
+
+    image: str
+    name: str
+    command: Sequence[str] | None = None
+    args: Sequence[str] = ()
+    mounts: Sequence[ContainerMount] = ()
+    workdir: str | None = None
+    env: Mapping[str, str] = field(default_factory=dict)
+    secret_env: Mapping[str, str] = field(default_factory=dict, repr=False)
+    secret_files: Mapping[str, str] = field(default_factory=dict, repr=False)
+    network: str = "none"
+    cpus: float | None = None
+    memory: str | None = None
+    gpus: str | None = None
+    labels: Mapping[str, str] = field(default_factory=dict)
+
+
 #: Anything an executor may be asked to run; :meth:`Executor.supports` says which it takes.
-Call = PythonCall | CommandCall
+Call = PythonCall | CommandCall | ContainerCall
 
 
 @dataclass(frozen=True, slots=True)
@@ -208,6 +248,7 @@ EXECUTORS: dict[str, str] = {
     "inline": "datamill.executors.inline:InlineExecutor",
     "local": "datamill.executors.local:LocalExecutor",
     "command": "datamill.executors.command:CommandExecutor",
+    "container": "datamill.executors.container:ContainerExecutor",
 }
 
 

@@ -79,9 +79,19 @@ class StepOptions:
     description: str | None = None
     argv: Sequence[str] | None = None
     base_dir: Path | None = None
+    image: str | None = None
+    env: Mapping[str, str] | None = None
+    cpus: float | None = None
+    memory: str | None = None
+    gpus: str | None = None
+    network: str | None = None
+    secrets: Sequence[str] | None = None
 
-    def validate(self, spelling: Spelling = PYTHON, *, command: bool = False) -> StepOptions:
-        """The options checked and normalised; ``command`` says they are for a command step.
+    def validate(self, spelling: Spelling = PYTHON, *, command: bool = False, container: bool = False) -> StepOptions:
+        """The options checked and normalised; ``command``/``container`` say they are for such a step.
+
+        A container step (:func:`~datamill.pipeline.step.container_step`) is a command step whose
+        command line runs in ``image``; its command may be left out (the image's own is used).
 
         Raises:
             InvalidStepOption: the first option that is wrong; ``field`` names it and the message
@@ -90,7 +100,11 @@ class StepOptions:
         name = check_name(self.name)
         changes = {f: _checked(name, f, check, getattr(self, f), spelling) for f, check in _CHECKS.items()}
         changes["params"] = check_defaults(name, changes["params"])
-        for f, check in (_COMMAND_CHECKS if command else _PYTHON_CHECKS).items():
+        checks = _COMMAND_CHECKS if command or container else _PYTHON_CHECKS
+        checks = {**checks, **(_CONTAINER_CHECKS if container else _NOT_CONTAINER_CHECKS)}
+        if container and self.argv is None:
+            checks.pop("argv")  # no command: the image's own, given the input files and the output directory
+        for f, check in checks.items():
             changes[f] = _checked(name, f, check, getattr(self, f), spelling)
         return replace(self, name=name, **changes)
 
@@ -233,6 +247,68 @@ def _none(value: Any, s: Spelling) -> None:
         raise _Problem("is only for command steps (command_step(...)); a Python step runs its function")
 
 
+#: An image reference: ``[registry/]name[:tag][@sha256:...]``, or an image ID.
+_IMAGE_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._/:@+-]{0,254}$")
+_MEMORY_RE = re.compile(r"^[0-9]+[bkmgBKMG]?$")
+_GPUS_RE = re.compile(r"^(all|[0-9]+(,[0-9]+)*)$")
+
+
+def _image(value: Any, s: Spelling) -> str:
+    if not isinstance(value, str) or not _IMAGE_RE.match(value):
+        raise _Problem("must name a container image like 'localhost/tool:1' or 'ghcr.io/org/tool:2.1'" + _got(value))
+    return value
+
+
+def _cpus(value: Any, s: Spelling) -> float | None:
+    if value is None:
+        return None
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0 < value < 1024:
+        raise _Problem(f"must be a number of CPUs > 0 like 1 or 0.5, or {s.null} for no limit" + _got(value))
+    return float(value)
+
+
+def _memory(value: Any, s: Spelling) -> str | None:
+    if value is None:
+        return None
+    if isinstance(value, int) and not isinstance(value, bool) and value > 0:
+        return str(value)
+    if not isinstance(value, str) or not _MEMORY_RE.match(value):
+        raise _Problem(f"must be an amount like '512m' or '2g', or {s.null} for no limit" + _got(value))
+    return value.lower()
+
+
+def _gpus(value: Any, s: Spelling) -> str | None:
+    if value is None:
+        return None
+    text = str(value) if isinstance(value, int) and not isinstance(value, bool) else value
+    if not isinstance(text, str) or not _GPUS_RE.match(text):
+        raise _Problem(f"must be 'all', a number of GPUs, or device indices like '0,1', or {s.null}" + _got(value))
+    return text
+
+
+def _network(value: Any, s: Spelling) -> str:
+    if value is None:
+        return "none"
+    if value not in ("none", "host"):
+        raise _Problem("must be 'none' (the default: no network) or 'host'" + _got(value))
+    return str(value)
+
+
+def _secrets(value: Any, s: Spelling) -> tuple[str, ...]:
+    if value is None:
+        return ()
+    if isinstance(value, str) or not isinstance(value, Sequence):
+        raise _Problem("must be a list of secret names like ['HF_TOKEN']" + _got(value))
+    if not all(isinstance(v, str) and IDENTIFIER_RE.match(v) for v in value):
+        raise _Problem("must be a list of names made of letters, digits and '_' like ['HF_TOKEN']" + _got(value))
+    return tuple(value)
+
+
+def _only_container(value: Any, s: Spelling) -> None:
+    if value is not None:
+        raise _Problem("is only for container steps (container_step(...), or 'image:' in YAML)")
+
+
 #: One check per field (``name`` and the parameter values are checked with the step's name).
 _CHECKS: dict[str, Callable[[Any, Spelling], Any]] = {
     "version": _version,
@@ -252,6 +328,17 @@ _CHECKS: dict[str, Callable[[Any, Spelling], Any]] = {
 #: What a command step has instead of a function; a Python step must not have it.
 _COMMAND_CHECKS: dict[str, Callable[[Any, Spelling], Any]] = {"argv": _argv, "base_dir": _base_dir}
 _PYTHON_CHECKS: dict[str, Callable[[Any, Spelling], Any]] = {"argv": _none, "base_dir": _none}
+#: What a container step has besides its command; no other step may have it.
+_CONTAINER_CHECKS: dict[str, Callable[[Any, Spelling], Any]] = {
+    "image": _image,
+    "env": _mapping_of("variable name → value (strings)", str),
+    "cpus": _cpus,
+    "memory": _memory,
+    "gpus": _gpus,
+    "network": _network,
+    "secrets": _secrets,
+}
+_NOT_CONTAINER_CHECKS: dict[str, Callable[[Any, Spelling], Any]] = dict.fromkeys(_CONTAINER_CHECKS, _only_container)
 
 
 def check_name(name: Any) -> str:

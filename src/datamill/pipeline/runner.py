@@ -335,7 +335,7 @@ def command_argv(call: StepCall, step: Step | None = None) -> list[str]:
     command runs in the scratch directory.
     """
     step = step or resolve_step(call)
-    if step.kind != "command":
+    if step.kind not in ("command", "container"):
         raise InvalidPipeline(f"step '{step.name}' is not a command step", step=step.name)
     values = _placeholder_values(step, call)
     argv: list[str] = []

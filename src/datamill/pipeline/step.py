@@ -64,7 +64,7 @@ from datamill.pipeline.inputs import InputRef
 from datamill.pipeline.options import PYTHON, Spelling, StepOptions, check_defaults, check_param, unknown_param
 from datamill.pipeline.wiring import Arg, Role, annotation_name, check_roles, command_args, fail, function_args
 
-__all__ = ["RETURN", "Arg", "Role", "Step", "command_step", "is_return_output", "step"]
+__all__ = ["RETURN", "Arg", "Role", "Step", "command_step", "container_step", "is_return_output", "step"]
 
 #: The output a step's return value is stored under is named ``return<ext>`` (e.g. ``return.json``);
 #: published names come from the step's name template, so users rarely see it.
@@ -84,7 +84,7 @@ class Step:
     """
 
     name: str
-    kind: Literal["python", "command"]
+    kind: Literal["python", "command", "container"]
     code: str
     args: tuple[Arg, ...]
     params: Mapping[str, Any]
@@ -105,6 +105,11 @@ class Step:
     scripts: Mapping[str, str] = field(default_factory=dict)
     description: str = ""
     options: StepOptions = field(default_factory=StepOptions, repr=False)
+    #: a container step's image (as named: a tag; the task key takes its digest at plan time)
+    image: str | None = None
+    #: a container step's settings: ``command`` (False: the image's own), ``env``, ``cpus``,
+    #: ``memory``, ``gpus``, ``network``, ``secrets`` (names)
+    container: Mapping[str, Any] = field(default_factory=dict)
 
     # ------------------------------------------------------------------ wiring
 
@@ -219,11 +224,13 @@ class Step:
     def __call__(self, *args: Any, **kwargs: Any) -> Any:
         """Call the step's function directly (Python steps only)."""
         if self.fn is None:
-            raise TypeError(f"step '{self.name}' is a command step; run it in a pipeline (pipeline.run(...))")
+            raise TypeError(f"step '{self.name}' is a {self.kind} step; run it in a pipeline (pipeline.run(...))")
         return self.fn(*args, **kwargs)
 
     def __repr__(self) -> str:
         what = getattr(self.fn, "__qualname__", "?") if self.kind == "python" else " ".join(self.argv)
+        if self.image is not None:
+            what = f"{self.image} {what}"
         return f"<Step {self.name} {self.kind}: {what}>"
 
 
@@ -234,13 +241,16 @@ def configured(step: Step, changes: Mapping[str, Any], spelling: Spelling = PYTH
     """``step`` with its options changed; see :meth:`Step.configure`. Messages use ``spelling``."""
     changes = dict(changes)
     command = step.kind == "command"
+    container = step.kind == "container"
     new = replace(step.options, **{k: v for k, v in changes.items() if k != "params"})
     if "params" in changes:
         # Overrides are checked like declared parameters, then against this step's own.
-        overrides = replace(new, params=changes["params"]).validate(spelling, command=command).params or {}
-        new = replace(new, params={**(step.options.params or {}), **step.resolve_params(overrides)})
+        checked = replace(new, params=changes["params"]).validate(spelling, command=command, container=container)
+        new = replace(new, params={**(step.options.params or {}), **step.resolve_params(checked.params or {})})
     if command:
         return make_command_step(new, spelling)
+    if container:
+        return make_container_step(new, spelling)
     assert step.fn is not None  # a python step always has its function
     return make_step(step.fn, new, spelling)
 
@@ -378,6 +388,127 @@ def make_command_step(options: StepOptions, spelling: Spelling = PYTHON) -> Step
         description=opts.description or "",
         options=opts,
     )
+
+
+#: The arguments a container step's image gets when it has no command: the DMS's shape.
+DEFAULT_ARGS = ("{input}", "{output_dir}")
+DEFAULT_ARGS_AGGREGATE = ("{inputs}", "{output_dir}")
+
+
+def make_container_step(options: StepOptions, spelling: Spelling = PYTHON) -> Step:
+    """A container step; ``options`` (with ``image``; ``argv`` may be None) are checked here."""
+    opts = options.validate(spelling, container=True)
+    assert opts.name is not None and opts.image is not None and opts.params is not None and opts.inputs is not None
+    explicit = opts.argv is not None
+    argv = tuple(opts.argv) if opts.argv is not None else (DEFAULT_ARGS_AGGREGATE if opts.aggregate else DEFAULT_ARGS)
+    args = command_args(opts.name, argv, opts.params, opts.inputs)
+    check_roles(opts.name, args, opts.aggregate, command=True)
+    settings = {
+        "command": explicit,
+        "env": dict(opts.env or {}),
+        "cpus": opts.cpus,
+        "memory": opts.memory,
+        "gpus": opts.gpus,
+        "network": opts.network or "none",
+        "secrets": list(opts.secrets or ()),
+    }
+    # The image's content enters the key as its digest (resolved at plan time), not here; limits do
+    # not change results, so they stay out, while the command, variables and network may.
+    identity = {"argv": list(argv), "command": explicit, "env": settings["env"], "network": settings["network"]}
+    code = "ctr:" + blake3.blake3(canonical_json({**identity, "version": opts.version}).encode("utf-8")).hexdigest()
+    return Step(
+        name=opts.name,
+        kind="container",
+        code=code,
+        args=args,
+        params=dict(opts.params),
+        argv=argv,
+        version=opts.version,
+        publish=_publish(opts),
+        name_template=opts.name_template,
+        aggregate=opts.aggregate or any(a.role is Role.ITEMS for a in args),
+        retries=opts.retries,
+        retry_backoff=opts.retry_backoff,
+        timeout=opts.timeout,
+        cache=opts.cache,
+        force=opts.force,
+        codec=None,
+        description=opts.description or "",
+        options=opts,
+        image=opts.image,
+        container=settings,
+    )
+
+
+def container_step(
+    name: str,
+    image: str,
+    command: Sequence[str] | None = None,
+    *,
+    env: Mapping[str, str] | None = None,
+    cpus: float | None = None,
+    memory: str | None = None,
+    gpus: str | int | None = None,
+    network: str = "none",
+    secrets: Sequence[str] | None = None,
+    version: str | None = None,
+    params: Mapping[str, Any] | None = None,
+    inputs: Mapping[str, str] | None = None,
+    publish: bool | Sequence[str] = True,
+    name_template: str | None = None,
+    aggregate: bool = False,
+    retries: int = 0,
+    retry_backoff: float = 1.0,
+    timeout: float | None = None,
+    cache: bool = True,
+    force: bool = False,
+    description: str | None = None,
+    codec: str | None = None,
+) -> Step:
+    """A step that runs ``image`` as a container: ``container_step("up", "localhost/tool:1", ["up", "{input}"])``.
+
+    ``command`` takes the placeholders of :func:`command_step` (``{input}``, ``{inputs}``,
+    ``{output_dir}``, ``{stem}``, parameters, other steps), filled with paths *inside* the
+    container: inputs are mounted read-only under ``/in`` (other steps' outputs under ``/up``) and
+    ``{output_dir}`` is ``/out``, the one writable directory; every file written there is an
+    output. Without ``command`` the image's own command runs with the input file(s) and ``/out``
+    as its arguments (an image as a dataflow's whole implementation).
+
+    ``env`` sets variables; ``secrets`` names secrets whose values the server takes from its
+    environment variables ``DATAMILL_SECRET_<NAME>`` when the task runs and passes through a private
+    env file (never on a command line, in the key or in the log). ``network`` is ``"none"``
+    (default) or ``"host"``; ``cpus``, ``memory`` (``"512m"``) and ``gpus`` (``"all"``, a count, or
+    ``"0,1"``) limit the container.
+
+    The task key covers the image's **digest** (not its tag: retagging an image to other content
+    reruns its tasks), the command line, ``env``, ``network`` and ``version``; the image must be
+    allowed by the ``allowed_images`` setting.
+    """
+    del codec  # accepted so Step.configure can pass every option through; container outputs are files
+    options = StepOptions(
+        name=name,
+        version=version,
+        params=params,
+        inputs=inputs,
+        publish=publish,
+        name_template=name_template,
+        aggregate=aggregate,
+        retries=retries,
+        retry_backoff=retry_backoff,
+        timeout=timeout,
+        cache=cache,
+        force=force,
+        description=description,
+        argv=command,
+        image=image,
+        env=env,
+        cpus=cpus,
+        memory=memory,
+        gpus=None if gpus is None else str(gpus),
+        network=network,
+        secrets=secrets,
+    )
+    return make_container_step(options)
 
 
 @overload

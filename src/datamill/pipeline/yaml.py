@@ -19,6 +19,10 @@
         aggregate: true
         publish: [return]
 
+A step with ``image:`` runs a container (``command:`` optional: without it the image's own command
+gets the input file(s) and the output directory); it may also set ``env``, ``cpus``, ``memory``,
+``gpus``, ``network`` and ``secrets`` (see :func:`~datamill.pipeline.step.container_step`).
+
 Step fields: ``name``, exactly one of ``run`` / ``command``, and optionally ``params``,
 ``version``, ``publish``, ``inputs``, ``aggregate``, ``retries``, ``retry_backoff``,
 ``timeout``, ``cache``, ``force``, ``name_template``, ``description``.
@@ -51,7 +55,7 @@ import yaml
 from datamill.errors import DatamillError, InvalidPipeline, InvalidStepOption
 from datamill.pipeline.options import YAML, StepOptions
 from datamill.pipeline.pipeline import Pipeline, refuse_main_module
-from datamill.pipeline.step import Step, configured, make_command_step, make_step
+from datamill.pipeline.step import Step, configured, make_command_step, make_container_step, make_step
 
 __all__ = ["MAX_BYTES", "MAX_DEPTH", "MAX_QUOTE", "MAX_VALUES", "load_yaml_pipeline", "parse_yaml_pipeline"]
 
@@ -341,6 +345,17 @@ class _StepSpec:
         return self.node.value_lines.get(key, self.node.line)
 
 
+def _check_kind(chk: _Checker, node: _Map, prefix: str) -> None:
+    """A step runs a function (``run``), a command (``command``) or a container (``image``)."""
+    if "image" in node and "run" in node:
+        raise chk.error(node.line, prefix, "a step with an 'image' runs a container: give 'command' or none, not 'run'")
+    if ("run" in node) == ("command" in node) and "image" not in node:
+        raise chk.error(node.line, prefix, "give exactly one of 'run' (module:function) or 'command' (a list)")
+    if "name" not in node and ("command" in node or "image" in node):
+        what = "a container step" if "image" in node else "a command step"
+        raise chk.error(node.line, f"{prefix}.name", f"missing: {what} needs a name")
+
+
 def _check_step(chk: _Checker, steps: _Seq, i: int) -> _StepSpec:
     node = steps[i]
     prefix = f"steps[{i}]"
@@ -356,10 +371,7 @@ def _check_step(chk: _Checker, steps: _Seq, i: int) -> _StepSpec:
     def got(key: str) -> str:
         return f", got {_quote(node[key])}"
 
-    if ("run" in node) == ("command" in node):
-        raise chk.error(node.line, prefix, "give exactly one of 'run' (module:function) or 'command' (a list)")
-    if "name" not in node and "command" in node:
-        raise chk.error(node.line, f"{prefix}.name", "missing: a command step needs a name")
+    _check_kind(chk, node, prefix)
     if "run" in node:
         run = node["run"]
         if not isinstance(run, str) or ":" not in run or run.startswith(":") or run.endswith(":"):
@@ -394,6 +406,8 @@ def _build_step(chk: _Checker, spec: _StepSpec, base: Path) -> Step:
     opts = dict(spec.options)
     node = spec.node
     try:
+        if "image" in opts:
+            return make_container_step(StepOptions(**opts), YAML)
         if "argv" in opts:
             return make_command_step(StepOptions(base_dir=base, **opts), YAML)
         params = opts.pop("params", None)
