@@ -32,6 +32,7 @@ __all__ = [
     "EXECUTORS",
     "Call",
     "CommandCall",
+    "DagsterCall",
     "Executor",
     "LogMessage",
     "Message",
@@ -72,8 +73,24 @@ class CommandCall:
     merge_stderr: bool = False
 
 
+@dataclass(frozen=True, eq=False)
+class DagsterCall:
+    """Run a Dagster job in a worker subprocess: ``python -m datamill.dagster.runner request``.
+
+    ``request`` is the path of the JSON request (:class:`datamill.pipeline.dagster_job.DagsterJob`
+    ``.request``); the worker writes its outcome to the request's ``result`` path. ``python`` is
+    the interpreter to run (one with ``datamill[dagster]`` installed); ``env`` holds variables set
+    on top of the executor's own environment.
+    """
+
+    request: str
+    python: str
+    cwd: str | None = None
+    env: Mapping[str, str] | None = None
+
+
 #: Anything an executor may be asked to run; :meth:`Executor.supports` says which it takes.
-Call = PythonCall | CommandCall
+Call = PythonCall | CommandCall | DagsterCall
 
 
 @dataclass(frozen=True, slots=True)
@@ -208,6 +225,7 @@ EXECUTORS: dict[str, str] = {
     "inline": "datamill.executors.inline:InlineExecutor",
     "local": "datamill.executors.local:LocalExecutor",
     "command": "datamill.executors.command:CommandExecutor",
+    "dagster": "datamill.executors.dagster:DagsterExecutor",
 }
 
 

@@ -16,6 +16,16 @@ from datamill.pipeline.context import Context
 from datamill.pipeline.inputs import InputFile, InputRef
 from datamill.pipeline.loader import load_pipeline
 from datamill.pipeline.pipeline import Pipeline
-from datamill.pipeline.step import Step, command_step, step
+from datamill.pipeline.step import Step, command_step, dagster_step, step
 
-__all__ = ["Context", "InputFile", "InputRef", "Pipeline", "Step", "command_step", "load_pipeline", "step"]
+__all__ = [
+    "Context",
+    "InputFile",
+    "InputRef",
+    "Pipeline",
+    "Step",
+    "command_step",
+    "dagster_step",
+    "load_pipeline",
+    "step",
+]
