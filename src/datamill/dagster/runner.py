@@ -81,13 +81,10 @@ def _error_of(result: Any) -> dict[str, Any]:
         if event.event_type_value != "STEP_FAILURE":
             continue
         info = event.event_specific_data.error
-        user = info.cause or info
-        return {
-            "op": event.step_key,
-            "type": user.cls_name or "Error",
-            "message": user.message.strip().splitlines()[-1] if user.message.strip() else "",
-            "traceback": "".join(user.stack or []),
-        }
+        user = info.cause or info  # the op's own exception, not Dagster's wrapper around it
+        kind = user.cls_name or "Error"
+        message = user.message.strip().removeprefix(f"{kind}:").strip()
+        return {"op": event.step_key, "type": kind, "message": message, "traceback": "".join(user.stack or [])}
     return {"op": None, "type": "DagsterRunFailed", "message": "the run failed without a failing op", "traceback": ""}
 
 

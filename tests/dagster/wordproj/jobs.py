@@ -1,5 +1,6 @@
 """Op jobs: one whose op fails, one whose op runs as long as it is told."""
 
+import os
 import time
 
 import dagster as dg
@@ -21,7 +22,7 @@ class NapConfig(dg.Config):
 
 @dg.op
 def nap(config: NapConfig) -> str:
-    print("napping", flush=True)
+    print(f"napping in {os.getpid()}", flush=True)
     time.sleep(config.seconds)
     return "rested"
 
