@@ -20,6 +20,7 @@ import dagster as dg
 from pydantic import PrivateAttr
 
 from datamill.dagster import values
+from datamill.errors import NotFound
 from datamill.dagster.connection import asset_path, connect_client, output_provenance, split_place
 from datamill.dagster.session import active
 
@@ -106,7 +107,11 @@ class DatamillIOManager(dg.ConfigurableIOManager):  # type: ignore[misc]
             return session.load(key)
         folder, stem = split_place(f"{self.folder}/{key}")
         client = self.client()
-        matches = [i for i in client.list_items(folder) if i.name.startswith(stem + ".") or i.name == stem]
+        try:
+            listed = client.list_items(folder)
+        except NotFound:
+            listed = []
+        matches = [i for i in listed if i.name.startswith(stem + ".") or i.name == stem]
         exact = [i for i in matches if "." not in i.name[len(stem) + 1 :]] or matches
         if not exact:
             raise dg.DagsterInvariantViolationError(
