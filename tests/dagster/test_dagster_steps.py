@@ -28,7 +28,9 @@ def _tasks(w: FlowWorld, run_id: int) -> list[Any]:
 
 def _submit(w: FlowWorld, pipeline: str) -> int:
     """A run of ``pipeline`` over the items of ``Raw`` into ``Out``, driven to its end."""
-    run_id = w.engine.submit(w.admin, ref(pipeline), w.engine.inputs_from_folder(w.admin, "Raw"), source="Raw", dest=DEST)
+    run_id = w.engine.submit(
+        w.admin, ref(pipeline), w.engine.inputs_from_folder(w.admin, "Raw"), source="Raw", dest=DEST
+    )
     w.drive([run_id])
     return run_id
 

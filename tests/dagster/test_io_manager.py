@@ -4,9 +4,9 @@ from __future__ import annotations
 
 from pathlib import Path
 
-import dagster as dg
 import pytest
 
+import dagster as dg
 from datamill.dagster import DatamillIOManager, DatamillResource
 from tests.helpers import open_home
 

@@ -28,12 +28,19 @@ __all__ = ["DatamillFile", "DatamillIOManager", "DatamillResource"]
 
 def __getattr__(name: str) -> Any:
     """The public names, imported when first asked for."""
+    value: Any
     if name == "DatamillResource":
-        from datamill.dagster.resource import DatamillResource as value
+        from datamill.dagster import resource
+
+        value = resource.DatamillResource
     elif name == "DatamillIOManager":
-        from datamill.dagster.io_manager import DatamillIOManager as value
+        from datamill.dagster import io_manager
+
+        value = io_manager.DatamillIOManager
     elif name == "DatamillFile":
-        from datamill.dagster.session import DatamillFile as value
+        from datamill.dagster import session
+
+        value = session.DatamillFile
     else:
         raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
     globals()[name] = value

@@ -16,13 +16,13 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any
 
-import dagster as dg
 from pydantic import PrivateAttr
 
+import dagster as dg
 from datamill.dagster import values
-from datamill.errors import NotFound
 from datamill.dagster.connection import asset_path, connect_client, output_provenance, split_place
 from datamill.dagster.session import active
+from datamill.errors import NotFound
 
 if TYPE_CHECKING:
     from datamill.client.base import Client
@@ -39,7 +39,7 @@ def _key(context: dg.OutputContext) -> str:
     return op if context.name == "result" else f"{op}.{context.name}"
 
 
-class DatamillIOManager(dg.ConfigurableIOManager):  # type: ignore[misc]
+class DatamillIOManager(dg.ConfigurableIOManager):
     """Stores outputs in the datamill folder ``folder``; see the module docstring.
 
     Connects like :class:`~datamill.dagster.resource.DatamillResource`: ``url`` + ``token`` (a

@@ -8,11 +8,12 @@ task's input items as local files and :meth:`write` makes task outputs.
 
 from __future__ import annotations
 
+import contextlib
 from typing import TYPE_CHECKING, Any
 
-import dagster as dg
 from pydantic import PrivateAttr
 
+import dagster as dg
 from datamill.dagster import values
 from datamill.dagster.connection import connect_client, split_place
 from datamill.dagster.session import DatamillFile, active, check_name
@@ -25,7 +26,7 @@ if TYPE_CHECKING:
 __all__ = ["DatamillResource"]
 
 
-class DatamillResource(dg.ConfigurableResource):  # type: ignore[misc]
+class DatamillResource(dg.ConfigurableResource):
     """Datamill folders for a Dagster job; see the module docstring.
 
     ``source``: the folder :meth:`items` lists (outside a step); ``destination``: the folder
@@ -66,7 +67,13 @@ class DatamillResource(dg.ConfigurableResource):  # type: ignore[misc]
         client = self.client()
         return [
             DatamillFile(
-                i.folder, i.name, i.version, i.digest, i.size, i.content_type, None,
+                i.folder,
+                i.name,
+                i.version,
+                i.digest,
+                i.size,
+                i.content_type,
+                None,
                 _reader(client, i.path, i.version),
             )
             for i in client.list_items(self.source)
@@ -80,7 +87,12 @@ class DatamillResource(dg.ConfigurableResource):  # type: ignore[misc]
         return session.upstream(name)
 
     def write(
-        self, name: str, data: Any, *, context: dg.OpExecutionContext | None = None, metadata: dict[str, Any] | None = None
+        self,
+        name: str,
+        data: Any,
+        *,
+        context: dg.OpExecutionContext | None = None,
+        metadata: dict[str, Any] | None = None,
     ) -> str:
         """Write ``data`` (bytes, str, a JSON value or a Path) as ``name``; returns where it went.
 
@@ -117,8 +129,6 @@ def _op_provenance(context: dg.OpExecutionContext | None) -> dict[str, Any]:
     if context is None:
         return {}
     out: dict[str, Any] = {"run_id": context.run_id, "op": context.op_def.name}
-    try:
+    with contextlib.suppress(Exception):  # a context built by hand for a test has no job
         out["job"] = context.job_name
-    except Exception:  # a context built by hand for a test
-        pass
     return out

@@ -71,7 +71,8 @@ def _job(target: Any, request: Mapping[str, Any], resources: Mapping[str, Any]) 
         job = dg.define_asset_job("__datamill_assets", selection=selection)
         return dg.Definitions(assets=list(target), jobs=[job], resources=dict(resources)).resolve_job_def(job.name)
     raise JobNotFound(
-        f"{request['module']}:{request['attr']} is a {type(target).__name__}; name a Definitions, a job or a list of assets"
+        f"{request['module']}:{request['attr']} is a {type(target).__name__}; "
+        "name a Definitions, a job or a list of assets"
     )
 
 

@@ -82,7 +82,11 @@ class StepSession:
         """The task's input items (one for a per-item step), as local files."""
         return [
             DatamillFile(
-                i["folder"], i["name"], int(i["version"]), i["digest"], int(i.get("size") or 0),
+                i["folder"],
+                i["name"],
+                int(i["version"]),
+                i["digest"],
+                int(i.get("size") or 0),
                 i.get("content_type") or "application/octet-stream",
                 Path(i["path"]) if i.get("path") else None,
             )

@@ -629,10 +629,11 @@ def dagster_step(
     The module is looked up in ``base_dir`` (default: the directory of the calling file) and then
     on ``sys.path``, without being imported. The task key covers the job, the selection, the run
     config and the digest of the module's source (every ``.py`` file of its top-level package), or
-    ``version=`` when given. Needs the ``datamill[dagster]`` extra where tasks run.
+    ``version=`` when given. The step is named ``name``, else ``job_name``, else ``dagster``.
+    Needs the ``datamill[dagster]`` extra where tasks run.
     """
     base = Path(base_dir) if base_dir is not None else _caller_dir(1)
-    step_name = name or (job_name or (job.rpartition(":")[2] if isinstance(job, str) else "dagster"))
+    step_name = name or (job_name if isinstance(job_name, str) and job_name else "dagster")
     options = StepOptions(
         name=step_name,
         version=version,

@@ -53,9 +53,9 @@ import cloudpickle
 import yaml
 
 from datamill.errors import DatamillError, InvalidPipeline, InvalidStepOption
+from datamill.pipeline.dagster_job import DagsterJob
 from datamill.pipeline.options import YAML, StepOptions
 from datamill.pipeline.pipeline import Pipeline, refuse_main_module
-from datamill.pipeline.dagster_job import DagsterJob
 from datamill.pipeline.step import Step, configured, make_command_step, make_dagster_step, make_step
 
 __all__ = ["MAX_BYTES", "MAX_DEPTH", "MAX_QUOTE", "MAX_VALUES", "load_yaml_pipeline", "parse_yaml_pipeline"]
@@ -369,9 +369,7 @@ def _check_step(chk: _Checker, steps: _Seq, i: int) -> _StepSpec:
             prefix,
             "give exactly one of 'run' (module:function), 'command' (a list) or 'dagster' (package.module:defs)",
         )
-    for key in _DAGSTER_KEYS:
-        if key in node and "dagster" not in node:
-            raise bad(key, "is only for Dagster steps (dagster: package.module:defs)")
+    _check_dagster_keys(node, bad)
     if "name" not in node and "command" in node:
         raise chk.error(node.line, f"{prefix}.name", "missing: a command step needs a name")
     if "run" in node:
@@ -402,6 +400,13 @@ def _check_step(chk: _Checker, steps: _Seq, i: int) -> _StepSpec:
         if isinstance(v, int) and not isinstance(v, bool):
             opts["version"] = str(v)
     return _StepSpec(i, node, opts)
+
+
+def _check_dagster_keys(node: _Map, bad: Callable[[str, str], InvalidPipeline]) -> None:
+    """Refuse ``job_name``, ``assets`` and ``config`` on a step that is not a Dagster step."""
+    for key in _DAGSTER_KEYS:
+        if key in node and "dagster" not in node:
+            raise bad(key, "is only for Dagster steps (dagster: package.module:defs)")
 
 
 def _build_step(chk: _Checker, spec: _StepSpec, base: Path) -> Step:
@@ -440,7 +445,7 @@ def _dagster_step(spec: _StepSpec, opts: dict[str, Any], base: Path) -> Step:
     """A ``dagster:`` step: the job, its selection and run config, and the common options."""
     node = spec.node
     job_name = node.get("job_name")
-    name = opts.pop("name", None) or job_name or str(node["dagster"]).rpartition(":")[2]
+    name = opts.pop("name", None) or (job_name if isinstance(job_name, str) and job_name else "dagster")
     if "params" in opts:
         raise InvalidStepOption(
             f"step '{name}': a Dagster step takes its run config under 'config', not 'params'",

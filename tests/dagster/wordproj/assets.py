@@ -1,7 +1,6 @@
 """Two assets over the items datamill hands the job: word counts, then a one-line summary."""
 
 import dagster as dg
-
 from datamill.dagster import DatamillResource
 
 

@@ -2,11 +2,10 @@
 
 from __future__ import annotations
 
-import dagster as dg
-
 from wordproj.assets import summary, words
 from wordproj.jobs import failing, sleepy
 
+import dagster as dg
 from datamill.dagster import DatamillIOManager, DatamillResource
 
 defs = dg.Definitions(
