@@ -9,7 +9,7 @@ a fresh Python subprocess, ``--concurrency`` at a time, with the same run config
   ``--runs`` items: planning, the worker subprocess (``python -m datamill.dagster.runner``), the
   outputs stored as blobs, published as item versions with their provenance, and every task recorded.
 
-Target: the step's wall time ≤ 1.2× the bare runs' (``ok``). Prints one JSON object on stdout.
+Target: the step's wall time at most 1.2 times the bare runs' (``ok``). Prints one JSON object on stdout.
 
     .venv/bin/python benchmarks/steps_dagster.py [--runs 6] [--concurrency 2]
 """
