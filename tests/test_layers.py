@@ -53,6 +53,8 @@ LAYERS: list[tuple[str, tuple[str, ...]]] = [
     ("provenance", ("datamill.provenance",)),
     ("services", ("datamill.services", "datamill.service")),
     ("client", ("datamill.client",)),
+    # Dagster's side of the integration (resource, IO manager, the step worker): works through the client.
+    ("dagster", ("datamill.dagster",)),
     ("api", ("datamill.api",)),
     ("cli", ("datamill.cli",)),
     # The public face and composition root: re-exports, and fills datamill.hooks.

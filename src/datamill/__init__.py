@@ -24,7 +24,15 @@ from datamill._version import __version__
 
 if TYPE_CHECKING:
     from datamill.client import Client, connect
-    from datamill.pipeline import Context, InputFile, Pipeline, command_step, container_step, load_pipeline
+    from datamill.pipeline import (
+        Context,
+        InputFile,
+        Pipeline,
+        command_step,
+        container_step,
+        dagster_step,
+        load_pipeline,
+    )
     from datamill.pipeline.step import step  # from its module: mypy reads datamill.pipeline.step as the submodule
 
 __all__ = [
@@ -36,6 +44,7 @@ __all__ = [
     "command_step",
     "connect",
     "container_step",
+    "dagster_step",
     "load_pipeline",
     "step",
 ]
@@ -57,7 +66,16 @@ def __getattr__(name: str) -> Any:
         from datamill import client
 
         value = getattr(client, name)
-    elif name in {"Context", "InputFile", "Pipeline", "command_step", "container_step", "load_pipeline", "step"}:
+    elif name in {
+        "Context",
+        "InputFile",
+        "Pipeline",
+        "command_step",
+        "container_step",
+        "dagster_step",
+        "load_pipeline",
+        "step",
+    }:
         from datamill import pipeline
 
         value = getattr(pipeline, name)

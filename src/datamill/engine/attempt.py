@@ -16,13 +16,23 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
+from datamill.engine.dagster_step import run_dagster_step
 from datamill.engine.ends import MAX_ERROR, Done, failure_kind
 from datamill.engine.planner import Plan, PlannedTask
 from datamill.engine.publish import publish_plan
 from datamill.engine.tasks import TaskRow, TaskStatus
 from datamill.engine.workdir import TaskLog, WorkDirs
 from datamill.errors import Cancelled, DatamillError, InvalidPipeline, StepFailed, TaskTimeout
-from datamill.executors.base import CommandCall, Executor, LogMessage, Message, OnMessage, ProgressMessage, PythonCall
+from datamill.executors.base import (
+    CommandCall,
+    Executor,
+    LogMessage,
+    Message,
+    OnMessage,
+    ProgressMessage,
+    PythonCall,
+    get_executor,
+)
 from datamill.pipeline.runner import (
     StepCall,
     StepResult,
@@ -121,6 +131,14 @@ class Attempts:
         self.workdirs = workdirs
         self.progress = progress
         self.clock = clock
+        #: Dagster steps' executor, made on the first Dagster step (nothing to start or close)
+        self._dagster: Executor | None = None
+
+    def dagster(self) -> Executor:
+        """The executor Dagster steps run on, as many at once as command steps."""
+        if self._dagster is None:
+            self._dagster = get_executor("dagster", slots=self.commands.capacity)
+        return self._dagster
 
     async def run(self, the_plan: Plan, t: TaskRow, tasks: dict[str, TaskRow]) -> Done:
         """One attempt at ``t``; its end, failed or not, with its work directory to remove once recorded."""
@@ -166,6 +184,8 @@ class Attempts:
                     raise InvalidPipeline(f"step '{step.name}' runs a container, and no container executor is set")
                 name = f"{getattr(self.containers, 'name_prefix', 'datamill-')}{t.id}-{t.attempts}"
                 result = await run_container_step(self.containers, call, on_message, pt, step, name)
+            elif step.kind == "dagster":
+                result = await run_dagster_step(self.dagster(), call, on_message, pt.timeout, step)
             else:
                 result = await self.executor.run(PythonCall(run_step, (call,)), on_message, timeout=pt.timeout)
             outputs = [self.workdirs.keep_output(o) for o in result.outputs]

@@ -13,6 +13,7 @@ records the task's end. The rules (see :meth:`Publisher.publish`):
 
 from __future__ import annotations
 
+import json
 import logging
 from dataclasses import dataclass
 from typing import Any
@@ -25,6 +26,7 @@ from datamill.engine.planner import Plan, PlannedTask, collision_message
 from datamill.engine.tasks import DONE_OK, OutputRecord, TaskRow, TaskStatus
 from datamill.errors import Conflict, DatamillError
 from datamill.home import Home
+from datamill.pipeline.dagster_job import PROVENANCE_OUTPUT
 from datamill.store import lookups
 from datamill.store.access import Actor, Level, level_on
 from datamill.store.blobs import BlobInfo
@@ -70,9 +72,11 @@ def publish_plan(the_plan: Plan, pt: PlannedTask, outs: list[OutputRecord]) -> l
         InvalidPipeline: two outputs would be published under one name.
     """
     ctypes = {o.name: o.content_type for o in outs}
+    # The provenance a task records for its outputs goes into their metadata, not into the folder.
+    names = [o.name for o in outs if o.name != PROVENANCE_OUTPUT]
     return [
         (po.name, po.published_name, content_type(po.published_name, ctypes[po.name]))
-        for po in the_plan.output_names(pt, [o.name for o in outs])
+        for po in the_plan.output_names(pt, names)
         if po.publish
     ]
 
@@ -171,6 +175,7 @@ class Publisher:
         by_name = {o.name: o for o in d.outputs}
         item = d.planned.item.path if d.planned.item is not None else None
         meta = self._metadata(conn, row, d.task, d.planned, the_plan)
+        extra = self._output_provenance(by_name.get(PROVENANCE_OUTPUT))
         changes: dict[Place, Current] = {}
         superseded: list[tuple[str, int]] = []
         for out_name, pub_name, ctype in d.publish:
@@ -180,7 +185,10 @@ class Publisher:
             now = changes.get(place) or current.get(place)
             newer = self._check(conn, actor, now, int(row.id), item, place, d.task.step)
             if newer is None and (now is None or now.digest != rec.digest):
-                vid, newer = self._commit(conn, actor, row, d.task, rec, ctype, meta, place, item, racing=now is None)
+                m = meta
+                if isinstance(extra.get(out_name), dict):  # e.g. the Dagster run, op and asset that made it
+                    m = {**meta, "provenance": {**extra[out_name], **meta["provenance"]}}
+                vid, newer = self._commit(conn, actor, row, d.task, rec, ctype, m, place, item, racing=now is None)
             elif newer is None:
                 assert now is not None
                 vid = now.version_id
@@ -203,6 +211,18 @@ class Publisher:
                 "already published a newer result"
             )
         return [by_name[o.name] for o in d.outputs], changes
+
+    def _output_provenance(self, rec: OutputRecord | None) -> dict[str, Any]:
+        """Per-output provenance a task recorded (:data:`PROVENANCE_OUTPUT`): ``{output name: {...}}``."""
+        if rec is None:
+            return {}
+        try:
+            data = rec.inline if rec.inline is not None else self.home.blobs.read(rec.digest)
+            got = json.loads(data)
+        except (OSError, ValueError, DatamillError) as exc:
+            log.warning("task output provenance unreadable: %s", exc)
+            return {}
+        return got if isinstance(got, dict) else {}
 
     def _metadata(self, conn: Connection, row: Any, t: TaskRow, pt: PlannedTask, the_plan: Plan) -> dict[str, Any]:
         """The metadata of a published version: its provenance, and the dataflow that made it."""

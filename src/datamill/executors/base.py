@@ -34,6 +34,7 @@ __all__ = [
     "CommandCall",
     "ContainerCall",
     "ContainerMount",
+    "DagsterCall",
     "Executor",
     "LogMessage",
     "Message",
@@ -112,8 +113,24 @@ class ContainerCall:
     labels: Mapping[str, str] = field(default_factory=dict)
 
 
+@dataclass(frozen=True, eq=False)
+class DagsterCall:
+    """Run a Dagster job in a worker subprocess: ``python -m datamill.dagster.runner request``.
+
+    ``request`` is the path of the JSON request (:class:`datamill.pipeline.dagster_job.DagsterJob`
+    ``.request``); the worker writes its outcome to the request's ``result`` path. ``python`` is
+    the interpreter to run (one with ``datamill[dagster]`` installed); ``env`` holds variables set
+    on top of the executor's own environment.
+    """
+
+    request: str
+    python: str
+    cwd: str | None = None
+    env: Mapping[str, str] | None = None
+
+
 #: Anything an executor may be asked to run; :meth:`Executor.supports` says which it takes.
-Call = PythonCall | CommandCall | ContainerCall
+Call = PythonCall | CommandCall | ContainerCall | DagsterCall
 
 
 @dataclass(frozen=True, slots=True)
@@ -249,6 +266,7 @@ EXECUTORS: dict[str, str] = {
     "local": "datamill.executors.local:LocalExecutor",
     "command": "datamill.executors.command:CommandExecutor",
     "container": "datamill.executors.container:ContainerExecutor",
+    "dagster": "datamill.executors.dagster:DagsterExecutor",
 }
 
 

@@ -16,7 +16,7 @@ from datamill.pipeline.context import Context
 from datamill.pipeline.inputs import InputFile, InputRef
 from datamill.pipeline.loader import load_pipeline
 from datamill.pipeline.pipeline import Pipeline
-from datamill.pipeline.step import Step, command_step, container_step, step
+from datamill.pipeline.step import Step, command_step, container_step, dagster_step, step
 
 __all__ = [
     "Context",
@@ -26,6 +26,7 @@ __all__ = [
     "Step",
     "command_step",
     "container_step",
+    "dagster_step",
     "load_pipeline",
     "step",
 ]

@@ -209,6 +209,12 @@ def run_step(reporter: Reporter, call: StepCall) -> StepResult:
             "(datamill.engine.attempt.run_command_step), not in run_step",
             step=step.name,
         )
+    if step.kind == "dagster":
+        raise InvalidPipeline(
+            f"step '{step.name}' is a Dagster step: it runs on the Dagster executor "
+            "(datamill.engine.dagster_step.run_dagster_step), not in run_step",
+            step=step.name,
+        )
     prepare_dirs(call)
 
     assert step.fn is not None  # python steps always have one

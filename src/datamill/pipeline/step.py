@@ -60,11 +60,22 @@ import blake3
 from datamill.canonical import canonical_json
 from datamill.errors import InvalidPipeline
 from datamill.pipeline import codecs
+from datamill.pipeline.dagster_job import DagsterJob
 from datamill.pipeline.inputs import InputRef
 from datamill.pipeline.options import PYTHON, Spelling, StepOptions, check_defaults, check_param, unknown_param
 from datamill.pipeline.wiring import Arg, Role, annotation_name, check_roles, command_args, fail, function_args
 
-__all__ = ["RETURN", "Arg", "Role", "Step", "command_step", "container_step", "is_return_output", "step"]
+__all__ = [
+    "RETURN",
+    "Arg",
+    "Role",
+    "Step",
+    "command_step",
+    "container_step",
+    "dagster_step",
+    "is_return_output",
+    "step",
+]
 
 #: The output a step's return value is stored under is named ``return<ext>`` (e.g. ``return.json``);
 #: published names come from the step's name template, so users rarely see it.
@@ -84,7 +95,7 @@ class Step:
     """
 
     name: str
-    kind: Literal["python", "command", "container"]
+    kind: Literal["python", "command", "container", "dagster"]
     code: str
     args: tuple[Arg, ...]
     params: Mapping[str, Any]
@@ -110,6 +121,8 @@ class Step:
     #: a container step's settings: ``command`` (False: the image's own), ``env``, ``cpus``,
     #: ``memory``, ``gpus``, ``network``, ``secrets`` (names)
     container: Mapping[str, Any] = field(default_factory=dict)
+    #: what a Dagster step runs (:func:`dagster_step`); None for other kinds
+    dagster: DagsterJob | None = None
 
     # ------------------------------------------------------------------ wiring
 
@@ -231,6 +244,8 @@ class Step:
         what = getattr(self.fn, "__qualname__", "?") if self.kind == "python" else " ".join(self.argv)
         if self.image is not None:
             what = f"{self.image} {what}"
+        if self.dagster is not None:
+            what = self.dagster.ref + (f" job {self.dagster.job_name}" if self.dagster.job_name else "")
         return f"<Step {self.name} {self.kind}: {what}>"
 
 
@@ -251,6 +266,8 @@ def configured(step: Step, changes: Mapping[str, Any], spelling: Spelling = PYTH
         return make_command_step(new, spelling)
     if container:
         return make_container_step(new, spelling)
+    if step.dagster is not None:
+        return _remake_dagster_step(step, new, spelling)
     assert step.fn is not None  # a python step always has its function
     return make_step(step.fn, new, spelling)
 
@@ -665,3 +682,114 @@ def command_step(
         base_dir=Path(base) if isinstance(base, str) else base,
     )
     return make_command_step(options)
+
+
+# ---------------------------------------------------------------------------------- Dagster steps
+
+
+def make_dagster_step(options: StepOptions, job: DagsterJob, spelling: Spelling = PYTHON) -> Step:
+    """A Dagster step running ``job``; ``options`` are checked here (messages use ``spelling``).
+
+    Its only parameter is ``config``, the Dagster run config (a mapping; part of the task key).
+    """
+    opts = options.validate(spelling)
+    assert opts.name is not None and opts.params is not None and opts.inputs is not None  # validate() fills them
+    step_name = opts.name
+    unknown = set(opts.params) - {"config"}
+    if unknown:
+        raise fail(
+            step_name,
+            f"a Dagster step has one parameter, 'config' (the run config), not {', '.join(sorted(unknown))}",
+            param=sorted(unknown)[0],
+        )
+    params = {"config": opts.params.get("config", {})}
+    if not isinstance(params["config"], Mapping):
+        raise fail(step_name, f"config must be a mapping (Dagster run config), got {params['config']!r}")
+    args: list[Arg] = [Arg("items", Role.ITEMS) if opts.aggregate else Arg("item", Role.ITEM)]
+    args += [Arg(arg, Role.INPUT, source) for arg, source in opts.inputs.items()]
+    args.append(Arg("config", Role.PARAM))
+    return Step(
+        name=step_name,
+        kind="dagster",
+        code=job.code(opts.version),
+        args=tuple(args),
+        params=check_defaults(step_name, params),
+        version=opts.version,
+        publish=_publish(opts),
+        name_template=opts.name_template,
+        aggregate=opts.aggregate,
+        retries=opts.retries,
+        retry_backoff=opts.retry_backoff,
+        timeout=opts.timeout,
+        cache=opts.cache,
+        force=opts.force,
+        codec=None,
+        description=opts.description or "",
+        options=opts,
+        dagster=job,
+    )
+
+
+def _remake_dagster_step(step: Step, options: StepOptions, spelling: Spelling) -> Step:
+    assert step.dagster is not None
+    return make_dagster_step(options, step.dagster, spelling)
+
+
+def dagster_step(
+    job: str,
+    *,
+    job_name: str | None = None,
+    assets: Sequence[str] | None = None,
+    config: Mapping[str, Any] | None = None,
+    name: str | None = None,
+    version: str | None = None,
+    inputs: Mapping[str, str] | None = None,
+    publish: bool | Sequence[str] = True,
+    name_template: str | None = None,
+    aggregate: bool = False,
+    retries: int = 0,
+    retry_backoff: float = 1.0,
+    timeout: float | None = None,
+    cache: bool = True,
+    force: bool = False,
+    base_dir: str | Path | None = None,
+    description: str | None = None,
+) -> Step:
+    """A step that runs a Dagster job: ``dagster_step("my_project.definitions:defs", job_name="daily")``.
+
+    ``job`` is ``module:attr`` naming a ``Definitions``, a job or a list of assets; ``job_name``
+    picks a job of a ``Definitions``, ``assets`` an asset selection (asset keys, ``"a/b"`` for
+    multi-part keys); neither: every asset of the ``Definitions`` (or the job itself). ``config`` is
+    the Dagster run config (the step's parameter ``config``). The job runs with
+    ``execute_in_process`` in a worker subprocess, with the resources ``datamill``
+    (:class:`datamill.dagster.DatamillResource`: the task's input items as local files) and
+    ``io_manager`` (:class:`datamill.dagster.DatamillIOManager`: every output becomes a task
+    output) bound for the run. Per item by default (one Dagster run per input item);
+    ``aggregate=True``: one run over all items.
+
+    The module is looked up in ``base_dir`` (default: the directory of the calling file) and then
+    on ``sys.path``, without being imported. The task key covers the job, the selection, the run
+    config and the digest of the module's source (every ``.py`` file of its top-level package), or
+    ``version=`` when given. The step is named ``name``, else ``job_name``, else ``dagster``.
+    Needs the ``datamill[dagster]`` extra where tasks run.
+    """
+    base = Path(base_dir) if base_dir is not None else _caller_dir(1)
+    step_name = name or (job_name if isinstance(job_name, str) and job_name else "dagster")
+    options = StepOptions(
+        name=step_name,
+        version=version,
+        params={"config": dict(config or {})},
+        inputs=inputs,
+        publish=publish,
+        name_template=name_template,
+        aggregate=aggregate,
+        retries=retries,
+        retry_backoff=retry_backoff,
+        timeout=timeout,
+        cache=cache,
+        force=force,
+        description=description,
+    )
+    opts = options.validate()
+    assert opts.name is not None
+    return make_dagster_step(opts, DagsterJob.parse(opts.name, job, job_name, assets, base.resolve(), version))

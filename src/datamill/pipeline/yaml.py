@@ -22,8 +22,12 @@
 A step with ``image:`` runs a container (``command:`` optional: without it the image's own command
 gets the input file(s) and the output directory); it may also set ``env``, ``cpus``, ``memory``,
 ``gpus``, ``network`` and ``secrets`` (see :func:`~datamill.pipeline.step.container_step`).
+A Dagster step names its job with ``dagster: package.module:defs`` and optionally ``job_name``,
+``assets`` (a list of asset keys) and ``config`` (the run config); see
+:func:`~datamill.pipeline.step.dagster_step`.
 
-Step fields: ``name``, exactly one of ``run`` / ``command``, and optionally ``params``,
+Step fields: ``name``, exactly one of ``run`` / ``command`` / ``dagster`` (or ``image``, with an
+optional ``command``), and optionally ``params``,
 ``version``, ``publish``, ``inputs``, ``aggregate``, ``retries``, ``retry_backoff``,
 ``timeout``, ``cache``, ``force``, ``name_template``, ``description``.
 
@@ -53,9 +57,17 @@ import cloudpickle
 import yaml
 
 from datamill.errors import DatamillError, InvalidPipeline, InvalidStepOption
+from datamill.pipeline.dagster_job import DagsterJob
 from datamill.pipeline.options import YAML, StepOptions
 from datamill.pipeline.pipeline import Pipeline, refuse_main_module
-from datamill.pipeline.step import Step, configured, make_command_step, make_container_step, make_step
+from datamill.pipeline.step import (
+    Step,
+    configured,
+    make_command_step,
+    make_container_step,
+    make_dagster_step,
+    make_step,
+)
 
 __all__ = ["MAX_BYTES", "MAX_DEPTH", "MAX_QUOTE", "MAX_VALUES", "load_yaml_pipeline", "parse_yaml_pipeline"]
 
@@ -77,7 +89,9 @@ _TOP_KEYS = ("name", "description", "steps")
 _OPTION_KEYS = tuple(f.name for f in fields(StepOptions) if f.name not in ("argv", "base_dir", "codec"))
 #: Fields whose YAML key differs from the option's name.
 _YAML_KEY = {"argv": "command"}
-_STEP_KEYS = ("name", "run", "command", *(k for k in _OPTION_KEYS if k != "name"))
+#: Fields of a Dagster step (``dagster: package.module:defs``) besides the common options.
+_DAGSTER_KEYS = ("job_name", "assets", "config")
+_STEP_KEYS = ("name", "run", "command", "dagster", *_DAGSTER_KEYS, *(k for k in _OPTION_KEYS if k != "name"))
 
 
 class _Map(dict[Any, Any]):
@@ -346,11 +360,18 @@ class _StepSpec:
 
 
 def _check_kind(chk: _Checker, node: _Map, prefix: str) -> None:
-    """A step runs a function (``run``), a command (``command``) or a container (``image``)."""
-    if "image" in node and "run" in node:
-        raise chk.error(node.line, prefix, "a step with an 'image' runs a container: give 'command' or none, not 'run'")
-    if ("run" in node) == ("command" in node) and "image" not in node:
-        raise chk.error(node.line, prefix, "give exactly one of 'run' (module:function) or 'command' (a list)")
+    """A step runs a function (``run``), a command (``command``), a container (``image``) or a Dagster job."""
+    if "image" in node and ("run" in node or "dagster" in node):
+        other = "run" if "run" in node else "dagster"
+        raise chk.error(
+            node.line, prefix, f"a step with an 'image' runs a container: give 'command' or none, not '{other}'"
+        )
+    if "image" not in node and sum(k in node for k in ("run", "command", "dagster")) != 1:
+        raise chk.error(
+            node.line,
+            prefix,
+            "give exactly one of 'run' (module:function), 'command' (a list) or 'dagster' (package.module:defs)",
+        )
     if "name" not in node and ("command" in node or "image" in node):
         what = "a container step" if "image" in node else "a command step"
         raise chk.error(node.line, f"{prefix}.name", f"missing: {what} needs a name")
@@ -372,6 +393,7 @@ def _check_step(chk: _Checker, steps: _Seq, i: int) -> _StepSpec:
         return f", got {_quote(node[key])}"
 
     _check_kind(chk, node, prefix)
+    _check_dagster_keys(node, bad)
     if "run" in node:
         run = node["run"]
         if not isinstance(run, str) or ":" not in run or run.startswith(":") or run.endswith(":"):
@@ -402,6 +424,13 @@ def _check_step(chk: _Checker, steps: _Seq, i: int) -> _StepSpec:
     return _StepSpec(i, node, opts)
 
 
+def _check_dagster_keys(node: _Map, bad: Callable[[str, str], InvalidPipeline]) -> None:
+    """Refuse ``job_name``, ``assets`` and ``config`` on a step that is not a Dagster step."""
+    for key in _DAGSTER_KEYS:
+        if key in node and "dagster" not in node:
+            raise bad(key, "is only for Dagster steps (dagster: package.module:defs)")
+
+
 def _build_step(chk: _Checker, spec: _StepSpec, base: Path) -> Step:
     opts = dict(spec.options)
     node = spec.node
@@ -410,6 +439,8 @@ def _build_step(chk: _Checker, spec: _StepSpec, base: Path) -> Step:
             return make_container_step(StepOptions(**opts), YAML)
         if "argv" in opts:
             return make_command_step(StepOptions(base_dir=base, **opts), YAML)
+        if "dagster" in node:
+            return _dagster_step(spec, opts, base)
         params = opts.pop("params", None)
         # Options that do not depend on the function are checked before it is imported, so a
         # wrong field is reported at its line even when the function cannot be loaded yet.
@@ -432,6 +463,25 @@ def _build_step(chk: _Checker, spec: _StepSpec, base: Path) -> Step:
         if key is None and field and field in (node.get("inputs") or {}):
             key = "inputs"
         raise chk.error(spec.line(key), spec.prefix + (f".{key}.{field}" if key else ""), _bare(e)) from None
+
+
+def _dagster_step(spec: _StepSpec, opts: dict[str, Any], base: Path) -> Step:
+    """A ``dagster:`` step: the job, its selection and run config, and the common options."""
+    node = spec.node
+    job_name = node.get("job_name")
+    name = opts.pop("name", None) or (job_name if isinstance(job_name, str) and job_name else "dagster")
+    if "params" in opts:
+        raise InvalidStepOption(
+            f"step '{name}': a Dagster step takes its run config under 'config', not 'params'",
+            field="params",
+            problem="a Dagster step takes its run config under 'config', not 'params'",
+            step=str(name),
+        )
+    config = node.get("config") or {}
+    checked = StepOptions(name=name, params={"config": config}, **opts).validate(YAML)
+    assert checked.name is not None
+    job = DagsterJob.parse(checked.name, node["dagster"], job_name, node.get("assets"), base, checked.version)
+    return make_dagster_step(checked, job, YAML)
 
 
 def _field_error(chk: _Checker, spec: _StepSpec, e: InvalidStepOption) -> InvalidPipeline:

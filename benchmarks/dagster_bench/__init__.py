@@ -1,0 +1,1 @@
+"""The Dagster job benchmarks/steps_dagster.py runs, as a datamill step and on its own."""
