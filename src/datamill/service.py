@@ -8,7 +8,7 @@ embedded :class:`~datamill.client.local.LocalClient` is one, plus what runs in t
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable, Iterator, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import Any, BinaryIO
 
@@ -132,10 +132,14 @@ class Service:
         return self.store.put(self.actor, folder, name, chunks(), content_type, metadata)
 
     def put_many(
-        self, folder: str, files: list[tuple[str, bytes]], metadata: Mapping[str, Any] | None = None
+        self,
+        folder: str,
+        files: list[tuple[str, bytes]],
+        metadata: Mapping[str, Any] | None = None,
+        item_metadata: Sequence[Mapping[str, Any] | None] | None = None,
     ) -> list[VersionInfo]:
         """Store several small files into one folder in one transaction."""
-        return self.store.put_many(self.actor, folder, files, metadata)
+        return self.store.put_many(self.actor, folder, files, metadata, item_metadata=item_metadata)
 
     def item(self, path: str) -> ItemInfo:
         """An item with its current version."""

@@ -12,7 +12,7 @@ import os
 import secrets
 import time
 from abc import ABC, abstractmethod
-from collections.abc import Callable, Iterable, Iterator, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import Any, BinaryIO
 
@@ -608,10 +608,23 @@ class Client(ABC):
                 self.delete_folder(path, recursive=False)
 
     def put_many(
-        self, folder: str, files: list[tuple[str, bytes]], metadata: Mapping[str, Any] | None = None
+        self,
+        folder: str,
+        files: list[tuple[str, bytes]],
+        metadata: Mapping[str, Any] | None = None,
+        item_metadata: Sequence[Mapping[str, Any] | None] | None = None,
     ) -> list[VersionInfo]:
-        """Upload several small files into one folder; a transport may do it in one go."""
-        return [self.put(folder, name, data, metadata=metadata) for name, data in files]
+        """Upload several small files into one folder; a transport may do it in one go.
+
+        ``item_metadata`` (one mapping or None per file) is merged over ``metadata`` for that file.
+        """
+        if item_metadata is not None and len(item_metadata) != len(files):
+            raise InvalidInput(f"item_metadata: {len(item_metadata)} entries for {len(files)} files; give one per file")
+        per = item_metadata if item_metadata is not None else [None] * len(files)
+        return [
+            self.put(folder, name, data, metadata={**(metadata or {}), **(m or {})} or None)
+            for (name, data), m in zip(files, per, strict=True)
+        ]
 
 
 def wait_until(predicate: Callable[[], bool], timeout: float, interval: float = 0.02) -> bool:
