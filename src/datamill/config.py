@@ -63,6 +63,13 @@ SETTINGS: tuple[Setting, ...] = (
         "How long a task claimed by a scheduler that died stays claimed before another takes it over.",
         positive=True,
     ),
+    Setting(
+        "watch_roots",
+        str,
+        "",
+        "Server directories that directory dataflows may watch (and what lies below them), separated by "
+        "':' (';' on Windows); empty: none.",
+    ),
 )
 
 _BY_KEY = {s.key: s for s in SETTINGS}
@@ -136,6 +143,7 @@ class Settings:
     stream_recheck_ms: int = 2000
     replays_per_user: int = 4
     lease_seconds: float = 30.0
+    watch_roots: str = ""
     profile: str = "local"
     sources: tuple[str, ...] = field(default=(), compare=False)
 

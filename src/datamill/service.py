@@ -338,7 +338,9 @@ class Service:
     @property
     def flows(self) -> Dataflows:
         """The home's :class:`~datamill.dataflows.dataflow.Dataflows`."""
-        return Dataflows(self.home.db)
+        from datamill.dataflows.dataflow import parse_watch_roots
+
+        return Dataflows(self.home.db, parse_watch_roots(self.home.settings.watch_roots))
 
     def create_dataflow(
         self,
@@ -350,17 +352,23 @@ class Service:
         params: Mapping[str, Any] | None = None,
         description: str = "",
         webhooks: Iterable[str] | None = None,
+        kind: str = "workflow",
+        directory: str | None = None,
+        watch: Mapping[str, Any] | None = None,
     ) -> DataflowInfo:
         """Create a dataflow (stopped)."""
-        config = {
+        config: dict[str, Any] = {
             "source": source,
             "destination": dest,
-            "pipeline": self._pipeline(pipeline),
+            "pipeline": self._pipeline(pipeline) if pipeline else "",
             "trigger": trigger,
             "params": dict(params or {}),
             "description": description,
             "webhooks": list(webhooks or []),
+            "kind": kind,
         }
+        if kind == "directory" or directory is not None or watch is not None:
+            config.update(directory=directory, watch=dict(watch or {}))
         return self.flows.create(self.actor, name, config)
 
     def dataflows(self) -> list[DataflowInfo]:
@@ -439,7 +447,18 @@ class Service:
 
 #: Client-side names of dataflow fields -> the dataflow's configuration keys.
 _FIELD_NAMES = {"dest": "destination", "destination": "destination"}
-_EDITABLE = ("source", "dest", "destination", "pipeline", "trigger", "params", "description", "webhooks")
+_EDITABLE = (
+    "source",
+    "dest",
+    "destination",
+    "pipeline",
+    "trigger",
+    "params",
+    "description",
+    "webhooks",
+    "directory",
+    "watch",
+)
 
 
 def dataflow_changes(changes: Mapping[str, Any]) -> dict[str, Any]:
@@ -451,7 +470,7 @@ def dataflow_changes(changes: Mapping[str, Any]) -> dict[str, Any]:
     if unknown:
         raise InvalidDataflow(
             f"cannot change {', '.join(unknown)}; editable fields: source, dest, pipeline, trigger, params, "
-            "description, webhooks"
+            "description, webhooks, directory, watch"
         )
     out: dict[str, Any] = {}
     for key, value in changes.items():

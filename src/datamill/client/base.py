@@ -363,8 +363,16 @@ class Client(ABC):
         params: Mapping[str, Any] | None = None,
         description: str = "",
         webhooks: Iterable[str] | None = None,
+        kind: str = "workflow",
+        directory: str | None = None,
+        watch: Mapping[str, Any] | None = None,
     ) -> DataflowInfo:
-        """Create a dataflow (stopped) from ``source`` into ``dest``; it is validated before it is saved."""
+        """Create a dataflow (stopped) from ``source`` into ``dest``; it is validated before it is saved.
+
+        ``kind="directory"`` (site admins only) lands the files of the server directory ``directory``
+        in ``dest`` by the rules ``watch`` (include, exclude, stable_seconds, poll, poll_interval,
+        existing); ``source`` and ``pipeline`` are then "".
+        """
 
     @abstractmethod
     def dataflows(self) -> list[DataflowInfo]:
@@ -377,7 +385,8 @@ class Client(ABC):
     @abstractmethod
     def edit_dataflow(self, name: str, **changes: Any) -> DataflowInfo:
         """Change a dataflow's configuration (a new version): ``source``, ``dest``, ``pipeline``,
-        ``trigger``, ``params``, ``description``, ``webhooks``; None leaves a field as it is."""
+        ``trigger``, ``params``, ``description``, ``webhooks``, ``directory``, ``watch``; None leaves
+        a field as it is."""
 
     @abstractmethod
     def start_dataflow(self, name: str) -> DataflowInfo:
