@@ -235,6 +235,8 @@ class Watcher:
         self._left_out: set[str] = set()
         #: folder -> name -> (digest, size): the current versions, looked up once per folder
         self._known: dict[str, dict[str, tuple[str, int]]] = {}
+        #: set once :meth:`run` watches: changes made from then on are seen
+        self.started = threading.Event()
 
     # ------------------------------------------------------------------ what is there
 
@@ -500,6 +502,8 @@ class Watcher:
 
         ``on_tick`` is called after each round (a progress display refreshes there).
         """
+        if self.rules.poll:
+            return self._poll(stop, on_tick)
         import watchfiles
 
         tick = int(1000 * min(max(self.rules.stable_seconds / 2, 0.05), 1.0))
@@ -515,13 +519,13 @@ class Watcher:
             yield_on_timeout=True,
             stop_event=stop,
             raise_interrupt=False,
-            force_polling=self.rules.poll,
-            poll_delay_ms=int(self.rules.poll_interval * 1000),
+            force_polling=False,
             recursive=True,
             ignore_permission_denied=True,
         ):
             if first:
                 first = False
+                self.started.set()
                 if self.rules.existing:
                     # After the watch started, so that nothing created meanwhile is missed.
                     self.scan()
@@ -532,6 +536,27 @@ class Watcher:
             self.step()
             if on_tick is not None:
                 on_tick()
+        return self.counts
+
+    def _poll(self, stop: threading.Event, on_tick: Callable[[], None] | None) -> Counter[str]:
+        """Polling: look at the whole tree every ``poll_interval`` seconds.
+
+        Our own scan rather than watchfiles' polling observer, which compares modification times
+        in whole seconds: a file rewritten within the second it was created would be missed.
+        """
+        if self.rules.existing:
+            self.scan()
+        else:
+            self.baseline()
+        self.started.set()
+        while not stop.is_set():
+            if not self.root.is_dir():
+                raise NotFound(f"the watched directory {self.root.name!r} went away; watching stopped")
+            self.scan()
+            self.step()
+            if on_tick is not None:
+                on_tick()
+            stop.wait(self.rules.poll_interval)
         return self.counts
 
 
