@@ -71,6 +71,13 @@ SETTINGS: tuple[Setting, ...] = (
         "Container images pipelines and dataflows may name: glob patterns separated by commas or spaces "
         "(localhost/*, ghcr.io/org/*); anything else is refused when saved. '*' allows every image.",
     ),
+    Setting(
+        "watch_roots",
+        str,
+        "",
+        "Server directories that directory dataflows may watch (and what lies below them), separated by "
+        "':' (';' on Windows); empty: none.",
+    ),
 )
 
 _BY_KEY = {s.key: s for s in SETTINGS}
@@ -146,6 +153,7 @@ class Settings:
     lease_seconds: float = 30.0
     container_runtime: str = "podman"
     allowed_images: str = "localhost/*"
+    watch_roots: str = ""
     profile: str = "local"
     sources: tuple[str, ...] = field(default=(), compare=False)
 

@@ -8,7 +8,7 @@ embedded :class:`~datamill.client.local.LocalClient` is one, plus what runs in t
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable, Iterator, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import Any, BinaryIO
 
@@ -132,10 +132,14 @@ class Service:
         return self.store.put(self.actor, folder, name, chunks(), content_type, metadata)
 
     def put_many(
-        self, folder: str, files: list[tuple[str, bytes]], metadata: Mapping[str, Any] | None = None
+        self,
+        folder: str,
+        files: list[tuple[str, bytes]],
+        metadata: Mapping[str, Any] | None = None,
+        item_metadata: Sequence[Mapping[str, Any] | None] | None = None,
     ) -> list[VersionInfo]:
         """Store several small files into one folder in one transaction."""
-        return self.store.put_many(self.actor, folder, files, metadata)
+        return self.store.put_many(self.actor, folder, files, metadata, item_metadata=item_metadata)
 
     def item(self, path: str) -> ItemInfo:
         """An item with its current version."""
@@ -334,7 +338,11 @@ class Service:
     @property
     def flows(self) -> Dataflows:
         """The home's :class:`~datamill.dataflows.dataflow.Dataflows`."""
-        return Dataflows(self.home.db, self.home.settings.image_patterns)
+        from datamill.dataflows.dataflow import parse_watch_roots
+
+        return Dataflows(
+            self.home.db, self.home.settings.image_patterns, parse_watch_roots(self.home.settings.watch_roots)
+        )
 
     def create_dataflow(
         self,
@@ -346,17 +354,23 @@ class Service:
         params: Mapping[str, Any] | None = None,
         description: str = "",
         webhooks: Iterable[str] | None = None,
+        kind: str = "workflow",
+        directory: str | None = None,
+        watch: Mapping[str, Any] | None = None,
     ) -> DataflowInfo:
         """Create a dataflow (stopped)."""
-        config = {
+        config: dict[str, Any] = {
             "source": source,
             "destination": dest,
-            "pipeline": self._pipeline(pipeline),
+            "pipeline": self._pipeline(pipeline) if pipeline else "",
             "trigger": trigger,
             "params": dict(params or {}),
             "description": description,
             "webhooks": list(webhooks or []),
+            "kind": kind,
         }
+        if kind == "directory" or directory is not None or watch is not None:
+            config.update(directory=directory, watch=dict(watch or {}))
         return self.flows.create(self.actor, name, config)
 
     def dataflows(self) -> list[DataflowInfo]:
@@ -435,7 +449,18 @@ class Service:
 
 #: Client-side names of dataflow fields -> the dataflow's configuration keys.
 _FIELD_NAMES = {"dest": "destination", "destination": "destination"}
-_EDITABLE = ("source", "dest", "destination", "pipeline", "trigger", "params", "description", "webhooks")
+_EDITABLE = (
+    "source",
+    "dest",
+    "destination",
+    "pipeline",
+    "trigger",
+    "params",
+    "description",
+    "webhooks",
+    "directory",
+    "watch",
+)
 
 
 def dataflow_changes(changes: Mapping[str, Any]) -> dict[str, Any]:
@@ -447,7 +472,7 @@ def dataflow_changes(changes: Mapping[str, Any]) -> dict[str, Any]:
     if unknown:
         raise InvalidDataflow(
             f"cannot change {', '.join(unknown)}; editable fields: source, dest, pipeline, trigger, params, "
-            "description, webhooks"
+            "description, webhooks, directory, watch"
         )
     out: dict[str, Any] = {}
     for key, value in changes.items():

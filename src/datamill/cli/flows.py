@@ -16,6 +16,7 @@ from datamill.cli.context import get_client
 from datamill.cli.output import human_time, human_value, print_json, print_table, say, stdout
 from datamill.cli.params import JsonFlag
 from datamill.cli.runs import ExecutorOption, follow_new_run, parse_params
+from datamill.errors import InvalidInput
 
 app = typer.Typer(
     help="Dataflows: a pipeline run on what lands in a folder, results in another.",
@@ -53,41 +54,78 @@ WebhookOption = Annotated[
 def create(
     ctx: typer.Context,
     name: NameArg,
-    source: Annotated[str, typer.Option("--source", metavar="FOLDER", help="Folder to watch.")],
     to: Annotated[str, typer.Option("--to", metavar="FOLDER", help="Folder results go to (outside the source).")],
+    source: Annotated[str | None, typer.Option("--source", metavar="FOLDER", help="Folder to watch.")] = None,
     pipeline: Annotated[
-        str,
+        str | None,
         typer.Option(
             "--pipeline",
             metavar="PIPELINE",
             help="A registered pipeline's name (`datamill pipelines ls`); site admins may also give "
             "`module:attr`, `path/file.py:attr` or a YAML file.",
         ),
-    ],
+    ] = None,
     trigger: TriggerOption = None,
     param: ParamOption = None,
     description: DescriptionOption = None,
     webhook: WebhookOption = None,
+    directory: Annotated[
+        str | None,
+        typer.Option(
+            "--directory",
+            metavar="SERVER_DIR",
+            help="Make a directory dataflow (site admins only): land the files of this directory on the "
+            "server's machine (below its `watch_roots`) in --to, instead of --source and --pipeline.",
+        ),
+    ] = None,
+    include: Annotated[
+        list[str] | None, typer.Option("--include", metavar="REGEX", help="Directory dataflow: take only these.")
+    ] = None,
+    exclude: Annotated[
+        list[str] | None, typer.Option("--exclude", metavar="REGEX", help="Directory dataflow: leave these out.")
+    ] = None,
+    stable: Annotated[
+        float | None,
+        typer.Option("--stable", metavar="SECONDS", min=0, help="Directory dataflow: unchanged this long first."),
+    ] = None,
+    poll: Annotated[bool, typer.Option("--poll", help="Directory dataflow: poll (network file systems).")] = False,
     json_: JsonFlag = False,
 ) -> None:
-    """Create a dataflow (stopped); `datamill flow start NAME` sets it going.
+    r"""Create a dataflow (stopped); `datamill flow start NAME` sets it going.
 
     Everything is checked first: the folders exist and you may read the source and write the
     destination, the destination is not inside the source, the pipeline loads and its parameters
-    exist. Example:
+    exist. With `--directory`, a directory dataflow lands the files of a server directory in
+    `--to` by the rules of `datamill watch` (site admins only). Examples:
 
         datamill flow create derived --source "Raw Data" --to "Derived Data" --pipeline tabular
+        datamill flow create xrd-in --directory /srv/instruments/xrd --to "Raw Data" --include '\.csv$'
     """
-    info = get_client(ctx).create_dataflow(
-        name,
-        source,
-        to,
-        pipeline,
-        trigger or "new-items",
-        parse_params(param),
-        description or "",
-        webhook or [],
-    )
+    client = get_client(ctx)
+    if directory is not None:
+        if source or pipeline:
+            raise InvalidInput("--directory makes a directory dataflow: give no --source or --pipeline")
+        watch: dict[str, Any] = {"include": include or [], "exclude": exclude or [], "poll": poll}
+        if stable is not None:
+            watch["stable_seconds"] = stable
+        info = client.create_dataflow(
+            name, "", to, "", description=description or "", kind="directory", directory=directory, watch=watch
+        )
+    else:
+        if not source or not pipeline:
+            raise InvalidInput("give --source and --pipeline (or --directory for a directory dataflow)")
+        if include or exclude or stable is not None or poll:
+            raise InvalidInput("--include, --exclude, --stable and --poll apply to directory dataflows only")
+        info = client.create_dataflow(
+            name,
+            source,
+            to,
+            pipeline,
+            trigger or "new-items",
+            parse_params(param),
+            description or "",
+            webhook or [],
+        )
     if json_:
         print_json(info)
     say(f"created dataflow {info['name']!r} (stopped); start it with `datamill flow start {info['name']}`")
@@ -128,6 +166,7 @@ def show(ctx: typer.Context, name: NameArg, json_: JsonFlag = False) -> None:
         ("source", info["source"]),
         ("destination", info["destination"]),
         ("pipeline", info["pipeline"]),
+        *([("directory", info["directory"]), ("watch", info.get("watch"))] if info.get("directory") else []),
         ("params", human_value(info["params"]) if info["params"] else "-"),
         ("webhooks", ", ".join(info["webhooks"]) or "-"),
         ("description", " ".join(info["description"].split()) or "-"),

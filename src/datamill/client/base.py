@@ -12,7 +12,7 @@ import os
 import secrets
 import time
 from abc import ABC, abstractmethod
-from collections.abc import Callable, Iterable, Iterator, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import Any, BinaryIO
 
@@ -363,8 +363,16 @@ class Client(ABC):
         params: Mapping[str, Any] | None = None,
         description: str = "",
         webhooks: Iterable[str] | None = None,
+        kind: str = "workflow",
+        directory: str | None = None,
+        watch: Mapping[str, Any] | None = None,
     ) -> DataflowInfo:
-        """Create a dataflow (stopped) from ``source`` into ``dest``; it is validated before it is saved."""
+        """Create a dataflow (stopped) from ``source`` into ``dest``; it is validated before it is saved.
+
+        ``kind="directory"`` (site admins only) lands the files of the server directory ``directory``
+        in ``dest`` by the rules ``watch`` (include, exclude, stable_seconds, poll, poll_interval,
+        existing); ``source`` and ``pipeline`` are then "".
+        """
 
     @abstractmethod
     def dataflows(self) -> list[DataflowInfo]:
@@ -377,7 +385,8 @@ class Client(ABC):
     @abstractmethod
     def edit_dataflow(self, name: str, **changes: Any) -> DataflowInfo:
         """Change a dataflow's configuration (a new version): ``source``, ``dest``, ``pipeline``,
-        ``trigger``, ``params``, ``description``, ``webhooks``; None leaves a field as it is."""
+        ``trigger``, ``params``, ``description``, ``webhooks``, ``directory``, ``watch``; None leaves
+        a field as it is."""
 
     @abstractmethod
     def start_dataflow(self, name: str) -> DataflowInfo:
@@ -608,10 +617,23 @@ class Client(ABC):
                 self.delete_folder(path, recursive=False)
 
     def put_many(
-        self, folder: str, files: list[tuple[str, bytes]], metadata: Mapping[str, Any] | None = None
+        self,
+        folder: str,
+        files: list[tuple[str, bytes]],
+        metadata: Mapping[str, Any] | None = None,
+        item_metadata: Sequence[Mapping[str, Any] | None] | None = None,
     ) -> list[VersionInfo]:
-        """Upload several small files into one folder; a transport may do it in one go."""
-        return [self.put(folder, name, data, metadata=metadata) for name, data in files]
+        """Upload several small files into one folder; a transport may do it in one go.
+
+        ``item_metadata`` (one mapping or None per file) is merged over ``metadata`` for that file.
+        """
+        if item_metadata is not None and len(item_metadata) != len(files):
+            raise InvalidInput(f"item_metadata: {len(item_metadata)} entries for {len(files)} files; give one per file")
+        per = item_metadata if item_metadata is not None else [None] * len(files)
+        return [
+            self.put(folder, name, data, metadata={**(metadata or {}), **(m or {})} or None)
+            for (name, data), m in zip(files, per, strict=True)
+        ]
 
 
 def wait_until(predicate: Callable[[], bool], timeout: float, interval: float = 0.02) -> bool:

@@ -658,16 +658,22 @@ class RemoteClient(Client):
         params: Mapping[str, Any] | None = None,
         description: str = "",
         webhooks: Iterable[str] | None = None,
+        kind: str = "workflow",
+        directory: str | None = None,
+        watch: Mapping[str, Any] | None = None,
     ) -> DataflowInfo:
         body = {
             "name": name,
             "source": source,
             "dest": dest,
-            "pipeline": absolute_ref(pipeline),
+            "pipeline": absolute_ref(pipeline) if pipeline else "",
             "trigger": trigger,
             "params": dict(params or {}),
             "description": description,
             "webhooks": list(webhooks or []),
+            "kind": kind,
+            "directory": directory,
+            "watch": dict(watch) if watch is not None else None,
         }
         return DataflowInfo.from_dict(self._call("POST", "/dataflows", json=body))
 

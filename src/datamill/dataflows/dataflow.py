@@ -45,6 +45,8 @@ class DataflowKind(StrEnum):
     WORKFLOW = "workflow"
     #: ingests a stream (Kafka) into a folder; declared, refused until it is available
     STREAM = "stream"
+    #: lands the files of a directory on the server's machine in a folder (site admins only)
+    DIRECTORY = "directory"
 
 
 class DataflowState(StrEnum):
@@ -79,7 +81,11 @@ CONFIG_KEYS = (
     "trigger",
     "webhooks",
     "batch_window_ms",
+    "directory",
+    "watch",
 )
+#: What a non-admin sees instead of a directory dataflow's server directory.
+HIDDEN_DIRECTORY = "(a directory on the server; shown to site admins)"
 
 
 @dataclass(frozen=True)
@@ -179,6 +185,8 @@ def _info(conn: Connection, row: Any) -> DataflowInfo:
         created_at=row.created_at,
         updated_at=row.updated_at,
         next_fire_times=fires,
+        directory=cfg.get("directory"),
+        watch=cfg.get("watch"),
     )
 
 
@@ -220,12 +228,14 @@ def validate_config(
     check_pipeline: bool = True,
     chooser: Actor | None = None,
     allowed_images: tuple[str, ...] | None = None,
+    watch_roots: tuple[str, ...] = (),
 ) -> dict[str, Any]:
     """Check a full configuration and return it normalised; raise :class:`InvalidDataflow` naming the field.
 
     The pipeline must be one ``chooser`` (by default ``actor``) may choose
     (:func:`~datamill.engine.registry.choose`); it is loaded only then. Its container images must
-    match ``allowed_images`` (glob patterns; None: not checked).
+    match ``allowed_images`` (glob patterns; None: not checked). A directory dataflow's
+    directory must lie below one of ``watch_roots`` (see :func:`check_watch_directory`).
     """
     unknown = sorted(set(cfg) - set(CONFIG_KEYS))
     if unknown:
@@ -234,10 +244,14 @@ def validate_config(
     out["description"] = str(cfg.get("description") or "")
     kind = cfg.get("kind") or DataflowKind.WORKFLOW
     if kind not in KINDS:
-        raise InvalidDataflow(f"kind: {kind!r} is not a kind; use workflow or stream", field="kind")
+        raise InvalidDataflow(f"kind: {kind!r} is not a kind; use workflow, stream or directory", field="kind")
     if kind == DataflowKind.STREAM:
         raise InvalidDataflow("kind: stream dataflows (Kafka ingest) are not available yet; use workflow", field="kind")
     out["kind"] = str(kind)
+    if kind == DataflowKind.DIRECTORY:
+        return _directory_config(conn, actor, cfg, out, watch_roots)
+    if cfg.get("directory") or cfg.get("watch"):
+        raise InvalidDataflow("directory, watch: only a directory dataflow (kind directory) watches a directory")
     for key, needed in (("source", Level.READ), ("destination", Level.WRITE)):
         out[key] = _checked_folder(conn, actor, key, cfg.get(key), needed)
     src, dst = out["source"], out["destination"]
@@ -273,6 +287,76 @@ def validate_config(
         raise InvalidDataflow("batch_window_ms: must be a whole number of milliseconds from 0 to 60000")
     out["batch_window_ms"] = window
     out["topic"] = cfg.get("topic")
+    return out
+
+
+def parse_watch_roots(text: str) -> tuple[str, ...]:
+    """The ``watch_roots`` setting (directories separated by ``os.pathsep``) as resolved absolute paths."""
+    import os
+
+    return tuple(os.path.realpath(os.path.expanduser(p)) for p in text.split(os.pathsep) if p.strip())
+
+
+def check_watch_directory(directory: Any, watch_roots: tuple[str, ...]) -> str:
+    """The server directory a directory dataflow watches, resolved; refused unless below a watch root.
+
+    Called for site admins only (the message names server paths). With no roots configured no
+    directory may be watched: the server's disk is not open by default.
+    """
+    import os
+
+    if not isinstance(directory, str) or not directory.strip():
+        raise InvalidDataflow("directory: a directory on the server is required", field="directory")
+    if not os.path.isabs(os.path.expanduser(directory)):
+        raise InvalidDataflow(f"directory: {directory!r} must be an absolute path on the server", field="directory")
+    if not watch_roots:
+        raise PermissionDenied(
+            "directory: no directory may be watched on this server; set watch_roots (DATAMILL_WATCH_ROOTS or "
+            "datamill.toml) to the directories directory dataflows may read, then try again",
+            field="directory",
+        )
+    real = os.path.realpath(os.path.expanduser(directory))
+    if not any(real == root or real.startswith(root.rstrip(os.sep) + os.sep) for root in watch_roots):
+        raise PermissionDenied(
+            f"directory: {directory!r} is outside the allowed watch roots ({', '.join(watch_roots)}); "
+            "choose a directory below one of them, or add its root to watch_roots",
+            field="directory",
+        )
+    if not os.path.isdir(real):
+        raise InvalidDataflow(
+            f"directory: {directory!r} does not exist on the server (or is not a directory); create it first",
+            field="directory",
+        )
+    return real
+
+
+def _directory_config(
+    conn: Connection, actor: Actor, cfg: Mapping[str, Any], out: dict[str, Any], watch_roots: tuple[str, ...]
+) -> dict[str, Any]:
+    """Check a directory dataflow: site admins only, a directory below a watch root, a writable destination."""
+    from datamill.dataflows.watcher import WatchRules
+    from datamill.errors import DatamillError
+
+    if not actor.is_admin:
+        # Before anything else, so that no answer tells a non-admin about the server's disk.
+        raise PermissionDenied(
+            "kind: only a site admin may create or change a directory dataflow (it reads the server's disk); "
+            "ask one, or upload from your machine with `datamill watch DIR FOLDER`",
+            field="kind",
+        )
+    if cfg.get("source") or cfg.get("pipeline"):
+        raise InvalidDataflow(
+            "source, pipeline: a directory dataflow has none (its source is the directory); make a workflow "
+            "dataflow with its destination as source to process what lands",
+        )
+    out["directory"] = check_watch_directory(cfg.get("directory"), watch_roots)
+    try:
+        out["watch"] = WatchRules.from_dict(cfg.get("watch")).to_dict()
+    except DatamillError as exc:
+        raise InvalidDataflow(f"watch: {exc.message}", field="watch") from exc
+    out["destination"] = _checked_folder(conn, actor, "destination", cfg.get("destination"), Level.WRITE)
+    out.update(source="", pipeline="", params={}, trigger="manual", webhooks=[], batch_window_ms=None)
+    out["topic"] = None
     return out
 
 
@@ -356,6 +440,24 @@ def _check_pipeline(ref: str, params: Mapping[str, Any], allowed_images: tuple[s
         raise InvalidDataflow(f"params: {exc.message}", field="params") from exc
 
 
+def fail_dataflow(db: Any, dataflow_id: int, message: str) -> None:
+    """Mark a running dataflow failed with ``message`` (a trigger or a watcher cannot go on); an event says so."""
+    with db.write() as conn:
+        row = conn.execute(select(Dataflow.state, Dataflow.dest_folder_id).where(Dataflow.id == dataflow_id)).first()
+        if row is None or row.state != DataflowState.RUNNING:
+            return
+        conn.execute(
+            update(Dataflow).where(Dataflow.id == dataflow_id).values(state=DataflowState.FAILED, state_reason=message)
+        )
+        events.append(
+            conn,
+            EventKind.DATAFLOW_FAILED,
+            dataflow_id=dataflow_id,
+            folder_id=row.dest_folder_id,
+            data={"reason": message},
+        )
+
+
 def _user(conn: Connection, user_id: int | None) -> Actor:
     """The user ``user_id`` as an actor; a missing one is no one in particular (and no admin)."""
     u = conn.execute(select(User.id, User.name, User.is_admin).where(User.id == user_id)).first() if user_id else None
@@ -380,10 +482,14 @@ def _check_owner_may_run(conn: Connection, owner: Actor, pipeline: str, name: st
 class Dataflows:
     """Create, edit, list and switch dataflows; every change is an event."""
 
-    def __init__(self, db: Any, allowed_images: tuple[str, ...] | None = None) -> None:
+    def __init__(
+        self, db: Any, allowed_images: tuple[str, ...] | None = None, watch_roots: tuple[str, ...] = ()
+    ) -> None:
         self.db = db
         #: glob patterns of the container images a dataflow's pipeline may name (None: no check)
         self.allowed_images = allowed_images
+        #: the server directories directory dataflows may watch (resolved; see :func:`parse_watch_roots`)
+        self.watch_roots = watch_roots
 
     def _row(self, conn: Connection, name: str) -> Any:
         row = conn.execute(select(Dataflow).where(Dataflow.name == name)).first()
@@ -433,6 +539,8 @@ class Dataflows:
             webhooks=cfg["webhooks"],
             state_reason=vis.text(info.state_reason, sides),
         )
+        if info.directory and not actor.is_admin:
+            info = replace(info, directory=HIDDEN_DIRECTORY)
         return info
 
     def _refuse_cycle(
@@ -487,7 +595,9 @@ class Dataflows:
         with self.db.write() as conn:
             if conn.execute(select(Dataflow.id).where(Dataflow.name == name)).first():
                 raise AlreadyExists(f"a dataflow named {name!r} exists; choose another name", name=name)
-            cfg = validate_config(conn, actor, config, check_pipeline, allowed_images=self.allowed_images)
+            cfg = validate_config(
+                conn, actor, config, check_pipeline, allowed_images=self.allowed_images, watch_roots=self.watch_roots
+            )
             self._refuse_cycle(conn, actor, name, cfg, None, starting=False)
             now = time.time()
             fid = conn.execute(
@@ -546,6 +656,7 @@ class Dataflows:
                 check_pipeline,
                 chooser=actor if chosen else owner,
                 allowed_images=self.allowed_images,
+                watch_roots=self.watch_roots,
             )
             if chosen and owner != actor:
                 _check_owner_may_run(conn, owner, cfg["pipeline"], name)
@@ -613,11 +724,14 @@ class Dataflows:
             vis.load(p for v in versions for p in ((v.config or {}).get("source"), (v.config or {}).get("destination")))
             may_change = self._may_edit(conn, actor, row)
             for v in versions:
+                shown = vis.dataflow_config(dict(v.config or {}), may_change)
+                if shown.get("directory") and not actor.is_admin:
+                    shown["directory"] = HIDDEN_DIRECTORY
                 by = conn.execute(select(User.name).where(User.id == v.created_by)).scalar() if v.created_by else None
                 out.append(
                     DataflowVersionInfo(
                         version=v.number,
-                        config=vis.dataflow_config(dict(v.config or {}), may_change),
+                        config=shown,
                         created_at=v.created_at,
                         created_by=by,
                         runs=[

@@ -19,7 +19,7 @@ class DataflowInfo(Record):
     ids) when it is stopped with ``cancel``; otherwise both are absent from :meth:`to_dict`.
     """
 
-    _optional = frozenset({"recent_runs", "cancelled"})
+    _optional = frozenset({"recent_runs", "cancelled", "directory", "watch"})
 
     id: int
     name: str
@@ -43,6 +43,10 @@ class DataflowInfo(Record):
     next_fire_times: list[float] = field(default_factory=list)
     recent_runs: list[RecentRun] | None = None
     cancelled: list[int] | None = None
+    #: a directory dataflow's server directory (site admins see it; others a placeholder)
+    directory: str | None = None
+    #: a directory dataflow's rules: include, exclude, stable_seconds, poll, poll_interval, existing
+    watch: dict[str, Any] | None = None
 
     @classmethod
     def from_dict(cls, data: Mapping[str, Any]) -> DataflowInfo:

@@ -25,7 +25,7 @@ from typing import Any
 from sqlalchemy import Connection, select, update
 
 from datamill import events
-from datamill.dataflows.dataflow import DataflowState, find_cycle, flow_ends
+from datamill.dataflows.dataflow import DataflowKind, DataflowState, fail_dataflow, find_cycle, flow_ends
 from datamill.db.models import Dataflow, Event, Run, Task, TaskInput
 from datamill.engine import registry
 from datamill.engine.engine import Engine
@@ -62,7 +62,10 @@ class Triggers:
         # Most passes find nothing to do: decide that in one read transaction, and take the
         # write lock only for the dataflows that have something to record.
         with self.home.db.read() as conn:
-            rows = conn.execute(select(Dataflow).where(Dataflow.state == DataflowState.RUNNING)).all()
+            # Directory dataflows land files (datamill.dataflows.directory); they record no runs.
+            rows = conn.execute(
+                select(Dataflow).where(Dataflow.state == DataflowState.RUNNING, Dataflow.kind != DataflowKind.DIRECTORY)
+            ).all()
             ids = [r.id for r in rows if self._due(conn, r, now)]
         created: list[int] = []
         running = {r.id: flow_ends(r) for r in rows}
@@ -217,6 +220,11 @@ class Triggers:
             if row is None:
                 raise NotFound(f"no dataflow {dataflow_name!r}")
             cfg = dict(row.config or {})
+            if row.kind == DataflowKind.DIRECTORY:
+                raise InvalidInput(
+                    f"dataflow {dataflow_name!r} is a directory dataflow: it lands files while it runs and has no "
+                    "pipeline to run; start it with `datamill flow start`"
+                )
             for key in ("source", "destination"):
                 if cfg.get(key) and level_on(conn, actor, str(cfg[key])) < Level.READ:
                     # The run is the actor's: refuse here, before the engine's errors name the folder.
@@ -309,24 +317,7 @@ class Triggers:
         return run_id
 
     def _fail(self, dataflow_id: int, message: str) -> None:
-        with self.home.db.write() as conn:
-            row = conn.execute(
-                select(Dataflow.state, Dataflow.dest_folder_id).where(Dataflow.id == dataflow_id)
-            ).first()
-            if row is None or row.state != DataflowState.RUNNING:
-                return
-            conn.execute(
-                update(Dataflow)
-                .where(Dataflow.id == dataflow_id)
-                .values(state=DataflowState.FAILED, state_reason=message)
-            )
-            events.append(
-                conn,
-                EventKind.DATAFLOW_FAILED,
-                dataflow_id=dataflow_id,
-                folder_id=row.dest_folder_id,
-                data={"reason": message},
-            )
+        fail_dataflow(self.home.db, dataflow_id, message)
 
     # ------------------------------------------------------------------ service loop
 

@@ -21,7 +21,7 @@ leaves a listed item without its bytes.
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Iterator, Mapping
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from typing import Any, BinaryIO
 
 from sqlalchemy import Connection, insert, select
@@ -230,14 +230,16 @@ class Store:
         entries: Iterable[tuple[str, bytes | BinaryIO]],
         metadata: Mapping[str, Any] | None = None,
         created_via: str = "upload",
+        item_metadata: Sequence[Mapping[str, Any] | None] | None = None,
     ) -> list[VersionInfo]:
         """Store many (small) files in one folder at once: one sync, one transaction.
 
         Each entry is ``(name, bytes or file)``. Much faster than :meth:`put` per file (no
         fsync per file, bulk statements); all or none of them are recorded. A name given twice
-        becomes two versions, in order.
+        becomes two versions, in order. ``item_metadata`` (one mapping or None per entry) is
+        merged into each item's metadata over ``metadata``.
         """
-        return uploads.put_many(self.db, self.blobs, actor, folder, entries, metadata, created_via)
+        return uploads.put_many(self.db, self.blobs, actor, folder, entries, metadata, created_via, item_metadata)
 
     def commit_upload(
         self,

@@ -12,7 +12,7 @@ import dataclasses
 import hashlib
 import json
 import time
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Mapping, Sequence
 from typing import Any, BinaryIO
 
 from sqlalchemy import Connection, delete, select, update
@@ -127,11 +127,23 @@ def put_many(
     entries: Iterable[tuple[str, bytes | BinaryIO]],
     metadata: Mapping[str, Any] | None,
     created_via: str,
+    item_metadata: Sequence[Mapping[str, Any] | None] | None = None,
 ) -> list[VersionInfo]:
     """Store many (small) files in one folder: one sync, one transaction (see ``Store.put_many``)."""
     meta = check_metadata(metadata or {})
+    entries = list(entries)
+    per_item: list[dict[str, Any] | None] = [None] * len(entries)
+    if item_metadata is not None:
+        if len(item_metadata) != len(entries):
+            raise InvalidInput(
+                f"item_metadata: {len(item_metadata)} entries for {len(entries)} files; give one per file"
+            )
+        per_item = [check_metadata(m) if m else None for m in item_metadata]
     check_writable(db, actor, folder)
-    new = [NewVersion(check_name(name, "item name"), blobs.put(data, durable=False)) for name, data in entries]
+    new = [
+        NewVersion(check_name(name, "item name"), blobs.put(data, durable=False), metadata=m)
+        for (name, data), m in zip(entries, per_item, strict=True)
+    ]
     if not new:
         return []
     # The bytes must be durable before any version points at them.

@@ -36,11 +36,15 @@ def guess_content_type(name: str) -> str:
 
 @dataclass(frozen=True)
 class NewVersion:
-    """Stored bytes to record as the next version of the item ``name`` (the content type guessed when None)."""
+    """Stored bytes to record as the next version of the item ``name`` (the content type guessed when None).
+
+    ``metadata`` (checked by the caller) is merged into this item's metadata over the batch's own.
+    """
 
     name: str
     blob: BlobInfo
     content_type: str | None = None
+    metadata: dict[str, Any] | None = None
 
 
 def write_versions(
@@ -96,7 +100,8 @@ def _write(
     now: float,
 ) -> list[VersionInfo]:
     names = [n.name for n in new]
-    item_ids, numbers, created = _bump_items(conn, frow.id, names, meta, now)
+    metas = {n.name: {**meta, **n.metadata} if n.metadata else meta for n in new}
+    item_ids, numbers, created = _bump_items(conn, frow.id, names, metas, now)
     ctypes = {n.name: n.content_type or guess_content_type(n.name) for n in new}
     vids = (
         conn.execute(
@@ -164,9 +169,12 @@ def _write(
 
 
 def _bump_items(
-    conn: Connection, folder_id: int, names: list[str], meta: dict[str, Any], now: float
+    conn: Connection, folder_id: int, names: list[str], metas: dict[str, dict[str, Any]], now: float
 ) -> tuple[dict[str, int], dict[str, int], set[str]]:
-    """Create the missing items and bump the others' current version: ``(ids, new numbers, created names)``."""
+    """Create the missing items and bump the others' current version: ``(ids, new numbers, created names)``.
+
+    ``metas`` is each name's metadata, merged into what the item holds.
+    """
     item_ids: dict[str, int] = {}
     numbers: dict[str, int] = {}
     created: set[str] = set()
@@ -183,7 +191,7 @@ def _bump_items(
                         {
                             "folder_id": folder_id,
                             "name": n,
-                            "metadata": meta,  # executemany binds column keys, not attribute names
+                            "metadata": metas[n],  # executemany binds column keys, not attribute names
                             "current_version": 1,
                             "created_at": now,
                             "updated_at": now,
@@ -208,7 +216,7 @@ def _bump_items(
         numbers[n] = conn.execute(
             update(Item)
             .where(Item.id == iid)
-            .values(current_version=Item.current_version + 1, updated_at=now, meta={**(old_meta or {}), **meta})
+            .values(current_version=Item.current_version + 1, updated_at=now, meta={**(old_meta or {}), **metas[n]})
             .returning(Item.current_version)
         ).scalar_one()
     return item_ids, numbers, created

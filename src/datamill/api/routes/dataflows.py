@@ -34,17 +34,27 @@ class DataflowCreate(BaseModel):
     """A new dataflow."""
 
     name: str = Field(description="1-100 letters, digits, '-', '_' or '.'.")
-    source: str = Field(description="The folder it watches.")
+    kind: str = Field("workflow", description="workflow, or directory (site admins only).")
+    source: str = Field("", description="The folder it watches (none for a directory dataflow).")
     dest: str | None = Field(None, description="The folder results go to (outside the source).")
     destination: str | None = Field(None, description="Same as dest.")
     pipeline: str = Field(
+        "",
         description="A registered pipeline name (GET /pipelines); site admins may also give a reference: "
-        "module:attr, file.py:attr, file.yaml."
+        "module:attr, file.py:attr, file.yaml. None for a directory dataflow.",
     )
     trigger: str = Field("new-items", description="new-items, manual or 'cron:<five fields>'.")
     params: dict[str, Any] = Field(default_factory=dict, description="Step parameters: {'step.param': value}.")
     description: str = ""
     webhooks: list[str] = Field(default_factory=list, description="URLs to POST run results to.")
+    directory: str | None = Field(
+        None, description="A directory dataflow's directory on the server, below one of its watch_roots."
+    )
+    watch: dict[str, Any] | None = Field(
+        None,
+        description="A directory dataflow's rules: include and exclude (lists of regexes), stable_seconds, "
+        "poll, poll_interval, existing.",
+    )
 
 
 class DataflowEdit(BaseModel):
@@ -58,6 +68,8 @@ class DataflowEdit(BaseModel):
     params: dict[str, Any] | None = None
     description: str | None = None
     webhooks: list[str] | None = None
+    directory: str | None = None
+    watch: dict[str, Any] | None = None
 
 
 class RunStarted(BaseModel):
@@ -102,6 +114,9 @@ async def create_dataflow(body: DataflowCreate, actor: ActorDep, home: HomeDep) 
         body.params,
         body.description,
         body.webhooks,
+        body.kind,
+        body.directory,
+        body.watch,
     )
     return JSONResponse(plain(info), status_code=201)
 

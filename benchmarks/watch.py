@@ -1,0 +1,119 @@
+"""``datamill watch --once`` throughput: files/s for many small files, against a plain copy of the same files.
+
+    .venv/bin/python benchmarks/watch.py [--files 10000] [--size 1024]
+
+Prints ONE JSON object on stdout (progress goes to stderr).
+
+The same directory of ``--files`` small files (``--size`` bytes each, 100 per subdirectory) is:
+
+* ``copy`` (the baseline): copied file by file with ``shutil.copy`` into another directory;
+* ``embedded``: landed by ``datamill --home H watch DIR bench --once --stable 0`` (a real process,
+  start-up included) into a fresh local home;
+* ``api``: landed by the same command with ``--url`` and ``--token`` into a server on 127.0.0.1
+  (started in this process on a fresh home).
+
+Per target: seconds, files/s, the ratio to the plain copy's files/s, and ``ok``. Targets (the issue
+names none; these are ours): embedded ≥ 0.2x plain copy; over the API ≥ 0.02x plain copy (one
+HTTP request per file: the API has no batch upload). Each landed home is checked to hold every file.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+TARGETS = {"embedded": 0.2, "api": 0.02}
+
+
+def say(text: str) -> None:
+    print(text, file=sys.stderr, flush=True)
+
+
+def make_files(root: Path, n: int, size: int) -> None:
+    for i in range(n):
+        d = root / f"d{i // 100:04d}"
+        if i % 100 == 0:
+            d.mkdir(parents=True)
+        (d / f"f{i:06d}.dat").write_bytes(os.urandom(size))
+
+
+def plain_copy(src: Path, dst: Path) -> float:
+    t0 = time.perf_counter()
+    for dirpath, _, names in os.walk(src):
+        target = dst / Path(dirpath).relative_to(src)
+        target.mkdir(parents=True, exist_ok=True)
+        for name in names:
+            shutil.copy(os.path.join(dirpath, name), target / name)
+    return time.perf_counter() - t0
+
+
+def env() -> dict[str, str]:
+    return {k: v for k, v in os.environ.items() if not k.startswith("DATAMILL_")}
+
+
+def watch_once(args: list[str], src: Path, extra_env: dict[str, str] | None = None) -> tuple[float, dict[str, Any]]:
+    cmd = [sys.executable, "-m", "datamill.cli", *args, "watch", str(src), "bench", "--once", "--stable", "0", "--json"]
+    t0 = time.perf_counter()
+    out = subprocess.run(cmd, capture_output=True, text=True, env={**env(), **(extra_env or {})}, check=False)
+    elapsed = time.perf_counter() - t0
+    if out.returncode != 0:
+        raise SystemExit(f"datamill watch failed: {out.stderr}")
+    return elapsed, json.loads(out.stdout)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--files", type=int, default=10_000)
+    parser.add_argument("--size", type=int, default=1024)
+    opts = parser.parse_args()
+    from datamill.api import start_background_server
+    from datamill.config import load_settings
+    from datamill.home import Home
+
+    with tempfile.TemporaryDirectory(prefix="dm-watch-bench-") as tmp:
+        base = Path(tmp)
+        src = base / "src"
+        say(f"making {opts.files} files of {opts.size} B")
+        make_files(src, opts.files, opts.size)
+        say("plain copy")
+        copy_s = plain_copy(src, base / "copy")
+        copy_rate = opts.files / copy_s
+        results: dict[str, Any] = {
+            "files": opts.files,
+            "size": opts.size,
+            "copy": {"seconds": round(copy_s, 3), "files_per_s": round(copy_rate, 1)},
+        }
+        say("datamill watch --once, embedded")
+        emb_s, counts = watch_once(["--home", str(base / "home-embedded")], src)
+        assert counts["uploaded"] == opts.files, counts
+        results["embedded"] = {"seconds": round(emb_s, 3), "files_per_s": round(opts.files / emb_s, 1)}
+        again_s, again = watch_once(["--home", str(base / "home-embedded")], src)
+        assert again["uploaded"] == 0 and again["unchanged"] == opts.files, again
+        results["embedded_resume"] = {"seconds": round(again_s, 3), "files_per_s": round(opts.files / again_s, 1)}
+        say("datamill watch --once, over the API")
+        home = Home(load_settings(environ={}, home=str(base / "home-api"), demo=False))
+        try:
+            with start_background_server(home) as server:
+                token = home.admin_token() or ""
+                api_s, counts = watch_once([], src, {"DATAMILL_URL": server.url, "DATAMILL_TOKEN": token})
+                assert counts["uploaded"] == opts.files, counts
+        finally:
+            home.close()
+        results["api"] = {"seconds": round(api_s, 3), "files_per_s": round(opts.files / api_s, 1)}
+        for key, target in TARGETS.items():
+            ratio = results[key]["files_per_s"] / copy_rate
+            results[key].update(ratio=round(ratio, 3), target_ratio=target, ok=ratio >= target)
+        results["ok"] = all(results[k]["ok"] for k in TARGETS)
+    print(json.dumps(results))
+
+
+if __name__ == "__main__":
+    main()
