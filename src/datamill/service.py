@@ -341,17 +341,19 @@ class Service:
         name: str,
         source: str,
         dest: str,
-        pipeline: str,
+        pipeline: str | None = None,
         trigger: str = "new-items",
         params: Mapping[str, Any] | None = None,
         description: str = "",
         webhooks: Iterable[str] | None = None,
+        image: str | None = None,
     ) -> DataflowInfo:
-        """Create a dataflow (stopped)."""
+        """Create a dataflow (stopped) running ``pipeline``, or ``image``'s default command on each item."""
         config = {
             "source": source,
             "destination": dest,
-            "pipeline": self._pipeline(pipeline),
+            "pipeline": self._pipeline(pipeline) if pipeline else "",
+            "image": image or None,
             "trigger": trigger,
             "params": dict(params or {}),
             "description": description,
@@ -435,7 +437,7 @@ class Service:
 
 #: Client-side names of dataflow fields -> the dataflow's configuration keys.
 _FIELD_NAMES = {"dest": "destination", "destination": "destination"}
-_EDITABLE = ("source", "dest", "destination", "pipeline", "trigger", "params", "description", "webhooks")
+_EDITABLE = ("source", "dest", "destination", "pipeline", "image", "trigger", "params", "description", "webhooks")
 
 
 def dataflow_changes(changes: Mapping[str, Any]) -> dict[str, Any]:
@@ -446,7 +448,7 @@ def dataflow_changes(changes: Mapping[str, Any]) -> dict[str, Any]:
     unknown = sorted(set(changes) - set(_EDITABLE))
     if unknown:
         raise InvalidDataflow(
-            f"cannot change {', '.join(unknown)}; editable fields: source, dest, pipeline, trigger, params, "
+            f"cannot change {', '.join(unknown)}; editable fields: source, dest, pipeline, image, trigger, params, "
             "description, webhooks"
         )
     out: dict[str, Any] = {}

@@ -37,6 +37,9 @@ class Images:
     busybox: str
     a: str
     b: str
+    #: an image whose entrypoint takes an input file and an output directory (the DMS's shape) and
+    #: writes ``upper.txt`` there: the file upper-cased; an input holding ``bad`` exits 4
+    upper: str
     #: a unique prefix for this session's container names and tags
     tag: str
 
@@ -57,8 +60,14 @@ def images(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Images]:
         name = f"localhost/{tag}-{which}:1"
         podman("build", "-q", "-t", name, str(ctx))
         made.append(name)
+    ctx = tmp_path_factory.mktemp("image-upper")
+    (ctx / "upper").write_text('#!/bin/sh\ngrep -q bad "$1" && exit 4\ntr a-z A-Z < "$1" > "$2/upper.txt"\n')
+    (ctx / "Containerfile").write_text(f'FROM {BUSYBOX}\nCOPY upper /upper\nENTRYPOINT ["/bin/sh", "/upper"]\n')
+    upper = f"localhost/{tag}-upper:1"
+    podman("build", "-q", "-t", upper, str(ctx))
+    made.append(upper)
     try:
-        yield Images(BUSYBOX, made[0], made[1], tag)
+        yield Images(BUSYBOX, made[0], made[1], upper, tag)
     finally:
         for name in containers_named(f"{tag}"):
             podman("rm", "-f", "-t", "0", name, check=False)

@@ -42,6 +42,15 @@ ParamOption = Annotated[
         help="A step parameter, repeatable (`threshold=0.7` or `summary.threshold=0.7`); VALUE is JSON when valid.",
     ),
 ]
+ImageOption = Annotated[
+    str | None,
+    typer.Option(
+        "--image",
+        metavar="IMAGE",
+        help="Instead of a pipeline: a container image (`localhost/tool:1`, allowed by `allowed_images`) whose "
+        "default command gets each item's file and an output directory; what it writes there is published.",
+    ),
+]
 DescriptionOption = Annotated[str | None, typer.Option("--description", metavar="TEXT", help="What it is for.")]
 WebhookOption = Annotated[
     list[str] | None,
@@ -56,14 +65,15 @@ def create(
     source: Annotated[str, typer.Option("--source", metavar="FOLDER", help="Folder to watch.")],
     to: Annotated[str, typer.Option("--to", metavar="FOLDER", help="Folder results go to (outside the source).")],
     pipeline: Annotated[
-        str,
+        str | None,
         typer.Option(
             "--pipeline",
             metavar="PIPELINE",
             help="A registered pipeline's name (`datamill pipelines ls`); site admins may also give "
             "`module:attr`, `path/file.py:attr` or a YAML file.",
         ),
-    ],
+    ] = None,
+    image: ImageOption = None,
     trigger: TriggerOption = None,
     param: ParamOption = None,
     description: DescriptionOption = None,
@@ -72,11 +82,13 @@ def create(
 ) -> None:
     """Create a dataflow (stopped); `datamill flow start NAME` sets it going.
 
-    Everything is checked first: the folders exist and you may read the source and write the
-    destination, the destination is not inside the source, the pipeline loads and its parameters
-    exist. Example:
+    Give `--pipeline` or `--image`. Everything is checked first: the folders exist and you may read
+    the source and write the destination, the destination is not inside the source, the pipeline
+    loads and its parameters exist, the image is allowed (`allowed_images`). Examples:
 
         datamill flow create derived --source "Raw Data" --to "Derived Data" --pipeline tabular
+
+        datamill flow create thumbs --source Photos --to Thumbs --image localhost/thumbnailer:1
     """
     info = get_client(ctx).create_dataflow(
         name,
@@ -87,10 +99,16 @@ def create(
         parse_params(param),
         description or "",
         webhook or [],
+        image=image,
     )
     if json_:
         print_json(info)
     say(f"created dataflow {info['name']!r} (stopped); start it with `datamill flow start {info['name']}`")
+
+
+def _runs(flow: dict[str, Any]) -> str:
+    """What a dataflow runs, for a table: its pipeline, or ``image:IMAGE``."""
+    return f"image:{flow['image']}" if flow.get("image") else str(flow["pipeline"])
 
 
 @app.command("ls")
@@ -102,10 +120,7 @@ def list_flows(ctx: typer.Context, json_: JsonFlag = False) -> None:
         return
     print_table(
         ["name", "state", "trigger", "source", "destination", "version", "pipeline"],
-        [
-            (f["name"], f["state"], f["trigger"], f["source"], f["destination"], f["version"], f["pipeline"])
-            for f in flows
-        ],
+        [(f["name"], f["state"], f["trigger"], f["source"], f["destination"], f["version"], _runs(f)) for f in flows],
         empty="no dataflows yet; create one with `datamill flow create NAME --source ... --to ... --pipeline ...`",
     )
 
@@ -127,7 +142,7 @@ def show(ctx: typer.Context, name: NameArg, json_: JsonFlag = False) -> None:
         ("trigger", info["trigger"]),
         ("source", info["source"]),
         ("destination", info["destination"]),
-        ("pipeline", info["pipeline"]),
+        ("image" if info.get("image") else "pipeline", info.get("image") or info["pipeline"]),
         ("params", human_value(info["params"]) if info["params"] else "-"),
         ("webhooks", ", ".join(info["webhooks"]) or "-"),
         ("description", " ".join(info["description"].split()) or "-"),
@@ -157,8 +172,14 @@ def edit(
     pipeline: Annotated[
         str | None,
         typer.Option(
-            "--pipeline", metavar="PIPELINE", help="New pipeline: a registered name (site admins: or a reference)."
+            "--pipeline",
+            metavar="PIPELINE",
+            help="New pipeline: a registered name (site admins: or a reference); replaces an image.",
         ),
+    ] = None,
+    image: Annotated[
+        str | None,
+        typer.Option("--image", metavar="IMAGE", help="New container image (allowed_images); replaces a pipeline."),
     ] = None,
     trigger: TriggerOption = None,
     param: ParamOption = None,
@@ -182,6 +203,7 @@ def edit(
         source=source,
         dest=to,
         pipeline=pipeline,
+        image=image,
         trigger=trigger,
         params=params,
         description=description,

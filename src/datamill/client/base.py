@@ -358,13 +358,18 @@ class Client(ABC):
         name: str,
         source: str,
         dest: str,
-        pipeline: str,
+        pipeline: str | None = None,
         trigger: str = "new-items",
         params: Mapping[str, Any] | None = None,
         description: str = "",
         webhooks: Iterable[str] | None = None,
+        image: str | None = None,
     ) -> DataflowInfo:
-        """Create a dataflow (stopped) from ``source`` into ``dest``; it is validated before it is saved."""
+        """Create a dataflow (stopped) from ``source`` into ``dest``; it is validated before it is saved.
+
+        Its implementation is ``pipeline``, or ``image``: a container image whose default command
+        gets each item's file and an output directory (it must match the ``allowed_images`` setting).
+        """
 
     @abstractmethod
     def dataflows(self) -> list[DataflowInfo]:
@@ -377,7 +382,8 @@ class Client(ABC):
     @abstractmethod
     def edit_dataflow(self, name: str, **changes: Any) -> DataflowInfo:
         """Change a dataflow's configuration (a new version): ``source``, ``dest``, ``pipeline``,
-        ``trigger``, ``params``, ``description``, ``webhooks``; None leaves a field as it is."""
+        ``image``, ``trigger``, ``params``, ``description``, ``webhooks``; None leaves a field as it is.
+        A new ``image`` replaces the pipeline, a new ``pipeline`` the image."""
 
     @abstractmethod
     def start_dataflow(self, name: str) -> DataflowInfo:

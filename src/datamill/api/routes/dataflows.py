@@ -37,9 +37,15 @@ class DataflowCreate(BaseModel):
     source: str = Field(description="The folder it watches.")
     dest: str | None = Field(None, description="The folder results go to (outside the source).")
     destination: str | None = Field(None, description="Same as dest.")
-    pipeline: str = Field(
+    pipeline: str | None = Field(
+        None,
         description="A registered pipeline name (GET /pipelines); site admins may also give a reference: "
-        "module:attr, file.py:attr, file.yaml."
+        "module:attr, file.py:attr, file.yaml. Give this or image.",
+    )
+    image: str | None = Field(
+        None,
+        description="A container image (allowed by the allowed_images setting) whose default command gets each "
+        "item's file and an output directory; instead of a pipeline.",
     )
     trigger: str = Field("new-items", description="new-items, manual or 'cron:<five fields>'.")
     params: dict[str, Any] = Field(default_factory=dict, description="Step parameters: {'step.param': value}.")
@@ -53,7 +59,8 @@ class DataflowEdit(BaseModel):
     source: str | None = None
     dest: str | None = None
     destination: str | None = None
-    pipeline: str | None = None
+    pipeline: str | None = Field(None, description="A new pipeline (replaces an image).")
+    image: str | None = Field(None, description="A new container image (replaces a pipeline).")
     trigger: str | None = None
     params: dict[str, Any] | None = None
     description: str | None = None
@@ -102,6 +109,7 @@ async def create_dataflow(body: DataflowCreate, actor: ActorDep, home: HomeDep) 
         body.params,
         body.description,
         body.webhooks,
+        body.image,
     )
     return JSONResponse(plain(info), status_code=201)
 
