@@ -504,8 +504,12 @@ class Engine:
 
 
 def _images(the_plan: Plan) -> dict[str, Any]:
-    """The run's ``images`` parameter: the image digests its plan resolved, if any."""
-    return {"images": dict(the_plan.images)} if the_plan.images else {}
+    """The run's ``images`` parameter (the image digests its plan resolved) and ``step_images``
+    (each container step's image, for provenance: see :func:`~datamill.engine.containers.step_images`)."""
+    if not the_plan.images:
+        return {}
+    steps = {s.name: s.image for s in the_plan.pipeline.steps if s.image is not None}
+    return {"images": dict(the_plan.images), "step_images": steps}
 
 
 def _image_named(row: Any, digest: str | None) -> str | None:
