@@ -44,14 +44,23 @@ class Images:
     tag: str
 
 
-@pytest.fixture(scope="session")
-def images(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Images]:
-    """podman set up as scripts/services.sh does it, and the images the tests run."""
+def ensure_busybox() -> str:
+    """podman set up as scripts/services.sh does it, and the offline busybox image built (once); its name.
+
+    Skips the calling test (with the reason) when podman is not installed.
+    """
     if shutil.which("podman") is None:
         pytest.skip("podman is not installed (scripts/test.sh installs it: apt-get install podman runc busybox-static)")
     # scripts/test.sh exports CONTAINERS_CONF; a test run started by hand gets the same file
     os.environ.setdefault("CONTAINERS_CONF", str(ROOT / "scripts" / "containers.conf"))
     subprocess.run(["bash", "-c", f". '{ROOT}/scripts/services.sh' && busybox_image {BUSYBOX}"], check=True)
+    return BUSYBOX
+
+
+@pytest.fixture(scope="session")
+def images(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Images]:
+    """podman set up as scripts/services.sh does it, and the images the tests run."""
+    ensure_busybox()
     tag = f"dmtest{uuid.uuid4().hex[:8]}"
     made = []
     for which in ("a", "b"):
