@@ -10,6 +10,11 @@ inside the source (a dataflow would otherwise feed on its own results).
 A dataflow's triggers run its pipeline as its owner chose it: a registered name resolves to its
 reference at each run, and a reference runs only while the owner is a site admin.
 
+Instead of a pipeline a dataflow may name a container ``image`` (the DMS's shape): its runs run
+``image://IMAGE`` (:func:`~datamill.pipeline.loader.image_pipeline`), the image's default command
+once per item. The image must match the ``allowed_images`` setting when the dataflow is saved
+(:class:`~datamill.errors.ImageNotAllowed`) and when its trigger runs it.
+
 Nor may dataflows feed on each other's results in a cycle (``a`` writes where ``b`` watches and
 ``b`` writes where ``a`` watches): each run of one would start a run of the other, forever, with
 names growing on every turn. A cycle is refused when a dataflow is saved and when it is started,
