@@ -106,7 +106,7 @@ def create(
     say(f"created dataflow {info['name']!r} (stopped); start it with `datamill flow start {info['name']}`")
 
 
-def _runs(flow: dict[str, Any]) -> str:
+def _runs(flow: Any) -> str:
     """What a dataflow runs, for a table: its pipeline, or ``image:IMAGE``."""
     return f"image:{flow['image']}" if flow.get("image") else str(flow["pipeline"])
 
