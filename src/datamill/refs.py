@@ -23,3 +23,21 @@ def absolute_ref(ref: str) -> str:
         if path.is_file():
             return f"{path.resolve()}{attr}"
     return text
+
+
+#: A dataflow whose implementation is a container image runs the pipeline ``image://<image>``: one
+#: container step built on the fly (:func:`datamill.pipeline.loader.image_pipeline`). The reference
+#: names only the image, so the step, and so the task keys, are the same on every load.
+IMAGE_REF_PREFIX = "image://"
+
+
+def image_ref(image: str) -> str:
+    """The pipeline reference of the one-step pipeline that runs ``image``'s default command."""
+    return IMAGE_REF_PREFIX + image
+
+
+def image_of_ref(ref: str | None) -> str | None:
+    """The image an ``image://`` reference names, or None for any other reference."""
+    if ref and ref.startswith(IMAGE_REF_PREFIX):
+        return ref[len(IMAGE_REF_PREFIX) :]
+    return None

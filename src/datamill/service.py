@@ -349,7 +349,7 @@ class Service:
         name: str,
         source: str,
         dest: str,
-        pipeline: str,
+        pipeline: str | None = None,
         trigger: str = "new-items",
         params: Mapping[str, Any] | None = None,
         description: str = "",
@@ -357,12 +357,14 @@ class Service:
         kind: str = "workflow",
         directory: str | None = None,
         watch: Mapping[str, Any] | None = None,
+        image: str | None = None,
     ) -> DataflowInfo:
-        """Create a dataflow (stopped)."""
+        """Create a dataflow (stopped) running ``pipeline``, or ``image``'s default command on each item."""
         config: dict[str, Any] = {
             "source": source,
             "destination": dest,
             "pipeline": self._pipeline(pipeline) if pipeline else "",
+            "image": image or None,
             "trigger": trigger,
             "params": dict(params or {}),
             "description": description,
@@ -454,6 +456,7 @@ _EDITABLE = (
     "dest",
     "destination",
     "pipeline",
+    "image",
     "trigger",
     "params",
     "description",
@@ -471,7 +474,7 @@ def dataflow_changes(changes: Mapping[str, Any]) -> dict[str, Any]:
     unknown = sorted(set(changes) - set(_EDITABLE))
     if unknown:
         raise InvalidDataflow(
-            f"cannot change {', '.join(unknown)}; editable fields: source, dest, pipeline, trigger, params, "
+            f"cannot change {', '.join(unknown)}; editable fields: source, dest, pipeline, image, trigger, params, "
             "description, webhooks, directory, watch"
         )
     out: dict[str, Any] = {}

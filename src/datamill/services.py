@@ -1,5 +1,8 @@
 """The background services of a running datamill: scheduler, triggers, notifier, directory watchers.
 
+Starting them also removes the containers a crashed server of this home left running (see
+:meth:`~datamill.engine.scheduler.Scheduler.sweep_containers`).
+
 ``datamill up`` starts them inside the server process (in the app's lifespan); tests and
 benchmarks may start them on their own with :class:`Services`.
 
@@ -56,6 +59,8 @@ class Services:
             ),
             asyncio.create_task(self._guard("notifier", self.notifier.serve(self._stop))),
             asyncio.create_task(self._guard("directories", self.directories.serve(self._stop))),
+            # a crashed server's containers: removed now, beside the other services (podman is slow)
+            asyncio.create_task(self._guard("container sweep", self.scheduler.sweep_containers())),
         ]
 
     async def _guard(self, name: str, coro: object) -> None:

@@ -1,7 +1,12 @@
-"""The executor contract: what every executor of Python calls does, run against each of them.
+"""The executor contract: what every executor does, run against each of them, by kind of call.
 
-:class:`ExecutorContract` holds the tests; each executor is a small subclass naming it, plus the tests
-that only make sense for that executor (worker crashes for the local pool, threads for inline).
+:class:`CallContract` holds what every executor does whatever it runs (a value on success, log lines
+in order, a failure as ``StepFailed``, timeouts and cancellation stopping the work and leaving the
+executor usable, refusing other kinds of call); a :class:`CallKind` makes its calls for one kind of
+call: Python functions (:data:`PYTHON`), commands (:data:`COMMAND`) and containers (:class:`ContainerKind`,
+busybox under real podman). :class:`ExecutorContract` adds what executors of Python calls do; each
+executor is a small subclass naming it and its kind, plus the tests that only make sense for that
+executor (worker crashes for the local pool, threads for inline).
 """
 
 from __future__ import annotations
@@ -13,7 +18,9 @@ import signal
 import sys
 import threading
 import time
+import uuid
 from collections.abc import Callable
+from dataclasses import dataclass
 from typing import Any, ClassVar
 
 import cloudpickle
@@ -22,6 +29,7 @@ import pytest
 from datamill.errors import Cancelled, ConfigError, StepFailed, TaskTimeout, WorkerCrashed
 from datamill.executors import (
     CommandCall,
+    ContainerCall,
     LogMessage,
     Message,
     ProgressMessage,
@@ -130,17 +138,152 @@ async def run_until_started(
     return task, messages
 
 
-class ExecutorContract:
-    """The tests every executor of :class:`PythonCall` s passes. Subclasses set ``executor``."""
+# -- kinds of call -------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class CallKind:
+    """The contract's calls of one kind; ``hang(tag)`` announces itself with a first log line and
+    does not end by itself (``tag`` names it where a kind needs a name: a container)."""
+
+    name: str
+    #: a call that succeeds, and what the executor returns for it
+    succeed: Callable[[], tuple[Any, Any]]
+    #: a call that logs ``n`` lines, and the lines
+    say: Callable[[int], tuple[Any, list[str]]]
+    #: a call that fails (raises, exits non-zero): StepFailed
+    fail: Callable[[], Any]
+    hang: Callable[[str], Any]
+    #: a call of another kind: refused
+    other: Callable[[], Any]
+
+
+def _say(reporter: Reporter, n: int) -> int:
+    for i in range(n):
+        reporter.log(f"line {i}")
+    return n
+
+
+PYTHON = CallKind(
+    "python",
+    succeed=lambda: (PythonCall(add, (2, 3)), 5),
+    say=lambda n: (PythonCall(_say, (n,)), [f"line {i}" for i in range(n)]),
+    fail=lambda: PythonCall(boom),
+    hang=lambda tag: PythonCall(hang),
+    other=lambda: CommandCall(["true"]),
+)
+
+_SAY_SH = "i=0; while [ $i -lt {n} ]; do echo line $i; i=$((i+1)); done"
+
+COMMAND = CallKind(
+    "command",
+    succeed=lambda: (CommandCall(["true"]), 0),
+    say=lambda n: (CommandCall(["sh", "-c", _SAY_SH.format(n=n)]), [f"line {i}" for i in range(n)]),
+    fail=lambda: CommandCall(["sh", "-c", "echo failing; exit 3"]),
+    # exec: the announced pid is the process that hangs
+    hang=lambda tag: CommandCall(["sh", "-c", "echo started in $$; exec sleep 60"]),
+    other=lambda: PythonCall(add, (1,)),
+)
+
+
+def container_kind(image: str, prefix: str) -> CallKind:
+    """Container calls of ``image`` (busybox), named ``<prefix><unique>`` (a hanging one: ``<prefix><tag>``)."""
+
+    def named(command: list[str], name: str | None = None) -> ContainerCall:
+        return ContainerCall(image, name or f"{prefix}{uuid.uuid4().hex[:10]}", command=command)
+
+    return CallKind(
+        "container",
+        succeed=lambda: (named(["true"]), 0),
+        say=lambda n: (named(["sh", "-c", _SAY_SH.format(n=n)]), [f"line {i}" for i in range(n)]),
+        fail=lambda: named(["sh", "-c", "echo failing; exit 3"]),
+        hang=lambda tag: named(["sh", "-c", "echo started; exec sleep 60"], f"{prefix}{tag}"),
+        other=lambda: PythonCall(add, (1,)),
+    )
+
+
+class CallContract:
+    """The tests every executor passes with the calls it runs. Subclasses set ``executor`` and ``kind``
+    (or override the ``kind_of`` fixture when making calls needs a fixture)."""
 
     executor: ClassVar[str]
     options: ClassVar[dict[str, Any]] = {}
+    kind: ClassVar[CallKind]
 
     @pytest.fixture(scope="class")
     def ex(self, make_class_harness: Callable[..., Any]) -> Any:
         """One executor for the whole class: the contract includes that it keeps working after a
         failure, a timeout or a cancellation, whatever ran on it before."""
         return make_class_harness(self.executor, **self.options)
+
+    @pytest.fixture
+    def calls(self) -> CallKind:
+        """The calls this executor runs."""
+        return self.kind
+
+    def check_stopped(self, tag: str, messages: list[Message], procs: Any) -> None:
+        """After a timeout or cancellation of ``calls.hang(tag)``: its work no longer runs (where the
+        executor can tell); ``messages`` are what it sent."""
+
+    def test_a_call_succeeds_with_its_value(self, ex: Any, calls: CallKind) -> None:
+        call, expected = calls.succeed()
+        assert ex.call(call)[0] == expected
+
+    def test_log_lines_arrive_in_order(self, ex: Any, calls: CallKind) -> None:
+        call, lines = calls.say(30)
+        _, messages = ex.call(call)
+        assert [m.line for m in messages if isinstance(m, LogMessage)] == lines
+        times = [m.time for m in messages]
+        assert times == sorted(times)
+
+    def test_a_failure_fails_the_step_and_the_executor_goes_on(self, ex: Any, calls: CallKind) -> None:
+        with pytest.raises(StepFailed) as info:
+            ex.call(calls.fail())
+        assert not isinstance(info.value, (TaskTimeout, WorkerCrashed))
+        call, expected = calls.succeed()
+        assert ex.call(call)[0] == expected
+
+    def test_timeout_stops_the_work_and_the_executor_goes_on(self, ex: Any, calls: CallKind, procs: Any) -> None:
+        tag = f"t{uuid.uuid4().hex[:8]}"
+
+        async def scenario() -> list[Message]:
+            task, messages = await run_until_started(ex.executor, calls.hang(tag), timeout=1.5)
+            with pytest.raises(TaskTimeout, match=r"timeout of 1\.5 s"):
+                await task
+            return messages
+
+        self.check_stopped(tag, ex.run(scenario()), procs)
+        call, expected = calls.succeed()
+        assert ex.call(call, timeout=60)[0] == expected
+        assert ex.call(calls.succeed()[0])[0] == expected
+
+    def test_cancelling_the_awaiting_task_stops_the_work(self, ex: Any, calls: CallKind, procs: Any) -> None:
+        tag = f"c{uuid.uuid4().hex[:8]}"
+
+        async def scenario() -> list[Message]:
+            # A timeout, so that inline runs it in a thread: in the loop thread nothing could cancel it.
+            task, messages = await run_until_started(ex.executor, calls.hang(tag), timeout=60)
+            task.cancel()
+            with pytest.raises(asyncio.CancelledError):
+                await task
+            return messages
+
+        self.check_stopped(tag, ex.run(scenario()), procs)
+        call, expected = calls.succeed()
+        assert ex.call(call)[0] == expected
+
+    def test_supports_its_kind_of_call_only(self, ex: Any, calls: CallKind) -> None:
+        assert ex.executor.supports(calls.succeed()[0])
+        other = calls.other()
+        assert not ex.executor.supports(other)
+        with pytest.raises(TypeError, match=f"cannot run a {type(other).__name__}"):
+            ex.run(ex.executor.run(other, ignore))
+
+
+class ExecutorContract(CallContract):
+    """What executors of :class:`PythonCall` s do besides (values, arguments, messages, tracebacks)."""
+
+    kind = PYTHON
 
     def test_returns_the_value(self, ex: Any) -> None:
         assert ex.call(PythonCall(nested)) == (nested(Reporter(ignore)), [])
@@ -183,27 +326,10 @@ class ExecutorContract:
             ex.call(PythonCall(exits))
         assert ex.call(PythonCall(add, (1, 1)))[0] == 2
 
-    def test_timeout(self, ex: Any) -> None:
+    def test_a_short_timeout(self, ex: Any) -> None:
         with pytest.raises(TaskTimeout, match=r"timeout of 0\.3 s"):
             ex.call(PythonCall(hang), timeout=0.3)
         assert ex.call(PythonCall(add, (1, 2)), timeout=30)[0] == 3
-        assert ex.call(PythonCall(add, (2, 2)))[0] == 4
-
-    def test_cancelling_the_awaiting_task(self, ex: Any, procs: Any) -> None:
-        async def scenario() -> list[Message]:
-            # A timeout, so that inline runs it in a thread: in the loop thread nothing could cancel it.
-            task, messages = await run_until_started(ex.executor, PythonCall(hang), timeout=60)
-            task.cancel()
-            with pytest.raises(asyncio.CancelledError):
-                await task
-            return messages
-
-        messages = ex.run(scenario())
-        self.check_stopped(started_in(messages), procs)
-        assert ex.call(PythonCall(add, (1, 2)))[0] == 3
-
-    def check_stopped(self, pid: int, procs: Any) -> None:
-        """After a timeout or cancellation: the work is no longer running (where the executor can tell)."""
 
     def test_many_concurrent_calls(self, ex: Any) -> None:
         async def scenario() -> tuple[list[int], list[list[Message]]]:
@@ -231,12 +357,11 @@ class ExecutorContract:
             ex.loop.set_exception_handler(None)
         assert len(errors) == 4 and isinstance(errors[0]["exception"], RuntimeError)
 
-    def test_supports_python_calls_only(self, ex: Any) -> None:
-        assert ex.executor.supports(PythonCall(add))
-        command = CommandCall(["true"])
-        assert not ex.executor.supports(command)
-        with pytest.raises(TypeError, match="cannot run a CommandCall"):
-            ex.run(ex.executor.run(command, ignore))
+    def test_refuses_container_calls_too(self, ex: Any) -> None:
+        call = ContainerCall("localhost/x:1", "n", command=["true"])
+        assert not ex.executor.supports(call)
+        with pytest.raises(TypeError, match="cannot run a ContainerCall"):
+            ex.run(ex.executor.run(call, ignore))
 
 
 class TestInline(ExecutorContract):
@@ -267,8 +392,9 @@ class TestLocal(ExecutorContract):
     executor = "local"
     options = {"workers": 2}
 
-    def check_stopped(self, pid: int, procs: Any) -> None:
+    def check_stopped(self, tag: str, messages: list[Message], procs: Any) -> None:
         # Killed and reaped by its parent (the fork server): not even a zombie is left.
+        pid = started_in(messages)
         assert procs.eventually(lambda: procs.state(pid) is None), f"worker {pid} is still there"
 
     def test_capacity_is_the_number_of_workers(self, ex: Any) -> None:
@@ -383,10 +509,44 @@ class TestLocal(ExecutorContract):
         assert ex.call(PythonCall(add, (1, 2)))[0] == 3
 
 
+class TestCommand(CallContract):
+    """The command executor with commands (its own tests: tests/executors/test_command.py)."""
+
+    executor = "command"
+    kind = COMMAND
+
+    def check_stopped(self, tag: str, messages: list[Message], procs: Any) -> None:
+        pid = started_in(messages)
+        assert procs.eventually(lambda: not procs.alive(pid)), f"command {pid} still runs"
+
+
+@pytest.mark.slow
+class TestContainer(CallContract):
+    """The container executor with busybox containers under real podman (tests/containers has the rest)."""
+
+    executor = "container"
+    prefix = f"dmcontract{uuid.uuid4().hex[:6]}-"
+    options = {"name_prefix": prefix}
+
+    @pytest.fixture
+    def calls(self) -> CallKind:
+        from tests.containers.conftest import ensure_busybox
+
+        return container_kind(ensure_busybox(), self.prefix)
+
+    def check_stopped(self, tag: str, messages: list[Message], procs: Any) -> None:
+        from tests.containers.conftest import containers_named
+
+        assert isinstance(messages[0], LogMessage) and messages[0].line == "started"
+        # removed before the call ended: no container of that name, running or not
+        assert containers_named(f"{self.prefix}{tag}") == []
+
+
 def test_get_executor_knows_the_built_in_names() -> None:
     assert get_executor("inline").name == "inline"
     assert isinstance(get_executor("local", workers=3), LocalExecutor)
     assert get_executor("command").name == "command"
+    assert get_executor("container").name == "container"
 
 
 def test_get_executor_unknown_name_lists_the_known_ones() -> None:

@@ -43,6 +43,15 @@ ParamOption = Annotated[
         help="A step parameter, repeatable (`threshold=0.7` or `summary.threshold=0.7`); VALUE is JSON when valid.",
     ),
 ]
+ImageOption = Annotated[
+    str | None,
+    typer.Option(
+        "--image",
+        metavar="IMAGE",
+        help="Instead of a pipeline: a container image (`localhost/tool:1`, allowed by `allowed_images`) whose "
+        "default command gets each item's file and an output directory; what it writes there is published.",
+    ),
+]
 DescriptionOption = Annotated[str | None, typer.Option("--description", metavar="TEXT", help="What it is for.")]
 WebhookOption = Annotated[
     list[str] | None,
@@ -65,6 +74,7 @@ def create(
             "`module:attr`, `path/file.py:attr` or a YAML file.",
         ),
     ] = None,
+    image: ImageOption = None,
     trigger: TriggerOption = None,
     param: ParamOption = None,
     description: DescriptionOption = None,
@@ -93,18 +103,22 @@ def create(
 ) -> None:
     r"""Create a dataflow (stopped); `datamill flow start NAME` sets it going.
 
-    Everything is checked first: the folders exist and you may read the source and write the
-    destination, the destination is not inside the source, the pipeline loads and its parameters
-    exist. With `--directory`, a directory dataflow lands the files of a server directory in
-    `--to` by the rules of `datamill watch` (site admins only). Examples:
+    Give `--pipeline` or `--image`. Everything is checked first: the folders exist and you may read
+    the source and write the destination, the destination is not inside the source, the pipeline
+    loads and its parameters exist, the image is allowed (`allowed_images`). With `--directory`, a
+    directory dataflow lands the files of a server directory in `--to` by the rules of
+    `datamill watch` (site admins only). Examples:
 
         datamill flow create derived --source "Raw Data" --to "Derived Data" --pipeline tabular
+
+        datamill flow create thumbs --source Photos --to Thumbs --image localhost/thumbnailer:1
+
         datamill flow create xrd-in --directory /srv/instruments/xrd --to "Raw Data" --include '\.csv$'
     """
     client = get_client(ctx)
     if directory is not None:
-        if source or pipeline:
-            raise InvalidInput("--directory makes a directory dataflow: give no --source or --pipeline")
+        if source or pipeline or image:
+            raise InvalidInput("--directory makes a directory dataflow: give no --source, --pipeline or --image")
         watch: dict[str, Any] = {"include": include or [], "exclude": exclude or [], "poll": poll}
         if stable is not None:
             watch["stable_seconds"] = stable
@@ -112,8 +126,8 @@ def create(
             name, "", to, "", description=description or "", kind="directory", directory=directory, watch=watch
         )
     else:
-        if not source or not pipeline:
-            raise InvalidInput("give --source and --pipeline (or --directory for a directory dataflow)")
+        if not source or not (pipeline or image):
+            raise InvalidInput("give --source and --pipeline or --image (or --directory for a directory dataflow)")
         if include or exclude or stable is not None or poll:
             raise InvalidInput("--include, --exclude, --stable and --poll apply to directory dataflows only")
         info = client.create_dataflow(
@@ -125,10 +139,16 @@ def create(
             parse_params(param),
             description or "",
             webhook or [],
+            image=image,
         )
     if json_:
         print_json(info)
     say(f"created dataflow {info['name']!r} (stopped); start it with `datamill flow start {info['name']}`")
+
+
+def _runs(flow: Any) -> str:
+    """What a dataflow runs, for a table: its pipeline, or ``image:IMAGE``."""
+    return f"image:{flow['image']}" if flow.get("image") else str(flow["pipeline"])
 
 
 @app.command("ls")
@@ -140,10 +160,7 @@ def list_flows(ctx: typer.Context, json_: JsonFlag = False) -> None:
         return
     print_table(
         ["name", "state", "trigger", "source", "destination", "version", "pipeline"],
-        [
-            (f["name"], f["state"], f["trigger"], f["source"], f["destination"], f["version"], f["pipeline"])
-            for f in flows
-        ],
+        [(f["name"], f["state"], f["trigger"], f["source"], f["destination"], f["version"], _runs(f)) for f in flows],
         empty="no dataflows yet; create one with `datamill flow create NAME --source ... --to ... --pipeline ...`",
     )
 
@@ -165,7 +182,7 @@ def show(ctx: typer.Context, name: NameArg, json_: JsonFlag = False) -> None:
         ("trigger", info["trigger"]),
         ("source", info["source"]),
         ("destination", info["destination"]),
-        ("pipeline", info["pipeline"]),
+        ("image" if info.get("image") else "pipeline", info.get("image") or info["pipeline"]),
         *([("directory", info["directory"]), ("watch", info.get("watch"))] if info.get("directory") else []),
         ("params", human_value(info["params"]) if info["params"] else "-"),
         ("webhooks", ", ".join(info["webhooks"]) or "-"),
@@ -196,8 +213,14 @@ def edit(
     pipeline: Annotated[
         str | None,
         typer.Option(
-            "--pipeline", metavar="PIPELINE", help="New pipeline: a registered name (site admins: or a reference)."
+            "--pipeline",
+            metavar="PIPELINE",
+            help="New pipeline: a registered name (site admins: or a reference); replaces an image.",
         ),
+    ] = None,
+    image: Annotated[
+        str | None,
+        typer.Option("--image", metavar="IMAGE", help="New container image (allowed_images); replaces a pipeline."),
     ] = None,
     trigger: TriggerOption = None,
     param: ParamOption = None,
@@ -221,6 +244,7 @@ def edit(
         source=source,
         dest=to,
         pipeline=pipeline,
+        image=image,
         trigger=trigger,
         params=params,
         description=description,

@@ -365,9 +365,16 @@ def plan(
     if json_:
         print_json(result)
         return
+    tasks = result["tasks"]
+    # Container steps: the image as named and the digest its tasks' keys hold (what runs).
+    images = any(t.get("image") for t in tasks)
     print_table(
-        ["task", "step", "item", "decision"],
-        [(t["id"], t["step"], t["item"] or "(all items)", t["decision"]) for t in result["tasks"]],
+        ["task", "step", "item", "decision"] + (["image"] if images else []),
+        [
+            (t["id"], t["step"], t["item"] or "(all items)", t["decision"])
+            + ((_image_cell(t.get("image"), t.get("image_digest")),) if images else ())
+            for t in tasks
+        ],
         empty=f"no tasks: folder {on!r} has no items",
     )
     c = result["counts"]
@@ -375,6 +382,14 @@ def plan(
         f"{len(result['tasks'])} tasks: {c.get('run', 0)} to run, {c.get('cached', 0)} cached, "
         f"{c.get('pending', 0)} pending"
     )
+
+
+def _image_cell(image: str | None, digest: str | None) -> str:
+    """A container task's image for a table: ``name (sha256:<12 hex>)``, as ``podman images`` shortens IDs."""
+    if not image:
+        return "-"
+    short = digest[: len("sha256:") + 12] if digest else "digest unknown"
+    return f"{image} ({short})"
 
 
 def why(ctx: typer.Context, task: TaskArg, json_: JsonFlag = False) -> None:
@@ -390,6 +405,8 @@ def why(ctx: typer.Context, task: TaskArg, json_: JsonFlag = False) -> None:
     parts = result.get("parts") or {}
     rows: list[tuple[str, str]] = [("key", str(result.get("key") or "-"))]
     rows += [("code", str(parts.get("code", "-")))]
+    if parts.get("image"):
+        rows += [("image", f"{result.get('image') or '?'} ({parts['image']})")]
     rows += [(f"params.{k}", repr(v)) for k, v in sorted((parts.get("params") or {}).items())]
     rows += [(f"input {label}", digest) for label, digest in parts.get("inputs") or []]
     print_table(["part", "value"], rows)

@@ -358,7 +358,7 @@ class Client(ABC):
         name: str,
         source: str,
         dest: str,
-        pipeline: str,
+        pipeline: str | None = None,
         trigger: str = "new-items",
         params: Mapping[str, Any] | None = None,
         description: str = "",
@@ -366,9 +366,12 @@ class Client(ABC):
         kind: str = "workflow",
         directory: str | None = None,
         watch: Mapping[str, Any] | None = None,
+        image: str | None = None,
     ) -> DataflowInfo:
         """Create a dataflow (stopped) from ``source`` into ``dest``; it is validated before it is saved.
 
+        Its implementation is ``pipeline``, or ``image``: a container image whose default command
+        gets each item's file and an output directory (it must match the ``allowed_images`` setting).
         ``kind="directory"`` (site admins only) lands the files of the server directory ``directory``
         in ``dest`` by the rules ``watch`` (include, exclude, stable_seconds, poll, poll_interval,
         existing); ``source`` and ``pipeline`` are then "".
@@ -385,8 +388,8 @@ class Client(ABC):
     @abstractmethod
     def edit_dataflow(self, name: str, **changes: Any) -> DataflowInfo:
         """Change a dataflow's configuration (a new version): ``source``, ``dest``, ``pipeline``,
-        ``trigger``, ``params``, ``description``, ``webhooks``, ``directory``, ``watch``; None leaves
-        a field as it is."""
+        ``image``, ``trigger``, ``params``, ``description``, ``webhooks``, ``directory``, ``watch``; None
+        leaves a field as it is. A new ``image`` replaces the pipeline, a new ``pipeline`` the image."""
 
     @abstractmethod
     def start_dataflow(self, name: str) -> DataflowInfo:

@@ -10,6 +10,11 @@ inside the source (a dataflow would otherwise feed on its own results).
 A dataflow's triggers run its pipeline as its owner chose it: a registered name resolves to its
 reference at each run, and a reference runs only while the owner is a site admin.
 
+Instead of a pipeline a dataflow may name a container ``image`` (the DMS's shape): its runs run
+``image://IMAGE`` (:func:`~datamill.pipeline.loader.image_pipeline`), the image's default command
+once per item. The image must match the ``allowed_images`` setting when the dataflow is saved
+(:class:`~datamill.errors.ImageNotAllowed`) and when its trigger runs it.
+
 Nor may dataflows feed on each other's results in a cycle (``a`` writes where ``b`` watches and
 ``b`` writes where ``a`` watches): each run of one would start a run of the other, forever, with
 names growing on every turn. A cycle is refused when a dataflow is saved and when it is started,
@@ -32,6 +37,7 @@ from datamill.dataflows.records import DataflowInfo, DataflowVersionInfo, Versio
 from datamill.db.models import Dataflow, DataflowVersion, Run, User
 from datamill.errors import AlreadyExists, Conflict, InvalidDataflow, NotFound, PermissionDenied
 from datamill.events import EventKind
+from datamill.refs import image_ref
 from datamill.store import lookups
 from datamill.store.access import Actor, Level, level_on
 from datamill.store.names import split_path
@@ -77,6 +83,7 @@ CONFIG_KEYS = (
     "destination",
     "topic",
     "pipeline",
+    "image",
     "params",
     "trigger",
     "webhooks",
@@ -177,6 +184,7 @@ def _info(conn: Connection, row: Any) -> DataflowInfo:
         destination=cfg.get("destination", ""),
         topic=cfg.get("topic"),
         pipeline=cfg.get("pipeline", ""),
+        image=cfg.get("image"),
         params=dict(cfg.get("params") or {}),
         trigger=str(trig),
         webhooks=list(cfg.get("webhooks") or []),
@@ -261,19 +269,11 @@ def validate_config(
             "Choose a destination outside the source.",
             field="destination",
         )
-    pipeline = str(cfg.get("pipeline") or "")
-    if not pipeline:
-        raise InvalidDataflow("pipeline: a pipeline reference is required (module:attr, file.py:attr or file.yaml)")
-    out["pipeline"] = pipeline
     params = cfg.get("params") or {}
     if not isinstance(params, Mapping):
         raise InvalidDataflow("params: must be a mapping of step parameters", field="params")
     out["params"] = dict(params)
-    from datamill.engine.registry import choose
-
-    choice = choose(conn, chooser or actor, pipeline)  # before anything is loaded
-    if check_pipeline:
-        _check_pipeline(choice.ref, out["params"], allowed_images)
+    _check_implementation(conn, chooser or actor, cfg, out, check_pipeline, allowed_images)
     out["trigger"] = str(Trigger.parse(str(cfg.get("trigger") or "new-items")))
     hooks = cfg.get("webhooks") or []
     if isinstance(hooks, str):
@@ -344,9 +344,9 @@ def _directory_config(
             "ask one, or upload from your machine with `datamill watch DIR FOLDER`",
             field="kind",
         )
-    if cfg.get("source") or cfg.get("pipeline"):
+    if cfg.get("source") or cfg.get("pipeline") or cfg.get("image"):
         raise InvalidDataflow(
-            "source, pipeline: a directory dataflow has none (its source is the directory); make a workflow "
+            "source, pipeline, image: a directory dataflow has none (its source is the directory); make a workflow "
             "dataflow with its destination as source to process what lands",
         )
     out["directory"] = check_watch_directory(cfg.get("directory"), watch_roots)
@@ -358,6 +358,54 @@ def _directory_config(
     out.update(source="", pipeline="", params={}, trigger="manual", webhooks=[], batch_window_ms=None)
     out["topic"] = None
     return out
+
+
+def _check_implementation(
+    conn: Connection,
+    chooser: Actor,
+    cfg: Mapping[str, Any],
+    out: dict[str, Any],
+    check_pipeline: bool,
+    allowed_images: tuple[str, ...] | None,
+) -> None:
+    """Exactly one of ``pipeline`` and ``image`` is set, and it is one ``chooser`` may run; into ``out``.
+
+    An image is checked against ``allowed_images`` (glob patterns; None: not checked) before
+    anything else, and refused with :class:`ImageNotAllowed` naming the setting.
+    """
+    from datamill.engine.registry import check_image, choose
+
+    pipeline = str(cfg.get("pipeline") or "").strip()
+    image = str(cfg.get("image") or "").strip()
+    if pipeline and image:
+        raise InvalidDataflow(
+            "pipeline, image: give one of them, not both: a pipeline (a registered name) or a container image "
+            "whose default command runs on each item",
+            field="image",
+        )
+    if not pipeline and not image:
+        raise InvalidDataflow(
+            "pipeline: a pipeline (a registered name; site admins: module:attr, file.py:attr or file.yaml) or a "
+            "container image (image) is required",
+            field="pipeline",
+        )
+    out["pipeline"] = pipeline
+    out.pop("image", None)  # absent unless used: configurations saved before images compare equal
+    if image:
+        _check_pipeline(image_ref(image), out["params"], None, field="image")  # the name's form; no file read
+        if allowed_images is not None:
+            check_image(image, allowed_images)
+        out["image"] = image
+        return
+    choice = choose(conn, chooser, pipeline)  # before anything is loaded
+    if check_pipeline:
+        _check_pipeline(choice.ref, out["params"], allowed_images)
+
+
+def implementation(cfg: Mapping[str, Any]) -> str:
+    """What a dataflow's runs run: its ``pipeline``, or ``image://IMAGE`` for an image's default command."""
+    image = cfg.get("image")
+    return image_ref(str(image)) if image else str(cfg.get("pipeline") or "")
 
 
 def _feeds(dest: str, source: str) -> bool:
@@ -415,7 +463,9 @@ def find_cycle(start: FlowEnds, others: list[FlowEnds]) -> list[FlowEnds] | None
     return None
 
 
-def _check_pipeline(ref: str, params: Mapping[str, Any], allowed_images: tuple[str, ...] | None = None) -> None:
+def _check_pipeline(
+    ref: str, params: Mapping[str, Any], allowed_images: tuple[str, ...] | None = None, field: str = "pipeline"
+) -> None:
     """The pipeline imports, its images are allowed, and parameters name real steps and parameters."""
     from datamill.errors import DatamillError
     from datamill.pipeline import load_pipeline
@@ -423,7 +473,7 @@ def _check_pipeline(ref: str, params: Mapping[str, Any], allowed_images: tuple[s
     try:
         pipeline = load_pipeline(ref)
     except DatamillError as exc:
-        raise InvalidDataflow(f"pipeline: {exc.message}", field="pipeline") from exc
+        raise InvalidDataflow(f"{field}: {exc.message}", field=field) from exc
     except Exception as exc:  # an import error in user code
         raise InvalidDataflow(f"pipeline: {ref!r} does not import: {type(exc).__name__}: {exc}") from exc
     from datamill.engine.containers import check_images
@@ -646,6 +696,11 @@ class Dataflows:
                         field=key,
                     )
             merged = {**dict(row.config or {}), **{k: v for k, v in changes.items() if v is not None}}
+            # A new implementation replaces the other kind: a pipeline for an image, or the reverse.
+            if changes.get("image"):
+                merged["pipeline"] = "" if not changes.get("pipeline") else merged["pipeline"]
+            elif changes.get("pipeline"):
+                merged.pop("image", None)
             owner = _user(conn, row.owner_id)
             chosen = merged.get("pipeline") != (row.config or {}).get("pipeline")
             # Whoever changes the pipeline chooses it; an unchanged one stays the owner's choice.
@@ -658,7 +713,7 @@ class Dataflows:
                 allowed_images=self.allowed_images,
                 watch_roots=self.watch_roots,
             )
-            if chosen and owner != actor:
+            if chosen and owner != actor and cfg["pipeline"]:
                 _check_owner_may_run(conn, owner, cfg["pipeline"], name)
             if cfg == row.config:
                 return self._shown(conn, actor, row)

@@ -41,6 +41,9 @@ class DataflowInfo(Record):
     created_at: float
     updated_at: float
     next_fire_times: list[float] = field(default_factory=list)
+    #: the container image whose default command runs on each item, when that is the
+    #: implementation (``pipeline`` is then empty)
+    image: str | None = None
     recent_runs: list[RecentRun] | None = None
     cancelled: list[int] | None = None
     #: a directory dataflow's server directory (site admins see it; others a placeholder)

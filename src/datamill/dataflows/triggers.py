@@ -25,7 +25,14 @@ from typing import Any
 from sqlalchemy import Connection, select, update
 
 from datamill import events
-from datamill.dataflows.dataflow import DataflowKind, DataflowState, fail_dataflow, find_cycle, flow_ends
+from datamill.dataflows.dataflow import (
+    DataflowKind,
+    DataflowState,
+    fail_dataflow,
+    find_cycle,
+    flow_ends,
+    implementation,
+)
 from datamill.db.models import Dataflow, Event, Run, Task, TaskInput
 from datamill.engine import registry
 from datamill.engine.engine import Engine
@@ -289,7 +296,10 @@ class Triggers:
         skip_failed: bool = True,
     ) -> int | None:
         # The pipeline is what the dataflow's owner chose, whoever asks for this run (`flow run`).
-        choice = registry.choose(conn, self._owner(conn, row.owner_id), cfg["pipeline"])
+        # An image dataflow runs image://IMAGE, checked against allowed_images as it is now.
+        choice = registry.choose(
+            conn, self._owner(conn, row.owner_id), implementation(cfg), self.home.settings.image_patterns
+        )
         pipeline = load_pipeline(choice.ref)
         aggregate = any(not pipeline.per_item(s.name) for s in pipeline)
         refs = self._inputs(conn, cfg["source"], item_ids, aggregate)

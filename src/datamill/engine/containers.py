@@ -13,8 +13,10 @@ from __future__ import annotations
 import json
 import os
 import time
-from dataclasses import replace
+from collections.abc import Mapping
+from dataclasses import dataclass, replace
 from pathlib import Path
+from typing import Any
 
 from datamill.engine.planner import PlannedTask
 from datamill.errors import ImageNotAllowed, StepFailed, TaskTimeout
@@ -32,12 +34,34 @@ from datamill.pipeline.runner import (
 )
 from datamill.pipeline.step import Step
 
-__all__ = ["OUT", "SECRET_PREFIX", "check_images", "container_call", "run_container_step"]
+__all__ = ["OUT", "SECRET_PREFIX", "ImageUsed", "check_images", "container_call", "run_container_step", "step_images"]
 
 #: The output directory inside a container.
 OUT = "/out"
 #: A step's secret ``NAME`` is the server's environment variable ``DATAMILL_SECRET_NAME``.
 SECRET_PREFIX = "DATAMILL_SECRET_"
+
+
+@dataclass(frozen=True)
+class ImageUsed:
+    """The image a container step of a run ran: as named, and its digest (``sha256:...``, the image ID)."""
+
+    image: str
+    digest: str | None
+
+
+def step_images(run_params: Mapping[str, Any] | None) -> dict[str, ImageUsed]:
+    """Each container step's image in a run, by step name, from the run's recorded parameters.
+
+    The run records the digests it resolved (``images``: image -> digest) and which step names
+    which image (``step_images``: step -> image) when it is submitted; provenance reads them here.
+    """
+    params = run_params or {}
+    digests = params.get("images") or {}
+    return {
+        str(step): ImageUsed(str(image), digests.get(image))
+        for step, image in (params.get("step_images") or {}).items()
+    }
 
 
 class _Paths:

@@ -104,7 +104,7 @@ class Engine:
         """
         with self.home.db.read() as conn:
             if isinstance(pipeline, str):
-                pipeline = registry.choose(conn, actor or self.home.admin, pipeline)
+                pipeline = registry.choose(conn, actor or self.home.admin, pipeline, self.home.settings.image_patterns)
         p = resolve_pipeline(pipeline)
         with self.home.db.read() as conn:
             return plan(p, inputs, split_params(p, params), self.lookup(conn), force, resolve_image=self.resolve_image)
@@ -161,7 +161,7 @@ class Engine:
                     skip_failed=skip_failed,
                 )
         if isinstance(pipeline, str):
-            pipeline = registry.choose(conn, actor, pipeline)
+            pipeline = registry.choose(conn, actor, pipeline, self.home.settings.image_patterns)
         p = resolve_pipeline(pipeline)
         ref = pipeline.ref if isinstance(pipeline, Choice) else p.ref
         if ref is None and scheduler is None:
@@ -357,7 +357,7 @@ class Engine:
                 )
             if row.status not in (runs.RunStatus.FAILED, runs.RunStatus.CANCELLED):
                 raise InvalidInput(f"run {run_id} is {row.status}; only failed or cancelled runs can be retried")
-            choice = registry.readmit(conn, actor, row.pipeline_ref, f"run {run_id}")
+            choice = registry.readmit(conn, actor, row.pipeline_ref, f"run {run_id}", self.home.settings.image_patterns)
         return self.submit(
             actor,
             choice,
@@ -393,6 +393,9 @@ class Engine:
                 "key": t.key,
                 "parts": parts if mine_readable else _hide_item_parts(parts),
             }
+            image = _image_named(row, parts.get("image"))
+            if image is not None:
+                out["image"] = image
             if t.status == runs.TaskStatus.CACHED:
                 out["explanation"] = f"cached: task {t.cached_from} had the same key and its outputs were reused"
                 return out
@@ -501,8 +504,20 @@ class Engine:
 
 
 def _images(the_plan: Plan) -> dict[str, Any]:
-    """The run's ``images`` parameter: the image digests its plan resolved, if any."""
-    return {"images": dict(the_plan.images)} if the_plan.images else {}
+    """The run's ``images`` parameter (the image digests its plan resolved) and ``step_images``
+    (each container step's image, for provenance: see :func:`~datamill.engine.containers.step_images`)."""
+    if not the_plan.images:
+        return {}
+    steps = {s.name: s.image for s in the_plan.pipeline.steps if s.image is not None}
+    return {"images": dict(the_plan.images), "step_images": steps}
+
+
+def _image_named(row: Any, digest: str | None) -> str | None:
+    """The image (as its step names it) whose digest, resolved for run ``row``, is ``digest``."""
+    if not digest:
+        return None
+    images = (row.params or {}).get("images") or {}
+    return next((str(name) for name, d in images.items() if d == digest), None)
 
 
 def _is_item_label(label: str) -> bool:

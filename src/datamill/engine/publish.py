@@ -236,6 +236,8 @@ class Publisher:
                 "step_code": t.step_code,
                 "dataflow": row.dataflow_id,
                 "dataflow_version": row.dataflow_version,
+                # a container step: what ran is the image with this digest (its tag may move later)
+                **({"image": pt.image, "image_digest": pt.image_digest} if pt.image else {}),
             },
             "wasDerivedFrom": [
                 {"folder": r.folder, "name": r.name, "version": r.version, "digest": r.digest} for r in inputs

@@ -100,7 +100,7 @@ class PlanInfo(Record):
 class WhyInfo(Record):
     """Why a task ran or was cached: its key parts and, when it ran, the nearest earlier task's difference."""
 
-    _optional = frozenset({"nearest"})
+    _optional = frozenset({"nearest", "image"})
 
     task: int
     run: int
@@ -110,6 +110,8 @@ class WhyInfo(Record):
     parts: dict[str, Any]
     explanation: str
     nearest: dict[str, Any] | None = None
+    #: a container step's image as named (its digest is ``parts["image"]``)
+    image: str | None = None
 
 
 @dataclass(frozen=True, slots=True)

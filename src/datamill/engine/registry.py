@@ -31,15 +31,26 @@ from datamill.errors import (
     AlreadyExists,
     Conflict,
     DatamillError,
+    ImageNotAllowed,
     InvalidInput,
     NotFound,
     PermissionDenied,
     UnknownPipeline,
 )
 from datamill.events import EventKind
+from datamill.refs import image_of_ref
 from datamill.store.access import Actor
 
-__all__ = ["ENTRY_POINT_GROUP", "Choice", "Pipelines", "Registered", "choose", "readmit", "shown"]
+__all__ = [
+    "ENTRY_POINT_GROUP",
+    "Choice",
+    "Pipelines",
+    "Registered",
+    "check_image",
+    "choose",
+    "readmit",
+    "shown",
+]
 
 #: The entry point group installed packages register their pipelines in.
 ENTRY_POINT_GROUP = "datamill.pipelines"
@@ -132,19 +143,26 @@ def registered(conn: Connection) -> list[Registered]:
     return [found[n] for n in sorted(found)]
 
 
-def choose(conn: Connection, actor: Actor, text: str) -> Choice:
+def choose(conn: Connection, actor: Actor, text: str, allowed_images: tuple[str, ...] | None = None) -> Choice:
     """The pipeline ``actor`` chose with ``text``: a registered name, or (site admins only) a reference.
 
-    Nothing is imported, opened or stat-ed here.
+    Nothing is imported, opened or stat-ed here. An ``image://IMAGE`` reference (a dataflow whose
+    implementation is a container image) is anyone's choice when ``allowed_images`` (the setting's
+    glob patterns) admits the image; with ``allowed_images`` None it is a site admin's reference.
 
     Raises:
         UnknownPipeline: ``text`` is not a registered name and ``actor`` is not a site admin; the
             message is the same whatever ``text`` is (a path that exists or not, a module...).
         InvalidPipeline: a site admin's reference is empty or too long.
+        ImageNotAllowed: an image reference names an image outside ``allowed_images``.
     """
     if not isinstance(text, str):
         raise UnknownPipeline(f"a pipeline is chosen by its registered name (a string); {HOW_TO}")
     text = text.strip()
+    image = image_of_ref(text)
+    if image is not None and allowed_images is not None:
+        check_image(image, allowed_images)
+        return Choice(text)
     found = lookup(conn, text)
     if found is not None:
         return Choice(found.ref, found.name)
@@ -160,13 +178,39 @@ def choose(conn: Connection, actor: Actor, text: str) -> Choice:
     return Choice(text)
 
 
-def readmit(conn: Connection, actor: Actor, ref: str, what: str) -> Choice:
+def check_image(image: str, allowed_images: tuple[str, ...], where: str = "image") -> None:
+    """Refuse ``image`` unless it matches one of ``allowed_images`` (glob patterns, the setting's).
+
+    Raises:
+        ImageNotAllowed: naming the image and the ``allowed_images`` setting (``where``: the field).
+    """
+    from datamill.executors.container import image_allowed
+
+    if not image_allowed(image, allowed_images):
+        raise ImageNotAllowed(
+            f"{where}: {shown(image)} is not allowed on this server; the allowed_images setting allows "
+            f"{', '.join(allowed_images) or 'no image'}. Use an allowed image or ask a site admin to add it "
+            "to allowed_images",
+            field=where,
+            image=image[:MAX_SHOWN],
+            setting="allowed_images",
+        )
+
+
+def readmit(
+    conn: Connection, actor: Actor, ref: str, what: str, allowed_images: tuple[str, ...] | None = None
+) -> Choice:
     """A reference recorded earlier (``what``: e.g. "run 7"), admitted again for ``actor``.
 
     A site admin may use any; anyone else only one that is still the reference of a registered
-    pipeline, so removing a registration also stops re-runs of what it ran.
+    pipeline, so removing a registration also stops re-runs of what it ran, or an image that
+    ``allowed_images`` still admits.
     """
     if actor.is_admin:
+        return Choice(ref)
+    image = image_of_ref(ref)
+    if image is not None and allowed_images is not None:
+        check_image(image, allowed_images)
         return Choice(ref)
     for r in registered(conn):
         if r.ref == ref:

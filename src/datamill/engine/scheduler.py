@@ -171,6 +171,17 @@ class Scheduler:
         await self.containers.close()
         self._started = False
 
+    async def sweep_containers(self) -> list[str]:
+        """Remove the containers a crashed scheduler of this home left on this host; their names.
+
+        The server calls it when it starts (:class:`~datamill.services.Services`), so leftovers go
+        at once rather than at the first container step; without a container runtime, nothing.
+        """
+        removed = await self.containers.sweep_at_start()
+        if removed:
+            log.warning("removed %d container(s) a scheduler that is gone left: %s", len(removed), ", ".join(removed))
+        return removed
+
     async def __aenter__(self) -> Scheduler:
         await self.start()
         return self

@@ -14,8 +14,9 @@ keeps its exit status; the Docker CLI's ``--rm`` loses the status (it always exi
 Docker the container runs without ``--rm`` and is removed after its status is known.
 
 Every container is named (``datamill-<home>-<task>-<attempt>`` from the engine) and labelled with
-the host and process that started it: at its first call an executor removes the containers of its
-name prefix whose process is gone (a crashed server's leftovers), see :meth:`ContainerExecutor.sweep`.
+the host and process that started it: when a server starts (:meth:`ContainerExecutor.sweep_at_start`),
+or else at its first call, an executor removes the containers of its name prefix whose process is
+gone (a crashed server's leftovers), see :meth:`ContainerExecutor.sweep`.
 
 Secrets never appear on a command line (``ps``, ``podman inspect``'s CreateCommand): ``secret_env``
 goes through an ``--env-file`` and ``secret_files`` are mounted read-only, both written to a
@@ -387,6 +388,17 @@ class ContainerExecutor(Executor):
             await self._admin("rm", "-f", "-t", "0", "--ignore", name)
         else:
             await self._admin("rm", "-f", name)
+
+    async def sweep_at_start(self) -> list[str]:
+        """:meth:`sweep` once, when the owner starts (a server, a scheduler): its names; none if no runtime.
+
+        Leftovers of a crashed server go at once, not only when a container step next runs; the
+        first call then does not sweep again.
+        """
+        if shutil.which(self.runtime) is None:
+            return []
+        self._swept = True
+        return await self.sweep()
 
     async def sweep(self) -> list[str]:
         """Remove containers named with this executor's prefix whose starting process is gone; their names.

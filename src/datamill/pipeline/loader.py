@@ -2,7 +2,8 @@
 
 References are strings so that worker processes can load the same pipeline:
 ``"package.module:attr"``, ``"path/to/file.py:attr"``, ``"path/to/file.py"`` (the file's only
-Pipeline), or ``"path/to/pipeline.yaml"`` (:mod:`datamill.pipeline.yaml`).
+Pipeline), or ``"path/to/pipeline.yaml"`` (:mod:`datamill.pipeline.yaml`); ``"image://IMAGE"``
+is the one-step pipeline running a container image's default command (:func:`image_pipeline`).
 
 A module of its own, above both :mod:`datamill.pipeline.pipeline` and :mod:`datamill.pipeline.yaml`:
 the YAML loader builds a Pipeline, and loading dispatches to the YAML loader, so neither of those two
@@ -23,9 +24,13 @@ import cloudpickle
 
 from datamill.errors import DatamillError, InvalidPipeline
 from datamill.pipeline.pipeline import Pipeline, refuse_main_module
-from datamill.pipeline.step import Step
+from datamill.pipeline.step import Step, container_step
+from datamill.refs import image_of_ref, image_ref
 
-__all__ = ["load_pipeline"]
+__all__ = ["IMAGE_STEP", "image_pipeline", "load_pipeline"]
+
+#: The name of the one step of an image's pipeline (:func:`image_pipeline`).
+IMAGE_STEP = "image"
 
 # Loaded pipeline files by path: (mtime_ns, size, module or YAML pipeline). Workers load the
 # same reference for every task; executing the file each time would cost more than the task.
@@ -43,7 +48,8 @@ def load_pipeline(ref: str | os.PathLike[str]) -> Pipeline:
     * ``"path/to/file.py:attr"`` — an attribute of a Python file (its directory goes on
       ``sys.path`` so it can import its neighbours);
     * ``"path/to/file.py"`` or ``"package.module"`` — the only Pipeline defined there;
-    * ``"path/to/pipeline.yaml"`` / ``.yml`` — a YAML pipeline (:mod:`datamill.pipeline.yaml`).
+    * ``"path/to/pipeline.yaml"`` / ``.yml`` — a YAML pipeline (:mod:`datamill.pipeline.yaml`);
+    * ``"image://localhost/tool:1"`` — a container image as a whole pipeline (:func:`image_pipeline`).
 
     The returned pipeline's :attr:`Pipeline.ref` is set to a reference that works from any
     working directory (file paths made absolute).
@@ -55,6 +61,9 @@ def load_pipeline(ref: str | os.PathLike[str]) -> Pipeline:
     text = os.fspath(ref).strip()
     if not text:
         raise InvalidPipeline("empty pipeline reference; use 'module:attr', 'file.py:attr' or 'file.yaml'")
+    image = image_of_ref(text)
+    if image is not None:
+        return image_pipeline(image)
     target, attr = text, None
     head, sep, tail = text.rpartition(":")
     # "C:\\x.py" style drive letters are a path, not module:attr.
@@ -69,6 +78,21 @@ def load_pipeline(ref: str | os.PathLike[str]) -> Pipeline:
     if _is_file_ref(target):
         return _load_file(target, attr, text)
     return _load_module(target, attr, text)
+
+
+def image_pipeline(image: str) -> Pipeline:
+    """The pipeline of a dataflow whose implementation is ``image`` (the DMS's shape).
+
+    One container step, named ``image``, per item: the image's default command gets the item's
+    file and the output directory as its arguments (``/in/<name> /out``), and every file it
+    writes to ``/out`` is published. The step depends only on the image's name (its digest enters
+    the task key when a run is planned), so loading it again gives the same keys and the cache
+    holds across runs and servers. Its reference is ``image://<image>``.
+
+    Raises:
+        InvalidStepOption: ``image`` is not an image reference.
+    """
+    return Pipeline(image, [container_step(IMAGE_STEP, image)], ref=image_ref(image))
 
 
 def _load_yaml(target: str) -> Pipeline:

@@ -102,6 +102,8 @@ def _activity_attrs(ns: Any, node: Node) -> dict[str, Any]:
             "dm:run": _qn(ns, run_id_of(a["run"])),
             "dm:executor": a.get("executor"),
             "dm:cached_from": _qn(ns, task_id(a["cached_from"])) if a.get("cached_from") else None,
+            "dm:image": a.get("image"),
+            "dm:image_digest": a.get("image_digest"),
         }
     if node.visible and node.type == "run":
         return {

@@ -19,6 +19,7 @@ from pathlib import Path, PurePosixPath
 from typing import Any
 
 from datamill._version import __version__
+from datamill.engine.containers import ImageUsed, step_images
 from datamill.errors import BlobNotFound, InvalidInput
 from datamill.home import Home
 from datamill.provenance.graph import DELETED, HIDDEN, iso_time, local_name
@@ -234,6 +235,7 @@ class _CrateBuilder:
             },
         )
         self.workflow["input"] = [self.in_param]
+        images = step_images(self.rec.run.params)
         for t in self.rec.tasks:
             if t.step in self.steps:
                 continue
@@ -246,6 +248,9 @@ class _CrateBuilder:
                     "version": t.step_code,
                 },
             )
+            used = images.get(t.step)
+            if used is not None:
+                tool["containerImage"] = self._add_image(used)
             self.tools[t.step] = tool
             self.steps[t.step] = self._add(
                 f"#step-{local_name(t.step)}",
@@ -253,6 +258,21 @@ class _CrateBuilder:
             )
         self.workflow["step"] = list(self.steps.values())
         self.workflow["hasPart"] = list(self.tools.values())
+
+    def _add_image(self, used: ImageUsed) -> Any:
+        """A container step's image, as Workflow Run Crate's ``ContainerImage``: name, tag and sha256."""
+        name, tag = used.image, None
+        last = used.image.rsplit("/", 1)[-1]
+        if ":" in last:
+            name, tag = used.image.rsplit(":", 1)
+        props = {
+            "@type": "ContainerImage",
+            "additionalType": {"@id": "https://w3id.org/ro/terms/workflow-run#DockerImage"},
+            "name": name,
+            "tag": tag,
+            "sha256": used.digest.removeprefix("sha256:") if used.digest else None,
+        }
+        return self._add(f"#image-{local_name(used.image)}", {k: v for k, v in props.items() if v is not None})
 
     def _out_param(self, step: str, name: str) -> Any:
         """The formal parameter of output ``name`` of ``step`` (added to its tool the first time)."""

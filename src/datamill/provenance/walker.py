@@ -14,6 +14,7 @@ from typing import Any
 
 from sqlalchemy import Connection
 
+from datamill.engine.containers import step_images
 from datamill.home import Home
 from datamill.provenance.graph import (
     DELETED,
@@ -218,6 +219,7 @@ class Walker(Records):
                     "executor": t.executor,
                     "cached_from": t.cached_from,
                     "key": t.key,
+                    **_image_attrs(run, t.step),
                 },
             )
         )
@@ -234,6 +236,12 @@ class Walker(Records):
         if node.type == "output":
             return int(node.attrs["task"]) if "task" in node.attrs else None
         return None
+
+
+def _image_attrs(run: Any, step: str) -> dict[str, Any]:
+    """A container task's ``image`` and ``image_digest`` (from its run's parameters); none otherwise."""
+    used = step_images(run.params).get(step)
+    return {} if used is None else {"image": used.image, "image_digest": used.digest}
 
 
 def _role(param: str) -> str:

@@ -36,6 +36,7 @@ from sqlalchemy import Connection, select
 
 from datamill.db.models import Dataflow, Folder, Run, Task
 from datamill.events import EventKind, EventRecord
+from datamill.refs import image_of_ref
 from datamill.store.access import Actor, Level, ancestor_paths, level_on
 from datamill.store.groups import group_ids_of
 
@@ -88,9 +89,10 @@ def mask_ref(ref: str | None) -> str | None:
     """A pipeline reference as a non-admin may see it: ``module:attr`` as is, a file's path hidden.
 
     A reference to a file names a path on the server, which only site admins may learn (users
-    choose registered pipelines by name; the run's ``pipeline_name`` still says which ran).
+    choose registered pipelines by name; the run's ``pipeline_name`` still says which ran). An
+    ``image://`` reference names a container image, not a file: shown as it is.
     """
-    if not ref:
+    if not ref or image_of_ref(ref) is not None:
         return ref
     target = ref.rsplit(":", 1)[0] if ":" in ref else ref
     if "/" in target or "\\" in target or target.endswith((".py", ".yaml", ".yml")):

@@ -38,10 +38,15 @@ class DataflowCreate(BaseModel):
     source: str = Field("", description="The folder it watches (none for a directory dataflow).")
     dest: str | None = Field(None, description="The folder results go to (outside the source).")
     destination: str | None = Field(None, description="Same as dest.")
-    pipeline: str = Field(
-        "",
+    pipeline: str | None = Field(
+        None,
         description="A registered pipeline name (GET /pipelines); site admins may also give a reference: "
-        "module:attr, file.py:attr, file.yaml. None for a directory dataflow.",
+        "module:attr, file.py:attr, file.yaml. Give this or image (neither for a directory dataflow).",
+    )
+    image: str | None = Field(
+        None,
+        description="A container image (allowed by the allowed_images setting) whose default command gets each "
+        "item's file and an output directory; instead of a pipeline.",
     )
     trigger: str = Field("new-items", description="new-items, manual or 'cron:<five fields>'.")
     params: dict[str, Any] = Field(default_factory=dict, description="Step parameters: {'step.param': value}.")
@@ -63,7 +68,8 @@ class DataflowEdit(BaseModel):
     source: str | None = None
     dest: str | None = None
     destination: str | None = None
-    pipeline: str | None = None
+    pipeline: str | None = Field(None, description="A new pipeline (replaces an image).")
+    image: str | None = Field(None, description="A new container image (replaces a pipeline).")
     trigger: str | None = None
     params: dict[str, Any] | None = None
     description: str | None = None
@@ -117,6 +123,7 @@ async def create_dataflow(body: DataflowCreate, actor: ActorDep, home: HomeDep) 
         body.kind,
         body.directory,
         body.watch,
+        body.image,
     )
     return JSONResponse(plain(info), status_code=201)
 
