@@ -127,7 +127,10 @@ def create(
         )
     else:
         if not source or not (pipeline or image):
-            raise InvalidInput("give --source and --pipeline or --image (or --directory for a directory dataflow)")
+            raise InvalidInput(
+                "give --source, and a pipeline (--pipeline) or an image (--image); "
+                "or --directory for a directory dataflow"
+            )
         if include or exclude or stable is not None or poll:
             raise InvalidInput("--include, --exclude, --stable and --poll apply to directory dataflows only")
         info = client.create_dataflow(
