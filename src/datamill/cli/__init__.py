@@ -25,6 +25,7 @@ import typer
 import typer.main
 from typer.core import TyperGroup
 
+from datamill.cli import coercion
 from datamill.cli.context import State
 from datamill.cli.output import say
 from datamill.errors import DatamillError
@@ -52,7 +53,10 @@ def module_commands(module: str) -> dict[str, Any]:
     """The commands ``datamill.cli.<module>`` registers, built as Typer builds the root's own."""
     scratch = typer.Typer(rich_markup_mode="markdown", add_completion=False, pretty_exceptions_enable=False)
     importlib.import_module(f"datamill.cli.{module}").register(scratch)
-    return dict(typer.main.get_group(scratch).commands)
+    commands = dict(typer.main.get_group(scratch).commands)
+    for command in commands.values():
+        coercion.install_tree(command)
+    return commands
 
 
 class LazyCommands(Mapping[str, Any]):
@@ -80,6 +84,8 @@ class LazyCommands(Mapping[str, Any]):
 
 class DatamillGroup(TyperGroup):
     """The root command: loads its commands lazily; its :meth:`invoke` is the CLI's one error boundary."""
+
+    context_class = coercion.QuickContext
 
     def __init__(self, **attrs: Any) -> None:
         super().__init__(**attrs)
@@ -185,7 +191,6 @@ def root(
 ) -> None:
     """datamill: folders of versioned items, with dataflows built in."""
     ctx.obj = State(home=home, profile=profile, url=url, token=token, user=user, verbose=verbose)
-
 
 
 def main() -> None:
