@@ -3,9 +3,9 @@
 Global options (before the command) choose where to work: a local home (``--home``, ``--profile``,
 acting as ``--user``) or a server (``--url`` + ``--token``). Each noun has its module:
 :mod:`~datamill.cli.folders`, :mod:`~datamill.cli.items`, :mod:`~datamill.cli.events`,
-:mod:`~datamill.cli.users`, :mod:`~datamill.cli.server`, ...; :data:`COMMANDS` says which module
-holds which command. A module is imported only when one of its commands runs or the full list is
-shown (``datamill --help``): a start-up pays for the one command it runs, not for all of them.
+:mod:`~datamill.cli.users`, :mod:`~datamill.cli.server`, ...; :mod:`~datamill.cli.commands` says
+which module holds which command. A module is imported only when one of its commands runs (or its
+help is shown): a start-up pays for the one command it runs, not for all of them.
 
 All errors pass one boundary, :meth:`DatamillGroup.invoke`: a :class:`~datamill.errors.DatamillError`
 becomes ``error: <message>`` on stderr and exit status 1; the traceback appears only with ``-v``.
@@ -14,72 +14,22 @@ The CLI modules deliberately do without ``from __future__ import annotations``: 
 command's annotations on each start, and evaluating them from strings costs ~0.2 s a run.
 """
 
-import importlib
 import os
 import sys
 import traceback
-from collections.abc import Iterator, Mapping
 from typing import Annotated, Any
 
 import typer
-import typer.main
 from typer.core import TyperGroup
 
 from datamill.cli import coercion
+from datamill.cli.commands import COMMANDS, LazyCommands
 from datamill.cli.context import State
 from datamill.cli.output import say
 from datamill.errors import DatamillError
 
 #: Exit status for a command stopped with Ctrl-C (128 + SIGINT), as shells use.
 EXIT_INTERRUPTED = 130
-
-
-#: The root's commands, in the order ``datamill --help`` lists them (a panel shows where its first
-#: command is), each with the module under ``datamill.cli`` whose ``register(app)`` adds it.
-COMMANDS: dict[str, str] = {
-    **dict.fromkeys(["put", "get", "ls", "versions", "meta", "find", "rm"], "items"),
-    "events": "events",
-    **dict.fromkeys(["share", "public", "access", "whoami", "user", "token", "group"], "users"),
-    **dict.fromkeys(["up", "config"], "server"),
-    **dict.fromkeys(["run", "plan", "why", "logs", "runs"], "runs"),
-    "pipelines": "pipelines",
-    "flow": "flows",
-    "lineage": "lineage",
-    "folder": "folders",
-}
-
-
-def module_commands(module: str) -> dict[str, Any]:
-    """The commands ``datamill.cli.<module>`` registers, built as Typer builds the root's own."""
-    scratch = typer.Typer(rich_markup_mode="markdown", add_completion=False, pretty_exceptions_enable=False)
-    importlib.import_module(f"datamill.cli.{module}").register(scratch)
-    commands = dict(typer.main.get_group(scratch).commands)
-    for command in commands.values():
-        coercion.install_tree(command)
-    return commands
-
-
-class LazyCommands(Mapping[str, Any]):
-    """The root's commands by name (:data:`COMMANDS`); a command's module is loaded on first look-up.
-
-    Click and Typer read a group's ``commands`` for the names (listing, "did you mean") and look a
-    command up by name to run it; only the look-up needs the module.
-    """
-
-    def __init__(self) -> None:
-        self._loaded: dict[str, Any] = {}
-
-    def __getitem__(self, name: str) -> Any:
-        if name not in self._loaded:
-            module = COMMANDS[name]  # KeyError: no such command, as for a dict
-            self._loaded.update(module_commands(module))
-        return self._loaded[name]
-
-    def __iter__(self) -> Iterator[str]:
-        return iter(COMMANDS)
-
-    def __len__(self) -> int:
-        return len(COMMANDS)
 
 
 class DatamillGroup(TyperGroup):
@@ -94,6 +44,16 @@ class DatamillGroup(TyperGroup):
     def list_commands(self, ctx: Any) -> list[str]:
         """The names, without loading any module."""
         return list(COMMANDS)
+
+    def format_help(self, ctx: Any, formatter: Any) -> None:
+        """The full help, listing the commands from their summaries (no command module is imported)."""
+        commands = self.commands
+        assert isinstance(commands, LazyCommands)
+        commands.summaries = True
+        try:
+            super().format_help(ctx, formatter)
+        finally:
+            commands.summaries = False
 
     def invoke(self, ctx: Any) -> Any:  # a typer Context; typed Any to match TyperGroup.invoke
         """Run the chosen command, turning every error into one line on stderr and an exit status."""

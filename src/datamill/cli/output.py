@@ -14,15 +14,6 @@ from typing import Any, Literal
 import typer
 from rich.console import Console
 from rich.filesize import decimal
-from rich.progress import (
-    BarColumn,
-    DownloadColumn,
-    Progress,
-    TextColumn,
-    TimeRemainingColumn,
-    TransferSpeedColumn,
-)
-from rich.table import Table
 
 #: Transfers larger than this get a progress bar (when stderr is a terminal).
 PROGRESS_THRESHOLD = 1_000_000
@@ -96,6 +87,8 @@ def print_table(columns: Sequence[str], rows: Iterable[Sequence[Any]], empty: st
         if empty:
             say(empty)
         return
+    from rich.table import Table  # here, not at the top: a command that prints no table does not load it
+
     table = Table(box=None, pad_edge=False, header_style="bold")
     for name in columns:
         justify: Literal["left", "right"] = "right" if name in {"version", "size", "seq", "id"} else "left"
@@ -146,6 +139,9 @@ def transfer_progress(total: int, description: str) -> Iterator[Callable[[int], 
     if total <= PROGRESS_THRESHOLD or not console.is_terminal:
         yield lambda n: None
         return
+    # Loaded here, for the few transfers that show a bar, rather than on every start.
+    from rich.progress import BarColumn, DownloadColumn, Progress, TextColumn, TimeRemainingColumn, TransferSpeedColumn
+
     with Progress(
         TextColumn("{task.description}"),
         BarColumn(),
