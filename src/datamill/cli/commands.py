@@ -83,7 +83,8 @@ COMMANDS: dict[str, Entry] = {
     "why": Entry(
         "runs",
         "Pipelines and runs",
-        "Explain why a task ran or was taken from the cache: its key's parts, and what differs from the nearest earlier task of the same step.",
+        "Explain why a task ran or was taken from the cache: its key's parts, and what differs from the "
+        "nearest earlier task of the same step.",
     ),
     "logs": Entry(
         "runs",
