@@ -6,21 +6,29 @@ Each case runs in a fresh interpreter (a subprocess), which reports the modules 
 
 from __future__ import annotations
 
+import inspect
 import json
 import os
+import re
 import subprocess
 import sys
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
+import typer
+import typer.main
 
 from datamill.api import ServerHandle, start_background_server
+from datamill.cli import app
+from datamill.cli.commands import COMMANDS, module_commands
 from datamill.config import load_settings
 from datamill.home import Home
 
-#: Never loaded by a light entry point (top-level package names).
-HEAVY = {"sqlalchemy", "pandas", "pyarrow", "matplotlib"}
+#: Never loaded by a light entry point (top-level package names). Pydantic is Typer's way of coercing
+#: command-line values; the CLI does without it for plain values (datamill.cli.coercion).
+HEAVY = {"sqlalchemy", "pandas", "pyarrow", "matplotlib", "pydantic"}
 #: datamill modules a light entry point does not need either: the local stack (what opens a home).
 LOCAL_STACK = (
     "datamill.db",
@@ -112,9 +120,15 @@ def test_the_remote_client_is_light(tmp_path: Path) -> None:
     assert not _local_stack(modules)
 
 
+def _command_modules(modules: list[str]) -> list[str]:
+    return sorted(m for m in modules if m in {f"datamill.cli.{e.module}" for e in COMMANDS.values()})
+
+
 def test_datamill_help_is_light(tmp_path: Path) -> None:
     modules = _loaded(tmp_path, "from datamill.cli import main\nmain()", "--help")
-    assert "datamill.cli.items" in modules  # the commands were loaded to be listed
+    assert "datamill.cli.commands" in modules
+    assert not _command_modules(modules)  # listed from the table, not loaded
+    assert "datamill.client" not in modules and "httpx" not in modules
     assert not _heavy(modules)
     assert not _local_stack(modules)
 
@@ -124,27 +138,47 @@ def test_a_remote_command_is_light(tmp_path: Path, server: tuple[ServerHandle, s
     code = "from datamill.cli import main\nmain()"
     modules = _loaded(tmp_path, code, "--url", handle.url, "--token", token, "ls", "Raw", "--json")
     assert "datamill.client.remote" in modules
+    assert _command_modules(modules) == ["datamill.cli.items"]  # the module of `ls`, no other
     assert not _heavy(modules)
     assert not _local_stack(modules)
 
 
-def test_a_local_command_loads_the_local_stack(tmp_path: Path) -> None:
-    """The other side of the same switch: on a local home the home is opened (a check of the probe)."""
-    modules = _loaded(tmp_path, "from datamill.cli import main\nmain()", "--home", str(tmp_path / "h"), "folder", "ls")
-    assert "datamill.home" in modules and "sqlalchemy" in modules
+def _registered() -> dict[str, Any]:
+    """Every root command as the modules register it (all loaded), by name."""
+    out: dict[str, Any] = {}
+    for module in dict.fromkeys(e.module for e in COMMANDS.values()):
+        loaded = module_commands(module)
+        assert not set(loaded) & set(out), f"{module} registers a name another module has"
+        out.update((name, (module, command)) for name, command in loaded.items())
+    return out
 
 
-def test_pipeline_run_works_after_a_light_import(tmp_path: Path) -> None:
-    """``Pipeline.run`` reaches the engine through the seam datamill/__init__.py fills, loaded on the run."""
-    code = (
-        "import sys\n"
-        "from datamill.pipeline import Pipeline, step\n"
-        "assert 'datamill.engine.quick' not in sys.modules\n"
-        "@step(version='1')\n"
-        "def words(item) -> int:\n"
-        "    return len(item.read_text().split())\n"
-        "result = Pipeline('count', [words]).run([('a.txt', b'one two')])\n"
-        "assert result.outputs == {'words[inputs/a.txt]': 2}, result.outputs\n"
-    )
-    modules = _loaded(tmp_path, code)
-    assert "datamill.engine.quick" in modules
+def _summary(command: Any) -> str:
+    # What Typer lists for a command: the first paragraph of its help, its lines joined.
+    return inspect.cleandoc(command.short_help or command.help or "").split("\n\n")[0].replace("\n", " ").strip()
+
+
+def test_the_command_table_matches_the_registered_commands() -> None:
+    """The lazily loaded root still has every command, listed in ``--help`` as its module describes it."""
+    registered = _registered()
+    assert list(COMMANDS) == [n for n in COMMANDS if n in registered]
+    assert set(COMMANDS) == set(registered), "add the command to (or remove it from) datamill/cli/commands.py"
+    for name, (module, command) in registered.items():
+        entry = COMMANDS[name]
+        assert (entry.module, entry.panel) == (module, command.rich_help_panel), name
+        assert entry.summary == _summary(command), f"{name}: update its summary in datamill/cli/commands.py"
+
+
+def test_datamill_help_lists_every_command(monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]) -> None:
+    """``datamill --help`` names every command, under its panel, as a fully loaded root would."""
+    monkeypatch.setenv("COLUMNS", "200")
+    root = typer.main.get_command(app)
+    ctx = typer.Context(root, info_name="datamill")
+    root.get_help(ctx)  # Typer's Rich help prints itself
+    listed = capsys.readouterr().out
+    rows = re.findall(r"^│ (\S+) {2,}(.+?)\s*│$", listed, flags=re.MULTILINE)
+    assert [name for name, _ in rows if not name.startswith("-")] == list(COMMANDS)
+    # The same root with every command loaded: the list is then drawn from the commands themselves.
+    assert all(root.get_command(ctx, name) is not None for name in COMMANDS)
+    root.get_help(ctx)
+    assert capsys.readouterr().out == listed

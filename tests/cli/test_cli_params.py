@@ -64,3 +64,12 @@ def test_transfer_progress_on_a_terminal(monkeypatch: pytest.MonkeyPatch) -> Non
     with output.transfer_progress(10, "small") as progress:
         progress(10)
     assert buf.getvalue() == ""
+
+
+def test_tables_and_messages_show_names_as_they_are(capsys: pytest.CaptureFixture[str]) -> None:
+    """A name that looks like Rich markup or an emoji code is printed verbatim, not styled or replaced."""
+    output.print_table(["name", "updated"], [("[red]a.txt", "2026-01-02 10:54:21"), (":smile:.csv", "-")])
+    output.say("uploaded [bold]:thumbs_up:.txt")
+    out, err = capsys.readouterr()
+    assert "[red]a.txt" in out and ":smile:.csv" in out and "10:54:21" in out
+    assert "uploaded [bold]:thumbs_up:.txt" in err

@@ -3,7 +3,9 @@
 Global options (before the command) choose where to work: a local home (``--home``, ``--profile``,
 acting as ``--user``) or a server (``--url`` + ``--token``). Each noun has its module:
 :mod:`~datamill.cli.folders`, :mod:`~datamill.cli.items`, :mod:`~datamill.cli.events`,
-:mod:`~datamill.cli.users`, :mod:`~datamill.cli.server`.
+:mod:`~datamill.cli.users`, :mod:`~datamill.cli.server`, ...; :mod:`~datamill.cli.commands` says
+which module holds which command. A module is imported only when one of its commands runs (or its
+help is shown): a start-up pays for the one command it runs, not for all of them.
 
 All errors pass one boundary, :meth:`DatamillGroup.invoke`: a :class:`~datamill.errors.DatamillError`
 becomes ``error: <message>`` on stderr and exit status 1; the traceback appears only with ``-v``.
@@ -20,8 +22,8 @@ from typing import Annotated, Any
 import typer
 from typer.core import TyperGroup
 
-from datamill.cli import events, flows, folders, items, pipelines, runs, server, users, watch
-from datamill.cli import lineage as lineage_cmd
+from datamill.cli import coercion
+from datamill.cli.commands import COMMANDS, LazyCommands
 from datamill.cli.context import State
 from datamill.cli.output import say
 from datamill.errors import DatamillError
@@ -31,7 +33,27 @@ EXIT_INTERRUPTED = 130
 
 
 class DatamillGroup(TyperGroup):
-    """The root command; its :meth:`invoke` is the CLI's one error boundary."""
+    """The root command: loads its commands lazily; its :meth:`invoke` is the CLI's one error boundary."""
+
+    context_class = coercion.QuickContext
+
+    def __init__(self, **attrs: Any) -> None:
+        super().__init__(**attrs)
+        self.commands = LazyCommands()  # type: ignore[assignment]  # read-only: commands come from COMMANDS
+
+    def list_commands(self, ctx: Any) -> list[str]:
+        """The names, without loading any module."""
+        return list(COMMANDS)
+
+    def format_help(self, ctx: Any, formatter: Any) -> None:
+        """The full help, listing the commands from their summaries (no command module is imported)."""
+        commands = self.commands
+        assert isinstance(commands, LazyCommands)
+        commands.summaries = True
+        try:
+            super().format_help(ctx, formatter)
+        finally:
+            commands.summaries = False
 
     def invoke(self, ctx: Any) -> Any:  # a typer Context; typed Any to match TyperGroup.invoke
         """Run the chosen command, turning every error into one line on stderr and an exit status."""
@@ -131,21 +153,9 @@ def root(
     ctx.obj = State(home=home, profile=profile, url=url, token=token, user=user, verbose=verbose)
 
 
-app.add_typer(folders.app, name="folder", rich_help_panel="Folders")
-items.register(app)
-events.register(app)
-users.register(app)
-server.register(app)
-runs.register(app)
-pipelines.register(app)
-flows.register(app)
-lineage_cmd.register(app)
-watch.register(app)
-
-
 def main() -> None:
     """The console entry point."""
     app(prog_name="datamill")
 
 
-__all__ = ["DatamillGroup", "app", "main"]
+__all__ = ["COMMANDS", "DatamillGroup", "app", "main"]

@@ -4,12 +4,17 @@ The client is opened lazily, on the first command that needs it, so ``datamill c
 ``--help`` never touch a database, and closed once by the root command when the command ends.
 """
 
+from __future__ import annotations  # no commands here for Typer to read; Client is named only in hints
+
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
 
 import typer
 
-from datamill.client import Client, connect
 from datamill.errors import InvalidInput
+
+if TYPE_CHECKING:
+    from datamill.client import Client
 
 
 @dataclass
@@ -38,6 +43,8 @@ class State:
                 raise InvalidInput(
                     "--user acts as a user on a local home only; against a server, pass that user's --token"
                 )
+            from datamill.client import connect  # the client package only when a command needs it
+
             self._client = connect(home=self.home, url=self.url, token=self.token, user=self.user, profile=self.profile)
         return self._client
 

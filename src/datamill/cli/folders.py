@@ -127,3 +127,8 @@ def metadata(
         lambda info: f"folder {info.path!r}",
         json_,
     )
+
+
+def register(root: typer.Typer) -> None:
+    """Add ``datamill folder ...`` to the root command."""
+    root.add_typer(app, name="folder", rich_help_panel="Folders")

@@ -14,15 +14,6 @@ from typing import Any, Literal
 import typer
 from rich.console import Console
 from rich.filesize import decimal
-from rich.progress import (
-    BarColumn,
-    DownloadColumn,
-    Progress,
-    TextColumn,
-    TimeRemainingColumn,
-    TransferSpeedColumn,
-)
-from rich.table import Table
 
 #: Transfers larger than this get a progress bar (when stderr is a terminal).
 PROGRESS_THRESHOLD = 1_000_000
@@ -55,7 +46,7 @@ def stderr(min_width: int = 0) -> Console:
 
 def say(message: str) -> None:
     """One line of chatter on stderr (``created folder ...``); never mixed into results."""
-    stderr().print(message, markup=False, soft_wrap=True)
+    stderr().print(message, markup=False, emoji=False, soft_wrap=True)
 
 
 def _plain(obj: Any) -> Any:
@@ -96,12 +87,17 @@ def print_table(columns: Sequence[str], rows: Iterable[Sequence[Any]], empty: st
         if empty:
             say(empty)
         return
+    from rich.table import Table  # here, not at the top: a command that prints no table does not load it
+    from rich.text import Text
+
     table = Table(box=None, pad_edge=False, header_style="bold")
     for name in columns:
         justify: Literal["left", "right"] = "right" if name in {"version", "size", "seq", "id"} else "left"
-        table.add_column(name, justify=justify, overflow="fold")
+        table.add_column(Text(name), justify=justify, overflow="fold")
     for row in rows:
-        table.add_row(*(str(c) for c in row))
+        # Cells are Text, never markup: a name like "[red]x" or ":smile:" is shown as it is (and Rich's
+        # emoji table, which times like 10:54:21 would consult, is never loaded).
+        table.add_row(*(Text(str(c)) for c in row))
     stdout().print(table)
 
 
@@ -146,6 +142,9 @@ def transfer_progress(total: int, description: str) -> Iterator[Callable[[int], 
     if total <= PROGRESS_THRESHOLD or not console.is_terminal:
         yield lambda n: None
         return
+    # Loaded here, for the few transfers that show a bar, rather than on every start.
+    from rich.progress import BarColumn, DownloadColumn, Progress, TextColumn, TimeRemainingColumn, TransferSpeedColumn
+
     with Progress(
         TextColumn("{task.description}"),
         BarColumn(),

@@ -14,17 +14,19 @@ import time
 from abc import ABC, abstractmethod
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from pathlib import Path
-from typing import Any, BinaryIO
+from typing import TYPE_CHECKING, Any, BinaryIO
 
 from datamill.client.ignore import walk as walk_files
-from datamill.dataflows.records import DataflowInfo, DataflowVersionInfo
-from datamill.engine.records import PipelineInfo, PlanInfo, RunInfo, TaskInfo, WhyInfo
 from datamill.errors import BlobCorrupted, DatamillError, InvalidInput, NotFound
 from datamill.records import FINISHED_RUN, EventRecord, FolderInfo, GroupInfo, ItemInfo, NewToken, VersionInfo
 from datamill.refs import absolute_ref
 from datamill.store.blobs import hasher
 from datamill.store.names import check_name, join_path, split_path
 from datamill.store.records import AccessGrant, UserInfo
+
+if TYPE_CHECKING:  # annotations only; the remote client imports them where it makes one
+    from datamill.dataflows.records import DataflowInfo, DataflowVersionInfo
+    from datamill.engine.records import PipelineInfo, PlanInfo, RunInfo, TaskInfo, WhyInfo
 
 __all__ = ["BATCH_FILES", "SMALL_FILE", "Client", "ProgressFn", "absolute_ref", "wait_until"]
 

@@ -19,14 +19,12 @@ import sys
 import time
 import uuid
 from collections.abc import Callable, Iterable, Iterator, Mapping
-from typing import Any, BinaryIO, TypeVar
+from typing import TYPE_CHECKING, Any, BinaryIO, TypeVar
 from urllib.parse import quote, urlsplit
 
 from datamill import errors
 from datamill._version import __version__
 from datamill.client.base import Client, ProgressFn, absolute_ref
-from datamill.dataflows.records import DataflowInfo, DataflowVersionInfo
-from datamill.engine.records import PipelineInfo, PlanInfo, RunInfo, TaskInfo, WhyInfo
 from datamill.errors import BlobCorrupted, DatamillError, InvalidInput, Unauthorized
 from datamill.records import (
     FINISHED_RUN,
@@ -41,6 +39,10 @@ from datamill.records import (
 )
 from datamill.store.blobs import ALGORITHM, CHUNK, digest_bytes, hasher
 from datamill.store.records import AccessGrant, UserInfo
+
+if TYPE_CHECKING:  # imported where a method makes one: `datamill ls` needs neither module
+    from datamill.dataflows.records import DataflowInfo, DataflowVersionInfo
+    from datamill.engine.records import PipelineInfo, PlanInfo, RunInfo, TaskInfo, WhyInfo
 
 # httpx imports its own command line (click, rich.syntax, pygments) whenever click is installed, and
 # Typer brings click: ~0.08 s of CPU on every `datamill --url ...` start for code never used here. A
@@ -532,10 +534,14 @@ class RemoteClient(Client):
 
     # --- pipelines ------------------------------------------------------------------------
     def pipelines(self) -> list[PipelineInfo]:
+        from datamill.engine.records import PipelineInfo
+
         return [PipelineInfo.from_dict(p) for p in self._call("GET", "/pipelines")]
 
     def add_pipeline(self, name: str, ref: str, description: str = "") -> PipelineInfo:
         body = {"name": name, "ref": absolute_ref(ref), "description": description}
+        from datamill.engine.records import PipelineInfo
+
         return PipelineInfo.from_dict(self._call("POST", "/pipelines", json=body))
 
     def remove_pipeline(self, name: str) -> None:
@@ -550,6 +556,8 @@ class RemoteClient(Client):
         force: bool = False,
     ) -> PlanInfo:
         body = {"pipeline": absolute_ref(pipeline_ref), "folder": folder, "params": dict(params or {}), "force": force}
+        from datamill.engine.records import PlanInfo
+
         return PlanInfo.from_dict(self._call("POST", "/plan", json=body))
 
     def _submit(self, body: dict[str, Any]) -> int:
@@ -603,21 +611,29 @@ class RemoteClient(Client):
             params=params,
             timeout=httpx.Timeout(self._http.timeout.connect or 10.0, read=wait + read),
         )
+        from datamill.engine.records import RunInfo
+
         return RunInfo.from_dict(self._send(request).json())
 
     def runs(self, limit: int = 50, status: str | None = None) -> list[RunInfo]:
         params: dict[str, Any] = {"limit": limit}
         if status:
             params["status"] = status
+        from datamill.engine.records import RunInfo
+
         return [RunInfo.from_dict(r) for r in self._call("GET", "/runs", params=params)]
 
     def run_info(self, run_id: int) -> RunInfo:
         return self._run_page(run_id)
 
     def tasks(self, run_id: int) -> list[TaskInfo]:
+        from datamill.engine.records import TaskInfo
+
         return [TaskInfo.from_dict(t) for t in self._call("GET", f"/runs/{int(run_id)}/tasks")]
 
     def task(self, task_id: int) -> TaskInfo:
+        from datamill.engine.records import TaskInfo
+
         return TaskInfo.from_dict(self._call("GET", f"/tasks/{int(task_id)}"))
 
     def cancel_run(self, run_id: int) -> bool:
@@ -627,6 +643,8 @@ class RemoteClient(Client):
         return int(self._call("POST", f"/runs/{int(run_id)}/retry")["id"])
 
     def why(self, task_id: int) -> WhyInfo:
+        from datamill.engine.records import WhyInfo
+
         return WhyInfo.from_dict(self._call("GET", f"/tasks/{int(task_id)}/why"))
 
     def logs(self, task_id: int, follow: bool = False) -> Iterator[str]:
@@ -677,12 +695,18 @@ class RemoteClient(Client):
             "directory": directory,
             "watch": dict(watch) if watch is not None else None,
         }
+        from datamill.dataflows.records import DataflowInfo
+
         return DataflowInfo.from_dict(self._call("POST", "/dataflows", json=body))
 
     def dataflows(self) -> list[DataflowInfo]:
+        from datamill.dataflows.records import DataflowInfo
+
         return [DataflowInfo.from_dict(f) for f in self._call("GET", "/dataflows")]
 
     def dataflow(self, name: str) -> DataflowInfo:
+        from datamill.dataflows.records import DataflowInfo
+
         return DataflowInfo.from_dict(self._call("GET", f"/dataflows/{quote_segment(name)}"))
 
     def edit_dataflow(self, name: str, **changes: Any) -> DataflowInfo:
@@ -691,12 +715,18 @@ class RemoteClient(Client):
             body["pipeline"] = absolute_ref(body["pipeline"])
         if "webhooks" in body:
             body["webhooks"] = list(body["webhooks"])
+        from datamill.dataflows.records import DataflowInfo
+
         return DataflowInfo.from_dict(self._call("PATCH", f"/dataflows/{quote_segment(name)}", json=body))
 
     def start_dataflow(self, name: str) -> DataflowInfo:
+        from datamill.dataflows.records import DataflowInfo
+
         return DataflowInfo.from_dict(self._call("POST", f"/dataflows/{quote_segment(name)}/start"))
 
     def stop_dataflow(self, name: str, cancel: bool = False) -> DataflowInfo:
+        from datamill.dataflows.records import DataflowInfo
+
         return DataflowInfo.from_dict(
             self._call("POST", f"/dataflows/{quote_segment(name)}/stop", params={"cancel": cancel})
         )
@@ -707,6 +737,8 @@ class RemoteClient(Client):
 
     def dataflow_history(self, name: str) -> list[DataflowVersionInfo]:
         versions = self._call("GET", f"/dataflows/{quote_segment(name)}/history")
+        from datamill.dataflows.records import DataflowVersionInfo
+
         return [DataflowVersionInfo.from_dict(v) for v in versions]
 
     def delete_dataflow(self, name: str) -> None:

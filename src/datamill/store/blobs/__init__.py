@@ -7,11 +7,13 @@ Reading hashes again and raises :class:`BlobCorrupted` at the end of a stream wh
 
 Backends: :mod:`~datamill.store.blobs.local` (files) and :mod:`~datamill.store.blobs.memory`; the
 interface every backend implements (checked by the contract suite in ``tests/store/test_blobs.py``)
-is :class:`~datamill.store.blobs.base.BlobStore`.
+is :class:`~datamill.store.blobs.base.BlobStore`. The backends are loaded on first use (PEP 562):
+the remote client needs the digest helpers of this package, not a file store's locks and threads.
 """
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING, Any
 from urllib.parse import urlsplit
 
 from datamill.errors import ConfigError
@@ -26,8 +28,10 @@ from datamill.store.blobs.base import (
     digest_bytes,
     hasher,
 )
-from datamill.store.blobs.local import LocalBlobStore
-from datamill.store.blobs.memory import MemoryBlobStore
+
+if TYPE_CHECKING:
+    from datamill.store.blobs.local import LocalBlobStore
+    from datamill.store.blobs.memory import MemoryBlobStore
 
 __all__ = [
     "ALGORITHM",
@@ -47,6 +51,9 @@ __all__ = [
 
 def open_blob_store(url: str) -> BlobStore:
     """The blob store for a URL: ``file:///path`` or ``memory://``."""
+    from datamill.store.blobs.local import LocalBlobStore
+    from datamill.store.blobs.memory import MemoryBlobStore
+
     parts = urlsplit(url)
     if parts.scheme == "file":
         return LocalBlobStore(parts.path)
@@ -58,3 +65,16 @@ def open_blob_store(url: str) -> BlobStore:
         f"unsupported blob store URL {url!r}: use file:///path (S3-compatible storage comes later)",
         key="blob_url",
     )
+
+
+def __getattr__(name: str) -> Any:
+    """:class:`LocalBlobStore` and :class:`MemoryBlobStore`, imported when first asked for."""
+    if name == "LocalBlobStore":
+        from datamill.store.blobs.local import LocalBlobStore
+
+        return LocalBlobStore
+    if name == "MemoryBlobStore":
+        from datamill.store.blobs.memory import MemoryBlobStore
+
+        return MemoryBlobStore
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
