@@ -42,6 +42,9 @@ COMMANDS: dict[str, Entry] = {
     "meta": Entry("items", "Items", "Show an item's metadata, or set and remove keys (no new version is made)."),
     "find": Entry("items", "Items", "Find items below FOLDER by name and metadata."),
     "rm": Entry("items", "Items", "Delete an item with all its versions."),
+    "watch": Entry(
+        "watch", "Items", "Upload the files of DIR into FOLDER as they appear or change, until Ctrl-C (or `--once`)."
+    ),
     "events": Entry(
         "events", "Events", "Print the event log: every change, with its sequence number, time, kind and data."
     ),
@@ -104,9 +107,6 @@ COMMANDS: dict[str, Entry] = {
         "lineage", "Provenance", "Show an item version's provenance: the runs, tasks and input versions it came from."
     ),
     "folder": Entry("folders", "Folders", "Create, list, move and delete folders; edit their metadata."),
-    "watch": Entry(
-        "watch", "Items", "Upload the files of DIR into FOLDER as they appear or change, until Ctrl-C (or `--once`)."
-    ),
 }
 
 
