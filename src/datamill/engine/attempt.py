@@ -12,9 +12,10 @@ import asyncio
 import logging
 import shutil
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from pathlib import Path
 
+from datamill.engine.apps import run_app_step
 from datamill.engine.ends import MAX_ERROR, Done, failure_kind
 from datamill.engine.planner import Plan, PlannedTask
 from datamill.engine.publish import publish_plan
@@ -110,8 +111,13 @@ class Attempts:
         workdirs: WorkDirs,
         progress: Progress,
         clock: Callable[[], float],
+        apps: Executor | None = None,
+        secrets: Mapping[str, str] | None = None,
     ) -> None:
         self.executor = executor
+        #: HTTP app steps run here (see :mod:`datamill.engine.apps`); secrets fill their headers
+        self.apps = apps
+        self.secrets = dict(secrets or {})
         self.commands = commands
         self.workdirs = workdirs
         self.progress = progress
@@ -156,6 +162,10 @@ class Attempts:
             )
             if step.kind == "command":
                 result = await run_command_step(self.commands, call, on_message, pt.timeout, step)
+            elif step.kind == "http":
+                if self.apps is None:
+                    raise InvalidPipeline(f"step '{step.name}' is an HTTP app step; this scheduler has no HTTP executor")
+                result = await run_app_step(self.apps, call, on_message, step, pt.timeout, self.secrets)
             else:
                 result = await self.executor.run(PythonCall(run_step, (call,)), on_message, timeout=pt.timeout)
             outputs = [self.workdirs.keep_output(o) for o in result.outputs]

@@ -38,6 +38,7 @@ from datamill.engine.workdir import WorkDirs
 from datamill.errors import DatamillError, InvalidInput, InvalidPipeline
 from datamill.executors.base import Executor, PythonCall, get_executor
 from datamill.executors.command import CommandExecutor
+from datamill.executors.http import HttpExecutor
 from datamill.home import Home
 from datamill.pipeline import Pipeline, load_pipeline
 from datamill.pipeline.runner import run_step
@@ -109,7 +110,17 @@ class Scheduler:
         self.recorder = Recorder(home, Publisher(home), self.workdirs)
         #: progress reported and not recorded yet, flushed by the drivers in batches
         self._progress: Progress = {}
-        self.attempts = Attempts(self.executor, self.commands, self.workdirs, self._progress, clock)
+        #: HTTP app steps send their requests here, whatever the run's executor
+        self.apps = HttpExecutor()
+        self.attempts = Attempts(
+            self.executor,
+            self.commands,
+            self.workdirs,
+            self._progress,
+            clock,
+            apps=self.apps,
+            secrets=home.settings.app_secret_values(),
+        )
         #: pipelines without a reference (built in Python), by run id; they cannot resume elsewhere
         self.pipelines: dict[int, Pipeline] = {}
         self._ref_cache: dict[str, Pipeline] = {}
@@ -139,6 +150,7 @@ class Scheduler:
             return
         await self.executor.start()
         await self.commands.start()
+        await self.apps.start()
         self._slots = asyncio.Semaphore(self.capacity)
         self._heartbeat = asyncio.create_task(self._renew_leases())
         self._started = True
@@ -157,6 +169,7 @@ class Scheduler:
                 await self._heartbeat
         await self.executor.close()
         await self.commands.close()
+        await self.apps.close()
         self._started = False
 
     async def __aenter__(self) -> Scheduler:

@@ -1,4 +1,5 @@
-"""Executors: how a task's code is run — inline, in the local process pool, as a command.
+"""Executors: how a task's code is run — inline, in the local process pool, as a command,
+as an HTTP request.
 
 The scheduler builds one with :func:`get_executor` and hands it calls; see :mod:`datamill.executors.base`.
 """
@@ -8,6 +9,8 @@ from .base import (
     Call,
     CommandCall,
     Executor,
+    HttpCall,
+    HttpResponse,
     LogMessage,
     Message,
     OnMessage,
@@ -22,6 +25,8 @@ __all__ = [
     "Call",
     "CommandCall",
     "Executor",
+    "HttpCall",
+    "HttpResponse",
     "LogMessage",
     "Message",
     "OnMessage",

@@ -53,7 +53,7 @@ import textwrap
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from pathlib import Path, PurePosixPath
-from typing import Any, Literal, overload
+from typing import TYPE_CHECKING, Any, Literal, overload
 
 import blake3
 
@@ -63,6 +63,9 @@ from datamill.pipeline import codecs
 from datamill.pipeline.inputs import InputRef
 from datamill.pipeline.options import PYTHON, Spelling, StepOptions, check_defaults, check_param, unknown_param
 from datamill.pipeline.wiring import Arg, Role, annotation_name, check_roles, command_args, fail, function_args
+
+if TYPE_CHECKING:
+    from datamill.pipeline.apps import AppSpec
 
 __all__ = ["RETURN", "Arg", "Role", "Step", "command_step", "is_return_output", "step"]
 
@@ -84,7 +87,7 @@ class Step:
     """
 
     name: str
-    kind: Literal["python", "command"]
+    kind: Literal["python", "command", "http"]
     code: str
     args: tuple[Arg, ...]
     params: Mapping[str, Any]
@@ -105,6 +108,8 @@ class Step:
     scripts: Mapping[str, str] = field(default_factory=dict)
     description: str = ""
     options: StepOptions = field(default_factory=StepOptions, repr=False)
+    #: what an HTTP app step sends where (``kind == "http"``; see :mod:`datamill.pipeline.apps`)
+    app: AppSpec | None = None
 
     # ------------------------------------------------------------------ wiring
 
@@ -219,11 +224,13 @@ class Step:
     def __call__(self, *args: Any, **kwargs: Any) -> Any:
         """Call the step's function directly (Python steps only)."""
         if self.fn is None:
-            raise TypeError(f"step '{self.name}' is a command step; run it in a pipeline (pipeline.run(...))")
+            raise TypeError(f"step '{self.name}' is a {self.kind} step; run it in a pipeline (pipeline.run(...))")
         return self.fn(*args, **kwargs)
 
     def __repr__(self) -> str:
         what = getattr(self.fn, "__qualname__", "?") if self.kind == "python" else " ".join(self.argv)
+        if self.app is not None:
+            what = f"{self.app.method} {self.app.url}"
         return f"<Step {self.name} {self.kind}: {what}>"
 
 
@@ -241,6 +248,10 @@ def configured(step: Step, changes: Mapping[str, Any], spelling: Spelling = PYTH
         new = replace(new, params={**(step.options.params or {}), **step.resolve_params(overrides)})
     if command:
         return make_command_step(new, spelling)
+    if step.app is not None:
+        from datamill.pipeline.apps import make_app_step  # apps builds on this module
+
+        return make_app_step(new, step.app, step.inputs.get("input"), spelling)
     assert step.fn is not None  # a python step always has its function
     return make_step(step.fn, new, spelling)
 

@@ -49,6 +49,7 @@ import cloudpickle
 import yaml
 
 from datamill.errors import DatamillError, InvalidPipeline, InvalidStepOption
+from datamill.pipeline.apps import AppSpec, make_app_step
 from datamill.pipeline.options import YAML, StepOptions
 from datamill.pipeline.pipeline import Pipeline, refuse_main_module
 from datamill.pipeline.step import Step, configured, make_command_step, make_step
@@ -73,7 +74,10 @@ _TOP_KEYS = ("name", "description", "steps")
 _OPTION_KEYS = tuple(f.name for f in fields(StepOptions) if f.name not in ("argv", "base_dir", "codec"))
 #: Fields whose YAML key differs from the option's name.
 _YAML_KEY = {"argv": "command"}
-_STEP_KEYS = ("name", "run", "command", *(k for k in _OPTION_KEYS if k != "name"))
+_STEP_KEYS = ("name", "run", "command", "http", "clams", "input", *(k for k in _OPTION_KEYS if k != "name"))
+#: What an app step (``http:`` / ``clams:``) may say about its app.
+_APP_KEYS = ("url", "method", "headers", "retries", "concurrency", "version_url", "version_header")
+_KINDS = ("run", "command", "http", "clams")
 
 
 class _Map(dict[Any, Any]):
@@ -296,7 +300,14 @@ def parse_yaml_pipeline(text: str, filename: str = "pipeline.yaml", base_dir: st
         raise chk.error(doc.value_lines["steps"], "steps", "must be a non-empty list of steps")
 
     specs = [_check_step(chk, steps_node, i) for i in range(len(steps_node))]
-    steps = [_build_step(chk, spec, base) for spec in specs]
+    steps: list[Step] = []
+    previous_clams: str | None = None
+    for spec in specs:
+        made = _build_step(chk, spec, base, previous_clams)
+        steps.append(made)
+        if made.app is not None and made.app.protocol == "clams":
+            # CLAMS steps listed one after another form a chain: each reads the one before.
+            previous_clams = made.name
     try:
         return Pipeline(name, steps, description=description)
     except InvalidPipeline as e:
@@ -356,10 +367,22 @@ def _check_step(chk: _Checker, steps: _Seq, i: int) -> _StepSpec:
     def got(key: str) -> str:
         return f", got {_quote(node[key])}"
 
-    if ("run" in node) == ("command" in node):
-        raise chk.error(node.line, prefix, "give exactly one of 'run' (module:function) or 'command' (a list)")
-    if "name" not in node and "command" in node:
-        raise chk.error(node.line, f"{prefix}.name", "missing: a command step needs a name")
+    if sum(k in node for k in _KINDS) != 1:
+        raise chk.error(
+            node.line,
+            prefix,
+            "give exactly one of 'run' (module:function), 'command' (a list), 'http' or 'clams' (an app's url)",
+        )
+    if "name" not in node and "run" not in node:
+        raise chk.error(node.line, f"{prefix}.name", "missing: a command or app step needs a name")
+    if "input" in node and not ("http" in node or "clams" in node):
+        raise bad("input", "is for app steps (http: or clams:); other steps wire by argument (inputs:)")
+    for kind in ("http", "clams"):
+        if kind in node:
+            app = node[kind]
+            if not isinstance(app, _Map) or "url" not in app:
+                raise bad(kind, "must be a mapping with at least 'url', e.g. {url: 'http://127.0.0.1:5000/'}")
+            _unknown_keys(chk, app, _APP_KEYS if kind == "http" else ("url", "headers", "retries", "concurrency"), f"{prefix}.{kind}.")
     if "run" in node:
         run = node["run"]
         if not isinstance(run, str) or ":" not in run or run.startswith(":") or run.endswith(":"):
@@ -390,10 +413,12 @@ def _check_step(chk: _Checker, steps: _Seq, i: int) -> _StepSpec:
     return _StepSpec(i, node, opts)
 
 
-def _build_step(chk: _Checker, spec: _StepSpec, base: Path) -> Step:
+def _build_step(chk: _Checker, spec: _StepSpec, base: Path, previous_app: str | None = None) -> Step:
     opts = dict(spec.options)
     node = spec.node
     try:
+        if "http" in node or "clams" in node:
+            return _app_step(node, opts, previous_app)
         if "argv" in opts:
             return make_command_step(StepOptions(base_dir=base, **opts), YAML)
         params = opts.pop("params", None)
@@ -418,6 +443,20 @@ def _build_step(chk: _Checker, spec: _StepSpec, base: Path) -> Step:
         if key is None and field and field in (node.get("inputs") or {}):
             key = "inputs"
         raise chk.error(spec.line(key), spec.prefix + (f".{key}.{field}" if key else ""), _bare(e)) from None
+
+
+def _app_step(node: _Map, opts: dict[str, Any], previous_clams: str | None) -> Step:
+    """An ``http:`` or ``clams:`` step; a ``clams:`` step without ``input`` reads the CLAMS step before it."""
+    kind = "clams" if "clams" in node else "http"
+    fields_ = dict(node[kind])
+    input_step = node.get("input", previous_clams if kind == "clams" else None)
+    if "retry_backoff" in opts:
+        fields_["backoff"] = opts["retry_backoff"]
+    if "retries" in opts:
+        # The app's requests are retried (with backoff), not the whole task.
+        fields_.setdefault("retries", opts.pop("retries"))
+    app = AppSpec(protocol=kind, **fields_)
+    return make_app_step(StepOptions(**opts), app, input_step, YAML)
 
 
 def _field_error(chk: _Checker, spec: _StepSpec, e: InvalidStepOption) -> InvalidPipeline:
