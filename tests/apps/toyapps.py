@@ -91,7 +91,9 @@ def clams_app(kind: str) -> Any:
             self.sign_view(view, params)
             view.new_contain(AnnotationTypes.Annotation, document=doc_id)
             for tok in src.get_annotations(AnnotationTypes.Token):
-                view.new_annotation(AnnotationTypes.Annotation, label="upper", value=str(tok.get_property("text")).upper())
+                view.new_annotation(
+                    AnnotationTypes.Annotation, label="upper", value=str(tok.get_property("text")).upper()
+                )
             return mmif
 
     class Broken(ClamsApp):

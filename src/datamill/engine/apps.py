@@ -91,14 +91,10 @@ def _info_from(app: AppSpec, response: httpx.Response) -> AppInfo:
         version = str(meta.get("app_version") or "")
         if version and version not in identifier:
             identifier = f"{identifier}@{version}"
-        params = {
-            str(p.get("name")): p for p in meta.get("parameters") or [] if isinstance(p, dict) and p.get("name")
-        }
+        params = {str(p.get("name")): p for p in meta.get("parameters") or [] if isinstance(p, dict) and p.get("name")}
         return AppInfo(app.url, str(meta.get("name") or identifier), identifier, params)
-    if app.version_header:
-        version = response.headers.get(app.version_header, "")
-    else:
-        version = response.text.strip()[:200]
+    # The app's version: one of its answer's headers, or the answer itself.
+    version = response.headers.get(app.version_header, "") if app.version_header else response.text.strip()[:200]
     return AppInfo(app.url, app.url, version)
 
 
@@ -266,12 +262,16 @@ async def run_app_step(
     if app.protocol == "clams":
         headers.setdefault("Content-Type", "application/json")
         if isinstance(source, Path):
-            body = (await asyncio.to_thread(source_mmif, source, call.item.ref.content_type if call.item else "")).encode()
+            body = (
+                await asyncio.to_thread(source_mmif, source, call.item.ref.content_type if call.item else "")
+            ).encode()
         else:
             body_path = str(source.path)
     else:
-        path = source if isinstance(source, Path) else source.path
-        ctype = (call.item.ref.content_type if isinstance(source, Path) and call.item else source.content_type) or ""
+        if isinstance(source, Path):
+            path, ctype = source, call.item.ref.content_type if call.item else ""
+        else:
+            path, ctype = source.path, source.content_type
         if ctype:
             headers.setdefault("Content-Type", ctype)
         body_path = None if app.method == "GET" else str(path)
@@ -402,4 +402,3 @@ def _error_message(view: Any) -> str:
         message = error.get("message")
     text = str(message or "no message").strip()
     return text if len(text) <= QUOTE else text[:QUOTE] + " …"
-

@@ -164,7 +164,9 @@ class Attempts:
                 result = await run_command_step(self.commands, call, on_message, pt.timeout, step)
             elif step.kind == "http":
                 if self.apps is None:
-                    raise InvalidPipeline(f"step '{step.name}' is an HTTP app step; this scheduler has no HTTP executor")
+                    raise InvalidPipeline(
+                        f"step '{step.name}' is an HTTP app step; this scheduler has no HTTP executor"
+                    )
                 result = await run_app_step(self.apps, call, on_message, step, pt.timeout, self.secrets)
             else:
                 result = await self.executor.run(PythonCall(run_step, (call,)), on_message, timeout=pt.timeout)

@@ -33,14 +33,14 @@ __all__ = [
     "Call",
     "CommandCall",
     "Executor",
+    "HttpCall",
+    "HttpResponse",
     "LogMessage",
     "Message",
     "OnMessage",
     "ProgressMessage",
     "PythonCall",
     "Reporter",
-    "HttpCall",
-    "HttpResponse",
     "get_executor",
 ]
 

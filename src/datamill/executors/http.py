@@ -18,6 +18,7 @@ never got an answer raises :class:`StepFailed` naming the URL and the reason.
 from __future__ import annotations
 
 import asyncio
+import os
 import time
 from collections.abc import AsyncIterator, Callable
 from typing import Any
@@ -105,7 +106,9 @@ class HttpExecutor(Executor):
         for attempt in range(1, call.retries + 2):
             last = attempt == call.retries + 1
             async with self.limit(call):
-                deliver(on_message, ProgressMessage(0.0, f"{call.method} {call.url} (attempt {attempt})", self._clock()))
+                deliver(
+                    on_message, ProgressMessage(0.0, f"{call.method} {call.url} (attempt {attempt})", self._clock())
+                )
                 try:
                     response = await self._send(call)
                 except httpx.TransportError as exc:
@@ -139,10 +142,13 @@ class HttpExecutor(Executor):
     async def _send(self, call: HttpCall) -> httpx.Response:
         assert self._client is not None
         content: Any = call.body
+        headers = dict(call.headers)
         if call.body_path is not None:
             content = _file_chunks(call.body_path)
+            # A known length instead of chunked encoding: not every app reads chunked bodies.
+            headers["Content-Length"] = str(os.path.getsize(call.body_path))
         request = self._client.build_request(
-            call.method, call.url, params=list(call.params), headers=dict(call.headers), content=content
+            call.method, call.url, params=list(call.params), headers=headers, content=content
         )
         return await self._client.send(request)
 
@@ -152,7 +158,7 @@ class HttpExecutor(Executor):
 
 async def _file_chunks(path: str) -> AsyncIterator[bytes]:
     """A file's bytes in chunks, read in a thread so a slow disk does not stall the event loop."""
-    with open(path, "rb") as f:  # noqa: ASYNC230 (each read is off-loaded below)
+    with open(path, "rb") as f:
         while True:
             chunk = await asyncio.to_thread(f.read, _CHUNK)
             if not chunk:

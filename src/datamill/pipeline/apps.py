@@ -68,6 +68,10 @@ class AppSpec:
         """Names of the secrets the headers use."""
         return tuple(sorted({m for v in self.headers.values() for m in SECRET_RE.findall(v)}))
 
+    def remake(self, options: StepOptions, input_step: str | None, spelling: Spelling = PYTHON) -> Step:
+        """The app step with ``options`` (what :meth:`Step.configure` calls)."""
+        return make_app_step(options, self, input_step, spelling)
+
     def identity(self) -> dict[str, Any]:
         """What the key covers of the app besides its version: URL, method, header templates."""
         return {
@@ -86,7 +90,9 @@ def check_app(name: str, app: AppSpec) -> AppSpec:
     """``app`` checked: an http(s) URL, a known method, string headers, sane retries and concurrency."""
     parts = urlsplit(app.url) if isinstance(app.url, str) else None
     if parts is None or parts.scheme not in ("http", "https") or not parts.hostname:
-        raise _problem(name, "url", f"must be an http:// or https:// URL like 'http://127.0.0.1:5000/', got {app.url!r}")
+        raise _problem(
+            name, "url", f"must be an http:// or https:// URL like 'http://127.0.0.1:5000/', got {app.url!r}"
+        )
     if parts.username or parts.password:
         raise _problem(name, "url", "must not carry a user or password; put credentials in headers with ${secret:NAME}")
     method = str(app.method).upper()

@@ -53,7 +53,7 @@ import textwrap
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from pathlib import Path, PurePosixPath
-from typing import TYPE_CHECKING, Any, Literal, overload
+from typing import Any, Literal, overload
 
 import blake3
 
@@ -63,9 +63,6 @@ from datamill.pipeline import codecs
 from datamill.pipeline.inputs import InputRef
 from datamill.pipeline.options import PYTHON, Spelling, StepOptions, check_defaults, check_param, unknown_param
 from datamill.pipeline.wiring import Arg, Role, annotation_name, check_roles, command_args, fail, function_args
-
-if TYPE_CHECKING:
-    from datamill.pipeline.apps import AppSpec
 
 __all__ = ["RETURN", "Arg", "Role", "Step", "command_step", "is_return_output", "step"]
 
@@ -108,8 +105,9 @@ class Step:
     scripts: Mapping[str, str] = field(default_factory=dict)
     description: str = ""
     options: StepOptions = field(default_factory=StepOptions, repr=False)
-    #: what an HTTP app step sends where (``kind == "http"``; see :mod:`datamill.pipeline.apps`)
-    app: AppSpec | None = None
+    #: what an HTTP app step sends where: a :class:`datamill.pipeline.apps.AppSpec` (``kind == "http"``;
+    #: typed loosely because that module builds on this one)
+    app: Any = None
 
     # ------------------------------------------------------------------ wiring
 
@@ -249,9 +247,8 @@ def configured(step: Step, changes: Mapping[str, Any], spelling: Spelling = PYTH
     if command:
         return make_command_step(new, spelling)
     if step.app is not None:
-        from datamill.pipeline.apps import make_app_step  # apps builds on this module
-
-        return make_app_step(new, step.app, step.inputs.get("input"), spelling)
+        remade: Step = step.app.remake(new, step.inputs.get("input"), spelling)
+        return remade
     assert step.fn is not None  # a python step always has its function
     return make_step(step.fn, new, spelling)
 

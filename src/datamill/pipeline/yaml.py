@@ -300,6 +300,14 @@ def parse_yaml_pipeline(text: str, filename: str = "pipeline.yaml", base_dir: st
         raise chk.error(doc.value_lines["steps"], "steps", "must be a non-empty list of steps")
 
     specs = [_check_step(chk, steps_node, i) for i in range(len(steps_node))]
+    steps = _build_steps(chk, specs, base)
+    try:
+        return Pipeline(name, steps, description=description)
+    except InvalidPipeline as e:
+        raise _locate(chk, e, specs, steps) from None
+
+
+def _build_steps(chk: _Checker, specs: list[_StepSpec], base: Path) -> list[Step]:
     steps: list[Step] = []
     previous_clams: str | None = None
     for spec in specs:
@@ -308,10 +316,7 @@ def parse_yaml_pipeline(text: str, filename: str = "pipeline.yaml", base_dir: st
         if made.app is not None and made.app.protocol == "clams":
             # CLAMS steps listed one after another form a chain: each reads the one before.
             previous_clams = made.name
-    try:
-        return Pipeline(name, steps, description=description)
-    except InvalidPipeline as e:
-        raise _locate(chk, e, specs, steps) from None
+    return steps
 
 
 def _kind(value: Any) -> str:
@@ -374,15 +379,9 @@ def _check_step(chk: _Checker, steps: _Seq, i: int) -> _StepSpec:
             "give exactly one of 'run' (module:function), 'command' (a list), 'http' or 'clams' (an app's url)",
         )
     if "name" not in node and "run" not in node:
-        raise chk.error(node.line, f"{prefix}.name", "missing: a command or app step needs a name")
-    if "input" in node and not ("http" in node or "clams" in node):
-        raise bad("input", "is for app steps (http: or clams:); other steps wire by argument (inputs:)")
-    for kind in ("http", "clams"):
-        if kind in node:
-            app = node[kind]
-            if not isinstance(app, _Map) or "url" not in app:
-                raise bad(kind, "must be a mapping with at least 'url', e.g. {url: 'http://127.0.0.1:5000/'}")
-            _unknown_keys(chk, app, _APP_KEYS if kind == "http" else ("url", "headers", "retries", "concurrency"), f"{prefix}.{kind}.")
+        what = "a command step" if "command" in node else "an app step"
+        raise chk.error(node.line, f"{prefix}.name", f"missing: {what} needs a name")
+    _check_app_fields(chk, node, prefix)
     if "run" in node:
         run = node["run"]
         if not isinstance(run, str) or ":" not in run or run.startswith(":") or run.endswith(":"):
@@ -411,6 +410,27 @@ def _check_step(chk: _Checker, steps: _Seq, i: int) -> _StepSpec:
         if isinstance(v, int) and not isinstance(v, bool):
             opts["version"] = str(v)
     return _StepSpec(i, node, opts)
+
+
+def _check_app_fields(chk: _Checker, node: _Map, prefix: str) -> None:
+    """``input`` only on app steps; an ``http:``/``clams:`` mapping with a url and known keys."""
+
+    def bad(key: str, message: str) -> InvalidPipeline:
+        return chk.error(node.value_lines.get(key, node.line), f"{prefix}.{key}", message)
+
+    if "input" in node and not ("http" in node or "clams" in node):
+        raise bad("input", "is for app steps (http: or clams:); other steps wire by argument (inputs:)")
+    for kind in ("http", "clams"):
+        if kind in node:
+            app = node[kind]
+            if not isinstance(app, _Map) or "url" not in app:
+                raise bad(kind, "must be a mapping with at least 'url', e.g. {url: 'http://127.0.0.1:5000/'}")
+            _unknown_keys(
+                chk,
+                app,
+                _APP_KEYS if kind == "http" else ("url", "headers", "retries", "concurrency"),
+                f"{prefix}.{kind}.",
+            )
 
 
 def _build_step(chk: _Checker, spec: _StepSpec, base: Path, previous_app: str | None = None) -> Step:
@@ -455,7 +475,7 @@ def _app_step(node: _Map, opts: dict[str, Any], previous_clams: str | None) -> S
     if "retries" in opts:
         # The app's requests are retried (with backoff), not the whole task.
         fields_.setdefault("retries", opts.pop("retries"))
-    app = AppSpec(protocol=kind, **fields_)
+    app = AppSpec(protocol="clams" if kind == "clams" else "http", **fields_)
     return make_app_step(StepOptions(**opts), app, input_step, YAML)
 
 
