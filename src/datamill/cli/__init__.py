@@ -20,7 +20,7 @@ from typing import Annotated, Any
 import typer
 from typer.core import TyperGroup
 
-from datamill.cli import events, flows, folders, items, pipelines, runs, server, users
+from datamill.cli import batches, events, flows, folders, items, pipelines, runs, server, users
 from datamill.cli import lineage as lineage_cmd
 from datamill.cli.context import State
 from datamill.cli.output import say
@@ -139,6 +139,7 @@ server.register(app)
 runs.register(app)
 pipelines.register(app)
 flows.register(app)
+batches.register(app)
 lineage_cmd.register(app)
 
 
