@@ -17,12 +17,16 @@ TOYAPPS = Path(__file__).with_name("toyapps.py")
 APPS = ("tokenizer", "counter", "upper", "broken", "echo")
 
 
-def start_apps(names: tuple[str, ...] = APPS) -> tuple[dict[str, str], list[subprocess.Popen[bytes]]]:
-    """Start each app on a free loopback port; its URL by name, and the processes (wait until each answers)."""
+def start_apps(
+    names: tuple[str, ...] = APPS, ports: dict[str, int] | None = None
+) -> tuple[dict[str, str], list[subprocess.Popen[bytes]]]:
+    """Start each app on a loopback port (free, or from ``ports``); URLs by name and the processes.
+
+    Returns once each app answers."""
     procs: list[subprocess.Popen[bytes]] = []
     urls: dict[str, str] = {}
     for name in names:
-        port = free_port()
+        port = (ports or {}).get(name) or free_port()
         procs.append(
             subprocess.Popen(
                 [sys.executable, str(TOYAPPS), name, "--port", str(port)],

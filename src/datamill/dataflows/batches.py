@@ -117,7 +117,8 @@ class Batches:
 
     def _row(self, conn: Connection, actor: Actor, name: str) -> Batch:
         """The batch ``name`` if ``actor`` may see it; one answer for missing and hidden."""
-        row = conn.execute(select(Batch).where(Batch.name == name)).scalar_one_or_none()
+        found = conn.execute(select(Batch.__table__).where(Batch.name == name)).first()
+        row = _as_batch(found._mapping) if found is not None else None
         if row is None or not self._visible(conn, actor, row):
             raise NotFound(f"no batch {str(name)[:100]!r}, or you may not see it; `datamill batch ls` lists yours")
         return row
@@ -178,7 +179,7 @@ class Batches:
     def all(self, actor: Actor) -> list[BatchInfo]:
         """The batches ``actor`` may see, by name."""
         with self.home.db.read() as conn:
-            rows = conn.execute(select(Batch).order_by(Batch.name)).scalars().all()
+            rows = [_as_batch(r._mapping) for r in conn.execute(select(Batch.__table__).order_by(Batch.name))]
             return [self._info(conn, actor, r) for r in rows if self._visible(conn, actor, r)]
 
     def get(self, actor: Actor, name: str) -> BatchInfo:
@@ -367,11 +368,9 @@ class Batches:
 
     def _add_run(self, batch_id: int, run_id: int) -> None:
         with self.home.db.write() as conn:
-            row = conn.execute(select(Batch).where(Batch.id == batch_id)).scalar_one()
+            runs = conn.execute(select(Batch.runs).where(Batch.id == batch_id)).scalar_one()
             conn.execute(
-                update(Batch)
-                .where(Batch.id == batch_id)
-                .values(runs=[*(row.runs or []), run_id], updated_at=time.time())
+                update(Batch).where(Batch.id == batch_id).values(runs=[*(runs or []), run_id], updated_at=time.time())
             )
 
     # ------------------------------------------------------------------ outputs
@@ -380,12 +379,15 @@ class Batches:
         """``(path, version id)`` of every output the batch's latest run published that ``actor`` may read."""
         with self.home.db.read() as conn:
             row = self._row(conn, actor, name)
+            readable = set(self._readable_items(conn, actor, row.items).values())
         if not row.runs:
             return []
         out: dict[str, int] = {}
         tasks = self.engine.tasks(actor, row.runs[-1])
         with self.home.db.read() as conn:
             for t in tasks:
+                if t.item_name is not None and t.item_name not in readable:
+                    continue  # derived from an item the caller may not read: its name would tell
                 for o in t.outputs:
                     if o.version_id is None:
                         continue
@@ -424,7 +426,7 @@ def _zip(home: Home, actor: Actor, dest: str, outputs: list[tuple[str, int]]) ->
 def _number_of(home: Home, version_id: int) -> int | None:
     with home.db.read() as conn:
         found = lookups.version_in_place(conn, version_id)
-    return int(found.Version.number) if found is not None else None
+    return int(found.number) if found is not None else None
 
 
 class _Sink:
@@ -454,6 +456,11 @@ class _Sink:
         data = b"".join(self._parts)
         self._parts, self._size = [], 0
         return data
+
+
+def _as_batch(values: Mapping[str, Any]) -> Batch:
+    """A row of the batches table as a (detached) :class:`Batch`."""
+    return Batch(**dict(values))
 
 
 def _columns(row: Batch) -> dict[str, Any]:
