@@ -458,9 +458,9 @@ class _Sink:
         return data
 
 
-def _as_batch(values: Mapping[str, Any]) -> Batch:
+def _as_batch(values: Mapping[Any, Any]) -> Batch:
     """A row of the batches table as a (detached) :class:`Batch`."""
-    return Batch(**dict(values))
+    return Batch(**{str(k): v for k, v in values.items()})
 
 
 def _columns(row: Batch) -> dict[str, Any]:
