@@ -28,7 +28,8 @@ from sqlalchemy import Connection, delete, insert, select, update
 from datamill.dataflows.records import BatchCell, BatchCounts, BatchInfo, BatchRow, BatchStatus
 from datamill.db.models import Batch, Folder, Item
 from datamill.engine import registry
-from datamill.engine.engine import Engine
+from datamill.engine.engine import Engine, resolve_pipeline
+from datamill.engine.params import split_params
 from datamill.errors import Conflict, InvalidInput, NotFound, PermissionDenied
 from datamill.home import Home
 from datamill.pipeline.inputs import InputRef
@@ -262,6 +263,7 @@ class Batches:
             Conflict: a batch of that name exists.
             NotFound: a folder, item or batch of ``source`` you may not read, or the destination.
             UnknownPipeline: ``pipeline`` is not registered (site admins may give a reference).
+            InvalidPipeline: the pipeline does not load, or ``params`` do not fit its steps.
         """
         _check_name(name)
         dest = "/".join(split_path(dest))
@@ -273,9 +275,12 @@ class Batches:
             )
         if len(items) > MAX_ITEMS:
             raise InvalidInput(f"batch {name!r} would have {len(items)} items; at most {MAX_ITEMS}", field="items")
+        with self.home.db.read() as conn:
+            choice = registry.choose(conn, actor, pipeline)
+        # Loaded once now, so a batch that cannot run is refused when it is made, not when it starts.
+        split_params(resolve_pipeline(choice), params)
         now = time.time()
         with self.home.db.write() as conn:
-            choice = registry.choose(conn, actor, pipeline)
             if lookups.readable_folder_id(conn, actor, dest) is None:
                 raise NotFound(f"no destination folder {dest!r}, or you may not see it; create it first", path=dest)
             require(conn, actor, dest, Level.WRITE)
