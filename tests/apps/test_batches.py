@@ -115,6 +115,8 @@ def test_retry_reruns_only_the_failures(client: LocalClient, apps: dict[str, str
     assert statuses == {("tokenizer", "cached"), ("counter", "succeeded")}
     assert client.batch("flaky").runs == [first.id, retried]
     assert client.batch_status("flaky").counts.successful == 4
+    with pytest.raises(InvalidInput, match="nothing to retry"):
+        client.retry_batch("flaky")
 
 
 def test_download_zips_every_output(client: LocalClient, apps: dict[str, str], tmp_path: Path) -> None:

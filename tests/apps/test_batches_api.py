@@ -49,7 +49,7 @@ steps:
 
 
 def test_a_batch_over_the_api_with_its_live_status(served: tuple[Home, ServerHandle, LocalClient]) -> None:
-    home, server, local = served
+    home, server, _local = served
     remote = RemoteClient(server.url, home.admin_token())
     try:
         info = remote.create_batch("api", "chain", "Out", folders=["Raw"])
@@ -93,7 +93,7 @@ def test_a_batch_over_the_api_with_its_live_status(served: tuple[Home, ServerHan
 
 
 def test_the_api_hides_batches_from_users_who_may_not_read_them(served: tuple[Home, ServerHandle, LocalClient]) -> None:
-    home, server, local = served
+    _home, server, local = served
     local.create_batch("private", "chain", "Out", folders=["Raw"])
     local.create_user("eve")
     token = local.create_token("eve").token
@@ -111,7 +111,7 @@ def test_the_api_hides_batches_from_users_who_may_not_read_them(served: tuple[Ho
 
 
 def test_the_cli(served: tuple[Home, ServerHandle, LocalClient], tmp_path: Path) -> None:
-    home, server, local = served
+    home, server, _local = served
     remote = ["--url", server.url, "--token", home.admin_token()]
     listing = tmp_path / "list.txt"
     listing.write_text("Raw/doc0.txt\n# a comment\nRaw/doc1.txt\n")

@@ -367,6 +367,12 @@ class Batches:
             self._require_owner(actor, row, "retry")
         if not row.runs:
             raise InvalidInput(f"batch {name!r} was never started; start it with `datamill batch start {name}`")
+        latest = self.engine.get_run(actor, row.runs[-1])
+        if latest.status not in ("failed", "cancelled"):
+            raise InvalidInput(
+                f"batch {name!r} has nothing to retry: its latest run ({latest.id}) is {latest.status}; "
+                "only failed or cancelled runs are retried"
+            )
         run_id = self.engine.retry(actor, row.runs[-1])
         self._add_run(row.id, run_id)
         return run_id
