@@ -78,6 +78,13 @@ SETTINGS: tuple[Setting, ...] = (
         "Server directories that directory dataflows may watch (and what lies below them), separated by "
         "':' (';' on Windows); empty: none.",
     ),
+    Setting(
+        "app_secrets",
+        str,
+        "",
+        "Secrets HTTP app steps may send in headers as ${secret:NAME}: NAME=value pairs separated by ';'.",
+        secret=True,
+    ),
 )
 
 _BY_KEY = {s.key: s for s in SETTINGS}
@@ -154,6 +161,7 @@ class Settings:
     container_runtime: str = "podman"
     allowed_images: str = "localhost/*"
     watch_roots: str = ""
+    app_secrets: str = ""
     profile: str = "local"
     sources: tuple[str, ...] = field(default=(), compare=False)
 
@@ -189,12 +197,25 @@ class Settings:
         clean = {k: _coerce(_BY_KEY[k], v, "option") for k, v in overrides.items() if v is not None and k in _BY_KEY}
         return replace(self, **clean)
 
+    def app_secret_values(self) -> dict[str, str]:
+        """``app_secrets`` as ``{NAME: value}`` (``A=x;B=y``); never log or return it."""
+        out: dict[str, str] = {}
+        for part in self.app_secrets.split(";"):
+            name, sep, value = part.partition("=")
+            if sep and name.strip():
+                out[name.strip()] = value
+        return out
+
     def public_dict(self) -> dict[str, Any]:
         """Settings for display, secrets masked."""
         out: dict[str, Any] = {"profile": self.profile}
         for s in SETTINGS:
             value = getattr(self, s.key)
-            out[s.key] = mask_url(value) if s.secret else value
+            if s.secret and "://" not in value:
+                # Not a URL (app secrets): nothing of it is shown, only whether it is set.
+                out[s.key] = "***" if value else ""
+            else:
+                out[s.key] = mask_url(value) if s.secret else value
         return out
 
 

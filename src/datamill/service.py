@@ -12,8 +12,9 @@ from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import Any, BinaryIO
 
+from datamill.dataflows.batches import Batches, BatchSource
 from datamill.dataflows.dataflow import Dataflows
-from datamill.dataflows.records import DataflowInfo, DataflowVersionInfo, RecentRun
+from datamill.dataflows.records import BatchInfo, BatchStatus, DataflowInfo, DataflowVersionInfo, RecentRun
 from datamill.engine.engine import Engine
 from datamill.engine.records import PipelineInfo, PlanInfo, RunInfo, TaskInfo, WhyInfo
 from datamill.engine.registry import Pipelines
@@ -431,7 +432,65 @@ class Service:
         """Remove a stopped dataflow."""
         self.flows.delete(self.actor, name)
 
+    # batches
+
+    @property
+    def batch_service(self) -> Batches:
+        """The home's :class:`~datamill.dataflows.batches.Batches`."""
+        return Batches(self.home, self.engine)
+
+    def create_batch(
+        self,
+        name: str,
+        pipeline: str,
+        dest: str,
+        *,
+        folders: Iterable[str] = (),
+        recursive: bool = False,
+        search: Mapping[str, Any] | None = None,
+        paths: Iterable[str] = (),
+        from_batch: str | None = None,
+        params: Mapping[str, Any] | None = None,
+        description: str = "",
+    ) -> BatchInfo:
+        """A new batch (not started) of the items selected by folders, a search, item paths or another batch."""
+        source = BatchSource(list(folders), recursive, search, list(paths), from_batch)
+        return self.batch_service.create(self.actor, name, self._pipeline(pipeline), dest, source, params, description)
+
+    def batches(self) -> list[BatchInfo]:
+        """The batches you may see, by name."""
+        return self.batch_service.all(self.actor)
+
+    def batch(self, name: str) -> BatchInfo:
+        """One batch with its counts (completed, successful, unstarted, ...)."""
+        return self.batch_service.get(self.actor, name)
+
+    def batch_status(self, name: str) -> BatchStatus:
+        """The per-item by per-step grid of a batch's latest run."""
+        return self.batch_service.status(self.actor, name)
+
+    def start_batch(self, name: str, executor: str | None = None) -> int:
+        """Record a run of the batch's pipeline over its items; its id (a scheduler executes it)."""
+        return self.batch_service.start(self.actor, name, executor)
+
+    def retry_batch(self, name: str) -> int:
+        """Rerun only the failures of a batch's latest run; the new run's id."""
+        return self.batch_service.retry(self.actor, name)
+
+    def duplicate_batch(self, name: str, new_name: str) -> BatchInfo:
+        """A new batch of the same items, pipeline and parameters."""
+        return self.batch_service.duplicate(self.actor, name, new_name)
+
+    def delete_batch(self, name: str) -> None:
+        """Forget a batch (its runs and outputs stay)."""
+        self.batch_service.delete(self.actor, name)
+
+    def batch_zip(self, name: str) -> Iterator[bytes]:
+        """All outputs of a batch's latest run as a zip, in chunks."""
+        return self.batch_service.zip_chunks(self.actor, name)
+
     # provenance
+
     def lineage(
         self, path: str, version: int | None = None, down: bool = False, depth: int | None = None, fmt: str = "tree"
     ) -> str:

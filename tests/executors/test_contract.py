@@ -550,7 +550,7 @@ def test_get_executor_knows_the_built_in_names() -> None:
 
 
 def test_get_executor_unknown_name_lists_the_known_ones() -> None:
-    with pytest.raises(ConfigError, match="command, container, dagster, inline, local"):
+    with pytest.raises(ConfigError, match="command, container, dagster, http, inline, local"):
         get_executor("dask-ish")
 
 

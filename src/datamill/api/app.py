@@ -26,7 +26,7 @@ from datamill.api.landing import router as landing_router
 from datamill.api.limits import RequestLimits
 from datamill.api.middleware import AccessLog, TokenAuth, silence_uvicorn_access_log
 from datamill.api.openapi import COMMON_ERRORS, json_errors
-from datamill.api.routes import content, dataflows, events, folders, items, pipelines, runs, users
+from datamill.api.routes import batches, content, dataflows, events, folders, items, pipelines, runs, users
 from datamill.api.routes import groups as group_routes
 from datamill.api.routes import lineage as lineage_routes
 from datamill.api.streams import StreamGuard
@@ -45,6 +45,7 @@ ROUTERS: list[APIRouter] = [
     pipelines.router,
     runs.router,
     dataflows.router,
+    batches.router,
     lineage_routes.router,
 ]
 

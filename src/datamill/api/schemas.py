@@ -13,7 +13,17 @@ from typing import Any
 
 from pydantic import BaseModel, create_model
 
-from datamill.dataflows.records import DataflowInfo, DataflowVersionInfo, RecentRun, VersionRun
+from datamill.dataflows.records import (
+    BatchCell,
+    BatchCounts,
+    BatchInfo,
+    BatchRow,
+    BatchStatus,
+    DataflowInfo,
+    DataflowVersionInfo,
+    RecentRun,
+    VersionRun,
+)
 from datamill.engine.records import PipelineInfo, PlanInfo, RunInfo, TaskInfo, WhyInfo
 from datamill.events import EventRecord
 from datamill.record import Record
@@ -69,6 +79,17 @@ DataflowVersionOut = model_of(
     "DataflowVersion",
     drop=("runs",),
     add={"runs": list[VersionRunOut]},  # type: ignore[valid-type]
+)
+
+BatchCountsOut = model_of(BatchCounts, "BatchCounts")
+BatchOut = model_of(BatchInfo, "Batch", drop=("counts",), add={"counts": BatchCountsOut})
+BatchCellOut = model_of(BatchCell, "BatchCell")
+BatchRowOut = model_of(BatchRow, "BatchRow", drop=("cells",), add={"cells": list[BatchCellOut]})  # type: ignore[valid-type]
+BatchStatusOut = model_of(
+    BatchStatus,
+    "BatchStatus",
+    drop=("counts", "rows"),
+    add={"counts": BatchCountsOut, "rows": list[BatchRowOut]},  # type: ignore[valid-type]
 )
 
 

@@ -103,6 +103,11 @@ COMMANDS: dict[str, Entry] = {
     "flow": Entry(
         "flows", "Pipelines and runs", "Dataflows: a pipeline run on what lands in a folder, results in another."
     ),
+    "batch": Entry(
+        "batches",
+        "Pipelines and runs",
+        "Batches: a named selection of items a pipeline runs over, with per-item status.",
+    ),
     "lineage": Entry(
         "lineage", "Provenance", "Show an item version's provenance: the runs, tasks and input versions it came from."
     ),

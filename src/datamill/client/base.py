@@ -25,7 +25,7 @@ from datamill.store.names import check_name, join_path, split_path
 from datamill.store.records import AccessGrant, UserInfo
 
 if TYPE_CHECKING:  # annotations only; the remote client imports them where it makes one
-    from datamill.dataflows.records import DataflowInfo, DataflowVersionInfo
+    from datamill.dataflows.records import BatchInfo, BatchStatus, DataflowInfo, DataflowVersionInfo
     from datamill.engine.records import PipelineInfo, PlanInfo, RunInfo, TaskInfo, WhyInfo
 
 __all__ = ["BATCH_FILES", "SMALL_FILE", "Client", "ProgressFn", "absolute_ref", "wait_until"]
@@ -415,6 +415,69 @@ class Client(ABC):
     @abstractmethod
     def delete_dataflow(self, name: str) -> None:
         """Remove a stopped dataflow (refused while it runs); its runs and results stay."""
+
+    # --- batches -------------------------------------------------------------------------------
+    @abstractmethod
+    def create_batch(
+        self,
+        name: str,
+        pipeline: str,
+        dest: str,
+        *,
+        folders: Iterable[str] = (),
+        recursive: bool = False,
+        search: Mapping[str, Any] | None = None,
+        paths: Iterable[str] = (),
+        from_batch: str | None = None,
+        params: Mapping[str, Any] | None = None,
+        description: str = "",
+    ) -> BatchInfo:
+        """A new batch (not started): the items of ``folders`` (``recursive``), of a ``search``
+        (``{"folder", "name", "metadata"}``), of item ``paths``, and the outputs of ``from_batch``."""
+
+    @abstractmethod
+    def batches(self) -> list[BatchInfo]:
+        """The batches you may see, by name."""
+
+    @abstractmethod
+    def batch(self, name: str) -> BatchInfo:
+        """One batch with its counts."""
+
+    @abstractmethod
+    def batch_status(self, name: str) -> BatchStatus:
+        """The per-item by per-step grid (status, progress) of a batch's latest run."""
+
+    @abstractmethod
+    def start_batch(self, name: str, executor: str | None = None) -> int:
+        """Record a run over the batch's items; its id (executed as :meth:`submit_run`'s runs are)."""
+
+    @abstractmethod
+    def retry_batch(self, name: str) -> int:
+        """Rerun only what failed in the batch's latest run; the new run's id."""
+
+    @abstractmethod
+    def duplicate_batch(self, name: str, new_name: str) -> BatchInfo:
+        """A new batch of the same items (those you may read), pipeline and parameters."""
+
+    @abstractmethod
+    def delete_batch(self, name: str) -> None:
+        """Forget a batch; its runs and outputs stay."""
+
+    @abstractmethod
+    def batch_zip(self, name: str) -> Iterator[bytes]:
+        """Every output the batch's latest run published, as a zip, in chunks."""
+
+    def download_batch(self, name: str, dest: str | Path) -> int:
+        """Write the batch's outputs as a zip file at ``dest``; its size in bytes."""
+        target = Path(dest)
+        size = 0
+        partial = target.with_name(target.name + ".partial")
+        with open(partial, "wb") as f:
+            for chunk in self.batch_zip(name):
+                f.write(chunk)
+                size += len(chunk)
+        partial.replace(target)
+        return size
 
     # --- where runs execute ------------------------------------------------------------------
     #: True when runs recorded through this client execute in this process (:meth:`execute`);

@@ -41,7 +41,7 @@ from datamill.store.blobs import ALGORITHM, CHUNK, digest_bytes, hasher
 from datamill.store.records import AccessGrant, UserInfo
 
 if TYPE_CHECKING:  # imported where a method makes one: `datamill ls` needs neither module
-    from datamill.dataflows.records import DataflowInfo, DataflowVersionInfo
+    from datamill.dataflows.records import BatchInfo, BatchStatus, DataflowInfo, DataflowVersionInfo
     from datamill.engine.records import PipelineInfo, PlanInfo, RunInfo, TaskInfo, WhyInfo
 
 # httpx imports its own command line (click, rich.syntax, pygments) whenever click is installed, and
@@ -666,6 +666,82 @@ class RemoteClient(Client):
             response.close()
 
     # --- dataflows ------------------------------------------------------------------------
+    # --- batches ----------------------------------------------------------------------------
+    def create_batch(
+        self,
+        name: str,
+        pipeline: str,
+        dest: str,
+        *,
+        folders: Iterable[str] = (),
+        recursive: bool = False,
+        search: Mapping[str, Any] | None = None,
+        paths: Iterable[str] = (),
+        from_batch: str | None = None,
+        params: Mapping[str, Any] | None = None,
+        description: str = "",
+    ) -> BatchInfo:
+        from datamill.dataflows.records import BatchInfo
+
+        body = {
+            "name": name,
+            "pipeline": pipeline,
+            "dest": dest,
+            "folders": list(folders),
+            "recursive": recursive,
+            "search": dict(search) if search else None,
+            "paths": list(paths),
+            "from_batch": from_batch,
+            "params": dict(params or {}),
+            "description": description,
+        }
+        return BatchInfo.from_dict(self._call("POST", "/batches", json=body))
+
+    def batches(self) -> list[BatchInfo]:
+        from datamill.dataflows.records import BatchInfo
+
+        return [BatchInfo.from_dict(b) for b in self._call("GET", "/batches")]
+
+    def batch(self, name: str) -> BatchInfo:
+        from datamill.dataflows.records import BatchInfo
+
+        return BatchInfo.from_dict(self._call("GET", f"/batches/{quote_segment(name)}"))
+
+    def batch_status(self, name: str) -> BatchStatus:
+        from datamill.dataflows.records import BatchStatus
+
+        return BatchStatus.from_dict(self._call("GET", f"/batches/{quote_segment(name)}/status"))
+
+    def start_batch(self, name: str, executor: str | None = None) -> int:
+        params = {"executor": executor} if executor else {}
+        run_id: int = self._call("POST", f"/batches/{quote_segment(name)}/start", params=params)["run"]
+        return run_id
+
+    def retry_batch(self, name: str) -> int:
+        run_id: int = self._call("POST", f"/batches/{quote_segment(name)}/retry")["run"]
+        return run_id
+
+    def duplicate_batch(self, name: str, new_name: str) -> BatchInfo:
+        from datamill.dataflows.records import BatchInfo
+
+        body = {"name": new_name}
+        return BatchInfo.from_dict(self._call("POST", f"/batches/{quote_segment(name)}/duplicate", json=body))
+
+    def delete_batch(self, name: str) -> None:
+        self._call("DELETE", f"/batches/{quote_segment(name)}")
+
+    def batch_zip(self, name: str) -> Iterator[bytes]:
+        request = self._http.build_request("GET", f"/batches/{quote_segment(name)}/download")
+        response = self._send(request, stream=True)
+        return self._zip_chunks(response)
+
+    @staticmethod
+    def _zip_chunks(response: httpx.Response) -> Iterator[bytes]:
+        try:
+            yield from response.iter_bytes(CHUNK)
+        finally:
+            response.close()
+
     def create_dataflow(
         self,
         name: str,

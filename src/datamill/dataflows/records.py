@@ -8,7 +8,17 @@ from typing import Any
 
 from datamill.record import Record, build
 
-__all__ = ["DataflowInfo", "DataflowVersionInfo", "RecentRun", "VersionRun"]
+__all__ = [
+    "BatchCell",
+    "BatchCounts",
+    "BatchInfo",
+    "BatchRow",
+    "BatchStatus",
+    "DataflowInfo",
+    "DataflowVersionInfo",
+    "RecentRun",
+    "VersionRun",
+]
 
 
 @dataclass(frozen=True, slots=True)
@@ -100,4 +110,94 @@ class DataflowVersionInfo(Record):
             created_at=data["created_at"],
             created_by=data.get("created_by"),
             runs=[VersionRun.from_dict(r) for r in data.get("runs") or []],
+        )
+
+
+# ---------------------------------------------------------------------------------- batches
+
+
+@dataclass(frozen=True, slots=True)
+class BatchCounts(Record):
+    """How a batch's items stand: ``completed`` = ``successful`` + ``failed``; the rest run or wait."""
+
+    items: int
+    completed: int
+    successful: int
+    failed: int
+    running: int
+    unstarted: int
+
+
+@dataclass(frozen=True, slots=True)
+class BatchInfo(Record):
+    """A batch as its viewer sees it (``items``: the paths of items they may read)."""
+
+    id: int
+    name: str
+    owner: str | None
+    pipeline: str
+    params: dict[str, Any]
+    dest: str
+    description: str
+    source: dict[str, Any]
+    items: list[str]
+    runs: list[int]
+    status: str
+    counts: BatchCounts
+    created_at: float
+    updated_at: float
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any]) -> BatchInfo:
+        """As :meth:`Record.from_dict`, with ``counts`` as a record."""
+        return build(cls, {**data, "counts": BatchCounts.from_dict(data["counts"])})
+
+
+@dataclass(frozen=True, slots=True)
+class BatchCell(Record):
+    """One task of the grid: an item's step."""
+
+    step: str
+    status: str
+    progress: float
+    task: int | None = None
+    message: str = ""
+    error: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class BatchRow(Record):
+    """One item of the grid: its overall status and one cell per step."""
+
+    item: str
+    status: str
+    cells: list[BatchCell] = field(default_factory=list)
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any]) -> BatchRow:
+        """As :meth:`Record.from_dict`, with the cells as records."""
+        return build(cls, {**data, "cells": [BatchCell.from_dict(c) for c in data.get("cells") or []]})
+
+
+@dataclass(frozen=True, slots=True)
+class BatchStatus(Record):
+    """The per-item by per-step grid of a batch's latest run (``run`` None: never started)."""
+
+    batch: str
+    run: int | None
+    run_status: str | None
+    steps: list[str]
+    counts: BatchCounts
+    rows: list[BatchRow]
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any]) -> BatchStatus:
+        """As :meth:`Record.from_dict`, with nested records."""
+        return build(
+            cls,
+            {
+                **data,
+                "counts": BatchCounts.from_dict(data["counts"]),
+                "rows": [BatchRow.from_dict(r) for r in data.get("rows") or []],
+            },
         )

@@ -373,3 +373,25 @@ class IdempotencyKey(Base):
     fingerprint: Mapped[str] = mapped_column(String(64))
     response: Mapped[dict[str, Any]] = mapped_column(JSONType, default=dict)
     created_at: Mapped[float] = mapped_column(Float, index=True)
+
+
+class Batch(Base):
+    """A named selection of items a pipeline runs over (Chowda's batches); see ``datamill.dataflows.batches``.
+
+    ``items`` are item ids (the current version is taken when the batch starts); ``runs`` the ids of
+    the runs it started, oldest first; ``source`` says how the selection was made.
+    """
+
+    __tablename__ = "batches"
+    id: Mapped[int] = mapped_column(BigId, primary_key=True)
+    name: Mapped[str] = mapped_column(String(255), unique=True)
+    owner_id: Mapped[int | None] = mapped_column(BigInteger, nullable=True, index=True)
+    pipeline: Mapped[str] = mapped_column(Text)
+    params: Mapped[dict[str, Any]] = mapped_column(JSONType, default=dict)
+    dest: Mapped[str] = mapped_column(Text)
+    items: Mapped[list[int]] = mapped_column(JSONType, default=list)
+    source: Mapped[dict[str, Any]] = mapped_column(JSONType, default=dict)
+    runs: Mapped[list[int]] = mapped_column(JSONType, default=list)
+    description: Mapped[str] = mapped_column(Text, default="")
+    created_at: Mapped[float] = mapped_column(Float)
+    updated_at: Mapped[float] = mapped_column(Float)

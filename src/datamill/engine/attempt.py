@@ -13,9 +13,10 @@ import asyncio
 import logging
 import shutil
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from pathlib import Path
 
+from datamill.engine.apps import run_app_step
 from datamill.engine.dagster_step import run_dagster_step
 from datamill.engine.ends import MAX_ERROR, Done, failure_kind
 from datamill.engine.planner import Plan, PlannedTask
@@ -124,8 +125,13 @@ class Attempts:
         progress: Progress,
         clock: Callable[[], float],
         containers: Executor | None = None,
+        apps: Executor | None = None,
+        secrets: Mapping[str, str] | None = None,
     ) -> None:
         self.executor = executor
+        #: HTTP app steps run here (see :mod:`datamill.engine.apps`); secrets fill their headers
+        self.apps = apps
+        self.secrets = dict(secrets or {})
         self.commands = commands
         self.containers = containers
         self.workdirs = workdirs
@@ -186,6 +192,12 @@ class Attempts:
                 result = await run_container_step(self.containers, call, on_message, pt, step, name)
             elif step.kind == "dagster":
                 result = await run_dagster_step(self.dagster(), call, on_message, pt.timeout, step)
+            elif step.kind == "http":
+                if self.apps is None:
+                    raise InvalidPipeline(
+                        f"step '{step.name}' is an HTTP app step; this scheduler has no HTTP executor"
+                    )
+                result = await run_app_step(self.apps, call, on_message, step, pt.timeout, self.secrets)
             else:
                 result = await self.executor.run(PythonCall(run_step, (call,)), on_message, timeout=pt.timeout)
             outputs = [self.workdirs.keep_output(o) for o in result.outputs]

@@ -29,6 +29,7 @@ from pathlib import Path
 from typing import Any, Literal, Protocol
 
 from datamill.engine import keys
+from datamill.engine.apps import bind_apps
 from datamill.errors import InvalidInput, InvalidPipeline
 from datamill.pipeline.inputs import InputRef
 from datamill.pipeline.pipeline import Pipeline
@@ -401,6 +402,9 @@ def plan(
     """
     refs = _canonical_inputs(inputs)
     overrides = dict(params or {})
+    if any(s.kind == "http" for s in pipeline.steps):
+        # The app's own version is part of its steps' keys; unknown CLAMS parameters stop here.
+        pipeline = bind_apps(pipeline, overrides)
     for name in overrides:
         if name not in pipeline:
             raise InvalidPipeline(

@@ -41,6 +41,7 @@ from datamill.errors import DatamillError, InvalidInput, InvalidPipeline
 from datamill.executors.base import Executor, PythonCall, get_executor
 from datamill.executors.command import CommandExecutor
 from datamill.executors.container import ContainerExecutor, image_digest
+from datamill.executors.http import HttpExecutor
 from datamill.home import Home
 from datamill.pipeline import Pipeline, load_pipeline
 from datamill.pipeline.runner import run_step
@@ -118,8 +119,17 @@ class Scheduler:
             slots=self.executor.capacity or os.cpu_count() or 1,
             name_prefix=f"datamill-{hashlib.sha256(str(home.path).encode()).hexdigest()[:8]}-",
         )
+        #: HTTP app steps send their requests here, whatever the run's executor
+        self.apps = HttpExecutor()
         self.attempts = Attempts(
-            self.executor, self.commands, self.workdirs, self._progress, clock, containers=self.containers
+            self.executor,
+            self.commands,
+            self.workdirs,
+            self._progress,
+            clock,
+            containers=self.containers,
+            apps=self.apps,
+            secrets=home.settings.app_secret_values(),
         )
         #: pipelines without a reference (built in Python), by run id; they cannot resume elsewhere
         self.pipelines: dict[int, Pipeline] = {}
@@ -150,6 +160,7 @@ class Scheduler:
             return
         await self.executor.start()
         await self.commands.start()
+        await self.apps.start()
         self._slots = asyncio.Semaphore(self.capacity)
         self._heartbeat = asyncio.create_task(self._renew_leases())
         self._started = True
@@ -169,6 +180,7 @@ class Scheduler:
         await self.executor.close()
         await self.commands.close()
         await self.containers.close()
+        await self.apps.close()
         self._started = False
 
     async def sweep_containers(self) -> list[str]:

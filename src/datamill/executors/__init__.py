@@ -1,4 +1,5 @@
-"""Executors: how a task's code is run — inline, in the local process pool, as a command, in a container.
+"""Executors: how a task's code is run — inline, in the local process pool, as a command, in a container,
+as a Dagster job, as an HTTP request.
 
 The scheduler builds one with :func:`get_executor` and hands it calls; see :mod:`datamill.executors.base`.
 """
@@ -11,6 +12,8 @@ from .base import (
     ContainerMount,
     DagsterCall,
     Executor,
+    HttpCall,
+    HttpResponse,
     LogMessage,
     Message,
     OnMessage,
@@ -28,6 +31,8 @@ __all__ = [
     "ContainerMount",
     "DagsterCall",
     "Executor",
+    "HttpCall",
+    "HttpResponse",
     "LogMessage",
     "Message",
     "OnMessage",

@@ -36,6 +36,8 @@ __all__ = [
     "ContainerMount",
     "DagsterCall",
     "Executor",
+    "HttpCall",
+    "HttpResponse",
     "LogMessage",
     "Message",
     "OnMessage",
@@ -129,8 +131,47 @@ class DagsterCall:
     env: Mapping[str, str] | None = None
 
 
+@dataclass(frozen=True, eq=False)
+class HttpCall:
+    """Send one HTTP request (an HTTP app step's task) and return an :class:`HttpResponse`.
+
+    ``body`` is sent as is, or the file at ``body_path`` is streamed. A connection error or a status in
+    ``retry_statuses`` is retried ``retries`` times, waiting ``backoff`` seconds and doubling after each.
+    ``app`` names the service for the executor's per-app limit of ``concurrency`` requests at once.
+    Headers are never logged (they may carry secrets).
+    """
+
+    url: str
+    method: str = "POST"
+    params: Sequence[tuple[str, str]] = ()
+    headers: Mapping[str, str] = field(default_factory=dict)
+    body: bytes | None = None
+    body_path: str | None = None
+    retries: int = 0
+    backoff: float = 0.5
+    retry_statuses: frozenset[int] = frozenset(range(500, 600))
+    app: str = ""
+    concurrency: int | None = None
+
+
+@dataclass(frozen=True)
+class HttpResponse:
+    """What an :class:`HttpCall` got back: the last response, after any retries (``attempts`` counts them)."""
+
+    status: int
+    headers: Mapping[str, str]
+    body: bytes
+    attempts: int = 1
+    seconds: float = 0.0
+
+    @property
+    def content_type(self) -> str:
+        """The response's media type without parameters (``application/json``), or ``""``."""
+        return self.headers.get("content-type", "").split(";")[0].strip().lower()
+
+
 #: Anything an executor may be asked to run; :meth:`Executor.supports` says which it takes.
-Call = PythonCall | CommandCall | ContainerCall | DagsterCall
+Call = PythonCall | CommandCall | ContainerCall | DagsterCall | HttpCall
 
 
 @dataclass(frozen=True, slots=True)
@@ -267,6 +308,7 @@ EXECUTORS: dict[str, str] = {
     "command": "datamill.executors.command:CommandExecutor",
     "container": "datamill.executors.container:ContainerExecutor",
     "dagster": "datamill.executors.dagster:DagsterExecutor",
+    "http": "datamill.executors.http:HttpExecutor",
 }
 
 

@@ -12,6 +12,7 @@ file's only Pipeline), or ``"path/to/pipeline.yaml"``.
 
 from __future__ import annotations
 
+import copy
 import os
 import sys
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
@@ -127,6 +128,19 @@ class Pipeline:
                     self._ref = f"{self._module}:{attr}"
                     break
         return self._ref
+
+    def with_steps(self, changed: Mapping[str, Step]) -> Pipeline:
+        """A copy whose steps named in ``changed`` are replaced (same names and wiring; an HTTP app
+        step bound to the app's version when a run is planned). The copy keeps this pipeline's ref."""
+        if not changed:
+            return self
+        ref = self.ref
+        new = copy.copy(self)
+        new._ref = ref
+        new._by_name = {n: changed.get(n, s) for n, s in self._by_name.items()}
+        new.steps = tuple(changed.get(s.name, s) for s in self.steps)
+        new._pickled = {}
+        return new
 
     def pickled_step(self, name: str) -> bytes:
         """Step ``name`` serialised with cloudpickle (for workers when the pipeline has no ref)."""

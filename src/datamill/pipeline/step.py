@@ -95,7 +95,7 @@ class Step:
     """
 
     name: str
-    kind: Literal["python", "command", "container", "dagster"]
+    kind: Literal["python", "command", "container", "dagster", "http"]
     code: str
     args: tuple[Arg, ...]
     params: Mapping[str, Any]
@@ -123,6 +123,9 @@ class Step:
     container: Mapping[str, Any] = field(default_factory=dict)
     #: what a Dagster step runs (:func:`dagster_step`); None for other kinds
     dagster: DagsterJob | None = None
+    #: what an HTTP app step sends where: a :class:`datamill.pipeline.apps.AppSpec` (``kind == "http"``;
+    #: typed loosely because that module builds on this one)
+    app: Any = None
 
     # ------------------------------------------------------------------ wiring
 
@@ -246,6 +249,8 @@ class Step:
             what = f"{self.image} {what}"
         if self.dagster is not None:
             what = self.dagster.ref + (f" job {self.dagster.job_name}" if self.dagster.job_name else "")
+        if self.app is not None:
+            what = f"{self.app.method} {self.app.url}"
         return f"<Step {self.name} {self.kind}: {what}>"
 
 
@@ -268,6 +273,9 @@ def configured(step: Step, changes: Mapping[str, Any], spelling: Spelling = PYTH
         return make_container_step(new, spelling)
     if step.dagster is not None:
         return _remake_dagster_step(step, new, spelling)
+    if step.app is not None:
+        remade: Step = step.app.remake(new, step.inputs.get("input"), spelling)
+        return remade
     assert step.fn is not None  # a python step always has its function
     return make_step(step.fn, new, spelling)
 

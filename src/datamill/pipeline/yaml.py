@@ -57,6 +57,7 @@ import cloudpickle
 import yaml
 
 from datamill.errors import DatamillError, InvalidPipeline, InvalidStepOption
+from datamill.pipeline.apps import AppSpec, make_app_step
 from datamill.pipeline.dagster_job import DagsterJob
 from datamill.pipeline.options import YAML, StepOptions
 from datamill.pipeline.pipeline import Pipeline, refuse_main_module
@@ -91,7 +92,21 @@ _OPTION_KEYS = tuple(f.name for f in fields(StepOptions) if f.name not in ("argv
 _YAML_KEY = {"argv": "command"}
 #: Fields of a Dagster step (``dagster: package.module:defs``) besides the common options.
 _DAGSTER_KEYS = ("job_name", "assets", "config")
-_STEP_KEYS = ("name", "run", "command", "dagster", *_DAGSTER_KEYS, *(k for k in _OPTION_KEYS if k != "name"))
+_STEP_KEYS = (
+    "name",
+    "run",
+    "command",
+    "dagster",
+    *_DAGSTER_KEYS,
+    "http",
+    "clams",
+    "input",
+    *(k for k in _OPTION_KEYS if k != "name"),
+)
+#: What an app step (``http:`` / ``clams:``) may say about its app.
+_APP_KEYS = ("url", "method", "headers", "retries", "concurrency", "version_url", "version_header")
+#: The keys that say what a step runs (``image`` may stand alone or go with ``command``).
+_KINDS = ("run", "command", "dagster", "http", "clams")
 
 
 class _Map(dict[Any, Any]):
@@ -314,11 +329,23 @@ def parse_yaml_pipeline(text: str, filename: str = "pipeline.yaml", base_dir: st
         raise chk.error(doc.value_lines["steps"], "steps", "must be a non-empty list of steps")
 
     specs = [_check_step(chk, steps_node, i) for i in range(len(steps_node))]
-    steps = [_build_step(chk, spec, base) for spec in specs]
+    steps = _build_steps(chk, specs, base)
     try:
         return Pipeline(name, steps, description=description)
     except InvalidPipeline as e:
         raise _locate(chk, e, specs, steps) from None
+
+
+def _build_steps(chk: _Checker, specs: list[_StepSpec], base: Path) -> list[Step]:
+    steps: list[Step] = []
+    previous_clams: str | None = None
+    for spec in specs:
+        made = _build_step(chk, spec, base, previous_clams)
+        steps.append(made)
+        if made.app is not None and made.app.protocol == "clams":
+            # CLAMS steps listed one after another form a chain: each reads the one before.
+            previous_clams = made.name
+    return steps
 
 
 def _kind(value: Any) -> str:
@@ -366,14 +393,17 @@ def _check_kind(chk: _Checker, node: _Map, prefix: str) -> None:
         raise chk.error(
             node.line, prefix, f"a step with an 'image' runs a container: give 'command' or none, not '{other}'"
         )
-    if "image" not in node and sum(k in node for k in ("run", "command", "dagster")) != 1:
+    if "image" in node and any(k in node for k in ("http", "clams")):
+        raise chk.error(node.line, prefix, "a step with an 'image' runs a container: give no 'http' or 'clams'")
+    if "image" not in node and sum(k in node for k in _KINDS) != 1:
         raise chk.error(
             node.line,
             prefix,
-            "give exactly one of 'run' (module:function), 'command' (a list) or 'dagster' (package.module:defs)",
+            "give exactly one of 'run' (module:function), 'command' (a list), 'dagster' (package.module:defs), "
+            "'http' or 'clams' (an app's url)",
         )
-    if "name" not in node and ("command" in node or "image" in node):
-        what = "a container step" if "image" in node else "a command step"
+    if "name" not in node and any(k in node for k in ("command", "image", "http", "clams")):
+        what = "a container step" if "image" in node else "a command step" if "command" in node else "an app step"
         raise chk.error(node.line, f"{prefix}.name", f"missing: {what} needs a name")
 
 
@@ -394,6 +424,7 @@ def _check_step(chk: _Checker, steps: _Seq, i: int) -> _StepSpec:
 
     _check_kind(chk, node, prefix)
     _check_dagster_keys(node, bad)
+    _check_app_fields(chk, node, prefix)
     if "run" in node:
         run = node["run"]
         if not isinstance(run, str) or ":" not in run or run.startswith(":") or run.endswith(":"):
@@ -431,10 +462,33 @@ def _check_dagster_keys(node: _Map, bad: Callable[[str, str], InvalidPipeline]) 
             raise bad(key, "is only for Dagster steps (dagster: package.module:defs)")
 
 
-def _build_step(chk: _Checker, spec: _StepSpec, base: Path) -> Step:
+def _check_app_fields(chk: _Checker, node: _Map, prefix: str) -> None:
+    """``input`` only on app steps; an ``http:``/``clams:`` mapping with a url and known keys."""
+
+    def bad(key: str, message: str) -> InvalidPipeline:
+        return chk.error(node.value_lines.get(key, node.line), f"{prefix}.{key}", message)
+
+    if "input" in node and not ("http" in node or "clams" in node):
+        raise bad("input", "is for app steps (http: or clams:); other steps wire by argument (inputs:)")
+    for kind in ("http", "clams"):
+        if kind in node:
+            app = node[kind]
+            if not isinstance(app, _Map) or "url" not in app:
+                raise bad(kind, "must be a mapping with at least 'url', e.g. {url: 'http://127.0.0.1:5000/'}")
+            _unknown_keys(
+                chk,
+                app,
+                _APP_KEYS if kind == "http" else ("url", "headers", "retries", "concurrency"),
+                f"{prefix}.{kind}.",
+            )
+
+
+def _build_step(chk: _Checker, spec: _StepSpec, base: Path, previous_app: str | None = None) -> Step:
     opts = dict(spec.options)
     node = spec.node
     try:
+        if "http" in node or "clams" in node:
+            return _app_step(node, opts, previous_app)
         if "image" in opts:
             return make_container_step(StepOptions(**opts), YAML)
         if "argv" in opts:
@@ -463,6 +517,20 @@ def _build_step(chk: _Checker, spec: _StepSpec, base: Path) -> Step:
         if key is None and field and field in (node.get("inputs") or {}):
             key = "inputs"
         raise chk.error(spec.line(key), spec.prefix + (f".{key}.{field}" if key else ""), _bare(e)) from None
+
+
+def _app_step(node: _Map, opts: dict[str, Any], previous_clams: str | None) -> Step:
+    """An ``http:`` or ``clams:`` step; a ``clams:`` step without ``input`` reads the CLAMS step before it."""
+    kind = "clams" if "clams" in node else "http"
+    fields_ = dict(node[kind])
+    input_step = node.get("input", previous_clams if kind == "clams" else None)
+    if "retry_backoff" in opts:
+        fields_["backoff"] = opts["retry_backoff"]
+    if "retries" in opts:
+        # The app's requests are retried (with backoff), not the whole task.
+        fields_.setdefault("retries", opts.pop("retries"))
+    app = AppSpec(protocol="clams" if kind == "clams" else "http", **fields_)
+    return make_app_step(StepOptions(**opts), app, input_step, YAML)
 
 
 def _dagster_step(spec: _StepSpec, opts: dict[str, Any], base: Path) -> Step:
