@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import hashlib
+import random
 from pathlib import Path
 
 import msgpack
@@ -196,7 +197,9 @@ def test_generation_rules() -> None:
 
 @settings(max_examples=25, deadline=None)
 @given(data=st.binary(max_size=4000), order=st.randoms(use_true_random=False), dup=st.booleans())
-def test_receiver_rebuilds_in_any_order_with_duplicates(tmp_path_factory: pytest.TempPathFactory, data: bytes, order, dup: bool) -> None:  # type: ignore[no-untyped-def]
+def test_receiver_rebuilds_in_any_order_with_duplicates(
+    tmp_path_factory: pytest.TempPathFactory, data: bytes, order: random.Random, dup: bool
+) -> None:
     src = tmp_path_factory.mktemp("src")
     out = tmp_path_factory.mktemp("out")
     (src / "d").mkdir()

@@ -9,6 +9,7 @@ chunk count is corruption. :func:`decide` states the rules once; the directory r
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import os
 import time
@@ -160,7 +161,5 @@ class DirectoryReceiver:
         for part in self.partials.values():
             part.staging.unlink(missing_ok=True)
         self.partials.clear()
-        try:
+        with contextlib.suppress(OSError):  # other files are still in it
             self.staging_dir.rmdir()
-        except OSError:
-            pass

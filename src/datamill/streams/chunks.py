@@ -186,7 +186,8 @@ def decode(value: bytes) -> Chunk:
         raise BadChunk(f"chunk {chunk.index} of {chunk.total}: its number is past the count")
     path = chunk.path  # checks the path
     if hashlib.sha512(chunk.data).digest() != chunk.chunk_hash:
-        raise BadChunk(f"chunk {chunk.index} of {chunk.total} of {path!r}: SHA-512 of its data does not match", path=path)
+        where = f"chunk {chunk.index} of {chunk.total} of {path!r}"
+        raise BadChunk(f"{where}: SHA-512 of its data does not match", path=path)
     return chunk
 
 
@@ -222,9 +223,8 @@ def chunk_file(
             data = f.read(chunk_size)
             if (i < total - 1 and len(data) != chunk_size) or (i == total - 1 and f.read(1)):
                 raise InvalidInput(f"{rel}: the file changed while it was being sent; send it again")
-            chunk = Chunk(
-                path.name, file_hash, hashlib.sha512(data).digest(), i * chunk_size, i + 1, total, subdir, "", data, mtime
-            )
+            digest = hashlib.sha512(data).digest()
+            chunk = Chunk(path.name, file_hash, digest, i * chunk_size, i + 1, total, subdir, "", data, mtime)
             yield chunk.key, chunk.encode(with_mtime)
     after = os.stat(path)
     if (after.st_size, after.st_mtime_ns) != (before.st_size, before.st_mtime_ns):
