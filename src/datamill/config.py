@@ -63,6 +63,21 @@ SETTINGS: tuple[Setting, ...] = (
         "How long a task claimed by a scheduler that died stays claimed before another takes it over.",
         positive=True,
     ),
+    Setting(
+        "kafka_bootstrap",
+        str,
+        "",
+        "Kafka bootstrap servers (HOST:PORT[,HOST:PORT]) for stream dataflows and `datamill stream`.",
+    ),
+    Setting(
+        "kafka_security_protocol",
+        str,
+        "",
+        "Kafka security.protocol: PLAINTEXT, SSL, SASL_PLAINTEXT or SASL_SSL; empty means PLAINTEXT.",
+    ),
+    Setting("kafka_sasl_mechanism", str, "", "Kafka sasl.mechanism, e.g. PLAIN or SCRAM-SHA-512."),
+    Setting("kafka_sasl_username", str, "", "Kafka sasl.username."),
+    Setting("kafka_sasl_password", str, "", "Kafka sasl.password (a secret: masked everywhere).", secret=True),
 )
 
 _BY_KEY = {s.key: s for s in SETTINGS}
@@ -78,6 +93,15 @@ def mask_url(url: str) -> str:
     netloc = parts.netloc.rsplit("@", 1)
     user = parts.username or ""
     return urlunsplit(parts._replace(netloc=f"{user}:***@{netloc[1]}"))
+
+
+def mask_secret(value: str) -> str:
+    """A secret for display: a URL keeps all but its password; any other non-empty secret is ``***``."""
+    if not value:
+        return value
+    if "://" in value:
+        return mask_url(value)
+    return "***"
 
 
 def _coerce(setting: Setting, value: Any, source: str) -> Any:
@@ -136,6 +160,11 @@ class Settings:
     stream_recheck_ms: int = 2000
     replays_per_user: int = 4
     lease_seconds: float = 30.0
+    kafka_bootstrap: str = ""
+    kafka_security_protocol: str = ""
+    kafka_sasl_mechanism: str = ""
+    kafka_sasl_username: str = ""
+    kafka_sasl_password: str = field(default="", repr=False)
     profile: str = "local"
     sources: tuple[str, ...] = field(default=(), compare=False)
 
@@ -171,7 +200,7 @@ class Settings:
         out: dict[str, Any] = {"profile": self.profile}
         for s in SETTINGS:
             value = getattr(self, s.key)
-            out[s.key] = mask_url(value) if s.secret else value
+            out[s.key] = mask_secret(value) if s.secret else value
         return out
 
 

@@ -20,7 +20,7 @@ from typing import Annotated, Any
 import typer
 from typer.core import TyperGroup
 
-from datamill.cli import events, flows, folders, items, pipelines, runs, server, users
+from datamill.cli import events, flows, folders, items, pipelines, runs, server, streams, users
 from datamill.cli import lineage as lineage_cmd
 from datamill.cli.context import State
 from datamill.cli.output import say
@@ -140,6 +140,7 @@ runs.register(app)
 pipelines.register(app)
 flows.register(app)
 lineage_cmd.register(app)
+streams.register(app)
 
 
 def main() -> None:
