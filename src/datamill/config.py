@@ -78,6 +78,13 @@ SETTINGS: tuple[Setting, ...] = (
     Setting("kafka_sasl_mechanism", str, "", "Kafka sasl.mechanism, e.g. PLAIN or SCRAM-SHA-512."),
     Setting("kafka_sasl_username", str, "", "Kafka sasl.username."),
     Setting("kafka_sasl_password", str, "", "Kafka sasl.password (a secret: masked everywhere).", secret=True),
+    Setting(
+        "stream_heartbeat_seconds",
+        float,
+        30.0,
+        "Stream dataflows append a stream.heartbeat event at most this often.",
+        positive=True,
+    ),
 )
 
 _BY_KEY = {s.key: s for s in SETTINGS}
@@ -165,6 +172,7 @@ class Settings:
     kafka_sasl_mechanism: str = ""
     kafka_sasl_username: str = ""
     kafka_sasl_password: str = field(default="", repr=False)
+    stream_heartbeat_seconds: float = 30.0
     profile: str = "local"
     sources: tuple[str, ...] = field(default=(), compare=False)
 

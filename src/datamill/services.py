@@ -1,4 +1,4 @@
-"""The background services of a running datamill: scheduler, triggers, notifier.
+"""The background services of a running datamill: scheduler, triggers, notifier, stream consumers.
 
 ``datamill up`` starts them inside the server process (in the app's lifespan); tests and
 benchmarks may start them on their own with :class:`Services`.
@@ -15,6 +15,7 @@ import asyncio
 import contextlib
 import logging
 
+from datamill.dataflows.ingest import StreamIngest
 from datamill.dataflows.notifications import Notifier
 from datamill.dataflows.triggers import Triggers
 from datamill.engine.engine import Engine
@@ -40,6 +41,7 @@ class Services:
         self.scheduler = Scheduler(home, executor, workers=workers, lease_seconds=lease_seconds)
         self.triggers = Triggers(home, self.engine)
         self.notifier = Notifier(home, base_url=base_url)
+        self.streams = StreamIngest(home)
         self._stop = asyncio.Event()
         self._tasks: list[asyncio.Task[None]] = []
 
@@ -53,6 +55,7 @@ class Services:
                 self._guard("triggers", self.triggers.serve(self._stop, on_runs=self.scheduler.drive_now))
             ),
             asyncio.create_task(self._guard("notifier", self.notifier.serve(self._stop))),
+            asyncio.create_task(self._guard("streams", self.streams.serve(self._stop))),
         ]
 
     async def _guard(self, name: str, coro: object) -> None:

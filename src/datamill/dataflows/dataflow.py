@@ -30,7 +30,7 @@ from sqlalchemy import text as sql_text
 from datamill import events
 from datamill.dataflows.records import DataflowInfo, DataflowVersionInfo, VersionRun
 from datamill.db.models import Dataflow, DataflowVersion, Run, User
-from datamill.errors import AlreadyExists, Conflict, InvalidDataflow, NotFound, PermissionDenied
+from datamill.errors import AlreadyExists, Conflict, InvalidDataflow, InvalidInput, NotFound, PermissionDenied
 from datamill.events import EventKind
 from datamill.store import lookups
 from datamill.store.access import Actor, Level, level_on
@@ -43,7 +43,7 @@ class DataflowKind(StrEnum):
 
     #: runs a pipeline over the items of a source folder into a destination folder
     WORKFLOW = "workflow"
-    #: ingests a stream (Kafka) into a folder; declared, refused until it is available
+    #: lands the files of a Kafka topic (OpenMSIStream's chunk format) in a destination folder
     STREAM = "stream"
 
 
@@ -79,7 +79,11 @@ CONFIG_KEYS = (
     "trigger",
     "webhooks",
     "batch_window_ms",
+    "broker",
+    "partial_timeout_s",
 )
+#: What a stream dataflow's configuration holds besides its kind and destination.
+STREAM_KEYS = ("description", "kind", "destination", "topic", "broker", "partial_timeout_s")
 
 
 @dataclass(frozen=True)
@@ -175,11 +179,21 @@ def _info(conn: Connection, row: Any) -> DataflowInfo:
         trigger=str(trig),
         webhooks=list(cfg.get("webhooks") or []),
         batch_window_ms=cfg.get("batch_window_ms"),
+        broker=mask_broker(cfg.get("broker")),
+        partial_timeout_s=cfg.get("partial_timeout_s"),
         cursor=row.cursor,
         created_at=row.created_at,
         updated_at=row.updated_at,
         next_fire_times=fires,
     )
+
+
+def mask_broker(broker: Any) -> dict[str, Any]:
+    """A stream dataflow's broker fields for any answer: the SASL password is never shown."""
+    out = dict(broker or {})
+    if out.get("sasl_password"):
+        out["sasl_password"] = "***"
+    return out
 
 
 def check_name(name: str) -> str:
@@ -233,9 +247,9 @@ def validate_config(
     kind = cfg.get("kind") or DataflowKind.WORKFLOW
     if kind not in KINDS:
         raise InvalidDataflow(f"kind: {kind!r} is not a kind; use workflow or stream", field="kind")
-    if kind == DataflowKind.STREAM:
-        raise InvalidDataflow("kind: stream dataflows (Kafka ingest) are not available yet; use workflow", field="kind")
     out["kind"] = str(kind)
+    if kind == DataflowKind.STREAM:
+        return _validate_stream(conn, actor, cfg, out)
     for key, needed in (("source", Level.READ), ("destination", Level.WRITE)):
         out[key] = _checked_folder(conn, actor, key, cfg.get(key), needed)
     src, dst = out["source"], out["destination"]
@@ -271,6 +285,52 @@ def validate_config(
         raise InvalidDataflow("batch_window_ms: must be a whole number of milliseconds from 0 to 60000")
     out["batch_window_ms"] = window
     out["topic"] = cfg.get("topic")
+    return out
+
+
+def _validate_stream(conn: Connection, actor: Actor, cfg: Mapping[str, Any], out: dict[str, Any]) -> dict[str, Any]:
+    """A stream dataflow: a topic, a destination it may write, broker fields (optional: the server's
+    ``kafka_*`` settings fill the rest) and the partial-file timeout; no source, pipeline or trigger."""
+    from datamill.streams.broker import Broker
+    from datamill.streams.sender import check_topic
+
+    # What a saved stream dataflow holds in those fields (an edit merges them back in) is no field set.
+    extra = sorted(k for k in set(cfg) - set(STREAM_KEYS) if cfg.get(k) not in (None, "", [], {}, "stream"))
+    if extra:
+        raise InvalidDataflow(
+            f"a stream dataflow has no {', '.join(extra)}: it lands a topic's files in its destination; "
+            "run a workflow dataflow on that folder for what follows",
+            field=extra[0],
+        )
+    try:
+        out["topic"] = check_topic(str(cfg.get("topic") or ""))
+    except InvalidInput as exc:
+        raise InvalidDataflow(f"topic: {exc.message}", field="topic") from None
+    out["destination"] = _checked_folder(conn, actor, "destination", cfg.get("destination"), Level.WRITE)
+    broker = dict(cfg.get("broker") or {})
+    if not isinstance(cfg.get("broker") or {}, Mapping):
+        raise InvalidDataflow("broker: must be a mapping of bootstrap, security_protocol, sasl_*", field="broker")
+    try:
+        # Checked with a stand-in address when the server's settings are to supply it.
+        checked = Broker.parse({**broker, "bootstrap": broker.get("bootstrap") or "settings:1"})
+    except InvalidInput as exc:
+        raise InvalidDataflow(exc.message, field="broker") from None
+    stored = checked.stored()
+    if not broker.get("bootstrap"):
+        stored.pop("bootstrap")
+    timeout = cfg.get("partial_timeout_s")
+    if timeout is not None and (isinstance(timeout, bool) or not isinstance(timeout, int | float) or timeout <= 0):
+        raise InvalidDataflow("partial_timeout_s: must be a positive number of seconds", field="partial_timeout_s")
+    out.update(
+        source="",
+        pipeline="",
+        params={},
+        trigger="stream",
+        webhooks=[],
+        batch_window_ms=None,
+        broker=stored,
+        partial_timeout_s=timeout,
+    )
     return out
 
 
@@ -346,6 +406,16 @@ def _check_pipeline(ref: str, params: Mapping[str, Any]) -> None:
         split_params(pipeline, params)
     except DatamillError as exc:
         raise InvalidDataflow(f"params: {exc.message}", field="params") from exc
+
+
+def _keep_password(merged: dict[str, Any], old: Mapping[str, Any]) -> None:
+    """A broker edited with the masked password sent back (``***``) keeps the stored one."""
+    broker = merged.get("broker")
+    if isinstance(broker, Mapping) and broker.get("sasl_password") == "***":
+        kept = dict(old.get("broker") or {}).get("sasl_password")
+        merged["broker"] = (
+            {**broker, "sasl_password": kept} if kept else {k: v for k, v in broker.items() if k != "sasl_password"}
+        )
 
 
 def _user(conn: Connection, user_id: int | None) -> Actor:
@@ -526,6 +596,7 @@ class Dataflows:
                         field=key,
                     )
             merged = {**dict(row.config or {}), **{k: v for k, v in changes.items() if v is not None}}
+            _keep_password(merged, row.config or {})
             owner = _user(conn, row.owner_id)
             chosen = merged.get("pipeline") != (row.config or {}).get("pipeline")
             # Whoever changes the pipeline chooses it; an unchanged one stays the owner's choice.
@@ -600,7 +671,14 @@ class Dataflows:
                 out.append(
                     DataflowVersionInfo(
                         version=v.number,
-                        config=vis.dataflow_config(dict(v.config or {}), may_change),
+                        config={
+                            **vis.dataflow_config(dict(v.config or {}), may_change),
+                            **(
+                                {"broker": mask_broker(v.config.get("broker"))}
+                                if (v.config or {}).get("broker")
+                                else {}
+                            ),
+                        },
                         created_at=v.created_at,
                         created_by=by,
                         runs=[

@@ -19,7 +19,7 @@ class DataflowInfo(Record):
     ids) when it is stopped with ``cancel``; otherwise both are absent from :meth:`to_dict`.
     """
 
-    _optional = frozenset({"recent_runs", "cancelled"})
+    _optional = frozenset({"recent_runs", "cancelled", "stream"})
 
     id: int
     name: str
@@ -41,6 +41,11 @@ class DataflowInfo(Record):
     created_at: float
     updated_at: float
     next_fire_times: list[float] = field(default_factory=list)
+    #: a stream dataflow's broker fields (the SASL password masked) and partial-file timeout
+    broker: dict[str, Any] = field(default_factory=dict)
+    partial_timeout_s: float | None = None
+    #: a stream dataflow's live status (counters, lag, files in progress, last error), when one is read
+    stream: dict[str, Any] | None = None
     recent_runs: list[RecentRun] | None = None
     cancelled: list[int] | None = None
 

@@ -25,7 +25,7 @@ from typing import Any
 from sqlalchemy import Connection, select, update
 
 from datamill import events
-from datamill.dataflows.dataflow import DataflowState, find_cycle, flow_ends
+from datamill.dataflows.dataflow import DataflowKind, DataflowState, find_cycle, flow_ends
 from datamill.db.models import Dataflow, Event, Run, Task, TaskInput
 from datamill.engine import registry
 from datamill.engine.engine import Engine
@@ -63,7 +63,8 @@ class Triggers:
         # write lock only for the dataflows that have something to record.
         with self.home.db.read() as conn:
             rows = conn.execute(select(Dataflow).where(Dataflow.state == DataflowState.RUNNING)).all()
-            ids = [r.id for r in rows if self._due(conn, r, now)]
+            # Stream dataflows have no trigger: their consumers run in datamill.dataflows.ingest.
+            ids = [r.id for r in rows if r.kind != DataflowKind.STREAM and self._due(conn, r, now)]
         created: list[int] = []
         running = {r.id: flow_ends(r) for r in rows}
         for fid in ids:
@@ -216,6 +217,11 @@ class Triggers:
             row = conn.execute(select(Dataflow).where(Dataflow.name == dataflow_name)).first()
             if row is None:
                 raise NotFound(f"no dataflow {dataflow_name!r}")
+            if row.kind == DataflowKind.STREAM:
+                raise InvalidInput(
+                    f"dataflow {dataflow_name!r} is a stream: it lands files while it runs "
+                    f"(`datamill flow start {dataflow_name}`); there is nothing to run once"
+                )
             cfg = dict(row.config or {})
             for key in ("source", "destination"):
                 if cfg.get(key) and level_on(conn, actor, str(cfg[key])) < Level.READ:

@@ -34,17 +34,28 @@ class DataflowCreate(BaseModel):
     """A new dataflow."""
 
     name: str = Field(description="1-100 letters, digits, '-', '_' or '.'.")
-    source: str = Field(description="The folder it watches.")
+    kind: str = Field("workflow", description="workflow (a pipeline over a folder) or stream (a Kafka topic).")
+    source: str = Field("", description="The folder it watches (workflow).")
     dest: str | None = Field(None, description="The folder results go to (outside the source).")
     destination: str | None = Field(None, description="Same as dest.")
     pipeline: str = Field(
+        "",
         description="A registered pipeline name (GET /pipelines); site admins may also give a reference: "
-        "module:attr, file.py:attr, file.yaml."
+        "module:attr, file.py:attr, file.yaml (workflow).",
     )
     trigger: str = Field("new-items", description="new-items, manual or 'cron:<five fields>'.")
     params: dict[str, Any] = Field(default_factory=dict, description="Step parameters: {'step.param': value}.")
     description: str = ""
     webhooks: list[str] = Field(default_factory=list, description="URLs to POST run results to.")
+    topic: str | None = Field(None, description="The Kafka topic whose files it lands (stream).")
+    broker: dict[str, str] = Field(
+        default_factory=dict,
+        description="Stream: bootstrap, security_protocol, sasl_mechanism, sasl_username, sasl_password; "
+        "the server's kafka_* settings fill what is left out. The password is never shown back.",
+    )
+    partial_timeout_s: float | None = Field(
+        None, description="Stream: seconds a partial file may go without a chunk before it is dropped (default 3600)."
+    )
 
 
 class DataflowEdit(BaseModel):
@@ -58,6 +69,9 @@ class DataflowEdit(BaseModel):
     params: dict[str, Any] | None = None
     description: str | None = None
     webhooks: list[str] | None = None
+    topic: str | None = None
+    broker: dict[str, str] | None = None
+    partial_timeout_s: float | None = None
 
 
 class RunStarted(BaseModel):
@@ -92,6 +106,19 @@ async def create_dataflow(body: DataflowCreate, actor: ActorDep, home: HomeDep) 
     dest = body.dest or body.destination
     if not dest:
         raise InvalidDataflow("destination: a destination folder is required (dest)", field="destination")
+    if body.kind == "stream":
+        stream = await blocking(
+            _client(home, actor).create_stream_dataflow,
+            body.name,
+            body.topic or "",
+            dest,
+            body.broker,
+            body.description,
+            body.partial_timeout_s,
+        )
+        return JSONResponse(plain(stream), status_code=201)
+    if body.kind != "workflow":
+        raise InvalidDataflow(f"kind: {body.kind!r} is not a kind; use workflow or stream", field="kind")
     info = await blocking(
         _client(home, actor).create_dataflow,
         body.name,
