@@ -114,7 +114,7 @@ class StreamConsumer(threading.Thread):
         self.member = member
         self.status = Status()
         self.partial_timeout = float(self.cfg.get("partial_timeout_s") or PARTIAL_TIMEOUT)
-        self._stop = threading.Event()
+        self._halt = threading.Event()
         self._consumer: Any = None
         self._status_at = 0.0
         self._heartbeat_at = 0.0
@@ -122,14 +122,14 @@ class StreamConsumer(threading.Thread):
 
     def stop(self) -> None:
         """Ask the thread to end after its current batch."""
-        self._stop.set()
+        self._halt.set()
 
     # ------------------------------------------------------------------ the loop
 
     def run(self) -> None:
         """Consume until stopped; broker and database trouble is retried with backoff, never fatal."""
         backoff = 0.5
-        while not self._stop.is_set():
+        while not self._halt.is_set():
             try:
                 self._consume()
                 backoff = 0.5
@@ -140,7 +140,7 @@ class StreamConsumer(threading.Thread):
                 self.status.state = "retrying"
                 self._close()
                 self._report(force=True)
-                self._stop.wait(backoff)
+                self._halt.wait(backoff)
                 backoff = min(backoff * 2, 30.0)
         self._close()
         self.status.state = "stopped"
@@ -198,7 +198,7 @@ class StreamConsumer(threading.Thread):
     def _consume(self) -> None:
         consumer = self._consumer or self._open()
         self.status.state = "running"
-        while not self._stop.is_set():
+        while not self._halt.is_set():
             msgs = consumer.consume(num_messages=BATCH, timeout=0.5)
             batch: list[Message] = []
             for m in msgs:
