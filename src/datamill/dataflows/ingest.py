@@ -199,7 +199,10 @@ class StreamConsumer(threading.Thread):
         consumer = self._consumer or self._open()
         self.status.state = "running"
         while not self._halt.is_set():
-            msgs = consumer.consume(num_messages=BATCH, timeout=0.5)
+            # Wait for one message, then take what is already queued behind it: consume() with a
+            # timeout would wait out the whole timeout for a batch that is not full (latency).
+            first = consumer.poll(0.5)
+            msgs = [first, *consumer.consume(num_messages=BATCH - 1, timeout=0)] if first is not None else []
             batch: list[Message] = []
             for m in msgs:
                 err = m.error()
