@@ -255,7 +255,7 @@ def latency(tansu: Tansu, workdir: Path, files: int) -> dict[str, Any]:
         ing.close()
     out.sort()
     p50 = statistics.median(out)
-    p99 = out[min(len(out) - 1, int(round(0.99 * (len(out) - 1))))]
+    p99 = out[min(len(out) - 1, round(0.99 * (len(out) - 1)))]
     return {
         "files": files,
         "p50_ms": round(p50, 1),

@@ -128,6 +128,9 @@ class Broker:
             "enable.auto.commit": False,
             "enable.auto.offset.store": False,
             "auto.offset.reset": "earliest",
+            # The broker answers a fetch as soon as data is there, or after this: a new file's first
+            # chunk is not held back for librdkafka's default 500 ms.
+            "fetch.wait.max.ms": 20,
             "message.max.bytes": max_message + MESSAGE_OVERHEAD,
             "fetch.max.bytes": max_message + MESSAGE_OVERHEAD,
             "max.partition.fetch.bytes": max_message + MESSAGE_OVERHEAD,
