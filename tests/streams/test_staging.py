@@ -216,3 +216,14 @@ def test_stream_dataflow_validation(home: Home) -> None:
         cfg = conn.execute(select(Dataflow.config).where(Dataflow.name == "s")).scalar_one()
     assert cfg["broker"]["sasl_password"] == "pw!" and cfg["broker"]["bootstrap"] == "k:9093"
     assert all("pw!" not in str(e.data) for e in all_events(home))
+
+
+def test_deleting_a_stream_dataflow_removes_its_staging_and_offsets(home: Home, tmp_path: Path) -> None:
+    f = tmp_path / "p.bin"
+    f.write_bytes(os.urandom(3000))
+    stager = _stager(home)
+    stager.apply(_messages(f, tmp_path, partitions=1)[:2])
+    Dataflows(home.db).delete(home.admin, "ingest")
+    with home.db.read() as conn:
+        assert conn.execute(select(StreamChunk)).first() is None
+        assert conn.execute(select(StreamOffset)).first() is None

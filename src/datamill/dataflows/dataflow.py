@@ -418,6 +418,16 @@ def _keep_password(merged: dict[str, Any], old: Mapping[str, Any]) -> None:
         )
 
 
+def _delete_stream_state(conn: Connection, dataflow_id: int) -> None:
+    """A stream dataflow's offsets, staged files and status go with it (SQLite does not cascade)."""
+    from datamill.db.models import StreamChunk, StreamFile, StreamOffset, StreamStatus
+
+    files = select(StreamFile.id).where(StreamFile.dataflow_id == dataflow_id)
+    conn.execute(delete(StreamChunk).where(StreamChunk.file_id.in_(files)))
+    for model in (StreamFile, StreamOffset, StreamStatus):
+        conn.execute(delete(model).where(model.dataflow_id == dataflow_id))
+
+
 def _user(conn: Connection, user_id: int | None) -> Actor:
     """The user ``user_id`` as an actor; a missing one is no one in particular (and no admin)."""
     u = conn.execute(select(User.id, User.name, User.is_admin).where(User.id == user_id)).first() if user_id else None
@@ -724,6 +734,7 @@ class Dataflows:
             if row.state == DataflowState.RUNNING:
                 raise Conflict(f"dataflow {name!r} is running; stop it first with `datamill flow stop {name}`")
             conn.execute(delete(DataflowVersion).where(DataflowVersion.dataflow_id == row.id))
+            _delete_stream_state(conn, row.id)
             conn.execute(delete(Dataflow).where(Dataflow.id == row.id))
             events.append(
                 conn,
