@@ -131,3 +131,22 @@ def test_receive_reports_bad_messages_and_writes_nothing_for_them(
     assert any("not msgpack" in b for b in got.bad) and any("'..' segment" in b for b in got.bad)
     assert tree(out) == {"ok.txt": hashlib.sha512(good).hexdigest()}
     assert not (tmp_path / "up").exists()
+
+
+def test_the_kafka_password_setting_is_masked_in_settings_displays() -> None:
+    from datamill.config import load_settings
+
+    env = {
+        "DATAMILL_KAFKA_SASL_PASSWORD": "s3cret",
+        "DATAMILL_KAFKA_SASL_USERNAME": "u",
+        "DATAMILL_KAFKA_BOOTSTRAP": "k:9092",
+    }
+    s = load_settings(environ=env)
+    assert s.public_dict()["kafka_sasl_password"] == "***" and "s3cret" not in repr(s)
+    assert Broker.from_settings(s).client_config()["bootstrap.servers"] == "k:9092"
+    r = subprocess.run(
+        datamill("config", "--json"),
+        env=cli_env(DATAMILL_KAFKA_SASL_PASSWORD="s3cret"), capture_output=True, text=True, timeout=60,
+    )  # fmt: skip
+    assert r.returncode == 0, r.stderr
+    assert "s3cret" not in r.stdout + r.stderr and '"kafka_sasl_password": "***"' in r.stdout
