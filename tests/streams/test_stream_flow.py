@@ -131,3 +131,17 @@ def test_bad_input_and_a_missing_topic_are_reported(home: Home, kafka_broker: Ta
         assert body["stream"]["rejected"] == 1
         assert home.store.find_items(home.admin, DEST) == []
         client.close()
+
+
+def test_a_broker_that_does_not_answer_is_reported_and_retried(home: Home) -> None:
+    from tests.helpers import free_port
+
+    with serve(home, services=True) as server:
+        client = RemoteClient(server.url, home.admin_token())
+        client.create_stream_dataflow("down", "t", DEST, broker={"bootstrap": f"127.0.0.1:{free_port()}"})
+        client.start_dataflow("down")
+        err = wait_for("the broker reported", lambda: (client.dataflow("down").stream or {}).get("last_error"), 90)
+        assert "does not answer" in err and "retrying" in err
+        consumers = client.dataflow("down").stream["consumers"]
+        assert consumers and consumers[0]["state"] == "retrying"
+        client.close()

@@ -34,7 +34,7 @@ from sqlalchemy import delete, insert, select
 from datamill import events
 from datamill.dataflows.staging import Message, Stager, Target, in_progress
 from datamill.db.models import Dataflow, StreamStatus, User
-from datamill.errors import DatamillError
+from datamill.errors import DatamillError, Unavailable
 from datamill.events import EventKind
 from datamill.home import Home
 from datamill.store import lookups
@@ -165,7 +165,14 @@ class StreamConsumer(threading.Thread):
             }
         )
         self._consumer = consumer
-        meta = consumer.list_topics(timeout=10)  # all topics: asking for one would create it on some brokers
+        try:
+            meta = consumer.list_topics(timeout=10)  # all topics: asking for one would create it on some brokers
+        except ck.KafkaException as exc:
+            err = exc.args[0] if exc.args else exc
+            text = err.str() if hasattr(err, "str") else str(err)
+            raise Unavailable(
+                f"the Kafka broker at {broker.bootstrap} does not answer ({text}); is it running? retrying"
+            ) from None
         if self.target.topic not in meta.topics:
             raise DatamillError(
                 f"topic {self.target.topic!r} does not exist on the broker {broker.bootstrap}; create it "
