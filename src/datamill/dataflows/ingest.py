@@ -3,7 +3,7 @@
 :class:`StreamIngest` (started with the other services) keeps a :class:`StreamConsumer` thread
 for each running stream dataflow and stops it when the dataflow stops or changes. A consumer:
 
-- joins the consumer group ``datamill-<dataflow id>`` (one stable group per dataflow, so servers
+- joins the consumer group ``datamill-<name>-<tag>`` (one stable group per dataflow, so servers
   sharing a database share the partitions); on assignment it **seeks to the offsets stored in
   datamill's database**, never to Kafka's (datamill commits nothing to Kafka);
 - reads in small batches (librdkafka's queue is bounded too) and hands each to
@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import hashlib
 import logging
 import os
 import socket
@@ -55,9 +56,11 @@ STATUS_EVERY = 2.0
 STALE_STATUS = 30.0
 
 
-def group_id(dataflow_id: int) -> str:
-    """The consumer group of a stream dataflow: stable, so a restart and other servers share it."""
-    return f"datamill-{dataflow_id}"
+def group_id(dataflow_id: int, name: str, created_at: float) -> str:
+    """The consumer group of a stream dataflow: stable, so a restart and other servers on the same
+    database share it; the creation time keeps two installations' dataflow 1 apart on one cluster."""
+    tag = hashlib.sha256(f"{dataflow_id}:{created_at!r}".encode()).hexdigest()[:12]
+    return f"datamill-{name}-{tag}"
 
 
 def broker_for(home: Home, cfg: dict[str, Any]) -> Broker:
@@ -112,6 +115,7 @@ class StreamConsumer(threading.Thread):
         self.target = Target(row.id, row.name, str(self.cfg["topic"]), str(self.cfg["destination"]), owner)
         self.stager = Stager(home, self.target)
         self.member = member
+        self.group = group_id(row.id, row.name, row.created_at)
         self.status = Status()
         self.partial_timeout = float(self.cfg.get("partial_timeout_s") or PARTIAL_TIMEOUT)
         self._halt = threading.Event()
@@ -159,7 +163,7 @@ class StreamConsumer(threading.Thread):
         broker = broker_for(self.home, self.cfg)
         consumer = ck.Consumer(
             {
-                **broker.consumer_config(group_id(self.target.dataflow_id)),
+                **broker.consumer_config(self.group),
                 "queued.max.messages.kbytes": QUEUE_KBYTES,
                 "client.id": f"datamill-{self.member}",
             }
