@@ -39,6 +39,8 @@ LAYERS: list[tuple[str, tuple[str, ...]]] = [
             "datamill.refs",
         ),
     ),
+    # OpenMSIStream's wire format, chunk reassembly and the Kafka client settings: no database.
+    ("streams", ("datamill.streams",)),
     ("db", ("datamill.db",)),
     ("events", ("datamill.events",)),
     ("store", ("datamill.store",)),

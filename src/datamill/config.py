@@ -85,6 +85,28 @@ SETTINGS: tuple[Setting, ...] = (
         "Secrets HTTP app steps may send in headers as ${secret:NAME}: NAME=value pairs separated by ';'.",
         secret=True,
     ),
+    Setting(
+        "kafka_bootstrap",
+        str,
+        "",
+        "Kafka bootstrap servers (HOST:PORT[,HOST:PORT]) for stream dataflows and `datamill stream`.",
+    ),
+    Setting(
+        "kafka_security_protocol",
+        str,
+        "",
+        "Kafka security.protocol: PLAINTEXT, SSL, SASL_PLAINTEXT or SASL_SSL; empty means PLAINTEXT.",
+    ),
+    Setting("kafka_sasl_mechanism", str, "", "Kafka sasl.mechanism, e.g. PLAIN or SCRAM-SHA-512."),
+    Setting("kafka_sasl_username", str, "", "Kafka sasl.username."),
+    Setting("kafka_sasl_password", str, "", "Kafka sasl.password (a secret: masked everywhere).", secret=True),
+    Setting(
+        "stream_heartbeat_seconds",
+        float,
+        30.0,
+        "Stream dataflows append a stream.heartbeat event at most this often.",
+        positive=True,
+    ),
 )
 
 _BY_KEY = {s.key: s for s in SETTINGS}
@@ -100,6 +122,15 @@ def mask_url(url: str) -> str:
     netloc = parts.netloc.rsplit("@", 1)
     user = parts.username or ""
     return urlunsplit(parts._replace(netloc=f"{user}:***@{netloc[1]}"))
+
+
+def mask_secret(value: str) -> str:
+    """A secret for display: a URL keeps all but its password; any other non-empty secret is ``***``."""
+    if not value:
+        return value
+    if "://" in value:
+        return mask_url(value)
+    return "***"
 
 
 def _coerce(setting: Setting, value: Any, source: str) -> Any:
@@ -162,6 +193,12 @@ class Settings:
     allowed_images: str = "localhost/*"
     watch_roots: str = ""
     app_secrets: str = ""
+    kafka_bootstrap: str = ""
+    kafka_security_protocol: str = ""
+    kafka_sasl_mechanism: str = ""
+    kafka_sasl_username: str = ""
+    kafka_sasl_password: str = field(default="", repr=False)
+    stream_heartbeat_seconds: float = 30.0
     profile: str = "local"
     sources: tuple[str, ...] = field(default=(), compare=False)
 
@@ -211,11 +248,7 @@ class Settings:
         out: dict[str, Any] = {"profile": self.profile}
         for s in SETTINGS:
             value = getattr(self, s.key)
-            if s.secret and "://" not in value:
-                # Not a URL (app secrets): nothing of it is shown, only whether it is set.
-                out[s.key] = "***" if value else ""
-            else:
-                out[s.key] = mask_url(value) if s.secret else value
+            out[s.key] = mask_secret(value) if s.secret else value
         return out
 
 

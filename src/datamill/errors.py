@@ -166,6 +166,12 @@ class DigestMismatch(InvalidInput):
     code = "digest_mismatch"
 
 
+class BadChunk(InvalidInput):
+    """A stream message is not a valid file chunk. Check the producer (OpenMSIStream's format) and resend the file."""
+
+    code = "bad_chunk"
+
+
 class StepFailed(DatamillError):
     """A step failed. See the task's log with `datamill logs TASK`."""
 

@@ -109,6 +109,11 @@ class EventKind(StrEnum):
     DATAFLOW_FAILED = "dataflow.failed"
     #: a stopped dataflow was removed (its runs and results stay)
     DATAFLOW_DELETED = "dataflow.deleted"
+    #: a stream dataflow's consumer reports its counters, lag and files in progress (rate-limited)
+    STREAM_HEARTBEAT = "stream.heartbeat"
+    #: a stream dataflow refused input (``data.reason``): a bad message, a file that failed its
+    #: SHA-512, a file that never completed; nothing of it was committed
+    STREAM_REJECTED = "stream.rejected"
 
 
 def append(

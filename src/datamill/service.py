@@ -376,6 +376,29 @@ class Service:
             config.update(directory=directory, watch=dict(watch or {}))
         return self.flows.create(self.actor, name, config)
 
+    def create_stream_dataflow(
+        self,
+        name: str,
+        topic: str,
+        dest: str,
+        broker: Mapping[str, Any] | None = None,
+        description: str = "",
+        partial_timeout_s: float | None = None,
+    ) -> DataflowInfo:
+        """Create a stream dataflow (stopped): the files of Kafka ``topic`` land in ``dest``.
+
+        ``broker`` (bootstrap, security_protocol, sasl_mechanism, sasl_username, sasl_password)
+        overrides the server's ``kafka_*`` settings field by field."""
+        config = {
+            "kind": "stream",
+            "topic": topic,
+            "destination": dest,
+            "broker": dict(broker or {}),
+            "description": description,
+            "partial_timeout_s": partial_timeout_s,
+        }
+        return self.flows.create(self.actor, name, config)
+
     def dataflows(self) -> list[DataflowInfo]:
         """The dataflows you may see, by name."""
         return self.flows.all(self.actor)
@@ -389,7 +412,12 @@ class Service:
         info = self.flows.get(self.actor, name)
         with self.home.db.read() as conn:
             rows = runs.list_runs(conn, recent, dataflow_id=info.id)
-        return replace(info, recent_runs=[RecentRun.from_dict(r) for r in rows])
+        stream = None
+        if info.kind == "stream":
+            from datamill.dataflows.ingest import stream_status
+
+            stream = stream_status(self.home, info.id)
+        return replace(info, recent_runs=[RecentRun.from_dict(r) for r in rows], stream=stream)
 
     def edit_dataflow(self, name: str, **changes: Any) -> DataflowInfo:
         """Change a dataflow's configuration (a new version)."""
@@ -522,6 +550,9 @@ _EDITABLE = (
     "webhooks",
     "directory",
     "watch",
+    "topic",
+    "broker",
+    "partial_timeout_s",
 )
 
 
@@ -534,7 +565,7 @@ def dataflow_changes(changes: Mapping[str, Any]) -> dict[str, Any]:
     if unknown:
         raise InvalidDataflow(
             f"cannot change {', '.join(unknown)}; editable fields: source, dest, pipeline, image, trigger, params, "
-            "description, webhooks, directory, watch"
+            "description, webhooks, directory, watch (stream dataflows: topic, broker, partial_timeout_s)"
         )
     out: dict[str, Any] = {}
     for key, value in changes.items():

@@ -1,4 +1,5 @@
-"""The background services of a running datamill: scheduler, triggers, notifier, directory watchers.
+"""The background services of a running datamill: scheduler, triggers, notifier, directory watchers,
+stream consumers.
 
 Starting them also removes the containers a crashed server of this home left running (see
 :meth:`~datamill.engine.scheduler.Scheduler.sweep_containers`).
@@ -19,6 +20,7 @@ import contextlib
 import logging
 
 from datamill.dataflows.directory import DirectoryFlows
+from datamill.dataflows.ingest import StreamIngest
 from datamill.dataflows.notifications import Notifier
 from datamill.dataflows.triggers import Triggers
 from datamill.engine.engine import Engine
@@ -45,6 +47,7 @@ class Services:
         self.triggers = Triggers(home, self.engine)
         self.notifier = Notifier(home, base_url=base_url)
         self.directories = DirectoryFlows(home)
+        self.streams = StreamIngest(home)
         self._stop = asyncio.Event()
         self._tasks: list[asyncio.Task[None]] = []
 
@@ -61,6 +64,7 @@ class Services:
             asyncio.create_task(self._guard("directories", self.directories.serve(self._stop))),
             # a crashed server's containers: removed now, beside the other services (podman is slow)
             asyncio.create_task(self._guard("container sweep", self.scheduler.sweep_containers())),
+            asyncio.create_task(self._guard("streams", self.streams.serve(self._stop))),
         ]
 
     async def _guard(self, name: str, coro: object) -> None:

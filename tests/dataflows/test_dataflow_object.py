@@ -93,7 +93,7 @@ INVALID: list[tuple[str, dict[str, Any], list[str]]] = [
     ("unknown trigger", {"trigger": "hourly"}, ["'hourly' is not a trigger", "new-items"]),
     ("unknown field", {"colour": "red"}, ["unknown field(s) colour", "known:"]),
     ("unknown kind", {"kind": "batch"}, ["kind", "'batch'"]),
-    ("stream kind", {"kind": "stream"}, ["stream", "not available"]),
+    ("stream kind with a source and pipeline", {"kind": "stream"}, ["stream dataflow has no", "pipeline, source"]),
     ("webhook not http", {"webhooks": ["ftp://example.org/x"]}, ["webhooks", "not an http(s) URL"]),
     ("negative window", {"batch_window_ms": -1}, ["batch_window_ms", "0 to 60000"]),
 ]

@@ -112,6 +112,11 @@ COMMANDS: dict[str, Entry] = {
         "lineage", "Provenance", "Show an item version's provenance: the runs, tasks and input versions it came from."
     ),
     "folder": Entry("folders", "Folders", "Create, list, move and delete folders; edit their metadata."),
+    "stream": Entry(
+        "streams",
+        "Dataflows",
+        "Files through a Kafka topic in OpenMSIStream's chunk format (needs `pip install 'datamill[kafka]'`).",
+    ),
 }
 
 

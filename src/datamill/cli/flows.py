@@ -154,6 +154,60 @@ def _runs(flow: Any) -> str:
     return f"image:{flow['image']}" if flow.get("image") else str(flow["pipeline"])
 
 
+@app.command("create-stream")
+def create_stream(
+    ctx: typer.Context,
+    name: NameArg,
+    topic: Annotated[str, typer.Option("--topic", metavar="TOPIC", help="Kafka topic whose files land.")],
+    to: Annotated[str, typer.Option("--to", metavar="FOLDER", help="Folder the files land in (subfolders kept).")],
+    bootstrap: Annotated[
+        str | None,
+        typer.Option("--bootstrap", metavar="HOST:PORT", help="Kafka broker; default: the server's kafka_bootstrap."),
+    ] = None,
+    security_protocol: Annotated[
+        str | None, typer.Option("--security-protocol", metavar="PROTO", help="PLAINTEXT, SSL, SASL_PLAINTEXT, ...")
+    ] = None,
+    sasl_mechanism: Annotated[str | None, typer.Option("--sasl-mechanism", metavar="MECH", help="e.g. PLAIN.")] = None,
+    sasl_user: Annotated[
+        str | None,
+        typer.Option(
+            "--sasl-user",
+            metavar="NAME",
+            help="SASL user; its password comes from the server's kafka_sasl_password, never a command line.",
+        ),
+    ] = None,
+    partial_timeout: Annotated[
+        float | None,
+        typer.Option(
+            "--partial-timeout", metavar="SECONDS", help="Drop (and report) a file that got no chunk this long."
+        ),
+    ] = None,
+    description: DescriptionOption = None,
+    json_: JsonFlag = False,
+) -> None:
+    """Create a stream dataflow (stopped): files sent to TOPIC in OpenMSIStream's format land in FOLDER.
+
+    Each file is committed once, complete and checked against its SHA-512, as an item version with
+    the stream's provenance in its metadata. Example:
+
+        datamill flow create-stream instrument --topic xrd-raw --to "Raw Data" --bootstrap 127.0.0.1:9092
+    """
+    broker = {
+        k: v
+        for k, v in {
+            "bootstrap": bootstrap,
+            "security_protocol": security_protocol,
+            "sasl_mechanism": sasl_mechanism,
+            "sasl_username": sasl_user,
+        }.items()
+        if v
+    }
+    info = get_client(ctx).create_stream_dataflow(name, topic, to, broker, description or "", partial_timeout)
+    if json_:
+        print_json(info)
+    say(f"created stream dataflow {info['name']!r} (stopped); start it with `datamill flow start {info['name']}`")
+
+
 @app.command("ls")
 def list_flows(ctx: typer.Context, json_: JsonFlag = False) -> None:
     """List the dataflows you may see."""
@@ -194,8 +248,12 @@ def show(ctx: typer.Context, name: NameArg, json_: JsonFlag = False) -> None:
     ]
     if info.get("next_fire_times"):
         rows.append(("next runs", ", ".join(human_time(t) for t in info["next_fire_times"])))
+    if info["kind"] == "stream":
+        rows = _stream_rows(info, rows)
     for label, value in rows:
         out.print(f"{label:<12} {value}", markup=False, soft_wrap=True)
+    if info["kind"] == "stream":
+        return
     recent = info.get("recent_runs") or []
     if recent:
         out.print()
@@ -205,6 +263,26 @@ def show(ctx: typer.Context, name: NameArg, json_: JsonFlag = False) -> None:
         )
     else:
         say("no runs yet")
+
+
+def _stream_rows(info: Any, rows: list[tuple[str, Any]]) -> list[tuple[str, Any]]:
+    """``flow show`` of a stream dataflow: its topic, broker (password masked) and live status."""
+    skip = {"trigger", "source", "pipeline", "params", "webhooks"}
+    out = [r for r in rows if r[0] not in skip]
+    broker = info.get("broker") or {}
+    out.insert(3, ("topic", info.get("topic")))
+    out.insert(4, ("broker", ", ".join(f"{k}={v}" for k, v in broker.items()) or "(server settings)"))
+    st = info.get("stream") or {}
+    if st:
+        out.append(("consumed", f"{st['messages']} message(s), {st['bytes']} bytes, {st['files']} file(s)"))
+        out.append(("rejected", st["rejected"]))
+        lag = st.get("lag") or {}
+        out.append(("lag", ", ".join(f"p{p}={n}" for p, n in lag.items()) or "-"))
+        for f in st.get("in_progress") or []:
+            out.append(("receiving", f"{f['path']} ({f['chunks']} of {f['of']} chunks)"))
+        if st.get("last_error"):
+            out.append(("last error", f"{st['last_error']} ({human_time(st['last_error_at'])})"))
+    return out
 
 
 @app.command("edit")

@@ -388,6 +388,20 @@ class Client(ABC):
         """One dataflow: configuration, state, version, next fire times (cron) and ``recent_runs``."""
 
     @abstractmethod
+    def create_stream_dataflow(
+        self,
+        name: str,
+        topic: str,
+        dest: str,
+        broker: Mapping[str, Any] | None = None,
+        description: str = "",
+        partial_timeout_s: float | None = None,
+    ) -> DataflowInfo:
+        """Create a stream dataflow (stopped): files arriving on Kafka ``topic`` in OpenMSIStream's format land
+        in ``dest``. ``broker`` fields (bootstrap, security_protocol, sasl_mechanism, sasl_username,
+        sasl_password) override the server's ``kafka_*`` settings; the password is never shown back."""
+
+    @abstractmethod
     def edit_dataflow(self, name: str, **changes: Any) -> DataflowInfo:
         """Change a dataflow's configuration (a new version): ``source``, ``dest``, ``pipeline``,
         ``image``, ``trigger``, ``params``, ``description``, ``webhooks``, ``directory``, ``watch``; None

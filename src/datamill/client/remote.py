@@ -775,6 +775,26 @@ class RemoteClient(Client):
 
         return DataflowInfo.from_dict(self._call("POST", "/dataflows", json=body))
 
+    def create_stream_dataflow(
+        self,
+        name: str,
+        topic: str,
+        dest: str,
+        broker: Mapping[str, Any] | None = None,
+        description: str = "",
+        partial_timeout_s: float | None = None,
+    ) -> DataflowInfo:
+        body = {
+            "name": name,
+            "kind": "stream",
+            "topic": topic,
+            "dest": dest,
+            "broker": dict(broker or {}),
+            "description": description,
+            "partial_timeout_s": partial_timeout_s,
+        }
+        return DataflowInfo.from_dict(self._call("POST", "/dataflows", json=body))
+
     def dataflows(self) -> list[DataflowInfo]:
         from datamill.dataflows.records import DataflowInfo
 

@@ -35,7 +35,7 @@ from sqlalchemy import text as sql_text
 from datamill import events
 from datamill.dataflows.records import DataflowInfo, DataflowVersionInfo, VersionRun
 from datamill.db.models import Dataflow, DataflowVersion, Run, User
-from datamill.errors import AlreadyExists, Conflict, InvalidDataflow, NotFound, PermissionDenied
+from datamill.errors import AlreadyExists, Conflict, InvalidDataflow, InvalidInput, NotFound, PermissionDenied
 from datamill.events import EventKind
 from datamill.refs import image_ref
 from datamill.store import lookups
@@ -49,7 +49,7 @@ class DataflowKind(StrEnum):
 
     #: runs a pipeline over the items of a source folder into a destination folder
     WORKFLOW = "workflow"
-    #: ingests a stream (Kafka) into a folder; declared, refused until it is available
+    #: lands the files of a Kafka topic (OpenMSIStream's chunk format) in a destination folder
     STREAM = "stream"
     #: lands the files of a directory on the server's machine in a folder (site admins only)
     DIRECTORY = "directory"
@@ -90,9 +90,13 @@ CONFIG_KEYS = (
     "batch_window_ms",
     "directory",
     "watch",
+    "broker",
+    "partial_timeout_s",
 )
 #: What a non-admin sees instead of a directory dataflow's server directory.
 HIDDEN_DIRECTORY = "(a directory on the server; shown to site admins)"
+#: What a stream dataflow's configuration holds besides its kind and destination.
+STREAM_KEYS = ("description", "kind", "destination", "topic", "broker", "partial_timeout_s")
 
 
 @dataclass(frozen=True)
@@ -189,6 +193,8 @@ def _info(conn: Connection, row: Any) -> DataflowInfo:
         trigger=str(trig),
         webhooks=list(cfg.get("webhooks") or []),
         batch_window_ms=cfg.get("batch_window_ms"),
+        broker=mask_broker(cfg.get("broker")),
+        partial_timeout_s=cfg.get("partial_timeout_s"),
         cursor=row.cursor,
         created_at=row.created_at,
         updated_at=row.updated_at,
@@ -196,6 +202,14 @@ def _info(conn: Connection, row: Any) -> DataflowInfo:
         directory=cfg.get("directory"),
         watch=cfg.get("watch"),
     )
+
+
+def mask_broker(broker: Any) -> dict[str, Any]:
+    """A stream dataflow's broker fields for any answer: the SASL password is never shown."""
+    out = dict(broker or {})
+    if out.get("sasl_password"):
+        out["sasl_password"] = "***"
+    return out
 
 
 def check_name(name: str) -> str:
@@ -253,9 +267,9 @@ def validate_config(
     kind = cfg.get("kind") or DataflowKind.WORKFLOW
     if kind not in KINDS:
         raise InvalidDataflow(f"kind: {kind!r} is not a kind; use workflow, stream or directory", field="kind")
-    if kind == DataflowKind.STREAM:
-        raise InvalidDataflow("kind: stream dataflows (Kafka ingest) are not available yet; use workflow", field="kind")
     out["kind"] = str(kind)
+    if kind == DataflowKind.STREAM:
+        return _validate_stream(conn, actor, cfg, out)
     if kind == DataflowKind.DIRECTORY:
         return _directory_config(conn, actor, cfg, out, watch_roots)
     if cfg.get("directory") or cfg.get("watch"):
@@ -408,6 +422,52 @@ def implementation(cfg: Mapping[str, Any]) -> str:
     return image_ref(str(image)) if image else str(cfg.get("pipeline") or "")
 
 
+def _validate_stream(conn: Connection, actor: Actor, cfg: Mapping[str, Any], out: dict[str, Any]) -> dict[str, Any]:
+    """A stream dataflow: a topic, a destination it may write, broker fields (optional: the server's
+    ``kafka_*`` settings fill the rest) and the partial-file timeout; no source, pipeline or trigger."""
+    from datamill.streams.broker import Broker
+    from datamill.streams.sender import check_topic
+
+    # What a saved stream dataflow holds in those fields (an edit merges them back in) is no field set.
+    extra = sorted(k for k in set(cfg) - set(STREAM_KEYS) if cfg.get(k) not in (None, "", [], {}, "stream"))
+    if extra:
+        raise InvalidDataflow(
+            f"a stream dataflow has no {', '.join(extra)}: it lands a topic's files in its destination; "
+            "run a workflow dataflow on that folder for what follows",
+            field=extra[0],
+        )
+    try:
+        out["topic"] = check_topic(str(cfg.get("topic") or ""))
+    except InvalidInput as exc:
+        raise InvalidDataflow(f"topic: {exc.message}", field="topic") from None
+    out["destination"] = _checked_folder(conn, actor, "destination", cfg.get("destination"), Level.WRITE)
+    broker = dict(cfg.get("broker") or {})
+    if not isinstance(cfg.get("broker") or {}, Mapping):
+        raise InvalidDataflow("broker: must be a mapping of bootstrap, security_protocol, sasl_*", field="broker")
+    try:
+        # Checked with a stand-in address when the server's settings are to supply it.
+        checked = Broker.parse({**broker, "bootstrap": broker.get("bootstrap") or "settings:1"})
+    except InvalidInput as exc:
+        raise InvalidDataflow(exc.message, field="broker") from None
+    stored = checked.stored()
+    if not broker.get("bootstrap"):
+        stored.pop("bootstrap")
+    timeout = cfg.get("partial_timeout_s")
+    if timeout is not None and (isinstance(timeout, bool) or not isinstance(timeout, int | float) or timeout <= 0):
+        raise InvalidDataflow("partial_timeout_s: must be a positive number of seconds", field="partial_timeout_s")
+    out.update(
+        source="",
+        pipeline="",
+        params={},
+        trigger="stream",
+        webhooks=[],
+        batch_window_ms=None,
+        broker=stored,
+        partial_timeout_s=timeout,
+    )
+    return out
+
+
 def _feeds(dest: str, source: str) -> bool:
     """Whether results published into ``dest`` can land where a dataflow watching ``source`` sees them.
 
@@ -506,6 +566,26 @@ def fail_dataflow(db: Any, dataflow_id: int, message: str) -> None:
             folder_id=row.dest_folder_id,
             data={"reason": message},
         )
+
+
+def _keep_password(merged: dict[str, Any], old: Mapping[str, Any]) -> None:
+    """A broker edited with the masked password sent back (``***``) keeps the stored one."""
+    broker = merged.get("broker")
+    if isinstance(broker, Mapping) and broker.get("sasl_password") == "***":
+        kept = dict(old.get("broker") or {}).get("sasl_password")
+        merged["broker"] = (
+            {**broker, "sasl_password": kept} if kept else {k: v for k, v in broker.items() if k != "sasl_password"}
+        )
+
+
+def _delete_stream_state(conn: Connection, dataflow_id: int) -> None:
+    """A stream dataflow's offsets, staged files and status go with it (SQLite does not cascade)."""
+    from datamill.db.models import StreamChunk, StreamFile, StreamOffset, StreamStatus
+
+    files = select(StreamFile.id).where(StreamFile.dataflow_id == dataflow_id)
+    conn.execute(delete(StreamChunk).where(StreamChunk.file_id.in_(files)))
+    for model in (StreamFile, StreamOffset, StreamStatus):
+        conn.execute(delete(model).where(model.dataflow_id == dataflow_id))
 
 
 def _user(conn: Connection, user_id: int | None) -> Actor:
@@ -701,6 +781,7 @@ class Dataflows:
                 merged["pipeline"] = "" if not changes.get("pipeline") else merged["pipeline"]
             elif changes.get("pipeline"):
                 merged.pop("image", None)
+            _keep_password(merged, row.config or {})
             owner = _user(conn, row.owner_id)
             chosen = merged.get("pipeline") != (row.config or {}).get("pipeline")
             # Whoever changes the pipeline chooses it; an unchanged one stays the owner's choice.
@@ -786,7 +867,14 @@ class Dataflows:
                 out.append(
                     DataflowVersionInfo(
                         version=v.number,
-                        config=shown,
+                        config={
+                            **shown,
+                            **(
+                                {"broker": mask_broker(v.config.get("broker"))}
+                                if (v.config or {}).get("broker")
+                                else {}
+                            ),
+                        },
                         created_at=v.created_at,
                         created_by=by,
                         runs=[
@@ -832,6 +920,7 @@ class Dataflows:
             if row.state == DataflowState.RUNNING:
                 raise Conflict(f"dataflow {name!r} is running; stop it first with `datamill flow stop {name}`")
             conn.execute(delete(DataflowVersion).where(DataflowVersion.dataflow_id == row.id))
+            _delete_stream_state(conn, row.id)
             conn.execute(delete(Dataflow).where(Dataflow.id == row.id))
             events.append(
                 conn,

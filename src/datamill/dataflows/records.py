@@ -29,7 +29,7 @@ class DataflowInfo(Record):
     ids) when it is stopped with ``cancel``; otherwise both are absent from :meth:`to_dict`.
     """
 
-    _optional = frozenset({"recent_runs", "cancelled", "directory", "watch"})
+    _optional = frozenset({"recent_runs", "cancelled", "directory", "watch", "stream"})
 
     id: int
     name: str
@@ -54,6 +54,11 @@ class DataflowInfo(Record):
     #: the container image whose default command runs on each item, when that is the
     #: implementation (``pipeline`` is then empty)
     image: str | None = None
+    #: a stream dataflow's broker fields (the SASL password masked) and partial-file timeout
+    broker: dict[str, Any] = field(default_factory=dict)
+    partial_timeout_s: float | None = None
+    #: a stream dataflow's live status (counters, lag, files in progress, last error), when one is read
+    stream: dict[str, Any] | None = None
     recent_runs: list[RecentRun] | None = None
     cancelled: list[int] | None = None
     #: a directory dataflow's server directory (site admins see it; others a placeholder)

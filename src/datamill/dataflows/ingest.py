@@ -1,0 +1,399 @@
+"""Stream dataflows at work: one Kafka consumer per running ``kind: stream`` dataflow, in the server.
+
+:class:`StreamIngest` (started with the other services) keeps a :class:`StreamConsumer` thread
+for each running stream dataflow and stops it when the dataflow stops or changes. A consumer:
+
+- joins the consumer group ``datamill-<name>-<tag>`` (one stable group per dataflow, so servers
+  sharing a database share the partitions); on assignment it **seeks to the offsets stored in
+  datamill's database**, never to Kafka's (datamill commits nothing to Kafka);
+- reads in small batches (librdkafka's queue is bounded too) and hands each to
+  :class:`~datamill.dataflows.staging.Stager`, which stages chunks, lands files and stores the
+  offsets in one transaction (exactly once across crashes);
+- retries with backoff when the broker or the database is away, saying so in its status;
+- drops partial files that got no chunk for ``partial_timeout_s`` (reported);
+- reports its status (counters, lag per partition, files in progress, last error) in
+  ``stream_status`` every few seconds, and as a ``stream.heartbeat`` event at most every
+  ``stream_heartbeat_seconds``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import hashlib
+import logging
+import os
+import socket
+import threading
+import time
+import uuid
+from dataclasses import dataclass, field
+from typing import Any
+
+from sqlalchemy import delete, insert, select
+
+from datamill import events
+from datamill.dataflows.staging import Message, Stager, Target, in_progress
+from datamill.db.models import Dataflow, StreamStatus, User
+from datamill.errors import DatamillError, Unavailable
+from datamill.events import EventKind
+from datamill.home import Home
+from datamill.store import lookups
+from datamill.store.access import Actor
+from datamill.streams.broker import Broker
+
+log = logging.getLogger("datamill.streams")
+
+#: Messages handed to the database per transaction (with 512 KiB chunks, at most 16 MiB).
+BATCH = 32
+#: librdkafka's prefetch queue per consumer, in KiB: what may wait in memory ahead of the database.
+QUEUE_KBYTES = 16 * 1024
+#: Default seconds a partial file may go without a chunk before it is dropped and reported.
+PARTIAL_TIMEOUT = 3600.0
+#: Status rows are written at most this often (seconds).
+STATUS_EVERY = 2.0
+#: A consumer that has not reported for this long (seconds) no longer counts for the lag (it died).
+STALE_STATUS = 30.0
+
+
+def group_id(dataflow_id: int, name: str, created_at: float) -> str:
+    """The consumer group of a stream dataflow: stable, so a restart and other servers on the same
+    database share it; the creation time keeps two installations' dataflow 1 apart on one cluster."""
+    tag = hashlib.sha256(f"{dataflow_id}:{created_at!r}".encode()).hexdigest()[:12]
+    return f"datamill-{name}-{tag}"
+
+
+def broker_for(home: Home, cfg: dict[str, Any]) -> Broker:
+    """The dataflow's broker fields over the server's ``kafka_*`` settings."""
+    s = home.settings
+    base = {
+        "bootstrap": s.kafka_bootstrap,
+        "security_protocol": s.kafka_security_protocol,
+        "sasl_mechanism": s.kafka_sasl_mechanism,
+        "sasl_username": s.kafka_sasl_username,
+        "sasl_password": s.kafka_sasl_password,
+    }
+    own = {k: v for k, v in dict(cfg.get("broker") or {}).items() if v}
+    return Broker.parse({**base, **own}, where="broker")
+
+
+@dataclass
+class Status:
+    """A consumer's live counters (this process's share of a stream dataflow)."""
+
+    started_at: float = field(default_factory=time.time)
+    state: str = "starting"
+    messages: int = 0
+    bytes: int = 0
+    files: int = 0
+    rejected: int = 0
+    duplicates: int = 0
+    stale: int = 0
+    partitions: list[int] = field(default_factory=list)
+    lag: dict[str, int] = field(default_factory=dict)
+    last_file: str | None = None
+    last_error: str | None = None
+    last_error_at: float | None = None
+
+    def error(self, message: str) -> None:
+        """Record ``message`` as the last error."""
+        self.last_error, self.last_error_at = message, time.time()
+
+    def to_dict(self) -> dict[str, Any]:
+        """As JSON."""
+        return {k: getattr(self, k) for k in self.__dataclass_fields__}
+
+
+class StreamConsumer(threading.Thread):
+    """The consumer of one stream dataflow (see the module docstring); stop with :meth:`stop`."""
+
+    def __init__(self, home: Home, row: Any, owner: Actor, member: str) -> None:
+        super().__init__(name=f"stream-{row.name}", daemon=True)
+        self.home = home
+        self.cfg = dict(row.config or {})
+        self.version = row.version
+        self.target = Target(row.id, row.name, str(self.cfg["topic"]), str(self.cfg["destination"]), owner)
+        self.stager = Stager(home, self.target)
+        self.member = member
+        self.group = group_id(row.id, row.name, row.created_at)
+        self.status = Status()
+        self.partial_timeout = float(self.cfg.get("partial_timeout_s") or PARTIAL_TIMEOUT)
+        self._halt = threading.Event()
+        self._consumer: Any = None
+        self._status_at = 0.0
+        self._heartbeat_at = 0.0
+        self._expire_at = 0.0
+
+    def stop(self) -> None:
+        """Ask the thread to end after its current batch."""
+        self._halt.set()
+
+    # ------------------------------------------------------------------ the loop
+
+    def run(self) -> None:
+        """Consume until stopped; broker and database trouble is retried with backoff, never fatal."""
+        backoff = 0.5
+        while not self._halt.is_set():
+            try:
+                self._consume()
+                backoff = 0.5
+            except Exception as exc:  # the broker or the database is away, or a bug: report, wait, retry
+                message = exc.message if isinstance(exc, DatamillError) else f"{type(exc).__name__}: {exc}"
+                log.warning("stream dataflow %s: %s; retrying in %.1f s", self.target.name, message, backoff)
+                self.status.error(message)
+                self.status.state = "retrying"
+                self._close()
+                self._report(force=True)
+                self._halt.wait(backoff)
+                backoff = min(backoff * 2, 30.0)
+        self._close()
+        self.status.state = "stopped"
+        self._report(force=True)
+
+    def _close(self) -> None:
+        consumer, self._consumer = self._consumer, None
+        if consumer is not None:
+            with contextlib.suppress(Exception):
+                consumer.close()
+
+    def _open(self) -> Any:
+        from datamill.streams.broker import kafka
+
+        ck = kafka()
+        broker = broker_for(self.home, self.cfg)
+        consumer = ck.Consumer(
+            {
+                **broker.consumer_config(self.group),
+                "queued.max.messages.kbytes": QUEUE_KBYTES,
+                "client.id": f"datamill-{self.member}",
+            }
+        )
+        self._consumer = consumer
+        try:
+            meta = consumer.list_topics(timeout=10)  # all topics: asking for one would create it on some brokers
+        except ck.KafkaException as exc:
+            err = exc.args[0] if exc.args else exc
+            text = err.str() if hasattr(err, "str") else str(err)
+            raise Unavailable(
+                f"the Kafka broker at {broker.bootstrap} does not answer ({text}); is it running? retrying"
+            ) from None
+        if self.target.topic not in meta.topics:
+            raise DatamillError(
+                f"topic {self.target.topic!r} does not exist on the broker {broker.bootstrap}; create it "
+                "(or fix the dataflow's topic); retrying"
+            )
+        consumer.subscribe([self.target.topic], on_assign=self._on_assign, on_revoke=self._on_revoke,
+                           on_lost=self._on_revoke)  # fmt: skip
+        return consumer
+
+    def _on_assign(self, consumer: Any, partitions: list[Any]) -> None:
+        # Seek to datamill's stored offsets: what was committed with the data, not Kafka's idea.
+        from datamill.streams.broker import kafka
+
+        stored = self.stager.positions([tp.partition for tp in partitions])
+        for tp in partitions:
+            tp.offset = stored.get(tp.partition, kafka().OFFSET_BEGINNING)
+        consumer.assign(partitions)
+        self.status.partitions = sorted({*self.status.partitions, *(tp.partition for tp in partitions)})
+        log.info("stream dataflow %s: assigned partitions %s", self.target.name, self.status.partitions)
+
+    def _on_revoke(self, consumer: Any, partitions: list[Any]) -> None:
+        # Nothing to commit: every batch applied is already stored with its offsets.
+        gone = {tp.partition for tp in partitions}
+        self.status.partitions = [p for p in self.status.partitions if p not in gone]
+        for p in gone:
+            self.status.lag.pop(str(p), None)
+        with contextlib.suppress(Exception):
+            consumer.unassign()
+
+    def _consume(self) -> None:
+        consumer = self._consumer or self._open()
+        self.status.state = "running"
+        while not self._halt.is_set():
+            # Wait for one message, then take what is already queued behind it: consume() with a
+            # timeout would wait out the whole timeout for a batch that is not full (latency).
+            first = consumer.poll(0.5)
+            msgs = [first, *consumer.consume(num_messages=BATCH - 1, timeout=0)] if first is not None else []
+            batch: list[Message] = []
+            for m in msgs:
+                err = m.error()
+                if err is None:
+                    batch.append(Message(m.partition(), m.offset(), m.value()))
+                elif err.fatal():
+                    raise DatamillError(f"Kafka: {err.str()}")
+                elif not _benign(err):
+                    self.status.error(f"Kafka: {err.str()}")
+            if batch:
+                self._apply(batch)
+            self._housekeeping(consumer)
+
+    def _apply(self, batch: list[Message]) -> None:
+        out = self.stager.apply(batch)
+        s = self.status
+        s.messages += out.messages
+        s.bytes += out.bytes
+        s.files += len(out.files)
+        s.duplicates += out.duplicates
+        s.stale += out.stale
+        s.rejected += len(out.rejected)
+        if out.files:
+            s.last_file = out.files[-1]
+        if out.rejected:
+            s.error(out.rejected[-1])
+            log.warning("stream dataflow %s: %s", self.target.name, out.rejected[-1])
+
+    def _housekeeping(self, consumer: Any) -> None:
+        now = time.monotonic()
+        if now >= self._expire_at:
+            self._expire_at = now + min(5.0, self.partial_timeout / 4)
+            for reason in self.stager.expire(self.partial_timeout):
+                self.status.rejected += 1
+                self.status.error(reason)
+        self._report(consumer=consumer)
+
+    def _lag(self, consumer: Any) -> None:
+        from datamill.streams.broker import kafka
+
+        ck = kafka()
+        parts = [ck.TopicPartition(self.target.topic, p) for p in self.status.partitions]
+        if not parts:
+            return
+        with contextlib.suppress(Exception):
+            positions = consumer.position(parts)
+            for tp in positions:
+                _low, high = consumer.get_watermark_offsets(tp, timeout=1, cached=False)
+                pos = tp.offset if tp.offset >= 0 else _low
+                self.status.lag[str(tp.partition)] = max(0, high - pos)
+
+    def _report(self, consumer: Any = None, force: bool = False) -> None:
+        now = time.monotonic()
+        if not force and now - self._status_at < STATUS_EVERY:
+            return
+        self._status_at = now
+        if consumer is not None:
+            self._lag(consumer)
+        heartbeat = time.monotonic() - self._heartbeat_at >= self.home.settings.stream_heartbeat_seconds
+        try:
+            write_status(self.home, self.target, self.member, self.status, heartbeat)
+        except Exception:  # the database is away: the next report tries again
+            log.debug("stream status not written", exc_info=True)
+            return
+        if heartbeat:
+            self._heartbeat_at = time.monotonic()
+
+
+def _benign(err: Any) -> bool:
+    """Errors librdkafka reports and recovers from on its own (end of partition)."""
+    from datamill.streams.broker import kafka
+
+    return bool(err.code() == kafka().KafkaError._PARTITION_EOF)
+
+
+def write_status(home: Home, target: Target, member: str, status: Status, heartbeat: bool) -> None:
+    """Store a consumer's status; with ``heartbeat``, also as a ``stream.heartbeat`` event."""
+    data = status.to_dict()
+    now = time.time()
+    with home.db.write() as conn:
+        conn.execute(
+            delete(StreamStatus).where(StreamStatus.dataflow_id == target.dataflow_id, StreamStatus.member == member)
+        )
+        conn.execute(
+            insert(StreamStatus).values(dataflow_id=target.dataflow_id, member=member, status=data, updated_at=now)
+        )
+        if heartbeat:
+            events.append(
+                conn,
+                EventKind.STREAM_HEARTBEAT,
+                dataflow_id=target.dataflow_id,
+                folder_id=lookups.folder_id(conn, target.destination),
+                data={"name": target.name, "topic": target.topic, "member": member, **_brief(data)},
+            )
+
+
+def _brief(data: dict[str, Any]) -> dict[str, Any]:
+    keys = ("state", "messages", "bytes", "files", "rejected", "partitions", "lag", "last_error")
+    return {k: data[k] for k in keys}
+
+
+def stream_status(home: Home, dataflow_id: int) -> dict[str, Any]:
+    """A stream dataflow's status over every consumer that reported: sums, lag, files in progress, last error."""
+    with home.db.read() as conn:
+        rows = conn.execute(select(StreamStatus).where(StreamStatus.dataflow_id == dataflow_id)).all()
+    members = []
+    total = {"messages": 0, "bytes": 0, "files": 0, "rejected": 0}
+    lag: dict[str, int] = {}
+    last_error: tuple[float, str] | None = None
+    for r in rows:
+        st = dict(r.status or {})
+        members.append({"member": r.member, "updated_at": r.updated_at, **_brief(st)})
+        for k in total:
+            total[k] += int(st.get(k) or 0)
+        if st.get("state") == "running" and time.time() - r.updated_at < STALE_STATUS:
+            lag.update({str(p): int(v) for p, v in (st.get("lag") or {}).items()})
+        if st.get("last_error") and (last_error is None or (st.get("last_error_at") or 0) > last_error[0]):
+            last_error = (float(st.get("last_error_at") or 0), str(st["last_error"]))
+    return {
+        **total,
+        "lag": dict(sorted(lag.items())),
+        "in_progress": in_progress(home, dataflow_id),
+        "last_error": last_error[1] if last_error else None,
+        "last_error_at": last_error[0] if last_error else None,
+        "consumers": members,
+    }
+
+
+class StreamIngest:
+    """Runs a :class:`StreamConsumer` for each running stream dataflow in this process."""
+
+    def __init__(self, home: Home, member: str | None = None) -> None:
+        self.home = home
+        self.member = member or f"{socket.gethostname()}-{os.getpid()}-{uuid.uuid4().hex[:6]}"
+        self.consumers: dict[int, StreamConsumer] = {}
+
+    def reconcile(self) -> None:
+        """Start consumers for running stream dataflows, stop those of stopped or edited ones."""
+        from datamill.dataflows.dataflow import DataflowKind, DataflowState
+
+        with self.home.db.read() as conn:
+            rows = conn.execute(
+                select(Dataflow).where(Dataflow.kind == DataflowKind.STREAM, Dataflow.state == DataflowState.RUNNING)
+            ).all()
+            wanted = {r.id: (r, _owner(conn, self.home, r.owner_id)) for r in rows}
+        for fid, consumer in list(self.consumers.items()):
+            if fid not in wanted or wanted[fid][0].version != consumer.version or not consumer.is_alive():
+                consumer.stop()
+                consumer.join(timeout=30)
+                del self.consumers[fid]
+        for fid, (row, owner) in wanted.items():
+            if fid not in self.consumers:
+                consumer = StreamConsumer(self.home, row, owner, self.member)
+                consumer.start()
+                self.consumers[fid] = consumer
+
+    def stop_all(self) -> None:
+        """Stop every consumer and wait for them (each finishes its batch)."""
+        for c in self.consumers.values():
+            c.stop()
+        for c in self.consumers.values():
+            c.join(timeout=30)
+        self.consumers.clear()
+
+    async def serve(self, stop: asyncio.Event, poll: float = 1.0) -> None:
+        """Reconcile every ``poll`` seconds until ``stop`` is set, then stop the consumers."""
+        try:
+            while not stop.is_set():
+                try:
+                    await asyncio.to_thread(self.reconcile)
+                except Exception:
+                    log.exception("stream dataflows: reconcile failed; trying again")
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(stop.wait(), poll)
+        finally:
+            await asyncio.to_thread(self.stop_all)
+
+
+def _owner(conn: Any, home: Home, owner_id: int | None) -> Actor:
+    if owner_id is None:
+        return home.admin
+    u = conn.execute(select(User.id, User.name, User.is_admin).where(User.id == owner_id)).first()
+    return home.admin if u is None else Actor(u.id, u.name, u.is_admin)

@@ -1,0 +1,436 @@
+"""A stream dataflow's durable side: chunks staged in the database, files landed, offsets stored, all at once.
+
+:meth:`Stager.apply` takes a batch of Kafka messages and, in **one** write transaction, stages each
+chunk (``stream_chunks``), lands each file it completes as an item version in the destination
+(subfolders kept, provenance in its metadata), records what it refused, and moves the stored
+offset of each partition past the batch (``stream_offsets``). A process killed at any moment
+leaves either all of that or none of it; the consumer seeks to the stored offsets on restart, so
+every message is applied exactly once. A message below the stored offset (already applied, e.g.
+by another server before a rebalance) is skipped inside the same transaction.
+
+Partial files live in the database keyed by (dataflow, path), not by partition: chunks of one file
+land on every partition, and whichever consumer stages the last chunk completes it. A file is
+assembled by reading its chunks back one at a time into a blob (memory stays at one chunk) and
+is committed only if the whole file's SHA-512 matches.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+from sqlalchemy import Connection, delete, func, insert, select, update
+
+from datamill import events
+from datamill.db.models import StreamChunk, StreamFile, StreamOffset
+from datamill.errors import BadChunk, DatamillError
+from datamill.events import EventKind
+from datamill.home import Home
+from datamill.store import folders, lookups
+from datamill.store.access import Actor
+from datamill.store.blobs import BlobInfo
+from datamill.store.names import check_name
+from datamill.store.uploads import commit_version
+from datamill.streams.assembly import Decision, Generation, check_bounds, decide
+from datamill.streams.chunks import Chunk, decode
+
+PARTIAL = "partial"
+LANDED = "landed"
+#: How many ``stream.rejected`` events one batch may append (the status keeps the count and the last one).
+MAX_REJECT_EVENTS = 20
+
+
+@dataclass(frozen=True, slots=True)
+class Message:
+    """A Kafka message as the stager needs it."""
+
+    partition: int
+    offset: int
+    value: bytes | None
+
+
+@dataclass
+class Outcome:
+    """What one batch did."""
+
+    messages: int = 0
+    bytes: int = 0
+    skipped: int = 0
+    duplicates: int = 0
+    stale: int = 0
+    files: list[str] = field(default_factory=list)
+    rejected: list[str] = field(default_factory=list)
+
+
+@dataclass(frozen=True)
+class Target:
+    """Where and as whom a stream dataflow lands its files."""
+
+    dataflow_id: int
+    name: str
+    topic: str
+    destination: str
+    owner: Actor
+
+
+class Stager:
+    """Applies batches of one stream dataflow's messages to the database (see the module docstring)."""
+
+    def __init__(self, home: Home, target: Target) -> None:
+        self.home = home
+        self.t = target
+
+    # ------------------------------------------------------------------ offsets
+
+    def positions(self, partitions: Sequence[int]) -> dict[int, int]:
+        """The stored next offset of each of ``partitions`` that has one."""
+        with self.home.db.read() as conn:
+            rows = conn.execute(
+                select(StreamOffset.partition, StreamOffset.next_offset).where(
+                    StreamOffset.dataflow_id == self.t.dataflow_id,
+                    StreamOffset.topic == self.t.topic,
+                    StreamOffset.partition.in_(list(partitions)),
+                )
+            ).all()
+        return {int(r.partition): int(r.next_offset) for r in rows}
+
+    def _lock_offsets(self, conn: Connection, partitions: set[int]) -> dict[int, int]:
+        """The stored offsets of ``partitions``, their rows created and (PostgreSQL) locked for this transaction."""
+        now = time.time()
+        have = {
+            int(r.partition)
+            for r in conn.execute(
+                select(StreamOffset.partition).where(
+                    StreamOffset.dataflow_id == self.t.dataflow_id, StreamOffset.topic == self.t.topic
+                )
+            )
+        }
+        for p in sorted(partitions - have):
+            _insert_ignore(
+                conn,
+                StreamOffset,
+                {"dataflow_id": self.t.dataflow_id, "topic": self.t.topic, "partition": p, "next_offset": 0,
+                 "updated_at": now},
+            )  # fmt: skip
+        q = select(StreamOffset.partition, StreamOffset.next_offset).where(
+            StreamOffset.dataflow_id == self.t.dataflow_id,
+            StreamOffset.topic == self.t.topic,
+            StreamOffset.partition.in_(sorted(partitions)),
+        )
+        if conn.dialect.name == "postgresql":
+            q = q.order_by(StreamOffset.partition).with_for_update()
+        return {int(r.partition): int(r.next_offset) for r in conn.execute(q)}
+
+    # ------------------------------------------------------------------ one batch
+
+    def apply(self, batch: Sequence[Message]) -> Outcome:
+        """Apply ``batch`` (in offset order per partition) in one transaction; see the module docstring."""
+        out = Outcome()
+        with self.home.db.write() as conn:
+            stored = self._lock_offsets(conn, {m.partition for m in batch})
+            ends: dict[int, int] = {}
+            landed_any = False
+            for m in batch:
+                if m.offset < stored.get(m.partition, 0):
+                    out.skipped += 1  # applied before (a restart, or another member before a rebalance)
+                    continue
+                ends[m.partition] = max(ends.get(m.partition, 0), m.offset + 1)
+                out.messages += 1
+                out.bytes += len(m.value or b"")
+                landed_any |= self._one(conn, m, out)
+            for p, nxt in ends.items():
+                conn.execute(
+                    update(StreamOffset)
+                    .where(
+                        StreamOffset.dataflow_id == self.t.dataflow_id,
+                        StreamOffset.topic == self.t.topic,
+                        StreamOffset.partition == p,
+                    )
+                    .values(next_offset=nxt, updated_at=time.time())
+                )
+            self._reject_events(conn, out.rejected)
+            if landed_any:
+                # The blobs were written without a sync each: one sync makes them durable before the commit.
+                self.home.blobs.sync()
+        return out
+
+    def _one(self, conn: Connection, m: Message, out: Outcome) -> bool:
+        """One message; True when it landed a file."""
+        try:
+            chunk = decode(m.value or b"")
+            check_bounds(chunk)
+            path = chunk.path
+            for seg in path.split("/"):
+                check_name(seg, "stream path segment")
+            return self._chunk(conn, m, chunk, path, out)
+        except (BadChunk, DatamillError) as exc:
+            out.rejected.append(f"partition {m.partition} offset {m.offset}: {exc.message}")
+            return False
+
+    def _file_row(self, conn: Connection, path: str) -> Any:
+        q = select(StreamFile).where(StreamFile.dataflow_id == self.t.dataflow_id, StreamFile.path == path)
+        if conn.dialect.name == "postgresql":
+            q = q.with_for_update()  # another server may be staging a chunk of the same file
+        return conn.execute(q).first()
+
+    def _chunk(self, conn: Connection, m: Message, chunk: Chunk, path: str, out: Outcome) -> bool:
+        row = self._file_row(conn, path)
+        if row is None and conn.dialect.name == "postgresql":
+            # Two servers may see the first chunks of one file at once: one insert wins, both then lock it.
+            self._new_file(conn, path, chunk, ignore_conflict=True)
+            row = self._file_row(conn, path)
+        if row is not None and row.state == LANDED:
+            if row.file_hash == chunk.file_hash.hex():
+                out.duplicates += 1  # a late copy of a chunk of a file already landed
+                return False
+            current = None
+        else:
+            current = None if row is None or row.chunks_staged == 0 else _generation(row)
+        have = current is not None and self._has_chunk(conn, row.id, chunk.offset)
+        decision = decide(current, chunk, have)
+        if decision == Decision.DUPLICATE:
+            out.duplicates += 1
+            return False
+        if decision == Decision.STALE:
+            out.stale += 1
+            return False
+        if row is None:
+            row = self._new_file(conn, path, chunk)
+        elif current is None or decision == Decision.SWITCH or row.file_hash != chunk.file_hash.hex():
+            row = self._restart_file(conn, row, chunk)
+        return self._stage(conn, row, m, chunk, path, out)
+
+    def _has_chunk(self, conn: Connection, file_id: int, offset: int) -> bool:
+        return (
+            conn.execute(
+                select(StreamChunk.offset).where(StreamChunk.file_id == file_id, StreamChunk.offset == offset)
+            ).first()
+            is not None
+        )
+
+    def _new_file(self, conn: Connection, path: str, chunk: Chunk, ignore_conflict: bool = False) -> Any:
+        now = time.time()
+        values = {
+            "dataflow_id": self.t.dataflow_id,
+            "path": path,
+            "state": PARTIAL,
+            "file_hash": chunk.file_hash.hex(),
+            "n_chunks": chunk.total,
+            "mtime": chunk.mtime,
+            "chunks_staged": 0,
+            "bytes_staged": 0,
+            "messages": {},
+            "first_seen": now,
+            "updated_at": now,
+        }
+        if ignore_conflict:
+            _insert_ignore(conn, StreamFile, values)
+            return None
+        conn.execute(insert(StreamFile).values(**values))
+        return self._file_row(conn, path)
+
+    def _restart_file(self, conn: Connection, row: Any, chunk: Chunk) -> Any:
+        """Make ``row`` the new generation ``chunk`` starts (its staged chunks, if any, dropped)."""
+        conn.execute(delete(StreamChunk).where(StreamChunk.file_id == row.id))
+        now = time.time()
+        conn.execute(
+            update(StreamFile)
+            .where(StreamFile.id == row.id)
+            .values(
+                state=PARTIAL,
+                file_hash=chunk.file_hash.hex(),
+                n_chunks=chunk.total,
+                mtime=chunk.mtime,
+                chunks_staged=0,
+                bytes_staged=0,
+                messages={},
+                first_seen=now,
+                updated_at=now,
+            )
+        )
+        return self._file_row(conn, row.path)
+
+    def _stage(self, conn: Connection, row: Any, m: Message, chunk: Chunk, path: str, out: Outcome) -> bool:
+        msgs = dict(row.messages or {})
+        first, last = msgs.get(str(m.partition), [m.offset, m.offset])
+        msgs[str(m.partition)] = [min(first, m.offset), max(last, m.offset)]
+        staged = row.chunks_staged + 1
+        if staged < row.n_chunks:
+            conn.execute(insert(StreamChunk).values(file_id=row.id, offset=chunk.offset, data=chunk.data))
+            conn.execute(
+                update(StreamFile)
+                .where(StreamFile.id == row.id)
+                .values(
+                    chunks_staged=staged,
+                    bytes_staged=row.bytes_staged + len(chunk.data),
+                    messages=msgs,
+                    updated_at=time.time(),
+                )
+            )
+            return False
+        return self._land(conn, row, chunk, msgs, path, out)
+
+    def _assemble(self, conn: Connection, row: Any, last: Chunk) -> tuple[BlobInfo, bytes]:
+        """The file's blob from its staged chunks plus ``last``, read back one at a time; with its SHA-512."""
+        writer = self.home.blobs.writer(durable=False)
+        h = hashlib.sha512()
+        written = 0
+        try:
+            after = -1
+            pending: Chunk | None = last
+            while True:
+                nxt = conn.execute(
+                    select(StreamChunk.offset, StreamChunk.data)
+                    .where(StreamChunk.file_id == row.id, StreamChunk.offset > after)
+                    .order_by(StreamChunk.offset)
+                    .limit(1)
+                ).first()
+                if pending is not None and (nxt is None or pending.offset < nxt.offset):
+                    offset, data, pending = pending.offset, pending.data, None
+                elif nxt is not None:
+                    offset, data = int(nxt.offset), bytes(nxt.data)
+                else:
+                    break
+                if offset != written:
+                    raise BadChunk(
+                        f"{row.path!r}: its chunks do not fit together (a chunk at byte {offset}, expected {written})",
+                        path=row.path,
+                    )
+                writer.write(data)
+                h.update(data)
+                written += len(data)
+                after = offset
+            blob = writer.commit()
+        finally:
+            writer.abort()
+        return blob, h.digest()
+
+    def _land(self, conn: Connection, row: Any, last: Chunk, msgs: dict[str, Any], path: str, out: Outcome) -> bool:
+        try:
+            blob, digest = self._assemble(conn, row, last)
+            if digest.hex() != row.file_hash:
+                raise BadChunk(
+                    f"{path!r}: the reassembled file does not match its SHA-512 ({row.n_chunks} chunk(s)); "
+                    "nothing was committed; send the file again",
+                    path=path,
+                )
+            folder, _, name = f"{self.t.destination}/{path}".rpartition("/")
+            if folder != self.t.destination:
+                folders.create_folder(conn, self.t.owner, folder, True, True, None, False)
+            meta = {
+                "stream": {
+                    "topic": self.t.topic,
+                    "offsets": msgs,
+                    "sha512": row.file_hash,
+                    "mtime": row.mtime,
+                    "path": path,
+                    "dataflow": self.t.name,
+                    "dataflow_id": self.t.dataflow_id,
+                },
+                # The keys OpenMSIStream's Girder uploader writes, for tools that read them.
+                "KafkaTopic": self.t.topic,
+                "dataflow": self.t.name,
+            }
+            commit_version(conn, self.home.blobs, self.t.owner, folder, name, blob, None, meta, "stream")
+        except (BadChunk, DatamillError) as exc:
+            conn.execute(delete(StreamChunk).where(StreamChunk.file_id == row.id))
+            conn.execute(delete(StreamFile).where(StreamFile.id == row.id))
+            out.rejected.append(exc.message)
+            return False
+        conn.execute(delete(StreamChunk).where(StreamChunk.file_id == row.id))
+        conn.execute(
+            update(StreamFile)
+            .where(StreamFile.id == row.id)
+            .values(state=LANDED, chunks_staged=row.n_chunks, bytes_staged=0, messages={}, updated_at=time.time())
+        )
+        out.files.append(path)
+        return True
+
+    def _reject_events(self, conn: Connection, rejected: list[str]) -> None:
+        if not rejected:
+            return
+        folder_id = lookups.folder_id(conn, self.t.destination)
+        rows = [
+            {
+                "kind": EventKind.STREAM_REJECTED,
+                "dataflow_id": self.t.dataflow_id,
+                "folder_id": folder_id,
+                "data": {"name": self.t.name, "topic": self.t.topic, "reason": reason},
+            }
+            for reason in rejected[:MAX_REJECT_EVENTS]
+        ]
+        events.append_many(conn, rows)
+
+    # ------------------------------------------------------------------ partial files
+
+    def expire(self, older_than: float) -> list[str]:
+        """Drop partial files that got no chunk for ``older_than`` seconds; one message per file, also as events."""
+        cutoff = time.time() - older_than
+        with self.home.db.write() as conn:
+            rows = conn.execute(
+                select(StreamFile).where(
+                    StreamFile.dataflow_id == self.t.dataflow_id,
+                    StreamFile.state == PARTIAL,
+                    StreamFile.updated_at < cutoff,
+                )
+            ).all()
+            reasons = [
+                f"{r.path!r}: {r.chunks_staged} of {r.n_chunks} chunk(s) arrived and none for {older_than:.0f} s; "
+                "the partial file was dropped (truncated); send it again"
+                for r in rows
+            ]
+            for r in rows:
+                conn.execute(delete(StreamChunk).where(StreamChunk.file_id == r.id))
+                conn.execute(delete(StreamFile).where(StreamFile.id == r.id))
+            self._reject_events(conn, reasons)
+        return reasons
+
+    def in_progress(self) -> list[dict[str, Any]]:
+        """Files being received: path, chunks staged and expected, bytes staged."""
+        return in_progress(self.home, self.t.dataflow_id)
+
+
+def in_progress(home: Home, dataflow_id: int, limit: int = 100) -> list[dict[str, Any]]:
+    """A stream dataflow's partial files (at most ``limit``), oldest first."""
+    with home.db.read() as conn:
+        rows = conn.execute(
+            select(StreamFile.path, StreamFile.chunks_staged, StreamFile.n_chunks, StreamFile.bytes_staged)
+            .where(StreamFile.dataflow_id == dataflow_id, StreamFile.state == PARTIAL, StreamFile.chunks_staged > 0)
+            .order_by(StreamFile.first_seen)
+            .limit(limit)
+        ).all()
+    return [{"path": r.path, "chunks": r.chunks_staged, "of": r.n_chunks, "bytes": r.bytes_staged} for r in rows]
+
+
+def staged_bytes(home: Home, dataflow_id: int) -> int:
+    """Bytes of chunks staged for a dataflow's partial files."""
+    with home.db.read() as conn:
+        return int(
+            conn.execute(
+                select(func.coalesce(func.sum(StreamFile.bytes_staged), 0)).where(
+                    StreamFile.dataflow_id == dataflow_id, StreamFile.state == PARTIAL
+                )
+            ).scalar_one()
+        )
+
+
+def _generation(row: Any) -> Generation:
+    return Generation(bytes.fromhex(row.file_hash), int(row.n_chunks), row.mtime)
+
+
+def _insert_ignore(conn: Connection, model: Any, values: dict[str, Any]) -> None:
+    """INSERT that does nothing when the row's key exists (another server inserted it first)."""
+    if conn.dialect.name == "postgresql":
+        from sqlalchemy.dialects.postgresql import insert as pg_insert
+
+        conn.execute(pg_insert(model).values(**values).on_conflict_do_nothing())
+    else:
+        from sqlalchemy.dialects.sqlite import insert as sqlite_insert
+
+        conn.execute(sqlite_insert(model).values(**values).on_conflict_do_nothing())
+
+
+__all__ = ["Message", "Outcome", "Stager", "Target", "in_progress", "staged_bytes"]

@@ -1,0 +1,229 @@
+"""The stream dataflow's durable side without a broker: batches of real chunk messages applied to a real
+home (SQLite and PostgreSQL): files land once, verified, with subfolders and provenance; bad input is
+refused with a reason and commits nothing; partial files survive a restart and expire."""
+
+from __future__ import annotations
+
+import hashlib
+import os
+from collections.abc import Iterator
+from pathlib import Path
+
+import msgpack
+import pytest
+from sqlalchemy import select
+
+from datamill.dataflows.dataflow import Dataflows
+from datamill.dataflows.staging import Message, Stager, Target, in_progress
+from datamill.db.models import StreamChunk, StreamOffset
+from datamill.errors import InvalidDataflow
+from datamill.events import EventKind
+from datamill.home import Home
+from datamill.streams.chunks import Chunk, chunk_file
+from tests.helpers import all_events, open_home
+
+DEST = "Landed"
+TOPIC = "instrument"
+
+
+@pytest.fixture
+def home(tmp_path: Path, db_url: str) -> Iterator[Home]:
+    h = open_home(tmp_path / "home", db_url)
+    h.store.create_folder(h.admin, DEST)
+    yield h
+    h.close()
+
+
+def _stager(home: Home, name: str = "ingest") -> Stager:
+    info = Dataflows(home.db).create(
+        home.admin, name, {"kind": "stream", "topic": TOPIC, "destination": DEST, "broker": {"bootstrap": "h:1"}}
+    )
+    return Stager(home, Target(info.id, name, TOPIC, DEST, home.admin))
+
+
+def _messages(path: Path, root: Path, chunk_size: int = 1024, partitions: int = 2, start: int = 0) -> list[Message]:
+    """Chunks of ``path`` spread over partitions round-robin (as keys spread them), offsets from ``start``."""
+    out = []
+    for i, (_key, value) in enumerate(chunk_file(path, root, chunk_size)):
+        out.append(Message(i % partitions, start + i // partitions, value))
+    return out
+
+
+def _read(home: Home, path: str) -> bytes:
+    _info, chunks = home.store.iter_bytes(home.admin, path)
+    return b"".join(chunks)
+
+
+def _items(home: Home, folder: str = DEST) -> dict[str, int]:
+    return {i.name: i.version for i in home.store.find_items(home.admin, folder)}
+
+
+def test_a_multi_chunk_file_lands_once_with_subfolders_and_provenance(home: Home, tmp_path: Path) -> None:
+    src = tmp_path / "src"
+    (src / "run 1" / "é").mkdir(parents=True)
+    f = src / "run 1" / "é" / "scan.bin"
+    f.write_bytes(os.urandom(5000))
+    stager = _stager(home)
+    msgs = _messages(f, src)
+    first = stager.apply(msgs[:3])
+    assert first.files == [] and in_progress(home, stager.t.dataflow_id)[0]["chunks"] == 3
+    done = stager.apply(msgs[3:])
+    assert done.files == ["run 1/é/scan.bin"]
+    assert _read(home, f"{DEST}/run 1/é/scan.bin") == f.read_bytes()
+    meta = home.store.get_item(home.admin, f"{DEST}/run 1/é/scan.bin").metadata
+    assert meta["stream"]["sha512"] == hashlib.sha512(f.read_bytes()).hexdigest()
+    assert meta["stream"]["topic"] == TOPIC and meta["stream"]["dataflow"] == "ingest"
+    assert meta["stream"]["offsets"] == {"0": [0, 2], "1": [0, 1]}
+    assert meta["stream"]["mtime"] == pytest.approx(f.stat().st_mtime)
+    assert meta["KafkaTopic"] == TOPIC
+    # Staging is gone; offsets stored past the batch.
+    with home.db.read() as conn:
+        assert conn.execute(select(StreamChunk)).first() is None
+        offs = {r.partition: r.next_offset for r in conn.execute(select(StreamOffset))}
+    assert offs == {0: 3, 1: 2}
+    # The same messages again (a consumer that restarted from older offsets) change nothing.
+    again = stager.apply(msgs)
+    assert again.skipped == len(msgs) and again.files == []
+    assert _items(home)["scan.bin"] == 1
+
+
+def test_chunks_in_any_order_and_duplicates_land_the_file_once(home: Home, tmp_path: Path) -> None:
+    f = tmp_path / "d.bin"
+    f.write_bytes(os.urandom(4096 + 10))
+    stager = _stager(home)
+    values = [v for _k, v in chunk_file(f, tmp_path, 1024)]
+    order = [4, 2, 2, 0, 3, 1, 1, 4]  # duplicates of chunks, on other partitions
+    out = stager.apply([Message(i % 3, i, values[c]) for i, c in enumerate(order)])
+    assert out.files == ["d.bin"] and out.duplicates >= 2
+    assert _read(home, f"{DEST}/d.bin") == f.read_bytes()
+    # A late duplicate of an already-landed file does not land it again.
+    late = stager.apply([Message(0, 100, values[0])])
+    assert late.duplicates == 1 and _items(home)["d.bin"] == 1
+
+
+def test_zero_and_one_byte_files(home: Home, tmp_path: Path) -> None:
+    (tmp_path / "empty").write_bytes(b"")
+    (tmp_path / "one").write_bytes(b"1")
+    stager = _stager(home)
+    out = stager.apply(_messages(tmp_path / "empty", tmp_path) + _messages(tmp_path / "one", tmp_path, start=5))
+    assert sorted(out.files) == ["empty", "one"]
+    assert _read(home, f"{DEST}/empty") == b"" and _read(home, f"{DEST}/one") == b"1"
+
+
+def _bad_values() -> dict[str, tuple[bytes, str]]:
+    good = b"payload"
+    h = hashlib.sha512(good).digest()
+    fields = msgpack.unpackb(Chunk("f.txt", h, h, 0, 1, 1, "", "", good).encode())
+    wrong_hash = list(fields)
+    wrong_hash[8] = b"tampered"
+    return {
+        "not msgpack": (b"\xc1\xc1garbage", "not msgpack"),
+        "wrong field count": (msgpack.packb(fields[:7], use_bin_type=True), "7 fields"),
+        "wrong chunk hash": (msgpack.packb(wrong_hash, use_bin_type=True), "SHA-512 of its data does not match"),
+        "path traversal": (Chunk("x", h, h, 0, 1, 1, "../../etc", "", good).encode(), "'..' segment"),
+        "absolute path": (Chunk("x", h, h, 0, 1, 1, "/abs", "", good).encode(), "absolute"),
+        "empty segment": (Chunk("x", h, h, 0, 1, 1, "a//b", "", good).encode(), "empty segment"),
+        "whole-file hash": (
+            Chunk("w.txt", hashlib.sha512(b"other").digest(), h, 0, 1, 1, "", "", good).encode(),
+            "does not match its SHA-512",
+        ),
+    }
+
+
+@pytest.mark.parametrize("case", list(_bad_values()))
+def test_bad_input_is_refused_with_a_reason_and_nothing_committed(home: Home, case: str) -> None:
+    value, words = _bad_values()[case]
+    stager = _stager(home)
+    out = stager.apply([Message(0, 0, value)])
+    assert len(out.rejected) == 1 and words in out.rejected[0], out.rejected
+    assert _items(home) == {}
+    assert in_progress(home, stager.t.dataflow_id) == []
+    ev = all_events(home, EventKind.STREAM_REJECTED)
+    assert len(ev) == 1 and words in ev[0].data["reason"] and ev[0].data["name"] == "ingest"
+    # The bad message is behind the consumer: the next one after it is read, not this one again.
+    assert stager.positions([0]) == {0: 1}
+
+
+def test_a_file_whose_chunks_do_not_add_up_is_refused(home: Home) -> None:
+    data = b"a" * 2048
+    whole = hashlib.sha512(data).digest()
+    part = data[:1024]
+    ph = hashlib.sha512(part).digest()
+    # Two chunks that claim the same bytes twice at offsets 0 and 2048 (a gap): never committed.
+    c1 = Chunk("g.bin", whole, ph, 0, 1, 2, "", "", part).encode()
+    c2 = Chunk("g.bin", whole, ph, 2048, 2, 2, "", "", part).encode()
+    out = _stager(home).apply([Message(0, 0, c1), Message(0, 1, c2)])
+    assert out.files == [] and "do not fit together" in out.rejected[0]
+    assert _items(home) == {}
+
+
+def test_generations_more_chunks_replace_a_partial_older_one(home: Home, tmp_path: Path) -> None:
+    stager = _stager(home)
+    f = tmp_path / "g.bin"
+    f.write_bytes(os.urandom(2048 + 1))  # 3 chunks
+    old = _messages(f, tmp_path, partitions=1)
+    stager.apply(old[:2])
+    f.write_bytes(os.urandom(4096 + 1))  # 5 chunks: a newer version of the same path
+    new = _messages(f, tmp_path, partitions=1, start=10)
+    out = stager.apply([new[0], old[2], *new[1:]])  # the old generation's last chunk is now stale
+    assert out.files == ["g.bin"] and out.stale == 1
+    assert _read(home, f"{DEST}/g.bin") == f.read_bytes()
+
+
+def test_partial_files_survive_a_restart_and_expire(home: Home, tmp_path: Path) -> None:
+    f = tmp_path / "big.bin"
+    f.write_bytes(os.urandom(3000))
+    msgs = _messages(f, tmp_path, partitions=1)
+    first = _stager(home)
+    first.apply(msgs[:2])
+    # A new stager (a restarted server) finishes the file from the staged chunks.
+    again = Stager(home, first.t)
+    assert again.positions([0]) == {0: 2}
+    assert again.apply(msgs[2:]).files == ["big.bin"]
+    # A file that never completes is dropped after the timeout, and said so.
+    g = tmp_path / "never.bin"
+    g.write_bytes(os.urandom(3000))
+    again.apply(_messages(g, tmp_path, partitions=1, start=10)[:1])
+    assert again.expire(3600) == []
+    reasons = again.expire(-1)
+    assert len(reasons) == 1 and "1 of 3 chunk(s)" in reasons[0] and "truncated" in reasons[0]
+    assert in_progress(home, first.t.dataflow_id) == []
+    assert "never.bin" not in _items(home)
+
+
+def test_stream_dataflow_validation(home: Home) -> None:
+    flows = Dataflows(home.db)
+    base = {"kind": "stream", "topic": TOPIC, "destination": DEST}
+    for cfg, words in (
+        ({**base, "topic": "bad topic!"}, "topic"),
+        ({**base, "source": "Raw"}, "has no source"),
+        ({**base, "destination": "Nope"}, "does not exist"),
+        ({**base, "broker": {"bootstrap": "x"}}, "HOST:PORT"),
+        ({**base, "partial_timeout_s": -1}, "positive"),
+    ):
+        with pytest.raises(InvalidDataflow, match=words):
+            flows.create(home.admin, "s", cfg)
+    info = flows.create(
+        home.admin, "s", {**base, "broker": {"bootstrap": "k:9092", "sasl_username": "u", "sasl_password": "pw!"}}
+    )
+    assert info.broker == {"bootstrap": "k:9092", "sasl_username": "u", "sasl_password": "***"}
+    assert "pw!" not in str(info.to_dict()) and "pw!" not in str([v.to_dict() for v in flows.history(home.admin, "s")])
+    # Sending the masked password back keeps the stored one.
+    flows.edit(home.admin, "s", {"broker": {**info.broker, "bootstrap": "k:9093"}})
+    from datamill.db.models import Dataflow
+
+    with home.db.read() as conn:
+        cfg = conn.execute(select(Dataflow.config).where(Dataflow.name == "s")).scalar_one()
+    assert cfg["broker"]["sasl_password"] == "pw!" and cfg["broker"]["bootstrap"] == "k:9093"
+    assert all("pw!" not in str(e.data) for e in all_events(home))
+
+
+def test_deleting_a_stream_dataflow_removes_its_staging_and_offsets(home: Home, tmp_path: Path) -> None:
+    f = tmp_path / "p.bin"
+    f.write_bytes(os.urandom(3000))
+    stager = _stager(home)
+    stager.apply(_messages(f, tmp_path, partitions=1)[:2])
+    Dataflows(home.db).delete(home.admin, "ingest")
+    with home.db.read() as conn:
+        assert conn.execute(select(StreamChunk)).first() is None
+        assert conn.execute(select(StreamOffset)).first() is None
