@@ -784,6 +784,8 @@ class RemoteClient(Client):
         description: str = "",
         partial_timeout_s: float | None = None,
     ) -> DataflowInfo:
+        from datamill.dataflows.records import DataflowInfo
+
         body = {
             "name": name,
             "kind": "stream",
