@@ -53,7 +53,7 @@ LAYERS: list[tuple[str, tuple[str, ...]]] = [
     ("provenance", ("datamill.provenance",)),
     ("services", ("datamill.services", "datamill.service")),
     ("client", ("datamill.client",)),
-    ("api", ("datamill.api",)),
+    ("api", ("datamill.api", "datamill.web")),
     ("cli", ("datamill.cli",)),
     # The public face and composition root: re-exports, and fills datamill.hooks.
     ("root", ("datamill", "datamill.console")),
