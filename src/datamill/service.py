@@ -25,6 +25,7 @@ from datamill.store import users
 from datamill.store.access import Actor, Level
 from datamill.store.blobs import CHUNK
 from datamill.store.groups import GroupInfo
+from datamill.store.item_pages import ItemPage
 from datamill.store.records import AccessGrant, UserInfo
 from datamill.store.store import FolderInfo, ItemInfo, Store, VersionInfo
 from datamill.store.users import NewToken
@@ -144,6 +145,22 @@ class Service:
     def list_items(self, folder: str) -> list[ItemInfo]:
         """Items of a folder, by name."""
         return self.store.list_items(self.actor, folder)
+
+    def page_items(
+        self,
+        folder: str,
+        sort: str = "name",
+        descending: bool = False,
+        offset: int = 0,
+        limit: int = 100,
+        contains: str = "",
+    ) -> ItemPage:
+        """One page of a folder's items, sorted and filtered in the database, with the total."""
+        return self.store.page_items(self.actor, folder, sort, descending, offset, limit, contains)
+
+    def my_level(self, path: str) -> Level:
+        """Your effective access level on a folder."""
+        return self.store.my_level(self.actor, path)
 
     def versions(self, path: str) -> list[VersionInfo]:
         """All versions of an item."""
