@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Iterable, Iterator, Mapping
 from pathlib import Path
-from typing import Any, BinaryIO
+from typing import TYPE_CHECKING, Any, BinaryIO
 
 from datamill.dataflows.dataflow import Dataflows
 from datamill.dataflows.records import DataflowInfo, DataflowVersionInfo, RecentRun
@@ -29,6 +29,9 @@ from datamill.store.item_pages import ItemPage
 from datamill.store.records import AccessGrant, UserInfo
 from datamill.store.store import FolderInfo, ItemInfo, Store, VersionInfo
 from datamill.store.users import NewToken
+
+if TYPE_CHECKING:  # the provenance package loads its PROV libraries when imported
+    from datamill.provenance.graph import LineageGraph
 
 #: Called with the number of bytes just transferred.
 Progress = Callable[[int], None]
@@ -442,6 +445,16 @@ class Service:
         lin = provenance.Lineage(self.home)
         query = lin.downstream if down else lin.upstream
         return provenance.render(query(self.actor, path, version, depth), fmt)
+
+    def lineage_graph(
+        self, path: str, version: int | None = None, down: bool = False, depth: int | None = None
+    ) -> LineageGraph:
+        """An item version's lineage graph: what it was derived from (or, with ``down``, what was derived from it)."""
+        from datamill import provenance
+
+        lin = provenance.Lineage(self.home)
+        query = lin.downstream if down else lin.upstream
+        return query(self.actor, path, version, depth)
 
     def export_crate(self, path: str, dest: str | Path, version: int | None = None) -> None:
         """Write the RO-Crate of the run that made an item version at ``dest`` (a directory or a .zip)."""
