@@ -21,6 +21,7 @@ import pytest
 from playwright.sync_api import Page
 
 from datamill.api import ServerHandle
+from datamill.demo.setup import install_demo
 from datamill.home import Home
 from datamill.service import Service
 from datamill.store import users
@@ -72,8 +73,11 @@ class Site:
 
 @pytest.fixture(scope="session")
 def site(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Site]:
-    """One running server for the whole session, with an admin and the user ``bob``."""
-    home = open_home(tmp_path_factory.mktemp("web") / "home")
+    """One running server for the whole session, with an admin, the user ``bob`` and the demo."""
+    # Inline executor: the demo's pipeline runs in the server's own threads (no worker processes
+    # to start, which on a small CI machine is most of the demo's time).
+    home = open_home(tmp_path_factory.mktemp("web") / "home", executor="inline")
+    install_demo(home)  # its dataflow runs in the background while the other tests go on
     bob = add_user(home, "bob", BOB_PASSWORD)
     with home.db.write() as conn:
         bob_token = users.create_token(conn, bob, "tests").token
