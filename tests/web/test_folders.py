@@ -162,4 +162,3 @@ def test_the_folder_page_download_link_serves_the_bytes(admin_page: Page, site: 
     # Not signed in, the same URL is refused.
     assert httpx.get(site.url + href).status_code == 401
     check_accessibility(admin_page)
-    screenshot(admin_page, "folder")

@@ -1,9 +1,9 @@
 """The provenance panel's drawing: an item version's lineage as a layered graph in inline SVG.
 
 The upstream and downstream graphs of :class:`~datamill.provenance.Lineage` are merged and laid
-out left to right in the direction data flowed: a run starts its tasks, a task reads its input
+out top to bottom in the direction data flowed: a run starts its tasks, a task reads its input
 versions and generates its outputs. Each node sits in the column of its longest path from a
-node with no inputs; within a column nodes keep the order they were found in. Users and
+node with no inputs (a layer is a row); within a row nodes keep the order they were found in. Users and
 dataflows (PROV agents) are left out of the drawing. Nodes the user may not see are drawn
 without a name or link, as the lineage API shows them.
 
@@ -21,8 +21,8 @@ from datamill.web.urls import item_url
 
 NODE_W = 220
 NODE_H = 46
-GAP_X = 70
-GAP_Y = 16
+GAP_X = 18
+GAP_Y = 34
 PAD = 12
 #: Nodes drawn at most; a larger lineage is cut (its downloads hold everything).
 MAX_NODES = 150
@@ -130,7 +130,7 @@ def _label(node: Node) -> tuple[str, str]:
         return node.label, node.type
     if node.type == "version":
         name = str(node.attrs.get("name", node.label))
-        return name, f"item · version {node.attrs.get('version')}"
+        return name, f"{node.attrs.get('folder')} · version {node.attrs.get('version')}"
     if node.type == "task":
         step = str(node.attrs.get("step", node.label))
         return step, f"step · task {node.attrs.get('task')} · {node.attrs.get('status')}"
@@ -155,11 +155,11 @@ def draw(graph: LineageGraph) -> Drawing:
     for n in order:
         columns.setdefault(layer[n], []).append(n)
     pos: dict[str, tuple[int, int]] = {}
-    for col, ids in columns.items():
-        for row, n in enumerate(ids):
+    for row, ids in columns.items():
+        for col, n in enumerate(ids):
             pos[n] = (PAD + col * (NODE_W + GAP_X), PAD + row * (NODE_H + GAP_Y))
-    width = PAD * 2 + (max(columns, default=0) + 1) * (NODE_W + GAP_X) - GAP_X
-    height = PAD * 2 + max((len(c) for c in columns.values()), default=1) * (NODE_H + GAP_Y) - GAP_Y
+    width = PAD * 2 + max((len(c) for c in columns.values()), default=1) * (NODE_W + GAP_X) - GAP_X
+    height = PAD * 2 + (max(columns, default=0) + 1) * (NODE_H + GAP_Y) - GAP_Y
     drawing = Drawing(width, height, cut=cut)
     for n in order:
         node = graph.nodes[n]
@@ -168,7 +168,7 @@ def draw(graph: LineageGraph) -> Drawing:
         drawing.boxes.append(Box(n, x, y, node.label, _short(label), _short(kind), href_of(node), n == graph.root))
     for a, b in edges:
         (ax, ay), (bx, by) = pos[a], pos[b]
-        x1, y1, x2, y2 = ax + NODE_W, ay + NODE_H // 2, bx - 4, by + NODE_H // 2
-        mid = (x1 + x2) // 2
-        drawing.lines.append(Line(f"M{x1},{y1} C{mid},{y1} {mid},{y2} {x2},{y2}"))
+        x1, y1, x2, y2 = ax + NODE_W // 2, ay + NODE_H, bx + NODE_W // 2, by - 4
+        mid = (y1 + y2) // 2
+        drawing.lines.append(Line(f"M{x1},{y1} C{x1},{mid} {x2},{mid} {x2},{y2}"))
     return drawing
