@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-from sqlalchemy import Connection, func, select
+from sqlalchemy import Connection, and_, func, select
 
 from datamill.db.models import Item, User, Version
 from datamill.errors import InvalidInput
@@ -57,21 +57,26 @@ def page_items(
     frow = readable_folder(conn, actor, folder)
     where = [Item.folder_id == frow.id]
     if contains:
-        where.append(func.lower(Item.name).like(f"%{_like_escape(contains.lower())}%", escape="\\"))
+        # SQLite's LIKE ignores ASCII case already; PostgreSQL's ILIKE does the same.
+        where.append(Item.name.ilike(f"%{_like_escape(contains)}%", escape="\\"))
     key = SORTS[sort]
     order = [key.desc(), Item.name.desc()] if descending else [key.asc(), Item.name.asc()]
     if sort == "name":
         order = order[:1]
+    # Two steps: pick the page's ids with the narrowest query that can sort (the version joined
+    # only when sorting by one of its columns), then read the full rows of those ids alone.
+    ids_q = select(Item.id).where(*where)
+    if sort in ("size", "version"):
+        ids_q = ids_q.join(Version, and_(Version.item_id == Item.id, Version.number == Item.current_version))
+    ids = list(conn.execute(ids_q.order_by(*order).limit(limit).offset(offset)).scalars())
     q = (
         current_items()
         .add_columns(User.name.label("made_by"))
         .outerjoin(User, User.id == Version.created_by)
-        .where(*where)
-        .order_by(*order)
-        .limit(limit)
-        .offset(offset)
+        .where(Item.id.in_(ids))
     )
-    rows = conn.execute(q).tuples().all()
+    by_id = {r[0]: r for r in conn.execute(q).tuples().all()} if ids else {}
+    rows = [by_id[i] for i in ids if i in by_id]
     items = [item_info(r[:-1], frow.path) for r in rows]
     Visibility(conn, actor).items(items)
     total = conn.execute(select(func.count()).select_from(Item).where(*where)).scalar_one()
