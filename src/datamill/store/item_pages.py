@@ -8,8 +8,10 @@ neither repeat nor skip rows.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from typing import Any
 
 from sqlalchemy import Connection, and_, func, select
+from sqlalchemy.orm import InstrumentedAttribute
 
 from datamill.db.models import Item, User, Version
 from datamill.errors import InvalidInput
@@ -20,7 +22,7 @@ from datamill.store.records import ItemInfo
 from datamill.store.visibility import Visibility
 
 #: Sort keys a page may be ordered by.
-SORTS = {"name": Item.name, "size": Version.size, "version": Version.number, "updated": Item.updated_at}
+SORTS: dict[str, InstrumentedAttribute[Any]] = {"name": Item.name, "size": Version.size, "version": Version.number, "updated": Item.updated_at}
 #: The most rows one page holds.
 MAX_PAGE = 1000
 
