@@ -22,7 +22,12 @@ from datamill.store.records import ItemInfo
 from datamill.store.visibility import Visibility
 
 #: Sort keys a page may be ordered by.
-SORTS: dict[str, InstrumentedAttribute[Any]] = {"name": Item.name, "size": Version.size, "version": Version.number, "updated": Item.updated_at}
+SORTS: dict[str, InstrumentedAttribute[Any]] = {
+    "name": Item.name,
+    "size": Version.size,
+    "version": Version.number,
+    "updated": Item.updated_at,
+}
 #: The most rows one page holds.
 MAX_PAGE = 1000
 
