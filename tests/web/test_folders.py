@@ -95,6 +95,31 @@ def test_folder_forms_say_what_is_wrong_next_to_the_field_and_save_nothing(admin
     expect(page.locator("#share-error")).to_contain_text("no user")
     assert site.service().access_list("Forms/Renamed") == []
     check_accessibility(page)
+    # Deleting asks first; declining keeps the folder, accepting deletes it.
+    page.once("dialog", lambda dialog: dialog.dismiss())
+    page.get_by_role("button", name="Delete folder").click()
+    assert [f.name for f in site.service().list_folders("Forms")] == ["Renamed"]
+    page.once("dialog", lambda dialog: dialog.accept())
+    page.get_by_role("button", name="Delete folder").click()
+    page.wait_for_url("**/folders/Forms")
+    expect(page.locator(".flash.ok")).to_contain_text("deleted")
+    assert site.service().list_folders("Forms") == []
+
+
+def test_dark_mode_and_a_narrow_screen(admin_page: Page, site: Site) -> None:
+    site.service().create_folder("Narrow")
+    site.service().put("Narrow", "a-rather-long-file-name-for-a-phone-screen.csv", b"a,b\n1,2\n")
+    page = admin_page
+    page.emulate_media(color_scheme="dark")
+    page.set_viewport_size({"width": 390, "height": 800})
+    page.goto(f"{site.url}/folders/Narrow")
+    background = page.evaluate("getComputedStyle(document.body).backgroundColor")
+    assert background == "rgb(21, 23, 27)"  # the dark palette
+    assert page.evaluate("document.documentElement.scrollWidth <= window.innerWidth")  # no sideways page scroll
+    check_accessibility(page)  # colour contrast included
+    page.keyboard.press("Tab")  # the first stop is the skip link, visible once focused
+    expect(page.get_by_role("link", name="Skip to content")).to_be_focused()
+    assert page.evaluate("document.activeElement.getBoundingClientRect().left >= 0")
 
 
 def test_upload_by_drag_and_drop_with_progress(admin_page: Page, site: Site) -> None:
