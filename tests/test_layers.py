@@ -57,7 +57,7 @@ LAYERS: list[tuple[str, tuple[str, ...]]] = [
     ("client", ("datamill.client",)),
     # Dagster's side of the integration (resource, IO manager, the step worker): works through the client.
     ("dagster", ("datamill.dagster",)),
-    ("api", ("datamill.api",)),
+    ("api", ("datamill.api", "datamill.web")),
     ("cli", ("datamill.cli",)),
     # The public face and composition root: re-exports, and fills datamill.hooks.
     ("root", ("datamill", "datamill.console")),

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from pathlib import Path
-from typing import Any, BinaryIO
+from typing import TYPE_CHECKING, Any, BinaryIO
 
 from datamill.dataflows.batches import Batches, BatchSource
 from datamill.dataflows.dataflow import Dataflows
@@ -26,9 +26,13 @@ from datamill.store import users
 from datamill.store.access import Actor, Level
 from datamill.store.blobs import CHUNK
 from datamill.store.groups import GroupInfo
+from datamill.store.item_pages import ItemPage
 from datamill.store.records import AccessGrant, UserInfo
 from datamill.store.store import FolderInfo, ItemInfo, Store, VersionInfo
 from datamill.store.users import NewToken
+
+if TYPE_CHECKING:  # the provenance package loads its PROV libraries when imported
+    from datamill.provenance.graph import LineageGraph
 
 #: Called with the number of bytes just transferred.
 Progress = Callable[[int], None]
@@ -149,6 +153,22 @@ class Service:
     def list_items(self, folder: str) -> list[ItemInfo]:
         """Items of a folder, by name."""
         return self.store.list_items(self.actor, folder)
+
+    def page_items(
+        self,
+        folder: str,
+        sort: str = "name",
+        descending: bool = False,
+        offset: int = 0,
+        limit: int = 100,
+        contains: str = "",
+    ) -> ItemPage:
+        """One page of a folder's items, sorted and filtered in the database, with the total."""
+        return self.store.page_items(self.actor, folder, sort, descending, offset, limit, contains)
+
+    def my_level(self, path: str) -> Level:
+        """Your effective access level on a folder."""
+        return self.store.my_level(self.actor, path)
 
     def versions(self, path: str) -> list[VersionInfo]:
         """All versions of an item."""
@@ -528,6 +548,16 @@ class Service:
         lin = provenance.Lineage(self.home)
         query = lin.downstream if down else lin.upstream
         return provenance.render(query(self.actor, path, version, depth), fmt)
+
+    def lineage_graph(
+        self, path: str, version: int | None = None, down: bool = False, depth: int | None = None
+    ) -> LineageGraph:
+        """An item version's lineage graph: what it was derived from (or, with ``down``, what was derived from it)."""
+        from datamill import provenance
+
+        lin = provenance.Lineage(self.home)
+        query = lin.downstream if down else lin.upstream
+        return query(self.actor, path, version, depth)
 
     def export_crate(self, path: str, dest: str | Path, version: int | None = None) -> None:
         """Write the RO-Crate of the run that made an item version at ``dest`` (a directory or a .zip)."""

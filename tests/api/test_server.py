@@ -1,4 +1,4 @@
-"""The server process and the public pages: logging, landing page, OpenAPI, signals, ports."""
+"""The server process and the public pages: logging, the login URL, OpenAPI, signals, ports."""
 
 from __future__ import annotations
 
@@ -54,27 +54,30 @@ def test_tokens_never_reach_the_log(server: ServerHandle, home: Home, caplog: py
     assert client_side and not any(token in m for m in client_side)
 
 
-def test_landing_page_stores_the_token_in_a_cookie(server: ServerHandle, home: Home) -> None:
-    LocalClient(home).create_folder("Visible <b>folder</b>")
+def test_login_url_starts_a_web_session_in_a_cookie(server: ServerHandle, home: Home) -> None:
+    LocalClient(home).create_folder("Visible <b>folder")
     token = home.admin_token()
+    assert token
     with httpx.Client(base_url=server.url) as c:
         anonymous = c.get("/")
-        assert anonymous.status_code == 200 and "not signed in" in anonymous.text
-        assert "Visible" not in anonymous.text
+        assert anonymous.status_code == 303 and anonymous.headers["Location"] == "/signin"
+        page = c.get("/signin")
+        assert page.status_code == 200 and "Sign in" in page.text and "Visible" not in page.text
         r = c.get("/", params={"token": token})
         assert r.status_code == 303 and r.headers["Location"] == "/"
         cookie = r.headers["Set-Cookie"]
-        assert cookie.startswith(f"datamill_token={token};")
+        # The cookie holds a session token minted for the browser, never the login URL's own token.
+        assert cookie.startswith("datamill_token=dm_") and token not in cookie
         lowered = cookie.lower()
         assert "httponly" in lowered and "samesite=strict" in lowered and "path=/" in lowered
         assert r.headers["Cache-Control"] == "no-store" and r.headers["Referrer-Policy"] == "no-referrer"
-        page = c.get("/")  # the client keeps the cookie
+        page = c.get("/folders")  # the client keeps the cookie
         assert page.status_code == 200 and page.headers["Content-Type"].startswith("text/html")
-        assert "Visible &lt;b&gt;folder&lt;/b&gt;" in page.text and "folder.created" in page.text
-        assert "<script" not in page.text and "http" not in page.text.replace("http://HOST", "")
+        assert "Visible &lt;b&gt;folder" in page.text and "<b>folder" not in page.text
+        assert "http://" not in page.text and "https://" not in page.text  # no external requests
         assert c.get("/api/v1/whoami").json()["name"] == "admin"  # the cookie works for the API
     bad = httpx.get(f"{server.url}/", params={"token": "dm_wrong"})
-    assert bad.status_code == 401 and "set-cookie" not in bad.headers
+    assert bad.status_code == 401 and "set-cookie" not in bad.headers and "not valid" in bad.text
 
 
 def test_openapi_docs_and_health(server: ServerHandle) -> None:

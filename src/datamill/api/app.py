@@ -1,9 +1,11 @@
 """The FastAPI app: every route under ``/api/v1``, one JSON error shape, token auth.
 
 Authentication: every ``/api`` request needs a token, sent as ``Authorization: Bearer <token>``
-or as the ``datamill_token`` cookie that the landing page sets from its login URL
-(``/?token=...``). Only ``GET /api/v1/health`` answers without one (and says nothing but
-``{"ok": true}``). ``/``, ``/docs`` and ``/openapi.json`` are public.
+or as the ``datamill_token`` cookie of a web-app session (set by the login URL ``/?token=...``
+or the sign-in form; see :mod:`datamill.web.session`). A request authenticated by that cookie
+that changes something must also carry the session's CSRF token (``X-CSRF-Token``). Only
+``GET /api/v1/health`` answers without a token (and says nothing but ``{"ok": true}``). The web
+app (:mod:`datamill.web`) serves the pages under ``/``; ``/docs`` and ``/openapi.json`` are public.
 
 Routers are listed in :data:`ROUTERS`, one module per noun in ``api/routes``; adding one is a
 one-line change there.
@@ -22,7 +24,6 @@ from datamill._version import __version__
 from datamill.api.broadcast import EventBroadcaster
 from datamill.api.deps import blocking
 from datamill.api.errors import ErrorBoundary, install_error_handlers
-from datamill.api.landing import router as landing_router
 from datamill.api.limits import RequestLimits
 from datamill.api.middleware import AccessLog, TokenAuth, silence_uvicorn_access_log
 from datamill.api.openapi import COMMON_ERRORS, json_errors
@@ -94,7 +95,8 @@ def create_app(home: Home, sse_keepalive: float = SSE_KEEPALIVE, services: bool 
         description=(
             "Folders, versioned items, metadata, access control and the event log of a datamill "
             "installation. Every `/api` route needs a token: `Authorization: Bearer <token>`, or the "
-            "`datamill_token` cookie set by opening the login URL (`/?token=...`). Errors are JSON: "
+            "`datamill_token` cookie of a web session (opening the login URL `/?token=...` starts one; "
+            "with the cookie, requests that change something also need the `X-CSRF-Token` header). Errors are JSON: "
             '`{"ok": false, "status", "code", "error", "detail"}`. Folder and item paths go in the URL, '
             "each name percent-encoded on its own."
         ),
@@ -112,7 +114,6 @@ def create_app(home: Home, sse_keepalive: float = SSE_KEEPALIVE, services: bool 
     for router in ROUTERS:
         api.include_router(router, responses=COMMON_ERRORS)
     app.include_router(api)
-    app.include_router(landing_router)
 
     def openapi() -> dict[str, Any]:
         # FastAPI's document, with every error response in the JSON error shape.
@@ -123,6 +124,9 @@ def create_app(home: Home, sse_keepalive: float = SSE_KEEPALIVE, services: bool 
     app.openapi = openapi  # type: ignore[method-assign]
 
     install_error_handlers(app)
+    from datamill.web.app import install as install_web  # the pages: jinja2 loads on first render
+
+    install_web(app)
     # add_middleware wraps: the last added runs first. Order: log -> catch-all -> size limits -> auth -> routes.
     app.add_middleware(TokenAuth, home=home)
     app.add_middleware(RequestLimits)

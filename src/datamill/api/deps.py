@@ -27,7 +27,10 @@ TOKEN_COOKIE = "datamill_token"
 # (so that every /api request is covered, including ones that match no route).
 bearer_scheme = HTTPBearer(auto_error=False, description="A datamill API token: `Authorization: Bearer dm_...`.")
 cookie_scheme = APIKeyCookie(
-    name=TOKEN_COOKIE, auto_error=False, description="The same token, as set by the landing page (`/?token=...`)."
+    name=TOKEN_COOKIE,
+    auto_error=False,
+    description="A web-app session token, as set by signing in (`/?token=...` or `/signin`); "
+    "requests that change something also need the `X-CSRF-Token` header.",
 )
 
 

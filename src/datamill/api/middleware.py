@@ -16,10 +16,12 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from datamill.api.deps import TOKEN_COOKIE
 from datamill.api.errors import error_response
-from datamill.errors import DatamillError, Unauthorized
+from datamill.errors import DatamillError, PermissionDenied, Unauthorized
 from datamill.home import Home
 from datamill.store import users
 from datamill.store.access import Actor
+from datamill.web import csrf
+from datamill.web.csrf import SAFE_METHODS
 
 access_log = logging.getLogger("datamill.access")
 
@@ -52,6 +54,22 @@ def token_from_headers(headers: list[tuple[bytes, bytes]]) -> str | None:
     return cookie_token
 
 
+def bearer_sent(headers: list[tuple[bytes, bytes]]) -> bool:
+    """Whether the request carries its own ``Authorization: Bearer`` token (not only the session cookie)."""
+    for key, value in headers:
+        if key == b"authorization" and value[:7].lower() == b"bearer " and value[7:].strip():
+            return True
+    return False
+
+
+def csrf_sent(headers: list[tuple[bytes, bytes]]) -> str | None:
+    """The request's ``X-CSRF-Token`` header, if any."""
+    for key, value in headers:
+        if key == b"x-csrf-token":
+            return value.decode("latin-1")
+    return None
+
+
 def resolve_token(home: Home, token: str | None) -> Actor:
     """The user of ``token``; :class:`Unauthorized` if there is none or it is not valid."""
     if not token:
@@ -78,6 +96,13 @@ class TokenAuth:
         except DatamillError as exc:
             await error_response(exc)(scope, receive, send)
             return
+        headers = scope.get("headers", [])
+        # A browser sends the session cookie on its own: a change made with it alone could be
+        # forged by another page, so it must also carry the session's CSRF token (web/csrf.py).
+        if token and scope.get("method") not in SAFE_METHODS and not bearer_sent(headers):
+            if not csrf.valid(token, csrf_sent(headers)):
+                await error_response(PermissionDenied(csrf.REFUSED, reason="csrf"))(scope, receive, send)
+                return
         state = scope.setdefault("state", {})
         state["actor"] = actor
         # Long-lived responses re-check it while they stay open (api/streams.py).

@@ -30,7 +30,7 @@ from datamill import events
 from datamill.db.database import Database
 from datamill.db.models import Meta
 from datamill.errors import InvalidInput
-from datamill.store import folders, garbage, groups, items, lookups, sharing, uploads
+from datamill.store import folders, garbage, groups, item_pages, items, lookups, sharing, uploads
 from datamill.store.access import Actor, Level
 from datamill.store.blobs import ALGORITHM, BlobInfo, BlobStore, BlobWriter
 from datamill.store.metadata import check_metadata
@@ -323,6 +323,20 @@ class Store:
         """Items in a folder by name, with their current versions; page with ``after``/``limit``."""
         with self.db.read() as conn:
             return items.list_items(conn, actor, folder, after, limit)
+
+    def page_items(
+        self,
+        actor: Actor,
+        folder: str,
+        sort: str = "name",
+        descending: bool = False,
+        offset: int = 0,
+        limit: int = 100,
+        contains: str = "",
+    ) -> item_pages.ItemPage:
+        """One page of a folder's items, sorted by ``sort`` and filtered by a name substring, with the total."""
+        with self.db.read() as conn:
+            return item_pages.page_items(conn, actor, folder, sort, descending, offset, limit, contains)
 
     def find_items(
         self,

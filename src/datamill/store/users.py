@@ -118,6 +118,17 @@ def revoke_token(conn: Connection, token_id: int, by: Actor) -> None:
     events.append(conn, EventKind.TOKEN_REVOKED, actor_id=by.id, data={"token_id": token_id})
 
 
+def revoke_secret(conn: Connection, token: str) -> None:
+    """Revoke the token whose secret is ``token`` (signing out of the web app); unknown ones are ignored."""
+    row = conn.execute(
+        select(Token.id, Token.user_id, Token.revoked_at).where(Token.token_hash == hash_token(token))
+    ).first()
+    if row is None or row.revoked_at is not None:
+        return
+    conn.execute(update(Token).where(Token.id == row.id).values(revoked_at=time.time()))
+    events.append(conn, EventKind.TOKEN_REVOKED, actor_id=row.user_id, data={"token_id": int(row.id)})
+
+
 def list_tokens(conn: Connection, user: Actor) -> list[dict[str, object]]:
     """A user's tokens, without secrets."""
     rows = conn.execute(select(Token).where(Token.user_id == user.id).order_by(Token.id)).all()
