@@ -17,7 +17,7 @@ from datamill.dataflows.records import DataflowInfo, DataflowVersionInfo, Recent
 from datamill.engine.engine import Engine
 from datamill.engine.records import PipelineInfo, PlanInfo, RunInfo, TaskInfo, WhyInfo
 from datamill.engine.registry import Pipelines
-from datamill.errors import InvalidDataflow, PermissionDenied
+from datamill.errors import InvalidDataflow, InvalidInput, PermissionDenied
 from datamill.events import EventRecord
 from datamill.home import Home
 from datamill.refs import absolute_ref
@@ -191,6 +191,21 @@ class Service:
         self._require_admin()
         with self.home.db.read() as conn:
             return [UserInfo.of(u) for u in users.list_users(conn)]
+
+    def disable_user(self, name: str) -> int:
+        """Keep a user out (site admins only): no password, every token revoked; how many tokens."""
+        self._require_admin()
+        if name == self.actor.name:
+            raise InvalidInput("you cannot disable yourself; ask another site admin")
+        with self.home.db.write() as conn:
+            return users.disable_user(conn, users.get_user(conn, name), self.actor)
+
+    def user_tokens(self, name: str) -> tuple[bool, list[dict[str, object]]]:
+        """Whether a user has a password, and their tokens without secrets (site admins only)."""
+        self._require_admin()
+        with self.home.db.read() as conn:
+            user = users.get_user(conn, name)
+            return users.has_password(conn, user), users.list_tokens(conn, user)
 
     def create_token(self, user: str | None = None, name: str = "", ttl: float | None = None) -> NewToken:
         """A new token for ``user`` (yourself by default; others need a site admin)."""
