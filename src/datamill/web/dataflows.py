@@ -191,7 +191,8 @@ def _changes(config: dict[str, Any], shown: dict[str, str], values: Mapping[str,
 
 
 def _form_page(request: Request, session: Any, form: FlowForm, service: Service, status: int = 200) -> Response:
-    names = [p.name for p in service.pipelines()]
+    # Names only: listing with details would load (import) every registered pipeline.
+    names = [str(p["name"]) for p in service.registry.list(service.actor, details=False)]
     return render(
         request, "dataflows/form.html", session, status=status, form=form, kinds=KINDS, triggers=TRIGGERS,
         pipelines=names,
