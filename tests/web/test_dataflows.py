@@ -5,6 +5,7 @@ Each test uses folders and dataflows of its own (named after it) on the session'
 
 from __future__ import annotations
 
+import contextlib
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -25,10 +26,8 @@ LONG = 30_000
 @pytest.fixture(scope="module")
 def registered(site: Site) -> str:
     """The test pipeline registered under a name (what a non-admin would choose)."""
-    try:
+    with contextlib.suppress(AlreadyExists):
         site.service().add_pipeline(PIPELINE, ref("flow"), "shout every item, then count")
-    except AlreadyExists:
-        pass
     return PIPELINE
 
 

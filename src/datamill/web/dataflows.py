@@ -39,8 +39,24 @@ from datamill.web.session import SessionDep
 router = APIRouter(include_in_schema=False)
 
 #: The form's fields, in order.
-FIELDS = ("name", "description", "kind", "source", "destination", "topic", "pipeline", "params", "trigger", "cron", "webhooks")
-TRIGGERS = (("new-items", "When new items arrive"), ("manual", "Only when started by hand (Run now)"), ("cron", "On a schedule (cron)"))
+FIELDS = (
+    "name",
+    "description",
+    "kind",
+    "source",
+    "destination",
+    "topic",
+    "pipeline",
+    "params",
+    "trigger",
+    "cron",
+    "webhooks",
+)
+TRIGGERS = (
+    ("new-items", "When new items arrive"),
+    ("manual", "Only when started by hand (Run now)"),
+    ("cron", "On a schedule (cron)"),
+)
 #: How many fire times the cron preview shows.
 PREVIEW_FIRES = 5
 
@@ -58,7 +74,7 @@ def _markdown() -> Any:
 
 def markdown(text: str) -> Markup:
     """A description's Markdown as safe HTML (raw HTML in it is shown as text)."""
-    return Markup(_markdown().render(text or ""))  # noqa: S704 - markdown-it escapes; html is off
+    return Markup(_markdown().render(text or ""))  # markdown-it escapes text; raw HTML is off
 
 
 def canonical(config: Mapping[str, Any]) -> str:
@@ -103,7 +119,7 @@ def form_values(info: DataflowInfo | None) -> dict[str, str]:
     """The form's text values for an existing dataflow (empty ones for a new one)."""
     if info is None:
         return {f: "" for f in FIELDS} | {"kind": "workflow", "trigger": "new-items", "params": "{}"}
-    trigger, cron = (("cron", info.trigger[5:]) if info.trigger.startswith("cron:") else (info.trigger, ""))
+    trigger, cron = ("cron", info.trigger[5:]) if info.trigger.startswith("cron:") else (info.trigger, "")
     return {
         "name": info.name,
         "description": info.description,
@@ -127,8 +143,11 @@ def parse_form(values: Mapping[str, str]) -> tuple[dict[str, Any], dict[str, str
     if text:
         try:
             params = json.loads(text)
-        except ValueError as exc:
-            errors["params"] = f"the parameters are not valid JSON ({exc.msg} at line {exc.lineno}); write an object such as {{\"step.param\": 1}}"
+        except json.JSONDecodeError as exc:
+            errors["params"] = (
+                f"the parameters are not valid JSON ({exc.msg} at line {exc.lineno}); "
+                'write an object such as {"step.param": 1}'
+            )
         else:
             if not isinstance(params, dict):
                 errors["params"] = 'the parameters must be a JSON object such as {"step.param": 1}'
@@ -178,12 +197,13 @@ def field_error(exc: DatamillError, values: Mapping[str, str]) -> tuple[str, str
 
 
 def _changes(config: dict[str, Any], shown: dict[str, str], values: Mapping[str, str]) -> dict[str, Any]:
-    """Only what the user changed: a value shown masked (a pipeline reference, a webhook) is sent back as it was shown."""
+    """Only the fields the user changed.
+
+    A value shown masked (a pipeline reference, a webhook URL) comes back as it was shown: unchanged.
+    """
     out: dict[str, Any] = {}
-    mapping = {"source": "source", "destination": "destination", "pipeline": "pipeline", "webhooks": "webhooks",
-               "description": "description", "kind": "kind", "topic": "topic", "params": "params"}
-    for key, form_key in mapping.items():
-        if values.get(form_key, "").strip() != shown.get(form_key, "").strip():
+    for key in ("source", "destination", "pipeline", "webhooks", "description", "kind", "topic", "params"):
+        if values.get(key, "").strip() != shown.get(key, "").strip():
             out[key] = config[key]
     if (values.get("trigger"), values.get("cron", "").strip()) != (shown.get("trigger"), shown.get("cron", "").strip()):
         out["trigger"] = config["trigger"]
@@ -194,7 +214,13 @@ def _form_page(request: Request, session: Any, form: FlowForm, service: Service,
     # Names only: listing with details would load (import) every registered pipeline.
     names = [str(p["name"]) for p in service.registry.list(service.actor, details=False)]
     return render(
-        request, "dataflows/form.html", session, status=status, form=form, kinds=KINDS, triggers=TRIGGERS,
+        request,
+        "dataflows/form.html",
+        session,
+        status=status,
+        form=form,
+        kinds=KINDS,
+        triggers=TRIGGERS,
         pipelines=names,
     )
 
@@ -239,12 +265,16 @@ async def create(request: Request, session: SessionDep) -> Response:
             key, message = field_error(exc, values)
             errors[key] = message
         else:
-            return redirect(f"/dataflows/{info.name}", f"Dataflow {info.name} saved (stopped). Start it to let its trigger act.")
+            return redirect(
+                f"/dataflows/{info.name}", f"Dataflow {info.name} saved (stopped). Start it to let its trigger act."
+            )
     return await blocking(_form_page, request, session, form, service, 400)
 
 
 @router.get("/dataflows/_picker")
-async def picker(request: Request, session: SessionDep, field_id: str = Query("source", alias="field"), path: str = "") -> Response:
+async def picker(
+    request: Request, session: SessionDep, field_id: str = Query("source", alias="field"), path: str = ""
+) -> Response:
     """One level of the folder picker's tree: the subfolders of ``path`` the user may see."""
     if field_id not in ("source", "destination"):
         field_id = "source"
@@ -367,6 +397,4 @@ async def history(request: Request, name: str, session: SessionDep, a: int = 0, 
     old = a if a in numbers else (numbers[-2] if len(numbers) > 1 else numbers[0])
     by_number = {v.version: v for v in versions}
     diff = config_diff(by_number[old].config, by_number[new].config, f"version {old}", f"version {new}")
-    return render(
-        request, "dataflows/history.html", session, name=name, versions=versions, old=old, new=new, diff=diff
-    )
+    return render(request, "dataflows/history.html", session, name=name, versions=versions, old=old, new=new, diff=diff)

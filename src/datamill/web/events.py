@@ -136,7 +136,14 @@ async def events_page(request: Request, session: SessionDep, kind: str = "", fol
     if error is None:
         rows = await blocking(recent, home, session.actor, flt)
     return render(
-        request, "events/list.html", session, rows=rows, flt=flt, choices=KIND_CHOICES, seq=seq, error=error,
+        request,
+        "events/list.html",
+        session,
+        rows=rows,
+        flt=flt,
+        choices=KIND_CHOICES,
+        seq=seq,
+        error=error,
         status=404 if error else 200,
     )
 

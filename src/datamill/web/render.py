@@ -81,7 +81,9 @@ def environment() -> jinja2.Environment:
         csrf_header=HEADER,
         version=__version__,
     )
-    env.filters.update(size=human_size, when=when, utc=utc, tojson_pretty=lambda v: json.dumps(v, indent=2, sort_keys=True))
+    env.filters.update(
+        size=human_size, when=when, utc=utc, tojson_pretty=lambda v: json.dumps(v, indent=2, sort_keys=True)
+    )
     return env
 
 

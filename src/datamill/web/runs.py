@@ -2,7 +2,7 @@
 
 * The list shows the newest runs the user may see (state, dataflow, trigger, counts, duration);
   ``/runs/live`` streams each changed run's row as it changes (see :mod:`datamill.web.live`).
-* A run's page draws the pipeline's step graph (inline SVG) and the per-step × per-item grid
+* A run's page draws the pipeline's step graph (inline SVG) and the per-step x per-item grid
   (Chowda's batch view), a page of items at a time, so a run of 10,000 tasks never puts 10,000
   rows in the page; ``/runs/{id}/panel`` re-renders that part when the run's events arrive.
 * A task's page says why it ran or was reused (the engine's ``why``) and follows its log.
@@ -241,7 +241,7 @@ def step_graph(tasks: list[TaskInfo]) -> StepGraph:
 
 @dataclass(frozen=True)
 class Grid:
-    """One page of the per-item × per-step grid."""
+    """One page of the per-item x per-step grid."""
 
     steps: list[str]
     rows: list[tuple[str, dict[str, TaskInfo]]]
