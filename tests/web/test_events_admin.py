@@ -95,3 +95,22 @@ def test_admin_creates_and_disables_users_and_shows_a_token_once(admin_page: Pag
     page.get_by_role("button", name="Grant", exact=True).click()
     expect(page.locator(".flash.ok")).to_have_text("carol now has write on adm-shared.")
     expect(page.locator("table")).to_contain_text("carol")
+
+
+def test_runs_a_user_may_not_see_are_not_found(page: Page, site: Site) -> None:
+    from tests.web.web_pipelines import ref
+
+    admin = site.service()
+    admin.create_folder("priv-in", exist_ok=True)
+    admin.create_folder("priv-out", exist_ok=True)
+    admin.put("priv-in", "secret-name.txt", b"x")
+    run_id = admin.submit_run(ref("flow"), "priv-in", dest="priv-out", reason="private run")
+    task_id = admin.tasks(run_id)[0].id
+    sign_in(page, site, "bob")
+    for url in (f"/runs/{run_id}", f"/runs/{run_id}/panel", f"/tasks/{task_id}"):
+        answer = page.goto(f"{site.url}{url}")
+        assert answer is not None and answer.status == 404, url
+        assert "secret-name" not in page.content() and "priv-in" not in page.content()
+    page.goto(f"{site.url}/runs")
+    expect(page.locator(f"#run-{run_id}")).to_have_count(0)
+    assert "private run" not in page.content()
