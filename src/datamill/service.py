@@ -325,6 +325,15 @@ class Service:
         """A run's tasks, in plan order."""
         return [TaskInfo.from_dict(t.to_dict()) for t in self.engine.tasks(self.actor, run_id)]
 
+    def item_tasks(self, run_id: int, offset: int = 0, limit: int = 50) -> tuple[list[TaskInfo], int]:
+        """The tasks of one page of a run's items (items in plan order, aggregates last), and how many items."""
+        page, total = self.engine.item_tasks(self.actor, run_id, offset, limit)
+        return [TaskInfo.from_dict(t.to_dict()) for t in page], total
+
+    def step_links(self, run_id: int) -> tuple[list[str], list[tuple[str, str]]]:
+        """A run's steps in plan order and which step feeds which."""
+        return self.engine.step_links(self.actor, run_id)
+
     def task(self, task_id: int) -> TaskInfo:
         """One task, with its outputs."""
         return TaskInfo.from_dict(self.engine.task(self.actor, task_id).to_dict())

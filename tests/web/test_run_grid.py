@@ -1,69 +1,49 @@
-"""The run page's grid and step graph at scale, and the dataflow form's helpers (no browser)."""
+"""The run page's grid and step graph on a real run, and the dataflow form's helpers (no browser)."""
 
 from __future__ import annotations
 
-from datamill.engine.records import RunInfo, TaskInfo
+from pathlib import Path
+
 from datamill.errors import InvalidDataflow, UnknownPipeline
+from datamill.service import Service
 from datamill.web.dataflows import config_diff, field_error, markdown, parse_form
 from datamill.web.render import environment
-from datamill.web.runs import PAGE_ITEMS, RunRow, RunView, duration_text, grid_page, step_graph
+from datamill.web.runs import ALL_ITEMS, PAGE_ITEMS, duration_text, run_view
+from tests.helpers import open_home
+from tests.web.web_pipelines import ref
 
-ITEMS = 5_000
-
-
-def task(i: int, step: str, item: str | None, status: str, deps: list[str]) -> TaskInfo:
-    """A task record as the engine returns it."""
-    return TaskInfo(
-        id=i, run_id=1, planned_id=f"{step}:{item}", step=step, step_code="c", key=None, status=status,
-        attempts=1, max_attempts=1, progress=0.5 if status == "running" else 0.0, message="", item_version_id=None,
-        item_name=item, deps=deps, params={}, queued_at=0.0, started_at=None, finished_at=None, error=None,
-        traceback=None, log_digest=None, cached_from=None, executor=None,
-    )  # fmt: skip
+ITEMS = 120
 
 
-def big_run() -> list[TaskInfo]:
-    """10,001 tasks: two per-item steps over 5,000 items and an aggregate."""
-    out = []
-    statuses = ("succeeded", "cached", "running", "queued", "failed")
-    for i in range(ITEMS):
-        name = f"in/{i:05d}.csv"
-        out.append(task(2 * i, "parse", name, statuses[i % 5], []))
-        out.append(task(2 * i + 1, "count", name, "queued", [f"parse:{name}"]))
-    out.append(task(2 * ITEMS, "total", None, "queued", [f"count:in/{i:05d}.csv" for i in range(ITEMS)]))
-    return out
+def test_a_big_run_reads_and_renders_one_page_of_its_grid(tmp_path: Path) -> None:
+    home = open_home(tmp_path / "home")
+    try:
+        service = Service(home)
+        service.create_folder("in")
+        service.create_folder("out")
+        service.put_many("in", [(f"f{i:04d}.txt", f"x{i}".encode()) for i in range(ITEMS)])
+        run_id = service.submit_run(ref("flow"), "in", dest="out")  # no scheduler: every task stays queued
+        assert len(service.tasks(run_id)) == ITEMS + 1
 
+        order, edges = service.step_links(run_id)
+        assert order == ["shout", "count"] and edges == [("shout", "count")]
+        view = run_view(service, run_id, 2)
+        assert [n.layer for n in view.graph.steps] == [0, 1]
+        assert view.graph.node("shout").counts == {"queued": ITEMS}
+        grid = view.grid
+        assert (grid.page, grid.pages, grid.items) == (2, 3, ITEMS + 1)
+        assert [name for name, _ in grid.rows] == [f"in/f{i:04d}.txt" for i in range(PAGE_ITEMS, 2 * PAGE_ITEMS)]
+        last = run_view(service, run_id, 99).grid  # past the end: the last page
+        assert last.page == 3 and last.rows[-1][0] == ALL_ITEMS and set(last.rows[-1][1]) == {"count"}
 
-def test_a_run_of_ten_thousand_tasks_renders_one_page_of_its_grid() -> None:
-    tasks = big_run()
-    graph = step_graph(tasks)
-    assert [n.name for n in graph.steps] == ["parse", "count", "total"]
-    assert graph.edges == [("count", "total"), ("parse", "count")]
-    assert [n.layer for n in graph.steps] == [0, 1, 2]
-    assert graph.node("parse").total == ITEMS and graph.node("parse").done == 2 * ITEMS // 5
-    grid = grid_page(tasks, [n.name for n in graph.steps], 3)
-    assert grid.pages == -(-(ITEMS + 1) // PAGE_ITEMS) and grid.page == 3 and len(grid.rows) == PAGE_ITEMS
-    assert grid.rows[0][0] == f"in/{2 * PAGE_ITEMS:05d}.csv"
-    last = grid_page(tasks, grid.steps, 10_000)  # past the end: the last page
-    assert last.page == last.pages and last.rows[-1][0] == "(all items)"
-
-    run = RunInfo.from_dict(
-        {
-            "id": 1, "pipeline_ref": "p", "pipeline": "p", "status": "running", "requested_at": 0.0,
-            "requested_by": None, "reason": "test", "force": False, "params": {}, "source_folder": "in",
-            "dest_folder": "out", "dataflow_id": None, "dataflow_version": None, "executor": None,
-            "parent_run_id": None, "started_at": 1.0, "finished_at": 2.0, "cancel_requested": False, "error": None,
-            "skip_failed": False, "inputs": [],
-        }
-    )  # fmt: skip
-    counts = {"succeeded": 1000, "cached": 1000, "running": 1000, "queued": 6001, "failed": 1000}
-    html = (
-        environment()
-        .get_template("runs/panel.html")
-        .render(v=RunView(RunRow(run, None, counts), graph, grid), csrf="t", duration=duration_text, finished=())
-    )
-    assert html.count("<tr>") == PAGE_ITEMS + 1  # the header and one page of items, never 10,001
-    assert "2000 of 10001 tasks done" in html
-    assert 'aria-label="running 50%: parse of in/00102.csv"' in html
+        html = (
+            environment().get_template("runs/panel.html").render(v=view, csrf="t", duration=duration_text, finished=())
+        )
+        assert html.count("<tr>") == PAGE_ITEMS + 1  # the header and one page of items, never every task
+        assert f"0 of {ITEMS + 1} tasks done" in html and "Page 2 of 3" in html
+        assert 'aria-label="queued: shout of in/f0050.txt"' in html
+    finally:
+        home.close()
 
 
 def test_errors_of_the_dataflows_layer_land_on_their_form_fields() -> None:

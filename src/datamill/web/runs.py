@@ -3,8 +3,9 @@
 * The list shows the newest runs the user may see (state, dataflow, trigger, counts, duration);
   ``/runs/live`` streams each changed run's row as it changes (see :mod:`datamill.web.live`).
 * A run's page draws the pipeline's step graph (inline SVG) and the per-step x per-item grid
-  (Chowda's batch view), a page of items at a time, so a run of 10,000 tasks never puts 10,000
-  rows in the page; ``/runs/{id}/panel`` re-renders that part when the run's events arrive.
+  (Chowda's batch view), a page of items at a time (only that page's tasks are read), so a run
+  of 10,000 tasks never puts 10,000 rows in the page; ``/runs/{id}/panel`` re-renders that part
+  when the run's events arrive.
 * A task's page says why it ran or was reused (the engine's ``why``) and follows its log.
 * ``POST /runs/{id}/cancel`` and ``/runs/{id}/retry`` (CSRF-checked like every form).
 """
@@ -214,21 +215,11 @@ class StepGraph:
         return next(n for n in self.steps if n.name == name)
 
 
-def step_graph(tasks: list[TaskInfo]) -> StepGraph:
-    """The steps of a run's tasks and their dependencies, each step one layer right of what it needs."""
-    nodes: dict[str, StepNode] = {}
-    step_of: dict[str, str] = {}
-    for t in tasks:
-        node = nodes.setdefault(t.step, StepNode(t.step))
-        node.counts[t.status] = node.counts.get(t.status, 0) + 1
-        step_of[t.planned_id] = t.step
-    edges: set[tuple[str, str]] = set()
-    for t in tasks:
-        for dep in t.deps:
-            up = step_of.get(dep)
-            if up is not None and up != t.step:
-                edges.add((up, t.step))
-    # Plan order is topological: a step's layer is one more than its deepest upstream step's.
+def step_graph(order: list[str], edges: list[tuple[str, str]], counts: dict[str, dict[str, int]]) -> StepGraph:
+    """The steps (in plan order) with their counts, each drawn one layer right of the deepest step it needs."""
+    nodes = {name: StepNode(name, dict(counts.get(name, {}))) for name in order}
+    edges = [(a, b) for a, b in edges if a in nodes and b in nodes]
+    # Plan order is topological: a step's upstream steps are laid out before it.
     for node in nodes.values():
         ups = [nodes[a].layer for a, b in edges if b == node.name]
         node.layer = max(ups) + 1 if ups else 0
@@ -254,16 +245,18 @@ class Grid:
 ALL_ITEMS = "(all items)"
 
 
-def grid_page(tasks: list[TaskInfo], steps: list[str], page: int) -> Grid:
-    """Items (rows) by steps (columns), ``PAGE_ITEMS`` items of page ``page`` (from 1)."""
+def grid_page(tasks: list[TaskInfo], steps: list[str], page: int, items: int) -> Grid:
+    """The grid of page ``page`` (from 1) of ``items`` items, from that page's ``tasks``."""
     by_item: dict[str, dict[str, TaskInfo]] = {}
     for t in tasks:
         by_item.setdefault(t.item_name or ALL_ITEMS, {})[t.step] = t
-    names = list(by_item)
-    pages = max(1, math.ceil(len(names) / PAGE_ITEMS))
-    page = min(max(1, page), pages)
-    shown = names[(page - 1) * PAGE_ITEMS : page * PAGE_ITEMS]
-    return Grid(steps, [(n, by_item[n]) for n in shown], page, pages, len(names))
+    pages = max(1, math.ceil(items / PAGE_ITEMS))
+    return Grid(steps, list(by_item.items()), page, pages, items)
+
+
+def page_number(page: int, items: int) -> int:
+    """``page`` kept within the pages ``items`` items make."""
+    return min(max(1, page), max(1, math.ceil(items / PAGE_ITEMS)))
 
 
 @dataclass(frozen=True)
@@ -276,15 +269,19 @@ class RunView:
 
 
 def run_view(service: Service, run_id: int, page: int) -> RunView:
-    """A run with its step graph and one page of its grid."""
+    """A run with its step graph and one page of its grid (only that page's tasks are read)."""
     info = service.run_info(run_id)
-    tasks = service.tasks(run_id)
     name = None
     if info.dataflow_id is not None:
         name = flow_names(service).get(info.dataflow_id)
-    graph = step_graph(tasks)
+    order, edges = service.step_links(run_id)
+    graph = step_graph(order, edges, dict(info.steps or {}))
+    tasks, items = service.item_tasks(run_id, (page - 1) * PAGE_ITEMS, PAGE_ITEMS)
+    if not tasks and page > 1:  # past the end: the last page
+        page = page_number(page, items)
+        tasks, items = service.item_tasks(run_id, (page - 1) * PAGE_ITEMS, PAGE_ITEMS)
     row = RunRow(info, name, dict(info.counts or {}))
-    return RunView(row, graph, grid_page(tasks, [n.name for n in graph.steps], page))
+    return RunView(row, graph, grid_page(tasks, [n.name for n in graph.steps], page, items))
 
 
 @router.get("/runs/{run_id}")
