@@ -16,7 +16,7 @@ from fastapi.responses import Response
 from sqlalchemy import select
 
 from datamill.api.deps import blocking
-from datamill.db.models import Folder, User
+from datamill.db.models import User
 from datamill.events import EventRecord
 from datamill.home import Home
 from datamill.store import lookups
@@ -84,7 +84,7 @@ def describe(home: Home, events: Iterable[EventRecord]) -> list[EventRow]:
     folder_ids = {e.folder_id for e in events if e.folder_id is not None}
     user_ids = {e.actor_id for e in events if e.actor_id is not None}
     with home.db.read() as conn:
-        paths = dict(conn.execute(select(Folder.id, Folder.path).where(Folder.id.in_(folder_ids))).tuples().all())
+        paths = lookups.folder_paths(conn, folder_ids)
         names = dict(conn.execute(select(User.id, User.name).where(User.id.in_(user_ids))).tuples().all())
     return [
         EventRow(e, paths.get(e.folder_id) if e.folder_id else None, names.get(e.actor_id) if e.actor_id else None)
