@@ -34,6 +34,8 @@ class Message:
 
     event: str
     html: str
+    #: what the HTML shows the state of (a run's status), for renderers that act on changes
+    state: str = ""
 
 
 #: Turns a batch of visible events into messages, acting as the given user (runs in a thread).

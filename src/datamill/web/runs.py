@@ -121,7 +121,7 @@ def live_rows(home: Any) -> Any:
                 row = run_row(service, run_id, flows, ev)
             except DatamillError:  # gone, or no longer visible
                 continue
-            out.append(Message("run", template.render(r=row, duration=duration_text)))
+            out.append(Message("run", template.render(r=row, duration=duration_text), row.run.status))
         return out
 
     return render_rows
@@ -137,15 +137,28 @@ async def runs_page(request: Request, session: SessionDep) -> Response:
 
 
 @router.get("/runs/live")
-async def runs_live(request: Request, session: SessionDep, since: int = Query(0, ge=0), run: int = 0) -> Response:
-    """Server-sent rows of the runs that change (only runs the user may see); ``run`` keeps to one."""
+async def runs_live(
+    request: Request, session: SessionDep, since: int = Query(0, ge=0), run: int = 0, status: str = ""
+) -> Response:
+    """Server-sent rows of the runs that change (only runs the user may see).
+
+    With ``run``, only that run's, at most every :data:`PANEL_INTERVAL`, plus an empty ``status``
+    message whenever its status differs from the last one (``status``: the one the page shows), so
+    the page replaces its Cancel / Retry buttons only then, never under the user's pointer.
+    """
     home = request.app.state.home
     render_rows = live_rows(home)
     if not run:
         return await live_response(request, session, since, RUN_KINDS, render_rows)
+    shown = {"status": status}
 
     def one_run(actor: Actor, events: list[EventRecord]) -> list[Message]:
-        return render_rows(actor, [e for e in events if e.run_id == run])
+        out = render_rows(actor, [e for e in events if e.run_id == run])
+        for message in list(out):
+            if message.state != shown["status"]:
+                shown["status"] = message.state
+                out.append(Message("status", "", message.state))
+        return out
 
     return await live_response(request, session, since, RUN_KINDS, one_run, PANEL_INTERVAL)
 
@@ -298,6 +311,13 @@ async def run_panel(request: Request, run_id: RunId, session: SessionDep, page: 
     """The live part of a run's page (asked for again by htmx when the run's events arrive)."""
     view = await blocking(run_view, session.service(request.app.state.home), run_id, page)
     return render(request, "runs/panel.html", session, v=view, duration=duration_text, finished=FINISHED_RUN)
+
+
+@router.get("/runs/{run_id}/actions")
+async def run_actions(request: Request, run_id: RunId, session: SessionDep) -> Response:
+    """A run's Cancel / Retry buttons for its current status (asked for again when the status changes)."""
+    info = await blocking(session.service(request.app.state.home).run_info, run_id)
+    return render(request, "runs/actions.html", session, run=info, finished=FINISHED_RUN)
 
 
 @router.post("/runs/{run_id}/cancel")
