@@ -18,7 +18,7 @@ from datamill.dataflows.records import BatchInfo, BatchStatus, DataflowInfo, Dat
 from datamill.engine.engine import Engine
 from datamill.engine.records import PipelineInfo, PlanInfo, RunInfo, TaskInfo, WhyInfo
 from datamill.engine.registry import Pipelines
-from datamill.errors import InvalidDataflow, PermissionDenied
+from datamill.errors import InvalidDataflow, InvalidInput, PermissionDenied
 from datamill.events import EventRecord
 from datamill.home import Home
 from datamill.refs import absolute_ref
@@ -217,6 +217,21 @@ class Service:
         with self.home.db.read() as conn:
             return [UserInfo.of(u) for u in users.list_users(conn)]
 
+    def disable_user(self, name: str) -> int:
+        """Keep a user out (site admins only): no password, every token revoked; how many tokens."""
+        self._require_admin()
+        if name == self.actor.name:
+            raise InvalidInput("you cannot disable yourself; ask another site admin")
+        with self.home.db.write() as conn:
+            return users.disable_user(conn, users.get_user(conn, name), self.actor)
+
+    def user_tokens(self, name: str) -> tuple[bool, list[dict[str, object]]]:
+        """Whether a user has a password, and their tokens without secrets (site admins only)."""
+        self._require_admin()
+        with self.home.db.read() as conn:
+            user = users.get_user(conn, name)
+            return users.has_password(conn, user), users.list_tokens(conn, user)
+
     def create_token(self, user: str | None = None, name: str = "", ttl: float | None = None) -> NewToken:
         """A new token for ``user`` (yourself by default; others need a site admin)."""
         if user is not None and user != self.actor.name:
@@ -334,6 +349,15 @@ class Service:
     def tasks(self, run_id: int) -> list[TaskInfo]:
         """A run's tasks, in plan order."""
         return [TaskInfo.from_dict(t.to_dict()) for t in self.engine.tasks(self.actor, run_id)]
+
+    def item_tasks(self, run_id: int, offset: int = 0, limit: int = 50) -> tuple[list[TaskInfo], int]:
+        """The tasks of one page of a run's items (items in plan order, aggregates last), and how many items."""
+        page, total = self.engine.item_tasks(self.actor, run_id, offset, limit)
+        return [TaskInfo.from_dict(t.to_dict()) for t in page], total
+
+    def step_links(self, run_id: int) -> tuple[list[str], list[tuple[str, str]]]:
+        """A run's steps in plan order and which step feeds which."""
+        return self.engine.step_links(self.actor, run_id)
 
     def task(self, task_id: int) -> TaskInfo:
         """One task, with its outputs."""

@@ -302,6 +302,23 @@ class Engine:
             row = self._run_row(conn, actor, run_id)
             return self._redacted(Visibility(conn, actor), row, runs.list_tasks(conn, run_id))
 
+    def item_tasks(self, actor: Actor, run_id: int, offset: int, limit: int) -> tuple[list[runs.TaskRow], int]:
+        """The tasks of one page of a run's items (see :func:`~datamill.engine.tasks.item_page`), redacted."""
+        from datamill.engine.tasks import item_page
+
+        with self.home.db.read() as conn:
+            row = self._run_row(conn, actor, run_id)
+            page, total = item_page(conn, run_id, offset, limit)
+            return self._redacted(Visibility(conn, actor), row, page), total
+
+    def step_links(self, actor: Actor, run_id: int) -> tuple[list[str], list[tuple[str, str]]]:
+        """A run's steps in plan order and which feeds which."""
+        from datamill.engine.tasks import step_links
+
+        with self.home.db.read() as conn:
+            self._run_row(conn, actor, run_id)
+            return step_links(conn, run_id)
+
     def task(self, actor: Actor, task_id: int) -> runs.TaskRow:
         """One task, without what the actor may not read of its inputs."""
         with self.home.db.read() as conn:

@@ -424,6 +424,53 @@ def list_tasks(conn: Connection, run_id: int, with_outputs: bool = True) -> list
     return rows
 
 
+def item_page(conn: Connection, run_id: int, offset: int, limit: int) -> tuple[list[TaskRow], int]:
+    """The tasks of one page of a run's items, and how many items the run has.
+
+    Items come in the order of their first task (plan order); the tasks of no item (aggregates)
+    count as one item, last. So a page of a run of 10,000 tasks reads only that page's tasks.
+    """
+    firsts = (
+        select(Task.item_name, func.min(Task.id).label("first"))
+        .where(Task.run_id == run_id)
+        .group_by(Task.item_name)
+        .subquery()
+    )
+    total = int(conn.execute(select(func.count()).select_from(firsts)).scalar_one())
+    names = list(
+        conn.execute(select(firsts.c.item_name).order_by(firsts.c.first).offset(offset).limit(limit)).scalars()
+    )
+    named = [n for n in names if n is not None]
+    which = [Task.item_name.in_(named)] if named else []
+    if len(named) < len(names):
+        which.append(Task.item_name.is_(None))
+    if not which:
+        return [], total
+    rows = conn.execute(select(Task).where(Task.run_id == run_id, or_(*which)).order_by(Task.id))
+    return [task_row(r) for r in rows], total
+
+
+def step_links(conn: Connection, run_id: int) -> tuple[list[str], list[tuple[str, str]]]:
+    """A run's steps in plan order and which step feeds which (``(upstream, downstream)``, sorted).
+
+    Read from one task per step (its first): the steps its dependencies belong to.
+    """
+    firsts = conn.execute(
+        select(Task.step, func.min(Task.id).label("first")).where(Task.run_id == run_id).group_by(Task.step)
+    ).all()
+    order = [step for step, _ in sorted(firsts, key=lambda r: r.first)]
+    deps = conn.execute(select(Task.step, Task.deps).where(Task.id.in_([r.first for r in firsts]))).all()
+    wanted = sorted({d for _, ds in deps for d in ds or []})
+    step_of: dict[str, str] = {}
+    for i in range(0, len(wanted), 500):
+        found = conn.execute(
+            select(Task.planned_id, Task.step).where(Task.run_id == run_id, Task.planned_id.in_(wanted[i : i + 500]))
+        )
+        step_of.update({planned: step for planned, step in found.tuples()})
+    edges = {(step_of[d], step) for step, ds in deps for d in ds or [] if d in step_of and step_of[d] != step}
+    return order, sorted(edges)
+
+
 def task_log_states(conn: Connection, task_ids: Iterable[int]) -> dict[int, tuple[str, str | None]]:
     """``task id -> (status, log digest)`` for the tasks that exist: what a log follower waits for."""
     ids = sorted(set(task_ids))

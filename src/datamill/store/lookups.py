@@ -9,7 +9,7 @@ what (:mod:`datamill.store.access`, :mod:`datamill.store.visibility`).
 
 from __future__ import annotations
 
-from collections.abc import Collection
+from collections.abc import Collection, Iterable
 from dataclasses import dataclass
 
 from sqlalchemy import Connection, Row, and_, func, select
@@ -26,6 +26,16 @@ def folder_id(conn: Connection, path: str) -> int | None:
     """The id of the folder at the normalised ``path``, None if there is none."""
     found = conn.execute(select(Folder.id).where(Folder.path == path)).scalar()
     return None if found is None else int(found)
+
+
+def folder_paths(conn: Connection, ids: Iterable[int]) -> dict[int, str]:
+    """Folder id -> path for the folders among ``ids`` that exist (the caller checked access)."""
+    wanted = sorted(set(ids))
+    out: dict[int, str] = {}
+    for i in range(0, len(wanted), 500):
+        rows = conn.execute(select(Folder.id, Folder.path).where(Folder.id.in_(wanted[i : i + 500])))
+        out.update({int(fid): path for fid, path in rows.tuples()})
+    return out
 
 
 def readable_folder_id(conn: Connection, actor: Actor, path: str) -> int | None:

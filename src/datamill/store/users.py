@@ -118,6 +118,25 @@ def revoke_token(conn: Connection, token_id: int, by: Actor) -> None:
     events.append(conn, EventKind.TOKEN_REVOKED, actor_id=by.id, data={"token_id": token_id})
 
 
+def disable_user(conn: Connection, user: Actor, by: Actor) -> int:
+    """Keep ``user`` out: remove their password and revoke every live token; how many were revoked.
+
+    A site admin may let them back in with a new token or password.
+    """
+    conn.execute(update(User).where(User.id == user.id).values(password_hash=None))
+    now = time.time()
+    live = conn.execute(select(Token.id).where(Token.user_id == user.id, Token.revoked_at.is_(None))).scalars().all()
+    for tid in live:
+        conn.execute(update(Token).where(Token.id == tid).values(revoked_at=now))
+        events.append(conn, EventKind.TOKEN_REVOKED, actor_id=by.id, data={"token_id": int(tid), "user": user.name})
+    return len(live)
+
+
+def has_password(conn: Connection, user: Actor) -> bool:
+    """Whether ``user`` can sign in with a password."""
+    return conn.execute(select(User.password_hash).where(User.id == user.id)).scalar() is not None
+
+
 def revoke_secret(conn: Connection, token: str) -> None:
     """Revoke the token whose secret is ``token`` (signing out of the web app); unknown ones are ignored."""
     row = conn.execute(

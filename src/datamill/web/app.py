@@ -11,10 +11,18 @@ from pathlib import Path
 from fastapi import APIRouter, FastAPI
 from starlette.staticfiles import StaticFiles
 
-from datamill.web import errors, folders, items, signin
+from datamill.web import admin, dataflows, errors, events, folders, items, runs, signin
 
 #: The page routers, mounted at ``/`` in this order.
-PAGES: list[APIRouter] = [signin.router, folders.router, items.router]
+PAGES: list[APIRouter] = [
+    signin.router,
+    folders.router,
+    items.router,
+    dataflows.router,
+    runs.router,
+    events.router,
+    admin.router,
+]
 
 STATIC = Path(__file__).parent / "static"
 

@@ -54,6 +54,11 @@ def when(ts: float | None) -> str:
     return time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(ts)) if ts else ""
 
 
+def utc(ts: float | None) -> str:
+    """A timestamp as ``YYYY-MM-DD HH:MM UTC`` (cron schedules are in UTC)."""
+    return time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime(ts)) if ts else ""
+
+
 @lru_cache(maxsize=1)
 def environment() -> jinja2.Environment:
     """The template environment: the package's templates, autoescaped, with the URL helpers."""
@@ -75,7 +80,9 @@ def environment() -> jinja2.Environment:
         csrf_header=HEADER,
         version=__version__,
     )
-    env.filters.update(size=human_size, when=when, tojson_pretty=lambda v: json.dumps(v, indent=2, sort_keys=True))
+    env.filters.update(
+        size=human_size, when=when, utc=utc, tojson_pretty=lambda v: json.dumps(v, indent=2, sort_keys=True)
+    )
     return env
 
 

@@ -1,0 +1,109 @@
+"""Live pages: server-sent events carrying rendered HTML, fed by the event log.
+
+A live page (the runs list, a run, the event log) opens an ``EventSource`` on one of its own
+``.../live`` URLs. The response follows the event log exactly as ``/api/v1/events/stream`` does
+(the app's :class:`~datamill.api.streams.StreamGuard` re-checks the session, the
+:class:`~datamill.api.broadcast.EventBroadcaster` wakes it, only events the user may see are
+read); each batch of new events is turned by the page's ``render`` function into messages whose
+data is HTML (a table row), rendered with the same templates as the page. So the browser needs no
+templates of its own: ``static/live.js`` puts each row in place by its ``id``.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import AsyncIterator, Callable
+from dataclasses import dataclass
+
+import anyio
+from fastapi import Request
+
+from datamill.api.broadcast import EventBroadcaster
+from datamill.api.routes.events import STREAM_BATCH, EventStreamResponse, read_visible, sse_error
+from datamill.api.streams import Follower, StreamGuard
+from datamill.errors import Unavailable
+from datamill.events import EventRecord
+from datamill.home import Home
+from datamill.store.access import Actor
+from datamill.web.session import Session
+
+
+@dataclass(frozen=True)
+class Message:
+    """One server-sent message: its event name and its HTML."""
+
+    event: str
+    html: str
+    #: what the HTML shows the state of (a run's status), for renderers that act on changes
+    state: str = ""
+
+
+#: Turns a batch of visible events into messages, acting as the given user (runs in a thread).
+Renderer = Callable[[Actor, list[EventRecord]], list[Message]]
+
+
+def sse_message(message: Message, seq: int) -> str:
+    """``message`` in ``text/event-stream`` framing; each line of its HTML a ``data:`` line."""
+    lines = "".join(f"data: {line}\n" for line in message.html.splitlines() or [""])
+    return f"id: {seq}\nevent: {message.event}\n{lines}\n"
+
+
+async def _follow(
+    request: Request,
+    guard: StreamGuard,
+    follower: Follower,
+    cursor: int,
+    kinds: list[str] | None,
+    render: Renderer,
+    min_interval: float,
+) -> AsyncIterator[str]:
+    home: Home = request.app.state.home
+    broadcaster: EventBroadcaster = request.app.state.broadcaster
+    keepalive: float = request.app.state.sse_keepalive
+    yield "retry: 3000\n: connected\n\n"
+    last_sent = time.monotonic()
+    while not broadcaster.closed and follower.reason is None:
+        events, cursor, full = await guard.read(read_visible, home, follower.actor, cursor, STREAM_BATCH, kinds)
+        if events:
+            for message in await guard.read(render, follower.actor, events):
+                yield sse_message(message, events[-1].seq)
+            last_sent = time.monotonic()
+            if min_interval:
+                # A busy run sends many events a second: one refresh per interval is plenty.
+                await anyio.sleep(min_interval)
+        if full:
+            continue
+        guard.caught_up(follower)
+        if time.monotonic() - last_sent >= keepalive:
+            yield ": keep-alive\n\n"
+            last_sent = time.monotonic()
+        timeout = max(0.05, keepalive - (time.monotonic() - last_sent))
+        if not await follower.pause(broadcaster.wait, cursor, timeout):
+            break
+    if follower.reason is not None and not isinstance(follower.reason, Unavailable):
+        yield sse_error(follower.reason)
+
+
+async def live_response(
+    request: Request,
+    session: Session,
+    since: int,
+    kinds: list[str] | None,
+    render: Renderer,
+    min_interval: float = 0.0,
+) -> EventStreamResponse:
+    """A live stream of ``render``'s messages for the events after ``since`` (a reconnect resumes)."""
+    guard: StreamGuard = request.app.state.guard
+    home: Home = request.app.state.home
+    last = request.headers.get("last-event-id", "")
+    cursor = int(last) if last.isdigit() else since
+    latest = await guard.read(home.events.latest)
+    # A page asks from the seq it was rendered at; one far behind starts at the head instead.
+    cursor = max(cursor, latest - STREAM_BATCH)
+    follower = guard.open_follower(session.token, session.actor)
+    return EventStreamResponse(
+        _follow(request, guard, follower, cursor, kinds, render, min_interval),
+        follower=follower,
+        guard=guard,
+        headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"},
+    )
