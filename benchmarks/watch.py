@@ -12,9 +12,19 @@ The same directory of ``--files`` small files (``--size`` bytes each, 100 per su
 * ``api``: landed by the same command with ``--url`` and ``--token`` into a server on 127.0.0.1
   (started in this process on a fresh home).
 
+* ``embedded_resume``: the embedded command run again on the same directory: nothing to send (each
+  file's size and mtime match what its item's ``watch`` metadata recorded, so none is read).
+
 Per target: seconds, files/s, the ratio to the plain copy's files/s, and ``ok``. Targets (the issue
-names none; these are ours): embedded ≥ 0.2x plain copy; over the API ≥ 0.02x plain copy (one
-HTTP request per file: the API has no batch upload). Each landed home is checked to hold every file.
+names none; these are ours): embedded ≥ 0.5x plain copy; over the API ≥ 0.2x plain copy (batch
+uploads, ``POST /api/v1/content/{folder}``); the resume ≥ 5x faster than the first embedded run.
+Each landed home is checked to hold every file.
+
+The plain copy runs twice (before and after the datamill runs) and the faster one is the baseline,
+so a busy machine does not flatter the ratios. The ``datamill`` processes run with bytecode caching
+on (in a temporary ``PYTHONPYCACHEPREFIX``, warmed up by one ``datamill --help``), as an installed
+datamill has: a ``PYTHONDONTWRITEBYTECODE`` environment would otherwise compile every module at each
+start (seconds, on a loaded machine).
 """
 
 from __future__ import annotations
@@ -30,7 +40,9 @@ import time
 from pathlib import Path
 from typing import Any
 
-TARGETS = {"embedded": 0.2, "api": 0.02}
+TARGETS = {"embedded": 0.5, "api": 0.2}
+#: the resume (nothing to send) must be this many times faster than the first run
+RESUME_SPEEDUP = 5.0
 
 
 def say(text: str) -> None:
@@ -55,8 +67,13 @@ def plain_copy(src: Path, dst: Path) -> float:
     return time.perf_counter() - t0
 
 
+_PYCACHE = tempfile.mkdtemp(prefix="dm-watch-bench-pyc-")
+
+
 def env() -> dict[str, str]:
-    return {k: v for k, v in os.environ.items() if not k.startswith("DATAMILL_")}
+    out = {k: v for k, v in os.environ.items() if not k.startswith("DATAMILL_") and k != "PYTHONDONTWRITEBYTECODE"}
+    out["PYTHONPYCACHEPREFIX"] = _PYCACHE
+    return out
 
 
 def watch_once(args: list[str], src: Path, extra_env: dict[str, str] | None = None) -> tuple[float, dict[str, Any]]:
@@ -84,13 +101,10 @@ def main() -> None:
         say(f"making {opts.files} files of {opts.size} B")
         make_files(src, opts.files, opts.size)
         say("plain copy")
-        copy_s = plain_copy(src, base / "copy")
-        copy_rate = opts.files / copy_s
-        results: dict[str, Any] = {
-            "files": opts.files,
-            "size": opts.size,
-            "copy": {"seconds": round(copy_s, 3), "files_per_s": round(copy_rate, 1)},
-        }
+        copies = [plain_copy(src, base / "copy")]
+        # Warm the bytecode cache (an installed datamill has one) with the modules a watch imports.
+        watch_once(["--home", str(base / "home-warm")], src / "d0000")
+        results: dict[str, Any] = {"files": opts.files, "size": opts.size}
         say("datamill watch --once, embedded")
         emb_s, counts = watch_once(["--home", str(base / "home-embedded")], src)
         assert counts["uploaded"] == opts.files, counts
@@ -108,10 +122,23 @@ def main() -> None:
         finally:
             home.close()
         results["api"] = {"seconds": round(api_s, 3), "files_per_s": round(opts.files / api_s, 1)}
+        say("plain copy again")
+        copies.append(plain_copy(src, base / "copy2"))
+        copy_s = min(copies)
+        copy_rate = opts.files / copy_s
+        results["copy"] = {
+            "seconds": round(copy_s, 3),
+            "files_per_s": round(copy_rate, 1),
+            "runs": [round(c, 3) for c in copies],
+        }
+        speedup = emb_s / again_s
+        results["embedded_resume"].update(
+            speedup=round(speedup, 2), target_speedup=RESUME_SPEEDUP, ok=speedup >= RESUME_SPEEDUP
+        )
         for key, target in TARGETS.items():
             ratio = results[key]["files_per_s"] / copy_rate
             results[key].update(ratio=round(ratio, 3), target_ratio=target, ok=ratio >= target)
-        results["ok"] = all(results[k]["ok"] for k in TARGETS)
+        results["ok"] = all(results[k]["ok"] for k in (*TARGETS, "embedded_resume"))
     print(json.dumps(results))
 
 

@@ -32,7 +32,7 @@ from datamill.dataflows.dataflow import (
     fail_dataflow,
     parse_watch_roots,
 )
-from datamill.dataflows.watcher import SmallFile, Watcher, WatchEvent, WatchRules
+from datamill.dataflows.watcher import Known, SmallFile, Watcher, WatchEvent, WatchRules
 from datamill.db.models import Dataflow, User
 from datamill.errors import DatamillError, NotFound, PermissionDenied
 from datamill.home import Home
@@ -55,14 +55,14 @@ class StoreLanding:
         self.actor = actor
         self._exists: set[str] = set()
 
-    def current(self, folder: str) -> dict[str, tuple[str, int]]:
+    def current(self, folder: str) -> dict[str, Known]:
         """The current versions in ``folder`` ({} when it does not exist yet)."""
         try:
             items = self.store.list_items(self.actor, folder)
         except NotFound:
             return {}
         self._exists.add(folder)
-        return {i.name: (i.digest, i.size) for i in items}
+        return {i.name: Known.of(i.digest, i.size, i.metadata) for i in items}
 
     def _ensure(self, folder: str) -> None:
         if folder not in self._exists:

@@ -60,15 +60,20 @@ class _LocalWriter(BlobWriter):
 
     def _commit(self, digest: str) -> None:
         self._file.flush()
+        os.fchmod(self._file.fileno(), 0o444)
         if self._durable:
             os.fsync(self._file.fileno())
         self._file.close()
         final = self._store.path_of(digest)
         # Same digest, same bytes: replacing an existing file stores nothing twice, and it repairs
         # a file that was corrupted on disk (BlobCorrupted tells the user to upload again).
-        final.parent.mkdir(parents=True, exist_ok=True)
-        os.chmod(self._tmp, 0o444)
-        os.replace(self._tmp, final)
+        try:
+            os.replace(self._tmp, final)
+        except FileNotFoundError:
+            # Its directory is new (the rename is tried first: for many small blobs in known
+            # directories, a mkdir per blob costs more than the blob).
+            final.parent.mkdir(parents=True, exist_ok=True)
+            os.replace(self._tmp, final)
         if not self._durable:
             return  # the caller calls store.sync() before recording the blob anywhere
         dir_fd = os.open(final.parent, os.O_RDONLY)
