@@ -109,6 +109,8 @@ class EventKind(StrEnum):
     DATAFLOW_FAILED = "dataflow.failed"
     #: a stopped dataflow was removed (its runs and results stay)
     DATAFLOW_DELETED = "dataflow.deleted"
+    #: a running directory dataflow's live status (``data``: its ``status``), at most every few seconds
+    DATAFLOW_HEARTBEAT = "dataflow.heartbeat"
 
 
 def append(

@@ -19,7 +19,7 @@ class DataflowInfo(Record):
     ids) when it is stopped with ``cancel``; otherwise both are absent from :meth:`to_dict`.
     """
 
-    _optional = frozenset({"recent_runs", "cancelled", "directory", "watch"})
+    _optional = frozenset({"recent_runs", "cancelled", "directory", "watch", "status"})
 
     id: int
     name: str
@@ -47,6 +47,9 @@ class DataflowInfo(Record):
     directory: str | None = None
     #: a directory dataflow's rules: include, exclude, stable_seconds, poll, poll_interval, existing
     watch: dict[str, Any] | None = None
+    #: a directory dataflow's live status as its server last reported it (files seen, landed, skipped,
+    #: bytes landed, files waiting, last landed, last error; ``owner``, ``running``, ``reported_at``)
+    status: dict[str, Any] | None = None
 
     @classmethod
     def from_dict(cls, data: Mapping[str, Any]) -> DataflowInfo:
