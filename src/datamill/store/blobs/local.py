@@ -11,8 +11,8 @@ import tempfile
 import threading
 import time
 import weakref
-from pathlib import Path
 from collections.abc import Iterable
+from pathlib import Path
 from typing import Any, BinaryIO
 
 from datamill.errors import BlobNotFound
