@@ -23,8 +23,8 @@ Each landed home is checked to hold every file.
 Each datamill run sits between two plain copies and is compared with the faster of those two, so
 load that comes and goes on a shared machine weighs on both sides alike and never flatters a ratio.
 The ``datamill`` processes run with bytecode caching on (in a temporary ``PYTHONPYCACHEPREFIX``,
-warmed up by one small watch first), as an installed datamill has: a ``PYTHONDONTWRITEBYTECODE`` environment would otherwise compile every module at each
-start (seconds, on a loaded machine).
+warmed up by one small watch first), as an installed datamill has: a ``PYTHONDONTWRITEBYTECODE``
+environment would otherwise compile every module at each start (seconds, on a loaded machine).
 """
 
 from __future__ import annotations
