@@ -34,7 +34,7 @@ import threading
 import time
 import uuid
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, BinaryIO
 
 from sqlalchemy import select
@@ -166,6 +166,8 @@ class _Running:
     watcher: Watcher | None = None
     heartbeat_at: float = 0.0
     heartbeat: dict[str, Any] | None = None
+    #: when this server last renewed its lease (monotonic clock)
+    renewed_at: float = field(default_factory=time.monotonic)
 
     def snapshot(self) -> dict[str, Any]:
         return self.status.snapshot(self.watcher)
@@ -230,6 +232,7 @@ class DirectoryFlows:
             if run is None:
                 self._start(row)
             else:
+                run.renewed_at = time.monotonic()
                 self._heartbeat(fid, run)
 
     def _start(self, row: Any) -> None:
@@ -250,6 +253,16 @@ class DirectoryFlows:
         with self._lock:
             self._running.pop(fid, None)
         owners.release(self.home.db, fid, self.owner, run.snapshot())
+
+    def _stop_unrenewed(self) -> None:
+        """Stop the watchers whose lease this server could not renew for ``lease_seconds``: another may run them."""
+        now = time.monotonic()
+        with self._lock:
+            stale = [fid for fid, run in self._running.items() if now - run.renewed_at > self.lease_seconds]
+            for fid in stale:
+                self._running.pop(fid).stop.set()
+        for fid in stale:
+            log.warning("directory dataflow %d: its lease could not be renewed; stopped here", fid)
 
     def _heartbeat(self, fid: int, run: _Running) -> None:
         """A ``dataflow.heartbeat`` event with the status, when it changed and the last one is old enough."""
@@ -330,7 +343,13 @@ class DirectoryFlows:
         """Keep the watchers in step with the dataflows until ``stop`` is set, then stop them all."""
         try:
             while not stop.is_set():
-                await asyncio.to_thread(self.sync)
+                try:
+                    await asyncio.to_thread(self.sync)
+                except DatamillError as exc:
+                    # The database is away: leases cannot be renewed (others may take over once
+                    # they expire); try again at the next round.
+                    log.warning("directory dataflows: %s", exc.message)
+                    self._stop_unrenewed()
                 with contextlib.suppress(asyncio.TimeoutError):
                     await asyncio.wait_for(stop.wait(), SYNC_SECONDS)
         finally:
