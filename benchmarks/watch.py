@@ -12,9 +12,19 @@ The same directory of ``--files`` small files (``--size`` bytes each, 100 per su
 * ``api``: landed by the same command with ``--url`` and ``--token`` into a server on 127.0.0.1
   (started in this process on a fresh home).
 
+* ``embedded_resume``: the embedded command run again on the same directory: nothing to send (each
+  file's size and mtime match what its item's ``watch`` metadata recorded, so none is read).
+
 Per target: seconds, files/s, the ratio to the plain copy's files/s, and ``ok``. Targets (the issue
-names none; these are ours): embedded ≥ 0.2x plain copy; over the API ≥ 0.02x plain copy (one
-HTTP request per file: the API has no batch upload). Each landed home is checked to hold every file.
+names none; these are ours): embedded ≥ 0.5x plain copy; over the API ≥ 0.2x plain copy (batch
+uploads, ``POST /api/v1/content/{folder}``); the resume ≥ 5x faster than the first embedded run.
+Each landed home is checked to hold every file.
+
+Each datamill run sits between two plain copies and is compared with the faster of those two, so
+load that comes and goes on a shared machine weighs on both sides alike and never flatters a ratio.
+The ``datamill`` processes run with bytecode caching on (in a temporary ``PYTHONPYCACHEPREFIX``,
+warmed up by one small watch first), as an installed datamill has: a ``PYTHONDONTWRITEBYTECODE``
+environment would otherwise compile every module at each start (seconds, on a loaded machine).
 """
 
 from __future__ import annotations
@@ -30,7 +40,9 @@ import time
 from pathlib import Path
 from typing import Any
 
-TARGETS = {"embedded": 0.2, "api": 0.02}
+TARGETS = {"embedded": 0.5, "api": 0.2}
+#: the resume (nothing to send) must be this many times faster than the first run
+RESUME_SPEEDUP = 5.0
 
 
 def say(text: str) -> None:
@@ -55,8 +67,13 @@ def plain_copy(src: Path, dst: Path) -> float:
     return time.perf_counter() - t0
 
 
+_PYCACHE = tempfile.mkdtemp(prefix="dm-watch-bench-pyc-")
+
+
 def env() -> dict[str, str]:
-    return {k: v for k, v in os.environ.items() if not k.startswith("DATAMILL_")}
+    out = {k: v for k, v in os.environ.items() if not k.startswith("DATAMILL_") and k != "PYTHONDONTWRITEBYTECODE"}
+    out["PYTHONPYCACHEPREFIX"] = _PYCACHE
+    return out
 
 
 def watch_once(args: list[str], src: Path, extra_env: dict[str, str] | None = None) -> tuple[float, dict[str, Any]]:
@@ -67,6 +84,20 @@ def watch_once(args: list[str], src: Path, extra_env: dict[str, str] | None = No
     if out.returncode != 0:
         raise SystemExit(f"datamill watch failed: {out.stderr}")
     return elapsed, json.loads(out.stdout)
+
+
+def _rate(files: int, seconds: float, copies: tuple[float, float], target: float) -> dict[str, Any]:
+    """A run's files/s and its ratio to the faster of the plain copies around it."""
+    base = files / min(copies)
+    rate = files / seconds
+    return {
+        "seconds": round(seconds, 3),
+        "files_per_s": round(rate, 1),
+        "copy_files_per_s": round(base, 1),
+        "ratio": round(rate / base, 3),
+        "target_ratio": target,
+        "ok": rate / base >= target,
+    }
 
 
 def main() -> None:
@@ -83,22 +114,38 @@ def main() -> None:
         src = base / "src"
         say(f"making {opts.files} files of {opts.size} B")
         make_files(src, opts.files, opts.size)
-        say("plain copy")
-        copy_s = plain_copy(src, base / "copy")
-        copy_rate = opts.files / copy_s
-        results: dict[str, Any] = {
-            "files": opts.files,
-            "size": opts.size,
-            "copy": {"seconds": round(copy_s, 3), "files_per_s": round(copy_rate, 1)},
-        }
-        say("datamill watch --once, embedded")
+        n_copies = [0]
+
+        def copy() -> float:
+            n_copies[0] += 1
+            target = base / f"copy{n_copies[0]}"
+            took = plain_copy(src, target)
+            shutil.rmtree(target)
+            return took
+
+        # Warm the bytecode cache (an installed datamill has one) with the modules a watch imports.
+        watch_once(["--home", str(base / "home-warm")], src / "d0000")
+        results: dict[str, Any] = {"files": opts.files, "size": opts.size}
+        # Each datamill run sits between two plain copies; its baseline is the faster of those
+        # two, so load that comes and goes on a shared machine weighs on both sides alike.
+        say("plain copy, then datamill watch --once, embedded")
+        before = copy()
         emb_s, counts = watch_once(["--home", str(base / "home-embedded")], src)
         assert counts["uploaded"] == opts.files, counts
-        results["embedded"] = {"seconds": round(emb_s, 3), "files_per_s": round(opts.files / emb_s, 1)}
+        say("again: nothing to send (resume), then plain copy")
         again_s, again = watch_once(["--home", str(base / "home-embedded")], src)
         assert again["uploaded"] == 0 and again["unchanged"] == opts.files, again
-        results["embedded_resume"] = {"seconds": round(again_s, 3), "files_per_s": round(opts.files / again_s, 1)}
-        say("datamill watch --once, over the API")
+        between = copy()
+        results["embedded"] = _rate(opts.files, emb_s, (before, between), TARGETS["embedded"])
+        speedup = emb_s / again_s
+        results["embedded_resume"] = {
+            "seconds": round(again_s, 3),
+            "files_per_s": round(opts.files / again_s, 1),
+            "speedup": round(speedup, 2),
+            "target_speedup": RESUME_SPEEDUP,
+            "ok": speedup >= RESUME_SPEEDUP,
+        }
+        say("datamill watch --once, over the API, then plain copy")
         home = Home(load_settings(environ={}, home=str(base / "home-api"), demo=False))
         try:
             with start_background_server(home) as server:
@@ -107,11 +154,10 @@ def main() -> None:
                 assert counts["uploaded"] == opts.files, counts
         finally:
             home.close()
-        results["api"] = {"seconds": round(api_s, 3), "files_per_s": round(opts.files / api_s, 1)}
-        for key, target in TARGETS.items():
-            ratio = results[key]["files_per_s"] / copy_rate
-            results[key].update(ratio=round(ratio, 3), target_ratio=target, ok=ratio >= target)
-        results["ok"] = all(results[k]["ok"] for k in TARGETS)
+        after = copy()
+        results["api"] = _rate(opts.files, api_s, (between, after), TARGETS["api"])
+        results["copy"] = {"seconds": [round(c, 3) for c in (before, between, after)]}
+        results["ok"] = all(results[k]["ok"] for k in (*TARGETS, "embedded_resume"))
     print(json.dumps(results))
 
 

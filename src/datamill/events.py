@@ -114,6 +114,8 @@ class EventKind(StrEnum):
     #: a stream dataflow refused input (``data.reason``): a bad message, a file that failed its
     #: SHA-512, a file that never completed; nothing of it was committed
     STREAM_REJECTED = "stream.rejected"
+    #: a running directory dataflow's live status (``data``: its ``status``), at most every few seconds
+    DATAFLOW_HEARTBEAT = "dataflow.heartbeat"
 
 
 def append(

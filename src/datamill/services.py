@@ -46,7 +46,7 @@ class Services:
         self.scheduler = Scheduler(home, executor, workers=workers, lease_seconds=lease_seconds)
         self.triggers = Triggers(home, self.engine)
         self.notifier = Notifier(home, base_url=base_url)
-        self.directories = DirectoryFlows(home)
+        self.directories = DirectoryFlows(home, lease_seconds=lease_seconds)
         self.streams = StreamIngest(home)
         self._stop = asyncio.Event()
         self._tasks: list[asyncio.Task[None]] = []

@@ -71,3 +71,21 @@ def test_put_path_batches_small_files_and_keeps_subfolders(home: Home, tmp_path:
     assert len(client.list_items("up/tree")) == 31
     assert client.get("up/tree/sub/deep.txt") == b"deep"
     assert client.item("up/tree/big.bin").size == 300 * 1024
+
+
+def test_put_many_writes_new_small_blobs_in_place_and_repairs_a_half_written_one(home: Home) -> None:
+    from datamill.store.blobs.base import digest_bytes
+    from datamill.store.blobs.local import LocalBlobStore
+
+    blobs = home.blobs
+    assert isinstance(blobs, LocalBlobStore)
+    admin = home.admin
+    home.store.create_folder(admin, "Raw")
+    # A crash left a half-written file under the name the bytes of b.txt will have.
+    broken = blobs.path_of(digest_bytes(b"bbbb"))
+    broken.parent.mkdir(parents=True, exist_ok=True)
+    broken.write_bytes(b"bb")
+    home.store.put_many(admin, "Raw", [("a.txt", b"aaaa"), ("b.txt", b"bbbb")])
+    assert blobs.read(digest_bytes(b"aaaa")) == b"aaaa"
+    assert blobs.read(digest_bytes(b"bbbb")) == b"bbbb"  # replaced, not trusted
+    assert list(blobs.own_tmp_dir().glob("upload-*")) == []

@@ -106,6 +106,10 @@ def test_a_directory_dataflow_lands_files_and_a_new_items_dataflow_processes_eac
     assert local.version("Landing/a.txt").created_via == "directory"
     (src / "c.txt").write_text("c, later")
     wait_for("the later file", lambda: landed(local, "Landing/c.txt"))
+    # The live status over the API, as the server running the watcher last reported it.
+    wait_for("the status", lambda: (served.dataflow("xrd-in").status or {}).get("files_landed") == 3)
+    status = served.dataflow("xrd-in").status or {}
+    assert status["running"] and status["files_skipped"] == 1 and status["bytes_landed"] == len("abc, later")
     # A workflow's source is its folder's own items (not subfolders): a.txt and c.txt.
     wait_for("two results", lambda: len(local.find("Derived")) == 2, timeout=60)
     served.stop_dataflow("xrd-in")

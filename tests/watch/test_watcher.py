@@ -234,3 +234,22 @@ def test_no_existing_lands_only_later_changes(local: LocalClient, src: Path) -> 
         stop.set()
         thread.join(10)
     assert local.find("Raw", name="old.txt") == []
+
+
+def test_a_resume_compares_size_and_mtime_with_the_watch_metadata_before_reading(local: LocalClient, src: Path) -> None:
+    (src / "a.txt").write_bytes(b"aaaa")
+    (src / "b.txt").write_bytes(b"bbbb")
+    assert watcher(local, src)[0].run_once()["uploaded"] == 2
+    assert local.item("Raw/a.txt").metadata["watch"]["digest"] == digest_bytes(b"aaaa")
+    # Same size and mtime as recorded: taken as landed without being read, even though its bytes
+    # changed behind the file system's back (what an mtime-preserving rewrite does).
+    st = (src / "a.txt").stat()
+    (src / "a.txt").write_bytes(b"AAAA")
+    os.utime(src / "a.txt", ns=(st.st_atime_ns, st.st_mtime_ns))
+    # Someone else wrote a version of b.txt: the recorded digest is not the current one, so the
+    # file is read and compared, and lands again.
+    local.put("Raw", "b.txt", b"zzzz")
+    w, _ = watcher(local, src)
+    counts = w.run_once()
+    assert counts["unchanged"] == 1 and counts["uploaded"] == 1
+    assert local.get("Raw/a.txt") == b"aaaa" and local.get("Raw/b.txt") == b"bbbb"

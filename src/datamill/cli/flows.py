@@ -13,7 +13,7 @@ from typing import Annotated, Any
 import typer
 
 from datamill.cli.context import get_client
-from datamill.cli.output import human_time, human_value, print_json, print_table, say, stdout
+from datamill.cli.output import human_size, human_time, human_value, print_json, print_table, say, stdout
 from datamill.cli.params import JsonFlag
 from datamill.cli.runs import ExecutorOption, follow_new_run, parse_params
 from datamill.errors import InvalidInput
@@ -250,6 +250,7 @@ def show(ctx: typer.Context, name: NameArg, json_: JsonFlag = False) -> None:
         rows.append(("next runs", ", ".join(human_time(t) for t in info["next_fire_times"])))
     if info["kind"] == "stream":
         rows = _stream_rows(info, rows)
+    rows += _status_rows(info.get("status"))
     for label, value in rows:
         out.print(f"{label:<12} {value}", markup=False, soft_wrap=True)
     if info["kind"] == "stream":
@@ -283,6 +284,36 @@ def _stream_rows(info: Any, rows: list[tuple[str, Any]]) -> list[tuple[str, Any]
         if st.get("last_error"):
             out.append(("last error", f"{st['last_error']} ({human_time(st['last_error_at'])})"))
     return out
+
+
+def _status_rows(status: dict[str, Any] | None) -> list[tuple[str, Any]]:
+    """A directory dataflow's live status as ``flow show`` rows."""
+    if not status:
+        return []
+    n = status.get("files_landed", 0)
+    rows: list[tuple[str, Any]] = [
+        (
+            "status",
+            f"landed {n} file{'s' if n != 1 else ''} ({human_size(status.get('bytes_landed', 0))}), "
+            f"{status.get('files_skipped', 0)} skipped, {status.get('files_failed', 0)} failed, "
+            f"{status.get('files_waiting', 0)} waiting; seen {status.get('files_seen', 0)}",
+        ),
+        (
+            "watcher",
+            f"{'running' if status.get('running') else 'not running'} on {status.get('owner', '-')}, "
+            f"reported {human_time(status['reported_at']) if status.get('reported_at') else '-'}",
+        ),
+    ]
+    last = status.get("last_landed")
+    if last:
+        rows.append(
+            ("last landed", f"{last.get('path') or '(hidden)'} v{last.get('version')} {human_time(last['at'])}")
+        )
+    err = status.get("last_error")
+    if err:
+        where = f"{err['path']}: " if err.get("path") else ""
+        rows.append(("last error", f"{where}{err.get('kind')} {err.get('message') or ''} {human_time(err['at'])}"))
+    return rows
 
 
 @app.command("edit")

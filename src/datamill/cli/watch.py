@@ -19,7 +19,7 @@ from datamill.client import Client
 from datamill.errors import InvalidInput, NotFound
 
 if TYPE_CHECKING:
-    from datamill.dataflows.watcher import SmallFile, WatchEvent
+    from datamill.dataflows.watcher import Known, SmallFile, WatchEvent
 
 PANEL = "Items"
 
@@ -31,14 +31,16 @@ class ClientLanding:
         self.client = client
         self._exists: set[str] = set()
 
-    def current(self, folder: str) -> dict[str, tuple[str, int]]:
+    def current(self, folder: str) -> "dict[str, Known]":
         """The current versions in ``folder`` ({} when it does not exist yet)."""
         try:
             items = self.client.list_items(folder)
         except NotFound:
             return {}
         self._exists.add(folder)
-        return {i.name: (i.digest, i.size) for i in items}
+        from datamill.dataflows.watcher import Known
+
+        return {i.name: Known.of(i.digest, i.size, i.metadata) for i in items}
 
     def _ensure(self, folder: str) -> None:
         if folder not in self._exists:

@@ -33,6 +33,7 @@ from sqlalchemy import Connection, delete, insert, select, update
 from sqlalchemy import text as sql_text
 
 from datamill import events
+from datamill.dataflows import owners
 from datamill.dataflows.records import DataflowInfo, DataflowVersionInfo, VersionRun
 from datamill.db.models import Dataflow, DataflowVersion, Run, User
 from datamill.errors import AlreadyExists, Conflict, InvalidDataflow, InvalidInput, NotFound, PermissionDenied
@@ -201,6 +202,7 @@ def _info(conn: Connection, row: Any) -> DataflowInfo:
         next_fire_times=fires,
         directory=cfg.get("directory"),
         watch=cfg.get("watch"),
+        status=owners.status_of(conn, row.id) if row.kind == DataflowKind.DIRECTORY else None,
     )
 
 
@@ -655,6 +657,7 @@ class Dataflows:
         """A dataflow as ``actor`` may see it: a folder they may not read is hidden, and the webhook
         URLs (secrets) are masked unless they may change the dataflow."""
         info = _info(conn, row)
+        destination = info.destination
         vis = Visibility(conn, actor)
         sides = [info.source, info.destination]
         vis.load(sides)
@@ -671,6 +674,13 @@ class Dataflows:
         )
         if info.directory and not actor.is_admin:
             info = replace(info, directory=HIDDEN_DIRECTORY)
+        if info.status and cfg["destination"] != destination:
+            # Paths of files landed in a folder the caller may not read are not theirs to see.
+            err = info.status.get("last_error")
+            info = replace(
+                info,
+                status={**info.status, "last_landed": None, "last_error": err and {**err, "path": None}},
+            )
         return info
 
     def _refuse_cycle(

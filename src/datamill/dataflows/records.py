@@ -29,7 +29,7 @@ class DataflowInfo(Record):
     ids) when it is stopped with ``cancel``; otherwise both are absent from :meth:`to_dict`.
     """
 
-    _optional = frozenset({"recent_runs", "cancelled", "directory", "watch", "stream"})
+    _optional = frozenset({"recent_runs", "cancelled", "directory", "watch", "stream", "status"})
 
     id: int
     name: str
@@ -65,6 +65,9 @@ class DataflowInfo(Record):
     directory: str | None = None
     #: a directory dataflow's rules: include, exclude, stable_seconds, poll, poll_interval, existing
     watch: dict[str, Any] | None = None
+    #: a directory dataflow's live status as its server last reported it (files seen, landed, skipped,
+    #: bytes landed, files waiting, last landed, last error; ``owner``, ``running``, ``reported_at``)
+    status: dict[str, Any] | None = None
 
     @classmethod
     def from_dict(cls, data: Mapping[str, Any]) -> DataflowInfo:

@@ -14,9 +14,11 @@ The rules, the same on both sides:
   watched directory (``run-7/a.csv``). What a rule left out is counted and reported, never silent.
 * **Subfolders kept.** ``DIR/run-7/a.csv`` lands as ``FOLDER/run-7/a.csv``.
 * **Nothing sent twice.** Before a file is sent, the item's current version in the folder is
-  looked up (one listing per folder); same size and same content digest means it is already
-  there. So a restarted watcher resumes without re-sending, and a file touched but unchanged
-  makes no new version.
+  looked up (one listing per folder). When that version is the one a watcher landed from this
+  very file (its ``watch`` metadata names the same path, size, mtime and the current digest),
+  the file is not even read; otherwise same size and same content digest means it is already
+  there. So a restarted watcher resumes without re-sending (or re-reading), and a file touched
+  but unchanged makes no new version.
 * **Changes caught.** The file is stat-ed before it is read and after it landed; if it changed
   in between, what landed is an intermediate state and the file is queued again, to land as a
   new version once stable. A file that vanishes is reported; it is not an error.
@@ -24,7 +26,8 @@ The rules, the same on both sides:
   ones go up in batches of :data:`BATCH_FILES` per folder (one transaction each, embedded).
 
 Each landed item records where it came from in its metadata under ``watch``: the path relative
-to the watched directory, the file's mtime, and (for a dataflow) the dataflow's name.
+to the watched directory, the file's size and mtime, its digest (small files), and (for a
+dataflow) the dataflow's name.
 """
 
 from __future__ import annotations
@@ -49,6 +52,7 @@ __all__ = [
     "BATCH_FILES",
     "DEFAULT_STABLE_SECONDS",
     "SMALL_FILE",
+    "Known",
     "Landing",
     "WatchEvent",
     "WatchRules",
@@ -172,11 +176,41 @@ class SmallFile:
     metadata: dict[str, Any]
 
 
+@dataclass(frozen=True, slots=True)
+class Known:
+    """An item's current version as a watcher sees it: digest, size and the item's ``watch`` metadata."""
+
+    digest: str
+    size: int
+    watch: Mapping[str, Any] | None = None
+
+    def holds(self, rel: str, st: os.stat_result) -> bool:
+        """Whether this version was landed from the file ``rel`` as it is now (same size, mtime; its digest).
+
+        The recorded digest must be the current version's: a version written by someone else
+        leaves the item's ``watch`` metadata behind, and must not pass for the watched file.
+        """
+        w = self.watch
+        return (
+            w is not None
+            and w.get("path") == rel
+            and w.get("digest") == self.digest
+            and w.get("size") == st.st_size == self.size
+            and w.get("mtime") == st.st_mtime
+        )
+
+    @classmethod
+    def of(cls, digest: str, size: int, metadata: Mapping[str, Any] | None) -> Known:
+        """From an item's current digest, size and metadata."""
+        w = (metadata or {}).get(META_KEY)
+        return cls(digest, size, w if isinstance(w, Mapping) else None)
+
+
 class Landing(Protocol):
     """Where a watcher's files go: a folder tree, through a client or the store."""
 
-    def current(self, folder: str) -> dict[str, tuple[str, int]]:
-        """``name -> (digest, size)`` of the current versions of the items in ``folder`` ({} if it does not exist)."""
+    def current(self, folder: str) -> dict[str, Known]:
+        """The current versions of the items in ``folder`` by name ({} if it does not exist)."""
 
     def land_many(self, folder: str, files: list[SmallFile]) -> list[tuple[str, int]]:
         """Store small files as new versions in ``folder`` (created if missing); ``(digest, version)`` each."""
@@ -234,7 +268,11 @@ class Watcher:
         #: paths reported as left out (each reported once)
         self._left_out: set[str] = set()
         #: folder -> name -> (digest, size): the current versions, looked up once per folder
-        self._known: dict[str, dict[str, tuple[str, int]]] = {}
+        self._known: dict[str, dict[str, Known]] = {}
+        #: relative path -> its stat when found stable (used, and dropped, when it lands)
+        self._stats: dict[str, os.stat_result] = {}
+        #: relative directory -> the folder its files land in (None: a part is not a valid name)
+        self._folders: dict[str, str | None] = {}
         #: set once :meth:`run` watches: changes made from then on are seen
         self.started = threading.Event()
 
@@ -341,9 +379,11 @@ class Watcher:
         """Look at the waiting files again; those unchanged for ``stable_seconds`` are returned, ready to land."""
         now = self.clock()
         ready = []
+        root = str(self.root)
         for rel, (sig, since) in list(self._pending.items()):
             try:
-                new = _signature((self.root / rel).stat())
+                st = os.stat(os.path.join(root, rel))
+                new = _signature(st)
             except (FileNotFoundError, NotADirectoryError):
                 del self._pending[rel]
                 self._emit("vanished", rel, detail="removed before it was stable")
@@ -352,22 +392,28 @@ class Watcher:
                 self._pending[rel] = (new, now)
             elif now - since >= self.rules.stable_seconds:
                 ready.append(rel)
+                self._stats[rel] = st  # what landing compares first, without another stat
         return sorted(ready)
 
     # ------------------------------------------------------------------ landing
 
     def _target(self, rel: str) -> tuple[str, str] | None:
         """``(folder, item name)`` where ``rel`` lands; None (reported) when a part is not a valid name."""
-        parts = rel.split("/")
+        parent, _, base = rel.rpartition("/")
         try:
-            names = [check_name(p, "folder name") for p in parts[:-1]]
-            name = check_name(parts[-1], "item name")
-            return join_path(self.folder, *names), name
+            if parent not in self._folders:
+                self._folders[parent] = None
+                names = [check_name(p, "folder name") for p in parent.split("/")] if parent else []
+                self._folders[parent] = join_path(self.folder, *names)
+            folder = self._folders[parent]
+            if folder is None:
+                raise InvalidInput(f"the directory {parent!r} has a name that cannot be a folder name")
+            return folder, check_name(base, "item name")
         except DatamillError as exc:
             self._emit("failed", rel, detail=exc.message)
             return None
 
-    def _current(self, folder: str) -> dict[str, tuple[str, int]]:
+    def _current(self, folder: str) -> dict[str, Known]:
         if folder not in self._known:
             self._known[folder] = dict(self.landing.current(folder))
         return self._known[folder]
@@ -396,19 +442,26 @@ class Watcher:
                     batch = []
             self._land_batch(folder, batch, known)
 
-    def _metadata(self, rel: str, st: os.stat_result) -> dict[str, Any]:
-        return {META_KEY: {"path": rel, "mtime": st.st_mtime, **self.origin}}
+    def _metadata(self, rel: str, st: os.stat_result, digest: str | None = None) -> dict[str, Any]:
+        meta: dict[str, Any] = {"path": rel, "size": st.st_size, "mtime": st.st_mtime, **self.origin}
+        if digest is not None:
+            meta["digest"] = digest
+        return {META_KEY: meta}
 
-    def _prepare(
-        self, rel: str, name: str, known: dict[str, tuple[str, int]]
-    ) -> tuple[SmallFile | None, Signature] | None:
+    def _prepare(self, rel: str, name: str, known: dict[str, Known]) -> tuple[SmallFile | None, Signature] | None:
         """Read a small file (``(SmallFile, sig)``) or size up a large one (``(None, sig)``); None: nothing to send."""
         path = self.root / rel
+        have = known.get(name)
+        st = self._stats.pop(rel, None)
         try:
-            st = path.stat()
+            if st is None:
+                st = path.stat()
+            if have is not None and have.holds(rel, st):
+                # Landed from this very file as it is now: not even read (a restart resumes fast).
+                self._unchanged(rel, _signature(st), st.st_size)
+                return None
             if st.st_size > SMALL_FILE:
-                have = known.get(name)
-                if have is not None and have[1] == st.st_size and _file_digest(path) == have[0]:
+                if have is not None and have.size == st.st_size and _file_digest(path) == have.digest:
                     self._unchanged(rel, _signature(st), st.st_size)
                     return None
                 return None, _signature(st)
@@ -420,29 +473,27 @@ class Watcher:
             self._emit("failed", rel, detail=f"cannot read it: {exc.strerror or exc}")
             return None
         sig = _signature(st)
-        have = known.get(name)
-        if have is not None and have[1] == len(data) and digest_bytes(data) == have[0]:
+        digest = digest_bytes(data)
+        if have is not None and have.size == len(data) and digest == have.digest:
             self._unchanged(rel, sig, len(data))
             return None
-        return SmallFile(name, data, self._metadata(rel, st)), sig
+        return SmallFile(name, data, self._metadata(rel, st, digest)), sig
 
     def _unchanged(self, rel: str, sig: Signature, size: int) -> None:
         self._settled[rel] = sig
         self._emit("unchanged", rel, size=size)
 
-    def _land_batch(
-        self, folder: str, batch: list[tuple[str, SmallFile, Signature]], known: dict[str, tuple[str, int]]
-    ) -> None:
+    def _land_batch(self, folder: str, batch: list[tuple[str, SmallFile, Signature]], known: dict[str, Known]) -> None:
         if not batch:
             return
         results = self.landing.land_many(folder, [f for _, f, _ in batch])
         for (rel, small, sig), (digest, version) in zip(batch, results, strict=True):
-            known[small.name] = (digest, len(small.data))
+            known[small.name] = Known(digest, len(small.data))
             if self.progress is not None:
                 self.progress(len(small.data))
             self._after(rel, sig, len(small.data), folder, small.name, version)
 
-    def _land_large(self, folder: str, rel: str, name: str, known: dict[str, tuple[str, int]]) -> None:
+    def _land_large(self, folder: str, rel: str, name: str, known: dict[str, Known]) -> None:
         path = self.root / rel
         try:
             with open(path, "rb") as f:
@@ -457,7 +508,7 @@ class Watcher:
         except OSError as exc:
             self._emit("failed", rel, detail=f"cannot read it: {exc.strerror or exc}")
             return
-        known[name] = (digest, size)
+        known[name] = Known(digest, size)
         self._after(rel, sig, size, folder, name, version)
 
     def _after(self, rel: str, sig: Signature, size: int, folder: str, name: str, version: int) -> None:

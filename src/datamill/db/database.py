@@ -8,15 +8,18 @@ process queue on a lock first, so they never spin on SQLite's busy handler at al
 
 from __future__ import annotations
 
+import functools
+import re
 import threading
 from collections.abc import Iterator
 from contextlib import contextmanager
 from importlib import resources
+from pathlib import Path
 from typing import Any
 
 from sqlalchemy import Connection, create_engine, event, text
 from sqlalchemy.engine import Engine
-from sqlalchemy.exc import IntegrityError, OperationalError
+from sqlalchemy.exc import DBAPIError, IntegrityError, OperationalError
 from sqlalchemy.pool import NullPool
 
 from datamill.errors import AlreadyExists, ConfigError, DatamillError
@@ -110,7 +113,14 @@ class Database:
         return int(conn.exec_driver_sql("PRAGMA data_version").scalar_one())
 
     def migrate(self) -> None:
-        """Bring the schema to the newest migration (``alembic upgrade head``)."""
+        """Bring the schema to the newest migration (``alembic upgrade head``).
+
+        A database already at the head is left alone without loading Alembic: every command
+        opens its home this way, and Alembic (with Mako and Pygments) costs a command that
+        lands a few files more than the files do.
+        """
+        if self._at_head():
+            return
         from alembic import command
 
         cfg = alembic_config(self.url)
@@ -120,6 +130,18 @@ class Database:
             cfg.attributes["connection"] = conn
             command.upgrade(cfg, "head")
             conn.commit()
+
+    def _at_head(self) -> bool:
+        """Whether the database's ``alembic_version`` is the one head of the shipped migrations."""
+        head = head_revision()
+        if head is None:
+            return False
+        try:
+            with self.engine.connect() as conn:
+                rows = conn.exec_driver_sql("SELECT version_num FROM alembic_version").all()
+        except DBAPIError:
+            return False  # a new database: no table yet
+        return [r[0] for r in rows] == [head]
 
     def dispose(self) -> None:
         """Close every pooled connection."""
@@ -148,3 +170,23 @@ def _constraint(exc: IntegrityError) -> str:
     diag = getattr(orig, "diag", None)
     name = getattr(diag, "constraint_name", None) if diag is not None else None
     return str(name or orig).splitlines()[0]
+
+
+_REVISION = re.compile(r"^revision\s*(?::[^=]*)?=\s*[\"']([^\"']+)[\"']", re.MULTILINE)
+_DOWN = re.compile(r"^down_revision\s*(?::[^=]*)?=(.*)$", re.MULTILINE)
+
+
+@functools.cache
+def head_revision() -> str | None:
+    """The one head revision of the migrations shipped in the package, read from their text (None: not one)."""
+    revisions: set[str] = set()
+    downs: set[str] = set()
+    for path in (Path(__file__).parent / "migrations" / "versions").glob("*.py"):
+        text = path.read_text(encoding="utf-8")
+        rev, down = _REVISION.search(text), _DOWN.search(text)
+        if rev is None or down is None:
+            return None  # a file this reading does not understand: let Alembic decide
+        revisions.add(rev.group(1))
+        downs.update(re.findall(r"[\"']([^\"']+)[\"']", down.group(1)))
+    heads = revisions - downs
+    return heads.pop() if len(heads) == 1 else None

@@ -320,6 +320,19 @@ class Dataflow(Base):
     updated_at: Mapped[float] = mapped_column(Float)
 
 
+class DataflowOwner(Base):
+    """Which server runs a directory dataflow (a lease it renews) and the live status it reports."""
+
+    __tablename__ = "dataflow_owners"
+    dataflow_id: Mapped[int] = mapped_column(
+        BigInteger, ForeignKey("dataflows.id", ondelete="CASCADE"), primary_key=True, autoincrement=False
+    )
+    owner: Mapped[str] = mapped_column(String(255))
+    expires_at: Mapped[float] = mapped_column(Float)
+    status: Mapped[dict[str, Any]] = mapped_column(JSONType, default=dict)
+    updated_at: Mapped[float] = mapped_column(Float)
+
+
 class DataflowVersion(Base):
     """One immutable configuration of a dataflow; every edit makes a new one."""
 

@@ -24,7 +24,8 @@ def check_name(name: str, what: str = "name") -> str:
         raise InvalidName(f"{what} {name!r} is reserved; choose another name", name=name)
     if "/" in name or "\\" in name:
         raise InvalidName(f"{what} {name!r} contains a slash; use folders for structure", name=name)
-    bad = [c for c in name if unicodedata.category(c) in {"Cc", "Cs"} or c == "\x7f"]
+    # Printable ASCII (most names) holds no control character: the per-character look-up is skipped.
+    bad = [] if name.isascii() and name.isprintable() else [c for c in name if _control(c)]
     if bad:
         raise InvalidName(f"{what} {name!r} contains control character {bad[0]!r}; remove it", name=name)
     if name != name.strip():
@@ -34,6 +35,10 @@ def check_name(name: str, what: str = "name") -> str:
             f"{what} is {len(name.encode('utf-8'))} bytes long; the limit is {MAX_NAME_BYTES}", name=name[:40]
         )
     return name
+
+
+def _control(c: str) -> bool:
+    return unicodedata.category(c) in {"Cc", "Cs"} or c == "\x7f"
 
 
 def split_path(path: str) -> list[str]:

@@ -193,6 +193,10 @@ class Store:
 
     # ---------------------------------------------------------------- uploads
 
+    def check_writable(self, actor: Actor, folder: str) -> None:
+        """Raise (NotFound, PermissionDenied) unless ``actor`` may write in ``folder``; nothing is changed."""
+        uploads.check_writable(self.db, actor, folder)
+
     def begin_upload(
         self,
         actor: Actor,

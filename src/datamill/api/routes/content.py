@@ -9,6 +9,8 @@
   user, remembered 24 h) a retry of the same upload answers the version the first request made,
   with the same status and body and ``Idempotent-Replayed: true``, instead of adding a second
   version; the same key for other bytes or another item is a 409 ``idempotency_key_reused``.
+* ``POST /api/v1/content/{folder}``: many small files at once, a ``multipart/form-data`` body (a
+  JSON manifest, then the files; see :mod:`datamill.api.batch`), stored in one transaction.
 * ``GET|HEAD /api/v1/content/{path}?version=N``: the bytes, with ``Content-Length``, ``ETag`` (the
   digest), ``X-Datamill-Digest``, ``X-Datamill-Version``, ``X-Datamill-Info`` (the version as
   JSON) and ``Accept-Ranges: bytes``; ``Range: bytes=a-b | a- | -n`` gives 206, an unsatisfiable
@@ -33,9 +35,10 @@ from fastapi import APIRouter, Header, Request, Response
 from fastapi.responses import JSONResponse, StreamingResponse
 from starlette.requests import ClientDisconnect
 
+from datamill.api.batch import MAX_BATCH_BYTES, boundary_of, parse_batch
 from datamill.api.deps import ActorDep, HomeDep, blocking
 from datamill.api.ids import VersionQuery
-from datamill.api.openapi import ERROR_DESCRIPTIONS, binary, errors
+from datamill.api.openapi import ERROR_DESCRIPTIONS, Error, binary, errors
 from datamill.api.paths import UrlPath
 from datamill.api.schemas import VersionOut
 from datamill.errors import (
@@ -43,6 +46,7 @@ from datamill.errors import (
     DatamillError,
     InvalidMetadata,
     RangeNotSatisfiable,
+    TooLarge,
     UploadIncomplete,
 )
 from datamill.limits import INT64_MAX, loads_bounded
@@ -250,6 +254,81 @@ async def upload(
         writer.abort()
     info, replayed = await blocking(home.store.commit_upload, actor, folder, name, blob, ctype, meta, idempotency_key)
     return JSONResponse(info.to_dict(), status_code=201, headers={"Idempotent-Replayed": "true"} if replayed else None)
+
+
+@router.post(
+    "/content/{path:names}",
+    status_code=201,
+    summary="Upload many small files into a folder at once",
+    responses={
+        **errors(400, 403, 404),
+        413: {"model": Error, "description": "The batch is larger than the server takes."},
+    },
+    openapi_extra={
+        "requestBody": {
+            "required": True,
+            "content": {
+                "multipart/form-data": {
+                    "schema": {
+                        "type": "object",
+                        "properties": {
+                            "manifest": {"type": "string", "description": "JSON: metadata, files (name, size, digest)"},
+                            "file": {"type": "array", "items": {"type": "string", "format": "binary"}},
+                        },
+                    }
+                }
+            },
+        }
+    },
+)
+async def upload_batch(
+    request: Request,
+    path: UrlPath,
+    actor: ActorDep,
+    home: HomeDep,
+    content_type: str | None = Header(None, description="multipart/form-data with its boundary."),
+    content_length: int | None = Header(None, ge=0, le=INT64_MAX, include_in_schema=False),
+) -> JSONResponse:
+    """Store the files of a multipart batch (see :mod:`datamill.api.batch`) as new versions in folder ``{path}``.
+
+    All or nothing, in one transaction; a body cut short, damaged or not matching its manifest
+    stores nothing. Each version is an ``item.created``/``item.updated`` event as with a PUT.
+    """
+    boundary_of(content_type)  # refused before anything is read
+    if content_length is not None and content_length > MAX_BATCH_BYTES:
+        raise TooLarge(_batch_too_large(), limit=MAX_BATCH_BYTES)
+    # Access is checked here, before any byte is read.
+    await blocking(home.store.check_writable, actor, path)
+    buf: list[bytes] = []
+    received = 0
+    try:
+        async for chunk in request.stream():
+            received += len(chunk)
+            if received > MAX_BATCH_BYTES:
+                raise TooLarge(_batch_too_large(), limit=MAX_BATCH_BYTES)
+            buf.append(chunk)
+    except ClientDisconnect:
+        raise UploadIncomplete(received=received, expected=content_length) from None
+    if content_length is not None and received != content_length:
+        raise UploadIncomplete(received=received, expected=content_length)
+    batch = await blocking(parse_batch, b"".join(buf), content_type)
+    infos = await blocking(
+        home.store.put_many,
+        actor,
+        path,
+        [(f.name, f.data) for f in batch.files],
+        batch.metadata,
+        "upload",
+        [f.metadata for f in batch.files],
+    )
+    return JSONResponse({"versions": [i.to_dict() for i in infos]}, status_code=201)
+
+
+def _batch_too_large() -> str:
+    return (
+        f"a batch upload is at most {MAX_BATCH_BYTES // (1024 * 1024)} MiB; send smaller batches "
+        "(or large files one by one with PUT)"
+    )
 
 
 @router.head(

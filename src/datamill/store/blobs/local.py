@@ -11,11 +11,12 @@ import tempfile
 import threading
 import time
 import weakref
+from collections.abc import Iterable
 from pathlib import Path
 from typing import Any, BinaryIO
 
 from datamill.errors import BlobNotFound
-from datamill.store.blobs.base import BlobStore, BlobWriter, check_digest
+from datamill.store.blobs.base import BlobInfo, BlobStore, BlobWriter, check_digest, digest_bytes
 
 log = logging.getLogger("datamill.store")
 
@@ -60,15 +61,20 @@ class _LocalWriter(BlobWriter):
 
     def _commit(self, digest: str) -> None:
         self._file.flush()
+        os.fchmod(self._file.fileno(), 0o444)
         if self._durable:
             os.fsync(self._file.fileno())
         self._file.close()
         final = self._store.path_of(digest)
         # Same digest, same bytes: replacing an existing file stores nothing twice, and it repairs
         # a file that was corrupted on disk (BlobCorrupted tells the user to upload again).
-        final.parent.mkdir(parents=True, exist_ok=True)
-        os.chmod(self._tmp, 0o444)
-        os.replace(self._tmp, final)
+        try:
+            os.replace(self._tmp, final)
+        except FileNotFoundError:
+            # Its directory is new (the rename is tried first: for many small blobs in known
+            # directories, a mkdir per blob costs more than the blob).
+            final.parent.mkdir(parents=True, exist_ok=True)
+            os.replace(self._tmp, final)
         if not self._durable:
             return  # the caller calls store.sync() before recording the blob anywhere
         dir_fd = os.open(final.parent, os.O_RDONLY)
@@ -130,6 +136,41 @@ class LocalBlobStore(BlobStore):
     ) -> BlobWriter:
         return _LocalWriter(self, expected_digest, expected_size, durable)
 
+    def put(
+        self,
+        data: bytes | BinaryIO | Iterable[bytes],
+        expected_digest: str | None = None,
+        expected_size: int | None = None,
+        durable: bool = True,
+    ) -> BlobInfo:
+        """As :meth:`BlobStore.put`; small bytes written without ``durable`` go straight to their place.
+
+        A batch (``put_many``) syncs once for all its blobs, so a temporary file and a rename
+        per blob is most of its cost. Bytes in memory have a known digest: the blob's file is
+        created under its final name (``O_EXCL``). If that name exists (the same bytes stored
+        before, or a file left half-written by a crash) the usual temporary-file-and-rename
+        replaces it, which repairs a damaged one; no version refers to the new file before the
+        caller's sync and commit.
+        """
+        if durable or expected_digest is not None or expected_size is not None or not isinstance(data, bytes):
+            return super().put(data, expected_digest, expected_size, durable)
+        digest = digest_bytes(data)
+        final = self.path_of(digest)
+        try:
+            fd = _create(final)
+        except FileExistsError:
+            return super().put(data, expected_digest, expected_size, durable)
+        try:
+            view = memoryview(data)
+            while view:
+                view = view[os.write(fd, view) :]
+        except BaseException:
+            os.close(fd)
+            final.unlink(missing_ok=True)
+            raise
+        os.close(fd)
+        return BlobInfo(digest, len(data))
+
     def sync(self) -> None:
         """One ``syncfs`` of the blob file system: file data and renames reach the disk together."""
         fd = os.open(self.root, os.O_RDONLY)
@@ -188,6 +229,16 @@ class LocalBlobStore(BlobStore):
             except FileNotFoundError:
                 continue  # another process cleaned it at the same time
         return n
+
+
+def _create(path: Path) -> int:
+    """A new read-only file at ``path`` open for writing (its directory made if missing); FileExistsError if there."""
+    flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC
+    try:
+        return os.open(path, flags, 0o444)
+    except FileNotFoundError:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        return os.open(path, flags, 0o444)
 
 
 def _make_locked_dir(parent: Path) -> tuple[Path, int]:
