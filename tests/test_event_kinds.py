@@ -74,7 +74,7 @@ def test_the_glossary_lists_every_event_kind() -> None:
 def test_enum_values_are_the_stored_strings() -> None:
     # Stored in the database and sent over the API as these strings: they must never change.
     assert [str(s) for s in STATES] == ["stopped", "running", "failed"]
-    assert [str(k) for k in KINDS] == ["workflow", "stream"]
+    assert [str(k) for k in KINDS] == ["workflow", "stream", "directory"]
     assert EventKind.ITEM_CREATED == "item.created" and f"{EventKind.RUN_FINISHED}" == "run.finished"
     text = GLOSSARY.read_text()
     for value in [*DataflowState, *DataflowKind]:

@@ -26,7 +26,7 @@ from typing import IO, Any, cast
 from sqlalchemy import Connection, delete, insert, select, update
 
 from datamill.dataflows.records import BatchCell, BatchCounts, BatchInfo, BatchRow, BatchStatus
-from datamill.db.models import Batch, Folder, Item
+from datamill.db.models import Batch
 from datamill.engine import registry
 from datamill.engine.engine import Engine, resolve_pipeline
 from datamill.engine.params import split_params
@@ -137,14 +137,7 @@ class Batches:
     def _readable_items(conn: Connection, actor: Actor, ids: Iterable[int]) -> dict[int, str]:
         """``{item id: path}`` of the items of ``ids`` that still exist and ``actor`` may read, in ``ids`` order."""
         wanted = list(ids)
-        found: dict[int, tuple[str, str]] = {}
-        for i in range(0, len(wanted), 500):
-            rows = conn.execute(
-                select(Item.id, Folder.path, Item.name)
-                .join(Folder, Folder.id == Item.folder_id)
-                .where(Item.id.in_(wanted[i : i + 500]))
-            )
-            found.update({int(r.id): (r.path, r.name) for r in rows})
+        found = lookups.item_places(conn, wanted)
         levels: dict[str, bool] = {}
         out: dict[int, str] = {}
         for item_id in wanted:

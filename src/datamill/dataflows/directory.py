@@ -51,6 +51,7 @@ from datamill.dataflows.dataflow import (
 from datamill.dataflows.watcher import Known, SmallFile, Watcher, WatchEvent, WatchRules
 from datamill.db.models import Dataflow, User
 from datamill.errors import DatamillError, NotFound, PermissionDenied
+from datamill.events import EventKind
 from datamill.home import Home
 from datamill.store.access import Actor
 from datamill.store.store import Store
@@ -274,7 +275,7 @@ class DirectoryFlows:
         with self.home.db.write() as conn:
             events.append(
                 conn,
-                events.EventKind.DATAFLOW_HEARTBEAT,
+                EventKind.DATAFLOW_HEARTBEAT,
                 dataflow_id=fid,
                 folder_id=run.dest_folder_id,
                 data={"status": snap},

@@ -28,6 +28,20 @@ def folder_id(conn: Connection, path: str) -> int | None:
     return None if found is None else int(found)
 
 
+def item_places(conn: Connection, ids: Iterable[int]) -> dict[int, tuple[str, str]]:
+    """``{item id: (folder path, name)}`` of the items of ``ids`` that exist (no access check)."""
+    wanted = list(ids)
+    found: dict[int, tuple[str, str]] = {}
+    for i in range(0, len(wanted), 500):
+        rows = conn.execute(
+            select(Item.id, Folder.path, Item.name)
+            .join(Folder, Folder.id == Item.folder_id)
+            .where(Item.id.in_(wanted[i : i + 500]))
+        )
+        found.update({int(r.id): (r.path, r.name) for r in rows})
+    return found
+
+
 def folder_paths(conn: Connection, ids: Iterable[int]) -> dict[int, str]:
     """Folder id -> path for the folders among ``ids`` that exist (the caller checked access)."""
     wanted = sorted(set(ids))
