@@ -31,7 +31,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from sqlalchemy import Connection, delete, func, insert, select, update
+from sqlalchemy import Connection, bindparam, delete, func, insert, select, update
 
 from datamill import events
 from datamill.db.models import StreamChunk, StreamFile, StreamOffset
@@ -299,7 +299,7 @@ class Stager:
         if ignore_conflict:
             _insert_ignore(conn, StreamFile, values)
             return None
-        conn.execute(insert(StreamFile).values(**values))
+        conn.execute(_INSERT_FILE, values)
         return self._file_row(conn, path)
 
     def _restart_file(self, conn: Connection, row: Any, chunk: Chunk) -> Any:
@@ -307,20 +307,18 @@ class Stager:
         conn.execute(delete(StreamChunk).where(StreamChunk.file_id == row.id))
         self._b.unlink.add(self._staging_file(row.path, row.file_hash))
         now = time.time()
-        conn.execute(
-            update(StreamFile)
-            .where(StreamFile.id == row.id)
-            .values(
-                state=PARTIAL,
-                file_hash=chunk.file_hash.hex(),
-                n_chunks=chunk.total,
-                mtime=chunk.mtime,
-                chunks_staged=0,
-                bytes_staged=0,
-                messages={},
-                first_seen=now,
-                updated_at=now,
-            )
+        _set_file(
+            conn,
+            row.id,
+            state=PARTIAL,
+            file_hash=chunk.file_hash.hex(),
+            n_chunks=chunk.total,
+            mtime=chunk.mtime,
+            chunks_staged=0,
+            bytes_staged=0,
+            messages={},
+            first_seen=now,
+            updated_at=now,
         )
         return self._file_row(conn, row.path)
 
@@ -331,16 +329,14 @@ class Stager:
         staged = row.chunks_staged + 1
         if staged < row.n_chunks:
             self._b.write(self._staging_file(row.path, row.file_hash), chunk.offset, chunk.data)
-            conn.execute(insert(StreamChunk).values(file_id=row.id, offset=chunk.offset, size=len(chunk.data)))
-            conn.execute(
-                update(StreamFile)
-                .where(StreamFile.id == row.id)
-                .values(
-                    chunks_staged=staged,
-                    bytes_staged=row.bytes_staged + len(chunk.data),
-                    messages=msgs,
-                    updated_at=time.time(),
-                )
+            conn.execute(_INSERT_CHUNK, {"file_id": row.id, "offset": chunk.offset, "size": len(chunk.data)})
+            _set_file(
+                conn,
+                row.id,
+                chunks_staged=staged,
+                bytes_staged=row.bytes_staged + len(chunk.data),
+                messages=msgs,
+                updated_at=time.time(),
             )
             return False
         return self._land(conn, row, chunk, msgs, path, out)
@@ -350,7 +346,8 @@ class Stager:
         if row.n_chunks == 1:  # the usual small file: no staging file, one hash pass each
             if last.offset != 0:
                 raise BadChunk(f"{row.path!r}: its only chunk starts at byte {last.offset}", path=row.path)
-            return self.home.blobs.put(last.data, durable=False), hashlib.sha512(last.data).digest()
+            # decode() checked the chunk hash, the SHA-512 of these very bytes: no second pass.
+            return self.home.blobs.put(last.data, durable=False), last.chunk_hash
         staged = conn.execute(
             select(StreamChunk.offset, StreamChunk.size)
             .where(StreamChunk.file_id == row.id)
@@ -427,10 +424,8 @@ class Stager:
         if row.n_chunks > 1:
             conn.execute(delete(StreamChunk).where(StreamChunk.file_id == row.id))
             self._b.unlink.add(staging)
-        conn.execute(
-            update(StreamFile)
-            .where(StreamFile.id == row.id)
-            .values(state=LANDED, chunks_staged=row.n_chunks, bytes_staged=0, messages={}, updated_at=time.time())
+        _set_file(
+            conn, row.id, state=LANDED, chunks_staged=row.n_chunks, bytes_staged=0, messages={}, updated_at=time.time()
         )
         out.files.append(path)
         return True
@@ -516,6 +511,17 @@ def _read_range(fd: int, offset: int, size: int, path: str) -> Iterator[bytes]:
             )
         yield piece
         offset += len(piece)
+
+
+# Statements built once and given their values as parameters: SQLAlchemy caches their compiled form
+# (``.values(...)`` with literal values would be keyed and compiled again for every chunk).
+_INSERT_FILE = insert(StreamFile)
+_INSERT_CHUNK = insert(StreamChunk)
+_UPDATE_FILE = update(StreamFile).where(StreamFile.id == bindparam("file_id_"))
+
+
+def _set_file(conn: Connection, file_id: int, **values: Any) -> None:
+    conn.execute(_UPDATE_FILE, {"file_id_": file_id, **values})
 
 
 def _generation(row: Any) -> Generation:
