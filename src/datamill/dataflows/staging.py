@@ -23,10 +23,12 @@ never touches a staging file.
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import os
 import time
 from collections.abc import Iterator, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -53,6 +55,8 @@ LANDED = "landed"
 MAX_REJECT_EVENTS = 20
 #: How much of a staging file is read at once while assembling (memory stays at this).
 READ_PIECE = 1 << 22
+#: A batch of more bytes than this is decoded (and its chunk hashes checked) on two threads.
+DECODE_THREADS_OVER = 1 << 21
 
 
 @dataclass(frozen=True, slots=True)
@@ -201,6 +205,8 @@ class Stager:
         with self.home.db.write() as conn:
             stored = self._lock_offsets(conn, {m.partition for m in batch})
             ends: dict[int, int] = {}
+            fresh = [m for m in batch if m.offset >= stored.get(m.partition, 0)]
+            decoded = iter(_decode_all(fresh))
             for m in batch:
                 if m.offset < stored.get(m.partition, 0):
                     out.skipped += 1  # applied before (a restart, or another member before a rebalance)
@@ -208,7 +214,7 @@ class Stager:
                 ends[m.partition] = max(ends.get(m.partition, 0), m.offset + 1)
                 out.messages += 1
                 out.bytes += len(m.value or b"")
-                self._one(conn, m, out)
+                self._one(conn, m, out, next(decoded))
             for p, nxt in ends.items():
                 conn.execute(
                     update(StreamOffset)
@@ -227,10 +233,12 @@ class Stager:
                 # The blobs were written without a sync each: one sync makes them durable before the commit.
                 self.home.blobs.sync()
 
-    def _one(self, conn: Connection, m: Message, out: Outcome) -> bool:
-        """One message; True when it landed a file."""
+    def _one(self, conn: Connection, m: Message, out: Outcome, decoded: Chunk | BadChunk) -> bool:
+        """One message (``decoded`` by :func:`_decode_all`); True when it landed a file."""
         try:
-            chunk = decode(m.value or b"")
+            if isinstance(decoded, BadChunk):
+                raise decoded
+            chunk = decoded
             check_bounds(chunk)
             path = chunk.path
             for seg in path.split("/"):
@@ -511,6 +519,27 @@ def _read_range(fd: int, offset: int, size: int, path: str) -> Iterator[bytes]:
             )
         yield piece
         offset += len(piece)
+
+
+def _decode_one(value: bytes) -> Chunk | BadChunk:
+    try:
+        return decode(value)
+    except BadChunk as exc:
+        return exc
+
+
+def _decode_all(batch: Sequence[Message]) -> list[Chunk | BadChunk]:
+    """The batch's chunks (or why each is bad), in order; big chunks checked on two threads, since
+    hashlib's SHA-512 releases the GIL and the chunk check is the bulk of a big chunk's CPU."""
+    values = [m.value or b"" for m in batch]
+    if len(values) < 2 or sum(map(len, values)) < DECODE_THREADS_OVER:
+        return [_decode_one(v) for v in values]
+    return list(_pool().map(_decode_one, values))
+
+
+@functools.cache
+def _pool() -> ThreadPoolExecutor:
+    return ThreadPoolExecutor(max_workers=2, thread_name_prefix="stream-decode")
 
 
 # Statements built once and given their values as parameters: SQLAlchemy caches their compiled form
