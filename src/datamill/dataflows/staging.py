@@ -123,7 +123,7 @@ class _Batch:
     def sync(self) -> None:
         """Staged bytes reach the disk before the transaction that records them commits."""
         for path in self.written - self.unlink:
-            os.fsync(self.fds[path])
+            os.fdatasync(self.fds[path])
 
     def close(self, committed: bool) -> None:
         for fd in self.fds.values():
