@@ -9,16 +9,17 @@ consumer seeks to the stored offsets on restart, so every message is applied exa
 message below the stored offset (already applied, e.g. by another server before a rebalance) is
 skipped inside the same transaction.
 
-A chunk's bytes go to its file's **staging file** (``HOME/staging/streams/<dataflow id>/``, one per
-path and file hash), written at the chunk's offset and fsync'd before the transaction that records
-the chunk commits; the database holds which chunks are there. A staging file is removed only after
-the transaction that drops its chunks commits, so a rolled-back batch never loses staged bytes
-(bytes written by a batch that did not commit are written again, identical, when it is re-read).
-Partial files are keyed by (dataflow, path), not by partition: chunks of one file land on every
-partition, and whichever consumer stages the last chunk completes it (servers sharing a database
-share the home). A file is assembled by reading its staging file once, in pieces, into a blob
-while hashing it, and is committed only if the whole file's SHA-512 matches; a one-chunk file
-never touches a staging file.
+A chunk's bytes go to its file's **staging file** (one per path and file hash, in
+``.staging/streams/<dataflow id>/`` of a local blob store, else of the home), written at the
+chunk's offset and fdatasync'd before the transaction that records the chunk commits; the database
+holds which chunks are there. A staging file is removed only after the transaction that drops its
+chunks commits, so a rolled-back batch never loses staged bytes (bytes written by a batch that did
+not commit are written again, identical, when it is re-read). Partial files are keyed by
+(dataflow, path), not by partition: chunks of one file land on every partition, and whichever
+consumer stages the last chunk completes it (servers on one database share the blob store, so
+they share the staging files). A file is assembled by reading its staging file once, in pieces,
+into a blob while hashing it, and is committed only if the whole file's SHA-512 matches; a
+one-chunk file never touches a staging file, and its checked chunk hash is its file hash.
 """
 
 from __future__ import annotations
@@ -140,7 +141,7 @@ class Stager:
     def __init__(self, home: Home, target: Target) -> None:
         self.home = home
         self.t = target
-        self.staging_dir = Path(home.settings.home) / "staging" / "streams" / str(target.dataflow_id)
+        self.staging_dir = staging_root(home) / str(target.dataflow_id)
         self._b = _Batch()
 
     def _staging_file(self, path: str, file_hash: str) -> Path:
@@ -519,6 +520,15 @@ def _read_range(fd: int, offset: int, size: int, path: str) -> Iterator[bytes]:
             )
         yield piece
         offset += len(piece)
+
+
+def staging_root(home: Home) -> Path:
+    """Where stream dataflows keep their staging files: beside a local blob store's files (servers on
+    one database share the blob store, and a file's chunks may be staged by any of them; also the
+    same file system, so staging costs no extra disk), else in the home."""
+    root = getattr(home.blobs, "root", None)
+    base = Path(root) if isinstance(root, Path | str) else Path(home.settings.home)
+    return base / ".staging" / "streams"
 
 
 def _decode_one(value: bytes) -> Chunk | BadChunk:
