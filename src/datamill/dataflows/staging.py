@@ -478,7 +478,28 @@ class Stager:
             self._reject_events(conn, reasons)
         for r in rows:
             self._staging_file(r.path, r.file_hash).unlink(missing_ok=True)
+        self._sweep(cutoff)
         return reasons
+
+    def _sweep(self, cutoff: float) -> None:
+        """Remove staging files no partial file owns that were last written before ``cutoff`` (left by a
+        process killed between a commit and its clean-up); a newer one may be another server's batch."""
+        try:
+            old = [e for e in os.scandir(self.staging_dir) if e.is_file() and e.stat().st_mtime < cutoff]
+        except FileNotFoundError:
+            return
+        if not old:
+            return
+        with self.home.db.read() as conn:
+            rows = conn.execute(
+                select(StreamFile.path, StreamFile.file_hash).where(
+                    StreamFile.dataflow_id == self.t.dataflow_id, StreamFile.state == PARTIAL
+                )
+            ).all()
+        keep = {self._staging_file(r.path, r.file_hash).name for r in rows}
+        for e in old:
+            if e.name not in keep:
+                Path(e.path).unlink(missing_ok=True)
 
     def in_progress(self) -> list[dict[str, Any]]:
         """Files being received: path, chunks staged and expected, bytes staged."""
