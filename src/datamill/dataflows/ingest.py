@@ -224,6 +224,7 @@ class StreamConsumer(threading.Thread):
                     raise DatamillError(f"Kafka: {err.str()}")
                 elif not _benign(err):
                     self.status.error(f"Kafka: {err.str()}")
+            msgs = []  # librdkafka's copies go now: the batch holds the values (memory stays at one copy)
             if batch:
                 self._apply(batch)
             self._housekeeping(consumer)

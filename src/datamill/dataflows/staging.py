@@ -58,6 +58,8 @@ MAX_REJECT_EVENTS = 20
 READ_PIECE = 1 << 22
 #: A batch of more bytes than this is decoded (and its chunk hashes checked) on two threads.
 DECODE_THREADS_OVER = 1 << 21
+#: Messages decoded ahead of the one being applied.
+DECODE_WINDOW = 8
 
 
 @dataclass(frozen=True, slots=True)
@@ -207,7 +209,7 @@ class Stager:
             stored = self._lock_offsets(conn, {m.partition for m in batch})
             ends: dict[int, int] = {}
             fresh = [m for m in batch if m.offset >= stored.get(m.partition, 0)]
-            decoded = iter(_decode_all(fresh))
+            decoded = _decode_all(fresh)
             for m in batch:
                 if m.offset < stored.get(m.partition, 0):
                     out.skipped += 1  # applied before (a restart, or another member before a rebalance)
@@ -559,13 +561,16 @@ def _decode_one(value: bytes) -> Chunk | BadChunk:
         return exc
 
 
-def _decode_all(batch: Sequence[Message]) -> list[Chunk | BadChunk]:
+def _decode_all(batch: Sequence[Message]) -> Iterator[Chunk | BadChunk]:
     """The batch's chunks (or why each is bad), in order; big chunks checked on two threads, since
-    hashlib's SHA-512 releases the GIL and the chunk check is the bulk of a big chunk's CPU."""
+    hashlib's SHA-512 releases the GIL and the chunk check is the bulk of a big chunk's CPU. Decoded
+    a few at a time, so a big batch is not held twice in memory."""
     values = [m.value or b"" for m in batch]
     if len(values) < 2 or sum(map(len, values)) < DECODE_THREADS_OVER:
-        return [_decode_one(v) for v in values]
-    return list(_pool().map(_decode_one, values))
+        yield from map(_decode_one, values)
+        return
+    for i in range(0, len(values), DECODE_WINDOW):
+        yield from _pool().map(_decode_one, values[i : i + DECODE_WINDOW])
 
 
 @functools.cache
