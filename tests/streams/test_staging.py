@@ -191,6 +191,27 @@ def test_partial_files_survive_a_restart_and_expire(home: Home, tmp_path: Path) 
     assert "never.bin" not in _items(home)
 
 
+def test_staged_bytes_live_in_staging_files_removed_once_the_file_lands(home: Home, tmp_path: Path) -> None:
+    f = tmp_path / "s.bin"
+    f.write_bytes(os.urandom(2500))
+    stager = _stager(home)
+    msgs = _messages(f, tmp_path, partitions=1)
+    stager.apply(msgs[:2])
+    staged = list(stager.staging_dir.iterdir())
+    assert len(staged) == 1 and staged[0].read_bytes() == f.read_bytes()[:2048]
+    # A stray file (a process killed between a commit and its clean-up) goes once it is old; the
+    # partial file's own staging file stays even when old.
+    stray = stager.staging_dir / "stray"
+    stray.write_bytes(b"x")
+    for p in (stray, staged[0]):
+        os.utime(p, (1, 1))
+    assert stager.expire(3600) == []
+    assert not stray.exists() and staged[0].exists()
+    assert stager.apply(msgs[2:]).files == ["s.bin"]
+    assert list(stager.staging_dir.iterdir()) == []
+    assert _read(home, f"{DEST}/s.bin") == f.read_bytes()
+
+
 def test_stream_dataflow_validation(home: Home) -> None:
     flows = Dataflows(home.db)
     base = {"kind": "stream", "topic": TOPIC, "destination": DEST}

@@ -44,8 +44,9 @@ from datamill.streams.broker import Broker
 
 log = logging.getLogger("datamill.streams")
 
-#: Messages handed to the database per transaction (with 512 KiB chunks, at most 16 MiB).
-BATCH = 32
+#: Most messages handed to the database per transaction: a batch takes only what is already queued, and
+#: the queue is bounded by ``QUEUE_KBYTES``, so big chunks make small batches and small files big ones.
+BATCH = 500
 #: librdkafka's prefetch queue per consumer, in KiB: what may wait in memory ahead of the database.
 QUEUE_KBYTES = 16 * 1024
 #: Default seconds a partial file may go without a chunk before it is dropped and reported.
@@ -223,6 +224,7 @@ class StreamConsumer(threading.Thread):
                     raise DatamillError(f"Kafka: {err.str()}")
                 elif not _benign(err):
                     self.status.error(f"Kafka: {err.str()}")
+            msgs = []  # librdkafka's copies go now: the batch holds the values (memory stays at one copy)
             if batch:
                 self._apply(batch)
             self._housekeeping(consumer)

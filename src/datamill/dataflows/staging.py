@@ -1,28 +1,40 @@
-"""A stream dataflow's durable side: chunks staged in the database, files landed, offsets stored, all at once.
+"""A stream dataflow's durable side: chunks staged, files landed, offsets stored, all at once.
 
-:meth:`Stager.apply` takes a batch of Kafka messages and, in **one** write transaction, stages each
-chunk (``stream_chunks``), lands each file it completes as an item version in the destination
-(subfolders kept, provenance in its metadata), records what it refused, and moves the stored
-offset of each partition past the batch (``stream_offsets``). A process killed at any moment
-leaves either all of that or none of it; the consumer seeks to the stored offsets on restart, so
-every message is applied exactly once. A message below the stored offset (already applied, e.g.
-by another server before a rebalance) is skipped inside the same transaction.
+:meth:`Stager.apply` takes a batch of Kafka messages and, in **one** write transaction, records each
+staged chunk (``stream_chunks``), lands every file the batch completes as an item version in the
+destination (subfolders kept, provenance in its metadata; all of the batch's versions in one
+write), records what it refused, and moves the stored offset of each partition past the batch
+(``stream_offsets``). A process killed at any moment leaves either all of that or none of it; the
+consumer seeks to the stored offsets on restart, so every message is applied exactly once. A
+message below the stored offset (already applied, e.g. by another server before a rebalance) is
+skipped inside the same transaction.
 
-Partial files live in the database keyed by (dataflow, path), not by partition: chunks of one file
-land on every partition, and whichever consumer stages the last chunk completes it. A file is
-assembled by reading its chunks back one at a time into a blob (memory stays at one chunk) and
-is committed only if the whole file's SHA-512 matches.
+A chunk's bytes go to its file's **staging file** (one per path and file hash, in
+``.staging/streams/<dataflow id>/`` of a local blob store, else of the home), written at the
+chunk's offset and fdatasync'd before the transaction that records the chunk commits; the database
+holds which chunks are there. A staging file is removed only after the transaction that drops its
+chunks commits, so a rolled-back batch never loses staged bytes (bytes written by a batch that did
+not commit are written again, identical, when it is re-read). Partial files are keyed by
+(dataflow, path), not by partition: chunks of one file land on every partition, and whichever
+consumer stages the last chunk completes it (servers on one database share the blob store, so
+they share the staging files). A file is assembled by reading its staging file once, in pieces,
+into a blob while hashing it, and is committed only if the whole file's SHA-512 matches; a
+one-chunk file never touches a staging file, and its checked chunk hash is its file hash.
 """
 
 from __future__ import annotations
 
+import functools
 import hashlib
+import os
 import time
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
-from sqlalchemy import Connection, delete, func, insert, select, update
+from sqlalchemy import Connection, bindparam, delete, func, insert, select, update
 
 from datamill import events
 from datamill.db.models import StreamChunk, StreamFile, StreamOffset
@@ -30,10 +42,11 @@ from datamill.errors import BadChunk, DatamillError
 from datamill.events import EventKind
 from datamill.home import Home
 from datamill.store import folders, lookups
-from datamill.store.access import Actor
+from datamill.store.access import Actor, Level
 from datamill.store.blobs import BlobInfo
+from datamill.store.metadata import check_metadata
 from datamill.store.names import check_name
-from datamill.store.uploads import commit_version
+from datamill.store.versions import NewVersion, write_versions
 from datamill.streams.assembly import Decision, Generation, check_bounds, decide
 from datamill.streams.chunks import Chunk, decode
 
@@ -41,6 +54,12 @@ PARTIAL = "partial"
 LANDED = "landed"
 #: How many ``stream.rejected`` events one batch may append (the status keeps the count and the last one).
 MAX_REJECT_EVENTS = 20
+#: How much of a staging file is read at once while assembling (memory stays at this).
+READ_PIECE = 1 << 22
+#: A batch of more bytes than this is decoded (and its chunk hashes checked) on two threads.
+DECODE_THREADS_OVER = 1 << 21
+#: Messages decoded ahead of the one being applied.
+DECODE_WINDOW = 8
 
 
 @dataclass(frozen=True, slots=True)
@@ -76,12 +95,59 @@ class Target:
     owner: Actor
 
 
+class _Batch:
+    """What one batch touched outside the database: staging files open for writing, files to remove
+    once it commits, and the versions it lands (written together at its end)."""
+
+    def __init__(self) -> None:
+        self.fds: dict[Path, int] = {}
+        self.written: set[Path] = set()
+        self.unlink: set[Path] = set()
+        self.folders: dict[str, Any] = {}
+        self.versions: dict[str, list[NewVersion]] = {}
+        self.landed = False
+
+    def fd(self, path: Path) -> int:
+        fd = self.fds.get(path)
+        if fd is None:
+            path.parent.mkdir(parents=True, exist_ok=True)
+            fd = self.fds[path] = os.open(path, os.O_RDWR | os.O_CREAT, 0o600)
+        return fd
+
+    def write(self, path: Path, offset: int, data: bytes) -> None:
+        self.unlink.discard(path)  # staged again after a reject or restart in this batch: keep it
+        fd = self.fd(path)
+        view = memoryview(data)
+        while view:
+            n = os.pwrite(fd, view, offset)
+            view, offset = view[n:], offset + n
+        self.written.add(path)
+
+    def sync(self) -> None:
+        """Staged bytes reach the disk before the transaction that records them commits."""
+        for path in self.written - self.unlink:
+            os.fdatasync(self.fds[path])
+
+    def close(self, committed: bool) -> None:
+        for fd in self.fds.values():
+            os.close(fd)
+        self.fds.clear()
+        if committed:
+            for path in self.unlink:
+                path.unlink(missing_ok=True)
+
+
 class Stager:
     """Applies batches of one stream dataflow's messages to the database (see the module docstring)."""
 
     def __init__(self, home: Home, target: Target) -> None:
         self.home = home
         self.t = target
+        self.staging_dir = staging_root(home) / str(target.dataflow_id)
+        self._b = _Batch()
+
+    def _staging_file(self, path: str, file_hash: str) -> Path:
+        return self.staging_dir / hashlib.sha256(f"{path}\x00{file_hash}".encode()).hexdigest()
 
     # ------------------------------------------------------------------ offsets
 
@@ -129,10 +195,21 @@ class Stager:
     def apply(self, batch: Sequence[Message]) -> Outcome:
         """Apply ``batch`` (in offset order per partition) in one transaction; see the module docstring."""
         out = Outcome()
+        self._b = _Batch()
+        committed = False
+        try:
+            self._apply(batch, out)
+            committed = True
+        finally:
+            self._b.close(committed)
+        return out
+
+    def _apply(self, batch: Sequence[Message], out: Outcome) -> None:
         with self.home.db.write() as conn:
             stored = self._lock_offsets(conn, {m.partition for m in batch})
             ends: dict[int, int] = {}
-            landed_any = False
+            fresh = [m for m in batch if m.offset >= stored.get(m.partition, 0)]
+            decoded = _decode_all(fresh)
             for m in batch:
                 if m.offset < stored.get(m.partition, 0):
                     out.skipped += 1  # applied before (a restart, or another member before a rebalance)
@@ -140,7 +217,7 @@ class Stager:
                 ends[m.partition] = max(ends.get(m.partition, 0), m.offset + 1)
                 out.messages += 1
                 out.bytes += len(m.value or b"")
-                landed_any |= self._one(conn, m, out)
+                self._one(conn, m, out, next(decoded))
             for p, nxt in ends.items():
                 conn.execute(
                     update(StreamOffset)
@@ -151,16 +228,20 @@ class Stager:
                     )
                     .values(next_offset=nxt, updated_at=time.time())
                 )
+            for folder, new in self._b.versions.items():
+                write_versions(conn, self.home.blobs, self.t.owner, self._b.folders[folder], new, {}, "stream")
             self._reject_events(conn, out.rejected)
-            if landed_any:
+            self._b.sync()
+            if self._b.landed:
                 # The blobs were written without a sync each: one sync makes them durable before the commit.
                 self.home.blobs.sync()
-        return out
 
-    def _one(self, conn: Connection, m: Message, out: Outcome) -> bool:
-        """One message; True when it landed a file."""
+    def _one(self, conn: Connection, m: Message, out: Outcome, decoded: Chunk | BadChunk) -> bool:
+        """One message (``decoded`` by :func:`_decode_all`); True when it landed a file."""
         try:
-            chunk = decode(m.value or b"")
+            if isinstance(decoded, BadChunk):
+                raise decoded
+            chunk = decoded
             check_bounds(chunk)
             path = chunk.path
             for seg in path.split("/"):
@@ -229,27 +310,26 @@ class Stager:
         if ignore_conflict:
             _insert_ignore(conn, StreamFile, values)
             return None
-        conn.execute(insert(StreamFile).values(**values))
+        conn.execute(_INSERT_FILE, values)
         return self._file_row(conn, path)
 
     def _restart_file(self, conn: Connection, row: Any, chunk: Chunk) -> Any:
         """Make ``row`` the new generation ``chunk`` starts (its staged chunks, if any, dropped)."""
         conn.execute(delete(StreamChunk).where(StreamChunk.file_id == row.id))
+        self._b.unlink.add(self._staging_file(row.path, row.file_hash))
         now = time.time()
-        conn.execute(
-            update(StreamFile)
-            .where(StreamFile.id == row.id)
-            .values(
-                state=PARTIAL,
-                file_hash=chunk.file_hash.hex(),
-                n_chunks=chunk.total,
-                mtime=chunk.mtime,
-                chunks_staged=0,
-                bytes_staged=0,
-                messages={},
-                first_seen=now,
-                updated_at=now,
-            )
+        _set_file(
+            conn,
+            row.id,
+            state=PARTIAL,
+            file_hash=chunk.file_hash.hex(),
+            n_chunks=chunk.total,
+            mtime=chunk.mtime,
+            chunks_staged=0,
+            bytes_staged=0,
+            messages={},
+            first_seen=now,
+            updated_at=now,
         )
         return self._file_row(conn, row.path)
 
@@ -259,56 +339,65 @@ class Stager:
         msgs[str(m.partition)] = [min(first, m.offset), max(last, m.offset)]
         staged = row.chunks_staged + 1
         if staged < row.n_chunks:
-            conn.execute(insert(StreamChunk).values(file_id=row.id, offset=chunk.offset, data=chunk.data))
-            conn.execute(
-                update(StreamFile)
-                .where(StreamFile.id == row.id)
-                .values(
-                    chunks_staged=staged,
-                    bytes_staged=row.bytes_staged + len(chunk.data),
-                    messages=msgs,
-                    updated_at=time.time(),
-                )
+            self._b.write(self._staging_file(row.path, row.file_hash), chunk.offset, chunk.data)
+            conn.execute(_INSERT_CHUNK, {"file_id": row.id, "offset": chunk.offset, "size": len(chunk.data)})
+            _set_file(
+                conn,
+                row.id,
+                chunks_staged=staged,
+                bytes_staged=row.bytes_staged + len(chunk.data),
+                messages=msgs,
+                updated_at=time.time(),
             )
             return False
         return self._land(conn, row, chunk, msgs, path, out)
 
     def _assemble(self, conn: Connection, row: Any, last: Chunk) -> tuple[BlobInfo, bytes]:
-        """The file's blob from its staged chunks plus ``last``, read back one at a time; with its SHA-512."""
+        """The file's blob from its staging file plus ``last``, read once in pieces; with its SHA-512."""
+        if row.n_chunks == 1:  # the usual small file: no staging file, one hash pass each
+            if last.offset != 0:
+                raise BadChunk(f"{row.path!r}: its only chunk starts at byte {last.offset}", path=row.path)
+            # decode() checked the chunk hash, the SHA-512 of these very bytes: no second pass.
+            return self.home.blobs.put(last.data, durable=False), last.chunk_hash
+        staged = conn.execute(
+            select(StreamChunk.offset, StreamChunk.size)
+            .where(StreamChunk.file_id == row.id)
+            .order_by(StreamChunk.offset)
+        ).all()
+        pieces = sorted(
+            [(int(r.offset), int(r.size), None) for r in staged] + [(last.offset, len(last.data), last.data)]
+        )
+        fd = self._b.fd(self._staging_file(row.path, row.file_hash)) if staged else -1
         writer = self.home.blobs.writer(durable=False)
         h = hashlib.sha512()
         written = 0
         try:
-            after = -1
-            pending: Chunk | None = last
-            while True:
-                nxt = conn.execute(
-                    select(StreamChunk.offset, StreamChunk.data)
-                    .where(StreamChunk.file_id == row.id, StreamChunk.offset > after)
-                    .order_by(StreamChunk.offset)
-                    .limit(1)
-                ).first()
-                if pending is not None and (nxt is None or pending.offset < nxt.offset):
-                    offset, data, pending = pending.offset, pending.data, None
-                elif nxt is not None:
-                    offset, data = int(nxt.offset), bytes(nxt.data)
-                else:
-                    break
+            for offset, size, data in pieces:
                 if offset != written:
                     raise BadChunk(
                         f"{row.path!r}: its chunks do not fit together (a chunk at byte {offset}, expected {written})",
                         path=row.path,
                     )
-                writer.write(data)
-                h.update(data)
-                written += len(data)
-                after = offset
+                for piece in [data] if data is not None else _read_range(fd, offset, size, row.path):
+                    writer.write(piece)
+                    h.update(piece)
+                written += size
             blob = writer.commit()
         finally:
             writer.abort()
         return blob, h.digest()
 
+    def _folder(self, conn: Connection, folder: str) -> Any:
+        """The destination folder row (made when missing, write access checked), once per batch."""
+        frow = self._b.folders.get(folder)
+        if frow is None:
+            if folder != self.t.destination:
+                folders.create_folder(conn, self.t.owner, folder, True, True, None, False)
+            frow = self._b.folders[folder] = folders.readable_folder(conn, self.t.owner, folder, Level.WRITE)
+        return frow
+
     def _land(self, conn: Connection, row: Any, last: Chunk, msgs: dict[str, Any], path: str, out: Outcome) -> bool:
+        staging = self._staging_file(row.path, row.file_hash)
         try:
             blob, digest = self._assemble(conn, row, last)
             if digest.hex() != row.file_hash:
@@ -318,8 +407,7 @@ class Stager:
                     path=path,
                 )
             folder, _, name = f"{self.t.destination}/{path}".rpartition("/")
-            if folder != self.t.destination:
-                folders.create_folder(conn, self.t.owner, folder, True, True, None, False)
+            self._folder(conn, folder)
             meta = {
                 "stream": {
                     "topic": self.t.topic,
@@ -334,17 +422,21 @@ class Stager:
                 "KafkaTopic": self.t.topic,
                 "dataflow": self.t.name,
             }
-            commit_version(conn, self.home.blobs, self.t.owner, folder, name, blob, None, meta, "stream")
+            new = NewVersion(check_name(name, "item name"), blob, None, check_metadata(meta))
         except (BadChunk, DatamillError) as exc:
             conn.execute(delete(StreamChunk).where(StreamChunk.file_id == row.id))
             conn.execute(delete(StreamFile).where(StreamFile.id == row.id))
+            if row.n_chunks > 1:
+                self._b.unlink.add(staging)
             out.rejected.append(exc.message)
             return False
-        conn.execute(delete(StreamChunk).where(StreamChunk.file_id == row.id))
-        conn.execute(
-            update(StreamFile)
-            .where(StreamFile.id == row.id)
-            .values(state=LANDED, chunks_staged=row.n_chunks, bytes_staged=0, messages={}, updated_at=time.time())
+        self._b.versions.setdefault(folder, []).append(new)
+        self._b.landed = True
+        if row.n_chunks > 1:
+            conn.execute(delete(StreamChunk).where(StreamChunk.file_id == row.id))
+            self._b.unlink.add(staging)
+        _set_file(
+            conn, row.id, state=LANDED, chunks_staged=row.n_chunks, bytes_staged=0, messages={}, updated_at=time.time()
         )
         out.files.append(path)
         return True
@@ -386,7 +478,30 @@ class Stager:
                 conn.execute(delete(StreamChunk).where(StreamChunk.file_id == r.id))
                 conn.execute(delete(StreamFile).where(StreamFile.id == r.id))
             self._reject_events(conn, reasons)
+        for r in rows:
+            self._staging_file(r.path, r.file_hash).unlink(missing_ok=True)
+        self._sweep(cutoff)
         return reasons
+
+    def _sweep(self, cutoff: float) -> None:
+        """Remove staging files no partial file owns that were last written before ``cutoff`` (left by a
+        process killed between a commit and its clean-up); a newer one may be another server's batch."""
+        try:
+            old = [e for e in os.scandir(self.staging_dir) if e.is_file() and e.stat().st_mtime < cutoff]
+        except FileNotFoundError:
+            return
+        if not old:
+            return
+        with self.home.db.read() as conn:
+            rows = conn.execute(
+                select(StreamFile.path, StreamFile.file_hash).where(
+                    StreamFile.dataflow_id == self.t.dataflow_id, StreamFile.state == PARTIAL
+                )
+            ).all()
+        keep = {self._staging_file(r.path, r.file_hash).name for r in rows}
+        for e in old:
+            if e.name not in keep:
+                Path(e.path).unlink(missing_ok=True)
 
     def in_progress(self) -> list[dict[str, Any]]:
         """Files being received: path, chunks staged and expected, bytes staged."""
@@ -415,6 +530,63 @@ def staged_bytes(home: Home, dataflow_id: int) -> int:
                 )
             ).scalar_one()
         )
+
+
+def _read_range(fd: int, offset: int, size: int, path: str) -> Iterator[bytes]:
+    """``size`` bytes of a staging file from ``offset``, in pieces of at most :data:`READ_PIECE`."""
+    end = offset + size
+    while offset < end:
+        piece = os.pread(fd, min(READ_PIECE, end - offset), offset)
+        if not piece:
+            raise BadChunk(
+                f"{path!r}: its staging file is shorter than its staged chunks; send the file again", path=path
+            )
+        yield piece
+        offset += len(piece)
+
+
+def staging_root(home: Home) -> Path:
+    """Where stream dataflows keep their staging files: beside a local blob store's files (servers on
+    one database share the blob store, and a file's chunks may be staged by any of them; also the
+    same file system, so staging costs no extra disk), else in the home."""
+    root = getattr(home.blobs, "root", None)
+    base = Path(root) if isinstance(root, Path | str) else Path(home.settings.home)
+    return base / ".staging" / "streams"
+
+
+def _decode_one(value: bytes) -> Chunk | BadChunk:
+    try:
+        return decode(value)
+    except BadChunk as exc:
+        return exc
+
+
+def _decode_all(batch: Sequence[Message]) -> Iterator[Chunk | BadChunk]:
+    """The batch's chunks (or why each is bad), in order; big chunks checked on two threads, since
+    hashlib's SHA-512 releases the GIL and the chunk check is the bulk of a big chunk's CPU. Decoded
+    a few at a time, so a big batch is not held twice in memory."""
+    values = [m.value or b"" for m in batch]
+    if len(values) < 2 or sum(map(len, values)) < DECODE_THREADS_OVER:
+        yield from map(_decode_one, values)
+        return
+    for i in range(0, len(values), DECODE_WINDOW):
+        yield from _pool().map(_decode_one, values[i : i + DECODE_WINDOW])
+
+
+@functools.cache
+def _pool() -> ThreadPoolExecutor:
+    return ThreadPoolExecutor(max_workers=2, thread_name_prefix="stream-decode")
+
+
+# Statements built once and given their values as parameters: SQLAlchemy caches their compiled form
+# (``.values(...)`` with literal values would be keyed and compiled again for every chunk).
+_INSERT_FILE = insert(StreamFile)
+_INSERT_CHUNK = insert(StreamChunk)
+_UPDATE_FILE = update(StreamFile).where(StreamFile.id == bindparam("file_id_"))
+
+
+def _set_file(conn: Connection, file_id: int, **values: Any) -> None:
+    conn.execute(_UPDATE_FILE, {"file_id_": file_id, **values})
 
 
 def _generation(row: Any) -> Generation:

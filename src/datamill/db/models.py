@@ -449,14 +449,15 @@ class StreamFile(Base):
 
 
 class StreamChunk(Base):
-    """One staged chunk of a partial stream file, until the file is complete (then it is deleted)."""
+    """One staged chunk of a partial stream file (its bytes are in the file's staging file at ``offset``),
+    until the file is complete (then it is deleted)."""
 
     __tablename__ = "stream_chunks"
     file_id: Mapped[int] = mapped_column(
         BigInteger, ForeignKey("stream_files.id", ondelete="CASCADE"), primary_key=True
     )
     offset: Mapped[int] = mapped_column(BigInteger, primary_key=True)
-    data: Mapped[bytes] = mapped_column(LargeBinary)
+    size: Mapped[int] = mapped_column(BigInteger)
 
 
 class StreamStatus(Base):

@@ -53,7 +53,7 @@ def upgrade() -> None:
         "stream_chunks",
         sa.Column("file_id", sa.BigInteger(), nullable=False),
         sa.Column("offset", sa.BigInteger(), nullable=False),
-        sa.Column("data", sa.LargeBinary(), nullable=False),
+        sa.Column("size", sa.BigInteger(), nullable=False),
         sa.ForeignKeyConstraint(["file_id"], ["stream_files.id"], ondelete="CASCADE"),
         sa.PrimaryKeyConstraint("file_id", "offset"),
     )
