@@ -41,6 +41,31 @@ FOLDER_CASES: list[Case] = [
     ("plan", "POST", "/api/v1/plan", {"pipeline": PIPELINE, "folder": "{hidden}"}),
     ("flow into", "POST", "/api/v1/dataflows", {"name": "f", "source": OWN, "dest": "{hidden}", "pipeline": PIPELINE}),
     ("flow from", "POST", "/api/v1/dataflows", {"name": "f", "source": "{hidden}", "dest": OWN, "pipeline": PIPELINE}),
+    ("batch upload", "POST", "/api/v1/content/{hidden}", None),
+    (
+        "stream flow into",
+        "POST",
+        "/api/v1/dataflows",
+        {"name": "f", "kind": "stream", "topic": "t", "dest": "{hidden}"},
+    ),
+    (
+        "batch into",
+        "POST",
+        "/api/v1/batches",
+        {"name": "b", "pipeline": PIPELINE, "dest": "{hidden}", "folders": [OWN]},
+    ),
+    (
+        "batch from",
+        "POST",
+        "/api/v1/batches",
+        {"name": "b", "pipeline": PIPELINE, "dest": OWN, "folders": ["{hidden}"]},
+    ),
+    (
+        "batch of paths",
+        "POST",
+        "/api/v1/batches",
+        {"name": "b", "pipeline": PIPELINE, "dest": OWN, "paths": ["{hidden}/x.csv"]},
+    ),
 ]
 ID_CASES: list[Case] = [
     ("run", "GET", "/api/v1/runs/{hidden}", None),
@@ -69,6 +94,8 @@ def fill(template: Any, value: str) -> Any:
         return template.replace("{hidden}", value)
     if isinstance(template, dict):
         return {k: fill(v, value) for k, v in template.items()}
+    if isinstance(template, list):
+        return [fill(v, value) for v in template]
     return template
 
 
