@@ -43,7 +43,8 @@ class Services:
     ) -> None:
         self.home = home
         self.engine = Engine(home)
-        self.scheduler = Scheduler(home, executor, workers=workers, lease_seconds=lease_seconds)
+        # The scheduler shares its event loop with the server's requests (inline calls run in threads).
+        self.scheduler = Scheduler(home, executor, workers=workers, lease_seconds=lease_seconds, shares_loop=True)
         self.triggers = Triggers(home, self.engine)
         self.notifier = Notifier(home, base_url=base_url)
         self.directories = DirectoryFlows(home, lease_seconds=lease_seconds)

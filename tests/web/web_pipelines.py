@@ -21,10 +21,7 @@ def ref(name: str) -> str:
     return f"{HERE}:{name}"
 
 
-# A timeout makes the inline executor (the test server's) run the step in a thread of its own: without
-# one it runs in the server's event loop, and `wait:` would stop the server answering pages until
-# its file appears.
-@step(timeout=300)
+@step
 def shout(item: InputFile, ctx: Context) -> str:
     """The item's text in upper case, after logging a line and reporting progress."""
     text = item.read_text()

@@ -90,6 +90,7 @@ class Scheduler:
         lease_seconds: float | None = None,
         owner: str | None = None,
         clock: Callable[[], float] = time.time,
+        shares_loop: bool = False,
     ) -> None:
         self.home = home
         name = executor if isinstance(executor, str) else None
@@ -99,6 +100,9 @@ class Scheduler:
             opts: dict[str, Any] = {}
             if name == "local":
                 opts["workers"] = workers if workers is not None else (home.settings.workers or 0)
+            if name == "inline" and shares_loop:
+                # The loop also serves requests: an inline call must not hold it for its whole run.
+                opts["threaded"] = True
             self.executor: Executor = get_executor(name, **opts)
         else:
             if not executor.supports(PythonCall(run_step)):

@@ -40,8 +40,11 @@ class InlineExecutor(Executor):
 
     name = "inline"
 
-    def __init__(self, clock: Callable[[], float] = time.time) -> None:
+    def __init__(self, clock: Callable[[], float] = time.time, threaded: bool = False) -> None:
         self._clock = clock
+        #: every call in a thread of its own, timed or not: for a scheduler whose event loop also
+        #: serves HTTP (``datamill up``), where a call in the loop thread would stop every answer
+        self.threaded = threaded
 
     def supports(self, call: Call) -> bool:
         """Only Python calls."""
@@ -52,7 +55,7 @@ class InlineExecutor(Executor):
         if type(call) is not PythonCall:  # the hot path checks the exact type; subclasses go through supports()
             self._check(call)
         assert isinstance(call, PythonCall)
-        if timeout is None:
+        if timeout is None and not self.threaded:
             reporter = Reporter(lambda message: deliver(on_message, message), self._clock)
             try:
                 with task_output(reporter.log):
@@ -74,7 +77,7 @@ class _ThreadedCall:
         #: set once run() stopped waiting: the error the thread's next report raises
         self.abandoned: DatamillError | None = None
 
-    async def run(self, timeout: float) -> Any:
+    async def run(self, timeout: float | None) -> Any:
         # A daemon thread rather than the loop's thread pool: a hung call would hold a pool slot for
         # good, and the pool's threads are joined at interpreter exit, so a hang would block exiting.
         threading.Thread(target=self._work, name="datamill-inline", daemon=True).start()
