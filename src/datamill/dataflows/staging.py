@@ -29,7 +29,7 @@ import hashlib
 import os
 import time
 from collections.abc import Iterator, Sequence
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -43,7 +43,7 @@ from datamill.events import EventKind
 from datamill.home import Home
 from datamill.store import folders, lookups
 from datamill.store.access import Actor, Level
-from datamill.store.blobs import BlobInfo
+from datamill.store.blobs import BlobInfo, BlobStore
 from datamill.store.metadata import check_metadata
 from datamill.store.names import check_name
 from datamill.store.versions import NewVersion, write_versions
@@ -56,10 +56,10 @@ LANDED = "landed"
 MAX_REJECT_EVENTS = 20
 #: How much of a staging file is read at once while assembling (memory stays at this).
 READ_PIECE = 1 << 22
-#: A batch of more bytes than this is decoded (and its chunk hashes checked) on two threads.
-DECODE_THREADS_OVER = 1 << 21
-#: Messages decoded ahead of the one being applied.
-DECODE_WINDOW = 8
+#: A batch is prepared (decoded, chunk hashes checked, one-chunk files' blobs written) on two threads
+#: in windows of at most this many messages or bytes; the file rows of a window are read in one statement.
+WINDOW_MESSAGES = 128
+WINDOW_BYTES = 8 << 20
 
 
 @dataclass(frozen=True, slots=True)
@@ -95,9 +95,62 @@ class Target:
     owner: Actor
 
 
+@dataclass(slots=True)
+class _FileRow:
+    """A ``stream_files`` row as a batch sees and changes it; written back once, at the batch's end."""
+
+    id: int | None
+    path: str
+    state: str
+    file_hash: str
+    n_chunks: int
+    mtime: float | None
+    chunks_staged: int
+    bytes_staged: int
+    messages: dict[str, Any]
+    first_seen: float
+    updated_at: float
+    dirty: bool = False
+
+    @classmethod
+    def of(cls, r: Any) -> _FileRow:
+        return cls(
+            int(r.id), r.path, r.state, r.file_hash, int(r.n_chunks), r.mtime, int(r.chunks_staged),
+            int(r.bytes_staged), dict(r.messages or {}), float(r.first_seen), float(r.updated_at),
+        )  # fmt: skip
+
+    @classmethod
+    def new(cls, path: str, chunk: Chunk) -> _FileRow:
+        now = time.time()
+        return cls(None, path, PARTIAL, chunk.file_hash.hex(), chunk.total, chunk.mtime, 0, 0, {}, now, now, True)
+
+    def values(self) -> dict[str, Any]:
+        """The changeable columns."""
+        return {
+            "state": self.state,
+            "file_hash": self.file_hash,
+            "n_chunks": self.n_chunks,
+            "mtime": self.mtime,
+            "chunks_staged": self.chunks_staged,
+            "bytes_staged": self.bytes_staged,
+            "messages": self.messages,
+            "first_seen": self.first_seen,
+            "updated_at": self.updated_at,
+        }
+
+
+@dataclass(slots=True)
+class _Ready:
+    """A decoded chunk, its checked path, and (one-chunk files) its blob, written on a worker thread."""
+
+    chunk: Chunk
+    path: str
+    blob: BlobInfo | None = None
+
+
 class _Batch:
     """What one batch touched outside the database: staging files open for writing, files to remove
-    once it commits, and the versions it lands (written together at its end)."""
+    once it commits, the versions it lands (written together at its end) and the file rows it read."""
 
     def __init__(self) -> None:
         self.fds: dict[Path, int] = {}
@@ -106,6 +159,8 @@ class _Batch:
         self.folders: dict[str, Any] = {}
         self.versions: dict[str, list[NewVersion]] = {}
         self.landed = False
+        #: file rows by path, loaded a window at a time (None: no row)
+        self.rows: dict[str, _FileRow | None] = {}
 
     def fd(self, path: Path) -> int:
         fd = self.fds.get(path)
@@ -146,8 +201,15 @@ class Stager:
         self.staging_dir = staging_root(home) / str(target.dataflow_id)
         self._b = _Batch()
 
-    def _staging_file(self, path: str, file_hash: str) -> Path:
-        return self.staging_dir / hashlib.sha256(f"{path}\x00{file_hash}".encode()).hexdigest()
+    def _staging_file(self, path: str, file_hash: str, first_seen: float) -> Path:
+        # One name per generation *and* incarnation of a file row (``first_seen`` is reset whenever
+        # a row starts over): a staging file another server removes after its commit (a rejected or
+        # dropped file) is never the one a re-sent file is being staged into.
+        key = f"{path}\x00{file_hash}\x00{first_seen:.6f}"
+        return self.staging_dir / hashlib.sha256(key.encode()).hexdigest()
+
+    def _row_staging(self, row: _FileRow) -> Path:
+        return self._staging_file(row.path, row.file_hash, row.first_seen)
 
     # ------------------------------------------------------------------ offsets
 
@@ -178,8 +240,8 @@ class Stager:
             _insert_ignore(
                 conn,
                 StreamOffset,
-                {"dataflow_id": self.t.dataflow_id, "topic": self.t.topic, "partition": p, "next_offset": 0,
-                 "updated_at": now},
+                [{"dataflow_id": self.t.dataflow_id, "topic": self.t.topic, "partition": p, "next_offset": 0,
+                  "updated_at": now}],
             )  # fmt: skip
         q = select(StreamOffset.partition, StreamOffset.next_offset).where(
             StreamOffset.dataflow_id == self.t.dataflow_id,
@@ -209,25 +271,24 @@ class Stager:
             stored = self._lock_offsets(conn, {m.partition for m in batch})
             ends: dict[int, int] = {}
             fresh = [m for m in batch if m.offset >= stored.get(m.partition, 0)]
-            decoded = _decode_all(fresh)
-            for m in batch:
-                if m.offset < stored.get(m.partition, 0):
-                    out.skipped += 1  # applied before (a restart, or another member before a rebalance)
-                    continue
-                ends[m.partition] = max(ends.get(m.partition, 0), m.offset + 1)
-                out.messages += 1
-                out.bytes += len(m.value or b"")
-                self._one(conn, m, out, next(decoded))
-            for p, nxt in ends.items():
+            out.skipped = len(batch) - len(fresh)  # applied before (a restart, or another member before a rebalance)
+            for window in _prepare_all(fresh, self.home.blobs):
+                self._load_rows(conn, {r.path: r.chunk for _m, r in window if isinstance(r, _Ready)})
+                for m, ready in window:
+                    ends[m.partition] = max(ends.get(m.partition, 0), m.offset + 1)
+                    out.messages += 1
+                    out.bytes += len(m.value or b"")
+                    self._one(conn, m, out, ready)
+            self._flush_rows(conn)
+            if ends:
                 conn.execute(
-                    update(StreamOffset)
-                    .where(
-                        StreamOffset.dataflow_id == self.t.dataflow_id,
-                        StreamOffset.topic == self.t.topic,
-                        StreamOffset.partition == p,
-                    )
-                    .values(next_offset=nxt, updated_at=time.time())
-                )
+                    _UPDATE_OFFSET,
+                    [
+                        {"dataflow_id_": self.t.dataflow_id, "topic_": self.t.topic, "partition_": p,
+                         "next_offset": nxt, "updated_at": time.time()}
+                        for p, nxt in ends.items()
+                    ],
+                )  # fmt: skip
             for folder, new in self._b.versions.items():
                 write_versions(conn, self.home.blobs, self.t.owner, self._b.folders[folder], new, {}, "stream")
             self._reject_events(conn, out.rejected)
@@ -236,41 +297,66 @@ class Stager:
                 # The blobs were written without a sync each: one sync makes them durable before the commit.
                 self.home.blobs.sync()
 
-    def _one(self, conn: Connection, m: Message, out: Outcome, decoded: Chunk | BadChunk) -> bool:
-        """One message (``decoded`` by :func:`_decode_all`); True when it landed a file."""
+    def _load_rows(self, conn: Connection, chunks: dict[str, Chunk]) -> None:
+        """Read (PostgreSQL: create and lock) the file rows of a window's paths, one statement per 500."""
+        want = sorted(p for p in chunks if p not in self._b.rows)
+        pg = conn.dialect.name == "postgresql"
+        for i in range(0, len(want), 500):
+            part = want[i : i + 500]
+            if pg:
+                # Two servers may see the first chunks of one file at once: one insert wins, both then lock it.
+                now = time.time()
+                _insert_ignore(
+                    conn,
+                    StreamFile,
+                    [{"dataflow_id": self.t.dataflow_id, "path": p, "state": PARTIAL,
+                      "file_hash": chunks[p].file_hash.hex(), "n_chunks": chunks[p].total, "mtime": chunks[p].mtime,
+                      "chunks_staged": 0, "bytes_staged": 0, "messages": {}, "first_seen": now, "updated_at": now}
+                     for p in part],
+                )  # fmt: skip
+            q = select(StreamFile).where(StreamFile.dataflow_id == self.t.dataflow_id, StreamFile.path.in_(part))
+            if pg:
+                q = q.order_by(StreamFile.path).with_for_update()
+            found = {r.path: _FileRow.of(r) for r in conn.execute(q)}
+            for p in part:
+                self._b.rows[p] = found.get(p)
+
+    def _flush_rows(self, conn: Connection) -> None:
+        """Write the batch's new and changed file rows: one statement each (executemany)."""
+        rows = [r for r in self._b.rows.values() if r is not None and r.dirty]
+        new = [{"dataflow_id": self.t.dataflow_id, "path": r.path, **r.values()} for r in rows if r.id is None]
+        changed = [{"file_id_": r.id, **r.values()} for r in rows if r.id is not None]
+        if new:
+            conn.execute(_INSERT_FILE, new)
+        if changed:
+            conn.execute(_UPDATE_FILE, changed)
+
+    def _one(self, conn: Connection, m: Message, out: Outcome, ready: _Ready | BadChunk) -> bool:
+        """One message (prepared by :func:`_prepare_all`); True when it landed a file."""
         try:
-            if isinstance(decoded, BadChunk):
-                raise decoded
-            chunk = decoded
+            if isinstance(ready, BadChunk):
+                raise ready
+            chunk = ready.chunk
             check_bounds(chunk)
-            path = chunk.path
-            for seg in path.split("/"):
+            for seg in ready.path.split("/"):
                 check_name(seg, "stream path segment")
-            return self._chunk(conn, m, chunk, path, out)
+            return self._chunk(conn, m, ready, out)
         except (BadChunk, DatamillError) as exc:
             out.rejected.append(f"partition {m.partition} offset {m.offset}: {exc.message}")
             return False
 
-    def _file_row(self, conn: Connection, path: str) -> Any:
-        q = select(StreamFile).where(StreamFile.dataflow_id == self.t.dataflow_id, StreamFile.path == path)
-        if conn.dialect.name == "postgresql":
-            q = q.with_for_update()  # another server may be staging a chunk of the same file
-        return conn.execute(q).first()
-
-    def _chunk(self, conn: Connection, m: Message, chunk: Chunk, path: str, out: Outcome) -> bool:
-        row = self._file_row(conn, path)
-        if row is None and conn.dialect.name == "postgresql":
-            # Two servers may see the first chunks of one file at once: one insert wins, both then lock it.
-            self._new_file(conn, path, chunk, ignore_conflict=True)
-            row = self._file_row(conn, path)
+    def _chunk(self, conn: Connection, m: Message, ready: _Ready, out: Outcome) -> bool:
+        chunk, path = ready.chunk, ready.path
+        row = self._b.rows.get(path)
+        file_hash = chunk.file_hash.hex()
         if row is not None and row.state == LANDED:
-            if row.file_hash == chunk.file_hash.hex():
+            if row.file_hash == file_hash:
                 out.duplicates += 1  # a late copy of a chunk of a file already landed
                 return False
             current = None
         else:
             current = None if row is None or row.chunks_staged == 0 else _generation(row)
-        have = current is not None and self._has_chunk(conn, row.id, chunk.offset)
+        have = current is not None and row is not None and self._has_chunk(conn, row, chunk.offset)
         decision = decide(current, chunk, have)
         if decision == Decision.DUPLICATE:
             out.duplicates += 1
@@ -279,86 +365,57 @@ class Stager:
             out.stale += 1
             return False
         if row is None:
-            row = self._new_file(conn, path, chunk)
-        elif current is None or decision == Decision.SWITCH or row.file_hash != chunk.file_hash.hex():
-            row = self._restart_file(conn, row, chunk)
-        return self._stage(conn, row, m, chunk, path, out)
+            row = self._b.rows[path] = _FileRow.new(path, chunk)
+        elif current is None or decision == Decision.SWITCH or row.file_hash != file_hash:
+            self._restart_file(conn, row, chunk)
+        return self._stage(conn, row, m, ready, out)
 
-    def _has_chunk(self, conn: Connection, file_id: int, offset: int) -> bool:
-        return (
-            conn.execute(
-                select(StreamChunk.offset).where(StreamChunk.file_id == file_id, StreamChunk.offset == offset)
-            ).first()
-            is not None
-        )
+    def _has_chunk(self, conn: Connection, row: _FileRow, offset: int) -> bool:
+        if row.id is None:
+            return False
+        return conn.execute(_HAS_CHUNK, {"file_id_": row.id, "offset_": offset}).first() is not None
 
-    def _new_file(self, conn: Connection, path: str, chunk: Chunk, ignore_conflict: bool = False) -> Any:
-        now = time.time()
-        values = {
-            "dataflow_id": self.t.dataflow_id,
-            "path": path,
-            "state": PARTIAL,
-            "file_hash": chunk.file_hash.hex(),
-            "n_chunks": chunk.total,
-            "mtime": chunk.mtime,
-            "chunks_staged": 0,
-            "bytes_staged": 0,
-            "messages": {},
-            "first_seen": now,
-            "updated_at": now,
-        }
-        if ignore_conflict:
-            _insert_ignore(conn, StreamFile, values)
-            return None
-        conn.execute(_INSERT_FILE, values)
-        return self._file_row(conn, path)
-
-    def _restart_file(self, conn: Connection, row: Any, chunk: Chunk) -> Any:
+    def _restart_file(self, conn: Connection, row: _FileRow, chunk: Chunk) -> None:
         """Make ``row`` the new generation ``chunk`` starts (its staged chunks, if any, dropped)."""
-        conn.execute(delete(StreamChunk).where(StreamChunk.file_id == row.id))
-        self._b.unlink.add(self._staging_file(row.path, row.file_hash))
+        if row.id is not None and row.chunks_staged:
+            conn.execute(delete(StreamChunk).where(StreamChunk.file_id == row.id))
+            self._b.unlink.add(self._row_staging(row))
         now = time.time()
-        _set_file(
-            conn,
-            row.id,
-            state=PARTIAL,
-            file_hash=chunk.file_hash.hex(),
-            n_chunks=chunk.total,
-            mtime=chunk.mtime,
-            chunks_staged=0,
-            bytes_staged=0,
-            messages={},
-            first_seen=now,
-            updated_at=now,
-        )
-        return self._file_row(conn, row.path)
+        row.state, row.file_hash, row.n_chunks, row.mtime = PARTIAL, chunk.file_hash.hex(), chunk.total, chunk.mtime
+        row.chunks_staged, row.bytes_staged, row.messages = 0, 0, {}
+        row.first_seen = row.updated_at = now
+        row.dirty = True
 
-    def _stage(self, conn: Connection, row: Any, m: Message, chunk: Chunk, path: str, out: Outcome) -> bool:
-        msgs = dict(row.messages or {})
+    def _stage(self, conn: Connection, row: _FileRow, m: Message, ready: _Ready, out: Outcome) -> bool:
+        chunk = ready.chunk
+        msgs = dict(row.messages)
         first, last = msgs.get(str(m.partition), [m.offset, m.offset])
         msgs[str(m.partition)] = [min(first, m.offset), max(last, m.offset)]
+        row.messages = msgs
         staged = row.chunks_staged + 1
         if staged < row.n_chunks:
-            self._b.write(self._staging_file(row.path, row.file_hash), chunk.offset, chunk.data)
+            if row.id is None:  # its chunk rows need the file's id now
+                values = {"dataflow_id": self.t.dataflow_id, "path": row.path, **row.values()}
+                row.id = int(conn.execute(insert(StreamFile).values(values).returning(StreamFile.id)).scalar_one())
+            self._b.write(self._row_staging(row), chunk.offset, chunk.data)
             conn.execute(_INSERT_CHUNK, {"file_id": row.id, "offset": chunk.offset, "size": len(chunk.data)})
-            _set_file(
-                conn,
-                row.id,
-                chunks_staged=staged,
-                bytes_staged=row.bytes_staged + len(chunk.data),
-                messages=msgs,
-                updated_at=time.time(),
-            )
+            row.chunks_staged = staged
+            row.bytes_staged += len(chunk.data)
+            row.updated_at = time.time()
+            row.dirty = True
             return False
-        return self._land(conn, row, chunk, msgs, path, out)
+        return self._land(conn, row, ready, out)
 
-    def _assemble(self, conn: Connection, row: Any, last: Chunk) -> tuple[BlobInfo, bytes]:
-        """The file's blob from its staging file plus ``last``, read once in pieces; with its SHA-512."""
+    def _assemble(self, conn: Connection, row: _FileRow, ready: _Ready) -> tuple[BlobInfo, bytes]:
+        """The file's blob from its staging file plus the last chunk, read once in pieces; with its SHA-512."""
+        last = ready.chunk
         if row.n_chunks == 1:  # the usual small file: no staging file, one hash pass each
             if last.offset != 0:
                 raise BadChunk(f"{row.path!r}: its only chunk starts at byte {last.offset}", path=row.path)
-            # decode() checked the chunk hash, the SHA-512 of these very bytes: no second pass.
-            return self.home.blobs.put(last.data, durable=False), last.chunk_hash
+            # decode() checked the chunk hash, the SHA-512 of these very bytes: no second pass; the
+            # blob was written on a worker thread while earlier messages were applied.
+            blob = ready.blob or self.home.blobs.put(last.data, durable=False)
+            return blob, last.chunk_hash
         staged = conn.execute(
             select(StreamChunk.offset, StreamChunk.size)
             .where(StreamChunk.file_id == row.id)
@@ -367,7 +424,7 @@ class Stager:
         pieces = sorted(
             [(int(r.offset), int(r.size), None) for r in staged] + [(last.offset, len(last.data), last.data)]
         )
-        fd = self._b.fd(self._staging_file(row.path, row.file_hash)) if staged else -1
+        fd = self._b.fd(self._row_staging(row)) if staged else -1
         writer = self.home.blobs.writer(durable=False)
         h = hashlib.sha512()
         written = 0
@@ -396,10 +453,11 @@ class Stager:
             frow = self._b.folders[folder] = folders.readable_folder(conn, self.t.owner, folder, Level.WRITE)
         return frow
 
-    def _land(self, conn: Connection, row: Any, last: Chunk, msgs: dict[str, Any], path: str, out: Outcome) -> bool:
-        staging = self._staging_file(row.path, row.file_hash)
+    def _land(self, conn: Connection, row: _FileRow, ready: _Ready, out: Outcome) -> bool:
+        path = ready.path
+        staging = self._row_staging(row)
         try:
-            blob, digest = self._assemble(conn, row, last)
+            blob, digest = self._assemble(conn, row, ready)
             if digest.hex() != row.file_hash:
                 raise BadChunk(
                     f"{path!r}: the reassembled file does not match its SHA-512 ({row.n_chunks} chunk(s)); "
@@ -411,7 +469,7 @@ class Stager:
             meta = {
                 "stream": {
                     "topic": self.t.topic,
-                    "offsets": msgs,
+                    "offsets": row.messages,
                     "sha512": row.file_hash,
                     "mtime": row.mtime,
                     "path": path,
@@ -424,8 +482,10 @@ class Stager:
             }
             new = NewVersion(check_name(name, "item name"), blob, None, check_metadata(meta))
         except (BadChunk, DatamillError) as exc:
-            conn.execute(delete(StreamChunk).where(StreamChunk.file_id == row.id))
-            conn.execute(delete(StreamFile).where(StreamFile.id == row.id))
+            if row.id is not None:
+                conn.execute(delete(StreamChunk).where(StreamChunk.file_id == row.id))
+                conn.execute(delete(StreamFile).where(StreamFile.id == row.id))
+            self._b.rows[row.path] = None
             if row.n_chunks > 1:
                 self._b.unlink.add(staging)
             out.rejected.append(exc.message)
@@ -435,9 +495,9 @@ class Stager:
         if row.n_chunks > 1:
             conn.execute(delete(StreamChunk).where(StreamChunk.file_id == row.id))
             self._b.unlink.add(staging)
-        _set_file(
-            conn, row.id, state=LANDED, chunks_staged=row.n_chunks, bytes_staged=0, messages={}, updated_at=time.time()
-        )
+        row.state, row.chunks_staged, row.bytes_staged, row.messages = LANDED, row.n_chunks, 0, {}
+        row.updated_at = time.time()
+        row.dirty = True
         out.files.append(path)
         return True
 
@@ -479,7 +539,7 @@ class Stager:
                 conn.execute(delete(StreamFile).where(StreamFile.id == r.id))
             self._reject_events(conn, reasons)
         for r in rows:
-            self._staging_file(r.path, r.file_hash).unlink(missing_ok=True)
+            self._staging_file(r.path, r.file_hash, r.first_seen).unlink(missing_ok=True)
         self._sweep(cutoff)
         return reasons
 
@@ -494,11 +554,11 @@ class Stager:
             return
         with self.home.db.read() as conn:
             rows = conn.execute(
-                select(StreamFile.path, StreamFile.file_hash).where(
+                select(StreamFile.path, StreamFile.file_hash, StreamFile.first_seen).where(
                     StreamFile.dataflow_id == self.t.dataflow_id, StreamFile.state == PARTIAL
                 )
             ).all()
-        keep = {self._staging_file(r.path, r.file_hash).name for r in rows}
+        keep = {self._staging_file(r.path, r.file_hash, r.first_seen).name for r in rows}
         for e in old:
             if e.name not in keep:
                 Path(e.path).unlink(missing_ok=True)
@@ -554,28 +614,49 @@ def staging_root(home: Home) -> Path:
     return base / ".staging" / "streams"
 
 
-def _decode_one(value: bytes) -> Chunk | BadChunk:
+def _prepare(value: bytes, blobs: BlobStore) -> _Ready | BadChunk:
+    """Decode one message (its chunk hash checked) and, for a one-chunk file, write its blob: the
+    work that needs no database, done on a worker thread (SHA-512, BLAKE3 and file I/O release the GIL)."""
     try:
-        return decode(value)
+        chunk = decode(value)
+        ready = _Ready(chunk, chunk.path)
     except BadChunk as exc:
         return exc
+    if chunk.total == 1 and chunk.offset == 0:
+        # Not durable yet: the batch syncs the blob store once before it commits. A blob of a
+        # message that turns out stale or refused is garbage the collector removes.
+        ready.blob = blobs.put(chunk.data, durable=False)
+    return ready
 
 
-def _decode_all(batch: Sequence[Message]) -> Iterator[Chunk | BadChunk]:
-    """The batch's chunks (or why each is bad), in order; big chunks checked on two threads, since
-    hashlib's SHA-512 releases the GIL and the chunk check is the bulk of a big chunk's CPU. Decoded
-    a few at a time, so a big batch is not held twice in memory."""
-    values = [m.value or b"" for m in batch]
-    if len(values) < 2 or sum(map(len, values)) < DECODE_THREADS_OVER:
-        yield from map(_decode_one, values)
+def _prepare_all(batch: Sequence[Message], blobs: BlobStore) -> Iterator[list[tuple[Message, _Ready | BadChunk]]]:
+    """The batch in windows of at most :data:`WINDOW_MESSAGES` messages or :data:`WINDOW_BYTES`, each
+    prepared by :func:`_prepare` on two threads; the next window is prepared while the caller applies
+    this one (memory: two windows)."""
+    windows: list[list[Message]] = []
+    size = 0
+    for m in batch:
+        if not windows or len(windows[-1]) >= WINDOW_MESSAGES or size >= WINDOW_BYTES:
+            windows.append([])
+            size = 0
+        windows[-1].append(m)
+        size += len(m.value or b"")
+    if not windows:
         return
-    for i in range(0, len(values), DECODE_WINDOW):
-        yield from _pool().map(_decode_one, values[i : i + DECODE_WINDOW])
+    pool = _pool()
+
+    def submit(w: list[Message]) -> list[Future[_Ready | BadChunk]]:
+        return [pool.submit(_prepare, m.value or b"", blobs) for m in w]
+
+    ahead = submit(windows[0])
+    for i, w in enumerate(windows):
+        current, ahead = ahead, (submit(windows[i + 1]) if i + 1 < len(windows) else [])
+        yield [(m, f.result()) for m, f in zip(w, current, strict=True)]
 
 
 @functools.cache
 def _pool() -> ThreadPoolExecutor:
-    return ThreadPoolExecutor(max_workers=2, thread_name_prefix="stream-decode")
+    return ThreadPoolExecutor(max_workers=2, thread_name_prefix="stream-prepare")
 
 
 # Statements built once and given their values as parameters: SQLAlchemy caches their compiled form
@@ -583,26 +664,33 @@ def _pool() -> ThreadPoolExecutor:
 _INSERT_FILE = insert(StreamFile)
 _INSERT_CHUNK = insert(StreamChunk)
 _UPDATE_FILE = update(StreamFile).where(StreamFile.id == bindparam("file_id_"))
-
-
-def _set_file(conn: Connection, file_id: int, **values: Any) -> None:
-    conn.execute(_UPDATE_FILE, {"file_id_": file_id, **values})
+_UPDATE_OFFSET = (
+    update(StreamOffset)
+    .where(
+        StreamOffset.dataflow_id == bindparam("dataflow_id_"),
+        StreamOffset.topic == bindparam("topic_"),
+        StreamOffset.partition == bindparam("partition_"),
+    )
+)
+_HAS_CHUNK = select(StreamChunk.offset).where(
+    StreamChunk.file_id == bindparam("file_id_"), StreamChunk.offset == bindparam("offset_")
+)
 
 
 def _generation(row: Any) -> Generation:
     return Generation(bytes.fromhex(row.file_hash), int(row.n_chunks), row.mtime)
 
 
-def _insert_ignore(conn: Connection, model: Any, values: dict[str, Any]) -> None:
-    """INSERT that does nothing when the row's key exists (another server inserted it first)."""
+def _insert_ignore(conn: Connection, model: Any, rows: list[dict[str, Any]]) -> None:
+    """INSERT of ``rows`` that skips those whose key exists (another server inserted them first)."""
     if conn.dialect.name == "postgresql":
         from sqlalchemy.dialects.postgresql import insert as pg_insert
 
-        conn.execute(pg_insert(model).values(**values).on_conflict_do_nothing())
+        conn.execute(pg_insert(model).on_conflict_do_nothing(), rows)
     else:
         from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 
-        conn.execute(sqlite_insert(model).values(**values).on_conflict_do_nothing())
+        conn.execute(sqlite_insert(model).on_conflict_do_nothing(), rows)
 
 
 __all__ = ["Message", "Outcome", "Stager", "Target", "in_progress", "staged_bytes"]
