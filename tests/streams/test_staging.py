@@ -14,8 +14,9 @@ import pytest
 from sqlalchemy import select
 
 from datamill.dataflows.dataflow import Dataflows
+from datamill.dataflows.ingest import StreamIngest
 from datamill.dataflows.staging import Message, Stager, Target, in_progress
-from datamill.db.models import StreamChunk, StreamOffset
+from datamill.db.models import StreamChunk, StreamFile, StreamOffset
 from datamill.errors import InvalidDataflow
 from datamill.events import EventKind
 from datamill.home import Home
@@ -157,6 +158,39 @@ def test_a_file_whose_chunks_do_not_add_up_is_refused(home: Home) -> None:
     assert _items(home) == {}
 
 
+def test_a_rejected_file_sent_again_lands_though_a_late_clean_up_of_the_rejected_one_runs(home: Home) -> None:
+    """A file whose reassembly fails its SHA-512 is rejected and its staging file removed after the commit;
+    with two servers, that removal may run while the other server already stages the file sent again.
+    The re-sent file stages into a file of its own, so the late removal cannot take its bytes."""
+    stager = _stager(home)
+    data = os.urandom(3000)
+    whole = hashlib.sha512(data).digest()
+
+    def chunks(payload: bytes, start: int) -> list[Message]:
+        parts = [payload[i : i + 1024] for i in range(0, len(payload), 1024)]
+        return [
+            Message(
+                0, start + i, Chunk("r.bin", whole, hashlib.sha512(p).digest(), i * 1024, i + 1, 3, "", "", p).encode()
+            )
+            for i, p in enumerate(parts)
+        ]
+
+    bad = chunks(b"X" + data[1:], 0)  # a producer that corrupted a byte before hashing the chunk
+    stager.apply(bad[:2])
+    rejected_staging = list(stager.staging_dir.iterdir())
+    assert len(rejected_staging) == 1
+    out = stager.apply(bad[2:])
+    assert out.files == [] and "does not match its SHA-512" in out.rejected[0]
+    good = chunks(data, 3)
+    stager.apply(good[:2])
+    for leftover in rejected_staging:  # the other server's clean-up, late
+        leftover.unlink(missing_ok=True)
+    out = stager.apply(good[2:])
+    assert out.files == ["r.bin"] and out.rejected == []
+    assert _read(home, f"{DEST}/r.bin") == data
+    assert list(stager.staging_dir.iterdir()) == []
+
+
 def test_generations_more_chunks_replace_a_partial_older_one(home: Home, tmp_path: Path) -> None:
     stager = _stager(home)
     f = tmp_path / "g.bin"
@@ -243,8 +277,28 @@ def test_deleting_a_stream_dataflow_removes_its_staging_and_offsets(home: Home, 
     f = tmp_path / "p.bin"
     f.write_bytes(os.urandom(3000))
     stager = _stager(home)
+    kept = _stager(home, "kept")
     stager.apply(_messages(f, tmp_path, partitions=1)[:2])
+    kept.apply(_messages(f, tmp_path, partitions=1)[:1])
+    assert len(list(stager.staging_dir.iterdir())) == 1 and len(list(kept.staging_dir.iterdir())) == 1
     Dataflows(home.db).delete(home.admin, "ingest")
     with home.db.read() as conn:
-        assert conn.execute(select(StreamChunk)).first() is None
-        assert conn.execute(select(StreamOffset)).first() is None
+        assert (
+            conn.execute(
+                select(StreamChunk).where(
+                    StreamChunk.file_id.in_(select(StreamFile.id).where(StreamFile.dataflow_id == stager.t.dataflow_id))
+                )
+            ).first()
+            is None
+        )
+        assert (
+            conn.execute(select(StreamOffset).where(StreamOffset.dataflow_id == stager.t.dataflow_id)).first() is None
+        )
+    # Its partial file is reported as dropped, in the deletion's event.
+    deleted = all_events(home, EventKind.DATAFLOW_DELETED)
+    assert deleted[-1].data == {"name": "ingest", "dropped_partial_files": 1, "dropped_bytes": 2048}
+    # The server's reconcile of stream dataflows removes the staging directory of the deleted one only.
+    StreamIngest(home).reconcile()
+    assert not stager.staging_dir.exists()
+    assert len(list(kept.staging_dir.iterdir())) == 1
+    assert in_progress(home, kept.t.dataflow_id)[0]["chunks"] == 1

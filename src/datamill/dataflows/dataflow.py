@@ -29,7 +29,7 @@ from dataclasses import dataclass, replace
 from enum import StrEnum
 from typing import Any
 
-from sqlalchemy import Connection, delete, insert, select, update
+from sqlalchemy import Connection, delete, func, insert, select, update
 from sqlalchemy import text as sql_text
 
 from datamill import events
@@ -580,14 +580,22 @@ def _keep_password(merged: dict[str, Any], old: Mapping[str, Any]) -> None:
         )
 
 
-def _delete_stream_state(conn: Connection, dataflow_id: int) -> None:
-    """A stream dataflow's offsets, staged files and status go with it (SQLite does not cascade)."""
+def _delete_stream_state(conn: Connection, dataflow_id: int) -> dict[str, int]:
+    """A stream dataflow's offsets, staged files and status go with it (SQLite does not cascade); how many
+    partial files (and staged bytes) were dropped. Its staging directory goes with the next reconcile of
+    stream dataflows (``StreamIngest``), which removes those of dataflows that are gone."""
     from datamill.db.models import StreamChunk, StreamFile, StreamOffset, StreamStatus
 
+    dropped = conn.execute(
+        select(func.count(StreamFile.id), func.coalesce(func.sum(StreamFile.bytes_staged), 0)).where(
+            StreamFile.dataflow_id == dataflow_id, StreamFile.state == "partial", StreamFile.chunks_staged > 0
+        )
+    ).one()
     files = select(StreamFile.id).where(StreamFile.dataflow_id == dataflow_id)
     conn.execute(delete(StreamChunk).where(StreamChunk.file_id.in_(files)))
     for model in (StreamFile, StreamOffset, StreamStatus):
         conn.execute(delete(model).where(model.dataflow_id == dataflow_id))
+    return {"dropped_partial_files": int(dropped[0]), "dropped_bytes": int(dropped[1])}
 
 
 def _user(conn: Connection, user_id: int | None) -> Actor:
@@ -930,7 +938,7 @@ class Dataflows:
             if row.state == DataflowState.RUNNING:
                 raise Conflict(f"dataflow {name!r} is running; stop it first with `datamill flow stop {name}`")
             conn.execute(delete(DataflowVersion).where(DataflowVersion.dataflow_id == row.id))
-            _delete_stream_state(conn, row.id)
+            dropped = _delete_stream_state(conn, row.id)
             conn.execute(delete(Dataflow).where(Dataflow.id == row.id))
             events.append(
                 conn,
@@ -938,7 +946,7 @@ class Dataflows:
                 actor_id=actor.id,
                 dataflow_id=row.id,
                 folder_id=row.dest_folder_id,
-                data={"name": name},
+                data={"name": name, **(dropped if row.kind == DataflowKind.STREAM else {})},
             )
 
     def version_config(self, conn: Connection, dataflow_id: int, number: int) -> dict[str, Any]:

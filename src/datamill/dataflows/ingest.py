@@ -33,7 +33,7 @@ from typing import Any
 from sqlalchemy import delete, insert, select
 
 from datamill import events
-from datamill.dataflows.staging import Message, Stager, Target, in_progress
+from datamill.dataflows.staging import Message, Stager, Target, in_progress, remove_orphan_staging
 from datamill.db.models import Dataflow, StreamStatus, User
 from datamill.errors import DatamillError, Unavailable
 from datamill.events import EventKind
@@ -371,6 +371,8 @@ class StreamIngest:
                 consumer = StreamConsumer(self.home, row, owner, self.member)
                 consumer.start()
                 self.consumers[fid] = consumer
+        for gone in remove_orphan_staging(self.home):
+            log.info("stream dataflow %d was deleted: its staging directory was removed", gone)
 
     def stop_all(self) -> None:
         """Stop every consumer and wait for them (each finishes its batch)."""

@@ -27,6 +27,7 @@ from __future__ import annotations
 import functools
 import hashlib
 import os
+import shutil
 import time
 from collections.abc import Iterator, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
@@ -37,7 +38,7 @@ from typing import Any
 from sqlalchemy import Connection, bindparam, delete, func, insert, select, update
 
 from datamill import events
-from datamill.db.models import StreamChunk, StreamFile, StreamOffset
+from datamill.db.models import Dataflow, StreamChunk, StreamFile, StreamOffset
 from datamill.errors import BadChunk, DatamillError
 from datamill.events import EventKind
 from datamill.home import Home
@@ -428,6 +429,7 @@ class Stager:
         writer = self.home.blobs.writer(durable=False)
         h = hashlib.sha512()
         written = 0
+        pending: Future[None] | None = None
         try:
             for offset, size, data in pieces:
                 if offset != written:
@@ -436,11 +438,20 @@ class Stager:
                         path=row.path,
                     )
                 for piece in [data] if data is not None else _read_range(fd, offset, size, row.path):
-                    writer.write(piece)
+                    # The blob's BLAKE3 and write on another thread while this one computes the SHA-512
+                    # (both release the GIL): one read of the staging file, two hashes at once.
+                    if pending is not None:
+                        pending.result()
+                    pending = _assembler().submit(writer.write, piece)
                     h.update(piece)
                 written += size
+            if pending is not None:
+                pending.result()
+                pending = None
             blob = writer.commit()
         finally:
+            if pending is not None:
+                pending.exception()  # the writer is not aborted under a running write
             writer.abort()
         return blob, h.digest()
 
@@ -592,6 +603,25 @@ def staged_bytes(home: Home, dataflow_id: int) -> int:
         )
 
 
+def remove_orphan_staging(home: Home) -> list[int]:
+    """Remove the staging directories of stream dataflows that no longer exist (deleted: their partial
+    files were dropped with them); the ids removed. The directories are listed before the dataflows are
+    read: a directory is made only for a dataflow that exists, so one made meanwhile is never taken."""
+    root = staging_root(home)
+    try:
+        names = [e.name for e in os.scandir(root) if e.is_dir() and e.name.isdigit()]
+    except FileNotFoundError:
+        return []
+    if not names:
+        return []
+    with home.db.read() as conn:
+        ids = {int(i) for i in conn.execute(select(Dataflow.id)).scalars()}
+    gone = sorted(int(n) for n in names if int(n) not in ids)
+    for i in gone:
+        shutil.rmtree(root / str(i), ignore_errors=True)
+    return gone
+
+
 def _read_range(fd: int, offset: int, size: int, path: str) -> Iterator[bytes]:
     """``size`` bytes of a staging file from ``offset``, in pieces of at most :data:`READ_PIECE`."""
     end = offset + size
@@ -655,6 +685,11 @@ def _prepare_all(batch: Sequence[Message], blobs: BlobStore) -> Iterator[list[tu
 
 
 @functools.cache
+def _assembler() -> ThreadPoolExecutor:
+    return ThreadPoolExecutor(max_workers=1, thread_name_prefix="stream-assemble")
+
+
+@functools.cache
 def _pool() -> ThreadPoolExecutor:
     return ThreadPoolExecutor(max_workers=2, thread_name_prefix="stream-prepare")
 
@@ -664,13 +699,10 @@ def _pool() -> ThreadPoolExecutor:
 _INSERT_FILE = insert(StreamFile)
 _INSERT_CHUNK = insert(StreamChunk)
 _UPDATE_FILE = update(StreamFile).where(StreamFile.id == bindparam("file_id_"))
-_UPDATE_OFFSET = (
-    update(StreamOffset)
-    .where(
-        StreamOffset.dataflow_id == bindparam("dataflow_id_"),
-        StreamOffset.topic == bindparam("topic_"),
-        StreamOffset.partition == bindparam("partition_"),
-    )
+_UPDATE_OFFSET = update(StreamOffset).where(
+    StreamOffset.dataflow_id == bindparam("dataflow_id_"),
+    StreamOffset.topic == bindparam("topic_"),
+    StreamOffset.partition == bindparam("partition_"),
 )
 _HAS_CHUNK = select(StreamChunk.offset).where(
     StreamChunk.file_id == bindparam("file_id_"), StreamChunk.offset == bindparam("offset_")
@@ -693,4 +725,4 @@ def _insert_ignore(conn: Connection, model: Any, rows: list[dict[str, Any]]) -> 
         conn.execute(sqlite_insert(model).on_conflict_do_nothing(), rows)
 
 
-__all__ = ["Message", "Outcome", "Stager", "Target", "in_progress", "staged_bytes"]
+__all__ = ["Message", "Outcome", "Stager", "Target", "in_progress", "remove_orphan_staging", "staged_bytes"]
