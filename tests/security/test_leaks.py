@@ -8,6 +8,7 @@ logs and dataflows.
 
 from __future__ import annotations
 
+import hashlib
 import json
 
 import httpx
@@ -149,3 +150,62 @@ def test_runs_and_dataflows_name_no_server_path_of_the_pipeline(http: httpx.Clie
         assert run["pipeline_ref"] == HIDDEN and path not in json.dumps(run), role
         assert path not in get(http, world, role, "/api/v1/runs").text, role
     assert get(http, world, "site_admin", f"/api/v1/runs/{world.run_ok}").json()["pipeline_ref"] == REF
+
+
+def _sse_until_marker(http: httpx.Client, world: World, role: str, marker: str) -> str:
+    """The SSE stream from the start as ``role`` sees it, read until a public folder named ``marker`` appears."""
+    seen = []
+    with http.stream("GET", "/api/v1/events/stream", params={"since": 0}, headers=world.headers(role)) as stream:
+        lines = stream.iter_lines()
+        assert next(lines) == "retry: 3000"
+        world.home.store.create_folder(world.home.admin, marker, public_read=True)
+        for line in lines:
+            seen.append(line)
+            if line.startswith("data:") and marker in line:
+                break
+    return "\n".join(seen)
+
+
+def test_stream_events_reach_only_readers_of_the_streams_destination(http: httpx.Client, world: World) -> None:
+    """alice's stream dataflow lands in DEST; she moves DEST away and ``other`` makes a folder of the old
+    name. The stream's rejections and heartbeats (they name the files' paths) stay with DEST's readers:
+    they are never sent to the new folder's owner, over the event list or SSE."""
+    from datamill.dataflows.dataflow import Dataflows
+    from datamill.dataflows.ingest import Status, write_status
+    from datamill.dataflows.staging import Message, Stager, Target
+    from datamill.streams.chunks import Chunk
+
+    home = world.home
+    alice = home.actor("alice")
+    flow = Dataflows(home.db).create(
+        alice, "plover-stream", {"kind": "stream", "topic": "plover-topic", "destination": DEST,
+                                 "broker": {"bootstrap": "127.0.0.1:9"}},
+    )  # fmt: skip
+    home.store.create_folder(alice, "Harbor Archive")
+    home.store.move_folder(alice, DEST, "Harbor Archive")
+    home.store.create_folder(home.actor("other"), DEST)  # the old name, taken by someone else
+    target = Target(flow.id, "plover-stream", "plover-topic", DEST, alice)
+    data = b"secret plover bytes"
+    digest = hashlib.sha512(data).digest()
+    value = Chunk("plover-secret.bin", digest, digest, 0, 1, 1, "night", "", data).encode()
+    out = Stager(home, target).apply([Message(0, 0, value)])
+    assert out.files == [] and "night/plover-secret.bin" in out.rejected[0]  # alice may not write there
+    status = Status(state="running", messages=1, rejected=1)
+    status.error(out.rejected[0])
+    write_status(home, target, "member-1", status, heartbeat=True)
+
+    def stream_events(role: str) -> list[dict[str, object]]:
+        page = get(http, world, role, "/api/v1/events", params={"since": 0}).json()["events"]
+        return [e for e in page if str(e["kind"]).startswith("stream.")]
+
+    # DEST's readers get both (they may read where the files belong), with the file's path.
+    for role in ("dest_reader", "owner"):
+        kinds = {e["kind"] for e in stream_events(role)}
+        assert kinds == {"stream.rejected", "stream.heartbeat"}, role
+        assert "plover-secret.bin" in json.dumps(stream_events(role))
+    # The new folder's owner, and everyone else who may not read DEST, gets neither.
+    for role in ("other", "src_reader"):
+        page = get(http, world, role, "/api/v1/events", params={"since": 0}).text
+        assert stream_events(role) == [] and "plover-secret" not in page and "plover-stream" not in page, role
+        sse = _sse_until_marker(http, world, role, f"Marker {role}")
+        assert "plover-secret" not in sse and "plover-stream" not in sse and "stream.rejected" not in sse, role

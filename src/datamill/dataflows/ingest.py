@@ -33,12 +33,18 @@ from typing import Any
 from sqlalchemy import delete, insert, select
 
 from datamill import events
-from datamill.dataflows.staging import Message, Stager, Target, in_progress, remove_orphan_staging
+from datamill.dataflows.staging import (
+    Message,
+    Stager,
+    Target,
+    destination_folder_id,
+    in_progress,
+    remove_orphan_staging,
+)
 from datamill.db.models import Dataflow, StreamStatus, User
 from datamill.errors import DatamillError, Unavailable
 from datamill.events import EventKind
 from datamill.home import Home
-from datamill.store import lookups
 from datamill.store.access import Actor
 from datamill.streams.broker import Broker
 
@@ -307,7 +313,7 @@ def write_status(home: Home, target: Target, member: str, status: Status, heartb
                 conn,
                 EventKind.STREAM_HEARTBEAT,
                 dataflow_id=target.dataflow_id,
-                folder_id=lookups.folder_id(conn, target.destination),
+                folder_id=destination_folder_id(conn, target.dataflow_id),
                 data={"name": target.name, "topic": target.topic, "member": member, **_brief(data)},
             )
 

@@ -42,7 +42,7 @@ from datamill.db.models import Dataflow, StreamChunk, StreamFile, StreamOffset
 from datamill.errors import BadChunk, DatamillError
 from datamill.events import EventKind
 from datamill.home import Home
-from datamill.store import folders, lookups
+from datamill.store import folders
 from datamill.store.access import Actor, Level
 from datamill.store.blobs import BlobInfo, BlobStore
 from datamill.store.metadata import check_metadata
@@ -499,7 +499,8 @@ class Stager:
             self._b.rows[row.path] = None
             if row.n_chunks > 1:
                 self._b.unlink.add(staging)
-            out.rejected.append(exc.message)
+            # A chunk error names the file already; a store error (the folder, the name) says which file.
+            out.rejected.append(exc.message if isinstance(exc, BadChunk) else f"{path!r}: {exc.message}; not landed")
             return False
         self._b.versions.setdefault(folder, []).append(new)
         self._b.landed = True
@@ -515,7 +516,7 @@ class Stager:
     def _reject_events(self, conn: Connection, rejected: list[str]) -> None:
         if not rejected:
             return
-        folder_id = lookups.folder_id(conn, self.t.destination)
+        folder_id = destination_folder_id(conn, self.t.dataflow_id)
         rows = [
             {
                 "kind": EventKind.STREAM_REJECTED,
@@ -577,6 +578,13 @@ class Stager:
     def in_progress(self) -> list[dict[str, Any]]:
         """Files being received: path, chunks staged and expected, bytes staged."""
         return in_progress(self.home, self.t.dataflow_id)
+
+
+def destination_folder_id(conn: Connection, dataflow_id: int) -> int | None:
+    """The folder a stream dataflow's events are about: its destination **by id**, as recorded when the
+    dataflow was made or edited. Never looked up by path: after the destination is moved, another
+    user's folder of the old name must not receive events naming the stream's files."""
+    return conn.execute(select(Dataflow.dest_folder_id).where(Dataflow.id == dataflow_id)).scalar()
 
 
 def in_progress(home: Home, dataflow_id: int, limit: int = 100) -> list[dict[str, Any]]:
@@ -725,4 +733,13 @@ def _insert_ignore(conn: Connection, model: Any, rows: list[dict[str, Any]]) -> 
         conn.execute(sqlite_insert(model).on_conflict_do_nothing(), rows)
 
 
-__all__ = ["Message", "Outcome", "Stager", "Target", "in_progress", "remove_orphan_staging", "staged_bytes"]
+__all__ = [
+    "Message",
+    "Outcome",
+    "Stager",
+    "Target",
+    "destination_folder_id",
+    "in_progress",
+    "remove_orphan_staging",
+    "staged_bytes",
+]
