@@ -59,6 +59,8 @@ QUEUE_KBYTES = 16 * 1024
 PARTIAL_TIMEOUT = 3600.0
 #: Status rows are written at most this often (seconds).
 STATUS_EVERY = 2.0
+#: The longest wait (seconds) between two attempts to reach a broker or database that is away.
+MAX_BACKOFF = 10.0
 #: A consumer that has not reported for this long (seconds) no longer counts for the lag (it died).
 STALE_STATUS = 30.0
 
@@ -152,7 +154,7 @@ class StreamConsumer(threading.Thread):
                 self._close()
                 self._report(force=True)
                 self._halt.wait(backoff)
-                backoff = min(backoff * 2, 30.0)
+                backoff = min(backoff * 2, MAX_BACKOFF)
         self._close()
         self.status.state = "stopped"
         self._report(force=True)
@@ -173,6 +175,11 @@ class StreamConsumer(threading.Thread):
                 **broker.consumer_config(self.group),
                 "queued.max.messages.kbytes": QUEUE_KBYTES,
                 "client.id": f"datamill-{self.member}",
+                # A broker that goes away is not an exception: librdkafka reconnects by itself and says so
+                # only here. Its own log lines (one per reconnect attempt) are left to debugging.
+                "error_cb": self._on_error,
+                "logger": logging.getLogger("datamill.streams.kafka"),
+                "log_level": 2,
             }
         )
         self._consumer = consumer
@@ -192,6 +199,22 @@ class StreamConsumer(threading.Thread):
         consumer.subscribe([self.target.topic], on_assign=self._on_assign, on_revoke=self._on_revoke,
                            on_lost=self._on_revoke)  # fmt: skip
         return consumer
+
+    def _on_error(self, err: Any) -> None:
+        """librdkafka's error events (called from poll, in this thread): the broker down or back is status."""
+        from datamill.streams.broker import kafka
+
+        ck = kafka()
+        text = err.str() if hasattr(err, "str") else str(err)
+        if err.code() in (ck.KafkaError._ALL_BROKERS_DOWN, ck.KafkaError._TRANSPORT, ck.KafkaError._RESOLVE):
+            message = f"the Kafka broker does not answer ({text}); is it running? retrying"
+            if self.status.state != "retrying":  # librdkafka says so at every reconnect: log the change only
+                log.warning("stream dataflow %s: %s", self.target.name, message)
+            self.status.state = "retrying"
+        else:
+            message = f"Kafka: {text}"
+            log.warning("stream dataflow %s: %s", self.target.name, message)
+        self.status.error(message)
 
     def _on_assign(self, consumer: Any, partitions: list[Any]) -> None:
         # Seek to datamill's stored offsets: what was committed with the data, not Kafka's idea.
@@ -232,6 +255,9 @@ class StreamConsumer(threading.Thread):
                     self.status.error(f"Kafka: {err.str()}")
             msgs = []  # librdkafka's copies go now: the batch holds the values (memory stays at one copy)
             if batch:
+                if self.status.state != "running":
+                    log.info("stream dataflow %s: the broker answers again", self.target.name)
+                    self.status.state = "running"
                 self._apply(batch)
             self._housekeeping(consumer)
 
