@@ -16,6 +16,7 @@ import os
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -61,7 +62,7 @@ def files(root: Path, names: list[str], size: int) -> dict[str, tuple[int, str]]
     return out
 
 
-def status(client: RemoteClient, name: str) -> dict[str, object]:
+def status(client: RemoteClient, name: str) -> dict[str, Any]:
     return client.dataflow(name).stream or {}
 
 
@@ -88,7 +89,7 @@ def test_a_broker_that_is_down_at_the_start_is_retried_until_it_comes_up(home: H
                 "the status says running, with the files",
                 lambda: (
                     (c := status(client, "late").get("consumers"))
-                    and c[0]["state"] == "running"  # type: ignore[index]
+                    and c[0]["state"] == "running"
                     and status(client, "late")["files"] == 2
                 ),
                 timeout=60,
@@ -127,7 +128,7 @@ def test_a_broker_that_goes_away_mid_file_is_resumed_without_loss_or_duplicates(
             assert producer.flush(30) == 0
             wait_for(
                 "the half file in progress",
-                lambda: [f["chunks"] for f in status(client, "away").get("in_progress") or []] == [4],  # type: ignore[union-attr]
+                lambda: [f["chunks"] for f in status(client, "away").get("in_progress") or []] == [4],
                 timeout=60,
             )
             broker.kill()
