@@ -27,6 +27,7 @@ import socket
 import threading
 import time
 import uuid
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -35,6 +36,7 @@ from sqlalchemy import delete, insert, select
 from datamill import events
 from datamill.dataflows.staging import (
     Message,
+    Prepared,
     Stager,
     Target,
     destination_folder_id,
@@ -129,6 +131,7 @@ class StreamConsumer(threading.Thread):
         self.partial_timeout = float(self.cfg.get("partial_timeout_s") or PARTIAL_TIMEOUT)
         self._halt = threading.Event()
         self._consumer: Any = None
+        self._writer = ThreadPoolExecutor(max_workers=1, thread_name_prefix=f"stream-{row.name}-writer")
         self._status_at = 0.0
         self._heartbeat_at = 0.0
         self._expire_at = 0.0
@@ -156,6 +159,7 @@ class StreamConsumer(threading.Thread):
                 self._halt.wait(backoff)
                 backoff = min(backoff * 2, MAX_BACKOFF)
         self._close()
+        self._writer.shutdown(wait=True)
         self.status.state = "stopped"
         self._report(force=True)
 
@@ -239,30 +243,50 @@ class StreamConsumer(threading.Thread):
     def _consume(self) -> None:
         consumer = self._consumer or self._open()
         self.status.state = "running"
-        while not self._halt.is_set():
-            # Wait for one message, then take what is already queued behind it: consume() with a
-            # timeout would wait out the whole timeout for a batch that is not full (latency).
-            first = consumer.poll(0.5)
-            msgs = [first, *consumer.consume(num_messages=BATCH - 1, timeout=0)] if first is not None else []
-            batch: list[Message] = []
-            for m in msgs:
-                err = m.error()
-                if err is None:
-                    batch.append(Message(m.partition(), m.offset(), m.value()))
-                elif err.fatal():
-                    raise DatamillError(f"Kafka: {err.str()}")
-                elif not _benign(err):
-                    self.status.error(f"Kafka: {err.str()}")
-            msgs = []  # librdkafka's copies go now: the batch holds the values (memory stays at one copy)
-            if batch:
-                if self.status.state != "running":
-                    log.info("stream dataflow %s: the broker answers again", self.target.name)
-                    self.status.state = "running"
-                self._apply(batch)
-            self._housekeeping(consumer)
+        # A pipeline one batch deep: while the writer thread commits batch N (database, fsyncs), this
+        # thread reads batch N+1 and starts preparing it (hashes, blobs). Batches are bounded by what
+        # librdkafka has queued (QUEUE_KBYTES), so at most two are in memory besides that queue.
+        pending: Future[None] | None = None
+        try:
+            while not self._halt.is_set():
+                batch = self._read(consumer)
+                if batch:
+                    if self.status.state != "running":
+                        log.info("stream dataflow %s: the broker answers again", self.target.name)
+                        self.status.state = "running"
+                    prepared = self.stager.prepare(batch)
+                    if pending is not None:
+                        pending.result()  # the database's errors surface here, in this thread
+                    pending = self._writer.submit(self._apply, batch, prepared)
+                elif pending is not None and pending.done():
+                    done: Future[None] = pending
+                    pending = None
+                    done.result()
+                self._housekeeping(consumer, idle=pending is None)
+        finally:
+            if pending is not None:
+                # Stored offsets must be the committed ones before anything seeks to them again.
+                with contextlib.suppress(Exception):  # raised by the loop already, or retried with it
+                    pending.result()
 
-    def _apply(self, batch: list[Message]) -> None:
-        out = self.stager.apply(batch)
+    def _read(self, consumer: Any) -> list[Message]:
+        """The next batch: one message waited for, then what is already queued behind it (consume()
+        with a timeout would wait out the whole timeout for a batch that is not full: latency)."""
+        first = consumer.poll(0.5)
+        msgs = [first, *consumer.consume(num_messages=BATCH - 1, timeout=0)] if first is not None else []
+        batch: list[Message] = []
+        for m in msgs:
+            err = m.error()
+            if err is None:
+                batch.append(Message(m.partition(), m.offset(), m.value()))
+            elif err.fatal():
+                raise DatamillError(f"Kafka: {err.str()}")
+            elif not _benign(err):
+                self.status.error(f"Kafka: {err.str()}")
+        return batch
+
+    def _apply(self, batch: list[Message], prepared: Prepared | None = None) -> None:
+        out = self.stager.apply(batch, prepared)
         s = self.status
         s.messages += out.messages
         s.bytes += out.bytes
@@ -276,9 +300,9 @@ class StreamConsumer(threading.Thread):
             s.error(out.rejected[-1])
             log.warning("stream dataflow %s: %s", self.target.name, out.rejected[-1])
 
-    def _housekeeping(self, consumer: Any) -> None:
+    def _housekeeping(self, consumer: Any, idle: bool = True) -> None:
         now = time.monotonic()
-        if now >= self._expire_at:
+        if idle and now >= self._expire_at:  # not beside a batch being committed
             self._expire_at = now + min(5.0, self.partial_timeout / 4)
             for reason in self.stager.expire(self.partial_timeout):
                 self.status.rejected += 1

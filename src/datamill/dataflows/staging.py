@@ -255,25 +255,32 @@ class Stager:
 
     # ------------------------------------------------------------------ one batch
 
-    def apply(self, batch: Sequence[Message]) -> Outcome:
-        """Apply ``batch`` (in offset order per partition) in one transaction; see the module docstring."""
+    def prepare(self, batch: Sequence[Message]) -> Prepared:
+        """Start the work on ``batch`` that needs no database (see :class:`Prepared`), for :meth:`apply`."""
+        return Prepared(batch, self.home.blobs)
+
+    def apply(self, batch: Sequence[Message], prepared: Prepared | None = None) -> Outcome:
+        """Apply ``batch`` (in offset order per partition; ``prepared`` by :meth:`prepare`, else prepared
+        here) in one transaction; see the module docstring."""
         out = Outcome()
         self._b = _Batch()
         committed = False
         try:
-            self._apply(batch, out)
+            self._apply(prepared or Prepared(batch, self.home.blobs), out)
             committed = True
         finally:
             self._b.close(committed)
         return out
 
-    def _apply(self, batch: Sequence[Message], out: Outcome) -> None:
+    def _apply(self, prepared: Prepared, out: Outcome) -> None:
         with self.home.db.write() as conn:
-            stored = self._lock_offsets(conn, {m.partition for m in batch})
+            stored = self._lock_offsets(conn, {m.partition for w in prepared.windows for m in w})
             ends: dict[int, int] = {}
-            fresh = [m for m in batch if m.offset >= stored.get(m.partition, 0)]
-            out.skipped = len(batch) - len(fresh)  # applied before (a restart, or another member before a rebalance)
-            for window in _prepare_all(fresh, self.home.blobs):
+            for whole in prepared:
+                # Messages below the stored offset were applied before (a restart, or another member
+                # before a rebalance): skipped here, under the offsets' lock.
+                window = [(m, r) for m, r in whole if m.offset >= stored.get(m.partition, 0)]
+                out.skipped += len(whole) - len(window)
                 self._load_rows(conn, {r.path: r.chunk for _m, r in window if isinstance(r, _Ready)})
                 for m, ready in window:
                     ends[m.partition] = max(ends.get(m.partition, 0), m.offset + 1)
@@ -333,7 +340,7 @@ class Stager:
             conn.execute(_UPDATE_FILE, changed)
 
     def _one(self, conn: Connection, m: Message, out: Outcome, ready: _Ready | BadChunk) -> bool:
-        """One message (prepared by :func:`_prepare_all`); True when it landed a file."""
+        """One message (prepared by :class:`Prepared`); True when it landed a file."""
         try:
             if isinstance(ready, BadChunk):
                 raise ready
@@ -667,29 +674,34 @@ def _prepare(value: bytes, blobs: BlobStore) -> _Ready | BadChunk:
     return ready
 
 
-def _prepare_all(batch: Sequence[Message], blobs: BlobStore) -> Iterator[list[tuple[Message, _Ready | BadChunk]]]:
-    """The batch in windows of at most :data:`WINDOW_MESSAGES` messages or :data:`WINDOW_BYTES`, each
-    prepared by :func:`_prepare` on two threads; the next window is prepared while the caller applies
-    this one (memory: two windows)."""
-    windows: list[list[Message]] = []
-    size = 0
-    for m in batch:
-        if not windows or len(windows[-1]) >= WINDOW_MESSAGES or size >= WINDOW_BYTES:
-            windows.append([])
-            size = 0
-        windows[-1].append(m)
-        size += len(m.value or b"")
-    if not windows:
-        return
-    pool = _pool()
+class Prepared:
+    """A batch being prepared (:func:`_prepare`: decoded, chunk hashes checked, one-chunk files' blobs
+    written) on two threads, in windows of at most :data:`WINDOW_MESSAGES` messages or
+    :data:`WINDOW_BYTES`. The first window starts at once, so a consumer can have the next batch
+    prepared while the current one commits; each further window is started when the one before is
+    taken (memory: two windows, not the whole batch, decoded at a time)."""
 
-    def submit(w: list[Message]) -> list[Future[_Ready | BadChunk]]:
-        return [pool.submit(_prepare, m.value or b"", blobs) for m in w]
+    def __init__(self, batch: Sequence[Message], blobs: BlobStore) -> None:
+        self.blobs = blobs
+        self.windows: list[list[Message]] = []
+        size = 0
+        for m in batch:
+            if not self.windows or len(self.windows[-1]) >= WINDOW_MESSAGES or size >= WINDOW_BYTES:
+                self.windows.append([])
+                size = 0
+            self.windows[-1].append(m)
+            size += len(m.value or b"")
+        self._ahead = self._submit(0)
 
-    ahead = submit(windows[0])
-    for i, w in enumerate(windows):
-        current, ahead = ahead, (submit(windows[i + 1]) if i + 1 < len(windows) else [])
-        yield [(m, f.result()) for m, f in zip(w, current, strict=True)]
+    def _submit(self, i: int) -> list[Future[_Ready | BadChunk]]:
+        if i >= len(self.windows):
+            return []
+        return [_pool().submit(_prepare, m.value or b"", self.blobs) for m in self.windows[i]]
+
+    def __iter__(self) -> Iterator[list[tuple[Message, _Ready | BadChunk]]]:
+        for i, w in enumerate(self.windows):
+            current, self._ahead = self._ahead, self._submit(i + 1)
+            yield [(m, f.result()) for m, f in zip(w, current, strict=True)]
 
 
 @functools.cache
@@ -736,6 +748,7 @@ def _insert_ignore(conn: Connection, model: Any, rows: list[dict[str, Any]]) -> 
 __all__ = [
     "Message",
     "Outcome",
+    "Prepared",
     "Stager",
     "Target",
     "destination_folder_id",
