@@ -552,6 +552,8 @@ class Stager:
                 f"{r.path!r}: {r.chunks_staged} of {r.n_chunks} chunk(s) arrived and none for {older_than:.0f} s; "
                 "the partial file was dropped (truncated); send it again"
                 for r in rows
+                # A row with no chunk is a placeholder whose chunk was refused (PostgreSQL): no file to report.
+                if r.chunks_staged > 0
             ]
             for r in rows:
                 conn.execute(delete(StreamChunk).where(StreamChunk.file_id == r.id))
