@@ -145,8 +145,14 @@ def test_a_broker_that_goes_away_mid_file_is_resumed_without_loss_or_duplicates(
             assert producer.flush(30) == 0
             send([src / "after"], topic, Broker(broker.bootstrap), chunk_size=1024)
             wait_for("every file landed once", lambda: landed(home) == everything, timeout=180)
-            st = status(client, "away")
-            assert st["files"] == len(everything) and st["rejected"] == 0 and st["in_progress"] == [], (st, err)
+            # The status is written every few seconds: it catches up with what landed, and says running.
+            st = wait_for(
+                "the status counts every file once",
+                lambda: (s := status(client, "away"))["files"] == len(everything) and s,
+                timeout=60,
+            )
+            assert st["rejected"] == 0 and st["in_progress"] == [] and st["messages"] == 3 * 3 + 9 + 2 * 2, (st, err)
+            assert st["consumers"][0]["state"] == "running"
             client.stop_dataflow("away")
             client.close()
     finally:
