@@ -68,7 +68,9 @@ def parse_s3_url(url: str) -> tuple[str, str]:
     parts = urlsplit(url)
     bucket = parts.netloc
     if parts.scheme != "s3" or not bucket or "@" in bucket:
-        raise ConfigError(f"not an S3 blob store URL: {url!r}; expected s3://BUCKET or s3://BUCKET/PREFIX", key="blob_url")
+        raise ConfigError(
+            f"not an S3 blob store URL: {url!r}; expected s3://BUCKET or s3://BUCKET/PREFIX", key="blob_url"
+        )
     prefix = parts.path.strip("/")
     return bucket, f"{prefix}/" if prefix else ""
 
@@ -338,7 +340,7 @@ class S3BlobStore(BlobStore):
             if _is_missing(exc):
                 raise BlobNotFound(f"blob {digest} is not in the S3 store", digest=digest) from None
             raise
-        return io.BufferedReader(_Body(answer["Body"]), buffer_size=CHUNK)  # type: ignore[return-value]
+        return io.BufferedReader(_Body(answer["Body"]), buffer_size=CHUNK)
 
     def iter_range(self, digest: str, start: int = 0, end: int | None = None) -> Iterator[bytes]:
         """Bytes ``start``..``end`` (inclusive), read with one ranged GET.
