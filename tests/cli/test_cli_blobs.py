@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import os
-import uuid
 from pathlib import Path
 from typing import Any
 
@@ -95,5 +94,3 @@ def test_gc_removes_unreferenced_blobs(dm: Dm, files: Path) -> None:
         assert home.blobs.exists(info.digest)
     finally:
         home.close()
-
-

@@ -77,7 +77,9 @@ COMMANDS: dict[str, Entry] = {
         "Server and settings",
         "Show the resolved settings, where each came from, and what the client connects to.",
     ),
-    "blobs": Entry("blobs", "Server and settings", "The home's blob store: move its blobs to S3, remove unreferenced ones."),
+    "blobs": Entry(
+        "blobs", "Server and settings", "The home's blob store: move its blobs to S3, remove unreferenced ones."
+    ),
     "run": Entry("runs", "Pipelines and runs", "Run a pipeline over the items of a folder, and wait for it to end."),
     "plan": Entry(
         "runs",

@@ -23,14 +23,14 @@ import logging
 import threading
 import time
 import uuid
-from collections import OrderedDict
+from collections import OrderedDict, deque
 from collections.abc import Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Any, BinaryIO
 from urllib.parse import urlsplit
 
-from datamill.errors import BlobNotFound, ConfigError, Unavailable
+from datamill.errors import BlobCorrupted, BlobNotFound, ConfigError, Unavailable
 from datamill.store.blobs.base import CHUNK, BlobInfo, BlobStore, BlobWriter, check_digest, hasher
 
 log = logging.getLogger("datamill.store")
@@ -343,30 +343,70 @@ class S3BlobStore(BlobStore):
         return io.BufferedReader(_Body(answer["Body"]), buffer_size=CHUNK)
 
     def iter_range(self, digest: str, start: int = 0, end: int | None = None) -> Iterator[bytes]:
-        """Bytes ``start``..``end`` (inclusive), read with one ranged GET.
+        """Bytes ``start``..``end`` (inclusive), fetched as parallel ranged GETs and yielded in order.
 
-        A partial range cannot be checked on its own, so the whole object is verified first, once
-        per process and digest (objects never change under their digest; a range after that is one
-        ranged request, as a video player's seeks need).
+        A whole-blob read is verified as it streams (the last chunk raises on a mismatch). A
+        partial range cannot be checked on its own, so the whole object is verified first, once
+        per process and digest (objects never change under their digest), and a range after that
+        costs only its own bytes, as a video player's seeks need.
         """
         total = self.size(digest)
         last = total - 1 if end is None else min(end, total - 1)
-        if (start == 0 and last == total - 1) or total == 0:
-            yield from super().iter_range(digest, start, end)
-            self._mark_verified(digest)
-            return
         if start > last:
             return
-        if not self._is_verified(digest):
+        whole = start == 0 and last == total - 1
+        if not whole and not self._is_verified(digest):
             self.verify(digest)
+        h = hasher() if whole else None
+        for chunk in self._fetch(digest, start, last):
+            if h is not None:
+                h.update(chunk)
+            yield chunk
+        if h is not None:
+            actual = f"{self.algorithm}:{h.hexdigest()}"
+            if actual != digest:
+                raise BlobCorrupted(
+                    f"blob {digest} is corrupted: its bytes now hash to {actual}. "
+                    "Restore it from a backup or upload the file again.",
+                    digest=digest,
+                )
             self._mark_verified(digest)
-        answer = self.client.get_object(Bucket=self.bucket, Key=self.key_of(digest), Range=f"bytes={start}-{last}")
-        body = answer["Body"]
+
+    def verify(self, digest: str) -> None:
+        """Read the whole object (in parallel ranges) and raise :class:`BlobCorrupted` if it changed."""
+        for _ in self.iter_range(digest):
+            pass
+
+    def _fetch(self, digest: str, start: int, last: int) -> Iterator[bytes]:
+        """The bytes ``start``..``last`` as part-sized ranged GETs, a few in flight, in order."""
+        key = self.key_of(digest)
+
+        def get(a: int, b: int) -> bytes:
+            try:
+                answer = self.client.get_object(Bucket=self.bucket, Key=key, Range=f"bytes={a}-{b}")
+            except Exception as exc:
+                if _is_missing(exc):
+                    raise BlobNotFound(f"blob {digest} is not in the S3 store", digest=digest) from None
+                raise
+            body = answer["Body"]
+            try:
+                return bytes(body.read())
+            finally:
+                body.close()
+
+        ranges = [(a, min(a + self.part_size, last + 1) - 1) for a in range(start, last + 1, self.part_size)]
+        pending: deque[Future[bytes]] = deque()
         try:
-            while chunk := body.read(CHUNK):
-                yield chunk
+            for a, b in ranges:
+                # Bounded read-ahead: memory stays at a few parts whatever the object's size.
+                while len(pending) >= PARTS_IN_FLIGHT:
+                    yield from _slices(pending.popleft().result())
+                pending.append(self.pool.submit(get, a, b))
+            while pending:
+                yield from _slices(pending.popleft().result())
         finally:
-            body.close()
+            for f in pending:
+                f.cancel()
 
     def _is_verified(self, digest: str) -> bool:
         with self._verified_lock:
@@ -442,6 +482,13 @@ class S3BlobStore(BlobStore):
 
     def close(self) -> None:
         """Wait for nothing: writes finish or abort on their own; the connection pool stays usable."""
+
+
+def _slices(data: bytes) -> Iterator[bytes]:
+    """``data`` in chunks of ``CHUNK`` (what readers of a blob expect), without copying."""
+    view = memoryview(data)
+    for i in range(0, len(view), CHUNK):
+        yield bytes(view[i : i + CHUNK])
 
 
 def _seekable(data: Any) -> bool:
