@@ -71,7 +71,14 @@ SETTINGS: tuple[Setting, ...] = (
     Setting("s3_presign_seconds", int, 300, "How long a presigned download URL stays valid.", positive=True),
     Setting("host", str, "127.0.0.1", "Address the server binds to."),
     Setting("port", int, 8765, "Port the server listens on."),
-    Setting("executor", str, "local", "Default executor: inline or local (process pool)."),
+    Setting("executor", str, "local", "Default executor: inline, local (process pool) or dask (a Dask cluster)."),
+    Setting(
+        "dask_scheduler",
+        str,
+        "",
+        "Address of the Dask scheduler for executor = dask (tcp://host:8786); empty starts a local cluster of "
+        "`workers` processes.",
+    ),
     Setting("workers", int, 0, "Worker processes for the local executor; 0 means one per core."),
     Setting("batch_window_ms", int, 30, "Items landing within this window go into one dataflow run."),
     Setting("demo", bool, True, "Create the demo folders and dataflow on first start."),
@@ -217,6 +224,7 @@ class Settings:
     port: int = 8765
     executor: str = "local"
     workers: int = 0
+    dask_scheduler: str = ""
     batch_window_ms: int = 30
     demo: bool = True
     log_level: str = "info"
