@@ -14,7 +14,7 @@ interleaved over ``--rounds`` rounds (medians):
   object named by the digest) and a verified download of that blob to a file (every byte hashed);
 * peak RSS growth of the process during datamill's transfers (``/proc/self/statm`` every 2 ms).
 
-Targets: upload and download ≥ 0.8 × boto3's MB/s in the same run (``ok_upload``, ``ok_download``);
+Targets: upload and download ≥ 0.8 x boto3's MB/s in the same run (``ok_upload``, ``ok_download``);
 RSS growth < 100 MB for a 1 GiB file (``ok_memory``). Each figure is also given as the ratio.
 """
 

@@ -9,6 +9,7 @@ as against the local pool; then what only a cluster does: a worker killed under 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import os
 import signal
 import subprocess
@@ -53,7 +54,7 @@ def _wait_for_workers(address: str, n: int, timeout: float = 120) -> None:
 
 @pytest.fixture(scope="module")
 def dask_cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[DaskCluster]:
-    """``dask scheduler`` + 2 × ``dask worker --nthreads 1`` (with nannies), loopback only, no dashboards."""
+    """``dask scheduler`` + 2 x ``dask worker --nthreads 1`` (with nannies), loopback only, no dashboards."""
     bindir = Path(sys.executable).parent
     port = free_port()
     address = f"tcp://127.0.0.1:{port}"
@@ -97,10 +98,8 @@ def dask_cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[DaskClust
 
 
 def with_group(proc: subprocess.Popen[bytes], sig: int) -> None:
-    try:
+    with contextlib.suppress(ProcessLookupError):
         os.killpg(proc.pid, sig)
-    except ProcessLookupError:
-        pass
 
 
 class TestDask(ExecutorContract):
