@@ -23,6 +23,8 @@ import pytest
 
 from datamill.errors import Unavailable, WorkerCrashed
 from datamill.executors import Message, PythonCall, get_executor
+from tests.engine.engine_world import World
+from tests.executors.dask_pipelines import ref as dask_ref
 from tests.executors.test_contract import (
     ExecutorContract,
     add,
@@ -31,7 +33,7 @@ from tests.executors.test_contract import (
     run_until_started,
     started_in,
 )
-from tests.helpers import free_port
+from tests.helpers import free_port, open_home
 
 ROOT = Path(__file__).resolve().parents[2]
 pytestmark = pytest.mark.slow
@@ -152,3 +154,48 @@ def test_an_unreachable_scheduler_is_named(make_harness: Callable[..., Any]) -> 
     finally:
         loop.run_until_complete(executor.close())
         loop.close()
+
+
+# ------------------------------------------------------------------------------ through the engine
+
+
+@pytest.fixture
+def dask_world(tmp_path: Path, dask_cluster: DaskCluster) -> Iterator[World]:
+    home = open_home(tmp_path / "home", dask_scheduler=dask_cluster.address)
+    try:
+        yield World(home)
+    finally:
+        home.close()
+
+
+def test_a_pipeline_runs_on_the_cluster_and_a_rerun_is_cached(dask_world: World) -> None:
+    for name in ("a", "b", "c"):
+        dask_world.put(f"{name}.txt", f"item {name}")
+    first = dask_world.run(dask_ref("plain"), executor="dask")
+    assert first["status"] == "succeeded", first
+    out = dask_world.out()
+    assert sorted(out) == ["a.upper.txt", "b.upper.txt", "c.upper.txt"]
+    text = dask_world.read("a.upper.txt").decode()
+    assert text.startswith("ITEM A by ") and int(text.rsplit(" ", 1)[1]) != os.getpid()  # ran on a worker
+    second = dask_world.run(dask_ref("plain"), executor="dask")
+    tasks = dask_world.tasks(second["id"])
+    assert {t.status for t in tasks.values()} == {"cached"}  # same keys: nothing computed twice
+    assert [len(dask_world.versions(n)) for n in sorted(out)] == [1, 1, 1]
+
+
+def test_a_worker_killed_mid_task_is_one_more_attempt(
+    dask_world: World, dask_cluster: DaskCluster, tmp_path: Path
+) -> None:
+    marks = tmp_path / "marks"
+    dask_world.put("a.txt", "lost worker")
+    run = dask_world.run(dask_ref("dies"), executor="dask", params={"marks": str(marks)})
+    assert run["status"] == "succeeded", run
+    (task,) = dask_world.tasks(run["id"]).values()
+    assert (task.status, task.attempts) == ("succeeded", 2)
+    assert dask_world.per_task("task.retrying", run["id"])[task.id] == 1
+    assert dask_world.per_task("task.finished", run["id"])[task.id] == 1
+    (version,) = dask_world.versions("a.die_once.txt")  # one output, made by the attempt that finished
+    assert version.task_id == task.id
+    assert dask_world.read("a.die_once.txt") == b"LOST WORKER"
+    dask_world.check_fold()
+    _wait_for_workers(dask_cluster.address, 2)  # the nanny replaced the killed worker
