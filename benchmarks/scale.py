@@ -271,7 +271,7 @@ def bench_dask(args: argparse.Namespace, work: Path) -> dict[str, Any]:
             out["workers"][n] = {"bare_dask_s": round(bare, 3), "datamill_s": round(r["drive_s"], 3)}
     one = out["workers"][1]
     ok = True
-    for n, row in out["workers"].items():
+    for row in out["workers"].values():
         row["bare_dask_speedup"] = round(one["bare_dask_s"] / row["bare_dask_s"], 2)
         row["datamill_speedup"] = round(one["datamill_s"] / row["datamill_s"], 2)
         row["ratio"] = round(row["datamill_speedup"] / row["bare_dask_speedup"], 2)
