@@ -53,7 +53,7 @@ LAYERS: list[tuple[str, tuple[str, ...]]] = [
     # Sample content (a pipeline and a dataflow) made with the layers below; only `datamill up` installs it.
     ("demo", ("datamill.demo",)),
     ("provenance", ("datamill.provenance",)),
-    ("services", ("datamill.services", "datamill.service")),
+    ("services", ("datamill.services", "datamill.service", "datamill.nodes", "datamill.doctor")),
     ("client", ("datamill.client",)),
     # Dagster's side of the integration (resource, IO manager, the step worker): works through the client.
     ("dagster", ("datamill.dagster",)),

@@ -41,10 +41,44 @@ SETTINGS: tuple[Setting, ...] = (
         "Database URL; empty means SQLite at HOME/datamill.db. postgresql://user:pw@host/db for PostgreSQL.",
         secret=True,
     ),
-    Setting("blob_url", str, "", "Blob store URL; empty means file://HOME/blobs."),
+    Setting(
+        "blob_url",
+        str,
+        "",
+        "Blob store URL; empty means file://HOME/blobs. s3://BUCKET[/PREFIX] for an S3-compatible store.",
+    ),
+    Setting(
+        "s3_endpoint_url",
+        str,
+        "",
+        "Endpoint of an S3-compatible store (SeaweedFS, MinIO, Ceph: http://host:port); empty means AWS S3.",
+    ),
+    Setting("s3_region", str, "", "S3 region; empty means boto3's default (AWS_DEFAULT_REGION)."),
+    Setting(
+        "s3_access_key_id",
+        str,
+        "",
+        "S3 access key id; empty means boto3's chain (AWS_ACCESS_KEY_ID, a profile, an instance role).",
+    ),
+    Setting("s3_secret_access_key", str, "", "S3 secret access key (a secret: masked everywhere).", secret=True),
+    Setting("s3_profile", str, "", "Profile in ~/.aws/credentials to take S3 credentials from."),
+    Setting(
+        "s3_presign_downloads",
+        bool,
+        False,
+        "Downloads of S3 blobs redirect to a presigned URL of the store (the bytes bypass the server).",
+    ),
+    Setting("s3_presign_seconds", int, 300, "How long a presigned download URL stays valid.", positive=True),
     Setting("host", str, "127.0.0.1", "Address the server binds to."),
     Setting("port", int, 8765, "Port the server listens on."),
-    Setting("executor", str, "local", "Default executor: inline or local (process pool)."),
+    Setting("executor", str, "local", "Default executor: inline, local (process pool) or dask (a Dask cluster)."),
+    Setting(
+        "dask_scheduler",
+        str,
+        "",
+        "Address of the Dask scheduler for executor = dask (tcp://host:8786); empty starts a local cluster of "
+        "`workers` processes.",
+    ),
     Setting("workers", int, 0, "Worker processes for the local executor; 0 means one per core."),
     Setting("batch_window_ms", int, 30, "Items landing within this window go into one dataflow run."),
     Setting("demo", bool, True, "Create the demo folders and dataflow on first start."),
@@ -179,10 +213,18 @@ class Settings:
     home: str = "./.datamill"
     database_url: str = ""
     blob_url: str = ""
+    s3_endpoint_url: str = ""
+    s3_region: str = ""
+    s3_access_key_id: str = ""
+    s3_secret_access_key: str = field(default="", repr=False)
+    s3_profile: str = ""
+    s3_presign_downloads: bool = False
+    s3_presign_seconds: int = 300
     host: str = "127.0.0.1"
     port: int = 8765
     executor: str = "local"
     workers: int = 0
+    dask_scheduler: str = ""
     batch_window_ms: int = 30
     demo: bool = True
     log_level: str = "info"

@@ -38,7 +38,7 @@ class Home:
         self.path: Path = settings.home_path
         self.path.mkdir(parents=True, exist_ok=True)
         self.db = Database(settings.resolved_database_url)
-        self.blobs = open_blob_store(settings.resolved_blob_url)
+        self.blobs = open_blob_store(settings.resolved_blob_url, settings)
         self.store = Store(self.db, self.blobs)
         self.events = EventLog(self.db)
         self.store.initialize()

@@ -26,6 +26,7 @@ from datamill.dataflows.triggers import Triggers
 from datamill.engine.engine import Engine
 from datamill.engine.scheduler import Scheduler
 from datamill.home import Home
+from datamill.nodes import Heartbeat
 
 log = logging.getLogger("datamill.services")
 
@@ -40,6 +41,7 @@ class Services:
         workers: int | None = None,
         lease_seconds: float | None = None,
         base_url: str | None = None,
+        role: str = "server",
     ) -> None:
         self.home = home
         self.engine = Engine(home)
@@ -49,6 +51,8 @@ class Services:
         self.notifier = Notifier(home, base_url=base_url)
         self.directories = DirectoryFlows(home, lease_seconds=lease_seconds)
         self.streams = StreamIngest(home)
+        # Named as the scheduler's lease owner, so `datamill doctor` can tie tasks to processes.
+        self.heartbeat = Heartbeat(home.db, self.scheduler.owner, role, base_url)
         self._stop = asyncio.Event()
         self._tasks: list[asyncio.Task[None]] = []
 
@@ -66,6 +70,7 @@ class Services:
             # a crashed server's containers: removed now, beside the other services (podman is slow)
             asyncio.create_task(self._guard("container sweep", self.scheduler.sweep_containers())),
             asyncio.create_task(self._guard("streams", self.streams.serve(self._stop))),
+            asyncio.create_task(self._guard("heartbeat", self.heartbeat.serve(self._stop))),
         ]
 
     async def _guard(self, name: str, coro: object) -> None:

@@ -13,6 +13,8 @@ one-line change there.
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from typing import Any
@@ -67,23 +69,43 @@ def _operation_id(route: APIRoute) -> str:
     return route.name
 
 
-def create_app(home: Home, sse_keepalive: float = SSE_KEEPALIVE, services: bool = False) -> FastAPI:
-    """The ASGI app serving ``home``; with ``services``, it also runs the scheduler, triggers and notifier."""
+def create_app(
+    home: Home, sse_keepalive: float = SSE_KEEPALIVE, services: bool = False, register: bool = False
+) -> FastAPI:
+    """The ASGI app serving ``home``; with ``services``, it also runs the scheduler, triggers and notifier.
+
+    With ``register`` the process appears in ``nodes`` (``datamill doctor``) while it serves: as a
+    ``server`` with services, as an ``api`` process without.
+    """
     silence_uvicorn_access_log()  # ours (AccessLog) leaves out query strings; uvicorn's does not
     broadcaster = EventBroadcaster(home.events)
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         running = None
+        stop = asyncio.Event()
+        beating: asyncio.Task[None] | None = None
         if services:
             from datamill.services import Services
 
             running = Services(home)
             await running.start()
+        elif register:
+            import os
+            import uuid
+
+            from datamill.nodes import Heartbeat
+
+            name = f"{os.uname().nodename}:{os.getpid()}:{uuid.uuid4().hex[:8]}"
+            beating = asyncio.create_task(Heartbeat(home.db, name, "api").serve(stop))
         app.state.services = running
         try:
             yield
         finally:
+            stop.set()
+            if beating is not None:
+                with contextlib.suppress(Exception):
+                    await beating
             if running is not None:
                 await running.stop()
             broadcaster.close()

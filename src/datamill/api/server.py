@@ -132,7 +132,7 @@ def serve(
     if not logging.getLogger().handlers:
         logging.basicConfig(level=level, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     sock = bind_socket(host, port)
-    app = create_app(home, services=services)
+    app = create_app(home, services=services, register=True)
     server = _Server(_config(app, home.settings.log_level.lower()), app, url_of(sock), on_ready)
     try:
         server.run(sockets=[sock])

@@ -77,6 +77,19 @@ COMMANDS: dict[str, Entry] = {
         "Server and settings",
         "Show the resolved settings, where each came from, and what the client connects to.",
     ),
+    "worker": Entry(
+        "server",
+        "Server and settings",
+        "Run the scheduler, dataflow triggers and notifier without serving HTTP, until Ctrl-C or SIGTERM.",
+    ),
+    "doctor": Entry(
+        "server",
+        "Server and settings",
+        "Check a deployment: database and schema, blob store, executor, servers and workers, versions.",
+    ),
+    "blobs": Entry(
+        "blobs", "Server and settings", "The home's blob store: move its blobs to S3, remove unreferenced ones."
+    ),
     "run": Entry("runs", "Pipelines and runs", "Run a pipeline over the items of a folder, and wait for it to end."),
     "plan": Entry(
         "runs",

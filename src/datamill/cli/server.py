@@ -40,6 +40,16 @@ def up(
             show_default=False,
         ),
     ] = None,
+    services: Annotated[
+        bool,
+        typer.Option(
+            "--services/--api-only",
+            envvar="DATAMILL_SERVICES",
+            help="Also run the scheduler, triggers and notifier here, or serve the API and web pages only "
+            "(`datamill worker` processes run them) [default: services].",
+            show_default=False,
+        ),
+    ] = True,
 ) -> None:
     """Serve the home over HTTP: the REST API, the event stream and the web pages.
 
@@ -86,12 +96,84 @@ def up(
                 lock.note(url)
             _print_ready(_ready_rows(url, home.admin_token(), settings))
 
-        server.serve(home, settings.host, settings.port, on_ready=on_ready)
+        server.serve(home, settings.host, settings.port, on_ready=on_ready, services=services)
     finally:
         home.close()
         if lock is not None:
             lock.release()
     say("datamill stopped")
+
+
+def worker(ctx: typer.Context) -> None:
+    """Run the scheduler, dataflow triggers and notifier without serving HTTP, until Ctrl-C or SIGTERM.
+
+    Start as many as you like, on as many machines, against one PostgreSQL database and one blob
+    store (S3): each task is claimed by one of them (a lease another takes over when a worker
+    dies), each dataflow's runs and each webhook are recorded once.
+    """
+    state = get_state(ctx)
+    if state.url:
+        raise InvalidInput("`datamill worker` works on a home's database and blob store; drop --url / DATAMILL_URL")
+    settings = load_settings(state.profile, home=state.home)
+    import asyncio
+    import signal
+
+    from datamill.home import Home
+
+    home = Home(settings)
+
+    async def run() -> None:
+        from datamill.services import Services
+
+        services = Services(home, role="worker")
+        stop = asyncio.Event()
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            loop.add_signal_handler(sig, stop.set)
+        await services.start()
+        say(
+            f"datamill worker {services.scheduler.owner} is running ({mask_url(settings.resolved_database_url)}, "
+            f"executor {services.scheduler.executor.name}); Ctrl-C to stop"
+        )
+        try:
+            await stop.wait()
+        finally:
+            await services.stop()
+
+    try:
+        asyncio.run(run())
+    finally:
+        home.close()
+    say("datamill worker stopped")
+
+
+def doctor(
+    ctx: typer.Context,
+    as_json: Annotated[bool, typer.Option("--json", help="Print the checks as JSON.")] = False,
+) -> None:
+    """Check a deployment: database and schema, blob store, executor, servers and workers, versions.
+
+    Says what is wrong and what to do; exits 1 if a check failed.
+    """
+    state = get_state(ctx)
+    if state.url:
+        raise InvalidInput("`datamill doctor` checks a home's database and blob store; drop --url / DATAMILL_URL")
+    from datamill.doctor import run_checks
+
+    checks = run_checks(load_settings(state.profile, home=state.home))
+    if as_json:
+        print_json([c.to_dict() for c in checks])
+    else:
+        table = Table(show_header=True, header_style="bold", box=None, pad_edge=False)
+        table.add_column("check")
+        table.add_column("status")
+        table.add_column("details")
+        marks = {"ok": "[green]ok[/]", "warn": "[yellow]warn[/]", "fail": "[red]FAIL[/]"}
+        for c in checks:
+            table.add_row(c.name, marks[c.status], Text(c.message))
+        stdout().print(table)
+    if any(c.status == "fail" for c in checks):
+        raise typer.Exit(1)
 
 
 def _ready_rows(url: str, token: str | None, settings: Settings) -> list[tuple[str, str]]:
@@ -200,3 +282,5 @@ def register(app: typer.Typer) -> None:
     """Add ``up`` and ``config`` to the root command."""
     app.command("up", rich_help_panel=PANEL)(up)
     app.command("config", rich_help_panel=PANEL)(config)
+    app.command("worker", rich_help_panel=PANEL)(worker)
+    app.command("doctor", rich_help_panel=PANEL)(doctor)

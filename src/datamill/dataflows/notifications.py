@@ -28,6 +28,8 @@ log = logging.getLogger("datamill.notifications")
 
 CURSOR = "notifier"
 MAX_ATTEMPTS = 10
+#: Seconds past a request's timeout that a claimed delivery stays with the process that claimed it.
+CLAIM_SLACK_SECONDS = 30.0
 BACKOFF_SECONDS = 1.0
 BACKOFF_CAP_SECONDS = 300.0
 
@@ -58,7 +60,8 @@ class Notifier:
         with self.home.db.write() as conn:
             ins = pg_insert(Cursor) if conn.dialect.name == "postgresql" else sqlite_insert(Cursor)
             conn.execute(ins.values(name=CURSOR, seq=0).on_conflict_do_nothing(index_elements=["name"]))
-            cursor = conn.execute(select(Cursor.seq).where(Cursor.name == CURSOR)).scalar_one()
+            # FOR UPDATE: notifiers of several processes take turns; each records what the last left.
+            cursor = conn.execute(select(Cursor.seq).where(Cursor.name == CURSOR).with_for_update()).scalar_one()
             rows = conn.execute(
                 select(Event)
                 .where(Event.seq > cursor, Event.kind == EventKind.RUN_FINISHED)
@@ -120,10 +123,7 @@ class Notifier:
     def deliver_due(self) -> int:
         """POST every delivery that is due; returns how many succeeded."""
         now = self.clock()
-        with self.home.db.read() as conn:
-            due = conn.execute(
-                select(Delivery).where(Delivery.status == "pending", Delivery.next_attempt_at <= now).limit(100)
-            ).all()
+        due = self._claim(now)
         if not due:
             return 0  # building an HTTP client costs ~100 ms of CPU (TLS setup): only when needed
         ok = 0
@@ -131,7 +131,8 @@ class Notifier:
             for d in due:
                 error: str | None = None
                 try:
-                    resp = http.post(d.url, json=d.payload, headers={"User-Agent": "datamill-webhook"})
+                    headers = {"User-Agent": "datamill-webhook", "X-Datamill-Delivery": str(d.id)}
+                    resp = http.post(d.url, json=d.payload, headers=headers)
                     if not 200 <= resp.status_code < 300:
                         error = f"HTTP {resp.status_code}"
                 except httpx.HTTPError as exc:
@@ -139,6 +140,32 @@ class Notifier:
                 self._record(d, error)
                 ok += error is None
         return ok
+
+    def _claim(self, now: float) -> list[Any]:
+        """Take the due deliveries for this process: each is sent by one notifier, whichever runs.
+
+        Claimed rows get ``next_attempt_at`` pushed past the request's timeout: a process that dies
+        mid-send leaves them to be sent again once that passes (a receiver can tell a repeat by
+        ``X-Datamill-Delivery``); SKIP LOCKED lets notifiers of other processes take other rows.
+        """
+        with self.home.db.read() as conn:
+            waiting = conn.execute(
+                select(Delivery.id).where(Delivery.status == "pending", Delivery.next_attempt_at <= now).limit(1)
+            ).first()
+        if waiting is None:
+            return []  # usually nothing is due: say so without the write lock
+        with self.home.db.write() as conn:
+            due = conn.execute(
+                select(Delivery)
+                .where(Delivery.status == "pending", Delivery.next_attempt_at <= now)
+                .order_by(Delivery.id)
+                .limit(100)
+                .with_for_update(skip_locked=True)
+            ).all()
+            if due:
+                lease = now + self.timeout + CLAIM_SLACK_SECONDS
+                conn.execute(update(Delivery).where(Delivery.id.in_([d.id for d in due])).values(next_attempt_at=lease))
+        return list(due)
 
     def _record(self, d: Any, error: str | None) -> None:
         now = self.clock()

@@ -158,7 +158,9 @@ class Triggers:
 
     def _poll_one(self, dataflow_id: int, now: float) -> int | None:
         with self.home.db.write() as conn:
-            row = conn.execute(select(Dataflow).where(Dataflow.id == dataflow_id)).first()
+            # FOR UPDATE: trigger passes of several processes on one PostgreSQL take turns per
+            # dataflow, and the second reads the cursor the first moved (SQLite has one writer).
+            row = conn.execute(select(Dataflow).where(Dataflow.id == dataflow_id).with_for_update()).first()
             if row is None or row.state != DataflowState.RUNNING:
                 return None
             cfg = dict(row.config or {})

@@ -333,6 +333,21 @@ class DataflowOwner(Base):
     updated_at: Mapped[float] = mapped_column(Float)
 
 
+class Node(Base):
+    """One process of a deployment (a server or a worker), renewed while it runs; ``datamill doctor`` reads them."""
+
+    __tablename__ = "nodes"
+    name: Mapped[str] = mapped_column(String(255), primary_key=True)
+    role: Mapped[str] = mapped_column(String(32))
+    host: Mapped[str] = mapped_column(String(255))
+    pid: Mapped[int] = mapped_column(Integer)
+    version: Mapped[str] = mapped_column(String(64))
+    schema: Mapped[str] = mapped_column(String(64))
+    url: Mapped[str | None] = mapped_column(String(1024), nullable=True)
+    started_at: Mapped[float] = mapped_column(Float)
+    seen_at: Mapped[float] = mapped_column(Float)
+
+
 class DataflowVersion(Base):
     """One immutable configuration of a dataflow; every edit makes a new one."""
 

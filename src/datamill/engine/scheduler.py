@@ -98,8 +98,10 @@ class Scheduler:
             name = name or home.settings.executor
             refuse_command_executor(name)
             opts: dict[str, Any] = {}
-            if name == "local":
+            if name in ("local", "dask"):
                 opts["workers"] = workers if workers is not None else (home.settings.workers or 0)
+            if name == "dask":
+                opts["address"] = home.settings.dask_scheduler or None
             if name == "inline" and shares_loop:
                 # The loop also serves requests: an inline call must not hold it for its whole run.
                 opts["threaded"] = True

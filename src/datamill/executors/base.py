@@ -309,6 +309,7 @@ EXECUTORS: dict[str, str] = {
     "container": "datamill.executors.container:ContainerExecutor",
     "dagster": "datamill.executors.dagster:DagsterExecutor",
     "http": "datamill.executors.http:HttpExecutor",
+    "dask": "datamill.executors.dask:DaskExecutor",
 }
 
 

@@ -30,6 +30,7 @@ from datamill.store.blobs.base import (
 )
 
 if TYPE_CHECKING:
+    from datamill.config import Settings
     from datamill.store.blobs.local import LocalBlobStore
     from datamill.store.blobs.memory import MemoryBlobStore
 
@@ -49,12 +50,28 @@ __all__ = [
 ]
 
 
-def open_blob_store(url: str) -> BlobStore:
-    """The blob store for a URL: ``file:///path`` or ``memory://``."""
+def open_blob_store(url: str, settings: Settings | None = None) -> BlobStore:
+    """The blob store for a URL: ``file:///path``, ``s3://bucket/prefix`` or ``memory://``.
+
+    ``settings`` supplies an S3 store's endpoint, region and credentials (``s3_*``).
+    """
     from datamill.store.blobs.local import LocalBlobStore
     from datamill.store.blobs.memory import MemoryBlobStore
 
     parts = urlsplit(url)
+    if parts.scheme == "s3":
+        from datamill.store.blobs.s3 import S3BlobStore, S3Options
+
+        options = S3Options()
+        if settings is not None:
+            options = S3Options(
+                endpoint_url=settings.s3_endpoint_url,
+                region=settings.s3_region,
+                access_key_id=settings.s3_access_key_id,
+                secret_access_key=settings.s3_secret_access_key,
+                profile=settings.s3_profile,
+            )
+        return S3BlobStore(url, options)
     if parts.scheme == "file":
         return LocalBlobStore(parts.path)
     if parts.scheme == "memory":
@@ -62,7 +79,7 @@ def open_blob_store(url: str) -> BlobStore:
     if parts.scheme == "" and url:
         return LocalBlobStore(url)
     raise ConfigError(
-        f"unsupported blob store URL {url!r}: use file:///path (S3-compatible storage comes later)",
+        f"unsupported blob store URL {url!r}: use file:///path or s3://BUCKET[/PREFIX]",
         key="blob_url",
     )
 
