@@ -173,6 +173,17 @@ class S3Server:
             region_name="us-east-1",
         )
 
+    def aws_env(self) -> dict[str, str]:
+        """What an S3 client other than boto3 (Tansu's, for one) reads to reach this server."""
+        return {
+            "AWS_ACCESS_KEY_ID": self.access_key,
+            "AWS_SECRET_ACCESS_KEY": self.secret_key,
+            "AWS_DEFAULT_REGION": "us-east-1",
+            "AWS_REGION": "us-east-1",
+            "AWS_ENDPOINT": self.endpoint,
+            "AWS_ALLOW_HTTP": "true",
+        }
+
     def new_bucket(self) -> str:
         """A fresh, empty bucket's name."""
         import uuid

@@ -12,7 +12,6 @@ import itertools
 import os
 import signal
 import subprocess
-import sys
 import time
 import uuid
 from collections.abc import Iterator
@@ -129,83 +128,3 @@ def topic(kafka_broker: TansuBroker) -> str:
     return kafka_broker.create_topic(2)
 
 
-class SeaweedS3:
-    """A SeaweedFS ``weed mini`` (the real S3 server in the venv) on 127.0.0.1, every port chosen here
-    (its defaults clash); used as Tansu's persistent storage (``s3://BUCKET/``)."""
-
-    KEY, SECRET = "test", "testsecret"
-
-    def __init__(self, workdir: Path) -> None:
-        ports = [free_port() for _ in range(11)]
-        self.endpoint = f"http://127.0.0.1:{ports[0]}"
-        self.log_path = workdir / "weed.log"
-        weed = Path(sys.executable).parent / "weed"
-        (workdir / "data").mkdir()
-        flags = [
-            "-s3.port",
-            "-master.port",
-            "-volume.port",
-            "-filer.port",
-            "-admin.port",
-            "-metricsPort",
-            "-s3.port.grpc",
-            "-master.port.grpc",
-            "-volume.port.grpc",
-            "-filer.port.grpc",
-            "-admin.port.grpc",
-        ]
-        with open(self.log_path, "ab") as log:
-            self.proc = subprocess.Popen(
-                [str(weed), "mini", f"-dir={workdir / 'data'}", "-ip=127.0.0.1", "-ip.bind=127.0.0.1", "-webdav=false",
-                 "-admin.ui=false", "-s3.port.iceberg=0", "-s3.port.lance=0",
-                 *(f"{flag}={port}" for flag, port in zip(flags, ports, strict=True))],
-                stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
-                env={**os.environ, **self.aws_env()},
-            )  # fmt: skip
-
-    def aws_env(self) -> dict[str, str]:
-        """What an S3 client (Tansu's included) reads to reach this server."""
-        return {
-            "AWS_ACCESS_KEY_ID": self.KEY,
-            "AWS_SECRET_ACCESS_KEY": self.SECRET,
-            "AWS_DEFAULT_REGION": "us-east-1",
-            "AWS_REGION": "us-east-1",
-            "AWS_ENDPOINT": self.endpoint,
-            "AWS_ALLOW_HTTP": "true",
-        }
-
-    def bucket(self, name: str, timeout: float = 60.0) -> str:
-        """Create bucket ``name`` once the server answers; the bucket's name."""
-        import boto3
-
-        client = boto3.client(
-            "s3", endpoint_url=self.endpoint, aws_access_key_id=self.KEY, aws_secret_access_key=self.SECRET,
-            region_name="us-east-1",
-        )  # fmt: skip
-        deadline = time.monotonic() + timeout
-        while True:
-            try:
-                client.create_bucket(Bucket=name)
-                return name
-            except Exception:
-                if self.proc.poll() is not None or time.monotonic() > deadline:
-                    raise RuntimeError(f"SeaweedFS did not start; see {self.log_path}") from None
-                time.sleep(0.1)
-
-    def stop(self) -> None:
-        """TERM, then KILL after 5 s (its volume server can take half a minute to stop)."""
-        if self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGTERM)
-            try:
-                self.proc.wait(5)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait(5)
-
-
-@pytest.fixture(scope="session")
-def seaweed_s3(tmp_path_factory: pytest.TempPathFactory) -> Iterator[SeaweedS3]:
-    """One SeaweedFS S3 server for the session."""
-    server = SeaweedS3(tmp_path_factory.mktemp("seaweed"))
-    yield server
-    server.stop()

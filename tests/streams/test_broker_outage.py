@@ -25,8 +25,9 @@ from datamill.home import Home
 from datamill.streams.broker import Broker, kafka
 from datamill.streams.chunks import chunk_file
 from datamill.streams.sender import send
+from tests.conftest import S3Server
 from tests.helpers import free_port, open_home, serve, wait_for
-from tests.streams.conftest import SeaweedS3, TansuBroker
+from tests.streams.conftest import TansuBroker
 
 pytestmark = pytest.mark.slow
 
@@ -101,12 +102,12 @@ def test_a_broker_that_is_down_at_the_start_is_retried_until_it_comes_up(home: H
 
 
 def test_a_broker_that_goes_away_mid_file_is_resumed_without_loss_or_duplicates(
-    home: Home, tmp_path: Path, seaweed_s3: SeaweedS3
+    home: Home, tmp_path: Path, s3_server: S3Server
 ) -> None:
     # Tansu's S3 storage on a real S3 server (SeaweedFS): topics and messages outlive the broker process.
-    bucket = seaweed_s3.bucket(f"tansu-{uuid.uuid4().hex[:8]}")
+    bucket = s3_server.new_bucket()
     port = free_port()
-    broker = TansuBroker(tmp_path / "tansu.log", storage=f"s3://{bucket}/", env=seaweed_s3.aws_env()).start(port)
+    broker = TansuBroker(tmp_path / "tansu.log", storage=f"s3://{bucket}/", env=s3_server.aws_env()).start(port)
     src = tmp_path / "src"
     before = files(src / "before", ["b1.bin", "b2.bin", "b3.bin"], 2500)
     half = files(src / "half", ["half.bin"], 8 * 1024 + 17)  # 9 chunks of 1 KiB: 4 before the outage
