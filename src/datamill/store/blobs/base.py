@@ -43,6 +43,15 @@ def check_digest(digest: str) -> str:
     return hexpart
 
 
+def corrupted(digest: str, actual: str) -> BlobCorrupted:
+    """The error for a blob whose bytes now hash to ``actual`` instead of ``digest``."""
+    return BlobCorrupted(
+        f"blob {digest} is corrupted: its bytes now hash to {actual}. "
+        "Restore it from a backup or upload the file again.",
+        digest=digest,
+    )
+
+
 @dataclass(frozen=True)
 class BlobInfo:
     """What a finished write produced."""
@@ -152,11 +161,7 @@ class VerifyingReader(io.RawIOBase):
         self._done = True
         actual = f"{ALGORITHM}:{self._hasher.hexdigest()}"
         if actual != self._digest or (self._size is not None and self._seen != self._size):
-            raise BlobCorrupted(
-                f"blob {self._digest} is corrupted: its bytes now hash to {actual}. "
-                "Restore it from a backup or upload the file again.",
-                digest=self._digest,
-            )
+            raise corrupted(self._digest, actual)
 
     def close(self) -> None:
         self._raw.close()
