@@ -23,7 +23,6 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 from uvicorn.protocols.http.h11_impl import H11Protocol
 
 from datamill.api.errors import error_body, error_response
-from datamill.api.sendfile import offer_zerocopy
 from datamill.errors import DatamillError, HeadersTooLarge, TooLarge
 
 #: The whole request head (request line and headers) may be at most this large.
@@ -88,11 +87,6 @@ class BoundedH11Protocol(H11Protocol):
         if self.transport.can_write_eof():
             self.transport.write_eof()  # after what is buffered: the answer goes out first
         asyncio.get_running_loop().call_later(LINGER_SECONDS, self.transport.close)
-
-    def handle_events(self) -> None:
-        """As uvicorn's, then offer zero-copy file sends to the request it started (api/sendfile.py)."""
-        super().handle_events()
-        offer_zerocopy(self)
 
     def data_received(self, data: bytes) -> None:
         """Drop what a refused client still sends (up to a bound), else handle it as uvicorn does."""

@@ -73,11 +73,6 @@ PUT_ATTEMPTS = 4
 PUT_BACKOFF_SECONDS = 0.5
 RETRY_STATUSES = frozenset({502, 503, 504})
 
-#: Bytes per read of a file being uploaded: few, large writes to the socket.
-UPLOAD_CHUNK = 8 << 20
-#: Bytes per chunk of a download handed to the hasher and the file (the socket is read in 64 KiB).
-DOWNLOAD_CHUNK = 4 << 20
-
 
 def _error_classes() -> dict[str, type[DatamillError]]:
     """``code`` -> class for every error class in :mod:`datamill.errors` (the first one per code)."""
@@ -409,7 +404,7 @@ class RemoteClient(Client):
     @staticmethod
     def _chunks(data: BinaryIO, progress: ProgressFn | None, reported: list[int]) -> Iterator[bytes]:
         sent = 0
-        while chunk := data.read(UPLOAD_CHUNK):
+        while chunk := data.read(CHUNK):
             sent += len(chunk)
             if progress and sent > reported[0]:
                 # A retry sends bytes again; the progress shown only grows past what it showed.
@@ -446,7 +441,7 @@ class RemoteClient(Client):
         received = 0
         try:
             try:
-                for chunk in response.iter_bytes(DOWNLOAD_CHUNK):
+                for chunk in response.iter_bytes(CHUNK):
                     h.update(chunk)
                     received += len(chunk)
                     yield chunk

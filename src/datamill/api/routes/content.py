@@ -24,19 +24,16 @@ A file of one chunk is thus read whole before the headers go out and fails with 
 
 from __future__ import annotations
 
-import asyncio
 import json
 import logging
 import re
 from collections.abc import AsyncIterator, Iterator
-from pathlib import Path
-from typing import Any, BinaryIO
+from typing import Any
 from urllib.parse import quote
 
 from fastapi import APIRouter, Header, Request, Response
 from fastapi.responses import JSONResponse, StreamingResponse
 from starlette.requests import ClientDisconnect
-from starlette.types import Receive, Scope, Send
 
 from datamill.api.batch import MAX_BATCH_BYTES, boundary_of, parse_batch
 from datamill.api.deps import ActorDep, HomeDep, blocking
@@ -44,7 +41,6 @@ from datamill.api.ids import VersionQuery
 from datamill.api.openapi import ERROR_DESCRIPTIONS, Error, binary, errors
 from datamill.api.paths import UrlPath
 from datamill.api.schemas import VersionOut
-from datamill.api.sendfile import ZEROCOPY
 from datamill.errors import (
     BlobCorrupted,
     DatamillError,
@@ -54,7 +50,7 @@ from datamill.errors import (
     UploadIncomplete,
 )
 from datamill.limits import INT64_MAX, loads_bounded
-from datamill.store.blobs import CHUNK, BlobStore, check_digest
+from datamill.store.blobs import CHUNK, check_digest
 from datamill.store.names import split_item_path
 from datamill.store.store import VersionInfo, check_idempotency_key, check_metadata
 
@@ -385,86 +381,7 @@ async def download(
     headers["Content-Length"] = str(length)
     if request.method == "HEAD":
         return Response(status_code=status, headers=headers)
-    local = home.store.blobs.local_path(info.digest) if ZEROCOPY in request.scope.get("extensions", {}) else None
-    if local is not None and length > CHUNK:
-        response = await _file_response(home.store.blobs, info, local, start, length, status, headers)
-        if response is not None:
-            return response
     chunks = home.store.blobs.iter_range(info.digest, start, end)
     stream = HeldBackStream(chunks, f"{info.path} v{info.version}", length)
     await stream.prime()
     return StreamingResponse(stream, status_code=status, headers=headers)
-
-
-async def _file_response(
-    blobs: BlobStore, info: VersionInfo, path: Path, start: int, length: int, status: int, headers: dict[str, str]
-) -> Response | None:
-    """The bytes sent from the blob file by ``sendfile``; None if the file is gone (the caller reports it).
-
-    A range is verified (the whole blob) before the headers go out, as a streamed range is.
-    """
-    try:
-        f = open(path, "rb")  # noqa: SIM115 - the response closes it
-    except FileNotFoundError:
-        return None
-    try:
-        if status == 206:
-            await blocking(blobs.verify, info.digest)
-    except BaseException:
-        f.close()
-        raise
-    return BlobFileResponse(f, blobs, info, start, length, status, headers, verified=status == 206)
-
-
-class BlobFileResponse(Response):
-    """A blob's bytes by zero-copy sends, checked against the digest while they go out.
-
-    The blob is hashed in a thread while ``sendfile`` sends all but its last chunk; that chunk
-    goes only once the hash matched, and on a mismatch the connection is dropped short of
-    ``Content-Length``, as :class:`HeldBackStream` does.
-    """
-
-    def __init__(
-        self,
-        file: BinaryIO,
-        blobs: BlobStore,
-        info: VersionInfo,
-        start: int,
-        length: int,
-        status: int,
-        headers: dict[str, str],
-        verified: bool,
-    ) -> None:
-        super().__init__(status_code=status, headers=headers)
-        self._file, self._blobs, self._info = file, blobs, info
-        self._start, self._length, self._verified = start, length, verified
-
-    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        check = None if self._verified else asyncio.ensure_future(blocking(self._blobs.verify, self._info.digest))
-        tail = 0 if check is None else min(self._length, CHUNK)
-        try:
-            await send({"type": "http.response.start", "status": self.status_code, "headers": self.raw_headers})
-            if self._length > tail:
-                await send(
-                    {
-                        "type": ZEROCOPY,
-                        "file": self._file,
-                        "offset": self._start,
-                        "count": self._length - tail,
-                        "more_body": tail > 0,
-                    }
-                )
-            if check is not None:
-                try:
-                    await check
-                except DatamillError as exc:
-                    what = f"{self._info.path} v{self._info.version}"
-                    sent = self._length - tail
-                    log.error("aborting the download of %s after %d bytes: %s", what, sent, exc.message)
-                    raise
-                last = {"file": self._file, "offset": self._start + self._length - tail, "count": tail}
-                await send({"type": ZEROCOPY, **last, "more_body": False})
-        finally:
-            if check is not None and not check.done():
-                check.cancel()  # the client went away: its hash is of no use (the thread ends on its own)
-            self._file.close()

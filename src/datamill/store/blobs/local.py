@@ -25,9 +25,8 @@ from datamill.store.blobs.base import (
     check_digest,
     corrupted,
     digest_bytes,
-    hasher,
 )
-from datamill.store.blobs.transfer import HASH_STEP, copy_hashed
+from datamill.store.blobs.transfer import copy_hashed
 
 log = logging.getLogger("datamill.store")
 
@@ -229,18 +228,6 @@ class LocalBlobStore(BlobStore):
         if f"{ALGORITHM}:{hexdigest}" != digest:
             raise corrupted(digest, f"{ALGORITHM}:{hexdigest}")
         return n
-
-    def verify(self, digest: str) -> None:
-        """As :meth:`BlobStore.verify`, hashing large reads straight from the file (no Python copy per MiB)."""
-        check_digest(digest)
-        h = hasher()
-        buf = bytearray(HASH_STEP)
-        view = memoryview(buf)
-        with self._open_raw(digest) as f:
-            while n := f.readinto(buf):  # type: ignore[attr-defined]
-                h.update(view[:n])
-        if f"{ALGORITHM}:{h.hexdigest()}" != digest:
-            raise corrupted(digest, f"{ALGORITHM}:{h.hexdigest()}")
 
     def sync(self) -> None:
         """One ``syncfs`` of the blob file system: file data and renames reach the disk together."""
