@@ -12,7 +12,8 @@ Prints ONE JSON object on stdout (progress goes to stderr). Measured, each again
   Target: at least 0.8 of the copy's speed embedded, 0.5 over the API. Each round also reports
   the 1-minute load average and the process's CPU seconds per transfer. ``shutil.copyfile`` copies inside the kernel
   (``copy_file_range``), so a second baseline is reported too: a plain Python read/write loop
-  (1 MiB, unbuffered, + fsync), the least any code moving the bytes through Python pays.
+  (1 MiB, unbuffered, + fsync), the least any code moving the bytes through Python pays, and the
+  same loop hashing each chunk with BLAKE3 (how datamill moved bytes before kernel copies).
 * ``--small`` files of 1 KB, each with distinct bytes, put one by one. Target: 1,000 items/s embedded.
 * listing a folder of ``--list`` items with ``client.list_items``. Target: under 1,000 ms.
   The items are made with direct inserts through SQLAlchemy (``items`` and ``versions`` rows in
@@ -50,6 +51,7 @@ from datamill.config import load_settings
 from datamill.db.models import Item, Version
 from datamill.home import Home
 from datamill.store import garbage
+from datamill.store.blobs import hasher
 
 MB = 1_000_000
 MiB = 1 << 20
@@ -147,6 +149,18 @@ def loop_seconds(src: Path, dst: Path) -> float:
     return t()
 
 
+def hashed_loop_seconds(src: Path, dst: Path) -> float:
+    """The user-space loop datamill used before kernel copies: read 1 MiB, hash it (BLAKE3), write it; + fsync."""
+    h = hasher()
+    with timer() as t, open(src, "rb", buffering=0) as fin, open(dst, "wb", buffering=0) as fout:
+        while chunk := fin.read(MiB):
+            h.update(chunk)
+            fout.write(chunk)
+        os.fsync(fout.fileno())
+    dst.unlink()
+    return t()
+
+
 def rate(size: int, seconds: float) -> float:
     return round(size / MB / seconds, 1)
 
@@ -166,6 +180,7 @@ def big_file(
     copy_up: list[float] = []
     copy_down: list[float] = []
     loop: list[float] = []
+    hashed: list[float] = []
     rss = 0.0
     cpu_up: list[float] = []
     cpu_down: list[float] = []
@@ -183,6 +198,7 @@ def big_file(
         assert info.size == size, info
 
         loop.append(loop_seconds(src, work / "loop.bin"))
+        hashed.append(hashed_loop_seconds(src, work / "hashed.bin"))
         copy_down.append(copy_seconds(src, work / "copy.bin"))
         c0 = time.process_time()
         with RssPeak() as peak, timer() as t:
@@ -196,12 +212,13 @@ def big_file(
         say(
             f"  round {r + 1}: upload {rate(size, up[-1])} MB/s (copy {rate(size, copy_up[-1])}), "
             f"download {rate(size, down[-1])} MB/s (copy {rate(size, copy_down[-1])}), "
-            f"python loop {rate(size, loop[-1])} MB/s, RSS +{rss} MB"
+            f"python loop {rate(size, loop[-1])} MB/s (hashed {rate(size, hashed[-1])}), RSS +{rss} MB"
         )
 
     def summary(times: list[float], copies: list[float], cpu: list[float]) -> dict[str, Any]:
         ratios = [c / t for t, c in zip(times, copies, strict=True)]
         to_loop = [c / t for t, c in zip(times, loop, strict=True)]
+        to_hashed = [c / t for t, c in zip(times, hashed, strict=True)]
         return {
             "MB_per_s": rate(size, statistics.median(times)),
             "copy_MB_per_s": rate(size, statistics.median(copies)),
@@ -210,6 +227,8 @@ def big_file(
             "seconds_per_round": [round(x, 2) for x in times],
             "python_loop_MB_per_s": rate(size, statistics.median(loop)),
             "ratio_to_python_loop": round(statistics.median(to_loop), 2),
+            "hashed_loop_MB_per_s": rate(size, statistics.median(hashed)),
+            "ratio_to_hashed_loop": round(statistics.median(to_hashed), 2),
             # CPU of this whole process (client, and the server when over the API): on a loaded
             # machine a transfer waits for a core, so wall time follows CPU time, not the disk.
             "cpu_seconds_per_round": [round(x, 2) for x in cpu],
