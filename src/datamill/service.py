@@ -24,7 +24,6 @@ from datamill.home import Home
 from datamill.refs import absolute_ref
 from datamill.store import users
 from datamill.store.access import Actor, Level
-from datamill.store.blobs import CHUNK
 from datamill.store.groups import GroupInfo
 from datamill.store.item_pages import ItemPage
 from datamill.store.records import AccessGrant, UserInfo
@@ -123,18 +122,13 @@ class Service:
         size: int | None = None,
     ) -> VersionInfo:
         """Store bytes as a new version of ``folder/name``."""
-        if progress is None or isinstance(data, bytes | bytearray):
+        if isinstance(data, bytes | bytearray):
             info: VersionInfo = self.store.put(self.actor, folder, name, data, content_type, metadata)
             if progress:
                 progress(info.size)
             return info
-
-        def chunks() -> Iterator[bytes]:
-            while chunk := data.read(CHUNK):
-                progress(len(chunk))
-                yield chunk
-
-        return self.store.put(self.actor, folder, name, chunks(), content_type, metadata)
+        # A file goes as it is: the store copies a regular one in the kernel.
+        return self.store.put(self.actor, folder, name, data, content_type, metadata, progress=progress)
 
     def put_many(
         self,

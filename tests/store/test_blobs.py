@@ -21,6 +21,7 @@ import pytest
 
 from datamill.errors import BlobCorrupted, BlobNotFound, DigestMismatch, InvalidInput
 from datamill.store.blobs import CHUNK, BlobStore, LocalBlobStore, MemoryBlobStore, digest_bytes
+from datamill.store.blobs.transfer import copy_hashed
 
 SMALL = b"hello, blobs\n"
 # A few chunks and a bit, so streaming crosses chunk boundaries.
@@ -233,6 +234,48 @@ class BlobStoreContract:
             w.commit()
         w.abort()
         assert self.stored(store) == set()
+
+    # --- file transfers (put_file, copy_to) -----------------------------------------------------
+    def test_put_file_stores_the_rest_of_the_file(self, store: BlobStore, tmp_path: Path) -> None:
+        src = tmp_path / "big.bin"
+        src.write_bytes(b"header" + BIG)
+        seen: list[int] = []
+        with open(src, "rb") as f:
+            assert f.read(6) == b"header"  # a buffered read: the file's own position is further on
+            info = store.put_file(f, progress=seen.append)
+            assert f.tell() == len(BIG) + 6
+        assert info.digest == digest_bytes(BIG) and info.size == len(BIG)
+        assert store.read(info.digest) == BIG
+        assert sum(seen) == len(BIG)
+
+    def test_put_file_with_known_digest_gives_that_digest(self, store: BlobStore, tmp_path: Path) -> None:
+        src = tmp_path / "big.bin"
+        src.write_bytes(BIG)
+        with open(src, "rb") as f:
+            info = store.put_file(f, expected_digest=digest_bytes(BIG), expected_size=len(BIG))
+        assert info.digest == digest_bytes(BIG)
+        with open(src, "rb") as f, pytest.raises(DigestMismatch):
+            store.put_file(f, expected_digest=digest_bytes(SMALL))
+        assert self.stored(store) == {info.digest}
+
+    def test_put_file_of_a_non_regular_file(self, store: BlobStore) -> None:
+        info = store.put_file(io.BytesIO(BIG))  # no descriptor: read in chunks
+        assert info.digest == digest_bytes(BIG)
+
+    def test_copy_to_writes_the_verified_bytes(self, store: BlobStore, tmp_path: Path) -> None:
+        digest = store.put(BIG).digest
+        fd = os.open(tmp_path / "out", os.O_RDWR | os.O_CREAT)
+        try:
+            os.write(fd, b"prefix")  # written at the descriptor's position, which ends after them
+            seen: list[int] = []
+            assert store.copy_to(digest, fd, seen.append) == len(BIG)
+            assert os.lseek(fd, 0, os.SEEK_CUR) == len(BIG) + 6
+        finally:
+            os.close(fd)
+        assert (tmp_path / "out").read_bytes() == b"prefix" + BIG
+        assert sum(seen) == len(BIG)
+        with open(tmp_path / "none", "w+b") as f, pytest.raises(BlobNotFound):
+            store.copy_to(MISSING, f.fileno())
 
     def test_mismatch_does_not_touch_existing_blob(self, store: BlobStore) -> None:
         good = store.put(SMALL).digest
@@ -474,3 +517,76 @@ class TestLocalBlobStore(BlobStoreContract):
         os.utime(old, (1, 1))
         assert local.clean_tmp() == 1
         assert not old.exists()
+
+    # --- kernel copies -----------------------------------------------------------------------
+    @pytest.mark.parametrize("offset", [0, CHUNK + 3, len(BIG) - 1])
+    def test_copy_to_detects_a_corrupted_blob(self, local: LocalBlobStore, tmp_path: Path, offset: int) -> None:
+        digest = local.put(BIG).digest
+        self._corrupt(local, digest, offset)
+        fd = os.open(tmp_path / "out", os.O_RDWR | os.O_CREAT)
+        try:
+            with pytest.raises(BlobCorrupted, match="corrupted") as err:
+                local.copy_to(digest, fd)
+        finally:
+            os.close(fd)
+        assert err.value.detail["digest"] == digest
+
+    def test_interrupted_put_file_leaves_no_blob(self, local: LocalBlobStore, tmp_path: Path) -> None:
+        src = tmp_path / "big.bin"
+        src.write_bytes(BIG)
+
+        def stop(n: int) -> None:
+            raise KeyboardInterrupt  # as a Ctrl-C half-way through the copy
+
+        with open(src, "rb") as f, pytest.raises(KeyboardInterrupt):
+            local.put_file(f, progress=stop)
+        assert _blob_files(local.root) == [] and _temp_files(local) == []
+
+    def test_put_file_digest_is_that_of_the_stored_bytes(self, local: LocalBlobStore, tmp_path: Path) -> None:
+        src = tmp_path / "big.bin"
+        src.write_bytes(BIG)
+        with open(src, "rb") as f:
+            info = local.put_file(f)
+        assert local.path_of(info.digest).read_bytes() == BIG
+        local.verify(info.digest)
+        mode = stat.S_IMODE(local.path_of(info.digest).stat().st_mode)
+        assert mode & (stat.S_IWUSR | stat.S_IWGRP | stat.S_IWOTH) == 0, oct(mode)
+        assert _temp_files(local) == []
+
+
+@pytest.mark.parametrize("limit", [None, 5, CHUNK + 1])
+def test_copy_hashed_offsets_and_limit(tmp_path: Path, limit: int | None) -> None:
+    data = BIG[: 2 * CHUNK + 99]
+    (tmp_path / "src").write_bytes(data)
+    (tmp_path / "dst").write_bytes(b"0123")
+    src = os.open(tmp_path / "src", os.O_RDONLY)
+    dst = os.open(tmp_path / "dst", os.O_RDWR)
+    try:
+        hexdigest, n = copy_hashed(src, dst, 7, 4, limit)
+    finally:
+        os.close(src)
+        os.close(dst)
+    part = data[7:] if limit is None else data[7 : 7 + limit]
+    assert n == len(part) and f"blake3:{hexdigest}" == digest_bytes(part)
+    assert (tmp_path / "dst").read_bytes() == b"0123" + part
+
+
+def test_copy_hashed_across_file_systems(tmp_path: Path) -> None:
+    """From a RAM file system to the disk: a kernel copy may refuse (EXDEV); the bytes still arrive."""
+    shm = Path("/dev/shm")
+    if not shm.is_dir() or not os.access(shm, os.W_OK):
+        pytest.skip("no writable /dev/shm here")
+    src_path = shm / f"datamill-test-{os.getpid()}"
+    src_path.write_bytes(BIG)
+    try:
+        src = os.open(src_path, os.O_RDONLY)
+        dst = os.open(tmp_path / "dst", os.O_RDWR | os.O_CREAT)
+        try:
+            hexdigest, n = copy_hashed(src, dst)
+        finally:
+            os.close(src)
+            os.close(dst)
+    finally:
+        src_path.unlink()
+    assert n == len(BIG) and f"blake3:{hexdigest}" == digest_bytes(BIG)
+    assert (tmp_path / "dst").read_bytes() == BIG

@@ -958,3 +958,26 @@ def test_client_put_and_download(home: Home, tmp_path: Path) -> None:
     with open(src, "rb") as f:
         assert client.put("up", "data.bin", f).digest == info.digest
     assert client.get("up/data.bin", version=1) == payload
+
+
+def test_client_upload_interrupted_mid_copy_leaves_no_blob_and_no_version(home: Home, tmp_path: Path) -> None:
+    client = LocalClient(home)
+    client.create_folder("up")
+    src = tmp_path / "src.bin"
+    src.write_bytes(b"interrupted upload " * 200_000)  # several copy and hash steps' worth
+    assert isinstance(home.blobs, LocalBlobStore)
+    root = home.blobs.root
+
+    def files() -> set[Path]:  # blobs and temporary files, not the lock files of live stores
+        return {p for p in root.rglob("*") if p.is_file() and p.name != "lock"}
+
+    before = files()
+
+    def interrupt(n: int) -> None:
+        raise KeyboardInterrupt  # as a Ctrl-C while the kernel copies the file in
+
+    with open(src, "rb") as f, pytest.raises(KeyboardInterrupt):
+        client.put("up", "data.bin", f, progress=interrupt)
+    assert client.list_items("up") == []
+    assert files() == before
+    assert digest_bytes(src.read_bytes()) not in {f"blake3:{p.name}" for p in before}

@@ -21,7 +21,7 @@ leaves a listed item without its bytes.
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from typing import Any, BinaryIO
 
 from sqlalchemy import Connection, insert, select
@@ -221,10 +221,24 @@ class Store:
         metadata: Mapping[str, Any] | None = None,
         expected_digest: str | None = None,
         created_via: str = "upload",
+        progress: Callable[[int], None] | None = None,
     ) -> VersionInfo:
-        """Store bytes as a new version of ``folder/name`` (creating the item when new)."""
+        """Store bytes as a new version of ``folder/name`` (creating the item when new).
+
+        ``progress`` is called with each count of bytes stored from a file or chunks.
+        """
         return uploads.put(
-            self.db, self.blobs, actor, folder, name, data, content_type, metadata, expected_digest, created_via
+            self.db,
+            self.blobs,
+            actor,
+            folder,
+            name,
+            data,
+            content_type,
+            metadata,
+            expected_digest,
+            created_via,
+            progress,
         )
 
     def put_many(

@@ -12,7 +12,7 @@ import dataclasses
 import hashlib
 import json
 import time
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from typing import Any, BinaryIO
 
 from sqlalchemy import Connection, delete, select, update
@@ -76,22 +76,31 @@ def put(
     metadata: Mapping[str, Any] | None,
     expected_digest: str | None,
     created_via: str,
+    progress: Callable[[int], None] | None = None,
 ) -> VersionInfo:
-    """Store bytes (bytes, a readable file or chunks) as a new version of ``folder/name``."""
+    """Store bytes (bytes, a readable file or chunks) as a new version of ``folder/name``.
+
+    A readable file goes to :meth:`BlobStore.put_file` (on local storage a kernel copy, hashed
+    as it lands); ``progress`` is called with each count of bytes stored (not for bytes in memory).
+    """
     meta = check_metadata(metadata or {})
-    writer = begin_upload(db, blobs, actor, folder, name, expected_digest, None)
-    try:
-        if isinstance(data, bytes | bytearray | memoryview):
-            writer.write(bytes(data))
-        elif hasattr(data, "read"):
-            while chunk := data.read(1 << 20):
-                writer.write(chunk)
-        else:
-            for chunk in data:
-                writer.write(chunk)
-        blob = writer.commit()
-    finally:
-        writer.abort()
+    if not isinstance(data, bytes | bytearray | memoryview) and hasattr(data, "read"):
+        check_name(name, "item name")
+        check_writable(db, actor, folder)  # before any byte is stored
+        blob = blobs.put_file(data, expected_digest, progress=progress)  # type: ignore[arg-type]
+    else:
+        writer = begin_upload(db, blobs, actor, folder, name, expected_digest, None)
+        try:
+            if isinstance(data, bytes | bytearray | memoryview):
+                writer.write(bytes(data))
+            else:
+                for chunk in data:
+                    writer.write(chunk)
+                    if progress is not None:
+                        progress(len(chunk))
+            blob = writer.commit()
+        finally:
+            writer.abort()
     with db.write() as conn:
         return commit_version(conn, blobs, actor, folder, name, blob, content_type, meta, created_via)
 

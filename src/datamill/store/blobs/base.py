@@ -9,8 +9,9 @@ Reading hashes again and raises :class:`BlobCorrupted` at the end of a stream wh
 from __future__ import annotations
 
 import io
+import os
 from abc import ABC, abstractmethod
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import BinaryIO
@@ -42,6 +43,15 @@ def check_digest(digest: str) -> str:
     return hexpart
 
 
+def corrupted(digest: str, actual: str) -> BlobCorrupted:
+    """The error for a blob whose bytes now hash to ``actual`` instead of ``digest``."""
+    return BlobCorrupted(
+        f"blob {digest} is corrupted: its bytes now hash to {actual}. "
+        "Restore it from a backup or upload the file again.",
+        digest=digest,
+    )
+
+
 @dataclass(frozen=True)
 class BlobInfo:
     """What a finished write produced."""
@@ -59,6 +69,7 @@ class BlobWriter(ABC):
         self.expected_digest = expected_digest
         self.expected_size = expected_size
         self.closed = False
+        self._adopted: str | None = None
 
     def write(self, chunk: bytes) -> None:
         """Append bytes."""
@@ -66,9 +77,17 @@ class BlobWriter(ABC):
         self.size += len(chunk)
         self._write(chunk)
 
+    def adopt(self, hexdigest: str, size: int) -> None:
+        """Account for ``size`` bytes a backend wrote past :meth:`write` (a kernel copy), whose hash it took.
+
+        Only instead of :meth:`write`, never mixed with it: the digest is then ``hexdigest``.
+        """
+        self._adopted = hexdigest
+        self.size += size
+
     def commit(self) -> BlobInfo:
         """Finish: verify what was announced, make the blob visible under its digest."""
-        digest = f"{ALGORITHM}:{self._hasher.hexdigest()}"
+        digest = f"{ALGORITHM}:{self._adopted or self._hasher.hexdigest()}"
         try:
             if self.expected_size is not None and self.size != self.expected_size:
                 raise DigestMismatch(
@@ -142,11 +161,7 @@ class VerifyingReader(io.RawIOBase):
         self._done = True
         actual = f"{ALGORITHM}:{self._hasher.hexdigest()}"
         if actual != self._digest or (self._size is not None and self._seen != self._size):
-            raise BlobCorrupted(
-                f"blob {self._digest} is corrupted: its bytes now hash to {actual}. "
-                "Restore it from a backup or upload the file again.",
-                digest=self._digest,
-            )
+            raise corrupted(self._digest, actual)
 
     def close(self) -> None:
         self._raw.close()
@@ -211,17 +226,40 @@ class BlobStore(ABC):
         expected_size: int | None = None,
         durable: bool = True,
     ) -> BlobInfo:
-        """Store bytes from a buffer, a file object or an iterable of chunks."""
+        """Store bytes from a buffer, a file object (see :meth:`put_file`) or an iterable of chunks."""
+        if not isinstance(data, bytes | bytearray | memoryview) and hasattr(data, "read"):
+            return self.put_file(data, expected_digest, expected_size, durable)  # type: ignore[arg-type]
         w = self.writer(expected_digest, expected_size, durable)
         try:
             if isinstance(data, bytes | bytearray | memoryview):
                 w.write(bytes(data))
-            elif hasattr(data, "read"):
-                while chunk := data.read(CHUNK):
-                    w.write(chunk)
             else:
                 for chunk in data:
                     w.write(chunk)
+            return w.commit()
+        finally:
+            w.abort()
+
+    def put_file(
+        self,
+        file: BinaryIO,
+        expected_digest: str | None = None,
+        expected_size: int | None = None,
+        durable: bool = True,
+        progress: Callable[[int], None] | None = None,
+    ) -> BlobInfo:
+        """Store the rest of an open file, from its current position (left at its end).
+
+        A backend with files of its own copies a regular file in the kernel while it hashes
+        the copy (:meth:`LocalBlobStore.put_file`); this default reads it in chunks.
+        ``progress`` is called with each count of bytes stored.
+        """
+        w = self.writer(expected_digest, expected_size, durable)
+        try:
+            while chunk := file.read(CHUNK):
+                w.write(chunk)
+                if progress is not None:
+                    progress(len(chunk))
             return w.commit()
         finally:
             w.abort()
@@ -231,6 +269,24 @@ class BlobStore(ABC):
         check_digest(digest)
         raw = self._open_raw(digest)
         return io.BufferedReader(VerifyingReader(raw, digest), buffer_size=CHUNK)
+
+    def copy_to(self, digest: str, fd: int, progress: Callable[[int], None] | None = None) -> int:
+        """Write the blob's bytes into the open file ``fd`` at its position, verified; returns their number.
+
+        Raises :class:`BlobCorrupted` once the bytes are written if they do not hash to
+        ``digest`` (the caller throws the file away). A backend with files of its own copies in
+        the kernel while it hashes what it wrote; this default streams through :meth:`open`.
+        """
+        n = 0
+        with self.open(digest) as f:
+            while chunk := f.read(CHUNK):
+                view = memoryview(chunk)
+                while view:
+                    view = view[os.write(fd, view) :]
+                n += len(chunk)
+                if progress is not None:
+                    progress(len(chunk))
+        return n
 
     def read(self, digest: str) -> bytes:
         """All bytes of a (small) blob, verified."""

@@ -7,16 +7,26 @@ import fcntl
 import logging
 import os
 import shutil
+import stat
 import tempfile
 import threading
 import time
 import weakref
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from pathlib import Path
 from typing import Any, BinaryIO
 
 from datamill.errors import BlobNotFound
-from datamill.store.blobs.base import BlobInfo, BlobStore, BlobWriter, check_digest, digest_bytes
+from datamill.store.blobs.base import (
+    ALGORITHM,
+    BlobInfo,
+    BlobStore,
+    BlobWriter,
+    check_digest,
+    corrupted,
+    digest_bytes,
+)
+from datamill.store.blobs.transfer import copy_hashed
 
 log = logging.getLogger("datamill.store")
 
@@ -49,9 +59,14 @@ class _LocalWriter(BlobWriter):
         super().__init__(expected_digest, expected_size)
         self._store = store
         self._durable = durable
+        # mkstemp opens for reading too: a kernel copy into the file is hashed from it.
         fd, name = tempfile.mkstemp(dir=store.own_tmp_dir(), prefix="upload-")
         self._tmp = Path(name)
         self._file = os.fdopen(fd, "wb", buffering=0)
+
+    def fileno(self) -> int:
+        """The temporary file's descriptor (open for reading and writing)."""
+        return self._file.fileno()
 
     def _write(self, chunk: bytes) -> None:
         view = memoryview(chunk)
@@ -171,6 +186,49 @@ class LocalBlobStore(BlobStore):
         os.close(fd)
         return BlobInfo(digest, len(data))
 
+    def put_file(
+        self,
+        file: BinaryIO,
+        expected_digest: str | None = None,
+        expected_size: int | None = None,
+        durable: bool = True,
+        progress: Callable[[int], None] | None = None,
+    ) -> BlobInfo:
+        """As :meth:`BlobStore.put_file`; a regular file is copied by the kernel, hashed as it lands.
+
+        The digest is that of the bytes in the new blob file (read back from the page cache
+        while the next step is copied), so nothing is stored under a digest its bytes lack.
+        """
+        src = _regular_fileno(file)
+        if src is None:
+            return super().put_file(file, expected_digest, expected_size, durable, progress)
+        start = file.tell()
+        writer = _LocalWriter(self, expected_digest, expected_size, durable)
+        try:
+            hexdigest, n = copy_hashed(src, writer.fileno(), start, 0, progress=progress)
+            writer.adopt(hexdigest, n)
+            info = writer.commit()
+        finally:
+            writer.abort()
+        file.seek(start + n)
+        return info
+
+    def copy_to(self, digest: str, fd: int, progress: Callable[[int], None] | None = None) -> int:
+        """As :meth:`BlobStore.copy_to`, by a kernel copy from the blob file, hashed from ``fd`` as it lands.
+
+        ``fd`` must be open for reading too: what was written is what is checked.
+        """
+        src = self._open_raw(digest)
+        try:
+            at = os.lseek(fd, 0, os.SEEK_CUR)
+            hexdigest, n = copy_hashed(src.fileno(), fd, 0, at, progress=progress)
+        finally:
+            src.close()
+        os.lseek(fd, at + n, os.SEEK_SET)
+        if f"{ALGORITHM}:{hexdigest}" != digest:
+            raise corrupted(digest, f"{ALGORITHM}:{hexdigest}")
+        return n
+
     def sync(self) -> None:
         """One ``syncfs`` of the blob file system: file data and renames reach the disk together."""
         fd = os.open(self.root, os.O_RDONLY)
@@ -229,6 +287,16 @@ class LocalBlobStore(BlobStore):
             except FileNotFoundError:
                 continue  # another process cleaned it at the same time
         return n
+
+
+def _regular_fileno(file: BinaryIO) -> int | None:
+    """The descriptor of ``file`` if it is a regular file the kernel can copy from, else None."""
+    try:
+        fd = file.fileno()
+        file.tell()
+    except (AttributeError, OSError, ValueError):  # io.UnsupportedOperation is an OSError
+        return None
+    return fd if stat.S_ISREG(os.fstat(fd).st_mode) else None
 
 
 def _create(path: Path) -> int:

@@ -1,0 +1,125 @@
+"""File-to-file transfers that hash what they wrote, with the copy done by the kernel.
+
+:func:`copy_hashed` moves bytes from one open file to another with ``copy_file_range`` (a
+reflink on file systems that share extents, an in-kernel copy elsewhere; ``sendfile`` or a
+read/write loop where neither works) in one thread, while the calling thread hashes the
+*destination's* bytes as each step lands. The two run at once (both release the GIL), so a
+transfer costs about the longer of the copy and the hash, not their sum; and the digest is that
+of the bytes actually written, so a source that changes half-way yields a digest that does not
+match what it would have been, never a blob stored under a digest it does not have.
+"""
+
+from __future__ import annotations
+
+import errno
+import os
+import threading
+from collections.abc import Callable
+
+import blake3
+
+#: Bytes per ``copy_file_range`` call: large, so that the hashing thread is woken rarely, yet
+#: small enough that it starts hashing early and finishes right after the copy.
+COPY_STEP = 16 << 20
+#: Bytes hashed per read of the destination (read back from the page cache).
+HASH_STEP = 4 << 20
+
+# Errors meaning "this kernel or file system cannot copy these two files this way".
+_UNSUPPORTED = {errno.EXDEV, errno.ENOSYS, errno.EOPNOTSUPP, errno.EINVAL, errno.EBADF, errno.ETXTBSY}
+
+
+def _kernel_copy(src: int, dst: int, src_offset: int, dst_offset: int, count: int) -> int:
+    """Copy up to ``count`` bytes between explicit offsets; 0 at the end of the source."""
+    try:
+        return os.copy_file_range(src, dst, count, src_offset, dst_offset)
+    except OSError as exc:
+        if exc.errno not in _UNSUPPORTED:
+            raise
+    data = os.pread(src, min(count, HASH_STEP), src_offset)
+    view = memoryview(data)
+    written = 0
+    while written < len(data):
+        written += os.pwrite(dst, view[written:], dst_offset + written)
+    return len(data)
+
+
+class _Copier(threading.Thread):
+    """Copies in steps, telling the hashing thread how far the destination is written."""
+
+    def __init__(self, src: int, dst: int, src_offset: int, dst_offset: int, limit: int | None) -> None:
+        super().__init__(name="datamill-copy", daemon=True)
+        self.src, self.dst = src, dst
+        self.src_offset, self.dst_offset = src_offset, dst_offset
+        self.limit = limit
+        self.copied = 0
+        self.done = False
+        self.error: BaseException | None = None
+        self.stop = False
+        self.cond = threading.Condition()
+
+    def run(self) -> None:
+        try:
+            while not self.stop:
+                want = COPY_STEP if self.limit is None else min(COPY_STEP, self.limit - self.copied)
+                if want <= 0:
+                    break
+                n = _kernel_copy(self.src, self.dst, self.src_offset + self.copied, self.dst_offset + self.copied, want)
+                if n == 0:
+                    break
+                with self.cond:
+                    self.copied += n
+                    self.cond.notify()
+        except BaseException as exc:  # handed to the caller's thread
+            self.error = exc
+        finally:
+            with self.cond:
+                self.done = True
+                self.cond.notify()
+
+    def wait_for(self, hashed: int) -> tuple[int, bool]:
+        """Block until more than ``hashed`` bytes are copied or the copy ended; ``(copied, done)``."""
+        with self.cond:
+            while self.copied <= hashed and not self.done:
+                self.cond.wait()
+            return self.copied, self.done
+
+
+def copy_hashed(
+    src: int,
+    dst: int,
+    src_offset: int = 0,
+    dst_offset: int = 0,
+    limit: int | None = None,
+    progress: Callable[[int], None] | None = None,
+) -> tuple[str, int]:
+    """Copy ``src`` (from ``src_offset`` to its end, or ``limit`` bytes) into ``dst`` at ``dst_offset``.
+
+    Returns the BLAKE3 hex digest of the bytes written and their number. ``dst`` must be open
+    for reading too (it is hashed from what was written). File positions are not used or moved.
+    ``progress`` is called with each count of bytes hashed.
+    """
+    h = blake3.blake3()
+    buf = bytearray(HASH_STEP)
+    view = memoryview(buf)
+    copier = _Copier(src, dst, src_offset, dst_offset, limit)
+    copier.start()
+    hashed = 0
+    try:
+        while True:
+            copied, done = copier.wait_for(hashed)
+            while hashed < copied:
+                n = os.preadv(dst, [view[: min(HASH_STEP, copied - hashed)]], dst_offset + hashed)
+                if n <= 0:
+                    raise OSError(errno.EIO, "the file being written shrank while it was hashed")
+                h.update(view[:n])
+                hashed += n
+                if progress is not None:
+                    progress(n)
+            if done:
+                break
+    finally:
+        copier.stop = True
+        copier.join()
+    if copier.error is not None:
+        raise copier.error
+    return h.hexdigest(), hashed
