@@ -20,11 +20,12 @@ from __future__ import annotations
 
 import io
 import logging
+import os
 import threading
 import time
 import uuid
 from collections import OrderedDict, deque
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Any, BinaryIO
@@ -330,6 +331,36 @@ class S3BlobStore(BlobStore):
             data.seek(start)
             expected_digest = f"{self.algorithm}:{h.hexdigest()}"
         return super().put(data, expected_digest, expected_size, durable)
+
+    def put_file(
+        self,
+        file: BinaryIO,
+        expected_digest: str | None = None,
+        expected_size: int | None = None,
+        durable: bool = True,
+        progress: Callable[[int], None] | None = None,
+    ) -> BlobInfo:
+        """As :meth:`BlobStore.put_file`; a seekable file is hashed first so its parts go to the final name."""
+        if expected_digest is None and _seekable(file):
+            start = file.tell()
+            h = hasher()
+            while chunk := file.read(CHUNK):
+                h.update(chunk)
+            file.seek(start)
+            expected_digest = f"{self.algorithm}:{h.hexdigest()}"
+        return super().put_file(file, expected_digest, expected_size, durable, progress)
+
+    def copy_to(self, digest: str, fd: int, progress: Callable[[int], None] | None = None) -> int:
+        """Write the blob into ``fd`` from parallel ranged GETs, verified (raises at the end on a mismatch)."""
+        n = 0
+        for chunk in self.iter_range(digest):
+            view = memoryview(chunk)
+            while view:
+                view = view[os.write(fd, view) :]
+            n += len(chunk)
+            if progress is not None:
+                progress(len(chunk))
+        return n
 
     # ---------------------------------------------------------------------------------- reading
     def _open_raw(self, digest: str) -> BinaryIO:
