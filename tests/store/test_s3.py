@@ -19,15 +19,17 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
+import httpx
 import pytest
 
+from datamill.client.remote import RemoteClient
 from datamill.config import load_settings
 from datamill.errors import BlobCorrupted, BlobNotFound, ConfigError, Unavailable
 from datamill.home import Home
 from datamill.store.blobs import BlobStore, digest_bytes, open_blob_store
 from datamill.store.blobs.s3 import S3BlobStore, S3Options
 from tests.conftest import S3Server
-from tests.helpers import free_port
+from tests.helpers import free_port, open_home, serve
 from tests.store.test_blobs import BlobStoreContract
 
 MIB = 1 << 20
@@ -277,5 +279,44 @@ def test_a_home_on_s3_stores_items_there(s3_server: S3Server, bucket: str, tmp_p
             assert stream.read() == b"on s3"
         assert _keys(s3_server, bucket, f"{prefix}/blobs/") == [home.blobs.key_of(info.digest)]
         assert not (tmp_path / "home" / "blobs").exists()
+    finally:
+        home.close()
+
+
+def test_presigned_downloads_go_straight_to_the_store(s3_server: S3Server, bucket: str, tmp_path: Path) -> None:
+    home = open_home(
+        tmp_path / "home",
+        blob_url=f"s3://{bucket}/{uuid.uuid4().hex}",
+        s3_endpoint_url=s3_server.endpoint,
+        s3_region="us-east-1",
+        s3_access_key_id=s3_server.access_key,
+        s3_secret_access_key=s3_server.secret_key,
+        s3_presign_downloads=True,
+    )
+    try:
+        home.store.create_folder(home.admin, "/Raw")
+        data = _data(2 * MIB)
+        home.store.put(home.admin, "/Raw", "big.bin", data)
+        token = home.admin_token()
+        assert token is not None
+        with serve(home) as server:
+            url = server.url
+            answer = httpx.get(f"{url}/api/v1/content/Raw/big.bin", headers={"Authorization": f"Bearer {token}"})
+            assert answer.status_code == 307
+            location = answer.headers["location"]
+            assert location.startswith(s3_server.endpoint) and "X-Amz-Signature=" in location
+            assert token not in location
+            client = RemoteClient(url, token)
+            try:
+                info, chunks = client.iter_bytes("/Raw/big.bin")
+                assert b"".join(chunks) == data and info.size == len(data)
+                # A range still comes from the server (a presigned URL is for whole downloads).
+                ranged = httpx.get(
+                    f"{url}/api/v1/content/Raw/big.bin",
+                    headers={"Authorization": f"Bearer {token}", "Range": "bytes=10-19"},
+                )
+                assert ranged.status_code == 206 and ranged.content == data[10:20]
+            finally:
+                client.close()
     finally:
         home.close()

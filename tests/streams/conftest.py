@@ -126,5 +126,3 @@ def kafka_broker(tmp_path_factory: pytest.TempPathFactory) -> Iterator[TansuBrok
 def topic(kafka_broker: TansuBroker) -> str:
     """A fresh 2-partition topic."""
     return kafka_broker.create_topic(2)
-
-

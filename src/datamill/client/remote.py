@@ -192,12 +192,16 @@ class RemoteClient(Client):
             follow_redirects=False,
             verify=True if https else ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT),
         )
+        #: for presigned download URLs of the blob store (made on first use; never sends our token)
+        self._store_http: httpx.Client | None = None
 
     def __repr__(self) -> str:
         return f"RemoteClient({self.url!r})"
 
     def close(self) -> None:
         self._http.close()
+        if self._store_http is not None:
+            self._store_http.close()
 
     # --- transport ------------------------------------------------------------------------
     def _unreachable(self, exc: Exception) -> DatamillError:
@@ -434,7 +438,23 @@ class RemoteClient(Client):
         except (KeyError, ValueError):
             response.close()
             raise DatamillError(f"the server at {self.url} sent no version info; is it a datamill server?") from None
+        if response.status_code == 307 and "location" in response.headers:
+            response.close()
+            response = self._from_store(response.headers["location"])
         return info, self._stream(path, info, response)
+
+    def _from_store(self, url: str) -> httpx.Response:
+        """The bytes at a presigned URL of the blob store, by a client of its own: no token goes there."""
+        if self._store_http is None:
+            self._store_http = httpx.Client(timeout=self._http.timeout, follow_redirects=False)
+        try:
+            response = self._store_http.send(self._store_http.build_request("GET", url), stream=True)
+        except httpx.TransportError as exc:
+            raise DatamillError(f"the blob store at the presigned URL could not be reached ({exc}); try again") from exc
+        if response.status_code != 200:
+            response.close()
+            raise DatamillError(f"the blob store answered {response.status_code} for the presigned URL; try again")
+        return response
 
     def _stream(self, path: str, info: VersionInfo, response: httpx.Response) -> Iterator[bytes]:
         h = hasher()

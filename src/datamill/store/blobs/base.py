@@ -212,6 +212,10 @@ class BlobStore(ABC):
         """
         return None
 
+    def presigned_url(self, digest: str, seconds: int, filename: str | None = None) -> str | None:
+        """A URL that downloads the blob without this server for ``seconds``, or None (no such thing here)."""
+        return None
+
     def clean_tmp(self) -> int:
         """Remove temporary files left by processes that ended; returns how many (0 if none are kept)."""
         return 0
