@@ -60,6 +60,16 @@ class Triggers:
         self.engine = engine or Engine(home)
         self.clock = clock
         self._last_fire: dict[int, float] = {}
+        # What this object remembers between passes, only to decide cheaply *when* to look: the
+        # cursors moved in the database (with the runs they record) stay what makes firing exactly-once.
+        #: the newest event the last pass looked at, and the running dataflows it read then
+        self._seen: int | None = None
+        self._rows: list[Any] | None = None
+        #: running dataflows seen by a pass, those not checked from their own cursor yet, and those
+        #: whose source got items since (held back by a batch window until it closes)
+        self._known: set[int] = set()
+        self._unchecked: set[int] = set()
+        self._landed: set[int] = set()
 
     # ------------------------------------------------------------------ one pass
 
@@ -69,14 +79,26 @@ class Triggers:
         # Most passes find nothing to do: decide that in one read transaction, and take the
         # write lock only for the dataflows that have something to record.
         with self.home.db.read() as conn:
-            # Directory dataflows land files (datamill.dataflows.directory) and stream dataflows' consumers
-            # run in datamill.dataflows.ingest: neither has a trigger.
-            rows = conn.execute(
-                select(Dataflow).where(Dataflow.state == DataflowState.RUNNING, Dataflow.kind != DataflowKind.DIRECTORY)
-            ).all()
-            ids = [r.id for r in rows if r.kind != DataflowKind.STREAM and self._due(conn, r, now)]
+            latest = events.latest_seq(conn)
+            if self._rows is None or self._seen is None or latest != self._seen:
+                # Directory dataflows land files (datamill.dataflows.directory) and stream dataflows' consumers
+                # run in datamill.dataflows.ingest: neither has a trigger.
+                self._rows = list(
+                    conn.execute(
+                        select(Dataflow).where(
+                            Dataflow.state == DataflowState.RUNNING, Dataflow.kind != DataflowKind.DIRECTORY
+                        )
+                    ).all()
+                )
+            # else nothing was committed since the last pass: only the clock (cron, a batch window) can act
+            all_rows = self._rows
+            rows = [r for r in all_rows if r.kind != DataflowKind.STREAM]
+            self._note_landed(conn, rows, latest)
+            ids = [r.id for r in rows if self._due(conn, r, now, latest)]
+        # Only now that every new dataflow was checked from its cursor: a failed read checks them again.
+        self._seen, self._known = latest, {r.id for r in rows}
         created: list[int] = []
-        running = {r.id: flow_ends(r) for r in rows}
+        running = {r.id: flow_ends(r) for r in all_rows}
         for fid in ids:
             # Saving and starting refuse cycles; this catches those that got past (saved before the
             # check existed): a dataflow feeding on its own results through others is stopped.
@@ -101,6 +123,9 @@ class Triggers:
                 log.warning("dataflow %s: %s", fid, exc.message)
                 self._fail(fid, exc.message)
                 continue
+            finally:
+                self._rows = None  # its cursor (or state) moved: read the rows again next pass
+            self._landed.discard(fid)
             if run_id is not None:
                 created.append(run_id)
         return created
@@ -109,12 +134,16 @@ class Triggers:
         """Seconds until a batched or scheduled run is due (None: only new events matter)."""
         now = self.clock() if now is None else now
         due: list[float] = []
-        with self.home.db.read() as conn:
-            rows = conn.execute(
-                select(Dataflow.id, Dataflow.next_fire_at, Dataflow.config).where(
-                    Dataflow.state == DataflowState.RUNNING
+        rows: list[Any] | None = self._rows
+        if rows is None:
+            with self.home.db.read() as conn:
+                rows = list(
+                    conn.execute(
+                        select(Dataflow.id, Dataflow.next_fire_at, Dataflow.config).where(
+                            Dataflow.state == DataflowState.RUNNING
+                        )
+                    ).all()
                 )
-            ).all()
         for r in rows:
             if r.next_fire_at is not None:
                 due.append(r.next_fire_at - now)
@@ -128,7 +157,33 @@ class Triggers:
         ms = config.get("batch_window_ms")
         return (self.home.settings.batch_window_ms if ms is None else ms) / 1000.0
 
-    def _due(self, conn: Connection, row: Any, now: float) -> bool:
+    def _note_landed(self, conn: Connection, rows: list[Any], latest: int) -> None:
+        """Mark the dataflows whose source got items since the last pass, from the events' folders alone.
+
+        One statement over the events of this pass (a few), whatever the number of dataflows; a
+        dataflow this object has not looked at yet (just started, or this process just began) is
+        checked from its own cursor instead (:meth:`_due`), so nothing landed before is missed.
+        """
+        seen = self._seen
+        fresh = {r.id for r in rows}
+        if seen is not None and latest > seen:
+            folders = set(
+                conn.execute(
+                    select(Event.folder_id)
+                    .where(Event.seq > seen, Event.seq <= latest, Event.kind.in_(ITEM_EVENTS))
+                    .distinct()
+                ).scalars()
+            )
+            if folders:
+                self._landed.update(r.id for r in rows if r.id in self._known and self._watches(r, folders))
+        self._landed &= fresh  # a stopped dataflow starts again from its cursor, not from here
+        self._unchecked = fresh - self._known
+
+    def _watches(self, row: Any, folder_ids: set[int | None]) -> bool:
+        """Whether items landing in ``folder_ids`` concern this dataflow's trigger."""
+        return row.source_folder_id is not None and row.source_folder_id in folder_ids
+
+    def _due(self, conn: Connection, row: Any, now: float, latest: int) -> bool:
         """Whether :meth:`_poll_one` would record anything for this dataflow now (a read-only check)."""
         if row.backfilled_version != row.version:
             return True
@@ -136,14 +191,18 @@ class Triggers:
         trigger = str(cfg.get("trigger") or "new-items")
         if trigger.startswith("cron:"):
             return row.next_fire_at is None or now >= row.next_fire_at
-        latest = events.latest_seq(conn)
         if latest - row.cursor >= CURSOR_SLACK:
             return True  # move the cursor past unrelated events, so the scan after it stays short
         if trigger != "new-items" or row.source_folder_id is None:
             return False
+        if row.id in self._unchecked and self._landed_since_cursor(conn, row, latest):
+            self._landed.add(row.id)
+        if row.id not in self._landed:
+            return False
         last = self._last_fire.get(row.id)
-        if last is not None and now - last < self._window(cfg):
-            return False  # inside the batch window
+        return last is None or now - last >= self._window(cfg)  # else inside the batch window
+
+    def _landed_since_cursor(self, conn: Connection, row: Any, latest: int) -> bool:
         landed = conn.execute(
             select(Event.seq)
             .where(
@@ -341,7 +400,14 @@ class Triggers:
         """One pass of :meth:`serve`, in one worker thread: the newest event (read first, so that
         what lands during the pass ends the next wait), the runs recorded, and when to look again."""
         cursor = self.home.events.latest()
+        if cursor == self._seen and self._rows is not None and not self._clock_due():
+            return cursor, [], self.next_wakeup()  # woken, but by nothing new: no statement at all
         return cursor, self.poll(), self.next_wakeup()
+
+    def _clock_due(self) -> bool:
+        """Whether a cron tick or a closing batch window is due now (from the rows the last pass read)."""
+        wake = self.next_wakeup()
+        return wake is not None and wake <= 0
 
     async def serve(
         self, stop: asyncio.Event, poll: float = 1.0, on_runs: Callable[[list[int]], None] | None = None
