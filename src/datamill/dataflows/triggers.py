@@ -48,6 +48,15 @@ from datamill.store.access import Actor, Level, level_on
 log = logging.getLogger("datamill.triggers")
 
 ITEM_EVENTS = (EventKind.ITEM_CREATED, EventKind.ITEM_UPDATED)
+#: Events after which a pass reads the running dataflows again (their rows are kept between passes).
+FLOW_EVENTS = (
+    EventKind.DATAFLOW_CREATED,
+    EventKind.DATAFLOW_UPDATED,
+    EventKind.DATAFLOW_STARTED,
+    EventKind.DATAFLOW_STOPPED,
+    EventKind.DATAFLOW_FAILED,
+    EventKind.DATAFLOW_DELETED,
+)
 #: A dataflow's cursor is moved past events that do not concern it once it lags this far behind.
 CURSOR_SLACK = 1000
 
@@ -78,9 +87,12 @@ class Triggers:
         now = self.clock() if now is None else now
         # Most passes find nothing to do: decide that in one read transaction, and take the
         # write lock only for the dataflows that have something to record.
+        # The newest event as this process knows it (read once per commit, whoever asks); events after
+        # it are the next pass's.
+        latest = self.home.events.latest()
         with self.home.db.read() as conn:
-            latest = events.latest_seq(conn)
-            if self._rows is None or self._seen is None or latest != self._seen:
+            folders, flows_changed = self._since(conn, latest)
+            if self._rows is None or self._seen is None or flows_changed or folders:
                 # Directory dataflows land files (datamill.dataflows.directory) and stream dataflows' consumers
                 # run in datamill.dataflows.ingest: neither has a trigger.
                 self._rows = list(
@@ -90,10 +102,10 @@ class Triggers:
                         )
                     ).all()
                 )
-            # else nothing was committed since the last pass: only the clock (cron, a batch window) can act
+            # else no item landed and no dataflow changed since the last pass: the rows it read still hold
             all_rows = self._rows
             rows = [r for r in all_rows if r.kind != DataflowKind.STREAM]
-            self._note_landed(conn, rows, latest)
+            self._note_landed(rows, folders)
             ids = [r.id for r in rows if self._due(conn, r, now, latest)]
         # Only now that every new dataflow was checked from its cursor: a failed read checks them again.
         self._seen, self._known = latest, {r.id for r in rows}
@@ -157,25 +169,28 @@ class Triggers:
         ms = config.get("batch_window_ms")
         return (self.home.settings.batch_window_ms if ms is None else ms) / 1000.0
 
-    def _note_landed(self, conn: Connection, rows: list[Any], latest: int) -> None:
-        """Mark the dataflows whose source got items since the last pass, from the events' folders alone.
+    def _since(self, conn: Connection, latest: int) -> tuple[set[int | None], bool]:
+        """What happened since the last pass, in one statement over its events (a few), whatever the
+        number of dataflows: the folders items landed in, and whether a dataflow changed."""
+        seen = self._seen
+        if seen is None or latest <= seen:
+            return set(), False
+        rows = conn.execute(
+            select(Event.kind, Event.folder_id)
+            .where(Event.seq > seen, Event.seq <= latest, Event.kind.in_(ITEM_EVENTS + FLOW_EVENTS))
+            .distinct()
+        ).all()
+        return {r.folder_id for r in rows if r.kind in ITEM_EVENTS}, any(r.kind in FLOW_EVENTS for r in rows)
 
-        One statement over the events of this pass (a few), whatever the number of dataflows; a
-        dataflow this object has not looked at yet (just started, or this process just began) is
+    def _note_landed(self, rows: list[Any], folders: set[int | None]) -> None:
+        """Mark the dataflows whose source got items since the last pass.
+
+        A dataflow this object has not looked at yet (just started, or this process just began) is
         checked from its own cursor instead (:meth:`_due`), so nothing landed before is missed.
         """
-        seen = self._seen
         fresh = {r.id for r in rows}
-        if seen is not None and latest > seen:
-            folders = set(
-                conn.execute(
-                    select(Event.folder_id)
-                    .where(Event.seq > seen, Event.seq <= latest, Event.kind.in_(ITEM_EVENTS))
-                    .distinct()
-                ).scalars()
-            )
-            if folders:
-                self._landed.update(r.id for r in rows if r.id in self._known and self._watches(r, folders))
+        if folders:
+            self._landed.update(r.id for r in rows if r.id in self._known and self._watches(r, folders))
         self._landed &= fresh  # a stopped dataflow starts again from its cursor, not from here
         self._unchecked = fresh - self._known
 
