@@ -416,9 +416,13 @@ class _SqliteWatcher(threading.Thread):
         return True
 
     def _look(self) -> None:
-        """After a commit elsewhere: wake the waiters if it added events this process has not seen."""
-        before = self.log._head
-        if self.log._head_since(0, force=True) > before:
+        """After a commit: wake the waiters if it added events this process has not seen.
+
+        Read on the watcher's own plain connection (no SQLAlchemy, no transaction of ours): this
+        process's own commits change ``data_version`` too, and cost only this one look.
+        """
+        row = self._conn.execute("SELECT max(seq) FROM events").fetchone()
+        if row is not None and row[0] is not None and int(row[0]) > self.log._head:
             self.log.db.notify_commit()
 
     def run(self) -> None:

@@ -85,30 +85,10 @@ class Triggers:
     def poll(self, now: float | None = None) -> list[int]:
         """One pass over every running dataflow; returns the ids of the runs it recorded."""
         now = self.clock() if now is None else now
-        # Most passes find nothing to do: decide that in one read transaction, and take the
-        # write lock only for the dataflows that have something to record.
         # The newest event as this process knows it (read once per commit, whoever asks); events after
         # it are the next pass's.
         latest = self.home.events.latest()
-        with self.home.db.read() as conn:
-            folders, flows_changed = self._since(conn, latest)
-            if self._rows is None or self._seen is None or flows_changed or folders:
-                # Directory dataflows land files (datamill.dataflows.directory) and stream dataflows' consumers
-                # run in datamill.dataflows.ingest: neither has a trigger.
-                self._rows = list(
-                    conn.execute(
-                        select(Dataflow).where(
-                            Dataflow.state == DataflowState.RUNNING, Dataflow.kind != DataflowKind.DIRECTORY
-                        )
-                    ).all()
-                )
-            # else no item landed and no dataflow changed since the last pass: the rows it read still hold
-            all_rows = self._rows
-            rows = [r for r in all_rows if r.kind != DataflowKind.STREAM]
-            self._note_landed(rows, folders)
-            ids = [r.id for r in rows if self._due(conn, r, now, latest)]
-        # Only now that every new dataflow was checked from its cursor: a failed read checks them again.
-        self._seen, self._known = latest, {r.id for r in rows}
+        all_rows, ids = self._look(latest, now)
         created: list[int] = []
         running = {r.id: flow_ends(r) for r in all_rows}
         for fid in ids:
@@ -169,6 +149,38 @@ class Triggers:
         ms = config.get("batch_window_ms")
         return (self.home.settings.batch_window_ms if ms is None else ms) / 1000.0
 
+    def _look(self, latest: int, now: float) -> tuple[list[Any], list[int]]:
+        """The running dataflows and those with something to record now.
+
+        Most passes find nothing to do: decide that in one read transaction (none at all when
+        nothing was committed since the last pass), and take the write lock only for the dataflows
+        that have something to record.
+        """
+        if self._rows is not None and latest == self._seen:
+            # Nothing committed since the last pass: only the clock (cron, a batch window) can act.
+            rows = [r for r in self._rows if r.kind != DataflowKind.STREAM]
+            return self._rows, [r.id for r in rows if self._due(None, r, now, latest)]
+        with self.home.db.read() as conn:
+            folders, flows_changed = self._since(conn, latest)
+            if self._rows is None or self._seen is None or flows_changed or self._concern(folders):
+                # Directory dataflows land files (datamill.dataflows.directory) and stream dataflows' consumers
+                # run in datamill.dataflows.ingest: neither has a trigger.
+                self._rows = list(
+                    conn.execute(
+                        select(Dataflow).where(
+                            Dataflow.state == DataflowState.RUNNING, Dataflow.kind != DataflowKind.DIRECTORY
+                        )
+                    ).all()
+                )
+            # else no item landed in a source and no dataflow changed: the rows read before still hold
+            all_rows = self._rows
+            rows = [r for r in all_rows if r.kind != DataflowKind.STREAM]
+            self._note_landed(rows, folders)
+            ids = [r.id for r in rows if self._due(conn, r, now, latest)]
+        # Only now that every new dataflow was checked from its cursor: a failed read checks them again.
+        self._seen, self._known, self._unchecked = latest, {r.id for r in rows}, set()
+        return all_rows, ids
+
     def _since(self, conn: Connection, latest: int) -> tuple[set[int | None], bool]:
         """What happened since the last pass, in one statement over its events (a few), whatever the
         number of dataflows: the folders items landed in, and whether a dataflow changed."""
@@ -194,11 +206,15 @@ class Triggers:
         self._landed &= fresh  # a stopped dataflow starts again from its cursor, not from here
         self._unchecked = fresh - self._known
 
+    def _concern(self, folder_ids: set[int | None]) -> bool:
+        """Whether items landing in ``folder_ids`` concern any dataflow kept (a destination's do not)."""
+        return bool(folder_ids) and any(self._watches(r, folder_ids) for r in self._rows or ())
+
     def _watches(self, row: Any, folder_ids: set[int | None]) -> bool:
         """Whether items landing in ``folder_ids`` concern this dataflow's trigger."""
         return row.source_folder_id is not None and row.source_folder_id in folder_ids
 
-    def _due(self, conn: Connection, row: Any, now: float, latest: int) -> bool:
+    def _due(self, conn: Connection | None, row: Any, now: float, latest: int) -> bool:
         """Whether :meth:`_poll_one` would record anything for this dataflow now (a read-only check)."""
         if row.backfilled_version != row.version:
             return True
@@ -210,7 +226,7 @@ class Triggers:
             return True  # move the cursor past unrelated events, so the scan after it stays short
         if trigger != "new-items" or row.source_folder_id is None:
             return False
-        if row.id in self._unchecked and self._landed_since_cursor(conn, row, latest):
+        if row.id in self._unchecked and conn is not None and self._landed_since_cursor(conn, row, latest):
             self._landed.add(row.id)
         if row.id not in self._landed:
             return False
@@ -415,14 +431,7 @@ class Triggers:
         """One pass of :meth:`serve`, in one worker thread: the newest event (read first, so that
         what lands during the pass ends the next wait), the runs recorded, and when to look again."""
         cursor = self.home.events.latest()
-        if cursor == self._seen and self._rows is not None and not self._clock_due():
-            return cursor, [], self.next_wakeup()  # woken, but by nothing new: no statement at all
         return cursor, self.poll(), self.next_wakeup()
-
-    def _clock_due(self) -> bool:
-        """Whether a cron tick or a closing batch window is due now (from the rows the last pass read)."""
-        wake = self.next_wakeup()
-        return wake is not None and wake <= 0
 
     async def serve(
         self, stop: asyncio.Event, poll: float = 1.0, on_runs: Callable[[list[int]], None] | None = None
