@@ -156,7 +156,7 @@ def _woken_by_another_process(home: Home, tmp_path: Path, db_url: str) -> None:
         waiter = threading.Thread(target=lambda: woke.append(log.wait(after, 120.0)))
         waiter.start()
         # Asleep on the condition: its check is behind it, only a notification can end the sleep.
-        wait_for("the waiter to sleep", lambda: len(home.db.committed._waiters) > 0)  # type: ignore[attr-defined]
+        wait_for("the waiter to sleep", lambda: len(home.db.committed._waiters) > 0)
         commits = home.db.commits
         subprocess.run(
             [sys.executable, "-c", WRITER, str(tmp_path / "writer"), db_url, "FromElsewhere"],
