@@ -396,14 +396,18 @@ class _SqliteWatcher(threading.Thread):
         self.log = log
         self.path = path
         self._stop_r, self._stop_w = os.pipe()
+        self._fds_lock = threading.Lock()
+        self._fds_closed = False
         self._inotify = _Inotify.open(path.parent)
         self.how = "inotify" if self._inotify is not None else "data_version"
         self._conn = sqlite3.connect(str(path), check_same_thread=False, isolation_level=None)
         self._version = self._data_version()
 
     def stop(self) -> None:
-        with contextlib.suppress(OSError):
-            os.write(self._stop_w, b"x")
+        with self._fds_lock:
+            if not self._fds_closed:  # never write into a descriptor number reused since
+                with contextlib.suppress(OSError):
+                    os.write(self._stop_w, b"x")
 
     def _data_version(self) -> int:
         return int(self._conn.execute("PRAGMA data_version").fetchone()[0])
@@ -458,9 +462,11 @@ class _SqliteWatcher(threading.Thread):
         self._conn.close()
         if self._inotify is not None:
             self._inotify.close()
-        for fd in (self._stop_r, self._stop_w):
-            with contextlib.suppress(OSError):
-                os.close(fd)
+        with self._fds_lock:
+            self._fds_closed = True
+            for fd in (self._stop_r, self._stop_w):
+                with contextlib.suppress(OSError):
+                    os.close(fd)
 
 
 #: After a WAL write whose commit is not visible yet, look again after these pauses (seconds).

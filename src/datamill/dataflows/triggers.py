@@ -393,9 +393,8 @@ class Triggers:
     ) -> int | None:
         # The pipeline is what the dataflow's owner chose, whoever asks for this run (`flow run`).
         # An image dataflow runs image://IMAGE, checked against allowed_images as it is now.
-        choice = registry.choose(
-            conn, self._owner(conn, row.owner_id), implementation(cfg), self.home.settings.image_patterns
-        )
+        owner = actor if row.owner_id is not None and actor.id == row.owner_id else self._owner(conn, row.owner_id)
+        choice = registry.choose(conn, owner, implementation(cfg), self.home.settings.image_patterns)
         pipeline = load_pipeline(choice.ref)
         aggregate = any(not pipeline.per_item(s.name) for s in pipeline)
         refs = self._inputs(conn, cfg["source"], item_ids, aggregate)
