@@ -13,10 +13,17 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import logging
+import os
+import select as io_select
+import sqlite3
+import struct
+import sys
 import threading
 import time
 from collections.abc import Iterable
 from enum import StrEnum
+from pathlib import Path
 from typing import Any
 
 from sqlalchemy import Connection, func, insert, select, text
@@ -27,9 +34,12 @@ from datamill.records import EventRecord
 
 NOTIFY_CHANNEL = "datamill_events"
 _ADVISORY_KEY = 0x6461746D  # "datm"
-#: Commits in this process wake waiters at once; this only bounds how late another process's are seen.
+#: Where inotify cannot be had, how often ``PRAGMA data_version`` is read to notice another
+#: process's commits to an SQLite database (one thread per log, not one read per waiter).
 SQLITE_POLL_SECONDS = 0.025
-POSTGRES_POLL_SECONDS = 0.5
+#: A waiter reads the log itself after this long without a notification: it only bounds how late a
+#: notification the watcher missed (a PostgreSQL reconnect) is made up for; nothing waits for it.
+SAFETY_POLL_SECONDS = 5.0
 
 
 class EventKind(StrEnum):
@@ -200,17 +210,44 @@ def _record(row: Any) -> EventRecord:
 
 
 class EventLog:
-    """Read the log from a cursor and wait for new rows."""
+    """Read the log from a cursor and wait for new rows.
 
-    def __init__(self, db: Database) -> None:
+    Waiting costs no statement per waiter: every commit of this process bumps
+    :attr:`Database.commits` (and wakes ``Database.committed``); another process's commits are
+    noticed by one watcher thread per log — PostgreSQL's LISTEN/NOTIFY, or on SQLite a file watch
+    (inotify) on the write-ahead log confirmed by ``PRAGMA data_version`` — which bumps it too.
+    The newest ``seq`` is then read once per commit, whoever asks (:meth:`latest`), not once per
+    waiter; ``poll`` only bounds how late a notification the watcher missed is noticed.
+    """
+
+    def __init__(self, db: Database, poll: float | None = None) -> None:
         self.db = db
-        self._listener: _PostgresListener | None = None
+        self.poll = poll if poll is not None else SAFETY_POLL_SECONDS
+        self._listener: _PostgresListener | _SqliteWatcher | None = None
         self._listener_lock = threading.Lock()
+        #: the newest seq read, and the commit count it was read at (every commit before it is in it)
+        self._head = 0
+        self._head_at = -1
+        self._head_lock = threading.Lock()
 
     def latest(self) -> int:
-        """The newest ``seq``, 0 for an empty log."""
-        with self.db.read() as conn:
-            return int(conn.execute(select(func.coalesce(func.max(Event.seq), 0))).scalar_one())
+        """The newest ``seq``, 0 for an empty log (read at most once per commit, whoever asks)."""
+        self._ensure_listener()
+        with self.db.committed:
+            commits = self.db.commits
+        return self._head_since(commits)
+
+    def _head_since(self, commits: int, force: bool = False) -> int:
+        with self._head_lock:
+            if not force and self._head_at >= commits:
+                return self._head
+            with self.db.committed:
+                seen = self.db.commits  # read before the statement: it sees every commit counted so far
+            with self.db.read() as conn:
+                head = latest_seq(conn)
+            self._head = max(self._head, head)
+            self._head_at = max(self._head_at, seen)
+            return self._head
 
     def read(
         self,
@@ -241,23 +278,29 @@ class EventLog:
     def wait(self, after: int, timeout: float) -> bool:
         """Block until an event with ``seq > after`` exists or ``timeout`` passes; True if one does."""
         deadline = time.monotonic() + timeout
-        poll = SQLITE_POLL_SECONDS if self.db.is_sqlite else POSTGRES_POLL_SECONDS
-        if not self.db.is_sqlite:
-            self._ensure_listener()
+        self._ensure_listener()
+        force = False
         while True:
-            if self.latest() > after:
+            with self.db.committed:
+                commits = self.db.commits
+            if self._head > after or self._head_since(commits, force) > after:
                 return True
             remaining = deadline - time.monotonic()
             if remaining <= 0:
                 return False
             with self.db.committed:
-                self.db.committed.wait(min(poll, remaining))
+                if self.db.commits == commits:
+                    # Nothing committed since the check: sleep until something is (no lost wake-up).
+                    force = not self.db.committed.wait(min(self.poll, remaining))
+                    # A timed-out wait reads the log itself: a notification the watcher missed shows.
 
     async def wait_or_stop(self, after: int, timeout: float, stop: asyncio.Event) -> None:
         """Return when an event after ``after`` exists, ``timeout`` passes, or ``stop`` is set.
 
         The loop of every background service (scheduler, triggers, notifier) sleeps here.
         """
+        if self._head > after:
+            return
         waiter = asyncio.create_task(asyncio.to_thread(self.wait, after, timeout))
         stopper = asyncio.create_task(stop.wait())
         await asyncio.wait([waiter, stopper], return_when=asyncio.FIRST_COMPLETED)
@@ -265,21 +308,47 @@ class EventLog:
         with contextlib.suppress(BaseException):
             await waiter
 
+    @property
+    def watcher(self) -> str:
+        """How other processes' commits are noticed: ``notify``, ``inotify``, ``data_version`` or ``none``."""
+        self._ensure_listener()
+        return self._listener.how if self._listener is not None else "none"
+
     def _ensure_listener(self) -> None:
+        if self._listener is not None and self._listener.is_alive():
+            return
         with self._listener_lock:
             if self._listener is None or not self._listener.is_alive():
-                self._listener = _PostgresListener(self.db)
-                self._listener.start()
+                listener: _PostgresListener | _SqliteWatcher | None
+                if not self.db.is_sqlite:
+                    listener = _PostgresListener(self.db)
+                else:
+                    path = _sqlite_path(self.db)
+                    listener = _SqliteWatcher(self, path) if path is not None else None
+                if listener is not None:
+                    listener.start()
+                self._listener = listener
 
     def close(self) -> None:
-        """Stop the PostgreSQL listener thread, if one runs."""
-        if self._listener is not None:
-            self._listener.stop()
-            self._listener = None
+        """Stop the watcher thread, if one runs."""
+        with self._listener_lock:
+            if self._listener is not None:
+                self._listener.stop()
+                self._listener = None
+
+
+def _sqlite_path(db: Database) -> Path | None:
+    """The file of an SQLite database (None: in memory, only this process sees it)."""
+    name = db.engine.url.database
+    if not name or name == ":memory:" or name.startswith("file:"):
+        return None
+    return Path(name).resolve()
 
 
 class _PostgresListener(threading.Thread):
     """LISTENs on the events channel and wakes waiters of this process on each NOTIFY."""
+
+    how = "notify"
 
     def __init__(self, db: Database) -> None:
         super().__init__(name="datamill-pg-listen", daemon=True)
@@ -297,13 +366,156 @@ class _PostgresListener(threading.Thread):
             try:
                 with psycopg.connect(url, autocommit=True) as conn:
                     conn.execute(f"LISTEN {NOTIFY_CHANNEL}")
+                    # Whatever was committed while not listening is looked at once.
+                    self.db.notify_commit()
                     while not self._stop_flag.is_set():
                         got = False
                         for _ in conn.notifies(timeout=0.5, stop_after=1):
                             got = True
                         if got:
-                            with self.db.committed:
-                                self.db.committed.notify_all()
+                            self.db.notify_commit()
             except psycopg.Error:
-                # The server went away; waiters fall back to polling until we reconnect.
+                # The server went away; waiters fall back to their safety poll until we reconnect.
                 self._stop_flag.wait(1.0)
+
+
+class _SqliteWatcher(threading.Thread):
+    """Notices other processes' commits to an SQLite database and wakes this process's waiters.
+
+    On Linux it watches the database's folder with inotify: a commit writes the ``-wal`` file, and
+    ``PRAGMA data_version`` (which changes when another connection committed) confirms it. The
+    WAL is written before its index (shared memory, which inotify does not see) publishes the
+    commit, so a write not yet visible is looked at again a few times, briefly. Elsewhere, or
+    when inotify cannot be had, ``PRAGMA data_version`` is polled every :data:`SQLITE_POLL_SECONDS`
+    (a read of a counter, not of the log). A commit that adds events bumps
+    :attr:`Database.commits`; this process's own commits were counted already and wake no one twice.
+    """
+
+    def __init__(self, log: EventLog, path: Path) -> None:
+        super().__init__(name="datamill-sqlite-watch", daemon=True)
+        self.log = log
+        self.path = path
+        self._stop_r, self._stop_w = os.pipe()
+        self._fds_lock = threading.Lock()
+        self._fds_closed = False
+        self._inotify = _Inotify.open(path.parent)
+        self.how = "inotify" if self._inotify is not None else "data_version"
+        self._conn = sqlite3.connect(str(path), check_same_thread=False, isolation_level=None)
+        self._version = self._data_version()
+
+    def stop(self) -> None:
+        with self._fds_lock:
+            if not self._fds_closed:  # never write into a descriptor number reused since
+                with contextlib.suppress(OSError):
+                    os.write(self._stop_w, b"x")
+
+    def _data_version(self) -> int:
+        return int(self._conn.execute("PRAGMA data_version").fetchone()[0])
+
+    def _changed(self) -> bool:
+        version = self._data_version()
+        if version == self._version:
+            return False
+        self._version = version
+        return True
+
+    def _look(self) -> None:
+        """After a commit: wake the waiters if it added events this process has not seen.
+
+        Read on the watcher's own plain connection (no SQLAlchemy, no transaction of ours): this
+        process's own commits change ``data_version`` too, and cost only this one look.
+        """
+        row = self._conn.execute("SELECT max(seq) FROM events").fetchone()
+        if row is not None and row[0] is not None and int(row[0]) > self.log._head:
+            self.log.db.notify_commit()
+
+    def run(self) -> None:
+        try:
+            if self._inotify is None:
+                while not self._wait_stop(SQLITE_POLL_SECONDS):
+                    if self._changed():
+                        self._look()
+            else:
+                names = {self.path.name + "-wal", self.path.name}
+                while True:
+                    ready, _, _ = io_select.select([self._inotify.fd, self._stop_r], [], [])
+                    if self._stop_r in ready:
+                        return
+                    if not names & self._inotify.read_names():
+                        continue
+                    for pause in _RECHECK_SECONDS:
+                        if self._changed():
+                            self._look()
+                            break
+                        if self._wait_stop(pause):
+                            return
+        except Exception:  # the watcher must never take the process down; waiters still poll
+            logging.getLogger("datamill.events").exception("the SQLite watcher stopped")
+        finally:
+            self._close()
+
+    def _wait_stop(self, seconds: float) -> bool:
+        ready, _, _ = io_select.select([self._stop_r], [], [], seconds)
+        return bool(ready)
+
+    def _close(self) -> None:
+        self._conn.close()
+        if self._inotify is not None:
+            self._inotify.close()
+        with self._fds_lock:
+            self._fds_closed = True
+            for fd in (self._stop_r, self._stop_w):
+                with contextlib.suppress(OSError):
+                    os.close(fd)
+
+
+#: After a WAL write whose commit is not visible yet, look again after these pauses (seconds).
+_RECHECK_SECONDS = (0.0, 0.001, 0.004, 0.016, 0.064, 0.25)
+
+
+class _Inotify:
+    """A minimal inotify watch of one folder through libc (Linux): names of the files modified in it."""
+
+    _MASK = 0x00000002 | 0x00000100 | 0x00000080  # IN_MODIFY | IN_CREATE | IN_MOVED_TO
+    _HEADER = struct.Struct("iIII")
+
+    def __init__(self, fd: int) -> None:
+        self.fd = fd
+
+    @classmethod
+    def open(cls, folder: Path) -> _Inotify | None:
+        """A watch on ``folder``, or None where inotify cannot be had (not Linux, out of watches)."""
+        if not sys.platform.startswith("linux"):
+            return None
+        import ctypes
+
+        try:
+            libc = ctypes.CDLL(None, use_errno=True)
+            fd = libc.inotify_init1(os.O_CLOEXEC | os.O_NONBLOCK)
+            if fd < 0:
+                return None
+            if libc.inotify_add_watch(fd, os.fsencode(folder), cls._MASK) < 0:
+                os.close(fd)
+                return None
+        except (OSError, AttributeError):
+            return None
+        return cls(fd)
+
+    def read_names(self) -> set[str]:
+        """The names of the files events were queued for since the last read."""
+        names: set[str] = set()
+        while True:
+            try:
+                buf = os.read(self.fd, 64 * 1024)
+            except BlockingIOError:
+                return names
+            pos = 0
+            while pos + self._HEADER.size <= len(buf):
+                _wd, _mask, _cookie, size = self._HEADER.unpack_from(buf, pos)
+                pos += self._HEADER.size
+                names.add(buf[pos : pos + size].rstrip(b"\0").decode(errors="replace"))
+                pos += size
+
+    def close(self) -> None:
+        with contextlib.suppress(OSError):
+            os.close(self.fd)

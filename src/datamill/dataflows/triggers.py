@@ -48,6 +48,15 @@ from datamill.store.access import Actor, Level, level_on
 log = logging.getLogger("datamill.triggers")
 
 ITEM_EVENTS = (EventKind.ITEM_CREATED, EventKind.ITEM_UPDATED)
+#: Events after which a pass reads the running dataflows again (their rows are kept between passes).
+FLOW_EVENTS = (
+    EventKind.DATAFLOW_CREATED,
+    EventKind.DATAFLOW_UPDATED,
+    EventKind.DATAFLOW_STARTED,
+    EventKind.DATAFLOW_STOPPED,
+    EventKind.DATAFLOW_FAILED,
+    EventKind.DATAFLOW_DELETED,
+)
 #: A dataflow's cursor is moved past events that do not concern it once it lags this far behind.
 CURSOR_SLACK = 1000
 
@@ -60,23 +69,28 @@ class Triggers:
         self.engine = engine or Engine(home)
         self.clock = clock
         self._last_fire: dict[int, float] = {}
+        # What this object remembers between passes, only to decide cheaply *when* to look: the
+        # cursors moved in the database (with the runs they record) stay what makes firing exactly-once.
+        #: the newest event the last pass looked at, and the running dataflows it read then
+        self._seen: int | None = None
+        self._rows: list[Any] | None = None
+        #: running dataflows seen by a pass, those not checked from their own cursor yet, and those
+        #: whose source got items since (held back by a batch window until it closes)
+        self._known: set[int] = set()
+        self._unchecked: set[int] = set()
+        self._landed: set[int] = set()
 
     # ------------------------------------------------------------------ one pass
 
     def poll(self, now: float | None = None) -> list[int]:
         """One pass over every running dataflow; returns the ids of the runs it recorded."""
         now = self.clock() if now is None else now
-        # Most passes find nothing to do: decide that in one read transaction, and take the
-        # write lock only for the dataflows that have something to record.
-        with self.home.db.read() as conn:
-            # Directory dataflows land files (datamill.dataflows.directory) and stream dataflows' consumers
-            # run in datamill.dataflows.ingest: neither has a trigger.
-            rows = conn.execute(
-                select(Dataflow).where(Dataflow.state == DataflowState.RUNNING, Dataflow.kind != DataflowKind.DIRECTORY)
-            ).all()
-            ids = [r.id for r in rows if r.kind != DataflowKind.STREAM and self._due(conn, r, now)]
+        # The newest event as this process knows it (read once per commit, whoever asks); events after
+        # it are the next pass's.
+        latest = self.home.events.latest()
+        all_rows, ids = self._look(latest, now)
         created: list[int] = []
-        running = {r.id: flow_ends(r) for r in rows}
+        running = {r.id: flow_ends(r) for r in all_rows}
         for fid in ids:
             # Saving and starting refuse cycles; this catches those that got past (saved before the
             # check existed): a dataflow feeding on its own results through others is stopped.
@@ -101,6 +115,9 @@ class Triggers:
                 log.warning("dataflow %s: %s", fid, exc.message)
                 self._fail(fid, exc.message)
                 continue
+            finally:
+                self._rows = None  # its cursor (or state) moved: read the rows again next pass
+            self._landed.discard(fid)
             if run_id is not None:
                 created.append(run_id)
         return created
@@ -109,12 +126,16 @@ class Triggers:
         """Seconds until a batched or scheduled run is due (None: only new events matter)."""
         now = self.clock() if now is None else now
         due: list[float] = []
-        with self.home.db.read() as conn:
-            rows = conn.execute(
-                select(Dataflow.id, Dataflow.next_fire_at, Dataflow.config).where(
-                    Dataflow.state == DataflowState.RUNNING
+        rows: list[Any] | None = self._rows
+        if rows is None:
+            with self.home.db.read() as conn:
+                rows = list(
+                    conn.execute(
+                        select(Dataflow.id, Dataflow.next_fire_at, Dataflow.config).where(
+                            Dataflow.state == DataflowState.RUNNING
+                        )
+                    ).all()
                 )
-            ).all()
         for r in rows:
             if r.next_fire_at is not None:
                 due.append(r.next_fire_at - now)
@@ -128,7 +149,72 @@ class Triggers:
         ms = config.get("batch_window_ms")
         return (self.home.settings.batch_window_ms if ms is None else ms) / 1000.0
 
-    def _due(self, conn: Connection, row: Any, now: float) -> bool:
+    def _look(self, latest: int, now: float) -> tuple[list[Any], list[int]]:
+        """The running dataflows and those with something to record now.
+
+        Most passes find nothing to do: decide that in one read transaction (none at all when
+        nothing was committed since the last pass), and take the write lock only for the dataflows
+        that have something to record.
+        """
+        if self._rows is not None and latest == self._seen:
+            # Nothing committed since the last pass: only the clock (cron, a batch window) can act.
+            rows = [r for r in self._rows if r.kind != DataflowKind.STREAM]
+            return self._rows, [r.id for r in rows if self._due(None, r, now, latest)]
+        with self.home.db.read() as conn:
+            folders, flows_changed = self._since(conn, latest)
+            if self._rows is None or self._seen is None or flows_changed or self._concern(folders):
+                # Directory dataflows land files (datamill.dataflows.directory) and stream dataflows' consumers
+                # run in datamill.dataflows.ingest: neither has a trigger.
+                self._rows = list(
+                    conn.execute(
+                        select(Dataflow).where(
+                            Dataflow.state == DataflowState.RUNNING, Dataflow.kind != DataflowKind.DIRECTORY
+                        )
+                    ).all()
+                )
+            # else no item landed in a source and no dataflow changed: the rows read before still hold
+            all_rows = self._rows
+            rows = [r for r in all_rows if r.kind != DataflowKind.STREAM]
+            self._note_landed(rows, folders)
+            ids = [r.id for r in rows if self._due(conn, r, now, latest)]
+        # Only now that every new dataflow was checked from its cursor: a failed read checks them again.
+        self._seen, self._known, self._unchecked = latest, {r.id for r in rows}, set()
+        return all_rows, ids
+
+    def _since(self, conn: Connection, latest: int) -> tuple[set[int | None], bool]:
+        """What happened since the last pass, in one statement over its events (a few), whatever the
+        number of dataflows: the folders items landed in, and whether a dataflow changed."""
+        seen = self._seen
+        if seen is None or latest <= seen:
+            return set(), False
+        rows = conn.execute(
+            select(Event.kind, Event.folder_id)
+            .where(Event.seq > seen, Event.seq <= latest, Event.kind.in_(ITEM_EVENTS + FLOW_EVENTS))
+            .distinct()
+        ).all()
+        return {r.folder_id for r in rows if r.kind in ITEM_EVENTS}, any(r.kind in FLOW_EVENTS for r in rows)
+
+    def _note_landed(self, rows: list[Any], folders: set[int | None]) -> None:
+        """Mark the dataflows whose source got items since the last pass.
+
+        A dataflow this object has not looked at yet (just started, or this process just began) is
+        checked from its own cursor instead (:meth:`_due`), so nothing landed before is missed.
+        """
+        fresh = {r.id for r in rows}
+        if folders:
+            self._landed.update(r.id for r in rows if r.id in self._known and self._watches(r, folders))
+        self._landed &= fresh  # a stopped dataflow starts again from its cursor, not from here
+        self._unchecked = fresh - self._known
+
+    def _concern(self, folder_ids: set[int | None]) -> bool:
+        """Whether items landing in ``folder_ids`` concern any dataflow kept (a destination's do not)."""
+        return bool(folder_ids) and any(self._watches(r, folder_ids) for r in self._rows or ())
+
+    def _watches(self, row: Any, folder_ids: set[int | None]) -> bool:
+        """Whether items landing in ``folder_ids`` concern this dataflow's trigger."""
+        return row.source_folder_id is not None and row.source_folder_id in folder_ids
+
+    def _due(self, conn: Connection | None, row: Any, now: float, latest: int) -> bool:
         """Whether :meth:`_poll_one` would record anything for this dataflow now (a read-only check)."""
         if row.backfilled_version != row.version:
             return True
@@ -136,14 +222,18 @@ class Triggers:
         trigger = str(cfg.get("trigger") or "new-items")
         if trigger.startswith("cron:"):
             return row.next_fire_at is None or now >= row.next_fire_at
-        latest = events.latest_seq(conn)
         if latest - row.cursor >= CURSOR_SLACK:
             return True  # move the cursor past unrelated events, so the scan after it stays short
         if trigger != "new-items" or row.source_folder_id is None:
             return False
+        if row.id in self._unchecked and conn is not None and self._landed_since_cursor(conn, row, latest):
+            self._landed.add(row.id)
+        if row.id not in self._landed:
+            return False
         last = self._last_fire.get(row.id)
-        if last is not None and now - last < self._window(cfg):
-            return False  # inside the batch window
+        return last is None or now - last >= self._window(cfg)  # else inside the batch window
+
+    def _landed_since_cursor(self, conn: Connection, row: Any, latest: int) -> bool:
         landed = conn.execute(
             select(Event.seq)
             .where(
@@ -305,9 +395,8 @@ class Triggers:
     ) -> int | None:
         # The pipeline is what the dataflow's owner chose, whoever asks for this run (`flow run`).
         # An image dataflow runs image://IMAGE, checked against allowed_images as it is now.
-        choice = registry.choose(
-            conn, self._owner(conn, row.owner_id), implementation(cfg), self.home.settings.image_patterns
-        )
+        owner = actor if row.owner_id is not None and actor.id == row.owner_id else self._owner(conn, row.owner_id)
+        choice = registry.choose(conn, owner, implementation(cfg), self.home.settings.image_patterns)
         pipeline = load_pipeline(choice.ref)
         aggregate = any(not pipeline.per_item(s.name) for s in pipeline)
         refs = self._inputs(conn, cfg["source"], item_ids, aggregate)

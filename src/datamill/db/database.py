@@ -49,6 +49,9 @@ class Database:
         # Wakes in-process waiters as soon as a write commits; other processes are noticed by polling
         # (SQLite) or LISTEN/NOTIFY (PostgreSQL) in ``events.EventLog``.
         self.committed = threading.Condition()
+        #: commits seen by this process (its own, and others' as ``events.EventLog`` notices them);
+        #: a waiter compares it under ``committed`` so that no wake-up falls between a check and a wait
+        self.commits = 0
         if self.is_sqlite:
             self.engine = self._sqlite_engine(immediate=False)
             self.write_engine = self._sqlite_engine(immediate=True)
@@ -96,7 +99,12 @@ class Database:
                 raise AlreadyExists(f"that already exists ({_constraint(exc)})") from exc
             except OperationalError as exc:
                 raise DatamillError(f"database error: {exc.orig}. Check that the database is reachable.") from exc
+        self.notify_commit()
+
+    def notify_commit(self) -> None:
+        """Wake the threads waiting for a commit (this process's, or one noticed from another)."""
         with self.committed:
+            self.commits += 1
             self.committed.notify_all()
 
     @contextmanager
