@@ -798,6 +798,7 @@ class RemoteClient(Client):
         directory: str | None = None,
         watch: Mapping[str, Any] | None = None,
         image: str | None = None,
+        recursive: bool = False,
     ) -> DataflowInfo:
         body = {
             "name": name,
@@ -812,6 +813,7 @@ class RemoteClient(Client):
             "kind": kind,
             "directory": directory,
             "watch": dict(watch) if watch is not None else None,
+            "recursive": recursive,
         }
         from datamill.dataflows.records import DataflowInfo
 
