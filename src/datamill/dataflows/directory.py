@@ -85,22 +85,34 @@ class StoreLanding:
         self._exists.add(folder)
         return {i.name: Known.of(i.digest, i.size, i.metadata) for i in items}
 
+    def current_tree(self, folder: str) -> dict[str, dict[str, Known]]:
+        """The current versions in ``folder`` and below, by folder ({} when it does not exist yet)."""
+        try:
+            items = self.store.find_items(self.actor, folder, recursive=True)
+        except NotFound:
+            return {}
+        out: dict[str, dict[str, Known]] = {}
+        for i in items:
+            out.setdefault(i.folder, {})[i.name] = Known.of(i.digest, i.size, i.metadata)
+        self._exists.update(out)
+        return out
+
     def _ensure(self, folder: str) -> None:
         if folder not in self._exists:
             self.store.create_folder(self.actor, folder, parents=True, exist_ok=True)
             self._exists.add(folder)
 
-    def land_many(self, folder: str, files: list[SmallFile]) -> list[tuple[str, int]]:
-        """Small files in one transaction."""
-        self._ensure(folder)
-        infos = self.store.put_many(
+    def land_folders(self, batches: list[tuple[str, list[SmallFile]]]) -> list[list[tuple[str, int]]]:
+        """Small files of several folders: one sync and one transaction for all of them."""
+        new = [f for f, _ in batches if f not in self._exists]
+        infos = self.store.put_folders(
             self.actor,
-            folder,
-            [(f.name, f.data) for f in files],
+            [(folder, [(f.name, f.data) for f in files], [f.metadata for f in files]) for folder, files in batches],
             created_via=CREATED_VIA,
-            item_metadata=[f.metadata for f in files],
+            create=bool(new),
         )
-        return [(i.digest, i.version) for i in infos]
+        self._exists.update(new)
+        return [[(i.digest, i.version) for i in landed] for landed in infos]
 
     def land_stream(
         self,
