@@ -6,12 +6,15 @@ Triggers are polled on a hand-moved clock and runs driven by an inline scheduler
 
 from __future__ import annotations
 
+from pathlib import Path
+
+import httpx
 import pytest
 
 from datamill.dataflows import sources
 from datamill.errors import InvalidDataflow
 from datamill.store.access import Level
-from tests.helpers import DEST, SOURCE, T0
+from tests.helpers import DEST, SOURCE, T0, open_home, serve
 
 from .flow_pipelines import ref
 from .flow_world import FlowWorld
@@ -152,3 +155,35 @@ def test_subfolders_the_owner_may_not_read_are_not_watched(world: FlowWorld) -> 
     assert sorted(seen.values()) == ["Shared", "Shared/open"]
     assert sorted(everything.values()) == ["Shared", "Shared/closed", "Shared/open"]
     assert list(alone.values()) == ["Shared"]
+
+
+def test_the_api_takes_and_checks_recursive(tmp_path: Path) -> None:
+    home = open_home(tmp_path / "home", executor="inline")
+    try:
+        for f in (SOURCE, DEST):
+            home.store.create_folder(home.admin, f)
+        with serve(home) as server, httpx.Client(base_url=f"{server.url}/api/v1", timeout=30) as http:
+            headers = {"Authorization": f"Bearer {home.admin_token()}"}
+            body = {"name": "tree", "source": SOURCE, "dest": DEST, "pipeline": ref("echo_pipeline")}
+            bad = http.post("/dataflows", json={**body, "recursive": "yes"}, headers=headers)
+            assert bad.status_code in (400, 422) and "recursive" in bad.text
+            stream = {"name": "s", "kind": "stream", "topic": "t", "dest": DEST, "recursive": True}
+            refused = http.post("/dataflows", json=stream, headers=headers)
+            assert refused.status_code == 400 and refused.json()["detail"]["field"] == "recursive"
+            made = http.post("/dataflows", json={**body, "recursive": True}, headers=headers)
+            assert made.status_code == 201 and made.json()["recursive"] is True
+            edited = http.patch("/dataflows/tree", json={"recursive": False}, headers=headers)
+            assert edited.status_code == 200 and edited.json()["recursive"] is False
+    finally:
+        home.close()
+
+
+def test_the_web_form_carries_recursive(world: FlowWorld) -> None:
+    from datamill.web.dataflows import form_values, parse_form
+
+    ticked, errors = parse_form({"source": SOURCE, "destination": DEST, "recursive": "on"})
+    assert not errors and ticked["recursive"] is True
+    assert parse_form({"source": SOURCE, "destination": DEST})[0]["recursive"] is False
+    info = world.create(recursive=True)
+    assert form_values(info)["recursive"] == "on"
+    assert form_values(world.flows.edit(world.admin, "flow", {"recursive": False}))["recursive"] == ""
