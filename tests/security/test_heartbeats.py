@@ -60,9 +60,7 @@ def test_heartbeats_reach_only_readers_of_the_destination_and_name_no_server_pat
     (src / "a.txt").write_text("aaa")
     (src / SUB / "b.txt").write_text("bb")
     admin.create_folder(LANDING)
-    admin.create_dataflow(
-        "kite-in", "", LANDING, "", kind="directory", directory=str(src), watch={"stable_seconds": 0}
-    )
+    admin.create_dataflow("kite-in", "", LANDING, "", kind="directory", directory=str(src), watch={"stable_seconds": 0})
     for name in ("bob", "carol"):
         add_user(home, name)
     admin.share(LANDING, "bob", "read")
