@@ -397,6 +397,7 @@ class Service:
         directory: str | None = None,
         watch: Mapping[str, Any] | None = None,
         image: str | None = None,
+        recursive: bool = False,
     ) -> DataflowInfo:
         """Create a dataflow (stopped) running ``pipeline``, or ``image``'s default command on each item."""
         config: dict[str, Any] = {
@@ -410,6 +411,8 @@ class Service:
             "webhooks": list(webhooks or []),
             "kind": kind,
         }
+        if recursive:
+            config["recursive"] = recursive
         if kind == "directory" or directory is not None or watch is not None:
             config.update(directory=directory, watch=dict(watch or {}))
         return self.flows.create(self.actor, name, config)
@@ -601,6 +604,7 @@ _EDITABLE = (
     "topic",
     "broker",
     "partial_timeout_s",
+    "recursive",
 )
 
 
@@ -613,7 +617,7 @@ def dataflow_changes(changes: Mapping[str, Any]) -> dict[str, Any]:
     if unknown:
         raise InvalidDataflow(
             f"cannot change {', '.join(unknown)}; editable fields: source, dest, pipeline, image, trigger, params, "
-            "description, webhooks, directory, watch (stream dataflows: topic, broker, partial_timeout_s)"
+            "description, webhooks, directory, watch, recursive (stream dataflows: topic, broker, partial_timeout_s)"
         )
     out: dict[str, Any] = {}
     for key, value in changes.items():

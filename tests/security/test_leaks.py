@@ -70,9 +70,10 @@ def test_events_of_the_destination_hide_private_planned_ids(http: httpx.Client, 
 
 def test_runs_and_tasks_hide_the_private_source_and_inputs(http: httpx.Client, world: World) -> None:
     runs = get(http, world, "dest_reader", "/api/v1/runs").json()
-    assert {r["id"] for r in runs} == {world.run_ok, world.run_failed}
+    assert {r["id"] for r in runs} == {world.run_ok, world.run_failed, world.run_batch}
     for r in runs:
-        assert r["source_folder"] == HIDDEN and r["dest_folder"] == DEST
+        # A batch's run has no source folder: its inputs come from a selection.
+        assert r["source_folder"] == (None if r["id"] == world.run_batch else HIDDEN) and r["dest_folder"] == DEST
         assert r["inputs"] and all(i == {"folder": HIDDEN, "name": HIDDEN} for i in r["inputs"])
     tasks = get(http, world, "dest_reader", f"/api/v1/runs/{world.run_failed}/tasks").json()
     per_item = [t for t in tasks if t["step"] == "measure"]

@@ -13,12 +13,22 @@ import io
 import json
 import zipfile
 from typing import Any
+from urllib.parse import unquote
 
 import httpx
 
-from .world import DEST, PIPELINE, ROLES, SRC, World
+from datamill.client.remote import _encode_batch
+
+from .world import DEST, PIPELINE, ROLES, SRC, UNAUTHENTICATED, World
 
 SHAPE = {"ok", "status", "code", "error", "detail"}
+
+
+def _batch_body() -> dict[str, Any]:
+    """A batch upload (``POST /content/{folder}``) of one small file, as the remote client sends it."""
+    body, ctype = _encode_batch([("batch-new.txt", b"new", None)], {})
+    return {"content": body, "headers": {"Content-Type": ctype}}
+
 
 # name -> (method, url template, request kwargs)
 OPERATIONS: dict[str, tuple[str, str, dict[str, Any]]] = {
@@ -36,6 +46,20 @@ OPERATIONS: dict[str, tuple[str, str, dict[str, Any]]] = {
     "find_dest": ("GET", "/api/v1/find/{dest}", {"params": {"name": "*"}}),
     "lineage_dest": ("GET", "/api/v1/lineage/{dest}/total.json", {}),
     "upload_dest": ("PUT", "/api/v1/content/{dest}/new-{role}.txt", {"content": b"new"}),
+    "batch_upload_src": ("POST", "/api/v1/content/{src}", _batch_body()),
+    "batch_upload_dest": ("POST", "/api/v1/content/{dest}", _batch_body()),
+    "list_batches": ("GET", "/api/v1/batches", {}),
+    "get_batch": ("GET", "/api/v1/batches/{batch}", {}),
+    "batch_status": ("GET", "/api/v1/batches/{batch}/status", {}),
+    "batch_download": ("GET", "/api/v1/batches/{batch}/download", {}),
+    "batch_duplicate": ("POST", "/api/v1/batches/{batch}/duplicate", {"json": {"name": "copy-{role}"}}),
+    "batch_retry": ("POST", "/api/v1/batches/{batch}/retry", {}),
+    "batch_start": ("POST", "/api/v1/batches/{batch}/start", {}),
+    "create_batch_src": (
+        "POST",
+        "/api/v1/batches",
+        {"json": {"name": "new-{role}", "pipeline": PIPELINE, "dest": DEST, "folders": [SRC]}},
+    ),
     "list_runs": ("GET", "/api/v1/runs", {}),
     "get_run": ("GET", "/api/v1/runs/{run_ok}", {}),
     "get_failed_run": ("GET", "/api/v1/runs/{run_failed}", {}),
@@ -78,6 +102,21 @@ EXPECTED: dict[str, list[int]] = {
     "find_dest": DEST_READ,
     "lineage_dest": DEST_READ,
     "upload_dest": [*U, 404, 404, 404, 404, 403, 201, 201],
+    # A batch upload answers as a single upload does.
+    "batch_upload_src": [*U, 404, 403, 201, 201, 404, 201, 201],
+    "batch_upload_dest": [*U, 404, 404, 404, 404, 403, 201, 201],
+    # A batch is seen by its owner, site admins and the readers of its destination (each sees
+    # only the items they may read); only its owner or a site admin starts, retries or copies it.
+    "list_batches": EVERYONE,
+    "get_batch": DEST_READ,
+    "batch_status": DEST_READ,
+    "batch_download": DEST_READ,
+    # A reader of the destination may copy it, but reads none of its items: an empty batch is refused.
+    "batch_duplicate": [*U, 404, 404, 404, 404, 400, 201, 201],
+    # The owner's retry queues a run: until it ends there is nothing to retry (400 for the site admin).
+    "batch_retry": [*U, 404, 404, 404, 404, 403, 201, 400],
+    "batch_start": [*U, 404, 404, 404, 404, 403, 201, 201],
+    "create_batch_src": [*U, 404, 404, 404, 404, 404, 201, 201],
     "list_runs": EVERYONE,
     "get_run": RUN_READ,
     "get_failed_run": RUN_READ,
@@ -116,7 +155,9 @@ def request(http: httpx.Client, world: World, role: str, op: str) -> httpx.Respo
     """Make the operation's request as ``role``."""
     method, url, kwargs = OPERATIONS[op]
     values = {**world.ids(), "role": role}
-    return http.request(method, fill(url, values), headers=world.headers(role), **fill(kwargs, values))
+    filled = fill(kwargs, values)
+    headers = {**filled.pop("headers", {}), **world.headers(role)}
+    return http.request(method, fill(url, values), headers=headers, **filled)
 
 
 def answer_text(r: httpx.Response) -> str:
@@ -163,3 +204,87 @@ def test_the_secrets_are_really_there_for_those_who_may_see_them(http: httpx.Cli
     assert "kestrel-doomed.csv asked to fail" in tasks
     assert "kestrel-doomed.csv" in request(http, world, "src_reader", "logs").text
     assert DEST not in tasks and DEST not in request(http, world, "src_reader", "get_run").text
+
+
+# The web app's pages, signed in through the login URL (``/?token=``) as each role. Columns as
+# above; the unauthenticated roles have no session and are sent to the sign-in page (303).
+WEB_PAGES: dict[str, str] = {
+    "web_folders": "/folders",
+    "web_src": "/folders/{src}",
+    "web_dest": "/folders/{dest}",
+    "web_src_item": "/item/{src}/{item}",
+    "web_dest_item": "/item/{dest}/total.json",
+    "web_runs": "/runs",
+    "web_run": "/runs/{run_ok}",
+    "web_run_panel": "/runs/{run_failed}/panel",
+    "web_failed_task": "/tasks/{task_failed}",
+    "web_flows": "/dataflows",
+    "web_flow": "/dataflows/{flow}",
+    "web_flow_history": "/dataflows/{flow}/history",
+    "web_flow_edit": "/dataflows/{flow}/edit",
+    "web_events": "/events",
+    "web_admin": "/admin",
+}
+W = [303, 303, 303]
+WEB_EXPECTED: dict[str, list[int]] = {
+    "web_folders": [*W, 200, 200, 200, 200, 200, 200, 200],
+    "web_src": [*W, 404, 200, 200, 200, 404, 200, 200],
+    "web_dest": [*W, 404, 404, 404, 404, 200, 200, 200],
+    "web_src_item": [*W, 404, 200, 200, 200, 404, 200, 200],
+    "web_dest_item": [*W, 404, 404, 404, 404, 200, 200, 200],
+    "web_runs": [*W, 200, 200, 200, 200, 200, 200, 200],
+    "web_run": [*W, 404, 200, 200, 200, 200, 200, 200],
+    "web_run_panel": [*W, 404, 200, 200, 200, 200, 200, 200],
+    "web_failed_task": [*W, 404, 200, 200, 200, 200, 200, 200],
+    "web_flows": [*W, 200, 200, 200, 200, 200, 200, 200],
+    "web_flow": [*W, 404, 200, 200, 200, 200, 200, 200],
+    "web_flow_history": [*W, 404, 200, 200, 200, 200, 200, 200],
+    # The form shows to whoever sees the dataflow (masked as the API shows it); saving it is
+    # refused unless they may change it (the API's edit_flow row).
+    "web_flow_edit": [*W, 404, 200, 200, 200, 200, 200, 200],
+    "web_events": [*W, 200, 200, 200, 200, 200, 200, 200],
+    # The admin pages do not exist for anyone else.
+    "web_admin": [*W, 404, 404, 404, 404, 404, 404, 200],
+}
+
+
+def web_session(world: World, role: str) -> httpx.Client:
+    """An HTTP client signed in to the web app as ``role`` (none for the unauthenticated roles); close it."""
+    c = httpx.Client(base_url=world.url, timeout=30, follow_redirects=False)
+    token = world.tokens[role]
+    if role not in UNAUTHENTICATED:
+        assert token is not None
+        r = c.get("/", params={"token": token})
+        assert r.status_code == 303 and c.cookies, (role, r.status_code)
+    elif token is not None:
+        assert c.get("/", params={"token": token}).status_code == 401  # revoked or expired: no session
+    return c
+
+
+def test_every_role_against_every_web_page(world: World) -> None:
+    assert set(WEB_EXPECTED) == set(WEB_PAGES)
+    values = world.ids()
+    failures = []
+    for i, role in enumerate(ROLES):
+        c = web_session(world, role)
+        try:
+            for page, url in WEB_PAGES.items():
+                r = c.get(fill(url, values))
+                status = WEB_EXPECTED[page][i]
+                if r.status_code != status:
+                    failures.append(f"{page} as {role}: {r.status_code}, expected {status}: {r.text[:300]}")
+                    continue
+                text = answer_text(r)
+                if status == 303:
+                    # Sent to sign in, and back to the page asked for afterwards: only the caller's
+                    # own URL comes back (in Location); the body must hold nothing.
+                    asked = fill(url, values)
+                    if unquote(r.headers.get("location", "")) != f"/signin?next={unquote(asked)}":
+                        failures.append(f"{page} as {role}: redirected to {r.headers.get('location')}")
+                    text = r.text
+                found = leaks(world, role, text)
+                if found:
+                    failures.append(f"{page} as {role} leaks {found}: {r.text[:500]}")
+        finally:
+            c.close()
+    assert not failures, "\n".join(failures)

@@ -42,6 +42,7 @@ PIPELINE = "leaky"
 SRC = "Vault Kestrel"
 DEST = "Harbor Ledger"
 FLOW = "kestrel-flow"
+BATCH = "kestrel-batch"
 ITEMS = {"kestrel-alpha.csv": b"a,b\n1,2\n", "kestrel-beta.csv": b"x\n42\n"}
 DOOMED = "kestrel-doomed.csv"
 SECRET_META = "nightjar-77"
@@ -102,6 +103,8 @@ class World:
     #: task ids by planned id, per run
     tasks: dict[int, dict[str, int]]
     src_digests: list[str] = field(default_factory=list)
+    #: the run of the batch :data:`BATCH` (SRC into DEST; its DOOMED item failed)
+    run_batch: int = 0
 
     @property
     def url(self) -> str:
@@ -129,6 +132,7 @@ class World:
             "task_failed": self.task(self.run_failed, f"measure[{SRC}/{DOOMED}"),
             "task_total": self.task(self.run_failed, "total"),
             "flow": FLOW,
+            "batch": BATCH,
         }
 
     def secrets_for(self, role: str) -> list[str]:
@@ -170,6 +174,10 @@ def build(home: Home, server: ServerHandle) -> World:
     assert run_failed is not None
     assert alice.execute(run_failed, "inline")["status"] == "failed"
     tasks = {rid: {t["planned_id"]: t["id"] for t in alice.tasks(rid)} for rid in (run_ok, run_failed)}
+    # A batch over SRC into DEST, run once (its DOOMED item fails: there is something to retry).
+    alice.create_batch(BATCH, PIPELINE, DEST, folders=[SRC])
+    run_batch = alice.start_batch(BATCH)
+    alice.execute(run_batch, "inline")
 
     tokens: dict[str, str | None] = {"anonymous": None}
     for role in ["other", *GRANTS, "site_admin"]:
@@ -182,7 +190,7 @@ def build(home: Home, server: ServerHandle) -> World:
     with home.db.write() as conn:  # expired an hour ago, without waiting for it
         conn.execute(update(Token).where(Token.id == expired.id).values(expires_at=time.time() - 3600))
     tokens["expired"] = expired.token
-    return World(home, server, tokens, run_ok, run_failed, tasks, digests)
+    return World(home, server, tokens, run_ok, run_failed, tasks, digests, run_batch)
 
 
 def create_flow(owner: LocalClient) -> None:

@@ -121,11 +121,11 @@ class RewritingLanding(ClientLanding):
         self.path = path
         self.done = False
 
-    def land_many(self, folder: str, files: list[SmallFile]) -> list[tuple[str, int]]:
+    def land_folders(self, batches: list[tuple[str, list[SmallFile]]]) -> list[list[tuple[str, int]]]:
         if not self.done:
             self.done = True
             self.path.write_text("final, longer content")
-        return super().land_many(folder, files)
+        return super().land_folders(batches)
 
 
 def test_a_file_changed_while_sent_is_sent_again_once_stable(local: LocalClient, src: Path) -> None:

@@ -57,6 +57,14 @@ WebhookOption = Annotated[
     list[str] | None,
     typer.Option("--webhook", metavar="URL", help="POST each finished run's result to URL, repeatable."),
 ]
+RecursiveOption = Annotated[
+    bool | None,
+    typer.Option(
+        "--recursive/--no-recursive",
+        help="Items landed in the source's subfolders fire it too; each result lands in the destination's "
+        "subfolder mirroring its item's (default: the source folder alone).",
+    ),
+]
 
 
 @app.command("create")
@@ -99,6 +107,7 @@ def create(
         typer.Option("--stable", metavar="SECONDS", min=0, help="Directory dataflow: unchanged this long first."),
     ] = None,
     poll: Annotated[bool, typer.Option("--poll", help="Directory dataflow: poll (network file systems).")] = False,
+    recursive: RecursiveOption = None,
     json_: JsonFlag = False,
 ) -> None:
     r"""Create a dataflow (stopped); `datamill flow start NAME` sets it going.
@@ -119,6 +128,8 @@ def create(
     if directory is not None:
         if source or pipeline or image:
             raise InvalidInput("--directory makes a directory dataflow: give no --source, --pipeline or --image")
+        if recursive:
+            raise InvalidInput("--recursive applies to workflow dataflows (it watches a source's subfolders)")
         watch: dict[str, Any] = {"include": include or [], "exclude": exclude or [], "poll": poll}
         if stable is not None:
             watch["stable_seconds"] = stable
@@ -143,6 +154,7 @@ def create(
             description or "",
             webhook or [],
             image=image,
+            recursive=bool(recursive),
         )
     if json_:
         print_json(info)
@@ -239,6 +251,11 @@ def show(ctx: typer.Context, name: NameArg, json_: JsonFlag = False) -> None:
         ("trigger", info["trigger"]),
         ("source", info["source"]),
         ("destination", info["destination"]),
+        *(
+            [("recursive", "yes (subfolders of the source too)" if info.get("recursive") else "no")]
+            if info["kind"] == "workflow"
+            else []
+        ),
         ("image" if info.get("image") else "pipeline", info.get("image") or info["pipeline"]),
         *([("directory", info["directory"]), ("watch", info.get("watch"))] if info.get("directory") else []),
         ("params", human_value(info["params"]) if info["params"] else "-"),
@@ -338,6 +355,7 @@ def edit(
     param: ParamOption = None,
     description: DescriptionOption = None,
     webhook: WebhookOption = None,
+    recursive: RecursiveOption = None,
     json_: JsonFlag = False,
 ) -> None:
     """Change a dataflow; each change makes a new version (runs keep the version they used).
@@ -361,6 +379,7 @@ def edit(
         params=params,
         description=description,
         webhooks=webhook,
+        recursive=recursive,
     )
     if json_:
         print_json(info)

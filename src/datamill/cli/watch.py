@@ -42,18 +42,46 @@ class ClientLanding:
 
         return {i.name: Known.of(i.digest, i.size, i.metadata) for i in items}
 
+    def current_tree(self, folder: str) -> "dict[str, dict[str, Known]]":
+        """The current versions in ``folder`` and below, by folder ({} when it does not exist yet)."""
+        try:
+            items = self.client.find(folder, recursive=True)
+        except NotFound:
+            return {}
+        from datamill.dataflows.watcher import Known
+
+        out: dict[str, dict[str, Known]] = {}
+        for i in items:
+            out.setdefault(i.folder, {})[i.name] = Known.of(i.digest, i.size, i.metadata)
+        self._exists.update(out)
+        return out
+
     def _ensure(self, folder: str) -> None:
         if folder not in self._exists:
             self.client.create_folder(folder, parents=True, exist_ok=True)
             self._exists.add(folder)
 
-    def land_many(self, folder: str, files: "list[SmallFile]") -> list[tuple[str, int]]:
-        """Small files in one go (one transaction embedded)."""
-        self._ensure(folder)
-        infos = self.client.put_many(
-            folder, [(f.name, f.data) for f in files], item_metadata=[f.metadata for f in files]
-        )
-        return [(i.digest, i.version) for i in infos]
+    def land_folders(self, batches: "list[tuple[str, list[SmallFile]]]") -> list[list[tuple[str, int]]]:
+        """Small files of several folders: embedded, one sync and one transaction for all; else a request per folder."""
+        if getattr(self.client, "embedded", False):
+            # The embedded client is the service itself: its store takes every folder at once.
+            store, actor = self.client.store, self.client.actor  # type: ignore[attr-defined]
+            new = [f for f, _ in batches if f not in self._exists]
+            infos = store.put_folders(
+                actor,
+                [(folder, [(f.name, f.data) for f in files], [f.metadata for f in files]) for folder, files in batches],
+                create=bool(new),
+            )
+            self._exists.update(new)
+            return [[(i.digest, i.version) for i in landed] for landed in infos]
+        out = []
+        for folder, files in batches:
+            self._ensure(folder)
+            infos = self.client.put_many(
+                folder, [(f.name, f.data) for f in files], item_metadata=[f.metadata for f in files]
+            )
+            out.append([(i.digest, i.version) for i in infos])
+        return out
 
     def land_stream(
         self,

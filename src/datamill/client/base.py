@@ -370,6 +370,7 @@ class Client(ABC):
         directory: str | None = None,
         watch: Mapping[str, Any] | None = None,
         image: str | None = None,
+        recursive: bool = False,
     ) -> DataflowInfo:
         """Create a dataflow (stopped) from ``source`` into ``dest``; it is validated before it is saved.
 
@@ -377,7 +378,9 @@ class Client(ABC):
         gets each item's file and an output directory (it must match the ``allowed_images`` setting).
         ``kind="directory"`` (site admins only) lands the files of the server directory ``directory``
         in ``dest`` by the rules ``watch`` (include, exclude, stable_seconds, poll, poll_interval,
-        existing); ``source`` and ``pipeline`` are then "".
+        existing); ``source`` and ``pipeline`` are then "". With ``recursive``, items landed in the
+        source's subfolders fire the dataflow too, and each output lands in the destination's
+        subfolder mirroring its item's (``SOURCE/run-7/a.csv`` -> ``DEST/run-7/...``).
         """
 
     @abstractmethod
@@ -405,7 +408,7 @@ class Client(ABC):
     @abstractmethod
     def edit_dataflow(self, name: str, **changes: Any) -> DataflowInfo:
         """Change a dataflow's configuration (a new version): ``source``, ``dest``, ``pipeline``,
-        ``image``, ``trigger``, ``params``, ``description``, ``webhooks``, ``directory``, ``watch``; None
+        ``image``, ``trigger``, ``params``, ``description``, ``webhooks``, ``directory``, ``watch``, ``recursive``; None
         leaves a field as it is. A new ``image`` replaces the pipeline, a new ``pipeline`` the image."""
 
     @abstractmethod

@@ -821,6 +821,7 @@ class RemoteClient(Client):
         directory: str | None = None,
         watch: Mapping[str, Any] | None = None,
         image: str | None = None,
+        recursive: bool = False,
     ) -> DataflowInfo:
         body = {
             "name": name,
@@ -835,6 +836,7 @@ class RemoteClient(Client):
             "kind": kind,
             "directory": directory,
             "watch": dict(watch) if watch is not None else None,
+            "recursive": recursive,
         }
         from datamill.dataflows.records import DataflowInfo
 

@@ -38,6 +38,7 @@ from datamill.store import lookups
 from datamill.store.access import Actor, Level, level_on, require
 from datamill.store.names import join_path, split_path
 from datamill.store.store import ItemInfo
+from datamill.store.visibility import Visibility
 
 __all__ = ["BatchCell", "BatchCounts", "BatchInfo", "BatchRow", "BatchSource", "BatchStatus", "Batches"]
 
@@ -76,6 +77,20 @@ class BatchSource:
         if self.batch:
             out["batch"] = self.batch
         return out
+
+
+def _shown_source(vis: Visibility, source: dict[str, Any]) -> dict[str, Any]:
+    """How a batch was made, as ``vis``'s actor may see it: folders they may not read are hidden.
+
+    A reader of the destination sees the batch, not necessarily the folders its items came from.
+    """
+    out = dict(source)
+    if out.get("folders"):
+        out["folders"] = [vis.folder(str(f)) for f in out["folders"]]
+    search = out.get("search")
+    if isinstance(search, Mapping) and search.get("folder"):
+        out["search"] = {**search, "folder": vis.folder(str(search["folder"]))}
+    return out
 
 
 def _check_name(name: Any) -> str:
@@ -161,7 +176,7 @@ class Batches:
             params=dict(row.params or {}),
             dest=row.dest,
             description=row.description,
-            source=dict(row.source or {}),
+            source=_shown_source(Visibility(conn, actor), dict(row.source or {})),
             items=list(items.values()),
             runs=list(row.runs or []),
             status=grid.run_status or "new",

@@ -93,6 +93,7 @@ CONFIG_KEYS = (
     "watch",
     "broker",
     "partial_timeout_s",
+    "recursive",
 )
 #: What a non-admin sees instead of a directory dataflow's server directory.
 HIDDEN_DIRECTORY = "(a directory on the server; shown to site admins)"
@@ -196,6 +197,7 @@ def _info(conn: Connection, row: Any) -> DataflowInfo:
         batch_window_ms=cfg.get("batch_window_ms"),
         broker=mask_broker(cfg.get("broker")),
         partial_timeout_s=cfg.get("partial_timeout_s"),
+        recursive=bool(cfg.get("recursive")),
         cursor=row.cursor,
         created_at=row.created_at,
         updated_at=row.updated_at,
@@ -270,6 +272,8 @@ def validate_config(
     if kind not in KINDS:
         raise InvalidDataflow(f"kind: {kind!r} is not a kind; use workflow, stream or directory", field="kind")
     out["kind"] = str(kind)
+    out["recursive"] = _recursive(cfg, str(kind))
+    cfg = {k: v for k, v in cfg.items() if k != "recursive"}  # checked: the other kinds need not know it
     if kind == DataflowKind.STREAM:
         return _validate_stream(conn, actor, cfg, out)
     if kind == DataflowKind.DIRECTORY:
@@ -304,6 +308,26 @@ def validate_config(
     out["batch_window_ms"] = window
     out["topic"] = cfg.get("topic")
     return out
+
+
+def _recursive(cfg: Mapping[str, Any], kind: str) -> bool:
+    """The ``recursive`` field: true or false (absent: false), and true only for a workflow dataflow."""
+    value = cfg.get("recursive")
+    if value is None:
+        return False
+    if not isinstance(value, bool):
+        raise InvalidDataflow(
+            f"recursive: must be true or false, not {value!r}; true makes items landed in the source's "
+            "subfolders fire the dataflow too",
+            field="recursive",
+        )
+    if value and kind != DataflowKind.WORKFLOW:
+        raise InvalidDataflow(
+            f"recursive: only a workflow dataflow watches the subfolders of a source; a {kind} dataflow "
+            "lands files (keeping their subfolders) and has no source",
+            field="recursive",
+        )
+    return value
 
 
 def parse_watch_roots(text: str) -> tuple[str, ...]:

@@ -68,6 +68,23 @@ HEARTBEAT_SECONDS = 10.0
 _SKIPPED = ("unchanged", "hidden", "excluded")
 
 
+#: What a directory dataflow's status and failure reason say instead of a directory on the server.
+SERVER_DIRECTORY = "(a directory on the server)"
+
+
+def without_server_paths(message: str, directory: Any, roots: tuple[str, ...]) -> str:
+    """``message`` with the watched directory and the watch roots replaced by :data:`SERVER_DIRECTORY`.
+
+    Longest first, so that a directory below a root is replaced whole.
+    """
+    paths = set(roots)
+    if isinstance(directory, str) and directory.strip():
+        paths |= {directory, os.path.realpath(os.path.expanduser(directory)), os.path.expanduser(directory)}
+    for path in sorted((p for p in paths if p and p != os.sep), key=len, reverse=True):
+        message = message.replace(path, SERVER_DIRECTORY)
+    return message
+
+
 class StoreLanding:
     """Where a directory dataflow lands files: the store, acting as the dataflow's owner."""
 
@@ -85,22 +102,34 @@ class StoreLanding:
         self._exists.add(folder)
         return {i.name: Known.of(i.digest, i.size, i.metadata) for i in items}
 
+    def current_tree(self, folder: str) -> dict[str, dict[str, Known]]:
+        """The current versions in ``folder`` and below, by folder ({} when it does not exist yet)."""
+        try:
+            items = self.store.find_items(self.actor, folder, recursive=True)
+        except NotFound:
+            return {}
+        out: dict[str, dict[str, Known]] = {}
+        for i in items:
+            out.setdefault(i.folder, {})[i.name] = Known.of(i.digest, i.size, i.metadata)
+        self._exists.update(out)
+        return out
+
     def _ensure(self, folder: str) -> None:
         if folder not in self._exists:
             self.store.create_folder(self.actor, folder, parents=True, exist_ok=True)
             self._exists.add(folder)
 
-    def land_many(self, folder: str, files: list[SmallFile]) -> list[tuple[str, int]]:
-        """Small files in one transaction."""
-        self._ensure(folder)
-        infos = self.store.put_many(
+    def land_folders(self, batches: list[tuple[str, list[SmallFile]]]) -> list[list[tuple[str, int]]]:
+        """Small files of several folders: one sync and one transaction for all of them."""
+        new = [f for f, _ in batches if f not in self._exists]
+        infos = self.store.put_folders(
             self.actor,
-            folder,
-            [(f.name, f.data) for f in files],
+            [(folder, [(f.name, f.data) for f in files], [f.metadata for f in files]) for folder, files in batches],
             created_via=CREATED_VIA,
-            item_metadata=[f.metadata for f in files],
+            create=bool(new),
         )
-        return [(i.digest, i.version) for i in infos]
+        self._exists.update(new)
+        return [[(i.digest, i.version) for i in landed] for landed in infos]
 
     def land_stream(
         self,
@@ -293,9 +322,9 @@ class DirectoryFlows:
 
     def _watch(self, fid: int, name: str, owner_id: int | None, cfg: dict[str, Any], run: _Running) -> None:
         message: str | None = None
+        roots = parse_watch_roots(self.home.settings.watch_roots)
         try:
             actor = self._owner(owner_id)
-            roots = parse_watch_roots(self.home.settings.watch_roots)
             # Again at each start: the roots may have been narrowed since the dataflow was saved.
             directory = check_watch_directory(cfg.get("directory"), roots)
 
@@ -323,6 +352,9 @@ class DirectoryFlows:
             message = "stopped by an unexpected error; see the server log"
         if message is not None:
             log.warning("directory dataflow %s stopped: %s", name, message)
+            # The status, the failure reason and its event reach every reader of the destination:
+            # they name the server's directories only as such (the server log has them).
+            message = without_server_paths(message, cfg.get("directory"), roots)
             run.status.stopped(message)
             fail_dataflow(self.home.db, fid, message)
             owners.release(self.home.db, fid, self.owner, run.snapshot())

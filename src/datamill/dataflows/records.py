@@ -57,6 +57,9 @@ class DataflowInfo(Record):
     #: a stream dataflow's broker fields (the SASL password masked) and partial-file timeout
     broker: dict[str, Any] = field(default_factory=dict)
     partial_timeout_s: float | None = None
+    #: a workflow dataflow: items landed in the source's subfolders fire it too, and each output lands
+    #: in the destination's subfolder mirroring its item's
+    recursive: bool = False
     #: a stream dataflow's live status (counters, lag, files in progress, last error), when one is read
     stream: dict[str, Any] | None = None
     recent_runs: list[RecentRun] | None = None

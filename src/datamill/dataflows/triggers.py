@@ -25,6 +25,7 @@ from typing import Any
 from sqlalchemy import Connection, select, update
 
 from datamill import events
+from datamill.dataflows import sources
 from datamill.dataflows.dataflow import (
     DataflowKind,
     DataflowState,
@@ -239,7 +240,7 @@ class Triggers:
             .where(
                 Event.seq > row.cursor,
                 Event.seq <= latest,
-                Event.folder_id == row.source_folder_id,
+                Event.folder_id.in_(self._watched(conn, row, cfg)),
                 Event.kind.in_(ITEM_EVENTS),
             )
             .limit(1)
@@ -278,7 +279,7 @@ class Triggers:
                 select(Event.seq, Event.item_id, Event.ts).where(
                     Event.seq > row.cursor,
                     Event.seq <= latest,
-                    Event.folder_id == row.source_folder_id,
+                    Event.folder_id.in_(self._watched(conn, row, cfg, actor)),
                     Event.kind.in_(ITEM_EVENTS),
                 )
             ).all()
@@ -349,19 +350,31 @@ class Triggers:
         u = conn.execute(select(User.id, User.name, User.is_admin).where(User.id == owner_id)).first()
         return self.home.admin if u is None else Actor(u.id, u.name, u.is_admin)
 
-    def _inputs(self, conn: Connection, source: str, item_ids: list[int] | None, aggregate: bool) -> list[InputRef]:
+    def _watched(self, conn: Connection, row: Any, cfg: dict[str, Any], actor: Actor | None = None) -> list[int]:
+        """Ids of the folders whose new items fire the dataflow: its source (and below it, ``recursive``)."""
+        if not sources.is_recursive(cfg):
+            return [row.source_folder_id]
+        owner = actor or self._owner(conn, row.owner_id)
+        return list(sources.watched_folders(conn, str(cfg["source"]), row.source_folder_id, True, owner))
+
+    def _inputs(
+        self, conn: Connection, cfg: dict[str, Any], actor: Actor, item_ids: list[int] | None, aggregate: bool
+    ) -> list[InputRef]:
         """The current versions of the source's items, by name: only ``item_ids`` unless the pipeline aggregates.
 
         Read through ``conn``, the transaction that records the run and moves the cursor, and
-        only the items wanted (a run for one new file does not list a folder of thousands).
+        only the items wanted (a run for one new file does not list a folder of thousands). A
+        recursive dataflow takes the items of the subfolders ``actor`` may read too.
         """
+        source = str(cfg["source"])
         folder_id = lookups.folder_id(conn, source)
         if folder_id is None:
             raise NotFound(f"the source folder {source!r} no longer exists", path=source)
         only = item_ids if item_ids is not None and not aggregate else None
+        folders = sources.watched_folders(conn, source, folder_id, sources.is_recursive(cfg), actor)
         return [
-            InputRef(i.id, i.version_id, source, i.name, i.version, i.digest, i.size, i.content_type, i.metadata)
-            for i in lookups.items_with_current_versions(conn, folder_id, source, only)
+            InputRef(i.id, i.version_id, i.folder, i.name, i.version, i.digest, i.size, i.content_type, i.metadata)
+            for i in sources.current_items(conn, folders, only)
         ]
 
     def _processed(self, conn: Connection, dataflow_id: int, version: int, refs: list[InputRef]) -> set[int]:
@@ -399,7 +412,7 @@ class Triggers:
         choice = registry.choose(conn, owner, implementation(cfg), self.home.settings.image_patterns)
         pipeline = load_pipeline(choice.ref)
         aggregate = any(not pipeline.per_item(s.name) for s in pipeline)
-        refs = self._inputs(conn, cfg["source"], item_ids, aggregate)
+        refs = self._inputs(conn, cfg, actor, item_ids, aggregate)
         if item_ids is None and not aggregate and reason.startswith("start"):
             done = self._processed(conn, row.id, row.version, refs)
             refs = [r for r in refs if r.version_id not in done]

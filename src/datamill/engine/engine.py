@@ -198,7 +198,7 @@ class Engine:
         overrides = split_params(p, params)
         # No cache look-ups here: the scheduler looks keys up in batches as tasks become ready, and
         # one query per task (what the planner's look-up does) would make submitting slow.
-        the_plan = plan(p, inputs, overrides, force=force, resolve_image=self.resolve_image)
+        the_plan = plan(p, inputs, overrides, force=force, resolve_image=self.resolve_image, mirror=source or None)
         new_tasks = [
             runs.NewTask(
                 planned_id=t.id,
@@ -457,6 +457,7 @@ class Engine:
             (row.params or {}).get("steps"),
             images=(row.params or {}).get("images"),
             resolve_image=self.resolve_image,
+            mirror=row.source_folder,
         )
         pt = the_plan.task(t.planned_id)
         upstream: dict[str, list[runs.OutputRecord]] = {}

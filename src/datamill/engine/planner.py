@@ -163,6 +163,8 @@ class Plan:
     edges: tuple[tuple[str, str], ...]
     #: the digest of every container image the pipeline names (``{image: "sha256:..."}``)
     images: Mapping[str, str] = field(default_factory=dict)
+    #: the run's source folder when outputs mirror its subfolders (see :func:`mirrored_name`)
+    mirror: str | None = None
     _index: dict[str, PlannedTask] = field(init=False, repr=False, compare=False)
 
     def __post_init__(self) -> None:
@@ -233,7 +235,7 @@ class Plan:
                 ``{name}`` while the task wrote several files).
         """
         t = self._task(task)
-        return _planned_outputs(self.pipeline, self.pipeline.step(t.step), t.item, names)
+        return _planned_outputs(self.pipeline, self.pipeline.step(t.step), t.item, names, self.mirror)
 
     # ------------------------------------------------------------------ dispatch
 
@@ -325,10 +327,28 @@ def _input_digests(
     return pairs
 
 
+def mirrored_name(published: str, item: InputRef | None, mirror: str | None) -> str:
+    """``published`` moved into the subfolder ``item`` has below the folder ``mirror`` (a run's source).
+
+    A recursive dataflow's item ``SOURCE/run-7/a.csv`` publishes ``a.png`` as ``run-7/a.png`` in
+    its destination: the destination mirrors the source's tree. An item in ``mirror`` itself (or
+    a task without an item, or no ``mirror``) publishes as it would anyway.
+    """
+    if not mirror or item is None:
+        return published
+    folder = item.folder.strip("/")
+    if not folder.startswith(mirror + "/"):
+        return published
+    return f"{folder[len(mirror) + 1 :]}/{published}"
+
+
 def _planned_outputs(
-    pipeline: Pipeline, step: Step, item: InputRef | None, names: Sequence[str]
+    pipeline: Pipeline, step: Step, item: InputRef | None, names: Sequence[str], mirror: str | None = None
 ) -> list[PlannedOutput]:
-    out = [PlannedOutput(n, step.published_name(n, item, pipeline.name), step.publishes(n)) for n in names]
+    out = [
+        PlannedOutput(n, mirrored_name(step.published_name(n, item, pipeline.name), item, mirror), step.publishes(n))
+        for n in names
+    ]
     seen: dict[str, str] = {}
     for o in out:
         if not o.publish:
@@ -377,6 +397,7 @@ def plan(
     force: bool | Collection[str] = False,
     images: Mapping[str, str] | None = None,
     resolve_image: Callable[[str], str] | None = None,
+    mirror: str | None = None,
 ) -> Plan:
     """Plan a run of ``pipeline`` over ``inputs``.
 
@@ -391,6 +412,8 @@ def plan(
             the others are resolved with ``resolve_image`` (default: ``podman image inspect``),
             once per image.
         resolve_image: image name → its digest; raises InvalidPipeline when it is not there.
+        mirror: the run's source folder: an input in a subfolder of it publishes its outputs in
+            the same subfolder of the destination (:func:`mirrored_name`).
 
     Returns:
         A :class:`Plan` whose tasks are ``cached`` (outputs reused), ``run`` or ``pending``.
@@ -482,7 +505,7 @@ def plan(
                     decision=decision,
                     step_code=step.code,
                     wires=tuple(wires),
-                    outputs=tuple(_planned_outputs(pipeline, step, item, names)),
+                    outputs=tuple(_planned_outputs(pipeline, step, item, names, mirror)),
                     cached=cached,
                     max_attempts=step.retries + 1,
                     retry_backoff=step.retry_backoff,
@@ -494,7 +517,12 @@ def plan(
                 )
             )
     return Plan(
-        pipeline=pipeline, inputs=refs, tasks=tuple(_refuse_collisions(tasks)), edges=tuple(edges), images=digests
+        pipeline=pipeline,
+        inputs=refs,
+        tasks=tuple(_refuse_collisions(tasks)),
+        edges=tuple(edges),
+        images=digests,
+        mirror=mirror,
     )
 
 

@@ -365,6 +365,7 @@ class Scheduler:
             row.params.get("steps") if row.params else None,
             images=(row.params or {}).get("images"),
             resolve_image=functools.partial(image_digest, runtime=self.home.settings.container_runtime),
+            mirror=row.source_folder,
         )
         actor = self.home.admin
         if row.requested_by is not None and row.requested_by != self.home.admin.id:

@@ -52,6 +52,12 @@ def folder_paths(conn: Connection, ids: Iterable[int]) -> dict[int, str]:
     return out
 
 
+def folders_below(conn: Connection, path: str) -> dict[int, str]:
+    """Folder id -> path of every folder strictly below the normalised ``path`` (no access check)."""
+    rows = conn.execute(select(Folder.id, Folder.path).where(Folder.path.startswith(path + "/", autoescape=True)))
+    return {int(fid): p for fid, p in rows.tuples()}
+
+
 def readable_folder_id(conn: Connection, actor: Actor, path: str) -> int | None:
     """The id of the folder at the normalised ``path`` if it exists and ``actor`` may read it, else None.
 

@@ -259,6 +259,22 @@ class Store:
         """
         return uploads.put_many(self.db, self.blobs, actor, folder, entries, metadata, created_via, item_metadata)
 
+    def put_folders(
+        self,
+        actor: Actor,
+        batches: Sequence[uploads.FolderBatch],
+        created_via: str = "upload",
+        create: bool = False,
+    ) -> list[list[VersionInfo]]:
+        """Store small files into several folders at once: one sync, one transaction, all or none.
+
+        Each batch is ``(folder, [(name, bytes)], item metadata per file or None)``, as for
+        :meth:`put_many`; the versions come back per batch. With ``create``, missing folders
+        (and parents) are created first. A tree of many small folders (``datamill watch``) then
+        costs one sync and one transaction per batch instead of one per folder.
+        """
+        return uploads.put_folders(self.db, self.blobs, actor, batches, created_via, create)
+
     def commit_upload(
         self,
         actor: Actor,

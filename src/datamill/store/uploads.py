@@ -24,7 +24,7 @@ from datamill.db.models import IdempotencyKey
 from datamill.errors import IdempotencyKeyReused, InvalidInput
 from datamill.store.access import Actor, Level
 from datamill.store.blobs import BlobInfo, BlobStore, BlobWriter
-from datamill.store.folders import readable_folder
+from datamill.store.folders import create_folder, readable_folder
 from datamill.store.garbage import discard_upload
 from datamill.store.metadata import check_metadata
 from datamill.store.names import check_name, split_path
@@ -160,6 +160,51 @@ def put_many(
     with db.write() as conn:
         frow = readable_folder(conn, actor, folder, Level.WRITE)
         return write_versions(conn, blobs, actor, frow, new, meta, created_via)
+
+
+#: One folder's part of :func:`put_folders`: ``(folder, [(name, bytes)], [item metadata or None] or None)``.
+FolderBatch = tuple[str, Sequence[tuple[str, bytes]], Sequence[Mapping[str, Any] | None] | None]
+
+
+def put_folders(
+    db: Database,
+    blobs: BlobStore,
+    actor: Actor,
+    batches: Sequence[FolderBatch],
+    created_via: str,
+    create: bool = False,
+) -> list[list[VersionInfo]]:
+    """Small files into several folders at once: one sync, one transaction (see ``Store.put_folders``)."""
+    checked: list[tuple[str, list[NewVersion]]] = []
+    prepared: list[tuple[str, list[tuple[str, bytes, dict[str, Any] | None]]]] = []
+    for folder, entries, item_metadata in batches:
+        if item_metadata is not None and len(item_metadata) != len(entries):
+            raise InvalidInput(
+                f"item_metadata: {len(item_metadata)} entries for {len(entries)} files in {folder!r}; give one per file"
+            )
+        metas = [check_metadata(m) if m else None for m in item_metadata or [None] * len(entries)]
+        prepared.append(
+            (folder, [(check_name(n, "item name"), d, m) for (n, d), m in zip(entries, metas, strict=True)])
+        )
+    # Access first (and the folders, when asked), before any byte is stored.
+    with db.write() if create else db.read() as conn:
+        for folder, _files in prepared:
+            if create:
+                create_folder(conn, actor, folder, True, True, None, False)
+            readable_folder(conn, actor, folder, Level.WRITE)
+    for folder, files in prepared:
+        checked.append((folder, [NewVersion(n, blobs.put(d, durable=False), metadata=m) for n, d, m in files]))
+    if not any(new for _f, new in checked):
+        return [[] for _ in checked]
+    # The bytes must be durable before any version points at them: one sync for every folder.
+    blobs.sync()
+    with db.write() as conn:
+        return [
+            write_versions(conn, blobs, actor, readable_folder(conn, actor, folder, Level.WRITE), new, {}, created_via)
+            if new
+            else []
+            for folder, new in checked
+        ]
 
 
 def commit_upload(

@@ -45,6 +45,7 @@ FIELDS = (
     "kind",
     "source",
     "destination",
+    "recursive",
     "topic",
     "pipeline",
     "params",
@@ -126,6 +127,7 @@ def form_values(info: DataflowInfo | None) -> dict[str, str]:
         "kind": info.kind,
         "source": info.source,
         "destination": info.destination,
+        "recursive": "on" if info.recursive else "",
         "topic": info.topic or "",
         "pipeline": info.pipeline,
         "params": json.dumps(info.params, indent=2, sort_keys=True),
@@ -162,6 +164,7 @@ def parse_form(values: Mapping[str, str]) -> tuple[dict[str, Any], dict[str, str
         "kind": values.get("kind") or "workflow",
         "source": values.get("source", "").strip(),
         "destination": values.get("destination", "").strip(),
+        "recursive": values.get("recursive") == "on",  # a ticked checkbox sends "on", an unticked one nothing
         "topic": values.get("topic", "").strip() or None,
         "pipeline": values.get("pipeline", "").strip(),
         "params": params if isinstance(params, dict) else {},
@@ -202,7 +205,7 @@ def _changes(config: dict[str, Any], shown: dict[str, str], values: Mapping[str,
     A value shown masked (a pipeline reference, a webhook URL) comes back as it was shown: unchanged.
     """
     out: dict[str, Any] = {}
-    for key in ("source", "destination", "pipeline", "webhooks", "description", "kind", "topic", "params"):
+    for key in ("source", "destination", "recursive", "pipeline", "webhooks", "description", "kind", "topic", "params"):
         if values.get(key, "").strip() != shown.get(key, "").strip():
             out[key] = config[key]
     if (values.get("trigger"), values.get("cron", "").strip()) != (shown.get("trigger"), shown.get("cron", "").strip()):

@@ -19,7 +19,7 @@ from typing import Any
 
 from fastapi import APIRouter, Query
 from fastapi.responses import JSONResponse
-from pydantic import BaseModel, Field
+from pydantic import BaseModel, Field, StrictBool
 
 from datamill.api.deps import ActorDep, HomeDep, blocking
 from datamill.api.openapi import errors
@@ -72,6 +72,11 @@ class DataflowCreate(BaseModel):
     partial_timeout_s: float | None = Field(
         None, description="Stream: seconds a partial file may go without a chunk before it is dropped (default 3600)."
     )
+    recursive: StrictBool = Field(
+        False,
+        description="Workflow: items landed in the source's subfolders fire it too; each output lands in the "
+        "destination's subfolder mirroring its item's.",
+    )
 
 
 class DataflowEdit(BaseModel):
@@ -91,6 +96,7 @@ class DataflowEdit(BaseModel):
     topic: str | None = None
     broker: dict[str, str] | None = None
     partial_timeout_s: float | None = None
+    recursive: StrictBool | None = None
 
 
 class RunStarted(BaseModel):
@@ -126,6 +132,12 @@ async def create_dataflow(body: DataflowCreate, actor: ActorDep, home: HomeDep) 
     if not dest:
         raise InvalidDataflow("destination: a destination folder is required (dest)", field="destination")
     if body.kind == "stream":
+        if body.recursive:
+            raise InvalidDataflow(
+                "recursive: only a workflow dataflow watches the subfolders of a source; a stream dataflow "
+                "lands files (keeping their subfolders) and has no source",
+                field="recursive",
+            )
         stream = await blocking(
             _client(home, actor).create_stream_dataflow,
             body.name,
@@ -150,6 +162,7 @@ async def create_dataflow(body: DataflowCreate, actor: ActorDep, home: HomeDep) 
         body.directory,
         body.watch,
         body.image,
+        body.recursive,
     )
     return JSONResponse(plain(info), status_code=201)
 
