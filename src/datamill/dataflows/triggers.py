@@ -212,8 +212,16 @@ class Triggers:
         return bool(folder_ids) and any(self._watches(r, folder_ids) for r in self._rows or ())
 
     def _watches(self, row: Any, folder_ids: set[int | None]) -> bool:
-        """Whether items landing in ``folder_ids`` concern this dataflow's trigger."""
-        return row.source_folder_id is not None and row.source_folder_id in folder_ids
+        """Whether items landing in ``folder_ids`` may concern this dataflow's trigger.
+
+        A recursive dataflow's subfolders change as folders are made and moved: any landing may
+        concern it, and :meth:`_poll_one` decides from the folders it watches at that moment.
+        """
+        if row.source_folder_id is None:
+            return False
+        if (row.config or {}).get("recursive"):
+            return any(f is not None for f in folder_ids)
+        return row.source_folder_id in folder_ids
 
     def _due(self, conn: Connection | None, row: Any, now: float, latest: int) -> bool:
         """Whether :meth:`_poll_one` would record anything for this dataflow now (a read-only check)."""
@@ -235,6 +243,7 @@ class Triggers:
         return last is None or now - last >= self._window(cfg)  # else inside the batch window
 
     def _landed_since_cursor(self, conn: Connection, row: Any, latest: int) -> bool:
+        cfg = dict(row.config or {})
         landed = conn.execute(
             select(Event.seq)
             .where(
