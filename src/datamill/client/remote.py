@@ -52,6 +52,8 @@ sys.modules.setdefault("httpx._main", None)  # type: ignore[arg-type]
 
 import httpx  # noqa: E402
 
+from datamill.client.transport import StdlibTransport  # noqa: E402
+
 API = "/api/v1"
 
 NO_TOKEN = (
@@ -185,7 +187,9 @@ class RemoteClient(Client):
             base_url=self.url + API,
             headers={"Authorization": f"Bearer {token}", "User-Agent": f"datamill/{__version__}"},
             timeout=httpx.Timeout(timeout, connect=10.0),
-            transport=transport,
+            # The standard library's HTTP under httpx (not httpcore and h11): a third of a remote
+            # command's start-up; see datamill.client.transport.
+            transport=transport or StdlibTransport(),
             follow_redirects=False,
             verify=True if https else ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT),
         )
