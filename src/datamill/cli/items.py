@@ -1,5 +1,6 @@
 """Items: ``datamill put``, ``get``, ``ls``, ``versions``, ``meta``, ``find`` and ``rm``."""
 
+import itertools
 from pathlib import Path
 from typing import Annotated
 
@@ -9,7 +10,9 @@ from datamill.cli.context import get_client, get_state
 from datamill.cli.output import (
     human_size,
     human_time,
+    TableStream,
     print_json,
+    print_json_items,
     print_table,
     say,
     show_or_change_metadata,
@@ -178,13 +181,21 @@ def list_items(ctx: typer.Context, folder: FolderArg, json_: JsonFlag = False) -
     (subfolders: `datamill folder ls FOLDER --json`).
     """
     client = get_client(ctx)
-    found = client.list_items(folder)
+    # Page by page (a page read when the previous one has been printed): a large folder starts
+    # printing at once and is never held whole in memory.
+    pages = client.iter_item_pages(folder)
+    first = next(pages)
     if json_:
-        print_json([i.to_dict() for i in found])
+        print_json_items(i.to_dict() for page in itertools.chain([first], pages) for i in page)
         return
+    table = TableStream(["name", "version", "size", "type", "updated"])
     rows = [(f"{f.name}/", "", "", "folder", human_time(f.updated_at)) for f in client.list_folders(folder)]
-    rows += [(i.name, str(i.version), human_size(i.size), i.content_type, human_time(i.updated_at)) for i in found]
-    print_table(["name", "version", "size", "type", "updated"], rows, empty=f"folder {folder.strip('/')!r} is empty")
+    for page in itertools.chain([first], pages):
+        rows += [(i.name, str(i.version), human_size(i.size), i.content_type, human_time(i.updated_at)) for i in page]
+        table.add(rows)
+        rows = []
+    if not table.widths:
+        say(f"folder {folder.strip('/')!r} is empty")
 
 
 def versions(ctx: typer.Context, path: ItemPath, json_: JsonFlag = False) -> None:

@@ -142,6 +142,27 @@ class Client(ABC):
         """Items of a folder, by name."""
 
     @abstractmethod
+    def items_page(
+        self, folder: str, cursor: str | None = None, limit: int = 1000, sort: str = "name", descending: bool = False
+    ) -> tuple[list[ItemInfo], str | None]:
+        """One page of a folder's items after ``cursor``, and the cursor of the next (None: no more).
+
+        Sort by ``name``, ``updated``, ``size`` or ``version`` (ties by name); a cursor continues only
+        the folder and order it came from.
+        """
+
+    def iter_item_pages(
+        self, folder: str, limit: int = 1000, sort: str = "name", descending: bool = False
+    ) -> Iterator[list[ItemInfo]]:
+        """A folder's items, page by page, each page read when the previous one has been used."""
+        cursor: str | None = None
+        while True:
+            items, cursor = self.items_page(folder, cursor, limit, sort, descending)
+            yield items
+            if cursor is None:
+                return
+
+    @abstractmethod
     def versions(self, path: str) -> list[VersionInfo]:
         """All versions of an item."""
 

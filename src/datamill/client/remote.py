@@ -419,6 +419,17 @@ class RemoteClient(Client):
     def list_items(self, folder: str) -> list[ItemInfo]:
         return [_build(ItemInfo, d) for d in self._call("GET", f"/folder-items/{quote_path(folder)}")]
 
+    def items_page(
+        self, folder: str, cursor: str | None = None, limit: int = 1000, sort: str = "name", descending: bool = False
+    ) -> tuple[list[ItemInfo], str | None]:
+        params: dict[str, Any] = {"limit": limit, "sort": sort}
+        if descending:
+            params["descending"] = "true"
+        if cursor:
+            params["cursor"] = cursor
+        page = self._call("GET", f"/item-pages/{quote_path(folder)}", params=params)
+        return [_build(ItemInfo, d) for d in page["items"]], page["next"]
+
     def versions(self, path: str) -> list[VersionInfo]:
         return [_build(VersionInfo, d) for d in self._call("GET", f"/versions/{quote_path(path)}")]
 
