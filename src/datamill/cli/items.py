@@ -174,16 +174,25 @@ def _to_stdout(client: Client, path: str, version: int | None) -> None:
         )
 
 
-def list_items(ctx: typer.Context, folder: FolderArg, json_: JsonFlag = False) -> None:
+def list_items(
+    ctx: typer.Context,
+    folder: FolderArg,
+    json_: JsonFlag = False,
+    page_size: Annotated[
+        int,
+        typer.Option("--page-size", metavar="N", min=1, max=10_000, help="Items read from the server at a time."),
+    ] = 1000,
+) -> None:
     """List the items of FOLDER: name, current version, size, type and last update.
 
     Subfolders are shown first, with a trailing `/`. With `--json` only the items are printed
-    (subfolders: `datamill folder ls FOLDER --json`).
+    (subfolders: `datamill folder ls FOLDER --json`). A large folder is read and printed a page
+    at a time; a later page's columns widen if its rows are wider.
     """
     client = get_client(ctx)
     # Page by page (a page read when the previous one has been printed): a large folder starts
     # printing at once and is never held whole in memory.
-    pages = client.iter_item_pages(folder)
+    pages = client.iter_item_pages(folder, limit=page_size)
     first = next(pages)
     if json_:
         print_json_items(i.to_dict() for page in itertools.chain([first], pages) for i in page)
