@@ -61,6 +61,7 @@ class _ResponseStream(httpx.SyncByteStream):
         self._conn: http.client.HTTPConnection | None = conn
         self._response = response
         self._request: httpx.Request | None = None
+        self._finished = False
 
     def __iter__(self) -> Iterator[bytes]:
         while True:
@@ -73,6 +74,7 @@ class _ResponseStream(httpx.SyncByteStream):
             except (OSError, http.client.HTTPException) as exc:
                 raise httpx.ReadError(str(exc) or type(exc).__name__, request=self._request) from exc
             if not chunk:
+                self._finished = True
                 return
             yield chunk
 
@@ -80,7 +82,8 @@ class _ResponseStream(httpx.SyncByteStream):
         conn, self._conn = self._conn, None
         if conn is None:
             return
-        done = self._response.isclosed() and not self._response.will_close
+        # Read to its end, the connection can carry the next request (unless the server said it closes it).
+        done = self._finished and not self._response.will_close
         self._response.close()
         if done:
             self._transport._release(self._key, conn)
@@ -91,10 +94,11 @@ class _ResponseStream(httpx.SyncByteStream):
 class StdlibTransport(httpx.BaseTransport):
     """HTTP/1.1 over ``http.client``, one kept-alive connection per server and concurrent request."""
 
-    def __init__(self) -> None:
+    def __init__(self, tls: ssl.SSLContext | None = None) -> None:
+        """``tls``: the context for ``https://`` servers (default: verified against certifi's CA bundle)."""
         self._idle: dict[_Key, list[http.client.HTTPConnection]] = {}
         self._lock = threading.Lock()
-        self._tls: ssl.SSLContext | None = None
+        self._tls = tls
 
     def _release(self, key: _Key, conn: http.client.HTTPConnection) -> None:
         with self._lock:
