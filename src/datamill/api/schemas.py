@@ -65,6 +65,8 @@ class ItemPageOut(BaseModel):
 
     items: list[ItemOut]  # type: ignore[valid-type]  # a model built at run time
     next: str | None
+
+
 VersionOut = model_of(VersionInfo, "Version", add={"path": str})
 EventOut = model_of(EventRecord, "Event")
 TokenOut = model_of(NewToken, "NewToken")

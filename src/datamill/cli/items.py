@@ -8,9 +8,9 @@ import typer
 
 from datamill.cli.context import get_client, get_state
 from datamill.cli.output import (
+    TableStream,
     human_size,
     human_time,
-    TableStream,
     print_json,
     print_json_items,
     print_table,

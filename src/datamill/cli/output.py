@@ -160,7 +160,11 @@ class TableStream:
             return False
         out = []
         for row in rows:
-            out.append("  ".join(c.rjust(w) if _right(n) else c.ljust(w) for n, c, w in zip(self.columns, row, widths)))
+            out.append(
+                "  ".join(
+                    c.rjust(w) if _right(n) else c.ljust(w) for n, c, w in zip(self.columns, row, widths, strict=True)
+                )
+            )
         sys.stdout.write("".join(line + "\n" for line in out))
         sys.stdout.flush()
         return True

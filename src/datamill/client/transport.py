@@ -153,7 +153,9 @@ class StdlibTransport(httpx.BaseTransport):
         try:
             return self._exchange(key, self._connect(key, request, timeouts), request, timeouts)
         except _Dropped as exc:
-            raise httpx.RemoteProtocolError(f"the server closed the connection: {exc.__cause__}", request=request) from exc
+            raise httpx.RemoteProtocolError(
+                f"the server closed the connection: {exc.__cause__}", request=request
+            ) from exc
 
     def _exchange(
         self, key: _Key, conn: http.client.HTTPConnection, request: httpx.Request, timeouts: dict[str, Any]

@@ -149,7 +149,7 @@ def decode_cursor(cursor: str, folder_id: int, sort: str, descending: bool) -> t
         )
     if sort == "name":
         key = name
-    elif sort == "updated" and not isinstance(key, int | float) or sort != "updated" and not isinstance(key, int):
+    elif (sort == "updated" and not isinstance(key, int | float)) or (sort != "updated" and not isinstance(key, int)):
         raise bad
     return key, name
 

@@ -43,7 +43,7 @@ async def list_items(
     home: HomeDep,
     after: str | None = Query(None, description="Only items whose name sorts after this (paging)."),
     limit: int | None = Query(None, ge=1, le=100_000, description="At most this many items."),
-) -> JSONResponse:
+) -> Response:
     """Items of a folder by name, with their current versions."""
     items = await blocking(home.store.list_items, actor, path, after, limit)
     return _json([i.to_dict() for i in items])
