@@ -302,26 +302,28 @@ def listing(client: Client, folder: str, n: int, runs: int = 3, paged_targets: b
     say(f"  list {n} items: {[round(x) for x in times]} ms")
     out: dict[str, Any] = {"items": n, "ms_first": round(times[0], 1), "ms_best": round(min(times), 1), "runs": runs}
     if hasattr(client, "iter_item_pages"):  # absent before keyset pages: the same script measures older code
-        out["paged"] = paged_listing(client, folder, n, runs, paged_targets)
+        out["paged"] = paged_listing(client, folder, n, runs, False)
+        # as `datamill ls` reads: 1,000 items first, then 10,000 a page
+        out["paged_as_ls"] = paged_listing(client, folder, n, runs, paged_targets, then=10_000)
     return out
 
 
-def paged_listing(client: Client, folder: str, n: int, runs: int, targets: bool) -> dict[str, Any]:
-    """Time to the first page and to the last of ``client.iter_item_pages`` (1,000 items a page)."""
+def paged_listing(client: Client, folder: str, n: int, runs: int, targets: bool, then: int = 1000) -> dict[str, Any]:
+    """Time to the first page and to the last of ``client.iter_item_pages`` (1,000 items first, then ``then``)."""
     first: list[float] = []
     whole: list[float] = []
     for _ in range(runs):
         start = time.perf_counter()
         count = 0
-        for i, page in enumerate(client.iter_item_pages(folder, limit=1000)):
+        for i, page in enumerate(client.iter_item_pages(folder, limit=1000, then=then)):
             if i == 0:
                 first.append((time.perf_counter() - start) * 1000)
             count += len(page)
         whole.append((time.perf_counter() - start) * 1000)
         assert count == n, count
-    say(f"  pages of 1000: first {[round(x, 1) for x in first]} ms, all {[round(x) for x in whole]} ms")
+    say(f"  pages of 1000 then {then}: first {[round(x, 1) for x in first]} ms, all {[round(x) for x in whole]} ms")
     out: dict[str, Any] = {
-        "page_size": 1000,
+        "page_sizes": [1000, then],
         "first_page_ms_median": round(statistics.median(first), 1),
         "first_page_ms_best": round(min(first), 1),
         "all_pages_ms_median": round(statistics.median(whole), 1),

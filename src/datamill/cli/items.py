@@ -28,6 +28,9 @@ from datamill.records import ItemInfo, VersionInfo
 from datamill.store.blobs import hasher
 
 PANEL = "Items"
+#: Items `datamill ls` reads first (soon on screen), then at a time (fewer requests for a large folder).
+FIRST_PAGE = 1000
+LATER_PAGES = 10_000
 
 ItemPath = Annotated[str, typer.Argument(metavar="FOLDER/ITEM", help="Item path, e.g. `Raw Data/a.csv`.")]
 FolderArg = Annotated[str, typer.Argument(metavar="FOLDER", help="Folder path, e.g. `Raw Data/2026`.")]
@@ -179,9 +182,16 @@ def list_items(
     folder: FolderArg,
     json_: JsonFlag = False,
     page_size: Annotated[
-        int,
-        typer.Option("--page-size", metavar="N", min=1, max=10_000, help="Items read from the server at a time."),
-    ] = 1000,
+        int | None,
+        typer.Option(
+            "--page-size",
+            metavar="N",
+            min=1,
+            max=10_000,
+            help="Items read at a time (default: 1,000 first, then 10,000).",
+            show_default=False,
+        ),
+    ] = None,
 ) -> None:
     """List the items of FOLDER: name, current version, size, type and last update.
 
@@ -192,7 +202,7 @@ def list_items(
     client = get_client(ctx)
     # Page by page (a page read when the previous one has been printed): a large folder starts
     # printing at once and is never held whole in memory.
-    pages = client.iter_item_pages(folder, limit=page_size)
+    pages = client.iter_item_pages(folder, limit=page_size or FIRST_PAGE, then=page_size or LATER_PAGES)
     first = next(pages)
     if json_:
         print_json_items(i.to_dict() for page in itertools.chain([first], pages) for i in page)

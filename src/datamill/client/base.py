@@ -152,15 +152,21 @@ class Client(ABC):
         """
 
     def iter_item_pages(
-        self, folder: str, limit: int = 1000, sort: str = "name", descending: bool = False
+        self, folder: str, limit: int = 1000, sort: str = "name", descending: bool = False, then: int | None = None
     ) -> Iterator[list[ItemInfo]]:
-        """A folder's items, page by page, each page read when the previous one has been used."""
+        """A folder's items, page by page, each page read when the previous one has been used.
+
+        The first page holds up to ``limit`` items, the later ones up to ``then`` (default ``limit``):
+        a small first page shows something soon, larger later ones save requests.
+        """
         cursor: str | None = None
+        size = limit
         while True:
-            items, cursor = self.items_page(folder, cursor, limit, sort, descending)
+            items, cursor = self.items_page(folder, cursor, size, sort, descending)
             yield items
             if cursor is None:
                 return
+            size = then or limit
 
     @abstractmethod
     def versions(self, path: str) -> list[VersionInfo]:
