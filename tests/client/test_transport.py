@@ -64,14 +64,14 @@ def test_connections_are_kept_alive_and_dropped_when_the_server_closed_them(
     transport = StdlibTransport()
     with httpx.Client(transport=transport) as http:
         assert http.get(url + "/a").text == "hello"
-        (conn,) = transport._idle[("http", "127.0.0.1", int(url.rsplit(":", 1)[1]))]
+        (conn,) = transport.connections._idle[("http", "127.0.0.1", int(url.rsplit(":", 1)[1]))]
         assert http.get(url + "/b").text == "hello"
-        (again,) = transport._idle[("http", "127.0.0.1", int(url.rsplit(":", 1)[1]))]
+        (again,) = transport.connections._idle[("http", "127.0.0.1", int(url.rsplit(":", 1)[1]))]
         assert again is conn  # the same connection, kept alive
         assert http.get(url + "/c?close").text == "hello"
         # the server closed that one: the next request goes on a new connection and succeeds
         assert http.get(url + "/d").text == "hello"
-        (fresh,) = transport._idle[("http", "127.0.0.1", int(url.rsplit(":", 1)[1]))]
+        (fresh,) = transport.connections._idle[("http", "127.0.0.1", int(url.rsplit(":", 1)[1]))]
         assert fresh is not conn
 
 

@@ -14,38 +14,17 @@ Errors are httpx's: a refused or timed-out connection is :class:`httpx.ConnectEr
 from __future__ import annotations
 
 import http.client
-import select
-import socket
 import ssl
-import threading
 from collections.abc import Iterator
 from typing import Any
 
 import httpx
 
+from datamill.client.connections import Connections
+from datamill.client.connections import Key as _Key
+
 #: Bytes read from a response at a time (at most: a stream yields what has arrived).
 CHUNK = 1 << 16
-
-_Key = tuple[str, str, int]
-
-
-def _tls_context() -> ssl.SSLContext:
-    """The context httpx would use: verification on, certifi's CA bundle (the system's without certifi)."""
-    try:
-        import certifi  # only for https: parsing the bundle costs tens of ms
-    except ImportError:  # pragma: no cover - certifi comes with httpx
-        return ssl.create_default_context()
-    return ssl.create_default_context(cafile=certifi.where())
-
-
-def _readable(sock: socket.socket | None) -> bool:
-    """Whether an idle kept-alive socket has something to read: the server closed it (or it is broken)."""
-    if sock is None:
-        return True
-    try:
-        return bool(select.select([sock], [], [], 0)[0])
-    except (OSError, ValueError):
-        return True
 
 
 class _Dropped(Exception):
@@ -94,44 +73,24 @@ class _ResponseStream(httpx.SyncByteStream):
 class StdlibTransport(httpx.BaseTransport):
     """HTTP/1.1 over ``http.client``, one kept-alive connection per server and concurrent request."""
 
-    def __init__(self, tls: ssl.SSLContext | None = None) -> None:
-        """``tls``: the context for ``https://`` servers (default: verified against certifi's CA bundle)."""
-        self._idle: dict[_Key, list[http.client.HTTPConnection]] = {}
-        self._lock = threading.Lock()
-        self._tls = tls
+    def __init__(self, tls: ssl.SSLContext | None = None, connections: Connections | None = None) -> None:
+        """``tls``: the context for ``https://`` servers (default: verified against certifi's CA bundle);
+        ``connections``: kept-alive connections to share (with the client's own requests)."""
+        self.connections = connections or Connections(tls)
 
     def _release(self, key: _Key, conn: http.client.HTTPConnection) -> None:
-        with self._lock:
-            self._idle.setdefault(key, []).append(conn)
+        self.connections.release(key, conn)
 
     def _idle_connection(self, key: _Key) -> http.client.HTTPConnection | None:
-        with self._lock:
-            pool = self._idle.get(key, [])
-            while pool:
-                conn = pool.pop()
-                if not _readable(conn.sock):
-                    return conn
-                conn.close()
-        return None
+        return self.connections.take(key)
 
     def _connect(self, key: _Key, request: httpx.Request, timeouts: dict[str, Any]) -> http.client.HTTPConnection:
-        scheme, host, port = key
-        conn: http.client.HTTPConnection
-        if scheme == "https":
-            if self._tls is None:
-                self._tls = _tls_context()
-            conn = http.client.HTTPSConnection(host, port, timeout=timeouts.get("connect"), context=self._tls)
-        else:
-            conn = http.client.HTTPConnection(host, port, timeout=timeouts.get("connect"))
         try:
-            conn.connect()
+            return self.connections.connect(key, timeouts.get("connect"))
         except TimeoutError as exc:
-            conn.close()
             raise httpx.ConnectTimeout(str(exc) or "timed out connecting", request=request) from exc
         except OSError as exc:  # refused, unreachable, no such host, TLS failures (ssl.SSLError)
-            conn.close()
             raise httpx.ConnectError(str(exc), request=request) from exc
-        return conn
 
     def handle_request(self, request: httpx.Request) -> httpx.Response:
         """Send ``request``; the response with its body still to read (httpx reads or streams it)."""
@@ -201,11 +160,7 @@ class StdlibTransport(httpx.BaseTransport):
 
     def close(self) -> None:
         """Close the kept-alive connections."""
-        with self._lock:
-            idle, self._idle = self._idle, {}
-        for pool in idle.values():
-            for conn in pool:
-                conn.close()
+        self.connections.close()
 
 
 def url_target(url: httpx.URL) -> str:
