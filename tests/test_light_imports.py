@@ -128,9 +128,9 @@ def _command_modules(modules: list[str]) -> list[str]:
 #: Libraries `datamill --help` does without: the page is written from the command table
 #: (datamill.cli.help_page), not by Typer with Rich (whose help loads markdown-it and pygments).
 HELP_LIBRARIES = {"typer", "click", "rich", "markdown_it", "pygments", "httpx", "httpcore", "h11"}
-#: Libraries a remote `datamill ls` does without: the standard library's HTTP under httpx
+#: Libraries a remote `datamill ls` does without: plain GETs over http.client (httpx only for the rest)
 #: (datamill.client.transport), a plain table (datamill.cli.output), no Pydantic coercion.
-REMOTE_LS_LIBRARIES = {"httpcore", "h11", "anyio", "rich", "markdown_it", "pygments", "pydantic", "certifi"}
+REMOTE_LS_LIBRARIES = {"httpx", "httpcore", "h11", "idna", "anyio", "rich", "markdown_it", "pygments", "pydantic", "certifi"}
 
 
 def _libraries(modules: list[str], names: set[str]) -> list[str]:
@@ -179,7 +179,7 @@ def test_a_remote_command_is_light(tmp_path: Path, server: tuple[ServerHandle, s
     code = "from datamill.cli import main\nmain()"
     for json_flag in (["--json"], []):
         modules = _loaded(tmp_path, code, "--url", handle.url, "--token", token, "ls", "Raw", *json_flag)
-        assert "datamill.client.remote" in modules and "datamill.client.transport" in modules
+        assert "datamill.client.remote" in modules and "datamill.client.connections" in modules
         assert _command_modules(modules) == ["datamill.cli.items"]  # the module of `ls`, no other
         assert not _libraries(modules, REMOTE_LS_LIBRARIES)
         assert not _heavy(modules)
