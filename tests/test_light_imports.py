@@ -128,9 +128,11 @@ def _command_modules(modules: list[str]) -> list[str]:
 #: Libraries `datamill --help` does without: the page is written from the command table
 #: (datamill.cli.help_page), not by Typer with Rich (whose help loads markdown-it and pygments).
 HELP_LIBRARIES = {"typer", "click", "rich", "markdown_it", "pygments", "httpx", "httpcore", "h11"}
-#: Libraries a remote `datamill ls` does without: plain GETs over http.client (httpx only for the rest)
-#: (datamill.client.transport), a plain table (datamill.cli.output), no Pydantic coercion.
-REMOTE_LS_LIBRARIES = {"httpx", "httpcore", "h11", "idna", "anyio", "rich", "markdown_it", "pygments", "pydantic", "certifi"}
+#: Libraries a remote `datamill ls` does without: plain GETs over http.client (datamill.client.connections;
+#: httpx, over datamill.client.transport, only for the rest), a plain table (datamill.cli.output), no
+#: Pydantic coercion.
+REMOTE_LS_LIBRARIES = {"httpx", "httpcore", "h11", "idna", "anyio", "rich", "markdown_it", "pygments"}
+REMOTE_LS_LIBRARIES |= {"pydantic", "certifi"}
 
 
 def _libraries(modules: list[str], names: set[str]) -> list[str]:
