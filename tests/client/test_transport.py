@@ -162,3 +162,17 @@ def test_tls_is_verified(tls_server: tuple[str, Path]) -> None:
     trusting = ssl.create_default_context(cafile=str(cert))
     with httpx.Client(transport=StdlibTransport(tls=trusting)) as http:
         assert http.get(url + "/").text == "hello"
+
+
+def test_a_proxy_in_the_environment_is_honoured(
+    monkeypatch: pytest.MonkeyPatch, server_and_token: tuple[ServerHandle, str]
+) -> None:
+    """With a proxy variable set, requests go through httpx's own transport, which sends them via the proxy."""
+    handle, token = server_and_token
+    with RemoteClient(handle.url, token) as client:
+        assert client.whoami().name == "admin"
+    for name in ("NO_PROXY", "no_proxy"):
+        monkeypatch.delenv(name, raising=False)
+    monkeypatch.setenv("HTTP_PROXY", f"http://127.0.0.1:{free_port()}")  # a proxy that is not there
+    with RemoteClient(handle.url, token) as client, pytest.raises(DatamillError, match="is not reachable"):
+        client.whoami()

@@ -69,6 +69,8 @@ else:
 
 
 API = "/api/v1"
+#: Environment variables that make httpx send through a proxy (either case).
+PROXY_VARIABLES = ("HTTP_PROXY", "HTTPS_PROXY", "ALL_PROXY", "http_proxy", "https_proxy", "all_proxy")
 
 NO_TOKEN = (
     "no token given for the datamill server: pass --token or set DATAMILL_TOKEN "
@@ -217,6 +219,9 @@ class RemoteClient(Client):
         }
         #: kept-alive connections, shared by plain JSON requests and httpx's (datamill.client.transport)
         self._connections = Connections()
+        # With a proxy variable set, every request goes through httpx's own transport, which honours it.
+        self._proxied = any(os.environ.get(name) for name in PROXY_VARIABLES)
+        self._plain_gets = transport is None and not self._proxied
 
     @functools.cached_property
     def _http(self) -> httpx.Client:
@@ -234,7 +239,8 @@ class RemoteClient(Client):
             timeout=httpx.Timeout(self._timeout, connect=10.0),
             # The standard library's HTTP under httpx (not httpcore and h11): a third of a remote
             # command's start-up; see datamill.client.transport.
-            transport=self._transport or StdlibTransport(connections=self._connections),
+            # (httpx reads the proxy variables only when it is given no transport.)
+            transport=self._transport or (None if self._proxied else StdlibTransport(connections=self._connections)),
             follow_redirects=False,
             verify=True if https else ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT),
         )
@@ -282,7 +288,7 @@ class RemoteClient(Client):
 
     def _call(self, method: str, path: str, **kwargs: Any) -> Any:
         """One JSON request; the decoded JSON answer."""
-        if method == "GET" and set(kwargs) <= {"params"} and self._transport is None:
+        if method == "GET" and set(kwargs) <= {"params"} and self._plain_gets:
             return self._get_json(path, kwargs.get("params"))
         request = self._http.build_request(method, path, **kwargs)
         return self._send(request).json()
