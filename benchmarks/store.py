@@ -10,12 +10,15 @@ Prints ONE JSON object on stdout (progress goes to stderr). Measured, each again
   Each is compared with a plain copy on the same disk (``shutil.copyfile`` + fsync); the download
   is timed up to an fsync of the file it wrote, so both sides end with the bytes on disk.
   Target: at least 0.8 of the copy's speed embedded, 0.5 over the API. Each round also reports
-  the 1-minute load average and the process's CPU seconds per transfer. ``shutil.copyfile`` copies inside the kernel
-  (``copy_file_range``), so a second baseline is reported too: a plain Python read/write loop
+  the 1-minute load average and the process's CPU seconds per transfer. ``shutil.copyfile`` copies
+  inside the kernel (``copy_file_range``), so a second baseline is reported too: a plain Python read/write loop
   (1 MiB, unbuffered, + fsync), the least any code moving the bytes through Python pays, and the
   same loop hashing each chunk with BLAKE3 (how datamill moved bytes before kernel copies).
 * ``--small`` files of 1 KB, each with distinct bytes, put one by one. Target: 1,000 items/s embedded.
-* listing a folder of ``--list`` items with ``client.list_items``. Target: under 1,000 ms.
+* listing a folder of ``--list`` items with ``client.list_items``. Target: under 1,000 ms. And in
+  keyset pages (``client.iter_item_pages``, 1,000 items a page, as ``datamill ls`` reads them): the
+  time to the first page and to the last. Targets over the API (issue 13): first page < 50 ms, all
+  pages < 1,500 ms. ``--only-listing`` measures the listing alone (no big or small files).
   The items are made with direct inserts through SQLAlchemy (``items`` and ``versions`` rows in
   batches of 5,000, all pointing at one stored blob), since the store has no batch API and one
   ``put`` per item would take minutes; the listing itself goes through the client.
@@ -321,7 +324,11 @@ def fill_folder(home: Home, folder: str, n: int) -> dict[str, Any]:
     return {"items": n, "seconds_to_create": round(t(), 1)}
 
 
-def listing(client: Client, folder: str, n: int, runs: int = 3) -> dict[str, Any]:
+TARGET_FIRST_PAGE_MS = 50.0
+TARGET_ALL_PAGES_MS = 1500.0
+
+
+def listing(client: Client, folder: str, n: int, runs: int = 3, paged_targets: bool = False) -> dict[str, Any]:
     times = []
     for _ in range(runs):
         with timer() as t:
@@ -329,7 +336,43 @@ def listing(client: Client, folder: str, n: int, runs: int = 3) -> dict[str, Any
         assert len(items) == n, len(items)
         times.append(t() * 1000)
     say(f"  list {n} items: {[round(x) for x in times]} ms")
-    return {"items": n, "ms_first": round(times[0], 1), "ms_best": round(min(times), 1), "runs": runs}
+    out: dict[str, Any] = {"items": n, "ms_first": round(times[0], 1), "ms_best": round(min(times), 1), "runs": runs}
+    if hasattr(client, "iter_item_pages"):  # absent before keyset pages: the same script measures older code
+        out["paged"] = paged_listing(client, folder, n, runs, False)
+        # as `datamill ls` reads: 1,000 items first, then 10,000 a page
+        out["paged_as_ls"] = paged_listing(client, folder, n, runs, paged_targets, then=10_000)
+    return out
+
+
+def paged_listing(client: Client, folder: str, n: int, runs: int, targets: bool, then: int = 1000) -> dict[str, Any]:
+    """Time to the first page and to the last of ``client.iter_item_pages`` (1,000 items first, then ``then``)."""
+    first: list[float] = []
+    whole: list[float] = []
+    for _ in range(runs):
+        start = time.perf_counter()
+        count = 0
+        for i, page in enumerate(client.iter_item_pages(folder, limit=1000, then=then)):
+            if i == 0:
+                first.append((time.perf_counter() - start) * 1000)
+            count += len(page)
+        whole.append((time.perf_counter() - start) * 1000)
+        assert count == n, count
+    say(f"  pages of 1000 then {then}: first {[round(x, 1) for x in first]} ms, all {[round(x) for x in whole]} ms")
+    out: dict[str, Any] = {
+        "page_sizes": [1000, then],
+        "first_page_ms_median": round(statistics.median(first), 1),
+        "first_page_ms_best": round(min(first), 1),
+        "all_pages_ms_median": round(statistics.median(whole), 1),
+        "all_pages_ms_best": round(min(whole), 1),
+        "load_average": [round(x, 2) for x in os.getloadavg()],
+    }
+    if targets:
+        out["target_first_page_ms"] = TARGET_FIRST_PAGE_MS
+        out["target_all_pages_ms"] = TARGET_ALL_PAGES_MS
+        out["ok"] = (
+            out["first_page_ms_median"] < TARGET_FIRST_PAGE_MS and out["all_pages_ms_median"] < TARGET_ALL_PAGES_MS
+        )
+    return out
 
 
 def try_api(home: Home) -> tuple[Any, Client | None, str | None]:
@@ -347,6 +390,27 @@ def try_api(home: Home) -> tuple[Any, Client | None, str | None]:
     return server, RemoteClient(server.url, token, timeout=600), None
 
 
+def transfers(
+    args: argparse.Namespace, result: dict[str, Any], embedded: Client, api: Client | None, work: Path
+) -> None:
+    """The big file and the small files, embedded and (if ``api``) over the REST API."""
+    src = work / "source.bin"
+    say(f"writing a {args.size_mb} MiB source file")
+    make_source(src, args.size_mb * MiB)
+    say("embedded client")
+    result["embedded"]["big_file"] = big_file(embedded, src, work, "bench-big", args.rounds)
+    if api is not None:
+        say("REST API")
+        result["api"]["big_file"] = big_file(api, src, work, "bench-big-api", args.rounds, TARGET_RATIO_API)
+    src.unlink()
+    result["embedded"]["small_files"] = small_files(embedded, args.small, "bench-small")
+    small = result["embedded"]["small_files"]
+    small["target_items_per_s"] = TARGET_SMALL_PER_S
+    small["ok"] = small["items_per_s"] >= TARGET_SMALL_PER_S
+    if api is not None:
+        result["api"]["small_files"] = small_files(api, args.api_small, "bench-small-api")
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--size-mb", type=int, default=1024, help="size of the big file in MiB (default 1024)")
@@ -359,6 +423,7 @@ def main(argv: list[str] | None = None) -> int:
         "--api-small", type=int, default=1000, help="how many 1 KB files to put through the API (default 1000)"
     )
     parser.add_argument("--no-api", action="store_true", help="skip the REST API measurements")
+    parser.add_argument("--only-listing", action="store_true", help="measure the listing alone")
     args = parser.parse_args(argv)
 
     temp = None if args.home else tempfile.mkdtemp(prefix="datamill-bench.")
@@ -376,31 +441,17 @@ def main(argv: list[str] | None = None) -> int:
     server = api = None
     try:
         embedded = LocalClient(home)
-        src = work / "source.bin"
-        say(f"writing a {args.size_mb} MiB source file")
-        make_source(src, args.size_mb * MiB)
-
-        say("embedded client")
-        result["embedded"] = {"big_file": big_file(embedded, src, work, "bench-big", args.rounds)}
         if args.no_api:
             reason = "skipped (--no-api)"
         else:
             server, api, reason = try_api(home)
-        if api is not None:
-            say(f"REST API at {server.url}")
-            result["api"] = {"big_file": big_file(api, src, work, "bench-big-api", args.rounds, TARGET_RATIO_API)}
-        else:
-            result["api"] = None
+        result["embedded"] = {}
+        result["api"] = {} if api is not None else None
+        if api is None:
             result["api_reason"] = reason
             say(f"REST API: {reason}")
-        src.unlink()
-
-        result["embedded"]["small_files"] = small_files(embedded, args.small, "bench-small")
-        small = result["embedded"]["small_files"]
-        small["target_items_per_s"] = TARGET_SMALL_PER_S
-        small["ok"] = small["items_per_s"] >= TARGET_SMALL_PER_S
-        if api is not None:
-            result["api"]["small_files"] = small_files(api, args.api_small, "bench-small-api")
+        if not args.only_listing:
+            transfers(args, result, embedded, api, work)
 
         say("listing")
         fill = fill_folder(home, "bench-list", args.list)
@@ -409,13 +460,15 @@ def main(argv: list[str] | None = None) -> int:
         lst["target_ms"] = TARGET_LIST_MS
         lst["ok"] = lst["ms_first"] < TARGET_LIST_MS
         if api is not None:
-            result["api"]["list_items"] = listing(api, "bench-list", args.list, runs=2)
+            result["api"]["list_items"] = listing(api, "bench-list", args.list, runs=3, paged_targets=True)
 
-        result["peak_rss_growth_mb_big_file"] = {
-            "embedded": result["embedded"]["big_file"]["peak_rss_growth_mb"],
-            "api": api and result["api"]["big_file"]["peak_rss_growth_mb"],
-            "target": TARGET_RSS_MB,
-        }
+        if not args.only_listing:
+            result["peak_rss_growth_mb_big_file"] = {
+                "embedded": result["embedded"]["big_file"]["peak_rss_growth_mb"],
+                "api": api and result["api"]["big_file"]["peak_rss_growth_mb"],
+                "target": TARGET_RSS_MB,
+            }
+        result["load_average"] = [round(x, 2) for x in os.getloadavg()]
         result["max_rss_mb"] = round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024 / MB, 1)
     finally:
         if api is not None:

@@ -21,7 +21,7 @@ import typer
 import typer.main
 
 from datamill.api import ServerHandle, start_background_server
-from datamill.cli import app
+from datamill.cli import app, help_page
 from datamill.cli.commands import COMMANDS, module_commands
 from datamill.config import load_settings
 from datamill.home import Home
@@ -55,10 +55,11 @@ with open(out, "w") as f:
 """
 
 
-def _loaded(tmp_path: Path, code: str, *argv: str) -> list[str]:
+def _loaded(tmp_path: Path, code: str, *argv: str, **environ: str) -> list[str]:
     """Run ``code`` in a fresh interpreter (with ``argv`` as the command line); the modules it loaded."""
     out = tmp_path / "modules.json"
     env = {k: v for k, v in os.environ.items() if not k.startswith("DATAMILL_")}
+    env.update(environ)
     proc = subprocess.run(
         [sys.executable, "-c", PROBE, str(out), *argv],
         input=code,
@@ -124,23 +125,67 @@ def _command_modules(modules: list[str]) -> list[str]:
     return sorted(m for m in modules if m in {f"datamill.cli.{e.module}" for e in COMMANDS.values()})
 
 
+#: Libraries `datamill --help` does without: the page is written from the command table
+#: (datamill.cli.help_page), not by Typer with Rich (whose help loads markdown-it and pygments).
+HELP_LIBRARIES = {"typer", "click", "rich", "markdown_it", "pygments", "httpx", "httpcore", "h11"}
+#: Libraries a remote `datamill ls` does without: plain GETs over http.client (datamill.client.connections;
+#: httpx, over datamill.client.transport, only for the rest), a plain table (datamill.cli.output), no
+#: Pydantic coercion.
+REMOTE_LS_LIBRARIES = {"httpx", "httpcore", "h11", "idna", "anyio", "rich", "markdown_it", "pygments"}
+REMOTE_LS_LIBRARIES |= {"pydantic", "certifi"}
+
+
+def _libraries(modules: list[str], names: set[str]) -> list[str]:
+    return sorted(m for m in modules if m.split(".")[0] in names)
+
+
 def test_datamill_help_is_light(tmp_path: Path) -> None:
-    modules = _loaded(tmp_path, "from datamill.cli import main\nmain()", "--help")
-    assert "datamill.cli.commands" in modules
-    assert not _command_modules(modules)  # listed from the table, not loaded
-    assert "datamill.client" not in modules and "httpx" not in modules
-    assert not _heavy(modules)
-    assert not _local_stack(modules)
+    for flag in ("--help", "-h"):
+        modules = _loaded(tmp_path, "from datamill.cli import main\nmain()", flag, COLUMNS="100")
+        assert "datamill.cli.commands" in modules and "datamill.cli.help_page" in modules
+        assert not _command_modules(modules)  # listed from the table, not loaded
+        assert "datamill.client" not in modules and "datamill.cli.root" not in modules
+        assert not _libraries(modules, HELP_LIBRARIES)
+        assert not _heavy(modules)
+        assert not _local_stack(modules)
+
+
+@pytest.mark.parametrize("width", [70, 80, 100, 137, 200])
+def test_the_light_help_page_is_typers(
+    width: int, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """The page written without Typer is the page Typer writes, character for character."""
+    monkeypatch.setenv("COLUMNS", str(width))
+    for name in help_page.RICH_VARIABLES:
+        monkeypatch.delenv(name, raising=False)
+    root = typer.main.get_command(app)
+    root.get_help(typer.Context(root, info_name="datamill", **root.context_settings))  # with `-h`, as run
+    typers = capsys.readouterr().out
+    assert help_page.page_width() == width  # stdout is no terminal here: the light page is used
+    assert help_page.render(width) == typers + "\n"  # Click echoes the (empty) help string after Rich's page
+    assert "╭─ Pipelines and runs" in typers and "[env var: DATAMILL_URL]" in typers
+
+
+def test_a_narrow_or_coloured_help_is_left_to_typer(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.delenv("FORCE_COLOR", raising=False)
+    monkeypatch.setenv("COLUMNS", str(help_page.MIN_WIDTH - 1))
+    assert help_page.page_width() is None
+    monkeypatch.setenv("COLUMNS", "100")
+    monkeypatch.setenv("FORCE_COLOR", "1")
+    assert help_page.page_width() is None
+    assert help_page.is_root_help(["-h"]) and not help_page.is_root_help(["ls", "--help"])
 
 
 def test_a_remote_command_is_light(tmp_path: Path, server: tuple[ServerHandle, str]) -> None:
     handle, token = server
     code = "from datamill.cli import main\nmain()"
-    modules = _loaded(tmp_path, code, "--url", handle.url, "--token", token, "ls", "Raw", "--json")
-    assert "datamill.client.remote" in modules
-    assert _command_modules(modules) == ["datamill.cli.items"]  # the module of `ls`, no other
-    assert not _heavy(modules)
-    assert not _local_stack(modules)
+    for json_flag in (["--json"], []):
+        modules = _loaded(tmp_path, code, "--url", handle.url, "--token", token, "ls", "Raw", *json_flag)
+        assert "datamill.client.remote" in modules and "datamill.client.connections" in modules
+        assert _command_modules(modules) == ["datamill.cli.items"]  # the module of `ls`, no other
+        assert not _libraries(modules, REMOTE_LS_LIBRARIES)
+        assert not _heavy(modules)
+        assert not _local_stack(modules)
 
 
 def _registered() -> dict[str, Any]:

@@ -2,7 +2,7 @@
 
 Loading the CLI imports most of datamill and its dependencies, which takes seconds on a busy
 machine; a Ctrl-C in that time would otherwise print the traceback of whatever import it hit.
-Once the CLI runs, its own error boundary (:class:`datamill.cli.DatamillGroup`) reports it.
+Once the CLI runs, its own error boundary (:class:`datamill.cli.root.DatamillGroup`) reports it.
 """
 
 import sys

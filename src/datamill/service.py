@@ -25,7 +25,7 @@ from datamill.refs import absolute_ref
 from datamill.store import users
 from datamill.store.access import Actor, Level
 from datamill.store.groups import GroupInfo
-from datamill.store.item_pages import ItemPage
+from datamill.store.item_pages import ItemBatch, ItemPage
 from datamill.store.records import AccessGrant, UserInfo
 from datamill.store.store import FolderInfo, ItemInfo, Store, VersionInfo
 from datamill.store.users import NewToken
@@ -159,6 +159,12 @@ class Service:
     ) -> ItemPage:
         """One page of a folder's items, sorted and filtered in the database, with the total."""
         return self.store.page_items(self.actor, folder, sort, descending, offset, limit, contains)
+
+    def items_after(
+        self, folder: str, cursor: str | None = None, limit: int = 1000, sort: str = "name", descending: bool = False
+    ) -> ItemBatch:
+        """The next keyset page of a folder's items after ``cursor`` (see :mod:`datamill.store.item_pages`)."""
+        return self.store.items_after(self.actor, folder, cursor, limit, sort, descending)
 
     def my_level(self, path: str) -> Level:
         """Your effective access level on a folder."""

@@ -76,3 +76,32 @@ def test_remote_put_and_ls(dm: Any, server: tuple[ServerHandle, Home], tmp_path:
     assert r.exit_code == 1 and r.stderr.startswith("error: ") and len(r.stderr.splitlines()) == 1
     r = dm("--url", handle.url, "--token", "dm_wrong", "ls", "Remote", home=False)
     assert r.exit_code == 1 and "Traceback" not in r.stderr
+
+
+def test_ls_reads_and_prints_page_by_page(dm: Any, server: tuple[ServerHandle, Home], tmp_path: Path) -> None:
+    """`datamill ls` over several pages prints what one page would, locally and against a server."""
+    handle, home = server
+    src = tmp_path / "many"
+    src.mkdir()
+    names = [f"n{i}.txt" for i in range(7)]
+    for name in names:
+        (src / name).write_text("x")
+    remote = ("--url", handle.url, "--token", home.admin_token() or "")
+    dm.ok(*remote, "put", "-p", *(str(src / n) for n in names), "Many", home=False)
+    dm.ok("put", "-p", *(str(src / n) for n in names), "Many")
+    for where in (remote, ("--home", str(dm.home))):
+        whole = dm.ok(*where, "ls", "Many", home=False).stdout
+        assert dm.ok(*where, "ls", "Many", "--page-size", "2", home=False).stdout == whole
+        lines = whole.splitlines()
+        assert lines[0].split() == ["name", "version", "size", "type", "updated"]
+        assert [line.split()[0] for line in lines[1:]] == names
+        as_json = dm.ok(*where, "ls", "Many", "--json", home=False).stdout
+        assert dm.ok(*where, "ls", "Many", "--json", "--page-size", "3", home=False).stdout == as_json
+        assert [i["name"] for i in json.loads(as_json)] == names
+    # a later page with a wider row widens the columns from there on; every row is printed once
+    (src / "a-much-longer-name.txt").write_text("xyz")
+    dm.ok("put", str(src / "a-much-longer-name.txt"), "Many")
+    lines = dm.ok("ls", "Many", "--page-size", "1").stdout.splitlines()
+    assert [line.split()[0] for line in lines] == ["name", "a-much-longer-name.txt", *names]
+    r = dm("ls", "Many", "--page-size", "0")
+    assert r.exit_code != 0 and "page-size" in r.stderr

@@ -58,6 +58,15 @@ def model_of(
 
 FolderOut = model_of(FolderInfo, "Folder")
 ItemOut = model_of(ItemInfo, "Item", drop=("extra",), add={"path": str})
+
+
+class ItemPageOut(BaseModel):
+    """One page of a folder's items and the cursor of the next page (null: this was the last)."""
+
+    items: list[ItemOut]  # type: ignore[valid-type]  # a model built at run time
+    next: str | None
+
+
 VersionOut = model_of(VersionInfo, "Version", add={"path": str})
 EventOut = model_of(EventRecord, "Event")
 TokenOut = model_of(NewToken, "NewToken")

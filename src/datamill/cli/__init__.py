@@ -7,155 +7,33 @@ acting as ``--user``) or a server (``--url`` + ``--token``). Each noun has its m
 which module holds which command. A module is imported only when one of its commands runs (or its
 help is shown): a start-up pays for the one command it runs, not for all of them.
 
-All errors pass one boundary, :meth:`DatamillGroup.invoke`: a :class:`~datamill.errors.DatamillError`
-becomes ``error: <message>`` on stderr and exit status 1; the traceback appears only with ``-v``.
-
-The CLI modules deliberately do without ``from __future__ import annotations``: Typer reads every
-command's annotations on each start, and evaluating them from strings costs ~0.2 s a run.
+The root command and its error boundary live in :mod:`datamill.cli.root` (Typer); this package loads
+it only when a command runs: ``datamill --help`` is written by :mod:`datamill.cli.help_page` from the
+command table without Typer, Click or Rich.
 """
 
-import os
 import sys
-import traceback
-from typing import Annotated, Any
-
-import typer
-from typer.core import TyperGroup
-
-from datamill.cli import coercion
-from datamill.cli.commands import COMMANDS, LazyCommands
-from datamill.cli.context import State
-from datamill.cli.output import say
-from datamill.errors import DatamillError
-
-#: Exit status for a command stopped with Ctrl-C (128 + SIGINT), as shells use.
-EXIT_INTERRUPTED = 130
-
-
-class DatamillGroup(TyperGroup):
-    """The root command: loads its commands lazily; its :meth:`invoke` is the CLI's one error boundary."""
-
-    context_class = coercion.QuickContext
-
-    def __init__(self, **attrs: Any) -> None:
-        super().__init__(**attrs)
-        self.commands = LazyCommands()  # type: ignore[assignment]  # read-only: commands come from COMMANDS
-
-    def list_commands(self, ctx: Any) -> list[str]:
-        """The names, without loading any module."""
-        return list(COMMANDS)
-
-    def format_help(self, ctx: Any, formatter: Any) -> None:
-        """The full help, listing the commands from their summaries (no command module is imported)."""
-        commands = self.commands
-        assert isinstance(commands, LazyCommands)
-        commands.summaries = True
-        try:
-            super().format_help(ctx, formatter)
-        finally:
-            commands.summaries = False
-
-    def invoke(self, ctx: Any) -> Any:  # a typer Context; typed Any to match TyperGroup.invoke
-        """Run the chosen command, turning every error into one line on stderr and an exit status."""
-        try:
-            try:
-                return super().invoke(ctx)
-            finally:
-                if isinstance(ctx.obj, State):
-                    ctx.obj.close()
-        except (typer.Exit, typer.Abort, typer.TyperException):
-            raise  # explicit exits and usage errors: Typer reports them
-        except DatamillError as exc:
-            _fail(ctx, exc.message)
-        except KeyboardInterrupt:
-            say("interrupted")
-            raise typer.Exit(EXIT_INTERRUPTED) from None
-        except BrokenPipeError:
-            _quiet_broken_pipe()
-            raise typer.Exit(1) from None
-        except OSError as exc:  # a local file the user named: missing, not writable, a directory, ...
-            what = f"{exc.strerror or exc}" + (f": {exc.filename}" if exc.filename else "")
-            _fail(ctx, what)
-        except Exception as exc:
-            _fail(ctx, f"unexpected {type(exc).__name__}: {exc}", hint=True)
-
-
-def _verbose(ctx: typer.Context) -> bool:
-    return bool(ctx.params.get("verbose")) or (isinstance(ctx.obj, State) and ctx.obj.verbose)
-
-
-def _fail(ctx: typer.Context, message: str, hint: bool = False) -> None:
-    """Report an error: the traceback with ``-v``, then one line; exit 1."""
-    verbose = _verbose(ctx)
-    if verbose:
-        traceback.print_exc(file=sys.stderr)
-    elif hint:
-        message += " (run again with -v for the traceback)"
-    say(f"error: {message}")
-    raise typer.Exit(1)
-
-
-def _quiet_broken_pipe() -> None:
-    # The reader went away (`datamill events --json | head -1`); point stdout at /dev/null so that
-    # the interpreter's final flush does not raise again.
-    try:
-        devnull = os.open(os.devnull, os.O_WRONLY)
-        os.dup2(devnull, sys.stdout.fileno())
-    except (OSError, ValueError, AttributeError):
-        pass
-
-
-app = typer.Typer(
-    cls=DatamillGroup,
-    name="datamill",
-    help="datamill: folders of versioned items, with dataflows built in.\n\n"
-    "Works on a local home directory (default `./.datamill`) or, with `--url` and `--token`, on a "
-    "server started with `datamill up`. Listings take `--json`; results go to stdout, messages to stderr.",
-    no_args_is_help=True,
-    add_completion=False,
-    rich_markup_mode="markdown",
-    pretty_exceptions_enable=False,
-    context_settings={"help_option_names": ["-h", "--help"]},
-)
-
-
-@app.callback()
-def root(
-    ctx: typer.Context,
-    home: Annotated[
-        str | None,
-        typer.Option("--home", metavar="DIR", envvar="DATAMILL_HOME", help="Home directory to work on."),
-    ] = None,
-    profile: Annotated[
-        str | None,
-        typer.Option("--profile", metavar="NAME", envvar="DATAMILL_PROFILE", help="Profile in datamill.toml."),
-    ] = None,
-    url: Annotated[
-        str | None,
-        typer.Option("--url", metavar="URL", envvar="DATAMILL_URL", help="Server to talk to instead of a local home."),
-    ] = None,
-    token: Annotated[
-        str | None,
-        typer.Option("--token", metavar="TOKEN", envvar="DATAMILL_TOKEN", help="API token for --url (never printed)."),
-    ] = None,
-    user: Annotated[
-        str | None,
-        typer.Option(
-            "--user", metavar="NAME", envvar="DATAMILL_USER", help="Act as this user on a local home (default admin)."
-        ),
-    ] = None,
-    verbose: Annotated[
-        bool,
-        typer.Option("-v", "--verbose", envvar="DATAMILL_VERBOSE", help="Show tracebacks of errors."),
-    ] = False,
-) -> None:
-    """datamill: folders of versioned items, with dataflows built in."""
-    ctx.obj = State(home=home, profile=profile, url=url, token=token, user=user, verbose=verbose)
+from typing import Any
 
 
 def main() -> None:
     """The console entry point."""
-    app(prog_name="datamill")
+    from datamill.cli import help_page
+
+    if help_page.is_root_help(sys.argv[1:]) and help_page.print_root_help():
+        return
+    from datamill.cli.root import run
+
+    run()
+
+
+def __getattr__(name: str) -> Any:
+    # `from datamill.cli import app` (and the other names of datamill.cli.root) load Typer on use only.
+    if name in ("app", "DatamillGroup", "COMMANDS", "EXIT_INTERRUPTED"):
+        from datamill.cli import root as module
+
+        return getattr(module, name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 
 __all__ = ["COMMANDS", "DatamillGroup", "app", "main"]

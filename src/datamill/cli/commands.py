@@ -6,15 +6,14 @@ paragraph of its help, as Typer would show them). tests/test_light_imports.py ch
 matches the commands the modules register, name for name and line for line.
 """
 
+from __future__ import annotations  # no commands here for Typer to read
+
 import importlib
 from collections.abc import Iterator, Mapping
-from typing import Any, NamedTuple
+from typing import TYPE_CHECKING, Any, NamedTuple
 
-import typer
-import typer.main
-from typer.core import TyperCommand
-
-from datamill.cli import coercion
+if TYPE_CHECKING:
+    from typer.core import TyperCommand
 
 
 class Entry(NamedTuple):
@@ -135,6 +134,11 @@ COMMANDS: dict[str, Entry] = {
 
 def module_commands(module: str) -> dict[str, Any]:
     """The commands ``datamill.cli.<module>`` registers, built as Typer builds the root's own."""
+    import typer  # here: the table itself is read without Typer (datamill.cli.help_page)
+    import typer.main
+
+    from datamill.cli import coercion
+
     scratch = typer.Typer(rich_markup_mode="markdown", add_completion=False, pretty_exceptions_enable=False)
     importlib.import_module(f"datamill.cli.{module}").register(scratch)
     commands = dict(typer.main.get_group(scratch).commands)
@@ -145,6 +149,8 @@ def module_commands(module: str) -> dict[str, Any]:
 
 def summary_command(name: str) -> TyperCommand:
     """A stand-in for command ``name`` that only lists it: its name, panel and summary."""
+    from typer.core import TyperCommand
+
     entry = COMMANDS[name]
     return TyperCommand(name, help=entry.summary, rich_help_panel=entry.panel, rich_markup_mode="markdown")
 

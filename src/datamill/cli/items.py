@@ -1,5 +1,6 @@
 """Items: ``datamill put``, ``get``, ``ls``, ``versions``, ``meta``, ``find`` and ``rm``."""
 
+import itertools
 from pathlib import Path
 from typing import Annotated
 
@@ -7,9 +8,11 @@ import typer
 
 from datamill.cli.context import get_client, get_state
 from datamill.cli.output import (
+    TableStream,
     human_size,
     human_time,
     print_json,
+    print_json_items,
     print_table,
     say,
     show_or_change_metadata,
@@ -25,6 +28,9 @@ from datamill.records import ItemInfo, VersionInfo
 from datamill.store.blobs import hasher
 
 PANEL = "Items"
+#: Items `datamill ls` reads first (soon on screen), then at a time (fewer requests for a large folder).
+FIRST_PAGE = 1000
+LATER_PAGES = 10_000
 
 ItemPath = Annotated[str, typer.Argument(metavar="FOLDER/ITEM", help="Item path, e.g. `Raw Data/a.csv`.")]
 FolderArg = Annotated[str, typer.Argument(metavar="FOLDER", help="Folder path, e.g. `Raw Data/2026`.")]
@@ -171,20 +177,44 @@ def _to_stdout(client: Client, path: str, version: int | None) -> None:
         )
 
 
-def list_items(ctx: typer.Context, folder: FolderArg, json_: JsonFlag = False) -> None:
+def list_items(
+    ctx: typer.Context,
+    folder: FolderArg,
+    json_: JsonFlag = False,
+    page_size: Annotated[
+        int | None,
+        typer.Option(
+            "--page-size",
+            metavar="N",
+            min=1,
+            max=10_000,
+            help="Items read at a time (default: 1,000 first, then 10,000).",
+            show_default=False,
+        ),
+    ] = None,
+) -> None:
     """List the items of FOLDER: name, current version, size, type and last update.
 
     Subfolders are shown first, with a trailing `/`. With `--json` only the items are printed
-    (subfolders: `datamill folder ls FOLDER --json`).
+    (subfolders: `datamill folder ls FOLDER --json`). A large folder is read and printed a page
+    at a time; a later page's columns widen if its rows are wider.
     """
     client = get_client(ctx)
-    found = client.list_items(folder)
+    # Page by page (a page read when the previous one has been printed): a large folder starts
+    # printing at once and is never held whole in memory.
+    pages = client.iter_item_pages(folder, limit=page_size or FIRST_PAGE, then=page_size or LATER_PAGES)
+    first = next(pages)
     if json_:
-        print_json([i.to_dict() for i in found])
+        print_json_items(i.to_dict() for page in itertools.chain([first], pages) for i in page)
         return
+    table = TableStream(["name", "version", "size", "type", "updated"])
     rows = [(f"{f.name}/", "", "", "folder", human_time(f.updated_at)) for f in client.list_folders(folder)]
-    rows += [(i.name, str(i.version), human_size(i.size), i.content_type, human_time(i.updated_at)) for i in found]
-    print_table(["name", "version", "size", "type", "updated"], rows, empty=f"folder {folder.strip('/')!r} is empty")
+    for page in itertools.chain([first], pages):
+        rows += [(i.name, str(i.version), human_size(i.size), i.content_type, human_time(i.updated_at)) for i in page]
+        table.add(rows)
+        rows = []
+    if not table.widths:
+        say(f"folder {folder.strip('/')!r} is empty")
 
 
 def versions(ctx: typer.Context, path: ItemPath, json_: JsonFlag = False) -> None:

@@ -143,6 +143,33 @@ class Client(ABC):
         """Items of a folder, by name."""
 
     @abstractmethod
+    def items_page(
+        self, folder: str, cursor: str | None = None, limit: int = 1000, sort: str = "name", descending: bool = False
+    ) -> tuple[list[ItemInfo], str | None]:
+        """One page of a folder's items after ``cursor``, and the cursor of the next (None: no more).
+
+        Sort by ``name``, ``updated``, ``size`` or ``version`` (ties by name); a cursor continues only
+        the folder and order it came from.
+        """
+
+    def iter_item_pages(
+        self, folder: str, limit: int = 1000, sort: str = "name", descending: bool = False, then: int | None = None
+    ) -> Iterator[list[ItemInfo]]:
+        """A folder's items, page by page, each page read when the previous one has been used.
+
+        The first page holds up to ``limit`` items, the later ones up to ``then`` (default ``limit``):
+        a small first page shows something soon, larger later ones save requests.
+        """
+        cursor: str | None = None
+        size = limit
+        while True:
+            items, cursor = self.items_page(folder, cursor, size, sort, descending)
+            yield items
+            if cursor is None:
+                return
+            size = then or limit
+
+    @abstractmethod
     def versions(self, path: str) -> list[VersionInfo]:
         """All versions of an item."""
 

@@ -18,6 +18,7 @@ from datamill.home import Home
 from datamill.records import VersionInfo
 from datamill.service import Service, dataflow_changes
 from datamill.store.access import Actor
+from datamill.store.records import ItemInfo
 
 __all__ = ["FOLLOW_POLL_SECONDS", "LocalClient", "dataflow_changes"]
 
@@ -44,6 +45,12 @@ class LocalClient(Service, Client):
     def close(self) -> None:
         if self._owns_home:
             self.home.close()
+
+    def items_page(
+        self, folder: str, cursor: str | None = None, limit: int = 1000, sort: str = "name", descending: bool = False
+    ) -> tuple[list[ItemInfo], str | None]:
+        batch = self.items_after(folder, cursor, limit, sort, descending)
+        return batch.items, batch.next
 
     def as_user(self, name: str) -> LocalClient:
         """A client on the same home acting as another user (to try access rules)."""

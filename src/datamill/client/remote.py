@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import dataclasses
 import functools
+import http.client
 import io
 import json
 import os
@@ -20,11 +21,12 @@ import time
 import uuid
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from typing import TYPE_CHECKING, Any, BinaryIO, TypeVar
-from urllib.parse import quote, urlsplit
+from urllib.parse import quote, urlencode, urlsplit
 
 from datamill import errors
 from datamill._version import __version__
 from datamill.client.base import Client, ProgressFn, absolute_ref
+from datamill.client.connections import Connections, Key
 from datamill.errors import BlobCorrupted, DatamillError, InvalidInput, Unauthorized
 from datamill.records import (
     FINISHED_RUN,
@@ -44,15 +46,31 @@ if TYPE_CHECKING:  # imported where a method makes one: `datamill ls` needs neit
     from datamill.dataflows.records import BatchInfo, BatchStatus, DataflowInfo, DataflowVersionInfo
     from datamill.engine.records import PipelineInfo, PlanInfo, RunInfo, TaskInfo, WhyInfo
 
-# httpx imports its own command line (click, rich.syntax, pygments) whenever click is installed, and
-# Typer brings click: ~0.08 s of CPU on every `datamill --url ...` start for code never used here. A
-# None entry makes that one import fail, which httpx expects (its `main` becomes a stub); an httpx
-# imported earlier in the process is left as it is.
-sys.modules.setdefault("httpx._main", None)  # type: ignore[arg-type]
 
-import httpx  # noqa: E402
+class _LazyHttpx:
+    """httpx, imported on first use: a plain JSON request (``datamill ls``) goes without it (~0.1 s)."""
+
+    def __getattr__(self, name: str) -> Any:
+        # httpx imports its own command line (click, rich.syntax, pygments) whenever click is installed,
+        # and Typer brings click: ~0.08 s of CPU for code never used here. A None entry makes that one
+        # import fail, which httpx expects (its `main` becomes a stub); an httpx imported earlier in
+        # the process is left as it is.
+        sys.modules.setdefault("httpx._main", None)  # type: ignore[arg-type]
+        import httpx as module
+
+        globals()["httpx"] = module
+        return getattr(module, name)
+
+
+if TYPE_CHECKING:
+    import httpx
+else:
+    httpx = _LazyHttpx()
+
 
 API = "/api/v1"
+#: Environment variables that make httpx send through a proxy (either case).
+PROXY_VARIABLES = ("HTTP_PROXY", "HTTPS_PROXY", "ALL_PROXY", "http_proxy", "https_proxy", "all_proxy")
 
 NO_TOKEN = (
     "no token given for the datamill server: pass --token or set DATAMILL_TOKEN "
@@ -97,6 +115,16 @@ ERRORS_BY_STATUS: dict[int, type[DatamillError]] = {
 }
 
 T = TypeVar("T")
+
+
+def _query_pairs(params: Mapping[str, Any]) -> Iterator[tuple[str, str]]:
+    """Query parameters as httpx writes them: lists repeated, booleans as true/false, None as empty."""
+    for key, value in params.items():
+        for one in value if isinstance(value, list | tuple) else [value]:
+            if isinstance(one, bool):
+                yield key, "true" if one else "false"
+            else:
+                yield key, "" if one is None else str(one)
 
 
 def quote_segment(name: str) -> str:
@@ -179,16 +207,43 @@ class RemoteClient(Client):
         self.url = url.rstrip("/")
         #: set once the server answered a batch upload with 405 (an older server): PUT per file
         self._no_batches = False
+        self._token = token
+        self._timeout = timeout
+        self._transport = transport
+        parts = urlsplit(self.url)
+        scheme = parts.scheme.lower()
+        self._server: Key = (scheme, parts.hostname or "", parts.port or (443 if scheme == "https" else 80))
+        self._prefix = parts.path + API
+        self._headers = {
+            "Host": parts.netloc,
+            "Accept": "application/json",
+            "Authorization": f"Bearer {token}",
+            "User-Agent": f"datamill/{__version__}",
+        }
+        #: kept-alive connections, shared by plain JSON requests and httpx's (datamill.client.transport)
+        self._connections = Connections()
+        # With a proxy variable set, every request goes through httpx's own transport, which honours it.
+        self._proxied = any(os.environ.get(name) for name in PROXY_VARIABLES)
+        self._plain_gets = transport is None and not self._proxied
+
+    @functools.cached_property
+    def _http(self) -> httpx.Client:
+        """httpx, for what is more than a plain JSON request: uploads, streams, bodies, custom timeouts."""
+        from datamill.client.transport import StdlibTransport
+
         # httpx's default TLS context parses certifi's whole CA bundle (~0.05-0.1 s of CPU per start)
         # even for a plain-http server. There no TLS happens (every request goes to base_url and
         # redirects are not followed), so such a client gets a context that trusts nothing: any TLS
         # would fail verification, never pass unverified.
-        https = urlsplit(self.url).scheme.lower() == "https"
-        self._http = httpx.Client(
+        https = self._server[0] == "https"
+        return httpx.Client(
             base_url=self.url + API,
-            headers={"Authorization": f"Bearer {token}", "User-Agent": f"datamill/{__version__}"},
-            timeout=httpx.Timeout(timeout, connect=10.0),
-            transport=transport,
+            headers={"Authorization": f"Bearer {self._token}", "User-Agent": f"datamill/{__version__}"},
+            timeout=httpx.Timeout(self._timeout, connect=10.0),
+            # The standard library's HTTP under httpx (not httpcore and h11): a third of a remote
+            # command's start-up; see datamill.client.transport.
+            # (httpx reads the proxy variables only when it is given no transport.)
+            transport=self._transport or (None if self._proxied else StdlibTransport(connections=self._connections)),
             follow_redirects=False,
             verify=True if https else ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT),
         )
@@ -199,7 +254,9 @@ class RemoteClient(Client):
         return f"RemoteClient({self.url!r})"
 
     def close(self) -> None:
-        self._http.close()
+        if "_http" in self.__dict__:
+            self._http.close()
+        self._connections.close()
         if self._store_http is not None:
             self._store_http.close()
 
@@ -220,10 +277,7 @@ class RemoteClient(Client):
     def _transport_error(self, exc: httpx.TransportError) -> DatamillError:
         if isinstance(exc, httpx.ConnectError | httpx.ConnectTimeout):
             return self._unreachable(exc)
-        return DatamillError(
-            f"the request to the datamill server at {self.url} failed: {exc or type(exc).__name__}; try again",
-            url=self.url,
-        )
+        return self._failed(exc)
 
     def _checked(self, response: httpx.Response, stream: bool = False) -> httpx.Response:
         """``response`` if it succeeded; else the typed error the server reported, raised."""
@@ -241,8 +295,62 @@ class RemoteClient(Client):
 
     def _call(self, method: str, path: str, **kwargs: Any) -> Any:
         """One JSON request; the decoded JSON answer."""
+        if method == "GET" and set(kwargs) <= {"params"} and self._plain_gets:
+            return self._get_json(path, kwargs.get("params"))
         request = self._http.build_request(method, path, **kwargs)
         return self._send(request).json()
+
+    def _get_json(self, path: str, params: Mapping[str, Any] | None) -> Any:
+        """A GET answered with JSON, over ``http.client`` alone (httpx is not even imported for it)."""
+        target = self._prefix + path + ("?" + urlencode(list(_query_pairs(params))) if params else "")
+        for reused in (True, False):
+            conn = self._connections.take(self._server) if reused else None
+            if reused and conn is None:
+                continue
+            if conn is None:
+                try:
+                    conn = self._connections.connect(self._server, 10.0)
+                except OSError as exc:  # refused, unreachable, timed out, TLS refused
+                    raise self._unreachable(exc) from exc
+            try:
+                assert conn.sock is not None
+                conn.sock.settimeout(self._timeout)
+                conn.request("GET", target, headers=self._headers)
+                response = conn.getresponse()
+                body = response.read()
+            except (http.client.RemoteDisconnected, ConnectionResetError, BrokenPipeError) as exc:
+                conn.close()
+                if reused:
+                    continue  # the server closed the idle connection: once more on a new one
+                raise self._failed(exc) from exc
+            except (OSError, http.client.HTTPException) as exc:
+                conn.close()
+                raise self._failed(exc) from exc
+            if response.will_close:
+                conn.close()
+            else:
+                self._connections.release(self._server, conn)
+            return self._json_answer(response.status, body)
+        raise AssertionError("unreachable")  # pragma: no cover - the second pass returns or raises
+
+    def _failed(self, exc: BaseException) -> DatamillError:
+        return DatamillError(
+            f"the request to the datamill server at {self.url} failed: {exc or type(exc).__name__}; try again",
+            url=self.url,
+        )
+
+    def _json_answer(self, status: int, body: bytes) -> Any:
+        try:
+            data = json.loads(body) if body else None
+        except ValueError:
+            if status < 400:
+                raise DatamillError(
+                    f"the datamill server at {self.url} answered what is not JSON", url=self.url
+                ) from None
+            data = None
+        if status >= 400:
+            raise error_from_response(status, data, self.url)
+        return data
 
     # --- identity -------------------------------------------------------------------------
     def whoami(self) -> UserInfo:
@@ -421,6 +529,17 @@ class RemoteClient(Client):
 
     def list_items(self, folder: str) -> list[ItemInfo]:
         return [_build(ItemInfo, d) for d in self._call("GET", f"/folder-items/{quote_path(folder)}")]
+
+    def items_page(
+        self, folder: str, cursor: str | None = None, limit: int = 1000, sort: str = "name", descending: bool = False
+    ) -> tuple[list[ItemInfo], str | None]:
+        params: dict[str, Any] = {"limit": limit, "sort": sort}
+        if descending:
+            params["descending"] = "true"
+        if cursor:
+            params["cursor"] = cursor
+        page = self._call("GET", f"/item-pages/{quote_path(folder)}", params=params)
+        return [_build(ItemInfo, d) for d in page["items"]], page["next"]
 
     def versions(self, path: str) -> list[VersionInfo]:
         return [_build(VersionInfo, d) for d in self._call("GET", f"/versions/{quote_path(path)}")]

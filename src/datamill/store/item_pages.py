@@ -1,16 +1,25 @@
-"""One page of a folder's items, sorted and filtered in the database: what the web app's folder table shows.
+"""Pages of a folder's items, sorted and filtered in the database.
 
-A folder may hold 100,000 items; a page reads only its rows (``ORDER BY ... LIMIT ... OFFSET``)
-plus one ``COUNT``, never the whole listing. Ties in the sort key are broken by name, so pages
-neither repeat nor skip rows.
+Two kinds: :func:`page_items`, what the web app's folder table shows (``ORDER BY ... LIMIT ...
+OFFSET`` plus one ``COUNT``, for jumping to page N), and :func:`items_after`, what the API's paged
+listing and ``datamill ls`` read: keyset pages that continue after a *cursor* (the sort key and name
+of the last row sent), so that page 100 of a 100,000-item folder costs what page 1 costs. Ties in the
+sort key are broken by name (unique in a folder), so pages neither repeat nor skip rows.
+
+A cursor is opaque to clients (base64 of the position, with a checksum so that an edited or cut
+cursor is refused with a clear error) and grants nothing: it only says where to continue, in the
+folder the request names, whose read access is checked on every page.
 """
 
 from __future__ import annotations
 
+import base64
+import hashlib
+import json
 from dataclasses import dataclass, field
 from typing import Any
 
-from sqlalchemy import Connection, and_, func, select
+from sqlalchemy import Connection, and_, func, or_, select
 from sqlalchemy.orm import InstrumentedAttribute
 
 from datamill.db.models import Item, User, Version
@@ -30,6 +39,11 @@ SORTS: dict[str, InstrumentedAttribute[Any]] = {
 }
 #: The most rows one page holds.
 MAX_PAGE = 1000
+#: The most rows one keyset page (:func:`items_after`) holds, and how many it holds by default.
+MAX_BATCH = 10_000
+DEFAULT_BATCH = 1000
+#: The version of the cursor's layout (a cursor of another layout is refused, not misread).
+CURSOR_VERSION = 1
 
 
 @dataclass
@@ -88,3 +102,94 @@ def page_items(
     Visibility(conn, actor).items(items)
     total = conn.execute(select(func.count()).select_from(Item).where(*where)).scalar_one()
     return ItemPage(items, int(total), [r[-1] for r in rows])
+
+
+@dataclass
+class ItemBatch:
+    """One keyset page of a folder's items, and the cursor of the next page (None: this was the last)."""
+
+    items: list[ItemInfo]
+    next: str | None
+
+
+def _checksum(body: bytes) -> str:
+    return hashlib.blake2b(body, digest_size=8, person=b"datamill-cursor").hexdigest()
+
+
+def encode_cursor(folder_id: int, sort: str, descending: bool, key: Any, name: str) -> str:
+    """The cursor of the page after the row ``(key, name)`` of folder ``folder_id``."""
+    body = json.dumps([CURSOR_VERSION, folder_id, sort, descending, key, name], separators=(",", ":")).encode()
+    return base64.urlsafe_b64encode(body).decode().rstrip("=") + "." + _checksum(body)
+
+
+def decode_cursor(cursor: str, folder_id: int, sort: str, descending: bool) -> tuple[Any, str]:
+    """The position ``(key, name)`` a cursor continues after; :class:`InvalidInput` if it is not one of ours.
+
+    A cursor is bound to its folder and its order: continuing it in another folder or in another
+    order would skip or repeat rows, so that is refused too.
+    """
+    bad = InvalidInput(
+        "the cursor is not one this server gave out (cut short or edited); list again without a cursor",
+        cursor=cursor[:100],
+    )
+    text, _, check = cursor.partition(".")
+    try:
+        body = base64.urlsafe_b64decode(text + "=" * (-len(text) % 4))
+        version, fid, csort, cdesc, key, name = json.loads(body)
+    except (ValueError, TypeError):
+        raise bad from None
+    if check != _checksum(body) or version != CURSOR_VERSION or not isinstance(name, str) or fid != folder_id:
+        raise bad
+    if (csort, cdesc) != (sort, descending):
+        order = f"{csort}{' descending' if cdesc else ''}"
+        raise InvalidInput(
+            f"this cursor continues a listing sorted by {order}; ask for the next page in that order "
+            "(or list again without a cursor)",
+            sort=sort,
+        )
+    if sort == "name":
+        key = name
+    elif (sort == "updated" and not isinstance(key, int | float)) or (sort != "updated" and not isinstance(key, int)):
+        raise bad
+    return key, name
+
+
+def items_after(
+    conn: Connection,
+    actor: Actor,
+    folder: str,
+    cursor: str | None = None,
+    limit: int = DEFAULT_BATCH,
+    sort: str = "name",
+    descending: bool = False,
+) -> ItemBatch:
+    """The next ``limit`` items of ``folder`` in the asked order, after ``cursor`` (from the first without)."""
+    if sort not in SORTS:
+        raise InvalidInput(f"cannot sort by {sort!r}; sort by one of {', '.join(SORTS)}", sort=sort)
+    if not 1 <= limit <= MAX_BATCH:
+        raise InvalidInput(f"a page holds 1 to {MAX_BATCH} items; ask for fewer", limit=limit)
+    frow = readable_folder(conn, actor, folder)  # access checked on every page, whatever the cursor
+    key = SORTS[sort]
+    q = current_items().where(Item.folder_id == frow.id)
+    if cursor:
+        last_key, last_name = decode_cursor(cursor, frow.id, sort, descending)
+        if sort == "name":
+            q = q.where(Item.name < last_name if descending else Item.name > last_name)
+        elif descending:
+            q = q.where(or_(key < last_key, and_(key == last_key, Item.name < last_name)))
+        else:
+            q = q.where(or_(key > last_key, and_(key == last_key, Item.name > last_name)))
+    order = [key.desc(), Item.name.desc()] if descending else [key.asc(), Item.name.asc()]
+    if sort == "name":
+        order = order[:1]
+    # One row more than asked: whether there is a next page, without a COUNT.
+    rows = conn.execute(q.order_by(*order).limit(limit + 1)).tuples().all()
+    more = len(rows) > limit
+    items = [item_info(r, frow.path) for r in rows[:limit]]
+    Visibility(conn, actor).items(items)
+    following = None
+    if more:
+        last = rows[limit - 1]
+        value = {"name": last[2], "size": last[8], "version": last[6], "updated": last[5]}[sort]
+        following = encode_cursor(frow.id, sort, descending, value, last[2])
+    return ItemBatch(items, following)

@@ -372,6 +372,19 @@ class Store:
         with self.db.read() as conn:
             return item_pages.page_items(conn, actor, folder, sort, descending, offset, limit, contains)
 
+    def items_after(
+        self,
+        actor: Actor,
+        folder: str,
+        cursor: str | None = None,
+        limit: int = item_pages.DEFAULT_BATCH,
+        sort: str = "name",
+        descending: bool = False,
+    ) -> item_pages.ItemBatch:
+        """The next keyset page of a folder's items after ``cursor``, with the cursor of the page after it."""
+        with self.db.read() as conn:
+            return item_pages.items_after(conn, actor, folder, cursor, limit, sort, descending)
+
     def find_items(
         self,
         actor: Actor,

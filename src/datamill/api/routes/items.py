@@ -2,7 +2,9 @@
 
 Routes (under ``/api/v1``):
 
-* ``GET /folder-items/{folder}``: a folder's items with their current versions
+* ``GET /folder-items/{folder}``: a folder's items with their current versions (all, or ``after``/``limit``)
+* ``GET /item-pages/{folder}?cursor=C&limit=N&sort=name&descending=false``: the same in keyset pages,
+  each with the cursor of the next (``datamill ls`` reads these as they come)
 * ``GET /find/{folder}?name=GLOB&metadata=JSON&recursive=true``: search below a folder
 * ``GET /items/{path}`` item info, ``DELETE /items/{path}`` delete it with all versions
 * ``GET /versions/{path}`` all versions; ``GET /version/{path}?version=N`` one (current by default)
@@ -13,15 +15,16 @@ from __future__ import annotations
 
 from typing import Any
 
+import orjson
 from fastapi import APIRouter, Query
-from fastapi.responses import JSONResponse
+from fastapi.responses import JSONResponse, Response
 
 from datamill.api.deps import ActorDep, HomeDep, blocking
 from datamill.api.ids import VersionQuery
 from datamill.api.openapi import errors
 from datamill.api.paths import UrlPath
 from datamill.api.routes.folders import MetadataChange
-from datamill.api.schemas import Done, ItemOut, VersionOut, list_of
+from datamill.api.schemas import Done, ItemOut, ItemPageOut, VersionOut, list_of
 from datamill.errors import InvalidMetadata
 from datamill.limits import loads_bounded
 
@@ -40,10 +43,42 @@ async def list_items(
     home: HomeDep,
     after: str | None = Query(None, description="Only items whose name sorts after this (paging)."),
     limit: int | None = Query(None, ge=1, le=100_000, description="At most this many items."),
-) -> JSONResponse:
+) -> Response:
     """Items of a folder by name, with their current versions."""
     items = await blocking(home.store.list_items, actor, path, after, limit)
-    return JSONResponse([i.to_dict() for i in items])
+    return _json([i.to_dict() for i in items])
+
+
+def _json(data: Any) -> Response:
+    # orjson: a 100,000-item listing serialized in a fraction of what the json module takes. What it
+    # refuses (an integer beyond 64 bits in metadata) the json module writes, as before.
+    try:
+        return Response(orjson.dumps(data), media_type="application/json")
+    except TypeError:
+        return JSONResponse(data)
+
+
+@router.get(
+    "/item-pages/{path:names}",
+    response_model=ItemPageOut,
+    responses=errors(400, 404),
+    summary="List a folder's items page by page",
+)
+async def item_pages(
+    path: UrlPath,
+    actor: ActorDep,
+    home: HomeDep,
+    cursor: str | None = Query(None, description="Where to continue: the `next` of the previous page."),
+    limit: int = Query(1000, ge=1, le=10_000, description="At most this many items on the page."),
+    sort: str = Query("name", description="Order by name, updated, size or version (ties by name)."),
+    descending: bool = Query(False, description="Largest (or latest) first."),
+) -> Response:
+    """A page of a folder's items and the cursor of the next page (null after the last).
+
+    A cursor continues only the folder and the order it was made for; an edited one is refused (400).
+    """
+    batch = await blocking(home.store.items_after, actor, path, cursor, limit, sort, descending)
+    return _json({"items": [i.to_dict() for i in batch.items], "next": batch.next})
 
 
 @router.get(

@@ -1,0 +1,168 @@
+"""The remote client's HTTP transport: the standard library's ``http.client`` under httpx's interface.
+
+httpx's own transport loads httpcore and h11 (with anyio's parts), a third of a remote command's
+start-up; this one does the same for the requests the client makes (HTTP/1.1 with kept-alive
+connections, TLS with certifi's CA bundle on ``https://``, request and response bodies streamed) with
+modules the interpreter has anyway. httpx still builds the requests and reads the responses
+(decoding, ``.json()``, errors), so the client above it is unchanged.
+
+Errors are httpx's: a refused or timed-out connection is :class:`httpx.ConnectError` /
+:class:`httpx.ConnectTimeout`, a slow answer :class:`httpx.ReadTimeout`, a broken one
+:class:`httpx.ReadError` or :class:`httpx.RemoteProtocolError`.
+"""
+
+from __future__ import annotations
+
+import http.client
+import ssl
+from collections.abc import Iterator
+from typing import Any
+
+import httpx
+
+from datamill.client.connections import Connections
+from datamill.client.connections import Key as _Key
+
+#: Bytes read from a response at a time (at most: a stream yields what has arrived).
+CHUNK = 1 << 16
+
+
+class _Dropped(Exception):
+    """The server closed the connection before answering (a kept-alive one may have timed out)."""
+
+
+class _ResponseStream(httpx.SyncByteStream):
+    """A response body read from its connection as it arrives; the connection is kept when it ends cleanly."""
+
+    def __init__(self, transport: StdlibTransport, key: _Key, conn: http.client.HTTPConnection, response: Any) -> None:
+        self._transport = transport
+        self._key = key
+        self._conn: http.client.HTTPConnection | None = conn
+        self._response = response
+        self._request: httpx.Request | None = None
+        self._finished = False
+
+    def __iter__(self) -> Iterator[bytes]:
+        while True:
+            try:
+                chunk = self._response.read1(CHUNK)
+            except TimeoutError as exc:
+                raise httpx.ReadTimeout(str(exc) or "timed out reading the response", request=self._request) from exc
+            except http.client.IncompleteRead as exc:
+                raise httpx.RemoteProtocolError("the server closed the connection mid-answer") from exc
+            except (OSError, http.client.HTTPException) as exc:
+                raise httpx.ReadError(str(exc) or type(exc).__name__, request=self._request) from exc
+            if not chunk:
+                self._finished = True
+                return
+            yield chunk
+
+    def close(self) -> None:
+        conn, self._conn = self._conn, None
+        if conn is None:
+            return
+        # Read to its end, the connection can carry the next request (unless the server said it closes it).
+        done = self._finished and not self._response.will_close
+        self._response.close()
+        if done:
+            self._transport._release(self._key, conn)
+        else:
+            conn.close()
+
+
+class StdlibTransport(httpx.BaseTransport):
+    """HTTP/1.1 over ``http.client``, one kept-alive connection per server and concurrent request."""
+
+    def __init__(self, tls: ssl.SSLContext | None = None, connections: Connections | None = None) -> None:
+        """``tls``: the context for ``https://`` servers (default: verified against certifi's CA bundle);
+        ``connections``: kept-alive connections to share (with the client's own requests)."""
+        self.connections = connections or Connections(tls)
+
+    def _release(self, key: _Key, conn: http.client.HTTPConnection) -> None:
+        self.connections.release(key, conn)
+
+    def _idle_connection(self, key: _Key) -> http.client.HTTPConnection | None:
+        return self.connections.take(key)
+
+    def _connect(self, key: _Key, request: httpx.Request, timeouts: dict[str, Any]) -> http.client.HTTPConnection:
+        try:
+            return self.connections.connect(key, timeouts.get("connect"))
+        except TimeoutError as exc:
+            raise httpx.ConnectTimeout(str(exc) or "timed out connecting", request=request) from exc
+        except OSError as exc:  # refused, unreachable, no such host, TLS failures (ssl.SSLError)
+            raise httpx.ConnectError(str(exc), request=request) from exc
+
+    def handle_request(self, request: httpx.Request) -> httpx.Response:
+        """Send ``request``; the response with its body still to read (httpx reads or streams it)."""
+        url = request.url
+        scheme = url.scheme.lower()
+        if scheme not in ("http", "https"):
+            raise httpx.UnsupportedProtocol(f"cannot send a request over {scheme!r}", request=request)
+        key: _Key = (scheme, url.host, url.port or (443 if scheme == "https" else 80))
+        timeouts: dict[str, Any] = request.extensions.get("timeout", {})
+        # A body given as bytes can be sent again on a fresh connection when a kept-alive one turns out
+        # to be closed by the server; a streamed body (an upload) cannot, so it opens a fresh one.
+        replayable = isinstance(request.stream, httpx.ByteStream)
+        conn = self._idle_connection(key) if replayable else None
+        if conn is not None:
+            try:
+                return self._exchange(key, conn, request, timeouts)
+            except _Dropped:
+                pass  # went stale while idle: once more, on a new connection
+        try:
+            return self._exchange(key, self._connect(key, request, timeouts), request, timeouts)
+        except _Dropped as exc:
+            raise httpx.RemoteProtocolError(
+                f"the server closed the connection: {exc.__cause__}", request=request
+            ) from exc
+
+    def _exchange(
+        self, key: _Key, conn: http.client.HTTPConnection, request: httpx.Request, timeouts: dict[str, Any]
+    ) -> httpx.Response:
+        sock = conn.sock
+        assert sock is not None
+        sock.settimeout(timeouts.get("read"))
+        chunked = request.headers.get("transfer-encoding", "").lower() == "chunked"
+        try:
+            conn.putrequest(request.method, url_target(request.url), skip_host=True, skip_accept_encoding=True)
+            for name, value in request.headers.multi_items():
+                conn.putheader(name, value)
+            conn.endheaders()
+            for chunk in request.stream:  # type: ignore[union-attr]  # a sync request's stream
+                if chunked:
+                    if chunk:
+                        conn.send(b"%x\r\n%b\r\n" % (len(chunk), chunk))
+                else:
+                    conn.send(chunk)
+            if chunked:
+                conn.send(b"0\r\n\r\n")
+            response = conn.getresponse()
+        except (http.client.RemoteDisconnected, ConnectionResetError, BrokenPipeError) as exc:
+            conn.close()
+            raise _Dropped from exc
+        except TimeoutError as exc:
+            conn.close()
+            raise httpx.ReadTimeout(str(exc) or "timed out waiting for the answer", request=request) from exc
+        except http.client.HTTPException as exc:
+            conn.close()
+            raise httpx.RemoteProtocolError(str(exc) or type(exc).__name__, request=request) from exc
+        except OSError as exc:
+            conn.close()
+            raise httpx.WriteError(str(exc), request=request) from exc
+        stream = _ResponseStream(self, key, conn, response)
+        stream._request = request
+        return httpx.Response(
+            status_code=response.status,
+            headers=response.getheaders(),
+            stream=stream,
+            extensions={"http_version": b"HTTP/1.1", "reason_phrase": response.reason.encode("latin-1")},
+        )
+
+    def close(self) -> None:
+        """Close the kept-alive connections."""
+        self.connections.close()
+
+
+def url_target(url: httpx.URL) -> str:
+    """The request target of ``url``: its path and query, as sent on the request line."""
+    return url.raw_path.decode("ascii")
