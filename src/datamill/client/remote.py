@@ -225,6 +225,8 @@ class RemoteClient(Client):
         # With a proxy variable set, every request goes through httpx's own transport, which honours it.
         self._proxied = any(os.environ.get(name) for name in PROXY_VARIABLES)
         self._plain_gets = transport is None and not self._proxied
+        #: for presigned download URLs of the blob store (made on first use; never sends our token)
+        self._store_http: httpx.Client | None = None
 
     @functools.cached_property
     def _http(self) -> httpx.Client:
@@ -247,8 +249,6 @@ class RemoteClient(Client):
             follow_redirects=False,
             verify=True if https else ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT),
         )
-        #: for presigned download URLs of the blob store (made on first use; never sends our token)
-        self._store_http: httpx.Client | None = None
 
     def __repr__(self) -> str:
         return f"RemoteClient({self.url!r})"
