@@ -10,6 +10,7 @@ and everything it started. Container steps run on the container executor
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import logging
 import shutil
 import time
@@ -35,6 +36,7 @@ from datamill.executors.base import (
     get_executor,
 )
 from datamill.pipeline.runner import (
+    ItemInput,
     StepCall,
     StepResult,
     collect_outputs,
@@ -111,6 +113,20 @@ def _command_failed(step: Step, argv: list[str], exc: StepFailed) -> StepFailed:
     return StepFailed(f"step '{step.name}': {exc.message}", step=step.name)
 
 
+def _in_memory(call: StepCall, sources: dict[str, Path]) -> StepCall:
+    """``call`` run on values: its items read from their blob files, linked where named only if asked."""
+
+    def sourced(i: ItemInput) -> ItemInput:
+        return dataclasses.replace(i, source=sources.get(i.ref.path))
+
+    return dataclasses.replace(
+        call,
+        item=None if call.item is None else sourced(call.item),
+        items=tuple(sourced(i) for i in call.items),
+        in_memory=True,
+    )
+
+
 class Attempts:
     """Runs attempts at tasks: Python steps on ``executor``, command steps on ``commands``.
 
@@ -155,8 +171,9 @@ class Attempts:
             shutil.rmtree(base, ignore_errors=True)
             raise
         # Removed by the scheduler once the end is recorded: in a thread, after the commit, instead
-        # of in the event loop before it (removing a tree can take milliseconds on a busy disk).
-        d.work_dir = base
+        # of in the event loop before it (removing a tree can take milliseconds on a busy disk). A
+        # task that ran on values made none, unless it asked for an item's path.
+        d.work_dir = base if base.exists() else None
         return d
 
     async def _attempt(self, base: Path, the_plan: Plan, t: TaskRow, tasks: dict[str, TaskRow]) -> Done:
@@ -175,7 +192,10 @@ class Attempts:
                 log_file.write(msg.line.rstrip("\n") + "\n")
 
         try:
-            got = self.workdirs.materialize(base, the_plan, pt, tasks)
+            got = self.workdirs.values(base, the_plan, pt, tasks)
+            in_memory = got is not None
+            if got is None:
+                got = self.workdirs.materialize(base, the_plan, pt, tasks)
             call = the_plan.step_call(
                 pt,
                 output_dir=base / "out",
@@ -183,6 +203,8 @@ class Attempts:
                 item_files=got.item_files,
                 upstream_outputs=got.upstream,
             )
+            if in_memory:
+                call = _in_memory(call, got.sources)
             if step.kind == "command":
                 result = await run_command_step(self.commands, call, on_message, pt.timeout, step)
             elif step.kind == "container":
@@ -201,8 +223,11 @@ class Attempts:
             else:
                 result = await self.executor.run(PythonCall(run_step, (call,)), on_message, timeout=pt.timeout)
             outputs = [self.workdirs.keep_output(o) for o in result.outputs]
-            d = Done(t, pt, TaskStatus.SUCCEEDED, outputs=outputs, key=t.key, log_path=log_path, inputs=got.inputs)
+            # Most tasks log nothing: then there is no log file to keep or remove.
+            logged = log_path if log_file.used else None
+            d = Done(t, pt, TaskStatus.SUCCEEDED, outputs=outputs, key=t.key, log_path=logged, inputs=got.inputs)
             d.publish = publish_plan(the_plan, pt, outputs)
+            d.unsynced = in_memory and any(o.inline is None for o in outputs)
             return d
         except asyncio.CancelledError:
             log_file.write("cancelled\n")

@@ -91,6 +91,9 @@ class Recorder:
                     raise
                 self.publisher.failed(d, dest, exc)
         log_digests = {id(d): self.workdirs.keep_log(d.log_path, d.traceback) for d in done}
+        if any(d.unsynced for d in done):
+            # Output blobs were written without a sync each: one for the batch, before any row refers to them.
+            self.home.blobs.sync()
         with self.home.db.write() as conn:
             final = self._end_tasks(conn, run, done, log_digests)
         for d in done:
