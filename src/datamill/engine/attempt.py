@@ -23,7 +23,7 @@ from datamill.engine.ends import MAX_ERROR, Done, failure_kind
 from datamill.engine.planner import Plan, PlannedTask
 from datamill.engine.publish import publish_plan
 from datamill.engine.tasks import TaskRow, TaskStatus
-from datamill.engine.workdir import TaskLog, WorkDirs
+from datamill.engine.workdir import Materialized, TaskLog, WorkDirs
 from datamill.errors import Cancelled, DatamillError, InvalidPipeline, StepFailed, TaskTimeout
 from datamill.executors.base import (
     CommandCall,
@@ -192,19 +192,7 @@ class Attempts:
                 log_file.write(msg.line.rstrip("\n") + "\n")
 
         try:
-            got = self.workdirs.values(base, the_plan, pt, tasks)
-            in_memory = got is not None
-            if got is None:
-                got = self.workdirs.materialize(base, the_plan, pt, tasks)
-            call = the_plan.step_call(
-                pt,
-                output_dir=base / "out",
-                scratch_dir=base / "scratch",
-                item_files=got.item_files,
-                upstream_outputs=got.upstream,
-            )
-            if in_memory:
-                call = _in_memory(call, got.sources)
+            call, got, in_memory = self._call(base, the_plan, pt, tasks)
             if step.kind == "command":
                 result = await run_command_step(self.commands, call, on_message, pt.timeout, step)
             elif step.kind == "container":
@@ -242,6 +230,23 @@ class Attempts:
             return self.failure(t, pt, f"{type(exc).__name__}: {exc}", None, log_path, "scheduler")
         finally:
             log_file.close()
+
+    def _call(
+        self, base: Path, the_plan: Plan, pt: PlannedTask, tasks: dict[str, TaskRow]
+    ) -> tuple[StepCall, Materialized, bool]:
+        """The call that runs ``pt``, its inputs, and whether it runs on values (no work directory)."""
+        got = self.workdirs.values(base, the_plan, pt, tasks)
+        in_memory = got is not None
+        if got is None:
+            got = self.workdirs.materialize(base, the_plan, pt, tasks)
+        call = the_plan.step_call(
+            pt,
+            output_dir=base / "out",
+            scratch_dir=base / "scratch",
+            item_files=got.item_files,
+            upstream_outputs=got.upstream,
+        )
+        return (_in_memory(call, got.sources) if in_memory else call), got, in_memory
 
     def failure(self, t: TaskRow, pt: PlannedTask, message: str, tb: str | None, log_path: Path, failure: str) -> Done:
         """A failed attempt; with a retry time if the task has attempts left."""

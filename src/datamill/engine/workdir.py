@@ -4,10 +4,11 @@ A Python step whose inputs and outputs are values needs none (:meth:`WorkDirs.va
 its items straight from the blob store's files, its upstream values from the database rows
 (inline) or blob files, and returns its value as bytes, hashed once when kept. A directory is
 made for it only if it asks for an item's path (a link named like the item) or returns a value
-whose codec writes files. Every other attempt gets ``<home>/work/task-<id>-<attempt>/`` with ``in/`` (the input items, linked to
-their blob files where the blob store has local files, else copied), ``up/`` (the outputs of the
-tasks it reads), ``out/`` (what it writes) and ``scratch/``. What it wrote is kept (small outputs
-inline in the database row, larger ones as blobs) before the directory is removed. A running
+whose codec writes files. Every other attempt gets ``<home>/work/task-<id>-<attempt>/`` with
+``in/`` (the input items, linked to their blob files where the blob store has local files, else
+copied), ``up/`` (the outputs of the tasks it reads), ``out/`` (what it writes) and ``scratch/``.
+What it wrote is kept (small outputs inline in the database row, larger ones as blobs) before the
+directory is removed. A running
 task's log lines go to ``<home>/logs/task-<id>.log``, kept as a blob once the task ends.
 """
 

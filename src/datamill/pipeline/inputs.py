@@ -4,6 +4,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 from collections.abc import Mapping
 from dataclasses import dataclass, field
@@ -115,10 +116,8 @@ class InputFile:
     @staticmethod
     def _link(source: Path, path: Path) -> None:
         path.parent.mkdir(parents=True, exist_ok=True)
-        try:
+        with contextlib.suppress(FileExistsError):  # the same input twice in one task: the link is there
             os.symlink(source, path)
-        except FileExistsError:  # the same input twice in one task: the link is there
-            pass
 
     def _readable(self) -> Path:
         """Where to read the bytes: the source when there is one (no link needed), else :attr:`path`."""

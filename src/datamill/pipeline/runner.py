@@ -267,16 +267,39 @@ def run_step(reporter: Reporter, call: StepCall) -> StepResult:
     params = {**step.params, **dict(call.params)}
     item = call.item.file() if call.item is not None else None
     items = [i.file() for i in call.items]
-    ctx = None if lazy else Context(
-        step=step.name,
-        params=params,
-        scratch=call.scratch_dir,
-        output_dir=call.output_dir,
-        reporter=reporter,
-        item=item,
-        items=items,
-        task_id=call.task_id,
+    ctx = (
+        None
+        if lazy
+        else Context(
+            step=step.name,
+            params=params,
+            scratch=call.scratch_dir,
+            output_dir=call.output_dir,
+            reporter=reporter,
+            item=item,
+            items=items,
+            task_id=call.task_id,
+        )
     )
+    args, kwargs = _arguments(step, call, params, item, items, ctx)
+
+    # A worker has no display; without this, pyplot in a step could try to open a window.
+    os.environ.setdefault("MPLBACKEND", "Agg")
+    result = step.fn(*args, **kwargs)
+    if inspect.isawaitable(result):
+        result = asyncio.run(_await(result))
+    if ctx is None:
+        return StepResult(_return_value(result, call), time.perf_counter() - started)
+    written = dict(ctx.written)
+    if result is not None:
+        written.update(_store_return(result, call.output_dir))
+    return StepResult(tuple(collect_outputs(call.output_dir, written)), time.perf_counter() - started)
+
+
+def _arguments(
+    step: Step, call: StepCall, params: dict[str, Any], item: InputFile | None, items: list[InputFile], ctx: Any
+) -> tuple[list[Any], dict[str, Any]]:
+    """The positional and keyword arguments a step's function is called with."""
     args: list[Any] = []
     kwargs: dict[str, Any] = {}
     for a in step.args:
@@ -303,17 +326,7 @@ def run_step(reporter: Reporter, call: StepCall) -> StepResult:
         for pname, pvalue in params.items():
             kwargs.setdefault(pname, pvalue)
 
-    # A worker has no display; without this, pyplot in a step could try to open a window.
-    os.environ.setdefault("MPLBACKEND", "Agg")
-    result = step.fn(*args, **kwargs)
-    if inspect.isawaitable(result):
-        result = asyncio.run(_await(result))
-    if ctx is None:
-        return StepResult(_return_value(result, call), time.perf_counter() - started)
-    written = dict(ctx.written)
-    if result is not None:
-        written.update(_store_return(result, call.output_dir))
-    return StepResult(tuple(collect_outputs(call.output_dir, written)), time.perf_counter() - started)
+    return args, kwargs
 
 
 def _return_value(value: Any, call: StepCall) -> tuple[OutputFile, ...]:
