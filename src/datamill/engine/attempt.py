@@ -162,11 +162,14 @@ class Attempts:
             self._dagster = get_executor("dagster", slots=self.commands.capacity)
         return self._dagster
 
-    async def run(self, the_plan: Plan, t: TaskRow, tasks: dict[str, TaskRow]) -> Done:
-        """One attempt at ``t``; its end, failed or not, with its work directory to remove once recorded."""
+    async def run(self, the_plan: Plan, t: TaskRow, tasks: dict[str, TaskRow], publishes: bool = True) -> Done:
+        """One attempt at ``t``; its end, failed or not, with its work directory to remove once recorded.
+
+        ``publishes``: whether the run has a destination (else no published names are worked out).
+        """
         base = self.workdirs.attempt_dir(t)
         try:
-            d = await self._attempt(base, the_plan, t, tasks)
+            d = await self._attempt(base, the_plan, t, tasks, publishes)
         except BaseException:
             shutil.rmtree(base, ignore_errors=True)
             raise
@@ -176,7 +179,9 @@ class Attempts:
         d.work_dir = base if base.exists() else None
         return d
 
-    async def _attempt(self, base: Path, the_plan: Plan, t: TaskRow, tasks: dict[str, TaskRow]) -> Done:
+    async def _attempt(
+        self, base: Path, the_plan: Plan, t: TaskRow, tasks: dict[str, TaskRow], publishes: bool = True
+    ) -> Done:
         pt = the_plan.task(t.planned_id)
         step = the_plan.pipeline.step(pt.step)
         if base.exists():
@@ -193,28 +198,13 @@ class Attempts:
 
         try:
             call, got, in_memory = self._call(base, the_plan, pt, tasks)
-            if step.kind == "command":
-                result = await run_command_step(self.commands, call, on_message, pt.timeout, step)
-            elif step.kind == "container":
-                if self.containers is None:
-                    raise InvalidPipeline(f"step '{step.name}' runs a container, and no container executor is set")
-                name = f"{getattr(self.containers, 'name_prefix', 'datamill-')}{t.id}-{t.attempts}"
-                result = await run_container_step(self.containers, call, on_message, pt, step, name)
-            elif step.kind == "dagster":
-                result = await run_dagster_step(self.dagster(), call, on_message, pt.timeout, step)
-            elif step.kind == "http":
-                if self.apps is None:
-                    raise InvalidPipeline(
-                        f"step '{step.name}' is an HTTP app step; this scheduler has no HTTP executor"
-                    )
-                result = await run_app_step(self.apps, call, on_message, step, pt.timeout, self.secrets)
-            else:
-                result = await self.executor.run(PythonCall(run_step, (call,)), on_message, timeout=pt.timeout)
+            result = await self._run_step(step, call, on_message, pt, t)
             outputs = [self.workdirs.keep_output(o) for o in result.outputs]
             # Most tasks log nothing: then there is no log file to keep or remove.
             logged = log_path if log_file.used else None
             d = Done(t, pt, TaskStatus.SUCCEEDED, outputs=outputs, key=t.key, log_path=logged, inputs=got.inputs)
-            d.publish = publish_plan(the_plan, pt, outputs)
+            if publishes:
+                d.publish = publish_plan(the_plan, pt, outputs)
             d.unsynced = in_memory and any(o.inline is None for o in outputs)
             return d
         except asyncio.CancelledError:
@@ -231,6 +221,26 @@ class Attempts:
         finally:
             log_file.close()
 
+    async def _run_step(
+        self, step: Step, call: StepCall, on_message: OnMessage, pt: PlannedTask, t: TaskRow
+    ) -> StepResult:
+        """Run the step of ``call`` on the executor its kind runs on."""
+        if step.kind == "command":
+            return await run_command_step(self.commands, call, on_message, pt.timeout, step)
+        if step.kind == "container":
+            if self.containers is None:
+                raise InvalidPipeline(f"step '{step.name}' runs a container, and no container executor is set")
+            name = f"{getattr(self.containers, 'name_prefix', 'datamill-')}{t.id}-{t.attempts}"
+            return await run_container_step(self.containers, call, on_message, pt, step, name)
+        if step.kind == "dagster":
+            return await run_dagster_step(self.dagster(), call, on_message, pt.timeout, step)
+        if step.kind == "http":
+            if self.apps is None:
+                raise InvalidPipeline(f"step '{step.name}' is an HTTP app step; this scheduler has no HTTP executor")
+            return await run_app_step(self.apps, call, on_message, step, pt.timeout, self.secrets)
+        result: StepResult = await self.executor.run(PythonCall(run_step, (call,)), on_message, timeout=pt.timeout)
+        return result
+
     def _call(
         self, base: Path, the_plan: Plan, pt: PlannedTask, tasks: dict[str, TaskRow]
     ) -> tuple[StepCall, Materialized, bool]:
@@ -241,8 +251,8 @@ class Attempts:
             got = self.workdirs.materialize(base, the_plan, pt, tasks)
         call = the_plan.step_call(
             pt,
-            output_dir=base / "out",
-            scratch_dir=base / "scratch",
+            output_dir=Path(f"{base}/out"),
+            scratch_dir=Path(f"{base}/scratch"),
             item_files=got.item_files,
             upstream_outputs=got.upstream,
         )

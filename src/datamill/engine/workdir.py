@@ -57,14 +57,17 @@ class WorkDirs:
         self.log_root = home_path / "logs"
         self.log_root.mkdir(parents=True, exist_ok=True)
         self.blobs = blobs
+        # Paths made per task are built from strings: one parse instead of one per part.
+        self._work = str(self.work_root)
+        self._logs = str(self.log_root)
 
     def attempt_dir(self, t: TaskRow) -> Path:
         """The directory of the task's current attempt (flat: fewer directories to make and remove)."""
-        return self.work_root / f"task-{t.id}-{t.attempts}"
+        return Path(f"{self._work}/task-{t.id}-{t.attempts}")
 
     def log_path(self, task_id: int) -> Path:
         """Where a running task's log lines are appended (read by ``datamill logs --follow``)."""
-        return self.log_root / f"task-{task_id}.log"
+        return Path(f"{self._logs}/task-{task_id}.log")
 
     def values(self, base: Path, the_plan: Plan, pt: PlannedTask, tasks: dict[str, TaskRow]) -> Materialized | None:
         """A task's inputs without a work directory, or None if the task needs one (:meth:`materialize`).
@@ -182,7 +185,7 @@ def _item_links(base: Path, the_plan: Plan, pt: PlannedTask, step: Step) -> list
     # Named like the item, so steps that look at suffixes (read_excel, ...) work; a directory
     # per input only when there are several (their names may repeat across folders).
     if len(refs) == 1:
-        return [(base / "in" / refs[0].name, refs[0])]
+        return [(Path(f"{base}/in/{refs[0].name}"), refs[0])]
     return [(base / "in" / str(i) / ref.name, ref) for i, ref in enumerate(refs)]
 
 
