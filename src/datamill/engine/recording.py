@@ -77,6 +77,15 @@ class RunView:
     started: bool = False
     #: ends collected and not recorded yet: they go in the driver's next group commit
     finished: list[Done] = field(default_factory=list)
+    _feeding: set[str] | None = None
+
+    def feeds_any(self, done: list[Done]) -> bool:
+        """Whether any of the tasks in ``done`` is an input of another task of the run."""
+        if not done:
+            return False
+        if self._feeding is None:
+            self._feeding = {d for t in self.tasks.values() for d in t.deps}
+        return any(d.task.planned_id in self._feeding for d in done)
 
     @property
     def run_id(self) -> int:

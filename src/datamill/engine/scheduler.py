@@ -433,8 +433,9 @@ class Scheduler:
             if got.cancel:
                 return False, None, True
             self._start(run, batch, got.claimed)
-            if answered or (batch and not got.claimed and len(to_run) > free):
-                # Tasks answered without running may make others ready; others took this batch: look again.
+            if answered or run.feeds_any(done) or (batch and not got.claimed and len(to_run) > free):
+                # Ends just recorded may make others ready (claimed in the next pass, at once, not
+                # after the next end); others took this batch: look again.
                 return False, None, False
         else:
             # Nothing to commit (tasks still running, or waiting): only the cancel flag to look at.
