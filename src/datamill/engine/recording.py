@@ -15,6 +15,8 @@ when their lease expires, as before.
 from __future__ import annotations
 
 import asyncio
+import itertools
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -78,6 +80,21 @@ class RunView:
     #: ends collected and not recorded yet: they go in the driver's next group commit
     finished: list[Done] = field(default_factory=list)
     _feeding: set[str] | None = None
+    _order: list[TaskRow] | None = None
+    _skip: int = 0
+
+    def unfinished(self) -> Iterator[TaskRow]:
+        """The run's tasks in plan order, from the first that has not finished.
+
+        A finished task stays finished, so the finished ones at the front are skipped for good:
+        a pass of a big run does not walk every task it already recorded.
+        """
+        if self._order is None:
+            self._order = list(self.tasks.values())
+        order = self._order
+        while self._skip < len(order) and order[self._skip].status in FINISHED_TASK:
+            self._skip += 1
+        return itertools.islice(order, self._skip, None)
 
     def feeds_any(self, done: list[Done]) -> bool:
         """Whether any of the tasks in ``done`` is an input of another task of the run."""

@@ -24,7 +24,7 @@ import os
 import time
 import uuid
 from collections import Counter
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from pathlib import Path
 from typing import Any
 
@@ -413,7 +413,7 @@ class Scheduler:
         tasks go in one group commit (:meth:`Recorder.commit`), which also reads the cancel flag.
         """
         now = self.clock()
-        ready, blocked = _triage(run.plan, run.tasks, now)
+        ready, blocked = _triage(run.plan, run.tasks, now, run.unfinished())
         hits, to_run = (
             await asyncio.to_thread(
                 self._resolve_keys, run.plan, ready, run.tasks, bool(run.row.force), bool(run.row.skip_failed)
@@ -606,11 +606,16 @@ class Scheduler:
         return out
 
 
-def _triage(the_plan: Plan, by_id: dict[str, TaskRow], now: float) -> tuple[list[TaskRow], list[Done]]:
-    """Queued tasks whose inputs are done (ready to run), and those that end without running (blocked)."""
+def _triage(
+    the_plan: Plan, by_id: dict[str, TaskRow], now: float, todo: Iterable[TaskRow] | None = None
+) -> tuple[list[TaskRow], list[Done]]:
+    """Queued tasks whose inputs are done (ready to run), and those that end without running (blocked).
+
+    ``todo``: the tasks to look at (all by default), in plan order.
+    """
     ready: list[TaskRow] = []
     blocked: list[Done] = []
-    for t in by_id.values():
+    for t in by_id.values() if todo is None else todo:
         if len(ready) >= READY_BATCH:
             break  # the rest wait for a later pass
         if t.status != TaskStatus.QUEUED:  # claimed tasks are RUNNING until their end is recorded
