@@ -10,6 +10,7 @@ and everything it started. Container steps run on the container executor
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import logging
 import shutil
 import time
@@ -22,7 +23,7 @@ from datamill.engine.ends import MAX_ERROR, Done, failure_kind
 from datamill.engine.planner import Plan, PlannedTask
 from datamill.engine.publish import publish_plan
 from datamill.engine.tasks import TaskRow, TaskStatus
-from datamill.engine.workdir import TaskLog, WorkDirs
+from datamill.engine.workdir import Materialized, TaskLog, WorkDirs
 from datamill.errors import Cancelled, DatamillError, InvalidPipeline, StepFailed, TaskTimeout
 from datamill.executors.base import (
     CommandCall,
@@ -35,6 +36,7 @@ from datamill.executors.base import (
     get_executor,
 )
 from datamill.pipeline.runner import (
+    ItemInput,
     StepCall,
     StepResult,
     collect_outputs,
@@ -111,6 +113,20 @@ def _command_failed(step: Step, argv: list[str], exc: StepFailed) -> StepFailed:
     return StepFailed(f"step '{step.name}': {exc.message}", step=step.name)
 
 
+def _in_memory(call: StepCall, sources: dict[str, Path]) -> StepCall:
+    """``call`` run on values: its items read from their blob files, linked where named only if asked."""
+
+    def sourced(i: ItemInput) -> ItemInput:
+        return dataclasses.replace(i, source=sources.get(i.ref.path))
+
+    return dataclasses.replace(
+        call,
+        item=None if call.item is None else sourced(call.item),
+        items=tuple(sourced(i) for i in call.items),
+        in_memory=True,
+    )
+
+
 class Attempts:
     """Runs attempts at tasks: Python steps on ``executor``, command steps on ``commands``.
 
@@ -146,20 +162,26 @@ class Attempts:
             self._dagster = get_executor("dagster", slots=self.commands.capacity)
         return self._dagster
 
-    async def run(self, the_plan: Plan, t: TaskRow, tasks: dict[str, TaskRow]) -> Done:
-        """One attempt at ``t``; its end, failed or not, with its work directory to remove once recorded."""
+    async def run(self, the_plan: Plan, t: TaskRow, tasks: dict[str, TaskRow], publishes: bool = True) -> Done:
+        """One attempt at ``t``; its end, failed or not, with its work directory to remove once recorded.
+
+        ``publishes``: whether the run has a destination (else no published names are worked out).
+        """
         base = self.workdirs.attempt_dir(t)
         try:
-            d = await self._attempt(base, the_plan, t, tasks)
+            d = await self._attempt(base, the_plan, t, tasks, publishes)
         except BaseException:
             shutil.rmtree(base, ignore_errors=True)
             raise
         # Removed by the scheduler once the end is recorded: in a thread, after the commit, instead
-        # of in the event loop before it (removing a tree can take milliseconds on a busy disk).
-        d.work_dir = base
+        # of in the event loop before it (removing a tree can take milliseconds on a busy disk). A
+        # task that ran on values made none, unless it asked for an item's path.
+        d.work_dir = base if base.exists() else None
         return d
 
-    async def _attempt(self, base: Path, the_plan: Plan, t: TaskRow, tasks: dict[str, TaskRow]) -> Done:
+    async def _attempt(
+        self, base: Path, the_plan: Plan, t: TaskRow, tasks: dict[str, TaskRow], publishes: bool = True
+    ) -> Done:
         pt = the_plan.task(t.planned_id)
         step = the_plan.pipeline.step(pt.step)
         if base.exists():
@@ -175,34 +197,15 @@ class Attempts:
                 log_file.write(msg.line.rstrip("\n") + "\n")
 
         try:
-            got = self.workdirs.materialize(base, the_plan, pt, tasks)
-            call = the_plan.step_call(
-                pt,
-                output_dir=base / "out",
-                scratch_dir=base / "scratch",
-                item_files=got.item_files,
-                upstream_outputs=got.upstream,
-            )
-            if step.kind == "command":
-                result = await run_command_step(self.commands, call, on_message, pt.timeout, step)
-            elif step.kind == "container":
-                if self.containers is None:
-                    raise InvalidPipeline(f"step '{step.name}' runs a container, and no container executor is set")
-                name = f"{getattr(self.containers, 'name_prefix', 'datamill-')}{t.id}-{t.attempts}"
-                result = await run_container_step(self.containers, call, on_message, pt, step, name)
-            elif step.kind == "dagster":
-                result = await run_dagster_step(self.dagster(), call, on_message, pt.timeout, step)
-            elif step.kind == "http":
-                if self.apps is None:
-                    raise InvalidPipeline(
-                        f"step '{step.name}' is an HTTP app step; this scheduler has no HTTP executor"
-                    )
-                result = await run_app_step(self.apps, call, on_message, step, pt.timeout, self.secrets)
-            else:
-                result = await self.executor.run(PythonCall(run_step, (call,)), on_message, timeout=pt.timeout)
+            call, got, in_memory = self._call(base, the_plan, pt, tasks)
+            result = await self._run_step(step, call, on_message, pt, t)
             outputs = [self.workdirs.keep_output(o) for o in result.outputs]
-            d = Done(t, pt, TaskStatus.SUCCEEDED, outputs=outputs, key=t.key, log_path=log_path, inputs=got.inputs)
-            d.publish = publish_plan(the_plan, pt, outputs)
+            # Most tasks log nothing: then there is no log file to keep or remove.
+            logged = log_path if log_file.used else None
+            d = Done(t, pt, TaskStatus.SUCCEEDED, outputs=outputs, key=t.key, log_path=logged, inputs=got.inputs)
+            if publishes:
+                d.publish = publish_plan(the_plan, pt, outputs)
+            d.unsynced = in_memory and any(o.inline is None for o in outputs)
             return d
         except asyncio.CancelledError:
             log_file.write("cancelled\n")
@@ -217,6 +220,43 @@ class Attempts:
             return self.failure(t, pt, f"{type(exc).__name__}: {exc}", None, log_path, "scheduler")
         finally:
             log_file.close()
+
+    async def _run_step(
+        self, step: Step, call: StepCall, on_message: OnMessage, pt: PlannedTask, t: TaskRow
+    ) -> StepResult:
+        """Run the step of ``call`` on the executor its kind runs on."""
+        if step.kind == "command":
+            return await run_command_step(self.commands, call, on_message, pt.timeout, step)
+        if step.kind == "container":
+            if self.containers is None:
+                raise InvalidPipeline(f"step '{step.name}' runs a container, and no container executor is set")
+            name = f"{getattr(self.containers, 'name_prefix', 'datamill-')}{t.id}-{t.attempts}"
+            return await run_container_step(self.containers, call, on_message, pt, step, name)
+        if step.kind == "dagster":
+            return await run_dagster_step(self.dagster(), call, on_message, pt.timeout, step)
+        if step.kind == "http":
+            if self.apps is None:
+                raise InvalidPipeline(f"step '{step.name}' is an HTTP app step; this scheduler has no HTTP executor")
+            return await run_app_step(self.apps, call, on_message, step, pt.timeout, self.secrets)
+        result: StepResult = await self.executor.run(PythonCall(run_step, (call,)), on_message, timeout=pt.timeout)
+        return result
+
+    def _call(
+        self, base: Path, the_plan: Plan, pt: PlannedTask, tasks: dict[str, TaskRow]
+    ) -> tuple[StepCall, Materialized, bool]:
+        """The call that runs ``pt``, its inputs, and whether it runs on values (no work directory)."""
+        got = self.workdirs.values(base, the_plan, pt, tasks)
+        in_memory = got is not None
+        if got is None:
+            got = self.workdirs.materialize(base, the_plan, pt, tasks)
+        call = the_plan.step_call(
+            pt,
+            output_dir=Path(f"{base}/out"),
+            scratch_dir=Path(f"{base}/scratch"),
+            item_files=got.item_files,
+            upstream_outputs=got.upstream,
+        )
+        return (_in_memory(call, got.sources) if in_memory else call), got, in_memory
 
     def failure(self, t: TaskRow, pt: PlannedTask, message: str, tb: str | None, log_path: Path, failure: str) -> Done:
         """A failed attempt; with a retry time if the task has attempts left."""

@@ -39,6 +39,8 @@ class Done:
     note: str | None = None
     #: the published name being recorded, named if recording it fails
     publishing: str | None = None
+    #: an output blob was written without a sync: the recorder syncs the blob store before recording it
+    unsynced: bool = False
 
 
 def failure_kind(exc: DatamillError) -> str:

@@ -103,7 +103,9 @@ class Publisher:
             d.publishing = pub_name
             rec = next(o for o in d.outputs if o.name == out_name)
             if rec.inline is not None and not self.home.blobs.exists(rec.digest):
-                self.home.blobs.put(rec.inline)
+                # Synced once for the whole batch by the recorder, before its transaction.
+                self.home.blobs.put(rec.inline, durable=False)
+                d.unsynced = True
             if "/" in pub_name:
                 self.home.store.create_folder(actor, join_path(dest, pub_name.rsplit("/", 1)[0]), exist_ok=True)
         d.publishing = None

@@ -2,11 +2,21 @@
 
 Recording many ends at once is what lets thousands of small tasks per second be recorded on
 SQLite. When a batch leaves none of the run's tasks to do, the run ends in the same transaction.
+
+A driver's pass is one *group commit* (:meth:`Recorder.commit`): the ends of the tasks that
+finished since the last pass (with their outputs, published versions and events), then the claims
+of the next ready tasks (with their ``task.started`` events), in one transaction. Readers see the
+same events in the same order as when ends and claims were committed apart (ends first), and
+since nothing of a batch is visible before its commit, a crash between two batches loses no
+recorded end and records none twice: claimed tasks whose ends were not committed are requeued
+when their lease expires, as before.
 """
 
 from __future__ import annotations
 
 import asyncio
+import itertools
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -38,6 +48,25 @@ def database_outage(exc: BaseException) -> bool:
 
 
 @dataclass
+class Claim:
+    """Tasks to claim in a group commit, for ``owner`` under a lease, to run on ``executor``."""
+
+    ids: list[int]
+    owner: str
+    lease_seconds: float
+    executor: str
+
+
+@dataclass
+class Committed:
+    """What a group commit did: the run's final status if it ended, the ids claimed, a cancel seen."""
+
+    final: RunStatus | None = None
+    claimed: set[int] = field(default_factory=set)
+    cancel: bool = False
+
+
+@dataclass
 class RunView:
     """One run as its driver sees it."""
 
@@ -48,6 +77,32 @@ class RunView:
     running: dict[asyncio.Task[Done], TaskRow] = field(default_factory=dict)
     #: whether this driver has marked the run running (with its first claim)
     started: bool = False
+    #: ends collected and not recorded yet: they go in the driver's next group commit
+    finished: list[Done] = field(default_factory=list)
+    _feeding: set[str] | None = None
+    _order: list[TaskRow] | None = None
+    _skip: int = 0
+
+    def unfinished(self) -> Iterator[TaskRow]:
+        """The run's tasks in plan order, from the first that has not finished.
+
+        A finished task stays finished, so the finished ones at the front are skipped for good:
+        a pass of a big run does not walk every task it already recorded.
+        """
+        if self._order is None:
+            self._order = list(self.tasks.values())
+        order = self._order
+        while self._skip < len(order) and order[self._skip].status in FINISHED_TASK:
+            self._skip += 1
+        return itertools.islice(order, self._skip, None)
+
+    def feeds_any(self, done: list[Done]) -> bool:
+        """Whether any of the tasks in ``done`` is an input of another task of the run."""
+        if not done:
+            return False
+        if self._feeding is None:
+            self._feeding = {d for t in self.tasks.values() for d in t.deps}
+        return any(d.task.planned_id in self._feeding for d in done)
 
     @property
     def run_id(self) -> int:
@@ -79,6 +134,45 @@ class Recorder:
         """
         if not done:
             return None
+        return self.commit(run, done).final
+
+    def commit(
+        self, run: RunView, done: list[Done], claim: Claim | None = None, answered: list[Done] | None = None
+    ) -> Committed:
+        """One group commit: record ``done`` (as :meth:`record`), then claim ``claim``, in one transaction.
+
+        With a ``claim``, the run's cancel flag is read first in the same transaction: when its
+        cancellation was asked for, ``cancel`` is True, the tasks that ran (``done``) are recorded
+        and nothing else: neither the claims nor the ends of tasks ``answered`` without running
+        (cache hits, tasks blocked by a failed input), which the cancellation ends instead.
+        Nothing is claimed when the run ends with this batch. The first claim marks the run running.
+        """
+        got = Committed()
+        answered = answered or []
+        if not done and not answered and claim is None:
+            return got
+        log_digests = self._before(run, done + answered)
+        with self.home.db.write() as conn:
+            if claim is not None:
+                got.cancel = runs.cancel_requested(conn, run.run_id)
+            ends = done if got.cancel else done + answered
+            if ends:
+                got.final = self._end_tasks(conn, run, ends, log_digests)
+            if claim is not None and claim.ids and got.final is None and not got.cancel:
+                if not run.started:
+                    runs.start_run(conn, run.run_id, run.folder_id)
+                got.claimed = set(
+                    tasks.claim_tasks(conn, claim.ids, claim.owner, claim.lease_seconds, claim.executor, run.folder_id)
+                )
+        if claim is not None and claim.ids and not got.cancel:
+            run.started = True
+        for d in done:
+            if d.log_path is not None or d.work_dir is not None:
+                WorkDirs.remove(d.log_path, d.work_dir)
+        return got
+
+    def _before(self, run: RunView, done: list[Done]) -> dict[int, str | None]:
+        """Outside the transaction: blobs and folders of published outputs, logs kept, one sync; log digests."""
         dest = run.row.dest_folder
         # Make sure the blobs of published outputs exist and subfolders are there, outside the transaction.
         for d in done:
@@ -91,11 +185,10 @@ class Recorder:
                     raise
                 self.publisher.failed(d, dest, exc)
         log_digests = {id(d): self.workdirs.keep_log(d.log_path, d.traceback) for d in done}
-        with self.home.db.write() as conn:
-            final = self._end_tasks(conn, run, done, log_digests)
-        for d in done:
-            WorkDirs.remove(d.log_path, d.work_dir)
-        return final
+        if any(d.unsynced for d in done):
+            # Output blobs were written without a sync each: one for the batch, before any row refers to them.
+            self.home.blobs.sync()
+        return log_digests
 
     def _end_tasks(
         self, conn: Connection, run: RunView, done: list[Done], log_digests: dict[int, str | None]
@@ -140,7 +233,7 @@ class Recorder:
             t.error = d.error
             t.note = d.note
         tasks.record_many_inputs(conn, inputs)
-        tasks.finish_tasks(conn, ends)
+        tasks.finish_tasks(conn, ends, endable=endable)
         if all(t.status in FINISHED_TASK for t in run.tasks.values()):
             return runs.finish_run_if_done(conn, run_id, folder_id)
         return None

@@ -24,7 +24,7 @@ import os
 import time
 import uuid
 from collections import Counter
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from pathlib import Path
 from typing import Any
 
@@ -33,7 +33,7 @@ from datamill.engine.attempt import Attempts, Progress
 from datamill.engine.ends import HELD_ELSEWHERE, MAX_ERROR, Done
 from datamill.engine.planner import Plan, PlannedTask, plan
 from datamill.engine.publish import Publisher, publish_plan
-from datamill.engine.recording import Recorder, RunView, database_outage
+from datamill.engine.recording import Claim, Recorder, RunView, database_outage
 from datamill.engine.runs import RunStatus, input_ref_from_dict
 from datamill.engine.tasks import FINISHED_TASK, OutputRecord, TaskRow, TaskStatus
 from datamill.engine.workdir import WorkDirs
@@ -56,6 +56,10 @@ READY_BATCH = 500
 
 #: How often a run's driver looks again at tasks another scheduler holds, when it waits for them.
 HELD_POLL_SECONDS = 0.25
+
+#: How long a driver waits, once a task has finished, for others to finish before recording
+#: them together (one group commit): a few milliseconds of latency for far fewer transactions.
+GROUP_COMMIT_SECONDS = 0.004
 
 
 #: A run whose driver failed without its end being recorded (the database was unreachable) is
@@ -389,17 +393,13 @@ class Scheduler:
             if t.status == TaskStatus.RUNNING:  # claimed by another scheduler (or one that died)
                 t.status = HELD_ELSEWHERE
         run = RunView(row, the_plan, actor, by_id)
-        fresh = True  # the run's row was just read: its cancel flag needs no second look on the first pass
+        cancel = bool(row.cancel_requested)  # just read: no second look on the first pass
         try:
             while True:
                 self.stats["passes"] += 1
-                if fresh:
-                    cancel, fresh = bool(row.cancel_requested), False
-                else:
-                    cancel = await asyncio.to_thread(self._cancel_requested, run_id)
                 if cancel:
                     return await self._cancel(run)
-                ended, final = await self._pass(run)
+                ended, final, cancel = await self._pass(run)
                 if ended:
                     return final
         except BaseException:
@@ -409,46 +409,62 @@ class Scheduler:
                 job.cancel()
             raise
 
-    async def _pass(self, run: RunView) -> tuple[bool, RunStatus | None]:
-        """One pass of a run's driver; ``(True, final status)`` once the driver is done with the run."""
+    async def _pass(self, run: RunView) -> tuple[bool, RunStatus | None, bool]:
+        """One pass of a run's driver: ``(done with the run, its final status, cancel asked)``.
+
+        The ends of the tasks that finished since the last pass and the claims of the next ready
+        tasks go in one group commit (:meth:`Recorder.commit`), which also reads the cancel flag.
+        """
         now = self.clock()
-        ready, blocked = _triage(run.plan, run.tasks, now)
-        hits, to_run = await asyncio.to_thread(
-            self._resolve_keys, run.plan, ready, run.tasks, bool(run.row.force), bool(run.row.skip_failed)
+        ready, blocked = _triage(run.plan, run.tasks, now, run.unfinished())
+        hits, to_run = (
+            await asyncio.to_thread(
+                self._resolve_keys, run.plan, ready, run.tasks, bool(run.row.force), bool(run.row.skip_failed)
+            )
+            if ready
+            else ([], [])
         )
-        if blocked or hits:
-            final = await asyncio.to_thread(self.recorder.record, run, blocked + hits)
-            return final is not None, final
+        done, run.finished = run.finished, []
         free = self.capacity - len(run.running)
-        if to_run and free > 0 and await self._start_batch(run, to_run[:free], len(to_run) > free):
-            return False, None  # others took this batch: try the next ready tasks
+        batch = to_run[:free] if free > 0 else []
+        answered = blocked + hits
+        if done or answered or batch:
+            claim = Claim([t.id for t in batch], self.owner, self.lease_seconds, self.executor.name)
+            got = await asyncio.to_thread(self.recorder.commit, run, done, claim, answered)
+            if got.final is not None:
+                return True, got.final, False
+            if got.cancel:
+                return False, None, True
+            self._start(run, batch, got.claimed)
+            if answered or run.feeds_any(done) or (batch and not got.claimed and len(to_run) > free):
+                # Ends just recorded may make others ready (claimed in the next pass, at once, not
+                # after the next end); others took this batch: look again.
+                return False, None, False
+        else:
+            # Nothing to commit (tasks still running, or waiting): only the cancel flag to look at.
+            if await asyncio.to_thread(self._cancel_requested, run.run_id):
+                return False, None, True
         if not run.running:
-            return await self._idle(run, now)
-        done = await self._collect(run.running, timeout=0.25)
-        if done:
-            final = await asyncio.to_thread(self.recorder.record, run, done)
-            if final is not None:
-                return True, final
+            if done:
+                return False, None, False  # their ends may make others ready
+            ended, final = await self._idle(run, now)
+            return ended, final, False
+        run.finished = await self._collect(run.running, timeout=0.25, group=GROUP_COMMIT_SECONDS)
         if self._progress:
             await asyncio.to_thread(self._flush_progress, run.run_id, run.folder_id)
-        return False, None
+        return False, None, False
 
-    async def _start_batch(self, run: RunView, batch: list[TaskRow], more: bool) -> bool:
-        """Claim ``batch`` and start the tasks claimed; True if none was (others took it) and ``more`` wait."""
-        # The first claim also marks the run running (one transaction, not two).
-        start = run.run_id if not run.started else None
-        claimed = await asyncio.to_thread(self._claim, [t.id for t in batch], run.folder_id, start)
-        run.started = True
+    def _start(self, run: RunView, batch: list[TaskRow], claimed: set[int]) -> None:
+        """Start the tasks of ``batch`` this scheduler claimed; the others are another scheduler's."""
         for t in batch:
             if t.id in claimed:
                 t.status = TaskStatus.RUNNING
                 t.attempts += 1
-                job = asyncio.create_task(self.attempts.run(run.plan, t, run.tasks))
+                job = asyncio.create_task(self.attempts.run(run.plan, t, run.tasks, bool(run.row.dest_folder)))
                 run.running[job] = t
             else:
                 # Another scheduler has it: stop considering it here.
                 t.status = HELD_ELSEWHERE
-        return not claimed and more
 
     async def _idle(self, run: RunView, now: float) -> tuple[bool, RunStatus | None]:
         """Nothing of ours runs: end the run, or wait for a retry's time or for another scheduler's tasks."""
@@ -470,7 +486,9 @@ class Scheduler:
         """Stop the run's running tasks, record their ends and end the run as cancelled."""
         for job in run.running:
             job.cancel()
-        done = await self._collect(run.running)
+        done, run.finished = run.finished, []
+        while run.running:
+            done += await self._collect(run.running)
         await asyncio.to_thread(self.recorder.record, run, done)
         # Tasks requeued since the request (a retry, a reclaimed lease) end here too.
         return await asyncio.to_thread(self._finish, run.run_id, run.folder_id, True)
@@ -480,12 +498,6 @@ class Scheduler:
     def _cancel_requested(self, run_id: int) -> bool:
         with self.home.db.read() as conn:
             return runs.cancel_requested(conn, run_id)
-
-    def _claim(self, ids: list[int], folder_id: int | None, start_run: int | None = None) -> set[int]:
-        with self.home.db.write() as conn:
-            if start_run is not None:
-                runs.start_run(conn, start_run, folder_id)
-            return set(tasks.claim_tasks(conn, ids, self.owner, self.lease_seconds, self.executor.name, folder_id))
 
     def _finish(self, run_id: int, folder_id: int | None, cancel: bool = False) -> RunStatus | None:
         with self.home.db.write() as conn:
@@ -573,10 +585,20 @@ class Scheduler:
         """Where a running task's log lines are appended (read by ``datamill logs --follow``)."""
         return self.workdirs.log_path(task_id)
 
-    async def _collect(self, running: dict[asyncio.Task[Done], TaskRow], timeout: float | None = None) -> list[Done]:
+    async def _collect(
+        self, running: dict[asyncio.Task[Done], TaskRow], timeout: float | None = None, group: float = 0.0
+    ) -> list[Done]:
+        """Ends of finished tasks, once one has finished (or after ``timeout``).
+
+        With ``group``, the ends of tasks that finish within that many seconds of the first come
+        too: they go in the same group commit instead of one commit each.
+        """
         if not running:
             return []
-        finished, _ = await asyncio.wait(list(running), timeout=timeout, return_when=asyncio.FIRST_COMPLETED)
+        finished, pending = await asyncio.wait(list(running), timeout=timeout, return_when=asyncio.FIRST_COMPLETED)
+        if finished and pending and group > 0:
+            more, _ = await asyncio.wait(pending, timeout=group, return_when=asyncio.ALL_COMPLETED)
+            finished |= more
         out = []
         for job in finished:
             t = running.pop(job)
@@ -587,11 +609,16 @@ class Scheduler:
         return out
 
 
-def _triage(the_plan: Plan, by_id: dict[str, TaskRow], now: float) -> tuple[list[TaskRow], list[Done]]:
-    """Queued tasks whose inputs are done (ready to run), and those that end without running (blocked)."""
+def _triage(
+    the_plan: Plan, by_id: dict[str, TaskRow], now: float, todo: Iterable[TaskRow] | None = None
+) -> tuple[list[TaskRow], list[Done]]:
+    """Queued tasks whose inputs are done (ready to run), and those that end without running (blocked).
+
+    ``todo``: the tasks to look at (all by default), in plan order.
+    """
     ready: list[TaskRow] = []
     blocked: list[Done] = []
-    for t in by_id.values():
+    for t in by_id.values() if todo is None else todo:
         if len(ready) >= READY_BATCH:
             break  # the rest wait for a later pass
         if t.status != TaskStatus.QUEUED:  # claimed tasks are RUNNING until their end is recorded

@@ -151,26 +151,27 @@ def claim_tasks(
     if not task_ids:
         return []
     now = time.time()
-    claimed = [
-        int(i)
-        for i in conn.execute(
-            update(Task)
-            .where(Task.id.in_(list(task_ids)), Task.status == TaskStatus.QUEUED)
-            .values(
-                status=TaskStatus.RUNNING,
-                lease_owner=owner,
-                lease_expires=now + lease_seconds,
-                attempts=Task.attempts + 1,
-                started_at=now,
-                executor=executor,
-                progress=0.0,
-                message="",
-            )
-            .returning(Task.id)
-        ).scalars()
-    ]
+    # RETURNING what the events need: no second query for the rows just claimed.
+    returned = conn.execute(
+        update(Task)
+        .where(Task.id.in_(list(task_ids)), Task.status == TaskStatus.QUEUED)
+        .values(
+            status=TaskStatus.RUNNING,
+            lease_owner=owner,
+            lease_expires=now + lease_seconds,
+            attempts=Task.attempts + 1,
+            started_at=now,
+            executor=executor,
+            progress=0.0,
+            message="",
+        )
+        .returning(Task.id, Task.run_id, Task.attempts, Task.step)
+    ).all()
+    # Events in the order asked for (RETURNING's order is the database's).
+    order = {tid: i for i, tid in enumerate(task_ids)}
+    rows = sorted(returned, key=lambda r: order.get(r.id, 0))
+    claimed = [int(r.id) for r in rows]
     if claimed:
-        rows = conn.execute(select(Task.id, Task.run_id, Task.attempts, Task.step).where(Task.id.in_(claimed))).all()
         events.append_many(
             conn,
             [
@@ -262,13 +263,19 @@ def unfinished(conn: Connection, task_ids: Sequence[int], owner: str | None = No
     return out
 
 
-def finish_tasks(conn: Connection, ends: Sequence[TaskEnd], owner: str | None = None) -> set[int]:
+def finish_tasks(
+    conn: Connection, ends: Sequence[TaskEnd], owner: str | None = None, endable: set[int] | None = None
+) -> set[int]:
     """End tasks with their outputs, in a few statements for the whole batch; returns the ids ended.
 
     A task that had already ended (or, when ``owner`` is given, that another scheduler holds) is
     left alone and not returned, so a task ends exactly once even if two schedulers race on it.
+    ``endable`` is what :func:`unfinished` returned for them earlier in the same transaction
+    (their rows locked since): it is not asked again.
     """
-    ids = unfinished(conn, [e.task_id for e in ends], owner) if ends else set()
+    if endable is None:
+        endable = unfinished(conn, [e.task_id for e in ends], owner) if ends else set()
+    ids = endable & {e.task_id for e in ends}
     todo = [e for e in ends if e.task_id in ids]
     if not todo:
         return set()

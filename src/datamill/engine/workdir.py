@@ -1,9 +1,14 @@
 """Work directories and task logs: where one attempt at a task reads its inputs and writes its outputs.
 
-Each attempt gets ``<home>/work/task-<id>-<attempt>/`` with ``in/`` (the input items, linked to
-their blob files where the blob store has local files, else copied), ``up/`` (the outputs of the
-tasks it reads), ``out/`` (what it writes) and ``scratch/``. What it wrote is kept (small outputs
-inline in the database row, larger ones as blobs) before the directory is removed. A running
+A Python step whose inputs and outputs are values needs none (:meth:`WorkDirs.values`): it reads
+its items straight from the blob store's files, its upstream values from the database rows
+(inline) or blob files, and returns its value as bytes, hashed once when kept. A directory is
+made for it only if it asks for an item's path (a link named like the item) or returns a value
+whose codec writes files. Every other attempt gets ``<home>/work/task-<id>-<attempt>/`` with
+``in/`` (the input items, linked to their blob files where the blob store has local files, else
+copied), ``up/`` (the outputs of the tasks it reads), ``out/`` (what it writes) and ``scratch/``.
+What it wrote is kept (small outputs inline in the database row, larger ones as blobs) before the
+directory is removed. A running
 task's log lines go to ``<home>/logs/task-<id>.log``, kept as a blob once the task ends.
 """
 
@@ -17,8 +22,11 @@ from typing import Any
 
 from datamill.engine.planner import Plan, PlannedTask
 from datamill.engine.tasks import OutputRecord, TaskRow
+from datamill.errors import InvalidPipeline
+from datamill.pipeline import codecs
 from datamill.pipeline.inputs import InputRef
 from datamill.pipeline.runner import OutputFile
+from datamill.pipeline.step import Step
 from datamill.store.blobs import BlobStore, digest_bytes
 from datamill.store.visibility import strip_paths
 
@@ -37,6 +45,8 @@ class Materialized:
     upstream: dict[str, list[OutputFile]] = field(default_factory=dict)
     #: rows for ``task_inputs``: which upstream output each consumed file was
     inputs: list[dict[str, Any]] = field(default_factory=list)
+    #: input item path -> the blob file to read it from (values only: ``item_files`` are linked lazily)
+    sources: dict[str, Path] = field(default_factory=dict)
 
 
 class WorkDirs:
@@ -47,28 +57,55 @@ class WorkDirs:
         self.log_root = home_path / "logs"
         self.log_root.mkdir(parents=True, exist_ok=True)
         self.blobs = blobs
+        # Paths made per task are built from strings: one parse instead of one per part.
+        self._work = str(self.work_root)
+        self._logs = str(self.log_root)
 
     def attempt_dir(self, t: TaskRow) -> Path:
         """The directory of the task's current attempt (flat: fewer directories to make and remove)."""
-        return self.work_root / f"task-{t.id}-{t.attempts}"
+        return Path(f"{self._work}/task-{t.id}-{t.attempts}")
 
     def log_path(self, task_id: int) -> Path:
         """Where a running task's log lines are appended (read by ``datamill logs --follow``)."""
-        return self.log_root / f"task-{task_id}.log"
+        return Path(f"{self._logs}/task-{task_id}.log")
+
+    def values(self, base: Path, the_plan: Plan, pt: PlannedTask, tasks: dict[str, TaskRow]) -> Materialized | None:
+        """A task's inputs without a work directory, or None if the task needs one (:meth:`materialize`).
+
+        That is a Python step without ``ctx`` whose items are blob files on this machine and whose
+        upstream outputs are values a codec reads from memory (or from their blob files).
+        """
+        step = the_plan.pipeline.step(pt.step)
+        if step.kind != "python" or step.takes_ctx:
+            return None
+        got = Materialized()
+        for link, ref in _item_links(base, the_plan, pt, step):
+            source = self.blobs.local_path(ref.digest)
+            if source is None:
+                return None
+            got.item_files[ref.path] = link
+            got.sources[ref.path] = source
+        for dep in pt.deps:
+            up = tasks[dep]
+            files = []
+            for o in up.outputs:
+                try:
+                    in_memory = codecs.get_codec(o.codec).in_memory
+                except InvalidPipeline:
+                    return None  # a codec not registered here: the usual path says so
+                path = None if o.inline is not None else self.blobs.local_path(o.digest)
+                if not in_memory or (o.inline is None and path is None):
+                    return None
+                files.append(OutputFile(o.name, path or Path(o.name), o.content_type, o.codec, o.inline))
+                got.inputs.append(_consumed(dep, up, o))
+            got.upstream[dep] = files
+        return got
 
     def materialize(self, base: Path, the_plan: Plan, pt: PlannedTask, tasks: dict[str, TaskRow]) -> Materialized:
         """Local files for a task's inputs under ``base``: blob files where they exist, else written out."""
         step = the_plan.pipeline.step(pt.step)
         got = Materialized()
-        refs: list[InputRef] = []
-        if pt.item is not None and step.uses_item:
-            refs.append(pt.item)
-        if step.uses_items:
-            refs += list(the_plan.inputs)
-        for i, ref in enumerate(refs):
-            # Named like the item, so steps that look at suffixes (read_excel, ...) work; a directory
-            # per input only when there are several (their names may repeat across folders).
-            link = base / "in" / str(i) / ref.name if len(refs) > 1 else base / "in" / ref.name
+        for link, ref in _item_links(base, the_plan, pt, step):
             link.parent.mkdir(parents=True, exist_ok=True)
             self.place(ref.digest, None, link)
             got.item_files[ref.path] = link
@@ -80,15 +117,7 @@ class WorkDirs:
                 target.parent.mkdir(parents=True, exist_ok=True)
                 self.place(o.digest, o.inline, target)
                 files.append(OutputFile(o.name, target, o.content_type, o.codec))
-                got.inputs.append(
-                    {
-                        "param": dep,
-                        "digest": o.digest,
-                        "upstream_task_id": up.id,
-                        "output_name": o.name,
-                        "version_id": o.version_id,
-                    }
-                )
+                got.inputs.append(_consumed(dep, up, o))
             got.upstream[dep] = files
         return got
 
@@ -106,7 +135,17 @@ class WorkDirs:
                 f.write(chunk)
 
     def keep_output(self, o: OutputFile) -> OutputRecord:
-        """Keep an output file a task wrote: inline if small, else as a blob."""
+        """Keep an output a task made: inline if small, else as a blob; its bytes hashed once.
+
+        A value's blob is written without a sync of its own: the recorder syncs the blob store
+        once per batch, before the transaction that refers to it (:meth:`Recorder.record`).
+        """
+        if o.data is not None:
+            data = o.data
+            if len(data) <= INLINE_LIMIT:
+                return OutputRecord(o.name, digest_bytes(data), len(data), o.content_type, o.codec, data)
+            blob = self.blobs.put(data, durable=False)
+            return OutputRecord(o.name, blob.digest, blob.size, o.content_type, o.codec, None)
         size = o.path.stat().st_size
         if size <= INLINE_LIMIT:
             data = o.path.read_bytes()
@@ -136,6 +175,31 @@ class WorkDirs:
             shutil.rmtree(work_dir, ignore_errors=True)
 
 
+def _item_links(base: Path, the_plan: Plan, pt: PlannedTask, step: Step) -> list[tuple[Path, InputRef]]:
+    """Where each input item a task reads goes in its work directory, with the item."""
+    refs: list[InputRef] = []
+    if pt.item is not None and step.uses_item:
+        refs.append(pt.item)
+    if step.uses_items:
+        refs += list(the_plan.inputs)
+    # Named like the item, so steps that look at suffixes (read_excel, ...) work; a directory
+    # per input only when there are several (their names may repeat across folders).
+    if len(refs) == 1:
+        return [(Path(f"{base}/in/{refs[0].name}"), refs[0])]
+    return [(base / "in" / str(i) / ref.name, ref) for i, ref in enumerate(refs)]
+
+
+def _consumed(dep: str, up: TaskRow, o: OutputRecord) -> dict[str, Any]:
+    """The ``task_inputs`` row of an upstream output a task reads."""
+    return {
+        "param": dep,
+        "digest": o.digest,
+        "upstream_task_id": up.id,
+        "output_name": o.name,
+        "version_id": o.version_id,
+    }
+
+
 class TaskLog:
     """A task's live log file, created with its first line: most tasks log nothing."""
 
@@ -148,6 +212,11 @@ class TaskLog:
         if self._file is None:
             self._file = open(self.path, "a", encoding="utf-8", buffering=1)  # noqa: SIM115
         self._file.write(text)
+
+    @property
+    def used(self) -> bool:
+        """Whether a line was written (the file exists)."""
+        return self._file is not None
 
     def close(self) -> None:
         """Close the file if there is one."""

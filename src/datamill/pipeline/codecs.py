@@ -79,6 +79,21 @@ class Codec(ABC):
     def decode(self, path: Path) -> Any:
         """Read the value back from ``path``."""
 
+    def to_bytes(self, value: Any) -> bytes | None:
+        """``value``'s bytes, exactly as :meth:`encode` writes them, or None if this codec needs a file.
+
+        A codec that answers here lets the engine keep a step's value in memory: no output file
+        is written and read back. The default (custom codecs) is None: they write files.
+        """
+        return None
+
+    def from_bytes(self, data: bytes) -> Any:
+        """The value of bytes :meth:`to_bytes` gave; only called on codecs whose :attr:`in_memory` is true."""
+        raise NotImplementedError(f"codec {self.name!r} decodes files only")
+
+    #: whether :meth:`to_bytes` and :meth:`from_bytes` work (values never need a file)
+    in_memory = False
+
     def __repr__(self) -> str:
         return f"<Codec {self.name} {self.ext}>"
 
@@ -93,11 +108,19 @@ class BytesCodec(Codec):
     def accepts(self, value: Any) -> bool:
         return isinstance(value, (bytes, bytearray, memoryview))
 
+    in_memory = True
+
     def encode(self, value: Any, path: Path) -> None:
         path.write_bytes(bytes(value))
 
     def decode(self, path: Path) -> bytes:
         return path.read_bytes()
+
+    def to_bytes(self, value: Any) -> bytes:
+        return bytes(value)
+
+    def from_bytes(self, data: bytes) -> bytes:
+        return bytes(data)
 
 
 class TextCodec(Codec):
@@ -110,11 +133,19 @@ class TextCodec(Codec):
     def accepts(self, value: Any) -> bool:
         return isinstance(value, str)
 
+    in_memory = True
+
     def encode(self, value: Any, path: Path) -> None:
         path.write_bytes(value.encode("utf-8"))
 
     def decode(self, path: Path) -> str:
         return path.read_bytes().decode("utf-8")
+
+    def to_bytes(self, value: Any) -> bytes:
+        return bytes(value.encode("utf-8"))
+
+    def from_bytes(self, data: bytes) -> str:
+        return data.decode("utf-8")
 
 
 def _json_default(value: Any) -> Any:
@@ -134,7 +165,15 @@ class JsonCodec(Codec):
     def accepts(self, value: Any) -> bool:
         return isinstance(value, (dict, list, tuple, int, float, bool))
 
+    in_memory = True
+
     def encode(self, value: Any, path: Path) -> None:
+        path.write_bytes(self.to_bytes(value))
+
+    def decode(self, path: Path) -> Any:
+        return json.loads(path.read_bytes())
+
+    def to_bytes(self, value: Any) -> bytes:
         try:
             text = json.dumps(
                 value, sort_keys=True, indent=2, ensure_ascii=False, allow_nan=False, default=_json_default
@@ -144,10 +183,10 @@ class JsonCodec(Codec):
                 f"the step returned a {type(value).__name__} that is not JSON data ({e}). Return plain "
                 "dicts, lists, strings, finite numbers and None (NaN and infinity are not JSON: use None)."
             ) from e
-        path.write_bytes((text + "\n").encode("utf-8"))
+        return (text + "\n").encode("utf-8")
 
-    def decode(self, path: Path) -> Any:
-        return json.loads(path.read_bytes())
+    def from_bytes(self, data: bytes) -> Any:
+        return json.loads(data)
 
 
 class FileCodec(Codec):

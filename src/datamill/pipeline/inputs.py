@@ -4,6 +4,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 from collections.abc import Mapping
 from dataclasses import dataclass, field
@@ -13,6 +14,8 @@ from typing import IO, Any
 import blake3
 
 __all__ = ["InputFile", "InputRef"]
+
+_PATH = type(Path())
 
 
 @dataclass(frozen=True)
@@ -81,22 +84,44 @@ class InputFile:
 
     Usable wherever a path is: ``pandas.read_csv(item)`` and ``open(item)`` work. A step that
     does not take ``item`` may get ``ctx.item`` without a local copy; reading it then raises.
+
+    With a ``source`` (a local file holding the same bytes, such as the blob store's file), reads
+    go to the source and ``path`` is made only when asked for: a link named like the item at
+    ``path``, so steps that look at its suffix still work, while steps that only read the item
+    cost no directory and no link.
     """
 
-    __slots__ = ("_path", "ref")
+    __slots__ = ("_path", "_source", "ref")
 
-    def __init__(self, ref: InputRef, path: str | os.PathLike[str] | None) -> None:
+    def __init__(
+        self, ref: InputRef, path: str | os.PathLike[str] | None, source: str | os.PathLike[str] | None = None
+    ) -> None:
         self.ref = ref
-        self._path = None if path is None else Path(path)
+        # Paths given as Paths are kept as they are: parsing them again costs more than a trivial step.
+        self._path = path if path is None or type(path) is _PATH else Path(path)
+        self._source = None if source is None or path is None else source if type(source) is _PATH else Path(source)
 
     @property
     def path(self) -> Path:
-        """The local file holding the item's bytes."""
+        """The local file holding the item's bytes (named like the item; linked on first use)."""
         if self._path is None:
             raise ValueError(
                 f"input {self.ref.path!r} has no local copy in this task; take 'item' as an argument to get one"
             )
+        if self._source is not None:
+            self._link(self._source, self._path)
+            self._source = None
         return self._path
+
+    @staticmethod
+    def _link(source: Path, path: Path) -> None:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        with contextlib.suppress(FileExistsError):  # the same input twice in one task: the link is there
+            os.symlink(source, path)
+
+    def _readable(self) -> Path:
+        """Where to read the bytes: the source when there is one (no link needed), else :attr:`path`."""
+        return self._source if self._source is not None else self.path
 
     @property
     def fetched(self) -> bool:
@@ -112,11 +137,12 @@ class InputFile:
     def __repr__(self) -> str:
         return f"InputFile({self.ref.path!r}, {str(self._path) if self._path else None!r})"
 
-    def __getstate__(self) -> tuple[InputRef, Path | None]:
-        return self.ref, self._path
+    def __getstate__(self) -> tuple[InputRef, Path | None, Path | None]:
+        return self.ref, self._path, self._source
 
-    def __setstate__(self, state: tuple[InputRef, Path | None]) -> None:
-        self.ref, self._path = state
+    def __setstate__(self, state: tuple[Any, ...]) -> None:
+        self.ref, self._path = state[0], state[1]
+        self._source = state[2] if len(state) > 2 else None
 
     @property
     def name(self) -> str:
@@ -165,17 +191,17 @@ class InputFile:
 
     def read_bytes(self) -> bytes:
         """The file's bytes."""
-        return self.path.read_bytes()
+        return self._readable().read_bytes()
 
     def read_text(self, encoding: str = "utf-8", errors: str = "strict") -> str:
         """The file's text (UTF-8 unless told otherwise)."""
-        return self.path.read_bytes().decode(encoding, errors)
+        return self._readable().read_bytes().decode(encoding, errors)
 
     def open(self, mode: str = "rb") -> IO[Any]:
         """Open the local file (read-only modes only: inputs are immutable)."""
         if any(c in mode for c in "wax+"):
             raise ValueError(f"inputs are read-only; cannot open {self.name!r} with mode {mode!r}")
-        return open(self.path, mode)
+        return open(self._readable(), mode)
 
     def __fspath__(self) -> str:
         return os.fspath(self.path)

@@ -54,17 +54,28 @@ __all__ = [
 ]
 
 
+#: The concrete path type here: a value of exactly this type needs no conversion (building a Path
+#: from a Path parses it again, which costs more than the rest of a trivial task's call).
+_PATH = type(Path())
+
+
 @dataclass(frozen=True)
 class OutputFile:
-    """One file a task wrote: its name within the task, local path, content type and codec name."""
+    """One file a task wrote: its name within the task, local path, content type and codec name.
+
+    With ``data`` the output is a value held in memory (its encoded bytes): nothing was written
+    at ``path``, and readers decode ``data`` (see :attr:`StepCall.in_memory`).
+    """
 
     name: str
     path: Path
     content_type: str
     codec: str
+    data: bytes | None = field(default=None, repr=False)
 
     def __post_init__(self) -> None:
-        object.__setattr__(self, "path", Path(self.path))
+        if type(self.path) is not _PATH:
+            object.__setattr__(self, "path", Path(self.path))
 
 
 @dataclass(frozen=True)
@@ -73,14 +84,16 @@ class ItemInput:
 
     ref: InputRef
     path: Path | None
+    #: a local file with the same bytes (the blob store's): read there, ``path`` linked on first use
+    source: Path | None = None
 
     def __post_init__(self) -> None:
-        if self.path is not None:
+        if self.path is not None and type(self.path) is not _PATH:
             object.__setattr__(self, "path", Path(self.path))
 
     def file(self) -> InputFile:
         """The :class:`InputFile` a step receives."""
-        return InputFile(self.ref, self.path)
+        return InputFile(self.ref, self.path, self.source)
 
 
 @dataclass(frozen=True)
@@ -121,11 +134,18 @@ class StepCall:
     items: tuple[ItemInput, ...] = ()
     upstream: Mapping[str, UpstreamInput] = field(default_factory=dict)
     task_id: str = ""
+    #: keep values in memory: the return value comes back as bytes (``OutputFile.data``) when its
+    #: codec can say them, and the output and scratch directories are made only if needed (a
+    #: step taking ``ctx``, a value that needs a file); nothing is written and read back
+    in_memory: bool = False
 
     def __post_init__(self) -> None:
-        object.__setattr__(self, "output_dir", Path(self.output_dir))
-        object.__setattr__(self, "scratch_dir", Path(self.scratch_dir))
-        object.__setattr__(self, "items", tuple(self.items))
+        if type(self.output_dir) is not _PATH:
+            object.__setattr__(self, "output_dir", Path(self.output_dir))
+        if type(self.scratch_dir) is not _PATH:
+            object.__setattr__(self, "scratch_dir", Path(self.scratch_dir))
+        if type(self.items) is not tuple:
+            object.__setattr__(self, "items", tuple(self.items))
         if self.pipeline_ref is None and self.step_bytes is None:
             raise ValueError("a StepCall needs pipeline_ref or step_bytes to find its step")
 
@@ -149,12 +169,29 @@ def _unpickle(data: bytes) -> Step:
     return step
 
 
+#: How long a step loaded from a pipeline reference is used without looking at its file again:
+#: loading checks the file (a resolve and a stat) and finds the pipeline in its module, which
+#: costs more than a trivial task; a run's tasks come in bursts of thousands.
+RESOLVED_FOR_SECONDS = 1.0
+
+_resolved: dict[tuple[str, str], tuple[float, Step]] = {}
+
+
 def resolve_step(call: StepCall) -> Step:
     """The step a call names (loads the pipeline reference, or unpickles ``step_bytes``)."""
     if call.step_bytes is not None:
         return _unpickle(call.step_bytes)
     assert call.pipeline_ref is not None  # checked in StepCall.__post_init__
-    return load_pipeline(call.pipeline_ref).step(call.step)
+    key = (call.pipeline_ref, call.step)
+    now = time.monotonic()
+    hit = _resolved.get(key)
+    if hit is not None and now - hit[0] < RESOLVED_FOR_SECONDS:
+        return hit[1]
+    step = load_pipeline(call.pipeline_ref).step(call.step)
+    if len(_resolved) > 256:  # a long-lived worker sees many pipelines: keep only recent ones
+        _resolved.clear()
+    _resolved[key] = (now, step)
+    return step
 
 
 # ---------------------------------------------------------------------------------- decoding inputs
@@ -171,9 +208,15 @@ def decode_outputs(outputs: Sequence[OutputFile]) -> Any:
     if not outputs:
         return None
     if len(outputs) == 1 and is_return_output(outputs[0].name):
-        o = outputs[0]
-        return codecs.get_codec(o.codec).decode(o.path)
-    return {o.name: codecs.get_codec(o.codec).decode(o.path) for o in outputs}
+        return _decode(outputs[0])
+    return {o.name: _decode(o) for o in outputs}
+
+
+def _decode(o: OutputFile) -> Any:
+    codec = codecs.get_codec(o.codec)
+    if o.data is not None and codec.in_memory:
+        return codec.from_bytes(o.data)
+    return codec.decode(o.path)
 
 
 def _upstream_value(up: UpstreamInput) -> Any:
@@ -215,22 +258,48 @@ def run_step(reporter: Reporter, call: StepCall) -> StepResult:
             "(datamill.engine.dagster_step.run_dagster_step), not in run_step",
             step=step.name,
         )
-    prepare_dirs(call)
+    # In memory, a step without ctx needs no directory unless its value needs a file.
+    lazy = call.in_memory and not step.takes_ctx
+    if not lazy:
+        prepare_dirs(call)
 
     assert step.fn is not None  # python steps always have one
     params = {**step.params, **dict(call.params)}
     item = call.item.file() if call.item is not None else None
     items = [i.file() for i in call.items]
-    ctx = Context(
-        step=step.name,
-        params=params,
-        scratch=call.scratch_dir,
-        output_dir=call.output_dir,
-        reporter=reporter,
-        item=item,
-        items=items,
-        task_id=call.task_id,
+    ctx = (
+        None
+        if lazy
+        else Context(
+            step=step.name,
+            params=params,
+            scratch=call.scratch_dir,
+            output_dir=call.output_dir,
+            reporter=reporter,
+            item=item,
+            items=items,
+            task_id=call.task_id,
+        )
     )
+    args, kwargs = _arguments(step, call, params, item, items, ctx)
+
+    # A worker has no display; without this, pyplot in a step could try to open a window.
+    os.environ.setdefault("MPLBACKEND", "Agg")
+    result = step.fn(*args, **kwargs)
+    if inspect.isawaitable(result):
+        result = asyncio.run(_await(result))
+    if ctx is None:
+        return StepResult(_return_value(result, call), time.perf_counter() - started)
+    written = dict(ctx.written)
+    if result is not None:
+        written.update(_store_return(result, call.output_dir))
+    return StepResult(tuple(collect_outputs(call.output_dir, written)), time.perf_counter() - started)
+
+
+def _arguments(
+    step: Step, call: StepCall, params: dict[str, Any], item: InputFile | None, items: list[InputFile], ctx: Any
+) -> tuple[list[Any], dict[str, Any]]:
+    """The positional and keyword arguments a step's function is called with."""
     args: list[Any] = []
     kwargs: dict[str, Any] = {}
     for a in step.args:
@@ -257,15 +326,21 @@ def run_step(reporter: Reporter, call: StepCall) -> StepResult:
         for pname, pvalue in params.items():
             kwargs.setdefault(pname, pvalue)
 
-    # A worker has no display; without this, pyplot in a step could try to open a window.
-    os.environ.setdefault("MPLBACKEND", "Agg")
-    result = step.fn(*args, **kwargs)
-    if inspect.isawaitable(result):
-        result = asyncio.run(_await(result))
-    written = dict(ctx.written)
-    if result is not None:
-        written.update(_store_return(result, call.output_dir))
-    return StepResult(tuple(collect_outputs(call.output_dir, written)), time.perf_counter() - started)
+    return args, kwargs
+
+
+def _return_value(value: Any, call: StepCall) -> tuple[OutputFile, ...]:
+    """The outputs of a step run in memory: its value's bytes, or a file when its codec needs one."""
+    if value is None:
+        return ()
+    codec = codecs.codec_for(value)
+    data = codec.to_bytes(value) if codec.in_memory else None
+    if data is None:
+        prepare_dirs(call)
+        return tuple(collect_outputs(call.output_dir, _store_return(value, call.output_dir)))
+    name = RETURN + codec.ext_for(value)
+    path = call.output_dir / name
+    return (OutputFile(name, path, codec.content_type_of(path), codec.name, data),)
 
 
 async def _await(value: Any) -> Any:

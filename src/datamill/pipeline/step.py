@@ -145,6 +145,11 @@ class Step:
         return any(a.role is Role.ITEM for a in self.args)
 
     @property
+    def takes_ctx(self) -> bool:
+        """Whether the step takes ``ctx`` (it may write named outputs or use its scratch directory)."""
+        return any(a.role is Role.CTX for a in self.args)
+
+    @property
     def uses_items(self) -> bool:
         """Whether the step takes all input items (``items`` / ``{inputs}``)."""
         return any(a.role is Role.ITEMS for a in self.args)

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import io
 import os
+import re
 from abc import ABC, abstractmethod
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
@@ -35,10 +36,13 @@ def digest_bytes(data: bytes) -> str:
     return f"{ALGORITHM}:{blake3.blake3(data).hexdigest()}"
 
 
+_HEX64 = re.compile("[0-9a-f]{64}")
+
+
 def check_digest(digest: str) -> str:
     """Validate a digest's form and return its hex part; raise :class:`InvalidInput` otherwise."""
     algo, _, hexpart = digest.partition(":")
-    if algo != ALGORITHM or len(hexpart) != 64 or any(c not in "0123456789abcdef" for c in hexpart):
+    if algo != ALGORITHM or _HEX64.fullmatch(hexpart) is None:
         raise InvalidInput(f"not a {ALGORITHM} digest: {digest!r}; expected '{ALGORITHM}:' and 64 hex digits")
     return hexpart
 

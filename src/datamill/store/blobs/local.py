@@ -116,6 +116,7 @@ class LocalBlobStore(BlobStore):
 
     def __init__(self, root: str | Path) -> None:
         self.root = Path(root)
+        self._root = str(self.root)
         self.tmp_dir = self.root / ".tmp"
         self.tmp_dir.mkdir(parents=True, exist_ok=True)
         self._own_tmp: Path | None = None
@@ -144,7 +145,7 @@ class LocalBlobStore(BlobStore):
     def path_of(self, digest: str) -> Path:
         """Where the bytes of ``digest`` live on disk."""
         h = check_digest(digest)
-        return self.root / h[:2] / h[2:4] / h
+        return Path(f"{self._root}/{h[:2]}/{h[2:4]}/{h}")  # one parse, not one per part
 
     def writer(
         self, expected_digest: str | None = None, expected_size: int | None = None, durable: bool = True
