@@ -143,6 +143,7 @@ class LocalExecutor(Executor):
         self._seq = 0
         self._durations: dict[Any, float] = {}  # kind of call -> running mean of its seconds
         self._steal_timer: asyncio.TimerHandle | None = None
+        self._dispatch_soon = False  # a _dispatch() is scheduled for this turn of the loop
         #: how many chunks of each size were sent to workers (what the pool did, for tests and benchmarks)
         self.chunks: Counter[int] = Counter()
         #: calls taken back from a worker busy with a long call and given to another
@@ -236,7 +237,10 @@ class LocalExecutor(Executor):
         self._queue.append(job)
         if len(self._all) < self.workers:
             self._replace()  # an earlier replacement failed to start: try again now
-        self._dispatch()
+        if not self._dispatch_soon:
+            # Once for every call made in this turn of the loop: they go out together, in chunks.
+            self._dispatch_soon = True
+            loop.call_soon(self._dispatch)
         try:
             return await job.future
         except asyncio.CancelledError:
@@ -254,6 +258,7 @@ class LocalExecutor(Executor):
 
     def _dispatch(self) -> None:
         """Send queued calls to workers that need work, in chunks; then see whether to steal."""
+        self._dispatch_soon = False
         queue = self._queue
         while queue and (queue[0].future.done()):
             queue.popleft()
