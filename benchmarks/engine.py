@@ -15,9 +15,11 @@ recorded in the database (task rows, their outputs and events) as in any run. Me
    inline, >= 2,000 tasks/s local (2 cores) and >= 0.25 x a bare ``multiprocessing.Pool.imap`` of
    the same function (``plain_tiny``) over as many names with as many processes, measured right
    after (``ratio_to_pool_imap``: its default chunksize 1; the ratio to ``Pool.map``'s chunk size
-   is printed too). ``inline_publishing`` is the same with a destination
-   folder: every output also becomes an item version (a blob file written and fsynced, the item,
-   the version with provenance, an ``item.created`` event), which is what a dataflow does.
+   is printed too). ``executor_only_*``: the local executor alone (no scheduler, no database) on
+   the same calls, with as many in flight as the scheduler keeps, and the mean chunk it sent.
+   ``inline_publishing`` is the same with a destination folder: every output also becomes an item
+   version (a blob file written and fsynced, the item, the version with provenance, an
+   ``item.created`` event), which is what a dataflow does.
 2. ``rerun``: a 3-step pipeline (per item ``parse`` -> per item ``size`` -> aggregate ``total``)
    over the same items is run once, then run again unchanged; the second run is timed end to end
    (``Engine.run``: plan with cache look-ups, record, answer every task from the cache, re-publish
@@ -169,8 +171,13 @@ def trivial_throughput(home: Home, executor: str, source: str, publish: bool = F
     if executor == "local" and not publish:
         say("bare multiprocessing.Pool.imap of the same function")
         bare = bare_pool_imap(n, workers or 1)
+        say("the local executor alone on the same calls")
+        alone = asyncio.run(executor_only(n, workers or 1))
         ratio = tps / bare["chunksize_1"]
         extra = {
+            "executor_only_tasks_per_s": round(alone["tasks_per_s"]),
+            "executor_only_ratio_to_pool_imap": round(alone["tasks_per_s"] / bare["chunksize_1"], 3),
+            "executor_only_mean_chunk": alone["mean_chunk"],
             "baseline_pool_imap_tasks_per_s": round(bare["chunksize_1"]),
             "ratio_to_pool_imap": round(ratio, 3),
             "target_ratio_to_pool_imap": TARGET_LOCAL_RATIO,
@@ -214,6 +221,34 @@ def bare_pool_imap(n: int, workers: int) -> dict[str, float]:
             out[label] = n / (time.perf_counter() - started)
             assert got == names
     return out
+
+
+def pool_call(reporter: Any, name: str) -> str:
+    """``plain_tiny`` as a call of the local executor (whose functions take a reporter first)."""
+    return name
+
+
+async def executor_only(n: int, workers: int) -> dict[str, Any]:
+    """Tasks/s of the local executor alone (no scheduler, no recording) on ``n`` trivial calls,
+    keeping as many in flight as the scheduler would; and the chunk sizes it chose."""
+    from datamill.executors.base import PythonCall
+    from datamill.executors.local import LocalExecutor
+
+    ex = LocalExecutor(workers)
+    async with ex:
+        window = asyncio.Semaphore(ex.in_flight or 16)
+
+        async def one(i: int) -> str:
+            async with window:
+                return str(await ex.run(PythonCall(pool_call, (f"i{i:05}.txt",)), lambda m: None))
+
+        await asyncio.gather(*(one(i) for i in range(200)))  # warm up: workers started, durations known
+        ex.chunks.clear()
+        started = time.perf_counter()
+        await asyncio.gather(*(one(i) for i in range(n)))
+        took = time.perf_counter() - started
+    sends = sum(ex.chunks.values())
+    return {"tasks_per_s": n / took, "chunks_sent": sends, "mean_chunk": round(n / max(1, sends), 1)}
 
 
 def rerun(home: Home, source: str) -> dict[str, Any]:
