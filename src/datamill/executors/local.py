@@ -156,8 +156,11 @@ class LocalExecutor(Executor):
 
     @property
     def in_flight(self) -> int:
-        """Calls worth keeping queued here: enough for full chunks on every worker."""
-        return self.workers * MAX_CHUNK
+        """Calls worth keeping handed to the pool: two chunks per worker of the shortest kind of call
+        seen so far (eight per worker while nothing is known or every call is long, as before
+        chunks), so a scheduler does not claim many long tasks that would only wait here."""
+        biggest = max((self.chunk_size(kind) for kind in self._durations), default=1)
+        return self.workers * max(8, min(MAX_CHUNK, 2 * biggest))
 
     @property
     def pids(self) -> list[int]:
