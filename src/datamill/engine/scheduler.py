@@ -159,6 +159,8 @@ class Scheduler:
     @property
     def capacity(self) -> int:
         """How many tasks this scheduler keeps in flight."""
+        if self.executor.in_flight is not None:  # e.g. a pool feeding its workers in chunks
+            return self.executor.in_flight
         cap = self.executor.capacity
         # Claiming and recording in batches is what makes small tasks cheap: keep many in flight
         # (a pool queues them for its workers), so each pass of the driver records many ends.

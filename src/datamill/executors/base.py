@@ -263,6 +263,12 @@ class Executor(ABC):
         """How many calls run at once; more wait inside :meth:`run`. ``None``: no limit of its own."""
         return None
 
+    @property
+    def in_flight(self) -> int | None:
+        """How many calls a caller should keep handed to :meth:`run` at once (a pool that sends work
+        in chunks wants more than its capacity); ``None``: the caller decides."""
+        return None
+
     # Not abstract: most executors have nothing to start or close.
     async def start(self) -> None:
         """Get ready to run calls (start worker processes, ...). Idempotent."""

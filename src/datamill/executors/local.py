@@ -1,39 +1,46 @@
 """The local executor: a pool of reused worker processes on this machine (the default executor).
 
-Each worker is a long-lived process with its own duplex pipe. A call is pickled once with
-cloudpickle (so lambdas and closures work), sent to an idle worker with ``send_bytes``, and the
-worker sends back, on the same pipe, any number of progress/log messages and then exactly one
-result or error. One call is in flight per worker, so whatever happens to a worker happens to
-exactly one task.
+Each worker is a long-lived process with its own duplex pipe, in its own process group. A call is
+pickled once with cloudpickle (so lambdas and closures work) when :meth:`LocalExecutor.run` gets
+it, and waits in the pool's queue. Calls go to workers in *chunks*, and results come back in
+*batches* (see :mod:`datamill.executors.worker` for the wire protocol), as
+``multiprocessing.Pool.imap(chunksize=...)`` does, with a chunk size that adapts to how long calls
+of the same kind took so far:
+
+* a kind of call not seen yet, or one that takes longer than :data:`CHUNK_SECONDS`, goes one at a
+  time, so long tasks spread evenly over the workers;
+* short calls go ``CHUNK_SECONDS / their mean duration`` at a time (at most :data:`MAX_CHUNK`, and
+  never more than a fair share of what is queued), so a worker is fed once per chunk;
+* calls queued in a worker behind a call that has run longer than :data:`STEAL_AFTER` are taken
+  back and given to an idle worker: a long task never holds short ones hostage.
 
 The event loop watches every worker's pipe and its process sentinel with ``loop.add_reader``: no
 thread, no polling. Messages are handed to the task's ``on_message`` in the loop thread as they
-arrive. When a sentinel fires while its worker was running a call, that task fails with
-``WorkerCrashed`` (exit code or signal, plus the interpreter's fault traceback if it crashed) and a
-fresh worker takes the dead one's place. A timeout or a cancellation SIGKILLs the worker running the
-call and replaces it too: a Python function cannot be interrupted any other way.
+arrive. When a worker dies, the call it was running fails with ``WorkerCrashed`` (exit code or
+signal, plus the interpreter's fault traceback if it crashed); the calls queued behind it never
+started and go to another worker, and calls it finished whose results it had not sent yet run again
+(nothing was recorded for them). A fresh worker takes the dead one's place. A timeout, or the
+cancellation of a call that is running, SIGKILLs the worker's process group and replaces the worker:
+a Python function cannot be interrupted any other way. A cancelled call that has not started is
+withdrawn and never runs.
 
 What a call prints, logs or writes to file descriptors 1 and 2 (C code, ``os.write``, child
-processes) becomes log messages of the call, line by line (see :mod:`datamill.executors.capture`).
-
-Wire format. Parent to worker: ``cloudpickle((fn, args, kwargs))``; empty bytes mean "exit".
-Worker to parent: one tag byte (:data:`_MESSAGE`, :data:`_RESULT`, :data:`_ERROR`) then a pickle.
+processes) becomes log messages of the call, line by line.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
-import faulthandler
+import math
 import multiprocessing
 import os
 import pickle
 import signal
-import sys
 import tempfile
-import threading
+import time
 import traceback
-from collections import deque
+from collections import Counter, deque
 from multiprocessing.connection import Connection
 from multiprocessing.context import BaseContext
 from multiprocessing.process import BaseProcess
@@ -43,41 +50,60 @@ import cloudpickle
 
 from datamill.errors import Cancelled, ConfigError, StepFailed, TaskTimeout, WorkerCrashed
 
-from .base import Call, Executor, Message, OnMessage, PythonCall, Reporter, deliver, step_failed
-from .capture import fd_output, task_output
+from .base import Call, Executor, OnMessage, PythonCall, deliver, step_failed
+from .worker import BATCH, CHUNK, MESSAGE, RESULT, SKIP, WorkerState, worker_main
 
-__all__ = ["LocalExecutor"]
+__all__ = ["CHUNK_SECONDS", "MAX_CHUNK", "STEAL_AFTER", "LocalExecutor"]
 
-_MESSAGE = 0x4D  # b"M": a pickled Message follows
-_RESULT = 0x52  # b"R": the call's pickled return value follows
-_ERROR = 0x45  # b"E": a pickled (error type, text, traceback) follows
+#: a chunk holds about this much work (by the mean duration of its kind of call)
+CHUNK_SECONDS = 0.02
+#: the most calls one chunk holds
+MAX_CHUNK = 64
+#: calls queued behind one that has run this long go to an idle worker instead
+STEAL_AFTER = 0.05
+#: how many times a call goes back to the queue because its worker died before running it
+MAX_REQUEUES = 3
+#: weight of the newest duration in the running mean of a kind of call
+_EWMA = 0.2
 
 #: how much of a crashed worker's fault report (faulthandler output) goes into the error
 _FAULT_TAIL = 20_000
 
 
-class _Pending:
-    """The call a worker is running: where its result goes and who gets its messages."""
+class _Job:
+    """One call, from :meth:`LocalExecutor.run` to its result: where it goes and who gets its messages."""
 
-    __slots__ = ("future", "on_message")
+    __slots__ = ("eager", "future", "kind", "on_message", "payload", "requeues", "seq", "timeout", "timer", "worker")
 
-    def __init__(self, future: asyncio.Future[Any], on_message: OnMessage) -> None:
+    def __init__(
+        self, future: asyncio.Future[Any], on_message: OnMessage, payload: bytes, kind: Any, timeout: float | None
+    ) -> None:
         self.future = future
         self.on_message = on_message
+        self.payload = payload
+        self.kind = kind
+        self.timeout = timeout
+        self.eager = True
+        self.seq = -1
+        self.worker: _Worker | None = None
+        self.timer: asyncio.TimerHandle | None = None
+        self.requeues = 0
 
 
 class _Worker:
     """One worker process as the parent sees it."""
 
-    __slots__ = ("conn", "exited", "fault_path", "pending", "pid", "process")
+    __slots__ = ("conn", "exited", "fault_path", "outstanding", "pid", "process", "state", "state_path")
 
-    def __init__(self, process: BaseProcess, conn: Connection, fault_path: str) -> None:
+    def __init__(self, process: BaseProcess, conn: Connection, fault_path: str, state_path: str) -> None:
         self.process = process
         self.conn = conn
         self.pid: int = process.pid or 0
         self.fault_path = fault_path
-        #: the call it runs now; None while idle (or once the call's outcome is known)
-        self.pending: _Pending | None = None
+        self.state_path = state_path
+        self.state = WorkerState(state_path)
+        #: calls sent to it whose outcome is not known yet, in the order it runs them (by seq)
+        self.outstanding: dict[int, _Job] = {}
         #: resolved once the process has exited and been reaped
         self.exited: asyncio.Future[None] | None = None
 
@@ -110,16 +136,31 @@ class LocalExecutor(Executor):
         self.shutdown_grace = shutdown_grace
         self._loop: asyncio.AbstractEventLoop | None = None
         self._ctx: BaseContext | None = None
-        self._all: set[_Worker] = set()  # live workers, idle or busy
-        self._idle: deque[_Worker] = deque()
-        self._waiters: deque[asyncio.Future[_Worker]] = deque()  # run()s waiting for an idle worker
+        self._all: set[_Worker] = set()  # live workers
+        self._queue: deque[_Job] = deque()  # calls not sent to a worker yet
         self._exiting: set[_Worker] = set()  # retired workers whose exit we have not seen yet
         self._closing = False
+        self._seq = 0
+        self._durations: dict[Any, float] = {}  # kind of call -> running mean of its seconds
+        self._steal_timer: asyncio.TimerHandle | None = None
+        self._dispatch_soon = False  # a _dispatch() is scheduled for this turn of the loop
+        #: how many chunks of each size were sent to workers (what the pool did, for tests and benchmarks)
+        self.chunks: Counter[int] = Counter()
+        #: calls taken back from a worker busy with a long call and given to another
+        self.stolen = 0
 
     @property
     def capacity(self) -> int:
         """The number of workers: how many calls run at once."""
         return self.workers
+
+    @property
+    def in_flight(self) -> int:
+        """Calls worth keeping handed to the pool: two chunks per worker of the shortest kind of call
+        seen so far (eight per worker while nothing is known or every call is long, as before
+        chunks), so a scheduler does not claim many long tasks that would only wait here."""
+        biggest = max((self.chunk_size(kind) for kind in self._durations), default=1)
+        return self.workers * max(8, min(MAX_CHUNK, 2 * biggest))
 
     @property
     def pids(self) -> list[int]:
@@ -153,17 +194,16 @@ class LocalExecutor(Executor):
         if self._loop is None or self._closing:
             return
         self._closing = True
-        while self._waiters:
-            waiter = self._waiters.popleft()
-            if not waiter.done():
-                waiter.set_exception(Cancelled("The local executor was closed before the task could start."))
+        if self._steal_timer is not None:
+            self._steal_timer.cancel()
+        while self._queue:
+            _fail(self._queue.popleft(), Cancelled("The local executor was closed before the task could start."))
         for worker in list(self._all):
-            pending, worker.pending = worker.pending, None
-            if pending is not None:
-                if not pending.future.done():
-                    pending.future.set_exception(
-                        Cancelled("The local executor was closed while the task ran; the task was stopped.")
-                    )
+            jobs = list(worker.outstanding.values())
+            worker.outstanding.clear()
+            if jobs:
+                for job in jobs:
+                    _fail(job, Cancelled("The local executor was closed while the task ran; the task was stopped."))
                 self._retire(worker, kill=True)
             else:
                 with contextlib.suppress(OSError):
@@ -178,7 +218,7 @@ class LocalExecutor(Executor):
                 await asyncio.wait(late, timeout=self.shutdown_grace)
 
     async def run(self, call: Call, on_message: OnMessage, timeout: float | None = None) -> Any:
-        """Run ``call`` on an idle worker (waiting for one if all are busy); see :meth:`Executor.run`."""
+        """Run ``call`` on a worker (queued until one takes it); see :meth:`Executor.run`."""
         if type(call) is not PythonCall:  # the hot path checks the exact type; subclasses go through supports()
             self._check(call)
         assert isinstance(call, PythonCall)
@@ -186,7 +226,7 @@ class LocalExecutor(Executor):
         if loop is None or self._closing:
             raise RuntimeError("LocalExecutor is not running: await start() first (and not after close()).")
         try:
-            data = cloudpickle.dumps((call.fn, tuple(call.args), dict(call.kwargs)), pickle.HIGHEST_PROTOCOL)
+            payload = cloudpickle.dumps((call.fn, tuple(call.args), dict(call.kwargs)), pickle.HIGHEST_PROTOCOL)
         except Exception as exc:
             raise StepFailed(
                 f"The call could not be pickled to send it to a worker process ({type(exc).__name__}: {exc}). "
@@ -194,31 +234,188 @@ class LocalExecutor(Executor):
                 error_type=type(exc).__name__,
                 traceback="".join(traceback.format_exception(exc)),
             ) from None
-        worker = self._idle.popleft() if self._idle else await self._acquire()
-        pending = _Pending(loop.create_future(), on_message)
-        worker.pending = pending
-        with contextlib.suppress(OSError):  # it just died: its sentinel will fail the call with WorkerCrashed
-            worker.conn.send_bytes(data)
+        job = _Job(loop.create_future(), on_message, payload, _kind(call), timeout)
+        mean = self._durations.get(job.kind)
+        job.eager = timeout is not None or mean is None or mean >= CHUNK_SECONDS
+        self._queue.append(job)
+        if len(self._all) < self.workers:
+            self._replace()  # an earlier replacement failed to start: try again now
+        if not self._dispatch_soon:
+            # Once for every call made in this turn of the loop: they go out together, in chunks.
+            self._dispatch_soon = True
+            loop.call_soon(self._dispatch)
         try:
-            if timeout is None:
-                return await pending.future
-            async with asyncio.timeout(timeout):
-                return await pending.future
-        except TimeoutError:
-            # The deadline cancelled the future, unless the call finished (or crashed) just before it: then that counts.
-            if not pending.future.cancelled():
-                return pending.future.result()
-            self._stop(worker)
-            raise TaskTimeout(
-                f"The task ran past its timeout of {timeout:g} s and was stopped (worker process {worker.pid} "
-                "was killed). Raise the step's timeout or make it faster.",
-                timeout=timeout,
-                pid=worker.pid,
-            ) from None
+            return await job.future
         except asyncio.CancelledError:
-            if worker.pending is pending:  # still running (not finished just as we were cancelled)
-                self._stop(worker)
+            self._abandon(job)
             raise
+
+    # -- sending work ----------------------------------------------------------------------------
+
+    def chunk_size(self, kind: Any) -> int:
+        """How many calls of ``kind`` go in one chunk: ~CHUNK_SECONDS of work by their mean duration."""
+        mean = self._durations.get(kind)
+        if mean is None or mean >= CHUNK_SECONDS:
+            return 1
+        return max(1, min(MAX_CHUNK, int(CHUNK_SECONDS / max(mean, 1e-6))))
+
+    def _dispatch(self) -> None:
+        """Send queued calls to workers that need work, in chunks; then see whether to steal."""
+        self._dispatch_soon = False
+        queue = self._queue
+        while queue and (queue[0].future.done()):
+            queue.popleft()
+        if queue and self._all:
+            for worker in sorted(self._all, key=lambda w: len(w.outstanding)):
+                if not queue:
+                    break
+                self._feed(worker)
+        if not queue:
+            self._steal()
+
+    def _feed(self, worker: _Worker) -> None:
+        """Top up one worker's chunk from the queue, if it is running low."""
+        queue = self._queue
+        head = queue[0]
+        n = self.chunk_size(head.kind)
+        have = len(worker.outstanding)
+        if head.timeout is not None:
+            if have:
+                return  # a call's timeout counts from its start: it goes only to a worker with nothing queued
+        elif have > n // 2:
+            return
+        share = math.ceil(len(queue) / max(1, len(self._all)))
+        take = max(1, min(n - have, share))
+        chunk: list[tuple[int, bool, bytes]] = []
+        loop = self._loop
+        assert loop is not None
+        while queue and len(chunk) < take:
+            job = queue[0]
+            if job.future.done():
+                queue.popleft()
+                continue
+            if chunk and job.timeout is not None:
+                break
+            queue.popleft()
+            self._seq += 1
+            job.seq, job.worker = self._seq, worker
+            worker.outstanding[job.seq] = job
+            chunk.append((job.seq, job.eager, job.payload))
+            if job.timeout is not None:
+                job.timer = loop.call_later(job.timeout, self._expire, job)
+        if not chunk:
+            return
+        self.chunks[len(chunk)] += 1
+        with contextlib.suppress(OSError):  # it just died: its sentinel will deal with its calls
+            worker.conn.send_bytes(bytes((CHUNK,)) + pickle.dumps(chunk, pickle.HIGHEST_PROTOCOL))
+
+    def _withdraw(self, worker: _Worker, jobs: list[_Job]) -> list[_Job]:
+        """Take calls back from a worker; those it has not started (they never will), in order."""
+        if not jobs:
+            return []
+        with contextlib.suppress(OSError):
+            worker.conn.send_bytes(bytes((SKIP,)) + pickle.dumps([j.seq for j in jobs], pickle.HIGHEST_PROTOCOL))
+        # Read after sending: a call with a larger seq than the claimed one is claimed only after
+        # the worker has read the withdrawal, and then it skips it.
+        claimed, _, _ = worker.state.read()
+        taken = [j for j in jobs if j.seq > claimed]
+        for job in taken:
+            del worker.outstanding[job.seq]
+            job.worker, job.seq = None, -1
+            if job.timer is not None:
+                job.timer.cancel()
+                job.timer = None
+        return taken
+
+    def _steal(self) -> None:
+        """Give an idle worker the calls queued behind a long one in another worker."""
+        idle = [w for w in self._all if not w.outstanding]
+        if not idle:
+            return
+        now = time.monotonic()
+        wait = math.inf
+        for worker in sorted(self._all, key=lambda w: -len(w.outstanding)):
+            if len(worker.outstanding) < 2:
+                continue
+            claimed, finished, at = worker.state.read()
+            first = next(iter(worker.outstanding))
+            if claimed != first or finished >= claimed:
+                continue  # it has not started its first call yet, or is between calls
+            ran = now - at
+            if ran < STEAL_AFTER:
+                wait = min(wait, STEAL_AFTER - ran)
+                continue
+            later = [j for s, j in worker.outstanding.items() if s != first]
+            taken = self._withdraw(worker, later)
+            if taken:
+                self.stolen += len(taken)
+                self._queue.extendleft(reversed(taken))
+                self._dispatch()
+                return
+        if wait < math.inf and self._steal_timer is None:
+            assert self._loop is not None
+            self._steal_timer = self._loop.call_later(wait, self._steal_later)
+
+    def _steal_later(self) -> None:
+        self._steal_timer = None
+        if not self._closing:
+            self._dispatch()
+
+    # -- a call's end other than its result -------------------------------------------------------
+
+    def _abandon(self, job: _Job) -> None:
+        """The awaiting task was cancelled: withdraw the call, or stop it if it runs."""
+        if job.timer is not None:
+            job.timer.cancel()
+        worker = job.worker
+        if worker is None:
+            with contextlib.suppress(ValueError):
+                self._queue.remove(job)
+            return
+        if job.seq not in worker.outstanding or self._withdraw(worker, [job]):
+            return
+        _, finished, _ = worker.state.read()
+        if finished >= job.seq:
+            del worker.outstanding[job.seq]  # it has ended; its result is on the way and will be dropped
+            return
+        self._lose(worker, job, None, kill=True)
+
+    def _expire(self, job: _Job) -> None:
+        """A call's timeout: stop its worker, unless the call has ended."""
+        job.timer = None
+        worker = job.worker
+        if job.future.done() or worker is None or job.seq not in worker.outstanding:
+            return
+        error = TaskTimeout(
+            f"The task ran past its timeout of {job.timeout:g} s and was stopped (worker process {worker.pid} "
+            "was killed). Raise the step's timeout or make it faster.",
+            timeout=job.timeout,
+            pid=worker.pid,
+        )
+        self._lose(worker, job, error, kill=True)
+
+    def _lose(self, worker: _Worker, culprit: _Job | None, error: BaseException | None, *, kill: bool) -> None:
+        """A worker is gone (or being killed): end the call it ran, requeue the ones it did not."""
+        jobs = list(worker.outstanding.values())
+        worker.outstanding.clear()
+        self._retire(worker, kill=kill)
+        again: list[_Job] = []
+        for job in jobs:
+            if job.timer is not None:
+                job.timer.cancel()
+                job.timer = None
+            job.worker = None
+            if job is culprit:
+                if error is not None:
+                    _fail(job, error)
+            elif job.requeues >= MAX_REQUEUES:
+                _fail(job, WorkerCrashed(f"The task's worker process died {job.requeues + 1} times before it ran."))
+            else:
+                job.requeues += 1
+                again.append(job)
+        self._queue.extendleft(reversed(again))
+        self._replace()
+        self._dispatch()
 
     # -- the pool ------------------------------------------------------------------------------
 
@@ -228,19 +425,22 @@ class LocalExecutor(Executor):
         parent_conn, child_conn = self._ctx.Pipe(duplex=True)
         fd, fault_path = tempfile.mkstemp(prefix="datamill-worker-", suffix=".fault")
         os.close(fd)
+        state_path = fault_path.removesuffix(".fault") + ".state"
+        WorkerState.create(state_path).close()
         # daemon=True: if the scheduler exits without close(), multiprocessing still ends the worker.
         process = self._ctx.Process(  # type: ignore[attr-defined]  # BaseContext lacks it in typeshed
-            target=_worker_main, args=(child_conn, fault_path), name="datamill-worker", daemon=True
+            target=worker_main, args=(child_conn, fault_path, state_path), name="datamill-worker", daemon=True
         )
         try:
             process.start()
         except BaseException:
             parent_conn.close()
-            os.unlink(fault_path)
+            for path in (fault_path, state_path):
+                os.unlink(path)
             raise
         finally:
             child_conn.close()  # the worker has its own copy; ours would hide the worker's death from us
-        return _Worker(process, parent_conn, fault_path)
+        return _Worker(process, parent_conn, fault_path, state_path)
 
     def _adopt(self, worker: _Worker) -> None:
         """Watch a new worker's pipe and sentinel, and put it to work."""
@@ -250,61 +450,29 @@ class LocalExecutor(Executor):
         loop.add_reader(worker.conn.fileno(), self._on_readable, worker)
         loop.add_reader(worker.process.sentinel, self._on_exit, worker)
         self._all.add(worker)
-        self._release(worker)
-
-    def _release(self, worker: _Worker) -> None:
-        """Give an idle worker to the longest-waiting run(), or park it."""
-        while self._waiters:
-            waiter = self._waiters.popleft()
-            if not waiter.done():  # a cancelled waiter stays queued until here
-                waiter.set_result(worker)
-                return
-        self._idle.append(worker)
-
-    async def _acquire(self) -> _Worker:
-        """Wait for an idle worker (first come, first served)."""
-        assert self._loop is not None
-        if len(self._all) < self.workers and not self._closing:
-            self._replace()  # an earlier replacement failed to start: try again now
-            if self._idle:
-                return self._idle.popleft()
-        waiter: asyncio.Future[_Worker] = self._loop.create_future()
-        self._waiters.append(waiter)
-        try:
-            return await waiter
-        except asyncio.CancelledError:
-            if waiter.done() and not waiter.cancelled():  # handed a worker just as we were cancelled
-                self._release(waiter.result())
-            raise
+        self._dispatch()
 
     def _replace(self) -> None:
         """Start a worker in place of one that died or was killed (a few ms with the fork server)."""
-        if self._closing:
+        if self._closing or len(self._all) >= self.workers:
             return
         try:
             worker = self._spawn()
         except Exception as exc:
-            # Not fatal: the pool runs one worker short and _acquire() tries again. If no worker is left,
-            # the callers waiting for one fail instead of waiting forever.
+            # Not fatal: the pool runs one worker short and run() tries again. If no worker is left,
+            # the queued calls fail instead of waiting forever.
             assert self._loop is not None
             self._loop.call_exception_handler(
                 {"message": "datamill: could not start a worker process", "exception": exc}
             )
             if not self._all:
-                while self._waiters:
-                    waiter = self._waiters.popleft()
-                    if not waiter.done():
-                        waiter.set_exception(
-                            WorkerCrashed(f"No worker process could be started ({type(exc).__name__}: {exc}).")
-                        )
+                while self._queue:
+                    _fail(
+                        self._queue.popleft(),
+                        WorkerCrashed(f"No worker process could be started ({type(exc).__name__}: {exc})."),
+                    )
             return
         self._adopt(worker)
-
-    def _stop(self, worker: _Worker) -> None:
-        """Kill a worker whose call timed out or was cancelled, and start another in its place."""
-        worker.pending = None
-        self._retire(worker, kill=True)
-        self._replace()
 
     def _retire(self, worker: _Worker, *, kill: bool) -> None:
         """Take a worker out of service; its sentinel reader stays until it has exited, then _reap()."""
@@ -312,8 +480,6 @@ class LocalExecutor(Executor):
         if worker in self._exiting:
             return
         self._all.discard(worker)
-        with contextlib.suppress(ValueError):
-            self._idle.remove(worker)
         if not worker.conn.closed:
             self._loop.remove_reader(worker.conn.fileno())
             worker.conn.close()
@@ -322,64 +488,57 @@ class LocalExecutor(Executor):
         self._exiting.add(worker)
 
     def _on_readable(self, worker: _Worker) -> None:
-        """Loop callback: one message from a worker's pipe."""
+        """Loop callback: what a worker's pipe holds now (all of it: one wake-up, many messages)."""
         try:
-            data = worker.conn.recv_bytes()
+            while True:
+                self._handle(worker, worker.conn.recv_bytes())
+                if worker.conn.closed or not worker.conn.poll():
+                    break
         except (EOFError, OSError):
             # The worker closed its end: it is exiting. Its sentinel says how and triggers _on_exit().
             assert self._loop is not None
-            self._loop.remove_reader(worker.conn.fileno())
+            if not worker.conn.closed:
+                self._loop.remove_reader(worker.conn.fileno())
             return
-        self._handle(worker, data)
+        self._dispatch()
 
     def _handle(self, worker: _Worker, data: bytes) -> None:
-        pending = worker.pending
-        if pending is None:
-            return
         tag = data[0]
-        if tag == _MESSAGE:
+        if tag == MESSAGE:
             try:
-                message: Message = pickle.loads(data[1:])
+                seq, message = pickle.loads(data[1:])
             except Exception:
                 return  # cannot happen with our own Message classes; never worth failing the task
-            deliver(pending.on_message, message)
+            job = worker.outstanding.get(seq)
+            if job is not None:
+                deliver(job.on_message, message)
             return
-        worker.pending = None
-        try:
-            if tag == _RESULT:
-                outcome: Any = pickle.loads(data[1:])
-                if not pending.future.done():
-                    pending.future.set_result(outcome)
-            else:
-                error_type, text, traceback_text = pickle.loads(data[1:])
-                if not pending.future.done():
-                    pending.future.set_exception(step_failed(error_type, text, traceback_text))
-        except Exception as exc:
-            if not pending.future.done():
-                pending.future.set_exception(
-                    StepFailed(
-                        f"The step's return value could not be unpickled in the scheduler ({type(exc).__name__}: "
-                        f"{exc}). Return plain data (numbers, strings, lists, dicts, paths).",
-                        error_type=type(exc).__name__,
-                    )
-                )
-        # Straight to the next waiting run(): no need to wait for this call's awaiter to resume.
-        self._release(worker)
+        if tag != BATCH:
+            return
+        for seq, kind, payload, seconds in pickle.loads(data[1:]):
+            job = worker.outstanding.pop(seq, None)
+            if job is None:
+                continue  # cancelled while it ran to its end
+            if job.timer is not None:
+                job.timer.cancel()
+                job.timer = None
+            mean = self._durations.get(job.kind)
+            self._durations[job.kind] = seconds if mean is None else mean + _EWMA * (seconds - mean)
+            if not job.future.done():
+                _settle(job.future, kind, payload)
 
     def _on_exit(self, worker: _Worker) -> None:
         """Loop callback: a worker's sentinel fired, so the process has exited."""
         assert self._loop is not None
         self._loop.remove_reader(worker.process.sentinel)
         if worker in self._all:  # it died on its own: a crash
-            # Messages it sent before dying are still in the pipe; hand them over first, in order.
+            # Messages and results it sent before dying are still in the pipe; hand them over first, in order.
             with contextlib.suppress(EOFError, OSError):
-                while worker.pending is not None and worker.conn.poll():
+                while worker.outstanding and worker.conn.poll():
                     self._handle(worker, worker.conn.recv_bytes())
-            pending, worker.pending = worker.pending, None
-            self._retire(worker, kill=False)
-            if pending is not None and not pending.future.done():
-                pending.future.set_exception(_crash_error(worker))
-            self._replace()
+            claimed, finished, _ = worker.state.read()
+            culprit = worker.outstanding.get(claimed) if finished < claimed else None
+            self._lose(worker, culprit, _crash_error(worker), kill=False)
         self._reap(worker)
 
     def _reap(self, worker: _Worker) -> None:
@@ -387,15 +546,57 @@ class LocalExecutor(Executor):
         worker.process.join(1.0)  # the sentinel fired, so this returns at once
         with contextlib.suppress(ValueError):
             worker.process.close()
-        with contextlib.suppress(OSError):
-            os.unlink(worker.fault_path)
+        worker.state.close()
+        for path in (worker.fault_path, worker.state_path):
+            with contextlib.suppress(OSError):
+                os.unlink(path)
         self._exiting.discard(worker)
         if worker.exited is not None and not worker.exited.done():
             worker.exited.set_result(None)
 
 
+def _kind(call: PythonCall) -> Any:
+    """What calls are alike in duration: the same function, on the same step when it runs one."""
+    first = call.args[0] if call.args else None
+    step = getattr(first, "step", None)
+    fn = call.fn
+    return (getattr(fn, "__module__", None), getattr(fn, "__qualname__", None), step if isinstance(step, str) else None)
+
+
+def _settle(future: asyncio.Future[Any], tag: int, payload: bytes) -> None:
+    """Resolve a call's future from its reply."""
+    try:
+        if tag == RESULT:
+            future.set_result(pickle.loads(payload))
+        else:
+            error_type, text, traceback_text = pickle.loads(payload)
+            future.set_exception(step_failed(error_type, text, traceback_text))
+    except Exception as exc:
+        future.set_exception(
+            StepFailed(
+                f"The step's return value could not be unpickled in the scheduler ({type(exc).__name__}: "
+                f"{exc}). Return plain data (numbers, strings, lists, dicts, paths).",
+                error_type=type(exc).__name__,
+            )
+        )
+
+
+def _fail(job: _Job, error: BaseException) -> None:
+    if job.timer is not None:
+        job.timer.cancel()
+        job.timer = None
+    if not job.future.done():
+        job.future.set_exception(error)
+
+
 def _kill(process: BaseProcess) -> None:
-    """SIGKILL, the only signal a busy or stuck Python process cannot ignore or postpone."""
+    """SIGKILL the worker and its process group (what the call started), the only signal a busy or
+    stuck Python process cannot ignore or postpone."""
+    pid = process.pid
+    if pid and process.exitcode is None:
+        with contextlib.suppress(OSError):
+            if os.getpgid(pid) == pid:  # it leads its group (not yet, in the first instants of its life)
+                os.killpg(pid, signal.SIGKILL)
     with contextlib.suppress(OSError, ValueError):
         process.kill()
 
@@ -424,99 +625,3 @@ def _crash_error(worker: _Worker) -> WorkerCrashed:
         exit_code=code,
         traceback=fault,
     )
-
-
-# -- inside a worker process ---------------------------------------------------------------------
-
-
-class _Channel:
-    """A worker's side of the pipe for one call: messages go out until the result has been sent."""
-
-    __slots__ = ("conn", "lock", "open")
-
-    def __init__(self, conn: Connection, lock: threading.Lock) -> None:
-        self.conn = conn
-        self.lock = lock
-        self.open = True
-
-    def emit(self, message: Message) -> None:
-        data = bytes((_MESSAGE,)) + pickle.dumps(message, pickle.HIGHEST_PROTOCOL)
-        # The lock lets threads the step started report too; "open" drops what they send after the
-        # call returned, so it is never taken for the next call's messages.
-        with self.lock:
-            if self.open:
-                self.conn.send_bytes(data)
-
-    def finish(self, reply: bytes) -> None:
-        with self.lock:
-            self.open = False
-            self.conn.send_bytes(reply)
-
-
-def _worker_main(conn: Connection, fault_path: str) -> None:
-    """Body of a worker process: run calls from ``conn`` one at a time until told to exit."""
-    # The parent marks workers daemonic so they end with it, but a daemonic process may not start
-    # children, and a step may well use multiprocessing itself.
-    multiprocessing.current_process().daemon = False
-    # Ctrl-C in a terminal signals the whole foreground process group; the scheduler decides what
-    # happens to running tasks, so a worker must not die of it in the middle of a call.
-    signal.signal(signal.SIGINT, signal.SIG_IGN)
-    _die_with_parent()
-    # On a segfault and the like, the interpreter writes the Python traceback here; the parent puts
-    # it into the WorkerCrashed error. The file stays open for the life of the process.
-    faulthandler.enable(open(fault_path, "w"))  # noqa: SIM115
-    lock = threading.Lock()
-    while True:
-        try:
-            data = conn.recv_bytes()
-        except (EOFError, OSError):  # the parent is gone or closed our pipe
-            return
-        if not data:
-            return
-        channel = _Channel(conn, lock)
-        try:
-            fn, args, kwargs = cloudpickle.loads(data)
-            reporter = Reporter(channel.emit)
-            # Whatever the call prints, logs or writes to fds 1 and 2 (C code, child processes) is its log.
-            with fd_output(reporter.log), task_output(reporter.log):
-                result = fn(reporter, *args, **kwargs)
-        except BaseException as exc:  # SystemExit and KeyboardInterrupt too: the worker must go on
-            reply = _error_reply(exc)
-        else:
-            try:
-                reply = bytes((_RESULT,)) + cloudpickle.dumps(result, pickle.HIGHEST_PROTOCOL)
-            except Exception as exc:
-                reply = _error_reply(exc, f"the step's return value could not be pickled: {_text(exc)}")
-        try:
-            channel.finish(reply)
-        except (OSError, ValueError):
-            return
-
-
-def _error_reply(exc: BaseException, text: str | None = None) -> bytes:
-    tb = "".join(traceback.format_exception(exc))
-    payload = (type(exc).__name__, _text(exc) if text is None else text, tb)
-    return bytes((_ERROR,)) + pickle.dumps(payload, pickle.HIGHEST_PROTOCOL)
-
-
-def _text(exc: BaseException) -> str:
-    """``str(exc)``, even for an exception whose ``__str__`` is broken."""
-    try:
-        return str(exc)
-    except Exception:
-        return repr(exc)
-
-
-def _die_with_parent() -> None:
-    """Linux: have the kernel SIGKILL this worker when its parent dies, even in the middle of a call.
-
-    The parent is the fork server, which exits when the scheduler does, so a scheduler killed with
-    SIGKILL leaves no worker running behind it. Elsewhere a worker notices at its next call.
-    """
-    if sys.platform != "linux":
-        return
-    import ctypes
-
-    with contextlib.suppress(OSError, AttributeError):
-        pr_set_pdeathsig = 1
-        ctypes.CDLL(None, use_errno=True).prctl(pr_set_pdeathsig, signal.SIGKILL)

@@ -1,0 +1,350 @@
+"""Inside a local pool worker: its loop over chunks of calls, and the wire protocol both ends speak.
+
+The parent (:mod:`datamill.executors.local`) sends a worker *chunks* of calls and gets their results
+back in *batches*, so that a pool of short tasks costs one pipe round trip per chunk, not per task
+(what ``multiprocessing.Pool.imap(chunksize=...)`` does).
+
+Parent to worker, one ``send_bytes`` each: ``b"C" + pickle([(seq, eager, payload), ...])`` a chunk
+(``payload`` is ``cloudpickle((fn, args, kwargs))``, made once per call by the parent);
+``b"S" + pickle([seq, ...])`` withdraw calls not started yet; empty bytes: exit.
+
+Worker to parent: ``b"M" + pickle((seq, message))`` a progress or log message of call ``seq``;
+``b"B" + pickle([(seq, tag, payload, seconds), ...])`` results, ``tag`` :data:`RESULT` (``payload``
+is the cloudpickled return value) or :data:`ERROR` (a pickled ``(type name, text, traceback)``).
+Results are held back while calls finish quickly and sent when the chunk is done, when a few
+milliseconds have passed, before a message, and around every *eager* call (one with a timeout, or
+whose duration is not known to be short), so a long call never holds finished results back.
+
+The worker's *state* is a small file both ends map in memory: the sequence number of the call the
+worker took last (``claimed``), of the call it last finished (``finished``), and when it took it.
+The worker writes ``claimed`` *before* it looks for withdrawals and runs the call, so when the
+parent has sent a withdrawal and then reads a smaller ``claimed``, the call will not run. The
+parent uses the state to know which call a dead worker was running (that one failed; the calls
+after it never started and go to another worker), to stop a cancelled call only if it runs, and to
+take back calls queued behind a long one (work stealing).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import faulthandler
+import fcntl
+import mmap
+import multiprocessing
+import os
+import pickle
+import select
+import signal
+import struct
+import sys
+import threading
+import time
+import traceback
+from collections import deque
+from collections.abc import Callable
+from multiprocessing.connection import Connection
+
+import cloudpickle
+
+from .base import Message, Reporter
+from .capture import MAX_LINE, task_output
+
+__all__ = ["ERROR", "RESULT", "WorkerState", "worker_main"]
+
+CHUNK = ord("C")
+SKIP = ord("S")
+MESSAGE = ord("M")
+BATCH = ord("B")
+RESULT = ord("R")
+ERROR = ord("E")
+
+#: finished results wait at most this long in a worker before they are sent
+FLUSH_SECONDS = 0.005
+
+_STATE = struct.Struct("=qqd")  # claimed, finished, claimed at (time.monotonic(), shared by all processes)
+
+
+class WorkerState:
+    """The shared state file of one worker, mapped in memory (see the module's docstring)."""
+
+    size = _STATE.size
+
+    def __init__(self, path: str) -> None:
+        with open(path, "r+b") as f:
+            if os.fstat(f.fileno()).st_size < self.size:
+                f.write(_STATE.pack(-1, -1, 0.0))
+                f.flush()
+            self._map = mmap.mmap(f.fileno(), self.size)
+
+    @classmethod
+    def create(cls, path: str) -> WorkerState:
+        """A fresh state file at ``path``: nothing claimed, nothing finished."""
+        with open(path, "wb") as f:
+            f.write(_STATE.pack(-1, -1, 0.0))
+        return cls(path)
+
+    def read(self) -> tuple[int, int, float]:
+        """``(claimed, finished, claimed_at)``."""
+        claimed, finished, at = _STATE.unpack_from(self._map)
+        return claimed, finished, at
+
+    def claim(self, seq: int) -> None:
+        """Worker side: call ``seq`` is taken now (its time first, so the parent never sees a stale one)."""
+        struct.pack_into("=d", self._map, 16, time.monotonic())
+        struct.pack_into("=q", self._map, 0, seq)
+
+    def finish(self, seq: int) -> None:
+        """Worker side: call ``seq`` has ended (or was withdrawn)."""
+        struct.pack_into("=q", self._map, 8, seq)
+
+    def close(self) -> None:
+        with contextlib.suppress(BufferError, ValueError):
+            self._map.close()
+
+
+class _Outbox:
+    """A worker's side of the pipe: messages go at once, results in batches; safe from any thread."""
+
+    __slots__ = ("conn", "lock", "results", "since")
+
+    def __init__(self, conn: Connection) -> None:
+        self.conn = conn
+        self.lock = threading.Lock()
+        self.results: list[tuple[int, int, bytes, float]] = []
+        self.since = 0.0
+
+    def message(self, seq: int, message: Message) -> None:
+        data = bytes((MESSAGE,)) + pickle.dumps((seq, message), pickle.HIGHEST_PROTOCOL)
+        with self.lock:
+            self._flush()  # earlier calls' results first: the parent sees every call's events in order
+            self.conn.send_bytes(data)
+
+    def result(self, item: tuple[int, int, bytes, float]) -> None:
+        with self.lock:
+            if not self.results:
+                self.since = time.monotonic()
+            self.results.append(item)
+
+    def due(self) -> bool:
+        return bool(self.results) and time.monotonic() - self.since >= FLUSH_SECONDS
+
+    def flush(self) -> None:
+        with self.lock:
+            self._flush()
+
+    def _flush(self) -> None:
+        if self.results:
+            data = bytes((BATCH,)) + pickle.dumps(self.results, pickle.HIGHEST_PROTOCOL)
+            self.results = []
+            self.conn.send_bytes(data)
+
+
+class _Channel:
+    """One call's messages: sent until the call has returned (threads it started may outlive it)."""
+
+    __slots__ = ("open", "outbox", "seq")
+
+    def __init__(self, outbox: _Outbox, seq: int) -> None:
+        self.outbox = outbox
+        self.seq = seq
+        self.open = True
+
+    def emit(self, message: Message) -> None:
+        if self.open:
+            self.outbox.message(self.seq, message)
+
+
+class _FdCapture:
+    """File descriptors 1 and 2 of the worker, pointed at pipes once: what a call writes there is its log.
+
+    One reader thread per descriptor for the worker's life (not two threads and two pipes per
+    call): it passes each line to the log of the call running now, or to the worker's original
+    descriptor between calls. When a call ends, what it wrote and nobody read yet is read at once
+    under the same lock, so every byte the call wrote before returning is in its log.
+    """
+
+    def __init__(self) -> None:
+        self.lock = threading.Lock()
+        self.log: Callable[[str], None] | None = None
+        self.pipes: list[tuple[int, int, str]] = []  # (read end, original copy, prefix)
+        self.partial: dict[int, bytes] = {}
+        for fd, prefix in ((1, ""), (2, "stderr: ")):
+            try:
+                os.fstat(fd)
+            except OSError:
+                continue  # closed in this process: nothing to capture
+            r, w = os.pipe()
+            original = os.dup(fd)
+            os.dup2(w, fd)
+            os.close(w)
+            os.set_blocking(r, False)
+            fcntl.fcntl(r, fcntl.F_SETFD, fcntl.FD_CLOEXEC)
+            self.pipes.append((r, original, prefix))
+            self.partial[r] = b""
+            pump = threading.Thread(target=self._pump, args=(r, original, prefix), name=f"datamill-fd{fd}", daemon=True)
+            pump.start()
+
+    def begin(self, log: Callable[[str], None]) -> None:
+        with self.lock:
+            self.log = log
+
+    def end(self) -> None:
+        for stream in (sys.stdout, sys.stderr):
+            with contextlib.suppress(Exception):
+                stream.flush()
+        with self.lock:
+            for r, original, prefix in self.pipes:
+                self._drain(r, original, prefix)
+                rest, self.partial[r] = self.partial[r], b""
+                if rest:
+                    self._line(original, prefix, rest)
+            self.log = None
+
+    def _pump(self, r: int, original: int, prefix: str) -> None:
+        while True:
+            try:
+                select.select([r], [], [])
+            except (OSError, ValueError):
+                return
+            with self.lock:
+                if not self._drain(r, original, prefix):
+                    return
+
+    def _drain(self, r: int, original: int, prefix: str) -> bool:
+        """Read what the pipe holds now (lock held); False once it is closed."""
+        while True:
+            try:
+                chunk = os.read(r, 65536)
+            except BlockingIOError:
+                return True
+            except OSError:
+                return False
+            if not chunk:
+                return False
+            *lines, rest = (self.partial[r] + chunk).split(b"\n")
+            while len(rest) >= MAX_LINE:
+                lines.append(rest[:MAX_LINE])
+                rest = rest[MAX_LINE:]
+            self.partial[r] = rest
+            for raw in lines:
+                self._line(original, prefix, raw)
+
+    def _line(self, original: int, prefix: str, raw: bytes) -> None:
+        if self.log is None:  # between calls (a child process of an earlier call): the worker's own output
+            with contextlib.suppress(OSError):
+                os.write(original, raw + b"\n")
+            return
+        with contextlib.suppress(Exception):
+            self.log(prefix + raw.decode("utf-8", "replace").removesuffix("\r"))
+
+
+def worker_main(conn: Connection, fault_path: str, state_path: str) -> None:
+    """Body of a worker process: run chunks of calls from ``conn`` in order until told to exit."""
+    # The parent marks workers daemonic so they end with it, but a daemonic process may not start
+    # children, and a step may well use multiprocessing itself.
+    multiprocessing.current_process().daemon = False
+    # Its own process group: stopping a call kills whatever the call started too.
+    with contextlib.suppress(OSError):
+        os.setpgid(0, 0)
+    # Ctrl-C in a terminal signals the whole foreground process group; the scheduler decides what
+    # happens to running tasks, so a worker must not die of it in the middle of a call.
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    _die_with_parent()
+    # On a segfault and the like, the interpreter writes the Python traceback here; the parent puts
+    # it into the WorkerCrashed error. The file stays open for the life of the process.
+    faulthandler.enable(open(fault_path, "w"))  # noqa: SIM115
+    state = WorkerState(state_path)
+    outbox = _Outbox(conn)
+    capture = _FdCapture()
+    inbox: deque[tuple[int, bool, bytes]] = deque()
+    skip: set[int] = set()
+    try:
+        while True:
+            if not inbox:
+                outbox.flush()
+                if not _receive(conn, conn.recv_bytes(), inbox, skip):
+                    return
+                continue
+            seq, eager, payload = inbox.popleft()
+            state.claim(seq)
+            # Withdrawals sent before the claim are in the pipe now: honour them before running.
+            while conn.poll():
+                if not _receive(conn, conn.recv_bytes(), inbox, skip):
+                    return
+            if seq in skip:
+                skip.discard(seq)
+                state.finish(seq)
+                continue
+            if eager:
+                outbox.flush()
+            started = time.perf_counter()
+            tag, reply = _run(outbox, capture, seq, payload)
+            took = time.perf_counter() - started
+            state.finish(seq)
+            outbox.result((seq, tag, reply, took))
+            if eager or took >= FLUSH_SECONDS or outbox.due():
+                outbox.flush()
+    except (EOFError, OSError, ValueError):  # the parent is gone or closed our pipe
+        return
+
+
+def _receive(conn: Connection, data: bytes, inbox: deque[tuple[int, bool, bytes]], skip: set[int]) -> bool:
+    """Take one message from the parent; False for "exit"."""
+    if not data:
+        return False
+    if data[0] == CHUNK:
+        inbox.extend(pickle.loads(data[1:]))
+    elif data[0] == SKIP:
+        skip.update(pickle.loads(data[1:]))
+    return True
+
+
+def _run(outbox: _Outbox, capture: _FdCapture, seq: int, payload: bytes) -> tuple[int, bytes]:
+    """Run one call; its reply ``(tag, payload)``."""
+    channel = _Channel(outbox, seq)
+    try:
+        fn, args, kwargs = cloudpickle.loads(payload)
+        reporter = Reporter(channel.emit)
+        # Whatever the call prints, logs or writes to fds 1 and 2 (C code, child processes) is its log.
+        capture.begin(reporter.log)
+        try:
+            with task_output(reporter.log):
+                result = fn(reporter, *args, **kwargs)
+        finally:
+            capture.end()
+    except BaseException as exc:  # SystemExit and KeyboardInterrupt too: the worker must go on
+        channel.open = False
+        return ERROR, _error_payload(exc)
+    channel.open = False
+    try:
+        return RESULT, cloudpickle.dumps(result, pickle.HIGHEST_PROTOCOL)
+    except Exception as exc:
+        return ERROR, _error_payload(exc, f"the step's return value could not be pickled: {_text(exc)}")
+
+
+def _error_payload(exc: BaseException, text: str | None = None) -> bytes:
+    tb = "".join(traceback.format_exception(exc))
+    return pickle.dumps((type(exc).__name__, _text(exc) if text is None else text, tb), pickle.HIGHEST_PROTOCOL)
+
+
+def _text(exc: BaseException) -> str:
+    """``str(exc)``, even for an exception whose ``__str__`` is broken."""
+    try:
+        return str(exc)
+    except Exception:
+        return repr(exc)
+
+
+def _die_with_parent() -> None:
+    """Linux: have the kernel SIGKILL this worker when its parent dies, even in the middle of a call.
+
+    The parent is the fork server, which exits when the scheduler does, so a scheduler killed with
+    SIGKILL leaves no worker running behind it. Elsewhere a worker notices at its next call.
+    """
+    if sys.platform != "linux":
+        return
+    import ctypes
+
+    with contextlib.suppress(OSError, AttributeError):
+        pr_set_pdeathsig = 1
+        ctypes.CDLL(None, use_errno=True).prctl(pr_set_pdeathsig, signal.SIGKILL)

@@ -1,0 +1,161 @@
+"""The local pool's chunks: short calls go to workers many at a time, a long call does not hold the
+calls queued behind it, a cancelled call that has not started never runs, and a worker that dies in
+the middle of a chunk fails only the call it was running."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import signal
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from datamill.errors import WorkerCrashed
+from datamill.executors import Message, PythonCall, Reporter
+
+from .test_contract import ignore
+
+
+def task(reporter: Reporter, i: int, marks: str = "", gate: str = "", die: bool = False) -> int:
+    """One kind of call, short unless told otherwise: leaves a mark per execution, may wait for
+    ``gate`` to exist (reporting "waiting" first), or SIGKILL its own worker."""
+    if marks:
+        Path(marks, f"{i}.{time.monotonic_ns()}").write_text(str(os.getpid()))
+    if die:
+        os.kill(os.getpid(), signal.SIGKILL)
+    if gate:
+        reporter.progress(0.0, f"waiting {os.getpid()}")
+        while not os.path.exists(gate):  # the task's own work: it runs until the test opens the gate
+            time.sleep(0.005)
+    return i
+
+
+def runs_of(marks: Path) -> dict[int, int]:
+    """How many times each call ran."""
+    counts: dict[int, int] = {}
+    for p in marks.iterdir():
+        i = int(p.name.split(".")[0])
+        counts[i] = counts.get(i, 0) + 1
+    return counts
+
+
+async def warm_up(executor: Any) -> None:
+    """Teach the pool that ``task`` calls are short (a kind of call not seen yet goes one at a time)."""
+    # A worker's first call imports this module, and a loaded machine may stall any call: go on
+    # until the running mean says "short" (it forgets an outlier within tens of calls).
+    for _ in range(100):
+        await asyncio.gather(*(executor.run(PythonCall(task, (i,)), ignore) for i in range(40)))
+        if executor.chunk_size(("tests.executors.test_local_chunks", "task", None)) > 1:
+            return
+    raise AssertionError("task calls never looked short to the pool")
+
+
+async def started(messages: list[Message]) -> int:
+    """Wait for the gated call's "waiting" message; the pid of the worker running it."""
+    while not messages:
+        await asyncio.sleep(0.005)
+    return int(messages[0].message.split()[1])  # type: ignore[union-attr]
+
+
+@pytest.fixture
+def pool(make_harness: Callable[..., Any]) -> Any:
+    return make_harness("local", workers=2)
+
+
+def test_short_calls_go_in_chunks(pool: Any) -> None:
+    async def scenario() -> list[int]:
+        await warm_up(pool.executor)
+        pool.executor.chunks.clear()
+        return await asyncio.gather(*(pool.executor.run(PythonCall(task, (i,)), ignore) for i in range(400)))
+
+    assert pool.run(scenario()) == list(range(400))
+    chunks = pool.executor.chunks
+    assert sum(size * n for size, n in chunks.items()) == 400  # every call went out once
+    assert max(chunks) > 1 and sum(chunks.values()) < 400  # fewer sends than calls
+
+
+def test_a_new_kind_of_call_goes_one_at_a_time(pool: Any) -> None:
+    async def scenario() -> list[int]:
+        return await asyncio.gather(*(pool.executor.run(PythonCall(task, (i,)), ignore) for i in range(2)))
+
+    assert pool.run(scenario()) == [0, 1]
+    assert pool.executor.chunks == {1: 2}  # both workers got one: nothing known about its duration yet
+
+
+def test_a_long_call_does_not_hold_short_ones_hostage(pool: Any, tmp_path: Path) -> None:
+    gate = tmp_path / "gate"
+
+    async def scenario() -> None:
+        ex = pool.executor
+        await warm_up(ex)
+        messages: list[Message] = []
+        long = asyncio.ensure_future(ex.run(PythonCall(task, (-1,), {"gate": str(gate)}), messages.append))
+        short = [asyncio.ensure_future(ex.run(PythonCall(task, (i,)), ignore)) for i in range(200)]
+        # The long call went out first, with short ones queued behind it in its worker's chunk:
+        # they are taken back and run by the other worker while it waits for the gate.
+        assert await asyncio.gather(*short) == list(range(200))
+        assert not long.done()
+        assert ex.stolen > 0
+        gate.touch()
+        assert await long == -1
+
+    pool.run(scenario())
+
+
+def test_cancelling_calls_mid_chunk(make_harness: Callable[..., Any], tmp_path: Path, procs: Any) -> None:
+    one = make_harness("local", workers=1)
+    marks, gate = tmp_path / "marks", tmp_path / "gate"
+    marks.mkdir()
+
+    async def scenario() -> tuple[int, list[int]]:
+        ex = one.executor
+        await warm_up(ex)
+        messages: list[Message] = []
+        long = asyncio.ensure_future(
+            ex.run(PythonCall(task, (100,), {"gate": str(gate), "marks": str(marks)}), messages.append)
+        )
+        rest = [asyncio.ensure_future(ex.run(PythonCall(task, (i,), {"marks": str(marks)}), ignore)) for i in range(10)]
+        worker = await started(messages)  # the others wait behind it in the same chunk
+        assert ex.chunks[11] == 1
+        for job in rest[:5]:
+            job.cancel()  # queued, not started: withdrawn, and the worker goes on
+        await asyncio.gather(*rest[:5], return_exceptions=True)
+        assert ex.pids == [worker]
+        long.cancel()  # running: its worker (and process group) is killed; the calls behind it run elsewhere
+        got = await asyncio.gather(*rest[5:])
+        assert long.cancelled()
+        return worker, got
+
+    killed, got = one.run(scenario())
+    assert got == [5, 6, 7, 8, 9]
+    assert procs.eventually(lambda: not procs.alive(killed))
+    assert killed not in one.executor.pids
+    ran = runs_of(marks)
+    assert all(i not in ran for i in range(5))  # the withdrawn calls never ran
+    assert all(ran[i] == 1 for i in range(5, 10)) and ran[100] == 1
+
+
+def test_a_worker_killed_mid_chunk_fails_only_its_call(make_harness: Callable[..., Any], tmp_path: Path) -> None:
+    one = make_harness("local", workers=1)
+    marks = tmp_path / "marks"
+    marks.mkdir()
+
+    async def scenario() -> list[Any]:
+        ex = one.executor
+        await warm_up(ex)
+        calls = [PythonCall(task, (i,), {"marks": str(marks), "die": i == 10}) for i in range(30)]
+        return await asyncio.gather(*(ex.run(c, ignore) for c in calls), return_exceptions=True)
+
+    results = one.run(scenario())
+    assert max(one.executor.chunks) > 1
+    assert isinstance(results[10], WorkerCrashed) and "SIGKILL" in str(results[10])
+    assert [r for i, r in enumerate(results) if i != 10] == [i for i in range(30) if i != 10]
+    ran = runs_of(marks)
+    assert ran[10] == 1  # the call that killed its worker is not run again by the pool
+    # Every other call ran; one whose result died with the worker before it was sent ran again.
+    assert set(ran) == set(range(30))
+    assert len(one.executor.pids) == 1
