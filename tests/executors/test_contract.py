@@ -547,11 +547,12 @@ def test_get_executor_knows_the_built_in_names() -> None:
     assert isinstance(get_executor("local", workers=3), LocalExecutor)
     assert get_executor("command").name == "command"
     assert get_executor("container").name == "container"
+    assert get_executor("dask", address="tcp://127.0.0.1:8786").name == "dask"
 
 
 def test_get_executor_unknown_name_lists_the_known_ones() -> None:
-    with pytest.raises(ConfigError, match="command, container, dagster, http, inline, local"):
-        get_executor("dask-ish")
+    with pytest.raises(ConfigError, match="command, container, dagster, dask, http, inline, local"):
+        get_executor("spark")
 
 
 def test_get_executor_bad_option() -> None:
