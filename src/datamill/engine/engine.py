@@ -359,7 +359,10 @@ class Engine:
                 else:
                     answers[tid] = (src, recorded)
         out = []
-        for t in the_plan.tasks:
+        for t in the_plan.tasks:  # in topological order
+            if t.id in answers and any(d not in answers for d in t.deps):
+                # Its input is left to the scheduler, and may yet fail to publish: so is this task.
+                del answers[t.id]
             answer = answers.get(t.id)
             out.append(
                 runs.NewTask(
