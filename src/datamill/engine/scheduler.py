@@ -166,7 +166,8 @@ class Scheduler:
             return
         await self.executor.start()
         await self.commands.start()
-        await self.apps.start()
+        # The HTTP client of app steps is made by their first call: its TLS context costs tens of
+        # milliseconds, which a run without app steps (a cached re-run) need not pay.
         self._slots = asyncio.Semaphore(self.capacity)
         self._heartbeat = asyncio.create_task(self._renew_leases())
         self._started = True
