@@ -213,5 +213,5 @@ def test_changing_one_part_changes_the_key(
 )
 def test_a_key_maker_gives_the_keys_task_key_gives(params: dict, image: str | None) -> None:
     maker = KeyMaker("summary", "py:abc", params, image)
-    for inputs in ([], [("item:a.csv", "blake3:00")], [("items[0]:é\".csv", "blake3:01"), ("x:y", "z")]):
+    for inputs in ([], [("item:a.csv", "blake3:00")], [('items[0]:é".csv', "blake3:01"), ("x:y", "z")]):
         assert maker.key(inputs) == task_key("summary", "py:abc", params, inputs, image)
