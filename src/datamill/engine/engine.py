@@ -362,6 +362,7 @@ class Engine:
                     del answers[tid]  # something must be published: the scheduler does it
                 else:
                     answers[tid] = (src, recorded)
+        uses_item = {s.name: s.uses_item for s in p.steps}
         out = []
         for t in the_plan.tasks:  # in topological order
             if t.id in answers and any(d not in answers for d in t.deps):
@@ -379,7 +380,7 @@ class Engine:
                     max_attempts=t.max_attempts,
                     item_version_id=t.item.version_id if t.item is not None else None,
                     item_name=t.item.path if t.item is not None else None,
-                    item_digest=t.item.digest if t.item is not None and p.step(t.step).uses_item else None,
+                    item_digest=t.item.digest if t.item is not None and uses_item[t.step] else None,
                     cached_from=answer[0] if answer else None,
                     outputs=answer[1] if answer else (),
                 )
