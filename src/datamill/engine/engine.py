@@ -352,8 +352,9 @@ class Engine:
             if publish:
                 publishing[t.id] = publish
         if publishing and dest:
+            # No claims: a run recorded now is newer than every run that published or referenced them.
             current = Publisher(self.home).current_at(
-                conn, {place_of(dest, pub) for publish in publishing.values() for _o, pub, _c in publish}
+                conn, {place_of(dest, pub) for publish in publishing.values() for _o, pub, _c in publish}, claims=False
             )
             for tid, publish in publishing.items():
                 src, outs = answers[tid]

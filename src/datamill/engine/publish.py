@@ -165,11 +165,15 @@ class Publisher:
             conn, {place_of(dest, pub) for d in done if d.status in DONE_OK for _out, pub, _ct in d.publish}
         )
 
-    def current_at(self, conn: Connection, wanted: set[Place]) -> dict[Place, Current]:
-        """The current version of each place of ``wanted`` that has one (see :meth:`current_versions`)."""
+    def current_at(self, conn: Connection, wanted: set[Place], claims: bool = True) -> dict[Place, Current]:
+        """The current version of each place of ``wanted`` that has one (see :meth:`current_versions`).
+
+        Without ``claims``, ``Current.run`` is only the run that published the version, not the
+        newest run that referenced it (a query less per 500 places, for callers that do not compare runs).
+        """
         found = lookups.current_versions(conn, wanted, lock=not self.home.db.is_sqlite)
         items = _task_items(conn, [v.task_id for v in found.values() if v.task_id is not None])
-        claimed = _claimants(conn, [v.version_id for v in found.values()])
+        claimed = _claimants(conn, [v.version_id for v in found.values()]) if claims else {}
         return {
             place: Current(
                 v.version_id,
