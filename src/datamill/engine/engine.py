@@ -312,9 +312,6 @@ class Engine:
             parent_run_id=parent_run_id,
             skip_failed=skip_failed and not opts.force,
         )
-        if new_tasks and all(t.cached_from is not None for t in new_tasks):
-            # Nothing is left to run: the run ends now, and its scheduler has nothing to read or plan.
-            runs.finish_run_if_done(conn, run_id, folder_id)
         if scheduler is not None:
             # The plan is handed over: the scheduler does not plan the run again.
             scheduler.plans[run_id] = the_plan

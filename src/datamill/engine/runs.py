@@ -71,6 +71,7 @@ __all__ = [
     "fold",
     "get_run",
     "get_task",
+    "has_unfinished_tasks",
     "input_ref_from_dict",
     "input_ref_to_dict",
     "list_runs",
@@ -120,8 +121,7 @@ def create_run(
 
     A task with ``cached_from`` is recorded as answered from the cache, with its outputs and the
     ``task.finished`` event a scheduler would append: a fully cached run is recorded in a few
-    statements per 1,000 tasks. The caller ends the run if nothing is left to do
-    (:func:`finish_run_if_done`).
+    statements per 1,000 tasks (its scheduler then ends it without reading them).
 
     ``folder_id`` is the folder the run's events are filed under (for access checks on the event
     stream): the destination, else the source. With ``skip_failed`` (runs made by triggers), a
@@ -373,6 +373,12 @@ def fail_run(conn: Connection, run_id: int, message: str, owner: str) -> RunStat
 def run_row(conn: Connection, run_id: int) -> Any:
     """A run's row as it is in the ``runs`` table, or None."""
     return conn.execute(select(Run).where(Run.id == run_id)).first()
+
+
+def has_unfinished_tasks(conn: Connection, run_id: int) -> bool:
+    """Whether any task of a run is queued or running (one indexed query, whatever the run's size)."""
+    q = select(Task.id).where(Task.run_id == run_id, Task.status.in_([TaskStatus.QUEUED, TaskStatus.RUNNING]))
+    return conn.execute(q.limit(1)).first() is not None
 
 
 def cancel_requested(conn: Connection, run_id: int) -> bool:

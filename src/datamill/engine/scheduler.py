@@ -357,7 +357,9 @@ class Scheduler:
             row = runs.run_row(conn, run_id)
             if row is None:
                 raise DatamillError(f"no run {run_id}")
-            if row.status in runs.FINISHED_RUN:  # e.g. answered from the cache when recorded
+            if row.status in runs.FINISHED_RUN or not runs.has_unfinished_tasks(conn, run_id):
+                # Nothing to run (e.g. every task was answered from the cache when it was recorded):
+                # no tasks to read, no plan to make.
                 self.plans.pop(run_id, None)
                 return row, None, self.home.admin, {}
             rows = tasks.list_tasks(conn, run_id)
@@ -389,7 +391,8 @@ class Scheduler:
         row, the_plan, actor, by_id = await asyncio.to_thread(self._load_run, run_id)
         if row.status in runs.FINISHED_RUN:
             return RunStatus(row.status)
-        assert the_plan is not None
+        if the_plan is None:  # no task left to run: end the run
+            return await asyncio.to_thread(self._finish, run_id, row.dest_folder_id)
         for t in by_id.values():
             if t.status == TaskStatus.RUNNING:  # claimed by another scheduler (or one that died)
                 t.status = HELD_ELSEWHERE
