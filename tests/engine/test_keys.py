@@ -16,7 +16,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from datamill.canonical import canonical_json
-from datamill.engine.keys import diff_parts, key_from_parts, key_parts, task_key
+from datamill.engine.keys import KeyMaker, diff_parts, key_from_parts, key_parts, task_key
 from datamill.errors import InvalidPipeline
 
 ZERO = "blake3:" + "0" * 64
@@ -200,3 +200,18 @@ def test_changing_one_part_changes_the_key(
         label = sorted(inputs)[0]
         changed_inputs = {**inputs, label: new_digest}
         assert (task_key("s", "c", params, changed_inputs) == base) == (inputs[label] == new_digest)
+
+
+@pytest.mark.parametrize(
+    ("params", "image"),
+    [
+        ({}, None),
+        ({"threshold": 0.5, "names": ["a", "b"]}, "sha256:" + "ab" * 32),
+        # A parameter named like the part the key maker fills in, and a string that quotes it.
+        ({"inputs": [], "note": '"inputs":[]', "é": {"inputs": []}}, None),
+    ],
+)
+def test_a_key_maker_gives_the_keys_task_key_gives(params: dict, image: str | None) -> None:
+    maker = KeyMaker("summary", "py:abc", params, image)
+    for inputs in ([], [("item:a.csv", "blake3:00")], [('items[0]:é".csv', "blake3:01"), ("x:y", "z")]):
+        assert maker.key(inputs) == task_key("summary", "py:abc", params, inputs, image)

@@ -8,8 +8,12 @@ process (``Engine.run``) or in the server.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import dataclasses
-from collections.abc import Iterator, Mapping, Sequence
+import gc
+import threading
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from dataclasses import dataclass
 from typing import Any
 
 from sqlalchemy import Connection, select
@@ -18,13 +22,15 @@ from datamill.db.models import Run, Task
 from datamill.engine import keys, registry, runs
 from datamill.engine.params import split_params
 from datamill.engine.planner import CachedResult, OutputDigest, Plan, plan
+from datamill.engine.publish import Publisher, already_published, place_of, publish_plan
 from datamill.engine.records import RunInfo, WhyInfo
 from datamill.engine.registry import Choice
 from datamill.engine.runs import input_ref_from_dict, input_ref_to_dict
 from datamill.engine.scheduler import Scheduler, refuse_command_executor
-from datamill.errors import InvalidInput, NotFound, PermissionDenied
+from datamill.errors import DatamillError, InvalidInput, NotFound, PermissionDenied
 from datamill.home import Home
 from datamill.pipeline import Pipeline, load_pipeline
+from datamill.pipeline.dagster_job import PROVENANCE_OUTPUT
 from datamill.pipeline.inputs import InputRef
 from datamill.store import lookups
 from datamill.store.access import Actor, Level, level_on, require
@@ -33,6 +39,20 @@ from datamill.store.visibility import HIDDEN, Visibility
 
 #: TaskRow fields that may name or quote a task's input (redacted by :meth:`Visibility.task`).
 _TASK_INPUT_FIELDS = ("planned_id", "item_name", "item_version_id", "deps", "error", "traceback", "message", "note")
+
+
+@dataclass(frozen=True)
+class _Submission:
+    """What a submitted run was asked to do, besides its pipeline and inputs."""
+
+    source: str | None
+    dest: str | None
+    params: Mapping[str, Any] | None
+    force: bool
+    reason: str
+    executor: str | None
+    dataflow_id: int | None
+    dataflow_version: int | None
 
 
 def resolve_pipeline(pipeline: Pipeline | Choice) -> Pipeline:
@@ -89,6 +109,27 @@ class Engine:
 
         return look
 
+    def lookup_many(
+        self, conn: Connection, found: dict[str, tuple[int, list[runs.OutputRecord]]] | None = None
+    ) -> Callable[[Sequence[str]], dict[str, CachedResult]]:
+        """A cache look-up of many keys for the planner (one query per 1,000 keys), reading through ``conn``.
+
+        What it finds is also put in ``found`` (``{key: (task id, outputs)}``, with inline bytes).
+        """
+
+        def look(keys_: Sequence[str]) -> dict[str, CachedResult]:
+            hits = runs.lookup_cache_many(conn, keys_)
+            if found is not None:
+                found.update(hits)
+            return {
+                k: CachedResult(
+                    tuple(OutputDigest(o.name, o.digest, o.size, o.content_type, o.codec) for o in outs), tid
+                )
+                for k, (tid, outs) in hits.items()
+            }
+
+        return look
+
     def plan(
         self,
         pipeline: Pipeline | Choice | str,
@@ -107,7 +148,14 @@ class Engine:
                 pipeline = registry.choose(conn, actor or self.home.admin, pipeline, self.home.settings.image_patterns)
         p = resolve_pipeline(pipeline)
         with self.home.db.read() as conn:
-            return plan(p, inputs, split_params(p, params), self.lookup(conn), force, resolve_image=self.resolve_image)
+            return plan(
+                p,
+                inputs,
+                split_params(p, params),
+                force=force,
+                resolve_image=self.resolve_image,
+                lookup_many=self.lookup_many(conn),
+            )
 
     # ------------------------------------------------------------------ submitting
 
@@ -141,25 +189,31 @@ class Engine:
         asks for (``datamill run``, ``runs retry``, ``flow run``) leave it False and run them again.
         """
         refuse_command_executor(executor)
-        if conn is None:
-            with self.home.db.write() as own:
-                return self.submit(
-                    actor,
-                    pipeline,
-                    inputs,
-                    source=source,
-                    dest=dest,
-                    params=params,
-                    force=force,
-                    reason=reason,
-                    executor=executor,
-                    dataflow_id=dataflow_id,
-                    dataflow_version=dataflow_version,
-                    parent_run_id=parent_run_id,
-                    conn=own,
-                    scheduler=scheduler,
-                    skip_failed=skip_failed,
-                )
+        opts = _Submission(source, dest, params, force, reason, executor, dataflow_id, dataflow_version)
+        if conn is not None:
+            p, ref = self._admit(conn, actor, pipeline, inputs, opts, scheduler)
+            the_plan, hits = self._plan_with_cache(conn, p, inputs, opts)
+            return self._record(conn, actor, p, ref, the_plan, hits, opts, parent_run_id, scheduler, skip_failed)
+        # Choosing and checking the pipeline, binding its apps (their versions are asked over HTTP),
+        # resolving images and looking up the cache happen before the write transaction: it holds
+        # the database's write lock, which nothing slow should.
+        with _collector_paused():
+            with self.home.db.read() as rconn:
+                p, ref = self._admit(rconn, actor, pipeline, inputs, opts, scheduler)
+                the_plan, hits = self._plan_with_cache(rconn, p, inputs, opts)
+            with self.home.db.write() as wconn:
+                return self._record(wconn, actor, p, ref, the_plan, hits, opts, parent_run_id, scheduler, skip_failed)
+
+    def _admit(
+        self,
+        conn: Connection,
+        actor: Actor,
+        pipeline: Pipeline | Choice | str,
+        inputs: Sequence[InputRef],
+        opts: _Submission,
+        scheduler: Scheduler | None,
+    ) -> tuple[Pipeline, str | None]:
+        """The pipeline (chosen and loaded) and its reference, after checking that it may run here."""
         if isinstance(pipeline, str):
             pipeline = registry.choose(conn, actor, pipeline, self.home.settings.image_patterns)
         p = resolve_pipeline(pipeline)
@@ -170,10 +224,18 @@ class Engine:
                 "or Engine.run(...), or load it from a module or file"
             )
         if not inputs and any(p.per_item(s.name) or s.uses_items for s in p):
-            where = f"folder {source!r} has no items" if source else "no items were given"
+            where = f"folder {opts.source!r} has no items" if opts.source else "no items were given"
             raise InvalidInput(
                 f"no input items for pipeline {p.name!r}: {where}; upload files first or choose another source"
             )
+        self._places(conn, actor, inputs, opts)
+        return p, ref
+
+    def _places(
+        self, conn: Connection, actor: Actor, inputs: Sequence[InputRef], opts: _Submission
+    ) -> tuple[str | None, str | None, int | None, int | None]:
+        """The run's source and destination (normalised) and their folder ids, once ``actor`` may use them."""
+        source, dest = opts.source, opts.dest
         src_id = dest_id = None
         if source:
             source = "/".join(split_path(source))
@@ -192,28 +254,44 @@ class Engine:
                     path=dest,
                 )
             require(conn, actor, dest, Level.WRITE)
-        for r in inputs:
-            if level_on(conn, actor, r.folder) < Level.READ:
-                raise NotFound(f"no folder {r.folder!r}, or you may not see it", path=r.folder)
-        overrides = split_params(p, params)
-        # No cache look-ups here: the scheduler looks keys up in batches as tasks become ready, and
-        # one query per task (what the planner's look-up does) would make submitting slow.
-        the_plan = plan(p, inputs, overrides, force=force, resolve_image=self.resolve_image, mirror=source or None)
-        new_tasks = [
-            runs.NewTask(
-                planned_id=t.id,
-                step=t.step,
-                step_code=t.step_code,
-                key=t.key,
-                deps=t.deps,
-                params=t.params,
-                max_attempts=t.max_attempts,
-                item_version_id=t.item.version_id if t.item is not None else None,
-                item_name=t.item.path if t.item is not None else None,
-                item_digest=t.item.digest if t.item is not None and p.step(t.step).uses_item else None,
-            )
-            for t in the_plan.tasks
-        ]
+        for folder in dict.fromkeys(r.folder for r in inputs):  # each folder once, not once per item
+            if level_on(conn, actor, folder) < Level.READ:
+                raise NotFound(f"no folder {folder!r}, or you may not see it", path=folder)
+        return source, dest, src_id, dest_id
+
+    def _plan_with_cache(
+        self, conn: Connection, p: Pipeline, inputs: Sequence[InputRef], opts: _Submission
+    ) -> tuple[Plan, dict[str, tuple[int, list[runs.OutputRecord]]]]:
+        """The run's plan, its cache look-ups made in bulk (one query per 1,000 keys), and what they found."""
+        found: dict[str, tuple[int, list[runs.OutputRecord]]] = {}
+        the_plan = plan(
+            p,
+            inputs,
+            split_params(p, opts.params),
+            force=opts.force,
+            resolve_image=self.resolve_image,
+            lookup_many=self.lookup_many(conn, found),
+            mirror=opts.source or None,
+        )
+        return the_plan, found
+
+    def _record(
+        self,
+        conn: Connection,
+        actor: Actor,
+        p: Pipeline,
+        ref: str | None,
+        the_plan: Plan,
+        hits: dict[str, tuple[int, list[runs.OutputRecord]]],
+        opts: _Submission,
+        parent_run_id: int | None,
+        scheduler: Scheduler | None,
+        skip_failed: bool,
+    ) -> int:
+        """The write transaction of :meth:`submit`: check again, record the run, end it if all was cached."""
+        source, dest, src_id, dest_id = self._places(conn, actor, the_plan.inputs, opts)
+        new_tasks = self._new_tasks(conn, p, the_plan, hits, dest)
+        folder_id = dest_id or src_id
         run_id = runs.create_run(
             conn,
             pipeline_ref=ref or f"<python:{p.name}>",
@@ -221,23 +299,92 @@ class Engine:
             tasks=new_tasks,
             inputs=[input_ref_to_dict(r) for r in the_plan.inputs],
             requested_by=actor.id,
-            reason=reason,
-            force=force,
+            reason=opts.reason,
+            force=bool(opts.force),
             # image digests resolved now hold for the whole run: a retag while it runs changes nothing
-            params={"user": dict(params or {}), "steps": overrides, **_images(the_plan)},
+            params={"user": dict(opts.params or {}), "steps": split_params(p, opts.params), **_images(the_plan)},
             source_folder=source,
             dest_folder=dest,
-            dest_folder_id=dest_id or src_id,
-            folder_id=dest_id or src_id,
-            dataflow_id=dataflow_id,
-            dataflow_version=dataflow_version,
-            executor=executor or self.home.settings.executor,
+            dest_folder_id=folder_id,
+            folder_id=folder_id,
+            dataflow_id=opts.dataflow_id,
+            dataflow_version=opts.dataflow_version,
+            executor=opts.executor or self.home.settings.executor,
             parent_run_id=parent_run_id,
-            skip_failed=skip_failed and not force,
+            skip_failed=skip_failed and not opts.force,
         )
-        if ref is None and scheduler is not None:
-            scheduler.pipelines[run_id] = p
+        if scheduler is not None:
+            # The plan is handed over: the scheduler does not plan the run again.
+            scheduler.plans[run_id] = the_plan
+            if ref is None:
+                scheduler.pipelines[run_id] = p
         return run_id
+
+    def _new_tasks(
+        self,
+        conn: Connection,
+        p: Pipeline,
+        the_plan: Plan,
+        hits: dict[str, tuple[int, list[runs.OutputRecord]]],
+        dest: str | None,
+    ) -> list[runs.NewTask]:
+        """The tasks to record; those the cache answers, and whose outputs are already published (or
+        not published), are recorded as cached with them. The others are queued for a scheduler:
+        it publishes what must be published, in its own batches."""
+        answers: dict[str, tuple[int, list[runs.OutputRecord]]] = {}
+        publishing: dict[str, list[tuple[str, str, str]]] = {}
+        for t in the_plan.tasks:
+            if t.decision != "cached" or t.refused is not None or t.key not in hits:
+                continue
+            src, outs = hits[t.key]
+            if not dest:
+                publish = []
+            elif any(o.name == PROVENANCE_OUTPUT for o in outs):
+                try:
+                    publish = publish_plan(the_plan, t, outs)
+                except DatamillError:  # two outputs would get one name: its scheduler fails it, saying so
+                    continue
+            else:  # the plan named the cached outputs already (what publish_plan would do again)
+                publish = [(o.name, o.published_name, "") for o in t.outputs if o.publish]
+            answers[t.id] = (src, outs)
+            if publish:
+                publishing[t.id] = publish
+        if publishing and dest:
+            # No claims: a run recorded now is newer than every run that published or referenced them.
+            current = Publisher(self.home).current_at(
+                conn, {place_of(dest, pub) for publish in publishing.values() for _o, pub, _c in publish}, claims=False
+            )
+            for tid, publish in publishing.items():
+                src, outs = answers[tid]
+                recorded = already_published(dest, the_plan.task(tid), publish, outs, current)
+                if recorded is None:
+                    del answers[tid]  # something must be published: the scheduler does it
+                else:
+                    answers[tid] = (src, recorded)
+        uses_item = {s.name: s.uses_item for s in p.steps}
+        out = []
+        for t in the_plan.tasks:  # in topological order
+            if t.id in answers and any(d not in answers for d in t.deps):
+                # Its input is left to the scheduler, and may yet fail to publish: so is this task.
+                del answers[t.id]
+            answer = answers.get(t.id)
+            out.append(
+                runs.NewTask(
+                    planned_id=t.id,
+                    step=t.step,
+                    step_code=t.step_code,
+                    key=t.key,
+                    deps=t.deps,
+                    params=t.params,
+                    max_attempts=t.max_attempts,
+                    item_version_id=t.item.version_id if t.item is not None else None,
+                    item_name=t.item.path if t.item is not None else None,
+                    item_digest=t.item.digest if t.item is not None and uses_item[t.step] else None,
+                    cached_from=answer[0] if answer else None,
+                    outputs=answer[1] if answer else (),
+                )
+            )
+        return out
 
     def run(
         self,
@@ -519,6 +666,34 @@ class Engine:
                 return
             time.sleep(poll)
             t = self.log_access(actor, task_id)
+
+
+_collector = threading.Lock()
+#: how many submits run with the cyclic garbage collector paused, and whether it was on before
+_paused = {"holders": 0, "was_enabled": False}
+
+
+@contextlib.contextmanager
+def _collector_paused() -> Iterator[None]:
+    """Pause Python's cyclic garbage collector while a run is planned and recorded.
+
+    Planning and recording a big run makes tens of thousands of small objects with no cycles (plan
+    tasks, rows, events); each allocation burst would trigger collections that walk every live
+    object again, a large share of an unchanged re-run's time. Reference counting still frees
+    everything; the collector resumes (once the last concurrent submit ends) as it was.
+    """
+    with _collector:
+        if _paused["holders"] == 0:
+            _paused["was_enabled"] = gc.isenabled()
+            gc.disable()
+        _paused["holders"] += 1
+    try:
+        yield
+    finally:
+        with _collector:
+            _paused["holders"] -= 1
+            if _paused["holders"] == 0 and _paused["was_enabled"]:
+                gc.enable()
 
 
 def _images(the_plan: Plan) -> dict[str, Any]:

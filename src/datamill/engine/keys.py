@@ -28,7 +28,7 @@ import blake3
 from datamill.canonical import Unkeyable, canonical_json, canonical_value
 from datamill.errors import InvalidPipeline
 
-__all__ = ["KEY_SCHEMA", "diff_parts", "key_from_parts", "key_parts", "task_key"]
+__all__ = ["KEY_SCHEMA", "KeyMaker", "diff_parts", "key_from_parts", "key_parts", "task_key"]
 
 #: Bumped when the layout of the key parts changes, so old and new keys never collide.
 KEY_SCHEMA = 1
@@ -116,6 +116,37 @@ def task_key(
         InvalidPipeline: a parameter has no canonical form (the message names it and the fix).
     """
     return key_from_parts(key_parts(step_id, step_code, params, input_digests, image_digest))
+
+
+class KeyMaker:
+    """The keys of many tasks of one step: :func:`task_key` with the step's parts encoded once.
+
+    A step's tasks differ only in their inputs, so the canonical JSON of everything else is made
+    once and each key only encodes its own inputs. ``KeyMaker(...).key(inputs)`` equals
+    ``task_key(..., inputs, ...)`` for the same arguments (a test checks it).
+
+    Raises:
+        InvalidPipeline: a parameter has no canonical form (at construction).
+    """
+
+    #: the canonical JSON of the parts with no inputs contains this exactly once, before "params"
+    _HOLE = '"inputs":[]'
+
+    def __init__(
+        self, step_id: str, step_code: str, params: Mapping[str, Any], image_digest: str | None = None
+    ) -> None:
+        text = canonical_json(key_parts(step_id, step_code, params, (), image_digest))
+        # Keys sort "code" < "image" < "inputs" < "params": the first hole is the top-level one (the
+        # code and image are strings, whose quotes are escaped; a parameter could contain one too).
+        head, hole, tail = text.partition(self._HOLE)
+        assert hole, text
+        self._head = (head + '"inputs":').encode("utf-8")
+        self._tail = tail.encode("utf-8")
+
+    def key(self, input_digests: InputDigests) -> str:
+        """The key of the step's task reading ``input_digests`` (as :func:`task_key` takes them)."""
+        body = canonical_json(_inputs(input_digests)).encode("utf-8")
+        return "blake3:" + blake3.blake3(self._head + body + self._tail).hexdigest()
 
 
 def diff_parts(a: Mapping[str, Any], b: Mapping[str, Any]) -> list[str]:

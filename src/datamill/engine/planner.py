@@ -1,8 +1,9 @@
 """The planner: a pure function from a pipeline and its inputs to the tasks of a run.
 
 ``plan(pipeline, inputs, params, lookup, force) -> Plan`` reads nothing and writes nothing: the
-cache is consulted only through ``lookup(key) -> CachedResult | None``. The same arguments give
-the same plan, so a plan can be shown as a dry run, tested, and recomputed at will.
+cache is consulted only through ``lookup(key) -> CachedResult | None``, or ``lookup_many(keys)``
+which answers every key of a step at once (what the engine passes: one query per many keys). The
+same arguments give the same plan, so a plan can be shown as a dry run, tested, and recomputed at will.
 
 Tasks: one per (per-item step, input item) and one per aggregate step. Inputs are taken in a
 canonical order (folder, then name), which is also the order aggregate steps see them in, so
@@ -314,13 +315,23 @@ class Plan:
 def _input_digests(
     step: Step, task: PlannedTask, inputs: Sequence[InputRef], upstream: Mapping[str, Sequence[HasDigest]]
 ) -> list[tuple[str, str]]:
+    return _digests_of(step, task.item, task.wires, inputs, upstream)
+
+
+def _digests_of(
+    step: Step,
+    item: InputRef | None,
+    wires: Sequence[Wire],
+    inputs: Sequence[InputRef],
+    upstream: Mapping[str, Sequence[HasDigest]],
+) -> list[tuple[str, str]]:
     pairs: list[tuple[str, str]] = []
-    if step.uses_item and task.item is not None:
+    if step.uses_item and item is not None:
         # The name is included because a step that takes the item can see it (and name things by it).
-        pairs.append((f"item:{task.item.name}", task.item.digest))
+        pairs.append((f"item:{item.name}", item.digest))
     if step.uses_items:
         pairs += [(f"items[{i}]:{r.name}", r.digest) for i, r in enumerate(inputs)]
-    for w in sorted(task.wires, key=lambda w: w.param):
+    for w in sorted(wires, key=lambda w: w.param):
         for i, tid in enumerate(w.tasks):
             label = f"{w.param}[{i}]" if w.many else w.param
             pairs += [(f"{label}:{o.name}", o.digest) for o in _sorted_outputs(upstream[tid])]
@@ -398,6 +409,7 @@ def plan(
     images: Mapping[str, str] | None = None,
     resolve_image: Callable[[str], str] | None = None,
     mirror: str | None = None,
+    lookup_many: Callable[[Sequence[str]], Mapping[str, CachedResult]] | None = None,
 ) -> Plan:
     """Plan a run of ``pipeline`` over ``inputs``.
 
@@ -414,6 +426,8 @@ def plan(
         resolve_image: image name → its digest; raises InvalidPipeline when it is not there.
         mirror: the run's source folder: an input in a subfolder of it publishes its outputs in
             the same subfolder of the destination (:func:`mirrored_name`).
+        lookup_many: the cache for many keys at once (``{key: outputs}`` for the keys it holds);
+            when given, ``lookup`` is not used. The planner asks it once per step.
 
     Returns:
         A :class:`Plan` whose tasks are ``cached`` (outputs reused), ``run`` or ``pending``.
@@ -438,84 +452,26 @@ def plan(
     forced_steps = _force_set(pipeline, force)
     digests = _image_digests(pipeline, images, resolve_image)
 
+    find = lookup_many if lookup_many is not None else _one_by_one(lookup)
     tasks: list[PlannedTask] = []
     edges: list[tuple[str, str]] = []
     known: dict[str, tuple[OutputDigest, ...]] = {}  # outputs of cached tasks, by task id
     for step in pipeline.steps:
-        resolved = step.resolve_params(overrides.get(step.name))
-        per_item = pipeline.per_item(step.name)
         forced = (
             step.force or (forced_steps is True) or (isinstance(forced_steps, frozenset) and step.name in forced_steps)
         )
-        for item in refs if per_item else (None,):
-            tid = task_id(step.name, item)
-            wires: list[Wire] = []
-            for a in step.args:
-                if a.role is not Role.INPUT or a.source is None:
-                    continue
-                up_per_item = pipeline.per_item(a.source)
-                if not up_per_item:
-                    wires.append(Wire(a.name, a.source, (task_id(a.source, None),), False))
-                elif per_item:
-                    wires.append(Wire(a.name, a.source, (task_id(a.source, item),), False))
-                else:
-                    wires.append(Wire(a.name, a.source, tuple(task_id(a.source, r) for r in refs), True))
-            deps = tuple(dict.fromkeys(t for w in wires for t in w.tasks))
-            edges += [(d, tid) for d in deps]
-
-            key: str | None = None
-            skeleton = PlannedTask(
-                id=tid,
-                step=step.name,
-                item=item,
-                deps=deps,
-                params=resolved,
-                key=None,
-                decision="pending",
-                step_code=step.code,
-                wires=tuple(wires),
-            )
-            digest = digests.get(step.image) if step.image else None
-            if all(d in known for d in deps):
-                key = keys.task_key(step.name, step.code, resolved, _input_digests(step, skeleton, refs, known), digest)
-            decision: Decision
-            cached: CachedResult | None = None
-            if key is None:
-                decision = "run" if forced else "pending"
-            elif forced or not step.cache:
-                decision = "run"
-            else:
-                cached = lookup(key)
-                decision = "cached" if cached is not None else "run"
-            if cached is not None:
-                known[tid] = cached.outputs
-                names = [o.name for o in cached.outputs]
-            else:
-                rc = step.return_codec()
-                # A declared Path return keeps the file's own suffix, unknown until it runs.
-                names = [RETURN + rc.ext] if rc is not None and rc.name != "file" else []
-            tasks.append(
-                PlannedTask(
-                    id=tid,
-                    step=step.name,
-                    item=item,
-                    deps=deps,
-                    params=resolved,
-                    key=key,
-                    decision=decision,
-                    step_code=step.code,
-                    wires=tuple(wires),
-                    outputs=tuple(_planned_outputs(pipeline, step, item, names, mirror)),
-                    cached=cached,
-                    max_attempts=step.retries + 1,
-                    retry_backoff=step.retry_backoff,
-                    timeout=step.timeout,
-                    cache=step.cache,
-                    forced=forced,
-                    image=step.image,
-                    image_digest=digest,
-                )
-            )
+        resolved = step.resolve_params(overrides.get(step.name))
+        digest = digests.get(step.image) if step.image else None
+        step_tasks = _step_tasks(pipeline, step, refs, resolved, digest, known)
+        # Every key of the step is looked up at once: one query per many keys, not one per task.
+        wanted = [] if forced or not step.cache else [key for *_, key in step_tasks if key is not None]
+        found = find(list(dict.fromkeys(wanted))) if wanted else {}
+        for st in step_tasks:
+            t = _decide(pipeline, step, resolved, digest, st, found.get(st[3] or ""), forced, mirror)
+            if t.cached is not None:
+                known[t.id] = t.cached.outputs
+            tasks.append(t)
+            edges += [(d, t.id) for d in t.deps]
     return Plan(
         pipeline=pipeline,
         inputs=refs,
@@ -523,6 +479,107 @@ def plan(
         edges=tuple(edges),
         images=digests,
         mirror=mirror,
+    )
+
+
+def _one_by_one(
+    lookup: Callable[[str], CachedResult | None],
+) -> Callable[[Sequence[str]], Mapping[str, CachedResult]]:
+    """A look-up of many keys made of a look-up of one."""
+
+    def find(keys_: Sequence[str]) -> Mapping[str, CachedResult]:
+        out: dict[str, CachedResult] = {}
+        for k in keys_:
+            hit = lookup(k)
+            if hit is not None:
+                out[k] = hit
+        return out
+
+    return find
+
+
+def _wires(pipeline: Pipeline, step: Step, item: InputRef | None, refs: Sequence[InputRef]) -> tuple[Wire, ...]:
+    """The upstream inputs of ``step``'s task on ``item`` (None: the aggregate task)."""
+    wires: list[Wire] = []
+    for a in step.args:
+        if a.role is not Role.INPUT or a.source is None:
+            continue
+        if not pipeline.per_item(a.source):
+            wires.append(Wire(a.name, a.source, (task_id(a.source, None),), False))
+        elif item is not None:
+            wires.append(Wire(a.name, a.source, (task_id(a.source, item),), False))
+        else:
+            wires.append(Wire(a.name, a.source, tuple(task_id(a.source, r) for r in refs), True))
+    return tuple(wires)
+
+
+def _step_tasks(
+    pipeline: Pipeline,
+    step: Step,
+    refs: Sequence[InputRef],
+    resolved: Mapping[str, Any],
+    digest: str | None,
+    known: Mapping[str, tuple[OutputDigest, ...]],
+) -> list[tuple[InputRef | None, tuple[Wire, ...], tuple[str, ...], str | None]]:
+    """The tasks of one step as ``(item, wires, deps, key)``: keyed where every upstream output is known."""
+    maker: keys.KeyMaker | None = None
+    out: list[tuple[InputRef | None, tuple[Wire, ...], tuple[str, ...], str | None]] = []
+    for item in refs if pipeline.per_item(step.name) else (None,):
+        wires = _wires(pipeline, step, item, refs)
+        deps = tuple(dict.fromkeys(t for w in wires for t in w.tasks))
+        key = None
+        if all(d in known for d in deps):
+            # The step's parts are encoded once (raising InvalidPipeline for a bad parameter).
+            maker = maker or keys.KeyMaker(step.name, step.code, resolved, digest)
+            key = maker.key(_digests_of(step, item, wires, refs, known))
+        out.append((item, wires, deps, key))
+    return out
+
+
+def _decide(
+    pipeline: Pipeline,
+    step: Step,
+    params: Mapping[str, Any],
+    image_digest: str | None,
+    task: tuple[InputRef | None, tuple[Wire, ...], tuple[str, ...], str | None],
+    cached: CachedResult | None,
+    forced: bool,
+    mirror: str | None = None,
+) -> PlannedTask:
+    """A task decided: cached (when ``cached``, the cache's answer for its key, may be used), run or pending."""
+    item, wires, deps, key = task
+    decision: Decision
+    if key is None:
+        decision, cached = ("run" if forced else "pending"), None
+    elif forced or not step.cache or cached is None:
+        decision, cached = "run", None
+    else:
+        decision = "cached"
+    if cached is not None:
+        names = [o.name for o in cached.outputs]
+    else:
+        rc = step.return_codec()
+        # A declared Path return keeps the file's own suffix, unknown until it runs.
+        names = [RETURN + rc.ext] if rc is not None and rc.name != "file" else []
+    return PlannedTask(
+        id=task_id(step.name, item),
+        step=step.name,
+        item=item,
+        deps=deps,
+        params=params,
+        key=key,
+        decision=decision,
+        step_code=step.code,
+        wires=wires,
+        outputs=tuple(_planned_outputs(pipeline, step, item, names, mirror)),
+        cached=cached,
+        max_attempts=step.retries + 1,
+        retry_backoff=step.retry_backoff,
+        timeout=step.timeout,
+        cache=step.cache,
+        forced=forced,
+        image=step.image,
+        image_digest=image_digest,
     )
 
 

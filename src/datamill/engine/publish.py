@@ -81,6 +81,33 @@ def publish_plan(the_plan: Plan, pt: PlannedTask, outs: list[OutputRecord]) -> l
     ]
 
 
+def already_published(
+    dest: str,
+    pt: PlannedTask,
+    publish: list[tuple[str, str, str]],
+    outs: list[OutputRecord],
+    current: dict[Place, Current],
+) -> list[OutputRecord] | None:
+    """A cached task's outputs as recorded, when publishing them would change nothing; else None.
+
+    That is when every output it publishes is already the current version of its item in ``dest``
+    (the same bytes, derived from the same input): what :meth:`Publisher.publish` would do is then
+    to reference those versions. ``current`` is :meth:`Publisher.current_at` of the places, read in
+    the transaction that records the task, before its run gets its (newer) id.
+    """
+    item = pt.item.path if pt.item is not None else None
+    digests = {o.name: o.digest for o in outs}
+    versions: dict[str, int] = {}
+    for out_name, pub_name, _ct in publish:
+        now = current.get(place_of(dest, pub_name))
+        if now is None or now.digest != digests[out_name] or (item and now.item and now.item != item):
+            return None
+        versions[out_name] = now.version_id
+    return [
+        OutputRecord(o.name, o.digest, o.size, o.content_type, o.codec, o.inline, versions.get(o.name)) for o in outs
+    ]
+
+
 def place_of(dest: str, pub_name: str) -> Place:
     """The folder and item name a published name (``"sub/name.csv"``) lands on in ``dest``."""
     sub, _, name = pub_name.rpartition("/")
@@ -136,10 +163,19 @@ class Publisher:
         transaction commits: two runs publishing the same item one after the other see each
         other's versions.
         """
-        wanted = {place_of(dest, pub) for d in done if d.status in DONE_OK for _out, pub, _ct in d.publish}
+        return self.current_at(
+            conn, {place_of(dest, pub) for d in done if d.status in DONE_OK for _out, pub, _ct in d.publish}
+        )
+
+    def current_at(self, conn: Connection, wanted: set[Place], claims: bool = True) -> dict[Place, Current]:
+        """The current version of each place of ``wanted`` that has one (see :meth:`current_versions`).
+
+        Without ``claims``, ``Current.run`` is only the run that published the version, not the
+        newest run that referenced it (a query less per 500 places, for callers that do not compare runs).
+        """
         found = lookups.current_versions(conn, wanted, lock=not self.home.db.is_sqlite)
         items = _task_items(conn, [v.task_id for v in found.values() if v.task_id is not None])
-        claimed = _claimants(conn, [v.version_id for v in found.values()])
+        claimed = _claimants(conn, [v.version_id for v in found.values()]) if claims else {}
         return {
             place: Current(
                 v.version_id,

@@ -143,6 +143,8 @@ class Scheduler:
         )
         #: pipelines without a reference (built in Python), by run id; they cannot resume elsewhere
         self.pipelines: dict[int, Pipeline] = {}
+        #: plans handed over by the engine that recorded the run here (it is not planned again)
+        self.plans: dict[int, Plan] = {}
         self._ref_cache: dict[str, Pipeline] = {}
         self._active: dict[int, asyncio.Task[Any]] = {}
         self._started = False
@@ -172,7 +174,8 @@ class Scheduler:
             return
         await self.executor.start()
         await self.commands.start()
-        await self.apps.start()
+        # The HTTP client of app steps is made by their first call: its TLS context costs tens of
+        # milliseconds, which a run without app steps (a cached re-run) need not pay.
         self._slots = asyncio.Semaphore(self.capacity)
         self._heartbeat = asyncio.create_task(self._renew_leases())
         self._started = True
@@ -351,7 +354,7 @@ class Scheduler:
             self._ref_cache[ref] = load_pipeline(ref)
         return self._ref_cache[ref]
 
-    def _load_run(self, run_id: int) -> tuple[Any, Plan, Actor, dict[str, TaskRow]]:
+    def _load_run(self, run_id: int) -> tuple[Any, Plan | None, Actor, dict[str, TaskRow]]:
         with self.home.db.read() as conn:
             orphans = leases.holds_any(conn, run_id, self.owner)
         if orphans:
@@ -362,17 +365,23 @@ class Scheduler:
             row = runs.run_row(conn, run_id)
             if row is None:
                 raise DatamillError(f"no run {run_id}")
+            if row.status in runs.FINISHED_RUN or not runs.has_unfinished_tasks(conn, run_id):
+                # Nothing to run (e.g. every task was answered from the cache when it was recorded):
+                # no tasks to read, no plan to make.
+                self.plans.pop(run_id, None)
+                return row, None, self.home.admin, {}
             rows = tasks.list_tasks(conn, run_id)
-        pipeline = self.pipeline_for(run_id, row.pipeline_ref)
-        inputs = [input_ref_from_dict(d) for d in row.inputs or []]
-        the_plan = plan(
-            pipeline,
-            inputs,
-            row.params.get("steps") if row.params else None,
-            images=(row.params or {}).get("images"),
-            resolve_image=functools.partial(image_digest, runtime=self.home.settings.container_runtime),
-            mirror=row.source_folder,
-        )
+        the_plan = self.plans.pop(run_id, None)
+        if the_plan is None:  # recorded elsewhere (or its driver failed): plan it here
+            self.stats["plans"] += 1
+            the_plan = plan(
+                self.pipeline_for(run_id, row.pipeline_ref),
+                [input_ref_from_dict(d) for d in row.inputs or []],
+                row.params.get("steps") if row.params else None,
+                images=(row.params or {}).get("images"),
+                resolve_image=functools.partial(image_digest, runtime=self.home.settings.container_runtime),
+                mirror=row.source_folder,
+            )
         actor = self.home.admin
         if row.requested_by is not None and row.requested_by != self.home.admin.id:
             with self.home.db.read() as conn:
@@ -391,6 +400,8 @@ class Scheduler:
         row, the_plan, actor, by_id = await asyncio.to_thread(self._load_run, run_id)
         if row.status in runs.FINISHED_RUN:
             return RunStatus(row.status)
+        if the_plan is None:  # no task left to run: end the run
+            return await asyncio.to_thread(self._finish, run_id, row.dest_folder_id)
         for t in by_id.values():
             if t.status == TaskStatus.RUNNING:  # claimed by another scheduler (or one that died)
                 t.status = HELD_ELSEWHERE

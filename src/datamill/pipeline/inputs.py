@@ -45,7 +45,10 @@ class InputRef:
     @property
     def stem(self) -> str:
         """The name without its last suffix: ``"a.csv"`` → ``"a"``."""
-        return PurePosixPath(self.name).stem
+        # What PurePosixPath(name).stem gives, without making a path (the planner asks per task).
+        name = self.name.rpartition("/")[2]
+        dot = name.rfind(".")
+        return name[:dot] if 0 < dot < len(name) - 1 else name
 
     @property
     def suffix(self) -> str:
