@@ -67,6 +67,9 @@ else
   UV=(python3 -m uv)
 fi
 export UV_PYTHON_DOWNLOADS=never  # use the machine's Python 3.11; only PyPI is reachable
+# Bytecode compiled at install: pool workers and Dask workers start with -B and would compile
+# SQLAlchemy and friends from source each time (tens of seconds on a loaded machine).
+export UV_COMPILE_BYTECODE=1
 "${UV[@]}" sync --frozen --extra dev
 
 # Scratch dirs (PostgreSQL's data dir among them) must be enterable by the postgres user.
