@@ -188,6 +188,10 @@ class RemoteClient(Client):
             transport=transport,
             follow_redirects=False,
             verify=True if https else ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT),
+            # Idle connections are dropped before the server's keep-alive timeout (uvicorn: 5 s, the
+            # same as httpx's default): a request sent on a connection the server is closing at that
+            # moment fails with "Server disconnected", and a POST cannot simply be sent again.
+            limits=httpx.Limits(max_connections=100, max_keepalive_connections=20, keepalive_expiry=2.0),
         )
 
     def __repr__(self) -> str:
