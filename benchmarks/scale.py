@@ -294,19 +294,17 @@ def bench_dask(args: argparse.Namespace, work: Path) -> dict[str, Any]:
 
 
 @contextmanager
-def postgres(root: Path) -> Iterator[str]:
+def postgres() -> Iterator[str]:
     """A PostgreSQL server's URL: ``$DATABASE_URL``, or a throw-away server (like tests/conftest.py)."""
     if os.environ.get("DATABASE_URL"):
         yield os.environ["DATABASE_URL"]
         return
     pg_bin = Path(os.environ.get("PG_BIN", "/usr/lib/postgresql/15/bin"))
-    d = root / "pg"
-    d.mkdir()
+    # Its own directory under the system's temp dir.
+    d = Path(tempfile.mkdtemp(prefix="datamill-pg."))
     as_pg = ["runuser", "-u", "postgres", "--"] if os.geteuid() == 0 else []
-    if as_pg:  # initdb refuses root; the postgres user must own (and be able to reach) the dir
+    if as_pg:  # initdb refuses root; the postgres user must own the dir
         shutil.chown(d, "postgres", "postgres")
-        for parent in [root, *root.parents]:
-            parent.chmod(parent.stat().st_mode | 0o001) if parent != Path("/") else None
     port = _free_port()
     subprocess.run(
         [*as_pg, str(pg_bin / "initdb"), "-D", f"{d}/data", "-U", "postgres", "-A", "trust", "-E", "UTF8"]
@@ -326,6 +324,7 @@ def postgres(root: Path) -> Iterator[str]:
         subprocess.run(
             [*as_pg, str(pg_bin / "pg_ctl"), "-D", f"{d}/data", "-m", "immediate", "-w", "stop"], capture_output=True
         )
+        shutil.rmtree(d, ignore_errors=True)
 
 
 def _new_database(server_url: str) -> str:
@@ -405,7 +404,7 @@ def bench_workers(args: argparse.Namespace, work: Path) -> dict[str, Any]:
     from datamill.nodes import list_nodes
 
     items = args.worker_items
-    with postgres(work) as server:
+    with postgres() as server:
         db_url = _new_database(server)
         home_dir = work / "workers-home"
         home = Home(load_settings(environ={}, home=str(home_dir), database_url=db_url, demo=False))
@@ -428,7 +427,9 @@ def bench_workers(args: argparse.Namespace, work: Path) -> dict[str, Any]:
                 "DATAMILL_BLOB_URL": home.settings.resolved_blob_url,
                 "DATAMILL_EXECUTOR": "inline",
                 "DATAMILL_DEMO": "false",
-                "PYTHONPATH": os.pathsep.join([str(Path(__file__).resolve().parents[1]), os.environ.get("PYTHONPATH", "")]),
+                "PYTHONPATH": os.pathsep.join(
+                    [str(Path(__file__).resolve().parents[1]), os.environ.get("PYTHONPATH", "")]
+                ),
             }
             for n in (1, 3):
                 log(f"workers: {n} datamill worker process(es)")
@@ -455,9 +456,7 @@ def main() -> None:
     parser.add_argument("--cpu-items", type=int, default=16, help="items of the CPU-bound step")
     parser.add_argument("--cpu-seconds", type=float, default=0.25, help="work per CPU-bound item")
     parser.add_argument("--worker-items", type=int, default=2000, help="items of the worker processes' run")
-    parser.add_argument(
-        "--only", choices=["dask", "s3", "workers"], action="append", help="run only these parts"
-    )
+    parser.add_argument("--only", choices=["dask", "s3", "workers"], action="append", help="run only these parts")
     args = parser.parse_args()
     parts = set(args.only or ["dask", "s3", "workers"])
     result: dict[str, Any] = {

@@ -36,7 +36,8 @@ def test_datamill_services_share_one_database_and_one_bucket() -> None:
     env = envs[0]
     known = {f"DATAMILL_{s.key.upper()}" for s in SETTINGS}
     assert set(env) <= known, set(env) - known  # every variable is a setting datamill reads
-    assert env["DATAMILL_DATABASE_URL"].startswith("postgresql://") and "@postgres:5432/" in env["DATAMILL_DATABASE_URL"]
+    db_url = env["DATAMILL_DATABASE_URL"]
+    assert db_url.startswith("postgresql://") and "@postgres:5432/" in db_url
     assert env["DATAMILL_BLOB_URL"].startswith("s3://")
     assert env["DATAMILL_S3_ENDPOINT_URL"].startswith("http://seaweedfs:")
     # The S3 identity the workers use is the one SeaweedFS starts with.
