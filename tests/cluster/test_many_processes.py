@@ -154,6 +154,7 @@ def test_three_servers_three_workers_one_database(
     urls = [f"http://127.0.0.1:{p}" for p in ports]
     clients = [RemoteClient(u, token) for u in urls]
     watchers: list[Watcher] = []
+    killed = -1  # the worker killed midway
     try:
 
         def answers(i: int) -> bool:
@@ -176,26 +177,34 @@ def test_three_servers_three_workers_one_database(
             w.connected.wait(30)
             assert w.status == 200
 
-        def done_tasks() -> int:
+        held = tmp_path / "held"  # item-0000's first execution never ends (tests/cluster/pipelines.py)
+
+        def holder() -> str | None:
+            """The owner (``host:pid:tag``) that started item-0000's task first, once its step runs."""
+            if not held.exists():
+                return None
             with home.db.read() as conn:
-                return len(conn.execute(select(Task.id).where(Task.status == "succeeded")).all())
+                task_id = conn.execute(select(Task.id).where(Task.item_name.like("%item-0000.txt"))).scalar()
+            starts = [e for e in all_events(home, "task.started") if e.task_id == task_id]
+            return str(starts[0].data["owner"]) if starts else None
 
         live = [0, 1, 2]
         for b in range(ITEMS // BATCH):
             if b * BATCH == KILL_AFTER:
-                # Midway, while the dataflow works: one worker and one server die without a word.
-                wait_for("the dataflow to have results", lambda: done_tasks() > 0 and workers[0].alive(), 60)
-                workers[0].kill()
+                # Midway, while the dataflow works: the worker stuck in item-0000 and a server die without a word.
+                pid = int(wait_for("a worker to run item-0000", holder, 60, poll=0.1).split(":")[-2])
+                killed = next(i for i, w in enumerate(workers) if w.popen.pid == pid)
+                workers[killed].kill()
                 servers[0].kill()
                 live = [1, 2]
             client = clients[live[b % len(live)]]
             names = [f"item-{b * BATCH + k:04d}.txt" for k in range(BATCH)]
-            client.put_many("in", [(n, f"item {n}".encode()) for n in names])
+            client.put_many("in", [(n, f"hold {held}".encode() if n == "item-0000.txt" else n.encode()) for n in names])
 
         in_id, out_id = _ids(home, "in"), _ids(home, "out")
 
         def finished() -> bool:
-            for p in (*servers[1:], *workers[1:]):
+            for p in (*servers[1:], *(w for i, w in enumerate(workers) if i != killed)):
                 p.alive()
             with home.db.read() as conn:
                 open_runs = conn.execute(select(Run.id).where(Run.status.in_(["queued", "running"]))).all()
@@ -209,12 +218,17 @@ def test_three_servers_three_workers_one_database(
         )
         assert {i.version for i in outputs} == {1}, "a result written twice"
         with home.db.read() as conn:
-            tasks = conn.execute(select(Task.id, Task.status)).all()
+            tasks = conn.execute(select(Task.id, Task.status, Task.item_name)).all()
             runs = conn.execute(select(Run.id, Run.status)).all()
         assert len(tasks) == ITEMS and {t.status for t in tasks} == {"succeeded"}
         assert {r.status for r in runs} == {"succeeded"}
         per_task = finished_per_task(home)
         assert per_task == dict.fromkeys((t.id for t in tasks), 1), "a task finished more than once"
+        (first,) = [t.id for t in tasks if str(t.item_name).endswith("item-0000.txt")]
+        starts = [e for e in all_events(home, "task.started") if e.task_id == first]
+        assert len(starts) == 2, "item-0000 was not taken over from the killed worker"
+        assert f":{workers[killed].popen.pid}:" in starts[0].data["owner"]
+        assert f":{workers[killed].popen.pid}:" not in starts[1].data["owner"]
 
         created = {e.seq for e in all_events(home, "item.created") if e.seq > start and e.folder_id in (in_id, out_id)}
         assert len(created) == 2 * ITEMS
@@ -229,7 +243,7 @@ def test_three_servers_three_workers_one_database(
     finally:
         for c in clients:
             c.close()
-        codes = [p.stop() for p in (*servers, *workers)]
+        codes = [p.stop() for p in servers] + [w.stop() for i, w in enumerate(workers) if i != killed]
         for w in watchers:
             w.join(30)
-    assert codes[1:3] == [0, 0] and codes[4:] == [0, 0], [p.log.read_text()[-2000:] for p in (*servers, *workers)]
+    assert codes[1:] == [0] * 4, [p.log.read_text()[-2000:] for p in (*servers, *workers)]
