@@ -1,7 +1,7 @@
 """Past one machine: Dask workers against bare Dask, and the S3 blob backend against boto3's own transfer.
 
-    .venv/bin/python benchmarks/scale.py [--only dask] [--only s3] [--cpu-items 16] [--cpu-seconds 0.25]
-                                         [--s3-mb 1024] [--rounds 2]
+    .venv/bin/python benchmarks/scale.py [--only dask] [--only s3] [--only workers] [--cpu-items 16]
+                                         [--cpu-seconds 0.25] [--s3-mb 1024] [--rounds 2] [--worker-items 2000]
 
 Prints ONE JSON object on stdout (progress goes to stderr). Runs on any number of cores.
 
@@ -26,6 +26,16 @@ interleaved over ``--rounds`` rounds (medians):
 
 Targets: upload and download ≥ 0.8 x boto3's MB/s in the same run (``ok_upload``, ``ok_download``);
 RSS growth < 100 MB for a 1 GiB file (``ok_memory``). Each figure is also given as the ratio.
+
+``workers``: trivial recorded tasks/s of ``datamill worker`` processes on one PostgreSQL
+(``$DATABASE_URL``'s server, else a throw-away one started here with initdb/pg_ctl from
+``$PG_BIN``, default /usr/lib/postgresql/15/bin). ``--worker-items`` tiny items; a run of the
+``trivial`` pipeline of ``benchmarks/engine.py`` over all of them is submitted and timed from the
+submit until the run has finished, driven by 1 and then by 3 worker processes (inline executor,
+each loaded by a small warm-up run first). Baseline, in the same run: the same submit and run
+driven by one in-process ``Scheduler`` with the inline executor. Reported: tasks/s for each, the
+ratio of 3 workers to 1 and of each to the baseline; the target is that 3 workers record at least
+as many tasks/s as 1 (``ok``: more processes never cost throughput).
 """
 
 from __future__ import annotations
@@ -283,15 +293,172 @@ def bench_dask(args: argparse.Namespace, work: Path) -> dict[str, Any]:
     return out
 
 
+@contextmanager
+def postgres() -> Iterator[str]:
+    """A PostgreSQL server's URL: ``$DATABASE_URL``, or a throw-away server (like tests/conftest.py)."""
+    if os.environ.get("DATABASE_URL"):
+        yield os.environ["DATABASE_URL"]
+        return
+    pg_bin = Path(os.environ.get("PG_BIN", "/usr/lib/postgresql/15/bin"))
+    # Its own directory under the system's temp dir.
+    d = Path(tempfile.mkdtemp(prefix="datamill-pg."))
+    as_pg = ["runuser", "-u", "postgres", "--"] if os.geteuid() == 0 else []
+    if as_pg:  # initdb refuses root; the postgres user must own the dir
+        shutil.chown(d, "postgres", "postgres")
+    port = _free_port()
+    subprocess.run(
+        [*as_pg, str(pg_bin / "initdb"), "-D", f"{d}/data", "-U", "postgres", "-A", "trust", "-E", "UTF8"]
+        + ["--locale=C.UTF-8", "--no-sync"],
+        check=True,
+        capture_output=True,
+    )
+    options = f"-c listen_addresses=127.0.0.1 -p {port} -k {d} -c fsync=off -c synchronous_commit=off"
+    subprocess.run(
+        [*as_pg, str(pg_bin / "pg_ctl"), "-D", f"{d}/data", "-l", f"{d}/log", "-w", "-t", "60", "-o", options, "start"],
+        check=True,
+        capture_output=True,
+    )
+    try:
+        yield f"postgresql://postgres@127.0.0.1:{port}/postgres"
+    finally:
+        subprocess.run(
+            [*as_pg, str(pg_bin / "pg_ctl"), "-D", f"{d}/data", "-m", "immediate", "-w", "stop"], capture_output=True
+        )
+        shutil.rmtree(d, ignore_errors=True)
+
+
+def _new_database(server_url: str) -> str:
+    """A new, empty database on the server; its URL."""
+    from urllib.parse import urlsplit, urlunsplit
+
+    import psycopg
+
+    name = f"bench_{uuid.uuid4().hex[:12]}"
+    parts = urlsplit(server_url)._replace(scheme="postgresql")
+    with psycopg.connect(urlunsplit(parts), autocommit=True) as conn:
+        conn.execute(f'CREATE DATABASE "{name}"')
+    return urlunsplit(parts._replace(path=f"/{name}"))
+
+
+def _await_run(engine: Any, actor: Any, run_id: int, procs: list[subprocess.Popen[bytes]], timeout: float) -> str:
+    """Poll until the run has ended (a benchmark may poll); its status."""
+    deadline = time.monotonic() + timeout
+    while True:
+        status = str(engine.get_run(actor, run_id)["status"])
+        if status not in ("queued", "running"):
+            return status
+        for p in procs:
+            if p.poll() is not None:
+                raise RuntimeError(f"a datamill worker ended (exit {p.returncode})")
+        if time.monotonic() > deadline:
+            raise RuntimeError(f"run {run_id} did not finish in {timeout} s")
+        time.sleep(0.1)  # a run of seconds: 0.1 s of resolution, and little load from the polling
+
+
+def _worker_run(home: Any, eb: Any, n: int, items: int, home_dir: Path, env: dict[str, str]) -> dict[str, Any]:
+    """Start ``n`` worker processes, warm them up, time one run of the trivial pipeline over every item."""
+    from datamill.engine.engine import Engine
+    from datamill.nodes import list_nodes
+
+    engine = Engine(home)
+    inputs = engine.inputs_from_folder(home.admin, "items")
+    procs = [
+        subprocess.Popen(
+            [sys.executable, "-m", "datamill.cli", "--home", str(home_dir / f"w{n}-{i}"), "worker"],
+            env=env,
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+        )
+        for i in range(n)
+    ]
+    try:
+        deadline = time.monotonic() + 120
+        while len([x for x in list_nodes(home.db) if x.role == "worker"]) < n:
+            if time.monotonic() > deadline:
+                raise RuntimeError(f"{n} workers did not register in 120 s")
+            time.sleep(0.1)
+        # Every worker loads the pipeline (and warms its connections) before the timed run.
+        warm = engine.submit(home.admin, eb.ref("trivial"), inputs[: 4 * n], source="items", params={"salt": f"w{n}"})
+        _await_run(engine, home.admin, warm, procs, 300)
+        t = time.perf_counter()
+        run_id = engine.submit(home.admin, eb.ref("trivial"), inputs, source="items", params={"salt": f"run{n}"})
+        status = _await_run(engine, home.admin, run_id, procs, 900)
+        seconds = time.perf_counter() - t
+    finally:
+        for p in procs:
+            p.terminate()
+        for p in procs:
+            p.wait(60)
+    counts = engine.get_run(home.admin, run_id)["counts"]
+    assert status == "succeeded" and counts == {"succeeded": items}, (status, counts)
+    return {"seconds": round(seconds, 3), "tasks_per_s": round(items / seconds, 1)}
+
+
+def bench_workers(args: argparse.Namespace, work: Path) -> dict[str, Any]:
+    import asyncio
+
+    sys.path.insert(0, str(Path(__file__).resolve().parent))
+    import engine as eb  # benchmarks/engine.py: the trivial pipeline and timed in-process runs
+    from datamill.config import load_settings
+    from datamill.home import Home
+    from datamill.nodes import list_nodes
+
+    items = args.worker_items
+    with postgres() as server:
+        db_url = _new_database(server)
+        home_dir = work / "workers-home"
+        home = Home(load_settings(environ={}, home=str(home_dir), database_url=db_url, demo=False))
+        try:
+            home.store.create_folder(home.admin, "items")
+            for start in range(0, items, 500):
+                batch = [(f"i{i:05}.txt", f"item {i}\n".encode()) for i in range(start, min(items, start + 500))]
+                home.store.put_many(home.admin, "items", batch)
+            log(f"workers: baseline, one in-process scheduler over {items} items")
+            r = asyncio.run(eb.timed_run(home, "inline", eb.ref("trivial"), "items", None, params={"salt": "base"}))
+            assert r["run"]["counts"] == {"succeeded": items}, r["run"]["counts"]
+            base_s = r["submit_s"] + r["drive_s"]
+            out: dict[str, Any] = {
+                "items": items,
+                "baseline": {"seconds": round(base_s, 3), "tasks_per_s": round(items / base_s, 1)},
+            }
+            env = {
+                **{k: v for k, v in os.environ.items() if not k.startswith("DATAMILL_")},
+                "DATAMILL_DATABASE_URL": db_url,
+                "DATAMILL_BLOB_URL": home.settings.resolved_blob_url,
+                "DATAMILL_EXECUTOR": "inline",
+                "DATAMILL_DEMO": "false",
+                "PYTHONPATH": os.pathsep.join(
+                    [str(Path(__file__).resolve().parents[1]), os.environ.get("PYTHONPATH", "")]
+                ),
+            }
+            for n in (1, 3):
+                log(f"workers: {n} datamill worker process(es)")
+                out[f"processes_{n}"] = _worker_run(home, eb, n, items, home_dir, env)
+                deadline = time.monotonic() + 60
+                while list_nodes(home.db) and time.monotonic() < deadline:  # the stopped workers left
+                    time.sleep(0.1)
+        finally:
+            home.close()
+    one, three = out["processes_1"]["tasks_per_s"], out["processes_3"]["tasks_per_s"]
+    base = out["baseline"]["tasks_per_s"]
+    out["ratio_3_to_1"] = round(three / one, 2)
+    out["ratio_1_to_baseline"] = round(one / base, 2)
+    out["ratio_3_to_baseline"] = round(three / base, 2)
+    out["target_ratio_3_to_1"] = 1.0
+    out["ok"] = three >= one
+    return out
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n", 1)[0])
     parser.add_argument("--s3-mb", type=int, default=1024, help="size of the S3 transfer file in MiB")
     parser.add_argument("--rounds", type=int, default=2)
     parser.add_argument("--cpu-items", type=int, default=16, help="items of the CPU-bound step")
     parser.add_argument("--cpu-seconds", type=float, default=0.25, help="work per CPU-bound item")
-    parser.add_argument("--only", choices=["dask", "s3"], action="append", help="run only these parts")
+    parser.add_argument("--worker-items", type=int, default=2000, help="items of the worker processes' run")
+    parser.add_argument("--only", choices=["dask", "s3", "workers"], action="append", help="run only these parts")
     args = parser.parse_args()
-    parts = set(args.only or ["dask", "s3"])
+    parts = set(args.only or ["dask", "s3", "workers"])
     result: dict[str, Any] = {
         "benchmark": "scale",
         "cpus": os.cpu_count(),
@@ -304,6 +471,8 @@ def main() -> None:
             result["dask"] = bench_dask(args, work)
         if "s3" in parts:
             result["s3"] = bench_s3(args, work)
+        if "workers" in parts:
+            result["workers"] = bench_workers(args, work)
     finally:
         shutil.rmtree(work, ignore_errors=True)
     result["ok"] = all(

@@ -12,9 +12,14 @@ import select
 import socket
 import ssl
 import threading
+import time
 
 #: A server: scheme, host and port.
 Key = tuple[str, str, int]
+#: Idle connections older than this are closed, not reused: well before the server's keep-alive
+#: timeout (uvicorn's: 5 s), since a request sent on a connection the server closes at that moment
+#: fails with "Server disconnected", and a POST cannot simply be sent again.
+IDLE_SECONDS = 2.0
 
 
 def tls_context() -> ssl.SSLContext:
@@ -41,7 +46,7 @@ class Connections:
 
     def __init__(self, tls: ssl.SSLContext | None = None) -> None:
         """``tls``: the context for ``https://`` servers (default: :func:`tls_context`, made on first use)."""
-        self._idle: dict[Key, list[http.client.HTTPConnection]] = {}
+        self._idle: dict[Key, list[tuple[http.client.HTTPConnection, float]]] = {}
         self._lock = threading.Lock()
         self._tls = tls
 
@@ -49,9 +54,10 @@ class Connections:
         """An idle connection to ``key`` that is still open, if there is one."""
         with self._lock:
             pool = self._idle.get(key, [])
+            now = time.monotonic()
             while pool:
-                conn = pool.pop()
-                if not _readable(conn.sock):
+                conn, since = pool.pop()
+                if now - since < IDLE_SECONDS and not _readable(conn.sock):
                     return conn
                 conn.close()
         return None
@@ -59,7 +65,7 @@ class Connections:
     def release(self, key: Key, conn: http.client.HTTPConnection) -> None:
         """Give back a connection whose answer was read to the end, for the next request."""
         with self._lock:
-            self._idle.setdefault(key, []).append(conn)
+            self._idle.setdefault(key, []).append((conn, time.monotonic()))
 
     def connect(self, key: Key, timeout: float | None) -> http.client.HTTPConnection:
         """A new connection to ``key`` (TLS for ``https``); the OSError (TimeoutError, ssl.SSLError) if none."""
@@ -83,5 +89,5 @@ class Connections:
         with self._lock:
             idle, self._idle = self._idle, {}
         for pool in idle.values():
-            for conn in pool:
+            for conn, _since in pool:
                 conn.close()

@@ -26,7 +26,7 @@ from urllib.parse import quote, urlencode, urlsplit
 from datamill import errors
 from datamill._version import __version__
 from datamill.client.base import Client, ProgressFn, absolute_ref
-from datamill.client.connections import Connections, Key
+from datamill.client.connections import IDLE_SECONDS, Connections, Key
 from datamill.errors import BlobCorrupted, DatamillError, InvalidInput, Unauthorized
 from datamill.records import (
     FINISHED_RUN,
@@ -248,6 +248,9 @@ class RemoteClient(Client):
             transport=self._transport or (None if self._proxied else StdlibTransport(connections=self._connections)),
             follow_redirects=False,
             verify=True if https else ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT),
+            # Idle connections expire before the server's keep-alive timeout (datamill.client.connections);
+            # with a proxy, httpx's own pool does the same.
+            limits=httpx.Limits(max_connections=100, max_keepalive_connections=20, keepalive_expiry=IDLE_SECONDS),
         )
 
     def __repr__(self) -> str:
