@@ -19,6 +19,7 @@ import httpx
 import pytest
 
 from datamill.api import ServerHandle
+from datamill.client.connections import IDLE_SECONDS
 from datamill.client.remote import RemoteClient
 from datamill.client.transport import StdlibTransport
 from datamill.errors import DatamillError
@@ -63,16 +64,22 @@ def test_connections_are_kept_alive_and_dropped_when_the_server_closed_them(
     _, url = hello
     transport = StdlibTransport()
     with httpx.Client(transport=transport) as http:
+        key = ("http", "127.0.0.1", int(url.rsplit(":", 1)[1]))
         assert http.get(url + "/a").text == "hello"
-        (conn,) = transport.connections._idle[("http", "127.0.0.1", int(url.rsplit(":", 1)[1]))]
+        ((conn, _),) = transport.connections._idle[key]
         assert http.get(url + "/b").text == "hello"
-        (again,) = transport.connections._idle[("http", "127.0.0.1", int(url.rsplit(":", 1)[1]))]
+        ((again, _),) = transport.connections._idle[key]
         assert again is conn  # the same connection, kept alive
         assert http.get(url + "/c?close").text == "hello"
         # the server closed that one: the next request goes on a new connection and succeeds
         assert http.get(url + "/d").text == "hello"
-        (fresh,) = transport.connections._idle[("http", "127.0.0.1", int(url.rsplit(":", 1)[1]))]
+        ((fresh, since),) = transport.connections._idle[key]
         assert fresh is not conn
+        # one idle for longer than IDLE_SECONDS is not reused (the server may be closing it)
+        transport.connections._idle[key] = [(fresh, since - IDLE_SECONDS - 1)]
+        assert http.get(url + "/e").text == "hello"
+        ((newest, _),) = transport.connections._idle[key]
+        assert newest is not fresh and fresh.sock is None  # closed, not reused
 
 
 def test_a_streamed_upload_and_download(server_and_token: tuple[ServerHandle, str], tmp_path: Path) -> None:
