@@ -146,7 +146,7 @@ class TestDask(ExecutorContract):
 
 
 def test_an_unreachable_scheduler_is_named(make_harness: Callable[..., Any]) -> None:
-    executor = get_executor("dask", address=f"tcp://127.0.0.1:{free_port()}")
+    executor = get_executor("dask", address=f"tcp://127.0.0.1:{free_port()}", connect_timeout=2.0)
     loop = asyncio.new_event_loop()
     try:
         with pytest.raises(Unavailable, match="cannot reach the Dask scheduler"):

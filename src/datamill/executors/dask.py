@@ -65,8 +65,10 @@ class DaskExecutor(Executor):
         workers: int = 0,
         threads_per_worker: int = 1,
         clock: Callable[[], float] = time.time,
+        connect_timeout: float = 30.0,
     ) -> None:
         self.address = address or None
+        self.connect_timeout = connect_timeout
         self.workers = workers
         self.threads_per_worker = threads_per_worker
         self._clock = clock
@@ -115,7 +117,9 @@ class DaskExecutor(Executor):
             else:
                 address = self.address
             try:
-                self._client = await asyncio.wait_for(Client(address, asynchronous=True), 60)
+                self._client = await asyncio.wait_for(
+                    Client(address, asynchronous=True, timeout=self.connect_timeout), self.connect_timeout + 30
+                )
             except (OSError, TimeoutError) as exc:
                 await self._close_cluster()
                 raise Unavailable(
