@@ -20,7 +20,6 @@ from __future__ import annotations
 
 import io
 import logging
-import os
 import threading
 import time
 import uuid
@@ -349,18 +348,6 @@ class S3BlobStore(BlobStore):
             file.seek(start)
             expected_digest = f"{self.algorithm}:{h.hexdigest()}"
         return super().put_file(file, expected_digest, expected_size, durable, progress)
-
-    def copy_to(self, digest: str, fd: int, progress: Callable[[int], None] | None = None) -> int:
-        """Write the blob into ``fd`` from parallel ranged GETs, verified (raises at the end on a mismatch)."""
-        n = 0
-        for chunk in self.iter_range(digest):
-            view = memoryview(chunk)
-            while view:
-                view = view[os.write(fd, view) :]
-            n += len(chunk)
-            if progress is not None:
-                progress(len(chunk))
-        return n
 
     # ---------------------------------------------------------------------------------- reading
     def _open_raw(self, digest: str) -> BinaryIO:
