@@ -88,8 +88,13 @@ class Codec(ABC):
         return None
 
     def from_bytes(self, data: bytes) -> Any:
-        """The value of bytes :meth:`to_bytes` gave; only called on codecs whose :attr:`in_memory` is true."""
-        raise NotImplementedError(f"codec {self.name!r} decodes files only")
+        """The value of ``data`` (the bytes of an encoded file); by default through a temporary file."""
+        import tempfile
+
+        with tempfile.TemporaryDirectory(prefix="datamill-codec-") as tmp:
+            path = Path(tmp) / f"value{self.ext}"
+            path.write_bytes(data)
+            return self.decode(path)
 
     #: whether :meth:`to_bytes` and :meth:`from_bytes` work (values never need a file)
     in_memory = False
