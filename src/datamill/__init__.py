@@ -57,7 +57,15 @@ def _run_pipeline(pipeline: Any, inputs: Any, **options: Any) -> Any:
     return run_pipeline(pipeline, inputs, **options)
 
 
+def _folder_moved(conn: Any, actor_id: int, old: str, new: str) -> Any:
+    """A folder moved: the dataflows naming it (or a folder below it) follow, in the same transaction."""
+    from datamill.dataflows.dataflow import follow_folder_move
+
+    return follow_folder_move(conn, actor_id, old, new)
+
+
 hooks.run_pipeline = _run_pipeline
+hooks.folder_moved = _folder_moved
 
 
 def __getattr__(name: str) -> Any:

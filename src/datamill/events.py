@@ -249,6 +249,17 @@ class EventLog:
             self._head_at = max(self._head_at, seen)
             return self._head
 
+    def noticed(self, seq: int) -> None:
+        """A watcher saw events up to ``seq`` committed: wake the waiters unless this process read them.
+
+        Compared under the head's lock: a read of the head in flight (:meth:`_head_since`) either
+        saw this seq or counts this wake-up's commit, so it is never read a second time for nothing
+        (this process's own commits change ``data_version`` too and reach the watcher late).
+        """
+        with self._head_lock:
+            if seq > self._head:
+                self.db.notify_commit()
+
     def read(
         self,
         after: int = 0,
@@ -426,8 +437,8 @@ class _SqliteWatcher(threading.Thread):
         process's own commits change ``data_version`` too, and cost only this one look.
         """
         row = self._conn.execute("SELECT max(seq) FROM events").fetchone()
-        if row is not None and row[0] is not None and int(row[0]) > self.log._head:
-            self.log.db.notify_commit()
+        if row is not None and row[0] is not None:
+            self.log.noticed(int(row[0]))
 
     def run(self) -> None:
         try:

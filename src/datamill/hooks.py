@@ -15,3 +15,9 @@ from typing import Any
 #: the engine, all above the pipeline layer. Called as ``run_pipeline(pipeline, inputs, **options)``
 #: and filled with :func:`datamill.engine.quick.run_pipeline`.
 run_pipeline: Callable[..., Any] | None = None
+
+#: ``folder_moved(conn, actor_id, old, new)`` runs in the transaction that moves folder ``old`` (and
+#: everything below it) to ``new``, so that what names folders by path (dataflow configurations, a
+#: layer above the store) follows the move in the same commit. Filled with
+#: :func:`datamill.dataflows.dataflow.follow_folder_move`.
+folder_moved: Callable[..., Any] | None = None

@@ -239,9 +239,9 @@ WEB_EXPECTED: dict[str, list[int]] = {
     "web_flows": [*W, 200, 200, 200, 200, 200, 200, 200],
     "web_flow": [*W, 404, 200, 200, 200, 200, 200, 200],
     "web_flow_history": [*W, 404, 200, 200, 200, 200, 200, 200],
-    # The form shows to whoever sees the dataflow (masked as the API shows it); saving it is
-    # refused unless they may change it (the API's edit_flow row).
-    "web_flow_edit": [*W, 404, 200, 200, 200, 200, 200, 200],
+    # The form shows only to those who may change the dataflow (the API's edit_flow row); the others
+    # who see the dataflow get a 403 page saying who may, and no Edit button on its page.
+    "web_flow_edit": [*W, 404, 403, 403, 403, 403, 200, 200],
     "web_events": [*W, 200, 200, 200, 200, 200, 200, 200],
     # The admin pages do not exist for anyone else.
     "web_admin": [*W, 404, 404, 404, 404, 404, 404, 200],
@@ -275,6 +275,11 @@ def test_every_role_against_every_web_page(world: World) -> None:
                     failures.append(f"{page} as {role}: {r.status_code}, expected {status}: {r.text[:300]}")
                     continue
                 text = answer_text(r)
+                if page == "web_flow" and status == 200:
+                    # The Edit button shows exactly to those whom the form is shown.
+                    may_edit = WEB_EXPECTED["web_flow_edit"][i] == 200
+                    if ('/edit">Edit</a>' in r.text) != may_edit:
+                        failures.append(f"{page} as {role}: Edit button shown={not may_edit}, expected {may_edit}")
                 if status == 303:
                     # Sent to sign in, and back to the page asked for afterwards: only the caller's
                     # own URL comes back (in Location); the body must hold nothing.

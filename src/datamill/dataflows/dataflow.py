@@ -693,12 +693,14 @@ class Dataflows:
         vis = Visibility(conn, actor)
         sides = [info.source, info.destination]
         vis.load(sides)
+        may_change = self._may_edit(conn, actor, row)
         cfg = vis.dataflow_config(
             {"source": info.source, "destination": info.destination, "webhooks": info.webhooks},
-            may_change=self._may_edit(conn, actor, row),
+            may_change=may_change,
         )
         info = replace(
             info,
+            may_change=may_change,
             source=cfg["source"],
             destination=cfg["destination"],
             webhooks=cfg["webhooks"],
@@ -983,3 +985,48 @@ class Dataflows:
         if cfg is None:
             raise NotFound(f"dataflow {dataflow_id} has no version {number}")
         return dict(cfg)
+
+
+def follow_folder_move(conn: Connection, actor_id: int, old: str, new: str) -> list[str]:
+    """Rewrite the folder paths of the dataflows whose source or destination is ``old`` or below it.
+
+    Called in the transaction that moves the folder (:data:`datamill.hooks.folder_moved`). A
+    dataflow keeps working on the folders it was made for: without this its runs would name a
+    path that no longer exists, or — once someone makes a new folder there — a folder that is not
+    the one its owner chose. Each change is a new configuration version made by the mover, with a
+    ``dataflow.updated`` event; runs already recorded keep theirs. Returns the dataflows changed.
+    """
+
+    def moved(path: object) -> str | None:
+        if not isinstance(path, str) or not path:
+            return None
+        if path == old:
+            return new
+        return new + path[len(old) :] if path.startswith(old + "/") else None
+
+    changed_names: list[str] = []
+    now = time.time()
+    for row in conn.execute(select(Dataflow).order_by(Dataflow.id)).all():
+        cfg = dict(row.config or {})
+        keys = [k for k in ("source", "destination") if moved(cfg.get(k)) is not None]
+        if not keys:
+            continue
+        for key in keys:
+            cfg[key] = moved(cfg[key])
+        number = row.version + 1
+        conn.execute(
+            insert(DataflowVersion).values(
+                dataflow_id=row.id, number=number, config=cfg, created_by=actor_id, created_at=now
+            )
+        )
+        conn.execute(update(Dataflow).where(Dataflow.id == row.id).values(version=number, config=cfg, updated_at=now))
+        events.append(
+            conn,
+            EventKind.DATAFLOW_UPDATED,
+            actor_id=actor_id,
+            dataflow_id=row.id,
+            folder_id=row.dest_folder_id,
+            data={"name": row.name, "version": number, "changed": sorted(keys), "reason": "folder moved"},
+        )
+        changed_names.append(row.name)
+    return changed_names

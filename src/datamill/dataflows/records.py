@@ -68,6 +68,8 @@ class DataflowInfo(Record):
     directory: str | None = None
     #: a directory dataflow's rules: include, exclude, stable_seconds, poll, poll_interval, existing
     watch: dict[str, Any] | None = None
+    #: whether the caller may change this dataflow (its owner, a site admin or an admin of its destination)
+    may_change: bool = False
     #: a directory dataflow's live status as its server last reported it (files seen, landed, skipped,
     #: bytes landed, files waiting, last landed, last error; ``owner``, ``running``, ``reported_at``)
     status: dict[str, Any] | None = None

@@ -14,7 +14,7 @@ from typing import Any
 from sqlalchemy import Connection, Row, delete, func, insert, select, update
 from sqlalchemy.exc import IntegrityError
 
-from datamill import events
+from datamill import events, hooks
 from datamill.db.models import Folder, FolderAccess, GroupAccess, Item, User, Version
 from datamill.errors import AlreadyExists, InvalidInput, NotEmpty, NotFound
 from datamill.store.access import Actor, Level, level_on, require
@@ -181,6 +181,8 @@ def move_folder(conn: Connection, actor: Actor, path: str, new_parent: str, new_
         .values(path=new_path, name=name, parent_id=target.id if target else None, updated_at=time.time())
     )
     events.append(conn, "folder.moved", actor_id=actor.id, folder_id=row.id, data={"from": old, "to": new_path})
+    if hooks.folder_moved is not None:
+        hooks.folder_moved(conn, actor.id, old, new_path)
     return folder_info(conn, folder_row(conn, new_path))
 
 

@@ -30,7 +30,7 @@ from markupsafe import Markup
 from datamill.api.deps import blocking
 from datamill.dataflows.dataflow import CONFIG_KEYS, KINDS, Trigger
 from datamill.dataflows.records import DataflowInfo, DataflowVersionInfo
-from datamill.errors import AlreadyExists, DatamillError, InvalidPipeline, NotFound
+from datamill.errors import AlreadyExists, DatamillError, InvalidPipeline, NotFound, PermissionDenied
 from datamill.service import Service
 from datamill.web.render import redirect, render
 from datamill.web.runs import RunRow, duration_text, run_row
@@ -335,8 +335,17 @@ async def flow_page(request: Request, name: str, session: SessionDep) -> Respons
 async def edit_page(request: Request, name: str, session: SessionDep) -> Response:
     """The form filled with the dataflow's configuration."""
     service = session.service(request.app.state.home)
-    info = await blocking(service.dataflow, name, 0)
+    info = _editable(await blocking(service.dataflow, name, 0))
     return await blocking(_form_page, request, session, FlowForm(form_values(info), editing=True), service)
+
+
+def _editable(info: DataflowInfo) -> DataflowInfo:
+    """``info`` if the caller may change it; a 403 page saying who may, before any form is shown or read."""
+    if not info.may_change:
+        raise PermissionDenied(
+            f"only the owner of dataflow {info.name!r} or an admin of its destination may change it; ask its owner"
+        )
+    return info
 
 
 @router.post("/dataflows/{name}/edit")
@@ -344,7 +353,7 @@ async def edit(request: Request, name: str, session: SessionDep) -> Response:
     """Save the changed fields as a new configuration version; on bad input, the form with the errors."""
     values = await _form_values(request)
     service = session.service(request.app.state.home)
-    info = await blocking(service.dataflow, name, 0)
+    info = _editable(await blocking(service.dataflow, name, 0))
     values["name"] = info.name
     config, errors = parse_form(values)
     form = FlowForm(values, errors, editing=True)
