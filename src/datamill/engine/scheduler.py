@@ -238,17 +238,21 @@ class Scheduler:
 
         That is queued or running runs with a queued task, or with no task left to end (they only
         need ending). A run whose remaining tasks all run under a live lease is left to the
-        scheduler holding them: driving it here would only watch it, on every poll.
+        scheduler holding them: driving it here would only watch it, on every poll. Unless that
+        scheduler is this one: a run with tasks under our lease and no driver of ours (its driver
+        failed, e.g. on a database outage, after its claim was committed) is ours to drive again,
+        and its driver requeues them (:meth:`_load_run`) instead of leaving them until the lease
+        expires. The callers skip the runs their drivers are driving.
         """
         now = self.clock()
         with self.home.db.read() as conn:
             # Usually no lease has expired: the write lock is taken only when one has.
             if not leases.any_expired(conn, now):
-                return runs.pending_run_ids(conn)
+                return runs.pending_run_ids(conn, self.owner)
         with self.home.db.write() as conn:
             leases.reclaim_expired(conn, now)
         with self.home.db.read() as conn:
-            return runs.pending_run_ids(conn)
+            return runs.pending_run_ids(conn, self.owner)
 
     async def run_until_idle(self, run_ids: list[int] | None = None) -> None:
         """Drive the given runs (all pending ones by default) until none has work this scheduler can do."""
