@@ -142,43 +142,6 @@ def test_tasks_left_running_by_a_failed_driver_are_run_again(db_world: World) ->
     w.check_fold()
 
 
-def test_a_serving_scheduler_runs_again_the_tasks_its_own_failed_driver_left_claimed(db_world: World) -> None:
-    """A driver that fails on a database outage backs off and leaves its claimed tasks running
-    under the scheduler's own lease (its claim was committed, the tasks are not run any more).
-
-    The serving scheduler must drive that run again itself (requeueing those tasks): it is the
-    only one that could, and their lease, renewed by nobody, would keep the run stuck until it
-    expired (30 s by default; here an hour, which the test would never wait for).
-    """
-    w = db_world
-    w.put("a.txt", "some words")
-    run_id = w.submit(ref("peritem"))
-    scheduler = Scheduler(w.home, "inline", lease_seconds=3600.0)
-
-    async def go() -> None:
-        stop = asyncio.Event()
-        async with scheduler:
-            # What the failed driver left: every task claimed under this scheduler's lease.
-            _hold(w, run_id, scheduler.owner, lease_seconds=3600.0)
-            serving = asyncio.create_task(scheduler.serve(stop, poll=POLL))
-            try:
-                await until(
-                    "the run to end",
-                    lambda: w.engine.get_run(w.admin, run_id)["status"] in runs.FINISHED_RUN,
-                    timeout=30.0,
-                )
-            finally:
-                stop.set()
-                await serving
-
-    asyncio.run(go())
-    assert w.engine.get_run(w.admin, run_id)["status"] == "succeeded"
-    assert set(w.statuses(run_id).values()) == {"succeeded"}
-    reclaimed = w.per_task("task.reclaimed", run_id)
-    assert reclaimed == {t.id: 1 for t in w.tasks(run_id).values()}  # given back once each, then run
-    w.check_fold()
-
-
 def _outage(db_url: str, on: bool) -> None:
     """Refuse (and cut) every connection to the database of ``db_url``, or allow them again."""
     parts = urlsplit(db_url)
@@ -194,7 +157,11 @@ def _outage(db_url: str, on: bool) -> None:
 def test_a_run_whose_driver_failed_on_a_database_outage_goes_on_after_it(
     tmp_path: Path, postgres_db_url: str, caplog: pytest.LogCaptureFixture
 ) -> None:
-    """The real path of the test above: the outage fails the driver while its claimed task runs."""
+    """A driver that fails on a database outage after committing a claim leaves that task running
+    under the scheduler's own lease, and backs off. A run with no queued task is not pending:
+    the scheduler must drive it again itself once the delay has passed (requeueing the task),
+    not leave it to the lease, which nobody renews (30 s by default; here an hour, which the
+    test would never wait for)."""
     home = open_home(tmp_path / "home", postgres_db_url)
     w = World(home)
     marks = tmp_path / "marks"

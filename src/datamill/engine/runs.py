@@ -386,24 +386,17 @@ def cancel_requested(conn: Connection, run_id: int) -> bool:
     return bool(conn.execute(select(Run.cancel_requested).where(Run.id == run_id)).scalar())
 
 
-def pending_run_ids(conn: Connection, owner: str | None = None) -> list[int]:
-    """Queued or running runs with a queued task, or with no task left to end (oldest request first).
-
-    With ``owner``, also the runs with a task running under ``owner``'s lease: the caller (that
-    scheduler) drives them unless a driver of its own already does, else nobody would run them
-    again before their lease expired.
-    """
+def pending_run_ids(conn: Connection) -> list[int]:
+    """Queued or running runs with a queued task, or with no task left to end (oldest request first)."""
     has_queued = select(Task.id).where(Task.run_id == Run.id, Task.status == TaskStatus.QUEUED).exists()
     unfinished = (
         select(Task.id).where(Task.run_id == Run.id, Task.status.in_([TaskStatus.QUEUED, TaskStatus.RUNNING])).exists()
     )
-    wanted = [has_queued, ~unfinished]
-    if owner is not None:
-        held = select(Task.id).where(
-            Task.run_id == Run.id, Task.status == TaskStatus.RUNNING, Task.lease_owner == owner
-        )
-        wanted.append(held.exists())
-    pending = select(Run.id).where(Run.status.in_([RunStatus.QUEUED, RunStatus.RUNNING]), or_(*wanted)).order_by(Run.id)
+    pending = (
+        select(Run.id)
+        .where(Run.status.in_([RunStatus.QUEUED, RunStatus.RUNNING]), or_(has_queued, ~unfinished))
+        .order_by(Run.id)
+    )
     return list(conn.execute(pending).scalars())
 
 
