@@ -7,6 +7,7 @@ What a task does is decided by its input item's text (first word, then arguments
 * ``exit [code]`` — the step ends its own process with ``os._exit`` (kills a local worker);
 * ``sleep S [...]`` — the step sleeps ``S`` seconds, then succeeds;
 * ``flaky N [...]`` — the step fails its first ``N`` executions for this item, then succeeds;
+* ``wait PATH`` — the step waits until the file ``PATH`` exists (a test releases it), then succeeds;
 * anything else — the step succeeds at once.
 
 Steps taking ``marks`` (a directory) leave one file per execution there, named
@@ -65,6 +66,9 @@ def behave(item: InputFile, marks: str) -> str:
         os._exit(int(args[0]) if args else 1)
     if cmd == "sleep":
         time.sleep(float(args[0]))
+    if cmd == "wait":
+        while not Path(args[0]).exists():
+            time.sleep(0.02)
     if cmd == "flaky" and n <= int(args[0]):
         raise RuntimeError(f"flaky failure {n} of {args[0]}")
     return text
@@ -93,6 +97,9 @@ basic = Pipeline("basic", steps=[parse, count, total])
 
 #: only per-item steps (no aggregate to wait for)
 peritem = Pipeline("peritem", steps=[parse, count])
+
+#: parse alone: one task per item, nothing downstream
+alone = Pipeline("alone", steps=[parse])
 
 #: parse with a 2 s timeout (a fresh worker's first call imports modules: keep it above that on a busy machine)
 timed = Pipeline("timed", steps=[parse.configure(timeout=2.0)])

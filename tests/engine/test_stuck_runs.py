@@ -10,16 +10,20 @@ import asyncio
 import time
 from collections.abc import Callable
 from pathlib import Path
+from urllib.parse import urlsplit, urlunsplit
 
+import psycopg
+import pytest
+from psycopg import sql
 from sqlalchemy import select
 
 from datamill.db.models import Task
 from datamill.engine import runs
 from datamill.engine.scheduler import Scheduler
-from tests.helpers import until
+from tests.helpers import open_home, until
 
 from .engine_world import World
-from .pipelines import ref
+from .pipelines import executions, ref
 
 #: how long an idle scheduler is watched, in its poll intervals
 IDLE_POLLS = 20
@@ -136,6 +140,70 @@ def test_tasks_left_running_by_a_failed_driver_are_run_again(db_world: World) ->
     asyncio.run(go())
     assert w.engine.get_run(w.admin, run_id)["status"] == "succeeded"
     w.check_fold()
+
+
+def _outage(db_url: str, on: bool) -> None:
+    """Refuse (and cut) every connection to the database of ``db_url``, or allow them again."""
+    parts = urlsplit(db_url)
+    name = parts.path.lstrip("/")
+    with psycopg.connect(urlunsplit(parts._replace(path="/postgres")), autocommit=True) as conn:
+        allow = sql.SQL("false" if on else "true")
+        conn.execute(sql.SQL("ALTER DATABASE {} ALLOW_CONNECTIONS {}").format(sql.Identifier(name), allow))
+        if on:
+            conn.execute("SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE datname = %s", (name,))
+
+
+@pytest.mark.postgres
+def test_a_run_whose_driver_failed_on_a_database_outage_goes_on_after_it(
+    tmp_path: Path, postgres_db_url: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A driver that fails on a database outage after committing a claim leaves that task running
+    under the scheduler's own lease, and backs off. A run with no queued task is not pending:
+    the scheduler must drive it again itself once the delay has passed (requeueing the task),
+    not leave it to the lease, which nobody renews (30 s by default; here an hour, which the
+    test would never wait for)."""
+    home = open_home(tmp_path / "home", postgres_db_url)
+    w = World(home)
+    marks = tmp_path / "marks"
+    try:
+        gate = tmp_path / "gate"
+        w.put("a.txt", f"wait {gate}")  # running when the outage begins, until the gate opens
+        # One task: once it is claimed, no queued task makes the run look like one to drive.
+        run_id = w.submit(ref("alone"), params={"marks": str(marks)})
+        # A step in a thread (as in the server), so that the loop goes on while it runs.
+        scheduler = Scheduler(home, "inline", lease_seconds=3600.0, shares_loop=True)
+
+        async def go() -> None:
+            stop = asyncio.Event()
+            async with scheduler:
+                serving = asyncio.create_task(scheduler.serve(stop, poll=POLL))
+                try:
+                    await until("the task to run", lambda: executions(marks) == 1)
+                    _outage(postgres_db_url, True)
+                    try:
+                        await until("the driver to fail", lambda: "database failed under its driver" in caplog.text)
+                    finally:
+                        _outage(postgres_db_url, False)
+                    gate.touch()  # the abandoned first attempt ends too; its result goes nowhere
+                    await until(
+                        "the run to end",
+                        lambda: w.engine.get_run(w.admin, run_id)["status"] in runs.FINISHED_RUN,
+                        timeout=30.0,
+                    )
+                finally:
+                    stop.set()
+                    await serving
+
+        asyncio.run(go())
+        assert w.engine.get_run(w.admin, run_id)["status"] == "succeeded"
+        parse = w.tasks(run_id)["parse[Raw/a.txt]"]
+        assert w.per_task("task.reclaimed", run_id)[parse.id] == 1
+        assert executions(marks) == 2  # its first attempt was cut short with its driver
+        w.check_fold()
+    finally:
+        _outage(postgres_db_url, False)
+        (tmp_path / "gate").touch()
+        home.close()
 
 
 def test_a_run_held_by_another_scheduler_is_not_driven_on_every_poll(db_world: World) -> None:

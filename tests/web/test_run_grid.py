@@ -2,14 +2,21 @@
 
 from __future__ import annotations
 
+import re
+import time
 from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+from sqlalchemy import event
 
 from datamill.errors import InvalidDataflow, UnknownPipeline
 from datamill.service import Service
 from datamill.web.dataflows import config_diff, field_error, markdown, parse_form
 from datamill.web.render import environment
 from datamill.web.runs import ALL_ITEMS, PAGE_ITEMS, duration_text, run_view
-from tests.helpers import open_home
+from tests.helpers import open_home, serve
 from tests.web.web_pipelines import ref
 
 ITEMS = 120
@@ -44,6 +51,69 @@ def test_a_big_run_reads_and_renders_one_page_of_its_grid(tmp_path: Path) -> Non
         assert 'aria-label="queued: shout of in/f0050.txt"' in html
     finally:
         home.close()
+
+
+@pytest.mark.slow
+def test_a_run_page_gets_every_change_made_while_it_is_read(tmp_path: Path) -> None:
+    """The run ends while its page is being read: the page's live stream still brings the end.
+
+    The page's stream starts after the ``seq`` the page names. Read after the run, that seq was
+    past the run's last events when they landed in between (a run ending during the page's
+    reads, as under load): the page then showed the run running for good. The interleaving is
+    forced: the run is cancelled (it ends at once, nothing runs: no scheduler) from inside the
+    page's own read of the grid.
+    """
+    home = open_home(tmp_path / "home")
+    try:
+        service = Service(home)
+        service.create_folder("in")
+        service.create_folder("out")
+        service.put_many("in", [("a.txt", b"a"), ("b.txt", b"b")])
+        run_id = service.submit_run(ref("flow"), "in", dest="out")  # no scheduler: it stays queued
+        ended_after: list[int] = []
+
+        def end_the_run_meanwhile(_c: Any, _cur: Any, statement: str, *_: Any) -> None:
+            # The grid's first query (the page has read the run's state already); once only.
+            if not ended_after and "GROUP BY tasks.item_name" in statement:
+                ended_after.append(home.events.latest())
+                assert service.cancel_run(run_id)
+
+        event.listen(home.db.engine, "before_cursor_execute", end_the_run_meanwhile)
+        try:
+            with serve(home) as server, httpx.Client(base_url=server.url, follow_redirects=True) as http:
+                http.get(f"/?token={home.admin_token()}").raise_for_status()
+                page = http.get(f"/runs/{run_id}")
+                page.raise_for_status()
+                assert ended_after, "the page read no grid"
+                assert 'class="run-summary" data-status="queued"' in page.text  # read before it ended
+                found = re.search(r"sse-connect=\"(/runs/live\?run=\d+&amp;since=(\d+)&amp;status=\w+)\"", page.text)
+                assert found is not None
+                since = int(found.group(2))
+                assert since <= ended_after[0], "the page's stream starts after events it did not show"
+                assert service.run_info(run_id).status == "cancelled"
+                # What the page's stream sends: the run's row as it is now, which makes the page
+                # read its panel again.
+                assert 'data-status="cancelled"' in _first_run_message(http, found.group(1).replace("&amp;", "&"))
+        finally:
+            event.remove(home.db.engine, "before_cursor_execute", end_the_run_meanwhile)
+    finally:
+        home.close()
+
+
+def _first_run_message(http: httpx.Client, url: str) -> str:
+    """The data of the first ``run`` message of a live stream (a bound of 30 s, for a failure only)."""
+    deadline = time.monotonic() + 30
+    event_name, data = "", []
+    with http.stream("GET", url, timeout=httpx.Timeout(30.0)) as answer:
+        for line in answer.iter_lines():
+            assert time.monotonic() < deadline, "no run message: the page would never show the run's end"
+            if line.startswith("event: "):
+                event_name, data = line[7:], []
+            elif line.startswith("data: "):
+                data.append(line[6:])
+            elif not line and event_name == "run":
+                return "\n".join(data)
+    raise AssertionError("the stream ended without a run message")
 
 
 def test_errors_of_the_dataflows_layer_land_on_their_form_fields() -> None:

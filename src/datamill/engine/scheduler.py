@@ -254,8 +254,8 @@ class Scheduler:
         """Drive the given runs (all pending ones by default) until none has work this scheduler can do."""
         await self.start()
         while True:
-            ids = run_ids if run_ids is not None else self.pending_runs()
-            todo = [i for i in ids if i not in self._active and not self._backing_off(i)]
+            ids = run_ids if run_ids is not None else self.pending_runs() + self._due_again()
+            todo = [i for i in dict.fromkeys(ids) if i not in self._active and not self._backing_off(i)]
             if not todo and not self._active:
                 return
             for rid in todo:
@@ -277,7 +277,7 @@ class Scheduler:
                 with contextlib.suppress(TimeoutError):
                     await asyncio.wait_for(stop.wait(), poll)
                 continue
-            for rid in pending:
+            for rid in dict.fromkeys(pending + self._due_again()):
                 if rid not in self._active and not self._backing_off(rid):
                     self._spawn(rid)
             # Wake on any new event (a run was queued) or after ``poll`` to reclaim leases.
@@ -293,6 +293,17 @@ class Scheduler:
         task = asyncio.create_task(self._drive_safely(run_id), name=f"datamill-run-{run_id}")
         self._active[run_id] = task
         task.add_done_callback(lambda _t, rid=run_id: self._active.pop(rid, None))  # type: ignore[misc]
+
+    def _due_again(self) -> list[int]:
+        """Runs whose driver failed without recording their end, and whose delay has passed.
+
+        They are driven again whether or not :meth:`pending_runs` lists them: a driver that
+        failed (the database was unreachable) after committing claims leaves those tasks running
+        under this scheduler's lease, and a run with no queued task left is not pending, so
+        nobody would run them before their lease expired. Their new driver requeues them
+        (:meth:`_load_run`).
+        """
+        return [rid for rid in self._backoff if not self._backing_off(rid)]
 
     def _backing_off(self, run_id: int) -> bool:
         wait = self._backoff.get(run_id)

@@ -301,8 +301,12 @@ def run_view(service: Service, run_id: int, page: int) -> RunView:
 async def run_page(request: Request, run_id: RunId, session: SessionDep, page: int = Query(1, ge=1)) -> Response:
     """One run: its state, step graph, grid, and cancel/retry."""
     home = request.app.state.home
-    view = await blocking(run_view, session.service(home), run_id, page)
+    # The newest seq first, then the run: the page's live stream starts after ``seq``, so an event
+    # committed while the run is read (its last task's end, the run's end) is still sent to the
+    # page. Read the other way round, such an event falls between the two reads and the page
+    # shows the run as it was (running) for good.
     seq = await blocking(home.events.latest)
+    view = await blocking(run_view, session.service(home), run_id, page)
     return render(request, "runs/run.html", session, v=view, seq=seq, duration=duration_text, finished=FINISHED_RUN)
 
 
