@@ -1,0 +1,84 @@
+"""Who drives a run: one scheduler at a time, under a lease it renews, taken over when it lapses.
+
+Many ``datamill worker`` (and ``datamill up``) processes share one database. Each process's
+scheduler looks for pending runs; were every scheduler to drive every run, they would all plan it,
+race for its ready tasks and wait on each other's (measured: three workers recorded half the
+tasks per second of one). So before a scheduler's service loop drives a run, it claims the run's
+row in ``run_owners``: a conditional ``UPDATE`` (the row is its own, or its lease expired) or an
+``INSERT`` only one can win, atomic on SQLite and PostgreSQL alike. The owner renews the lease
+with its task leases (every third of ``lease_seconds``) and gives it up when its driver returns;
+a scheduler that dies stops renewing, and once ``expires_at`` passes (when its task leases lapse
+too) another scheduler claims the run and drives it on. Other schedulers take other runs.
+
+The run lease only keeps schedulers out of each other's way; exactly-once stays with the task
+leases (:mod:`.leases`): a task runs only under the claim that set its lease, whoever drives.
+``Engine.run`` and ``datamill run`` (a run executed in the caller's process) claim the lease too,
+so workers keep off, but drive their run whatever the answer.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Sequence
+
+from sqlalchemy import Connection, delete, select, update
+from sqlalchemy.dialects.postgresql import insert as pg_insert
+from sqlalchemy.dialects.sqlite import insert as sqlite_insert
+
+from datamill.db.models import RunOwner
+
+
+def claim(conn: Connection, run_id: int, owner: str, lease_seconds: float, now: float | None = None) -> bool:
+    """Take or renew ``owner``'s lease on the run (in the caller's write transaction); False when another holds it."""
+    now = time.time() if now is None else now
+    values = {"owner": owner, "expires_at": now + lease_seconds, "updated_at": now}
+    taken = conn.execute(
+        update(RunOwner)
+        .where(RunOwner.run_id == run_id, (RunOwner.owner == owner) | (RunOwner.expires_at < now))
+        .values(**values)
+    ).rowcount
+    if taken:
+        return True
+    make = pg_insert if conn.dialect.name == "postgresql" else sqlite_insert
+    # On a conflict the row exists and is live: another scheduler's (it may have won just now).
+    stmt = make(RunOwner).values(run_id=run_id, **values).on_conflict_do_nothing(index_elements=["run_id"])
+    return bool(conn.execute(stmt).rowcount)
+
+
+def renew(conn: Connection, owner: str, lease_seconds: float, run_ids: Sequence[int]) -> set[int]:
+    """Extend ``owner``'s leases on ``run_ids``; the runs it no longer holds (another took them over)."""
+    if not run_ids:
+        return set()
+    now = time.time()
+    conn.execute(
+        update(RunOwner)
+        .where(RunOwner.owner == owner, RunOwner.run_id.in_(list(run_ids)))
+        .values(expires_at=now + lease_seconds, updated_at=now)
+    )
+    held = conn.execute(
+        select(RunOwner.run_id).where(RunOwner.owner == owner, RunOwner.run_id.in_(list(run_ids)))
+    ).scalars()
+    return set(run_ids) - set(held)
+
+
+def release(conn: Connection, run_id: int, owner: str) -> None:
+    """Give up ``owner``'s lease on the run at once (no-op when it is not the owner)."""
+    conn.execute(delete(RunOwner).where(RunOwner.run_id == run_id, RunOwner.owner == owner))
+
+
+def owned_elsewhere(conn: Connection, run_ids: Sequence[int], owner: str, now: float | None = None) -> set[int]:
+    """Which of ``run_ids`` another scheduler drives under a live lease."""
+    if not run_ids:
+        return set()
+    now = time.time() if now is None else now
+    q = select(RunOwner.run_id).where(
+        RunOwner.run_id.in_(list(run_ids)), RunOwner.owner != owner, RunOwner.expires_at >= now
+    )
+    return set(conn.execute(q).scalars())
+
+
+def owner_of(conn: Connection, run_id: int, now: float | None = None) -> str | None:
+    """The scheduler driving the run under a live lease, or None."""
+    now = time.time() if now is None else now
+    q = select(RunOwner.owner).where(RunOwner.run_id == run_id, RunOwner.expires_at >= now)
+    return conn.execute(q).scalar_one_or_none()
