@@ -42,7 +42,8 @@ def claim(conn: Connection, run_id: int, owner: str, lease_seconds: float, now: 
     make = pg_insert if conn.dialect.name == "postgresql" else sqlite_insert
     # On a conflict the row exists and is live: another scheduler's (it may have won just now).
     stmt = make(RunOwner).values(run_id=run_id, **values).on_conflict_do_nothing(index_elements=["run_id"])
-    return bool(conn.execute(stmt).rowcount)
+    # RETURNING, not rowcount: the PostgreSQL driver gives -1 for an INSERT ... ON CONFLICT.
+    return conn.execute(stmt.returning(RunOwner.run_id)).first() is not None
 
 
 def renew(conn: Connection, owner: str, lease_seconds: float, run_ids: Sequence[int]) -> set[int]:
