@@ -92,7 +92,10 @@ def _cluster(logs: Path, extra_env: dict[str, str], wrap: list[str] | None = Non
 
     def start(name: str, argv: list[str]) -> None:
         with open(logs / f"{name}.log", "wb") as out:
-            procs.append(subprocess.Popen(argv, stdout=out, stderr=subprocess.STDOUT, env=env, start_new_session=True))
+            # cwd: the tests may stand in a temporary directory a worker apart cannot see
+            procs.append(
+                subprocess.Popen(argv, stdout=out, stderr=subprocess.STDOUT, env=env, start_new_session=True, cwd=ROOT)
+            )
 
     start(
         "scheduler", [str(bindir / "dask"), "scheduler", "--host", "127.0.0.1", "--port", str(port), "--no-dashboard"]
