@@ -10,6 +10,9 @@ import time
 from collections import Counter
 from pathlib import Path
 
+from sqlalchemy import update
+
+from datamill.db.models import Task
 from datamill.engine import ownership
 from datamill.engine.scheduler import Scheduler
 from tests.helpers import open_home
@@ -140,3 +143,34 @@ def test_a_run_whose_driver_died_is_taken_over(tmp_path: Path, db_url: str) -> N
     assert schedulers[0].stats["plans"] == 1
     world.check_fold()
     world.home.close()
+
+
+def test_an_owner_with_long_tasks_asks_for_help(tmp_path: Path, db_url: str) -> None:
+    world = World(open_home(tmp_path / "home", db_url))
+    for name in ("a", "b", "c"):
+        world.put(f"{name}.txt", f"item {name}")
+    run_id = world.submit(ref("basic"), params={"marks": str(tmp_path / "marks")})
+    (first, *_) = sorted(t.id for t in world.tasks(run_id).values())
+    now = time.time()
+    with world.home.db.write() as conn:  # the owner holds one task, started now; the others queue
+        assert ownership.claim(conn, run_id, "owner", 300)
+        conn.execute(update(Task).where(Task.id == first).values(status="running", lease_owner="owner", started_at=now))
+    home = open_home(tmp_path / "home", db_url)
+    try:
+        helper = Scheduler(home, "inline")
+        with world.home.db.write() as conn:
+            assert ownership.ask_for_help(conn, "owner", [run_id], now + 1) == set()  # not long yet
+        assert helper.pending_runs() == []
+        with world.home.db.write() as conn:
+            assert ownership.ask_for_help(conn, "owner", [run_id], now + 60) == {run_id}
+        assert helper.pending_runs() == [run_id]  # the run is anyone's to drive too
+        assert helper._take_run(run_id) is False  # helping: the lease stays the owner's
+        with world.home.db.read() as conn:
+            assert ownership.owner_of(conn, run_id) == "owner"
+        with world.home.db.write() as conn:
+            conn.execute(update(Task).where(Task.id == first).values(status="succeeded"))
+            assert ownership.ask_for_help(conn, "owner", [run_id], now + 60) == set()  # none of its own is long
+        assert helper.pending_runs() == []
+    finally:
+        home.close()
+        world.home.close()

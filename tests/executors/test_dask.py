@@ -24,6 +24,7 @@ import pytest
 
 from datamill.errors import Unavailable, WorkerCrashed
 from datamill.executors import Message, PythonCall, get_executor
+from tests.conftest import S3Server
 from tests.engine.engine_world import World
 from tests.executors.dask_pipelines import ref as dask_ref
 from tests.executors.test_contract import (
@@ -34,7 +35,6 @@ from tests.executors.test_contract import (
     run_until_started,
     started_in,
 )
-from tests.conftest import S3Server
 from tests.helpers import free_port, open_home
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -103,7 +103,17 @@ def _cluster(logs: Path, extra_env: dict[str, str], wrap: list[str] | None = Non
     for i in range(2):
         start(
             f"worker{i}",
-            [*(wrap or []), str(bindir / "dask"), "worker", address, "--nthreads", "1", "--host", "127.0.0.1", "--no-dashboard"],
+            [
+                *(wrap or []),
+                str(bindir / "dask"),
+                "worker",
+                address,
+                "--nthreads",
+                "1",
+                "--host",
+                "127.0.0.1",
+                "--no-dashboard",
+            ],
         )
     try:
         try:

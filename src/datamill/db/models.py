@@ -330,6 +330,8 @@ class RunOwner(Base):
     owner: Mapped[str] = mapped_column(String(255))
     expires_at: Mapped[float] = mapped_column(Float)
     updated_at: Mapped[float] = mapped_column(Float)
+    #: the owner has more than it can do soon: other schedulers may drive the run too
+    wants_help: Mapped[bool] = mapped_column(Boolean, default=False)
 
 
 class DataflowOwner(Base):

@@ -154,6 +154,8 @@ class Scheduler:
         self.plans: dict[int, Plan] = {}
         self._ref_cache: dict[str, Pipeline] = {}
         self._active: dict[int, asyncio.Task[Any]] = {}
+        #: the runs whose run lease this scheduler holds (see :mod:`.ownership`)
+        self._owned: set[int] = set()
         self._started = False
         self._slots: asyncio.Semaphore | None = None
         self._heartbeat: asyncio.Task[None] | None = None
@@ -228,16 +230,17 @@ class Scheduler:
             await asyncio.sleep(self.lease_seconds / 3)
             try:
                 # Read here, in the loop's thread, where drivers come and go.
-                await asyncio.to_thread(self._renew_now, list(self._active))
+                await asyncio.to_thread(self._renew_now, list(self._active), list(self._owned))
             except DatamillError:
                 log.exception("could not renew task leases")
 
-    def _renew_now(self, run_ids: list[int]) -> None:
+    def _renew_now(self, run_ids: list[int], owned: list[int] | None = None) -> None:
         # Only the tasks of runs a driver of ours is driving: a task whose driver failed loses its
         # lease, and is requeued or failed instead of being held for ever.
         with self.home.db.write() as conn:
             leases.renew_leases(conn, self.owner, self.lease_seconds, run_ids)
-            lost = ownership.renew(conn, self.owner, self.lease_seconds, run_ids)
+            lost = ownership.renew(conn, self.owner, self.lease_seconds, owned or [])
+            ownership.ask_for_help(conn, self.owner, [r for r in owned or [] if r not in lost], self.clock())
         if lost:  # a pause longer than the lease: another scheduler drives them too now (tasks stay leased)
             log.warning("run(s) %s: another scheduler took them over", ", ".join(map(str, sorted(lost))))
 
@@ -329,18 +332,24 @@ class Scheduler:
             log.warning("run %s: could not claim it (%s); trying again later", run_id, exc)
             self._back_off(run_id)
             return
-        if not mine and exclusive:
+        if mine is None and exclusive:
             return  # another scheduler drives it
+        if mine:
+            self._owned.add(run_id)
         try:
             await self._drive_safely(run_id)
         finally:
             if mine:
+                self._owned.discard(run_id)
                 with contextlib.suppress(Exception):  # unreleased, it lapses with the lease
                     await asyncio.to_thread(self._give_up_run, run_id)
 
-    def _take_run(self, run_id: int) -> bool:
+    def _take_run(self, run_id: int) -> bool | None:
+        """True: the run lease is ours; False: we help its owner (it asked); None: another drives it."""
         with self.home.db.write() as conn:
-            return ownership.claim(conn, run_id, self.owner, self.lease_seconds, self.clock())
+            if ownership.claim(conn, run_id, self.owner, self.lease_seconds, self.clock()):
+                return True
+            return False if ownership.wants_help(conn, run_id) else None
 
     def _give_up_run(self, run_id: int) -> None:
         with self.home.db.write() as conn:

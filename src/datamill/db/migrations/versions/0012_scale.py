@@ -23,6 +23,7 @@ def upgrade() -> None:
         sa.Column("owner", sa.String(length=255), nullable=False),
         sa.Column("expires_at", sa.Float(), nullable=False),
         sa.Column("updated_at", sa.Float(), nullable=False),
+        sa.Column("wants_help", sa.Boolean(), nullable=False),
         sa.ForeignKeyConstraint(["run_id"], ["runs.id"], ondelete="CASCADE"),
         sa.PrimaryKeyConstraint("run_id"),
     )
