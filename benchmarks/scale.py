@@ -35,7 +35,9 @@ submit until the run has finished, driven by 1 and then by 3 worker processes (i
 each loaded by a small warm-up run first). Baseline, in the same run: the same submit and run
 driven by one in-process ``Scheduler`` with the inline executor. Reported: tasks/s for each, the
 ratio of 3 workers to 1 and of each to the baseline; the target is that 3 workers record at least
-as many tasks/s as 1 (``ok``: more processes never cost throughput).
+as many tasks/s as 1 (``ok``: more processes never cost throughput). ``cpu_s``: the CPU seconds
+each worker process spent during the timed run, largest first (the run's one driver, then what
+the workers that only watch the event log cost).
 """
 
 from __future__ import annotations
