@@ -35,7 +35,9 @@ submit until the run has finished, driven by 1 and then by 3 worker processes (i
 each loaded by a small warm-up run first). Baseline, in the same run: the same submit and run
 driven by one in-process ``Scheduler`` with the inline executor. Reported: tasks/s for each, the
 ratio of 3 workers to 1 and of each to the baseline; the target is that 3 workers record at least
-as many tasks/s as 1 (``ok``: more processes never cost throughput).
+as many tasks/s as 1 (``ok``: more processes never cost throughput). ``cpu_s``: the CPU seconds
+each worker process spent during the timed run, largest first (the run's one driver, then what
+the workers that only watch the event log cost).
 """
 
 from __future__ import annotations
@@ -380,10 +382,12 @@ def _worker_run(home: Any, eb: Any, n: int, items: int, home_dir: Path, env: dic
         # Every worker loads the pipeline (and warms its connections) before the timed run.
         warm = engine.submit(home.admin, eb.ref("trivial"), inputs[: 4 * n], source="items", params={"salt": f"w{n}"})
         _await_run(engine, home.admin, warm, procs, 300)
+        cpu0 = [_cpu_seconds(p.pid) for p in procs]
         t = time.perf_counter()
         run_id = engine.submit(home.admin, eb.ref("trivial"), inputs, source="items", params={"salt": f"run{n}"})
         status = _await_run(engine, home.admin, run_id, procs, 900)
         seconds = time.perf_counter() - t
+        cpu = [round(_cpu_seconds(p.pid) - c, 2) for p, c in zip(procs, cpu0, strict=True)]
     finally:
         for p in procs:
             p.terminate()
@@ -391,7 +395,17 @@ def _worker_run(home: Any, eb: Any, n: int, items: int, home_dir: Path, env: dic
             p.wait(60)
     counts = engine.get_run(home.admin, run_id)["counts"]
     assert status == "succeeded" and counts == {"succeeded": items}, (status, counts)
-    return {"seconds": round(seconds, 3), "tasks_per_s": round(items / seconds, 1)}
+    # CPU seconds each worker process spent during the timed run: the driver's, and what the others cost
+    return {"seconds": round(seconds, 3), "tasks_per_s": round(items / seconds, 1), "cpu_s": sorted(cpu, reverse=True)}
+
+
+def _cpu_seconds(pid: int) -> float:
+    """User + system CPU seconds of a process (Linux ``/proc``; 0 elsewhere)."""
+    try:
+        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    except OSError:
+        return 0.0
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
 def bench_workers(args: argparse.Namespace, work: Path) -> dict[str, Any]:

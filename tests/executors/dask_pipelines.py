@@ -1,17 +1,19 @@
 """Pipelines for the Dask tests, loaded by file reference so the cluster's workers can load them too.
 
 ``die_once`` kills the worker process running its first execution of each item (SIGKILL: what an
-out-of-memory killer or a lost machine does) and succeeds after; ``upper`` is a plain per-item step.
+out-of-memory killer or a lost machine does) and succeeds after; ``upper`` is a plain per-item step;
+``shout`` writes a file output and says where it ran (for workers that share no file system).
 """
 
 from __future__ import annotations
 
+import json
 import os
 import signal
 import uuid
 from pathlib import Path
 
-from datamill.pipeline import InputFile, Pipeline, step
+from datamill.pipeline import Context, InputFile, Pipeline, step
 
 PIPELINES = Path(__file__).resolve()
 
@@ -44,5 +46,14 @@ def upper(item: InputFile) -> str:
     return f"{item.read_text().upper()} by {os.getpid()}"
 
 
+@step
+def shout(item: InputFile, ctx: Context, *, home: str = "") -> None:
+    """The item's bytes upper-cased as the file ``loud.txt``, and ``where.json``: where the step ran."""
+    ctx.output("loud.txt").write_bytes(item.read_bytes().upper())
+    where = {"input": str(item.path), "home_visible": Path(home).exists(), "pid": os.getpid()}
+    ctx.output("where.json").write_text(json.dumps(where))
+
+
 dies = Pipeline("dies", steps=[die_once.configure(retries=1, retry_backoff=0.05)])
 plain = Pipeline("plain", steps=[upper])
+shouts = Pipeline("shouts", steps=[shout])

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import json
 import os
 import signal
 import subprocess
@@ -23,6 +24,7 @@ import pytest
 
 from datamill.errors import Unavailable, WorkerCrashed
 from datamill.executors import Message, PythonCall, get_executor
+from tests.conftest import S3Server
 from tests.engine.engine_world import World
 from tests.executors.dask_pipelines import ref as dask_ref
 from tests.executors.test_contract import (
@@ -57,12 +59,31 @@ def _wait_for_workers(address: str, n: int, timeout: float = 120) -> None:
 @pytest.fixture(scope="module")
 def dask_cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[DaskCluster]:
     """``dask scheduler`` + 2 x ``dask worker --nthreads 1`` (with nannies), loopback only, no dashboards."""
+    yield from _cluster(tmp_path_factory.mktemp("dask"), {})
+
+
+#: Runs a worker in a mount namespace of its own with an empty /tmp: it cannot see the homes the
+#: tests make there (nor their work directories), as a worker on another machine could not.
+APART = ["unshare", "--map-root-user", "--mount", "sh", "-c", 'mount -t tmpfs none /tmp && exec "$@"', "apart"]
+
+
+@pytest.fixture(scope="module")
+def apart_cluster(tmp_path_factory: pytest.TempPathFactory, s3_server: S3Server) -> Iterator[DaskCluster]:
+    """Like :func:`dask_cluster`, but its workers share no file system with the tests (see :data:`APART`);
+    they reach the blob store (S3) with credentials from their own environment."""
+    probe = subprocess.run([*APART, "true"], capture_output=True)
+    if probe.returncode != 0:
+        pytest.fail(f"user and mount namespaces are needed (unshare): {probe.stderr.decode(errors='replace')}")
+    yield from _cluster(tmp_path_factory.mktemp("dask-apart"), s3_server.aws_env(), APART)
+
+
+def _cluster(logs: Path, extra_env: dict[str, str], wrap: list[str] | None = None) -> Iterator[DaskCluster]:
     bindir = Path(sys.executable).parent
     port = free_port()
     address = f"tcp://127.0.0.1:{port}"
-    logs = tmp_path_factory.mktemp("dask")
     env = {
         **os.environ,
+        **extra_env,
         "DASK_DISTRIBUTED__SCHEDULER__ALLOWED_FAILURES": "0",
         # The workers import the tests' modules (functions shipped by reference) and datamill.
         "PYTHONPATH": os.pathsep.join(filter(None, [str(ROOT), os.environ.get("PYTHONPATH")])),
@@ -71,7 +92,10 @@ def dask_cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[DaskClust
 
     def start(name: str, argv: list[str]) -> None:
         with open(logs / f"{name}.log", "wb") as out:
-            procs.append(subprocess.Popen(argv, stdout=out, stderr=subprocess.STDOUT, env=env, start_new_session=True))
+            # cwd: the tests may stand in a temporary directory a worker apart cannot see
+            procs.append(
+                subprocess.Popen(argv, stdout=out, stderr=subprocess.STDOUT, env=env, start_new_session=True, cwd=ROOT)
+            )
 
     start(
         "scheduler", [str(bindir / "dask"), "scheduler", "--host", "127.0.0.1", "--port", str(port), "--no-dashboard"]
@@ -79,7 +103,17 @@ def dask_cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[DaskClust
     for i in range(2):
         start(
             f"worker{i}",
-            [str(bindir / "dask"), "worker", address, "--nthreads", "1", "--host", "127.0.0.1", "--no-dashboard"],
+            [
+                *(wrap or []),
+                str(bindir / "dask"),
+                "worker",
+                address,
+                "--nthreads",
+                "1",
+                "--host",
+                "127.0.0.1",
+                "--no-dashboard",
+            ],
         )
     try:
         try:
@@ -199,3 +233,35 @@ def test_a_worker_killed_mid_task_is_one_more_attempt(
     assert dask_world.read("a.die_once.txt") == b"LOST WORKER"
     dask_world.check_fold()
     _wait_for_workers(dask_cluster.address, 2)  # the nanny replaced the killed worker
+
+
+def test_files_go_through_s3_to_workers_that_share_no_file_system(
+    tmp_path: Path, apart_cluster: DaskCluster, s3_server: S3Server
+) -> None:
+    home_dir = tmp_path / "home"
+    home = open_home(
+        home_dir,
+        blob_url=f"s3://{s3_server.new_bucket()}/apart",
+        s3_endpoint_url=s3_server.endpoint,
+        s3_region="us-east-1",
+        s3_access_key_id=s3_server.access_key,
+        s3_secret_access_key=s3_server.secret_key,
+        dask_scheduler=apart_cluster.address,
+    )
+    world = World(home)
+    try:
+        big = b"datamill " * 20_000  # 180 kB: more than travels inside a call, so by S3 both ways
+        world.put("a.txt", big)
+        run = world.run(dask_ref("shouts"), executor="dask", params={"home": str(home_dir)})
+        assert run["status"] == "succeeded", run
+        (task,) = world.tasks(run["id"]).values()
+        outs = {o.name: o for o in task.outputs}
+        assert sorted(outs) == ["loud.txt", "where.json"]
+        assert outs["loud.txt"].inline is None  # kept as a blob, in the bucket
+        assert home.blobs.read(outs["loud.txt"].digest) == big.upper()
+        where = json.loads(outs["where.json"].inline or b"{}")
+        assert where["home_visible"] is False  # the worker could not have read the home's files
+        assert not where["input"].startswith(str(home_dir)) and where["pid"] != os.getpid()
+        world.check_fold()
+    finally:
+        home.close()

@@ -320,6 +320,20 @@ class Dataflow(Base):
     updated_at: Mapped[float] = mapped_column(Float)
 
 
+class RunOwner(Base):
+    """Which scheduler drives a run (a lease it renews; another takes the run over once it expires)."""
+
+    __tablename__ = "run_owners"
+    run_id: Mapped[int] = mapped_column(
+        BigInteger, ForeignKey("runs.id", ondelete="CASCADE"), primary_key=True, autoincrement=False
+    )
+    owner: Mapped[str] = mapped_column(String(255))
+    expires_at: Mapped[float] = mapped_column(Float)
+    updated_at: Mapped[float] = mapped_column(Float)
+    #: the owner has more than it can do soon: other schedulers may drive the run too
+    wants_help: Mapped[bool] = mapped_column(Boolean, default=False)
+
+
 class DataflowOwner(Base):
     """Which server runs a directory dataflow (a lease it renews) and the live status it reports."""
 

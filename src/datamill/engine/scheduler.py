@@ -28,7 +28,7 @@ from collections.abc import Callable, Iterable
 from pathlib import Path
 from typing import Any
 
-from datamill.engine import leases, runs, tasks
+from datamill.engine import leases, ownership, runs, tasks
 from datamill.engine.attempt import Attempts, Progress
 from datamill.engine.ends import HELD_ELSEWHERE, MAX_ERROR, Done
 from datamill.engine.planner import Plan, PlannedTask, plan
@@ -54,8 +54,13 @@ log = logging.getLogger("datamill.scheduler")
 #: answer cache hits in batches, without walking every queued task of a big run on every pass.
 READY_BATCH = 500
 
-#: How often a run's driver looks again at tasks another scheduler holds, when it waits for them.
-HELD_POLL_SECONDS = 0.25
+#: How long a run's driver waits at most, for tasks another scheduler holds, before it looks at
+#: them again (an event of the run wakes it sooner); their leases are checked then.
+HELD_POLL_SECONDS = 5.0
+
+#: The service loop looks for runs on every new event, but not more often than this: while a run
+#: records thousands of events a second, schedulers that do not drive it need not look each time.
+PICKUP_MIN_SECONDS = 0.1
 
 #: How long a driver waits, once a task has finished, for others to finish before recording
 #: them together (one group commit): a few milliseconds of latency for far fewer transactions.
@@ -106,6 +111,8 @@ class Scheduler:
                 opts["workers"] = workers if workers is not None else (home.settings.workers or 0)
             if name == "dask":
                 opts["address"] = home.settings.dask_scheduler or None
+                # with an S3 blob store, the workers' files go through it (no shared file system)
+                opts["blobs"], opts["blob_url"] = home.blobs, home.settings.resolved_blob_url
             if name == "inline" and shares_loop:
                 # The loop also serves requests: an inline call must not hold it for its whole run.
                 opts["threaded"] = True
@@ -147,6 +154,8 @@ class Scheduler:
         self.plans: dict[int, Plan] = {}
         self._ref_cache: dict[str, Pipeline] = {}
         self._active: dict[int, asyncio.Task[Any]] = {}
+        #: the runs whose run lease this scheduler holds (see :mod:`.ownership`)
+        self._owned: set[int] = set()
         self._started = False
         self._slots: asyncio.Semaphore | None = None
         self._heartbeat: asyncio.Task[None] | None = None
@@ -221,15 +230,19 @@ class Scheduler:
             await asyncio.sleep(self.lease_seconds / 3)
             try:
                 # Read here, in the loop's thread, where drivers come and go.
-                await asyncio.to_thread(self._renew_now, list(self._active))
+                await asyncio.to_thread(self._renew_now, list(self._active), list(self._owned))
             except DatamillError:
                 log.exception("could not renew task leases")
 
-    def _renew_now(self, run_ids: list[int]) -> None:
+    def _renew_now(self, run_ids: list[int], owned: list[int] | None = None) -> None:
         # Only the tasks of runs a driver of ours is driving: a task whose driver failed loses its
         # lease, and is requeued or failed instead of being held for ever.
         with self.home.db.write() as conn:
             leases.renew_leases(conn, self.owner, self.lease_seconds, run_ids)
+            lost = ownership.renew(conn, self.owner, self.lease_seconds, owned or [])
+            ownership.ask_for_help(conn, self.owner, [r for r in owned or [] if r not in lost], self.clock())
+        if lost:  # a pause longer than the lease: another scheduler drives them too now (tasks stay leased)
+            log.warning("run(s) %s: another scheduler took them over", ", ".join(map(str, sorted(lost))))
 
     # ------------------------------------------------------------------ finding work
 
@@ -244,11 +257,16 @@ class Scheduler:
         with self.home.db.read() as conn:
             # Usually no lease has expired: the write lock is taken only when one has.
             if not leases.any_expired(conn, now):
-                return runs.pending_run_ids(conn)
+                return self._unowned(conn, runs.pending_run_ids(conn), now)
         with self.home.db.write() as conn:
             leases.reclaim_expired(conn, now)
         with self.home.db.read() as conn:
-            return runs.pending_run_ids(conn)
+            return self._unowned(conn, runs.pending_run_ids(conn), now)
+
+    def _unowned(self, conn: Any, run_ids: list[int], now: float) -> list[int]:
+        """``run_ids`` without those another scheduler drives (see :mod:`.ownership`)."""
+        taken = ownership.owned_elsewhere(conn, run_ids, self.owner, now)
+        return [r for r in run_ids if r not in taken]
 
     async def run_until_idle(self, run_ids: list[int] | None = None) -> None:
         """Drive the given runs (all pending ones by default) until none has work this scheduler can do."""
@@ -259,7 +277,8 @@ class Scheduler:
             if not todo and not self._active:
                 return
             for rid in todo:
-                self._spawn(rid)
+                # The caller waits for these runs: drive them here even when a worker drives them too.
+                self._spawn(rid, exclusive=False)
             await asyncio.wait(list(self._active.values()), return_when=asyncio.ALL_COMPLETED)
             if run_ids is not None:
                 return
@@ -282,6 +301,8 @@ class Scheduler:
                     self._spawn(rid)
             # Wake on any new event (a run was queued) or after ``poll`` to reclaim leases.
             await self.home.events.wait_or_stop(cursor, poll, stop)
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(stop.wait(), PICKUP_MIN_SECONDS)
 
     def drive_now(self, run_ids: list[int]) -> None:
         """Start driving runs just recorded in this process, without waiting for :meth:`serve` to notice them."""
@@ -289,8 +310,8 @@ class Scheduler:
             if rid not in self._active:
                 self._spawn(rid)
 
-    def _spawn(self, run_id: int) -> None:
-        task = asyncio.create_task(self._drive_safely(run_id), name=f"datamill-run-{run_id}")
+    def _spawn(self, run_id: int, exclusive: bool = True) -> None:
+        task = asyncio.create_task(self._drive_owned(run_id, exclusive), name=f"datamill-run-{run_id}")
         self._active[run_id] = task
         task.add_done_callback(lambda _t, rid=run_id: self._active.pop(rid, None))  # type: ignore[misc]
 
@@ -313,6 +334,37 @@ class Scheduler:
         failures = self._backoff.get(run_id, (0.0, 0))[1] + 1
         delay = min(MAX_BACKOFF_SECONDS, FIRST_BACKOFF_SECONDS * 2 ** (failures - 1))
         self._backoff[run_id] = (time.monotonic() + delay, failures)
+
+    async def _drive_owned(self, run_id: int, exclusive: bool) -> None:
+        """Drive a run under its run lease (:mod:`.ownership`); when ``exclusive``, only if the lease is ours."""
+        try:
+            mine = await asyncio.to_thread(self._take_run, run_id)
+        except Exception as exc:
+            log.warning("run %s: could not claim it (%s); trying again later", run_id, exc)
+            self._back_off(run_id)
+            return
+        if mine is None and exclusive:
+            return  # another scheduler drives it
+        if mine:
+            self._owned.add(run_id)
+        try:
+            await self._drive_safely(run_id)
+        finally:
+            if mine:
+                self._owned.discard(run_id)
+                with contextlib.suppress(Exception):  # unreleased, it lapses with the lease
+                    await asyncio.to_thread(self._give_up_run, run_id)
+
+    def _take_run(self, run_id: int) -> bool | None:
+        """True: the run lease is ours; False: we help its owner (it asked); None: another drives it."""
+        with self.home.db.write() as conn:
+            if ownership.claim(conn, run_id, self.owner, self.lease_seconds, self.clock()):
+                return True
+            return False if ownership.wants_help(conn, run_id) else None
+
+    def _give_up_run(self, run_id: int) -> None:
+        with self.home.db.write() as conn:
+            ownership.release(conn, run_id, self.owner)
 
     async def _drive_safely(self, run_id: int) -> None:
         """Drive a run; if its driver fails, end the run as failed with the reason (never leave it running).
@@ -500,8 +552,9 @@ class Scheduler:
                 return False, None
             held = [t for t in run.tasks.values() if t.status == HELD_ELSEWHERE]
             if held:
-                # Queued tasks may need what another scheduler is doing: look again shortly.
-                await asyncio.sleep(HELD_POLL_SECONDS)
+                # Queued tasks may need what another scheduler is doing: look again when it records
+                # something of this run (or its lease may have lapsed).
+                await self._await_held(run.run_id)
                 await asyncio.to_thread(self._refresh_held, run.run_id, held)
                 return False, None
         return True, await asyncio.to_thread(self._finish, run.run_id, run.folder_id)
@@ -528,6 +581,22 @@ class Scheduler:
             if cancel:
                 runs.cancel_unheld(conn, run_id, folder_id)
             return runs.finish_run_if_done(conn, run_id, folder_id)
+
+    async def _await_held(self, run_id: int) -> None:
+        """Wait until an event of the run is recorded, or :data:`HELD_POLL_SECONDS` (at most a lease) pass."""
+        events = self.home.events
+        deadline = time.monotonic() + min(HELD_POLL_SECONDS, self.lease_seconds)
+        cursor = await asyncio.to_thread(events.latest)
+        while (left := deadline - time.monotonic()) > 0:
+            if not await asyncio.to_thread(events.wait, cursor, left):
+                return
+            # Other runs' events wake us too: look only when one is this run's. The head is read
+            # first, so an event of the run recorded meanwhile is after it and seen next round.
+            head = await asyncio.to_thread(events.latest)
+            if await asyncio.to_thread(events.read, cursor, 1, None, run_id):
+                return
+            cursor = head
+            await asyncio.sleep(PICKUP_MIN_SECONDS)
 
     def _refresh_held(self, run_id: int, held: list[TaskRow]) -> None:
         """Update tasks held by other schedulers from the database, requeueing those whose lease expired."""

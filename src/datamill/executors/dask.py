@@ -20,10 +20,13 @@ What the local pool promises holds here, through Dask's own machinery rather tha
   interrupted inside a thread, so the worker running it is restarted by its nanny (with one thread
   per worker, the recommended shape, nothing else runs there).
 
-Files: a call's arguments name paths in the scheduler's work directories, so Python steps that
-read or write files need workers that see the home's directory (the same machine, or a shared file
-system as on most HPC clusters); steps over values need nothing shared. Workers need datamill (and
-the steps' own modules) importable.
+Files: a call's arguments name paths in the scheduler's work directories. With a blob store on
+this machine (``file://``), workers read and write them in place: they must see the home's
+directory (the same machine, or a shared file system as on most HPC clusters). With an S3 blob
+store (``blobs``, ``blob_url``), nothing is shared: each Python step's input files travel through
+the store to a directory of the worker's own and its outputs come back the same way
+(:mod:`.shipping`); workers take the S3 credentials from their own environment. Steps over values
+need nothing shared either way. Workers need datamill (and the steps' own modules) importable.
 """
 
 from __future__ import annotations
@@ -38,7 +41,9 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from datamill.errors import ConfigError, TaskTimeout, Unavailable, WorkerCrashed
+from datamill.store.blobs import BlobStore
 
+from . import shipping
 from .base import Call, Executor, LogMessage, Message, OnMessage, ProgressMessage, PythonCall, Reporter, deliver
 from .base import step_failed as make_step_failed
 
@@ -66,8 +71,13 @@ class DaskExecutor(Executor):
         threads_per_worker: int = 1,
         clock: Callable[[], float] = time.time,
         connect_timeout: float = 30.0,
+        blobs: BlobStore | None = None,
+        blob_url: str = "",
     ) -> None:
         self.address = address or None
+        #: the home's blob store; with a spec (S3), step calls are shipped through it
+        self._blobs = blobs
+        self._spec = shipping.spec_of(blobs, blob_url) if blobs is not None else None
         self.connect_timeout = connect_timeout
         self.workers = workers
         self.threads_per_worker = threads_per_worker
@@ -170,8 +180,13 @@ class DaskExecutor(Executor):
         await self.start()
         client = self._client
         key = f"datamill-call-{uuid.uuid4().hex}"
+        fn, args = call.fn, call.args
+        step_call = shipping.shipped_args(call) if self._spec is not None else None
+        if step_call is not None:  # workers elsewhere: the files go through the blob store
+            shipped = await asyncio.to_thread(shipping.ship, step_call, self._blobs)  # type: ignore[arg-type]
+            fn, args = shipping.run_shipped, (shipped, self._spec)
         pending = self._pending[key] = _Pending(on_message)
-        future = client.submit(_on_worker, call.fn, call.args, call.kwargs, self._topic, key, key=key, pure=False)
+        future = client.submit(_on_worker, fn, args, call.kwargs, self._topic, key, key=key, pure=False)
         try:
             try:
                 async with asyncio.timeout(timeout):
@@ -198,6 +213,9 @@ class DaskExecutor(Executor):
         finally:
             self._pending.pop(key, None)
         if outcome[0] == "ok":
+            if step_call is not None:
+                result, back = outcome[1]
+                return await asyncio.to_thread(shipping.land, result, back, step_call.output_dir, self._blobs)  # type: ignore[arg-type]
             return outcome[1]
         _, error_type, text, tb = outcome
         raise make_step_failed(error_type, text, tb)

@@ -1,0 +1,176 @@
+"""One scheduler drives a run at a time (:mod:`datamill.engine.ownership`): others take other runs, and a
+run whose driver died is taken over once its lease lapses. Exactly-once stays with the task leases.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import threading
+import time
+from collections import Counter
+from pathlib import Path
+
+from sqlalchemy import update
+
+from datamill.db.models import Task
+from datamill.engine import ownership
+from datamill.engine.scheduler import Scheduler
+from tests.helpers import open_home
+
+from .engine_world import World
+from .pipelines import ref
+
+
+def test_a_run_lease_is_held_by_one_owner_until_released_or_lapsed(db_world: World) -> None:
+    db_world.put("a.txt", "item a")
+    run_id = db_world.submit(ref("basic"), params={"marks": ""})
+    db = db_world.home.db
+    with db.write() as conn:
+        assert ownership.claim(conn, run_id, "a", 30)
+    with db.write() as conn:
+        assert not ownership.claim(conn, run_id, "b", 30)  # a's lease is live
+        assert ownership.claim(conn, run_id, "a", 30)  # a renews
+    with db.read() as conn:
+        assert ownership.owner_of(conn, run_id) == "a"
+        assert ownership.owned_elsewhere(conn, [run_id], "b") == {run_id}
+        assert ownership.owned_elsewhere(conn, [run_id], "a") == set()
+    with db.write() as conn:
+        assert ownership.renew(conn, "b", 30, [run_id]) == {run_id}  # b holds nothing to renew
+        ownership.release(conn, run_id, "b")  # not b's: nothing happens
+        assert ownership.owner_of(conn, run_id) == "a"
+        ownership.release(conn, run_id, "a")
+    with db.write() as conn:
+        assert ownership.claim(conn, run_id, "b", 30)
+    with db.write() as conn:  # a lease that lapsed is anyone's
+        assert ownership.claim(conn, run_id, "a", 30, now=time.time() + 31)
+
+
+def test_only_one_of_racing_claims_wins(db_world: World) -> None:
+    db_world.put("a.txt", "item a")
+    run_id = db_world.submit(ref("basic"), params={"marks": ""})
+    barrier = threading.Barrier(4)
+    won: list[str] = []
+
+    def claim(owner: str) -> None:
+        barrier.wait(30)
+        with db_world.home.db.write() as conn:
+            if ownership.claim(conn, run_id, owner, 30):
+                won.append(owner)
+
+    threads = [threading.Thread(target=claim, args=(f"o{i}",)) for i in range(4)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(60)
+    assert len(won) == 1, won
+
+
+def _serve_until_done(homes: list[object], run_ids: list[int], world: World) -> list[Scheduler]:
+    """Serve with one scheduler per home (threads, as processes would) until every run has ended."""
+    schedulers: list[Scheduler] = []
+    errors: list[BaseException] = []
+
+    def ended() -> bool:
+        return all(world.engine.get_run(world.admin, r)["status"] not in ("queued", "running") for r in run_ids)
+
+    async def serve(home: object) -> None:
+        stop = asyncio.Event()
+        async with Scheduler(home, "inline") as sched:  # type: ignore[arg-type]
+            schedulers.append(sched)
+            server = asyncio.create_task(sched.serve(stop))
+            while not await asyncio.to_thread(ended):
+                await asyncio.to_thread(world.home.events.wait, world.home.events.latest(), 1.0)
+            stop.set()
+            await server
+
+    def go(home: object) -> None:
+        try:
+            asyncio.run(serve(home))
+        except BaseException as exc:
+            errors.append(exc)
+
+    threads = [threading.Thread(target=go, args=(h,), daemon=True) for h in homes]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(120)
+    assert not errors, errors
+    assert not any(t.is_alive() for t in threads)
+    return schedulers
+
+
+def test_serving_schedulers_drive_each_run_once(tmp_path: Path, db_url: str) -> None:
+    world = World(open_home(tmp_path / "home", db_url))
+    for i in range(6):
+        world.put(f"i{i}.txt", f"item {i}")
+    run_ids = [world.submit(ref("basic"), params={"marks": str(tmp_path / f"marks{r}")}) for r in range(3)]
+    homes = [open_home(tmp_path / "home", db_url) for _ in range(3)]
+    try:
+        schedulers = _serve_until_done(homes, run_ids, world)
+    finally:
+        for h in homes:
+            h.close()
+    for run_id in run_ids:
+        assert world.engine.get_run(world.admin, run_id)["status"] == "succeeded"
+        owners = Counter(e.data["owner"] for e in world.events("task.started", run_id))
+        assert len(owners) == 1, owners  # one driver: no scheduler raced another for its tasks
+        tasks = world.tasks(run_id)
+        assert world.per_task("task.finished", run_id) == {t.id: 1 for t in tasks.values()}
+    assert sum(s.stats["plans"] for s in schedulers) == len(run_ids)  # each run planned once, by its owner
+    with world.home.db.read() as conn:
+        assert all(ownership.owner_of(conn, r) is None for r in run_ids)  # released when their drivers ended
+    world.check_fold()
+    world.home.close()
+
+
+def test_a_run_whose_driver_died_is_taken_over(tmp_path: Path, db_url: str) -> None:
+    world = World(open_home(tmp_path / "home", db_url))
+    world.put("a.txt", "item a")
+    run_id = world.submit(ref("basic"), params={"marks": str(tmp_path / "marks")})
+    with world.home.db.write() as conn:  # a worker claimed it, then died: its lease is live a while
+        assert ownership.claim(conn, run_id, "dead-worker", 300)
+    home = open_home(tmp_path / "home", db_url)
+    try:
+        sched = Scheduler(home, "inline")
+        assert sched.pending_runs() == []  # another scheduler drives it
+        with world.home.db.write() as conn:  # ... until its lease lapses
+            assert ownership.claim(conn, run_id, "dead-worker", 1, now=time.time() - 10)
+        assert sched.pending_runs() == [run_id]
+        schedulers = _serve_until_done([home], [run_id], world)
+    finally:
+        home.close()
+    assert world.engine.get_run(world.admin, run_id)["status"] == "succeeded"
+    assert schedulers[0].stats["plans"] == 1
+    world.check_fold()
+    world.home.close()
+
+
+def test_an_owner_with_long_tasks_asks_for_help(tmp_path: Path, db_url: str) -> None:
+    world = World(open_home(tmp_path / "home", db_url))
+    for name in ("a", "b", "c"):
+        world.put(f"{name}.txt", f"item {name}")
+    run_id = world.submit(ref("basic"), params={"marks": str(tmp_path / "marks")})
+    (first, *_) = sorted(t.id for t in world.tasks(run_id).values())
+    now = time.time()
+    with world.home.db.write() as conn:  # the owner holds one task, started now; the others queue
+        assert ownership.claim(conn, run_id, "owner", 300)
+        conn.execute(update(Task).where(Task.id == first).values(status="running", lease_owner="owner", started_at=now))
+    home = open_home(tmp_path / "home", db_url)
+    try:
+        helper = Scheduler(home, "inline")
+        with world.home.db.write() as conn:
+            assert ownership.ask_for_help(conn, "owner", [run_id], now + 1) == set()  # not long yet
+        assert helper.pending_runs() == []
+        with world.home.db.write() as conn:
+            assert ownership.ask_for_help(conn, "owner", [run_id], now + 60) == {run_id}
+        assert helper.pending_runs() == [run_id]  # the run is anyone's to drive too
+        assert helper._take_run(run_id) is False  # helping: the lease stays the owner's
+        with world.home.db.read() as conn:
+            assert ownership.owner_of(conn, run_id) == "owner"
+        with world.home.db.write() as conn:
+            conn.execute(update(Task).where(Task.id == first).values(status="succeeded"))
+            assert ownership.ask_for_help(conn, "owner", [run_id], now + 60) == set()  # none of its own is long
+        assert helper.pending_runs() == []
+    finally:
+        home.close()
+        world.home.close()
