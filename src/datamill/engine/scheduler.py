@@ -636,6 +636,11 @@ def _triage(
             break  # the rest wait for a later pass
         if t.status != TaskStatus.QUEUED:  # claimed tasks are RUNNING until their end is recorded
             continue
+        if not t.deps and not t.not_before:  # the usual per-item task: ready unless refused
+            pt = the_plan.task(t.planned_id)
+            if pt.refused is None:
+                ready.append(t)
+                continue
         deps = [by_id[d] for d in t.deps]
         end = _blocked(t, the_plan.task(t.planned_id), deps)
         if end is not None:
