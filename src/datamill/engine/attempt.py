@@ -34,6 +34,7 @@ from datamill.executors.base import (
     PythonCall,
     get_executor,
 )
+from datamill.pipeline.inputs import InputRef
 from datamill.pipeline.runner import (
     ItemInput,
     StepCall,
@@ -46,7 +47,6 @@ from datamill.pipeline.runner import (
     resolve_step,
     run_step,
 )
-from datamill.pipeline.inputs import InputRef
 from datamill.pipeline.step import Step
 
 from .containers import run_container_step
