@@ -98,6 +98,32 @@ def test_append_and_read_from_a_cursor(db: Database, log: EventLog) -> None:
     assert log.read(0, kinds=["task_"]) == [] and log.read(0, kinds=["%."]) == []
 
 
+def test_append_many_returns_the_last_seq_and_keeps_each_rows_fields_and_data(db: Database, log: EventLog) -> None:
+    """A batch goes to the driver as tuples: every field, the data (nested, non-ASCII, an int key
+    and an int beyond 64 bits, which orjson refuses) and the order come back as written."""
+    rows: list[dict[str, Any]] = [
+        {"kind": "task.finished", "run_id": 7, "task_id": i, "folder_id": 3, "ts": 1000.0 + i, "data": {"i": i}}
+        for i in range(5)
+    ]
+    rows.append({"kind": "item.created", "item_id": 9, "data": {"name": "né.txt", "tags": ["a", {"b": None}]}})
+    rows.append({"kind": "item.created", "actor_id": 2, "data": {1: "int key", "big": 2**70}})
+    rows.append({"kind": "run.queued"})  # no data: stored as {}
+    with db.write() as conn:
+        last = events.append_many(conn, rows)
+    got = log.read(0)
+    assert [e.seq for e in got][-1] == last == log.latest()
+    assert [e.kind for e in got] == [r["kind"] for r in rows]
+    assert [(e.run_id, e.task_id, e.folder_id, e.ts) for e in got[:5]] == [(7, i, 3, 1000.0 + i) for i in range(5)]
+    assert [e.data for e in got[:5]] == [{"i": i} for i in range(5)]
+    assert got[5].item_id == 9 and got[5].data == {"name": "né.txt", "tags": ["a", {"b": None}]}
+    assert got[6].actor_id == 2 and got[6].data == {"1": "int key", "big": 2**70}
+    assert got[7].data == {} and got[7].ts > 0 and got[7].run_id is None
+    with db.write() as conn:
+        assert events.append_many(conn, []) == 0
+        one = events.append_many(conn, [{"kind": "run.started", "run_id": 1}])
+    assert one == last + 1
+
+
 def test_an_event_rolled_back_with_its_transaction_is_never_seen(db: Database, log: EventLog) -> None:
     before = _append(db, EventKind.FOLDER_CREATED)
     with pytest.raises(RuntimeError, match="change failed"), db.write() as conn:

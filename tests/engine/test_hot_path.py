@@ -132,6 +132,36 @@ def test_group_commits_keep_the_order_of_events(db_world: World) -> None:
     world.check_fold()
 
 
+def test_pipelined_commits_on_the_pool_start_each_task_once_after_its_claim(world: World) -> None:
+    """On the pool (16 in flight) a run of 20 items commits half its capacity at a time, each
+    commit in flight while the tasks already claimed run: every task is claimed (``task.started``
+    committed) before it ends, runs once, and a downstream task starts after its input's end."""
+    names = [f"p{i:02}.txt" for i in range(20)]
+    for name in names:
+        world.put(name, name)
+    run = world.run(ref("values"), executor="local")
+    assert run["status"] == "succeeded", run
+    events = world.events(run_id=run["id"])
+    at: dict[tuple[str, int], int] = {}
+    for e in events:
+        if e.task_id is not None:
+            assert (e.kind, e.task_id) not in at, f"{e.kind} twice for task {e.task_id}"
+            at[(e.kind, e.task_id)] = e.seq
+    tasks = world.tasks(run["id"]).values()
+    assert len(tasks) == 2 * len(names)
+    by_planned = {t.planned_id: t for t in tasks}
+    for t in tasks:
+        assert t.attempts == 1 and t.status == "succeeded", (t.planned_id, t.attempts, t.status)
+        assert at[("task.started", t.id)] < at[("task.finished", t.id)]
+        for dep in t.deps:
+            assert at[("task.finished", by_planned[dep].id)] < at[("task.started", t.id)]
+    # Half the capacity per commit: the claims came in more than one batch.
+    started = sorted(seq for (kind, _), seq in at.items() if kind == "task.started")
+    assert started[-1] - started[0] >= len(started)
+    assert values_of(world, run["id"], "shout") == {n: n.upper() for n in names}
+    world.check_fold()
+
+
 @pytest.mark.slow
 @pytest.mark.parametrize("after", [1, 3])
 def test_a_crash_between_group_commits_loses_and_repeats_nothing(tmp_path: Path, db_url: str, after: int) -> None:

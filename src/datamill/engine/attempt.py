@@ -10,7 +10,6 @@ and everything it started. Container steps run on the container executor
 from __future__ import annotations
 
 import asyncio
-import dataclasses
 import logging
 import shutil
 import time
@@ -35,10 +34,12 @@ from datamill.executors.base import (
     PythonCall,
     get_executor,
 )
+from datamill.pipeline.inputs import InputRef
 from datamill.pipeline.runner import (
     ItemInput,
     StepCall,
     StepResult,
+    UpstreamInput,
     collect_outputs,
     command_argv,
     command_env,
@@ -113,16 +114,32 @@ def _command_failed(step: Step, argv: list[str], exc: StepFailed) -> StepFailed:
     return StepFailed(f"step '{step.name}': {exc.message}", step=step.name)
 
 
-def _in_memory(call: StepCall, sources: dict[str, Path]) -> StepCall:
-    """``call`` run on values: its items read from their blob files, linked where named only if asked."""
+def _value_call(the_plan: Plan, pt: PlannedTask, base: Path, got: Materialized) -> StepCall:
+    """The call that runs ``pt`` on values: its items read from their blob files, linked where named only if asked.
 
-    def sourced(i: ItemInput) -> ItemInput:
-        return dataclasses.replace(i, source=sources.get(i.ref.path))
+    Built here in one go, as :meth:`Plan.step_call` would build it and then set ``in_memory`` and
+    the items' sources: that meant parsing every path again and copying the call twice, which cost
+    more than a trivial step.
+    """
+    step = the_plan.pipeline.step(pt.step)
+    files, sources = got.item_files, got.sources
 
-    return dataclasses.replace(
-        call,
-        item=None if call.item is None else sourced(call.item),
-        items=tuple(sourced(i) for i in call.items),
+    def item(ref: InputRef) -> ItemInput:
+        return ItemInput(ref, files.get(ref.path), sources.get(ref.path))
+
+    ref = the_plan.pipeline.ref
+    ups = got.upstream
+    return StepCall(
+        step=step.name,
+        output_dir=base / "out",
+        scratch_dir=base / "scratch",
+        pipeline_ref=ref,
+        step_bytes=None if ref else the_plan.pipeline.pickled_step(step.name),
+        params=dict(pt.params),
+        item=item(pt.item) if pt.item is not None else None,
+        items=tuple(item(r) for r in the_plan.inputs) if step.uses_items else (),
+        upstream={w.param: UpstreamInput(w.step, tuple(tuple(ups[tid]) for tid in w.tasks), w.many) for w in pt.wires},
+        task_id=pt.id,
         in_memory=True,
     )
 
@@ -246,9 +263,9 @@ class Attempts:
     ) -> tuple[StepCall, Materialized, bool]:
         """The call that runs ``pt``, its inputs, and whether it runs on values (no work directory)."""
         got = self.workdirs.values(base, the_plan, pt, tasks)
-        in_memory = got is not None
-        if got is None:
-            got = self.workdirs.materialize(base, the_plan, pt, tasks)
+        if got is not None:
+            return _value_call(the_plan, pt, base, got), got, True
+        got = self.workdirs.materialize(base, the_plan, pt, tasks)
         call = the_plan.step_call(
             pt,
             output_dir=Path(f"{base}/out"),
@@ -256,7 +273,7 @@ class Attempts:
             item_files=got.item_files,
             upstream_outputs=got.upstream,
         )
-        return (_in_memory(call, got.sources) if in_memory else call), got, in_memory
+        return call, got, False
 
     def failure(self, t: TaskRow, pt: PlannedTask, message: str, tb: str | None, log_path: Path, failure: str) -> Done:
         """A failed attempt; with a retry time if the task has attempts left."""

@@ -16,6 +16,10 @@ MAX_ERROR = 2000
 #: The status a driver gives, in its own view, to a task another scheduler holds (never stored).
 HELD_ELSEWHERE = "elsewhere"
 
+#: The status a driver gives, in its own view, to a task whose claim is being committed (never
+#: stored): it is not claimed again, and it starts only once the claim is committed.
+CLAIMING = "claiming"
+
 
 @dataclass
 class Done:

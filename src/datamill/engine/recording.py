@@ -79,6 +79,10 @@ class RunView:
     started: bool = False
     #: ends collected and not recorded yet: they go in the driver's next group commit
     finished: list[Done] = field(default_factory=list)
+    #: the group commit in flight (at most one), with the tasks it claims: the driver keeps
+    #: collecting ends of running tasks meanwhile, and starts the claimed ones once it is committed
+    committing: asyncio.Future[Committed] | None = None
+    claiming: list[TaskRow] = field(default_factory=list)
     _feeding: set[str] | None = None
     _order: list[TaskRow] | None = None
     _skip: int = 0

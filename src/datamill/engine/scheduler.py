@@ -30,7 +30,7 @@ from typing import Any
 
 from datamill.engine import leases, ownership, runs, tasks
 from datamill.engine.attempt import Attempts, Progress
-from datamill.engine.ends import HELD_ELSEWHERE, MAX_ERROR, Done
+from datamill.engine.ends import CLAIMING, HELD_ELSEWHERE, MAX_ERROR, Done
 from datamill.engine.planner import Plan, PlannedTask, plan
 from datamill.engine.publish import Publisher, publish_plan
 from datamill.engine.recording import Claim, Recorder, RunView, database_outage
@@ -483,6 +483,10 @@ class Scheduler:
             # then ended by _fail_run).
             for job in run.running:
                 job.cancel()
+            if run.committing is not None:
+                # Let the commit in flight end before the run's end is decided (by _fail_run, ...).
+                with contextlib.suppress(BaseException):
+                    await asyncio.wait([run.committing])
             raise
 
     async def _pass(self, run: RunView) -> tuple[bool, RunStatus | None, bool]:
@@ -490,7 +494,12 @@ class Scheduler:
 
         The ends of the tasks that finished since the last pass and the claims of the next ready
         tasks go in one group commit (:meth:`Recorder.commit`), which also reads the cancel flag.
+        The commit runs in a thread while the tasks already started go on (:meth:`_pipelined`):
+        its claimed tasks start once it is committed, so a claim is always committed before its
+        task runs, and each end goes in exactly one commit.
         """
+        if run.committing is not None:
+            return await self._absorb(run)
         now = self.clock()
         ready, blocked = _triage(run.plan, run.tasks, now, run.unfinished())
         hits, to_run = (
@@ -501,20 +510,27 @@ class Scheduler:
             else ([], [])
         )
         done, run.finished = run.finished, []
-        free = self.capacity - len(run.running)
+        # Half the capacity per commit: one half runs while the other's claim (with the first's
+        # ends) is committed.
+        free = min(self.capacity - len(run.running), max(1, self.capacity // 2))
         batch = to_run[:free] if free > 0 else []
         answered = blocked + hits
         if done or answered or batch:
             claim = Claim([t.id for t in batch], self.owner, self.lease_seconds, self.executor.name)
+            if run.running and not answered:
+                # Tasks are running: they go on while this batch is committed.
+                self._pipelined(run, done, claim, batch)
+                return False, None, False
             got = await asyncio.to_thread(self.recorder.commit, run, done, claim, answered)
             if got.final is not None:
                 return True, got.final, False
             if got.cancel:
                 return False, None, True
             self._start(run, batch, got.claimed)
-            if answered or run.feeds_any(done) or (batch and not got.claimed and len(to_run) > free):
+            if answered or run.feeds_any(done) or (batch and len(to_run) > free):
                 # Ends just recorded may make others ready (claimed in the next pass, at once, not
-                # after the next end); others took this batch: look again.
+                # after the next end); others took this batch, or more are ready: look again (the
+                # next batch is committed while this one runs).
                 return False, None, False
         else:
             # Nothing to commit (tasks still running, or waiting): only the cancel flag to look at.
@@ -526,6 +542,44 @@ class Scheduler:
             ended, final = await self._idle(run, now)
             return ended, final, False
         run.finished = await self._collect(run.running, timeout=0.25, group=GROUP_COMMIT_SECONDS)
+        if self._progress:
+            await asyncio.to_thread(self._flush_progress, run.run_id, run.folder_id)
+        return False, None, False
+
+    def _pipelined(self, run: RunView, done: list[Done], claim: Claim, batch: list[TaskRow]) -> None:
+        """Start a group commit in a thread; the driver collects ends of running tasks meanwhile."""
+        for t in batch:
+            t.status = CLAIMING  # not claimed again by a pass while its claim is in flight
+        run.claiming = batch
+        run.committing = asyncio.ensure_future(asyncio.to_thread(self.recorder.commit, run, done, claim))
+
+    async def _absorb(self, run: RunView) -> tuple[bool, RunStatus | None, bool]:
+        """Collect ends until the commit in flight is done; then start what it claimed."""
+        committing = run.committing
+        assert committing is not None
+        if not committing.done():
+            waiting: set[asyncio.Future[Any]] = {committing, *run.running}
+            await asyncio.wait(waiting, timeout=0.25, return_when=asyncio.FIRST_COMPLETED)
+            if run.running and not committing.done():
+                run.finished += await self._collect(run.running, timeout=0, group=GROUP_COMMIT_SECONDS)
+            if not committing.done():
+                return False, None, False
+        run.committing = None
+        batch, run.claiming = run.claiming, []
+        try:
+            got = committing.result()
+        except BaseException:
+            for t in batch:
+                t.status = TaskStatus.QUEUED
+            raise
+        if got.final is not None or got.cancel:
+            for t in batch:
+                t.status = TaskStatus.QUEUED  # not claimed: the cancellation (or nothing) ends them
+            return got.final is not None, got.final, got.cancel
+        # Ends that came meanwhile go in the next commit, taken without yielding to the loop: the
+        # tasks started now run while that commit is in flight, not before it starts.
+        run.finished += _harvest(run.running)
+        self._start(run, batch, got.claimed)
         if self._progress:
             await asyncio.to_thread(self._flush_progress, run.run_id, run.folder_id)
         return False, None, False
@@ -702,6 +756,18 @@ class Scheduler:
         return out
 
 
+def _harvest(running: dict[asyncio.Task[Done], TaskRow]) -> list[Done]:
+    """The ends of the tasks in ``running`` that have finished, taken out of it (no waiting)."""
+    out = []
+    for job in [j for j in running if j.done()]:
+        t = running.pop(job)
+        try:
+            out.append(job.result())
+        except asyncio.CancelledError:
+            out.append(Done(t, None, TaskStatus.CANCELLED, error="run cancelled"))  # type: ignore[arg-type]
+    return out
+
+
 def _triage(
     the_plan: Plan, by_id: dict[str, TaskRow], now: float, todo: Iterable[TaskRow] | None = None
 ) -> tuple[list[TaskRow], list[Done]]:
@@ -716,6 +782,11 @@ def _triage(
             break  # the rest wait for a later pass
         if t.status != TaskStatus.QUEUED:  # claimed tasks are RUNNING until their end is recorded
             continue
+        if not t.deps and not t.not_before:  # the usual per-item task: ready unless refused
+            pt = the_plan.task(t.planned_id)
+            if pt.refused is None:
+                ready.append(t)
+                continue
         deps = [by_id[d] for d in t.deps]
         end = _blocked(t, the_plan.task(t.planned_id), deps)
         if end is not None:

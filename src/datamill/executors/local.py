@@ -70,6 +70,21 @@ _EWMA = 0.2
 _FAULT_TAIL = 20_000
 
 
+def _payload(call: PythonCall) -> bytes:
+    """``(fn, args, kwargs)`` of ``call`` pickled for a worker.
+
+    datamill's own functions (the engine's ``run_step`` on a :class:`StepCall` of plain data) go
+    through the standard pickler, by reference: cloudpickle's checks of every object cost more than
+    a trivial task. Anything else, or what the standard pickler refuses, goes through cloudpickle
+    (lambdas, closures, functions of ``__main__``).
+    """
+    parts = (call.fn, tuple(call.args), dict(call.kwargs))
+    if getattr(call.fn, "__module__", "").startswith("datamill."):
+        with contextlib.suppress(Exception):  # e.g. a lambda in the arguments: cloudpickle below
+            return pickle.dumps(parts, pickle.HIGHEST_PROTOCOL)
+    return cloudpickle.dumps(parts, pickle.HIGHEST_PROTOCOL)
+
+
 class _Job:
     """One call, from :meth:`LocalExecutor.run` to its result: where it goes and who gets its messages."""
 
@@ -226,7 +241,7 @@ class LocalExecutor(Executor):
         if loop is None or self._closing:
             raise RuntimeError("LocalExecutor is not running: await start() first (and not after close()).")
         try:
-            payload = cloudpickle.dumps((call.fn, tuple(call.args), dict(call.kwargs)), pickle.HIGHEST_PROTOCOL)
+            payload = _payload(call)
         except Exception as exc:
             raise StepFailed(
                 f"The call could not be pickled to send it to a worker process ({type(exc).__name__}: {exc}). "

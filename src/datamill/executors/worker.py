@@ -43,6 +43,7 @@ import traceback
 from collections import deque
 from collections.abc import Callable
 from multiprocessing.connection import Connection
+from typing import Any
 
 import cloudpickle
 
@@ -317,9 +318,18 @@ def _run(outbox: _Outbox, capture: _FdCapture, seq: int, payload: bytes) -> tupl
         return ERROR, _error_payload(exc)
     channel.open = False
     try:
-        return RESULT, cloudpickle.dumps(result, pickle.HIGHEST_PROTOCOL)
+        return RESULT, _result_payload(fn, result)
     except Exception as exc:
         return ERROR, _error_payload(exc, f"the step's return value could not be pickled: {_text(exc)}")
+
+
+def _result_payload(fn: Any, result: Any) -> bytes:
+    """A call's return value pickled for the parent: datamill's own (a ``StepResult`` of plain data)
+    with the standard pickler, which is several times faster; anything else with cloudpickle."""
+    if getattr(fn, "__module__", "").startswith("datamill."):
+        with contextlib.suppress(Exception):
+            return pickle.dumps(result, pickle.HIGHEST_PROTOCOL)
+    return cloudpickle.dumps(result, pickle.HIGHEST_PROTOCOL)
 
 
 def _error_payload(exc: BaseException, text: str | None = None) -> bytes:
