@@ -246,25 +246,28 @@ class Scheduler:
 
     # ------------------------------------------------------------------ finding work
 
-    def pending_runs(self) -> list[int]:
+    def pending_runs(self, owned_elsewhere: bool = False) -> list[int]:
         """Runs with work to do (oldest request first), after requeueing expired tasks.
 
         That is queued or running runs with a queued task, or with no task left to end (they only
         need ending). A run whose remaining tasks all run under a live lease is left to the
-        scheduler holding them: driving it here would only watch it, on every poll.
+        scheduler holding them: driving it here would only watch it, on every poll. Runs another
+        scheduler drives under a live run lease are left out too, unless ``owned_elsewhere``.
         """
         now = self.clock()
         with self.home.db.read() as conn:
             # Usually no lease has expired: the write lock is taken only when one has.
             if not leases.any_expired(conn, now):
-                return self._unowned(conn, runs.pending_run_ids(conn), now)
+                return self._unowned(conn, runs.pending_run_ids(conn), now, owned_elsewhere)
         with self.home.db.write() as conn:
             leases.reclaim_expired(conn, now)
         with self.home.db.read() as conn:
-            return self._unowned(conn, runs.pending_run_ids(conn), now)
+            return self._unowned(conn, runs.pending_run_ids(conn), now, owned_elsewhere)
 
-    def _unowned(self, conn: Any, run_ids: list[int], now: float) -> list[int]:
+    def _unowned(self, conn: Any, run_ids: list[int], now: float, keep_all: bool = False) -> list[int]:
         """``run_ids`` without those another scheduler drives (see :mod:`.ownership`)."""
+        if keep_all:
+            return run_ids
         taken = ownership.owned_elsewhere(conn, run_ids, self.owner, now)
         return [r for r in run_ids if r not in taken]
 
@@ -272,7 +275,9 @@ class Scheduler:
         """Drive the given runs (all pending ones by default) until none has work this scheduler can do."""
         await self.start()
         while True:
-            ids = run_ids if run_ids is not None else self.pending_runs() + self._due_again()
+            # Every pending run, even one another scheduler holds: the caller waits for them all to
+            # end, and a holder that died (its run lease not lapsed yet) would leave it undriven.
+            ids = run_ids if run_ids is not None else self.pending_runs(owned_elsewhere=True) + self._due_again()
             todo = [i for i in dict.fromkeys(ids) if i not in self._active and not self._backing_off(i)]
             if not todo and not self._active:
                 return
