@@ -20,12 +20,14 @@ from __future__ import annotations
 
 import io
 import logging
+import os
 import threading
 import time
 import uuid
 from collections import OrderedDict, deque
 from collections.abc import Callable, Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
+from concurrent.futures import wait as wait_futures
 from dataclasses import dataclass
 from typing import Any, BinaryIO
 from urllib.parse import urlsplit
@@ -39,6 +41,9 @@ log = logging.getLogger("datamill.store")
 PART_SIZE = 8 << 20
 #: Parts uploaded at once by one write; memory per write is about this many part sizes.
 PARTS_IN_FLIGHT = 4
+#: Ranged GETs in flight for a download to a file (:meth:`S3BlobStore.copy_to`; boto3's
+#: ``download_file`` runs 10): memory is about this many part sizes, each held until hashed.
+DOWNLOAD_PARTS_IN_FLIGHT = 8
 #: Temporary objects and multipart uploads older than this are left-overs of a process that died.
 STALE_SECONDS = 3600.0
 #: Clients already made and checked, by options and bucket: making one loads botocore's service
@@ -213,7 +218,8 @@ class S3BlobStore(BlobStore):
         self.bucket, self.prefix = parse_s3_url(url)
         self.options = options or S3Options()
         self.client = self._connect()
-        self.pool = ThreadPoolExecutor(max_workers=2 * PARTS_IN_FLIGHT, thread_name_prefix="datamill-s3")
+        workers = max(2 * PARTS_IN_FLIGHT, DOWNLOAD_PARTS_IN_FLIGHT)
+        self.pool = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="datamill-s3")
         self._verified: OrderedDict[str, None] = OrderedDict()
         self._verified_lock = threading.Lock()
 
@@ -395,36 +401,95 @@ class S3BlobStore(BlobStore):
         for _ in self.iter_range(digest):
             pass
 
+    def _get_range(self, digest: str, a: int, b: int) -> bytearray:
+        """Bytes ``a``..``b`` (inclusive) of the object, read straight into one buffer."""
+        try:
+            answer = self.client.get_object(Bucket=self.bucket, Key=self.key_of(digest), Range=f"bytes={a}-{b}")
+        except Exception as exc:
+            if _is_missing(exc):
+                raise BlobNotFound(f"blob {digest} is not in the S3 store", digest=digest) from None
+            raise
+        body = answer["Body"]
+        buf = bytearray(b - a + 1)
+        view = memoryview(buf)
+        filled = 0
+        try:
+            # readinto a buffer of the part's size: no list of socket reads joined, no copy per chunk
+            while filled < len(buf) and (n := body.readinto(view[filled:])):
+                filled += n
+        finally:
+            view.release()
+            body.close()
+        if filled != len(buf):
+            raise Unavailable(
+                f"the S3 store sent {filled} of the {len(buf)} bytes asked for blob {digest}; try again", digest=digest
+            )
+        return buf
+
     def _fetch(self, digest: str, start: int, last: int) -> Iterator[bytes]:
         """The bytes ``start``..``last`` as part-sized ranged GETs, a few in flight, in order."""
-        key = self.key_of(digest)
-
-        def get(a: int, b: int) -> bytes:
-            try:
-                answer = self.client.get_object(Bucket=self.bucket, Key=key, Range=f"bytes={a}-{b}")
-            except Exception as exc:
-                if _is_missing(exc):
-                    raise BlobNotFound(f"blob {digest} is not in the S3 store", digest=digest) from None
-                raise
-            body = answer["Body"]
-            try:
-                return bytes(body.read())
-            finally:
-                body.close()
-
         ranges = [(a, min(a + self.part_size, last + 1) - 1) for a in range(start, last + 1, self.part_size)]
-        pending: deque[Future[bytes]] = deque()
+        pending: deque[Future[bytearray]] = deque()
         try:
             for a, b in ranges:
                 # Bounded read-ahead: memory stays at a few parts whatever the object's size.
                 while len(pending) >= PARTS_IN_FLIGHT:
                     yield from _slices(pending.popleft().result())
-                pending.append(self.pool.submit(get, a, b))
+                pending.append(self.pool.submit(self._get_range, digest, a, b))
             while pending:
                 yield from _slices(pending.popleft().result())
         finally:
             for f in pending:
                 f.cancel()
+
+    def copy_to(self, digest: str, fd: int, progress: Callable[[int], None] | None = None) -> int:
+        """As :meth:`BlobStore.copy_to`: parallel ranged GETs, each part written at its offset by the
+        thread that fetched it (``os.pwrite``), while this thread hashes the parts in order.
+
+        Raises :class:`BlobCorrupted` once the bytes are written if they do not hash to ``digest``.
+        """
+        total = self.size(digest)
+        at = os.lseek(fd, 0, os.SEEK_CUR)
+
+        def fetch(a: int, b: int) -> bytearray:
+            data = self._get_range(digest, a, b)
+            with memoryview(data) as view:
+                done = 0
+                while done < len(view):
+                    done += os.pwrite(fd, view[done:], at + a + done)
+            return data
+
+        h = hasher()
+        pending: deque[Future[bytearray]] = deque()
+
+        def hash_next() -> None:
+            data = pending.popleft().result()
+            h.update(data)  # BLAKE3 lets go of the GIL: the fetching threads go on meanwhile
+            if progress is not None:
+                progress(len(data))
+
+        try:
+            for a in range(0, total, self.part_size):
+                while len(pending) >= DOWNLOAD_PARTS_IN_FLIGHT:
+                    hash_next()
+                pending.append(self.pool.submit(fetch, a, min(a + self.part_size, total) - 1))
+            while pending:
+                hash_next()
+        finally:
+            for f in pending:
+                f.cancel()
+            # A part still being fetched writes into ``fd``: it must be done before the caller closes it.
+            wait_futures([f for f in pending if not f.cancelled()])
+        os.lseek(fd, at + total, os.SEEK_SET)
+        actual = f"{self.algorithm}:{h.hexdigest()}"
+        if actual != digest:
+            raise BlobCorrupted(
+                f"blob {digest} is corrupted: its bytes now hash to {actual}. "
+                "Restore it from a backup or upload the file again.",
+                digest=digest,
+            )
+        self._mark_verified(digest)
+        return total
 
     def _is_verified(self, digest: str) -> bool:
         with self._verified_lock:
@@ -502,7 +567,7 @@ class S3BlobStore(BlobStore):
         """Wait for nothing: writes finish or abort on their own; the connection pool stays usable."""
 
 
-def _slices(data: bytes) -> Iterator[bytes]:
+def _slices(data: bytes | bytearray) -> Iterator[bytes]:
     """``data`` in chunks of ``CHUNK`` (what readers of a blob expect), without copying."""
     view = memoryview(data)
     for i in range(0, len(view), CHUNK):
