@@ -10,10 +10,10 @@ from __future__ import annotations
 
 import dataclasses
 import functools
+import gc
 import http.client
 import io
 import json
-import gc
 import os
 import ssl
 import stat
@@ -639,7 +639,8 @@ class RemoteClient(Client):
         received = 0
         try:
             try:
-                for chunk in response.iter_bytes(CHUNK):
+                # As the transport reads them (up to 1 MiB): re-chunking to a fixed size costs a copy.
+                for chunk in response.iter_bytes():
                     h.update(chunk)
                     received += len(chunk)
                     yield chunk
