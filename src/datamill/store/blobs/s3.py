@@ -411,14 +411,14 @@ class S3BlobStore(BlobStore):
             raise
         body = answer["Body"]
         buf = bytearray(b - a + 1)
-        view = memoryview(buf)
         filled = 0
         try:
-            # readinto a buffer of the part's size: no list of socket reads joined, no copy per chunk
-            while filled < len(buf) and (n := body.readinto(view[filled:])):
-                filled += n
+            # Into one buffer of the part's size, a chunk at a time: urllib3 copies what it reads (twice
+            # for a readinto), so a read of the whole part would hold two more part-sized copies.
+            while filled < len(buf) and (chunk := body.read(min(CHUNK, len(buf) - filled))):
+                buf[filled : filled + len(chunk)] = chunk
+                filled += len(chunk)
         finally:
-            view.release()
             body.close()
         if filled != len(buf):
             raise Unavailable(
