@@ -201,7 +201,7 @@ def bench_s3(args: argparse.Namespace, work: Path) -> dict[str, Any]:
                 def get(store: S3BlobStore = store, holder: dict[str, Any] = holder, dest: Path = dest) -> None:
                     # What a download to a file does (Client.download of an embedded client): verified
                     # against the digest, where boto3's download_file checks nothing.
-                    with open(dest, "wb") as out:
+                    with open(dest, "w+b") as out:  # read and write: what was written is hashed
                         store.copy_to(holder["info"].digest, out.fileno())
 
                 down_dm.append(_timed(get))

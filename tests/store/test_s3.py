@@ -217,7 +217,7 @@ def test_copy_to_fetches_parts_in_parallel_and_writes_them_in_place(s3: S3BlobSt
     seen: list[int] = []
     out = tmp_path / "out.bin"
     with (
-        open(out, "wb") as f,
+        open(out, "w+b") as f,
         _watching(s3, "before-parameter-build.s3.GetObject", lambda params, **kw: ranges.append(params.get("Range"))),
     ):
         f.write(b"head")  # the parts land after what the descriptor already holds
@@ -236,10 +236,17 @@ def test_copy_to_of_a_tampered_multipart_object_raises_after_writing(
     digest = s3.put(data).digest
     client: Any = s3_server.client()
     client.put_object(Bucket=s3.bucket, Key=s3.key_of(digest), Body=data[:-1] + b"!")
-    with open(tmp_path / "out.bin", "wb") as f, pytest.raises(BlobCorrupted):
+    with open(tmp_path / "out.bin", "w+b") as f, pytest.raises(BlobCorrupted):
         s3.copy_to(digest, f.fileno())
     with pytest.raises(BlobCorrupted):
         list(s3.iter_range(digest, 0, 10))  # not remembered as verified
+    # a descriptor open for writing only cannot be read back: the parts are hashed in memory instead
+    with open(tmp_path / "w.bin", "wb") as f, pytest.raises(BlobCorrupted):
+        s3.copy_to(digest, f.fileno())
+    client.put_object(Bucket=s3.bucket, Key=s3.key_of(digest), Body=data)
+    with open(tmp_path / "w.bin", "wb") as f:
+        assert s3.copy_to(digest, f.fileno()) == len(data)
+    assert (tmp_path / "w.bin").read_bytes() == data
 
 
 def test_ranged_reads_verify_once_then_fetch_only_the_range(s3: S3BlobStore) -> None:

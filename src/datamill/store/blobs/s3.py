@@ -42,7 +42,7 @@ PART_SIZE = 8 << 20
 #: Parts uploaded at once by one write; memory per write is about this many part sizes.
 PARTS_IN_FLIGHT = 4
 #: Ranged GETs in flight for a download to a file (:meth:`S3BlobStore.copy_to`; boto3's
-#: ``download_file`` runs 10): memory is about this many part sizes, each held until hashed.
+#: ``download_file`` runs 10); each writes its chunks into the file as they come.
 DOWNLOAD_PARTS_IN_FLIGHT = 8
 #: Temporary objects and multipart uploads older than this are left-overs of a process that died.
 STALE_SECONDS = 3600.0
@@ -401,8 +401,12 @@ class S3BlobStore(BlobStore):
         for _ in self.iter_range(digest):
             pass
 
-    def _get_range(self, digest: str, a: int, b: int) -> bytearray:
-        """Bytes ``a``..``b`` (inclusive) of the object, read straight into one buffer."""
+    def _read_range(self, digest: str, a: int, b: int, sink: Callable[[int, bytes], None]) -> None:
+        """Bytes ``a``..``b`` (inclusive) of the object, a chunk at a time to ``sink(offset, chunk)``.
+
+        Chunks, not the whole part: urllib3 copies what it reads, so a read of a whole part would
+        hold two more part-sized copies of it.
+        """
         try:
             answer = self.client.get_object(Bucket=self.bucket, Key=self.key_of(digest), Range=f"bytes={a}-{b}")
         except Exception as exc:
@@ -410,20 +414,27 @@ class S3BlobStore(BlobStore):
                 raise BlobNotFound(f"blob {digest} is not in the S3 store", digest=digest) from None
             raise
         body = answer["Body"]
-        buf = bytearray(b - a + 1)
-        filled = 0
+        at = a
         try:
-            # Into one buffer of the part's size, a chunk at a time: urllib3 copies what it reads (twice
-            # for a readinto), so a read of the whole part would hold two more part-sized copies.
-            while filled < len(buf) and (chunk := body.read(min(CHUNK, len(buf) - filled))):
-                buf[filled : filled + len(chunk)] = chunk
-                filled += len(chunk)
+            while at <= b and (chunk := body.read(min(CHUNK, b + 1 - at))):
+                sink(at, chunk)
+                at += len(chunk)
         finally:
             body.close()
-        if filled != len(buf):
+        if at != b + 1:
             raise Unavailable(
-                f"the S3 store sent {filled} of the {len(buf)} bytes asked for blob {digest}; try again", digest=digest
+                f"the S3 store sent {at - a} of the {b + 1 - a} bytes asked for blob {digest}; try again",
+                digest=digest,
             )
+
+    def _get_range(self, digest: str, a: int, b: int) -> bytearray:
+        """Bytes ``a``..``b`` (inclusive) of the object, in one buffer."""
+        buf = bytearray(b - a + 1)
+
+        def into(offset: int, chunk: bytes) -> None:
+            buf[offset - a : offset - a + len(chunk)] = chunk
+
+        self._read_range(digest, a, b, into)
         return buf
 
     def _fetch(self, digest: str, start: int, last: int) -> Iterator[bytes]:
@@ -443,30 +454,43 @@ class S3BlobStore(BlobStore):
                 f.cancel()
 
     def copy_to(self, digest: str, fd: int, progress: Callable[[int], None] | None = None) -> int:
-        """As :meth:`BlobStore.copy_to`: parallel ranged GETs, each part written at its offset by the
-        thread that fetched it (``os.pwrite``), while this thread hashes the parts in order.
+        """As :meth:`BlobStore.copy_to`: parallel ranged GETs, each written at its offset as it arrives
+        (``os.pwrite``) by the thread that fetches it, while this thread hashes the finished parts in
+        order, read back from ``fd`` (the page cache), so what is checked is what was written.
 
+        Memory is a chunk per part in flight, whatever the size. A descriptor open for writing only
+        gets the default (parts fetched ahead and hashed in memory as they are written in order).
         Raises :class:`BlobCorrupted` once the bytes are written if they do not hash to ``digest``.
         """
+        if not _readable_and_positional(fd):
+            return super().copy_to(digest, fd, progress)
         total = self.size(digest)
         at = os.lseek(fd, 0, os.SEEK_CUR)
 
-        def fetch(a: int, b: int) -> bytearray:
-            data = self._get_range(digest, a, b)
-            with memoryview(data) as view:
+        def write(offset: int, chunk: bytes) -> None:
+            with memoryview(chunk) as view:
                 done = 0
                 while done < len(view):
-                    done += os.pwrite(fd, view[done:], at + a + done)
-            return data
+                    done += os.pwrite(fd, view[done:], at + offset + done)
+
+        def fetch(a: int, b: int) -> tuple[int, int]:
+            self._read_range(digest, a, b, write)
+            return a, b + 1 - a
 
         h = hasher()
-        pending: deque[Future[bytearray]] = deque()
+        pending: deque[Future[tuple[int, int]]] = deque()
 
         def hash_next() -> None:
-            data = pending.popleft().result()
-            h.update(data)  # BLAKE3 lets go of the GIL: the fetching threads go on meanwhile
+            a, n = pending.popleft().result()
+            end = a + n
+            while a < end:
+                data = os.pread(fd, min(CHUNK, end - a), at + a)
+                if not data:
+                    raise BlobCorrupted(f"blob {digest}: the file written was cut short meanwhile", digest=digest)
+                h.update(data)  # BLAKE3 lets go of the GIL: the fetching threads go on meanwhile
+                a += len(data)
             if progress is not None:
-                progress(len(data))
+                progress(n)
 
         try:
             for a in range(0, total, self.part_size):
@@ -579,3 +603,12 @@ def _seekable(data: Any) -> bool:
         return bool(data.seekable())
     except (AttributeError, OSError, ValueError):
         return False
+
+
+def _readable_and_positional(fd: int) -> bool:
+    """Whether ``fd`` can be read back, and written and read at offsets (POSIX ``pwrite``/``pread``)."""
+    try:
+        import fcntl  # POSIX only
+    except ImportError:  # pragma: no cover - Windows
+        return False
+    return hasattr(os, "pwrite") and fcntl.fcntl(fd, fcntl.F_GETFL) & os.O_ACCMODE != os.O_WRONLY
