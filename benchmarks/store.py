@@ -26,6 +26,9 @@ Prints ONE JSON object on stdout (progress goes to stderr). Measured, each again
   /proc/self/statm). Target: under 100 MB.
 
 The page cache is not dropped: the source file and the blob are read warm, by the copy as well.
+``--server-process`` serves the API from ``datamill up`` in a process of its own, as users run it
+(client and server then have a GIL each; the CPU seconds reported are the client's alone); by
+default it runs in a thread of this process.
 """
 
 from __future__ import annotations
@@ -34,9 +37,12 @@ import argparse
 import json
 import os
 import platform
+import re
 import resource
 import shutil
+import signal
 import statistics
+import subprocess
 import sys
 import tempfile
 import threading
@@ -390,6 +396,33 @@ def try_api(home: Home) -> tuple[Any, Client | None, str | None]:
     return server, RemoteClient(server.url, token, timeout=600), None
 
 
+_LOGIN_URL = re.compile(r"(http://127\.0\.0\.1:\d+)/\?token=(dm_[\w-]+)")
+
+
+def server_process(home_dir: Path) -> tuple[subprocess.Popen[str], Client | None, str | None]:
+    """``datamill up`` on the home in a process of its own (as it runs for users) and a client on it."""
+    environ = {k: v for k, v in os.environ.items() if not k.startswith("DATAMILL_")}
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "datamill.cli", "--home", str(home_dir), "up", "--port", "0", "--no-demo"],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+        text=True,
+        env=environ,
+    )
+    assert proc.stderr is not None
+    lines = []
+    while line := proc.stderr.readline():
+        lines.append(line)
+        if match := _LOGIN_URL.search(line):
+            # what it writes later must not fill the pipe and block it
+            threading.Thread(target=proc.stderr.read, daemon=True).start()
+            from datamill.client.remote import RemoteClient
+
+            return proc, RemoteClient(match.group(1), match.group(2), timeout=600), None
+    proc.wait()
+    return proc, None, "datamill up did not start: " + "".join(lines)[-500:]
+
+
 def transfers(
     args: argparse.Namespace, result: dict[str, Any], embedded: Client, api: Client | None, work: Path
 ) -> None:
@@ -424,6 +457,11 @@ def main(argv: list[str] | None = None) -> int:
     )
     parser.add_argument("--no-api", action="store_true", help="skip the REST API measurements")
     parser.add_argument("--only-listing", action="store_true", help="measure the listing alone")
+    parser.add_argument(
+        "--server-process",
+        action="store_true",
+        help="serve the REST API from `datamill up` in a process of its own (default: a thread of this one)",
+    )
     args = parser.parse_args(argv)
 
     temp = None if args.home else tempfile.mkdtemp(prefix="datamill-bench.")
@@ -438,13 +476,17 @@ def main(argv: list[str] | None = None) -> int:
     }
     home = Home(load_settings(environ={}, home=str(root / "home"), database_url=args.database_url, demo=False))
     result["database"] = "postgresql" if not home.db.is_sqlite else "sqlite"
-    server = api = None
+    server = api = proc = None
     try:
         embedded = LocalClient(home)
         if args.no_api:
             reason = "skipped (--no-api)"
+        elif args.server_process:
+            proc, api, reason = server_process(root / "home")
         else:
             server, api, reason = try_api(home)
+        # In its own process the server's CPU is not in this process's figures (client only).
+        result["api_server"] = "process" if args.server_process else "thread"
         result["embedded"] = {}
         result["api"] = {} if api is not None else None
         if api is None:
@@ -475,6 +517,13 @@ def main(argv: list[str] | None = None) -> int:
             api.close()
         if server is not None:
             server.stop()
+        if proc is not None:
+            proc.send_signal(signal.SIGINT)
+            try:
+                proc.wait(timeout=60)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                proc.wait()
         home.close()
         if temp:
             shutil.rmtree(temp, ignore_errors=True)

@@ -131,3 +131,35 @@ def test_a_cursor_grants_no_access(
     local.share(FOLDER, "reader", "none")
     with pytest.raises(NotFound):
         reader.items_page(FOLDER, cursor, 5)
+
+
+def test_pages_carry_metadata_exactly_and_redact_provenance_per_reader(
+    server: ServerHandle, local: LocalClient, user_client: Callable[..., RemoteClient]
+) -> None:
+    # Metadata goes out as stored (not re-parsed) where it can: what it holds must arrive unchanged,
+    # including what orjson alone would read differently (an integer beyond 64 bits) or refuse.
+    local.create_folder("Meta")
+    local.create_folder("Secret")
+    odd = {"big": 2**70, "neg": -(2**65), "f": 1.5, "text": "é ✓ \ud800", "nested": {"l": [1, None, True]}}
+    local.put("Meta", "odd.txt", b"o", metadata=odd)
+    local.put("Meta", "plain.txt", b"p")
+    prov = {"wasDerivedFrom": [{"folder": "Secret", "name": "s.txt"}, {"folder": "Meta", "name": "plain.txt"}]}
+    local.put("Meta", "derived.txt", b"d", metadata={"provenance": prov, "k": 1})
+    reader = user_client("reader")
+    local.share("Meta", "reader", "read")
+    expected = {i.name: i.to_dict() for i in local.list_items("Meta")}
+    token = local.home.admin_token()
+    with httpx.Client(base_url=server.url + "/api/v1", headers={"Authorization": f"Bearer {token}"}) as http:
+        raw = http.get("/item-pages/Meta").json()["items"]
+    assert {d["name"]: d for d in raw} == expected
+    assert expected["odd.txt"]["metadata"] == odd
+    for client in (local, server_admin := RemoteClient(server.url, token)):
+        got = {i.name: i for p in client.iter_item_pages("Meta", limit=2) for i in p}
+        assert {n: i.to_dict() for n, i in got.items()} == expected
+    server_admin.close()
+    # the reader sees the item, but not which unreadable folder it came from
+    seen = {i.name: i.metadata for p in reader.iter_item_pages("Meta", limit=2) for i in p}
+    shown = seen["derived.txt"]["provenance"]["wasDerivedFrom"]
+    assert shown[1] == {"folder": "Meta", "name": "plain.txt"}
+    assert "Secret" not in json.dumps(shown) and seen["derived.txt"]["k"] == 1
+    assert seen["odd.txt"] == odd

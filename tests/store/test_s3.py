@@ -210,6 +210,45 @@ def test_a_tampered_object_is_detected_on_read(s3: S3BlobStore, s3_server: S3Ser
         list(s3.iter_range(digest, 10, 20))  # a range is not served from bytes that fail the check
 
 
+def test_copy_to_fetches_parts_in_parallel_and_writes_them_in_place(s3: S3BlobStore, tmp_path: Path) -> None:
+    data = _data(3 * PART + 12345)  # four ranged GETs, the last one short
+    digest = s3.put(data).digest
+    ranges: list[Any] = []
+    seen: list[int] = []
+    out = tmp_path / "out.bin"
+    with (
+        open(out, "w+b") as f,
+        _watching(s3, "before-parameter-build.s3.GetObject", lambda params, **kw: ranges.append(params.get("Range"))),
+    ):
+        f.write(b"head")  # the parts land after what the descriptor already holds
+        f.flush()
+        assert s3.copy_to(digest, f.fileno(), seen.append) == len(data)
+        assert os.lseek(f.fileno(), 0, os.SEEK_CUR) == len(data) + 4
+    assert out.read_bytes() == b"head" + data
+    assert sum(seen) == len(data) and len(seen) == 4
+    assert sorted(ranges) == sorted(f"bytes={a}-{min(a + PART, len(data)) - 1}" for a in range(0, len(data), PART))
+
+
+def test_copy_to_of_a_tampered_multipart_object_raises_after_writing(
+    s3: S3BlobStore, s3_server: S3Server, tmp_path: Path
+) -> None:
+    data = _data(2 * PART + 7)
+    digest = s3.put(data).digest
+    client: Any = s3_server.client()
+    client.put_object(Bucket=s3.bucket, Key=s3.key_of(digest), Body=data[:-1] + b"!")
+    with open(tmp_path / "out.bin", "w+b") as f, pytest.raises(BlobCorrupted):
+        s3.copy_to(digest, f.fileno())
+    with pytest.raises(BlobCorrupted):
+        list(s3.iter_range(digest, 0, 10))  # not remembered as verified
+    # a descriptor open for writing only cannot be read back: the parts are hashed in memory instead
+    with open(tmp_path / "w.bin", "wb") as f, pytest.raises(BlobCorrupted):
+        s3.copy_to(digest, f.fileno())
+    client.put_object(Bucket=s3.bucket, Key=s3.key_of(digest), Body=data)
+    with open(tmp_path / "w.bin", "wb") as f:
+        assert s3.copy_to(digest, f.fileno()) == len(data)
+    assert (tmp_path / "w.bin").read_bytes() == data
+
+
 def test_ranged_reads_verify_once_then_fetch_only_the_range(s3: S3BlobStore) -> None:
     data = _data(3 * MIB)
     digest = s3.put(data).digest

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import dataclasses
 import functools
+import gc
 import http.client
 import io
 import json
@@ -22,6 +23,8 @@ import uuid
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from typing import TYPE_CHECKING, Any, BinaryIO, TypeVar
 from urllib.parse import quote, urlencode, urlsplit
+
+import orjson
 
 from datamill import errors
 from datamill._version import __version__
@@ -143,6 +146,49 @@ def _build(cls: type[T], data: Mapping[str, Any]) -> T:
     """A dataclass from a JSON dict, ignoring keys it does not have (such as ``path``)."""
     names = _field_names(cls)  # type: ignore[arg-type]
     return cls(**{k: v for k, v in data.items() if k in names})
+
+
+def _has_float(value: Any) -> bool:
+    if isinstance(value, float):
+        return True
+    if isinstance(value, dict):
+        return any(_has_float(v) for v in value.values())
+    if isinstance(value, list):
+        return any(_has_float(v) for v in value)
+    return False
+
+
+def _page_loads(body: bytes) -> Any:
+    """A page of items: orjson (a 10,000-item page in a fraction of the json module's time), unless
+    it refuses the body (NaN) or an item's metadata holds a float, which may be an integer beyond 64
+    bits that orjson reads as a float: then the json module, which reads it exactly."""
+    try:
+        page = orjson.loads(body)
+    except orjson.JSONDecodeError:
+        return json.loads(body)
+    items = page.get("items") if isinstance(page, dict) else None
+    if isinstance(items, list) and any(
+        isinstance(d, dict) and d.get("metadata") and _has_float(d["metadata"]) for d in items
+    ):
+        return json.loads(body)
+    return page
+
+
+def _item(d: Mapping[str, Any]) -> ItemInfo:
+    """An :class:`ItemInfo` from the API's dict: :func:`_build` without its per-key filter, for listings."""
+    return ItemInfo(
+        d["id"],
+        d["folder"],
+        d["name"],
+        d["metadata"],
+        d["version"],
+        d["digest"],
+        d["size"],
+        d["content_type"],
+        d["created_at"],
+        d["updated_at"],
+        d.get("version_id", 0),
+    )
 
 
 @functools.cache
@@ -303,7 +349,7 @@ class RemoteClient(Client):
         request = self._http.build_request(method, path, **kwargs)
         return self._send(request).json()
 
-    def _get_json(self, path: str, params: Mapping[str, Any] | None) -> Any:
+    def _get_json(self, path: str, params: Mapping[str, Any] | None, loads: Callable[[bytes], Any] = json.loads) -> Any:
         """A GET answered with JSON, over ``http.client`` alone (httpx is not even imported for it)."""
         target = self._prefix + path + ("?" + urlencode(list(_query_pairs(params))) if params else "")
         for reused in (True, False):
@@ -333,7 +379,7 @@ class RemoteClient(Client):
                 conn.close()
             else:
                 self._connections.release(self._server, conn)
-            return self._json_answer(response.status, body)
+            return self._json_answer(response.status, body, loads)
         raise AssertionError("unreachable")  # pragma: no cover - the second pass returns or raises
 
     def _failed(self, exc: BaseException) -> DatamillError:
@@ -342,9 +388,9 @@ class RemoteClient(Client):
             url=self.url,
         )
 
-    def _json_answer(self, status: int, body: bytes) -> Any:
+    def _json_answer(self, status: int, body: bytes, loads: Callable[[bytes], Any] = json.loads) -> Any:
         try:
-            data = json.loads(body) if body else None
+            data = loads(body) if body else None
         except ValueError:
             if status < 400:
                 raise DatamillError(
@@ -541,8 +587,18 @@ class RemoteClient(Client):
             params["descending"] = "true"
         if cursor:
             params["cursor"] = cursor
-        page = self._call("GET", f"/item-pages/{quote_path(folder)}", params=params)
-        return [_build(ItemInfo, d) for d in page["items"]], page["next"]
+        path = f"/item-pages/{quote_path(folder)}"
+        # Up to 10,000 items at once, decoded and made into objects: the cyclic collector would walk
+        # them (and all else) several times over while they are made, which cost more than making them.
+        paused = gc.isenabled()
+        gc.disable()
+        try:
+            plain = self._plain_gets
+            page = self._get_json(path, params, _page_loads) if plain else self._call("GET", path, params=params)
+            return [_item(d) for d in page["items"]], page["next"]
+        finally:
+            if paused:
+                gc.enable()
 
     def versions(self, path: str) -> list[VersionInfo]:
         return [_build(VersionInfo, d) for d in self._call("GET", f"/versions/{quote_path(path)}")]
@@ -583,7 +639,8 @@ class RemoteClient(Client):
         received = 0
         try:
             try:
-                for chunk in response.iter_bytes(CHUNK):
+                # As the transport reads them (up to 1 MiB): re-chunking to a fixed size costs a copy.
+                for chunk in response.iter_bytes():
                     h.update(chunk)
                     received += len(chunk)
                     yield chunk

@@ -23,8 +23,10 @@ import httpx
 from datamill.client.connections import Connections
 from datamill.client.connections import Key as _Key
 
-#: Bytes read from a response at a time (at most: a stream yields what has arrived).
-CHUNK = 1 << 16
+#: Bytes read from a response at a time, at most: a read returns what has arrived (one ``recv``), so
+#: an event stream is not held back; a download gets a few large reads where 64 KiB made sixteen
+#: times as many trips through Python (and httpx) per MiB.
+CHUNK = 1 << 20
 
 
 class _Dropped(Exception):

@@ -8,13 +8,18 @@ uploads merge their metadata into the item's (:mod:`datamill.store.versions`).
 from __future__ import annotations
 
 import json
+import re
 from collections.abc import Mapping
 from typing import Any
+
+import orjson
 
 from datamill.records import check_metadata
 
 __all__ = ["MISSING", "changed", "check_metadata", "decode", "matches"]
 
+#: Digits enough for an integer orjson would not read exactly.
+_LONG_NUMBER = re.compile(r"\d{19}")
 #: A key the filtered metadata does not have (``None`` is a value).
 MISSING = object()
 
@@ -24,6 +29,14 @@ def decode(raw: Any) -> dict[str, Any]:
     if raw is None or raw == "{}":
         return {}
     if isinstance(raw, str):
+        # orjson is a few times faster (a 100,000-item listing decodes 100,000 of these), but reads an
+        # integer beyond 64 bits as a float: text with a run of 19+ digits goes to the json module.
+        if not _LONG_NUMBER.search(raw):
+            try:
+                fast: dict[str, Any] = orjson.loads(raw)
+                return fast
+            except orjson.JSONDecodeError:  # e.g. a lone surrogate escape, which the json module reads
+                pass
         out: dict[str, Any] = json.loads(raw)
         return out
     return dict(raw)  # PostgreSQL's driver already decoded JSONB

@@ -385,6 +385,19 @@ class Store:
         with self.db.read() as conn:
             return item_pages.items_after(conn, actor, folder, cursor, limit, sort, descending)
 
+    def item_dicts_after(
+        self,
+        actor: Actor,
+        folder: str,
+        cursor: str | None = None,
+        limit: int = item_pages.DEFAULT_BATCH,
+        sort: str = "name",
+        descending: bool = False,
+    ) -> tuple[list[dict[str, Any]], str | None]:
+        """:meth:`items_after` as the API sends it: JSON-ready dicts (for orjson) and the next cursor."""
+        with self.db.read() as conn:
+            return item_pages.item_dicts_after(conn, actor, folder, cursor, limit, sort, descending)
+
     def find_items(
         self,
         actor: Actor,

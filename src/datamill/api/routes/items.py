@@ -77,8 +77,12 @@ async def item_pages(
 
     A cursor continues only the folder and the order it was made for; an edited one is refused (400).
     """
-    batch = await blocking(home.store.items_after, actor, path, cursor, limit, sort, descending)
-    return _json({"items": [i.to_dict() for i in batch.items], "next": batch.next})
+    items, following = await blocking(home.store.item_dicts_after, actor, path, cursor, limit, sort, descending)
+    try:
+        return Response(orjson.dumps({"items": items, "next": following}), media_type="application/json")
+    except TypeError:  # an integer beyond 64 bits in decoded metadata: the json module writes it
+        batch = await blocking(home.store.items_after, actor, path, cursor, limit, sort, descending)
+        return JSONResponse({"items": [i.to_dict() for i in batch.items], "next": batch.next})
 
 
 @router.get(

@@ -20,12 +20,14 @@ from __future__ import annotations
 
 import io
 import logging
+import os
 import threading
 import time
 import uuid
 from collections import OrderedDict, deque
 from collections.abc import Callable, Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
+from concurrent.futures import wait as wait_futures
 from dataclasses import dataclass
 from typing import Any, BinaryIO
 from urllib.parse import urlsplit
@@ -39,6 +41,9 @@ log = logging.getLogger("datamill.store")
 PART_SIZE = 8 << 20
 #: Parts uploaded at once by one write; memory per write is about this many part sizes.
 PARTS_IN_FLIGHT = 4
+#: Ranged GETs in flight for a download to a file (:meth:`S3BlobStore.copy_to`; boto3's
+#: ``download_file`` runs 10); each writes its chunks into the file as they come.
+DOWNLOAD_PARTS_IN_FLIGHT = 8
 #: Temporary objects and multipart uploads older than this are left-overs of a process that died.
 STALE_SECONDS = 3600.0
 #: Clients already made and checked, by options and bucket: making one loads botocore's service
@@ -213,7 +218,8 @@ class S3BlobStore(BlobStore):
         self.bucket, self.prefix = parse_s3_url(url)
         self.options = options or S3Options()
         self.client = self._connect()
-        self.pool = ThreadPoolExecutor(max_workers=2 * PARTS_IN_FLIGHT, thread_name_prefix="datamill-s3")
+        workers = max(2 * PARTS_IN_FLIGHT, DOWNLOAD_PARTS_IN_FLIGHT)
+        self.pool = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="datamill-s3")
         self._verified: OrderedDict[str, None] = OrderedDict()
         self._verified_lock = threading.Lock()
 
@@ -395,36 +401,119 @@ class S3BlobStore(BlobStore):
         for _ in self.iter_range(digest):
             pass
 
+    def _read_range(self, digest: str, a: int, b: int, sink: Callable[[int, bytes], None]) -> None:
+        """Bytes ``a``..``b`` (inclusive) of the object, a chunk at a time to ``sink(offset, chunk)``.
+
+        Chunks, not the whole part: urllib3 copies what it reads, so a read of a whole part would
+        hold two more part-sized copies of it.
+        """
+        try:
+            answer = self.client.get_object(Bucket=self.bucket, Key=self.key_of(digest), Range=f"bytes={a}-{b}")
+        except Exception as exc:
+            if _is_missing(exc):
+                raise BlobNotFound(f"blob {digest} is not in the S3 store", digest=digest) from None
+            raise
+        body = answer["Body"]
+        at = a
+        try:
+            while at <= b and (chunk := body.read(min(CHUNK, b + 1 - at))):
+                sink(at, chunk)
+                at += len(chunk)
+        finally:
+            body.close()
+        if at != b + 1:
+            raise Unavailable(
+                f"the S3 store sent {at - a} of the {b + 1 - a} bytes asked for blob {digest}; try again",
+                digest=digest,
+            )
+
+    def _get_range(self, digest: str, a: int, b: int) -> bytearray:
+        """Bytes ``a``..``b`` (inclusive) of the object, in one buffer."""
+        buf = bytearray(b - a + 1)
+
+        def into(offset: int, chunk: bytes) -> None:
+            buf[offset - a : offset - a + len(chunk)] = chunk
+
+        self._read_range(digest, a, b, into)
+        return buf
+
     def _fetch(self, digest: str, start: int, last: int) -> Iterator[bytes]:
         """The bytes ``start``..``last`` as part-sized ranged GETs, a few in flight, in order."""
-        key = self.key_of(digest)
-
-        def get(a: int, b: int) -> bytes:
-            try:
-                answer = self.client.get_object(Bucket=self.bucket, Key=key, Range=f"bytes={a}-{b}")
-            except Exception as exc:
-                if _is_missing(exc):
-                    raise BlobNotFound(f"blob {digest} is not in the S3 store", digest=digest) from None
-                raise
-            body = answer["Body"]
-            try:
-                return bytes(body.read())
-            finally:
-                body.close()
-
         ranges = [(a, min(a + self.part_size, last + 1) - 1) for a in range(start, last + 1, self.part_size)]
-        pending: deque[Future[bytes]] = deque()
+        pending: deque[Future[bytearray]] = deque()
         try:
             for a, b in ranges:
                 # Bounded read-ahead: memory stays at a few parts whatever the object's size.
                 while len(pending) >= PARTS_IN_FLIGHT:
                     yield from _slices(pending.popleft().result())
-                pending.append(self.pool.submit(get, a, b))
+                pending.append(self.pool.submit(self._get_range, digest, a, b))
             while pending:
                 yield from _slices(pending.popleft().result())
         finally:
             for f in pending:
                 f.cancel()
+
+    def copy_to(self, digest: str, fd: int, progress: Callable[[int], None] | None = None) -> int:
+        """As :meth:`BlobStore.copy_to`: parallel ranged GETs, each written at its offset as it arrives
+        (``os.pwrite``) by the thread that fetches it, while this thread hashes the finished parts in
+        order, read back from ``fd`` (the page cache), so what is checked is what was written.
+
+        Memory is a chunk per part in flight, whatever the size. A descriptor open for writing only
+        gets the default (parts fetched ahead and hashed in memory as they are written in order).
+        Raises :class:`BlobCorrupted` once the bytes are written if they do not hash to ``digest``.
+        """
+        if not _readable_and_positional(fd):
+            return super().copy_to(digest, fd, progress)
+        total = self.size(digest)
+        at = os.lseek(fd, 0, os.SEEK_CUR)
+
+        def write(offset: int, chunk: bytes) -> None:
+            with memoryview(chunk) as view:
+                done = 0
+                while done < len(view):
+                    done += os.pwrite(fd, view[done:], at + offset + done)
+
+        def fetch(a: int, b: int) -> tuple[int, int]:
+            self._read_range(digest, a, b, write)
+            return a, b + 1 - a
+
+        h = hasher()
+        pending: deque[Future[tuple[int, int]]] = deque()
+
+        def hash_next() -> None:
+            a, n = pending.popleft().result()
+            end = a + n
+            while a < end:
+                data = os.pread(fd, min(CHUNK, end - a), at + a)
+                if not data:
+                    raise BlobCorrupted(f"blob {digest}: the file written was cut short meanwhile", digest=digest)
+                h.update(data)  # BLAKE3 lets go of the GIL: the fetching threads go on meanwhile
+                a += len(data)
+            if progress is not None:
+                progress(n)
+
+        try:
+            for a in range(0, total, self.part_size):
+                while len(pending) >= DOWNLOAD_PARTS_IN_FLIGHT:
+                    hash_next()
+                pending.append(self.pool.submit(fetch, a, min(a + self.part_size, total) - 1))
+            while pending:
+                hash_next()
+        finally:
+            for f in pending:
+                f.cancel()
+            # A part still being fetched writes into ``fd``: it must be done before the caller closes it.
+            wait_futures([f for f in pending if not f.cancelled()])
+        os.lseek(fd, at + total, os.SEEK_SET)
+        actual = f"{self.algorithm}:{h.hexdigest()}"
+        if actual != digest:
+            raise BlobCorrupted(
+                f"blob {digest} is corrupted: its bytes now hash to {actual}. "
+                "Restore it from a backup or upload the file again.",
+                digest=digest,
+            )
+        self._mark_verified(digest)
+        return total
 
     def _is_verified(self, digest: str) -> bool:
         with self._verified_lock:
@@ -502,7 +591,7 @@ class S3BlobStore(BlobStore):
         """Wait for nothing: writes finish or abort on their own; the connection pool stays usable."""
 
 
-def _slices(data: bytes) -> Iterator[bytes]:
+def _slices(data: bytes | bytearray) -> Iterator[bytes]:
     """``data`` in chunks of ``CHUNK`` (what readers of a blob expect), without copying."""
     view = memoryview(data)
     for i in range(0, len(view), CHUNK):
@@ -514,3 +603,12 @@ def _seekable(data: Any) -> bool:
         return bool(data.seekable())
     except (AttributeError, OSError, ValueError):
         return False
+
+
+def _readable_and_positional(fd: int) -> bool:
+    """Whether ``fd`` can be read back, and written and read at offsets (POSIX ``pwrite``/``pread``)."""
+    try:
+        import fcntl  # POSIX only
+    except ImportError:  # pragma: no cover - Windows
+        return False
+    return hasattr(os, "pwrite") and fcntl.fcntl(fd, fcntl.F_GETFL) & os.O_ACCMODE != os.O_WRONLY
