@@ -206,6 +206,8 @@ def create_run(
                 "reason": reason,
                 "tasks": len(rows) if replay_of is None else replay.task_count(conn, replay_of),
                 "force": force,
+                # how it was recorded: a copy of that run (its tasks all cached), not planned
+                **({"replay_of": replay_of} if replay_of is not None else {}),
             },
             "ts": now,
         }
