@@ -103,7 +103,7 @@ def test_an_unchanged_rerun_is_a_copy_of_the_earlier_run_with_the_rows_planning_
 def test_a_changed_input_a_replaced_output_or_a_newer_answer_is_planned_again(db_world: World) -> None:
     w = db_world
     fill(w, 3)
-    first = w.run(BASIC)
+    w.run(BASIC)
     # A new input: another plan identity, planned (the unchanged items are cached, the new one runs).
     w.put("i009.txt", "item 9\n")
     second = w.run(BASIC)
