@@ -379,9 +379,13 @@ def canonical_inputs(inputs: Sequence[InputRef]) -> tuple[InputRef, ...]:
     for r in inputs:
         if not isinstance(r, InputRef):
             raise InvalidInput(f"plan inputs must be InputRef objects, got a {type(r).__name__}")
-    refs = tuple(sorted(inputs, key=lambda r: (r.folder.strip("/"), r.name)))
-    for a, b in itertools.pairwise(refs):
-        if a.path == b.path:
+    # Each sort key made once (10,000 inputs: ``path`` strips the folder on every call); equal keys
+    # are equal paths.
+    keyed = sorted(((r.folder.strip("/"), r.name), i) for i, r in enumerate(inputs))
+    refs = tuple(inputs[i] for _k, i in keyed)
+    for (ka, ia), (kb, ib) in itertools.pairwise(keyed):
+        if ka == kb:
+            a, b = inputs[ia], inputs[ib]
             raise InvalidInput(
                 f"input {a.path!r} is listed twice (versions {a.version} and {b.version}); give each item once"
             )

@@ -62,7 +62,8 @@ def plan_identity(
 
     Steps in order with their identity (code, resolved parameters, image digest), wiring, retries
     and publishing rules; the pipeline's name (part of published names); the exact input versions
-    in canonical order; the source (outputs mirror its subfolders) and the destination folder's id.
+    (``inputs``, in canonical order: :func:`~datamill.engine.planner.canonical_inputs`); the source
+    (outputs mirror its subfolders) and the destination folder's id.
 
     Raises:
         InvalidPipeline: a parameter has no canonical form (as planning would).
@@ -89,9 +90,8 @@ def plan_identity(
         {"v": IDENTITY_SCHEMA, "pipeline": pipeline.name, "steps": steps, "source": source, "dest": dest_folder_id}
     )
     h = blake3.blake3(head.encode("utf-8"))
-    # The inputs as the planner orders them: one line each, no JSON per input (10,000 inputs: ~10 ms).
-    for r in sorted(inputs, key=lambda r: (r.folder.strip("/"), r.name)):
-        h.update(f"\n{r.folder.strip('/')}\0{r.name}\0{r.version_id}\0{r.digest}".encode())
+    # One line per input, no JSON per input (10,000 inputs: ~10 ms).
+    h.update("".join([f"\n{r.folder.strip('/')}\0{r.name}\0{r.version_id}\0{r.digest}" for r in inputs]).encode())
     return "plan:" + h.hexdigest()
 
 
