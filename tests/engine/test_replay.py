@@ -92,9 +92,7 @@ def test_an_unchanged_rerun_is_a_copy_of_the_earlier_run_with_the_rows_planning_
     # A copy of a copy: the third run copies the second, with the answers of the first.
     third = w.run(BASIC)
     assert queued_data(w, third["id"])["replay_of"] == second["id"]
-    assert {pid: t.cached_from for pid, t in w.tasks(third["id"]).items()} == {
-        pid: t.id for pid, t in before.items()
-    }
+    assert {pid: t.cached_from for pid, t in w.tasks(third["id"]).items()} == {pid: t.id for pid, t in before.items()}
     # The event log still folds to the tables.
     with w.home.db.read() as conn:
         assert runs.fold(w.home.events.read(0, limit=100_000)) == runs.state_from_tables(conn)

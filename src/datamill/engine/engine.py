@@ -55,6 +55,10 @@ class _Submission:
     dataflow_version: int | None
 
 
+#: a run's source and destination (normalised) and their folder ids
+_Places = tuple[str | None, str | None, int | None, int | None]
+
+
 @dataclass(frozen=True)
 class _Prepared:
     """A run made ready to record: its plan identity and either the earlier run it copies or its plan."""
@@ -210,15 +214,16 @@ class Engine:
         refuse_command_executor(executor)
         opts = _Submission(source, dest, params, force, reason, executor, dataflow_id, dataflow_version)
         if conn is not None:
-            p, ref = self._admit(conn, actor, pipeline, inputs, opts, scheduler)
+            p, ref, places = self._admit(conn, actor, pipeline, inputs, opts, scheduler)
             prepared = self._prepare(conn, p, inputs, opts)
-            return self._record(conn, actor, p, ref, prepared, opts, parent_run_id, scheduler, skip_failed)
+            # One transaction: the places _admit checked still hold (not checked twice).
+            return self._record(conn, actor, p, ref, prepared, opts, parent_run_id, scheduler, skip_failed, places)
         # Choosing and checking the pipeline, binding its apps (their versions are asked over HTTP),
         # resolving images and looking up the cache happen before the write transaction: it holds
         # the database's write lock, which nothing slow should.
         with _collector_paused():
             with self.home.db.read() as rconn:
-                p, ref = self._admit(rconn, actor, pipeline, inputs, opts, scheduler)
+                p, ref, _places = self._admit(rconn, actor, pipeline, inputs, opts, scheduler)
                 prepared = self._prepare(rconn, p, inputs, opts)
             with self.home.db.write() as wconn:
                 return self._record(wconn, actor, p, ref, prepared, opts, parent_run_id, scheduler, skip_failed)
@@ -231,8 +236,9 @@ class Engine:
         inputs: Sequence[InputRef],
         opts: _Submission,
         scheduler: Scheduler | None,
-    ) -> tuple[Pipeline, str | None]:
-        """The pipeline (chosen and loaded) and its reference, after checking that it may run here."""
+    ) -> tuple[Pipeline, str | None, _Places]:
+        """The pipeline (chosen and loaded), its reference and the run's places (:meth:`_places`), after
+        checking that it may run here."""
         if isinstance(pipeline, str):
             pipeline = registry.choose(conn, actor, pipeline, self.home.settings.image_patterns)
         p = resolve_pipeline(pipeline)
@@ -247,12 +253,9 @@ class Engine:
             raise InvalidInput(
                 f"no input items for pipeline {p.name!r}: {where}; upload files first or choose another source"
             )
-        self._places(conn, actor, inputs, opts)
-        return p, ref
+        return p, ref, self._places(conn, actor, inputs, opts)
 
-    def _places(
-        self, conn: Connection, actor: Actor, inputs: Sequence[InputRef], opts: _Submission
-    ) -> tuple[str | None, str | None, int | None, int | None]:
+    def _places(self, conn: Connection, actor: Actor, inputs: Sequence[InputRef], opts: _Submission) -> _Places:
         """The run's source and destination (normalised) and their folder ids, once ``actor`` may use them."""
         source, dest = opts.source, opts.dest
         src_id = dest_id = None
@@ -328,9 +331,11 @@ class Engine:
         parent_run_id: int | None,
         scheduler: Scheduler | None,
         skip_failed: bool,
+        places: _Places | None = None,
     ) -> int:
-        """The write transaction of :meth:`submit`: check again, record the run, end it if all was cached."""
-        source, dest, src_id, dest_id = self._places(conn, actor, prepared.inputs(), opts)
+        """The write transaction of :meth:`submit`: check again (unless ``places`` were checked in this
+        transaction already), record the run, end it if all was cached."""
+        source, dest, src_id, dest_id = places or self._places(conn, actor, prepared.inputs(), opts)
         folder_id = dest_id or src_id
         earlier = prepared.earlier
         if earlier is not None and (
