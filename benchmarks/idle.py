@@ -130,9 +130,9 @@ async def idle_services(home: Home, executor: str, seconds: float) -> dict[str, 
             sa_event.listen(e, "commit", commit)
         me = os.getpid()
         pids = [me, *descendants(me)]
-        c0, t0 = cpu_seconds(pids), time.monotonic()
+        c0, t0, k0 = cpu_seconds(pids), time.monotonic(), cpu_seconds(pids[1:])
         await asyncio.sleep(seconds)
-        c1, t1 = cpu_seconds(pids), time.monotonic()
+        c1, t1, k1 = cpu_seconds(pids), time.monotonic(), cpu_seconds(pids[1:])
         for e in engines:
             sa_event.remove(e, "before_cursor_execute", count)
             sa_event.remove(e, "commit", commit)
@@ -146,6 +146,7 @@ async def idle_services(home: Home, executor: str, seconds: float) -> dict[str, 
         "seconds": round(took, 1),
         "processes": len(pids),
         "cpu_s": round(c1 - c0, 3),
+        "child_processes_cpu_s": round(k1 - k0, 3),
         "cpu_percent_of_one_core": round((c1 - c0) / took * 100, 3),
         "statements": statements[0],
         "statements_per_s": round(statements[0] / took, 2),
