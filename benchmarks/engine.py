@@ -25,11 +25,13 @@ recorded in the database (task rows, their outputs and events) as in any run. Me
    machine is shared, so compare figures by their ratio.
 2. ``rerun``: a 3-step pipeline (per item ``parse`` -> per item ``size`` -> aggregate ``total``)
    over the same items is run once, then run again unchanged; the second run is timed end to end
-   (``Engine.run``: plan with cache look-ups, record, answer every task from the cache, re-publish
-   nothing). Target: <= 1 s. Also: the SQL statements it executed (counted with SQLAlchemy's
-   ``before_cursor_execute``), and ``baseline_sqlite_floor_s``, the same rows written with plain
-   ``sqlite3.executemany`` and the keys hashed (:func:`floor_baseline`), with the ratio, and the
-   re-run's CPU time (``rerun_cpu_s``; on a shared machine the wall time mostly measures the others).
+   (``Engine.run``: list the inputs, find the first run by its plan identity and check that it may
+   be copied, record the copy with every task cached, end it; a run that may not be copied would be
+   planned with bulk cache look-ups instead; nothing is re-published). Target: <= 1 s. Also: the
+   SQL statements it executed (counted with SQLAlchemy's ``before_cursor_execute``), and
+   ``baseline_sqlite_floor_s``, the same rows written with plain ``sqlite3.executemany`` and the
+   keys hashed (:func:`floor_baseline`), with the ratio, and the re-run's CPU time
+   (``rerun_cpu_s``; on a shared machine the wall time mostly measures the others).
 3. ``cpu``: a CPU-bound step (``--cpu-seconds`` of pure-Python work per item) over ``--cpu-items``
    items with the local executor and 1 worker, then 2 workers (pools started and warmed up with a
    short run before timing, the timed run forced so nothing is cached). ``speedup`` = 1-worker

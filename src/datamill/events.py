@@ -267,6 +267,8 @@ class EventLog:
         self._head = 0
         self._head_at = -1
         self._head_lock = threading.Lock()
+        #: when the log was last read (monotonic): a waiter reads it itself once ``poll`` has passed
+        self._read_at = time.monotonic()
 
     def latest(self) -> int:
         """The newest ``seq``, 0 for an empty log (read at most once per commit, whoever asks)."""
@@ -283,6 +285,7 @@ class EventLog:
                 seen = self.db.commits  # read before the statement: it sees every commit counted so far
             with self.db.read() as conn:
                 head = latest_seq(conn)
+            self._read_at = time.monotonic()
             self._head = max(self._head, head)
             self._head_at = max(self._head_at, seen)
             return self._head
@@ -340,8 +343,11 @@ class EventLog:
             with self.db.committed:
                 if self.db.commits == commits:
                     # Nothing committed since the check: sleep until something is (no lost wake-up).
-                    force = not self.db.committed.wait(min(self.poll, remaining))
-                    # A timed-out wait reads the log itself: a notification the watcher missed shows.
+                    woke = self.db.committed.wait(min(self.poll, remaining))
+                    # Once ``poll`` passed with no read of the log (whoever waited), it is read here: a
+                    # notification the watcher missed shows. A caller's own short timeout reads nothing
+                    # (the services wait in turns of a second or less: an idle server would read per turn).
+                    force = not woke and time.monotonic() - self._read_at >= self.poll
 
     async def wait_or_stop(self, after: int, timeout: float, stop: asyncio.Event) -> None:
         """Return when an event after ``after`` exists, ``timeout`` passes, or ``stop`` is set.

@@ -91,3 +91,49 @@ def test_the_services_outlive_a_database_outage(tmp_path: Path, postgres_db_url:
     finally:
         outage(False)
         home.close()
+
+
+def test_idle_services_wait_for_events_instead_of_reading(tmp_path: Path) -> None:
+    """A running dataflow with nothing landing: the services read next to nothing (issue 13's idle server).
+
+    Before, each service read the database on every turn of its loop (~20 statements a second);
+    now a quiet window holds at most the lease look of the scheduler, the node heartbeat and the
+    one read of the log's head after it (a count, whatever the machine's speed: a slower machine
+    turns fewer times).
+    """
+    from sqlalchemy import event
+
+    home = open_home(tmp_path / "home")
+    w = FlowWorld(home)
+    seen: list[str] = []
+
+    def count(conn: object, cursor: object, statement: str, *args: object) -> None:
+        if not statement.startswith(("BEGIN", "COMMIT", "ROLLBACK")):
+            seen.append(statement.split()[0] + " " + " ".join(statement.split()[1:6]))
+
+    engines = list({id(e): e for e in (home.db.engine, home.db.write_engine)}.values())
+
+    async def go() -> None:
+        services = Services(home, executor="inline")
+        await services.start()
+        try:
+            w.put("a.txt", "a")
+            await until("the first output", lambda: "a.echo.bin" in w.out())
+            await until("the run ended", lambda: all(r.status == "succeeded" for r in w.engine.list_runs(w.admin)))
+            await asyncio.sleep(1.0)  # the run's end reaches every service
+            for e in engines:
+                event.listen(e, "before_cursor_execute", count)
+            await asyncio.sleep(4.0)
+            for e in engines:
+                event.remove(e, "before_cursor_execute", count)
+        finally:
+            await services.stop()
+
+    try:
+        w.create()
+        w.start()
+        asyncio.run(go())
+        # lease look (2), heartbeat (1) and the head after it (1), with room for one more of each
+        assert len(seen) <= 8, seen
+    finally:
+        home.close()

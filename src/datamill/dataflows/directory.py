@@ -60,6 +60,8 @@ log = logging.getLogger("datamill.directories")
 
 #: How often the running directory dataflows are looked up (started, stopped, edited).
 SYNC_SECONDS = 1.0
+#: How long :meth:`DirectoryFlows.serve` waits for an event when no directory dataflow runs anywhere.
+IDLE_SECONDS = 30.0
 #: How each landed version is marked (``created_via``).
 CREATED_VIA = "directory"
 #: At most one ``dataflow.heartbeat`` event per dataflow this often (and only when its status changed).
@@ -214,6 +216,8 @@ class DirectoryFlows:
         #: at most one heartbeat event per dataflow this often
         self.heartbeat_seconds = HEARTBEAT_SECONDS
         self._running: dict[int, _Running] = {}
+        #: whether the last sync saw a running directory dataflow (held here or elsewhere)
+        self._others = False
         self._lock = threading.Lock()
 
     def counts(self, dataflow_id: int) -> dict[str, int]:
@@ -241,6 +245,7 @@ class DirectoryFlows:
                 ).where(Dataflow.state == DataflowState.RUNNING, Dataflow.kind == DataflowKind.DIRECTORY)
             ).all()
         wanted = {r.id: r for r in rows}
+        self._others = bool(wanted)
         with self._lock:
             running = dict(self._running)
         for fid, had in running.items():
@@ -376,6 +381,7 @@ class DirectoryFlows:
         """Keep the watchers in step with the dataflows until ``stop`` is set, then stop them all."""
         try:
             while not stop.is_set():
+                head = await asyncio.to_thread(self.home.events.latest)
                 try:
                     await asyncio.to_thread(self.sync)
                 except DatamillError as exc:
@@ -383,7 +389,11 @@ class DirectoryFlows:
                     # they expire); try again at the next round.
                     log.warning("directory dataflows: %s", exc.message)
                     self._stop_unrenewed()
-                with contextlib.suppress(asyncio.TimeoutError):
-                    await asyncio.wait_for(stop.wait(), SYNC_SECONDS)
+                if self._running or self._others:
+                    with contextlib.suppress(asyncio.TimeoutError):
+                        await asyncio.wait_for(stop.wait(), SYNC_SECONDS)
+                else:
+                    # None runs anywhere: only an event (a dataflow started) can change that.
+                    await self.home.events.wait_or_stop(head, IDLE_SECONDS, stop)
         finally:
             await asyncio.to_thread(self.close)

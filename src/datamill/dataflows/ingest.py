@@ -65,6 +65,8 @@ STATUS_EVERY = 2.0
 MAX_BACKOFF = 10.0
 #: A consumer that has not reported for this long (seconds) no longer counts for the lag (it died).
 STALE_STATUS = 30.0
+#: How long an idle stream service (no consumer here) waits for an event before it looks again.
+IDLE_SECONDS = 30.0
 
 
 def group_id(dataflow_id: int, name: str, created_at: float) -> str:
@@ -441,13 +443,21 @@ class StreamIngest:
     async def serve(self, stop: asyncio.Event, poll: float = 1.0) -> None:
         """Reconcile every ``poll`` seconds until ``stop`` is set, then stop the consumers."""
         try:
+            seen = -1
             while not stop.is_set():
-                try:
-                    await asyncio.to_thread(self.reconcile)
-                except Exception:
-                    log.exception("stream dataflows: reconcile failed; trying again")
-                with contextlib.suppress(TimeoutError):
-                    await asyncio.wait_for(stop.wait(), poll)
+                head = await asyncio.to_thread(self.home.events.latest)
+                if head != seen or self.consumers:  # consumers may have ended: look every ``poll``
+                    try:
+                        await asyncio.to_thread(self.reconcile)
+                        seen = head
+                    except Exception:
+                        log.exception("stream dataflows: reconcile failed; trying again")
+                if self.consumers or seen != head:
+                    with contextlib.suppress(TimeoutError):
+                        await asyncio.wait_for(stop.wait(), poll)
+                else:
+                    # No stream dataflow runs here: only an event (one started, edited or deleted) matters.
+                    await self.home.events.wait_or_stop(head, IDLE_SECONDS, stop)
         finally:
             await asyncio.to_thread(self.stop_all)
 

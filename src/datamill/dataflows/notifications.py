@@ -209,18 +209,29 @@ class Notifier:
         return None if t is None else max(0.0, t - self.clock())
 
     async def serve(self, stop: asyncio.Event, poll: float = 1.0) -> None:
-        """Queue and deliver until ``stop`` is set."""
+        """Queue and deliver until ``stop`` is set.
+
+        Runs finish only with new events: deliveries are queued when the log grew since the last
+        pass, and looked for again only while some are pending (an idle server reads nothing).
+        """
+        seen = -1
+        due: float | None = None
         while not stop.is_set():
             try:
                 cursor = await asyncio.to_thread(self.home.events.latest)
-                await asyncio.to_thread(self.queue)
-                due = await asyncio.to_thread(self.next_due)
+                if cursor != seen:
+                    await asyncio.to_thread(self.queue)
+                    due = await asyncio.to_thread(self.next_due)
+                    seen = cursor
+                elif due is not None:  # pending deliveries: another process may have sent them
+                    due = await asyncio.to_thread(self.next_due)
                 if due is not None and due <= 0:
                     await asyncio.to_thread(self.deliver_due)
                     due = await asyncio.to_thread(self.next_due)
             except Exception:
                 # The database may be unreachable for a while: the service must outlive that.
                 log.exception("notification pass failed; trying again")
+                seen = -1
                 with contextlib.suppress(TimeoutError):
                     await asyncio.wait_for(stop.wait(), poll)
                 continue

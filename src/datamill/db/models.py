@@ -210,6 +210,9 @@ class Run(Base):
     error: Mapped[str | None] = mapped_column(Text, nullable=True)
     #: tasks that failed earlier on the same key are not run again (runs made by triggers)
     skip_failed: Mapped[bool] = mapped_column(Boolean, default=False, server_default="0")
+    #: what the run's plan depends on, hashed (:func:`datamill.engine.replay.plan_identity`): an
+    #: unchanged re-run finds an earlier run with the same one and is recorded as its copy
+    plan_digest: Mapped[str | None] = mapped_column(String(80), nullable=True, index=True)
 
 
 class Task(Base):

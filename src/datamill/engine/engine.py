@@ -19,9 +19,9 @@ from typing import Any
 from sqlalchemy import Connection, select
 
 from datamill.db.models import Run, Task
-from datamill.engine import keys, registry, runs
+from datamill.engine import keys, registry, replay, runs
 from datamill.engine.params import split_params
-from datamill.engine.planner import CachedResult, OutputDigest, Plan, plan
+from datamill.engine.planner import CachedResult, OutputDigest, Plan, canonical_inputs, image_digests, plan
 from datamill.engine.publish import Publisher, already_published, place_of, publish_plan
 from datamill.engine.records import RunInfo, WhyInfo
 from datamill.engine.registry import Choice
@@ -53,6 +53,29 @@ class _Submission:
     executor: str | None
     dataflow_id: int | None
     dataflow_version: int | None
+
+
+#: a run's source and destination (normalised) and their folder ids
+_Places = tuple[str | None, str | None, int | None, int | None]
+
+
+@dataclass(frozen=True)
+class _Prepared:
+    """A run made ready to record: its plan identity and either the earlier run it copies or its plan."""
+
+    identity: str | None
+    #: the destination folder's id the identity was made with
+    dest_id: int | None
+    #: the earlier run this one repeats (:mod:`datamill.engine.replay`), or None
+    earlier: int | None
+    plan: Plan | None
+    hits: dict[str, tuple[int, list[runs.OutputRecord]]]
+    images: Mapping[str, str]
+    refs: tuple[InputRef, ...] = ()
+
+    def inputs(self) -> tuple[InputRef, ...]:
+        """The run's inputs in canonical order."""
+        return self.plan.inputs if self.plan is not None else self.refs
 
 
 def resolve_pipeline(pipeline: Pipeline | Choice) -> Pipeline:
@@ -191,18 +214,19 @@ class Engine:
         refuse_command_executor(executor)
         opts = _Submission(source, dest, params, force, reason, executor, dataflow_id, dataflow_version)
         if conn is not None:
-            p, ref = self._admit(conn, actor, pipeline, inputs, opts, scheduler)
-            the_plan, hits = self._plan_with_cache(conn, p, inputs, opts)
-            return self._record(conn, actor, p, ref, the_plan, hits, opts, parent_run_id, scheduler, skip_failed)
+            p, ref, places = self._admit(conn, actor, pipeline, inputs, opts, scheduler)
+            prepared = self._prepare(conn, p, inputs, opts)
+            # One transaction: the places _admit checked still hold (not checked twice).
+            return self._record(conn, actor, p, ref, prepared, opts, parent_run_id, scheduler, skip_failed, places)
         # Choosing and checking the pipeline, binding its apps (their versions are asked over HTTP),
         # resolving images and looking up the cache happen before the write transaction: it holds
         # the database's write lock, which nothing slow should.
         with _collector_paused():
             with self.home.db.read() as rconn:
-                p, ref = self._admit(rconn, actor, pipeline, inputs, opts, scheduler)
-                the_plan, hits = self._plan_with_cache(rconn, p, inputs, opts)
+                p, ref, _places = self._admit(rconn, actor, pipeline, inputs, opts, scheduler)
+                prepared = self._prepare(rconn, p, inputs, opts)
             with self.home.db.write() as wconn:
-                return self._record(wconn, actor, p, ref, the_plan, hits, opts, parent_run_id, scheduler, skip_failed)
+                return self._record(wconn, actor, p, ref, prepared, opts, parent_run_id, scheduler, skip_failed)
 
     def _admit(
         self,
@@ -212,8 +236,9 @@ class Engine:
         inputs: Sequence[InputRef],
         opts: _Submission,
         scheduler: Scheduler | None,
-    ) -> tuple[Pipeline, str | None]:
-        """The pipeline (chosen and loaded) and its reference, after checking that it may run here."""
+    ) -> tuple[Pipeline, str | None, _Places]:
+        """The pipeline (chosen and loaded), its reference and the run's places (:meth:`_places`), after
+        checking that it may run here."""
         if isinstance(pipeline, str):
             pipeline = registry.choose(conn, actor, pipeline, self.home.settings.image_patterns)
         p = resolve_pipeline(pipeline)
@@ -228,12 +253,9 @@ class Engine:
             raise InvalidInput(
                 f"no input items for pipeline {p.name!r}: {where}; upload files first or choose another source"
             )
-        self._places(conn, actor, inputs, opts)
-        return p, ref
+        return p, ref, self._places(conn, actor, inputs, opts)
 
-    def _places(
-        self, conn: Connection, actor: Actor, inputs: Sequence[InputRef], opts: _Submission
-    ) -> tuple[str | None, str | None, int | None, int | None]:
+    def _places(self, conn: Connection, actor: Actor, inputs: Sequence[InputRef], opts: _Submission) -> _Places:
         """The run's source and destination (normalised) and their folder ids, once ``actor`` may use them."""
         source, dest = opts.source, opts.dest
         src_id = dest_id = None
@@ -259,8 +281,30 @@ class Engine:
                 raise NotFound(f"no folder {folder!r}, or you may not see it", path=folder)
         return source, dest, src_id, dest_id
 
+    def _prepare(self, conn: Connection, p: Pipeline, inputs: Sequence[InputRef], opts: _Submission) -> _Prepared:
+        """What recording the run needs: its plan identity, and the earlier run it repeats, else its plan.
+
+        An unforced run with the identity of an earlier run that may be copied now
+        (:func:`replay.replayable`) is not planned at all: it is recorded as that run's copy.
+        """
+        refs = canonical_inputs(inputs)
+        images = image_digests(p, None, self.resolve_image)
+        identity = dest_id = earlier = None
+        if replay.can_replay(p):
+            dest_id = lookups.folder_id(conn, "/".join(split_path(opts.dest))) if opts.dest else None
+            steps = split_params(p, opts.params)
+            identity = replay.plan_identity(p, refs, steps, images, opts.source or None, dest_id)
+            if not opts.force:
+                earlier = replay.find_earlier(conn, identity)
+            if earlier is not None and not replay.replayable(conn, earlier, p, dest_id, lock=False):
+                earlier = None
+        if earlier is not None:
+            return _Prepared(identity, dest_id, earlier, None, {}, images, refs)
+        the_plan, hits = self._plan_with_cache(conn, p, inputs, opts, images)
+        return _Prepared(identity, dest_id, None, the_plan, hits, images, refs)
+
     def _plan_with_cache(
-        self, conn: Connection, p: Pipeline, inputs: Sequence[InputRef], opts: _Submission
+        self, conn: Connection, p: Pipeline, inputs: Sequence[InputRef], opts: _Submission, images: Mapping[str, str]
     ) -> tuple[Plan, dict[str, tuple[int, list[runs.OutputRecord]]]]:
         """The run's plan, its cache look-ups made in bulk (one query per 1,000 keys), and what they found."""
         found: dict[str, tuple[int, list[runs.OutputRecord]]] = {}
@@ -269,6 +313,7 @@ class Engine:
             inputs,
             split_params(p, opts.params),
             force=opts.force,
+            images=images,
             resolve_image=self.resolve_image,
             lookup_many=self.lookup_many(conn, found),
             mirror=opts.source or None,
@@ -281,28 +326,44 @@ class Engine:
         actor: Actor,
         p: Pipeline,
         ref: str | None,
-        the_plan: Plan,
-        hits: dict[str, tuple[int, list[runs.OutputRecord]]],
+        prepared: _Prepared,
         opts: _Submission,
         parent_run_id: int | None,
         scheduler: Scheduler | None,
         skip_failed: bool,
+        places: _Places | None = None,
     ) -> int:
-        """The write transaction of :meth:`submit`: check again, record the run, end it if all was cached."""
-        source, dest, src_id, dest_id = self._places(conn, actor, the_plan.inputs, opts)
-        new_tasks = self._new_tasks(conn, p, the_plan, hits, dest)
+        """The write transaction of :meth:`submit`: check again (unless ``places`` were checked in this
+        transaction already), record the run, end it if all was cached."""
+        source, dest, src_id, dest_id = places or self._places(conn, actor, prepared.inputs(), opts)
         folder_id = dest_id or src_id
+        earlier = prepared.earlier
+        if earlier is not None and (
+            dest_id != prepared.dest_id or not replay.replayable(conn, earlier, p, dest_id, lock=True)
+        ):
+            earlier = None  # changed since it was checked: planned after all (rare; holds the write lock)
+        the_plan = prepared.plan
+        new_tasks: list[runs.NewTask] = []
+        if earlier is None:
+            if the_plan is None:
+                the_plan, hits = self._plan_with_cache(conn, p, prepared.refs, opts, prepared.images)
+                prepared = dataclasses.replace(prepared, plan=the_plan, hits=hits)
+            new_tasks = self._new_tasks(conn, p, the_plan, prepared.hits, dest)
         run_id = runs.create_run(
             conn,
             pipeline_ref=ref or f"<python:{p.name}>",
             pipeline_name=p.name,
             tasks=new_tasks,
-            inputs=[input_ref_to_dict(r) for r in the_plan.inputs],
+            inputs=[input_ref_to_dict(r) for r in prepared.inputs()],
             requested_by=actor.id,
             reason=opts.reason,
             force=bool(opts.force),
             # image digests resolved now hold for the whole run: a retag while it runs changes nothing
-            params={"user": dict(opts.params or {}), "steps": split_params(p, opts.params), **_images(the_plan)},
+            params={
+                "user": dict(opts.params or {}),
+                "steps": split_params(p, opts.params),
+                **_images(p, prepared.images),
+            },
             source_folder=source,
             dest_folder=dest,
             dest_folder_id=folder_id,
@@ -312,8 +373,10 @@ class Engine:
             executor=opts.executor or self.home.settings.executor,
             parent_run_id=parent_run_id,
             skip_failed=skip_failed and not opts.force,
+            plan_digest=prepared.identity,
+            replay_of=earlier,
         )
-        if scheduler is not None:
+        if scheduler is not None and the_plan is not None:
             # The plan is handed over: the scheduler does not plan the run again.
             scheduler.plans[run_id] = the_plan
             if ref is None:
@@ -696,13 +759,13 @@ def _collector_paused() -> Iterator[None]:
                 gc.enable()
 
 
-def _images(the_plan: Plan) -> dict[str, Any]:
-    """The run's ``images`` parameter (the image digests its plan resolved) and ``step_images``
+def _images(p: Pipeline, images: Mapping[str, str]) -> dict[str, Any]:
+    """The run's ``images`` parameter (the image digests resolved for it) and ``step_images``
     (each container step's image, for provenance: see :func:`~datamill.engine.containers.step_images`)."""
-    if not the_plan.images:
+    if not images:
         return {}
-    steps = {s.name: s.image for s in the_plan.pipeline.steps if s.image is not None}
-    return {"images": dict(the_plan.images), "step_images": steps}
+    steps = {s.name: s.image for s in p.steps if s.image is not None}
+    return {"images": dict(images), "step_images": steps}
 
 
 def _image_named(row: Any, digest: str | None) -> str | None:

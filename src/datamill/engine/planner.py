@@ -374,13 +374,18 @@ def _planned_outputs(
     return out
 
 
-def _canonical_inputs(inputs: Sequence[InputRef]) -> tuple[InputRef, ...]:
+def canonical_inputs(inputs: Sequence[InputRef]) -> tuple[InputRef, ...]:
+    """``inputs`` in canonical order (folder, then name); InvalidInput for a non-InputRef or an item given twice."""
     for r in inputs:
         if not isinstance(r, InputRef):
             raise InvalidInput(f"plan inputs must be InputRef objects, got a {type(r).__name__}")
-    refs = tuple(sorted(inputs, key=lambda r: (r.folder.strip("/"), r.name)))
-    for a, b in itertools.pairwise(refs):
-        if a.path == b.path:
+    # Each sort key made once (10,000 inputs: ``path`` strips the folder on every call); equal keys
+    # are equal paths.
+    keyed = sorted(((r.folder.strip("/"), r.name), i) for i, r in enumerate(inputs))
+    refs = tuple(inputs[i] for _k, i in keyed)
+    for (ka, ia), (kb, ib) in itertools.pairwise(keyed):
+        if ka == kb:
+            a, b = inputs[ia], inputs[ib]
             raise InvalidInput(
                 f"input {a.path!r} is listed twice (versions {a.version} and {b.version}); give each item once"
             )
@@ -437,7 +442,7 @@ def plan(
             parameter with no canonical form.
         InvalidInput: an input listed twice, or ``force`` naming an unknown step.
     """
-    refs = _canonical_inputs(inputs)
+    refs = canonical_inputs(inputs)
     overrides = dict(params or {})
     if any(s.kind == "http" for s in pipeline.steps):
         # The app's own version is part of its steps' keys; unknown CLAMS parameters stop here.
@@ -450,7 +455,7 @@ def plan(
                 step=name,
             )
     forced_steps = _force_set(pipeline, force)
-    digests = _image_digests(pipeline, images, resolve_image)
+    digests = image_digests(pipeline, images, resolve_image)
 
     find = lookup_many if lookup_many is not None else _one_by_one(lookup)
     tasks: list[PlannedTask] = []
@@ -583,10 +588,11 @@ def _decide(
     )
 
 
-def _image_digests(
+def image_digests(
     pipeline: Pipeline, known: Mapping[str, str] | None, resolve: Callable[[str], str] | None
 ) -> dict[str, str]:
-    """The digest of every image the pipeline's container steps name: from ``known``, else resolved once."""
+    """The digest of every image the pipeline's container steps name: from ``known``, else resolved once
+    (``resolve``; default: ``podman image inspect``)."""
     out: dict[str, str] = {}
     for step in pipeline.steps:
         image = step.image

@@ -18,6 +18,7 @@ from sqlalchemy import Connection, and_, func, insert, or_, select, update
 
 from datamill import events
 from datamill.db.models import Run, Task, TaskInput, TaskOutput
+from datamill.engine import replay
 from datamill.engine.tasks import (
     DONE_OK,
     FINISHED_TASK,
@@ -116,8 +117,14 @@ def create_run(
     executor: str = "local",
     parent_run_id: int | None = None,
     skip_failed: bool = False,
+    plan_digest: str | None = None,
+    replay_of: int | None = None,
 ) -> int:
     """Record a run and all its tasks (queued) with their events; returns the run id.
+
+    With ``replay_of`` (and no ``tasks``), the tasks are those of that earlier run, copied as
+    cached (:mod:`datamill.engine.replay`; the caller checked :func:`~datamill.engine.replay.replayable`).
+    ``plan_digest`` is the run's plan identity (:func:`~datamill.engine.replay.plan_identity`).
 
     A task with ``cached_from`` is recorded as answered from the cache, with its outputs and the
     ``task.finished`` event a scheduler would append: a fully cached run is recorded in a few
@@ -128,6 +135,8 @@ def create_run(
     task whose key failed in the step before is not run again (see :func:`failed_earlier`).
     """
     now = time.time()
+    if replay_of is not None:
+        assert not tasks, "a replayed run copies its tasks"
     run_id = int(
         conn.execute(
             insert(Run)
@@ -149,6 +158,7 @@ def create_run(
                 parent_run_id=parent_run_id,
                 skip_failed=skip_failed,
                 inputs=list(inputs),
+                plan_digest=plan_digest,
             )
             .returning(Run.id)
         ).scalar_one()
@@ -191,10 +201,22 @@ def create_run(
             "actor_id": requested_by,
             "folder_id": folder_id,
             "dataflow_id": dataflow_id,
-            "data": {"pipeline": pipeline_name, "reason": reason, "tasks": len(rows), "force": force},
+            "data": {
+                "pipeline": pipeline_name,
+                "reason": reason,
+                "tasks": len(rows) if replay_of is None else replay.task_count(conn, replay_of),
+                "force": force,
+                # how it was recorded: a copy of that run (its tasks all cached), not planned
+                **({"replay_of": replay_of} if replay_of is not None else {}),
+            },
             "ts": now,
         }
     ]
+    if replay_of is not None:
+        # run.queued first (on PostgreSQL it takes the event log's lock), then the copy and its events.
+        events.append_many(conn, evs)
+        replay.copy_tasks(conn, replay_of, run_id, folder_id, now)
+        return run_id
     evs += [
         {
             "kind": EventKind.TASK_QUEUED,

@@ -65,6 +65,8 @@ PICKUP_MIN_SECONDS = 0.1
 #: How long a driver waits, once a task has finished, for others to finish before recording
 #: them together (one group commit): a few milliseconds of latency for far fewer transactions.
 GROUP_COMMIT_SECONDS = 0.004
+#: The longest an idle scheduler goes without looking for expired leases (it looks every quarter lease).
+LEASE_LOOK_SECONDS = 5.0
 
 
 #: A run whose driver failed without its end being recorded (the database was unreachable) is
@@ -228,6 +230,8 @@ class Scheduler:
     async def _renew_leases(self) -> None:
         while True:
             await asyncio.sleep(self.lease_seconds / 3)
+            if not self._active:
+                continue  # no driver, no lease of ours: no write (it would wake every waiter for nothing)
             try:
                 # Read here, in the loop's thread, where drivers come and go.
                 await asyncio.to_thread(self._renew_now, list(self._active), list(self._owned))
@@ -291,8 +295,18 @@ class Scheduler:
     async def serve(self, stop: asyncio.Event, poll: float = 0.5) -> None:
         """Drive runs as they are recorded until ``stop`` is set."""
         await self.start()
+        # Runs only get work through events (a run queued, a task ended) or time (a lease expiring, a
+        # back-off ending): with neither, a pass would read the same answer again, so an idle server
+        # looks at leases only every quarter lease (at most every ``poll``), not every ``poll``.
+        every = max(poll, min(self.lease_seconds / 4, LEASE_LOOK_SECONDS))
+        seen, look_at = -1, 0.0
         while not stop.is_set():
+            now = time.monotonic()
             try:
+                head = await asyncio.to_thread(self.home.events.latest)
+                if head == seen and now < look_at and not self._backoff_due(now):
+                    await self.home.events.wait_or_stop(head, min(look_at - now, every), stop)
+                    continue
                 # The newest event is read first, so that a run recorded meanwhile ends the next wait.
                 cursor, pending = await asyncio.to_thread(lambda: (self.home.events.latest(), self.pending_runs()))
             except Exception:
@@ -301,13 +315,27 @@ class Scheduler:
                 with contextlib.suppress(TimeoutError):
                     await asyncio.wait_for(stop.wait(), poll)
                 continue
+            seen, look_at = cursor, now + every
             for rid in dict.fromkeys(pending + self._due_again()):
                 if rid not in self._active and not self._backing_off(rid):
                     self._spawn(rid)
-            # Wake on any new event (a run was queued) or after ``poll`` to reclaim leases.
-            await self.home.events.wait_or_stop(cursor, poll, stop)
+            for rid, (until, _n) in list(self._backoff.items()):
+                if rid not in pending and rid not in self._active and until <= now:
+                    del self._backoff[rid]  # it ended elsewhere: no back-off to wake for
+            # Wake on any new event (a run was queued), when a back-off ends, or to reclaim leases.
+            await self.home.events.wait_or_stop(cursor, self._backoff_wait(every), stop)
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(stop.wait(), PICKUP_MIN_SECONDS)
+
+    def _backoff_due(self, now: float) -> bool:
+        """Whether a run's back-off (see :meth:`_back_off`) has ended, so that it may be driven again."""
+        return any(not self._active.get(rid) and until <= now for rid, (until, _n) in self._backoff.items())
+
+    def _backoff_wait(self, longest: float) -> float:
+        """Seconds until the first back-off ends, at most ``longest``."""
+        now = time.monotonic()
+        ends = [until - now for until, _n in self._backoff.values()]
+        return max(0.001, min([longest, *ends]))
 
     def drive_now(self, run_ids: list[int]) -> None:
         """Start driving runs just recorded in this process, without waiting for :meth:`serve` to notice them."""

@@ -12,7 +12,7 @@ from __future__ import annotations
 from collections.abc import Collection, Iterable
 from dataclasses import dataclass
 
-from sqlalchemy import Connection, Row, and_, func, select
+from sqlalchemy import Connection, Row, and_, bindparam, func, select
 
 from datamill.db.models import Folder, Item, User, Version
 from datamill.store.access import Actor, Level, level_on
@@ -22,9 +22,13 @@ from datamill.store.records import ItemInfo
 # --- folders
 
 
+#: built once: a trigger asks for a few folder ids per run, and building the statement cost more than running it
+_FOLDER_ID = select(Folder.id).where(Folder.path == bindparam("path"))
+
+
 def folder_id(conn: Connection, path: str) -> int | None:
     """The id of the folder at the normalised ``path``, None if there is none."""
-    found = conn.execute(select(Folder.id).where(Folder.path == path)).scalar()
+    found = conn.execute(_FOLDER_ID, {"path": path}).scalar()
     return None if found is None else int(found)
 
 
