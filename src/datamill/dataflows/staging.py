@@ -42,6 +42,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import blake3
 from sqlalchemy import Connection, bindparam, delete, func, insert, select, update
 
 from datamill import events
@@ -52,7 +53,7 @@ from datamill.home import Home
 from datamill.store import folders
 from datamill.store.access import Actor, Level
 from datamill.store.blobs import BlobInfo, BlobStore
-from datamill.store.blobs.base import ALGORITHM, hasher
+from datamill.store.blobs.base import ALGORITHM
 from datamill.store.blobs.local import start_writeback
 from datamill.store.metadata import check_metadata
 from datamill.store.names import check_name
@@ -158,7 +159,8 @@ class _Hashing:
     chunks this process staged past ``done``, hashed from the staging file once the gap is filled."""
 
     sha: Any = field(default_factory=hashlib.sha512)
-    b3: Any = field(default_factory=hasher)
+    #: one thread: a chunk at a time is too little to share out, and the other core has the next batch
+    b3: Any = field(default_factory=blake3.blake3)
     done: int = 0
     ahead: dict[int, int] = field(default_factory=dict)
 
