@@ -163,11 +163,28 @@ class _Hashing:
     b3: Any = field(default_factory=blake3.blake3)
     done: int = 0
     ahead: dict[int, int] = field(default_factory=dict)
+    #: a staged chunk could not be read back: completion reads the whole file (and says what is wrong)
+    broken: bool = False
 
     def update(self, data: bytes) -> None:
         self.sha.update(data)
         self.b3.update(data)
         self.done += len(data)
+
+    def add(self, fd: int, offset: int, data: bytes, path: str) -> None:
+        """Hash a chunk just staged at ``offset`` if it is next, then those staged before that it joins
+        up with (read back from the staging file ``fd``, which the page cache still holds)."""
+        if offset != self.done:
+            if offset > self.done:
+                self.ahead[offset] = len(data)
+            return
+        self.update(data)
+        try:
+            while (size := self.ahead.pop(self.done, None)) is not None:
+                for piece in _read_range(fd, self.done, size, path):
+                    self.update(piece)
+        except (BadChunk, OSError):
+            self.broken = True
 
 
 @dataclass(slots=True)
@@ -194,6 +211,8 @@ class _Batch:
         self.rows: dict[str, _FileRow | None] = {}
         #: staging files whose hash state this batch advanced (dropped if it does not commit)
         self.hashed: set[Path] = set()
+        #: chunks being hashed and written back on the hashing thread (in order), until :meth:`wait`
+        self.hashing: list[Future[None]] = []
 
     def fd(self, path: Path) -> int:
         fd = self.fds.get(path)
@@ -217,9 +236,26 @@ class _Batch:
         while view:
             n = os.pwrite(fd, view, at)
             view, at = view[n:], at + n
-        # To disk from now on, not all at once in the batch's fdatasync (or syncfs) while the commit waits.
-        start_writeback(fd, offset, len(data))
         self.written.add(path)
+
+    def after_write(self, path: Path, offset: int, data: bytes, h: _Hashing | None, name: str) -> None:
+        """On the hashing thread, in order: the file's hashes advanced over the chunk just written (``h``),
+        and its bytes sent to disk from now on, not all at once in the batch's fdatasync or syncfs."""
+        fd = self.fds[path]
+
+        def work() -> None:
+            if h is not None:
+                h.add(fd, offset, data, name)
+            start_writeback(fd, offset, len(data))
+
+        self.hashing.append(_hasher_thread().submit(work))
+
+    def wait(self) -> None:
+        """Until the hashing thread has done this batch's chunks (before their hashes are used or the
+        staging files closed)."""
+        for f in self.hashing:
+            f.result()
+        self.hashing.clear()
 
     def sync(self) -> None:
         """Staged bytes reach the disk before the transaction that records them commits."""
@@ -227,6 +263,9 @@ class _Batch:
             os.fdatasync(self.fds[path])
 
     def close(self, committed: bool) -> None:
+        for f in self.hashing:  # nothing may read a descriptor closed under it
+            f.exception()
+        self.hashing.clear()
         for fd in self.fds.values():
             os.close(fd)
         self.fds.clear()
@@ -313,10 +352,10 @@ class Stager:
             self._apply(prepared or Prepared(batch, self.home.blobs), out)
             committed = True
         finally:
+            self._b.close(committed)
             if not committed:
                 for path in self._b.hashed:  # they counted chunks that are not recorded: start over
                     self._hashing.pop(path, None)
-            self._b.close(committed)
         return out
 
     def _apply(self, prepared: Prepared, out: Outcome) -> None:
@@ -347,6 +386,7 @@ class Stager:
             for folder, new in self._b.versions.items():
                 write_versions(conn, self.home.blobs, self.t.owner, self._b.folders[folder], new, {}, "stream")
             self._reject_events(conn, out.rejected)
+            self._b.wait()
             self._b.sync()
             if self._b.landed:
                 # The blobs were written without a sync each: one sync makes them durable before the commit.
@@ -432,6 +472,7 @@ class Stager:
 
     def _restart_file(self, conn: Connection, row: _FileRow, chunk: Chunk) -> None:
         """Make ``row`` the new generation ``chunk`` starts (its staged chunks, if any, dropped)."""
+        self._hashing.pop(self._row_staging(row), None)
         if row.id is not None and row.chunks_staged:
             conn.execute(delete(StreamChunk).where(StreamChunk.file_id == row.id))
             self._b.unlink.add(self._row_staging(row))
@@ -454,7 +495,7 @@ class Stager:
                 row.id = int(conn.execute(insert(StreamFile).values(values).returning(StreamFile.id)).scalar_one())
             staging = self._row_staging(row)
             self._b.write(staging, chunk.offset, chunk.data)
-            self._hash_staged(row, staging, chunk, first=row.chunks_staged == 0)
+            self._b.after_write(staging, chunk.offset, chunk.data, self._hash_state(staging, row), row.path)
             conn.execute(_INSERT_CHUNK, {"file_id": row.id, "offset": chunk.offset, "size": len(chunk.data)})
             row.chunks_staged = staged
             row.bytes_staged += len(chunk.data)
@@ -463,28 +504,18 @@ class Stager:
             return False
         return self._land(conn, row, ready, out)
 
-    def _hash_staged(self, row: _FileRow, staging: Path, chunk: Chunk, first: bool) -> None:
-        """Advance the file's hashes over ``chunk`` just staged, and over chunks staged before past it
-        that it joins up with (read back from the staging file, which the page cache still holds)."""
+    def _hash_state(self, staging: Path, row: _FileRow) -> _Hashing | None:
+        """The hash state of a file being staged: made at its first chunk, None when its earlier chunks
+        were staged before a restart or by another server (completion then reads the file)."""
         h = self._hashing.get(staging)
         if h is None:
-            if not first:
-                return  # its earlier chunks were staged before a restart or by another server
+            if row.chunks_staged:
+                return None
             if len(self._hashing) >= MAX_HASHING:
                 self._hashing.pop(next(iter(self._hashing)))
             h = self._hashing[staging] = _Hashing()
         self._b.hashed.add(staging)
-        if chunk.offset != h.done:
-            if chunk.offset > h.done:
-                h.ahead[chunk.offset] = len(chunk.data)
-            return
-        h.update(chunk.data)
-        try:
-            while (size := h.ahead.pop(h.done, None)) is not None:
-                for piece in _read_range(self._b.fd(staging), h.done, size, row.path):
-                    h.update(piece)
-        except BadChunk:
-            del self._hashing[staging]  # completion reads the file and says what is wrong
+        return h
 
     def _assemble(self, conn: Connection, row: _FileRow, ready: _Ready) -> tuple[BlobInfo, bytes]:
         """The file's blob and SHA-512: its staging file (the last chunk written to it) adopted as the blob,
@@ -510,8 +541,9 @@ class Stager:
         staging = self._row_staging(row)
         # The whole file in its staging file, which becomes the blob.
         self._b.write(staging, last.offset, last.data)
+        self._b.wait()
         h = self._hashing.pop(staging, None)
-        if h is None or h.done not in {offset for offset, _size in pieces}:
+        if h is None or h.broken or h.done not in {offset for offset, _size in pieces}:
             h = _Hashing()  # not hashed here as it arrived (a restart, another server): one pass now
         fd = self._b.fd(staging)
         for offset, size in pieces:
@@ -567,6 +599,7 @@ class Stager:
                 conn.execute(delete(StreamChunk).where(StreamChunk.file_id == row.id))
                 conn.execute(delete(StreamFile).where(StreamFile.id == row.id))
             self._b.rows[row.path] = None
+            self._hashing.pop(staging, None)
             if row.n_chunks > 1:
                 self._b.unlink.add(staging)
             # A chunk error names the file already; a store error (the folder, the name) says which file.
@@ -767,6 +800,11 @@ class Prepared:
         for i, w in enumerate(self.windows):
             current, self._ahead = self._ahead, self._submit(i + 1)
             yield [(m, f.result()) for m, f in zip(w, current, strict=True)]
+
+
+@functools.cache
+def _hasher_thread() -> ThreadPoolExecutor:
+    return ThreadPoolExecutor(max_workers=1, thread_name_prefix="stream-hash")
 
 
 @functools.cache
