@@ -319,7 +319,6 @@ class TestMemoryBlobStore(BlobStoreContract):
         assert isinstance(store, MemoryBlobStore)
         return set(store.data)
 
-
     def test_adopt_checks_the_digest_of_the_copy(self, store: BlobStore, tmp_path: Path) -> None:
         src = tmp_path / "staged.bin"
         src.write_bytes(BIG)
