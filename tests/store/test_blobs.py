@@ -277,6 +277,32 @@ class BlobStoreContract:
         with open(tmp_path / "none", "w+b") as f, pytest.raises(BlobNotFound):
             store.copy_to(MISSING, f.fileno())
 
+    # --- adopt (a file the caller wrote and hashed) -------------------------------------------------
+    def test_adopt_a_file_hashed_by_its_writer(self, store: BlobStore, tmp_path: Path) -> None:
+        src = tmp_path / "staged.bin"
+        src.write_bytes(BIG)
+        info = store.adopt(src, digest_bytes(BIG), len(BIG), durable=False)
+        store.sync()
+        assert (info.digest, info.size) == (digest_bytes(BIG), len(BIG))
+        src.unlink()  # the caller's own name for the file may go: the blob stays
+        assert store.read(info.digest) == BIG
+        assert self.stored(store) == {info.digest}
+
+    def test_adopt_of_bytes_already_stored_keeps_the_blob(self, store: BlobStore, tmp_path: Path) -> None:
+        digest = store.put(BIG).digest
+        src = tmp_path / "staged.bin"
+        src.write_bytes(BIG)
+        assert store.adopt(src, digest, len(BIG)).digest == digest
+        assert store.read(digest) == BIG and self.stored(store) == {digest}
+
+    def test_adopt_refuses_a_file_of_another_size(self, store: BlobStore, tmp_path: Path) -> None:
+        src = tmp_path / "staged.bin"
+        src.write_bytes(BIG)
+        with pytest.raises(DigestMismatch):
+            store.adopt(src, digest_bytes(BIG), len(BIG) + 1)
+        assert self.stored(store) == set()
+        assert src.read_bytes() == BIG
+
     def test_mismatch_does_not_touch_existing_blob(self, store: BlobStore) -> None:
         good = store.put(SMALL).digest
         with pytest.raises(DigestMismatch):
@@ -292,6 +318,13 @@ class TestMemoryBlobStore(BlobStoreContract):
     def stored(self, store: BlobStore) -> set[str]:
         assert isinstance(store, MemoryBlobStore)
         return set(store.data)
+
+    def test_adopt_checks_the_digest_of_the_copy(self, store: BlobStore, tmp_path: Path) -> None:
+        src = tmp_path / "staged.bin"
+        src.write_bytes(BIG)
+        with pytest.raises(DigestMismatch):
+            store.adopt(src, digest_bytes(SMALL), len(BIG))
+        assert self.stored(store) == set()
 
 
 def _temp_files(local: LocalBlobStore) -> list[Path]:
@@ -329,6 +362,18 @@ class TestLocalBlobStore(BlobStoreContract):
         assert path.read_bytes() == BIG
         mode = stat.S_IMODE(path.stat().st_mode)
         assert mode & (stat.S_IWUSR | stat.S_IWGRP | stat.S_IWOTH) == 0, oct(mode)
+
+    def test_adopt_links_the_file_instead_of_copying_it(self, local: LocalBlobStore, tmp_path: Path) -> None:
+        src = tmp_path / "blobs" / ".staging" / "f"  # beside the blobs: the same file system
+        src.parent.mkdir(parents=True)
+        src.write_bytes(BIG)
+        info = local.adopt(src, digest_bytes(BIG), len(BIG))
+        blob = local.path_of(info.digest)
+        assert os.path.samefile(src, blob) and blob.stat().st_nlink == 2
+        assert stat.S_IMODE(blob.stat().st_mode) & (stat.S_IWUSR | stat.S_IWGRP | stat.S_IWOTH) == 0
+        assert _temp_files(local) == []
+        src.unlink()
+        assert local.read(info.digest) == BIG and blob.stat().st_nlink == 1
 
     def test_no_temp_file_after_commit_or_abort(self, local: LocalBlobStore) -> None:
         local.put(SMALL)

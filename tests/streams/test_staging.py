@@ -20,6 +20,7 @@ from datamill.db.models import StreamChunk, StreamFile, StreamOffset
 from datamill.errors import InvalidDataflow
 from datamill.events import EventKind
 from datamill.home import Home
+from datamill.store.blobs import digest_bytes
 from datamill.streams.chunks import Chunk, chunk_file
 from tests.helpers import all_events, open_home
 
@@ -100,6 +101,36 @@ def test_chunks_in_any_order_and_duplicates_land_the_file_once(home: Home, tmp_p
     # A late duplicate of an already-landed file does not land it again.
     late = stager.apply([Message(0, 100, values[0])])
     assert late.duplicates == 1 and _items(home)["d.bin"] == 1
+
+
+@pytest.mark.parametrize("case", ["in order", "reversed", "shuffled, restarted", "two servers"])
+def test_a_file_hashed_as_its_chunks_arrive_lands_with_both_digests_right(
+    home: Home, tmp_path: Path, case: str
+) -> None:
+    """The file's SHA-512 and BLAKE3 are kept while chunks are staged (chunks ahead of a gap hashed once
+    it fills) and its staging file becomes the blob; after a restart or with chunks staged by another
+    server, the part not hashed here is read at completion. Reading the item checks the BLAKE3."""
+    f = tmp_path / "h.bin"
+    data = os.urandom(10 * 1024 + 7)
+    f.write_bytes(data)
+    msgs = _messages(f, tmp_path, partitions=1)
+    stager = _stager(home)
+    order = list(range(len(msgs)))
+    if case == "reversed":
+        order.reverse()
+    elif case != "in order":
+        order = [3, 0, 1, 5, 2, 4, 7, 6, 10, 8, 9]
+    other = Stager(home, stager.t)
+    for n, i in enumerate(order):
+        if case == "shuffled, restarted" and n == 5:
+            stager = Stager(home, stager.t)  # a restarted server: no hash state, the chunks are staged
+        who = other if case == "two servers" and n % 3 == 1 else stager
+        out = who.apply([Message(0, 100 + n, msgs[i].value)])
+    assert out.files == ["h.bin"] and out.rejected == []
+    item = home.store.get_item(home.admin, f"{DEST}/h.bin")
+    assert item.digest == digest_bytes(data)
+    assert _read(home, f"{DEST}/h.bin") == data
+    assert list(stager.staging_dir.iterdir()) == []
 
 
 def test_zero_and_one_byte_files(home: Home, tmp_path: Path) -> None:

@@ -309,21 +309,31 @@ class StreamConsumer(threading.Thread):
             for reason in self.stager.expire(self.partial_timeout):
                 self.status.rejected += 1
                 self.status.error(reason)
-        self._report(consumer=consumer)
+        if idle:
+            self._report(consumer=consumer)
+        elif time.monotonic() - self._status_at >= STATUS_EVERY:
+            # Busy: the lag from the watermarks of the last fetch (no round trip to the broker), and the
+            # row written by the writer thread between two batches: this thread never waits for the
+            # database's write lock while the writer holds it, it reads and prepares the next batch.
+            self._status_at = time.monotonic()
+            self._lag(consumer, cached=True)
+            self._writer.submit(self._write_report)
 
-    def _lag(self, consumer: Any) -> None:
+    def _lag(self, consumer: Any, cached: bool = False) -> None:
         from datamill.streams.broker import kafka
 
         ck = kafka()
         parts = [ck.TopicPartition(self.target.topic, p) for p in self.status.partitions]
         if not parts:
             return
+        lag = dict(self.status.lag)  # replaced whole: the writer thread may be reporting the old one
         with contextlib.suppress(Exception):
             positions = consumer.position(parts)
             for tp in positions:
-                _low, high = consumer.get_watermark_offsets(tp, timeout=1, cached=False)
+                _low, high = consumer.get_watermark_offsets(tp, timeout=1, cached=cached)
                 pos = tp.offset if tp.offset >= 0 else _low
-                self.status.lag[str(tp.partition)] = max(0, high - pos)
+                lag[str(tp.partition)] = max(0, high - pos)
+        self.status.lag = lag
 
     def _report(self, consumer: Any = None, force: bool = False) -> None:
         now = time.monotonic()
@@ -332,6 +342,9 @@ class StreamConsumer(threading.Thread):
         self._status_at = now
         if consumer is not None:
             self._lag(consumer)
+        self._write_report()
+
+    def _write_report(self) -> None:
         heartbeat = time.monotonic() - self._heartbeat_at >= self.home.settings.stream_heartbeat_seconds
         try:
             write_status(self.home, self.target, self.member, self.status, heartbeat)

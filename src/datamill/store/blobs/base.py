@@ -272,6 +272,18 @@ class BlobStore(ABC):
         finally:
             w.abort()
 
+    def adopt(self, path: Path, digest: str, size: int, durable: bool = True) -> BlobInfo:
+        """Make the local file ``path`` the blob ``digest`` of ``size`` bytes, whose hash the caller took
+        while it wrote the file (a stream's staging file), without copying it where the store allows.
+
+        A backend whose blobs are files on the same file system links the file in place (it becomes
+        read-only, and the caller never writes to it again; it may unlink its own name for it). This
+        default stores a copy (read and checked: :class:`DigestMismatch` when the bytes are not
+        ``digest`` and ``size``), and leaves ``path`` as it was.
+        """
+        with open(path, "rb") as f:
+            return self.put_file(f, expected_digest=digest, expected_size=size, durable=durable)
+
     def open(self, digest: str) -> BinaryIO:
         """A stream of the blob's bytes that verifies the digest as it reaches the end."""
         check_digest(digest)
