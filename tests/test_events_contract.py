@@ -188,6 +188,27 @@ def test_wait_returns_at_once_when_an_event_is_there_and_false_on_timeout(db: Da
     assert log.wait(seq, timeout=0.2) is False
 
 
+def test_a_stopped_wait_ends_its_thread_at_once_whatever_its_timeout(db: Database, log: EventLog) -> None:
+    """A service's long idle wait must not hold a server's shutdown until its timeout passes."""
+    import asyncio
+
+    cursor = log.latest()
+    waits: list[threading.Thread] = []
+
+    async def go() -> None:
+        stop = asyncio.Event()
+        waiting = asyncio.create_task(log.wait_or_stop(cursor, 3600.0, stop))
+        while not any(t.name.startswith("asyncio") and t.is_alive() for t in threading.enumerate()):
+            await asyncio.sleep(0.01)  # the wait's thread has started
+        waits.extend(t for t in threading.enumerate() if t.name.startswith("asyncio"))
+        stop.set()
+        await asyncio.wait_for(waiting, TIMEOUT)  # returns, though the wait was for an hour
+
+    asyncio.run(go())  # asyncio.run waits for its executor's threads: the wait's among them
+    assert waits and not any(t.is_alive() for t in waits)
+    assert log.latest() == cursor  # nothing was appended: the wait ended because it was stopped
+
+
 def test_wait_wakes_on_an_append_on_another_connection(db_url: str, db: Database, log: EventLog) -> None:
     cursor = log.latest()
     result: list[bool] = []

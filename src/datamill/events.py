@@ -327,8 +327,11 @@ class EventLog:
         with self.db.read() as conn:
             return [_record(r) for r in conn.execute(q)]
 
-    def wait(self, after: int, timeout: float) -> bool:
-        """Block until an event with ``seq > after`` exists or ``timeout`` passes; True if one does."""
+    def wait(self, after: int, timeout: float, quit: threading.Event | None = None) -> bool:
+        """Block until an event with ``seq > after`` exists or ``timeout`` passes; True if one does.
+
+        ``quit`` (set, then ``Database.committed`` notified) ends the wait early, with False.
+        """
         deadline = time.monotonic() + timeout
         self._ensure_listener()
         force = False
@@ -338,10 +341,11 @@ class EventLog:
             if self._head > after or self._head_since(commits, force) > after:
                 return True
             remaining = deadline - time.monotonic()
-            if remaining <= 0:
+            if remaining <= 0 or (quit is not None and quit.is_set()):
                 return False
             with self.db.committed:
-                if self.db.commits == commits:
+                # ``quit`` is checked under the lock its setter notifies with: no lost wake-up.
+                if self.db.commits == commits and not (quit is not None and quit.is_set()):
                     # Nothing committed since the check: sleep until something is (no lost wake-up).
                     woke = self.db.committed.wait(min(self.poll, remaining))
                     # Once ``poll`` passed with no read of the log (whoever waited), it is read here: a
@@ -356,12 +360,21 @@ class EventLog:
         """
         if self._head > after:
             return
-        waiter = asyncio.create_task(asyncio.to_thread(self.wait, after, timeout))
+        quit = threading.Event()
+        waiter = asyncio.create_task(asyncio.to_thread(self.wait, after, timeout, quit))
         stopper = asyncio.create_task(stop.wait())
-        await asyncio.wait([waiter, stopper], return_when=asyncio.FIRST_COMPLETED)
-        stopper.cancel()
-        with contextlib.suppress(BaseException):
-            await waiter
+        try:
+            await asyncio.wait([waiter, stopper], return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            stopper.cancel()
+            if not waiter.done():
+                # Stopped (or cancelled): end the thread's wait now, not when its timeout passes
+                # (a service waits up to half a minute; a server's shutdown waits for its threads).
+                quit.set()
+                with self.db.committed:
+                    self.db.committed.notify_all()
+            with contextlib.suppress(BaseException):
+                await waiter
 
     @property
     def watcher(self) -> str:
