@@ -236,3 +236,39 @@ def test_a_run_that_cannot_be_driven_fails_saying_why(db_world: World, tmp_path:
     assert served.stats["idle_drives"] == 0
     assert w.engine.cancel(w.admin, run_id) is False
     w.check_fold()
+
+
+@pytest.mark.postgres
+def test_a_caller_waiting_for_its_run_gets_it_ended_through_a_database_outage(
+    tmp_path: Path, postgres_db_url: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    """``run_until_idle([run])`` (how ``Engine.run`` and an embedded ``datamill run`` wait) returns only
+    once the run has ended: a driver that backed off on a database outage is driven again after its
+    delay, instead of the caller getting its run back still running."""
+    home = open_home(tmp_path / "home", postgres_db_url)
+    w = World(home)
+    marks = tmp_path / "marks"
+    try:
+        gate = tmp_path / "gate"
+        w.put("a.txt", f"wait {gate}")
+        run_id = w.submit(ref("alone"), params={"marks": str(marks)})
+        scheduler = Scheduler(home, "inline", lease_seconds=3600.0, shares_loop=True)
+
+        async def go() -> None:
+            async with scheduler:
+                waiting = asyncio.create_task(scheduler.run_until_idle([run_id]))
+                await until("the task to run", lambda: executions(marks) == 1)
+                _outage(postgres_db_url, True)
+                try:
+                    await until("the driver to fail", lambda: "database failed under its driver" in caplog.text)
+                finally:
+                    _outage(postgres_db_url, False)
+                gate.touch()
+                await waiting  # returns only when the run has ended
+
+        asyncio.run(go())
+        assert w.engine.get_run(w.admin, run_id)["status"] == "succeeded"
+        assert w.per_task("task.reclaimed", run_id)[w.tasks(run_id)["parse[Raw/a.txt]"].id] == 1
+        w.check_fold()
+    finally:
+        home.close()

@@ -283,14 +283,21 @@ class Scheduler:
             # end, and a holder that died (its run lease not lapsed yet) would leave it undriven.
             ids = run_ids if run_ids is not None else self.pending_runs(owned_elsewhere=True) + self._due_again()
             todo = [i for i in dict.fromkeys(ids) if i not in self._active and not self._backing_off(i)]
-            if not todo and not self._active:
+            retrying = run_ids is not None and any(i in self._backoff for i in run_ids)
+            if not todo and not self._active and not retrying:
                 return
             for rid in todo:
                 # The caller waits for these runs: drive them here even when a worker drives them too.
                 self._spawn(rid, exclusive=False)
-            await asyncio.wait(list(self._active.values()), return_when=asyncio.ALL_COMPLETED)
+            if self._active:
+                await asyncio.wait(list(self._active.values()), return_when=asyncio.ALL_COMPLETED)
             if run_ids is not None:
-                return
+                if not any(i in self._backoff for i in run_ids):
+                    return
+                # A driver backed off on a database outage: the caller (``Engine.run``, an embedded
+                # ``datamill run``) waits for its runs to end, so they are driven again once the
+                # back-off passes, not returned unfinished.
+                await asyncio.sleep(self._backoff_wait(MAX_BACKOFF_SECONDS))
 
     async def serve(self, stop: asyncio.Event, poll: float = 0.5) -> None:
         """Drive runs as they are recorded until ``stop`` is set."""
