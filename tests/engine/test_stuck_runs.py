@@ -153,6 +153,16 @@ def _outage(db_url: str, on: bool) -> None:
             conn.execute("SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE datname = %s", (name,))
 
 
+async def _cut_while_running(db_url: str, marks: Path, caplog: pytest.LogCaptureFixture) -> None:
+    """Once the task runs, cut the database off until its driver has failed on it, then allow it again."""
+    await until("the task to run", lambda: executions(marks) == 1)
+    _outage(db_url, True)
+    try:
+        await until("the driver to fail", lambda: "database failed under its driver" in caplog.text)
+    finally:
+        _outage(db_url, False)
+
+
 @pytest.mark.postgres
 def test_a_run_whose_driver_failed_on_a_database_outage_goes_on_after_it(
     tmp_path: Path, postgres_db_url: str, caplog: pytest.LogCaptureFixture
@@ -178,12 +188,7 @@ def test_a_run_whose_driver_failed_on_a_database_outage_goes_on_after_it(
             async with scheduler:
                 serving = asyncio.create_task(scheduler.serve(stop, poll=POLL))
                 try:
-                    await until("the task to run", lambda: executions(marks) == 1)
-                    _outage(postgres_db_url, True)
-                    try:
-                        await until("the driver to fail", lambda: "database failed under its driver" in caplog.text)
-                    finally:
-                        _outage(postgres_db_url, False)
+                    await _cut_while_running(postgres_db_url, marks, caplog)
                     gate.touch()  # the abandoned first attempt ends too; its result goes nowhere
                     await until(
                         "the run to end",
@@ -257,12 +262,7 @@ def test_a_caller_waiting_for_its_run_gets_it_ended_through_a_database_outage(
         async def go() -> None:
             async with scheduler:
                 waiting = asyncio.create_task(scheduler.run_until_idle([run_id]))
-                await until("the task to run", lambda: executions(marks) == 1)
-                _outage(postgres_db_url, True)
-                try:
-                    await until("the driver to fail", lambda: "database failed under its driver" in caplog.text)
-                finally:
-                    _outage(postgres_db_url, False)
+                await _cut_while_running(postgres_db_url, marks, caplog)
                 gate.touch()
                 await waiting  # returns only when the run has ended
 
