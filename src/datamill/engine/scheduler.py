@@ -377,8 +377,16 @@ class Scheduler:
 
     async def _drive_owned(self, run_id: int, exclusive: bool) -> None:
         """Drive a run under its run lease (:mod:`.ownership`); when ``exclusive``, only if the lease is ours."""
+        claiming = asyncio.ensure_future(asyncio.to_thread(self._take_run, run_id))
         try:
-            mine = await asyncio.to_thread(self._take_run, run_id)
+            mine = await asyncio.shield(claiming)
+        except asyncio.CancelledError:
+            # Stopped while the claim was being made: a lease taken meanwhile is given back, not
+            # left to lapse (it would keep other schedulers off the run until then).
+            with contextlib.suppress(BaseException):
+                if await claiming:
+                    await asyncio.to_thread(self._give_up_run, run_id)
+            raise
         except Exception as exc:
             log.warning("run %s: could not claim it (%s); trying again later", run_id, exc)
             self._back_off(run_id)
@@ -392,8 +400,12 @@ class Scheduler:
         finally:
             if mine:
                 self._owned.discard(run_id)
-                with contextlib.suppress(Exception):  # unreleased, it lapses with the lease
-                    await asyncio.to_thread(self._give_up_run, run_id)
+                # A driver that backed off (the database failed under it: an outage, a deadlock)
+                # keeps the run lease: this scheduler drives the run again after the delay, and only
+                # if it dies meanwhile does the lease lapse for another to take the run over.
+                if run_id not in self._backoff:
+                    with contextlib.suppress(Exception):  # unreleased, it lapses with the lease
+                        await asyncio.to_thread(self._give_up_run, run_id)
 
     def _take_run(self, run_id: int) -> bool | None:
         """True: the run lease is ours; False: we help its owner (it asked); None: another drives it."""
