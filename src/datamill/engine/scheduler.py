@@ -798,20 +798,18 @@ class Scheduler:
         if finished and pending and group > 0:
             more, _ = await asyncio.wait(pending, timeout=group, return_when=asyncio.ALL_COMPLETED)
             finished |= more
-        out = []
-        for job in finished:
-            t = running.pop(job)
-            try:
-                out.append(job.result())
-            except asyncio.CancelledError:
-                out.append(Done(t, None, TaskStatus.CANCELLED, error="run cancelled"))  # type: ignore[arg-type]
-        return out
+        return _take_ends(running, finished)
 
 
 def _harvest(running: dict[asyncio.Task[Done], TaskRow]) -> list[Done]:
     """The ends of the tasks in ``running`` that have finished, taken out of it (no waiting)."""
+    return _take_ends(running, [j for j in running if j.done()])
+
+
+def _take_ends(running: dict[asyncio.Task[Done], TaskRow], finished: Iterable[asyncio.Task[Done]]) -> list[Done]:
+    """The ends of the ``finished`` jobs, taken out of ``running``; a cancelled job ends its task as cancelled."""
     out = []
-    for job in [j for j in running if j.done()]:
+    for job in finished:
         t = running.pop(job)
         try:
             out.append(job.result())
