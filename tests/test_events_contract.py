@@ -17,6 +17,7 @@ import subprocess
 import sys
 import textwrap
 import threading
+import time
 from collections.abc import Iterator
 from typing import Any
 
@@ -180,6 +181,62 @@ def test_seq_strictly_increases_and_a_following_reader_misses_nothing(db_url: st
     assert seen == [e.seq for e in log.read(0, limit=total + 1)]
     per_writer = {n: [e.data["i"] for e in log.read(0, limit=total) if e.data["writer"] == n] for n in range(writers)}
     assert per_writer == {n: list(range(each)) for n in range(writers)}  # each writer's events in its order
+
+
+def test_writers_that_lock_a_row_and_append_events_never_deadlock(db_url: str, db: Database, log: EventLog) -> None:
+    """A writer holding a row the other wants, each appending events: one waits, neither fails.
+
+    Forced order: A updates the row; B (another pool, as another process) then opens its write,
+    appends an event and updates the row; A appends once B waits. Had B taken the log's lock
+    before waiting for A's row, A would wait for B: PostgreSQL's "deadlock detected".
+    """
+    if db.is_sqlite:
+        pytest.skip("SQLite has one writer at a time: B's write cannot begin while A's is open")
+    with db.write() as conn:
+        conn.exec_driver_sql("CREATE TABLE scratch_counter (id integer PRIMARY KEY, n integer NOT NULL)")
+        conn.exec_driver_sql("INSERT INTO scratch_counter VALUES (1, 0)")
+    other = Database(db_url)
+    a_holds_row = threading.Event()
+    errors: list[BaseException] = []
+    bump = "UPDATE scratch_counter SET n = n + 1 WHERE id = 1"
+
+    def b() -> None:
+        try:
+            a_holds_row.wait(TIMEOUT)
+            with other.write() as conn:
+                events.append(conn, EventKind.ITEM_UPDATED, data={"by": "b"})
+                conn.exec_driver_sql(bump)
+        except BaseException as exc:  # reported in the test's thread
+            errors.append(exc)
+
+    waiter = threading.Thread(target=b)
+    waiter.start()
+    try:
+        with db.write() as conn:
+            conn.exec_driver_sql(bump)
+            me = conn.exec_driver_sql("SELECT pg_backend_pid()").scalar_one()
+            a_holds_row.set()
+            deadline = time.monotonic() + TIMEOUT  # against a hang only: B waits within milliseconds
+            while not _someone_waits_on_a_lock(db, me):
+                assert time.monotonic() < deadline, "B never waited for A"
+                time.sleep(0.01)
+            events.append(conn, EventKind.ITEM_UPDATED, data={"by": "a"})
+    finally:
+        waiter.join(TIMEOUT)
+        other.dispose()
+    assert not errors, errors
+    with db.read() as conn:
+        assert conn.exec_driver_sql("SELECT n FROM scratch_counter").scalar_one() == 2
+    assert [e.data["by"] for e in log.read(0)] == ["a", "b"]  # B's event after A's: A committed first
+
+
+def _someone_waits_on_a_lock(db: Database, me: int) -> bool:
+    with db.read() as conn:
+        query = (
+            "SELECT count(*) FROM pg_stat_activity WHERE datname = current_database() "
+            "AND wait_event_type = 'Lock' AND pid <> %(me)s"
+        )
+        return bool(conn.exec_driver_sql(query, {"me": me}).scalar_one())
 
 
 def test_wait_returns_at_once_when_an_event_is_there_and_false_on_timeout(db: Database, log: EventLog) -> None:

@@ -6,7 +6,8 @@ last ``seq`` they saw) and ask for what came after it.
 
 On PostgreSQL, sequence values are handed out before commit, so two concurrent writers could
 commit seq 11 before seq 10 and a reader at cursor 11 would never see 10. Appending therefore
-takes a transaction-scoped advisory lock: event-writing transactions commit in seq order.
+holds a transaction-scoped advisory lock: event-writing transactions commit in seq order.
+``Database.write`` takes it as its first statement; a transaction opened otherwise takes it here.
 """
 
 from __future__ import annotations
@@ -30,12 +31,11 @@ from typing import Any
 import orjson
 from sqlalchemy import Connection, func, select, text
 
-from datamill.db.database import Database
+from datamill.db.database import LOG_LOCK_KEY, LOG_LOCKED, Database
 from datamill.db.models import Event
 from datamill.records import EventRecord
 
 NOTIFY_CHANNEL = "datamill_events"
-_ADVISORY_KEY = 0x6461746D  # "datm"
 #: Where inotify cannot be had, how often ``PRAGMA data_version`` is read to notice another
 #: process's commits to an SQLite database (one thread per log, not one read per waiter).
 SQLITE_POLL_SECONDS = 0.025
@@ -212,8 +212,8 @@ def append_many(conn: Connection, rows: Iterable[dict[str, Any]]) -> int:
         return 0
     dialect = conn.dialect.name
     postgres = dialect == "postgresql"
-    if postgres:
-        conn.execute(text("SELECT pg_advisory_xact_lock(:k)"), {"k": _ADVISORY_KEY})
+    if postgres and not conn.info.get(LOG_LOCKED):
+        conn.execute(text("SELECT pg_advisory_xact_lock(:k)"), {"k": LOG_LOCK_KEY})
     sql = _insert_sql(dialect, conn.dialect.paramstyle)
     if len(batch) == 1:
         seq = conn.exec_driver_sql(sql + " RETURNING seq", batch[0]).scalar_one()

@@ -118,7 +118,9 @@ def test_serving_schedulers_drive_each_run_once(tmp_path: Path, db_url: str) -> 
         assert world.per_task("task.finished", run_id) == {t.id: 1 for t in tasks.values()}
     assert sum(s.stats["plans"] for s in schedulers) == len(run_ids)  # each run planned once, by its owner
     with world.home.db.read() as conn:
-        assert all(ownership.owner_of(conn, r) is None for r in run_ids)  # released when their drivers ended
+        left = {r: ownership.owner_of(conn, r) for r in run_ids}
+    # Released when their drivers ended.
+    assert left == dict.fromkeys(run_ids), (left, [(s.owner, s.stats) for s in schedulers])
     world.check_fold()
     world.home.close()
 

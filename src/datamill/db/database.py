@@ -25,6 +25,10 @@ from sqlalchemy.pool import NullPool
 from datamill.errors import AlreadyExists, ConfigError, DatamillError
 
 SQLITE_BUSY_TIMEOUT_MS = 60_000
+#: PostgreSQL advisory lock every write transaction takes first ("datm" in ASCII); see :meth:`Database.write`.
+LOG_LOCK_KEY = 0x6461746D
+#: ``Connection.info`` key set while a transaction holds :data:`LOG_LOCK_KEY`.
+LOG_LOCKED = "datamill.log_locked"
 
 
 def normalize_url(url: str) -> str:
@@ -46,6 +50,7 @@ class Database:
         self.url = normalize_url(url)
         self.is_sqlite = self.url.startswith("sqlite")
         self._write_lock = threading.RLock()
+        self._writing = threading.local()
         # Wakes in-process waiters as soon as a write commits; other processes are noticed by polling
         # (SQLite) or LISTEN/NOTIFY (PostgreSQL) in ``events.EventLog``.
         self.committed = threading.Condition()
@@ -92,16 +97,34 @@ class Database:
     def write(self) -> Iterator[Connection]:
         """A write transaction; committed on exit, rolled back on error.
 
+        On PostgreSQL it first takes the event log's advisory lock (:data:`LOG_LOCK_KEY`), which
+        an event-writing transaction holds until it commits anyway (events commit in ``seq``
+        order). Taken first, before any row lock, it orders writers from other processes as the
+        in-process lock orders this process's threads: without it, a transaction holding an item
+        row and waiting for the log lock deadlocked with one holding the log lock and waiting for
+        that row. A write nested in another on the same thread (a second connection) does not
+        take it again: it would wait for its own outer transaction.
+
         Driver errors are translated here so nothing above ``db/`` sees them.
         """
         with self._write_lock:
+            depth = getattr(self._writing, "depth", 0)
+            self._writing.depth = depth + 1
             try:
                 with self.write_engine.begin() as conn:
-                    yield conn
+                    if depth == 0 and not self.is_sqlite:
+                        conn.execute(text("SELECT pg_advisory_xact_lock(:k)"), {"k": LOG_LOCK_KEY})
+                        conn.info[LOG_LOCKED] = True
+                    try:
+                        yield conn
+                    finally:
+                        conn.info.pop(LOG_LOCKED, None)
             except IntegrityError as exc:
                 raise AlreadyExists(f"that already exists ({_constraint(exc)})") from exc
             except OperationalError as exc:
                 raise DatamillError(f"database error: {exc.orig}. Check that the database is reachable.") from exc
+            finally:
+                self._writing.depth = depth
         self.notify_commit()
 
     def notify_commit(self) -> None:

@@ -404,8 +404,10 @@ class Scheduler:
                 # keeps the run lease: this scheduler drives the run again after the delay, and only
                 # if it dies meanwhile does the lease lapse for another to take the run over.
                 if run_id not in self._backoff:
-                    with contextlib.suppress(Exception):  # unreleased, it lapses with the lease
+                    try:
                         await asyncio.to_thread(self._give_up_run, run_id)
+                    except Exception as exc:  # unreleased, it lapses with the lease
+                        log.warning("run %s: could not give its run lease back (%s); it lapses", run_id, exc)
 
     def _take_run(self, run_id: int) -> bool | None:
         """True: the run lease is ours; False: we help its owner (it asked); None: another drives it."""
