@@ -158,6 +158,8 @@ class Scheduler:
         self._active: dict[int, asyncio.Task[Any]] = {}
         #: the runs whose run lease this scheduler holds (see :mod:`.ownership`)
         self._owned: set[int] = set()
+        # Run leases being given back (see _give_back): close() waits for them.
+        self._giving: set[asyncio.Task[None]] = set()
         self._started = False
         self._slots: asyncio.Semaphore | None = None
         self._heartbeat: asyncio.Task[None] | None = None
@@ -199,6 +201,8 @@ class Scheduler:
             with contextlib.suppress(BaseException):
                 await t
         self._active.clear()
+        if self._giving:
+            await asyncio.wait(list(self._giving))
         if self._heartbeat is not None:
             self._heartbeat.cancel()
             with contextlib.suppress(BaseException):
@@ -385,7 +389,7 @@ class Scheduler:
             # left to lapse (it would keep other schedulers off the run until then).
             with contextlib.suppress(BaseException):
                 if await claiming:
-                    await asyncio.to_thread(self._give_up_run, run_id)
+                    self._give_back(run_id)
             raise
         except Exception as exc:
             log.warning("run %s: could not claim it (%s); trying again later", run_id, exc)
@@ -404,10 +408,18 @@ class Scheduler:
                 # keeps the run lease: this scheduler drives the run again after the delay, and only
                 # if it dies meanwhile does the lease lapse for another to take the run over.
                 if run_id not in self._backoff:
-                    try:
-                        await asyncio.to_thread(self._give_up_run, run_id)
-                    except Exception as exc:  # unreleased, it lapses with the lease
-                        log.warning("run %s: could not give its run lease back (%s); it lapses", run_id, exc)
+                    await asyncio.shield(self._give_back(run_id))
+
+    def _give_back(self, run_id: int) -> asyncio.Task[None]:
+        """Give the run lease back in a thread that the driver's cancellation does not stop.
+
+        Cancelling a plain ``to_thread`` call still waiting for a free thread drops the call: a
+        scheduler closed just as a run ended then kept that run's lease until it lapsed.
+        """
+        giving = asyncio.ensure_future(asyncio.to_thread(self._give_up_run, run_id))
+        self._giving.add(giving)
+        giving.add_done_callback(self._giving.discard)
+        return giving
 
     def _take_run(self, run_id: int) -> bool | None:
         """True: the run lease is ours; False: we help its owner (it asked); None: another drives it."""
@@ -417,8 +429,11 @@ class Scheduler:
             return False if ownership.wants_help(conn, run_id) else None
 
     def _give_up_run(self, run_id: int) -> None:
-        with self.home.db.write() as conn:
-            ownership.release(conn, run_id, self.owner)
+        try:
+            with self.home.db.write() as conn:
+                ownership.release(conn, run_id, self.owner)
+        except Exception as exc:  # unreleased, it lapses with the lease
+            log.warning("run %s: could not give its run lease back (%s); it lapses", run_id, exc)
 
     async def _drive_safely(self, run_id: int) -> None:
         """Drive a run; if its driver fails, end the run as failed with the reason (never leave it running).
