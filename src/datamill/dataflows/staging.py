@@ -70,6 +70,9 @@ READ_PIECE = 1 << 22
 #: in windows of at most this many messages or bytes; the file rows of a window are read in one statement.
 WINDOW_MESSAGES = 128
 WINDOW_BYTES = 8 << 20
+#: Windows being prepared ahead of the one the database takes (2 was tried: no gain measurable at load
+#: 6-8 for 100 KB files, and one more window of decoded chunks in memory).
+WINDOWS_AHEAD = 1
 #: Multi-chunk files whose hashes are kept while they arrive; beyond that the oldest is dropped (it is
 #: then hashed from its staging file when it completes).
 MAX_HASHING = 256
@@ -210,8 +213,13 @@ class _Batch:
         self.rows: dict[str, _FileRow | None] = {}
         #: staging files whose hash state this batch advanced (dropped if it does not commit)
         self.hashed: set[Path] = set()
-        #: chunks being hashed and written back on the hashing thread (in order), until :meth:`wait`
+        #: chunks being written and hashed on the hashing thread (in order), until :meth:`wait`
         self.hashing: list[Future[None]] = []
+        #: staged chunks (offset -> size) of the multi-chunk files this batch touched, by file id: read
+        #: once per file and batch, not a statement per chunk
+        self.chunks: dict[int, dict[int, int]] = {}
+        #: chunk rows staged by this batch, inserted in one statement before it commits
+        self.new_chunks: list[dict[str, int]] = []
 
     def fd(self, path: Path) -> int:
         fd = self.fds.get(path)
@@ -227,28 +235,19 @@ class _Batch:
             self.fds[path] = fd
         return fd
 
-    def write(self, path: Path, offset: int, data: bytes) -> None:
+    def write(self, path: Path, offset: int, data: bytes, h: _Hashing | None, name: str) -> None:
+        """Stage a chunk: written at ``offset`` and the file's hashes advanced over it (``h``), on the
+        hashing thread, in order, while this thread goes on with the batch (:meth:`wait` before its
+        bytes or hashes are used). Its bytes are not sent to disk chunk by chunk (measured, that
+        halved big files' throughput): the batch's fdatasync writes them in large extents."""
         self.unlink.discard(path)  # staged again after a reject or restart in this batch: keep it
         fd = self.fd(path)
-        view = memoryview(data)
-        at = offset
-        while view:
-            n = os.pwrite(fd, view, at)
-            view, at = view[n:], at + n
         self.written.add(path)
-
-    def after_write(self, path: Path, offset: int, data: bytes, h: _Hashing | None, name: str) -> None:
-        """On the hashing thread, in order: the file's hashes advanced over the chunk just written (``h``).
-        (Its bytes are not sent to disk chunk by chunk: measured, that halved big files' throughput; the
-        batch's fdatasync writes them in large extents.)"""
-        if h is None:
-            return
-        fd = self.fds[path]
-        self.hashing.append(_hasher_thread().submit(h.add, fd, offset, data, name))
+        self.hashing.append(_hasher_thread().submit(_stage_chunk, fd, offset, data, h, name))
 
     def wait(self) -> None:
-        """Until the hashing thread has done this batch's chunks (before their hashes are used or the
-        staging files closed)."""
+        """Until the hashing thread has written and hashed this batch's chunks (before their hashes are
+        used or the staging files synced or closed); a failed write is raised here."""
         for f in self.hashing:
             f.result()
         self.hashing.clear()
@@ -370,6 +369,7 @@ class Stager:
                     out.bytes += len(m.value or b"")
                     self._one(conn, m, out, ready)
             self._flush_rows(conn)
+            self._flush_chunks(conn)
             if ends:
                 conn.execute(
                     _UPDATE_OFFSET,
@@ -462,15 +462,33 @@ class Stager:
         return self._stage(conn, row, m, ready, out)
 
     def _has_chunk(self, conn: Connection, row: _FileRow, offset: int) -> bool:
-        if row.id is None:
-            return False
-        return conn.execute(_HAS_CHUNK, {"file_id_": row.id, "offset_": offset}).first() is not None
+        return row.id is not None and offset in self._staged(conn, row.id)
+
+    def _staged(self, conn: Connection, file_id: int) -> dict[int, int]:
+        """The chunks staged for a file (offset -> size): its rows read once per batch (they are locked
+        with the file row on PostgreSQL), then kept up to date by this batch."""
+        have = self._b.chunks.get(file_id)
+        if have is None:
+            rows = conn.execute(_STAGED_CHUNKS, {"file_id_": file_id}).all()
+            have = self._b.chunks[file_id] = {int(r.offset): int(r.size) for r in rows}
+        return have
+
+    def _drop_chunks(self, conn: Connection, file_id: int) -> None:
+        """Delete a file's chunk rows: those committed before and those this batch has not inserted yet."""
+        conn.execute(delete(StreamChunk).where(StreamChunk.file_id == file_id))
+        self._b.new_chunks = [c for c in self._b.new_chunks if c["file_id"] != file_id]
+        self._b.chunks[file_id] = {}
+
+    def _flush_chunks(self, conn: Connection) -> None:
+        if self._b.new_chunks:
+            conn.execute(_INSERT_CHUNK, self._b.new_chunks)
+            self._b.new_chunks = []
 
     def _restart_file(self, conn: Connection, row: _FileRow, chunk: Chunk) -> None:
         """Make ``row`` the new generation ``chunk`` starts (its staged chunks, if any, dropped)."""
         self._hashing.pop(self._row_staging(row), None)
         if row.id is not None and row.chunks_staged:
-            conn.execute(delete(StreamChunk).where(StreamChunk.file_id == row.id))
+            self._drop_chunks(conn, row.id)
             self._b.unlink.add(self._row_staging(row))
         now = time.time()
         row.state, row.file_hash, row.n_chunks, row.mtime = PARTIAL, chunk.file_hash.hex(), chunk.total, chunk.mtime
@@ -490,9 +508,9 @@ class Stager:
                 values = {"dataflow_id": self.t.dataflow_id, "path": row.path, **row.values()}
                 row.id = int(conn.execute(insert(StreamFile).values(values).returning(StreamFile.id)).scalar_one())
             staging = self._row_staging(row)
-            self._b.write(staging, chunk.offset, chunk.data)
-            self._b.after_write(staging, chunk.offset, chunk.data, self._hash_state(staging, row), row.path)
-            conn.execute(_INSERT_CHUNK, {"file_id": row.id, "offset": chunk.offset, "size": len(chunk.data)})
+            self._b.write(staging, chunk.offset, chunk.data, self._hash_state(staging, row), row.path)
+            self._staged(conn, row.id)[chunk.offset] = len(chunk.data)
+            self._b.new_chunks.append({"file_id": row.id, "offset": chunk.offset, "size": len(chunk.data)})
             row.chunks_staged = staged
             row.bytes_staged += len(chunk.data)
             row.updated_at = time.time()
@@ -524,8 +542,8 @@ class Stager:
             # blob was written on a worker thread while earlier messages were applied.
             blob = ready.blob or self.home.blobs.put(last.data, durable=False)
             return blob, last.chunk_hash
-        staged = conn.execute(_STAGED_CHUNKS, {"file_id_": row.id}).all()
-        pieces = sorted([(int(r.offset), int(r.size)) for r in staged] + [(last.offset, len(last.data))])
+        staged = self._staged(conn, row.id) if row.id is not None else {}
+        pieces = sorted([*staged.items(), (last.offset, len(last.data))])
         written = 0
         for offset, size in pieces:
             if offset != written:
@@ -536,7 +554,7 @@ class Stager:
             written += size
         staging = self._row_staging(row)
         # The whole file in its staging file, which becomes the blob.
-        self._b.write(staging, last.offset, last.data)
+        self._b.write(staging, last.offset, last.data, None, row.path)
         self._b.wait()
         h = self._hashing.pop(staging, None)
         if h is None or h.broken or h.done not in {offset for offset, _size in pieces}:
@@ -592,7 +610,7 @@ class Stager:
             new = NewVersion(check_name(name, "item name"), blob, None, check_metadata(meta))
         except (BadChunk, DatamillError) as exc:
             if row.id is not None:
-                conn.execute(delete(StreamChunk).where(StreamChunk.file_id == row.id))
+                self._drop_chunks(conn, row.id)
                 conn.execute(delete(StreamFile).where(StreamFile.id == row.id))
             self._b.rows[row.path] = None
             self._hashing.pop(staging, None)
@@ -603,8 +621,8 @@ class Stager:
             return False
         self._b.versions.setdefault(folder, []).append(new)
         self._b.landed = True
-        if row.n_chunks > 1:
-            conn.execute(delete(StreamChunk).where(StreamChunk.file_id == row.id))
+        if row.n_chunks > 1 and row.id is not None:
+            self._drop_chunks(conn, row.id)
             self._b.unlink.add(staging)
         row.state, row.chunks_staged, row.bytes_staged, row.messages = LANDED, row.n_chunks, 0, {}
         row.updated_at = time.time()
@@ -731,6 +749,18 @@ def remove_orphan_staging(home: Home) -> list[int]:
     return gone
 
 
+def _stage_chunk(fd: int, offset: int, data: bytes, h: _Hashing | None, path: str) -> None:
+    """On the hashing thread: a chunk written to its staging file at ``offset`` (an error is the batch's),
+    then the file's hashes advanced over it."""
+    view = memoryview(data)
+    at = offset
+    while view:
+        n = os.pwrite(fd, view, at)
+        view, at = view[n:], at + n
+    if h is not None:
+        h.add(fd, offset, data, path)
+
+
 def _read_range(fd: int, offset: int, size: int, path: str) -> Iterator[bytes]:
     """``size`` bytes of a staging file from ``offset``, in pieces of at most :data:`READ_PIECE`."""
     end = offset + size
@@ -771,9 +801,10 @@ def _prepare(value: bytes, blobs: BlobStore) -> _Ready | BadChunk:
 class Prepared:
     """A batch being prepared (:func:`_prepare`: decoded, chunk hashes checked, one-chunk files' blobs
     written) on two threads, in windows of at most :data:`WINDOW_MESSAGES` messages or
-    :data:`WINDOW_BYTES`. The first window starts at once, so a consumer can have the next batch
-    prepared while the current one commits; each further window is started when the one before is
-    taken (memory: two windows, not the whole batch, decoded at a time)."""
+    :data:`WINDOW_BYTES`. The first :data:`WINDOWS_AHEAD` windows start at once, so a consumer can have
+    the next batch prepared while the current one commits; each further window is started when one
+    before is taken (memory: a few windows, not the whole batch, decoded at a time; the prepare
+    threads are not left idle while the database takes a window)."""
 
     def __init__(self, batch: Sequence[Message], blobs: BlobStore) -> None:
         self.blobs = blobs
@@ -785,7 +816,7 @@ class Prepared:
                 size = 0
             self.windows[-1].append(m)
             size += len(m.value or b"")
-        self._ahead = self._submit(0)
+        self._ahead = [self._submit(i) for i in range(WINDOWS_AHEAD)]
 
     def _submit(self, i: int) -> list[Future[_Ready | BadChunk]]:
         if i >= len(self.windows):
@@ -794,7 +825,8 @@ class Prepared:
 
     def __iter__(self) -> Iterator[list[tuple[Message, _Ready | BadChunk]]]:
         for i, w in enumerate(self.windows):
-            current, self._ahead = self._ahead, self._submit(i + 1)
+            current = self._ahead.pop(0)
+            self._ahead.append(self._submit(i + WINDOWS_AHEAD))
             yield [(m, f.result()) for m, f in zip(w, current, strict=True)]
 
 
@@ -819,9 +851,6 @@ _UPDATE_OFFSET = update(StreamOffset).where(
     StreamOffset.partition == bindparam("partition_"),
 )
 _STAGED_CHUNKS = select(StreamChunk.offset, StreamChunk.size).where(StreamChunk.file_id == bindparam("file_id_"))
-_HAS_CHUNK = select(StreamChunk.offset).where(
-    StreamChunk.file_id == bindparam("file_id_"), StreamChunk.offset == bindparam("offset_")
-)
 
 
 def _mismatch(row: _FileRow) -> BadChunk:
