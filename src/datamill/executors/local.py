@@ -46,11 +46,10 @@ from multiprocessing.context import BaseContext
 from multiprocessing.process import BaseProcess
 from typing import Any
 
-import cloudpickle
-
 from datamill.errors import Cancelled, ConfigError, StepFailed, TaskTimeout, WorkerCrashed
 
 from .base import Call, Executor, OnMessage, PythonCall, deliver, step_failed
+from .local_wire import Constants
 from .worker import BATCH, CHUNK, MESSAGE, RESULT, SKIP, WorkerState, worker_main
 
 __all__ = ["CHUNK_SECONDS", "MAX_CHUNK", "STEAL_AFTER", "LocalExecutor"]
@@ -70,32 +69,37 @@ _EWMA = 0.2
 _FAULT_TAIL = 20_000
 
 
-def _payload(call: PythonCall) -> bytes:
-    """``(fn, args, kwargs)`` of ``call`` pickled for a worker.
-
-    datamill's own functions (the engine's ``run_step`` on a :class:`StepCall` of plain data) go
-    through the standard pickler, by reference: cloudpickle's checks of every object cost more than
-    a trivial task. Anything else, or what the standard pickler refuses, goes through cloudpickle
-    (lambdas, closures, functions of ``__main__``).
-    """
-    parts = (call.fn, tuple(call.args), dict(call.kwargs))
-    if getattr(call.fn, "__module__", "").startswith("datamill."):
-        with contextlib.suppress(Exception):  # e.g. a lambda in the arguments: cloudpickle below
-            return pickle.dumps(parts, pickle.HIGHEST_PROTOCOL)
-    return cloudpickle.dumps(parts, pickle.HIGHEST_PROTOCOL)
-
-
 class _Job:
     """One call, from :meth:`LocalExecutor.run` to its result: where it goes and who gets its messages."""
 
-    __slots__ = ("eager", "future", "kind", "on_message", "payload", "requeues", "seq", "timeout", "timer", "worker")
+    __slots__ = (
+        "eager",
+        "future",
+        "kind",
+        "needs",
+        "on_message",
+        "payload",
+        "requeues",
+        "seq",
+        "timeout",
+        "timer",
+        "worker",
+    )
 
     def __init__(
-        self, future: asyncio.Future[Any], on_message: OnMessage, payload: bytes, kind: Any, timeout: float | None
+        self,
+        future: asyncio.Future[Any],
+        on_message: OnMessage,
+        payload: bytes,
+        needs: tuple[int, ...],
+        kind: Any,
+        timeout: float | None,
     ) -> None:
         self.future = future
         self.on_message = on_message
         self.payload = payload
+        #: the constants (numbers) its payload names: sent with its chunk to a worker without them
+        self.needs = needs
         self.kind = kind
         self.timeout = timeout
         self.eager = True
@@ -108,7 +112,7 @@ class _Job:
 class _Worker:
     """One worker process as the parent sees it."""
 
-    __slots__ = ("conn", "exited", "fault_path", "outstanding", "pid", "process", "state", "state_path")
+    __slots__ = ("conn", "exited", "fault_path", "known", "outstanding", "pid", "process", "state", "state_path")
 
     def __init__(self, process: BaseProcess, conn: Connection, fault_path: str, state_path: str) -> None:
         self.process = process
@@ -119,6 +123,8 @@ class _Worker:
         self.state = WorkerState(state_path)
         #: calls sent to it whose outcome is not known yet, in the order it runs them (by seq)
         self.outstanding: dict[int, _Job] = {}
+        #: the constants it has been sent (see :mod:`datamill.executors.local_wire`)
+        self.known: set[int] = set()
         #: resolved once the process has exited and been reaped
         self.exited: asyncio.Future[None] | None = None
 
@@ -156,6 +162,7 @@ class LocalExecutor(Executor):
         self._exiting: set[_Worker] = set()  # retired workers whose exit we have not seen yet
         self._closing = False
         self._seq = 0
+        self._constants = Constants()  # what calls share, sent to each worker once
         self._durations: dict[Any, float] = {}  # kind of call -> running mean of its seconds
         self._steal_timer: asyncio.TimerHandle | None = None
         self._dispatch_soon = False  # a _dispatch() is scheduled for this turn of the loop
@@ -241,7 +248,7 @@ class LocalExecutor(Executor):
         if loop is None or self._closing:
             raise RuntimeError("LocalExecutor is not running: await start() first (and not after close()).")
         try:
-            payload = _payload(call)
+            payload, needs = self._constants.call(call.fn, tuple(call.args), dict(call.kwargs))
         except Exception as exc:
             raise StepFailed(
                 f"The call could not be pickled to send it to a worker process ({type(exc).__name__}: {exc}). "
@@ -249,7 +256,7 @@ class LocalExecutor(Executor):
                 error_type=type(exc).__name__,
                 traceback="".join(traceback.format_exception(exc)),
             ) from None
-        job = _Job(loop.create_future(), on_message, payload, _kind(call), timeout)
+        job = _Job(loop.create_future(), on_message, payload, needs, _kind(call), timeout)
         mean = self._durations.get(job.kind)
         job.eager = timeout is not None or mean is None or mean >= CHUNK_SECONDS
         self._queue.append(job)
@@ -302,6 +309,8 @@ class LocalExecutor(Executor):
         share = math.ceil(len(queue) / max(1, len(self._all)))
         take = max(1, min(n - have, share))
         chunk: list[tuple[int, bool, bytes]] = []
+        defs: dict[int, bytes] = {}
+        known = worker.known
         loop = self._loop
         assert loop is not None
         while queue and len(chunk) < take:
@@ -316,13 +325,17 @@ class LocalExecutor(Executor):
             job.seq, job.worker = self._seq, worker
             worker.outstanding[job.seq] = job
             chunk.append((job.seq, job.eager, job.payload))
+            for n in job.needs:
+                if n not in known:
+                    known.add(n)
+                    defs[n] = self._constants.data[n]
             if job.timeout is not None:
                 job.timer = loop.call_later(job.timeout, self._expire, job)
         if not chunk:
             return
         self.chunks[len(chunk)] += 1
         with contextlib.suppress(OSError):  # it just died: its sentinel will deal with its calls
-            worker.conn.send_bytes(bytes((CHUNK,)) + pickle.dumps(chunk, pickle.HIGHEST_PROTOCOL))
+            worker.conn.send_bytes(bytes((CHUNK,)) + pickle.dumps((defs, chunk), pickle.HIGHEST_PROTOCOL))
 
     def _withdraw(self, worker: _Worker, jobs: list[_Job]) -> list[_Job]:
         """Take calls back from a worker; those it has not started (they never will), in order."""
