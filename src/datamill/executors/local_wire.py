@@ -48,7 +48,7 @@ def _path(p: PurePosixPath) -> tuple[Any, tuple[Any, ...]]:
 
 def _parsed_path(cls: Any, drv: str, root: str, parts: list[str]) -> PurePosixPath:
     """A path from the parts of one that was parsed already (3.11 only, see ``_PARSED``)."""
-    return cls._from_parsed_parts(drv, root, parts)  # type: ignore[no-any-return]
+    return cls._from_parsed_parts(drv, root, parts)
 
 
 def _step_call(call: StepCall) -> tuple[Any, tuple[Any, ...]]:
@@ -149,7 +149,7 @@ def _pickle_constant(obj: Any) -> bytes:
     if isinstance(obj, bytes) or getattr(obj, "__module__", "").startswith("datamill."):
         try:
             return pickle.dumps(obj, pickle.HIGHEST_PROTOCOL)
-        except Exception:  # noqa: S110  # cloudpickle below says what is wrong, if anything
+        except Exception:  # cloudpickle below says what is wrong, if anything
             pass
     return cloudpickle.dumps(obj, pickle.HIGHEST_PROTOCOL)
 
