@@ -49,7 +49,7 @@ from typing import Any
 from datamill.errors import Cancelled, ConfigError, StepFailed, TaskTimeout, WorkerCrashed
 
 from .base import Call, Executor, OnMessage, PythonCall, deliver, step_failed
-from .local_wire import Constants
+from .local_wire import Constants, Frames, send
 from .worker import BATCH, CHUNK, MESSAGE, RESULT, SKIP, WorkerState, worker_main
 
 __all__ = ["CHUNK_SECONDS", "MAX_CHUNK", "STEAL_AFTER", "LocalExecutor"]
@@ -112,11 +112,24 @@ class _Job:
 class _Worker:
     """One worker process as the parent sees it."""
 
-    __slots__ = ("conn", "exited", "fault_path", "known", "outstanding", "pid", "process", "state", "state_path")
+    __slots__ = (
+        "conn",
+        "exited",
+        "fault_path",
+        "frames",
+        "known",
+        "outstanding",
+        "pid",
+        "process",
+        "state",
+        "state_path",
+    )
 
     def __init__(self, process: BaseProcess, conn: Connection, fault_path: str, state_path: str) -> None:
         self.process = process
         self.conn = conn
+        #: what it sent, read with one system call per wake-up of the loop
+        self.frames = Frames(conn.fileno())
         self.pid: int = process.pid or 0
         self.fault_path = fault_path
         self.state_path = state_path
@@ -229,7 +242,7 @@ class LocalExecutor(Executor):
                 self._retire(worker, kill=True)
             else:
                 with contextlib.suppress(OSError):
-                    worker.conn.send_bytes(b"")  # "exit": it leaves its loop and exits normally
+                    send(worker.conn.fileno(), b"")  # "exit": it leaves its loop and exits normally
                 self._retire(worker, kill=False)
         exits = [w.exited for w in self._exiting if w.exited is not None]
         if exits:
@@ -335,14 +348,14 @@ class LocalExecutor(Executor):
             return
         self.chunks[len(chunk)] += 1
         with contextlib.suppress(OSError):  # it just died: its sentinel will deal with its calls
-            worker.conn.send_bytes(bytes((CHUNK,)) + pickle.dumps((defs, chunk), pickle.HIGHEST_PROTOCOL))
+            send(worker.conn.fileno(), bytes((CHUNK,)) + pickle.dumps((defs, chunk), pickle.HIGHEST_PROTOCOL))
 
     def _withdraw(self, worker: _Worker, jobs: list[_Job]) -> list[_Job]:
         """Take calls back from a worker; those it has not started (they never will), in order."""
         if not jobs:
             return []
         with contextlib.suppress(OSError):
-            worker.conn.send_bytes(bytes((SKIP,)) + pickle.dumps([j.seq for j in jobs], pickle.HIGHEST_PROTOCOL))
+            send(worker.conn.fileno(), bytes((SKIP,)) + pickle.dumps([j.seq for j in jobs], pickle.HIGHEST_PROTOCOL))
         # Read after sending: a call with a larger seq than the claimed one is claimed only after
         # the worker has read the withdrawal, and then it skips it.
         claimed, _, _ = worker.state.read()
@@ -516,13 +529,16 @@ class LocalExecutor(Executor):
         self._exiting.add(worker)
 
     def _on_readable(self, worker: _Worker) -> None:
-        """Loop callback: what a worker's pipe holds now (all of it: one wake-up, many messages)."""
+        """Loop callback: what a worker's pipe holds now (all of it: one read, many messages)."""
         try:
-            while True:
-                self._handle(worker, worker.conn.recv_bytes())
-                if worker.conn.closed or not worker.conn.poll():
-                    break
-        except (EOFError, OSError):
+            alive = worker.frames.read()
+        except OSError:
+            alive = False
+        for data in worker.frames.messages():
+            if worker.conn.closed:
+                break
+            self._handle(worker, data)
+        if not alive:
             # The worker closed its end: it is exiting. Its sentinel says how and triggers _on_exit().
             assert self._loop is not None
             if not worker.conn.closed:
@@ -561,9 +577,14 @@ class LocalExecutor(Executor):
         self._loop.remove_reader(worker.process.sentinel)
         if worker in self._all:  # it died on its own: a crash
             # Messages and results it sent before dying are still in the pipe; hand them over first, in order.
-            with contextlib.suppress(EOFError, OSError):
-                while worker.outstanding and worker.conn.poll():
-                    self._handle(worker, worker.conn.recv_bytes())
+            frames = worker.frames
+            with contextlib.suppress(OSError):
+                while worker.outstanding and frames.ready() and frames.read():
+                    pass
+            for data in frames.messages():
+                if not worker.outstanding:
+                    break
+                self._handle(worker, data)
             claimed, finished, _ = worker.state.read()
             culprit = worker.outstanding.get(claimed) if finished < claimed else None
             self._lose(worker, culprit, _crash_error(worker), kill=False)

@@ -19,7 +19,10 @@ from __future__ import annotations
 
 import copyreg
 import io
+import os
 import pickle
+import select
+import struct
 import sys
 from pathlib import PosixPath, PurePosixPath
 from typing import Any
@@ -28,7 +31,7 @@ import cloudpickle
 
 from datamill.pipeline.runner import StepCall
 
-__all__ = ["MAX_CONSTANTS", "Constants", "call_parts", "dumps", "loads", "remember"]
+__all__ = ["MAX_CONSTANTS", "Constants", "Frames", "call_parts", "dumps", "loads", "remember", "send"]
 
 #: how many constants the parent numbers at most (it keeps them, and so does every worker); new
 #: ones after that go with every call, as before
@@ -165,3 +168,63 @@ def call_parts(payload: bytes) -> tuple[Any, tuple[Any, ...], dict[str, Any]]:
     n, fn, args, kwargs = pickle.loads(payload)
     return (_constants[n] if n is not None else fn), args, kwargs
 
+
+# ---------------------------------------------------------------------------------- the parent's end of a pipe
+
+_SIZE = struct.Struct("!i")  # multiprocessing.Connection's framing: a signed 4-byte length first ...
+_BIG = struct.Struct("!Q")  # ... or -1 and an 8-byte length
+
+
+def send(fd: int, data: bytes) -> None:
+    """Send ``data`` as one message a worker's ``Connection.recv_bytes`` reads: a single ``write``
+    for the frame and its bytes (``Connection.send_bytes`` makes two for more than 16 KiB, and in
+    the scheduler every system call gives the GIL to its database thread for a while)."""
+    n = len(data)
+    head = _SIZE.pack(n) if n <= 0x7FFFFFFF else _SIZE.pack(-1) + _BIG.pack(n)
+    view = memoryview(head + data)
+    while view:
+        view = view[os.write(fd, view) :]
+
+
+class Frames:
+    """The messages of one worker as they arrive: each read takes what the socket holds (one system
+    call per wake-up of the event loop, however many messages), complete messages are cut out."""
+
+    __slots__ = ("buf", "fd")
+
+    def __init__(self, fd: int) -> None:
+        self.fd = fd
+        self.buf = bytearray()
+
+    def read(self) -> bool:
+        """One read of what is there (call it only when the socket is readable); False at its end."""
+        data = os.read(self.fd, 1 << 20)
+        if not data:
+            return False
+        self.buf += data
+        return True
+
+    def ready(self) -> bool:
+        """Whether the socket can be read now without waiting."""
+        return bool(select.select([self.fd], [], [], 0)[0])
+
+    def messages(self) -> list[bytes]:
+        """The complete messages read so far, in order (a partial one stays for the next read)."""
+        out: list[bytes] = []
+        buf = self.buf
+        at, end = 0, len(buf)
+        while end - at >= 4:
+            (n,) = _SIZE.unpack_from(buf, at)
+            head = 4
+            if n == -1:
+                if end - at < 12:
+                    break
+                (n,) = _BIG.unpack_from(buf, at + 4)
+                head = 12
+            if end - at - head < n:
+                break
+            out.append(bytes(buf[at + head : at + head + n]))
+            at += head + n
+        if at:
+            del buf[:at]
+        return out
