@@ -1,8 +1,9 @@
 """The local executor: a pool of reused worker processes on this machine (the default executor).
 
 Each worker is a long-lived process with its own duplex pipe, in its own process group. A call is
-pickled once with cloudpickle (so lambdas and closures work) when :meth:`LocalExecutor.run` gets
-it, and waits in the pool's queue. Calls go to workers in *chunks*, and results come back in
+pickled once (cloudpickle for lambdas and closures) when :meth:`LocalExecutor.run` gets it, and
+waits in the pool's queue; its function, and a step pickled by value, go to each worker once
+(:mod:`datamill.executors.local_wire`). Calls go to workers in *chunks*, and results come back in
 *batches* (see :mod:`datamill.executors.worker` for the wire protocol), as
 ``multiprocessing.Pool.imap(chunksize=...)`` does, with a chunk size that adapts to how long calls
 of the same kind took so far:
@@ -57,7 +58,7 @@ __all__ = ["CHUNK_SECONDS", "MAX_CHUNK", "STEAL_AFTER", "LocalExecutor"]
 #: a chunk holds about this much work (by the mean duration of its kind of call)
 CHUNK_SECONDS = 0.02
 #: the most calls one chunk holds
-MAX_CHUNK = 64
+MAX_CHUNK = 256
 #: calls queued behind one that has run this long go to an idle worker instead
 STEAL_AFTER = 0.05
 #: how many times a call goes back to the queue because its worker died before running it
@@ -183,6 +184,8 @@ class LocalExecutor(Executor):
         self.chunks: Counter[int] = Counter()
         #: calls taken back from a worker busy with a long call and given to another
         self.stolen = 0
+        #: constants (functions, steps' bytes) sent to workers: each goes once to each worker
+        self.constants_sent = 0
 
     @property
     def capacity(self) -> int:
@@ -347,6 +350,7 @@ class LocalExecutor(Executor):
         if not chunk:
             return
         self.chunks[len(chunk)] += 1
+        self.constants_sent += len(defs)
         with contextlib.suppress(OSError):  # it just died: its sentinel will deal with its calls
             send(worker.conn.fileno(), bytes((CHUNK,)) + pickle.dumps((defs, chunk), pickle.HIGHEST_PROTOCOL))
 
