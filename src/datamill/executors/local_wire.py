@@ -31,11 +31,24 @@ import cloudpickle
 
 from datamill.pipeline.runner import StepCall
 
-__all__ = ["MAX_CONSTANTS", "Constants", "Frames", "call_parts", "dumps", "loads", "remember", "send"]
+__all__ = [
+    "MAX_CONSTANTS",
+    "MAX_CONSTANT_BYTES",
+    "Constants",
+    "Frames",
+    "call_parts",
+    "dumps",
+    "loads",
+    "remember",
+    "send",
+]
 
 #: how many constants the parent numbers at most (it keeps them, and so does every worker); new
 #: ones after that go with every call, as before
 MAX_CONSTANTS = 1024
+#: a constant pickled bigger than this (a closure holding data) goes with every call: numbered, it
+#: and what it holds would be kept by the parent and every worker for their lives
+MAX_CONSTANT_BYTES = 1 << 20
 
 
 # Python 3.11's pathlib makes a path from parts already parsed without parsing them again; later
@@ -69,7 +82,7 @@ def _step_call(call: StepCall) -> tuple[Any, tuple[Any, ...]]:
 def _rebuild_step_call(number: int, state: dict[str, Any]) -> StepCall:
     """Worker side: the ``StepCall`` again, its ``step_bytes`` taken from the constants."""
     call = StepCall.__new__(StepCall)
-    state["step_bytes"] = _constants[number]
+    state["step_bytes"] = _constant(number)
     call.__dict__.update(state)
     return call
 
@@ -82,8 +95,9 @@ _CALL_TABLE[StepCall] = _step_call
 
 #: the parent's numbering while it pickles a call (one thread: the event loop's)
 _numbering: Constants | None = None
-#: worker side: constants received, by number
+#: worker side: constants received, by number (and those not unpickled yet)
 _constants: dict[int, Any] = {}
+_pending: dict[int, bytes] = {}
 
 
 def dumps(obj: Any, *, call: bool = False) -> bytes:
@@ -119,6 +133,8 @@ class Constants:
         if len(self.data) >= MAX_CONSTANTS:
             return None
         data = _pickle_constant(obj)
+        if len(data) > MAX_CONSTANT_BYTES:
+            return None
         n = len(self.data)
         self._numbers[id(obj)] = (n, obj)
         self.data[n] = data
@@ -158,15 +174,22 @@ def _pickle_constant(obj: Any) -> bytes:
 
 
 def remember(defs: dict[int, bytes]) -> None:
-    """Worker side: keep the constants a chunk brought."""
-    for n, data in defs.items():
+    """Worker side: keep the constants a chunk brought (unpickled when a call first uses one, so
+    that one that cannot be loaded here fails that call, not the worker)."""
+    _pending.update(defs)
+
+
+def _constant(n: int) -> Any:
+    data = _pending.pop(n, None)
+    if data is not None:
         _constants[n] = pickle.loads(data)
+    return _constants[n]
 
 
 def call_parts(payload: bytes) -> tuple[Any, tuple[Any, ...], dict[str, Any]]:
     """Worker side: ``(fn, args, kwargs)`` of a payload."""
     n, fn, args, kwargs = pickle.loads(payload)
-    return (_constants[n] if n is not None else fn), args, kwargs
+    return (_constant(n) if n is not None else fn), args, kwargs
 
 
 # ---------------------------------------------------------------------------------- the parent's end of a pipe
