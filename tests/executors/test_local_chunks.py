@@ -160,3 +160,39 @@ def test_a_worker_killed_mid_chunk_fails_only_its_call(make_harness: Callable[..
     # Every other call ran; one whose result died with the worker before it was sent ran again.
     assert set(ran) == set(range(30))
     assert len(one.executor.pids) == 1
+
+
+def test_a_function_goes_to_each_worker_once(pool: Any) -> None:
+    """Calls of one closure carry a number, not the closure: it is sent once per worker, and
+    closures made per call (each a new function) still run with their own values."""
+    base = 1000
+
+    def shared(reporter: Reporter, i: int) -> int:
+        return base + i
+
+    def made(k: int) -> Callable[..., int]:
+        return lambda reporter: k * 2
+
+    async def scenario() -> tuple[list[int], list[int]]:
+        same = await asyncio.gather(*(pool.executor.run(PythonCall(shared, (i,)), ignore) for i in range(200)))
+        sent = pool.executor.constants_sent
+        fresh = await asyncio.gather(*(pool.executor.run(PythonCall(made(k)), ignore) for k in range(30)))
+        return same, [sent, *fresh]
+
+    same, (sent, *fresh) = pool.run(scenario())
+    assert same == [1000 + i for i in range(200)]
+    assert 1 <= sent <= 2  # the one function, to at most each of the two workers
+    assert fresh == [k * 2 for k in range(30)]
+
+
+def test_big_results_cross_whole(pool: Any) -> None:
+    """Results larger than a socket's buffer and than one read of it arrive whole, each to its call."""
+
+    def big(reporter: Reporter, i: int) -> bytes:
+        return bytes([i]) * (700_000 * (1 + i % 3))
+
+    async def scenario() -> list[bytes]:
+        return await asyncio.gather(*(pool.executor.run(PythonCall(big, (i,)), ignore) for i in range(12)))
+
+    got = pool.run(scenario())
+    assert got == [bytes([i]) * (700_000 * (1 + i % 3)) for i in range(12)]

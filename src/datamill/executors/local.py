@@ -1,8 +1,9 @@
 """The local executor: a pool of reused worker processes on this machine (the default executor).
 
 Each worker is a long-lived process with its own duplex pipe, in its own process group. A call is
-pickled once with cloudpickle (so lambdas and closures work) when :meth:`LocalExecutor.run` gets
-it, and waits in the pool's queue. Calls go to workers in *chunks*, and results come back in
+pickled once (cloudpickle for lambdas and closures) when :meth:`LocalExecutor.run` gets it, and
+waits in the pool's queue; its function, and a step pickled by value, go to each worker once
+(:mod:`datamill.executors.local_wire`). Calls go to workers in *chunks*, and results come back in
 *batches* (see :mod:`datamill.executors.worker` for the wire protocol), as
 ``multiprocessing.Pool.imap(chunksize=...)`` does, with a chunk size that adapts to how long calls
 of the same kind took so far:
@@ -46,11 +47,10 @@ from multiprocessing.context import BaseContext
 from multiprocessing.process import BaseProcess
 from typing import Any
 
-import cloudpickle
-
 from datamill.errors import Cancelled, ConfigError, StepFailed, TaskTimeout, WorkerCrashed
 
 from .base import Call, Executor, OnMessage, PythonCall, deliver, step_failed
+from .local_wire import Constants, Frames, send
 from .worker import BATCH, CHUNK, MESSAGE, RESULT, SKIP, WorkerState, worker_main
 
 __all__ = ["CHUNK_SECONDS", "MAX_CHUNK", "STEAL_AFTER", "LocalExecutor"]
@@ -58,7 +58,7 @@ __all__ = ["CHUNK_SECONDS", "MAX_CHUNK", "STEAL_AFTER", "LocalExecutor"]
 #: a chunk holds about this much work (by the mean duration of its kind of call)
 CHUNK_SECONDS = 0.02
 #: the most calls one chunk holds
-MAX_CHUNK = 64
+MAX_CHUNK = 256
 #: calls queued behind one that has run this long go to an idle worker instead
 STEAL_AFTER = 0.05
 #: how many times a call goes back to the queue because its worker died before running it
@@ -70,32 +70,37 @@ _EWMA = 0.2
 _FAULT_TAIL = 20_000
 
 
-def _payload(call: PythonCall) -> bytes:
-    """``(fn, args, kwargs)`` of ``call`` pickled for a worker.
-
-    datamill's own functions (the engine's ``run_step`` on a :class:`StepCall` of plain data) go
-    through the standard pickler, by reference: cloudpickle's checks of every object cost more than
-    a trivial task. Anything else, or what the standard pickler refuses, goes through cloudpickle
-    (lambdas, closures, functions of ``__main__``).
-    """
-    parts = (call.fn, tuple(call.args), dict(call.kwargs))
-    if getattr(call.fn, "__module__", "").startswith("datamill."):
-        with contextlib.suppress(Exception):  # e.g. a lambda in the arguments: cloudpickle below
-            return pickle.dumps(parts, pickle.HIGHEST_PROTOCOL)
-    return cloudpickle.dumps(parts, pickle.HIGHEST_PROTOCOL)
-
-
 class _Job:
     """One call, from :meth:`LocalExecutor.run` to its result: where it goes and who gets its messages."""
 
-    __slots__ = ("eager", "future", "kind", "on_message", "payload", "requeues", "seq", "timeout", "timer", "worker")
+    __slots__ = (
+        "eager",
+        "future",
+        "kind",
+        "needs",
+        "on_message",
+        "payload",
+        "requeues",
+        "seq",
+        "timeout",
+        "timer",
+        "worker",
+    )
 
     def __init__(
-        self, future: asyncio.Future[Any], on_message: OnMessage, payload: bytes, kind: Any, timeout: float | None
+        self,
+        future: asyncio.Future[Any],
+        on_message: OnMessage,
+        payload: bytes,
+        needs: tuple[int, ...],
+        kind: Any,
+        timeout: float | None,
     ) -> None:
         self.future = future
         self.on_message = on_message
         self.payload = payload
+        #: the constants (numbers) its payload names: sent with its chunk to a worker without them
+        self.needs = needs
         self.kind = kind
         self.timeout = timeout
         self.eager = True
@@ -108,17 +113,32 @@ class _Job:
 class _Worker:
     """One worker process as the parent sees it."""
 
-    __slots__ = ("conn", "exited", "fault_path", "outstanding", "pid", "process", "state", "state_path")
+    __slots__ = (
+        "conn",
+        "exited",
+        "fault_path",
+        "frames",
+        "known",
+        "outstanding",
+        "pid",
+        "process",
+        "state",
+        "state_path",
+    )
 
     def __init__(self, process: BaseProcess, conn: Connection, fault_path: str, state_path: str) -> None:
         self.process = process
         self.conn = conn
+        #: what it sent, read with one system call per wake-up of the loop
+        self.frames = Frames(conn.fileno())
         self.pid: int = process.pid or 0
         self.fault_path = fault_path
         self.state_path = state_path
         self.state = WorkerState(state_path)
         #: calls sent to it whose outcome is not known yet, in the order it runs them (by seq)
         self.outstanding: dict[int, _Job] = {}
+        #: the constants it has been sent (see :mod:`datamill.executors.local_wire`)
+        self.known: set[int] = set()
         #: resolved once the process has exited and been reaped
         self.exited: asyncio.Future[None] | None = None
 
@@ -156,6 +176,7 @@ class LocalExecutor(Executor):
         self._exiting: set[_Worker] = set()  # retired workers whose exit we have not seen yet
         self._closing = False
         self._seq = 0
+        self._constants = Constants()  # what calls share, sent to each worker once
         self._durations: dict[Any, float] = {}  # kind of call -> running mean of its seconds
         self._steal_timer: asyncio.TimerHandle | None = None
         self._dispatch_soon = False  # a _dispatch() is scheduled for this turn of the loop
@@ -163,6 +184,8 @@ class LocalExecutor(Executor):
         self.chunks: Counter[int] = Counter()
         #: calls taken back from a worker busy with a long call and given to another
         self.stolen = 0
+        #: constants (functions, steps' bytes) sent to workers: each goes once to each worker
+        self.constants_sent = 0
 
     @property
     def capacity(self) -> int:
@@ -222,7 +245,7 @@ class LocalExecutor(Executor):
                 self._retire(worker, kill=True)
             else:
                 with contextlib.suppress(OSError):
-                    worker.conn.send_bytes(b"")  # "exit": it leaves its loop and exits normally
+                    send(worker.conn.fileno(), b"")  # "exit": it leaves its loop and exits normally
                 self._retire(worker, kill=False)
         exits = [w.exited for w in self._exiting if w.exited is not None]
         if exits:
@@ -241,7 +264,7 @@ class LocalExecutor(Executor):
         if loop is None or self._closing:
             raise RuntimeError("LocalExecutor is not running: await start() first (and not after close()).")
         try:
-            payload = _payload(call)
+            payload, needs = self._constants.call(call.fn, tuple(call.args), dict(call.kwargs))
         except Exception as exc:
             raise StepFailed(
                 f"The call could not be pickled to send it to a worker process ({type(exc).__name__}: {exc}). "
@@ -249,7 +272,7 @@ class LocalExecutor(Executor):
                 error_type=type(exc).__name__,
                 traceback="".join(traceback.format_exception(exc)),
             ) from None
-        job = _Job(loop.create_future(), on_message, payload, _kind(call), timeout)
+        job = _Job(loop.create_future(), on_message, payload, needs, _kind(call), timeout)
         mean = self._durations.get(job.kind)
         job.eager = timeout is not None or mean is None or mean >= CHUNK_SECONDS
         self._queue.append(job)
@@ -302,6 +325,8 @@ class LocalExecutor(Executor):
         share = math.ceil(len(queue) / max(1, len(self._all)))
         take = max(1, min(n - have, share))
         chunk: list[tuple[int, bool, bytes]] = []
+        defs: dict[int, bytes] = {}
+        known = worker.known
         loop = self._loop
         assert loop is not None
         while queue and len(chunk) < take:
@@ -316,20 +341,25 @@ class LocalExecutor(Executor):
             job.seq, job.worker = self._seq, worker
             worker.outstanding[job.seq] = job
             chunk.append((job.seq, job.eager, job.payload))
+            for n in job.needs:
+                if n not in known:
+                    known.add(n)
+                    defs[n] = self._constants.data[n]
             if job.timeout is not None:
                 job.timer = loop.call_later(job.timeout, self._expire, job)
         if not chunk:
             return
         self.chunks[len(chunk)] += 1
+        self.constants_sent += len(defs)
         with contextlib.suppress(OSError):  # it just died: its sentinel will deal with its calls
-            worker.conn.send_bytes(bytes((CHUNK,)) + pickle.dumps(chunk, pickle.HIGHEST_PROTOCOL))
+            send(worker.conn.fileno(), bytes((CHUNK,)) + pickle.dumps((defs, chunk), pickle.HIGHEST_PROTOCOL))
 
     def _withdraw(self, worker: _Worker, jobs: list[_Job]) -> list[_Job]:
         """Take calls back from a worker; those it has not started (they never will), in order."""
         if not jobs:
             return []
         with contextlib.suppress(OSError):
-            worker.conn.send_bytes(bytes((SKIP,)) + pickle.dumps([j.seq for j in jobs], pickle.HIGHEST_PROTOCOL))
+            send(worker.conn.fileno(), bytes((SKIP,)) + pickle.dumps([j.seq for j in jobs], pickle.HIGHEST_PROTOCOL))
         # Read after sending: a call with a larger seq than the claimed one is claimed only after
         # the worker has read the withdrawal, and then it skips it.
         claimed, _, _ = worker.state.read()
@@ -503,13 +533,16 @@ class LocalExecutor(Executor):
         self._exiting.add(worker)
 
     def _on_readable(self, worker: _Worker) -> None:
-        """Loop callback: what a worker's pipe holds now (all of it: one wake-up, many messages)."""
+        """Loop callback: what a worker's pipe holds now (all of it: one read, many messages)."""
         try:
-            while True:
-                self._handle(worker, worker.conn.recv_bytes())
-                if worker.conn.closed or not worker.conn.poll():
-                    break
-        except (EOFError, OSError):
+            alive = worker.frames.read()
+        except OSError:
+            alive = False
+        for data in worker.frames.messages():
+            if worker.conn.closed:
+                break
+            self._handle(worker, data)
+        if not alive:
             # The worker closed its end: it is exiting. Its sentinel says how and triggers _on_exit().
             assert self._loop is not None
             if not worker.conn.closed:
@@ -548,9 +581,14 @@ class LocalExecutor(Executor):
         self._loop.remove_reader(worker.process.sentinel)
         if worker in self._all:  # it died on its own: a crash
             # Messages and results it sent before dying are still in the pipe; hand them over first, in order.
-            with contextlib.suppress(EOFError, OSError):
-                while worker.outstanding and worker.conn.poll():
-                    self._handle(worker, worker.conn.recv_bytes())
+            frames = worker.frames
+            with contextlib.suppress(OSError):
+                while worker.outstanding and frames.ready() and frames.read():
+                    pass
+            for data in frames.messages():
+                if not worker.outstanding:
+                    break
+                self._handle(worker, data)
             claimed, finished, _ = worker.state.read()
             culprit = worker.outstanding.get(claimed) if finished < claimed else None
             self._lose(worker, culprit, _crash_error(worker), kill=False)

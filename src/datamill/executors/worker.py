@@ -4,13 +4,14 @@ The parent (:mod:`datamill.executors.local`) sends a worker *chunks* of calls an
 back in *batches*, so that a pool of short tasks costs one pipe round trip per chunk, not per task
 (what ``multiprocessing.Pool.imap(chunksize=...)`` does).
 
-Parent to worker, one ``send_bytes`` each: ``b"C" + pickle([(seq, eager, payload), ...])`` a chunk
-(``payload`` is ``cloudpickle((fn, args, kwargs))``, made once per call by the parent);
+Parent to worker, one ``send_bytes`` each: ``b"C" + pickle((constants, [(seq, eager, payload), ...]))``
+a chunk (``payload`` is made once per call by the parent, and ``constants`` are what its calls
+share that this worker has not been sent yet: see :mod:`datamill.executors.local_wire`);
 ``b"S" + pickle([seq, ...])`` withdraw calls not started yet; empty bytes: exit.
 
 Worker to parent: ``b"M" + pickle((seq, message))`` a progress or log message of call ``seq``;
 ``b"B" + pickle([(seq, tag, payload, seconds), ...])`` results, ``tag`` :data:`RESULT` (``payload``
-is the cloudpickled return value) or :data:`ERROR` (a pickled ``(type name, text, traceback)``).
+is the pickled return value) or :data:`ERROR` (a pickled ``(type name, text, traceback)``).
 Results are held back while calls finish quickly and sent when the chunk is done, when a few
 milliseconds have passed, before a message, and around every *eager* call (one with a timeout, or
 whose duration is not known to be short), so a long call never holds finished results back.
@@ -49,6 +50,7 @@ import cloudpickle
 
 from .base import Message, Reporter
 from .capture import MAX_LINE, task_output
+from .local_wire import call_parts, dumps, remember
 
 __all__ = ["ERROR", "RESULT", "WorkerState", "worker_main"]
 
@@ -169,6 +171,8 @@ class _FdCapture:
         self.log: Callable[[str], None] | None = None
         self.pipes: list[tuple[int, int, str]] = []  # (read end, original copy, prefix)
         self.partial: dict[int, bytes] = {}
+        # Which pipes hold bytes when a call ends: one poll for both, instead of a read of each.
+        self.readable = select.poll()
         for fd, prefix in ((1, ""), (2, "stderr: ")):
             try:
                 os.fstat(fd)
@@ -181,6 +185,7 @@ class _FdCapture:
             os.set_blocking(r, False)
             fcntl.fcntl(r, fcntl.F_SETFD, fcntl.FD_CLOEXEC)
             self.pipes.append((r, original, prefix))
+            self.readable.register(r, select.POLLIN)
             self.partial[r] = b""
             pump = threading.Thread(target=self._pump, args=(r, original, prefix), name=f"datamill-fd{fd}", daemon=True)
             pump.start()
@@ -194,10 +199,13 @@ class _FdCapture:
             with contextlib.suppress(Exception):
                 stream.flush()
         with self.lock:
+            ready = self.readable.poll(0)
             for r, original, prefix in self.pipes:
-                self._drain(r, original, prefix)
-                rest, self.partial[r] = self.partial[r], b""
+                if ready:
+                    self._drain(r, original, prefix)
+                rest = self.partial[r]
                 if rest:
+                    self.partial[r] = b""
                     self._line(original, prefix, rest)
             self.log = None
 
@@ -259,6 +267,10 @@ def worker_main(conn: Connection, fault_path: str, state_path: str) -> None:
     capture = _FdCapture()
     inbox: deque[tuple[int, bool, bytes]] = deque()
     skip: set[int] = set()
+    # Looked at before every call: one poll object for the worker's life (Connection.poll() makes
+    # a selector each time, which cost more than a trivial call).
+    pipe = select.poll()
+    pipe.register(conn.fileno(), select.POLLIN)
     try:
         while True:
             if not inbox:
@@ -269,7 +281,7 @@ def worker_main(conn: Connection, fault_path: str, state_path: str) -> None:
             seq, eager, payload = inbox.popleft()
             state.claim(seq)
             # Withdrawals sent before the claim are in the pipe now: honour them before running.
-            while conn.poll():
+            while pipe.poll(0):
                 if not _receive(conn, conn.recv_bytes(), inbox, skip):
                     return
             if seq in skip:
@@ -294,7 +306,10 @@ def _receive(conn: Connection, data: bytes, inbox: deque[tuple[int, bool, bytes]
     if not data:
         return False
     if data[0] == CHUNK:
-        inbox.extend(pickle.loads(data[1:]))
+        constants, chunk = pickle.loads(data[1:])
+        if constants:
+            remember(constants)
+        inbox.extend(chunk)
     elif data[0] == SKIP:
         skip.update(pickle.loads(data[1:]))
     return True
@@ -304,7 +319,7 @@ def _run(outbox: _Outbox, capture: _FdCapture, seq: int, payload: bytes) -> tupl
     """Run one call; its reply ``(tag, payload)``."""
     channel = _Channel(outbox, seq)
     try:
-        fn, args, kwargs = cloudpickle.loads(payload)
+        fn, args, kwargs = call_parts(payload)
         reporter = Reporter(channel.emit)
         # Whatever the call prints, logs or writes to fds 1 and 2 (C code, child processes) is its log.
         capture.begin(reporter.log)
@@ -325,10 +340,11 @@ def _run(outbox: _Outbox, capture: _FdCapture, seq: int, payload: bytes) -> tupl
 
 def _result_payload(fn: Any, result: Any) -> bytes:
     """A call's return value pickled for the parent: datamill's own (a ``StepResult`` of plain data)
-    with the standard pickler, which is several times faster; anything else with cloudpickle."""
+    with the standard pickler, which is several times faster (paths as strings); anything else
+    with cloudpickle."""
     if getattr(fn, "__module__", "").startswith("datamill."):
         with contextlib.suppress(Exception):
-            return pickle.dumps(result, pickle.HIGHEST_PROTOCOL)
+            return dumps(result)
     return cloudpickle.dumps(result, pickle.HIGHEST_PROTOCOL)
 
 

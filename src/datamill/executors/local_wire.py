@@ -1,0 +1,253 @@
+"""How calls and results of the local pool are pickled for the pipe between the parent and a worker.
+
+Two costs of a trivial task are removed here by design:
+
+* What does not change from call to call is sent to a worker once, not with every call: the
+  call's function (a step's ``run_step``, or a user's closure pickled by value) and a step pickled
+  into ``StepCall.step_bytes`` are *constants*, numbered by the parent (:class:`Constants`) the
+  first time it sees them; a call's payload names them by number, and a chunk carries the
+  constants that worker has not had yet (:func:`remember` keeps them in the worker).
+* Paths are pickled already parsed (:func:`dumps`): the standard pickling of a ``Path`` gives its
+  parts, which the other end parses again one by one, and a call and its result hold five paths:
+  that cost more than a trivial task's call.
+
+A payload is ``pickle((fn_number, args, kwargs))``; a ``StepCall`` with ``step_bytes`` is
+pickled with the number of its step's bytes instead of the bytes.
+"""
+
+from __future__ import annotations
+
+import copyreg
+import io
+import os
+import pickle
+import select
+import struct
+import sys
+from pathlib import PosixPath, PurePosixPath
+from typing import Any
+
+import cloudpickle
+
+from datamill.pipeline.runner import StepCall
+
+__all__ = [
+    "MAX_CONSTANTS",
+    "MAX_CONSTANT_BYTES",
+    "Constants",
+    "Frames",
+    "call_parts",
+    "dumps",
+    "loads",
+    "remember",
+    "send",
+]
+
+#: how many constants the parent numbers at most (it keeps them, and so does every worker); new
+#: ones after that go with every call, as before
+MAX_CONSTANTS = 1024
+#: a constant pickled bigger than this (a closure holding data) goes with every call: numbered, it
+#: and what it holds would be kept by the parent and every worker for their lives
+MAX_CONSTANT_BYTES = 1 << 20
+
+
+# Python 3.11's pathlib makes a path from parts already parsed without parsing them again; later
+# versions changed these internals, so there a path goes as its string (one parse, not one per part).
+_PARSED = sys.version_info[:2] == (3, 11) and hasattr(PurePosixPath, "_from_parsed_parts")
+
+
+def _path(p: PurePosixPath) -> tuple[Any, tuple[Any, ...]]:
+    if _PARSED:
+        return _parsed_path, (type(p), p._drv, p._root, p._parts)  # type: ignore[attr-defined]
+    return type(p), (str(p),)
+
+
+def _parsed_path(cls: Any, drv: str, root: str, parts: list[str]) -> PurePosixPath:
+    """A path from the parts of one that was parsed already (3.11 only, see ``_PARSED``)."""
+    return cls._from_parsed_parts(drv, root, parts)
+
+
+def _step_call(call: StepCall) -> tuple[Any, tuple[Any, ...]]:
+    """A ``StepCall`` with ``step_bytes``: the bytes as a constant's number (see :meth:`Constants.call`)."""
+    if call.step_bytes is None or _numbering is None:
+        return call.__reduce_ex__(pickle.HIGHEST_PROTOCOL)  # type: ignore[return-value]
+    number = _numbering.number(call.step_bytes)
+    if number is None:
+        return call.__reduce_ex__(pickle.HIGHEST_PROTOCOL)  # type: ignore[return-value]
+    state = dict(call.__dict__)
+    state["step_bytes"] = None
+    return _rebuild_step_call, (number, state)
+
+
+def _rebuild_step_call(number: int, state: dict[str, Any]) -> StepCall:
+    """Worker side: the ``StepCall`` again, its ``step_bytes`` taken from the constants."""
+    call = StepCall.__new__(StepCall)
+    state["step_bytes"] = _constant(number)
+    call.__dict__.update(state)
+    return call
+
+
+_TABLE: dict[type, Any] = dict(copyreg.dispatch_table)
+_TABLE[PosixPath] = _path
+_TABLE[PurePosixPath] = _path
+_CALL_TABLE = dict(_TABLE)
+_CALL_TABLE[StepCall] = _step_call
+
+#: the parent's numbering while it pickles a call (one thread: the event loop's)
+_numbering: Constants | None = None
+#: worker side: constants received, by number (and those not unpickled yet)
+_constants: dict[int, Any] = {}
+_pending: dict[int, bytes] = {}
+
+
+def dumps(obj: Any, *, call: bool = False) -> bytes:
+    """``obj`` pickled with the standard pickler, paths as strings."""
+    buf = io.BytesIO()
+    pickler = pickle.Pickler(buf, pickle.HIGHEST_PROTOCOL)
+    pickler.dispatch_table = _CALL_TABLE if call else _TABLE
+    pickler.dump(obj)
+    return buf.getvalue()
+
+
+def loads(data: bytes) -> Any:
+    """What :func:`dumps` (or cloudpickle) made."""
+    return pickle.loads(data)
+
+
+class Constants:
+    """The parent's numbering of constants: object → number, and each one's pickled bytes."""
+
+    def __init__(self) -> None:
+        # Keyed by id(); the object itself is kept, so its id is never reused by another one.
+        self._numbers: dict[int, tuple[int, Any]] = {}
+        #: number → the constant pickled (what a worker receives)
+        self.data: dict[int, bytes] = {}
+        self._used: list[int] = []
+
+    def number(self, obj: Any) -> int | None:
+        """``obj``'s number (pickling and numbering it when first seen); None when the table is full."""
+        hit = self._numbers.get(id(obj))
+        if hit is not None:
+            self._used.append(hit[0])
+            return hit[0]
+        if len(self.data) >= MAX_CONSTANTS:
+            return None
+        data = _pickle_constant(obj)
+        if len(data) > MAX_CONSTANT_BYTES:
+            return None
+        n = len(self.data)
+        self._numbers[id(obj)] = (n, obj)
+        self.data[n] = data
+        self._used.append(n)
+        return n
+
+    def call(self, fn: Any, args: tuple[Any, ...], kwargs: dict[str, Any]) -> tuple[bytes, tuple[int, ...]]:
+        """The payload of ``fn(reporter, *args, **kwargs)`` and the constants it names."""
+        global _numbering
+        self._used = []
+        n = self.number(fn)
+        own = getattr(fn, "__module__", "").startswith("datamill.")
+        parts = (n, None if n is not None else fn, args, kwargs)
+        payload: bytes | None = None
+        if own:
+            # datamill's own calls (the engine's run_step on a StepCall of plain data) by the
+            # standard pickler: cloudpickle's checks of every object cost more than a trivial task.
+            _numbering = self
+            try:
+                payload = dumps(parts, call=True)
+            except Exception:  # e.g. a lambda in the arguments: cloudpickle below
+                payload = None
+            finally:
+                _numbering = None
+        if payload is None:
+            payload = cloudpickle.dumps(parts, pickle.HIGHEST_PROTOCOL)
+        return payload, tuple(dict.fromkeys(self._used))
+
+
+def _pickle_constant(obj: Any) -> bytes:
+    if isinstance(obj, bytes) or getattr(obj, "__module__", "").startswith("datamill."):
+        try:
+            return pickle.dumps(obj, pickle.HIGHEST_PROTOCOL)
+        except Exception:  # cloudpickle below says what is wrong, if anything
+            pass
+    return cloudpickle.dumps(obj, pickle.HIGHEST_PROTOCOL)
+
+
+def remember(defs: dict[int, bytes]) -> None:
+    """Worker side: keep the constants a chunk brought (unpickled when a call first uses one, so
+    that one that cannot be loaded here fails that call, not the worker)."""
+    _pending.update(defs)
+
+
+def _constant(n: int) -> Any:
+    data = _pending.pop(n, None)
+    if data is not None:
+        _constants[n] = pickle.loads(data)
+    return _constants[n]
+
+
+def call_parts(payload: bytes) -> tuple[Any, tuple[Any, ...], dict[str, Any]]:
+    """Worker side: ``(fn, args, kwargs)`` of a payload."""
+    n, fn, args, kwargs = pickle.loads(payload)
+    return (_constant(n) if n is not None else fn), args, kwargs
+
+
+# ---------------------------------------------------------------------------------- the parent's end of a pipe
+
+_SIZE = struct.Struct("!i")  # multiprocessing.Connection's framing: a signed 4-byte length first ...
+_BIG = struct.Struct("!Q")  # ... or -1 and an 8-byte length
+
+
+def send(fd: int, data: bytes) -> None:
+    """Send ``data`` as one message a worker's ``Connection.recv_bytes`` reads: a single ``write``
+    for the frame and its bytes (``Connection.send_bytes`` makes two for more than 16 KiB, and in
+    the scheduler every system call gives the GIL to its database thread for a while)."""
+    n = len(data)
+    head = _SIZE.pack(n) if n <= 0x7FFFFFFF else _SIZE.pack(-1) + _BIG.pack(n)
+    view = memoryview(head + data)
+    while view:
+        view = view[os.write(fd, view) :]
+
+
+class Frames:
+    """The messages of one worker as they arrive: each read takes what the socket holds (one system
+    call per wake-up of the event loop, however many messages), complete messages are cut out."""
+
+    __slots__ = ("buf", "fd")
+
+    def __init__(self, fd: int) -> None:
+        self.fd = fd
+        self.buf = bytearray()
+
+    def read(self) -> bool:
+        """One read of what is there (call it only when the socket is readable); False at its end."""
+        data = os.read(self.fd, 1 << 20)
+        if not data:
+            return False
+        self.buf += data
+        return True
+
+    def ready(self) -> bool:
+        """Whether the socket can be read now without waiting."""
+        return bool(select.select([self.fd], [], [], 0)[0])
+
+    def messages(self) -> list[bytes]:
+        """The complete messages read so far, in order (a partial one stays for the next read)."""
+        out: list[bytes] = []
+        buf = self.buf
+        at, end = 0, len(buf)
+        while end - at >= 4:
+            (n,) = _SIZE.unpack_from(buf, at)
+            head = 4
+            if n == -1:
+                if end - at < 12:
+                    break
+                (n,) = _BIG.unpack_from(buf, at + 4)
+                head = 12
+            if end - at - head < n:
+                break
+            out.append(bytes(buf[at + head : at + head + n]))
+            at += head + n
+        if at:
+            del buf[:at]
+        return out
