@@ -130,10 +130,11 @@ def _value_call(the_plan: Plan, pt: PlannedTask, base: str, got: Materialized) -
 
     ref = the_plan.pipeline.ref
     ups = got.upstream
+    out = Path(f"{base}/out")
     return StepCall(
         step=step.name,
-        output_dir=Path(f"{base}/out"),
-        scratch_dir=Path(f"{base}/scratch"),
+        output_dir=out,
+        scratch_dir=out.with_name("scratch"),  # one path parsed, not two
         pipeline_ref=ref,
         step_bytes=None if ref else the_plan.pipeline.pickled_step(step.name),
         params=dict(pt.params),

@@ -39,14 +39,14 @@ INLINE_LIMIT = 4096
 class Materialized:
     """A task's inputs as local files, and the upstream outputs it consumes (to record as its inputs)."""
 
-    #: input item path (``folder/name``) -> local file
-    item_files: dict[str, Path] = field(default_factory=dict)
+    #: input item path (``folder/name``) -> local file (a string on the values path: made a Path if used)
+    item_files: dict[str, str | Path] = field(default_factory=dict)
     #: upstream planned task id -> its output files
     upstream: dict[str, list[OutputFile]] = field(default_factory=dict)
     #: rows for ``task_inputs``: which upstream output each consumed file was
     inputs: list[dict[str, Any]] = field(default_factory=list)
     #: input item path -> the blob file to read it from (values only: ``item_files`` are linked lazily)
-    sources: dict[str, Path] = field(default_factory=dict)
+    sources: dict[str, str] = field(default_factory=dict)
 
 
 class WorkDirs:
@@ -90,7 +90,7 @@ class WorkDirs:
             return None
         got = Materialized()
         for link, ref in _item_links(base, the_plan, pt, step):
-            source = self.blobs.local_path(ref.digest)
+            source = self.blobs.local_file(ref.digest)
             if source is None:
                 return None
             got.item_files[ref.path] = link
@@ -116,7 +116,8 @@ class WorkDirs:
         base = Path(base)
         step = the_plan.pipeline.step(pt.step)
         got = Materialized()
-        for link, ref in _item_links(base, the_plan, pt, step):
+        for name, ref in _item_links(base, the_plan, pt, step):
+            link = Path(name)
             link.parent.mkdir(parents=True, exist_ok=True)
             self.place(ref.digest, None, link)
             got.item_files[ref.path] = link
@@ -186,7 +187,7 @@ class WorkDirs:
             shutil.rmtree(work_dir, ignore_errors=True)
 
 
-def _item_links(base: str | Path, the_plan: Plan, pt: PlannedTask, step: Step) -> list[tuple[Path, InputRef]]:
+def _item_links(base: str | Path, the_plan: Plan, pt: PlannedTask, step: Step) -> list[tuple[str, InputRef]]:
     """Where each input item a task reads goes in its work directory, with the item."""
     refs: list[InputRef] = []
     if pt.item is not None and step.uses_item:
@@ -196,8 +197,8 @@ def _item_links(base: str | Path, the_plan: Plan, pt: PlannedTask, step: Step) -
     # Named like the item, so steps that look at suffixes (read_excel, ...) work; a directory
     # per input only when there are several (their names may repeat across folders).
     if len(refs) == 1:
-        return [(Path(f"{base}/in/{refs[0].name}"), refs[0])]
-    return [(Path(f"{base}/in/{i}/{ref.name}"), ref) for i, ref in enumerate(refs)]
+        return [(f"{base}/in/{refs[0].name}", refs[0])]
+    return [(f"{base}/in/{i}/{ref.name}", ref) for i, ref in enumerate(refs)]
 
 
 def _consumed(dep: str, up: TaskRow, o: OutputRecord) -> dict[str, Any]:

@@ -80,15 +80,19 @@ class OutputFile:
 
 @dataclass(frozen=True)
 class ItemInput:
-    """An input item bound to a local copy of its bytes (``path`` None when not fetched)."""
+    """An input item bound to a local copy of its bytes (``path`` None when not fetched).
+
+    ``path`` and ``source`` may be strings: the :class:`InputFile` makes them Paths when a step uses
+    them (most steps on values read the item's name or bytes, and parsing paths cost more).
+    """
 
     ref: InputRef
-    path: Path | None
+    path: Path | str | None
     #: a local file with the same bytes (the blob store's): read there, ``path`` linked on first use
-    source: Path | None = None
+    source: Path | str | None = None
 
     def __post_init__(self) -> None:
-        if self.path is not None and type(self.path) is not _PATH:
+        if self.path is not None and type(self.path) is not _PATH and type(self.path) is not str:
             object.__setattr__(self, "path", Path(self.path))
 
     def file(self) -> InputFile:
