@@ -205,9 +205,6 @@ class Attempts:
     ) -> Done:
         pt = the_plan.task(t.planned_id)
         step = the_plan.pipeline.step(pt.step)
-        if os.path.exists(base):
-            # Left by a scheduler that died during this attempt (a reclaimed task keeps its number).
-            await asyncio.to_thread(shutil.rmtree, base, True)
         # The log file (and its Path) is made with the first line: most tasks log nothing.
         log_file = TaskLog(self.workdirs.log_file(t.id))
 
@@ -218,7 +215,14 @@ class Attempts:
                 log_file.write(msg.line.rstrip("\n") + "\n")
 
         try:
-            call, got, in_memory = self._call(base, the_plan, pt, tasks)
+            got = self.workdirs.values(base, the_plan, pt, tasks)
+            if got is None and os.path.exists(base):
+                # Left by a scheduler that died during this attempt (a reclaimed task keeps its
+                # number). A call on values needs no such look: it makes its directory only if it
+                # needs one, clearing what a dead attempt left there (``run_step``), and the
+                # directory is removed after the attempt whoever made it.
+                await asyncio.to_thread(shutil.rmtree, base, True)
+            call, got, in_memory = self._call(base, the_plan, pt, tasks, got)
             result = await self._run_step(step, call, on_message, pt, t)
             outputs = [self.workdirs.keep_output(o) for o in result.outputs]
             # Most tasks log nothing: then there is no log file to keep or remove.
@@ -263,10 +267,12 @@ class Attempts:
         return result
 
     def _call(
-        self, base: str, the_plan: Plan, pt: PlannedTask, tasks: dict[str, TaskRow]
+        self, base: str, the_plan: Plan, pt: PlannedTask, tasks: dict[str, TaskRow], got: Materialized | None
     ) -> tuple[StepCall, Materialized, bool]:
-        """The call that runs ``pt``, its inputs, and whether it runs on values (no work directory)."""
-        got = self.workdirs.values(base, the_plan, pt, tasks)
+        """The call that runs ``pt``, its inputs, and whether it runs on values (no work directory).
+
+        ``got``: its inputs as values (:meth:`WorkDirs.values`), or None if it needs a work directory.
+        """
         if got is not None:
             return _value_call(the_plan, pt, base, got), got, True
         got = self.workdirs.materialize(base, the_plan, pt, tasks)
