@@ -194,22 +194,35 @@ def append_many(conn: Connection, rows: Iterable[dict[str, Any]]) -> int:
     thousands of task events.
     """
     now = time.time()
-    batch = [
-        (
-            r.get("ts") or now,
-            r["kind"],
-            r.get("actor_id"),
-            r.get("folder_id"),
-            r.get("item_id"),
-            r.get("run_id"),
-            r.get("task_id"),
-            r.get("dataflow_id"),
-            _json(r.get("data") or {}),
-        )
-        for r in rows
-    ]
-    if not batch:
+    return append_rows(
+        conn,
+        [
+            (
+                r.get("ts") or now,
+                r["kind"],
+                r.get("actor_id"),
+                r.get("folder_id"),
+                r.get("item_id"),
+                r.get("run_id"),
+                r.get("task_id"),
+                r.get("dataflow_id"),
+                r.get("data") or {},
+            )
+            for r in rows
+        ],
+    )
+
+
+#: One event for :func:`append_rows`: ``(ts, kind, actor_id, folder_id, item_id, run_id, task_id, dataflow_id, data)``.
+EventRow = tuple[float, str, int | None, int | None, int | None, int | None, int | None, int | None, dict[str, Any]]
+
+
+def append_rows(conn: Connection, rows: list[EventRow]) -> int:
+    """:func:`append_many` for events given as tuples in :data:`EventRow` order (no dict per event);
+    returns the last ``seq``."""
+    if not rows:
         return 0
+    batch = [(*r[:8], _json(r[8])) for r in rows]
     dialect = conn.dialect.name
     postgres = dialect == "postgresql"
     if postgres and not conn.info.get(LOG_LOCKED):
@@ -221,7 +234,7 @@ def append_many(conn: Connection, rows: Iterable[dict[str, Any]]) -> int:
         conn.exec_driver_sql(sql, batch)
         # Every event-writing transaction holds the write lock (SQLite) or the advisory lock
         # (PostgreSQL) until it commits: the newest seq it sees is its own last.
-        seq = conn.execute(select(func.max(Event.seq))).scalar_one()
+        seq = conn.exec_driver_sql("SELECT max(seq) FROM events").scalar_one()
     if postgres:
         conn.execute(text("SELECT pg_notify(:c, :s)"), {"c": NOTIFY_CHANNEL, "s": str(seq)})
     return int(seq)

@@ -89,6 +89,24 @@ def test_a_value_step_asking_for_its_item_path_gets_a_link_named_like_the_item(w
     assert not list(work.iterdir())  # and removed once its end was recorded
 
 
+def test_a_value_needing_a_file_clears_what_a_dead_attempt_left(world: World) -> None:
+    """A reclaimed task keeps its attempt number: a call on values is not preceded by a look for a
+    dead attempt's directory, so the directory it makes for a file value starts afresh."""
+    work = world.home.path / "work"
+    world.put("a.txt", "some text")
+    run_id = world.submit(ref("file_value"), dest=None)
+    (t,) = world.tasks(run_id).values()
+    left = work / f"task-{t.id}-{t.attempts + 1}"
+    (left / "out").mkdir(parents=True)
+    (left / "out" / "stale.txt").write_text("from the attempt whose scheduler died")
+    run = world.run_submitted(run_id)
+    assert run["status"] == "succeeded", run
+    (done,) = world.tasks(run_id).values()
+    assert [o.name for o in done.outputs] == ["return.txt"]  # not the stale file
+    assert done.outputs[0].inline == b"SOME TEXT"
+    assert not left.exists()  # removed once its end was recorded
+
+
 def test_a_file_step_keeps_its_work_directory(world: World) -> None:
     work = world.home.path / "work"
     world.put("a.txt", "some text")

@@ -55,9 +55,18 @@ def filed(item: InputFile, ctx: Context, *, work: str = "") -> dict:
     return {"work": _seen(work)}
 
 
+@step
+def as_file(item: InputFile) -> Path:
+    """A step on values whose value needs a file (a Path: the file codec): its directory is made then."""
+    scratch = Path(os.environ.get("TMPDIR", "/tmp")) / f"as-file-{os.getpid()}-{item.name}"
+    scratch.write_text(item.read_text().upper())
+    return scratch
+
+
 values = Pipeline("values", steps=[look, shout])
 blobs = Pipeline("blobs", steps=[big, measure])
 paths = Pipeline("paths", steps=[named])
 files = Pipeline("files", steps=[filed])
+file_value = Pipeline("file_value", steps=[as_file])
 
 PIPELINES_FILE = Path(__file__).resolve()

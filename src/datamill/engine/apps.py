@@ -213,7 +213,7 @@ def _single_input(step: Step, call: StepCall) -> OutputFile | Path:
     if call.item is not None and any(a.name == "item" for a in step.args):
         if call.item.path is None:
             raise ValueError(f"step '{step.name}' takes the item but the call carries no fetched item")
-        return call.item.path
+        return Path(call.item.path)
     up = call.upstream.get("input")
     outs = [o for task in up.outputs for o in task] if up is not None else []
     if not outs:

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import os
 import shutil
 import time
 from collections.abc import Callable, Mapping
@@ -114,7 +115,7 @@ def _command_failed(step: Step, argv: list[str], exc: StepFailed) -> StepFailed:
     return StepFailed(f"step '{step.name}': {exc.message}", step=step.name)
 
 
-def _value_call(the_plan: Plan, pt: PlannedTask, base: Path, got: Materialized) -> StepCall:
+def _value_call(the_plan: Plan, pt: PlannedTask, base: str, got: Materialized) -> StepCall:
     """The call that runs ``pt`` on values: its items read from their blob files, linked where named only if asked.
 
     Built here in one go, as :meth:`Plan.step_call` would build it and then set ``in_memory`` and
@@ -129,10 +130,11 @@ def _value_call(the_plan: Plan, pt: PlannedTask, base: Path, got: Materialized) 
 
     ref = the_plan.pipeline.ref
     ups = got.upstream
+    out = Path(f"{base}/out")
     return StepCall(
         step=step.name,
-        output_dir=base / "out",
-        scratch_dir=base / "scratch",
+        output_dir=out,
+        scratch_dir=out.with_name("scratch"),  # one path parsed, not two
         pipeline_ref=ref,
         step_bytes=None if ref else the_plan.pipeline.pickled_step(step.name),
         params=dict(pt.params),
@@ -184,7 +186,9 @@ class Attempts:
 
         ``publishes``: whether the run has a destination (else no published names are worked out).
         """
-        base = self.workdirs.attempt_dir(t)
+        # A string, made a Path only where a directory is used: most attempts (steps on values)
+        # make none, and parsing paths cost more than a trivial step.
+        base = self.workdirs.attempt_base(t)
         try:
             d = await self._attempt(base, the_plan, t, tasks, publishes)
         except BaseException:
@@ -193,19 +197,16 @@ class Attempts:
         # Removed by the scheduler once the end is recorded: in a thread, after the commit, instead
         # of in the event loop before it (removing a tree can take milliseconds on a busy disk). A
         # task that ran on values made none, unless it asked for an item's path.
-        d.work_dir = base if base.exists() else None
+        d.work_dir = Path(base) if os.path.exists(base) else None
         return d
 
     async def _attempt(
-        self, base: Path, the_plan: Plan, t: TaskRow, tasks: dict[str, TaskRow], publishes: bool = True
+        self, base: str, the_plan: Plan, t: TaskRow, tasks: dict[str, TaskRow], publishes: bool = True
     ) -> Done:
         pt = the_plan.task(t.planned_id)
         step = the_plan.pipeline.step(pt.step)
-        if base.exists():
-            # Left by a scheduler that died during this attempt (a reclaimed task keeps its number).
-            await asyncio.to_thread(shutil.rmtree, base, True)
-        log_path = self.workdirs.log_path(t.id)
-        log_file = TaskLog(log_path)
+        # The log file (and its Path) is made with the first line: most tasks log nothing.
+        log_file = TaskLog(self.workdirs.log_file(t.id))
 
         def on_message(msg: Message) -> None:
             if isinstance(msg, ProgressMessage):
@@ -214,11 +215,18 @@ class Attempts:
                 log_file.write(msg.line.rstrip("\n") + "\n")
 
         try:
-            call, got, in_memory = self._call(base, the_plan, pt, tasks)
+            got = self.workdirs.values(base, the_plan, pt, tasks)
+            if got is None and os.path.exists(base):
+                # Left by a scheduler that died during this attempt (a reclaimed task keeps its
+                # number). A call on values needs no such look: it makes its directory only if it
+                # needs one, clearing what a dead attempt left there (``run_step``), and the
+                # directory is removed after the attempt whoever made it.
+                await asyncio.to_thread(shutil.rmtree, base, True)
+            call, got, in_memory = self._call(base, the_plan, pt, tasks, got)
             result = await self._run_step(step, call, on_message, pt, t)
             outputs = [self.workdirs.keep_output(o) for o in result.outputs]
             # Most tasks log nothing: then there is no log file to keep or remove.
-            logged = log_path if log_file.used else None
+            logged = log_file.path if log_file.used else None
             d = Done(t, pt, TaskStatus.SUCCEEDED, outputs=outputs, key=t.key, log_path=logged, inputs=got.inputs)
             if publishes:
                 d.publish = publish_plan(the_plan, pt, outputs)
@@ -229,12 +237,12 @@ class Attempts:
             raise
         except (StepFailed, Cancelled, InvalidPipeline) as exc:
             tb = exc.detail.get("traceback") if isinstance(exc.detail, dict) else None
-            return self.failure(t, pt, exc.message, tb, log_path, failure_kind(exc))
+            return self.failure(t, pt, exc.message, tb, log_file.path, failure_kind(exc))
         except DatamillError as exc:
-            return self.failure(t, pt, exc.message, None, log_path, "error")
+            return self.failure(t, pt, exc.message, None, log_file.path, "error")
         except Exception as exc:  # a bug in materialising inputs or storing outputs
             log.exception("task %s failed outside its step", t.id)
-            return self.failure(t, pt, f"{type(exc).__name__}: {exc}", None, log_path, "scheduler")
+            return self.failure(t, pt, f"{type(exc).__name__}: {exc}", None, log_file.path, "scheduler")
         finally:
             log_file.close()
 
@@ -259,10 +267,12 @@ class Attempts:
         return result
 
     def _call(
-        self, base: Path, the_plan: Plan, pt: PlannedTask, tasks: dict[str, TaskRow]
+        self, base: str, the_plan: Plan, pt: PlannedTask, tasks: dict[str, TaskRow], got: Materialized | None
     ) -> tuple[StepCall, Materialized, bool]:
-        """The call that runs ``pt``, its inputs, and whether it runs on values (no work directory)."""
-        got = self.workdirs.values(base, the_plan, pt, tasks)
+        """The call that runs ``pt``, its inputs, and whether it runs on values (no work directory).
+
+        ``got``: its inputs as values (:meth:`WorkDirs.values`), or None if it needs a work directory.
+        """
         if got is not None:
             return _value_call(the_plan, pt, base, got), got, True
         got = self.workdirs.materialize(base, the_plan, pt, tasks)

@@ -87,7 +87,7 @@ class _Paths:
     def item(self, i: ItemInput | None) -> ItemInput | None:
         if i is None or i.path is None:
             return i
-        return ItemInput(i.ref, self.inside(i.path))
+        return ItemInput(i.ref, self.inside(Path(i.path)))
 
     def upstream(self, up: UpstreamInput) -> UpstreamInput:
         outs = tuple(tuple(replace(o, path=self.inside(o.path)) for o in task) for task in up.outputs)

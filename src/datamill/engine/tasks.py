@@ -144,6 +144,18 @@ def task_row(r: Any) -> TaskRow:
     )
 
 
+#: Ids per statement of :func:`claim_tasks` and :func:`unfinished` (SQLite allows 32,766 variables).
+IDS_PER_STATEMENT = 500
+
+
+def _driver_sql(conn: Connection, sql: str, params: tuple[Any, ...]) -> Any:
+    """``sql`` (written with ``?`` marks) run by the driver: no SQLAlchemy compilation or per-value
+    coercion of an IN list, which cost more than the database for a batch of claims or ends."""
+    if conn.dialect.paramstyle != "qmark":
+        sql = sql.replace("?", "%s")
+    return conn.exec_driver_sql(sql, params)
+
+
 def claim_tasks(
     conn: Connection, task_ids: Sequence[int], owner: str, lease_seconds: float, executor: str, folder_id: int | None
 ) -> list[int]:
@@ -155,42 +167,39 @@ def claim_tasks(
     if not task_ids:
         return []
     now = time.time()
-    # RETURNING what the events need: no second query for the rows just claimed.
-    returned = conn.execute(
-        update(Task)
-        .where(Task.id.in_(list(task_ids)), Task.status == TaskStatus.QUEUED)
-        .values(
-            status=TaskStatus.RUNNING,
-            lease_owner=owner,
-            lease_expires=now + lease_seconds,
-            attempts=Task.attempts + 1,
-            started_at=now,
-            executor=executor,
-            progress=0.0,
-            message="",
-        )
-        .returning(Task.id, Task.run_id, Task.attempts, Task.step)
-    ).all()
+    returned: list[Any] = []
+    for i in range(0, len(task_ids), IDS_PER_STATEMENT):
+        some = list(task_ids[i : i + IDS_PER_STATEMENT])
+        # RETURNING what the events need: no second query for the rows just claimed.
+        returned += _driver_sql(
+            conn,
+            "UPDATE tasks SET status = 'running', lease_owner = ?, lease_expires = ?, attempts = attempts + 1, "
+            "started_at = ?, executor = ?, progress = 0.0, message = '' "
+            f"WHERE id IN ({', '.join('?' * len(some))}) AND status = 'queued' "
+            "RETURNING id, run_id, attempts, step",
+            (owner, now + lease_seconds, now, executor, *some),
+        ).all()
     # Events in the order asked for (RETURNING's order is the database's).
     order = {tid: i for i, tid in enumerate(task_ids)}
-    rows = sorted(returned, key=lambda r: order.get(r.id, 0))
-    claimed = [int(r.id) for r in rows]
-    if claimed:
-        events.append_many(
-            conn,
-            [
-                {
-                    "kind": "task.started",
-                    "run_id": r.run_id,
-                    "task_id": r.id,
-                    "folder_id": folder_id,
-                    "data": {"attempt": r.attempts, "step": r.step, "executor": executor, "owner": owner},
-                    "ts": now,
-                }
-                for r in rows
-            ],
-        )
-    return claimed
+    rows = sorted(returned, key=lambda r: order.get(r[0], 0))
+    events.append_rows(
+        conn,
+        [
+            (
+                now,
+                "task.started",
+                None,
+                folder_id,
+                None,
+                run_id,
+                tid,
+                None,
+                {"attempt": attempts, "step": step, "executor": executor, "owner": owner},
+            )
+            for tid, run_id, attempts, step in rows
+        ],
+    )
+    return [int(r[0]) for r in rows]
 
 
 def set_key(conn: Connection, task_id: int, key: str) -> None:
@@ -258,11 +267,15 @@ def unfinished(conn: Connection, task_ids: Sequence[int], owner: str | None = No
     true until then; on SQLite the write transaction already excludes every other writer.
     """
     out: set[int] = set()
-    for i in range(0, len(task_ids), 500):
-        q = select(Task.id).where(Task.id.in_(task_ids[i : i + 500]), Task.status.in_(_UNFINISHED))
+    lock = "" if conn.dialect.name == "sqlite" else " FOR UPDATE"
+    for i in range(0, len(task_ids), IDS_PER_STATEMENT):
+        some = list(task_ids[i : i + IDS_PER_STATEMENT])
+        sql = f"SELECT id FROM tasks WHERE id IN ({', '.join('?' * len(some))}) AND status IN ('queued', 'running')"
+        params: list[Any] = some
         if owner is not None:
-            q = q.where(or_(Task.lease_owner == owner, Task.status == TaskStatus.QUEUED))
-        out.update(conn.execute(q.with_for_update()).scalars())
+            sql += " AND (lease_owner = ? OR status = 'queued')"
+            params = [*some, owner]
+        out.update(int(r[0]) for r in _driver_sql(conn, sql + lock, tuple(params)))
     return out
 
 
@@ -310,23 +323,26 @@ def finish_tasks(
     ]
     if outputs:
         _executemany(conn, _OUTPUTS_SQL, outputs)
-    events.append_many(
+    events.append_rows(
         conn,
         [
-            {
-                "kind": "task.finished",
-                "run_id": e.run_id,
-                "task_id": e.task_id,
-                "folder_id": e.folder_id,
-                "ts": now,
-                "data": {
+            (
+                now,
+                "task.finished",
+                None,
+                e.folder_id,
+                None,
+                e.run_id,
+                e.task_id,
+                None,
+                {
                     "status": str(e.status),
                     "error": e.error,
                     "outputs": [{"name": o.name, "digest": o.digest, "size": o.size} for o in e.outputs],
                     "cached_from": e.cached_from,
                     **({"note": e.note} if e.note else {}),
                 },
-            }
+            )
             for e in todo
         ],
     )

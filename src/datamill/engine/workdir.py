@@ -39,14 +39,14 @@ INLINE_LIMIT = 4096
 class Materialized:
     """A task's inputs as local files, and the upstream outputs it consumes (to record as its inputs)."""
 
-    #: input item path (``folder/name``) -> local file
-    item_files: dict[str, Path] = field(default_factory=dict)
+    #: input item path (``folder/name``) -> local file (a string on the values path: made a Path if used)
+    item_files: dict[str, str | Path] = field(default_factory=dict)
     #: upstream planned task id -> its output files
     upstream: dict[str, list[OutputFile]] = field(default_factory=dict)
     #: rows for ``task_inputs``: which upstream output each consumed file was
     inputs: list[dict[str, Any]] = field(default_factory=list)
     #: input item path -> the blob file to read it from (values only: ``item_files`` are linked lazily)
-    sources: dict[str, Path] = field(default_factory=dict)
+    sources: dict[str, str] = field(default_factory=dict)
 
 
 class WorkDirs:
@@ -63,13 +63,23 @@ class WorkDirs:
 
     def attempt_dir(self, t: TaskRow) -> Path:
         """The directory of the task's current attempt (flat: fewer directories to make and remove)."""
-        return Path(f"{self._work}/task-{t.id}-{t.attempts}")
+        return Path(self.attempt_base(t))
+
+    def attempt_base(self, t: TaskRow) -> str:
+        """:meth:`attempt_dir` as a string: most attempts make no directory, and need no Path."""
+        return f"{self._work}/task-{t.id}-{t.attempts}"
 
     def log_path(self, task_id: int) -> Path:
         """Where a running task's log lines are appended (read by ``datamill logs --follow``)."""
-        return Path(f"{self._logs}/task-{task_id}.log")
+        return Path(self.log_file(task_id))
 
-    def values(self, base: Path, the_plan: Plan, pt: PlannedTask, tasks: dict[str, TaskRow]) -> Materialized | None:
+    def log_file(self, task_id: int) -> str:
+        """:meth:`log_path` as a string (a :class:`TaskLog` makes it a Path once a line is logged)."""
+        return f"{self._logs}/task-{task_id}.log"
+
+    def values(
+        self, base: str | Path, the_plan: Plan, pt: PlannedTask, tasks: dict[str, TaskRow]
+    ) -> Materialized | None:
         """A task's inputs without a work directory, or None if the task needs one (:meth:`materialize`).
 
         That is a Python step without ``ctx`` whose items are blob files on this machine and whose
@@ -80,7 +90,7 @@ class WorkDirs:
             return None
         got = Materialized()
         for link, ref in _item_links(base, the_plan, pt, step):
-            source = self.blobs.local_path(ref.digest)
+            source = self.blobs.local_file(ref.digest)
             if source is None:
                 return None
             got.item_files[ref.path] = link
@@ -101,11 +111,13 @@ class WorkDirs:
             got.upstream[dep] = files
         return got
 
-    def materialize(self, base: Path, the_plan: Plan, pt: PlannedTask, tasks: dict[str, TaskRow]) -> Materialized:
+    def materialize(self, base: str | Path, the_plan: Plan, pt: PlannedTask, tasks: dict[str, TaskRow]) -> Materialized:
         """Local files for a task's inputs under ``base``: blob files where they exist, else written out."""
+        base = Path(base)
         step = the_plan.pipeline.step(pt.step)
         got = Materialized()
-        for link, ref in _item_links(base, the_plan, pt, step):
+        for name, ref in _item_links(base, the_plan, pt, step):
+            link = Path(name)
             link.parent.mkdir(parents=True, exist_ok=True)
             self.place(ref.digest, None, link)
             got.item_files[ref.path] = link
@@ -175,7 +187,7 @@ class WorkDirs:
             shutil.rmtree(work_dir, ignore_errors=True)
 
 
-def _item_links(base: Path, the_plan: Plan, pt: PlannedTask, step: Step) -> list[tuple[Path, InputRef]]:
+def _item_links(base: str | Path, the_plan: Plan, pt: PlannedTask, step: Step) -> list[tuple[str, InputRef]]:
     """Where each input item a task reads goes in its work directory, with the item."""
     refs: list[InputRef] = []
     if pt.item is not None and step.uses_item:
@@ -185,8 +197,8 @@ def _item_links(base: Path, the_plan: Plan, pt: PlannedTask, step: Step) -> list
     # Named like the item, so steps that look at suffixes (read_excel, ...) work; a directory
     # per input only when there are several (their names may repeat across folders).
     if len(refs) == 1:
-        return [(Path(f"{base}/in/{refs[0].name}"), refs[0])]
-    return [(base / "in" / str(i) / ref.name, ref) for i, ref in enumerate(refs)]
+        return [(f"{base}/in/{refs[0].name}", refs[0])]
+    return [(f"{base}/in/{i}/{ref.name}", ref) for i, ref in enumerate(refs)]
 
 
 def _consumed(dep: str, up: TaskRow, o: OutputRecord) -> dict[str, Any]:
@@ -203,9 +215,16 @@ def _consumed(dep: str, up: TaskRow, o: OutputRecord) -> dict[str, Any]:
 class TaskLog:
     """A task's live log file, created with its first line: most tasks log nothing."""
 
-    def __init__(self, path: Path) -> None:
-        self.path = path
+    def __init__(self, path: str | Path) -> None:
+        self._where: str | Path = path
         self._file: Any = None
+
+    @property
+    def path(self) -> Path:
+        """Where the lines go (a Path made only when asked: most tasks log nothing)."""
+        if not isinstance(self._where, Path):
+            self._where = Path(self._where)
+        return self._where
 
     def write(self, text: str) -> None:
         """Append ``text`` (line buffered, so ``datamill logs --follow`` sees each line at once)."""

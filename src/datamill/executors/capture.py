@@ -33,23 +33,30 @@ import time
 from collections.abc import Callable, Iterator
 from typing import Any, TextIO, cast
 
-__all__ = ["fd_output", "task_output"]
+__all__ = ["TaskOutput", "fd_output", "task_output"]
 
 #: A line longer than this is passed on in pieces rather than buffered without limit.
 MAX_LINE = 1 << 20
 
 
 class _Sink:
-    """Where one call's output goes: its reporter, a whole line at a time."""
+    """Where one call's output goes: its reporter, a whole line at a time.
+
+    Cheap to make, since one is made per call and most calls print nothing: its line buffers are
+    made with the first write, under one lock shared by every sink (writes are rare and short).
+    """
+
+    __slots__ = ("log", "partial")
 
     def __init__(self, log: Callable[[str], None]) -> None:
         self.log = log
-        self.partial = {"stdout": "", "stderr": ""}
-        self.lock = threading.Lock()
+        self.partial: dict[str, str] | None = None
 
     def write(self, stream: str, text: str) -> None:
         """Add ``text`` written to ``stream``; every completed line goes to the log."""
-        with self.lock:
+        with _SINKS_LOCK:
+            if self.partial is None:
+                self.partial = {"stdout": "", "stderr": ""}
             buf = self.partial[stream] + text
             lines = buf.split("\n")
             rest = lines.pop()
@@ -67,13 +74,16 @@ class _Sink:
 
     def close(self) -> None:
         """Pass on what was written after the last newline."""
-        with self.lock:
+        if self.partial is None:  # nothing was written
+            return
+        with _SINKS_LOCK:
             rests = [(s, r) for s, r in self.partial.items() if r]
             self.partial = {"stdout": "", "stderr": ""}
         for stream, rest in rests:
             self.line(stream, rest)
 
 
+_SINKS_LOCK = threading.Lock()
 _current: contextvars.ContextVar[_Sink | None] = contextvars.ContextVar("datamill_task_output", default=None)
 
 
@@ -172,19 +182,38 @@ def _install() -> None:
                 h.addFilter(_MUTE)
 
 
+class TaskOutput:
+    """While the ``with`` block runs, what this context prints and logs goes to ``log`` (one call per line).
+
+    :func:`task_output` as a plain context manager: the inline executor enters one per call, and a
+    generator-based one cost a good part of a trivial call.
+    """
+
+    __slots__ = ("_sink", "_token")
+
+    def __init__(self, log: Callable[[str], None]) -> None:
+        self._sink = _Sink(log)
+        self._token: contextvars.Token[_Sink | None] | None = None
+
+    def __enter__(self) -> None:
+        _install()
+        self._token = _current.set(self._sink)
+
+    def __exit__(self, *exc: object) -> None:
+        if self._token is not None:
+            _current.reset(self._token)
+            self._token = None
+        if self._sink.partial is not None:  # something was written (most calls print nothing)
+            # A log that refuses lines now (an abandoned inline call) must not mask how the call ended.
+            with contextlib.suppress(Exception):
+                self._sink.close()
+
+
 @contextlib.contextmanager
 def task_output(log: Callable[[str], None]) -> Iterator[None]:
     """While the block runs, what this context prints and logs goes to ``log`` (one call per line)."""
-    _install()
-    sink = _Sink(log)
-    token = _current.set(sink)
-    try:
+    with TaskOutput(log):
         yield
-    finally:
-        _current.reset(token)
-        # A log that refuses lines now (an abandoned inline call) must not mask how the call ended.
-        with contextlib.suppress(Exception):
-            sink.close()
 
 
 def _pump(fd: int, prefix: str, log: Callable[[str], None]) -> None:

@@ -16,6 +16,11 @@ that may hang or crash.
 What a call prints or logs goes to its task's log (see :mod:`datamill.executors.capture`), each
 call's own lines even when several run at once; what it writes to file descriptors directly
 (``os.write(1, ...)``, C code, child processes) goes to this process's output.
+
+How many calls a scheduler keeps handed over (:attr:`InlineExecutor.in_flight`) follows how long
+calls take here: about :data:`BATCH_SECONDS` of calls per batch, so thousands of trivial calls are
+claimed and recorded in a few group commits, while slow calls are claimed a few at a time (a
+cancellation is seen between batches: a batch of slow calls would delay it).
 """
 
 from __future__ import annotations
@@ -25,14 +30,21 @@ import contextlib
 import threading
 import time
 from collections.abc import Callable
+from functools import partial
 from typing import Any
 
 from datamill.errors import Cancelled, DatamillError, TaskTimeout
 
 from .base import Call, Executor, Message, OnMessage, PythonCall, Reporter, deliver, step_failed_from
-from .capture import task_output
+from .capture import TaskOutput, task_output
 
 __all__ = ["InlineExecutor"]
+
+#: Seconds of calls a scheduler hands over per batch (it keeps two batches in flight).
+BATCH_SECONDS = 0.05
+#: Bounds of :attr:`InlineExecutor.in_flight`.
+MIN_IN_FLIGHT = 16
+MAX_IN_FLIGHT = 1024
 
 
 class InlineExecutor(Executor):
@@ -45,6 +57,16 @@ class InlineExecutor(Executor):
         #: every call in a thread of its own, timed or not: for a scheduler whose event loop also
         #: serves HTTP (``datamill up``), where a call in the loop thread would stop every answer
         self.threaded = threaded
+        #: seconds a call in the loop thread took, on average lately (None until one ran)
+        self.mean_seconds: float | None = None
+
+    @property
+    def in_flight(self) -> int | None:
+        """Calls worth handing over at once: two batches of :data:`BATCH_SECONDS` at the pace of recent
+        calls (None, the scheduler's default, until a call ran in the loop thread, or when threaded)."""
+        if self.threaded or self.mean_seconds is None:
+            return None
+        return max(MIN_IN_FLIGHT, min(MAX_IN_FLIGHT, int(2 * BATCH_SECONDS / max(self.mean_seconds, 1e-6))))
 
     def supports(self, call: Call) -> bool:
         """Only Python calls."""
@@ -56,12 +78,17 @@ class InlineExecutor(Executor):
             self._check(call)
         assert isinstance(call, PythonCall)
         if timeout is None and not self.threaded:
-            reporter = Reporter(lambda message: deliver(on_message, message), self._clock)
+            reporter = Reporter(partial(deliver, on_message), self._clock)
+            started = time.perf_counter()
             try:
-                with task_output(reporter.log):
+                with TaskOutput(reporter.log):
                     return call.fn(reporter, *call.args, **call.kwargs)
             except (Exception, SystemExit) as exc:  # SystemExit too: a step calling sys.exit() must not stop us
                 raise step_failed_from(exc) from None
+            finally:
+                took = time.perf_counter() - started
+                mean = self.mean_seconds
+                self.mean_seconds = took if mean is None else 0.9 * mean + 0.1 * took
         return await _ThreadedCall(call, on_message, self._clock).run(timeout)
 
 

@@ -98,7 +98,8 @@ def ship(call: StepCall, store: BlobStore) -> ShippedCall:
     for item in (call.item, *call.items):
         if item is None:
             continue
-        for path in (item.path, item.source):
+        for where in (item.path, item.source):
+            path = None if where is None else Path(where)  # strings on the values path
             if path is not None and str(path) not in files and path.exists():
                 files[str(path)] = Shipped(path.name, digest=item.ref.digest)
     for up in call.upstream.values():

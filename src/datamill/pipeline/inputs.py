@@ -100,31 +100,36 @@ class InputFile:
         self, ref: InputRef, path: str | os.PathLike[str] | None, source: str | os.PathLike[str] | None = None
     ) -> None:
         self.ref = ref
-        # Paths given as Paths are kept as they are: parsing them again costs more than a trivial step.
-        self._path = path if path is None or type(path) is _PATH else Path(path)
-        self._source = None if source is None or path is None else source if type(source) is _PATH else Path(source)
+        # Kept as given (a Path, or a string made a Path when used): parsing paths costs more than a
+        # trivial step, and most steps read only the item's name or bytes.
+        self._path: str | os.PathLike[str] | None = path
+        self._source = None if path is None else source
 
     @property
     def path(self) -> Path:
         """The local file holding the item's bytes (named like the item; linked on first use)."""
-        if self._path is None:
+        path = self._path
+        if path is None:
             raise ValueError(
                 f"input {self.ref.path!r} has no local copy in this task; take 'item' as an argument to get one"
             )
+        if type(path) is not _PATH:
+            path = self._path = Path(path)
+        assert isinstance(path, Path)
         if self._source is not None:
-            self._link(self._source, self._path)
+            self._link(self._source, path)
             self._source = None
-        return self._path
+        return path
 
     @staticmethod
-    def _link(source: Path, path: Path) -> None:
+    def _link(source: str | os.PathLike[str], path: Path) -> None:
         path.parent.mkdir(parents=True, exist_ok=True)
         with contextlib.suppress(FileExistsError):  # the same input twice in one task: the link is there
             os.symlink(source, path)
 
     def _readable(self) -> Path:
         """Where to read the bytes: the source when there is one (no link needed), else :attr:`path`."""
-        return self._source if self._source is not None else self.path
+        return Path(self._source) if self._source is not None else self.path
 
     @property
     def fetched(self) -> bool:
@@ -132,15 +137,19 @@ class InputFile:
         return self._path is not None
 
     def __eq__(self, other: object) -> bool:
-        return isinstance(other, InputFile) and (self.ref, self._path) == (other.ref, other._path)
+        return isinstance(other, InputFile) and (self.ref, self._where()) == (other.ref, other._where())
 
     def __hash__(self) -> int:
-        return hash((self.ref, self._path))
+        return hash((self.ref, self._where()))
+
+    def _where(self) -> Path | None:
+        """The local path as a Path (equal whether it was given as a string or a Path), not linked."""
+        return None if self._path is None else Path(self._path)
 
     def __repr__(self) -> str:
         return f"InputFile({self.ref.path!r}, {str(self._path) if self._path else None!r})"
 
-    def __getstate__(self) -> tuple[InputRef, Path | None, Path | None]:
+    def __getstate__(self) -> tuple[InputRef, str | os.PathLike[str] | None, str | os.PathLike[str] | None]:
         return self.ref, self._path, self._source
 
     def __setstate__(self, state: tuple[Any, ...]) -> None:

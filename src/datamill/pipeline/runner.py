@@ -20,6 +20,7 @@ import functools
 import inspect
 import json
 import os
+import shutil
 import string
 import time
 from collections.abc import Mapping, Sequence
@@ -80,15 +81,19 @@ class OutputFile:
 
 @dataclass(frozen=True)
 class ItemInput:
-    """An input item bound to a local copy of its bytes (``path`` None when not fetched)."""
+    """An input item bound to a local copy of its bytes (``path`` None when not fetched).
+
+    ``path`` and ``source`` may be strings: the :class:`InputFile` makes them Paths when a step uses
+    them (most steps on values read the item's name or bytes, and parsing paths cost more).
+    """
 
     ref: InputRef
-    path: Path | None
+    path: Path | str | None
     #: a local file with the same bytes (the blob store's): read there, ``path`` linked on first use
-    source: Path | None = None
+    source: Path | str | None = None
 
     def __post_init__(self) -> None:
-        if self.path is not None and type(self.path) is not _PATH:
+        if self.path is not None and type(self.path) is not _PATH and type(self.path) is not str:
             object.__setattr__(self, "path", Path(self.path))
 
     def file(self) -> InputFile:
@@ -284,7 +289,7 @@ def run_step(reporter: Reporter, call: StepCall) -> StepResult:
     args, kwargs = _arguments(step, call, params, item, items, ctx)
 
     # A worker has no display; without this, pyplot in a step could try to open a window.
-    os.environ.setdefault("MPLBACKEND", "Agg")
+    _headless_plots()
     result = step.fn(*args, **kwargs)
     if inspect.isawaitable(result):
         result = asyncio.run(_await(result))
@@ -294,6 +299,17 @@ def run_step(reporter: Reporter, call: StepCall) -> StepResult:
     if result is not None:
         written.update(_store_return(result, call.output_dir))
     return StepResult(tuple(collect_outputs(call.output_dir, written)), time.perf_counter() - started)
+
+
+_HEADLESS: list[bool] = []
+
+
+def _headless_plots() -> None:
+    """Set ``MPLBACKEND=Agg`` unless set: once per process (reading the environment per call cost
+    more than a trivial step)."""
+    if not _HEADLESS:
+        os.environ.setdefault("MPLBACKEND", "Agg")
+        _HEADLESS.append(True)
 
 
 def _arguments(
@@ -336,6 +352,9 @@ def _return_value(value: Any, call: StepCall) -> tuple[OutputFile, ...]:
     codec = codecs.codec_for(value)
     data = codec.to_bytes(value) if codec.in_memory else None
     if data is None:
+        # The step never saw output_dir: anything there was left by an attempt with this number
+        # whose scheduler died (the engine does not look for one before a call on values).
+        shutil.rmtree(call.output_dir, ignore_errors=True)
         prepare_dirs(call)
         return tuple(collect_outputs(call.output_dir, _store_return(value, call.output_dir)))
     name = RETURN + codec.ext_for(value)

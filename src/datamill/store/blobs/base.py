@@ -216,6 +216,11 @@ class BlobStore(ABC):
         """
         return None
 
+    def local_file(self, digest: str) -> str | None:
+        """:meth:`local_path` as a string (no Path made: a task asks this for each input item)."""
+        path = self.local_path(digest)
+        return None if path is None else str(path)
+
     def presigned_url(self, digest: str, seconds: int, filename: str | None = None) -> str | None:
         """A URL that downloads the blob without this server for ``seconds``, or None (no such thing here)."""
         return None
