@@ -387,7 +387,7 @@ class Scheduler:
         The plan's cache look-ups were made in this transaction: a task whose key missed there is
         not looked up again by its driver, unless its key failed before (a trigger's run skips those).
         """
-        if not ownership.claim(conn, run_id, self.owner, self.lease_seconds, self.clock()):
+        if not ownership.claim_new(conn, run_id, self.owner, self.lease_seconds, self.clock()):
             return None
         row = runs.run_row(conn, run_id)
         if row is None:
