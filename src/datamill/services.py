@@ -63,9 +63,7 @@ class Services:
         await self.scheduler.start()
         self._tasks = [
             asyncio.create_task(self._guard("scheduler", self.scheduler.serve(self._stop))),
-            asyncio.create_task(
-                self._guard("triggers", self.triggers.serve(self._stop))
-            ),
+            asyncio.create_task(self._guard("triggers", self.triggers.serve(self._stop))),
             asyncio.create_task(self._guard("notifier", self.notifier.serve(self._stop))),
             asyncio.create_task(self._guard("directories", self.directories.serve(self._stop))),
             # a crashed server's containers: removed now, beside the other services (podman is slow)
