@@ -199,6 +199,8 @@ class TriggerClock:
     def __init__(self, services: Services) -> None:
         self.seconds = 0.0
         self.passes = 0
+        #: how often the scheduler planned a run itself (0 when the trigger handed each over with its plan)
+        self.stats = services.scheduler.stats
         triggers = services.triggers
         inner = triggers._pass
 
@@ -376,6 +378,7 @@ def one(database_url: str | None, executor: str, n: int, gap: float, warmup: int
             # The trigger path alone (its passes' thread CPU): the target is a few ms per item.
             result["trigger_cpu_ms_per_item"] = round(clock.seconds / (n + warmup) * 1000, 2)
             result["trigger_passes_per_item"] = round(clock.passes / (n + warmup), 1)
+            result["scheduler_plans_per_run"] = round(clock.stats["plans"] / max(1, result["runs"]), 2)
             result["baseline"] = base
             result["ratios"] = {
                 "cpu_per_item_vs_baseline": round(result["cpu_ms_per_item"] / max(base["cpu_ms_per_item"], 1e-3), 1),

@@ -47,7 +47,8 @@ class Services:
         self.engine = Engine(home)
         # The scheduler shares its event loop with the server's requests (inline calls run in threads).
         self.scheduler = Scheduler(home, executor, workers=workers, lease_seconds=lease_seconds, shares_loop=True)
-        self.triggers = Triggers(home, self.engine)
+        # Runs its triggers record go straight to this process's scheduler, with what driving them needs.
+        self.triggers = Triggers(home, self.engine, scheduler=self.scheduler)
         self.notifier = Notifier(home, base_url=base_url)
         self.directories = DirectoryFlows(home, lease_seconds=lease_seconds)
         self.streams = StreamIngest(home)
@@ -62,9 +63,7 @@ class Services:
         await self.scheduler.start()
         self._tasks = [
             asyncio.create_task(self._guard("scheduler", self.scheduler.serve(self._stop))),
-            asyncio.create_task(
-                self._guard("triggers", self.triggers.serve(self._stop, on_runs=self.scheduler.drive_now))
-            ),
+            asyncio.create_task(self._guard("triggers", self.triggers.serve(self._stop))),
             asyncio.create_task(self._guard("notifier", self.notifier.serve(self._stop))),
             asyncio.create_task(self._guard("directories", self.directories.serve(self._stop))),
             # a crashed server's containers: removed now, beside the other services (podman is slow)

@@ -14,7 +14,7 @@ from datamill.config import load_settings
 from datamill.errors import ConfigError
 from datamill.home import Home
 from datamill.services import Services
-from tests.helpers import open_home, until
+from tests.helpers import check_fold, open_home, until
 
 from .flow_world import FlowWorld
 
@@ -135,5 +135,57 @@ def test_idle_services_wait_for_events_instead_of_reading(tmp_path: Path) -> Non
         asyncio.run(go())
         # lease look (2), heartbeat (1) and the head after it (1), with room for one more of each
         assert len(seen) <= 8, seen
+    finally:
+        home.close()
+
+
+def test_a_run_the_trigger_records_is_handed_to_the_scheduler(tmp_path: Path) -> None:
+    """The trigger hands each run it records to the scheduler of its process (issue 13's latency).
+
+    The run lease, the plan and the task rows are taken in the transaction that records the run:
+    the scheduler plans no run itself, and gives the lease back when the run ends. A key whose step
+    failed before is still looked up and skipped, though the trigger's plan found no cached result.
+    """
+    from sqlalchemy import func, select
+
+    from datamill.db.models import RunOwner
+
+    from .flow_pipelines import ref
+
+    home = open_home(tmp_path / "home")
+    w = FlowWorld(home)
+    services = Services(home, executor="inline")
+
+    def ended(count: int) -> bool:
+        found = w.engine.list_runs(w.admin)
+        return len(found) >= count and all(r["status"] not in ("queued", "running") for r in found)
+
+    async def go() -> None:
+        await services.start()
+        try:
+            await until("the run of the items there at the start", lambda: ended(1))
+            w.put("c.txt", "c")
+            await until("the run of the new item", lambda: ended(2))
+        finally:
+            await services.stop()
+
+    try:
+        w.put("a.txt", "a")
+        w.put("bad.txt", "fail: not like the others")
+        w.create(pipeline=ref("echo_all"))
+        w.start()
+        asyncio.run(go())
+        first, second = sorted(r["id"] for r in w.engine.list_runs(w.admin))
+        assert w.run(first)["status"] == "failed"
+        assert services.scheduler.stats["plans"] == 0  # both were handed over with their plans
+        assert services.scheduler.stats["drives"] == 2
+        run = w.run(second)
+        assert (run["status"], run["counts"]) == ("succeeded", {"skipped": 1, "cached": 1, "succeeded": 2})
+        bad = {t.planned_id: t for t in w.engine.tasks(w.admin, second)}["echo[Raw/bad.txt]"]
+        assert (bad.status, bad.note) == ("skipped", f"failed earlier (see run {first})")
+        assert w.read("c.echo.bin") == b"v1:c"
+        with home.db.read() as conn:
+            assert conn.execute(select(func.count()).select_from(RunOwner)).scalar_one() == 0
+        check_fold(home)
     finally:
         home.close()

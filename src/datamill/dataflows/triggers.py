@@ -20,7 +20,7 @@ import contextlib
 import logging
 import time
 from collections.abc import Callable
-from typing import Any
+from typing import Any, cast
 
 from sqlalchemy import Connection, select, update
 
@@ -37,11 +37,13 @@ from datamill.dataflows.dataflow import (
 from datamill.db.models import Dataflow, Event, Run, Task, TaskInput
 from datamill.engine import registry
 from datamill.engine.engine import Engine
+from datamill.engine.planner import Plan
 from datamill.engine.runs import RunStatus, TaskStatus
+from datamill.engine.scheduler import Handover, Scheduler
 from datamill.errors import InvalidInput, NotFound, PermissionDenied
 from datamill.events import EventKind
 from datamill.home import Home
-from datamill.pipeline import load_pipeline
+from datamill.pipeline import Pipeline, load_pipeline
 from datamill.pipeline.inputs import InputRef
 from datamill.store import lookups
 from datamill.store.access import Actor, Level, level_on
@@ -62,13 +64,39 @@ FLOW_EVENTS = (
 CURSOR_SLACK = 1000
 
 
-class Triggers:
-    """Watches running dataflows and records their runs."""
+class _PlanSink:
+    """Where :meth:`Engine.submit` leaves the plan of the run it records (it hands plans to a
+    scheduler this way): kept here until the recording transaction commits, since a run id rolled
+    back may be given again to another run."""
 
-    def __init__(self, home: Home, engine: Engine | None = None, clock: Callable[[], float] = time.time) -> None:
+    def __init__(self) -> None:
+        self.plans: dict[int, Plan] = {}
+        self.pipelines: dict[int, Pipeline] = {}
+
+
+class Triggers:
+    """Watches running dataflows and records their runs.
+
+    With ``scheduler`` (the one of this process), :meth:`serve` hands each run it records straight
+    to it, with the run's lease, plan and task rows taken in the recording transaction
+    (:meth:`Scheduler.hand_over`): its driver claims the first task without reading the run again.
+    """
+
+    def __init__(
+        self,
+        home: Home,
+        engine: Engine | None = None,
+        clock: Callable[[], float] = time.time,
+        scheduler: Scheduler | None = None,
+    ) -> None:
         self.home = home
         self.engine = engine or Engine(home)
         self.clock = clock
+        self.scheduler = scheduler
+        #: set by :meth:`serve`: gives a committed run (and its handover) to the scheduler's event loop
+        self._hand: Callable[[int, Handover | None], None] | None = None
+        #: the handover made in the transaction in progress, given once it is committed
+        self._staged: dict[int, Handover] = {}
         self._last_fire: dict[int, float] = {}
         # What this object remembers between passes, only to decide cheaply *when* to look: the
         # cursors moved in the database (with the runs they record) stay what makes firing exactly-once.
@@ -257,52 +285,66 @@ class Triggers:
         return landed is not None
 
     def _poll_one(self, dataflow_id: int, now: float) -> int | None:
-        with self.home.db.write() as conn:
-            # FOR UPDATE: trigger passes of several processes on one PostgreSQL take turns per
-            # dataflow, and the second reads the cursor the first moved (SQLite has one writer).
-            row = conn.execute(select(Dataflow).where(Dataflow.id == dataflow_id).with_for_update()).first()
-            if row is None or row.state != DataflowState.RUNNING:
-                return None
-            cfg = dict(row.config or {})
-            trigger = str(cfg.get("trigger") or "new-items")
-            actor = self._owner(conn, row.owner_id)
-            if row.backfilled_version != row.version:
-                # Started (or edited while running): cover what is already in the source. The
-                # cursor moves too, or items landed since the start would be run a second time.
-                latest = events.latest_seq(conn)
-                run_id = self._submit(conn, row, actor, cfg, None, "start: items without a result", now)
-                conn.execute(
-                    update(Dataflow)
-                    .where(Dataflow.id == row.id)
-                    .values(backfilled_version=row.version, cursor=max(row.cursor, latest))
-                )
-                return run_id
-            if trigger.startswith("cron:"):
-                return self._poll_cron(conn, row, actor, cfg, trigger, now)
-            latest = events.latest_seq(conn)
-            if trigger != "new-items" or row.source_folder_id is None:
-                if latest > row.cursor:
-                    conn.execute(update(Dataflow).where(Dataflow.id == row.id).values(cursor=latest))
-                return None
-            landed = conn.execute(
-                select(Event.seq, Event.item_id, Event.ts).where(
-                    Event.seq > row.cursor,
-                    Event.seq <= latest,
-                    Event.folder_id.in_(self._watched(conn, row, cfg, actor)),
-                    Event.kind.in_(ITEM_EVENTS),
-                )
-            ).all()
-            if not landed:
-                if latest > row.cursor:
-                    conn.execute(update(Dataflow).where(Dataflow.id == row.id).values(cursor=latest))
-                return None
-            last = self._last_fire.get(row.id)
-            if last is not None and now - last < self._window(cfg):
-                return None  # inside the batch window: the next poll after it takes them all
-            item_ids = sorted({e.item_id for e in landed if e.item_id is not None})
-            run_id = self._submit(conn, row, actor, cfg, item_ids, f"{len(item_ids)} new or updated item(s)", now)
-            conn.execute(update(Dataflow).where(Dataflow.id == row.id).values(cursor=latest))
+        self._staged = {}
+        try:
+            with self.home.db.write() as conn:
+                run_id = self._fire(conn, dataflow_id, now)
+            # Committed: only now may the scheduler see it (a rolled-back run's id is given again).
+            if run_id is not None and self._hand is not None:
+                self._hand(run_id, self._staged.get(run_id))
             return run_id
+        finally:
+            self._staged = {}
+
+    def _fire(self, conn: Connection, dataflow_id: int, now: float) -> int | None:
+        """What :meth:`_poll_one` records in its write transaction: a run (its id) or nothing."""
+        # FOR UPDATE: trigger passes of several processes on one PostgreSQL take turns per
+        # dataflow, and the second reads the cursor the first moved (SQLite has one writer).
+        row = conn.execute(select(Dataflow).where(Dataflow.id == dataflow_id).with_for_update()).first()
+        if row is None or row.state != DataflowState.RUNNING:
+            return None
+        cfg = dict(row.config or {})
+        trigger = str(cfg.get("trigger") or "new-items")
+        actor = self._owner(conn, row.owner_id)
+        if row.backfilled_version != row.version:
+            # Started (or edited while running): cover what is already in the source. The
+            # cursor moves too, or items landed since the start would be run a second time.
+            latest = events.latest_seq(conn)
+            run_id = self._submit(conn, row, actor, cfg, None, "start: items without a result", now, handing=True)
+            conn.execute(
+                update(Dataflow)
+                .where(Dataflow.id == row.id)
+                .values(backfilled_version=row.version, cursor=max(row.cursor, latest))
+            )
+            return run_id
+        if trigger.startswith("cron:"):
+            return self._poll_cron(conn, row, actor, cfg, trigger, now)
+        latest = events.latest_seq(conn)
+        if trigger != "new-items" or row.source_folder_id is None:
+            if latest > row.cursor:
+                conn.execute(update(Dataflow).where(Dataflow.id == row.id).values(cursor=latest))
+            return None
+        landed = conn.execute(
+            select(Event.seq, Event.item_id, Event.ts).where(
+                Event.seq > row.cursor,
+                Event.seq <= latest,
+                Event.folder_id.in_(self._watched(conn, row, cfg, actor)),
+                Event.kind.in_(ITEM_EVENTS),
+            )
+        ).all()
+        if not landed:
+            if latest > row.cursor:
+                conn.execute(update(Dataflow).where(Dataflow.id == row.id).values(cursor=latest))
+            return None
+        last = self._last_fire.get(row.id)
+        if last is not None and now - last < self._window(cfg):
+            return None  # inside the batch window: the next poll after it takes them all
+        item_ids = sorted({e.item_id for e in landed if e.item_id is not None})
+        run_id = self._submit(
+            conn, row, actor, cfg, item_ids, f"{len(item_ids)} new or updated item(s)", now, handing=True
+        )
+        conn.execute(update(Dataflow).where(Dataflow.id == row.id).values(cursor=latest))
+        return run_id
 
     def _poll_cron(
         self, conn: Connection, row: Any, actor: Actor, cfg: dict[str, Any], trigger: str, now: float
@@ -319,7 +361,7 @@ class Triggers:
             return None
         # Missed ticks (the server was down) are skipped, not replayed one by one.
         nxt = t.next_fire(now)[0]
-        run_id = self._submit(conn, row, actor, cfg, None, "cron", now)
+        run_id = self._submit(conn, row, actor, cfg, None, "cron", now, handing=True)
         conn.execute(update(Dataflow).where(Dataflow.id == row.id).values(next_fire_at=nxt, cursor=latest))
         return run_id
 
@@ -414,6 +456,7 @@ class Triggers:
         reason: str,
         now: float,
         skip_failed: bool = True,
+        handing: bool = False,
     ) -> int | None:
         # The pipeline is what the dataflow's owner chose, whoever asks for this run (`flow run`).
         # An image dataflow runs image://IMAGE, checked against allowed_images as it is now.
@@ -427,6 +470,8 @@ class Triggers:
             refs = [r for r in refs if r.version_id not in done]
         if not refs:
             return None
+        # A run a pass records is handed to this process's scheduler (see _poll_one); `flow run`'s are not.
+        sink = _PlanSink() if handing and self._hand is not None and self.scheduler is not None else None
         run_id = self.engine.submit(
             actor,
             choice,
@@ -441,7 +486,12 @@ class Triggers:
             # A bad file is not tried again by every run: until it, the code or the parameters
             # change (a new key), or a user retries it.
             skip_failed=skip_failed,
+            scheduler=cast(Scheduler, sink),
         )
+        if sink is not None and self.scheduler is not None and run_id in sink.plans:
+            handed = self.scheduler.hand_over(conn, run_id, sink.plans[run_id], actor)
+            if handed is not None:
+                self._staged[run_id] = handed
         self._last_fire[row.id] = now
         return run_id
 
@@ -461,22 +511,36 @@ class Triggers:
     ) -> None:
         """Poll whenever the log grows (or a batch/cron is due) until ``stop`` is set.
 
-        ``on_runs`` is told the ids of the runs each pass recorded (the services hand them
-        straight to the scheduler of this process).
+        ``on_runs`` is told the ids of the runs each pass recorded. Without it, the runs go to the
+        ``scheduler`` given to this object, each as soon as its transaction is committed (from the
+        pass's thread into this loop, while the pass goes on), with its handover.
         """
-        while not stop.is_set():
-            try:
-                cursor, created, due = await asyncio.to_thread(self._pass)
-                if created and on_runs is not None:
-                    on_runs(created)
-            except Exception:
-                # The database may be unreachable for a while: the service must outlive that.
-                log.exception("trigger pass failed; trying again")
-                with contextlib.suppress(TimeoutError):
-                    await asyncio.wait_for(stop.wait(), poll)
-                continue
-            timeout = poll if due is None else min(poll, max(due, 0.001))
-            await self.home.events.wait_or_stop(cursor, timeout, stop)
+        if on_runs is None and self.scheduler is not None:
+            loop, scheduler = asyncio.get_running_loop(), self.scheduler
+
+            def deliver(run_id: int, handed: Handover | None) -> None:
+                scheduler.drive_now([run_id], None if handed is None else {run_id: handed})
+
+            def hand(run_id: int, handed: Handover | None) -> None:
+                loop.call_soon_threadsafe(deliver, run_id, handed)
+
+            self._hand = hand
+        try:
+            while not stop.is_set():
+                try:
+                    cursor, created, due = await asyncio.to_thread(self._pass)
+                    if created and on_runs is not None:
+                        on_runs(created)
+                except Exception:
+                    # The database may be unreachable for a while: the service must outlive that.
+                    log.exception("trigger pass failed; trying again")
+                    with contextlib.suppress(TimeoutError):
+                        await asyncio.wait_for(stop.wait(), poll)
+                    continue
+                timeout = poll if due is None else min(poll, max(due, 0.001))
+                await self.home.events.wait_or_stop(cursor, timeout, stop)
+        finally:
+            self._hand = None
 
 
 def active_runs(home: Home, dataflow_id: int) -> list[int]:

@@ -60,6 +60,18 @@ def claim(conn: Connection, run_id: int, owner: str, lease_seconds: float, now: 
     return conn.execute(stmt.returning(RunOwner.run_id)).first() is not None
 
 
+def claim_new(conn: Connection, run_id: int, owner: str, lease_seconds: float, now: float | None = None) -> bool:
+    """:func:`claim` for a run recorded in the caller's write transaction: no lease can exist on it
+    yet, so one ``INSERT`` (no ``UPDATE`` first); False if one does after all."""
+    now = time.time() if now is None else now
+    make = pg_insert if conn.dialect.name == "postgresql" else sqlite_insert
+    stmt = make(RunOwner).values(
+        run_id=run_id, owner=owner, expires_at=now + lease_seconds, updated_at=now, wants_help=False
+    )
+    stmt = stmt.on_conflict_do_nothing(index_elements=["run_id"])
+    return conn.execute(stmt.returning(RunOwner.run_id)).first() is not None
+
+
 def renew(conn: Connection, owner: str, lease_seconds: float, run_ids: Sequence[int]) -> set[int]:
     """Extend ``owner``'s leases on ``run_ids``; the runs it no longer holds (another took them over)."""
     if not run_ids:

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import functools
 import hashlib
 import logging
@@ -24,9 +25,11 @@ import os
 import time
 import uuid
 from collections import Counter
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Mapping
 from pathlib import Path
 from typing import Any
+
+from sqlalchemy import Connection
 
 from datamill.engine import leases, ownership, runs, tasks
 from datamill.engine.attempt import Attempts, Progress
@@ -87,6 +90,22 @@ def refuse_command_executor(name: str | None) -> None:
             "on it; choose where the run's Python steps run: 'inline' or 'local'",
             executor=name,
         )
+
+
+@dataclasses.dataclass
+class Handover:
+    """A run just recorded in this process, handed to its scheduler with what driving it needs.
+
+    Made by :meth:`Scheduler.hand_over` inside the transaction that records the run, and given to
+    :meth:`Scheduler.drive_now` once that transaction is committed: the driver then takes no run
+    lease, reads no run or task rows and makes no plan of its own before it claims the first task.
+    """
+
+    row: Any
+    #: None when nothing is left to run (every task answered from the cache when it was recorded)
+    plan: Plan | None
+    actor: Actor
+    tasks: dict[str, TaskRow]
 
 
 class Scheduler:
@@ -155,6 +174,8 @@ class Scheduler:
         #: plans handed over by the engine that recorded the run here (it is not planned again)
         self.plans: dict[int, Plan] = {}
         self._ref_cache: dict[str, Pipeline] = {}
+        #: runs handed over by a trigger of this process (:meth:`drive_now`), until their driver starts
+        self._handed: dict[int, Handover] = {}
         self._active: dict[int, asyncio.Task[Any]] = {}
         #: the runs whose run lease this scheduler holds (see :mod:`.ownership`)
         self._owned: set[int] = set()
@@ -348,11 +369,47 @@ class Scheduler:
         ends = [until - now for until, _n in self._backoff.values()]
         return max(0.001, min([longest, *ends]))
 
-    def drive_now(self, run_ids: list[int]) -> None:
-        """Start driving runs just recorded in this process, without waiting for :meth:`serve` to notice them."""
+    def drive_now(self, run_ids: list[int], handed: Mapping[int, Handover] | None = None) -> None:
+        """Start driving runs just recorded in this process, without waiting for :meth:`serve` to notice them.
+
+        ``handed``: what :meth:`hand_over` prepared for them in the (committed) transaction that
+        recorded them; their run lease is ours already.
+        """
         for rid in run_ids:
-            if rid not in self._active:
-                self._spawn(rid)
+            if rid in self._active:
+                continue  # serve() found it first: its driver took the lease and read the run itself
+            given = (handed or {}).get(rid)
+            if given is not None:
+                self._handed[rid] = given
+            self._spawn(rid)
+
+    def hand_over(self, conn: Connection, run_id: int, the_plan: Plan, actor: Actor) -> Handover | None:
+        """In the write transaction that records run ``run_id`` (planned as ``the_plan`` for ``actor``):
+        take its run lease for this scheduler and read what driving it needs, for :meth:`drive_now`
+        once committed. None when the lease is another's (then the run is left to :meth:`serve`).
+
+        The plan's cache look-ups were made in this transaction: a task whose key missed there is
+        not looked up again by its driver, unless its key failed before (a trigger's run skips those).
+        """
+        if not ownership.claim_new(conn, run_id, self.owner, self.lease_seconds, self.clock()):
+            return None
+        row = runs.run_row(conn, run_id)
+        if row is None:
+            return None
+        rows = tasks.list_tasks(conn, run_id)
+        if row.status in runs.FINISHED_RUN or all(t.status in FINISHED_TASK for t in rows):
+            return Handover(row, None, actor, {})
+        missed = {
+            t.id: t.key
+            for t in the_plan.tasks
+            if t.decision == "run" and t.key is not None and t.cache and not t.forced and not row.force
+        }
+        failed = tasks.failed_earlier(conn, sorted(set(missed.values()))) if row.skip_failed and missed else {}
+        for t in rows:
+            key = missed.get(t.planned_id)
+            if t.status == TaskStatus.QUEUED and key is not None and t.key == key and key not in failed:
+                t.cache_missed = True
+        return Handover(row, the_plan, actor, {t.planned_id: t for t in rows})
 
     def _spawn(self, run_id: int, exclusive: bool = True) -> None:
         task = asyncio.create_task(self._drive_owned(run_id, exclusive), name=f"datamill-run-{run_id}")
@@ -381,7 +438,11 @@ class Scheduler:
 
     async def _drive_owned(self, run_id: int, exclusive: bool) -> None:
         """Drive a run under its run lease (:mod:`.ownership`); when ``exclusive``, only if the lease is ours."""
-        claiming = asyncio.ensure_future(asyncio.to_thread(self._take_run, run_id))
+        if run_id in self._handed:  # its lease was taken with it (hand_over): no transaction of its own
+            claiming: asyncio.Future[bool | None] = asyncio.get_running_loop().create_future()
+            claiming.set_result(True)
+        else:
+            claiming = asyncio.ensure_future(asyncio.to_thread(self._take_run, run_id))
         try:
             mine = await asyncio.shield(claiming)
         except asyncio.CancelledError:
@@ -529,7 +590,11 @@ class Scheduler:
         another scheduler's to finish.
         """
         await self.start()
-        row, the_plan, actor, by_id = await asyncio.to_thread(self._load_run, run_id)
+        handed = self._handed.pop(run_id, None)
+        if handed is not None:  # recorded by this process's trigger just now: nothing to read again
+            row, the_plan, actor, by_id = handed.row, handed.plan, handed.actor, handed.tasks
+        else:
+            row, the_plan, actor, by_id = await asyncio.to_thread(self._load_run, run_id)
         if row.status in runs.FINISHED_RUN:
             return RunStatus(row.status)
         if the_plan is None:  # no task left to run: end the run
