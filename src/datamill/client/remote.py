@@ -67,6 +67,8 @@ class _LazyHttpx:
 
 if TYPE_CHECKING:
     import httpx
+
+    from datamill.client.transport import FileBody
 else:
     httpx = _LazyHttpx()
 
@@ -214,6 +216,52 @@ def _tell(data: BinaryIO) -> int | None:
         return data.tell() if data.seekable() else None
     except (AttributeError, OSError, io.UnsupportedOperation):
         return None
+
+
+def _put_headers(content_type: str | None, meta: dict[str, Any]) -> tuple[dict[str, str], dict[str, Any]]:
+    """An upload's headers, and the metadata too large for a header (set after the upload)."""
+    headers: dict[str, str] = {}
+    if content_type:
+        headers["Content-Type"] = content_type
+    if meta:
+        text = json.dumps(meta, ensure_ascii=True, separators=(",", ":"))
+        if len(text) > MAX_HEADER_METADATA:
+            return headers, meta
+        headers["X-Datamill-Metadata"] = text
+    return headers, {}
+
+
+def _regular(data: BinaryIO) -> bool:
+    """Whether ``data`` is an open regular file (one ``sendfile`` can send from)."""
+    try:
+        return stat.S_ISREG(os.fstat(data.fileno()).st_mode)
+    except (AttributeError, OSError, ValueError):  # io.UnsupportedOperation is an OSError
+        return False
+
+
+def _file_body(
+    data: BinaryIO, start: int | None, length: int | None, progress: ProgressFn | None, reported: list[int]
+) -> FileBody | None:
+    """The rest of a regular file as a request body the kernel sends (``sendfile``); None for other streams.
+
+    ``reported`` is as in :meth:`RemoteClient._chunks`: a retry sends the bytes again, and the
+    progress shown only grows past what it showed.
+    """
+    if start is None or length is None or not _regular(data):
+        return None
+    from datamill.client.transport import FileBody  # with httpx, which a plain `datamill ls` goes without
+
+    if isinstance(data, io.BufferedIOBase) and not isinstance(data, io.BufferedRandom | io.BufferedReader):
+        return None  # a wrapper whose bytes need not be the file descriptor's
+    sent = [0]
+
+    def advance(n: int) -> None:
+        sent[0] += n
+        if progress is not None and sent[0] > reported[0]:
+            progress(sent[0] - reported[0])
+            reported[0] = sent[0]
+
+    return FileBody(data, start, length, advance)
 
 
 def _remaining_size(data: BinaryIO) -> int | None:
@@ -466,16 +514,7 @@ class RemoteClient(Client):
         meta = check_metadata(metadata or {})
         if not folder.strip("/"):
             raise InvalidInput("the root is not a folder; name one, e.g. 'Raw Data'")
-        headers: dict[str, str] = {}
-        if content_type:
-            headers["Content-Type"] = content_type
-        late_meta: dict[str, Any] = {}
-        if meta:
-            text = json.dumps(meta, ensure_ascii=True, separators=(",", ":"))
-            if len(text) <= MAX_HEADER_METADATA:
-                headers["X-Datamill-Metadata"] = text
-            else:
-                late_meta = meta
+        headers, late_meta = _put_headers(content_type, meta)
         # One key per logical upload, sent again on each retry: the server records it with the
         # version, so a retry of an upload that was committed answers that version.
         headers["Idempotency-Key"] = uuid.uuid4().hex
@@ -483,6 +522,7 @@ class RemoteClient(Client):
         payload: bytes | None = None
         stream: BinaryIO | None = None
         start: int | None = None
+        length: int | None = None
         if isinstance(data, bytes | bytearray | memoryview):
             payload = bytes(data)
             # Cheap for bytes in memory: lets the server refuse anything damaged on the way.
@@ -500,8 +540,11 @@ class RemoteClient(Client):
                 time.sleep(PUT_BACKOFF_SECONDS * 2 ** (attempt - 1))
                 if stream is not None and start is not None:
                     stream.seek(start)
-            content = payload if stream is None else self._chunks(stream, progress, reported)
+            body = _file_body(stream, start, length, progress, reported) if stream is not None else None
+            content = payload if stream is None or body is not None else self._chunks(stream, progress, reported)
             request = self._http.build_request("PUT", f"/content/{path}", content=content, headers=headers)
+            if body is not None:
+                request.stream = body  # sent by sendfile(2) on our transport
             # A stream that cannot be rewound is sent once.
             retry = attempt + 1 < PUT_ATTEMPTS and (stream is None or start is not None)
             try:
@@ -516,6 +559,8 @@ class RemoteClient(Client):
             break
         assert response is not None
         info = _build(VersionInfo, self._checked(response).json())
+        if stream is not None and start is not None and length is not None and _regular(stream):
+            stream.seek(start + length)  # where reading it would have left it
         if payload is not None and progress:
             progress(info.size)
         if late_meta:
