@@ -12,10 +12,7 @@ match what it would have been, never a blob stored under a digest it does not ha
 from __future__ import annotations
 
 import errno
-import fcntl
-import mmap
 import os
-import stat
 import threading
 from collections.abc import Callable
 
@@ -24,7 +21,7 @@ import blake3
 #: Bytes per ``copy_file_range`` call: large, so that the hashing thread is woken rarely, yet
 #: small enough that it starts hashing early and finishes right after the copy.
 COPY_STEP = 16 << 20
-#: Bytes hashed per read of the destination (read back from the page cache) where it cannot be mapped.
+#: Bytes hashed per read of the destination (read back from the page cache).
 HASH_STEP = 4 << 20
 
 # Errors meaning "this kernel or file system cannot copy these two files this way".
@@ -101,19 +98,23 @@ def copy_hashed(
     for reading too (it is hashed from what was written). File positions are not used or moved.
     ``progress`` is called with each count of bytes hashed.
     """
-    h = blake3.blake3(max_threads=blake3.blake3.AUTO)
-    hash_range = _Mapped(dst) if _mappable(dst) else _Read(dst)
+    h = blake3.blake3()
+    buf = bytearray(HASH_STEP)
+    view = memoryview(buf)
     copier = _Copier(src, dst, src_offset, dst_offset, limit)
     copier.start()
     hashed = 0
     try:
         while True:
             copied, done = copier.wait_for(hashed)
-            if hashed < copied:
-                hash_range(h, dst_offset + hashed, dst_offset + copied)
+            while hashed < copied:
+                n = os.preadv(dst, [view[: min(HASH_STEP, copied - hashed)]], dst_offset + hashed)
+                if n <= 0:
+                    raise OSError(errno.EIO, "the file being written shrank while it was hashed")
+                h.update(view[:n])
+                hashed += n
                 if progress is not None:
-                    progress(copied - hashed)
-                hashed = copied
+                    progress(n)
             if done:
                 break
     finally:
@@ -122,55 +123,3 @@ def copy_hashed(
     if copier.error is not None:
         raise copier.error
     return h.hexdigest(), hashed
-
-
-def _mappable(fd: int) -> bool:
-    """Whether ``fd`` is a regular file open for reading (what ``mmap`` can map)."""
-    try:
-        readable = fcntl.fcntl(fd, fcntl.F_GETFL) & os.O_ACCMODE != os.O_WRONLY
-        return readable and stat.S_ISREG(os.fstat(fd).st_mode)
-    except OSError:
-        return False
-
-
-class _Mapped:
-    """Hashes a written range of a file where it lies in the page cache, mapped: no copy into a buffer.
-
-    BLAKE3 reads the mapping on its own threads (the GIL released), without the copy a read into
-    a buffer makes. The file must not be truncated meanwhile (a mapped page past its end is a
-    SIGBUS): it is a blob's temporary file or a download's ``.part`` file, which only we write.
-    """
-
-    def __init__(self, fd: int) -> None:
-        self.fd = fd
-
-    def __call__(self, h: blake3.blake3, start: int, end: int) -> None:
-        base = start - start % mmap.ALLOCATIONGRANULARITY
-        try:
-            m = mmap.mmap(self.fd, end - base, offset=base, access=mmap.ACCESS_READ)
-        except (OSError, ValueError) as exc:  # a file system that cannot map files
-            raise OSError(errno.EIO, f"the file being written could not be mapped to hash it: {exc}") from exc
-        try:
-            if len(m) < end - base:
-                raise OSError(errno.EIO, "the file being written shrank while it was hashed")
-            with memoryview(m) as whole, whole[start - base : end - base] as part:
-                h.update(part)
-        finally:
-            m.close()
-
-
-class _Read:
-    """Hashes a written range of a file by reading it back into one reused buffer."""
-
-    def __init__(self, fd: int) -> None:
-        self.fd = fd
-        self.buf = bytearray(HASH_STEP)
-
-    def __call__(self, h: blake3.blake3, start: int, end: int) -> None:
-        view = memoryview(self.buf)
-        while start < end:
-            n = os.preadv(self.fd, [view[: min(HASH_STEP, end - start)]], start)
-            if n <= 0:
-                raise OSError(errno.EIO, "the file being written shrank while it was hashed")
-            h.update(view[:n])
-            start += n
