@@ -23,7 +23,8 @@ import uvicorn
 from fastapi import FastAPI
 
 from datamill.api.app import create_app
-from datamill.api.limits import MAX_HEAD_BYTES, BoundedH11Protocol
+from datamill.api.limits import MAX_HEAD_BYTES
+from datamill.api.protocol import ServerProtocol
 from datamill.errors import ConfigError, DatamillError
 from datamill.home import Home
 
@@ -105,8 +106,9 @@ def _config(app: FastAPI, log_level: str | None = None) -> uvicorn.Config:
         server_header=False,
         ws="none",
         timeout_graceful_shutdown=GRACEFUL_SECONDS,
-        # Oversized or malformed request heads get a JSON 4xx instead of a reset (api/limits.py).
-        http=BoundedH11Protocol,
+        # Oversized or malformed request heads get a JSON 4xx instead of a reset (api/limits.py);
+        # an upload's body goes to the app without h11 (api/protocol.py).
+        http=ServerProtocol,
         h11_max_incomplete_event_size=MAX_HEAD_BYTES,
     )
 

@@ -327,9 +327,7 @@ class BlobStore(ABC):
         total = self.size(digest)
         last = total - 1 if end is None else min(end, total - 1)
         if start == 0 and last == total - 1:
-            with self.open(digest) as f:
-                while chunk := f.read(CHUNK):
-                    yield chunk
+            yield from self._iter_verified(digest)
             return
         self.verify(digest)
         with self._open_raw(digest) as raw:
@@ -341,6 +339,19 @@ class BlobStore(ABC):
                     break
                 remaining -= len(chunk)
                 yield chunk
+
+    def _iter_verified(self, digest: str) -> Iterator[bytes]:
+        """The whole blob in chunks read straight from the raw stream (no buffered reader's copy),
+        hashed as they pass; raises :class:`BlobCorrupted` after the last chunk if they do not match."""
+        check_digest(digest)
+        h = hasher()
+        with self._open_raw(digest) as raw:
+            while chunk := raw.read(CHUNK):
+                h.update(chunk)
+                yield chunk
+        actual = f"{ALGORITHM}:{h.hexdigest()}"
+        if actual != digest:
+            raise corrupted(digest, actual)
 
     def verify(self, digest: str) -> None:
         """Read the whole blob and raise :class:`BlobCorrupted` if its bytes changed."""

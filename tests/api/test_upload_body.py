@@ -1,0 +1,83 @@
+"""Upload bodies past h11 (api/protocol.py) and file bodies sent by sendfile (client/transport.py)."""
+
+from __future__ import annotations
+
+import json
+import os
+import socket
+from pathlib import Path
+from typing import BinaryIO
+from urllib.parse import urlsplit
+
+from datamill.api import ServerHandle
+from datamill.api.protocol import DIRECT_BODY_MIN
+from datamill.client.remote import RemoteClient
+from datamill.home import Home
+from datamill.store.blobs import digest_bytes
+
+
+def read_response(f: BinaryIO) -> tuple[int, dict[str, str], bytes]:
+    """One HTTP/1.1 response with a Content-Length from ``f``: status, headers, body."""
+    status = int(f.readline().split()[1])
+    headers = {}
+    while (line := f.readline()) not in (b"\r\n", b""):
+        name, _, value = line.decode("latin-1").partition(":")
+        headers[name.strip().lower()] = value.strip()
+    return status, headers, f.read(int(headers["content-length"]))
+
+
+def test_a_request_pipelined_right_after_a_large_body_is_answered(server: ServerHandle, home: Home) -> None:
+    data = os.urandom(2 * DIRECT_BODY_MIN + 17)  # past h11, ending mid-read
+    RemoteClient(server.url, home.admin_token()).create_folder("f")
+    url = urlsplit(server.url)
+    token = home.admin_token()
+    put = (
+        f"PUT /api/v1/content/f/big.bin HTTP/1.1\r\nHost: {url.netloc}\r\nAuthorization: Bearer {token}\r\n"
+        f"Content-Length: {len(data)}\r\n\r\n"
+    ).encode()
+    get = (
+        f"GET /api/v1/content/f/big.bin HTTP/1.1\r\nHost: {url.netloc}\r\nAuthorization: Bearer {token}\r\n"
+        "Connection: close\r\n\r\n"
+    ).encode()
+    with socket.create_connection((url.hostname, url.port), timeout=60) as sock, sock.makefile("rb") as f:
+        sock.sendall(put + data + get)  # the GET follows the body's last byte in the same stream
+        status, _, body = read_response(f)
+        assert status == 201, body
+        assert json.loads(body)["digest"] == digest_bytes(data)
+        status, headers, body = read_response(f)
+        assert status == 200 and body == data
+        assert headers["x-datamill-digest"] == digest_bytes(data)
+
+
+def test_a_body_cut_short_past_h11_stores_nothing(server: ServerHandle, home: Home) -> None:
+    admin = RemoteClient(server.url, home.admin_token())
+    admin.create_folder("f")
+    url = urlsplit(server.url)
+    head = (
+        f"PUT /api/v1/content/f/cut.bin HTTP/1.1\r\nHost: {url.netloc}\r\n"
+        f"Authorization: Bearer {home.admin_token()}\r\nContent-Length: {4 * DIRECT_BODY_MIN}\r\n\r\n"
+    ).encode()
+    with socket.create_connection((url.hostname, url.port), timeout=60) as sock:
+        sock.sendall(head + os.urandom(2 * DIRECT_BODY_MIN))
+        sock.shutdown(socket.SHUT_WR)  # the client is gone half-way
+        sock.recv(1)  # the server closes its side once it has given up
+    assert admin.list_items("f") == []
+    # The connection-level path leaves the server serving the next upload as before.
+    data = os.urandom(DIRECT_BODY_MIN + 1)
+    assert admin.put("f", "next.bin", data).digest == digest_bytes(data)
+    assert admin.get("f/next.bin") == data
+
+
+def test_a_file_is_sent_from_its_position_with_progress(admin: RemoteClient, tmp_path: Path) -> None:
+    data = os.urandom(3 * DIRECT_BODY_MIN)
+    src = tmp_path / "src.bin"
+    src.write_bytes(b"skip me" + data)
+    admin.create_folder("f")
+    shown: list[int] = []
+    with open(src, "rb") as f:
+        f.seek(7)
+        info = admin.put("f", "rest.bin", f, progress=shown.append)
+        assert f.tell() == 7 + len(data)  # where reading the file would have left it
+    assert info.size == len(data) and info.digest == digest_bytes(data)
+    assert sum(shown) == len(data)
+    assert admin.get("f/rest.bin") == data
