@@ -240,6 +240,21 @@ def append_rows(conn: Connection, rows: list[EventRow]) -> int:
     return int(seq)
 
 
+#: A service that acts on new events looks again at most this often while they keep coming: the
+#: first event after a quiet spell is taken at once, the next ones together (the log keeps them).
+PACE_SECONDS = 0.25
+
+
+async def pace(last: float, stop: asyncio.Event, every: float = PACE_SECONDS) -> float:
+    """Wait until ``every`` seconds have passed since ``last`` (``time.monotonic()``) or ``stop`` is set;
+    returns the time then, the ``last`` of the next call."""
+    gap = last + every - time.monotonic()
+    if gap > 0:
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(stop.wait(), gap)
+    return time.monotonic()
+
+
 def latest_seq(conn: Connection) -> int:
     """The newest ``seq`` as seen by ``conn``'s transaction, 0 for an empty log."""
     return int(conn.execute(select(func.coalesce(func.max(Event.seq), 0))).scalar_one())

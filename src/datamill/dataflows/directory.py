@@ -62,9 +62,6 @@ log = logging.getLogger("datamill.directories")
 SYNC_SECONDS = 1.0
 #: How long :meth:`DirectoryFlows.serve` waits for an event when no directory dataflow runs anywhere.
 IDLE_SECONDS = 30.0
-#: Idle, it looks again on the first event, then at most this often: while items land elsewhere,
-#: not after every commit (only a dataflow's start, stop or edit concerns it).
-LOOK_MIN_SECONDS = 0.25
 #: How each landed version is marked (``created_via``).
 CREATED_VIA = "directory"
 #: At most one ``dataflow.heartbeat`` event per dataflow this often (and only when its status changed).
@@ -383,14 +380,12 @@ class DirectoryFlows:
     async def serve(self, stop: asyncio.Event) -> None:
         """Keep the watchers in step with the dataflows until ``stop`` is set, then stop them all."""
         try:
-            last = -LOOK_MIN_SECONDS
+            last = -events.PACE_SECONDS
             while not stop.is_set():
-                gap = last + LOOK_MIN_SECONDS - time.monotonic()
-                if gap > 0:
-                    with contextlib.suppress(asyncio.TimeoutError):
-                        await asyncio.wait_for(stop.wait(), gap)
-                    continue
-                last = time.monotonic()
+                # Only a dataflow's start, stop or edit concerns it: not every commit of landing items.
+                last = await events.pace(last, stop)
+                if stop.is_set():
+                    break
                 head = await asyncio.to_thread(self.home.events.latest)
                 try:
                     await asyncio.to_thread(self.sync)

@@ -72,9 +72,6 @@ MAX_BACKOFF = 10.0
 STALE_STATUS = 30.0
 #: How long an idle stream service (no consumer here) waits for an event before it looks again.
 IDLE_SECONDS = 30.0
-#: Idle, it looks again on the first event, then at most this often: while items land elsewhere,
-#: not after every commit (only a dataflow's start, stop or edit concerns it).
-LOOK_MIN_SECONDS = 0.25
 
 
 def group_id(dataflow_id: int, name: str, created_at: float) -> str:
@@ -465,14 +462,12 @@ class StreamIngest:
     async def serve(self, stop: asyncio.Event, poll: float = 1.0) -> None:
         """Reconcile every ``poll`` seconds until ``stop`` is set, then stop the consumers."""
         try:
-            seen, last = -1, -LOOK_MIN_SECONDS
+            seen, last = -1, -events.PACE_SECONDS
             while not stop.is_set():
-                gap = last + LOOK_MIN_SECONDS - time.monotonic()
-                if gap > 0:
-                    with contextlib.suppress(TimeoutError):
-                        await asyncio.wait_for(stop.wait(), gap)
-                    continue
-                last = time.monotonic()
+                # Only a dataflow's start, stop or edit concerns it: not every commit of landing items.
+                last = await events.pace(last, stop)
+                if stop.is_set():
+                    break
                 head = await asyncio.to_thread(self.home.events.latest)
                 if head != seen or self.consumers:  # consumers may have ended: look every ``poll``
                     try:

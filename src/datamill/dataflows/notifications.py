@@ -20,6 +20,7 @@ from sqlalchemy import insert, select, update
 from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 
+from datamill import events
 from datamill.db.models import Cursor, Dataflow, Delivery, Event, Run
 from datamill.events import EventKind
 from datamill.home import Home
@@ -31,9 +32,6 @@ MAX_ATTEMPTS = 10
 #: Seconds past a request's timeout that a claimed delivery stays with the process that claimed it.
 CLAIM_SLACK_SECONDS = 30.0
 BACKOFF_SECONDS = 1.0
-#: After a pass made for new events, the next waits at least this long: while items land, the
-#: notifier looks once per this many seconds, not after every commit (the log keeps what it skips).
-PASS_MIN_SECONDS = 0.25
 BACKOFF_CAP_SECONDS = 300.0
 
 
@@ -219,15 +217,13 @@ class Notifier:
         """
         seen = -1
         due: float | None = None
-        last = -PASS_MIN_SECONDS  # when the last pass for new events began (monotonic)
+        last = -events.PACE_SECONDS  # when the last pass for new events began (monotonic)
         while not stop.is_set():
             try:
                 cursor = await asyncio.to_thread(self.home.events.latest)
                 if cursor != seen:
-                    gap = last + PASS_MIN_SECONDS - time.monotonic()
-                    if gap > 0:  # the first event after a quiet spell is taken at once; the rest together
-                        with contextlib.suppress(TimeoutError):
-                            await asyncio.wait_for(stop.wait(), gap)
+                    if time.monotonic() < last + events.PACE_SECONDS:  # events keep coming: take them together
+                        await events.pace(last, stop)
                         cursor = await asyncio.to_thread(self.home.events.latest)
                     last = time.monotonic()
                     await asyncio.to_thread(self.queue)
