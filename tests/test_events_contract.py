@@ -230,6 +230,40 @@ def test_writers_that_lock_a_row_and_append_events_never_deadlock(db_url: str, d
     assert [e.data["by"] for e in log.read(0)] == ["a", "b"]  # B's event after A's: A committed first
 
 
+def test_an_interrupt_inside_a_write_statement_reaches_the_caller_as_itself(db: Database) -> None:
+    """Ctrl-C while a write's statement runs: the caller sees KeyboardInterrupt, and the next write works.
+
+    SQLAlchemy invalidates a connection an interrupt left mid-statement; the write's clean-up must
+    not touch it again (it raised "Can't reconnect until invalid transaction is rolled back" over
+    the interrupt, so ``datamill put`` printed a traceback on Ctrl-C).
+    """
+    from sqlalchemy import event
+
+    def interrupt(_conn: Any, _cursor: Any, statement: str, *_args: Any) -> None:
+        if "interrupt_me" in statement:
+            raise KeyboardInterrupt
+
+    event.listen(db.write_engine, "before_cursor_execute", interrupt)
+    try:
+        with pytest.raises(KeyboardInterrupt):
+            with db.write() as conn:
+                conn.exec_driver_sql("SELECT 1 AS interrupt_me")
+    finally:
+        event.remove(db.write_engine, "before_cursor_execute", interrupt)
+    seq = _append(db, EventKind.USER_CREATED)  # the pool hands out a working connection
+    with db.read() as conn:
+        assert events.latest_seq(conn) == seq
+    if not db.is_sqlite:  # the next write took the log's lock itself, not trusting a stale flag
+        with db.write() as conn:
+            assert conn.info.get("datamill.log_locked") is True
+            assert (
+                conn.exec_driver_sql(
+                    "SELECT count(*) FROM pg_locks WHERE locktype = 'advisory' AND pid = pg_backend_pid()"
+                ).scalar_one()
+                == 1
+            )
+
+
 def _someone_waits_on_a_lock(db: Database, me: int) -> bool:
     with db.read() as conn:
         query = (

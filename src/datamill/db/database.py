@@ -112,13 +112,17 @@ class Database:
             self._writing.depth = depth + 1
             try:
                 with self.write_engine.begin() as conn:
+                    # The pooled connection's own dict, held here: after an interrupt inside a
+                    # statement the connection is invalidated, and reading ``conn.info`` then raises
+                    # instead of letting the interrupt through.
+                    info = conn.info
                     if depth == 0 and not self.is_sqlite:
                         conn.execute(text("SELECT pg_advisory_xact_lock(:k)"), {"k": LOG_LOCK_KEY})
-                        conn.info[LOG_LOCKED] = True
+                        info[LOG_LOCKED] = True
                     try:
                         yield conn
                     finally:
-                        conn.info.pop(LOG_LOCKED, None)
+                        info.pop(LOG_LOCKED, None)
             except IntegrityError as exc:
                 raise AlreadyExists(f"that already exists ({_constraint(exc)})") from exc
             except OperationalError as exc:
