@@ -245,9 +245,8 @@ def test_an_interrupt_inside_a_write_statement_reaches_the_caller_as_itself(db: 
 
     event.listen(db.write_engine, "before_cursor_execute", interrupt)
     try:
-        with pytest.raises(KeyboardInterrupt):
-            with db.write() as conn:
-                conn.exec_driver_sql("SELECT 1 AS interrupt_me")
+        with pytest.raises(KeyboardInterrupt), db.write() as conn:
+            conn.exec_driver_sql("SELECT 1 AS interrupt_me")
     finally:
         event.remove(db.write_engine, "before_cursor_execute", interrupt)
     seq = _append(db, EventKind.USER_CREATED)  # the pool hands out a working connection
