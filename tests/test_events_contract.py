@@ -263,6 +263,27 @@ def test_an_interrupt_inside_a_write_statement_reaches_the_caller_as_itself(db: 
             )
 
 
+def test_a_write_postgresql_stops_for_a_conflict_says_so_and_to_try_again(db: Database) -> None:
+    """Not "check that the database is reachable": the database is fine, the transaction lost a conflict."""
+    from datamill.errors import DatamillError
+
+    if db.is_sqlite:
+        pytest.skip("SQLite waits up to its 60 s busy timeout for the write lock; no conflict to lose")
+    with db.write() as conn:
+        conn.exec_driver_sql("CREATE TABLE scratch_row (id integer PRIMARY KEY, n integer NOT NULL)")
+        conn.exec_driver_sql("INSERT INTO scratch_row VALUES (1, 0)")
+    with db.engine.connect() as holder:  # holds the row, not the log's lock
+        holder.exec_driver_sql("UPDATE scratch_row SET n = 1 WHERE id = 1")
+        with pytest.raises(DatamillError) as caught, db.write() as conn:
+            conn.exec_driver_sql("SET LOCAL lock_timeout = '50ms'")
+            conn.exec_driver_sql("UPDATE scratch_row SET n = 2 WHERE id = 1")
+        holder.rollback()
+    assert "nothing of it was written. Try again." in str(caught.value)
+    assert "reachable" not in str(caught.value)
+    with db.read() as conn:
+        assert conn.exec_driver_sql("SELECT n FROM scratch_row").scalar_one() == 0
+
+
 def _someone_waits_on_a_lock(db: Database, me: int) -> bool:
     with db.read() as conn:
         query = (

@@ -126,7 +126,7 @@ class Database:
             except IntegrityError as exc:
                 raise AlreadyExists(f"that already exists ({_constraint(exc)})") from exc
             except OperationalError as exc:
-                raise DatamillError(f"database error: {exc.orig}. Check that the database is reachable.") from exc
+                raise DatamillError(_operational_message(exc)) from exc
             finally:
                 self._writing.depth = depth
         self.notify_commit()
@@ -144,7 +144,7 @@ class Database:
             with self.engine.begin() as conn:
                 yield conn
         except OperationalError as exc:
-            raise DatamillError(f"database error: {exc.orig}. Check that the database is reachable.") from exc
+            raise DatamillError(_operational_message(exc)) from exc
 
     def data_version(self, conn: Connection) -> int:
         """SQLite's counter of commits by other connections; a cheap way to notice new events."""
@@ -191,6 +191,31 @@ class Database:
         """Raise if the database cannot be reached."""
         with self.read() as conn:
             conn.execute(text("SELECT 1"))
+
+
+#: PostgreSQL's codes for a transaction it stopped to end a conflict with another one.
+_CONFLICT_STATES = {"40P01": "a deadlock", "40001": "a serialization failure", "55P03": "a lock it could not get"}
+
+
+def _operational_message(exc: OperationalError) -> str:
+    """What a driver's operational error means for the user, and what to do about it.
+
+    Nothing of the transaction was written in any of these cases; the text says so, because "check
+    that the database is reachable" is wrong advice for a conflict or a long-held lock.
+    """
+    orig = exc.orig
+    state = getattr(orig, "sqlstate", None)
+    if state in _CONFLICT_STATES:
+        return (
+            f"database error: PostgreSQL stopped this transaction ({_CONFLICT_STATES[state]} with another "
+            "transaction); nothing of it was written. Try again."
+        )
+    if getattr(orig, "sqlite_errorname", None) in {"SQLITE_BUSY", "SQLITE_LOCKED"}:
+        return (
+            f"database error: {orig}: another process held the database's write lock for over "
+            f"{SQLITE_BUSY_TIMEOUT_MS // 1000} s; nothing was written. Try again, or look for a stuck datamill process."
+        )
+    return f"database error: {orig}. Check that the database is reachable."
 
 
 def alembic_config(url: str) -> Any:
