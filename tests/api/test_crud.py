@@ -184,6 +184,22 @@ def test_folder_and_item_paths_with_awkward_names(admin: RemoteClient, local: Lo
     assert quote_path("a b/.") == "a%20b/%2E"
 
 
+def test_a_search_larger_than_a_page_comes_whole_and_in_order(
+    admin: RemoteClient, local: LocalClient, home: Home
+) -> None:
+    """The remote client pages through ``/find`` (1,000 per answer); awkward paths continue the pages."""
+    from datamill.client import remote
+
+    for folder, count in (("scan/été 50% #1", remote.FIND_PAGE + 1), ("scan/a+b&c=d ?", remote.FIND_PAGE)):
+        home.store.create_folder(home.admin, folder)
+        home.store.put_many(home.admin, folder, [(f"n {i:04d} ✓", b"x") for i in range(count)])
+    found = [i.path for i in admin.find("scan")]
+    assert found == [i.path for i in local.find("scan")]
+    assert len(found) == len(set(found)) == 2 * remote.FIND_PAGE + 1
+    last = admin._call("GET", "/find/scan", params={"after": found[-3], "limit": 5})
+    assert [f"{d['folder']}/{d['name']}" for d in last] == found[-2:]  # a short page: the last
+
+
 def test_tokens_users_and_revocation(server: ServerHandle, admin: RemoteClient) -> None:
     admin.create_user("bob")
     new = admin.create_token("bob", name="laptop", ttl=3600)

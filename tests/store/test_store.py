@@ -416,6 +416,44 @@ def test_find_by_glob_and_metadata(home: Home) -> None:
         s.find_items(admin, "nope", name="*")
 
 
+def test_find_items_paging_crosses_folders_and_filtered_batches(home: Home) -> None:
+    """Pages of a search, concatenated, are the whole search; a short page is the last.
+
+    2,600 items in three folders, one in seven matching: the pages' rows are read in batches of
+    1,000 that the metadata filter mostly empties, and pages end inside and across folders.
+    """
+    from datamill.store import items as store_items
+
+    s, admin = home.store, home.admin
+    s.create_folder(admin, "big/a/deep")
+    s.create_folder(admin, "big/b")
+    for folder, count in (("big/a", 1200), ("big/b", 900), ("big/a/deep", 500)):
+        entries = [(f"f{i:04d}", b"x") for i in range(count)]
+        meta = [{"keep": i % 7 == 0} for i in range(count)]
+        s.put_many(admin, folder, entries, item_metadata=meta)
+    everything = [i.path for i in s.find_items(admin, "big", metadata={"keep": True})]
+    assert len(everything) == 172 + 129 + 72
+    assert 2 * store_items.FIND_BATCH < 2600  # the filter empties whole batches
+    for limit in (1, 50, 172, 373, 1000):
+        pages: list[list[str]] = []
+        after = None
+        while True:
+            page = [i.path for i in s.find_items(admin, "big", metadata={"keep": True}, after=after, limit=limit)]
+            pages.append(page)
+            if len(page) < limit:
+                break
+            after = page[-1]
+        assert [p for page in pages for p in page] == everything, limit
+        assert all(len(page) == limit for page in pages[:-1])
+    assert [i.name for i in s.find_items(admin, "big/a", name="f000*", after="big/a/f0003", limit=3)] == [
+        "f0004",
+        "f0005",
+        "f0006",
+    ]
+    with pytest.raises(InvalidInput, match="last item of the previous page"):
+        s.find_items(admin, "big/a", after="big/b/f0001", limit=3, recursive=False)
+
+
 def test_list_items_paging(home: Home) -> None:
     s, admin = home.store, home.admin
     s.create_folder(admin, "many/sub")

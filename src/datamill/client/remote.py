@@ -95,6 +95,8 @@ LONG_POLL_SECONDS = 25.0
 PUT_ATTEMPTS = 4
 PUT_BACKOFF_SECONDS = 0.5
 RETRY_STATUSES = frozenset({502, 503, 504})
+#: Items per answer while :meth:`RemoteClient.find` pages through a search.
+FIND_PAGE = 1000
 
 
 def _error_classes() -> dict[str, type[DatamillError]]:
@@ -750,7 +752,14 @@ class RemoteClient(Client):
             params["name"] = name
         if metadata:
             params["metadata"] = json.dumps(check_metadata(metadata), separators=(",", ":"))
-        return [_build(ItemInfo, d) for d in self._call("GET", f"/find/{quote_path(folder)}", params=params)]
+        # Page by page, so that no one answer holds a whole large search.
+        found: list[ItemInfo] = []
+        while True:
+            page = self._call("GET", f"/find/{quote_path(folder)}", params={**params, "limit": FIND_PAGE})
+            found += [_build(ItemInfo, d) for d in page]
+            if len(page) < FIND_PAGE:
+                return found
+            params["after"] = found[-1].path
 
     def delete_item(self, path: str) -> None:
         self._call("DELETE", f"/items/{quote_path(path)}")

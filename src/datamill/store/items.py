@@ -16,7 +16,7 @@ from sqlalchemy import Connection, Row, String, and_, delete, or_, select, type_
 
 from datamill import events
 from datamill.db.models import Folder, Item, User, Version
-from datamill.errors import NotFound
+from datamill.errors import InvalidInput, NotFound
 from datamill.store.access import Actor, Level, level_on
 from datamill.store.folders import readable_folder
 from datamill.store.metadata import changed, check_metadata, decode, matches
@@ -154,6 +154,10 @@ def _like_escape(text: str) -> str:
     return text.replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_")
 
 
+#: Rows read per statement while a page of a search fills (the filters may drop most of them).
+FIND_BATCH = 1000
+
+
 def find_items(
     conn: Connection,
     actor: Actor,
@@ -161,8 +165,16 @@ def find_items(
     name: str | None,
     metadata: Mapping[str, Any] | None,
     recursive: bool,
+    after: str | None = None,
+    limit: int | None = None,
 ) -> list[ItemInfo]:
-    """Items under ``folder`` whose name matches the glob ``name`` and whose metadata holds ``metadata``."""
+    """Items under ``folder`` whose name matches the glob ``name`` and whose metadata holds ``metadata``.
+
+    In folder creation order, then by name. Paged with ``after`` (the path of the last item of the
+    previous page) and ``limit``: a page shorter than ``limit`` is the last. Rows are read
+    :data:`FIND_BATCH` at a time until the page is full, so a search of a large folder holds one
+    page in memory, not every item.
+    """
     frow = readable_folder(conn, actor, folder)
     folder_q = select(Folder.id, Folder.path).where(
         or_(Folder.id == frow.id, Folder.path.startswith(frow.path + "/", autoescape=True))
@@ -177,10 +189,41 @@ def find_items(
         if "[" not in name:
             q = q.where(Item.name.like(like, escape="\\"))
     wanted = check_metadata(metadata or {})
-    found = [item_info(r, paths[r.folder_id]) for r in conn.execute(q) if not name or fnmatch.fnmatchcase(r.name, name)]
-    # Filter on what the caller may see, so a filter cannot confirm a guess of hidden provenance.
-    Visibility(conn, actor).items(found)
-    return [info for info in found if matches(info.metadata, wanted)]
+    cursor = _find_cursor(after, paths) if after is not None else None
+    found: list[ItemInfo] = []
+    while limit is None or len(found) < limit:
+        page = q if cursor is None else q.where(_past(*cursor))
+        rows = conn.execute(page.limit(FIND_BATCH)).all()
+        batch = [item_info(r, paths[r.folder_id]) for r in rows if not name or fnmatch.fnmatchcase(r.name, name)]
+        # Filter on what the caller may see, so a filter cannot confirm a guess of hidden provenance.
+        Visibility(conn, actor).items(batch)
+        for info in batch:
+            if matches(info.metadata, wanted):
+                found.append(info)
+                if limit is not None and len(found) == limit:
+                    return found
+        if len(rows) < FIND_BATCH:
+            break
+        cursor = (rows[-1].folder_id, rows[-1].name)
+    return found
+
+
+def _find_cursor(after: str, paths: Mapping[int, str]) -> tuple[int, str]:
+    """The (folder id, name) a search continues after, from the path of the previous page's last item."""
+    folder, name = split_item_path(after)
+    for fid, path in paths.items():
+        if path == folder:
+            return fid, name
+    raise InvalidInput(
+        f"cannot continue the search after {after!r}: it is not an item path below the folder searched; "
+        "pass the path of the last item of the previous page",
+        path=after,
+    )
+
+
+def _past(folder_id: int, name: str) -> Any:
+    """Rows after (folder id, name) in the search's order."""
+    return or_(Item.folder_id > folder_id, and_(Item.folder_id == folder_id, Item.name > name))
 
 
 def set_item_metadata(

@@ -405,13 +405,16 @@ class Store:
         name: str | None = None,
         metadata: Mapping[str, Any] | None = None,
         recursive: bool = True,
+        after: str | None = None,
+        limit: int | None = None,
     ) -> list[ItemInfo]:
         """Items under ``folder`` whose name matches the glob ``name`` and whose metadata holds ``metadata``.
 
-        A metadata filter value matches an equal value, or an element of a list value.
+        A metadata filter value matches an equal value, or an element of a list value. Paged with
+        ``after`` (the last item path of the previous page) and ``limit``; a short page is the last.
         """
         with self.db.read() as conn:
-            return items.find_items(conn, actor, folder, name, metadata, recursive)
+            return items.find_items(conn, actor, folder, name, metadata, recursive, after, limit)
 
     def set_item_metadata(
         self, actor: Actor, path: str, set_: Mapping[str, Any] | None = None, unset: Iterable[str] = ()

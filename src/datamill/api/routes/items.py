@@ -98,11 +98,16 @@ async def find_items(
     name: str | None = Query(None, description="A glob on item names, e.g. '*.csv'."),
     metadata: str | None = Query(None, description="A JSON object; items whose metadata holds these values."),
     recursive: bool = Query(True, description="Search subfolders too."),
-) -> JSONResponse:
-    """Items below a folder whose name matches ``name`` and whose metadata holds ``metadata``."""
+    after: str | None = Query(None, description="The path of the last item of the previous page (paging)."),
+    limit: int | None = Query(None, ge=1, le=100_000, description="At most this many items."),
+) -> Response:
+    """Items below a folder whose name matches ``name`` and whose metadata holds ``metadata``.
+
+    In folder creation order, then by name. A page shorter than ``limit`` is the last.
+    """
     wanted = loads_bounded(metadata, "the metadata filter", InvalidMetadata) if metadata else None
-    items = await blocking(home.store.find_items, actor, path, name, wanted, recursive)
-    return JSONResponse([i.to_dict() for i in items])
+    items = await blocking(home.store.find_items, actor, path, name, wanted, recursive, after, limit)
+    return _json([i.to_dict() for i in items])
 
 
 @router.get(
