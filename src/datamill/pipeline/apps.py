@@ -34,7 +34,7 @@ import blake3
 from datamill.canonical import canonical_json
 from datamill.errors import InvalidPipeline, InvalidStepOption
 from datamill.pipeline.options import PYTHON, Spelling, StepOptions
-from datamill.pipeline.step import Step, _publish
+from datamill.pipeline.step import Step, option_fields
 from datamill.pipeline.wiring import Arg, Role
 
 __all__ = ["SECRET_RE", "AppSpec", "clams_chain", "clams_step", "http_step", "make_app_step"]
@@ -137,13 +137,10 @@ def make_app_step(options: StepOptions, app: AppSpec, input_step: str | None, sp
         code=app_code(app, opts.version),
         args=(arg,),
         params=dict(opts.params),
-        version=opts.version,
-        publish=_publish(opts),
-        name_template=opts.name_template,
-        retries=0,  # the executor retries the request itself, with backoff (app.retries)
-        timeout=opts.timeout,
-        cache=opts.cache,
-        force=opts.force,
+        **{
+            **option_fields(opts, (arg,)),
+            "retries": 0,  # the executor retries the request itself, with backoff (app.retries)
+        },
         codec=None,
         description=opts.description or f"{app.method} {app.url}",
         options=opts,

@@ -348,15 +348,7 @@ def make_step(fn: Callable[..., Any], options: StepOptions, spelling: Spelling =
         args=args,
         params=defaults,
         fn=fn,
-        version=opts.version,
-        publish=_publish(opts),
-        name_template=opts.name_template,
-        aggregate=opts.aggregate or any(a.role is Role.ITEMS for a in args),
-        retries=opts.retries,
-        retry_backoff=opts.retry_backoff,
-        timeout=opts.timeout,
-        cache=opts.cache,
-        force=opts.force,
+        **option_fields(opts, args),
         codec=out_codec,
         takes_kwargs=takes_kwargs,
         description=opts.description if opts.description is not None else inspect.getdoc(fn) or "",
@@ -373,6 +365,24 @@ def make_step(fn: Callable[..., Any], options: StepOptions, spelling: Spelling =
 def _publish(opts: StepOptions) -> bool | tuple[str, ...]:
     # validate() made it a bool or a tuple of names
     return opts.publish if isinstance(opts.publish, bool) else tuple(opts.publish)
+
+
+def option_fields(opts: StepOptions, args: Sequence[Arg]) -> dict[str, Any]:
+    """The :class:`Step` fields every kind of step takes as they are from its checked options.
+
+    A step aggregates when asked to, or when one of its arguments takes all the items.
+    """
+    return {
+        "version": opts.version,
+        "publish": _publish(opts),
+        "name_template": opts.name_template,
+        "aggregate": bool(opts.aggregate) or any(a.role is Role.ITEMS for a in args),
+        "retries": opts.retries,
+        "retry_backoff": opts.retry_backoff,
+        "timeout": opts.timeout,
+        "cache": opts.cache,
+        "force": opts.force,
+    }
 
 
 def make_command_step(options: StepOptions, spelling: Spelling = PYTHON) -> Step:
@@ -403,15 +413,7 @@ def make_command_step(options: StepOptions, spelling: Spelling = PYTHON) -> Step
         args=args,
         params=dict(opts.params),
         argv=argv,
-        version=opts.version,
-        publish=_publish(opts),
-        name_template=opts.name_template,
-        aggregate=opts.aggregate or any(a.role is Role.ITEMS for a in args),
-        retries=opts.retries,
-        retry_backoff=opts.retry_backoff,
-        timeout=opts.timeout,
-        cache=opts.cache,
-        force=opts.force,
+        **option_fields(opts, args),
         codec=None,
         base_dir=base,
         scripts=scripts,
@@ -453,15 +455,7 @@ def make_container_step(options: StepOptions, spelling: Spelling = PYTHON) -> St
         args=args,
         params=dict(opts.params),
         argv=argv,
-        version=opts.version,
-        publish=_publish(opts),
-        name_template=opts.name_template,
-        aggregate=opts.aggregate or any(a.role is Role.ITEMS for a in args),
-        retries=opts.retries,
-        retry_backoff=opts.retry_backoff,
-        timeout=opts.timeout,
-        cache=opts.cache,
-        force=opts.force,
+        **option_fields(opts, args),
         codec=None,
         description=opts.description or "",
         options=opts,
@@ -727,15 +721,7 @@ def make_dagster_step(options: StepOptions, job: DagsterJob, spelling: Spelling 
         code=job.code(opts.version),
         args=tuple(args),
         params=check_defaults(step_name, params),
-        version=opts.version,
-        publish=_publish(opts),
-        name_template=opts.name_template,
-        aggregate=opts.aggregate,
-        retries=opts.retries,
-        retry_backoff=opts.retry_backoff,
-        timeout=opts.timeout,
-        cache=opts.cache,
-        force=opts.force,
+        **option_fields(opts, args),
         codec=None,
         description=opts.description or "",
         options=opts,
