@@ -20,7 +20,7 @@ from datamill.events import EventLog
 
 log = logging.getLogger("datamill.api")
 
-#: How long the thread blocks in one ``EventLog.wait``; bounds how late it notices ``close()``.
+#: How long the thread blocks in one ``EventLog.wait`` (``close()`` ends the wait early).
 WAIT_SLICE = 0.5
 
 
@@ -92,7 +92,8 @@ class EventBroadcaster:
                 if seen > self._published:
                     self._published = seen
                     self._call(self._publish, seen)
-                self._events.wait(seen, WAIT_SLICE)
+                # ``quit``: close() ends this wait at once, so a shutdown does not wait out the slice.
+                self._events.wait(seen, WAIT_SLICE, quit=self._closed)
             except Exception:
                 # The database may be briefly unreachable; waiters time out meanwhile.
                 log.exception("waiting for events failed; retrying in a second")
@@ -115,6 +116,10 @@ class EventBroadcaster:
         """Wake every waiter and stop the thread; safe from any thread, more than once."""
         self._closed.set()
         self._wanted.set()
+        # The thread may be in EventLog.wait: it checks ``quit`` under this condition's lock.
+        committed = self._events.db.committed
+        with committed:
+            committed.notify_all()
         self._call(self._publish, 0)
 
     def join(self, timeout: float = 5.0) -> None:
