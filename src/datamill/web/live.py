@@ -7,6 +7,13 @@ A live page (the runs list, a run, the event log) opens an ``EventSource`` on on
 read); each batch of new events is turned by the page's ``render`` function into messages whose
 data is HTML (a table row), rendered with the same templates as the page. So the browser needs no
 templates of its own: ``static/live.js`` puts each row in place by its ``id``.
+
+No update is lost between the page and its stream: the stream starts after the ``seq`` the page
+was rendered at (or a reconnect's ``Last-Event-ID``), however far behind the head that is; one
+more than a page of events behind catches up a page at a time, as a replay (limited per user,
+like ``/api/v1/events/stream``'s). Only the last message of a batch carries the batch's ``id``,
+so a client cut off in the middle of a batch resumes before it (rows replace themselves), never
+after rows it did not get.
 """
 
 from __future__ import annotations
@@ -19,6 +26,7 @@ import anyio
 from fastapi import Request
 
 from datamill.api.broadcast import EventBroadcaster
+from datamill.api.ids import parse_last_event_id
 from datamill.api.routes.events import STREAM_BATCH, EventStreamResponse, read_visible, sse_error
 from datamill.api.streams import Follower, StreamGuard
 from datamill.errors import Unavailable
@@ -42,10 +50,11 @@ class Message:
 Renderer = Callable[[Actor, list[EventRecord]], list[Message]]
 
 
-def sse_message(message: Message, seq: int) -> str:
-    """``message`` in ``text/event-stream`` framing; each line of its HTML a ``data:`` line."""
+def sse_message(message: Message, seq: int | None) -> str:
+    """``message`` in ``text/event-stream`` framing, each line of its HTML a ``data:`` line; ``id: seq`` if given."""
     lines = "".join(f"data: {line}\n" for line in message.html.splitlines() or [""])
-    return f"id: {seq}\nevent: {message.event}\n{lines}\n"
+    head = f"id: {seq}\n" if seq is not None else ""
+    return f"{head}event: {message.event}\n{lines}\n"
 
 
 async def _follow(
@@ -65,10 +74,12 @@ async def _follow(
     while not broadcaster.closed and follower.reason is None:
         events, cursor, full = await guard.read(read_visible, home, follower.actor, cursor, STREAM_BATCH, kinds)
         if events:
-            for message in await guard.read(render, follower.actor, events):
-                yield sse_message(message, events[-1].seq)
+            messages = await guard.read(render, follower.actor, events)
+            for n, message in enumerate(messages, 1):
+                # The id (where a reconnect resumes) only once the whole batch is out.
+                yield sse_message(message, events[-1].seq if n == len(messages) else None)
             last_sent = time.monotonic()
-            if min_interval:
+            if min_interval and not full:
                 # A busy run sends many events a second: one refresh per interval is plenty.
                 await anyio.sleep(min_interval)
         if full:
@@ -95,12 +106,12 @@ async def live_response(
     """A live stream of ``render``'s messages for the events after ``since`` (a reconnect resumes)."""
     guard: StreamGuard = request.app.state.guard
     home: Home = request.app.state.home
-    last = request.headers.get("last-event-id", "")
-    cursor = int(last) if last.isdigit() else since
+    resumed = parse_last_event_id(request.headers.get("last-event-id"))
+    cursor = since if resumed is None else resumed
     latest = await guard.read(home.events.latest)
-    # A page asks from the seq it was rendered at; one far behind starts at the head instead.
-    cursor = max(cursor, latest - STREAM_BATCH)
-    follower = guard.open_follower(session.token, session.actor)
+    # A page asks from the seq it was rendered at. Starting one far behind at the head instead
+    # lost every update in between (the page showed a run running for good): it replays.
+    follower = guard.open_follower(session.token, session.actor, replay=latest - cursor > STREAM_BATCH)
     return EventStreamResponse(
         _follow(request, guard, follower, cursor, kinds, render, min_interval),
         follower=follower,
