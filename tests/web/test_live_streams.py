@@ -23,6 +23,10 @@ from tests.helpers import open_home, serve
 
 pytestmark = pytest.mark.slow
 
+#: Seconds any one read may take: it only bounds how long a failing run takes (a first page
+#: render compiles templates, which on a loaded machine can take longer than httpx's 5 s).
+LIMIT = 60.0
+
 
 def messages(lines: Iterator[str]) -> Iterator[tuple[int | None, str, str]]:
     """``(id or None, event name, data)`` of each message of a ``text/event-stream``."""
@@ -66,7 +70,7 @@ def filler(home: Home, n: int) -> None:
 def follow_until(http: httpx.Client, url: str, last: int) -> list[tuple[int | None, set[int]]]:
     """The stream's messages, as (id, event rows), up to the one showing event ``last``."""
     got: list[tuple[int | None, set[int]]] = []
-    with http.stream("GET", url, timeout=httpx.Timeout(60.0)) as answer:
+    with http.stream("GET", url, timeout=LIMIT) as answer:
         assert answer.status_code == 200
         for seq, name, data in messages(answer.iter_lines()):
             assert name == "event"
@@ -83,7 +87,7 @@ def test_a_page_far_behind_gets_every_event_after_it(home: Home) -> None:
     page never showed them (a run page never showed its run's end).
     """
     service = Service(home)
-    with serve(home) as server, httpx.Client(base_url=server.url, follow_redirects=True) as http:
+    with serve(home) as server, httpx.Client(base_url=server.url, follow_redirects=True, timeout=LIMIT) as http:
         http.get(f"/?token={home.admin_token()}").raise_for_status()
         page_seq = home.events.latest()  # the seq the page was rendered at
         service.create_folder("watched/early")
@@ -104,7 +108,7 @@ def test_an_id_is_sent_only_once_every_row_before_it_is(home: Home) -> None:
     first row of a batch resumed after the others, which it then never got.
     """
     service = Service(home)
-    with serve(home) as server, httpx.Client(base_url=server.url, follow_redirects=True) as http:
+    with serve(home) as server, httpx.Client(base_url=server.url, follow_redirects=True, timeout=LIMIT) as http:
         http.get(f"/?token={home.admin_token()}").raise_for_status()
         page_seq = home.events.latest()
         for name in ("a", "b", "c"):  # one batch of three rows: the stream opens after them
