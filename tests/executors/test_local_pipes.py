@@ -97,9 +97,12 @@ def test_a_worker_killed_while_writing_a_big_result_runs_the_call_again(
 
 
 def pad_task(reporter: Reporter, i: int, pad: bytes, die: bool = False) -> bytes:
-    """A short call with big arguments and a result as big; may SIGKILL its own worker."""
+    """A short call with big arguments and a result as big; may SIGKILL its own worker. It works for
+    about 8 ms: short enough to go in chunks, long enough that its result goes back at once (while
+    the rest of its chunk runs), as a step's would."""
     if die:
         os.kill(os.getpid(), signal.SIGKILL)
+    time.sleep(0.008)
     return bytes([i]) * len(pad)
 
 
