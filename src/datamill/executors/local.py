@@ -22,7 +22,9 @@ the socket does not take at once waits in the parent and is written as the worke
 says when, ``loop.add_writer``). A parent blocked writing a chunk of big arguments to a worker that
 is itself blocked writing a big result back would wait for ever (both sockets full, nobody
 reading); now the loop keeps reading results while chunks go out. Withdrawals of calls go on a small
-control pipe of their own, so they never wait behind a chunk (see :mod:`datamill.executors.worker`). When a worker dies, the call it was running fails with ``WorkerCrashed`` (exit code or
+control pipe of their own, so they never wait behind a chunk (see :mod:`datamill.executors.worker`).
+
+When a worker dies, the call it was running fails with ``WorkerCrashed`` (exit code or
 signal, plus the interpreter's fault traceback if it crashed); the calls queued behind it never
 started and go to another worker, and calls it finished whose results it had not sent yet run again
 (nothing was recorded for them). A fresh worker takes the dead one's place. A timeout, or the
