@@ -4,11 +4,6 @@ block both ends at once, and a worker killed in the middle of a message loses no
 from __future__ import annotations
 
 import asyncio
-import os
-import signal
-import sys
-import threading
-import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
@@ -17,13 +12,12 @@ import blake3
 import pytest
 
 from datamill.errors import WorkerCrashed
-from datamill.executors import PythonCall, Reporter
+from datamill.executors import PythonCall
 from tests.engine.engine_world import World
 from tests.helpers import world_of
 
-from .pipe_pipelines import ref
+from .pipe_pipelines import kill_mid_result, pad_task, ref
 from .test_contract import ignore
-from .test_local_chunks import task, warm_up
 
 #: bigger than a socket's buffers (about 200 KiB each way on Linux) many times over
 BIG = 1 << 20
@@ -53,27 +47,6 @@ def test_big_arguments_and_big_results_at_once(world: World) -> None:
         assert [(o.digest, o.size) for o in t.outputs] == [(expected, BIG)]
 
 
-def kill_mid_result(reporter: Reporter, marks: str, size: int) -> bytes:
-    """Returns ``size`` bytes; on its first execution it SIGKILLs its own worker while the worker
-    is writing that result to the pipe (part of the message sent, the rest not)."""
-    first = not os.listdir(marks)
-    Path(marks, f"run.{os.getpid()}").touch()
-    if first:
-        main = threading.get_ident()
-
-        def killer() -> None:
-            while True:  # the call's own doing: it watches its worker's main thread, no timing
-                frame = sys._current_frames().get(main)
-                while frame is not None and frame.f_code.co_name != "_send":
-                    frame = frame.f_back
-                if frame is not None and len(frame.f_locals.get("buf", b"")) >= size:
-                    os.kill(os.getpid(), signal.SIGKILL)
-                time.sleep(0)
-
-        threading.Thread(target=killer, daemon=True).start()
-    return b"r" * size
-
-
 @pytest.mark.timeout(240, method="thread")  # only against a hang
 def test_a_worker_killed_while_writing_a_big_result_runs_the_call_again(
     make_harness: Callable[..., Any], tmp_path: Path
@@ -84,26 +57,16 @@ def test_a_worker_killed_while_writing_a_big_result_runs_the_call_again(
     size = 8 * BIG
     before = one.executor.pids
 
-    async def scenario() -> tuple[bytes, int]:
+    async def scenario() -> tuple[bytes, bytes]:
         got = await one.executor.run(PythonCall(kill_mid_result, (str(marks), size)), ignore)
-        after = await one.executor.run(PythonCall(task, (7,)), ignore)  # the pool goes on
+        after = await one.executor.run(PythonCall(pad_task, (7, b"..")), ignore)  # the pool goes on
         return got, after
 
     got, after = one.run(scenario())
-    assert got == b"r" * size and after == 7
+    assert got == b"r" * size and after == b"\x07\x07"
     runs = sorted(p.name for p in marks.iterdir())
     assert len(runs) == 2  # killed once mid-message, run again whole on a fresh worker
     assert f"run.{before[0]}" in runs and one.executor.pids != before
-
-
-def pad_task(reporter: Reporter, i: int, pad: bytes, die: bool = False) -> bytes:
-    """A short call with big arguments and a result as big; may SIGKILL its own worker. It works for
-    about 8 ms: short enough to go in chunks, long enough that its result goes back at once (while
-    the rest of its chunk runs), as a step's would."""
-    if die:
-        os.kill(os.getpid(), signal.SIGKILL)
-    time.sleep(0.008)
-    return bytes([i]) * len(pad)
 
 
 @pytest.mark.timeout(240, method="thread")  # only against a hang
@@ -115,7 +78,6 @@ def test_big_arguments_and_results_and_a_worker_death(make_harness: Callable[...
 
     async def scenario() -> list[Any]:
         ex = pool.executor
-        await warm_up(ex)
         slots = asyncio.Semaphore(8)
 
         async def one(i: int) -> Any:
