@@ -17,7 +17,14 @@ of the same kind took so far:
 
 The event loop watches every worker's pipe and its process sentinel with ``loop.add_reader``: no
 thread, no polling. Messages are handed to the task's ``on_message`` in the loop thread as they
-arrive. When a worker dies, the call it was running fails with ``WorkerCrashed`` (exit code or
+arrive. The parent never blocks writing to a worker: its end of the pipe is non-blocking, and what
+the socket does not take at once waits in the parent and is written as the worker reads (the loop
+says when, ``loop.add_writer``). A parent blocked writing a chunk of big arguments to a worker that
+is itself blocked writing a big result back would wait for ever (both sockets full, nobody
+reading); now the loop keeps reading results while chunks go out. Withdrawals of calls go on a small
+control pipe of their own, so they never wait behind a chunk (see :mod:`datamill.executors.worker`).
+
+When a worker dies, the call it was running fails with ``WorkerCrashed`` (exit code or
 signal, plus the interpreter's fault traceback if it crashed); the calls queued behind it never
 started and go to another worker, and calls it finished whose results it had not sent yet run again
 (nothing was recorded for them). A fresh worker takes the dead one's place. A timeout, or the
@@ -50,7 +57,7 @@ from typing import Any
 from datamill.errors import Cancelled, ConfigError, StepFailed, TaskTimeout, WorkerCrashed
 
 from .base import Call, Executor, OnMessage, PythonCall, deliver, step_failed
-from .local_wire import Constants, Frames, send
+from .local_wire import Constants, Frames, Outgoing, withdraw
 from .worker import BATCH, CHUNK, MESSAGE, RESULT, SKIP, WorkerState, worker_main
 
 __all__ = ["CHUNK_SECONDS", "MAX_CHUNK", "STEAL_AFTER", "LocalExecutor"]
@@ -115,22 +122,34 @@ class _Worker:
 
     __slots__ = (
         "conn",
+        "control",
         "exited",
         "fault_path",
         "frames",
         "known",
+        "out",
         "outstanding",
         "pid",
         "process",
         "state",
         "state_path",
+        "writing",
     )
 
-    def __init__(self, process: BaseProcess, conn: Connection, fault_path: str, state_path: str) -> None:
+    def __init__(
+        self, process: BaseProcess, conn: Connection, control: Connection, fault_path: str, state_path: str
+    ) -> None:
         self.process = process
+        #: the duplex pipe (a socket), non-blocking on this side: chunks out, messages and results in
         self.conn = conn
+        #: the withdrawals' pipe, non-blocking (see :mod:`datamill.executors.worker`)
+        self.control = control
         #: what it sent, read with one system call per wake-up of the loop
         self.frames = Frames(conn.fileno())
+        #: what is sent to it, written as its socket takes it
+        self.out = Outgoing(conn.fileno())
+        #: the event loop watches its socket for room to write what ``out`` still holds
+        self.writing = False
         self.pid: int = process.pid or 0
         self.fault_path = fault_path
         self.state_path = state_path
@@ -243,10 +262,11 @@ class LocalExecutor(Executor):
                 for job in jobs:
                     _fail(job, Cancelled("The local executor was closed while the task ran; the task was stopped."))
                 self._retire(worker, kill=True)
+            elif worker.out.parts:
+                self._retire(worker, kill=True)  # what it was not sent yet was only withdrawn calls
             else:
-                with contextlib.suppress(OSError):
-                    send(worker.conn.fileno(), b"")  # "exit": it leaves its loop and exits normally
-                self._retire(worker, kill=False)
+                self._send(worker, b"")  # "exit": it leaves its loop and exits normally
+                self._retire(worker, kill=worker.writing)
         exits = [w.exited for w in self._exiting if w.exited is not None]
         if exits:
             _, late = await asyncio.wait(exits, timeout=self.shutdown_grace)
@@ -322,6 +342,10 @@ class LocalExecutor(Executor):
                 return  # a call's timeout counts from its start: it goes only to a worker with nothing queued
         elif have > n // 2:
             return
+        if worker.out.parts:
+            return  # it has not taken what it was sent yet: more would only wait in this process
+        if have and _busy_with_long_call(worker):
+            return  # what it was sent would only be taken back for an idle worker
         share = math.ceil(len(queue) / max(1, len(self._all)))
         take = max(1, min(n - have, share))
         chunk: list[tuple[int, bool, bytes]] = []
@@ -351,17 +375,46 @@ class LocalExecutor(Executor):
             return
         self.chunks[len(chunk)] += 1
         self.constants_sent += len(defs)
-        with contextlib.suppress(OSError):  # it just died: its sentinel will deal with its calls
-            send(worker.conn.fileno(), bytes((CHUNK,)) + pickle.dumps((defs, chunk), pickle.HIGHEST_PROTOCOL))
+        self._send(worker, bytes((CHUNK,)) + pickle.dumps((defs, chunk), pickle.HIGHEST_PROTOCOL))
+
+    def _send(self, worker: _Worker, data: bytes) -> None:
+        """Send a worker one message without ever blocking: what its socket does not take now is
+        written by :meth:`_on_writable` as it drains."""
+        try:
+            if worker.out.send(data) or worker.writing:
+                return
+        except OSError:
+            return  # it just died: its sentinel will deal with its calls
+        assert self._loop is not None
+        self._loop.add_writer(worker.conn.fileno(), self._on_writable, worker)
+        worker.writing = True
+
+    def _on_writable(self, worker: _Worker) -> None:
+        """Loop callback: a worker's socket has room for what it was not sent yet."""
+        try:
+            drained = worker.out.flush()
+        except OSError:  # it died: its sentinel will deal with its calls
+            worker.out.parts.clear()
+            drained = True
+        if drained:
+            assert self._loop is not None
+            self._loop.remove_writer(worker.conn.fileno())
+            worker.writing = False
+            if worker in self._all:
+                self._dispatch()  # it may take more now
 
     def _withdraw(self, worker: _Worker, jobs: list[_Job]) -> list[_Job]:
         """Take calls back from a worker; those it has not started (they never will), in order."""
         if not jobs:
             return []
-        with contextlib.suppress(OSError):
-            send(worker.conn.fileno(), bytes((SKIP,)) + pickle.dumps([j.seq for j in jobs], pickle.HIGHEST_PROTOCOL))
-        # Read after sending: a call with a larger seq than the claimed one is claimed only after
-        # the worker has read the withdrawal, and then it skips it.
+        try:
+            sent = withdraw(worker.control.fileno(), SKIP, [j.seq for j in jobs])
+        except OSError:
+            return []  # it died: its sentinel will deal with its calls
+        # Those whose withdrawal did not fit in the pipe (never, in practice) stay with the worker.
+        jobs = jobs[:sent]
+        # Read after writing: a call with a larger seq than the claimed one is claimed only after
+        # the withdrawal is in the worker's pipe, and then it reads it and skips the call.
         claimed, _, _ = worker.state.read()
         taken = [j for j in jobs if j.seq > claimed]
         for job in taken:
@@ -468,24 +521,33 @@ class LocalExecutor(Executor):
         """Start one worker process (blocking; safe in a thread: it touches no event loop state)."""
         assert self._ctx is not None
         parent_conn, child_conn = self._ctx.Pipe(duplex=True)
+        control_r, control_w = self._ctx.Pipe(duplex=False)
         fd, fault_path = tempfile.mkstemp(prefix="datamill-worker-", suffix=".fault")
         os.close(fd)
         state_path = fault_path.removesuffix(".fault") + ".state"
         WorkerState.create(state_path).close()
         # daemon=True: if the scheduler exits without close(), multiprocessing still ends the worker.
         process = self._ctx.Process(  # type: ignore[attr-defined]  # BaseContext lacks it in typeshed
-            target=worker_main, args=(child_conn, fault_path, state_path), name="datamill-worker", daemon=True
+            target=worker_main,
+            args=(child_conn, control_r, fault_path, state_path),
+            name="datamill-worker",
+            daemon=True,
         )
         try:
             process.start()
         except BaseException:
             parent_conn.close()
+            control_w.close()
             for path in (fault_path, state_path):
                 os.unlink(path)
             raise
         finally:
-            child_conn.close()  # the worker has its own copy; ours would hide the worker's death from us
-        return _Worker(process, parent_conn, fault_path, state_path)
+            # The worker has its own copies; ours would hide the worker's death from us.
+            child_conn.close()
+            control_r.close()
+        os.set_blocking(parent_conn.fileno(), False)
+        os.set_blocking(control_w.fileno(), False)
+        return _Worker(process, parent_conn, control_w, fault_path, state_path)
 
     def _adopt(self, worker: _Worker) -> None:
         """Watch a new worker's pipe and sentinel, and put it to work."""
@@ -527,7 +589,12 @@ class LocalExecutor(Executor):
         self._all.discard(worker)
         if not worker.conn.closed:
             self._loop.remove_reader(worker.conn.fileno())
+            if worker.writing:
+                self._loop.remove_writer(worker.conn.fileno())
+                worker.writing = False
+            worker.out.parts.clear()
             worker.conn.close()
+            worker.control.close()
         if kill:
             _kill(worker.process)
         self._exiting.add(worker)
@@ -606,6 +673,12 @@ class LocalExecutor(Executor):
         self._exiting.discard(worker)
         if worker.exited is not None and not worker.exited.done():
             worker.exited.set_result(None)
+
+
+def _busy_with_long_call(worker: _Worker) -> bool:
+    """Whether the worker's first call has been running for :data:`STEAL_AFTER` or longer."""
+    claimed, finished, at = worker.state.read()
+    return claimed == next(iter(worker.outstanding)) and finished < claimed and time.monotonic() - at >= STEAL_AFTER
 
 
 def _kind(call: PythonCall) -> Any:

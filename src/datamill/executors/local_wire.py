@@ -24,6 +24,7 @@ import pickle
 import select
 import struct
 import sys
+from collections import deque
 from pathlib import PosixPath, PurePosixPath
 from typing import Any
 
@@ -34,13 +35,17 @@ from datamill.pipeline.runner import StepCall
 __all__ = [
     "MAX_CONSTANTS",
     "MAX_CONSTANT_BYTES",
+    "SKIP_MAX",
     "Constants",
     "Frames",
+    "Outgoing",
     "call_parts",
     "dumps",
+    "frame",
     "loads",
     "remember",
-    "send",
+    "withdraw",
+    "withdrawn",
 ]
 
 #: how many constants the parent numbers at most (it keeps them, and so does every worker); new
@@ -198,15 +203,82 @@ _SIZE = struct.Struct("!i")  # multiprocessing.Connection's framing: a signed 4-
 _BIG = struct.Struct("!Q")  # ... or -1 and an 8-byte length
 
 
-def send(fd: int, data: bytes) -> None:
-    """Send ``data`` as one message a worker's ``Connection.recv_bytes`` reads: a single ``write``
-    for the frame and its bytes (``Connection.send_bytes`` makes two for more than 16 KiB, and in
-    the scheduler every system call gives the GIL to its database thread for a while)."""
+def frame(data: bytes) -> bytes:
+    """``data`` as one message a worker's ``Connection.recv_bytes`` reads (its length first)."""
     n = len(data)
     head = _SIZE.pack(n) if n <= 0x7FFFFFFF else _SIZE.pack(-1) + _BIG.pack(n)
-    view = memoryview(head + data)
-    while view:
-        view = view[os.write(fd, view) :]
+    return head + data
+
+
+class Outgoing:
+    """The parent's messages to one worker, on a non-blocking socket: written at once when the
+    socket takes them (one ``write`` for a frame and its bytes), else kept, in order, and written
+    as the socket drains (:meth:`flush`, when the event loop says it is writable).
+
+    The parent never blocks writing: a worker may itself be blocked writing a big result to the
+    parent, and a parent blocked writing big arguments to that worker would never read it.
+    """
+
+    __slots__ = ("fd", "parts")
+
+    def __init__(self, fd: int) -> None:
+        self.fd = fd
+        #: what is not written yet, oldest first
+        self.parts: deque[memoryview] = deque()
+
+    def send(self, data: bytes) -> bool:
+        """Send ``data`` as one message; False when some of it waits for :meth:`flush`. Raises
+        OSError when the worker is gone."""
+        framed = frame(data)
+        if self.parts:
+            self.parts.append(memoryview(framed))
+            return False
+        try:
+            n = os.write(self.fd, framed)
+        except BlockingIOError:
+            n = 0
+        if n == len(framed):
+            return True
+        self.parts.append(memoryview(framed)[n:])
+        return False
+
+    def flush(self) -> bool:
+        """Write what waits, as much as the socket takes now; True once nothing waits."""
+        parts = self.parts
+        while parts:
+            view = parts[0]
+            try:
+                n = os.write(self.fd, view)
+            except BlockingIOError:
+                return False
+            if n < len(view):
+                parts[0] = view[n:]
+                return False
+            parts.popleft()
+        return True
+
+
+#: the most sequence numbers in one withdrawal: its message fits in PIPE_BUF, written whole or not at all
+SKIP_MAX = 500
+
+
+def withdraw(fd: int, tag: int, seqs: list[int]) -> int:
+    """Write withdrawals of ``seqs`` to a worker's control pipe (non-blocking); how many of them
+    went (the rest did not: the pipe is full). Raises OSError when the worker is gone."""
+    done = 0
+    for at in range(0, len(seqs), SKIP_MAX):
+        part = seqs[at : at + SKIP_MAX]
+        try:
+            os.write(fd, frame(bytes((tag,)) + struct.pack(f"!{len(part)}q", *part)))
+        except BlockingIOError:
+            break
+        done += len(part)
+    return done
+
+
+def withdrawn(data: bytes) -> tuple[int, ...]:
+    """Worker side: the sequence numbers of a withdrawal's message (without its tag)."""
+    return struct.unpack(f"!{len(data) // 8}q", data)
 
 
 class Frames:
@@ -221,7 +293,10 @@ class Frames:
 
     def read(self) -> bool:
         """One read of what is there (call it only when the socket is readable); False at its end."""
-        data = os.read(self.fd, 1 << 20)
+        try:
+            data = os.read(self.fd, 1 << 20)
+        except BlockingIOError:  # a wake-up with nothing to read (the socket is non-blocking)
+            return True
         if not data:
             return False
         self.buf += data

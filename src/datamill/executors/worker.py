@@ -4,10 +4,16 @@ The parent (:mod:`datamill.executors.local`) sends a worker *chunks* of calls an
 back in *batches*, so that a pool of short tasks costs one pipe round trip per chunk, not per task
 (what ``multiprocessing.Pool.imap(chunksize=...)`` does).
 
-Parent to worker, one ``send_bytes`` each: ``b"C" + pickle((constants, [(seq, eager, payload), ...]))``
-a chunk (``payload`` is made once per call by the parent, and ``constants`` are what its calls
-share that this worker has not been sent yet: see :mod:`datamill.executors.local_wire`);
-``b"S" + pickle([seq, ...])`` withdraw calls not started yet; empty bytes: exit.
+Parent to worker, one message each (``Connection`` framing) on the duplex pipe:
+``b"C" + pickle((constants, [(seq, eager, payload), ...]))`` a chunk (``payload`` is made once per
+call by the parent, and ``constants`` are what its calls share that this worker has not been sent
+yet: see :mod:`datamill.executors.local_wire`); empty bytes: exit. And on a *control* pipe of its
+own: ``b"S"`` + 8-byte sequence numbers, withdraw those calls if not started yet. Withdrawals do not
+go behind chunks: the parent writes chunks without blocking (what the socket does not take yet
+waits in the parent, while the worker may be busy writing results), and a withdrawal must be
+readable by the worker before the parent decides it took effect (see the state below). A
+withdrawal is small and written whole or not at all (PIPE_BUF), so the parent never waits there
+either.
 
 Worker to parent: ``b"M" + pickle((seq, message))`` a progress or log message of call ``seq``;
 ``b"B" + pickle([(seq, tag, payload, seconds), ...])`` results, ``tag`` :data:`RESULT` (``payload``
@@ -18,8 +24,8 @@ whose duration is not known to be short), so a long call never holds finished re
 
 The worker's *state* is a small file both ends map in memory: the sequence number of the call the
 worker took last (``claimed``), of the call it last finished (``finished``), and when it took it.
-The worker writes ``claimed`` *before* it looks for withdrawals and runs the call, so when the
-parent has sent a withdrawal and then reads a smaller ``claimed``, the call will not run. The
+The worker writes ``claimed`` *before* it reads its control pipe and runs the call, so when the
+parent has written a withdrawal and then reads a smaller ``claimed``, the call will not run. The
 parent uses the state to know which call a dead worker was running (that one failed; the calls
 after it never started and go to another worker), to stop a cancelled call only if it runs, and to
 take back calls queued behind a long one (work stealing).
@@ -50,7 +56,7 @@ import cloudpickle
 
 from .base import Message, Reporter
 from .capture import MAX_LINE, task_output
-from .local_wire import call_parts, dumps, remember
+from .local_wire import call_parts, dumps, remember, withdrawn
 
 __all__ = ["ERROR", "RESULT", "WorkerState", "worker_main"]
 
@@ -247,8 +253,9 @@ class _FdCapture:
             self.log(prefix + raw.decode("utf-8", "replace").removesuffix("\r"))
 
 
-def worker_main(conn: Connection, fault_path: str, state_path: str) -> None:
-    """Body of a worker process: run chunks of calls from ``conn`` in order until told to exit."""
+def worker_main(conn: Connection, control: Connection, fault_path: str, state_path: str) -> None:
+    """Body of a worker process: run chunks of calls from ``conn`` in order until told to exit,
+    skipping those ``control`` withdraws."""
     # The parent marks workers daemonic so they end with it, but a daemonic process may not start
     # children, and a step may well use multiprocessing itself.
     multiprocessing.current_process().daemon = False
@@ -270,20 +277,19 @@ def worker_main(conn: Connection, fault_path: str, state_path: str) -> None:
     # Looked at before every call: one poll object for the worker's life (Connection.poll() makes
     # a selector each time, which cost more than a trivial call).
     pipe = select.poll()
-    pipe.register(conn.fileno(), select.POLLIN)
+    pipe.register(control.fileno(), select.POLLIN)
     try:
         while True:
             if not inbox:
                 outbox.flush()
-                if not _receive(conn, conn.recv_bytes(), inbox, skip):
+                if not _receive(conn.recv_bytes(), inbox):
                     return
                 continue
             seq, eager, payload = inbox.popleft()
             state.claim(seq)
-            # Withdrawals sent before the claim are in the pipe now: honour them before running.
+            # Withdrawals written before the claim are in the control pipe now: honour them before running.
             while pipe.poll(0):
-                if not _receive(conn, conn.recv_bytes(), inbox, skip):
-                    return
+                skip.update(withdrawn(control.recv_bytes()[1:]))
             if seq in skip:
                 skip.discard(seq)
                 state.finish(seq)
@@ -301,7 +307,7 @@ def worker_main(conn: Connection, fault_path: str, state_path: str) -> None:
         return
 
 
-def _receive(conn: Connection, data: bytes, inbox: deque[tuple[int, bool, bytes]], skip: set[int]) -> bool:
+def _receive(data: bytes, inbox: deque[tuple[int, bool, bytes]]) -> bool:
     """Take one message from the parent; False for "exit"."""
     if not data:
         return False
@@ -310,8 +316,6 @@ def _receive(conn: Connection, data: bytes, inbox: deque[tuple[int, bool, bytes]
         if constants:
             remember(constants)
         inbox.extend(chunk)
-    elif data[0] == SKIP:
-        skip.update(pickle.loads(data[1:]))
     return True
 
 
