@@ -47,7 +47,7 @@ from datamill.home import Home
 from datamill.pipeline import Pipeline, load_pipeline
 from datamill.pipeline.inputs import InputRef
 from datamill.store import lookups
-from datamill.store.access import Actor, Level, level_on
+from datamill.store.access import Actor, Level, level_on, remembered
 
 log = logging.getLogger("datamill.triggers")
 
@@ -154,7 +154,7 @@ class Triggers:
                 del running[fid]
                 continue
             try:
-                run_id = self._poll_one(fid, now)
+                run_id = self._poll_one(fid, now, latest)
             except (InvalidInput, NotFound, PermissionDenied) as exc:
                 # Its configuration no longer works (pipeline, folders, the owner's rights): it
                 # stops, saying why. Other errors (the database is unreachable, ...) are not the
@@ -301,11 +301,12 @@ class Triggers:
         ).first()
         return landed is not None
 
-    def _poll_one(self, dataflow_id: int, now: float) -> int | None:
+    def _poll_one(self, dataflow_id: int, now: float, latest: int) -> int | None:
         self._staged = {}
         try:
-            with self.home.db.write() as conn:
-                run_id = self._fire(conn, dataflow_id, now)
+            # The run's checks ask for the same folders several times: once each is enough here.
+            with self.home.db.write() as conn, remembered(conn):
+                run_id = self._fire(conn, dataflow_id, now, latest)
             # Committed: only now may the scheduler see it (a rolled-back run's id is given again).
             if run_id is not None and self._hand is not None:
                 self._hand(run_id, self._staged.get(run_id))
@@ -313,8 +314,13 @@ class Triggers:
         finally:
             self._staged = {}
 
-    def _fire(self, conn: Connection, dataflow_id: int, now: float) -> int | None:
-        """What :meth:`_poll_one` records in its write transaction: a run (its id) or nothing."""
+    def _fire(self, conn: Connection, dataflow_id: int, now: float, latest: int) -> int | None:
+        """What :meth:`_poll_one` records in its write transaction: a run (its id) or nothing.
+
+        ``latest`` is the newest event of the pass: every event up to it is committed (events
+        commit in ``seq`` order), so the cursor moves to it and what landed since is the next
+        pass's. Only a backfill reads the log's head again: it covers the source as it is now.
+        """
         # FOR UPDATE: trigger passes of several processes on one PostgreSQL take turns per
         # dataflow, and the second reads the cursor the first moved (SQLite has one writer).
         row = conn.execute(_FLOW_FOR_UPDATE, {"id": dataflow_id}).first()
@@ -332,8 +338,7 @@ class Triggers:
             self._move(conn, row, backfilled_version=row.version, cursor=max(row.cursor, latest))
             return run_id
         if trigger.startswith("cron:"):
-            return self._poll_cron(conn, row, actor, cfg, trigger, now)
-        latest = events.latest_seq(conn)
+            return self._poll_cron(conn, row, actor, cfg, trigger, now, latest)
         if trigger != "new-items" or row.source_folder_id is None:
             if latest > row.cursor:
                 self._move(conn, row, cursor=latest)
@@ -361,12 +366,12 @@ class Triggers:
         self._moved = SimpleNamespace(**{**row._asdict(), **values})
 
     def _poll_cron(
-        self, conn: Connection, row: Any, actor: Actor, cfg: dict[str, Any], trigger: str, now: float
+        self, conn: Connection, row: Any, actor: Actor, cfg: dict[str, Any], trigger: str, now: float, latest: int
     ) -> int | None:
         from datamill.dataflows.dataflow import Trigger
 
         t = Trigger.parse(trigger)
-        latest = events.latest_seq(conn)
+        latest = max(latest, row.cursor)  # never back
         if row.next_fire_at is None:
             nxt = t.next_fire(now)[0]
             self._move(conn, row, next_fire_at=nxt, cursor=latest)

@@ -393,10 +393,15 @@ class Scheduler:
         """
         if not ownership.claim_new(conn, run_id, self.owner, self.lease_seconds, self.clock()):
             return None
-        row = runs.run_row(conn, run_id)
-        if row is None:
-            return None
-        rows = tasks.list_tasks(conn, run_id)
+        recorded = runs.take_recorded(conn, run_id)
+        if recorded is not None and all(t.status == TaskStatus.QUEUED for t in recorded[1]):
+            # As recorded in this transaction (queued tasks have no outputs yet): nothing to read.
+            row, rows = recorded[0], [tasks.task_row(t) for t in recorded[1]]
+        else:
+            row = runs.run_row(conn, run_id)
+            if row is None:
+                return None
+            rows = tasks.list_tasks(conn, run_id)
         if row.status in runs.FINISHED_RUN or all(t.status in FINISHED_TASK for t in rows):
             return Handover(row, None, actor, {})
         missed = {

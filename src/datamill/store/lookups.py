@@ -15,7 +15,7 @@ from dataclasses import dataclass
 from sqlalchemy import Connection, Row, and_, bindparam, func, select
 
 from datamill.db.models import Folder, Item, User, Version
-from datamill.store.access import Actor, Level, level_on
+from datamill.store.access import Actor, Level, level_on, memo
 from datamill.store.items import current_items, item_info
 from datamill.store.records import ItemInfo
 
@@ -27,9 +27,18 @@ _FOLDER_ID = select(Folder.id).where(Folder.path == bindparam("path"))
 
 
 def folder_id(conn: Connection, path: str) -> int | None:
-    """The id of the folder at the normalised ``path``, None if there is none."""
+    """The id of the folder at the normalised ``path``, None if there is none (read once per block
+    of :func:`~datamill.store.access.remembered`)."""
+    kept = memo(conn)
+    key = ("folder", path)
+    if kept is not None and key in kept:
+        fid: int | None = kept[key]
+        return fid
     found = conn.execute(_FOLDER_ID, {"path": path}).scalar()
-    return None if found is None else int(found)
+    fid = None if found is None else int(found)
+    if kept is not None:
+        kept[key] = fid
+    return fid
 
 
 def item_places(conn: Connection, ids: Iterable[int]) -> dict[int, tuple[str, str]]:
