@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import json
 import logging
 import os
@@ -162,6 +163,9 @@ def append(
     )
 
 
+#: Up to this many events are appended by one multi-row ``INSERT ... RETURNING`` (beyond, an
+#: ``executemany`` and a read of the newest seq).
+FEW_EVENTS = 20
 #: The columns :func:`append_many` writes, in the order of its driver-level INSERT.
 _COLUMNS = ("ts", "kind", "actor_id", "folder_id", "item_id", "run_id", "task_id", "dataflow_id", "data")
 _INSERT_SQL: dict[str, str] = {}
@@ -176,6 +180,18 @@ def _insert_sql(dialect: str, paramstyle: str) -> str:
         marks = ", ".join([mark] * (len(_COLUMNS) - 1) + [data])
         sql = _INSERT_SQL[dialect] = f"INSERT INTO events ({', '.join(_COLUMNS)}) VALUES ({marks})"
     return sql
+
+
+@functools.cache
+def _insert_rows_sql(sql: str, n: int, notify: bool) -> str:
+    """``sql`` (:func:`_insert_sql`) for ``n`` rows in one statement, returning their seqs; with
+    ``notify`` (PostgreSQL), returning the newest seq only, notified on the channel given as the
+    last parameter. Seqs follow the rows' order (a multi-row ``VALUES`` takes its defaults row by row)."""
+    values = sql[sql.index(" VALUES ") + len(" VALUES ") :]
+    many = sql + (", " + values) * (n - 1) + " RETURNING seq"
+    if not notify:
+        return many
+    return f"WITH added AS ({many}) SELECT max(seq), pg_notify(%s, max(seq)::text) FROM added"
 
 
 def _json(data: dict[str, Any]) -> str:
@@ -228,13 +244,19 @@ def append_rows(conn: Connection, rows: list[EventRow]) -> int:
     if postgres and not conn.info.get(LOG_LOCKED):
         conn.execute(text("SELECT pg_advisory_xact_lock(:k)"), {"k": LOG_LOCK_KEY})
     sql = _insert_sql(dialect, conn.dialect.paramstyle)
-    if len(batch) == 1:
-        seq = conn.exec_driver_sql(sql + " RETURNING seq", batch[0]).scalar_one()
-    else:
-        conn.exec_driver_sql(sql, batch)
-        # Every event-writing transaction holds the write lock (SQLite) or the advisory lock
-        # (PostgreSQL) until it commits: the newest seq it sees is its own last.
-        seq = conn.exec_driver_sql("SELECT max(seq) FROM events").scalar_one()
+    if len(batch) <= FEW_EVENTS:
+        # A few events (a run and its task queued, a task's end): one statement, which on
+        # PostgreSQL also sends the notification (one round trip, not three).
+        values = tuple(v for row in batch for v in row)
+        if postgres:
+            return int(
+                conn.exec_driver_sql(_insert_rows_sql(sql, len(batch), True), (*values, NOTIFY_CHANNEL)).one()[0]
+            )
+        return int(max(conn.exec_driver_sql(_insert_rows_sql(sql, len(batch), False), values).scalars()))
+    conn.exec_driver_sql(sql, batch)
+    # Every event-writing transaction holds the write lock (SQLite) or the advisory lock
+    # (PostgreSQL) until it commits: the newest seq it sees is its own last.
+    seq = conn.exec_driver_sql("SELECT max(seq) FROM events").scalar_one()
     if postgres:
         conn.execute(text("SELECT pg_notify(:c, :s)"), {"c": NOTIFY_CHANNEL, "s": str(seq)})
     return int(seq)

@@ -178,8 +178,6 @@ def create_run(
         else:
             by_planned = dict(conn.execute(_RUN_TASK_IDS, {"run_id": run_id}).tuples().all())
         ids = [by_planned[t.planned_id] for t in tasks]
-    if kept is not None and replay_of is None:
-        kept[(RECORDED, run_id)] = (run_row_, task_rows)
         item_inputs = [
             {"task_id": tid, "param": "item", "digest": t.item_digest, "version_id": t.item_version_id}
             for tid, t in zip(ids, tasks, strict=True)
@@ -204,6 +202,8 @@ def create_run(
         ]
         if outputs:
             conn.execute(insert(TaskOutput), outputs)
+    if kept is not None and replay_of is None:
+        kept[(RECORDED, run_id)] = (run_row_, task_rows)
     evs: list[dict[str, Any]] = [
         {
             "kind": EventKind.RUN_QUEUED,
