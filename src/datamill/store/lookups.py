@@ -110,11 +110,17 @@ def items_with_current_versions(
     ``folder`` is the folder's path, as the returned records carry it. Metadata is the item's
     stored metadata, unredacted: for the engine, which records inputs as they are.
     """
-    q = current_items().where(Item.folder_id == folder_id).order_by(Item.name)
     wanted = None if only is None else set(only)
     if wanted is not None and len(wanted) <= 500:  # beyond that, filtering the listing is as good
-        q = q.where(Item.id.in_(sorted(wanted)))
-    return [item_info(r, folder) for r in conn.execute(q).tuples() if wanted is None or r[0] in wanted]
+        rows = conn.execute(_SOME_CURRENT, {"folder_id": folder_id, "ids": sorted(wanted)})
+    else:
+        rows = conn.execute(_ALL_CURRENT, {"folder_id": folder_id})
+    return [item_info(r, folder) for r in rows.tuples() if wanted is None or r[0] in wanted]
+
+
+#: the statements of :func:`items_with_current_versions`, built once (a trigger asks per landed item)
+_ALL_CURRENT = current_items().where(Item.folder_id == bindparam("folder_id")).order_by(Item.name)
+_SOME_CURRENT = _ALL_CURRENT.where(Item.id.in_(bindparam("ids", expanding=True)))
 
 
 def count_items(conn: Connection, folder_id: int) -> int:
