@@ -62,7 +62,13 @@ FLOW_EVENTS = (
     EventKind.DATAFLOW_DELETED,
 )
 #: The row a firing transaction reads first, locked: passes of several processes take turns per dataflow.
-_FLOW_FOR_UPDATE = select(Dataflow).where(Dataflow.id == bindparam("id")).with_for_update()
+#: With its owner's name and admin flag (None: no owner, or one deleted), read in the same statement.
+_FLOW_FOR_UPDATE = (
+    select(Dataflow, User.name.label("owner_name"), User.is_admin.label("owner_is_admin"))
+    .outerjoin(User, User.id == Dataflow.owner_id)
+    .where(Dataflow.id == bindparam("id"))
+    .with_for_update(of=Dataflow)
+)
 #: Statements of every pass, built once (building one cost more than running it).
 _SINCE = (
     select(Event.kind, Event.folder_id)
@@ -330,7 +336,9 @@ class Triggers:
             return None
         cfg = dict(row.config or {})
         trigger = str(cfg.get("trigger") or "new-items")
-        actor = self._owner(conn, row.owner_id)
+        actor = (
+            self.home.admin if row.owner_name is None else Actor(row.owner_id, row.owner_name, row.owner_is_admin)
+        )
         if row.backfilled_version != row.version:
             # Started (or edited while running): cover what is already in the source. The
             # cursor moves too, or items landed since the start would be run a second time.

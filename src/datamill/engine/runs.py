@@ -170,13 +170,18 @@ def create_run(
     ids: list[int] = []
     task_rows: list[Any] = []
     if rows:
-        # A plain executemany (no RETURNING): the ids are read back by planned id in one query.
-        conn.execute(_INSERT_TASK, rows)
-        if kept is not None:
-            task_rows = list(conn.execute(_RUN_TASKS_WHOLE, {"run_id": run_id}))
+        if kept is not None and len(rows) <= FEW_TASKS:
+            # A run a trigger hands over (a few tasks, usually one): one statement returns the rows.
+            task_rows = sorted(conn.execute(_INSERT_TASK_WHOLE, rows), key=lambda r: r.id)
             by_planned = {r.planned_id: r.id for r in task_rows}
         else:
-            by_planned = dict(conn.execute(_RUN_TASK_IDS, {"run_id": run_id}).tuples().all())
+            # A plain executemany (no RETURNING): the ids are read back by planned id in one query.
+            conn.execute(_INSERT_TASK, rows)
+            if kept is not None:
+                task_rows = list(conn.execute(_RUN_TASKS_WHOLE, {"run_id": run_id}))
+                by_planned = {r.planned_id: r.id for r in task_rows}
+            else:
+                by_planned = dict(conn.execute(_RUN_TASK_IDS, {"run_id": run_id}).tuples().all())
         ids = [by_planned[t.planned_id] for t in tasks]
         item_inputs = [
             {"task_id": tid, "param": "item", "digest": t.item_digest, "version_id": t.item_version_id}
@@ -265,6 +270,9 @@ def create_run(
 _INSERT_RUN = insert(Run).returning(Run.id)
 _INSERT_RUN_WHOLE = insert(Run).returning(*Run.__table__.c)
 _INSERT_TASK = insert(Task)
+_INSERT_TASK_WHOLE = insert(Task).returning(*Task.__table__.c)
+#: tasks up to which a handed-over run's task rows come back from their INSERT (beyond: read back)
+FEW_TASKS = 50
 _RUN_TASK_IDS = select(Task.planned_id, Task.id).where(Task.run_id == bindparam("run_id"))
 _RUN_TASKS_WHOLE = select(Task).where(Task.run_id == bindparam("run_id")).order_by(Task.id)
 #: memo key (with the run id) of the rows :func:`create_run` wrote, for :func:`take_recorded`
