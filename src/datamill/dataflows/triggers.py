@@ -336,9 +336,7 @@ class Triggers:
             return None
         cfg = dict(row.config or {})
         trigger = str(cfg.get("trigger") or "new-items")
-        actor = (
-            self.home.admin if row.owner_name is None else Actor(row.owner_id, row.owner_name, row.owner_is_admin)
-        )
+        actor = self.home.admin if row.owner_name is None else Actor(row.owner_id, row.owner_name, row.owner_is_admin)
         if row.backfilled_version != row.version:
             # Started (or edited while running): cover what is already in the source. The
             # cursor moves too, or items landed since the start would be run a second time.
