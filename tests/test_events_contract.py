@@ -373,3 +373,29 @@ def test_wait_wakes_on_an_append_in_another_process(db_url: str, db: Database, l
             child.wait()
     assert result == [True]
     assert [(e.seq, e.kind) for e in log.read(cursor)] == [(seq, "dataflow.created")]
+
+
+def test_the_head_of_this_process_own_commits_is_known_and_a_rolled_back_savepoint_is_read(
+    db: Database, log: EventLog
+) -> None:
+    """This process's write transactions tell the log their newest seq: the head after them is known
+    without reading it. Events appended in a savepoint that was rolled back are gone (SQLite gives
+    their seq again): that transaction's commit counts as unknown, so the head is read, never taken
+    from the lost event. (A watcher may count more commits as unknown, never fewer.)"""
+    assert log.latest() == 0
+    first = _append(db, EventKind.ITEM_CREATED, item_id=1)
+    second = _append(db, EventKind.ITEM_CREATED, item_id=2)
+    assert db.known_seq == second > first
+    assert log.latest() == second
+
+    with db.write() as conn:
+        kept = events.append(conn, EventKind.ITEM_CREATED, item_id=3)
+        with pytest.raises(RuntimeError), conn.begin_nested():
+            events.append(conn, EventKind.ITEM_CREATED, item_id=4)
+            raise RuntimeError("the savepoint is rolled back")
+    assert db.unknown_at == db.commits  # this commit's newest seq is not known
+    assert log.latest() == kept  # read: not the rolled-back event's seq
+    after = _append(db, EventKind.ITEM_CREATED, item_id=5)
+    assert db.known_seq == after
+    assert [e.item_id for e in log.read(after=second)] == [3, 5]
+    assert log.latest() == after

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import json
 import logging
 import os
@@ -31,7 +32,7 @@ from typing import Any
 import orjson
 from sqlalchemy import Connection, func, select, text
 
-from datamill.db.database import LOG_LOCK_KEY, LOG_LOCKED, Database
+from datamill.db.database import LAST_SEQ, LOG_LOCK_KEY, LOG_LOCKED, UNKNOWN_SEQ, Database
 from datamill.db.models import Event
 from datamill.records import EventRecord
 
@@ -162,6 +163,9 @@ def append(
     )
 
 
+#: Up to this many events are appended by one multi-row ``INSERT ... RETURNING`` (beyond, an
+#: ``executemany`` and a read of the newest seq).
+FEW_EVENTS = 20
 #: The columns :func:`append_many` writes, in the order of its driver-level INSERT.
 _COLUMNS = ("ts", "kind", "actor_id", "folder_id", "item_id", "run_id", "task_id", "dataflow_id", "data")
 _INSERT_SQL: dict[str, str] = {}
@@ -176,6 +180,18 @@ def _insert_sql(dialect: str, paramstyle: str) -> str:
         marks = ", ".join([mark] * (len(_COLUMNS) - 1) + [data])
         sql = _INSERT_SQL[dialect] = f"INSERT INTO events ({', '.join(_COLUMNS)}) VALUES ({marks})"
     return sql
+
+
+@functools.cache
+def _insert_rows_sql(sql: str, n: int, notify: bool) -> str:
+    """``sql`` (:func:`_insert_sql`) for ``n`` rows in one statement, returning their seqs; with
+    ``notify`` (PostgreSQL), returning the newest seq only, notified on the channel given as the
+    last parameter. Seqs follow the rows' order (a multi-row ``VALUES`` takes its defaults row by row)."""
+    values = sql[sql.index(" VALUES ") + len(" VALUES ") :]
+    many = sql + (", " + values) * (n - 1) + " RETURNING seq"
+    if not notify:
+        return many
+    return f"WITH added AS ({many}) SELECT max(seq), pg_notify(%s, max(seq)::text) FROM added"
 
 
 def _json(data: dict[str, Any]) -> str:
@@ -228,16 +244,32 @@ def append_rows(conn: Connection, rows: list[EventRow]) -> int:
     if postgres and not conn.info.get(LOG_LOCKED):
         conn.execute(text("SELECT pg_advisory_xact_lock(:k)"), {"k": LOG_LOCK_KEY})
     sql = _insert_sql(dialect, conn.dialect.paramstyle)
-    if len(batch) == 1:
-        seq = conn.exec_driver_sql(sql + " RETURNING seq", batch[0]).scalar_one()
+    if len(batch) <= FEW_EVENTS:
+        # A few events (a run and its task queued, a task's end): one statement, which on
+        # PostgreSQL also sends the notification (one round trip, not three).
+        values = tuple(v for row in batch for v in row)
+        if postgres:
+            seq = conn.exec_driver_sql(_insert_rows_sql(sql, len(batch), True), (*values, NOTIFY_CHANNEL)).one()[0]
+        else:
+            seq = max(conn.exec_driver_sql(_insert_rows_sql(sql, len(batch), False), values).scalars())
     else:
         conn.exec_driver_sql(sql, batch)
         # Every event-writing transaction holds the write lock (SQLite) or the advisory lock
         # (PostgreSQL) until it commits: the newest seq it sees is its own last.
         seq = conn.exec_driver_sql("SELECT max(seq) FROM events").scalar_one()
-    if postgres:
-        conn.execute(text("SELECT pg_notify(:c, :s)"), {"c": NOTIFY_CHANNEL, "s": str(seq)})
+        if postgres:
+            conn.execute(text("SELECT pg_notify(:c, :s)"), {"c": NOTIFY_CHANNEL, "s": str(seq)})
+    wrote(conn, int(seq))
     return int(seq)
+
+
+def wrote(conn: Connection, seq: int) -> None:
+    """Tell ``Database.write`` the newest event ``seq`` its transaction added (:data:`UNKNOWN_SEQ`:
+    events were added whose seqs the caller does not know): this process's waiters then know the
+    log's head once it commits, without reading it."""
+    info = conn.info
+    before = info.get(LAST_SEQ)
+    info[LAST_SEQ] = UNKNOWN_SEQ if UNKNOWN_SEQ in (before, seq) else max(before or 0, seq)
 
 
 #: A service that acts on new events looks again at most this often while they keep coming: the
@@ -311,6 +343,13 @@ class EventLog:
                 return self._head
             with self.db.committed:
                 seen = self.db.commits  # read before the statement: it sees every commit counted so far
+                unknown_at, known = self.db.unknown_at, self.db.known_seq
+            if not force and unknown_at <= self._head_at:
+                # Every commit since the last read was this process's own, with its newest seq known
+                # (and every smaller one committed before it): no read.
+                self._head = max(self._head, known)
+                self._head_at = max(self._head_at, seen)
+                return self._head
             with self.db.read() as conn:
                 head = latest_seq(conn)
             self._read_at = time.monotonic()
@@ -326,7 +365,9 @@ class EventLog:
         (this process's own commits change ``data_version`` too and reach the watcher late).
         """
         with self._head_lock:
-            if seq > self._head:
+            with self.db.committed:
+                known = self.db.known_seq  # this process's own commits are not news
+            if seq > max(self._head, known):
                 self.db.notify_commit()
 
     def read(
@@ -417,7 +458,7 @@ class EventLog:
             if self._listener is None or not self._listener.is_alive():
                 listener: _PostgresListener | _SqliteWatcher | None
                 if not self.db.is_sqlite:
-                    listener = _PostgresListener(self.db)
+                    listener = _PostgresListener(self.db, self)
                 else:
                     path = _sqlite_path(self.db)
                     listener = _SqliteWatcher(self, path) if path is not None else None
@@ -446,10 +487,18 @@ class _PostgresListener(threading.Thread):
 
     how = "notify"
 
-    def __init__(self, db: Database) -> None:
+    def __init__(self, db: Database, log: EventLog | None = None) -> None:
         super().__init__(name="datamill-pg-listen", daemon=True)
         self.db = db
+        self.log = log
         self._stop_flag = threading.Event()
+
+    def _noticed(self, payload: str) -> None:
+        """A notification (its payload: the newest seq committed): news unless this process wrote it."""
+        if self.log is not None and payload.isdigit():
+            self.log.noticed(int(payload))
+        else:
+            self.db.notify_commit()
 
     def stop(self) -> None:
         self._stop_flag.set()
@@ -465,11 +514,8 @@ class _PostgresListener(threading.Thread):
                     # Whatever was committed while not listening is looked at once.
                     self.db.notify_commit()
                     while not self._stop_flag.is_set():
-                        got = False
-                        for _ in conn.notifies(timeout=0.5, stop_after=1):
-                            got = True
-                        if got:
-                            self.db.notify_commit()
+                        for note in conn.notifies(timeout=0.5, stop_after=1):
+                            self._noticed(note.payload)
             except psycopg.Error:
                 # The server went away; waiters fall back to their safety poll until we reconnect.
                 self._stop_flag.wait(1.0)

@@ -20,9 +20,10 @@ import contextlib
 import logging
 import time
 from collections.abc import Callable
+from types import SimpleNamespace
 from typing import Any, cast
 
-from sqlalchemy import Connection, select, update
+from sqlalchemy import Connection, bindparam, select, update
 
 from datamill import events
 from datamill.dataflows import sources
@@ -34,7 +35,7 @@ from datamill.dataflows.dataflow import (
     flow_ends,
     implementation,
 )
-from datamill.db.models import Dataflow, Event, Run, Task, TaskInput
+from datamill.db.models import Dataflow, Event, Run, Task, TaskInput, User
 from datamill.engine import registry
 from datamill.engine.engine import Engine
 from datamill.engine.planner import Plan
@@ -46,7 +47,7 @@ from datamill.home import Home
 from datamill.pipeline import Pipeline, load_pipeline
 from datamill.pipeline.inputs import InputRef
 from datamill.store import lookups
-from datamill.store.access import Actor, Level, level_on
+from datamill.store.access import Actor, Level, level_on, remembered
 
 log = logging.getLogger("datamill.triggers")
 
@@ -60,6 +61,28 @@ FLOW_EVENTS = (
     EventKind.DATAFLOW_FAILED,
     EventKind.DATAFLOW_DELETED,
 )
+#: The row a firing transaction reads first, locked: passes of several processes take turns per dataflow.
+#: With its owner's name and admin flag (None: no owner, or one deleted), read in the same statement.
+_FLOW_FOR_UPDATE = (
+    select(Dataflow, User.name.label("owner_name"), User.is_admin.label("owner_is_admin"))
+    .outerjoin(User, User.id == Dataflow.owner_id)
+    .where(Dataflow.id == bindparam("id"))
+    .with_for_update(of=Dataflow)
+)
+#: Statements of every pass, built once (building one cost more than running it).
+_SINCE = (
+    select(Event.kind, Event.folder_id)
+    .where(Event.seq > bindparam("seen"), Event.seq <= bindparam("latest"), Event.kind.in_(ITEM_EVENTS + FLOW_EVENTS))
+    .distinct()
+)
+_LANDED = select(Event.seq, Event.item_id, Event.ts).where(
+    Event.seq > bindparam("cursor"),
+    Event.seq <= bindparam("latest"),
+    Event.folder_id.in_(bindparam("folders", expanding=True)),
+    Event.kind.in_(ITEM_EVENTS),
+)
+_MOVE_CURSOR = update(Dataflow).where(Dataflow.id == bindparam("flow")).values(cursor=bindparam("to"))
+_OWNER = select(User.id, User.name, User.is_admin).where(User.id == bindparam("id"))
 #: A dataflow's cursor is moved past events that do not concern it once it lags this far behind.
 CURSOR_SLACK = 1000
 
@@ -108,6 +131,8 @@ class Triggers:
         self._known: set[int] = set()
         self._unchecked: set[int] = set()
         self._landed: set[int] = set()
+        #: the row the last firing transaction read (FOR UPDATE), with what it moved; see :meth:`_keep`
+        self._moved: Any = None
 
     # ------------------------------------------------------------------ one pass
 
@@ -136,20 +161,34 @@ class Triggers:
                 del running[fid]
                 continue
             try:
-                run_id = self._poll_one(fid, now)
+                run_id = self._poll_one(fid, now, latest)
             except (InvalidInput, NotFound, PermissionDenied) as exc:
                 # Its configuration no longer works (pipeline, folders, the owner's rights): it
                 # stops, saying why. Other errors (the database is unreachable, ...) are not the
                 # dataflow's: they propagate and the next pass tries again.
                 log.warning("dataflow %s: %s", fid, exc.message)
+                self._rows = None
                 self._fail(fid, exc.message)
                 continue
-            finally:
-                self._rows = None  # its cursor (or state) moved: read the rows again next pass
+            except BaseException:
+                self._rows = None  # what the failed transaction read is unknown: read the rows again
+                raise
+            self._keep(fid)
             self._landed.discard(fid)
             if run_id is not None:
                 created.append(run_id)
         return created
+
+    def _keep(self, dataflow_id: int) -> None:
+        """Replace the kept row of a dataflow by the one its firing transaction read and moved
+        (:attr:`_moved`): the next pass needs no read of the running dataflows for it."""
+        moved, self._moved = self._moved, None
+        if self._rows is None:
+            return
+        if moved is None or moved.state != DataflowState.RUNNING:
+            self._rows = None  # gone or stopped meanwhile: read them again
+            return
+        self._rows = [moved if r.id == dataflow_id else r for r in self._rows]
 
     def next_wakeup(self, now: float | None = None) -> float | None:
         """Seconds until a batched or scheduled run is due (None: only new events matter)."""
@@ -191,7 +230,7 @@ class Triggers:
             return self._rows, [r.id for r in rows if self._due(None, r, now, latest)]
         with self.home.db.read() as conn:
             folders, flows_changed = self._since(conn, latest)
-            if self._rows is None or self._seen is None or flows_changed or self._concern(folders):
+            if self._rows is None or self._seen is None or flows_changed:
                 # Directory dataflows land files (datamill.dataflows.directory) and stream dataflows' consumers
                 # run in datamill.dataflows.ingest: neither has a trigger.
                 self._rows = list(
@@ -216,11 +255,7 @@ class Triggers:
         seen = self._seen
         if seen is None or latest <= seen:
             return set(), False
-        rows = conn.execute(
-            select(Event.kind, Event.folder_id)
-            .where(Event.seq > seen, Event.seq <= latest, Event.kind.in_(ITEM_EVENTS + FLOW_EVENTS))
-            .distinct()
-        ).all()
+        rows = conn.execute(_SINCE, {"seen": seen, "latest": latest}).all()
         return {r.folder_id for r in rows if r.kind in ITEM_EVENTS}, any(r.kind in FLOW_EVENTS for r in rows)
 
     def _note_landed(self, rows: list[Any], folders: set[int | None]) -> None:
@@ -234,10 +269,6 @@ class Triggers:
             self._landed.update(r.id for r in rows if r.id in self._known and self._watches(r, folders))
         self._landed &= fresh  # a stopped dataflow starts again from its cursor, not from here
         self._unchecked = fresh - self._known
-
-    def _concern(self, folder_ids: set[int | None]) -> bool:
-        """Whether items landing in ``folder_ids`` concern any dataflow kept (a destination's do not)."""
-        return bool(folder_ids) and any(self._watches(r, folder_ids) for r in self._rows or ())
 
     def _watches(self, row: Any, folder_ids: set[int | None]) -> bool:
         """Whether items landing in ``folder_ids`` may concern this dataflow's trigger.
@@ -273,22 +304,16 @@ class Triggers:
     def _landed_since_cursor(self, conn: Connection, row: Any, latest: int) -> bool:
         cfg = dict(row.config or {})
         landed = conn.execute(
-            select(Event.seq)
-            .where(
-                Event.seq > row.cursor,
-                Event.seq <= latest,
-                Event.folder_id.in_(self._watched(conn, row, cfg)),
-                Event.kind.in_(ITEM_EVENTS),
-            )
-            .limit(1)
+            _LANDED.limit(1), {"cursor": row.cursor, "latest": latest, "folders": self._watched(conn, row, cfg)}
         ).first()
         return landed is not None
 
-    def _poll_one(self, dataflow_id: int, now: float) -> int | None:
+    def _poll_one(self, dataflow_id: int, now: float, latest: int) -> int | None:
         self._staged = {}
         try:
-            with self.home.db.write() as conn:
-                run_id = self._fire(conn, dataflow_id, now)
+            # The run's checks ask for the same folders several times: once each is enough here.
+            with self.home.db.write() as conn, remembered(conn):
+                run_id = self._fire(conn, dataflow_id, now, latest)
             # Committed: only now may the scheduler see it (a rolled-back run's id is given again).
             if run_id is not None and self._hand is not None:
                 self._hand(run_id, self._staged.get(run_id))
@@ -296,45 +321,41 @@ class Triggers:
         finally:
             self._staged = {}
 
-    def _fire(self, conn: Connection, dataflow_id: int, now: float) -> int | None:
-        """What :meth:`_poll_one` records in its write transaction: a run (its id) or nothing."""
+    def _fire(self, conn: Connection, dataflow_id: int, now: float, latest: int) -> int | None:
+        """What :meth:`_poll_one` records in its write transaction: a run (its id) or nothing.
+
+        ``latest`` is the newest event of the pass: every event up to it is committed (events
+        commit in ``seq`` order), so the cursor moves to it and what landed since is the next
+        pass's. Only a backfill reads the log's head again: it covers the source as it is now.
+        """
         # FOR UPDATE: trigger passes of several processes on one PostgreSQL take turns per
         # dataflow, and the second reads the cursor the first moved (SQLite has one writer).
-        row = conn.execute(select(Dataflow).where(Dataflow.id == dataflow_id).with_for_update()).first()
+        row = conn.execute(_FLOW_FOR_UPDATE, {"id": dataflow_id}).first()
+        self._moved = row
         if row is None or row.state != DataflowState.RUNNING:
             return None
         cfg = dict(row.config or {})
         trigger = str(cfg.get("trigger") or "new-items")
-        actor = self._owner(conn, row.owner_id)
+        actor = self.home.admin if row.owner_name is None else Actor(row.owner_id, row.owner_name, row.owner_is_admin)
         if row.backfilled_version != row.version:
             # Started (or edited while running): cover what is already in the source. The
             # cursor moves too, or items landed since the start would be run a second time.
             latest = events.latest_seq(conn)
             run_id = self._submit(conn, row, actor, cfg, None, "start: items without a result", now, handing=True)
-            conn.execute(
-                update(Dataflow)
-                .where(Dataflow.id == row.id)
-                .values(backfilled_version=row.version, cursor=max(row.cursor, latest))
-            )
+            self._move(conn, row, backfilled_version=row.version, cursor=max(row.cursor, latest))
             return run_id
         if trigger.startswith("cron:"):
-            return self._poll_cron(conn, row, actor, cfg, trigger, now)
-        latest = events.latest_seq(conn)
+            return self._poll_cron(conn, row, actor, cfg, trigger, now, latest)
         if trigger != "new-items" or row.source_folder_id is None:
             if latest > row.cursor:
-                conn.execute(update(Dataflow).where(Dataflow.id == row.id).values(cursor=latest))
+                self._move(conn, row, cursor=latest)
             return None
         landed = conn.execute(
-            select(Event.seq, Event.item_id, Event.ts).where(
-                Event.seq > row.cursor,
-                Event.seq <= latest,
-                Event.folder_id.in_(self._watched(conn, row, cfg, actor)),
-                Event.kind.in_(ITEM_EVENTS),
-            )
+            _LANDED, {"cursor": row.cursor, "latest": latest, "folders": self._watched(conn, row, cfg, actor)}
         ).all()
         if not landed:
             if latest > row.cursor:
-                conn.execute(update(Dataflow).where(Dataflow.id == row.id).values(cursor=latest))
+                self._move(conn, row, cursor=latest)
             return None
         last = self._last_fire.get(row.id)
         if last is not None and now - last < self._window(cfg):
@@ -343,26 +364,34 @@ class Triggers:
         run_id = self._submit(
             conn, row, actor, cfg, item_ids, f"{len(item_ids)} new or updated item(s)", now, handing=True
         )
-        conn.execute(update(Dataflow).where(Dataflow.id == row.id).values(cursor=latest))
+        self._move(conn, row, cursor=latest)
         return run_id
 
+    def _move(self, conn: Connection, row: Any, **values: Any) -> None:
+        """Update the dataflow's row in the firing transaction, and keep it so for the next pass (:meth:`_keep`)."""
+        if values.keys() == {"cursor"}:  # what most firing passes move
+            conn.execute(_MOVE_CURSOR, {"flow": row.id, "to": values["cursor"]})
+        else:
+            conn.execute(update(Dataflow).where(Dataflow.id == row.id).values(**values))
+        self._moved = SimpleNamespace(**{**row._asdict(), **values})
+
     def _poll_cron(
-        self, conn: Connection, row: Any, actor: Actor, cfg: dict[str, Any], trigger: str, now: float
+        self, conn: Connection, row: Any, actor: Actor, cfg: dict[str, Any], trigger: str, now: float, latest: int
     ) -> int | None:
         from datamill.dataflows.dataflow import Trigger
 
         t = Trigger.parse(trigger)
-        latest = events.latest_seq(conn)
+        latest = max(latest, row.cursor)  # never back
         if row.next_fire_at is None:
             nxt = t.next_fire(now)[0]
-            conn.execute(update(Dataflow).where(Dataflow.id == row.id).values(next_fire_at=nxt, cursor=latest))
+            self._move(conn, row, next_fire_at=nxt, cursor=latest)
             return None
         if now < row.next_fire_at:
             return None
         # Missed ticks (the server was down) are skipped, not replayed one by one.
         nxt = t.next_fire(now)[0]
         run_id = self._submit(conn, row, actor, cfg, None, "cron", now, handing=True)
-        conn.execute(update(Dataflow).where(Dataflow.id == row.id).values(next_fire_at=nxt, cursor=latest))
+        self._move(conn, row, next_fire_at=nxt, cursor=latest)
         return run_id
 
     def run_now(self, dataflow_name: str, actor: Actor) -> int | None:
@@ -394,11 +423,9 @@ class Triggers:
     # ------------------------------------------------------------------ submitting
 
     def _owner(self, conn: Connection, owner_id: int | None) -> Actor:
-        from datamill.db.models import User
-
         if owner_id is None:
             return self.home.admin
-        u = conn.execute(select(User.id, User.name, User.is_admin).where(User.id == owner_id)).first()
+        u = conn.execute(_OWNER, {"id": owner_id}).first()
         return self.home.admin if u is None else Actor(u.id, u.name, u.is_admin)
 
     def _watched(self, conn: Connection, row: Any, cfg: dict[str, Any], actor: Actor | None = None) -> list[int]:

@@ -29,6 +29,10 @@ SQLITE_BUSY_TIMEOUT_MS = 60_000
 LOG_LOCK_KEY = 0x6461746D
 #: ``Connection.info`` key set while a transaction holds :data:`LOG_LOCK_KEY`.
 LOG_LOCKED = "datamill.log_locked"
+#: ``Connection.info`` key: the newest event ``seq`` the write transaction in progress appended
+#: (``events.append_rows``), or :data:`UNKNOWN_SEQ` when it added events some other way.
+LAST_SEQ = "datamill.last_seq"
+UNKNOWN_SEQ = -1
 
 
 def normalize_url(url: str) -> str:
@@ -57,12 +61,21 @@ class Database:
         #: commits seen by this process (its own, and others' as ``events.EventLog`` notices them);
         #: a waiter compares it under ``committed`` so that no wake-up falls between a check and a wait
         self.commits = 0
+        #: the newest event seq committed by this process's own write transactions (events commit in
+        #: seq order, so every smaller seq is committed too), and the count of the last commit whose
+        #: events are not known that way (another process's, or events added without ``append_rows``):
+        #: while none came after the log's head was last read, the head is known without reading it
+        self.known_seq = 0
+        self.unknown_at = 0
         if self.is_sqlite:
             self.engine = self._sqlite_engine(immediate=False)
             self.write_engine = self._sqlite_engine(immediate=True)
         else:
             self.engine = create_engine(self.url, pool_pre_ping=True, pool_size=10, max_overflow=20)
             self.write_engine = self.engine
+        # Events appended inside a savepoint rolled back are gone (and SQLite gives their seqs again):
+        # the transaction's newest seq is not known any more.
+        event.listen(self.write_engine, "rollback_savepoint", _seq_unknown)
 
     def _sqlite_engine(self, immediate: bool) -> Engine:
         engine = create_engine(
@@ -107,6 +120,7 @@ class Database:
 
         Driver errors are translated here so nothing above ``db/`` sees them.
         """
+        wrote: int | None = None
         with self._write_lock:
             depth = getattr(self._writing, "depth", 0)
             self._writing.depth = depth + 1
@@ -123,18 +137,27 @@ class Database:
                         yield conn
                     finally:
                         info.pop(LOG_LOCKED, None)
+                        wrote = info.pop(LAST_SEQ, None)
             except IntegrityError as exc:
                 raise AlreadyExists(f"that already exists ({_constraint(exc)})") from exc
             except OperationalError as exc:
                 raise DatamillError(_operational_message(exc)) from exc
             finally:
                 self._writing.depth = depth
-        self.notify_commit()
+        self.notify_commit(known=True, seq=wrote)
 
-    def notify_commit(self) -> None:
-        """Wake the threads waiting for a commit (this process's, or one noticed from another)."""
+    def notify_commit(self, known: bool = False, seq: int | None = None) -> None:
+        """Wake the threads waiting for a commit (this process's, or one noticed from another).
+
+        ``known``: a write transaction of this process, whose newest event is ``seq`` (None: it
+        added none; :data:`UNKNOWN_SEQ`: not known).
+        """
         with self.committed:
             self.commits += 1
+            if known and seq != UNKNOWN_SEQ:
+                self.known_seq = max(self.known_seq, seq or 0)
+            else:
+                self.unknown_at = self.commits
             self.committed.notify_all()
 
     @contextmanager
@@ -193,6 +216,7 @@ class Database:
             conn.execute(text("SELECT 1"))
 
 
+<<<<<<< HEAD
 #: PostgreSQL's codes for a transaction it stopped to end a conflict with another one.
 _CONFLICT_STATES = {"40P01": "a deadlock", "40001": "a serialization failure", "55P03": "a lock it could not get"}
 
@@ -216,6 +240,11 @@ def _operational_message(exc: OperationalError) -> str:
             f"{SQLITE_BUSY_TIMEOUT_MS // 1000} s; nothing was written. Try again, or look for a stuck datamill process."
         )
     return f"database error: {orig}. Check that the database is reachable."
+=======
+def _seq_unknown(conn: Connection, _name: Any, _context: Any) -> None:
+    if LAST_SEQ in conn.info:
+        conn.info[LAST_SEQ] = UNKNOWN_SEQ
+>>>>>>> w-trigger2
 
 
 def alembic_config(url: str) -> Any:

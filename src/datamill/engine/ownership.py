@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Sequence
+from typing import Any
 
 from sqlalchemy import Connection, delete, exists, select, update
 from sqlalchemy.dialects.postgresql import insert as pg_insert
@@ -64,12 +65,18 @@ def claim_new(conn: Connection, run_id: int, owner: str, lease_seconds: float, n
     """:func:`claim` for a run recorded in the caller's write transaction: no lease can exist on it
     yet, so one ``INSERT`` (no ``UPDATE`` first); False if one does after all."""
     now = time.time() if now is None else now
-    make = pg_insert if conn.dialect.name == "postgresql" else sqlite_insert
-    stmt = make(RunOwner).values(
-        run_id=run_id, owner=owner, expires_at=now + lease_seconds, updated_at=now, wants_help=False
-    )
-    stmt = stmt.on_conflict_do_nothing(index_elements=["run_id"])
-    return conn.execute(stmt.returning(RunOwner.run_id)).first() is not None
+    stmt = _CLAIM_NEW_PG if conn.dialect.name == "postgresql" else _CLAIM_NEW_SQLITE
+    values = {"run_id": run_id, "owner": owner, "expires_at": now + lease_seconds, "updated_at": now}
+    return conn.execute(stmt, {**values, "wants_help": False}).first() is not None
+
+
+def _claim_new(make: Any) -> Any:
+    """The statement of :func:`claim_new` for one dialect's ``insert`` (built once: one per recorded run)."""
+    return make(RunOwner).on_conflict_do_nothing(index_elements=["run_id"]).returning(RunOwner.run_id)
+
+
+_CLAIM_NEW_PG = _claim_new(pg_insert)
+_CLAIM_NEW_SQLITE = _claim_new(sqlite_insert)
 
 
 def renew(conn: Connection, owner: str, lease_seconds: float, run_ids: Sequence[int]) -> set[int]:

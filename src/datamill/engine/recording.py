@@ -23,7 +23,7 @@ from typing import Any
 from sqlalchemy import Connection
 from sqlalchemy import exc as sa_exc
 
-from datamill.engine import runs, tasks
+from datamill.engine import ownership, runs, tasks
 from datamill.engine.ends import HELD_ELSEWHERE, Done
 from datamill.engine.planner import Plan
 from datamill.engine.publish import Publisher
@@ -64,6 +64,8 @@ class Committed:
     final: RunStatus | None = None
     claimed: set[int] = field(default_factory=set)
     cancel: bool = False
+    #: the run ended and the claimer's run lease was given back in the same transaction
+    released: bool = False
 
 
 @dataclass
@@ -149,7 +151,8 @@ class Recorder:
         cancellation was asked for, ``cancel`` is True, the tasks that ran (``done``) are recorded
         and nothing else: neither the claims nor the ends of tasks ``answered`` without running
         (cache hits, tasks blocked by a failed input), which the cancellation ends instead.
-        Nothing is claimed when the run ends with this batch. The first claim marks the run running.
+        Nothing is claimed when the run ends with this batch, and the claimer's run lease is given
+        back in its transaction (``released``). The first claim marks the run running.
         """
         got = Committed()
         answered = answered or []
@@ -162,6 +165,10 @@ class Recorder:
             ends = done if got.cancel else done + answered
             if ends:
                 got.final = self._end_tasks(conn, run, ends, log_digests)
+            if got.final is not None and claim is not None:
+                # The run ended: its lease goes with it, not in a transaction of its own after.
+                ownership.release(conn, run.run_id, claim.owner)
+                got.released = True
             if claim is not None and claim.ids and got.final is None and not got.cancel:
                 if not run.started:
                     runs.start_run(conn, run.run_id, run.folder_id)

@@ -34,6 +34,7 @@ from typing import Any
 import blake3
 from sqlalchemy import Connection, text
 
+from datamill import events
 from datamill.canonical import canonical_json
 from datamill.engine.keys import canonical_params
 from datamill.pipeline.inputs import InputRef
@@ -256,6 +257,7 @@ def copy_tasks(conn: Connection, earlier: int, run_id: int, folder_id: int | Non
     params = {"run": run_id, "folder": folder_id, "now": now}
     conn.execute(_events_sql(conn.dialect.name, "task.queued", queued), params)
     conn.execute(_events_sql(conn.dialect.name, "task.finished", finished), params)
+    events.wrote(conn, events.UNKNOWN_SEQ)  # seqs this process's waiters must read
     return int(n)
 
 

@@ -14,7 +14,7 @@ import time
 from collections.abc import Iterable, Mapping, Sequence
 from typing import Any
 
-from sqlalchemy import Connection, and_, func, insert, or_, select, update
+from sqlalchemy import Connection, and_, bindparam, func, insert, or_, select, update
 
 from datamill import events
 from datamill.db.models import Run, Task, TaskInput, TaskOutput
@@ -48,6 +48,7 @@ from datamill.engine.tasks import (
 from datamill.events import EventKind
 from datamill.pipeline.inputs import InputRef
 from datamill.records import FINISHED_RUN, RunStatus
+from datamill.store.access import memo
 
 __all__ = [
     "DONE_OK",
@@ -91,6 +92,7 @@ __all__ = [
     "set_progress",
     "start_run",
     "state_from_tables",
+    "take_recorded",
     "task_log_states",
     "task_row",
     "unfinished",
@@ -137,38 +139,49 @@ def create_run(
     now = time.time()
     if replay_of is not None:
         assert not tasks, "a replayed run copies its tasks"
-    run_id = int(
-        conn.execute(
-            insert(Run)
-            .values(
-                pipeline_ref=pipeline_ref,
-                pipeline_name=pipeline_name,
-                status=RunStatus.QUEUED,
-                requested_at=now,
-                requested_by=requested_by,
-                reason=reason,
-                force=force,
-                params=dict(params or {}),
-                source_folder=source_folder,
-                dest_folder=dest_folder,
-                dest_folder_id=dest_folder_id,
-                dataflow_id=dataflow_id,
-                dataflow_version=dataflow_version,
-                executor=executor,
-                parent_run_id=parent_run_id,
-                skip_failed=skip_failed,
-                inputs=list(inputs),
-                plan_digest=plan_digest,
-            )
-            .returning(Run.id)
-        ).scalar_one()
-    )
+    # Inside a block of access.remembered (a trigger that hands the run to its scheduler), the rows
+    # written are read back whole, in the statements that write them or read their ids anyway.
+    kept = memo(conn)
+    run_row_ = conn.execute(
+        _INSERT_RUN_WHOLE if kept is not None else _INSERT_RUN,
+        {
+            "pipeline_ref": pipeline_ref,
+            "pipeline_name": pipeline_name,
+            "status": RunStatus.QUEUED,
+            "requested_at": now,
+            "requested_by": requested_by,
+            "reason": reason,
+            "force": force,
+            "params": dict(params or {}),
+            "source_folder": source_folder,
+            "dest_folder": dest_folder,
+            "dest_folder_id": dest_folder_id,
+            "dataflow_id": dataflow_id,
+            "dataflow_version": dataflow_version,
+            "executor": executor,
+            "parent_run_id": parent_run_id,
+            "skip_failed": skip_failed,
+            "inputs": list(inputs),
+            "plan_digest": plan_digest,
+        },
+    ).one()
+    run_id = int(run_row_.id)
     rows = [_task_values(run_id, t, now) for t in tasks]
     ids: list[int] = []
+    task_rows: list[Any] = []
     if rows:
-        # A plain executemany (no RETURNING): the ids are read back by planned id in one query.
-        conn.execute(insert(Task), rows)
-        by_planned = dict(conn.execute(select(Task.planned_id, Task.id).where(Task.run_id == run_id)).tuples().all())
+        if kept is not None and len(rows) <= FEW_TASKS:
+            # A run a trigger hands over (a few tasks, usually one): one statement returns the rows.
+            task_rows = sorted(conn.execute(_INSERT_TASK_WHOLE, rows), key=lambda r: r.id)
+            by_planned = {r.planned_id: r.id for r in task_rows}
+        else:
+            # A plain executemany (no RETURNING): the ids are read back by planned id in one query.
+            conn.execute(_INSERT_TASK, rows)
+            if kept is not None:
+                task_rows = list(conn.execute(_RUN_TASKS_WHOLE, {"run_id": run_id}))
+                by_planned = {r.planned_id: r.id for r in task_rows}
+            else:
+                by_planned = dict(conn.execute(_RUN_TASK_IDS, {"run_id": run_id}).tuples().all())
         ids = [by_planned[t.planned_id] for t in tasks]
         item_inputs = [
             {"task_id": tid, "param": "item", "digest": t.item_digest, "version_id": t.item_version_id}
@@ -194,6 +207,8 @@ def create_run(
         ]
         if outputs:
             conn.execute(insert(TaskOutput), outputs)
+    if kept is not None and replay_of is None:
+        kept[(RECORDED, run_id)] = (run_row_, task_rows)
     evs: list[dict[str, Any]] = [
         {
             "kind": EventKind.RUN_QUEUED,
@@ -249,6 +264,30 @@ def create_run(
     ]
     events.append_many(conn, evs)
     return run_id
+
+
+#: Statements of :func:`create_run`, built once (a trigger records a run per landed item).
+_INSERT_RUN = insert(Run).returning(Run.id)
+_INSERT_RUN_WHOLE = insert(Run).returning(*Run.__table__.c)
+_INSERT_TASK = insert(Task)
+_INSERT_TASK_WHOLE = insert(Task).returning(*Task.__table__.c)
+#: tasks up to which a handed-over run's task rows come back from their INSERT (beyond: read back)
+FEW_TASKS = 50
+_RUN_TASK_IDS = select(Task.planned_id, Task.id).where(Task.run_id == bindparam("run_id"))
+_RUN_TASKS_WHOLE = select(Task).where(Task.run_id == bindparam("run_id")).order_by(Task.id)
+#: memo key (with the run id) of the rows :func:`create_run` wrote, for :func:`take_recorded`
+RECORDED = "recorded run"
+
+
+def take_recorded(conn: Connection, run_id: int) -> tuple[Any, list[Any]] | None:
+    """The run row and task rows (in creation order) :func:`create_run` wrote for ``run_id`` in this
+    block of :func:`~datamill.store.access.remembered`, as a read would give them; once. None when
+    it wrote none there: read them."""
+    kept = memo(conn)
+    if kept is None:
+        return None
+    recorded: tuple[Any, list[Any]] | None = kept.pop((RECORDED, run_id), None)
+    return recorded
 
 
 def _task_values(run_id: int, t: NewTask, now: float) -> dict[str, Any]:

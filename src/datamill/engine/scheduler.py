@@ -36,7 +36,7 @@ from datamill.engine.attempt import Attempts, Progress
 from datamill.engine.ends import CLAIMING, HELD_ELSEWHERE, MAX_ERROR, Done
 from datamill.engine.planner import Plan, PlannedTask, plan
 from datamill.engine.publish import Publisher, publish_plan
-from datamill.engine.recording import Claim, Recorder, RunView, database_outage
+from datamill.engine.recording import Claim, Committed, Recorder, RunView, database_outage
 from datamill.engine.runs import RunStatus, input_ref_from_dict
 from datamill.engine.tasks import FINISHED_TASK, OutputRecord, TaskRow, TaskStatus
 from datamill.engine.workdir import WorkDirs
@@ -179,6 +179,8 @@ class Scheduler:
         self._active: dict[int, asyncio.Task[Any]] = {}
         #: the runs whose run lease this scheduler holds (see :mod:`.ownership`)
         self._owned: set[int] = set()
+        #: runs whose last commit gave their run lease back (:meth:`_note_released`)
+        self._released: set[int] = set()
         # Run leases being given back (see _give_back): close() waits for them.
         self._giving: set[asyncio.Task[None]] = set()
         self._started = False
@@ -393,10 +395,15 @@ class Scheduler:
         """
         if not ownership.claim_new(conn, run_id, self.owner, self.lease_seconds, self.clock()):
             return None
-        row = runs.run_row(conn, run_id)
-        if row is None:
-            return None
-        rows = tasks.list_tasks(conn, run_id)
+        recorded = runs.take_recorded(conn, run_id)
+        if recorded is not None and all(t.status == TaskStatus.QUEUED for t in recorded[1]):
+            # As recorded in this transaction (queued tasks have no outputs yet): nothing to read.
+            row, rows = recorded[0], [tasks.task_row(t) for t in recorded[1]]
+        else:
+            row = runs.run_row(conn, run_id)
+            if row is None:
+                return None
+            rows = tasks.list_tasks(conn, run_id)
         if row.status in runs.FINISHED_RUN or all(t.status in FINISHED_TASK for t in rows):
             return Handover(row, None, actor, {})
         missed = {
@@ -468,8 +475,10 @@ class Scheduler:
                 # A driver that backed off (the database failed under it: an outage, a deadlock)
                 # keeps the run lease: this scheduler drives the run again after the delay, and only
                 # if it dies meanwhile does the lease lapse for another to take the run over.
-                if run_id not in self._backoff:
+                # Its last commit gave the lease back with the run's end (Recorder.commit) when it could.
+                if run_id not in self._backoff and run_id not in self._released:
                     await asyncio.shield(self._give_back(run_id))
+            self._released.discard(run_id)
 
     def _give_back(self, run_id: int) -> asyncio.Task[None]:
         """Give the run lease back in a thread that the driver's cancellation does not stop.
@@ -657,6 +666,7 @@ class Scheduler:
                 return False, None, False
             got = await asyncio.to_thread(self.recorder.commit, run, done, claim, answered)
             if got.final is not None:
+                self._note_released(run.run_id, got)
                 return True, got.final, False
             if got.cancel:
                 return False, None, True
@@ -679,6 +689,12 @@ class Scheduler:
         if self._progress:
             await asyncio.to_thread(self._flush_progress, run.run_id, run.folder_id)
         return False, None, False
+
+    def _note_released(self, run_id: int, got: Committed) -> None:
+        """A commit that ended the run gave its run lease back: its driver need not (:meth:`_drive_owned`)."""
+        if got.released:
+            self._released.add(run_id)
+            self._owned.discard(run_id)  # not renewed any more
 
     def _pipelined(self, run: RunView, done: list[Done], claim: Claim, batch: list[TaskRow]) -> None:
         """Start a group commit in a thread; the driver collects ends of running tasks meanwhile."""
@@ -709,6 +725,7 @@ class Scheduler:
         if got.final is not None or got.cancel:
             for t in batch:
                 t.status = TaskStatus.QUEUED  # not claimed: the cancellation (or nothing) ends them
+            self._note_released(run.run_id, got)
             return got.final is not None, got.final, got.cancel
         # Ends that came meanwhile go in the next commit, taken without yielding to the loop: the
         # tasks started now run while that commit is in flight, not before it starts.

@@ -13,7 +13,7 @@ from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from sqlalchemy import Connection, func, insert, or_, select, update
+from sqlalchemy import Connection, bindparam, func, insert, or_, select, update
 
 from datamill import events
 from datamill.db.models import Task, TaskInput, TaskOutput
@@ -538,6 +538,18 @@ def lookup_cache(conn: Connection, key: str) -> tuple[int, list[OutputRecord]] |
     return int(tid), [_output(o) for o in outs]
 
 
+#: the statement of :func:`failed_earlier`, built once
+_FAILED_EARLIER = (
+    select(Task.key, func.max(Task.run_id))
+    .where(
+        Task.key.in_(bindparam("keys", expanding=True)),
+        Task.status == TaskStatus.FAILED,
+        Task.failure == STEP_FAILURE,
+    )
+    .group_by(Task.key)
+)
+
+
 def failed_earlier(conn: Connection, keys: Sequence[str]) -> dict[str, int]:
     """For each of ``keys`` whose step failed before (``failure = 'step'``): the newest run it failed in.
 
@@ -546,17 +558,31 @@ def failed_earlier(conn: Connection, keys: Sequence[str]) -> dict[str, int]:
     """
     out: dict[str, int] = {}
     for i in range(0, len(keys), 500):
-        rows = conn.execute(
-            select(Task.key, func.max(Task.run_id))
-            .where(Task.key.in_(keys[i : i + 500]), Task.status == TaskStatus.FAILED, Task.failure == STEP_FAILURE)
-            .group_by(Task.key)
-        ).all()
+        rows = conn.execute(_FAILED_EARLIER, {"keys": list(keys[i : i + 500])}).all()
         out.update({str(k): int(r) for k, r in rows if k is not None})
     return out
 
 
 #: Keys per cache look-up query: one IN-list of this many keys (SQLite allows 32,766 variables).
 LOOKUP_CHUNK = 1000
+
+
+#: the statement of :func:`lookup_cache_many`, built once (a trigger looks up a few keys per landed item)
+_LOOKUP_MANY = (
+    select(
+        Task.key,
+        Task.id,
+        TaskOutput.name,
+        TaskOutput.digest,
+        TaskOutput.size,
+        TaskOutput.content_type,
+        TaskOutput.codec,
+        TaskOutput.inline,
+    )
+    .outerjoin(TaskOutput, TaskOutput.task_id == Task.id)
+    .where(Task.key.in_(bindparam("keys", expanding=True)), Task.status == TaskStatus.SUCCEEDED)
+    .order_by(Task.finished_at, Task.id, TaskOutput.id)
+)
 
 
 def lookup_cache_many(conn: Connection, keys: Sequence[str]) -> dict[str, tuple[int, list[OutputRecord]]]:
@@ -566,21 +592,7 @@ def lookup_cache_many(conn: Connection, keys: Sequence[str]) -> dict[str, tuple[
     """
     out: dict[str, tuple[int, list[OutputRecord]]] = {}
     for i in range(0, len(keys), LOOKUP_CHUNK):
-        rows = conn.execute(
-            select(
-                Task.key,
-                Task.id,
-                TaskOutput.name,
-                TaskOutput.digest,
-                TaskOutput.size,
-                TaskOutput.content_type,
-                TaskOutput.codec,
-                TaskOutput.inline,
-            )
-            .outerjoin(TaskOutput, TaskOutput.task_id == Task.id)
-            .where(Task.key.in_(list(keys[i : i + LOOKUP_CHUNK])), Task.status == TaskStatus.SUCCEEDED)
-            .order_by(Task.finished_at, Task.id, TaskOutput.id)
-        ).tuples()
+        rows = conn.execute(_LOOKUP_MANY, {"keys": list(keys[i : i + LOOKUP_CHUNK])}).tuples()
         newest: dict[str, int] = {}
         by_task: dict[int, list[OutputRecord]] = {}
         for key, tid, name, digest, size, ctype, codec, inline in rows:

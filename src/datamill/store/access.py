@@ -7,12 +7,17 @@ site admin has ``ADMIN`` everywhere; ``public_read`` on a folder or an ancestor 
 told it does not exist, so names never leak.
 
 :func:`level_on` is the one place that decides; every access check goes through it, and it reads
-group memberships fresh on every call (no cache), so leaving a group takes effect at once.
+group memberships fresh on every call (no cache across transactions), so leaving a group takes
+effect at once. Inside a block of :func:`remembered`, one transaction that changes no folder or
+grant asks the database once per folder.
 """
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
+from typing import Any
 
 from sqlalchemy import Connection, select, union_all
 
@@ -45,15 +50,57 @@ def ancestor_paths(path: str) -> list[str]:
     return ["/".join(parts[: i + 1]) for i in range(len(parts))]
 
 
+#: ``Connection.info`` key of what :func:`remembered` keeps for the block in progress
+MEMO = "datamill.remembered"
+
+
+@contextmanager
+def remembered(conn: Connection) -> Iterator[None]:
+    """Inside the block, folder ids (:func:`datamill.store.lookups.folder_id`) and access levels
+    (:func:`level_on`) read through ``conn`` are read once each.
+
+    For one transaction that creates, moves and shares no folder (a trigger recording a run:
+    its checks ask for the same source and destination several times). Nested blocks share the
+    outer one's memory.
+    """
+    info = conn.info  # held: after an interrupt the invalidated connection's ``info`` raises
+    if MEMO in info:
+        yield
+        return
+    info[MEMO] = {}
+    try:
+        yield
+    finally:
+        info.pop(MEMO, None)
+
+
+def memo(conn: Connection) -> dict[Any, Any] | None:
+    """What :func:`remembered` keeps for ``conn``'s block in progress, None outside one."""
+    found: dict[Any, Any] | None = conn.info.get(MEMO)
+    return found
+
+
 def level_on(conn: Connection, actor: Actor, folder_path: str) -> Level:
     """The actor's effective level on the folder at ``folder_path`` (which must exist).
 
     The highest of: ownership of the folder or an ancestor, public read, the actor's own grants
     and the grants of every group the actor is a member of, on the folder or an ancestor. Two
-    queries whatever the number of groups: the ancestors, then all grants that reach the actor.
+    queries whatever the number of groups: the ancestors, then all grants that reach the actor
+    (once per block of :func:`remembered`).
     """
     if actor.is_admin:
         return Level.ADMIN
+    kept = memo(conn)
+    if kept is None:
+        return _level_on(conn, actor, folder_path)
+    key = ("level", actor.id, folder_path)
+    if key not in kept:
+        kept[key] = _level_on(conn, actor, folder_path)
+    level: Level = kept[key]
+    return level
+
+
+def _level_on(conn: Connection, actor: Actor, folder_path: str) -> Level:
     rows = conn.execute(
         select(Folder.id, Folder.owner_id, Folder.public_read).where(Folder.path.in_(ancestor_paths(folder_path)))
     ).all()

@@ -15,7 +15,7 @@ from dataclasses import dataclass
 from sqlalchemy import Connection, Row, and_, bindparam, func, select
 
 from datamill.db.models import Folder, Item, User, Version
-from datamill.store.access import Actor, Level, level_on
+from datamill.store.access import Actor, Level, level_on, memo
 from datamill.store.items import current_items, item_info
 from datamill.store.records import ItemInfo
 
@@ -27,9 +27,18 @@ _FOLDER_ID = select(Folder.id).where(Folder.path == bindparam("path"))
 
 
 def folder_id(conn: Connection, path: str) -> int | None:
-    """The id of the folder at the normalised ``path``, None if there is none."""
+    """The id of the folder at the normalised ``path``, None if there is none (read once per block
+    of :func:`~datamill.store.access.remembered`)."""
+    kept = memo(conn)
+    key = ("folder", path)
+    if kept is not None and key in kept:
+        fid: int | None = kept[key]
+        return fid
     found = conn.execute(_FOLDER_ID, {"path": path}).scalar()
-    return None if found is None else int(found)
+    fid = None if found is None else int(found)
+    if kept is not None:
+        kept[key] = fid
+    return fid
 
 
 def item_places(conn: Connection, ids: Iterable[int]) -> dict[int, tuple[str, str]]:
@@ -101,11 +110,17 @@ def items_with_current_versions(
     ``folder`` is the folder's path, as the returned records carry it. Metadata is the item's
     stored metadata, unredacted: for the engine, which records inputs as they are.
     """
-    q = current_items().where(Item.folder_id == folder_id).order_by(Item.name)
     wanted = None if only is None else set(only)
     if wanted is not None and len(wanted) <= 500:  # beyond that, filtering the listing is as good
-        q = q.where(Item.id.in_(sorted(wanted)))
-    return [item_info(r, folder) for r in conn.execute(q).tuples() if wanted is None or r[0] in wanted]
+        rows = conn.execute(_SOME_CURRENT, {"folder_id": folder_id, "ids": sorted(wanted)})
+    else:
+        rows = conn.execute(_ALL_CURRENT, {"folder_id": folder_id})
+    return [item_info(r, folder) for r in rows.tuples() if wanted is None or r[0] in wanted]
+
+
+#: the statements of :func:`items_with_current_versions`, built once (a trigger asks per landed item)
+_ALL_CURRENT = current_items().where(Item.folder_id == bindparam("folder_id")).order_by(Item.name)
+_SOME_CURRENT = _ALL_CURRENT.where(Item.id.in_(bindparam("ids", expanding=True)))
 
 
 def count_items(conn: Connection, folder_id: int) -> int:
