@@ -196,8 +196,9 @@ class Attempts:
             raise
         # Removed by the scheduler once the end is recorded: in a thread, after the commit, instead
         # of in the event loop before it (removing a tree can take milliseconds on a busy disk). A
-        # task that ran on values made none, unless it asked for an item's path.
-        d.work_dir = Path(base) if os.path.exists(base) else None
+        # task that ran on values made none, unless it asked for an item's path: whether it is
+        # there is looked at once per batch then, not with a stat per task here.
+        d.work_base = base
         return d
 
     async def _attempt(

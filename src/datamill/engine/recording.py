@@ -171,8 +171,9 @@ class Recorder:
         if claim is not None and claim.ids and not got.cancel:
             run.started = True
         for d in done:
-            if d.log_path is not None or d.work_dir is not None:
-                WorkDirs.remove(d.log_path, d.work_dir)
+            if d.log_path is not None:
+                WorkDirs.remove(d.log_path, None)
+        self.workdirs.remove_attempts([d.work_base for d in done if d.work_base is not None])
         return got
 
     def _before(self, run: RunView, done: list[Done]) -> dict[int, str | None]:

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import contextvars
 import dataclasses
 import functools
 import hashlib
@@ -399,16 +400,7 @@ class Scheduler:
         rows = tasks.list_tasks(conn, run_id)
         if row.status in runs.FINISHED_RUN or all(t.status in FINISHED_TASK for t in rows):
             return Handover(row, None, actor, {})
-        missed = {
-            t.id: t.key
-            for t in the_plan.tasks
-            if t.decision == "run" and t.key is not None and t.cache and not t.forced and not row.force
-        }
-        failed = tasks.failed_earlier(conn, sorted(set(missed.values()))) if row.skip_failed and missed else {}
-        for t in rows:
-            key = missed.get(t.planned_id)
-            if t.status == TaskStatus.QUEUED and key is not None and t.key == key and key not in failed:
-                t.cache_missed = True
+        _mark_missed(conn, row, the_plan, rows)
         return Handover(row, the_plan, actor, {t.planned_id: t for t in rows})
 
     def _spawn(self, run_id: int, exclusive: bool = True) -> None:
@@ -564,7 +556,9 @@ class Scheduler:
                 self.plans.pop(run_id, None)
                 return row, None, self.home.admin, {}
             rows = tasks.list_tasks(conn, run_id)
-        the_plan = self.plans.pop(run_id, None)
+            the_plan = self.plans.pop(run_id, None)
+            if the_plan is not None:  # planned at submit, with its cache look-ups: not made again
+                _mark_missed(conn, row, the_plan, rows)
         if the_plan is None:  # recorded elsewhere (or its driver failed): plan it here
             self.stats["plans"] += 1
             the_plan = plan(
@@ -636,13 +630,14 @@ class Scheduler:
             return await self._absorb(run)
         now = self.clock()
         ready, blocked = _triage(run.plan, run.tasks, now, run.unfinished())
-        hits, to_run = (
-            await asyncio.to_thread(
-                self._resolve_keys, run.plan, ready, run.tasks, bool(run.row.force), bool(run.row.skip_failed)
-            )
-            if ready
-            else ([], [])
-        )
+        hits: list[Done] = []
+        to_run: list[TaskRow] = []
+        if ready:
+            resolve = (self._resolve_keys, run.plan, ready, run.tasks, bool(run.row.force), bool(run.row.skip_failed))
+            # Without a cache look-up the keys are resolved here, without yielding: the commit below
+            # then starts before the tasks started last run, so they run while it is in flight.
+            looks_up = _looks_up(run.plan, ready, bool(run.row.force))
+            hits, to_run = await asyncio.to_thread(*resolve) if looks_up else resolve[0](*resolve[1:])
         done, run.finished = run.finished, []
         # Half the capacity per commit: one half runs while the other's claim (with the first's
         # ends) is committed.
@@ -685,7 +680,10 @@ class Scheduler:
         for t in batch:
             t.status = CLAIMING  # not claimed again by a pass while its claim is in flight
         run.claiming = batch
-        run.committing = asyncio.ensure_future(asyncio.to_thread(self.recorder.commit, run, done, claim))
+        # Handed to a thread now, not by a task that would start after the tasks just started ran
+        # (asyncio.to_thread is a coroutine): the commit is in flight while they run.
+        commit = functools.partial(contextvars.copy_context().run, self.recorder.commit, run, done, claim)
+        run.committing = asyncio.get_running_loop().run_in_executor(None, commit)
 
     async def _absorb(self, run: RunView) -> tuple[bool, RunStatus | None, bool]:
         """Collect ends until the commit in flight is done; then start what it claimed."""
@@ -881,6 +879,33 @@ class Scheduler:
             more, _ = await asyncio.wait(pending, timeout=group, return_when=asyncio.ALL_COMPLETED)
             finished |= more
         return _take_ends(running, finished)
+
+
+def _mark_missed(conn: Connection, row: Any, the_plan: Plan, rows: list[TaskRow]) -> None:
+    """Mark the queued tasks whose key the plan looked up (at submit) and missed: their driver does
+    not look them up again, unless their key failed before and the run skips those."""
+    missed = {
+        t.id: t.key
+        for t in the_plan.tasks
+        if t.decision == "run" and t.key is not None and t.cache and not t.forced and not row.force
+    }
+    failed = tasks.failed_earlier(conn, sorted(set(missed.values()))) if row.skip_failed and missed else {}
+    for t in rows:
+        key = missed.get(t.planned_id)
+        if t.status == TaskStatus.QUEUED and key is not None and t.key == key and key not in failed:
+            t.cache_missed = True
+
+
+def _looks_up(the_plan: Plan, ready: list[TaskRow], forced: bool) -> bool:
+    """Whether :meth:`Scheduler._resolve_keys` would ask the database about any of ``ready``."""
+    if forced:
+        return False
+    for t in ready:
+        if not t.cache_missed:
+            pt = the_plan.task(t.planned_id)
+            if pt.cache and not pt.forced:
+                return True
+    return False
 
 
 def _harvest(running: dict[asyncio.Task[Done], TaskRow]) -> list[Done]:

@@ -8,11 +8,13 @@ in :mod:`datamill.engine.leases`.
 
 from __future__ import annotations
 
+import json
 import time
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
+import orjson
 from sqlalchemy import Connection, func, insert, or_, select, update
 
 from datamill import events
@@ -427,16 +429,45 @@ def set_progress(
 # ------------------------------------------------------------------------------------ queries
 
 
+#: The columns of a :class:`TaskRow`, in the order of its fields (:func:`list_tasks` reads them so).
+_TASK_COLUMNS = (
+    "id, run_id, planned_id, step, step_code, key, status, attempts, max_attempts, progress, message, "
+    "item_version_id, item_name, deps, params, queued_at, started_at, finished_at, error, traceback, "
+    "log_digest, cached_from, executor, not_before, failure, note"
+)
+
+
+def _json_column(value: Any) -> Any:
+    """A JSON column read by the driver: text on SQLite (decoded here), already decoded on PostgreSQL."""
+    if not isinstance(value, (str, bytes)):
+        return value
+    try:
+        return orjson.loads(value)
+    except orjson.JSONDecodeError:  # what the json module writes and orjson refuses (NaN, ...)
+        return json.loads(value)
+
+
 def list_tasks(conn: Connection, run_id: int, with_outputs: bool = True) -> list[TaskRow]:
-    """A run's tasks in creation order, with their outputs."""
-    rows = [task_row(r) for r in conn.execute(select(Task).where(Task.run_id == run_id).order_by(Task.id))]
+    """A run's tasks in creation order, with their outputs.
+
+    Read by the driver, not through SQLAlchemy's ORM columns and type processing: a scheduler
+    reads every task of a run it drives, and that cost more than running thousands of small ones.
+    """
+    rows: list[TaskRow] = []
+    for r in _driver_sql(conn, f"SELECT {_TASK_COLUMNS} FROM tasks WHERE run_id = ? ORDER BY id", (run_id,)):
+        t = TaskRow(*r)
+        t.deps = list(_json_column(t.deps) or [])
+        t.params = dict(_json_column(t.params) or {})
+        rows.append(t)
     if with_outputs and rows:
-        outs = conn.execute(
-            select(TaskOutput).where(TaskOutput.task_id.in_([t.id for t in rows])).order_by(TaskOutput.id)
-        ).all()
         by_task: dict[int, list[OutputRecord]] = {}
-        for o in outs:
-            by_task.setdefault(o.task_id, []).append(_output(o))
+        for o in _driver_sql(
+            conn,
+            "SELECT o.task_id, o.name, o.digest, o.size, o.content_type, o.codec, o.inline, o.version_id "
+            "FROM task_outputs o JOIN tasks t ON t.id = o.task_id WHERE t.run_id = ? ORDER BY o.id",
+            (run_id,),
+        ):
+            by_task.setdefault(o[0], []).append(OutputRecord(*o[1:]))
         for t in rows:
             t.outputs = by_task.get(t.id, [])
     return rows
