@@ -24,6 +24,7 @@ from sqlalchemy import Connection
 from sqlalchemy import exc as sa_exc
 
 from datamill.engine import runs, tasks
+from datamill.engine.attempt import Job
 from datamill.engine.ends import HELD_ELSEWHERE, Done
 from datamill.engine.planner import Plan
 from datamill.engine.publish import Publisher
@@ -74,7 +75,7 @@ class RunView:
     plan: Plan
     actor: Actor
     tasks: dict[str, TaskRow]
-    running: dict[asyncio.Task[Done], TaskRow] = field(default_factory=dict)
+    running: dict[Job, TaskRow] = field(default_factory=dict)
     #: whether this driver has marked the run running (with its first claim)
     started: bool = False
     #: ends collected and not recorded yet: they go in the driver's next group commit

@@ -33,7 +33,7 @@ from typing import Any
 from sqlalchemy import Connection
 
 from datamill.engine import leases, ownership, runs, tasks
-from datamill.engine.attempt import Attempts, Progress
+from datamill.engine.attempt import Attempts, Job, Progress, waitables
 from datamill.engine.ends import CLAIMING, HELD_ELSEWHERE, MAX_ERROR, Done
 from datamill.engine.planner import Plan, PlannedTask, plan
 from datamill.engine.publish import Publisher, publish_plan
@@ -633,11 +633,13 @@ class Scheduler:
         hits: list[Done] = []
         to_run: list[TaskRow] = []
         if ready:
-            resolve = (self._resolve_keys, run.plan, ready, run.tasks, bool(run.row.force), bool(run.row.skip_failed))
+            resolve = functools.partial(
+                self._resolve_keys, run.plan, ready, run.tasks, bool(run.row.force), bool(run.row.skip_failed)
+            )
             # Without a cache look-up the keys are resolved here, without yielding: the commit below
             # then starts before the tasks started last run, so they run while it is in flight.
             looks_up = _looks_up(run.plan, ready, bool(run.row.force))
-            hits, to_run = await asyncio.to_thread(*resolve) if looks_up else resolve[0](*resolve[1:])
+            hits, to_run = await asyncio.to_thread(resolve) if looks_up else resolve()
         done, run.finished = run.finished, []
         # Half the capacity per commit: one half runs while the other's claim (with the first's
         # ends) is committed.
@@ -690,7 +692,7 @@ class Scheduler:
         committing = run.committing
         assert committing is not None
         if not committing.done():
-            waiting: set[asyncio.Future[Any]] = {committing, *run.running}
+            waiting: set[asyncio.Future[Any]] = {committing, *waitables(run.running)}
             await asyncio.wait(waiting, timeout=0.25, return_when=asyncio.FIRST_COMPLETED)
             if run.running and not committing.done():
                 run.finished += await self._collect(run.running, timeout=0, group=GROUP_COMMIT_SECONDS)
@@ -718,15 +720,17 @@ class Scheduler:
 
     def _start(self, run: RunView, batch: list[TaskRow], claimed: set[int]) -> None:
         """Start the tasks of ``batch`` this scheduler claimed; the others are another scheduler's."""
+        mine = []
         for t in batch:
             if t.id in claimed:
                 t.status = TaskStatus.RUNNING
                 t.attempts += 1
-                job = asyncio.create_task(self.attempts.run(run.plan, t, run.tasks, bool(run.row.dest_folder)))
-                run.running[job] = t
+                mine.append(t)
             else:
                 # Another scheduler has it: stop considering it here.
                 t.status = HELD_ELSEWHERE
+        jobs = self.attempts.start(run.plan, mine, run.tasks, bool(run.row.dest_folder))
+        run.running.update(zip(jobs, mine, strict=True))
 
     async def _idle(self, run: RunView, now: float) -> tuple[bool, RunStatus | None]:
         """Nothing of ours runs: end the run, or wait for a retry's time or for another scheduler's tasks."""
@@ -865,7 +869,7 @@ class Scheduler:
         return self.workdirs.log_path(task_id)
 
     async def _collect(
-        self, running: dict[asyncio.Task[Done], TaskRow], timeout: float | None = None, group: float = 0.0
+        self, running: dict[Job, TaskRow], timeout: float | None = None, group: float = 0.0
     ) -> list[Done]:
         """Ends of finished tasks, once one has finished (or after ``timeout``).
 
@@ -874,11 +878,15 @@ class Scheduler:
         """
         if not running:
             return []
-        finished, pending = await asyncio.wait(list(running), timeout=timeout, return_when=asyncio.FIRST_COMPLETED)
-        if finished and pending and group > 0:
-            more, _ = await asyncio.wait(pending, timeout=group, return_when=asyncio.ALL_COMPLETED)
-            finished |= more
-        return _take_ends(running, finished)
+        # A batch of attempts in the loop is waited for as one task, not as each of its attempts.
+        pending = waitables(running)
+        ended = len(pending) < len(running) and any(j.done() for j in running)
+        if pending and not ended:
+            finished, pending = await asyncio.wait(pending, timeout=timeout, return_when=asyncio.FIRST_COMPLETED)
+            ended = bool(finished)
+        if ended and pending and group > 0:
+            await asyncio.wait(pending, timeout=group, return_when=asyncio.ALL_COMPLETED)
+        return _harvest(running)
 
 
 def _mark_missed(conn: Connection, row: Any, the_plan: Plan, rows: list[TaskRow]) -> None:
@@ -908,12 +916,12 @@ def _looks_up(the_plan: Plan, ready: list[TaskRow], forced: bool) -> bool:
     return False
 
 
-def _harvest(running: dict[asyncio.Task[Done], TaskRow]) -> list[Done]:
+def _harvest(running: dict[Job, TaskRow]) -> list[Done]:
     """The ends of the tasks in ``running`` that have finished, taken out of it (no waiting)."""
     return _take_ends(running, [j for j in running if j.done()])
 
 
-def _take_ends(running: dict[asyncio.Task[Done], TaskRow], finished: Iterable[asyncio.Task[Done]]) -> list[Done]:
+def _take_ends(running: dict[Job, TaskRow], finished: Iterable[Job]) -> list[Done]:
     """The ends of the ``finished`` jobs, taken out of ``running``; a cancelled job ends its task as cancelled."""
     out = []
     for job in finished:
