@@ -56,6 +56,8 @@ class Claim:
     owner: str
     lease_seconds: float
     executor: str
+    #: digests of the items the claimed tasks read: their blob files are looked for before the transaction
+    items: list[str] = field(default_factory=list)
 
 
 @dataclass
@@ -157,6 +159,8 @@ class Recorder:
         if not done and not answered and claim is None:
             return got
         log_digests = self._before(run, done + answered)
+        if claim is not None and claim.items:
+            self.workdirs.look_for_items(claim.items)
         with self.home.db.write() as conn:
             if claim is not None:
                 got.cancel = runs.cancel_requested(conn, run.run_id)

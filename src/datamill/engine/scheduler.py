@@ -648,6 +648,7 @@ class Scheduler:
         answered = blocked + hits
         if done or answered or batch:
             claim = Claim([t.id for t in batch], self.owner, self.lease_seconds, self.executor.name)
+            claim.items = [pt.item.digest for t in batch if (pt := run.plan.task(t.planned_id)).item is not None]
             if run.running and not answered:
                 # Tasks are running: they go on while this batch is committed.
                 self._pipelined(run, done, claim, batch)

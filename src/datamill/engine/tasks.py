@@ -150,6 +150,30 @@ def task_row(r: Any) -> TaskRow:
 IDS_PER_STATEMENT = 500
 
 
+#: Rows per statement of the SQLite multi-row statements below (11 values a row at most: far
+#: below SQLite's 32,766 variables).
+ROWS_PER_STATEMENT = 500
+
+
+def _one_step(conn: Connection) -> bool:
+    """Whether batches go to the database as one statement each, returning one row (SQLite).
+
+    Python's sqlite3 gives the GIL up for every step of a statement (every row executed or read):
+    from the database thread of a scheduler whose event loop runs tasks meanwhile, each of those
+    was a turn of the GIL, and an ``executemany`` of 500 rows took many times its own work.
+    PostgreSQL's driver sends a batch in one round trip, and keeps the usual statements.
+    """
+    return conn.dialect.name == "sqlite"
+
+
+def _values_sql(conn: Connection, head: str, rows: list[tuple[Any, ...]], tail: str = "") -> None:
+    """``head VALUES (?, ...), (?, ...) tail`` for ``rows`` (SQLite), :data:`ROWS_PER_STATEMENT` a statement."""
+    for i in range(0, len(rows), ROWS_PER_STATEMENT):
+        some = rows[i : i + ROWS_PER_STATEMENT]
+        marks = "(" + ", ".join("?" * len(some[0])) + ")"
+        conn.exec_driver_sql(f"{head} VALUES {', '.join([marks] * len(some))}{tail}", tuple(v for r in some for v in r))
+
+
 def _driver_sql(conn: Connection, sql: str, params: tuple[Any, ...]) -> Any:
     """``sql`` (written with ``?`` marks) run by the driver: no SQLAlchemy compilation or per-value
     coercion of an IN list, which cost more than the database for a batch of claims or ends."""
@@ -172,15 +196,25 @@ def claim_tasks(
     returned: list[Any] = []
     for i in range(0, len(task_ids), IDS_PER_STATEMENT):
         some = list(task_ids[i : i + IDS_PER_STATEMENT])
-        # RETURNING what the events need: no second query for the rows just claimed.
-        returned += _driver_sql(
-            conn,
+        marks = ", ".join("?" * len(some))
+        claim = (
             "UPDATE tasks SET status = 'running', lease_owner = ?, lease_expires = ?, attempts = attempts + 1, "
-            "started_at = ?, executor = ?, progress = 0.0, message = '' "
-            f"WHERE id IN ({', '.join('?' * len(some))}) AND status = 'queued' "
-            "RETURNING id, run_id, attempts, step",
-            (owner, now + lease_seconds, now, executor, *some),
-        ).all()
+            f"started_at = ?, executor = ?, progress = 0.0, message = '' WHERE id IN ({marks}) AND status = 'queued'"
+        )
+        params = (owner, now + lease_seconds, now, executor, *some)
+        if _one_step(conn):
+            # The rows this UPDATE claimed (in this write transaction, nobody else's are running
+            # under this owner since this instant), read back as one row: not a step per row.
+            conn.exec_driver_sql(claim, params)
+            got = conn.exec_driver_sql(
+                "SELECT json_group_array(json_array(id, run_id, attempts, step)) FROM tasks "
+                f"WHERE id IN ({marks}) AND status = 'running' AND lease_owner = ? AND started_at = ?",
+                (*some, owner, now),
+            ).scalar_one()
+            returned += orjson.loads(got)
+        else:
+            # RETURNING what the events need: no second query for the rows just claimed.
+            returned += _driver_sql(conn, claim + " RETURNING id, run_id, attempts, step", params).all()
     # Events in the order asked for (RETURNING's order is the database's).
     order = {tid: i for i, tid in enumerate(task_ids)}
     rows = sorted(returned, key=lambda r: order.get(r[0], 0))
@@ -249,6 +283,15 @@ _FINISH_SQL = (
     "cached_from = coalesce(?, cached_from), key = coalesce(?, key), failure = ?, note = ? "
     "WHERE id = ? AND status IN ('queued', 'running')"
 )
+#: :data:`_FINISH_SQL` for many ends in one statement (SQLite's ``UPDATE ... FROM``; the columns of
+#: a ``VALUES`` list are named ``column1``, ``column2``, ...), around the ``VALUES`` list.
+_FINISH_FROM_SQL = (
+    "UPDATE tasks SET status = v.column1, finished_at = v.column2, error = v.column3, traceback = v.column4, "
+    "lease_owner = NULL, lease_expires = NULL, progress = coalesce(v.column5, tasks.progress), "
+    "log_digest = coalesce(v.column6, tasks.log_digest), cached_from = coalesce(v.column7, tasks.cached_from), "
+    "key = coalesce(v.column8, tasks.key), failure = v.column9, note = v.column10 FROM (",
+    ") AS v WHERE tasks.id = v.column11 AND tasks.status IN ('queued', 'running')",
+)
 _OUTPUTS_SQL = (
     "INSERT INTO task_outputs (task_id, name, digest, size, content_type, codec, inline, version_id) "
     "VALUES (?, ?, ?, ?, ?, ?, ?, ?)"
@@ -272,12 +315,17 @@ def unfinished(conn: Connection, task_ids: Sequence[int], owner: str | None = No
     lock = "" if conn.dialect.name == "sqlite" else " FOR UPDATE"
     for i in range(0, len(task_ids), IDS_PER_STATEMENT):
         some = list(task_ids[i : i + IDS_PER_STATEMENT])
-        sql = f"SELECT id FROM tasks WHERE id IN ({', '.join('?' * len(some))}) AND status IN ('queued', 'running')"
+        which = f"FROM tasks WHERE id IN ({', '.join('?' * len(some))}) AND status IN ('queued', 'running')"
         params: list[Any] = some
         if owner is not None:
-            sql += " AND (lease_owner = ? OR status = 'queued')"
+            which += " AND (lease_owner = ? OR status = 'queued')"
             params = [*some, owner]
-        out.update(int(r[0]) for r in _driver_sql(conn, sql + lock, tuple(params)))
+        if _one_step(conn):  # one row, not one per id (see _one_step)
+            out.update(
+                orjson.loads(conn.exec_driver_sql(f"SELECT json_group_array(id) {which}", tuple(params)).scalar_one())
+            )
+        else:
+            out.update(int(r[0]) for r in _driver_sql(conn, f"SELECT id {which}{lock}", tuple(params)))
     return out
 
 
@@ -298,33 +346,35 @@ def finish_tasks(
     if not todo:
         return set()
     now = time.time()
-    _executemany(
-        conn,
-        _FINISH_SQL,
-        [
-            (
-                str(e.status),
-                now,
-                e.error,
-                e.traceback,
-                1.0 if e.status in DONE_OK else None,
-                e.log_digest,
-                e.cached_from,
-                e.key,
-                e.failure if e.status == TaskStatus.FAILED else None,
-                e.note,
-                e.task_id,
-            )
-            for e in todo
-        ],
-    )
+    rows = [
+        (
+            str(e.status),
+            now,
+            e.error,
+            e.traceback,
+            1.0 if e.status in DONE_OK else None,
+            e.log_digest,
+            e.cached_from,
+            e.key,
+            e.failure if e.status == TaskStatus.FAILED else None,
+            e.note,
+            e.task_id,
+        )
+        for e in todo
+    ]
     outputs = [
         (e.task_id, o.name, o.digest, o.size, o.content_type, o.codec, o.inline, o.version_id)
         for e in todo
         for o in e.outputs
     ]
-    if outputs:
-        _executemany(conn, _OUTPUTS_SQL, outputs)
+    if _one_step(conn):  # a statement per 500 ends, not a step per end (see _one_step)
+        _values_sql(conn, _FINISH_FROM_SQL[0], rows, _FINISH_FROM_SQL[1])
+        if outputs:
+            _values_sql(conn, _OUTPUTS_SQL.split(" VALUES ")[0], outputs)
+    else:
+        _executemany(conn, _FINISH_SQL, rows)
+        if outputs:
+            _executemany(conn, _OUTPUTS_SQL, outputs)
     events.append_rows(
         conn,
         [
