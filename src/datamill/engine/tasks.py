@@ -254,9 +254,10 @@ def record_many_inputs(conn: Connection, rows: Sequence[Mapping[str, Any]]) -> N
         conn.execute(insert(TaskInput), list(rows))
 
 
-@dataclass(frozen=True)
+@dataclass(slots=True)
 class TaskEnd:
-    """How a task ended, for :func:`finish_tasks`."""
+    """How a task ended, for :func:`finish_tasks` (not frozen: a frozen dataclass is made field by
+    field through ``object.__setattr__``, a cost paid once per recorded task)."""
 
     task_id: int
     run_id: int
