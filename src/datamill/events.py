@@ -253,7 +253,17 @@ def append_rows(conn: Connection, rows: list[EventRow]) -> int:
         else:
             seq = max(conn.exec_driver_sql(_insert_rows_sql(sql, len(batch), False), values).scalars())
     else:
-        conn.exec_driver_sql(sql, batch)
+        if dialect == "sqlite":
+            # One statement per 500 events: Python's sqlite3 gives the GIL up at every row of an
+            # executemany, which a scheduler's database thread paid for with its event loop busy.
+            head, marks = sql.split(" VALUES ")
+            for i in range(0, len(batch), 500):
+                some = batch[i : i + 500]
+                conn.exec_driver_sql(
+                    f"{head} VALUES {', '.join([marks] * len(some))}", tuple(v for r in some for v in r)
+                )
+        else:
+            conn.exec_driver_sql(sql, batch)
         # Every event-writing transaction holds the write lock (SQLite) or the advisory lock
         # (PostgreSQL) until it commits: the newest seq it sees is its own last.
         seq = conn.exec_driver_sql("SELECT max(seq) FROM events").scalar_one()

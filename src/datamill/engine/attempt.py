@@ -14,8 +14,9 @@ import logging
 import os
 import shutil
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from pathlib import Path
+from typing import Any, Union
 
 from datamill.engine.apps import run_app_step
 from datamill.engine.dagster_step import run_dagster_step
@@ -146,6 +147,53 @@ def _value_call(the_plan: Plan, pt: PlannedTask, base: str, got: Materialized) -
     )
 
 
+class LoopEnd:
+    """The end of an attempt run in a batch in the event loop (:meth:`Attempts.start`), read as an
+    asyncio task's (``done``, ``result``, ``cancel``) without a task of its own.
+
+    Cancelling one cancels its batch: the attempts of the batch not run yet end as cancelled.
+    """
+
+    __slots__ = ("batch", "end")
+
+    def __init__(self) -> None:
+        self.batch: asyncio.Task[None] | None = None
+        self.end: Done | None = None
+
+    def done(self) -> bool:
+        """Whether the attempt ended (or its batch ended without it: cancelled or failed)."""
+        assert self.batch is not None
+        return self.end is not None or self.batch.done()
+
+    def result(self) -> Done:
+        """The attempt's end; raises ``CancelledError`` (or the batch's error) when it did not run."""
+        if self.end is not None:
+            return self.end
+        assert self.batch is not None
+        self.batch.result()  # the batch was cancelled, or failed
+        raise asyncio.CancelledError  # it ended without this attempt: it was cancelled
+
+    def cancel(self) -> bool:
+        """Cancel the batch (the attempts of it that have not run)."""
+        assert self.batch is not None
+        return self.batch.cancel()
+
+
+#: A running attempt as its driver holds it: an asyncio task, or one attempt of a batch in the loop.
+Job = Union["asyncio.Task[Done]", LoopEnd]
+
+
+def waitables(jobs: Iterable[Job]) -> set[asyncio.Future[Any]]:
+    """What to wait on for the unfinished ``jobs``: a batch's task once, not each of its attempts."""
+    return {j.batch if type(j) is LoopEnd else j for j in jobs if not j.done()}  # type: ignore[misc]
+
+
+def _runs_in_loop(the_plan: Plan, t: TaskRow) -> bool:
+    """Whether ``t`` is a Python step without a timeout (its call, inline, runs in the loop's thread)."""
+    pt = the_plan.task(t.planned_id)
+    return pt.timeout is None and the_plan.pipeline.step(pt.step).kind == "python"
+
+
 class Attempts:
     """Runs attempts at tasks: Python steps on ``executor``, command steps on ``commands``.
 
@@ -181,6 +229,36 @@ class Attempts:
             self._dagster = get_executor("dagster", slots=self.commands.capacity)
         return self._dagster
 
+    def start(self, the_plan: Plan, rows: list[TaskRow], tasks: dict[str, TaskRow], publishes: bool) -> list[Job]:
+        """Start attempts at ``rows``; their jobs, in the same order.
+
+        On an executor that runs calls in the event loop itself (the inline executor, untimed),
+        Python steps without a timeout run one after the other in one asyncio task for the batch:
+        each call ran to its end in its task's first step anyway, and a task per attempt (made,
+        scheduled, awaited) cost more than a trivial step. Other attempts get a task each.
+        """
+        in_loop = bool(getattr(self.executor, "in_loop", False))
+        jobs: list[Job] = []
+        batch: list[tuple[LoopEnd, TaskRow]] = []
+        for t in rows:
+            if in_loop and _runs_in_loop(the_plan, t):
+                end = LoopEnd()
+                batch.append((end, t))
+                jobs.append(end)
+            else:
+                jobs.append(asyncio.create_task(self.run(the_plan, t, tasks, publishes)))
+        if batch:
+            runner = asyncio.create_task(self._run_in_loop(the_plan, batch, tasks, publishes))
+            for end, _t in batch:
+                end.batch = runner
+        return jobs
+
+    async def _run_in_loop(
+        self, the_plan: Plan, batch: list[tuple[LoopEnd, TaskRow]], tasks: dict[str, TaskRow], publishes: bool
+    ) -> None:
+        for end, t in batch:
+            end.end = await self.run(the_plan, t, tasks, publishes)
+
     async def run(self, the_plan: Plan, t: TaskRow, tasks: dict[str, TaskRow], publishes: bool = True) -> Done:
         """One attempt at ``t``; its end, failed or not, with its work directory to remove once recorded.
 
@@ -196,8 +274,9 @@ class Attempts:
             raise
         # Removed by the scheduler once the end is recorded: in a thread, after the commit, instead
         # of in the event loop before it (removing a tree can take milliseconds on a busy disk). A
-        # task that ran on values made none, unless it asked for an item's path.
-        d.work_dir = Path(base) if os.path.exists(base) else None
+        # task that ran on values made none, unless it asked for an item's path: whether it is
+        # there is looked at once per batch then, not with a stat per task here.
+        d.work_base = base
         return d
 
     async def _attempt(

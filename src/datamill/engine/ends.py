@@ -37,7 +37,9 @@ class Done:
     retry_at: float | None = None
     log_path: Path | None = None
     inputs: list[dict[str, Any]] = field(default_factory=list)
-    work_dir: Path | None = None
+    #: the attempt's directory (``WorkDirs.attempt_base``), if it may have made one: removed once its
+    #: end is recorded, if it is there (looked for once per batch, not once per task)
+    work_base: str | None = None
     #: why it failed (see ``tasks.failure``); ``step`` makes the key fail earlier for later runs
     failure: str | None = None
     note: str | None = None

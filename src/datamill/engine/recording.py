@@ -23,7 +23,12 @@ from typing import Any
 from sqlalchemy import Connection
 from sqlalchemy import exc as sa_exc
 
+<<<<<<< HEAD
 from datamill.engine import ownership, runs, tasks
+=======
+from datamill.engine import runs, tasks
+from datamill.engine.attempt import Job
+>>>>>>> w-inline2
 from datamill.engine.ends import HELD_ELSEWHERE, Done
 from datamill.engine.planner import Plan
 from datamill.engine.publish import Publisher
@@ -55,6 +60,8 @@ class Claim:
     owner: str
     lease_seconds: float
     executor: str
+    #: digests of the items the claimed tasks read: their blob files are looked for before the transaction
+    items: list[str] = field(default_factory=list)
 
 
 @dataclass
@@ -76,7 +83,7 @@ class RunView:
     plan: Plan
     actor: Actor
     tasks: dict[str, TaskRow]
-    running: dict[asyncio.Task[Done], TaskRow] = field(default_factory=dict)
+    running: dict[Job, TaskRow] = field(default_factory=dict)
     #: whether this driver has marked the run running (with its first claim)
     started: bool = False
     #: ends collected and not recorded yet: they go in the driver's next group commit
@@ -159,6 +166,8 @@ class Recorder:
         if not done and not answered and claim is None:
             return got
         log_digests = self._before(run, done + answered)
+        if claim is not None and claim.items:
+            self.workdirs.look_for_items(claim.items)
         with self.home.db.write() as conn:
             if claim is not None:
                 got.cancel = runs.cancel_requested(conn, run.run_id)
@@ -178,8 +187,9 @@ class Recorder:
         if claim is not None and claim.ids and not got.cancel:
             run.started = True
         for d in done:
-            if d.log_path is not None or d.work_dir is not None:
-                WorkDirs.remove(d.log_path, d.work_dir)
+            if d.log_path is not None:
+                WorkDirs.remove(d.log_path, None)
+        self.workdirs.remove_attempts([d.work_base for d in done if d.work_base is not None])
         return got
 
     def _before(self, run: RunView, done: list[Done]) -> dict[int, str | None]:

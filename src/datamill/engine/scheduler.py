@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import contextvars
 import dataclasses
 import functools
 import hashlib
@@ -32,7 +33,7 @@ from typing import Any
 from sqlalchemy import Connection
 
 from datamill.engine import leases, ownership, runs, tasks
-from datamill.engine.attempt import Attempts, Progress
+from datamill.engine.attempt import Attempts, Job, Progress, waitables
 from datamill.engine.ends import CLAIMING, HELD_ELSEWHERE, MAX_ERROR, Done
 from datamill.engine.planner import Plan, PlannedTask, plan
 from datamill.engine.publish import Publisher, publish_plan
@@ -406,16 +407,7 @@ class Scheduler:
             rows = tasks.list_tasks(conn, run_id)
         if row.status in runs.FINISHED_RUN or all(t.status in FINISHED_TASK for t in rows):
             return Handover(row, None, actor, {})
-        missed = {
-            t.id: t.key
-            for t in the_plan.tasks
-            if t.decision == "run" and t.key is not None and t.cache and not t.forced and not row.force
-        }
-        failed = tasks.failed_earlier(conn, sorted(set(missed.values()))) if row.skip_failed and missed else {}
-        for t in rows:
-            key = missed.get(t.planned_id)
-            if t.status == TaskStatus.QUEUED and key is not None and t.key == key and key not in failed:
-                t.cache_missed = True
+        _mark_missed(conn, row, the_plan, rows)
         return Handover(row, the_plan, actor, {t.planned_id: t for t in rows})
 
     def _spawn(self, run_id: int, exclusive: bool = True) -> None:
@@ -573,7 +565,9 @@ class Scheduler:
                 self.plans.pop(run_id, None)
                 return row, None, self.home.admin, {}
             rows = tasks.list_tasks(conn, run_id)
-        the_plan = self.plans.pop(run_id, None)
+            the_plan = self.plans.pop(run_id, None)
+            if the_plan is not None:  # planned at submit, with its cache look-ups: not made again
+                _mark_missed(conn, row, the_plan, rows)
         if the_plan is None:  # recorded elsewhere (or its driver failed): plan it here
             self.stats["plans"] += 1
             the_plan = plan(
@@ -645,13 +639,16 @@ class Scheduler:
             return await self._absorb(run)
         now = self.clock()
         ready, blocked = _triage(run.plan, run.tasks, now, run.unfinished())
-        hits, to_run = (
-            await asyncio.to_thread(
+        hits: list[Done] = []
+        to_run: list[TaskRow] = []
+        if ready:
+            resolve = functools.partial(
                 self._resolve_keys, run.plan, ready, run.tasks, bool(run.row.force), bool(run.row.skip_failed)
             )
-            if ready
-            else ([], [])
-        )
+            # Without a cache look-up the keys are resolved here, without yielding: the commit below
+            # then starts before the tasks started last run, so they run while it is in flight.
+            looks_up = _looks_up(run.plan, ready, bool(run.row.force))
+            hits, to_run = await asyncio.to_thread(resolve) if looks_up else resolve()
         done, run.finished = run.finished, []
         # Half the capacity per commit: one half runs while the other's claim (with the first's
         # ends) is committed.
@@ -660,6 +657,7 @@ class Scheduler:
         answered = blocked + hits
         if done or answered or batch:
             claim = Claim([t.id for t in batch], self.owner, self.lease_seconds, self.executor.name)
+            claim.items = [pt.item.digest for t in batch if (pt := run.plan.task(t.planned_id)).item is not None]
             if run.running and not answered:
                 # Tasks are running: they go on while this batch is committed.
                 self._pipelined(run, done, claim, batch)
@@ -701,14 +699,17 @@ class Scheduler:
         for t in batch:
             t.status = CLAIMING  # not claimed again by a pass while its claim is in flight
         run.claiming = batch
-        run.committing = asyncio.ensure_future(asyncio.to_thread(self.recorder.commit, run, done, claim))
+        # Handed to a thread now, not by a task that would start after the tasks just started ran
+        # (asyncio.to_thread is a coroutine): the commit is in flight while they run.
+        commit = functools.partial(contextvars.copy_context().run, self.recorder.commit, run, done, claim)
+        run.committing = asyncio.get_running_loop().run_in_executor(None, commit)
 
     async def _absorb(self, run: RunView) -> tuple[bool, RunStatus | None, bool]:
         """Collect ends until the commit in flight is done; then start what it claimed."""
         committing = run.committing
         assert committing is not None
         if not committing.done():
-            waiting: set[asyncio.Future[Any]] = {committing, *run.running}
+            waiting: set[asyncio.Future[Any]] = {committing, *waitables(run.running)}
             await asyncio.wait(waiting, timeout=0.25, return_when=asyncio.FIRST_COMPLETED)
             if run.running and not committing.done():
                 run.finished += await self._collect(run.running, timeout=0, group=GROUP_COMMIT_SECONDS)
@@ -737,15 +738,17 @@ class Scheduler:
 
     def _start(self, run: RunView, batch: list[TaskRow], claimed: set[int]) -> None:
         """Start the tasks of ``batch`` this scheduler claimed; the others are another scheduler's."""
+        mine = []
         for t in batch:
             if t.id in claimed:
                 t.status = TaskStatus.RUNNING
                 t.attempts += 1
-                job = asyncio.create_task(self.attempts.run(run.plan, t, run.tasks, bool(run.row.dest_folder)))
-                run.running[job] = t
+                mine.append(t)
             else:
                 # Another scheduler has it: stop considering it here.
                 t.status = HELD_ELSEWHERE
+        jobs = self.attempts.start(run.plan, mine, run.tasks, bool(run.row.dest_folder))
+        run.running.update(zip(jobs, mine, strict=True))
 
     async def _idle(self, run: RunView, now: float) -> tuple[bool, RunStatus | None]:
         """Nothing of ours runs: end the run, or wait for a retry's time or for another scheduler's tasks."""
@@ -884,7 +887,7 @@ class Scheduler:
         return self.workdirs.log_path(task_id)
 
     async def _collect(
-        self, running: dict[asyncio.Task[Done], TaskRow], timeout: float | None = None, group: float = 0.0
+        self, running: dict[Job, TaskRow], timeout: float | None = None, group: float = 0.0
     ) -> list[Done]:
         """Ends of finished tasks, once one has finished (or after ``timeout``).
 
@@ -893,19 +896,50 @@ class Scheduler:
         """
         if not running:
             return []
-        finished, pending = await asyncio.wait(list(running), timeout=timeout, return_when=asyncio.FIRST_COMPLETED)
-        if finished and pending and group > 0:
-            more, _ = await asyncio.wait(pending, timeout=group, return_when=asyncio.ALL_COMPLETED)
-            finished |= more
-        return _take_ends(running, finished)
+        # A batch of attempts in the loop is waited for as one task, not as each of its attempts.
+        pending = waitables(running)
+        ended = len(pending) < len(running) and any(j.done() for j in running)
+        if pending and not ended:
+            finished, pending = await asyncio.wait(pending, timeout=timeout, return_when=asyncio.FIRST_COMPLETED)
+            ended = bool(finished)
+        if ended and pending and group > 0:
+            await asyncio.wait(pending, timeout=group, return_when=asyncio.ALL_COMPLETED)
+        return _harvest(running)
 
 
-def _harvest(running: dict[asyncio.Task[Done], TaskRow]) -> list[Done]:
+def _mark_missed(conn: Connection, row: Any, the_plan: Plan, rows: list[TaskRow]) -> None:
+    """Mark the queued tasks whose key the plan looked up (at submit) and missed: their driver does
+    not look them up again, unless their key failed before and the run skips those."""
+    missed = {
+        t.id: t.key
+        for t in the_plan.tasks
+        if t.decision == "run" and t.key is not None and t.cache and not t.forced and not row.force
+    }
+    failed = tasks.failed_earlier(conn, sorted(set(missed.values()))) if row.skip_failed and missed else {}
+    for t in rows:
+        key = missed.get(t.planned_id)
+        if t.status == TaskStatus.QUEUED and key is not None and t.key == key and key not in failed:
+            t.cache_missed = True
+
+
+def _looks_up(the_plan: Plan, ready: list[TaskRow], forced: bool) -> bool:
+    """Whether :meth:`Scheduler._resolve_keys` would ask the database about any of ``ready``."""
+    if forced:
+        return False
+    for t in ready:
+        if not t.cache_missed:
+            pt = the_plan.task(t.planned_id)
+            if pt.cache and not pt.forced:
+                return True
+    return False
+
+
+def _harvest(running: dict[Job, TaskRow]) -> list[Done]:
     """The ends of the tasks in ``running`` that have finished, taken out of it (no waiting)."""
     return _take_ends(running, [j for j in running if j.done()])
 
 
-def _take_ends(running: dict[asyncio.Task[Done], TaskRow], finished: Iterable[asyncio.Task[Done]]) -> list[Done]:
+def _take_ends(running: dict[Job, TaskRow], finished: Iterable[Job]) -> list[Done]:
     """The ends of the ``finished`` jobs, taken out of ``running``; a cancelled job ends its task as cancelled."""
     out = []
     for job in finished:

@@ -8,12 +8,18 @@ in :mod:`datamill.engine.leases`.
 
 from __future__ import annotations
 
+import json
 import time
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
+<<<<<<< HEAD
 from sqlalchemy import Connection, bindparam, func, insert, or_, select, update
+=======
+import orjson
+from sqlalchemy import Connection, func, insert, or_, select, update
+>>>>>>> w-inline2
 
 from datamill import events
 from datamill.db.models import Task, TaskInput, TaskOutput
@@ -148,6 +154,30 @@ def task_row(r: Any) -> TaskRow:
 IDS_PER_STATEMENT = 500
 
 
+#: Rows per statement of the SQLite multi-row statements below (11 values a row at most: far
+#: below SQLite's 32,766 variables).
+ROWS_PER_STATEMENT = 500
+
+
+def _one_step(conn: Connection) -> bool:
+    """Whether batches go to the database as one statement each, returning one row (SQLite).
+
+    Python's sqlite3 gives the GIL up for every step of a statement (every row executed or read):
+    from the database thread of a scheduler whose event loop runs tasks meanwhile, each of those
+    was a turn of the GIL, and an ``executemany`` of 500 rows took many times its own work.
+    PostgreSQL's driver sends a batch in one round trip, and keeps the usual statements.
+    """
+    return conn.dialect.name == "sqlite"
+
+
+def _values_sql(conn: Connection, head: str, rows: list[tuple[Any, ...]], tail: str = "") -> None:
+    """``head VALUES (?, ...), (?, ...) tail`` for ``rows`` (SQLite), :data:`ROWS_PER_STATEMENT` a statement."""
+    for i in range(0, len(rows), ROWS_PER_STATEMENT):
+        some = rows[i : i + ROWS_PER_STATEMENT]
+        marks = "(" + ", ".join("?" * len(some[0])) + ")"
+        conn.exec_driver_sql(f"{head} VALUES {', '.join([marks] * len(some))}{tail}", tuple(v for r in some for v in r))
+
+
 def _driver_sql(conn: Connection, sql: str, params: tuple[Any, ...]) -> Any:
     """``sql`` (written with ``?`` marks) run by the driver: no SQLAlchemy compilation or per-value
     coercion of an IN list, which cost more than the database for a batch of claims or ends."""
@@ -170,15 +200,25 @@ def claim_tasks(
     returned: list[Any] = []
     for i in range(0, len(task_ids), IDS_PER_STATEMENT):
         some = list(task_ids[i : i + IDS_PER_STATEMENT])
-        # RETURNING what the events need: no second query for the rows just claimed.
-        returned += _driver_sql(
-            conn,
+        marks = ", ".join("?" * len(some))
+        claim = (
             "UPDATE tasks SET status = 'running', lease_owner = ?, lease_expires = ?, attempts = attempts + 1, "
-            "started_at = ?, executor = ?, progress = 0.0, message = '' "
-            f"WHERE id IN ({', '.join('?' * len(some))}) AND status = 'queued' "
-            "RETURNING id, run_id, attempts, step",
-            (owner, now + lease_seconds, now, executor, *some),
-        ).all()
+            f"started_at = ?, executor = ?, progress = 0.0, message = '' WHERE id IN ({marks}) AND status = 'queued'"
+        )
+        params = (owner, now + lease_seconds, now, executor, *some)
+        if _one_step(conn):
+            # The rows this UPDATE claimed (in this write transaction, nobody else's are running
+            # under this owner since this instant), read back as one row: not a step per row.
+            conn.exec_driver_sql(claim, params)
+            got = conn.exec_driver_sql(
+                "SELECT json_group_array(json_array(id, run_id, attempts, step)) FROM tasks "
+                f"WHERE id IN ({marks}) AND status = 'running' AND lease_owner = ? AND started_at = ?",
+                (*some, owner, now),
+            ).scalar_one()
+            returned += orjson.loads(got)
+        else:
+            # RETURNING what the events need: no second query for the rows just claimed.
+            returned += _driver_sql(conn, claim + " RETURNING id, run_id, attempts, step", params).all()
     # Events in the order asked for (RETURNING's order is the database's).
     order = {tid: i for i, tid in enumerate(task_ids)}
     rows = sorted(returned, key=lambda r: order.get(r[0], 0))
@@ -218,9 +258,10 @@ def record_many_inputs(conn: Connection, rows: Sequence[Mapping[str, Any]]) -> N
         conn.execute(insert(TaskInput), list(rows))
 
 
-@dataclass(frozen=True)
+@dataclass(slots=True)
 class TaskEnd:
-    """How a task ended, for :func:`finish_tasks`."""
+    """How a task ended, for :func:`finish_tasks` (not frozen: a frozen dataclass is made field by
+    field through ``object.__setattr__``, a cost paid once per recorded task)."""
 
     task_id: int
     run_id: int
@@ -247,6 +288,15 @@ _FINISH_SQL = (
     "cached_from = coalesce(?, cached_from), key = coalesce(?, key), failure = ?, note = ? "
     "WHERE id = ? AND status IN ('queued', 'running')"
 )
+#: :data:`_FINISH_SQL` for many ends in one statement (SQLite's ``UPDATE ... FROM``; the columns of
+#: a ``VALUES`` list are named ``column1``, ``column2``, ...), around the ``VALUES`` list.
+_FINISH_FROM_SQL = (
+    "UPDATE tasks SET status = v.column1, finished_at = v.column2, error = v.column3, traceback = v.column4, "
+    "lease_owner = NULL, lease_expires = NULL, progress = coalesce(v.column5, tasks.progress), "
+    "log_digest = coalesce(v.column6, tasks.log_digest), cached_from = coalesce(v.column7, tasks.cached_from), "
+    "key = coalesce(v.column8, tasks.key), failure = v.column9, note = v.column10 FROM (",
+    ") AS v WHERE tasks.id = v.column11 AND tasks.status IN ('queued', 'running')",
+)
 _OUTPUTS_SQL = (
     "INSERT INTO task_outputs (task_id, name, digest, size, content_type, codec, inline, version_id) "
     "VALUES (?, ?, ?, ?, ?, ?, ?, ?)"
@@ -270,12 +320,17 @@ def unfinished(conn: Connection, task_ids: Sequence[int], owner: str | None = No
     lock = "" if conn.dialect.name == "sqlite" else " FOR UPDATE"
     for i in range(0, len(task_ids), IDS_PER_STATEMENT):
         some = list(task_ids[i : i + IDS_PER_STATEMENT])
-        sql = f"SELECT id FROM tasks WHERE id IN ({', '.join('?' * len(some))}) AND status IN ('queued', 'running')"
+        which = f"FROM tasks WHERE id IN ({', '.join('?' * len(some))}) AND status IN ('queued', 'running')"
         params: list[Any] = some
         if owner is not None:
-            sql += " AND (lease_owner = ? OR status = 'queued')"
+            which += " AND (lease_owner = ? OR status = 'queued')"
             params = [*some, owner]
-        out.update(int(r[0]) for r in _driver_sql(conn, sql + lock, tuple(params)))
+        if _one_step(conn):  # one row, not one per id (see _one_step)
+            out.update(
+                orjson.loads(conn.exec_driver_sql(f"SELECT json_group_array(id) {which}", tuple(params)).scalar_one())
+            )
+        else:
+            out.update(int(r[0]) for r in _driver_sql(conn, f"SELECT id {which}{lock}", tuple(params)))
     return out
 
 
@@ -296,33 +351,35 @@ def finish_tasks(
     if not todo:
         return set()
     now = time.time()
-    _executemany(
-        conn,
-        _FINISH_SQL,
-        [
-            (
-                str(e.status),
-                now,
-                e.error,
-                e.traceback,
-                1.0 if e.status in DONE_OK else None,
-                e.log_digest,
-                e.cached_from,
-                e.key,
-                e.failure if e.status == TaskStatus.FAILED else None,
-                e.note,
-                e.task_id,
-            )
-            for e in todo
-        ],
-    )
+    rows = [
+        (
+            str(e.status),
+            now,
+            e.error,
+            e.traceback,
+            1.0 if e.status in DONE_OK else None,
+            e.log_digest,
+            e.cached_from,
+            e.key,
+            e.failure if e.status == TaskStatus.FAILED else None,
+            e.note,
+            e.task_id,
+        )
+        for e in todo
+    ]
     outputs = [
         (e.task_id, o.name, o.digest, o.size, o.content_type, o.codec, o.inline, o.version_id)
         for e in todo
         for o in e.outputs
     ]
-    if outputs:
-        _executemany(conn, _OUTPUTS_SQL, outputs)
+    if _one_step(conn):  # a statement per 500 ends, not a step per end (see _one_step)
+        _values_sql(conn, _FINISH_FROM_SQL[0], rows, _FINISH_FROM_SQL[1])
+        if outputs:
+            _values_sql(conn, _OUTPUTS_SQL.split(" VALUES ")[0], outputs)
+    else:
+        _executemany(conn, _FINISH_SQL, rows)
+        if outputs:
+            _executemany(conn, _OUTPUTS_SQL, outputs)
     events.append_rows(
         conn,
         [
@@ -427,16 +484,45 @@ def set_progress(
 # ------------------------------------------------------------------------------------ queries
 
 
+#: The columns of a :class:`TaskRow`, in the order of its fields (:func:`list_tasks` reads them so).
+_TASK_COLUMNS = (
+    "id, run_id, planned_id, step, step_code, key, status, attempts, max_attempts, progress, message, "
+    "item_version_id, item_name, deps, params, queued_at, started_at, finished_at, error, traceback, "
+    "log_digest, cached_from, executor, not_before, failure, note"
+)
+
+
+def _json_column(value: Any) -> Any:
+    """A JSON column read by the driver: text on SQLite (decoded here), already decoded on PostgreSQL."""
+    if not isinstance(value, (str, bytes)):
+        return value
+    try:
+        return orjson.loads(value)
+    except orjson.JSONDecodeError:  # what the json module writes and orjson refuses (NaN, ...)
+        return json.loads(value)
+
+
 def list_tasks(conn: Connection, run_id: int, with_outputs: bool = True) -> list[TaskRow]:
-    """A run's tasks in creation order, with their outputs."""
-    rows = [task_row(r) for r in conn.execute(select(Task).where(Task.run_id == run_id).order_by(Task.id))]
+    """A run's tasks in creation order, with their outputs.
+
+    Read by the driver, not through SQLAlchemy's ORM columns and type processing: a scheduler
+    reads every task of a run it drives, and that cost more than running thousands of small ones.
+    """
+    rows: list[TaskRow] = []
+    for r in _driver_sql(conn, f"SELECT {_TASK_COLUMNS} FROM tasks WHERE run_id = ? ORDER BY id", (run_id,)):
+        t = TaskRow(*r)
+        t.deps = list(_json_column(t.deps) or [])
+        t.params = dict(_json_column(t.params) or {})
+        rows.append(t)
     if with_outputs and rows:
-        outs = conn.execute(
-            select(TaskOutput).where(TaskOutput.task_id.in_([t.id for t in rows])).order_by(TaskOutput.id)
-        ).all()
         by_task: dict[int, list[OutputRecord]] = {}
-        for o in outs:
-            by_task.setdefault(o.task_id, []).append(_output(o))
+        for o in _driver_sql(
+            conn,
+            "SELECT o.task_id, o.name, o.digest, o.size, o.content_type, o.codec, o.inline, o.version_id "
+            "FROM task_outputs o JOIN tasks t ON t.id = o.task_id WHERE t.run_id = ? ORDER BY o.id",
+            (run_id,),
+        ):
+            by_task.setdefault(o[0], []).append(OutputRecord(*o[1:]))
         for t in rows:
             t.outputs = by_task.get(t.id, [])
     return rows

@@ -60,6 +60,8 @@ class WorkDirs:
         # Paths made per task are built from strings: one parse instead of one per part.
         self._work = str(self.work_root)
         self._logs = str(self.log_root)
+        #: item blobs found on this machine by :meth:`look_for_items`, by digest: taken by :meth:`values`
+        self._local: dict[str, str] = {}
 
     def attempt_dir(self, t: TaskRow) -> Path:
         """The directory of the task's current attempt (flat: fewer directories to make and remove)."""
@@ -77,6 +79,19 @@ class WorkDirs:
         """:meth:`log_path` as a string (a :class:`TaskLog` makes it a Path once a line is logged)."""
         return f"{self._logs}/task-{task_id}.log"
 
+    def look_for_items(self, digests: list[str]) -> None:
+        """Find the local blob files of items that tasks just claimed will read (:meth:`values`).
+
+        Called by the group commit that claims them, in its thread: a stat per task in the event
+        loop gave the loop's turn to that thread, and cost more than a trivial step.
+        """
+        if len(self._local) > 100_000:  # claims taken by other schedulers leave theirs: keep it bounded
+            self._local.clear()
+        for digest in digests:
+            path = self.blobs.local_file(digest)
+            if path is not None:
+                self._local[digest] = path
+
     def values(
         self, base: str | Path, the_plan: Plan, pt: PlannedTask, tasks: dict[str, TaskRow]
     ) -> Materialized | None:
@@ -90,7 +105,8 @@ class WorkDirs:
             return None
         got = Materialized()
         for link, ref in _item_links(base, the_plan, pt, step):
-            source = self.blobs.local_file(ref.digest)
+            # Looked for by the commit that claimed the task (off the event loop), else here.
+            source = self._local.pop(ref.digest, None) or self.blobs.local_file(ref.digest)
             if source is None:
                 return None
             got.item_files[ref.path] = link
@@ -177,6 +193,22 @@ class WorkDirs:
             return None
         with open(path, "rb") as f:
             return self.blobs.put(f).digest
+
+    def remove_attempts(self, bases: list[str]) -> None:
+        """Remove the directories of ended attempts (:meth:`attempt_base`) that are there.
+
+        The work root is listed once for the batch: most attempts (steps on values) made none, and
+        a stat per attempt cost more than a trivial step.
+        """
+        if not bases:
+            return
+        try:
+            there = set(os.listdir(self._work))
+        except FileNotFoundError:
+            return
+        for base in bases:
+            if base.rsplit("/", 1)[-1] in there:
+                shutil.rmtree(base, ignore_errors=True)
 
     @staticmethod
     def remove(log_path: Path | None, work_dir: Path | None) -> None:

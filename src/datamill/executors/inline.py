@@ -68,6 +68,12 @@ class InlineExecutor(Executor):
             return None
         return max(MIN_IN_FLIGHT, min(MAX_IN_FLIGHT, int(2 * BATCH_SECONDS / max(self.mean_seconds, 1e-6))))
 
+    @property
+    def in_loop(self) -> bool:
+        """Whether untimed calls run in the event loop's thread, to their end before :meth:`run` returns
+        (so a scheduler may run a batch of them in one asyncio task)."""
+        return not self.threaded
+
     def supports(self, call: Call) -> bool:
         """Only Python calls."""
         return isinstance(call, PythonCall)
