@@ -41,6 +41,7 @@ from datamill.api.deps import ActorDep, HomeDep, blocking
 from datamill.api.ids import VersionQuery
 from datamill.api.openapi import ERROR_DESCRIPTIONS, Error, binary, errors
 from datamill.api.paths import UrlPath
+from datamill.api.protocol import SOCKET_BODY, SocketBody
 from datamill.api.schemas import VersionOut
 from datamill.errors import (
     BlobCorrupted,
@@ -208,6 +209,14 @@ class BodySink:
             await self._pending  # raises the previous block's error (disk full, ...)
         self._pending = asyncio.ensure_future(blocking(self._writer.write, block))
 
+    async def put(self, block: memoryview) -> None:
+        """Hand ``block`` to the writer as it is, once the previous block is written (so that the
+        caller may refill that one); nothing may be buffered by :meth:`add` before."""
+        self.received += len(block)
+        if self._pending is not None:
+            await self._pending
+        self._pending = asyncio.ensure_future(blocking(self._writer.write, block))
+
     async def flush(self) -> None:
         """Write what is left and wait for every block to be written."""
         if self._buf:
@@ -229,6 +238,16 @@ class BodySink:
         if not done.cancelled():
             done.exception()  # retrieved: the upload already failed for another reason
         self._writer.abort()
+
+
+async def _read_socket_body(body: SocketBody, sink: BodySink) -> None:
+    """Feed an upload's body to ``sink`` from the socket (see :class:`SocketBody`), one block
+    written while the next is received."""
+    try:
+        while (block := await body.read_block()) is not None:
+            await sink.put(block)
+    finally:
+        body.close()
 
 
 @router.put(
@@ -289,10 +308,14 @@ async def upload(
     # Access is checked here, before any byte is read or stored.
     writer = await blocking(home.store.begin_upload, actor, folder, name, digest, content_length)
     sink = BodySink(writer)
+    socket_body: SocketBody | None = request.scope.get("extensions", {}).get(SOCKET_BODY)
     try:
         try:
-            async for chunk in request.stream():
-                await sink.add(chunk)
+            if socket_body is not None:
+                await _read_socket_body(socket_body, sink)
+            else:
+                async for chunk in request.stream():
+                    await sink.add(chunk)
         except ClientDisconnect:
             log.warning("upload of %s aborted: the client went away after %d bytes", path, sink.received)
             raise UploadIncomplete(received=sink.received, expected=content_length) from None
