@@ -86,7 +86,8 @@ class ServerProtocol(BoundedH11Protocol):
             return  # chunked, or small, or an h11 that reads bodies otherwise
         self._body_left = left
         if self.transport.get_extra_info("sslcontext") is None and self.transport.get_extra_info("socket") is not None:
-            cycle.scope.setdefault("extensions", {})[SOCKET_BODY] = SocketBody(self, cycle)
+            extensions: dict[str, Any] = cycle.scope.setdefault("extensions", {})
+            extensions[SOCKET_BODY] = SocketBody(self, cycle)
 
     def _take_body(self, data: bytes) -> bytes:
         """Give the body's share of ``data`` to the app, as h11's ``Data`` events would; returns what follows it."""

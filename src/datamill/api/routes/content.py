@@ -215,7 +215,7 @@ class BodySink:
         self.received += len(block)
         if self._pending is not None:
             await self._pending
-        self._pending = asyncio.ensure_future(blocking(self._writer.write, block))
+        self._pending = asyncio.ensure_future(blocking(_write_view, self._writer, block))
 
     async def flush(self) -> None:
         """Write what is left and wait for every block to be written."""
@@ -238,6 +238,12 @@ class BodySink:
         if not done.cancelled():
             done.exception()  # retrieved: the upload already failed for another reason
         self._writer.abort()
+
+
+def _write_view(writer: BlobWriter, block: memoryview) -> None:
+    # Every writer takes what it is given at once (hashes it, writes it to a file or copies it
+    # into a part buffer), so a view of a block that is refilled afterwards is safe to pass.
+    writer.write(block)  # type: ignore[arg-type]
 
 
 async def _read_socket_body(body: SocketBody, sink: BodySink) -> None:
