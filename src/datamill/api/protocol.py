@@ -33,6 +33,7 @@ import h11
 from starlette.requests import ClientDisconnect
 
 from datamill.api.limits import UPLOAD_PREFIX, BoundedH11Protocol
+from datamill.api.sendfile import offer_zerocopy
 
 #: Bytes of an upload's body buffered for the app before reading pauses. uvicorn's own limit
 #: (64 KiB) paused and resumed reading after nearly every socket read of a fast sender; with 1 MiB
@@ -73,6 +74,17 @@ class ServerProtocol(BoundedH11Protocol):
         super().data_received(data)
         self._start_body()
 
+    def handle_events(self) -> None:
+        """uvicorn's, then: a plain TCP connection offers a new GET's app ``sendfile`` (api/sendfile.py)."""
+        super().handle_events()
+        cycle = self.cycle
+        if cycle is not None and cycle.scope["method"] == "GET" and not self._lingering and self._plain_tcp():
+            offer_zerocopy(cycle)
+
+    def _plain_tcp(self) -> bool:
+        transport = self.transport
+        return transport.get_extra_info("sslcontext") is None and transport.get_extra_info("socket") is not None
+
     def _start_body(self) -> None:
         """After h11 has read a request's head: pass the rest of an upload's body around it."""
         cycle = self.cycle
@@ -85,7 +97,7 @@ class ServerProtocol(BoundedH11Protocol):
         if type(reader).__name__ != "ContentLengthReader" or not isinstance(left, int) or left < DIRECT_BODY_MIN:
             return  # chunked, or small, or an h11 that reads bodies otherwise
         self._body_left = left
-        if self.transport.get_extra_info("sslcontext") is None and self.transport.get_extra_info("socket") is not None:
+        if self._plain_tcp():
             extensions: dict[str, Any] = cycle.scope.setdefault("extensions", {})
             extensions[SOCKET_BODY] = SocketBody(self, cycle)
 

@@ -27,14 +27,17 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
+import os
 import re
+import threading
 from collections.abc import AsyncIterator, Iterator
-from typing import Any
+from typing import Any, BinaryIO
 from urllib.parse import quote
 
 from fastapi import APIRouter, Header, Request, Response
 from fastapi.responses import JSONResponse, StreamingResponse
 from starlette.requests import ClientDisconnect
+from starlette.types import Receive, Scope, Send
 
 from datamill.api.batch import MAX_BATCH_BYTES, boundary_of, parse_batch
 from datamill.api.deps import ActorDep, HomeDep, blocking
@@ -43,6 +46,7 @@ from datamill.api.openapi import ERROR_DESCRIPTIONS, Error, binary, errors
 from datamill.api.paths import UrlPath
 from datamill.api.protocol import SOCKET_BODY, SocketBody
 from datamill.api.schemas import VersionOut
+from datamill.api.sendfile import ZEROCOPY
 from datamill.errors import (
     BlobCorrupted,
     DatamillError,
@@ -52,7 +56,7 @@ from datamill.errors import (
     UploadIncomplete,
 )
 from datamill.limits import INT64_MAX, loads_bounded
-from datamill.store.blobs import CHUNK, BlobWriter, check_digest
+from datamill.store.blobs import ALGORITHM, CHUNK, BlobWriter, check_digest, hasher
 from datamill.store.names import split_item_path
 from datamill.store.store import VersionInfo, check_idempotency_key, check_metadata
 
@@ -469,7 +473,87 @@ async def download(
         if url is not None:
             keep = ("ETag", "X-Datamill-Info", "X-Datamill-Digest", "X-Datamill-Version", "Cache-Control")
             return Response(status_code=307, headers={"Location": url, **{k: headers[k] for k in keep if k in headers}})
+    if status == 200 and length >= SENDFILE_MIN and ZEROCOPY in request.scope.get("extensions", {}):
+        local = home.store.blobs.local_file(info.digest)
+        if local is not None:
+            try:
+                file = open(local, "rb", buffering=0)  # noqa: SIM115 - the response closes it
+            except FileNotFoundError:  # removed meanwhile: the stream below reports it
+                pass
+            else:
+                return BlobFileResponse(file, info, headers)
     chunks = home.store.blobs.iter_range(info.digest, start, end)
     stream = HeldBackStream(chunks, f"{info.path} v{info.version}", length)
     await stream.prime()
     return StreamingResponse(stream, status_code=status, headers=headers)
+
+
+#: Whole-blob downloads at least this large go out by ``sendfile`` where the server offers it.
+SENDFILE_MIN = 4 * CHUNK
+
+
+def _verify_file(file: BinaryIO, digest: str, size: int, stop: threading.Event) -> None:
+    """Hash the whole file (its recorded ``size`` and nothing after) into one reused buffer; raises
+    :class:`BlobCorrupted` when it is not ``digest``. Returns early, unchecked, once ``stop`` is set."""
+    h = hasher()
+    buf = memoryview(bytearray(CHUNK))
+    fd, at = file.fileno(), 0
+    while not stop.is_set():
+        n = os.preadv(fd, [buf], at)
+        if n == 0:
+            break
+        h.update(buf[:n])
+        at += n
+    else:
+        return
+    actual = f"{ALGORITHM}:{h.hexdigest()}"
+    if at != size or actual != digest:
+        raise BlobCorrupted(
+            f"blob {digest} is corrupted: its bytes now hash to {actual}. "
+            "Restore it from a backup or upload the file again.",
+            digest=digest,
+        )
+
+
+class BlobFileResponse(Response):
+    """A whole blob's bytes sent from its file by ``sendfile`` (:data:`ZEROCOPY`), checked while they go out.
+
+    The file is hashed in a worker thread while ``sendfile`` sends all but its last chunk; that chunk
+    goes only once the hash matched, and on a mismatch the connection is dropped short of
+    ``Content-Length``, as :class:`HeldBackStream` does.
+    """
+
+    def __init__(self, file: BinaryIO, info: VersionInfo, headers: dict[str, str]) -> None:
+        super().__init__(status_code=200, headers=headers)
+        self._file = file
+        self._info = info
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        info, file = self._info, self._file
+        stop = threading.Event()
+        check = asyncio.ensure_future(blocking(_verify_file, file, info.digest, info.size, stop))
+        tail = min(info.size, CHUNK)
+        try:
+            await send({"type": "http.response.start", "status": self.status_code, "headers": self.raw_headers})
+            body = {"type": ZEROCOPY, "file": file, "offset": 0, "count": info.size - tail, "more_body": True}
+            await send(body)
+            try:
+                await check
+            except DatamillError as exc:
+                what = f"{info.path} v{info.version}"
+                log.error("aborting the download of %s after %d bytes: %s", what, info.size - tail, exc.message)
+                raise
+            await send({**body, "offset": info.size - tail, "count": tail, "more_body": False})
+        finally:
+            if check.done():
+                file.close()
+            else:
+                stop.set()  # the client went away: the hash is of no use
+                check.add_done_callback(lambda done: _close_after(done, file))
+
+
+def _close_after(done: asyncio.Future[None], file: BinaryIO) -> None:
+    """Close the file once the thread hashing it has stopped (its outcome no longer matters)."""
+    if not done.cancelled():
+        done.exception()
+    file.close()
