@@ -143,7 +143,7 @@ class SocketBody:
         self._protocol = protocol
         self._cycle = cycle
         self._sock: socket.socket | None = None
-        self._blocks = (memoryview(bytearray(SOCKET_BLOCK)), memoryview(bytearray(SOCKET_BLOCK)))
+        self._blocks: tuple[memoryview, ...] = ()  # made when the app takes the body over
         self._next = 0
         self._started = False
         self._closed = False
@@ -202,6 +202,7 @@ class SocketBody:
             event = h11.InformationalResponse(status_code=100, headers=[], reason="Continue")
             protocol.transport.write(protocol.conn.send(event))
             cycle.waiting_for_100_continue = False
+        self._blocks = (memoryview(bytearray(SOCKET_BLOCK)), memoryview(bytearray(SOCKET_BLOCK)))
         sock = protocol.transport.get_extra_info("socket")
         self._sock = socket.socket(fileno=os.dup(sock.fileno()))
         self._sock.setblocking(False)
