@@ -213,6 +213,9 @@ class SocketBody:
             return
         self._closed = True
         if self._sock is not None:
+            # A read cancelled mid-wait leaves its reader registered until a later callback removes
+            # it by number; removed here, before the number can be reused by another connection.
+            asyncio.get_running_loop().remove_reader(self._sock.fileno())
             self._sock.close()
         protocol = self._protocol
         if protocol._socket_reader is self:
