@@ -174,8 +174,23 @@ def rate(size: int, seconds: float) -> float:
     return round(size / MB / seconds, 1)
 
 
+def process_cpu(pid: int | None) -> float:
+    """CPU seconds (user + system) process ``pid`` has used so far; 0 without one."""
+    if pid is None:
+        return 0.0
+    with open(f"/proc/{pid}/stat") as f:
+        fields = f.read().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
 def big_file(
-    client: Client, src: Path, work: Path, folder: str, rounds: int, target: float = TARGET_RATIO
+    client: Client,
+    src: Path,
+    work: Path,
+    folder: str,
+    rounds: int,
+    target: float = TARGET_RATIO,
+    server_pid: int | None = None,
 ) -> dict[str, Any]:
     """Upload ``src`` and download it again, ``rounds`` times, each right after a plain copy.
 
@@ -193,28 +208,32 @@ def big_file(
     rss = 0.0
     cpu_up: list[float] = []
     cpu_down: list[float] = []
+    server_up: list[float] = []
+    server_down: list[float] = []
     load: list[float] = []
     dest = work / "downloaded.bin"
     for r in range(rounds):
         copy_up.append(copy_seconds(src, work / "copy.bin"))
         load.append(os.getloadavg()[0])
-        c0 = time.process_time()
+        c0, s0 = time.process_time(), process_cpu(server_pid)
         with RssPeak() as peak, timer() as t, open(src, "rb") as f:
             info = client.put(folder, "big.bin", f, size=size)
         up.append(t())
         cpu_up.append(time.process_time() - c0)
+        server_up.append(process_cpu(server_pid) - s0)
         rss = max(rss, peak.growth_mb)
         assert info.size == size, info
 
         loop.append(loop_seconds(src, work / "loop.bin"))
         hashed.append(hashed_loop_seconds(src, work / "hashed.bin"))
         copy_down.append(copy_seconds(src, work / "copy.bin"))
-        c0 = time.process_time()
+        c0, s0 = time.process_time(), process_cpu(server_pid)
         with RssPeak() as peak, timer() as t:
             got = client.download(f"{folder}/big.bin", dest)
             fsync_file(dest)
         down.append(t())
         cpu_down.append(time.process_time() - c0)
+        server_down.append(process_cpu(server_pid) - s0)
         rss = max(rss, peak.growth_mb)
         assert got.digest == info.digest and dest.stat().st_size == size
         dest.unlink()
@@ -224,7 +243,7 @@ def big_file(
             f"python loop {rate(size, loop[-1])} MB/s (hashed {rate(size, hashed[-1])}), RSS +{rss} MB"
         )
 
-    def summary(times: list[float], copies: list[float], cpu: list[float]) -> dict[str, Any]:
+    def summary(times: list[float], copies: list[float], cpu: list[float], server: list[float]) -> dict[str, Any]:
         ratios = [c / t for t, c in zip(times, copies, strict=True)]
         to_loop = [c / t for t, c in zip(times, loop, strict=True)]
         to_hashed = [c / t for t, c in zip(times, hashed, strict=True)]
@@ -241,9 +260,12 @@ def big_file(
             # CPU of this whole process (client, and the server when over the API): on a loaded
             # machine a transfer waits for a core, so wall time follows CPU time, not the disk.
             "cpu_seconds_per_round": [round(x, 2) for x in cpu],
+            # The server's own CPU when it runs in a process of its own (--server-process).
+            **({"server_cpu_seconds_per_round": [round(x, 2) for x in server]} if server_pid else {}),
         }
 
-    upload, download = summary(up, copy_up, cpu_up), summary(down, copy_down, cpu_down)
+    upload = summary(up, copy_up, cpu_up, server_up)
+    download = summary(down, copy_down, cpu_down, server_down)
     return {
         "size_mb": round(size / MB, 1),
         "rounds": rounds,
@@ -424,7 +446,12 @@ def server_process(home_dir: Path) -> tuple[subprocess.Popen[str], Client | None
 
 
 def transfers(
-    args: argparse.Namespace, result: dict[str, Any], embedded: Client, api: Client | None, work: Path
+    args: argparse.Namespace,
+    result: dict[str, Any],
+    embedded: Client,
+    api: Client | None,
+    work: Path,
+    server_pid: int | None = None,
 ) -> None:
     """The big file and the small files, embedded and (if ``api``) over the REST API."""
     src = work / "source.bin"
@@ -434,8 +461,12 @@ def transfers(
     result["embedded"]["big_file"] = big_file(embedded, src, work, "bench-big", args.rounds)
     if api is not None:
         say("REST API")
-        result["api"]["big_file"] = big_file(api, src, work, "bench-big-api", args.rounds, TARGET_RATIO_API)
+        result["api"]["big_file"] = big_file(
+            api, src, work, "bench-big-api", args.rounds, TARGET_RATIO_API, server_pid=server_pid
+        )
     src.unlink()
+    if args.only_big:
+        return
     result["embedded"]["small_files"] = small_files(embedded, args.small, "bench-small")
     small = result["embedded"]["small_files"]
     small["target_items_per_s"] = TARGET_SMALL_PER_S
@@ -457,6 +488,9 @@ def main(argv: list[str] | None = None) -> int:
     )
     parser.add_argument("--no-api", action="store_true", help="skip the REST API measurements")
     parser.add_argument("--only-listing", action="store_true", help="measure the listing alone")
+    parser.add_argument(
+        "--only-big", action="store_true", help="measure the big-file transfers alone (no small files, no listing)"
+    )
     parser.add_argument(
         "--server-process",
         action="store_true",
@@ -485,7 +519,8 @@ def main(argv: list[str] | None = None) -> int:
             proc, api, reason = server_process(root / "home")
         else:
             server, api, reason = try_api(home)
-        # In its own process the server's CPU is not in this process's figures (client only).
+        # In its own process the server's CPU is not in this process's figures (client only; the
+        # server's is reported apart, from /proc).
         result["api_server"] = "process" if args.server_process else "thread"
         result["embedded"] = {}
         result["api"] = {} if api is not None else None
@@ -493,17 +528,16 @@ def main(argv: list[str] | None = None) -> int:
             result["api_reason"] = reason
             say(f"REST API: {reason}")
         if not args.only_listing:
-            transfers(args, result, embedded, api, work)
-
-        say("listing")
-        fill = fill_folder(home, "bench-list", args.list)
-        result["embedded"]["list_items"] = {**listing(embedded, "bench-list", args.list), "created_with": fill}
-        lst = result["embedded"]["list_items"]
-        lst["target_ms"] = TARGET_LIST_MS
-        lst["ok"] = lst["ms_first"] < TARGET_LIST_MS
-        if api is not None:
-            result["api"]["list_items"] = listing(api, "bench-list", args.list, runs=3, paged_targets=True)
-
+            transfers(args, result, embedded, api, work, server_pid=proc.pid if proc is not None else None)
+        if not args.only_big:
+            say("listing")
+            fill = fill_folder(home, "bench-list", args.list)
+            result["embedded"]["list_items"] = {**listing(embedded, "bench-list", args.list), "created_with": fill}
+            lst = result["embedded"]["list_items"]
+            lst["target_ms"] = TARGET_LIST_MS
+            lst["ok"] = lst["ms_first"] < TARGET_LIST_MS
+            if api is not None:
+                result["api"]["list_items"] = listing(api, "bench-list", args.list, runs=3, paged_targets=True)
         if not args.only_listing:
             result["peak_rss_growth_mb_big_file"] = {
                 "embedded": result["embedded"]["big_file"]["peak_rss_growth_mb"],

@@ -8,6 +8,14 @@ request head as usual and then hands the body's bytes to uvicorn's body buffer s
 socket read, counting them; when the last has arrived, h11 is told its body is complete and takes
 over again (the end of the message, the answer, the next request on the connection).
 
+The upload route goes one step further when the connection offers it (:data:`SOCKET_BODY` in the
+request scope's ``extensions``: plain TCP, no TLS): :class:`SocketBody` reads the rest of the body
+from the socket itself with ``recv_into`` into two reused blocks, which the route hashes and
+writes in a worker thread while the other block fills. Each byte is then copied once from the
+kernel, with no fresh buffer per read (uvicorn's buffer took two more copies: into a bytearray,
+then out of it as ``bytes``), and the event loop does one coroutine step per read instead of a
+callback, a buffer append and an event.
+
 uvicorn's flow control, disconnect handling and the app's ``receive`` are untouched: the bytes go
 where h11's ``Data`` events would have put them. Telling h11 the body is complete means setting
 its Content-Length reader's count of remaining bytes; a version of h11 without that reader or count
@@ -16,11 +24,16 @@ gets no fast path (every body then goes through h11, as before).
 
 from __future__ import annotations
 
+import asyncio
+import os
+import socket
 from typing import Any
 
 import h11
+from starlette.requests import ClientDisconnect
 
 from datamill.api.limits import UPLOAD_PREFIX, BoundedH11Protocol
+from datamill.api.sendfile import offer_zerocopy
 
 #: Bytes of an upload's body buffered for the app before reading pauses. uvicorn's own limit
 #: (64 KiB) paused and resumed reading after nearly every socket read of a fast sender; with 1 MiB
@@ -30,12 +43,21 @@ BODY_HIGH_WATER = 1 << 20
 #: Bodies shorter than this go through h11 (nothing to gain for a small file).
 DIRECT_BODY_MIN = 1 << 20
 
+#: The ASGI extension (in ``scope["extensions"]``) under which an upload's body can be read by
+#: :class:`SocketBody`.
+SOCKET_BODY = "datamill.socket_body"
+
+#: Bytes of each of :class:`SocketBody`'s two reused blocks.
+SOCKET_BLOCK = 1 << 20
+
 
 class ServerProtocol(BoundedH11Protocol):
     """:class:`BoundedH11Protocol`, with an upload's body passed from the socket to the app without h11."""
 
     #: Bytes of the current upload's body still to come past h11 (0: h11 reads everything).
     _body_left = 0
+    #: The app reads the body from the socket itself (:class:`SocketBody`) while this is set.
+    _socket_reader: SocketBody | None = None
 
     def data_received(self, data: bytes) -> None:
         """An upload body's bytes go to the app directly; anything else to h11 (and uvicorn)."""
@@ -52,6 +74,17 @@ class ServerProtocol(BoundedH11Protocol):
         super().data_received(data)
         self._start_body()
 
+    def handle_events(self) -> None:
+        """uvicorn's, then: a plain TCP connection offers a new GET's app ``sendfile`` (api/sendfile.py)."""
+        super().handle_events()
+        cycle = self.cycle
+        if cycle is not None and cycle.scope["method"] == "GET" and not self._lingering and self._plain_tcp():
+            offer_zerocopy(cycle)
+
+    def _plain_tcp(self) -> bool:
+        transport = self.transport
+        return transport.get_extra_info("sslcontext") is None and transport.get_extra_info("socket") is not None
+
     def _start_body(self) -> None:
         """After h11 has read a request's head: pass the rest of an upload's body around it."""
         cycle = self.cycle
@@ -64,6 +97,9 @@ class ServerProtocol(BoundedH11Protocol):
         if type(reader).__name__ != "ContentLengthReader" or not isinstance(left, int) or left < DIRECT_BODY_MIN:
             return  # chunked, or small, or an h11 that reads bodies otherwise
         self._body_left = left
+        if self._plain_tcp():
+            extensions: dict[str, Any] = cycle.scope.setdefault("extensions", {})
+            extensions[SOCKET_BODY] = SocketBody(self, cycle)
 
     def _take_body(self, data: bytes) -> bytes:
         """Give the body's share of ``data`` to the app, as h11's ``Data`` events would; returns what follows it."""
@@ -78,6 +114,112 @@ class ServerProtocol(BoundedH11Protocol):
                 self.flow.pause_reading()
             cycle.message_event.set()
         if not self._body_left:
-            reader: Any = self.conn._reader
-            reader._remaining = 0  # the body is in: h11's next event is its end
+            self._end_body()
         return rest
+
+    def _end_body(self) -> None:
+        """The body is in: h11's next event is its end."""
+        reader: Any = self.conn._reader
+        reader._remaining = 0
+
+
+class SocketBody:
+    """The rest of an upload's body, read by the app from the connection's socket into two reused blocks.
+
+    Offered to the app as ``scope["extensions"][SOCKET_BODY]`` by :class:`ServerProtocol`.
+    :meth:`read_block` returns the next filled block (a view of one of two buffers), None after
+    the last: a view stays valid until :meth:`read_block` has been called twice more, so the app
+    may hash and write one block in a thread while the next one fills. :meth:`close` must follow
+    (in a ``finally``): if the body was not read to its end (an error, a cancelled request), the
+    protocol takes over its rest again (and drops it once the answer is out).
+
+    While the app reads, the connection's transport is paused (uvicorn's flow control), so no
+    other reader takes bytes from the socket; the reads go through a duplicate of the socket's
+    descriptor, which stays valid even if the server closes the connection meanwhile. A client
+    that goes away raises :class:`ClientDisconnect`, as ``request.stream()`` does.
+    """
+
+    def __init__(self, protocol: ServerProtocol, cycle: Any) -> None:
+        self._protocol = protocol
+        self._cycle = cycle
+        self._sock: socket.socket | None = None
+        self._blocks: tuple[memoryview, ...] = ()  # made when the app takes the body over
+        self._next = 0
+        self._started = False
+        self._closed = False
+        #: Bytes of the body the app has been given.
+        self.received = 0
+
+    async def read_block(self) -> memoryview | None:
+        """The next part of the body (up to one block), None once it has all been read."""
+        protocol, cycle = self._protocol, self._cycle
+        if self._closed:
+            raise RuntimeError("the socket body was closed")
+        if not self._started:
+            self._started = True
+            self._start()
+        if cycle.body:
+            # What arrived before the app took over, or (should uvicorn have resumed reading) since.
+            early, cycle.body = cycle.body, bytearray()
+            self.received += len(early)
+            return memoryview(early)
+        if protocol._body_left == 0:
+            return None
+        if cycle.disconnected:
+            raise ClientDisconnect()
+        assert self._sock is not None
+        view = self._blocks[self._next]
+        self._next ^= 1
+        loop = asyncio.get_running_loop()
+        filled = 0
+        want = min(len(view), protocol._body_left)
+        while filled < want:
+            try:
+                n = await loop.sock_recv_into(self._sock, view[filled:want])
+            except OSError:  # reset by the client
+                raise ClientDisconnect() from None
+            if n == 0:  # the client closed its side short of Content-Length
+                raise ClientDisconnect()
+            filled += n
+        protocol._body_left -= filled
+        self.received += filled
+        if protocol._body_left == 0:
+            protocol._end_body()
+            protocol.handle_events()  # h11's end of the message: uvicorn's cycle ends its body too
+        else:
+            await asyncio.sleep(0)  # a fast sender must not keep the event loop from other connections
+        return view[:filled]
+
+    def _start(self) -> None:
+        """Take over the socket (what arrived before is in uvicorn's body buffer)."""
+        protocol, cycle = self._protocol, self._cycle
+        if cycle.disconnected or protocol.cycle is not cycle:
+            raise ClientDisconnect()
+        protocol.flow.pause_reading()
+        protocol._socket_reader = self
+        if cycle.waiting_for_100_continue and not protocol.transport.is_closing():
+            # What uvicorn's receive() would have sent: the client waits for it before the body.
+            event = h11.InformationalResponse(status_code=100, headers=[], reason="Continue")
+            protocol.transport.write(protocol.conn.send(event))
+            cycle.waiting_for_100_continue = False
+        self._blocks = (memoryview(bytearray(SOCKET_BLOCK)), memoryview(bytearray(SOCKET_BLOCK)))
+        sock = protocol.transport.get_extra_info("socket")
+        self._sock = socket.socket(fileno=os.dup(sock.fileno()))
+        self._sock.setblocking(False)
+
+    def close(self) -> None:
+        """Give the connection back to the protocol (any unread rest of the body with it)."""
+        if self._closed:
+            return
+        self._closed = True
+        if self._sock is not None:
+            # A read cancelled mid-wait leaves its reader registered until a later callback removes
+            # it by number; removed here, before the number can be reused by another connection.
+            asyncio.get_running_loop().remove_reader(self._sock.fileno())
+            self._sock.close()
+        protocol = self._protocol
+        if protocol._socket_reader is self:
+            protocol._socket_reader = None
+            if protocol._body_left:
+                # Cut short (an error): the protocol reads the rest, and drops it once the answer is out.
+                protocol.flow.resume_reading()

@@ -39,6 +39,13 @@ BATCH_FILES = 500
 ProgressFn = Callable[[int], None]
 
 
+def _write_stream(chunks: Iterator[bytes], fd: int, progress: ProgressFn | None) -> bool:
+    """Have a stream that can write itself into a file (``write_to(fd, progress) -> bool``, as the
+    remote client's downloads) do so; False when it cannot (then it has not been read)."""
+    write_to = getattr(chunks, "write_to", None)
+    return bool(write_to is not None and write_to(fd, progress))
+
+
 def _create_part_file(target: Path) -> tuple[int, str]:
     """A new, uniquely named temporary file beside ``target``, opened for writing.
 
@@ -597,6 +604,8 @@ class Client(ABC):
             with os.fdopen(fd, "wb") as f:
                 if self._copy_version(info, f.fileno(), progress):
                     chunks, h = iter(()), None  # written and verified; the stream is never read
+                elif h is None and _write_stream(chunks, f.fileno(), progress):
+                    chunks = iter(())  # written by the stream itself (a remote one: in the kernel), checked
                 for chunk in chunks:
                     if h is not None:
                         h.update(chunk)

@@ -285,6 +285,92 @@ def _remaining_size(data: BinaryIO) -> int | None:
     return None
 
 
+class _Download(Iterator[bytes]):
+    """A download's body: iterated in chunks as they arrive, or written into a file by :meth:`write_to`.
+
+    Either way it is checked at its end: its length (and, with ``verify``, its digest) must be the
+    version's; a body broken off is asked about (:meth:`RemoteClient._diagnose`), so that a blob
+    the server found corrupted raises :class:`BlobCorrupted`.
+    """
+
+    def __init__(self, client: RemoteClient, path: str, info: VersionInfo, response: httpx.Response, verify: bool):
+        self._client = client
+        self._path = path
+        self._info = info
+        self._response = response
+        self._hasher = hasher() if verify else None
+        self._chunks: Iterator[bytes] | None = None
+
+    def __next__(self) -> bytes:
+        if self._chunks is None:
+            self._chunks = self._iterate()
+        return next(self._chunks)
+
+    def close(self) -> None:
+        """Stop reading (the connection is dropped unless the body was read to its end)."""
+        if self._chunks is not None and hasattr(self._chunks, "close"):
+            self._chunks.close()
+        self._response.close()
+
+    def write_to(self, fd: int, progress: ProgressFn | None = None) -> bool:
+        """Write the whole body into the file ``fd`` at its position, checked; False (nothing read) if
+        this response cannot (a digest to take here, another transport, no length): iterate it then.
+
+        Over plain HTTP the bytes go from the socket into the file in the kernel (``splice``).
+        """
+        from datamill.client.transport import BODY_STREAM  # loaded with httpx by now
+
+        body = self._response.extensions.get(BODY_STREAM)
+        if self._hasher is not None or self._chunks is not None or body is None:
+            return False
+        try:
+            try:
+                written = body.write_to(fd, progress)
+            except httpx.TransportError as exc:
+                raise self._broken(0, exc) from exc
+        finally:
+            self._response.close()
+        if written is None:
+            return False
+        self._check(written)
+        return True
+
+    def _iterate(self) -> Iterator[bytes]:
+        h = self._hasher
+        received = 0
+        try:
+            try:
+                # As the transport reads them (up to 1 MiB): re-chunking to a fixed size costs a copy.
+                for chunk in self._response.iter_bytes():
+                    if h is not None:
+                        h.update(chunk)
+                    received += len(chunk)
+                    yield chunk
+            except httpx.TransportError as exc:
+                raise self._broken(received, exc) from exc
+        finally:
+            self._response.close()
+        self._check(received)
+
+    def _broken(self, received: int, exc: httpx.TransportError) -> DatamillError:
+        # The server drops the connection when the blob fails its check at the end; ask it which
+        # it was, so a corrupted blob surfaces as BlobCorrupted, as it does locally.
+        self._client._diagnose(self._path, self._info)
+        return DatamillError(
+            f"the download of {self._path!r} broke off after {received or 'some'} of {self._info.size} bytes "
+            f"({exc}); try again",
+            path=self._path,
+        )
+
+    def _check(self, received: int) -> None:
+        h, info = self._hasher, self._info
+        if received != info.size or (h is not None and f"{ALGORITHM}:{h.hexdigest()}" != info.digest):
+            raise BlobCorrupted(
+                f"the bytes received for {self._path!r} do not match digest {info.digest}; try again",
+                digest=info.digest,
+            )
+
+
 class RemoteClient(Client):
     """A client on a datamill server at ``url``, acting as the owner of ``token``."""
 
@@ -661,6 +747,8 @@ class RemoteClient(Client):
         return _build(VersionInfo, self._call("GET", f"/version/{quote_path(path)}", params=params))
 
     def iter_bytes(self, path: str, version: int | None = None) -> tuple[VersionInfo, Iterator[bytes]]:
+        """The version's info and its bytes as they arrive (an iterator that can also write them into
+        a file in the kernel: :meth:`_Download.write_to`, which :meth:`download` uses)."""
         params = {"version": version} if version is not None else {}
         request = self._http.build_request("GET", f"/content/{quote_path(path)}", params=params)
         response = self._send(request, stream=True)
@@ -689,38 +777,14 @@ class RemoteClient(Client):
             raise DatamillError(f"the blob store answered {response.status_code} for the presigned URL; try again")
         return response
 
-    def _stream(self, path: str, info: VersionInfo, response: httpx.Response, verify: bool) -> Iterator[bytes]:
+    def _stream(self, path: str, info: VersionInfo, response: httpx.Response, verify: bool) -> _Download:
         """The body of ``response``; raises at its end if it is not the bytes of ``info``.
 
         With ``verify`` the bytes are hashed here; without, the server's own check stands (it breaks
         the answer off on a mismatch, which :meth:`_diagnose` turns into :class:`BlobCorrupted`)
         and the length is checked.
         """
-        h = hasher() if verify else None
-        received = 0
-        try:
-            try:
-                # As the transport reads them (up to 1 MiB): re-chunking to a fixed size costs a copy.
-                for chunk in response.iter_bytes():
-                    if h is not None:
-                        h.update(chunk)
-                    received += len(chunk)
-                    yield chunk
-            except httpx.TransportError as exc:
-                # The server drops the connection when the blob fails its check at the end; ask it
-                # which it was, so a corrupted blob surfaces as BlobCorrupted, as it does locally.
-                self._diagnose(path, info)
-                raise DatamillError(
-                    f"the download of {path!r} broke off after {received} of {info.size} bytes ({exc}); try again",
-                    path=path,
-                ) from exc
-        finally:
-            response.close()
-        if received != info.size or (h is not None and f"{ALGORITHM}:{h.hexdigest()}" != info.digest):
-            raise BlobCorrupted(
-                f"the bytes received for {path!r} do not match digest {info.digest}; try again",
-                digest=info.digest,
-            )
+        return _Download(self, path, info, response, verify)
 
     def _diagnose(self, path: str, info: VersionInfo) -> None:
         """Raise the server's error if the version cannot be read (a range read verifies the blob first)."""

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import http.client
 import os
+import select
 import socket
 import ssl
 from collections.abc import Callable, Iterator
@@ -76,6 +77,15 @@ class FileBody(httpx.SyncByteStream):
                 self.progress(n)
 
 
+#: The key in a response's ``extensions`` under which :class:`StdlibTransport` leaves its body
+#: stream, so that a download can have it written straight into a file (:meth:`_ResponseStream.write_to`).
+BODY_STREAM = "datamill.body_stream"
+
+#: Bytes moved per ``splice`` call (the pipe between socket and file is enlarged to this).
+SPLICE_STEP = 1 << 20
+_F_SETPIPE_SZ = 1031
+
+
 class _Dropped(Exception):
     """The server closed the connection before answering (a kept-alive one may have timed out)."""
 
@@ -89,9 +99,11 @@ class _ResponseStream(httpx.SyncByteStream):
         self._conn: http.client.HTTPConnection | None = conn
         self._response = response
         self._request: httpx.Request | None = None
+        self._started = False
         self._finished = False
 
     def __iter__(self) -> Iterator[bytes]:
+        self._started = True
         while True:
             try:
                 chunk = self._response.read1(CHUNK)
@@ -105,6 +117,41 @@ class _ResponseStream(httpx.SyncByteStream):
                 self._finished = True
                 return
             yield chunk
+
+    def write_to(self, fd: int, progress: Callable[[int], None] | None = None) -> int | None:
+        """Write the body (all of it, unread so far) into the file ``fd`` at its position; the bytes written.
+
+        Over plain TCP on Linux the bytes go from the socket to the file by ``splice(2)``, never
+        through Python; over TLS they are read into one reused buffer and written from it. None
+        (and nothing read) when the body has no ``Content-Length`` or reading it has begun: iterate
+        it then. A body cut short raises :class:`httpx.RemoteProtocolError`, as iterating does.
+        """
+        conn, response = self._conn, self._response
+        sock = conn.sock if conn is not None else None
+        if sock is None or self._started or response.chunked or response.length is None:
+            return None
+        self._started = True
+        try:
+            # What http.client read with the head (then its buffer is empty), or one read.
+            first = response.read1(CHUNK)
+            _write_all(fd, first)
+            if progress is not None and first:
+                progress(len(first))
+            left = response.length or 0
+            if left:
+                splice = getattr(os, "splice", None)
+                if splice is not None and not isinstance(sock, ssl.SSLSocket):
+                    _splice_into(sock, fd, left, progress)
+                else:
+                    _recv_into(sock, fd, left, progress)
+        except TimeoutError as exc:
+            raise httpx.ReadTimeout(str(exc) or "timed out reading the response", request=self._request) from exc
+        except http.client.IncompleteRead as exc:
+            raise httpx.RemoteProtocolError("the server closed the connection mid-answer") from exc
+        except (OSError, http.client.HTTPException) as exc:
+            raise httpx.ReadError(str(exc) or type(exc).__name__, request=self._request) from exc
+        self._finished = True
+        return len(first) + left
 
     def close(self) -> None:
         conn, self._conn = self._conn, None
@@ -208,7 +255,11 @@ class StdlibTransport(httpx.BaseTransport):
             status_code=response.status,
             headers=response.getheaders(),
             stream=stream,
-            extensions={"http_version": b"HTTP/1.1", "reason_phrase": response.reason.encode("latin-1")},
+            extensions={
+                "http_version": b"HTTP/1.1",
+                "reason_phrase": response.reason.encode("latin-1"),
+                BODY_STREAM: stream,
+            },
         )
 
     def close(self) -> None:
@@ -219,3 +270,66 @@ class StdlibTransport(httpx.BaseTransport):
 def url_target(url: httpx.URL) -> str:
     """The request target of ``url``: its path and query, as sent on the request line."""
     return url.raw_path.decode("ascii")
+
+
+def _write_all(fd: int, data: bytes | memoryview) -> None:
+    view = memoryview(data)
+    while view:
+        view = view[os.write(fd, view) :]
+
+
+def _wait_readable(sock: socket.socket) -> None:
+    """Wait until ``sock`` has bytes (or EOF) within its timeout; TimeoutError past it."""
+    timeout = sock.gettimeout()
+    poller = select.poll()
+    poller.register(sock.fileno(), select.POLLIN)
+    if not poller.poll(None if timeout is None else int(timeout * 1000) + 1):
+        raise TimeoutError("timed out reading the response")
+
+
+def _short(got: int, wanted: int) -> http.client.IncompleteRead:
+    return http.client.IncompleteRead(b"", wanted - got)
+
+
+def _splice_into(sock: socket.socket, fd: int, length: int, progress: Callable[[int], None] | None) -> None:
+    """``length`` bytes from ``sock`` into ``fd`` through a pipe, by ``splice(2)`` (no copy through Python)."""
+    r, w = os.pipe()
+    try:
+        try:
+            import fcntl
+
+            fcntl.fcntl(w, _F_SETPIPE_SZ, SPLICE_STEP)
+        except OSError:  # a lower pipe-max-size: the default pipe works, in smaller steps
+            pass
+        got = 0
+        while got < length:
+            try:
+                n = os.splice(sock.fileno(), w, min(SPLICE_STEP, length - got))
+            except BlockingIOError:  # a socket with a timeout is non-blocking underneath
+                _wait_readable(sock)
+                continue
+            if n == 0:
+                raise _short(got, length)
+            left = n
+            while left:
+                left -= os.splice(r, fd, left)
+            got += n
+            if progress is not None:
+                progress(n)
+    finally:
+        os.close(r)
+        os.close(w)
+
+
+def _recv_into(sock: socket.socket, fd: int, length: int, progress: Callable[[int], None] | None) -> None:
+    """``length`` bytes from ``sock`` into ``fd`` through one reused buffer."""
+    view = memoryview(bytearray(min(CHUNK, length)))
+    got = 0
+    while got < length:
+        n = sock.recv_into(view, min(len(view), length - got))
+        if n == 0:
+            raise _short(got, length)
+        _write_all(fd, view[:n])
+        got += n
+        if progress is not None:
+            progress(n)

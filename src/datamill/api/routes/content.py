@@ -27,21 +27,26 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
+import os
 import re
+import threading
 from collections.abc import AsyncIterator, Iterator
-from typing import Any
+from typing import Any, BinaryIO
 from urllib.parse import quote
 
 from fastapi import APIRouter, Header, Request, Response
 from fastapi.responses import JSONResponse, StreamingResponse
 from starlette.requests import ClientDisconnect
+from starlette.types import Receive, Scope, Send
 
 from datamill.api.batch import MAX_BATCH_BYTES, boundary_of, parse_batch
 from datamill.api.deps import ActorDep, HomeDep, blocking
 from datamill.api.ids import VersionQuery
 from datamill.api.openapi import ERROR_DESCRIPTIONS, Error, binary, errors
 from datamill.api.paths import UrlPath
+from datamill.api.protocol import SOCKET_BODY, SocketBody
 from datamill.api.schemas import VersionOut
+from datamill.api.sendfile import ZEROCOPY
 from datamill.errors import (
     BlobCorrupted,
     DatamillError,
@@ -51,7 +56,7 @@ from datamill.errors import (
     UploadIncomplete,
 )
 from datamill.limits import INT64_MAX, loads_bounded
-from datamill.store.blobs import CHUNK, BlobWriter, check_digest
+from datamill.store.blobs import ALGORITHM, CHUNK, BlobWriter, check_digest, hasher
 from datamill.store.names import split_item_path
 from datamill.store.store import VersionInfo, check_idempotency_key, check_metadata
 
@@ -208,6 +213,14 @@ class BodySink:
             await self._pending  # raises the previous block's error (disk full, ...)
         self._pending = asyncio.ensure_future(blocking(self._writer.write, block))
 
+    async def put(self, block: memoryview) -> None:
+        """Hand ``block`` to the writer as it is, once the previous block is written (so that the
+        caller may refill that one); nothing may be buffered by :meth:`add` before."""
+        self.received += len(block)
+        if self._pending is not None:
+            await self._pending
+        self._pending = asyncio.ensure_future(blocking(_write_view, self._writer, block))
+
     async def flush(self) -> None:
         """Write what is left and wait for every block to be written."""
         if self._buf:
@@ -229,6 +242,22 @@ class BodySink:
         if not done.cancelled():
             done.exception()  # retrieved: the upload already failed for another reason
         self._writer.abort()
+
+
+def _write_view(writer: BlobWriter, block: memoryview) -> None:
+    # Every writer takes what it is given at once (hashes it, writes it to a file or copies it
+    # into a part buffer), so a view of a block that is refilled afterwards is safe to pass.
+    writer.write(block)  # type: ignore[arg-type]
+
+
+async def _read_socket_body(body: SocketBody, sink: BodySink) -> None:
+    """Feed an upload's body to ``sink`` from the socket (see :class:`SocketBody`), one block
+    written while the next is received."""
+    try:
+        while (block := await body.read_block()) is not None:
+            await sink.put(block)
+    finally:
+        body.close()
 
 
 @router.put(
@@ -289,10 +318,14 @@ async def upload(
     # Access is checked here, before any byte is read or stored.
     writer = await blocking(home.store.begin_upload, actor, folder, name, digest, content_length)
     sink = BodySink(writer)
+    socket_body: SocketBody | None = request.scope.get("extensions", {}).get(SOCKET_BODY)
     try:
         try:
-            async for chunk in request.stream():
-                await sink.add(chunk)
+            if socket_body is not None:
+                await _read_socket_body(socket_body, sink)
+            else:
+                async for chunk in request.stream():
+                    await sink.add(chunk)
         except ClientDisconnect:
             log.warning("upload of %s aborted: the client went away after %d bytes", path, sink.received)
             raise UploadIncomplete(received=sink.received, expected=content_length) from None
@@ -440,7 +473,87 @@ async def download(
         if url is not None:
             keep = ("ETag", "X-Datamill-Info", "X-Datamill-Digest", "X-Datamill-Version", "Cache-Control")
             return Response(status_code=307, headers={"Location": url, **{k: headers[k] for k in keep if k in headers}})
+    if status == 200 and length >= SENDFILE_MIN and ZEROCOPY in request.scope.get("extensions", {}):
+        local = home.store.blobs.local_file(info.digest)
+        if local is not None:
+            try:
+                file = open(local, "rb", buffering=0)  # noqa: SIM115 - the response closes it
+            except FileNotFoundError:  # removed meanwhile: the stream below reports it
+                pass
+            else:
+                return BlobFileResponse(file, info, headers)
     chunks = home.store.blobs.iter_range(info.digest, start, end)
     stream = HeldBackStream(chunks, f"{info.path} v{info.version}", length)
     await stream.prime()
     return StreamingResponse(stream, status_code=status, headers=headers)
+
+
+#: Whole-blob downloads at least this large go out by ``sendfile`` where the server offers it.
+SENDFILE_MIN = 4 * CHUNK
+
+
+def _verify_file(file: BinaryIO, digest: str, size: int, stop: threading.Event) -> None:
+    """Hash the whole file (its recorded ``size`` and nothing after) into one reused buffer; raises
+    :class:`BlobCorrupted` when it is not ``digest``. Returns early, unchecked, once ``stop`` is set."""
+    h = hasher()
+    buf = memoryview(bytearray(CHUNK))
+    fd, at = file.fileno(), 0
+    while not stop.is_set():
+        n = os.preadv(fd, [buf], at)
+        if n == 0:
+            break
+        h.update(buf[:n])
+        at += n
+    else:
+        return
+    actual = f"{ALGORITHM}:{h.hexdigest()}"
+    if at != size or actual != digest:
+        raise BlobCorrupted(
+            f"blob {digest} is corrupted: its bytes now hash to {actual}. "
+            "Restore it from a backup or upload the file again.",
+            digest=digest,
+        )
+
+
+class BlobFileResponse(Response):
+    """A whole blob's bytes sent from its file by ``sendfile`` (:data:`ZEROCOPY`), checked while they go out.
+
+    The file is hashed in a worker thread while ``sendfile`` sends all but its last chunk; that chunk
+    goes only once the hash matched, and on a mismatch the connection is dropped short of
+    ``Content-Length``, as :class:`HeldBackStream` does.
+    """
+
+    def __init__(self, file: BinaryIO, info: VersionInfo, headers: dict[str, str]) -> None:
+        super().__init__(status_code=200, headers=headers)
+        self._file = file
+        self._info = info
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        info, file = self._info, self._file
+        stop = threading.Event()
+        check = asyncio.ensure_future(blocking(_verify_file, file, info.digest, info.size, stop))
+        tail = min(info.size, CHUNK)
+        try:
+            await send({"type": "http.response.start", "status": self.status_code, "headers": self.raw_headers})
+            body = {"type": ZEROCOPY, "file": file, "offset": 0, "count": info.size - tail, "more_body": True}
+            await send(body)
+            try:
+                await check
+            except DatamillError as exc:
+                what = f"{info.path} v{info.version}"
+                log.error("aborting the download of %s after %d bytes: %s", what, info.size - tail, exc.message)
+                raise
+            await send({**body, "offset": info.size - tail, "count": tail, "more_body": False})
+        finally:
+            if check.done():
+                file.close()
+            else:
+                stop.set()  # the client went away: the hash is of no use
+                check.add_done_callback(lambda done: _close_after(done, file))
+
+
+def _close_after(done: asyncio.Future[None], file: BinaryIO) -> None:
+    """Close the file once the thread hashing it has stopped (its outcome no longer matters)."""
+    if not done.cancelled():
+        done.exception()
+    file.close()
