@@ -27,6 +27,13 @@ the staging file, which the blob store then **adopts** as the blob (a hard link 
 a copy elsewhere). The hash state lives in memory for chunks this process staged in committed
 batches; after a restart, a rolled-back batch, or chunks staged by another server, the part not
 covered is read from the staging file at completion.
+
+Three threads besides the batch's own take a multi-chunk file's bytes, each in order: the staging
+thread writes chunks to their staging files (a batch waits for it before its ``fdatasync``), the
+hashing thread advances the file's SHA-512 and the BLAKE3 thread its BLAKE3. A batch commits
+without waiting for its hashes (they are not needed before the file completes, and the offsets may
+only move past bytes that are durable, which they are); the hashing may fall at most
+:data:`HASH_BEHIND` bytes behind, and a completing file waits for its own.
 """
 
 from __future__ import annotations
