@@ -13,6 +13,7 @@ import msgpack
 import pytest
 from sqlalchemy import select
 
+from datamill.dataflows import staging
 from datamill.dataflows.dataflow import Dataflows
 from datamill.dataflows.ingest import StreamIngest
 from datamill.dataflows.staging import Message, Stager, Target, in_progress
@@ -131,6 +132,33 @@ def test_a_file_hashed_as_its_chunks_arrive_lands_with_both_digests_right(
     assert item.digest == digest_bytes(data)
     assert _read(home, f"{DEST}/h.bin") == data
     assert list(stager.staging_dir.iterdir()) == []
+
+
+@pytest.mark.parametrize("behind", [1, 16 << 20])
+def test_files_land_right_whether_the_hashing_keeps_up_or_not(
+    home: Home, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, behind: int
+) -> None:
+    """Batches commit without waiting for their chunks' hashes (only a completing file waits for its
+    own), the hashing kept at most ``HASH_BEHIND`` bytes behind: two files whose chunks interleave,
+    out of order, over many batches, land with the right SHA-512 and BLAKE3 either way."""
+    monkeypatch.setattr(staging, "HASH_BEHIND", behind)
+    datas = {name: os.urandom(24 * 1024 - 7 * n) for n, name in enumerate(["a.bin", "b.bin"])}
+    per_file = []
+    for name, data in datas.items():
+        (tmp_path / name).write_bytes(data)
+        per_file.append([v for _k, v in chunk_file(tmp_path / name, tmp_path, 1024)])
+    values = [v for pair in zip(*per_file, strict=True) for v in pair]
+    values = values[2:9] + values[:2] + values[9:]  # the first chunks arrive after others: hashed later
+    stager = _stager(home)
+    landed: list[str] = []
+    for at in range(0, len(values), 5):
+        out = stager.apply([Message(0, at + i, v) for i, v in enumerate(values[at : at + 5])])
+        assert out.rejected == []
+        landed += out.files
+    assert sorted(landed) == ["a.bin", "b.bin"]
+    for name, data in datas.items():
+        assert home.store.get_item(home.admin, f"{DEST}/{name}").digest == digest_bytes(data)
+        assert _read(home, f"{DEST}/{name}") == data
 
 
 def test_zero_and_one_byte_files(home: Home, tmp_path: Path) -> None:

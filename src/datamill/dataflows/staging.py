@@ -27,6 +27,13 @@ the staging file, which the blob store then **adopts** as the blob (a hard link 
 a copy elsewhere). The hash state lives in memory for chunks this process staged in committed
 batches; after a restart, a rolled-back batch, or chunks staged by another server, the part not
 covered is read from the staging file at completion.
+
+Three threads besides the batch's own take a multi-chunk file's bytes, each in order: the staging
+thread writes chunks to their staging files (a batch waits for it before its ``fdatasync``), the
+hashing thread advances the file's SHA-512 and the BLAKE3 thread its BLAKE3. A batch commits
+without waiting for its hashes (they are not needed before the file completes, and the offsets may
+only move past bytes that are durable, which they are); the hashing may fall at most
+:data:`HASH_BEHIND` bytes behind, and a completing file waits for its own.
 """
 
 from __future__ import annotations
@@ -36,6 +43,7 @@ import hashlib
 import os
 import shutil
 import time
+from collections import deque
 from collections.abc import Iterator, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
@@ -76,6 +84,9 @@ WINDOWS_AHEAD = 1
 #: Multi-chunk files whose hashes are kept while they arrive; beyond that the oldest is dropped (it is
 #: then hashed from its staging file when it completes).
 MAX_HASHING = 256
+#: How far (bytes of chunks) the hashing thread may fall behind the staging: batches commit without
+#: waiting for their hashes (only a file's completion waits for its own), so its queue is bounded here.
+HASH_BEHIND = 16 << 20
 
 
 @dataclass(frozen=True, slots=True)
@@ -157,36 +168,65 @@ class _FileRow:
 
 @dataclass(slots=True)
 class _Hashing:
-    """A multi-chunk file's SHA-512 and BLAKE3 over its bytes ``[0, done)``; ``ahead``: offset → size of
-    chunks this process staged past ``done``, hashed from the staging file once the gap is filled."""
+    """A multi-chunk file's SHA-512 and BLAKE3 over its bytes ``[0, done)``; ``ahead``: offset → (size,
+    its write) of chunks this process staged past ``done``, hashed from the staging file once the gap is
+    filled. ``done`` and ``ahead`` belong to the batch's thread (:meth:`feed`); the hashing itself runs
+    on the hashing thread (SHA-512) and the BLAKE3 thread, each in order, and is not waited for by a
+    batch's commit, only by the completion of its file (:meth:`digests`)."""
 
     sha: Any = field(default_factory=hashlib.sha512)
-    #: one thread: a chunk at a time is too little to share out, and the other core has the next batch
     b3: Any = field(default_factory=blake3.blake3)
     done: int = 0
-    ahead: dict[int, int] = field(default_factory=dict)
-    #: a staged chunk could not be read back: completion reads the whole file (and says what is wrong)
+    ahead: dict[int, tuple[int, Future[None]]] = field(default_factory=dict)
+    #: a staged chunk could not be read back (or hashing failed): completion reads the whole file again
     broken: bool = False
+    #: the BLAKE3 update last handed to the BLAKE3 thread
+    b3_last: Future[None] | None = None
 
     def update(self, data: bytes) -> None:
+        """Hash ``data``, the next bytes of the file: SHA-512 here while the BLAKE3 thread takes the
+        previous piece (at most two pieces wait for BLAKE3: memory stays flat)."""
         self.sha.update(data)
-        self.b3.update(data)
-        self.done += len(data)
+        prev, self.b3_last = self.b3_last, _b3_thread().submit(self.b3.update, data)
+        if prev is not None:
+            prev.result()
 
-    def add(self, fd: int, offset: int, data: bytes, path: str) -> None:
-        """Hash a chunk just staged at ``offset`` if it is next, then those staged before that it joins
-        up with (read back from the staging file ``fd``, which the page cache still holds)."""
+    def feed(self, staging: Path, offset: int, data: bytes, written: Future[None]) -> Future[None] | None:
+        """On the batch's thread: a chunk staged at ``offset`` (``written``: its pwrite) handed to the
+        hashing thread if it is next, with those staged before that it joins up with; None if it waits."""
         if offset != self.done:
             if offset > self.done:
-                self.ahead[offset] = len(data)
-            return
-        self.update(data)
+                self.ahead[offset] = (len(data), written)
+            return None
+        self.done += len(data)
+        later: list[tuple[int, int, Future[None]]] = []
+        while (waiting := self.ahead.pop(self.done, None)) is not None:
+            later.append((self.done, *waiting))
+            self.done += waiting[0]
+        return _hasher_thread().submit(self._hash, staging, data, later)
+
+    def _hash(self, staging: Path, data: bytes, later: list[tuple[int, int, Future[None]]]) -> None:
+        """On the hashing thread: ``data``, then the chunks ``later`` read back from the staging file
+        (the page cache still holds them) once their writes are done."""
         try:
-            while (size := self.ahead.pop(self.done, None)) is not None:
-                for piece in _read_range(fd, self.done, size, path):
-                    self.update(piece)
-        except (BadChunk, OSError):
+            self.update(data)
+            if later:
+                fd = os.open(staging, os.O_RDONLY | os.O_CLOEXEC)
+                try:
+                    for offset, size, written in later:
+                        written.result()
+                        for piece in _read_range(fd, offset, size, staging.name):
+                            self.update(piece)
+                finally:
+                    os.close(fd)
+        except Exception:  # read back or written wrong: never a wrong hash, the file is read again at completion
             self.broken = True
+
+    def digests(self) -> tuple[bytes, str]:
+        """The SHA-512 and the BLAKE3 (hex) of ``[0, done)``, once every update handed out is done."""
+        if self.b3_last is not None:
+            self.b3_last.result()
+        return self.sha.digest(), self.b3.hexdigest()
 
 
 @dataclass(slots=True)
@@ -213,8 +253,8 @@ class _Batch:
         self.rows: dict[str, _FileRow | None] = {}
         #: staging files whose hash state this batch advanced (dropped if it does not commit)
         self.hashed: set[Path] = set()
-        #: chunks being written and hashed on the hashing thread (in order), until :meth:`wait`
-        self.hashing: list[Future[None]] = []
+        #: chunks being written to their staging files on the staging thread (in order), until :meth:`wait`
+        self.writing: list[Future[None]] = []
         #: staged chunks (offset -> size) of the multi-chunk files this batch touched, by file id: read
         #: once per file and batch, not a statement per chunk
         self.chunks: dict[int, dict[int, int]] = {}
@@ -235,22 +275,24 @@ class _Batch:
             self.fds[path] = fd
         return fd
 
-    def write(self, path: Path, offset: int, data: bytes, h: _Hashing | None, name: str) -> None:
-        """Stage a chunk: written at ``offset`` and the file's hashes advanced over it (``h``), on the
-        hashing thread, in order, while this thread goes on with the batch (:meth:`wait` before its
-        bytes or hashes are used). Its bytes are not sent to disk chunk by chunk (measured, that
-        halved big files' throughput): the batch's fdatasync writes them in large extents."""
+    def write(self, path: Path, offset: int, data: bytes) -> Future[None]:
+        """Stage a chunk: written at ``offset`` on the staging thread, in order, while this thread goes
+        on with the batch (:meth:`wait` before its bytes are synced or read). Its bytes are not sent to
+        disk chunk by chunk (measured, that halved big files' throughput): the batch's fdatasync writes
+        them in large extents."""
         self.unlink.discard(path)  # staged again after a reject or restart in this batch: keep it
         fd = self.fd(path)
         self.written.add(path)
-        self.hashing.append(_hasher_thread().submit(_stage_chunk, fd, offset, data, h, name))
+        written = _stage_thread().submit(_pwrite, fd, offset, data)
+        self.writing.append(written)
+        return written
 
     def wait(self) -> None:
-        """Until the hashing thread has written and hashed this batch's chunks (before their hashes are
-        used or the staging files synced or closed); a failed write is raised here."""
-        for f in self.hashing:
+        """Until the staging thread has written this batch's chunks (before the staging files are synced,
+        read or closed); a failed write is raised here. Their hashing is not waited for."""
+        for f in self.writing:
             f.result()
-        self.hashing.clear()
+        self.writing.clear()
 
     def sync(self) -> None:
         """Staged bytes reach the disk before the transaction that records them commits."""
@@ -258,9 +300,9 @@ class _Batch:
             os.fdatasync(self.fds[path])
 
     def close(self, committed: bool) -> None:
-        for f in self.hashing:  # nothing may read a descriptor closed under it
+        for f in self.writing:  # nothing may write to a descriptor closed under it
             f.exception()
-        self.hashing.clear()
+        self.writing.clear()
         for fd in self.fds.values():
             os.close(fd)
         self.fds.clear()
@@ -279,6 +321,9 @@ class Stager:
         self._b = _Batch()
         #: hash states of multi-chunk files being received, by staging file (see the module docstring)
         self._hashing: dict[Path, _Hashing] = {}
+        #: chunks handed to the hashing thread and not known to be hashed yet, with their sizes
+        self._hash_queue: deque[tuple[Future[None], int]] = deque()
+        self._hash_queued = 0
 
     def _staging_file(self, path: str, file_hash: str, first_seen: float) -> Path:
         # One name per generation *and* incarnation of a file row (``first_seen`` is reset whenever
@@ -508,7 +553,10 @@ class Stager:
                 values = {"dataflow_id": self.t.dataflow_id, "path": row.path, **row.values()}
                 row.id = int(conn.execute(insert(StreamFile).values(values).returning(StreamFile.id)).scalar_one())
             staging = self._row_staging(row)
-            self._b.write(staging, chunk.offset, chunk.data, self._hash_state(staging, row), row.path)
+            written = self._b.write(staging, chunk.offset, chunk.data)
+            h = self._hash_state(staging, row)
+            if h is not None:
+                self._behind(h.feed(staging, chunk.offset, chunk.data, written), len(chunk.data))
             self._staged(conn, row.id)[chunk.offset] = len(chunk.data)
             self._b.new_chunks.append({"file_id": row.id, "offset": chunk.offset, "size": len(chunk.data)})
             row.chunks_staged = staged
@@ -530,6 +578,23 @@ class Stager:
             h = self._hashing[staging] = _Hashing()
         self._b.hashed.add(staging)
         return h
+
+    def _behind(self, hashing: Future[None] | None, size: int) -> None:
+        """Keep the hashing thread at most :data:`HASH_BEHIND` bytes behind the staging (its queue holds
+        the chunks' bytes): a batch commits without waiting for its hashes, the next ones wait here."""
+        if hashing is not None:
+            self._hash_queue.append((hashing, size))
+            self._hash_queued += size
+        while self._hash_queue and (self._hash_queued > HASH_BEHIND or self._hash_queue[0][0].done()):
+            done, n = self._hash_queue.popleft()
+            done.result()
+            self._hash_queued -= n
+
+    def _hashed(self) -> None:
+        """Until the hashing thread has taken every chunk handed to it (a file completes)."""
+        while self._hash_queue:
+            self._hash_queue.popleft()[0].result()
+        self._hash_queued = 0
 
     def _assemble(self, conn: Connection, row: _FileRow, ready: _Ready) -> tuple[BlobInfo, bytes]:
         """The file's blob and SHA-512: its staging file (the last chunk written to it) adopted as the blob,
@@ -554,8 +619,9 @@ class Stager:
             written += size
         staging = self._row_staging(row)
         # The whole file in its staging file, which becomes the blob.
-        self._b.write(staging, last.offset, last.data, None, row.path)
+        self._b.write(staging, last.offset, last.data)
         self._b.wait()
+        self._hashed()
         h = self._hashing.pop(staging, None)
         if h is None or h.broken or h.done not in {offset for offset, _size in pieces}:
             h = _Hashing()  # not hashed here as it arrived (a restart, another server): one pass now
@@ -568,11 +634,11 @@ class Stager:
             else:
                 for piece in _read_range(fd, offset, size, row.path):
                     h.update(piece)
-        digest = h.sha.digest()
+        digest, b3 = h.digests()
         if digest.hex() != row.file_hash:
             raise _mismatch(row)  # before the adoption: nothing is stored
         # Not durable yet: the batch syncs the blob store (which holds the staging files) before it commits.
-        blob = self.home.blobs.adopt(staging, f"{ALGORITHM}:{h.b3.hexdigest()}", written, durable=False)
+        blob = self.home.blobs.adopt(staging, f"{ALGORITHM}:{b3}", written, durable=False)
         return blob, digest
 
     def _folder(self, conn: Connection, folder: str) -> Any:
@@ -749,16 +815,13 @@ def remove_orphan_staging(home: Home) -> list[int]:
     return gone
 
 
-def _stage_chunk(fd: int, offset: int, data: bytes, h: _Hashing | None, path: str) -> None:
-    """On the hashing thread: a chunk written to its staging file at ``offset`` (an error is the batch's),
-    then the file's hashes advanced over it."""
+def _pwrite(fd: int, offset: int, data: bytes) -> None:
+    """On the staging thread: a chunk written to its staging file at ``offset`` (an error is the batch's)."""
     view = memoryview(data)
     at = offset
     while view:
         n = os.pwrite(fd, view, at)
         view, at = view[n:], at + n
-    if h is not None:
-        h.add(fd, offset, data, path)
 
 
 def _read_range(fd: int, offset: int, size: int, path: str) -> Iterator[bytes]:
@@ -833,6 +896,16 @@ class Prepared:
 @functools.cache
 def _hasher_thread() -> ThreadPoolExecutor:
     return ThreadPoolExecutor(max_workers=1, thread_name_prefix="stream-hash")
+
+
+@functools.cache
+def _b3_thread() -> ThreadPoolExecutor:
+    return ThreadPoolExecutor(max_workers=1, thread_name_prefix="stream-b3")
+
+
+@functools.cache
+def _stage_thread() -> ThreadPoolExecutor:
+    return ThreadPoolExecutor(max_workers=1, thread_name_prefix="stream-stage")
 
 
 @functools.cache
