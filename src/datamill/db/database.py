@@ -216,7 +216,6 @@ class Database:
             conn.execute(text("SELECT 1"))
 
 
-<<<<<<< HEAD
 #: PostgreSQL's codes for a transaction it stopped to end a conflict with another one.
 _CONFLICT_STATES = {"40P01": "a deadlock", "40001": "a serialization failure", "55P03": "a lock it could not get"}
 
@@ -240,11 +239,11 @@ def _operational_message(exc: OperationalError) -> str:
             f"{SQLITE_BUSY_TIMEOUT_MS // 1000} s; nothing was written. Try again, or look for a stuck datamill process."
         )
     return f"database error: {orig}. Check that the database is reachable."
-=======
+
+
 def _seq_unknown(conn: Connection, _name: Any, _context: Any) -> None:
     if LAST_SEQ in conn.info:
         conn.info[LAST_SEQ] = UNKNOWN_SEQ
->>>>>>> w-trigger2
 
 
 def alembic_config(url: str) -> Any:

@@ -23,12 +23,8 @@ from typing import Any
 from sqlalchemy import Connection
 from sqlalchemy import exc as sa_exc
 
-<<<<<<< HEAD
 from datamill.engine import ownership, runs, tasks
-=======
-from datamill.engine import runs, tasks
 from datamill.engine.attempt import Job
->>>>>>> w-inline2
 from datamill.engine.ends import HELD_ELSEWHERE, Done
 from datamill.engine.planner import Plan
 from datamill.engine.publish import Publisher

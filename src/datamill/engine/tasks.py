@@ -14,12 +14,8 @@ from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-<<<<<<< HEAD
-from sqlalchemy import Connection, bindparam, func, insert, or_, select, update
-=======
 import orjson
-from sqlalchemy import Connection, func, insert, or_, select, update
->>>>>>> w-inline2
+from sqlalchemy import Connection, bindparam, func, insert, or_, select, update
 
 from datamill import events
 from datamill.db.models import Task, TaskInput, TaskOutput
