@@ -19,6 +19,7 @@ import select
 import socket
 import ssl
 from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from typing import Any, BinaryIO
 
 import httpx
@@ -105,14 +106,8 @@ class _ResponseStream(httpx.SyncByteStream):
     def __iter__(self) -> Iterator[bytes]:
         self._started = True
         while True:
-            try:
+            with self._reading():
                 chunk = self._response.read1(CHUNK)
-            except TimeoutError as exc:
-                raise httpx.ReadTimeout(str(exc) or "timed out reading the response", request=self._request) from exc
-            except http.client.IncompleteRead as exc:
-                raise httpx.RemoteProtocolError("the server closed the connection mid-answer") from exc
-            except (OSError, http.client.HTTPException) as exc:
-                raise httpx.ReadError(str(exc) or type(exc).__name__, request=self._request) from exc
             if not chunk:
                 self._finished = True
                 return
@@ -131,7 +126,7 @@ class _ResponseStream(httpx.SyncByteStream):
         if sock is None or self._started or response.chunked or response.length is None:
             return None
         self._started = True
-        try:
+        with self._reading():
             # What http.client read with the head (then its buffer is empty), or one read.
             first = response.read1(CHUNK)
             _write_all(fd, first)
@@ -144,14 +139,20 @@ class _ResponseStream(httpx.SyncByteStream):
                     _splice_into(sock, fd, left, progress)
                 else:
                     _recv_into(sock, fd, left, progress)
+        self._finished = True
+        return len(first) + left
+
+    @contextmanager
+    def _reading(self) -> Iterator[None]:
+        """Reading the body: what the socket or http.client raises, as the httpx error it means."""
+        try:
+            yield
         except TimeoutError as exc:
             raise httpx.ReadTimeout(str(exc) or "timed out reading the response", request=self._request) from exc
         except http.client.IncompleteRead as exc:
             raise httpx.RemoteProtocolError("the server closed the connection mid-answer") from exc
         except (OSError, http.client.HTTPException) as exc:
             raise httpx.ReadError(str(exc) or type(exc).__name__, request=self._request) from exc
-        self._finished = True
-        return len(first) + left
 
     def close(self) -> None:
         conn, self._conn = self._conn, None
