@@ -57,6 +57,7 @@ from datamill.errors import (
 )
 from datamill.limits import INT64_MAX, loads_bounded
 from datamill.store.blobs import ALGORITHM, CHUNK, BlobWriter, check_digest, hasher
+from datamill.store.blobs.base import corrupted
 from datamill.store.names import split_item_path
 from datamill.store.store import VersionInfo, check_idempotency_key, check_metadata
 
@@ -508,11 +509,7 @@ def _verify_file(file: BinaryIO, digest: str, size: int, stop: threading.Event) 
         return
     actual = f"{ALGORITHM}:{h.hexdigest()}"
     if at != size or actual != digest:
-        raise BlobCorrupted(
-            f"blob {digest} is corrupted: its bytes now hash to {actual}. "
-            "Restore it from a backup or upload the file again.",
-            digest=digest,
-        )
+        raise corrupted(digest, actual)
 
 
 class BlobFileResponse(Response):

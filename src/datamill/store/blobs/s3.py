@@ -33,7 +33,7 @@ from typing import Any, BinaryIO
 from urllib.parse import urlsplit
 
 from datamill.errors import BlobCorrupted, BlobNotFound, ConfigError, Unavailable
-from datamill.store.blobs.base import CHUNK, BlobInfo, BlobStore, BlobWriter, check_digest, hasher
+from datamill.store.blobs.base import CHUNK, BlobInfo, BlobStore, BlobWriter, check_digest, corrupted, hasher
 
 log = logging.getLogger("datamill.store")
 
@@ -389,11 +389,7 @@ class S3BlobStore(BlobStore):
         if h is not None:
             actual = f"{self.algorithm}:{h.hexdigest()}"
             if actual != digest:
-                raise BlobCorrupted(
-                    f"blob {digest} is corrupted: its bytes now hash to {actual}. "
-                    "Restore it from a backup or upload the file again.",
-                    digest=digest,
-                )
+                raise corrupted(digest, actual)
             self._mark_verified(digest)
 
     def verify(self, digest: str) -> None:
@@ -507,11 +503,7 @@ class S3BlobStore(BlobStore):
         os.lseek(fd, at + total, os.SEEK_SET)
         actual = f"{self.algorithm}:{h.hexdigest()}"
         if actual != digest:
-            raise BlobCorrupted(
-                f"blob {digest} is corrupted: its bytes now hash to {actual}. "
-                "Restore it from a backup or upload the file again.",
-                digest=digest,
-            )
+            raise corrupted(digest, actual)
         self._mark_verified(digest)
         return total
 
