@@ -126,6 +126,7 @@ class World:
             "src": q(SRC),
             "dest": q(DEST),
             "item": q(next(iter(ITEMS))),
+            "item_path": f"{SRC}/{next(iter(ITEMS))}",  # for a query parameter, which httpx quotes itself
             "run_ok": self.run_ok,
             "run_failed": self.run_failed,
             "task_item": self.task(self.run_ok, "measure["),
