@@ -98,19 +98,31 @@ def drop_database(server_url: str, name: str) -> None:
 # ---------------------------------------------------------------------------------- waiting
 
 
-def wait_for(what: str, check: Callable[[], Any], timeout: float = 30.0, poll: float = 0.02) -> Any:
+def wait_for(
+    what: str,
+    check: Callable[[], Any],
+    timeout: float = 30.0,
+    poll: float = 0.02,
+    progress: Callable[[], Any] | None = None,
+) -> Any:
     """Poll ``check`` until it returns something true (returned), failing after ``timeout`` seconds.
 
     For conditions with no event to await from outside (another process's state, a server's
-    counters); the timeout only bounds how long a failing test takes.
+    counters); the timeout only bounds how long a failing test takes. With ``progress``, the
+    timeout counts from the last change of what it returns: a long job on a loaded machine (a
+    thousand tasks on two busy cores) fails only when it stops moving, not when it moves slowly.
     """
     deadline = time.monotonic() + timeout
+    seen = progress() if progress is not None else None
     while True:
         got = check()
         if got:
             return got
+        if progress is not None and (now := progress()) != seen:
+            seen, deadline = now, time.monotonic() + timeout
         if time.monotonic() > deadline:
-            raise AssertionError(f"timed out after {timeout} s waiting for {what}")
+            stalled = f" (no progress: {seen!r})" if progress is not None else ""
+            raise AssertionError(f"timed out after {timeout} s waiting for {what}{stalled}")
         time.sleep(poll)
 
 

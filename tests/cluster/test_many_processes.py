@@ -126,6 +126,9 @@ def _ids(home: Home, path: str) -> int:
 
 
 @pytest.mark.slow
+# Its waits fail once the deployment stops moving (progress=...); this bounds only a hang, with room
+# for a thousand tasks through six processes on two loaded cores.
+@pytest.mark.timeout(900)
 def test_three_servers_three_workers_one_database(
     tmp_path: Path, cluster_env: dict[str, str], setup_home: Home
 ) -> None:
@@ -210,7 +213,13 @@ def test_three_servers_three_workers_one_database(
                 open_runs = conn.execute(select(Run.id).where(Run.status.in_(["queued", "running"]))).all()
             return not open_runs and len(home.store.list_items(home.admin, "out")) == ITEMS
 
-        wait_for(f"{ITEMS} results and no open run", finished, 90, poll=0.2)
+        def done_so_far() -> tuple[int, int]:
+            """Results landed and runs ended: the dataflow moves while either grows."""
+            with home.db.read() as conn:
+                ended = conn.execute(select(Run.id).where(Run.status.not_in(["queued", "running"]))).all()
+            return len(home.store.list_items(home.admin, "out")), len(ended)
+
+        wait_for(f"{ITEMS} results and no open run", finished, 90, poll=0.2, progress=done_so_far)
 
         outputs = home.store.list_items(home.admin, "out")
         assert sorted(i.name for i in outputs) == sorted(f"item-{k:04d}.upper.txt" for k in range(ITEMS)), (
@@ -238,6 +247,7 @@ def test_three_servers_three_workers_one_database(
                 lambda i=i: created <= watchers[i].seen,
                 60,
                 poll=0.1,
+                progress=lambda i=i: len(watchers[i].seen),
             )
             assert watchers[i].seen - created == set()
     finally:
