@@ -65,12 +65,6 @@ class BlobStoreContract:
         assert store.exists(info.digest)
         assert store.size(info.digest) == len(SMALL)
 
-    def test_put_without_writeback_is_stored_after_sync(self, store: BlobStore) -> None:
-        # A caller that syncs many blobs at once may ask every backend to skip the per-blob writeback.
-        infos = [store.put(data, durable=False, writeback=False) for data in (SMALL, BIG)]
-        store.sync()
-        assert [store.read(i.digest) for i in infos] == [SMALL, BIG]
-
     def test_put_file_object(self, store: BlobStore, tmp_path: Path) -> None:
         src = tmp_path / "big.bin"
         src.write_bytes(BIG)
@@ -380,21 +374,6 @@ class TestLocalBlobStore(BlobStoreContract):
         assert _temp_files(local) == []
         src.unlink()
         assert local.read(info.digest) == BIG and blob.stat().st_nlink == 1
-
-    def test_writeback_is_started_per_blob_unless_the_caller_syncs_for_it(
-        self, local: LocalBlobStore, monkeypatch: pytest.MonkeyPatch
-    ) -> None:
-        from datamill.store.blobs import local as local_module
-
-        started: list[int] = []
-        # The C library's sync_file_range, counted (no kernel call needed to see who asks for it).
-        monkeypatch.setattr(local_module, "_sync_file_range", lambda fd, offset, length, flags: started.append(fd))
-        local.put(b"with writeback", durable=False)
-        assert len(started) == 1  # uploads and the engine: the bytes head for the disk before the batch's sync
-        local.put(b"without writeback", durable=False, writeback=False)
-        assert len(started) == 1  # a stream's small files: the batch's sync writes them
-        local.sync()
-        assert local.read(digest_bytes(b"without writeback")) == b"without writeback"
 
     def test_no_temp_file_after_commit_or_abort(self, local: LocalBlobStore) -> None:
         local.put(SMALL)

@@ -605,7 +605,7 @@ class Stager:
                 raise BadChunk(f"{row.path!r}: its only chunk starts at byte {last.offset}", path=row.path)
             # decode() checked the chunk hash, the SHA-512 of these very bytes: no second pass; the
             # blob was written on a worker thread while earlier messages were applied.
-            blob = ready.blob or self.home.blobs.put(last.data, durable=False, writeback=False)
+            blob = ready.blob or self.home.blobs.put(last.data, durable=False)
             return blob, last.chunk_hash
         staged = self._staged(conn, row.id) if row.id is not None else {}
         pieces = sorted([*staged.items(), (last.offset, len(last.data))])
@@ -856,11 +856,8 @@ def _prepare(value: bytes, blobs: BlobStore) -> _Ready | BadChunk:
         return exc
     if chunk.total == 1 and chunk.offset == 0:
         # Not durable yet: the batch syncs the blob store once before it commits. A blob of a
-        # message that turns out stale or refused is garbage the collector removes. No writeback
-        # started per blob: the batch's syncfs comes within milliseconds and writes them all at
-        # once, and a sync_file_range per 100 KB file cost the prepare threads more than it saved
-        # the writer (w-stream4's pairs; measured again in benchmarks/README.md, w-stream5).
-        ready.blob = blobs.put(chunk.data, durable=False, writeback=False)
+        # message that turns out stale or refused is garbage the collector removes.
+        ready.blob = blobs.put(chunk.data, durable=False)
     return ready
 
 

@@ -238,15 +238,8 @@ class BlobStore(ABC):
         expected_digest: str | None = None,
         expected_size: int | None = None,
         durable: bool = True,
-        *,
-        writeback: bool = True,
     ) -> BlobInfo:
-        """Store bytes from a buffer, a file object (see :meth:`put_file`) or an iterable of chunks.
-
-        ``writeback=False`` (with ``durable=False``) is a hint that the caller's :meth:`sync` comes soon
-        after for many blobs at once: a backend that would start writing each blob to disk as it is
-        stored leaves that to the sync. Backends that do nothing of the kind ignore it.
-        """
+        """Store bytes from a buffer, a file object (see :meth:`put_file`) or an iterable of chunks."""
         if not isinstance(data, bytes | bytearray | memoryview) and hasattr(data, "read"):
             return self.put_file(data, expected_digest, expected_size, durable)  # type: ignore[arg-type]
         w = self.writer(expected_digest, expected_size, durable)

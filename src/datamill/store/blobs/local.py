@@ -184,8 +184,6 @@ class LocalBlobStore(BlobStore):
         expected_digest: str | None = None,
         expected_size: int | None = None,
         durable: bool = True,
-        *,
-        writeback: bool = True,
     ) -> BlobInfo:
         """As :meth:`BlobStore.put`; small bytes written without ``durable`` go straight to their place.
 
@@ -197,21 +195,19 @@ class LocalBlobStore(BlobStore):
         caller's sync and commit.
         """
         if durable or expected_digest is not None or expected_size is not None or not isinstance(data, bytes):
-            return super().put(data, expected_digest, expected_size, durable, writeback=writeback)
+            return super().put(data, expected_digest, expected_size, durable)
         digest = digest_bytes(data)
         final = self.path_of(digest)
         try:
             fd = _create(final)
         except FileExistsError:
-            return super().put(data, expected_digest, expected_size, durable, writeback=writeback)
+            return super().put(data, expected_digest, expected_size, durable)
         try:
             view = memoryview(data)
             while view:
                 view = view[os.write(fd, view) :]
-            # The caller's sync() comes once for a whole batch: its bytes go to disk meanwhile, unless
-            # the caller syncs so soon that a writeback per blob costs more than it saves.
-            if writeback:
-                start_writeback(fd)
+            # The caller's sync() comes once for a whole batch: its bytes go to disk meanwhile.
+            start_writeback(fd)
         except BaseException:
             os.close(fd)
             final.unlink(missing_ok=True)

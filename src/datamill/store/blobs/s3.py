@@ -326,8 +326,6 @@ class S3BlobStore(BlobStore):
         expected_digest: str | None = None,
         expected_size: int | None = None,
         durable: bool = True,
-        *,
-        writeback: bool = True,
     ) -> BlobInfo:
         """As :meth:`BlobStore.put`; a seekable file is hashed first so its parts go to the final name."""
         if expected_digest is None and hasattr(data, "read") and hasattr(data, "seek") and _seekable(data):
@@ -337,7 +335,7 @@ class S3BlobStore(BlobStore):
                 h.update(chunk)
             data.seek(start)
             expected_digest = f"{self.algorithm}:{h.hexdigest()}"
-        return super().put(data, expected_digest, expected_size, durable, writeback=writeback)
+        return super().put(data, expected_digest, expected_size, durable)
 
     def put_file(
         self,
