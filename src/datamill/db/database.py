@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import functools
 import re
+import select
 import threading
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -19,7 +20,7 @@ from typing import Any
 
 from sqlalchemy import Connection, create_engine, event, text
 from sqlalchemy.engine import Engine
-from sqlalchemy.exc import DBAPIError, IntegrityError, OperationalError
+from sqlalchemy.exc import DBAPIError, DisconnectionError, IntegrityError, OperationalError
 from sqlalchemy.pool import NullPool
 
 from datamill.errors import AlreadyExists, ConfigError, DatamillError
@@ -71,7 +72,10 @@ class Database:
             self.engine = self._sqlite_engine(immediate=False)
             self.write_engine = self._sqlite_engine(immediate=True)
         else:
-            self.engine = create_engine(self.url, pool_pre_ping=True, pool_size=10, max_overflow=20)
+            self.engine = create_engine(self.url, pool_size=10, max_overflow=20)
+            # Instead of a ping per checkout (a round trip per transaction), the socket tells whether
+            # the server said anything while the connection sat in the pool: see _closed_by_server.
+            event.listen(self.engine, "checkout", _closed_by_server)
             self.write_engine = self.engine
         # Events appended inside a savepoint rolled back are gone (and SQLite gives their seqs again):
         # the transaction's newest seq is not known any more.
@@ -239,6 +243,28 @@ def _operational_message(exc: OperationalError) -> str:
             f"{SQLITE_BUSY_TIMEOUT_MS // 1000} s; nothing was written. Try again, or look for a stuck datamill process."
         )
     return f"database error: {orig}. Check that the database is reachable."
+
+
+def _closed_by_server(dbapi_conn: Any, _record: Any, _proxy: Any) -> None:
+    """A pooled PostgreSQL connection being checked out: refuse it if the server closed it.
+
+    An idle connection in the pool gets no message from the server (none LISTENs; the event
+    log's listener has its own connection), except when the server ends it: a restart, a
+    ``pg_terminate_backend``, an idle timeout send a FATAL error and close the socket. So a
+    socket with something to read is one to throw away; SQLAlchemy then checks out another
+    (``DisconnectionError``). This replaces ``pool_pre_ping``, which made a round trip per
+    transaction for the same answer.
+    """
+    try:
+        fd = -1 if dbapi_conn.closed else dbapi_conn.fileno()
+    except Exception as exc:  # psycopg raises when its connection is no longer usable
+        raise DisconnectionError("the connection is broken") from exc
+    if fd < 0:
+        raise DisconnectionError("the connection is closed")
+    poller = select.poll()
+    poller.register(fd, select.POLLIN | select.POLLPRI)
+    if poller.poll(0):
+        raise DisconnectionError("the server sent something to an idle connection (it closed it)")
 
 
 def _seq_unknown(conn: Connection, _name: Any, _context: Any) -> None:
