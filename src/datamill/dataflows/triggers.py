@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import logging
 import time
 from collections.abc import Callable
@@ -511,6 +512,7 @@ class Triggers:
         owner = actor if row.owner_id is not None and actor.id == row.owner_id else self._owner(conn, row.owner_id)
         choice = registry.choose(conn, owner, implementation(cfg), self.home.settings.image_patterns)
         pipeline = load_pipeline(choice.ref)
+        choice = dataclasses.replace(choice, loaded=pipeline)  # loaded once per run, not again by the engine
         aggregate = any(not pipeline.per_item(s.name) for s in pipeline)
         refs = self._inputs(conn, cfg, actor, item_ids, aggregate)
         if item_ids is None and not aggregate and reason.startswith("start"):

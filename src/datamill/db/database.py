@@ -195,7 +195,7 @@ class Database:
             return set()
         with self.committed:
             spans = sorted(c for c in self._own if c[1] > after and c[0] <= upto)
-        need, seen = after + 1, set()
+        need, seen = after + 1, set[tuple[str, int | None]]()
         for first, last, facts in spans:
             if first > need or last > upto:
                 return None  # seqs not ours (or not yet known as ours) in between, or beyond the look

@@ -80,7 +80,9 @@ class _Prepared:
 
 def resolve_pipeline(pipeline: Pipeline | Choice) -> Pipeline:
     """A pipeline object from itself or an admitted choice (see :func:`~datamill.engine.registry.choose`)."""
-    return load_pipeline(pipeline.ref) if isinstance(pipeline, Choice) else pipeline
+    if isinstance(pipeline, Choice):
+        return pipeline.loaded if pipeline.loaded is not None else load_pipeline(pipeline.ref)
+    return pipeline
 
 
 class Engine:
