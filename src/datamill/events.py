@@ -273,7 +273,8 @@ def append_rows(conn: Connection, rows: list[EventRow]) -> int:
         seq = conn.exec_driver_sql("SELECT max(seq) FROM events").scalar_one()
         if postgres:
             conn.execute(text("SELECT pg_notify(:c, :s)"), {"c": NOTIFY_CHANNEL, "s": str(seq)})
-        conn.info[EVENT_FACTS] = None  # which seqs the batch took is not read back: readers read the log
+        # Holding the lock, nobody else took a seq meanwhile: the batch's seqs are the last len(batch).
+        _added(conn, int(seq) - len(batch) + 1, {(r[1], r[3]) for r in rows})
     wrote(conn, int(seq))
     return int(seq)
 

@@ -81,12 +81,32 @@ def test_a_landed_item_costs_bounded_statements_whatever_the_folder_holds(world:
     with statements(w.home) as stmts:
         assert w.poll(T0 + 500) == []
     assert stmts == []
-    # An event of no concern to any trigger (an item landing in the destination): one short read,
-    # the events since. The newest seq is not read: the commit was this process's own, which knows it.
+    # An event of no concern to any trigger (an item landing in the destination), committed by this
+    # process: it knows what it wrote (Database.own_events), so the pass reads nothing at all.
     w.put("elsewhere.txt", "x", folder="Out")
     with statements(w.home) as stmts:
         assert w.poll(T0 + 600) == []
-    assert [s.split()[0] for s in stmts] == ["BEGIN", "SELECT"], stmts
+    assert stmts == []
+    # The same committed by another process (a second home on the database): one short read, the events
+    # since (the newest seq too: the commit was noticed, as the log's watcher notices it, not known).
+    other = Home(w.home.settings)
+    try:
+        other.store.put(other.admin, "Out", "other.txt", b"y", "text/plain")
+    finally:
+        other.close()
+    w.home.db.notify_commit()
+    with statements(w.home) as stmts:
+        assert w.poll(T0 + 700) == []
+    assert [s.split()[0] for s in stmts if s != "BEGIN"] == ["SELECT", "SELECT"], stmts
+    # And an item landing in the source from another process fires a run.
+    other = Home(w.home.settings)
+    try:
+        other.store.put(other.admin, "Raw", "from-another.txt", b"z", "text/plain")
+    finally:
+        other.close()
+    w.home.db.notify_commit()
+    (run_id,) = w.poll(T0 + 800)
+    assert w.run_inputs(run_id) == ["from-another.txt"]
 
 
 def test_each_landed_item_fires_once_beside_a_restarted_trigger(world: FlowWorld) -> None:
