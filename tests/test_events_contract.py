@@ -401,7 +401,7 @@ def test_the_head_of_this_process_own_commits_is_known_and_a_rolled_back_savepoi
     assert log.latest() == after
 
 
-def test_own_events_tell_what_this_process_committed_and_nothing_they_cannot_vouch_for(db_url: str, db: Database) -> None:
+def test_own_events_tell_what_this_process_committed_and_nothing_else(db_url: str, db: Database) -> None:
     """``Database.own_events``: the kinds and folders of the events between two seqs when this
     process's own commits added every one of them; None (read the log) as soon as one is not known
     that way: another process's commit in between, a savepoint rolled back, events added without
@@ -414,7 +414,8 @@ def test_own_events_tell_what_this_process_committed_and_nothing_they_cannot_vou
         )
         b = events.append(conn, EventKind.ITEM_UPDATED, folder_id=3, item_id=2)  # a second call, same transaction
     assert db.own_events(0, a) == {(EventKind.ITEM_CREATED, 1)}
-    assert db.own_events(a, b) == {(EventKind.RUN_QUEUED, None), (EventKind.TASK_QUEUED, 2), (EventKind.ITEM_UPDATED, 3)}
+    expected = {(EventKind.RUN_QUEUED, None), (EventKind.TASK_QUEUED, 2), (EventKind.ITEM_UPDATED, 3)}
+    assert db.own_events(a, b) == expected
     assert db.own_events(b, b) == set()
     assert db.own_events(0, b + 1) is None  # beyond what this process committed
 
