@@ -37,7 +37,12 @@ def test_a_pooled_connection_is_reused_without_a_ping(db: Database, monkeypatch:
     first = _backend(db)
     pings: list[object] = []
     ping = db.engine.dialect.do_ping
-    monkeypatch.setattr(db.engine.dialect, "do_ping", lambda c: pings.append(c) or ping(c))
+
+    def counted(dbapi_conn: object) -> bool:
+        pings.append(dbapi_conn)
+        return ping(dbapi_conn)
+
+    monkeypatch.setattr(db.engine.dialect, "do_ping", counted)
     assert _backend(db) == first
     assert _backend(db) == first
     assert pings == []  # no round trip on checkout
