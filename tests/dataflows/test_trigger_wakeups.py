@@ -74,6 +74,8 @@ def test_a_landed_item_costs_bounded_statements_whatever_the_folder_holds(world:
         assert w.run_inputs(run_id) == [f"new{i}.txt"]
         costs.append(len(stmts))
         assert len(stmts) <= STATEMENTS_PER_ITEM, (len(stmts), stmts)
+        # The source's and the destination's ids, asked by several checks: one read of the folders.
+        assert sum("FROM folders" in s for s in stmts) == 1, stmts
     assert costs[0] == costs[1], costs  # 1 item in the folder or 41: the same statements
 
     # A pass with nothing new since the last (which saw the run it recorded): no statement.

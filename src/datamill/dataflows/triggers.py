@@ -507,6 +507,8 @@ class Triggers:
         skip_failed: bool = True,
         handing: bool = False,
     ) -> int | None:
+        # Its checks ask for the source's and the destination's ids: read both at once (in a firing pass).
+        lookups.remember_folder_ids(conn, [str(cfg[k]) for k in ("source", "destination") if cfg.get(k)])
         # The pipeline is what the dataflow's owner chose, whoever asks for this run (`flow run`).
         # An image dataflow runs image://IMAGE, checked against allowed_images as it is now.
         owner = actor if row.owner_id is not None and actor.id == row.owner_id else self._owner(conn, row.owner_id)
