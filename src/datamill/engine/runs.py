@@ -338,9 +338,7 @@ def start_run(conn: Connection, run_id: int, folder_id: int | None) -> bool:
 def finish_run_if_done(conn: Connection, run_id: int, folder_id: int | None) -> RunStatus | None:
     """End the run when none of its tasks is queued or running; returns its final status then."""
     counts = dict(
-        conn.execute(select(Task.status, func.count()).where(Task.run_id == run_id).group_by(Task.status))
-        .tuples()
-        .all()
+        conn.execute(select(Task.status, func.count()).where(Task.run_id == run_id).group_by(Task.status)).all()
     )
     if counts.get(TaskStatus.QUEUED, 0) or counts.get(TaskStatus.RUNNING, 0):
         return None

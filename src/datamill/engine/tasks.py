@@ -694,7 +694,7 @@ def lookup_cache_many(
     out: dict[str, tuple[int, list[OutputRecord]]] = {}
     for i in range(0, len(keys), LOOKUP_CHUNK):
         chunk = {"keys": list(keys[i : i + LOOKUP_CHUNK])}
-        rows = conn.execute(_LOOKUP_MANY if failed is None else _LOOKUP_MANY_OR_FAILED, chunk).tuples()
+        rows = conn.execute(_LOOKUP_MANY if failed is None else _LOOKUP_MANY_OR_FAILED, chunk)
         newest: dict[str, int] = {}
         by_task: dict[int, list[OutputRecord]] = {}
         for key, tid, name, digest, size, ctype, codec, inline, *status_run in rows:

@@ -56,7 +56,7 @@ def remember_folder_ids(conn: Connection, paths: Iterable[str]) -> None:
     wanted = [p for p in dict.fromkeys(paths) if ("folder", p) not in kept]
     if not wanted:
         return
-    found = {str(path): int(fid) for path, fid in conn.execute(_FOLDER_IDS, {"paths": wanted}).tuples()}
+    found = {str(path): int(fid) for path, fid in conn.execute(_FOLDER_IDS, {"paths": wanted})}
     for path in wanted:
         kept[("folder", path)] = found.get(path)
 
@@ -135,7 +135,7 @@ def items_with_current_versions(
         rows = conn.execute(_SOME_CURRENT, {"folder_id": folder_id, "ids": sorted(wanted)})
     else:
         rows = conn.execute(_ALL_CURRENT, {"folder_id": folder_id})
-    return [item_info(r, folder) for r in rows.tuples() if wanted is None or r[0] in wanted]
+    return [item_info(r, folder) for r in rows if wanted is None or r[0] in wanted]
 
 
 #: the statements of :func:`items_with_current_versions`, built once (a trigger asks per landed item)
