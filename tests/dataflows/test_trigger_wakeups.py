@@ -91,22 +91,21 @@ def test_a_landed_item_costs_bounded_statements_whatever_the_folder_holds(world:
     assert stmts == []
     # The same committed by another process (a second home on the database): one short read, the events
     # since (the newest seq too: the commit was noticed, as the log's watcher notices it, not known).
-    other = Home(w.home.settings)
-    try:
-        other.store.put(other.admin, "Out", "other.txt", b"y", "text/plain")
-    finally:
-        other.close()
-    w.home.db.notify_commit()
+
+    def put_from_another_process(folder: str, name: str) -> None:
+        other = Home(w.home.settings)
+        try:
+            other.store.put(other.admin, folder, name, b"y", "text/plain")
+        finally:
+            other.close()
+        w.home.db.notify_commit()  # as the log's watcher does when it notices the commit
+
+    put_from_another_process("Out", "other.txt")
     with statements(w.home) as stmts:
         assert w.poll(T0 + 700) == []
     assert [s.split()[0] for s in stmts if s != "BEGIN"] == ["SELECT", "SELECT"], stmts
     # And an item landing in the source from another process fires a run.
-    other = Home(w.home.settings)
-    try:
-        other.store.put(other.admin, "Raw", "from-another.txt", b"z", "text/plain")
-    finally:
-        other.close()
-    w.home.db.notify_commit()
+    put_from_another_process("Raw", "from-another.txt")
     (run_id,) = w.poll(T0 + 800)
     assert w.run_inputs(run_id) == ["from-another.txt"]
 
