@@ -399,3 +399,50 @@ def test_the_head_of_this_process_own_commits_is_known_and_a_rolled_back_savepoi
     assert db.known_seq == after
     assert [e.item_id for e in log.read(after=second)] == [3, 5]
     assert log.latest() == after
+
+
+def test_own_events_tell_what_this_process_committed_and_nothing_else(db_url: str, db: Database) -> None:
+    """``Database.own_events``: the kinds and folders of the events between two seqs when this
+    process's own commits added every one of them; None (read the log) as soon as one is not known
+    that way: another process's commit in between, a savepoint rolled back, events added without
+    ``append_rows``."""
+    a = _append(db, EventKind.ITEM_CREATED, folder_id=1, item_id=1)
+    with db.write() as conn:
+        events.append_many(
+            conn,
+            [{"kind": EventKind.RUN_QUEUED, "run_id": 7}, {"kind": EventKind.TASK_QUEUED, "run_id": 7, "folder_id": 2}],
+        )
+        b = events.append(conn, EventKind.ITEM_UPDATED, folder_id=3, item_id=2)  # a second call, same transaction
+    assert db.own_events(0, a) == {(EventKind.ITEM_CREATED, 1)}
+    expected = {(EventKind.RUN_QUEUED, None), (EventKind.TASK_QUEUED, 2), (EventKind.ITEM_UPDATED, 3)}
+    assert db.own_events(a, b) == expected
+    assert db.own_events(b, b) == set()
+    assert db.own_events(0, b + 1) is None  # beyond what this process committed
+
+    # Another process (a second Database on the same database: none of its commits are this one's).
+    other = Database(db_url)
+    try:
+        with other.write() as conn:
+            foreign = events.append(conn, EventKind.ITEM_CREATED, folder_id=9, item_id=9)
+    finally:
+        other.dispose()
+    c = _append(db, EventKind.TASK_FINISHED, run_id=7)
+    assert db.own_events(b, c) is None  # the foreign event lies in between
+    assert db.own_events(foreign, c) == {(EventKind.TASK_FINISHED, None)}
+
+    with db.write() as conn:
+        events.append(conn, EventKind.ITEM_CREATED, folder_id=1, item_id=3)
+        with pytest.raises(RuntimeError), conn.begin_nested():
+            events.append(conn, EventKind.ITEM_CREATED, folder_id=1, item_id=4)
+            raise RuntimeError("the savepoint is rolled back")
+    d = _append(db, EventKind.TASK_FINISHED, run_id=8)
+    assert db.own_events(c, d) is None  # the rolled-back savepoint's transaction is not vouched for
+    with db.write() as conn:
+        events.append(conn, EventKind.ITEM_CREATED, folder_id=1, item_id=5)
+        events.wrote(conn, events.UNKNOWN_SEQ)  # as a copy of events made in SQL does
+    e = _append(db, EventKind.TASK_FINISHED, run_id=9)
+    with db.read() as conn:
+        head = events.latest_seq(conn)
+    assert head == e
+    assert db.own_events(d, e) is None
+    assert db.own_events(e - 1, e) == {(EventKind.TASK_FINISHED, None)}

@@ -32,7 +32,7 @@ from typing import Any
 import orjson
 from sqlalchemy import Connection, func, select, text
 
-from datamill.db.database import LAST_SEQ, LOG_LOCK_KEY, LOG_LOCKED, UNKNOWN_SEQ, Database
+from datamill.db.database import EVENT_FACTS, LAST_SEQ, LOG_LOCK_KEY, LOG_LOCKED, UNKNOWN_SEQ, Database
 from datamill.db.models import Event
 from datamill.records import EventRecord
 
@@ -185,13 +185,13 @@ def _insert_sql(dialect: str, paramstyle: str) -> str:
 @functools.cache
 def _insert_rows_sql(sql: str, n: int, notify: bool) -> str:
     """``sql`` (:func:`_insert_sql`) for ``n`` rows in one statement, returning their seqs; with
-    ``notify`` (PostgreSQL), returning the newest seq only, notified on the channel given as the
+    ``notify`` (PostgreSQL), returning the newest and the oldest seq, the newest notified on the channel given as the
     last parameter. Seqs follow the rows' order (a multi-row ``VALUES`` takes its defaults row by row)."""
     values = sql[sql.index(" VALUES ") + len(" VALUES ") :]
     many = sql + (", " + values) * (n - 1) + " RETURNING seq"
     if not notify:
         return many
-    return f"WITH added AS ({many}) SELECT max(seq), pg_notify(%s, max(seq)::text) FROM added"
+    return f"WITH added AS ({many}) SELECT max(seq), min(seq), pg_notify(%s, max(seq)::text) FROM added"
 
 
 def _json(data: dict[str, Any]) -> str:
@@ -249,9 +249,13 @@ def append_rows(conn: Connection, rows: list[EventRow]) -> int:
         # PostgreSQL also sends the notification (one round trip, not three).
         values = tuple(v for row in batch for v in row)
         if postgres:
-            seq = conn.exec_driver_sql(_insert_rows_sql(sql, len(batch), True), (*values, NOTIFY_CHANNEL)).one()[0]
+            seq, first, _ = conn.exec_driver_sql(
+                _insert_rows_sql(sql, len(batch), True), (*values, NOTIFY_CHANNEL)
+            ).one()
         else:
-            seq = max(conn.exec_driver_sql(_insert_rows_sql(sql, len(batch), False), values).scalars())
+            seqs = list(conn.exec_driver_sql(_insert_rows_sql(sql, len(batch), False), values).scalars())
+            seq, first = max(seqs), min(seqs)
+        _added(conn, first, {(r[1], r[3]) for r in rows})
     else:
         if dialect == "sqlite":
             # One statement per 500 events: Python's sqlite3 gives the GIL up at every row of an
@@ -269,8 +273,22 @@ def append_rows(conn: Connection, rows: list[EventRow]) -> int:
         seq = conn.exec_driver_sql("SELECT max(seq) FROM events").scalar_one()
         if postgres:
             conn.execute(text("SELECT pg_notify(:c, :s)"), {"c": NOTIFY_CHANNEL, "s": str(seq)})
+        # Holding the lock, nobody else took a seq meanwhile: the batch's seqs are the last len(batch).
+        _added(conn, int(seq) - len(batch) + 1, {(r[1], r[3]) for r in rows})
     wrote(conn, int(seq))
     return int(seq)
+
+
+def _added(conn: Connection, first: int, facts: set[tuple[str, int | None]]) -> None:
+    """Note in the transaction what it appended (``Database.own_events``): its first seq and the
+    distinct ``(kind, folder_id)`` of its events; once unknown (None), it stays so."""
+    info = conn.info
+    if EVENT_FACTS not in info:
+        info[EVENT_FACTS] = (first, facts)
+    elif info[EVENT_FACTS] is not None:
+        # Later events of the same transaction: they follow its first ones (it holds the log's lock).
+        before = info[EVENT_FACTS]
+        info[EVENT_FACTS] = (min(before[0], first), before[1] | facts)
 
 
 def wrote(conn: Connection, seq: int) -> None:
@@ -280,6 +298,8 @@ def wrote(conn: Connection, seq: int) -> None:
     info = conn.info
     before = info.get(LAST_SEQ)
     info[LAST_SEQ] = UNKNOWN_SEQ if UNKNOWN_SEQ in (before, seq) else max(before or 0, seq)
+    if seq == UNKNOWN_SEQ:
+        info[EVENT_FACTS] = None
 
 
 #: A service that acts on new events looks again at most this often while they keep coming: the

@@ -56,6 +56,19 @@ def statements(home: Home) -> Iterator[list[str]]:
             event.remove(e, "before_cursor_execute", hook)
 
 
+def without_head_reads(stmts: list[str]) -> list[str]:
+    """``stmts`` without the reads of the log's head (``BEGIN`` and ``SELECT max(seq)``). The SQLite
+    watcher may see this process's own commit (the WAL written) before the committing thread records
+    its seq, take it for another's and have the head read once: timing, not what a pass costs."""
+    out: list[str] = []
+    for s in stmts:
+        if "max(events.seq)" in s and out and out[-1] == "BEGIN":
+            out.pop()
+            continue
+        out.append(s)
+    return out
+
+
 def test_a_landed_item_costs_bounded_statements_whatever_the_folder_holds(world: FlowWorld) -> None:
     w = world
     w.create()
@@ -72,21 +85,43 @@ def test_a_landed_item_costs_bounded_statements_whatever_the_folder_holds(world:
         with statements(w.home) as stmts:
             (run_id,) = w.poll(T0 + 100 * i + 50)  # past the batch window
         assert w.run_inputs(run_id) == [f"new{i}.txt"]
-        costs.append(len(stmts))
+        costs.append(len(without_head_reads(stmts)))
         assert len(stmts) <= STATEMENTS_PER_ITEM, (len(stmts), stmts)
+        # The source's and the destination's ids, asked by several checks: one read of the folders.
+        assert sum("FROM folders" in s for s in stmts) == 1, stmts
     assert costs[0] == costs[1], costs  # 1 item in the folder or 41: the same statements
 
     # A pass with nothing new since the last (which saw the run it recorded): no statement.
     assert w.poll(T0 + 400) == []
     with statements(w.home) as stmts:
         assert w.poll(T0 + 500) == []
-    assert stmts == []
-    # An event of no concern to any trigger (an item landing in the destination): one short read,
-    # the events since. The newest seq is not read: the commit was this process's own, which knows it.
+    assert without_head_reads(stmts) == []
+    # An event of no concern to any trigger (an item landing in the destination), committed by this
+    # process: it knows what it wrote (Database.own_events), so the pass reads nothing at all.
     w.put("elsewhere.txt", "x", folder="Out")
     with statements(w.home) as stmts:
         assert w.poll(T0 + 600) == []
-    assert [s.split()[0] for s in stmts] == ["BEGIN", "SELECT"], stmts
+    assert without_head_reads(stmts) == []
+    # The same committed by another process (a second home on the database): one short read, the events
+    # since (the newest seq too: the commit was noticed, as the log's watcher notices it, not known).
+
+    def put_from_another_process(folder: str, name: str) -> None:
+        other = Home(w.home.settings)
+        try:
+            other.store.put(other.admin, folder, name, b"y", "text/plain")
+        finally:
+            other.close()
+        w.home.db.notify_commit()  # as the log's watcher does when it notices the commit
+
+    put_from_another_process("Out", "other.txt")
+    with statements(w.home) as stmts:
+        assert w.poll(T0 + 700) == []
+    assert [s.split()[0] for s in stmts if s != "BEGIN"] == ["SELECT", "SELECT"], stmts
+    assert "DISTINCT events.kind" in without_head_reads(stmts)[-1], stmts
+    # And an item landing in the source from another process fires a run.
+    put_from_another_process("Raw", "from-another.txt")
+    (run_id,) = w.poll(T0 + 800)
+    assert w.run_inputs(run_id) == ["from-another.txt"]
 
 
 def test_each_landed_item_fires_once_beside_a_restarted_trigger(world: FlowWorld) -> None:

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import logging
 import time
 from collections.abc import Callable
@@ -228,8 +229,18 @@ class Triggers:
             # Nothing committed since the last pass: only the clock (cron, a batch window) can act.
             rows = [r for r in self._rows if r.kind != DataflowKind.STREAM]
             return self._rows, [r.id for r in rows if self._due(None, r, now, latest)]
+        own = self._own_since(latest)
+        rows = [r for r in self._rows or () if r.kind != DataflowKind.STREAM]
+        if own is not None and self._rows is not None and not own[1] and self._known.issuperset(r.id for r in rows):
+            # Every event since the last pass is one this process committed (the runs and tasks it
+            # records, items it stored), none changed a dataflow, and every dataflow was checked from
+            # its cursor before: what landed is known without a read.
+            self._note_landed(rows, own[0])
+            ids = [r.id for r in rows if self._due(None, r, now, latest)]
+            self._seen = latest
+            return self._rows, ids
         with self.home.db.read() as conn:
-            folders, flows_changed = self._since(conn, latest)
+            folders, flows_changed = own if own is not None else self._since(conn, latest)
             if self._rows is None or self._seen is None or flows_changed:
                 # Directory dataflows land files (datamill.dataflows.directory) and stream dataflows' consumers
                 # run in datamill.dataflows.ingest: neither has a trigger.
@@ -248,6 +259,17 @@ class Triggers:
         # Only now that every new dataflow was checked from its cursor: a failed read checks them again.
         self._seen, self._known, self._unchecked = latest, {r.id for r in rows}, set()
         return all_rows, ids
+
+    def _own_since(self, latest: int) -> tuple[set[int | None], bool] | None:
+        """What :meth:`_since` would read, when this process's own commits wrote every event since
+        the last pass (``Database.own_events``); None when they did not, or it cannot tell."""
+        seen = self._seen
+        if seen is None:
+            return None
+        facts = self.home.db.own_events(seen, latest)
+        if facts is None:
+            return None
+        return {f for k, f in facts if k in ITEM_EVENTS}, any(k in FLOW_EVENTS for k, _ in facts)
 
     def _since(self, conn: Connection, latest: int) -> tuple[set[int | None], bool]:
         """What happened since the last pass, in one statement over its events (a few), whatever the
@@ -485,11 +507,14 @@ class Triggers:
         skip_failed: bool = True,
         handing: bool = False,
     ) -> int | None:
+        # Its checks ask for the source's and the destination's ids: read both at once (in a firing pass).
+        lookups.remember_folder_ids(conn, [str(cfg[k]) for k in ("source", "destination") if cfg.get(k)])
         # The pipeline is what the dataflow's owner chose, whoever asks for this run (`flow run`).
         # An image dataflow runs image://IMAGE, checked against allowed_images as it is now.
         owner = actor if row.owner_id is not None and actor.id == row.owner_id else self._owner(conn, row.owner_id)
         choice = registry.choose(conn, owner, implementation(cfg), self.home.settings.image_patterns)
         pipeline = load_pipeline(choice.ref)
+        choice = dataclasses.replace(choice, loaded=pipeline)  # loaded once per run, not again by the engine
         aggregate = any(not pipeline.per_item(s.name) for s in pipeline)
         refs = self._inputs(conn, cfg, actor, item_ids, aggregate)
         if item_ids is None and not aggregate and reason.startswith("start"):

@@ -10,7 +10,9 @@ from __future__ import annotations
 
 import functools
 import re
+import select
 import threading
+from collections import deque
 from collections.abc import Iterator
 from contextlib import contextmanager
 from importlib import resources
@@ -19,7 +21,7 @@ from typing import Any
 
 from sqlalchemy import Connection, create_engine, event, text
 from sqlalchemy.engine import Engine
-from sqlalchemy.exc import DBAPIError, IntegrityError, OperationalError
+from sqlalchemy.exc import DBAPIError, DisconnectionError, IntegrityError, OperationalError
 from sqlalchemy.pool import NullPool
 
 from datamill.errors import AlreadyExists, ConfigError, DatamillError
@@ -33,6 +35,15 @@ LOG_LOCKED = "datamill.log_locked"
 #: (``events.append_rows``), or :data:`UNKNOWN_SEQ` when it added events some other way.
 LAST_SEQ = "datamill.last_seq"
 UNKNOWN_SEQ = -1
+#: ``Connection.info`` key: what the write transaction in progress appended, for :meth:`Database.own_events`:
+#: ``(first seq, {(kind, folder_id), ...})``, or None when its first seq is not known.
+EVENT_FACTS = "datamill.event_facts"
+#: How many of this process's recent event-writing commits :meth:`Database.own_events` remembers.
+OWN_COMMITS_KEPT = 128
+
+#: One commit of this process that added events: its first and last seq, and the distinct
+#: ``(kind, folder_id)`` of its events.
+OwnCommit = tuple[int, int, frozenset[tuple[str, int | None]]]
 
 
 def normalize_url(url: str) -> str:
@@ -67,11 +78,16 @@ class Database:
         #: while none came after the log's head was last read, the head is known without reading it
         self.known_seq = 0
         self.unknown_at = 0
+        #: the latest of this process's commits that added events (:meth:`own_events`), under ``committed``
+        self._own: deque[OwnCommit] = deque(maxlen=OWN_COMMITS_KEPT)
         if self.is_sqlite:
             self.engine = self._sqlite_engine(immediate=False)
             self.write_engine = self._sqlite_engine(immediate=True)
         else:
-            self.engine = create_engine(self.url, pool_pre_ping=True, pool_size=10, max_overflow=20)
+            self.engine = create_engine(self.url, pool_size=10, max_overflow=20)
+            # Instead of a ping per checkout (a round trip per transaction), the socket tells whether
+            # the server said anything while the connection sat in the pool: see _closed_by_server.
+            event.listen(self.engine, "checkout", _closed_by_server)
             self.write_engine = self.engine
         # Events appended inside a savepoint rolled back are gone (and SQLite gives their seqs again):
         # the transaction's newest seq is not known any more.
@@ -121,6 +137,7 @@ class Database:
         Driver errors are translated here so nothing above ``db/`` sees them.
         """
         wrote: int | None = None
+        facts: tuple[int, set[tuple[str, int | None]]] | None = None
         with self._write_lock:
             depth = getattr(self._writing, "depth", 0)
             self._writing.depth = depth + 1
@@ -138,27 +155,53 @@ class Database:
                     finally:
                         info.pop(LOG_LOCKED, None)
                         wrote = info.pop(LAST_SEQ, None)
+                        facts = info.pop(EVENT_FACTS, None)
             except IntegrityError as exc:
                 raise AlreadyExists(f"that already exists ({_constraint(exc)})") from exc
             except OperationalError as exc:
                 raise DatamillError(_operational_message(exc)) from exc
             finally:
                 self._writing.depth = depth
-        self.notify_commit(known=True, seq=wrote)
+        self.notify_commit(known=True, seq=wrote, facts=facts)
 
-    def notify_commit(self, known: bool = False, seq: int | None = None) -> None:
+    def notify_commit(
+        self, known: bool = False, seq: int | None = None, facts: tuple[int, set[tuple[str, int | None]]] | None = None
+    ) -> None:
         """Wake the threads waiting for a commit (this process's, or one noticed from another).
 
         ``known``: a write transaction of this process, whose newest event is ``seq`` (None: it
-        added none; :data:`UNKNOWN_SEQ`: not known).
+        added none; :data:`UNKNOWN_SEQ`: not known), and ``facts`` what it added (see :data:`EVENT_FACTS`).
         """
         with self.committed:
             self.commits += 1
             if known and seq != UNKNOWN_SEQ:
                 self.known_seq = max(self.known_seq, seq or 0)
+                if seq is not None and facts is not None:
+                    self._own.append((facts[0], seq, frozenset(facts[1])))
             else:
                 self.unknown_at = self.commits
             self.committed.notify_all()
+
+    def own_events(self, after: int, upto: int) -> set[tuple[str, int | None]] | None:
+        """The distinct ``(kind, folder_id)`` of the events with ``after < seq <= upto``, when this
+        process's own recent commits added every one of them; None when it cannot tell (another
+        process's events, a gap, events added without :func:`datamill.events.append_rows`, or
+        commits older than the :data:`OWN_COMMITS_KEPT` remembered): then read the log.
+
+        A service that looks at what happened since its last look (the triggers) reads nothing
+        after this process's own commits: most of them are the runs and tasks it records itself.
+        """
+        if upto <= after:
+            return set()
+        with self.committed:
+            spans = sorted(c for c in self._own if c[1] > after and c[0] <= upto)
+        need, seen = after + 1, set[tuple[str, int | None]]()
+        for first, last, facts in spans:
+            if first > need or last > upto:
+                return None  # seqs not ours (or not yet known as ours) in between, or beyond the look
+            seen |= facts
+            need = max(need, last + 1)
+        return seen if need > upto else None
 
     @contextmanager
     def read(self) -> Iterator[Connection]:
@@ -241,9 +284,32 @@ def _operational_message(exc: OperationalError) -> str:
     return f"database error: {orig}. Check that the database is reachable."
 
 
+def _closed_by_server(dbapi_conn: Any, _record: Any, _proxy: Any) -> None:
+    """A pooled PostgreSQL connection being checked out: refuse it if the server closed it.
+
+    An idle connection in the pool gets no message from the server (none LISTENs; the event
+    log's listener has its own connection), except when the server ends it: a restart, a
+    ``pg_terminate_backend``, an idle timeout send a FATAL error and close the socket. So a
+    socket with something to read is one to throw away; SQLAlchemy then checks out another
+    (``DisconnectionError``). This replaces ``pool_pre_ping``, which made a round trip per
+    transaction for the same answer.
+    """
+    try:
+        fd = -1 if dbapi_conn.closed else dbapi_conn.fileno()
+    except Exception as exc:  # psycopg raises when its connection is no longer usable
+        raise DisconnectionError("the connection is broken") from exc
+    if fd < 0:
+        raise DisconnectionError("the connection is closed")
+    poller = select.poll()
+    poller.register(fd, select.POLLIN | select.POLLPRI)
+    if poller.poll(0):
+        raise DisconnectionError("the server sent something to an idle connection (it closed it)")
+
+
 def _seq_unknown(conn: Connection, _name: Any, _context: Any) -> None:
     if LAST_SEQ in conn.info:
         conn.info[LAST_SEQ] = UNKNOWN_SEQ
+        conn.info[EVENT_FACTS] = None
 
 
 def alembic_config(url: str) -> Any:

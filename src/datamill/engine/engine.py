@@ -80,7 +80,9 @@ class _Prepared:
 
 def resolve_pipeline(pipeline: Pipeline | Choice) -> Pipeline:
     """A pipeline object from itself or an admitted choice (see :func:`~datamill.engine.registry.choose`)."""
-    return load_pipeline(pipeline.ref) if isinstance(pipeline, Choice) else pipeline
+    if isinstance(pipeline, Choice):
+        return pipeline.loaded if pipeline.loaded is not None else load_pipeline(pipeline.ref)
+    return pipeline
 
 
 class Engine:
@@ -133,15 +135,19 @@ class Engine:
         return look
 
     def lookup_many(
-        self, conn: Connection, found: dict[str, tuple[int, list[runs.OutputRecord]]] | None = None
+        self,
+        conn: Connection,
+        found: dict[str, tuple[int, list[runs.OutputRecord]]] | None = None,
+        failed: dict[str, int] | None = None,
     ) -> Callable[[Sequence[str]], dict[str, CachedResult]]:
         """A cache look-up of many keys for the planner (one query per 1,000 keys), reading through ``conn``.
 
-        What it finds is also put in ``found`` (``{key: (task id, outputs)}``, with inline bytes).
+        What it finds is also put in ``found`` (``{key: (task id, outputs)}``, with inline bytes),
+        and with ``failed`` the keys whose step failed before (``runs.failed_earlier``), in the same queries.
         """
 
         def look(keys_: Sequence[str]) -> dict[str, CachedResult]:
-            hits = runs.lookup_cache_many(conn, keys_)
+            hits = runs.lookup_cache_many(conn, keys_, failed)
             if found is not None:
                 found.update(hits)
             return {
@@ -215,7 +221,8 @@ class Engine:
         opts = _Submission(source, dest, params, force, reason, executor, dataflow_id, dataflow_version)
         if conn is not None:
             p, ref, places = self._admit(conn, actor, pipeline, inputs, opts, scheduler)
-            prepared = self._prepare(conn, p, inputs, opts)
+            # A run handed to a scheduler with skip_failed: it needs the failed keys too (hand_over).
+            prepared = self._prepare(conn, p, inputs, opts, failures=skip_failed and scheduler is not None)
             # One transaction: the places _admit checked still hold (not checked twice).
             return self._record(conn, actor, p, ref, prepared, opts, parent_run_id, scheduler, skip_failed, places)
         # Choosing and checking the pipeline, binding its apps (their versions are asked over HTTP),
@@ -281,11 +288,14 @@ class Engine:
                 raise NotFound(f"no folder {folder!r}, or you may not see it", path=folder)
         return source, dest, src_id, dest_id
 
-    def _prepare(self, conn: Connection, p: Pipeline, inputs: Sequence[InputRef], opts: _Submission) -> _Prepared:
+    def _prepare(
+        self, conn: Connection, p: Pipeline, inputs: Sequence[InputRef], opts: _Submission, failures: bool = False
+    ) -> _Prepared:
         """What recording the run needs: its plan identity, and the earlier run it repeats, else its plan.
 
         An unforced run with the identity of an earlier run that may be copied now
         (:func:`replay.replayable`) is not planned at all: it is recorded as that run's copy.
+        With ``failures``, the plan's cache look-up also finds the keys that failed (:attr:`Plan.failed`).
         """
         refs = canonical_inputs(inputs)
         images = image_digests(p, None, self.resolve_image)
@@ -300,14 +310,22 @@ class Engine:
                 earlier = None
         if earlier is not None:
             return _Prepared(identity, dest_id, earlier, None, {}, images, refs)
-        the_plan, hits = self._plan_with_cache(conn, p, inputs, opts, images)
+        the_plan, hits = self._plan_with_cache(conn, p, inputs, opts, images, failures)
         return _Prepared(identity, dest_id, None, the_plan, hits, images, refs)
 
     def _plan_with_cache(
-        self, conn: Connection, p: Pipeline, inputs: Sequence[InputRef], opts: _Submission, images: Mapping[str, str]
+        self,
+        conn: Connection,
+        p: Pipeline,
+        inputs: Sequence[InputRef],
+        opts: _Submission,
+        images: Mapping[str, str],
+        failures: bool = False,
     ) -> tuple[Plan, dict[str, tuple[int, list[runs.OutputRecord]]]]:
-        """The run's plan, its cache look-ups made in bulk (one query per 1,000 keys), and what they found."""
+        """The run's plan, its cache look-ups made in bulk (one query per 1,000 keys), and what they found
+        (with ``failures``, the keys that failed before too: :attr:`Plan.failed`)."""
         found: dict[str, tuple[int, list[runs.OutputRecord]]] = {}
+        failed: dict[str, int] | None = {} if failures else None
         the_plan = plan(
             p,
             inputs,
@@ -315,9 +333,11 @@ class Engine:
             force=opts.force,
             images=images,
             resolve_image=self.resolve_image,
-            lookup_many=self.lookup_many(conn, found),
+            lookup_many=self.lookup_many(conn, found, failed),
             mirror=opts.source or None,
         )
+        if failed is not None:
+            the_plan = dataclasses.replace(the_plan, failed=failed)
         return the_plan, found
 
     def _record(

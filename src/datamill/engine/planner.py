@@ -166,6 +166,9 @@ class Plan:
     images: Mapping[str, str] = field(default_factory=dict)
     #: the run's source folder when outputs mirror its subfolders (see :func:`mirrored_name`)
     mirror: str | None = None
+    #: the looked-up keys whose step failed before, with the newest run each failed in, when the
+    #: cache look-up was asked for them too (None: not asked; see ``Engine.submit``'s ``skip_failed``)
+    failed: Mapping[str, int] | None = field(default=None, compare=False)
     _index: dict[str, PlannedTask] = field(init=False, repr=False, compare=False)
 
     def __post_init__(self) -> None:

@@ -20,8 +20,8 @@ from __future__ import annotations
 import importlib.metadata
 import re
 import time
-from dataclasses import dataclass
-from typing import Any
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any
 
 from sqlalchemy import Connection, delete, insert, select
 
@@ -38,6 +38,9 @@ from datamill.errors import (
     UnknownPipeline,
 )
 from datamill.events import EventKind
+
+if TYPE_CHECKING:
+    from datamill.pipeline import Pipeline
 from datamill.refs import image_of_ref
 from datamill.store.access import Actor
 
@@ -80,6 +83,9 @@ class Choice:
 
     ref: str
     name: str | None = None
+    #: the pipeline already loaded from ``ref`` by whoever chose it (a trigger reads its steps before
+    #: submitting), so that the engine does not load it a second time
+    loaded: Pipeline | None = field(default=None, compare=False, repr=False)
 
 
 @dataclass(frozen=True)

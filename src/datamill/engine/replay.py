@@ -98,10 +98,12 @@ def plan_identity(
 
 def find_earlier(conn: Connection, identity: str) -> int | None:
     """The newest succeeded run with plan identity ``identity``, or None."""
-    found = conn.execute(
-        text("SELECT max(id) FROM runs WHERE plan_digest = :d AND status = 'succeeded'"), {"d": identity}
-    ).scalar()
+    found = conn.execute(_FIND_EARLIER, {"d": identity}).scalar()
     return None if found is None else int(found)
+
+
+#: built once: every run a trigger records asks it
+_FIND_EARLIER = text("SELECT max(id) FROM runs WHERE plan_digest = :d AND status = 'succeeded'")
 
 
 _TASKS_OK = text(

@@ -189,7 +189,7 @@ def create_run(
             if t.item_version_id is not None and t.item_digest
         ]
         if item_inputs:
-            conn.execute(insert(TaskInput), item_inputs)
+            conn.execute(_INSERT_TASK_INPUT, item_inputs)
         outputs = [
             {
                 "task_id": tid,
@@ -206,7 +206,7 @@ def create_run(
             for o in t.outputs
         ]
         if outputs:
-            conn.execute(insert(TaskOutput), outputs)
+            conn.execute(_INSERT_TASK_OUTPUT, outputs)
     if kept is not None and replay_of is None:
         kept[(RECORDED, run_id)] = (run_row_, task_rows)
     evs: list[dict[str, Any]] = [
@@ -271,6 +271,8 @@ _INSERT_RUN = insert(Run).returning(Run.id)
 _INSERT_RUN_WHOLE = insert(Run).returning(*Run.__table__.c)
 _INSERT_TASK = insert(Task)
 _INSERT_TASK_WHOLE = insert(Task).returning(*Task.__table__.c)
+_INSERT_TASK_INPUT = insert(TaskInput)
+_INSERT_TASK_OUTPUT = insert(TaskOutput)
 #: tasks up to which a handed-over run's task rows come back from their INSERT (beyond: read back)
 FEW_TASKS = 50
 _RUN_TASK_IDS = select(Task.planned_id, Task.id).where(Task.run_id == bindparam("run_id"))
@@ -336,9 +338,7 @@ def start_run(conn: Connection, run_id: int, folder_id: int | None) -> bool:
 def finish_run_if_done(conn: Connection, run_id: int, folder_id: int | None) -> RunStatus | None:
     """End the run when none of its tasks is queued or running; returns its final status then."""
     counts = dict(
-        conn.execute(select(Task.status, func.count()).where(Task.run_id == run_id).group_by(Task.status))
-        .tuples()
-        .all()
+        conn.execute(select(Task.status, func.count()).where(Task.run_id == run_id).group_by(Task.status)).all()
     )
     if counts.get(TaskStatus.QUEUED, 0) or counts.get(TaskStatus.RUNNING, 0):
         return None

@@ -915,7 +915,11 @@ def _mark_missed(conn: Connection, row: Any, the_plan: Plan, rows: list[TaskRow]
         for t in the_plan.tasks
         if t.decision == "run" and t.key is not None and t.cache and not t.forced and not row.force
     }
-    failed = tasks.failed_earlier(conn, sorted(set(missed.values()))) if row.skip_failed and missed else {}
+    failed: Mapping[str, int] = {}
+    if row.skip_failed and missed:
+        # Found by the plan's own cache look-up when it was asked to (the same transaction), else read.
+        asked = the_plan.failed
+        failed = asked if asked is not None else tasks.failed_earlier(conn, sorted(set(missed.values())))
     for t in rows:
         key = missed.get(t.planned_id)
         if t.status == TaskStatus.QUEUED and key is not None and t.key == key and key not in failed:

@@ -15,7 +15,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import orjson
-from sqlalchemy import Connection, bindparam, func, insert, or_, select, update
+from sqlalchemy import Connection, and_, bindparam, func, insert, or_, select, update
 
 from datamill import events
 from datamill.db.models import Task, TaskInput, TaskOutput
@@ -649,35 +649,58 @@ def failed_earlier(conn: Connection, keys: Sequence[str]) -> dict[str, int]:
 LOOKUP_CHUNK = 1000
 
 
+#: what :func:`lookup_cache_many` reads of a task and its outputs
+_CACHE_COLUMNS = (
+    Task.key,
+    Task.id,
+    TaskOutput.name,
+    TaskOutput.digest,
+    TaskOutput.size,
+    TaskOutput.content_type,
+    TaskOutput.codec,
+    TaskOutput.inline,
+)
 #: the statement of :func:`lookup_cache_many`, built once (a trigger looks up a few keys per landed item)
 _LOOKUP_MANY = (
-    select(
-        Task.key,
-        Task.id,
-        TaskOutput.name,
-        TaskOutput.digest,
-        TaskOutput.size,
-        TaskOutput.content_type,
-        TaskOutput.codec,
-        TaskOutput.inline,
-    )
+    select(*_CACHE_COLUMNS)
     .outerjoin(TaskOutput, TaskOutput.task_id == Task.id)
     .where(Task.key.in_(bindparam("keys", expanding=True)), Task.status == TaskStatus.SUCCEEDED)
     .order_by(Task.finished_at, Task.id, TaskOutput.id)
 )
+#: the same, with the tasks whose step failed too (and their run): :func:`failed_earlier` in the same statement
+_LOOKUP_MANY_OR_FAILED = (
+    select(*_CACHE_COLUMNS, Task.status, Task.run_id)
+    .outerjoin(TaskOutput, TaskOutput.task_id == Task.id)
+    .where(
+        Task.key.in_(bindparam("keys", expanding=True)),
+        or_(
+            Task.status == TaskStatus.SUCCEEDED,
+            and_(Task.status == TaskStatus.FAILED, Task.failure == STEP_FAILURE),
+        ),
+    )
+    .order_by(Task.finished_at, Task.id, TaskOutput.id)
+)
 
 
-def lookup_cache_many(conn: Connection, keys: Sequence[str]) -> dict[str, tuple[int, list[OutputRecord]]]:
+def lookup_cache_many(
+    conn: Connection, keys: Sequence[str], failed: dict[str, int] | None = None
+) -> dict[str, tuple[int, list[OutputRecord]]]:
     """:func:`lookup_cache` for many keys: one query (tasks joined with their outputs) per 1,000 keys.
 
     The outputs come without version ids: a task answered from the cache publishes them anew.
+    With ``failed``, the same queries also put there what :func:`failed_earlier` would answer
+    for ``keys`` (a trigger's run asks both; one statement instead of two).
     """
     out: dict[str, tuple[int, list[OutputRecord]]] = {}
     for i in range(0, len(keys), LOOKUP_CHUNK):
-        rows = conn.execute(_LOOKUP_MANY, {"keys": list(keys[i : i + LOOKUP_CHUNK])}).tuples()
+        chunk = {"keys": list(keys[i : i + LOOKUP_CHUNK])}
+        rows = conn.execute(_LOOKUP_MANY if failed is None else _LOOKUP_MANY_OR_FAILED, chunk)
         newest: dict[str, int] = {}
         by_task: dict[int, list[OutputRecord]] = {}
-        for key, tid, name, digest, size, ctype, codec, inline in rows:
+        for key, tid, name, digest, size, ctype, codec, inline, *status_run in rows:
+            if failed is not None and status_run[0] != TaskStatus.SUCCEEDED:
+                failed[str(key)] = max(failed.get(str(key), 0), int(status_run[1]))
+                continue
             newest[str(key)] = tid  # ordered oldest first: the newest task of a key comes last
             outs = by_task.setdefault(tid, [])
             if name is not None:
