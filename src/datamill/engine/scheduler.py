@@ -835,6 +835,7 @@ class Scheduler:
             if t.key is None:
                 upstream = {d: by_id[d].outputs for d in pt.deps}
                 t.key = the_plan.key_for(pt, upstream)
+                t.new_key = True  # not in its row yet: its end writes it
             assert t.key is not None
             if forced or pt.forced or not pt.cache or t.cache_missed:
                 to_run.append(t)
