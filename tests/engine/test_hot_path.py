@@ -13,6 +13,7 @@ from typing import Any
 
 import blake3
 import pytest
+from sqlalchemy import event
 
 from datamill.engine.scheduler import Scheduler
 from tests.helpers import open_home, wait_for
@@ -147,6 +148,37 @@ def test_group_commits_keep_the_order_of_events(db_world: World) -> None:
     for t in tasks:
         for dep in t.deps:
             assert at[("task.finished", by_planned[dep].id)] < at[("task.started", t.id)]
+    world.check_fold()
+
+
+def test_an_end_writes_a_key_only_when_its_row_has_none(db_world: World) -> None:
+    """Keys known at submit are in their rows already: ends leave the indexed column alone (a
+    rewrite of its index entry per task was most of SQLite's work); keys the scheduler worked out
+    (downstream steps) are written by their end, and found by the next run."""
+    world = db_world
+    for name in ("a.txt", "b.txt", "c.txt"):
+        world.put(name, f"hello {name}")
+    statements: list[str] = []
+
+    def seen(_conn: Any, _cursor: Any, statement: str, *_rest: Any) -> None:
+        if statement.startswith("UPDATE tasks SET status = "):
+            statements.append(statement)
+
+    engine = world.home.db.write_engine
+    event.listen(engine, "before_cursor_execute", seen)
+    try:
+        run = world.run(ref("values"))
+    finally:
+        event.remove(engine, "before_cursor_execute", seen)
+    assert run["status"] == "succeeded", run
+    rows = world.tasks(run["id"]).values()
+    assert {t.step for t in rows} == {"look", "shout"}
+    assert all(t.key for t in rows)
+    if world.home.db.is_sqlite:  # PostgreSQL rewrites every index entry of an updated row anyway
+        ends = [s for s in statements if "finished_at" in s]
+        assert any("key =" not in s for s in ends) and any("key =" in s for s in ends), ends
+    again = world.run(ref("values"))
+    assert world.status_counts(again["id"]) == {"cached": len(rows)}, world.statuses(again["id"])
     world.check_fold()
 
 
