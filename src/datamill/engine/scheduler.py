@@ -20,6 +20,7 @@ import contextlib
 import contextvars
 import dataclasses
 import functools
+import gc
 import hashlib
 import logging
 import os
@@ -77,6 +78,27 @@ LEASE_LOOK_SECONDS = 5.0
 #: driven again after this many seconds, doubled on each failure up to :data:`MAX_BACKOFF_SECONDS`.
 FIRST_BACKOFF_SECONDS = 1.0
 MAX_BACKOFF_SECONDS = 60.0
+
+
+#: whether the objects alive at this process's first scheduler start were frozen (:func:`freeze_long_lived`)
+_frozen = False
+
+
+def freeze_long_lived() -> None:
+    """Take the objects alive when the first scheduler of this process starts out of the cyclic
+    garbage collector's walks, once (``gc.freeze``): the imported modules, the ORM's registry, the
+    settings, ... (about 100,000 objects).
+
+    A run of thousands of tasks makes enough lasting objects (its task rows, the ends waiting for
+    their commit) to start a full collection every couple of thousand tasks, and each walked all
+    those objects again: 50-130 µs per trivial task, more than recording it. Frozen objects are still
+    freed when nothing refers to them; garbage is collected first, so that none is kept for good.
+    """
+    global _frozen
+    if not _frozen:
+        _frozen = True
+        gc.collect()
+        gc.freeze()
 
 
 def refuse_command_executor(name: str | None) -> None:
@@ -209,6 +231,7 @@ class Scheduler:
         """Start the executor and the lease heartbeat."""
         if self._started:
             return
+        freeze_long_lived()
         await self.executor.start()
         await self.commands.start()
         # The HTTP client of app steps is made by their first call: its TLS context costs tens of
