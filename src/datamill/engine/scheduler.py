@@ -207,6 +207,8 @@ class Scheduler:
         # Run leases being given back (see _give_back): close() waits for them.
         self._giving: set[asyncio.Task[None]] = set()
         self._started = False
+        #: the event loop this scheduler was started in (runs recorded in other threads are handed to it)
+        self._loop: asyncio.AbstractEventLoop | None = None
         self._slots: asyncio.Semaphore | None = None
         self._heartbeat: asyncio.Task[None] | None = None
         #: runs whose driver failed without recording their end: (monotonic time to retry, failures)
@@ -232,6 +234,7 @@ class Scheduler:
         if self._started:
             return
         freeze_long_lived()
+        self._loop = asyncio.get_running_loop()
         await self.executor.start()
         await self.commands.start()
         # The HTTP client of app steps is made by their first call: its TLS context costs tens of
@@ -409,6 +412,24 @@ class Scheduler:
                 self._handed[rid] = given
             self._spawn(rid)
 
+    def receive(self, run_id: int, handed: Handover) -> None:
+        """From any thread: a run recorded with :meth:`hand_over`, its transaction committed, for the
+        driver this scheduler starts for it (:meth:`run_until_idle`, :meth:`serve`) to take as is.
+
+        Passed to the event loop, where drivers start: a run whose driver started meanwhile (it read
+        the run itself) gets none, so that no stale handover waits for a later drive of it.
+        """
+        loop = self._loop
+        if loop is None or loop.is_closed():
+            return  # not started: its driver reads the run (its lease is ours, taken with it)
+
+        def keep() -> None:
+            if run_id not in self._active:
+                self._handed[run_id] = handed
+                self.plans.pop(run_id, None)  # the handover carries it
+
+        loop.call_soon_threadsafe(keep)
+
     def hand_over(self, conn: Connection, run_id: int, the_plan: Plan, actor: Actor) -> Handover | None:
         """In the write transaction that records run ``run_id`` (planned as ``the_plan`` for ``actor``):
         take its run lease for this scheduler and read what driving it needs, for :meth:`drive_now`
@@ -572,6 +593,7 @@ class Scheduler:
         return self._ref_cache[ref]
 
     def _load_run(self, run_id: int) -> tuple[Any, Plan | None, Actor, dict[str, TaskRow]]:
+        self.stats["loads"] += 1
         with self.home.db.read() as conn:
             orphans = leases.holds_any(conn, run_id, self.owner)
         if orphans:
