@@ -140,7 +140,7 @@ def test_a_run_is_planned_once_when_its_scheduler_is_given_the_plan(db_world: Wo
     for name in ("a.txt", "b.txt"):
         db_world.put(name, name)
 
-    async def go(hand_over: bool) -> tuple[int, int]:
+    async def go(hand_over: bool) -> tuple[int, int, int]:
         async with Scheduler(db_world.home, "inline") as sched:
             run_id = await asyncio.to_thread(
                 db_world.engine.submit,
@@ -153,12 +153,14 @@ def test_a_run_is_planned_once_when_its_scheduler_is_given_the_plan(db_world: Wo
                 force=True,
             )
             await sched.run_until_idle([run_id])
-            return run_id, sched.stats["plans"]
+            return run_id, sched.stats["plans"], sched.stats["loads"]
 
-    handed, plans = asyncio.run(go(True))
-    assert plans == 0  # planned at submit only
+    handed, plans, loads = asyncio.run(go(True))
+    # planned at submit only, and its rows handed over as recorded: the driver read nothing again
+    assert plans == 0 and loads == 0
     assert db_world.status_counts(handed) == {"succeeded": 5}
-    elsewhere, plans = asyncio.run(go(False))
-    assert plans == 1  # recorded without its scheduler (as a server's API does): planned there too
+    elsewhere, plans, loads = asyncio.run(go(False))
+    # recorded without its scheduler (as a server's API does): read and planned there too
+    assert plans == 1 and loads == 1
     assert db_world.status_counts(elsewhere) == {"succeeded": 5}
     db_world.check_fold()

@@ -13,6 +13,7 @@ from typing import Any
 
 import blake3
 import pytest
+from sqlalchemy import event
 
 from datamill.engine.scheduler import Scheduler
 from tests.helpers import open_home, wait_for
@@ -150,6 +151,37 @@ def test_group_commits_keep_the_order_of_events(db_world: World) -> None:
     world.check_fold()
 
 
+def test_an_end_writes_a_key_only_when_its_row_has_none(db_world: World) -> None:
+    """Keys known at submit are in their rows already: ends leave the indexed column alone (a
+    rewrite of its index entry per task was most of SQLite's work); keys the scheduler worked out
+    (downstream steps) are written by their end, and found by the next run."""
+    world = db_world
+    for name in ("a.txt", "b.txt", "c.txt"):
+        world.put(name, f"hello {name}")
+    statements: list[str] = []
+
+    def seen(_conn: Any, _cursor: Any, statement: str, *_rest: Any) -> None:
+        if statement.startswith("UPDATE tasks SET status = "):
+            statements.append(statement)
+
+    engine = world.home.db.write_engine
+    event.listen(engine, "before_cursor_execute", seen)
+    try:
+        run = world.run(ref("values"))
+    finally:
+        event.remove(engine, "before_cursor_execute", seen)
+    assert run["status"] == "succeeded", run
+    rows = world.tasks(run["id"]).values()
+    assert {t.step for t in rows} == {"look", "shout"}
+    assert all(t.key for t in rows)
+    if world.home.db.is_sqlite:  # PostgreSQL rewrites every index entry of an updated row anyway
+        ends = [s for s in statements if "finished_at" in s]
+        assert any("key =" not in s for s in ends) and any("key =" in s for s in ends), ends
+    again = world.run(ref("values"))
+    assert world.status_counts(again["id"]) == {"cached": len(rows)}, world.statuses(again["id"])
+    world.check_fold()
+
+
 def test_pipelined_commits_on_the_pool_start_each_task_once_after_its_claim(world: World) -> None:
     """On the pool (16 in flight) a run of 20 items commits half its capacity at a time, each
     commit in flight while the tasks already claimed run: every task is claimed (``task.started``
@@ -216,3 +248,20 @@ def test_a_crash_between_group_commits_loses_and_repeats_nothing(tmp_path: Path,
     assert sorted(world.out()) == sorted(f"{n}.{s}" for n in items for s in ("parse.txt", "count.json"))
     world.check_fold()
     world.home.close()
+
+
+def test_the_first_scheduler_takes_older_objects_out_of_full_collections(world: World) -> None:
+    """What lived before a scheduler started (modules, the ORM, settings) is not walked again by
+    every full collection a long run sets off: it is frozen once (and still freed by refcount)."""
+    import asyncio
+    import gc
+
+    async def start() -> None:
+        async with Scheduler(world.home, "inline"):
+            pass
+
+    asyncio.run(start())
+    frozen = gc.get_freeze_count()
+    assert frozen > 1000
+    asyncio.run(start())  # once per process: a second start freezes nothing more
+    assert gc.get_freeze_count() <= frozen  # (fewer if some were freed meanwhile)

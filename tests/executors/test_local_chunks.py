@@ -196,3 +196,45 @@ def test_big_results_cross_whole(pool: Any) -> None:
 
     got = pool.run(scenario())
     assert got == [bytes([i]) * (700_000 * (1 + i % 3)) for i in range(12)]
+
+
+def test_step_calls_cross_the_wire_whole() -> None:
+    """A ``StepCall`` goes as one flat tuple (no class named per dataclass): every field comes back
+    equal, paths as paths, for per-item and aggregate calls, with a step's bytes as a constant."""
+    from dataclasses import replace
+
+    from datamill.executors import local_wire
+    from datamill.pipeline.inputs import InputRef
+    from datamill.pipeline.runner import ItemInput, StepCall, run_step
+
+    ref = InputRef(1, 2, "raw", "a.csv", 3, "blake3:" + "ab" * 32, 11, "text/csv", {"k": "v"})
+    item = ItemInput(ref, "/w/task-1-1/in/a.csv", "/blobs/ab/ab")
+    base = StepCall(
+        step="s",
+        output_dir=Path("/w/task-1-1/out"),
+        scratch_dir=Path("/w/task-1-1/scratch"),
+        pipeline_ref="p.py:pipe",
+        params={"x": 1},
+        item=item,
+        task_id="s:raw/a.csv",
+        in_memory=True,
+    )
+
+    class OtherItem(ItemInput):
+        pass
+
+    calls = [
+        base,
+        replace(base, item=None, items=(item, replace(item, path=Path("/w/in/1/a.csv"), source=None))),
+        replace(base, pipeline_ref=None, step_bytes=b"a pickled step"),
+        replace(base, item=OtherItem(ref, None)),  # not flattened: pickled as usual
+    ]
+    numbering = local_wire.Constants()
+    for call in calls:
+        payload, _names = numbering.call(run_step, (call,), {})
+        local_wire.remember(numbering.data)
+        fn, (got,), _kwargs = local_wire.call_parts(payload)
+        assert fn is run_step
+        assert got == call and type(got.item) is type(call.item)
+        assert type(got.output_dir) is type(call.output_dir) and type(got.scratch_dir) is type(call.scratch_dir)
+        assert [type(i.path) for i in got.items] == [type(i.path) for i in call.items]

@@ -440,3 +440,13 @@ def test_command_env_matches_what_run_step_uses(tmp_path: Path) -> None:
         "DATAMILL_SCRATCH": str(tmp_path / "scratch"),
         "DATAMILL_PARAMS": '{"n": 5}',
     }
+
+
+def test_child_path_is_the_joined_path(tmp_path: Path) -> None:
+    """Paths made from a parent's parsed parts are the paths a join makes, odd names included."""
+    from datamill.pipeline.runner import child_path
+
+    for names in [("task-1-1", "out"), ("return.json",), ("a b", "c.d"), ("x/y",), ("..", "z"), (".",)]:
+        got = child_path(tmp_path, *names)
+        assert got == tmp_path.joinpath(*names) and str(got) == str(tmp_path.joinpath(*names))
+        assert got.parent == tmp_path.joinpath(*names).parent and type(got) is type(tmp_path)

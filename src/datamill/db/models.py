@@ -282,7 +282,8 @@ class TaskOutput(Base):
 
 
 Index("ix_tasks_run_status", Task.run_id, Task.status)
-Index("ix_tasks_key_status", Task.key, Task.status)
+# The key alone: a status change (twice per attempt) then leaves this index alone (see 0014_taskkey).
+Index("ix_tasks_key", Task.key)
 Index("ix_tasks_step_code", Task.step, Task.step_code)
 
 

@@ -116,12 +116,13 @@ def _command_failed(step: Step, argv: list[str], exc: StepFailed) -> StepFailed:
     return StepFailed(f"step '{step.name}': {exc.message}", step=step.name)
 
 
-def _value_call(the_plan: Plan, pt: PlannedTask, base: str, got: Materialized) -> StepCall:
+def _value_call(the_plan: Plan, pt: PlannedTask, dirs: tuple[Path, Path], got: Materialized) -> StepCall:
     """The call that runs ``pt`` on values: its items read from their blob files, linked where named only if asked.
 
     Built here in one go, as :meth:`Plan.step_call` would build it and then set ``in_memory`` and
     the items' sources: that meant parsing every path again and copying the call twice, which cost
-    more than a trivial step.
+    more than a trivial step. ``dirs``: the attempt's output and scratch directories
+    (:meth:`WorkDirs.attempt_paths`), made only if the step needs them.
     """
     step = the_plan.pipeline.step(pt.step)
     files, sources = got.item_files, got.sources
@@ -131,11 +132,10 @@ def _value_call(the_plan: Plan, pt: PlannedTask, base: str, got: Materialized) -
 
     ref = the_plan.pipeline.ref
     ups = got.upstream
-    out = Path(f"{base}/out")
     return StepCall(
         step=step.name,
-        output_dir=out,
-        scratch_dir=out.with_name("scratch"),  # one path parsed, not two
+        output_dir=dirs[0],
+        scratch_dir=dirs[1],
         pipeline_ref=ref,
         step_bytes=None if ref else the_plan.pipeline.pickled_step(step.name),
         params=dict(pt.params),
@@ -353,7 +353,7 @@ class Attempts:
         ``got``: its inputs as values (:meth:`WorkDirs.values`), or None if it needs a work directory.
         """
         if got is not None:
-            return _value_call(the_plan, pt, base, got), got, True
+            return _value_call(the_plan, pt, self.workdirs.attempt_paths(base), got), got, True
         got = self.workdirs.materialize(base, the_plan, pt, tasks)
         call = the_plan.step_call(
             pt,

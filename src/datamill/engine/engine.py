@@ -233,7 +233,15 @@ class Engine:
                 p, ref, _places = self._admit(rconn, actor, pipeline, inputs, opts, scheduler)
                 prepared = self._prepare(rconn, p, inputs, opts)
             with self.home.db.write() as wconn:
-                return self._record(wconn, actor, p, ref, prepared, opts, parent_run_id, scheduler, skip_failed)
+                run_id = self._record(wconn, actor, p, ref, prepared, opts, parent_run_id, scheduler, skip_failed)
+                # The scheduler that will drive the run takes its lease and its rows as recorded
+                # here: its driver then makes no transaction and reads nothing before its first claim.
+                handed = None
+                if isinstance(scheduler, Scheduler) and run_id in scheduler.plans:
+                    handed = scheduler.hand_over(wconn, run_id, scheduler.plans[run_id], actor)
+            if handed is not None and isinstance(scheduler, Scheduler):
+                scheduler.receive(run_id, handed)
+            return run_id
 
     def _admit(
         self,

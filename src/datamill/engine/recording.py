@@ -240,7 +240,9 @@ class Recorder:
                     d.traceback,
                     log_digests[id(d)],
                     d.cached_from,
-                    d.key,
+                    # Written only if the row has no key yet: ends that leave the column out of
+                    # their UPDATE leave the key's index alone (see tasks.finish_tasks).
+                    d.key if t.new_key else None,
                     d.failure,
                     d.note,
                 )

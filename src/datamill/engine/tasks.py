@@ -106,10 +106,13 @@ class TaskRow:
     outputs: list[OutputRecord] = field(default_factory=list)
     #: the scheduler's note that the cache had nothing for its key (not stored, not shown)
     cache_missed: bool = False
+    #: the scheduler's note that it worked ``key`` out itself (the row has none yet): the task's
+    #: end writes it; other ends leave the indexed key column out of their UPDATE
+    new_key: bool = False
 
     def to_dict(self) -> dict[str, Any]:
         """A JSON-able dict."""
-        d = {k: v for k, v in self.__dict__.items() if k not in ("outputs", "cache_missed")}
+        d = {k: v for k, v in self.__dict__.items() if k not in ("outputs", "cache_missed", "new_key")}
         d["outputs"] = [o.to_dict() for o in self.outputs]
         return d
 
@@ -293,6 +296,12 @@ _FINISH_FROM_SQL = (
     "key = coalesce(v.column8, tasks.key), failure = v.column9, note = v.column10 FROM (",
     ") AS v WHERE tasks.id = v.column11 AND tasks.status IN ('queued', 'running')",
 )
+#: :data:`_FINISH_FROM_SQL` for ends without a key to write (the row has it, or the task has none):
+#: SQLite rewrites a row's entry in every index whose column an UPDATE sets, even to the same value,
+#: and the key index is ordered by a random hash (a page written per task).
+_FINISH_FROM_SQL_KEPT_KEY = (_FINISH_FROM_SQL[0].replace("key = coalesce(v.column8, tasks.key), ", ""),) + (
+    _FINISH_FROM_SQL[1],
+)
 _OUTPUTS_SQL = (
     "INSERT INTO task_outputs (task_id, name, digest, size, content_type, codec, inline, version_id) "
     "VALUES (?, ?, ?, ?, ?, ?, ?, ?)"
@@ -369,7 +378,12 @@ def finish_tasks(
         for o in e.outputs
     ]
     if _one_step(conn):  # a statement per 500 ends, not a step per end (see _one_step)
-        _values_sql(conn, _FINISH_FROM_SQL[0], rows, _FINISH_FROM_SQL[1])
+        keyed = [r for r in rows if r[7] is not None]
+        if keyed:
+            _values_sql(conn, _FINISH_FROM_SQL[0], keyed, _FINISH_FROM_SQL[1])
+        if len(keyed) < len(rows):
+            kept = [r for r in rows if r[7] is None]
+            _values_sql(conn, _FINISH_FROM_SQL_KEPT_KEY[0], kept, _FINISH_FROM_SQL_KEPT_KEY[1])
         if outputs:
             _values_sql(conn, _OUTPUTS_SQL.split(" VALUES ")[0], outputs)
     else:

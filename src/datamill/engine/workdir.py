@@ -25,7 +25,7 @@ from datamill.engine.tasks import OutputRecord, TaskRow
 from datamill.errors import InvalidPipeline
 from datamill.pipeline import codecs
 from datamill.pipeline.inputs import InputRef
-from datamill.pipeline.runner import OutputFile
+from datamill.pipeline.runner import OutputFile, child_path
 from datamill.pipeline.step import Step
 from datamill.store.blobs import BlobStore, digest_bytes
 from datamill.store.visibility import strip_paths
@@ -70,6 +70,12 @@ class WorkDirs:
     def attempt_base(self, t: TaskRow) -> str:
         """:meth:`attempt_dir` as a string: most attempts make no directory, and need no Path."""
         return f"{self._work}/task-{t.id}-{t.attempts}"
+
+    def attempt_paths(self, base: str) -> tuple[Path, Path]:
+        """The ``out`` and ``scratch`` directories of the attempt at ``base`` (:meth:`attempt_base`),
+        made from the work root's parsed parts (:func:`child_path`), not by parsing ``base``."""
+        name = base.rsplit("/", 1)[1]
+        return child_path(self.work_root, name, "out"), child_path(self.work_root, name, "scratch")
 
     def log_path(self, task_id: int) -> Path:
         """Where a running task's log lines are appended (read by ``datamill logs --follow``)."""

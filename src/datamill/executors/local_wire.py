@@ -13,6 +13,10 @@ Two costs of a trivial task are removed here by design:
 
 A payload is ``pickle((fn_number, args, kwargs))``; a ``StepCall`` with ``step_bytes`` is
 pickled with the number of its step's bytes instead of the bytes.
+
+* A ``StepCall`` and its items go as one flat tuple under one function (:func:`_step_call`), not as
+  three dataclasses and two paths: each class pickled names its module and class, which a pickler
+  made per call looks up every time (an import look-up each), and that cost more than the data.
 """
 
 from __future__ import annotations
@@ -30,7 +34,8 @@ from typing import Any
 
 import cloudpickle
 
-from datamill.pipeline.runner import StepCall
+from datamill.pipeline.inputs import InputRef
+from datamill.pipeline.runner import ItemInput, StepCall
 
 __all__ = [
     "MAX_CONSTANTS",
@@ -72,22 +77,71 @@ def _parsed_path(cls: Any, drv: str, root: str, parts: list[str]) -> PurePosixPa
     return cls._from_parsed_parts(drv, root, parts)
 
 
+#: the fields of the dataclasses a call is made of, in the order :func:`_step_call` sends them
+_CALL_FIELDS = tuple(StepCall.__dataclass_fields__)
+_REF_FIELDS = tuple(InputRef.__dataclass_fields__)
+
+
+def _flat_path(p: Any) -> Any:
+    """A path as its parsed parts (3.11, see ``_PARSED``) or its string; other values as they are."""
+    if type(p) is PosixPath:
+        return [p._drv, p._root, p._parts] if _PARSED else str(p)  # type: ignore[attr-defined]
+    return p
+
+
+def _unflat_path(p: Any) -> Any:
+    if type(p) is list:
+        return PosixPath._from_parsed_parts(*p)  # type: ignore[attr-defined]
+    if type(p) is str:
+        return PosixPath(p)
+    return p
+
+
+def _flat_item(i: ItemInput) -> tuple[Any, ...]:
+    ref = i.ref.__dict__
+    return (tuple([ref[n] for n in _REF_FIELDS]), i.path, i.source)
+
+
+def _item(flat: tuple[Any, ...]) -> ItemInput:
+    ref = object.__new__(InputRef)
+    ref.__dict__.update(zip(_REF_FIELDS, flat[0], strict=True))
+    item = object.__new__(ItemInput)
+    item.__dict__.update(ref=ref, path=flat[1], source=flat[2])
+    return item
+
+
 def _step_call(call: StepCall) -> tuple[Any, tuple[Any, ...]]:
-    """A ``StepCall`` with ``step_bytes``: the bytes as a constant's number (see :meth:`Constants.call`)."""
-    if call.step_bytes is None or _numbering is None:
-        return call.__reduce_ex__(pickle.HIGHEST_PROTOCOL)  # type: ignore[return-value]
-    number = _numbering.number(call.step_bytes)
-    if number is None:
-        return call.__reduce_ex__(pickle.HIGHEST_PROTOCOL)  # type: ignore[return-value]
+    """A ``StepCall`` as one flat tuple of its fields (see the module docstring), its ``step_bytes``
+    as a constant's number when it has them (see :meth:`Constants.call`)."""
     state = dict(call.__dict__)
-    state["step_bytes"] = None
-    return _rebuild_step_call, (number, state)
+    number = None
+    if call.step_bytes is not None and _numbering is not None:
+        number = _numbering.number(call.step_bytes)
+        if number is not None:
+            state["step_bytes"] = None
+    if not all(type(i) is ItemInput and type(i.ref) is InputRef for i in (*call.items, call.item) if i is not None):
+        # not ours to flatten (a subclass): pickled as usual
+        if number is None:
+            return call.__reduce_ex__(pickle.HIGHEST_PROTOCOL)  # type: ignore[return-value]
+        return _rebuild_step_call, (number, state, False)
+    state["item"] = None if call.item is None else _flat_item(call.item)
+    state["items"] = tuple(_flat_item(i) for i in call.items)
+    state["output_dir"] = _flat_path(call.output_dir)
+    state["scratch_dir"] = _flat_path(call.scratch_dir)
+    return _rebuild_step_call, (number, tuple([state[n] for n in _CALL_FIELDS]), True)
 
 
-def _rebuild_step_call(number: int, state: dict[str, Any]) -> StepCall:
+def _rebuild_step_call(number: int | None, state: Any, flat: bool) -> StepCall:
     """Worker side: the ``StepCall`` again, its ``step_bytes`` taken from the constants."""
     call = StepCall.__new__(StepCall)
-    state["step_bytes"] = _constant(number)
+    if flat:
+        state = dict(zip(_CALL_FIELDS, state, strict=True))
+        state["item"] = None if state["item"] is None else _item(state["item"])
+        state["items"] = tuple(_item(i) for i in state["items"])
+        state["output_dir"] = _unflat_path(state["output_dir"])
+        state["scratch_dir"] = _unflat_path(state["scratch_dir"])
+    if number is not None:
+        state["step_bytes"] = _constant(number)
     call.__dict__.update(state)
     return call
 

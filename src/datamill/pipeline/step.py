@@ -139,17 +139,20 @@ class Step:
         """Names of the steps this one reads from, without repeats, in argument order."""
         return tuple(dict.fromkeys(self.inputs.values()))
 
-    @property
+    # The three roles below are asked for several times per task by the scheduler: computed once
+    # per step (a step is frozen; ``cached_property`` keeps the answer in its ``__dict__``).
+
+    @functools.cached_property
     def uses_item(self) -> bool:
         """Whether the step takes the input item (``item`` / ``{input}``)."""
         return any(a.role is Role.ITEM for a in self.args)
 
-    @property
+    @functools.cached_property
     def takes_ctx(self) -> bool:
         """Whether the step takes ``ctx`` (it may write named outputs or use its scratch directory)."""
         return any(a.role is Role.CTX for a in self.args)
 
-    @property
+    @functools.cached_property
     def uses_items(self) -> bool:
         """Whether the step takes all input items (``items`` / ``{inputs}``)."""
         return any(a.role is Role.ITEMS for a in self.args)
