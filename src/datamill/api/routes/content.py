@@ -44,7 +44,7 @@ from datamill.api.deps import ActorDep, HomeDep, blocking
 from datamill.api.ids import VersionQuery
 from datamill.api.openapi import ERROR_DESCRIPTIONS, Error, binary, errors
 from datamill.api.paths import UrlPath
-from datamill.api.protocol import SOCKET_BODY, SocketBody
+from datamill.api.protocol import CAN_LAND, SOCKET_BODY, SocketBody
 from datamill.api.schemas import VersionOut
 from datamill.api.sendfile import ZEROCOPY
 from datamill.errors import (
@@ -194,7 +194,7 @@ class BodySink:
 
     def __init__(self, writer: BlobWriter) -> None:
         self._writer = writer
-        self._pending: asyncio.Future[None] | None = None
+        self._pending: asyncio.Future[Any] | None = None
         self._buf: list[bytes] = []
         self._buffered = 0
         self.received = 0
@@ -221,6 +221,18 @@ class BodySink:
         if self._pending is not None:
             await self._pending
         self._pending = asyncio.ensure_future(blocking(_write_view, self._writer, block))
+
+    async def land(self, body: SocketBody, fd: int) -> None:
+        """Have the rest of ``body`` land in the writer's file ``fd`` (see :meth:`SocketBody.land`),
+        hashed as it lands; nothing may have been given to the writer before."""
+        try:
+            landing = body.land(fd)
+            self._pending = landing  # abort() waits for it: the file is written until it is done
+            hexdigest, n = await asyncio.shield(landing)
+        finally:
+            body.close()
+        self.received += n
+        self._writer.adopt(hexdigest, n)
 
     async def flush(self) -> None:
         """Write what is left and wait for every block to be written."""
@@ -322,7 +334,10 @@ async def upload(
     socket_body: SocketBody | None = request.scope.get("extensions", {}).get(SOCKET_BODY)
     try:
         try:
-            if socket_body is not None:
+            fd = writer.fileno()
+            if socket_body is not None and fd is not None and CAN_LAND:
+                await sink.land(socket_body, fd)
+            elif socket_body is not None:
                 await _read_socket_body(socket_body, sink)
             else:
                 async for chunk in request.stream():

@@ -7,6 +7,9 @@ read/write loop where neither works) in one thread, while the calling thread has
 transfer costs about the longer of the copy and the hash, not their sum; and the digest is that
 of the bytes actually written, so a source that changes half-way yields a digest that does not
 match what it would have been, never a blob stored under a digest it does not have.
+
+:func:`land_hashed` is the same pipeline for any source that can put its bytes into the
+destination by itself (an upload's socket, spliced into the file by the API server).
 """
 
 from __future__ import annotations
@@ -43,13 +46,17 @@ def _kernel_copy(src: int, dst: int, src_offset: int, dst_offset: int, count: in
     return len(data)
 
 
-class _Copier(threading.Thread):
-    """Copies in steps, telling the hashing thread how far the destination is written."""
+#: ``step(done, want)``: put up to ``want`` more bytes of the source into the destination, right
+#: after the ``done`` bytes already there; returns how many it put (0: the source has ended).
+Step = Callable[[int, int], int]
 
-    def __init__(self, src: int, dst: int, src_offset: int, dst_offset: int, limit: int | None) -> None:
+
+class _Copier(threading.Thread):
+    """Runs the steps, telling the hashing thread how far the destination is written."""
+
+    def __init__(self, step: Step, limit: int | None) -> None:
         super().__init__(name="datamill-copy", daemon=True)
-        self.src, self.dst = src, dst
-        self.src_offset, self.dst_offset = src_offset, dst_offset
+        self.step = step
         self.limit = limit
         self.copied = 0
         self.done = False
@@ -63,7 +70,7 @@ class _Copier(threading.Thread):
                 want = COPY_STEP if self.limit is None else min(COPY_STEP, self.limit - self.copied)
                 if want <= 0:
                     break
-                n = _kernel_copy(self.src, self.dst, self.src_offset + self.copied, self.dst_offset + self.copied, want)
+                n = self.step(self.copied, want)
                 if n == 0:
                     break
                 with self.cond:
@@ -98,10 +105,30 @@ def copy_hashed(
     for reading too (it is hashed from what was written). File positions are not used or moved.
     ``progress`` is called with each count of bytes hashed.
     """
+
+    def step(done: int, want: int) -> int:
+        return _kernel_copy(src, dst, src_offset + done, dst_offset + done, want)
+
+    return land_hashed(step, dst, dst_offset, limit, progress)
+
+
+def land_hashed(
+    step: Step,
+    dst: int,
+    dst_offset: int = 0,
+    limit: int | None = None,
+    progress: Callable[[int], None] | None = None,
+) -> tuple[str, int]:
+    """Run ``step`` in a thread of its own until the source ends (or ``limit`` bytes) while this
+    thread hashes what it wrote into ``dst`` from ``dst_offset`` on, read back as each step lands.
+
+    Returns the BLAKE3 hex digest of the bytes written and their number; an error of a step is
+    raised here, once the stepping thread has ended (nothing writes into ``dst`` after this returns).
+    """
     h = blake3.blake3()
     buf = bytearray(HASH_STEP)
     view = memoryview(buf)
-    copier = _Copier(src, dst, src_offset, dst_offset, limit)
+    copier = _Copier(step, limit)
     copier.start()
     hashed = 0
     try:
