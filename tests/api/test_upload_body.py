@@ -5,13 +5,17 @@ from __future__ import annotations
 import json
 import os
 import socket
+import threading
+import time
 from pathlib import Path
 from typing import BinaryIO
 from urllib.parse import urlsplit
 
-from datamill.api import ServerHandle
+from datamill.api import ServerHandle, start_background_server
 from datamill.api.protocol import DIRECT_BODY_MIN
+from datamill.client.local import LocalClient
 from datamill.client.remote import RemoteClient
+from datamill.errors import DatamillError
 from datamill.home import Home
 from datamill.store.blobs import digest_bytes
 
@@ -81,3 +85,40 @@ def test_a_file_is_sent_from_its_position_with_progress(admin: RemoteClient, tmp
     assert info.size == len(data) and info.digest == digest_bytes(data)
     assert sum(shown) == len(data)
     assert admin.get("f/rest.bin") == data
+
+
+def test_an_upload_cut_by_a_server_shutdown_stores_nothing(home: Home) -> None:
+    """A server stopping while an upload's body arrives (past its grace period) commits nothing,
+    leaves no temporary file behind, and the client is told the upload failed."""
+    handle = start_background_server(home, graceful=0.5)
+    admin = RemoteClient(handle.url, home.admin_token())
+    admin.create_folder("f")
+    size = 8 * DIRECT_BODY_MIN
+    read_end, write_end = os.pipe()  # a source that cannot be rewound: the client sends it once
+    failures: list[BaseException] = []
+
+    def upload() -> None:
+        with open(read_end, "rb", buffering=0) as source:
+            try:
+                admin.put("f", "big.bin", source, size=size)
+            except BaseException as exc:  # examined by the test
+                failures.append(exc)
+
+    uploader = threading.Thread(target=upload)
+    uploader.start()
+    os.write(write_end, os.urandom(size // 2))  # half the body, then nothing more
+    tmp = home.blobs.own_tmp_dir()  # type: ignore[attr-defined]
+    deadline = time.monotonic() + 60
+    while not any(p.stat().st_size >= size // 4 for p in tmp.glob("upload-*")):
+        assert time.monotonic() < deadline, "the server never received the first half"
+        time.sleep(0.01)
+    handle.stop()  # the upload is cancelled after 0.5 s
+    os.close(write_end)
+    uploader.join(60)
+    assert len(failures) == 1 and isinstance(failures[0], DatamillError), failures
+    admin.close()
+    assert LocalClient(home).list_items("f") == []
+    # The landing thread throws its file away once it has stopped writing into it.
+    while list(tmp.glob("upload-*")):
+        assert time.monotonic() < deadline, "the abandoned upload's file was left behind"
+        time.sleep(0.01)

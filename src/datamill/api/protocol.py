@@ -39,6 +39,7 @@ import os
 import select
 import socket
 import threading
+from collections.abc import Callable
 from typing import Any
 
 import h11
@@ -178,7 +179,12 @@ class SocketBody:
         #: Bytes of the body the app has been given.
         self.received = 0
         self._landing: asyncio.Future[tuple[str, int]] | None = None
+        self._lander: _Lander | None = None
+        self._abandon: Callable[[], None] | None = None
         self._stopping = threading.Event()
+        self._lock = threading.Lock()
+        self._running = False  # a landing thread is running (under _lock)
+        self._released = False
 
     async def read_block(self) -> memoryview | None:
         """The next part of the body (up to one block), None once it has all been read."""
@@ -237,14 +243,17 @@ class SocketBody:
         self._sock = socket.socket(fileno=os.dup(sock.fileno()))
         self._sock.setblocking(False)
 
-    def land(self, fd: int) -> asyncio.Future[tuple[str, int]]:
+    def land(self, fd: int, abandon: Callable[[], None]) -> asyncio.Future[tuple[str, int]]:
         """Move the rest of the body into file ``fd`` (empty, open for reading and writing) in threads
         of their own; the future gives the BLAKE3 hex digest of the bytes written and their number.
 
         Use only instead of :meth:`read_block`, where :data:`CAN_LAND`. A client that goes away
-        fails the future with :class:`ClientDisconnect`. The file is written until the future is
-        done, also after :meth:`close` (which tells the threads to stop): the caller must not close
-        it before. Bytes written past an error are the caller's to throw away.
+        fails the future with :class:`ClientDisconnect`. The file is written until the threads
+        end: if :meth:`close` comes first (the request gave up: an error, a cancellation, the
+        server stopping), it tells them to stop and returns True, and the landing thread calls
+        ``abandon`` itself once nothing writes into ``fd`` any more (the caller throws the file
+        away there, and must not touch it after close() returned True). This does not need the
+        event loop to be still running then.
         """
         protocol, cycle = self._protocol, self._cycle
         if self._closed or self._started:
@@ -252,19 +261,28 @@ class SocketBody:
         self._started = True
         self._start()
         early, cycle.body = bytes(cycle.body), bytearray()
-        lander = _Lander(self._sock, fd, early, protocol._body_left, self._stopping)
+        # The landing thread owns the duplicate descriptor from here on, and closes it when it ends.
+        sock, self._sock = self._sock, None
+        assert sock is not None
+        lander = _Lander(sock, fd, early, protocol._body_left, self._stopping)
+        self._lander = lander
         loop = asyncio.get_running_loop()
         future: asyncio.Future[tuple[str, int]] = loop.create_future()
         self._landing = future
+        self._abandon = abandon
 
         def settle(result: tuple[str, int] | None, error: BaseException | None) -> None:
-            protocol._body_left -= lander.taken  # what the thread took from the socket, body or not
-            self.received = lander.taken + len(early)
-            if not future.done():
-                future.set_exception(error) if error is not None else future.set_result(result)  # type: ignore[arg-type]
-            elif error is not None and not isinstance(error, LandingStopped | ClientDisconnect):
-                log.warning("an upload's landing failed after its request ended: %s", error)
-            if error is None and protocol._body_left == 0 and not self._closed:
+            self._account()
+            if error is not None:
+                if not future.done():
+                    future.set_exception(error)
+                if not isinstance(error, LandingStopped | ClientDisconnect):
+                    log.debug("an upload's landing failed: %s", error)
+            elif not future.done():
+                future.set_result(result)  # type: ignore[arg-type]
+            if self._closed:
+                self._release()
+            elif error is None and protocol._body_left == 0:
                 protocol._end_body()
                 protocol.handle_events()  # h11's end of the message: uvicorn's cycle ends its body too
 
@@ -277,34 +295,54 @@ class SocketBody:
                 error = exc
             finally:
                 lander.close()
+            with self._lock:
+                self._running = False
+                abandoned = self._stopping.is_set()
+            if abandoned:
+                try:
+                    abandon()
+                except Exception:
+                    log.exception("could not throw away an abandoned upload's file")
             # RuntimeError: the server's loop is gone (it stopped meanwhile), nothing waits for this.
             with contextlib.suppress(RuntimeError):
                 loop.call_soon_threadsafe(settle, result, error)
 
+        self._running = True
         threading.Thread(target=run, name="datamill-upload", daemon=True).start()
         return future
 
-    def close(self) -> None:
+    def close(self) -> bool:
         """Give the connection back to the protocol (any unread rest of the body with it).
 
-        A landing still running is told to stop; the connection is given back once it has.
+        Returns True if a landing (:meth:`land`) was still running: it is told to stop, calls its
+        ``abandon`` once it has, and the connection is given back after that.
         """
         if self._closed:
-            return
+            return False
         self._closed = True
-        landing = self._landing
-        if landing is not None and not landing.done():
-            self._stopping.set()
-            landing.add_done_callback(lambda _: self._release())
-        else:
-            self._release()
+        with self._lock:
+            if self._running:
+                self._stopping.set()
+                return True
+        self._release()
+        return False
+
+    def _account(self) -> None:
+        """Count the bytes an ended landing took from the socket against the body (once)."""
+        lander, self._lander = self._lander, None
+        if lander is not None:
+            self._protocol._body_left -= lander.taken  # taken from the socket, written or not
+            self.received = lander.taken + len(lander.early)
 
     def _release(self) -> None:
+        if self._released:
+            return
+        self._released = True
+        self._account()
         if self._sock is not None:
-            if self._landing is None:
-                # A read cancelled mid-wait leaves its reader registered until a later callback
-                # removes it by number; removed here, before the number can be reused.
-                asyncio.get_running_loop().remove_reader(self._sock.fileno())
+            # A read cancelled mid-wait leaves its reader registered until a later callback
+            # removes it by number; removed here, before the number can be reused.
+            asyncio.get_running_loop().remove_reader(self._sock.fileno())
             self._sock.close()
         protocol = self._protocol
         if protocol._socket_reader is self:
@@ -321,8 +359,8 @@ class _Lander:
     socket is waited for with ``poll``, waking every :data:`LAND_WAKE` s to see whether to stop.
     """
 
-    def __init__(self, sock: socket.socket | None, fd: int, early: bytes, left: int, stopping: threading.Event) -> None:
-        assert sock is not None
+    def __init__(self, sock: socket.socket, fd: int, early: bytes, left: int, stopping: threading.Event) -> None:
+        self._socket = sock
         self.sock = sock.fileno()
         self.fd = fd
         self.early = early
@@ -370,3 +408,4 @@ class _Lander:
     def close(self) -> None:
         os.close(self.pipe_r)
         os.close(self.pipe_w)
+        self._socket.close()

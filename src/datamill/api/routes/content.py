@@ -53,6 +53,7 @@ from datamill.errors import (
     InvalidMetadata,
     RangeNotSatisfiable,
     TooLarge,
+    Unavailable,
     UploadIncomplete,
 )
 from datamill.limits import INT64_MAX, loads_bounded
@@ -198,6 +199,7 @@ class BodySink:
         self._buf: list[bytes] = []
         self._buffered = 0
         self.received = 0
+        self._handed_off = False  # a landing thread aborts the writer itself (see land())
 
     async def add(self, chunk: bytes) -> None:
         """Take the next piece of the body; hands a full block to the writer."""
@@ -226,11 +228,11 @@ class BodySink:
         """Have the rest of ``body`` land in the writer's file ``fd`` (see :meth:`SocketBody.land`),
         hashed as it lands; nothing may have been given to the writer before."""
         try:
-            landing = body.land(fd)
-            self._pending = landing  # abort() waits for it: the file is written until it is done
-            hexdigest, n = await asyncio.shield(landing)
+            hexdigest, n = await asyncio.shield(body.land(fd, self._writer.abort))
         finally:
-            body.close()
+            # Still landing (an error or a cancellation here): the landing thread throws the
+            # writer's file away once it has stopped writing into it, not this one.
+            self._handed_off = body.close()
         self.received += n
         self._writer.adopt(hexdigest, n)
 
@@ -244,6 +246,8 @@ class BodySink:
 
     def abort(self) -> None:
         """Throw the writer's bytes away (a no-op after commit) once no block is being written."""
+        if self._handed_off:
+            return
         pending, self._pending = self._pending, None
         if pending is None or pending.done():
             self._writer.abort()
@@ -345,6 +349,16 @@ async def upload(
         except ClientDisconnect:
             log.warning("upload of %s aborted: the client went away after %d bytes", path, sink.received)
             raise UploadIncomplete(received=sink.received, expected=content_length) from None
+        except asyncio.CancelledError:
+            if not request.app.state.guard.stopping:
+                raise
+            # uvicorn cancels what is still running once a stop's grace period is over: the client
+            # is told why (if it still listens), not handed a bare 500.
+            log.warning("upload of %s aborted: the server stopped after %d bytes", path, sink.received)
+            raise Unavailable(
+                "the server stopped before the upload was complete; nothing was stored. "
+                "Send the file again once the server is back."
+            ) from None
         await sink.flush()
         if content_length is not None and sink.received != content_length:
             log.warning("upload of %s aborted: %d of %d bytes arrived", path, sink.received, content_length)
