@@ -26,7 +26,7 @@ from datamill.store.blobs.base import (
     corrupted,
     digest_bytes,
 )
-from datamill.store.blobs.transfer import copy_hashed
+from datamill.store.blobs.transfer import copy_hashed, start_writeback
 
 log = logging.getLogger("datamill.store")
 
@@ -52,34 +52,12 @@ def _load_syncfs() -> Any:
 _syncfs = _load_syncfs()
 
 
-def _load_sync_file_range() -> Any:
-    """Linux ``sync_file_range(2)``, if the C library has it."""
-    try:
-        import ctypes
-
-        fn = ctypes.CDLL(None, use_errno=True).sync_file_range
-        fn.argtypes = [ctypes.c_int, ctypes.c_longlong, ctypes.c_longlong, ctypes.c_uint]
-        return fn
-    except (OSError, AttributeError):
-        return None
-
-
-_sync_file_range = _load_sync_file_range()
-_SYNC_FILE_RANGE_WRITE = 2
 #: A blob file at least this large that is replaced by the same bytes (an upload of a file stored
 #: before) is unlinked after the upload, not by it: freeing a 1 GiB file's blocks and page cache
 #: took 0.3-0.45 s here, a fifth of a 1 GiB API upload.
 SET_ASIDE_MIN = 64 << 20
 #: Errors meaning "the file system cannot link these two names" (another device, no hard links).
 _NO_LINK = {errno.EXDEV, errno.EPERM, errno.EMLINK, errno.EOPNOTSUPP, errno.ENOSYS}
-
-
-def start_writeback(fd: int, offset: int = 0, length: int = 0) -> None:
-    """Ask the kernel to start writing ``length`` bytes of ``fd`` from ``offset`` (0: to the end) to
-    disk now, without waiting: a later ``fdatasync``/``syncfs`` then finds them written (or being
-    written) instead of writing everything at once while its caller waits. Not a durability promise."""
-    if _sync_file_range is not None:
-        _sync_file_range(fd, offset, length, _SYNC_FILE_RANGE_WRITE)
 
 
 class _LocalWriter(BlobWriter):
