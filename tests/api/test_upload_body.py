@@ -11,6 +11,9 @@ from pathlib import Path
 from typing import BinaryIO
 from urllib.parse import urlsplit
 
+import httpx
+import pytest
+
 from datamill.api import ServerHandle, start_background_server
 from datamill.api.protocol import DIRECT_BODY_MIN
 from datamill.client.local import LocalClient
@@ -122,3 +125,27 @@ def test_an_upload_cut_by_a_server_shutdown_stores_nothing(home: Home) -> None:
     while list(tmp.glob("upload-*")):
         assert time.monotonic() < deadline, "the abandoned upload's file was left behind"
         time.sleep(0.01)
+
+
+@pytest.mark.parametrize("right", [True, False])
+def test_a_large_body_is_checked_against_its_announced_digest(server: ServerHandle, home: Home, right: bool) -> None:
+    # Past DIRECT_BODY_MIN on plain TCP into a local store, the body lands in its file by splice(2):
+    # what is hashed there is what is checked, and a mismatch leaves no blob and no temporary file.
+    data = os.urandom(3 * DIRECT_BODY_MIN + 5)
+    admin = RemoteClient(server.url, home.admin_token())
+    admin.create_folder("f")
+    digest = digest_bytes(data) if right else digest_bytes(data + b"!")
+    r = httpx.put(
+        f"{server.url}/api/v1/content/f/big.bin",
+        content=data,
+        headers={"Authorization": f"Bearer {home.admin_token()}", "X-Datamill-Digest": digest},
+        timeout=60,
+    )
+    if right:
+        assert r.status_code == 201, r.text
+        assert admin.get("f/big.bin") == data
+    else:
+        assert r.status_code == 400 and r.json()["code"] == "digest_mismatch", r.text
+        assert admin.list_items("f") == []
+        blobs = Path(home.settings.resolved_blob_url.removeprefix("file://"))
+        assert [p for p in blobs.rglob("*") if p.is_file() and p.name != "lock"] == []

@@ -180,7 +180,6 @@ class SocketBody:
         self.received = 0
         self._landing: asyncio.Future[tuple[str, int]] | None = None
         self._lander: _Lander | None = None
-        self._abandon: Callable[[], None] | None = None
         self._stopping = threading.Event()
         self._lock = threading.Lock()
         self._running = False  # a landing thread is running (under _lock)
@@ -264,12 +263,15 @@ class SocketBody:
         # The landing thread owns the duplicate descriptor from here on, and closes it when it ends.
         sock, self._sock = self._sock, None
         assert sock is not None
-        lander = _Lander(sock, fd, early, protocol._body_left, self._stopping)
+        try:
+            lander = _Lander(sock, fd, early, protocol._body_left, self._stopping)
+        except BaseException:
+            sock.close()
+            raise
         self._lander = lander
         loop = asyncio.get_running_loop()
         future: asyncio.Future[tuple[str, int]] = loop.create_future()
         self._landing = future
-        self._abandon = abandon
 
         def settle(result: tuple[str, int] | None, error: BaseException | None) -> None:
             self._account()
@@ -374,11 +376,16 @@ class _Lander:
         self.taken = 0
         self.stopping = stopping
         self.pipe_r, self.pipe_w = os.pipe()
-        with contextlib.suppress(OSError):  # a smaller pipe: more calls, same bytes
-            fcntl.fcntl(self.pipe_w, _F_SETPIPE_SZ, LAND_PIPE)
-        self.pipe_size = fcntl.fcntl(self.pipe_w, _F_SETPIPE_SZ + 1)  # F_GETPIPE_SZ
-        self.poll = select.poll()
-        self.poll.register(self.sock, select.POLLIN)
+        try:
+            with contextlib.suppress(OSError):  # a smaller pipe: more calls, same bytes
+                fcntl.fcntl(self.pipe_w, _F_SETPIPE_SZ, LAND_PIPE)
+            self.pipe_size = fcntl.fcntl(self.pipe_w, _F_SETPIPE_SZ + 1)  # F_GETPIPE_SZ
+            self.poll = select.poll()
+            self.poll.register(self.sock, select.POLLIN)
+        except BaseException:
+            os.close(self.pipe_r)
+            os.close(self.pipe_w)
+            raise
 
     def step(self, done: int, want: int) -> int:
         """Put up to ``want`` bytes at offset ``done`` of the file: the early bytes first, then the socket's.
