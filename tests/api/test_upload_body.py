@@ -15,7 +15,7 @@ import httpx
 import pytest
 
 from datamill.api import ServerHandle, start_background_server
-from datamill.api.protocol import DIRECT_BODY_MIN
+from datamill.api.protocol import DIRECT_BODY_MIN, LAND_RESERVE
 from datamill.client.local import LocalClient
 from datamill.client.remote import RemoteClient
 from datamill.errors import DatamillError
@@ -149,3 +149,25 @@ def test_a_large_body_is_checked_against_its_announced_digest(server: ServerHand
         assert admin.list_items("f") == []
         blobs = Path(home.settings.resolved_blob_url.removeprefix("file://"))
         assert [p for p in blobs.rglob("*") if p.is_file() and p.name != "lock"] == []
+
+
+def test_a_huge_announced_body_reserves_the_disk_only_as_it_arrives(server: ServerHandle, home: Home) -> None:
+    admin = RemoteClient(server.url, home.admin_token())
+    admin.create_folder("f")
+    url = urlsplit(server.url)
+    head = (
+        f"PUT /api/v1/content/f/huge.bin HTTP/1.1\r\nHost: {url.netloc}\r\n"
+        f"Authorization: Bearer {home.admin_token()}\r\nContent-Length: {1 << 40}\r\n\r\n"
+    ).encode()
+    tmp = home.blobs.own_tmp_dir()  # type: ignore[attr-defined]
+    with socket.create_connection((url.hostname, url.port), timeout=60) as sock:
+        sock.sendall(head + os.urandom(2 * DIRECT_BODY_MIN))
+        deadline = time.monotonic() + 60
+        while not (files := [p.stat() for p in tmp.glob("upload-*")]) or files[0].st_size < 2 * DIRECT_BODY_MIN:
+            assert time.monotonic() < deadline, "the server never received the bytes"
+            time.sleep(0.01)
+        # A terabyte announced, two MiB sent: what is reserved on disk stays near what arrived.
+        assert files[0].st_blocks * 512 <= LAND_RESERVE + 4 * DIRECT_BODY_MIN
+        sock.shutdown(socket.SHUT_WR)
+        sock.recv(1)
+    assert admin.list_items("f") == []

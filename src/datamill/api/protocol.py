@@ -71,6 +71,11 @@ CAN_LAND = hasattr(os, "splice")
 #: Size asked for the pipe a landing splices through (Linux's default cap for unprivileged users:
 #: larger pipes mean fewer calls; a smaller one granted is used as it is).
 LAND_PIPE = 1 << 20
+#: Bytes of the file a landing reserves on disk ahead of what has arrived (``fallocate``): ext4 then
+#: takes the writes into blocks it already has, not reserving them page by page (~10 % less CPU in
+#: the writes); ahead by this much only, so that a client announcing a huge body and sending little
+#: cannot have the server reserve the disk for it.
+LAND_RESERVE = 64 << 20
 #: How often a landing thread waiting for bytes looks whether it was told to stop (seconds).
 LAND_WAKE = 0.2
 _F_SETPIPE_SZ = getattr(fcntl, "F_SETPIPE_SZ", 1031)
@@ -292,11 +297,8 @@ class SocketBody:
             result: tuple[str, int] | None = None
             error: BaseException | None = None
             try:
-                total = len(early) + lander.left
-                # The body's length is known: its blocks are reserved at once, not page by page
-                # (ext4: ~10 % less CPU in the writes), and written back behind the hashing.
-                preallocate(fd, 0, total)
-                result = land_hashed(lander.step, fd, 0, total, write_back=True)
+                # Written back behind the hashing: the commit's fsync finds little left to write.
+                result = land_hashed(lander.step, fd, 0, len(early) + lander.left, write_back=True)
             except BaseException as exc:  # handed to the event loop
                 error = exc
             finally:
@@ -374,6 +376,8 @@ class _Lander:
         self.left = left
         #: Bytes taken from the socket so far.
         self.taken = 0
+        #: Bytes of the file reserved on disk so far (:data:`LAND_RESERVE`).
+        self.reserved = 0
         self.stopping = stopping
         self.pipe_r, self.pipe_w = os.pipe()
         try:
@@ -397,6 +401,11 @@ class _Lander:
         if done < len(self.early):
             return os.pwrite(self.fd, memoryview(self.early)[done : done + want], done)
         want = min(want, self.left - self.taken)
+        end = len(self.early) + self.left
+        if done + want > self.reserved and self.reserved < end:
+            more = min(max(LAND_RESERVE, done + want - self.reserved), end - self.reserved)
+            preallocate(self.fd, self.reserved, more)
+            self.reserved += more
         moved = 0
         while moved < want:
             if self.stopping.is_set():
