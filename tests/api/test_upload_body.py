@@ -33,6 +33,14 @@ def read_response(f: BinaryIO) -> tuple[int, dict[str, str], bytes]:
     return status, headers, f.read(int(headers["content-length"]))
 
 
+def put_head(server: ServerHandle, home: Home, path: str, length: int) -> bytes:
+    """The head of an admin's raw upload of ``length`` bytes to ``path``."""
+    return (
+        f"PUT /api/v1/content/{path} HTTP/1.1\r\nHost: {urlsplit(server.url).netloc}\r\n"
+        f"Authorization: Bearer {home.admin_token()}\r\nContent-Length: {length}\r\n\r\n"
+    ).encode()
+
+
 def test_a_request_pipelined_right_after_a_large_body_is_answered(server: ServerHandle, home: Home) -> None:
     data = os.urandom(2 * DIRECT_BODY_MIN + 17)  # past h11, ending mid-read
     RemoteClient(server.url, home.admin_token()).create_folder("f")
@@ -60,10 +68,7 @@ def test_a_body_cut_short_past_h11_stores_nothing(server: ServerHandle, home: Ho
     admin = RemoteClient(server.url, home.admin_token())
     admin.create_folder("f")
     url = urlsplit(server.url)
-    head = (
-        f"PUT /api/v1/content/f/cut.bin HTTP/1.1\r\nHost: {url.netloc}\r\n"
-        f"Authorization: Bearer {home.admin_token()}\r\nContent-Length: {4 * DIRECT_BODY_MIN}\r\n\r\n"
-    ).encode()
+    head = put_head(server, home, "f/cut.bin", 4 * DIRECT_BODY_MIN)
     with socket.create_connection((url.hostname, url.port), timeout=60) as sock:
         sock.sendall(head + os.urandom(2 * DIRECT_BODY_MIN))
         sock.shutdown(socket.SHUT_WR)  # the client is gone half-way
@@ -155,10 +160,7 @@ def test_a_huge_announced_body_reserves_the_disk_only_as_it_arrives(server: Serv
     admin = RemoteClient(server.url, home.admin_token())
     admin.create_folder("f")
     url = urlsplit(server.url)
-    head = (
-        f"PUT /api/v1/content/f/huge.bin HTTP/1.1\r\nHost: {url.netloc}\r\n"
-        f"Authorization: Bearer {home.admin_token()}\r\nContent-Length: {1 << 40}\r\n\r\n"
-    ).encode()
+    head = put_head(server, home, "f/huge.bin", 1 << 40)
     tmp = home.blobs.own_tmp_dir()  # type: ignore[attr-defined]
     with socket.create_connection((url.hostname, url.port), timeout=60) as sock:
         sock.sendall(head + os.urandom(2 * DIRECT_BODY_MIN))
