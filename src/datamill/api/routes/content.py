@@ -233,7 +233,7 @@ class BodySink:
             # Still landing (an error or a cancellation here): the landing thread throws the
             # writer's file away once it has stopped writing into it, not this one.
             self._handed_off = body.close()
-        self.received += n
+            self.received = body.received  # also for the error's message when the body fell short
         self._writer.adopt(hexdigest, n)
 
     async def flush(self) -> None:
