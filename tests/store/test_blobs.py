@@ -15,12 +15,14 @@ import stat
 import subprocess
 import sys
 import textwrap
+import time
 from pathlib import Path
 
 import pytest
 
 from datamill.errors import BlobCorrupted, BlobNotFound, DigestMismatch, InvalidInput
 from datamill.store.blobs import CHUNK, BlobStore, LocalBlobStore, MemoryBlobStore, digest_bytes
+from datamill.store.blobs import local as local_blobs
 from datamill.store.blobs.transfer import copy_hashed
 
 SMALL = b"hello, blobs\n"
@@ -463,6 +465,22 @@ class TestLocalBlobStore(BlobStoreContract):
         assert local.put(BIG).digest == digest
         assert local.read(digest) == BIG
         assert _temp_files(local) == []
+
+    def test_a_big_blob_replaced_is_unlinked_after_the_write(
+        self, local: LocalBlobStore, monkeypatch: pytest.MonkeyPatch
+    ) -> None:
+        # Big files are set aside under a second name and unlinked by a thread; the repair holds.
+        monkeypatch.setattr(local_blobs, "SET_ASIDE_MIN", 1)
+        digest = local.put(BIG).digest
+        self._corrupt(local, digest, 7)
+        old = os.stat(local.path_of(digest)).st_ino
+        assert local.put(BIG).digest == digest
+        assert os.stat(local.path_of(digest)).st_ino != old  # the new file, not the damaged one
+        assert local.read(digest) == BIG
+        deadline = time.monotonic() + 60
+        while _temp_files(local):  # the set-aside name goes once its thread has run
+            assert time.monotonic() < deadline, _temp_files(local)
+            time.sleep(0.01)
 
     # --- crash mid-write ---------------------------------------------------------------------
     @pytest.mark.slow

@@ -95,7 +95,7 @@ class _Server(uvicorn.Server):
         self.request_stop()
 
 
-def _config(app: FastAPI, log_level: str | None = None) -> uvicorn.Config:
+def _config(app: FastAPI, log_level: str | None = None, graceful: float = GRACEFUL_SECONDS) -> uvicorn.Config:
     return uvicorn.Config(
         app,
         log_config=None,  # leave logging to the application (and to pytest's capture)
@@ -105,7 +105,7 @@ def _config(app: FastAPI, log_level: str | None = None) -> uvicorn.Config:
         proxy_headers=False,
         server_header=False,
         ws="none",
-        timeout_graceful_shutdown=GRACEFUL_SECONDS,
+        timeout_graceful_shutdown=graceful,  # type: ignore[arg-type]  # uvicorn takes seconds as a float
         # Oversized or malformed request heads get a JSON 4xx instead of a reset (api/limits.py);
         # an upload's body goes to the app without h11 (api/protocol.py).
         http=ServerProtocol,
@@ -173,15 +173,18 @@ def start_background_server(
     port: int = 0,
     sse_keepalive: float | None = None,
     services: bool = False,
+    graceful: float = GRACEFUL_SECONDS,
 ) -> ServerHandle:
-    """Serve ``home`` from a daemon thread; returns once it accepts connections."""
+    """Serve ``home`` from a daemon thread; returns once it accepts connections.
+
+    ``graceful``: seconds a stop waits for requests in progress before it cancels them."""
     sock = bind_socket(host, port)
     app = (
         create_app(home, services=services)
         if sse_keepalive is None
         else create_app(home, sse_keepalive=sse_keepalive, services=services)
     )
-    server = _Server(_config(app), app, url_of(sock), None)
+    server = _Server(_config(app, graceful=graceful), app, url_of(sock), None)
     failure: list[BaseException] = []
 
     def run() -> None:

@@ -44,7 +44,7 @@ from datamill.api.deps import ActorDep, HomeDep, blocking
 from datamill.api.ids import VersionQuery
 from datamill.api.openapi import ERROR_DESCRIPTIONS, Error, binary, errors
 from datamill.api.paths import UrlPath
-from datamill.api.protocol import SOCKET_BODY, SocketBody
+from datamill.api.protocol import CAN_LAND, SOCKET_BODY, SocketBody
 from datamill.api.schemas import VersionOut
 from datamill.api.sendfile import ZEROCOPY
 from datamill.errors import (
@@ -53,6 +53,7 @@ from datamill.errors import (
     InvalidMetadata,
     RangeNotSatisfiable,
     TooLarge,
+    Unavailable,
     UploadIncomplete,
 )
 from datamill.limits import INT64_MAX, loads_bounded
@@ -194,10 +195,11 @@ class BodySink:
 
     def __init__(self, writer: BlobWriter) -> None:
         self._writer = writer
-        self._pending: asyncio.Future[None] | None = None
+        self._pending: asyncio.Future[Any] | None = None
         self._buf: list[bytes] = []
         self._buffered = 0
         self.received = 0
+        self._handed_off = False  # a landing thread aborts the writer itself (see land())
 
     async def add(self, chunk: bytes) -> None:
         """Take the next piece of the body; hands a full block to the writer."""
@@ -222,6 +224,18 @@ class BodySink:
             await self._pending
         self._pending = asyncio.ensure_future(blocking(_write_view, self._writer, block))
 
+    async def land(self, body: SocketBody, fd: int) -> None:
+        """Have the rest of ``body`` land in the writer's file ``fd`` (see :meth:`SocketBody.land`),
+        hashed as it lands; nothing may have been given to the writer before."""
+        try:
+            hexdigest, n = await asyncio.shield(body.land(fd, self._writer.abort))
+        finally:
+            # Still landing (an error or a cancellation here): the landing thread throws the
+            # writer's file away once it has stopped writing into it, not this one.
+            self._handed_off = body.close()
+            self.received = body.received  # also for the error's message when the body fell short
+        self._writer.adopt(hexdigest, n)
+
     async def flush(self) -> None:
         """Write what is left and wait for every block to be written."""
         if self._buf:
@@ -232,6 +246,8 @@ class BodySink:
 
     def abort(self) -> None:
         """Throw the writer's bytes away (a no-op after commit) once no block is being written."""
+        if self._handed_off:
+            return
         pending, self._pending = self._pending, None
         if pending is None or pending.done():
             self._writer.abort()
@@ -322,7 +338,10 @@ async def upload(
     socket_body: SocketBody | None = request.scope.get("extensions", {}).get(SOCKET_BODY)
     try:
         try:
-            if socket_body is not None:
+            fd = writer.fileno()
+            if socket_body is not None and fd is not None and CAN_LAND:
+                await sink.land(socket_body, fd)
+            elif socket_body is not None:
                 await _read_socket_body(socket_body, sink)
             else:
                 async for chunk in request.stream():
@@ -330,6 +349,16 @@ async def upload(
         except ClientDisconnect:
             log.warning("upload of %s aborted: the client went away after %d bytes", path, sink.received)
             raise UploadIncomplete(received=sink.received, expected=content_length) from None
+        except asyncio.CancelledError:
+            if not request.app.state.guard.stopping:
+                raise
+            # uvicorn cancels what is still running once a stop's grace period is over: the client
+            # is told why (if it still listens), not handed a bare 500.
+            log.warning("upload of %s aborted: the server stopped after %d bytes", path, sink.received)
+            raise Unavailable(
+                "the server stopped before the upload was complete; nothing was stored. "
+                "Send the file again once the server is back."
+            ) from None
         await sink.flush()
         if content_length is not None and sink.received != content_length:
             log.warning("upload of %s aborted: %d of %d bytes arrived", path, sink.received, content_length)

@@ -81,6 +81,11 @@ class BlobWriter(ABC):
         self.size += len(chunk)
         self._write(chunk)
 
+    def fileno(self) -> int | None:
+        """The descriptor of the file the bytes go to, open for reading and writing, when a backend
+        has one that others may write into (then hash it and :meth:`adopt`); None otherwise."""
+        return None
+
     def adopt(self, hexdigest: str, size: int) -> None:
         """Account for ``size`` bytes a backend wrote past :meth:`write` (a kernel copy), whose hash it took.
 

@@ -26,7 +26,7 @@ from datamill.store.blobs.base import (
     corrupted,
     digest_bytes,
 )
-from datamill.store.blobs.transfer import copy_hashed
+from datamill.store.blobs.transfer import copy_hashed, start_writeback
 
 log = logging.getLogger("datamill.store")
 
@@ -52,30 +52,12 @@ def _load_syncfs() -> Any:
 _syncfs = _load_syncfs()
 
 
-def _load_sync_file_range() -> Any:
-    """Linux ``sync_file_range(2)``, if the C library has it."""
-    try:
-        import ctypes
-
-        fn = ctypes.CDLL(None, use_errno=True).sync_file_range
-        fn.argtypes = [ctypes.c_int, ctypes.c_longlong, ctypes.c_longlong, ctypes.c_uint]
-        return fn
-    except (OSError, AttributeError):
-        return None
-
-
-_sync_file_range = _load_sync_file_range()
-_SYNC_FILE_RANGE_WRITE = 2
+#: A blob file at least this large that is replaced by the same bytes (an upload of a file stored
+#: before) is unlinked after the upload, not by it: freeing a 1 GiB file's blocks and page cache
+#: took 0.3-0.45 s here, a fifth of a 1 GiB API upload.
+SET_ASIDE_MIN = 64 << 20
 #: Errors meaning "the file system cannot link these two names" (another device, no hard links).
 _NO_LINK = {errno.EXDEV, errno.EPERM, errno.EMLINK, errno.EOPNOTSUPP, errno.ENOSYS}
-
-
-def start_writeback(fd: int, offset: int = 0, length: int = 0) -> None:
-    """Ask the kernel to start writing ``length`` bytes of ``fd`` from ``offset`` (0: to the end) to
-    disk now, without waiting: a later ``fdatasync``/``syncfs`` then finds them written (or being
-    written) instead of writing everything at once while its caller waits. Not a durability promise."""
-    if _sync_file_range is not None:
-        _sync_file_range(fd, offset, length, _SYNC_FILE_RANGE_WRITE)
 
 
 class _LocalWriter(BlobWriter):
@@ -109,13 +91,18 @@ class _LocalWriter(BlobWriter):
         final = self._store.path_of(digest)
         # Same digest, same bytes: replacing an existing file stores nothing twice, and it repairs
         # a file that was corrupted on disk (BlobCorrupted tells the user to upload again).
+        old = self._set_aside(final) if self.size >= SET_ASIDE_MIN else None
         try:
-            os.replace(self._tmp, final)
-        except FileNotFoundError:
-            # Its directory is new (the rename is tried first: for many small blobs in known
-            # directories, a mkdir per blob costs more than the blob).
-            final.parent.mkdir(parents=True, exist_ok=True)
-            os.replace(self._tmp, final)
+            try:
+                os.replace(self._tmp, final)
+            except FileNotFoundError:
+                # Its directory is new (the rename is tried first: for many small blobs in known
+                # directories, a mkdir per blob costs more than the blob).
+                final.parent.mkdir(parents=True, exist_ok=True)
+                os.replace(self._tmp, final)
+        finally:
+            if old is not None:
+                threading.Thread(target=_unlink, args=(old,), name="datamill-unlink", daemon=True).start()
         if not self._durable:
             return  # the caller calls store.sync() before recording the blob anywhere
         dir_fd = os.open(final.parent, os.O_RDONLY)
@@ -123,6 +110,22 @@ class _LocalWriter(BlobWriter):
             os.fsync(dir_fd)
         finally:
             os.close(dir_fd)
+
+    def _set_aside(self, final: Path) -> Path | None:
+        """A second name, in this process's temporary directory, for a blob file about to be replaced
+        (None if there is none): the rename then drops a name, not the file, whose blocks and pages
+        are freed by a thread of its own once the new file is in place (the caller does not wait).
+        Left behind by a crash, it goes with the temporary directory (:meth:`LocalBlobStore.clean_tmp`)."""
+        aside = self._tmp.with_name(self._tmp.name + ".old")
+        try:
+            os.link(final, aside)
+        except FileNotFoundError:
+            return None  # not stored yet (the usual case)
+        except OSError as exc:
+            if exc.errno not in _NO_LINK:
+                raise
+            return None  # no hard links here: the rename frees it, as before
+        return aside
 
     def _abort(self) -> None:
         if not self._file.closed:
@@ -362,6 +365,10 @@ class LocalBlobStore(BlobStore):
             except FileNotFoundError:
                 continue  # another process cleaned it at the same time
         return n
+
+
+def _unlink(path: Path) -> None:
+    path.unlink(missing_ok=True)
 
 
 def _regular_fileno(file: BinaryIO) -> int | None:
