@@ -70,6 +70,9 @@ MAX_CHUNK = 256
 STEAL_AFTER = 0.05
 #: how many times a call goes back to the queue because its worker died before running it
 MAX_REQUEUES = 3
+#: workers in a row that exit before running any call: the pool's workers cannot start, and the
+#: calls waiting for them fail at once instead of going round the requeues, one death at a time
+STILLBORN_LIMIT = 3
 #: weight of the newest duration in the running mean of a kind of call
 _EWMA = 0.2
 
@@ -198,6 +201,7 @@ class LocalExecutor(Executor):
         self._constants = Constants()  # what calls share, sent to each worker once
         self._durations: dict[Any, float] = {}  # kind of call -> running mean of its seconds
         self._steal_timer: asyncio.TimerHandle | None = None
+        self._stillborn = 0  # workers in a row that died before claiming a call
         self._dispatch_soon = False  # a _dispatch() is scheduled for this turn of the loop
         #: how many chunks of each size were sent to workers (what the pool did, for tests and benchmarks)
         self.chunks: Counter[int] = Counter()
@@ -658,8 +662,39 @@ class LocalExecutor(Executor):
                 self._handle(worker, data)
             claimed, finished, _ = worker.state.read()
             culprit = worker.outstanding.get(claimed) if finished < claimed else None
-            self._lose(worker, culprit, _crash_error(worker), kill=False)
+            # A worker that never claimed a call died of something no call did: its start failed.
+            self._stillborn = self._stillborn + 1 if claimed < 0 else 0
+            if self._stillborn >= STILLBORN_LIMIT:
+                self._stillborn = 0
+                self._give_up(worker)
+            else:
+                self._lose(worker, culprit, _crash_error(worker), kill=False)
         self._reap(worker)
+
+    def _give_up(self, worker: _Worker) -> None:
+        """Workers keep exiting as they start: fail every call not yet run, saying why and what to do.
+
+        Each call would otherwise wait for :data:`MAX_REQUEUES` more deaths, and a pool with many
+        calls queued would take minutes of failing starts to say anything. A later call tries again.
+        """
+        code = worker.process.exitcode
+        error = WorkerCrashed(
+            f"The local executor's worker processes exit as they start (the last one with exit code {code}), "
+            f"{STILLBORN_LIMIT} in a row, before running any task; their error is printed above by the worker. "
+            "If you use datamill from a Python script, put the script's code under "
+            "`if __name__ == '__main__':` (each worker imports the main script as it starts); "
+            "else check that the worker's environment can import the step's modules.",
+            pid=worker.pid,
+            exit_code=code,
+        )
+        jobs = list(worker.outstanding.values())
+        worker.outstanding.clear()
+        # Not replaced: starting more would fail the same way. The next run() starts one again.
+        self._retire(worker, kill=False)
+        for job in (*jobs, *self._queue):
+            job.worker = None
+            _fail(job, error)
+        self._queue.clear()
 
     def _reap(self, worker: _Worker) -> None:
         """Collect an exited worker's status and files, so nothing of it is left behind."""
