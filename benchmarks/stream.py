@@ -14,6 +14,12 @@ consumer (:class:`~datamill.dataflows.ingest.StreamIngest`, as inside ``datamill
   consumer reads it again with the stream dataflow's own librdkafka settings (``DATAMILL_FETCH``: its
   smaller prefetch queue), so a ratio that only reflects fetch settings shows; and the CPU seconds
   datamill's process and the broker spent while it landed the files (``cpu_s``, ``broker_cpu_s``).
+* **OpenMSIStream** (with ``--openmsistream``, where the ``openmsistream`` package is installed, as
+  in the dev environment): its own ``DataFileDownloadDirectory`` reads the same topic into a
+  directory, in a subprocess with its default threads: the system datamill replaces, doing work of
+  the same kind (a SHA-512 per chunk and per file, files written), from its first file on disk to its
+  last one complete. ``ratio_to_openmsistream`` is datamill's MB/s over its MB/s; it commits its
+  offsets before the bytes are durable and writes no database, so it does less than datamill.
 * **latency**: ``--latency-files`` small files produced one at a time, each once the previous one
   committed; latency = the version's ``created_at`` (set in the committing transaction) minus the time
   before ``produce``. Target p99 < 200 ms.
@@ -24,6 +30,7 @@ consumer (:class:`~datamill.dataflows.ingest.StreamIngest`, as inside ``datamill
 from __future__ import annotations
 
 import argparse
+import contextlib
 import hashlib
 import importlib.resources
 import json
@@ -175,6 +182,75 @@ def bare_consume(
     return {"seconds": last - first, "bytes": size, "cpu": cpu, "broker_cpu": broker_cpu}
 
 
+OMS_CONFIG = """[broker]
+bootstrap.servers = {bootstrap}
+
+[consumer]
+group.id = create_new
+auto.offset.reset = earliest
+enable.auto.commit = False
+key.deserializer = StringDeserializer
+value.deserializer = DataFileChunkDeserializer
+"""
+
+
+def openmsistream_download(workdir: Path, bootstrap: str, topic: str, count: int, size: int) -> dict[str, float]:
+    """OpenMSIStream's ``DataFileDownloadDirectory`` reading ``topic`` until ``count`` files of ``size``
+    bytes are complete: seconds from its first file seen on disk to the last one's last write.
+
+    The process's start and its consumer group's join come before its first file, so they are not
+    counted, as the bare consumer's are not. Its files are checked only by size here (it checks
+    every chunk's and file's SHA-512 itself, as it writes them).
+    """
+    down = workdir / f"oms-{topic}"
+    down.mkdir()
+    cfg = workdir / f"oms-{topic}.config"
+    cfg.write_text(OMS_CONFIG.format(bootstrap=bootstrap))
+    program = Path(sys.executable).parent / "DataFileDownloadDirectory"
+    # Its only way to stop is "q" on stdin; its log goes to a file (a pipe nobody reads would block it).
+    with open(workdir / f"oms-{topic}.log", "wb") as log:
+        proc = subprocess.Popen(
+            [str(program), str(down), "--config", str(cfg), "--topic_name", topic],
+            stdin=subprocess.PIPE, stdout=log, stderr=subprocess.STDOUT, cwd=workdir,
+        )  # fmt: skip
+    own_log = "DataFileDownloadDirectory.log"  # what it writes into the directory itself, at its start
+
+    def landed() -> list[os.stat_result]:
+        return [p.stat() for p in down.rglob("*") if p.is_file() and p.name != own_log]
+
+    first = 0.0
+    try:
+        deadline = time.monotonic() + 3600
+        while not first:  # cheap until its first file appears: one directory listing
+            if any(p.name != own_log for p in down.iterdir()):
+                first = time.time()
+            elif time.monotonic() > deadline or proc.poll() is not None:
+                raise RuntimeError(f"OpenMSIStream wrote nothing (see {workdir}/oms-{topic}.log)")
+            else:
+                time.sleep(0.002)
+        while True:
+            files = landed()
+            if len(files) >= count and all(st.st_size >= size for st in files):
+                break
+            if time.monotonic() > deadline or proc.poll() is not None:
+                raise RuntimeError(f"OpenMSIStream landed {len(files)} of {count} files")
+            time.sleep(0.2)
+        cpu = cpu_seconds(proc.pid)
+    finally:
+        assert proc.stdin is not None
+        with contextlib.suppress(OSError):
+            proc.stdin.write(b"q\n")
+            proc.stdin.close()
+        try:
+            proc.wait(60)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
+    # A small file's first write is also its last: the earliest write time starts the window then.
+    start = min(first, min(st.st_mtime for st in files))
+    return {"seconds": max(st.st_mtime for st in files) - start, "cpu": cpu}
+
+
 def hashing_cpu(total: int, sha512_passes: int) -> float:
     """CPU seconds the format's hashes need for ``total`` bytes, measured now on 64 MB on one thread.
 
@@ -255,7 +331,7 @@ class Ingest:
         self.home.close()
 
 
-def throughput(tansu: Tansu, workdir: Path, name: str, count: int, size: int) -> dict[str, Any]:
+def throughput(tansu: Tansu, workdir: Path, name: str, count: int, size: int, with_oms: bool = False) -> dict[str, Any]:
     broker = Broker(tansu.bootstrap)
     topic = tansu.topic(4)
     src = workdir / name
@@ -269,6 +345,10 @@ def throughput(tansu: Tansu, workdir: Path, name: str, count: int, size: int) ->
     # how much of the ratio is librdkafka's settings rather than datamill's work.
     same = bare_consume(broker, topic, report.messages, tansu.proc.pid, DATAMILL_FETCH)
     hashing = hashing_cpu(total, 1 if size <= DEFAULT_CHUNK_SIZE else 2)
+    oms = None
+    if with_oms:
+        say(f"{name}: OpenMSIStream's DataFileDownloadDirectory")
+        oms = openmsistream_download(workdir, tansu.bootstrap, topic, count, size)
     say(f"{name}: datamill stream dataflow")
     ing = Ingest(workdir, broker, topic)
     try:
@@ -283,7 +363,7 @@ def throughput(tansu: Tansu, workdir: Path, name: str, count: int, size: int) ->
         ing.close()
     dm_mbs = total / MB / seconds
     bare_mbs = total / MB / bare["seconds"]
-    return {
+    result: dict[str, Any] = {
         "files": count,
         "file_mb": size / MB,
         "messages": report.messages,
@@ -311,6 +391,16 @@ def throughput(tansu: Tansu, workdir: Path, name: str, count: int, size: int) ->
         "target": 0.8,
         "ok": dm_mbs / bare_mbs >= 0.8,
     }
+    if oms is not None:
+        oms_mbs = total / MB / oms["seconds"]
+        result["openmsistream"] = {
+            "seconds": round(oms["seconds"], 3),
+            "mb_s": round(oms_mbs, 1),
+            "files_s": round(count / oms["seconds"], 1),
+            "process_cpu_s": round(oms["cpu"], 3),  # its whole life, start and group join included
+        }
+        result["ratio_to_openmsistream"] = round(dm_mbs / oms_mbs, 3)
+    return result
 
 
 def latency(tansu: Tansu, workdir: Path, files: int) -> dict[str, Any]:
@@ -419,6 +509,7 @@ def main() -> None:
     ap.add_argument("--huge-mb", type=int, default=2048, help="MiB (2048: 2 GiB)")
     ap.add_argument("--latency-files", type=int, default=100)
     ap.add_argument("--quick", action="store_true", help="a tenth of every size (a smoke run)")
+    ap.add_argument("--openmsistream", action="store_true", help="also time OpenMSIStream's DataFileDownloadDirectory")
     args = ap.parse_args()
     if args.quick:
         args.small_files, args.big_mb, args.huge_mb, args.latency_files = 100, 25, 205, 20
@@ -426,8 +517,9 @@ def main() -> None:
     tansu = Tansu(workdir)
     try:
         result: dict[str, Any] = {"benchmark": "stream", "python": sys.version.split()[0], "cpus": os.cpu_count()}
-        result["small_files"] = throughput(tansu, workdir, "small", args.small_files, args.small_kb * 1000)
-        result["big_files"] = throughput(tansu, workdir, "big", args.big_files, args.big_mb * MB)
+        oms = args.openmsistream
+        result["small_files"] = throughput(tansu, workdir, "small", args.small_files, args.small_kb * 1000, oms)
+        result["big_files"] = throughput(tansu, workdir, "big", args.big_files, args.big_mb * MB, oms)
         result["latency"] = latency(tansu, workdir, args.latency_files)
         result["memory"] = memory(tansu, workdir, args.huge_mb * 1024 * 1024)
         result["ok"] = all(result[k]["ok"] for k in ("small_files", "big_files", "latency", "memory"))
