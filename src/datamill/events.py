@@ -255,7 +255,6 @@ def append_rows(conn: Connection, rows: list[EventRow]) -> int:
         else:
             seqs = list(conn.exec_driver_sql(_insert_rows_sql(sql, len(batch), False), values).scalars())
             seq, first = max(seqs), min(seqs)
-        _added(conn, first, {(r[1], r[3]) for r in rows})
     else:
         if dialect == "sqlite":
             # One statement per 500 events: Python's sqlite3 gives the GIL up at every row of an
@@ -274,7 +273,8 @@ def append_rows(conn: Connection, rows: list[EventRow]) -> int:
         if postgres:
             conn.execute(text("SELECT pg_notify(:c, :s)"), {"c": NOTIFY_CHANNEL, "s": str(seq)})
         # Holding the lock, nobody else took a seq meanwhile: the batch's seqs are the last len(batch).
-        _added(conn, int(seq) - len(batch) + 1, {(r[1], r[3]) for r in rows})
+        first = int(seq) - len(batch) + 1
+    _added(conn, first, {(r[1], r[3]) for r in rows})
     wrote(conn, int(seq))
     return int(seq)
 

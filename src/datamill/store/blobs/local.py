@@ -102,7 +102,9 @@ class _LocalWriter(BlobWriter):
                 os.replace(self._tmp, final)
         finally:
             if old is not None:
-                threading.Thread(target=_unlink, args=(old,), name="datamill-unlink", daemon=True).start()
+                threading.Thread(
+                    target=old.unlink, kwargs={"missing_ok": True}, name="datamill-unlink", daemon=True
+                ).start()
         if not self._durable:
             return  # the caller calls store.sync() before recording the blob anywhere
         dir_fd = os.open(final.parent, os.O_RDONLY)
@@ -365,10 +367,6 @@ class LocalBlobStore(BlobStore):
             except FileNotFoundError:
                 continue  # another process cleaned it at the same time
         return n
-
-
-def _unlink(path: Path) -> None:
-    path.unlink(missing_ok=True)
 
 
 def _regular_fileno(file: BinaryIO) -> int | None:
