@@ -124,3 +124,23 @@ def test_an_id_is_sent_only_once_every_row_before_it_is(home: Home) -> None:
                 assert delivered >= set(range(page_seq + 1, seq + 1)), f"id {seq} sent before rows up to it"
                 resumes.append(seq)
         assert resumes == [marker]
+
+
+def test_a_page_ahead_of_the_log_gets_the_next_event(home: Home) -> None:
+    """A page naming a seq past the log's head (a home since restored from a backup) still updates.
+
+    Its stream used to wait for seqs the log had not reached, showing nothing new until then.
+    """
+    service = Service(home)
+    with serve(home) as server, httpx.Client(base_url=server.url, follow_redirects=True, timeout=LIMIT) as http:
+        http.get(f"/?token={home.admin_token()}").raise_for_status()
+        ahead = home.events.latest() + 1_000
+        with http.stream("GET", f"/events/live?since={ahead}&folder=watched") as answer:
+            # The answer's head comes once the stream has its starting point: the event is newer.
+            assert answer.status_code == 200
+            service.create_folder("watched/next")
+            marker = home.events.latest()
+            for _, name, data in messages(answer.iter_lines()):
+                assert name == "event"
+                if marker in row_seqs(data):
+                    break

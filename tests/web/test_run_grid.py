@@ -80,7 +80,7 @@ def test_a_run_page_gets_every_change_made_while_it_is_read(tmp_path: Path) -> N
 
         event.listen(home.db.engine, "before_cursor_execute", end_the_run_meanwhile)
         try:
-            with serve(home) as server, httpx.Client(base_url=server.url, follow_redirects=True) as http:
+            with serve(home) as server, httpx.Client(base_url=server.url, follow_redirects=True, timeout=30.0) as http:
                 http.get(f"/?token={home.admin_token()}").raise_for_status()
                 page = http.get(f"/runs/{run_id}")
                 page.raise_for_status()
@@ -96,6 +96,35 @@ def test_a_run_page_gets_every_change_made_while_it_is_read(tmp_path: Path) -> N
                 assert 'data-status="cancelled"' in _first_run_message(http, found.group(1).replace("&amp;", "&"))
         finally:
             event.remove(home.db.engine, "before_cursor_execute", end_the_run_meanwhile)
+    finally:
+        home.close()
+
+
+@pytest.mark.slow
+def test_numbers_past_the_databases_integers_in_page_urls_are_refused_or_kept_in_range(tmp_path: Path) -> None:
+    """A hand-edited URL with a huge number gets a page or a clear 422, never an internal error.
+
+    The folder table's and the run grid's page numbers became offsets that overflowed SQLite's
+    64-bit integers (500); the live streams' ``since`` and ``run`` had no upper bound either.
+    """
+    huge = str(10**30)
+    home = open_home(tmp_path / "home")
+    try:
+        service = Service(home)
+        service.create_folder("in")
+        service.create_folder("out")
+        service.put_many("in", [("a.txt", b"a")])
+        run_id = service.submit_run(ref("flow"), "in", dest="out")
+        with serve(home) as server, httpx.Client(base_url=server.url, follow_redirects=True, timeout=30.0) as http:
+            http.get(f"/?token={home.admin_token()}").raise_for_status()
+            folder = http.get(f"/folders/in?page={huge}")
+            assert folder.status_code == 200 and "a.txt" not in folder.text  # past the last page: empty
+            grid = http.get(f"/runs/{run_id}?page={huge}")
+            assert grid.status_code == 200 and "in/a.txt" in grid.text  # past the end: the last page
+            for url in (f"/events/live?since={huge}", f"/runs/live?since={huge}", f"/runs/live?run={huge}"):
+                refused = http.get(url)
+                assert refused.status_code == 422, url
+                assert "less than or equal to 9223372036854775807" in refused.json()["error"], url
     finally:
         home.close()
 

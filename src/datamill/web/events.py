@@ -19,6 +19,7 @@ from datamill.api.deps import blocking
 from datamill.db.models import User
 from datamill.events import EventRecord
 from datamill.home import Home
+from datamill.limits import INT64_MAX
 from datamill.store import lookups
 from datamill.store.access import Actor
 from datamill.store.names import split_path
@@ -150,7 +151,7 @@ async def events_page(request: Request, session: SessionDep, kind: str = "", fol
 
 @router.get("/events/live")
 async def events_live(
-    request: Request, session: SessionDep, since: int = Query(0, ge=0), kind: str = "", folder: str = ""
+    request: Request, session: SessionDep, since: int = Query(0, ge=0, le=INT64_MAX), kind: str = "", folder: str = ""
 ) -> Response:
     """New events (that the user may see and that pass the filter) as rendered rows."""
     home: Home = request.app.state.home

@@ -24,6 +24,7 @@ from fastapi.responses import Response
 from datamill.api.deps import blocking
 from datamill.api.paths import UrlPath
 from datamill.errors import DatamillError, InvalidInput
+from datamill.limits import INT64_MAX
 from datamill.service import Service
 from datamill.store.access import Level
 from datamill.store.item_pages import SORTS
@@ -37,6 +38,8 @@ router = APIRouter(include_in_schema=False)
 
 #: Items per page of the folder table.
 PAGE_SIZE = 100
+#: The highest page number read from a query string: its offset still fits a 64-bit integer.
+LAST_PAGE = INT64_MAX // PAGE_SIZE
 LEVELS = ("read", "write", "admin")
 
 
@@ -88,7 +91,8 @@ class Listing:
         params = request.query_params
         sort = params.get("sort", "name")
         try:
-            page = max(1, int(params.get("page", "1")))
+            # Past the last page shows an empty table; past the database's integers it would fail.
+            page = min(max(1, int(params.get("page", "1"))), LAST_PAGE)
         except ValueError:
             page = 1
         return cls(params.get("q", "")[:200], sort if sort in SORTS else "name", params.get("desc") == "1", page)

@@ -109,6 +109,9 @@ async def live_response(
     resumed = parse_last_event_id(request.headers.get("last-event-id"))
     cursor = since if resumed is None else resumed
     latest = await guard.read(home.events.latest)
+    # A cursor past the head (a page of a home since restored from a backup, or a hand-made URL)
+    # would wait for seqs the log has not reached and show nothing new until then: start at the head.
+    cursor = min(cursor, latest)
     # A page asks from the seq it was rendered at. Starting one far behind at the head instead
     # lost every update in between (the page showed a run running for good): it replays.
     follower = guard.open_follower(session.token, session.actor, replay=latest - cursor > STREAM_BATCH)

@@ -26,6 +26,7 @@ from datamill.engine.records import RunInfo, TaskInfo
 from datamill.engine.runs import FINISHED_RUN
 from datamill.errors import DatamillError
 from datamill.events import EventRecord
+from datamill.limits import INT64_MAX
 from datamill.service import Service
 from datamill.store.access import Actor
 from datamill.web.live import Message, live_response
@@ -138,7 +139,11 @@ async def runs_page(request: Request, session: SessionDep) -> Response:
 
 @router.get("/runs/live")
 async def runs_live(
-    request: Request, session: SessionDep, since: int = Query(0, ge=0), run: int = 0, status: str = ""
+    request: Request,
+    session: SessionDep,
+    since: int = Query(0, ge=0, le=INT64_MAX),
+    run: int = Query(0, ge=0, le=INT64_MAX),
+    status: str = "",
 ) -> Response:
     """Server-sent rows of the runs that change (only runs the user may see).
 
@@ -289,6 +294,7 @@ def run_view(service: Service, run_id: int, page: int) -> RunView:
         name = flow_names(service).get(info.dataflow_id)
     order, edges = service.step_links(run_id)
     graph = step_graph(order, edges, dict(info.steps or {}))
+    page = min(page, INT64_MAX // PAGE_ITEMS)  # its offset must fit the database's integers
     tasks, items = service.item_tasks(run_id, (page - 1) * PAGE_ITEMS, PAGE_ITEMS)
     if not tasks and page > 1:  # past the end: the last page
         page = page_number(page, items)
