@@ -23,14 +23,16 @@ SRC = Path(__file__).resolve().parents[1] / "src"
 #: (layer, module prefixes), lowest first. A module belongs to the layer of its longest matching
 #: prefix (the prefix itself or anything below it); ``datamill`` matches only the package itself.
 LAYERS: list[tuple[str, tuple[str, ...]]] = [
-    # Pure values and rules every layer may use: errors, the version, canonical JSON, the typed
-    # records both clients share, the settings registry, and the seams that datamill/__init__ fills.
+    # Pure values and rules every layer may use: errors, the version, canonical JSON, running a
+    # coroutine from synchronous code, the typed records both clients share, the settings
+    # registry, and the seams that datamill/__init__ fills.
     (
         "base",
         (
             "datamill.errors",
             "datamill._version",
             "datamill.canonical",
+            "datamill.coroutine",
             "datamill.records",
             "datamill.config",
             "datamill.hooks",

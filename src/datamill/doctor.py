@@ -9,7 +9,6 @@ that stopped renewing, runs waiting with nobody to run them) and their versions.
 
 from __future__ import annotations
 
-import asyncio
 import os
 import time
 import uuid
@@ -21,6 +20,7 @@ from sqlalchemy import func, select
 
 from datamill._version import __version__
 from datamill.config import Settings, mask_url
+from datamill.coroutine import run_to_end
 from datamill.db.database import Database, head_revision
 from datamill.db.models import Run
 from datamill.errors import DatamillError
@@ -149,7 +149,7 @@ def _dask(address: str) -> Check:
             return len(workers), sum(int(w.get("nthreads", 1)) for w in workers.values())
 
     try:
-        workers, threads = asyncio.run(probe())
+        workers, threads = run_to_end(probe())
     except (OSError, TimeoutError):
         return Check("executor", "fail", f"cannot reach the Dask scheduler at {address}: is `dask scheduler` running?")
     if workers == 0:

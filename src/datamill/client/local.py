@@ -12,6 +12,7 @@ from collections.abc import Callable, Mapping
 from typing import Any
 
 from datamill.client.base import Client, ProgressFn
+from datamill.coroutine import run_to_end
 from datamill.engine.records import RunInfo
 from datamill.engine.runs import FINISHED_RUN
 from datamill.home import Home
@@ -97,7 +98,7 @@ class LocalClient(Service, Client):
                 raise asyncio.CancelledError
 
         try:
-            asyncio.run(go())
+            run_to_end(go())
         except KeyboardInterrupt:
             self._abandon(run_id, sched.owner)
             raise

@@ -18,6 +18,7 @@ from typing import Any
 
 from sqlalchemy import Connection, select
 
+from datamill.coroutine import run_to_end
 from datamill.db.models import Run, Task
 from datamill.engine import keys, registry, replay, runs
 from datamill.engine.params import split_params
@@ -498,7 +499,7 @@ class Engine:
                 await sched.run_until_idle([run_id])
                 return run_id
 
-        run_id = asyncio.run(go())
+        run_id = run_to_end(go())
         return self.get_run(actor, run_id)
 
     # ------------------------------------------------------------------ reading

@@ -15,7 +15,6 @@ process group), with :func:`command_argv` and :func:`command_env` from this modu
 
 from __future__ import annotations
 
-import asyncio
 import functools
 import inspect
 import json
@@ -31,6 +30,7 @@ from typing import Any
 
 import cloudpickle
 
+from datamill.coroutine import run_to_end
 from datamill.errors import InvalidPipeline
 from datamill.pipeline import codecs
 from datamill.pipeline.context import Context, NullReporter, Reporter
@@ -306,7 +306,7 @@ def run_step(reporter: Reporter, call: StepCall) -> StepResult:
     _headless_plots()
     result = step.fn(*args, **kwargs)
     if inspect.isawaitable(result):
-        result = asyncio.run(_await(result))
+        result = run_to_end(_await(result))
     if ctx is None:
         return StepResult(_return_value(result, call), time.perf_counter() - started)
     written = dict(ctx.written)
