@@ -323,7 +323,8 @@ class LocalBlobStore(BlobStore):
             ) from None
 
     def exists(self, digest: str) -> bool:
-        return self.path_of(digest).is_file()
+        # A string's isfile, not a Path's: a batch's writer checks each of its blobs (hold_blobs).
+        return self.local_file(digest) is not None
 
     def local_path(self, digest: str) -> Path | None:
         path = self.local_file(digest)
