@@ -688,8 +688,8 @@ class Stager:
         """A landed file's metadata: where it came from, with the keys OpenMSIStream's Girder uploader writes.
 
         Built here in the form :func:`~datamill.store.metadata.check_metadata` returns (keys sorted, JSON
-        values only), without that check's JSON round trip and walk (a fifth of the writer's CPU per
-        small file): the shape is fixed, the path was checked, the offsets are numbers by partition. Only
+        values only), without that check's JSON round trip and walk (~20 µs of the writer's ~0.3 ms of CPU
+        per small file): the shape is fixed, the path was checked, the offsets are numbers by partition. Only
         the producer's mtime can be out of JSON's range (NaN, infinity): then the check runs and refuses
         it as it always did.
         """
