@@ -2,6 +2,7 @@
 
     .venv/bin/python benchmarks/stream.py [--small-files 1000] [--small-kb 100] [--big-files 4]
                                           [--big-mb 250] [--huge-mb 2048] [--latency-files 100] [--quick]
+                                          [--only small|big]
 
 Prints ONE JSON object on stdout (progress on stderr). A Tansu broker (the test broker, in RAM) is
 started here; datamill runs in this process on an embedded SQLite home: a running stream dataflow's
@@ -510,6 +511,7 @@ def main() -> None:
     ap.add_argument("--latency-files", type=int, default=100)
     ap.add_argument("--quick", action="store_true", help="a tenth of every size (a smoke run)")
     ap.add_argument("--openmsistream", action="store_true", help="also time OpenMSIStream's DataFileDownloadDirectory")
+    ap.add_argument("--only", choices=["small", "big"], help="only this throughput run (for interleaved pairs)")
     args = ap.parse_args()
     if args.quick:
         args.small_files, args.big_mb, args.huge_mb, args.latency_files = 100, 25, 205, 20
@@ -518,6 +520,13 @@ def main() -> None:
     try:
         result: dict[str, Any] = {"benchmark": "stream", "python": sys.version.split()[0], "cpus": os.cpu_count()}
         oms = args.openmsistream
+        if args.only:
+            count, size = (
+                (args.small_files, args.small_kb * 1000) if args.only == "small" else (args.big_files, args.big_mb * MB)
+            )
+            result[f"{args.only}_files"] = throughput(tansu, workdir, args.only, count, size, oms)
+            print(json.dumps(result))
+            return
         result["small_files"] = throughput(tansu, workdir, "small", args.small_files, args.small_kb * 1000, oms)
         result["big_files"] = throughput(tansu, workdir, "big", args.big_files, args.big_mb * MB, oms)
         result["latency"] = latency(tansu, workdir, args.latency_files)

@@ -365,6 +365,22 @@ class TestLocalBlobStore(BlobStoreContract):
         mode = stat.S_IMODE(path.stat().st_mode)
         assert mode & (stat.S_IWUSR | stat.S_IWGRP | stat.S_IWOTH) == 0, oct(mode)
 
+    def test_small_unsynced_blobs_make_their_directories(self, local: LocalBlobStore) -> None:
+        # put(bytes, durable=False) creates the file under its final name and makes its two directory
+        # levels itself: a new top level, a new second level under an existing top, an existing pair.
+        datas = [f"blob {i}".encode() for i in range(600)]  # 600 digests: many share a first level
+        infos = [local.put(d, durable=False) for d in datas]
+        infos.append(local.put(datas[0], durable=False))  # stored before: the same blob, kept
+        tops = [i.digest.split(":", 1)[1][:2] for i in infos]
+        assert len(set(tops)) < len(set(infos))  # some first levels held two blobs
+        local.sync()
+        assert len(_blob_files(local.root)) == len(datas)
+        for d, info in zip(datas, infos, strict=False):
+            assert info == local.put(d) and local.read(info.digest) == d
+            mode = stat.S_IMODE(local.path_of(info.digest).stat().st_mode)
+            assert mode & (stat.S_IWUSR | stat.S_IWGRP | stat.S_IWOTH) == 0, oct(mode)
+        assert _temp_files(local) == []
+
     def test_adopt_links_the_file_instead_of_copying_it(self, local: LocalBlobStore, tmp_path: Path) -> None:
         src = tmp_path / "blobs" / ".staging" / "f"  # beside the blobs: the same file system
         src.parent.mkdir(parents=True)

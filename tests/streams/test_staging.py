@@ -21,6 +21,7 @@ from datamill.db.models import StreamChunk, StreamFile, StreamOffset
 from datamill.errors import InvalidDataflow
 from datamill.events import EventKind
 from datamill.home import Home
+from datamill.records import check_metadata
 from datamill.store.blobs import digest_bytes
 from datamill.streams.chunks import Chunk, chunk_file
 from tests.helpers import all_events, open_home
@@ -88,6 +89,35 @@ def test_a_multi_chunk_file_lands_once_with_subfolders_and_provenance(home: Home
     again = stager.apply(msgs)
     assert again.skipped == len(msgs) and again.files == []
     assert _items(home)["scan.bin"] == 1
+
+
+def test_a_one_chunk_files_metadata_is_checked_json_and_a_non_finite_mtime_is_refused(home: Home) -> None:
+    stager = _stager(home)
+    msgs = []
+    for i, mtime in enumerate([1764850000.25, float("nan"), float("inf"), None]):
+        data = f"file {i}".encode()
+        h = hashlib.sha512(data).digest()
+        msgs.append(Message(i % 2, i // 2, Chunk(f"f{i}.txt", h, h, 0, 1, 1, "sub", "", data, mtime).encode()))
+    out = stager.apply(msgs)
+    assert out.files == ["sub/f0.txt", "sub/f3.txt"]
+    assert len(out.rejected) == 2 and all("not valid JSON" in r for r in out.rejected), out.rejected
+    meta = home.store.get_item(home.admin, f"{DEST}/sub/f0.txt").metadata
+    assert meta == check_metadata(meta)  # what the generic check would have stored
+    assert meta == {
+        "KafkaTopic": TOPIC,
+        "dataflow": "ingest",
+        "stream": {
+            "dataflow": "ingest",
+            "dataflow_id": stager.t.dataflow_id,
+            "mtime": 1764850000.25,
+            "offsets": {"0": [0, 0]},
+            "path": "sub/f0.txt",
+            "sha512": hashlib.sha512(b"file 0").hexdigest(),
+            "topic": TOPIC,
+        },
+    }
+    assert home.store.get_item(home.admin, f"{DEST}/sub/f3.txt").metadata["stream"]["mtime"] is None
+    assert set(_items(home, f"{DEST}/sub")) == {"f0.txt", "f3.txt"}
 
 
 def test_chunks_in_any_order_and_duplicates_land_the_file_once(home: Home, tmp_path: Path) -> None:

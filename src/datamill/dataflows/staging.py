@@ -40,6 +40,7 @@ from __future__ import annotations
 
 import functools
 import hashlib
+import math
 import os
 import shutil
 import time
@@ -652,42 +653,29 @@ class Stager:
 
     def _land(self, conn: Connection, row: _FileRow, ready: _Ready, out: Outcome) -> bool:
         path = ready.path
-        staging = self._row_staging(row)
+        # A one-chunk file has no staging file: its name (a SHA-256 of the row's key) is not computed.
+        staging = self._row_staging(row) if row.n_chunks > 1 else None
         try:
             blob, digest = self._assemble(conn, row, ready)
             if digest.hex() != row.file_hash:
                 raise _mismatch(row)
             folder, _, name = f"{self.t.destination}/{path}".rpartition("/")
             self._folder(conn, folder)
-            meta = {
-                "stream": {
-                    "topic": self.t.topic,
-                    "offsets": row.messages,
-                    "sha512": row.file_hash,
-                    "mtime": row.mtime,
-                    "path": path,
-                    "dataflow": self.t.name,
-                    "dataflow_id": self.t.dataflow_id,
-                },
-                # The keys OpenMSIStream's Girder uploader writes, for tools that read them.
-                "KafkaTopic": self.t.topic,
-                "dataflow": self.t.name,
-            }
-            new = NewVersion(check_name(name, "item name"), blob, None, check_metadata(meta))
+            new = NewVersion(check_name(name, "item name"), blob, None, self._metadata(row, path))
         except (BadChunk, DatamillError) as exc:
             if row.id is not None:
                 self._drop_chunks(conn, row.id)
                 conn.execute(delete(StreamFile).where(StreamFile.id == row.id))
             self._b.rows[row.path] = None
-            self._hashing.pop(staging, None)
-            if row.n_chunks > 1:
+            if staging is not None:
+                self._hashing.pop(staging, None)
                 self._b.unlink.add(staging)
             # A chunk error names the file already; a store error (the folder, the name) says which file.
             out.rejected.append(exc.message if isinstance(exc, BadChunk) else f"{path!r}: {exc.message}; not landed")
             return False
         self._b.versions.setdefault(folder, []).append(new)
         self._b.landed = True
-        if row.n_chunks > 1 and row.id is not None:
+        if staging is not None and row.id is not None:
             self._drop_chunks(conn, row.id)
             self._b.unlink.add(staging)
         row.state, row.chunks_staged, row.bytes_staged, row.messages = LANDED, row.n_chunks, 0, {}
@@ -695,6 +683,32 @@ class Stager:
         row.dirty = True
         out.files.append(path)
         return True
+
+    def _metadata(self, row: _FileRow, path: str) -> dict[str, Any]:
+        """A landed file's metadata: where it came from, with the keys OpenMSIStream's Girder uploader writes.
+
+        Built here in the form :func:`~datamill.store.metadata.check_metadata` returns (keys sorted, JSON
+        values only), without that check's JSON round trip and walk (~20 µs of the writer's ~0.3 ms of CPU
+        per small file): the shape is fixed, the path was checked, the offsets are numbers by partition. Only
+        the producer's mtime can be out of JSON's range (NaN, infinity): then the check runs and refuses
+        it as it always did.
+        """
+        if row.mtime is not None and not math.isfinite(row.mtime):
+            return check_metadata({"stream": {"mtime": row.mtime}})  # raises InvalidMetadata
+        return {
+            # The keys OpenMSIStream's Girder uploader writes, for tools that read them.
+            "KafkaTopic": self.t.topic,
+            "dataflow": self.t.name,
+            "stream": {
+                "dataflow": self.t.name,
+                "dataflow_id": self.t.dataflow_id,
+                "mtime": row.mtime,
+                "offsets": {p: list(span) for p, span in sorted(row.messages.items())},
+                "path": path,
+                "sha512": row.file_hash,
+                "topic": self.t.topic,
+            },
+        }
 
     def _reject_events(self, conn: Connection, rejected: list[str]) -> None:
         if not rejected:

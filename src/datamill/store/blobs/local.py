@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import fcntl
 import logging
@@ -202,9 +203,12 @@ class LocalBlobStore(BlobStore):
         if durable or expected_digest is not None or expected_size is not None or not isinstance(data, bytes):
             return super().put(data, expected_digest, expected_size, durable)
         digest = digest_bytes(data)
-        final = self.path_of(digest)
+        # The digest was made here: its path is built as a string, without path_of's check and Path
+        # (a stream writes thousands of small blobs a second, each on a worker thread that needs the GIL).
+        h = digest[len(ALGORITHM) + 1 :]
+        final = f"{self._root}/{h[:2]}/{h[2:4]}/{h}"
         try:
-            fd = _create(final)
+            fd = _create(final, self._root, h)
         except FileExistsError:
             return super().put(data, expected_digest, expected_size, durable)
         try:
@@ -215,7 +219,8 @@ class LocalBlobStore(BlobStore):
             start_writeback(fd)
         except BaseException:
             os.close(fd)
-            final.unlink(missing_ok=True)
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(final)
             raise
         os.close(fd)
         return BlobInfo(digest, len(data))
@@ -323,7 +328,8 @@ class LocalBlobStore(BlobStore):
             ) from None
 
     def exists(self, digest: str) -> bool:
-        return self.path_of(digest).is_file()
+        # A string's isfile, not a Path's: a batch's writer checks each of its blobs (hold_blobs).
+        return self.local_file(digest) is not None
 
     def local_path(self, digest: str) -> Path | None:
         path = self.local_file(digest)
@@ -379,14 +385,22 @@ def _regular_fileno(file: BinaryIO) -> int | None:
     return fd if stat.S_ISREG(os.fstat(fd).st_mode) else None
 
 
-def _create(path: Path) -> int:
-    """A new read-only file at ``path`` open for writing (its directory made if missing); FileExistsError if there."""
+def _create(path: str, root: str, h: str) -> int:
+    """A new read-only file at ``path`` (``root/h[:2]/h[2:4]/h``) open for writing, its directories made
+    if missing (one ``mkdir`` when only the last is, not pathlib's walk); FileExistsError if it is there."""
     flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC
     try:
         return os.open(path, flags, 0o444)
     except FileNotFoundError:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        return os.open(path, flags, 0o444)
+        pass
+    leaf = f"{root}/{h[:2]}/{h[2:4]}"
+    try:
+        os.mkdir(leaf)
+    except FileExistsError:  # another thread made it meanwhile
+        pass
+    except FileNotFoundError:  # its parent is new too (at most 256 times in a store's life)
+        Path(leaf).mkdir(parents=True, exist_ok=True)
+    return os.open(path, flags, 0o444)
 
 
 def _make_locked_dir(parent: Path) -> tuple[Path, int]:
