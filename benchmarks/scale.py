@@ -362,28 +362,37 @@ def _await_run(engine: Any, actor: Any, run_id: int, procs: list[subprocess.Pope
         time.sleep(0.1)  # a run of seconds: 0.1 s of resolution, and little load from the polling
 
 
-def _worker_run(home: Any, eb: Any, n: int, items: int, home_dir: Path, env: dict[str, str]) -> dict[str, Any]:
-    """Start ``n`` worker processes, warm them up, time one run of the trivial pipeline over every item."""
-    from datamill.engine.engine import Engine
+def _start_workers(home: Any, n: int, names: str, env: dict[str, str]) -> list[subprocess.Popen[bytes]]:
+    """Start ``n`` ``datamill worker`` processes (homes ``<names>-<i>``); returned once all registered."""
     from datamill.nodes import list_nodes
 
-    engine = Engine(home)
-    inputs = engine.inputs_from_folder(home.admin, "items")
     procs = [
         subprocess.Popen(
-            [sys.executable, "-m", "datamill.cli", "--home", str(home_dir / f"w{n}-{i}"), "worker"],
+            [sys.executable, "-m", "datamill.cli", "--home", f"{names}-{i}", "worker"],
             env=env,
             stdout=subprocess.DEVNULL,
             stderr=subprocess.DEVNULL,
         )
         for i in range(n)
     ]
+    deadline = time.monotonic() + 120
+    while len([x for x in list_nodes(home.db) if x.role == "worker"]) < n:
+        if time.monotonic() > deadline:
+            for p in procs:
+                p.kill()
+            raise RuntimeError(f"{n} workers did not register in 120 s")
+        time.sleep(0.1)
+    return procs
+
+
+def _worker_run(home: Any, eb: Any, n: int, items: int, home_dir: Path, env: dict[str, str]) -> dict[str, Any]:
+    """Start ``n`` worker processes, warm them up, time one run of the trivial pipeline over every item."""
+    from datamill.engine.engine import Engine
+
+    engine = Engine(home)
+    inputs = engine.inputs_from_folder(home.admin, "items")
+    procs = _start_workers(home, n, str(home_dir / f"w{n}"), env)
     try:
-        deadline = time.monotonic() + 120
-        while len([x for x in list_nodes(home.db) if x.role == "worker"]) < n:
-            if time.monotonic() > deadline:
-                raise RuntimeError(f"{n} workers did not register in 120 s")
-            time.sleep(0.1)
         # Every worker loads the pipeline (and warms its connections) before the timed run.
         warm = engine.submit(home.admin, eb.ref("trivial"), inputs[: 4 * n], source="items", params={"salt": f"w{n}"})
         _await_run(engine, home.admin, warm, procs, 300)
@@ -408,7 +417,6 @@ def _idle_worker(home: Any, eb: Any, args: argparse.Namespace, home_dir: Path, e
     """Two worker processes, one run of ``--idle-items`` items: the CPU seconds of the worker that does
     not drive it (the one that spent less) over ``--idle-seconds`` while the other drives it."""
     from datamill.engine.engine import Engine
-    from datamill.nodes import list_nodes
 
     engine = Engine(home)
     home.store.create_folder(home.admin, "idle-items")
@@ -416,21 +424,8 @@ def _idle_worker(home: Any, eb: Any, args: argparse.Namespace, home_dir: Path, e
         batch = [(f"j{i:06}.txt", f"item {i}\n".encode()) for i in range(start, min(args.idle_items, start + 500))]
         home.store.put_many(home.admin, "idle-items", batch)
     inputs = engine.inputs_from_folder(home.admin, "idle-items")
-    procs = [
-        subprocess.Popen(
-            [sys.executable, "-m", "datamill.cli", "--home", str(home_dir / f"idle-{i}"), "worker"],
-            env=env,
-            stdout=subprocess.DEVNULL,
-            stderr=subprocess.DEVNULL,
-        )
-        for i in range(2)
-    ]
+    procs = _start_workers(home, 2, str(home_dir / "idle"), env)
     try:
-        deadline = time.monotonic() + 120
-        while len([x for x in list_nodes(home.db) if x.role == "worker"]) < 2:
-            if time.monotonic() > deadline:
-                raise RuntimeError("2 workers did not register in 120 s")
-            time.sleep(0.1)
         warm = engine.submit(home.admin, eb.ref("trivial"), inputs[:8], source="idle-items", params={"salt": "iw"})
         _await_run(engine, home.admin, warm, procs, 300)
         run_id = engine.submit(home.admin, eb.ref("trivial"), inputs, source="idle-items", params={"salt": "idle"})
