@@ -492,3 +492,15 @@ def _listening(db: Database) -> bool:
     q = "SELECT 1 FROM pg_stat_activity WHERE datname = current_database() AND query = :q"
     with db.read() as conn:
         return conn.execute(text(q), {"q": f"LISTEN {events.NOTIFY_CHANNEL}"}).first() is not None
+
+
+def test_a_notification_behind_this_process_head_still_tells_its_families(db: Database) -> None:
+    """This process's commit may tell a head (its own seq) before the notification of another
+    process's earlier commit arrives: that one's families still count, so a waiter for them wakes."""
+    start = db.family_head(("run",))
+    db.notify_commit(known=True, seq=start + 10, facts=(start + 9, {("task.finished", None)}))
+    assert db.family_head(("run",)) == start
+    assert db.notice(start + 8, {"run"})  # news for run waiters, though behind the head
+    assert db.family_head(("run",)) == start + 8
+    assert not db.notice(start + 10, {"task"})  # this process's own commit, heard again: nothing new
+    assert db.known_seq == start + 10

@@ -414,9 +414,11 @@ class EventLog:
             with self.db.read() as conn:
                 head = latest_seq(conn)
             self._read_at = time.monotonic()
-            if head > max(self._head, known):
-                with self.db.committed:  # what came since is not known by family: it may be anyone's news
-                    self.db.wild_seq = max(self.db.wild_seq, head)
+            with self.db.committed:
+                # Read because a commit's events are not known (another process's on SQLite, ...): up
+                # to the head, any family may have news (a commit of this process told a later head
+                # without saying what came before it).
+                self.db.wild_seq = max(self.db.wild_seq, head)
             self._head = max(self._head, head)
             self._head_at = max(self._head_at, seen)
             return self._head

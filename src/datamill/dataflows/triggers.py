@@ -229,9 +229,9 @@ class Triggers:
         that have something to record.
         """
         if self._rows is not None and self._seen is not None and self.home.db.family_head(FAMILIES) <= self._seen:
-            # No item or dataflow event committed since the last pass (every event up to ``latest`` is
-            # known by family by now): only the clock (cron, a batch window) can act.
-            self._seen = latest
+            # No item or dataflow event is known since the last pass: only the clock (cron, a batch
+            # window) can act. The pass stays where it was: an event before ``latest`` may be told
+            # later (another process's notification after a later commit of this one), then read.
             rows = [r for r in self._rows if r.kind != DataflowKind.STREAM]
             return self._rows, [r.id for r in rows if self._due(None, r, now, latest)]
         own = self._own_since(latest)

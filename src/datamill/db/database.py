@@ -206,19 +206,23 @@ class Database:
         so the log's head is known without reading it. Wakes the waiters when it is news; returns that.
         """
         with self.committed:
-            if seq <= self.known_seq:
-                return False  # this process's own commit (or one noticed already)
-            self.known_seq = seq
-            self._note_families(families, seq)
-            self.commits += 1
-            self.committed.notify_all()
-            return True
+            # Its families are noted even when its seq is not news: a commit of this process with a
+            # later seq may have told the head first, not what came before it.
+            news = self._note_families(families, seq) or seq > self.known_seq
+            self.known_seq = max(self.known_seq, seq)
+            if news:
+                self.commits += 1
+                self.committed.notify_all()
+            return news
 
-    def _note_families(self, families: set[str], seq: int) -> None:
-        """Under ``committed``: events of ``families`` up to ``seq`` are committed."""
+    def _note_families(self, families: set[str], seq: int) -> bool:
+        """Under ``committed``: events of ``families`` up to ``seq`` are committed; whether that was news."""
+        news = False
         for name in families:
             if self.family_seq.get(name, 0) < seq:
                 self.family_seq[name] = seq
+                news = True
+        return news
 
     def family_head(self, families: tuple[str, ...]) -> int:
         """The newest seq committed that may be an event of ``families`` (:attr:`family_seq`, :attr:`wild_seq`)."""
