@@ -2,6 +2,7 @@
 
     .venv/bin/python benchmarks/scale.py [--only dask] [--only s3] [--only workers] [--cpu-items 16]
                                          [--cpu-seconds 0.25] [--s3-mb 1024] [--rounds 2] [--worker-items 2000]
+                                         [--idle-seconds 0] [--idle-items 30000]
 
 Prints ONE JSON object on stdout (progress goes to stderr). Runs on any number of cores.
 
@@ -38,7 +39,9 @@ driven by one in-process ``Scheduler`` with the inline executor. Reported: tasks
 ratio of 3 workers to 1 and of each to the baseline; the target is that 3 workers record at least
 as many tasks/s as 1 (``ok``: more processes never cost throughput). ``cpu_s``: the CPU seconds
 each worker process spent during the timed run, largest first (the run's one driver, then what
-the workers that only watch the event log cost).
+the workers that only watch the event log cost). With ``--idle-seconds S``: two worker processes
+and one run of ``--idle-items`` items; ``idle_worker`` is the CPU the worker that does not drive it
+spends over S seconds of it (``idle_cpu_percent_of_one_core``), beside the driver's.
 """
 
 from __future__ import annotations
@@ -359,28 +362,37 @@ def _await_run(engine: Any, actor: Any, run_id: int, procs: list[subprocess.Pope
         time.sleep(0.1)  # a run of seconds: 0.1 s of resolution, and little load from the polling
 
 
-def _worker_run(home: Any, eb: Any, n: int, items: int, home_dir: Path, env: dict[str, str]) -> dict[str, Any]:
-    """Start ``n`` worker processes, warm them up, time one run of the trivial pipeline over every item."""
-    from datamill.engine.engine import Engine
+def _start_workers(home: Any, n: int, names: str, env: dict[str, str]) -> list[subprocess.Popen[bytes]]:
+    """Start ``n`` ``datamill worker`` processes (homes ``<names>-<i>``); returned once all registered."""
     from datamill.nodes import list_nodes
 
-    engine = Engine(home)
-    inputs = engine.inputs_from_folder(home.admin, "items")
     procs = [
         subprocess.Popen(
-            [sys.executable, "-m", "datamill.cli", "--home", str(home_dir / f"w{n}-{i}"), "worker"],
+            [sys.executable, "-m", "datamill.cli", "--home", f"{names}-{i}", "worker"],
             env=env,
             stdout=subprocess.DEVNULL,
             stderr=subprocess.DEVNULL,
         )
         for i in range(n)
     ]
+    deadline = time.monotonic() + 120
+    while len([x for x in list_nodes(home.db) if x.role == "worker"]) < n:
+        if time.monotonic() > deadline:
+            for p in procs:
+                p.kill()
+            raise RuntimeError(f"{n} workers did not register in 120 s")
+        time.sleep(0.1)
+    return procs
+
+
+def _worker_run(home: Any, eb: Any, n: int, items: int, home_dir: Path, env: dict[str, str]) -> dict[str, Any]:
+    """Start ``n`` worker processes, warm them up, time one run of the trivial pipeline over every item."""
+    from datamill.engine.engine import Engine
+
+    engine = Engine(home)
+    inputs = engine.inputs_from_folder(home.admin, "items")
+    procs = _start_workers(home, n, str(home_dir / f"w{n}"), env)
     try:
-        deadline = time.monotonic() + 120
-        while len([x for x in list_nodes(home.db) if x.role == "worker"]) < n:
-            if time.monotonic() > deadline:
-                raise RuntimeError(f"{n} workers did not register in 120 s")
-            time.sleep(0.1)
         # Every worker loads the pipeline (and warms its connections) before the timed run.
         warm = engine.submit(home.admin, eb.ref("trivial"), inputs[: 4 * n], source="items", params={"salt": f"w{n}"})
         _await_run(engine, home.admin, warm, procs, 300)
@@ -399,6 +411,44 @@ def _worker_run(home: Any, eb: Any, n: int, items: int, home_dir: Path, env: dic
     assert status == "succeeded" and counts == {"succeeded": items}, (status, counts)
     # CPU seconds each worker process spent during the timed run: the driver's, and what the others cost
     return {"seconds": round(seconds, 3), "tasks_per_s": round(items / seconds, 1), "cpu_s": sorted(cpu, reverse=True)}
+
+
+def _idle_worker(home: Any, eb: Any, args: argparse.Namespace, home_dir: Path, env: dict[str, str]) -> dict[str, Any]:
+    """Two worker processes, one run of ``--idle-items`` items: the CPU seconds of the worker that does
+    not drive it (the one that spent less) over ``--idle-seconds`` while the other drives it."""
+    from datamill.engine.engine import Engine
+
+    engine = Engine(home)
+    home.store.create_folder(home.admin, "idle-items")
+    for start in range(0, args.idle_items, 500):
+        batch = [(f"j{i:06}.txt", f"item {i}\n".encode()) for i in range(start, min(args.idle_items, start + 500))]
+        home.store.put_many(home.admin, "idle-items", batch)
+    inputs = engine.inputs_from_folder(home.admin, "idle-items")
+    procs = _start_workers(home, 2, str(home_dir / "idle"), env)
+    try:
+        warm = engine.submit(home.admin, eb.ref("trivial"), inputs[:8], source="idle-items", params={"salt": "iw"})
+        _await_run(engine, home.admin, warm, procs, 300)
+        run_id = engine.submit(home.admin, eb.ref("trivial"), inputs, source="idle-items", params={"salt": "idle"})
+        time.sleep(1.0)  # the run has its driver
+        cpu0, t = [_cpu_seconds(p.pid) for p in procs], time.monotonic()
+        while time.monotonic() - t < args.idle_seconds:
+            if str(engine.get_run(home.admin, run_id)["status"]) not in ("queued", "running"):
+                break
+            time.sleep(0.2)
+        seconds = time.monotonic() - t
+        cpu = sorted(round(_cpu_seconds(p.pid) - c, 2) for p, c in zip(procs, cpu0, strict=True))
+        _await_run(engine, home.admin, run_id, procs, 900)
+    finally:
+        for p in procs:
+            p.terminate()
+        for p in procs:
+            p.wait(60)
+    return {
+        "seconds": round(seconds, 1),
+        "driver_cpu_s": cpu[1],
+        "idle_cpu_s": cpu[0],
+        "idle_cpu_percent_of_one_core": round(100 * cpu[0] / seconds, 2),
+    }
 
 
 def _cpu_seconds(pid: int) -> float:
@@ -453,6 +503,9 @@ def bench_workers(args: argparse.Namespace, work: Path) -> dict[str, Any]:
                 deadline = time.monotonic() + 60
                 while list_nodes(home.db) and time.monotonic() < deadline:  # the stopped workers left
                     time.sleep(0.1)
+            if args.idle_seconds > 0:
+                log(f"workers: an idle worker beside a driving one, {args.idle_seconds} s")
+                out["idle_worker"] = _idle_worker(home, eb, args, home_dir, env)
         finally:
             home.close()
     one, three = out["processes_1"]["tasks_per_s"], out["processes_3"]["tasks_per_s"]
@@ -472,6 +525,10 @@ def main() -> None:
     parser.add_argument("--cpu-items", type=int, default=16, help="items of the CPU-bound step")
     parser.add_argument("--cpu-seconds", type=float, default=0.25, help="work per CPU-bound item")
     parser.add_argument("--worker-items", type=int, default=2000, help="items of the worker processes' run")
+    parser.add_argument(
+        "--idle-seconds", type=float, default=0.0, help="workers: also the idle worker's CPU over this long"
+    )
+    parser.add_argument("--idle-items", type=int, default=30000, help="items of the idle worker's neighbour's run")
     parser.add_argument("--only", choices=["dask", "s3", "workers"], action="append", help="run only these parts")
     args = parser.parse_args()
     parts = set(args.only or ["dask", "s3", "workers"])

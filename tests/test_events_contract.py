@@ -22,6 +22,8 @@ from collections.abc import Iterator
 from typing import Any
 
 import pytest
+from sqlalchemy import event as sa_event
+from sqlalchemy import text
 
 from datamill import events
 from datamill.db.database import Database
@@ -446,3 +448,59 @@ def test_own_events_tell_what_this_process_committed_and_nothing_else(db_url: st
     assert head == e
     assert db.own_events(d, e) is None
     assert db.own_events(e - 1, e) == {(EventKind.TASK_FINISHED, None)}
+
+
+def test_a_waiter_for_some_families_sleeps_through_others_commits_without_reading(postgres_db_url: str) -> None:
+    """On PostgreSQL a notification says the newest seq and the families of the events committed:
+    another process's commits of task events move the head with no read of the log, and a waiter for
+    run events (a scheduler looking for runs) is not woken by them; a run event wakes it."""
+    db, other = Database(postgres_db_url), Database(postgres_db_url)
+    db.migrate()
+    log = EventLog(db)
+    statements: list[str] = []
+    sa_event.listen(db.engine, "before_cursor_execute", lambda _c, _cur, sql, *_a: statements.append(sql))
+    try:
+        start = log.latest()  # the watcher starts; what it missed before listening is read once
+        deadline = time.monotonic() + TIMEOUT
+        while not _listening(other):  # then, a notification comes after that read
+            assert time.monotonic() < deadline, "the watcher never listened"
+            time.sleep(0.01)
+        _append(other, EventKind.GROUP_CREATED)
+        assert log.wait(start, TIMEOUT)
+        assert log.latest() > start
+        runs_seen = log.latest(("run",))
+        statements.clear()
+        tasks = [_append(other, EventKind.TASK_PROGRESS, run_id=1, task_id=i) for i in range(20)]
+        assert log.wait(tasks[-1] - 1, TIMEOUT)  # every notification noticed (they come in commit order)
+        assert log.latest() == tasks[-1]
+        assert log.latest(("run",)) == runs_seen
+        assert log.latest(("task",)) == tasks[-1]
+        assert not log.wait(runs_seen, 0.0, families=("run",))
+        assert statements == []  # the head came with the notifications
+        queued = _append(other, EventKind.RUN_QUEUED, run_id=2)
+        assert log.wait(runs_seen, TIMEOUT, families=("run",))
+        assert log.latest(("run",)) == queued == log.latest()
+        assert [e.kind for e in log.read(tasks[0] - 1)] == ["task.progress"] * 20 + ["run.queued"]
+    finally:
+        log.close()
+        other.dispose()
+        db.dispose()
+
+
+def _listening(db: Database) -> bool:
+    """Whether a session listens on the events channel of this database (the watcher of an EventLog)."""
+    q = "SELECT 1 FROM pg_stat_activity WHERE datname = current_database() AND query = :q"
+    with db.read() as conn:
+        return conn.execute(text(q), {"q": f"LISTEN {events.NOTIFY_CHANNEL}"}).first() is not None
+
+
+def test_a_notification_behind_this_process_head_still_tells_its_families(db: Database) -> None:
+    """This process's commit may tell a head (its own seq) before the notification of another
+    process's earlier commit arrives: that one's families still count, so a waiter for them wakes."""
+    start = db.family_head(("run",))
+    db.notify_commit(known=True, seq=start + 10, facts=(start + 9, {("task.finished", None)}))
+    assert db.family_head(("run",)) == start
+    assert db.notice(start + 8, {"run"})  # news for run waiters, though behind the head
+    assert db.family_head(("run",)) == start + 8
+    assert not db.notice(start + 10, {"task"})  # this process's own commit, heard again: nothing new
+    assert db.known_seq == start + 10

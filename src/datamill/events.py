@@ -32,7 +32,7 @@ from typing import Any
 import orjson
 from sqlalchemy import Connection, func, select, text
 
-from datamill.db.database import EVENT_FACTS, LAST_SEQ, LOG_LOCK_KEY, LOG_LOCKED, UNKNOWN_SEQ, Database
+from datamill.db.database import EVENT_FACTS, LAST_SEQ, LOG_LOCK_KEY, LOG_LOCKED, UNKNOWN_SEQ, Database, family
 from datamill.db.models import Event
 from datamill.records import EventRecord
 
@@ -186,12 +186,28 @@ def _insert_sql(dialect: str, paramstyle: str) -> str:
 def _insert_rows_sql(sql: str, n: int, notify: bool) -> str:
     """``sql`` (:func:`_insert_sql`) for ``n`` rows in one statement, returning their seqs; with
     ``notify`` (PostgreSQL), returning the newest and the oldest seq, the newest notified on the channel given as the
-    last parameter. Seqs follow the rows' order (a multi-row ``VALUES`` takes its defaults row by row)."""
+    next to last parameter, followed by the last (:func:`_families_note`). Seqs follow the rows' order (a
+    multi-row ``VALUES`` takes its defaults row by row)."""
     values = sql[sql.index(" VALUES ") + len(" VALUES ") :]
     many = sql + (", " + values) * (n - 1) + " RETURNING seq"
     if not notify:
         return many
-    return f"WITH added AS ({many}) SELECT max(seq), min(seq), pg_notify(%s, max(seq)::text) FROM added"
+    return f"WITH added AS ({many}) SELECT max(seq), min(seq), pg_notify(%s, max(seq)::text || %s) FROM added"
+
+
+def _families_note(rows: list[EventRow]) -> str:
+    """What a notification says after the newest seq: a space and the families of the events
+    (``" run,task"``), so that a process waits only for the events it acts on (:meth:`EventLog.wait`)."""
+    return " " + ",".join(sorted({family(r[1]) for r in rows}))
+
+
+def _parse_note(payload: str) -> tuple[int, set[str] | None] | None:
+    """A notification's newest seq and the families of its events (None: not said, as by a process of an
+    older version); None when it is not a seq at all."""
+    seq, _, families = payload.partition(" ")
+    if not seq.isdigit():
+        return None
+    return int(seq), ({f for f in families.split(",") if f} if families else None)
 
 
 def _json(data: dict[str, Any]) -> str:
@@ -250,7 +266,7 @@ def append_rows(conn: Connection, rows: list[EventRow]) -> int:
         values = tuple(v for row in batch for v in row)
         if postgres:
             seq, first, _ = conn.exec_driver_sql(
-                _insert_rows_sql(sql, len(batch), True), (*values, NOTIFY_CHANNEL)
+                _insert_rows_sql(sql, len(batch), True), (*values, NOTIFY_CHANNEL, _families_note(rows))
             ).one()
         else:
             seqs = list(conn.exec_driver_sql(_insert_rows_sql(sql, len(batch), False), values).scalars())
@@ -271,7 +287,7 @@ def append_rows(conn: Connection, rows: list[EventRow]) -> int:
         # (PostgreSQL) until it commits: the newest seq it sees is its own last.
         seq = conn.exec_driver_sql("SELECT max(seq) FROM events").scalar_one()
         if postgres:
-            conn.execute(text("SELECT pg_notify(:c, :s)"), {"c": NOTIFY_CHANNEL, "s": str(seq)})
+            conn.execute(text("SELECT pg_notify(:c, :s)"), {"c": NOTIFY_CHANNEL, "s": f"{seq}{_families_note(rows)}"})
         # Holding the lock, nobody else took a seq meanwhile: the batch's seqs are the last len(batch).
         first = int(seq) - len(batch) + 1
     _added(conn, first, {(r[1], r[3]) for r in rows})
@@ -300,6 +316,10 @@ def wrote(conn: Connection, seq: int) -> None:
     info[LAST_SEQ] = UNKNOWN_SEQ if UNKNOWN_SEQ in (before, seq) else max(before or 0, seq)
     if seq == UNKNOWN_SEQ:
         info[EVENT_FACTS] = None
+        if conn.dialect.name == "postgresql":
+            # Other processes take a notification's seq for the log's head: this one, sent last, says
+            # only that events came whose families are not told, so that they read the head themselves.
+            conn.execute(text("SELECT pg_notify(:c, (SELECT max(seq) FROM events)::text)"), {"c": NOTIFY_CHANNEL})
 
 
 #: A service that acts on new events looks again at most this often while they keep coming: the
@@ -346,6 +366,11 @@ class EventLog:
     (inotify) on the write-ahead log confirmed by ``PRAGMA data_version`` — which bumps it too.
     The newest ``seq`` is then read once per commit, whoever asks (:meth:`latest`), not once per
     waiter; ``poll`` only bounds how late a notification the watcher missed is noticed.
+
+    On PostgreSQL a notification says the newest seq and the families of the events committed
+    (``"1234 run,task"``): the head is known without a read, and a waiter that names the families
+    it acts on (``families=("run",)``) sleeps through the others' commits. Where the families of new
+    events are not known (another process's commit on SQLite, a reconnect), they wake every waiter.
     """
 
     def __init__(self, db: Database, poll: float | None = None) -> None:
@@ -360,12 +385,18 @@ class EventLog:
         #: when the log was last read (monotonic): a waiter reads it itself once ``poll`` has passed
         self._read_at = time.monotonic()
 
-    def latest(self) -> int:
-        """The newest ``seq``, 0 for an empty log (read at most once per commit, whoever asks)."""
+    def latest(self, families: tuple[str, ...] | None = None) -> int:
+        """The newest ``seq``, 0 for an empty log (read at most once per commit, whoever asks).
+
+        With ``families`` (of event kinds, ``("run", "task")``): the newest seq that may be an event
+        of one of them (see :attr:`Database.family_seq`); it grows only when one is committed, or when
+        the families of new events are not known. A service's cursor for :meth:`wait`.
+        """
         self._ensure_listener()
         with self.db.committed:
             commits = self.db.commits
-        return self._head_since(commits)
+        head = self._head_since(commits)
+        return head if families is None else self.db.family_head(families)
 
     def _head_since(self, commits: int, force: bool = False) -> int:
         with self._head_lock:
@@ -383,17 +414,28 @@ class EventLog:
             with self.db.read() as conn:
                 head = latest_seq(conn)
             self._read_at = time.monotonic()
+            with self.db.committed:
+                # Read because a commit's events are not known (another process's on SQLite, ...): up
+                # to the head, any family may have news (a commit of this process told a later head
+                # without saying what came before it).
+                self.db.wild_seq = max(self.db.wild_seq, head)
             self._head = max(self._head, head)
             self._head_at = max(self._head_at, seen)
             return self._head
 
-    def noticed(self, seq: int) -> None:
+    def noticed(self, seq: int, families: set[str] | None = None) -> None:
         """A watcher saw events up to ``seq`` committed: wake the waiters unless this process read them.
+
+        With ``families`` (a PostgreSQL notification names them), the head is known from it, with what
+        it holds (:meth:`Database.notice`): no read, and waiters for other families sleep on.
 
         Compared under the head's lock: a read of the head in flight (:meth:`_head_since`) either
         saw this seq or counts this wake-up's commit, so it is never read a second time for nothing
         (this process's own commits change ``data_version`` too and reach the watcher late).
         """
+        if families is not None:
+            self.db.notice(seq, families)
+            return
         with self._head_lock:
             with self.db.committed:
                 known = self.db.known_seq  # this process's own commits are not news
@@ -426,10 +468,18 @@ class EventLog:
         with self.db.read() as conn:
             return [_record(r) for r in conn.execute(q)]
 
-    def wait(self, after: int, timeout: float, quit: threading.Event | None = None) -> bool:
+    def wait(
+        self,
+        after: int,
+        timeout: float,
+        quit: threading.Event | None = None,
+        families: tuple[str, ...] | None = None,
+    ) -> bool:
         """Block until an event with ``seq > after`` exists or ``timeout`` passes; True if one does.
 
         ``quit`` (set, then ``Database.committed`` notified) ends the wait early, with False.
+        ``families``: only an event of these families counts (``after`` is then from
+        ``latest(families)``); others' commits wake this thread but end no wait.
         """
         deadline = time.monotonic() + timeout
         self._ensure_listener()
@@ -437,8 +487,15 @@ class EventLog:
         while True:
             with self.db.committed:
                 commits = self.db.commits
-            if self._head > after or self._head_since(commits, force) > after:
+            if families is None:
+                if self._head > after or self._head_since(commits, force) > after:
+                    return True
+            elif self.db.family_head(families) > after:
                 return True
+            else:
+                self._head_since(commits, force)  # commits whose events are not known: read the head
+                if self.db.family_head(families) > after:
+                    return True
             remaining = deadline - time.monotonic()
             if remaining <= 0 or (quit is not None and quit.is_set()):
                 return False
@@ -452,15 +509,18 @@ class EventLog:
                     # (the services wait in turns of a second or less: an idle server would read per turn).
                     force = not woke and time.monotonic() - self._read_at >= self.poll
 
-    async def wait_or_stop(self, after: int, timeout: float, stop: asyncio.Event) -> None:
+    async def wait_or_stop(
+        self, after: int, timeout: float, stop: asyncio.Event, families: tuple[str, ...] | None = None
+    ) -> None:
         """Return when an event after ``after`` exists, ``timeout`` passes, or ``stop`` is set.
 
-        The loop of every background service (scheduler, triggers, notifier) sleeps here.
+        The loop of every background service (scheduler, triggers, notifier) sleeps here, for the
+        ``families`` of events it acts on (see :meth:`wait`).
         """
-        if self._head > after:
+        if (self._head if families is None else self.db.family_head(families)) > after:
             return
         quit = threading.Event()
-        waiter = asyncio.create_task(asyncio.to_thread(self.wait, after, timeout, quit))
+        waiter = asyncio.create_task(asyncio.to_thread(self.wait, after, timeout, quit, families))
         stopper = asyncio.create_task(stop.wait())
         try:
             await asyncio.wait([waiter, stopper], return_when=asyncio.FIRST_COMPLETED)
@@ -524,9 +584,11 @@ class _PostgresListener(threading.Thread):
         self._stop_flag = threading.Event()
 
     def _noticed(self, payload: str) -> None:
-        """A notification (its payload: the newest seq committed): news unless this process wrote it."""
-        if self.log is not None and payload.isdigit():
-            self.log.noticed(int(payload))
+        """A notification (its payload: the newest seq committed, and the families of its events):
+        news unless this process wrote it."""
+        note = _parse_note(payload)
+        if self.log is not None and note is not None:
+            self.log.noticed(*note)
         else:
             self.db.notify_commit()
 

@@ -10,6 +10,7 @@ import time
 from collections import Counter
 from pathlib import Path
 
+from sqlalchemy import event as sa_event
 from sqlalchemy import update
 
 from datamill.db.models import Task
@@ -19,6 +20,9 @@ from tests.helpers import open_home
 
 from .engine_world import World
 from .pipelines import ref
+
+#: Generous: a loaded machine may be slow. Nothing here asserts how long anything took.
+TIMEOUT = 120.0
 
 
 def test_a_run_lease_is_held_by_one_owner_until_released_or_lapsed(db_world: World) -> None:
@@ -176,3 +180,69 @@ def test_an_owner_with_long_tasks_asks_for_help(tmp_path: Path, db_url: str) -> 
     finally:
         home.close()
         world.home.close()
+
+
+def test_an_idle_scheduler_beside_a_busy_one_looks_for_runs_per_run_event_not_per_task(
+    tmp_path: Path, postgres_db_url: str
+) -> None:
+    """A scheduler serving beside another process driving a run wakes for the run's events (queued,
+    started, finished), not for each commit of its tasks' events: it looks for runs a handful of
+    times and reads nothing per commit (PostgreSQL's notifications tell the head and the families).
+
+    Counted, not timed: its looks and its statements against the driver's commits. Its periodic look
+    for expired leases (``poll``) is put out of the test's reach."""
+    world = World(open_home(tmp_path / "home", postgres_db_url))
+    for i in range(100):  # tasks that end apart, over seconds: many commits, not all within one
+        world.put(f"i{i:03}.txt", "sleep 0.05")
+    idle_home = open_home(tmp_path / "home", postgres_db_url)  # another process, as far as events go
+    statements, commits = Counter[str](), Counter[str]()
+    sa_event.listen(idle_home.db.engine, "before_cursor_execute", lambda *_a: statements.update(["sql"]))
+    sa_event.listen(world.home.db.write_engine, "commit", lambda *_a: commits.update(["commit"]))
+    looked = threading.Event()
+    stop: asyncio.Event | None = None
+    loop: asyncio.AbstractEventLoop | None = None
+    idle = Scheduler(idle_home, "inline")
+    errors: list[BaseException] = []
+
+    async def serve() -> None:
+        nonlocal stop, loop
+        stop, loop = asyncio.Event(), asyncio.get_running_loop()
+        async with idle:
+            server = asyncio.create_task(idle.serve(stop, poll=3600))
+            while not idle.stats["looks"]:
+                await asyncio.sleep(0.01)
+            looked.set()
+            await server
+
+    def go() -> None:
+        try:
+            asyncio.run(serve())
+        except BaseException as exc:
+            errors.append(exc)
+            looked.set()
+
+    thread = threading.Thread(target=go, daemon=True)
+    thread.start()
+    try:
+        assert looked.wait(TIMEOUT) and not errors, errors
+        before, looks_before = statements["sql"], idle.stats["looks"]
+        commits.clear()
+        # Driven in this process (its run lease taken as it is recorded): the idle scheduler keeps off.
+        run = world.run(ref("basic"), params={"marks": ""})
+        assert run["status"] == "succeeded"
+        # The idle scheduler has heard of every commit of the run before it is counted.
+        assert idle_home.events.wait(world.home.events.latest() - 1, TIMEOUT)
+        run_events = len([e for e in world.home.events.read(0, 10_000) if e.kind.startswith("run.")])
+        looks, reads = idle.stats["looks"] - looks_before, statements["sql"] - before
+    finally:
+        if loop is not None and stop is not None:
+            loop.call_soon_threadsafe(stop.set)
+        thread.join(TIMEOUT)
+        idle_home.close()
+    assert not errors, errors
+    assert idle.stats["drives"] == 0  # the run was never its own
+    assert commits["commit"] >= 20, commits  # many commits of task events ...
+    assert looks <= run_events + 1, (looks, run_events)  # ... and a look per run event at most
+    # pending runs in 3 statements a look, the head read once (the watcher's start): no read per commit
+    assert reads <= 4 * looks + 2, (reads, looks, commits)
+    world.home.close()

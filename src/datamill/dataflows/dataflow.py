@@ -44,6 +44,10 @@ from datamill.store.access import Actor, Level, level_on
 from datamill.store.names import split_path
 from datamill.store.visibility import Visibility
 
+#: The events a dataflow's start, stop, edit or deletion appends (``dataflow.*``): what the services
+#: running dataflows' watchers and consumers wait for (:meth:`datamill.events.EventLog.wait`).
+FLOW_FAMILIES = ("dataflow",)
+
 
 class DataflowKind(StrEnum):
     """What a dataflow is; stored in ``dataflows.kind`` and shown as its value."""

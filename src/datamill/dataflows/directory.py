@@ -42,6 +42,7 @@ from sqlalchemy import select
 from datamill import events
 from datamill.dataflows import owners
 from datamill.dataflows.dataflow import (
+    FLOW_FAMILIES,
     DataflowKind,
     DataflowState,
     check_watch_directory,
@@ -386,7 +387,7 @@ class DirectoryFlows:
                 last = await events.pace(last, stop)
                 if stop.is_set():
                     break
-                head = await asyncio.to_thread(self.home.events.latest)
+                head = await asyncio.to_thread(self.home.events.latest, FLOW_FAMILIES)
                 try:
                     await asyncio.to_thread(self.sync)
                 except DatamillError as exc:
@@ -399,6 +400,6 @@ class DirectoryFlows:
                         await asyncio.wait_for(stop.wait(), SYNC_SECONDS)
                 else:
                     # None runs anywhere: only an event (a dataflow started) can change that.
-                    await self.home.events.wait_or_stop(head, IDLE_SECONDS, stop)
+                    await self.home.events.wait_or_stop(head, IDLE_SECONDS, stop, FLOW_FAMILIES)
         finally:
             await asyncio.to_thread(self.close)

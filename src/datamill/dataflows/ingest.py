@@ -34,6 +34,7 @@ from typing import Any
 from sqlalchemy import delete, insert, select
 
 from datamill import events
+from datamill.dataflows.dataflow import FLOW_FAMILIES
 from datamill.dataflows.staging import (
     Message,
     Prepared,
@@ -468,7 +469,7 @@ class StreamIngest:
                 last = await events.pace(last, stop)
                 if stop.is_set():
                     break
-                head = await asyncio.to_thread(self.home.events.latest)
+                head = await asyncio.to_thread(self.home.events.latest, FLOW_FAMILIES)
                 if head != seen or self.consumers:  # consumers may have ended: look every ``poll``
                     try:
                         await asyncio.to_thread(self.reconcile)
@@ -480,7 +481,7 @@ class StreamIngest:
                         await asyncio.wait_for(stop.wait(), poll)
                 else:
                     # No stream dataflow runs here: only an event (one started, edited or deleted) matters.
-                    await self.home.events.wait_or_stop(head, IDLE_SECONDS, stop)
+                    await self.home.events.wait_or_stop(head, IDLE_SECONDS, stop, FLOW_FAMILIES)
         finally:
             await asyncio.to_thread(self.stop_all)
 

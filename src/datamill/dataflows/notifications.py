@@ -33,6 +33,8 @@ MAX_ATTEMPTS = 10
 CLAIM_SLACK_SECONDS = 30.0
 BACKOFF_SECONDS = 1.0
 BACKOFF_CAP_SECONDS = 300.0
+#: The events deliveries are queued for: a run's end (``run.finished``); others' commits wake nothing here.
+FAMILIES = ("run",)
 
 
 class Notifier:
@@ -220,11 +222,11 @@ class Notifier:
         last = -events.PACE_SECONDS  # when the last pass for new events began (monotonic)
         while not stop.is_set():
             try:
-                cursor = await asyncio.to_thread(self.home.events.latest)
+                cursor = await asyncio.to_thread(self.home.events.latest, FAMILIES)
                 if cursor != seen:
                     if time.monotonic() < last + events.PACE_SECONDS:  # events keep coming: take them together
                         await events.pace(last, stop)
-                        cursor = await asyncio.to_thread(self.home.events.latest)
+                        cursor = await asyncio.to_thread(self.home.events.latest, FAMILIES)
                     last = time.monotonic()
                     await asyncio.to_thread(self.queue)
                     due = await asyncio.to_thread(self.next_due)
@@ -242,4 +244,4 @@ class Notifier:
                     await asyncio.wait_for(stop.wait(), poll)
                 continue
             timeout = poll if due is None else min(poll, max(due, 0.01))
-            await self.home.events.wait_or_stop(cursor, timeout, stop)
+            await self.home.events.wait_or_stop(cursor, timeout, stop, FAMILIES)

@@ -62,6 +62,9 @@ FLOW_EVENTS = (
     EventKind.DATAFLOW_FAILED,
     EventKind.DATAFLOW_DELETED,
 )
+#: The families of :data:`ITEM_EVENTS` and :data:`FLOW_EVENTS`: only their events (and the clock) give a
+#: pass something to do; the service sleeps through the others (a run's tasks recorded by the hundred).
+FAMILIES = ("item", "dataflow")
 #: The row a firing transaction reads first, locked: passes of several processes take turns per dataflow.
 #: With its owner's name and admin flag (None: no owner, or one deleted), read in the same statement.
 _FLOW_FOR_UPDATE = (
@@ -225,8 +228,10 @@ class Triggers:
         nothing was committed since the last pass), and take the write lock only for the dataflows
         that have something to record.
         """
-        if self._rows is not None and latest == self._seen:
-            # Nothing committed since the last pass: only the clock (cron, a batch window) can act.
+        if self._rows is not None and self._seen is not None and self.home.db.family_head(FAMILIES) <= self._seen:
+            # No item or dataflow event is known since the last pass: only the clock (cron, a batch
+            # window) can act. The pass stays where it was: an event before ``latest`` may be told
+            # later (another process's notification after a later commit of this one), then read.
             rows = [r for r in self._rows if r.kind != DataflowKind.STREAM]
             return self._rows, [r.id for r in rows if self._due(None, r, now, latest)]
         own = self._own_since(latest)
@@ -553,9 +558,10 @@ class Triggers:
     # ------------------------------------------------------------------ service loop
 
     def _pass(self) -> tuple[int, list[int], float | None]:
-        """One pass of :meth:`serve`, in one worker thread: the newest event (read first, so that
-        what lands during the pass ends the next wait), the runs recorded, and when to look again."""
-        cursor = self.home.events.latest()
+        """One pass of :meth:`serve`, in one worker thread: the newest item or dataflow event (read
+        first, so that what lands during the pass ends the next wait), the runs recorded, and when to
+        look again."""
+        cursor = self.home.events.latest(FAMILIES)
         return cursor, self.poll(), self.next_wakeup()
 
     async def serve(
@@ -590,7 +596,7 @@ class Triggers:
                         await asyncio.wait_for(stop.wait(), poll)
                     continue
                 timeout = poll if due is None else min(poll, max(due, 0.001))
-                await self.home.events.wait_or_stop(cursor, timeout, stop)
+                await self.home.events.wait_or_stop(cursor, timeout, stop, FAMILIES)
         finally:
             self._hand = None
 

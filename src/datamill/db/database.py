@@ -46,6 +46,15 @@ OWN_COMMITS_KEPT = 128
 OwnCommit = tuple[int, int, frozenset[tuple[str, int | None]]]
 
 
+def family(kind: str) -> str:
+    """The family of an event kind: what comes before its first dot (``run`` for ``run.queued``).
+
+    Services wait for the families they act on (:meth:`datamill.events.EventLog.wait`): a scheduler
+    looking for runs is not woken by the task events of a run another process drives.
+    """
+    return kind.split(".", 1)[0]
+
+
 def normalize_url(url: str) -> str:
     """Pick the driver datamill uses for a URL: psycopg 3 for PostgreSQL."""
     if url.startswith("postgresql://") or url.startswith("postgres://"):
@@ -78,6 +87,12 @@ class Database:
         #: while none came after the log's head was last read, the head is known without reading it
         self.known_seq = 0
         self.unknown_at = 0
+        #: by event family (:func:`family`), the newest seq known committed, from this process's own
+        #: commits and from other processes' notifications that say their families (PostgreSQL); and
+        #: ``wild_seq``, the newest seq read from the log whose family is not known (an event of any family
+        #: up to it may be new): a waiter for some families wakes when either passes its cursor
+        self.family_seq: dict[str, int] = {}
+        self.wild_seq = 0
         #: the latest of this process's commits that added events (:meth:`own_events`), under ``committed``
         self._own: deque[OwnCommit] = deque(maxlen=OWN_COMMITS_KEPT)
         if self.is_sqlite:
@@ -178,9 +193,41 @@ class Database:
                 self.known_seq = max(self.known_seq, seq or 0)
                 if seq is not None and facts is not None:
                     self._own.append((facts[0], seq, frozenset(facts[1])))
+                    self._note_families({family(kind) for kind, _ in facts[1]}, seq)
+                elif seq is not None:
+                    self.wild_seq = max(self.wild_seq, seq)
             else:
                 self.unknown_at = self.commits
             self.committed.notify_all()
+
+    def notice(self, seq: int, families: set[str]) -> bool:
+        """Another process committed events of ``families``, the newest ``seq`` (its notification says
+        so): every smaller seq is committed too (events commit in seq order, see :mod:`datamill.events`),
+        so the log's head is known without reading it. Wakes the waiters when it is news; returns that.
+        """
+        with self.committed:
+            # Its families are noted even when its seq is not news: a commit of this process with a
+            # later seq may have told the head first, not what came before it.
+            news = self._note_families(families, seq) or seq > self.known_seq
+            self.known_seq = max(self.known_seq, seq)
+            if news:
+                self.commits += 1
+                self.committed.notify_all()
+            return news
+
+    def _note_families(self, families: set[str], seq: int) -> bool:
+        """Under ``committed``: events of ``families`` up to ``seq`` are committed; whether that was news."""
+        news = False
+        for name in families:
+            if self.family_seq.get(name, 0) < seq:
+                self.family_seq[name] = seq
+                news = True
+        return news
+
+    def family_head(self, families: tuple[str, ...]) -> int:
+        """The newest seq committed that may be an event of ``families`` (:attr:`family_seq`, :attr:`wild_seq`)."""
+        with self.committed:
+            return max(self.wild_seq, *(self.family_seq.get(f, 0) for f in families))
 
     def own_events(self, after: int, upto: int) -> set[tuple[str, int | None]] | None:
         """The distinct ``(kind, folder_id)`` of the events with ``after < seq <= upto``, when this

@@ -63,9 +63,15 @@ READY_BATCH = 500
 #: them again (an event of the run wakes it sooner); their leases are checked then.
 HELD_POLL_SECONDS = 5.0
 
-#: The service loop looks for runs on every new event, but not more often than this: while a run
-#: records thousands of events a second, schedulers that do not drive it need not look each time.
+#: The service loop looks for runs on every new run event, but not more often than this: while runs
+#: are queued and end by the hundred, schedulers need not look at each one.
 PICKUP_MIN_SECONDS = 0.1
+
+#: The events the service loop looks for runs after (:meth:`Scheduler.serve`): a run queued, started,
+#: cancelled or ended. A task's events concern only its run's driver: a scheduler that does not drive
+#: the run sleeps through them (a run another scheduler holds becomes anyone's only when its lease
+#: lapses, which the loop looks for every quarter lease).
+RUN_FAMILIES = ("run",)
 
 #: How long a driver waits, once a task has finished, for others to finish before recording
 #: them together (one group commit): a few milliseconds of latency for far fewer transactions.
@@ -214,7 +220,7 @@ class Scheduler:
         #: runs whose driver failed without recording their end: (monotonic time to retry, failures)
         self._backoff: dict[int, tuple[float, int]] = {}
         #: how often runs were driven (``drives``) and driver loops went round (``passes``): an idle
-        #: scheduler leaves both alone, which tests check
+        #: scheduler leaves both alone, which tests check; how often :meth:`serve` looked for runs (``looks``)
         self.stats: Counter[str] = Counter()
 
     # ------------------------------------------------------------------ lifecycle
@@ -361,15 +367,17 @@ class Scheduler:
         # looks at leases only every quarter lease (at most every ``poll``), not every ``poll``.
         every = max(poll, min(self.lease_seconds / 4, LEASE_LOOK_SECONDS))
         seen, look_at = -1, 0.0
+        events = self.home.events
         while not stop.is_set():
             now = time.monotonic()
             try:
-                head = await asyncio.to_thread(self.home.events.latest)
+                head = await asyncio.to_thread(events.latest, RUN_FAMILIES)
                 if head == seen and now < look_at and not self._backoff_due(now):
-                    await self.home.events.wait_or_stop(head, min(look_at - now, every), stop)
+                    await events.wait_or_stop(head, min(look_at - now, every), stop, RUN_FAMILIES)
                     continue
                 # The newest event is read first, so that a run recorded meanwhile ends the next wait.
-                cursor, pending = await asyncio.to_thread(lambda: (self.home.events.latest(), self.pending_runs()))
+                cursor, pending = await asyncio.to_thread(lambda: (events.latest(RUN_FAMILIES), self.pending_runs()))
+                self.stats["looks"] += 1
             except Exception:
                 # The database may be unreachable for a while: the service must outlive that.
                 log.exception("could not look for runs; trying again")
@@ -383,8 +391,8 @@ class Scheduler:
             for rid, (until, _n) in list(self._backoff.items()):
                 if rid not in pending and rid not in self._active and until <= now:
                     del self._backoff[rid]  # it ended elsewhere: no back-off to wake for
-            # Wake on any new event (a run was queued), when a back-off ends, or to reclaim leases.
-            await self.home.events.wait_or_stop(cursor, self._backoff_wait(every), stop)
+            # Wake on a run's event (one was queued), when a back-off ends, or to reclaim leases.
+            await events.wait_or_stop(cursor, self._backoff_wait(every), stop, RUN_FAMILIES)
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(stop.wait(), PICKUP_MIN_SECONDS)
 
