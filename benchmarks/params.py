@@ -11,14 +11,17 @@ recorded end), with the table new each time (its keys salted) so nothing is cach
 
 Each size runs twice: over ``--items`` items and over three times as many, each with a new table
 of that size. What a task costs is the difference between the two over the ``2 x --items`` tasks
-more (``ms_per_task`` and ``db_bytes_per_task``); what a run costs once, whatever its tasks (the
+more (``cpu_ms_per_task`` and ``db_bytes_per_task``); what a run costs once, whatever its tasks (the
 parameters encoded and hashed for its plan and keys, its own row with the parameters the user gave,
-the set stored once), is what is left (``per_run_ms``, ``per_run_bytes``). ``end_to_end_ms_per_task``
-is the run over ``--items`` items divided by its tasks, the once-per-run costs included.
+the set stored once), is what is left (``per_run_cpu_ms``, ``per_run_bytes``). Time is CPU time,
+of this process and of the local pool's workers (``/proc/<pid>/stat``): on a shared machine the
+wall time of a run of a few dozen tasks mostly measures the other jobs. The wall times are printed
+too (``submit_s``, ``drive_s``: the two runs), and ``end_to_end_ms_per_task``: the run over
+``--items`` items, wall time over its tasks, once-per-run costs included.
 
 Targets (issue: a big parameter must not cost its size per task): a task with a 1 MiB parameter
-costs at most 2 x the time of a task with a tiny one (``time_ratio``, of ``ms_per_task``) and adds
-less than 1 KiB of database over it (``added_bytes_per_task``).
+costs at most 2 x the CPU of a task with a tiny one (``cpu_ratio``) and adds less than 1 KiB of
+database over it (``added_bytes_per_task``).
 """
 
 from __future__ import annotations
@@ -42,7 +45,7 @@ from datamill.home import Home
 from datamill.pipeline import InputFile, Pipeline, step
 
 HERE = Path(__file__).resolve()
-TARGET_TIME_RATIO = 2.0  # a 1 MiB parameter's time per task over the tiny one's
+TARGET_CPU_RATIO = 2.0  # a task's CPU with a 1 MiB parameter over a task's with a tiny one
 TARGET_ADDED_BYTES = 1024  # database bytes a task with a 1 MiB parameter adds over one with a tiny one
 LARGE = 3  # the second run of each size is over this many times --items items
 
@@ -83,27 +86,53 @@ def db_bytes(home: Home) -> int:
     return int(page_size * pages)
 
 
+def workers_cpu(pids: list[int]) -> float:
+    """CPU seconds (user and system) the processes ``pids`` used so far."""
+    tick = os.sysconf("SC_CLK_TCK")
+    total = 0.0
+    for pid in pids:
+        try:
+            fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        total += (int(fields[11]) + int(fields[12])) / tick  # utime, stime
+    return total
+
+
 async def one_run(home: Home, executor: str, source: str, params: dict[str, Any], workers: int | None) -> dict:
-    """Submit and drive one run over the items of ``source``; seconds of each part."""
+    """Submit and drive one run over the items of ``source``; seconds of each part, and CPU seconds."""
     engine = Engine(home)
     ref = f"{HERE}:pipeline"
     async with Scheduler(home, executor, workers=workers) as sched:
         inputs = engine.inputs_from_folder(home.admin, source)
-        if executor == "local":  # the workers load the pipeline first (not timed)
+        if executor == "local":  # the workers load the pipeline first (not timed; forced: never cached)
             first = await asyncio.to_thread(
-                engine.submit, home.admin, ref, inputs[: 4 * (workers or 1)], source=source, params={"table": {}}
+                engine.submit,
+                home.admin,
+                ref,
+                inputs[: 8 * (workers or 1)],
+                source=source,
+                params={"table": {}},
+                force=True,
             )
             await sched.run_until_idle([first])
-        t0 = time.perf_counter()
+        pids = list(getattr(sched.executor, "pids", []))
+        c0, w0, t0 = time.process_time(), workers_cpu(pids), time.perf_counter()
         run_id = await asyncio.to_thread(
             engine.submit, home.admin, ref, inputs, source=source, params=params, executor=executor, scheduler=sched
         )
         t1 = time.perf_counter()
         await sched.run_until_idle([run_id])
-        t2 = time.perf_counter()
+        c2, w2, t2 = time.process_time(), workers_cpu(pids), time.perf_counter()
     run = engine.get_run(home.admin, run_id)
     assert run["status"] == "succeeded", run
-    return {"run_id": run_id, "submit_s": t1 - t0, "drive_s": t2 - t1, "tasks": sum(run["counts"].values())}
+    return {
+        "run_id": run_id,
+        "submit_s": t1 - t0,
+        "drive_s": t2 - t1,
+        "cpu_s": (c2 - c0) + (w2 - w0),
+        "tasks": sum(run["counts"].values()),
+    }
 
 
 def measure(home: Home, executor: str, mib: float, items: int, tag: str) -> dict[str, Any]:
@@ -118,15 +147,16 @@ def measure(home: Home, executor: str, mib: float, items: int, tag: str) -> dict
     grown_large = db_bytes(home) - before
     more = large["tasks"] - small["tasks"]
     bytes_per_task = (grown_large - grown_small) / more
-    small_s, large_s = small["submit_s"] + small["drive_s"], large["submit_s"] + large["drive_s"]
-    per_task_s = (large_s - small_s) / more
+    small_s = small["submit_s"] + small["drive_s"]
+    per_task_cpu = (large["cpu_s"] - small["cpu_s"]) / more
     return {
         "parameter_bytes": len(json.dumps(table(mib, f"{tag}-a"), separators=(",", ":"))),
         "tasks": [small["tasks"], large["tasks"]],
         "submit_s": [round(small["submit_s"], 3), round(large["submit_s"], 3)],
         "drive_s": [round(small["drive_s"], 3), round(large["drive_s"], 3)],
-        "ms_per_task": round(per_task_s * 1000, 3),
-        "per_run_ms": round((small_s - per_task_s * small["tasks"]) * 1000, 1),
+        "cpu_s": [round(small["cpu_s"], 3), round(large["cpu_s"], 3)],
+        "cpu_ms_per_task": round(per_task_cpu * 1000, 3),
+        "per_run_cpu_ms": round((small["cpu_s"] - per_task_cpu * small["tasks"]) * 1000, 1),
         "end_to_end_ms_per_task": round(small_s / small["tasks"] * 1000, 3),
         "end_to_end_tasks_per_s": round(small["tasks"] / small_s, 1),
         "db_bytes_per_task": round(bytes_per_task),
@@ -156,12 +186,12 @@ def main(argv: list[str] | None = None) -> int:
             figures: dict[str, Any] = {"load_avg_1m": round(os.getloadavg()[0], 2), "tiny": tiny}
             for size in args.sizes.split(","):
                 big = measure(home, executor, float(size), args.items, f"{stamp}-{executor}-{size}")
-                big["time_ratio"] = round(big["ms_per_task"] / tiny["ms_per_task"], 2)
+                big["cpu_ratio"] = round(big["cpu_ms_per_task"] / tiny["cpu_ms_per_task"], 2)
                 big["end_to_end_time_ratio"] = round(big["end_to_end_ms_per_task"] / tiny["end_to_end_ms_per_task"], 2)
                 big["added_bytes_per_task"] = big["db_bytes_per_task"] - tiny["db_bytes_per_task"]
                 if float(size) == 1.0:
                     big["ok"] = (
-                        big["time_ratio"] <= TARGET_TIME_RATIO and big["added_bytes_per_task"] < TARGET_ADDED_BYTES
+                        big["cpu_ratio"] <= TARGET_CPU_RATIO and big["added_bytes_per_task"] < TARGET_ADDED_BYTES
                     )
                     ok = ok and big["ok"]
                 figures[f"{size}MiB"] = big
@@ -170,7 +200,7 @@ def main(argv: list[str] | None = None) -> int:
         home.close()
         if temp:
             shutil.rmtree(temp, ignore_errors=True)
-    result["targets"] = {"time_ratio": TARGET_TIME_RATIO, "added_bytes_per_task": TARGET_ADDED_BYTES}
+    result["targets"] = {"cpu_ratio": TARGET_CPU_RATIO, "added_bytes_per_task": TARGET_ADDED_BYTES}
     result["ok"] = ok
     print(json.dumps(result, indent=2))
     return 0
