@@ -5,10 +5,12 @@ back in *batches*, so that a pool of short tasks costs one pipe round trip per c
 (what ``multiprocessing.Pool.imap(chunksize=...)`` does).
 
 Parent to worker, one message each (``Connection`` framing) on the duplex pipe:
-``b"C" + pickle((constants, [(seq, eager, payload), ...]))`` a chunk (``payload`` is made once per
-call by the parent, and ``constants`` are what its calls share that this worker has not been sent
-yet: see :mod:`datamill.executors.local_wire`); empty bytes: exit. And on a *control* pipe of its
-own: ``b"S"`` + 8-byte sequence numbers, withdraw those calls if not started yet. Withdrawals do not
+``b"C" + pickle((constants, [(seq, eager, payload, sets), ...], shared))`` a chunk (``payload`` is
+made once per call by the parent, ``constants`` are what its calls share that this worker has not
+been sent yet, ``sets`` the numbers of the big parameter sets a call names and ``shared`` those of
+them this worker does not keep: see :mod:`datamill.executors.local_wire`); empty bytes: exit. And on
+a *control* pipe of its own: ``b"S"`` + 8-byte sequence numbers, withdraw those calls if not started
+yet. Withdrawals do not
 go behind chunks: the parent writes chunks without blocking (what the socket does not take yet
 waits in the parent, while the worker may be busy writing results), and a withdrawal must be
 readable by the worker before the parent decides it took effect (see the state below). A
