@@ -29,6 +29,8 @@ __all__ = ["decode", "encode", "load", "load_digests", "params_of", "store"]
 
 #: Digests per look-up query (SQLite allows 32,766 variables).
 DIGESTS_PER_QUERY = 500
+#: a set whose text is at least this long is looked for before it is inserted (see ``_write``)
+CHECK_FIRST_BYTES = 64 << 10
 
 
 def encode(params: Mapping[str, Any]) -> tuple[str, str] | None:
@@ -78,10 +80,17 @@ def store(conn: Connection, sets: Iterable[Mapping[str, Any]]) -> list[str | Non
 
 
 def _write(conn: Connection, texts: Mapping[str, str]) -> None:
-    """Insert the sets of ``texts`` (``digest -> text``) that the table does not have yet."""
+    """Insert the sets of ``texts`` (``digest -> text``) that the table does not have yet.
+
+    One ``INSERT`` that skips the sets already there: a run a trigger makes records a set it
+    usually has already, and a statement more per landed item is what that path counts. Sets of
+    :data:`CHECK_FIRST_BYTES` or more are looked for first, so that a big one stored before is
+    not sent to the database again with every run.
+    """
     if not texts:
         return
-    have = set(load_digests(conn, texts))
+    big = [d for d, t in texts.items() if len(t) >= CHECK_FIRST_BYTES]
+    have = set(load_digests(conn, big)) if big else set()
     new = [{"digest": d, "data": t} for d, t in texts.items() if d not in have]
     if not new:
         return
