@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import json
 from typing import Any
 
 from alembic.autogenerate import compare_metadata
 from alembic.migration import MigrationContext
 from alembic.script import ScriptDirectory
-from sqlalchemy import inspect
+from sqlalchemy import Column, Float, Integer, String, insert, inspect, text
+from sqlalchemy import table as sa_table
 
 from datamill.db import Database
 from datamill.db.database import alembic_config
@@ -48,5 +50,103 @@ def test_migrate_is_idempotent(db_url: str) -> None:
         with db.read() as conn:
             versions = conn.exec_driver_sql("SELECT version_num FROM alembic_version").scalars().all()
         assert versions == [head]
+    finally:
+        db.dispose()
+
+
+def _migrate_to(db: Database, revision: str, down: bool = False) -> None:
+    """Upgrade (or downgrade) the database to ``revision``, on the database's write connection as ``migrate`` does."""
+    from alembic import command
+
+    cfg = alembic_config(db.url)
+    with db.write_engine.connect() as conn:
+        if db.is_sqlite:
+            conn.commit()
+        cfg.attributes["connection"] = conn
+        (command.downgrade if down else command.upgrade)(cfg, revision)
+        conn.commit()
+
+
+#: parameters of the tasks recorded before 0015: a big set shared by two tasks, a small one, none
+_BIG = {"table": {f"key-{i:05}": f"value {i} " + "x" * 40 for i in range(3000)}, "threshold": 0.5}
+_OLD_PARAMS = [_BIG, _BIG, {"salt": "a", "n": [1, 2, {"deep": None}], "ok": True}, {}]
+
+
+def test_0015_moves_task_params_to_their_own_table_without_loss(db_url: str) -> None:
+    """Tasks recorded before 0015 read back with the same parameters after it (each set stored
+    once), and again after a downgrade to 0014."""
+    from datamill.db.models import JSONType
+    from datamill.engine import tasks
+
+    db = Database(db_url)
+    try:
+        _migrate_to(db, "0014_taskkey")
+        old_tasks = sa_table(
+            "tasks",
+            *(
+                Column(name, type_)
+                for name, type_ in [
+                    ("id", Integer()),
+                    ("run_id", Integer()),
+                    ("planned_id", String()),
+                    ("step", String()),
+                    ("step_code", String()),
+                    ("status", String()),
+                    ("attempts", Integer()),
+                    ("max_attempts", Integer()),
+                    ("progress", Float()),
+                    ("message", String()),
+                    ("deps", JSONType),
+                    ("params", JSONType),
+                    ("queued_at", Float()),
+                ]
+            ),
+        )
+        with db.write() as conn:
+            conn.execute(
+                text(
+                    "INSERT INTO runs (id, pipeline_ref, pipeline_name, status, requested_at, reason, force, params, "
+                    "executor, inputs, cancel_requested, skip_failed) VALUES (1, 'p.py:p', 'p', 'succeeded', 0, '', "
+                    "false, '{}', 'inline', '[]', false, false)"
+                )
+            )
+            conn.execute(
+                insert(old_tasks),
+                [
+                    {
+                        "id": i + 1,
+                        "run_id": 1,
+                        "planned_id": f"s[{i}]",
+                        "step": "s",
+                        "step_code": "py:x",
+                        "status": "succeeded",
+                        "attempts": 1,
+                        "max_attempts": 1,
+                        "progress": 1.0,
+                        "message": "",
+                        "deps": [],
+                        "params": p,
+                        "queued_at": 0.0,
+                    }
+                    for i, p in enumerate(_OLD_PARAMS)
+                ],
+            )
+        db.migrate()
+        with db.read() as conn:
+            got = [t.params for t in tasks.list_tasks(conn, 1)]
+            one = tasks.get_task(conn, 3)
+            stored = conn.execute(text("SELECT count(*) FROM params")).scalar_one()
+            digests = [t.params_digest for t in tasks.list_tasks(conn, 1)]
+        assert got == _OLD_PARAMS
+        assert one is not None and one.params == _OLD_PARAMS[2]
+        assert stored == 2  # the big set once, the small one once, none for no parameters
+        assert digests[0] == digests[1] and digests[3] is None
+        _migrate_to(db, "0014_taskkey", down=True)
+        with db.read() as conn:
+            back = [
+                r[0] if not isinstance(r[0], str) else json.loads(r[0])
+                for r in conn.execute(text("SELECT params FROM tasks ORDER BY id"))
+            ]
+        assert back == _OLD_PARAMS
     finally:
         db.dispose()

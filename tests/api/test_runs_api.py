@@ -144,3 +144,36 @@ def test_other_users_see_nothing_of_it(
     ):
         with pytest.raises(NotFound):
             call()
+
+
+def test_a_task_shows_its_parameters_stored_once(http: httpx.Client, folders: LocalClient, home: Home) -> None:
+    """A task's parameters come back whole in the task views, though its step's tasks share one row."""
+    scale = 7
+    r = http.post(
+        "/runs",
+        json={"pipeline": REF, "folder": "Raw", "dest": "Out", "params": {"scale": scale}},
+    )
+    assert r.status_code == 201, r.text
+    run_id = r.json()["id"]
+    folders.execute(run_id)
+    assert http.get(f"/runs/{run_id}", params={"wait": 5}).json()["status"] == "succeeded"
+    tasks = {t["planned_id"]: t for t in http.get(f"/runs/{run_id}/tasks").json()}
+    assert tasks["count[Raw/a.txt]"]["params"] == {"scale": scale}
+    assert tasks["count[Raw/b.txt]"]["params"] == {"scale": scale}
+    assert tasks["total"]["params"] == {}
+    one = http.get(f"/tasks/{tasks['count[Raw/b.txt]']['id']}").json()
+    assert one["params"] == {"scale": scale} and "params_digest" not in one
+    assert http.get(f"/tasks/{one['id']}/why").json()["parts"]["params"] == {"scale": scale}
+    with home.db.read() as conn:
+        digests = (
+            conn.exec_driver_sql(
+                "SELECT params_digest FROM tasks WHERE run_id = ? ORDER BY id"
+                if home.db.is_sqlite
+                else "SELECT params_digest FROM tasks WHERE run_id = %s ORDER BY id",
+                (run_id,),
+            )
+            .scalars()
+            .all()
+        )
+        sets = conn.exec_driver_sql("SELECT count(*) FROM params").scalar_one()
+    assert digests[0] == digests[1] is not None and digests[2] is None and sets == 1

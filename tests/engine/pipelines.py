@@ -174,3 +174,19 @@ narrating = Pipeline("narrating", steps=[narrate])
 #: parse -> count, count published under a name of 300 bytes ("a." + 293 "n" + ".json"): more than
 #: any item name may have, so publishing it fails
 long_names = Pipeline("long_names", steps=[parse, count.configure(name_template="{stem}." + "n" * 293 + "{ext}")])
+
+
+@step
+def look_up(item: InputFile, *, table: dict = {}) -> str:  # noqa: B006 (read, never changed)
+    """The item's text and what ``table`` says for its stem."""
+    return f"{item.read_text().strip()}={table.get(item.ref.stem, '?')}"
+
+
+@step
+def label(look_up: str, *, table: dict = {}, mark: str = "") -> str:  # noqa: B006 (read, never changed)
+    """The upstream answer, how big ``table`` is and ``mark``: a step whose keys are made as it is reached."""
+    return f"{look_up} of {len(table)}{mark}"
+
+
+#: a lookup table as a parameter of both steps (``--param table=...``)
+lookups = Pipeline("lookups", steps=[look_up, label])

@@ -10,7 +10,7 @@ import pytest
 from sqlalchemy import select
 
 from datamill.db.models import Task, TaskOutput
-from datamill.engine import tasks
+from datamill.engine import paramsets, tasks
 from datamill.engine.attempt import LoopEnd, waitables
 from datamill.engine.ends import Done
 from datamill.engine.scheduler import Scheduler
@@ -136,7 +136,8 @@ def test_a_runs_tasks_are_read_as_the_orm_reads_them(db_world: World) -> None:
     assert run["status"] == "succeeded", run
     with db_world.home.db.read() as conn:
         fast = tasks.list_tasks(conn, run["id"])
-        orm = [tasks.task_row(r) for r in conn.execute(select(Task).where(Task.run_id == run["id"]).order_by(Task.id))]
+        rows = conn.execute(select(Task).where(Task.run_id == run["id"]).order_by(Task.id)).all()
+        orm = [tasks.task_row(r, paramsets.load(conn, [r.params_digest])) for r in rows]
         outs = conn.execute(select(TaskOutput).order_by(TaskOutput.id)).all()
     for t in orm:
         t.outputs = [tasks._output(o) for o in outs if o.task_id == t.id]

@@ -231,10 +231,94 @@ def test_step_calls_cross_the_wire_whole() -> None:
     ]
     numbering = local_wire.Constants()
     for call in calls:
-        payload, _names = numbering.call(run_step, (call,), {})
+        payload, _names, _sets = numbering.call(run_step, (call,), {})
         local_wire.remember(numbering.data)
         fn, (got,), _kwargs = local_wire.call_parts(payload)
         assert fn is run_step
         assert got == call and type(got.item) is type(call.item)
         assert type(got.output_dir) is type(call.output_dir) and type(got.scratch_dir) is type(call.scratch_dir)
         assert [type(i.path) for i in got.items] == [type(i.path) for i in call.items]
+
+
+#: step parameters that pickle far bigger than SHARED_MIN_BYTES (a lookup table)
+BIG_PARAMS = {"table": {f"i{i:03}": f"entry {i} " + "v" * 30 for i in range(2000)}}
+
+
+def test_big_step_parameters_cross_the_wire_once() -> None:
+    """A step's big parameters are a shared set: pickled once for every call with the same mapping,
+    sent with a call only when the worker does not keep them, and unpickled there once."""
+    from datamill.executors import local_wire
+    from datamill.pipeline.runner import StepCall, run_step
+
+    # This process plays a fresh worker: what an earlier test's calls left kept here is forgotten.
+    local_wire._kept = local_wire.SharedSets()
+    local_wire._holders.clear()
+    params = dict(BIG_PARAMS)
+    dirs = {"output_dir": Path("/o"), "scratch_dir": Path("/s"), "pipeline_ref": "p.py:p"}
+    calls = [StepCall(step="s", params=params, **dirs), StepCall(step="t", params=params, **dirs)]  # type: ignore[arg-type]
+    small = StepCall(step="s", params={"x": 1}, **dirs)  # type: ignore[arg-type]
+    numbering = local_wire.Constants()
+    (p1, _n1, sets1), (p2, _n2, sets2) = (numbering.call(run_step, (c,), {}) for c in calls)
+    assert len(sets1) == 1 and sets1 == sets2  # one set, pickled once (the same bytes) for both calls
+    assert len(sets1[0][1]) >= local_wire.SHARED_MIN_BYTES
+    assert len(p1) < 1000  # the payload names the set instead of carrying it
+    p3, _n3, sets3 = numbering.call(run_step, (small,), {})
+    assert sets3 == ()
+    (number, data) = sets1[0]
+    first = local_wire.hold((number,), {number: data})  # the chunk that brought it
+    second = local_wire.hold((number,), {})  # a later chunk: the worker keeps it
+    _fn, (got1,), _ = local_wire.call_parts(p1, first)
+    _fn, (got2,), _ = local_wire.call_parts(p2, second)
+    _fn, (got3,), _ = local_wire.call_parts(p3)
+    assert got1.params == BIG_PARAMS and got2.params is got1.params  # unpickled once in this worker
+    assert got3.params == {"x": 1}
+    with pytest.raises(RuntimeError, match="neither sent nor kept"):
+        local_wire.hold((number + 1,), {})
+
+
+def test_shared_sets_keep_the_last_used_within_their_bounds() -> None:
+    """The account the parent keeps of a worker and the worker's own take the same steps: the last
+    used sets are kept, within the count and the bytes; the set in use is never the one let go."""
+    from datamill.executors.local_wire import SHARED_MAX_BYTES, SHARED_MAX_SETS, SharedSets
+
+    parent, worker = SharedSets(), SharedSets()
+    steps = [*range(SHARED_MAX_SETS), 0, SHARED_MAX_SETS]  # 0 used again, then one too many
+    for n in steps:
+        assert parent.use(n, 10) == worker.use(n, 10)
+    assert list(parent.sizes) == [*range(2, SHARED_MAX_SETS), 0, SHARED_MAX_SETS]  # 1, the least recent, went
+    held, gone = parent.use(999, SHARED_MAX_BYTES + 1)  # bigger than the bound alone: kept, the rest go
+    assert not held and list(parent.sizes) == [999] and len(gone) == SHARED_MAX_SETS
+    assert parent.use(999, 0) == (True, [])
+
+
+def test_big_step_parameters_go_to_each_worker_once(pool: Any, tmp_path: Path) -> None:
+    """Many calls of a step with one big parameter mapping: each worker is sent it once at most."""
+    from datamill.pipeline.inputs import InputRef
+    from datamill.pipeline.runner import ItemInput, StepCall, run_step
+    from tests.engine.pipelines import ref
+
+    params = dict(BIG_PARAMS)
+    calls = []
+    for i in range(24):
+        path = tmp_path / f"i{i:03}.txt"
+        path.write_text(f"item {i}")
+        item = InputRef(1, 2, "raw", path.name, 1, "blake3:" + "ab" * 32, 6, "text/plain", {})
+        out = tmp_path / f"out{i}"
+        calls.append(
+            StepCall(
+                step="look_up",
+                output_dir=out / "o",
+                scratch_dir=out / "s",
+                pipeline_ref=ref("lookups"),
+                params=params,
+                item=ItemInput(item, path),
+                in_memory=True,
+            )
+        )
+
+    async def scenario() -> list[Any]:
+        return await asyncio.gather(*(pool.executor.run(PythonCall(run_step, (c,)), ignore) for c in calls))
+
+    results = pool.run(scenario())
+    assert [r.outputs[0].data for r in results] == [f"item {i}=entry {i} {'v' * 30}".encode() for i in range(24)]
+    assert 1 <= pool.executor.shared_sent <= 2  # once to each of the (at most) two workers that ran calls

@@ -215,6 +215,18 @@ class Run(Base):
     plan_digest: Mapped[str | None] = mapped_column(String(80), nullable=True, index=True)
 
 
+class ParamSet(Base):
+    """A step's resolved parameters, stored once however many tasks use them (:mod:`datamill.engine.paramsets`).
+
+    ``digest`` is the BLAKE3 hash of ``data``, their canonical JSON: a step's tasks, and every run
+    with the same parameters, refer to one row, so a big parameter is not stored per task.
+    """
+
+    __tablename__ = "params"
+    digest: Mapped[str] = mapped_column(String(80), primary_key=True)
+    data: Mapped[str] = mapped_column(Text)
+
+
 class Task(Base):
     """One step applied to concrete inputs inside a run."""
 
@@ -234,7 +246,8 @@ class Task(Base):
     item_version_id: Mapped[int | None] = mapped_column(BigInteger, nullable=True)
     item_name: Mapped[str | None] = mapped_column(String(2048), nullable=True)
     deps: Mapped[list[Any]] = mapped_column(JSONType, default=list)
-    params: Mapped[dict[str, Any]] = mapped_column(JSONType, default=dict)
+    #: the task's parameters, a row of ``params`` (:class:`ParamSet`); None when it has none
+    params_digest: Mapped[str | None] = mapped_column(String(80), nullable=True)
     queued_at: Mapped[float] = mapped_column(Float)
     started_at: Mapped[float | None] = mapped_column(Float, nullable=True)
     finished_at: Mapped[float | None] = mapped_column(Float, nullable=True)

@@ -138,7 +138,8 @@ def _value_call(the_plan: Plan, pt: PlannedTask, dirs: tuple[Path, Path], got: M
         scratch_dir=dirs[1],
         pipeline_ref=ref,
         step_bytes=None if ref else the_plan.pipeline.pickled_step(step.name),
-        params=dict(pt.params),
+        # the plan's mapping, shared by the step's tasks: the local pool sends it to a worker once
+        params=pt.params,
         item=item(pt.item) if pt.item is not None else None,
         items=tuple(item(r) for r in the_plan.inputs) if step.uses_items else (),
         upstream={w.param: UpstreamInput(w.step, tuple(tuple(ups[tid]) for tid in w.tasks), w.many) for w in pt.wires},

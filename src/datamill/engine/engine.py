@@ -668,7 +668,7 @@ class Engine:
                 if not self._visible(conn, actor, erun):
                     continue  # never compare with (and so name) a task of a run the actor may not see
                 try:
-                    eparts = self._parts(conn, erun, runs.task_row(e))
+                    eparts = self._parts(conn, erun, runs.task_row(e, {}))  # its key parts come from its plan
                 except Exception:  # its pipeline no longer loads: skip it
                     continue
                 diff = keys.diff_parts(eparts, parts)

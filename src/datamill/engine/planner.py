@@ -170,9 +170,12 @@ class Plan:
     #: cache look-up was asked for them too (None: not asked; see ``Engine.submit``'s ``skip_failed``)
     failed: Mapping[str, int] | None = field(default=None, compare=False)
     _index: dict[str, PlannedTask] = field(init=False, repr=False, compare=False)
+    #: a key maker per step (:meth:`key_for`): the step's parameters encoded once, not once per task
+    _makers: dict[tuple[str, str, int, str | None], keys.KeyMaker] = field(init=False, repr=False, compare=False)
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "_index", {t.id: t for t in self.tasks})
+        object.__setattr__(self, "_makers", {})
 
     def __iter__(self) -> Iterator[PlannedTask]:
         return iter(self.tasks)
@@ -220,7 +223,14 @@ class Plan:
         looks the key up in the cache before running.
         """
         t = self._task(task)
-        return keys.task_key(t.step, t.step_code, t.params, self.input_digests(t, upstream_outputs), t.image_digest)
+        # The tasks of a step share their parameters, code and image: a step's tasks reached as
+        # their inputs end (a downstream step's) encode those once, as planning does.
+        # (By the mapping's identity too: the plan holds its tasks, so an id is never another's.)
+        which = (t.step, t.step_code, id(t.params), t.image_digest)
+        maker = self._makers.get(which)
+        if maker is None:
+            maker = self._makers[which] = keys.KeyMaker(t.step, t.step_code, t.params, t.image_digest)
+        return maker.key(self.input_digests(t, upstream_outputs))
 
     def key_parts_for(
         self, task: PlannedTask | str, upstream_outputs: Mapping[str, Sequence[HasDigest]]
@@ -277,7 +287,7 @@ class Plan:
             scratch_dir=Path(scratch_dir),
             pipeline_ref=ref,
             step_bytes=None if ref else self.pipeline.pickled_step(step.name),
-            params=dict(t.params),
+            params=t.params,  # the plan's mapping, shared by the step's tasks (see local_wire)
             item=item_input(t.item, step.uses_item) if t.item is not None else None,
             items=tuple(item_input(r, True) for r in self.inputs) if step.uses_items else (),
             upstream={

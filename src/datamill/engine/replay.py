@@ -184,9 +184,9 @@ def replayable(
 _COPY_TASKS = text(
     """
     INSERT INTO tasks (run_id, planned_id, step, step_code, key, status, attempts, max_attempts, progress,
-                       message, item_version_id, item_name, deps, params, queued_at, finished_at, cached_from)
+                       message, item_version_id, item_name, deps, params_digest, queued_at, finished_at, cached_from)
     SELECT :run, planned_id, step, step_code, key, 'cached', 0, max_attempts, 1.0,
-           '', item_version_id, item_name, deps, params, :now, :now, COALESCE(cached_from, id)
+           '', item_version_id, item_name, deps, params_digest, :now, :now, COALESCE(cached_from, id)
     FROM tasks WHERE run_id = :r ORDER BY id
     """
 )

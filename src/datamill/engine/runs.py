@@ -18,7 +18,7 @@ from sqlalchemy import Connection, and_, bindparam, func, insert, or_, select, u
 
 from datamill import events
 from datamill.db.models import Run, Task, TaskInput, TaskOutput
-from datamill.engine import replay
+from datamill.engine import paramsets, replay
 from datamill.engine.tasks import (
     DONE_OK,
     FINISHED_TASK,
@@ -166,7 +166,9 @@ def create_run(
         },
     ).one()
     run_id = int(run_row_.id)
-    rows = [_task_values(run_id, t, now) for t in tasks]
+    # Each step's parameters are stored once (its tasks share them), and each task names them.
+    digests = paramsets.store(conn, [t.params for t in tasks])
+    rows = [_task_values(run_id, t, d, now) for t, d in zip(tasks, digests, strict=True)]
     ids: list[int] = []
     task_rows: list[Any] = []
     if rows:
@@ -292,8 +294,9 @@ def take_recorded(conn: Connection, run_id: int) -> tuple[Any, list[Any]] | None
     return recorded
 
 
-def _task_values(run_id: int, t: NewTask, now: float) -> dict[str, Any]:
-    """The row of a new task: queued, or cached (ended now) when it has ``cached_from``."""
+def _task_values(run_id: int, t: NewTask, params_digest: str | None, now: float) -> dict[str, Any]:
+    """The row of a new task: queued, or cached (ended now) when it has ``cached_from``; its
+    parameters are the row of ``params`` named ``params_digest``."""
     cached = t.cached_from is not None
     return {
         "run_id": run_id,
@@ -309,7 +312,7 @@ def _task_values(run_id: int, t: NewTask, now: float) -> dict[str, Any]:
         "item_version_id": t.item_version_id,
         "item_name": t.item_name,
         "deps": list(t.deps),
-        "params": dict(t.params),
+        "params_digest": params_digest,
         "queued_at": now,
         "finished_at": now if cached else None,
         "cached_from": t.cached_from,

@@ -451,12 +451,13 @@ class Scheduler:
         recorded = runs.take_recorded(conn, run_id)
         if recorded is not None and all(t.status == TaskStatus.QUEUED for t in recorded[1]):
             # As recorded in this transaction (queued tasks have no outputs yet): nothing to read.
-            row, rows = recorded[0], [tasks.task_row(t) for t in recorded[1]]
+            # Without their parameters, as list_tasks(with_params=False) reads them (see there).
+            row, rows = recorded[0], [tasks.task_row(t, {}) for t in recorded[1]]
         else:
             row = runs.run_row(conn, run_id)
             if row is None:
                 return None
-            rows = tasks.list_tasks(conn, run_id)
+            rows = tasks.list_tasks(conn, run_id, with_params=False)
         if row.status in runs.FINISHED_RUN or all(t.status in FINISHED_TASK for t in rows):
             return Handover(row, None, actor, {})
         _mark_missed(conn, row, the_plan, rows)
@@ -617,7 +618,7 @@ class Scheduler:
                 # no tasks to read, no plan to make.
                 self.plans.pop(run_id, None)
                 return row, None, self.home.admin, {}
-            rows = tasks.list_tasks(conn, run_id)
+            rows = tasks.list_tasks(conn, run_id, with_params=False)
             the_plan = self.plans.pop(run_id, None)
             if the_plan is not None:  # planned at submit, with its cache look-ups: not made again
                 _mark_missed(conn, row, the_plan, rows)
@@ -868,7 +869,7 @@ class Scheduler:
             with self.home.db.write() as conn:
                 leases.reclaim_expired(conn, now)
         with self.home.db.read() as conn:
-            fresh = {t.id: t for t in tasks.list_tasks(conn, run_id)}
+            fresh = {t.id: t for t in tasks.list_tasks(conn, run_id, with_params=False)}
         for t in held:
             f = fresh[t.id]
             if f.status != TaskStatus.RUNNING:

@@ -19,6 +19,7 @@ from sqlalchemy import Connection, and_, bindparam, func, insert, or_, select, u
 
 from datamill import events
 from datamill.db.models import Task, TaskInput, TaskOutput
+from datamill.engine import paramsets
 from datamill.records import DONE_OK, TaskStatus
 from datamill.records import FINISHED_TASK as FINISHED_TASK  # the engine reads tasks.FINISHED_TASK
 
@@ -89,7 +90,8 @@ class TaskRow:
     item_version_id: int | None
     item_name: str | None
     deps: list[str]
-    params: dict[str, Any]
+    #: the row of ``params`` its parameters are (:mod:`datamill.engine.paramsets`); None: it has none
+    params_digest: str | None
     queued_at: float
     started_at: float | None
     finished_at: float | None
@@ -103,6 +105,8 @@ class TaskRow:
     failure: str | None = None
     #: how it ended, when that needs saying: "failed earlier (see run 3)", "superseded by run 9: ..."
     note: str | None = None
+    #: its parameters, read from ``params`` (the tasks of a step share the one dict: read, never changed)
+    params: dict[str, Any] = field(default_factory=dict)
     outputs: list[OutputRecord] = field(default_factory=list)
     #: the scheduler's note that the cache had nothing for its key (not stored, not shown)
     cache_missed: bool = False
@@ -112,13 +116,14 @@ class TaskRow:
 
     def to_dict(self) -> dict[str, Any]:
         """A JSON-able dict."""
-        d = {k: v for k, v in self.__dict__.items() if k not in ("outputs", "cache_missed", "new_key")}
+        d = {k: v for k, v in self.__dict__.items() if k not in ("outputs", "cache_missed", "new_key", "params_digest")}
         d["outputs"] = [o.to_dict() for o in self.outputs]
         return d
 
 
-def task_row(r: Any) -> TaskRow:
-    """A task row as read from the ``tasks`` table (without its outputs)."""
+def task_row(r: Any, params: Mapping[str, dict[str, Any]]) -> TaskRow:
+    """A task row as read from the ``tasks`` table (without its outputs); ``params`` is what
+    :func:`~datamill.engine.paramsets.load` read for it (and maybe others)."""
     return TaskRow(
         id=r.id,
         run_id=r.run_id,
@@ -134,7 +139,8 @@ def task_row(r: Any) -> TaskRow:
         item_version_id=r.item_version_id,
         item_name=r.item_name,
         deps=list(r.deps or []),
-        params=dict(r.params or {}),
+        params_digest=r.params_digest,
+        params=paramsets.params_of(params, r.params_digest),
         queued_at=r.queued_at,
         started_at=r.started_at,
         finished_at=r.finished_at,
@@ -497,7 +503,7 @@ def set_progress(
 #: The columns of a :class:`TaskRow`, in the order of its fields (:func:`list_tasks` reads them so).
 _TASK_COLUMNS = (
     "id, run_id, planned_id, step, step_code, key, status, attempts, max_attempts, progress, message, "
-    "item_version_id, item_name, deps, params, queued_at, started_at, finished_at, error, traceback, "
+    "item_version_id, item_name, deps, params_digest, queued_at, started_at, finished_at, error, traceback, "
     "log_digest, cached_from, executor, not_before, failure, note"
 )
 
@@ -512,18 +518,25 @@ def _json_column(value: Any) -> Any:
         return json.loads(value)
 
 
-def list_tasks(conn: Connection, run_id: int, with_outputs: bool = True) -> list[TaskRow]:
-    """A run's tasks in creation order, with their outputs.
+def list_tasks(conn: Connection, run_id: int, with_outputs: bool = True, with_params: bool = True) -> list[TaskRow]:
+    """A run's tasks in creation order, with their outputs and parameters.
 
     Read by the driver, not through SQLAlchemy's ORM columns and type processing: a scheduler
     reads every task of a run it drives, and that cost more than running thousands of small ones.
+    Each parameter set is read and decoded once, however many tasks share it. Without
+    ``with_params`` their ``params`` stay empty: a scheduler runs tasks with the parameters of its
+    plan (made from the run's), never from these, and a run a trigger makes has a task or two
+    (a big set decoded per run would be decoded per task).
     """
     rows: list[TaskRow] = []
     for r in _driver_sql(conn, f"SELECT {_TASK_COLUMNS} FROM tasks WHERE run_id = ? ORDER BY id", (run_id,)):
         t = TaskRow(*r)
         t.deps = list(_json_column(t.deps) or [])
-        t.params = dict(_json_column(t.params) or {})
         rows.append(t)
+    if with_params:
+        found = paramsets.load(conn, {t.params_digest for t in rows})
+        for t in rows:
+            t.params = paramsets.params_of(found, t.params_digest)
     if with_outputs and rows:
         by_task: dict[int, list[OutputRecord]] = {}
         for o in _driver_sql(
@@ -560,8 +573,9 @@ def item_page(conn: Connection, run_id: int, offset: int, limit: int) -> tuple[l
         which.append(Task.item_name.is_(None))
     if not which:
         return [], total
-    rows = conn.execute(select(Task).where(Task.run_id == run_id, or_(*which)).order_by(Task.id))
-    return [task_row(r) for r in rows], total
+    rows = conn.execute(select(Task).where(Task.run_id == run_id, or_(*which)).order_by(Task.id)).all()
+    found = paramsets.load(conn, {r.params_digest for r in rows})
+    return [task_row(r, found) for r in rows], total
 
 
 def step_links(conn: Connection, run_id: int) -> tuple[list[str], list[tuple[str, str]]]:
@@ -600,7 +614,7 @@ def get_task(conn: Connection, task_id: int) -> TaskRow | None:
     r = conn.execute(select(Task).where(Task.id == task_id)).first()
     if r is None:
         return None
-    t = task_row(r)
+    t = task_row(r, paramsets.load(conn, [r.params_digest]))
     t.outputs = [
         _output(o)
         for o in conn.execute(select(TaskOutput).where(TaskOutput.task_id == task_id).order_by(TaskOutput.id))

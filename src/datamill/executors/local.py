@@ -57,7 +57,7 @@ from typing import Any
 from datamill.errors import Cancelled, ConfigError, StepFailed, TaskTimeout, WorkerCrashed
 
 from .base import Call, Executor, OnMessage, PythonCall, deliver, step_failed
-from .local_wire import Constants, Frames, Outgoing, withdraw
+from .local_wire import Constants, Frames, Outgoing, SharedSets, withdraw
 from .worker import BATCH, CHUNK, MESSAGE, RESULT, SKIP, WorkerState, worker_main
 
 __all__ = ["CHUNK_SECONDS", "MAX_CHUNK", "STEAL_AFTER", "LocalExecutor"]
@@ -92,6 +92,7 @@ class _Job:
         "payload",
         "requeues",
         "seq",
+        "sets",
         "timeout",
         "timer",
         "worker",
@@ -105,12 +106,16 @@ class _Job:
         needs: tuple[int, ...],
         kind: Any,
         timeout: float | None,
+        sets: tuple[tuple[int, bytes], ...] = (),
     ) -> None:
         self.future = future
         self.on_message = on_message
         self.payload = payload
         #: the constants (numbers) its payload names: sent with its chunk to a worker without them
         self.needs = needs
+        #: the shared parameter sets (number, pickled) its payload names: sent with its chunk to a
+        #: worker that does not keep them (see :mod:`datamill.executors.local_wire`)
+        self.sets = sets
         self.kind = kind
         self.timeout = timeout
         self.eager = True
@@ -134,6 +139,7 @@ class _Worker:
         "outstanding",
         "pid",
         "process",
+        "sets",
         "state",
         "state_path",
         "writing",
@@ -161,6 +167,8 @@ class _Worker:
         self.outstanding: dict[int, _Job] = {}
         #: the constants it has been sent (see :mod:`datamill.executors.local_wire`)
         self.known: set[int] = set()
+        #: the shared parameter sets it keeps, as it accounts for them itself (see ``SharedSets``)
+        self.sets = SharedSets()
         #: resolved once the process has exited and been reaped
         self.exited: asyncio.Future[None] | None = None
 
@@ -209,6 +217,8 @@ class LocalExecutor(Executor):
         self.stolen = 0
         #: constants (functions, steps' bytes) sent to workers: each goes once to each worker
         self.constants_sent = 0
+        #: shared parameter sets sent to workers so far (each goes to a worker once while it keeps it)
+        self.shared_sent = 0
 
     @property
     def capacity(self) -> int:
@@ -288,7 +298,7 @@ class LocalExecutor(Executor):
         if loop is None or self._closing:
             raise RuntimeError("LocalExecutor is not running: await start() first (and not after close()).")
         try:
-            payload, needs = self._constants.call(call.fn, tuple(call.args), dict(call.kwargs))
+            payload, needs, sets = self._constants.call(call.fn, tuple(call.args), dict(call.kwargs))
         except Exception as exc:
             raise StepFailed(
                 f"The call could not be pickled to send it to a worker process ({type(exc).__name__}: {exc}). "
@@ -296,7 +306,7 @@ class LocalExecutor(Executor):
                 error_type=type(exc).__name__,
                 traceback="".join(traceback.format_exception(exc)),
             ) from None
-        job = _Job(loop.create_future(), on_message, payload, needs, _kind(call), timeout)
+        job = _Job(loop.create_future(), on_message, payload, needs, _kind(call), timeout, sets)
         mean = self._durations.get(job.kind)
         job.eager = timeout is not None or mean is None or mean >= CHUNK_SECONDS
         self._queue.append(job)
@@ -352,8 +362,9 @@ class LocalExecutor(Executor):
             return  # what it was sent would only be taken back for an idle worker
         share = math.ceil(len(queue) / max(1, len(self._all)))
         take = max(1, min(n - have, share))
-        chunk: list[tuple[int, bool, bytes]] = []
+        chunk: list[tuple[int, bool, bytes, tuple[int, ...]]] = []
         defs: dict[int, bytes] = {}
+        shared: dict[int, bytes] = {}
         known = worker.known
         loop = self._loop
         assert loop is not None
@@ -368,18 +379,22 @@ class LocalExecutor(Executor):
             self._seq += 1
             job.seq, job.worker = self._seq, worker
             worker.outstanding[job.seq] = job
-            chunk.append((job.seq, job.eager, job.payload))
+            chunk.append((job.seq, job.eager, job.payload, tuple(n for n, _ in job.sets)))
             for n in job.needs:
                 if n not in known:
                     known.add(n)
                     defs[n] = self._constants.data[n]
+            for n, data in job.sets:  # in the order the worker accounts for them as it receives the chunk
+                if not worker.sets.use(n, len(data))[0]:
+                    shared[n] = data
             if job.timeout is not None:
                 job.timer = loop.call_later(job.timeout, self._expire, job)
         if not chunk:
             return
         self.chunks[len(chunk)] += 1
         self.constants_sent += len(defs)
-        self._send(worker, bytes((CHUNK,)) + pickle.dumps((defs, chunk), pickle.HIGHEST_PROTOCOL))
+        self.shared_sent += len(shared)
+        self._send(worker, bytes((CHUNK,)) + pickle.dumps((defs, chunk, shared), pickle.HIGHEST_PROTOCOL))
 
     def _send(self, worker: _Worker, data: bytes) -> None:
         """Send a worker one message without ever blocking: what its socket does not take now is

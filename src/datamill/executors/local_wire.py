@@ -17,6 +17,14 @@ pickled with the number of its step's bytes instead of the bytes.
 * A ``StepCall`` and its items go as one flat tuple under one function (:func:`_step_call`), not as
   three dataclasses and two paths: each class pickled names its module and class, which a pickler
   made per call looks up every time (an import look-up each), and that cost more than the data.
+* A step's parameters that pickle big (a lookup table, :data:`SHARED_MIN_BYTES` or more) are a
+  *shared set*: pickled once by the parent (the tasks of a step share their plan's mapping), sent
+  to a worker once with the first chunk that needs them, and unpickled there once. Unlike
+  constants, sets come and go with runs: each worker keeps the ones used last, within
+  :data:`SHARED_MAX_BYTES` and :data:`SHARED_MAX_SETS` (:class:`SharedSets`), and the parent keeps
+  the same account of each worker (the same steps on the same sets, in the order the worker
+  receives its chunks), so it knows what to send. A call queued in a worker holds its set, so a set
+  let go meanwhile is still there when the call runs.
 """
 
 from __future__ import annotations
@@ -28,7 +36,8 @@ import pickle
 import select
 import struct
 import sys
-from collections import deque
+from collections import OrderedDict, deque
+from collections.abc import Mapping
 from pathlib import PosixPath, PurePosixPath
 from typing import Any
 
@@ -40,13 +49,18 @@ from datamill.pipeline.runner import ItemInput, StepCall
 __all__ = [
     "MAX_CONSTANTS",
     "MAX_CONSTANT_BYTES",
+    "SHARED_MAX_BYTES",
+    "SHARED_MAX_SETS",
+    "SHARED_MIN_BYTES",
     "SKIP_MAX",
     "Constants",
     "Frames",
     "Outgoing",
+    "SharedSets",
     "call_parts",
     "dumps",
     "frame",
+    "hold",
     "loads",
     "remember",
     "withdraw",
@@ -59,6 +73,13 @@ MAX_CONSTANTS = 1024
 #: a constant pickled bigger than this (a closure holding data) goes with every call: numbered, it
 #: and what it holds would be kept by the parent and every worker for their lives
 MAX_CONSTANT_BYTES = 1 << 20
+#: a call's parameters pickled at least this big are a shared set (smaller ones go with each call)
+SHARED_MIN_BYTES = 16 << 10
+#: the shared sets a worker keeps at most, in pickled bytes and in number (the last used ones)
+SHARED_MAX_BYTES = 256 << 20
+SHARED_MAX_SETS = 32
+#: the parameter mappings the parent remembers having pickled (the last seen ones)
+_SHARED_MEMO = 16
 
 
 # Python 3.11's pathlib makes a path from parts already parsed without parsing them again; later
@@ -112,27 +133,33 @@ def _item(flat: tuple[Any, ...]) -> ItemInput:
 
 def _step_call(call: StepCall) -> tuple[Any, tuple[Any, ...]]:
     """A ``StepCall`` as one flat tuple of its fields (see the module docstring), its ``step_bytes``
-    as a constant's number when it has them (see :meth:`Constants.call`)."""
+    as a constant's number when it has them (see :meth:`Constants.call`), and its parameters as a
+    shared set's number when they are big (see :meth:`Constants.share`)."""
     state = dict(call.__dict__)
-    number = None
+    number = shared = None
     if call.step_bytes is not None and _numbering is not None:
         number = _numbering.number(call.step_bytes)
         if number is not None:
             state["step_bytes"] = None
+    if call.params and _numbering is not None:
+        shared = _numbering.share(call.params)
+        if shared is not None:
+            state["params"] = None
     if not all(type(i) is ItemInput and type(i.ref) is InputRef for i in (*call.items, call.item) if i is not None):
         # not ours to flatten (a subclass): pickled as usual
-        if number is None:
+        if number is None and shared is None:
             return call.__reduce_ex__(pickle.HIGHEST_PROTOCOL)  # type: ignore[return-value]
-        return _rebuild_step_call, (number, state, False)
+        return _rebuild_step_call, (number, state, False, shared)
     state["item"] = None if call.item is None else _flat_item(call.item)
     state["items"] = tuple(_flat_item(i) for i in call.items)
     state["output_dir"] = _flat_path(call.output_dir)
     state["scratch_dir"] = _flat_path(call.scratch_dir)
-    return _rebuild_step_call, (number, tuple([state[n] for n in _CALL_FIELDS]), True)
+    return _rebuild_step_call, (number, tuple([state[n] for n in _CALL_FIELDS]), True, shared)
 
 
-def _rebuild_step_call(number: int | None, state: Any, flat: bool) -> StepCall:
-    """Worker side: the ``StepCall`` again, its ``step_bytes`` taken from the constants."""
+def _rebuild_step_call(number: int | None, state: Any, flat: bool, shared: int | None = None) -> StepCall:
+    """Worker side: the ``StepCall`` again, its ``step_bytes`` taken from the constants and its
+    parameters from the shared set the call holds."""
     call = StepCall.__new__(StepCall)
     if flat:
         state = dict(zip(_CALL_FIELDS, state, strict=True))
@@ -142,6 +169,8 @@ def _rebuild_step_call(number: int | None, state: Any, flat: bool) -> StepCall:
         state["scratch_dir"] = _unflat_path(state["scratch_dir"])
     if number is not None:
         state["step_bytes"] = _constant(number)
+    if shared is not None:
+        state["params"] = _shared_set(shared)
     call.__dict__.update(state)
     return call
 
@@ -157,6 +186,10 @@ _numbering: Constants | None = None
 #: worker side: constants received, by number (and those not unpickled yet)
 _constants: dict[int, Any] = {}
 _pending: dict[int, bytes] = {}
+#: worker side: the shared sets kept (:func:`hold`), each ``[pickled bytes or None, set or None]``
+_holders: dict[int, list[Any]] = {}
+#: worker side: the shared sets of the call being unpickled (its own hold on them)
+_current: dict[int, list[Any]] = {}
 
 
 def dumps(obj: Any, *, call: bool = False) -> bytes:
@@ -182,6 +215,39 @@ class Constants:
         #: number → the constant pickled (what a worker receives)
         self.data: dict[int, bytes] = {}
         self._used: list[int] = []
+        # Parameter mappings pickled lately, by id() (each kept, so its id is not reused): number
+        # of its shared set and the pickled bytes, or None for a small one sent with each call.
+        self._sets: OrderedDict[int, tuple[Any, int | None, bytes | None]] = OrderedDict()
+        self._set_count = 0
+        self._used_sets: list[tuple[int, bytes]] = []
+
+    def share(self, params: Mapping[str, Any]) -> int | None:
+        """The number of ``params`` as a shared set (pickled once per mapping); None when it is small.
+
+        The tasks of a step share their plan's mapping, so it is pickled once per run and step. A
+        mapping seen again after it was forgotten gets a new number (and is sent again).
+        """
+        hit = self._sets.get(id(params))
+        if hit is not None:
+            self._sets.move_to_end(id(params))
+            n, data = hit[1], hit[2]
+        else:
+            try:
+                data = dumps(dict(params))
+            except Exception:  # goes with the call, pickled as the call is (cloudpickle, maybe)
+                data = None
+            n = None
+            if data is not None and len(data) >= SHARED_MIN_BYTES:
+                n, self._set_count = self._set_count, self._set_count + 1
+            else:
+                data = None
+            self._sets[id(params)] = (params, n, data)
+            if len(self._sets) > _SHARED_MEMO:
+                self._sets.popitem(last=False)
+        if n is None or data is None:
+            return None
+        self._used_sets.append((n, data))
+        return n
 
     def number(self, obj: Any) -> int | None:
         """``obj``'s number (pickling and numbering it when first seen); None when the table is full."""
@@ -200,10 +266,14 @@ class Constants:
         self._used.append(n)
         return n
 
-    def call(self, fn: Any, args: tuple[Any, ...], kwargs: dict[str, Any]) -> tuple[bytes, tuple[int, ...]]:
-        """The payload of ``fn(reporter, *args, **kwargs)`` and the constants it names."""
+    def call(
+        self, fn: Any, args: tuple[Any, ...], kwargs: dict[str, Any]
+    ) -> tuple[bytes, tuple[int, ...], tuple[tuple[int, bytes], ...]]:
+        """The payload of ``fn(reporter, *args, **kwargs)``, the constants it names and the shared
+        sets it names (``(number, pickled)``)."""
         global _numbering
         self._used = []
+        self._used_sets = []
         n = self.number(fn)
         own = getattr(fn, "__module__", "").startswith("datamill.")
         parts = (n, None if n is not None else fn, args, kwargs)
@@ -219,8 +289,69 @@ class Constants:
             finally:
                 _numbering = None
         if payload is None:
+            self._used_sets = []  # cloudpickle sends the parameters with the call
             payload = cloudpickle.dumps(parts, pickle.HIGHEST_PROTOCOL)
-        return payload, tuple(dict.fromkeys(self._used))
+        return payload, tuple(dict.fromkeys(self._used)), tuple(dict(self._used_sets).items())
+
+
+class SharedSets:
+    """Which shared sets a worker keeps: the last used ones, within :data:`SHARED_MAX_BYTES` and
+    :data:`SHARED_MAX_SETS`. The parent keeps one per worker, stepped as it sends each chunk; the
+    worker its own, stepped as it receives each chunk: the same steps in the same order, so both
+    agree on what the worker has."""
+
+    __slots__ = ("sizes", "total")
+
+    def __init__(self) -> None:
+        self.sizes: OrderedDict[int, int] = OrderedDict()
+        self.total = 0
+
+    def use(self, n: int, size: int) -> tuple[bool, list[int]]:
+        """Note that a call uses set ``n`` (``size`` pickled bytes, counted when it is new): whether
+        it was kept already, and the sets let go to make room (never ``n`` itself)."""
+        held = n in self.sizes
+        if held:
+            self.sizes.move_to_end(n)
+        else:
+            self.sizes[n] = size
+            self.total += size
+        gone: list[int] = []
+        while len(self.sizes) > 1 and (self.total > SHARED_MAX_BYTES or len(self.sizes) > SHARED_MAX_SETS):
+            old, old_size = self.sizes.popitem(last=False)
+            self.total -= old_size
+            gone.append(old)
+        return held, gone
+
+
+#: worker side: what this worker keeps of the shared sets (the parent's mirror of it agrees)
+_kept = SharedSets()
+
+
+def hold(names: tuple[int, ...], sent: Mapping[int, bytes]) -> tuple[tuple[int, list[Any]], ...]:
+    """Worker side: the shared sets named by a call of a chunk just received, as ``(number, holder)``
+    for the call to keep until it runs; ``sent``: the sets the chunk brought (those the parent's
+    account says this worker does not keep)."""
+    out = []
+    for n in names:
+        data = sent.get(n)
+        held, gone = _kept.use(n, 0 if data is None else len(data))
+        if not held:
+            if data is None:
+                raise RuntimeError(f"shared parameter set {n} was neither sent nor kept")
+            _holders[n] = [data, None]
+        out.append((n, _holders[n]))
+        for g in gone:
+            _holders.pop(g, None)
+    return tuple(out)
+
+
+def _shared_set(n: int) -> Any:
+    """Worker side: shared set ``n`` of the call being unpickled, unpickled once in this worker."""
+    holder = _current[n]
+    if holder[1] is None:
+        holder[1] = pickle.loads(holder[0])
+        holder[0] = None
+    return holder[1]
 
 
 def _pickle_constant(obj: Any) -> bytes:
@@ -245,9 +376,16 @@ def _constant(n: int) -> Any:
     return _constants[n]
 
 
-def call_parts(payload: bytes) -> tuple[Any, tuple[Any, ...], dict[str, Any]]:
-    """Worker side: ``(fn, args, kwargs)`` of a payload."""
-    n, fn, args, kwargs = pickle.loads(payload)
+def call_parts(
+    payload: bytes, shared: tuple[tuple[int, list[Any]], ...] = ()
+) -> tuple[Any, tuple[Any, ...], dict[str, Any]]:
+    """Worker side: ``(fn, args, kwargs)`` of a payload; ``shared``: the sets it holds (:func:`hold`)."""
+    global _current
+    _current = dict(shared)
+    try:
+        n, fn, args, kwargs = pickle.loads(payload)
+    finally:
+        _current = {}
     return (_constant(n) if n is not None else fn), args, kwargs
 
 

@@ -5,10 +5,12 @@ back in *batches*, so that a pool of short tasks costs one pipe round trip per c
 (what ``multiprocessing.Pool.imap(chunksize=...)`` does).
 
 Parent to worker, one message each (``Connection`` framing) on the duplex pipe:
-``b"C" + pickle((constants, [(seq, eager, payload), ...]))`` a chunk (``payload`` is made once per
-call by the parent, and ``constants`` are what its calls share that this worker has not been sent
-yet: see :mod:`datamill.executors.local_wire`); empty bytes: exit. And on a *control* pipe of its
-own: ``b"S"`` + 8-byte sequence numbers, withdraw those calls if not started yet. Withdrawals do not
+``b"C" + pickle((constants, [(seq, eager, payload, sets), ...], shared))`` a chunk (``payload`` is
+made once per call by the parent, ``constants`` are what its calls share that this worker has not
+been sent yet, ``sets`` the numbers of the big parameter sets a call names and ``shared`` those of
+them this worker does not keep: see :mod:`datamill.executors.local_wire`); empty bytes: exit. And on
+a *control* pipe of its own: ``b"S"`` + 8-byte sequence numbers, withdraw those calls if not started
+yet. Withdrawals do not
 go behind chunks: the parent writes chunks without blocking (what the socket does not take yet
 waits in the parent, while the worker may be busy writing results), and a withdrawal must be
 readable by the worker before the parent decides it took effect (see the state below). A
@@ -56,7 +58,7 @@ import cloudpickle
 
 from .base import Message, Reporter
 from .capture import MAX_LINE, task_output
-from .local_wire import call_parts, dumps, remember, withdrawn
+from .local_wire import call_parts, dumps, hold, remember, withdrawn
 
 __all__ = ["ERROR", "RESULT", "WorkerState", "worker_main"]
 
@@ -272,7 +274,7 @@ def worker_main(conn: Connection, control: Connection, fault_path: str, state_pa
     state = WorkerState(state_path)
     outbox = _Outbox(conn)
     capture = _FdCapture()
-    inbox: deque[tuple[int, bool, bytes]] = deque()
+    inbox: deque[tuple[int, bool, bytes, Any]] = deque()
     skip: set[int] = set()
     # Looked at before every call: one poll object for the worker's life (Connection.poll() makes
     # a selector each time, which cost more than a trivial call).
@@ -285,7 +287,7 @@ def worker_main(conn: Connection, control: Connection, fault_path: str, state_pa
                 if not _receive(conn.recv_bytes(), inbox):
                     return
                 continue
-            seq, eager, payload = inbox.popleft()
+            seq, eager, payload, shared = inbox.popleft()
             state.claim(seq)
             # Withdrawals written before the claim are in the control pipe now: honour them before running.
             while pipe.poll(0):
@@ -297,7 +299,7 @@ def worker_main(conn: Connection, control: Connection, fault_path: str, state_pa
             if eager:
                 outbox.flush()
             started = time.perf_counter()
-            tag, reply = _run(outbox, capture, seq, payload)
+            tag, reply = _run(outbox, capture, seq, payload, shared)
             took = time.perf_counter() - started
             state.finish(seq)
             outbox.result((seq, tag, reply, took))
@@ -307,23 +309,26 @@ def worker_main(conn: Connection, control: Connection, fault_path: str, state_pa
         return
 
 
-def _receive(data: bytes, inbox: deque[tuple[int, bool, bytes]]) -> bool:
+def _receive(data: bytes, inbox: deque[tuple[int, bool, bytes, Any]]) -> bool:
     """Take one message from the parent; False for "exit"."""
     if not data:
         return False
     if data[0] == CHUNK:
-        constants, chunk = pickle.loads(data[1:])
+        constants, chunk, shared = pickle.loads(data[1:])
         if constants:
             remember(constants)
-        inbox.extend(chunk)
+        # Each call holds the shared sets it names from now on (see local_wire.hold): in the order
+        # of the chunk, as the parent accounted for them when it sent it.
+        for seq, eager, payload, names in chunk:
+            inbox.append((seq, eager, payload, hold(names, shared) if names else ()))
     return True
 
 
-def _run(outbox: _Outbox, capture: _FdCapture, seq: int, payload: bytes) -> tuple[int, bytes]:
-    """Run one call; its reply ``(tag, payload)``."""
+def _run(outbox: _Outbox, capture: _FdCapture, seq: int, payload: bytes, shared: Any = ()) -> tuple[int, bytes]:
+    """Run one call; its reply ``(tag, payload)``; ``shared``: the parameter sets it holds."""
     channel = _Channel(outbox, seq)
     try:
-        fn, args, kwargs = call_parts(payload)
+        fn, args, kwargs = call_parts(payload, shared)
         reporter = Reporter(channel.emit)
         # Whatever the call prints, logs or writes to fds 1 and 2 (C code, child processes) is its log.
         capture.begin(reporter.log)

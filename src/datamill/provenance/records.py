@@ -18,6 +18,7 @@ from sqlalchemy import Connection, select
 
 from datamill.db.database import Database
 from datamill.db.models import Dataflow, Run, Task, TaskInput, TaskOutput
+from datamill.engine import paramsets
 from datamill.errors import NotFound
 from datamill.provenance.graph import HIDDEN
 from datamill.store import lookups
@@ -67,6 +68,7 @@ class Records:
         self._runs_by_input: dict[int, list[int]] | None = None
         self._run_visible: dict[int, bool] = {}
         self._unrecorded: dict[int, dict[str, list[int]]] = {}
+        self._params: dict[str, dict[str, Any]] = {}
 
     # ------------------------------------------------------------------ rows
 
@@ -87,6 +89,13 @@ class Records:
         if tid not in self._tasks:
             self._tasks[tid] = self.conn.execute(select(Task).where(Task.id == tid)).first()
         return self._tasks[tid]
+
+    def params_of(self, task: Any) -> dict[str, Any]:
+        """A task's parameters (each set read once: a run's tasks share their step's)."""
+        digest = task.params_digest
+        if digest is not None and digest not in self._params:
+            self._params.update(paramsets.load(self.conn, [digest]))
+        return paramsets.params_of(self._params, digest)
 
     def run_row(self, rid: int) -> Any:
         """A run row, or None."""
@@ -322,6 +331,12 @@ class RunRecords:
     #: every version the run names: ``(row or None when gone, readable by the actor)``
     versions: dict[int, tuple[Any, bool]]
     by_id: dict[int, Any]
+    #: the parameter sets of the tasks, by digest (:mod:`datamill.engine.paramsets`)
+    params: dict[str, dict[str, Any]]
+
+    def params_of(self, task: Any) -> dict[str, Any]:
+        """A task's parameters."""
+        return paramsets.params_of(self.params, task.params_digest)
 
     def published(self, task: Any, out: Output) -> bool:
         """Whether ``out`` of ``task`` is described as the item version it was published as."""
@@ -357,6 +372,7 @@ def read_run(db: Database, actor: Actor, run_id: int) -> RunRecords:
             as_version={(t.id, o.name): rec.is_version(t.id, o.version_id) for t in tasks for o in outputs[t.id]},
             versions=versions,
             by_id={t.id: t for t in tasks},
+            params=paramsets.load(conn, {t.params_digest for t in tasks}),
         )
 
 

@@ -379,7 +379,7 @@ class _CrateBuilder:
                 match = [o for o in self.rec.outputs[up.id] if o.name == inp.output_name]
                 if match:
                     objects.append(self._output_entity(up, match[0]))
-        for k, v in sorted((t.params or {}).items()):
+        for k, v in sorted(self.rec.params_of(t).items()):
             objects.append(
                 self._add(
                     f"#task-{t.id}-param-{local_name(k)}",

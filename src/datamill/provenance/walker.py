@@ -212,7 +212,7 @@ class Walker(Records):
                     "step_code": t.step_code,
                     "planned_id": planned,
                     "item": item,
-                    "params": dict(t.params or {}),
+                    "params": dict(self.params_of(t)),
                     "status": t.status,
                     "started_at": t.started_at,
                     "finished_at": t.finished_at,

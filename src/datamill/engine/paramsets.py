@@ -1,0 +1,128 @@
+"""Step parameters stored once by their digest, not once per task.
+
+A step's tasks all have the same resolved parameters, and so do the runs a trigger makes, one per
+landed item: written on every task row, a 1 MiB lookup table cost 1 MiB of database (and its JSON
+encoding) per task. Each distinct parameter set is a row of the ``params`` table instead, keyed by
+the BLAKE3 digest of its canonical JSON (:mod:`datamill.canonical`), and a task names it in
+``tasks.params_digest`` (None: no parameters). Content-addressed rather than once per run: a run a
+trigger makes has a task or two, so a set stored per run would still be stored per task.
+
+The digest is only the address of the set; a task's key (:mod:`datamill.engine.keys`) still
+hashes the parameters themselves, as it always did, so keys recorded before are unchanged.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterable, Mapping
+from typing import Any
+
+import blake3
+import orjson
+from sqlalchemy import Connection, select
+from sqlalchemy.dialects import postgresql, sqlite
+
+from datamill.canonical import Unkeyable, canonical_json, canonical_value
+from datamill.db.models import ParamSet
+
+__all__ = ["decode", "encode", "load", "load_digests", "params_of", "store"]
+
+#: Digests per look-up query (SQLite allows 32,766 variables).
+DIGESTS_PER_QUERY = 500
+#: a set whose text is at least this long is looked for before it is inserted (see ``_write``)
+CHECK_FIRST_BYTES = 64 << 10
+
+
+def encode(params: Mapping[str, Any]) -> tuple[str, str] | None:
+    """``(digest, text)`` of a parameter set: its canonical JSON and that text's ``"blake3:<hex>"``; None when empty.
+
+    A value with no canonical form (NaN, a non-string key) cannot be part of a task key and is
+    refused when the key is made; stored without one (a task of a step whose key was never made),
+    it is written as the ``json`` module writes it, keys sorted, as the per-task column had it.
+    """
+    if not params:
+        return None
+    try:
+        text = canonical_json(canonical_value(dict(params)))
+    except Unkeyable:
+        text = json.dumps(dict(params), sort_keys=True, separators=(",", ":"), ensure_ascii=False)
+    return "blake3:" + blake3.blake3(text.encode("utf-8")).hexdigest(), text
+
+
+def decode(text: str | bytes) -> dict[str, Any]:
+    """A parameter set as :func:`encode` wrote it."""
+    try:
+        out = orjson.loads(text)
+    except orjson.JSONDecodeError:  # what the json module writes and orjson refuses (NaN, ...)
+        out = json.loads(text)
+    return dict(out)
+
+
+def store(conn: Connection, sets: Iterable[Mapping[str, Any]]) -> list[str | None]:
+    """The digest of each of ``sets`` (None for an empty one), each set not stored yet written once.
+
+    The tasks of one step share their parameters' mapping: it is encoded once per call, not once
+    per task (the mappings are kept until the call returns, so an id seen is never a new object's).
+    """
+    seen: dict[int, tuple[Mapping[str, Any], str | None]] = {}
+    texts: dict[str, str] = {}
+    out: list[str | None] = []
+    for params in sets:
+        known = seen.get(id(params))
+        if known is None:
+            encoded = encode(params)
+            known = seen[id(params)] = (params, None if encoded is None else encoded[0])
+            if encoded is not None:
+                texts[encoded[0]] = encoded[1]
+        out.append(known[1])
+    _write(conn, texts)
+    return out
+
+
+def _write(conn: Connection, texts: Mapping[str, str]) -> None:
+    """Insert the sets of ``texts`` (``digest -> text``) that the table does not have yet.
+
+    One ``INSERT`` that skips the sets already there: a run a trigger makes records a set it
+    usually has already, and a statement more per landed item is what that path counts. Sets of
+    :data:`CHECK_FIRST_BYTES` or more are looked for first, so that a big one stored before is
+    not sent to the database again with every run.
+    """
+    if not texts:
+        return
+    big = [d for d, t in texts.items() if len(t) >= CHECK_FIRST_BYTES]
+    have = set(load_digests(conn, big)) if big else set()
+    new = [{"digest": d, "data": t} for d, t in texts.items() if d not in have]
+    if not new:
+        return
+    # Two writers may store the same set at once (PostgreSQL): the second one's row is the same.
+    dialect = postgresql if conn.dialect.name == "postgresql" else sqlite
+    conn.execute(dialect.insert(ParamSet).on_conflict_do_nothing(index_elements=["digest"]), new)
+
+
+def load_digests(conn: Connection, digests: Iterable[str]) -> list[str]:
+    """Which of ``digests`` the ``params`` table has."""
+    wanted = sorted(set(digests))
+    out: list[str] = []
+    for i in range(0, len(wanted), DIGESTS_PER_QUERY):
+        some = wanted[i : i + DIGESTS_PER_QUERY]
+        out += conn.execute(select(ParamSet.digest).where(ParamSet.digest.in_(some))).scalars()
+    return out
+
+
+def load(conn: Connection, digests: Iterable[str | None]) -> dict[str, dict[str, Any]]:
+    """``digest -> parameters`` for the sets named by ``digests`` (Nones skipped), each read and decoded once.
+
+    Tasks that share a set share the one dict: callers read it, never change it.
+    """
+    wanted = sorted({d for d in digests if d})
+    out: dict[str, dict[str, Any]] = {}
+    for i in range(0, len(wanted), DIGESTS_PER_QUERY):
+        some = wanted[i : i + DIGESTS_PER_QUERY]
+        for digest, text in conn.execute(select(ParamSet.digest, ParamSet.data).where(ParamSet.digest.in_(some))):
+            out[digest] = decode(text)
+    return out
+
+
+def params_of(found: Mapping[str, dict[str, Any]], digest: str | None) -> dict[str, Any]:
+    """A task's parameters from what :func:`load` found for its ``params_digest`` (no digest: none)."""
+    return {} if digest is None else found.get(digest, {})
