@@ -16,7 +16,7 @@ import shutil
 import time
 from collections.abc import Callable, Iterable, Mapping
 from pathlib import Path
-from typing import Any, TypeVar, Union
+from typing import Any, Union
 
 from datamill.engine.apps import run_app_step
 from datamill.engine.dagster_step import run_dagster_step
@@ -54,8 +54,6 @@ from datamill.pipeline.step import Step
 from .containers import run_container_step
 
 log = logging.getLogger("datamill.scheduler")
-
-_T = TypeVar("_T")
 
 #: progress reported and not recorded yet: task id -> (run id, fraction, message)
 Progress = dict[int, tuple[int, float, str]]
@@ -130,12 +128,11 @@ def _value_call(the_plan: Plan, pt: PlannedTask, dirs: tuple[Path, Path], got: M
     files, sources = got.item_files, got.sources
 
     def item(ref: InputRef) -> ItemInput:
-        return _built(ItemInput, ref=ref, path=files.get(ref.path), source=sources.get(ref.path))
+        return ItemInput(ref, files.get(ref.path), sources.get(ref.path))
 
     ref = the_plan.pipeline.ref
     ups = got.upstream
-    return _built(
-        StepCall,
+    return StepCall(
         step=step.name,
         output_dir=dirs[0],
         scratch_dir=dirs[1],
@@ -148,16 +145,6 @@ def _value_call(the_plan: Plan, pt: PlannedTask, dirs: tuple[Path, Path], got: M
         task_id=pt.id,
         in_memory=True,
     )
-
-
-def _built(cls: type[_T], **fields: Any) -> _T:
-    """A frozen dataclass from every one of its fields, already in the types its ``__post_init__``
-    would make them (paths as :class:`Path` or strings, tuples), without going through its
-    ``__init__``: a frozen dataclass sets each field with ``object.__setattr__``, and that was
-    more than half of making a trivial task's call (twice per task: the call and its item)."""
-    obj = object.__new__(cls)
-    obj.__dict__.update(fields)
-    return obj
 
 
 class LoopEnd:
