@@ -252,12 +252,11 @@ Job = Union["asyncio.Task[Done]", LoopEnd, PoolEnd]
 
 def waitables(jobs: Iterable[Job]) -> set[asyncio.Future[Any]]:
     """What to wait on for the unfinished ``jobs``: a batch's task once, not each of its attempts."""
-    out: set[asyncio.Future[Any]] = set()
-    for j in jobs:
-        if not j.done():
-            kind = type(j)
-            out.add(j.batch if kind is LoopEnd else j.future if kind is PoolEnd else j)  # type: ignore[union-attr,arg-type]
-    return out
+    return {
+        j.batch if type(j) is LoopEnd else j.future if type(j) is PoolEnd else j  # type: ignore[misc]
+        for j in jobs
+        if not j.done()
+    }
 
 
 def _runs_in_loop(the_plan: Plan, t: TaskRow) -> bool:
