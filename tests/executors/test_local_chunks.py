@@ -106,6 +106,17 @@ def test_a_long_call_does_not_hold_short_ones_hostage(pool: Any, tmp_path: Path)
     pool.run(scenario())
 
 
+def check_withdrawn_and_killed(ex: Any, procs: Any, marks: Path, killed: int, got: list[int]) -> None:
+    """After calls 0-4 were cancelled queued and call 100 running: 5-9 ran once each elsewhere, 0-4
+    never, and the worker that ran 100 is gone."""
+    assert got == [5, 6, 7, 8, 9]
+    assert procs.eventually(lambda: not procs.alive(killed))
+    assert killed not in ex.pids
+    ran = runs_of(marks)
+    assert all(i not in ran for i in range(5))  # the withdrawn calls never ran
+    assert all(ran[i] == 1 for i in range(5, 10)) and ran[100] == 1
+
+
 def test_cancelling_calls_mid_chunk(make_harness: Callable[..., Any], tmp_path: Path, procs: Any) -> None:
     one = make_harness("local", workers=1)
     marks, gate = tmp_path / "marks", tmp_path / "gate"
@@ -132,12 +143,7 @@ def test_cancelling_calls_mid_chunk(make_harness: Callable[..., Any], tmp_path: 
         return worker, got
 
     killed, got = one.run(scenario())
-    assert got == [5, 6, 7, 8, 9]
-    assert procs.eventually(lambda: not procs.alive(killed))
-    assert killed not in one.executor.pids
-    ran = runs_of(marks)
-    assert all(i not in ran for i in range(5))  # the withdrawn calls never ran
-    assert all(ran[i] == 1 for i in range(5, 10)) and ran[100] == 1
+    check_withdrawn_and_killed(one.executor, procs, marks, killed, got)
 
 
 def test_submitted_calls_cancelled_mid_chunk(make_harness: Callable[..., Any], tmp_path: Path, procs: Any) -> None:
@@ -164,12 +170,7 @@ def test_submitted_calls_cancelled_mid_chunk(make_harness: Callable[..., Any], t
 
     killed, got, cancelled = one.run(scenario())
     assert cancelled == [True] * 5
-    assert got == [5, 6, 7, 8, 9]
-    assert procs.eventually(lambda: not procs.alive(killed))
-    assert killed not in one.executor.pids
-    ran = runs_of(marks)
-    assert all(i not in ran for i in range(5))  # the withdrawn calls never ran
-    assert all(ran[i] == 1 for i in range(5, 10)) and ran[100] == 1
+    check_withdrawn_and_killed(one.executor, procs, marks, killed, got)
 
 
 def test_a_worker_killed_mid_chunk_fails_only_its_call(make_harness: Callable[..., Any], tmp_path: Path) -> None:

@@ -222,10 +222,7 @@ class PoolEnd:
     def result(self) -> Done:
         """The attempt's end; raises ``CancelledError`` when it was cancelled."""
         if self._end is None:
-            a = self
-            self._end = a.attempts.ended(
-                a.the_plan, a.t, a.pt, a.base, a.got, a.log_file, a.publishes, a.submitted.future
-            )
+            self._end = self.attempts.ended(self)
         return self._end
 
     def cancel(self) -> bool:
@@ -341,14 +338,7 @@ class Attempts:
             return None  # run() says what went wrong, as for any attempt
         if got is None:
             return None
-        log_file = TaskLog(self.workdirs.log_file(t.id))
-
-        def on_message(msg: Message) -> None:
-            if isinstance(msg, ProgressMessage):
-                self.progress[t.id] = (t.run_id, msg.fraction, msg.message)
-            elif isinstance(msg, LogMessage):
-                log_file.write(msg.line.rstrip("\n") + "\n")
-
+        log_file, on_message = self._listener(t)
         try:
             call = _value_call(the_plan, pt, self.workdirs.attempt_paths(base), got)
             submitted = submit(PythonCall(run_step, (call,)), on_message, timeout=pt.timeout)
@@ -358,22 +348,14 @@ class Attempts:
             submitted = _Ended(future)
         return PoolEnd(self, submitted, the_plan, t, pt, base, got, log_file, publishes)
 
-    def ended(
-        self,
-        the_plan: Plan,
-        t: TaskRow,
-        pt: PlannedTask,
-        base: str,
-        got: Materialized,
-        log_file: TaskLog,
-        publishes: bool,
-        future: asyncio.Future[Any],
-    ) -> Done:
-        """The end of an attempt handed to a pool (:class:`PoolEnd`), from its call's ``future``
-        (done): what :meth:`run` makes of the same result or error."""
+    def ended(self, job: PoolEnd) -> Done:
+        """The end of an attempt handed to a pool, from its call's future (done): what :meth:`run`
+        makes of the same result or error."""
+        the_plan, t, pt, base, got, log_file = job.the_plan, job.t, job.pt, job.base, job.got, job.log_file
+        future = job.submitted.future
         try:
             result: StepResult = future.result()
-            d = self._succeeded(the_plan, t, pt, result, log_file, got, True, publishes)
+            d = self._succeeded(the_plan, t, pt, result, log_file, got, True, job.publishes)
         except asyncio.CancelledError:
             log_file.write("cancelled\n")
             shutil.rmtree(base, ignore_errors=True)
@@ -412,11 +394,8 @@ class Attempts:
         d.work_base = base
         return d
 
-    async def _attempt(
-        self, base: str, the_plan: Plan, t: TaskRow, tasks: dict[str, TaskRow], publishes: bool = True
-    ) -> Done:
-        pt = the_plan.task(t.planned_id)
-        step = the_plan.pipeline.step(pt.step)
+    def _listener(self, t: TaskRow) -> tuple[TaskLog, OnMessage]:
+        """An attempt's log file and the ``on_message`` that fills it and notes its progress."""
         # The log file (and its Path) is made with the first line: most tasks log nothing.
         log_file = TaskLog(self.workdirs.log_file(t.id))
 
@@ -426,6 +405,14 @@ class Attempts:
             elif isinstance(msg, LogMessage):
                 log_file.write(msg.line.rstrip("\n") + "\n")
 
+        return log_file, on_message
+
+    async def _attempt(
+        self, base: str, the_plan: Plan, t: TaskRow, tasks: dict[str, TaskRow], publishes: bool = True
+    ) -> Done:
+        pt = the_plan.task(t.planned_id)
+        step = the_plan.pipeline.step(pt.step)
+        log_file, on_message = self._listener(t)
         try:
             got = self.workdirs.values(base, the_plan, pt, tasks)
             if got is None and os.path.exists(base):
