@@ -106,6 +106,17 @@ def test_a_long_call_does_not_hold_short_ones_hostage(pool: Any, tmp_path: Path)
     pool.run(scenario())
 
 
+def check_withdrawn_and_killed(ex: Any, procs: Any, marks: Path, killed: int, got: list[int]) -> None:
+    """After calls 0-4 were cancelled queued and call 100 running: 5-9 ran once each elsewhere, 0-4
+    never, and the worker that ran 100 is gone."""
+    assert got == [5, 6, 7, 8, 9]
+    assert procs.eventually(lambda: not procs.alive(killed))
+    assert killed not in ex.pids
+    ran = runs_of(marks)
+    assert all(i not in ran for i in range(5))  # the withdrawn calls never ran
+    assert all(ran[i] == 1 for i in range(5, 10)) and ran[100] == 1
+
+
 def test_cancelling_calls_mid_chunk(make_harness: Callable[..., Any], tmp_path: Path, procs: Any) -> None:
     one = make_harness("local", workers=1)
     marks, gate = tmp_path / "marks", tmp_path / "gate"
@@ -132,12 +143,34 @@ def test_cancelling_calls_mid_chunk(make_harness: Callable[..., Any], tmp_path: 
         return worker, got
 
     killed, got = one.run(scenario())
-    assert got == [5, 6, 7, 8, 9]
-    assert procs.eventually(lambda: not procs.alive(killed))
-    assert killed not in one.executor.pids
-    ran = runs_of(marks)
-    assert all(i not in ran for i in range(5))  # the withdrawn calls never ran
-    assert all(ran[i] == 1 for i in range(5, 10)) and ran[100] == 1
+    check_withdrawn_and_killed(one.executor, procs, marks, killed, got)
+
+
+def test_submitted_calls_cancelled_mid_chunk(make_harness: Callable[..., Any], tmp_path: Path, procs: Any) -> None:
+    """``submit`` (the scheduler's way in, no asyncio task per call): its handles cancel as ``run``'s
+    awaiting tasks do: a queued call is withdrawn and never runs, a running one's worker is killed."""
+    one = make_harness("local", workers=1)
+    marks, gate = tmp_path / "marks", tmp_path / "gate"
+    marks.mkdir()
+
+    async def scenario() -> tuple[int, list[int], list[bool]]:
+        ex = one.executor
+        await warm_up(ex)
+        messages: list[Message] = []
+        long = ex.submit(PythonCall(task, (100,), {"gate": str(gate), "marks": str(marks)}), messages.append)
+        rest = [ex.submit(PythonCall(task, (i,), {"marks": str(marks)}), ignore) for i in range(10)]
+        worker = await started(messages)
+        cancelled = [job.cancel() for job in rest[:5]]
+        assert ex.pids == [worker]
+        assert long.cancel()
+        got = await asyncio.gather(*(job.future for job in rest[5:]))
+        assert not long.cancel()  # cancelled already
+        assert long.future.cancelled() and all(job.future.cancelled() for job in rest[:5])
+        return worker, got, cancelled
+
+    killed, got, cancelled = one.run(scenario())
+    assert cancelled == [True] * 5
+    check_withdrawn_and_killed(one.executor, procs, marks, killed, got)
 
 
 def test_a_worker_killed_mid_chunk_fails_only_its_call(make_harness: Callable[..., Any], tmp_path: Path) -> None:

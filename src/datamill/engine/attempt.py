@@ -180,13 +180,81 @@ class LoopEnd:
         return self.batch.cancel()
 
 
-#: A running attempt as its driver holds it: an asyncio task, or one attempt of a batch in the loop.
-Job = Union["asyncio.Task[Done]", LoopEnd]
+class PoolEnd:
+    """An attempt handed to a pool's :meth:`~datamill.executors.local.LocalExecutor.submit`, read as
+    an asyncio task's (``done``, ``result``, ``cancel``) without a task of its own.
+
+    Its :class:`Done` is made when it is first read (by the driver collecting ends), from the
+    call's result or error, as :meth:`Attempts.run` makes it.
+    """
+
+    __slots__ = ("_end", "attempts", "base", "got", "log_file", "pt", "publishes", "submitted", "t", "the_plan")
+
+    def __init__(
+        self,
+        attempts: Attempts,
+        submitted: Any,
+        the_plan: Plan,
+        t: TaskRow,
+        pt: PlannedTask,
+        base: str,
+        got: Materialized,
+        log_file: TaskLog,
+        publishes: bool,
+    ) -> None:
+        self.attempts = attempts
+        #: the executor's handle (``future``, ``cancel()``)
+        self.submitted = submitted
+        self.the_plan, self.t, self.pt, self.base, self.got = the_plan, t, pt, base, got
+        self.log_file = log_file
+        self.publishes = publishes
+        self._end: Done | None = None
+
+    @property
+    def future(self) -> asyncio.Future[Any]:
+        """What to wait on: the call's own future."""
+        future: asyncio.Future[Any] = self.submitted.future
+        return future
+
+    def done(self) -> bool:
+        """Whether the call ended (or was cancelled)."""
+        return bool(self.submitted.future.done())
+
+    def result(self) -> Done:
+        """The attempt's end; raises ``CancelledError`` when it was cancelled."""
+        if self._end is None:
+            self._end = self.attempts.ended(self)
+        return self._end
+
+    def cancel(self) -> bool:
+        """Withdraw the call, or stop it if it runs."""
+        return bool(self.submitted.cancel())
+
+
+class _Ended:
+    """A call that ended before it reached the pool (it could not be made or pickled)."""
+
+    __slots__ = ("future",)
+
+    def __init__(self, future: asyncio.Future[Any]) -> None:
+        self.future = future
+
+    def cancel(self) -> bool:
+        return False
+
+
+#: A running attempt as its driver holds it: an asyncio task, one attempt of a batch in the loop,
+#: or a call handed to a pool.
+Job = Union["asyncio.Task[Done]", LoopEnd, PoolEnd]
 
 
 def waitables(jobs: Iterable[Job]) -> set[asyncio.Future[Any]]:
     """What to wait on for the unfinished ``jobs``: a batch's task once, not each of its attempts."""
-    return {j.batch if type(j) is LoopEnd else j for j in jobs if not j.done()}  # type: ignore[misc]
+    return {
+        j.batch if type(j) is LoopEnd else j.future if type(j) is PoolEnd else j  # type: ignore[misc]
+        for j in jobs
+        if not j.done()
+    }
 
 
 def _runs_in_loop(the_plan: Plan, t: TaskRow) -> bool:
@@ -239,6 +307,7 @@ class Attempts:
         scheduled, awaited) cost more than a trivial step. Other attempts get a task each.
         """
         in_loop = bool(getattr(self.executor, "in_loop", False))
+        submit = getattr(self.executor, "submit", None)
         jobs: list[Job] = []
         batch: list[tuple[LoopEnd, TaskRow]] = []
         for t in rows:
@@ -246,13 +315,59 @@ class Attempts:
                 end = LoopEnd()
                 batch.append((end, t))
                 jobs.append(end)
-            else:
-                jobs.append(asyncio.create_task(self.run(the_plan, t, tasks, publishes)))
+                continue
+            job = self._submit(submit, the_plan, t, tasks, publishes) if submit is not None else None
+            jobs.append(job if job is not None else asyncio.create_task(self.run(the_plan, t, tasks, publishes)))
         if batch:
             runner = asyncio.create_task(self._run_in_loop(the_plan, batch, tasks, publishes))
             for end, _t in batch:
                 end.batch = runner
         return jobs
+
+    def _submit(
+        self, submit: Callable[..., Any], the_plan: Plan, t: TaskRow, tasks: dict[str, TaskRow], publishes: bool
+    ) -> PoolEnd | None:
+        """Hand a Python step on values to the pool's ``submit`` (no asyncio task); None for the
+        attempts that go through :meth:`run` (other kinds of steps, steps that need a work directory)."""
+        pt = the_plan.task(t.planned_id)
+        if the_plan.pipeline.step(pt.step).kind != "python":
+            return None
+        base = self.workdirs.attempt_base(t)
+        try:
+            got = self.workdirs.values(base, the_plan, pt, tasks)
+        except Exception:
+            return None  # run() says what went wrong, as for any attempt
+        if got is None:
+            return None
+        log_file, on_message = self._listener(t)
+        try:
+            call = _value_call(the_plan, pt, self.workdirs.attempt_paths(base), got)
+            submitted = submit(PythonCall(run_step, (call,)), on_message, timeout=pt.timeout)
+        except Exception as exc:  # the call could not be made or pickled: it ends now, as run() would end it
+            future: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
+            future.set_exception(exc)
+            submitted = _Ended(future)
+        return PoolEnd(self, submitted, the_plan, t, pt, base, got, log_file, publishes)
+
+    def ended(self, job: PoolEnd) -> Done:
+        """The end of an attempt handed to a pool, from its call's future (done): what :meth:`run`
+        makes of the same result or error."""
+        the_plan, t, pt, base, got, log_file = job.the_plan, job.t, job.pt, job.base, job.got, job.log_file
+        future = job.submitted.future
+        try:
+            result: StepResult = future.result()
+            d = self._succeeded(the_plan, t, pt, result, log_file, got, True, job.publishes)
+        except asyncio.CancelledError:
+            log_file.write("cancelled\n")
+            shutil.rmtree(base, ignore_errors=True)
+            raise
+        except Exception as exc:
+            d = self._failed(t, pt, exc, log_file)
+        finally:
+            log_file.close()
+        # Removed once recorded, if the step made it (see run()).
+        d.work_base = base
+        return d
 
     async def _run_in_loop(
         self, the_plan: Plan, batch: list[tuple[LoopEnd, TaskRow]], tasks: dict[str, TaskRow], publishes: bool
@@ -280,11 +395,8 @@ class Attempts:
         d.work_base = base
         return d
 
-    async def _attempt(
-        self, base: str, the_plan: Plan, t: TaskRow, tasks: dict[str, TaskRow], publishes: bool = True
-    ) -> Done:
-        pt = the_plan.task(t.planned_id)
-        step = the_plan.pipeline.step(pt.step)
+    def _listener(self, t: TaskRow) -> tuple[TaskLog, OnMessage]:
+        """An attempt's log file and the ``on_message`` that fills it and notes its progress."""
         # The log file (and its Path) is made with the first line: most tasks log nothing.
         log_file = TaskLog(self.workdirs.log_file(t.id))
 
@@ -294,6 +406,14 @@ class Attempts:
             elif isinstance(msg, LogMessage):
                 log_file.write(msg.line.rstrip("\n") + "\n")
 
+        return log_file, on_message
+
+    async def _attempt(
+        self, base: str, the_plan: Plan, t: TaskRow, tasks: dict[str, TaskRow], publishes: bool = True
+    ) -> Done:
+        pt = the_plan.task(t.planned_id)
+        step = the_plan.pipeline.step(pt.step)
+        log_file, on_message = self._listener(t)
         try:
             got = self.workdirs.values(base, the_plan, pt, tasks)
             if got is None and os.path.exists(base):
@@ -304,27 +424,46 @@ class Attempts:
                 await asyncio.to_thread(shutil.rmtree, base, True)
             call, got, in_memory = self._call(base, the_plan, pt, tasks, got)
             result = await self._run_step(step, call, on_message, pt, t)
-            outputs = [self.workdirs.keep_output(o) for o in result.outputs]
-            # Most tasks log nothing: then there is no log file to keep or remove.
-            logged = log_file.path if log_file.used else None
-            d = Done(t, pt, TaskStatus.SUCCEEDED, outputs=outputs, key=t.key, log_path=logged, inputs=got.inputs)
-            if publishes:
-                d.publish = publish_plan(the_plan, pt, outputs)
-            d.unsynced = in_memory and any(o.inline is None for o in outputs)
-            return d
+            return self._succeeded(the_plan, t, pt, result, log_file, got, in_memory, publishes)
         except asyncio.CancelledError:
             log_file.write("cancelled\n")
             raise
-        except (StepFailed, Cancelled, InvalidPipeline) as exc:
-            tb = exc.detail.get("traceback") if isinstance(exc.detail, dict) else None
-            return self.failure(t, pt, exc.message, tb, log_file.path, failure_kind(exc))
-        except DatamillError as exc:
-            return self.failure(t, pt, exc.message, None, log_file.path, "error")
-        except Exception as exc:  # a bug in materialising inputs or storing outputs
-            log.exception("task %s failed outside its step", t.id)
-            return self.failure(t, pt, f"{type(exc).__name__}: {exc}", None, log_file.path, "scheduler")
+        except Exception as exc:
+            return self._failed(t, pt, exc, log_file)
         finally:
             log_file.close()
+
+    def _succeeded(
+        self,
+        the_plan: Plan,
+        t: TaskRow,
+        pt: PlannedTask,
+        result: StepResult,
+        log_file: TaskLog,
+        got: Materialized,
+        in_memory: bool,
+        publishes: bool,
+    ) -> Done:
+        """The end of an attempt whose step returned ``result``: its outputs kept."""
+        outputs = [self.workdirs.keep_output(o) for o in result.outputs]
+        # Most tasks log nothing: then there is no log file to keep or remove.
+        logged = log_file.path if log_file.used else None
+        d = Done(t, pt, TaskStatus.SUCCEEDED, outputs=outputs, key=t.key, log_path=logged, inputs=got.inputs)
+        if publishes:
+            d.publish = publish_plan(the_plan, pt, outputs)
+        d.unsynced = in_memory and any(o.inline is None for o in outputs)
+        return d
+
+    def _failed(self, t: TaskRow, pt: PlannedTask, exc: Exception, log_file: TaskLog) -> Done:
+        """The end of an attempt that raised ``exc`` (its step failed, or keeping its outputs did)."""
+        if isinstance(exc, (StepFailed, Cancelled, InvalidPipeline)):
+            tb = exc.detail.get("traceback") if isinstance(exc.detail, dict) else None
+            return self.failure(t, pt, exc.message, tb, log_file.path, failure_kind(exc))
+        if isinstance(exc, DatamillError):
+            return self.failure(t, pt, exc.message, None, log_file.path, "error")
+        # a bug in materialising inputs or storing outputs
+        log.error("task %s failed outside its step", t.id, exc_info=exc)
+        return self.failure(t, pt, f"{type(exc).__name__}: {exc}", None, log_file.path, "scheduler")
 
     async def _run_step(
         self, step: Step, call: StepCall, on_message: OnMessage, pt: PlannedTask, t: TaskRow

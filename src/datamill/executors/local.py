@@ -60,7 +60,7 @@ from .base import Call, Executor, OnMessage, PythonCall, deliver, step_failed
 from .local_wire import Constants, Frames, Outgoing, SharedSets, withdraw
 from .worker import BATCH, CHUNK, MESSAGE, RESULT, SKIP, WorkerState, worker_main
 
-__all__ = ["CHUNK_SECONDS", "MAX_CHUNK", "STEAL_AFTER", "LocalExecutor"]
+__all__ = ["CHUNK_SECONDS", "MAX_CHUNK", "STEAL_AFTER", "LocalExecutor", "Submitted"]
 
 #: a chunk holds about this much work (by the mean duration of its kind of call)
 CHUNK_SECONDS = 0.02
@@ -80,11 +80,12 @@ _EWMA = 0.2
 _FAULT_TAIL = 20_000
 
 
-class _Job:
-    """One call, from :meth:`LocalExecutor.run` to its result: where it goes and who gets its messages."""
+class Submitted:
+    """One call, from :meth:`LocalExecutor.submit` to its result: where it goes and who gets its messages."""
 
     __slots__ = (
         "eager",
+        "executor",
         "future",
         "kind",
         "needs",
@@ -106,9 +107,12 @@ class _Job:
         needs: tuple[int, ...],
         kind: Any,
         timeout: float | None,
+        executor: LocalExecutor,
         sets: tuple[tuple[int, bytes], ...] = (),
     ) -> None:
+        #: the call's result, or its error
         self.future = future
+        self.executor = executor
         self.on_message = on_message
         self.payload = payload
         #: the constants (numbers) its payload names: sent with its chunk to a worker without them
@@ -123,6 +127,13 @@ class _Job:
         self.worker: _Worker | None = None
         self.timer: asyncio.TimerHandle | None = None
         self.requeues = 0
+
+    def cancel(self) -> bool:
+        """Withdraw the call, or stop its worker if it runs; False if it had ended."""
+        if not self.future.cancel():
+            return False
+        self.executor._abandon(self)
+        return True
 
 
 class _Worker:
@@ -164,7 +175,7 @@ class _Worker:
         self.state_path = state_path
         self.state = WorkerState(state_path)
         #: calls sent to it whose outcome is not known yet, in the order it runs them (by seq)
-        self.outstanding: dict[int, _Job] = {}
+        self.outstanding: dict[int, Submitted] = {}
         #: the constants it has been sent (see :mod:`datamill.executors.local_wire`)
         self.known: set[int] = set()
         #: the shared parameter sets it keeps, as it accounts for them itself (see ``SharedSets``)
@@ -202,7 +213,7 @@ class LocalExecutor(Executor):
         self._loop: asyncio.AbstractEventLoop | None = None
         self._ctx: BaseContext | None = None
         self._all: set[_Worker] = set()  # live workers
-        self._queue: deque[_Job] = deque()  # calls not sent to a worker yet
+        self._queue: deque[Submitted] = deque()  # calls not sent to a worker yet
         self._exiting: set[_Worker] = set()  # retired workers whose exit we have not seen yet
         self._closing = False
         self._seq = 0
@@ -291,6 +302,21 @@ class LocalExecutor(Executor):
 
     async def run(self, call: Call, on_message: OnMessage, timeout: float | None = None) -> Any:
         """Run ``call`` on a worker (queued until one takes it); see :meth:`Executor.run`."""
+        job = self.submit(call, on_message, timeout)
+        try:
+            return await job.future
+        except asyncio.CancelledError:
+            self._abandon(job)
+            raise
+
+    def submit(self, call: Call, on_message: OnMessage, timeout: float | None = None) -> Submitted:
+        """Hand ``call`` to the pool without waiting for it: :meth:`run` without a coroutine.
+
+        The returned handle's ``future`` gets the call's result (or error, as :meth:`run` raises
+        it); its ``cancel()`` withdraws the call, or stops its worker if it runs. The scheduler
+        starts thousands of short calls this way: an asyncio task per call, made, scheduled and
+        resumed through a chain of coroutines, cost more than the call's share of the pool's work.
+        """
         if type(call) is not PythonCall:  # the hot path checks the exact type; subclasses go through supports()
             self._check(call)
         assert isinstance(call, PythonCall)
@@ -306,7 +332,7 @@ class LocalExecutor(Executor):
                 error_type=type(exc).__name__,
                 traceback="".join(traceback.format_exception(exc)),
             ) from None
-        job = _Job(loop.create_future(), on_message, payload, needs, _kind(call), timeout, sets)
+        job = Submitted(loop.create_future(), on_message, payload, needs, _kind(call), timeout, self, sets)
         mean = self._durations.get(job.kind)
         job.eager = timeout is not None or mean is None or mean >= CHUNK_SECONDS
         self._queue.append(job)
@@ -316,11 +342,7 @@ class LocalExecutor(Executor):
             # Once for every call made in this turn of the loop: they go out together, in chunks.
             self._dispatch_soon = True
             loop.call_soon(self._dispatch)
-        try:
-            return await job.future
-        except asyncio.CancelledError:
-            self._abandon(job)
-            raise
+        return job
 
     # -- sending work ----------------------------------------------------------------------------
 
@@ -422,7 +444,7 @@ class LocalExecutor(Executor):
             if worker in self._all:
                 self._dispatch()  # it may take more now
 
-    def _withdraw(self, worker: _Worker, jobs: list[_Job]) -> list[_Job]:
+    def _withdraw(self, worker: _Worker, jobs: list[Submitted]) -> list[Submitted]:
         """Take calls back from a worker; those it has not started (they never will), in order."""
         if not jobs:
             return []
@@ -480,7 +502,7 @@ class LocalExecutor(Executor):
 
     # -- a call's end other than its result -------------------------------------------------------
 
-    def _abandon(self, job: _Job) -> None:
+    def _abandon(self, job: Submitted) -> None:
         """The awaiting task was cancelled: withdraw the call, or stop it if it runs."""
         if job.timer is not None:
             job.timer.cancel()
@@ -497,7 +519,7 @@ class LocalExecutor(Executor):
             return
         self._lose(worker, job, None, kill=True)
 
-    def _expire(self, job: _Job) -> None:
+    def _expire(self, job: Submitted) -> None:
         """A call's timeout: stop its worker, unless the call has ended."""
         job.timer = None
         worker = job.worker
@@ -511,12 +533,12 @@ class LocalExecutor(Executor):
         )
         self._lose(worker, job, error, kill=True)
 
-    def _lose(self, worker: _Worker, culprit: _Job | None, error: BaseException | None, *, kill: bool) -> None:
+    def _lose(self, worker: _Worker, culprit: Submitted | None, error: BaseException | None, *, kill: bool) -> None:
         """A worker is gone (or being killed): end the call it ran, requeue the ones it did not."""
         jobs = list(worker.outstanding.values())
         worker.outstanding.clear()
         self._retire(worker, kill=kill)
-        again: list[_Job] = []
+        again: list[Submitted] = []
         for job in jobs:
             if job.timer is not None:
                 job.timer.cancel()
@@ -757,7 +779,7 @@ def _settle(future: asyncio.Future[Any], tag: int, payload: bytes) -> None:
         )
 
 
-def _fail(job: _Job, error: BaseException) -> None:
+def _fail(job: Submitted, error: BaseException) -> None:
     if job.timer is not None:
         job.timer.cancel()
         job.timer = None

@@ -17,6 +17,7 @@ pickled with the number of its step's bytes instead of the bytes.
 * A ``StepCall`` and its items go as one flat tuple under one function (:func:`_step_call`), not as
   three dataclasses and two paths: each class pickled names its module and class, which a pickler
   made per call looks up every time (an import look-up each), and that cost more than the data.
+  A ``StepResult`` comes back the same way (:func:`_step_result`).
 * A step's parameters that pickle big (a lookup table, :data:`SHARED_MIN_BYTES` or more) are a
   *shared set*: pickled once by the parent (the tasks of a step share their plan's mapping), sent
   to a worker once with the first chunk that needs them, and unpickled there once. Unlike
@@ -44,7 +45,7 @@ from typing import Any
 import cloudpickle
 
 from datamill.pipeline.inputs import InputRef
-from datamill.pipeline.runner import ItemInput, StepCall
+from datamill.pipeline.runner import ItemInput, OutputFile, StepCall, StepResult
 
 __all__ = [
     "MAX_CONSTANTS",
@@ -175,9 +176,38 @@ def _rebuild_step_call(number: int | None, state: Any, flat: bool, shared: int |
     return call
 
 
+#: the fields of an output file, in the order :func:`_step_result` sends them
+_OUTPUT_FIELDS = tuple(OutputFile.__dataclass_fields__)
+
+
+def _step_result(result: StepResult) -> tuple[Any, tuple[Any, ...]]:
+    """A ``StepResult`` as one flat tuple (its outputs' fields, paths parsed already): a result
+    pickled as two dataclasses and a path named three classes, which the parent looked up for every
+    result, and that cost more than the rest of a trivial task's result."""
+    if not all(type(o) is OutputFile for o in result.outputs):
+        return result.__reduce_ex__(pickle.HIGHEST_PROTOCOL)  # type: ignore[return-value]
+    outputs = tuple(tuple([_flat_path(v) if n == "path" else v for n, v in o.__dict__.items()]) for o in result.outputs)
+    return _rebuild_step_result, (outputs, result.seconds)
+
+
+def _rebuild_step_result(outputs: tuple[tuple[Any, ...], ...], seconds: float) -> StepResult:
+    """Parent side: the ``StepResult`` again (see :func:`_step_result`)."""
+    files = []
+    for flat in outputs:
+        o = object.__new__(OutputFile)
+        state = dict(zip(_OUTPUT_FIELDS, flat, strict=True))
+        state["path"] = _unflat_path(state["path"])
+        o.__dict__.update(state)
+        files.append(o)
+    result = object.__new__(StepResult)
+    result.__dict__.update(outputs=tuple(files), seconds=seconds)
+    return result
+
+
 _TABLE: dict[type, Any] = dict(copyreg.dispatch_table)
 _TABLE[PosixPath] = _path
 _TABLE[PurePosixPath] = _path
+_TABLE[StepResult] = _step_result
 _CALL_TABLE = dict(_TABLE)
 _CALL_TABLE[StepCall] = _step_call
 
