@@ -594,7 +594,7 @@ def step_links(conn: Connection, run_id: int) -> tuple[list[str], list[tuple[str
         found = conn.execute(
             select(Task.planned_id, Task.step).where(Task.run_id == run_id, Task.planned_id.in_(wanted[i : i + 500]))
         )
-        step_of.update({planned: step for planned, step in found.tuples()})
+        step_of.update({planned: step for planned, step in found})
     edges = {(step_of[d], step) for step, ds in deps for d in ds or [] if d in step_of and step_of[d] != step}
     return order, sorted(edges)
 
