@@ -14,7 +14,7 @@ hashes the parameters themselves, as it always did, so keys recorded before are 
 from __future__ import annotations
 
 import json
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Iterator, Mapping
 from typing import Any
 
 import blake3
@@ -99,12 +99,17 @@ def _write(conn: Connection, texts: Mapping[str, str]) -> None:
     conn.execute(dialect.insert(ParamSet).on_conflict_do_nothing(index_elements=["digest"]), new)
 
 
+def _in_batches(digests: Iterable[str | None]) -> Iterator[list[str]]:
+    """The distinct digests of ``digests`` (Nones skipped), sorted, :data:`DIGESTS_PER_QUERY` at a time."""
+    wanted = sorted({d for d in digests if d})
+    for i in range(0, len(wanted), DIGESTS_PER_QUERY):
+        yield wanted[i : i + DIGESTS_PER_QUERY]
+
+
 def load_digests(conn: Connection, digests: Iterable[str]) -> list[str]:
     """Which of ``digests`` the ``params`` table has."""
-    wanted = sorted(set(digests))
     out: list[str] = []
-    for i in range(0, len(wanted), DIGESTS_PER_QUERY):
-        some = wanted[i : i + DIGESTS_PER_QUERY]
+    for some in _in_batches(digests):
         out += conn.execute(select(ParamSet.digest).where(ParamSet.digest.in_(some))).scalars()
     return out
 
@@ -114,10 +119,8 @@ def load(conn: Connection, digests: Iterable[str | None]) -> dict[str, dict[str,
 
     Tasks that share a set share the one dict: callers read it, never change it.
     """
-    wanted = sorted({d for d in digests if d})
     out: dict[str, dict[str, Any]] = {}
-    for i in range(0, len(wanted), DIGESTS_PER_QUERY):
-        some = wanted[i : i + DIGESTS_PER_QUERY]
+    for some in _in_batches(digests):
         for digest, text in conn.execute(select(ParamSet.digest, ParamSet.data).where(ParamSet.digest.in_(some))):
             out[digest] = decode(text)
     return out

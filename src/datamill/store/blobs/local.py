@@ -176,8 +176,11 @@ class LocalBlobStore(BlobStore):
 
     def path_of(self, digest: str) -> Path:
         """Where the bytes of ``digest`` live on disk."""
-        h = check_digest(digest)
-        return Path(f"{self._root}/{h[:2]}/{h[2:4]}/{h}")  # one parse, not one per part
+        return Path(self._file_name(check_digest(digest)))  # one parse, not one per part
+
+    def _file_name(self, h: str) -> str:
+        """The file of the blob whose digest's hex is ``h``, as a string (the store's one layout rule)."""
+        return f"{self._root}/{h[:2]}/{h[2:4]}/{h}"
 
     def writer(
         self, expected_digest: str | None = None, expected_size: int | None = None, durable: bool = True
@@ -206,7 +209,7 @@ class LocalBlobStore(BlobStore):
         # The digest was made here: its path is built as a string, without path_of's check and Path
         # (a stream writes thousands of small blobs a second, each on a worker thread that needs the GIL).
         h = digest[len(ALGORITHM) + 1 :]
-        final = f"{self._root}/{h[:2]}/{h[2:4]}/{h}"
+        final = self._file_name(h)
         try:
             fd = _create(final, self._root, h)
         except FileExistsError:
@@ -337,8 +340,7 @@ class LocalBlobStore(BlobStore):
 
     def local_file(self, digest: str) -> str | None:
         # Checked as a string: a Path's is_file costs several times the stat (a task asks per item).
-        h = check_digest(digest)
-        path = f"{self._root}/{h[:2]}/{h[2:4]}/{h}"
+        path = self._file_name(check_digest(digest))
         return path if os.path.isfile(path) else None
 
     def delete(self, digest: str) -> None:
