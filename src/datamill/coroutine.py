@@ -18,6 +18,9 @@ from typing import Any, TypeVar
 
 T = TypeVar("T")
 
+#: how often the waiting caller's thread runs Python code, so that an interrupt reaches it
+SIGNAL_CHECK_SECONDS = 0.25
+
 
 def run_to_end(coro: Coroutine[Any, Any, T]) -> T:
     """``coro``'s result (or its exception), run on a new event loop; see the module's docstring."""
@@ -60,7 +63,10 @@ def _run_in_a_thread(coro: Coroutine[Any, Any, T]) -> T:
     thread = threading.Thread(target=target, name="datamill-coroutine", daemon=True)
     try:
         thread.start()  # in the block: an interrupt just after it still cancels the coroutine
-        done.wait()
+        # In turns: a signal the kernel gave another thread interrupts no wait, and Python runs its
+        # handler (KeyboardInterrupt) only when this thread next runs Python code.
+        while not done.wait(SIGNAL_CHECK_SECONDS):
+            pass
     except KeyboardInterrupt:
         if thread.ident is None:  # interrupted before it started: nothing runs
             coro.close()
