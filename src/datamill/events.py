@@ -15,7 +15,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import functools
-import json
 import logging
 import os
 import select as io_select
@@ -29,11 +28,10 @@ from enum import StrEnum
 from pathlib import Path
 from typing import Any
 
-import orjson
 from sqlalchemy import Connection, func, select, text
 
 from datamill.db.database import EVENT_FACTS, LAST_SEQ, LOG_LOCK_KEY, LOG_LOCKED, UNKNOWN_SEQ, Database, family
-from datamill.db.models import Event
+from datamill.db.models import Event, json_text
 from datamill.records import EventRecord
 
 NOTIFY_CHANNEL = "datamill_events"
@@ -210,12 +208,8 @@ def _parse_note(payload: str) -> tuple[int, set[str] | None] | None:
     return int(seq), ({f for f in families.split(",") if f} if families else None)
 
 
-def _json(data: dict[str, Any]) -> str:
-    """An event's data as JSON text (what the ``data`` column's type would bind)."""
-    try:
-        return orjson.dumps(data, option=orjson.OPT_NON_STR_KEYS).decode()
-    except TypeError:  # what orjson refuses (an int beyond 64 bits, ...) the json module may say
-        return json.dumps(data)
+#: An event's data as JSON text (what the ``data`` column's type would bind).
+_json = json_text
 
 
 def append_many(conn: Connection, rows: Iterable[dict[str, Any]]) -> int:

@@ -7,8 +7,10 @@ Migrations in ``db/migrations`` must match these models; ``tests/test_migrations
 
 from __future__ import annotations
 
+import json
 from typing import Any
 
+import orjson
 from sqlalchemy import (
     JSON,
     BigInteger,
@@ -26,6 +28,18 @@ from sqlalchemy.dialects.postgresql import JSONB
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 
 JSONType = JSON().with_variant(JSONB(), "postgresql")
+
+
+def json_text(data: Any) -> str:
+    """``data`` as the JSON text a :data:`JSONType` column holds, for statements run by the driver
+    (PostgreSQL: bound as ``CAST(%s AS jsonb)``). Callers pass values already checked for JSON
+    (no NaN: orjson would write null where the json module refuses)."""
+    try:
+        return orjson.dumps(data, option=orjson.OPT_NON_STR_KEYS).decode()
+    except TypeError:  # what orjson refuses (an int beyond 64 bits, ...) the json module may say
+        return json.dumps(data)
+
+
 # SQLite only auto-increments an INTEGER PRIMARY KEY; PostgreSQL gets a 64-bit identity.
 BigId = BigInteger().with_variant(Integer(), "sqlite")
 

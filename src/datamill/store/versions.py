@@ -15,11 +15,11 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from sqlalchemy import Connection, Row, insert, select, update
+from sqlalchemy import Connection, Row, select, update
 from sqlalchemy.exc import IntegrityError
 
 from datamill import events
-from datamill.db.models import Item, Version
+from datamill.db.models import Item, json_text
 from datamill.store.access import Actor
 from datamill.store.blobs import BlobInfo, BlobStore
 from datamill.store.garbage import hold_blobs
@@ -103,39 +103,33 @@ def _write(
     metas = {n.name: {**meta, **n.metadata} if n.metadata else meta for n in new}
     item_ids, numbers, created = _bump_items(conn, frow.id, names, metas, now)
     ctypes = {n.name: n.content_type or guess_content_type(n.name) for n in new}
-    vids = (
-        conn.execute(
-            insert(Version).returning(Version.id, sort_by_parameter_order=True),
+    # A run's names are distinct (_distinct_runs), so are its items: each new version is found by its item.
+    vid_of = dict(
+        _insert_returning(
+            conn,
+            _VERSION_SQL,
             [
-                {
-                    "item_id": item_ids[n.name],
-                    "number": numbers[n.name],
-                    "digest": n.blob.digest,
-                    "size": n.blob.size,
-                    "content_type": ctypes[n.name],
-                    "created_by": actor.id,
-                    "created_via": created_via,
-                    "run_id": run_id,
-                    "task_id": task_id,
-                    "created_at": now,
-                }
+                (item_ids[n.name], numbers[n.name], n.blob.digest, n.blob.size, ctypes[n.name], actor.id,
+                 created_via, run_id, task_id, now)
                 for n in new
             ],
+            "item_id, id",
         )
-        .scalars()
-        .all()
-    )
-    events.append_many(
+    )  # fmt: skip
+    vids = [vid_of[item_ids[n.name]] for n in new]
+    events.append_rows(
         conn,
         [
-            {
-                "kind": "item.created" if n.name in created else "item.updated",
-                "actor_id": actor.id,
-                "folder_id": frow.id,
-                "item_id": item_ids[n.name],
-                "run_id": run_id,
-                "task_id": task_id,
-                "data": {
+            (
+                now,
+                "item.created" if n.name in created else "item.updated",
+                actor.id,
+                frow.id,
+                item_ids[n.name],
+                run_id,
+                task_id,
+                None,
+                {
                     "folder": frow.path,
                     "name": n.name,
                     "version": numbers[n.name],
@@ -143,8 +137,7 @@ def _write(
                     "digest": n.blob.digest,
                     "size": n.blob.size,
                 },
-                "ts": now,
-            }
+            )
             for n, vid in zip(new, vids, strict=True)
         ],
     )
@@ -185,20 +178,13 @@ def _bump_items(
             break
         try:
             with conn.begin_nested():
-                rows = conn.execute(
-                    insert(Item).returning(Item.id, Item.name, sort_by_parameter_order=True),
-                    [
-                        {
-                            "folder_id": folder_id,
-                            "name": n,
-                            "metadata": metas[n],  # executemany binds column keys, not attribute names
-                            "current_version": 1,
-                            "created_at": now,
-                            "updated_at": now,
-                        }
-                        for n in fresh
-                    ],
-                ).all()
+                rows = _insert_returning(
+                    conn,
+                    _ITEM_SQL,
+                    [(folder_id, n, json_text(metas[n]), 1, now, now) for n in fresh],
+                    "id, name",
+                    json_at=2,
+                )
         except IntegrityError:
             # Another writer created some of them between our look-up and insert (PostgreSQL
             # only): those get a next version instead.
@@ -220,6 +206,39 @@ def _bump_items(
             .returning(Item.current_version)
         ).scalar_one()
     return item_ids, numbers, created
+
+
+#: The rows :func:`write_versions` inserts, run by the driver with plain tuples (``?`` marks): SQLAlchemy's
+#: per-row work (parameter dicts, bind processors, and on SQLite one statement per row, as a batch
+#: returning ids in order has no sentinel there) cost more than the database for a batch of small files.
+_ITEM_SQL = "INSERT INTO items (folder_id, name, metadata, current_version, created_at, updated_at)"
+_VERSION_SQL = (
+    "INSERT INTO versions (item_id, number, digest, size, content_type, created_by, created_via, run_id, task_id, "
+    "created_at)"
+)
+#: Rows per statement (10 values a row at most: far below SQLite's 32,766 variables and PostgreSQL's 65,535).
+ROWS_PER_STATEMENT = 500
+
+
+def _insert_returning(
+    conn: Connection, head: str, rows: list[tuple[Any, ...]], returning: str, json_at: int | None = None
+) -> list[tuple[Any, ...]]:
+    """``head VALUES (...), (...) RETURNING returning`` for ``rows``, :data:`ROWS_PER_STATEMENT` a statement;
+    the returned rows in no promised order (callers match them by a key). ``json_at``: the index of a
+    JSON column, its values given as :func:`~datamill.db.models.json_text`."""
+    if not rows:
+        return []
+    mark = "?" if conn.dialect.paramstyle == "qmark" else "%s"
+    marks = [mark] * len(rows[0])
+    if json_at is not None and conn.dialect.name == "postgresql":
+        marks[json_at] = f"CAST({mark} AS jsonb)"
+    one = "(" + ", ".join(marks) + ")"
+    out: list[tuple[Any, ...]] = []
+    for i in range(0, len(rows), ROWS_PER_STATEMENT):
+        some = rows[i : i + ROWS_PER_STATEMENT]
+        sql = f"{head} VALUES {', '.join([one] * len(some))} RETURNING {returning}"
+        out += [tuple(r) for r in conn.exec_driver_sql(sql, tuple(v for r in some for v in r))]
+    return out
 
 
 def _existing(conn: Connection, folder_id: int, names: list[str]) -> dict[str, tuple[int, Any]]:
