@@ -15,9 +15,8 @@ from collections.abc import Iterable
 from typing import Any
 
 from sqlalchemy import Connection, delete, select
-from sqlalchemy.dialects.postgresql import insert as pg_insert
-from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 
+from datamill.db.bulk import insert_rows
 from datamill.db.database import Database
 from datamill.db.models import Blob, Task, TaskOutput, Version
 from datamill.errors import BlobNotFound
@@ -32,10 +31,9 @@ BLOB_REFERRERS: list[Any] = [Version.digest, TaskOutput.digest, Task.log_digest]
 RELEASE_BATCH = 500
 
 
-def _record(conn: Connection, rows: list[dict[str, Any]]) -> None:
-    """Insert blob rows, leaving the ones already there as they are."""
-    ins = pg_insert(Blob) if conn.dialect.name == "postgresql" else sqlite_insert(Blob)
-    conn.execute(ins.on_conflict_do_nothing(index_elements=["digest"]), rows)
+def _record(conn: Connection, rows: list[tuple[str, int, float]]) -> None:
+    """Insert blob rows ``(digest, size, created_at)``, leaving the ones already there as they are."""
+    insert_rows(conn, "INSERT INTO blobs (digest, size, created_at)", rows, " ON CONFLICT (digest) DO NOTHING")
 
 
 def hold_blobs(conn: Connection, store: BlobStore, blobs: Iterable[BlobInfo]) -> None:
@@ -54,7 +52,12 @@ def hold_blobs(conn: Connection, store: BlobStore, blobs: Iterable[BlobInfo]) ->
     missing = digests
     for _ in range(3):
         # Usually one round; another only when a release deleted a row between the two statements.
-        _record(conn, [{"digest": d, "size": wanted[d].size, "created_at": now} for d in missing])
+        _record(conn, [(d, wanted[d].size, now) for d in missing])
+        if conn.dialect.name == "sqlite":
+            # From its insert on (at the latest), the transaction holds SQLite's one write lock until
+            # it commits: no release deletes a row in between, so every row is there and held.
+            missing = []
+            break
         held: set[str] = set()
         for i in range(0, len(missing), RELEASE_BATCH):
             chunk = missing[i : i + RELEASE_BATCH]
@@ -119,7 +122,7 @@ def release_blobs(db: Database, store: BlobStore, digests: Iterable[str]) -> int
 def discard_upload(db: Database, store: BlobStore, blob: BlobInfo) -> None:
     """Remove the bytes of an upload that was not recorded, unless something refers to them."""
     with db.write() as conn:
-        _record(conn, [{"digest": blob.digest, "size": blob.size, "created_at": time.time()}])
+        _record(conn, [(blob.digest, blob.size, time.time())])
     release_blobs(db, store, [blob.digest])
 
 

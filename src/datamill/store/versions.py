@@ -19,6 +19,7 @@ from sqlalchemy import Connection, Row, select, update
 from sqlalchemy.exc import IntegrityError
 
 from datamill import events
+from datamill.db.bulk import insert_rows
 from datamill.db.models import Item, json_text
 from datamill.store.access import Actor
 from datamill.store.blobs import BlobInfo, BlobStore
@@ -105,7 +106,7 @@ def _write(
     ctypes = {n.name: n.content_type or guess_content_type(n.name) for n in new}
     # A run's names are distinct (_distinct_runs), so are its items: each new version is found by its item.
     vid_of = dict(
-        _insert_returning(
+        insert_rows(
             conn,
             _VERSION_SQL,
             [
@@ -113,7 +114,7 @@ def _write(
                  created_via, run_id, task_id, now)
                 for n in new
             ],
-            "item_id, id",
+            " RETURNING item_id, id",
         )
     )  # fmt: skip
     vids = [vid_of[item_ids[n.name]] for n in new]
@@ -178,12 +179,12 @@ def _bump_items(
             break
         try:
             with conn.begin_nested():
-                rows = _insert_returning(
+                rows = insert_rows(
                     conn,
                     _ITEM_SQL,
                     [(folder_id, n, json_text(metas[n]), 1, now, now) for n in fresh],
-                    "id, name",
-                    json_at=2,
+                    " RETURNING id, name",
+                    json_at=(2,),
                 )
         except IntegrityError:
             # Another writer created some of them between our look-up and insert (PostgreSQL
@@ -208,37 +209,12 @@ def _bump_items(
     return item_ids, numbers, created
 
 
-#: The rows :func:`write_versions` inserts, run by the driver with plain tuples (``?`` marks): SQLAlchemy's
-#: per-row work (parameter dicts, bind processors, and on SQLite one statement per row, as a batch
-#: returning ids in order has no sentinel there) cost more than the database for a batch of small files.
+#: The rows :func:`write_versions` inserts, by the driver (:func:`~datamill.db.bulk.insert_rows`).
 _ITEM_SQL = "INSERT INTO items (folder_id, name, metadata, current_version, created_at, updated_at)"
 _VERSION_SQL = (
     "INSERT INTO versions (item_id, number, digest, size, content_type, created_by, created_via, run_id, task_id, "
     "created_at)"
 )
-#: Rows per statement (10 values a row at most: far below SQLite's 32,766 variables and PostgreSQL's 65,535).
-ROWS_PER_STATEMENT = 500
-
-
-def _insert_returning(
-    conn: Connection, head: str, rows: list[tuple[Any, ...]], returning: str, json_at: int | None = None
-) -> list[tuple[Any, ...]]:
-    """``head VALUES (...), (...) RETURNING returning`` for ``rows``, :data:`ROWS_PER_STATEMENT` a statement;
-    the returned rows in no promised order (callers match them by a key). ``json_at``: the index of a
-    JSON column, its values given as :func:`~datamill.db.models.json_text`."""
-    if not rows:
-        return []
-    mark = "?" if conn.dialect.paramstyle == "qmark" else "%s"
-    marks = [mark] * len(rows[0])
-    if json_at is not None and conn.dialect.name == "postgresql":
-        marks[json_at] = f"CAST({mark} AS jsonb)"
-    one = "(" + ", ".join(marks) + ")"
-    out: list[tuple[Any, ...]] = []
-    for i in range(0, len(rows), ROWS_PER_STATEMENT):
-        some = rows[i : i + ROWS_PER_STATEMENT]
-        sql = f"{head} VALUES {', '.join([one] * len(some))} RETURNING {returning}"
-        out += [tuple(r) for r in conn.exec_driver_sql(sql, tuple(v for r in some for v in r))]
-    return out
 
 
 def _existing(conn: Connection, folder_id: int, names: list[str]) -> dict[str, tuple[int, Any]]:
