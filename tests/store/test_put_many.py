@@ -89,3 +89,34 @@ def test_put_many_writes_new_small_blobs_in_place_and_repairs_a_half_written_one
     assert blobs.read(digest_bytes(b"aaaa")) == b"aaaa"
     assert blobs.read(digest_bytes(b"bbbb")) == b"bbbb"  # replaced, not trusted
     assert list(blobs.own_tmp_dir().glob("upload-*")) == []
+
+
+def test_put_many_over_several_statements_matches_each_version_to_its_item(home: Home) -> None:
+    """More rows than one multi-row statement takes (500), new and existing items mixed: every returned
+    version, version row, item metadata and event names the right item and bytes."""
+    a = home.admin
+    home.store.create_folder(a, "many")
+    home.store.put_many(a, "many", [(f"old{i}", f"old {i}".encode()) for i in range(0, 1203, 7)], {"from": "first"})
+    before = home.events.latest()
+    names = [f"old{i}" if i % 7 == 0 else f"new{i}" for i in range(1203)]
+    out = home.store.put_many(
+        a, "many", [(n, f"v {n}".encode()) for n in names], {"batch": 2}, item_metadata=[{"n": n} for n in names]
+    )
+    assert [v.name for v in out] == names
+    for v in out:
+        assert v.version == (2 if v.name.startswith("old") else 1)
+        stored = home.store.get_version(a, f"many/{v.name}", v.version)
+        assert (stored.version_id, stored.item_id, stored.digest) == (v.version_id, v.item_id, v.digest)
+        assert home.blobs.read(v.digest) == f"v {v.name}".encode()
+    item = home.store.get_item(a, "many/old14")
+    assert item.metadata == {"from": "first", "batch": 2, "n": "old14"}
+    assert home.store.get_item(a, "many/new15").metadata == {"batch": 2, "n": "new15"}
+    by_name = {v.name: v for v in out}
+    events = [e for e in home.events.read(before, limit=5000) if e.kind in ("item.created", "item.updated")]
+    assert len(events) == len(names)
+    for e in events:
+        v = by_name[e.data["name"]]
+        assert (e.item_id, e.data["version_id"], e.data["version"], e.data["digest"]) == (
+            v.item_id, v.version_id, v.version, v.digest,
+        )  # fmt: skip
+        assert e.kind == ("item.updated" if v.name.startswith("old") else "item.created")
