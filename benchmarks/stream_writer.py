@@ -5,7 +5,7 @@
 The prepare threads' work (decode, chunk SHA-512, the blob file) is done before the clock starts, so
 what is timed is the writer's own thread: the transaction, its statements (``stream_files``,
 ``blobs``, ``items``, ``versions``, ``events``, the offsets) and ``syncfs``, on an embedded SQLite
-home (or ``DATABASE_URL``). Prints the thread CPU per file (``time.thread_time``) and the wall time;
+home (or the database at ``DATABASE_URL``). Prints the thread CPU per file (``time.thread_time``) and the wall time;
 with ``--profile``, cProfile's top functions by their own time. Each run uses a fresh home.
 """
 
@@ -43,7 +43,7 @@ class _Ready:
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--files", type=int, default=1000)
-    ap.add_argument("--kb", type=int, default=100, help="KB per file, under 1 MiB (one chunk)")
+    ap.add_argument("--kb", type=int, default=100, help="KB per file (chunks of 1 MiB)")
     ap.add_argument("--batch", type=int, default=100)
     ap.add_argument("--profile", action="store_true")
     a = ap.parse_args()
@@ -59,11 +59,13 @@ def main() -> None:
                 msgs.append(Message(0, len(msgs), value))
         env = {"DATAMILL_DATABASE_URL": os.environ["DATABASE_URL"]} if "DATABASE_URL" in os.environ else {}
         home = Home(load_settings(environ=env, home=str(root / "home"), demo=False))
-        home.store.create_folder(home.admin, "Landed")
+        # Names of this run's own: a PostgreSQL database may hold earlier runs.
+        dest, name = f"Landed{os.getpid()}", f"w{os.getpid()}"
+        home.store.create_folder(home.admin, dest)
         info = Dataflows(home.db).create(
-            home.admin, "w", {"kind": "stream", "topic": "t", "destination": "Landed", "broker": {"bootstrap": "h:1"}}
+            home.admin, name, {"kind": "stream", "topic": "t", "destination": dest, "broker": {"bootstrap": "h:1"}}
         )
-        stager = Stager(home, Target(info.id, "w", "t", "Landed", home.admin))
+        stager = Stager(home, Target(info.id, name, "t", dest, home.admin))
         batches = [msgs[i : i + a.batch] for i in range(0, len(msgs), a.batch)]
         ready = [_Ready(b, home.blobs) for b in batches]
         prof = cProfile.Profile() if a.profile else None
