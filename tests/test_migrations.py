@@ -150,3 +150,51 @@ def test_0015_moves_task_params_to_their_own_table_without_loss(db_url: str) -> 
         assert back == _OLD_PARAMS
     finally:
         db.dispose()
+
+
+def test_sqlite_tables_copied_by_a_migration_keep_the_rows_that_refer_to_them(db_url: str) -> None:
+    """On SQLite a migration that drops a column copies the table and drops the old one; with foreign
+    keys on that deleted every row referring to it (``ON DELETE CASCADE``). 0013's downgrade copies
+    ``runs``: its tasks, their inputs and outputs must all still be there, and again after upgrading."""
+    db = Database(db_url)
+    try:
+        _migrate_to(db, "0013_rerun")
+        with db.write() as conn:
+            conn.execute(
+                text(
+                    "INSERT INTO runs (id, pipeline_ref, pipeline_name, status, requested_at, reason, force, params, "
+                    "executor, inputs, cancel_requested, skip_failed) VALUES (1, 'p.py:p', 'p', 'succeeded', 0, '', "
+                    "false, '{}', 'inline', '[]', false, false)"
+                )
+            )
+            conn.execute(
+                text(
+                    "INSERT INTO tasks (id, run_id, planned_id, step, step_code, status, attempts, max_attempts, "
+                    "progress, message, deps, params, queued_at) VALUES "
+                    "(1, 1, 's[0]', 's', 'py:x', 'succeeded', 1, 1, 1.0, '', '[]', '{}', 0)"
+                )
+            )
+            conn.execute(
+                text(
+                    "INSERT INTO task_outputs (task_id, name, digest, size, content_type, codec) "
+                    "VALUES (1, 'return.txt', 'blake3:00', 1, 'text/plain', '')"
+                )
+            )
+
+        def counts() -> tuple[int, int, int]:
+            with db.read() as conn:
+                return (
+                    conn.execute(text("SELECT count(*) FROM runs")).scalar_one(),
+                    conn.execute(text("SELECT count(*) FROM tasks")).scalar_one(),
+                    conn.execute(text("SELECT count(*) FROM task_outputs")).scalar_one(),
+                )
+
+        _migrate_to(db, "0012_scale", down=True)
+        assert counts() == (1, 1, 1)
+        db.migrate()
+        assert counts() == (1, 1, 1)
+        with db.read() as conn:  # and the connection handed back enforces foreign keys again
+            on = conn.exec_driver_sql("PRAGMA foreign_keys").scalar() if db.is_sqlite else 1
+        assert on == 1
+    finally:
+        db.dispose()
