@@ -138,7 +138,8 @@ def _value_call(
     new_call: Callable[..., StepCall] = _MADE_CALL if made else StepCall
 
     def item(ref: InputRef) -> ItemInput:
-        return new_item(ref=ref, path=files.get(ref.path), source=sources.get(ref.path))
+        at = ref.path  # a property that formats a string: once
+        return new_item(ref=ref, path=files.get(at), source=sources.get(at))
 
     ref = the_plan.pipeline.ref
     ups = got.upstream
