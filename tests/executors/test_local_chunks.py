@@ -329,42 +329,8 @@ def test_shared_sets_keep_the_last_used_within_their_bounds() -> None:
     assert parent.use(999, 0) == (True, [])
 
 
-def test_big_step_parameters_go_to_each_worker_once(pool: Any, tmp_path: Path) -> None:
-    """Many calls of a step with one big parameter mapping: each worker is sent it once at most."""
-    from datamill.pipeline.inputs import InputRef
-    from datamill.pipeline.runner import ItemInput, StepCall, run_step
-    from tests.engine.pipelines import ref
-
-    params = dict(BIG_PARAMS)
-    calls = []
-    for i in range(24):
-        path = tmp_path / f"i{i:03}.txt"
-        path.write_text(f"item {i}")
-        item = InputRef(1, 2, "raw", path.name, 1, "blake3:" + "ab" * 32, 6, "text/plain", {})
-        out = tmp_path / f"out{i}"
-        calls.append(
-            StepCall(
-                step="look_up",
-                output_dir=out / "o",
-                scratch_dir=out / "s",
-                pipeline_ref=ref("lookups"),
-                params=params,
-                item=ItemInput(item, path),
-                in_memory=True,
-            )
-        )
-
-    async def scenario() -> list[Any]:
-        return await asyncio.gather(*(pool.executor.run(PythonCall(run_step, (c,)), ignore) for c in calls))
-
-    results = pool.run(scenario())
-    assert [r.outputs[0].data for r in results] == [f"item {i}=entry {i} {'v' * 30}".encode() for i in range(24)]
-    # the parameters and the step's template, once each to each of the (at most) two workers that ran calls
-    assert 2 <= pool.executor.shared_sent <= 4
-
-
 def look_up_calls(tmp_path: Path, tables: list[dict[str, Any]]) -> list[Any]:
-    """One ``look_up`` call per table (each table a parameter mapping of its own: a template each)."""
+    """One ``look_up`` call per entry of ``tables``, its parameter mapping (one template per mapping)."""
     from datamill.pipeline.inputs import InputRef
     from datamill.pipeline.runner import ItemInput, StepCall
     from tests.engine.pipelines import ref
@@ -387,6 +353,21 @@ def look_up_calls(tmp_path: Path, tables: list[dict[str, Any]]) -> list[Any]:
             )
         )
     return calls
+
+
+def test_big_step_parameters_go_to_each_worker_once(pool: Any, tmp_path: Path) -> None:
+    """Many calls of a step with one big parameter mapping: each worker is sent it once at most."""
+    from datamill.pipeline.runner import run_step
+
+    calls = look_up_calls(tmp_path, [dict(BIG_PARAMS)] * 24)  # one mapping for every call
+
+    async def scenario() -> list[Any]:
+        return await asyncio.gather(*(pool.executor.run(PythonCall(run_step, (c,)), ignore) for c in calls))
+
+    results = pool.run(scenario())
+    assert [r.outputs[0].data for r in results] == [f"item {i}=entry {i} {'v' * 30}".encode() for i in range(24)]
+    # the parameters and the step's template, once each to each of the (at most) two workers that ran calls
+    assert 2 <= pool.executor.shared_sent <= 4
 
 
 def test_a_restarted_worker_is_sent_the_template_it_lacks(make_harness: Callable[..., Any], tmp_path: Path) -> None:
