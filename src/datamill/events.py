@@ -25,6 +25,7 @@ import threading
 import time
 from collections.abc import Iterable
 from enum import StrEnum
+from itertools import chain
 from pathlib import Path
 from typing import Any
 
@@ -257,7 +258,7 @@ def append_rows(conn: Connection, rows: list[EventRow]) -> int:
     if len(batch) <= FEW_EVENTS:
         # A few events (a run and its task queued, a task's end): one statement, which on
         # PostgreSQL also sends the notification (one round trip, not three).
-        values = tuple(v for row in batch for v in row)
+        values = tuple(chain.from_iterable(batch))
         if postgres:
             seq, first, _ = conn.exec_driver_sql(
                 _insert_rows_sql(sql, len(batch), True), (*values, NOTIFY_CHANNEL, _families_note(rows))
@@ -273,7 +274,7 @@ def append_rows(conn: Connection, rows: list[EventRow]) -> int:
             for i in range(0, len(batch), 500):
                 some = batch[i : i + 500]
                 conn.exec_driver_sql(
-                    f"{head} VALUES {', '.join([marks] * len(some))}", tuple(v for r in some for v in r)
+                    f"{head} VALUES {', '.join([marks] * len(some))}", tuple(chain.from_iterable(some))
                 )
         else:
             conn.exec_driver_sql(sql, batch)

@@ -265,3 +265,25 @@ def test_the_first_scheduler_takes_older_objects_out_of_full_collections(world: 
     assert frozen > 1000
     asyncio.run(start())  # once per process: a second start freezes nothing more
     assert gc.get_freeze_count() <= frozen  # (fewer if some were freed meanwhile)
+
+
+def test_a_scheduler_process_collects_its_young_objects_less_often() -> None:
+    """The first scheduler of a process raises the youngest generation's threshold from Python's
+    default (a trivial task's objects live as long as hundreds of others are in flight); a threshold
+    the process set itself is kept."""
+    import subprocess
+    import sys
+
+    from datamill.engine.scheduler import YOUNG_COLLECTION_THRESHOLD
+
+    def threshold_after_start(own: str) -> list[int]:
+        code = (
+            f"import gc; {own}; from datamill.engine.scheduler import freeze_long_lived; "
+            "freeze_long_lived(); print(*gc.get_threshold())"
+        )
+        out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
+        return [int(v) for v in out.split()]
+
+    default = threshold_after_start("pass")
+    assert default[0] == YOUNG_COLLECTION_THRESHOLD and default[1:] == [10, 10]
+    assert threshold_after_start("gc.set_threshold(1234, 5, 6)") == [1234, 5, 6]

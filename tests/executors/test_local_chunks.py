@@ -264,9 +264,9 @@ def test_step_calls_cross_the_wire_whole() -> None:
     ]
     numbering = local_wire.Constants()
     for call in calls:
-        payload, _names, _sets = numbering.call(run_step, (call,), {})
+        payload, _names, sets = numbering.call(run_step, (call,), {})
         local_wire.remember(numbering.data)
-        fn, (got,), _kwargs = local_wire.call_parts(payload)
+        fn, (got,), _kwargs = local_wire.call_parts(payload, local_wire.hold(tuple(dict(sets)), dict(sets)))
         assert fn is run_step
         assert got == call and type(got.item) is type(call.item)
         assert type(got.output_dir) is type(call.output_dir) and type(got.scratch_dir) is type(call.scratch_dir)
@@ -292,21 +292,26 @@ def test_big_step_parameters_cross_the_wire_once() -> None:
     small = StepCall(step="s", params={"x": 1}, **dirs)  # type: ignore[arg-type]
     numbering = local_wire.Constants()
     (p1, _n1, sets1), (p2, _n2, sets2) = (numbering.call(run_step, (c,), {}) for c in calls)
-    assert len(sets1) == 1 and sets1 == sets2  # one set, pickled once (the same bytes) for both calls
-    assert len(sets1[0][1]) >= local_wire.SHARED_MIN_BYTES
+    # each call names its step's template (small) and the one parameter set, pickled once (the same
+    # bytes) for both calls
+    big, (t1, template1) = sets1
+    big2, (t2, template2) = sets2
+    assert big == big2 and t1 != t2 and len(big[1]) >= local_wire.SHARED_MIN_BYTES
+    assert len(template1) < 1000 and len(template2) < 1000
     assert len(p1) < 1000  # the payload names the set instead of carrying it
     p3, _n3, sets3 = numbering.call(run_step, (small,), {})
-    assert sets3 == ()
-    (number, data) = sets1[0]
-    first = local_wire.hold((number,), {number: data})  # the chunk that brought it
-    second = local_wire.hold((number,), {})  # a later chunk: the worker keeps it
+    assert len(sets3) == 1 and len(sets3[0][1]) < 1000  # only its template: the parameters are in it
+    (number, data) = big
+    first = local_wire.hold((number, t1), {number: data, t1: template1})  # the chunk that brought it
+    second = local_wire.hold((number, t2), {t2: template2})  # a later chunk: the worker keeps it
     _fn, (got1,), _ = local_wire.call_parts(p1, first)
     _fn, (got2,), _ = local_wire.call_parts(p2, second)
-    _fn, (got3,), _ = local_wire.call_parts(p3)
+    _fn, (got3,), _ = local_wire.call_parts(p3, local_wire.hold(tuple(dict(sets3)), dict(sets3)))
     assert got1.params == BIG_PARAMS and got2.params is got1.params  # unpickled once in this worker
+    assert (got1.step, got2.step, got3.step) == ("s", "t", "s")
     assert got3.params == {"x": 1}
     with pytest.raises(RuntimeError, match="neither sent nor kept"):
-        local_wire.hold((number + 1,), {})
+        local_wire.hold((number + 100,), {})
 
 
 def test_shared_sets_keep_the_last_used_within_their_bounds() -> None:
@@ -324,15 +329,14 @@ def test_shared_sets_keep_the_last_used_within_their_bounds() -> None:
     assert parent.use(999, 0) == (True, [])
 
 
-def test_big_step_parameters_go_to_each_worker_once(pool: Any, tmp_path: Path) -> None:
-    """Many calls of a step with one big parameter mapping: each worker is sent it once at most."""
+def look_up_calls(tmp_path: Path, tables: list[dict[str, Any]]) -> list[Any]:
+    """One ``look_up`` call per entry of ``tables``, its parameter mapping (one template per mapping)."""
     from datamill.pipeline.inputs import InputRef
-    from datamill.pipeline.runner import ItemInput, StepCall, run_step
+    from datamill.pipeline.runner import ItemInput, StepCall
     from tests.engine.pipelines import ref
 
-    params = dict(BIG_PARAMS)
     calls = []
-    for i in range(24):
+    for i, table in enumerate(tables):
         path = tmp_path / f"i{i:03}.txt"
         path.write_text(f"item {i}")
         item = InputRef(1, 2, "raw", path.name, 1, "blake3:" + "ab" * 32, 6, "text/plain", {})
@@ -343,15 +347,78 @@ def test_big_step_parameters_go_to_each_worker_once(pool: Any, tmp_path: Path) -
                 output_dir=out / "o",
                 scratch_dir=out / "s",
                 pipeline_ref=ref("lookups"),
-                params=params,
+                params=table,
                 item=ItemInput(item, path),
                 in_memory=True,
             )
         )
+    return calls
+
+
+def test_big_step_parameters_go_to_each_worker_once(pool: Any, tmp_path: Path) -> None:
+    """Many calls of a step with one big parameter mapping: each worker is sent it once at most."""
+    from datamill.pipeline.runner import run_step
+
+    calls = look_up_calls(tmp_path, [dict(BIG_PARAMS)] * 24)  # one mapping for every call
 
     async def scenario() -> list[Any]:
         return await asyncio.gather(*(pool.executor.run(PythonCall(run_step, (c,)), ignore) for c in calls))
 
     results = pool.run(scenario())
     assert [r.outputs[0].data for r in results] == [f"item {i}=entry {i} {'v' * 30}".encode() for i in range(24)]
-    assert 1 <= pool.executor.shared_sent <= 2  # once to each of the (at most) two workers that ran calls
+    # the parameters and the step's template, once each to each of the (at most) two workers that ran calls
+    assert 2 <= pool.executor.shared_sent <= 4
+
+
+def test_a_restarted_worker_is_sent_the_template_it_lacks(make_harness: Callable[..., Any], tmp_path: Path) -> None:
+    """A step's template goes to a worker once; the worker started in place of a killed one has
+    none, and the next calls of the step bring it along: none is lost or run with another's."""
+    from datamill.pipeline.runner import run_step
+
+    one = make_harness("local", workers=1)
+    params = {"table": {f"i{i:03}": f"entry {i}" for i in range(40)}}
+    calls = look_up_calls(tmp_path, [params] * 40)
+
+    async def scenario() -> tuple[list[Any], int, list[Any]]:
+        ex = one.executor
+        first = await asyncio.gather(*(ex.run(PythonCall(run_step, (c,)), ignore) for c in calls[:20]))
+        sent = ex.shared_sent
+        (old,) = ex.pids
+        os.kill(old, signal.SIGKILL)
+        while ex.pids in ([old], []):  # until the pool has started a worker in its place
+            await asyncio.sleep(0.005)
+        later = await asyncio.gather(*(ex.run(PythonCall(run_step, (c,)), ignore) for c in calls[20:]))
+        return first, sent, later
+
+    first, sent, later = one.run(scenario())
+    want = [f"item {i}=entry {i}".encode() for i in range(40)]
+    assert [r.outputs[0].data for r in first + later] == want
+    assert sent == 1  # the first worker had the template once for its 20 calls
+    assert one.executor.shared_sent == 2  # and the worker that took over was sent it too
+
+
+def test_templates_let_go_are_sent_again(make_harness: Callable[..., Any], tmp_path: Path) -> None:
+    """More templates than a worker keeps: the least recently used is let go (by the worker and by
+    the parent's account of it alike) and sent again with the next call that needs it."""
+    from datamill.executors.local_wire import SHARED_MAX_SETS
+    from datamill.pipeline.runner import run_step
+
+    one = make_harness("local", workers=1)
+    tables = [{"table": {f"i{i:03}": f"entry {i} of table {i}"}} for i in range(SHARED_MAX_SETS + 4)]
+    calls = look_up_calls(tmp_path, tables)
+    (tmp_path / "again").mkdir()
+    again = look_up_calls(tmp_path / "again", [tables[0], tables[-1]])
+
+    async def scenario() -> list[Any]:
+        ex = one.executor
+        # one after the other: each call's template is new to the worker, in this order
+        got = [await ex.run(PythonCall(run_step, (c,)), ignore) for c in calls]
+        got += [await ex.run(PythonCall(run_step, (c,)), ignore) for c in again]
+        return got
+
+    got = one.run(scenario())
+    n = len(tables)
+    assert [r.outputs[0].data for r in got[:n]] == [f"item {i}=entry {i} of table {i}".encode() for i in range(n)]
+    # the first table's template was let go (the last one's is kept): the first goes again
+    assert [r.outputs[0].data for r in got[n:]] == [b"item 0=entry 0 of table 0", b"item 1=?"]
+    assert one.executor.shared_sent == n + 1

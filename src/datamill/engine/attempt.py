@@ -10,6 +10,7 @@ and everything it started. Container steps run on the container executor
 from __future__ import annotations
 
 import asyncio
+import functools
 import logging
 import os
 import shutil
@@ -116,23 +117,33 @@ def _command_failed(step: Step, argv: list[str], exc: StepFailed) -> StepFailed:
     return StepFailed(f"step '{step.name}': {exc.message}", step=step.name)
 
 
-def _value_call(the_plan: Plan, pt: PlannedTask, dirs: tuple[Path, Path], got: Materialized) -> StepCall:
+def _value_call(
+    the_plan: Plan, pt: PlannedTask, dirs: tuple[Path, Path], got: Materialized, made: bool = False
+) -> StepCall:
     """The call that runs ``pt`` on values: its items read from their blob files, linked where named only if asked.
 
     Built here in one go, as :meth:`Plan.step_call` would build it and then set ``in_memory`` and
     the items' sources: that meant parsing every path again and copying the call twice, which cost
     more than a trivial step. ``dirs``: the attempt's output and scratch directories
     (:meth:`WorkDirs.attempt_paths`), made only if the step needs them.
+
+    ``made``: the call and its items are made without their dataclasses' ``__init__`` (what it
+    checks and converts holds by construction here: paths are paths or strings, ``items`` a tuple,
+    the step found by reference or bytes). For the pool, where a call is built, pickled and
+    dropped, and its ``__init__`` cost about as much as its pickling.
     """
     step = the_plan.pipeline.step(pt.step)
     files, sources = got.item_files, got.sources
+    new_item: Callable[..., ItemInput] = _MADE_ITEM if made else ItemInput
+    new_call: Callable[..., StepCall] = _MADE_CALL if made else StepCall
 
     def item(ref: InputRef) -> ItemInput:
-        return ItemInput(ref, files.get(ref.path), sources.get(ref.path))
+        at = ref.path  # a property that formats a string: once
+        return new_item(ref=ref, path=files.get(at), source=sources.get(at))
 
     ref = the_plan.pipeline.ref
     ups = got.upstream
-    return StepCall(
+    return new_call(
         step=step.name,
         output_dir=dirs[0],
         scratch_dir=dirs[1],
@@ -146,6 +157,17 @@ def _value_call(the_plan: Plan, pt: PlannedTask, dirs: tuple[Path, Path], got: M
         task_id=pt.id,
         in_memory=True,
     )
+
+
+def _made(cls: type, **fields: Any) -> Any:
+    """An instance of the frozen dataclass ``cls`` with ``fields`` (all of them), without ``__init__``."""
+    obj: Any = object.__new__(cls)
+    obj.__dict__.update(fields)
+    return obj
+
+
+_MADE_ITEM = functools.partial(_made, ItemInput)
+_MADE_CALL = functools.partial(_made, StepCall)
 
 
 class LoopEnd:
@@ -341,7 +363,7 @@ class Attempts:
             return None
         log_file, on_message = self._listener(t)
         try:
-            call = _value_call(the_plan, pt, self.workdirs.attempt_paths(base), got)
+            call = _value_call(the_plan, pt, self.workdirs.attempt_paths(base), got, made=True)
             submitted = submit(PythonCall(run_step, (call,)), on_message, timeout=pt.timeout)
         except Exception as exc:  # the call could not be made or pickled: it ends now, as run() would end it
             future: asyncio.Future[Any] = asyncio.get_running_loop().create_future()

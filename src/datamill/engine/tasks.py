@@ -12,6 +12,7 @@ import json
 import time
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
+from itertools import chain
 from typing import Any
 
 import orjson
@@ -180,7 +181,8 @@ def _values_sql(conn: Connection, head: str, rows: list[tuple[Any, ...]], tail: 
     for i in range(0, len(rows), ROWS_PER_STATEMENT):
         some = rows[i : i + ROWS_PER_STATEMENT]
         marks = "(" + ", ".join("?" * len(some[0])) + ")"
-        conn.exec_driver_sql(f"{head} VALUES {', '.join([marks] * len(some))}{tail}", tuple(v for r in some for v in r))
+        # chain: flattened in C (a generator's step per value cost ~1 µs a row)
+        conn.exec_driver_sql(f"{head} VALUES {', '.join([marks] * len(some))}{tail}", tuple(chain.from_iterable(some)))
 
 
 def _driver_sql(conn: Connection, sql: str, params: tuple[Any, ...]) -> Any:

@@ -115,8 +115,9 @@ class WorkDirs:
             source = self._local.pop(ref.digest, None) or self.blobs.local_file(ref.digest)
             if source is None:
                 return None
-            got.item_files[ref.path] = link
-            got.sources[ref.path] = source
+            at = ref.path  # a property that formats a string: once
+            got.item_files[at] = link
+            got.sources[at] = source
         for dep in pt.deps:
             up = tasks[dep]
             files = []

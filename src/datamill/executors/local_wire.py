@@ -78,9 +78,13 @@ MAX_CONSTANT_BYTES = 1 << 20
 SHARED_MIN_BYTES = 16 << 10
 #: the shared sets a worker keeps at most, in pickled bytes and in number (the last used ones)
 SHARED_MAX_BYTES = 256 << 20
-SHARED_MAX_SETS = 32
+SHARED_MAX_SETS = 64
 #: the parameter mappings the parent remembers having pickled (the last seen ones)
 _SHARED_MEMO = 16
+#: the calls' templates the parent remembers having pickled (the last used ones), at most so many
+#: and so many pickled bytes; one forgotten and needed again is pickled again under a new number
+_TEMPLATE_MEMO = 64
+_TEMPLATE_MEMO_BYTES = 64 << 20
 
 
 # Python 3.11's pathlib makes a path from parts already parsed without parsing them again; later
@@ -133,9 +137,26 @@ def _item(flat: tuple[Any, ...]) -> ItemInput:
 
 
 def _step_call(call: StepCall) -> tuple[Any, tuple[Any, ...]]:
-    """A ``StepCall`` as one flat tuple of its fields (see the module docstring), its ``step_bytes``
-    as a constant's number when it has them (see :meth:`Constants.call`), and its parameters as a
-    shared set's number when they are big (see :meth:`Constants.share`)."""
+    """A ``StepCall`` as its step's template's number and a flat tuple of what is its own (see the
+    module docstring); failing that (items of a subclass, not ours to flatten), one flat tuple of
+    its fields, its ``step_bytes`` as a constant's number when it has them (see
+    :meth:`Constants.call`), and its parameters as a shared set's number when they are big (see
+    :meth:`Constants.share`)."""
+    flat = all(type(i) is ItemInput and type(i.ref) is InputRef for i in (*call.items, call.item) if i is not None)
+    if flat and _numbering is not None:
+        # Big parameters are a shared set of their own (see share()): steps may share a mapping.
+        params = _numbering.share(call.params) if call.params else None
+        template = _numbering.template(call, params is not None)
+        return _call_from_template, (
+            template,
+            params,
+            _flat_path(call.output_dir),
+            _flat_path(call.scratch_dir),
+            None if call.item is None else _flat_item(call.item),
+            tuple([_flat_item(i) for i in call.items]),
+            call.upstream or None,
+            call.task_id,
+        )
     state = dict(call.__dict__)
     number = shared = None
     if call.step_bytes is not None and _numbering is not None:
@@ -146,7 +167,7 @@ def _step_call(call: StepCall) -> tuple[Any, tuple[Any, ...]]:
         shared = _numbering.share(call.params)
         if shared is not None:
             state["params"] = None
-    if not all(type(i) is ItemInput and type(i.ref) is InputRef for i in (*call.items, call.item) if i is not None):
+    if not flat:
         # not ours to flatten (a subclass): pickled as usual
         if number is None and shared is None:
             return call.__reduce_ex__(pickle.HIGHEST_PROTOCOL)  # type: ignore[return-value]
@@ -173,6 +194,36 @@ def _rebuild_step_call(number: int | None, state: Any, flat: bool, shared: int |
     if shared is not None:
         state["params"] = _shared_set(shared)
     call.__dict__.update(state)
+    return call
+
+
+#: the fields of a ``StepCall`` that are the same for every call of a step in a run (its template's)
+_TEMPLATE_FIELDS = ("step", "pipeline_ref", "step_bytes", "params", "in_memory")
+
+
+def _call_from_template(
+    template: int,
+    params: int | None,
+    output_dir: Any,
+    scratch_dir: Any,
+    item: tuple[Any, ...] | None,
+    items: tuple[tuple[Any, ...], ...],
+    upstream: Mapping[str, Any] | None,
+    task_id: str,
+) -> StepCall:
+    """Worker side: the ``StepCall`` again from its step's template (a shared set the call holds)
+    and its own fields (see :func:`_step_call`); ``params``: the shared set of its big parameters."""
+    call = object.__new__(StepCall)
+    state = call.__dict__
+    state.update(zip(_TEMPLATE_FIELDS, _shared_set(template), strict=True))
+    if params is not None:
+        state["params"] = _shared_set(params)
+    state["output_dir"] = _unflat_path(output_dir)
+    state["scratch_dir"] = _unflat_path(scratch_dir)
+    state["item"] = None if item is None else _item(item)
+    state["items"] = tuple([_item(i) for i in items])
+    state["upstream"] = {} if upstream is None else upstream
+    state["task_id"] = task_id
     return call
 
 
@@ -250,6 +301,41 @@ class Constants:
         self._sets: OrderedDict[int, tuple[Any, int | None, bytes | None]] = OrderedDict()
         self._set_count = 0
         self._used_sets: list[tuple[int, bytes]] = []
+        # Templates of steps' calls pickled lately (see template()), by their fields (the objects
+        # kept, so that their ids are not reused): number of its shared set, and its bytes.
+        self._templates: OrderedDict[tuple[Any, ...], tuple[tuple[Any, ...], int, bytes]] = OrderedDict()
+        self._template_bytes = 0
+
+    def template(self, call: StepCall, shared_params: bool = False) -> int:
+        """The number of the shared set holding ``call``'s template: what every call of its step in
+        its run has alike (the step, how to find it, its parameters; :data:`_TEMPLATE_FIELDS`),
+        pickled once per step and run, sent to a worker once like any shared set, and kept there as
+        one (a worker that lost it, or a new one, is sent it again with the next call that needs it).
+        ``shared_params``: the parameters are a shared set of their own (:meth:`share`), not in it.
+
+        The tasks of a step share their plan's parameter mapping and the pipeline's ``step_bytes``,
+        so the key is by identity for those (the objects are kept with the key). Raises what
+        pickling the template raises (the call then goes by cloudpickle, as a whole).
+        """
+        fields = (call.step, call.pipeline_ref, call.step_bytes, call.params, call.in_memory)
+        key = (call.step, call.pipeline_ref, id(call.step_bytes), id(call.params), call.in_memory)
+        hit = self._templates.get(key)
+        if hit is not None:
+            self._templates.move_to_end(key)
+            n, data = hit[1], hit[2]
+        else:
+            # A plain dict: the plan's mapping may be a read-only view; the worker gets its items.
+            data = dumps((*fields[:3], None if shared_params else dict(fields[3]), fields[4]))
+            n, self._set_count = self._set_count, self._set_count + 1
+            self._templates[key] = (fields, n, data)
+            self._template_bytes += len(data)
+            while len(self._templates) > 1 and (
+                len(self._templates) > _TEMPLATE_MEMO or self._template_bytes > _TEMPLATE_MEMO_BYTES
+            ):
+                _, (_, _, old) = self._templates.popitem(last=False)
+                self._template_bytes -= len(old)
+        self._used_sets.append((n, data))
+        return n
 
     def share(self, params: Mapping[str, Any]) -> int | None:
         """The number of ``params`` as a shared set (pickled once per mapping); None when it is small.
