@@ -98,6 +98,12 @@ class EventKind(StrEnum):
     RUN_CANCEL_REQUESTED = "run.cancel_requested"
     #: a run ended (``data.status``: succeeded, failed or cancelled)
     RUN_FINISHED = "run.finished"
+    #: the scheduler driving an unfinished run stopped gracefully and gave it back (``data.owner``):
+    #: another scheduler takes it over at once
+    RUN_RELEASED = "run.released"
+    #: a run's scheduler asks others to drive it too (``data.owner``): a task it holds has run long
+    #: while others are queued
+    RUN_HELP_WANTED = "run.help_wanted"
     #: a task was recorded, waiting for its inputs or a free executor slot (``task_id``)
     TASK_QUEUED = "task.queued"
     #: a scheduler claimed a task and an executor started it
