@@ -258,7 +258,8 @@ class Scheduler:
 
         A graceful stop (``datamill worker`` on SIGTERM, a server shutting down): once its executors
         have stopped every task it ran, those tasks are requeued (their attempt given back, as when
-        a lease lapses) and each run lease it held is given back with a ``run.released`` event,
+        a lease lapses; not on an executor that cannot stop a call, see :meth:`_leave`) and each
+        run lease it held is given back with a ``run.released`` event,
         which other schedulers wait for: one of them takes the run over at once, not at its next
         look for lapsed leases. Only a scheduler that dies leaves its tasks and runs to the leases.
         """
@@ -569,12 +570,19 @@ class Scheduler:
 
     def _leave(self, leaving: dict[int, bool]) -> None:
         """Hand back the runs :meth:`close` stopped driving (``{run: whether its lease is ours}``):
-        requeue the tasks this scheduler still holds in them (nothing of it runs them any more), and
-        give each run lease back telling other schedulers (:func:`.ownership.hand_back`)."""
+        requeue the tasks this scheduler still holds in them (its executors stopped them), and give
+        each run lease back telling other schedulers (:func:`.ownership.hand_back`).
+
+        An executor that cannot stop a call (:attr:`~datamill.executors.base.Executor.stops_calls`:
+        inline threads, Dask) may still be running one: those tasks are left to their leases, as a
+        dead scheduler's are, so that no task runs twice at once.
+        """
+        requeue = self.executor.stops_calls
         try:
             with self.home.db.write() as conn:
                 for run_id, owned in leaving.items():
-                    leases.requeue_orphans(conn, run_id, self.owner, runs.run_folder_id(conn, run_id))
+                    if requeue:
+                        leases.requeue_orphans(conn, run_id, self.owner, runs.run_folder_id(conn, run_id))
                     if owned:
                         ownership.hand_back(conn, run_id, self.owner)
         except Exception as exc:  # left as a dead scheduler's: its leases lapse
