@@ -355,3 +355,34 @@ def test_big_step_parameters_go_to_each_worker_once(pool: Any, tmp_path: Path) -
     results = pool.run(scenario())
     assert [r.outputs[0].data for r in results] == [f"item {i}=entry {i} {'v' * 30}".encode() for i in range(24)]
     assert 1 <= pool.executor.shared_sent <= 2  # once to each of the (at most) two workers that ran calls
+
+
+def test_late_withdrawals_do_not_pile_up_in_a_worker(make_harness: Callable[..., Any]) -> None:
+    """A call cancelled after its worker finished it (its result not read yet) is withdrawn too late:
+    the worker has claimed it, so the withdrawal can never match again and the worker drops it
+    instead of holding it for its life."""
+    one = make_harness("local", workers=1)
+    rounds = 30
+
+    async def scenario() -> tuple[int, list[bool]]:
+        ex = one.executor
+        await warm_up(ex)
+        cancelled = []
+        for i in range(rounds):
+            job = ex.submit(PythonCall(task, (i,)), ignore)
+            await asyncio.sleep(0)  # the pool sends it: it has its seq now
+            assert job.seq > 0
+            # Without yielding to the loop (which would read the result): wait for the worker to finish it.
+            deadline = time.monotonic() + 120
+            while next(iter(ex.worker_states().values()))[1] < job.seq:
+                assert time.monotonic() < deadline, "the worker never finished the call"
+                time.sleep(0.001)
+            cancelled.append(job.cancel())  # its withdrawal reaches the worker after its claim
+        # The next calls' claims read those withdrawals.
+        assert await asyncio.gather(*(ex.run(PythonCall(task, (i,)), ignore) for i in range(3))) == [0, 1, 2]
+        (held,) = (state[2] for state in ex.worker_states().values())
+        return held, cancelled
+
+    held, cancelled = one.run(scenario())
+    assert cancelled == [True] * rounds  # every one was withdrawn while the pool still waited for it
+    assert held == 0

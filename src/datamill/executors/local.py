@@ -249,6 +249,15 @@ class LocalExecutor(Executor):
         """Process ids of the live workers (for tests and ``datamill status``)."""
         return sorted(w.pid for w in self._all)
 
+    def worker_states(self) -> dict[int, tuple[int, int, int]]:
+        """By live worker's pid, what its state file says: the seq of the call it claimed last, of the
+        one it finished last, and how many withdrawn calls it holds to skip (for tests and diagnostics)."""
+        out: dict[int, tuple[int, int, int]] = {}
+        for worker in self._all:
+            claimed, finished, _ = worker.state.read()
+            out[worker.pid] = (claimed, finished, worker.state.held())
+        return out
+
     def supports(self, call: Call) -> bool:
         """Only Python calls."""
         return isinstance(call, PythonCall)
