@@ -386,3 +386,40 @@ def test_late_withdrawals_do_not_pile_up_in_a_worker(make_harness: Callable[...,
     held, cancelled = one.run(scenario())
     assert cancelled == [True] * rounds  # every one was withdrawn while the pool still waited for it
     assert held == 0
+
+
+def test_a_call_withdrawn_after_its_claim_and_skipped_runs_all_the_same(
+    make_harness: Callable[..., Any], tmp_path: Path
+) -> None:
+    """The race of a steal: the worker claims a call, the parent writes its withdrawal and reads that
+    claim (so keeps the call as the worker's), then the worker reads the withdrawal and skips the call.
+    The state is made here as that race leaves it: a withdrawal in the worker's control pipe for a call
+    the parent still counts as the worker's. The call must still run, once, and its caller get its result."""
+    from datamill.executors.local_wire import withdraw
+    from datamill.executors.worker import SKIP
+
+    one = make_harness("local", workers=1)
+    marks = tmp_path / "marks"
+    marks.mkdir()
+    gate = tmp_path / "gate"
+
+    async def scenario() -> tuple[int, int, int]:
+        ex = one.executor
+        await warm_up(ex)
+        messages: list[Message] = []
+        first = ex.submit(PythonCall(task, (0,), {"marks": str(marks), "gate": str(gate)}), messages.append)
+        await started(messages)  # the worker runs the gated call: the next one waits behind it
+        second = ex.submit(PythonCall(task, (1,), {"marks": str(marks)}), ignore)
+        while second.seq <= 0:  # sent to the worker, queued behind the gated call
+            await asyncio.sleep(0.005)
+        (worker,) = ex._all
+        assert second.seq in worker.outstanding
+        assert withdraw(worker.control.fileno(), SKIP, [second.seq]) == 1
+        gate.touch()
+        got = await asyncio.wait_for(asyncio.gather(first.future, second.future), 120)
+        return got[0], got[1], ex.resent
+
+    a, b, resent = one.run(scenario())
+    assert (a, b) == (0, 1)
+    assert resent == 1  # the worker skipped it, the pool sent it again
+    assert runs_of(marks) == {0: 1, 1: 1}

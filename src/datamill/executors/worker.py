@@ -19,7 +19,8 @@ either.
 
 Worker to parent: ``b"M" + pickle((seq, message))`` a progress or log message of call ``seq``;
 ``b"B" + pickle([(seq, tag, payload, seconds), ...])`` results, ``tag`` :data:`RESULT` (``payload``
-is the pickled return value) or :data:`ERROR` (a pickled ``(type name, text, traceback)``).
+is the pickled return value), :data:`ERROR` (a pickled ``(type name, text, traceback)``) or
+:data:`SKIPPED` (the call was withdrawn: it did not run).
 Results are held back while calls finish quickly and sent when the chunk is done, when a few
 milliseconds have passed, before a message, and around every *eager* call (one with a timeout, or
 whose duration is not known to be short), so a long call never holds finished results back.
@@ -30,6 +31,9 @@ how many withdrawn calls it holds to skip (``held``: only calls it has not reach
 that comes after its call was claimed is dropped, as that seq never comes again).
 The worker writes ``claimed`` *before* it reads its control pipe and runs the call, so when the
 parent has written a withdrawal and then reads a smaller ``claimed``, the call will not run. The
+converse does not hold: the worker may claim a call, the parent write its withdrawal and read that
+claim, and the worker then read the withdrawal and skip the call; so a skipped call is answered with
+:data:`SKIPPED`, and the parent sends a call it still counted as the worker's to a worker again. The
 parent uses the state to know which call a dead worker was running (that one failed; the calls
 after it never started and go to another worker), to stop a cancelled call only if it runs, and to
 take back calls queued behind a long one (work stealing).
@@ -62,7 +66,7 @@ from .base import Message, Reporter
 from .capture import MAX_LINE, task_output
 from .local_wire import call_parts, dumps, hold, remember, withdrawn
 
-__all__ = ["ERROR", "RESULT", "WorkerState", "worker_main"]
+__all__ = ["ERROR", "RESULT", "SKIPPED", "WorkerState", "worker_main"]
 
 CHUNK = ord("C")
 SKIP = ord("S")
@@ -70,6 +74,9 @@ MESSAGE = ord("M")
 BATCH = ord("B")
 RESULT = ord("R")
 ERROR = ord("E")
+#: a result's tag: the call was withdrawn and skipped, not run (the parent runs it elsewhere if it
+#: had not taken it back)
+SKIPPED = ord("W")
 
 #: finished results wait at most this long in a worker before they are sent
 FLUSH_SECONDS = 0.005
@@ -319,6 +326,9 @@ def worker_main(conn: Connection, control: Connection, fault_path: str, state_pa
                     state.hold(len(skip))
                 if hit:
                     state.finish(seq)
+                    # The parent may have read our claim before we read its withdrawal, and so kept
+                    # the call as ours: it learns from this that the call did not run.
+                    outbox.result((seq, SKIPPED, b"", 0.0))
                     continue
             elif changed:
                 state.hold(0)
