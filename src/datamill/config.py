@@ -42,6 +42,34 @@ SETTINGS: tuple[Setting, ...] = (
         secret=True,
     ),
     Setting(
+        "database_keepalives_idle",
+        int,
+        30,
+        "PostgreSQL: seconds a connection is idle before TCP keepalive probes start (a URL's keepalives_idle wins).",
+        positive=True,
+    ),
+    Setting(
+        "database_keepalives_interval",
+        int,
+        10,
+        "PostgreSQL: seconds between TCP keepalive probes (a URL's keepalives_interval wins).",
+        positive=True,
+    ),
+    Setting(
+        "database_keepalives_count",
+        int,
+        3,
+        "PostgreSQL: unanswered keepalive probes after which a connection is dropped (a URL's keepalives_count wins).",
+        positive=True,
+    ),
+    Setting(
+        "database_tcp_user_timeout_ms",
+        int,
+        60_000,
+        "PostgreSQL: milliseconds sent data may stay unacknowledged before a connection is dropped; 0 leaves it "
+        "to the system (a URL's tcp_user_timeout wins).",
+    ),
+    Setting(
         "blob_url",
         str,
         "",
@@ -180,14 +208,16 @@ def _coerce(setting: Setting, value: Any, source: str) -> Any:
             return False
         raise ConfigError(f"{source}: {setting.key} must be true or false, not {value!r}", key=setting.key)
     if setting.type is int:
+        what = "a positive whole number" if setting.positive else "a whole number"
         if isinstance(value, bool | float):
-            raise ConfigError(f"{source}: {setting.key} must be a whole number, not {value!r}", key=setting.key)
+            raise ConfigError(f"{source}: {setting.key} must be {what}, not {value!r}", key=setting.key)
         try:
-            return int(value)
+            number = int(value)
         except (TypeError, ValueError):
-            raise ConfigError(
-                f"{source}: {setting.key} must be a whole number, not {value!r}", key=setting.key
-            ) from None
+            raise ConfigError(f"{source}: {setting.key} must be {what}, not {value!r}", key=setting.key) from None
+        if setting.positive and number <= 0:
+            raise ConfigError(f"{source}: {setting.key} must be {what}, not {value!r}", key=setting.key)
+        return number
     if not isinstance(value, str):
         raise ConfigError(f"{source}: {setting.key} must be a string, not {value!r}", key=setting.key)
     return value
@@ -212,6 +242,10 @@ class Settings:
 
     home: str = "./.datamill"
     database_url: str = ""
+    database_keepalives_idle: int = 30
+    database_keepalives_interval: int = 10
+    database_keepalives_count: int = 3
+    database_tcp_user_timeout_ms: int = 60_000
     blob_url: str = ""
     s3_endpoint_url: str = ""
     s3_region: str = ""

@@ -21,7 +21,7 @@ from sqlalchemy import func, select
 from datamill._version import __version__
 from datamill.config import Settings, mask_url
 from datamill.coroutine import run_to_end
-from datamill.db.database import Database, head_revision
+from datamill.db.database import Database, Keepalives, head_revision
 from datamill.db.models import Run
 from datamill.errors import DatamillError
 from datamill.nodes import STALE_SECONDS, NodeInfo, list_nodes
@@ -45,7 +45,7 @@ class Check:
 def run_checks(settings: Settings) -> list[Check]:
     """Every check, in order; a check that cannot run (the database is down) says why."""
     checks: list[Check] = []
-    db = Database(settings.resolved_database_url)
+    db = Database(settings.resolved_database_url, Keepalives.of(settings))
     try:
         checks.append(_guarded("database", lambda: _database(db, settings)))
         database_ok = checks[-1].status != "fail"

@@ -97,6 +97,12 @@ class EventKind(StrEnum):
     RUN_CANCEL_REQUESTED = "run.cancel_requested"
     #: a run ended (``data.status``: succeeded, failed or cancelled)
     RUN_FINISHED = "run.finished"
+    #: the scheduler driving an unfinished run stopped gracefully and gave it back (``data.owner``):
+    #: another scheduler takes it over at once
+    RUN_RELEASED = "run.released"
+    #: a run's scheduler asks others to drive it too (``data.owner``): a task it holds has run long
+    #: while others are queued
+    RUN_HELP_WANTED = "run.help_wanted"
     #: a task was recorded, waiting for its inputs or a free executor slot (``task_id``)
     TASK_QUEUED = "task.queued"
     #: a scheduler claimed a task and an executor started it
@@ -577,6 +583,8 @@ class _PostgresListener(threading.Thread):
         self.db = db
         self.log = log
         self._stop_flag = threading.Event()
+        #: the psycopg connection LISTENing now (None between connections), for a look at its options
+        self.connection: Any = None
 
     def _noticed(self, payload: str) -> None:
         """A notification (its payload: the newest seq committed, and the families of its events):
@@ -592,12 +600,17 @@ class _PostgresListener(threading.Thread):
 
     def run(self) -> None:
         import psycopg
+        from psycopg.conninfo import make_conninfo
 
         url = self.db.url.replace("postgresql+psycopg://", "postgresql://", 1)
+        # With the database's keepalives: a LISTEN on a connection cut silently would otherwise
+        # wait forever, and this process's waiters with it.
+        conninfo = make_conninfo(url, **self.db.connect_options)
         while not self._stop_flag.is_set():
             try:
-                with psycopg.connect(url, autocommit=True) as conn:
+                with psycopg.connect(conninfo, autocommit=True) as conn:
                     conn.execute(f"LISTEN {NOTIFY_CHANNEL}")
+                    self.connection = conn
                     # Whatever was committed while not listening is looked at once.
                     self.db.notify_commit()
                     while not self._stop_flag.is_set():
@@ -606,6 +619,8 @@ class _PostgresListener(threading.Thread):
             except psycopg.Error:
                 # The server went away; waiters fall back to their safety poll until we reconnect.
                 self._stop_flag.wait(1.0)
+            finally:
+                self.connection = None
 
 
 class _SqliteWatcher(threading.Thread):

@@ -15,7 +15,7 @@ from pathlib import Path
 from sqlalchemy import select
 
 from datamill.config import Settings, load_settings
-from datamill.db.database import Database
+from datamill.db.database import Database, Keepalives
 from datamill.db.models import User
 from datamill.errors import HomeInUse
 from datamill.events import EventLog
@@ -37,7 +37,7 @@ class Home:
         self.settings = settings
         self.path: Path = settings.home_path
         self.path.mkdir(parents=True, exist_ok=True)
-        self.db = Database(settings.resolved_database_url)
+        self.db = Database(settings.resolved_database_url, Keepalives.of(settings))
         self.blobs = open_blob_store(settings.resolved_blob_url, settings)
         self.store = Store(self.db, self.blobs)
         self.events = EventLog(self.db)

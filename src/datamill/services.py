@@ -81,7 +81,8 @@ class Services:
             log.exception("the %s service stopped with an error", name)
 
     async def stop(self) -> None:
-        """Stop the services; runs in flight are left to resume on the next start."""
+        """Stop the services; the runs the scheduler was driving are handed back for another scheduler
+        (or the next start) to take over at once (:meth:`Scheduler.close`)."""
         self._stop.set()
         for t in self._tasks:
             with contextlib.suppress(asyncio.TimeoutError, asyncio.CancelledError):

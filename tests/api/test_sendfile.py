@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import logging
 import os
+import re
 import socket
 from collections.abc import Callable
 from pathlib import Path
@@ -150,3 +151,35 @@ def test_a_large_upload_without_write_access_is_refused_and_stores_nothing(
     data = os.urandom(DIRECT_BODY_MIN * 2)  # the connection-level state is clean for the next upload
     assert admin.put("f", "after.bin", data).size == len(data)
     assert reader.get("f/after.bin") == data
+
+
+def test_a_client_gone_mid_download_stops_the_servers_check(
+    server: ServerHandle, home: Home, big: bytes, caplog: pytest.LogCaptureFixture
+) -> None:
+    """The server hashes a file response's blob while sendfile sends it; a client that goes away stops
+    that work instead of leaving the server reading the rest of a blob nobody receives.
+
+    The blob's file is made to run on (sparse, far past anything the server could hash while the
+    test runs): the check can end only by being stopped, and says where it stopped.
+    """
+    caplog.set_level(logging.INFO, logger="datamill.api")
+    assert isinstance(home.blobs, LocalBlobStore)
+    path = home.blobs.path_of(digest_bytes(big))
+    path.chmod(0o644)
+    endless = 1 << 40
+    os.truncate(path, endless)
+    url = urlsplit(server.url)
+    get = (
+        f"GET /api/v1/content/f/big.bin HTTP/1.1\r\nHost: {url.netloc}\r\nAuthorization: Bearer "
+        f"{home.admin_token()}\r\n\r\n"
+    ).encode()
+    try:
+        with socket.create_connection((url.hostname, url.port), timeout=30) as sock:
+            sock.sendall(get)
+            assert sock.recv(65536).startswith(b"HTTP/1.1 200")
+        # closed with most of the body unread: the kernel resets the connection
+        stopped = re.compile(r"stopped checking the download of f/big\.bin v1 after (\d+) bytes")
+        found = wait_for("the stopped check in the log", lambda: stopped.search(caplog.text), timeout=120)
+        assert int(found.group(1)) < endless
+    finally:
+        os.truncate(path, SIZE)  # whatever happens, no later reader hashes a terabyte

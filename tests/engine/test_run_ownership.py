@@ -9,6 +9,7 @@ import threading
 import time
 from collections import Counter
 from pathlib import Path
+from typing import Any
 
 from sqlalchemy import event as sa_event
 from sqlalchemy import update
@@ -16,7 +17,7 @@ from sqlalchemy import update
 from datamill.db.models import Task
 from datamill.engine import ownership
 from datamill.engine.scheduler import Scheduler
-from tests.helpers import open_home
+from tests.helpers import open_home, wait_for
 
 from .engine_world import World
 from .pipelines import ref
@@ -245,4 +246,124 @@ def test_an_idle_scheduler_beside_a_busy_one_looks_for_runs_per_run_event_not_pe
     assert looks <= run_events + 1, (looks, run_events)  # ... and a look per run event at most
     # pending runs in 3 statements a look, the head read once (the watcher's start): no read per commit
     assert reads <= 4 * looks + 2, (reads, looks, commits)
+    world.home.close()
+
+
+class _Serving:
+    """A scheduler serving in a thread and event loop of its own (as another process's would), until
+    :meth:`close` stops it gracefully (what SIGTERM does to ``datamill worker``).
+
+    ``poll`` and ``lease_seconds`` put its timed look (for lapsed leases and runs given up) out of
+    the test's reach: only events wake it."""
+
+    def __init__(self, home: Any, executor: str, **options: Any) -> None:
+        self.scheduler = Scheduler(home, executor, lease_seconds=3600, **options)
+        self.errors: list[BaseException] = []
+        self._stop: asyncio.Event | None = None
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._thread = threading.Thread(target=self._go, daemon=True)
+        self._thread.start()
+
+    async def _serve(self) -> None:
+        self._stop, self._loop = asyncio.Event(), asyncio.get_running_loop()
+        async with self.scheduler:
+            await self.scheduler.serve(self._stop, poll=3600)
+
+    def _go(self) -> None:
+        try:
+            asyncio.run(self._serve())
+        except BaseException as exc:
+            self.errors.append(exc)
+
+    def started_by_me(self, world: World, run_id: int) -> list[Any]:
+        return [e for e in world.events("task.started", run_id) if e.data["owner"] == self.scheduler.owner]
+
+    def close(self) -> None:
+        wait_for("the scheduler's loop", lambda: self._loop is not None or self.errors, timeout=TIMEOUT)
+        if self._thread.is_alive() and self._loop is not None and self._stop is not None:
+            self._loop.call_soon_threadsafe(self._stop.set)
+        self._thread.join(TIMEOUT)
+        assert not self._thread.is_alive()
+        assert not self.errors, self.errors
+
+
+def test_a_run_whose_scheduler_stops_gracefully_is_taken_over_at_once(tmp_path: Path, db_url: str) -> None:
+    """``datamill worker`` stopped mid-run: its running tasks are requeued and its run lease given back
+    with a ``run.released`` event, which wakes the other scheduler: it drives the run to its end
+    without its timed look (out of reach here) and without waiting for any lease to lapse."""
+    world = World(open_home(tmp_path / "home", db_url))
+    gate = tmp_path / "gate"
+    for name in ("a", "b", "c"):
+        world.put(f"{name}.txt", f"wait {gate}")
+    run_id = world.submit(ref("basic"), params={"marks": str(tmp_path / "marks")})
+    home_a, home_b = open_home(tmp_path / "home", db_url), open_home(tmp_path / "home", db_url)
+    a = b = None
+    try:
+        a = _Serving(home_a, "local", workers=1)
+        wait_for("a drives the run", lambda: a.started_by_me(world, run_id) or a.errors, timeout=TIMEOUT)
+        b = _Serving(home_b, "local", workers=1)
+        wait_for("b looks for runs", lambda: b.scheduler.stats["looks"] or b.errors, timeout=TIMEOUT)
+        assert b.scheduler.stats["drives"] == 0  # a drives it
+        a.close()
+        wait_for("b runs the run's tasks", lambda: b.started_by_me(world, run_id) or b.errors, timeout=TIMEOUT)
+        gate.touch()
+        wait_for("the run's end", lambda: world.events("run.finished", run_id) or b.errors, timeout=TIMEOUT)
+        b.close()
+    finally:
+        gate.touch()
+        for serving in (a, b):
+            if serving is not None:
+                serving.close()
+        home_a.close()
+        home_b.close()
+    assert world.engine.get_run(world.admin, run_id)["status"] == "succeeded"
+    (released,) = world.events("run.released", run_id)
+    assert released.data["owner"] == a.scheduler.owner
+    (queued,) = world.events("run.queued", run_id)
+    assert released.folder_id == queued.folder_id  # filed under the run's folder: read permission applies
+    # a's tasks went back to the queue in the same commit, before b started any task
+    reclaimed = world.events("task.reclaimed", run_id)
+    assert reclaimed and {e.data["previous_owner"] for e in reclaimed} == {a.scheduler.owner}
+    assert max(e.seq for e in reclaimed) < released.seq < min(e.seq for e in b.started_by_me(world, run_id))
+    tasks = world.tasks(run_id)
+    assert world.per_task("task.finished", run_id) == {t.id: 1 for t in tasks.values()}
+    world.check_fold()
+    world.home.close()
+
+
+def test_an_owner_asking_for_help_is_helped_at_once(tmp_path: Path, db_url: str) -> None:
+    """The owner's ask for help is a ``run.help_wanted`` event: a serving scheduler helps at once,
+    without its timed look (out of reach here). Asked again, it is not told again."""
+    world = World(open_home(tmp_path / "home", db_url))
+    for name in ("a", "b", "c"):
+        world.put(f"{name}.txt", f"item {name}")
+    run_id = world.submit(ref("basic"), params={"marks": ""})
+    (first, *_) = sorted(t.id for t in world.tasks(run_id).values())
+    now = time.time()
+    with world.home.db.write() as conn:  # the owner holds one task, started now; the others queue
+        assert ownership.claim(conn, run_id, "owner", 3600)
+        conn.execute(
+            update(Task)
+            .where(Task.id == first)
+            .values(status="running", lease_owner="owner", lease_expires=now + 3600, started_at=now)
+        )
+    home = open_home(tmp_path / "home", db_url)
+    helper = None
+    try:
+        helper = _Serving(home, "inline")
+        wait_for("the helper looks for runs", lambda: helper.scheduler.stats["looks"] or helper.errors, timeout=TIMEOUT)
+        assert helper.scheduler.stats["drives"] == 0  # the owner drives it
+        for _ in range(2):
+            with world.home.db.write() as conn:
+                assert ownership.ask_for_help(conn, "owner", [run_id], now + 60) == {run_id}
+        wait_for("the helper's tasks", lambda: helper.started_by_me(world, run_id) or helper.errors, timeout=TIMEOUT)
+    finally:
+        if helper is not None:
+            helper.close()
+        home.close()
+    (asked,) = world.events("run.help_wanted", run_id)  # once, not at every renewal
+    assert asked.data["owner"] == "owner"
+    assert asked.seq < min(e.seq for e in helper.started_by_me(world, run_id))
+    with world.home.db.read() as conn:
+        assert ownership.owner_of(conn, run_id) == "owner"  # helped: the lease stays the owner's
     world.home.close()

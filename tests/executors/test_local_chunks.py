@@ -422,3 +422,72 @@ def test_templates_let_go_are_sent_again(make_harness: Callable[..., Any], tmp_p
     # the first table's template was let go (the last one's is kept): the first goes again
     assert [r.outputs[0].data for r in got[n:]] == [b"item 0=entry 0 of table 0", b"item 1=?"]
     assert one.executor.shared_sent == n + 1
+    assert 1 <= pool.executor.shared_sent <= 2  # once to each of the (at most) two workers that ran calls
+
+
+def test_late_withdrawals_do_not_pile_up_in_a_worker(make_harness: Callable[..., Any]) -> None:
+    """A call cancelled after its worker finished it (its result not read yet) is withdrawn too late:
+    the worker has claimed it, so the withdrawal can never match again and the worker drops it
+    instead of holding it for its life."""
+    one = make_harness("local", workers=1)
+    rounds = 30
+
+    async def scenario() -> tuple[int, list[bool]]:
+        ex = one.executor
+        await warm_up(ex)
+        cancelled = []
+        for i in range(rounds):
+            job = ex.submit(PythonCall(task, (i,)), ignore)
+            await asyncio.sleep(0)  # the pool sends it: it has its seq now
+            assert job.seq > 0
+            # Without yielding to the loop (which would read the result): wait for the worker to finish it.
+            deadline = time.monotonic() + 120
+            while next(iter(ex.worker_states().values()))[1] < job.seq:
+                assert time.monotonic() < deadline, "the worker never finished the call"
+                time.sleep(0.001)
+            cancelled.append(job.cancel())  # its withdrawal reaches the worker after its claim
+        # The next calls' claims read those withdrawals.
+        assert await asyncio.gather(*(ex.run(PythonCall(task, (i,)), ignore) for i in range(3))) == [0, 1, 2]
+        (held,) = (state[2] for state in ex.worker_states().values())
+        return held, cancelled
+
+    held, cancelled = one.run(scenario())
+    assert cancelled == [True] * rounds  # every one was withdrawn while the pool still waited for it
+    assert held == 0
+
+
+def test_a_call_withdrawn_after_its_claim_and_skipped_runs_all_the_same(
+    make_harness: Callable[..., Any], tmp_path: Path
+) -> None:
+    """The race of a steal: the worker claims a call, the parent writes its withdrawal and reads that
+    claim (so keeps the call as the worker's), then the worker reads the withdrawal and skips the call.
+    The state is made here as that race leaves it: a withdrawal in the worker's control pipe for a call
+    the parent still counts as the worker's. The call must still run, once, and its caller get its result."""
+    from datamill.executors.local_wire import withdraw
+    from datamill.executors.worker import SKIP
+
+    one = make_harness("local", workers=1)
+    marks = tmp_path / "marks"
+    marks.mkdir()
+    gate = tmp_path / "gate"
+
+    async def scenario() -> tuple[int, int, int]:
+        ex = one.executor
+        await warm_up(ex)
+        messages: list[Message] = []
+        first = ex.submit(PythonCall(task, (0,), {"marks": str(marks), "gate": str(gate)}), messages.append)
+        await started(messages)  # the worker runs the gated call: the next one waits behind it
+        second = ex.submit(PythonCall(task, (1,), {"marks": str(marks)}), ignore)
+        while second.seq <= 0:  # sent to the worker, queued behind the gated call
+            await asyncio.sleep(0.005)
+        (worker,) = ex._all
+        assert second.seq in worker.outstanding
+        assert withdraw(worker.control.fileno(), SKIP, [second.seq]) == 1
+        gate.touch()
+        got = await asyncio.wait_for(asyncio.gather(first.future, second.future), 120)
+        return got[0], got[1], ex.resent
+
+    a, b, resent = one.run(scenario())
+    assert (a, b) == (0, 1)
+    assert resent == 1  # the worker skipped it, the pool sent it again
+    assert runs_of(marks) == {0: 1, 1: 1}

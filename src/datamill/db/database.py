@@ -15,15 +15,17 @@ import threading
 from collections import deque
 from collections.abc import Iterator
 from contextlib import contextmanager
+from dataclasses import dataclass
 from importlib import resources
 from pathlib import Path
 from typing import Any
 
 from sqlalchemy import Connection, create_engine, event, text
-from sqlalchemy.engine import Engine
+from sqlalchemy.engine import Engine, make_url
 from sqlalchemy.exc import DBAPIError, DisconnectionError, IntegrityError, OperationalError
 from sqlalchemy.pool import NullPool
 
+from datamill.config import Settings
 from datamill.errors import AlreadyExists, ConfigError, DatamillError
 
 SQLITE_BUSY_TIMEOUT_MS = 60_000
@@ -55,6 +57,47 @@ def family(kind: str) -> str:
     return kind.split(".", 1)[0]
 
 
+@dataclass(frozen=True)
+class Keepalives:
+    """How a PostgreSQL connection notices a peer that went away without a word.
+
+    A connection cut silently (a network partition, a host gone: no FIN, no RST) otherwise leaves
+    a query, or the event log's LISTEN, waiting on its socket forever, and the thread waiting
+    with it (a scheduler's: its runs stop). With these the kernel probes a connection idle for
+    ``idle`` seconds every ``interval`` seconds and drops it after ``count`` probes unanswered;
+    ``user_timeout_ms`` (``TCP_USER_TIMEOUT``) drops it when data sent stays unacknowledged that
+    long. The defaults find a dead peer in about a minute (30 + 3 x 10 s; 60 s). 0 leaves a
+    value to the operating system.
+    """
+
+    idle: int = 30
+    interval: int = 10
+    count: int = 3
+    user_timeout_ms: int = 60_000
+
+    @classmethod
+    def of(cls, settings: Settings) -> Keepalives:
+        """The keepalives ``settings`` ask for (``database_keepalives_*``, ``database_tcp_user_timeout_ms``)."""
+        return cls(
+            idle=settings.database_keepalives_idle,
+            interval=settings.database_keepalives_interval,
+            count=settings.database_keepalives_count,
+            user_timeout_ms=settings.database_tcp_user_timeout_ms,
+        )
+
+    def options(self, url: str) -> dict[str, str]:
+        """The libpq connection parameters, less the ones ``url``'s query sets (the user's own win)."""
+        given = set(make_url(normalize_url(url)).query)
+        wanted = {
+            "keepalives": "1",
+            "keepalives_idle": str(self.idle),
+            "keepalives_interval": str(self.interval),
+            "keepalives_count": str(self.count),
+            "tcp_user_timeout": str(self.user_timeout_ms),
+        }
+        return {key: value for key, value in wanted.items() if key not in given}
+
+
 def normalize_url(url: str) -> str:
     """Pick the driver datamill uses for a URL: psycopg 3 for PostgreSQL."""
     if url.startswith("postgresql://") or url.startswith("postgres://"):
@@ -70,9 +113,12 @@ def normalize_url(url: str) -> str:
 class Database:
     """One database: an engine for reads, an engine (or lock) for writes, and migrations."""
 
-    def __init__(self, url: str) -> None:
+    def __init__(self, url: str, keepalives: Keepalives | None = None) -> None:
         self.url = normalize_url(url)
         self.is_sqlite = self.url.startswith("sqlite")
+        #: libpq parameters every PostgreSQL connection of this database is opened with, besides its
+        #: URL's (:class:`Keepalives`): the pool's, and the event log's listener's
+        self.connect_options: dict[str, str] = {} if self.is_sqlite else (keepalives or Keepalives()).options(self.url)
         self._write_lock = threading.RLock()
         self._writing = threading.local()
         # Wakes in-process waiters as soon as a write commits; other processes are noticed by polling
@@ -99,7 +145,9 @@ class Database:
             self.engine = self._sqlite_engine(immediate=False)
             self.write_engine = self._sqlite_engine(immediate=True)
         else:
-            self.engine = create_engine(self.url, pool_size=10, max_overflow=20)
+            self.engine = create_engine(
+                self.url, pool_size=10, max_overflow=20, connect_args=dict(self.connect_options)
+            )
             # Instead of a ping per checkout (a round trip per transaction), the socket tells whether
             # the server said anything while the connection sat in the pool: see _closed_by_server.
             event.listen(self.engine, "checkout", _closed_by_server)

@@ -11,10 +11,14 @@ a scheduler that dies stops renewing, and once ``expires_at`` passes (when its t
 too) another scheduler claims the run and drives it on. Other schedulers take other runs.
 
 One run of long tasks would leave the other schedulers idle, so the owner asks for help
-(``wants_help``, set at each renewal by :func:`ask_for_help`) while a task it holds has waited or
-run for :data:`HELP_AFTER_SECONDS` and others are queued; then any scheduler may drive the run
-too, claiming its ready tasks under their task leases. Short tasks never ask: helpers would only
-race the owner for them (what made several workers slower than one).
+(``wants_help``, set at each renewal by :func:`ask_for_help`, told with a ``run.help_wanted`` event)
+while a task it holds has waited or run for :data:`HELP_AFTER_SECONDS` and others are queued; then
+any scheduler may drive the run too, claiming its ready tasks under their task leases. Short tasks
+never ask: helpers would only race the owner for them (what made several workers slower than one).
+
+A scheduler that stops gracefully gives its runs back with a ``run.released`` event
+(:func:`hand_back`). Both events are in the ``run`` family that idle schedulers wait for, so another
+takes the run (or helps) at once; their timed look for lapsed leases is left for schedulers that die.
 
 The run lease only keeps schedulers out of each other's way; exactly-once stays with the task
 leases (:mod:`.leases`): a task runs only under the claim that set its lease, whoever drives.
@@ -32,8 +36,11 @@ from sqlalchemy import Connection, delete, exists, select, update
 from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 
-from datamill.db.models import RunOwner, Task
+from datamill import events
+from datamill.db.models import Run, RunOwner, Task
 from datamill.engine.tasks import TaskStatus
+from datamill.events import EventKind
+from datamill.records import FINISHED_RUN
 
 #: A run's owner asks for help when a task it holds has waited or run this long while others queue.
 HELP_AFTER_SECONDS = 10.0
@@ -95,9 +102,23 @@ def renew(conn: Connection, owner: str, lease_seconds: float, run_ids: Sequence[
     return set(run_ids) - set(held)
 
 
-def release(conn: Connection, run_id: int, owner: str) -> None:
-    """Give up ``owner``'s lease on the run at once (no-op when it is not the owner)."""
-    conn.execute(delete(RunOwner).where(RunOwner.run_id == run_id, RunOwner.owner == owner))
+def release(conn: Connection, run_id: int, owner: str) -> bool:
+    """Give up ``owner``'s lease on the run at once (no-op when it is not the owner); whether it held it."""
+    return bool(conn.execute(delete(RunOwner).where(RunOwner.run_id == run_id, RunOwner.owner == owner)).rowcount)
+
+
+def hand_back(conn: Connection, run_id: int, owner: str) -> bool:
+    """Give up ``owner``'s lease on a run it stops driving before the run ended (a graceful stop),
+    with a ``run.released`` event: other schedulers wait for run events, so one takes the run over
+    at once instead of at its next timed look. Whether an event was needed (the lease was held and
+    the run has not ended: an ended run said so with ``run.finished``)."""
+    if not release(conn, run_id, owner):
+        return False
+    row = conn.execute(select(Run.status, Run.dest_folder_id).where(Run.id == run_id)).first()
+    if row is None or row.status in FINISHED_RUN:
+        return False
+    events.append(conn, EventKind.RUN_RELEASED, run_id=run_id, folder_id=row.dest_folder_id, data={"owner": owner})
+    return True
 
 
 def owned_elsewhere(conn: Connection, run_ids: Sequence[int], owner: str, now: float | None = None) -> set[int]:
@@ -136,11 +157,16 @@ def ask_for_help(
         )
         queued = exists().where(Task.run_id == run_id, Task.status == TaskStatus.QUEUED)
         want = bool(conn.execute(select(slow & queued)).scalar())
-        conn.execute(
+        changed = conn.execute(
             update(RunOwner)
             .where(RunOwner.run_id == run_id, RunOwner.owner == owner, RunOwner.wants_help.is_not(want))
             .values(wants_help=want)
-        )
+        ).rowcount
+        if want and changed:
+            # Other schedulers wait for run events: told, they help at once, not at their next timed
+            # look (which stays, for an owner that dies). Asked once, not at every renewal.
+            folder_id = conn.execute(select(Run.dest_folder_id).where(Run.id == run_id)).scalar()
+            events.append(conn, EventKind.RUN_HELP_WANTED, run_id=run_id, folder_id=folder_id, data={"owner": owner})
         if want:
             out.add(run_id)
     return out

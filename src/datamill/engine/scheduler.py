@@ -226,6 +226,10 @@ class Scheduler:
         self._released: set[int] = set()
         # Run leases being given back (see _give_back): close() waits for them.
         self._giving: set[asyncio.Task[None]] = set()
+        #: set by :meth:`close`: drivers stopping now leave their run to :meth:`_leave`
+        self._closing = False
+        #: runs whose driver :meth:`close` stopped: whether this scheduler held the run lease
+        self._leaving: dict[int, bool] = {}
         self._started = False
         #: the event loop this scheduler was started in (runs recorded in other threads are handed to it)
         self._loop: asyncio.AbstractEventLoop | None = None
@@ -264,7 +268,16 @@ class Scheduler:
         self._started = True
 
     async def close(self) -> None:
-        """Stop driving runs (their tasks stay claimed until their leases expire) and close the executor."""
+        """Stop driving runs and close the executors; then hand the runs this scheduler was driving back.
+
+        A graceful stop (``datamill worker`` on SIGTERM, a server shutting down): once its executors
+        have stopped every task it ran, those tasks are requeued (their attempt given back, as when
+        a lease lapses; not on an executor that cannot stop a call, see :meth:`_leave`) and each
+        run lease it held is given back with a ``run.released`` event,
+        which other schedulers wait for: one of them takes the run over at once, not at its next
+        look for lapsed leases. Only a scheduler that dies leaves its tasks and runs to the leases.
+        """
+        self._closing = True
         for t in list(self._active.values()):
             t.cancel()
         for t in list(self._active.values()):
@@ -281,6 +294,11 @@ class Scheduler:
         await self.commands.close()
         await self.containers.close()
         await self.apps.close()
+        leaving, self._leaving = self._leaving, {}
+        if leaving:
+            # Only now: a task is given to another scheduler once nothing of this one runs it.
+            await asyncio.to_thread(self._leave, leaving)
+        self._closing = False
         self._started = False
 
     async def sweep_containers(self) -> list[str]:
@@ -516,7 +534,10 @@ class Scheduler:
             # left to lapse (it would keep other schedulers off the run until then).
             with contextlib.suppress(BaseException):
                 if await claiming:
-                    self._give_back(run_id)
+                    if self._closing:
+                        self._leaving[run_id] = True  # close() gives it back, telling the others
+                    else:
+                        self._give_back(run_id)
             raise
         except Exception as exc:
             log.warning("run %s: could not claim it (%s); trying again later", run_id, exc)
@@ -529,7 +550,11 @@ class Scheduler:
         try:
             await self._drive_safely(run_id)
         finally:
-            if mine:
+            if self._closing and run_id not in self._backoff and run_id not in self._released:
+                # Stopped by close(): its tasks may still be stopping; close() hands the run back.
+                self._owned.discard(run_id)
+                self._leaving[run_id] = bool(mine)
+            elif mine:
                 self._owned.discard(run_id)
                 # A driver that backed off (the database failed under it: an outage, a deadlock)
                 # keeps the run lease: this scheduler drives the run again after the delay, and only
@@ -556,6 +581,26 @@ class Scheduler:
             if ownership.claim(conn, run_id, self.owner, self.lease_seconds, self.clock()):
                 return True
             return False if ownership.wants_help(conn, run_id) else None
+
+    def _leave(self, leaving: dict[int, bool]) -> None:
+        """Hand back the runs :meth:`close` stopped driving (``{run: whether its lease is ours}``):
+        requeue the tasks this scheduler still holds in them (its executors stopped them), and give
+        each run lease back telling other schedulers (:func:`.ownership.hand_back`).
+
+        An executor that cannot stop a call (:attr:`~datamill.executors.base.Executor.stops_calls`:
+        inline threads, Dask) may still be running one: those tasks are left to their leases, as a
+        dead scheduler's are, so that no task runs twice at once.
+        """
+        requeue = self.executor.stops_calls
+        try:
+            with self.home.db.write() as conn:
+                for run_id, owned in leaving.items():
+                    if requeue:
+                        leases.requeue_orphans(conn, run_id, self.owner, runs.run_folder_id(conn, run_id))
+                    if owned:
+                        ownership.hand_back(conn, run_id, self.owner)
+        except Exception as exc:  # left as a dead scheduler's: its leases lapse
+            log.warning("could not hand runs %s back (%s); their leases lapse", ", ".join(map(str, leaving)), exc)
 
     def _give_up_run(self, run_id: int) -> None:
         try:

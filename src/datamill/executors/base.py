@@ -257,6 +257,10 @@ class Executor(ABC):
 
     #: the name it is registered under in :data:`EXECUTORS`
     name: ClassVar[str]
+    #: whether a call cancelled (or running at :meth:`close`) is certainly stopped once :meth:`close`
+    #: returned; False where it may go on in the background (a thread, a remote cluster's worker):
+    #: a scheduler stopping gracefully then leaves its tasks to their leases instead of requeueing them
+    stops_calls: ClassVar[bool] = True
 
     @property
     def capacity(self) -> int | None:

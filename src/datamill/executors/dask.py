@@ -63,6 +63,8 @@ class DaskExecutor(Executor):
     """Runs :class:`PythonCall` s on a Dask cluster; see the module's text."""
 
     name = "dask"
+    #: Dask does not interrupt a task that runs on a worker when its future is cancelled
+    stops_calls = False
 
     def __init__(
         self,

@@ -51,6 +51,8 @@ class InlineExecutor(Executor):
     """Runs :class:`PythonCall` s in this process: in the event loop thread, or a thread when timed."""
 
     name = "inline"
+    #: a call in a thread (a timeout, or threaded) is abandoned, not stopped
+    stops_calls = False
 
     def __init__(self, clock: Callable[[], float] = time.time, threaded: bool = False) -> None:
         self._clock = clock

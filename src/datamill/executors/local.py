@@ -58,7 +58,7 @@ from datamill.errors import Cancelled, ConfigError, StepFailed, TaskTimeout, Wor
 
 from .base import Call, Executor, OnMessage, PythonCall, deliver, step_failed
 from .local_wire import Constants, Frames, Outgoing, SharedSets, withdraw
-from .worker import BATCH, CHUNK, MESSAGE, RESULT, SKIP, WorkerState, worker_main
+from .worker import BATCH, CHUNK, MESSAGE, RESULT, SKIP, SKIPPED, WorkerState, worker_main
 
 __all__ = ["CHUNK_SECONDS", "MAX_CHUNK", "STEAL_AFTER", "LocalExecutor", "Submitted"]
 
@@ -226,6 +226,8 @@ class LocalExecutor(Executor):
         self.chunks: Counter[int] = Counter()
         #: calls taken back from a worker busy with a long call and given to another
         self.stolen = 0
+        #: calls a worker skipped, withdrawn too late to be taken back, and so sent to a worker again
+        self.resent = 0
         #: constants (functions, steps' bytes) sent to workers: each goes once to each worker
         self.constants_sent = 0
         #: shared parameter sets sent to workers so far (each goes to a worker once while it keeps it)
@@ -248,6 +250,15 @@ class LocalExecutor(Executor):
     def pids(self) -> list[int]:
         """Process ids of the live workers (for tests and ``datamill status``)."""
         return sorted(w.pid for w in self._all)
+
+    def worker_states(self) -> dict[int, tuple[int, int, int]]:
+        """By live worker's pid, what its state file says: the seq of the call it claimed last, of the
+        one it finished last, and how many withdrawn calls it holds to skip (for tests and diagnostics)."""
+        out: dict[int, tuple[int, int, int]] = {}
+        for worker in self._all:
+            claimed, finished, _ = worker.state.read()
+            out[worker.pid] = (claimed, finished, worker.state.held())
+        return out
 
     def supports(self, call: Call) -> bool:
         """Only Python calls."""
@@ -678,6 +689,14 @@ class LocalExecutor(Executor):
             if job.timer is not None:
                 job.timer.cancel()
                 job.timer = None
+            if kind == SKIPPED:
+                # Withdrawn (a steal) after the worker claimed it, so not taken back, and then skipped
+                # by the worker all the same: it did not run, and goes to a worker again.
+                job.worker, job.seq = None, -1
+                if not job.future.done():
+                    self.resent += 1
+                    self._queue.appendleft(job)
+                continue
             mean = self._durations.get(job.kind)
             self._durations[job.kind] = seconds if mean is None else mean + _EWMA * (seconds - mean)
             if not job.future.done():

@@ -19,15 +19,21 @@ either.
 
 Worker to parent: ``b"M" + pickle((seq, message))`` a progress or log message of call ``seq``;
 ``b"B" + pickle([(seq, tag, payload, seconds), ...])`` results, ``tag`` :data:`RESULT` (``payload``
-is the pickled return value) or :data:`ERROR` (a pickled ``(type name, text, traceback)``).
+is the pickled return value), :data:`ERROR` (a pickled ``(type name, text, traceback)``) or
+:data:`SKIPPED` (the call was withdrawn: it did not run).
 Results are held back while calls finish quickly and sent when the chunk is done, when a few
 milliseconds have passed, before a message, and around every *eager* call (one with a timeout, or
 whose duration is not known to be short), so a long call never holds finished results back.
 
 The worker's *state* is a small file both ends map in memory: the sequence number of the call the
-worker took last (``claimed``), of the call it last finished (``finished``), and when it took it.
+worker took last (``claimed``), of the call it last finished (``finished``), when it took it, and
+how many withdrawn calls it holds to skip (``held``: only calls it has not reached; a withdrawal
+that comes after its call was claimed is dropped, as that seq never comes again).
 The worker writes ``claimed`` *before* it reads its control pipe and runs the call, so when the
 parent has written a withdrawal and then reads a smaller ``claimed``, the call will not run. The
+converse does not hold: the worker may claim a call, the parent write its withdrawal and read that
+claim, and the worker then read the withdrawal and skip the call; so a skipped call is answered with
+:data:`SKIPPED`, and the parent sends a call it still counted as the worker's to a worker again. The
 parent uses the state to know which call a dead worker was running (that one failed; the calls
 after it never started and go to another worker), to stop a cancelled call only if it runs, and to
 take back calls queued behind a long one (work stealing).
@@ -60,7 +66,7 @@ from .base import Message, Reporter
 from .capture import MAX_LINE, task_output
 from .local_wire import call_parts, dumps, hold, remember, withdrawn
 
-__all__ = ["ERROR", "RESULT", "WorkerState", "worker_main"]
+__all__ = ["ERROR", "RESULT", "SKIPPED", "WorkerState", "worker_main"]
 
 CHUNK = ord("C")
 SKIP = ord("S")
@@ -68,11 +74,15 @@ MESSAGE = ord("M")
 BATCH = ord("B")
 RESULT = ord("R")
 ERROR = ord("E")
+#: a result's tag: the call was withdrawn and skipped, not run (the parent runs it elsewhere if it
+#: had not taken it back)
+SKIPPED = ord("W")
 
 #: finished results wait at most this long in a worker before they are sent
 FLUSH_SECONDS = 0.005
 
-_STATE = struct.Struct("=qqd")  # claimed, finished, claimed at (time.monotonic(), shared by all processes)
+#: claimed, finished, claimed at (time.monotonic(), shared by all processes), withdrawals held
+_STATE = struct.Struct("=qqdq")
 
 
 class WorkerState:
@@ -83,7 +93,7 @@ class WorkerState:
     def __init__(self, path: str) -> None:
         with open(path, "r+b") as f:
             if os.fstat(f.fileno()).st_size < self.size:
-                f.write(_STATE.pack(-1, -1, 0.0))
+                f.write(_STATE.pack(-1, -1, 0.0, 0))
                 f.flush()
             self._map = mmap.mmap(f.fileno(), self.size)
 
@@ -91,13 +101,18 @@ class WorkerState:
     def create(cls, path: str) -> WorkerState:
         """A fresh state file at ``path``: nothing claimed, nothing finished."""
         with open(path, "wb") as f:
-            f.write(_STATE.pack(-1, -1, 0.0))
+            f.write(_STATE.pack(-1, -1, 0.0, 0))
         return cls(path)
 
     def read(self) -> tuple[int, int, float]:
         """``(claimed, finished, claimed_at)``."""
-        claimed, finished, at = _STATE.unpack_from(self._map)
+        claimed, finished, at, _ = _STATE.unpack_from(self._map)
         return claimed, finished, at
+
+    def held(self) -> int:
+        """How many withdrawn calls the worker holds on to, to skip them when it reaches them: no
+        more than the calls it was sent and has not reached (a test's way to see that none pile up)."""
+        return int(struct.unpack_from("=q", self._map, 24)[0])
 
     def claim(self, seq: int) -> None:
         """Worker side: call ``seq`` is taken now (its time first, so the parent never sees a stale one)."""
@@ -107,6 +122,10 @@ class WorkerState:
     def finish(self, seq: int) -> None:
         """Worker side: call ``seq`` has ended (or was withdrawn)."""
         struct.pack_into("=q", self._map, 8, seq)
+
+    def hold(self, count: int) -> None:
+        """Worker side: it holds ``count`` withdrawn calls (see :meth:`held`)."""
+        struct.pack_into("=q", self._map, 24, count)
 
     def close(self) -> None:
         with contextlib.suppress(BufferError, ValueError):
@@ -290,12 +309,29 @@ def worker_main(conn: Connection, control: Connection, fault_path: str, state_pa
             seq, eager, payload, shared = inbox.popleft()
             state.claim(seq)
             # Withdrawals written before the claim are in the control pipe now: honour them before running.
+            changed = False
             while pipe.poll(0):
                 skip.update(withdrawn(control.recv_bytes()[1:]))
-            if seq in skip:
-                skip.discard(seq)
-                state.finish(seq)
-                continue
+                changed = True
+            if skip:
+                hit = seq in skip
+                if hit or min(skip) < seq:
+                    # Calls arrive in the order of their seqs, so a withdrawn seq up to this one never
+                    # comes (again): a withdrawal that came after its call was claimed (the parent,
+                    # reading ``claimed`` after writing it, did not take the call back) would
+                    # otherwise stay here for the worker's life.
+                    skip = {s for s in skip if s > seq}
+                    changed = True
+                if changed:
+                    state.hold(len(skip))
+                if hit:
+                    state.finish(seq)
+                    # The parent may have read our claim before we read its withdrawal, and so kept
+                    # the call as ours: it learns from this that the call did not run.
+                    outbox.result((seq, SKIPPED, b"", 0.0))
+                    continue
+            elif changed:
+                state.hold(0)
             if eager:
                 outbox.flush()
             started = time.perf_counter()

@@ -522,9 +522,10 @@ async def download(
 SENDFILE_MIN = 4 * CHUNK
 
 
-def _verify_file(file: BinaryIO, digest: str, size: int, stop: threading.Event) -> None:
+def _verify_file(file: BinaryIO, digest: str, size: int, stop: threading.Event) -> int | None:
     """Hash the whole file (its recorded ``size`` and nothing after) into one reused buffer; raises
-    :class:`BlobCorrupted` when it is not ``digest``. Returns early, unchecked, once ``stop`` is set."""
+    :class:`BlobCorrupted` when it is not ``digest``. Once ``stop`` is set it stops, unchecked, and
+    returns how many bytes it had hashed; None when it checked the whole file."""
     h = hasher()
     buf = memoryview(bytearray(CHUNK))
     fd, at = file.fileno(), 0
@@ -535,10 +536,18 @@ def _verify_file(file: BinaryIO, digest: str, size: int, stop: threading.Event) 
         h.update(buf[:n])
         at += n
     else:
-        return
+        return at
     actual = f"{ALGORITHM}:{h.hexdigest()}"
     if at != size or actual != digest:
         raise corrupted(digest, actual)
+    return None
+
+
+async def _until_disconnected(receive: Receive, stop: threading.Event) -> None:
+    """Set ``stop`` when the client goes away (the ASGI ``http.disconnect`` message)."""
+    while (await receive())["type"] != "http.disconnect":
+        pass  # the (empty) request body of the GET
+    stop.set()
 
 
 class BlobFileResponse(Response):
@@ -546,7 +555,9 @@ class BlobFileResponse(Response):
 
     The file is hashed in a worker thread while ``sendfile`` sends all but its last chunk; that chunk
     goes only once the hash matched, and on a mismatch the connection is dropped short of
-    ``Content-Length``, as :class:`HeldBackStream` does.
+    ``Content-Length``, as :class:`HeldBackStream` does. A client that goes away stops the hash
+    (the server would otherwise read the rest of a blob nobody receives): its download was
+    incomplete anyway, and the check is only of use to a client that gets the last chunk.
     """
 
     def __init__(self, file: BinaryIO, info: VersionInfo, headers: dict[str, str]) -> None:
@@ -556,21 +567,28 @@ class BlobFileResponse(Response):
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         info, file = self._info, self._file
+        what = f"{info.path} v{info.version}"
         stop = threading.Event()
         check = asyncio.ensure_future(blocking(_verify_file, file, info.digest, info.size, stop))
+        # sendfile returns without a word when the client resets the connection, and the hash
+        # goes on in its thread: the disconnect itself is what stops it.
+        gone = asyncio.ensure_future(_until_disconnected(receive, stop))
         tail = min(info.size, CHUNK)
         try:
             await send({"type": "http.response.start", "status": self.status_code, "headers": self.raw_headers})
             body = {"type": ZEROCOPY, "file": file, "offset": 0, "count": info.size - tail, "more_body": True}
             await send(body)
             try:
-                await check
+                hashed = await check
             except DatamillError as exc:
-                what = f"{info.path} v{info.version}"
                 log.error("aborting the download of %s after %d bytes: %s", what, info.size - tail, exc.message)
                 raise
+            if hashed is not None:
+                log.info("stopped checking the download of %s after %d bytes: the client went away", what, hashed)
+                return
             await send({**body, "offset": info.size - tail, "count": tail, "more_body": False})
         finally:
+            gone.cancel()
             if check.done():
                 file.close()
             else:
@@ -578,7 +596,7 @@ class BlobFileResponse(Response):
                 check.add_done_callback(lambda done: _close_after(done, file))
 
 
-def _close_after(done: asyncio.Future[None], file: BinaryIO) -> None:
+def _close_after(done: asyncio.Future[int | None], file: BinaryIO) -> None:
     """Close the file once the thread hashing it has stopped (its outcome no longer matters)."""
     if not done.cancelled():
         done.exception()
