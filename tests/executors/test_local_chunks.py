@@ -422,7 +422,6 @@ def test_templates_let_go_are_sent_again(make_harness: Callable[..., Any], tmp_p
     # the first table's template was let go (the last one's is kept): the first goes again
     assert [r.outputs[0].data for r in got[n:]] == [b"item 0=entry 0 of table 0", b"item 1=?"]
     assert one.executor.shared_sent == n + 1
-    assert 1 <= pool.executor.shared_sent <= 2  # once to each of the (at most) two workers that ran calls
 
 
 def test_late_withdrawals_do_not_pile_up_in_a_worker(make_harness: Callable[..., Any]) -> None:
