@@ -530,10 +530,11 @@ class Engine:
         """Runs the actor may see, newest first, without what the actor may not read."""
         with self.home.db.read() as conn:
             rows = conn.execute(select(Run).order_by(Run.id.desc()).limit(limit * 4 if limit else None)).all()
-            out = [
-                runs.run_dict(r) for r in rows if self._visible(conn, actor, r) and (not status or r.status == status)
-            ]
-            return [RunInfo.from_dict(r) for r in Visibility(conn, actor).runs(out[:limit] if limit else out)]
+            shown = [r for r in rows if self._visible(conn, actor, r) and (not status or r.status == status)]
+            shown = shown[:limit] if limit else shown
+            found = runs.load_run_params(conn, shown)  # only the sets of the runs shown (each set once)
+            out = [runs.run_dict(r, found) for r in shown]
+            return [RunInfo.from_dict(r) for r in Visibility(conn, actor).runs(out)]
 
     def tasks(self, actor: Actor, run_id: int) -> list[runs.TaskRow]:
         """A run's tasks, without what the actor may not read of their inputs."""
@@ -614,13 +615,14 @@ class Engine:
             if row.status not in (runs.RunStatus.FAILED, runs.RunStatus.CANCELLED):
                 raise InvalidInput(f"run {run_id} is {row.status}; only failed or cancelled runs can be retried")
             choice = registry.readmit(conn, actor, row.pipeline_ref, f"run {run_id}", self.home.settings.image_patterns)
+            user_params = runs.run_params(conn, row)["user"]
         return self.submit(
             actor,
             choice,
             [input_ref_from_dict(d) for d in row.inputs],
             source=row.source_folder,
             dest=row.dest_folder,
-            params=(row.params or {}).get("user"),
+            params=user_params,
             reason=f"retry of run {run_id}",
             executor=row.executor,
             dataflow_id=row.dataflow_id,
@@ -690,11 +692,12 @@ class Engine:
 
     def _parts(self, conn: Connection, row: Any, t: runs.TaskRow) -> dict[str, Any]:
         pipeline = load_pipeline(row.pipeline_ref)
+        params = runs.run_params(conn, row)
         the_plan = plan(
             pipeline,
             [input_ref_from_dict(d) for d in row.inputs],
-            (row.params or {}).get("steps"),
-            images=(row.params or {}).get("images"),
+            params["steps"],
+            images=params.get("images"),
             resolve_image=self.resolve_image,
             mirror=row.source_folder,
         )
@@ -801,7 +804,7 @@ def _image_named(row: Any, digest: str | None) -> str | None:
     """The image (as its step names it) whose digest, resolved for run ``row``, is ``digest``."""
     if not digest:
         return None
-    images = (row.params or {}).get("images") or {}
+    images = (row.params_meta or {}).get("images") or {}
     return next((str(name) for name, d in images.items() if d == digest), None)
 
 

@@ -7,6 +7,12 @@ the BLAKE3 digest of its canonical JSON (:mod:`datamill.canonical`), and a task 
 ``tasks.params_digest`` (None: no parameters). Content-addressed rather than once per run: a run a
 trigger makes has a task or two, so a set stored per run would still be stored per task.
 
+A run's own row names its sets the same way (:func:`run_columns`, :func:`run_params`): the
+parameters the user gave (``runs.params_digest``) and each step's share of them (``steps`` in
+``runs.params_meta``). A table passed as ``table=...`` is one set for all three (the run's, the
+step's overrides, the task's resolved parameters when the step has no other), stored once however
+many runs a trigger makes with it.
+
 The digest is only the address of the set; a task's key (:mod:`datamill.engine.keys`) still
 hashes the parameters themselves, as it always did, so keys recorded before are unchanged.
 """
@@ -25,7 +31,18 @@ from sqlalchemy.dialects import postgresql, sqlite
 from datamill.canonical import Unkeyable, canonical_json, canonical_value
 from datamill.db.models import ParamSet
 
-__all__ = ["decode", "encode", "load", "load_digests", "params_of", "store"]
+__all__ = [
+    "decode",
+    "encode",
+    "load",
+    "load_digests",
+    "params_of",
+    "run_columns",
+    "run_digests",
+    "run_params",
+    "run_sets",
+    "store",
+]
 
 #: Digests per look-up query (SQLite allows 32,766 variables).
 DIGESTS_PER_QUERY = 500
@@ -129,3 +146,37 @@ def load(conn: Connection, digests: Iterable[str | None]) -> dict[str, dict[str,
 def params_of(found: Mapping[str, dict[str, Any]], digest: str | None) -> dict[str, Any]:
     """A task's parameters from what :func:`load` found for its ``params_digest`` (no digest: none)."""
     return {} if digest is None else found.get(digest, {})
+
+
+def run_sets(params: Mapping[str, Any]) -> list[Mapping[str, Any]]:
+    """The sets a run's parameters (``{"user": ..., "steps": {step: ...}, ...}``) are stored as, in the
+    order :func:`run_columns` takes their digests: the user's, then each step's."""
+    return [params.get("user") or {}, *(params.get("steps") or {}).values()]
+
+
+def run_columns(params: Mapping[str, Any], digests: list[str | None]) -> tuple[str | None, dict[str, Any]]:
+    """``runs.params_digest`` and ``runs.params_meta`` of a run's parameters, given the digests of
+    :func:`run_sets` (as :func:`store` returned them): the rest (image digests) is kept as it is."""
+    steps = params.get("steps") or {}
+    meta = {k: v for k, v in params.items() if k not in ("user", "steps")}
+    meta["steps"] = dict(zip(steps, digests[1:], strict=True))
+    return digests[0], meta
+
+
+def run_digests(params_digest: str | None, meta: Mapping[str, Any] | None) -> list[str | None]:
+    """The digests of the sets a run's row names (to :func:`load` them)."""
+    return [params_digest, *((meta or {}).get("steps") or {}).values()]
+
+
+def run_params(
+    found: Mapping[str, dict[str, Any]], params_digest: str | None, meta: Mapping[str, Any] | None
+) -> dict[str, Any]:
+    """A run's parameters as they were recorded (``{"user": ..., "steps": ..., "images": ...}``), from
+    what :func:`load` found for :func:`run_digests` (copies: the sets themselves are shared)."""
+    rest = dict(meta or {})
+    steps = rest.pop("steps", None) or {}
+    return {
+        "user": dict(params_of(found, params_digest)),
+        "steps": {step: dict(params_of(found, d)) for step, d in steps.items()},
+        **rest,
+    }
