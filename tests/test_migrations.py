@@ -119,13 +119,21 @@ def test_0015_moves_task_params_to_their_own_table_without_loss(db_url: str) -> 
                     for i, p in enumerate(_OLD_PARAMS)
                 ],
             )
+            conn.execute(
+                text(
+                    "INSERT INTO task_outputs (task_id, name, digest, size, content_type, codec) "
+                    "VALUES (1, 'return.txt', 'blake3:00', 1, 'text/plain', '')"
+                )
+            )
         db.migrate()
         with db.read() as conn:
             got = [t.params for t in tasks.list_tasks(conn, 1)]
             one = tasks.get_task(conn, 3)
             stored = conn.execute(text("SELECT count(*) FROM params")).scalar_one()
             digests = [t.params_digest for t in tasks.list_tasks(conn, 1)]
+            outputs = conn.execute(text("SELECT count(*) FROM task_outputs")).scalar_one()
         assert got == _OLD_PARAMS
+        assert outputs == 1  # tasks altered in place: a copied table's drop would cascade to its outputs
         assert one is not None and one.params == _OLD_PARAMS[2]
         assert stored == 2  # the big set once, the small one once, none for no parameters
         assert digests[0] == digests[1] and digests[3] is None
