@@ -8,11 +8,17 @@ Every reader still sees the run's parameters as recorded, and an unchanged re-ru
 
 from __future__ import annotations
 
+import math
 from typing import Any
 
+import pytest
 from sqlalchemy import text
 
-from datamill.engine import paramsets
+from datamill.canonical import Unkeyable, canonical_json, canonical_value
+from datamill.engine import keys, paramsets, replay
+from datamill.engine.params import RunParams, split_params
+from datamill.engine.planner import OutputDigest, plan
+from datamill.pipeline.loader import load_pipeline
 from tests.helpers import migrate_to
 
 from .engine_world import World
@@ -106,3 +112,54 @@ def test_an_unchanged_rerun_after_the_upgrade_is_still_a_copy(db_world: World) -
     # Planned rather than copied (forced), the keys are the same too.
     forced = w.run(LOOKUPS, params={"table": TABLE}, force=True)
     assert {pid: t.key for pid, t in w.tasks(forced["id"]).items()} == keys
+
+
+def test_the_encoder_writes_each_set_as_canonical_json_encoding_each_value_once() -> None:
+    table = {"b": [1, 2.5, {"z": None, "y": "é"}], "a": "x" * 1000}
+    given = {"table": table, "n": 1, "tag": ("a", "b")}
+    enc = paramsets.Encoder()
+    # Checked copies (as resolve_params makes them): the container's shares the given one's text;
+    # the int given for a float parameter does not (its text changes).
+    checked = {"table": canonical_value(table), "n": 1.0, "tag": ["a", "b"]}
+    for name, value in given.items():
+        enc.same(value, checked[name])
+    for params in (given, checked, {"table": table}, {"other": checked["table"], "tag": given["tag"]}):
+        assert enc.encode(params) == paramsets.encode(params)
+        assert enc.canonical_text(params) == canonical_json(canonical_value(params))
+    assert enc.encoded < len(canonical_json(table)) + 100  # the table once, however many sets hold it
+    assert enc.encode({}) is None
+    # No canonical form: stored as paramsets.encode stores it; never a key part.
+    assert enc.encode({"x": math.nan}) == paramsets.encode({"x": math.nan})
+    with pytest.raises(Unkeyable):
+        enc.canonical_text({"x": math.nan})
+    with pytest.raises(Unkeyable):
+        enc.canonical_text({1: "a"})  # type: ignore[dict-item]
+
+
+def test_keys_and_plan_identity_made_from_the_encoded_params_are_byte_identical(world: World) -> None:
+    for i in range(3):
+        world.put(f"i{i:03}.txt", f"item {i}")
+    p = load_pipeline(LOOKUPS)
+    inputs = world.inputs()
+    given = {"table": TABLE, "label.mark": "!"}
+    rp = RunParams(p, given)
+    assert rp.steps == split_params(p, given)
+    plain, made = plan(p, inputs, rp.steps), plan(p, inputs, rp.steps, run_params=rp)
+    assert [t.key for t in made.tasks] == [t.key for t in plain.tasks]
+    assert all(t.key for t in made.tasks if t.step == "look_up")
+    # The keys of a step reached later (label, once look_up's outputs are known) too.
+    ups = {
+        t.id: [OutputDigest("return.txt", f"blake3:{i:064}", 1, "text/plain", "")] for i, t in enumerate(plain.tasks)
+    }
+    for t in plain.tasks:
+        if t.step == "label":
+            assert (
+                made.key_for(t.id, ups)
+                == plain.key_for(t.id, ups)
+                == keys.task_key(t.step, t.step_code, t.params, plain.input_digests(t, ups), t.image_digest)
+            )
+    assert replay.plan_identity(p, made.inputs, rp.steps, {}, "Raw", 7, rp) == replay.plan_identity(
+        p, made.inputs, rp.steps, {}, "Raw", 7
+    )
+    # The table was checked once per step that takes it and encoded once for all of it.
+    assert rp.encoder.encoded < len(canonical_json(TABLE)) + 1000

@@ -123,12 +123,14 @@ def create_run(
     skip_failed: bool = False,
     plan_digest: str | None = None,
     replay_of: int | None = None,
+    encoder: paramsets.Encoder | None = None,
 ) -> int:
     """Record a run and all its tasks (queued) with their events; returns the run id.
 
     With ``replay_of`` (and no ``tasks``), the tasks are those of that earlier run, copied as
     cached (:mod:`datamill.engine.replay`; the caller checked :func:`~datamill.engine.replay.replayable`).
     ``plan_digest`` is the run's plan identity (:func:`~datamill.engine.replay.plan_identity`).
+    ``encoder`` encoded the run's parameters already (:class:`~datamill.engine.params.RunParams`).
 
     A task with ``cached_from`` is recorded as answered from the cache, with its outputs and the
     ``task.finished`` event a scheduler would append: a fully cached run is recorded in a few
@@ -148,7 +150,7 @@ def create_run(
     # once (a big one is usually one set for all three), the run and its tasks naming them.
     given = dict(params or {})
     sets = paramsets.run_sets(given)
-    digests = paramsets.store(conn, [*sets, *(t.params for t in tasks)])
+    digests = paramsets.store(conn, [*sets, *(t.params for t in tasks)], encoder)
     params_digest, params_meta = paramsets.run_columns(given, digests[: len(sets)])
     run_row_ = conn.execute(
         _INSERT_RUN_WHOLE if kept is not None else _INSERT_RUN,
