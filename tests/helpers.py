@@ -38,6 +38,7 @@ from psycopg import sql
 
 from datamill.api import ServerHandle, start_background_server
 from datamill.config import load_settings
+from datamill.db import Database
 from datamill.engine import runs
 from datamill.engine.engine import Engine
 from datamill.engine.scheduler import Scheduler
@@ -360,3 +361,18 @@ def world_of(cls: type[W], path: Path, db_url: str | None = None) -> Iterator[W]
         yield cls(home)
     finally:
         home.close()
+
+
+def migrate_to(db: Database, revision: str, down: bool = False) -> None:
+    """Upgrade (or downgrade) the database to ``revision``, on the database's write connection as ``migrate`` does."""
+    from alembic import command
+
+    from datamill.db.database import alembic_config
+
+    cfg = alembic_config(db.url)
+    with db.write_engine.connect() as conn:
+        if db.is_sqlite:
+            conn.commit()
+        cfg.attributes["connection"] = conn
+        (command.downgrade if down else command.upgrade)(cfg, revision)
+        conn.commit()

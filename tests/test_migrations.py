@@ -8,12 +8,13 @@ from typing import Any
 from alembic.autogenerate import compare_metadata
 from alembic.migration import MigrationContext
 from alembic.script import ScriptDirectory
-from sqlalchemy import Column, Float, Integer, String, insert, inspect, text
+from sqlalchemy import Boolean, Column, Float, Integer, String, insert, inspect, text
 from sqlalchemy import table as sa_table
 
 from datamill.db import Database
 from datamill.db.database import alembic_config
 from datamill.db.models import Base
+from tests.helpers import migrate_to
 
 
 def _schema_diff(db: Database) -> list[Any]:
@@ -54,19 +55,6 @@ def test_migrate_is_idempotent(db_url: str) -> None:
         db.dispose()
 
 
-def _migrate_to(db: Database, revision: str, down: bool = False) -> None:
-    """Upgrade (or downgrade) the database to ``revision``, on the database's write connection as ``migrate`` does."""
-    from alembic import command
-
-    cfg = alembic_config(db.url)
-    with db.write_engine.connect() as conn:
-        if db.is_sqlite:
-            conn.commit()
-        cfg.attributes["connection"] = conn
-        (command.downgrade if down else command.upgrade)(cfg, revision)
-        conn.commit()
-
-
 #: parameters of the tasks recorded before 0015: a big set shared by two tasks, a small one, none
 _BIG = {"table": {f"key-{i:05}": f"value {i} " + "x" * 40 for i in range(3000)}, "threshold": 0.5}
 _OLD_PARAMS = [_BIG, _BIG, {"salt": "a", "n": [1, 2, {"deep": None}], "ok": True}, {}]
@@ -80,7 +68,7 @@ def test_0015_moves_task_params_to_their_own_table_without_loss(db_url: str) -> 
 
     db = Database(db_url)
     try:
-        _migrate_to(db, "0014_taskkey")
+        migrate_to(db, "0014_taskkey")
         old_tasks = sa_table(
             "tasks",
             *(
@@ -131,17 +119,25 @@ def test_0015_moves_task_params_to_their_own_table_without_loss(db_url: str) -> 
                     for i, p in enumerate(_OLD_PARAMS)
                 ],
             )
+            conn.execute(
+                text(
+                    "INSERT INTO task_outputs (task_id, name, digest, size, content_type, codec) "
+                    "VALUES (1, 'return.txt', 'blake3:00', 1, 'text/plain', '')"
+                )
+            )
         db.migrate()
         with db.read() as conn:
             got = [t.params for t in tasks.list_tasks(conn, 1)]
             one = tasks.get_task(conn, 3)
             stored = conn.execute(text("SELECT count(*) FROM params")).scalar_one()
             digests = [t.params_digest for t in tasks.list_tasks(conn, 1)]
+            outputs = conn.execute(text("SELECT count(*) FROM task_outputs")).scalar_one()
         assert got == _OLD_PARAMS
+        assert outputs == 1  # tasks altered in place: a copied table's drop would cascade to its outputs
         assert one is not None and one.params == _OLD_PARAMS[2]
         assert stored == 2  # the big set once, the small one once, none for no parameters
         assert digests[0] == digests[1] and digests[3] is None
-        _migrate_to(db, "0014_taskkey", down=True)
+        migrate_to(db, "0014_taskkey", down=True)
         with db.read() as conn:
             back = [
                 r[0] if not isinstance(r[0], str) else json.loads(r[0])
@@ -152,13 +148,108 @@ def test_0015_moves_task_params_to_their_own_table_without_loss(db_url: str) -> 
         db.dispose()
 
 
+#: parameters of runs recorded before 0016: a big table given twice (two runs, one set), the same
+#: table with image digests, small ones per step, and none at all
+_RUN_TABLE = {f"key-{i:05}": f"value {i} " + "x" * 40 for i in range(3000)}
+_OLD_RUN_PARAMS: list[dict[str, Any]] = [
+    {"user": {"table": _RUN_TABLE}, "steps": {"look": {"table": _RUN_TABLE}}},
+    {"user": {"table": _RUN_TABLE}, "steps": {"look": {"table": _RUN_TABLE}}},
+    {
+        "user": {"look.table": _RUN_TABLE, "n": 2},
+        "steps": {"look": {"table": _RUN_TABLE}, "count": {"n": 2}, "idle": {}},
+        "images": {"busybox:1": "sha256:00ff"},
+        "step_images": {"look": "busybox:1"},
+    },
+    {"user": {}, "steps": {}},
+]
+
+
+def test_0016_moves_run_params_to_the_params_table_without_loss(db_url: str) -> None:
+    """Runs recorded before 0016 read back with the same parameters after it, their tasks kept, the
+    table stored once; and again as they were after a downgrade to 0015."""
+    from datamill.db.models import JSONType
+    from datamill.engine import runs as runs_mod
+
+    db = Database(db_url)
+    try:
+        migrate_to(db, "0015_params")
+        old_runs = sa_table(
+            "runs",
+            *(
+                Column(name, type_)
+                for name, type_ in [
+                    ("id", Integer()),
+                    ("pipeline_ref", String()),
+                    ("pipeline_name", String()),
+                    ("status", String()),
+                    ("requested_at", Float()),
+                    ("reason", String()),
+                    ("force", Boolean()),
+                    ("params", JSONType),
+                    ("executor", String()),
+                    ("inputs", JSONType),
+                    ("cancel_requested", Boolean()),
+                    ("skip_failed", Boolean()),
+                ]
+            ),
+        )
+        with db.write() as conn:
+            conn.execute(
+                insert(old_runs),
+                [
+                    {
+                        "id": i + 1,
+                        "pipeline_ref": "p.py:p",
+                        "pipeline_name": "p",
+                        "status": "succeeded",
+                        "requested_at": 0.0,
+                        "reason": "",
+                        "force": False,
+                        "params": p,
+                        "executor": "inline",
+                        "inputs": [],
+                        "cancel_requested": False,
+                        "skip_failed": False,
+                    }
+                    for i, p in enumerate(_OLD_RUN_PARAMS)
+                ],
+            )
+            conn.execute(
+                text(
+                    "INSERT INTO tasks (id, run_id, planned_id, step, step_code, status, attempts, max_attempts, "
+                    "progress, message, deps, queued_at) VALUES (1, 1, 'look', 'look', 'py:x', 'succeeded', 1, 1, "
+                    "1.0, '', '[]', 0)"
+                )
+            )
+        db.migrate()
+        with db.read() as conn:
+            got = runs_mod.list_runs(conn)
+            digests = conn.execute(text("SELECT params_digest FROM runs ORDER BY id")).scalars().all()
+            stored = conn.execute(text("SELECT count(*) FROM params")).scalar_one()
+            kept = conn.execute(text("SELECT count(*) FROM tasks WHERE run_id = 1")).scalar_one()
+        assert [r["params"] for r in sorted(got, key=lambda r: r["id"])] == _OLD_RUN_PARAMS
+        assert digests[0] == digests[1] and digests[3] is None
+        # {"table": T} (two runs' and the first step's), {"look.table": T, "n": 2}, {"n": 2}: nothing twice
+        assert stored == 3
+        assert kept == 1  # the runs table was altered in place: its tasks are still there
+        migrate_to(db, "0015_params", down=True)
+        with db.read() as conn:
+            back = [
+                r[0] if not isinstance(r[0], str) else json.loads(r[0])
+                for r in conn.execute(text("SELECT params FROM runs ORDER BY id"))
+            ]
+        assert back == _OLD_RUN_PARAMS
+    finally:
+        db.dispose()
+
+
 def test_sqlite_tables_copied_by_a_migration_keep_the_rows_that_refer_to_them(db_url: str) -> None:
     """On SQLite a migration that drops a column copies the table and drops the old one; with foreign
     keys on that deleted every row referring to it (``ON DELETE CASCADE``). 0013's downgrade copies
     ``runs``: its tasks, their inputs and outputs must all still be there, and again after upgrading."""
     db = Database(db_url)
     try:
-        _migrate_to(db, "0013_rerun")
+        migrate_to(db, "0013_rerun")
         with db.write() as conn:
             conn.execute(
                 text(
@@ -189,7 +280,7 @@ def test_sqlite_tables_copied_by_a_migration_keep_the_rows_that_refer_to_them(db
                     conn.execute(text("SELECT count(*) FROM task_outputs")).scalar_one(),
                 )
 
-        _migrate_to(db, "0012_scale", down=True)
+        migrate_to(db, "0012_scale", down=True)
         assert counts() == (1, 1, 1)
         db.migrate()
         assert counts() == (1, 1, 1)

@@ -209,7 +209,11 @@ class Run(Base):
     requested_by: Mapped[int | None] = mapped_column(BigInteger, nullable=True)
     reason: Mapped[str] = mapped_column(String(255), default="")
     force: Mapped[bool] = mapped_column(Boolean, default=False)
-    params: Mapped[dict[str, Any]] = mapped_column(JSONType, default=dict)
+    #: the parameters the user gave, a row of ``params`` (:class:`ParamSet`); None when none were given
+    params_digest: Mapped[str | None] = mapped_column(String(80), nullable=True)
+    #: the rest of the run's parameters (:func:`datamill.engine.paramsets.run_params`): ``steps``, each
+    #: step's overrides as a row of ``params``, and the image digests resolved for the run, if any
+    params_meta: Mapped[dict[str, Any]] = mapped_column(JSONType, default=dict)
     source_folder: Mapped[str | None] = mapped_column(String(1024), nullable=True)
     dest_folder: Mapped[str | None] = mapped_column(String(1024), nullable=True)
     dest_folder_id: Mapped[int | None] = mapped_column(BigInteger, nullable=True)

@@ -51,7 +51,8 @@ class ImageUsed:
 
 
 def step_images(run_params: Mapping[str, Any] | None) -> dict[str, ImageUsed]:
-    """Each container step's image in a run, by step name, from the run's recorded parameters.
+    """Each container step's image in a run, by step name, from the run's recorded parameters
+    (or ``runs.params_meta``, which keeps these two as they are).
 
     The run records the digests it resolved (``images``: image -> digest) and which step names
     which image (``step_images``: step -> image) when it is submitted; provenance reads them here.

@@ -21,7 +21,7 @@ from sqlalchemy import Connection, select
 from datamill.coroutine import run_to_end
 from datamill.db.models import Run, Task
 from datamill.engine import keys, registry, replay, runs
-from datamill.engine.params import split_params
+from datamill.engine.params import RunParams, split_params
 from datamill.engine.planner import CachedResult, OutputDigest, Plan, canonical_inputs, image_digests, plan
 from datamill.engine.publish import Publisher, already_published, place_of, publish_plan
 from datamill.engine.records import RunInfo, WhyInfo
@@ -72,6 +72,8 @@ class _Prepared:
     plan: Plan | None
     hits: dict[str, tuple[int, list[runs.OutputRecord]]]
     images: Mapping[str, str]
+    #: the run's parameters checked, resolved and encoded once (for the identity, the plan and the rows)
+    params: RunParams
     refs: tuple[InputRef, ...] = ()
 
     def inputs(self) -> tuple[InputRef, ...]:
@@ -308,19 +310,19 @@ class Engine:
         """
         refs = canonical_inputs(inputs)
         images = image_digests(p, None, self.resolve_image)
+        params = RunParams(p, opts.params)
         identity = dest_id = earlier = None
         if replay.can_replay(p):
             dest_id = lookups.folder_id(conn, "/".join(split_path(opts.dest))) if opts.dest else None
-            steps = split_params(p, opts.params)
-            identity = replay.plan_identity(p, refs, steps, images, opts.source or None, dest_id)
+            identity = replay.plan_identity(p, refs, params.steps, images, opts.source or None, dest_id, params)
             if not opts.force:
                 earlier = replay.find_earlier(conn, identity)
             if earlier is not None and not replay.replayable(conn, earlier, p, dest_id, lock=False):
                 earlier = None
         if earlier is not None:
-            return _Prepared(identity, dest_id, earlier, None, {}, images, refs)
-        the_plan, hits = self._plan_with_cache(conn, p, inputs, opts, images, failures)
-        return _Prepared(identity, dest_id, None, the_plan, hits, images, refs)
+            return _Prepared(identity, dest_id, earlier, None, {}, images, params, refs)
+        the_plan, hits = self._plan_with_cache(conn, p, inputs, opts, images, params, failures)
+        return _Prepared(identity, dest_id, None, the_plan, hits, images, params, refs)
 
     def _plan_with_cache(
         self,
@@ -329,6 +331,7 @@ class Engine:
         inputs: Sequence[InputRef],
         opts: _Submission,
         images: Mapping[str, str],
+        params: RunParams,
         failures: bool = False,
     ) -> tuple[Plan, dict[str, tuple[int, list[runs.OutputRecord]]]]:
         """The run's plan, its cache look-ups made in bulk (one query per 1,000 keys), and what they found
@@ -338,12 +341,13 @@ class Engine:
         the_plan = plan(
             p,
             inputs,
-            split_params(p, opts.params),
+            params.steps,
             force=opts.force,
             images=images,
             resolve_image=self.resolve_image,
             lookup_many=self.lookup_many(conn, found, failed),
             mirror=opts.source or None,
+            run_params=params,
         )
         if failed is not None:
             the_plan = dataclasses.replace(the_plan, failed=failed)
@@ -375,7 +379,7 @@ class Engine:
         new_tasks: list[runs.NewTask] = []
         if earlier is None:
             if the_plan is None:
-                the_plan, hits = self._plan_with_cache(conn, p, prepared.refs, opts, prepared.images)
+                the_plan, hits = self._plan_with_cache(conn, p, prepared.refs, opts, prepared.images, prepared.params)
                 prepared = dataclasses.replace(prepared, plan=the_plan, hits=hits)
             new_tasks = self._new_tasks(conn, p, the_plan, prepared.hits, dest)
         run_id = runs.create_run(
@@ -388,11 +392,8 @@ class Engine:
             reason=opts.reason,
             force=bool(opts.force),
             # image digests resolved now hold for the whole run: a retag while it runs changes nothing
-            params={
-                "user": dict(opts.params or {}),
-                "steps": split_params(p, opts.params),
-                **_images(p, prepared.images),
-            },
+            params={**prepared.params.recorded(), **_images(p, prepared.images)},
+            encoder=prepared.params.encoder,
             source_folder=source,
             dest_folder=dest,
             dest_folder_id=folder_id,
@@ -530,10 +531,11 @@ class Engine:
         """Runs the actor may see, newest first, without what the actor may not read."""
         with self.home.db.read() as conn:
             rows = conn.execute(select(Run).order_by(Run.id.desc()).limit(limit * 4 if limit else None)).all()
-            out = [
-                runs.run_dict(r) for r in rows if self._visible(conn, actor, r) and (not status or r.status == status)
-            ]
-            return [RunInfo.from_dict(r) for r in Visibility(conn, actor).runs(out[:limit] if limit else out)]
+            shown = [r for r in rows if self._visible(conn, actor, r) and (not status or r.status == status)]
+            shown = shown[:limit] if limit else shown
+            found = runs.load_run_params(conn, shown)  # only the sets of the runs shown (each set once)
+            out = [runs.run_dict(r, found) for r in shown]
+            return [RunInfo.from_dict(r) for r in Visibility(conn, actor).runs(out)]
 
     def tasks(self, actor: Actor, run_id: int) -> list[runs.TaskRow]:
         """A run's tasks, without what the actor may not read of their inputs."""
@@ -614,13 +616,14 @@ class Engine:
             if row.status not in (runs.RunStatus.FAILED, runs.RunStatus.CANCELLED):
                 raise InvalidInput(f"run {run_id} is {row.status}; only failed or cancelled runs can be retried")
             choice = registry.readmit(conn, actor, row.pipeline_ref, f"run {run_id}", self.home.settings.image_patterns)
+            user_params = runs.run_params(conn, row)["user"]
         return self.submit(
             actor,
             choice,
             [input_ref_from_dict(d) for d in row.inputs],
             source=row.source_folder,
             dest=row.dest_folder,
-            params=(row.params or {}).get("user"),
+            params=user_params,
             reason=f"retry of run {run_id}",
             executor=row.executor,
             dataflow_id=row.dataflow_id,
@@ -690,11 +693,12 @@ class Engine:
 
     def _parts(self, conn: Connection, row: Any, t: runs.TaskRow) -> dict[str, Any]:
         pipeline = load_pipeline(row.pipeline_ref)
+        params = runs.run_params(conn, row)
         the_plan = plan(
             pipeline,
             [input_ref_from_dict(d) for d in row.inputs],
-            (row.params or {}).get("steps"),
-            images=(row.params or {}).get("images"),
+            params["steps"],
+            images=params.get("images"),
             resolve_image=self.resolve_image,
             mirror=row.source_folder,
         )
@@ -801,7 +805,7 @@ def _image_named(row: Any, digest: str | None) -> str | None:
     """The image (as its step names it) whose digest, resolved for run ``row``, is ``digest``."""
     if not digest:
         return None
-    images = (row.params or {}).get("images") or {}
+    images = (row.params_meta or {}).get("images") or {}
     return next((str(name) for name, d in images.items() if d == digest), None)
 
 

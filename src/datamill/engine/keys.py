@@ -132,16 +132,33 @@ class KeyMaker:
     #: the canonical JSON of the parts with no inputs contains this exactly once, before "params"
     _HOLE = '"inputs":[]'
 
+    #: the parameters' place in the canonical JSON of the parts made with none
+    _NO_PARAMS = '"params":{}'
+
     def __init__(
-        self, step_id: str, step_code: str, params: Mapping[str, Any], image_digest: str | None = None
+        self,
+        step_id: str,
+        step_code: str,
+        params: Mapping[str, Any],
+        image_digest: str | None = None,
+        params_json: str | None = None,
     ) -> None:
-        text = canonical_json(key_parts(step_id, step_code, params, (), image_digest))
+        """``params_json``, when given, is the canonical JSON of ``params`` made already (the run's
+        :class:`~datamill.engine.paramsets.Encoder`): not made again."""
+        text = canonical_json(
+            key_parts(step_id, step_code, {} if params_json is not None else params, (), image_digest)
+        )
         # Keys sort "code" < "image" < "inputs" < "params": the first hole is the top-level one (the
         # code and image are strings, whose quotes are escaped; a parameter could contain one too).
         head, hole, tail = text.partition(self._HOLE)
         assert hole, text
         self._head = (head + '"inputs":').encode("utf-8")
-        self._tail = tail.encode("utf-8")
+        self._tail = [tail.encode("utf-8")]
+        if params_json is not None:
+            # With no parameters in them, the parts' only '"params":{}' is the top-level one.
+            before, found, after = tail.partition(self._NO_PARAMS)
+            assert found, tail
+            self._tail = [(before + '"params":').encode("utf-8"), params_json.encode("utf-8"), after.encode("utf-8")]
 
     def key(self, input_digests: InputDigests) -> str:
         """The key of the step's task reading ``input_digests`` (as :func:`task_key` takes them)."""
@@ -150,7 +167,8 @@ class KeyMaker:
         # may be megabytes (a lookup table), and a copy of them per key cost a third of the hash.
         h = blake3.blake3(self._head)
         h.update(body)
-        h.update(self._tail)
+        for part in self._tail:
+            h.update(part)
         return "blake3:" + h.hexdigest()
 
 

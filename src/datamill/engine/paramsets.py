@@ -7,6 +7,12 @@ the BLAKE3 digest of its canonical JSON (:mod:`datamill.canonical`), and a task 
 ``tasks.params_digest`` (None: no parameters). Content-addressed rather than once per run: a run a
 trigger makes has a task or two, so a set stored per run would still be stored per task.
 
+A run's own row names its sets the same way (:func:`run_columns`, :func:`run_params`): the
+parameters the user gave (``runs.params_digest``) and each step's share of them (``steps`` in
+``runs.params_meta``). A table passed as ``table=...`` is one set for all three (the run's, the
+step's overrides, the task's resolved parameters when the step has no other), stored once however
+many runs a trigger makes with it.
+
 The digest is only the address of the set; a task's key (:mod:`datamill.engine.keys`) still
 hashes the parameters themselves, as it always did, so keys recorded before are unchanged.
 """
@@ -25,7 +31,19 @@ from sqlalchemy.dialects import postgresql, sqlite
 from datamill.canonical import Unkeyable, canonical_json, canonical_value
 from datamill.db.models import ParamSet
 
-__all__ = ["decode", "encode", "load", "load_digests", "params_of", "store"]
+__all__ = [
+    "Encoder",
+    "decode",
+    "encode",
+    "load",
+    "load_digests",
+    "params_of",
+    "run_columns",
+    "run_digests",
+    "run_params",
+    "run_sets",
+    "store",
+]
 
 #: Digests per look-up query (SQLite allows 32,766 variables).
 DIGESTS_PER_QUERY = 500
@@ -49,6 +67,87 @@ def encode(params: Mapping[str, Any]) -> tuple[str, str] | None:
     return "blake3:" + blake3.blake3(text.encode("utf-8")).hexdigest(), text
 
 
+class Encoder:
+    """The canonical JSON and digests of the parameter sets of one run, each value encoded once.
+
+    A big parameter is in several sets of a run: the parameters the user gave, the step's share of
+    them, each step's resolved parameters (a copy, made when it was checked), and it is hashed into
+    the plan identity and each step's keys. Encoded for each, a 4 MiB table cost half a second of a
+    run's CPU. Here each value is encoded once, by identity (the objects are kept, so an id is never
+    another object's), and a set's text is put together from its values' texts, which gives
+    exactly :func:`datamill.canonical.canonical_json` of the set. A value and its checked copy
+    (:meth:`same`) share one text. Values must not change while the encoder is in use.
+    """
+
+    def __init__(self) -> None:
+        #: id of a value -> (the value, the value its text is made from, whether that one is canonical)
+        self._values: dict[int, tuple[Any, Any, bool]] = {}
+        #: id of a value texts are made from -> (it, its canonical JSON)
+        self._texts: dict[int, tuple[Any, str]] = {}
+        #: id of a set -> (the set, its signature: its names and the ids of its values' sources)
+        self._sigs: dict[int, tuple[Mapping[str, Any], tuple[tuple[str, int], ...]]] = {}
+        #: a set's signature -> (digest, canonical JSON)
+        self._sets: dict[tuple[tuple[str, int], ...], tuple[str, str]] = {}
+        #: characters of values encoded so far (each value once: what a run's parameters cost to encode)
+        self.encoded = 0
+
+    def same(self, value: Any, canonical: Any) -> None:
+        """Record that ``canonical`` is ``value`` as :func:`canonical_value` makes it (checked already).
+
+        Only containers are recorded: a number may have been converted (an int given for a float
+        parameter), which changes its text; a container's canonical form has the same text.
+        """
+        source = canonical
+        if isinstance(value, (Mapping, list, tuple)):
+            # Checked again for another step (another copy): all its copies share the first one's text.
+            entry = self._values.get(id(value))
+            source = entry[1] if entry is not None and entry[2] else canonical
+            self._values[id(value)] = (value, source, True)
+        if id(canonical) not in self._values or canonical is not source:
+            self._values[id(canonical)] = (canonical, source, True)
+
+    def canonical_text(self, params: Mapping[str, Any]) -> str:
+        """The canonical JSON of the set ``params``; raises :class:`Unkeyable` as :func:`canonical_value` does."""
+        return self._set(params)[1]
+
+    def encode(self, params: Mapping[str, Any]) -> tuple[str, str] | None:
+        """:func:`encode`, each value encoded once however many sets of the run hold it."""
+        if not params:
+            return None
+        try:
+            return self._set(params)
+        except Unkeyable:
+            return encode(params)
+
+    def _set(self, params: Mapping[str, Any]) -> tuple[str, str]:
+        known = self._sigs.get(id(params))
+        if known is None:
+            if not all(isinstance(k, str) for k in params):
+                canonical_value(dict(params))  # raises Unkeyable naming the key
+            sig = tuple((k, self._source(params[k])) for k in sorted(params))
+            known = self._sigs[id(params)] = (params, sig)
+        sig = known[1]
+        out = self._sets.get(sig)
+        if out is None:
+            # Joined as json.dumps(sort_keys=True, separators=(",", ":"), ensure_ascii=False) writes a dict.
+            text = "{" + ",".join([json.dumps(k, ensure_ascii=False) + ":" + self._texts[i][1] for k, i in sig]) + "}"
+            out = self._sets[sig] = ("blake3:" + blake3.blake3(text.encode("utf-8")).hexdigest(), text)
+        return out
+
+    def _source(self, value: Any) -> int:
+        """The id of the value ``value``'s text is made from, that text made now if it is new."""
+        entry = self._values.get(id(value))
+        if entry is None:
+            entry = self._values[id(value)] = (value, value, False)
+        source, canonical = entry[1], entry[2]
+        if id(source) not in self._texts:
+            # Checked values are canonical already: only encoded. Others are checked here.
+            text = canonical_json(source if canonical else canonical_value(source))
+            self._texts[id(source)] = (source, text)
+            self.encoded += len(text)
+        return id(source)
+
+
 def decode(text: str | bytes) -> dict[str, Any]:
     """A parameter set as :func:`encode` wrote it."""
     try:
@@ -58,11 +157,12 @@ def decode(text: str | bytes) -> dict[str, Any]:
     return dict(out)
 
 
-def store(conn: Connection, sets: Iterable[Mapping[str, Any]]) -> list[str | None]:
+def store(conn: Connection, sets: Iterable[Mapping[str, Any]], encoder: Encoder | None = None) -> list[str | None]:
     """The digest of each of ``sets`` (None for an empty one), each set not stored yet written once.
 
     The tasks of one step share their parameters' mapping: it is encoded once per call, not once
     per task (the mappings are kept until the call returns, so an id seen is never a new object's).
+    With ``encoder`` (the run's), a set it encoded already is not encoded again.
     """
     seen: dict[int, tuple[Mapping[str, Any], str | None]] = {}
     texts: dict[str, str] = {}
@@ -70,7 +170,7 @@ def store(conn: Connection, sets: Iterable[Mapping[str, Any]]) -> list[str | Non
     for params in sets:
         known = seen.get(id(params))
         if known is None:
-            encoded = encode(params)
+            encoded = encode(params) if encoder is None else encoder.encode(params)
             known = seen[id(params)] = (params, None if encoded is None else encoded[0])
             if encoded is not None:
                 texts[encoded[0]] = encoded[1]
@@ -129,3 +229,37 @@ def load(conn: Connection, digests: Iterable[str | None]) -> dict[str, dict[str,
 def params_of(found: Mapping[str, dict[str, Any]], digest: str | None) -> dict[str, Any]:
     """A task's parameters from what :func:`load` found for its ``params_digest`` (no digest: none)."""
     return {} if digest is None else found.get(digest, {})
+
+
+def run_sets(params: Mapping[str, Any]) -> list[Mapping[str, Any]]:
+    """The sets a run's parameters (``{"user": ..., "steps": {step: ...}, ...}``) are stored as, in the
+    order :func:`run_columns` takes their digests: the user's, then each step's."""
+    return [params.get("user") or {}, *(params.get("steps") or {}).values()]
+
+
+def run_columns(params: Mapping[str, Any], digests: list[str | None]) -> tuple[str | None, dict[str, Any]]:
+    """``runs.params_digest`` and ``runs.params_meta`` of a run's parameters, given the digests of
+    :func:`run_sets` (as :func:`store` returned them): the rest (image digests) is kept as it is."""
+    steps = params.get("steps") or {}
+    meta = {k: v for k, v in params.items() if k not in ("user", "steps")}
+    meta["steps"] = dict(zip(steps, digests[1:], strict=True))
+    return digests[0], meta
+
+
+def run_digests(params_digest: str | None, meta: Mapping[str, Any] | None) -> list[str | None]:
+    """The digests of the sets a run's row names (to :func:`load` them)."""
+    return [params_digest, *((meta or {}).get("steps") or {}).values()]
+
+
+def run_params(
+    found: Mapping[str, dict[str, Any]], params_digest: str | None, meta: Mapping[str, Any] | None
+) -> dict[str, Any]:
+    """A run's parameters as they were recorded (``{"user": ..., "steps": ..., "images": ...}``), from
+    what :func:`load` found for :func:`run_digests` (copies: the sets themselves are shared)."""
+    rest = dict(meta or {})
+    steps = rest.pop("steps", None) or {}
+    return {
+        "user": dict(params_of(found, params_digest)),
+        "steps": {step: dict(params_of(found, d)) for step, d in steps.items()},
+        **rest,
+    }

@@ -29,8 +29,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal, Protocol
 
-from datamill.engine import keys
+from datamill.engine import keys, paramsets
 from datamill.engine.apps import bind_apps
+from datamill.engine.params import RunParams
 from datamill.errors import InvalidInput, InvalidPipeline
 from datamill.pipeline.inputs import InputRef
 from datamill.pipeline.pipeline import Pipeline
@@ -169,6 +170,9 @@ class Plan:
     #: the looked-up keys whose step failed before, with the newest run each failed in, when the
     #: cache look-up was asked for them too (None: not asked; see ``Engine.submit``'s ``skip_failed``)
     failed: Mapping[str, int] | None = field(default=None, compare=False)
+    #: the run's parameters encoded once (:class:`~datamill.engine.params.RunParams`), when the plan
+    #: was made with them: the keys of steps reached later reuse their steps' canonical JSON
+    encoder: paramsets.Encoder | None = field(default=None, compare=False, repr=False)
     _index: dict[str, PlannedTask] = field(init=False, repr=False, compare=False)
     #: a key maker per step (:meth:`key_for`): the step's parameters encoded once, not once per task
     _makers: dict[tuple[str, str, int, str | None], keys.KeyMaker] = field(init=False, repr=False, compare=False)
@@ -229,7 +233,8 @@ class Plan:
         which = (t.step, t.step_code, id(t.params), t.image_digest)
         maker = self._makers.get(which)
         if maker is None:
-            maker = self._makers[which] = keys.KeyMaker(t.step, t.step_code, t.params, t.image_digest)
+            text = None if self.encoder is None else self.encoder.canonical_text(t.params)
+            maker = self._makers[which] = keys.KeyMaker(t.step, t.step_code, t.params, t.image_digest, text)
         return maker.key(self.input_digests(t, upstream_outputs))
 
     def key_parts_for(
@@ -428,6 +433,7 @@ def plan(
     resolve_image: Callable[[str], str] | None = None,
     mirror: str | None = None,
     lookup_many: Callable[[Sequence[str]], Mapping[str, CachedResult]] | None = None,
+    run_params: RunParams | None = None,
 ) -> Plan:
     """Plan a run of ``pipeline`` over ``inputs``.
 
@@ -446,6 +452,8 @@ def plan(
             the same subfolder of the destination (:func:`mirrored_name`).
         lookup_many: the cache for many keys at once (``{key: outputs}`` for the keys it holds);
             when given, ``lookup`` is not used. The planner asks it once per step.
+        run_params: ``params`` checked, resolved and encoded already (the run's, made from the
+            same parameters): each step's are taken from it, not resolved and encoded again.
 
     Returns:
         A :class:`Plan` whose tasks are ``cached`` (outputs reused), ``run`` or ``pending``.
@@ -460,6 +468,7 @@ def plan(
     if any(s.kind == "http" for s in pipeline.steps):
         # The app's own version is part of its steps' keys; unknown CLAMS parameters stop here.
         pipeline = bind_apps(pipeline, overrides)
+        run_params = None  # the bound steps resolve their own (an app may add to them)
     for name in overrides:
         if name not in pipeline:
             raise InvalidPipeline(
@@ -478,9 +487,13 @@ def plan(
         forced = (
             step.force or (forced_steps is True) or (isinstance(forced_steps, frozenset) and step.name in forced_steps)
         )
-        resolved = step.resolve_params(overrides.get(step.name))
+        if run_params is not None:
+            resolved = run_params.resolved[step.name]
+            text: str | None = run_params.encoder.canonical_text(resolved)
+        else:
+            resolved, text = step.resolve_params(overrides.get(step.name)), None
         digest = digests.get(step.image) if step.image else None
-        step_tasks = _step_tasks(pipeline, step, refs, resolved, digest, known)
+        step_tasks = _step_tasks(pipeline, step, refs, resolved, digest, known, text)
         # Every key of the step is looked up at once: one query per many keys, not one per task.
         wanted = [] if forced or not step.cache else [key for *_, key in step_tasks if key is not None]
         found = find(list(dict.fromkeys(wanted))) if wanted else {}
@@ -497,6 +510,7 @@ def plan(
         edges=tuple(edges),
         images=digests,
         mirror=mirror,
+        encoder=None if run_params is None else run_params.encoder,
     )
 
 
@@ -538,8 +552,10 @@ def _step_tasks(
     resolved: Mapping[str, Any],
     digest: str | None,
     known: Mapping[str, tuple[OutputDigest, ...]],
+    params_json: str | None = None,
 ) -> list[tuple[InputRef | None, tuple[Wire, ...], tuple[str, ...], str | None]]:
-    """The tasks of one step as ``(item, wires, deps, key)``: keyed where every upstream output is known."""
+    """The tasks of one step as ``(item, wires, deps, key)``: keyed where every upstream output is known
+    (``params_json``: the canonical JSON of ``resolved``, when it was made already)."""
     maker: keys.KeyMaker | None = None
     out: list[tuple[InputRef | None, tuple[Wire, ...], tuple[str, ...], str | None]] = []
     for item in refs if pipeline.per_item(step.name) else (None,):
@@ -548,7 +564,7 @@ def _step_tasks(
         key = None
         if all(d in known for d in deps):
             # The step's parts are encoded once (raising InvalidPipeline for a bad parameter).
-            maker = maker or keys.KeyMaker(step.name, step.code, resolved, digest)
+            maker = maker or keys.KeyMaker(step.name, step.code, resolved, digest, params_json)
             key = maker.key(_digests_of(step, item, wires, refs, known))
         out.append((item, wires, deps, key))
     return out

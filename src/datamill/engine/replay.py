@@ -28,6 +28,8 @@ what is published).
 
 from __future__ import annotations
 
+import json
+import secrets
 from collections.abc import Mapping, Sequence
 from typing import Any
 
@@ -37,6 +39,7 @@ from sqlalchemy import Connection, text
 from datamill import events
 from datamill.canonical import canonical_json
 from datamill.engine.keys import canonical_params
+from datamill.engine.params import RunParams
 from datamill.pipeline.inputs import InputRef
 from datamill.pipeline.pipeline import Pipeline
 
@@ -58,26 +61,37 @@ def plan_identity(
     images: Mapping[str, str],
     source: str | None,
     dest_folder_id: int | None,
+    run_params: RunParams | None = None,
 ) -> str:
     """The hash of everything a run's plan and its recorded rows depend on, besides the cache.
 
     Steps in order with their identity (code, resolved parameters, image digest), wiring, retries
     and publishing rules; the pipeline's name (part of published names); the exact input versions
     (``inputs``, in canonical order: :func:`~datamill.engine.planner.canonical_inputs`); the source
-    (outputs mirror its subfolders) and the destination folder's id.
+    (outputs mirror its subfolders) and the destination folder's id. With ``run_params`` (``params``
+    resolved and encoded already), the steps' parameters are hashed from their canonical JSON made
+    there: the same bytes, not encoded again.
 
     Raises:
         InvalidPipeline: a parameter has no canonical form (as planning would).
     """
     steps = []
+    texts: list[str] = []
+    # Where a step's encoded parameters go: a string no step's fields can hold (a new nonce each time).
+    marker = f"\0{secrets.token_hex(16)}:"
     for s in pipeline.steps:
-        resolved = s.resolve_params(params.get(s.name))
+        step_params: Any
+        if run_params is not None:
+            step_params = f"{marker}{len(texts)}"
+            texts.append(run_params.encoder.canonical_text(run_params.resolved[s.name]))
+        else:
+            step_params = canonical_params(s.name, s.resolve_params(params.get(s.name)))
         steps.append(
             {
                 "name": s.name,
                 "kind": s.kind,
                 "code": s.code,
-                "params": canonical_params(s.name, resolved),
+                "params": step_params,
                 "args": [[a.name, str(a.role.value), a.source] for a in s.args],
                 "per_item": pipeline.per_item(s.name),
                 "publish": s.publish if isinstance(s.publish, bool) else list(s.publish),
@@ -90,7 +104,13 @@ def plan_identity(
     head = canonical_json(
         {"v": IDENTITY_SCHEMA, "pipeline": pipeline.name, "steps": steps, "source": source, "dest": dest_folder_id}
     )
-    h = blake3.blake3(head.encode("utf-8"))
+    h = blake3.blake3()
+    for i, step_text in enumerate(texts):  # the head with each marker replaced by its step's parameters
+        before, found, head = head.partition(json.dumps(f"{marker}{i}", ensure_ascii=False))
+        assert found, i
+        h.update(before.encode("utf-8"))
+        h.update(step_text.encode("utf-8"))
+    h.update(head.encode("utf-8"))
     # One line per input, no JSON per input (10,000 inputs: ~10 ms).
     h.update("".join([f"\n{r.folder.strip('/')}\0{r.name}\0{r.version_id}\0{r.digest}" for r in inputs]).encode())
     return "plan:" + h.hexdigest()

@@ -78,6 +78,7 @@ __all__ = [
     "input_ref_to_dict",
     "list_runs",
     "list_tasks",
+    "load_run_params",
     "lookup_cache",
     "lookup_cache_many",
     "pending_run_ids",
@@ -87,6 +88,7 @@ __all__ = [
     "requeue_task",
     "run_dict",
     "run_folder_id",
+    "run_params",
     "run_row",
     "set_key",
     "set_progress",
@@ -121,12 +123,14 @@ def create_run(
     skip_failed: bool = False,
     plan_digest: str | None = None,
     replay_of: int | None = None,
+    encoder: paramsets.Encoder | None = None,
 ) -> int:
     """Record a run and all its tasks (queued) with their events; returns the run id.
 
     With ``replay_of`` (and no ``tasks``), the tasks are those of that earlier run, copied as
     cached (:mod:`datamill.engine.replay`; the caller checked :func:`~datamill.engine.replay.replayable`).
     ``plan_digest`` is the run's plan identity (:func:`~datamill.engine.replay.plan_identity`).
+    ``encoder`` encoded the run's parameters already (:class:`~datamill.engine.params.RunParams`).
 
     A task with ``cached_from`` is recorded as answered from the cache, with its outputs and the
     ``task.finished`` event a scheduler would append: a fully cached run is recorded in a few
@@ -142,6 +146,12 @@ def create_run(
     # Inside a block of access.remembered (a trigger that hands the run to its scheduler), the rows
     # written are read back whole, in the statements that write them or read their ids anyway.
     kept = memo(conn)
+    # The run's parameters, each step's share of them and each step's resolved ones are sets stored
+    # once (a big one is usually one set for all three), the run and its tasks naming them.
+    given = dict(params or {})
+    sets = paramsets.run_sets(given)
+    digests = paramsets.store(conn, [*sets, *(t.params for t in tasks)], encoder)
+    params_digest, params_meta = paramsets.run_columns(given, digests[: len(sets)])
     run_row_ = conn.execute(
         _INSERT_RUN_WHOLE if kept is not None else _INSERT_RUN,
         {
@@ -152,7 +162,8 @@ def create_run(
             "requested_by": requested_by,
             "reason": reason,
             "force": force,
-            "params": dict(params or {}),
+            "params_digest": params_digest,
+            "params_meta": params_meta,
             "source_folder": source_folder,
             "dest_folder": dest_folder,
             "dest_folder_id": dest_folder_id,
@@ -166,9 +177,7 @@ def create_run(
         },
     ).one()
     run_id = int(run_row_.id)
-    # Each step's parameters are stored once (its tasks share them), and each task names them.
-    digests = paramsets.store(conn, [t.params for t in tasks])
-    rows = [_task_values(run_id, t, d, now) for t, d in zip(tasks, digests, strict=True)]
+    rows = [_task_values(run_id, t, d, now) for t, d in zip(tasks, digests[len(sets) :], strict=True)]
     ids: list[int] = []
     task_rows: list[Any] = []
     if rows:
@@ -477,12 +486,26 @@ def get_run(conn: Connection, run_id: int) -> dict[str, Any] | None:
     for step, status, n in counts:
         by_step.setdefault(step, {})[status] = n
         totals[status] = totals.get(status, 0) + n
-    return {**run_dict(r), "counts": totals, "steps": by_step}
+    return {**run_dict(r, load_run_params(conn, [r])), "counts": totals, "steps": by_step}
 
 
-def run_dict(r: Any) -> dict[str, Any]:
-    """A run row as a JSON-able dict."""
-    return {
+def load_run_params(conn: Connection, rows: Sequence[Any]) -> dict[str, dict[str, Any]]:
+    """The parameter sets the run rows ``rows`` name, for :func:`run_dict` (one query per 500 sets)."""
+    return paramsets.load(conn, [d for r in rows for d in paramsets.run_digests(r.params_digest, r.params_meta)])
+
+
+def run_params(conn: Connection, row: Any) -> dict[str, Any]:
+    """The parameters of the run ``row`` as recorded: ``{"user": ..., "steps": {step: ...}, "images": ...}``."""
+    return paramsets.run_params(load_run_params(conn, [row]), row.params_digest, row.params_meta)
+
+
+def run_dict(r: Any, found: Mapping[str, dict[str, Any]] | None = None) -> dict[str, Any]:
+    """A run row as a JSON-able dict, its ``params`` from the sets :func:`load_run_params` ``found``.
+
+    Without ``found`` the dict has no ``params`` (callers that only check access need none, and a
+    big parameter is not read for them).
+    """
+    out = {
         "id": r.id,
         "pipeline_ref": r.pipeline_ref,
         "pipeline": r.pipeline_name,
@@ -491,7 +514,6 @@ def run_dict(r: Any) -> dict[str, Any]:
         "requested_by": r.requested_by,
         "reason": r.reason,
         "force": r.force,
-        "params": r.params,
         "source_folder": r.source_folder,
         "dest_folder": r.dest_folder,
         "dataflow_id": r.dataflow_id,
@@ -505,6 +527,9 @@ def run_dict(r: Any) -> dict[str, Any]:
         "skip_failed": r.skip_failed,
         "inputs": r.inputs,
     }
+    if found is not None:
+        out["params"] = paramsets.run_params(found, r.params_digest, r.params_meta)
+    return out
 
 
 def list_runs(
@@ -516,7 +541,9 @@ def list_runs(
         q = q.where(Run.status == status)
     if dataflow_id is not None:
         q = q.where(Run.dataflow_id == dataflow_id)
-    return [run_dict(r) for r in conn.execute(q)]
+    rows = conn.execute(q).all()
+    found = load_run_params(conn, rows)
+    return [run_dict(r, found) for r in rows]
 
 
 def input_ref_from_dict(d: Mapping[str, Any]) -> InputRef:

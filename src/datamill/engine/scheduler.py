@@ -683,11 +683,13 @@ class Scheduler:
                 _mark_missed(conn, row, the_plan, rows)
         if the_plan is None:  # recorded elsewhere (or its driver failed): plan it here
             self.stats["plans"] += 1
+            with self.home.db.read() as conn:
+                params = runs.run_params(conn, row)
             the_plan = plan(
                 self.pipeline_for(run_id, row.pipeline_ref),
                 [input_ref_from_dict(d) for d in row.inputs or []],
-                row.params.get("steps") if row.params else None,
-                images=(row.params or {}).get("images"),
+                params["steps"],
+                images=params.get("images"),
                 resolve_image=functools.partial(image_digest, runtime=self.home.settings.container_runtime),
                 mirror=row.source_folder,
             )

@@ -235,7 +235,7 @@ class _CrateBuilder:
             },
         )
         self.workflow["input"] = [self.in_param]
-        images = step_images(self.rec.run.params)
+        images = step_images(self.rec.run.params_meta)
         for t in self.rec.tasks:
             if t.step in self.steps:
                 continue

@@ -240,7 +240,7 @@ class Walker(Records):
 
 def _image_attrs(run: Any, step: str) -> dict[str, Any]:
     """A container task's ``image`` and ``image_digest`` (from its run's parameters); none otherwise."""
-    used = step_images(run.params).get(step)
+    used = step_images(run.params_meta).get(step)
     return {} if used is None else {"image": used.image, "image_digest": used.digest}
 
 

@@ -49,8 +49,9 @@ def upgrade() -> None:
         sa.Column("data", sa.Text(), nullable=False),
         sa.PrimaryKeyConstraint("digest"),
     )
-    with op.batch_alter_table("tasks") as batch:
-        batch.add_column(sa.Column("params_digest", sa.String(length=80), nullable=True))
+    # In place (ALTER TABLE), never by copying tasks into a new table: on SQLite, with foreign keys on,
+    # dropping the old table would delete every task's outputs and inputs (ON DELETE CASCADE).
+    op.add_column("tasks", sa.Column("params_digest", sa.String(length=80), nullable=True))
     conn = op.get_bind()
     stored: set[str] = set()
     after = -1
@@ -76,14 +77,12 @@ def upgrade() -> None:
             conn.execute(sa.text("INSERT INTO params (digest, data) VALUES (:digest, :data)"), new)
         if named:
             conn.execute(sa.text("UPDATE tasks SET params_digest = :d WHERE id = :id"), named)
-    with op.batch_alter_table("tasks") as batch:
-        batch.drop_column("params")
+    op.drop_column("tasks", "params")
 
 
 def downgrade() -> None:
     json_type = sa.JSON().with_variant(JSONB(astext_type=sa.Text()), "postgresql")
-    with op.batch_alter_table("tasks") as batch:
-        batch.add_column(sa.Column("params", json_type, nullable=True))
+    op.add_column("tasks", sa.Column("params", json_type, nullable=False, server_default=sa.text("'{}'")))
     conn = op.get_bind()
     data = "p.data::jsonb" if conn.dialect.name == "postgresql" else "p.data"
     empty = "'{}'::jsonb" if conn.dialect.name == "postgresql" else "'{}'"
@@ -93,7 +92,5 @@ def downgrade() -> None:
             f"{empty})"
         )
     )
-    with op.batch_alter_table("tasks") as batch:
-        batch.alter_column("params", existing_type=json_type, nullable=False)
-        batch.drop_column("params_digest")
+    op.drop_column("tasks", "params_digest")
     op.drop_table("params")
