@@ -38,6 +38,19 @@ if signal.getsignal(signal.SIGINT) == signal.SIG_IGN:
 PG_BIN = Path(os.environ.get("PG_BIN", "/usr/lib/postgresql/15/bin"))
 
 
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    """Run the web tests last, whatever order the command line named them in.
+
+    pytest-playwright's sync API keeps an event loop running in the main thread from its first use
+    to the end of the session, so every later test that calls ``asyncio.run`` would fail with
+    "cannot be called from a running event loop".
+    """
+    web = [item for item in items if item.path.parent.name == "web" and item.path.parent.parent.name == "tests"]
+    if web:
+        moved = set(web)
+        items[:] = [item for item in items if item not in moved] + web
+
+
 def _run(cmd: list[str], what: str, log: Path | None = None) -> None:
     """Run ``cmd``; on failure fail the test with its output (and ``log``, the server's log)."""
     proc = subprocess.run(cmd, capture_output=True, text=True)
