@@ -6,8 +6,6 @@ memory; the list now names the set and ``GET /runs/{id}/params/{digest}`` answer
 
 from __future__ import annotations
 
-from collections.abc import Iterator
-
 import httpx
 import pytest
 
@@ -15,7 +13,6 @@ from datamill.api import ServerHandle
 from datamill.client.local import LocalClient
 from datamill.client.remote import RemoteClient
 from datamill.engine import paramsets
-from datamill.home import Home
 from datamill.limits import INT64_MAX
 from tests.engine.pipelines import ref
 
@@ -24,15 +21,6 @@ LOOKUPS = ref("lookups")
 TABLE = {f"i{i:03}": f"entry {i}" for i in range(20)} | {f"pad{i:04}": "p" * 30 for i in range(2500)}
 #: items of the run: two tasks each (look_up, label), all sharing the table's set
 ITEMS = 20
-
-
-@pytest.fixture
-def http(server: ServerHandle, home: Home) -> Iterator[httpx.Client]:
-    """Raw HTTP as the admin."""
-    with httpx.Client(
-        base_url=server.url + "/api/v1", headers={"Authorization": f"Bearer {home.admin_token()}"}, timeout=60
-    ) as client:
-        yield client
 
 
 @pytest.fixture
