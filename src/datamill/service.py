@@ -15,6 +15,7 @@ from typing import TYPE_CHECKING, Any, BinaryIO
 from datamill.dataflows.batches import Batches, BatchSource
 from datamill.dataflows.dataflow import Dataflows
 from datamill.dataflows.records import BatchInfo, BatchStatus, DataflowInfo, DataflowVersionInfo, RecentRun
+from datamill.engine import paramsets
 from datamill.engine.engine import Engine
 from datamill.engine.records import PipelineInfo, PlanInfo, RunInfo, TaskInfo, WhyInfo
 from datamill.engine.registry import Pipelines
@@ -349,6 +350,26 @@ class Service:
     def tasks(self, run_id: int) -> list[TaskInfo]:
         """A run's tasks, in plan order."""
         return [TaskInfo.from_dict(t.to_dict()) for t in self.engine.tasks(self.actor, run_id)]
+
+    def task_page(self, run_id: int, after: int = 0, limit: int = 1000) -> list[dict[str, Any]]:
+        """A page of a run's tasks as the API lists them: up to ``limit`` with ids above ``after``.
+
+        Each names its parameter set (``params_digest``) and its size (``params_size``, bytes of
+        canonical JSON); ``params`` holds the set only when it is at most
+        :data:`~datamill.engine.paramsets.INLINE_BYTES`, else None (read it with :meth:`param_set`).
+        """
+        page, sets = self.engine.task_page(self.actor, run_id, after, limit, paramsets.INLINE_BYTES)
+        out = []
+        for t in page:
+            d = t.to_dict()
+            size, params = sets.get(t.params_digest, (0, {})) if t.params_digest else (0, {})
+            d["params_digest"], d["params_size"], d["params"] = t.params_digest, size, params
+            out.append(d)
+        return out
+
+    def param_set(self, run_id: int, digest: str) -> dict[str, Any]:
+        """One parameter set of a run (its own or a task's), by digest; NotFound for any other."""
+        return self.engine.param_set(self.actor, run_id, digest)
 
     def item_tasks(self, run_id: int, offset: int = 0, limit: int = 50) -> tuple[list[TaskInfo], int]:
         """The tasks of one page of a run's items (items in plan order, aggregates last), and how many items."""

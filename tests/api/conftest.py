@@ -12,6 +12,7 @@ from __future__ import annotations
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
+import httpx
 import pytest
 
 from datamill.api import ServerHandle
@@ -48,6 +49,15 @@ def server(home: Home) -> Iterator[ServerHandle]:
     """``home`` served over HTTP on 127.0.0.1 (a free port)."""
     with serve(home) as handle:
         yield handle
+
+
+@pytest.fixture
+def http(server: ServerHandle, home: Home) -> Iterator[httpx.Client]:
+    """Raw HTTP as the admin, on ``/api/v1``."""
+    with httpx.Client(
+        base_url=server.url + "/api/v1", headers={"Authorization": f"Bearer {home.admin_token()}"}, timeout=60
+    ) as client:
+        yield client
 
 
 @pytest.fixture

@@ -52,6 +52,9 @@ def assert_error(r: httpx.Response, status: int) -> dict[str, object]:
 OUT_OF_RANGE = [
     ("GET", "/runs/{n}", {}),
     ("GET", "/runs/{n}/tasks", {}),
+    ("GET", "/runs/1/tasks", {"after": "{n}"}),
+    ("GET", "/runs/1/tasks", {"limit": "{n}"}),
+    ("GET", "/runs/{n}/params/blake3:00", {}),
     ("POST", "/runs/{n}/cancel", {}),
     ("POST", "/runs/{n}/retry", {}),
     ("GET", "/runs/{n}/ro-crate", {}),

@@ -7,7 +7,7 @@ on the same home (``tests/client`` covers a server that executes them itself).
 from __future__ import annotations
 
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -22,15 +22,6 @@ from datamill.home import Home
 
 COUNTING = Path(__file__).resolve().parents[1] / "client" / "counting_pipeline.py"
 REF = f"{COUNTING}:pipeline"
-
-
-@pytest.fixture
-def http(server: ServerHandle, home: Home) -> Iterator[httpx.Client]:
-    """Raw HTTP as the admin."""
-    with httpx.Client(
-        base_url=server.url + "/api/v1", headers={"Authorization": f"Bearer {home.admin_token()}"}, timeout=30
-    ) as client:
-        yield client
 
 
 @pytest.fixture

@@ -72,6 +72,13 @@ EventOut = model_of(EventRecord, "Event")
 TokenOut = model_of(NewToken, "NewToken")
 RunOut = model_of(RunInfo, "Run")
 TaskOut = model_of(TaskInfo, "Task")
+#: a task as a run's task list has it: its parameter set named, carried inline only when small
+ListedTaskOut = model_of(
+    TaskInfo,
+    "ListedTask",
+    drop=("params",),
+    add={"params_digest": str | None, "params_size": int, "params": dict[str, Any] | None},
+)
 PlanOut = model_of(PlanInfo, "Plan")
 WhyOut = model_of(WhyInfo, "Why")
 PipelineOut = model_of(PipelineInfo, "Pipeline")

@@ -1003,10 +1003,35 @@ class RemoteClient(Client):
     def run_info(self, run_id: int) -> RunInfo:
         return self._run_page(run_id)
 
+    #: tasks asked for per page of ``GET /runs/{id}/tasks``
+    TASK_PAGE = 1000
+
     def tasks(self, run_id: int) -> list[TaskInfo]:
+        """A run's tasks, each with its full parameters.
+
+        Read page by page; a parameter set too big to be listed inline is read once by its digest,
+        however many tasks share it (each task's ``params`` is that one dict: read, never change it).
+        """
         from datamill.engine.records import TaskInfo
 
-        return [TaskInfo.from_dict(t) for t in self._call("GET", f"/runs/{int(run_id)}/tasks")]
+        listed: list[dict[str, Any]] = []
+        after = 0
+        while True:
+            page = self._call("GET", f"/runs/{int(run_id)}/tasks", params={"after": after, "limit": self.TASK_PAGE})
+            # Only ids past the cursor: a server that ignores it (no paging) answers every task each time.
+            new = [t for t in page if t["id"] > after]
+            listed += new
+            if len(page) < self.TASK_PAGE or not new:
+                break
+            after = new[-1]["id"]
+        sets: dict[str, dict[str, Any]] = {}
+        for t in listed:
+            digest = t.get("params_digest")
+            if t.get("params") is None and digest:
+                if digest not in sets:
+                    sets[digest] = self._call("GET", f"/runs/{int(run_id)}/params/{quote_segment(digest)}")
+                t["params"] = sets[digest]
+        return [TaskInfo.from_dict(t) for t in listed]
 
     def task(self, task_id: int) -> TaskInfo:
         from datamill.engine.records import TaskInfo

@@ -20,7 +20,7 @@ from sqlalchemy import Connection, select
 
 from datamill.coroutine import run_to_end
 from datamill.db.models import Run, Task
-from datamill.engine import keys, registry, replay, runs
+from datamill.engine import keys, paramsets, registry, replay, runs
 from datamill.engine.params import RunParams, split_params
 from datamill.engine.planner import CachedResult, OutputDigest, Plan, canonical_inputs, image_digests, plan
 from datamill.engine.publish import Publisher, already_published, place_of, publish_plan
@@ -542,6 +542,39 @@ class Engine:
         with self.home.db.read() as conn:
             row = self._run_row(conn, actor, run_id)
             return self._redacted(Visibility(conn, actor), row, runs.list_tasks(conn, run_id))
+
+    def task_page(
+        self, actor: Actor, run_id: int, after: int, limit: int, inline_bytes: int
+    ) -> tuple[list[runs.TaskRow], dict[str, tuple[int, dict[str, Any] | None]]]:
+        """Up to ``limit`` of a run's tasks with ids above ``after`` (redacted, their ``params`` left
+        empty) and what :func:`~datamill.engine.paramsets.load_listed` says of their sets."""
+        with self.home.db.read() as conn:
+            row = self._run_row(conn, actor, run_id)
+            page = runs.list_tasks(conn, run_id, with_params=False, after=after, limit=limit)
+            sets = paramsets.load_listed(conn, {t.params_digest for t in page}, inline_bytes)
+            return self._redacted(Visibility(conn, actor), row, page), sets
+
+    def param_set(self, actor: Actor, run_id: int, digest: str) -> dict[str, Any]:
+        """One parameter set of a run: the run's own or one of its tasks'.
+
+        Not found alike when the run is not the actor's to see, when the run does not use the set
+        and when there is no such set: which sets exist is not for the caller to learn.
+        """
+        with self.home.db.read() as conn:
+            row = self._run_row(conn, actor, run_id)
+            used = digest in paramsets.run_digests(row.params_digest, row.params_meta) or (
+                conn.execute(
+                    select(Task.id).where(Task.run_id == run_id, Task.params_digest == digest).limit(1)
+                ).first()
+                is not None
+            )
+            found = paramsets.load(conn, [digest]) if used else {}
+            if digest not in found:
+                raise NotFound(
+                    f"run {run_id} has no parameter set {digest}; its tasks (GET /runs/{run_id}/tasks) name theirs",
+                    run_id=run_id,
+                )
+            return found[digest]
 
     def item_tasks(self, actor: Actor, run_id: int, offset: int, limit: int) -> tuple[list[runs.TaskRow], int]:
         """The tasks of one page of a run's items (see :func:`~datamill.engine.tasks.item_page`), redacted."""

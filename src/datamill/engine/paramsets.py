@@ -25,18 +25,21 @@ from typing import Any
 
 import blake3
 import orjson
-from sqlalchemy import Connection, select
+from sqlalchemy import Connection, cast, func, select
 from sqlalchemy.dialects import postgresql, sqlite
+from sqlalchemy.types import LargeBinary
 
 from datamill.canonical import Unkeyable, canonical_json, canonical_value
 from datamill.db.models import ParamSet
 
 __all__ = [
+    "INLINE_BYTES",
     "Encoder",
     "decode",
     "encode",
     "load",
     "load_digests",
+    "load_listed",
     "params_of",
     "run_columns",
     "run_digests",
@@ -45,6 +48,9 @@ __all__ = [
     "store",
 ]
 
+#: A task listing (``GET /runs/{id}/tasks``) carries a set inline up to this many bytes of canonical
+#: JSON; a bigger one is read once by its digest (``GET /runs/{id}/params/{digest}``).
+INLINE_BYTES = 16 << 10
 #: Digests per look-up query (SQLite allows 32,766 variables).
 DIGESTS_PER_QUERY = 500
 #: a set whose text is at least this long is looked for before it is inserted (see ``_write``)
@@ -223,6 +229,32 @@ def load(conn: Connection, digests: Iterable[str | None]) -> dict[str, dict[str,
     for some in _in_batches(digests):
         for digest, text in conn.execute(select(ParamSet.digest, ParamSet.data).where(ParamSet.digest.in_(some))):
             out[digest] = decode(text)
+    return out
+
+
+def _byte_length(conn: Connection) -> Any:
+    """The size in bytes (UTF-8) of a set's text, as the database computes it (``length`` counts characters)."""
+    if conn.dialect.name == "postgresql":
+        return func.octet_length(ParamSet.data)
+    return func.length(cast(ParamSet.data, LargeBinary))
+
+
+def load_listed(
+    conn: Connection, digests: Iterable[str | None], inline_bytes: int
+) -> dict[str, tuple[int, dict[str, Any] | None]]:
+    """``digest -> (size in bytes of its canonical JSON, parameters or None)`` for the sets named by ``digests``.
+
+    For a listing of many tasks: a set of at most ``inline_bytes`` is read and decoded, a bigger
+    one only measured by the database (its text never leaves it), so that a page of tasks sharing
+    a 1 MiB table costs neither the server's memory nor the answer a copy of it per task.
+    """
+    out: dict[str, tuple[int, dict[str, Any] | None]] = {}
+    size = _byte_length(conn)
+    small = func.substr(ParamSet.data, 1, inline_bytes + 1)  # characters >= bytes: enough to hold any small set
+    for some in _in_batches(digests):
+        rows = conn.execute(select(ParamSet.digest, size, small).where(ParamSet.digest.in_(some)))
+        for digest, n, text in rows:
+            out[digest] = (int(n), decode(text) if n <= inline_bytes else None)
     return out
 
 

@@ -520,7 +520,14 @@ def _json_column(value: Any) -> Any:
         return json.loads(value)
 
 
-def list_tasks(conn: Connection, run_id: int, with_outputs: bool = True, with_params: bool = True) -> list[TaskRow]:
+def list_tasks(
+    conn: Connection,
+    run_id: int,
+    with_outputs: bool = True,
+    with_params: bool = True,
+    after: int = 0,
+    limit: int | None = None,
+) -> list[TaskRow]:
     """A run's tasks in creation order, with their outputs and parameters.
 
     Read by the driver, not through SQLAlchemy's ORM columns and type processing: a scheduler
@@ -529,9 +536,15 @@ def list_tasks(conn: Connection, run_id: int, with_outputs: bool = True, with_pa
     ``with_params`` their ``params`` stay empty: a scheduler runs tasks with the parameters of its
     plan (made from the run's), never from these, and a run a trigger makes has a task or two
     (a big set decoded per run would be decoded per task).
+
+    With ``after`` and ``limit``, one page: at most ``limit`` tasks whose id is above ``after``.
     """
     rows: list[TaskRow] = []
-    for r in _driver_sql(conn, f"SELECT {_TASK_COLUMNS} FROM tasks WHERE run_id = ? ORDER BY id", (run_id,)):
+    sql = f"SELECT {_TASK_COLUMNS} FROM tasks WHERE run_id = ? AND id > ? ORDER BY id"
+    args: tuple[Any, ...] = (run_id, after)
+    if limit is not None:
+        sql, args = sql + " LIMIT ?", (*args, limit)
+    for r in _driver_sql(conn, sql, args):
         t = TaskRow(*r)
         t.deps = list(_json_column(t.deps) or [])
         rows.append(t)
@@ -544,8 +557,9 @@ def list_tasks(conn: Connection, run_id: int, with_outputs: bool = True, with_pa
         for o in _driver_sql(
             conn,
             "SELECT o.task_id, o.name, o.digest, o.size, o.content_type, o.codec, o.inline, o.version_id "
-            "FROM task_outputs o JOIN tasks t ON t.id = o.task_id WHERE t.run_id = ? ORDER BY o.id",
-            (run_id,),
+            "FROM task_outputs o JOIN tasks t ON t.id = o.task_id WHERE t.run_id = ? AND t.id > ? AND t.id <= ? "
+            "ORDER BY o.id",
+            (run_id, after, rows[-1].id),
         ):
             by_task.setdefault(o[0], []).append(OutputRecord(*o[1:]))
         for t in rows:

@@ -7,7 +7,9 @@ Routes (under ``/api/v1``):
 * ``POST /runs``: record a run; the server's scheduler executes it (``datamill up`` runs one)
 * ``GET /runs/{id}?wait=S``: a run with its task counts; with ``wait``, answers once the run has
   ended or ``S`` seconds (at most 60) have passed
-* ``GET /runs/{id}/tasks``; ``POST /runs/{id}/cancel``; ``POST /runs/{id}/retry`` (a new run)
+* ``GET /runs/{id}/tasks?after=T&limit=N``: a page of a run's tasks, each naming its parameter set;
+  ``GET /runs/{id}/params/{digest}``: one of the run's parameter sets
+* ``POST /runs/{id}/cancel``; ``POST /runs/{id}/retry`` (a new run)
 * ``GET /tasks/{id}``; ``GET /tasks/{id}/why``; ``GET /tasks/{id}/logs?follow=true`` (text; with
   ``follow``, streams until the task ends)
 
@@ -22,8 +24,10 @@ import time
 from collections.abc import AsyncIterator
 from typing import Any
 
+import orjson
 from fastapi import APIRouter, Query, Request
-from fastapi.responses import JSONResponse
+from fastapi import Path as PathParam
+from fastapi.responses import JSONResponse, Response
 from pydantic import BaseModel, Field
 
 from datamill.api.broadcast import EventBroadcaster
@@ -31,11 +35,12 @@ from datamill.api.deps import ActorDep, GuardDep, HomeDep, TokenDep, blocking
 from datamill.api.ids import RunId, TaskId
 from datamill.api.openapi import errors, text
 from datamill.api.routes.events import EventStreamResponse
-from datamill.api.schemas import PlanOut, RunOut, TaskOut, WhyOut, list_of, plain
+from datamill.api.schemas import ListedTaskOut, PlanOut, RunOut, TaskOut, WhyOut, list_of, plain
 from datamill.api.streams import GONE, Follower, StreamGuard, read_bytes
 from datamill.engine.runs import FINISHED_RUN, FINISHED_TASK
 from datamill.errors import Conflict, DatamillError, Unavailable
 from datamill.home import Home
+from datamill.limits import INT64_MAX
 from datamill.service import Service
 from datamill.store.access import Actor
 
@@ -183,13 +188,52 @@ async def get_run(
 
 @router.get(
     "/runs/{run_id}/tasks",
-    response_model=list_of(TaskOut),
+    response_model=list_of(ListedTaskOut),
     responses=errors(404),
     summary="List a run's tasks",
 )
-async def list_tasks(run_id: RunId, actor: ActorDep, home: HomeDep) -> JSONResponse:
-    """A run's tasks in plan order, with their outputs."""
-    return JSONResponse(plain(await blocking(_client(home, actor).tasks, run_id)))
+async def list_tasks(
+    run_id: RunId,
+    actor: ActorDep,
+    home: HomeDep,
+    after: int = Query(0, ge=0, le=INT64_MAX, description="The id of the last task of the previous page (paging)."),
+    limit: int = Query(1000, ge=1, le=10_000, description="At most this many tasks."),
+) -> Response:
+    """A page of a run's tasks in plan order (by id), with their outputs. A page shorter than ``limit`` is the last.
+
+    Each task names its parameter set (``params_digest``, ``params_size`` in bytes of canonical
+    JSON); ``params`` holds it only when it is at most 16 KiB, else it is null: read it once with
+    ``GET /runs/{id}/params/{digest}``, however many tasks share it.
+    """
+    page = await blocking(_client(home, actor).task_page, run_id, after, limit)
+    return _json(page)
+
+
+@router.get(
+    "/runs/{run_id}/params/{digest}",
+    response_model=dict[str, Any],
+    responses=errors(404),
+    summary="Get a run's parameter set",
+)
+async def get_param_set(
+    run_id: RunId,
+    actor: ActorDep,
+    home: HomeDep,
+    digest: str = PathParam(
+        max_length=80, description="A `params_digest` of one of the run's tasks (or of the run's own parameters)."
+    ),
+) -> Response:
+    """One parameter set of a run; 404 for a digest the run does not use, as for one that does not exist."""
+    return _json(await blocking(_client(home, actor).param_set, run_id, digest))
+
+
+def _json(data: Any) -> Response:
+    # orjson: a page of thousands of tasks serialized in a fraction of what the json module takes. What
+    # it refuses (an integer beyond 64 bits in a parameter) the json module writes.
+    try:
+        return Response(orjson.dumps(data), media_type="application/json")
+    except TypeError:
+        return JSONResponse(data)
 
 
 @router.post(
