@@ -11,6 +11,8 @@ import typing
 from collections.abc import Sequence
 from typing import Any
 
+import orjson
+from fastapi.responses import JSONResponse, Response
 from pydantic import BaseModel, create_model
 
 from datamill.dataflows.records import (
@@ -112,6 +114,16 @@ BatchStatusOut = model_of(
 def plain(data: Record | Sequence[Record]) -> Any:
     """A record (or a list of them) as JSON-able data, for a ``JSONResponse``."""
     return data.to_dict() if isinstance(data, Record) else [r.to_dict() for r in data]
+
+
+def fast_json(data: Any) -> Response:
+    """``data`` as a JSON response written by orjson: a listing of many thousands of rows in a fraction
+    of what the json module takes. What orjson refuses (an integer beyond 64 bits in metadata or a
+    parameter) the json module writes, as before."""
+    try:
+        return Response(orjson.dumps(data), media_type="application/json")
+    except TypeError:
+        return JSONResponse(data)
 
 
 def list_of(model: type[BaseModel]) -> Any:

@@ -24,7 +24,7 @@ from datamill.api.ids import VersionQuery
 from datamill.api.openapi import errors
 from datamill.api.paths import UrlPath
 from datamill.api.routes.folders import MetadataChange
-from datamill.api.schemas import Done, ItemOut, ItemPageOut, VersionOut, list_of
+from datamill.api.schemas import Done, ItemOut, ItemPageOut, VersionOut, fast_json, list_of
 from datamill.errors import InvalidMetadata
 from datamill.limits import loads_bounded
 
@@ -46,16 +46,7 @@ async def list_items(
 ) -> Response:
     """Items of a folder by name, with their current versions."""
     items = await blocking(home.store.list_items, actor, path, after, limit)
-    return _json([i.to_dict() for i in items])
-
-
-def _json(data: Any) -> Response:
-    # orjson: a 100,000-item listing serialized in a fraction of what the json module takes. What it
-    # refuses (an integer beyond 64 bits in metadata) the json module writes, as before.
-    try:
-        return Response(orjson.dumps(data), media_type="application/json")
-    except TypeError:
-        return JSONResponse(data)
+    return fast_json([i.to_dict() for i in items])
 
 
 @router.get(
@@ -107,7 +98,7 @@ async def find_items(
     """
     wanted = loads_bounded(metadata, "the metadata filter", InvalidMetadata) if metadata else None
     items = await blocking(home.store.find_items, actor, path, name, wanted, recursive, after, limit)
-    return _json([i.to_dict() for i in items])
+    return fast_json([i.to_dict() for i in items])
 
 
 @router.get(

@@ -24,7 +24,6 @@ import time
 from collections.abc import AsyncIterator
 from typing import Any
 
-import orjson
 from fastapi import APIRouter, Query, Request
 from fastapi import Path as PathParam
 from fastapi.responses import JSONResponse, Response
@@ -35,7 +34,7 @@ from datamill.api.deps import ActorDep, GuardDep, HomeDep, TokenDep, blocking
 from datamill.api.ids import RunId, TaskId
 from datamill.api.openapi import errors, text
 from datamill.api.routes.events import EventStreamResponse
-from datamill.api.schemas import ListedTaskOut, PlanOut, RunOut, TaskOut, WhyOut, list_of, plain
+from datamill.api.schemas import ListedTaskOut, PlanOut, RunOut, TaskOut, WhyOut, fast_json, list_of, plain
 from datamill.api.streams import GONE, Follower, StreamGuard, read_bytes
 from datamill.engine.runs import FINISHED_RUN, FINISHED_TASK
 from datamill.errors import Conflict, DatamillError, Unavailable
@@ -206,7 +205,7 @@ async def list_tasks(
     ``GET /runs/{id}/params/{digest}``, however many tasks share it.
     """
     page = await blocking(_client(home, actor).task_page, run_id, after, limit)
-    return _json(page)
+    return fast_json(page)
 
 
 @router.get(
@@ -224,16 +223,7 @@ async def get_param_set(
     ),
 ) -> Response:
     """One parameter set of a run; 404 for a digest the run does not use, as for one that does not exist."""
-    return _json(await blocking(_client(home, actor).param_set, run_id, digest))
-
-
-def _json(data: Any) -> Response:
-    # orjson: a page of thousands of tasks serialized in a fraction of what the json module takes. What
-    # it refuses (an integer beyond 64 bits in a parameter) the json module writes.
-    try:
-        return Response(orjson.dumps(data), media_type="application/json")
-    except TypeError:
-        return JSONResponse(data)
+    return fast_json(await blocking(_client(home, actor).param_set, run_id, digest))
 
 
 @router.post(
