@@ -17,7 +17,8 @@ from sqlalchemy import update
 from datamill.db.models import Task
 from datamill.engine import ownership
 from datamill.engine.scheduler import Scheduler
-from tests.helpers import open_home, wait_for
+from datamill.service import Service
+from tests.helpers import add_user, open_home, wait_for
 
 from .engine_world import World
 from .pipelines import ref
@@ -321,6 +322,9 @@ def test_a_run_whose_scheduler_stops_gracefully_is_taken_over_at_once(tmp_path: 
     assert released.data["owner"] == a.scheduler.owner
     (queued,) = world.events("run.queued", run_id)
     assert released.folder_id == queued.folder_id  # filed under the run's folder: read permission applies
+    outsider = Service(world.home, add_user(world.home, "outsider"))  # may read no folder of the run's
+    assert outsider.events(kinds=["run.released", "task.reclaimed"]) == []
+    assert [e.seq for e in Service(world.home, world.admin).events(kinds=["run.released"])] == [released.seq]
     # a's tasks went back to the queue in the same commit, before b started any task
     reclaimed = world.events("task.reclaimed", run_id)
     assert reclaimed and {e.data["previous_owner"] for e in reclaimed} == {a.scheduler.owner}
@@ -362,6 +366,8 @@ def test_an_owner_asking_for_help_is_helped_at_once(tmp_path: Path, db_url: str)
             helper.close()
         home.close()
     (asked,) = world.events("run.help_wanted", run_id)  # once, not at every renewal
+    outsider = Service(world.home, add_user(world.home, "outsider"))  # may read no folder of the run's
+    assert outsider.events(kinds=["run.help_wanted"]) == []
     assert asked.data["owner"] == "owner"
     assert asked.seq < min(e.seq for e in helper.started_by_me(world, run_id))
     with world.home.db.read() as conn:
