@@ -190,3 +190,17 @@ def label(look_up: str, *, table: dict = {}, mark: str = "") -> str:  # noqa: B0
 
 #: a lookup table as a parameter of both steps (``--param table=...``)
 lookups = Pipeline("lookups", steps=[look_up, label])
+
+
+@step
+def keeps_notes(item: InputFile, *, seen: list = [], notes: dict = {}) -> str:  # noqa: B006 (changed on purpose)
+    """Appends the item's stem to ``seen`` and notes it in ``notes``; how many entries each has then.
+    A step that changes its parameters: with values of its own in every call, each answer is the
+    same (one more entry than given), whichever calls ran before it in the same process."""
+    seen.append(item.ref.stem)
+    notes[item.ref.stem] = len(notes)
+    return f"{len(seen)} {len(notes)}"
+
+
+#: one step that changes its list and dict parameters in place
+mutating = Pipeline("mutating", steps=[keeps_notes])

@@ -9,6 +9,7 @@ Every reader still sees the run's parameters as recorded, and an unchanged re-ru
 from __future__ import annotations
 
 import math
+import threading
 from typing import Any
 
 import pytest
@@ -163,3 +164,63 @@ def test_keys_and_plan_identity_made_from_the_encoded_params_are_byte_identical(
     )
     # The table was checked once per step that takes it and encoded once for all of it.
     assert rp.encoder.encoded < len(canonical_json(TABLE)) + 1000
+
+
+MUTATING = ref("mutating")
+
+
+@pytest.mark.parametrize("executor", ["inline", "local"])
+@pytest.mark.parametrize(
+    ("params", "answer"),
+    [({"seen": ["given"]}, b"2 1"), ({"notes": {"given": 0}}, b"1 2"), ({}, b"1 1")],
+    ids=["list", "dict", "defaults"],
+)
+def test_a_step_that_changes_its_parameters_changes_no_other_call(
+    world: World, executor: str, params: dict[str, Any], answer: bytes
+) -> None:
+    """``keeps_notes`` appends to its list parameter and sets a key in its dict parameter: every call
+    gets values of its own, so each answer is the same, in this process (inline) as in a worker
+    that runs all the calls one after the other (the local pool with one worker); the plan's values
+    and the step's defaults stay as given, so an unchanged re-run is all cached."""
+    stems = [f"i{i}" for i in range(8)]
+    for stem in stems:
+        world.put(f"{stem}.txt", stem)
+    workers = {"workers": 1} if executor == "local" else {}
+    first = world.run(MUTATING, executor=executor, params=params, **workers)
+    assert first["status"] == "succeeded", first
+    assert {s: world.read(f"{s}.keeps_notes.txt") for s in stems} == dict.fromkeys(stems, answer)
+    assert load_pipeline(MUTATING).step("keeps_notes").params == {"seen": [], "notes": {}}
+    again = world.run(MUTATING, executor=executor, params=params, **workers)
+    assert world.status_counts(again["id"]) == {"cached": len(stems)}  # the keys still describe what ran
+
+
+def test_each_call_gets_values_of_its_own_and_shares_only_immutable_ones() -> None:
+    """``call_params``: immutable values are shared as they are; a flat container is copied; a nested
+    one comes whole and new for each call (a value two parameters share stays one value in a call);
+    the step's defaults and the given mapping are never changed through a call's values."""
+    from datamill.pipeline.callparams import call_params
+
+    shared = ["x"]
+    defaults = {"n": 1, "label": "a", "pair": (1, ("b", 2.0)), "rows": [{"k": [1]}], "flags": set()}
+    given = {"n": 2, "table": {"a": "1"}, "left": shared, "right": shared, "raw": bytearray(b"ab")}
+    calls = [call_params(defaults, given) for _ in range(3)]
+    for params in calls:
+        assert params == {**defaults, **given}
+        assert params["label"] is defaults["label"] and params["pair"] is defaults["pair"]
+        params["rows"][0]["k"].append(2)
+        params["table"]["b"] = "2"
+        params["left"].append("y")
+        params["flags"].add("f")
+        params["raw"] += b"c"
+        assert params["right"] == ["x", "y"] and params["right"] is params["left"]
+    assert defaults == {"n": 1, "label": "a", "pair": (1, ("b", 2.0)), "rows": [{"k": [1]}], "flags": set()}
+    assert given == {"n": 2, "table": {"a": "1"}, "left": ["x"], "right": ["x"], "raw": bytearray(b"ab")}
+    assert calls[0]["rows"][0]["k"] is not calls[1]["rows"][0]["k"]
+    # The values of a mapping replaced since its last call: the call gets (copies of) the new ones.
+    given["table"] = {"c": "3"}
+    assert call_params(defaults, given)["table"] == {"c": "3"}
+    # A value that cannot be pickled (a lambda in a list) is deep-copied; one that cannot be copied
+    # either (a lock) is passed as it is: never a run's parameter, as those are plain JSON data.
+    lock, fns = threading.Lock(), [lambda: 1, [1]]
+    made = call_params({}, {"fns": fns, "lock": lock})
+    assert made["lock"] is lock and made["fns"] == fns and made["fns"] is not fns and made["fns"][1] is not fns[1]

@@ -33,6 +33,7 @@ import cloudpickle
 from datamill.coroutine import run_to_end
 from datamill.errors import InvalidPipeline
 from datamill.pipeline import codecs
+from datamill.pipeline.callparams import call_params
 from datamill.pipeline.context import Context, NullReporter, Reporter
 from datamill.pipeline.inputs import InputFile, InputRef
 from datamill.pipeline.loader import load_pipeline
@@ -283,7 +284,8 @@ def run_step(reporter: Reporter, call: StepCall) -> StepResult:
         prepare_dirs(call)
 
     assert step.fn is not None  # python steps always have one
-    params = {**step.params, **dict(call.params)}
+    # values of its own: what the step changes in them, no other call sees (see callparams)
+    params = call_params(step.params, call.params)
     item = call.item.file() if call.item is not None else None
     items = [i.file() for i in call.items]
     ctx = (
