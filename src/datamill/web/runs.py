@@ -20,7 +20,7 @@ from typing import Any
 from fastapi import APIRouter, Query, Request
 from fastapi.responses import Response
 
-from datamill.api.deps import blocking
+from datamill.api.deps import blocking, service_for
 from datamill.api.ids import RunId, TaskId
 from datamill.engine.records import RunInfo, TaskInfo
 from datamill.engine.runs import FINISHED_RUN
@@ -107,7 +107,7 @@ def live_rows(home: Any) -> Any:
     """The renderer of the runs list's live stream: each run named by the events, its row once."""
 
     def render_rows(actor: Actor, events: list[EventRecord]) -> list[Message]:
-        service = Service(home, actor, serving=True)
+        service = service_for(home, actor)
         latest: dict[int, EventRecord] = {}
         for ev in events:
             if ev.run_id is not None:
