@@ -4,6 +4,9 @@
   ``CliRunner``; returns the result (``exit_code``, ``stdout``, ``stderr``, ``stdout_bytes``).
 * ``dm.ok(*args)``: the same, failing the test (with stderr) unless the exit status is 0.
 * ``dm.json(*args)``: ``dm.ok(*args, "--json")`` parsed as JSON.
+* ``raw``: ``dm`` with ``Raw`` (a.txt: 2 lines, b.txt: 1 line) and an empty ``Out``.
+* ``up``: a real ``datamill up`` on a fresh home (:class:`tests.helpers.Up`), stopped after the test.
+* :func:`one_line_error`: the one ``error: ...`` line of a failed command.
 
 No ``DATAMILL_*`` variable of the outer environment reaches the commands.
 """
@@ -12,7 +15,7 @@ from __future__ import annotations
 
 import json
 import os
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -20,6 +23,7 @@ import pytest
 from typer.testing import CliRunner
 
 from datamill.cli import app
+from tests.helpers import Up
 
 
 class Dm:
@@ -70,3 +74,34 @@ def files(tmp_path: Path) -> Path:
     (d / "run-7" / "x.txt").write_text("x")
     (d / "run-7" / "sub" / "y.txt").write_text("y")
     return d
+
+
+@pytest.fixture
+def raw(dm: Dm, tmp_path: Path) -> Dm:
+    """``Raw`` with a.txt (2 lines) and b.txt (1 line), and an empty ``Out``."""
+    d = tmp_path / "in"
+    d.mkdir()
+    (d / "a.txt").write_text("1\n2\n")
+    (d / "b.txt").write_text("3\n")
+    dm.ok("folder", "create", "Out")
+    dm.ok("put", "-p", str(d / "a.txt"), str(d / "b.txt"), "Raw")
+    return dm
+
+
+@pytest.fixture
+def up(tmp_path: Path) -> Iterator[Up]:
+    """A real ``datamill up`` on a fresh home in ``tmp_path/home``, stopped after the test."""
+    server = Up(tmp_path / "home")
+    try:
+        yield server
+    finally:
+        server.stop()
+
+
+def one_line_error(result: Any) -> str:
+    """The one ``error: ...`` line a failed command writes; no traceback."""
+    assert result.exit_code == 1, (result.exit_code, result.stdout, result.stderr)
+    assert "Traceback" not in result.stderr
+    lines = [line for line in result.stderr.splitlines() if line.startswith("error: ")]
+    assert len(lines) == 1, result.stderr
+    return lines[0]

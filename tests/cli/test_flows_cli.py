@@ -5,28 +5,10 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-import pytest
+from tests.cli.conftest import one_line_error
 
 COUNTING = Path(__file__).resolve().parents[1] / "client" / "counting_pipeline.py"
 REF = f"{COUNTING}:pipeline"
-
-
-@pytest.fixture
-def raw(dm: Any, tmp_path: Path) -> Any:
-    """``Raw`` with a.txt and b.txt, and an empty ``Out``."""
-    for name, text in (("a.txt", "1\n2\n"), ("b.txt", "3\n")):
-        (tmp_path / name).write_text(text)
-    dm.ok("folder", "create", "Out")
-    dm.ok("put", "-p", str(tmp_path / "a.txt"), str(tmp_path / "b.txt"), "Raw")
-    return dm
-
-
-def one_line_error(result: Any) -> str:
-    assert result.exit_code == 1, (result.exit_code, result.stdout, result.stderr)
-    assert "Traceback" not in result.stderr
-    lines = [line for line in result.stderr.splitlines() if line.startswith("error: ")]
-    assert len(lines) == 1, result.stderr
-    return lines[0]
 
 
 def test_flow_lifecycle(raw: Any) -> None:

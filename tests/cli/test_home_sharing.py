@@ -9,7 +9,6 @@ from __future__ import annotations
 import json
 import socket
 import subprocess
-from collections.abc import Iterator
 from pathlib import Path
 from urllib.parse import urlsplit
 
@@ -23,15 +22,6 @@ from tests.helpers import Up, cli_env, datamill, wait_for
 pytestmark = pytest.mark.slow
 
 MIB = 1 << 20
-
-
-@pytest.fixture
-def up(tmp_path: Path) -> Iterator[Up]:
-    server = Up(tmp_path / "home")
-    try:
-        yield server
-    finally:
-        server.stop()
 
 
 def _temp_uploads(home: Path) -> list[Path]:

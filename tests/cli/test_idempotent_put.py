@@ -10,7 +10,6 @@ from __future__ import annotations
 import socket
 import subprocess
 import time
-from collections.abc import Iterator
 from pathlib import Path
 from urllib.parse import urlsplit
 
@@ -24,15 +23,6 @@ from tests.helpers import Up, cli_env, datamill
 pytestmark = pytest.mark.slow
 
 MIB = 1 << 20
-
-
-@pytest.fixture
-def up(tmp_path: Path) -> Iterator[Up]:
-    server = Up(tmp_path / "home")
-    try:
-        yield server
-    finally:
-        server.stop()
 
 
 def _versions(url: str, auth: dict[str, str]) -> list[dict[str, object]]:

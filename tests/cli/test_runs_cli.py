@@ -11,32 +11,12 @@ from typing import Any
 import pytest
 
 from datamill.api import ServerHandle
+from tests.cli.conftest import one_line_error
 from tests.helpers import open_home, serve
 
 COUNTING = Path(__file__).resolve().parents[1] / "client" / "counting_pipeline.py"
 REF = f"{COUNTING}:pipeline"
 INLINE = ("--executor", "inline")
-
-
-@pytest.fixture
-def raw(dm: Any, tmp_path: Path) -> Any:
-    """``Raw`` with a.txt (2 lines) and b.txt (1 line), and an empty ``Out``."""
-    d = tmp_path / "in"
-    d.mkdir()
-    (d / "a.txt").write_text("1\n2\n")
-    (d / "b.txt").write_text("3\n")
-    dm.ok("folder", "create", "Out")
-    dm.ok("put", "-p", str(d / "a.txt"), str(d / "b.txt"), "Raw")
-    return dm
-
-
-def one_line_error(result: Any) -> str:
-    """The one ``error: ...`` line a failed command writes; no traceback."""
-    assert result.exit_code == 1, (result.exit_code, result.stdout, result.stderr)
-    assert "Traceback" not in result.stderr
-    lines = [line for line in result.stderr.splitlines() if line.startswith("error: ")]
-    assert len(lines) == 1, result.stderr
-    return lines[0]
 
 
 def test_run_succeeds_then_reuses_the_cache(raw: Any) -> None:

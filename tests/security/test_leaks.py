@@ -52,18 +52,7 @@ def test_events_of_the_destination_hide_private_planned_ids(http: httpx.Client, 
     assert failed and all(DOOMED not in (e["data"]["error"] or "") for e in failed)
     assert_clean(world, "dest_reader", json.dumps(page))
     # The same over the SSE stream: read it until a marker event everybody may see.
-    marker = "Marker Public"
-    headers = world.headers("dest_reader")
-    seen = []
-    with http.stream("GET", "/api/v1/events/stream", params={"since": 0}, headers=headers) as stream:
-        lines = stream.iter_lines()
-        assert next(lines) == "retry: 3000"
-        world.home.store.create_folder(world.home.admin, marker, public_read=True)
-        for line in lines:
-            seen.append(line)
-            if line.startswith("data:") and marker in line:
-                break
-    text = "\n".join(seen)
+    text = _sse_until_marker(http, world, "dest_reader", "Marker Public")
     assert f"measure[{HIDDEN}]" in text
     assert_clean(world, "dest_reader", text)
 

@@ -1,4 +1,5 @@
-"""What route handlers get injected: the home, the calling actor, and a way to run blocking code.
+"""What route handlers get injected: the home, the calling actor, the service layer acting as that
+actor, and a way to run blocking code.
 
 Store and database calls block, so handlers run them through :func:`blocking` (starlette's
 thread pool) rather than on the event loop.
@@ -16,6 +17,7 @@ from starlette.concurrency import run_in_threadpool
 from datamill.api.streams import StreamGuard
 from datamill.errors import Unauthorized
 from datamill.home import Home
+from datamill.service import Service
 from datamill.store.access import Actor
 
 P = ParamSpec("P")
@@ -75,3 +77,20 @@ HomeDep = Annotated[Home, Depends(get_home)]
 TokenDep = Annotated[str, Depends(get_token)]
 GuardDep = Annotated[StreamGuard, Depends(get_guard)]
 ActorDep = Annotated[Actor, Depends(get_actor)]
+
+
+def service_for(home: Home, actor: Actor) -> Service:
+    """The service layer acting as ``actor`` for a request received over the API.
+
+    ``serving``: a pipeline reference is taken as sent, never read against the server's working
+    directory. Long-lived responses call it for the actor they re-check.
+    """
+    return Service(home, actor, serving=True)
+
+
+async def get_service(home: HomeDep, actor: ActorDep) -> Service:
+    """The service layer acting as the caller (async: making it needs no thread of the pool)."""
+    return service_for(home, actor)
+
+
+ServiceDep = Annotated[Service, Depends(get_service)]

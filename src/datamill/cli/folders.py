@@ -6,7 +6,7 @@ import typer
 
 from datamill.cli.context import get_client
 from datamill.cli.output import human_time, print_json, print_table, say, show_or_change_metadata
-from datamill.cli.params import JsonFlag, MetaOption, parse_pairs
+from datamill.cli.params import JsonFlag, MetaOption, UnsetOption, parse_pairs
 
 app = typer.Typer(
     help="Create, list, move and delete folders; edit their metadata.",
@@ -106,9 +106,7 @@ def metadata(
             help="Keys to set; VALUE is parsed as JSON when valid (`n=3`), else taken as a string.",
         ),
     ] = None,
-    unset: Annotated[
-        list[str] | None, typer.Option("--unset", metavar="KEY", help="Remove this key, repeatable.")
-    ] = None,
+    unset: UnsetOption = None,
     json_: JsonFlag = False,
 ) -> None:
     """Show a folder's metadata, or set and remove keys.

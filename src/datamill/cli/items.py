@@ -19,7 +19,7 @@ from datamill.cli.output import (
     stderr,
     transfer_progress,
 )
-from datamill.cli.params import JsonFlag, MetaOption, parse_pairs
+from datamill.cli.params import JsonFlag, MetaOption, UnsetOption, parse_pairs
 from datamill.client import Client
 from datamill.client.ignore import walk as walk_files
 from datamill.errors import BlobCorrupted, InvalidInput, NotFound
@@ -255,9 +255,7 @@ def metadata(
             help="Keys to set; VALUE is parsed as JSON when valid (`n=3`, `tags='[\"a\"]'`), else taken as a string.",
         ),
     ] = None,
-    unset: Annotated[
-        list[str] | None, typer.Option("--unset", metavar="KEY", help="Remove this key, repeatable.")
-    ] = None,
+    unset: UnsetOption = None,
     json_: JsonFlag = False,
 ) -> None:
     """Show an item's metadata, or set and remove keys (no new version is made).

@@ -27,6 +27,9 @@ MetaOption = Annotated[
     ),
 ]
 
+#: ``--unset KEY`` of the ``meta`` commands, repeatable.
+UnsetOption = Annotated[list[str] | None, typer.Option("--unset", metavar="KEY", help="Remove this key, repeatable.")]
+
 
 def _reject_constant(name: str) -> Any:
     # NaN and Infinity are not JSON that metadata can hold; treat such values as plain strings.

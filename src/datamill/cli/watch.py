@@ -40,7 +40,7 @@ class ClientLanding:
         self._exists.add(folder)
         from datamill.dataflows.watcher import Known
 
-        return {i.name: Known.of(i.digest, i.size, i.metadata) for i in items}
+        return Known.by_name(items)
 
     def current_tree(self, folder: str) -> "dict[str, dict[str, Known]]":
         """The current versions in ``folder`` and below, by folder ({} when it does not exist yet)."""
@@ -50,9 +50,7 @@ class ClientLanding:
             return {}
         from datamill.dataflows.watcher import Known
 
-        out: dict[str, dict[str, Known]] = {}
-        for i in items:
-            out.setdefault(i.folder, {})[i.name] = Known.of(i.digest, i.size, i.metadata)
+        out = Known.by_folder(items)
         self._exists.update(out)
         return out
 

@@ -103,7 +103,7 @@ class StoreLanding:
         except NotFound:
             return {}
         self._exists.add(folder)
-        return {i.name: Known.of(i.digest, i.size, i.metadata) for i in items}
+        return Known.by_name(items)
 
     def current_tree(self, folder: str) -> dict[str, dict[str, Known]]:
         """The current versions in ``folder`` and below, by folder ({} when it does not exist yet)."""
@@ -111,9 +111,7 @@ class StoreLanding:
             items = self.store.find_items(self.actor, folder, recursive=True)
         except NotFound:
             return {}
-        out: dict[str, dict[str, Known]] = {}
-        for i in items:
-            out.setdefault(i.folder, {})[i.name] = Known.of(i.digest, i.size, i.metadata)
+        out = Known.by_folder(items)
         self._exists.update(out)
         return out
 

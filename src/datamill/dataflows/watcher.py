@@ -47,6 +47,7 @@ from pathlib import Path
 from typing import Any, BinaryIO, Protocol
 
 from datamill.errors import DatamillError, InvalidInput, NotFound
+from datamill.records import ItemInfo
 from datamill.store.blobs.base import digest_bytes, hasher
 from datamill.store.names import check_name, join_path
 
@@ -210,6 +211,19 @@ class Known:
         """From an item's current digest, size and metadata."""
         w = (metadata or {}).get(META_KEY)
         return cls(digest, size, w if isinstance(w, Mapping) else None)
+
+    @classmethod
+    def by_name(cls, items: Iterable[ItemInfo]) -> dict[str, Known]:
+        """The current versions of items of one folder, by item name."""
+        return {i.name: cls.of(i.digest, i.size, i.metadata) for i in items}
+
+    @classmethod
+    def by_folder(cls, items: Iterable[ItemInfo]) -> dict[str, dict[str, Known]]:
+        """The current versions of items of a folder tree, by folder and item name."""
+        out: dict[str, dict[str, Known]] = {}
+        for i in items:
+            out.setdefault(i.folder, {})[i.name] = cls.of(i.digest, i.size, i.metadata)
+        return out
 
 
 class Landing(Protocol):

@@ -10,6 +10,7 @@ likewise.
 from __future__ import annotations
 
 from collections import deque
+from collections.abc import Callable
 from typing import Any
 
 from sqlalchemy import Connection
@@ -19,6 +20,7 @@ from datamill.home import Home
 from datamill.provenance.graph import (
     DELETED,
     HIDDEN,
+    Direction,
     LineageGraph,
     Node,
     Rel,
@@ -253,6 +255,52 @@ def _vid(node: Node) -> int:
     return int(node.id.rsplit("/", 1)[1])
 
 
+def _sources(w: Walker, entity: Node) -> list[Node]:
+    """The task that made ``entity`` and what that task used (edges added); the inputs, to walk on."""
+    tid = w.generator(entity)
+    if tid is None:
+        return []
+    activity = w.task_node(tid)
+    w.graph.add_edge(Rel.WAS_GENERATED_BY, entity.id, activity.id)
+    if not activity.visible:
+        return []
+    sources = []
+    for inp in w.inputs(tid):
+        source = w.input_node(inp)
+        if source is None:
+            continue
+        w.graph.add_edge(Rel.USED, activity.id, source.id, _role(inp.param))
+        w.graph.add_edge(Rel.WAS_DERIVED_FROM, entity.id, source.id)
+        sources.append(source)
+    return sources
+
+
+def _products(w: Walker, entity: Node) -> list[Node]:
+    """The tasks that used ``entity`` and what they made (edges added); what they made, to walk on."""
+    if entity.type == "version":
+        consumers = w.consumers_of_version(_vid(entity))
+    else:
+        consumers = w.consumers_of_output(int(entity.attrs["task"]), str(entity.attrs["name"]))
+    products = []
+    for tid, param in consumers:
+        activity = w.task_node(tid)
+        w.graph.add_edge(Rel.USED, activity.id, entity.id, _role(param))
+        if not activity.visible:
+            continue
+        for out in w.outputs(tid):
+            made = w.output_node(out)
+            creator = w.generator(made)
+            if creator is None or creator == tid:
+                w.graph.add_edge(Rel.WAS_GENERATED_BY, made.id, activity.id)
+            else:
+                w.graph.add_edge(Rel.WAS_GENERATED_BY, made.id, w.task_node(creator).id)
+                w.graph.add_edge(Rel.WAS_INFLUENCED_BY, made.id, activity.id)
+            if made.visible:
+                w.graph.add_edge(Rel.WAS_DERIVED_FROM, made.id, entity.id)
+            products.append(made)
+    return products
+
+
 class Lineage:
     """Lineage queries over one home, answering only what the actor may see."""
 
@@ -263,75 +311,46 @@ class Lineage:
         info = self.home.store.get_version(actor, path, version)  # checks read access
         return info.version_id
 
+    def _walk(
+        self,
+        actor: Actor,
+        path: str,
+        version: int | None,
+        depth: int | None,
+        direction: Direction,
+        expand: Callable[[Walker, Node], list[Node]],
+    ) -> LineageGraph:
+        """Breadth first from ``path``'s version: ``expand`` adds an entity's edges and says where to go next.
+
+        Each entity is expanded once, and only when it is visible and fewer than ``depth`` tasks
+        from the start.
+        """
+        vid = self._root(actor, path, version)
+        with self.home.db.read() as conn:
+            graph = LineageGraph(version_id(vid), direction)
+            w = Walker(conn, actor, graph)
+            root = w.version_node(vid)
+            queue: deque[tuple[Node, int]] = deque([(root, 0)])
+            done: set[str] = set()
+            while queue:
+                entity, level = queue.popleft()
+                if entity.id in done or not entity.visible or (depth is not None and level >= depth):
+                    continue
+                done.add(entity.id)
+                queue.extend((node, level + 1) for node in expand(w, entity))
+            return graph
+
     def upstream(self, actor: Actor, path: str, version: int | None = None, depth: int | None = None) -> LineageGraph:
         """What ``path`` (its current version, or ``version``) was derived from, recursively.
 
         ``depth`` limits how many generating tasks are followed (1: the task that made it and
         that task's inputs).
         """
-        vid = self._root(actor, path, version)
-        with self.home.db.read() as conn:
-            graph = LineageGraph(version_id(vid), "upstream")
-            w = Walker(conn, actor, graph)
-            root = w.version_node(vid)
-            queue: deque[tuple[Node, int]] = deque([(root, 0)])
-            done: set[str] = set()
-            while queue:
-                entity, level = queue.popleft()
-                if entity.id in done or not entity.visible or (depth is not None and level >= depth):
-                    continue
-                done.add(entity.id)
-                tid = w.generator(entity)
-                if tid is None:
-                    continue
-                activity = w.task_node(tid)
-                graph.add_edge(Rel.WAS_GENERATED_BY, entity.id, activity.id)
-                if not activity.visible:
-                    continue
-                for inp in w.inputs(tid):
-                    source = w.input_node(inp)
-                    if source is None:
-                        continue
-                    graph.add_edge(Rel.USED, activity.id, source.id, _role(inp.param))
-                    graph.add_edge(Rel.WAS_DERIVED_FROM, entity.id, source.id)
-                    queue.append((source, level + 1))
-            return graph
+        return self._walk(actor, path, version, depth, "upstream", _sources)
 
     def downstream(self, actor: Actor, path: str, version: int | None = None, depth: int | None = None) -> LineageGraph:
         """What was derived from ``path`` (its current version, or ``version``), recursively.
 
         ``depth`` limits how many consuming tasks are followed.
         """
-        vid = self._root(actor, path, version)
-        with self.home.db.read() as conn:
-            graph = LineageGraph(version_id(vid), "downstream")
-            w = Walker(conn, actor, graph)
-            root = w.version_node(vid)
-            queue: deque[tuple[Node, int]] = deque([(root, 0)])
-            done: set[str] = set()
-            while queue:
-                entity, level = queue.popleft()
-                if entity.id in done or not entity.visible or (depth is not None and level >= depth):
-                    continue
-                done.add(entity.id)
-                if entity.type == "version":
-                    consumers = w.consumers_of_version(_vid(entity))
-                else:
-                    consumers = w.consumers_of_output(int(entity.attrs["task"]), str(entity.attrs["name"]))
-                for tid, param in consumers:
-                    activity = w.task_node(tid)
-                    graph.add_edge(Rel.USED, activity.id, entity.id, _role(param))
-                    if not activity.visible:
-                        continue
-                    for out in w.outputs(tid):
-                        made = w.output_node(out)
-                        creator = w.generator(made)
-                        if creator is None or creator == tid:
-                            graph.add_edge(Rel.WAS_GENERATED_BY, made.id, activity.id)
-                        else:
-                            graph.add_edge(Rel.WAS_GENERATED_BY, made.id, w.task_node(creator).id)
-                            graph.add_edge(Rel.WAS_INFLUENCED_BY, made.id, activity.id)
-                        if made.visible:
-                            graph.add_edge(Rel.WAS_DERIVED_FROM, made.id, entity.id)
-                        queue.append((made, level + 1))
-            return graph
+        return self._walk(actor, path, version, depth, "downstream", _products)

@@ -199,6 +199,15 @@ def field_error(exc: DatamillError, values: Mapping[str, str]) -> tuple[str, str
     return target, message[:1:].upper() + message[1:]
 
 
+def form_error(exc: DatamillError, values: Mapping[str, str], errors: dict[str, str]) -> None:
+    """A mistake in the form goes into ``errors`` by its field (:func:`field_error`); a missing
+    object or a server fault is raised again, for its own page."""
+    if isinstance(exc, NotFound) or exc.status >= 500:
+        raise exc
+    key, message = field_error(exc, values)
+    errors[key] = message
+
+
 def _changes(config: dict[str, Any], shown: dict[str, str], values: Mapping[str, str]) -> dict[str, Any]:
     """Only the fields the user changed.
 
@@ -263,10 +272,7 @@ async def create(request: Request, session: SessionDep) -> Response:
         try:
             info = await blocking(service.flows.create, service.actor, values["name"].strip(), config)
         except DatamillError as exc:
-            if isinstance(exc, NotFound) or exc.status >= 500:
-                raise
-            key, message = field_error(exc, values)
-            errors[key] = message
+            form_error(exc, values, errors)
         else:
             return redirect(
                 f"/dataflows/{info.name}", f"Dataflow {info.name} saved (stopped). Start it to let its trigger act."
@@ -362,10 +368,7 @@ async def edit(request: Request, name: str, session: SessionDep) -> Response:
         try:
             await blocking(service.flows.edit, service.actor, info.name, changes)
         except DatamillError as exc:
-            if isinstance(exc, NotFound) or exc.status >= 500:
-                raise
-            key, message = field_error(exc, values)
-            errors[key] = message
+            form_error(exc, values, errors)
         else:
             return redirect(f"/dataflows/{info.name}", f"Dataflow {info.name} saved.")
     return await blocking(_form_page, request, session, form, service, 400)

@@ -18,18 +18,14 @@ after rows it did not get.
 
 from __future__ import annotations
 
-import time
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
 
-import anyio
 from fastapi import Request
 
-from datamill.api.broadcast import EventBroadcaster
 from datamill.api.ids import parse_last_event_id
-from datamill.api.routes.events import STREAM_BATCH, EventStreamResponse, read_visible, sse_error
+from datamill.api.routes.events import STREAM_BATCH, EventStreamResponse, EventWriter, follow_events
 from datamill.api.streams import Follower, StreamGuard
-from datamill.errors import Unavailable
 from datamill.events import EventRecord
 from datamill.home import Home
 from datamill.store.access import Actor
@@ -57,42 +53,16 @@ def sse_message(message: Message, seq: int | None) -> str:
     return f"{head}event: {message.event}\n{lines}\n"
 
 
-async def _follow(
-    request: Request,
-    guard: StreamGuard,
-    follower: Follower,
-    cursor: int,
-    kinds: list[str] | None,
-    render: Renderer,
-    min_interval: float,
-) -> AsyncIterator[str]:
-    home: Home = request.app.state.home
-    broadcaster: EventBroadcaster = request.app.state.broadcaster
-    keepalive: float = request.app.state.sse_keepalive
-    yield "retry: 3000\n: connected\n\n"
-    last_sent = time.monotonic()
-    while not broadcaster.closed and follower.reason is None:
-        events, cursor, full = await guard.read(read_visible, home, follower.actor, cursor, STREAM_BATCH, kinds)
-        if events:
-            messages = await guard.read(render, follower.actor, events)
-            for n, message in enumerate(messages, 1):
-                # The id (where a reconnect resumes) only once the whole batch is out.
-                yield sse_message(message, events[-1].seq if n == len(messages) else None)
-            last_sent = time.monotonic()
-            if min_interval and not full:
-                # A busy run sends many events a second: one refresh per interval is plenty.
-                await anyio.sleep(min_interval)
-        if full:
-            continue
-        guard.caught_up(follower)
-        if time.monotonic() - last_sent >= keepalive:
-            yield ": keep-alive\n\n"
-            last_sent = time.monotonic()
-        timeout = max(0.05, keepalive - (time.monotonic() - last_sent))
-        if not await follower.pause(broadcaster.wait, cursor, timeout):
-            break
-    if follower.reason is not None and not isinstance(follower.reason, Unavailable):
-        yield sse_error(follower.reason)
+def _writer(guard: StreamGuard, follower: Follower, render: Renderer) -> EventWriter:
+    """Writes a batch as ``render``'s messages, the batch's last seq as the id of the last one."""
+
+    async def write(events: list[EventRecord], full: bool) -> AsyncIterator[str]:
+        messages = await guard.read(render, follower.actor, events)
+        for n, message in enumerate(messages, 1):
+            # The id (where a reconnect resumes) only once the whole batch is out.
+            yield sse_message(message, events[-1].seq if n == len(messages) else None)
+
+    return write
 
 
 async def live_response(
@@ -116,7 +86,7 @@ async def live_response(
     # lost every update in between (the page showed a run running for good): it replays.
     follower = guard.open_follower(session.token, session.actor, replay=latest - cursor > STREAM_BATCH)
     return EventStreamResponse(
-        _follow(request, guard, follower, cursor, kinds, render, min_interval),
+        follow_events(request, guard, follower, cursor, kinds, _writer(guard, follower, render), min_interval),
         follower=follower,
         guard=guard,
         headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"},

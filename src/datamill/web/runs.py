@@ -20,7 +20,7 @@ from typing import Any
 from fastapi import APIRouter, Query, Request
 from fastapi.responses import Response
 
-from datamill.api.deps import blocking
+from datamill.api.deps import blocking, service_for
 from datamill.api.ids import RunId, TaskId
 from datamill.engine.records import RunInfo, TaskInfo
 from datamill.engine.runs import FINISHED_RUN
@@ -47,8 +47,24 @@ PANEL_INTERVAL = 0.3
 DONE = ("succeeded", "cached")
 
 
+class TaskCounts:
+    """Tasks counted by status (``counts``), as a progress bar shows them: how many, how many done."""
+
+    counts: dict[str, int]
+
+    @property
+    def total(self) -> int:
+        """The tasks counted."""
+        return sum(self.counts.values())
+
+    @property
+    def done(self) -> int:
+        """Those that succeeded or were reused."""
+        return sum(self.counts.get(s, 0) for s in DONE)
+
+
 @dataclass(frozen=True)
-class RunRow:
+class RunRow(TaskCounts):
     """A run as the list shows it."""
 
     run: RunInfo
@@ -56,16 +72,6 @@ class RunRow:
     counts: dict[str, int]
     seq: int = 0
     event_ts: float = 0.0
-
-    @property
-    def total(self) -> int:
-        """Tasks in the run."""
-        return sum(self.counts.values())
-
-    @property
-    def done(self) -> int:
-        """Tasks that succeeded or were reused."""
-        return sum(self.counts.get(s, 0) for s in DONE)
 
     @property
     def duration(self) -> float | None:
@@ -107,7 +113,7 @@ def live_rows(home: Any) -> Any:
     """The renderer of the runs list's live stream: each run named by the events, its row once."""
 
     def render_rows(actor: Actor, events: list[EventRecord]) -> list[Message]:
-        service = Service(home, actor, serving=True)
+        service = service_for(home, actor)
         latest: dict[int, EventRecord] = {}
         for ev in events:
             if ev.run_id is not None:
@@ -172,23 +178,13 @@ async def runs_live(
 
 
 @dataclass
-class StepNode:
+class StepNode(TaskCounts):
     """A step in the run's graph: its tasks' counts and where it is drawn."""
 
     name: str
     counts: dict[str, int] = field(default_factory=dict)
     layer: int = 0
     row: int = 0
-
-    @property
-    def total(self) -> int:
-        """The step's tasks."""
-        return sum(self.counts.values())
-
-    @property
-    def done(self) -> int:
-        """Its tasks that succeeded or were reused."""
-        return sum(self.counts.get(s, 0) for s in DONE)
 
     @property
     def failed(self) -> int:

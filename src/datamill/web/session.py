@@ -17,7 +17,7 @@ from urllib.parse import quote
 from fastapi import Depends, Request
 from fastapi.responses import Response
 
-from datamill.api.deps import TOKEN_COOKIE, blocking
+from datamill.api.deps import TOKEN_COOKIE, blocking, service_for
 from datamill.api.middleware import resolve_token, token_from_headers
 from datamill.errors import DatamillError, Unauthorized
 from datamill.home import Home
@@ -41,7 +41,7 @@ class Session:
 
     def service(self, home: Home) -> Service:
         """The service layer acting as this user, as the API's routes use it."""
-        return Service(home, self.actor, serving=True)
+        return service_for(home, self.actor)
 
 
 class SignInRequired(Unauthorized):

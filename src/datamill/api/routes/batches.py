@@ -23,7 +23,7 @@ from fastapi import APIRouter, Query, Request
 from fastapi.responses import JSONResponse, StreamingResponse
 from pydantic import BaseModel, Field
 
-from datamill.api.deps import ActorDep, GuardDep, HomeDep, TokenDep, blocking
+from datamill.api.deps import ActorDep, GuardDep, HomeDep, ServiceDep, TokenDep, blocking, service_for
 from datamill.api.openapi import binary, errors, event_stream
 from datamill.api.routes.events import EventStreamResponse, sse_error
 from datamill.api.schemas import BatchOut, BatchStatusOut, Done, list_of, plain
@@ -32,7 +32,6 @@ from datamill.dataflows.records import BatchStatus
 from datamill.errors import Unavailable
 from datamill.home import Home
 from datamill.records import FINISHED_RUN
-from datamill.service import Service
 
 router = APIRouter(tags=["batches"])
 
@@ -73,22 +72,18 @@ class RunStarted(BaseModel):
     run: int
 
 
-def _service(home: Any, actor: Any) -> Service:
-    return Service(home, actor, serving=True)
-
-
 @router.get("/batches", response_model=list_of(BatchOut), summary="List batches")
-async def list_batches(actor: ActorDep, home: HomeDep) -> JSONResponse:
+async def list_batches(service: ServiceDep) -> JSONResponse:
     """The batches you may see, by name."""
-    return JSONResponse(plain(await blocking(_service(home, actor).batches)))
+    return JSONResponse(plain(await blocking(service.batches)))
 
 
 @router.post(
     "/batches", status_code=201, response_model=BatchOut, responses=errors(400, 403, 404, 409), summary="Create a batch"
 )
-async def create_batch(body: BatchCreate, actor: ActorDep, home: HomeDep) -> JSONResponse:
+async def create_batch(body: BatchCreate, service: ServiceDep) -> JSONResponse:
     """Record a batch (not started) of the items selected."""
-    svc = _service(home, actor)
+    svc = service
     info = await blocking(
         lambda: svc.create_batch(
             body.name,
@@ -107,24 +102,24 @@ async def create_batch(body: BatchCreate, actor: ActorDep, home: HomeDep) -> JSO
 
 
 @router.get("/batches/{name}", response_model=BatchOut, responses=errors(404), summary="Get a batch")
-async def get_batch(name: str, actor: ActorDep, home: HomeDep) -> JSONResponse:
+async def get_batch(name: str, service: ServiceDep) -> JSONResponse:
     """One batch: its items (those you may read), runs and counts."""
-    return JSONResponse(plain(await blocking(_service(home, actor).batch, name)))
+    return JSONResponse(plain(await blocking(service.batch, name)))
 
 
 @router.delete("/batches/{name}", response_model=Done, responses=errors(403, 404), summary="Delete a batch")
-async def delete_batch(name: str, actor: ActorDep, home: HomeDep) -> dict[str, Any]:
+async def delete_batch(name: str, service: ServiceDep) -> dict[str, Any]:
     """Forget a batch; its runs and outputs stay."""
-    await blocking(_service(home, actor).delete_batch, name)
+    await blocking(service.delete_batch, name)
     return {"ok": True}
 
 
 @router.get(
     "/batches/{name}/status", response_model=BatchStatusOut, responses=errors(404), summary="A batch's status grid"
 )
-async def batch_status(name: str, actor: ActorDep, home: HomeDep) -> JSONResponse:
+async def batch_status(name: str, service: ServiceDep) -> JSONResponse:
     """Per item, per step: the task's status and progress in the latest run; counts of items."""
-    return JSONResponse(plain(await blocking(_service(home, actor).batch_status, name)))
+    return JSONResponse(plain(await blocking(service.batch_status, name)))
 
 
 @router.post(
@@ -135,10 +130,10 @@ async def batch_status(name: str, actor: ActorDep, home: HomeDep) -> JSONRespons
     summary="Start a batch",
 )
 async def start_batch(
-    name: str, actor: ActorDep, home: HomeDep, executor: str | None = Query(None, description="inline or local.")
+    name: str, service: ServiceDep, executor: str | None = Query(None, description="inline or local.")
 ) -> JSONResponse:
     """Record a run of the batch's pipeline over its items' current versions."""
-    return JSONResponse({"run": await blocking(_service(home, actor).start_batch, name, executor)}, status_code=201)
+    return JSONResponse({"run": await blocking(service.start_batch, name, executor)}, status_code=201)
 
 
 @router.post(
@@ -148,9 +143,9 @@ async def start_batch(
     responses=errors(400, 403, 404, 409),
     summary="Retry a batch's failures",
 )
-async def retry_batch(name: str, actor: ActorDep, home: HomeDep) -> JSONResponse:
+async def retry_batch(name: str, service: ServiceDep) -> JSONResponse:
     """A new run in which only what failed runs again (the rest is reused)."""
-    return JSONResponse({"run": await blocking(_service(home, actor).retry_batch, name)}, status_code=201)
+    return JSONResponse({"run": await blocking(service.retry_batch, name)}, status_code=201)
 
 
 @router.post(
@@ -160,9 +155,9 @@ async def retry_batch(name: str, actor: ActorDep, home: HomeDep) -> JSONResponse
     responses=errors(400, 403, 404, 409),
     summary="Duplicate a batch",
 )
-async def duplicate_batch(name: str, body: BatchCopy, actor: ActorDep, home: HomeDep) -> JSONResponse:
+async def duplicate_batch(name: str, body: BatchCopy, service: ServiceDep) -> JSONResponse:
     """A new batch (yours, not started) of the same items you may read, pipeline and parameters."""
-    return JSONResponse(plain(await blocking(_service(home, actor).duplicate_batch, name, body.name)), status_code=201)
+    return JSONResponse(plain(await blocking(service.duplicate_batch, name, body.name)), status_code=201)
 
 
 @router.get(
@@ -171,9 +166,9 @@ async def duplicate_batch(name: str, body: BatchCopy, actor: ActorDep, home: Hom
     response_class=StreamingResponse,
     responses={**errors(404), 200: binary("A zip of every output of the latest run.", "application/zip")},
 )
-async def download_batch(name: str, actor: ActorDep, home: HomeDep) -> StreamingResponse:
+async def download_batch(name: str, service: ServiceDep) -> StreamingResponse:
     """Every output the batch's latest run published (that you may read), streamed as one zip."""
-    chunks = await blocking(_service(home, actor).batch_zip, name)
+    chunks = await blocking(service.batch_zip, name)
     first = await blocking(next, chunks, b"")  # access and existence are checked before the answer starts
     safe = "".join(c if c.isalnum() or c in "-_." else "_" for c in name)
 
@@ -200,7 +195,7 @@ async def _stream(
     last: str | None = None
     cursor = await guard.read(home.events.latest)
     while not broadcaster.closed and follower.reason is None:
-        status = await guard.read(_service(home, follower.actor).batch_status, name)
+        status = await guard.read(service_for(home, follower.actor).batch_status, name)
         text = sse_status(status)
         if text != last:
             yield text
@@ -231,7 +226,7 @@ async def stream_batch(
     request: Request, name: str, actor: ActorDep, token: TokenDep, guard: GuardDep, home: HomeDep
 ) -> Any:
     """The grid each time it changes, until the batch's run has ended."""
-    await blocking(_service(home, actor).batch_status, name)  # a 404 before the stream starts
+    await blocking(service_for(home, actor).batch_status, name)  # a 404 before the stream starts
     follower = guard.open_follower(token, actor)
     return EventStreamResponse(
         _stream(request, home, guard, follower, name),

@@ -21,11 +21,10 @@ from fastapi import APIRouter, Query
 from fastapi.responses import JSONResponse
 from pydantic import BaseModel, Field, StrictBool
 
-from datamill.api.deps import ActorDep, HomeDep, blocking
+from datamill.api.deps import ServiceDep, blocking
 from datamill.api.openapi import errors
 from datamill.api.schemas import DataflowOut, DataflowVersionOut, Done, list_of, plain
 from datamill.errors import InvalidDataflow
-from datamill.service import Service
 
 router = APIRouter(tags=["dataflows"])
 
@@ -105,18 +104,14 @@ class RunStarted(BaseModel):
     id: int | None
 
 
-def _client(home: Any, actor: Any) -> Service:
-    return Service(home, actor, serving=True)
-
-
 @router.get(
     "/dataflows",
     response_model=list_of(DataflowOut),
     summary="List dataflows",
 )
-async def list_dataflows(actor: ActorDep, home: HomeDep) -> JSONResponse:
+async def list_dataflows(service: ServiceDep) -> JSONResponse:
     """The dataflows you may see, by name."""
-    return JSONResponse(plain(await blocking(_client(home, actor).dataflows)))
+    return JSONResponse(plain(await blocking(service.dataflows)))
 
 
 @router.post(
@@ -126,7 +121,7 @@ async def list_dataflows(actor: ActorDep, home: HomeDep) -> JSONResponse:
     responses=errors(400, 403, 404, 409),
     summary="Create a dataflow",
 )
-async def create_dataflow(body: DataflowCreate, actor: ActorDep, home: HomeDep) -> JSONResponse:
+async def create_dataflow(body: DataflowCreate, service: ServiceDep) -> JSONResponse:
     """Validate and save a dataflow (stopped); start it with ``POST /dataflows/{name}/start``."""
     dest = body.dest or body.destination
     if not dest:
@@ -139,7 +134,7 @@ async def create_dataflow(body: DataflowCreate, actor: ActorDep, home: HomeDep) 
                 field="recursive",
             )
         stream = await blocking(
-            _client(home, actor).create_stream_dataflow,
+            service.create_stream_dataflow,
             body.name,
             body.topic or "",
             dest,
@@ -149,7 +144,7 @@ async def create_dataflow(body: DataflowCreate, actor: ActorDep, home: HomeDep) 
         )
         return JSONResponse(plain(stream), status_code=201)
     info = await blocking(
-        _client(home, actor).create_dataflow,
+        service.create_dataflow,
         body.name,
         body.source,
         dest,
@@ -173,9 +168,9 @@ async def create_dataflow(body: DataflowCreate, actor: ActorDep, home: HomeDep) 
     responses=errors(404),
     summary="Get a dataflow",
 )
-async def get_dataflow(name: str, actor: ActorDep, home: HomeDep) -> JSONResponse:
+async def get_dataflow(name: str, service: ServiceDep) -> JSONResponse:
     """One dataflow: configuration, state, version, next fire times and recent runs."""
-    return JSONResponse(plain(await blocking(_client(home, actor).dataflow, name)))
+    return JSONResponse(plain(await blocking(service.dataflow, name)))
 
 
 @router.patch(
@@ -184,10 +179,10 @@ async def get_dataflow(name: str, actor: ActorDep, home: HomeDep) -> JSONRespons
     responses=errors(400, 403, 404, 409),
     summary="Edit a dataflow",
 )
-async def edit_dataflow(name: str, body: DataflowEdit, actor: ActorDep, home: HomeDep) -> JSONResponse:
+async def edit_dataflow(name: str, body: DataflowEdit, service: ServiceDep) -> JSONResponse:
     """Apply changes as a new configuration version; runs already recorded keep theirs."""
     changes = body.model_dump(exclude_none=True)
-    return JSONResponse(plain(await blocking(_client(home, actor).edit_dataflow, name, **changes)))
+    return JSONResponse(plain(await blocking(service.edit_dataflow, name, **changes)))
 
 
 @router.delete(
@@ -196,9 +191,9 @@ async def edit_dataflow(name: str, body: DataflowEdit, actor: ActorDep, home: Ho
     responses=errors(403, 404, 409),
     summary="Delete a dataflow",
 )
-async def delete_dataflow(name: str, actor: ActorDep, home: HomeDep) -> dict[str, Any]:
+async def delete_dataflow(name: str, service: ServiceDep) -> dict[str, Any]:
     """Remove a stopped dataflow; its runs and results stay."""
-    await blocking(_client(home, actor).delete_dataflow, name)
+    await blocking(service.delete_dataflow, name)
     return {"ok": True}
 
 
@@ -208,9 +203,9 @@ async def delete_dataflow(name: str, actor: ActorDep, home: HomeDep) -> dict[str
     responses=errors(400, 403, 404, 409),
     summary="Start a dataflow",
 )
-async def start_dataflow(name: str, actor: ActorDep, home: HomeDep) -> JSONResponse:
+async def start_dataflow(name: str, service: ServiceDep) -> JSONResponse:
     """Mark a dataflow running: its trigger records runs, the first one over items without a result."""
-    return JSONResponse(plain(await blocking(_client(home, actor).start_dataflow, name)))
+    return JSONResponse(plain(await blocking(service.start_dataflow, name)))
 
 
 @router.post(
@@ -221,12 +216,11 @@ async def start_dataflow(name: str, actor: ActorDep, home: HomeDep) -> JSONRespo
 )
 async def stop_dataflow(
     name: str,
-    actor: ActorDep,
-    home: HomeDep,
+    service: ServiceDep,
     cancel: bool = Query(False, description="Also cancel its runs in flight."),
 ) -> JSONResponse:
     """Stop recording runs; with ``cancel``, cancel the runs in flight too (listed in ``cancelled``)."""
-    return JSONResponse(plain(await blocking(_client(home, actor).stop_dataflow, name, cancel)))
+    return JSONResponse(plain(await blocking(service.stop_dataflow, name, cancel)))
 
 
 @router.post(
@@ -236,9 +230,9 @@ async def stop_dataflow(
     responses=errors(400, 403, 404, 409),
     summary="Run a dataflow now",
 )
-async def run_dataflow(name: str, actor: ActorDep, home: HomeDep) -> JSONResponse:
+async def run_dataflow(name: str, service: ServiceDep) -> JSONResponse:
     """One run over the current contents of the source, whatever the trigger and state."""
-    return JSONResponse({"id": await blocking(_client(home, actor).run_dataflow, name)}, status_code=201)
+    return JSONResponse({"id": await blocking(service.run_dataflow, name)}, status_code=201)
 
 
 @router.get(
@@ -247,6 +241,6 @@ async def run_dataflow(name: str, actor: ActorDep, home: HomeDep) -> JSONRespons
     responses=errors(404),
     summary="A dataflow's versions",
 )
-async def dataflow_history(name: str, actor: ActorDep, home: HomeDep) -> JSONResponse:
+async def dataflow_history(name: str, service: ServiceDep) -> JSONResponse:
     """Every configuration version, oldest first, with the runs made under it."""
-    return JSONResponse(plain(await blocking(_client(home, actor).dataflow_history, name)))
+    return JSONResponse(plain(await blocking(service.dataflow_history, name)))

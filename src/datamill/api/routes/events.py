@@ -19,7 +19,8 @@ from __future__ import annotations
 
 import json
 import time
-from collections.abc import AsyncIterator, Mapping
+from collections.abc import AsyncGenerator, AsyncIterator, Callable, Mapping
+from contextlib import aclosing
 from typing import Any
 
 import anyio
@@ -156,40 +157,75 @@ def sse_error(reason: DatamillError) -> str:
     return f"event: error\ndata: {json.dumps(public_error(reason), separators=(',', ':'))}\n\n"
 
 
+#: Writes a batch of visible events as stream text; told whether the page was full (more follow at once).
+EventWriter = Callable[[list[EventRecord], bool], AsyncIterator[str]]
+
+
+async def follow_events(
+    request: Request,
+    guard: StreamGuard,
+    follower: Follower,
+    cursor: int,
+    kinds: list[str] | None,
+    write: EventWriter,
+    min_interval: float = 0.0,
+) -> AsyncGenerator[str, None]:
+    """The text of an event stream: the events after ``cursor`` the follower may see, as ``write`` puts them.
+
+    ``/events/stream`` and the web app's live pages follow the log this one way. A ``: keep-alive``
+    comment goes out when nothing was sent for the app's ``sse_keepalive`` seconds; after a batch
+    that was not a full page, at least ``min_interval`` seconds pass before the next read. The
+    stream ends when the server shuts down or the follower is ended, with ``event: error`` unless
+    the server is going away.
+    """
+    home: Home = request.app.state.home
+    broadcaster: EventBroadcaster = request.app.state.broadcaster
+    keepalive: float = request.app.state.sse_keepalive
+    yield "retry: 3000\n: connected\n\n"
+    last_sent = time.monotonic()
+    while not broadcaster.closed:
+        if follower.reason is not None:
+            break
+        # A page at a time, each read a short one: a replay never holds a thread or a
+        # connection for its whole length. Each event is checked against the caller's
+        # rights as of the last token re-check.
+        events, cursor, full = await guard.read(read_visible, home, follower.actor, cursor, STREAM_BATCH, kinds)
+        if follower.reason is not None:
+            break
+        if events:
+            async for text in write(events, full):
+                yield text
+            last_sent = time.monotonic()
+            if min_interval and not full:
+                # A busy run sends many events a second: a live page refreshes once per interval.
+                await anyio.sleep(min_interval)
+        if full:
+            continue
+        guard.caught_up(follower)
+        if time.monotonic() - last_sent >= keepalive:
+            yield ": keep-alive\n\n"
+            last_sent = time.monotonic()
+        timeout = max(0.05, keepalive - (time.monotonic() - last_sent))
+        if not await follower.pause(broadcaster.wait, cursor, timeout):
+            break
+    if follower.reason is not None and not isinstance(follower.reason, Unavailable):
+        yield sse_error(follower.reason)
+
+
+async def _write_events(events: list[EventRecord], full: bool) -> AsyncIterator[str]:
+    for ev in events:
+        yield sse_event(ev)
+
+
 async def _stream(
-    request: Request, home: Home, guard: StreamGuard, follower: Follower, cursor: int, kinds: list[str] | None
+    request: Request, guard: StreamGuard, follower: Follower, cursor: int, kinds: list[str] | None
 ) -> AsyncIterator[str]:
     state = request.app.state
-    broadcaster: EventBroadcaster = state.broadcaster
-    keepalive: float = state.sse_keepalive
     state.active_streams += 1
     try:
-        yield "retry: 3000\n: connected\n\n"
-        last_sent = time.monotonic()
-        while not broadcaster.closed:
-            if follower.reason is not None:
-                break
-            # A page at a time, each read a short one: a replay never holds a thread or a
-            # connection for its whole length. Each event is checked against the caller's
-            # rights as of the last token re-check.
-            events, cursor, full = await guard.read(read_visible, home, follower.actor, cursor, STREAM_BATCH, kinds)
-            if follower.reason is not None:
-                break
-            for ev in events:
-                yield sse_event(ev)
-            if events:
-                last_sent = time.monotonic()
-            if full:
-                continue
-            guard.caught_up(follower)
-            if time.monotonic() - last_sent >= keepalive:
-                yield ": keep-alive\n\n"
-                last_sent = time.monotonic()
-            timeout = max(0.05, keepalive - (time.monotonic() - last_sent))
-            if not await follower.pause(broadcaster.wait, cursor, timeout):
-                break
-        if follower.reason is not None and not isinstance(follower.reason, Unavailable):
-            yield sse_error(follower.reason)
+        async with aclosing(follow_events(request, guard, follower, cursor, kinds, _write_events)) as stream:
+            async for text in stream:
+                yield text
     finally:
         state.active_streams -= 1
 
@@ -221,7 +257,7 @@ async def stream_events(
     latest = await guard.read(home.events.latest)
     follower = guard.open_follower(token, actor, replay=latest - cursor > STREAM_BATCH)
     return EventStreamResponse(
-        _stream(request, home, guard, follower, cursor, split_kinds(kinds)),
+        _stream(request, guard, follower, cursor, split_kinds(kinds)),
         follower=follower,
         guard=guard,
         headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"},

@@ -16,10 +16,9 @@ from fastapi import APIRouter
 from fastapi.responses import JSONResponse
 from pydantic import BaseModel, Field
 
-from datamill.api.deps import ActorDep, HomeDep, blocking
+from datamill.api.deps import ServiceDep, blocking
 from datamill.api.schemas import Done, PipelineOut, list_of, plain
 from datamill.engine.registry import MAX_REF
-from datamill.service import Service
 
 router = APIRouter(tags=["pipelines"])
 
@@ -35,25 +34,21 @@ class PipelineCreate(BaseModel):
     description: str = Field("", max_length=10_000, description="Shown in listings; the pipeline's own by default.")
 
 
-def _client(home: Any, actor: Any) -> Service:
-    return Service(home, actor, serving=True)
-
-
 @router.get("/pipelines", response_model=list_of(PipelineOut), summary="List registered pipelines")
-async def list_pipelines(actor: ActorDep, home: HomeDep) -> JSONResponse:
+async def list_pipelines(service: ServiceDep) -> JSONResponse:
     """The pipelines runs and dataflows may use, by name."""
-    return JSONResponse(plain(await blocking(_client(home, actor).pipelines)))
+    return JSONResponse(plain(await blocking(service.pipelines)))
 
 
 @router.post("/pipelines", response_model=PipelineOut, status_code=201, summary="Register a pipeline")
-async def add_pipeline(body: PipelineCreate, actor: ActorDep, home: HomeDep) -> JSONResponse:
+async def add_pipeline(body: PipelineCreate, service: ServiceDep) -> JSONResponse:
     """Register ``ref`` as ``name`` after checking that it loads (site admins only)."""
-    info = await blocking(_client(home, actor).add_pipeline, body.name, body.ref, body.description)
+    info = await blocking(service.add_pipeline, body.name, body.ref, body.description)
     return JSONResponse(plain(info), status_code=201)
 
 
 @router.delete("/pipelines/{name}", response_model=Done, summary="Remove a registered pipeline")
-async def remove_pipeline(name: str, actor: ActorDep, home: HomeDep) -> dict[str, Any]:
+async def remove_pipeline(name: str, service: ServiceDep) -> dict[str, Any]:
     """Remove a pipeline a site admin registered (site admins only)."""
-    await blocking(_client(home, actor).remove_pipeline, name)
+    await blocking(service.remove_pipeline, name)
     return {"ok": True}

@@ -30,7 +30,7 @@ from fastapi.responses import JSONResponse, Response
 from pydantic import BaseModel, Field
 
 from datamill.api.broadcast import EventBroadcaster
-from datamill.api.deps import ActorDep, GuardDep, HomeDep, TokenDep, blocking
+from datamill.api.deps import ActorDep, GuardDep, HomeDep, ServiceDep, TokenDep, blocking, service_for
 from datamill.api.ids import RunId, TaskId
 from datamill.api.openapi import errors, text
 from datamill.api.routes.events import EventStreamResponse
@@ -40,7 +40,6 @@ from datamill.engine.runs import FINISHED_RUN, FINISHED_TASK
 from datamill.errors import Conflict, DatamillError, Unavailable
 from datamill.home import Home
 from datamill.limits import INT64_MAX
-from datamill.service import Service
 from datamill.store.access import Actor
 
 router = APIRouter(tags=["runs"])
@@ -86,19 +85,15 @@ class Cancelled(BaseModel):
     cancelled: bool
 
 
-def _client(home: Any, actor: Any) -> Service:
-    return Service(home, actor, serving=True)
-
-
 @router.post(
     "/plan",
     response_model=PlanOut,
     responses=errors(400, 403, 404, 409),
     summary="Plan a run (dry run)",
 )
-async def plan_run(body: PlanRequest, actor: ActorDep, home: HomeDep) -> JSONResponse:
+async def plan_run(body: PlanRequest, service: ServiceDep) -> JSONResponse:
     """Which tasks a run of ``pipeline`` over ``folder`` would run and which it would take from the cache."""
-    result = await blocking(_client(home, actor).plan, body.pipeline, body.folder, body.params, body.force)
+    result = await blocking(service.plan, body.pipeline, body.folder, body.params, body.force)
     return JSONResponse(plain(result))
 
 
@@ -109,13 +104,12 @@ async def plan_run(body: PlanRequest, actor: ActorDep, home: HomeDep) -> JSONRes
     summary="List runs",
 )
 async def list_runs(
-    actor: ActorDep,
-    home: HomeDep,
+    service: ServiceDep,
     limit: int = Query(50, ge=1, le=10_000, description="At most this many runs."),
     status: str | None = Query(None, description="Only runs in this state: queued, running, succeeded, ..."),
 ) -> JSONResponse:
     """Runs you may see, newest first."""
-    return JSONResponse(plain(await blocking(_client(home, actor).runs, limit, status)))
+    return JSONResponse(plain(await blocking(service.runs, limit, status)))
 
 
 @router.post(
@@ -125,7 +119,7 @@ async def list_runs(
     responses=errors(400, 403, 404, 409),
     summary="Submit a run",
 )
-async def submit_run(request: Request, body: RunRequest, actor: ActorDep, home: HomeDep) -> JSONResponse:
+async def submit_run(request: Request, body: RunRequest, service: ServiceDep) -> JSONResponse:
     """Record a run over the items of ``folder``; the server's scheduler executes it."""
     if body.require_scheduler and getattr(request.app.state, "services", None) is None:
         raise Conflict(
@@ -133,7 +127,7 @@ async def submit_run(request: Request, body: RunRequest, actor: ActorDep, home: 
             "or run the pipeline on the home directly (without --url)"
         )
     run_id = await blocking(
-        _client(home, actor).submit_run,
+        service.submit_run,
         body.pipeline,
         body.folder,
         body.dest,
@@ -162,18 +156,18 @@ async def get_run(
 ) -> JSONResponse:
     """A run with its task counts (``counts`` by status, ``steps``: step -> status -> n)."""
     if wait <= 0:
-        return JSONResponse(plain(await blocking(_client(home, actor).run_info, run_id)))
+        return JSONResponse(plain(await blocking(service_for(home, actor).run_info, run_id)))
     broadcaster: EventBroadcaster = request.app.state.broadcaster
     deadline = time.monotonic() + wait
 
     def check(who: Actor) -> None:
-        _client(home, who).run_info(run_id)
+        service_for(home, who).run_info(run_id)
 
     # While it waits, the token and the caller's access to the run are re-checked (StreamGuard).
     with guard.follow(token, actor, check, ("run", run_id)) as follower:
         while True:
             cursor = await guard.read(home.events.latest)
-            info = await guard.read(_client(home, follower.actor).run_info, run_id)
+            info = await guard.read(service_for(home, follower.actor).run_info, run_id)
             remaining = deadline - time.monotonic()
             if info.status in FINISHED_RUN or remaining <= 0 or broadcaster.closed:
                 return JSONResponse(plain(info))
@@ -193,8 +187,7 @@ async def get_run(
 )
 async def list_tasks(
     run_id: RunId,
-    actor: ActorDep,
-    home: HomeDep,
+    service: ServiceDep,
     after: int = Query(0, ge=0, le=INT64_MAX, description="The id of the last task of the previous page (paging)."),
     limit: int = Query(1000, ge=1, le=10_000, description="At most this many tasks."),
 ) -> Response:
@@ -204,7 +197,7 @@ async def list_tasks(
     JSON); ``params`` holds it only when it is at most 16 KiB, else it is null: read it once with
     ``GET /runs/{id}/params/{digest}``, however many tasks share it.
     """
-    page = await blocking(_client(home, actor).task_page, run_id, after, limit)
+    page = await blocking(service.task_page, run_id, after, limit)
     return fast_json(page)
 
 
@@ -216,14 +209,13 @@ async def list_tasks(
 )
 async def get_param_set(
     run_id: RunId,
-    actor: ActorDep,
-    home: HomeDep,
+    service: ServiceDep,
     digest: str = PathParam(
         max_length=80, description="A `params_digest` of one of the run's tasks (or of the run's own parameters)."
     ),
 ) -> Response:
     """One parameter set of a run; 404 for a digest the run does not use, as for one that does not exist."""
-    return fast_json(await blocking(_client(home, actor).param_set, run_id, digest))
+    return fast_json(await blocking(service.param_set, run_id, digest))
 
 
 @router.post(
@@ -232,9 +224,9 @@ async def get_param_set(
     responses=errors(403, 404),
     summary="Cancel a run",
 )
-async def cancel_run(run_id: RunId, actor: ActorDep, home: HomeDep) -> dict[str, Any]:
+async def cancel_run(run_id: RunId, service: ServiceDep) -> dict[str, Any]:
     """Cancel queued tasks now and running ones as soon as their scheduler sees it."""
-    return {"ok": True, "cancelled": await blocking(_client(home, actor).cancel_run, run_id)}
+    return {"ok": True, "cancelled": await blocking(service.cancel_run, run_id)}
 
 
 @router.post(
@@ -244,9 +236,9 @@ async def cancel_run(run_id: RunId, actor: ActorDep, home: HomeDep) -> dict[str,
     responses=errors(400, 403, 404, 409),
     summary="Retry a run",
 )
-async def retry_run(run_id: RunId, actor: ActorDep, home: HomeDep) -> JSONResponse:
+async def retry_run(run_id: RunId, service: ServiceDep) -> JSONResponse:
     """A new run over the same inputs as a failed or cancelled one; finished tasks come from the cache."""
-    return JSONResponse({"id": await blocking(_client(home, actor).retry_run, run_id)}, status_code=201)
+    return JSONResponse({"id": await blocking(service.retry_run, run_id)}, status_code=201)
 
 
 @router.get(
@@ -255,9 +247,9 @@ async def retry_run(run_id: RunId, actor: ActorDep, home: HomeDep) -> JSONRespon
     responses=errors(404),
     summary="Get a task",
 )
-async def get_task(task_id: TaskId, actor: ActorDep, home: HomeDep) -> JSONResponse:
+async def get_task(task_id: TaskId, service: ServiceDep) -> JSONResponse:
     """One task with its outputs."""
-    return JSONResponse(plain(await blocking(_client(home, actor).task, task_id)))
+    return JSONResponse(plain(await blocking(service.task, task_id)))
 
 
 @router.get(
@@ -266,9 +258,9 @@ async def get_task(task_id: TaskId, actor: ActorDep, home: HomeDep) -> JSONRespo
     responses=errors(404),
     summary="Explain a task",
 )
-async def why(task_id: TaskId, actor: ActorDep, home: HomeDep) -> JSONResponse:
+async def why(task_id: TaskId, service: ServiceDep) -> JSONResponse:
     """Why a task ran or was cached: its key parts and what differs from the nearest earlier task."""
-    return JSONResponse(plain(await blocking(_client(home, actor).why, task_id)))
+    return JSONResponse(plain(await blocking(service.why, task_id)))
 
 
 class LogStreamResponse(EventStreamResponse):
@@ -295,7 +287,7 @@ async def _log_text(
     between them a follower awaits the shared :class:`~datamill.api.streams.LogTailer`.
     """
     decoder = codecs.getincrementaldecoder("utf-8")(errors="replace")
-    t = await guard.read(_client(home, actor).engine.task, actor, task_id)
+    t = await guard.read(service_for(home, actor).engine.task, actor, task_id)
     status, digest = t.status, t.log_digest
     live = guard.tailer.live_path(task_id)
     offset = 0
@@ -341,14 +333,14 @@ async def task_logs(
     A followed log ends early, with a last line saying why, once the token is revoked or expires
     or the caller loses access to the run.
     """
-    client = _client(home, actor)
+    client = service_for(home, actor)
     # errors (no such task, not yours, its input not readable) as JSON, before streaming
     await blocking(client.engine.log_access, actor, task_id)
     follower = None
     if follow:
 
         def check(who: Actor) -> None:
-            _client(home, who).engine.log_access(who, task_id)
+            service_for(home, who).engine.log_access(who, task_id)
 
         follower = guard.open_follower(token, actor, check, ("task", task_id), log_task=task_id)
     return LogStreamResponse(
