@@ -446,7 +446,6 @@ class StreamIngest:
                 del self.consumers[fid]
         for fid, (row, owner) in wanted.items():
             if fid not in self.consumers:
-                _freeze_long_lived()
                 consumer = StreamConsumer(self.home, row, owner, self.member)
                 consumer.start()
                 self.consumers[fid] = consumer
@@ -485,17 +484,6 @@ class StreamIngest:
                     await self.home.events.wait_or_stop(head, IDLE_SECONDS, stop, FLOW_FAMILIES)
         finally:
             await asyncio.to_thread(self.stop_all)
-
-
-def _freeze_long_lived() -> None:
-    """Before a consumer starts: the objects alive now (modules, the ORM's registry, settings) taken out of the
-    cyclic garbage collector's walks, once per process, as the first scheduler's start does in ``datamill up``
-    (:func:`~datamill.engine.scheduler.freeze_long_lived`). A process running consumers without a scheduler
-    (a benchmark, a test) otherwise ran a full collection every ~1,000 small files, on the writer thread:
-    ~50 ms walking them all with the GIL held, every other thread of the batch stopped meanwhile."""
-    from datamill.engine.scheduler import freeze_long_lived
-
-    freeze_long_lived()
 
 
 def _owner(conn: Any, home: Home, owner_id: int | None) -> Actor:
