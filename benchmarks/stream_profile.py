@@ -26,6 +26,7 @@ from __future__ import annotations
 import argparse
 import collections
 import functools
+import gc
 import json
 import os
 import shutil
@@ -100,8 +101,26 @@ def timed(owner: Any, name: str, stage: str) -> None:
     setattr(owner, name, wrapper)
 
 
+_GC_STARTED: dict[int, tuple[float, float]] = {}
+
+
+def _gc_timer(phase: str, info: dict[str, Any]) -> None:
+    """``gc.callbacks``: each cyclic collection's wall and CPU as the stage ``gc gen N`` of its thread."""
+    me = threading.get_ident()
+    if phase == "start":
+        _GC_STARTED[me] = (time.perf_counter(), time.thread_time())
+        return
+    began = _GC_STARTED.pop(me, None)
+    if began is not None and ON.is_set():
+        entry = TIMERS[(threading.current_thread().name, f"gc gen {info['generation']}")]
+        entry[0] += time.perf_counter() - began[0]
+        entry[1] += 1
+        entry[2] += time.thread_time() - began[1]
+
+
 def instrument() -> None:
-    """Time every stage that exists; start the profile at the first batch applied."""
+    """Time every stage that exists, and the cyclic GC; start the profile at the first batch applied."""
+    gc.callbacks.append(_gc_timer)
     for owner, name, stage in STAGES:
         if hasattr(owner, name):
             timed(owner, name, stage)
@@ -114,6 +133,35 @@ def instrument() -> None:
         return apply(self, *args, **kwargs)
 
     staging.Stager.apply = first  # type: ignore[method-assign]
+
+
+def task_cpu() -> dict[int, tuple[str, float]]:
+    """CPU seconds (user + system) of every OS thread of this process, by thread id, with a name: the
+    Python thread's, else the kernel's (librdkafka names its threads ``rdk:...``)."""
+    names = {t.native_id: t.name for t in threading.enumerate()}
+    tick = os.sysconf("SC_CLK_TCK")
+    out: dict[int, tuple[str, float]] = {}
+    for tid in os.listdir("/proc/self/task"):
+        try:
+            with open(f"/proc/self/task/{tid}/stat") as f:
+                comm, rest = f.read().rsplit(")", 1)
+            fields = rest.split()
+        except FileNotFoundError:
+            continue  # ended meanwhile
+        name = names.get(int(tid)) or comm.split("(", 1)[1]
+        out[int(tid)] = (name, (int(fields[11]) + int(fields[12])) / tick)
+    return out
+
+
+def task_report(label: str, before: dict[int, tuple[str, float]], after: dict[int, tuple[str, float]]) -> None:
+    """Each OS thread's CPU between two :func:`task_cpu` snapshots, grouped by name, biggest first."""
+    used: collections.Counter[str] = collections.Counter()
+    for tid, (name, cpu) in after.items():
+        used[name] += cpu - before.get(tid, (name, 0.0))[1]
+    print(f"\n== OS threads' CPU s, {label}: total {sum(used.values()):.2f}")
+    for name, cpu in used.most_common():
+        if cpu > 0:
+            print(f"  {cpu:7.3f}  {name}")
 
 
 SAMPLES: dict[str, collections.Counter[str]] = collections.defaultdict(collections.Counter)
@@ -195,10 +243,15 @@ def main() -> None:
         sampler = threading.Thread(target=sample, args=(stop,), daemon=True, name="sampler")
         sampler.start()
         try:
+            tasks0 = task_cpu()
             ing.start()
+            while not ON.wait(0.001):
+                pass
+            tasks1 = task_cpu()  # the first batch is being applied: start-up and group join before this
             ing.wait(args.files, timeout=3600)
             wall = time.perf_counter() - START[0]
             ON.clear()
+            tasks2 = task_cpu()
             seconds = ing.window()
         finally:
             stop.set()
@@ -209,6 +262,8 @@ def main() -> None:
             "load": [round(x, 2) for x in os.getloadavg()],
         }  # fmt: skip
         print(json.dumps(summary))
+        task_report("start to first batch applied", tasks0, tasks1)
+        task_report("first batch applied to last file landed", tasks1, tasks2)
         report(wall, args.timeline)
     finally:
         tansu.stop()

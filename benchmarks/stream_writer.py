@@ -82,7 +82,8 @@ def main() -> None:
         print(json.dumps({"files": a.files, "cpu_ms_per_file": round(cpu / a.files * 1000, 4),
                           "wall_s": round(wall, 3), "load": os.getloadavg()[0]}))  # fmt: skip
         if prof:
-            pstats.Stats(prof).sort_stats("tottime").print_stats(30)
+            order, top = os.environ.get("SORT", "tottime"), int(os.environ.get("TOP", "30"))
+            pstats.Stats(prof).sort_stats(order).print_stats(top)
         home.close()
 
 

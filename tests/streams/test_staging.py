@@ -91,6 +91,28 @@ def test_a_multi_chunk_file_lands_once_with_subfolders_and_provenance(home: Home
     assert _items(home)["scan.bin"] == 1
 
 
+def _one_chunk(name: str) -> bytes:
+    data = f"the bytes of {name}".encode()
+    h = hashlib.sha512(data).digest()
+    return Chunk(name, h, h, 0, 1, 1, "", "", data, None).encode()
+
+
+def test_offsets_are_stored_per_dataflow_and_partition_as_partitions_appear(home: Home) -> None:
+    a, b = _stager(home, "a"), _stager(home, "b")  # two dataflows reading one topic
+    assert a.apply([Message(0, 0, _one_chunk("f0.txt"))]).files == ["f0.txt"]
+    assert a.positions([0, 3]) == {0: 1}
+    # A partition seen for the first time beside one that has its row already.
+    assert a.apply([Message(0, 1, _one_chunk("f1.txt")), Message(3, 5, _one_chunk("f2.txt"))]).messages == 2
+    assert a.positions([0, 3]) == {0: 2, 3: 6}
+    # The other dataflow's offsets are its own: it starts partition 3 from the beginning.
+    assert b.apply([Message(3, 0, _one_chunk("g0.txt"))]).files == ["g0.txt"]
+    assert b.positions([0, 3]) == {3: 1} and a.positions([0, 3]) == {0: 2, 3: 6}
+    # Below a stored offset, a message was applied before: skipped, under the offsets' lock.
+    again = a.apply([Message(3, 5, _one_chunk("f2.txt")), Message(3, 6, _one_chunk("f3.txt"))])
+    assert again.skipped == 1 and again.files == ["f3.txt"]
+    assert a.positions([0, 3]) == {0: 2, 3: 7}
+
+
 def test_a_one_chunk_files_metadata_is_checked_json_and_a_non_finite_mtime_is_refused(home: Home) -> None:
     stager = _stager(home)
     msgs = []
