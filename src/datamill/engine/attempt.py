@@ -264,6 +264,9 @@ class _Ended:
     def cancel(self) -> bool:
         return False
 
+    def waitable(self) -> asyncio.Future[Any]:
+        return self.future
+
 
 #: A running attempt as its driver holds it: an asyncio task, one attempt of a batch in the loop,
 #: or a call handed to a pool.
@@ -271,9 +274,11 @@ Job = Union["asyncio.Task[Done]", LoopEnd, PoolEnd]
 
 
 def waitables(jobs: Iterable[Job]) -> set[asyncio.Future[Any]]:
-    """What to wait on for the unfinished ``jobs``: a batch's task once, not each of its attempts."""
+    """What to wait on for the unfinished ``jobs``: a batch's task once, not each of its attempts,
+    and a pool's calls by the one future their pool resolves when any of them ends (the handle's
+    ``waitable()``), not each call's: a waiter woken by it looks again at which jobs are done."""
     return {
-        j.batch if type(j) is LoopEnd else j.future if type(j) is PoolEnd else j  # type: ignore[misc]
+        j.batch if type(j) is LoopEnd else j.submitted.waitable() if type(j) is PoolEnd else j  # type: ignore[misc]
         for j in jobs
         if not j.done()
     }

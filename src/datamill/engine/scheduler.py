@@ -1019,7 +1019,13 @@ class Scheduler:
             finished, pending = await asyncio.wait(pending, timeout=timeout, return_when=asyncio.FIRST_COMPLETED)
             ended = bool(finished)
         if ended and pending and group > 0:
-            await asyncio.wait(pending, timeout=group, return_when=asyncio.ALL_COMPLETED)
+            # A pool's calls are waited for by one future that wakes at any end (``waitables``):
+            # wait again for the rest until the group's time is up.
+            loop = asyncio.get_running_loop()
+            deadline = loop.time() + group
+            while pending and (left := deadline - loop.time()) > 0:
+                await asyncio.wait(pending, timeout=left, return_when=asyncio.ALL_COMPLETED)
+                pending = waitables(running)
         return _harvest(running)
 
 
