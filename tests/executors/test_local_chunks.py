@@ -490,3 +490,63 @@ def test_a_call_withdrawn_after_its_claim_and_skipped_runs_all_the_same(
     assert (a, b) == (0, 1)
     assert resent == 1  # the worker skipped it, the pool sent it again
     assert runs_of(marks) == {0: 1, 1: 1}
+
+
+def test_step_calls_made_with_string_directories_arrive_with_paths() -> None:
+    """The scheduler makes a pool's call with its directories as strings (it only pickles it): the
+    worker gets paths, whether the call goes flat (its template and its own fields), as a whole
+    call (an item not ours to flatten) or with upstream values."""
+    from dataclasses import replace
+
+    from datamill.engine.attempt import _made
+    from datamill.executors import local_wire
+    from datamill.pipeline.inputs import InputRef
+    from datamill.pipeline.runner import ItemInput, OutputFile, StepCall, UpstreamInput, run_step
+
+    class OtherItem(ItemInput):
+        pass
+
+    ref = InputRef(1, 2, "raw", "a.csv", 3, "blake3:" + "ab" * 32, 11, "text/csv", {})
+    up = UpstreamInput("u", ((OutputFile("return", Path("/w/up/return.json"), "application/json", "json", b"1"),),))
+    base = StepCall(step="s", output_dir=Path("/o"), scratch_dir=Path("/s"), pipeline_ref="p.py:p", in_memory=True)
+    # This process plays a fresh worker: what an earlier test's calls left kept here is forgotten.
+    local_wire._kept = local_wire.SharedSets()
+    local_wire._holders.clear()
+    numbering = local_wire.Constants()
+    for item, upstream in ((ItemInput(ref, None, "/blobs/ab"), {}), (OtherItem(ref, None), {}), (None, {"u": up})):
+        fields = {**replace(base, item=item, upstream=upstream).__dict__}
+        call = _made(StepCall, **{**fields, "output_dir": "/w/task-1-1/out", "scratch_dir": "/w/task-1-1/scratch"})
+        payload, _names, sets = numbering.call(run_step, (call,), {})
+        local_wire.remember(numbering.data)
+        _fn, (got,), _ = local_wire.call_parts(payload, local_wire.hold(tuple(dict(sets)), dict(sets)))
+        assert got.output_dir == Path("/w/task-1-1/out") and type(got.output_dir) is type(Path("/"))
+        assert got.scratch_dir == Path("/w/task-1-1/scratch") and type(got.scratch_dir) is type(Path("/"))
+        assert got.item == item and got.upstream == upstream and got.task_id == call.task_id
+
+
+def test_any_ended_wakes_at_each_end_and_at_a_cancel(pool: Any, tmp_path: Path) -> None:
+    """The one future a scheduler waits on for a pool's submitted calls: resolved once one of them
+    ended (each call's future is done by the time its waiter runs), at a cancel too, and a fresh
+    one after that."""
+    gate = tmp_path / "gate"
+
+    async def scenario() -> None:
+        ex = pool.executor
+        await warm_up(ex)
+        jobs = [ex.submit(PythonCall(task, (i,)), ignore) for i in range(20)]
+        while not all(job.future.done() for job in jobs):
+            wake = ex.any_ended()
+            assert ex.any_ended() is wake  # one for every waiter until it is resolved
+            before = sum(job.future.done() for job in jobs)
+            await asyncio.wait_for(wake, 60)
+            assert sum(job.future.done() for job in jobs) > before
+        assert [job.future.result() for job in jobs] == list(range(20))
+        messages: list[Message] = []
+        long = ex.submit(PythonCall(task, (100,), {"gate": str(gate)}), messages.append)
+        await started(messages)
+        wake = ex.any_ended()
+        assert not wake.done()
+        assert long.cancel()
+        assert wake.done() and ex.any_ended() is not wake
+
+    pool.run(scenario())

@@ -438,7 +438,7 @@ class LocalExecutor(Executor):
             self._seq += 1
             job.seq, job.worker = self._seq, worker
             worker.outstanding[job.seq] = job
-            chunk.append((job.seq, job.eager, job.payload, tuple(n for n, _ in job.sets)))
+            chunk.append((job.seq, job.eager, job.payload, tuple([n for n, _ in job.sets])))
             for n in job.needs:
                 if n not in known:
                     known.add(n)

@@ -396,6 +396,9 @@ class Constants:
         payload: bytes | None = None
         if own and n is not None and not kwargs and len(args) == 1 and type(args[0]) is StepCall:
             payload = self._flat_call(n, args[0])
+        if payload is None and len(args) == 1 and type(args[0]) is StepCall:
+            args = (_with_paths(args[0]),)
+            parts = (n, parts[1], args, kwargs)
         if payload is None and own:
             # datamill's own calls (the engine's run_step on a StepCall of plain data) by the
             # standard pickler: cloudpickle's checks of every object cost more than a trivial task.
@@ -446,6 +449,17 @@ class Constants:
             return None
 
 
+def _with_paths(call: StepCall) -> StepCall:
+    """``call`` with its directories as paths: the scheduler may make a pool's call with strings
+    (:func:`_flat_call` sends them as they are, and the worker parses them); pickled any other way,
+    a call must carry paths."""
+    if type(call.output_dir) is PosixPath and type(call.scratch_dir) is PosixPath:
+        return call
+    fixed = object.__new__(StepCall)
+    fixed.__dict__.update(call.__dict__, output_dir=PosixPath(call.output_dir), scratch_dir=PosixPath(call.scratch_dir))
+    return fixed
+
+
 class _FlatCall:
     """A call already flat (:meth:`Constants._flat_call`), unpickled as :func:`_step_call`'s."""
 
@@ -464,15 +478,21 @@ class SharedSets:
     worker its own, stepped as it receives each chunk: the same steps in the same order, so both
     agree on what the worker has."""
 
-    __slots__ = ("sizes", "total")
+    __slots__ = ("last", "sizes", "total")
 
     def __init__(self) -> None:
         self.sizes: OrderedDict[int, int] = OrderedDict()
         self.total = 0
+        #: the set used last: kept, and last in ``sizes`` (never let go by its own use)
+        self.last = -1
 
     def use(self, n: int, size: int) -> tuple[bool, list[int]]:
         """Note that a call uses set ``n`` (``size`` pickled bytes, counted when it is new): whether
         it was kept already, and the sets let go to make room (never ``n`` itself)."""
+        if n == self.last:
+            # The calls of a chunk mostly name one template: used again, nothing changes.
+            return True, []
+        self.last = n
         held = n in self.sizes
         if held:
             self.sizes.move_to_end(n)
