@@ -550,3 +550,23 @@ def test_any_ended_wakes_at_each_end_and_at_a_cancel(pool: Any, tmp_path: Path) 
         assert wake.done() and ex.any_ended() is not wake
 
     pool.run(scenario())
+
+
+def test_small_values_come_back_hashed_by_the_worker() -> None:
+    """A result's small values come back with their digest (the worker hashed them, not the
+    scheduler's event loop); big values (blobs, hashed as they are stored) and files come back
+    without one; every output is otherwise the same."""
+    from datamill.executors import local_wire
+    from datamill.pipeline.runner import OutputFile, StepResult
+    from datamill.store.blobs import digest_bytes
+
+    small, big = b'"a value"', b"x" * (local_wire.HASH_IN_WORKER_MAX + 1)
+    outputs = (
+        OutputFile("return", Path("/w/out/return.json"), "application/json", "json", small),
+        OutputFile("big", Path("/w/out/big.bin"), "application/octet-stream", "bytes", big),
+        OutputFile("file.csv", Path("/w/out/file.csv"), "text/csv", "file"),
+    )
+    got = local_wire.loads(local_wire.dumps(StepResult(outputs, 0.5)))
+    assert got == StepResult(outputs, 0.5)
+    assert [o.digest for o in got.outputs] == [digest_bytes(small), None, None]
+    assert all(type(o.path) is type(Path("/")) for o in got.outputs)

@@ -46,6 +46,7 @@ import cloudpickle
 
 from datamill.pipeline.inputs import InputRef
 from datamill.pipeline.runner import ItemInput, OutputFile, StepCall, StepResult
+from datamill.store.blobs.base import digest_bytes
 
 __all__ = [
     "MAX_CONSTANTS",
@@ -229,26 +230,38 @@ def _call_from_template(
 
 #: the fields of an output file, in the order :func:`_step_result` sends them
 _OUTPUT_FIELDS = tuple(OutputFile.__dataclass_fields__)
+assert _OUTPUT_FIELDS == ("name", "path", "content_type", "codec", "data", "digest"), "update _flat_output"
+#: values up to this size are hashed by the worker that made them (``OutputFile.digest``): the
+#: scheduler keeps them inline in the database (``workdir.INLINE_LIMIT``), and would hash them in
+#: its event loop; bigger ones become blobs, which the blob store hashes as it writes them
+HASH_IN_WORKER_MAX = 4096
+
+
+def _flat_output(o: OutputFile) -> tuple[Any, ...]:
+    data = o.data
+    digest = o.digest
+    if data is not None and digest is None and len(data) <= HASH_IN_WORKER_MAX:
+        digest = digest_bytes(data)
+    return (o.name, _flat_path(o.path), o.content_type, o.codec, data, digest)
 
 
 def _step_result(result: StepResult) -> tuple[Any, tuple[Any, ...]]:
     """A ``StepResult`` as one flat tuple (its outputs' fields, paths parsed already): a result
     pickled as two dataclasses and a path named three classes, which the parent looked up for every
-    result, and that cost more than the rest of a trivial task's result."""
+    result, and that cost more than the rest of a trivial task's result. Small values go hashed."""
     if not all(type(o) is OutputFile for o in result.outputs):
         return result.__reduce_ex__(pickle.HIGHEST_PROTOCOL)  # type: ignore[return-value]
-    outputs = tuple(tuple([_flat_path(v) if n == "path" else v for n, v in o.__dict__.items()]) for o in result.outputs)
-    return _rebuild_step_result, (outputs, result.seconds)
+    return _rebuild_step_result, (tuple([_flat_output(o) for o in result.outputs]), result.seconds)
 
 
 def _rebuild_step_result(outputs: tuple[tuple[Any, ...], ...], seconds: float) -> StepResult:
     """Parent side: the ``StepResult`` again (see :func:`_step_result`)."""
     files = []
-    for flat in outputs:
+    for name, path, content_type, codec, data, digest in outputs:
         o = object.__new__(OutputFile)
-        state = dict(zip(_OUTPUT_FIELDS, flat, strict=True))
-        state["path"] = _unflat_path(state["path"])
-        o.__dict__.update(state)
+        o.__dict__.update(
+            name=name, path=_unflat_path(path), content_type=content_type, codec=codec, data=data, digest=digest
+        )
         files.append(o)
     result = object.__new__(StepResult)
     result.__dict__.update(outputs=tuple(files), seconds=seconds)
