@@ -492,38 +492,6 @@ def test_a_call_withdrawn_after_its_claim_and_skipped_runs_all_the_same(
     assert runs_of(marks) == {0: 1, 1: 1}
 
 
-def test_step_calls_made_with_string_directories_arrive_with_paths() -> None:
-    """The scheduler makes a pool's call with its directories as strings (it only pickles it): the
-    worker gets paths, whether the call goes flat (its template and its own fields), as a whole
-    call (an item not ours to flatten) or with upstream values."""
-    from dataclasses import replace
-
-    from datamill.engine.attempt import _made
-    from datamill.executors import local_wire
-    from datamill.pipeline.inputs import InputRef
-    from datamill.pipeline.runner import ItemInput, OutputFile, StepCall, UpstreamInput, run_step
-
-    class OtherItem(ItemInput):
-        pass
-
-    ref = InputRef(1, 2, "raw", "a.csv", 3, "blake3:" + "ab" * 32, 11, "text/csv", {})
-    up = UpstreamInput("u", ((OutputFile("return", Path("/w/up/return.json"), "application/json", "json", b"1"),),))
-    base = StepCall(step="s", output_dir=Path("/o"), scratch_dir=Path("/s"), pipeline_ref="p.py:p", in_memory=True)
-    # This process plays a fresh worker: what an earlier test's calls left kept here is forgotten.
-    local_wire._kept = local_wire.SharedSets()
-    local_wire._holders.clear()
-    numbering = local_wire.Constants()
-    for item, upstream in ((ItemInput(ref, None, "/blobs/ab"), {}), (OtherItem(ref, None), {}), (None, {"u": up})):
-        fields = {**replace(base, item=item, upstream=upstream).__dict__}
-        call = _made(StepCall, **{**fields, "output_dir": "/w/task-1-1/out", "scratch_dir": "/w/task-1-1/scratch"})
-        payload, _names, sets = numbering.call(run_step, (call,), {})
-        local_wire.remember(numbering.data)
-        _fn, (got,), _ = local_wire.call_parts(payload, local_wire.hold(tuple(dict(sets)), dict(sets)))
-        assert got.output_dir == Path("/w/task-1-1/out") and type(got.output_dir) is type(Path("/"))
-        assert got.scratch_dir == Path("/w/task-1-1/scratch") and type(got.scratch_dir) is type(Path("/"))
-        assert got.item == item and got.upstream == upstream and got.task_id == call.task_id
-
-
 def test_any_ended_wakes_at_each_end_and_at_a_cancel(pool: Any, tmp_path: Path) -> None:
     """The one future a scheduler waits on for a pool's submitted calls: resolved once one of them
     ended (each call's future is done by the time its waiter runs), at a cancel too, and a fresh
@@ -550,23 +518,3 @@ def test_any_ended_wakes_at_each_end_and_at_a_cancel(pool: Any, tmp_path: Path) 
         assert wake.done() and ex.any_ended() is not wake
 
     pool.run(scenario())
-
-
-def test_small_values_come_back_hashed_by_the_worker() -> None:
-    """A result's small values come back with their digest (the worker hashed them, not the
-    scheduler's event loop); big values (blobs, hashed as they are stored) and files come back
-    without one; every output is otherwise the same."""
-    from datamill.executors import local_wire
-    from datamill.pipeline.runner import OutputFile, StepResult
-    from datamill.store.blobs import digest_bytes
-
-    small, big = b'"a value"', b"x" * (local_wire.HASH_IN_WORKER_MAX + 1)
-    outputs = (
-        OutputFile("return", Path("/w/out/return.json"), "application/json", "json", small),
-        OutputFile("big", Path("/w/out/big.bin"), "application/octet-stream", "bytes", big),
-        OutputFile("file.csv", Path("/w/out/file.csv"), "text/csv", "file"),
-    )
-    got = local_wire.loads(local_wire.dumps(StepResult(outputs, 0.5)))
-    assert got == StepResult(outputs, 0.5)
-    assert [o.digest for o in got.outputs] == [digest_bytes(small), None, None]
-    assert all(type(o.path) is type(Path("/")) for o in got.outputs)

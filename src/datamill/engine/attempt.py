@@ -118,7 +118,7 @@ def _command_failed(step: Step, argv: list[str], exc: StepFailed) -> StepFailed:
 
 
 def _value_call(
-    the_plan: Plan, pt: PlannedTask, dirs: tuple[Path | str, Path | str], got: Materialized, made: bool = False
+    the_plan: Plan, pt: PlannedTask, dirs: tuple[Path, Path], got: Materialized, made: bool = False
 ) -> StepCall:
     """The call that runs ``pt`` on values: its items read from their blob files, linked where named only if asked.
 
@@ -130,8 +130,7 @@ def _value_call(
     ``made``: the call and its items are made without their dataclasses' ``__init__`` (what it
     checks and converts holds by construction here: paths are paths or strings, ``items`` a tuple,
     the step found by reference or bytes). For the pool, where a call is built, pickled and
-    dropped, and its ``__init__`` cost about as much as its pickling; there ``dirs`` may be
-    strings, which :class:`~datamill.executors.local_wire.Constants` sends as paths.
+    dropped, and its ``__init__`` cost about as much as its pickling.
     """
     step = the_plan.pipeline.step(pt.step)
     files, sources = got.item_files, got.sources
@@ -378,9 +377,7 @@ class Attempts:
             return None
         log_file, on_message = self._listener(t)
         try:
-            # The directories as strings: the call is pickled and dropped here, and a worker makes
-            # them paths (local_wire); parsing two paths per call cost more here than there.
-            call = _value_call(the_plan, pt, (f"{base}/out", f"{base}/scratch"), got, made=True)
+            call = _value_call(the_plan, pt, self.workdirs.attempt_paths(base), got, made=True)
             submitted = submit(PythonCall(run_step, (call,)), on_message, timeout=pt.timeout)
         except Exception as exc:  # the call could not be made or pickled: it ends now, as run() would end it
             future: asyncio.Future[Any] = asyncio.get_running_loop().create_future()

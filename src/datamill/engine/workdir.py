@@ -178,9 +178,7 @@ class WorkDirs:
         if o.data is not None:
             data = o.data
             if len(data) <= INLINE_LIMIT:
-                # hashed by the pool's worker that made it, if it ran on one (its spare CPU)
-                digest = o.digest or digest_bytes(data)
-                return OutputRecord(o.name, digest, len(data), o.content_type, o.codec, data)
+                return OutputRecord(o.name, digest_bytes(data), len(data), o.content_type, o.codec, data)
             blob = self.blobs.put(data, durable=False)
             return OutputRecord(o.name, blob.digest, blob.size, o.content_type, o.codec, None)
         size = o.path.stat().st_size

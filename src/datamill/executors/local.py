@@ -708,7 +708,7 @@ class LocalExecutor(Executor):
             return
         if tag != BATCH:
             return
-        self._ended()  # resolved below, before the waiter runs again
+        settled = False
         for seq, kind, payload, seconds in pickle.loads(data[1:]):
             job = worker.outstanding.pop(seq, None)
             if job is None:
@@ -728,6 +728,9 @@ class LocalExecutor(Executor):
             self._durations[job.kind] = seconds if mean is None else mean + _EWMA * (seconds - mean)
             if not job.future.done():
                 _settle(job.future, kind, payload)
+                settled = True
+        if settled:
+            self._ended()
 
     def _on_exit(self, worker: _Worker) -> None:
         """Loop callback: a worker's sentinel fired, so the process has exited."""

@@ -46,7 +46,6 @@ import cloudpickle
 
 from datamill.pipeline.inputs import InputRef
 from datamill.pipeline.runner import ItemInput, OutputFile, StepCall, StepResult
-from datamill.store.blobs.base import digest_bytes
 
 __all__ = [
     "MAX_CONSTANTS",
@@ -230,38 +229,26 @@ def _call_from_template(
 
 #: the fields of an output file, in the order :func:`_step_result` sends them
 _OUTPUT_FIELDS = tuple(OutputFile.__dataclass_fields__)
-assert _OUTPUT_FIELDS == ("name", "path", "content_type", "codec", "data", "digest"), "update _flat_output"
-#: values up to this size are hashed by the worker that made them (``OutputFile.digest``): the
-#: scheduler keeps them inline in the database (``workdir.INLINE_LIMIT``), and would hash them in
-#: its event loop; bigger ones become blobs, which the blob store hashes as it writes them
-HASH_IN_WORKER_MAX = 4096
-
-
-def _flat_output(o: OutputFile) -> tuple[Any, ...]:
-    data = o.data
-    digest = o.digest
-    if data is not None and digest is None and len(data) <= HASH_IN_WORKER_MAX:
-        digest = digest_bytes(data)
-    return (o.name, _flat_path(o.path), o.content_type, o.codec, data, digest)
 
 
 def _step_result(result: StepResult) -> tuple[Any, tuple[Any, ...]]:
     """A ``StepResult`` as one flat tuple (its outputs' fields, paths parsed already): a result
     pickled as two dataclasses and a path named three classes, which the parent looked up for every
-    result, and that cost more than the rest of a trivial task's result. Small values go hashed."""
+    result, and that cost more than the rest of a trivial task's result."""
     if not all(type(o) is OutputFile for o in result.outputs):
         return result.__reduce_ex__(pickle.HIGHEST_PROTOCOL)  # type: ignore[return-value]
-    return _rebuild_step_result, (tuple([_flat_output(o) for o in result.outputs]), result.seconds)
+    outputs = tuple(tuple([_flat_path(v) if n == "path" else v for n, v in o.__dict__.items()]) for o in result.outputs)
+    return _rebuild_step_result, (outputs, result.seconds)
 
 
 def _rebuild_step_result(outputs: tuple[tuple[Any, ...], ...], seconds: float) -> StepResult:
     """Parent side: the ``StepResult`` again (see :func:`_step_result`)."""
     files = []
-    for name, path, content_type, codec, data, digest in outputs:
+    for flat in outputs:
         o = object.__new__(OutputFile)
-        o.__dict__.update(
-            name=name, path=_unflat_path(path), content_type=content_type, codec=codec, data=data, digest=digest
-        )
+        state = dict(zip(_OUTPUT_FIELDS, flat, strict=True))
+        state["path"] = _unflat_path(state["path"])
+        o.__dict__.update(state)
         files.append(o)
     result = object.__new__(StepResult)
     result.__dict__.update(outputs=tuple(files), seconds=seconds)
@@ -409,9 +396,6 @@ class Constants:
         payload: bytes | None = None
         if own and n is not None and not kwargs and len(args) == 1 and type(args[0]) is StepCall:
             payload = self._flat_call(n, args[0])
-        if payload is None and len(args) == 1 and type(args[0]) is StepCall:
-            args = (_with_paths(args[0]),)
-            parts = (n, parts[1], args, kwargs)
         if payload is None and own:
             # datamill's own calls (the engine's run_step on a StepCall of plain data) by the
             # standard pickler: cloudpickle's checks of every object cost more than a trivial task.
@@ -462,17 +446,6 @@ class Constants:
             return None
 
 
-def _with_paths(call: StepCall) -> StepCall:
-    """``call`` with its directories as paths: the scheduler may make a pool's call with strings
-    (:func:`_flat_call` sends them as they are, and the worker parses them); pickled any other way,
-    a call must carry paths."""
-    if type(call.output_dir) is PosixPath and type(call.scratch_dir) is PosixPath:
-        return call
-    fixed = object.__new__(StepCall)
-    fixed.__dict__.update(call.__dict__, output_dir=PosixPath(call.output_dir), scratch_dir=PosixPath(call.scratch_dir))
-    return fixed
-
-
 class _FlatCall:
     """A call already flat (:meth:`Constants._flat_call`), unpickled as :func:`_step_call`'s."""
 
@@ -491,21 +464,15 @@ class SharedSets:
     worker its own, stepped as it receives each chunk: the same steps in the same order, so both
     agree on what the worker has."""
 
-    __slots__ = ("last", "sizes", "total")
+    __slots__ = ("sizes", "total")
 
     def __init__(self) -> None:
         self.sizes: OrderedDict[int, int] = OrderedDict()
         self.total = 0
-        #: the set used last: kept, and last in ``sizes`` (never let go by its own use)
-        self.last = -1
 
     def use(self, n: int, size: int) -> tuple[bool, list[int]]:
         """Note that a call uses set ``n`` (``size`` pickled bytes, counted when it is new): whether
         it was kept already, and the sets let go to make room (never ``n`` itself)."""
-        if n == self.last:
-            # The calls of a chunk mostly name one template: used again, nothing changes.
-            return True, []
-        self.last = n
         held = n in self.sizes
         if held:
             self.sizes.move_to_end(n)

@@ -87,9 +87,6 @@ class OutputFile:
     content_type: str
     codec: str
     data: bytes | None = field(default=None, repr=False)
-    #: the digest of ``data`` (``blake3:<hex>``) when the process that made the output hashed it
-    #: already (a local pool's worker, for small values): the scheduler then need not
-    digest: str | None = field(default=None, repr=False, compare=False)
 
     def __post_init__(self) -> None:
         if type(self.path) is not _PATH:
