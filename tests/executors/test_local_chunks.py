@@ -490,31 +490,3 @@ def test_a_call_withdrawn_after_its_claim_and_skipped_runs_all_the_same(
     assert (a, b) == (0, 1)
     assert resent == 1  # the worker skipped it, the pool sent it again
     assert runs_of(marks) == {0: 1, 1: 1}
-
-
-def test_any_ended_wakes_at_each_end_and_at_a_cancel(pool: Any, tmp_path: Path) -> None:
-    """The one future a scheduler waits on for a pool's submitted calls: resolved once one of them
-    ended (each call's future is done by the time its waiter runs), at a cancel too, and a fresh
-    one after that."""
-    gate = tmp_path / "gate"
-
-    async def scenario() -> None:
-        ex = pool.executor
-        await warm_up(ex)
-        jobs = [ex.submit(PythonCall(task, (i,)), ignore) for i in range(20)]
-        while not all(job.future.done() for job in jobs):
-            wake = ex.any_ended()
-            assert ex.any_ended() is wake  # one for every waiter until it is resolved
-            before = sum(job.future.done() for job in jobs)
-            await asyncio.wait_for(wake, 60)
-            assert sum(job.future.done() for job in jobs) > before
-        assert [job.future.result() for job in jobs] == list(range(20))
-        messages: list[Message] = []
-        long = ex.submit(PythonCall(task, (100,), {"gate": str(gate)}), messages.append)
-        await started(messages)
-        wake = ex.any_ended()
-        assert not wake.done()
-        assert long.cancel()
-        assert wake.done() and ex.any_ended() is not wake
-
-    pool.run(scenario())

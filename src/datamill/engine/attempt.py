@@ -256,17 +256,13 @@ class PoolEnd:
 class _Ended:
     """A call that ended before it reached the pool (it could not be made or pickled)."""
 
-    __slots__ = ("executor", "future")
+    __slots__ = ("future",)
 
     def __init__(self, future: asyncio.Future[Any]) -> None:
         self.future = future
-        self.executor = None
 
     def cancel(self) -> bool:
         return False
-
-    def waitable(self) -> asyncio.Future[Any]:
-        return self.future
 
 
 #: A running attempt as its driver holds it: an asyncio task, one attempt of a batch in the loop,
@@ -275,22 +271,12 @@ Job = Union["asyncio.Task[Done]", LoopEnd, PoolEnd]
 
 
 def waitables(jobs: Iterable[Job]) -> set[asyncio.Future[Any]]:
-    """What to wait on for the unfinished ``jobs``: a batch's task once, not each of its attempts,
-    and a pool's calls by the one future their pool resolves when any of them ends (the handle's
-    ``waitable()``), not each call's: a waiter woken by it looks again at which jobs are done."""
-    out: set[asyncio.Future[Any]] = set()
-    pool: Any = None  # the pool whose one future is in already: its other calls need no look
-    for j in jobs:
-        kind = type(j)
-        if kind is PoolEnd:
-            submitted = j.submitted  # type: ignore[union-attr]
-            if submitted.future.done() or submitted.executor is pool:
-                continue
-            pool = submitted.executor
-            out.add(submitted.waitable())
-        elif not j.done():
-            out.add(j.batch if kind is LoopEnd else j)  # type: ignore[union-attr,arg-type]
-    return out
+    """What to wait on for the unfinished ``jobs``: a batch's task once, not each of its attempts."""
+    return {
+        j.batch if type(j) is LoopEnd else j.future if type(j) is PoolEnd else j  # type: ignore[misc]
+        for j in jobs
+        if not j.done()
+    }
 
 
 def _runs_in_loop(the_plan: Plan, t: TaskRow) -> bool:

@@ -132,13 +132,8 @@ class Submitted:
         """Withdraw the call, or stop its worker if it runs; False if it had ended."""
         if not self.future.cancel():
             return False
-        self.executor._ended()
         self.executor._abandon(self)
         return True
-
-    def waitable(self) -> asyncio.Future[None]:
-        """What to wait on for this call's end: its pool's :meth:`LocalExecutor.any_ended`."""
-        return self.executor.any_ended()
 
 
 class _Worker:
@@ -227,7 +222,6 @@ class LocalExecutor(Executor):
         self._steal_timer: asyncio.TimerHandle | None = None
         self._stillborn = 0  # workers in a row that died before claiming a call
         self._dispatch_soon = False  # a _dispatch() is scheduled for this turn of the loop
-        self._wake: asyncio.Future[None] | None = None  # see any_ended()
         #: how many chunks of each size were sent to workers (what the pool did, for tests and benchmarks)
         self.chunks: Counter[int] = Counter()
         #: calls taken back from a worker busy with a long call and given to another
@@ -361,26 +355,6 @@ class LocalExecutor(Executor):
             loop.call_soon(self._dispatch)
         return job
 
-    def any_ended(self) -> asyncio.Future[None]:
-        """A future resolved the next time one of this pool's calls ends (its ``future`` done).
-
-        One future for all the calls handed over with :meth:`submit`, to wait on instead of each
-        call's own: ``asyncio.wait`` on hundreds of futures added and removed a callback on each,
-        and every call's end then scheduled one, which cost more than a trivial call's share of
-        the pool's work. A waiter looks at which calls ended (``future.done()``) once woken.
-        """
-        wake = self._wake
-        if wake is None or wake.done():
-            assert self._loop is not None
-            wake = self._wake = self._loop.create_future()
-        return wake
-
-    def _ended(self) -> None:
-        """Wake whoever waits on :meth:`any_ended`: a call's future was just resolved."""
-        wake, self._wake = self._wake, None
-        if wake is not None and not wake.done():
-            wake.set_result(None)
-
     # -- sending work ----------------------------------------------------------------------------
 
     def chunk_size(self, kind: Any) -> int:
@@ -438,7 +412,7 @@ class LocalExecutor(Executor):
             self._seq += 1
             job.seq, job.worker = self._seq, worker
             worker.outstanding[job.seq] = job
-            chunk.append((job.seq, job.eager, job.payload, tuple([n for n, _ in job.sets])))
+            chunk.append((job.seq, job.eager, job.payload, tuple(n for n, _ in job.sets)))
             for n in job.needs:
                 if n not in known:
                     known.add(n)
@@ -708,7 +682,6 @@ class LocalExecutor(Executor):
             return
         if tag != BATCH:
             return
-        settled = False
         for seq, kind, payload, seconds in pickle.loads(data[1:]):
             job = worker.outstanding.pop(seq, None)
             if job is None:
@@ -728,9 +701,6 @@ class LocalExecutor(Executor):
             self._durations[job.kind] = seconds if mean is None else mean + _EWMA * (seconds - mean)
             if not job.future.done():
                 _settle(job.future, kind, payload)
-                settled = True
-        if settled:
-            self._ended()
 
     def _on_exit(self, worker: _Worker) -> None:
         """Loop callback: a worker's sentinel fired, so the process has exited."""
@@ -834,7 +804,6 @@ def _fail(job: Submitted, error: BaseException) -> None:
         job.timer = None
     if not job.future.done():
         job.future.set_exception(error)
-        job.executor._ended()
 
 
 def _kill(process: BaseProcess) -> None:

@@ -394,9 +394,7 @@ class Constants:
         own = getattr(fn, "__module__", "").startswith("datamill.")
         parts = (n, None if n is not None else fn, args, kwargs)
         payload: bytes | None = None
-        if own and n is not None and not kwargs and len(args) == 1 and type(args[0]) is StepCall:
-            payload = self._flat_call(n, args[0])
-        if payload is None and own:
+        if own:
             # datamill's own calls (the engine's run_step on a StepCall of plain data) by the
             # standard pickler: cloudpickle's checks of every object cost more than a trivial task.
             _numbering = self
@@ -410,52 +408,6 @@ class Constants:
             self._used_sets = []  # cloudpickle sends the parameters with the call
             payload = cloudpickle.dumps(parts, pickle.HIGHEST_PROTOCOL)
         return payload, tuple(dict.fromkeys(self._used)), tuple(dict(self._used_sets).items())
-
-    def _flat_call(self, n: int, call: StepCall) -> bytes | None:
-        """The payload of ``run_step(call)`` for the common call (one item or none, no upstream
-        values, items ours), built here as the flat tuple :func:`_step_call` makes and pickled by
-        ``pickle.dumps``: a pickler made per call with a dispatch table, and the reducers it calls
-        for the call, its paths and its item, cost about twice as much. None for other calls (the
-        general way then)."""
-        c = call.__dict__
-        item = c["item"]
-        if c["upstream"] or c["items"]:
-            return None
-        if item is not None and (type(item) is not ItemInput or type(item.ref) is not InputRef):
-            return None  # not ours to flatten
-        try:
-            params = self.share(c["params"]) if c["params"] else None
-            template = self.template(call, params is not None)
-        except Exception:
-            self._used_sets = []
-            return None  # the general way says what cannot be pickled
-        flat = (
-            template,
-            params,
-            _flat_path(c["output_dir"]),
-            _flat_path(c["scratch_dir"]),
-            None if item is None else _flat_item(item),
-            (),
-            None,
-            c["task_id"],
-        )
-        try:
-            return pickle.dumps((n, None, (_FlatCall(flat),), {}), pickle.HIGHEST_PROTOCOL)
-        except Exception:
-            self._used_sets = []
-            return None
-
-
-class _FlatCall:
-    """A call already flat (:meth:`Constants._flat_call`), unpickled as :func:`_step_call`'s."""
-
-    __slots__ = ("flat",)
-
-    def __init__(self, flat: tuple[Any, ...]) -> None:
-        self.flat = flat
-
-    def __reduce__(self) -> tuple[Any, tuple[Any, ...]]:
-        return _call_from_template, self.flat
 
 
 class SharedSets:
