@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import difflib
 import json
+import time
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from functools import lru_cache
@@ -222,9 +223,33 @@ def _changes(config: dict[str, Any], shown: dict[str, str], values: Mapping[str,
     return out
 
 
+@dataclass
+class CronPreview:
+    """What the form shows under the cron field: the next fire times, or what is wrong."""
+
+    trigger: str
+    fires: list[float] = field(default_factory=list)
+    error: str | None = None
+
+
+def cron_preview_of(trigger: str, cron: str) -> CronPreview:
+    """The preview of ``cron`` for a form whose trigger is ``trigger`` (fire times only for ``cron``)."""
+    preview = CronPreview(trigger)
+    if trigger == "cron" and cron.strip():
+        try:
+            preview.fires = Trigger.parse(f"cron:{cron}").next_fire(time.time(), PREVIEW_FIRES)
+        except DatamillError as exc:
+            preview.error = field_error(exc, {"trigger": "cron"})[1]
+    return preview
+
+
 def _form_page(request: Request, session: Any, form: FlowForm, service: Service, status: int = 200) -> Response:
     # Names only: listing with details would load (import) every registered pipeline.
     names = [str(p["name"]) for p in service.registry.list(service.actor, details=False)]
+    # A form sent back with a cron trigger shows its preview at once: the page does not grow when
+    # the preview's request answers, which moved the Save button under a pointer about to click it.
+    values = form.values
+    preview = cron_preview_of(values.get("trigger", ""), values.get("cron", "")) if values.get("cron") else None
     return render(
         request,
         "dataflows/form.html",
@@ -234,6 +259,7 @@ def _form_page(request: Request, session: Any, form: FlowForm, service: Service,
         kinds=KINDS,
         triggers=TRIGGERS,
         pipelines=names,
+        preview=preview,
     )
 
 
@@ -294,16 +320,7 @@ async def picker(
 @router.get("/dataflows/_cron")
 async def cron_preview(request: Request, session: SessionDep, trigger: str = "", cron: str = "") -> Response:
     """The next fire times of a cron trigger, or what is wrong with the expression."""
-    import time
-
-    fires: list[float] = []
-    error = None
-    if trigger == "cron":
-        try:
-            fires = Trigger.parse(f"cron:{cron}").next_fire(time.time(), PREVIEW_FIRES) if cron.strip() else []
-        except DatamillError as exc:
-            error = field_error(exc, {"trigger": "cron"})[1]
-    return render(request, "dataflows/cron.html", session, fires=fires, error=error, trigger=trigger, cron=cron)
+    return render(request, "dataflows/cron.html", session, preview=cron_preview_of(trigger, cron))
 
 
 # ------------------------------------------------------------------------ one dataflow
