@@ -56,7 +56,7 @@ def sse_message(message: Message, seq: int | None) -> str:
 def _writer(guard: StreamGuard, follower: Follower, render: Renderer) -> EventWriter:
     """Writes a batch as ``render``'s messages, the batch's last seq as the id of the last one."""
 
-    async def write(events: list[EventRecord], full: bool) -> AsyncIterator[str]:
+    async def write(events: list[EventRecord]) -> AsyncIterator[str]:
         messages = await guard.read(render, follower.actor, events)
         for n, message in enumerate(messages, 1):
             # The id (where a reconnect resumes) only once the whole batch is out.

@@ -157,8 +157,8 @@ def sse_error(reason: DatamillError) -> str:
     return f"event: error\ndata: {json.dumps(public_error(reason), separators=(',', ':'))}\n\n"
 
 
-#: Writes a batch of visible events as stream text; told whether the page was full (more follow at once).
-EventWriter = Callable[[list[EventRecord], bool], AsyncIterator[str]]
+#: Writes a batch of visible events as stream text.
+EventWriter = Callable[[list[EventRecord]], AsyncIterator[str]]
 
 
 async def follow_events(
@@ -193,7 +193,7 @@ async def follow_events(
         if follower.reason is not None:
             break
         if events:
-            async for text in write(events, full):
+            async for text in write(events):
                 yield text
             last_sent = time.monotonic()
             if min_interval and not full:
@@ -212,7 +212,7 @@ async def follow_events(
         yield sse_error(follower.reason)
 
 
-async def _write_events(events: list[EventRecord], full: bool) -> AsyncIterator[str]:
+async def _write_events(events: list[EventRecord]) -> AsyncIterator[str]:
     for ev in events:
         yield sse_event(ev)
 
