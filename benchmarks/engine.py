@@ -22,6 +22,15 @@ recorded in the database (task rows, their outputs and events) as in any run. Me
    ``item.created`` event), which is what a dataflow does.
    ``drive_cpu_us_per_task``: the CPU time of the whole process (every thread) during the drive
    per task, which other jobs on the machine change less than the wall time.
+   ``workers_cpu_us_per_task`` (local): the pool's worker processes' CPU time (every thread, from
+   submit to the drive's end) per task, summed over the workers, and their context switches per
+   task (``workers_voluntary_switches_per_task``: they waited; ``..._involuntary_...``: the kernel
+   took the core from them); ``parent_*_switches_per_task`` this process's during the drive.
+   ``parent_threads_cpu_us_per_task``: this process's three busiest threads' CPU per task during
+   the drive, by thread name; ``parent_cores_busy`` and ``workers_cores_busy``: CPU seconds over wall seconds.
+   ``baseline_pool_imap_workers_cpu_us_per_call`` and ``..._switches_per_call`` are the same for the
+   bare ``Pool.imap`` (chunksize 1) workers, ``baseline_pool_imap_parent_*`` its parent's (this
+   process, every thread), and ``executor_only_workers_*`` for the local executor alone.
    ``baseline_plain_calls_per_s`` is the same function called in a plain loop over the same items
    in the same run (``ratio_to_plain`` = tasks/s over it), and ``load_avg_1m`` the load then: this
    machine is shared, so compare figures by their ratio.
@@ -48,12 +57,14 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import json
 import os
 import platform
 import shutil
 import sys
 import tempfile
+import threading
 import time
 from pathlib import Path
 from typing import Any
@@ -118,6 +129,53 @@ def ref(name: str) -> str:
 # ---------------------------------------------------------------------------------- helpers
 
 
+def proc_counters(pids: list[int]) -> tuple[float, int, int]:
+    """CPU seconds and voluntary / involuntary context switches of the processes ``pids``, summed
+    over their live threads (Linux: ``/proc/<pid>/task/<tid>/schedstat``, nanoseconds, and
+    ``.../status``); a thread that ends between two readings is lost, which none of the measured
+    ones do (a worker's threads live as long as it)."""
+    cpu, voluntary, involuntary = 0.0, 0, 0
+    for pid in pids:
+        try:
+            tids = os.listdir(f"/proc/{pid}/task")
+        except OSError:
+            continue
+        for tid in tids:
+            try:
+                with open(f"/proc/{pid}/task/{tid}/schedstat") as f:
+                    cpu += int(f.read().split()[0]) / 1e9
+                with open(f"/proc/{pid}/task/{tid}/status") as f:
+                    for line in f:
+                        if line.startswith("voluntary_ctxt_switches"):
+                            voluntary += int(line.split()[1])
+                        elif line.startswith("nonvoluntary_ctxt_switches"):
+                            involuntary += int(line.split()[1])
+            except (OSError, ValueError, IndexError):
+                continue
+    return cpu, voluntary, involuntary
+
+
+def thread_cpu() -> dict[str, float]:
+    """CPU seconds of each live thread of this process, by thread id (Linux; empty elsewhere)."""
+    out: dict[str, float] = {}
+    with contextlib.suppress(OSError):
+        for tid in os.listdir("/proc/self/task"):
+            with contextlib.suppress(OSError, ValueError, IndexError), open(f"/proc/self/task/{tid}/schedstat") as f:
+                out[tid] = int(f.read().split()[0]) / 1e9
+    return out
+
+
+def counters_delta(
+    before: tuple[float, int, int], after: tuple[float, int, int], n: int, prefix: str, unit: str
+) -> dict[str, Any]:
+    """Per-``unit`` figures of two :func:`proc_counters` readings over ``n`` calls."""
+    return {
+        f"{prefix}_cpu_us_per_{unit}": round((after[0] - before[0]) / n * 1e6, 1),
+        f"{prefix}_voluntary_switches_per_{unit}": round((after[1] - before[1]) / n, 3),
+        f"{prefix}_involuntary_switches_per_{unit}": round((after[2] - before[2]) / n, 3),
+    }
+
+
 def say(*parts: object) -> None:
     print(*parts, file=sys.stderr, flush=True)
 
@@ -154,6 +212,8 @@ async def timed_run(
             some = inputs[: warm_up.pop("items", len(inputs))]
             first = await asyncio.to_thread(engine.submit, home.admin, pipeline, some, source=source, **warm_up)
             await sched.run_until_idle([first])
+        pids: list[int] = list(getattr(sched.executor, "pids", []))
+        w0 = proc_counters(pids)
         t0 = time.perf_counter()
         # The plan is handed to the scheduler, as ``Engine.run`` and the server do: it is not made twice.
         run_id = await asyncio.to_thread(
@@ -167,12 +227,16 @@ async def timed_run(
             scheduler=sched,
             **options,
         )
-        t1, c1 = time.perf_counter(), time.process_time()
+        t1, c1, p1, h1 = time.perf_counter(), time.process_time(), proc_counters([os.getpid()]), thread_cpu()
         await sched.run_until_idle([run_id])
-        t2, c2 = time.perf_counter(), time.process_time()
+        t2, c2, p2, h2 = time.perf_counter(), time.process_time(), proc_counters([os.getpid()]), thread_cpu()
+        w2 = proc_counters(pids)
     run = engine.get_run(home.admin, run_id)
     tasks = sum(run["counts"].values())
-    return {"run": run, "submit_s": t1 - t0, "drive_s": t2 - t1, "drive_cpu_s": c2 - c1, "tasks": tasks}
+    out = {"run": run, "submit_s": t1 - t0, "drive_s": t2 - t1, "drive_cpu_s": c2 - c1, "tasks": tasks}
+    names = {str(t.native_id): t.name for t in threading.enumerate()}
+    threads = sorted(((h2[t] - h1.get(t, 0.0), names.get(t, t)) for t in h2), reverse=True)
+    return {**out, "parent": (p1, p2), "threads": threads, "workers": (w0, w2) if pids else None, "t0": t0, "t2": t2}
 
 
 def trivial_throughput(home: Home, executor: str, source: str, publish: bool = False) -> dict[str, Any]:
@@ -199,7 +263,18 @@ def trivial_throughput(home: Home, executor: str, source: str, publish: bool = F
         say("the local executor alone on the same calls")
         alone = asyncio.run(executor_only(n, workers or 1))
         ratio = tps / bare["chunksize_1"]
+        w0, w2 = r["workers"]
+        p1, p2 = r["parent"]
         extra = {
+            # How much of a core each side kept busy: the parent's Python threads share one GIL.
+            "parent_cores_busy": round(r["drive_cpu_s"] / r["drive_s"], 2),
+            "workers_cores_busy": round((w2[0] - w0[0]) / (r["t2"] - r["t0"]), 2),
+            # the busiest threads of this process during the drive (event loop, database, ...)
+            "parent_threads_cpu_us_per_task": {name: round(c / n * 1e6, 1) for c, name in r["threads"][:3]},
+            **counters_delta(w0, w2, n, "workers", "task"),
+            **{k: v for k, v in counters_delta(p1, p2, n, "parent", "task").items() if "switches" in k},
+            **{k: v for k, v in bare.items() if k.startswith("baseline_")},
+            **{k: v for k, v in alone.items() if k.startswith("executor_only_")},
             "executor_only_tasks_per_s": round(alone["tasks_per_s"]),
             "executor_only_ratio_to_pool_imap": round(alone["tasks_per_s"] / bare["chunksize_1"], 3),
             "executor_only_mean_chunk": alone["mean_chunk"],
@@ -247,21 +322,28 @@ def plain_tiny(name: str) -> str:
     return name
 
 
-def bare_pool_imap(n: int, workers: int) -> dict[str, float]:
+def bare_pool_imap(n: int, workers: int) -> dict[str, Any]:
     """Tasks/s of a bare ``multiprocessing.Pool(workers).imap`` of the trivial function over ``n`` names:
-    with its default ``chunksize=1`` and with ``Pool.map``'s chunk size (n / (4 * workers))."""
+    with its default ``chunksize=1`` and with ``Pool.map``'s chunk size (n / (4 * workers)); and
+    the CPU time and context switches of its workers and of this process with ``chunksize=1``."""
     import multiprocessing
 
     names = [f"i{i:05}.txt" for i in range(n)]
-    out: dict[str, float] = {}
+    out: dict[str, Any] = {}
     # The fork server, as the local executor uses: this process has threads (SQLite), so no fork.
     with multiprocessing.get_context("forkserver").Pool(workers) as pool:
         list(pool.imap(plain_tiny, names[:100]))  # start the processes before timing
+        pids = [p.pid for p in pool._pool]  # type: ignore[attr-defined]  # no public way to its processes
         for label, chunksize in (("chunksize_1", 1), ("chunksize_auto", max(1, n // (4 * workers)))):
+            w0, p0 = proc_counters(pids), proc_counters([os.getpid()])
             started = time.perf_counter()
             got = list(pool.imap(plain_tiny, names, chunksize=chunksize))
             out[label] = n / (time.perf_counter() - started)
+            w1, p1 = proc_counters(pids), proc_counters([os.getpid()])
             assert got == names
+            if chunksize == 1:
+                out.update(counters_delta(w0, w1, n, "baseline_pool_imap_workers", "call"))
+                out.update(counters_delta(p0, p1, n, "baseline_pool_imap_parent", "call"))
     return out
 
 
@@ -287,11 +369,19 @@ async def executor_only(n: int, workers: int) -> dict[str, Any]:
         await asyncio.gather(*(one(i) for i in range(200)))  # warm up: workers started, durations known
         window = asyncio.Semaphore(ex.in_flight or 16)  # what the scheduler keeps in flight now
         ex.chunks.clear()
+        pids = ex.pids
+        w0 = proc_counters(pids)
         started = time.perf_counter()
         await asyncio.gather(*(one(i) for i in range(n)))
         took = time.perf_counter() - started
+        w1 = proc_counters(pids)
     sends = sum(ex.chunks.values())
-    return {"tasks_per_s": n / took, "chunks_sent": sends, "mean_chunk": round(n / max(1, sends), 1)}
+    return {
+        "tasks_per_s": n / took,
+        "chunks_sent": sends,
+        "mean_chunk": round(n / max(1, sends), 1),
+        **counters_delta(w0, w1, n, "executor_only_workers", "call"),
+    }
 
 
 def floor_baseline(tasks: int, root: Path) -> float:
