@@ -2,7 +2,7 @@
 
     .venv/bin/python benchmarks/stream.py [--small-files 1000] [--small-kb 100] [--big-files 4]
                                           [--big-mb 250] [--huge-mb 2048] [--latency-files 100] [--quick]
-                                          [--only small|big]
+                                          [--only small|big|memory]
 
 Prints ONE JSON object on stdout (progress on stderr). A Tansu broker (the test broker, in RAM) is
 started here; datamill runs in this process on an embedded SQLite home: a running stream dataflow's
@@ -66,10 +66,13 @@ MB = 1_000_000
 PAGE = os.sysconf("SC_PAGE_SIZE")
 #: The librdkafka settings a stream dataflow's consumer puts over ``Broker.consumer_config`` to read a topic
 #: (the code under test's, so a run of older code through ``PYTHONPATH`` gets that code's).
-DATAMILL_FETCH: dict[str, Any] = {
-    "queued.max.messages.kbytes": ingest_settings.QUEUE_KBYTES,
-    "fetch.queue.backoff.ms": ingest_settings.FETCH_QUEUE_BACKOFF_MS,
-}
+DATAMILL_FETCH: dict[str, Any] = dict(
+    getattr(ingest_settings, "FETCH_SETTINGS", None)
+    or {  # code from before FETCH_SETTINGS (issue 11)
+        "queued.max.messages.kbytes": ingest_settings.QUEUE_KBYTES,
+        "fetch.queue.backoff.ms": ingest_settings.FETCH_QUEUE_BACKOFF_MS,
+    }
+)
 
 
 def say(msg: str) -> None:
@@ -516,7 +519,9 @@ def main() -> None:
     ap.add_argument("--latency-files", type=int, default=100)
     ap.add_argument("--quick", action="store_true", help="a tenth of every size (a smoke run)")
     ap.add_argument("--openmsistream", action="store_true", help="also time OpenMSIStream's DataFileDownloadDirectory")
-    ap.add_argument("--only", choices=["small", "big"], help="only this throughput run (for interleaved pairs)")
+    ap.add_argument(
+        "--only", choices=["small", "big", "memory"], help="only this run (for interleaved pairs; memory: --huge-mb)"
+    )
     args = ap.parse_args()
     if args.quick:
         args.small_files, args.big_mb, args.huge_mb, args.latency_files = 100, 25, 205, 20
@@ -525,6 +530,10 @@ def main() -> None:
     try:
         result: dict[str, Any] = {"benchmark": "stream", "python": sys.version.split()[0], "cpus": os.cpu_count()}
         oms = args.openmsistream
+        if args.only == "memory":
+            result["memory"] = memory(tansu, workdir, args.huge_mb * 1024 * 1024)
+            print(json.dumps(result))
+            return
         if args.only:
             count, size = (
                 (args.small_files, args.small_kb * 1000) if args.only == "small" else (args.big_files, args.big_mb * MB)

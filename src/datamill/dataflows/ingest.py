@@ -63,6 +63,25 @@ QUEUE_KBYTES = 8 * 1024
 #: most of a big file: measured 5.5 MB/s with a 4 MiB queue at 1,000 ms, 242 MB/s at 5 ms). A queue kept
 #: full holds more memory, hence 8 MiB (was 16): RSS growth for a 512 MiB file +44 MB, +64-90 MB at 16 MiB.
 FETCH_QUEUE_BACKOFF_MS = 5
+#: The most one fetch may bring, over all partitions and per partition (librdkafka's ``fetch.max.bytes`` and
+#: ``max.partition.fetch.bytes``). ``QUEUE_KBYTES`` only stops new fetches once the queue is over it: a
+#: fetch already asked for lands on top whole, and the client default (64 MiB, see
+#: :meth:`~datamill.streams.broker.Broker.consumer_config`) let a big file's chunks overshoot the queue by
+#: up to that much (issue 11: RSS growth for a 2 GiB file +72-94 MB). A message bigger than these still
+#: comes, alone (Kafka's fetch protocol, KIP-74): they bound memory, not the chunk size.
+FETCH_BYTES = 4 << 20
+PARTITION_FETCH_BYTES = 2 << 20
+#: librdkafka settings a stream dataflow's consumer puts over :meth:`Broker.consumer_config`: together
+#: they bound what librdkafka holds ahead of datamill to about ``QUEUE_KBYTES`` + ``FETCH_BYTES``.
+#: ``message.max.bytes`` (a producer's limit; librdkafka wants it no larger than ``fetch.max.bytes``) is
+#: lowered with it; what a consumer may receive is ``receive.message.max.bytes``, left as it is.
+FETCH_SETTINGS: dict[str, int] = {
+    "queued.max.messages.kbytes": QUEUE_KBYTES,
+    "fetch.queue.backoff.ms": FETCH_QUEUE_BACKOFF_MS,
+    "fetch.max.bytes": FETCH_BYTES,
+    "max.partition.fetch.bytes": PARTITION_FETCH_BYTES,
+    "message.max.bytes": FETCH_BYTES,
+}
 #: Default seconds a partial file may go without a chunk before it is dropped and reported.
 PARTIAL_TIMEOUT = 3600.0
 #: Status rows are written at most this often (seconds).
@@ -80,6 +99,12 @@ def group_id(dataflow_id: int, name: str, created_at: float) -> str:
     database share it; the creation time keeps two installations' dataflow 1 apart on one cluster."""
     tag = hashlib.sha256(f"{dataflow_id}:{created_at!r}".encode()).hexdigest()[:12]
     return f"datamill-{name}-{tag}"
+
+
+def consumer_settings(broker: Broker, group: str, member: str) -> dict[str, Any]:
+    """The librdkafka settings of a stream dataflow's consumer in ``group`` (its callbacks aside):
+    :meth:`Broker.consumer_config` with :data:`FETCH_SETTINGS` over it."""
+    return {**broker.consumer_config(group), **FETCH_SETTINGS, "client.id": f"datamill-{member}"}
 
 
 def broker_for(home: Home, cfg: dict[str, Any]) -> Broker:
@@ -184,10 +209,7 @@ class StreamConsumer(threading.Thread):
         broker = broker_for(self.home, self.cfg)
         consumer = ck.Consumer(
             {
-                **broker.consumer_config(self.group),
-                "queued.max.messages.kbytes": QUEUE_KBYTES,
-                "fetch.queue.backoff.ms": FETCH_QUEUE_BACKOFF_MS,
-                "client.id": f"datamill-{self.member}",
+                **consumer_settings(broker, self.group, self.member),
                 # A broker that goes away is not an exception: librdkafka reconnects by itself and says so
                 # only here. Its own log lines (one per reconnect attempt) are left to debugging.
                 "error_cb": self._on_error,

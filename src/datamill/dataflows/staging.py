@@ -88,7 +88,8 @@ WINDOWS_AHEAD = 1
 MAX_HASHING = 256
 #: How far (bytes of chunks) the hashing thread may fall behind the staging: batches commit without
 #: waiting for their hashes (only a file's completion waits for its own), so its queue is bounded here.
-HASH_BEHIND = 16 << 20
+#: Its chunks stay in memory until hashed: 4 MiB (was 16; issue 11, RSS growth for a 2 GiB file).
+HASH_BEHIND = 4 << 20
 
 
 @dataclass(frozen=True, slots=True)
