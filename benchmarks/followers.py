@@ -115,6 +115,8 @@ def main() -> None:
     home = Home(load_settings(environ={}, home=str(tmp / "home"), demo=False))
     local = LocalClient(home)
     token = home.admin_token()
+    if token is None:
+        raise SystemExit("the new home saved no admin token: nothing to call the API with")
     local.create_folder("Raw")
     local.put("Raw", "a.txt", b"1\n")
     server = subprocess.Popen(

@@ -212,7 +212,7 @@ class TriggerClock:
                 self.seconds += time.thread_time() - t0
                 self.passes += 1
 
-        triggers._pass = timed
+        triggers._pass = timed  # type: ignore[method-assign]
 
 
 async def land_and_wait(home: Home, executor: str, n: int, gap: float, warmup: int) -> TriggerClock:

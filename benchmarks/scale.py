@@ -47,6 +47,7 @@ spends over S seconds of it (``idle_cpu_percent_of_one_core``), beside the drive
 from __future__ import annotations
 
 import argparse
+import functools
 import json
 import os
 import platform
@@ -186,9 +187,9 @@ def bench_s3(args: argparse.Namespace, work: Path) -> dict[str, Any]:
         rss: list[float] = []
         for r in range(args.rounds):
             key = f"baseline/{r}"
-            up_base.append(_timed(lambda key=key: client.upload_file(str(src), bucket, key)))
             dest = work / "down-base.bin"
-            down_base.append(_timed(lambda key=key, dest=dest: client.download_file(bucket, key, str(dest))))
+            up_base.append(_timed(functools.partial(client.upload_file, str(src), bucket, key)))
+            down_base.append(_timed(functools.partial(client.download_file, bucket, key, str(dest))))
             dest.unlink()
             client.delete_object(Bucket=bucket, Key=key)
 

@@ -513,6 +513,7 @@ def main(argv: list[str] | None = None) -> int:
     server = api = proc = None
     try:
         embedded = LocalClient(home)
+        reason: str | None
         if args.no_api:
             reason = "skipped (--no-api)"
         elif args.server_process:

@@ -155,11 +155,11 @@ def task_cpu() -> dict[int, tuple[str, float]]:
 
 def task_report(label: str, before: dict[int, tuple[str, float]], after: dict[int, tuple[str, float]]) -> None:
     """Each OS thread's CPU between two :func:`task_cpu` snapshots, grouped by name, biggest first."""
-    used: collections.Counter[str] = collections.Counter()
+    used: dict[str, float] = collections.defaultdict(float)
     for tid, (name, cpu) in after.items():
         used[name] += cpu - before.get(tid, (name, 0.0))[1]
     print(f"\n== OS threads' CPU s, {label}: total {sum(used.values()):.2f}")
-    for name, cpu in used.most_common():
+    for name, cpu in sorted(used.items(), key=lambda named: named[1], reverse=True):
         if cpu > 0:
             print(f"  {cpu:7.3f}  {name}")
 
