@@ -51,6 +51,9 @@ from typing import Any
 
 from sqlalchemy import func, select
 
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+import stream_floor  # this directory's: the floor, in plain code (no datamill)
+
 from datamill.config import load_settings
 from datamill.dataflows import ingest as ingest_settings
 from datamill.dataflows.dataflow import Dataflows
@@ -256,6 +259,42 @@ def openmsistream_download(workdir: Path, bootstrap: str, topic: str, count: int
     return {"seconds": max(st.st_mtime for st in files) - start, "cpu": cpu}
 
 
+def floor(
+    broker: Broker, topic: str, messages: int, out: Path, broker_pid: int, db: Path | None, workers: int
+) -> dict[str, Any]:
+    """The floor (``stream_floor``) reading ``topic`` with the bare consumer's settings into ``out`` (and the
+    SQLite file ``db``): seconds from its first message to its last batch durable (and recorded), CPU."""
+    ck = kafka()
+    c = ck.Consumer(broker.consumer_config(f"floor-{uuid.uuid4().hex[:8]}"))
+    c.subscribe([topic])
+    f = stream_floor.Floor(out, db, workers)
+    try:
+        run = f.consume(c, messages, lambda: cpu_seconds(broker_pid))
+    finally:
+        c.close()
+        f.close()
+    return run
+
+
+def floor_report(run: dict[str, Any], total: int, count: int, bare_mbs: float) -> dict[str, Any]:
+    """A floor's figures: informational (the targets' ``ok`` stays on datamill's ratio to the bare consumer)."""
+    if run["files"] != count:
+        raise RuntimeError(f"the floor landed {run['files']} of {count} files")
+    mbs = total / MB / run["seconds"]
+    return {
+        "seconds": round(run["seconds"], 3),
+        "mb_s": round(mbs, 1),
+        "files_s": round(count / run["seconds"], 1),
+        "ratio_to_bare": round(mbs / bare_mbs, 3),
+        "cpu_s": round(run["cpu"], 3),  # this process's threads (schedstat, ns)
+        "broker_cpu_s": round(run["other_cpu"], 3),
+        "thread_cpu_s": run["threads"],
+        "threads_waited_for_a_core_s": round(run["waited_for_cpu"], 3),
+        "batches": run["batches"],
+        "wall_s": {k: round(v, 3) for k, v in run["wall"].items()},
+    }
+
+
 def hashing_cpu(total: int, sha512_passes: int) -> float:
     """CPU seconds the format's hashes need for ``total`` bytes, measured now on 64 MB on one thread.
 
@@ -340,7 +379,9 @@ class Ingest:
         self.home.close()
 
 
-def throughput(tansu: Tansu, workdir: Path, name: str, count: int, size: int, with_oms: bool = False) -> dict[str, Any]:
+def throughput(
+    tansu: Tansu, workdir: Path, name: str, count: int, size: int, with_oms: bool = False, floor_workers: int = 2
+) -> dict[str, Any]:
     broker = Broker(tansu.bootstrap)
     topic = tansu.topic(4)
     src = workdir / name
@@ -358,6 +399,15 @@ def throughput(tansu: Tansu, workdir: Path, name: str, count: int, size: int, wi
     if with_oms:
         say(f"{name}: OpenMSIStream's DataFileDownloadDirectory")
         oms = openmsistream_download(workdir, tansu.bootstrap, topic, count, size)
+    # The floors' files stay until the run ends: deleting them before datamill creates its own would
+    # slow its file creation (this VM's journal-less ext4 scans recently freed inodes, w-stream8).
+    say(f"{name}: the floor, files only")
+    floor_files = floor(broker, topic, report.messages, workdir / f"floor-{name}", tansu.proc.pid, None, floor_workers)
+    say(f"{name}: the floor, files recorded in SQLite")
+    floor_recorded = floor(
+        broker, topic, report.messages, workdir / f"floor-rec-{name}", tansu.proc.pid,
+        workdir / f"floor-rec-{name}.sqlite", floor_workers,
+    )  # fmt: skip
     say(f"{name}: datamill stream dataflow")
     ing = Ingest(workdir, broker, topic)
     try:
@@ -396,10 +446,14 @@ def throughput(tansu: Tansu, workdir: Path, name: str, count: int, size: int, wi
             "ratio": round(dm_mbs / (total / MB / same["seconds"]), 3),
         },
         "ratio": round(dm_mbs / bare_mbs, 3),
+        "floor_files": floor_report(floor_files, total, count, bare_mbs),
+        "floor_recorded": floor_report(floor_recorded, total, count, bare_mbs),
         "ceiling": ceiling(bare, hashing),
         "target": 0.8,
         "ok": dm_mbs / bare_mbs >= 0.8,
     }
+    for which, run in (("floor_files", floor_files), ("floor_recorded", floor_recorded)):
+        result[f"ratio_to_{which}"] = round(run["seconds"] / seconds, 3)  # datamill's MB/s over the floor's
     if oms is not None:
         oms_mbs = total / MB / oms["seconds"]
         result["openmsistream"] = {
@@ -519,6 +573,7 @@ def main() -> None:
     ap.add_argument("--latency-files", type=int, default=100)
     ap.add_argument("--quick", action="store_true", help="a tenth of every size (a smoke run)")
     ap.add_argument("--openmsistream", action="store_true", help="also time OpenMSIStream's DataFileDownloadDirectory")
+    ap.add_argument("--floor-workers", type=int, default=2, help="the floors' hashing and writing threads")
     ap.add_argument(
         "--only", choices=["small", "big", "memory"], help="only this run (for interleaved pairs; memory: --huge-mb)"
     )
@@ -538,11 +593,12 @@ def main() -> None:
             count, size = (
                 (args.small_files, args.small_kb * 1000) if args.only == "small" else (args.big_files, args.big_mb * MB)
             )
-            result[f"{args.only}_files"] = throughput(tansu, workdir, args.only, count, size, oms)
+            result[f"{args.only}_files"] = throughput(tansu, workdir, args.only, count, size, oms, args.floor_workers)
             print(json.dumps(result))
             return
-        result["small_files"] = throughput(tansu, workdir, "small", args.small_files, args.small_kb * 1000, oms)
-        result["big_files"] = throughput(tansu, workdir, "big", args.big_files, args.big_mb * MB, oms)
+        fw = args.floor_workers
+        result["small_files"] = throughput(tansu, workdir, "small", args.small_files, args.small_kb * 1000, oms, fw)
+        result["big_files"] = throughput(tansu, workdir, "big", args.big_files, args.big_mb * MB, oms, fw)
         result["latency"] = latency(tansu, workdir, args.latency_files)
         result["memory"] = memory(tansu, workdir, args.huge_mb * 1024 * 1024)
         result["ok"] = all(result[k]["ok"] for k in ("small_files", "big_files", "latency", "memory"))
