@@ -2,7 +2,7 @@
 
     .venv/bin/python benchmarks/stream.py [--small-files 1000] [--small-kb 100] [--big-files 4]
                                           [--big-mb 250] [--huge-mb 2048] [--latency-files 100] [--quick]
-                                          [--only small|big|memory]
+                                          [--only small|big|memory] [--floor-workers 2]
 
 Prints ONE JSON object on stdout (progress on stderr). A Tansu broker (the test broker, in RAM) is
 started here; datamill runs in this process on an embedded SQLite home: a running stream dataflow's
@@ -15,6 +15,19 @@ consumer (:class:`~datamill.dataflows.ingest.StreamIngest`, as inside ``datamill
   consumer reads it again with the stream dataflow's own librdkafka settings (``DATAMILL_FETCH``: its
   smaller prefetch queue), so a ratio that only reflects fetch settings shows; and the CPU seconds
   datamill's process and the broker spent while it landed the files (``cpu_s``, ``broker_cpu_s``).
+* **the floor** (``floor_files``, ``floor_recorded``; ``benchmarks/stream_floor.py``): between the bare
+  consumers and datamill, two more passes over the same topic by a plain consumer with the bare one's
+  settings and no datamill code: msgpack decode, every chunk's and file's SHA-512 checked, the BLAKE3
+  content digest, each file written to a file of its own (a multi-chunk file's chunks at their offsets),
+  one ``syncfs`` per batch before its offsets would be committed, on ``--floor-workers`` threads (and a
+  committing thread, one batch ahead); ``floor_recorded`` also runs a ``sqlite3`` transaction per batch
+  (WAL, ``synchronous=NORMAL``) inserting a row per file and per chunk of a multi-chunk file and storing
+  the partitions' offsets. The least work a consumer honouring issue 11's rules does: each is printed
+  with its seconds, MB/s, ``ratio_to_bare``, CPU by thread (``schedstat``), the seconds its threads
+  waited for a core, and the wall its committing thread spent waiting, in ``syncfs`` and in SQLite;
+  ``ratio_to_floor_files`` / ``ratio_to_floor_recorded`` are datamill's MB/s over the floor's.
+  Informational: ``ok`` stays on datamill's ratio to the bare consumer. Their files stay until the run
+  ends (deleting them before datamill creates its own would slow that on this VM's file system).
 * **OpenMSIStream** (with ``--openmsistream``, where the ``openmsistream`` package is installed, as
   in the dev environment): its own ``DataFileDownloadDirectory`` reads the same topic into a
   directory, in a subprocess with its default threads: the system datamill replaces, doing work of
@@ -411,12 +424,14 @@ def throughput(
     say(f"{name}: datamill stream dataflow")
     ing = Ingest(workdir, broker, topic)
     try:
-        cpu0, broker0 = cpu_seconds(), cpu_seconds(tansu.proc.pid)
+        cpu0, broker0, threads0 = cpu_seconds(), cpu_seconds(tansu.proc.pid), stream_floor.thread_cpu()
         ing.start()
         ing.wait(count, timeout=3600)
         # The CPU this process (the consumer and its threads; the wait loop's look-ups are a few ms)
         # and the broker spent: steadier than the window on a shared machine.
         cpu, broker_cpu = cpu_seconds() - cpu0, cpu_seconds(tansu.proc.pid) - broker0
+        # By thread, to set beside the floors' (its start and group join included: a few ms).
+        threads, waited = stream_floor.cpu_by_thread(threads0, stream_floor.thread_cpu())
         seconds = ing.window()
     finally:
         ing.close()
@@ -432,6 +447,8 @@ def throughput(
             "files_s": round(count / seconds, 1),
             "cpu_s": round(cpu, 3),
             "broker_cpu_s": round(broker_cpu, 3),
+            "thread_cpu_s": threads,
+            "threads_waited_for_a_core_s": round(waited, 3),
         },
         "bare_consumer": {
             "seconds": round(bare["seconds"], 3),
