@@ -2,7 +2,7 @@
 
     .venv/bin/python benchmarks/stream.py [--small-files 1000] [--small-kb 100] [--big-files 4]
                                           [--big-mb 250] [--huge-mb 2048] [--latency-files 100] [--quick]
-                                          [--only small|big|memory] [--floor-workers 2]
+                                          [--only small|big|memory] [--floor-workers 2] [--floors-after]
 
 Prints ONE JSON object on stdout (progress on stderr). A Tansu broker (the test broker, in RAM) is
 started here; datamill runs in this process on an embedded SQLite home: a running stream dataflow's
@@ -26,8 +26,9 @@ consumer (:class:`~datamill.dataflows.ingest.StreamIngest`, as inside ``datamill
   with its seconds, MB/s, ``ratio_to_bare``, CPU by thread (``schedstat``), the seconds its threads
   waited for a core, and the wall its committing thread spent waiting, in ``syncfs`` and in SQLite;
   ``ratio_to_floor_files`` / ``ratio_to_floor_recorded`` are datamill's MB/s over the floor's.
-  Informational: ``ok`` stays on datamill's ratio to the bare consumer. Their files stay until the run
-  ends (deleting them before datamill creates its own would slow that on this VM's file system).
+  Informational: ``ok`` stays on datamill's ratio to the bare consumer. ``--floors-after`` runs them after
+  datamill instead of before (for order effects). Their files stay until the run ends (deleting them
+  before datamill creates its own would slow that on this VM's file system).
 * **OpenMSIStream** (with ``--openmsistream``, where the ``openmsistream`` package is installed, as
   in the dev environment): its own ``DataFileDownloadDirectory`` reads the same topic into a
   directory, in a subprocess with its default threads: the system datamill replaces, doing work of
@@ -393,7 +394,14 @@ class Ingest:
 
 
 def throughput(
-    tansu: Tansu, workdir: Path, name: str, count: int, size: int, with_oms: bool = False, floor_workers: int = 2
+    tansu: Tansu,
+    workdir: Path,
+    name: str,
+    count: int,
+    size: int,
+    with_oms: bool = False,
+    floor_workers: int = 2,
+    floors_after: bool = False,
 ) -> dict[str, Any]:
     broker = Broker(tansu.bootstrap)
     topic = tansu.topic(4)
@@ -414,13 +422,18 @@ def throughput(
         oms = openmsistream_download(workdir, tansu.bootstrap, topic, count, size)
     # The floors' files stay until the run ends: deleting them before datamill creates its own would
     # slow its file creation (this VM's journal-less ext4 scans recently freed inodes, w-stream8).
-    say(f"{name}: the floor, files only")
-    floor_files = floor(broker, topic, report.messages, workdir / f"floor-{name}", tansu.proc.pid, None, floor_workers)
-    say(f"{name}: the floor, files recorded in SQLite")
-    floor_recorded = floor(
-        broker, topic, report.messages, workdir / f"floor-rec-{name}", tansu.proc.pid,
-        workdir / f"floor-rec-{name}.sqlite", floor_workers,
-    )  # fmt: skip
+    floors: list[dict[str, Any]] = []
+
+    def run_floors() -> None:
+        say(f"{name}: the floor, files only")
+        out = workdir / f"floor-{name}"
+        floors.append(floor(broker, topic, report.messages, out, tansu.proc.pid, None, floor_workers))
+        say(f"{name}: the floor, files recorded in SQLite")
+        out, db = workdir / f"floor-rec-{name}", workdir / f"floor-rec-{name}.sqlite"
+        floors.append(floor(broker, topic, report.messages, out, tansu.proc.pid, db, floor_workers))
+
+    if not floors_after:
+        run_floors()
     say(f"{name}: datamill stream dataflow")
     ing = Ingest(workdir, broker, topic)
     try:
@@ -435,6 +448,9 @@ def throughput(
         seconds = ing.window()
     finally:
         ing.close()
+    if floors_after:
+        run_floors()
+    floor_files, floor_recorded = floors
     dm_mbs = total / MB / seconds
     bare_mbs = total / MB / bare["seconds"]
     result: dict[str, Any] = {
@@ -463,6 +479,7 @@ def throughput(
             "ratio": round(dm_mbs / (total / MB / same["seconds"]), 3),
         },
         "ratio": round(dm_mbs / bare_mbs, 3),
+        "floors_run": "after datamill" if floors_after else "before datamill",
         "floor_files": floor_report(floor_files, total, count, bare_mbs),
         "floor_recorded": floor_report(floor_recorded, total, count, bare_mbs),
         "ceiling": ceiling(bare, hashing),
@@ -591,6 +608,7 @@ def main() -> None:
     ap.add_argument("--quick", action="store_true", help="a tenth of every size (a smoke run)")
     ap.add_argument("--openmsistream", action="store_true", help="also time OpenMSIStream's DataFileDownloadDirectory")
     ap.add_argument("--floor-workers", type=int, default=2, help="the floors' hashing and writing threads")
+    ap.add_argument("--floors-after", action="store_true", help="run the floors after datamill (order effects)")
     ap.add_argument(
         "--only", choices=["small", "big", "memory"], help="only this run (for interleaved pairs; memory: --huge-mb)"
     )
@@ -610,12 +628,16 @@ def main() -> None:
             count, size = (
                 (args.small_files, args.small_kb * 1000) if args.only == "small" else (args.big_files, args.big_mb * MB)
             )
-            result[f"{args.only}_files"] = throughput(tansu, workdir, args.only, count, size, oms, args.floor_workers)
+            result[f"{args.only}_files"] = throughput(
+                tansu, workdir, args.only, count, size, oms, args.floor_workers, args.floors_after
+            )
             print(json.dumps(result))
             return
-        fw = args.floor_workers
-        result["small_files"] = throughput(tansu, workdir, "small", args.small_files, args.small_kb * 1000, oms, fw)
-        result["big_files"] = throughput(tansu, workdir, "big", args.big_files, args.big_mb * MB, oms, fw)
+        fw, after = args.floor_workers, args.floors_after
+        result["small_files"] = throughput(
+            tansu, workdir, "small", args.small_files, args.small_kb * 1000, oms, fw, after
+        )
+        result["big_files"] = throughput(tansu, workdir, "big", args.big_files, args.big_mb * MB, oms, fw, after)
         result["latency"] = latency(tansu, workdir, args.latency_files)
         result["memory"] = memory(tansu, workdir, args.huge_mb * 1024 * 1024)
         result["ok"] = all(result[k]["ok"] for k in ("small_files", "big_files", "latency", "memory"))
