@@ -274,14 +274,14 @@ def openmsistream_download(workdir: Path, bootstrap: str, topic: str, count: int
 
 
 def floor(
-    broker: Broker, topic: str, messages: int, out: Path, broker_pid: int, db: Path | None, workers: int
+    broker: Broker, topic: str, messages: int, out: Path, broker_pid: int, db: Path | None, workers: int, ahead: int = 1
 ) -> dict[str, Any]:
     """The floor (``stream_floor``) reading ``topic`` with the bare consumer's settings into ``out`` (and the
     SQLite file ``db``): seconds from its first message to its last batch durable (and recorded), CPU."""
     ck = kafka()
     c = ck.Consumer(broker.consumer_config(f"floor-{uuid.uuid4().hex[:8]}"))
     c.subscribe([topic])
-    f = stream_floor.Floor(out, db, workers)
+    f = stream_floor.Floor(out, db, workers, ahead)
     try:
         run = f.consume(c, messages, lambda: cpu_seconds(broker_pid))
     finally:

@@ -75,3 +75,56 @@ def test_refuses_a_path_that_is_not_plainly_relative(subdir: str, name: str) -> 
 def test_inserts_the_append_before_the_suffix_and_flattens_the_directories() -> None:
     assert stream_floor.flat_name("a/b", "data.csv", "_v2") == "a%b%data_v2.csv"
     assert stream_floor.flat_name("", "README", "_v2") == "README_v2"
+
+
+class _Msg:
+    """What the floor reads of a confluent-kafka message."""
+
+    def __init__(self, partition: int, offset: int, value: bytes) -> None:
+        self._p, self._o, self._v = partition, offset, value
+
+    def error(self) -> None:
+        return None
+
+    def partition(self) -> int:
+        return self._p
+
+    def offset(self) -> int:
+        return self._o
+
+    def value(self) -> bytes:
+        return self._v
+
+
+class _Consumer:
+    """A stand-in for a subscribed confluent-kafka consumer: ``poll`` gives one message, ``consume`` up to
+    ``batch - 1`` more, so the floor sees several batches."""
+
+    def __init__(self, messages: list[_Msg], batch: int) -> None:
+        self.left, self.batch = list(messages), batch
+
+    def poll(self, timeout: float) -> _Msg | None:
+        return self.left.pop(0) if self.left else None
+
+    def consume(self, num_messages: int, timeout: float) -> list[_Msg]:
+        taken, self.left = self.left[: self.batch - 1], self.left[self.batch - 1 :]
+        return taken
+
+
+@pytest.mark.parametrize("ahead", [1, 3])
+def test_consume_lands_every_file_and_stores_each_partitions_last_offset(tmp_path: Path, ahead: int) -> None:
+    files = {f"f{i}.txt": f"file {i} ".encode() * (50 + i) for i in range(7)}
+    files["big.bin"] = bytes(range(256)) * 20  # 5 chunks of 1 KiB
+    values = _messages(tmp_path / "src", files)
+    msgs = [_Msg(i % 3, i // 3, v) for i, v in enumerate(values)]  # 12 messages over 3 partitions
+    floor = stream_floor.Floor(tmp_path / "out", tmp_path / "floor.sqlite", workers=2, ahead=ahead)
+    try:
+        run = floor.consume(_Consumer(msgs, batch=2), len(msgs))
+    finally:
+        floor.close()
+    assert run["files"] == len(files) and run["bytes"] == sum(len(v) for v in values) and run["batches"] == 6
+    for name, data in files.items():
+        assert (tmp_path / "out" / name).read_bytes() == data
+    db = sqlite3.connect(tmp_path / "floor.sqlite")
+    assert dict(db.execute("SELECT partition, next_offset FROM offsets")) == {0: 4, 1: 4, 2: 4}
+    db.close()
