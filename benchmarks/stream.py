@@ -2,7 +2,7 @@
 
     .venv/bin/python benchmarks/stream.py [--small-files 1000] [--small-kb 100] [--big-files 4]
                                           [--big-mb 250] [--huge-mb 2048] [--latency-files 100] [--quick]
-                                          [--only small|big|memory]
+                                          [--only small|big|memory] [--floor-workers 2] [--floors-after]
 
 Prints ONE JSON object on stdout (progress on stderr). A Tansu broker (the test broker, in RAM) is
 started here; datamill runs in this process on an embedded SQLite home: a running stream dataflow's
@@ -15,6 +15,20 @@ consumer (:class:`~datamill.dataflows.ingest.StreamIngest`, as inside ``datamill
   consumer reads it again with the stream dataflow's own librdkafka settings (``DATAMILL_FETCH``: its
   smaller prefetch queue), so a ratio that only reflects fetch settings shows; and the CPU seconds
   datamill's process and the broker spent while it landed the files (``cpu_s``, ``broker_cpu_s``).
+* **the floor** (``floor_files``, ``floor_recorded``; ``benchmarks/stream_floor.py``): between the bare
+  consumers and datamill, two more passes over the same topic by a plain consumer with the bare one's
+  settings and no datamill code: msgpack decode, every chunk's and file's SHA-512 checked, the BLAKE3
+  content digest, each file written to a file of its own (a multi-chunk file's chunks at their offsets),
+  one ``syncfs`` per batch before its offsets would be committed, on ``--floor-workers`` threads (and a
+  committing thread, one batch ahead); ``floor_recorded`` also runs a ``sqlite3`` transaction per batch
+  (WAL, ``synchronous=NORMAL``) inserting a row per file and per chunk of a multi-chunk file and storing
+  the partitions' offsets. The least work a consumer honouring issue 11's rules does: each is printed
+  with its seconds, MB/s, ``ratio_to_bare``, CPU by thread (``schedstat``), the seconds its threads
+  waited for a core, and the wall its committing thread spent waiting, in ``syncfs`` and in SQLite;
+  ``ratio_to_floor_files`` / ``ratio_to_floor_recorded`` are datamill's MB/s over the floor's.
+  Informational: ``ok`` stays on datamill's ratio to the bare consumer. ``--floors-after`` runs them after
+  datamill instead of before (for order effects). Their files stay until the run ends (deleting them
+  before datamill creates its own would slow that on this VM's file system).
 * **OpenMSIStream** (with ``--openmsistream``, where the ``openmsistream`` package is installed, as
   in the dev environment): its own ``DataFileDownloadDirectory`` reads the same topic into a
   directory, in a subprocess with its default threads: the system datamill replaces, doing work of
@@ -50,6 +64,9 @@ from pathlib import Path
 from typing import Any
 
 from sqlalchemy import func, select
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+import stream_floor  # this directory's: the floor, in plain code (no datamill)
 
 from datamill.config import load_settings
 from datamill.dataflows import ingest as ingest_settings
@@ -256,6 +273,42 @@ def openmsistream_download(workdir: Path, bootstrap: str, topic: str, count: int
     return {"seconds": max(st.st_mtime for st in files) - start, "cpu": cpu}
 
 
+def floor(
+    broker: Broker, topic: str, messages: int, out: Path, broker_pid: int, db: Path | None, workers: int, ahead: int = 1
+) -> dict[str, Any]:
+    """The floor (``stream_floor``) reading ``topic`` with the bare consumer's settings into ``out`` (and the
+    SQLite file ``db``): seconds from its first message to its last batch durable (and recorded), CPU."""
+    ck = kafka()
+    c = ck.Consumer(broker.consumer_config(f"floor-{uuid.uuid4().hex[:8]}"))
+    c.subscribe([topic])
+    f = stream_floor.Floor(out, db, workers, ahead)
+    try:
+        run = f.consume(c, messages, lambda: cpu_seconds(broker_pid))
+    finally:
+        c.close()
+        f.close()
+    return run
+
+
+def floor_report(run: dict[str, Any], total: int, count: int, bare_mbs: float) -> dict[str, Any]:
+    """A floor's figures: informational (the targets' ``ok`` stays on datamill's ratio to the bare consumer)."""
+    if run["files"] != count:
+        raise RuntimeError(f"the floor landed {run['files']} of {count} files")
+    mbs = total / MB / run["seconds"]
+    return {
+        "seconds": round(run["seconds"], 3),
+        "mb_s": round(mbs, 1),
+        "files_s": round(count / run["seconds"], 1),
+        "ratio_to_bare": round(mbs / bare_mbs, 3),
+        "cpu_s": round(run["cpu"], 3),  # this process's threads (schedstat, ns)
+        "broker_cpu_s": round(run["other_cpu"], 3),
+        "thread_cpu_s": run["threads"],
+        "threads_waited_for_a_core_s": round(run["waited_for_cpu"], 3),
+        "batches": run["batches"],
+        "wall_s": {k: round(v, 3) for k, v in run["wall"].items()},
+    }
+
+
 def hashing_cpu(total: int, sha512_passes: int) -> float:
     """CPU seconds the format's hashes need for ``total`` bytes, measured now on 64 MB on one thread.
 
@@ -340,7 +393,16 @@ class Ingest:
         self.home.close()
 
 
-def throughput(tansu: Tansu, workdir: Path, name: str, count: int, size: int, with_oms: bool = False) -> dict[str, Any]:
+def throughput(
+    tansu: Tansu,
+    workdir: Path,
+    name: str,
+    count: int,
+    size: int,
+    with_oms: bool = False,
+    floor_workers: int = 2,
+    floors_after: bool = False,
+) -> dict[str, Any]:
     broker = Broker(tansu.bootstrap)
     topic = tansu.topic(4)
     src = workdir / name
@@ -358,18 +420,37 @@ def throughput(tansu: Tansu, workdir: Path, name: str, count: int, size: int, wi
     if with_oms:
         say(f"{name}: OpenMSIStream's DataFileDownloadDirectory")
         oms = openmsistream_download(workdir, tansu.bootstrap, topic, count, size)
+    # The floors' files stay until the run ends: deleting them before datamill creates its own would
+    # slow its file creation (this VM's journal-less ext4 scans recently freed inodes, w-stream8).
+    floors: list[dict[str, Any]] = []
+
+    def run_floors() -> None:
+        say(f"{name}: the floor, files only")
+        out = workdir / f"floor-{name}"
+        floors.append(floor(broker, topic, report.messages, out, tansu.proc.pid, None, floor_workers))
+        say(f"{name}: the floor, files recorded in SQLite")
+        out, db = workdir / f"floor-rec-{name}", workdir / f"floor-rec-{name}.sqlite"
+        floors.append(floor(broker, topic, report.messages, out, tansu.proc.pid, db, floor_workers))
+
+    if not floors_after:
+        run_floors()
     say(f"{name}: datamill stream dataflow")
     ing = Ingest(workdir, broker, topic)
     try:
-        cpu0, broker0 = cpu_seconds(), cpu_seconds(tansu.proc.pid)
+        cpu0, broker0, threads0 = cpu_seconds(), cpu_seconds(tansu.proc.pid), stream_floor.thread_cpu()
         ing.start()
         ing.wait(count, timeout=3600)
         # The CPU this process (the consumer and its threads; the wait loop's look-ups are a few ms)
         # and the broker spent: steadier than the window on a shared machine.
         cpu, broker_cpu = cpu_seconds() - cpu0, cpu_seconds(tansu.proc.pid) - broker0
+        # By thread, to set beside the floors' (its start and group join included: a few ms).
+        threads, waited = stream_floor.cpu_by_thread(threads0, stream_floor.thread_cpu())
         seconds = ing.window()
     finally:
         ing.close()
+    if floors_after:
+        run_floors()
+    floor_files, floor_recorded = floors
     dm_mbs = total / MB / seconds
     bare_mbs = total / MB / bare["seconds"]
     result: dict[str, Any] = {
@@ -382,6 +463,8 @@ def throughput(tansu: Tansu, workdir: Path, name: str, count: int, size: int, wi
             "files_s": round(count / seconds, 1),
             "cpu_s": round(cpu, 3),
             "broker_cpu_s": round(broker_cpu, 3),
+            "thread_cpu_s": threads,
+            "threads_waited_for_a_core_s": round(waited, 3),
         },
         "bare_consumer": {
             "seconds": round(bare["seconds"], 3),
@@ -396,10 +479,15 @@ def throughput(tansu: Tansu, workdir: Path, name: str, count: int, size: int, wi
             "ratio": round(dm_mbs / (total / MB / same["seconds"]), 3),
         },
         "ratio": round(dm_mbs / bare_mbs, 3),
+        "floors_run": "after datamill" if floors_after else "before datamill",
+        "floor_files": floor_report(floor_files, total, count, bare_mbs),
+        "floor_recorded": floor_report(floor_recorded, total, count, bare_mbs),
         "ceiling": ceiling(bare, hashing),
         "target": 0.8,
         "ok": dm_mbs / bare_mbs >= 0.8,
     }
+    for which, run in (("floor_files", floor_files), ("floor_recorded", floor_recorded)):
+        result[f"ratio_to_{which}"] = round(run["seconds"] / seconds, 3)  # datamill's MB/s over the floor's
     if oms is not None:
         oms_mbs = total / MB / oms["seconds"]
         result["openmsistream"] = {
@@ -519,6 +607,8 @@ def main() -> None:
     ap.add_argument("--latency-files", type=int, default=100)
     ap.add_argument("--quick", action="store_true", help="a tenth of every size (a smoke run)")
     ap.add_argument("--openmsistream", action="store_true", help="also time OpenMSIStream's DataFileDownloadDirectory")
+    ap.add_argument("--floor-workers", type=int, default=2, help="the floors' hashing and writing threads")
+    ap.add_argument("--floors-after", action="store_true", help="run the floors after datamill (order effects)")
     ap.add_argument(
         "--only", choices=["small", "big", "memory"], help="only this run (for interleaved pairs; memory: --huge-mb)"
     )
@@ -538,11 +628,16 @@ def main() -> None:
             count, size = (
                 (args.small_files, args.small_kb * 1000) if args.only == "small" else (args.big_files, args.big_mb * MB)
             )
-            result[f"{args.only}_files"] = throughput(tansu, workdir, args.only, count, size, oms)
+            result[f"{args.only}_files"] = throughput(
+                tansu, workdir, args.only, count, size, oms, args.floor_workers, args.floors_after
+            )
             print(json.dumps(result))
             return
-        result["small_files"] = throughput(tansu, workdir, "small", args.small_files, args.small_kb * 1000, oms)
-        result["big_files"] = throughput(tansu, workdir, "big", args.big_files, args.big_mb * MB, oms)
+        fw, after = args.floor_workers, args.floors_after
+        result["small_files"] = throughput(
+            tansu, workdir, "small", args.small_files, args.small_kb * 1000, oms, fw, after
+        )
+        result["big_files"] = throughput(tansu, workdir, "big", args.big_files, args.big_mb * MB, oms, fw, after)
         result["latency"] = latency(tansu, workdir, args.latency_files)
         result["memory"] = memory(tansu, workdir, args.huge_mb * 1024 * 1024)
         result["ok"] = all(result[k]["ok"] for k in ("small_files", "big_files", "latency", "memory"))
