@@ -64,6 +64,7 @@ __all__ = [
     "hold",
     "loads",
     "remember",
+    "sendable",
     "withdraw",
     "withdrawn",
 ]
@@ -317,8 +318,22 @@ class Constants:
         so the key is by identity for those (the objects are kept with the key). Raises what
         pickling the template raises (the call then goes by cloudpickle, as a whole).
         """
-        fields = (call.step, call.pipeline_ref, call.step_bytes, call.params, call.in_memory)
-        key = (call.step, call.pipeline_ref, id(call.step_bytes), id(call.params), call.in_memory)
+        return self.template_of(
+            call.step, call.pipeline_ref, call.step_bytes, call.params, call.in_memory, shared_params
+        )
+
+    def template_of(
+        self,
+        step: str,
+        pipeline_ref: str | None,
+        step_bytes: bytes | None,
+        params: Mapping[str, Any],
+        in_memory: bool,
+        shared_params: bool = False,
+    ) -> int:
+        """:meth:`template` from the template's fields (:data:`_TEMPLATE_FIELDS`)."""
+        fields = (step, pipeline_ref, step_bytes, params, in_memory)
+        key = (step, pipeline_ref, id(step_bytes), id(params), in_memory)
         hit = self._templates.get(key)
         if hit is not None:
             self._templates.move_to_end(key)
@@ -409,6 +424,114 @@ class Constants:
             payload = cloudpickle.dumps(parts, pickle.HIGHEST_PROTOCOL)
         return payload, tuple(dict.fromkeys(self._used)), tuple(dict(self._used_sets).items())
 
+    def step_call(
+        self,
+        fn: Any,
+        template: tuple[str, str | None, bytes | None, Mapping[str, Any], bool],
+        dirs: tuple[str, str],
+        item: tuple[InputRef, Any, Any] | None,
+        items: tuple[tuple[InputRef, Any, Any], ...],
+        task_id: str,
+    ) -> tuple[tuple[Any, ...], tuple[int, ...], tuple[tuple[int, bytes], ...]] | None:
+        """The payload of ``fn(reporter, StepCall(...))`` for a step's call on values without
+        upstream values, as plain data (not pickled: it is pickled with its chunk, see
+        :func:`call_parts`), the constants it names and the shared sets it names; None when the
+        call does not have that form (then it goes as a ``StepCall`` through :meth:`call`).
+
+        ``template``: the call's step, pipeline reference, step bytes, parameters and ``in_memory``
+        (its step's, alike for all its calls in a run); ``dirs``: its output and scratch directories
+        as strings (the worker makes them paths); ``item`` and ``items``: ``(ref, path, source)``
+        each, paths as strings or paths. Only plain data goes: a chunk of such payloads is pickled
+        in one go, which cannot fail on data of this form.
+        """
+        for i in (item, *items):
+            if i is not None and (type(i[0]) is not InputRef or type(i[0].metadata) is not dict):
+                return None  # a subclass, or metadata that is not plain JSON data: the general way
+        self._used = []
+        self._used_sets = []
+        n = self.number(fn)
+        if n is None:
+            return None
+        params = template[3]
+        try:
+            shared = self.share(params) if params else None
+            number = self.template_of(*template, shared is not None)
+        except Exception:  # not picklable by the standard pickler: cloudpickle, through call()
+            return None
+        payload = (
+            n,
+            number,
+            shared,
+            dirs[0],
+            dirs[1],
+            None if item is None else _plain_item(item),
+            tuple([_plain_item(i) for i in items]),
+            task_id,
+        )
+        return payload, tuple(dict.fromkeys(self._used)), tuple(dict(self._used_sets).items())
+
+
+def sendable(entry: tuple[int, bool, Any, tuple[int, ...]]) -> tuple[int, bool, Any, tuple[int, ...]]:
+    """A chunk's entry ``(seq, eager, payload, sets)`` whose plain payload (:meth:`Constants.step_call`)
+    pickles; else one that fails the call on the worker, saying why (a chunk is pickled in one go,
+    and one call's data must not fail the others)."""
+    payload = entry[2]
+    if type(payload) is not tuple:
+        return entry
+    try:
+        pickle.dumps(payload, pickle.HIGHEST_PROTOCOL)
+    except Exception as exc:
+        text = f"The call could not be pickled to send it to a worker process ({type(exc).__name__}: {exc})."
+        return (entry[0], entry[1], pickle.dumps((None, _unsendable, (text,), {}), pickle.HIGHEST_PROTOCOL), entry[3])
+    return entry
+
+
+def _unsendable(reporter: Any, text: str) -> None:
+    """Worker side: the call of an entry that could not be pickled (:func:`sendable`) fails with why."""
+    raise TypeError(text)
+
+
+def _plain_item(i: tuple[InputRef, Any, Any]) -> tuple[Any, ...]:
+    """An item of :meth:`Constants.step_call` as plain data: its ref's fields, its paths flat."""
+    ref = i[0].__dict__
+    return (tuple([ref[n] for n in _REF_FIELDS]), _flat_path(i[1]), _flat_path(i[2]))
+
+
+def _unplain_item(flat: tuple[Any, ...]) -> ItemInput:
+    """Worker side: the ``ItemInput`` of :func:`_plain_item` (its paths strings or paths, as sent)."""
+    path, source = flat[1], flat[2]
+    return _item(
+        (flat[0], _parsed(path) if type(path) is list else path, _parsed(source) if type(source) is list else source)
+    )
+
+
+def _parsed(p: list[Any]) -> PosixPath:
+    return PosixPath._from_parsed_parts(*p)  # type: ignore[attr-defined]
+
+
+def _plain_call(
+    template: int,
+    params: int | None,
+    output_dir: str,
+    scratch_dir: str,
+    item: tuple[Any, ...] | None,
+    items: tuple[tuple[Any, ...], ...],
+    task_id: str,
+) -> StepCall:
+    """Worker side: the ``StepCall`` of a payload of :meth:`Constants.step_call`."""
+    call = object.__new__(StepCall)
+    state = call.__dict__
+    state.update(zip(_TEMPLATE_FIELDS, _shared_set(template), strict=True))
+    if params is not None:
+        state["params"] = _shared_set(params)
+    state["output_dir"] = PosixPath(output_dir)
+    state["scratch_dir"] = PosixPath(scratch_dir)
+    state["item"] = None if item is None else _unplain_item(item)
+    state["items"] = tuple([_unplain_item(i) for i in items])
+    state["upstream"] = {}
+    state["task_id"] = task_id
+    return call
+
 
 class SharedSets:
     """Which shared sets a worker keeps: the last used ones, within :data:`SHARED_MAX_BYTES` and
@@ -493,13 +616,17 @@ def _constant(n: int) -> Any:
 
 
 def call_parts(
-    payload: bytes, shared: tuple[tuple[int, list[Any]], ...] = ()
+    payload: bytes | tuple[Any, ...], shared: tuple[tuple[int, list[Any]], ...] = ()
 ) -> tuple[Any, tuple[Any, ...], dict[str, Any]]:
-    """Worker side: ``(fn, args, kwargs)`` of a payload; ``shared``: the sets it holds (:func:`hold`)."""
+    """Worker side: ``(fn, args, kwargs)`` of a payload (pickled bytes, or the plain data of
+    :meth:`Constants.step_call`); ``shared``: the sets it holds (:func:`hold`)."""
     global _current
     _current = dict(shared)
     try:
-        n, fn, args, kwargs = pickle.loads(payload)
+        if type(payload) is tuple:  # a step's call as plain data (Constants.step_call)
+            call = _plain_call(*payload[1:])
+            return _constant(payload[0]), (call,), {}
+        n, fn, args, kwargs = pickle.loads(payload)  # type: ignore[arg-type]  # bytes: the tuple went above
     finally:
         _current = {}
     return (_constant(n) if n is not None else fn), args, kwargs
