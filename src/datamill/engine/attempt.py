@@ -159,11 +159,11 @@ def _value_call(
     )
 
 
-def _step_fields(the_plan: Plan, pt: PlannedTask, base: str, got: Materialized) -> tuple[Any, ...]:
+def _step_fields(the_plan: Plan, pt: PlannedTask, dirs: tuple[Any, Any], got: Materialized) -> tuple[Any, ...]:
     """What :func:`_value_call` puts in the call of ``pt`` (without upstream values), as the fields a
     pool's ``submit_step`` takes: the template (alike for the step's calls in the run), the
-    attempt's output and scratch directories as strings, its item and items as ``(ref, path,
-    source)``, and the task's id."""
+    attempt's output and scratch directories (``dirs``, :meth:`WorkDirs.attempt_parts`), its item
+    and items as ``(ref, path, source)``, and the task's id."""
     step = the_plan.pipeline.step(pt.step)
     files, sources = got.item_files, got.sources
     ref = the_plan.pipeline.ref
@@ -173,7 +173,7 @@ def _step_fields(the_plan: Plan, pt: PlannedTask, base: str, got: Materialized) 
         at = pt.item.path  # a property that formats a string: once
         item = (pt.item, files.get(at), sources.get(at))
     items = tuple((r, files.get(r.path), sources.get(r.path)) for r in the_plan.inputs) if step.uses_items else ()
-    return template, (f"{base}/out", f"{base}/scratch"), item, items, pt.id
+    return template, dirs, item, items, pt.id
 
 
 def _made(cls: type, **fields: Any) -> Any:
@@ -398,9 +398,8 @@ class Attempts:
         try:
             submitted = None
             if self._submit_step is not None and not pt.wires:
-                submitted = self._submit_step(
-                    run_step, *_step_fields(the_plan, pt, base, got), on_message, timeout=pt.timeout
-                )
+                fields = _step_fields(the_plan, pt, self.workdirs.attempt_parts(base), got)
+                submitted = self._submit_step(run_step, *fields, on_message, timeout=pt.timeout)
             if submitted is None:
                 call = _value_call(the_plan, pt, self.workdirs.attempt_paths(base), got, made=True)
                 submitted = submit(PythonCall(run_step, (call,)), on_message, timeout=pt.timeout)

@@ -357,7 +357,7 @@ class LocalExecutor(Executor):
         self,
         fn: Any,
         template: tuple[str, str | None, bytes | None, Mapping[str, Any], bool],
-        dirs: tuple[str, str],
+        dirs: tuple[list[Any] | str, list[Any] | str],
         item: tuple[InputRef, Any, Any] | None,
         items: tuple[tuple[InputRef, Any, Any], ...],
         task_id: str,

@@ -428,7 +428,7 @@ class Constants:
         self,
         fn: Any,
         template: tuple[str, str | None, bytes | None, Mapping[str, Any], bool],
-        dirs: tuple[str, str],
+        dirs: tuple[list[Any] | str, list[Any] | str],
         item: tuple[InputRef, Any, Any] | None,
         items: tuple[tuple[InputRef, Any, Any], ...],
         task_id: str,
@@ -440,9 +440,10 @@ class Constants:
 
         ``template``: the call's step, pipeline reference, step bytes, parameters and ``in_memory``
         (its step's, alike for all its calls in a run); ``dirs``: its output and scratch directories
-        as strings (the worker makes them paths); ``item`` and ``items``: ``(ref, path, source)``
-        each, paths as strings or paths. Only plain data goes: a chunk of such payloads is pickled
-        in one go, which cannot fail on data of this form.
+        as strings or parsed parts (``pipeline.runner.child_parts``; the worker makes them paths);
+        ``item`` and ``items``: ``(ref, path, source)`` each, paths as strings or paths. Only plain
+        data goes (an item's metadata a dict: JSON from the database), so a chunk of such payloads
+        pickled in one go does not fail; if one does all the same, that call fails (:func:`sendable`).
         """
         for i in (item, *items):
             if i is not None and (type(i[0]) is not InputRef or type(i[0].metadata) is not dict):
@@ -512,8 +513,8 @@ def _parsed(p: list[Any]) -> PosixPath:
 def _plain_call(
     template: int,
     params: int | None,
-    output_dir: str,
-    scratch_dir: str,
+    output_dir: list[Any] | str,
+    scratch_dir: list[Any] | str,
     item: tuple[Any, ...] | None,
     items: tuple[tuple[Any, ...], ...],
     task_id: str,
@@ -524,8 +525,8 @@ def _plain_call(
     state.update(zip(_TEMPLATE_FIELDS, _shared_set(template), strict=True))
     if params is not None:
         state["params"] = _shared_set(params)
-    state["output_dir"] = PosixPath(output_dir)
-    state["scratch_dir"] = PosixPath(scratch_dir)
+    state["output_dir"] = _unflat_path(output_dir)
+    state["scratch_dir"] = _unflat_path(scratch_dir)
     state["item"] = None if item is None else _unplain_item(item)
     state["items"] = tuple([_unplain_item(i) for i in items])
     state["upstream"] = {}
