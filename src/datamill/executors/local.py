@@ -1,8 +1,9 @@
 """The local executor: a pool of reused worker processes on this machine (the default executor).
 
 Each worker is a long-lived process with its own duplex pipe, in its own process group. A call is
-pickled once (cloudpickle for lambdas and closures) when :meth:`LocalExecutor.run` gets it, and
-waits in the pool's queue; its function, and a step pickled by value, go to each worker once
+pickled once (cloudpickle for lambdas and closures) when :meth:`LocalExecutor.run` gets it (a step's
+call on values handed over by its fields, :meth:`LocalExecutor.submit_step`, is plain data pickled
+with its chunk), and waits in the pool's queue; its function, and a step pickled by value, go to each worker once
 (:mod:`datamill.executors.local_wire`). Calls go to workers in *chunks*, and results come back in
 *batches* (see :mod:`datamill.executors.worker` for the wire protocol), as
 ``multiprocessing.Pool.imap(chunksize=...)`` does, with a chunk size that adapts to how long calls

@@ -18,6 +18,12 @@ pickled with the number of its step's bytes instead of the bytes.
   three dataclasses and two paths: each class pickled names its module and class, which a pickler
   made per call looks up every time (an import look-up each), and that cost more than the data.
   A ``StepResult`` comes back the same way (:func:`_step_result`).
+* The scheduler's common call (a step on values, no upstream values) skips even that: it is handed
+  over by its fields (:meth:`Constants.step_call`), without a ``StepCall`` made in the parent, and
+  its payload is plain data (the template's number, the directories' parsed parts, each item's
+  ref fields and paths, the task id) that the chunk carrying it pickles with the others in one go;
+  the worker makes the ``StepCall`` from it (:func:`call_parts`). A ``Pickler`` and a reducer per
+  call cost more than the data.
 * A step's parameters that pickle big (a lookup table, :data:`SHARED_MIN_BYTES` or more) are a
   *shared set*: pickled once by the parent (the tasks of a step share their plan's mapping), sent
   to a worker once with the first chunk that needs them, and unpickled there once. Unlike
