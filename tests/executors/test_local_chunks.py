@@ -17,7 +17,7 @@ import pytest
 from datamill.errors import StepFailed, WorkerCrashed
 from datamill.executors import Message, PythonCall, Reporter
 from datamill.pipeline.inputs import InputRef
-from datamill.pipeline.runner import ItemInput, StepCall
+from datamill.pipeline.runner import ItemInput, StepCall, child_parts
 
 from .test_contract import ignore
 
@@ -529,8 +529,9 @@ def echo_call(reporter: Reporter, call: StepCall) -> StepCall:
 
 def test_a_step_call_handed_over_by_its_fields_is_the_step_call_they_make(pool: Any, tmp_path: Path) -> None:
     """``submit_step`` sends a step's call as plain data pickled with its chunk; the worker makes
-    the same ``StepCall`` the scheduler would have sent whole: template, directories as paths, the
-    item and items (paths as sent: strings stay strings, paths stay paths), no upstream values."""
+    the same ``StepCall`` the scheduler would have sent whole: template, directories as paths (sent
+    as strings or parsed parts), the item and items (paths as sent: strings stay strings, paths stay
+    paths), no upstream values."""
     ref = InputRef(7, 8, "raw", "a.txt", 1, "blake3:ab", 3, "text/plain", {"k": [1, "v"]})
     other = InputRef(9, 10, "raw", "b.txt", 2, "blake3:cd", 4, "text/csv", {})
     params = {"salt": "x"}
@@ -541,11 +542,13 @@ def test_a_step_call_handed_over_by_its_fields_is_the_step_call_they_make(pool: 
         jobs = [
             ex.submit_step(
                 echo_call,
-                ("tiny", "some/pipeline.py:p", None, params, True),
-                (f"{base}/out", f"{base}/scratch"),
-                (ref, f"{base}/in/a.txt", tmp_path / "blob"),
-                ((other, None, "/blobs/cd"),) if i else (),
-                f"tiny[raw/a.txt]#{i}",
+                (
+                    ("tiny", "some/pipeline.py:p", None, params, True),
+                    (f"{base}/out", child_parts(tmp_path, "task-1-1", "scratch")),
+                    (ref, f"{base}/in/a.txt", tmp_path / "blob"),
+                    ((other, None, "/blobs/cd"),) if i else (),
+                    f"tiny[raw/a.txt]#{i}",
+                ),
                 ignore,
             )
             for i in range(2)
@@ -583,7 +586,7 @@ def test_a_step_call_whose_data_does_not_pickle_fails_alone(pool: Any, tmp_path:
     async def scenario() -> list[Any]:
         ex = pool.executor
         jobs = [
-            ex.submit_step(echo_call, ("s", "p.py:p", None, {}, True), ("/o", "/s"), (r, None, None), (), "t", ignore)
+            ex.submit_step(echo_call, (("s", "p.py:p", None, {}, True), ("/o", "/s"), (r, None, None), (), "t"), ignore)
             for r in (good, bad, good)
         ]
         return await asyncio.gather(*(job.future for job in jobs), return_exceptions=True)
@@ -603,5 +606,5 @@ def test_a_step_call_not_of_the_plain_form_is_left_to_submit(pool: Any) -> None:
 
     ref = MyRef(1, 1, "raw", "a.txt", 1, "blake3:ab", 3, "text/plain", {})
     template = ("s", "p.py:p", None, {}, True)
-    job = pool.executor.submit_step(echo_call, template, ("/o", "/s"), (ref, None, None), (), "t", ignore)
+    job = pool.executor.submit_step(echo_call, (template, ("/o", "/s"), (ref, None, None), (), "t"), ignore)
     assert job is None

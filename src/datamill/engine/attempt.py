@@ -399,7 +399,7 @@ class Attempts:
             submitted = None
             if self._submit_step is not None and not pt.wires:
                 fields = _step_fields(the_plan, pt, self.workdirs.attempt_parts(base), got)
-                submitted = self._submit_step(run_step, *fields, on_message, timeout=pt.timeout)
+                submitted = self._submit_step(run_step, fields, on_message, timeout=pt.timeout)
             if submitted is None:
                 call = _value_call(the_plan, pt, self.workdirs.attempt_paths(base), got, made=True)
                 submitted = submit(PythonCall(run_step, (call,)), on_message, timeout=pt.timeout)

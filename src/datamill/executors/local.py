@@ -50,17 +50,15 @@ import tempfile
 import time
 import traceback
 from collections import Counter, deque
-from collections.abc import Mapping
 from multiprocessing.connection import Connection
 from multiprocessing.context import BaseContext
 from multiprocessing.process import BaseProcess
 from typing import Any
 
 from datamill.errors import Cancelled, ConfigError, StepFailed, TaskTimeout, WorkerCrashed
-from datamill.pipeline.inputs import InputRef
 
 from .base import Call, Executor, OnMessage, PythonCall, deliver, step_failed
-from .local_wire import Constants, Frames, Outgoing, SharedSets, sendable, withdraw
+from .local_wire import Constants, Frames, Outgoing, SharedSets, StepFields, sendable, withdraw
 from .worker import BATCH, CHUNK, MESSAGE, RESULT, SKIP, SKIPPED, WorkerState, worker_main
 
 __all__ = ["CHUNK_SECONDS", "MAX_CHUNK", "STEAL_AFTER", "LocalExecutor", "Submitted"]
@@ -355,19 +353,11 @@ class LocalExecutor(Executor):
         return self._queue_call(payload, needs, sets, _kind(call), on_message, timeout)
 
     def submit_step(
-        self,
-        fn: Any,
-        template: tuple[str, str | None, bytes | None, Mapping[str, Any], bool],
-        dirs: tuple[list[Any] | str, list[Any] | str],
-        item: tuple[InputRef, Any, Any] | None,
-        items: tuple[tuple[InputRef, Any, Any], ...],
-        task_id: str,
-        on_message: OnMessage,
-        timeout: float | None = None,
+        self, fn: Any, fields: StepFields, on_message: OnMessage, timeout: float | None = None
     ) -> Submitted | None:
         """:meth:`submit` of ``fn(reporter, StepCall(...))`` for a step's call on values without
         upstream values, given by its fields, not as a ``StepCall``: its payload is plain data,
-        pickled with its chunk (see :meth:`Constants.step_call`; the arguments are as there). The
+        pickled with its chunk (see :meth:`Constants.step_call`; ``fields`` as there). The
         scheduler hands thousands of such calls over: a ``StepCall`` made, pickled by itself with
         its own pickler and dropped cost more than the call's share of the pool's work. None when
         the call does not have that form: then :meth:`submit` it as a ``PythonCall``."""
@@ -375,13 +365,13 @@ class LocalExecutor(Executor):
         if loop is None or self._closing:
             raise RuntimeError("LocalExecutor is not running: await start() first (and not after close()).")
         try:
-            made = self._constants.step_call(fn, template, dirs, item, items, task_id)
+            made = self._constants.step_call(fn, fields)
         except Exception:  # submit() says what cannot be pickled
             made = None
         if made is None:
             return None
         payload, needs, sets = made
-        kind = (getattr(fn, "__module__", None), getattr(fn, "__qualname__", None), template[0])  # as _kind() says
+        kind = (getattr(fn, "__module__", None), getattr(fn, "__qualname__", None), fields[0][0])  # as _kind() says
         return self._queue_call(payload, needs, sets, kind, on_message, timeout)
 
     def _queue_call(

@@ -64,6 +64,7 @@ __all__ = [
     "Frames",
     "Outgoing",
     "SharedSets",
+    "StepFields",
     "call_parts",
     "dumps",
     "frame",
@@ -124,7 +125,7 @@ def _flat_path(p: Any) -> Any:
 
 def _unflat_path(p: Any) -> Any:
     if type(p) is list:
-        return PosixPath._from_parsed_parts(*p)  # type: ignore[attr-defined]
+        return _parsed(p)
     if type(p) is str:
         return PosixPath(p)
     return p
@@ -136,11 +137,22 @@ def _flat_item(i: ItemInput) -> tuple[Any, ...]:
 
 
 def _item(flat: tuple[Any, ...]) -> ItemInput:
+    """Worker side: an ``ItemInput`` from its ref's fields and its paths (paths, strings, or the
+    parsed parts of :meth:`Constants.step_call`)."""
     ref = object.__new__(InputRef)
     ref.__dict__.update(zip(_REF_FIELDS, flat[0], strict=True))
+    path, source = flat[1], flat[2]
+    if type(path) is list:
+        path = _parsed(path)
+    if type(source) is list:
+        source = _parsed(source)
     item = object.__new__(ItemInput)
-    item.__dict__.update(ref=ref, path=flat[1], source=flat[2])
+    item.__dict__.update(ref=ref, path=path, source=source)
     return item
+
+
+def _parsed(p: list[Any]) -> PosixPath:
+    return PosixPath._from_parsed_parts(*p)  # type: ignore[attr-defined]
 
 
 def _step_call(call: StepCall) -> tuple[Any, tuple[Any, ...]]:
@@ -294,6 +306,18 @@ def loads(data: bytes) -> Any:
     return pickle.loads(data)
 
 
+#: a step's call by its fields (:meth:`Constants.step_call`): its template (step, pipeline reference,
+#: step bytes, parameters, ``in_memory``), its output and scratch directories, its item and items as
+#: ``(ref, path, source)``, its task id
+StepFields = tuple[
+    tuple[str, "str | None", "bytes | None", Mapping[str, Any], bool],
+    tuple["list[Any] | str", "list[Any] | str"],
+    "tuple[InputRef, Any, Any] | None",
+    tuple[tuple[InputRef, Any, Any], ...],
+    str,
+]
+
+
 class Constants:
     """The parent's numbering of constants: object → number, and each one's pickled bytes."""
 
@@ -431,26 +455,22 @@ class Constants:
         return payload, tuple(dict.fromkeys(self._used)), tuple(dict(self._used_sets).items())
 
     def step_call(
-        self,
-        fn: Any,
-        template: tuple[str, str | None, bytes | None, Mapping[str, Any], bool],
-        dirs: tuple[list[Any] | str, list[Any] | str],
-        item: tuple[InputRef, Any, Any] | None,
-        items: tuple[tuple[InputRef, Any, Any], ...],
-        task_id: str,
+        self, fn: Any, fields: StepFields
     ) -> tuple[tuple[Any, ...], tuple[int, ...], tuple[tuple[int, bytes], ...]] | None:
         """The payload of ``fn(reporter, StepCall(...))`` for a step's call on values without
         upstream values, as plain data (not pickled: it is pickled with its chunk, see
         :func:`call_parts`), the constants it names and the shared sets it names; None when the
         call does not have that form (then it goes as a ``StepCall`` through :meth:`call`).
 
-        ``template``: the call's step, pipeline reference, step bytes, parameters and ``in_memory``
+        ``fields`` (:data:`StepFields`): ``template``, the call's step, pipeline reference, step
+        bytes, parameters and ``in_memory``
         (its step's, alike for all its calls in a run); ``dirs``: its output and scratch directories
         as strings or parsed parts (``pipeline.runner.child_parts``; the worker makes them paths);
         ``item`` and ``items``: ``(ref, path, source)`` each, paths as strings or paths. Only plain
         data goes (an item's metadata a dict: JSON from the database), so a chunk of such payloads
         pickled in one go does not fail; if one does all the same, that call fails (:func:`sendable`).
         """
+        template, dirs, item, items, task_id = fields
         for i in (item, *items):
             if i is not None and (type(i[0]) is not InputRef or type(i[0].metadata) is not dict):
                 return None  # a subclass, or metadata that is not plain JSON data: the general way
@@ -473,6 +493,7 @@ class Constants:
             dirs[1],
             None if item is None else _plain_item(item),
             tuple([_plain_item(i) for i in items]),
+            None,  # no upstream values: the arguments of _call_from_template from here on
             task_id,
         )
         return payload, tuple(dict.fromkeys(self._used)), tuple(dict(self._used_sets).items())
@@ -502,42 +523,6 @@ def _plain_item(i: tuple[InputRef, Any, Any]) -> tuple[Any, ...]:
     """An item of :meth:`Constants.step_call` as plain data: its ref's fields, its paths flat."""
     ref = i[0].__dict__
     return (tuple([ref[n] for n in _REF_FIELDS]), _flat_path(i[1]), _flat_path(i[2]))
-
-
-def _unplain_item(flat: tuple[Any, ...]) -> ItemInput:
-    """Worker side: the ``ItemInput`` of :func:`_plain_item` (its paths strings or paths, as sent)."""
-    path, source = flat[1], flat[2]
-    return _item(
-        (flat[0], _parsed(path) if type(path) is list else path, _parsed(source) if type(source) is list else source)
-    )
-
-
-def _parsed(p: list[Any]) -> PosixPath:
-    return PosixPath._from_parsed_parts(*p)  # type: ignore[attr-defined]
-
-
-def _plain_call(
-    template: int,
-    params: int | None,
-    output_dir: list[Any] | str,
-    scratch_dir: list[Any] | str,
-    item: tuple[Any, ...] | None,
-    items: tuple[tuple[Any, ...], ...],
-    task_id: str,
-) -> StepCall:
-    """Worker side: the ``StepCall`` of a payload of :meth:`Constants.step_call`."""
-    call = object.__new__(StepCall)
-    state = call.__dict__
-    state.update(zip(_TEMPLATE_FIELDS, _shared_set(template), strict=True))
-    if params is not None:
-        state["params"] = _shared_set(params)
-    state["output_dir"] = _unflat_path(output_dir)
-    state["scratch_dir"] = _unflat_path(scratch_dir)
-    state["item"] = None if item is None else _unplain_item(item)
-    state["items"] = tuple([_unplain_item(i) for i in items])
-    state["upstream"] = {}
-    state["task_id"] = task_id
-    return call
 
 
 class SharedSets:
@@ -631,8 +616,7 @@ def call_parts(
     _current = dict(shared)
     try:
         if type(payload) is tuple:  # a step's call as plain data (Constants.step_call)
-            call = _plain_call(*payload[1:])
-            return _constant(payload[0]), (call,), {}
+            return _constant(payload[0]), (_call_from_template(*payload[1:]),), {}
         n, fn, args, kwargs = pickle.loads(payload)  # type: ignore[arg-type]  # bytes: the tuple went above
     finally:
         _current = {}
