@@ -1,6 +1,6 @@
 """Engine throughput: trivial tasks per second, an unchanged re-run, and the local pool's speedup.
 
-    .venv/bin/python benchmarks/engine.py [--items 10000] [--cpu-items 8] [--cpu-seconds 0.2] [--home DIR]
+    .venv/bin/python benchmarks/engine.py [--items 10000] [--rounds 3] [--cpu-items 8] [--cpu-seconds 0.2] [--home DIR]
 
 Prints ONE JSON object on stdout (progress goes to stderr). Embedded SQLite, and every task is
 recorded in the database (task rows, their outputs and events) as in any run. Measured:
@@ -13,10 +13,23 @@ recorded in the database (task rows, their outputs and events) as in any run. Me
    ``end_to_end_tasks_per_s`` counts submit too. With ``inline`` and with ``local`` (one worker per
    CPU; the pool is started before timing), no destination folder. Targets: >= 5,000 tasks/s
    inline, >= 2,000 tasks/s local (2 cores) and >= 0.25 x a bare ``multiprocessing.Pool.imap`` of
-   the same function (``plain_tiny``) over as many names with as many processes, measured right
-   after (``ratio_to_pool_imap``: its default chunksize 1; the ratio to ``Pool.map``'s chunk size
-   is printed too). ``executor_only_*``: the local executor alone (no scheduler, no database) on
-   the same calls, with as many in flight as the scheduler keeps, and the mean chunk it sent.
+   the same function (``plain_tiny``) over as many names with as many processes (its default
+   chunksize 1). The local pool and the bare imap are measured **interleaved**, in ``--rounds``
+   rounds (3 by default): both pools are started and warmed up first (the local pool with an untimed
+   run of 8 tasks a worker, the imap pool with 100 calls), both live in this process for the whole
+   measurement, and each round is one recorded run over every item on the local pool (a new salt
+   each round, so nothing is cached) and then one ``imap`` of as many names, run in the event
+   loop's thread while the scheduler and its pool are idle. ``rounds`` lists each round's figures
+   (tasks/s, drive CPU and the event loop thread's CPU per task, imap's calls/s and its parent's
+   threads' CPU per call, the round's own ratio). ``tasks_per_s`` (local) is the median of the
+   rounds' tasks/s, ``baseline_pool_imap_tasks_per_s`` the median of the rounds' imap calls/s, and
+   ``ratio_to_pool_imap`` = the first over the second (the ratio of the medians; its ``ok`` uses
+   it); ``ratio_to_pool_imap_min_max`` is the lowest and highest round's own ratio. ``drive_s`` and
+   ``submit_s`` are those of the median round; the CPU times and context switches per task below
+   are over all rounds together (their sum over every round's tasks). One imap with ``Pool.map``'s
+   chunk size (n / (4 x workers)) follows the rounds (``..._auto_chunks``). ``executor_only_*``: the
+   local executor alone (no scheduler, no database) on the same calls, with as many in flight as
+   the scheduler keeps, and the mean chunk it sent.
    ``inline_publishing`` is the same with a destination folder: every output also becomes an item
    version (a blob file written and fsynced, the item, the version with provenance, an
    ``item.created`` event), which is what a dataflow does.
@@ -30,7 +43,10 @@ recorded in the database (task rows, their outputs and events) as in any run. Me
    the drive, by thread name; ``parent_cores_busy`` and ``workers_cores_busy``: CPU seconds over wall seconds.
    ``baseline_pool_imap_workers_cpu_us_per_call`` and ``..._switches_per_call`` are the same for the
    bare ``Pool.imap`` (chunksize 1) workers, ``baseline_pool_imap_parent_*`` its parent's (this
-   process, every thread), and ``executor_only_workers_*`` for the local executor alone.
+   process, every thread; ``..._threads_...`` by thread: on Python 3.11 the pool's
+   ``_handle_workers`` thread also wakes whenever results wait unread, and what it spins then is
+   most of the swing of imap's rate from round to round), and ``executor_only_workers_*`` for the
+   local executor alone.
    ``baseline_plain_calls_per_s`` is the same function called in a plain loop over the same items
    in the same run (``ratio_to_plain`` = tasks/s over it), and ``load_avg_1m`` the load then: this
    machine is shared, so compare figures by their ratio.
@@ -207,30 +223,47 @@ async def timed_run(
     """
     engine = Engine(home)
     async with Scheduler(home, executor, workers=workers) as sched:
-        inputs = engine.inputs_from_folder(home.admin, source)
         if warm_up is not None:
-            some = inputs[: warm_up.pop("items", len(inputs))]
-            first = await asyncio.to_thread(engine.submit, home.admin, pipeline, some, source=source, **warm_up)
-            await sched.run_until_idle([first])
-        pids: list[int] = list(getattr(sched.executor, "pids", []))
-        w0 = proc_counters(pids)
-        t0 = time.perf_counter()
-        # The plan is handed to the scheduler, as ``Engine.run`` and the server do: it is not made twice.
-        run_id = await asyncio.to_thread(
-            engine.submit,
-            home.admin,
-            pipeline,
-            inputs,
-            source=source,
-            dest=dest,
-            executor=executor,
-            scheduler=sched,
-            **options,
-        )
-        t1, c1, p1, h1 = time.perf_counter(), time.process_time(), proc_counters([os.getpid()]), thread_cpu()
-        await sched.run_until_idle([run_id])
-        t2, c2, p2, h2 = time.perf_counter(), time.process_time(), proc_counters([os.getpid()]), thread_cpu()
-        w2 = proc_counters(pids)
+            await warm_run(engine, sched, pipeline, source, warm_up)
+        return await timed_drive(engine, sched, executor, pipeline, source, dest, **options)
+
+
+async def warm_run(engine: Engine, sched: Scheduler, pipeline: str, source: str, warm_up: dict[str, Any]) -> None:
+    """An untimed run over ``warm_up["items"]`` of the inputs (all by default), with the other submit options."""
+    options = dict(warm_up)
+    inputs = engine.inputs_from_folder(engine.home.admin, source)
+    some = inputs[: options.pop("items", len(inputs))]
+    first = await asyncio.to_thread(engine.submit, engine.home.admin, pipeline, some, source=source, **options)
+    await sched.run_until_idle([first])
+
+
+async def timed_drive(
+    engine: Engine, sched: Scheduler, executor: str, pipeline: str, source: str, dest: str | None, **options: Any
+) -> dict[str, Any]:
+    """One run over every input of ``source`` on the started scheduler ``sched``: ``submit_s`` (plan
+    and record it) and ``drive_s`` (run every task to its recorded end), this process's CPU during the
+    drive, by thread too, and the pool's workers' counters from submit to the drive's end."""
+    home = engine.home
+    inputs = engine.inputs_from_folder(home.admin, source)
+    pids: list[int] = list(getattr(sched.executor, "pids", []))
+    w0 = proc_counters(pids)
+    t0 = time.perf_counter()
+    # The plan is handed to the scheduler, as ``Engine.run`` and the server do: it is not made twice.
+    run_id = await asyncio.to_thread(
+        engine.submit,
+        home.admin,
+        pipeline,
+        inputs,
+        source=source,
+        dest=dest,
+        executor=executor,
+        scheduler=sched,
+        **options,
+    )
+    t1, c1, p1, h1 = time.perf_counter(), time.process_time(), proc_counters([os.getpid()]), thread_cpu()
+    await sched.run_until_idle([run_id])
+    t2, c2, p2, h2 = time.perf_counter(), time.process_time(), proc_counters([os.getpid()]), thread_cpu()
+    w2 = proc_counters(pids)
     run = engine.get_run(home.admin, run_id)
     tasks = sum(run["counts"].values())
     out = {"run": run, "submit_s": t1 - t0, "drive_s": t2 - t1, "drive_cpu_s": c2 - c1, "tasks": tasks}
@@ -239,53 +272,26 @@ async def timed_run(
     return {**out, "parent": (p1, p2), "threads": threads, "workers": (w0, w2) if pids else None, "t0": t0, "t2": t2}
 
 
-def trivial_throughput(home: Home, executor: str, source: str, publish: bool = False) -> dict[str, Any]:
+def trivial_throughput(
+    home: Home, executor: str, source: str, publish: bool = False, rounds: int = 3
+) -> dict[str, Any]:
     dest = f"out-{executor}" if publish else None
     if dest:
         home.store.create_folder(home.admin, dest, exist_ok=True)
     workers = (os.cpu_count() or 1) if executor == "local" else None
     say(f"trivial tasks, {executor}{', publishing' if publish else ''}")
     salt = f"{executor}-{publish}"
+    target = TARGET_INLINE if executor == "inline" else TARGET_LOCAL
+    if executor == "local" and not publish:
+        return local_against_imap(home, source, workers or 1, rounds, salt, target)
     # The pool's workers load the pipeline with their first call (seconds on a busy machine): a few
-    # untimed tasks first, as the bare pool below is started with 100 calls before it is timed.
+    # untimed tasks first.
     warm = {"items": 8 * (workers or 1), "params": {"salt": f"{salt}-warm-up"}} if executor == "local" else None
     r = asyncio.run(timed_run(home, executor, ref("trivial"), source, dest, workers, warm, params={"salt": salt}))
     n = r["tasks"]
     assert r["run"]["status"] == "succeeded" and r["run"]["counts"] == {"succeeded": n}, r["run"]["counts"]
-    target = TARGET_INLINE if executor == "inline" else TARGET_LOCAL
     tps = n / r["drive_s"]
     plain = plain_calls_per_s(home, source)
-    extra: dict[str, Any] = {}
-    ok = tps >= target
-    if executor == "local" and not publish:
-        say("bare multiprocessing.Pool.imap of the same function")
-        bare = bare_pool_imap(n, workers or 1)
-        say("the local executor alone on the same calls")
-        alone = asyncio.run(executor_only(n, workers or 1))
-        ratio = tps / bare["chunksize_1"]
-        w0, w2 = r["workers"]
-        p1, p2 = r["parent"]
-        extra = {
-            # How much of a core each side kept busy: the parent's Python threads share one GIL.
-            "parent_cores_busy": round(r["drive_cpu_s"] / r["drive_s"], 2),
-            "workers_cores_busy": round((w2[0] - w0[0]) / (r["t2"] - r["t0"]), 2),
-            # the busiest threads of this process during the drive (event loop, database, ...)
-            "parent_threads_cpu_us_per_task": {name: round(c / n * 1e6, 1) for c, name in r["threads"][:3]},
-            **counters_delta(w0, w2, n, "workers", "task"),
-            **{k: v for k, v in counters_delta(p1, p2, n, "parent", "task").items() if "switches" in k},
-            **{k: v for k, v in bare.items() if k.startswith("baseline_")},
-            **{k: v for k, v in alone.items() if k.startswith("executor_only_")},
-            "executor_only_tasks_per_s": round(alone["tasks_per_s"]),
-            "executor_only_ratio_to_pool_imap": round(alone["tasks_per_s"] / bare["chunksize_1"], 3),
-            "executor_only_mean_chunk": alone["mean_chunk"],
-            "baseline_pool_imap_tasks_per_s": round(bare["chunksize_1"]),
-            "ratio_to_pool_imap": round(ratio, 3),
-            "target_ratio_to_pool_imap": TARGET_LOCAL_RATIO,
-            "baseline_pool_imap_auto_chunks_tasks_per_s": round(bare["chunksize_auto"]),
-            "ratio_to_pool_imap_auto_chunks": round(tps / bare["chunksize_auto"], 3),
-            "load_average": round(os.getloadavg()[0], 1),
-        }
-        ok = ok and ratio >= TARGET_LOCAL_RATIO
     return {
         "tasks": n,
         "load_avg_1m": round(os.getloadavg()[0], 2),
@@ -301,8 +307,163 @@ def trivial_throughput(home: Home, executor: str, source: str, publish: bool = F
         "end_to_end_tasks_per_s": round(n / (r["submit_s"] + r["drive_s"])),
         "published": len(home.store.list_items(home.admin, dest)) if dest else 0,
         "target_tasks_per_s": None if publish else target,
-        **extra,
-        "ok": None if publish else ok,
+        "ok": None if publish else tps >= target,
+    }
+
+
+def _median(values: list[float]) -> float:
+    """The median (of an odd count: the middle value; of an even count: the mean of the middle two)."""
+    v = sorted(values)
+    mid = len(v) // 2
+    return v[mid] if len(v) % 2 else (v[mid - 1] + v[mid]) / 2
+
+
+async def local_rounds(home: Home, source: str, workers: int, rounds: int, salt: str) -> dict[str, Any]:
+    """``rounds`` rounds, each a recorded run of the trivial pipeline over every input of ``source``
+    on the local pool, then a bare ``Pool(workers).imap(plain_tiny, names, chunksize=1)`` over as
+    many names: both pools started and warmed up first, both in this process, each idle while the
+    other is timed."""
+    import multiprocessing
+
+    engine = Engine(home)
+    async with Scheduler(home, "local", workers=workers) as sched:
+        # The pool's workers load the pipeline with their first call (seconds on a busy machine).
+        warm = {"items": 8 * workers, "params": {"salt": f"{salt}-warm-up"}}
+        await warm_run(engine, sched, ref("trivial"), source, warm)
+        # The fork server, as the local executor uses: this process has threads (SQLite), so no fork.
+        with multiprocessing.get_context("forkserver").Pool(workers) as pool:
+            n = len(engine.inputs_from_folder(home.admin, source))
+            names = [f"i{i:05}.txt" for i in range(n)]
+            list(pool.imap(plain_tiny, names[:100]))  # start the processes before timing
+            drives, imaps = [], []
+            for r in range(rounds):
+                # A new salt each round: every task runs (nothing is found in the cache).
+                say(f"  round {r + 1}/{rounds}: datamill's local pool, then Pool.imap")
+                drives.append(await timed_drive(engine, sched, "local", ref("trivial"), source, None,
+                                                params={"salt": f"{salt}-{r}"}))  # fmt: skip
+                # In the event loop's thread, blocking it: the scheduler and its pool are idle meanwhile.
+                imaps.append(imap_round(pool, names, 1))
+            auto = imap_round(pool, names, max(1, n // (4 * workers)))
+    return {"drives": drives, "imaps": imaps, "auto": auto}
+
+
+def imap_round(pool: Any, names: list[str], chunksize: int) -> dict[str, Any]:
+    """One timed ``pool.imap(plain_tiny, names, chunksize=...)``: calls/s, and the CPU time and context
+    switches of its workers and of this process, by thread too (the pool's own threads are named
+    after their functions: ``_handle_tasks``, ``_handle_results``, ``_handle_workers``)."""
+    pids = [p.pid for p in pool._pool]  # no public way to its processes
+    n = len(names)
+    w0, p0, h0 = proc_counters(pids), proc_counters([os.getpid()]), thread_cpu()
+    started = time.perf_counter()
+    got = list(pool.imap(plain_tiny, names, chunksize=chunksize))
+    took = time.perf_counter() - started
+    w1, p1, h1 = proc_counters(pids), proc_counters([os.getpid()]), thread_cpu()
+    assert got == names
+    named = {str(t.native_id): t.name.rsplit("(", 1)[-1].rstrip(")") for t in threading.enumerate()}
+    threads = {named.get(t, t): (h1[t] - h0.get(t, 0.0)) for t in h1}
+    return {"calls_per_s": n / took, "n": n, "workers": (w0, w1), "parent": (p0, p1), "threads": threads}
+
+
+def local_against_imap(home: Home, source: str, workers: int, rounds: int, salt: str, target: int) -> dict[str, Any]:
+    """The local pool's trivial tasks against a bare ``Pool.imap``, interleaved in ``rounds`` rounds
+    (:func:`local_rounds`); ``ratio_to_pool_imap`` = the median of the pool's rounds' tasks/s over the
+    median of imap's rounds' calls/s. Rates are the medians of the rounds; CPU times and context
+    switches a task are those of every round together (their sum over the rounds' tasks)."""
+    got = asyncio.run(local_rounds(home, source, workers, rounds, salt))
+    drives, imaps = got["drives"], got["imaps"]
+    for d in drives:
+        assert d["run"]["status"] == "succeeded" and d["run"]["counts"] == {"succeeded": d["tasks"]}, d["run"]["counts"]
+    n = drives[0]["tasks"]
+    total = sum(d["tasks"] for d in drives)
+    rates = [d["tasks"] / d["drive_s"] for d in drives]
+    imap_rates = [b["calls_per_s"] for b in imaps]
+    tps, imap_tps = _median(rates), _median(imap_rates)
+    ratio = tps / imap_tps
+    say("the local executor alone on the same calls")
+    alone = asyncio.run(executor_only(n, workers))
+    plain = plain_calls_per_s(home, source)
+
+    Counters = tuple[float, int, int]
+
+    def summed(pairs: list[tuple[Counters, Counters]]) -> tuple[Counters, Counters]:
+        """Two readings whose difference is the sum of the pairs' differences."""
+        cpu = sum(after[0] - before[0] for before, after in pairs)
+        voluntary = sum(after[1] - before[1] for before, after in pairs)
+        involuntary = sum(after[2] - before[2] for before, after in pairs)
+        return (0.0, 0, 0), (cpu, voluntary, involuntary)
+
+    threads: dict[str, float] = {}
+    for d in drives:
+        for c, name in d["threads"]:
+            threads[name] = threads.get(name, 0.0) + c
+    imap_threads: dict[str, float] = {}
+    for b in imaps:
+        for name, c in b["threads"].items():
+            imap_threads[name] = imap_threads.get(name, 0.0) + c
+    imap_calls = sum(b["n"] for b in imaps)
+    w0, w2 = summed([d["workers"] for d in drives])
+    p1, p2 = summed([d["parent"] for d in drives])
+    bw0, bw1 = summed([b["workers"] for b in imaps])
+    bp0, bp1 = summed([b["parent"] for b in imaps])
+    drive_cpu = sum(d["drive_cpu_s"] for d in drives)
+    drive_s = sum(d["drive_s"] for d in drives)
+    mid = sorted(range(len(drives)), key=lambda i: rates[i])[len(drives) // 2]  # the median round
+
+    def busiest(threads: dict[str, float], n: int, top: int) -> dict[str, float]:
+        """The ``top`` busiest threads' CPU µs per call (of ``n``), by name."""
+        return {name: round(c / n * 1e6, 1) for name, c in sorted(threads.items(), key=lambda kv: -kv[1])[:top]}
+
+    each = [
+        {
+            "round": i + 1,
+            "tasks_per_s": round(rates[i]),
+            "drive_cpu_us_per_task": round(d["drive_cpu_s"] / d["tasks"] * 1e6, 1),
+            # the event loop's thread: the stage the pool's handover is in
+            "loop_thread_cpu_us_per_task": busiest({nm: c for c, nm in d["threads"]}, d["tasks"], 99).get("MainThread"),
+            "pool_imap_calls_per_s": round(b["calls_per_s"]),
+            "pool_imap_parent_threads_cpu_us_per_call": busiest(b["threads"], b["n"], 4),
+            "ratio": round(rates[i] / b["calls_per_s"], 3),
+        }
+        for i, (d, b) in enumerate(zip(drives, imaps, strict=True))
+    ]
+    return {
+        "tasks": n,
+        "rounds": each,
+        "load_avg_1m": round(os.getloadavg()[0], 2),
+        "baseline_plain_calls_per_s": round(plain),
+        "ratio_to_plain": round(tps / plain, 5),
+        "workers": workers,
+        "submit_s": round(drives[mid]["submit_s"], 3),
+        "drive_s": round(drives[mid]["drive_s"], 3),
+        # CPU of this process (every thread) per recorded task: steadier than the wall time when
+        # other jobs share the cores
+        "drive_cpu_us_per_task": round(drive_cpu / total * 1e6),
+        "tasks_per_s": round(tps),
+        "end_to_end_tasks_per_s": round(n / (drives[mid]["submit_s"] + drives[mid]["drive_s"])),
+        "published": 0,
+        "target_tasks_per_s": target,
+        # How much of a core each side kept busy: the parent's Python threads share one GIL.
+        "parent_cores_busy": round(drive_cpu / drive_s, 2),
+        "workers_cores_busy": round(w2[0] / sum(d["t2"] - d["t0"] for d in drives), 2),
+        # the busiest threads of this process during the drives (event loop, database, ...)
+        "parent_threads_cpu_us_per_task": busiest(threads, total, 3),
+        **counters_delta(w0, w2, total, "workers", "task"),
+        **{k: v for k, v in counters_delta(p1, p2, total, "parent", "task").items() if "switches" in k},
+        **counters_delta(bw0, bw1, imap_calls, "baseline_pool_imap_workers", "call"),
+        **counters_delta(bp0, bp1, imap_calls, "baseline_pool_imap_parent", "call"),
+        "baseline_pool_imap_parent_threads_cpu_us_per_call": busiest(imap_threads, imap_calls, 4),
+        **{k: v for k, v in alone.items() if k.startswith("executor_only_")},
+        "executor_only_tasks_per_s": round(alone["tasks_per_s"]),
+        "executor_only_ratio_to_pool_imap": round(alone["tasks_per_s"] / imap_tps, 3),
+        "executor_only_mean_chunk": alone["mean_chunk"],
+        "baseline_pool_imap_tasks_per_s": round(imap_tps),
+        "ratio_to_pool_imap": round(ratio, 3),
+        "ratio_to_pool_imap_min_max": [min(e["ratio"] for e in each), max(e["ratio"] for e in each)],
+        "target_ratio_to_pool_imap": TARGET_LOCAL_RATIO,
+        "baseline_pool_imap_auto_chunks_tasks_per_s": round(got["auto"]["calls_per_s"]),
+        "ratio_to_pool_imap_auto_chunks": round(tps / got["auto"]["calls_per_s"], 3),
+        "load_average": round(os.getloadavg()[0], 1),
+        "ok": tps >= target and ratio >= TARGET_LOCAL_RATIO,
     }
 
 
@@ -322,31 +483,6 @@ def plain_calls_per_s(home: Home, source: str) -> float:
 def plain_tiny(name: str) -> str:
     """What ``tiny`` does, as a plain function of the item's name (for the baseline)."""
     return name
-
-
-def bare_pool_imap(n: int, workers: int) -> dict[str, Any]:
-    """Tasks/s of a bare ``multiprocessing.Pool(workers).imap`` of the trivial function over ``n`` names:
-    with its default ``chunksize=1`` and with ``Pool.map``'s chunk size (n / (4 * workers)); and
-    the CPU time and context switches of its workers and of this process with ``chunksize=1``."""
-    import multiprocessing
-
-    names = [f"i{i:05}.txt" for i in range(n)]
-    out: dict[str, Any] = {}
-    # The fork server, as the local executor uses: this process has threads (SQLite), so no fork.
-    with multiprocessing.get_context("forkserver").Pool(workers) as pool:
-        list(pool.imap(plain_tiny, names[:100]))  # start the processes before timing
-        pids = [p.pid for p in pool._pool]  # type: ignore[attr-defined]  # no public way to its processes
-        for label, chunksize in (("chunksize_1", 1), ("chunksize_auto", max(1, n // (4 * workers)))):
-            w0, p0 = proc_counters(pids), proc_counters([os.getpid()])
-            started = time.perf_counter()
-            got = list(pool.imap(plain_tiny, names, chunksize=chunksize))
-            out[label] = n / (time.perf_counter() - started)
-            w1, p1 = proc_counters(pids), proc_counters([os.getpid()])
-            assert got == names
-            if chunksize == 1:
-                out.update(counters_delta(w0, w1, n, "baseline_pool_imap_workers", "call"))
-                out.update(counters_delta(p0, p1, n, "baseline_pool_imap_parent", "call"))
-    return out
 
 
 def pool_call(reporter: Any, name: str) -> str:
@@ -534,6 +670,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--home", help="datamill home to use (default: a temporary directory, removed afterwards)")
     parser.add_argument("--only", default="trivial,rerun,cpu", help="which parts to run (default: all)")
     parser.add_argument("--executors", default="inline,local", help="executors for 1. (default: inline,local)")
+    parser.add_argument(
+        "--rounds", type=int, default=3, help="rounds of the local pool against Pool.imap, alternating (default 3)"
+    )
     args = parser.parse_args(argv)
     only = set(args.only.split(","))
 
@@ -552,7 +691,7 @@ def main(argv: list[str] | None = None) -> int:
             result["setup_put_s"] = round(fill(home, "raw", args.items), 1)
         if "trivial" in only:
             executors = args.executors.split(",")
-            result["trivial"] = {ex: trivial_throughput(home, ex, "raw") for ex in executors}
+            result["trivial"] = {ex: trivial_throughput(home, ex, "raw", rounds=args.rounds) for ex in executors}
             if "inline" in executors:
                 result["trivial"]["inline_publishing"] = trivial_throughput(home, "inline", "raw", publish=True)
         if "rerun" in only:

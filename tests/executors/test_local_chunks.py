@@ -14,8 +14,10 @@ from typing import Any
 
 import pytest
 
-from datamill.errors import WorkerCrashed
+from datamill.errors import StepFailed, WorkerCrashed
 from datamill.executors import Message, PythonCall, Reporter
+from datamill.pipeline.inputs import InputRef
+from datamill.pipeline.runner import ItemInput, StepCall, child_parts
 
 from .test_contract import ignore
 
@@ -490,3 +492,119 @@ def test_a_call_withdrawn_after_its_claim_and_skipped_runs_all_the_same(
     assert (a, b) == (0, 1)
     assert resent == 1  # the worker skipped it, the pool sent it again
     assert runs_of(marks) == {0: 1, 1: 1}
+
+
+def test_any_ended_wakes_at_each_end_and_at_a_cancel(pool: Any, tmp_path: Path) -> None:
+    """The one future a scheduler waits on for a pool's submitted calls: resolved once one of them
+    ended (each call's future is done by the time its waiter runs), at a cancel too, and a fresh
+    one after that."""
+    gate = tmp_path / "gate"
+
+    async def scenario() -> None:
+        ex = pool.executor
+        await warm_up(ex)
+        jobs = [ex.submit(PythonCall(task, (i,)), ignore) for i in range(20)]
+        while not all(job.future.done() for job in jobs):
+            wake = ex.any_ended()
+            assert ex.any_ended() is wake  # one for every waiter until it is resolved
+            before = sum(job.future.done() for job in jobs)
+            await asyncio.wait_for(wake, 60)
+            assert sum(job.future.done() for job in jobs) > before
+        assert [job.future.result() for job in jobs] == list(range(20))
+        messages: list[Message] = []
+        long = ex.submit(PythonCall(task, (100,), {"gate": str(gate)}), messages.append)
+        await started(messages)
+        wake = ex.any_ended()
+        assert not wake.done()
+        assert long.cancel()
+        assert wake.done() and ex.any_ended() is not wake
+
+    pool.run(scenario())
+
+
+def echo_call(reporter: Reporter, call: StepCall) -> StepCall:
+    """What the worker made of a call handed over by its fields (``submit_step``)."""
+    return call
+
+
+def test_a_step_call_handed_over_by_its_fields_is_the_step_call_they_make(pool: Any, tmp_path: Path) -> None:
+    """``submit_step`` sends a step's call as plain data pickled with its chunk; the worker makes
+    the same ``StepCall`` the scheduler would have sent whole: template, directories as paths (sent
+    as strings or parsed parts), the item and items (paths as sent: strings stay strings, paths stay
+    paths), no upstream values."""
+    ref = InputRef(7, 8, "raw", "a.txt", 1, "blake3:ab", 3, "text/plain", {"k": [1, "v"]})
+    other = InputRef(9, 10, "raw", "b.txt", 2, "blake3:cd", 4, "text/csv", {})
+    params = {"salt": "x"}
+    base = str(tmp_path / "task-1-1")
+
+    async def scenario() -> list[Any]:
+        ex = pool.executor
+        jobs = [
+            ex.submit_step(
+                echo_call,
+                (
+                    ("tiny", "some/pipeline.py:p", None, params, True),
+                    (f"{base}/out", child_parts(tmp_path, "task-1-1", "scratch")),
+                    (ref, f"{base}/in/a.txt", tmp_path / "blob"),
+                    ((other, None, "/blobs/cd"),) if i else (),
+                    f"tiny[raw/a.txt]#{i}",
+                ),
+                ignore,
+            )
+            for i in range(2)
+        ]
+        assert all(job is not None for job in jobs)
+        return [await job.future for job in jobs]
+
+    got = pool.run(scenario())
+    for i, call in enumerate(got):
+        assert call == StepCall(
+            step="tiny",
+            output_dir=Path(f"{base}/out"),
+            scratch_dir=Path(f"{base}/scratch"),
+            pipeline_ref="some/pipeline.py:p",
+            params=params,
+            item=ItemInput(ref, f"{base}/in/a.txt", tmp_path / "blob"),
+            items=(ItemInput(other, None, "/blobs/cd"),) if i else (),
+            task_id=f"tiny[raw/a.txt]#{i}",
+            in_memory=True,
+        )
+        assert type(call.item.path) is str and type(call.item.source) is type(tmp_path)  # type: ignore[union-attr]
+
+
+class Unpicklable:
+    def __reduce__(self) -> Any:
+        raise TypeError("not this one")
+
+
+def test_a_step_call_whose_data_does_not_pickle_fails_alone(pool: Any, tmp_path: Path) -> None:
+    """A chunk is pickled in one go; a call whose plain data does not pickle fails with why, and
+    the calls sent with it run."""
+    bad = InputRef(1, 1, "raw", "a.txt", 1, "blake3:ab", 3, "text/plain", {"k": Unpicklable()})
+    good = InputRef(2, 2, "raw", "b.txt", 1, "blake3:cd", 3, "text/plain", {})
+
+    async def scenario() -> list[Any]:
+        ex = pool.executor
+        jobs = [
+            ex.submit_step(echo_call, (("s", "p.py:p", None, {}, True), ("/o", "/s"), (r, None, None), (), "t"), ignore)
+            for r in (good, bad, good)
+        ]
+        return await asyncio.gather(*(job.future for job in jobs), return_exceptions=True)
+
+    first, failed, last = pool.run(scenario())
+    assert first.item.ref == good and last.item.ref == good
+    assert isinstance(failed, StepFailed)
+    assert "could not be pickled" in failed.message and "not this one" in failed.message
+
+
+def test_a_step_call_not_of_the_plain_form_is_left_to_submit(pool: Any) -> None:
+    """Items of a subclass of ``InputRef`` (or metadata that is not a dict) are not plain data:
+    ``submit_step`` says so (None) and the call goes through ``submit`` as a ``StepCall``."""
+
+    class MyRef(InputRef):
+        pass
+
+    ref = MyRef(1, 1, "raw", "a.txt", 1, "blake3:ab", 3, "text/plain", {})
+    template = ("s", "p.py:p", None, {}, True)
+    job = pool.executor.submit_step(echo_call, (template, ("/o", "/s"), (ref, None, None), (), "t"), ignore)
+    assert job is None

@@ -159,6 +159,23 @@ def _value_call(
     )
 
 
+def _step_fields(the_plan: Plan, pt: PlannedTask, dirs: tuple[Any, Any], got: Materialized) -> tuple[Any, ...]:
+    """What :func:`_value_call` puts in the call of ``pt`` (without upstream values), as the fields a
+    pool's ``submit_step`` takes: the template (alike for the step's calls in the run), the
+    attempt's output and scratch directories (``dirs``, :meth:`WorkDirs.attempt_parts`), its item
+    and items as ``(ref, path, source)``, and the task's id."""
+    step = the_plan.pipeline.step(pt.step)
+    files, sources = got.item_files, got.sources
+    ref = the_plan.pipeline.ref
+    template = (step.name, ref, None if ref else the_plan.pipeline.pickled_step(step.name), pt.params, True)
+    item = None
+    if pt.item is not None:
+        at = pt.item.path  # a property that formats a string: once
+        item = (pt.item, files.get(at), sources.get(at))
+    items = tuple((r, files.get(r.path), sources.get(r.path)) for r in the_plan.inputs) if step.uses_items else ()
+    return template, dirs, item, items, pt.id
+
+
 def _made(cls: type, **fields: Any) -> Any:
     """An instance of the frozen dataclass ``cls`` with ``fields`` (all of them), without ``__init__``."""
     obj: Any = object.__new__(cls)
@@ -256,13 +273,17 @@ class PoolEnd:
 class _Ended:
     """A call that ended before it reached the pool (it could not be made or pickled)."""
 
-    __slots__ = ("future",)
+    __slots__ = ("executor", "future")
 
     def __init__(self, future: asyncio.Future[Any]) -> None:
         self.future = future
+        self.executor = None
 
     def cancel(self) -> bool:
         return False
+
+    def waitable(self) -> asyncio.Future[Any]:
+        return self.future
 
 
 #: A running attempt as its driver holds it: an asyncio task, one attempt of a batch in the loop,
@@ -271,12 +292,22 @@ Job = Union["asyncio.Task[Done]", LoopEnd, PoolEnd]
 
 
 def waitables(jobs: Iterable[Job]) -> set[asyncio.Future[Any]]:
-    """What to wait on for the unfinished ``jobs``: a batch's task once, not each of its attempts."""
-    return {
-        j.batch if type(j) is LoopEnd else j.future if type(j) is PoolEnd else j  # type: ignore[misc]
-        for j in jobs
-        if not j.done()
-    }
+    """What to wait on for the unfinished ``jobs``: a batch's task once, not each of its attempts,
+    and a pool's calls by the one future their pool resolves when any of them ends (the handle's
+    ``waitable()``), not each call's: a waiter woken by it looks again at which jobs are done."""
+    out: set[asyncio.Future[Any]] = set()
+    pool: Any = None  # the pool whose one future is in already: its other calls need no look
+    for j in jobs:
+        kind = type(j)
+        if kind is PoolEnd:
+            submitted = j.submitted  # type: ignore[union-attr]
+            if submitted.future.done() or submitted.executor is pool:
+                continue
+            pool = submitted.executor
+            out.add(submitted.waitable())
+        elif not j.done():
+            out.add(j.batch if kind is LoopEnd else j)  # type: ignore[union-attr,arg-type]
+    return out
 
 
 def _runs_in_loop(the_plan: Plan, t: TaskRow) -> bool:
@@ -303,6 +334,8 @@ class Attempts:
         secrets: Mapping[str, str] | None = None,
     ) -> None:
         self.executor = executor
+        #: a pool's way to take a step's call by its fields (see ``LocalExecutor.submit_step``)
+        self._submit_step: Callable[..., Any] | None = getattr(executor, "submit_step", None)
         #: HTTP app steps run here (see :mod:`datamill.engine.apps`); secrets fill their headers
         self.apps = apps
         self.secrets = dict(secrets or {})
@@ -363,8 +396,13 @@ class Attempts:
             return None
         log_file, on_message = self._listener(t)
         try:
-            call = _value_call(the_plan, pt, self.workdirs.attempt_paths(base), got, made=True)
-            submitted = submit(PythonCall(run_step, (call,)), on_message, timeout=pt.timeout)
+            submitted = None
+            if self._submit_step is not None and not pt.wires:
+                fields = _step_fields(the_plan, pt, self.workdirs.attempt_parts(base), got)
+                submitted = self._submit_step(run_step, fields, on_message, timeout=pt.timeout)
+            if submitted is None:
+                call = _value_call(the_plan, pt, self.workdirs.attempt_paths(base), got, made=True)
+                submitted = submit(PythonCall(run_step, (call,)), on_message, timeout=pt.timeout)
         except Exception as exc:  # the call could not be made or pickled: it ends now, as run() would end it
             future: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
             future.set_exception(exc)

@@ -1018,8 +1018,15 @@ class Scheduler:
         if pending and not ended:
             finished, pending = await asyncio.wait(pending, timeout=timeout, return_when=asyncio.FIRST_COMPLETED)
             ended = bool(finished)
-        if ended and pending and group > 0:
-            await asyncio.wait(pending, timeout=group, return_when=asyncio.ALL_COMPLETED)
+        if ended and group > 0:
+            # A pool's calls are waited for by one future that wakes at any end (``waitables``):
+            # look again at what is still running after each wake, until the group's time is up.
+            loop = asyncio.get_running_loop()
+            deadline = loop.time() + group
+            pending = waitables(running)
+            while pending and (left := deadline - loop.time()) > 0:
+                await asyncio.wait(pending, timeout=left, return_when=asyncio.ALL_COMPLETED)
+                pending = waitables(running)
         return _harvest(running)
 
 

@@ -25,7 +25,7 @@ from datamill.engine.tasks import OutputRecord, TaskRow
 from datamill.errors import InvalidPipeline
 from datamill.pipeline import codecs
 from datamill.pipeline.inputs import InputRef
-from datamill.pipeline.runner import OutputFile, child_path
+from datamill.pipeline.runner import OutputFile, child_parts, child_path
 from datamill.pipeline.step import Step
 from datamill.store.blobs import BlobStore, digest_bytes
 from datamill.store.visibility import strip_paths
@@ -76,6 +76,11 @@ class WorkDirs:
         made from the work root's parsed parts (:func:`child_path`), not by parsing ``base``."""
         name = base.rsplit("/", 1)[1]
         return child_path(self.work_root, name, "out"), child_path(self.work_root, name, "scratch")
+
+    def attempt_parts(self, base: str) -> tuple[list[Any] | str, list[Any] | str]:
+        """:meth:`attempt_paths` for another process (a pool's worker): each as :func:`child_parts`."""
+        name = base.rsplit("/", 1)[1]
+        return child_parts(self.work_root, name, "out"), child_parts(self.work_root, name, "scratch")
 
     def log_path(self, task_id: int) -> Path:
         """Where a running task's log lines are appended (read by ``datamill logs --follow``)."""

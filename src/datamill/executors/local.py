@@ -1,8 +1,9 @@
 """The local executor: a pool of reused worker processes on this machine (the default executor).
 
 Each worker is a long-lived process with its own duplex pipe, in its own process group. A call is
-pickled once (cloudpickle for lambdas and closures) when :meth:`LocalExecutor.run` gets it, and
-waits in the pool's queue; its function, and a step pickled by value, go to each worker once
+pickled once (cloudpickle for lambdas and closures) when :meth:`LocalExecutor.run` gets it (a step's
+call on values handed over by its fields, :meth:`LocalExecutor.submit_step`, is plain data pickled
+with its chunk), and waits in the pool's queue; its function, and a step pickled by value, go to each worker once
 (:mod:`datamill.executors.local_wire`). Calls go to workers in *chunks*, and results come back in
 *batches* (see :mod:`datamill.executors.worker` for the wire protocol), as
 ``multiprocessing.Pool.imap(chunksize=...)`` does, with a chunk size that adapts to how long calls
@@ -57,7 +58,7 @@ from typing import Any
 from datamill.errors import Cancelled, ConfigError, StepFailed, TaskTimeout, WorkerCrashed
 
 from .base import Call, Executor, OnMessage, PythonCall, deliver, step_failed
-from .local_wire import Constants, Frames, Outgoing, SharedSets, withdraw
+from .local_wire import Constants, Frames, Outgoing, SharedSets, StepFields, sendable, withdraw
 from .worker import BATCH, CHUNK, MESSAGE, RESULT, SKIP, SKIPPED, WorkerState, worker_main
 
 __all__ = ["CHUNK_SECONDS", "MAX_CHUNK", "STEAL_AFTER", "LocalExecutor", "Submitted"]
@@ -103,7 +104,7 @@ class Submitted:
         self,
         future: asyncio.Future[Any],
         on_message: OnMessage,
-        payload: bytes,
+        payload: bytes | tuple[Any, ...],
         needs: tuple[int, ...],
         kind: Any,
         timeout: float | None,
@@ -132,8 +133,13 @@ class Submitted:
         """Withdraw the call, or stop its worker if it runs; False if it had ended."""
         if not self.future.cancel():
             return False
+        self.executor._ended()
         self.executor._abandon(self)
         return True
+
+    def waitable(self) -> asyncio.Future[None]:
+        """What to wait on for this call's end: its pool's :meth:`LocalExecutor.any_ended`."""
+        return self.executor.any_ended()
 
 
 class _Worker:
@@ -222,6 +228,7 @@ class LocalExecutor(Executor):
         self._steal_timer: asyncio.TimerHandle | None = None
         self._stillborn = 0  # workers in a row that died before claiming a call
         self._dispatch_soon = False  # a _dispatch() is scheduled for this turn of the loop
+        self._wake: asyncio.Future[None] | None = None  # see any_ended()
         #: how many chunks of each size were sent to workers (what the pool did, for tests and benchmarks)
         self.chunks: Counter[int] = Counter()
         #: calls taken back from a worker busy with a long call and given to another
@@ -343,7 +350,43 @@ class LocalExecutor(Executor):
                 error_type=type(exc).__name__,
                 traceback="".join(traceback.format_exception(exc)),
             ) from None
-        job = Submitted(loop.create_future(), on_message, payload, needs, _kind(call), timeout, self, sets)
+        return self._queue_call(payload, needs, sets, _kind(call), on_message, timeout)
+
+    def submit_step(
+        self, fn: Any, fields: StepFields, on_message: OnMessage, timeout: float | None = None
+    ) -> Submitted | None:
+        """:meth:`submit` of ``fn(reporter, StepCall(...))`` for a step's call on values without
+        upstream values, given by its fields, not as a ``StepCall``: its payload is plain data,
+        pickled with its chunk (see :meth:`Constants.step_call`; ``fields`` as there). The
+        scheduler hands thousands of such calls over: a ``StepCall`` made, pickled by itself with
+        its own pickler and dropped cost more than the call's share of the pool's work. None when
+        the call does not have that form: then :meth:`submit` it as a ``PythonCall``."""
+        loop = self._loop
+        if loop is None or self._closing:
+            raise RuntimeError("LocalExecutor is not running: await start() first (and not after close()).")
+        try:
+            made = self._constants.step_call(fn, fields)
+        except Exception:  # submit() says what cannot be pickled
+            made = None
+        if made is None:
+            return None
+        payload, needs, sets = made
+        kind = (getattr(fn, "__module__", None), getattr(fn, "__qualname__", None), fields[0][0])  # as _kind() says
+        return self._queue_call(payload, needs, sets, kind, on_message, timeout)
+
+    def _queue_call(
+        self,
+        payload: bytes | tuple[Any, ...],
+        needs: tuple[int, ...],
+        sets: tuple[tuple[int, bytes], ...],
+        kind: Any,
+        on_message: OnMessage,
+        timeout: float | None,
+    ) -> Submitted:
+        """Queue a call made by :meth:`submit` or :meth:`submit_step`; its handle."""
+        loop = self._loop
+        assert loop is not None
+        job = Submitted(loop.create_future(), on_message, payload, needs, kind, timeout, self, sets)
         mean = self._durations.get(job.kind)
         job.eager = timeout is not None or mean is None or mean >= CHUNK_SECONDS
         self._queue.append(job)
@@ -354,6 +397,26 @@ class LocalExecutor(Executor):
             self._dispatch_soon = True
             loop.call_soon(self._dispatch)
         return job
+
+    def any_ended(self) -> asyncio.Future[None]:
+        """A future resolved the next time one of this pool's calls ends (its ``future`` done).
+
+        One future for all the calls handed over with :meth:`submit`, to wait on instead of each
+        call's own: ``asyncio.wait`` on hundreds of futures added and removed a callback on each,
+        and every call's end then scheduled one, which cost more than a trivial call's share of
+        the pool's work. A waiter looks at which calls ended (``future.done()``) once woken.
+        """
+        wake = self._wake
+        if wake is None or wake.done():
+            assert self._loop is not None
+            wake = self._wake = self._loop.create_future()
+        return wake
+
+    def _ended(self) -> None:
+        """Wake whoever waits on :meth:`any_ended`: a call's future was just resolved."""
+        wake, self._wake = self._wake, None
+        if wake is not None and not wake.done():
+            wake.set_result(None)
 
     # -- sending work ----------------------------------------------------------------------------
 
@@ -395,7 +458,7 @@ class LocalExecutor(Executor):
             return  # what it was sent would only be taken back for an idle worker
         share = math.ceil(len(queue) / max(1, len(self._all)))
         take = max(1, min(n - have, share))
-        chunk: list[tuple[int, bool, bytes, tuple[int, ...]]] = []
+        chunk: list[tuple[int, bool, Any, tuple[int, ...]]] = []
         defs: dict[int, bytes] = {}
         shared: dict[int, bytes] = {}
         known = worker.known
@@ -412,7 +475,7 @@ class LocalExecutor(Executor):
             self._seq += 1
             job.seq, job.worker = self._seq, worker
             worker.outstanding[job.seq] = job
-            chunk.append((job.seq, job.eager, job.payload, tuple(n for n, _ in job.sets)))
+            chunk.append((job.seq, job.eager, job.payload, tuple([n for n, _ in job.sets])))
             for n in job.needs:
                 if n not in known:
                     known.add(n)
@@ -427,7 +490,7 @@ class LocalExecutor(Executor):
         self.chunks[len(chunk)] += 1
         self.constants_sent += len(defs)
         self.shared_sent += len(shared)
-        self._send(worker, bytes((CHUNK,)) + pickle.dumps((defs, chunk, shared), pickle.HIGHEST_PROTOCOL))
+        self._send(worker, bytes((CHUNK,)) + _pack(defs, chunk, shared))
 
     def _send(self, worker: _Worker, data: bytes) -> None:
         """Send a worker one message without ever blocking: what its socket does not take now is
@@ -682,6 +745,7 @@ class LocalExecutor(Executor):
             return
         if tag != BATCH:
             return
+        settled = False
         for seq, kind, payload, seconds in pickle.loads(data[1:]):
             job = worker.outstanding.pop(seq, None)
             if job is None:
@@ -701,6 +765,9 @@ class LocalExecutor(Executor):
             self._durations[job.kind] = seconds if mean is None else mean + _EWMA * (seconds - mean)
             if not job.future.done():
                 _settle(job.future, kind, payload)
+                settled = True
+        if settled:
+            self._ended()
 
     def _on_exit(self, worker: _Worker) -> None:
         """Loop callback: a worker's sentinel fired, so the process has exited."""
@@ -766,6 +833,16 @@ class LocalExecutor(Executor):
             worker.exited.set_result(None)
 
 
+def _pack(
+    defs: dict[int, bytes], chunk: list[tuple[int, bool, Any, tuple[int, ...]]], shared: dict[int, bytes]
+) -> bytes:
+    """A chunk pickled in one go, its calls' plain payloads with it (see ``Constants.step_call``)."""
+    try:
+        return pickle.dumps((defs, chunk, shared), pickle.HIGHEST_PROTOCOL)
+    except Exception:  # a call's plain data did not pickle: that call fails on the worker, not the chunk
+        return pickle.dumps((defs, [sendable(e) for e in chunk], shared), pickle.HIGHEST_PROTOCOL)
+
+
 def _busy_with_long_call(worker: _Worker) -> bool:
     """Whether the worker's first call has been running for :data:`STEAL_AFTER` or longer."""
     claimed, finished, at = worker.state.read()
@@ -804,6 +881,7 @@ def _fail(job: Submitted, error: BaseException) -> None:
         job.timer = None
     if not job.future.done():
         job.future.set_exception(error)
+        job.executor._ended()
 
 
 def _kill(process: BaseProcess) -> None:

@@ -18,6 +18,12 @@ pickled with the number of its step's bytes instead of the bytes.
   three dataclasses and two paths: each class pickled names its module and class, which a pickler
   made per call looks up every time (an import look-up each), and that cost more than the data.
   A ``StepResult`` comes back the same way (:func:`_step_result`).
+* The scheduler's common call (a step on values, no upstream values) skips even that: it is handed
+  over by its fields (:meth:`Constants.step_call`), without a ``StepCall`` made in the parent, and
+  its payload is plain data (the template's number, the directories' parsed parts, each item's
+  ref fields and paths, the task id) that the chunk carrying it pickles with the others in one go;
+  the worker makes the ``StepCall`` from it (:func:`call_parts`). A ``Pickler`` and a reducer per
+  call cost more than the data.
 * A step's parameters that pickle big (a lookup table, :data:`SHARED_MIN_BYTES` or more) are a
   *shared set*: pickled once by the parent (the tasks of a step share their plan's mapping), sent
   to a worker once with the first chunk that needs them, and unpickled there once. Unlike
@@ -58,12 +64,14 @@ __all__ = [
     "Frames",
     "Outgoing",
     "SharedSets",
+    "StepFields",
     "call_parts",
     "dumps",
     "frame",
     "hold",
     "loads",
     "remember",
+    "sendable",
     "withdraw",
     "withdrawn",
 ]
@@ -117,7 +125,7 @@ def _flat_path(p: Any) -> Any:
 
 def _unflat_path(p: Any) -> Any:
     if type(p) is list:
-        return PosixPath._from_parsed_parts(*p)  # type: ignore[attr-defined]
+        return _parsed(p)
     if type(p) is str:
         return PosixPath(p)
     return p
@@ -129,11 +137,22 @@ def _flat_item(i: ItemInput) -> tuple[Any, ...]:
 
 
 def _item(flat: tuple[Any, ...]) -> ItemInput:
+    """Worker side: an ``ItemInput`` from its ref's fields and its paths (paths, strings, or the
+    parsed parts of :meth:`Constants.step_call`)."""
     ref = object.__new__(InputRef)
     ref.__dict__.update(zip(_REF_FIELDS, flat[0], strict=True))
+    path, source = flat[1], flat[2]
+    if type(path) is list:
+        path = _parsed(path)
+    if type(source) is list:
+        source = _parsed(source)
     item = object.__new__(ItemInput)
-    item.__dict__.update(ref=ref, path=flat[1], source=flat[2])
+    item.__dict__.update(ref=ref, path=path, source=source)
     return item
+
+
+def _parsed(p: list[Any]) -> PosixPath:
+    return PosixPath._from_parsed_parts(*p)  # type: ignore[attr-defined]
 
 
 def _step_call(call: StepCall) -> tuple[Any, tuple[Any, ...]]:
@@ -287,6 +306,18 @@ def loads(data: bytes) -> Any:
     return pickle.loads(data)
 
 
+#: a step's call by its fields (:meth:`Constants.step_call`): its template (step, pipeline reference,
+#: step bytes, parameters, ``in_memory``), its output and scratch directories, its item and items as
+#: ``(ref, path, source)``, its task id
+StepFields = tuple[
+    tuple[str, "str | None", "bytes | None", Mapping[str, Any], bool],
+    tuple["list[Any] | str", "list[Any] | str"],
+    "tuple[InputRef, Any, Any] | None",
+    tuple[tuple[InputRef, Any, Any], ...],
+    str,
+]
+
+
 class Constants:
     """The parent's numbering of constants: object → number, and each one's pickled bytes."""
 
@@ -317,8 +348,22 @@ class Constants:
         so the key is by identity for those (the objects are kept with the key). Raises what
         pickling the template raises (the call then goes by cloudpickle, as a whole).
         """
-        fields = (call.step, call.pipeline_ref, call.step_bytes, call.params, call.in_memory)
-        key = (call.step, call.pipeline_ref, id(call.step_bytes), id(call.params), call.in_memory)
+        return self.template_of(
+            call.step, call.pipeline_ref, call.step_bytes, call.params, call.in_memory, shared_params
+        )
+
+    def template_of(
+        self,
+        step: str,
+        pipeline_ref: str | None,
+        step_bytes: bytes | None,
+        params: Mapping[str, Any],
+        in_memory: bool,
+        shared_params: bool = False,
+    ) -> int:
+        """:meth:`template` from the template's fields (:data:`_TEMPLATE_FIELDS`)."""
+        fields = (step, pipeline_ref, step_bytes, params, in_memory)
+        key = (step, pipeline_ref, id(step_bytes), id(params), in_memory)
         hit = self._templates.get(key)
         if hit is not None:
             self._templates.move_to_end(key)
@@ -409,6 +454,76 @@ class Constants:
             payload = cloudpickle.dumps(parts, pickle.HIGHEST_PROTOCOL)
         return payload, tuple(dict.fromkeys(self._used)), tuple(dict(self._used_sets).items())
 
+    def step_call(
+        self, fn: Any, fields: StepFields
+    ) -> tuple[tuple[Any, ...], tuple[int, ...], tuple[tuple[int, bytes], ...]] | None:
+        """The payload of ``fn(reporter, StepCall(...))`` for a step's call on values without
+        upstream values, as plain data (not pickled: it is pickled with its chunk, see
+        :func:`call_parts`), the constants it names and the shared sets it names; None when the
+        call does not have that form (then it goes as a ``StepCall`` through :meth:`call`).
+
+        ``fields`` (:data:`StepFields`): ``template``, the call's step, pipeline reference, step
+        bytes, parameters and ``in_memory``
+        (its step's, alike for all its calls in a run); ``dirs``: its output and scratch directories
+        as strings or parsed parts (``pipeline.runner.child_parts``; the worker makes them paths);
+        ``item`` and ``items``: ``(ref, path, source)`` each, paths as strings or paths. Only plain
+        data goes (an item's metadata a dict: JSON from the database), so a chunk of such payloads
+        pickled in one go does not fail; if one does all the same, that call fails (:func:`sendable`).
+        """
+        template, dirs, item, items, task_id = fields
+        for i in (item, *items):
+            if i is not None and (type(i[0]) is not InputRef or type(i[0].metadata) is not dict):
+                return None  # a subclass, or metadata that is not plain JSON data: the general way
+        self._used = []
+        self._used_sets = []
+        n = self.number(fn)
+        if n is None:
+            return None
+        params = template[3]
+        try:
+            shared = self.share(params) if params else None
+            number = self.template_of(*template, shared is not None)
+        except Exception:  # not picklable by the standard pickler: cloudpickle, through call()
+            return None
+        payload = (
+            n,
+            number,
+            shared,
+            dirs[0],
+            dirs[1],
+            None if item is None else _plain_item(item),
+            tuple([_plain_item(i) for i in items]),
+            None,  # no upstream values: the arguments of _call_from_template from here on
+            task_id,
+        )
+        return payload, tuple(dict.fromkeys(self._used)), tuple(dict(self._used_sets).items())
+
+
+def sendable(entry: tuple[int, bool, Any, tuple[int, ...]]) -> tuple[int, bool, Any, tuple[int, ...]]:
+    """A chunk's entry ``(seq, eager, payload, sets)`` whose plain payload (:meth:`Constants.step_call`)
+    pickles; else one that fails the call on the worker, saying why (a chunk is pickled in one go,
+    and one call's data must not fail the others)."""
+    payload = entry[2]
+    if type(payload) is not tuple:
+        return entry
+    try:
+        pickle.dumps(payload, pickle.HIGHEST_PROTOCOL)
+    except Exception as exc:
+        text = f"The call could not be pickled to send it to a worker process ({type(exc).__name__}: {exc})."
+        return (entry[0], entry[1], pickle.dumps((None, _unsendable, (text,), {}), pickle.HIGHEST_PROTOCOL), entry[3])
+    return entry
+
+
+def _unsendable(reporter: Any, text: str) -> None:
+    """Worker side: the call of an entry that could not be pickled (:func:`sendable`) fails with why."""
+    raise TypeError(text)
+
+
+def _plain_item(i: tuple[InputRef, Any, Any]) -> tuple[Any, ...]:
+    """An item of :meth:`Constants.step_call` as plain data: its ref's fields, its paths flat."""
+    ref = i[0].__dict__
+    return (tuple([ref[n] for n in _REF_FIELDS]), _flat_path(i[1]), _flat_path(i[2]))
+
 
 class SharedSets:
     """Which shared sets a worker keeps: the last used ones, within :data:`SHARED_MAX_BYTES` and
@@ -493,13 +608,16 @@ def _constant(n: int) -> Any:
 
 
 def call_parts(
-    payload: bytes, shared: tuple[tuple[int, list[Any]], ...] = ()
+    payload: bytes | tuple[Any, ...], shared: tuple[tuple[int, list[Any]], ...] = ()
 ) -> tuple[Any, tuple[Any, ...], dict[str, Any]]:
-    """Worker side: ``(fn, args, kwargs)`` of a payload; ``shared``: the sets it holds (:func:`hold`)."""
+    """Worker side: ``(fn, args, kwargs)`` of a payload (pickled bytes, or the plain data of
+    :meth:`Constants.step_call`); ``shared``: the sets it holds (:func:`hold`)."""
     global _current
     _current = dict(shared)
     try:
-        n, fn, args, kwargs = pickle.loads(payload)
+        if type(payload) is tuple:  # a step's call as plain data (Constants.step_call)
+            return _constant(payload[0]), (_call_from_template(*payload[1:]),), {}
+        n, fn, args, kwargs = pickle.loads(payload)  # type: ignore[arg-type]  # bytes: the tuple went above
     finally:
         _current = {}
     return (_constant(n) if n is not None else fn), args, kwargs

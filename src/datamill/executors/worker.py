@@ -6,7 +6,8 @@ back in *batches*, so that a pool of short tasks costs one pipe round trip per c
 
 Parent to worker, one message each (``Connection`` framing) on the duplex pipe:
 ``b"C" + pickle((constants, [(seq, eager, payload, sets), ...], shared))`` a chunk (``payload`` is
-made once per call by the parent, ``constants`` are what its calls share that this worker has not
+made once per call by the parent: the call pickled, or a step's call as plain data pickled with the
+chunk, see ``Constants.step_call``; ``constants`` are what its calls share that this worker has not
 been sent yet, ``sets`` the numbers of the big parameter sets a call names and ``shared`` those of
 them this worker does not keep: see :mod:`datamill.executors.local_wire`); empty bytes: exit. And on
 a *control* pipe of its own: ``b"S"`` + 8-byte sequence numbers, withdraw those calls if not started
@@ -293,7 +294,7 @@ def worker_main(conn: Connection, control: Connection, fault_path: str, state_pa
     state = WorkerState(state_path)
     outbox = _Outbox(conn)
     capture = _FdCapture()
-    inbox: deque[tuple[int, bool, bytes, Any]] = deque()
+    inbox: deque[tuple[int, bool, Any, Any]] = deque()
     skip: set[int] = set()
     # Looked at before every call: one poll object for the worker's life (Connection.poll() makes
     # a selector each time, which cost more than a trivial call).
@@ -345,7 +346,7 @@ def worker_main(conn: Connection, control: Connection, fault_path: str, state_pa
         return
 
 
-def _receive(data: bytes, inbox: deque[tuple[int, bool, bytes, Any]]) -> bool:
+def _receive(data: bytes, inbox: deque[tuple[int, bool, Any, Any]]) -> bool:
     """Take one message from the parent; False for "exit"."""
     if not data:
         return False
@@ -360,7 +361,7 @@ def _receive(data: bytes, inbox: deque[tuple[int, bool, bytes, Any]]) -> bool:
     return True
 
 
-def _run(outbox: _Outbox, capture: _FdCapture, seq: int, payload: bytes, shared: Any = ()) -> tuple[int, bytes]:
+def _run(outbox: _Outbox, capture: _FdCapture, seq: int, payload: Any, shared: Any = ()) -> tuple[int, bytes]:
     """Run one call; its reply ``(tag, payload)``; ``shared``: the parameter sets it holds."""
     channel = _Channel(outbox, seq)
     try:

@@ -75,6 +75,14 @@ def child_path(parent: Path, *names: str) -> Path:
     return parent.joinpath(*names)
 
 
+def child_parts(parent: Path, *names: str) -> list[Any] | str:
+    """``parent / name / ...`` (as :func:`child_path`) for another process: the parsed parts
+    ``[drv, root, parts]`` a path is made from there without parsing (Python 3.11), else its string."""
+    if _PARSED_PARTS and type(parent) is _PATH and all(n and "/" not in n and n not in (".", "..") for n in names):
+        return [parent._drv, parent._root, [*parent._parts, *names]]  # type: ignore[attr-defined]
+    return str(parent.joinpath(*names))
+
+
 @dataclass(frozen=True)
 class OutputFile:
     """One file a task wrote: its name within the task, local path, content type and codec name.
