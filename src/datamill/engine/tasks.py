@@ -365,6 +365,17 @@ _FINISH_FROM_SQL = (
 _FINISH_FROM_SQL_KEPT_KEY = (_FINISH_FROM_SQL[0].replace("key = coalesce(v.column8, tasks.key), ", ""),) + (
     _FINISH_FROM_SQL[1],
 )
+#: Ends alike but for their task (a batch of trivial tasks that succeeded: same status, time, no
+#: error, log or note) in one UPDATE by an id list (around its marks): each row then costs SQLite
+#: what a claim's does, without a ``VALUES`` list to build, bind and join (~2 against ~5 µs a row).
+_FINISH_ALIKE_SQL = (
+    "UPDATE tasks SET status = ?, finished_at = ?, error = ?, traceback = ?, lease_owner = NULL, "
+    "lease_expires = NULL, progress = coalesce(?, progress), log_digest = coalesce(?, log_digest), "
+    "cached_from = coalesce(?, cached_from), failure = ?, note = ? "
+    "WHERE id IN ({marks}) AND status IN ('queued', 'running')"
+)
+#: At least this many ends alike go in one :data:`_FINISH_ALIKE_SQL`; the others in a ``VALUES`` list.
+ALIKE_ENDS = 8
 _OUTPUTS_SQL = (
     "INSERT INTO task_outputs (task_id, name, digest, size, content_type, codec, inline, version_id) "
     "VALUES (?, ?, ?, ?, ?, ?, ?, ?)"
@@ -445,8 +456,7 @@ def finish_tasks(
         if keyed:
             _values_sql(conn, _FINISH_FROM_SQL[0], keyed, _FINISH_FROM_SQL[1])
         if len(keyed) < len(rows):
-            kept = [r for r in rows if r[7] is None]
-            _values_sql(conn, _FINISH_FROM_SQL_KEPT_KEY[0], kept, _FINISH_FROM_SQL_KEPT_KEY[1])
+            _finish_kept_keys(conn, [r for r in rows if r[7] is None])
         if outputs:
             _values_sql(conn, _OUTPUTS_SQL.split(" VALUES ")[0], outputs)
     else:
@@ -477,6 +487,24 @@ def finish_tasks(
         ],
     )
     return ids
+
+
+def _finish_kept_keys(conn: Connection, rows: list[tuple[Any, ...]]) -> None:
+    """The SQLite statements of :func:`finish_tasks` for ends that write no key: those alike but for
+    their task id (:data:`ALIKE_ENDS` or more) by id lists, the others in ``VALUES`` lists."""
+    alike: dict[tuple[Any, ...], list[int]] = {}
+    for r in rows:
+        alike.setdefault(r[:7] + r[8:10], []).append(r[10])
+    rest: list[tuple[Any, ...]] = []
+    for values, ids in alike.items():
+        if len(ids) < ALIKE_ENDS:
+            rest += [(*values[:7], None, *values[7:], tid) for tid in ids]
+            continue
+        for i in range(0, len(ids), IDS_PER_STATEMENT):
+            some = ids[i : i + IDS_PER_STATEMENT]
+            conn.exec_driver_sql(_FINISH_ALIKE_SQL.format(marks=", ".join("?" * len(some))), (*values, *some))
+    if rest:
+        _values_sql(conn, _FINISH_FROM_SQL_KEPT_KEY[0], rest, _FINISH_FROM_SQL_KEPT_KEY[1])
 
 
 def finish_task(
