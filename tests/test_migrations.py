@@ -243,6 +243,26 @@ def test_0016_moves_run_params_to_the_params_table_without_loss(db_url: str) -> 
         db.dispose()
 
 
+def _run_with_a_task(conn: Any, run_params: str, task_params: bool) -> None:
+    """Run 1 with its one succeeded task 1, as rows of the schema at hand: ``run_params`` names the
+    runs column with its parameters, ``task_params`` whether tasks hold theirs (before 0015)."""
+    conn.execute(
+        text(
+            "INSERT INTO runs (id, pipeline_ref, pipeline_name, status, requested_at, reason, force, "
+            f"{run_params}, executor, inputs, cancel_requested, skip_failed) "
+            "VALUES (1, 'p.py:p', 'p', 'succeeded', 0, '', false, '{}', 'inline', '[]', false, false)"
+        )
+    )
+    params = ("params, ", "'{}', ") if task_params else ("", "")
+    conn.execute(
+        text(
+            "INSERT INTO tasks (id, run_id, planned_id, step, step_code, status, attempts, max_attempts, progress, "
+            f"message, deps, {params[0]}queued_at) "
+            f"VALUES (1, 1, 's[0]', 's', 'py:x', 'succeeded', 1, 1, 1.0, '', '[]', {params[1]}0)"
+        )
+    )
+
+
 def test_sqlite_tables_copied_by_a_migration_keep_the_rows_that_refer_to_them(db_url: str) -> None:
     """On SQLite a migration that drops a column copies the table and drops the old one; with foreign
     keys on that deleted every row referring to it (``ON DELETE CASCADE``). 0013's downgrade copies
@@ -251,20 +271,7 @@ def test_sqlite_tables_copied_by_a_migration_keep_the_rows_that_refer_to_them(db
     try:
         migrate_to(db, "0013_rerun")
         with db.write() as conn:
-            conn.execute(
-                text(
-                    "INSERT INTO runs (id, pipeline_ref, pipeline_name, status, requested_at, reason, force, params, "
-                    "executor, inputs, cancel_requested, skip_failed) VALUES (1, 'p.py:p', 'p', 'succeeded', 0, '', "
-                    "false, '{}', 'inline', '[]', false, false)"
-                )
-            )
-            conn.execute(
-                text(
-                    "INSERT INTO tasks (id, run_id, planned_id, step, step_code, status, attempts, max_attempts, "
-                    "progress, message, deps, params, queued_at) VALUES "
-                    "(1, 1, 's[0]', 's', 'py:x', 'succeeded', 1, 1, 1.0, '', '[]', '{}', 0)"
-                )
-            )
+            _run_with_a_task(conn, "params", task_params=True)
             conn.execute(
                 text(
                     "INSERT INTO task_outputs (task_id, name, digest, size, content_type, codec) "
@@ -298,20 +305,7 @@ def test_0017_indexes_the_digests_of_outputs_kept_as_blobs_only(db_url: str) -> 
     try:
         migrate_to(db, "0016_runparams")
         with db.write() as conn:
-            conn.execute(
-                text(
-                    "INSERT INTO runs (id, pipeline_ref, pipeline_name, status, requested_at, reason, force, "
-                    "params_meta, executor, inputs, cancel_requested, skip_failed) "
-                    "VALUES (1, 'p.py:p', 'p', 'succeeded', 0, '', false, '{}', 'inline', '[]', false, false)"
-                )
-            )
-            conn.execute(
-                text(
-                    "INSERT INTO tasks (id, run_id, planned_id, step, step_code, status, attempts, max_attempts, "
-                    "progress, message, deps, queued_at) VALUES "
-                    "(1, 1, 's[0]', 's', 'py:x', 'succeeded', 1, 1, 1.0, '', '[]', 0)"
-                )
-            )
+            _run_with_a_task(conn, "params_meta", task_params=False)
             conn.execute(
                 text(
                     "INSERT INTO task_outputs (task_id, name, digest, size, content_type, codec, inline) VALUES "
