@@ -34,7 +34,9 @@ recorded in the database (task rows, their outputs and events) as in any run. Me
    version (a blob file written and fsynced, the item, the version with provenance, an
    ``item.created`` event), which is what a dataflow does.
    ``drive_cpu_us_per_task``: the CPU time of the whole process (every thread) during the drive
-   per task, which other jobs on the machine change less than the wall time.
+   per task, which other jobs on the machine change less than the wall time;
+   ``database_threads_cpu_us_per_task``: the part of it in the event loop's default executor's
+   threads (``asyncio_*``), where the group commits run: the database thread(s).
    ``workers_cpu_us_per_task`` (local): the pool's worker processes' CPU time (every thread, from
    submit to the drive's end) per task, summed over the workers, and their context switches per
    task (``workers_voluntary_switches_per_task``: they waited; ``..._involuntary_...``: the kernel
@@ -303,6 +305,10 @@ def trivial_throughput(
         # CPU of this process (every thread) per recorded task: steadier than the wall time when
         # other jobs share the cores
         "drive_cpu_us_per_task": round(r["drive_cpu_s"] / n * 1e6),
+        # the threads of the loop's default executor, where the group commits run (database work)
+        "database_threads_cpu_us_per_task": round(
+            sum(c for c, name in r["threads"] if str(name).startswith("asyncio_")) / n * 1e6, 1
+        ),
         "tasks_per_s": round(tps),
         "end_to_end_tasks_per_s": round(n / (r["submit_s"] + r["drive_s"])),
         "published": len(home.store.list_items(home.admin, dest)) if dest else 0,

@@ -243,6 +243,26 @@ def test_0016_moves_run_params_to_the_params_table_without_loss(db_url: str) -> 
         db.dispose()
 
 
+def _run_with_a_task(conn: Any, run_params: str, task_params: bool) -> None:
+    """Run 1 with its one succeeded task 1, as rows of the schema at hand: ``run_params`` names the
+    runs column with its parameters, ``task_params`` whether tasks hold theirs (before 0015)."""
+    conn.execute(
+        text(
+            "INSERT INTO runs (id, pipeline_ref, pipeline_name, status, requested_at, reason, force, "
+            f"{run_params}, executor, inputs, cancel_requested, skip_failed) "
+            "VALUES (1, 'p.py:p', 'p', 'succeeded', 0, '', false, '{}', 'inline', '[]', false, false)"
+        )
+    )
+    params = ("params, ", "'{}', ") if task_params else ("", "")
+    conn.execute(
+        text(
+            "INSERT INTO tasks (id, run_id, planned_id, step, step_code, status, attempts, max_attempts, progress, "
+            f"message, deps, {params[0]}queued_at) "
+            f"VALUES (1, 1, 's[0]', 's', 'py:x', 'succeeded', 1, 1, 1.0, '', '[]', {params[1]}0)"
+        )
+    )
+
+
 def test_sqlite_tables_copied_by_a_migration_keep_the_rows_that_refer_to_them(db_url: str) -> None:
     """On SQLite a migration that drops a column copies the table and drops the old one; with foreign
     keys on that deleted every row referring to it (``ON DELETE CASCADE``). 0013's downgrade copies
@@ -251,20 +271,7 @@ def test_sqlite_tables_copied_by_a_migration_keep_the_rows_that_refer_to_them(db
     try:
         migrate_to(db, "0013_rerun")
         with db.write() as conn:
-            conn.execute(
-                text(
-                    "INSERT INTO runs (id, pipeline_ref, pipeline_name, status, requested_at, reason, force, params, "
-                    "executor, inputs, cancel_requested, skip_failed) VALUES (1, 'p.py:p', 'p', 'succeeded', 0, '', "
-                    "false, '{}', 'inline', '[]', false, false)"
-                )
-            )
-            conn.execute(
-                text(
-                    "INSERT INTO tasks (id, run_id, planned_id, step, step_code, status, attempts, max_attempts, "
-                    "progress, message, deps, params, queued_at) VALUES "
-                    "(1, 1, 's[0]', 's', 'py:x', 'succeeded', 1, 1, 1.0, '', '[]', '{}', 0)"
-                )
-            )
+            _run_with_a_task(conn, "params", task_params=True)
             conn.execute(
                 text(
                     "INSERT INTO task_outputs (task_id, name, digest, size, content_type, codec) "
@@ -287,5 +294,62 @@ def test_sqlite_tables_copied_by_a_migration_keep_the_rows_that_refer_to_them(db
         with db.read() as conn:  # and the connection handed back enforces foreign keys again
             on = conn.exec_driver_sql("PRAGMA foreign_keys").scalar() if db.is_sqlite else 1
         assert on == 1
+    finally:
+        db.dispose()
+
+
+def test_0017_indexes_the_digests_of_outputs_kept_as_blobs_only(db_url: str) -> None:
+    """After 0017 the digest index holds the outputs without inline bytes (what garbage collection asks
+    about); the outputs recorded before it are all still there, and downgrading gives the full index back."""
+    db = Database(db_url)
+    try:
+        migrate_to(db, "0016_runparams")
+        with db.write() as conn:
+            _run_with_a_task(conn, "params_meta", task_params=False)
+            conn.execute(
+                text(
+                    "INSERT INTO task_outputs (task_id, name, digest, size, content_type, codec, inline) VALUES "
+                    "(1, 'small.txt', 'blake3:01', 2, 'text/plain', '', :small), "
+                    "(1, 'big.txt', 'blake3:02', 9000, 'text/plain', '', NULL)"
+                ),
+                {"small": b"hi"},
+            )
+
+        def indexes() -> dict[str, str]:
+            with db.read() as conn:
+                if db.is_sqlite:
+                    q = "SELECT name, sql FROM sqlite_master WHERE type = 'index' AND tbl_name = 'task_outputs'"
+                else:
+                    q = "SELECT indexname, indexdef FROM pg_indexes WHERE tablename = 'task_outputs'"
+                return {name: sql or "" for name, sql in conn.exec_driver_sql(q)}
+
+        def blob_digests() -> list[str]:
+            with db.read() as conn:
+                q = "SELECT digest FROM task_outputs WHERE digest IN ('blake3:01', 'blake3:02') AND inline IS NULL"
+                return list(conn.exec_driver_sql(q).scalars())
+
+        assert "ix_task_outputs_digest" in indexes()
+        db.migrate()
+        after = indexes()
+        assert "ix_task_outputs_digest" not in after
+        assert "inline IS NULL" in after["ix_task_outputs_blob"].replace("(", "").replace(")", "")
+        assert blob_digests() == ["blake3:02"]
+        if db.is_sqlite:  # the question garbage collection asks is answered from the partial index
+            with db.read() as conn:
+                plan = " ".join(
+                    str(r[-1])
+                    for r in conn.exec_driver_sql(
+                        "EXPLAIN QUERY PLAN SELECT DISTINCT digest FROM task_outputs "
+                        "WHERE digest IN ('blake3:01', 'blake3:02') AND inline IS NULL"
+                    )
+                )
+            assert "ix_task_outputs_blob" in plan, plan
+        migrate_to(db, "0016_runparams", down=True)
+        back = indexes()
+        assert "ix_task_outputs_digest" in back and "ix_task_outputs_blob" not in back
+        with db.read() as conn:
+            assert conn.exec_driver_sql("SELECT count(*) FROM task_outputs").scalar_one() == 2
+        db.migrate()
+        assert _schema_diff(db) == []
     finally:
         db.dispose()

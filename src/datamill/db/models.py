@@ -304,7 +304,7 @@ class TaskOutput(Base):
     id: Mapped[int] = mapped_column(BigId, primary_key=True)
     task_id: Mapped[int] = mapped_column(ForeignKey("tasks.id", ondelete="CASCADE"), index=True)
     name: Mapped[str] = mapped_column(String(1024))
-    digest: Mapped[str] = mapped_column(String(80), index=True)
+    digest: Mapped[str] = mapped_column(String(80))
     size: Mapped[int] = mapped_column(BigInteger)
     content_type: Mapped[str] = mapped_column(String(255))
     codec: Mapped[str] = mapped_column(String(32))
@@ -312,6 +312,15 @@ class TaskOutput(Base):
     version_id: Mapped[int | None] = mapped_column(BigInteger, nullable=True, index=True)
 
 
+# Only outputs kept as blobs are looked up by digest (whether a blob is still referred to, see
+# store/garbage.py): an inline output's bytes are in its row. The digests of small outputs are random
+# and repeat across runs, and their index entries were a page written per recorded task (0017_outputblobs).
+Index(
+    "ix_task_outputs_blob",
+    TaskOutput.digest,
+    sqlite_where=TaskOutput.inline.is_(None),
+    postgresql_where=TaskOutput.inline.is_(None),
+)
 Index("ix_tasks_run_status", Task.run_id, Task.status)
 # The key alone: a status change (twice per attempt) then leaves this index alone (see 0014_taskkey).
 Index("ix_tasks_key", Task.key)

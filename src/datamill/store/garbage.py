@@ -14,7 +14,7 @@ import time
 from collections.abc import Iterable
 from typing import Any
 
-from sqlalchemy import Connection, delete, select
+from sqlalchemy import Connection, and_, delete, select
 
 from datamill.db.bulk import insert_rows
 from datamill.db.database import Database
@@ -24,8 +24,14 @@ from datamill.store.blobs import BlobInfo, BlobStore
 
 log = logging.getLogger("datamill.store")
 
-#: Columns whose digests keep a blob alive: item versions, task outputs and task logs.
-BLOB_REFERRERS: list[Any] = [Version.digest, TaskOutput.digest, Task.log_digest]
+#: Columns whose digests keep a blob alive, each with what else says that a row refers to a blob:
+#: item versions, task outputs not kept inline (an inline output's bytes are in its row; the digest
+#: index covers only the others, see 0017_outputblobs) and task logs.
+BLOB_REFERRERS: list[tuple[Any, Any]] = [
+    (Version.digest, None),
+    (TaskOutput.digest, TaskOutput.inline.is_(None)),
+    (Task.log_digest, None),
+]
 
 #: Digests checked (and their files removed) per transaction when blobs are released.
 RELEASE_BATCH = 500
@@ -105,8 +111,9 @@ def release_blobs(db: Database, store: BlobStore, digests: Iterable[str]) -> int
                 if not locked:
                     continue
                 used: set[str] = set()
-                for col in BLOB_REFERRERS:
-                    used.update(conn.execute(select(col).where(col.in_(locked)).distinct()).scalars())
+                for col, refers in BLOB_REFERRERS:
+                    which = col.in_(locked) if refers is None else and_(col.in_(locked), refers)
+                    used.update(conn.execute(select(col).where(which).distinct()).scalars())
                 free = [d for d in locked if d not in used]
                 if not free:
                     continue
