@@ -33,7 +33,7 @@ from datamill.engine.ends import Done
 from datamill.engine.engine import Engine
 from datamill.engine.recording import Claim, RunView
 from datamill.engine.scheduler import Scheduler, freeze_long_lived
-from datamill.engine.tasks import OutputRecord, TaskStatus
+from datamill.engine.tasks import OutputRecord, TaskRow, TaskStatus
 from datamill.home import Home
 from datamill.store.blobs.base import digest_bytes
 
@@ -81,7 +81,8 @@ def drive(home: Home, sched: Scheduler, salt: str, batch: int, meter: Meter) -> 
     planned = {p.id: p for p in the_plan.tasks}
     order = list(by_id.values())
     gc.collect()
-    cpu, previous = 0.0, []
+    cpu = 0.0
+    previous: list[TaskRow] = []
     final = None
     for at in [*range(0, len(order), batch), len(order)]:
         claiming = order[at : at + batch]
@@ -128,7 +129,7 @@ def main(argv: list[str] | None = None) -> int:
             plain_commit(dbapi_conn)
             meter.add("COMMIT", time.thread_time() - started)
 
-        dialect.do_commit = timed_commit  # type: ignore[method-assign]
+        dialect.do_commit = timed_commit  # type: ignore[method-assign,assignment]
         per_run = []
         for i in range(args.runs):
             meter.stats.clear()
