@@ -58,8 +58,8 @@ from typing import Any
 from datamill.errors import Cancelled, ConfigError, StepFailed, TaskTimeout, WorkerCrashed
 
 from .base import Call, Executor, OnMessage, PythonCall, deliver, step_failed
-from .local_wire import Constants, Frames, Outgoing, SharedSets, StepFields, sendable, withdraw
-from .worker import BATCH, CHUNK, MESSAGE, RESULT, SKIP, SKIPPED, WorkerState, worker_main
+from .local_wire import Constants, Frames, Outgoing, SharedSets, StepFields, sendable, step_result, withdraw
+from .worker import BATCH, CHUNK, MESSAGE, PLAIN, RESULT, SKIP, SKIPPED, WorkerState, worker_main
 
 __all__ = ["CHUNK_SECONDS", "MAX_CHUNK", "STEAL_AFTER", "LocalExecutor", "Submitted"]
 
@@ -763,8 +763,12 @@ class LocalExecutor(Executor):
                 continue
             mean = self._durations.get(job.kind)
             self._durations[job.kind] = seconds if mean is None else mean + _EWMA * (seconds - mean)
-            if not job.future.done():
-                _settle(job.future, kind, payload)
+            future = job.future
+            if not future.done():
+                if kind == PLAIN:  # a step's result, decoded with its batch (the common case)
+                    future.set_result(step_result(payload))
+                else:
+                    _settle(future, kind, payload)
                 settled = True
         if settled:
             self._ended()
@@ -858,7 +862,7 @@ def _kind(call: PythonCall) -> Any:
 
 
 def _settle(future: asyncio.Future[Any], tag: int, payload: bytes) -> None:
-    """Resolve a call's future from its reply."""
+    """Resolve a call's future from its reply pickled by itself (see :data:`PLAIN` for the other kind)."""
     try:
         if tag == RESULT:
             future.set_result(pickle.loads(payload))

@@ -70,8 +70,10 @@ __all__ = [
     "frame",
     "hold",
     "loads",
+    "plain_result",
     "remember",
     "sendable",
+    "step_result",
     "withdraw",
     "withdrawn",
 ]
@@ -261,17 +263,55 @@ def _step_result(result: StepResult) -> tuple[Any, tuple[Any, ...]]:
 
 
 def _rebuild_step_result(outputs: tuple[tuple[Any, ...], ...], seconds: float) -> StepResult:
-    """Parent side: the ``StepResult`` again (see :func:`_step_result`)."""
+    """Parent side: the ``StepResult`` again (see :func:`_step_result` and :func:`plain_result`)."""
     files = []
-    for flat in outputs:
-        o = object.__new__(OutputFile)
-        state = dict(zip(_OUTPUT_FIELDS, flat, strict=True))
-        state["path"] = _unflat_path(state["path"])
-        o.__dict__.update(state)
+    new = object.__new__
+    for name, path, content_type, codec, data in outputs:  # the order of _OUTPUT_FIELDS (asserted below)
+        o = new(OutputFile)
+        o.__dict__.update(name=name, path=_unflat_path(path), content_type=content_type, codec=codec, data=data)
         files.append(o)
-    result = object.__new__(StepResult)
+    result = new(StepResult)
     result.__dict__.update(outputs=tuple(files), seconds=seconds)
     return result
+
+
+assert _OUTPUT_FIELDS == ("name", "path", "content_type", "codec", "data"), "_rebuild_step_result names them"
+
+#: what a plain result's output fields may be: nothing that could fail to pickle in a worker's batch
+_PLAIN_TYPES = (str, bytes, type(None))
+
+
+def plain_result(result: Any) -> tuple[tuple[tuple[Any, ...], ...], float] | None:
+    """Worker side: a ``StepResult`` of output files of plain fields as plain data (what
+    :func:`_step_result` pickles), to go in the worker's batch as it is and be rebuilt by
+    :func:`step_result`; None for any other return value (pickled by itself, as before).
+
+    A result pickled by itself was unpickled by itself in the parent's event loop, one ``loads``
+    (and one look-up of the function that rebuilds it) per result; as plain data it is decoded
+    with its batch, in the one ``loads`` of the batch."""
+    if type(result) is not StepResult or type(result.seconds) is not float:
+        return None
+    outputs = []
+    for o in result.outputs:
+        if type(o) is not OutputFile:
+            return None
+        d = o.__dict__
+        name, path, content_type, codec, data = d["name"], d["path"], d["content_type"], d["codec"], d["data"]
+        if (
+            type(path) is not PosixPath
+            or type(name) not in _PLAIN_TYPES
+            or type(content_type) not in _PLAIN_TYPES
+            or type(codec) not in _PLAIN_TYPES
+            or type(data) not in _PLAIN_TYPES
+        ):
+            return None
+        outputs.append((name, _flat_path(path), content_type, codec, data))
+    return tuple(outputs), result.seconds
+
+
+def step_result(plain: tuple[tuple[tuple[Any, ...], ...], float]) -> StepResult:
+    """Parent side: the ``StepResult`` of a worker's :func:`plain_result`."""
+    return _rebuild_step_result(*plain)
 
 
 _TABLE: dict[type, Any] = dict(copyreg.dispatch_table)

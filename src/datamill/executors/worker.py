@@ -20,7 +20,8 @@ either.
 
 Worker to parent: ``b"M" + pickle((seq, message))`` a progress or log message of call ``seq``;
 ``b"B" + pickle([(seq, tag, payload, seconds), ...])`` results, ``tag`` :data:`RESULT` (``payload``
-is the pickled return value), :data:`ERROR` (a pickled ``(type name, text, traceback)``) or
+is the pickled return value), :data:`PLAIN` (a step's ``StepResult`` as plain data, decoded with its
+batch: ``local_wire.plain_result``), :data:`ERROR` (a pickled ``(type name, text, traceback)``) or
 :data:`SKIPPED` (the call was withdrawn: it did not run).
 Results are held back while calls finish quickly and sent when the chunk is done, when a few
 milliseconds have passed, before a message, and around every *eager* call (one with a timeout, or
@@ -65,15 +66,17 @@ import cloudpickle
 
 from .base import Message, Reporter
 from .capture import MAX_LINE, task_output
-from .local_wire import call_parts, dumps, hold, remember, withdrawn
+from .local_wire import call_parts, dumps, hold, plain_result, remember, withdrawn
 
-__all__ = ["ERROR", "RESULT", "SKIPPED", "WorkerState", "worker_main"]
+__all__ = ["ERROR", "PLAIN", "RESULT", "SKIPPED", "WorkerState", "worker_main"]
 
 CHUNK = ord("C")
 SKIP = ord("S")
 MESSAGE = ord("M")
 BATCH = ord("B")
 RESULT = ord("R")
+#: a result's tag: the payload is a ``StepResult`` as plain data (``local_wire.plain_result``)
+PLAIN = ord("P")
 ERROR = ord("E")
 #: a result's tag: the call was withdrawn and skipped, not run (the parent runs it elsewhere if it
 #: had not taken it back)
@@ -141,7 +144,7 @@ class _Outbox:
     def __init__(self, conn: Connection) -> None:
         self.conn = conn
         self.lock = threading.Lock()
-        self.results: list[tuple[int, int, bytes, float]] = []
+        self.results: list[tuple[int, int, Any, float]] = []
         self.since = 0.0
 
     def message(self, seq: int, message: Message) -> None:
@@ -150,7 +153,7 @@ class _Outbox:
             self._flush()  # earlier calls' results first: the parent sees every call's events in order
             self.conn.send_bytes(data)
 
-    def result(self, item: tuple[int, int, bytes, float]) -> None:
+    def result(self, item: tuple[int, int, Any, float]) -> None:
         with self.lock:
             if not self.results:
                 self.since = time.monotonic()
@@ -361,7 +364,7 @@ def _receive(data: bytes, inbox: deque[tuple[int, bool, Any, Any]]) -> bool:
     return True
 
 
-def _run(outbox: _Outbox, capture: _FdCapture, seq: int, payload: Any, shared: Any = ()) -> tuple[int, bytes]:
+def _run(outbox: _Outbox, capture: _FdCapture, seq: int, payload: Any, shared: Any = ()) -> tuple[int, Any]:
     """Run one call; its reply ``(tag, payload)``; ``shared``: the parameter sets it holds."""
     channel = _Channel(outbox, seq)
     try:
@@ -378,6 +381,9 @@ def _run(outbox: _Outbox, capture: _FdCapture, seq: int, payload: Any, shared: A
         channel.open = False
         return ERROR, _error_payload(exc)
     channel.open = False
+    plain = plain_result(result)
+    if plain is not None:
+        return PLAIN, plain
     try:
         return RESULT, _result_payload(fn, result)
     except Exception as exc:
