@@ -16,8 +16,9 @@ import pytest
 
 from datamill.errors import StepFailed, WorkerCrashed
 from datamill.executors import Message, PythonCall, Reporter
+from datamill.executors.local_wire import plain_result, step_result
 from datamill.pipeline.inputs import InputRef
-from datamill.pipeline.runner import ItemInput, StepCall, child_parts
+from datamill.pipeline.runner import ItemInput, OutputFile, StepCall, StepResult, child_parts
 
 from .test_contract import ignore
 
@@ -608,3 +609,32 @@ def test_a_step_call_not_of_the_plain_form_is_left_to_submit(pool: Any) -> None:
     template = ("s", "p.py:p", None, {}, True)
     job = pool.executor.submit_step(echo_call, (template, ("/o", "/s"), (ref, None, None), (), "t"), ignore)
     assert job is None
+
+
+class _Name(str):
+    """A str of our own: a result field that is not plain data."""
+
+
+def step_results(reporter: Reporter, i: int, base: str) -> StepResult:
+    """A step's result: plain fields for even ``i``; for odd ``i`` a field of a class of its own."""
+    name = "out" if i % 2 == 0 else _Name("out")
+    data = None if i % 3 == 0 else f'"{i}"'.encode()
+    return StepResult(outputs=(OutputFile(name, Path(base, str(i), "out"), "application/json", "json", data),))
+
+
+def test_step_results_come_back_whole_as_plain_data_or_pickled(pool: Any, tmp_path: Path) -> None:
+    """A step's result of plain fields comes back as plain data in its batch (``plain_result``), any
+    other one pickled by itself, as before: both are the same ``StepResult`` in the parent."""
+    plain = plain_result(step_results(None, 2, str(tmp_path)))  # type: ignore[arg-type]
+    assert plain is not None and step_result(plain) == step_results(None, 2, str(tmp_path))  # type: ignore[arg-type]
+    assert plain_result(step_results(None, 1, str(tmp_path))) is None  # type: ignore[arg-type]
+    assert plain_result(7) is None
+
+    async def scenario() -> list[StepResult]:
+        calls = [pool.executor.run(PythonCall(step_results, (i, str(tmp_path))), ignore) for i in range(24)]
+        return await asyncio.gather(*calls)
+
+    got = pool.run(scenario())
+    assert got == [step_results(None, i, str(tmp_path)) for i in range(24)]  # type: ignore[arg-type]
+    assert all(type(r.outputs[0].path) is type(tmp_path) for r in got)
+    assert [type(r.outputs[0].name) for r in got] == [str if i % 2 == 0 else _Name for i in range(24)]
