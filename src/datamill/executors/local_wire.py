@@ -296,6 +296,8 @@ def plain_result(result: Any) -> tuple[tuple[tuple[Any, ...], ...], float] | Non
         if type(o) is not OutputFile:
             return None
         d = o.__dict__
+        if len(d) != len(_OUTPUT_FIELDS):
+            return None  # an attribute of its own besides the fields: pickled whole
         name, path, content_type, codec, data = d["name"], d["path"], d["content_type"], d["codec"], d["data"]
         if (
             type(path) is not PosixPath
