@@ -6,9 +6,10 @@ from __future__ import annotations
 
 from typing import Any
 
-from sqlalchemy import event, select
+import orjson
+from sqlalchemy import event, select, text
 
-from datamill.db.models import Task
+from datamill.db.models import Task, json_text
 from datamill.engine import runs, tasks
 from datamill.engine.tasks import OutputRecord, TaskEnd, TaskStatus
 
@@ -107,4 +108,48 @@ def test_ends_alike_and_not_in_one_batch_are_each_recorded_once(db_world: World)
         data = finished[e.task_id]
         assert data["status"] == str(e.status) and data["error"] == e.error and data.get("note") == e.note
         assert data["outputs"] == [{"name": o.name, "digest": o.digest, "size": o.size} for o in e.outputs]
+    w.check_fold()
+
+
+def test_finished_events_of_returned_values_are_the_same_bytes_in_the_order_of_the_ends(db_world: World) -> None:
+    """Ends of a step that returned a small value (on SQLite, their ``task.finished`` events made by
+    SQLite from the outputs just written) give the events the Python path gives, in the ends' order;
+    a batch with a name the two JSON writers escape differently keeps the Python path."""
+    w = db_world
+    run_id, folder_id, ids = _run(w, 12)
+    with w.home.db.write() as conn:
+        assert tasks.claim_tasks(conn, ids, "me", 30, "local", folder_id) == ids
+    names = {tid: "return.txt" if tid % 2 else "a b/[x]~.txt" for tid in ids}
+    names[ids[-1]] = 'é "q"\\.txt'
+    order = ids[:8][::-1] + ids[8:]  # not the ids' order; the last batch holds the odd name
+    for batch in (order[:8], order[8:]):
+        ends = [
+            TaskEnd(
+                tid,
+                run_id,
+                TaskStatus.SUCCEEDED,
+                folder_id,
+                [OutputRecord(names[tid], f"blake3:{tid:064x}", tid, "text/plain", "text", b"x")],
+            )
+            for tid in batch
+        ]
+        with w.home.db.write() as conn:
+            assert tasks.finish_tasks(conn, ends) == set(batch)
+    with w.home.db.read() as conn:
+        got = conn.execute(
+            text("SELECT task_id, data FROM events WHERE kind = 'task.finished' AND run_id = :r ORDER BY seq"),
+            {"r": run_id},
+        ).all()
+    assert [r[0] for r in got] == order
+    for tid, data in got:
+        expected = {
+            "status": "succeeded",
+            "error": None,
+            "outputs": [{"name": names[tid], "digest": f"blake3:{tid:064x}", "size": tid}],
+            "cached_from": None,
+        }
+        if w.home.db.is_sqlite:  # the text stored, byte for byte
+            assert data == json_text(expected)
+        else:
+            assert (orjson.loads(data) if isinstance(data, str) else data) == expected
     w.check_fold()

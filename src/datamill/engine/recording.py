@@ -227,8 +227,11 @@ class Recorder:
             if t.id not in endable:
                 t.status = HELD_ELSEWHERE
                 continue
-            outputs = self._publish(conn, run, d, current)
-            inputs += [{"task_id": t.id, **i} for i in d.inputs]
+            # Without a destination nothing is published (no call per end); most ends consumed no
+            # upstream output (their items were recorded at creation).
+            outputs = self._publish(conn, run, d, current) if dest else d.outputs
+            if d.inputs:
+                inputs += [{"task_id": t.id, **i} for i in d.inputs]
             ends.append(
                 tasks.TaskEnd(
                     t.id,

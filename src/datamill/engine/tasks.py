@@ -9,6 +9,7 @@ in :mod:`datamill.engine.leases`.
 from __future__ import annotations
 
 import json
+import re
 import time
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -463,6 +464,8 @@ def finish_tasks(
         _executemany(conn, _FINISH_SQL, rows)
         if outputs:
             _executemany(conn, _OUTPUTS_SQL, outputs)
+    if _one_step(conn) and _finished_by_sqlite(conn, todo, now):
+        return ids
     events.append_rows(
         conn,
         [
@@ -487,6 +490,55 @@ def finish_tasks(
         ],
     )
     return ids
+
+
+#: The ``task.finished`` events of ends of the common shape (one run, one status, no error, not
+#: cached, no note, one output; :func:`_finished_by_sqlite`) made by SQLite from the outputs the
+#: same transaction just wrote, in the order of a JSON array of the tasks' ids: the data is what
+#: :func:`finish_tasks` gives ``append_rows``, byte for byte (``json_object`` writes the keys in
+#: the order given and compact JSON, as orjson does).
+_FINISHED_FROM_OUTPUTS_SQL = (
+    "INSERT INTO events (ts, kind, actor_id, folder_id, item_id, run_id, task_id, dataflow_id, data) "
+    "SELECT ?, 'task.finished', NULL, ?, NULL, ?, o.task_id, NULL, json_object('status', ?, 'error', NULL, "
+    "'outputs', json_array(json_object('name', o.name, 'digest', o.digest, 'size', o.size)), 'cached_from', NULL) "
+    "FROM json_each(?) AS j JOIN task_outputs AS o ON o.task_id = j.value ORDER BY j.key"
+)
+#: Strings that orjson and SQLite's JSON functions both write as they are (printable ASCII but
+#: the quote and the backslash): others (escaped differently by each) keep the Python path.
+_PLAIN_JSON = re.compile(r"[ !#-\[\]-~]*")
+
+
+def _finished_by_sqlite(conn: Connection, todo: list[TaskEnd], now: float) -> bool:
+    """The ``task.finished`` events of ``todo`` (SQLite, after their outputs are written), made by
+    :data:`_FINISHED_FROM_OUTPUTS_SQL` when every end has the common shape of a step that returned
+    a small value; False (nothing written) otherwise. One orjson encoding of the ids for the batch,
+    not a dict, a tuple and an encoding per event, in the thread whose Python the scheduler's event
+    loop waits for."""
+    first = todo[0]
+    run_id, folder_id, status = first.run_id, first.folder_id, first.status
+    plain = _PLAIN_JSON.fullmatch
+    for e in todo:
+        if (
+            e.error is not None
+            or e.cached_from is not None
+            or e.note
+            or len(e.outputs) != 1
+            or e.status != status
+            or e.run_id != run_id
+            or e.folder_id != folder_id
+        ):
+            return False
+        o = e.outputs[0]
+        if plain(o.name) is None or plain(o.digest) is None:
+            return False
+    ids = orjson.dumps([e.task_id for e in todo]).decode()
+    added = conn.exec_driver_sql(_FINISHED_FROM_OUTPUTS_SQL, (now, folder_id, run_id, str(status), ids)).rowcount
+    if added != len(todo):
+        # An ended task has only the outputs its end wrote: anything else is a bug, and the
+        # transaction (its ends with their events) is not committed.
+        raise RuntimeError(f"{added} task.finished events made for {len(todo)} ends")
+    events.appended(conn, added, {("task.finished", folder_id)})
+    return True
 
 
 def _finish_kept_keys(conn: Connection, rows: list[tuple[Any, ...]]) -> None:

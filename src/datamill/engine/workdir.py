@@ -98,10 +98,7 @@ class WorkDirs:
         """
         if len(self._local) > 100_000:  # claims taken by other schedulers leave theirs: keep it bounded
             self._local.clear()
-        for digest in digests:
-            path = self.blobs.local_file(digest)
-            if path is not None:
-                self._local[digest] = path
+        self._local.update(self.blobs.local_files(digests))
 
     def values(
         self, base: str | Path, the_plan: Plan, pt: PlannedTask, tasks: dict[str, TaskRow]

@@ -226,6 +226,15 @@ class BlobStore(ABC):
         path = self.local_path(digest)
         return None if path is None else str(path)
 
+    def local_files(self, digests: Iterable[str]) -> dict[str, str]:
+        """:meth:`local_file` for many digests: the files found on this machine, by digest."""
+        found = {}
+        for digest in digests:
+            path = self.local_file(digest)
+            if path is not None:
+                found[digest] = path
+        return found
+
     def presigned_url(self, digest: str, seconds: int, filename: str | None = None) -> str | None:
         """A URL that downloads the blob without this server for ``seconds``, or None (no such thing here)."""
         return None

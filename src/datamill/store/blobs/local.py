@@ -343,6 +343,20 @@ class LocalBlobStore(BlobStore):
         path = self._file_name(check_digest(digest))
         return path if os.path.isfile(path) else None
 
+    def local_files(self, digests: Iterable[str]) -> dict[str, str]:
+        # A claim's items, in one loop: a stat each (once per distinct digest), without the four
+        # calls a local_file makes around it, which cost the group commit's thread more than the stat.
+        found = {}
+        name, is_reg = self._file_name, stat.S_ISREG
+        for digest in dict.fromkeys(digests):
+            path = name(check_digest(digest))
+            try:
+                if is_reg(os.stat(path).st_mode):
+                    found[digest] = path
+            except (OSError, ValueError):  # as os.path.isfile: not there, or not a path
+                pass
+        return found
+
     def delete(self, digest: str) -> None:
         self.path_of(digest).unlink(missing_ok=True)
 
