@@ -37,7 +37,6 @@ from datamill.executors.base import (
     PythonCall,
     get_executor,
 )
-from datamill.pipeline.inputs import InputRef
 from datamill.pipeline.runner import (
     ItemInput,
     StepCall,
@@ -132,38 +131,32 @@ def _value_call(
     the step found by reference or bytes). For the pool, where a call is built, pickled and
     dropped, and its ``__init__`` cost about as much as its pickling.
     """
-    step = the_plan.pipeline.step(pt.step)
-    files, sources = got.item_files, got.sources
+    (step, ref, step_bytes, params, in_memory), _, item, items, task_id = _step_fields(the_plan, pt, dirs, got)
     new_item: Callable[..., ItemInput] = _MADE_ITEM if made else ItemInput
     new_call: Callable[..., StepCall] = _MADE_CALL if made else StepCall
-
-    def item(ref: InputRef) -> ItemInput:
-        at = ref.path  # a property that formats a string: once
-        return new_item(ref=ref, path=files.get(at), source=sources.get(at))
-
-    ref = the_plan.pipeline.ref
     ups = got.upstream
     return new_call(
-        step=step.name,
+        step=step,
         output_dir=dirs[0],
         scratch_dir=dirs[1],
         pipeline_ref=ref,
-        step_bytes=None if ref else the_plan.pipeline.pickled_step(step.name),
+        step_bytes=step_bytes,
         # the plan's mapping, shared by the step's tasks: the local pool sends it to a worker once
-        params=pt.params,
-        item=item(pt.item) if pt.item is not None else None,
-        items=tuple(item(r) for r in the_plan.inputs) if step.uses_items else (),
+        params=params,
+        item=None if item is None else new_item(ref=item[0], path=item[1], source=item[2]),
+        items=tuple([new_item(ref=r, path=path, source=source) for r, path, source in items]),
         upstream={w.param: UpstreamInput(w.step, tuple(tuple(ups[tid]) for tid in w.tasks), w.many) for w in pt.wires},
-        task_id=pt.id,
-        in_memory=True,
+        task_id=task_id,
+        in_memory=in_memory,
     )
 
 
 def _step_fields(the_plan: Plan, pt: PlannedTask, dirs: tuple[Any, Any], got: Materialized) -> tuple[Any, ...]:
-    """What :func:`_value_call` puts in the call of ``pt`` (without upstream values), as the fields a
-    pool's ``submit_step`` takes: the template (alike for the step's calls in the run), the
-    attempt's output and scratch directories (``dirs``, :meth:`WorkDirs.attempt_parts`), its item
-    and items as ``(ref, path, source)``, and the task's id."""
+    """What :func:`_value_call` puts in the call of ``pt`` (but its upstream values), as the fields a
+    pool's ``submit_step`` takes and :func:`_value_call` builds its call from: the template (alike
+    for the step's calls in the run), the attempt's output and scratch directories (``dirs``:
+    :meth:`WorkDirs.attempt_paths`, or :meth:`WorkDirs.attempt_parts` for a pool), its item and
+    items as ``(ref, path, source)``, and the task's id."""
     step = the_plan.pipeline.step(pt.step)
     files, sources = got.item_files, got.sources
     ref = the_plan.pipeline.ref
