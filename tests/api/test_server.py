@@ -164,3 +164,18 @@ def test_serve_stops_gracefully_on_signals(tmp_path: Path, sig: signal.Signals) 
         if proc.poll() is None:
             proc.kill()
             proc.wait()
+
+
+def test_the_suites_warning_filters_let_fastapi_build_a_route_in_the_servers_thread() -> None:
+    """FastAPI builds a route's parameters on the first request to it, in the server's thread,
+    silencing pydantic's ``UnsupportedFieldAttributeWarning`` with ``warnings.catch_warnings()``.
+    That state is process-wide in Python 3.11, so pytest re-applying its filters in the main thread
+    at that moment (a new test phase) used to put "error" back under FastAPI and fail the request
+    (CI, 2026-12-04). The suite's own filters, active in this body, must therefore ignore it."""
+    import warnings
+
+    from pydantic.warnings import UnsupportedFieldAttributeWarning
+
+    with warnings.catch_warnings(record=True) as seen:
+        warnings.warn("from a route's parameters", UnsupportedFieldAttributeWarning, stacklevel=1)
+    assert seen == []
