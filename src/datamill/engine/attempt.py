@@ -151,16 +151,32 @@ def _value_call(
     )
 
 
-def _step_fields(the_plan: Plan, pt: PlannedTask, dirs: tuple[Any, Any], got: Materialized) -> tuple[Any, ...]:
+def _template(the_plan: Plan, step: Step, pt: PlannedTask) -> tuple[Any, ...]:
+    """The fields of ``pt``'s call that every call of its step in the run has alike (its step, how to
+    find it, its parameters, ``in_memory``): the template of :meth:`Constants.template_of`."""
+    ref = the_plan.pipeline.ref
+    return (step.name, ref, None if ref else the_plan.pipeline.pickled_step(step.name), pt.params, True)
+
+
+def _step_fields(
+    the_plan: Plan,
+    pt: PlannedTask,
+    dirs: tuple[Any, Any],
+    got: Materialized,
+    step: Step | None = None,
+    template: tuple[Any, ...] | None = None,
+) -> tuple[Any, ...]:
     """What :func:`_value_call` puts in the call of ``pt`` (but its upstream values), as the fields a
     pool's ``submit_step`` takes and :func:`_value_call` builds its call from: the template (alike
-    for the step's calls in the run), the attempt's output and scratch directories (``dirs``:
-    :meth:`WorkDirs.attempt_paths`, or :meth:`WorkDirs.attempt_parts` for a pool), its item and
-    items as ``(ref, path, source)``, and the task's id."""
-    step = the_plan.pipeline.step(pt.step)
+    for the step's calls in the run; :func:`_template`, or ``template`` when given), the attempt's
+    output and scratch directories (``dirs``: :meth:`WorkDirs.attempt_paths`, or
+    :meth:`WorkDirs.attempt_parts` for a pool), its item and items as ``(ref, path, source)``, and
+    the task's id. ``step``: ``pt``'s, when the caller has it."""
+    if step is None:
+        step = the_plan.pipeline.step(pt.step)
     files, sources = got.item_files, got.sources
-    ref = the_plan.pipeline.ref
-    template = (step.name, ref, None if ref else the_plan.pipeline.pickled_step(step.name), pt.params, True)
+    if template is None:
+        template = _template(the_plan, step, pt)
     item = None
     if pt.item is not None:
         at = pt.item.path  # a property that formats a string: once
@@ -279,6 +295,10 @@ class _Ended:
         return self.future
 
 
+#: a batch's steps and call templates (:meth:`Attempts.start`): by step name and parameters' id, the
+#: parameters (kept: their id names no other object meanwhile), the step and the template
+_Templates = dict[tuple[str, int], tuple[Any, Step, tuple[Any, ...]]]
+
 #: A running attempt as its driver holds it: an asyncio task, one attempt of a batch in the loop,
 #: or a call handed to a pool.
 Job = Union["asyncio.Task[Done]", LoopEnd, PoolEnd]
@@ -358,13 +378,17 @@ class Attempts:
         submit = getattr(self.executor, "submit", None)
         jobs: list[Job] = []
         batch: list[tuple[LoopEnd, TaskRow]] = []
+        # By step name and parameters' id: the parameters, the step and its calls' template
+        # (:func:`_template`), made once for this batch's calls of a step: the pool then looks up
+        # what a template names once for them (``Constants.step_call``, by the object).
+        templates: _Templates = {}
         for t in rows:
             if in_loop and _runs_in_loop(the_plan, t):
                 end = LoopEnd()
                 batch.append((end, t))
                 jobs.append(end)
                 continue
-            job = self._submit(submit, the_plan, t, tasks, publishes) if submit is not None else None
+            job = self._submit(submit, the_plan, t, tasks, publishes, templates) if submit is not None else None
             jobs.append(job if job is not None else asyncio.create_task(self.run(the_plan, t, tasks, publishes)))
         if batch:
             runner = asyncio.create_task(self._run_in_loop(the_plan, batch, tasks, publishes))
@@ -373,16 +397,31 @@ class Attempts:
         return jobs
 
     def _submit(
-        self, submit: Callable[..., Any], the_plan: Plan, t: TaskRow, tasks: dict[str, TaskRow], publishes: bool
+        self,
+        submit: Callable[..., Any],
+        the_plan: Plan,
+        t: TaskRow,
+        tasks: dict[str, TaskRow],
+        publishes: bool,
+        templates: _Templates,
     ) -> PoolEnd | None:
         """Hand a Python step on values to the pool's ``submit`` (no asyncio task); None for the
-        attempts that go through :meth:`run` (other kinds of steps, steps that need a work directory)."""
+        attempts that go through :meth:`run` (other kinds of steps, steps that need a work directory).
+        ``templates``: the steps and templates of the batch's calls so far (see :meth:`start`)."""
         pt = the_plan.task(t.planned_id)
-        if the_plan.pipeline.step(pt.step).kind != "python":
+        params = pt.params
+        known = templates.get((pt.step, id(params)))
+        if known is not None and known[0] is params:
+            step, template = known[1], known[2]
+        else:
+            step = the_plan.pipeline.step(pt.step)
+            template = _template(the_plan, step, pt)
+            templates[(pt.step, id(params))] = (params, step, template)
+        if step.kind != "python":
             return None
         base = self.workdirs.attempt_base(t)
         try:
-            got = self.workdirs.values(base, the_plan, pt, tasks)
+            got = self.workdirs.values(base, the_plan, pt, tasks, step)
         except Exception:
             return None  # run() says what went wrong, as for any attempt
         if got is None:
@@ -391,7 +430,7 @@ class Attempts:
         try:
             submitted = None
             if self._submit_step is not None and not pt.wires:
-                fields = _step_fields(the_plan, pt, self.workdirs.attempt_parts(base), got)
+                fields = _step_fields(the_plan, pt, self.workdirs.attempt_parts(base), got, step, template)
                 submitted = self._submit_step(run_step, fields, on_message, timeout=pt.timeout)
             if submitted is None:
                 call = _value_call(the_plan, pt, self.workdirs.attempt_paths(base), got, made=True)

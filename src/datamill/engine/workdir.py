@@ -62,6 +62,12 @@ class WorkDirs:
         self._logs = str(self.log_root)
         #: item blobs found on this machine by :meth:`look_for_items`, by digest: taken by :meth:`values`
         self._local: dict[str, str] = {}
+        #: the work root's parsed parts (what :func:`child_parts` gives of it), or None where a
+        #: path goes as its string: :meth:`attempt_parts` adds an attempt's names to them
+        root = child_parts(self.work_root)
+        self._root_parts: tuple[str, str, list[str]] | None = (
+            (root[0], root[1], root[2]) if isinstance(root, list) else None
+        )
 
     def attempt_dir(self, t: TaskRow) -> Path:
         """The directory of the task's current attempt (flat: fewer directories to make and remove)."""
@@ -78,9 +84,16 @@ class WorkDirs:
         return child_path(self.work_root, name, "out"), child_path(self.work_root, name, "scratch")
 
     def attempt_parts(self, base: str) -> tuple[list[Any] | str, list[Any] | str]:
-        """:meth:`attempt_paths` for another process (a pool's worker): each as :func:`child_parts`."""
+        """:meth:`attempt_paths` for another process (a pool's worker): each as :func:`child_parts`.
+
+        The attempt's name (``task-<id>-<attempt>``) is a plain name by construction: added to the
+        work root's parts as they are, without :func:`child_parts` checking it for each task."""
         name = base.rsplit("/", 1)[1]
-        return child_parts(self.work_root, name, "out"), child_parts(self.work_root, name, "scratch")
+        root = self._root_parts
+        if root is None:
+            return child_parts(self.work_root, name, "out"), child_parts(self.work_root, name, "scratch")
+        drv, top, parts = root
+        return [drv, top, [*parts, name, "out"]], [drv, top, [*parts, name, "scratch"]]
 
     def log_path(self, task_id: int) -> Path:
         """Where a running task's log lines are appended (read by ``datamill logs --follow``)."""
@@ -101,14 +114,16 @@ class WorkDirs:
         self._local.update(self.blobs.local_files(digests))
 
     def values(
-        self, base: str | Path, the_plan: Plan, pt: PlannedTask, tasks: dict[str, TaskRow]
+        self, base: str | Path, the_plan: Plan, pt: PlannedTask, tasks: dict[str, TaskRow], step: Step | None = None
     ) -> Materialized | None:
         """A task's inputs without a work directory, or None if the task needs one (:meth:`materialize`).
 
         That is a Python step without ``ctx`` whose items are blob files on this machine and whose
-        upstream outputs are values a codec reads from memory (or from their blob files).
+        upstream outputs are values a codec reads from memory (or from their blob files). ``step``:
+        ``pt``'s, when the caller has it.
         """
-        step = the_plan.pipeline.step(pt.step)
+        if step is None:
+            step = the_plan.pipeline.step(pt.step)
         if step.kind != "python" or step.takes_ctx:
             return None
         got = Materialized()

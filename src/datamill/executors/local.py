@@ -464,6 +464,12 @@ class LocalExecutor(Executor):
         known = worker.known
         loop = self._loop
         assert loop is not None
+        # A step's calls name the same constants and sets (the same tuples: Constants.step_call):
+        # looked at for the first of a row of them. Using a set again right after itself changes
+        # no account (it is kept, and last used already), here as in the worker.
+        last_needs: tuple[int, ...] | None = None
+        last_sets: tuple[tuple[int, bytes], ...] | None = None
+        names: tuple[int, ...] = ()
         while queue and len(chunk) < take:
             job = queue[0]
             if job.future.done():
@@ -475,14 +481,18 @@ class LocalExecutor(Executor):
             self._seq += 1
             job.seq, job.worker = self._seq, worker
             worker.outstanding[job.seq] = job
-            chunk.append((job.seq, job.eager, job.payload, tuple([n for n, _ in job.sets])))
-            for n in job.needs:
-                if n not in known:
-                    known.add(n)
-                    defs[n] = self._constants.data[n]
-            for n, data in job.sets:  # in the order the worker accounts for them as it receives the chunk
-                if not worker.sets.use(n, len(data))[0]:
-                    shared[n] = data
+            sets = job.sets
+            if sets is not last_sets:
+                names = _use_sets(worker, sets, shared)
+                # a row of one set: its first use counts; of several, each use (they may push each other out)
+                last_sets = sets if len(sets) == 1 else None
+            chunk.append((job.seq, job.eager, job.payload, names))
+            if job.needs is not last_needs:
+                last_needs = job.needs
+                for n in last_needs:
+                    if n not in known:
+                        known.add(n)
+                        defs[n] = self._constants.data[n]
             if job.timeout is not None:
                 job.timer = loop.call_later(job.timeout, self._expire, job)
         if not chunk:
@@ -845,6 +855,15 @@ def _pack(
         return pickle.dumps((defs, chunk, shared), pickle.HIGHEST_PROTOCOL)
     except Exception:  # a call's plain data did not pickle: that call fails on the worker, not the chunk
         return pickle.dumps((defs, [sendable(e) for e in chunk], shared), pickle.HIGHEST_PROTOCOL)
+
+
+def _use_sets(worker: _Worker, sets: tuple[tuple[int, bytes], ...], shared: dict[int, bytes]) -> tuple[int, ...]:
+    """Account for a call's shared sets in ``worker``'s (in the order the worker accounts for them
+    as it receives the chunk), putting in ``shared`` those it does not keep; their numbers."""
+    for n, data in sets:
+        if not worker.sets.use(n, len(data))[0]:
+            shared[n] = data
+    return tuple([n for n, _ in sets])
 
 
 def _busy_with_long_call(worker: _Worker) -> bool:

@@ -38,6 +38,7 @@ from __future__ import annotations
 
 import copyreg
 import io
+import operator
 import os
 import pickle
 import select
@@ -378,6 +379,11 @@ class Constants:
         # kept, so that their ids are not reused): number of its shared set, and its bytes.
         self._templates: OrderedDict[tuple[Any, ...], tuple[tuple[Any, ...], int, bytes]] = OrderedDict()
         self._template_bytes = 0
+        #: the last :meth:`step_call`'s function and template (the objects) and what it named: the
+        #: function's number, the template's and the parameters' sets, the constants and sets used.
+        #: A step's calls come one after the other with the same two objects, and looking them up
+        #: again (three memos and their LRU moves) cost more than the rest of a call's handover.
+        self._last_step: tuple[Any, Any, tuple[int, int, int | None, tuple[int, ...], Any]] | None = None
 
     def template(self, call: StepCall, shared_params: bool = False) -> int:
         """The number of the shared set holding ``call``'s template: what every call of its step in
@@ -475,6 +481,7 @@ class Constants:
         """The payload of ``fn(reporter, *args, **kwargs)``, the constants it names and the shared
         sets it names (``(number, pickled)``)."""
         global _numbering
+        self._last_step = None  # the memos' order moves here: step_call() looks them up again
         self._used = []
         self._used_sets = []
         n = self.number(fn)
@@ -511,22 +518,35 @@ class Constants:
         ``item`` and ``items``: ``(ref, path, source)`` each, paths as strings or paths. Only plain
         data goes (an item's metadata a dict: JSON from the database), so a chunk of such payloads
         pickled in one go does not fail; if one does all the same, that call fails (:func:`sendable`).
+
+        The same ``template`` object as the last call's (a scheduler makes one per step and run)
+        names the same sets as that call, looked up once: what it names holds for as long as the
+        objects do (a set or template the memos let go meanwhile is still sent with its bytes).
         """
         template, dirs, item, items, task_id = fields
-        for i in (item, *items):
-            if i is not None and (type(i[0]) is not InputRef or type(i[0].metadata) is not dict):
-                return None  # a subclass, or metadata that is not plain JSON data: the general way
-        self._used = []
-        self._used_sets = []
-        n = self.number(fn)
-        if n is None:
-            return None
-        params = template[3]
-        try:
-            shared = self.share(params) if params else None
-            number = self.template_of(*template, shared is not None)
-        except Exception:  # not picklable by the standard pickler: cloudpickle, through call()
-            return None
+        if item is not None and (type(item[0]) is not InputRef or type(item[0].metadata) is not dict):
+            return None  # a subclass, or metadata that is not plain JSON data: the general way
+        for i in items:
+            if type(i[0]) is not InputRef or type(i[0].metadata) is not dict:
+                return None
+        last = self._last_step
+        if last is not None and last[0] is fn and last[1] is template:
+            n, number, shared, needs, sets = last[2]
+        else:
+            self._used = []
+            self._used_sets = []
+            got = self.number(fn)
+            if got is None:
+                return None
+            n = got
+            params = template[3]
+            try:
+                shared = self.share(params) if params else None
+                number = self.template_of(*template, shared is not None)
+            except Exception:  # not picklable by the standard pickler: cloudpickle, through call()
+                return None
+            needs, sets = tuple(dict.fromkeys(self._used)), tuple(dict(self._used_sets).items())
+            self._last_step = (fn, template, (n, number, shared, needs, sets))
         payload = (
             n,
             number,
@@ -538,7 +558,7 @@ class Constants:
             None,  # no upstream values: the arguments of _call_from_template from here on
             task_id,
         )
-        return payload, tuple(dict.fromkeys(self._used)), tuple(dict(self._used_sets).items())
+        return payload, needs, sets
 
 
 def sendable(entry: tuple[int, bool, Any, tuple[int, ...]]) -> tuple[int, bool, Any, tuple[int, ...]]:
@@ -563,8 +583,11 @@ def _unsendable(reporter: Any, text: str) -> None:
 
 def _plain_item(i: tuple[InputRef, Any, Any]) -> tuple[Any, ...]:
     """An item of :meth:`Constants.step_call` as plain data: its ref's fields, its paths flat."""
-    ref = i[0].__dict__
-    return (tuple([ref[n] for n in _REF_FIELDS]), _flat_path(i[1]), _flat_path(i[2]))
+    return (_ref_values(i[0].__dict__), _flat_path(i[1]), _flat_path(i[2]))
+
+
+#: an ``InputRef``'s ``__dict__`` → its fields' values, in the order of :data:`_REF_FIELDS` (one C call)
+_ref_values = operator.itemgetter(*_REF_FIELDS)
 
 
 class SharedSets:
