@@ -543,7 +543,11 @@ class Attempts:
         d = Done(t, pt, TaskStatus.SUCCEEDED, outputs=outputs, key=t.key, log_path=logged, inputs=got.inputs)
         if publishes:
             d.publish = publish_plan(the_plan, pt, outputs)
-        d.unsynced = in_memory and any(o.inline is None for o in outputs)
+        if in_memory:  # a loop, not any() of a generator: most tasks have one output
+            for o in outputs:
+                if o.inline is None:
+                    d.unsynced = True
+                    break
         return d
 
     def _failed(self, t: TaskRow, pt: PlannedTask, exc: Exception, log_file: TaskLog) -> Done:

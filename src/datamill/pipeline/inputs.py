@@ -40,7 +40,8 @@ class InputRef:
     @property
     def path(self) -> str:
         """``folder/name`` (just ``name`` at the root): what task ids and messages show."""
-        return f"{self.folder.strip('/')}/{self.name}" if self.folder.strip("/") else self.name
+        folder = self.folder.strip("/")  # once: the scheduler asks for it a few times per task
+        return f"{folder}/{self.name}" if folder else self.name
 
     @property
     def stem(self) -> str:
