@@ -179,7 +179,7 @@ def _step_fields(
         template = _template(the_plan, step, pt)
     item = None
     if pt.item is not None:
-        at = pt.item.path  # a property that formats a string: once
+        at = got.item_path or pt.item.path  # a property that formats a string: once
         item = (pt.item, files.get(at), sources.get(at))
     items = tuple((r, files.get(r.path), sources.get(r.path)) for r in the_plan.inputs) if step.uses_items else ()
     return template, dirs, item, items, pt.id

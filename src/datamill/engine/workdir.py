@@ -47,6 +47,9 @@ class Materialized:
     inputs: list[dict[str, Any]] = field(default_factory=list)
     #: input item path -> the blob file to read it from (values only: ``item_files`` are linked lazily)
     sources: dict[str, str] = field(default_factory=dict)
+    #: the task's item's path (its key in ``item_files`` and ``sources``), when :meth:`WorkDirs.values`
+    #: found that the task reads its item alone: not formatted again by who reads them
+    item_path: str | None = None
 
 
 class WorkDirs:
@@ -126,6 +129,14 @@ class WorkDirs:
             step = the_plan.pipeline.step(pt.step)
         if step.kind != "python" or step.takes_ctx:
             return None
+        item = pt.item
+        if item is not None and not pt.deps and step.uses_item and not step.uses_items:
+            # The common task (its item alone, nothing upstream): what the loops below make of it.
+            source = self._local.pop(item.digest, None) or self.blobs.local_file(item.digest)
+            if source is None:
+                return None
+            at = item.path
+            return Materialized({at: f"{base}/in/{item.name}"}, {}, [], {at: source}, at)
         got = Materialized()
         for link, ref in _item_links(base, the_plan, pt, step):
             # Looked for by the commit that claimed the task (off the event loop), else here.
