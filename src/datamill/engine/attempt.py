@@ -228,6 +228,29 @@ class LoopEnd:
         return self.batch.cancel()
 
 
+class _Heard:
+    """A pool's attempt's ``on_message`` (called with each message), with its log file made when the
+    first message comes: most tasks have none, and a closure and a log file per call cost more
+    than their share of a trivial task. (Not the :class:`PoolEnd` itself: the call's handle holds
+    its ``on_message``, and the end holds the handle.)"""
+
+    __slots__ = ("attempts", "log", "t")
+
+    def __init__(self, attempts: Attempts, t: TaskRow) -> None:
+        self.attempts, self.t = attempts, t
+        self.log: TaskLog | None = None
+
+    @property
+    def log_file(self) -> TaskLog:
+        """The attempt's log file (made when first asked for)."""
+        if self.log is None:
+            self.log = TaskLog(self.attempts.workdirs.log_file(self.t.id))
+        return self.log
+
+    def __call__(self, msg: Message) -> None:
+        _heard(self.attempts.progress, self.t, self.log_file, msg)
+
+
 class PoolEnd:
     """An attempt handed to a pool's :meth:`~datamill.executors.local.LocalExecutor.submit`, read as
     an asyncio task's (``done``, ``result``, ``cancel``) without a task of its own.
@@ -236,26 +259,25 @@ class PoolEnd:
     call's result or error, as :meth:`Attempts.run` makes it.
     """
 
-    __slots__ = ("_end", "attempts", "base", "got", "log_file", "pt", "publishes", "submitted", "t", "the_plan")
+    __slots__ = ("_end", "attempts", "base", "got", "heard", "pt", "publishes", "submitted", "t", "the_plan")
 
     def __init__(
         self,
         attempts: Attempts,
-        submitted: Any,
         the_plan: Plan,
         t: TaskRow,
         pt: PlannedTask,
         base: str,
         got: Materialized,
-        log_file: TaskLog,
         publishes: bool,
     ) -> None:
         self.attempts = attempts
-        #: the executor's handle (``future``, ``cancel()``)
-        self.submitted = submitted
+        #: the executor's handle (``future``, ``cancel()``), set once the call is handed over
+        self.submitted: Any = None
         self.the_plan, self.t, self.pt, self.base, self.got = the_plan, t, pt, base, got
-        self.log_file = log_file
         self.publishes = publishes
+        #: the call's ``on_message``, and its log file
+        self.heard = _Heard(attempts, t)
         self._end: Done | None = None
 
     @property
@@ -295,9 +317,9 @@ class _Ended:
         return self.future
 
 
-#: a batch's steps and call templates (:meth:`Attempts.start`): by step name and parameters' id, the
-#: parameters (kept: their id names no other object meanwhile), the step and the template
-_Templates = dict[tuple[str, int], tuple[Any, Step, tuple[Any, ...]]]
+#: a batch's steps and call templates (:meth:`Attempts.start`): by step name, the parameters they
+#: were made with (a task with other ones makes its own), the step and the template
+_Templates = dict[str, tuple[Any, Step, tuple[Any, ...]]]
 
 #: A running attempt as its driver holds it: an asyncio task, one attempt of a batch in the loop,
 #: or a call handed to a pool.
@@ -321,6 +343,19 @@ def waitables(jobs: Iterable[Job]) -> set[asyncio.Future[Any]]:
         elif not j.done():
             out.add(j.batch if kind is LoopEnd else j)  # type: ignore[union-attr,arg-type]
     return out
+
+
+def _heard(progress: Progress, t: TaskRow, log_file: TaskLog, msg: Message) -> None:
+    """What an attempt's ``on_message`` does with a message: progress noted, log lines written."""
+    if isinstance(msg, ProgressMessage):
+        progress[t.id] = (t.run_id, msg.fraction, msg.message)
+    elif isinstance(msg, LogMessage):
+        log_file.write(msg.line.rstrip("\n") + "\n")
+
+
+#: the log file of a pool's attempt that had no message, as :meth:`Attempts._succeeded` reads it:
+#: never written (it is not ``used``), so nothing is kept
+_NO_LOG = TaskLog(os.devnull)
 
 
 def _runs_in_loop(the_plan: Plan, t: TaskRow) -> bool:
@@ -378,7 +413,7 @@ class Attempts:
         submit = getattr(self.executor, "submit", None)
         jobs: list[Job] = []
         batch: list[tuple[LoopEnd, TaskRow]] = []
-        # By step name and parameters' id: the parameters, the step and its calls' template
+        # By step name: the parameters, the step and its calls' template
         # (:func:`_template`), made once for this batch's calls of a step: the pool then looks up
         # what a template names once for them (``Constants.step_call``, by the object).
         templates: _Templates = {}
@@ -409,14 +444,13 @@ class Attempts:
         attempts that go through :meth:`run` (other kinds of steps, steps that need a work directory).
         ``templates``: the steps and templates of the batch's calls so far (see :meth:`start`)."""
         pt = the_plan.task(t.planned_id)
-        params = pt.params
-        known = templates.get((pt.step, id(params)))
-        if known is not None and known[0] is params:
+        known = templates.get(pt.step)
+        if known is not None and known[0] is pt.params:
             step, template = known[1], known[2]
         else:
             step = the_plan.pipeline.step(pt.step)
             template = _template(the_plan, step, pt)
-            templates[(pt.step, id(params))] = (params, step, template)
+            templates[pt.step] = (pt.params, step, template)
         if step.kind != "python":
             return None
         base = self.workdirs.attempt_base(t)
@@ -426,37 +460,42 @@ class Attempts:
             return None  # run() says what went wrong, as for any attempt
         if got is None:
             return None
-        log_file, on_message = self._listener(t)
+        job = PoolEnd(self, the_plan, t, pt, base, got, publishes)
         try:
             submitted = None
             if self._submit_step is not None and not pt.wires:
                 fields = _step_fields(the_plan, pt, self.workdirs.attempt_parts(base), got, step, template)
-                submitted = self._submit_step(run_step, fields, on_message, timeout=pt.timeout)
+                submitted = self._submit_step(run_step, fields, job.heard, pt.timeout)
             if submitted is None:
                 call = _value_call(the_plan, pt, self.workdirs.attempt_paths(base), got, made=True)
-                submitted = submit(PythonCall(run_step, (call,)), on_message, timeout=pt.timeout)
+                submitted = submit(PythonCall(run_step, (call,)), job.heard, timeout=pt.timeout)
         except Exception as exc:  # the call could not be made or pickled: it ends now, as run() would end it
             future: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
             future.set_exception(exc)
             submitted = _Ended(future)
-        return PoolEnd(self, submitted, the_plan, t, pt, base, got, log_file, publishes)
+        job.submitted = submitted
+        return job
 
     def ended(self, job: PoolEnd) -> Done:
         """The end of an attempt handed to a pool, from its call's future (done): what :meth:`run`
         makes of the same result or error."""
-        the_plan, t, pt, base, got, log_file = job.the_plan, job.t, job.pt, job.base, job.got, job.log_file
+        the_plan, t, pt, base, got = job.the_plan, job.t, job.pt, job.base, job.got
         future = job.submitted.future
+        heard = job.heard
         try:
             result: StepResult = future.result()
-            d = self._succeeded(the_plan, t, pt, result, log_file, got, True, job.publishes)
+            # Without a message there is no log file: nothing to keep, and none is made for it.
+            logged = _NO_LOG if heard.log is None else heard.log
+            d = self._succeeded(the_plan, t, pt, result, logged, got, True, job.publishes)
         except asyncio.CancelledError:
-            log_file.write("cancelled\n")
+            heard.log_file.write("cancelled\n")
             shutil.rmtree(base, ignore_errors=True)
             raise
         except Exception as exc:
-            d = self._failed(t, pt, exc, log_file)
+            d = self._failed(t, pt, exc, heard.log_file)
         finally:
-            log_file.close()
+            if heard.log is not None:
+                heard.log.close()
         # Removed once recorded, if the step made it (see run()).
         d.work_base = base
         return d
@@ -493,10 +532,7 @@ class Attempts:
         log_file = TaskLog(self.workdirs.log_file(t.id))
 
         def on_message(msg: Message) -> None:
-            if isinstance(msg, ProgressMessage):
-                self.progress[t.id] = (t.run_id, msg.fraction, msg.message)
-            elif isinstance(msg, LogMessage):
-                log_file.write(msg.line.rstrip("\n") + "\n")
+            _heard(self.progress, t, log_file, msg)
 
         return log_file, on_message
 

@@ -155,7 +155,12 @@ def _item(flat: tuple[Any, ...]) -> ItemInput:
 
 
 def _parsed(p: list[Any]) -> PosixPath:
-    return PosixPath._from_parsed_parts(*p)  # type: ignore[attr-defined]
+    return _from_parsed_parts(*p)
+
+
+#: a path from its parsed parts (what :func:`_flat_path` sends on Python 3.11, the only version
+#: that sends parts: elsewhere this is never called)
+_from_parsed_parts: Any = getattr(PosixPath, "_from_parsed_parts", None)
 
 
 def _step_call(call: StepCall) -> tuple[Any, tuple[Any, ...]]:
@@ -269,7 +274,9 @@ def _rebuild_step_result(outputs: tuple[tuple[Any, ...], ...], seconds: float) -
     new = object.__new__
     for name, path, content_type, codec, data in outputs:  # the order of _OUTPUT_FIELDS (asserted below)
         o = new(OutputFile)
-        o.__dict__.update(name=name, path=_unflat_path(path), content_type=content_type, codec=codec, data=data)
+        # parsed parts made a path here, not through _unflat_path and _parsed: two calls a result less
+        path = _from_parsed_parts(*path) if type(path) is list else _unflat_path(path)
+        o.__dict__.update(name=name, path=path, content_type=content_type, codec=codec, data=data)
         files.append(o)
     result = new(StepResult)
     result.__dict__.update(outputs=tuple(files), seconds=seconds)
