@@ -573,6 +573,43 @@ def test_a_step_call_handed_over_by_its_fields_is_the_step_call_they_make(pool: 
         assert type(call.item.path) is str and type(call.item.source) is type(tmp_path)  # type: ignore[union-attr]
 
 
+def test_step_calls_of_steps_taking_turns_each_get_their_own_template(make_harness: Callable[..., Any]) -> None:
+    """The pool looks up what a template names once for a row of calls with the same template
+    object: calls of steps that take turns, templates seen again after others, and a template
+    whose big parameters are a shared set each reach the worker as their own step and parameters,
+    and the shared set goes to the one worker once however its calls are interleaved."""
+    one = make_harness("local", workers=1)
+    ref = InputRef(7, 8, "raw", "a.txt", 1, "blake3:ab", 3, "text/plain", {})
+    big = {"table": {f"i{i:04}": f"entry {i}" for i in range(2000)}}  # pickled > SHARED_MIN_BYTES
+    a = ("a", "p.py:p", None, {"salt": "a"}, True)
+    b = ("b", "p.py:p", None, {"salt": "b"}, True)
+    c = ("c", "p.py:p", None, big, True)
+    order = [a, a, b, a, c, c, b, b, c, a, c]
+
+    async def scenario() -> list[Any]:
+        ex = one.executor
+        got = []
+        # each call in a turn of its own (a chunk each): the rows of one template broken by turns
+        for i, t in enumerate(reversed(order)):
+            job = ex.submit_step(echo_call, (t, ("/o", "/s"), (ref, None, None), (), f"u{i}"), ignore)
+            assert job is not None
+            got.append(await job.future)
+        # then all in one turn: short calls now, sent in chunks holding rows of each template
+        jobs = [
+            ex.submit_step(echo_call, (t, ("/o", "/s"), (ref, None, None), (), f"t{i}"), ignore)
+            for i, t in enumerate(order)
+        ]
+        assert all(job is not None for job in jobs)
+        return got + list(await asyncio.gather(*(job.future for job in jobs)))
+
+    got = one.run(scenario())
+    want = list(reversed(order)) + order
+    assert [(call.step, call.params) for call in got] == [(t[0], t[3]) for t in want]
+    assert [call.task_id for call in got] == [f"u{i}" for i in range(len(order))] + [f"t{i}" for i in range(len(order))]
+    # three templates, and c's parameters as a set of their own: each sent to the worker once
+    assert one.executor.shared_sent == 4
+
+
 class Unpicklable:
     def __reduce__(self) -> Any:
         raise TypeError("not this one")
