@@ -192,8 +192,8 @@ class Recorder:
         """Outside the transaction: blobs and folders of published outputs, logs kept, one sync; log digests."""
         dest = run.row.dest_folder
         # Make sure the blobs of published outputs exist and subfolders are there, outside the transaction.
-        for d in done:
-            if d.status not in DONE_OK or not dest or not d.publish:
+        for d in done if dest else ():
+            if d.status not in DONE_OK or not d.publish:
                 continue
             try:
                 self.publisher.prepare(run.actor, dest, d)
@@ -201,7 +201,8 @@ class Recorder:
                 if database_outage(exc):
                     raise
                 self.publisher.failed(d, dest, exc)
-        log_digests = {id(d): self.workdirs.keep_log(d.log_path, d.traceback) for d in done}
+        # Most ends logged nothing (no log file made): keep_log would find nothing to keep for them.
+        log_digests = {id(d): self.workdirs.keep_log(d.log_path, d.traceback) for d in done if d.log_path is not None}
         if any(d.unsynced for d in done):
             # Output blobs were written without a sync each: one for the batch, before any row refers to them.
             self.home.blobs.sync()
@@ -241,7 +242,7 @@ class Recorder:
                     outputs,
                     d.error,
                     d.traceback,
-                    log_digests[id(d)],
+                    log_digests.get(id(d)),
                     d.cached_from,
                     # Written only if the row has no key yet: ends that leave the column out of
                     # their UPDATE leave the key's index alone (see tasks.finish_tasks).

@@ -25,6 +25,7 @@ from datamill.store.blobs.base import (
     BlobWriter,
     VerifyingReader,
     check_digest,
+    check_digests,
     digest_bytes,
     hasher,
 )
@@ -44,6 +45,7 @@ __all__ = [
     "MemoryBlobStore",
     "VerifyingReader",
     "check_digest",
+    "check_digests",
     "digest_bytes",
     "hasher",
     "open_blob_store",

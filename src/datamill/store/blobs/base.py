@@ -47,6 +47,20 @@ def check_digest(digest: str) -> str:
     return hexpart
 
 
+#: Digests one a line (:func:`check_digests`): the newline is in no digest, so it fixes where each one
+#: ends, and a line that is not one whole digest fails the match.
+_DIGEST_LINES = re.compile(f"(?:{ALGORITHM}:[0-9a-f]{{64}}\n)*")
+
+
+def check_digests(digests: list[str]) -> None:
+    """:func:`check_digest` for many digests in one regex match (no Python call per digest); raise
+    :class:`InvalidInput` naming the first that is not one."""
+    if _DIGEST_LINES.fullmatch("\n".join(digests) + "\n" if digests else "") is None:
+        for digest in digests:
+            check_digest(digest)
+        raise RuntimeError("a digest failed the batch check and passed check_digest")
+
+
 def corrupted(digest: str, actual: str) -> BlobCorrupted:
     """The error for a blob whose bytes now hash to ``actual`` instead of ``digest``."""
     return BlobCorrupted(

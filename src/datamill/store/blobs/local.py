@@ -24,6 +24,7 @@ from datamill.store.blobs.base import (
     BlobStore,
     BlobWriter,
     check_digest,
+    check_digests,
     corrupted,
     digest_bytes,
 )
@@ -346,10 +347,15 @@ class LocalBlobStore(BlobStore):
     def local_files(self, digests: Iterable[str]) -> dict[str, str]:
         # A claim's items, in one loop: a stat each (once per distinct digest), without the four
         # calls a local_file makes around it, which cost the group commit's thread more than the stat.
+        # The digests may come from anyone (a plan's inputs are given by the caller of
+        # ``Engine.submit``): checked all at once, before any becomes a path, so none names a file
+        # outside the store; each one's hex is then its text after the algorithm's prefix.
+        distinct = list(dict.fromkeys(digests))
+        check_digests(distinct)
         found = {}
-        name, is_reg = self._file_name, stat.S_ISREG
-        for digest in dict.fromkeys(digests):
-            path = name(check_digest(digest))
+        name, at, is_reg = self._file_name, len(ALGORITHM) + 1, stat.S_ISREG
+        for digest in distinct:
+            path = name(digest[at:])
             try:
                 if is_reg(os.stat(path).st_mode):
                     found[digest] = path
