@@ -153,3 +153,53 @@ def test_finished_events_of_returned_values_are_the_same_bytes_in_the_order_of_t
         else:
             assert (orjson.loads(data) if isinstance(data, str) else data) == expected
     w.check_fold()
+
+
+def test_batches_of_ends_alike_but_not_in_their_outputs_give_each_task_its_own(db_world: World) -> None:
+    """Batches of ends alike but for their task (on SQLite, one statement each for the rows, the
+    outputs and the events, when each end has one output of a plain name): a batch with a name the
+    JSON writers escape differently, or with ends of none or two outputs, still gives every task
+    its own outputs and event."""
+    w = db_world
+    run_id, folder_id, ids = _run(w, 30)
+    with w.home.db.write() as conn:
+        assert tasks.claim_tasks(conn, ids, "me", 30, "local", folder_id) == ids
+
+    def output(tid: int, name: str = "return.txt") -> OutputRecord:
+        return OutputRecord(name, f"blake3:{tid:064x}", tid, "text/plain", "text", b"x")
+
+    plain, odd, uneven = ids[:10], ids[10:20], ids[20:30]
+    outputs = {tid: [output(tid)] for tid in ids}
+    outputs[odd[3]] = [output(odd[3], 'é "q"\\.txt')]
+    outputs[uneven[2]] = []
+    outputs[uneven[5]] = [output(uneven[5]), output(uneven[5], "other.txt")]
+    statements: list[str] = []
+
+    def seen(_conn: Any, _cursor: Any, statement: str, *_rest: Any) -> None:
+        if statement.startswith("UPDATE tasks SET status = "):
+            statements.append(statement)
+
+    event.listen(w.home.db.write_engine, "before_cursor_execute", seen)
+    try:
+        for batch in (plain, odd, uneven):
+            ends = [TaskEnd(tid, run_id, TaskStatus.SUCCEEDED, folder_id, outputs[tid]) for tid in batch]
+            with w.home.db.write() as conn:
+                assert tasks.finish_tasks(conn, ends) == set(batch)
+    finally:
+        event.remove(w.home.db.write_engine, "before_cursor_execute", seen)
+    if w.home.db.is_sqlite:  # each batch's rows by one id list
+        assert len(statements) == 3 and all("WHERE id IN (" in s for s in statements), statements
+    for tid in ids:
+        with w.home.db.read() as conn:
+            t = tasks.get_task(conn, tid)
+        assert t is not None and t.status == "succeeded" and t.outputs == outputs[tid] and t.progress == 1.0
+    finished = [(int(e.task_id or 0), dict(e.data)) for e in w.events("task.finished", run_id)]
+    assert [tid for tid, _ in finished] == ids
+    for tid, data in finished:
+        assert data == {
+            "status": "succeeded",
+            "error": None,
+            "outputs": [{"name": o.name, "digest": o.digest, "size": o.size} for o in outputs[tid]],
+            "cached_from": None,
+        }
+    w.check_fold()

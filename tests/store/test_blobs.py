@@ -355,6 +355,31 @@ class TestLocalBlobStore(BlobStoreContract):
         info = local.put(SMALL)
         assert local.local_path(info.digest) == local.path_of(info.digest)
 
+    def test_local_files_finds_the_blob_files_there_once_each(self, local: LocalBlobStore) -> None:
+        a, b = local.put(SMALL).digest, local.put(BIG).digest
+        assert local.local_files([a, MISSING, b, a]) == {a: str(local.path_of(a)), b: str(local.path_of(b))}
+        assert local.local_files([]) == {}
+
+    @pytest.mark.parametrize("digest", INVALID_DIGESTS)
+    def test_local_files_refuses_a_batch_holding_a_digest_that_is_not_one(
+        self, local: LocalBlobStore, digest: str
+    ) -> None:
+        """Checked as a batch, before any digest is made a path: one bad digest among good ones fails
+        it, naming that one, and nothing outside the store is looked at."""
+        a = local.put(SMALL).digest
+        with pytest.raises(InvalidInput, match="digest") as raised:
+            local.local_files([a, MISSING, digest, a])
+        assert repr(digest) in str(raised.value)
+
+    def test_local_files_checks_each_digest_not_their_concatenation(self, local: LocalBlobStore) -> None:
+        """Two strings that are not digests but join into two (the second starts where the first's
+        extra hex digit ends) are refused: the batch is checked one digest a line."""
+        first, second = "blake3:" + "a" * 64 + "b", "lake3:" + "b" * 63 + "c"
+        assert first + second == "blake3:" + "a" * 64 + "blake3:" + "b" * 63 + "c"
+        assert len(first + second) == 2 * len(MISSING)
+        with pytest.raises(InvalidInput, match="digest"):
+            local.local_files([first, second])
+
     def test_blob_file_layout_and_mode(self, local: LocalBlobStore) -> None:
         info = local.put(BIG)
         hexpart = info.digest.split(":", 1)[1]
