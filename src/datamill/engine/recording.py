@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import asyncio
 import itertools
+import operator
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from typing import Any
@@ -33,6 +34,9 @@ from datamill.engine.tasks import DONE_OK, FINISHED_TASK, OutputRecord, TaskRow,
 from datamill.engine.workdir import WorkDirs
 from datamill.home import Home
 from datamill.store.access import Actor
+
+#: whether an end's output blobs wait for a sync (read in C for a batch: no generator step per end)
+_UNSYNCED = operator.attrgetter("unsynced")
 
 
 def database_outage(exc: BaseException) -> bool:
@@ -203,7 +207,7 @@ class Recorder:
                 self.publisher.failed(d, dest, exc)
         # Most ends logged nothing (no log file made): keep_log would find nothing to keep for them.
         log_digests = {id(d): self.workdirs.keep_log(d.log_path, d.traceback) for d in done if d.log_path is not None}
-        if any(d.unsynced for d in done):
+        if any(map(_UNSYNCED, done)):
             # Output blobs were written without a sync each: one for the batch, before any row refers to them.
             self.home.blobs.sync()
         return log_digests
@@ -242,7 +246,7 @@ class Recorder:
                     outputs,
                     d.error,
                     d.traceback,
-                    log_digests.get(id(d)),
+                    log_digests.get(id(d)) if log_digests else None,
                     d.cached_from,
                     # Written only if the row has no key yet: ends that leave the column out of
                     # their UPDATE leave the key's index alone (see tasks.finish_tasks).

@@ -14,7 +14,7 @@ import re
 import time
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
-from itertools import chain, pairwise
+from itertools import chain
 from typing import Any
 
 import orjson
@@ -225,7 +225,8 @@ def claim_tasks(
     if not task_ids:
         return []
     now = time.time()
-    if _one_step(conn) and all(a < b for a, b in pairwise(task_ids)):
+    # Ascending ids, compared in C (a generator's step per claimed task cost more than the compare)
+    if _one_step(conn) and all(map(operator.lt, task_ids, task_ids[1:])):
         return _claim_in_sqlite(conn, task_ids, owner, now, lease_seconds, executor, folder_id)
     returned: list[Any] = []
     for i in range(0, len(task_ids), IDS_PER_STATEMENT):
