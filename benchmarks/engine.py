@@ -426,6 +426,10 @@ def local_against_imap(home: Home, source: str, workers: int, rounds: int, salt:
             "drive_cpu_us_per_task": round(d["drive_cpu_s"] / d["tasks"] * 1e6, 1),
             # the event loop's thread: the stage the pool's handover is in
             "loop_thread_cpu_us_per_task": busiest({nm: c for c, nm in d["threads"]}, d["tasks"], 99).get("MainThread"),
+            # the loop's default executor's threads: the group commits (as the inline figure's)
+            "database_threads_cpu_us_per_task": round(
+                sum(c for c, nm in d["threads"] if str(nm).startswith("asyncio_")) / d["tasks"] * 1e6, 1
+            ),
             "pool_imap_calls_per_s": round(b["calls_per_s"]),
             "pool_imap_parent_threads_cpu_us_per_call": busiest(b["threads"], b["n"], 4),
             "ratio": round(rates[i] / b["calls_per_s"], 3),
@@ -453,6 +457,9 @@ def local_against_imap(home: Home, source: str, workers: int, rounds: int, salt:
         "workers_cores_busy": round(w2[0] / sum(d["t2"] - d["t0"] for d in drives), 2),
         # the busiest threads of this process during the drives (event loop, database, ...)
         "parent_threads_cpu_us_per_task": busiest(threads, total, 3),
+        "database_threads_cpu_us_per_task": round(
+            sum(c for name, c in threads.items() if str(name).startswith("asyncio_")) / total * 1e6, 1
+        ),
         **counters_delta(w0, w2, total, "workers", "task"),
         **{k: v for k, v in counters_delta(p1, p2, total, "parent", "task").items() if "switches" in k},
         **counters_delta(bw0, bw1, imap_calls, "baseline_pool_imap_workers", "call"),
