@@ -104,10 +104,12 @@ class RunView:
         """
         if self._order is None:
             self._order = list(self.tasks.values())
-        order = self._order
-        while self._skip < len(order) and order[self._skip].status in FINISHED_TASK:
-            self._skip += 1
-        return itertools.islice(order, self._skip, None)
+        order, skip, end = self._order, self._skip, len(self._order)
+        # in locals: the group commit's thread passes here once per task it ends
+        while skip < end and order[skip].status in FINISHED_TASK:
+            skip += 1
+        self._skip = skip
+        return itertools.islice(order, skip, None)
 
     def feeds_any(self, done: list[Done]) -> bool:
         """Whether any of the tasks in ``done`` is an input of another task of the run."""
