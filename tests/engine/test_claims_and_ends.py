@@ -4,6 +4,8 @@ but for their task by id lists, the others by ``VALUES`` lists)."""
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+from contextlib import contextmanager
 from typing import Any
 
 import orjson
@@ -27,6 +29,22 @@ def _run(world: World, n: int) -> tuple[int, int | None, list[int]]:
         folder_id = runs.run_folder_id(conn, run_id)
         runs.start_run(conn, run_id, folder_id)
     return run_id, folder_id, ids
+
+
+@contextmanager
+def _task_updates(world: World) -> Iterator[list[str]]:
+    """The ``UPDATE tasks SET status = ...`` statements run meanwhile (how ends were written)."""
+    statements: list[str] = []
+
+    def seen(_conn: Any, _cursor: Any, statement: str, *_rest: Any) -> None:
+        if statement.startswith("UPDATE tasks SET status = "):
+            statements.append(statement)
+
+    event.listen(world.home.db.write_engine, "before_cursor_execute", seen)
+    try:
+        yield statements
+    finally:
+        event.remove(world.home.db.write_engine, "before_cursor_execute", seen)
 
 
 def _started(world: World, run_id: int) -> list[tuple[int, dict[str, Any]]]:
@@ -74,18 +92,8 @@ def test_ends_alike_and_not_in_one_batch_are_each_recorded_once(db_world: World)
     ends.append(TaskEnd(ids[15], run_id, TaskStatus.SUCCEEDED, folder_id, [out[ids[15]]], key="k" * 64))
     ends.append(TaskEnd(ids[16], run_id, TaskStatus.SUCCEEDED, folder_id, [out[ids[16]]], note="a note"))
     ends.append(TaskEnd(ids[17], run_id, TaskStatus.CANCELLED, folder_id))
-    statements: list[str] = []
-
-    def seen(_conn: Any, _cursor: Any, statement: str, *_rest: Any) -> None:
-        if statement.startswith("UPDATE tasks SET status = "):
-            statements.append(statement)
-
-    event.listen(w.home.db.write_engine, "before_cursor_execute", seen)
-    try:
-        with w.home.db.write() as conn:
-            assert tasks.finish_tasks(conn, ends) == {e.task_id for e in ends}
-    finally:
-        event.remove(w.home.db.write_engine, "before_cursor_execute", seen)
+    with _task_updates(w) as statements, w.home.db.write() as conn:
+        assert tasks.finish_tasks(conn, ends) == {e.task_id for e in ends}
     if w.home.db.is_sqlite:  # the twelve alike by an id list, the others by a VALUES list
         assert any("WHERE id IN (" in s for s in statements) and any(" VALUES (" in s for s in statements)
     with w.home.db.write() as conn:  # ended once: a second end of the same tasks changes nothing
@@ -173,20 +181,11 @@ def test_batches_of_ends_alike_but_not_in_their_outputs_give_each_task_its_own(d
     outputs[odd[3]] = [output(odd[3], 'é "q"\\.txt')]
     outputs[uneven[2]] = []
     outputs[uneven[5]] = [output(uneven[5]), output(uneven[5], "other.txt")]
-    statements: list[str] = []
-
-    def seen(_conn: Any, _cursor: Any, statement: str, *_rest: Any) -> None:
-        if statement.startswith("UPDATE tasks SET status = "):
-            statements.append(statement)
-
-    event.listen(w.home.db.write_engine, "before_cursor_execute", seen)
-    try:
+    with _task_updates(w) as statements:
         for batch in (plain, odd, uneven):
             ends = [TaskEnd(tid, run_id, TaskStatus.SUCCEEDED, folder_id, outputs[tid]) for tid in batch]
             with w.home.db.write() as conn:
                 assert tasks.finish_tasks(conn, ends) == set(batch)
-    finally:
-        event.remove(w.home.db.write_engine, "before_cursor_execute", seen)
     if w.home.db.is_sqlite:  # each batch's rows by one id list
         assert len(statements) == 3 and all("WHERE id IN (" in s for s in statements), statements
     for tid in ids:

@@ -535,14 +535,21 @@ def _finished_by_sqlite(conn: Connection, todo: list[TaskEnd], now: float) -> bo
         o = e.outputs[0]
         if plain(o.name) is None or plain(o.digest) is None:
             return False
-    ids = orjson.dumps([e.task_id for e in todo]).decode()
+    _finished_events(conn, [e.task_id for e in todo], now, run_id, folder_id, status)
+    return True
+
+
+def _finished_events(
+    conn: Connection, task_ids: list[int], now: float, run_id: int, folder_id: int | None, status: TaskStatus
+) -> None:
+    """:data:`_FINISHED_FROM_OUTPUTS_SQL` for ``task_ids`` (one orjson encoding for the batch), noted."""
+    ids = orjson.dumps(task_ids).decode()
     added = conn.exec_driver_sql(_FINISHED_FROM_OUTPUTS_SQL, (now, folder_id, run_id, str(status), ids)).rowcount
-    if added != len(todo):
+    if added != len(task_ids):
         # An ended task has only the outputs its end wrote: anything else is a bug, and the
         # transaction (its ends with their events) is not committed.
-        raise RuntimeError(f"{added} task.finished events made for {len(todo)} ends")
+        raise RuntimeError(f"{added} task.finished events made for {len(task_ids)} ends")
     events.appended(conn, added, {("task.finished", folder_id)})
-    return True
 
 
 #: What :func:`_finished_alike` compares between ends, in one C call per end (no bytecode per field).
@@ -601,12 +608,7 @@ def _finished_alike(conn: Connection, todo: list[TaskEnd], now: float) -> bool:
         some = task_ids[i : i + IDS_PER_STATEMENT]
         conn.exec_driver_sql(_FINISH_ALIKE_SQL.format(marks=", ".join("?" * len(some))), (*values, *some))
     _values_sql(conn, _OUTPUTS_SQL.split(" VALUES ")[0], outputs)
-    added = conn.exec_driver_sql(
-        _FINISHED_FROM_OUTPUTS_SQL, (now, folder_id, run_id, str(status), orjson.dumps(task_ids).decode())
-    ).rowcount
-    if added != len(todo):
-        raise RuntimeError(f"{added} task.finished events made for {len(todo)} ends")
-    events.appended(conn, added, {("task.finished", folder_id)})
+    _finished_events(conn, task_ids, now, run_id, folder_id, status)
     return True
 
 
