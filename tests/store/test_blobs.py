@@ -379,6 +379,8 @@ class TestLocalBlobStore(BlobStoreContract):
         assert len(first + second) == 2 * len(MISSING)
         with pytest.raises(InvalidInput, match="digest"):
             local.local_files([first, second])
+        with pytest.raises(InvalidInput, match="digest"):  # nor one string hold two digests
+            local.local_files([MISSING, f"{MISSING}\n{MISSING}"])
 
     def test_blob_file_layout_and_mode(self, local: LocalBlobStore) -> None:
         info = local.put(BIG)

@@ -47,15 +47,17 @@ def check_digest(digest: str) -> str:
     return hexpart
 
 
-#: Digests one a line (:func:`check_digests`): the newline is in no digest, so it fixes where each one
-#: ends, and a line that is not one whole digest fails the match.
+#: Digests one a line (:func:`check_digests`): a line that is not one whole digest fails the match.
 _DIGEST_LINES = re.compile(f"(?:{ALGORITHM}:[0-9a-f]{{64}}\n)*")
 
 
 def check_digests(digests: list[str]) -> None:
     """:func:`check_digest` for many digests in one regex match (no Python call per digest); raise
     :class:`InvalidInput` naming the first that is not one."""
-    if _DIGEST_LINES.fullmatch("\n".join(digests) + "\n" if digests else "") is None:
+    lines = "\n".join(digests) + "\n" if digests else ""
+    # As many lines as digests: none holds a newline, so each line is one whole digest given (two
+    # strings that are not digests cannot join into two that are, nor one hold two).
+    if lines.count("\n") != len(digests) or _DIGEST_LINES.fullmatch(lines) is None:
         for digest in digests:
             check_digest(digest)
         raise RuntimeError("a digest failed the batch check and passed check_digest")
