@@ -1021,23 +1021,17 @@ class Scheduler:
         # A batch of attempts in the loop is waited for as one task, not as each of its attempts.
         pending = waitables(running)
         ended = len(pending) < len(running) and any(j.done() for j in running)
-        waited = False
         if pending and not ended:
             finished, pending = await asyncio.wait(pending, timeout=timeout, return_when=asyncio.FIRST_COMPLETED)
-            ended, waited = bool(finished), True
+            ended = bool(finished)
         if ended and group > 0:
             # A pool's calls are waited for by one future that wakes at any end (``waitables``):
             # look again at what is still running after each wake, until the group's time is up.
-            # Each look walks every running task (hundreds): none is made while nothing could have
-            # changed (no wait since the last) or once the time is up.
             loop = asyncio.get_running_loop()
             deadline = loop.time() + group
-            if waited:
-                pending = waitables(running)
+            pending = waitables(running)
             while pending and (left := deadline - loop.time()) > 0:
                 await asyncio.wait(pending, timeout=left, return_when=asyncio.ALL_COMPLETED)
-                if loop.time() >= deadline:
-                    break
                 pending = waitables(running)
         return _harvest(running)
 
