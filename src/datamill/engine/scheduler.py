@@ -24,12 +24,13 @@ import gc
 import hashlib
 import logging
 import os
+import sys
 import time
 import uuid
 from collections import Counter
 from collections.abc import Callable, Iterable, Mapping
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 from sqlalchemy import Connection
 
@@ -756,10 +757,13 @@ class Scheduler:
         # Half the capacity per commit: one half runs while the other's claim (with the first's
         # ends) is committed.
         free = min(self.capacity - len(run.running), max(1, self.capacity // 2))
-        ready, blocked, capped = _triage(run.plan, run.tasks, now, run.unfinished(), max(free, 1))
+        ready, planned, blocked, capped, resolved = _triage(run.plan, run.tasks, now, run.unfinished(), max(free, 1))
         hits: list[Done] = []
         to_run: list[TaskRow] = []
-        if ready:
+        if resolved:  # each was looked up and missed, with its key: it runs as it is (the usual case)
+            to_run = ready
+        else:
+            planned = []  # the tasks to run are not ``ready`` in its order
             resolve = functools.partial(
                 self._resolve_keys, run.plan, ready, run.tasks, bool(run.row.force), bool(run.row.skip_failed)
             )
@@ -772,7 +776,9 @@ class Scheduler:
         answered = blocked + hits
         if done or answered or batch:
             claim = Claim([t.id for t in batch], self.owner, self.lease_seconds, self.executor.name)
-            claim.items = [pt.item.digest for t in batch if (pt := run.plan.task(t.planned_id)).item is not None]
+            if not planned:
+                planned = [run.plan.task(t.planned_id) for t in batch]
+            claim.items = [pt.item.digest for pt in planned[: len(batch)] if pt.item is not None]
             if run.running and not answered:
                 # Tasks are running: they go on while this batch is committed.
                 self._pipelined(run, done, claim, batch)
@@ -1078,13 +1084,29 @@ def _take_ends(running: dict[Job, TaskRow], finished: Iterable[Job]) -> list[Don
     return out
 
 
+class Triage(NamedTuple):
+    """What :func:`_triage` found among a run's queued tasks."""
+
+    #: queued tasks whose inputs are done, in plan order
+    ready: list[TaskRow]
+    #: the planned task of each of ``ready`` (looked up once a pass, not again by each step of it)
+    planned: list[PlannedTask]
+    #: ends of the tasks that end without running (refused, an input failed or was skipped)
+    blocked: list[Done]
+    #: whether the look stopped at ``slots`` with tasks left to look at
+    capped: bool
+    #: whether every ready task was looked up and missed already, with its key: nothing to resolve
+    #: (:meth:`Scheduler._resolve_keys` would send each to run as it is, in this order)
+    resolved: bool
+
+
 def _triage(
     the_plan: Plan,
     by_id: dict[str, TaskRow],
     now: float,
     todo: Iterable[TaskRow] | None = None,
     slots: int | None = None,
-) -> tuple[list[TaskRow], list[Done], bool]:
+) -> Triage:
     """Queued tasks whose inputs are done (ready to run), those that end without running (blocked),
     and whether the look stopped at ``slots``.
 
@@ -1093,31 +1115,47 @@ def _triage(
     looked up and missed): the ones after them could not start in this pass, and looking at them
     (and working out their keys again) in every pass cost a trivial task's share several times
     over. Tasks that need a look-up are not counted (a cache hit takes no slot).
+
+    The tasks running (or being claimed) are walked over in every pass, hundreds of them: a task
+    that is not queued costs one comparison, the limits are checked only when a task is added.
     """
     ready: list[TaskRow] = []
+    planned: list[PlannedTask] = []
     blocked: list[Done] = []
+    tasks_left = iter(by_id.values() if todo is None else todo)
+    cap = sys.maxsize if slots is None else slots
+    if cap <= 0:  # no slot at all: stopped before the first task, if there is one
+        return Triage(ready, planned, blocked, next(tasks_left, None) is not None, True)
     runnable = 0
-    for t in by_id.values() if todo is None else todo:
+    resolved = True
+    queued = TaskStatus.QUEUED
+    task = the_plan.task
+    for t in tasks_left:
+        if t.status != queued:  # claimed tasks are RUNNING until their end is recorded
+            continue
+        pt = task(t.planned_id)
+        if t.deps or t.not_before or pt.refused is not None:  # not the usual per-item task
+            deps = [by_id[d] for d in t.deps]
+            end = _blocked(t, pt, deps)
+            if end is not None:
+                blocked.append(end)
+                continue
+            if not (all(d.status in FINISHED_TASK for d in deps) and (t.not_before or 0) <= now):
+                continue
+        ready.append(t)
+        planned.append(pt)
+        if t.cache_missed:
+            runnable += 1
+            if t.key is None:
+                resolved = False
+        else:
+            resolved = False
         if len(ready) >= READY_BATCH:
             break  # the rest wait for a later pass
-        if slots is not None and runnable >= slots:
-            return ready, blocked, True
-        if t.status != TaskStatus.QUEUED:  # claimed tasks are RUNNING until their end is recorded
-            continue
-        if not t.deps and not t.not_before:  # the usual per-item task: ready unless refused
-            pt = the_plan.task(t.planned_id)
-            if pt.refused is None:
-                ready.append(t)
-                runnable += t.cache_missed
-                continue
-        deps = [by_id[d] for d in t.deps]
-        end = _blocked(t, the_plan.task(t.planned_id), deps)
-        if end is not None:
-            blocked.append(end)
-        elif all(d.status in FINISHED_TASK for d in deps) and (t.not_before or 0) <= now:
-            ready.append(t)
-            runnable += t.cache_missed
-    return ready, blocked, False
+        if runnable >= cap:
+            # Stopped: said so only when there are tasks left to look at.
+            return Triage(ready, planned, blocked, next(tasks_left, None) is not None, resolved)
+    return Triage(ready, planned, blocked, False, resolved)
 
 
 def _blocked(t: TaskRow, pt: PlannedTask, deps: list[TaskRow]) -> Done | None:
