@@ -433,43 +433,39 @@ def finish_tasks(
     if not todo:
         return set()
     now = time.time()
-    if _one_step(conn) and _finished_alike(conn, todo, now):
-        return ids
-    rows = [
-        (
-            str(e.status),
-            now,
-            e.error,
-            e.traceback,
-            1.0 if e.status in DONE_OK else None,
-            e.log_digest,
-            e.cached_from,
-            e.key,
-            e.failure if e.status == TaskStatus.FAILED else None,
-            e.note,
-            e.task_id,
-        )
-        for e in todo
-    ]
     outputs = [
         (e.task_id, o.name, o.digest, o.size, o.content_type, o.codec, o.inline, o.version_id)
         for e in todo
         for o in e.outputs
     ]
     if _one_step(conn):  # a statement per 500 ends, not a step per end (see _one_step)
-        keyed = [r for r in rows if r[7] is not None]
-        if keyed:
-            _values_sql(conn, _FINISH_FROM_SQL[0], keyed, _FINISH_FROM_SQL[1])
-        if len(keyed) < len(rows):
-            _finish_kept_keys(conn, [r for r in rows if r[7] is None])
+        shape = _common_shape(todo)
+        if (
+            shape is not None
+            and len(todo) >= ALIKE_ENDS
+            and len(set(map(_ROW_REST, todo))) == 1
+            and todo[0].key is None
+        ):
+            # Alike but for their task (a run's trivial tasks that succeeded): one row's values for
+            # them all, with no Python per end (the group commit's thread holds the loop's GIL).
+            r = _end_rows(todo[:1], now)[0]
+            _finish_alike(conn, r[:7] + r[8:10], [e.task_id for e in todo])
+        else:
+            rows = _end_rows(todo, now)
+            keyed = [r for r in rows if r[7] is not None]
+            if keyed:
+                _values_sql(conn, _FINISH_FROM_SQL[0], keyed, _FINISH_FROM_SQL[1])
+            if len(keyed) < len(rows):
+                _finish_kept_keys(conn, [r for r in rows if r[7] is None])
         if outputs:
             _values_sql(conn, _OUTPUTS_SQL.split(" VALUES ")[0], outputs)
+        if shape is not None:
+            _finished_events(conn, [e.task_id for e in todo], now, *shape)
+            return ids
     else:
-        _executemany(conn, _FINISH_SQL, rows)
+        _executemany(conn, _FINISH_SQL, _end_rows(todo, now))
         if outputs:
             _executemany(conn, _OUTPUTS_SQL, outputs)
-    if _one_step(conn) and _finished_by_sqlite(conn, todo, now):
-        return ids
     events.append_rows(
         conn,
         [
@@ -497,7 +493,7 @@ def finish_tasks(
 
 
 #: The ``task.finished`` events of ends of the common shape (one run, one status, no error, not
-#: cached, no note, one output; :func:`_finished_by_sqlite`) made by SQLite from the outputs the
+#: cached, no note, one output; :func:`_common_shape`) made by SQLite from the outputs the
 #: same transaction just wrote, in the order of a JSON array of the tasks' ids: the data is what
 #: :func:`finish_tasks` gives ``append_rows``, byte for byte (``json_object`` writes the keys in
 #: the order given and compact JSON, as orjson does).
@@ -512,35 +508,54 @@ _FINISHED_FROM_OUTPUTS_SQL = (
 _PLAIN_JSON = re.compile(r"[ !#-\[\]-~]*")
 
 
-def _finished_by_sqlite(conn: Connection, todo: list[TaskEnd], now: float) -> bool:
-    """The ``task.finished`` events of ``todo`` (SQLite, after their outputs are written), made by
-    :data:`_FINISHED_FROM_OUTPUTS_SQL` when every end has the common shape of a step that returned
-    a small value; False (nothing written) otherwise. One orjson encoding of the ids for the batch,
-    not a dict, a tuple and an encoding per event, in the thread whose Python the scheduler's event
-    loop waits for."""
-    first = todo[0]
-    run_id, folder_id, status = first.run_id, first.folder_id, first.status
-    plain = _PLAIN_JSON.fullmatch
-    for e in todo:
-        if (
-            e.error is not None
-            or e.cached_from is not None
-            or e.note
-            or len(e.outputs) != 1
-            or e.status != status
-            or e.run_id != run_id
-            or e.folder_id != folder_id
-        ):
-            return False
-        o = e.outputs[0]
-        if plain(o.name) is None or plain(o.digest) is None:
-            return False
-    _finished_events(conn, [e.task_id for e in todo], now, run_id, folder_id, status)
-    return True
+def _end_rows(todo: list[TaskEnd], now: float) -> list[tuple[Any, ...]]:
+    """The values of :data:`_FINISH_SQL` for each end of ``todo`` (the key at 7, the task's id last)."""
+    return [
+        (
+            str(e.status),
+            now,
+            e.error,
+            e.traceback,
+            1.0 if e.status in DONE_OK else None,
+            e.log_digest,
+            e.cached_from,
+            e.key,
+            e.failure if e.status == TaskStatus.FAILED else None,
+            e.note,
+            e.task_id,
+        )
+        for e in todo
+    ]
+
+
+#: What decides the shape of an end's ``task.finished`` event, read in one C call per end.
+_EVENT_SHAPE = operator.attrgetter("status", "error", "cached_from", "note", "run_id", "folder_id")
+#: The rest of what an end writes to its task's row, but for the task's id.
+_ROW_REST = operator.attrgetter("traceback", "log_digest", "key", "failure")
+_OUTPUTS_OF = operator.attrgetter("outputs")
+
+
+def _common_shape(todo: list[TaskEnd]) -> tuple[TaskStatus, int, int | None] | None:
+    """``(status, run, folder)`` when every end of ``todo`` has the common shape of a step that
+    returned a small value (one run and status, no error, not cached, no note, one output whose
+    name and digest :data:`_PLAIN_JSON` keeps as they are): their events can then be made by
+    :data:`_FINISHED_FROM_OUTPUTS_SQL`. None otherwise. Found with no Python loop over the ends, in
+    the thread whose Python the scheduler's event loop waits for."""
+    shapes = set(map(_EVENT_SHAPE, todo))
+    if len(shapes) != 1:
+        return None
+    status, error, cached_from, note, run_id, folder_id = shapes.pop()
+    if error is not None or cached_from is not None or note or set(map(len, map(_OUTPUTS_OF, todo))) != {1}:
+        return None
+    # Plain is a property of each character: the strings joined are plain if and only if each is.
+    firsts = [e.outputs[0] for e in todo]
+    if _PLAIN_JSON.fullmatch("".join([o.name for o in firsts]) + "".join([o.digest for o in firsts])) is None:
+        return None
+    return status, run_id, folder_id
 
 
 def _finished_events(
-    conn: Connection, task_ids: list[int], now: float, run_id: int, folder_id: int | None, status: TaskStatus
+    conn: Connection, task_ids: list[int], now: float, status: TaskStatus, run_id: int, folder_id: int | None
 ) -> None:
     """:data:`_FINISHED_FROM_OUTPUTS_SQL` for ``task_ids`` (one orjson encoding for the batch), noted."""
     ids = orjson.dumps(task_ids).decode()
@@ -550,66 +565,6 @@ def _finished_events(
         # transaction (its ends with their events) is not committed.
         raise RuntimeError(f"{added} task.finished events made for {len(task_ids)} ends")
     events.appended(conn, added, {("task.finished", folder_id)})
-
-
-#: What :func:`_finished_alike` compares between ends, in one C call per end (no bytecode per field).
-_ALIKE_FIELDS = operator.attrgetter(
-    "status", "error", "traceback", "log_digest", "cached_from", "key", "failure", "note", "run_id", "folder_id"
-)
-_OUTPUTS_OF = operator.attrgetter("outputs")
-
-
-def _finished_alike(conn: Connection, todo: list[TaskEnd], now: float) -> bool:
-    """:func:`finish_tasks` on SQLite for a batch of ends alike but for their task (a run's trivial
-    tasks that succeeded: one status, no error, log, cache, key to write or note, one output each, of
-    names and digests :data:`_PLAIN_JSON` keeps as they are), or False (nothing written) for any other.
-
-    The same statements as the general path makes of such a batch (:func:`_finish_kept_keys`'s
-    :data:`_FINISH_ALIKE_SQL`, the outputs, :data:`_FINISHED_FROM_OUTPUTS_SQL`), found alike with
-    no Python loop over the ends: the general path's three loops (rows, their grouping, the events'
-    shape) were most of the group commit's own Python per task, in the thread whose GIL the event
-    loop waits for.
-    """
-    if len(todo) < ALIKE_ENDS:
-        return False
-    alike = set(map(_ALIKE_FIELDS, todo))
-    if len(alike) != 1:
-        return False
-    status, error, traceback, log_digest, cached_from, key, failure, note, run_id, folder_id = alike.pop()
-    if (
-        error is not None
-        or cached_from is not None
-        or key is not None
-        or note
-        or set(map(len, map(_OUTPUTS_OF, todo))) != {1}
-    ):
-        return False
-    outputs = [
-        (e.task_id, o.name, o.digest, o.size, o.content_type, o.codec, o.inline, o.version_id)
-        for e in todo
-        for o in e.outputs
-    ]
-    # Plain is a property of each character: the strings joined are plain if and only if each is.
-    if _PLAIN_JSON.fullmatch("".join([o[1] for o in outputs]) + "".join([o[2] for o in outputs])) is None:
-        return False
-    values = (
-        str(status),
-        now,
-        None,
-        traceback,
-        1.0 if status in DONE_OK else None,
-        log_digest,
-        None,
-        failure if status == TaskStatus.FAILED else None,
-        None,
-    )
-    task_ids = [e.task_id for e in todo]
-    for i in range(0, len(task_ids), IDS_PER_STATEMENT):
-        some = task_ids[i : i + IDS_PER_STATEMENT]
-        conn.exec_driver_sql(_FINISH_ALIKE_SQL.format(marks=", ".join("?" * len(some))), (*values, *some))
-    _values_sql(conn, _OUTPUTS_SQL.split(" VALUES ")[0], outputs)
-    _finished_events(conn, task_ids, now, run_id, folder_id, status)
-    return True
 
 
 def _finish_kept_keys(conn: Connection, rows: list[tuple[Any, ...]]) -> None:
@@ -623,11 +578,17 @@ def _finish_kept_keys(conn: Connection, rows: list[tuple[Any, ...]]) -> None:
         if len(ids) < ALIKE_ENDS:
             rest += [(*values[:7], None, *values[7:], tid) for tid in ids]
             continue
-        for i in range(0, len(ids), IDS_PER_STATEMENT):
-            some = ids[i : i + IDS_PER_STATEMENT]
-            conn.exec_driver_sql(_FINISH_ALIKE_SQL.format(marks=", ".join("?" * len(some))), (*values, *some))
+        _finish_alike(conn, values, ids)
     if rest:
         _values_sql(conn, _FINISH_FROM_SQL_KEPT_KEY[0], rest, _FINISH_FROM_SQL_KEPT_KEY[1])
+
+
+def _finish_alike(conn: Connection, values: tuple[Any, ...], ids: list[int]) -> None:
+    """End the tasks ``ids`` alike (``values``: a row of :func:`_end_rows` without its key and id)
+    by :data:`_FINISH_ALIKE_SQL`, a statement per 500 of them."""
+    for i in range(0, len(ids), IDS_PER_STATEMENT):
+        some = ids[i : i + IDS_PER_STATEMENT]
+        conn.exec_driver_sql(_FINISH_ALIKE_SQL.format(marks=", ".join("?" * len(some))), (*values, *some))
 
 
 def finish_task(
