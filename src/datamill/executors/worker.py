@@ -65,8 +65,8 @@ from typing import Any
 import cloudpickle
 
 from .base import Message, Reporter
-from .capture import MAX_LINE, task_output
-from .local_wire import call_parts, dumps, hold, plain_result, remember, withdrawn
+from .capture import MAX_LINE, TaskOutput
+from .local_wire import call_parts, dumps, frame, hold, plain_result, remember, withdrawn
 
 __all__ = ["ERROR", "PLAIN", "RESULT", "SKIPPED", "WorkerState", "worker_main"]
 
@@ -139,10 +139,11 @@ class WorkerState:
 class _Outbox:
     """A worker's side of the pipe: messages go at once, results in batches; safe from any thread."""
 
-    __slots__ = ("conn", "lock", "results", "since")
+    __slots__ = ("conn", "fd", "lock", "results", "since")
 
     def __init__(self, conn: Connection) -> None:
         self.conn = conn
+        self.fd = conn.fileno()
         self.lock = threading.Lock()
         self.results: list[tuple[int, int, Any, float]] = []
         self.since = 0.0
@@ -151,7 +152,7 @@ class _Outbox:
         data = bytes((MESSAGE,)) + pickle.dumps((seq, message), pickle.HIGHEST_PROTOCOL)
         with self.lock:
             self._flush()  # earlier calls' results first: the parent sees every call's events in order
-            self.conn.send_bytes(data)
+            self._send(data)
 
     def result(self, item: tuple[int, int, Any, float]) -> None:
         with self.lock:
@@ -170,7 +171,14 @@ class _Outbox:
         if self.results:
             data = bytes((BATCH,)) + pickle.dumps(self.results, pickle.HIGHEST_PROTOCOL)
             self.results = []
-            self.conn.send_bytes(data)
+            self._send(data)
+
+    def _send(self, data: bytes) -> None:
+        """``conn.send_bytes(data)``: the same frame in one ``write`` (the pipe is blocking: a
+        short write is only one a signal cut), without ``Connection``'s checks and copies in Python."""
+        view = memoryview(frame(data))
+        while view:
+            view = view[os.write(self.fd, view) :]
 
 
 class _Channel:
@@ -202,6 +210,9 @@ class _FdCapture:
         self.log: Callable[[str], None] | None = None
         self.pipes: list[tuple[int, int, str]] = []  # (read end, original copy, prefix)
         self.partial: dict[int, bytes] = {}
+        #: whether a pipe's ``partial`` may hold bytes: most calls write nothing, and end() then
+        #: looks at neither
+        self.pending = False
         # Which pipes hold bytes when a call ends: one poll for both, instead of a read of each.
         self.readable = select.poll()
         for fd, prefix in ((1, ""), (2, "stderr: ")):
@@ -226,18 +237,28 @@ class _FdCapture:
             self.log = log
 
     def end(self) -> None:
-        for stream in (sys.stdout, sys.stderr):
-            with contextlib.suppress(Exception):
-                stream.flush()
+        # What Python buffered for fds 1 and 2 during the call (a thread of it printing, a write
+        # to sys.__stdout__) is the call's too. A flush with nothing buffered is a C call that makes
+        # no system call; try/except, not contextlib.suppress, which cost more than both flushes.
+        try:  # noqa: SIM105
+            sys.stdout.flush()
+        except Exception:
+            pass
+        try:  # noqa: SIM105
+            sys.stderr.flush()
+        except Exception:
+            pass
         with self.lock:
-            ready = self.readable.poll(0)
-            for r, original, prefix in self.pipes:
-                if ready:
+            if self.readable.poll(0):
+                for r, original, prefix in self.pipes:
                     self._drain(r, original, prefix)
-                rest = self.partial[r]
-                if rest:
-                    self.partial[r] = b""
-                    self._line(original, prefix, rest)
+            if self.pending:  # a partial line was read during the call (no pipe holds one otherwise)
+                self.pending = False
+                for r, original, prefix in self.pipes:
+                    rest = self.partial[r]
+                    if rest:
+                        self.partial[r] = b""
+                        self._line(original, prefix, rest)
             self.log = None
 
     def _pump(self, r: int, original: int, prefix: str) -> None:
@@ -266,6 +287,8 @@ class _FdCapture:
                 lines.append(rest[:MAX_LINE])
                 rest = rest[MAX_LINE:]
             self.partial[r] = rest
+            if rest:
+                self.pending = True
             for raw in lines:
                 self._line(original, prefix, raw)
 
@@ -370,10 +393,12 @@ def _run(outbox: _Outbox, capture: _FdCapture, seq: int, payload: Any, shared: A
     try:
         fn, args, kwargs = call_parts(payload, shared)
         reporter = Reporter(channel.emit)
+        log = reporter.log
         # Whatever the call prints, logs or writes to fds 1 and 2 (C code, child processes) is its log.
-        capture.begin(reporter.log)
+        capture.begin(log)
         try:
-            with task_output(reporter.log):
+            # the class, not task_output's generator: that one's context manager cost as much as its work
+            with TaskOutput(log):
                 result = fn(reporter, *args, **kwargs)
         finally:
             capture.end()
