@@ -244,14 +244,12 @@ class _FdCapture:
         with self.lock:
             self.log = log
 
-    def end(self, ready: list[tuple[int, int]] | None = None) -> None:
-        """The call has returned: what it wrote and nobody read yet goes to its log, then the
-        worker's output is its own again. ``ready``: a poll of the pipes (among other descriptors)
-        made since the call returned, which the worker made anyway (see ``worker_main``); else
-        they are polled here."""
-        # What Python buffered for fds 1 and 2 during the call (a thread of it printing, a write
-        # to sys.__stdout__) is the call's too. A flush with nothing buffered is a C call that makes
-        # no system call; try/except, not contextlib.suppress, which cost more than both flushes.
+    def flush(self) -> None:
+        """The call has returned: what Python buffered for fds 1 and 2 during it (a thread of it
+        printing, a write to ``sys.__stdout__``) is the call's too, so it goes to the pipes now,
+        before they are polled (:meth:`end`)."""
+        # A flush with nothing buffered is a C call that makes no system call; try/except, not
+        # contextlib.suppress, which cost more than both flushes.
         try:  # noqa: SIM105
             sys.stdout.flush()
         except Exception:
@@ -260,6 +258,12 @@ class _FdCapture:
             sys.stderr.flush()
         except Exception:
             pass
+
+    def end(self, ready: list[tuple[int, int]] | None = None) -> None:
+        """After :meth:`flush`: what the call wrote and nobody read yet goes to its log, then the
+        worker's output is its own again. ``ready``: a poll of the pipes (among other descriptors)
+        made since the flush, which the worker made anyway (see ``worker_main``); else they are
+        polled here."""
         with self.lock:
             if ready is None:
                 ready = self.readable.poll(0)
@@ -400,6 +404,7 @@ def worker_main(conn: Connection, control: Connection, fault_path: str, state_pa
             started = time.perf_counter()
             tag, reply = _run(channel, capture, payload, shared)
             took = time.perf_counter() - started
+            capture.flush()
             # Finished before the next claim (the parent reads the one it finds running from both);
             # what it wrote is read to its end and its result queued with the next call's claim.
             state.finish(seq)
