@@ -45,6 +45,26 @@ def low_level(item: InputFile) -> str:
 
 low_level_pipeline = Pipeline("low-level", [noisy, low_level])
 
+
+@step
+def unflushed(item: InputFile) -> str:
+    """Leaves a line without its newline on fd 2, and has a thread print a line that Python's own
+    buffer of stdout holds when the step returns (a thread does not inherit the call's context)."""
+    os.write(2, f"fd2 tail {item.name}".encode())
+    printer = threading.Thread(target=print, args=(f"thread {item.name}",))
+    printer.start()
+    printer.join()
+    return item.name
+
+
+@step
+def quiet(unflushed: str) -> str:
+    """Writes nothing: its log stays empty, even right after a step that left bytes behind."""
+    return unflushed
+
+
+unflushed_pipeline = Pipeline("unflushed", [unflushed, quiet])
+
 #: Two inline tasks meet here on every line, so their prints interleave in time.
 _meet = threading.Barrier(2, timeout=30)
 

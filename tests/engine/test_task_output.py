@@ -62,6 +62,21 @@ def test_the_pool_captures_file_descriptors_and_child_processes(
     assert "fd1" not in out + err and "child" not in out + err
 
 
+def test_what_a_pool_call_left_buffered_or_without_a_newline_is_in_its_own_log(world: World) -> None:
+    """A worker looks at its pipes' partial lines and Python's buffers only when a call wrote
+    something: still, a line a call left without its newline, and one a thread of it printed into
+    the buffer of stdout, are that call's, and the quiet call after it on the same worker has none."""
+    world.put("a.txt", "a")
+    world.put("b.txt", "b")
+    run = world.run(ref("unflushed_pipeline"), executor="local", workers=1)
+    assert run["status"] == "succeeded", run
+    tasks = world.tasks(run["id"])
+    for name in ("a.txt", "b.txt"):
+        log = world.engine.log_text(world.admin, tasks[f"unflushed[Raw/{name}]"].id)
+        assert by_stream(log) == ([f"thread {name}"], [f"stderr: fd2 tail {name}"])
+        assert world.engine.log_text(world.admin, tasks[f"quiet[Raw/{name}]"].id) == ""
+
+
 def test_inline_tasks_running_at_once_each_get_their_own_lines(world: World) -> None:
     world.put("a.txt", "a")
     world.put("b.txt", "b")

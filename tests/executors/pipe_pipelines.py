@@ -10,8 +10,8 @@ from __future__ import annotations
 import os
 import signal
 import time
-from multiprocessing.connection import Connection
 from pathlib import Path
+from typing import Any
 
 from datamill.executors import Reporter
 from datamill.pipeline import InputFile, Pipeline, step
@@ -38,23 +38,23 @@ def kill_mid_result(reporter: Reporter, marks: str, size: int) -> bytes:
     """Returns ``size`` bytes; on its first execution its worker SIGKILLs itself once it has written
     half of that result to the pipe (part of the message sent, the rest not).
 
-    The worker's connection writes a message's bytes with ``Connection._send``: patched here, in
-    this worker only (it dies with the patch), to write half of the result and then die. A thread
-    watching for the write to start missed it when the parent drained the pipe before that thread
-    got the processor back.
+    The worker writes a message's bytes with ``os.write`` (one frame, see ``worker._Outbox``):
+    patched here, in this worker only (it dies with the patch), to write half of the result and
+    then die. A thread watching for the write to start missed it when the parent drained the pipe
+    before that thread got the processor back.
     """
     first = not os.listdir(marks)
     Path(marks, f"run.{os.getpid()}").touch()
     if first:
-        send = Connection._send  # type: ignore[attr-defined]
+        write = os.write
 
-        def half_then_die(self: Connection, buf: bytes, *args: object) -> None:
-            if len(buf) >= size:  # the result's bytes, not the message's header
-                send(self, memoryview(buf)[: len(buf) // 2])
+        def half_then_die(fd: int, buf: Any) -> int:
+            if len(buf) >= size:  # the result's message, not a small one
+                write(fd, memoryview(buf)[: len(buf) // 2])
                 os.kill(os.getpid(), signal.SIGKILL)
-            send(self, buf, *args)
+            return write(fd, buf)
 
-        Connection._send = half_then_die  # type: ignore[attr-defined]
+        os.write = half_then_die
     return b"r" * size
 
 

@@ -5,8 +5,11 @@ the middle of a chunk fails only the call it was running."""
 from __future__ import annotations
 
 import asyncio
+import io
 import os
 import signal
+import sys
+import threading
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -34,6 +37,25 @@ def task(reporter: Reporter, i: int, marks: str = "", gate: str = "", die: bool 
         reporter.progress(0.0, f"waiting {os.getpid()}")
         while not os.path.exists(gate):  # the task's own work: it runs until the test opens the gate
             time.sleep(0.005)
+    return i
+
+
+#: in a worker: whether leaves_output made its stdout buffered already
+_BUFFERED: list[bool] = []
+
+
+def leaves_output(reporter: Reporter, i: int) -> int:
+    """A short call that leaves a line without its newline on fd 2, and has a thread print a line
+    that Python's buffer of stdout still holds when it returns (fd 1 gets it only when flushed)."""
+    if not _BUFFERED:
+        # Python's stdout as it is by default, buffered (PYTHONUNBUFFERED may be set here); the
+        # next call's output capture wraps it again
+        sys.stdout = io.TextIOWrapper(open(1, "wb", closefd=False), encoding="utf-8")  # noqa: SIM115
+        _BUFFERED.append(True)
+    os.write(2, f"tail {i}".encode())
+    printer = threading.Thread(target=print, args=(f"thread {i}",))
+    printer.start()
+    printer.join()
     return i
 
 
@@ -79,6 +101,35 @@ def test_short_calls_go_in_chunks(pool: Any) -> None:
     chunks = pool.executor.chunks
     assert sum(size * n for size, n in chunks.items()) == 400  # every call went out once
     assert max(chunks) > 1 and sum(chunks.values()) < 400  # fewer sends than calls
+
+
+def test_each_call_of_a_chunk_gets_the_output_it_left_behind(pool: Any) -> None:
+    """A worker reads a call's last bytes with the next call's claim (one look at the pipes for
+    both): the bytes a call wrote, left without a newline or in Python's buffer, are its own all the
+    same (the buffer is flushed before that look)."""
+    kind = ("tests.executors.test_local_chunks", "leaves_output", None)
+
+    async def scenario() -> dict[int, list[str]]:
+        logs: dict[int, list[str]] = {}
+
+        def call(i: int) -> Any:
+            lines = logs.setdefault(i, [])
+            return pool.executor.run(PythonCall(leaves_output, (i,)), lambda m: lines.append(m.line))
+
+        for _ in range(100):
+            await asyncio.gather(*(call(-1 - i) for i in range(40)))
+            if pool.executor.chunk_size(kind) > 1:
+                break
+        pool.executor.chunks.clear()
+        logs.clear()
+        assert await asyncio.gather(*(call(i) for i in range(200))) == list(range(200))
+        return logs
+
+    logs = pool.run(scenario())
+    chunks = pool.executor.chunks
+    assert max(chunks) > 1  # calls followed each other in a worker's chunk
+    for i in range(200):
+        assert sorted(logs[i]) == [f"stderr: tail {i}", f"thread {i}"], i
 
 
 def test_a_new_kind_of_call_goes_one_at_a_time(pool: Any) -> None:

@@ -106,8 +106,11 @@ class _Stream:
             self.write(line)
 
     def flush(self) -> None:
-        with contextlib.suppress(Exception):
+        # try/except, not contextlib.suppress: a pool worker flushes after every call
+        try:  # noqa: SIM105
             self.inner.flush()
+        except Exception:
+            pass
 
     def isatty(self) -> bool:
         return _current.get() is None and self.inner.isatty()
@@ -163,13 +166,14 @@ _install_lock = threading.Lock()
 def _install() -> None:
     """Put the proxies and the handler in place (again, if someone replaced the streams since)."""
     root = logging.getLogger()
-    if (
-        isinstance(sys.stdout, _Stream)
-        and isinstance(sys.stderr, _Stream)
-        and _HANDLER in root.handlers
-        and all(h is _HANDLER or _MUTE in h.filters for h in root.handlers)
-    ):
-        return
+    handlers = root.handlers
+    if isinstance(sys.stdout, _Stream) and isinstance(sys.stderr, _Stream) and _HANDLER in handlers:
+        # a loop, not all() over a generator: this runs before every call
+        for h in handlers:
+            if h is not _HANDLER and _MUTE not in h.filters:
+                break
+        else:
+            return
     with _install_lock:
         for name in ("stdout", "stderr"):
             stream = getattr(sys, name)

@@ -27,6 +27,11 @@ Results are held back while calls finish quickly and sent when the chunk is done
 milliseconds have passed, before a message, and around every *eager* call (one with a timeout, or
 whose duration is not known to be short), so a long call never holds finished results back.
 
+What a call writes to fds 1 and 2 is its log (:class:`_FdCapture`); what it wrote and nobody read
+yet is read when it returns, or, when another call of the chunk follows, with that call's claim: the
+one poll of the control pipe after the claim looks at the capture pipes too, and the call's result
+is queued after its last line.
+
 The worker's *state* is a small file both ends map in memory: the sequence number of the call the
 worker took last (``claimed``), of the call it last finished (``finished``), when it took it, and
 how many withdrawn calls it holds to skip (``held``: only calls it has not reached; a withdrawal
@@ -65,8 +70,8 @@ from typing import Any
 import cloudpickle
 
 from .base import Message, Reporter
-from .capture import MAX_LINE, task_output
-from .local_wire import call_parts, dumps, hold, plain_result, remember, withdrawn
+from .capture import MAX_LINE, TaskOutput
+from .local_wire import call_parts, dumps, frame, hold, plain_result, remember, withdrawn
 
 __all__ = ["ERROR", "PLAIN", "RESULT", "SKIPPED", "WorkerState", "worker_main"]
 
@@ -139,10 +144,11 @@ class WorkerState:
 class _Outbox:
     """A worker's side of the pipe: messages go at once, results in batches; safe from any thread."""
 
-    __slots__ = ("conn", "lock", "results", "since")
+    __slots__ = ("conn", "fd", "lock", "results", "since")
 
     def __init__(self, conn: Connection) -> None:
         self.conn = conn
+        self.fd = conn.fileno()
         self.lock = threading.Lock()
         self.results: list[tuple[int, int, Any, float]] = []
         self.since = 0.0
@@ -151,7 +157,7 @@ class _Outbox:
         data = bytes((MESSAGE,)) + pickle.dumps((seq, message), pickle.HIGHEST_PROTOCOL)
         with self.lock:
             self._flush()  # earlier calls' results first: the parent sees every call's events in order
-            self.conn.send_bytes(data)
+            self._send(data)
 
     def result(self, item: tuple[int, int, Any, float]) -> None:
         with self.lock:
@@ -170,7 +176,14 @@ class _Outbox:
         if self.results:
             data = bytes((BATCH,)) + pickle.dumps(self.results, pickle.HIGHEST_PROTOCOL)
             self.results = []
-            self.conn.send_bytes(data)
+            self._send(data)
+
+    def _send(self, data: bytes) -> None:
+        """``conn.send_bytes(data)``: the same frame in one ``write`` (the pipe is blocking: a
+        short write is only one a signal cut), without ``Connection``'s checks and copies in Python."""
+        view = memoryview(frame(data))
+        while view:
+            view = view[os.write(self.fd, view) :]
 
 
 class _Channel:
@@ -201,7 +214,12 @@ class _FdCapture:
         self.lock = threading.Lock()
         self.log: Callable[[str], None] | None = None
         self.pipes: list[tuple[int, int, str]] = []  # (read end, original copy, prefix)
+        #: the pipes' read ends
+        self.fds: list[int] = []
         self.partial: dict[int, bytes] = {}
+        #: whether a pipe's ``partial`` may hold bytes: most calls write nothing, and end() then
+        #: looks at neither
+        self.pending = False
         # Which pipes hold bytes when a call ends: one poll for both, instead of a read of each.
         self.readable = select.poll()
         for fd, prefix in ((1, ""), (2, "stderr: ")):
@@ -216,6 +234,7 @@ class _FdCapture:
             os.set_blocking(r, False)
             fcntl.fcntl(r, fcntl.F_SETFD, fcntl.FD_CLOEXEC)
             self.pipes.append((r, original, prefix))
+            self.fds.append(r)
             self.readable.register(r, select.POLLIN)
             self.partial[r] = b""
             pump = threading.Thread(target=self._pump, args=(r, original, prefix), name=f"datamill-fd{fd}", daemon=True)
@@ -225,19 +244,41 @@ class _FdCapture:
         with self.lock:
             self.log = log
 
-    def end(self) -> None:
-        for stream in (sys.stdout, sys.stderr):
-            with contextlib.suppress(Exception):
-                stream.flush()
+    def flush(self) -> None:
+        """The call has returned: what Python buffered for fds 1 and 2 during it (a thread of it
+        printing, a write to ``sys.__stdout__``) is the call's too, so it goes to the pipes now,
+        before they are polled (:meth:`end`)."""
+        # A flush with nothing buffered is a C call that makes no system call; try/except, not
+        # contextlib.suppress, which cost more than both flushes.
+        try:  # noqa: SIM105
+            sys.stdout.flush()
+        except Exception:
+            pass
+        try:  # noqa: SIM105
+            sys.stderr.flush()
+        except Exception:
+            pass
+
+    def end(self, ready: list[tuple[int, int]] | None = None) -> None:
+        """After :meth:`flush`: what the call wrote and nobody read yet goes to its log, then the
+        worker's output is its own again. ``ready``: a poll of the pipes (among other descriptors)
+        made since the flush, which the worker made anyway (see ``worker_main``); else they are
+        polled here."""
         with self.lock:
-            ready = self.readable.poll(0)
-            for r, original, prefix in self.pipes:
-                if ready:
-                    self._drain(r, original, prefix)
-                rest = self.partial[r]
-                if rest:
-                    self.partial[r] = b""
-                    self._line(original, prefix, rest)
+            if ready is None:
+                ready = self.readable.poll(0)
+            if ready:
+                fds = {fd for fd, _ in ready}
+                for r, original, prefix in self.pipes:
+                    if r in fds:
+                        self._drain(r, original, prefix)
+            if self.pending:  # a partial line was read during the call (no pipe holds one otherwise)
+                self.pending = False
+                for r, original, prefix in self.pipes:
+                    rest = self.partial[r]
+                    if rest:
+                        self.partial[r] = b""
+                        self._line(original, prefix, rest)
             self.log = None
 
     def _pump(self, r: int, original: int, prefix: str) -> None:
@@ -266,6 +307,8 @@ class _FdCapture:
                 lines.append(rest[:MAX_LINE])
                 rest = rest[MAX_LINE:]
             self.partial[r] = rest
+            if rest:
+                self.pending = True
             for raw in lines:
                 self._line(original, prefix, raw)
 
@@ -300,23 +343,42 @@ def worker_main(conn: Connection, control: Connection, fault_path: str, state_pa
     inbox: deque[tuple[int, bool, Any, Any]] = deque()
     skip: set[int] = set()
     # Looked at before every call: one poll object for the worker's life (Connection.poll() makes
-    # a selector each time, which cost more than a trivial call).
+    # a selector each time, which cost more than a trivial call). It watches the capture pipes too:
+    # the call before this one ends with the same look (see below).
+    control_fd = control.fileno()
     pipe = select.poll()
-    pipe.register(control.fileno(), select.POLLIN)
+    pipe.register(control_fd, select.POLLIN)
+    watch = select.poll()
+    for fd in (control_fd, *capture.fds):
+        watch.register(fd, select.POLLIN)
+    # The call that returned last, its output not read to its end yet: (seq, eager, took, channel, tag, reply).
+    # When another call follows in the chunk, its end waits for that call's claim, so that one poll
+    # looks at both the control pipe (for that call) and the capture pipes (for this one): a system
+    # call per call less. Its result is queued only then, after its last log line.
+    last: tuple[int, bool, float, _Channel, int, Any] | None = None
     try:
         while True:
             if not inbox:
+                if last is not None:
+                    _end(outbox, capture, last, None)
+                    last = None
                 outbox.flush()
                 if not _receive(conn.recv_bytes(), inbox):
                     return
                 continue
             seq, eager, payload, shared = inbox.popleft()
             state.claim(seq)
-            # Withdrawals written before the claim are in the control pipe now: honour them before running.
-            changed = False
-            while pipe.poll(0):
-                skip.update(withdrawn(control.recv_bytes()[1:]))
-                changed = True
+            # Withdrawals written before the claim are in the control pipe now: honour them before
+            # running. Bytes the last call wrote before it returned are in its capture pipes now.
+            if last is None:
+                ready = pipe.poll(0)
+            else:
+                ready = watch.poll(0)
+                _end(outbox, capture, last, ready)
+                last = None
+            changed = any(fd == control_fd for fd, _ in ready)
+            if changed:
+                _withdrawals(control, pipe, skip)
             if skip:
                 hit = seq in skip
                 if hit or min(skip) < seq:
@@ -338,15 +400,39 @@ def worker_main(conn: Connection, control: Connection, fault_path: str, state_pa
                 state.hold(0)
             if eager:
                 outbox.flush()
+            channel = _Channel(outbox, seq)
             started = time.perf_counter()
-            tag, reply = _run(outbox, capture, seq, payload, shared)
+            tag, reply = _run(channel, capture, payload, shared)
             took = time.perf_counter() - started
+            capture.flush()
+            # Finished before the next claim (the parent reads the one it finds running from both);
+            # what it wrote is read to its end and its result queued with the next call's claim.
             state.finish(seq)
-            outbox.result((seq, tag, reply, took))
-            if eager or took >= FLUSH_SECONDS or outbox.due():
-                outbox.flush()
+            last = (seq, eager, took, channel, tag, reply)
     except (EOFError, OSError, ValueError):  # the parent is gone or closed our pipe
         return
+
+
+def _withdrawals(control: Connection, pipe: select.poll, skip: set[int]) -> None:
+    """Add the withdrawals the control pipe holds (one at least) to ``skip``."""
+    skip.update(withdrawn(control.recv_bytes()[1:]))
+    while pipe.poll(0):
+        skip.update(withdrawn(control.recv_bytes()[1:]))
+
+
+def _end(
+    outbox: _Outbox,
+    capture: _FdCapture,
+    last: tuple[int, bool, float, _Channel, int, Any],
+    ready: list[tuple[int, int]] | None,
+) -> None:
+    """The end of a call that returned: its last log lines, then its result (see ``worker_main``)."""
+    seq, eager, took, channel, tag, reply = last
+    capture.end(ready)
+    channel.open = False
+    outbox.result((seq, tag, reply, took))
+    if eager or took >= FLUSH_SECONDS or outbox.due():
+        outbox.flush()
 
 
 def _receive(data: bytes, inbox: deque[tuple[int, bool, Any, Any]]) -> bool:
@@ -364,23 +450,20 @@ def _receive(data: bytes, inbox: deque[tuple[int, bool, Any, Any]]) -> bool:
     return True
 
 
-def _run(outbox: _Outbox, capture: _FdCapture, seq: int, payload: Any, shared: Any = ()) -> tuple[int, Any]:
-    """Run one call; its reply ``(tag, payload)``; ``shared``: the parameter sets it holds."""
-    channel = _Channel(outbox, seq)
+def _run(channel: _Channel, capture: _FdCapture, payload: Any, shared: Any = ()) -> tuple[int, Any]:
+    """Run one call; its reply ``(tag, payload)``; ``shared``: the parameter sets it holds. Its
+    output is captured until the caller ends it (``capture.end()``) and closes its ``channel``."""
     try:
         fn, args, kwargs = call_parts(payload, shared)
         reporter = Reporter(channel.emit)
+        log = reporter.log
         # Whatever the call prints, logs or writes to fds 1 and 2 (C code, child processes) is its log.
-        capture.begin(reporter.log)
-        try:
-            with task_output(reporter.log):
-                result = fn(reporter, *args, **kwargs)
-        finally:
-            capture.end()
+        capture.begin(log)
+        # the class, not task_output's generator: that one's context manager cost as much as its work
+        with TaskOutput(log):
+            result = fn(reporter, *args, **kwargs)
     except BaseException as exc:  # SystemExit and KeyboardInterrupt too: the worker must go on
-        channel.open = False
         return ERROR, _error_payload(exc)
-    channel.open = False
     plain = plain_result(result)
     if plain is not None:
         return PLAIN, plain

@@ -315,14 +315,35 @@ def run_step(reporter: Reporter, call: StepCall) -> StepResult:
     # A worker has no display; without this, pyplot in a step could try to open a window.
     _headless_plots()
     result = step.fn(*args, **kwargs)
-    if inspect.isawaitable(result):
+    if type(result) not in _NEVER_AWAITED and inspect.isawaitable(result):
         result = run_to_end(_await(result))
     if ctx is None:
-        return StepResult(_return_value(result, call), time.perf_counter() - started)
+        return _step_result(_return_value(result, call), time.perf_counter() - started)
     written = dict(ctx.written)
     if result is not None:
         written.update(_store_return(result, call.output_dir))
     return StepResult(tuple(collect_outputs(call.output_dir, written)), time.perf_counter() - started)
+
+
+#: what a step returns most often, and never awaitable: ``inspect.isawaitable`` asks an ABC, which
+#: cost about as much as a trivial step
+_NEVER_AWAITED = frozenset({str, bytes, int, float, bool, dict, list, tuple, type(None)})
+
+
+def _step_result(outputs: tuple[OutputFile, ...], seconds: float) -> StepResult:
+    """``StepResult(outputs, seconds)`` of values known to be right: a frozen dataclass's
+    ``__init__`` sets each field through ``object.__setattr__``, which cost more than the rest of
+    a trivial step's result."""
+    result = object.__new__(StepResult)
+    result.__dict__.update(outputs=outputs, seconds=seconds)
+    return result
+
+
+def _output_file(name: str, path: Path, content_type: str, codec: str, data: bytes | None) -> OutputFile:
+    """``OutputFile(...)`` of a path of the concrete type already (see :func:`_step_result`)."""
+    o = object.__new__(OutputFile)
+    o.__dict__.update(name=name, path=path, content_type=content_type, codec=codec, data=data)
+    return o
 
 
 _HEADLESS: list[bool] = []
@@ -383,7 +404,9 @@ def _return_value(value: Any, call: StepCall) -> tuple[OutputFile, ...]:
         return tuple(collect_outputs(call.output_dir, _store_return(value, call.output_dir)))
     name = RETURN + codec.ext_for(value)
     path = child_path(call.output_dir, name)
-    return (OutputFile(name, path, codec.content_type_of(path), codec.name, data),)
+    if type(path) is not _PATH:
+        return (OutputFile(name, path, codec.content_type_of(path), codec.name, data),)
+    return (_output_file(name, path, codec.content_type_of(path), codec.name, data),)
 
 
 async def _await(value: Any) -> Any:
