@@ -297,7 +297,7 @@ def command_pipeline(tmp_path: Path, argv: list[str], **kw: Any) -> Pipeline:
             """
             import os, sys, time
             args = sys.argv[1:]
-            print("args", len(args))
+            print("args", len(args), flush=True)  # before stderr, whatever PYTHONUNBUFFERED says
             if args and args[0] == "fail":
                 print("something broke", file=sys.stderr)
                 sys.exit(3)
