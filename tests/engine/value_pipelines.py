@@ -70,3 +70,12 @@ files = Pipeline("files", steps=[filed])
 file_value = Pipeline("file_value", steps=[as_file])
 
 PIPELINES_FILE = Path(__file__).resolve()
+
+
+@step
+def name_of(item: InputFile) -> str:
+    """A value step that reads only its item's name, never its bytes."""
+    return item.name
+
+
+names = Pipeline("names", steps=[name_of])

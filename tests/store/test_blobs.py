@@ -382,6 +382,18 @@ class TestLocalBlobStore(BlobStoreContract):
         with pytest.raises(InvalidInput, match="digest"):  # nor one string hold two digests
             local.local_files([MISSING, f"{MISSING}\n{MISSING}"])
 
+    def test_local_places_names_each_blob_file_without_looking(self, local: LocalBlobStore) -> None:
+        """The file a digest names, there or not (the step that reads it finds a missing one)."""
+        a = local.put(SMALL).digest
+        assert local.local_places([a, MISSING, a]) == {a: str(local.path_of(a)), MISSING: str(local.path_of(MISSING))}
+
+    @pytest.mark.parametrize("digest", INVALID_DIGESTS)
+    def test_local_places_refuses_a_batch_holding_a_digest_that_is_not_one(
+        self, local: LocalBlobStore, digest: str
+    ) -> None:
+        with pytest.raises(InvalidInput, match="digest"):
+            local.local_places([MISSING, digest])
+
     def test_blob_file_layout_and_mode(self, local: LocalBlobStore) -> None:
         info = local.put(BIG)
         hexpart = info.digest.split(":", 1)[1]

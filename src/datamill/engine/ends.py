@@ -8,7 +8,15 @@ from typing import Any
 
 from datamill.engine.planner import PlannedTask
 from datamill.engine.tasks import STEP_FAILURE, OutputRecord, TaskRow, TaskStatus
-from datamill.errors import Cancelled, DatamillError, InvalidPipeline, StepFailed, TaskTimeout, WorkerCrashed
+from datamill.errors import (
+    BlobNotFound,
+    Cancelled,
+    DatamillError,
+    InvalidPipeline,
+    StepFailed,
+    TaskTimeout,
+    WorkerCrashed,
+)
 
 #: Longest error message kept on a task row.
 MAX_ERROR = 2000
@@ -63,4 +71,8 @@ def failure_kind(exc: DatamillError) -> str:
         return "cancelled"
     if isinstance(exc, InvalidPipeline):
         return "pipeline"
-    return STEP_FAILURE if type(exc) is StepFailed else "error"
+    if type(exc) is not StepFailed:
+        return "error"
+    # An input's blob missing from the store (found by the step that read it, in its worker) is
+    # not the key's failure: it passes once the blob is restored.
+    return "error" if exc.detail.get("error_type") == BlobNotFound.__name__ else STEP_FAILURE

@@ -107,14 +107,16 @@ class WorkDirs:
         return f"{self._logs}/task-{task_id}.log"
 
     def look_for_items(self, digests: list[str]) -> None:
-        """Find the local blob files of items that tasks just claimed will read (:meth:`values`).
+        """Find the local blob files of items that tasks just claimed will read (:meth:`values`),
+        where the store knows them without looking (:meth:`BlobStore.local_places`): a missing one is
+        then found by the step that reads it, which fails saying so.
 
         Called by the group commit that claims them, in its thread: a stat per task in the event
         loop gave the loop's turn to that thread, and cost more than a trivial step.
         """
         if len(self._local) > 100_000:  # claims taken by other schedulers leave theirs: keep it bounded
             self._local.clear()
-        self._local.update(self.blobs.local_files(digests))
+        self._local.update(self.blobs.local_places(digests))
 
     def values(
         self, base: str | Path, the_plan: Plan, pt: PlannedTask, tasks: dict[str, TaskRow], step: Step | None = None

@@ -13,6 +13,8 @@ from typing import IO, Any
 
 import blake3
 
+from datamill.errors import BlobNotFound
+
 __all__ = ["InputFile", "InputRef"]
 
 _PATH = type(Path())
@@ -118,6 +120,10 @@ class InputFile:
             path = self._path = Path(path)
         assert isinstance(path, Path)
         if self._source is not None:
+            # The scheduler did not look for the source (see WorkDirs.look_for_items): a link to
+            # nothing would fail later, naming the link, not the missing blob.
+            if not os.path.isfile(self._source):
+                raise self._missing()
             self._link(self._source, path)
             self._source = None
         return path
@@ -128,9 +134,24 @@ class InputFile:
         with contextlib.suppress(FileExistsError):  # the same input twice in one task: the link is there
             os.symlink(source, path)
 
+    def _missing(self) -> BlobNotFound:
+        """The error for a source that is not there: its blob is missing from the store."""
+        return BlobNotFound(
+            f"input {self.ref.path!r}: blob {self.ref.digest} is missing from the blob store", digest=self.ref.digest
+        )
+
     def _readable(self) -> Path:
         """Where to read the bytes: the source when there is one (no link needed), else :attr:`path`."""
         return Path(self._source) if self._source is not None else self.path
+
+    def _read(self) -> bytes:
+        """The bytes; a missing source says its blob is missing (nobody looked for it before)."""
+        try:
+            return self._readable().read_bytes()
+        except FileNotFoundError:
+            if self._source is None:
+                raise
+            raise self._missing() from None
 
     @property
     def fetched(self) -> bool:
@@ -204,17 +225,22 @@ class InputFile:
 
     def read_bytes(self) -> bytes:
         """The file's bytes."""
-        return self._readable().read_bytes()
+        return self._read()
 
     def read_text(self, encoding: str = "utf-8", errors: str = "strict") -> str:
         """The file's text (UTF-8 unless told otherwise)."""
-        return self._readable().read_bytes().decode(encoding, errors)
+        return self._read().decode(encoding, errors)
 
     def open(self, mode: str = "rb") -> IO[Any]:
         """Open the local file (read-only modes only: inputs are immutable)."""
         if any(c in mode for c in "wax+"):
             raise ValueError(f"inputs are read-only; cannot open {self.name!r} with mode {mode!r}")
-        return open(self._readable(), mode)
+        try:
+            return open(self._readable(), mode)
+        except FileNotFoundError:
+            if self._source is None:
+                raise
+            raise self._missing() from None
 
     def __fspath__(self) -> str:
         return os.fspath(self.path)

@@ -251,6 +251,12 @@ class BlobStore(ABC):
                 found[digest] = path
         return found
 
+    def local_places(self, digests: Iterable[str]) -> dict[str, str]:
+        """Where the blob files of ``digests`` are on this machine, for readers that say themselves
+        that a file is missing (:class:`~datamill.pipeline.inputs.InputFile`). A store that can
+        tell where a blob's file is only by looking (this one) looks: :meth:`local_files`."""
+        return self.local_files(digests)
+
     def presigned_url(self, digest: str, seconds: int, filename: str | None = None) -> str | None:
         """A URL that downloads the blob without this server for ``seconds``, or None (no such thing here)."""
         return None

@@ -363,6 +363,15 @@ class LocalBlobStore(BlobStore):
                 pass
         return found
 
+    def local_places(self, digests: Iterable[str]) -> dict[str, str]:
+        # A blob's file is where its digest says: not looked for. A stat per claimed item cost the
+        # group commit's thread ~4.5 µs a task (the most of anything it does but commit), and its
+        # step reads the file (or links it) in a worker, which finds it missing just as well.
+        distinct = list(dict.fromkeys(digests))
+        check_digests(distinct)  # none names a file outside the store (see local_files)
+        name, at = self._file_name, len(ALGORITHM) + 1
+        return {digest: name(digest[at:]) for digest in distinct}
+
     def delete(self, digest: str) -> None:
         self.path_of(digest).unlink(missing_ok=True)
 
