@@ -49,6 +49,7 @@ from datamill.pipeline.runner import (
     resolve_step,
     run_step,
 )
+from datamill.pipeline.runner import made as _made
 from datamill.pipeline.step import Step
 
 from .containers import run_container_step
@@ -183,13 +184,6 @@ def _step_fields(
         item = (pt.item, files.get(at), sources.get(at))
     items = tuple((r, files.get(r.path), sources.get(r.path)) for r in the_plan.inputs) if step.uses_items else ()
     return template, dirs, item, items, pt.id
-
-
-def _made(cls: type, **fields: Any) -> Any:
-    """An instance of the frozen dataclass ``cls`` with ``fields`` (all of them), without ``__init__``."""
-    obj: Any = object.__new__(cls)
-    obj.__dict__.update(fields)
-    return obj
 
 
 _MADE_ITEM = functools.partial(_made, ItemInput)

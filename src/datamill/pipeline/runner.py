@@ -26,7 +26,7 @@ import time
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import cloudpickle
 
@@ -51,11 +51,14 @@ __all__ = [
     "command_argv",
     "command_env",
     "decode_outputs",
+    "made",
     "prepare_dirs",
     "resolve_step",
     "run_step",
 ]
 
+
+_T = TypeVar("_T")
 
 #: The concrete path type here: a value of exactly this type needs no conversion (building a Path
 #: from a Path parses it again, which costs more than the rest of a trivial task's call).
@@ -318,7 +321,7 @@ def run_step(reporter: Reporter, call: StepCall) -> StepResult:
     if type(result) not in _NEVER_AWAITED and inspect.isawaitable(result):
         result = run_to_end(_await(result))
     if ctx is None:
-        return _step_result(_return_value(result, call), time.perf_counter() - started)
+        return made(StepResult, outputs=_return_value(result, call), seconds=time.perf_counter() - started)
     written = dict(ctx.written)
     if result is not None:
         written.update(_store_return(result, call.output_dir))
@@ -330,20 +333,17 @@ def run_step(reporter: Reporter, call: StepCall) -> StepResult:
 _NEVER_AWAITED = frozenset({str, bytes, int, float, bool, dict, list, tuple, type(None)})
 
 
-def _step_result(outputs: tuple[OutputFile, ...], seconds: float) -> StepResult:
-    """``StepResult(outputs, seconds)`` of values known to be right: a frozen dataclass's
-    ``__init__`` sets each field through ``object.__setattr__``, which cost more than the rest of
-    a trivial step's result."""
-    result = object.__new__(StepResult)
-    result.__dict__.update(outputs=outputs, seconds=seconds)
+def made(cls: type[_T], **fields: Any) -> _T:
+    """An instance of the frozen dataclass ``cls`` with ``fields`` (all of them), without its ``__init__``.
+
+    For values known to be right already, on the hot path: a frozen dataclass's ``__init__`` sets
+    each field through ``object.__setattr__``, which cost more than the rest of a trivial step's
+    result (and, in the scheduler, about as much as pickling the call).
+    """
+    obj: Any = object.__new__(cls)
+    obj.__dict__.update(fields)
+    result: _T = obj
     return result
-
-
-def _output_file(name: str, path: Path, content_type: str, codec: str, data: bytes | None) -> OutputFile:
-    """``OutputFile(...)`` of a path of the concrete type already (see :func:`_step_result`)."""
-    o = object.__new__(OutputFile)
-    o.__dict__.update(name=name, path=path, content_type=content_type, codec=codec, data=data)
-    return o
 
 
 _HEADLESS: list[bool] = []
@@ -406,7 +406,9 @@ def _return_value(value: Any, call: StepCall) -> tuple[OutputFile, ...]:
     path = child_path(call.output_dir, name)
     if type(path) is not _PATH:
         return (OutputFile(name, path, codec.content_type_of(path), codec.name, data),)
-    return (_output_file(name, path, codec.content_type_of(path), codec.name, data),)
+    # a path of the concrete type already: what OutputFile's __init__ would check and convert holds
+    content_type = codec.content_type_of(path)
+    return (made(OutputFile, name=name, path=path, content_type=content_type, codec=codec.name, data=data),)
 
 
 async def _await(value: Any) -> Any:
