@@ -146,12 +146,9 @@ class InputFile:
 
     def _read(self) -> bytes:
         """The bytes; a missing source says its blob is missing (nobody looked for it before)."""
-        try:
-            return self._readable().read_bytes()
-        except FileNotFoundError:
-            if self._source is None:
-                raise
-            raise self._missing() from None
+        with self._open("rb") as f:
+            data: bytes = f.read()
+        return data
 
     @property
     def fetched(self) -> bool:
@@ -235,6 +232,10 @@ class InputFile:
         """Open the local file (read-only modes only: inputs are immutable)."""
         if any(c in mode for c in "wax+"):
             raise ValueError(f"inputs are read-only; cannot open {self.name!r} with mode {mode!r}")
+        return self._open(mode)
+
+    def _open(self, mode: str) -> IO[Any]:
+        """:meth:`open` of a read-only ``mode``; a missing source says its blob is missing."""
         try:
             return open(self._readable(), mode)
         except FileNotFoundError:

@@ -344,33 +344,30 @@ class LocalBlobStore(BlobStore):
         path = self._file_name(check_digest(digest))
         return path if os.path.isfile(path) else None
 
-    def local_files(self, digests: Iterable[str]) -> dict[str, str]:
-        # A claim's items, in one loop: a stat each (once per distinct digest), without the four
-        # calls a local_file makes around it, which cost the group commit's thread more than the stat.
+    def local_places(self, digests: Iterable[str]) -> dict[str, str]:
+        # A blob's file is where its digest says: not looked for. A stat per claimed item cost the
+        # group commit's thread ~4.5 µs a task (the most of anything it does but commit), and its
+        # step reads the file (or links it) in a worker, which finds it missing just as well.
         # The digests may come from anyone (a plan's inputs are given by the caller of
         # ``Engine.submit``): checked all at once, before any becomes a path, so none names a file
         # outside the store; each one's hex is then its text after the algorithm's prefix.
         distinct = list(dict.fromkeys(digests))
         check_digests(distinct)
+        name, at = self._file_name, len(ALGORITHM) + 1
+        return {digest: name(digest[at:]) for digest in distinct}
+
+    def local_files(self, digests: Iterable[str]) -> dict[str, str]:
+        # The places, then a stat each (once per distinct digest), without the four calls a
+        # local_file makes around it.
         found = {}
-        name, at, is_reg = self._file_name, len(ALGORITHM) + 1, stat.S_ISREG
-        for digest in distinct:
-            path = name(digest[at:])
+        is_reg = stat.S_ISREG
+        for digest, path in self.local_places(digests).items():
             try:
                 if is_reg(os.stat(path).st_mode):
                     found[digest] = path
             except (OSError, ValueError):  # as os.path.isfile: not there, or not a path
                 pass
         return found
-
-    def local_places(self, digests: Iterable[str]) -> dict[str, str]:
-        # A blob's file is where its digest says: not looked for. A stat per claimed item cost the
-        # group commit's thread ~4.5 µs a task (the most of anything it does but commit), and its
-        # step reads the file (or links it) in a worker, which finds it missing just as well.
-        distinct = list(dict.fromkeys(digests))
-        check_digests(distinct)  # none names a file outside the store (see local_files)
-        name, at = self._file_name, len(ALGORITHM) + 1
-        return {digest: name(digest[at:]) for digest in distinct}
 
     def delete(self, digest: str) -> None:
         self.path_of(digest).unlink(missing_ok=True)
